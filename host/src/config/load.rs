@@ -1,0 +1,135 @@
+//! Reading, defaulting and validating a configuration.
+
+use super::model::{Config, HttpIngressConfig, RouteConfig, StageRef};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// A configuration that cannot be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message, with line, column and the offending text.
+        message: String,
+    },
+    /// A value is well-formed but unusable.
+    #[error("{file}: {key} = {value}: {problem}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Where in the file, e.g. `route "orders".to`.
+        key: String,
+        /// The offending value, quoted as written.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// The built-in default: plugins from `./plugins.d`, HTTP ingress on
+    /// 127.0.0.1:7070, one route that runs every plugin then logs the message.
+    pub fn builtin() -> Config {
+        let mut config = Config::default();
+        config.ingress.http = Some(HttpIngressConfig { listen: ([127, 0, 0, 1], 7070).into() });
+        config.routes.push(RouteConfig {
+            name: "default".into(),
+            matches: Default::default(),
+            stages: vec![StageRef::AllPlugins],
+            to: Some("log".into()),
+            fan_out: Vec::new(),
+            priority: None,
+            on_error: None,
+        });
+        config
+    }
+
+    /// Read and validate the file at `path`.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Config::from_toml(&file, &text)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|err| ConfigError::Parse { file: file.to_owned(), message: err.to_string().trim_end().to_owned() })?;
+        config.validate(file, &[])?;
+        Ok(config)
+    }
+
+    /// Check the cross-references and ranges serde cannot: `extra_destinations`
+    /// are destinations registered in code by an embedder.
+    pub fn validate(&self, file: &str, extra_destinations: &[&str]) -> Result<(), ConfigError> {
+        let invalid = |key: String, value: &dyn std::fmt::Debug, problem: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            value: format!("{value:?}").replace("\\\"", "\""),
+            problem,
+        };
+        let host = &self.host;
+        for (key, value) in [("queue_capacity", host.queue_capacity), ("batch_size", host.batch_size)] {
+            if value == 0 {
+                return Err(invalid(format!("host.{key}"), &value, "must be at least 1".into()));
+            }
+        }
+        let mut destinations = BTreeSet::from(["log"]);
+        destinations.extend(extra_destinations);
+        for dest in &self.destinations {
+            if !destinations.insert(&dest.name) {
+                let problem = "a destination of this name already exists".into();
+                return Err(invalid("destination.name".into(), &dest.name, problem));
+            }
+        }
+        let known = || destinations.iter().copied().collect::<Vec<_>>().join(", ");
+        if !destinations.contains(host.dead_letter.as_str()) {
+            let problem = format!("unknown destination (known: {})", known());
+            return Err(invalid("host.dead_letter".into(), &host.dead_letter, problem));
+        }
+        let mut plugins = BTreeSet::new();
+        for plugin in &self.plugins {
+            let key = |field: &str| format!("plugin \"{}\".{field}", plugin.name);
+            if !plugins.insert(&plugin.name) {
+                return Err(invalid(key("name"), &plugin.name, "configured twice".into()));
+            }
+            if plugin.limits.memory_mb == 0 {
+                return Err(invalid(key("limits.memory_mb"), &0, "must be at least 1".into()));
+            }
+            if plugin.limits.timeout_ms == 0 {
+                return Err(invalid(key("limits.timeout_ms"), &0, "must be at least 1".into()));
+            }
+        }
+        let mut routes = BTreeSet::new();
+        for route in &self.routes {
+            let key = |field: &str| format!("route \"{}\".{field}", route.name);
+            if !routes.insert(&route.name) {
+                return Err(invalid(key("name"), &route.name, "two routes share this name".into()));
+            }
+            if let Some(pattern) = &route.matches.topic {
+                crate::router::TopicPattern::parse(pattern).map_err(|problem| invalid(key("match.topic"), pattern, problem))?;
+            }
+            let targets: Vec<&String> = route.to.iter().chain(&route.fan_out).collect();
+            if targets.is_empty() || (route.to.is_some() && !route.fan_out.is_empty()) {
+                let problem = "a route needs exactly one of `to` or `fan_out`".into();
+                return Err(invalid(key("to"), &route.to.as_deref().unwrap_or(""), problem));
+            }
+            if let Some(unknown) = targets.iter().find(|name| !destinations.contains(name.as_str())) {
+                let field = if route.to.is_some() { "to" } else { "fan_out" };
+                return Err(invalid(key(field), unknown, format!("unknown destination (known: {})", known())));
+            }
+        }
+        Ok(())
+    }
+}

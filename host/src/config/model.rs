@@ -1,0 +1,255 @@
+//! The shape of the configuration file (`deny_unknown_fields` throughout).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Host-wide settings.
+    #[serde(default)]
+    pub host: HostSection,
+    /// Where messages come in.
+    #[serde(default)]
+    pub ingress: IngressSection,
+    /// Per-plugin settings, by plugin name (file stem).
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+    /// Named destinations.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+    /// Routes, evaluated in order.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[host]`: host-wide settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    /// Directory plugins are loaded from.
+    pub plugin_dir: PathBuf,
+    /// Pipeline workers; 0 means one per core.
+    pub workers: usize,
+    /// Messages accepted but not yet processed before senders feel backpressure.
+    pub queue_capacity: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most messages handed to a plugin in one call.
+    pub batch_size: usize,
+    /// Destination that receives dead letters.
+    pub dead_letter: String,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        HostSection {
+            plugin_dir: PathBuf::from("plugins.d"),
+            workers: 0,
+            queue_capacity: 10_000,
+            max_message_bytes: 1 << 20,
+            batch_size: 64,
+            dead_letter: "log".into(),
+        }
+    }
+}
+
+/// `[ingress]`: network listeners that accept messages.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSection {
+    /// `[ingress.http]`: the HTTP ingress, if any.
+    pub http: Option<HttpIngressConfig>,
+}
+
+/// `[ingress.http]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpIngressConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+}
+
+/// What a route does with a message whose plugin stage failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Dead-letter the message with the failure as reason.
+    #[default]
+    FailClosed,
+    /// Skip the stage and carry on with the message unchanged.
+    FailOpen,
+}
+
+/// `[[plugin]]`: settings for one plugin.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Plugin name: the `.wasm` file's stem.
+    pub name: String,
+    /// String settings the plugin reads through `host.config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// `host:port` addresses the plugin may connect to.
+    #[serde(default)]
+    pub allow_net: Vec<String>,
+    /// Names of host environment variables the plugin may read.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Guest path → host directory (suffix `:ro` for read-only).
+    #[serde(default)]
+    pub dirs: BTreeMap<String, String>,
+    /// Default failure policy of routes using this plugin.
+    pub on_error: Option<FailurePolicy>,
+}
+
+/// `limits = {..}` of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Linear-memory cap per instance, MiB.
+    pub memory_mb: u64,
+    /// Deadline per call, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits { memory_mb: 64, timeout_ms: 100 }
+    }
+}
+
+/// How a destination reaches its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// In-process queue the embedder reads ([`Host::memory`](crate::Host::memory)).
+    Memory,
+    /// One JSON line per message on standard output.
+    Log,
+}
+
+/// `[[destination]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Destination name, referenced by routes.
+    pub name: String,
+    /// Transport used to deliver.
+    pub transport: Transport,
+}
+
+/// `match = {..}` of a route.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Topic pattern: segments split by `.`, `*` matches one segment, a final
+    /// `>` matches one or more; no pattern matches everything.
+    pub topic: Option<String>,
+    /// Header name → required value (`*` requires only presence).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Route name, used in errors, dead letters and metrics.
+    pub name: String,
+    /// Which messages the route takes.
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// Stages in order: `filter:NAME`, `transform:NAME`, `middleware:NAME`, or
+    /// `*` for every plugin in the plugin directory, in name order.
+    #[serde(default)]
+    pub stages: Vec<StageRef>,
+    /// Destination of the route's messages.
+    pub to: Option<String>,
+    /// Several destinations, each receiving a copy.
+    #[serde(default)]
+    pub fan_out: Vec<String>,
+    /// Priority class given to the route's messages (their own otherwise).
+    pub priority: Option<u8>,
+    /// Overrides the plugins' failure policy for this route.
+    pub on_error: Option<FailurePolicy>,
+}
+
+/// Plugin kinds that can run as route stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    /// Keep or drop.
+    Filter,
+    /// Rewrite, split or drop.
+    Transform,
+    /// Sees the request and the reply.
+    Middleware,
+}
+
+/// One entry of a route's `stages`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum StageRef {
+    /// A named plugin or native stage of a given kind.
+    Named {
+        /// Expected kind.
+        kind: StageKind,
+        /// Plugin or native stage name.
+        name: String,
+    },
+    /// Every filter, transform and middleware plugin loaded, in name order.
+    AllPlugins,
+}
+
+impl StageKind {
+    /// The prefix used in configuration: `filter`, `transform`, `middleware`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Filter => "filter",
+            StageKind::Transform => "transform",
+            StageKind::Middleware => "middleware",
+        }
+    }
+}
+
+impl TryFrom<String> for StageRef {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(StageRef::AllPlugins);
+        }
+        let (kind, name) = text.split_once(':').unwrap_or(("", &text));
+        let kind = match kind {
+            "filter" => StageKind::Filter,
+            "transform" => StageKind::Transform,
+            "middleware" => StageKind::Middleware,
+            _ => return Err(format!("stage \"{text}\" must be filter:NAME, transform:NAME, middleware:NAME or *")),
+        };
+        if name.is_empty() {
+            return Err(format!("stage \"{text}\" names no plugin"));
+        }
+        Ok(StageRef::Named { kind, name: name.to_owned() })
+    }
+}
+
+impl From<StageRef> for String {
+    fn from(stage: StageRef) -> String {
+        stage.to_string()
+    }
+}
+
+impl std::fmt::Display for StageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageRef::Named { kind, name } => write!(f, "{}:{name}", kind.as_str()),
+            StageRef::AllPlugins => f.write_str("*"),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The unit of work: a message with a topic, ordered headers and a payload.
+
+use bytes::Bytes;
+
+/// A message id, unique within one [`Host`](crate::Host).
+pub type MessageId = u64;
+
+/// What a filter decided about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on to the next stage.
+    Keep,
+    /// Drop it: a counted decision, not a loss.
+    Drop,
+}
+
+/// One message flowing through Switchyard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Assigned by the host when the message is accepted (0 before).
+    pub id: MessageId,
+    /// Routing key, e.g. `orders.eu`.
+    pub topic: String,
+    /// Ordered header pairs; names compare ASCII case-insensitively.
+    pub headers: Vec<(String, String)>,
+    /// The body, shared without copying.
+    pub payload: Bytes,
+    /// Priority class; higher is more urgent.
+    pub priority: u8,
+}
+
+impl Message {
+    /// A message on `topic` carrying `payload`, with no headers and priority 0.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message { id: 0, topic: topic.into(), headers: Vec::new(), payload: payload.into(), priority: 0 }
+    }
+
+    /// Add a header (kept in order; an existing one of that name stays).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Set the priority class.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    /// Replace every header named `name` by one with `value`, or add it.
+    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
+        self.headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_owned(), value.into()));
+    }
+
+    pub(crate) fn wire_head(&self, source: u32) -> switchyard_wire::Head<'_> {
+        switchyard_wire::Head { id: self.id, source, priority: self.priority, topic: &self.topic }
+    }
+
+    pub(crate) fn wire_headers(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// Append this message to a wire batch, with or without its payload.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>, source: u32, with_payload: bool) {
+        let payload = if with_payload {
+            switchyard_wire::Payload::Bytes(&self.payload)
+        } else {
+            switchyard_wire::Payload::Omitted(self.payload.len())
+        };
+        switchyard_wire::write_message(out, &self.wire_head(source), self.wire_headers(), payload);
+    }
+
+    /// Build an owned message from a decoded wire message.
+    pub(crate) fn from_wire(message: &switchyard_wire::MessageRef<'_>) -> Self {
+        Message {
+            id: message.id,
+            topic: message.topic.to_owned(),
+            headers: message.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            payload: Bytes::copy_from_slice(message.payload.unwrap_or_default()),
+            priority: message.priority,
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Generated host bindings, one per plugin world. Hand-written code uses the
+//! aliases at the bottom, never paths deep inside the generated modules.
+
+mod filter {
+    wasmtime::component::bindgen!({ path: "../wit", world: "filter-plugin" });
+}
+
+mod transform {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transform-plugin",
+        with: { "switchyard:plugin/types": super::filter::switchyard::plugin::types,
+                "switchyard:plugin/host": super::filter::switchyard::plugin::host },
+    });
+}
+
+mod middleware {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "middleware-plugin",
+        with: { "switchyard:plugin/types": super::filter::switchyard::plugin::types,
+                "switchyard:plugin/host": super::filter::switchyard::plugin::host },
+    });
+}
+
+mod balancer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "balancer-plugin",
+        with: { "switchyard:plugin/types": super::filter::switchyard::plugin::types,
+                "switchyard:plugin/host": super::filter::switchyard::plugin::host },
+    });
+}
+
+mod transport {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transport-plugin",
+        with: { "switchyard:plugin/types": super::filter::switchyard::plugin::types,
+                "switchyard:plugin/host": super::filter::switchyard::plugin::host },
+    });
+}
+
+pub(crate) use balancer::BalancerPluginPre;
+pub(crate) use filter::switchyard::plugin::host::{Host as HostImports, Level};
+pub(crate) use filter::switchyard::plugin::types::{Error as WitError, Host as TypesImports, Verdict as WitVerdict};
+pub(crate) use filter::{FilterPlugin, FilterPluginPre};
+pub(crate) use middleware::exports::switchyard::plugin::middleware::Action;
+pub(crate) use middleware::{MiddlewarePlugin, MiddlewarePluginPre};
+pub(crate) use transform::{TransformPlugin, TransformPluginPre};
+pub(crate) use transport::TransportPluginPre;
+
+/// Register the `host` and `types` imports every world shares.
+pub(crate) fn add_host_imports<T: HostImports + TypesImports + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    filter::switchyard::plugin::host::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| state)?;
+    filter::switchyard::plugin::types::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| state)
+}
+
+impl From<WitVerdict> for crate::message::Verdict {
+    fn from(verdict: WitVerdict) -> Self {
+        match verdict {
+            WitVerdict::Keep => crate::message::Verdict::Keep,
+            WitVerdict::Drop => crate::message::Verdict::Drop,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! A compiled, type-checked plugin version, ready to instantiate.
+
+use super::bindings::{
+    BalancerPluginPre, FilterPluginPre, MiddlewarePluginPre, TransformPluginPre, TransportPluginPre,
+};
+use super::engine::PluginEngine;
+use super::error::LoadError;
+use super::sandbox::{PluginSettings, StoreState};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+
+/// The kinds of plugin, one per WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Exports `switchyard:plugin/filter`.
+    Filter,
+    /// Exports `switchyard:plugin/transform`.
+    Transform,
+    /// Exports `switchyard:plugin/middleware`.
+    Middleware,
+    /// Exports `switchyard:plugin/balancer`.
+    Balancer,
+    /// Exports `switchyard:plugin/transport`.
+    Transport,
+}
+
+impl PluginKind {
+    const ALL: [PluginKind; 5] = [
+        PluginKind::Filter,
+        PluginKind::Transform,
+        PluginKind::Middleware,
+        PluginKind::Balancer,
+        PluginKind::Transport,
+    ];
+
+    /// The kind's name, as in its WIT interface.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Filter => "filter",
+            PluginKind::Transform => "transform",
+            PluginKind::Middleware => "middleware",
+            PluginKind::Balancer => "balancer",
+            PluginKind::Transport => "transport",
+        }
+    }
+
+    fn export_name(self) -> String {
+        format!("switchyard:plugin/{}@0.1.0", self.as_str())
+    }
+}
+
+/// The linked, ready-to-instantiate form of a plugin, by kind.
+pub(crate) enum KindPre {
+    Filter(FilterPluginPre<StoreState>),
+    Transform(TransformPluginPre<StoreState>),
+    Middleware(MiddlewarePluginPre<StoreState>),
+    Balancer(#[expect(dead_code, reason = "instantiated by the destination core")] BalancerPluginPre<StoreState>),
+    Transport(#[expect(dead_code, reason = "instantiated by the destination core")] TransportPluginPre<StoreState>),
+}
+
+/// One version of a plugin: compiled, checked against its world, linked.
+pub struct CompiledPlugin {
+    /// Plugin name (the file stem).
+    pub name: String,
+    /// Which world it implements.
+    pub kind: PluginKind,
+    /// SHA-256 of the component bytes, hex: the plugin's version.
+    pub digest: String,
+    /// How long compiling and linking took.
+    pub compile_time: Duration,
+    /// Config, limits, grants and counters.
+    pub settings: Arc<PluginSettings>,
+    pub(crate) pre: KindPre,
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledPlugin {
+    /// Compile `bytes` (a component binary or WAT text) as plugin `settings.config.name`.
+    pub fn compile(
+        engine: &PluginEngine,
+        bytes: &[u8],
+        settings: Arc<PluginSettings>,
+    ) -> Result<CompiledPlugin, LoadError> {
+        let started = Instant::now();
+        let name = settings.config.name.clone();
+        let component = Component::new(&engine.engine, bytes)
+            .map_err(|err| LoadError::Invalid { name: name.clone(), reason: format!("{err:#}") })?;
+        let kind = detect_kind(engine, &component, &name)?;
+        let wrong_world =
+            |err: wasmtime::Error| LoadError::WrongWorld { name: name.clone(), world: kind.as_str(), reason: format!("{err:#}") };
+        let linked = engine.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = match kind {
+            PluginKind::Filter => KindPre::Filter(FilterPluginPre::new(linked).map_err(wrong_world)?),
+            PluginKind::Transform => KindPre::Transform(TransformPluginPre::new(linked).map_err(wrong_world)?),
+            PluginKind::Middleware => KindPre::Middleware(MiddlewarePluginPre::new(linked).map_err(wrong_world)?),
+            PluginKind::Balancer => KindPre::Balancer(BalancerPluginPre::new(linked).map_err(wrong_world)?),
+            PluginKind::Transport => KindPre::Transport(TransportPluginPre::new(linked).map_err(wrong_world)?),
+        };
+        let digest = hex::encode(Sha256::digest(bytes));
+        Ok(CompiledPlugin { name, kind, digest, compile_time: started.elapsed(), settings, pre })
+    }
+
+    /// The first 12 hex digits of the digest, for humans.
+    pub fn short_version(&self) -> &str {
+        &self.digest[..12]
+    }
+}
+
+fn detect_kind(engine: &PluginEngine, component: &Component, name: &str) -> Result<PluginKind, LoadError> {
+    let exports: Vec<String> =
+        component.component_type().exports(&engine.engine).map(|(export, _)| export.to_owned()).collect();
+    let mut kinds = PluginKind::ALL.into_iter().filter(|kind| exports.contains(&kind.export_name()));
+    match (kinds.next(), kinds.next()) {
+        (Some(kind), None) => Ok(kind),
+        _ => Err(LoadError::UnknownKind {
+            name: name.to_owned(),
+            exports: if exports.is_empty() { "none".into() } else { exports.join(", ") },
+        }),
+    }
+}

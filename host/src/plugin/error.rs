@@ -1,0 +1,94 @@
+//! What can go wrong with a plugin: loading it, or calling it.
+
+use std::time::Duration;
+
+/// A plugin file that cannot be loaded. The previous version (if any) keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("plugin \"{name}\": cannot read {path}: {source}")]
+    Read {
+        /// Plugin name.
+        name: String,
+        /// File path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid WebAssembly component.
+    #[error("plugin \"{name}\": not a valid WebAssembly component: {reason}")]
+    Invalid {
+        /// Plugin name.
+        name: String,
+        /// Compiler's message.
+        reason: String,
+    },
+    /// The component exports none of the plugin interfaces.
+    #[error("plugin \"{name}\": must export exactly one Switchyard plugin interface (it exports: {exports})")]
+    UnknownKind {
+        /// Plugin name.
+        name: String,
+        /// What it does export.
+        exports: String,
+    },
+    /// The component claims a kind but its exports or imports do not match the world.
+    #[error("plugin \"{name}\": does not match world switchyard:plugin/{world}@0.1.0: {reason}")]
+    WrongWorld {
+        /// Plugin name.
+        name: String,
+        /// World it was checked against.
+        world: &'static str,
+        /// The type checker's message.
+        reason: String,
+    },
+    /// A grant in the plugin's config cannot be honoured.
+    #[error("plugin \"{name}\": {reason}")]
+    Grant {
+        /// Plugin name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A plugin's own answer that it could not handle a message (not a fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// The message is bad; dead-letter it, never retry.
+    #[error("rejected the message: {0}")]
+    Rejected(String),
+    /// A transient condition.
+    #[error("asked for a retry: {0}")]
+    Retryable(String),
+    /// The plugin failed on its side.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+/// A plugin that misbehaved; its instance is discarded, never reused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginFault {
+    /// The guest trapped (panic, unreachable, out-of-bounds access...).
+    #[error("trapped: {0}")]
+    Trapped(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The guest tried to grow its memory past the cap.
+    #[error("hit its memory cap of {0} MiB")]
+    MemoryCap(u64),
+    /// The guest returned a malformed answer (bad batch, wrong count, bad index).
+    #[error("returned a malformed answer: {0}")]
+    Malformed(String),
+}
+
+impl From<crate::plugin::bindings::WitError> for PluginError {
+    fn from(error: crate::plugin::bindings::WitError) -> Self {
+        use crate::plugin::bindings::WitError;
+        match error {
+            WitError::Rejected(reason) => PluginError::Rejected(reason),
+            WitError::Retryable(reason) => PluginError::Retryable(reason),
+            WitError::Failed(reason) => PluginError::Failed(reason),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! A live instance of one plugin version: its store, its exports, and calls
+//! guarded by a deadline and a memory cap.
+
+use super::bindings::{Action, FilterPlugin, MiddlewarePlugin, TransformPlugin};
+use crate::message::Verdict;
+use super::compiled::{CompiledPlugin, KindPre, PluginKind};
+use super::engine::PluginEngine;
+use super::error::{LoadError, PluginError, PluginFault};
+use super::sandbox::StoreState;
+use std::sync::Arc;
+use wasmtime::{Store, Trap};
+
+enum Exports {
+    Filter(FilterPlugin),
+    Transform(TransformPlugin),
+    Middleware(MiddlewarePlugin),
+}
+
+/// What a middleware decided about a request.
+#[derive(Debug)]
+pub enum MiddlewareAction {
+    /// Deliver this (possibly rewritten) request, as a one-message batch.
+    Forward(Vec<u8>),
+    /// Answer the caller with this reply, as a one-message batch.
+    Respond(Vec<u8>),
+}
+
+/// What a transform call returned.
+#[derive(Debug)]
+pub struct Transformed {
+    /// Output messages as a wire batch.
+    pub messages: Vec<u8>,
+    /// Inputs that failed, by index.
+    pub errors: Vec<(u32, PluginError)>,
+}
+
+/// An instantiated plugin. A fault poisons it: the caller must drop it.
+pub struct PluginInstance {
+    /// The version this instance runs.
+    pub plugin: Arc<CompiledPlugin>,
+    exports: Exports,
+    guard: CallGuard,
+}
+
+/// The store of an instance, entered only under a deadline.
+struct CallGuard {
+    store: Store<StoreState>,
+    deadline_ticks: u64,
+}
+
+impl PluginInstance {
+    /// Instantiate `plugin` in a fresh store of `engine`.
+    pub fn new(engine: &PluginEngine, plugin: Arc<CompiledPlugin>) -> Result<PluginInstance, LoadError> {
+        let state = StoreState::new(plugin.settings.clone())?;
+        let mut store = Store::new(&engine.engine, state);
+        store.limiter(|state| state);
+        store.epoch_deadline_trap();
+        let failed = |err: wasmtime::Error| LoadError::Invalid { name: plugin.name.clone(), reason: format!("{err:#}") };
+        let exports = match &plugin.pre {
+            KindPre::Filter(pre) => Exports::Filter(pre.instantiate(&mut store).map_err(failed)?),
+            KindPre::Transform(pre) => Exports::Transform(pre.instantiate(&mut store).map_err(failed)?),
+            KindPre::Middleware(pre) => Exports::Middleware(pre.instantiate(&mut store).map_err(failed)?),
+            KindPre::Balancer(_) | KindPre::Transport(_) => {
+                let reason = format!("{} plugins do not run as route stages", plugin.kind.as_str());
+                return Err(LoadError::Invalid { name: plugin.name.clone(), reason });
+            }
+        };
+        let deadline_ticks = PluginEngine::deadline_ticks(plugin.settings.timeout());
+        Ok(PluginInstance { plugin, exports, guard: CallGuard { store, deadline_ticks } })
+    }
+
+    /// Run a filter over a heads-only batch: one decision per message.
+    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
+    pub fn filter(&mut self, batch: &Vec<u8>) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
+        let Exports::Filter(filter) = &self.exports else { return Err(self.not_a(PluginKind::Filter)) };
+        let filter = filter.switchyard_plugin_filter();
+        let decisions = self.guard.call(|store| filter.call_filter(store, batch))?;
+        Ok(decisions.into_iter().map(|decision| decision.map(Verdict::from).map_err(PluginError::from)).collect())
+    }
+
+    /// Run a transform over a batch of full messages.
+    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
+    pub fn transform(&mut self, batch: &Vec<u8>) -> Result<Transformed, PluginFault> {
+        let Exports::Transform(transform) = &self.exports else { return Err(self.not_a(PluginKind::Transform)) };
+        let transform = transform.switchyard_plugin_transform();
+        let out = self.guard.call(|store| transform.call_transform(store, batch))?;
+        let errors = out.errors.into_iter().map(|(index, error)| (index, error.into())).collect();
+        Ok(Transformed { messages: out.messages, errors })
+    }
+
+    /// Run a middleware on a request (a one-message batch).
+    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
+    pub fn on_request(&mut self, request: &Vec<u8>) -> Result<Result<MiddlewareAction, PluginError>, PluginFault> {
+        let Exports::Middleware(middleware) = &self.exports else { return Err(self.not_a(PluginKind::Middleware)) };
+        let middleware = middleware.switchyard_plugin_middleware();
+        let action = self.guard.call(|store| middleware.call_on_request(store, request))?;
+        Ok(action.map_err(PluginError::from).map(|action| match action {
+            Action::Forward(batch) => MiddlewareAction::Forward(batch),
+            Action::Respond(batch) => MiddlewareAction::Respond(batch),
+        }))
+    }
+
+    /// Run a middleware on a reply; returns the reply to pass on.
+    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
+    pub fn on_reply(&mut self, request: &Vec<u8>, reply: &Vec<u8>) -> Result<Result<Vec<u8>, PluginError>, PluginFault> {
+        let Exports::Middleware(middleware) = &self.exports else { return Err(self.not_a(PluginKind::Middleware)) };
+        let middleware = middleware.switchyard_plugin_middleware();
+        let reply = self.guard.call(|store| middleware.call_on_reply(store, request, reply))?;
+        Ok(reply.map_err(PluginError::from))
+    }
+
+    fn not_a(&self, wanted: PluginKind) -> PluginFault {
+        PluginFault::Malformed(format!("is a {}, not a {}", self.plugin.kind.as_str(), wanted.as_str()))
+    }
+}
+
+impl CallGuard {
+    fn call<R>(&mut self, call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>) -> Result<R, PluginFault> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        call(&mut self.store).map_err(|err| self.classify(err))
+    }
+
+    fn classify(&self, err: wasmtime::Error) -> PluginFault {
+        let state = self.store.data();
+        if state.hit_memory_cap {
+            return PluginFault::MemoryCap(state.settings.config.limits.memory_mb);
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PluginFault::TimedOut(state.settings.timeout()),
+            Some(trap) => PluginFault::Trapped(trap.to_string()),
+            None => PluginFault::Trapped(format!("{err:#}")),
+        }
+    }
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance").field("plugin", &self.plugin).finish_non_exhaustive()
+    }
+}

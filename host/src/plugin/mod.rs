@@ -1,0 +1,17 @@
+//! Plugins: WebAssembly components compiled, sandboxed, versioned and called.
+
+mod bindings;
+mod compiled;
+mod engine;
+mod error;
+mod instance;
+mod registry;
+mod sandbox;
+
+pub use compiled::{CompiledPlugin, PluginKind};
+pub use engine::{EPOCH_TICK, PluginEngine};
+pub use error::{LoadError, PluginError, PluginFault};
+pub use instance::{MiddlewareAction, PluginInstance, Transformed};
+pub use registry::{PluginRegistry, PluginSet, load_file, plugin_files, plugin_name};
+pub use sandbox::PluginSettings;
+

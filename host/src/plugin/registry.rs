@@ -1,0 +1,68 @@
+//! The registry of plugin versions: an atomically swapped snapshot, so a
+//! message pins the versions it started with and a swap never blocks it.
+
+use super::compiled::CompiledPlugin;
+use super::engine::PluginEngine;
+use super::error::LoadError;
+use super::sandbox::PluginSettings;
+use crate::config::PluginConfig;
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One immutable set of plugin versions, by name (iterated in name order).
+pub type PluginSet = BTreeMap<String, Arc<CompiledPlugin>>;
+
+/// The current [`PluginSet`], swapped whole on change.
+#[derive(Debug, Default)]
+pub struct PluginRegistry {
+    current: ArcSwap<PluginSet>,
+}
+
+impl PluginRegistry {
+    /// The current set; hold the `Arc` to pin its versions.
+    pub fn snapshot(&self) -> Arc<PluginSet> {
+        self.current.load_full()
+    }
+
+    /// Make `set` current.
+    pub fn replace(&self, set: PluginSet) {
+        self.current.store(Arc::new(set));
+    }
+}
+
+/// Compile one plugin file, named by its stem, with `config` (defaults when none).
+pub fn load_file(
+    engine: &PluginEngine,
+    path: &Path,
+    config: Option<&PluginConfig>,
+) -> Result<CompiledPlugin, LoadError> {
+    let name = plugin_name(path);
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        name: name.clone(),
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
+    CompiledPlugin::compile(engine, &bytes, Arc::new(PluginSettings::new(config)?))
+}
+
+/// The plugin name of a file: its stem.
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+/// The `.wasm` files of `dir`, sorted; a missing directory is created.
+pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}

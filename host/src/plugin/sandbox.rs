@@ -1,0 +1,149 @@
+//! The sandbox one plugin instance runs in: deny-by-default WASI, a memory cap,
+//! and the `host` interface (log, config, clock, counters).
+
+use super::bindings::{HostImports, Level, TypesImports};
+use super::error::LoadError;
+use crate::config::PluginConfig;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::filesystem::FsPerms;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Everything the host knows about a plugin besides its code.
+#[derive(Debug, Default)]
+pub struct PluginSettings {
+    /// The configuration as written (defaults when the plugin has no entry).
+    pub config: PluginConfig,
+    /// Counters the plugin bumped through `host.count`.
+    pub counters: Mutex<BTreeMap<String, u64>>,
+    allowed_addrs: Vec<SocketAddr>,
+}
+
+impl PluginSettings {
+    /// Settings for `config`, resolving its network grants.
+    pub fn new(config: PluginConfig) -> Result<PluginSettings, LoadError> {
+        let mut allowed_addrs = Vec::new();
+        for addr in &config.allow_net {
+            let resolved = addr.to_socket_addrs().map_err(|err| LoadError::Grant {
+                name: config.name.clone(),
+                reason: format!("allow_net = \"{addr}\": {err}"),
+            })?;
+            allowed_addrs.extend(resolved);
+        }
+        Ok(PluginSettings { config, counters: Mutex::default(), allowed_addrs })
+    }
+
+    /// The plugin's memory cap in bytes.
+    pub fn memory_cap(&self) -> usize {
+        usize::try_from(self.config.limits.memory_mb << 20).unwrap_or(usize::MAX)
+    }
+
+    /// The per-call deadline.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.limits.timeout_ms)
+    }
+
+    /// A WASI context granting exactly what the config grants, nothing else.
+    fn wasi(&self) -> Result<WasiCtx, LoadError> {
+        let mut builder = WasiCtxBuilder::new();
+        for name in &self.config.env {
+            if let Ok(value) = std::env::var(name) {
+                builder.env(name, value);
+            }
+        }
+        for (guest, host) in &self.config.dirs {
+            let (host, writable) = match host.strip_suffix(":ro") {
+                Some(path) => (path, false),
+                None => (host.strip_suffix(":rw").unwrap_or(host), true),
+            };
+            let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            builder.preopened_dir(host, guest, perms).map_err(|err| LoadError::Grant {
+                name: self.config.name.clone(),
+                reason: format!("dirs.\"{guest}\" = \"{host}\": {err}"),
+            })?;
+        }
+        if !self.allowed_addrs.is_empty() {
+            let allowed = self.allowed_addrs.clone();
+            builder.socket_addr_check(move |addr, _| {
+                let ok = allowed.contains(&addr);
+                Box::pin(async move { ok })
+            });
+        }
+        Ok(builder.build())
+    }
+}
+
+/// The data of one plugin instance's `Store`.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) settings: Arc<PluginSettings>,
+    memory_cap: usize,
+    /// Set when the guest asked for memory past the cap, so that the trap that
+    /// follows is reported as a memory-cap fault rather than a plain trap.
+    pub(crate) hit_memory_cap: bool,
+}
+
+impl StoreState {
+    /// Fresh state for an instance of the plugin with `settings`.
+    pub(crate) fn new(settings: Arc<PluginSettings>) -> Result<StoreState, LoadError> {
+        Ok(StoreState {
+            wasi: settings.wasi()?,
+            table: ResourceTable::new(),
+            memory_cap: settings.memory_cap(),
+            settings,
+            hit_memory_cap: false,
+        })
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime::ResourceLimiter for StoreState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.hit_memory_cap = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl TypesImports for StoreState {}
+
+impl HostImports for StoreState {
+    fn log(&mut self, level: Level, message: String) {
+        let plugin = self.settings.config.name.as_str();
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.settings.config.config.get(&key).cloned()
+    }
+
+    fn now_millis(&mut self) -> u64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map_or(0, |elapsed| elapsed.as_millis() as u64)
+    }
+
+    fn count(&mut self, name: String, delta: u64) {
+        let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
+        *counters.entry(name).or_default() += delta;
+    }
+}

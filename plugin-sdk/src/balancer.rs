@@ -1,0 +1,49 @@
+//! Balancers: choose the endpoint a message goes to.
+
+use std::marker::PhantomData;
+
+use crate::Message;
+use crate::bindings::balancer::exports::switchyard::plugin::balancer::Guest;
+use crate::message::single;
+
+/// What a balancer sees of one endpoint: `index`, `address`, `weight`,
+/// `in_flight`, `latency_micros` (peak EWMA) and `healthy`.
+pub use crate::bindings::types::Endpoint;
+
+/// A load-balancing strategy.
+///
+/// Export it with [`export_balancer!`](crate::export_balancer).
+pub trait Balancer {
+    /// Pick an endpoint for `message` by its [`Endpoint::index`]; `None`
+    /// means no endpoint is acceptable.
+    ///
+    /// Called once per dispatch attempt (a retry calls it again) of every
+    /// message sent to a destination using this balancer. The message
+    /// carries its head only (`payload` is `None`). `endpoints` lists the
+    /// destination's endpoints, healthy or not.
+    fn pick(message: &Message<'_>, endpoints: &[Endpoint]) -> Option<u32>;
+}
+
+/// Glue between a [`Balancer`] and the generated export.
+#[doc(hidden)]
+pub struct BalancerExport<T>(PhantomData<T>);
+
+impl<T: Balancer> Guest for BalancerExport<T> {
+    fn pick(message: Vec<u8>, endpoints: Vec<Endpoint>) -> Option<u32> {
+        // A head the SDK cannot decode picks nothing: the WIT has no error here.
+        T::pick(&single(&message).ok()?, &endpoints)
+    }
+}
+
+/// Export a [`Balancer`] as this component's `switchyard:plugin/balancer`.
+#[macro_export]
+macro_rules! export_balancer {
+    ($plugin:ty) => {
+        const _: () = {
+            type SwitchyardBalancerExport = $crate::__private::BalancerExport<$plugin>;
+            $crate::__private::balancer::export!(
+                SwitchyardBalancerExport with_types_in $crate::__private::balancer
+            );
+        };
+    };
+}

@@ -1,0 +1,117 @@
+//! Filters: keep or drop each message of a route.
+
+use std::marker::PhantomData;
+
+use switchyard_wire::decode;
+
+use crate::bindings::filter::exports::switchyard::plugin::filter::Guest;
+use crate::bindings::types::Decision;
+use crate::{Error, Message, Verdict};
+
+/// A route filter: keeps or drops messages.
+///
+/// Export it with [`export_filter!`](crate::export_filter).
+pub trait Filter {
+    /// Decide about one message.
+    ///
+    /// Called once per message routed through a stage using this plugin, in
+    /// batch order; the host batches messages, so many calls happen within
+    /// one host call. The message carries its head only: `payload` is `None`,
+    /// `payload_len` is its size. An `Err` affects this message only.
+    fn filter(message: &Message<'_>) -> Result<Verdict, Error>;
+}
+
+/// Glue between a [`Filter`] and the generated export.
+#[doc(hidden)]
+pub struct FilterExport<T>(PhantomData<T>);
+
+impl<T: Filter> Guest for FilterExport<T> {
+    fn filter(messages: Vec<u8>) -> Vec<Decision> {
+        decide::<T>(&messages)
+    }
+}
+
+/// One decision per message; a malformed message gets `failed` and ends the
+/// batch (the layout cannot be resynchronised past it).
+fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
+    let mut decisions = Vec::with_capacity(16);
+    for message in decode(batch) {
+        match message {
+            Ok(message) => decisions.push(T::filter(&message)),
+            Err(error) => decisions.push(Err(error.into())),
+        }
+    }
+    decisions
+}
+
+/// Export a [`Filter`] as this component's `switchyard:plugin/filter`.
+///
+/// ```
+/// # use switchyard_plugin::{Error, Filter, Message, Verdict};
+/// struct KeepAll;
+/// impl Filter for KeepAll {
+///     fn filter(_: &Message<'_>) -> Result<Verdict, Error> {
+///         Ok(Verdict::Keep)
+///     }
+/// }
+/// switchyard_plugin::export_filter!(KeepAll);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! export_filter {
+    ($plugin:ty) => {
+        const _: () = {
+            type SwitchyardFilterExport = $crate::__private::FilterExport<$plugin>;
+            $crate::__private::filter::export!(
+                SwitchyardFilterExport with_types_in $crate::__private::filter
+            );
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_wire::{Head, Payload, write_message};
+
+    use super::*;
+
+    struct KeepTenant;
+
+    impl Filter for KeepTenant {
+        fn filter(message: &Message<'_>) -> Result<Verdict, Error> {
+            match message.header("tenant") {
+                Some("acme") => Ok(Verdict::Keep),
+                Some(_) => Ok(Verdict::Drop),
+                None => Err(Error::rejected("no tenant")),
+            }
+        }
+    }
+
+    fn batch(tenants: &[Option<&str>]) -> Vec<u8> {
+        let mut batch = Vec::new();
+        for (id, tenant) in tenants.iter().enumerate() {
+            let head = Head { id: id as u64, source: 0, priority: 0, topic: "t" };
+            let headers = tenant.iter().map(|tenant| ("tenant", *tenant));
+            write_message(&mut batch, &head, headers, Payload::Omitted(9));
+        }
+        batch
+    }
+
+    #[test]
+    fn one_decision_per_message_in_order() {
+        let decisions = decide::<KeepTenant>(&batch(&[Some("acme"), Some("other"), None]));
+        assert_eq!(
+            decisions,
+            [Ok(Verdict::Keep), Ok(Verdict::Drop), Err(Error::rejected("no tenant"))]
+        );
+    }
+
+    #[test]
+    fn malformed_message_fails_instead_of_panicking() {
+        let mut bytes = batch(&[Some("acme"), Some("acme")]);
+        bytes.truncate(bytes.len() - 3);
+        let decisions = decide::<KeepTenant>(&bytes);
+        assert_eq!(decisions[0], Ok(Verdict::Keep));
+        assert!(matches!(decisions[1], Err(Error::Failed(_))));
+    }
+}

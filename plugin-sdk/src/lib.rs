@@ -1,0 +1,111 @@
+//! Write Switchyard plugins in Rust.
+//!
+//! A plugin is a WebAssembly component (built for `wasm32-wasip2`) that
+//! implements one kind's trait and exports it with one macro line:
+//!
+//! | Kind       | Trait          | Export with            | Called per            |
+//! |------------|----------------|------------------------|-----------------------|
+//! | filter     | [`Filter`]     | [`export_filter!`]     | message (head only)   |
+//! | transform  | [`Transform`]  | [`export_transform!`]  | message               |
+//! | middleware | [`Middleware`] | [`export_middleware!`] | request, reply        |
+//! | balancer   | [`Balancer`]   | [`export_balancer!`]   | dispatch attempt      |
+//! | transport  | [`Transport`]  | [`export_transport!`]  | delivery attempt      |
+//!
+//! The host hands a plugin whole batches of messages as one byte buffer; the
+//! SDK reads each [`Message`] in place and calls your trait once per message:
+//!
+//! ```text
+//! host ── batch: one list<u8> ──► export glue ── decode, no copy ──► Filter::filter(&Message)
+//!      ◄── one decision per message ──┘                              (once per message)
+//! ```
+//!
+//! Plugins reach the host through [`log`], [`config`], [`now_millis`] and
+//! [`count`]. Failures are [`Error`]s: [`Error::rejected`] (bad message,
+//! dead-lettered), [`Error::retryable`] and [`Error::failed`] (plugin fault).
+//!
+//! # A complete filter plugin
+//!
+//! `Cargo.toml`: a `cdylib` depending on this crate only.
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! switchyard-plugin = "0.1"
+//! ```
+//!
+//! `src/lib.rs`: keep messages whose `x-tenant` header equals the config key
+//! `tenant`, counting both outcomes.
+//!
+//! ```
+//! use std::sync::LazyLock;
+//!
+//! use switchyard_plugin::{Error, Filter, Message, Verdict, config, count, export_filter};
+//!
+//! struct TenantFilter;
+//!
+//! /// Read from the host once per instance, on first use.
+//! static TENANT: LazyLock<Option<String>> = LazyLock::new(|| config("tenant"));
+//!
+//! impl Filter for TenantFilter {
+//!     fn filter(message: &Message<'_>) -> Result<Verdict, Error> {
+//!         let tenant = TENANT.as_deref().ok_or_else(|| Error::failed("config key `tenant` is unset"))?;
+//!         if message.header("x-tenant") == Some(tenant) {
+//!             count("kept", 1);
+//!             Ok(Verdict::Keep)
+//!         } else {
+//!             count("dropped", 1);
+//!             Ok(Verdict::Drop)
+//!         }
+//!     }
+//! }
+//!
+//! export_filter!(TenantFilter);
+//! # fn main() {}
+//! ```
+//!
+//! `cargo build --release --target wasm32-wasip2` writes the component to
+//! `target/wasm32-wasip2/release/<crate>.wasm`; drop it into the host's plugin
+//! directory and name it in a route (`stages = ["filter:<file stem>"]`).
+
+#![deny(missing_docs)]
+
+// The generated bindings name the runtime by this absolute path, so that they
+// work in plugin crates that do not depend on `wit-bindgen` themselves.
+extern crate self as switchyard_plugin;
+
+mod bindings;
+
+mod error;
+mod host;
+mod message;
+mod output;
+
+mod balancer;
+mod filter;
+mod middleware;
+mod transform;
+mod transport;
+
+pub use balancer::{Balancer, Endpoint};
+pub use error::{Error, Verdict};
+pub use filter::Filter;
+pub use host::{Level, config, count, debug, error, info, log, now_millis, trace, warn};
+pub use message::{Headers, Message, OwnedMessage};
+pub use middleware::{Action, Middleware};
+pub use output::{Emit, Output};
+pub use transform::Transform;
+pub use transport::Transport;
+
+/// Used by the `export_*!` macros; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::balancer::BalancerExport;
+    pub use crate::bindings::{balancer, filter, middleware, transform, transport};
+    pub use crate::filter::FilterExport;
+    pub use crate::middleware::MiddlewareExport;
+    pub use crate::transform::TransformExport;
+    pub use crate::transport::TransportExport;
+    pub use wit_bindgen;
+}

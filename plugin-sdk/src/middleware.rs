@@ -1,0 +1,67 @@
+//! Middleware: sees a request before delivery and its reply after.
+
+use std::marker::PhantomData;
+
+use crate::bindings::middleware::exports::switchyard::plugin::middleware::{self as wit, Guest};
+use crate::message::single;
+use crate::{Error, Message, OwnedMessage};
+
+/// What to do with a request, see [`Middleware::on_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Deliver the request: unchanged (`None`) or rewritten (`Some`).
+    Forward(Option<OwnedMessage>),
+    /// Do not deliver: answer the caller with this reply.
+    Respond(OwnedMessage),
+}
+
+/// A middleware: rewrites or short-circuits requests and rewrites replies.
+///
+/// Export it with [`export_middleware!`](crate::export_middleware).
+pub trait Middleware {
+    /// Decide what happens to `request`.
+    ///
+    /// Called once per request routed through a stage using this plugin,
+    /// before delivery, with the payload.
+    fn on_request(request: &Message<'_>) -> Result<Action, Error>;
+
+    /// Rewrite `reply` (`Ok(None)` passes it on unchanged).
+    ///
+    /// Called once per reply to a request this middleware forwarded, after
+    /// delivery; not called for replies it produced with [`Action::Respond`].
+    /// `request` is the request as delivered (after any rewrite).
+    fn on_reply(request: &Message<'_>, reply: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
+}
+
+/// Glue between a [`Middleware`] and the generated export.
+#[doc(hidden)]
+pub struct MiddlewareExport<T>(PhantomData<T>);
+
+impl<T: Middleware> Guest for MiddlewareExport<T> {
+    fn on_request(request: Vec<u8>) -> Result<wit::Action, Error> {
+        let action = T::on_request(&single(&request)?)?;
+        Ok(match action {
+            Action::Forward(None) => wit::Action::Forward(request),
+            Action::Forward(Some(message)) => wit::Action::Forward(message.to_batch()),
+            Action::Respond(reply) => wit::Action::Respond(reply.to_batch()),
+        })
+    }
+
+    fn on_reply(request: Vec<u8>, reply: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let rewritten = T::on_reply(&single(&request)?, &single(&reply)?)?;
+        Ok(rewritten.map_or(reply, |message| message.to_batch()))
+    }
+}
+
+/// Export a [`Middleware`] as this component's `switchyard:plugin/middleware`.
+#[macro_export]
+macro_rules! export_middleware {
+    ($plugin:ty) => {
+        const _: () = {
+            type SwitchyardMiddlewareExport = $crate::__private::MiddlewareExport<$plugin>;
+            $crate::__private::middleware::export!(
+                SwitchyardMiddlewareExport with_types_in $crate::__private::middleware
+            );
+        };
+    };
+}

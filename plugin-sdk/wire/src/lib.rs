@@ -1,0 +1,305 @@
+//! The Switchyard wire layout: message batches as one flat byte buffer.
+//!
+//! Crossing the WebAssembly boundary costs a fixed price per call plus one guest
+//! allocation per string or list passed by value. Carrying a whole batch of
+//! messages in one `list<u8>` pays the allocation once per batch; the guest
+//! reads fields straight out of the buffer without copying them.
+//!
+//! ```text
+//! batch   = message*
+//! message = u64 id, u32 source, u8 priority, u8 flags, str topic,
+//!           u32 header-count, (str name, str value)*, bytes payload
+//! str     = bytes = u32 length, length bytes            (little-endian)
+//! ```
+//! With [`FLAG_PAYLOAD_OMITTED`] set, `bytes payload` is only its `u32` length
+//! (the real payload size) and no bytes follow: filters see heads only.
+//!
+//! ```
+//! use switchyard_wire::{decode, write_message, Head, Payload};
+//! let mut buf = Vec::new();
+//! let head = Head { id: 7, source: 0, priority: 1, topic: "orders.eu" };
+//! write_message(&mut buf, &head, [("tenant", "acme")], Payload::Bytes(b"{}"));
+//! let msg = decode(&buf).next().unwrap().unwrap();
+//! assert_eq!(msg.topic, "orders.eu");
+//! assert_eq!(msg.header("Tenant"), Some("acme"));
+//! assert_eq!(msg.payload, Some(&b"{}"[..]));
+//! ```
+
+use std::fmt;
+
+/// Flag bit: the payload bytes were left out; only their length is present.
+pub const FLAG_PAYLOAD_OMITTED: u8 = 1;
+
+/// The fixed fields of a message to encode.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// Message id assigned by the host.
+    pub id: u64,
+    /// Index of the input message this one came from (transform outputs).
+    pub source: u32,
+    /// Priority class; higher is more urgent.
+    pub priority: u8,
+    /// The message's topic, e.g. `orders.eu`.
+    pub topic: &'a str,
+}
+
+/// The payload to encode: its bytes, or only its size.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// Carry the payload bytes.
+    Bytes(&'a [u8]),
+    /// Carry only the payload's length (for heads-only batches).
+    Omitted(usize),
+}
+
+/// A malformed buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// Byte offset where decoding failed.
+    pub offset: usize,
+    /// What was wrong there.
+    pub problem: &'static str,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed message batch at byte {}: {}", self.offset, self.problem)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Append one message to `out`.
+pub fn write_message<'h>(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    headers: impl IntoIterator<Item = (&'h str, &'h str), IntoIter: ExactSizeIterator>,
+    payload: Payload<'_>,
+) {
+    let headers = headers.into_iter();
+    out.extend_from_slice(&head.id.to_le_bytes());
+    out.extend_from_slice(&head.source.to_le_bytes());
+    out.push(head.priority);
+    let flags = match payload {
+        Payload::Bytes(_) => 0,
+        Payload::Omitted(_) => FLAG_PAYLOAD_OMITTED,
+    };
+    out.push(flags);
+    write_bytes(out, head.topic.as_bytes());
+    out.extend_from_slice(&len_u32(headers.len()).to_le_bytes());
+    for (name, value) in headers {
+        write_bytes(out, name.as_bytes());
+        write_bytes(out, value.as_bytes());
+    }
+    match payload {
+        Payload::Bytes(bytes) => write_bytes(out, bytes),
+        Payload::Omitted(len) => out.extend_from_slice(&len_u32(len).to_le_bytes()),
+    }
+}
+
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&len_u32(bytes.len()).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("wire fields are limited to 4 GiB")
+}
+
+/// One decoded message, borrowing from the batch buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    /// Message id assigned by the host.
+    pub id: u64,
+    /// Index of the input message this one came from.
+    pub source: u32,
+    /// Priority class; higher is more urgent.
+    pub priority: u8,
+    /// The message's topic.
+    pub topic: &'a str,
+    /// The payload bytes, or `None` when the batch carries heads only.
+    pub payload: Option<&'a [u8]>,
+    /// The payload's size in bytes (known even when the bytes were omitted).
+    pub payload_len: usize,
+    header_count: u32,
+    header_bytes: &'a [u8],
+}
+
+impl<'a> MessageRef<'a> {
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    /// All headers, in order.
+    pub fn headers(&self) -> Headers<'a> {
+        Headers {
+            reader: Reader { buf: self.header_bytes, pos: 0 },
+            remaining: self.header_count,
+        }
+    }
+}
+
+/// Iterator over a message's headers, see [`MessageRef::headers`].
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    reader: Reader<'a>,
+    remaining: u32,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // The region was validated when the message was decoded.
+        let name = self.reader.str().ok()?;
+        let value = self.reader.str().ok()?;
+        Some((name, value))
+    }
+}
+
+/// Decode the messages of `batch`, in order.
+pub fn decode(batch: &[u8]) -> Messages<'_> {
+    Messages { reader: Reader { buf: batch, pos: 0 } }
+}
+
+/// Iterator over the messages of a batch, see [`decode`].
+#[derive(Debug, Clone)]
+pub struct Messages<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<MessageRef<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.reader.pos == self.reader.buf.len() {
+            return None;
+        }
+        let item = self.reader.message();
+        if item.is_err() {
+            self.reader.pos = self.reader.buf.len();
+        }
+        Some(item)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn message(&mut self) -> Result<MessageRef<'a>, WireError> {
+        let id = u64::from_le_bytes(self.array()?);
+        let source = u32::from_le_bytes(self.array()?);
+        let [priority, flags] = self.array()?;
+        let topic = self.str()?;
+        let header_count = self.u32()?;
+        let headers_start = self.pos;
+        for _ in 0..header_count {
+            self.str()?;
+            self.str()?;
+        }
+        let header_bytes = &self.buf[headers_start..self.pos];
+        let (payload, payload_len) = if flags & FLAG_PAYLOAD_OMITTED != 0 {
+            (None, self.u32()? as usize)
+        } else {
+            let bytes = self.bytes()?;
+            (Some(bytes), bytes.len())
+        };
+        Ok(MessageRef { id, source, priority, topic, payload, payload_len, header_count, header_bytes })
+    }
+
+    fn error(&self, problem: &'static str) -> WireError {
+        WireError { offset: self.pos, problem }
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(len).filter(|end| *end <= self.buf.len());
+        let end = end.ok_or_else(|| self.error("truncated"))?;
+        let slice = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Result<&'a str, WireError> {
+        let start = self.pos;
+        let bytes = self.bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| WireError { offset: start, problem: "string is not UTF-8" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(payload: Payload<'_>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let head = Head { id: 1, source: 3, priority: 2, topic: "a.b" };
+        write_message(&mut buf, &head, [("k", "v"), ("x-y", "z")], payload);
+        let head = Head { id: 2, source: 4, priority: 0, topic: "c" };
+        write_message(&mut buf, &head, [], payload);
+        buf
+    }
+
+    #[test]
+    fn round_trips_a_batch_of_two() {
+        let buf = sample(Payload::Bytes(b"hello"));
+        let messages: Vec<_> = decode(&buf).collect::<Result<_, _>>().unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!((messages[0].id, messages[0].source, messages[0].priority), (1, 3, 2));
+        assert_eq!(messages[0].headers().collect::<Vec<_>>(), [("k", "v"), ("x-y", "z")]);
+        assert_eq!(messages[0].header("X-Y"), Some("z"));
+        assert_eq!(messages[1].topic, "c");
+        assert_eq!(messages[1].payload, Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn omitted_payload_keeps_its_length() {
+        let buf = sample(Payload::Omitted(65536));
+        let first = decode(&buf).next().unwrap().unwrap();
+        assert_eq!((first.payload, first.payload_len), (None, 65536));
+        assert_eq!(decode(&buf).count(), 2);
+    }
+
+    #[test]
+    fn truncated_buffer_is_an_error_not_a_panic() {
+        let buf = sample(Payload::Bytes(b"hello"));
+        for cut in 0..buf.len() {
+            let results: Vec<_> = decode(&buf[..cut]).collect();
+            let failed = results.iter().any(Result::is_err);
+            assert!(cut == 0 || failed || results.len() == 1, "cut {cut}");
+        }
+        let err = decode(&buf[..10]).next().unwrap().unwrap_err();
+        assert_eq!(err.problem, "truncated");
+    }
+
+    #[test]
+    fn invalid_utf8_topic_is_reported_with_its_offset() {
+        let mut buf = sample(Payload::Bytes(b""));
+        buf[18] = 0xff;
+        let err = decode(&buf).next().unwrap().unwrap_err();
+        assert_eq!(err, WireError { offset: 14, problem: "string is not UTF-8" });
+    }
+}

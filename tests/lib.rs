@@ -1,0 +1,1 @@
+//! Switchyard integration tests live in `all/`; this library is empty.
