@@ -1,10 +1,51 @@
 //! Switchyard: a message-orchestration host extended by hot-swappable
 //! WebAssembly components.
+//!
+//! ```text
+//! send / request / HTTP ingress ─► admission (size, topic, bounded queue: backpressure)
+//!   ─► worker batch ─► router (first matching route) ─► stages (filters, transforms,
+//!      middleware: WASM plugins or native Rust, each batch pinning its plugin versions)
+//!   ─► destination (memory, log, your own) ─► reply back to the requester
+//!   anything that cannot go on ─► dead-letter destination, with a reason
+//! ```
+//!
+//! ```
+//! use switchyard::{Host, Message, MemoryDestination, RouteConfig, Verdict};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let (out, delivered) = MemoryDestination::new();
+//! let host = Host::builder()
+//!     .plugin_dir(std::env::temp_dir().join("switchyard-doc-no-plugins"))
+//!     .destination("out", out)
+//!     .filter("vip-only", |m: &Message| Ok(if m.header("tier") == Some("gold") { Verdict::Keep } else { Verdict::Drop }))
+//!     .route(RouteConfig::new("orders", "orders.*", "out").stage("filter:vip-only"))
+//!     .build()
+//!     .await
+//!     .unwrap();
+//! host.send(Message::new("orders.eu", "{}").with_header("tier", "gold")).await.unwrap();
+//! host.send(Message::new("orders.us", "{}")).await.unwrap();
+//! host.shutdown().await;
+//! assert_eq!(delivered.try_iter().count(), 1);
+//! assert_eq!(host.stats().filtered, 1);
+//! # }
+//! ```
 
 pub mod config;
+pub mod dead_letter;
+pub mod destination;
+pub mod host;
+pub mod ingress;
 pub mod message;
+pub mod pipeline;
 pub mod plugin;
 pub mod router;
+pub mod stage;
 
-pub use config::Config;
-pub use message::{Message, MessageId};
+pub use config::{Config, ConfigError, FailurePolicy, RouteConfig};
+pub use dead_letter::DeadLetterReason;
+pub use destination::{DeliveryError, Destination, LogDestination, MemoryDestination};
+pub use host::{BuildError, Host, HostBuilder, PendingReply, RequestError, SendError};
+pub use ingress::HttpIngress;
+pub use message::{Message, MessageId, Verdict};
+pub use pipeline::Stats;
+pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
+pub use stage::{NativeFilter, NativeTransform};

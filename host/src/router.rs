@@ -83,9 +83,10 @@ impl Route {
 
     fn matches(&self, message: &Message) -> bool {
         self.topic.as_ref().is_none_or(|pattern| pattern.matches(&message.topic))
-            && self.headers.iter().all(|(name, want)| {
-                message.header(name).is_some_and(|value| want == "*" || value == want)
-            })
+            && self
+                .headers
+                .iter()
+                .all(|(name, want)| message.header(name).is_some_and(|value| want == "*" || value == want))
     }
 }
 
@@ -146,7 +147,8 @@ mod tests {
     #[test]
     fn first_matching_route_wins_and_headers_must_match() {
         let route = |name: &str, topic: &str, header: Option<(&str, &str)>| {
-            let mut config: RouteConfig = toml::from_str(&format!("name = \"{name}\"\nto = \"log\"")).unwrap();
+            let mut config: RouteConfig =
+                toml::from_str(&format!("name = \"{name}\"\nto = \"log\"")).unwrap();
             config.matches.topic = Some(topic.into());
             config.matches.headers.extend(header.map(|(k, v)| (k.to_owned(), v.to_owned())));
             Route::from_config(&config).unwrap()

@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 
 use crate::Message;
 use crate::bindings::balancer::exports::switchyard::plugin::balancer::Guest;
+use crate::host::FlushCounts;
 use crate::message::single;
 
 /// What a balancer sees of one endpoint: `index`, `address`, `weight`,
@@ -28,8 +29,13 @@ pub trait Balancer {
 #[doc(hidden)]
 pub struct BalancerExport<T>(PhantomData<T>);
 
+/// Compiles only for a `T` that implements [`Balancer`]: the export macro's check.
+#[doc(hidden)]
+pub const fn is_balancer<T: Balancer>() {}
+
 impl<T: Balancer> Guest for BalancerExport<T> {
     fn pick(message: Vec<u8>, endpoints: Vec<Endpoint>) -> Option<u32> {
+        let _flush = FlushCounts;
         // A head the SDK cannot decode picks nothing: the WIT has no error here.
         T::pick(&single(&message).ok()?, &endpoints)
     }
@@ -39,11 +45,13 @@ impl<T: Balancer> Guest for BalancerExport<T> {
 #[macro_export]
 macro_rules! export_balancer {
     ($plugin:ty) => {
+        const _: () = $crate::__private::is_balancer::<$plugin>();
+        // Export names such as `switchyard:plugin/balancer@0.1.0#...` only link for wasm;
+        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardBalancerExport = $crate::__private::BalancerExport<$plugin>;
-            $crate::__private::balancer::export!(
-                SwitchyardBalancerExport with_types_in $crate::__private::balancer
-            );
+            $crate::__private::balancer::export!(SwitchyardBalancerExport with_types_in $crate::__private::balancer);
         };
     };
 }

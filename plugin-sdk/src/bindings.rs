@@ -5,13 +5,15 @@
 //! `pub_export_macro` each world's export section is emitted by its `export!`
 //! macro in the plugin crate, so a plugin only claims the world it exports.
 
+#![expect(missing_docs, reason = "generated modules and items carry no docs")]
+
 /// The `filter-plugin` world; also home of the shared `types` and `host`.
 pub mod filter {
     wit_bindgen::generate!({
         path: "../wit",
         world: "filter-plugin",
         pub_export_macro: true,
-        runtime_path: "::switchyard_plugin::__private::wit_bindgen",
+        runtime_path: "::switchyard_plugin::__private::wit_bindgen::rt",
         additional_derives: [PartialEq, Eq],
     });
 }
@@ -27,7 +29,7 @@ macro_rules! world {
                 path: "../wit",
                 world: $world,
                 pub_export_macro: true,
-                runtime_path: "::switchyard_plugin::__private::wit_bindgen",
+                runtime_path: "::switchyard_plugin::__private::wit_bindgen::rt",
                 with: {
                     "switchyard:plugin/types@0.1.0": crate::bindings::types,
                     "switchyard:plugin/host@0.1.0": crate::bindings::host,

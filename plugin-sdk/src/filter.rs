@@ -6,6 +6,7 @@ use switchyard_wire::decode;
 
 use crate::bindings::filter::exports::switchyard::plugin::filter::Guest;
 use crate::bindings::types::Decision;
+use crate::host::FlushCounts;
 use crate::{Error, Message, Verdict};
 
 /// A route filter: keeps or drops messages.
@@ -25,8 +26,13 @@ pub trait Filter {
 #[doc(hidden)]
 pub struct FilterExport<T>(PhantomData<T>);
 
+/// Compiles only for a `T` that implements [`Filter`]: the export macro's check.
+#[doc(hidden)]
+pub const fn is_filter<T: Filter>() {}
+
 impl<T: Filter> Guest for FilterExport<T> {
     fn filter(messages: Vec<u8>) -> Vec<Decision> {
+        let _flush = FlushCounts;
         decide::<T>(&messages)
     }
 }
@@ -60,11 +66,13 @@ fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
 #[macro_export]
 macro_rules! export_filter {
     ($plugin:ty) => {
+        const _: () = $crate::__private::is_filter::<$plugin>();
+        // Export names such as `switchyard:plugin/filter@0.1.0#...` only link for wasm;
+        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardFilterExport = $crate::__private::FilterExport<$plugin>;
-            $crate::__private::filter::export!(
-                SwitchyardFilterExport with_types_in $crate::__private::filter
-            );
+            $crate::__private::filter::export!(SwitchyardFilterExport with_types_in $crate::__private::filter);
         };
     };
 }
@@ -100,10 +108,7 @@ mod tests {
     #[test]
     fn one_decision_per_message_in_order() {
         let decisions = decide::<KeepTenant>(&batch(&[Some("acme"), Some("other"), None]));
-        assert_eq!(
-            decisions,
-            [Ok(Verdict::Keep), Ok(Verdict::Drop), Err(Error::rejected("no tenant"))]
-        );
+        assert_eq!(decisions, [Ok(Verdict::Keep), Ok(Verdict::Drop), Err(Error::rejected("no tenant"))]);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Functions the host offers every plugin: logging, configuration, clock, counters.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use crate::bindings::host;
 
@@ -42,7 +41,9 @@ thread_local! {
     /// Answers already fetched from the host. Config never changes during an
     /// instance's life (a reload makes new instances), and a host call costs
     /// about as much as a whole filter call, so each key is asked for once.
-    static CONFIG: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+    /// A list, not a `HashMap`: plugins read a handful of keys, and the
+    /// `HashMap` random seed would add a WASI import to every plugin.
+    static CONFIG: RefCell<Vec<(String, Option<String>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// This plugin's configuration value for `key` (`[[plugin]] config = {..}`),
@@ -52,11 +53,11 @@ thread_local! {
 /// instead of calling this on every message: see the crate example.
 pub fn config(key: &str) -> Option<String> {
     CONFIG.with(|cache| {
-        if let Some(value) = cache.borrow().get(key) {
+        if let Some((_, value)) = cache.borrow().iter().find(|(known, _)| known == key) {
             return value.clone();
         }
         let value = host::config(key);
-        cache.borrow_mut().insert(key.to_owned(), value.clone());
+        cache.borrow_mut().push((key.to_owned(), value.clone()));
         value
     })
 }
@@ -66,7 +67,34 @@ pub fn now_millis() -> u64 {
     host::now_millis()
 }
 
+thread_local! {
+    /// Counter increments not yet sent to the host. A host call per message
+    /// would double a small filter's cost, so [`count`] adds up here and the
+    /// export glue sends each total once per host call ([`FlushCounts`]).
+    static COUNTS: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Add `delta` to this plugin's counter `name`, exported as a host metric.
+///
+/// Increments are summed inside the plugin and reach the host when the
+/// current call (one batch) returns.
 pub fn count(name: &str, delta: u64) {
-    host::count(name, delta);
+    COUNTS.with_borrow_mut(|counts| match counts.iter_mut().find(|(known, _)| known == name) {
+        Some((_, total)) => *total += delta,
+        None => counts.push((name.to_owned(), delta)),
+    });
+}
+
+/// Sends the summed [`count`] increments to the host when dropped, at the end
+/// of every export call.
+pub(crate) struct FlushCounts;
+
+impl Drop for FlushCounts {
+    fn drop(&mut self) {
+        COUNTS.with_borrow_mut(|counts| {
+            for (name, total) in counts.iter_mut().filter(|(_, total)| *total > 0) {
+                host::count(name, std::mem::take(total));
+            }
+        });
+    }
 }

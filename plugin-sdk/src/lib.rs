@@ -101,11 +101,11 @@ pub use transport::Transport;
 /// Used by the `export_*!` macros; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::balancer::BalancerExport;
+    pub use crate::balancer::{BalancerExport, is_balancer};
     pub use crate::bindings::{balancer, filter, middleware, transform, transport};
-    pub use crate::filter::FilterExport;
-    pub use crate::middleware::MiddlewareExport;
-    pub use crate::transform::TransformExport;
-    pub use crate::transport::TransportExport;
+    pub use crate::filter::{FilterExport, is_filter};
+    pub use crate::middleware::{MiddlewareExport, is_middleware};
+    pub use crate::transform::{TransformExport, is_transform};
+    pub use crate::transport::{TransportExport, is_transport};
     pub use wit_bindgen;
 }

@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 
 use crate::bindings::middleware::exports::switchyard::plugin::middleware::{self as wit, Guest};
+use crate::host::FlushCounts;
 use crate::message::single;
 use crate::{Error, Message, OwnedMessage};
 
@@ -37,8 +38,13 @@ pub trait Middleware {
 #[doc(hidden)]
 pub struct MiddlewareExport<T>(PhantomData<T>);
 
+/// Compiles only for a `T` that implements [`Middleware`]: the export macro's check.
+#[doc(hidden)]
+pub const fn is_middleware<T: Middleware>() {}
+
 impl<T: Middleware> Guest for MiddlewareExport<T> {
     fn on_request(request: Vec<u8>) -> Result<wit::Action, Error> {
+        let _flush = FlushCounts;
         let action = T::on_request(&single(&request)?)?;
         Ok(match action {
             Action::Forward(None) => wit::Action::Forward(request),
@@ -48,6 +54,7 @@ impl<T: Middleware> Guest for MiddlewareExport<T> {
     }
 
     fn on_reply(request: Vec<u8>, reply: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let _flush = FlushCounts;
         let rewritten = T::on_reply(&single(&request)?, &single(&reply)?)?;
         Ok(rewritten.map_or(reply, |message| message.to_batch()))
     }
@@ -57,11 +64,13 @@ impl<T: Middleware> Guest for MiddlewareExport<T> {
 #[macro_export]
 macro_rules! export_middleware {
     ($plugin:ty) => {
+        const _: () = $crate::__private::is_middleware::<$plugin>();
+        // Export names such as `switchyard:plugin/middleware@0.1.0#...` only link for wasm;
+        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardMiddlewareExport = $crate::__private::MiddlewareExport<$plugin>;
-            $crate::__private::middleware::export!(
-                SwitchyardMiddlewareExport with_types_in $crate::__private::middleware
-            );
+            $crate::__private::middleware::export!(SwitchyardMiddlewareExport with_types_in $crate::__private::middleware);
         };
     };
 }

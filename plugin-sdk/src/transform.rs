@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use switchyard_wire::decode;
 
 use crate::bindings::transform::exports::switchyard::plugin::transform::{Guest, Transformed};
+use crate::host::FlushCounts;
 use crate::{Error, Output};
 
 /// A transform: rewrites, splits or drops messages.
@@ -26,8 +27,13 @@ pub trait Transform {
 #[doc(hidden)]
 pub struct TransformExport<T>(PhantomData<T>);
 
+/// Compiles only for a `T` that implements [`Transform`]: the export macro's check.
+#[doc(hidden)]
+pub const fn is_transform<T: Transform>() {}
+
 impl<T: Transform> Guest for TransformExport<T> {
     fn transform(messages: Vec<u8>) -> Transformed {
+        let _flush = FlushCounts;
         run::<T>(&messages)
     }
 }
@@ -52,11 +58,13 @@ fn run<T: Transform>(batch: &[u8]) -> Transformed {
 #[macro_export]
 macro_rules! export_transform {
     ($plugin:ty) => {
+        const _: () = $crate::__private::is_transform::<$plugin>();
+        // Export names such as `switchyard:plugin/transform@0.1.0#...` only link for wasm;
+        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardTransformExport = $crate::__private::TransformExport<$plugin>;
-            $crate::__private::transform::export!(
-                SwitchyardTransformExport with_types_in $crate::__private::transform
-            );
+            $crate::__private::transform::export!(SwitchyardTransformExport with_types_in $crate::__private::transform);
         };
     };
 }

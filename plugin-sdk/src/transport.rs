@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 
 use crate::bindings::transport::exports::switchyard::plugin::transport::Guest;
+use crate::host::FlushCounts;
 use crate::message::single;
 use crate::{Error, Message, OwnedMessage};
 
@@ -23,8 +24,13 @@ pub trait Transport {
 #[doc(hidden)]
 pub struct TransportExport<T>(PhantomData<T>);
 
+/// Compiles only for a `T` that implements [`Transport`]: the export macro's check.
+#[doc(hidden)]
+pub const fn is_transport<T: Transport>() {}
+
 impl<T: Transport> Guest for TransportExport<T> {
     fn send(address: String, message: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        let _flush = FlushCounts;
         let reply = T::send(&address, &single(&message)?)?;
         Ok(reply.map(|reply| reply.to_batch()))
     }
@@ -34,11 +40,13 @@ impl<T: Transport> Guest for TransportExport<T> {
 #[macro_export]
 macro_rules! export_transport {
     ($plugin:ty) => {
+        const _: () = $crate::__private::is_transport::<$plugin>();
+        // Export names such as `switchyard:plugin/transport@0.1.0#...` only link for wasm;
+        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardTransportExport = $crate::__private::TransportExport<$plugin>;
-            $crate::__private::transport::export!(
-                SwitchyardTransportExport with_types_in $crate::__private::transport
-            );
+            $crate::__private::transport::export!(SwitchyardTransportExport with_types_in $crate::__private::transport);
         };
     };
 }

@@ -43,29 +43,26 @@ impl Config {
     pub fn builtin() -> Config {
         let mut config = Config::default();
         config.ingress.http = Some(HttpIngressConfig { listen: ([127, 0, 0, 1], 7070).into() });
-        config.routes.push(RouteConfig {
-            name: "default".into(),
-            matches: Default::default(),
-            stages: vec![StageRef::AllPlugins],
-            to: Some("log".into()),
-            fan_out: Vec::new(),
-            priority: None,
-            on_error: None,
-        });
+        let mut route = RouteConfig::new("default", ">", "log");
+        route.stages.push(StageRef::AllPlugins);
+        config.routes.push(route);
         config
     }
 
     /// Read and validate the file at `path`.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
         Config::from_toml(&file, &text)
     }
 
     /// Parse and validate TOML text; `file` names it in errors.
     pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|err| ConfigError::Parse { file: file.to_owned(), message: err.to_string().trim_end().to_owned() })?;
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            file: file.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
         config.validate(file, &[])?;
         Ok(config)
     }
@@ -118,7 +115,8 @@ impl Config {
                 return Err(invalid(key("name"), &route.name, "two routes share this name".into()));
             }
             if let Some(pattern) = &route.matches.topic {
-                crate::router::TopicPattern::parse(pattern).map_err(|problem| invalid(key("match.topic"), pattern, problem))?;
+                crate::router::TopicPattern::parse(pattern)
+                    .map_err(|problem| invalid(key("match.topic"), pattern, problem))?;
             }
             let targets: Vec<&String> = route.to.iter().chain(&route.fan_out).collect();
             if targets.is_empty() || (route.to.is_some() && !route.fan_out.is_empty()) {
@@ -127,7 +125,11 @@ impl Config {
             }
             if let Some(unknown) = targets.iter().find(|name| !destinations.contains(name.as_str())) {
                 let field = if route.to.is_some() { "to" } else { "fan_out" };
-                return Err(invalid(key(field), unknown, format!("unknown destination (known: {})", known())));
+                return Err(invalid(
+                    key(field),
+                    unknown,
+                    format!("unknown destination (known: {})", known()),
+                ));
             }
         }
         Ok(())

@@ -181,6 +181,38 @@ pub struct RouteConfig {
     pub on_error: Option<FailurePolicy>,
 }
 
+impl RouteConfig {
+    /// A route named `name` taking topics matching `topic` to destination `to`,
+    /// with no stages yet.
+    pub fn new(name: &str, topic: &str, to: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            matches: RouteMatch { topic: Some(topic.into()), headers: BTreeMap::new() },
+            stages: Vec::new(),
+            to: Some(to.into()),
+            fan_out: Vec::new(),
+            priority: None,
+            on_error: None,
+        }
+    }
+
+    /// Append a stage such as `filter:NAME`.
+    ///
+    /// # Panics
+    /// If `stage` is not a valid stage reference (a programming error).
+    pub fn stage(mut self, stage: &str) -> RouteConfig {
+        let stage = StageRef::try_from(stage.to_owned()).unwrap_or_else(|problem| panic!("{problem}"));
+        self.stages.push(stage);
+        self
+    }
+
+    /// Set the failure policy of the route's stages.
+    pub fn on_error(mut self, policy: FailurePolicy) -> RouteConfig {
+        self.on_error = Some(policy);
+        self
+    }
+}
+
 /// Plugin kinds that can run as route stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StageKind {
@@ -230,7 +262,11 @@ impl TryFrom<String> for StageRef {
             "filter" => StageKind::Filter,
             "transform" => StageKind::Transform,
             "middleware" => StageKind::Middleware,
-            _ => return Err(format!("stage \"{text}\" must be filter:NAME, transform:NAME, middleware:NAME or *")),
+            _ => {
+                return Err(format!(
+                    "stage \"{text}\" must be filter:NAME, transform:NAME, middleware:NAME or *"
+                ));
+            }
         };
         if name.is_empty() {
             return Err(format!("stage \"{text}\" names no plugin"));

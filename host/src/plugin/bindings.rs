@@ -43,7 +43,9 @@ mod transport {
 
 pub(crate) use balancer::BalancerPluginPre;
 pub(crate) use filter::switchyard::plugin::host::{Host as HostImports, Level};
-pub(crate) use filter::switchyard::plugin::types::{Error as WitError, Host as TypesImports, Verdict as WitVerdict};
+pub(crate) use filter::switchyard::plugin::types::{
+    Error as WitError, Host as TypesImports, Verdict as WitVerdict,
+};
 pub(crate) use filter::{FilterPlugin, FilterPluginPre};
 pub(crate) use middleware::exports::switchyard::plugin::middleware::Action;
 pub(crate) use middleware::{MiddlewarePlugin, MiddlewarePluginPre};
@@ -54,8 +56,12 @@ pub(crate) use transport::TransportPluginPre;
 pub(crate) fn add_host_imports<T: HostImports + TypesImports + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
-    filter::switchyard::plugin::host::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| state)?;
-    filter::switchyard::plugin::types::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| state)
+    filter::switchyard::plugin::host::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| {
+        state
+    })?;
+    filter::switchyard::plugin::types::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| {
+        state
+    })
 }
 
 impl From<WitVerdict> for crate::message::Verdict {

@@ -57,8 +57,12 @@ pub(crate) enum KindPre {
     Filter(FilterPluginPre<StoreState>),
     Transform(TransformPluginPre<StoreState>),
     Middleware(MiddlewarePluginPre<StoreState>),
-    Balancer(#[expect(dead_code, reason = "instantiated by the destination core")] BalancerPluginPre<StoreState>),
-    Transport(#[expect(dead_code, reason = "instantiated by the destination core")] TransportPluginPre<StoreState>),
+    Balancer(
+        #[expect(dead_code, reason = "instantiated by the destination core")] BalancerPluginPre<StoreState>,
+    ),
+    Transport(
+        #[expect(dead_code, reason = "instantiated by the destination core")] TransportPluginPre<StoreState>,
+    ),
 }
 
 /// One version of a plugin: compiled, checked against its world, linked.
@@ -98,15 +102,24 @@ impl CompiledPlugin {
         let component = Component::new(&engine.engine, bytes)
             .map_err(|err| LoadError::Invalid { name: name.clone(), reason: format!("{err:#}") })?;
         let kind = detect_kind(engine, &component, &name)?;
-        let wrong_world =
-            |err: wasmtime::Error| LoadError::WrongWorld { name: name.clone(), world: kind.as_str(), reason: format!("{err:#}") };
+        let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
+            name: name.clone(),
+            world: kind.as_str(),
+            reason: format!("{err:#}"),
+        };
         let linked = engine.linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = match kind {
             PluginKind::Filter => KindPre::Filter(FilterPluginPre::new(linked).map_err(wrong_world)?),
-            PluginKind::Transform => KindPre::Transform(TransformPluginPre::new(linked).map_err(wrong_world)?),
-            PluginKind::Middleware => KindPre::Middleware(MiddlewarePluginPre::new(linked).map_err(wrong_world)?),
+            PluginKind::Transform => {
+                KindPre::Transform(TransformPluginPre::new(linked).map_err(wrong_world)?)
+            }
+            PluginKind::Middleware => {
+                KindPre::Middleware(MiddlewarePluginPre::new(linked).map_err(wrong_world)?)
+            }
             PluginKind::Balancer => KindPre::Balancer(BalancerPluginPre::new(linked).map_err(wrong_world)?),
-            PluginKind::Transport => KindPre::Transport(TransportPluginPre::new(linked).map_err(wrong_world)?),
+            PluginKind::Transport => {
+                KindPre::Transport(TransportPluginPre::new(linked).map_err(wrong_world)?)
+            }
         };
         let digest = hex::encode(Sha256::digest(bytes));
         Ok(CompiledPlugin { name, kind, digest, compile_time: started.elapsed(), settings, pre })

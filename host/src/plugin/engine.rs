@@ -2,6 +2,7 @@
 //! is checked against, and the epoch ticker that enforces call deadlines.
 
 use super::bindings::add_host_imports;
+use super::error::EngineError;
 use super::sandbox::StoreState;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -21,7 +22,11 @@ pub struct PluginEngine {
 
 impl PluginEngine {
     /// A fresh engine with its own epoch ticker thread.
-    pub fn new() -> wasmtime::Result<PluginEngine> {
+    pub fn new() -> Result<PluginEngine, EngineError> {
+        PluginEngine::configure().map_err(|err| EngineError(format!("{err:#}")))
+    }
+
+    fn configure() -> wasmtime::Result<PluginEngine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         // The fixed cost of every call is ~3x lower without the component-model

@@ -51,6 +51,11 @@ pub enum LoadError {
     },
 }
 
+/// The WebAssembly engine could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot start the WebAssembly engine: {0}")]
+pub struct EngineError(pub String);
+
 /// A plugin's own answer that it could not handle a message (not a fault).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginError {

@@ -2,11 +2,11 @@
 //! guarded by a deadline and a memory cap.
 
 use super::bindings::{Action, FilterPlugin, MiddlewarePlugin, TransformPlugin};
-use crate::message::Verdict;
 use super::compiled::{CompiledPlugin, KindPre, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{LoadError, PluginError, PluginFault};
 use super::sandbox::StoreState;
+use crate::message::Verdict;
 use std::sync::Arc;
 use wasmtime::{Store, Trap};
 
@@ -55,7 +55,10 @@ impl PluginInstance {
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_trap();
-        let failed = |err: wasmtime::Error| LoadError::Invalid { name: plugin.name.clone(), reason: format!("{err:#}") };
+        let failed = |err: wasmtime::Error| LoadError::Invalid {
+            name: plugin.name.clone(),
+            reason: format!("{err:#}"),
+        };
         let exports = match &plugin.pre {
             KindPre::Filter(pre) => Exports::Filter(pre.instantiate(&mut store).map_err(failed)?),
             KindPre::Transform(pre) => Exports::Transform(pre.instantiate(&mut store).map_err(failed)?),
@@ -75,13 +78,18 @@ impl PluginInstance {
         let Exports::Filter(filter) = &self.exports else { return Err(self.not_a(PluginKind::Filter)) };
         let filter = filter.switchyard_plugin_filter();
         let decisions = self.guard.call(|store| filter.call_filter(store, batch))?;
-        Ok(decisions.into_iter().map(|decision| decision.map(Verdict::from).map_err(PluginError::from)).collect())
+        Ok(decisions
+            .into_iter()
+            .map(|decision| decision.map(Verdict::from).map_err(PluginError::from))
+            .collect())
     }
 
     /// Run a transform over a batch of full messages.
     #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
     pub fn transform(&mut self, batch: &Vec<u8>) -> Result<Transformed, PluginFault> {
-        let Exports::Transform(transform) = &self.exports else { return Err(self.not_a(PluginKind::Transform)) };
+        let Exports::Transform(transform) = &self.exports else {
+            return Err(self.not_a(PluginKind::Transform));
+        };
         let transform = transform.switchyard_plugin_transform();
         let out = self.guard.call(|store| transform.call_transform(store, batch))?;
         let errors = out.errors.into_iter().map(|(index, error)| (index, error.into())).collect();
@@ -90,8 +98,13 @@ impl PluginInstance {
 
     /// Run a middleware on a request (a one-message batch).
     #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
-    pub fn on_request(&mut self, request: &Vec<u8>) -> Result<Result<MiddlewareAction, PluginError>, PluginFault> {
-        let Exports::Middleware(middleware) = &self.exports else { return Err(self.not_a(PluginKind::Middleware)) };
+    pub fn on_request(
+        &mut self,
+        request: &Vec<u8>,
+    ) -> Result<Result<MiddlewareAction, PluginError>, PluginFault> {
+        let Exports::Middleware(middleware) = &self.exports else {
+            return Err(self.not_a(PluginKind::Middleware));
+        };
         let middleware = middleware.switchyard_plugin_middleware();
         let action = self.guard.call(|store| middleware.call_on_request(store, request))?;
         Ok(action.map_err(PluginError::from).map(|action| match action {
@@ -102,8 +115,14 @@ impl PluginInstance {
 
     /// Run a middleware on a reply; returns the reply to pass on.
     #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
-    pub fn on_reply(&mut self, request: &Vec<u8>, reply: &Vec<u8>) -> Result<Result<Vec<u8>, PluginError>, PluginFault> {
-        let Exports::Middleware(middleware) = &self.exports else { return Err(self.not_a(PluginKind::Middleware)) };
+    pub fn on_reply(
+        &mut self,
+        request: &Vec<u8>,
+        reply: &Vec<u8>,
+    ) -> Result<Result<Vec<u8>, PluginError>, PluginFault> {
+        let Exports::Middleware(middleware) = &self.exports else {
+            return Err(self.not_a(PluginKind::Middleware));
+        };
         let middleware = middleware.switchyard_plugin_middleware();
         let reply = self.guard.call(|store| middleware.call_on_reply(store, request, reply))?;
         Ok(reply.map_err(PluginError::from))
@@ -115,7 +134,10 @@ impl PluginInstance {
 }
 
 impl CallGuard {
-    fn call<R>(&mut self, call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>) -> Result<R, PluginFault> {
+    fn call<R>(
+        &mut self,
+        call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         call(&mut self.store).map_err(|err| self.classify(err))
     }

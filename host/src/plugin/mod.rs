@@ -10,8 +10,7 @@ mod sandbox;
 
 pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{EPOCH_TICK, PluginEngine};
-pub use error::{LoadError, PluginError, PluginFault};
+pub use error::{EngineError, LoadError, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use registry::{PluginRegistry, PluginSet, load_file, plugin_files, plugin_name};
 pub use sandbox::PluginSettings;
-

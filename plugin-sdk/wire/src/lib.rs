@@ -128,17 +128,12 @@ pub struct MessageRef<'a> {
 impl<'a> MessageRef<'a> {
     /// The first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        self.headers().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value)
     }
 
     /// All headers, in order.
     pub fn headers(&self) -> Headers<'a> {
-        Headers {
-            reader: Reader { buf: self.header_bytes, pos: 0 },
-            remaining: self.header_count,
-        }
+        Headers { reader: Reader { buf: self.header_bytes, pos: 0 }, remaining: self.header_count }
     }
 }
 

@@ -1,1 +1,23 @@
-//! placeholder
+//! Every plugin under `plugins/`, built as a `wasm32-wasip2` component for tests.
+//!
+//! This crate's build script (wasmtime's `test-programs/artifacts` pattern)
+//! finds the crates `plugins/*/Cargo.toml`, builds them all with one nested
+//! `cargo build --profile plugin --target wasm32-wasip2` into its own
+//! `OUT_DIR` (never the outer target dir), and generates:
+//!
+//! - one `pub const NAME: &str` per plugin: the absolute path of its `.wasm`
+//!   file, `NAME` being the crate name in SCREAMING_SNAKE_CASE
+//!   (`HEADER_FILTER` for `header-filter`);
+//! - [`ALL`]: every plugin as `(crate name, path)`, sorted by name;
+//! - [`foreach_plugin!`]: `foreach_plugin!(m)` expands to `m!(header_filter);`
+//!   and so on for every plugin, so a test suite can make an untested plugin
+//!   a compile error.
+//!
+//! ```
+//! assert!(switchyard_plugin_artifacts::ALL.iter().any(|(name, _)| *name == "header-filter"));
+//! assert!(std::path::Path::new(switchyard_plugin_artifacts::HEADER_FILTER).is_file());
+//! ```
+//!
+//! Building needs the `wasm32-wasip2` target: `rustup target add wasm32-wasip2`.
+
+include!(concat!(env!("OUT_DIR"), "/plugins.rs"));

@@ -1,0 +1,70 @@
+//! Command-line parsing and dispatch.
+
+mod call;
+mod check;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Switchyard: a message-orchestration host extended by WebAssembly plugins.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the host (with no --config: the built-in default).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Plugin directory, overriding the configuration's.
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// HTTP ingress address, overriding the configuration's (port 0: any free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a plugin (.wasm) or a configuration (.toml) without running it.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Work with one plugin.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Run one plugin on one message and print what it did.
+    Call {
+        /// The plugin (.wasm).
+        file: PathBuf,
+        /// The message: {"topic": "...", "headers": {"k": "v"}, "payload": "..."}.
+        #[arg(long)]
+        message: String,
+        /// A plugin config entry, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_parser = call::parse_key_value)]
+        config: Vec<(String, String)>,
+    },
+}
+
+impl Command {
+    pub async fn execute(self) -> anyhow::Result<()> {
+        match self {
+            Command::Run { config, plugins, listen } => run::run(config, plugins, listen).await,
+            Command::Check { file } => check::check(&file),
+            Command::Plugin { command: PluginCommand::Call { file, message, config } } => {
+                call::call(&file, &message, config)
+            }
+        }
+    }
+}

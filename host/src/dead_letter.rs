@@ -1,0 +1,92 @@
+//! Dead letters: accepted messages that could not be delivered, with the reason.
+
+use crate::destination::DeliveryError;
+use crate::message::Message;
+use crate::plugin::{PluginError, PluginFault};
+
+/// Header naming the dead-letter reason's stable code, e.g. `plugin-trapped`.
+pub const REASON_CODE_HEADER: &str = "x-sy-dead-letter";
+/// Header carrying the full human-readable reason.
+pub const REASON_HEADER: &str = "x-sy-dead-letter-reason";
+/// Header naming the route the message was on, when it had one.
+pub const ROUTE_HEADER: &str = "x-sy-route";
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeadLetterReason {
+    /// No route matched the message.
+    #[error("no route matches topic \"{topic}\"")]
+    NoRoute {
+        /// The message's topic.
+        topic: String,
+    },
+    /// A plugin answered with an error for this message.
+    #[error("plugin \"{plugin}\" ({version}) {error}")]
+    PluginError {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version (short digest), or `native`.
+        version: String,
+        /// Its answer.
+        error: PluginError,
+    },
+    /// A plugin misbehaved while handling the message.
+    #[error("plugin \"{plugin}\" ({version}) {fault}")]
+    PluginFault {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version (short digest).
+        version: String,
+        /// What it did.
+        fault: PluginFault,
+    },
+    /// A route names a stage that is not available.
+    #[error("stage \"{stage}\" is unavailable: {problem}")]
+    StageUnavailable {
+        /// The stage as written in the route.
+        stage: String,
+        /// Why it cannot run.
+        problem: String,
+    },
+    /// The destination refused or failed.
+    #[error("destination \"{destination}\": {error}")]
+    Delivery {
+        /// Destination name.
+        destination: String,
+        /// Its error.
+        error: DeliveryError,
+    },
+}
+
+impl DeadLetterReason {
+    /// A stable, machine-readable code for the reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeadLetterReason::NoRoute { .. } => "no-route",
+            DeadLetterReason::PluginError { error, .. } => match error {
+                PluginError::Rejected(_) => "plugin-rejected",
+                PluginError::Retryable(_) => "plugin-retryable",
+                PluginError::Failed(_) => "plugin-failed",
+            },
+            DeadLetterReason::PluginFault { fault, .. } => match fault {
+                PluginFault::Trapped(_) => "plugin-trapped",
+                PluginFault::TimedOut(_) => "plugin-timed-out",
+                PluginFault::MemoryCap(_) => "plugin-memory-cap",
+                PluginFault::Malformed(_) => "plugin-malformed",
+            },
+            DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
+            DeadLetterReason::Delivery { .. } => "delivery-failed",
+        }
+    }
+
+    /// `message` labelled with this reason (and `route`), ready for the
+    /// dead-letter destination.
+    pub fn label(&self, mut message: Message, route: Option<&str>) -> Message {
+        message.set_header(REASON_CODE_HEADER, self.code());
+        message.set_header(REASON_HEADER, self.to_string());
+        if let Some(route) = route {
+            message.set_header(ROUTE_HEADER, route);
+        }
+        message
+    }
+}

@@ -1,0 +1,76 @@
+//! Errors of the embedding API.
+
+use crate::config::ConfigError;
+use crate::dead_letter::DeadLetterReason;
+
+/// A message that was not accepted. Nothing was enqueued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The payload is larger than `host.max_message_bytes`.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The message is malformed (e.g. an invalid topic).
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The queue is full (only from the `try_` variants, which never wait).
+    #[error("the host is at capacity; retry later")]
+    Backpressure,
+    /// The host is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// A request that got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// It was never accepted.
+    #[error(transparent)]
+    NotAccepted(#[from] SendError),
+    /// A filter or transform dropped it.
+    #[error("dropped by a stage of route \"{route}\"")]
+    Filtered {
+        /// The route it was on.
+        route: String,
+    },
+    /// It was dead-lettered.
+    #[error("dead-lettered: {0}")]
+    DeadLettered(DeadLetterReason),
+    /// It was delivered, but a middleware failed on the reply.
+    #[error("delivered, but the reply failed: {0}")]
+    ReplyFailed(DeadLetterReason),
+    /// The pipeline worker handling it panicked (a host bug; see the logs).
+    #[error("the pipeline worker handling the request failed")]
+    WorkerFailed,
+}
+
+/// A host that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The plugin directory cannot be read.
+    #[error("plugin directory {dir}: {source}")]
+    PluginDir {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The WebAssembly engine could not start.
+    #[error(transparent)]
+    Engine(#[from] crate::plugin::EngineError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}

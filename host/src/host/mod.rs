@@ -1,0 +1,187 @@
+//! The host: the embedding API around the pipeline.
+
+mod builder;
+mod error;
+
+pub use builder::HostBuilder;
+pub use error::{BuildError, RequestError, SendError};
+
+use crate::config::Config;
+use crate::message::{Message, MessageId};
+use crate::pipeline::{Counters, Envelope, Pipeline, Stats};
+use crate::plugin::{CompiledPlugin, LoadError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running Switchyard host. Cloning is cheap; all clones share one host.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    config: Config,
+    pipeline: Arc<Pipeline>,
+    /// `None` once shutdown began: the workers stop when the last clone of the
+    /// sender is gone and the queue is empty, so nothing accepted is dropped.
+    sender: RwLock<Option<flume::Sender<Envelope>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    memory: HashMap<String, flume::Receiver<Message>>,
+    load_errors: Vec<LoadError>,
+}
+
+/// The reply of a request admitted with [`Host::try_request`].
+pub type PendingReply = oneshot::Receiver<Result<Option<Message>, RequestError>>;
+
+impl Host {
+    /// Start building a host.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::new()
+    }
+
+    /// Accept `message`, waiting while the queue is full. Returns its id.
+    pub async fn send(&self, message: Message) -> Result<MessageId, SendError> {
+        let (envelope, id) = self.admit(message, None)?;
+        let sender = self.sender()?;
+        sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
+        Counters::bump(&self.inner.pipeline.counters.accepted, 1);
+        Ok(id)
+    }
+
+    /// Accept `message` only if the queue has room now.
+    pub fn try_send(&self, message: Message) -> Result<MessageId, SendError> {
+        let (envelope, id) = self.admit(message, None)?;
+        self.enqueue_now(envelope)?;
+        Ok(id)
+    }
+
+    /// Send `message` and wait for the destination's reply (`None` when the
+    /// destination gives none).
+    pub async fn request(&self, message: Message) -> Result<Option<Message>, RequestError> {
+        let (reply, pending) = oneshot::channel();
+        let (envelope, _) = self.admit(message, Some(reply))?;
+        let sender = self.sender()?;
+        sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
+        Counters::bump(&self.inner.pipeline.counters.accepted, 1);
+        await_reply(pending).await
+    }
+
+    /// Admit a request only if the queue has room now; await the returned reply.
+    pub fn try_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
+        let (reply, pending) = oneshot::channel();
+        let (envelope, id) = self.admit(message, Some(reply))?;
+        self.enqueue_now(envelope)?;
+        Ok((id, pending))
+    }
+
+    /// Counters of what happened to accepted messages.
+    pub fn stats(&self) -> Stats {
+        self.inner.pipeline.counters.snapshot()
+    }
+
+    /// The plugin versions currently serving, in name order.
+    pub fn plugins(&self) -> Vec<Arc<CompiledPlugin>> {
+        self.inner.pipeline.registry.snapshot().values().cloned().collect()
+    }
+
+    /// Plugins that failed to load at start, with the reason.
+    pub fn load_errors(&self) -> &[LoadError] {
+        &self.inner.load_errors
+    }
+
+    /// The receiving end of the `memory` destination `name`.
+    pub fn memory(&self, name: &str) -> Option<flume::Receiver<Message>> {
+        self.inner.memory.get(name).cloned()
+    }
+
+    /// The configuration the host runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Serve the configured ingress until `shutdown` completes, then drain.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BuildError> {
+        match self.inner.config.ingress.http.clone() {
+            Some(http) => {
+                crate::ingress::HttpIngress::bind(self.clone(), http.listen).await?.serve(shutdown).await
+            }
+            None => shutdown.await,
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stop accepting, finish every message already accepted, stop the workers.
+    pub async fn shutdown(&self) {
+        self.inner.sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
+        let workers =
+            std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));
+        for worker in workers {
+            if let Err(err) = worker.await {
+                tracing::error!(%err, "pipeline worker panicked");
+            }
+        }
+    }
+
+    fn admit(
+        &self,
+        mut message: Message,
+        reply: Option<crate::pipeline::ReplySender>,
+    ) -> Result<(Envelope, MessageId), SendError> {
+        check_message(&message, self.inner.config.host.max_message_bytes)?;
+        message.id = self.inner.pipeline.ids.fetch_add(1, Ordering::Relaxed);
+        let id = message.id;
+        Ok((Envelope { message, reply }, id))
+    }
+
+    fn sender(&self) -> Result<flume::Sender<Envelope>, SendError> {
+        let sender = self.inner.sender.read().unwrap_or_else(|poison| poison.into_inner());
+        sender.clone().ok_or(SendError::ShuttingDown)
+    }
+
+    fn enqueue_now(&self, envelope: Envelope) -> Result<(), SendError> {
+        self.sender()?.try_send(envelope).map_err(|err| match err {
+            flume::TrySendError::Full(_) => SendError::Backpressure,
+            flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
+        })?;
+        Counters::bump(&self.inner.pipeline.counters.accepted, 1);
+        Ok(())
+    }
+}
+
+/// Wait for the answer to an admitted request.
+pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, RequestError> {
+    pending.await.unwrap_or(Err(RequestError::WorkerFailed))
+}
+
+/// A message can be admitted: a valid topic and a payload within `limit` bytes.
+fn check_message(message: &Message, limit: usize) -> Result<(), SendError> {
+    if message.payload.len() > limit {
+        return Err(SendError::TooLarge { size: message.payload.len(), limit });
+    }
+    let topic = &message.topic;
+    if let Some(segment) = topic.split('.').find(|s| s.is_empty() || *s == "*" || *s == ">") {
+        let problem = if segment.is_empty() {
+            "an empty segment".to_owned()
+        } else {
+            format!("wildcard \"{segment}\"")
+        };
+        return Err(SendError::Malformed(format!("topic \"{topic}\" has {problem}")));
+    }
+    if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SendError::Malformed(format!(
+            "topic {topic:?} contains whitespace or control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,59 @@
+//! A message in flight through a route's stages, and what a stage made of it.
+
+use crate::config::FailurePolicy;
+use crate::dead_letter::DeadLetterReason;
+use crate::message::Message;
+use crate::plugin::{CompiledPlugin, PluginError};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The answer a `request` caller waits for.
+pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::host::RequestError>>;
+
+/// One accepted message as it enters the pipeline.
+pub(crate) struct Envelope {
+    pub(crate) message: Message,
+    pub(crate) reply: Option<ReplySender>,
+}
+
+/// A message on its way through a route.
+pub(crate) struct Item {
+    pub(crate) message: Message,
+    pub(crate) reply: Option<ReplySender>,
+    /// Middleware versions the request passed, to run `on_reply` in reverse.
+    pub(crate) middlewares: Vec<Arc<CompiledPlugin>>,
+}
+
+/// What one stage made of one item.
+pub(crate) enum Fate {
+    /// Go on to the next stage.
+    Keep(Item),
+    /// Dropped by a filter or transform.
+    Dropped(Item),
+    /// A middleware answered; do not deliver.
+    Responded(Item, Message),
+    /// Give up on it.
+    DeadLetter(Item, DeadLetterReason),
+    /// A stage failed under fail-open: carry on without it.
+    Skipped(Item),
+}
+
+impl Fate {
+    /// The fate of `item` whose stage failed with `reason` under `policy`.
+    /// A plugin's "rejected" answer means the message itself is bad: it is
+    /// dead-lettered whatever the policy.
+    pub(crate) fn failed(item: Item, policy: FailurePolicy, reason: DeadLetterReason) -> Fate {
+        let rejected =
+            matches!(&reason, DeadLetterReason::PluginError { error: PluginError::Rejected(_), .. });
+        match policy {
+            FailurePolicy::FailOpen if !rejected => Fate::Skipped(item),
+            _ => Fate::DeadLetter(item, reason),
+        }
+    }
+}
+
+impl From<Envelope> for Item {
+    fn from(envelope: Envelope) -> Item {
+        Item { message: envelope.message, reply: envelope.reply, middlewares: Vec::new() }
+    }
+}

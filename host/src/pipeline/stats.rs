@@ -1,0 +1,71 @@
+//! Counters of what happened to accepted messages: the delivery oracle.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters, bumped by the pipeline.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) created: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    pub(crate) responded: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) skipped_stages: AtomicU64,
+    pub(crate) dead_letter_failures: AtomicU64,
+}
+
+/// A snapshot of a host's message counters.
+///
+/// Every accepted message ends one way: once all work is done,
+/// `accepted + created == delivered + filtered + responded + dead_lettered`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Messages admitted by `send`, `request` or an ingress.
+    pub accepted: u64,
+    /// Extra messages made inside the host: transform splits and fan-out copies.
+    pub created: u64,
+    /// Messages a destination took.
+    pub delivered: u64,
+    /// Messages a filter or transform dropped (a decision, not a loss).
+    pub filtered: u64,
+    /// Requests a middleware answered itself.
+    pub responded: u64,
+    /// Messages handed to the dead-letter destination.
+    pub dead_lettered: u64,
+    /// Stages skipped under a fail-open policy.
+    pub skipped_stages: u64,
+    /// Dead letters the dead-letter destination itself failed to take.
+    pub dead_letter_failures: u64,
+}
+
+impl Stats {
+    /// Messages accounted for (delivered, filtered, answered or dead-lettered).
+    pub fn settled(&self) -> u64 {
+        self.delivered + self.filtered + self.responded + self.dead_lettered
+    }
+
+    /// Messages that exist but are not settled yet.
+    pub fn in_flight(&self) -> u64 {
+        (self.accepted + self.created).saturating_sub(self.settled())
+    }
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            accepted: self.accepted.load(Relaxed),
+            created: self.created.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
+            responded: self.responded.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            skipped_stages: self.skipped_stages.load(Relaxed),
+            dead_letter_failures: self.dead_letter_failures.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! One pipeline worker's plugin instances and the stage calls it makes with
+//! them. Each worker owns its instances, so no lock sits on the call path.
+
+use super::item::{Fate, Item};
+use crate::config::FailurePolicy;
+use crate::dead_letter::DeadLetterReason;
+use crate::message::{Message, MessageId, Verdict};
+use crate::plugin::{
+    CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A stage call that either settles every item, or faults and hands them back.
+type BatchCall = fn(
+    &mut Worker,
+    &Arc<CompiledPlugin>,
+    FailurePolicy,
+    Vec<Item>,
+) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)>;
+
+/// Per-worker state: one instance per plugin (of the version last used) and a
+/// reusable encode buffer.
+pub(crate) struct Worker {
+    engine: Arc<PluginEngine>,
+    ids: Arc<AtomicU64>,
+    instances: HashMap<String, PluginInstance>,
+    buffer: Vec<u8>,
+}
+
+impl Worker {
+    pub(crate) fn new(engine: Arc<PluginEngine>, ids: Arc<AtomicU64>) -> Worker {
+        Worker { engine, ids, instances: HashMap::new(), buffer: Vec::new() }
+    }
+
+    /// Run plugin stage `plugin` over `items`. If the call faults on a batch,
+    /// each item is retried alone so one poison message fails only itself.
+    pub(crate) fn run_plugin(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        policy: FailurePolicy,
+        items: Vec<Item>,
+    ) -> Vec<Fate> {
+        let call: BatchCall = match plugin.kind {
+            crate::plugin::PluginKind::Filter => Worker::filter,
+            crate::plugin::PluginKind::Transform => Worker::transform,
+            _ => Worker::middleware,
+        };
+        self.isolating(plugin, policy, items, call)
+    }
+
+    fn isolating(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        policy: FailurePolicy,
+        items: Vec<Item>,
+        call: BatchCall,
+    ) -> Vec<Fate> {
+        match call(self, plugin, policy, items) {
+            Ok(fates) => fates,
+            Err((items, _)) if items.len() > 1 => {
+                items.into_iter().flat_map(|item| self.isolating(plugin, policy, vec![item], call)).collect()
+            }
+            Err((items, fault)) => {
+                let reason = fault_reason(plugin, fault);
+                items.into_iter().map(|item| Fate::failed(item, policy, reason.clone())).collect()
+            }
+        }
+    }
+
+    /// The instance of exactly this version, made on first use. A fault
+    /// removes it, so the next call starts from a fresh one.
+    fn instance(&mut self, plugin: &Arc<CompiledPlugin>) -> Result<&mut PluginInstance, PluginFault> {
+        let current = self.instances.get(&plugin.name).is_some_and(|i| Arc::ptr_eq(&i.plugin, plugin));
+        if !current {
+            let instance = PluginInstance::new(&self.engine, plugin.clone())
+                .map_err(|err| PluginFault::Trapped(format!("failed to instantiate: {err}")))?;
+            self.instances.insert(plugin.name.clone(), instance);
+        }
+        Ok(self.instances.get_mut(&plugin.name).expect("inserted above"))
+    }
+
+    fn discard(&mut self, plugin: &CompiledPlugin) {
+        self.instances.remove(&plugin.name);
+    }
+
+    fn encode(&mut self, items: &[Item], with_payload: bool) -> Vec<u8> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        for (index, item) in items.iter().enumerate() {
+            item.message.encode(&mut buffer, index as u32, with_payload);
+        }
+        buffer
+    }
+
+    /// Call `call` on this version's instance; a fault discards the instance.
+    fn with_instance<R>(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        call: impl FnOnce(&mut PluginInstance) -> Result<R, PluginFault>,
+    ) -> Result<R, PluginFault> {
+        let result = self.instance(plugin).and_then(call);
+        if result.is_err() {
+            self.discard(plugin);
+        }
+        result
+    }
+
+    fn filter(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        policy: FailurePolicy,
+        items: Vec<Item>,
+    ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
+        let batch = self.encode(&items, false);
+        let decisions = self.with_instance(plugin, |instance| {
+            let decisions = instance.filter(&batch)?;
+            match decisions.len() == items.len() {
+                true => Ok(decisions),
+                false => {
+                    Err(malformed(format!("{} decisions for {} messages", decisions.len(), items.len())))
+                }
+            }
+        });
+        self.buffer = batch;
+        let decisions = match decisions {
+            Ok(decisions) => decisions,
+            Err(fault) => return Err((items, fault)),
+        };
+        Ok(items
+            .into_iter()
+            .zip(decisions)
+            .map(|(item, decision)| match decision {
+                Ok(Verdict::Keep) => Fate::Keep(item),
+                Ok(Verdict::Drop) => Fate::Dropped(item),
+                Err(error) => Fate::failed(item, policy, error_reason(plugin, error)),
+            })
+            .collect())
+    }
+
+    fn transform(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        policy: FailurePolicy,
+        items: Vec<Item>,
+    ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
+        let batch = self.encode(&items, true);
+        let result = self.with_instance(plugin, |instance| instance.transform(&batch));
+        self.buffer = batch;
+        let out = match result {
+            Ok(out) => out,
+            Err(fault) => return Err((items, fault)),
+        };
+        let mut outputs: Vec<Vec<Message>> = items.iter().map(|_| Vec::new()).collect();
+        for message in switchyard_wire::decode(&out.messages) {
+            let slot = message.map_err(|err| malformed(err.to_string())).and_then(|m| {
+                outputs
+                    .get_mut(m.source as usize)
+                    .map(|slot| (slot, m))
+                    .ok_or_else(|| malformed(format!("output names input {} of {}", m.source, items.len())))
+            });
+            match slot {
+                Ok((slot, message)) => slot.push(Message::from_wire(&message)),
+                Err(fault) => {
+                    self.discard(plugin);
+                    return Err((items, fault));
+                }
+            }
+        }
+        let mut errors: HashMap<u32, PluginError> = out.errors.into_iter().collect();
+        let mut fates = Vec::with_capacity(items.len());
+        for (index, (item, produced)) in items.into_iter().zip(outputs).enumerate() {
+            match errors.remove(&(index as u32)) {
+                Some(error) => fates.push(Fate::failed(item, policy, error_reason(plugin, error))),
+                None => fates.extend(self.split(item, produced)),
+            }
+        }
+        Ok(fates)
+    }
+
+    /// Turn a transform's outputs for `item` into fates: the first output
+    /// carries the item's id and reply; further ones are new messages.
+    pub(crate) fn split(&self, item: Item, produced: Vec<Message>) -> Vec<Fate> {
+        if produced.is_empty() {
+            return vec![Fate::Dropped(item)];
+        }
+        let Item { message: original, mut reply, middlewares } = item;
+        produced
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut message)| {
+                message.id = if n == 0 { original.id } else { self.next_id() };
+                Fate::Keep(Item { message, reply: reply.take(), middlewares: middlewares.clone() })
+            })
+            .collect()
+    }
+
+    pub(crate) fn next_id(&self) -> MessageId {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn middleware(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        policy: FailurePolicy,
+        items: Vec<Item>,
+    ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
+        let mut fates = Vec::with_capacity(items.len());
+        // One request per call: a fault fails only the request that caused it.
+        for mut item in items {
+            let request = self.encode(std::slice::from_ref(&item), true);
+            let action = self.with_instance(plugin, |instance| {
+                let action = instance.on_request(&request)?;
+                fault_outside(action.map(|action| match action {
+                    MiddlewareAction::Forward(batch) => decode_one(&batch).map(|m| (false, m)),
+                    MiddlewareAction::Respond(batch) => decode_one(&batch).map(|m| (true, m)),
+                }))
+            });
+            self.buffer = request;
+            match action {
+                Ok(Ok((false, mut forwarded))) => {
+                    forwarded.id = item.message.id;
+                    item.message = forwarded;
+                    item.middlewares.push(plugin.clone());
+                    fates.push(Fate::Keep(item));
+                }
+                Ok(Ok((true, reply))) => fates.push(Fate::Responded(item, reply)),
+                Ok(Err(error)) => fates.push(Fate::failed(item, policy, error_reason(plugin, error))),
+                Err(fault) => fates.push(Fate::failed(item, policy, fault_reason(plugin, fault))),
+            }
+        }
+        Ok(fates)
+    }
+
+    /// Pass `reply` back through the middlewares `request` went through, last first.
+    pub(crate) fn on_reply(
+        &mut self,
+        middlewares: &[Arc<CompiledPlugin>],
+        request: &Message,
+        mut reply: Message,
+    ) -> Result<Message, DeadLetterReason> {
+        for plugin in middlewares.iter().rev() {
+            let mut buffers = (Vec::new(), Vec::new());
+            request.encode(&mut buffers.0, 0, true);
+            reply.encode(&mut buffers.1, 0, true);
+            let answer = self.with_instance(plugin, |instance| {
+                let answer = instance.on_reply(&buffers.0, &buffers.1)?;
+                fault_outside(answer.map(|batch| decode_one(&batch)))
+            });
+            reply = match answer {
+                Ok(Ok(message)) => message,
+                Ok(Err(error)) => return Err(error_reason(plugin, error)),
+                Err(fault) => return Err(fault_reason(plugin, fault)),
+            };
+        }
+        Ok(reply)
+    }
+}
+
+fn decode_one(batch: &[u8]) -> Result<Message, PluginFault> {
+    let mut messages = switchyard_wire::decode(batch);
+    match (messages.next(), messages.next()) {
+        (Some(Ok(message)), None) => Ok(Message::from_wire(&message)),
+        (Some(Err(err)), _) => Err(malformed(err.to_string())),
+        _ => Err(malformed("expected exactly one message".into())),
+    }
+}
+
+/// Move a fault found while reading a plugin's answer outside its error.
+fn fault_outside<T>(
+    answer: Result<Result<T, PluginFault>, PluginError>,
+) -> Result<Result<T, PluginError>, PluginFault> {
+    match answer {
+        Ok(Ok(value)) => Ok(Ok(value)),
+        Ok(Err(fault)) => Err(fault),
+        Err(error) => Ok(Err(error)),
+    }
+}
+
+fn malformed(problem: String) -> PluginFault {
+    PluginFault::Malformed(problem)
+}
+
+pub(crate) fn fault_reason(plugin: &CompiledPlugin, fault: PluginFault) -> DeadLetterReason {
+    DeadLetterReason::PluginFault {
+        plugin: plugin.name.clone(),
+        version: plugin.short_version().into(),
+        fault,
+    }
+}
+
+pub(crate) fn error_reason(plugin: &CompiledPlugin, error: PluginError) -> DeadLetterReason {
+    DeadLetterReason::PluginError {
+        plugin: plugin.name.clone(),
+        version: plugin.short_version().into(),
+        error,
+    }
+}

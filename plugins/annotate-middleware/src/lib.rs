@@ -1,0 +1,44 @@
+//! A middleware that annotates requests and replies, and answers requests
+//! itself when asked to.
+//!
+//! Config keys (all optional):
+//! - `header`: the header added to every forwarded request (default
+//!   `x-annotated-by`).
+//! - `value`: that header's value (default `annotate-middleware`).
+//!
+//! A request carrying the header `x-short-circuit` is not delivered: the
+//! caller gets a reply with the request's topic, payload
+//! `{"short_circuit":true}` and header `x-replied-by: annotate-middleware`.
+//! Every delivered reply gets the header `x-reply-annotated: true`.
+
+use std::sync::LazyLock;
+
+use switchyard_plugin::{Action, Error, Message, Middleware, OwnedMessage, config, export_middleware};
+
+struct AnnotateMiddleware;
+
+/// `(header, value)` added to requests, read once per instance.
+static ANNOTATION: LazyLock<(String, String)> = LazyLock::new(|| {
+    let header = config("header").unwrap_or_else(|| "x-annotated-by".to_owned());
+    let value = config("value").unwrap_or_else(|| "annotate-middleware".to_owned());
+    (header, value)
+});
+
+impl Middleware for AnnotateMiddleware {
+    fn on_request(request: &Message<'_>) -> Result<Action, Error> {
+        if request.header("x-short-circuit").is_some() {
+            let reply = OwnedMessage::reply_to(request)
+                .with_header("x-replied-by", "annotate-middleware")
+                .with_payload(&br#"{"short_circuit":true}"#[..]);
+            return Ok(Action::Respond(reply));
+        }
+        let (header, value) = &*ANNOTATION;
+        Ok(Action::Forward(Some(OwnedMessage::from(request).with_header(header, value))))
+    }
+
+    fn on_reply(_request: &Message<'_>, reply: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
+        Ok(Some(OwnedMessage::from(reply).with_header("x-reply-annotated", "true")))
+    }
+}
+
+export_middleware!(AnnotateMiddleware);

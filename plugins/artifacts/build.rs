@@ -1,0 +1,129 @@
+//! Builds every plugin crate under `plugins/` for `wasm32-wasip2` with one
+//! nested `cargo build`, then writes their paths to `$OUT_DIR/plugins.rs`.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+const PROFILE: &str = "plugin";
+
+/// Outer-build settings that must not reach the nested build: flags meant for
+/// the host target, the outer target dir (its lock would deadlock), a
+/// `cargo clippy` wrapper, and the build-script variables describing the
+/// outer crate. `CARGO_MAKEFLAGS` is kept on purpose: sharing the outer
+/// jobserver keeps both builds within `-j` together.
+const LEAKED: &[&str] = &[
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_BUILD_TARGET",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "RUSTC_WORKSPACE_WRAPPER",
+];
+const LEAKED_PREFIXES: &[&str] = &["CARGO_PROFILE_", "CARGO_CFG_", "CARGO_FEATURE_"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.join("../..");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    for watched in ["plugins", "plugin-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    if !target_installed() {
+        println!("cargo::error=target {TARGET} is not installed: run `rustup target add {TARGET}`");
+        return;
+    }
+    let plugins = discover(&root.join("plugins"), &manifest_dir);
+    let target_dir = out_dir.join("target");
+    if !build(&root.join("Cargo.toml"), &target_dir, &plugins) {
+        println!("cargo::error=building the plugins failed; the nested cargo output is above");
+        return;
+    }
+    let wasm_dir = target_dir.join(TARGET).join(PROFILE);
+    fs::write(out_dir.join("plugins.rs"), generate(&wasm_dir, &plugins)).expect("write plugins.rs");
+}
+
+fn target_installed() -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc).args(["--print", "target-libdir", "--target", TARGET]).output();
+    output.is_ok_and(|output| {
+        output.status.success() && Path::new(String::from_utf8_lossy(&output.stdout).trim()).is_dir()
+    })
+}
+
+/// Package names of the crates `plugins/*/Cargo.toml`, except this one, sorted.
+fn discover(plugins_dir: &Path, this_crate: &Path) -> Vec<String> {
+    let this_crate = this_crate.canonicalize().expect("canonical manifest dir");
+    let mut names = Vec::new();
+    for entry in fs::read_dir(plugins_dir).expect("read plugins/") {
+        let dir = entry.expect("read plugins/ entry").path();
+        let manifest = dir.join("Cargo.toml");
+        if !manifest.is_file() || dir.canonicalize().ok().as_deref() == Some(this_crate.as_path()) {
+            continue;
+        }
+        let text = fs::read_to_string(&manifest).expect("read plugin manifest");
+        let name = package_name(&text).unwrap_or_else(|| panic!("no package name in {}", manifest.display()));
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// The `name` key of the `[package]` table (enough TOML for our manifests).
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package && let Some(value) = line.strip_prefix("name") {
+            let value = value.trim_start().strip_prefix('=')?.trim();
+            return Some(value.trim_matches('"').to_owned());
+        }
+    }
+    None
+}
+
+fn build(manifest: &Path, target_dir: &Path, plugins: &[String]) -> bool {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--profile", PROFILE, "--target", TARGET, "--manifest-path"]);
+    command.arg(manifest);
+    for plugin in plugins {
+        command.args(["--package", plugin]);
+    }
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        if LEAKED.contains(&&*key) || LEAKED_PREFIXES.iter().any(|prefix| key.starts_with(prefix)) {
+            command.env_remove(&*key);
+        }
+    }
+    command.env("CARGO_TARGET_DIR", target_dir);
+    eprintln!("running: {command:?}");
+    command.status().is_ok_and(|status| status.success())
+}
+
+fn generate(wasm_dir: &Path, plugins: &[String]) -> String {
+    let mut code = String::new();
+    let mut all = String::new();
+    let mut foreach = String::new();
+    for plugin in plugins {
+        let snake = plugin.replace('-', "_");
+        let constant = snake.to_uppercase();
+        let path = wasm_dir.join(format!("{snake}.wasm"));
+        code += &format!("/// The `{plugin}` component (`plugins/{plugin}`).\n");
+        code += &format!("pub const {constant}: &str = {:?};\n", path.display().to_string());
+        all += &format!("    ({plugin:?}, {constant}),\n");
+        foreach += &format!("        $mac!({snake});\n");
+    }
+    code += "\n/// Every plugin as `(name, path)`, sorted by name.\n";
+    code += &format!("pub const ALL: &[(&str, &str)] = &[\n{all}];\n");
+    code += "\n/// Calls `$mac!(snake_case_name)` once per plugin, e.g. to require a test for each.\n";
+    code += &format!(
+        "#[macro_export]\nmacro_rules! foreach_plugin {{\n    ($mac:ident) => {{\n{foreach}    }};\n}}\n"
+    );
+    code
+}
