@@ -73,6 +73,7 @@ impl DeadLetterReason {
                 PluginFault::TimedOut(_) => "plugin-timed-out",
                 PluginFault::MemoryCap(_) => "plugin-memory-cap",
                 PluginFault::Malformed(_) => "plugin-malformed",
+                PluginFault::Unusable(_) => "plugin-unusable",
             },
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
             DeadLetterReason::Delivery { .. } => "delivery-failed",

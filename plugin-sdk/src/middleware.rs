@@ -74,3 +74,58 @@ macro_rules! export_middleware {
         };
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use switchyard_wire::decode;
+
+    use super::*;
+
+    /// Forwards unchanged, unless the request's topic is `reply` or `rewrite`.
+    struct Switch;
+
+    impl Middleware for Switch {
+        fn on_request(request: &Message<'_>) -> Result<Action, Error> {
+            Ok(match request.topic {
+                "reply" => Action::Respond(OwnedMessage::reply_to(request).with_payload(&b"ok"[..])),
+                "rewrite" => Action::Forward(Some(OwnedMessage::from(request).with_topic("rewritten"))),
+                _ => Action::Forward(None),
+            })
+        }
+
+        fn on_reply(_: &Message<'_>, _: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
+            Ok(None)
+        }
+    }
+
+    fn request(topic: &str) -> Vec<u8> {
+        OwnedMessage::new(topic).with_header("k", "v").to_batch()
+    }
+
+    fn topic_of(batch: &[u8]) -> String {
+        decode(batch).next().unwrap().unwrap().topic.to_owned()
+    }
+
+    #[test]
+    fn actions_reach_the_host_as_one_message_batches() {
+        let unchanged = MiddlewareExport::<Switch>::on_request(request("pass"));
+        assert!(matches!(unchanged, Ok(wit::Action::Forward(batch)) if batch == request("pass")));
+        let Ok(wit::Action::Forward(rewritten)) = MiddlewareExport::<Switch>::on_request(request("rewrite"))
+        else {
+            panic!("expected a forward");
+        };
+        assert_eq!(topic_of(&rewritten), "rewritten");
+        let Ok(wit::Action::Respond(reply)) = MiddlewareExport::<Switch>::on_request(request("reply")) else {
+            panic!("expected a reply");
+        };
+        assert_eq!(decode(&reply).next().unwrap().unwrap().payload, Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn unchanged_reply_is_passed_back_and_malformed_input_fails() {
+        let reply = MiddlewareExport::<Switch>::on_reply(request("q"), request("r"));
+        assert_eq!(reply.map(|batch| topic_of(&batch)), Ok("r".to_owned()));
+        let failed = MiddlewareExport::<Switch>::on_request(vec![1, 2]);
+        assert!(matches!(failed, Err(Error::Failed(_))));
+    }
+}

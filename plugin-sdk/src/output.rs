@@ -181,3 +181,39 @@ impl<I: Iterator> Iterator for Counted<I> {
 }
 
 impl<I: Iterator> ExactSizeIterator for Counted<I> {}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_wire::decode;
+
+    use super::*;
+
+    #[test]
+    fn emit_replaces_headers_in_place_drops_duplicates_and_appends_new_ones() {
+        let mut input = Vec::new();
+        let head = Head { id: 5, source: 0, priority: 2, topic: "in" };
+        let headers = [("a", "1"), ("B", "2"), ("c", "3"), ("b", "4")];
+        write_message(&mut input, &head, headers, Payload::Bytes(b"old"));
+        let message = decode(&input).next().unwrap().unwrap();
+
+        let mut out = Output::with_capacity(0);
+        out.start(7);
+        out.forward(&message);
+        out.emit(&message)
+            .with_header("b", "x")
+            .with_header("new", "y")
+            .with_header("b", "z")
+            .with_topic("out")
+            .with_payload(b"new")
+            .with_priority(9)
+            .finish();
+        let batch = out.into_batch();
+        let outputs: Vec<_> = decode(&batch).map(Result::unwrap).collect();
+
+        assert_eq!(outputs[0].headers().collect::<Vec<_>>(), headers);
+        let changed = &outputs[1];
+        assert_eq!((changed.source, changed.id, changed.priority, changed.topic), (7, 5, 9, "out"));
+        assert_eq!(changed.headers().collect::<Vec<_>>(), [("a", "1"), ("b", "z"), ("c", "3"), ("new", "y")]);
+        assert_eq!(changed.payload, Some(&b"new"[..]));
+    }
+}

@@ -1,1 +1,18 @@
-fn main(){}
+//! Switchyard's integration tests: one binary, real plugins built from
+//! `plugins/`, real sockets on 127.0.0.1, the real `switchyard` binary.
+
+mod cli;
+mod config_errors;
+mod faulty;
+mod plugins;
+mod routing;
+mod support;
+
+/// Every plugin under `plugins/` must have a test named after it here.
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[expect(unused_imports, reason = "the import only proves the test exists")]
+        use plugins::$name as _;
+    };
+}
+switchyard_plugin_artifacts::foreach_plugin!(assert_test_exists);

@@ -5,7 +5,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use switchyard::config::PluginConfig;
 use switchyard::plugin::{
     MiddlewareAction, PluginEngine, PluginInstance, PluginKind, load_file, plugin_name,
@@ -36,7 +35,7 @@ pub fn call(file: &Path, message: &str, config: Vec<(String, String)>) -> anyhow
     let engine = PluginEngine::new()?;
     let plugin_config =
         PluginConfig { name: plugin_name(file), config: config.into_iter().collect(), ..Default::default() };
-    let plugin = Arc::new(load_file(&engine, file, Some(&plugin_config))?);
+    let plugin = load_file(&engine, file, Some(&plugin_config))?;
     let kind = plugin.kind;
     let mut instance = PluginInstance::new(&engine, plugin)?;
     let mut batch = Vec::new();

@@ -58,9 +58,13 @@ pub enum PluginCommand {
 }
 
 impl Command {
-    pub async fn execute(self) -> anyhow::Result<()> {
+    /// Run the command. Only `run` needs an async runtime; plugins are called
+    /// on plain threads.
+    pub fn execute(self) -> anyhow::Result<()> {
         match self {
-            Command::Run { config, plugins, listen } => run::run(config, plugins, listen).await,
+            Command::Run { config, plugins, listen } => {
+                tokio::runtime::Runtime::new()?.block_on(run::run(config, plugins, listen))
+            }
             Command::Check { file } => check::check(&file),
             Command::Plugin { command: PluginCommand::Call { file, message, config } } => {
                 call::call(&file, &message, config)

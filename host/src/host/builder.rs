@@ -111,8 +111,16 @@ impl HostBuilder {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let workers =
-            (0..workers).map(|_| tokio::spawn(run_worker(pipeline.clone(), queue.clone()))).collect();
+        let runtime = tokio::runtime::Handle::current();
+        let workers = (0..workers)
+            .map(|n| {
+                let (pipeline, queue, runtime) = (pipeline.clone(), queue.clone(), runtime.clone());
+                std::thread::Builder::new()
+                    .name(format!("switchyard-worker-{n}"))
+                    .spawn(move || run_worker(pipeline, queue, runtime))
+                    .map_err(|source| BuildError::Thread { source })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Host {
             inner: Arc::new(HostInner {
                 config,
@@ -146,7 +154,7 @@ async fn load_plugins(
             Ok(plugin) => {
                 tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), version = plugin.short_version(),
                     compile_ms = plugin.compile_time.as_secs_f64() * 1e3, "plugin loaded");
-                plugins.insert(plugin.name.clone(), Arc::new(plugin));
+                plugins.insert(plugin.name.clone(), plugin);
             }
             Err(error) => {
                 tracing::error!(%error, "plugin rejected");

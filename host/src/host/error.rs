@@ -65,6 +65,12 @@ pub enum BuildError {
     /// The WebAssembly engine could not start.
     #[error(transparent)]
     Engine(#[from] crate::plugin::EngineError),
+    /// A worker thread could not be started.
+    #[error("cannot start a pipeline worker thread: {source}")]
+    Thread {
+        /// Why.
+        source: std::io::Error,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
 #[derive(Clone)]
@@ -29,7 +28,7 @@ struct HostInner {
     /// `None` once shutdown began: the workers stop when the last clone of the
     /// sender is gone and the queue is empty, so nothing accepted is dropped.
     sender: RwLock<Option<flume::Sender<Envelope>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     memory: HashMap<String, flume::Receiver<Message>>,
     load_errors: Vec<LoadError>,
 }
@@ -120,9 +119,11 @@ impl Host {
         self.inner.sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
         let workers =
             std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));
-        for worker in workers {
-            if let Err(err) = worker.await {
-                tracing::error!(%err, "pipeline worker panicked");
+        let joined =
+            tokio::task::spawn_blocking(move || workers.into_iter().map(|w| w.join()).collect::<Vec<_>>());
+        for result in joined.await.expect("joining workers does not panic") {
+            if result.is_err() {
+                tracing::error!("a pipeline worker panicked");
             }
         }
     }

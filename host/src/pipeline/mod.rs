@@ -21,6 +21,7 @@ use item::{Fate, Item};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use tokio::runtime::Handle;
 use worker::Worker;
 
 /// State shared by all workers of a host.
@@ -36,40 +37,69 @@ pub(crate) struct Pipeline {
     pub(crate) batch_size: usize,
 }
 
-/// One worker: runs until every sender of `queue` is gone and it is empty.
-pub(crate) async fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelope>) {
+/// Deliveries and dead letters a batch leaves for the async side.
+#[derive(Default)]
+struct Settlements<'r> {
+    deliveries: Vec<(&'r Route, Item)>,
+    dead_letters: Vec<(Item, DeadLetterReason, Option<&'r str>)>,
+}
+
+/// A reply that passes back through middleware before its caller gets it.
+struct ReplyBack {
+    sender: ReplySender,
+    middlewares: Vec<Arc<crate::plugin::CompiledPlugin>>,
+    request: Message,
+    reply: Message,
+}
+
+/// One worker thread: runs until every sender of `queue` is gone and it is
+/// empty. Plugins run here, on a plain thread, never on a runtime thread:
+/// their calls are synchronous and may take up to their deadline.
+pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelope>, runtime: Handle) {
     let mut worker = Worker::new(pipeline.engine.clone(), pipeline.ids.clone());
-    while let Ok(first) = queue.recv_async().await {
+    while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(pipeline.batch_size);
         batch.push(first);
         batch.extend(queue.try_iter().take(pipeline.batch_size - 1));
-        pipeline.process(&mut worker, batch).await;
+        pipeline.process(&mut worker, &runtime, batch);
     }
 }
 
 impl Pipeline {
-    async fn process(&self, worker: &mut Worker, batch: Vec<Envelope>) {
+    fn process(&self, worker: &mut Worker, runtime: &Handle, batch: Vec<Envelope>) {
         // Pin one plugin set and one route table for the whole batch.
         let plugins = self.registry.snapshot();
         let routes = self.routes.load_full();
+        let mut settlements = Settlements::default();
         let mut by_route: Vec<Vec<Item>> = routes.routes().iter().map(|_| Vec::new()).collect();
         for envelope in batch {
             match routes.route(&envelope.message) {
                 Some(key) => by_route[key].push(envelope.into()),
                 None => {
                     let reason = DeadLetterReason::NoRoute { topic: envelope.message.topic.clone() };
-                    self.dead_letter(envelope.into(), reason, None).await;
+                    settlements.dead_letters.push((envelope.into(), reason, None));
                 }
             }
         }
         for (key, items) in by_route.into_iter().enumerate() {
             if !items.is_empty() {
-                self.run_route(worker, &plugins, routes.get(key), items).await;
+                self.run_route(worker, &plugins, routes.get(key), items, &mut settlements);
             }
+        }
+        for back in runtime.block_on(self.settle(settlements)) {
+            let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
+            let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
         }
     }
 
-    async fn run_route(&self, worker: &mut Worker, plugins: &PluginSet, route: &Route, mut items: Vec<Item>) {
+    fn run_route<'r>(
+        &self,
+        worker: &mut Worker,
+        plugins: &PluginSet,
+        route: &'r Route,
+        mut items: Vec<Item>,
+        settlements: &mut Settlements<'r>,
+    ) {
         if let Some(priority) = route.priority {
             items.iter_mut().for_each(|item| item.message.priority = priority);
         }
@@ -87,16 +117,13 @@ impl Pipeline {
                     }
                     Fate::Dropped(item) => self.dropped(item, route),
                     Fate::Responded(item, reply) => self.responded(item, reply),
-                    Fate::DeadLetter(item, reason) => self.dead_letter(item, reason, Some(&route.name)).await,
+                    Fate::DeadLetter(item, reason) => {
+                        settlements.dead_letters.push((item, reason, Some(&route.name)))
+                    }
                 }
             }
-            if items.is_empty() {
-                return;
-            }
         }
-        for item in items {
-            self.deliver(worker, route, item).await;
-        }
+        settlements.deliveries.extend(items.into_iter().map(|item| (route, item)));
     }
 
     fn dropped(&self, item: Item, route: &Route) {
@@ -113,13 +140,24 @@ impl Pipeline {
         }
     }
 
-    async fn deliver(&self, worker: &mut Worker, route: &Route, item: Item) {
+    /// Deliver and dead-letter; returns the replies middleware must see.
+    async fn settle(&self, settlements: Settlements<'_>) -> Vec<ReplyBack> {
+        for (item, reason, route) in settlements.dead_letters {
+            self.dead_letter(item, reason, route).await;
+        }
+        let mut replies = Vec::new();
+        for (route, item) in settlements.deliveries {
+            replies.extend(self.deliver(route, item).await);
+        }
+        replies
+    }
+
+    async fn deliver(&self, route: &Route, item: Item) -> Option<ReplyBack> {
         let Item { message, reply, middlewares } = item;
         Counters::bump(&self.counters.created, route.destinations.len().saturating_sub(1) as u64);
         let mut answer: Option<Result<Option<Message>, RequestError>> = None;
         for name in &route.destinations {
-            let destination = &self.destinations[name];
-            match destination.deliver(message.clone()).await {
+            match self.destinations[name].deliver(message.clone()).await {
                 Ok(response) => {
                     Counters::bump(&self.counters.delivered, 1);
                     answer.get_or_insert(Ok(response));
@@ -132,14 +170,16 @@ impl Pipeline {
                 }
             }
         }
-        let (Some(sender), Some(answer)) = (reply, answer) else { return };
-        let answer = match answer {
-            Ok(Some(response)) if !middlewares.is_empty() => {
-                worker.on_reply(&middlewares, &message, response).map(Some).map_err(RequestError::ReplyFailed)
+        let (sender, answer) = (reply?, answer?);
+        match answer {
+            Ok(Some(reply)) if !middlewares.is_empty() => {
+                return Some(ReplyBack { sender, middlewares, request: message, reply });
             }
-            other => other,
-        };
-        let _ = sender.send(answer);
+            answer => {
+                let _ = sender.send(answer);
+            }
+        }
+        None
     }
 
     async fn dead_letter(&self, item: Item, reason: DeadLetterReason, route: Option<&str>) {

@@ -74,8 +74,7 @@ impl Worker {
     fn instance(&mut self, plugin: &Arc<CompiledPlugin>) -> Result<&mut PluginInstance, PluginFault> {
         let current = self.instances.get(&plugin.name).is_some_and(|i| Arc::ptr_eq(&i.plugin, plugin));
         if !current {
-            let instance = PluginInstance::new(&self.engine, plugin.clone())
-                .map_err(|err| PluginFault::Trapped(format!("failed to instantiate: {err}")))?;
+            let instance = PluginInstance::new(&self.engine, plugin.clone())?;
             self.instances.insert(plugin.name.clone(), instance);
         }
         Ok(self.instances.get_mut(&plugin.name).expect("inserted above"))

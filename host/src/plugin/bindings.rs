@@ -41,7 +41,7 @@ mod transport {
     });
 }
 
-pub(crate) use balancer::BalancerPluginPre;
+pub(crate) use balancer::{BalancerPlugin, BalancerPluginPre};
 pub(crate) use filter::switchyard::plugin::host::{Host as HostImports, Level};
 pub(crate) use filter::switchyard::plugin::types::{
     Error as WitError, Host as TypesImports, Verdict as WitVerdict,
@@ -50,7 +50,7 @@ pub(crate) use filter::{FilterPlugin, FilterPluginPre};
 pub(crate) use middleware::exports::switchyard::plugin::middleware::Action;
 pub(crate) use middleware::{MiddlewarePlugin, MiddlewarePluginPre};
 pub(crate) use transform::{TransformPlugin, TransformPluginPre};
-pub(crate) use transport::TransportPluginPre;
+pub(crate) use transport::{TransportPlugin, TransportPluginPre};
 
 /// Register the `host` and `types` imports every world shares.
 pub(crate) fn add_host_imports<T: HostImports + TypesImports + 'static>(

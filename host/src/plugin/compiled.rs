@@ -57,12 +57,8 @@ pub(crate) enum KindPre {
     Filter(FilterPluginPre<StoreState>),
     Transform(TransformPluginPre<StoreState>),
     Middleware(MiddlewarePluginPre<StoreState>),
-    Balancer(
-        #[expect(dead_code, reason = "instantiated by the destination core")] BalancerPluginPre<StoreState>,
-    ),
-    Transport(
-        #[expect(dead_code, reason = "instantiated by the destination core")] TransportPluginPre<StoreState>,
-    ),
+    Balancer(BalancerPluginPre<StoreState>),
+    Transport(TransportPluginPre<StoreState>),
 }
 
 /// One version of a plugin: compiled, checked against its world, linked.

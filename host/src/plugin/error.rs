@@ -41,6 +41,15 @@ pub enum LoadError {
         /// The type checker's message.
         reason: String,
     },
+    /// The component compiled but cannot be instantiated: its exports do not
+    /// type-check against the world, or its start-up traps or runs too long.
+    #[error("plugin \"{name}\": failed its trial instantiation: {fault}")]
+    Instantiate {
+        /// Plugin name.
+        name: String,
+        /// What went wrong.
+        fault: PluginFault,
+    },
     /// A grant in the plugin's config cannot be honoured.
     #[error("plugin \"{name}\": {reason}")]
     Grant {
@@ -82,6 +91,9 @@ pub enum PluginFault {
     /// The guest tried to grow its memory past the cap.
     #[error("hit its memory cap of {0} MiB")]
     MemoryCap(u64),
+    /// The instance cannot run at all (it does not link or type-check).
+    #[error("cannot run: {0}")]
+    Unusable(String),
     /// The guest returned a malformed answer (bad batch, wrong count, bad index).
     #[error("returned a malformed answer: {0}")]
     Malformed(String),

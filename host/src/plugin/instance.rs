@@ -1,10 +1,12 @@
 //! A live instance of one plugin version: its store, its exports, and calls
 //! guarded by a deadline and a memory cap.
 
-use super::bindings::{Action, FilterPlugin, MiddlewarePlugin, TransformPlugin};
+use super::bindings::{
+    Action, BalancerPlugin, FilterPlugin, MiddlewarePlugin, TransformPlugin, TransportPlugin,
+};
 use super::compiled::{CompiledPlugin, KindPre, PluginKind};
 use super::engine::PluginEngine;
-use super::error::{LoadError, PluginError, PluginFault};
+use super::error::{PluginError, PluginFault};
 use super::sandbox::StoreState;
 use crate::message::Verdict;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ enum Exports {
     Filter(FilterPlugin),
     Transform(TransformPlugin),
     Middleware(MiddlewarePlugin),
+    Balancer(#[expect(dead_code, reason = "called by the destination core")] BalancerPlugin),
+    Transport(#[expect(dead_code, reason = "called by the destination core")] TransportPlugin),
 }
 
 /// What a middleware decided about a request.
@@ -49,27 +53,24 @@ struct CallGuard {
 }
 
 impl PluginInstance {
-    /// Instantiate `plugin` in a fresh store of `engine`.
-    pub fn new(engine: &PluginEngine, plugin: Arc<CompiledPlugin>) -> Result<PluginInstance, LoadError> {
-        let state = StoreState::new(plugin.settings.clone())?;
+    /// Instantiate `plugin` in a fresh store of `engine`, under the same
+    /// deadline and memory cap as a call (start functions run here).
+    pub fn new(engine: &PluginEngine, plugin: Arc<CompiledPlugin>) -> Result<PluginInstance, PluginFault> {
+        let state =
+            StoreState::new(plugin.settings.clone()).map_err(|err| PluginFault::Unusable(err.to_string()))?;
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_trap();
-        let failed = |err: wasmtime::Error| LoadError::Invalid {
-            name: plugin.name.clone(),
-            reason: format!("{err:#}"),
-        };
-        let exports = match &plugin.pre {
-            KindPre::Filter(pre) => Exports::Filter(pre.instantiate(&mut store).map_err(failed)?),
-            KindPre::Transform(pre) => Exports::Transform(pre.instantiate(&mut store).map_err(failed)?),
-            KindPre::Middleware(pre) => Exports::Middleware(pre.instantiate(&mut store).map_err(failed)?),
-            KindPre::Balancer(_) | KindPre::Transport(_) => {
-                let reason = format!("{} plugins do not run as route stages", plugin.kind.as_str());
-                return Err(LoadError::Invalid { name: plugin.name.clone(), reason });
-            }
-        };
         let deadline_ticks = PluginEngine::deadline_ticks(plugin.settings.timeout());
-        Ok(PluginInstance { plugin, exports, guard: CallGuard { store, deadline_ticks } })
+        let mut guard = CallGuard { store, deadline_ticks };
+        let exports = match &plugin.pre {
+            KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
+            KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
+            KindPre::Middleware(pre) => Exports::Middleware(guard.call(|store| pre.instantiate(store))?),
+            KindPre::Balancer(pre) => Exports::Balancer(guard.call(|store| pre.instantiate(store))?),
+            KindPre::Transport(pre) => Exports::Transport(guard.call(|store| pre.instantiate(store))?),
+        };
+        Ok(PluginInstance { plugin, exports, guard })
     }
 
     /// Run a filter over a heads-only batch: one decision per message.
@@ -150,7 +151,7 @@ impl CallGuard {
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginFault::TimedOut(state.settings.timeout()),
             Some(trap) => PluginFault::Trapped(trap.to_string()),
-            None => PluginFault::Trapped(format!("{err:#}")),
+            None => PluginFault::Unusable(format!("{err:#}")),
         }
     }
 }

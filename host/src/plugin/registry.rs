@@ -3,7 +3,8 @@
 
 use super::compiled::CompiledPlugin;
 use super::engine::PluginEngine;
-use super::error::LoadError;
+use super::error::{LoadError, PluginFault};
+use super::instance::PluginInstance;
 use super::sandbox::PluginSettings;
 use crate::config::PluginConfig;
 use arc_swap::ArcSwap;
@@ -37,7 +38,7 @@ pub fn load_file(
     engine: &PluginEngine,
     path: &Path,
     config: Option<&PluginConfig>,
-) -> Result<CompiledPlugin, LoadError> {
+) -> Result<Arc<CompiledPlugin>, LoadError> {
     let name = plugin_name(path);
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         name: name.clone(),
@@ -45,7 +46,21 @@ pub fn load_file(
         source,
     })?;
     let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
-    CompiledPlugin::compile(engine, &bytes, Arc::new(PluginSettings::new(config)?))
+    let plugin = Arc::new(CompiledPlugin::compile(engine, &bytes, Arc::new(PluginSettings::new(config)?))?);
+    trial_instantiation(engine, &plugin)?;
+    Ok(plugin)
+}
+
+/// Instantiate once before serving: this type-checks every export against
+/// the world and runs start-up code under the plugin's limits.
+fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
+    match PluginInstance::new(engine, plugin.clone()) {
+        Ok(_) => Ok(()),
+        Err(PluginFault::Unusable(reason)) => {
+            Err(LoadError::WrongWorld { name: plugin.name.clone(), world: plugin.kind.as_str(), reason })
+        }
+        Err(fault) => Err(LoadError::Instantiate { name: plugin.name.clone(), fault }),
+    }
 }
 
 /// The plugin name of a file: its stem.

@@ -37,7 +37,9 @@ impl Settings {
         }
         let value = match (&self.require_header, &self.require_value) {
             (None, None) => return Ok(true),
-            (None, Some(_)) => return Err(Error::failed("config key `require_value` needs `require_header`")),
+            (None, Some(_)) => {
+                return Err(Error::failed("config key `require_value` needs `require_header`"));
+            }
             (Some(name), _) => message.header(name),
         };
         Ok(match (value, &self.require_value) {

@@ -55,6 +55,15 @@ impl Settings {
         }
     }
 
+    /// The `add_field` pair, or the config error that every message reports.
+    fn added_field(&self) -> Result<Option<(&str, &str)>, Error> {
+        match &self.add_field {
+            None => Ok(None),
+            Some(Ok((name, value))) => Ok(Some((name, value))),
+            Some(Err(error)) => Err(error.clone()),
+        }
+    }
+
     /// The documents to emit: the split array's elements, or the whole one.
     fn split(&self, mut document: Value) -> Vec<Value> {
         let items = self.split_array.as_ref().and_then(|name| document.get_mut(name));
@@ -68,17 +77,20 @@ impl Settings {
 impl Transform for RedactTransform {
     fn transform(message: &Message<'_>, out: &mut Output) -> Result<(), Error> {
         let settings = &*SETTINGS;
-        let added = settings.add_field.clone().transpose()?;
+        let added = settings.added_field()?;
         let payload = message.payload.unwrap_or_default();
         let mut document: Value = serde_json::from_slice(payload)
             .map_err(|error| Error::rejected(format!("payload is not JSON: {error}")))?;
         settings.redact(&mut document);
         for mut document in settings.split(document) {
-            if let (Some((name, value)), Value::Object(object)) = (&added, &mut document) {
-                object.insert(name.clone(), Value::from(value.as_str()));
+            if let (Some((name, value)), Value::Object(object)) = (added, &mut document) {
+                object.insert(name.to_owned(), Value::from(value));
             }
             let bytes = serde_json::to_vec(&document).map_err(|error| Error::failed(error.to_string()))?;
-            out.emit(message).with_payload(&bytes).with_header("x-transformed-by", "redact-transform").finish();
+            out.emit(message)
+                .with_payload(&bytes)
+                .with_header("x-transformed-by", "redact-transform")
+                .finish();
         }
         Ok(())
     }

@@ -1,0 +1,171 @@
+//! The `switchyard` binary driven as a child process on free 127.0.0.1 ports.
+
+use crate::support::{PATIENCE, plugin_dir};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use switchyard_plugin_artifacts as artifacts;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A running `switchyard` child whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str], cwd: &std::path::Path) -> Running {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start switchyard");
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The first stdout line satisfying `want`.
+    fn line_where(&self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self.lines.recv_timeout(PATIENCE).expect("switchyard went quiet (safety net)");
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let stopped = self.line_where(|line| line.starts_with("switchyard: stopped"));
+        assert!(self.child.wait().unwrap().success());
+        stopped
+    }
+}
+
+/// One HTTP/1.1 POST; returns the status code and the body.
+fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    // A refused oversized body may be cut off by the server: that is fine.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn default_host_runs_dropped_in_plugins_and_answers_with_the_right_status() {
+    let dir =
+        plugin_dir(&[("a-filter", artifacts::HEADER_FILTER), ("b-redact", artifacts::REDACT_TRANSFORM)]);
+    let host = Running::start(&["run", "--plugins", ".", "--listen", "127.0.0.1:0"], dir.path());
+    host.line_where(|line| line.contains("plugin a-filter loaded: filter"));
+    let listening = host.line_where(|line| line.contains("HTTP ingress listening on http://"));
+    let addr: SocketAddr = listening.rsplit("http://").next().unwrap().parse().unwrap();
+
+    let (status, body) = post(addr, "/v1/messages/orders.eu", &[("x-tenant", "acme")], br#"{"total":5}"#);
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
+    let delivered = host.line_where(|line| line.starts_with('{') && line.contains(&format!("\"id\":{id},")));
+    let delivered: serde_json::Value = serde_json::from_str(&delivered).unwrap();
+    assert_eq!(delivered["destination"], "log");
+    assert_eq!(delivered["topic"], "orders.eu");
+    let headers = delivered["headers"].as_array().unwrap();
+    assert!(headers.contains(&serde_json::json!(["x-tenant", "acme"])), "{headers:?}");
+    assert!(headers.contains(&serde_json::json!(["x-transformed-by", "redact-transform"])), "{headers:?}");
+
+    assert_eq!(post(addr, "/v1/messages/orders..eu", &[], b"{}").0, 400);
+    assert_eq!(post(addr, "/v1/messages/big", &[], &vec![b'x'; (1 << 20) + 1]).0, 413);
+    let (status, body) = post(addr, "/v1/messages/not.json", &[], b"plain text");
+    assert_eq!(status, 202, "accepted, then dead-lettered by the transform: {body}");
+    let letter = host.line_where(|line| line.contains("x-sy-dead-letter-reason"));
+    assert!(letter.contains("payload is not JSON"), "{letter}");
+
+    let stopped = host.stop();
+    assert!(stopped.contains("\"accepted\":2") && stopped.contains("\"delivered\":1"), "{stopped}");
+    assert!(stopped.contains("\"dead_lettered\":1"), "{stopped}");
+}
+
+fn switchyard(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BINARY).args(args).output().expect("run switchyard");
+    let text = String::from_utf8_lossy(if output.status.success() { &output.stdout } else { &output.stderr });
+    (output.status.success(), text.into_owned())
+}
+
+#[test]
+fn check_names_the_kind_or_the_specific_problem() {
+    let (ok, out) = switchyard(&["check", artifacts::HEADER_FILTER]);
+    assert!(ok && out.contains("is a filter plugin, version "), "{out}");
+    let (ok, out) = switchyard(&["check", artifacts::ECHO_TRANSPORT]);
+    assert!(ok && out.contains("is a transport plugin"), "{out}");
+    let (ok, out) = switchyard(&["check", artifacts::FAULTY_WRONG_WORLD]);
+    assert!(!ok && out.contains("does not match world switchyard:plugin/filter@0.1.0"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.wasm");
+    std::fs::write(&corrupt, b"\0asm garbage").unwrap();
+    let (ok, out) = switchyard(&["check", corrupt.to_str().unwrap()]);
+    assert!(!ok && out.contains("plugin \"corrupt\": not a valid WebAssembly component"), "{out}");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[[route]]\nname = \"r\"\nto = \"nowhere\"\n").unwrap();
+    let (ok, out) = switchyard(&["check", config.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("bad.toml: route \"r\".to = \"nowhere\": unknown destination (known: log)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn plugin_call_runs_one_plugin_on_one_message() {
+    let message = r#"{"topic":"orders.eu","headers":{"x-tenant":"acme"},"payload":"{\"card\":\"4111\"}"}"#;
+    let (ok, out) = switchyard(&[
+        "plugin",
+        "call",
+        artifacts::REDACT_TRANSFORM,
+        "--message",
+        message,
+        "--config",
+        "fields=card",
+    ]);
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["kind"], "transform");
+    assert_eq!(answer["answer"]["messages"][0]["payload"], r#"{"card":"[redacted]"}"#);
+    let (ok, out) = switchyard(&[
+        "plugin",
+        "call",
+        artifacts::HEADER_FILTER,
+        "--message",
+        message,
+        "--config",
+        "require_value=acme",
+        "--config",
+        "require_header=x-tenant",
+    ]);
+    assert!(ok && out.contains(r#""verdict":"keep""#), "{out}");
+    let (ok, out) = switchyard(&["plugin", "call", artifacts::FAULTY_TRAP, "--message", message]);
+    assert!(!ok && out.contains("trapped"), "{out}");
+}

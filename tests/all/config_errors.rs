@@ -1,0 +1,33 @@
+//! Configuration errors: each `tests/ui/config/NAME.toml` must fail with
+//! exactly the message in `NAME.err`.
+
+use std::path::Path;
+use switchyard::Config;
+
+#[test]
+fn every_bad_config_fails_with_its_expected_message() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|ext| ext != "toml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected =
+            std::fs::read_to_string(path.with_extension("err")).unwrap_or_else(|_| panic!("{name}: no .err"));
+        let error = Config::from_toml(name, &text).expect_err(name).to_string();
+        assert_eq!(error.trim_end(), expected.trim_end(), "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} config cases");
+}
+
+#[test]
+fn the_builtin_default_is_valid() {
+    let config = Config::builtin();
+    config.validate("<built-in>", &[]).unwrap();
+    assert_eq!(config.ingress.http.unwrap().listen.to_string(), "127.0.0.1:7070");
+    assert_eq!(config.host.plugin_dir, Path::new("plugins.d"));
+}

@@ -1,0 +1,144 @@
+//! Each example plugin doing its job inside a running host.
+
+use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use switchyard::{Message, RequestError};
+use switchyard_plugin_artifacts as artifacts;
+
+const MEMORY_OUT: &str = r#"
+[host]
+dead_letter = "dead"
+[[destination]]
+name = "out"
+transport = "memory"
+[[destination]]
+name = "dead"
+transport = "memory"
+"#;
+
+#[tokio::test]
+pub async fn header_filter() {
+    let dir = plugin_dir(&[("tenant-filter", artifacts::HEADER_FILTER)]);
+    let config = format!(
+        r#"{MEMORY_OUT}
+[[plugin]]
+name = "tenant-filter"
+config = {{ topic_prefix = "orders.", require_header = "x-tenant", require_value = "acme" }}
+[[route]]
+name = "all"
+stages = ["filter:tenant-filter"]
+to = "out"
+"#
+    );
+    let host = host(dir.path(), &config).await;
+    let out = host.memory("out").unwrap();
+    let keep = Message::new("orders.eu", "big".repeat(1000)).with_header("X-Tenant", "acme");
+    host.send(keep.clone()).await.unwrap();
+    host.send(Message::new("orders.eu", "").with_header("x-tenant", "other")).await.unwrap();
+    host.send(Message::new("billing.eu", "").with_header("x-tenant", "acme")).await.unwrap();
+    host.send(Message::new("orders.us", "")).await.unwrap();
+    let delivered = next(&out).await;
+    assert_eq!((delivered.topic.as_str(), &delivered.payload), (keep.topic.as_str(), &keep.payload));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (1, 3, 0));
+    assert!(out.is_empty());
+    let plugin = &host.plugins()[0];
+    let counters = plugin.settings.counters.lock().unwrap().clone();
+    assert_eq!((counters.get("kept"), counters.get("dropped")), (Some(&1), Some(&3)));
+}
+
+#[tokio::test]
+pub async fn redact_transform() {
+    let dir = plugin_dir(&[("redact", artifacts::REDACT_TRANSFORM)]);
+    let config = format!(
+        r#"{MEMORY_OUT}
+[[plugin]]
+name = "redact"
+config = {{ fields = "card,ssn", add_field = "source=switchyard", split_array = "items" }}
+[[route]]
+name = "all"
+stages = ["transform:redact"]
+to = "out"
+"#
+    );
+    let host = host(dir.path(), &config).await;
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    let order = r#"{"id":7,"card":"4111","customer":{"ssn":"123","name":"Ann"}}"#;
+    host.send(Message::new("orders.eu", order)).await.unwrap();
+    let redacted = next(&out).await;
+    let json: serde_json::Value = serde_json::from_slice(&redacted.payload).unwrap();
+    assert_eq!(json["card"], "[redacted]");
+    assert_eq!(json["customer"]["ssn"], "[redacted]");
+    assert_eq!(json["customer"]["name"], "Ann");
+    assert_eq!(json["source"], "switchyard");
+    assert_eq!(redacted.header("x-transformed-by"), Some("redact-transform"));
+
+    host.send(Message::new("orders.batch", r#"{"items":[{"n":1},{"n":2},{"n":3}]}"#)).await.unwrap();
+    let parts: Vec<Message> = vec![next(&out).await, next(&out).await, next(&out).await];
+    let ns: Vec<serde_json::Value> = parts
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["n"].clone())
+        .collect();
+    assert_eq!(ns, [1, 2, 3]);
+    assert_eq!(parts.iter().map(|m| m.id).collect::<std::collections::BTreeSet<_>>().len(), 3);
+
+    host.send(Message::new("orders.batch", r#"{"items":[]}"#)).await.unwrap();
+    host.send(Message::new("orders.eu", "not json")).await.unwrap();
+    let rejected = next(&dead).await;
+    assert_eq!(rejected.header("x-sy-dead-letter"), Some("plugin-rejected"));
+    assert!(rejected.header("x-sy-dead-letter-reason").unwrap().contains("payload is not JSON"));
+    assert_eq!(rejected.payload, "not json");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created), (4, 2));
+    assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (4, 1, 1));
+}
+
+#[tokio::test]
+pub async fn annotate_middleware() {
+    let dir = plugin_dir(&[("annotate", artifacts::ANNOTATE_MIDDLEWARE)]);
+    let echo = |message: Message| async move { Ok(Some(message.with_header("x-echo", "yes"))) };
+    let config = switchyard::Config::from_toml("t", "").unwrap();
+    let host = switchyard::Host::builder()
+        .config("t", config)
+        .plugin_dir(dir.path())
+        .destination("echo", echo)
+        .route(switchyard::RouteConfig::new("all", ">", "echo").stage("middleware:annotate"))
+        .build()
+        .await
+        .unwrap();
+    let reply = within(host.request(Message::new("greet", "hi"))).await.unwrap().unwrap();
+    assert_eq!(reply.header("x-annotated-by"), Some("annotate-middleware"), "{reply:?}");
+    assert_eq!(reply.header("x-echo"), Some("yes"));
+    assert_eq!(reply.header("x-reply-annotated"), Some("true"));
+    let short = Message::new("greet", "hi").with_header("x-short-circuit", "1");
+    let reply = within(host.request(short)).await.unwrap().unwrap();
+    assert_eq!(reply.header("x-replied-by"), Some("annotate-middleware"));
+    assert_eq!(reply.payload, r#"{"short_circuit":true}"#);
+    assert_eq!(reply.header("x-echo"), None, "a short-circuited request is not delivered");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.responded), (1, 1));
+    let gone = within(host.request(Message::new("greet", ""))).await;
+    assert_eq!(gone, Err(RequestError::NotAccepted(switchyard::SendError::ShuttingDown)));
+}
+
+/// Balancer and transport plugins load and are recognised by kind; their host
+/// side arrives with the destination core.
+async fn loads_as(artifact: &str, kind: switchyard::PluginKind) {
+    let dir = plugin_dir(&[("p", artifact)]);
+    let host = host(dir.path(), "").await;
+    let plugins = host.plugins();
+    assert_eq!(plugins.len(), 1);
+    assert_eq!(plugins[0].kind, kind);
+    assert_eq!(plugins[0].digest.len(), 64);
+}
+
+#[tokio::test]
+pub async fn least_loaded_balancer() {
+    loads_as(artifacts::LEAST_LOADED_BALANCER, switchyard::PluginKind::Balancer).await;
+}
+
+#[tokio::test]
+pub async fn echo_transport() {
+    loads_as(artifacts::ECHO_TRANSPORT, switchyard::PluginKind::Transport).await;
+}
+
+pub use crate::faulty::{faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};

@@ -1,0 +1,179 @@
+//! Routing, stages, destinations and admission through the embedding API.
+
+use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use std::sync::Arc;
+use switchyard::{
+    DeliveryError, Host, MemoryDestination, Message, RequestError, RouteConfig, SendError, Verdict,
+};
+use switchyard_plugin_artifacts as artifacts;
+use tokio::sync::{Notify, Semaphore};
+
+const OUTS: &str = r#"
+[host]
+dead_letter = "dead"
+[[destination]]
+name = "a"
+transport = "memory"
+[[destination]]
+name = "b"
+transport = "memory"
+[[destination]]
+name = "dead"
+transport = "memory"
+"#;
+
+#[tokio::test]
+async fn unrouted_message_is_dead_lettered_with_no_route_reason() {
+    let dir = plugin_dir(&[]);
+    let host = host(
+        dir.path(),
+        &format!("{OUTS}[[route]]\nname = \"orders\"\nmatch = {{ topic = \"orders.*\" }}\nto = \"a\""),
+    )
+    .await;
+    let id = host.send(Message::new("billing.eu", "x")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.id, id);
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("no-route"));
+    assert_eq!(letter.header("x-sy-dead-letter-reason"), Some("no route matches topic \"billing.eu\""));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn fan_out_delivers_a_copy_to_each_destination_and_priority_is_set_by_route() {
+    let dir = plugin_dir(&[]);
+    let route = "[[route]]\nname = \"both\"\nfan_out = [\"a\", \"b\"]\npriority = 7";
+    let host = host(dir.path(), &format!("{OUTS}{route}")).await;
+    let id = host.send(Message::new("audit.login", "who")).await.unwrap();
+    let (a, b) = (next(&host.memory("a").unwrap()).await, next(&host.memory("b").unwrap()).await);
+    assert_eq!((a.id, b.id, a.priority, b.priority), (id, id, 7, 7));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created, stats.delivered), (1, 1, 2));
+}
+
+#[tokio::test]
+async fn header_predicates_pick_the_route() {
+    let dir = plugin_dir(&[]);
+    let routes = r#"
+[[route]]
+name = "gold"
+match = { topic = "orders.>", headers = { tier = "gold" } }
+to = "a"
+[[route]]
+name = "rest"
+to = "b"
+"#;
+    let host = host(dir.path(), &format!("{OUTS}{routes}")).await;
+    host.send(Message::new("orders.eu.paid", "").with_header("Tier", "gold")).await.unwrap();
+    host.send(Message::new("orders.eu.paid", "").with_header("tier", "silver")).await.unwrap();
+    assert_eq!(next(&host.memory("a").unwrap()).await.header("tier"), Some("gold"));
+    assert_eq!(next(&host.memory("b").unwrap()).await.header("tier"), Some("silver"));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn native_and_wasm_stages_run_in_route_order() {
+    let dir = plugin_dir(&[("redact", artifacts::REDACT_TRANSFORM)]);
+    let (out, delivered) = MemoryDestination::new();
+    let host = Host::builder()
+        .plugin_dir(dir.path())
+        .destination("out", out)
+        .filter("has-body", |m: &Message| {
+            Ok(if m.payload.is_empty() { Verdict::Drop } else { Verdict::Keep })
+        })
+        .transform("stamp", |m: &Message| Ok(vec![m.clone().with_header("x-stamped", "native")]))
+        .route(
+            RouteConfig::new("r", ">", "out")
+                .stage("filter:has-body")
+                .stage("transform:redact")
+                .stage("transform:stamp"),
+        )
+        .build()
+        .await
+        .unwrap();
+    host.send(Message::new("t", "")).await.unwrap();
+    host.send(Message::new("t", r#"{"a":1}"#)).await.unwrap();
+    let message = next(&delivered).await;
+    assert_eq!(message.header("x-transformed-by"), Some("redact-transform"));
+    assert_eq!(message.header("x-stamped"), Some("native"));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.filtered), (1, 1));
+}
+
+#[tokio::test]
+async fn request_returns_the_reply_or_says_why_there_is_none() {
+    let dir = plugin_dir(&[]);
+    let failing = |_m: Message| async { Err(DeliveryError::Fatal("endpoint refused".into())) };
+    let host = Host::builder()
+        .plugin_dir(dir.path())
+        .destination("upper", |m: Message| async move {
+            Ok(Some(Message::new(m.topic.clone(), String::from_utf8_lossy(&m.payload).to_uppercase())))
+        })
+        .destination("refuses", failing)
+        .filter("drop-all", |_: &Message| Ok(Verdict::Drop))
+        .route(RouteConfig::new("upper", "upper", "upper"))
+        .route(RouteConfig::new("dropped", "dropped", "upper").stage("filter:drop-all"))
+        .route(RouteConfig::new("refused", "refused", "refuses"))
+        .build()
+        .await
+        .unwrap();
+    let reply = within(host.request(Message::new("upper", "shout"))).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "SHOUT");
+    let dropped = within(host.request(Message::new("dropped", "x"))).await;
+    assert_eq!(dropped, Err(RequestError::Filtered { route: "dropped".into() }));
+    let Err(RequestError::DeadLettered(reason)) = within(host.request(Message::new("refused", "x"))).await
+    else {
+        panic!("expected a dead letter");
+    };
+    assert_eq!(reason.to_string(), "destination \"refuses\": delivery failed: endpoint refused");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_messages_are_refused_not_accepted() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("[host]\nmax_message_bytes = 10\n{}", &OUTS[8..])).await;
+    let too_big = host.send(Message::new("t", "x".repeat(11))).await;
+    assert_eq!(too_big, Err(SendError::TooLarge { size: 11, limit: 10 }));
+    for topic in ["a..b", "", "a.*", "has space"] {
+        assert!(matches!(host.try_send(Message::new(topic, "")), Err(SendError::Malformed(_))), "{topic:?}");
+    }
+    assert_eq!(drain_and_account(&host).await.accepted, 0);
+}
+
+#[tokio::test]
+async fn full_queue_pushes_back_and_loses_nothing() {
+    let dir = plugin_dir(&[]);
+    let entered = Arc::new(Notify::new());
+    let gate = Arc::new(Semaphore::new(0));
+    let (sink, delivered) = MemoryDestination::new();
+    let blocking = {
+        let (entered, gate) = (entered.clone(), gate.clone());
+        move |m: Message| {
+            let (entered, gate, sink) = (entered.clone(), gate.clone(), sink.clone());
+            async move {
+                entered.notify_one();
+                gate.acquire().await.expect("gate open").forget();
+                switchyard::Destination::deliver(&sink, m).await
+            }
+        }
+    };
+    let config = switchyard::Config::from_toml("t", "[host]\nqueue_capacity = 1\nworkers = 1").unwrap();
+    let host = Host::builder()
+        .config("t", config)
+        .plugin_dir(dir.path())
+        .destination("slow", blocking)
+        .route(RouteConfig::new("all", ">", "slow"))
+        .build()
+        .await
+        .unwrap();
+    host.try_send(Message::new("t", "1")).unwrap();
+    within(entered.notified()).await;
+    host.try_send(Message::new("t", "2")).unwrap();
+    assert_eq!(host.try_send(Message::new("t", "3")), Err(SendError::Backpressure));
+    gate.add_permits(2);
+    let payloads = [next(&delivered).await.payload, next(&delivered).await.payload];
+    assert_eq!(payloads, ["1", "2"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}

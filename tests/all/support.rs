@@ -1,0 +1,48 @@
+//! Shared set-up: plugin directories, hosts from TOML, bounded waits.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+use switchyard::{Config, Host, Message};
+use tempfile::TempDir;
+
+/// A safety net only: tests wait on channels, never on the clock.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A fresh plugin directory holding the given artifacts as `NAME.wasm`.
+pub fn plugin_dir(plugins: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (name, artifact) in plugins {
+        std::fs::copy(artifact, dir.path().join(format!("{name}.wasm"))).expect("copy a plugin");
+    }
+    dir
+}
+
+/// A host over `dir` configured by the TOML `config`.
+pub async fn host(dir: &Path, config: &str) -> Host {
+    let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));
+    let host = Host::builder().config("test.toml", config).plugin_dir(dir).build().await;
+    let host = host.unwrap_or_else(|err| panic!("{err}"));
+    assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
+    host
+}
+
+/// Await `future`, failing the test if it takes longer than [`PATIENCE`].
+pub async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future).await.expect("timed out (safety net)")
+}
+
+/// The next message of a memory destination.
+pub async fn next(receiver: &flume::Receiver<Message>) -> Message {
+    within(receiver.recv_async()).await.expect("the destination is open")
+}
+
+/// Shut `host` down (draining everything accepted) and check that every
+/// accepted message was settled: delivered, filtered, answered or dead-lettered.
+pub async fn drain_and_account(host: &Host) -> switchyard::Stats {
+    within(host.shutdown()).await;
+    let stats = host.stats();
+    assert_eq!(stats.in_flight(), 0, "unsettled messages: {stats:?}");
+    assert_eq!(stats.dead_letter_failures, 0, "{stats:?}");
+    stats
+}

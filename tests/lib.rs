@@ -1,1 +1,0 @@
-//! Switchyard integration tests live in `all/`; this library is empty.
