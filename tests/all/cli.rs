@@ -46,12 +46,20 @@ impl Running {
         }
     }
 
-    fn stop(mut self) -> String {
+    fn stop(&mut self) -> String {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let stopped = self.line_where(|line| line.starts_with("switchyard: stopped"));
         assert!(self.child.wait().unwrap().success());
         stopped
+    }
+}
+
+impl Drop for Running {
+    /// A failed test must not leave its host running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -82,7 +90,7 @@ fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> 
 fn default_host_runs_dropped_in_plugins_and_answers_with_the_right_status() {
     let dir =
         plugin_dir(&[("a-filter", artifacts::HEADER_FILTER), ("b-redact", artifacts::REDACT_TRANSFORM)]);
-    let host = Running::start(&["run", "--plugins", ".", "--listen", "127.0.0.1:0"], dir.path());
+    let mut host = Running::start(&["run", "--plugins", ".", "--listen", "127.0.0.1:0"], dir.path());
     host.line_where(|line| line.contains("plugin a-filter loaded: filter"));
     let listening = host.line_where(|line| line.contains("HTTP ingress listening on http://"));
     let addr: SocketAddr = listening.rsplit("http://").next().unwrap().parse().unwrap();

@@ -74,7 +74,6 @@ impl PluginInstance {
     }
 
     /// Run a filter over a heads-only batch: one decision per message.
-    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
     pub fn filter(&mut self, batch: &Vec<u8>) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
         let Exports::Filter(filter) = &self.exports else { return Err(self.not_a(PluginKind::Filter)) };
         let filter = filter.switchyard_plugin_filter();
@@ -86,7 +85,6 @@ impl PluginInstance {
     }
 
     /// Run a transform over a batch of full messages.
-    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
     pub fn transform(&mut self, batch: &Vec<u8>) -> Result<Transformed, PluginFault> {
         let Exports::Transform(transform) = &self.exports else {
             return Err(self.not_a(PluginKind::Transform));
@@ -98,7 +96,6 @@ impl PluginInstance {
     }
 
     /// Run a middleware on a request (a one-message batch).
-    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
     pub fn on_request(
         &mut self,
         request: &Vec<u8>,
@@ -115,7 +112,6 @@ impl PluginInstance {
     }
 
     /// Run a middleware on a reply; returns the reply to pass on.
-    #[expect(clippy::ptr_arg, reason = "bindgen takes the WIT `batch` alias as &Vec<u8>")]
     pub fn on_reply(
         &mut self,
         request: &Vec<u8>,
