@@ -1,24 +1,16 @@
 //! Misbehaving plugins: each is isolated with its specific error, its message
 //! is dead-lettered with that reason, and the host keeps serving.
 
-use crate::support::{drain_and_account, host, next, plugin_dir};
+use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir};
 use switchyard::{Host, LoadError, Message};
 use switchyard_plugin_artifacts as artifacts;
 
 /// A host with route `risky` (topic `risky.*`) through `filter:bad`, with the
 /// given plugin limits, and route `safe` with no stages.
-async fn host_with_bad_filter(artifact: &str, limits: &str, on_error: &str) -> (tempfile::TempDir, Host) {
+async fn host_with_filter(artifact: &str, limits: &str, on_error: &str) -> (tempfile::TempDir, Host) {
     let dir = plugin_dir(&[("bad", artifact)]);
     let config = format!(
-        r#"
-[host]
-dead_letter = "dead"
-[[destination]]
-name = "out"
-transport = "memory"
-[[destination]]
-name = "dead"
-transport = "memory"
+        r#"{MEMORY_OUT}
 [[plugin]]
 name = "bad"
 limits = {limits}
@@ -60,7 +52,7 @@ async fn assert_isolated(host: &Host, code: &str, reason: &str) {
 
 #[tokio::test]
 pub async fn faulty_trap() {
-    let (_dir, host) = host_with_bad_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
     assert_isolated(&host, "plugin-trapped", "trapped: wasm trap: wasm `unreachable` instruction executed")
         .await;
 }
@@ -68,14 +60,14 @@ pub async fn faulty_trap() {
 #[tokio::test]
 pub async fn faulty_spin() {
     let limits = "{ timeout_ms = 50 }";
-    let (_dir, host) = host_with_bad_filter(artifacts::FAULTY_SPIN, limits, "fail-closed").await;
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_SPIN, limits, "fail-closed").await;
     assert_isolated(&host, "plugin-timed-out", "timed out after 50ms").await;
 }
 
 #[tokio::test]
 pub async fn faulty_memory_hog() {
     let limits = "{ memory_mb = 16 }";
-    let (_dir, host) = host_with_bad_filter(artifacts::FAULTY_MEMORY_HOG, limits, "fail-closed").await;
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_MEMORY_HOG, limits, "fail-closed").await;
     assert_isolated(&host, "plugin-memory-cap", "hit its memory cap of 16 MiB").await;
 }
 
@@ -111,8 +103,21 @@ pub async fn faulty_wrong_world() {
 }
 
 #[tokio::test]
+async fn limits_obeyed_by_a_well_behaved_plugin_under_the_same_caps() {
+    let limits = "{ memory_mb = 16, timeout_ms = 50 }";
+    let (_dir, host) = host_with_filter(artifacts::HEADER_FILTER, limits, "fail-closed").await;
+    let out = host.memory("out").unwrap();
+    for n in 0..100 {
+        let id = host.send(Message::new("risky.job", "x".repeat(n * 100))).await.unwrap();
+        assert_eq!(next(&out).await.id, id);
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (100, 0));
+}
+
+#[tokio::test]
 async fn fail_open_route_skips_a_trapping_stage() {
-    let (_dir, host) = host_with_bad_filter(artifacts::FAULTY_TRAP, "{}", "fail-open").await;
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-open").await;
     let out = host.memory("out").unwrap();
     let id = host.send(Message::new("risky.job", "go on")).await.unwrap();
     assert_eq!(next(&out).await.id, id);
@@ -125,7 +130,7 @@ async fn one_poison_message_in_a_batch_fails_only_itself() {
     // Messages sent back to back reach the plugin in batches; a fault on a
     // batch is retried message by message, so each is dead-lettered under
     // its own id and with its own reason, none twice and none lost.
-    let (_dir, host) = host_with_bad_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
     let dead = host.memory("dead").unwrap();
     let mut ids = Vec::new();
     for n in 0..20 {

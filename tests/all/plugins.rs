@@ -1,19 +1,8 @@
 //! Each example plugin doing its job inside a running host.
 
-use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, within};
 use switchyard::{Message, RequestError};
 use switchyard_plugin_artifacts as artifacts;
-
-const MEMORY_OUT: &str = r#"
-[host]
-dead_letter = "dead"
-[[destination]]
-name = "out"
-transport = "memory"
-[[destination]]
-name = "dead"
-transport = "memory"
-"#;
 
 #[tokio::test]
 pub async fn header_filter() {

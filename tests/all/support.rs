@@ -9,6 +9,18 @@ use tempfile::TempDir;
 /// A safety net only: tests wait on channels, never on the clock.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Config lines for two memory destinations: `out`, and `dead` for dead letters.
+pub const MEMORY_OUT: &str = r#"
+[host]
+dead_letter = "dead"
+[[destination]]
+name = "out"
+transport = "memory"
+[[destination]]
+name = "dead"
+transport = "memory"
+"#;
+
 /// A fresh plugin directory holding the given artifacts as `NAME.wasm`.
 pub fn plugin_dir(plugins: &[(&str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().expect("a temp dir");

@@ -84,13 +84,23 @@ impl Worker {
         self.instances.remove(&plugin.name);
     }
 
-    fn encode(&mut self, items: &[Item], with_payload: bool) -> Vec<u8> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.clear();
+    /// Encode `items` into the reusable buffer and call `call` with it on this
+    /// version's instance; a fault discards the instance.
+    fn call_on_batch<R>(
+        &mut self,
+        plugin: &Arc<CompiledPlugin>,
+        items: &[Item],
+        with_payload: bool,
+        call: impl FnOnce(&mut PluginInstance, &Vec<u8>) -> Result<R, PluginFault>,
+    ) -> Result<R, PluginFault> {
+        let mut batch = std::mem::take(&mut self.buffer);
+        batch.clear();
         for (index, item) in items.iter().enumerate() {
-            item.message.encode(&mut buffer, index as u32, with_payload);
+            item.message.encode(&mut batch, index as u32, with_payload);
         }
-        buffer
+        let result = self.with_instance(plugin, |instance| call(instance, &batch));
+        self.buffer = batch;
+        result
     }
 
     /// Call `call` on this version's instance; a fault discards the instance.
@@ -112,9 +122,8 @@ impl Worker {
         policy: FailurePolicy,
         items: Vec<Item>,
     ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
-        let batch = self.encode(&items, false);
-        let decisions = self.with_instance(plugin, |instance| {
-            let decisions = instance.filter(&batch)?;
+        let decisions = self.call_on_batch(plugin, &items, false, |instance, batch| {
+            let decisions = instance.filter(batch)?;
             match decisions.len() == items.len() {
                 true => Ok(decisions),
                 false => {
@@ -122,7 +131,6 @@ impl Worker {
                 }
             }
         });
-        self.buffer = batch;
         let decisions = match decisions {
             Ok(decisions) => decisions,
             Err(fault) => return Err((items, fault)),
@@ -144,10 +152,7 @@ impl Worker {
         policy: FailurePolicy,
         items: Vec<Item>,
     ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
-        let batch = self.encode(&items, true);
-        let result = self.with_instance(plugin, |instance| instance.transform(&batch));
-        self.buffer = batch;
-        let out = match result {
+        let out = match self.call_on_batch(plugin, &items, true, PluginInstance::transform) {
             Ok(out) => out,
             Err(fault) => return Err((items, fault)),
         };
@@ -208,15 +213,14 @@ impl Worker {
         let mut fates = Vec::with_capacity(items.len());
         // One request per call: a fault fails only the request that caused it.
         for mut item in items {
-            let request = self.encode(std::slice::from_ref(&item), true);
-            let action = self.with_instance(plugin, |instance| {
-                let action = instance.on_request(&request)?;
-                fault_outside(action.map(|action| match action {
-                    MiddlewareAction::Forward(batch) => decode_one(&batch).map(|m| (false, m)),
-                    MiddlewareAction::Respond(batch) => decode_one(&batch).map(|m| (true, m)),
-                }))
-            });
-            self.buffer = request;
+            let action =
+                self.call_on_batch(plugin, std::slice::from_ref(&item), true, |instance, request| {
+                    let action = instance.on_request(request)?;
+                    fault_outside(action.map(|action| match action {
+                        MiddlewareAction::Forward(batch) => decode_one(&batch).map(|m| (false, m)),
+                        MiddlewareAction::Respond(batch) => decode_one(&batch).map(|m| (true, m)),
+                    }))
+                });
             match action {
                 Ok(Ok((false, mut forwarded))) => {
                     forwarded.id = item.message.id;
