@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod dead_letter;
 pub mod destination;
@@ -37,6 +38,7 @@ pub mod ingress;
 pub mod message;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod router;
 pub mod stage;
 
@@ -48,4 +50,5 @@ pub use ingress::HttpIngress;
 pub use message::{Message, MessageId, Verdict};
 pub use pipeline::Stats;
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
+pub use reload::{EventCounts, HostEvent};
 pub use stage::{NativeFilter, NativeTransform};

@@ -32,7 +32,7 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 pub fn call(file: &Path, message: &str, config: Vec<(String, String)>) -> anyhow::Result<()> {
     let message: MessageArg = serde_json::from_str(message).context("--message is not a valid message")?;
-    let engine = PluginEngine::new()?;
+    let engine = PluginEngine::new(None)?;
     let plugin_config =
         PluginConfig { name: plugin_name(file), config: config.into_iter().collect(), ..Default::default() };
     let plugin = load_file(&engine, file, Some(&plugin_config))?;

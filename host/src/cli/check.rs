@@ -8,7 +8,7 @@ use switchyard::plugin::{PluginEngine, load_file};
 pub fn check(file: &Path) -> anyhow::Result<()> {
     match file.extension().and_then(|ext| ext.to_str()) {
         Some("wasm") => {
-            let engine = PluginEngine::new()?;
+            let engine = PluginEngine::new(None)?;
             let plugin = load_file(&engine, file, None)?;
             println!("ok: {} is a {} plugin, version {}", plugin.name, plugin.kind.as_str(), plugin.digest);
         }

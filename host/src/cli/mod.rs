@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench;
 mod call;
 mod check;
 mod run;
@@ -40,6 +41,21 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Run the standard benchmark with the given header-filter and redact-transform plugins.
+    Bench {
+        /// The header-filter plugin (.wasm).
+        #[arg(long)]
+        filter: PathBuf,
+        /// The redact-transform plugin (.wasm).
+        #[arg(long)]
+        transform: PathBuf,
+        /// Messages per timed run of the routed pipeline.
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +84,9 @@ impl Command {
             Command::Check { file } => check::check(&file),
             Command::Plugin { command: PluginCommand::Call { file, message, config } } => {
                 call::call(&file, &message, config)
+            }
+            Command::Bench { filter, transform, messages, json } => {
+                bench::bench(filter, transform, messages, json)
             }
         }
     }

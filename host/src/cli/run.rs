@@ -10,20 +10,16 @@ pub async fn run(
     plugins: Option<PathBuf>,
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let (file, mut config) = match &config {
-        Some(path) => (path.display().to_string(), Config::from_file(path)?),
-        None => ("<built-in default>".to_owned(), Config::builtin()),
+    let mut builder = match &config {
+        Some(path) => Host::builder().config_file(path)?,
+        None => Host::builder().config("<built-in default>", Config::builtin()),
     };
     if let Some(dir) = plugins {
-        config.host.plugin_dir = dir;
+        builder = builder.plugin_dir(dir);
     }
-    if let Some(addr) = listen {
-        config.ingress.http.get_or_insert(switchyard::config::HttpIngressConfig { listen: addr }).listen =
-            addr;
-    }
-    let http = config.ingress.http.clone();
-    println!("switchyard: config {file}, plugins from {}", config.host.plugin_dir.display());
-    let host = Host::builder().config(file, config).build().await?;
+    let host = builder.build().await?;
+    let source = config.map_or("<built-in default>".to_owned(), |path| path.display().to_string());
+    println!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
     for plugin in host.plugins() {
         println!(
             "switchyard: plugin {} loaded: {} {} in {:.1} ms",
@@ -36,21 +32,15 @@ pub async fn run(
     for error in host.load_errors() {
         println!("switchyard: {error}");
     }
+    let http = listen.or(host.config().ingress.http.as_ref().map(|http| http.listen));
     let ingress = match http {
-        Some(http) => Some(HttpIngress::bind(host.clone(), http.listen).await?),
+        Some(addr) => Some(HttpIngress::bind(host.clone(), addr).await?),
         None => None,
     };
     if let Some(ingress) = &ingress {
         println!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
-    let shutdown = async {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    };
+    let shutdown = stop_signal(host.clone());
     match ingress {
         Some(ingress) => ingress.serve(shutdown).await,
         None => shutdown.await,
@@ -59,4 +49,21 @@ pub async fn run(
     let stats = host.stats();
     println!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?);
     Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM; reloads config and plugins on every SIGHUP.
+async fn stop_signal(host: Host) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = terminate.recv() => return,
+            _ = hangup.recv() => match host.reload().await {
+                Ok(()) => println!("switchyard: reloaded"),
+                Err(err) => println!("switchyard: reload refused: {err}"),
+            },
+        }
+    }
 }

@@ -42,6 +42,11 @@ pub struct HostSection {
     pub batch_size: usize,
     /// Destination that receives dead letters.
     pub dead_letter: String,
+    /// Watch the plugin directory (and the config file) and apply changes live.
+    pub watch: bool,
+    /// Directory of the on-disk compile cache; relative paths are under
+    /// `plugin_dir`; an empty string turns the cache off.
+    pub cache_dir: PathBuf,
 }
 
 impl Default for HostSection {
@@ -53,6 +58,8 @@ impl Default for HostSection {
             max_message_bytes: 1 << 20,
             batch_size: 64,
             dead_letter: "log".into(),
+            watch: true,
+            cache_dir: PathBuf::from(".cache"),
         }
     }
 }
@@ -85,7 +92,7 @@ pub enum FailurePolicy {
 }
 
 /// `[[plugin]]`: settings for one plugin.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// Plugin name: the `.wasm` file's stem.

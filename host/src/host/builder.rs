@@ -1,11 +1,11 @@
 //! Building a host: configuration, plugins, destinations and native stages.
 
 use super::{BuildError, Host, HostInner};
-use crate::config::{Config, RouteConfig, Transport};
-use crate::destination::{Destination, LogDestination, MemoryDestination};
-use crate::pipeline::{Counters, Pipeline, run_worker};
-use crate::plugin::{LoadError, PluginEngine, PluginRegistry, PluginSet, load_file, plugin_files};
-use crate::router::{Route, RouteTable};
+use crate::config::{Config, ConfigError, RouteConfig};
+use crate::destination::Destination;
+use crate::pipeline::{Counters, LastingDestinations, Pipeline, Topology, run_worker};
+use crate::plugin::{PluginEngine, PluginRegistry};
+use crate::reload::Reloader;
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 #[must_use]
 pub struct HostBuilder {
     config: Config,
-    config_file: String,
+    config_file: (String, Option<PathBuf>),
     destinations: HashMap<String, Arc<dyn Destination>>,
     natives: NativeStages,
 }
@@ -26,7 +26,7 @@ impl HostBuilder {
     pub(super) fn new() -> HostBuilder {
         HostBuilder {
             config: Config::default(),
-            config_file: "<builder>".into(),
+            config_file: ("<builder>".into(), None),
             destinations: HashMap::new(),
             natives: NativeStages::default(),
         }
@@ -35,7 +35,7 @@ impl HostBuilder {
     /// Use `config` (routes, plugins, destinations); `file` names it in errors.
     pub fn config(mut self, file: impl Into<String>, config: Config) -> Self {
         self.config = config;
-        self.config_file = file.into();
+        self.config_file = (file.into(), None);
         self
     }
 
@@ -69,47 +69,47 @@ impl HostBuilder {
         self
     }
 
-    /// Validate, compile every plugin of the plugin directory (in parallel),
-    /// and start the workers. A plugin that fails to load is reported by
-    /// [`Host::load_errors`]; it does not stop the host.
+    /// Read the configuration from `path`; [`Host::reload`] and the watcher
+    /// re-read it from there.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        self.config = Config::from_file(&path)?;
+        self.config_file = (path.display().to_string(), Some(path));
+        Ok(self)
+    }
+
+    /// Validate, compile every plugin of the plugin directory (in parallel,
+    /// from the compile cache when warm), start the workers and, when
+    /// `host.watch` is set, the watcher. A plugin that fails to load is
+    /// reported by [`Host::load_errors`] and an event; it does not stop the host.
     pub async fn build(self) -> Result<Host, BuildError> {
-        let HostBuilder { config, config_file, mut destinations, natives } = self;
+        let HostBuilder { config, config_file, destinations, natives } = self;
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
-        config.validate(&config_file, &native_names)?;
-        let engine = Arc::new(PluginEngine::new()?);
-        let (plugins, load_errors) = load_plugins(&engine, &config).await?;
-        let mut memory = HashMap::new();
-        destinations.entry("log".into()).or_insert_with(|| Arc::new(LogDestination::new("log")));
-        for dest in &config.destinations {
-            let destination: Arc<dyn Destination> = match dest.transport {
-                Transport::Log => Arc::new(LogDestination::new(&dest.name)),
-                Transport::Memory => {
-                    let (destination, receiver) = MemoryDestination::new();
-                    memory.insert(dest.name.clone(), receiver);
-                    Arc::new(destination)
-                }
-            };
-            destinations.insert(dest.name.clone(), destination);
-        }
-        let routes = config.routes.iter().map(Route::from_config).collect::<Result<Vec<_>, _>>();
-        let routes = routes.expect("validated above");
-        let registry = PluginRegistry::default();
-        registry.replace(plugins);
+        config.validate(&config_file.0, &native_names)?;
+        let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
+        let lasting = LastingDestinations::new(destinations);
         let pipeline = Arc::new(Pipeline {
             engine,
-            registry,
-            routes: ArcSwap::from_pointee(RouteTable::new(routes)),
+            registry: PluginRegistry::default(),
+            topology: ArcSwap::from_pointee(Topology::build(&config, &lasting)),
             natives,
-            destinations,
-            dead_letter: config.host.dead_letter.clone(),
             counters: Counters::default(),
             ids: Arc::new(AtomicU64::new(1)),
             batch_size: config.host.batch_size,
         });
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
-        let workers = match config.host.workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
+        let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
+        let reloader = Arc::new(Reloader::new(pipeline.clone(), config, config_file, lasting));
+        let dir = reloader.plugin_dir();
+        let load_errors = reloader
+            .load_all()
+            .await
+            .map_err(|source| BuildError::PluginDir { dir: dir.display().to_string(), source })?;
+        let watcher = match watch {
+            true => Some(
+                crate::reload::watch(reloader.clone()).map_err(|err| BuildError::Watch(err.to_string()))?,
+            ),
+            false => None,
         };
         let runtime = tokio::runtime::Handle::current();
         let workers = (0..workers)
@@ -123,44 +123,26 @@ impl HostBuilder {
             .collect::<Result<_, _>>()?;
         Ok(Host {
             inner: Arc::new(HostInner {
-                config,
-                pipeline,
+                reloader,
                 sender: RwLock::new(Some(sender)),
                 workers: Mutex::new(workers),
-                memory,
+                watcher: Mutex::new(watcher),
                 load_errors,
             }),
         })
     }
 }
 
-async fn load_plugins(
-    engine: &Arc<PluginEngine>,
-    config: &Config,
-) -> Result<(PluginSet, Vec<LoadError>), BuildError> {
-    let dir = &config.host.plugin_dir;
-    let files = plugin_files(dir)
-        .map_err(|source| BuildError::PluginDir { dir: dir.display().to_string(), source })?;
-    let compiles = files.into_iter().map(|path| {
-        let engine = engine.clone();
-        let name = crate::plugin::plugin_name(&path);
-        let plugin_config = config.plugins.iter().find(|p| p.name == name).cloned();
-        tokio::task::spawn_blocking(move || load_file(&engine, &path, plugin_config.as_ref()))
-    });
-    let mut plugins = PluginSet::new();
-    let mut errors = Vec::new();
-    for compile in compiles.collect::<Vec<_>>() {
-        match compile.await.expect("plugin compilation panicked") {
-            Ok(plugin) => {
-                tracing::info!(plugin = %plugin.name, kind = plugin.kind.as_str(), version = plugin.short_version(),
-                    compile_ms = plugin.compile_time.as_secs_f64() * 1e3, "plugin loaded");
-                plugins.insert(plugin.name.clone(), plugin);
-            }
-            Err(error) => {
-                tracing::error!(%error, "plugin rejected");
-                errors.push(error);
-            }
-        }
+fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
     }
-    Ok((plugins, errors))
+}
+
+/// The compile cache directory, absolute: relative to the plugin directory;
+/// none when empty.
+fn cache_dir(host: &crate::config::HostSection) -> Option<PathBuf> {
+    let dir = host.plugin_dir.join(&host.cache_dir);
+    (!host.cache_dir.as_os_str().is_empty()).then(|| std::path::absolute(&dir).unwrap_or(dir))
 }

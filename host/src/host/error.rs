@@ -65,6 +65,9 @@ pub enum BuildError {
     /// The WebAssembly engine could not start.
     #[error(transparent)]
     Engine(#[from] crate::plugin::EngineError),
+    /// The plugin directory cannot be watched.
+    #[error("cannot watch the plugin directory: {0}")]
+    Watch(String),
     /// A worker thread could not be started.
     #[error("cannot start a pipeline worker thread: {source}")]
     Thread {

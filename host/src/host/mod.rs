@@ -6,15 +6,15 @@ mod error;
 pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::message::{Message, MessageId};
-use crate::pipeline::{Counters, Envelope, Pipeline, Stats};
+use crate::pipeline::{Counters, Envelope, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
-use std::collections::HashMap;
+use crate::reload::{EventCounts, HostEvent, Reloader, WatchGuard};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
 #[derive(Clone)]
@@ -23,13 +23,13 @@ pub struct Host {
 }
 
 struct HostInner {
-    config: Config,
-    pipeline: Arc<Pipeline>,
+    reloader: Arc<Reloader>,
     /// `None` once shutdown began: the workers stop when the last clone of the
     /// sender is gone and the queue is empty, so nothing accepted is dropped.
     sender: RwLock<Option<flume::Sender<Envelope>>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    memory: HashMap<String, flume::Receiver<Message>>,
+    /// Watches the plugin directory and config file while set.
+    watcher: Mutex<Option<WatchGuard>>,
     load_errors: Vec<LoadError>,
 }
 
@@ -47,7 +47,7 @@ impl Host {
         let (envelope, id) = self.admit(message, None)?;
         let sender = self.sender()?;
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
-        Counters::bump(&self.inner.pipeline.counters.accepted, 1);
+        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
         Ok(id)
     }
 
@@ -65,7 +65,7 @@ impl Host {
         let (envelope, _) = self.admit(message, Some(reply))?;
         let sender = self.sender()?;
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
-        Counters::bump(&self.inner.pipeline.counters.accepted, 1);
+        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
         await_reply(pending).await
     }
 
@@ -79,12 +79,12 @@ impl Host {
 
     /// Counters of what happened to accepted messages.
     pub fn stats(&self) -> Stats {
-        self.inner.pipeline.counters.snapshot()
+        self.inner.reloader.pipeline.counters.snapshot()
     }
 
     /// The plugin versions currently serving, in name order.
     pub fn plugins(&self) -> Vec<Arc<CompiledPlugin>> {
-        self.inner.pipeline.registry.snapshot().values().cloned().collect()
+        self.inner.reloader.pipeline.registry.snapshot().values().cloned().collect()
     }
 
     /// Plugins that failed to load at start, with the reason.
@@ -94,17 +94,55 @@ impl Host {
 
     /// The receiving end of the `memory` destination `name`.
     pub fn memory(&self, name: &str) -> Option<flume::Receiver<Message>> {
-        self.inner.memory.get(name).cloned()
+        self.inner.reloader.lasting.receiver(name)
     }
 
-    /// The configuration the host runs with.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The configuration the host runs with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.reloader.config.load_full()
+    }
+
+    /// Subscribe to [`HostEvent`]s (plugin loaded, replaced, rejected,
+    /// removed; config applied or rejected). A subscriber that falls more
+    /// than 1024 events behind misses the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
+        self.inner.reloader.events.subscribe()
+    }
+
+    /// How many events of each kind the host has had.
+    pub fn event_counts(&self) -> EventCounts {
+        self.inner.reloader.events.counts()
+    }
+
+    /// Re-read the config file (if the host was built from one) and every
+    /// plugin of the plugin directory, applying what changed. An invalid
+    /// config is rejected whole; the running one stays.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let reloader = self.inner.reloader.clone();
+        tokio::task::spawn_blocking(move || match reloader.config_path() {
+            Some(_) => reloader.reload_config(),
+            None => {
+                reloader.sync_all();
+                Ok(())
+            }
+        })
+        .await
+        .expect("reloading does not panic")
+    }
+
+    /// Validate `config` and make it current (routes, destinations, plugin
+    /// settings), then re-read the plugin directory. An invalid config
+    /// changes nothing.
+    pub async fn apply_config(&self, file: &str, config: Config) -> Result<(), ConfigError> {
+        let (reloader, file) = (self.inner.reloader.clone(), file.to_owned());
+        tokio::task::spawn_blocking(move || reloader.apply_config(&file, config))
+            .await
+            .expect("applying a config does not panic")
     }
 
     /// Serve the configured ingress until `shutdown` completes, then drain.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BuildError> {
-        match self.inner.config.ingress.http.clone() {
+        match self.config().ingress.http.clone() {
             Some(http) => {
                 crate::ingress::HttpIngress::bind(self.clone(), http.listen).await?.serve(shutdown).await
             }
@@ -116,6 +154,7 @@ impl Host {
 
     /// Stop accepting, finish every message already accepted, stop the workers.
     pub async fn shutdown(&self) {
+        self.inner.watcher.lock().unwrap_or_else(|poison| poison.into_inner()).take();
         self.inner.sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
         let workers =
             std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));
@@ -133,8 +172,8 @@ impl Host {
         mut message: Message,
         reply: Option<crate::pipeline::ReplySender>,
     ) -> Result<(Envelope, MessageId), SendError> {
-        check_message(&message, self.inner.config.host.max_message_bytes)?;
-        message.id = self.inner.pipeline.ids.fetch_add(1, Ordering::Relaxed);
+        check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
+        message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
         let id = message.id;
         Ok((Envelope { message, reply }, id))
     }
@@ -149,7 +188,7 @@ impl Host {
             flume::TrySendError::Full(_) => SendError::Backpressure,
             flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
         })?;
-        Counters::bump(&self.inner.pipeline.counters.accepted, 1);
+        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
         Ok(())
     }
 }

@@ -3,22 +3,22 @@
 
 mod item;
 mod stats;
+mod topology;
 mod worker;
 
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
 pub use stats::Stats;
+pub(crate) use topology::{LastingDestinations, Topology};
 
 use crate::dead_letter::DeadLetterReason;
-use crate::destination::Destination;
 use crate::host::RequestError;
 use crate::message::{Message, Verdict};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginSet};
-use crate::router::{Route, RouteTable};
+use crate::router::Route;
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
 use item::{Fate, Item};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::runtime::Handle;
@@ -28,10 +28,8 @@ use worker::Worker;
 pub(crate) struct Pipeline {
     pub(crate) engine: Arc<PluginEngine>,
     pub(crate) registry: PluginRegistry,
-    pub(crate) routes: ArcSwap<RouteTable>,
+    pub(crate) topology: ArcSwap<Topology>,
     pub(crate) natives: NativeStages,
-    pub(crate) destinations: HashMap<String, Arc<dyn Destination>>,
-    pub(crate) dead_letter: String,
     pub(crate) counters: Counters,
     pub(crate) ids: Arc<AtomicU64>,
     pub(crate) batch_size: usize,
@@ -67,9 +65,11 @@ pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelop
 
 impl Pipeline {
     fn process(&self, worker: &mut Worker, runtime: &Handle, batch: Vec<Envelope>) {
-        // Pin one plugin set and one route table for the whole batch.
+        // Pin one plugin set and one topology for the whole batch.
         let plugins = self.registry.snapshot();
-        let routes = self.routes.load_full();
+        worker.forget_stale(&plugins);
+        let topology = self.topology.load_full();
+        let routes = &topology.routes;
         let mut settlements = Settlements::default();
         let mut by_route: Vec<Vec<Item>> = routes.routes().iter().map(|_| Vec::new()).collect();
         for envelope in batch {
@@ -86,7 +86,7 @@ impl Pipeline {
                 self.run_route(worker, &plugins, routes.get(key), items, &mut settlements);
             }
         }
-        for back in runtime.block_on(self.settle(settlements)) {
+        for back in runtime.block_on(self.settle(&topology, settlements)) {
             let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
             let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
         }
@@ -141,23 +141,23 @@ impl Pipeline {
     }
 
     /// Deliver and dead-letter; returns the replies middleware must see.
-    async fn settle(&self, settlements: Settlements<'_>) -> Vec<ReplyBack> {
+    async fn settle(&self, topology: &Topology, settlements: Settlements<'_>) -> Vec<ReplyBack> {
         for (item, reason, route) in settlements.dead_letters {
-            self.dead_letter(item, reason, route).await;
+            self.dead_letter(topology, item, reason, route).await;
         }
         let mut replies = Vec::new();
         for (route, item) in settlements.deliveries {
-            replies.extend(self.deliver(route, item).await);
+            replies.extend(self.deliver(topology, route, item).await);
         }
         replies
     }
 
-    async fn deliver(&self, route: &Route, item: Item) -> Option<ReplyBack> {
+    async fn deliver(&self, topology: &Topology, route: &Route, item: Item) -> Option<ReplyBack> {
         let Item { message, reply, middlewares } = item;
         Counters::bump(&self.counters.created, route.destinations.len().saturating_sub(1) as u64);
         let mut answer: Option<Result<Option<Message>, RequestError>> = None;
         for name in &route.destinations {
-            match self.destinations[name].deliver(message.clone()).await {
+            match topology.destinations[name].deliver(message.clone()).await {
                 Ok(response) => {
                     Counters::bump(&self.counters.delivered, 1);
                     answer.get_or_insert(Ok(response));
@@ -166,7 +166,7 @@ impl Pipeline {
                     let reason = DeadLetterReason::Delivery { destination: name.clone(), error };
                     answer.get_or_insert(Err(RequestError::DeadLettered(reason.clone())));
                     let copy = Item { message: message.clone(), reply: None, middlewares: Vec::new() };
-                    self.dead_letter(copy, reason, Some(&route.name)).await;
+                    self.dead_letter(topology, copy, reason, Some(&route.name)).await;
                 }
             }
         }
@@ -182,16 +182,22 @@ impl Pipeline {
         None
     }
 
-    async fn dead_letter(&self, item: Item, reason: DeadLetterReason, route: Option<&str>) {
+    async fn dead_letter(
+        &self,
+        topology: &Topology,
+        item: Item,
+        reason: DeadLetterReason,
+        route: Option<&str>,
+    ) {
         Counters::bump(&self.counters.dead_lettered, 1);
         tracing::warn!(id = item.message.id, topic = %item.message.topic, route, code = reason.code(), %reason, "dead-lettered");
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::DeadLettered(reason.clone())));
         }
         let letter = reason.label(item.message, route);
-        if let Err(error) = self.destinations[&self.dead_letter].deliver(letter).await {
+        if let Err(error) = topology.destinations[&topology.dead_letter].deliver(letter).await {
             Counters::bump(&self.counters.dead_letter_failures, 1);
-            tracing::error!(destination = %self.dead_letter, %error, %reason, "dead-letter destination failed");
+            tracing::error!(destination = %topology.dead_letter, %error, %reason, "dead-letter destination failed");
         }
     }
 }

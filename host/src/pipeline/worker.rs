@@ -6,7 +6,7 @@ use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::{Message, MessageId, Verdict};
 use crate::plugin::{
-    CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance,
+    CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +27,24 @@ pub(crate) struct Worker {
     ids: Arc<AtomicU64>,
     instances: HashMap<String, PluginInstance>,
     buffer: Vec<u8>,
+    /// The plugin set the instances were last checked against.
+    checked: Option<Arc<PluginSet>>,
 }
 
 impl Worker {
     pub(crate) fn new(engine: Arc<PluginEngine>, ids: Arc<AtomicU64>) -> Worker {
-        Worker { engine, ids, instances: HashMap::new(), buffer: Vec::new() }
+        Worker { engine, ids, instances: HashMap::new(), buffer: Vec::new(), checked: None }
+    }
+
+    /// Drop instances of versions no longer serving, once per plugin-set
+    /// change, so replaced and removed versions are freed, not kept idle.
+    pub(crate) fn forget_stale(&mut self, plugins: &Arc<PluginSet>) {
+        if self.checked.as_ref().is_some_and(|checked| Arc::ptr_eq(checked, plugins)) {
+            return;
+        }
+        self.instances
+            .retain(|name, instance| plugins.get(name).is_some_and(|p| Arc::ptr_eq(p, &instance.plugin)));
+        self.checked = Some(plugins.clone());
     }
 
     /// Run plugin stage `plugin` over `items`. If the call faults on a batch,

@@ -4,6 +4,7 @@
 use super::bindings::add_host_imports;
 use super::error::EngineError;
 use super::sandbox::StoreState;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 use wasmtime::component::Linker;
@@ -21,13 +22,19 @@ pub struct PluginEngine {
 }
 
 impl PluginEngine {
-    /// A fresh engine with its own epoch ticker thread.
-    pub fn new() -> Result<PluginEngine, EngineError> {
-        PluginEngine::configure().map_err(|err| EngineError(format!("{err:#}")))
+    /// A fresh engine with its own epoch ticker thread; compiled components
+    /// are cached in `cache_dir` (keyed by content and engine settings).
+    pub fn new(cache_dir: Option<&Path>) -> Result<PluginEngine, EngineError> {
+        PluginEngine::configure(cache_dir).map_err(|err| EngineError(format!("{err:#}")))
     }
 
-    fn configure() -> wasmtime::Result<PluginEngine> {
+    fn configure(cache_dir: Option<&Path>) -> wasmtime::Result<PluginEngine> {
         let mut config = Config::new();
+        if let Some(dir) = cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache)?));
+        }
         config.epoch_interruption(true);
         // The fixed cost of every call is ~3x lower without the component-model
         // concurrency machinery, which no plugin world needs.

@@ -50,6 +50,14 @@ pub enum LoadError {
         /// What went wrong.
         fault: PluginFault,
     },
+    /// The plugin's settings (its sidecar `NAME.toml`) are invalid.
+    #[error("plugin \"{name}\": invalid settings: {reason}")]
+    Settings {
+        /// Plugin name.
+        name: String,
+        /// What is wrong, with file, key and value.
+        reason: String,
+    },
     /// A grant in the plugin's config cannot be honoured.
     #[error("plugin \"{name}\": {reason}")]
     Grant {

@@ -12,5 +12,5 @@ pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
-pub use registry::{PluginRegistry, PluginSet, load_file, plugin_files, plugin_name};
+pub use registry::{PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name};
 pub use sandbox::PluginSettings;

@@ -31,6 +31,14 @@ impl PluginRegistry {
     pub fn replace(&self, set: PluginSet) {
         self.current.store(Arc::new(set));
     }
+
+    /// Make current a copy of the current set changed by `change`. Callers
+    /// serialize their updates; readers never wait.
+    pub fn update(&self, change: impl FnOnce(&mut PluginSet)) {
+        let mut set = PluginSet::clone(&self.current.load());
+        change(&mut set);
+        self.replace(set);
+    }
 }
 
 /// Compile one plugin file, named by its stem, with `config` (defaults when none).
@@ -46,7 +54,16 @@ pub fn load_file(
         source,
     })?;
     let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
-    let plugin = Arc::new(CompiledPlugin::compile(engine, &bytes, Arc::new(PluginSettings::new(config)?))?);
+    load_bytes(engine, &bytes, config)
+}
+
+/// Compile `bytes` as the plugin `config.name`, then instantiate it once.
+pub fn load_bytes(
+    engine: &PluginEngine,
+    bytes: &[u8],
+    config: PluginConfig,
+) -> Result<Arc<CompiledPlugin>, LoadError> {
+    let plugin = Arc::new(CompiledPlugin::compile(engine, bytes, Arc::new(PluginSettings::new(config)?))?);
     trial_instantiation(engine, &plugin)?;
     Ok(plugin)
 }

@@ -1,0 +1,18 @@
+//! `cargo bench -p switchyard`: the standard benchmark on the example plugins.
+
+use switchyard::bench::{BenchPlugins, run};
+use switchyard_plugin_artifacts::{HEADER_FILTER, REDACT_TRANSFORM};
+
+fn main() -> std::process::ExitCode {
+    let plugins = BenchPlugins { filter: HEADER_FILTER.into(), transform: REDACT_TRANSFORM.into() };
+    match run(&plugins) {
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

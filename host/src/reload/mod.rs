@@ -1,0 +1,18 @@
+//! Hot reload: plugin files and configurations change while the host runs,
+//! without a lock on the message path and without losing a message.
+//!
+//! A change is compiled on a blocking thread (from the on-disk compile cache
+//! when warm), checked against its world, instantiated once, then swapped in
+//! atomically. Batches already running keep the versions they pinned; a bad
+//! file is rejected with its reason and the previous version keeps serving.
+
+mod events;
+mod reloader;
+mod source;
+mod watch;
+
+pub use events::{EventCounts, HostEvent};
+pub use watch::SETTLE;
+
+pub(crate) use reloader::Reloader;
+pub(crate) use watch::{WatchGuard, watch};

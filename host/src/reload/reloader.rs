@@ -1,0 +1,183 @@
+//! Applying changes to a running host: plugin files added, replaced or
+//! removed, and new configurations. All of it happens off the message path:
+//! compiling runs on blocking threads and the result is swapped in atomically.
+
+use super::events::{Events, HostEvent};
+use super::source::{Source, read_source};
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{LastingDestinations, Pipeline, Topology};
+use crate::plugin::{CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The control side of a host: everything that changes while it runs.
+pub(crate) struct Reloader {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) events: Events,
+    pub(crate) config: ArcSwap<Config>,
+    /// The file the config was read from, if any, and the name errors use.
+    config_file: (String, Option<PathBuf>),
+    pub(crate) lasting: LastingDestinations,
+    /// Serializes changes: one plugin or config update at a time.
+    changing: Mutex<()>,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        pipeline: Arc<Pipeline>,
+        config: Config,
+        config_file: (String, Option<PathBuf>),
+        lasting: LastingDestinations,
+    ) -> Reloader {
+        Reloader {
+            pipeline,
+            events: Events::new(),
+            config: ArcSwap::from_pointee(config),
+            config_file,
+            lasting,
+            changing: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn plugin_dir(&self) -> PathBuf {
+        self.config.load().host.plugin_dir.clone()
+    }
+
+    pub(crate) fn config_path(&self) -> Option<&Path> {
+        self.config_file.1.as_deref()
+    }
+
+    /// Compile every plugin of the directory in parallel and make them serve.
+    pub(crate) async fn load_all(self: &Arc<Self>) -> Result<Vec<LoadError>, std::io::Error> {
+        let dir = self.plugin_dir();
+        let compiles: Vec<_> = plugin_files(&dir)?
+            .into_iter()
+            .map(|path| {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.prepare(&plugin_name(&path)))
+            })
+            .collect();
+        let mut errors = Vec::new();
+        for compile in compiles {
+            match compile.await.expect("compiling a plugin does not panic") {
+                Prepared::Ready(plugin) => self.swap_in(plugin),
+                Prepared::Failed(name, error) => {
+                    self.events.emit(HostEvent::PluginRejected { name, reason: error.to_string() });
+                    errors.push(error);
+                }
+                Prepared::Gone(_) | Prepared::Unchanged | Prepared::Unsettled => {}
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Bring plugin `name` in line with its files: load, replace, remove, or
+    /// reject (the previous version keeps serving). Blocks while compiling.
+    pub(crate) fn sync_plugin(&self, name: &str) {
+        let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+        match self.prepare(name) {
+            Prepared::Ready(plugin) => self.swap_in(plugin),
+            Prepared::Gone(name) => self.remove(&name),
+            Prepared::Failed(name, error) => {
+                self.events.emit(HostEvent::PluginRejected { name, reason: error.to_string() })
+            }
+            Prepared::Unchanged => {}
+            Prepared::Unsettled => {
+                tracing::debug!(plugin = name, "file still changing; waiting for it to settle")
+            }
+        }
+    }
+
+    /// Re-read every plugin of the directory, and drop those whose file is gone.
+    pub(crate) fn sync_all(&self) {
+        let mut names: BTreeSet<String> = self.pipeline.registry.snapshot().keys().cloned().collect();
+        match plugin_files(&self.plugin_dir()) {
+            Ok(files) => names.extend(files.iter().map(|path| plugin_name(path))),
+            Err(err) => tracing::error!(%err, "cannot list the plugin directory"),
+        }
+        for name in names {
+            self.sync_plugin(&name);
+        }
+    }
+
+    /// Re-read the config file the host was built from (if any) and apply it.
+    pub(crate) fn reload_config(&self) -> Result<(), ConfigError> {
+        let Some(path) = self.config_path() else { return Ok(()) };
+        let result =
+            Config::from_file(path).and_then(|config| self.apply_config(&self.config_file.0, config));
+        if let Err(error) = &result {
+            let file = self.config_file.0.clone();
+            self.events.emit(HostEvent::ConfigRejected { file, reason: error.to_string() });
+        }
+        result
+    }
+
+    /// Validate `config` whole and make it current: routes, destinations and
+    /// plugin settings. An invalid one changes nothing.
+    pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<(), ConfigError> {
+        let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
+        config.validate(file, &native)?;
+        {
+            let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+            self.pipeline.topology.store(Arc::new(Topology::build(&config, &self.lasting)));
+            self.config.store(Arc::new(config));
+        }
+        self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
+        self.sync_all();
+        Ok(())
+    }
+
+    fn prepare(&self, name: &str) -> Prepared {
+        let config = self.config.load();
+        let (bytes, settings) = match read_source(&config.host.plugin_dir, name, &config) {
+            Ok(Source::Present { bytes, config }) => (bytes, config),
+            Ok(Source::Absent) => return Prepared::Gone(name.to_owned()),
+            Ok(Source::Unsettled) => return Prepared::Unsettled,
+            Err(error) => return Prepared::Failed(name.to_owned(), error),
+        };
+        let current = self.pipeline.registry.snapshot().get(name).cloned();
+        if let Some(current) = current
+            && current.digest == hex::encode(Sha256::digest(&bytes))
+            && current.settings.config == settings
+        {
+            return Prepared::Unchanged;
+        }
+        match load_bytes(&self.pipeline.engine, &bytes, settings) {
+            Ok(plugin) => Prepared::Ready(plugin),
+            Err(error) => Prepared::Failed(name.to_owned(), error),
+        }
+    }
+
+    fn swap_in(&self, plugin: Arc<CompiledPlugin>) {
+        let mut old = None;
+        self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
+        let (name, kind, version) = (plugin.name.clone(), plugin.kind.as_str(), plugin.digest.clone());
+        let compile_ms = plugin.compile_time.as_secs_f64() * 1e3;
+        self.events.emit(match old {
+            None => HostEvent::PluginLoaded { name, kind, version, compile_ms },
+            Some(old) => {
+                HostEvent::PluginReplaced { name, kind, old_version: old.digest.clone(), version, compile_ms }
+            }
+        });
+    }
+
+    fn remove(&self, name: &str) {
+        let mut old = None;
+        self.pipeline.registry.update(|set| old = set.remove(name));
+        if let Some(old) = old {
+            self.events.emit(HostEvent::PluginRemoved { name: name.to_owned(), version: old.digest.clone() });
+        }
+    }
+}
+
+/// A plugin made ready off the message path, or why not.
+enum Prepared {
+    Ready(Arc<CompiledPlugin>),
+    Gone(String),
+    Failed(String, LoadError),
+    Unchanged,
+    Unsettled,
+}
