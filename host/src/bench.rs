@@ -188,7 +188,7 @@ pub fn run(plugins: &BenchPlugins) -> Result<Report, BenchError> {
 }
 
 /// Run the standard benchmark: plugin stage costs first, then the routed
-/// pipeline with WASM and with native stages.
+/// pipeline with WASM stages, with native stages and with none.
 pub fn run_with(plugins: &BenchPlugins, settings: &BenchSettings) -> Result<Report, BenchError> {
     if settings.messages == 0 {
         return Err(BenchError::Check("the routed pipeline needs at least one message".into()));
@@ -406,7 +406,10 @@ fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, BenchError>
 impl RoutedHost {
     async fn start(plugin_dir: &Path, stages: Stages) -> Result<RoutedHost, BenchError> {
         let (out, delivered) = MemoryDestination::new();
-        let config = Config { plugins: vec![filter_config(), transform_config()], ..Config::default() };
+        let mut config = Config { plugins: vec![filter_config(), transform_config()], ..Config::default() };
+        // Steady state is measured: no watcher thread, no compile cache on disk.
+        config.host.watch = false;
+        config.host.cache_dir = PathBuf::new();
         let builder =
             Host::builder().config("<bench>", config).plugin_dir(plugin_dir).destination("out", out);
         let route = RouteConfig::new("orders", "orders.*", "out");

@@ -6,7 +6,9 @@ use switchyard::{Host, LoadError, Message};
 use switchyard_plugin_artifacts as artifacts;
 
 /// A host with route `risky` (topic `risky.*`) through `filter:bad`, with the
-/// given plugin limits, and route `safe` with no stages.
+/// given plugin limits, and route `safe` with no stages. The faulty plugins
+/// misbehave only on messages carrying the header `x-poison` (so they pass
+/// their trial run at load, as a poison-message bug would).
 async fn host_with_filter(artifact: &str, limits: &str, on_error: &str) -> (tempfile::TempDir, Host) {
     let dir = plugin_dir(&[("bad", artifact)]);
     let config = format!(
@@ -14,6 +16,7 @@ async fn host_with_filter(artifact: &str, limits: &str, on_error: &str) -> (temp
 [[plugin]]
 name = "bad"
 limits = {limits}
+config = {{ trigger = "x-poison" }}
 [[route]]
 name = "risky"
 match = {{ topic = "risky.*" }}
@@ -29,13 +32,14 @@ to = "out"
     (dir, host)
 }
 
-/// Send two risky messages and one safe one; both risky ones must be
-/// dead-lettered with `code` and a reason containing `reason`, the safe one
-/// delivered, nothing lost.
+/// Send two poison messages, a clean one on the same route and one on
+/// another route; both poison ones must be dead-lettered with `code` and a
+/// reason containing `reason`, the others delivered, nothing lost.
 async fn assert_isolated(host: &Host, code: &str, reason: &str) {
     let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
     for n in 0..2 {
-        let id = host.send(Message::new("risky.job", format!("job {n}"))).await.unwrap();
+        let poison = Message::new("risky.job", format!("job {n}")).with_header("x-poison", "1");
+        let id = host.send(poison).await.unwrap();
         let letter = next(&dead).await;
         assert_eq!(letter.id, id);
         assert_eq!(letter.payload, format!("job {n}"), "the dead letter carries the original message");
@@ -44,10 +48,12 @@ async fn assert_isolated(host: &Host, code: &str, reason: &str) {
         assert!(text.contains("plugin \"bad\"") && text.contains(reason), "{text}");
         assert_eq!(letter.header("x-sy-route"), Some("risky"));
     }
+    let id = host.send(Message::new("risky.job", "clean")).await.unwrap();
+    assert_eq!(next(&out).await.id, id, "the same plugin still serves clean messages");
     let id = host.send(Message::new("safe", "still serving")).await.unwrap();
     assert_eq!(next(&out).await.id, id);
     let stats = drain_and_account(host).await;
-    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 1, 2));
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (4, 2, 2));
 }
 
 #[tokio::test]
@@ -119,7 +125,7 @@ async fn limits_obeyed_by_a_well_behaved_plugin_under_the_same_caps() {
 async fn fail_open_route_skips_a_trapping_stage() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-open").await;
     let out = host.memory("out").unwrap();
-    let id = host.send(Message::new("risky.job", "go on")).await.unwrap();
+    let id = host.send(Message::new("risky.job", "go on").with_header("x-poison", "1")).await.unwrap();
     assert_eq!(next(&out).await.id, id);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered, stats.skipped_stages), (1, 0, 1));
@@ -131,16 +137,26 @@ async fn one_poison_message_in_a_batch_fails_only_itself() {
     // batch is retried message by message, so each is dead-lettered under
     // its own id and with its own reason, none twice and none lost.
     let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
-    let dead = host.memory("dead").unwrap();
-    let mut ids = Vec::new();
-    for n in 0..20 {
-        ids.push(host.send(Message::new("risky.job", format!("{n}"))).await.unwrap());
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    let mut poison_ids = Vec::new();
+    let mut clean_ids = Vec::new();
+    for n in 0..40 {
+        let message = Message::new("risky.job", format!("{n}"));
+        match n % 4 {
+            0 => poison_ids.push(host.send(message.with_header("x-poison", "1")).await.unwrap()),
+            _ => clean_ids.push(host.send(message).await.unwrap()),
+        }
     }
     let mut lettered: Vec<u64> = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..poison_ids.len() {
         lettered.push(next(&dead).await.id);
     }
+    let mut delivered: Vec<u64> = Vec::new();
+    for _ in 0..clean_ids.len() {
+        delivered.push(next(&out).await.id);
+    }
     lettered.sort();
-    assert_eq!(lettered, ids);
+    delivered.sort();
+    assert_eq!((lettered, delivered), (poison_ids, clean_ids));
     drain_and_account(&host).await;
 }

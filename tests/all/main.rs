@@ -5,6 +5,7 @@ mod cli;
 mod config_errors;
 mod faulty;
 mod plugins;
+mod reload;
 mod routing;
 mod support;
 

@@ -131,3 +131,4 @@ pub async fn echo_transport() {
 }
 
 pub use crate::faulty::{faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};
+pub use crate::reload::stamp_transform;

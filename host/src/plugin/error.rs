@@ -41,9 +41,9 @@ pub enum LoadError {
         /// The type checker's message.
         reason: String,
     },
-    /// The component compiled but cannot be instantiated: its exports do not
-    /// type-check against the world, or its start-up traps or runs too long.
-    #[error("plugin \"{name}\": failed its trial instantiation: {fault}")]
+    /// The component compiled but failed its trial: instantiation or a first
+    /// call on a sample message trapped, ran too long or exceeded its memory cap.
+    #[error("plugin \"{name}\": failed its trial run: {fault}")]
     Instantiate {
         /// Plugin name.
         name: String,

@@ -1,7 +1,7 @@
 //! The registry of plugin versions: an atomically swapped snapshot, so a
 //! message pins the versions it started with and a swap never blocks it.
 
-use super::compiled::CompiledPlugin;
+use super::compiled::{CompiledPlugin, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{LoadError, PluginFault};
 use super::instance::PluginInstance;
@@ -68,11 +68,35 @@ pub fn load_bytes(
     Ok(plugin)
 }
 
-/// Instantiate once before serving: this type-checks every export against
-/// the world and runs start-up code under the plugin's limits.
+/// Instantiate once before serving, and give a filter or transform one
+/// sample message: this type-checks every export against the world and runs
+/// start-up code and a first call under the plugin's limits. The plugin may
+/// answer with an error; it must not trap, time out or exceed its memory cap.
 fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
-    match PluginInstance::new(engine, plugin.clone()) {
-        Ok(_) => Ok(()),
+    let trial = PluginInstance::new(engine, plugin.clone()).and_then(|mut instance| {
+        let mut sample = Vec::new();
+        let head = switchyard_wire::Head { id: 0, source: 0, priority: 0, topic: "switchyard.trial" };
+        match plugin.kind {
+            PluginKind::Filter => {
+                switchyard_wire::write_message(&mut sample, &head, [], switchyard_wire::Payload::Omitted(2));
+                instance.filter(&sample).map(drop)
+            }
+            PluginKind::Transform => {
+                switchyard_wire::write_message(
+                    &mut sample,
+                    &head,
+                    [],
+                    switchyard_wire::Payload::Bytes(b"{}"),
+                );
+                instance.transform(&sample).map(drop)
+            }
+            _ => Ok(()),
+        }
+    });
+    // The trial is not traffic: it must not show in the plugin's counters.
+    plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
+    match trial {
+        Ok(()) => Ok(()),
         Err(PluginFault::Unusable(reason)) => {
             Err(LoadError::WrongWorld { name: plugin.name.clone(), world: plugin.kind.as_str(), reason })
         }

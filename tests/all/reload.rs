@@ -1,0 +1,261 @@
+//! Hot reload on real files: plugins replaced, rejected, removed and
+//! reconfigured while messages flow, with every message accounted for.
+
+use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, within};
+use std::path::Path;
+use switchyard::{Host, HostEvent, Message};
+use switchyard_plugin_artifacts as artifacts;
+use tokio::sync::broadcast;
+
+/// Replace `path` the way editors and deploy tools do: write aside, rename over.
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let aside = path.with_extension("partial");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// The next event satisfying `want` (earlier ones are skipped).
+async fn event_where(
+    events: &mut broadcast::Receiver<HostEvent>,
+    want: impl Fn(&HostEvent) -> bool,
+) -> HostEvent {
+    within(async {
+        loop {
+            let event = events.recv().await.expect("the event feed is open");
+            if want(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+}
+
+fn replaced(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
+    move |event| matches!(event, HostEvent::PluginReplaced { name: n, .. } if n == name)
+}
+
+fn rejected(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
+    move |event| matches!(event, HostEvent::PluginRejected { name: n, .. } if n == name)
+}
+
+/// A host over a directory holding `t.wasm` (redact-transform), routing
+/// every message through `transform:t` twice to `out`.
+async fn host_with_transform() -> (tempfile::TempDir, Host) {
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let routes = "[[route]]\nname = \"all\"\nstages = [\"transform:t\", \"transform:t\"]\nto = \"out\"\n";
+    let host = host(dir.path(), &format!("{MEMORY_OUT}{routes}")).await;
+    (dir, host)
+}
+
+/// Which version handled `message`: both stages must have been the same one
+/// (a mix would carry both versions' headers).
+fn version_seen(message: &Message) -> &'static str {
+    let count = |name: &str| message.headers.iter().filter(|(key, _)| key == name).count();
+    match (count("x-transformed-by"), count("x-stamp")) {
+        (1, 0) => "redact",
+        (0, 1) => "stamp",
+        other => panic!("message {} saw a mix of versions {other:?}: {:?}", message.id, message.headers),
+    }
+}
+
+#[tokio::test]
+pub async fn stamp_transform() {
+    // Replaced while messages flow: each message sees exactly one version,
+    // and every message sent after the swap was announced sees the new one.
+    let (dir, host) = host_with_transform().await;
+    let mut events = host.subscribe();
+    let out = host.memory("out").unwrap();
+    let sender = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            for n in 0..3000 {
+                host.send(Message::new("flow", format!("{{\"n\":{n}}}"))).await.unwrap();
+            }
+        })
+    };
+    for _ in 0..200 {
+        version_seen(&next(&out).await);
+    }
+    replace_file(&dir.path().join("t.wasm"), &std::fs::read(artifacts::STAMP_TRANSFORM).unwrap());
+    event_where(&mut events, replaced("t")).await;
+    let after = host.send(Message::new("after", "{}")).await.unwrap();
+    within(sender).await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 200..3001 {
+        let message = next(&out).await;
+        let version = version_seen(&message);
+        *seen.entry(version).or_insert(0) += 1;
+        if message.id == after {
+            assert_eq!(version, "stamp", "a message sent after the swap saw the old version");
+        }
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3001, 3001, 0));
+    assert!(seen.contains_key("stamp"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn hundred_swaps_under_steady_load_lose_nothing() {
+    let (dir, host) = host_with_transform().await;
+    let mut events = host.subscribe();
+    let stop = tokio::sync::watch::channel(false);
+    let sender = {
+        let (host, stop) = (host.clone(), stop.1.clone());
+        tokio::spawn(async move {
+            let mut sent = 0_u64;
+            while !*stop.borrow() {
+                host.send(Message::new("load", "{}")).await.unwrap();
+                sent += 1;
+                tokio::task::yield_now().await;
+            }
+            sent
+        })
+    };
+    let versions = [
+        std::fs::read(artifacts::STAMP_TRANSFORM).unwrap(),
+        std::fs::read(artifacts::REDACT_TRANSFORM).unwrap(),
+    ];
+    for swap in 0..100 {
+        replace_file(&dir.path().join("t.wasm"), &versions[swap % 2]);
+        event_where(&mut events, replaced("t")).await;
+    }
+    stop.0.send(true).unwrap();
+    let sent = within(sender).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, sent);
+    assert_eq!((stats.delivered, stats.dead_lettered, stats.filtered), (sent, 0, 0));
+    assert_eq!(host.event_counts().replaced, 100);
+    let out = host.memory("out").unwrap();
+    assert_eq!(out.drain().map(|m| version_seen(&m)).count() as u64, sent);
+}
+
+#[tokio::test]
+async fn bad_replacements_are_rejected_and_the_previous_version_keeps_serving() {
+    let (dir, host) = host_with_transform().await;
+    let mut events = host.subscribe();
+    let out = host.memory("out").unwrap();
+    let serving = host.plugins()[0].digest.clone();
+    let trapping = crate::support::plugin_dir(&[]);
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "corrupt",
+            b"\0asm\x0d\0\x01\0 definitely not a component".to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        ("wrong world", std::fs::read(artifacts::FAULTY_WRONG_WORLD).unwrap(), "does not match world"),
+        (
+            "traps in its trial",
+            std::fs::read(artifacts::FAULTY_TRAP).unwrap(),
+            "failed its trial run: trapped",
+        ),
+        (
+            "spins in its trial",
+            std::fs::read(artifacts::FAULTY_SPIN).unwrap(),
+            "failed its trial run: timed out",
+        ),
+    ];
+    drop(trapping);
+    for (case, bytes, reason) in cases {
+        replace_file(&dir.path().join("t.wasm"), &bytes);
+        let HostEvent::PluginRejected { reason: why, .. } = event_where(&mut events, rejected("t")).await
+        else {
+            unreachable!()
+        };
+        assert!(why.contains(reason), "{case}: {why}");
+        assert_eq!(host.plugins()[0].digest, serving, "{case}");
+        host.send(Message::new("still", "{}")).await.unwrap();
+        assert_eq!(version_seen(&next(&out).await), "redact", "{case}");
+    }
+    assert_eq!(host.event_counts().rejected, 4);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn half_written_file_is_never_loaded() {
+    let (dir, host) = host_with_transform().await;
+    let mut events = host.subscribe();
+    let out = host.memory("out").unwrap();
+    let full = std::fs::read(artifacts::STAMP_TRANSFORM).unwrap();
+    let path = dir.path().join("t.wasm");
+    // A slow copy, caught half-way: written in place, not renamed.
+    std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+    event_where(&mut events, rejected("t")).await;
+    host.send(Message::new("during", "{}")).await.unwrap();
+    assert_eq!(version_seen(&next(&out).await), "redact");
+    std::fs::write(&path, &full).unwrap();
+    let HostEvent::PluginReplaced { version, .. } = event_where(&mut events, replaced("t")).await else {
+        unreachable!()
+    };
+    assert_eq!(version, host.plugins()[0].digest);
+    host.send(Message::new("after", "{}")).await.unwrap();
+    assert_eq!(version_seen(&next(&out).await), "stamp");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn removed_plugin_makes_its_route_follow_the_failure_policy() {
+    let (dir, host) = host_with_transform().await;
+    let mut events = host.subscribe();
+    std::fs::remove_file(dir.path().join("t.wasm")).unwrap();
+    event_where(&mut events, |e| matches!(e, HostEvent::PluginRemoved { name, .. } if name == "t")).await;
+    assert!(host.plugins().is_empty());
+    host.send(Message::new("orphan", "{}")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("stage-unavailable"));
+    assert_eq!(
+        letter.header("x-sy-dead-letter-reason"),
+        Some("stage \"transform:t\" is unavailable: no plugin \"t\" is loaded (loaded: )")
+    );
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 1);
+}
+
+#[tokio::test]
+async fn sidecar_settings_reconfigure_a_plugin_and_bad_ones_are_refused() {
+    let (dir, host) = host_with_transform().await;
+    let mut events = host.subscribe();
+    let out = host.memory("out").unwrap();
+    std::fs::write(dir.path().join("t.toml"), "config = { fields = \"card\" }\n").unwrap();
+    event_where(&mut events, replaced("t")).await;
+    host.send(Message::new("pay", r#"{"card":"4111"}"#)).await.unwrap();
+    assert_eq!(next(&out).await.payload, r#"{"card":"[redacted]"}"#);
+    std::fs::write(dir.path().join("t.toml"), "limits = { memory_mb = 0 }\n").unwrap();
+    let HostEvent::PluginRejected { reason, .. } = event_where(&mut events, rejected("t")).await else {
+        unreachable!()
+    };
+    assert!(reason.contains("t.toml: plugin \"t\".limits.memory_mb = 0: must be at least 1"), "{reason}");
+    host.send(Message::new("pay", r#"{"card":"4111"}"#)).await.unwrap();
+    assert_eq!(next(&out).await.payload, r#"{"card":"[redacted]"}"#, "the previous settings still serve");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn invalid_config_file_is_rejected_whole_and_a_valid_one_applies() {
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let route = |to: &str| format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"{to}\"\n");
+    std::fs::write(&config_path, format!("{}\n[host]\n", route("out")).replace("\n[host]\n", "\n")).unwrap();
+    std::fs::write(
+        &config_path,
+        route("out").replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1),
+    )
+    .unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let mut events = host.subscribe();
+    let bad = route("nowhere").replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1);
+    std::fs::write(&config_path, bad).unwrap();
+    let HostEvent::ConfigRejected { reason, .. } =
+        event_where(&mut events, |e| matches!(e, HostEvent::ConfigRejected { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("route \"all\".to = \"nowhere\": unknown destination"), "{reason}");
+    host.send(Message::new("x", "1")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.payload, "1", "the running config stays");
+    let good = route("dead").replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1);
+    std::fs::write(&config_path, good).unwrap();
+    event_where(&mut events, |e| matches!(e, HostEvent::ConfigApplied { .. })).await;
+    host.send(Message::new("x", "2")).await.unwrap();
+    assert_eq!(next(&host.memory("dead").unwrap()).await.payload, "2", "the new route applies");
+    drain_and_account(&host).await;
+}
