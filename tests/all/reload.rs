@@ -135,7 +135,6 @@ async fn bad_replacements_are_rejected_and_the_previous_version_keeps_serving() 
     let mut events = host.subscribe();
     let out = host.memory("out").unwrap();
     let serving = host.plugins()[0].digest.clone();
-    let trapping = crate::support::plugin_dir(&[]);
     let cases: [(&str, Vec<u8>, &str); 4] = [
         (
             "corrupt",
@@ -154,7 +153,6 @@ async fn bad_replacements_are_rejected_and_the_previous_version_keeps_serving() 
             "failed its trial run: timed out",
         ),
     ];
-    drop(trapping);
     for (case, bytes, reason) in cases {
         replace_file(&dir.path().join("t.wasm"), &bytes);
         let HostEvent::PluginRejected { reason: why, .. } = event_where(&mut events, rejected("t")).await
@@ -233,17 +231,15 @@ async fn sidecar_settings_reconfigure_a_plugin_and_bad_ones_are_refused() {
 async fn invalid_config_file_is_rejected_whole_and_a_valid_one_applies() {
     let dir = plugin_dir(&[]);
     let config_path = dir.path().join("switchyard.toml");
-    let route = |to: &str| format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"{to}\"\n");
-    std::fs::write(&config_path, format!("{}\n[host]\n", route("out")).replace("\n[host]\n", "\n")).unwrap();
-    std::fs::write(
-        &config_path,
-        route("out").replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1),
-    )
-    .unwrap();
+    // A config whose only route goes to destination `to`.
+    let config = |to: &str| {
+        let text = format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"{to}\"\n");
+        text.replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1)
+    };
+    std::fs::write(&config_path, config("out")).unwrap();
     let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
     let mut events = host.subscribe();
-    let bad = route("nowhere").replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1);
-    std::fs::write(&config_path, bad).unwrap();
+    std::fs::write(&config_path, config("nowhere")).unwrap();
     let HostEvent::ConfigRejected { reason, .. } =
         event_where(&mut events, |e| matches!(e, HostEvent::ConfigRejected { .. })).await
     else {
@@ -252,8 +248,7 @@ async fn invalid_config_file_is_rejected_whole_and_a_valid_one_applies() {
     assert!(reason.contains("route \"all\".to = \"nowhere\": unknown destination"), "{reason}");
     host.send(Message::new("x", "1")).await.unwrap();
     assert_eq!(next(&host.memory("out").unwrap()).await.payload, "1", "the running config stays");
-    let good = route("dead").replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1);
-    std::fs::write(&config_path, good).unwrap();
+    std::fs::write(&config_path, config("dead")).unwrap();
     event_where(&mut events, |e| matches!(e, HostEvent::ConfigApplied { .. })).await;
     host.send(Message::new("x", "2")).await.unwrap();
     assert_eq!(next(&host.memory("dead").unwrap()).await.payload, "2", "the new route applies");
