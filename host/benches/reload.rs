@@ -11,7 +11,7 @@ use switchyard_plugin_artifacts as artifacts;
 use tokio::sync::broadcast;
 
 const SWAPS: usize = 20;
-const MESSAGES: u64 = 200_000;
+const MESSAGES: u64 = 1_000_000;
 
 #[tokio::main]
 async fn main() {
@@ -148,17 +148,25 @@ async fn throughput(swapping: bool) -> f64 {
     let host = host(dir.path(), true).await;
     let out = host.memory("out").unwrap();
     let stop = tokio::sync::watch::channel(false);
+    let (first_swap, swapped_once) = tokio::sync::oneshot::channel();
     let swapper = swapping.then(|| {
         let (mut events, mut stop, path) = (host.subscribe(), stop.1.clone(), dir.path().join("t.wasm"));
         tokio::spawn(async move {
-            let mut swaps = 0;
+            let (mut swaps, mut first_swap) = (0, Some(first_swap));
             while !*stop.borrow_and_update() {
                 replace(&path, &versions[(swaps + 1) % 2]);
                 tokio::select! { _ = replaced(&mut events) => swaps += 1, _ = stop.changed() => {} }
+                if let Some(first) = first_swap.take() {
+                    let _ = first.send(());
+                }
             }
             swaps
         })
     });
+    if swapping {
+        // Time only what runs while swaps are under way.
+        swapped_once.await.unwrap();
+    }
     let started = Instant::now();
     let sender = {
         let host = host.clone();

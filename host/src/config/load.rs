@@ -8,12 +8,12 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {error}")]
     Read {
         /// The file.
         file: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not fit the schema.
     #[error("{file}: {message}")]
@@ -52,8 +52,8 @@ impl Config {
     /// Read and validate the file at `path`.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: file.clone(), error })?;
         Config::from_toml(&file, &text)
     }
 

@@ -104,7 +104,7 @@ impl HostBuilder {
         let load_errors = reloader
             .load_all()
             .await
-            .map_err(|source| BuildError::PluginDir { dir: dir.display().to_string(), source })?;
+            .map_err(|error| BuildError::PluginDir { dir: dir.display().to_string(), error })?;
         let watcher = match watch {
             true => Some(
                 crate::reload::watch(reloader.clone()).map_err(|err| BuildError::Watch(err.to_string()))?,
@@ -118,7 +118,7 @@ impl HostBuilder {
                 std::thread::Builder::new()
                     .name(format!("switchyard-worker-{n}"))
                     .spawn(move || run_worker(pipeline, queue, runtime))
-                    .map_err(|source| BuildError::Thread { source })
+                    .map_err(|error| BuildError::Thread { error })
             })
             .collect::<Result<_, _>>()?;
         Ok(Host {

@@ -55,12 +55,12 @@ pub enum BuildError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The plugin directory cannot be read.
-    #[error("plugin directory {dir}: {source}")]
+    #[error("plugin directory {dir}: {error}")]
     PluginDir {
         /// The directory.
         dir: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The WebAssembly engine could not start.
     #[error(transparent)]
@@ -69,17 +69,17 @@ pub enum BuildError {
     #[error("cannot watch the plugin directory: {0}")]
     Watch(String),
     /// A worker thread could not be started.
-    #[error("cannot start a pipeline worker thread: {source}")]
+    #[error("cannot start a pipeline worker thread: {error}")]
     Thread {
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A listener could not bind.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

@@ -36,7 +36,7 @@ struct Options {
 impl HttpIngress {
     /// Bind `addr` (port 0 picks a free port) for `host`.
     pub async fn bind(host: Host, addr: SocketAddr) -> Result<HttpIngress, BuildError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| BuildError::Listen { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|error| BuildError::Listen { addr, error })?;
         Ok(HttpIngress { host, listener })
     }
 

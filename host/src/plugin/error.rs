@@ -6,14 +6,14 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("plugin \"{name}\": cannot read {path}: {source}")]
+    #[error("plugin \"{name}\": cannot read {path}: {error}")]
     Read {
         /// Plugin name.
         name: String,
         /// File path.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The bytes are not a valid WebAssembly component.
     #[error("plugin \"{name}\": not a valid WebAssembly component: {reason}")]

@@ -48,10 +48,10 @@ pub fn load_file(
     config: Option<&PluginConfig>,
 ) -> Result<Arc<CompiledPlugin>, LoadError> {
     let name = plugin_name(path);
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
         name: name.clone(),
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
     load_bytes(engine, &bytes, config)

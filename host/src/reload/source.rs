@@ -19,10 +19,10 @@ pub(crate) enum Source {
 /// Read plugin `name` from `dir`, with its effective settings under `config`.
 pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Source, LoadError> {
     let path = dir.join(format!("{name}.wasm"));
-    let read_error = |source: std::io::Error| LoadError::Read {
+    let read_error = |error: std::io::Error| LoadError::Read {
         name: name.to_owned(),
         path: path.display().to_string(),
-        source,
+        error,
     };
     let before = match std::fs::metadata(&path) {
         Ok(meta) => meta,
