@@ -1,0 +1,211 @@
+//! The standard benchmark: what one message costs in each plugin stage, and
+//! how many messages a second the whole pipeline routes, with the stages as
+//! WebAssembly plugins and with the same work done by native Rust stages.
+//!
+//! Both `switchyard bench` and `cargo bench -p switchyard` print [`run`]'s
+//! [`Report`]. Call it from a plain thread, never from async code: the plugin
+//! measurements call plugins on the calling thread (wasmtime-wasi's sync
+//! bindings block on a runtime of their own), and the routed measurements
+//! start a runtime of their own.
+//!
+//! Stage costs are what the pipeline pays per stage: encoding the messages
+//! into a wire batch (heads only for a filter), the plugin call, and reading
+//! the answer (for a transform, decoding its outputs into [`Message`]s).
+
+use crate::config::{Config, PluginConfig, RouteConfig};
+use crate::destination::MemoryDestination;
+use crate::host::{BuildError, Host, SendError};
+use crate::message::{Message, Verdict};
+mod native;
+mod report;
+mod routed;
+mod stage;
+
+use crate::plugin::{
+    EngineError, LoadError, PluginEngine, PluginError, PluginFault, PluginInstance, load_file,
+};
+use report::targets;
+use routed::routed;
+use serde::Serialize;
+use stage::{filter_costs, transform_cost};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Messages sent through the routed pipeline per timed run, by default.
+pub const DEFAULT_MESSAGES: usize = 200_000;
+/// Messages per call in the batched measurements: the host's default batch size.
+const BATCH: usize = 64;
+/// Per plugin measurement: a warm-up that also sizes the runs, then timed runs.
+const WARM_UP: Duration = Duration::from_millis(150);
+const RUN_TIME: Duration = Duration::from_millis(120);
+const RUNS: usize = 5;
+/// Timed runs per routed pipeline, alternating between the pipelines.
+const ROUTED_RUNS: usize = 3;
+/// Tokio tasks sending into the host.
+const SENDERS: usize = 2;
+
+const FILTER: &str = "header-filter";
+const TRANSFORM: &str = "redact-transform";
+/// The transform's input: a ~200 B order whose `card` gets redacted. Keys are
+/// sorted, so the plugin and the native stage serialize it identically.
+const ORDER: &str = concat!(
+    r#"{"amount":129.5,"card":"4111 1111 1111 1111","currency":"EUR","#,
+    r#""customer":{"id":"c-1029","name":"Ada Lovelace","tier":"gold"},"#,
+    r#""items":[{"qty":2,"sku":"A-17"},{"qty":1,"sku":"B-3"}],"order":"o-88121","ts":1718000000}"#,
+);
+
+/// The plugin files to measure.
+#[derive(Debug, Clone)]
+pub struct BenchPlugins {
+    /// The `header-filter` plugin (.wasm).
+    pub filter: PathBuf,
+    /// The `redact-transform` plugin (.wasm).
+    pub transform: PathBuf,
+}
+
+/// How much work to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// Messages per timed run of the routed pipeline.
+    pub messages: usize,
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        BenchSettings { messages: DEFAULT_MESSAGES }
+    }
+}
+
+/// Why the benchmark could not produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A plugin could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A plugin faulted while being measured.
+    #[error("a plugin faulted during the benchmark: {0}")]
+    Fault(#[from] PluginFault),
+    /// The host could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The host refused a message.
+    #[error("the host refused a benchmark message: {0}")]
+    Send(#[from] SendError),
+    /// The runtime or the plugin directory could not be set up.
+    #[error("benchmark setup: {0}")]
+    Io(#[from] std::io::Error),
+    /// What ran was not the work the benchmark claims to measure.
+    #[error("the benchmark did not do the work it measures: {0}")]
+    Check(String),
+}
+
+/// Repeated measurements of one figure and their median.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// The median of `runs`.
+    pub median: f64,
+    /// Each timed run, in the order they ran.
+    pub runs: Vec<f64>,
+}
+
+impl Sample {
+    fn new(runs: Vec<f64>) -> Sample {
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 };
+        Sample { median, runs }
+    }
+}
+
+/// What a message costs in one plugin stage (host encode + call + host decode).
+#[derive(Debug, Clone, Serialize)]
+pub struct StageCost {
+    /// The plugin measured.
+    pub plugin: &'static str,
+    /// Payload size of the messages, bytes.
+    pub payload_bytes: usize,
+    /// Nanoseconds per call carrying one message.
+    pub unbatched_ns: Sample,
+    /// Nanoseconds per message in calls carrying `batch_size` messages.
+    pub batched_ns_per_message: Sample,
+    /// Nanoseconds per message for the native twin of the plugin (the native
+    /// stage of the routed benchmark) on the same message.
+    pub native_ns_per_message: Sample,
+}
+
+/// Routed throughput: filter → transform → memory destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routed {
+    /// Messages per timed run.
+    pub messages: usize,
+    /// Pipeline worker threads (the host's default: one per core).
+    pub workers: usize,
+    /// Tokio tasks sending.
+    pub senders: usize,
+    /// Messages per second with WASM plugin stages.
+    pub wasm_msgs_per_sec: Sample,
+    /// Messages per second with native Rust stages doing the same work.
+    pub native_msgs_per_sec: Sample,
+    /// Messages per second on a route without stages: what the pipeline
+    /// itself (admission, queue, workers, delivery) costs.
+    pub no_stages_msgs_per_sec: Sample,
+    /// `wasm / native`, of the medians.
+    pub wasm_to_native: f64,
+}
+
+/// One performance target and whether the measurements meet it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured, e.g. `header filter batched`.
+    pub name: String,
+    /// The goal, e.g. `<= 150 ns/msg`.
+    pub goal: String,
+    /// The measured figure, with its unit.
+    pub measured: String,
+    /// Whether the measured figure meets the goal.
+    pub met: bool,
+}
+
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Cores available to this process.
+    pub cores: usize,
+    /// Messages per call in the batched measurements.
+    pub batch_size: usize,
+    /// `header-filter` on 64 B payloads.
+    pub filter_small: StageCost,
+    /// `header-filter` on 64 KiB payloads.
+    pub filter_large: StageCost,
+    /// `redact-transform` on a ~200 B JSON order.
+    pub transform: StageCost,
+    /// Whole-pipeline throughput.
+    pub routed: Routed,
+    /// The targets, each met or not.
+    pub targets: Vec<Target>,
+}
+
+/// Run the standard benchmark with [`BenchSettings::default`].
+pub fn run(plugins: &BenchPlugins) -> Result<Report, BenchError> {
+    run_with(plugins, &BenchSettings::default())
+}
+
+/// Run the standard benchmark: plugin stage costs first, then the routed
+/// pipeline with WASM stages, with native stages and with none.
+pub fn run_with(plugins: &BenchPlugins, settings: &BenchSettings) -> Result<Report, BenchError> {
+    if settings.messages == 0 {
+        return Err(BenchError::Check("the routed pipeline needs at least one message".into()));
+    }
+    let engine = PluginEngine::new(None)?;
+    let (filter_small, filter_large) = filter_costs(&engine, &plugins.filter)?;
+    let transform = transform_cost(&engine, &plugins.transform)?;
+    let routed = routed(plugins, settings.messages)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let targets = targets(&[&filter_small, &filter_large], &routed, cores);
+    Ok(Report { cores, batch_size: BATCH, filter_small, filter_large, transform, routed, targets })
+}

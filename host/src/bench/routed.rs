@@ -1,0 +1,167 @@
+//! Routed throughput: the whole host pipeline, WASM stages against native ones.
+
+use super::native::{native_filter, native_transform};
+use super::stage::{check_redacted, filter_config, order_message, transform_config};
+use super::*;
+
+/// What the routed pipeline runs between admission and delivery.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Stages {
+    /// The two plugins.
+    Wasm,
+    /// Their native twins.
+    Native,
+    /// Nothing: the route goes straight to the destination.
+    None,
+}
+
+/// A host routing `orders.*` through its [`Stages`] into a memory destination.
+pub(super) struct RoutedHost {
+    host: Host,
+    delivered: flume::Receiver<Message>,
+    sent: u64,
+}
+
+/// Throughput of the three pipelines, built side by side; their timed runs
+/// alternate so that drift on the machine affects all alike.
+pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, BenchError> {
+    let dir = PluginDir::new(plugins)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut wasm = RoutedHost::start(&dir.0, Stages::Wasm).await?;
+        let mut native = RoutedHost::start(&dir.0.join("none"), Stages::Native).await?;
+        let mut bare = RoutedHost::start(&dir.0.join("none"), Stages::None).await?;
+        let warm_up = (messages / 4).max(1);
+        let (_, wasm_output) = wasm.timed_run(warm_up).await?;
+        let (_, native_output) = native.timed_run(warm_up).await?;
+        bare.timed_run(warm_up).await?;
+        check_redacted(&wasm_output)?;
+        let same = |m: &Message| (m.topic.clone(), m.headers.clone(), m.payload.clone(), m.priority);
+        if same(&wasm_output) != same(&native_output) {
+            return Err(BenchError::Check(format!(
+                "the native stages do other work than the plugins: {wasm_output:?} vs {native_output:?}"
+            )));
+        }
+        let (mut wasm_runs, mut native_runs, mut bare_runs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUTED_RUNS {
+            wasm_runs.push(wasm.timed_run(messages).await?.0);
+            native_runs.push(native.timed_run(messages).await?.0);
+            bare_runs.push(bare.timed_run(messages).await?.0);
+        }
+        for host in [wasm, native, bare] {
+            host.finish().await?;
+        }
+        let (wasm, native) = (Sample::new(wasm_runs), Sample::new(native_runs));
+        Ok(Routed {
+            messages,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            senders: SENDERS,
+            wasm_to_native: wasm.median / native.median,
+            wasm_msgs_per_sec: wasm,
+            native_msgs_per_sec: native,
+            no_stages_msgs_per_sec: Sample::new(bare_runs),
+        })
+    })
+}
+
+impl RoutedHost {
+    async fn start(plugin_dir: &Path, stages: Stages) -> Result<RoutedHost, BenchError> {
+        let (out, delivered) = MemoryDestination::new();
+        let mut config = Config { plugins: vec![filter_config(), transform_config()], ..Config::default() };
+        // Steady state is measured: no watcher thread, no compile cache on disk.
+        config.host.watch = false;
+        config.host.cache_dir = PathBuf::new();
+        let builder =
+            Host::builder().config("<bench>", config).plugin_dir(plugin_dir).destination("out", out);
+        let route = RouteConfig::new("orders", "orders.*", "out");
+        let builder = match stages {
+            Stages::Wasm => {
+                builder.route(route.stage("filter:header-filter").stage("transform:redact-transform"))
+            }
+            Stages::Native => builder
+                .filter("native-filter", native_filter)
+                .transform("native-transform", native_transform)
+                .route(route.stage("filter:native-filter").stage("transform:native-transform")),
+            Stages::None => builder.route(route),
+        };
+        let host = builder.build().await?;
+        if let Some(error) = host.load_errors().first() {
+            return Err(BenchError::Check(format!("a plugin did not load: {error}")));
+        }
+        Ok(RoutedHost { host, delivered, sent: 0 })
+    }
+
+    /// Send `messages` from [`SENDERS`] tasks and time until the destination
+    /// has all of them. Returns messages per second and one delivered message.
+    async fn timed_run(&mut self, messages: usize) -> Result<(f64, Message), BenchError> {
+        let shares: Vec<Vec<Message>> = (0..SENDERS)
+            .map(|sender| (sender..messages).step_by(SENDERS).map(|_| order_message(ORDER)).collect())
+            .collect();
+        let started = Instant::now();
+        let senders: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let host = self.host.clone();
+                tokio::spawn(async move {
+                    for message in share {
+                        host.send(message).await?;
+                    }
+                    Ok::<_, SendError>(())
+                })
+            })
+            .collect();
+        let deadline =
+            Duration::from_secs(30) + Duration::from_nanos(50_000u64.saturating_mul(messages as u64));
+        let received = tokio::time::timeout(deadline, async {
+            let first = self.delivered.recv_async().await;
+            for _ in 1..messages {
+                self.delivered.recv_async().await.ok()?;
+            }
+            first.ok()
+        });
+        let first = received.await.ok().flatten();
+        let elapsed = started.elapsed();
+        self.sent += messages as u64;
+        let Some(first) = first else {
+            return Err(BenchError::Check(format!(
+                "not all {messages} messages reached the destination within {deadline:?}: {:?}",
+                self.host.stats()
+            )));
+        };
+        for sender in senders {
+            sender.await.map_err(|err| BenchError::Check(format!("a sender task failed: {err}")))??;
+        }
+        Ok((messages as f64 / elapsed.as_secs_f64(), first))
+    }
+
+    /// Shut down and check that every message sent was delivered, none lost.
+    async fn finish(self) -> Result<(), BenchError> {
+        self.host.shutdown().await;
+        let stats = self.host.stats();
+        match stats.accepted == self.sent && stats.delivered == self.sent && stats.settled() == self.sent {
+            true => Ok(()),
+            false => Err(BenchError::Check(format!("sent {} but the host counted {stats:?}", self.sent))),
+        }
+    }
+}
+
+/// A temporary plugin directory holding the two plugins under their names;
+/// removed on drop.
+pub(super) struct PluginDir(PathBuf);
+
+impl PluginDir {
+    fn new(plugins: &BenchPlugins) -> Result<PluginDir, BenchError> {
+        let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let dir = PluginDir(dir);
+        std::fs::copy(&plugins.filter, dir.0.join(format!("{FILTER}.wasm")))?;
+        std::fs::copy(&plugins.transform, dir.0.join(format!("{TRANSFORM}.wasm")))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for PluginDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,148 @@
+//! Per-stage costs: one plugin called directly, unbatched and batched.
+
+use super::native::{native_filter, native_transform};
+use super::*;
+
+/// Nanoseconds per unit of `step`, which handles `units` units a call.
+pub(super) fn ns_per_unit(
+    units: usize,
+    mut step: impl FnMut() -> Result<(), BenchError>,
+) -> Result<Sample, BenchError> {
+    let warm_up = Instant::now();
+    let mut steps = 0u32;
+    while warm_up.elapsed() < WARM_UP {
+        step()?;
+        steps += 1;
+    }
+    let per_step = warm_up.elapsed() / steps;
+    let steps = (RUN_TIME.as_nanos() / per_step.as_nanos().max(1)).max(1) as u64;
+    let mut runs = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        for _ in 0..steps {
+            step()?;
+        }
+        runs.push(started.elapsed().as_nanos() as f64 / (steps * units as u64) as f64);
+    }
+    Ok(Sample::new(runs))
+}
+
+/// A message on `orders.eu` with three headers, one of them `x-tenant: acme`.
+pub(super) fn order_message(payload: impl Into<bytes::Bytes>) -> Message {
+    Message::new("orders.eu", payload)
+        .with_header("x-tenant", "acme")
+        .with_header("x-request-id", "r-1029")
+        .with_header("content-type", "application/json")
+}
+
+pub(super) fn plugin_config(name: &str, entries: &[(&str, &str)]) -> PluginConfig {
+    let config = entries.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+    PluginConfig { name: name.to_owned(), config, ..PluginConfig::default() }
+}
+
+pub(super) fn filter_config() -> PluginConfig {
+    plugin_config(FILTER, &[("require_header", "x-tenant"), ("require_value", "acme")])
+}
+
+pub(super) fn transform_config() -> PluginConfig {
+    plugin_config(TRANSFORM, &[("fields", "card")])
+}
+
+/// `header-filter` on 64 B and on 64 KiB payloads, one instance for both.
+pub(super) fn filter_costs(engine: &PluginEngine, path: &Path) -> Result<(StageCost, StageCost), BenchError> {
+    let plugin = load_file(engine, path, Some(&filter_config()))?;
+    let mut instance = PluginInstance::new(engine, plugin)?;
+    let mut cost = |payload_bytes: usize| -> Result<StageCost, BenchError> {
+        let message = order_message(vec![b'x'; payload_bytes]);
+        let mut measure = |count: usize| {
+            let batch = vec![message.clone(); count];
+            let mut buffer = Vec::new();
+            ns_per_unit(count, || {
+                buffer.clear();
+                for (index, message) in batch.iter().enumerate() {
+                    message.encode(&mut buffer, index as u32, false);
+                }
+                let decisions = instance.filter(&buffer)?;
+                match decisions.iter().filter(|d| matches!(d, Ok(Verdict::Keep))).count() == count {
+                    true => Ok(()),
+                    false => {
+                        Err(BenchError::Check(format!("{FILTER} did not keep every message: {decisions:?}")))
+                    }
+                }
+            })
+        };
+        let (unbatched_ns, batched_ns_per_message) = (measure(1)?, measure(BATCH)?);
+        let native_ns_per_message = ns_per_unit(1, || match native_filter(std::hint::black_box(&message)) {
+            Ok(Verdict::Keep) => Ok(()),
+            other => Err(BenchError::Check(format!("the native filter did not keep the message: {other:?}"))),
+        })?;
+        Ok(StageCost {
+            plugin: FILTER,
+            payload_bytes,
+            unbatched_ns,
+            batched_ns_per_message,
+            native_ns_per_message,
+        })
+    };
+    Ok((cost(64)?, cost(64 << 10)?))
+}
+
+/// `redact-transform` on the JSON order.
+pub(super) fn transform_cost(engine: &PluginEngine, path: &Path) -> Result<StageCost, BenchError> {
+    let plugin = load_file(engine, path, Some(&transform_config()))?;
+    let mut instance = PluginInstance::new(engine, plugin)?;
+    let message = order_message(ORDER);
+    let mut measure = |count: usize| {
+        let batch = vec![message.clone(); count];
+        let mut buffer = Vec::new();
+        let mut checked = false;
+        ns_per_unit(count, || {
+            buffer.clear();
+            for (index, message) in batch.iter().enumerate() {
+                message.encode(&mut buffer, index as u32, true);
+            }
+            let out = instance.transform(&buffer)?;
+            if let Some((index, error)) = out.errors.first() {
+                return Err(BenchError::Check(format!("{TRANSFORM} failed on message {index}: {error}")));
+            }
+            let mut outputs = 0;
+            for output in switchyard_wire::decode(&out.messages) {
+                let output = output.map_err(|err| BenchError::Check(format!("{TRANSFORM}: {err}")))?;
+                let output = std::hint::black_box(Message::from_wire(&output));
+                if !checked {
+                    check_redacted(&output)?;
+                    checked = true;
+                }
+                outputs += 1;
+            }
+            match outputs == count {
+                true => Ok(()),
+                false => Err(BenchError::Check(format!("{TRANSFORM}: {outputs} outputs for {count} inputs"))),
+            }
+        })
+    };
+    let (unbatched_ns, batched_ns_per_message) = (measure(1)?, measure(BATCH)?);
+    check_redacted(&native_transform(&message).map_err(|err| BenchError::Check(err.to_string()))?[0])?;
+    let native_ns_per_message = ns_per_unit(1, || match native_transform(std::hint::black_box(&message)) {
+        Ok(outputs) if outputs.len() == 1 => {
+            std::hint::black_box(outputs);
+            Ok(())
+        }
+        other => Err(BenchError::Check(format!("the native transform made {other:?}"))),
+    })?;
+    Ok(StageCost {
+        plugin: TRANSFORM,
+        payload_bytes: ORDER.len(),
+        unbatched_ns,
+        batched_ns_per_message,
+        native_ns_per_message,
+    })
+}
+
+pub(super) fn check_redacted(output: &Message) -> Result<(), BenchError> {
+    let payload = String::from_utf8_lossy(&output.payload);
+    match payload.contains(r#""card":"[redacted]""#) && output.header("x-transformed-by") == Some(TRANSFORM) {
+        true => Ok(()),
+        false => Err(BenchError::Check(format!("the transform did not redact: {output:?}"))),
+    }
+}
