@@ -177,3 +177,30 @@ fn plugin_call_runs_one_plugin_on_one_message() {
     let (ok, out) = switchyard(&["plugin", "call", artifacts::FAULTY_TRAP, "--message", message]);
     assert!(!ok && out.contains("trapped"), "{out}");
 }
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
+    let dir = plugin_dir(&[]);
+    let config = dir.path().join("switchyard.toml");
+    let write = |to: &str| {
+        let text =
+            format!("[host]\nwatch = false\nplugin_dir = \".\"\n[[route]]\nname = \"all\"\nto = \"{to}\"\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    write("log");
+    let mut host =
+        Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
+    host.line_where(|line| line.contains("HTTP ingress listening on"));
+    let hangup = |host: &Running| {
+        let pid = host.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    };
+    write("nowhere");
+    hangup(&host);
+    let refused = host.line_where(|line| line.starts_with("switchyard: reload"));
+    assert!(refused.contains("refused") && refused.contains("route \"all\".to = \"nowhere\""), "{refused}");
+    write("log");
+    hangup(&host);
+    assert_eq!(host.line_where(|line| line.starts_with("switchyard: reload")), "switchyard: reloaded");
+    host.stop();
+}

@@ -4,6 +4,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard::{Config, Host, HttpIngress};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub async fn run(
     config: Option<PathBuf>,
@@ -32,6 +33,8 @@ pub async fn run(
     for error in host.load_errors() {
         println!("switchyard: {error}");
     }
+    // Handlers first, so a signal sent once we say we listen is never missed.
+    let signals = Signals::install()?;
     let http = listen.or(host.config().ingress.http.as_ref().map(|http| http.listen));
     let ingress = match http {
         Some(addr) => Some(HttpIngress::bind(host.clone(), addr).await?),
@@ -40,7 +43,7 @@ pub async fn run(
     if let Some(ingress) = &ingress {
         println!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
-    let shutdown = stop_signal(host.clone());
+    let shutdown = signals.until_stopped(host.clone());
     match ingress {
         Some(ingress) => ingress.serve(shutdown).await,
         None => shutdown.await,
@@ -51,19 +54,33 @@ pub async fn run(
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM; reloads config and plugins on every SIGHUP.
-async fn stop_signal(host: Host) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    let mut hangup = signal(SignalKind::hangup()).expect("a SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = terminate.recv() => return,
-            _ = hangup.recv() => match host.reload().await {
-                Ok(()) => println!("switchyard: reloaded"),
-                Err(err) => println!("switchyard: reload refused: {err}"),
-            },
+/// The signals `run` obeys: SIGINT and SIGTERM stop, SIGHUP reloads.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Completes on SIGINT or SIGTERM; reloads config and plugins on every SIGHUP.
+    async fn until_stopped(mut self, host: Host) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                _ = self.hangup.recv() => match host.reload().await {
+                    Ok(()) => println!("switchyard: reloaded"),
+                    Err(err) => println!("switchyard: reload refused: {err}"),
+                },
+            }
         }
     }
 }
