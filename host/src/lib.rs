@@ -29,18 +29,20 @@
 //! # }
 //! ```
 
-pub mod bench;
+pub mod message;
 pub mod config;
+pub mod router;
+pub mod plugin;
 pub mod dead_letter;
 pub mod destination;
+pub mod balance;
+pub mod resilience;
+pub mod stage;
+pub mod pipeline;
+pub mod reload;
 pub mod host;
 pub mod ingress;
-pub mod message;
-pub mod pipeline;
-pub mod plugin;
-pub mod reload;
-pub mod router;
-pub mod stage;
+pub mod bench;
 
 pub use config::{Config, ConfigError, FailurePolicy, RouteConfig};
 pub use dead_letter::DeadLetterReason;

@@ -1,0 +1,1 @@
+//! Load balancing: choosing the endpoint of a destination a message goes to.

@@ -1,0 +1,1 @@
+//! Resilience state machines: circuit breakers, retry budgets and backoff, endpoint health.
