@@ -30,6 +30,7 @@
 //! ```
 
 pub mod message;
+pub mod metrics;
 pub mod config;
 pub mod router;
 pub mod plugin;
@@ -42,6 +43,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod host;
 pub mod ingress;
+pub mod admin;
 pub mod bench;
 
 pub use config::{Config, ConfigError, FailurePolicy, RouteConfig};

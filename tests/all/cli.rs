@@ -1,8 +1,9 @@
 //! The `switchyard` binary driven as a child process on free 127.0.0.1 ports.
 
 use crate::support::{PATIENCE, plugin_dir};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use crate::support::{http, post};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use switchyard_plugin_artifacts as artifacts;
@@ -17,8 +18,13 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str], cwd: &std::path::Path) -> Running {
+        Running::start_with_env(args, cwd, &[])
+    }
+
+    fn start_with_env(args: &[&str], cwd: &std::path::Path, env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(BINARY)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -61,29 +67,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One HTTP/1.1 POST; returns the status code and the body.
-fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    // A refused oversized body may be cut off by the server: that is fine.
-    let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response);
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 #[test]
@@ -202,5 +185,25 @@ fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     write("log");
     hangup(&host);
     assert_eq!(host.line_where(|line| line.starts_with("switchyard: reload")), "switchyard: reloaded");
+    host.stop();
+}
+
+#[test]
+fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+    let args = ["run", "--plugins", ".", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let mut host = Running::start_with_env(&args, dir.path(), &[("SWITCHYARD_ADMIN_TOKEN", "env-token")]);
+    let line = host.line_where(|line| line.contains("admin API listening on http://"));
+    let addr: SocketAddr = line.rsplit("http://").next().unwrap().parse().unwrap();
+    assert_eq!(http(addr, "GET", "/health", &[], b"").0, 200);
+    assert_eq!(http(addr, "GET", "/v1/plugins", &[], b"").0, 401);
+    let (status, body) = http(addr, "GET", "/v1/plugins", &[("authorization", "Bearer env-token")], b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""name":"f""#) && body.contains(r#""kind":"filter""#), "{body}");
+    let (status, metrics) = http(addr, "GET", "/metrics", &[("authorization", "Bearer env-token")], b"");
+    assert!(
+        status == 200 && metrics.contains("switchyard_host_events_total{event=\"plugin-loaded\"} 1"),
+        "{metrics}"
+    );
     host.stop();
 }

@@ -1,6 +1,7 @@
 //! Switchyard's integration tests: one binary, real plugins built from
 //! `plugins/`, real sockets on 127.0.0.1, the real `switchyard` binary.
 
+mod admin;
 mod cli;
 mod config_errors;
 mod faulty;

@@ -1,6 +1,8 @@
 //! Shared set-up: plugin directories, hosts from TOML, bounded waits.
 
 use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 use switchyard::{Config, Host, Message};
@@ -57,4 +59,38 @@ pub async fn drain_and_account(host: &Host) -> switchyard::Stats {
     assert_eq!(stats.in_flight(), 0, "unsettled messages: {stats:?}");
     assert_eq!(stats.dead_letter_failures, 0, "{stats:?}");
     stats
+}
+
+/// One HTTP/1.1 request; returns the status code and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    // A refused oversized body may be cut off by the server: that is fine.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// One HTTP/1.1 POST; see [`http`].
+pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    http(addr, "POST", path, headers, body)
 }

@@ -30,6 +30,9 @@ pub enum Command {
         /// HTTP ingress address, overriding the configuration's (port 0: any free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Admin API address, overriding the configuration's (port 0: any free port).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Validate a plugin (.wasm) or a configuration (.toml) without running it.
     Check {
@@ -78,8 +81,8 @@ impl Command {
     /// on plain threads.
     pub fn execute(self) -> anyhow::Result<()> {
         match self {
-            Command::Run { config, plugins, listen } => {
-                tokio::runtime::Runtime::new()?.block_on(run::run(config, plugins, listen))
+            Command::Run { config, plugins, listen, admin } => {
+                tokio::runtime::Runtime::new()?.block_on(run::run(config, plugins, listen, admin))
             }
             Command::Check { file } => check::check(&file),
             Command::Plugin { command: PluginCommand::Call { file, message, config } } => {

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use switchyard::admin::AdminServer;
 use switchyard::{Config, Host, HttpIngress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -10,6 +11,7 @@ pub async fn run(
     config: Option<PathBuf>,
     plugins: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut builder = match &config {
         Some(path) => Host::builder().config_file(path)?,
@@ -43,11 +45,43 @@ pub async fn run(
     if let Some(ingress) = &ingress {
         println!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
-    let shutdown = signals.until_stopped(host.clone());
-    match ingress {
-        Some(ingress) => ingress.serve(shutdown).await,
-        None => shutdown.await,
+    let admin_config = host.config().admin.clone();
+    let admin = match admin.or(admin_config.as_ref().map(|admin| admin.listen)) {
+        Some(addr) => {
+            let token = admin_config.and_then(|admin| admin.token);
+            Some(AdminServer::bind(host.clone(), addr, token).await?)
+        }
+        None => None,
+    };
+    if let Some(admin) = &admin {
+        println!("switchyard: admin API listening on http://{}", admin.local_addr());
     }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let servers = tokio::spawn({
+        let until_stopped = until_stopped.clone();
+        async move {
+            let ingress = async {
+                if let Some(ingress) = ingress {
+                    ingress.serve(until_stopped()).await
+                }
+            };
+            let admin = async {
+                if let Some(admin) = admin {
+                    admin.serve(until_stopped()).await
+                }
+            };
+            tokio::join!(ingress, admin);
+        }
+    });
+    signals.until_stopped(host.clone()).await;
+    let _ = stop.send(true);
+    servers.await?;
     host.shutdown().await;
     let stats = host.stats();
     println!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?);

@@ -1,6 +1,6 @@
 //! Reading, defaulting and validating a configuration.
 
-use super::model::{Config, HttpIngressConfig, RouteConfig, StageRef};
+use super::model::{AdminConfig, Config, HttpIngressConfig, RouteConfig, StageRef};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -43,6 +43,7 @@ impl Config {
     pub fn builtin() -> Config {
         let mut config = Config::default();
         config.ingress.http = Some(HttpIngressConfig { listen: ([127, 0, 0, 1], 7070).into() });
+        config.admin = Some(AdminConfig { listen: ([127, 0, 0, 1], 7071).into(), token: None });
         let mut route = RouteConfig::new("default", ">", "log");
         route.stages.push(StageRef::AllPlugins);
         config.routes.push(route);

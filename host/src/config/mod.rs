@@ -5,6 +5,6 @@ mod model;
 
 pub use load::ConfigError;
 pub use model::{
-    Config, DestinationConfig, FailurePolicy, HostSection, HttpIngressConfig, IngressSection, PluginConfig,
-    PluginLimits, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
+    AdminConfig, Config, DestinationConfig, FailurePolicy, HostSection, HttpIngressConfig, IngressSection,
+    PluginConfig, PluginLimits, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
 };

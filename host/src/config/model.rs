@@ -15,6 +15,8 @@ pub struct Config {
     /// Where messages come in.
     #[serde(default)]
     pub ingress: IngressSection,
+    /// `[admin]`: the admin API, if any.
+    pub admin: Option<AdminConfig>,
     /// Per-plugin settings, by plugin name (file stem).
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
@@ -78,6 +80,17 @@ pub struct IngressSection {
 pub struct HttpIngressConfig {
     /// Address to listen on, e.g. `127.0.0.1:7070`.
     pub listen: SocketAddr,
+}
+
+/// `[admin]`: the admin API listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7071`.
+    pub listen: SocketAddr,
+    /// Bearer token the admin API requires (else `SWITCHYARD_ADMIN_TOKEN`;
+    /// with neither, only a loopback address is allowed).
+    pub token: Option<String>,
 }
 
 /// What a route does with a message whose plugin stage failed.

@@ -3,6 +3,7 @@
 use super::{BuildError, Host, HostInner};
 use crate::config::{Config, ConfigError, RouteConfig};
 use crate::destination::Destination;
+use crate::metrics::Metrics;
 use crate::pipeline::{Counters, LastingDestinations, Pipeline, Topology, run_worker};
 use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::reload::Reloader;
@@ -88,12 +89,14 @@ impl HostBuilder {
         config.validate(&config_file.0, &native_names)?;
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
         let lasting = LastingDestinations::new(destinations);
+        let metrics = Arc::new(Metrics::default());
         let pipeline = Arc::new(Pipeline {
             engine,
             registry: PluginRegistry::default(),
-            topology: ArcSwap::from_pointee(Topology::build(&config, &lasting)),
+            topology: ArcSwap::from_pointee(Topology::build(&config, &lasting, &metrics)),
             natives,
             counters: Counters::default(),
+            metrics: metrics.clone(),
             ids: Arc::new(AtomicU64::new(1)),
             batch_size: config.host.batch_size,
         });

@@ -74,6 +74,14 @@ pub enum BuildError {
         /// Why.
         error: std::io::Error,
     },
+    /// The admin API would listen beyond loopback without a token.
+    #[error(
+        "refusing to serve the admin API on {addr} without a token: set [admin] token or SWITCHYARD_ADMIN_TOKEN, or listen on a loopback address"
+    )]
+    AdminUnprotected {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {error}")]
     Listen {

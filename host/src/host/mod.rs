@@ -47,7 +47,7 @@ impl Host {
         let (envelope, id) = self.admit(message, None)?;
         let sender = self.sender()?;
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
-        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
+        self.count_accepted();
         Ok(id)
     }
 
@@ -65,7 +65,7 @@ impl Host {
         let (envelope, _) = self.admit(message, Some(reply))?;
         let sender = self.sender()?;
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
-        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
+        self.count_accepted();
         await_reply(pending).await
     }
 
@@ -85,6 +85,39 @@ impl Host {
     /// The plugin versions currently serving, in name order.
     pub fn plugins(&self) -> Vec<Arc<CompiledPlugin>> {
         self.inner.reloader.pipeline.registry.snapshot().values().cloned().collect()
+    }
+
+    /// The last rejection reason of each plugin whose latest file was refused.
+    pub fn last_rejections(&self) -> std::collections::BTreeMap<String, String> {
+        self.inner.reloader.events.rejections()
+    }
+
+    /// Route stages that cannot run now (`filter:NAME` of a plugin not
+    /// loaded, or of another kind), as written in the routes.
+    pub fn unavailable_stages(&self) -> Vec<String> {
+        let pipeline = &self.inner.reloader.pipeline;
+        let plugins = pipeline.registry.snapshot();
+        let config = self.config();
+        let stages = config.routes.iter().flat_map(|route| pipeline.natives.resolve(&route.stages, &plugins));
+        stages
+            .filter_map(|stage| match stage {
+                crate::stage::Stage::Unavailable { stage, .. } => Some(stage),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Names of the destinations of the current topology, sorted.
+    pub fn destination_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.inner.reloader.pipeline.topology.load().destinations.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The host's metrics (Prometheus families).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.reloader.pipeline.metrics
     }
 
     /// Plugins that failed to load at start, with the reason.
@@ -175,7 +208,13 @@ impl Host {
         check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
         message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
         let id = message.id;
-        Ok((Envelope { message, reply }, id))
+        Ok((Envelope { message, reply, accepted_at: std::time::Instant::now() }, id))
+    }
+
+    fn count_accepted(&self) {
+        let pipeline = &self.inner.reloader.pipeline;
+        Counters::bump(&pipeline.counters.accepted, 1);
+        pipeline.metrics.accepted().inc();
     }
 
     fn sender(&self) -> Result<flume::Sender<Envelope>, SendError> {
@@ -188,7 +227,7 @@ impl Host {
             flume::TrySendError::Full(_) => SendError::Backpressure,
             flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
         })?;
-        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
+        self.count_accepted();
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use crate::dead_letter::DeadLetterReason;
 use crate::message::Message;
 use crate::plugin::{CompiledPlugin, PluginError};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// The answer a `request` caller waits for.
@@ -14,6 +15,7 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::hos
 pub(crate) struct Envelope {
     pub(crate) message: Message,
     pub(crate) reply: Option<ReplySender>,
+    pub(crate) accepted_at: Instant,
 }
 
 /// A message on its way through a route.
@@ -22,6 +24,8 @@ pub(crate) struct Item {
     pub(crate) reply: Option<ReplySender>,
     /// Middleware versions the request passed, to run `on_reply` in reverse.
     pub(crate) middlewares: Vec<Arc<CompiledPlugin>>,
+    /// When the message (or the one it was split from) was admitted.
+    pub(crate) accepted_at: Instant,
 }
 
 /// What one stage made of one item.
@@ -54,6 +58,11 @@ impl Fate {
 
 impl From<Envelope> for Item {
     fn from(envelope: Envelope) -> Item {
-        Item { message: envelope.message, reply: envelope.reply, middlewares: Vec::new() }
+        Item {
+            message: envelope.message,
+            reply: envelope.reply,
+            middlewares: Vec::new(),
+            accepted_at: envelope.accepted_at,
+        }
     }
 }

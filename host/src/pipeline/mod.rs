@@ -14,6 +14,7 @@ pub(crate) use topology::{LastingDestinations, Topology};
 use crate::dead_letter::DeadLetterReason;
 use crate::host::RequestError;
 use crate::message::{Message, Verdict};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginSet};
 use crate::router::Route;
 use crate::stage::{NativeStages, Stage};
@@ -31,6 +32,7 @@ pub(crate) struct Pipeline {
     pub(crate) topology: ArcSwap<Topology>,
     pub(crate) natives: NativeStages,
     pub(crate) counters: Counters,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) ids: Arc<AtomicU64>,
     pub(crate) batch_size: usize,
 }
@@ -54,7 +56,7 @@ struct ReplyBack {
 /// empty. Plugins run here, on a plain thread, never on a runtime thread:
 /// their calls are synchronous and may take up to their deadline.
 pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelope>, runtime: Handle) {
-    let mut worker = Worker::new(pipeline.engine.clone(), pipeline.ids.clone());
+    let mut worker = Worker::new(pipeline.engine.clone(), pipeline.ids.clone(), pipeline.metrics.clone());
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(pipeline.batch_size);
         batch.push(first);
@@ -83,7 +85,7 @@ impl Pipeline {
         }
         for (key, items) in by_route.into_iter().enumerate() {
             if !items.is_empty() {
-                self.run_route(worker, &plugins, routes.get(key), items, &mut settlements);
+                self.run_route(worker, &plugins, &topology, routes.get(key), items, &mut settlements);
             }
         }
         for back in runtime.block_on(self.settle(&topology, settlements)) {
@@ -96,6 +98,7 @@ impl Pipeline {
         &self,
         worker: &mut Worker,
         plugins: &PluginSet,
+        topology: &Topology,
         route: &'r Route,
         mut items: Vec<Item>,
         settlements: &mut Settlements<'r>,
@@ -115,8 +118,10 @@ impl Pipeline {
                         Counters::bump(&self.counters.skipped_stages, 1);
                         items.push(item);
                     }
-                    Fate::Dropped(item) => self.dropped(item, route),
-                    Fate::Responded(item, reply) => self.responded(item, reply),
+                    Fate::Dropped(item) => self.dropped(item, route, topology),
+                    Fate::Responded(item, reply) => {
+                        self.responded(item, reply, topology.route_metrics(&route.name))
+                    }
                     Fate::DeadLetter(item, reason) => {
                         settlements.dead_letters.push((item, reason, Some(&route.name)))
                     }
@@ -126,15 +131,20 @@ impl Pipeline {
         settlements.deliveries.extend(items.into_iter().map(|item| (route, item)));
     }
 
-    fn dropped(&self, item: Item, route: &Route) {
+    fn dropped(&self, item: Item, route: &Route, topology: &Topology) {
         Counters::bump(&self.counters.filtered, 1);
+        let metrics = topology.route_metrics(&route.name);
+        metrics.filtered.inc();
+        metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::Filtered { route: route.name.clone() }));
         }
     }
 
-    fn responded(&self, item: Item, reply: Message) {
+    fn responded(&self, item: Item, reply: Message, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.responded, 1);
+        metrics.responded.inc();
+        metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
         if let Some(sender) = item.reply {
             let _ = sender.send(Ok(Some(reply)));
         }
@@ -153,19 +163,25 @@ impl Pipeline {
     }
 
     async fn deliver(&self, topology: &Topology, route: &Route, item: Item) -> Option<ReplyBack> {
-        let Item { message, reply, middlewares } = item;
+        let Item { message, reply, middlewares, accepted_at } = item;
         Counters::bump(&self.counters.created, route.destinations.len().saturating_sub(1) as u64);
+        let metrics = topology.route_metrics(&route.name);
         let mut answer: Option<Result<Option<Message>, RequestError>> = None;
         for name in &route.destinations {
             match topology.destinations[name].deliver(message.clone()).await {
                 Ok(response) => {
                     Counters::bump(&self.counters.delivered, 1);
+                    topology.count_delivery(name, true);
+                    metrics.delivered.inc();
+                    metrics.latency.observe(accepted_at.elapsed().as_secs_f64());
                     answer.get_or_insert(Ok(response));
                 }
                 Err(error) => {
+                    topology.count_delivery(name, false);
                     let reason = DeadLetterReason::Delivery { destination: name.clone(), error };
                     answer.get_or_insert(Err(RequestError::DeadLettered(reason.clone())));
-                    let copy = Item { message: message.clone(), reply: None, middlewares: Vec::new() };
+                    let copy =
+                        Item { message: message.clone(), reply: None, middlewares: Vec::new(), accepted_at };
                     self.dead_letter(topology, copy, reason, Some(&route.name)).await;
                 }
             }
@@ -190,6 +206,12 @@ impl Pipeline {
         route: Option<&str>,
     ) {
         Counters::bump(&self.counters.dead_lettered, 1);
+        self.metrics.dead_letter(route, reason.code());
+        if let Some(route) = route {
+            let metrics = topology.route_metrics(route);
+            metrics.dead_lettered.inc();
+            metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
+        }
         tracing::warn!(id = item.message.id, topic = %item.message.topic, route, code = reason.code(), %reason, "dead-lettered");
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::DeadLettered(reason.clone())));

@@ -4,7 +4,9 @@
 use crate::config::{Config, Transport};
 use crate::destination::{Destination, LogDestination, MemoryDestination};
 use crate::message::Message;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{Route, RouteTable};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,10 @@ pub(crate) struct Topology {
     pub(crate) routes: RouteTable,
     pub(crate) destinations: HashMap<String, Arc<dyn Destination>>,
     pub(crate) dead_letter: String,
+    /// Metric handles per route and per destination (ok, failed), looked up
+    /// once per topology rather than per message.
+    route_metrics: HashMap<String, RouteMetrics>,
+    delivery_counters: HashMap<String, [Counter; 2]>,
 }
 
 /// Destinations that outlive any one topology: those registered in code, and
@@ -43,7 +49,7 @@ impl LastingDestinations {
 
 impl Topology {
     /// The topology of a validated `config`.
-    pub(crate) fn build(config: &Config, lasting: &LastingDestinations) -> Topology {
+    pub(crate) fn build(config: &Config, lasting: &LastingDestinations, metrics: &Metrics) -> Topology {
         let mut destinations = lasting.native.clone();
         destinations.entry("log".into()).or_insert_with(|| Arc::new(LogDestination::new("log")));
         for dest in &config.destinations {
@@ -54,10 +60,28 @@ impl Topology {
             destinations.insert(dest.name.clone(), destination);
         }
         let routes = config.routes.iter().map(|route| Route::from_config(route).expect("validated config"));
+        let route_metrics =
+            config.routes.iter().map(|route| (route.name.clone(), metrics.route(&route.name)));
+        let delivery_counters = destinations
+            .keys()
+            .map(|name| (name.clone(), [metrics.delivery(name, true), metrics.delivery(name, false)]))
+            .collect();
         Topology {
             routes: RouteTable::new(routes.collect()),
             destinations,
             dead_letter: config.host.dead_letter.clone(),
+            route_metrics: route_metrics.collect(),
+            delivery_counters,
         }
+    }
+
+    /// The metric handles of route `name`.
+    pub(crate) fn route_metrics(&self, name: &str) -> &RouteMetrics {
+        &self.route_metrics[name]
+    }
+
+    /// Count one delivery to destination `name`.
+    pub(crate) fn count_delivery(&self, name: &str, ok: bool) {
+        self.delivery_counters[name][usize::from(!ok)].inc();
     }
 }

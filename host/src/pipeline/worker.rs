@@ -5,6 +5,7 @@ use super::item::{Fate, Item};
 use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::{Message, MessageId, Verdict};
+use crate::metrics::Metrics;
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
 };
@@ -29,11 +30,12 @@ pub(crate) struct Worker {
     buffer: Vec<u8>,
     /// The plugin set the instances were last checked against.
     checked: Option<Arc<PluginSet>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
-    pub(crate) fn new(engine: Arc<PluginEngine>, ids: Arc<AtomicU64>) -> Worker {
-        Worker { engine, ids, instances: HashMap::new(), buffer: Vec::new(), checked: None }
+    pub(crate) fn new(engine: Arc<PluginEngine>, ids: Arc<AtomicU64>, metrics: Arc<Metrics>) -> Worker {
+        Worker { engine, ids, instances: HashMap::new(), buffer: Vec::new(), checked: None, metrics }
     }
 
     /// Drop instances of versions no longer serving, once per plugin-set
@@ -122,8 +124,11 @@ impl Worker {
         plugin: &Arc<CompiledPlugin>,
         call: impl FnOnce(&mut PluginInstance) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
+        let started = std::time::Instant::now();
         let result = self.instance(plugin).and_then(call);
-        if result.is_err() {
+        self.metrics.plugin_call(&plugin.name, started.elapsed().as_secs_f64());
+        if let Err(fault) = &result {
+            self.metrics.plugin_problem(&plugin.name, fault.kind());
             self.discard(plugin);
         }
         result
@@ -154,7 +159,7 @@ impl Worker {
             .map(|(item, decision)| match decision {
                 Ok(Verdict::Keep) => Fate::Keep(item),
                 Ok(Verdict::Drop) => Fate::Dropped(item),
-                Err(error) => Fate::failed(item, policy, error_reason(plugin, error)),
+                Err(error) => Fate::failed(item, policy, self.error_reason(plugin, error)),
             })
             .collect())
     }
@@ -189,7 +194,7 @@ impl Worker {
         let mut fates = Vec::with_capacity(items.len());
         for (index, (item, produced)) in items.into_iter().zip(outputs).enumerate() {
             match errors.remove(&(index as u32)) {
-                Some(error) => fates.push(Fate::failed(item, policy, error_reason(plugin, error))),
+                Some(error) => fates.push(Fate::failed(item, policy, self.error_reason(plugin, error))),
                 None => fates.extend(self.split(item, produced)),
             }
         }
@@ -202,15 +207,30 @@ impl Worker {
         if produced.is_empty() {
             return vec![Fate::Dropped(item)];
         }
-        let Item { message: original, mut reply, middlewares } = item;
+        let Item { message: original, mut reply, middlewares, accepted_at } = item;
         produced
             .into_iter()
             .enumerate()
             .map(|(n, mut message)| {
                 message.id = if n == 0 { original.id } else { self.next_id() };
-                Fate::Keep(Item { message, reply: reply.take(), middlewares: middlewares.clone() })
+                Fate::Keep(Item {
+                    message,
+                    reply: reply.take(),
+                    middlewares: middlewares.clone(),
+                    accepted_at,
+                })
             })
             .collect()
+    }
+
+    /// The dead-letter reason for a plugin's error answer, counted.
+    fn error_reason(&self, plugin: &CompiledPlugin, error: PluginError) -> DeadLetterReason {
+        self.metrics.plugin_problem(&plugin.name, error.kind());
+        DeadLetterReason::PluginError {
+            plugin: plugin.name.clone(),
+            version: plugin.short_version().into(),
+            error,
+        }
     }
 
     pub(crate) fn next_id(&self) -> MessageId {
@@ -242,7 +262,7 @@ impl Worker {
                     fates.push(Fate::Keep(item));
                 }
                 Ok(Ok((true, reply))) => fates.push(Fate::Responded(item, reply)),
-                Ok(Err(error)) => fates.push(Fate::failed(item, policy, error_reason(plugin, error))),
+                Ok(Err(error)) => fates.push(Fate::failed(item, policy, self.error_reason(plugin, error))),
                 Err(fault) => fates.push(Fate::failed(item, policy, fault_reason(plugin, fault))),
             }
         }
@@ -266,7 +286,7 @@ impl Worker {
             });
             reply = match answer {
                 Ok(Ok(message)) => message,
-                Ok(Err(error)) => return Err(error_reason(plugin, error)),
+                Ok(Err(error)) => return Err(self.error_reason(plugin, error)),
                 Err(fault) => return Err(fault_reason(plugin, fault)),
             };
         }
@@ -303,13 +323,5 @@ pub(crate) fn fault_reason(plugin: &CompiledPlugin, fault: PluginFault) -> DeadL
         plugin: plugin.name.clone(),
         version: plugin.short_version().into(),
         fault,
-    }
-}
-
-pub(crate) fn error_reason(plugin: &CompiledPlugin, error: PluginError) -> DeadLetterReason {
-    DeadLetterReason::PluginError {
-        plugin: plugin.name.clone(),
-        version: plugin.short_version().into(),
-        error,
     }
 }

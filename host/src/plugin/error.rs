@@ -107,6 +107,30 @@ pub enum PluginFault {
     Malformed(String),
 }
 
+impl PluginError {
+    /// A stable snake_case name of the kind, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Rejected(_) => "rejected",
+            PluginError::Retryable(_) => "retryable",
+            PluginError::Failed(_) => "failed",
+        }
+    }
+}
+
+impl PluginFault {
+    /// A stable snake_case name of the kind, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginFault::Trapped(_) => "trapped",
+            PluginFault::TimedOut(_) => "timed_out",
+            PluginFault::MemoryCap(_) => "memory_cap",
+            PluginFault::Malformed(_) => "malformed",
+            PluginFault::Unusable(_) => "unusable",
+        }
+    }
+}
+
 impl From<crate::plugin::bindings::WitError> for PluginError {
     fn from(error: crate::plugin::bindings::WitError) -> Self {
         use crate::plugin::bindings::WitError;

@@ -1,7 +1,10 @@
 //! Events of a running host: plugins loaded, replaced, rejected or removed,
 //! configurations applied or refused. Logged, counted and broadcast.
 
+use crate::metrics::Metrics;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// Something that changed in a running host.
@@ -60,6 +63,20 @@ pub enum HostEvent {
     },
 }
 
+impl HostEvent {
+    /// The event's kebab-case name, as in its JSON form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostEvent::PluginLoaded { .. } => "plugin-loaded",
+            HostEvent::PluginReplaced { .. } => "plugin-replaced",
+            HostEvent::PluginRejected { .. } => "plugin-rejected",
+            HostEvent::PluginRemoved { .. } => "plugin-removed",
+            HostEvent::ConfigApplied { .. } => "config-applied",
+            HostEvent::ConfigRejected { .. } => "config-rejected",
+        }
+    }
+}
+
 /// How many events of each kind a host has had.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventCounts {
@@ -81,11 +98,19 @@ pub struct EventCounts {
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
     counts: [AtomicU64; 6],
+    metrics: Arc<Metrics>,
+    /// The last rejection reason per plugin, cleared when it loads again.
+    rejections: Mutex<BTreeMap<String, String>>,
 }
 
 impl Events {
-    pub(crate) fn new() -> Events {
-        Events { sender: broadcast::channel(1024).0, counts: Default::default() }
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Events {
+        Events {
+            sender: broadcast::channel(1024).0,
+            counts: Default::default(),
+            metrics,
+            rejections: Mutex::default(),
+        }
     }
 
     /// Log, count and broadcast `event`.
@@ -99,6 +124,8 @@ impl Events {
             HostEvent::ConfigRejected { .. } => 5,
         };
         self.counts[slot].fetch_add(1, Relaxed);
+        self.metrics.event(event.name());
+        self.remember(&event);
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
             2 | 5 => tracing::error!(event = %json, "host event"),
@@ -106,6 +133,24 @@ impl Events {
         }
         // No subscriber is not an error.
         let _ = self.sender.send(event);
+    }
+
+    fn remember(&self, event: &HostEvent) {
+        let mut rejections = self.rejections.lock().unwrap_or_else(|poison| poison.into_inner());
+        match event {
+            HostEvent::PluginRejected { name, reason } => {
+                drop(rejections.insert(name.clone(), reason.clone()))
+            }
+            HostEvent::PluginLoaded { name, .. } | HostEvent::PluginReplaced { name, .. } => {
+                drop(rejections.remove(name))
+            }
+            _ => {}
+        }
+    }
+
+    /// The last rejection reason of each plugin whose latest file was refused.
+    pub(crate) fn rejections(&self) -> BTreeMap<String, String> {
+        self.rejections.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<HostEvent> {

@@ -32,9 +32,10 @@ impl Reloader {
         config_file: (String, Option<PathBuf>),
         lasting: LastingDestinations,
     ) -> Reloader {
+        let metrics = pipeline.metrics.clone();
         Reloader {
             pipeline,
-            events: Events::new(),
+            events: Events::new(metrics),
             config: ArcSwap::from_pointee(config),
             config_file,
             lasting,
@@ -122,7 +123,8 @@ impl Reloader {
         config.validate(file, &native)?;
         {
             let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
-            self.pipeline.topology.store(Arc::new(Topology::build(&config, &self.lasting)));
+            let topology = Topology::build(&config, &self.lasting, &self.pipeline.metrics);
+            self.pipeline.topology.store(Arc::new(topology));
             self.config.store(Arc::new(config));
         }
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });

@@ -1,0 +1,60 @@
+//! The admin API: see and steer a running host over HTTP, on its own listener.
+//!
+//! `GET /health` and `GET /ready` are open (they say nothing but up/ready);
+//! everything else needs `Authorization: Bearer <token>` when a token is set
+//! (from `[admin] token` or `SWITCHYARD_ADMIN_TOKEN`). Without a token the
+//! admin listener binds only to loopback addresses.
+
+mod auth;
+mod routes;
+
+use crate::host::{BuildError, Host};
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+/// Environment variable holding the admin token when the config has none.
+pub const TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+
+/// A bound admin listener, ready to serve.
+#[derive(Debug)]
+pub struct AdminServer {
+    host: Host,
+    listener: TcpListener,
+    token: Option<String>,
+}
+
+impl AdminServer {
+    /// Bind `addr` for `host`. Refuses a non-loopback address when no token is
+    /// configured, so an unprotected admin API is never reachable from outside.
+    pub async fn bind(
+        host: Host,
+        addr: SocketAddr,
+        token: Option<String>,
+    ) -> Result<AdminServer, BuildError> {
+        let token = token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|token| !token.is_empty());
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(BuildError::AdminUnprotected { addr });
+        }
+        let listener = TcpListener::bind(addr).await.map_err(|error| BuildError::Listen { addr, error })?;
+        Ok(AdminServer { host, listener, token })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serve until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let app = routes::router(self.host, self.token, stopping);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        if let Err(err) = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(%err, "admin API stopped");
+        }
+    }
+}

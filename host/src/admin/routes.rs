@@ -1,0 +1,128 @@
+//! The admin endpoints.
+
+use super::auth::require_token;
+use crate::host::Host;
+use axum::Router;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+/// The admin router; `stopping` turns true when the server shuts down, which
+/// ends open event streams.
+pub(super) fn router(host: Host, token: Option<String>, stopping: watch::Receiver<bool>) -> Router {
+    let token: Option<Arc<str>> = token.map(Into::into);
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/routes", get(routes))
+        .route("/v1/destinations", get(destinations))
+        .route("/v1/reload", post(reload))
+        .route("/v1/events", get(events))
+        .layer(middleware::from_fn_with_state(token, require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(protected)
+        .layer(Extension(stopping))
+        .with_state(host)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when every stage the routes name is available.
+async fn ready(State(host): State<Host>) -> Response {
+    match host.unavailable_stages().is_empty() {
+        true => Json(json!({ "ready": true })).into_response(),
+        false => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response(),
+    }
+}
+
+async fn metrics(State(host): State<Host>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], host.metrics().encode()).into_response()
+}
+
+async fn plugins(State(host): State<Host>) -> Json<Value> {
+    let rejections = host.last_rejections();
+    let mut plugins: Vec<Value> = host
+        .plugins()
+        .iter()
+        .map(|plugin| {
+            let (calls, problems) = host.metrics().plugin_counts(&plugin.name);
+            let counters =
+                plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+            json!({
+                "name": plugin.name,
+                "kind": plugin.kind,
+                "version": plugin.digest,
+                "state": "serving",
+                "compile_ms": plugin.compile_time.as_secs_f64() * 1e3,
+                "calls": calls,
+                "problems": problems.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "counters": counters,
+                "last_error": rejections.get(&plugin.name),
+            })
+        })
+        .collect();
+    let serving: Vec<String> = host.plugins().iter().map(|plugin| plugin.name.clone()).collect();
+    for (name, error) in rejections.iter().filter(|(name, _)| !serving.contains(name)) {
+        plugins.push(json!({ "name": name, "state": "rejected", "last_error": error }));
+    }
+    Json(json!({ "plugins": plugins }))
+}
+
+async fn routes(State(host): State<Host>) -> Json<Value> {
+    Json(json!({ "routes": host.config().routes }))
+}
+
+async fn destinations(State(host): State<Host>) -> Json<Value> {
+    Json(json!({ "destinations": host.destination_names() }))
+}
+
+async fn reload(State(host): State<Host>) -> Response {
+    match host.reload().await {
+        Ok(()) => Json(json!({ "reloaded": true })).into_response(),
+        Err(err) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": err.to_string() }))).into_response()
+        }
+    }
+}
+
+/// A WebSocket of host events as JSON text frames.
+async fn events(
+    State(host): State<Host>,
+    Extension(stopping): Extension<watch::Receiver<bool>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Subscribe before the upgrade, so nothing between request and stream is missed.
+    let feed = host.subscribe();
+    upgrade.on_upgrade(move |socket| stream_events(socket, feed, stopping))
+}
+
+async fn stream_events(
+    mut socket: WebSocket,
+    mut feed: broadcast::Receiver<crate::HostEvent>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let frame = tokio::select! {
+            event = feed.recv() => match event {
+                Ok(event) => serde_json::to_string(&event).expect("events serialize"),
+                Err(broadcast::error::RecvError::Lagged(missed)) => json!({ "event": "lagged", "missed": missed }).to_string(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        if socket.send(WsMessage::Text(frame.into())).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Metrics: Prometheus families of one host (no process-global registry),
+//! with handles cached where the message path uses them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOutcome {
+    route: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteReason {
+    route: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteName {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginName {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginProblem {
+    plugin: String,
+    problem: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationResult {
+    destination: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventKind {
+    event: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~10 s.
+    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
+}
+
+/// All metric families of a host.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Counter,
+    route_messages: Family<RouteOutcome, Counter>,
+    dead_letters: Family<RouteReason, Counter>,
+    route_latency: Family<RouteName, Histogram, fn() -> Histogram>,
+    plugin_calls: Family<PluginName, Counter>,
+    plugin_problems: Family<PluginProblem, Counter>,
+    plugin_latency: Family<PluginName, Histogram, fn() -> Histogram>,
+    deliveries: Family<DestinationResult, Counter>,
+    events: Family<EventKind, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let metrics = Metrics {
+            accepted: Counter::default(),
+            route_messages: Family::default(),
+            dead_letters: Family::default(),
+            route_latency: Family::new_with_constructor(latency_histogram),
+            plugin_calls: Family::default(),
+            plugin_problems: Family::default(),
+            plugin_latency: Family::new_with_constructor(latency_histogram),
+            deliveries: Family::default(),
+            events: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("messages_accepted", "Messages admitted", metrics.accepted.clone());
+        let help = "Messages settled per route, by outcome (delivered, filtered, responded, dead_lettered)";
+        registry.register("route_messages", help, metrics.route_messages.clone());
+        registry.register(
+            "dead_letters",
+            "Dead letters per route, by reason code",
+            metrics.dead_letters.clone(),
+        );
+        let help = "Seconds from admission until a message of the route is settled";
+        registry.register("route_latency_seconds", help, metrics.route_latency.clone());
+        registry.register("plugin_calls", "Plugin calls (one per batch)", metrics.plugin_calls.clone());
+        let help =
+            "Plugin errors and faults, by kind (rejected, failed, trapped, timed_out, memory_cap, ...)";
+        registry.register("plugin_problems", help, metrics.plugin_problems.clone());
+        registry.register("plugin_call_seconds", "Seconds per plugin call", metrics.plugin_latency.clone());
+        let help = "Deliveries per destination, by result (ok, failed)";
+        registry.register("destination_deliveries", help, metrics.deliveries.clone());
+        let help = "Host events (plugin loaded, replaced, rejected, removed; config applied, rejected)";
+        registry.register("host_events", help, metrics.events.clone());
+        Metrics { registry, ..metrics }
+    }
+}
+
+/// Handles for one route, cached in the topology so the message path does
+/// no label lookups.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteMetrics {
+    pub(crate) delivered: Counter,
+    pub(crate) filtered: Counter,
+    pub(crate) responded: Counter,
+    pub(crate) dead_lettered: Counter,
+    pub(crate) latency: Histogram,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
+        text
+    }
+
+    pub(crate) fn accepted(&self) -> &Counter {
+        &self.accepted
+    }
+
+    pub(crate) fn route(&self, route: &str) -> RouteMetrics {
+        let outcome = |outcome: &str| {
+            self.route_messages
+                .get_or_create_owned(&RouteOutcome { route: route.into(), outcome: outcome.into() })
+        };
+        RouteMetrics {
+            delivered: outcome("delivered"),
+            filtered: outcome("filtered"),
+            responded: outcome("responded"),
+            dead_lettered: outcome("dead_lettered"),
+            latency: self.route_latency.get_or_create_owned(&RouteName { route: route.into() }),
+        }
+    }
+
+    pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
+        let labels = RouteReason { route: route.unwrap_or("").into(), reason: reason.into() };
+        self.dead_letters.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn plugin_call(&self, plugin: &str, seconds: f64) {
+        let labels = PluginName { plugin: plugin.into() };
+        self.plugin_calls.get_or_create(&labels).inc();
+        self.plugin_latency.get_or_create(&labels).observe(seconds);
+    }
+
+    pub(crate) fn plugin_problem(&self, plugin: &str, problem: &str) {
+        self.plugin_problems
+            .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
+            .inc();
+    }
+
+    /// Calls and problems of `plugin` so far: (calls, problems by kind).
+    pub fn plugin_counts(&self, plugin: &str) -> (u64, Vec<(String, u64)>) {
+        let calls =
+            self.plugin_calls.get(&PluginName { plugin: plugin.into() }).map_or(0, |calls| calls.get());
+        let kinds = [
+            "rejected",
+            "retryable",
+            "failed",
+            "trapped",
+            "timed_out",
+            "memory_cap",
+            "malformed",
+            "unusable",
+        ];
+        let problems = kinds
+            .iter()
+            .map(|kind| {
+                let labels = PluginProblem { plugin: plugin.into(), problem: (*kind).into() };
+                (kind.to_string(), self.plugin_problems.get(&labels).map_or(0, |count| count.get()))
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        (calls, problems)
+    }
+
+    pub(crate) fn delivery(&self, destination: &str, ok: bool) -> Counter {
+        let result = if ok { "ok" } else { "failed" };
+        self.deliveries.get_or_create_owned(&DestinationResult {
+            destination: destination.into(),
+            result: result.into(),
+        })
+    }
+
+    pub(crate) fn event(&self, event: &str) {
+        self.events.get_or_create(&EventKind { event: event.into() }).inc();
+    }
+}

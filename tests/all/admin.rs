@@ -1,0 +1,129 @@
+//! The admin API of a running host: every endpoint, with and without the token.
+
+use crate::support::{MEMORY_OUT, PATIENCE, host, http, plugin_dir, within};
+use futures_util::StreamExt;
+use std::net::SocketAddr;
+use switchyard::admin::AdminServer;
+use switchyard::{BuildError, Host, Message};
+use switchyard_plugin_artifacts as artifacts;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const TOKEN: &str = "s3cret-admin-token";
+const AUTH: (&str, &str) = ("authorization", "Bearer s3cret-admin-token");
+
+/// `GET path` from a plain thread (the test's runtime keeps serving).
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (path, headers) =
+        (path.to_owned(), headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+    tokio::task::spawn_blocking(move || {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        http(addr, "GET", &path, &headers, b"")
+    })
+    .await
+    .unwrap()
+}
+
+async fn start_admin(host: &Host) -> SocketAddr {
+    let admin =
+        AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), Some(TOKEN.into())).await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    addr
+}
+
+/// The value of the sample `name` with the given labels in a Prometheus text body.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+    scrape.samples.iter().find_map(|s| {
+        let matches = s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
+        match (&s.value, matches) {
+            (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v), true) => Some(*v),
+            (prometheus_parse::Value::Untyped(v), true) => Some(*v),
+            _ => None,
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_endpoint_answers_and_guards_with_the_token() {
+    let dir = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let route = "[[route]]\nname = \"all\"\nstages = [\"transform:t\"]\nto = \"out\"\n";
+    let host = host(dir.path(), &format!("{MEMORY_OUT}{route}")).await;
+    let addr = start_admin(&host).await;
+
+    assert_eq!(get(addr, "/health", &[]).await.0, 200);
+    assert_eq!(get(addr, "/ready", &[]).await, (200, r#"{"ready":true}"#.into()));
+    for path in ["/metrics", "/v1/plugins", "/v1/routes", "/v1/destinations"] {
+        let (status, body) = get(addr, path, &[]).await;
+        assert_eq!((status, body.as_str()), (401, r#"{"error":"unauthorized"}"#), "{path} without a token");
+        let (status, body) = get(addr, path, &[("authorization", "Bearer wrong")]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (401, r#"{"error":"unauthorized"}"#),
+            "{path} with a wrong token"
+        );
+        assert_eq!(get(addr, path, &[AUTH]).await.0, 200, "{path} with the token");
+    }
+
+    for n in 0..3 {
+        host.send(Message::new("m", format!("{n}"))).await.unwrap();
+    }
+    // Drained, every message is settled and counted; the admin API still answers.
+    within(host.shutdown()).await;
+    assert_eq!(host.stats().delivered, 3);
+    let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+    let delivered = [("route", "all"), ("outcome", "delivered")];
+    assert_eq!(sample(&metrics, "switchyard_route_messages_total", &delivered), Some(3.0), "{metrics}");
+    assert_eq!(sample(&metrics, "switchyard_messages_accepted_total", &[]), Some(3.0));
+    assert!(sample(&metrics, "switchyard_plugin_calls_total", &[("plugin", "t")]).unwrap() >= 1.0);
+
+    let (_, plugins) = get(addr, "/v1/plugins", &[AUTH]).await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).unwrap();
+    let t = &plugins["plugins"][0];
+    assert_eq!(
+        (t["name"].as_str(), t["kind"].as_str(), t["state"].as_str()),
+        (Some("t"), Some("transform"), Some("serving"))
+    );
+    assert_eq!(t["version"].as_str().unwrap().len(), 64);
+    assert!(t["calls"].as_u64().unwrap() >= 1);
+    let (_, routes) = get(addr, "/v1/routes", &[AUTH]).await;
+    assert!(routes.contains(r#""name":"all""#), "{routes}");
+    let (_, destinations) = get(addr, "/v1/destinations", &[AUTH]).await;
+    assert_eq!(destinations, r#"{"destinations":["dead","log","out"]}"#);
+
+    let reload = tokio::task::spawn_blocking(move || http(addr, "POST", "/v1/reload", &[AUTH], b""));
+    assert_eq!(reload.await.unwrap(), (200, r#"{"reloaded":true}"#.into()));
+    let unauthorized = tokio::task::spawn_blocking(move || http(addr, "POST", "/v1/reload", &[], b""));
+    assert_eq!(unauthorized.await.unwrap().0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_websocket_streams_a_plugin_replacement() {
+    let dir = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let host = host(dir.path(), "").await;
+    let addr = start_admin(&host).await;
+    let url = format!("ws://{addr}/v1/events");
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(refused.is_err(), "no token, no stream");
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("authorization", AUTH.1.parse().unwrap());
+    let (mut socket, _) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
+    std::fs::write(dir.path().join("t.partial"), std::fs::read(artifacts::REDACT_TRANSFORM).unwrap())
+        .unwrap();
+    std::fs::rename(dir.path().join("t.partial"), dir.path().join("t.wasm")).unwrap();
+    let frame = tokio::time::timeout(PATIENCE, socket.next()).await.unwrap().unwrap().unwrap();
+    let event: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(event["event"], "plugin-replaced");
+    assert_eq!(event["name"], "t");
+}
+
+#[tokio::test]
+async fn admin_without_a_token_refuses_to_listen_beyond_loopback() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), "").await;
+    let refused = AdminServer::bind(host.clone(), "0.0.0.0:0".parse().unwrap(), None).await;
+    assert!(matches!(refused, Err(BuildError::AdminUnprotected { .. })), "{refused:?}");
+    let loopback = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await;
+    assert!(loopback.is_ok());
+}
