@@ -207,3 +207,33 @@ fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
     );
     host.stop();
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+    let args = [
+        "--log-format",
+        "json",
+        "run",
+        "--plugins",
+        ".",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|err| panic!("{err}: {first}"));
+    assert_eq!(line["level"], "INFO", "{first}");
+    assert!(line["fields"]["event"].as_str().unwrap().contains("plugin-loaded"), "{first}");
+}

@@ -103,6 +103,7 @@ impl Pipeline {
         mut items: Vec<Item>,
         settlements: &mut Settlements<'r>,
     ) {
+        let _route = tracing::debug_span!("route", route = %route.name, messages = items.len()).entered();
         if let Some(priority) = route.priority {
             items.iter_mut().for_each(|item| item.message.priority = priority);
         }
@@ -162,6 +163,7 @@ impl Pipeline {
         replies
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(route = %route.name, id = item.message.id))]
     async fn deliver(&self, topology: &Topology, route: &Route, item: Item) -> Option<ReplyBack> {
         let Item { message, reply, middlewares, accepted_at } = item;
         Counters::bump(&self.counters.created, route.destinations.len().saturating_sub(1) as u64);
@@ -228,6 +230,9 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
     let route_policy = route.on_error.unwrap_or_default();
     match stage {
         Stage::Plugin(plugin) => {
+            let _stage =
+                tracing::debug_span!("stage", plugin = %plugin.name, version = plugin.short_version())
+                    .entered();
             let policy = route.on_error.or(plugin.settings.config.on_error).unwrap_or_default();
             worker.run_plugin(plugin, policy, items)
         }

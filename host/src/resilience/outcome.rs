@@ -1,0 +1,127 @@
+//! How one dispatch attempt ended, classified for retries, breakers and health.
+
+/// How one attempt to deliver a message to an endpoint ended.
+///
+/// The transport (or the plugin that stands in for one) classifies; the destination core then asks
+/// [`is_retryable`](Outcome::is_retryable) before retrying and hands the outcome to the endpoint's
+/// breaker permit ([`BreakerPermit::report`](super::BreakerPermit::report)), which counts
+/// [`is_endpoint_failure`](Outcome::is_endpoint_failure) outcomes against the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Delivered.
+    Ok,
+    /// Not delivered, and another attempt (preferably on another endpoint) may succeed.
+    Retryable(RetryReason),
+    /// Not delivered, and no attempt will succeed: dead-letter it.
+    Fatal(FatalReason),
+    /// Refused by this host before it reached the endpoint: a full queue, an exhausted limit, fail-fast.
+    ///
+    /// Never retried: retrying work we shed ourselves turns an overload into a retry storm (Envoy never
+    /// retries `x-envoy-overloaded`; linkerd's load-shed errors are not retryable).
+    Shed,
+}
+
+/// Why a retryable attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// The connection could not be established: nothing was sent, so a retry is always safe.
+    Connect,
+    /// The connection was reset or closed mid-exchange.
+    Reset,
+    /// No reply within the attempt's timeout.
+    Timeout,
+    /// The endpoint answered with this status (5xx, or 408 / 429).
+    Status(u16),
+    /// A plugin answered `retryable`.
+    Plugin,
+}
+
+/// Why an attempt failed for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FatalReason {
+    /// The endpoint answered with this status (a 4xx other than 408 / 429).
+    Status(u16),
+    /// A plugin answered `rejected`.
+    Rejected,
+    /// The reply could not be understood (bad framing, a reply that does not parse).
+    Protocol,
+}
+
+impl Outcome {
+    /// Classifies an HTTP status: 1xx–3xx deliver; 5xx, 408 and 429 may succeed elsewhere or later;
+    /// any other status is the request's fault and fatal.
+    pub fn from_status(status: u16) -> Outcome {
+        match status {
+            100..=399 => Outcome::Ok,
+            408 | 429 | 500..=599 => Outcome::Retryable(RetryReason::Status(status)),
+            _ => Outcome::Fatal(FatalReason::Status(status)),
+        }
+    }
+
+    /// Whether another attempt may succeed. `Shed` never is: see [`Outcome::Shed`].
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Outcome::Retryable(_))
+    }
+
+    /// Whether the outcome is evidence that the endpoint is failing: a connect error, a reset, a timeout
+    /// or a 5xx. A 4xx, a 408 / 429 and a plugin's verdict are answers from a working endpoint (Envoy's
+    /// outlier detection counts 5xx and gateway failures only); `Shed` never reached the endpoint.
+    pub fn is_endpoint_failure(&self) -> bool {
+        match self {
+            Outcome::Retryable(reason) => match reason {
+                RetryReason::Connect | RetryReason::Reset | RetryReason::Timeout => true,
+                RetryReason::Status(status) => (500..=599).contains(status),
+                RetryReason::Plugin => false,
+            },
+            Outcome::Ok | Outcome::Fatal(_) | Outcome::Shed => false,
+        }
+    }
+}
+
+impl RetryReason {
+    /// Whether the attempt failed before anything was sent, so retrying cannot duplicate work on the
+    /// endpoint (Pingora's `fail_to_connect`). Other reasons are safe to retry only for idempotent work.
+    pub fn is_before_send(&self) -> bool {
+        matches!(self, RetryReason::Connect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_classify_as_ok_retryable_or_fatal() {
+        assert_eq!(Outcome::from_status(204), Outcome::Ok);
+        assert_eq!(Outcome::from_status(503), Outcome::Retryable(RetryReason::Status(503)));
+        assert_eq!(Outcome::from_status(429), Outcome::Retryable(RetryReason::Status(429)));
+        assert_eq!(Outcome::from_status(404), Outcome::Fatal(FatalReason::Status(404)));
+    }
+
+    #[test]
+    fn work_shed_locally_is_never_retried() {
+        assert!(!Outcome::Shed.is_retryable());
+        assert!(!Outcome::Shed.is_endpoint_failure());
+        assert!(!Outcome::Fatal(FatalReason::Rejected).is_retryable());
+        assert!(Outcome::Retryable(RetryReason::Plugin).is_retryable());
+    }
+
+    #[test]
+    fn only_transport_failures_and_5xx_count_against_the_endpoint() {
+        let failing =
+            [RetryReason::Connect, RetryReason::Reset, RetryReason::Timeout, RetryReason::Status(502)];
+        assert!(failing.into_iter().all(|reason| Outcome::Retryable(reason).is_endpoint_failure()));
+        let answering = [RetryReason::Status(429), RetryReason::Status(408), RetryReason::Plugin];
+        assert!(answering.into_iter().all(|reason| !Outcome::Retryable(reason).is_endpoint_failure()));
+        assert!(!Outcome::Fatal(FatalReason::Status(400)).is_endpoint_failure());
+    }
+
+    #[test]
+    fn only_connect_errors_are_known_to_have_sent_nothing() {
+        assert!(RetryReason::Connect.is_before_send());
+        assert!(!RetryReason::Timeout.is_before_send());
+    }
+}
