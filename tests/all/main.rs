@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod config_errors;
 mod faulty;
+mod http_destination;
 mod plugins;
 mod reload;
 mod routing;

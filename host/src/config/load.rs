@@ -90,6 +90,9 @@ impl Config {
                 let problem = "a destination of this name already exists".into();
                 return Err(invalid("destination.name".into(), &dest.name, problem));
             }
+            dest.validate().map_err(|(field, value, problem)| {
+                invalid(format!("destination \"{}\".{field}", dest.name), &value, problem)
+            })?;
         }
         let known = || destinations.iter().copied().collect::<Vec<_>>().join(", ");
         if !destinations.contains(host.dead_letter.as_str()) {
@@ -132,6 +135,48 @@ impl Config {
                     format!("unknown destination (known: {})", known()),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl super::DestinationConfig {
+    /// Check the transport's own settings: (field, value, problem) when wrong.
+    fn validate(&self) -> Result<(), (&'static str, String, String)> {
+        use super::Transport;
+        let networked = matches!(self.transport, Transport::Http);
+        if networked && self.endpoints.is_empty() {
+            return Err((
+                "endpoints",
+                "[]".into(),
+                "a network destination needs at least one endpoint".into(),
+            ));
+        }
+        if !networked && !self.endpoints.is_empty() {
+            return Err((
+                "endpoints",
+                format!("{:?}", self.endpoints),
+                "only network transports have endpoints".into(),
+            ));
+        }
+        if let Some(bad) =
+            self.endpoints.iter().find(|e| e.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()))
+        {
+            return Err(("endpoints", bad.clone(), "expected host:port".into()));
+        }
+        match self.balancer.parse::<crate::balance::BalancerConfig>() {
+            Err(err) => return Err(("balancer", self.balancer.clone(), err.to_string())),
+            Ok(balancer) if balancer.build().is_none() => {
+                let problem = "balancer plugins are not supported by this transport yet".into();
+                return Err(("balancer", self.balancer.clone(), problem));
+            }
+            Ok(_) => {}
+        }
+        if self.retry.attempts == 0 {
+            return Err(("retry.attempts", "0".into(), "must be at least 1".into()));
+        }
+        if !self.path.starts_with('/') {
+            return Err(("path", self.path.clone(), "must start with /".into()));
         }
         Ok(())
     }

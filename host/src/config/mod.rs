@@ -5,6 +5,7 @@ mod model;
 
 pub use load::ConfigError;
 pub use model::{
-    AdminConfig, Config, DestinationConfig, FailurePolicy, HostSection, HttpIngressConfig, IngressSection,
-    PluginConfig, PluginLimits, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
+    AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HostSection, HttpIngressConfig,
+    IngressSection, PluginConfig, PluginLimits, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
+    Transport,
 };

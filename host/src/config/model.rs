@@ -153,6 +153,8 @@ pub enum Transport {
     Memory,
     /// One JSON line per message on standard output.
     Log,
+    /// HTTP/1.1 POST to one of `endpoints` (pooled keep-alive connections).
+    Http,
 }
 
 /// `[[destination]]`.
@@ -163,6 +165,71 @@ pub struct DestinationConfig {
     pub name: String,
     /// Transport used to deliver.
     pub transport: Transport,
+    /// `host:port` of each endpoint (network transports only).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// How an endpoint is chosen: `round-robin`, `weighted`, `least-inflight`,
+    /// `p2c-ewma` or `hash:header:KEY`.
+    #[serde(default = "default_balancer")]
+    pub balancer: String,
+    /// Request path for the `http` transport.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Deadline of one attempt, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries with exponential backoff and full jitter.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// Circuit breaker of each endpoint.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+}
+
+fn default_balancer() -> String {
+    "round-robin".into()
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+/// `retry = {..}` of a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Backoff before the first retry, milliseconds (doubling after).
+    pub base_ms: u64,
+    /// Longest backoff, milliseconds.
+    pub max_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings { attempts: 3, base_ms: 25, max_ms: 250 }
+    }
+}
+
+/// `breaker = {..}` of a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive failures that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection, milliseconds (doubling on each re-ejection, up to 60 s).
+    pub open_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings { consecutive_failures: 5, open_ms: 1_000 }
+    }
 }
 
 /// `match = {..}` of a route.

@@ -3,9 +3,11 @@
 //! This is the seam the destination core (pools, balancers, breakers, retries
 //! over real transports) plugs into; here live the in-process ones.
 
+mod http;
 mod log;
 mod memory;
 
+pub use http::HttpDestination;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
 

@@ -2,7 +2,7 @@
 //! configuration and swapped whole when the configuration is reloaded.
 
 use crate::config::{Config, Transport};
-use crate::destination::{Destination, LogDestination, MemoryDestination};
+use crate::destination::{Destination, HttpDestination, LogDestination, MemoryDestination};
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{Route, RouteTable};
@@ -56,6 +56,7 @@ impl Topology {
             let destination: Arc<dyn Destination> = match dest.transport {
                 Transport::Log => Arc::new(LogDestination::new(&dest.name)),
                 Transport::Memory => Arc::new(lasting.memory(&dest.name)),
+                Transport::Http => Arc::new(HttpDestination::new(dest)),
             };
             destinations.insert(dest.name.clone(), destination);
         }

@@ -1,0 +1,85 @@
+//! What a balancer sees of one endpoint, and the walks over eligible endpoints every algorithm shares.
+
+use std::time::Duration;
+
+/// A snapshot of one endpoint, taken by the destination core just before a pick.
+///
+/// It mirrors the `endpoint` record the WASM `balancer` world receives, minus the address: `id` stands for
+/// it, so a consistent-hash ring can tell endpoints apart without comparing strings on every pick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EndpointView {
+    /// Stable identity of the endpoint, the same across picks, reloads and processes: use
+    /// [`endpoint_id`](super::endpoint_id) of its configured address. Only [`ConsistentHash`](super::ConsistentHash)
+    /// reads it (an endpoint keeps its place on the ring while others come and go).
+    pub id: u64,
+    /// Relative weight from the config, at least 1 (0 is read as 1).
+    pub weight: u32,
+    /// Requests currently in flight to the endpoint.
+    pub in_flight: u32,
+    /// The endpoint's [`PeakEwma`](super::PeakEwma) latency estimate at the time of the pick.
+    pub latency: Duration,
+    /// Whether health checks and the circuit breaker currently admit the endpoint. A balancer never
+    /// picks an endpoint that is not eligible.
+    pub eligible: bool,
+}
+
+impl EndpointView {
+    /// An eligible, idle endpoint with weight 1, the given id and latency estimate.
+    pub fn new(id: u64, latency: Duration) -> Self {
+        EndpointView { id, weight: 1, in_flight: 0, latency, eligible: true }
+    }
+
+    /// The weight balancers use: the configured weight, with 0 read as 1.
+    pub(crate) fn effective_weight(&self) -> u32 {
+        self.weight.max(1)
+    }
+}
+
+/// How many of `endpoints` are eligible.
+pub(crate) fn eligible_count(endpoints: &[EndpointView]) -> usize {
+    endpoints.iter().filter(|endpoint| endpoint.eligible).count()
+}
+
+/// Position in `endpoints` of the `nth` (from 0) eligible endpoint, given that `eligible` of them are.
+///
+/// When all are eligible the position is `nth` itself, without a walk.
+pub(crate) fn nth_eligible(endpoints: &[EndpointView], eligible: usize, nth: usize) -> Option<usize> {
+    if eligible == endpoints.len() {
+        return (nth < eligible).then_some(nth);
+    }
+    endpoints.iter().enumerate().filter(|(_, endpoint)| endpoint.eligible).nth(nth).map(|(index, _)| index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn views(eligible: &[bool]) -> Vec<EndpointView> {
+        eligible
+            .iter()
+            .enumerate()
+            .map(|(id, &eligible)| EndpointView { eligible, ..EndpointView::new(id as u64, Duration::ZERO) })
+            .collect()
+    }
+
+    #[test]
+    fn nth_eligible_skips_ineligible_endpoints() {
+        let endpoints = views(&[false, true, false, true, true]);
+        assert_eq!(eligible_count(&endpoints), 3);
+        let found: Vec<_> = (0..4).map(|nth| nth_eligible(&endpoints, 3, nth)).collect();
+        assert_eq!(found, [Some(1), Some(3), Some(4), None]);
+    }
+
+    #[test]
+    fn nth_eligible_of_all_eligible_is_the_position_itself() {
+        let endpoints = views(&[true, true]);
+        assert_eq!(nth_eligible(&endpoints, 2, 1), Some(1));
+        assert_eq!(nth_eligible(&endpoints, 2, 2), None);
+    }
+
+    #[test]
+    fn zero_weight_is_read_as_one() {
+        let endpoint = EndpointView { weight: 0, ..EndpointView::new(0, Duration::ZERO) };
+        assert_eq!(endpoint.effective_weight(), 1);
+    }
+}

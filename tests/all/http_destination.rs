@@ -1,0 +1,106 @@
+//! The `http` destination against real servers on 127.0.0.1: failover,
+//! ejection, retries, final errors, and nothing lost.
+
+use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use axum::http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use switchyard::{DeadLetterReason, Message, RequestError};
+
+/// A server answering every POST with `status` and the upper-cased body;
+/// returns its address and its hit counter.
+async fn server(status: StatusCode) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (status, [("x-served-by", "test-server")], body.to_uppercase())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, hits)
+}
+
+/// An address nothing listens on any more.
+fn dead_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn config(endpoints: &[SocketAddr]) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|addr| format!("\"{addr}\"")).collect();
+    format!(
+        r#"
+[host]
+dead_letter = "dead"
+[[destination]]
+name = "dead"
+transport = "memory"
+[[destination]]
+name = "api"
+transport = "http"
+endpoints = [{}]
+path = "/ingest"
+retry = {{ attempts = 3, base_ms = 1, max_ms = 5 }}
+breaker = {{ consecutive_failures = 2, open_ms = 60000 }}
+[[route]]
+name = "all"
+to = "api"
+"#,
+        endpoints.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_skips_dead_and_failing_endpoints_and_ejects_them() {
+    let (ok, ok_hits) = server(StatusCode::OK).await;
+    let (failing, failing_hits) = server(StatusCode::SERVICE_UNAVAILABLE).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[dead_address(), failing, ok])).await;
+    for n in 0..30 {
+        let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
+        let reply = reply.unwrap().expect("the endpoint replies");
+        assert_eq!(reply.payload, format!("ORDER {n}"));
+        assert_eq!(reply.header("x-served-by"), Some("test-server"));
+    }
+    assert_eq!(ok_hits.load(Ordering::SeqCst), 30);
+    // Two consecutive failures eject an endpoint for a minute: the failing
+    // one is not asked again after that.
+    assert!(failing_hits.load(Ordering::SeqCst) <= 2, "failing endpoint hit {failing_hits:?} times");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (30, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_dead_letter_with_the_last_error() {
+    let (failing, failing_hits) = server(StatusCode::SERVICE_UNAVAILABLE).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[dead_address(), failing])).await;
+    let answer = within(host.request(Message::new("orders", "lost cause"))).await;
+    let Err(RequestError::DeadLettered(DeadLetterReason::Delivery { destination, error })) = answer else {
+        panic!("expected a delivery dead letter, got {answer:?}");
+    };
+    assert_eq!(destination, "api");
+    assert!(error.to_string().contains("gave up"), "{error}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    assert_eq!(letter.payload, "lost cause");
+    assert!(failing_hits.load(Ordering::SeqCst) >= 1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_status_is_not_retried() {
+    let (rejecting, hits) = server(StatusCode::BAD_REQUEST).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[rejecting])).await;
+    let answer = within(host.request(Message::new("orders", "malformed"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a 400 is final: no retry");
+    drain_and_account(&host).await;
+}
