@@ -41,8 +41,12 @@ dead_letter = "dead"
 name = "dead"
 transport = "memory"
 [[destination]]
+name = "api-dead"
+transport = "memory"
+[[destination]]
 name = "api"
 transport = "http"
+dead_letter = "api-dead"
 endpoints = [{}]
 path = "/ingest"
 retry = {{ attempts = 3, base_ms = 1, max_ms = 5 }}
@@ -86,8 +90,13 @@ async fn exhausted_retries_dead_letter_with_the_last_error() {
     };
     assert_eq!(destination, "api");
     assert!(error.to_string().contains("gave up"), "{error}");
-    let letter = next(&host.memory("dead").unwrap()).await;
-    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    let letter = next(&host.memory("api-dead").unwrap()).await;
+    assert_eq!(
+        letter.header("x-sy-dead-letter"),
+        Some("delivery-failed"),
+        "in the destination's own dead letter"
+    );
+    assert!(host.memory("dead").unwrap().is_empty());
     assert_eq!(letter.payload, "lost cause");
     assert!(failing_hits.load(Ordering::SeqCst) >= 1);
     let stats = drain_and_account(&host).await;

@@ -51,17 +51,38 @@ impl Balancer for P2cPeakEwma {
             0 => None,
             1 => nth_eligible(endpoints, eligible, 0),
             _ => {
-                let first = self.rng.below(eligible);
-                // A draw from the others: skipping over `first` keeps the two distinct and uniform.
-                let mut second = self.rng.below(eligible - 1);
-                if second >= first {
-                    second += 1;
-                }
-                let a = nth_eligible(endpoints, eligible, first)?;
-                let b = nth_eligible(endpoints, eligible, second)?;
+                let a = self.draw(endpoints, eligible, None)?;
+                let b = self.draw(endpoints, eligible, Some(a))?;
                 Some(if cost(&endpoints[a]) <= cost(&endpoints[b]) { a } else { b })
             }
         }
+    }
+}
+
+/// Random positions tried before [`P2cPeakEwma::draw`] walks the list instead.
+const DRAWS: usize = 4;
+
+impl P2cPeakEwma {
+    /// A uniformly random eligible endpoint other than `other`, given that `eligible` endpoints are
+    /// eligible and `other`, if any, is one of them.
+    ///
+    /// A few draws over all positions, rejecting the ineligible and `other`, find one without walking the
+    /// list while most endpoints are eligible; when they all miss, a walk to a random eligible one. Both
+    /// ways choose uniformly, so their mix does too.
+    fn draw(&self, endpoints: &[EndpointView], eligible: usize, other: Option<usize>) -> Option<usize> {
+        for _ in 0..DRAWS {
+            let index = self.rng.below(endpoints.len());
+            if endpoints[index].eligible && Some(index) != other {
+                return Some(index);
+            }
+        }
+        let nth = self.rng.below(eligible - usize::from(other.is_some()));
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|&(index, e)| e.eligible && Some(index) != other)
+            .nth(nth)
+            .map(|(index, _)| index)
     }
 }
 
@@ -147,6 +168,18 @@ mod tests {
         endpoints[5].eligible = false;
         endpoints[1].latency = Duration::ZERO;
         let expected = [0.25, 0.0, 0.25, 0.25, 0.25, 0.0];
+        assert_shares(&shares(&balancer, &endpoints, 100_000), &expected, 0.03);
+    }
+
+    #[test]
+    fn few_eligible_endpoints_among_many_are_drawn_uniformly() {
+        // 3 of 12 eligible: random positions miss often, so the walk after four misses is exercised too.
+        // Equal costs make the first drawn win, so each eligible endpoint is due a third.
+        let balancer = P2cPeakEwma::with_seed(18);
+        let mut endpoints = endpoints(12);
+        endpoints.iter_mut().enumerate().for_each(|(n, endpoint)| endpoint.eligible = n % 5 == 0);
+        let mut expected = [0.0; 12];
+        [0, 5, 10].iter().for_each(|&n| expected[n] = 1.0 / 3.0);
         assert_shares(&shares(&balancer, &endpoints, 100_000), &expected, 0.03);
     }
 

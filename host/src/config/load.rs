@@ -95,6 +95,16 @@ impl Config {
             })?;
         }
         let known = || destinations.iter().copied().collect::<Vec<_>>().join(", ");
+        for dest in &self.destinations {
+            let Some(target) = &dest.dead_letter else { continue };
+            let key = format!("destination \"{}\".dead_letter", dest.name);
+            if target == &dest.name {
+                return Err(invalid(key, target, "a destination cannot be its own dead letter".into()));
+            }
+            if !destinations.contains(target.as_str()) {
+                return Err(invalid(key, target, format!("unknown destination (known: {})", known())));
+            }
+        }
         if !destinations.contains(host.dead_letter.as_str()) {
             let problem = format!("unknown destination (known: {})", known());
             return Err(invalid("host.dead_letter".into(), &host.dead_letter, problem));

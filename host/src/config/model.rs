@@ -184,6 +184,9 @@ pub struct DestinationConfig {
     /// Circuit breaker of each endpoint.
     #[serde(default)]
     pub breaker: BreakerSettings,
+    /// Where messages this destination fails to take are dead-lettered
+    /// (`host.dead_letter` when unset).
+    pub dead_letter: Option<String>,
 }
 
 fn default_balancer() -> String {

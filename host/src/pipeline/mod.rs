@@ -219,9 +219,10 @@ impl Pipeline {
             let _ = reply.send(Err(RequestError::DeadLettered(reason.clone())));
         }
         let letter = reason.label(item.message, route);
-        if let Err(error) = topology.destinations[&topology.dead_letter].deliver(letter).await {
+        let target = topology.dead_letter_for(&reason);
+        if let Err(error) = topology.destinations[target].deliver(letter).await {
             Counters::bump(&self.counters.dead_letter_failures, 1);
-            tracing::error!(destination = %topology.dead_letter, %error, %reason, "dead-letter destination failed");
+            tracing::error!(destination = %target, %error, %reason, "dead-letter destination failed");
         }
     }
 }

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct Topology {
     pub(crate) routes: RouteTable,
     pub(crate) destinations: HashMap<String, Arc<dyn Destination>>,
-    pub(crate) dead_letter: String,
+    dead_letter: String,
+    /// Destinations with a dead-letter destination of their own.
+    dead_letter_of: HashMap<String, String>,
     /// Metric handles per route and per destination (ok, failed), looked up
     /// once per topology rather than per message.
     route_metrics: HashMap<String, RouteMetrics>,
@@ -71,9 +73,26 @@ impl Topology {
             routes: RouteTable::new(routes.collect()),
             destinations,
             dead_letter: config.host.dead_letter.clone(),
+            dead_letter_of: config
+                .destinations
+                .iter()
+                .filter_map(|dest| Some((dest.name.clone(), dest.dead_letter.clone()?)))
+                .collect(),
             route_metrics: route_metrics.collect(),
             delivery_counters,
         }
+    }
+
+    /// Where a message dead-lettered for `reason` goes: the failing
+    /// destination's own dead letter, else the host's.
+    pub(crate) fn dead_letter_for(&self, reason: &crate::dead_letter::DeadLetterReason) -> &str {
+        let own = match reason {
+            crate::dead_letter::DeadLetterReason::Delivery { destination, .. } => {
+                self.dead_letter_of.get(destination)
+            }
+            _ => None,
+        };
+        own.unwrap_or(&self.dead_letter)
     }
 
     /// The metric handles of route `name`.
