@@ -14,7 +14,8 @@ use crate::balance::{Balancer, BalancerConfig, EndpointView, PeakEwma, endpoint_
 use crate::config::DestinationConfig;
 use crate::message::Message;
 use crate::resilience::{
-    Breaker, BreakerConfig, EjectionBackoff, FatalReason, Outcome, RetryBudget, RetryPolicy, RetryReason,
+    Breaker, BreakerConfig, BreakerState, EjectionBackoff, FatalReason, Outcome, RetryBudget, RetryPolicy,
+    RetryReason,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -161,7 +162,7 @@ impl HttpDestination {
                 weight: 1,
                 in_flight: endpoint.in_flight.load(Relaxed),
                 latency: endpoint.latency.lock().unwrap_or_else(|p| p.into_inner()).estimate(now.into_std()),
-                eligible: !tried,
+                eligible: !tried && admits(&endpoint.breaker, now),
             })
             .collect();
         while let Some(index) = self.balancer.pick(&views, key) {
@@ -227,6 +228,17 @@ impl HttpDestination {
             }
             outcome => Err((outcome, format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))),
         }
+    }
+}
+
+/// Whether `breaker` would admit a request now (without taking its permit),
+/// so the balancer chooses among admitted endpoints and its turns and scores
+/// are not spent on ejected ones.
+fn admits(breaker: &Breaker, now: Instant) -> bool {
+    match breaker.state(now) {
+        BreakerState::Closed => true,
+        BreakerState::HalfOpen { probing, .. } => !probing,
+        BreakerState::Open { .. } => false,
     }
 }
 
