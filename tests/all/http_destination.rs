@@ -75,6 +75,10 @@ async fn failover_skips_dead_and_failing_endpoints_and_ejects_them() {
     // Two consecutive failures eject an endpoint for a minute: the failing
     // one is not asked again after that.
     assert!(failing_hits.load(Ordering::SeqCst) <= 2, "failing endpoint hit {failing_hits:?} times");
+    let (_, endpoints) = host.destinations().into_iter().find(|(name, _)| name == "api").unwrap();
+    let breakers: Vec<&str> = endpoints.iter().map(|endpoint| endpoint.breaker).collect();
+    assert_eq!(breakers, ["open", "open", "closed"], "dead and failing endpoints are ejected");
+    assert_eq!(endpoints[2].address, ok.to_string());
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (30, 0));
 }

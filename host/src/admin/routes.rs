@@ -84,7 +84,12 @@ async fn routes(State(host): State<Host>) -> Json<Value> {
 }
 
 async fn destinations(State(host): State<Host>) -> Json<Value> {
-    Json(json!({ "destinations": host.destination_names() }))
+    let destinations: Vec<Value> = host
+        .destinations()
+        .into_iter()
+        .map(|(name, endpoints)| json!({ "name": name, "endpoints": endpoints }))
+        .collect();
+    Json(json!({ "destinations": destinations }))
 }
 
 async fn reload(State(host): State<Host>) -> Response {

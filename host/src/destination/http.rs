@@ -246,4 +246,27 @@ impl Destination for HttpDestination {
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
         Box::pin(self.send(message))
     }
+
+    fn endpoints(&self) -> Vec<super::EndpointStatus> {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .map(|endpoint| super::EndpointStatus {
+                address: endpoint.address.clone(),
+                breaker: match endpoint.breaker.state(now) {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open { .. } => "open",
+                    BreakerState::HalfOpen { .. } => "half-open",
+                },
+                in_flight: endpoint.in_flight.load(Relaxed),
+                latency_ms: endpoint
+                    .latency
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .estimate(now.into_std())
+                    .as_secs_f64()
+                    * 1e3,
+            })
+            .collect()
+    }
 }

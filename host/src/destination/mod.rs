@@ -36,6 +36,25 @@ pub enum DeliveryError {
 pub trait Destination: Send + Sync + 'static {
     /// Called once per message routed here, after every stage has run.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_>;
+
+    /// The state of the destination's endpoints, for the admin API; called
+    /// on demand. Destinations without endpoints have none.
+    fn endpoints(&self) -> Vec<EndpointStatus> {
+        Vec::new()
+    }
+}
+
+/// What the admin API shows of one endpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EndpointStatus {
+    /// The endpoint's address.
+    pub address: String,
+    /// `closed`, `open` or `half-open`.
+    pub breaker: &'static str,
+    /// Requests in flight to it now.
+    pub in_flight: u32,
+    /// Its peak-EWMA latency estimate, milliseconds.
+    pub latency_ms: f64,
 }
 
 impl<F, Fut> Destination for F

@@ -107,12 +107,17 @@ impl Host {
             .collect()
     }
 
-    /// Names of the destinations of the current topology, sorted.
-    pub fn destination_names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.inner.reloader.pipeline.topology.load().destinations.keys().cloned().collect();
-        names.sort();
-        names
+    /// Each destination of the current topology, sorted by name, with the
+    /// state of its endpoints.
+    pub fn destinations(&self) -> Vec<(String, Vec<crate::destination::EndpointStatus>)> {
+        let topology = self.inner.reloader.pipeline.topology.load();
+        let mut destinations: Vec<_> = topology
+            .destinations
+            .iter()
+            .map(|(name, destination)| (name.clone(), destination.endpoints()))
+            .collect();
+        destinations.sort_by(|a, b| a.0.cmp(&b.0));
+        destinations
     }
 
     /// The host's metrics (Prometheus families).
