@@ -114,7 +114,7 @@ impl Host {
         let mut destinations: Vec<_> = topology
             .destinations
             .iter()
-            .map(|(name, destination)| (name.clone(), destination.endpoints()))
+            .map(|(name, target)| (name.clone(), target.destination.endpoints()))
             .collect();
         destinations.sort_by(|a, b| a.0.cmp(&b.0));
         destinations

@@ -40,7 +40,7 @@ pub(crate) struct Pipeline {
 /// Deliveries and dead letters a batch leaves for the async side.
 #[derive(Default)]
 struct Settlements<'r> {
-    deliveries: Vec<(&'r Route, Item)>,
+    deliveries: Vec<(&'r Route, &'r RouteMetrics, Item)>,
     dead_letters: Vec<(Item, DeadLetterReason, Option<&'r str>)>,
 }
 
@@ -98,11 +98,12 @@ impl Pipeline {
         &self,
         worker: &mut Worker,
         plugins: &PluginSet,
-        topology: &Topology,
+        topology: &'r Topology,
         route: &'r Route,
         mut items: Vec<Item>,
         settlements: &mut Settlements<'r>,
     ) {
+        let metrics = topology.route_metrics(&route.name);
         let _route = tracing::debug_span!("route", route = %route.name, messages = items.len()).entered();
         if let Some(priority) = route.priority {
             items.iter_mut().for_each(|item| item.message.priority = priority);
@@ -119,22 +120,19 @@ impl Pipeline {
                         Counters::bump(&self.counters.skipped_stages, 1);
                         items.push(item);
                     }
-                    Fate::Dropped(item) => self.dropped(item, route, topology),
-                    Fate::Responded(item, reply) => {
-                        self.responded(item, reply, topology.route_metrics(&route.name))
-                    }
+                    Fate::Dropped(item) => self.dropped(item, route, metrics),
+                    Fate::Responded(item, reply) => self.responded(item, reply, metrics),
                     Fate::DeadLetter(item, reason) => {
                         settlements.dead_letters.push((item, reason, Some(&route.name)))
                     }
                 }
             }
         }
-        settlements.deliveries.extend(items.into_iter().map(|item| (route, item)));
+        settlements.deliveries.extend(items.into_iter().map(|item| (route, metrics, item)));
     }
 
-    fn dropped(&self, item: Item, route: &Route, topology: &Topology) {
+    fn dropped(&self, item: Item, route: &Route, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.filtered, 1);
-        let metrics = topology.route_metrics(&route.name);
         metrics.filtered.inc();
         metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
         if let Some(reply) = item.reply {
@@ -157,29 +155,35 @@ impl Pipeline {
             self.dead_letter(topology, item, reason, route).await;
         }
         let mut replies = Vec::new();
-        for (route, item) in settlements.deliveries {
-            replies.extend(self.deliver(topology, route, item).await);
+        for (route, metrics, item) in settlements.deliveries {
+            replies.extend(self.deliver(topology, route, metrics, item).await);
         }
         replies
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(route = %route.name, id = item.message.id))]
-    async fn deliver(&self, topology: &Topology, route: &Route, item: Item) -> Option<ReplyBack> {
+    async fn deliver(
+        &self,
+        topology: &Topology,
+        route: &Route,
+        metrics: &RouteMetrics,
+        item: Item,
+    ) -> Option<ReplyBack> {
         let Item { message, reply, middlewares, accepted_at } = item;
         Counters::bump(&self.counters.created, route.destinations.len().saturating_sub(1) as u64);
-        let metrics = topology.route_metrics(&route.name);
         let mut answer: Option<Result<Option<Message>, RequestError>> = None;
         for name in &route.destinations {
-            match topology.destinations[name].deliver(message.clone()).await {
+            let target = &topology.destinations[name];
+            match target.destination.deliver(message.clone()).await {
                 Ok(response) => {
                     Counters::bump(&self.counters.delivered, 1);
-                    topology.count_delivery(name, true);
+                    target.count(true);
                     metrics.delivered.inc();
                     metrics.latency.observe(accepted_at.elapsed().as_secs_f64());
                     answer.get_or_insert(Ok(response));
                 }
                 Err(error) => {
-                    topology.count_delivery(name, false);
+                    target.count(false);
                     let reason = DeadLetterReason::Delivery { destination: name.clone(), error };
                     answer.get_or_insert(Err(RequestError::DeadLettered(reason.clone())));
                     let copy =
@@ -220,7 +224,7 @@ impl Pipeline {
         }
         let letter = reason.label(item.message, route);
         let target = topology.dead_letter_for(&reason);
-        if let Err(error) = topology.destinations[target].deliver(letter).await {
+        if let Err(error) = topology.destinations[target].destination.deliver(letter).await {
             Counters::bump(&self.counters.dead_letter_failures, 1);
             tracing::error!(destination = %target, %error, %reason, "dead-letter destination failed");
         }

@@ -13,14 +13,26 @@ use std::sync::{Arc, Mutex};
 /// What messages are routed by and delivered to. Each batch pins one.
 pub(crate) struct Topology {
     pub(crate) routes: RouteTable,
-    pub(crate) destinations: HashMap<String, Arc<dyn Destination>>,
+    pub(crate) destinations: HashMap<String, Target>,
     dead_letter: String,
     /// Destinations with a dead-letter destination of their own.
     dead_letter_of: HashMap<String, String>,
     /// Metric handles per route and per destination (ok, failed), looked up
     /// once per topology rather than per message.
     route_metrics: HashMap<String, RouteMetrics>,
-    delivery_counters: HashMap<String, [Counter; 2]>,
+}
+
+/// A destination with its delivery counters (ok, failed), found in one lookup.
+pub(crate) struct Target {
+    pub(crate) destination: Arc<dyn Destination>,
+    counters: [Counter; 2],
+}
+
+impl Target {
+    /// Count one delivery.
+    pub(crate) fn count(&self, ok: bool) {
+        self.counters[usize::from(!ok)].inc();
+    }
 }
 
 /// Destinations that outlive any one topology: those registered in code, and
@@ -65,9 +77,12 @@ impl Topology {
         let routes = config.routes.iter().map(|route| Route::from_config(route).expect("validated config"));
         let route_metrics =
             config.routes.iter().map(|route| (route.name.clone(), metrics.route(&route.name)));
-        let delivery_counters = destinations
-            .keys()
-            .map(|name| (name.clone(), [metrics.delivery(name, true), metrics.delivery(name, false)]))
+        let destinations = destinations
+            .into_iter()
+            .map(|(name, destination)| {
+                let counters = [metrics.delivery(&name, true), metrics.delivery(&name, false)];
+                (name, Target { destination, counters })
+            })
             .collect();
         Topology {
             routes: RouteTable::new(routes.collect()),
@@ -79,7 +94,6 @@ impl Topology {
                 .filter_map(|dest| Some((dest.name.clone(), dest.dead_letter.clone()?)))
                 .collect(),
             route_metrics: route_metrics.collect(),
-            delivery_counters,
         }
     }
 
@@ -98,10 +112,5 @@ impl Topology {
     /// The metric handles of route `name`.
     pub(crate) fn route_metrics(&self, name: &str) -> &RouteMetrics {
         &self.route_metrics[name]
-    }
-
-    /// Count one delivery to destination `name`.
-    pub(crate) fn count_delivery(&self, name: &str, ok: bool) {
-        self.delivery_counters[name][usize::from(!ok)].inc();
     }
 }
