@@ -93,7 +93,7 @@ async fn exhausted_retries_dead_letter_with_the_last_error() {
         panic!("expected a delivery dead letter, got {answer:?}");
     };
     assert_eq!(destination, "api");
-    assert!(error.to_string().contains("gave up"), "{error}");
+    assert!(error.to_string().contains("gave up after 3 attempts; last: "), "{error}");
     let letter = next(&host.memory("api-dead").unwrap()).await;
     assert_eq!(
         letter.header("x-sy-dead-letter"),

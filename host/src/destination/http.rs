@@ -108,14 +108,16 @@ impl HttpDestination {
         let key = self.hash_header.as_deref().and_then(|name| message.header(name));
         let mut tried = vec![false; self.endpoints.len()];
         let mut last_error = String::from("no endpoint admitted the message");
-        for attempt in 1..=self.retry.attempts {
+        let (mut attempts, mut retry_permit) = (0, None);
+        while attempts < self.retry.attempts {
             let now = Instant::now();
             let Some((index, permit)) = self.choose(&mut tried, key, now) else { break };
+            attempts += 1;
             let endpoint = &self.endpoints[index];
-            endpoint.in_flight.fetch_add(1, Relaxed);
+            let in_flight = InFlight::enter(&endpoint.in_flight);
             let started = Instant::now();
             let result = self.attempt(endpoint, &message).await;
-            endpoint.in_flight.fetch_sub(1, Relaxed);
+            drop((in_flight, retry_permit.take()));
             let finished = Instant::now();
             endpoint
                 .latency
@@ -135,11 +137,13 @@ impl HttpDestination {
                 Err((_, error)) => error,
             };
             last_error = format!("{}: {error}", endpoint.address);
-            let retry = self.retry.backoff_after(attempt, &outcome, &mut rand::rng());
-            let Some((delay, _permit)) = retry.zip(self.budget.try_acquire()) else { break };
+            let retry = self.retry.backoff_after(attempts, &outcome, &mut rand::rng());
+            // The budget's permit is held through the backoff and the retry.
+            let Some((delay, permit)) = retry.zip(self.budget.try_acquire()) else { break };
+            retry_permit = Some(permit);
             tokio::time::sleep(delay).await;
         }
-        Err(DeliveryError::Retryable(format!("gave up: {last_error}")))
+        Err(DeliveryError::Retryable(format!("gave up after {attempts} attempts; last: {last_error}")))
     }
 
     /// Pick an endpoint not tried yet (all again once every one was) whose
@@ -228,6 +232,23 @@ impl HttpDestination {
             }
             outcome => Err((outcome, format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))),
         }
+    }
+}
+
+/// One request in flight to an endpoint, counted until dropped (even when
+/// the delivery is cancelled mid-request).
+struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicU32) -> InFlight<'a> {
+        count.fetch_add(1, Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
