@@ -1,6 +1,6 @@
 //! Routing, stages, destinations and admission through the embedding API.
 
-use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use crate::support::{drain_and_account, host, http_raw, next, plugin_dir, within};
 use std::sync::Arc;
 use switchyard::{
     DeliveryError, Host, MemoryDestination, Message, RequestError, RouteConfig, SendError, Verdict,
@@ -141,8 +141,8 @@ async fn oversized_and_malformed_messages_are_refused_not_accepted() {
     assert_eq!(drain_and_account(&host).await.accepted, 0);
 }
 
-#[tokio::test]
-async fn full_queue_pushes_back_and_loses_nothing() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothing() {
     let dir = plugin_dir(&[]);
     let entered = Arc::new(Notify::new());
     let gate = Arc::new(Semaphore::new(0));
@@ -171,6 +171,13 @@ async fn full_queue_pushes_back_and_loses_nothing() {
     within(entered.notified()).await;
     host.try_send(Message::new("t", "2")).unwrap();
     assert_eq!(host.try_send(Message::new("t", "3")), Err(SendError::Backpressure));
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let refused = tokio::task::spawn_blocking(move || http_raw(addr, "POST", "/v1/messages/t", &[], b"4"));
+    let refused = refused.await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
     gate.add_permits(2);
     let payloads = [next(&delivered).await.payload, next(&delivered).await.payload];
     assert_eq!(payloads, ["1", "2"]);
