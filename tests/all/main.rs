@@ -10,6 +10,7 @@ mod plugins;
 mod reload;
 mod routing;
 mod support;
+mod tcp_destination;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

@@ -154,7 +154,7 @@ impl super::DestinationConfig {
     /// Check the transport's own settings: (field, value, problem) when wrong.
     fn validate(&self) -> Result<(), (&'static str, String, String)> {
         use super::Transport;
-        let networked = matches!(self.transport, Transport::Http);
+        let networked = matches!(self.transport, Transport::Http | Transport::Tcp);
         if networked && self.endpoints.is_empty() {
             return Err((
                 "endpoints",

@@ -155,6 +155,9 @@ pub enum Transport {
     Log,
     /// HTTP/1.1 POST to one of `endpoints` (pooled keep-alive connections).
     Http,
+    /// Length-delimited frames of the wire layout to one of `endpoints`
+    /// (pooled connections; the peer answers each frame with one frame).
+    Tcp,
 }
 
 /// `[[destination]]`.

@@ -3,13 +3,17 @@
 //! This is the seam the destination core (pools, balancers, breakers, retries
 //! over real transports) plugs into; here live the in-process ones.
 
+mod cluster;
 mod http;
 mod log;
 mod memory;
+mod tcp;
 
-pub use http::HttpDestination;
+pub use cluster::{AttemptResult, Cluster, Transport};
+pub use http::HttpTransport;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
+pub use tcp::TcpTransport;
 
 use crate::message::Message;
 use std::future::Future;

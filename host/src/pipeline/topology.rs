@@ -2,13 +2,18 @@
 //! configuration and swapped whole when the configuration is reloaded.
 
 use crate::config::{Config, Transport};
-use crate::destination::{Destination, HttpDestination, LogDestination, MemoryDestination};
+use crate::destination::{
+    Cluster, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
+};
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{Route, RouteTable};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// Idle connections kept per endpoint of a `tcp` destination.
+const IDLE_CONNECTIONS: usize = 16;
 
 /// What messages are routed by and delivered to. Each batch pins one.
 pub(crate) struct Topology {
@@ -70,7 +75,8 @@ impl Topology {
             let destination: Arc<dyn Destination> = match dest.transport {
                 Transport::Log => Arc::new(LogDestination::new(&dest.name)),
                 Transport::Memory => Arc::new(lasting.memory(&dest.name)),
-                Transport::Http => Arc::new(HttpDestination::new(dest)),
+                Transport::Http => Arc::new(Cluster::new(dest, HttpTransport::new(&dest.path))),
+                Transport::Tcp => Arc::new(Cluster::new(dest, TcpTransport::new(IDLE_CONNECTIONS))),
             };
             destinations.insert(dest.name.clone(), destination);
         }

@@ -1,0 +1,63 @@
+//! The `tcp` destination against a real framed server on 127.0.0.1:
+//! request/reply, connection reuse, failover past a dead endpoint.
+
+use crate::support::{drain_and_account, host, plugin_dir, within};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use switchyard::Message;
+use switchyard_wire::{Head, Payload, decode, write_message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A framed server answering each message with its payload upper-cased;
+/// returns its address and how many connections it accepted.
+async fn upper_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while let Ok(length) = stream.read_u32().await {
+                    let mut frame = vec![0; length as usize];
+                    stream.read_exact(&mut frame).await.unwrap();
+                    let request = decode(&frame).next().unwrap().unwrap();
+                    let loud = String::from_utf8_lossy(request.payload.unwrap()).to_uppercase();
+                    let mut reply = Vec::new();
+                    let head = Head { id: request.id, source: 0, priority: 0, topic: request.topic };
+                    write_message(
+                        &mut reply,
+                        &head,
+                        [("x-served-by", "tcp-server")],
+                        Payload::Bytes(loud.as_bytes()),
+                    );
+                    stream.write_u32(reply.len() as u32).await.unwrap();
+                    stream.write_all(&reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_requests_reuse_one_connection_and_fail_over_past_a_dead_endpoint() {
+    let (server, connections) = upper_server().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[[destination]]\nname = \"frames\"\ntransport = \"tcp\"\nendpoints = [\"{dead}\", \"{server}\"]\n\
+         retry = {{ attempts = 2, base_ms = 1, max_ms = 2 }}\n[[route]]\nname = \"all\"\nto = \"frames\"\n"
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    for n in 0..20 {
+        let reply = within(host.request(Message::new("jobs", format!("job {n}")))).await.unwrap().unwrap();
+        assert_eq!(reply.payload, format!("JOB {n}"));
+        assert_eq!(reply.header("x-served-by"), Some("tcp-server"));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "sequential requests share one pooled connection");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
+}
