@@ -31,15 +31,14 @@ struct Endpoint {
 /// failure and what went wrong.
 pub type AttemptResult = Result<Option<Message>, (Outcome, String)>;
 
+/// The future of one attempt.
+pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
+
 /// How messages reach an endpoint: one attempt at a time.
 pub trait Transport: Send + Sync + 'static {
     /// Try once to deliver `message` to `address`; called once per attempt,
     /// under the cluster's deadline (the future is dropped when it passes).
-    fn attempt<'a>(
-        &'a self,
-        address: &'a str,
-        message: &'a Message,
-    ) -> Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a>;
 }
 
 /// A destination of endpoints reached through transport `T`.

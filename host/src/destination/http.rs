@@ -6,7 +6,7 @@
 //! its `x-` headers the headers); 5xx, 408, 429 and connection errors are
 //! retryable; other statuses are final.
 
-use super::cluster::{AttemptResult, Transport};
+use super::cluster::{AttemptFuture, AttemptResult, Transport};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
@@ -14,8 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 /// POSTs to `http://ADDRESS{path}`.
@@ -85,11 +83,7 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
-    fn attempt<'a>(
-        &'a self,
-        address: &'a str,
-        message: &'a Message,
-    ) -> Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>> {
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
         Box::pin(self.post(address, message))
     }
 }

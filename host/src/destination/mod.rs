@@ -9,7 +9,7 @@ mod log;
 mod memory;
 mod tcp;
 
-pub use cluster::{AttemptResult, Cluster, Transport};
+pub use cluster::{AttemptFuture, AttemptResult, Cluster, Transport};
 pub use http::HttpTransport;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;

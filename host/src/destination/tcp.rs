@@ -6,12 +6,10 @@
 //! empty for "taken, no reply", or one message (the reply). A connection that
 //! errored, timed out or answered malformed bytes is closed, never reused.
 
-use super::cluster::{AttemptResult, Transport};
+use super::cluster::{AttemptFuture, AttemptResult, Transport};
 use crate::message::Message;
 use crate::resilience::{Outcome, RetryReason};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -89,11 +87,7 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
-    fn attempt<'a>(
-        &'a self,
-        address: &'a str,
-        message: &'a Message,
-    ) -> Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>> {
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
         Box::pin(self.exchange(address, message))
     }
 }
