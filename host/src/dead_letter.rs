@@ -76,6 +76,7 @@ impl DeadLetterReason {
                 PluginFault::Unusable(_) => "plugin-unusable",
             },
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
+            DeadLetterReason::Delivery { error: DeliveryError::QueueTimeout { .. }, .. } => "queue-timeout",
             DeadLetterReason::Delivery { .. } => "delivery-failed",
         }
     }

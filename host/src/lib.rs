@@ -48,7 +48,9 @@ pub mod bench;
 
 pub use config::{Config, ConfigError, FailurePolicy, RouteConfig};
 pub use dead_letter::DeadLetterReason;
-pub use destination::{DeliveryError, Destination, EndpointStatus, LogDestination, MemoryDestination};
+pub use destination::{
+    DeliveryError, Destination, DestinationStatus, EndpointStatus, LogDestination, MemoryDestination,
+};
 pub use host::{BuildError, Host, HostBuilder, PendingReply, RequestError, SendError};
 pub use ingress::HttpIngress;
 pub use message::{Message, MessageId, Verdict};

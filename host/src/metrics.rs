@@ -113,6 +113,8 @@ impl Default for Metrics {
 /// no label lookups.
 #[derive(Clone, Debug)]
 pub(crate) struct RouteMetrics {
+    /// The route measured.
+    pub(crate) route: std::sync::Arc<str>,
     pub(crate) delivered: Counter,
     pub(crate) filtered: Counter,
     pub(crate) responded: Counter,
@@ -138,6 +140,7 @@ impl Metrics {
                 .get_or_create_owned(&RouteOutcome { route: route.into(), outcome: outcome.into() })
         };
         RouteMetrics {
+            route: route.into(),
             delivered: outcome("delivered"),
             filtered: outcome("filtered"),
             responded: outcome("responded"),

@@ -62,22 +62,26 @@ to = "api"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_skips_dead_and_failing_endpoints_and_ejects_them() {
     let (ok, ok_hits) = server(StatusCode::OK).await;
+    let (other_ok, other_ok_hits) = server(StatusCode::OK).await;
     let (failing, failing_hits) = server(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = plugin_dir(&[]);
-    let host = host(dir.path(), &config(&[dead_address(), failing, ok])).await;
+    // Two of four ejected is within the ejection cap (half), and two
+    // healthy of four keeps the destination out of panic mode.
+    let host = host(dir.path(), &config(&[dead_address(), failing, ok, other_ok])).await;
     for n in 0..30 {
         let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
         let reply = reply.unwrap().expect("the endpoint replies");
         assert_eq!(reply.payload, format!("ORDER {n}"));
         assert_eq!(reply.header("x-served-by"), Some("test-server"));
     }
-    assert_eq!(ok_hits.load(Ordering::SeqCst), 30);
+    assert_eq!(ok_hits.load(Ordering::SeqCst) + other_ok_hits.load(Ordering::SeqCst), 30);
     // Two consecutive failures eject an endpoint for a minute: the failing
     // one is not asked again after that.
     assert!(failing_hits.load(Ordering::SeqCst) <= 2, "failing endpoint hit {failing_hits:?} times");
-    let (_, endpoints) = host.destinations().into_iter().find(|(name, _)| name == "api").unwrap();
+    let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
+    let endpoints = api.endpoints;
     let breakers: Vec<&str> = endpoints.iter().map(|endpoint| endpoint.breaker).collect();
-    assert_eq!(breakers, ["open", "open", "closed"], "dead and failing endpoints are ejected");
+    assert_eq!(breakers, ["open", "open", "closed", "closed"], "dead and failing endpoints are ejected");
     assert_eq!(endpoints[2].address, ok.to_string());
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (30, 0));

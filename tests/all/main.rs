@@ -4,6 +4,8 @@
 mod admin;
 mod cli;
 mod config_errors;
+mod destination_core;
+mod endpoint;
 mod faulty;
 mod http_destination;
 mod plugins;

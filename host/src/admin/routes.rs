@@ -37,11 +37,14 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when every stage the routes name is available.
+/// Ready when every stage the routes name is available and every
+/// destination has an endpoint serving; else 503 and why not.
 async fn ready(State(host): State<Host>) -> Response {
-    match host.unavailable_stages().is_empty() {
+    let problems = host.unready();
+    match problems.is_empty() {
         true => Json(json!({ "ready": true })).into_response(),
-        false => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response(),
+        false => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "problems": problems })))
+            .into_response(),
     }
 }
 
@@ -84,12 +87,7 @@ async fn routes(State(host): State<Host>) -> Json<Value> {
 }
 
 async fn destinations(State(host): State<Host>) -> Json<Value> {
-    let destinations: Vec<Value> = host
-        .destinations()
-        .into_iter()
-        .map(|(name, endpoints)| json!({ "name": name, "endpoints": endpoints }))
-        .collect();
-    Json(json!({ "destinations": destinations }))
+    Json(json!({ "destinations": host.destinations() }))
 }
 
 async fn reload(State(host): State<Host>) -> Response {

@@ -78,7 +78,12 @@ impl Config {
             problem,
         };
         let host = &self.host;
-        for (key, value) in [("queue_capacity", host.queue_capacity), ("batch_size", host.batch_size)] {
+        let sizes = [
+            ("queue_capacity", host.queue_capacity),
+            ("batch_size", host.batch_size),
+            ("max_in_flight", host.max_in_flight),
+        ];
+        for (key, value) in sizes {
             if value == 0 {
                 return Err(invalid(format!("host.{key}"), &value, "must be at least 1".into()));
             }
@@ -182,11 +187,30 @@ impl super::DestinationConfig {
             }
             Ok(_) => {}
         }
-        if self.retry.attempts == 0 {
-            return Err(("retry.attempts", "0".into(), "must be at least 1".into()));
-        }
         if !self.path.starts_with('/') {
             return Err(("path", self.path.clone(), "must start with /".into()));
+        }
+        self.validate_limits()
+    }
+
+    /// Check the queue and health settings.
+    fn validate_limits(&self) -> Result<(), (&'static str, String, String)> {
+        let at_least_one = |field, value: u64| match value {
+            0 => Err((field, "0".to_owned(), "must be at least 1".to_owned())),
+            _ => Ok(()),
+        };
+        at_least_one("retry.attempts", self.retry.attempts.into())?;
+        at_least_one("queue.capacity", self.queue.capacity as u64)?;
+        at_least_one("queue.max_in_flight", self.queue.max_in_flight as u64)?;
+        at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;
+        if let Some(health) = &self.health {
+            at_least_one("health.interval_ms", health.interval_ms)?;
+            at_least_one("health.timeout_ms", health.timeout_ms)?;
+            at_least_one("health.rise", health.rise.into())?;
+            at_least_one("health.fall", health.fall.into())?;
+            if !health.path.starts_with('/') {
+                return Err(("health.path", health.path.clone(), "must start with /".into()));
+            }
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ mod model;
 
 pub use load::ConfigError;
 pub use model::{
-    AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HostSection, HttpIngressConfig,
-    IngressSection, PluginConfig, PluginLimits, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
-    Transport,
+    AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HealthSettings, HostSection,
+    HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, QueueSettings, RetrySettings, RouteConfig,
+    RouteMatch, StageKind, StageRef, Transport,
 };

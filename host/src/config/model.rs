@@ -49,6 +49,9 @@ pub struct HostSection {
     /// Directory of the on-disk compile cache; relative paths are under
     /// `plugin_dir`; an empty string turns the cache off.
     pub cache_dir: PathBuf,
+    /// Deliveries in flight to network destinations at once, over all of
+    /// them; beyond it their queues wait.
+    pub max_in_flight: usize,
 }
 
 impl Default for HostSection {
@@ -62,6 +65,7 @@ impl Default for HostSection {
             dead_letter: "log".into(),
             watch: true,
             cache_dir: PathBuf::from(".cache"),
+            max_in_flight: 1024,
         }
     }
 }
@@ -190,6 +194,12 @@ pub struct DestinationConfig {
     /// Where messages this destination fails to take are dead-lettered
     /// (`host.dead_letter` when unset).
     pub dead_letter: Option<String>,
+    /// The queue in front of a network destination and its concurrency limit.
+    #[serde(default)]
+    pub queue: QueueSettings,
+    /// Active health checks of each endpoint (none when unset: the breakers
+    /// alone keep failing endpoints out).
+    pub health: Option<HealthSettings>,
 }
 
 fn default_balancer() -> String {
@@ -235,6 +245,53 @@ pub struct BreakerSettings {
 impl Default for BreakerSettings {
     fn default() -> Self {
         BreakerSettings { consecutive_failures: 5, open_ms: 1_000 }
+    }
+}
+
+/// `queue = {..}` of a network destination: messages wait here, most urgent
+/// priority class first and oldest first within a class, until one of the
+/// destination's `max_in_flight` delivery slots is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Messages waiting at most; when full, the pipeline waits, and so in
+    /// turn do senders (backpressure).
+    pub capacity: usize,
+    /// A message that waited longer is dead-lettered (`queue-timeout`),
+    /// milliseconds.
+    pub timeout_ms: u64,
+    /// Deliveries in flight to this destination at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings { capacity: 1024, timeout_ms: 30_000, max_in_flight: 256 }
+    }
+}
+
+/// `health = {..}` of a network destination: each endpoint is checked every
+/// `interval_ms`; `fall` failed checks in a row (or failed deliveries) take
+/// it out, `rise` passed checks in a row bring it back, slowly ramping up.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// `http`: the path a `GET` must answer 2xx on; `tcp`: unused (a check
+    /// is a connect).
+    pub path: String,
+    /// Time between checks of one endpoint, milliseconds.
+    pub interval_ms: u64,
+    /// Deadline of one check, milliseconds.
+    pub timeout_ms: u64,
+    /// Passed checks in a row that bring an endpoint back.
+    pub rise: u32,
+    /// Failures in a row that take an endpoint out.
+    pub fall: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings { path: "/health".into(), interval_ms: 1_000, timeout_ms: 1_000, rise: 2, fall: 3 }
     }
 }
 

@@ -4,27 +4,51 @@
 //! with retries (exponential backoff, full jitter, a retry budget) that prefer
 //! another endpoint. A [`Transport`] only knows how to make one attempt.
 
-use super::{DeliveryError, DeliveryFuture, Destination};
+use super::{DeliveryError, DeliveryFuture, Destination, EndpointEvent, EventSink};
 use crate::balance::{Balancer, BalancerConfig, EndpointView, PeakEwma, endpoint_id};
-use crate::config::DestinationConfig;
+use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{
-    Breaker, BreakerConfig, BreakerState, EjectionBackoff, Outcome, RetryBudget, RetryPolicy, RetryReason,
+    Admission, Breaker, BreakerConfig, BreakerPermit, BreakerState, EjectionBackoff, EligibilityPolicy,
+    EndpointCondition, Health, HealthConfig, HealthState, HealthTransition, Outcome, RetryBudget,
+    RetryPolicy, RetryReason, Transition,
 };
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Weight of an endpoint at full strength; slow start scales it down.
+const FULL_WEIGHT: f64 = 100.0;
 
 /// One endpoint and what the destination knows of it.
 struct Endpoint {
     address: String,
     id: u64,
     breaker: Breaker,
+    /// Up or down by active checks and passive failures; `None` without
+    /// active checks (the breaker alone keeps a failing endpoint out).
+    health: Option<Mutex<Health>>,
     in_flight: AtomicU32,
     latency: Mutex<PeakEwma>,
+}
+
+impl Endpoint {
+    fn health_state(&self) -> Option<HealthState> {
+        self.health.as_ref().map(|health| lock(health).state())
+    }
+
+    /// The weight balancers see: full, or less while slowly starting.
+    fn weight(&self, now: Instant) -> u32 {
+        let factor = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
+        (FULL_WEIGHT * factor).round().max(1.0) as u32
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// What one attempt gives: the reply (if any), or how to classify the
@@ -48,9 +72,15 @@ pub struct Cluster<T> {
     balancer: std::sync::Arc<dyn Balancer>,
     hash_header: Option<String>,
     transport: T,
+    kind: crate::config::Transport,
     timeout: Duration,
     retry: RetryPolicy,
     budget: RetryBudget,
+    policy: EligibilityPolicy,
+    /// Whether too few endpoints are healthy and all get traffic.
+    panicking: AtomicBool,
+    health_checks: Option<HealthSettings>,
+    events: EventSink,
 }
 
 impl<T> std::fmt::Debug for Cluster<T> {
@@ -60,8 +90,10 @@ impl<T> std::fmt::Debug for Cluster<T> {
 }
 
 impl<T: Transport> Cluster<T> {
-    /// A cluster for a validated network `[[destination]]`, reaching its endpoints through `transport`.
-    pub fn new(config: &DestinationConfig, transport: T) -> Cluster<T> {
+    /// A cluster for a validated network `[[destination]]`, reaching its
+    /// endpoints through `transport`; endpoints going down or up are told to
+    /// `events`. Active health checks start with [`Cluster::start_health_checks`].
+    pub fn new(config: &DestinationConfig, transport: T, events: EventSink) -> Cluster<T> {
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = BreakerConfig {
             consecutive_failures: config.breaker.consecutive_failures,
@@ -79,6 +111,11 @@ impl<T: Transport> Cluster<T> {
                 address: address.clone(),
                 id: endpoint_id(address),
                 breaker: Breaker::new(breaker),
+                health: config.health.as_ref().map(|settings| {
+                    let thresholds =
+                        HealthConfig { rise: settings.rise, fall: settings.fall, ..HealthConfig::default() };
+                    Mutex::new(Health::new(thresholds))
+                }),
                 in_flight: AtomicU32::new(0),
                 latency: Mutex::new(PeakEwma::new(
                     crate::balance::DEFAULT_RTT,
@@ -93,6 +130,7 @@ impl<T: Transport> Cluster<T> {
             hash_header: balancer.hash_header().map(str::to_owned),
             balancer: balancer.build().expect("validated: not a plugin balancer"),
             transport,
+            kind: config.transport,
             timeout: Duration::from_millis(config.timeout_ms),
             retry: RetryPolicy {
                 attempts: config.retry.attempts,
@@ -101,7 +139,74 @@ impl<T: Transport> Cluster<T> {
                 jitter: 1.0,
             },
             budget: RetryBudget::default(),
+            policy: EligibilityPolicy::default(),
+            panicking: AtomicBool::new(false),
+            health_checks: config.health.clone(),
+            events,
         }
+    }
+
+    /// Probe every endpoint each `health.interval_ms` on `runtime` while
+    /// the cluster lives; nothing without `health` settings.
+    pub fn start_health_checks(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let Some(settings) = self.health_checks.clone() else { return };
+        let cluster = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(settings.interval_ms));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(cluster) = cluster.upgrade() else { break };
+                cluster.check_all(&settings).await;
+            }
+        });
+    }
+
+    async fn check_all(&self, settings: &HealthSettings) {
+        let probes =
+            self.endpoints.iter().map(|endpoint| super::probe::probe(self.kind, &endpoint.address, settings));
+        let results = futures_util::future::join_all(probes).await;
+        let now = Instant::now();
+        for (endpoint, result) in self.endpoints.iter().zip(results) {
+            let Some(health) = &endpoint.health else { continue };
+            let transition = lock(health).record_check(result.is_ok(), now);
+            let problem = result.err().map(|err| format!("health check failed: {err}"));
+            self.health_changed(endpoint, transition, problem.as_deref());
+        }
+    }
+
+    /// Act on a change of `endpoint`'s health: tell, and on going down say why.
+    fn health_changed(
+        &self,
+        endpoint: &Endpoint,
+        transition: Option<HealthTransition>,
+        problem: Option<&str>,
+    ) {
+        match transition {
+            Some(HealthTransition::WentDown) => {
+                self.tell(endpoint, EndpointEvent::down(problem.unwrap_or("failed").to_owned()))
+            }
+            Some(HealthTransition::WentUp) => self.tell(endpoint, EndpointEvent::up()),
+            None => {}
+        }
+    }
+
+    /// Act on a change of `endpoint`'s breaker.
+    fn breaker_changed(&self, endpoint: &Endpoint, transition: Transition, problem: &str) {
+        match transition {
+            Transition::Tripped { reason, .. } => {
+                let reason = format!("circuit breaker opened ({reason:?}); last: {problem}");
+                self.tell(endpoint, EndpointEvent::down(reason));
+            }
+            Transition::Recovered { .. } => self.tell(endpoint, EndpointEvent::up()),
+            Transition::Reopened { ejections, .. } => {
+                tracing::warn!(destination = %self.name, endpoint = %endpoint.address, ejections, "probe failed; ejected again");
+            }
+        }
+    }
+
+    fn tell(&self, endpoint: &Endpoint, event: EndpointEvent) {
+        (self.events)(event.of(&self.name, &endpoint.address));
     }
 
     async fn send(&self, message: Message) -> Result<Option<Message>, DeliveryError> {
@@ -138,8 +243,13 @@ impl<T: Transport> Cluster<T> {
                 Ok(_) => Outcome::Ok,
                 Err((outcome, _)) => outcome.clone(),
             };
+            let problem = result.as_ref().err().map_or("", |(_, error)| error.as_str());
             if let Some(transition) = permit.report(&outcome, finished) {
-                tracing::warn!(destination = %self.name, endpoint = %endpoint.address, ?transition, "circuit breaker");
+                self.breaker_changed(endpoint, transition, problem);
+            }
+            if let Some(health) = &endpoint.health {
+                let transition = lock(health).record_passive(&outcome, finished);
+                self.health_changed(endpoint, transition, Some(problem));
             }
             let error = match result {
                 Ok(reply) => return Ok(reply),
@@ -156,33 +266,45 @@ impl<T: Transport> Cluster<T> {
         Err(DeliveryError::Retryable(format!("gave up after {attempts} attempts; last: {last_error}")))
     }
 
-    /// Pick an endpoint not tried yet (all again once every one was) whose
-    /// breaker admits a request now.
-    fn choose(
-        &self,
-        tried: &mut [bool],
-        key: Option<&str>,
-        now: Instant,
-    ) -> Option<(usize, crate::resilience::BreakerPermit)> {
+    /// Pick an endpoint not tried yet (all again once every one was) that
+    /// health, breaker and the eligibility guard rails admit now.
+    fn choose(&self, tried: &mut [bool], key: Option<&str>, now: Instant) -> Option<(usize, BreakerPermit)> {
         if tried.iter().all(|t| *t) {
             tried.iter_mut().for_each(|t| *t = false);
+        }
+        let conditions: Vec<EndpointCondition> = self
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let breaker = endpoint.breaker.state(now);
+                EndpointCondition::of(endpoint.health_state().unwrap_or(HealthState::Up), breaker)
+            })
+            .collect();
+        let eligibility = self.policy.admit(&conditions);
+        if self.panicking.swap(eligibility.panic, Relaxed) != eligibility.panic {
+            tracing::warn!(destination = %self.name, panic = eligibility.panic, "too few healthy endpoints: panic mode");
         }
         let mut views: Vec<EndpointView> = self
             .endpoints
             .iter()
-            .zip(tried.iter())
-            .map(|(endpoint, tried)| EndpointView {
+            .zip(tried.iter().zip(&eligibility.admissions))
+            .map(|(endpoint, (tried, admission))| EndpointView {
                 id: endpoint.id,
-                weight: 1,
+                weight: endpoint.weight(now),
                 in_flight: endpoint.in_flight.load(Relaxed),
-                latency: endpoint.latency.lock().unwrap_or_else(|p| p.into_inner()).estimate(now.into_std()),
-                eligible: !tried && admits(&endpoint.breaker, now),
+                latency: lock(&endpoint.latency).estimate(now.into_std()),
+                eligible: !tried && admission.is_eligible(),
             })
             .collect();
         while let Some(index) = self.balancer.pick(&views, key) {
             tried[index] = true;
             views[index].eligible = false;
-            if let Some(permit) = self.endpoints[index].breaker.try_acquire(now) {
+            let breaker = &self.endpoints[index].breaker;
+            let permit = match eligibility.admissions[index] {
+                Admission::Forced => Some(breaker.acquire_forced(now)),
+                _ => breaker.try_acquire(now),
+            };
+            if let Some(permit) = permit {
                 return Some((index, permit));
             }
         }
@@ -207,17 +329,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Whether `breaker` would admit a request now (without taking its permit),
-/// so the balancer chooses among admitted endpoints and its turns and scores
-/// are not spent on ejected ones.
-fn admits(breaker: &Breaker, now: Instant) -> bool {
-    match breaker.state(now) {
-        BreakerState::Closed => true,
-        BreakerState::HalfOpen { probing, .. } => !probing,
-        BreakerState::Open { .. } => false,
-    }
-}
-
 impl<T: Transport> Destination for Cluster<T> {
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
         Box::pin(self.send(message))
@@ -233,6 +344,11 @@ impl<T: Transport> Destination for Cluster<T> {
                     BreakerState::Closed => "closed",
                     BreakerState::Open { .. } => "open",
                     BreakerState::HalfOpen { .. } => "half-open",
+                },
+                health: match endpoint.health_state() {
+                    None => "unchecked",
+                    Some(HealthState::Up) => "up",
+                    Some(HealthState::Down) => "down",
                 },
                 in_flight: endpoint.in_flight.load(Relaxed),
                 latency_ms: endpoint

@@ -1,18 +1,24 @@
 //! Destinations: where routed messages are delivered.
 //!
-//! This is the seam the destination core (pools, balancers, breakers, retries
-//! over real transports) plugs into; here live the in-process ones.
+//! In-process destinations (memory, log, closures) take each message in
+//! place. Network destinations are [`Cluster`]s of endpoints reached through
+//! a [`Transport`] (balancing, breakers, retries, deadlines), fed from a
+//! bounded [`DeliveryQueue`] in priority order.
 
 mod cluster;
 mod http;
 mod log;
 mod memory;
+mod probe;
+mod queue;
 mod tcp;
 
 pub use cluster::{AttemptFuture, AttemptResult, Cluster, Transport};
 pub use http::HttpTransport;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
+pub use probe::probe;
+pub use queue::{DeliveryQueue, PushError, Queued};
 pub use tcp::TcpTransport;
 
 use crate::message::Message;
@@ -34,6 +40,13 @@ pub enum DeliveryError {
     /// A permanent failure.
     #[error("delivery failed: {0}")]
     Fatal(String),
+    /// The message waited in the destination's queue past its timeout and
+    /// was never sent.
+    #[error("waited {waited_ms} ms in the queue, past its timeout; not sent")]
+    QueueTimeout {
+        /// How long it waited, milliseconds.
+        waited_ms: u64,
+    },
 }
 
 /// A place messages are delivered to.
@@ -48,6 +61,32 @@ pub trait Destination: Send + Sync + 'static {
     }
 }
 
+/// What the admin API shows of one destination.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DestinationStatus {
+    /// The destination's name.
+    pub name: String,
+    /// Messages waiting in its queue (network destinations only).
+    pub queued: Option<usize>,
+    /// Its endpoints (network destinations only).
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+impl DestinationStatus {
+    /// Whether it can take traffic: it has no endpoints, or at least one
+    /// neither down by health checks nor ejected by its breaker.
+    pub fn serving(&self) -> bool {
+        self.endpoints.is_empty() || self.endpoints.iter().any(EndpointStatus::serving)
+    }
+}
+
+impl EndpointStatus {
+    /// Neither down by health checks nor ejected by its breaker.
+    pub fn serving(&self) -> bool {
+        self.health != "down" && self.breaker != "open"
+    }
+}
+
 /// What the admin API shows of one endpoint.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EndpointStatus {
@@ -55,11 +94,44 @@ pub struct EndpointStatus {
     pub address: String,
     /// `closed`, `open` or `half-open`.
     pub breaker: &'static str,
+    /// `up` or `down` by health checks, `unchecked` without them.
+    pub health: &'static str,
     /// Requests in flight to it now.
     pub in_flight: u32,
     /// Its peak-EWMA latency estimate, milliseconds.
     pub latency_ms: f64,
 }
+
+/// An endpoint of a destination went down or came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointEvent {
+    /// The destination.
+    pub destination: String,
+    /// The endpoint's address.
+    pub endpoint: String,
+    /// Why it went down; `None` when it came back.
+    pub down: Option<String>,
+}
+
+impl EndpointEvent {
+    /// Down, for `reason`; fill in where with [`EndpointEvent::of`].
+    pub(crate) fn down(reason: String) -> EndpointEvent {
+        EndpointEvent { destination: String::new(), endpoint: String::new(), down: Some(reason) }
+    }
+
+    /// Back up; fill in where with [`EndpointEvent::of`].
+    pub(crate) fn up() -> EndpointEvent {
+        EndpointEvent { destination: String::new(), endpoint: String::new(), down: None }
+    }
+
+    /// This event, of `endpoint` of `destination`.
+    pub(crate) fn of(self, destination: &str, endpoint: &str) -> EndpointEvent {
+        EndpointEvent { destination: destination.to_owned(), endpoint: endpoint.to_owned(), ..self }
+    }
+}
+
+/// Where a destination tells of its endpoints going down and up.
+pub type EventSink = std::sync::Arc<dyn Fn(EndpointEvent) + Send + Sync>;
 
 impl<F, Fut> Destination for F
 where

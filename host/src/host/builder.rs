@@ -2,11 +2,13 @@
 
 use super::{BuildError, Host, HostInner};
 use crate::config::{Config, ConfigError, RouteConfig};
-use crate::destination::Destination;
+use crate::destination::{Destination, EventSink};
 use crate::metrics::Metrics;
-use crate::pipeline::{Counters, LastingDestinations, Pipeline, Topology, run_worker};
+use crate::pipeline::{
+    Counters, DispatchContext, LastingDestinations, Pipeline, Topology, Worker, run_reply_worker, run_worker,
+};
 use crate::plugin::{PluginEngine, PluginRegistry};
-use crate::reload::Reloader;
+use crate::reload::{Events, Reloader};
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -90,19 +92,39 @@ impl HostBuilder {
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
         let lasting = LastingDestinations::new(destinations);
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Arc::new(Pipeline {
-            engine,
-            registry: PluginRegistry::default(),
-            topology: ArcSwap::from_pointee(Topology::build(&config, &lasting, &metrics)),
-            natives,
-            counters: Counters::default(),
-            metrics: metrics.clone(),
-            ids: Arc::new(AtomicU64::new(1)),
-            batch_size: config.host.batch_size,
+        let runtime = tokio::runtime::Handle::current();
+        let ids = Arc::new(AtomicU64::new(1));
+        let (replies, reply_queue) = flume::unbounded();
+        let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("switchyard-replies".into())
+            .spawn(move || run_reply_worker(reply_worker, reply_queue))
+            .map_err(|error| BuildError::Thread { error })?;
+        let events = Arc::new(Events::new(metrics.clone()));
+        let endpoint_events: EventSink = {
+            let events = events.clone();
+            Arc::new(move |event| events.emit(event.into()))
+        };
+        let pipeline = Arc::new_cyclic(|pipeline| {
+            let max_in_flight = config.host.max_in_flight;
+            let dispatch =
+                DispatchContext::new(runtime.clone(), max_in_flight, pipeline.clone(), endpoint_events);
+            Pipeline {
+                engine,
+                registry: PluginRegistry::default(),
+                topology: ArcSwap::from_pointee(Topology::build(&config, &lasting, &metrics, &dispatch)),
+                natives,
+                counters: Counters::default(),
+                metrics: metrics.clone(),
+                ids,
+                batch_size: config.host.batch_size,
+                dispatch,
+                replies,
+            }
         });
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
-        let reloader = Arc::new(Reloader::new(pipeline.clone(), config, config_file, lasting));
+        let reloader = Arc::new(Reloader::new(pipeline.clone(), config, config_file, lasting, events));
         let dir = reloader.plugin_dir();
         let load_errors = reloader
             .load_all()
@@ -114,7 +136,6 @@ impl HostBuilder {
             ),
             false => None,
         };
-        let runtime = tokio::runtime::Handle::current();
         let workers = (0..workers)
             .map(|n| {
                 let (pipeline, queue, runtime) = (pipeline.clone(), queue.clone(), runtime.clone());

@@ -7,6 +7,7 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
+use crate::destination::DestinationStatus;
 use crate::message::{Message, MessageId};
 use crate::pipeline::{Counters, Envelope, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
@@ -107,17 +108,32 @@ impl Host {
             .collect()
     }
 
-    /// Each destination of the current topology, sorted by name, with the
-    /// state of its endpoints.
-    pub fn destinations(&self) -> Vec<(String, Vec<crate::destination::EndpointStatus>)> {
+    /// Each destination of the current topology, sorted by name, with its
+    /// queue depth and the state of its endpoints.
+    pub fn destinations(&self) -> Vec<DestinationStatus> {
         let topology = self.inner.reloader.pipeline.topology.load();
         let mut destinations: Vec<_> = topology
             .destinations
             .iter()
-            .map(|(name, target)| (name.clone(), target.destination.endpoints()))
+            .map(|(name, target)| DestinationStatus {
+                name: name.clone(),
+                queued: target.queue.as_ref().map(|queue| queue.len()),
+                endpoints: target.sink.destination.endpoints(),
+            })
             .collect();
-        destinations.sort_by(|a, b| a.0.cmp(&b.0));
+        destinations.sort_by(|a, b| a.name.cmp(&b.name));
         destinations
+    }
+
+    /// Why the host is not ready to serve, if it is not: route stages that
+    /// cannot run, and destinations with no endpoint serving.
+    pub fn unready(&self) -> Vec<String> {
+        let stages =
+            self.unavailable_stages().into_iter().map(|stage| format!("stage {stage} is unavailable"));
+        let destinations = self.destinations().into_iter().filter(|destination| !destination.serving());
+        let destinations = destinations
+            .map(|destination| format!("destination {} has no endpoint serving", destination.name));
+        stages.chain(destinations).collect()
     }
 
     /// The host's metrics (Prometheus families).
@@ -203,6 +219,11 @@ impl Host {
                 tracing::error!("a pipeline worker panicked");
             }
         }
+        // Every accepted message is now delivered or queued: drain the queues.
+        let pipeline = &self.inner.reloader.pipeline;
+        pipeline.topology.load().close_queues();
+        pipeline.dispatch.tracker.close();
+        pipeline.dispatch.tracker.wait().await;
     }
 
     fn admit(

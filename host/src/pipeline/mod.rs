@@ -1,17 +1,21 @@
 //! The pipeline: workers take batches of accepted messages, route them, run
 //! each route's stages and deliver what comes out.
 
+mod dispatch;
 mod item;
 mod stats;
 mod topology;
 mod worker;
 
+pub(crate) use dispatch::DispatchContext;
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
 pub use stats::Stats;
 pub(crate) use topology::{LastingDestinations, Topology};
+pub(crate) use worker::Worker;
 
 use crate::dead_letter::DeadLetterReason;
+use crate::destination::DeliveryResult;
 use crate::host::RequestError;
 use crate::message::{Message, Verdict};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -19,11 +23,12 @@ use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginSet};
 use crate::router::Route;
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
+use dispatch::Job;
 use item::{Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::runtime::Handle;
-use worker::Worker;
+use topology::Sink;
 
 /// State shared by all workers of a host.
 pub(crate) struct Pipeline {
@@ -35,17 +40,21 @@ pub(crate) struct Pipeline {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ids: Arc<AtomicU64>,
     pub(crate) batch_size: usize,
+    /// Starts and tracks the dispatchers of network destinations.
+    pub(crate) dispatch: DispatchContext,
+    /// Replies that pass back through middleware, for the reply worker.
+    pub(crate) replies: flume::Sender<ReplyBack>,
 }
 
 /// Deliveries and dead letters a batch leaves for the async side.
 #[derive(Default)]
 struct Settlements<'r> {
-    deliveries: Vec<(&'r Route, &'r RouteMetrics, Item)>,
-    dead_letters: Vec<(Item, DeadLetterReason, Option<&'r str>)>,
+    deliveries: Vec<(&'r Route, &'r Arc<RouteMetrics>, Item)>,
+    dead_letters: Vec<(Item, DeadLetterReason, Option<&'r RouteMetrics>)>,
 }
 
 /// A reply that passes back through middleware before its caller gets it.
-struct ReplyBack {
+pub(crate) struct ReplyBack {
     sender: ReplySender,
     middlewares: Vec<Arc<crate::plugin::CompiledPlugin>>,
     request: Message,
@@ -88,10 +97,7 @@ impl Pipeline {
                 self.run_route(worker, &plugins, &topology, routes.get(key), items, &mut settlements);
             }
         }
-        for back in runtime.block_on(self.settle(&topology, settlements)) {
-            let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
-            let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
-        }
+        runtime.block_on(self.settle_batch(&topology, settlements));
     }
 
     fn run_route<'r>(
@@ -123,7 +129,7 @@ impl Pipeline {
                     Fate::Dropped(item) => self.dropped(item, route, metrics),
                     Fate::Responded(item, reply) => self.responded(item, reply, metrics),
                     Fate::DeadLetter(item, reason) => {
-                        settlements.dead_letters.push((item, reason, Some(&route.name)))
+                        settlements.dead_letters.push((item, reason, Some(metrics)))
                     }
                 }
             }
@@ -149,59 +155,75 @@ impl Pipeline {
         }
     }
 
-    /// Deliver and dead-letter; returns the replies middleware must see.
-    async fn settle(&self, topology: &Topology, settlements: Settlements<'_>) -> Vec<ReplyBack> {
+    /// Hand deliveries over and dead-letter.
+    async fn settle_batch(&self, topology: &Topology, settlements: Settlements<'_>) {
         for (item, reason, route) in settlements.dead_letters {
             self.dead_letter(topology, item, reason, route).await;
         }
-        let mut replies = Vec::new();
         for (route, metrics, item) in settlements.deliveries {
-            replies.extend(self.deliver(topology, route, metrics, item).await);
+            self.deliver(topology, route, metrics, item).await;
         }
-        replies
     }
 
+    /// Send `item` to each destination of `route`: network destinations
+    /// through their queue (waiting while it is full), others in place. The
+    /// caller's reply comes from the first destination.
     #[tracing::instrument(level = "debug", skip_all, fields(route = %route.name, id = item.message.id))]
-    async fn deliver(
-        &self,
-        topology: &Topology,
-        route: &Route,
-        metrics: &RouteMetrics,
-        item: Item,
-    ) -> Option<ReplyBack> {
-        let Item { message, reply, middlewares, accepted_at } = item;
-        Counters::bump(&self.counters.created, route.destinations.len().saturating_sub(1) as u64);
-        let mut answer: Option<Result<Option<Message>, RequestError>> = None;
-        for name in &route.destinations {
+    async fn deliver(&self, topology: &Topology, route: &Route, metrics: &Arc<RouteMetrics>, item: Item) {
+        let Item { message, mut reply, mut middlewares, accepted_at } = item;
+        let copies = route.destinations.len();
+        Counters::bump(&self.counters.created, copies.saturating_sub(1) as u64);
+        let mut message = Some(message);
+        for (index, name) in route.destinations.iter().enumerate() {
+            let message = match index + 1 == copies {
+                true => message.take().expect("the last copy"),
+                false => message.as_ref().expect("not the last copy").clone(),
+            };
+            let job = Job {
+                message,
+                reply: reply.take(),
+                middlewares: std::mem::take(&mut middlewares),
+                accepted_at,
+                route: metrics.clone(),
+            };
             let target = &topology.destinations[name];
-            match target.destination.deliver(message.clone()).await {
-                Ok(response) => {
-                    Counters::bump(&self.counters.delivered, 1);
-                    target.count(true);
-                    metrics.delivered.inc();
-                    metrics.latency.observe(accepted_at.elapsed().as_secs_f64());
-                    answer.get_or_insert(Ok(response));
-                }
-                Err(error) => {
-                    target.count(false);
-                    let reason = DeadLetterReason::Delivery { destination: name.clone(), error };
-                    answer.get_or_insert(Err(RequestError::DeadLettered(reason.clone())));
-                    let copy =
-                        Item { message: message.clone(), reply: None, middlewares: Vec::new(), accepted_at };
-                    self.dead_letter(topology, copy, reason, Some(&route.name)).await;
-                }
-            }
+            let job = match &target.queue {
+                Some(queue) => match queue.push(job.message.priority, job).await {
+                    Ok(()) => continue,
+                    // Closed: only once the host drains, after the workers stop.
+                    Err(job) => job,
+                },
+                None => job,
+            };
+            let result = target.sink.destination.deliver(job.message.clone()).await;
+            self.settle(&target.sink, job, result).await;
         }
-        let (sender, answer) = (reply?, answer?);
-        match answer {
-            Ok(Some(reply)) if !middlewares.is_empty() => {
-                return Some(ReplyBack { sender, middlewares, request: message, reply });
+    }
+
+    /// Count and answer a delivery to `sink`, or dead-letter it.
+    pub(crate) async fn settle(&self, sink: &Sink, job: Job, result: DeliveryResult) {
+        let Job { message, reply, middlewares, accepted_at, route } = job;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                sink.count(false);
+                let reason = DeadLetterReason::Delivery { destination: sink.name.clone(), error };
+                let item = Item { message, reply, middlewares: Vec::new(), accepted_at };
+                return self.dead_letter(&self.topology.load(), item, reason, Some(&route)).await;
             }
-            answer => {
-                let _ = sender.send(answer);
+        };
+        Counters::bump(&self.counters.delivered, 1);
+        sink.count(true);
+        route.delivered.inc();
+        route.latency.observe(accepted_at.elapsed().as_secs_f64());
+        let Some(sender) = reply else { return };
+        match response {
+            Some(reply) if !middlewares.is_empty() => {
+                // Middleware runs on the reply worker's plugin instances.
+                let _ = self.replies.send(ReplyBack { sender, middlewares, request: message, reply });
             }
+            response => drop(sender.send(Ok(response))),
         }
-        None
     }
 
     async fn dead_letter(
@@ -209,25 +231,35 @@ impl Pipeline {
         topology: &Topology,
         item: Item,
         reason: DeadLetterReason,
-        route: Option<&str>,
+        route: Option<&RouteMetrics>,
     ) {
         Counters::bump(&self.counters.dead_lettered, 1);
-        self.metrics.dead_letter(route, reason.code());
-        if let Some(route) = route {
-            let metrics = topology.route_metrics(route);
+        let route_name = route.map(|metrics| &*metrics.route);
+        self.metrics.dead_letter(route_name, reason.code());
+        if let Some(metrics) = route {
             metrics.dead_lettered.inc();
             metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
         }
-        tracing::warn!(id = item.message.id, topic = %item.message.topic, route, code = reason.code(), %reason, "dead-lettered");
+        tracing::warn!(id = item.message.id, topic = %item.message.topic, route = route_name, code = reason.code(), %reason, "dead-lettered");
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::DeadLettered(reason.clone())));
         }
-        let letter = reason.label(item.message, route);
+        let letter = reason.label(item.message, route_name);
         let target = topology.dead_letter_for(&reason);
-        if let Err(error) = topology.destinations[target].destination.deliver(letter).await {
+        if let Err(error) = topology.destinations[target].sink.destination.deliver(letter).await {
             Counters::bump(&self.counters.dead_letter_failures, 1);
             tracing::error!(destination = %target, %error, %reason, "dead-letter destination failed");
         }
+    }
+}
+
+/// The reply worker: passes replies back through the middlewares their
+/// requests went through, on plugin instances of its own, until the
+/// pipeline is gone.
+pub(crate) fn run_reply_worker(mut worker: Worker, replies: flume::Receiver<ReplyBack>) {
+    for back in replies.iter() {
+        let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
+        let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
     }
 }
 

@@ -1,9 +1,10 @@
 //! The topology: routes and the destinations they deliver to, built from a
 //! configuration and swapped whole when the configuration is reloaded.
 
+use super::dispatch::{DispatchContext, Job};
 use crate::config::{Config, Transport};
 use crate::destination::{
-    Cluster, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
+    DeliveryQueue, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -24,19 +25,37 @@ pub(crate) struct Topology {
     dead_letter_of: HashMap<String, String>,
     /// Metric handles per route and per destination (ok, failed), looked up
     /// once per topology rather than per message.
-    route_metrics: HashMap<String, RouteMetrics>,
+    route_metrics: HashMap<String, Arc<RouteMetrics>>,
 }
 
-/// A destination with its delivery counters (ok, failed), found in one lookup.
+/// A destination as routes see it: delivered to in place (in-process
+/// destinations), or through its queue and dispatcher (network ones).
 pub(crate) struct Target {
+    pub(crate) sink: Arc<Sink>,
+    /// The queue of a network destination; closed when the topology goes,
+    /// so its dispatcher drains it and ends.
+    pub(crate) queue: Option<Arc<DeliveryQueue<Job>>>,
+}
+
+/// A destination with its delivery counters (ok, failed).
+pub(crate) struct Sink {
+    pub(crate) name: String,
     pub(crate) destination: Arc<dyn Destination>,
     counters: [Counter; 2],
 }
 
-impl Target {
+impl Sink {
     /// Count one delivery.
     pub(crate) fn count(&self, ok: bool) {
         self.counters[usize::from(!ok)].inc();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(queue) = &self.queue {
+            queue.close();
+        }
     }
 }
 
@@ -67,29 +86,43 @@ impl LastingDestinations {
 }
 
 impl Topology {
-    /// The topology of a validated `config`.
-    pub(crate) fn build(config: &Config, lasting: &LastingDestinations, metrics: &Metrics) -> Topology {
-        let mut destinations = lasting.native.clone();
-        destinations.entry("log".into()).or_insert_with(|| Arc::new(LogDestination::new("log")));
+    /// The topology of a validated `config`; the dispatchers of its network
+    /// destinations start on `dispatch`'s runtime.
+    pub(crate) fn build(
+        config: &Config,
+        lasting: &LastingDestinations,
+        metrics: &Metrics,
+        dispatch: &DispatchContext,
+    ) -> Topology {
+        let sink = |name: &str, destination| {
+            let counters = [metrics.delivery(name, true), metrics.delivery(name, false)];
+            Arc::new(Sink { name: name.to_owned(), destination, counters })
+        };
+        let mut destinations: HashMap<String, Target> = lasting
+            .native
+            .iter()
+            .map(|(name, destination)| {
+                (name.clone(), Target { sink: sink(name, destination.clone()), queue: None })
+            })
+            .collect();
         for dest in &config.destinations {
-            let destination: Arc<dyn Destination> = match dest.transport {
-                Transport::Log => Arc::new(LogDestination::new(&dest.name)),
-                Transport::Memory => Arc::new(lasting.memory(&dest.name)),
-                Transport::Http => Arc::new(Cluster::new(dest, HttpTransport::new(&dest.path))),
-                Transport::Tcp => Arc::new(Cluster::new(dest, TcpTransport::new(IDLE_CONNECTIONS))),
+            let (destination, queued): (Arc<dyn Destination>, _) = match dest.transport {
+                Transport::Log => (Arc::new(LogDestination::new(&dest.name)), false),
+                Transport::Memory => (Arc::new(lasting.memory(&dest.name)), false),
+                Transport::Http => (dispatch.cluster(dest, HttpTransport::new(&dest.path)), true),
+                Transport::Tcp => (dispatch.cluster(dest, TcpTransport::new(IDLE_CONNECTIONS)), true),
             };
-            destinations.insert(dest.name.clone(), destination);
+            let sink = sink(&dest.name, destination);
+            let queue = queued.then(|| dispatch.start(sink.clone(), dest));
+            destinations.insert(dest.name.clone(), Target { sink, queue });
+        }
+        if !destinations.contains_key("log") {
+            let log = Target { sink: sink("log", Arc::new(LogDestination::new("log"))), queue: None };
+            destinations.insert("log".into(), log);
         }
         let routes = config.routes.iter().map(|route| Route::from_config(route).expect("validated config"));
         let route_metrics =
-            config.routes.iter().map(|route| (route.name.clone(), metrics.route(&route.name)));
-        let destinations = destinations
-            .into_iter()
-            .map(|(name, destination)| {
-                let counters = [metrics.delivery(&name, true), metrics.delivery(&name, false)];
-                (name, Target { destination, counters })
-            })
-            .collect();
+            config.routes.iter().map(|route| (route.name.clone(), Arc::new(metrics.route(&route.name))));
         Topology {
             routes: RouteTable::new(routes.collect()),
             destinations,
@@ -115,8 +148,14 @@ impl Topology {
         own.unwrap_or(&self.dead_letter)
     }
 
+    /// Close the queues of the network destinations: their dispatchers
+    /// deliver what is queued, then end.
+    pub(crate) fn close_queues(&self) {
+        self.destinations.values().filter_map(|target| target.queue.as_ref()).for_each(|queue| queue.close());
+    }
+
     /// The metric handles of route `name`.
-    pub(crate) fn route_metrics(&self, name: &str) -> &RouteMetrics {
+    pub(crate) fn route_metrics(&self, name: &str) -> &Arc<RouteMetrics> {
         &self.route_metrics[name]
     }
 }

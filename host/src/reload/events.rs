@@ -1,5 +1,6 @@
 //! Events of a running host: plugins loaded, replaced, rejected or removed,
-//! configurations applied or refused. Logged, counted and broadcast.
+//! configurations applied or refused, endpoints down or up. Logged, counted
+//! and broadcast.
 
 use crate::metrics::Metrics;
 use std::collections::BTreeMap;
@@ -61,6 +62,33 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
+    /// An endpoint of a destination stopped getting traffic: its health
+    /// checks failed, or its circuit breaker opened.
+    EndpointDown {
+        /// The destination.
+        destination: String,
+        /// The endpoint's address.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// An endpoint that was down gets traffic again.
+    EndpointUp {
+        /// The destination.
+        destination: String,
+        /// The endpoint's address.
+        endpoint: String,
+    },
+}
+
+impl From<crate::destination::EndpointEvent> for HostEvent {
+    fn from(event: crate::destination::EndpointEvent) -> HostEvent {
+        let crate::destination::EndpointEvent { destination, endpoint, down } = event;
+        match down {
+            Some(reason) => HostEvent::EndpointDown { destination, endpoint, reason },
+            None => HostEvent::EndpointUp { destination, endpoint },
+        }
+    }
 }
 
 impl HostEvent {
@@ -73,6 +101,8 @@ impl HostEvent {
             HostEvent::PluginRemoved { .. } => "plugin-removed",
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
+            HostEvent::EndpointDown { .. } => "endpoint-down",
+            HostEvent::EndpointUp { .. } => "endpoint-up",
         }
     }
 }
@@ -92,12 +122,16 @@ pub struct EventCounts {
     pub configs_applied: u64,
     /// [`HostEvent::ConfigRejected`].
     pub configs_rejected: u64,
+    /// [`HostEvent::EndpointDown`].
+    pub endpoints_down: u64,
+    /// [`HostEvent::EndpointUp`].
+    pub endpoints_up: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; 8],
     metrics: Arc<Metrics>,
     /// The last rejection reason per plugin, cleared when it loads again.
     rejections: Mutex<BTreeMap<String, String>>,
@@ -122,6 +156,8 @@ impl Events {
             HostEvent::PluginRemoved { .. } => 3,
             HostEvent::ConfigApplied { .. } => 4,
             HostEvent::ConfigRejected { .. } => 5,
+            HostEvent::EndpointDown { .. } => 6,
+            HostEvent::EndpointUp { .. } => 7,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -129,6 +165,7 @@ impl Events {
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
             2 | 5 => tracing::error!(event = %json, "host event"),
+            6 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
         // No subscriber is not an error.
@@ -158,8 +195,25 @@ impl Events {
     }
 
     pub(crate) fn counts(&self) -> EventCounts {
-        let [loaded, replaced, rejected, removed, configs_applied, configs_rejected] =
-            self.counts.each_ref().map(|count| count.load(Relaxed));
-        EventCounts { loaded, replaced, rejected, removed, configs_applied, configs_rejected }
+        let [
+            loaded,
+            replaced,
+            rejected,
+            removed,
+            configs_applied,
+            configs_rejected,
+            endpoints_down,
+            endpoints_up,
+        ] = self.counts.each_ref().map(|count| count.load(Relaxed));
+        EventCounts {
+            loaded,
+            replaced,
+            rejected,
+            removed,
+            configs_applied,
+            configs_rejected,
+            endpoints_down,
+            endpoints_up,
+        }
     }
 }

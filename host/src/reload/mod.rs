@@ -14,5 +14,6 @@ mod watch;
 pub use events::{EventCounts, HostEvent};
 pub use watch::SETTLE;
 
+pub(crate) use events::Events;
 pub(crate) use reloader::Reloader;
 pub(crate) use watch::{WatchGuard, watch};

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 /// The control side of a host: everything that changes while it runs.
 pub(crate) struct Reloader {
     pub(crate) pipeline: Arc<Pipeline>,
-    pub(crate) events: Events,
+    pub(crate) events: Arc<Events>,
     pub(crate) config: ArcSwap<Config>,
     /// The file the config was read from, if any, and the name errors use.
     config_file: (String, Option<PathBuf>),
@@ -31,11 +31,11 @@ impl Reloader {
         config: Config,
         config_file: (String, Option<PathBuf>),
         lasting: LastingDestinations,
+        events: Arc<Events>,
     ) -> Reloader {
-        let metrics = pipeline.metrics.clone();
         Reloader {
             pipeline,
-            events: Events::new(metrics),
+            events,
             config: ArcSwap::from_pointee(config),
             config_file,
             lasting,
@@ -123,7 +123,8 @@ impl Reloader {
         config.validate(file, &native)?;
         {
             let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
-            let topology = Topology::build(&config, &self.lasting, &self.pipeline.metrics);
+            let topology =
+                Topology::build(&config, &self.lasting, &self.pipeline.metrics, &self.pipeline.dispatch);
             self.pipeline.topology.store(Arc::new(topology));
             self.config.store(Arc::new(config));
         }

@@ -1,0 +1,44 @@
+//! Active health checks: one probe of one endpoint, on a fresh connection
+//! (a check must see what a new connection would see, not a pooled one).
+//!
+//! `tcp`: the connect is the check. `http`: `GET {path}` must answer 2xx.
+
+use crate::config::{HealthSettings, Transport};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Probe `address` of a destination reached by `transport`: `Ok` when it
+/// passes, else what went wrong.
+pub async fn probe(transport: Transport, address: &str, settings: &HealthSettings) -> Result<(), String> {
+    let deadline = Duration::from_millis(settings.timeout_ms);
+    let check = async {
+        let stream = TcpStream::connect(address).await.map_err(|err| format!("connect: {err}"))?;
+        match transport {
+            Transport::Http => get(stream, address, &settings.path).await,
+            _ => Ok(()),
+        }
+    };
+    tokio::time::timeout(deadline, check).await.unwrap_or_else(|_| Err(format!("no answer in {deadline:?}")))
+}
+
+/// `GET path` over `stream`; 2xx passes.
+async fn get(stream: TcpStream, address: &str, path: &str) -> Result<(), String> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| format!("handshake: {err}"))?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| format!("invalid request: {err}"))?;
+    let answer = sender.send_request(request).await.map_err(|err| format!("GET {path}: {err}"));
+    driver.abort();
+    let status = answer?.status();
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(format!("GET {path}: HTTP {status}")),
+    }
+}

@@ -1,0 +1,124 @@
+//! Dispatchers: one runtime task per network destination takes its queued
+//! messages, most urgent first, whenever both one of the destination's
+//! delivery slots and one of the host's is free, and delivers each in a task
+//! of its own. Workers only hand messages over, so a slow destination holds
+//! up its own queue, not the pipeline, until that queue is full.
+
+use super::Pipeline;
+use super::item::ReplySender;
+use super::topology::Sink;
+use crate::config::DestinationConfig;
+use crate::destination::{Cluster, DeliveryError, DeliveryQueue, Destination, EventSink, Queued, Transport};
+use crate::message::Message;
+use crate::metrics::RouteMetrics;
+use crate::plugin::CompiledPlugin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// One message on its way to one destination.
+pub(crate) struct Job {
+    pub(crate) message: Message,
+    pub(crate) reply: Option<ReplySender>,
+    /// Middleware versions the request passed, to run `on_reply` in reverse.
+    pub(crate) middlewares: Vec<Arc<CompiledPlugin>>,
+    pub(crate) accepted_at: std::time::Instant,
+    /// The route it came by.
+    pub(crate) route: Arc<RouteMetrics>,
+}
+
+/// What every dispatcher of a host shares.
+#[derive(Clone)]
+pub(crate) struct DispatchContext {
+    runtime: Handle,
+    /// Dispatchers and deliveries, waited for on shutdown.
+    pub(crate) tracker: TaskTracker,
+    /// Deliveries in flight over all network destinations.
+    in_flight: Arc<Semaphore>,
+    pipeline: Weak<Pipeline>,
+    /// Where destinations tell of endpoints going down and up.
+    pub(crate) events: EventSink,
+}
+
+impl DispatchContext {
+    /// Dispatch on `runtime`, with at most `max_in_flight` deliveries at once
+    /// over all destinations, settling through `pipeline`.
+    pub(crate) fn new(
+        runtime: Handle,
+        max_in_flight: usize,
+        pipeline: Weak<Pipeline>,
+        events: EventSink,
+    ) -> DispatchContext {
+        DispatchContext {
+            runtime,
+            tracker: TaskTracker::new(),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            pipeline,
+            events,
+        }
+    }
+
+    /// The cluster of network destination `config` over `transport`, its
+    /// health checks running.
+    pub(crate) fn cluster<T: Transport>(
+        &self,
+        config: &DestinationConfig,
+        transport: T,
+    ) -> Arc<dyn Destination> {
+        let cluster = Arc::new(Cluster::new(config, transport, self.events.clone()));
+        cluster.start_health_checks(&self.runtime);
+        cluster
+    }
+
+    /// Start the dispatcher of destination `sink` configured by `config`;
+    /// returns the queue it takes from. It ends once the queue is closed and
+    /// drained.
+    pub(crate) fn start(&self, sink: Arc<Sink>, config: &DestinationConfig) -> Arc<DeliveryQueue<Job>> {
+        let queue = Arc::new(DeliveryQueue::new(config.queue.capacity));
+        let dispatcher = Dispatcher {
+            sink,
+            queue: queue.clone(),
+            slots: Arc::new(Semaphore::new(config.queue.max_in_flight)),
+            timeout: Duration::from_millis(config.queue.timeout_ms),
+            context: self.clone(),
+        };
+        self.tracker.spawn_on(dispatcher.run(), &self.runtime);
+        queue
+    }
+}
+
+/// The dispatcher of one destination.
+struct Dispatcher {
+    sink: Arc<Sink>,
+    queue: Arc<DeliveryQueue<Job>>,
+    /// The destination's delivery slots.
+    slots: Arc<Semaphore>,
+    /// Longest wait in the queue.
+    timeout: Duration,
+    context: DispatchContext,
+}
+
+impl Dispatcher {
+    async fn run(self) {
+        let context = &self.context;
+        loop {
+            let Ok(slot) = self.slots.clone().acquire_owned().await else { break };
+            let Ok(host_slot) = context.in_flight.clone().acquire_owned().await else { break };
+            let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
+            let Some(pipeline) = context.pipeline.upgrade() else { break };
+            let (sink, waited) = (self.sink.clone(), enqueued.elapsed());
+            let timeout = self.timeout;
+            let delivery = async move {
+                let result = match waited > timeout {
+                    true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
+                    false => sink.destination.deliver(job.message.clone()).await,
+                };
+                drop((slot, host_slot));
+                pipeline.settle(&sink, job, result).await;
+            };
+            context.tracker.spawn_on(delivery, &context.runtime);
+        }
+    }
+}

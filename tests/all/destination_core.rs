@@ -1,0 +1,248 @@
+//! The destination core against real HTTP endpoints on 127.0.0.1 that the
+//! tests make hold, fail, reset or die: priority queues, queue timeouts,
+//! backpressure up to the HTTP ingress, health checks and endpoint events,
+//! and a delivery oracle under trouble.
+
+use crate::endpoint::{Mode, TestEndpoint};
+use crate::support::{drain_and_account, host, plugin_dir, post, within};
+use std::collections::HashMap;
+use switchyard::{Host, HostEvent, Message};
+
+/// A config with one `http` destination `api` over `endpoints`, dead letters
+/// to memory destination `dead`, and `extra` lines inside the destination.
+fn config(endpoints: &[&TestEndpoint], extra: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|endpoint| format!("\"{}\"", endpoint.addr)).collect();
+    format!(
+        r#"
+[host]
+dead_letter = "dead"
+workers = 1
+[[destination]]
+name = "dead"
+transport = "memory"
+[[destination]]
+name = "api"
+transport = "http"
+endpoints = [{}]
+{extra}
+[[route]]
+name = "all"
+to = "api"
+"#,
+        endpoints.join(", ")
+    )
+}
+
+/// Wait until destination `name` of `host` has `n` messages queued.
+async fn queued(host: &Host, name: &str, n: usize) {
+    within(async {
+        loop {
+            let depth = host.destinations().into_iter().find(|d| d.name == name).and_then(|d| d.queued);
+            if depth == Some(n) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+/// The next event of `events` named `name`.
+async fn next_event(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, name: &str) -> HostEvent {
+    within(async {
+        loop {
+            let event = events.recv().await.expect("the host is up");
+            if event.name() == name {
+                return event;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_destination_sends_the_most_urgent_class_first_then_the_oldest() {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&endpoint], "queue = { max_in_flight = 1 }")).await;
+    // The first message takes the only delivery slot and is held there.
+    host.send(Message::new("orders", "first")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    let waiting = [(0, "low-1"), (5, "mid-1"), (0, "low-2"), (9, "high-1"), (5, "mid-2")];
+    for (priority, body) in waiting {
+        host.send(Message::new("orders", body).with_priority(priority)).await.unwrap();
+    }
+    queued(&host, "api", waiting.len()).await;
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, 6);
+    let order: Vec<String> = endpoint.seen().into_iter().map(|seen| seen.body).collect();
+    assert_eq!(order, ["first", "high-1", "mid-1", "mid-2", "low-1", "low-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let extra = "queue = { max_in_flight = 1, timeout_ms = 1 }";
+    let host = host(dir.path(), &config(&[&endpoint], extra)).await;
+    host.send(Message::new("orders", "first")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    for n in 0..3 {
+        host.send(Message::new("orders", format!("late {n}"))).await.unwrap();
+    }
+    queued(&host, "api", 3).await;
+    // Past the 1 ms timeout for sure; the wait is measured from the enqueue.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 3));
+    let dead = host.memory("dead").unwrap();
+    let letters: Vec<Message> = dead.drain().collect();
+    assert_eq!(letters.len(), 3);
+    for letter in letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"));
+        assert!(letter.header("x-sy-dead-letter-reason").unwrap().contains("in the queue"), "{letter:?}");
+    }
+    assert_eq!(endpoint.seen().len(), 1, "timed-out messages are never sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_destination_queue_pushes_back_to_the_http_ingress() {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let mut config = config(&[&endpoint], "queue = { max_in_flight = 1, capacity = 2 }");
+    config = config.replace("workers = 1", "workers = 1\nqueue_capacity = 1\nbatch_size = 1");
+    let host = host(dir.path(), &config).await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(ingress.serve(async move { drop(stopped.await) }));
+    // One held at the endpoint, two queued, one held by the worker waiting
+    // for queue room, one in the admission queue: the next is refused.
+    let mut accepted = 0;
+    let refusal = within(async {
+        loop {
+            let (status, body) =
+                tokio::task::spawn_blocking(move || post(addr, "/v1/messages/orders", &[], b"m"))
+                    .await
+                    .unwrap();
+            match status {
+                202 => accepted += 1,
+                _ => return (status, body),
+            }
+        }
+    })
+    .await;
+    assert_eq!(refusal.0, 503, "{refusal:?}");
+    assert!(accepted >= 4, "accepted only {accepted}");
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    drop(stop);
+    serving.await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (accepted, accepted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
+    let (flaky, steady) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "health = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
+    let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
+    let mut events = host.subscribe();
+    flaky.set(Mode::Fail);
+    let HostEvent::EndpointDown { destination, endpoint, reason } =
+        next_event(&mut events, "endpoint-down").await
+    else {
+        unreachable!()
+    };
+    assert_eq!((destination.as_str(), endpoint), ("api", flaky.addr.to_string()));
+    assert!(reason.contains("health check failed: GET /health: HTTP 503"), "{reason}");
+    let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+    let health: Vec<&str> = api.endpoints.iter().map(|endpoint| endpoint.health).collect();
+    assert_eq!(health, ["down", "up"]);
+    // Down: no traffic, though the endpoint would answer now.
+    flaky.set(Mode::Answer);
+    let sent_while_down = 20;
+    for n in 0..sent_while_down {
+        host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
+    }
+    let HostEvent::EndpointUp { endpoint, .. } = next_event(&mut events, "endpoint-up").await else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, flaky.addr.to_string());
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, sent_while_down);
+    assert_eq!(steady.seen().len() + flaky.seen().len(), sent_while_down as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
+    let (doomed, survivor) =
+        (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 60000 }";
+    let host = host(dir.path(), &config(&[&doomed, &survivor], extra)).await;
+    let mut events = host.subscribe();
+    doomed.kill();
+    for n in 0..20 {
+        let reply = within(host.request(Message::new("orders", format!("m{n}")))).await;
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    let HostEvent::EndpointDown { endpoint, reason, .. } = next_event(&mut events, "endpoint-down").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, doomed.addr.to_string());
+    assert!(reason.contains("circuit breaker opened"), "{reason}");
+    assert_eq!(survivor.seen().len(), 20);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_delivered_or_dead_lettered_while_endpoints_fail_reset_and_die() {
+    let endpoints = [
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+    ];
+    let dir = plugin_dir(&[]);
+    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }";
+    let host = host(dir.path(), &config(&endpoints.iter().collect::<Vec<_>>(), extra)).await;
+    let total = 600u64;
+    for n in 0..total {
+        // Trouble changes as the messages flow.
+        match n {
+            100 => endpoints[0].set(Mode::Fail),
+            200 => endpoints[1].set(Mode::Reset),
+            300 => endpoints[0].set(Mode::Answer),
+            400 => endpoints[2].kill(),
+            500 => endpoints[1].set(Mode::Answer),
+            _ => {}
+        }
+        host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, total);
+    assert_eq!(stats.delivered + stats.dead_lettered, total, "{stats:?}");
+    let dead: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    assert_eq!(dead.len() as u64, stats.dead_lettered);
+    // Who answered what: every delivered message was answered by some
+    // endpoint; none was answered more often than it was attempted.
+    let mut answered: HashMap<u64, usize> = HashMap::new();
+    let mut received: HashMap<u64, usize> = HashMap::new();
+    for seen in endpoints.iter().flat_map(TestEndpoint::seen) {
+        *received.entry(seen.id).or_default() += 1;
+        if seen.answered {
+            *answered.entry(seen.id).or_default() += 1;
+        }
+    }
+    assert!(answered.len() as u64 >= stats.delivered, "{} answered, {stats:?}", answered.len());
+    assert!(received.values().all(|&times| times <= 3), "more copies than attempts");
+    let dead_ids: Vec<u64> = dead.iter().map(|letter| letter.id).collect();
+    assert!(dead_ids.iter().all(|id| !answered.contains_key(id)), "a dead letter was also answered");
+    assert!(stats.delivered > total / 2, "{stats:?}");
+}
