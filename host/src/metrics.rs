@@ -42,6 +42,25 @@ struct DestinationResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationName {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointOutcome {
+    destination: String,
+    endpoint: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointTransition {
+    destination: String,
+    endpoint: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventKind {
     event: String,
 }
@@ -62,6 +81,9 @@ pub struct Metrics {
     plugin_problems: Family<PluginProblem, Counter>,
     plugin_latency: Family<PluginName, Histogram, fn() -> Histogram>,
     deliveries: Family<DestinationResult, Counter>,
+    retries: Family<DestinationName, Counter>,
+    attempts: Family<EndpointOutcome, Counter>,
+    breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
 }
 
@@ -83,6 +105,9 @@ impl Default for Metrics {
             plugin_problems: Family::default(),
             plugin_latency: Family::new_with_constructor(latency_histogram),
             deliveries: Family::default(),
+            retries: Family::default(),
+            attempts: Family::default(),
+            breaker_transitions: Family::default(),
             events: Family::default(),
             registry: Registry::default(),
         };
@@ -103,10 +128,26 @@ impl Default for Metrics {
         registry.register("plugin_call_seconds", "Seconds per plugin call", metrics.plugin_latency.clone());
         let help = "Deliveries per destination, by result (ok, failed)";
         registry.register("destination_deliveries", help, metrics.deliveries.clone());
+        let help = "Retries per destination (attempts after the first)";
+        registry.register("destination_retries", help, metrics.retries.clone());
+        let help = "Attempts per endpoint, by outcome (ok, retryable, fatal, shed)";
+        registry.register("endpoint_attempts", help, metrics.attempts.clone());
+        let help = "Circuit breaker transitions per endpoint, by the state entered (open, closed)";
+        registry.register("endpoint_breaker_transitions", help, metrics.breaker_transitions.clone());
         let help = "Host events (plugin loaded, replaced, rejected, removed; config applied, rejected)";
         registry.register("host_events", help, metrics.events.clone());
         Metrics { registry, ..metrics }
     }
+}
+
+/// Handles for one endpoint, cached by its destination.
+#[derive(Clone, Debug)]
+pub(crate) struct EndpointMetrics {
+    /// Attempts by outcome: ok, retryable, fatal, shed.
+    pub(crate) attempts: [Counter; 4],
+    /// Breaker transitions into open, and into closed.
+    pub(crate) opened: Counter,
+    pub(crate) closed: Counter,
 }
 
 /// Handles for one route, cached in the topology so the message path does
@@ -197,6 +238,30 @@ impl Metrics {
             destination: destination.into(),
             result: result.into(),
         })
+    }
+
+    /// The handles of `endpoint` of `destination`.
+    pub(crate) fn endpoint(&self, destination: &str, endpoint: &str) -> EndpointMetrics {
+        let attempts = ["ok", "retryable", "fatal", "shed"].map(|outcome| {
+            self.attempts.get_or_create_owned(&EndpointOutcome {
+                destination: destination.into(),
+                endpoint: endpoint.into(),
+                outcome: outcome.into(),
+            })
+        });
+        let transition = |to: &str| {
+            self.breaker_transitions.get_or_create_owned(&EndpointTransition {
+                destination: destination.into(),
+                endpoint: endpoint.into(),
+                to: to.into(),
+            })
+        };
+        EndpointMetrics { attempts, opened: transition("open"), closed: transition("closed") }
+    }
+
+    /// The retry counter of `destination`.
+    pub(crate) fn retries(&self, destination: &str) -> Counter {
+        self.retries.get_or_create_owned(&DestinationName { destination: destination.into() })
     }
 
     pub(crate) fn event(&self, event: &str) {

@@ -32,7 +32,7 @@ async fn start_admin(host: &Host) -> SocketAddr {
 }
 
 /// The value of the sample `name` with the given labels in a Prometheus text body.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let lines = text.lines().map(|line| Ok(line.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
     scrape.samples.iter().find_map(|s| {

@@ -3,6 +3,7 @@
 //! backpressure up to the HTTP ingress, health checks and endpoint events,
 //! and a delivery oracle under trouble.
 
+use crate::admin::sample;
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::support::{drain_and_account, host, plugin_dir, post, within};
 use std::collections::HashMap;
@@ -119,24 +120,28 @@ async fn a_full_destination_queue_pushes_back_to_the_http_ingress() {
     let addr = ingress.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(ingress.serve(async move { drop(stopped.await) }));
-    // One held at the endpoint, two queued, one held by the worker waiting
-    // for queue room, one in the admission queue: the next is refused.
-    let mut accepted = 0;
+    let post_one = move || tokio::task::spawn_blocking(move || post(addr, "/v1/messages/orders", &[], b"m"));
+    // One held at the endpoint, then two filling the destination's queue.
+    assert_eq!(post_one().await.unwrap().0, 202);
+    within(endpoint.arrivals(1)).await;
+    for _ in 0..2 {
+        assert_eq!(post_one().await.unwrap().0, 202);
+    }
+    queued(&host, "api", 2).await;
+    // Room is left for one message in the worker (waiting for queue room)
+    // and one in the admission queue: then the ingress refuses.
+    let mut accepted = 3;
     let refusal = within(async {
         loop {
-            let (status, body) =
-                tokio::task::spawn_blocking(move || post(addr, "/v1/messages/orders", &[], b"m"))
-                    .await
-                    .unwrap();
-            match status {
-                202 => accepted += 1,
-                _ => return (status, body),
+            match post_one().await.unwrap() {
+                (202, _) => accepted += 1,
+                refusal => return refusal,
             }
         }
     })
     .await;
     assert_eq!(refusal.0, 503, "{refusal:?}");
-    assert!(accepted >= 4, "accepted only {accepted}");
+    assert!(accepted <= 5, "accepted {accepted} with room for 5");
     endpoint.set(Mode::Answer);
     endpoint.release(1);
     drop(stop);
@@ -198,6 +203,18 @@ async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
     assert_eq!(endpoint, doomed.addr.to_string());
     assert!(reason.contains("circuit breaker opened"), "{reason}");
     assert_eq!(survivor.seen().len(), 20);
+    let text = host.metrics().encode();
+    let (doomed, survivor) = (doomed.addr.to_string(), survivor.addr.to_string());
+    let attempts = |endpoint: &str, outcome| {
+        let labels = [("destination", "api"), ("endpoint", endpoint), ("outcome", outcome)];
+        sample(&text, "switchyard_endpoint_attempts_total", &labels)
+    };
+    assert_eq!(attempts(&survivor, "ok"), Some(20.0));
+    assert_eq!(attempts(&doomed, "retryable"), Some(1.0), "ejected after its first failure");
+    let opened = [("destination", "api"), ("endpoint", doomed.as_str()), ("to", "open")];
+    assert_eq!(sample(&text, "switchyard_endpoint_breaker_transitions_total", &opened), Some(1.0));
+    let retries = sample(&text, "switchyard_destination_retries_total", &[("destination", "api")]);
+    assert_eq!(retries, Some(1.0));
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
 }

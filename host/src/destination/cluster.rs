@@ -8,11 +8,13 @@ use super::{DeliveryError, DeliveryFuture, Destination, EndpointEvent, EventSink
 use crate::balance::{Balancer, BalancerConfig, EndpointView, PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
+use crate::metrics::{EndpointMetrics, Metrics};
 use crate::resilience::{
     Admission, Breaker, BreakerConfig, BreakerPermit, BreakerState, EjectionBackoff, EligibilityPolicy,
     EndpointCondition, Health, HealthConfig, HealthState, HealthTransition, Outcome, RetryBudget,
     RetryPolicy, RetryReason, Transition,
 };
+use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -33,6 +35,7 @@ struct Endpoint {
     health: Option<Mutex<Health>>,
     in_flight: AtomicU32,
     latency: Mutex<PeakEwma>,
+    metrics: EndpointMetrics,
 }
 
 impl Endpoint {
@@ -81,6 +84,7 @@ pub struct Cluster<T> {
     panicking: AtomicBool,
     health_checks: Option<HealthSettings>,
     events: EventSink,
+    retries: Counter,
 }
 
 impl<T> std::fmt::Debug for Cluster<T> {
@@ -93,7 +97,12 @@ impl<T: Transport> Cluster<T> {
     /// A cluster for a validated network `[[destination]]`, reaching its
     /// endpoints through `transport`; endpoints going down or up are told to
     /// `events`. Active health checks start with [`Cluster::start_health_checks`].
-    pub fn new(config: &DestinationConfig, transport: T, events: EventSink) -> Cluster<T> {
+    pub(crate) fn new(
+        config: &DestinationConfig,
+        transport: T,
+        events: EventSink,
+        metrics: &Metrics,
+    ) -> Cluster<T> {
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = BreakerConfig {
             consecutive_failures: config.breaker.consecutive_failures,
@@ -122,6 +131,7 @@ impl<T: Transport> Cluster<T> {
                     crate::balance::DEFAULT_DECAY,
                     now,
                 )),
+                metrics: metrics.endpoint(&config.name, address),
             })
             .collect();
         Cluster {
@@ -143,6 +153,7 @@ impl<T: Transport> Cluster<T> {
             panicking: AtomicBool::new(false),
             health_checks: config.health.clone(),
             events,
+            retries: metrics.retries(&config.name),
         }
     }
 
@@ -195,11 +206,16 @@ impl<T: Transport> Cluster<T> {
     fn breaker_changed(&self, endpoint: &Endpoint, transition: Transition, problem: &str) {
         match transition {
             Transition::Tripped { reason, .. } => {
+                endpoint.metrics.opened.inc();
                 let reason = format!("circuit breaker opened ({reason:?}); last: {problem}");
                 self.tell(endpoint, EndpointEvent::down(reason));
             }
-            Transition::Recovered { .. } => self.tell(endpoint, EndpointEvent::up()),
+            Transition::Recovered { .. } => {
+                endpoint.metrics.closed.inc();
+                self.tell(endpoint, EndpointEvent::up());
+            }
             Transition::Reopened { ejections, .. } => {
+                endpoint.metrics.opened.inc();
                 tracing::warn!(destination = %self.name, endpoint = %endpoint.address, ejections, "probe failed; ejected again");
             }
         }
@@ -243,6 +259,13 @@ impl<T: Transport> Cluster<T> {
                 Ok(_) => Outcome::Ok,
                 Err((outcome, _)) => outcome.clone(),
             };
+            endpoint.metrics.attempts[match &outcome {
+                Outcome::Ok => 0,
+                Outcome::Retryable(_) => 1,
+                Outcome::Fatal(_) => 2,
+                Outcome::Shed => 3,
+            }]
+            .inc();
             let problem = result.as_ref().err().map_or("", |(_, error)| error.as_str());
             if let Some(transition) = permit.report(&outcome, finished) {
                 self.breaker_changed(endpoint, transition, problem);
@@ -261,6 +284,7 @@ impl<T: Transport> Cluster<T> {
             // The budget's permit is held through the backoff and the retry.
             let Some((delay, permit)) = retry.zip(self.budget.try_acquire()) else { break };
             retry_permit = Some(permit);
+            self.retries.inc();
             tokio::time::sleep(delay).await;
         }
         Err(DeliveryError::Retryable(format!("gave up after {attempts} attempts; last: {last_error}")))

@@ -107,8 +107,13 @@ impl HostBuilder {
         };
         let pipeline = Arc::new_cyclic(|pipeline| {
             let max_in_flight = config.host.max_in_flight;
-            let dispatch =
-                DispatchContext::new(runtime.clone(), max_in_flight, pipeline.clone(), endpoint_events);
+            let dispatch = DispatchContext::new(
+                runtime.clone(),
+                max_in_flight,
+                pipeline.clone(),
+                endpoint_events,
+                metrics.clone(),
+            );
             Pipeline {
                 engine,
                 registry: PluginRegistry::default(),

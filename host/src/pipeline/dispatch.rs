@@ -10,7 +10,7 @@ use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{Cluster, DeliveryError, DeliveryQueue, Destination, EventSink, Queued, Transport};
 use crate::message::Message;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::plugin::CompiledPlugin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -39,7 +39,8 @@ pub(crate) struct DispatchContext {
     in_flight: Arc<Semaphore>,
     pipeline: Weak<Pipeline>,
     /// Where destinations tell of endpoints going down and up.
-    pub(crate) events: EventSink,
+    events: EventSink,
+    metrics: Arc<Metrics>,
 }
 
 impl DispatchContext {
@@ -50,6 +51,7 @@ impl DispatchContext {
         max_in_flight: usize,
         pipeline: Weak<Pipeline>,
         events: EventSink,
+        metrics: Arc<Metrics>,
     ) -> DispatchContext {
         DispatchContext {
             runtime,
@@ -57,6 +59,7 @@ impl DispatchContext {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             pipeline,
             events,
+            metrics,
         }
     }
 
@@ -67,7 +70,7 @@ impl DispatchContext {
         config: &DestinationConfig,
         transport: T,
     ) -> Arc<dyn Destination> {
-        let cluster = Arc::new(Cluster::new(config, transport, self.events.clone()));
+        let cluster = Arc::new(Cluster::new(config, transport, self.events.clone(), &self.metrics));
         cluster.start_health_checks(&self.runtime);
         cluster
     }

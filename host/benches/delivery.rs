@@ -1,0 +1,134 @@
+//! Delivery benchmark: messages a second from `Host::send` to local sinks on
+//! 127.0.0.1 over real sockets, through the destination core (queue,
+//! dispatcher, balancer, breakers, pooled keep-alive connections): `http`
+//! with each built-in balancer choice and with a WASM balancer plugin, and
+//! `tcp` frames.
+//!
+//! `cargo bench -p switchyard --bench delivery`
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use switchyard::{Config, Host, Message};
+use switchyard_plugin_artifacts as artifacts;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Messages per timed run.
+const MESSAGES: u64 = 50_000;
+const RUNS: usize = 3;
+/// Sinks behind each destination.
+const SINKS: usize = 2;
+/// Tasks sending into the host.
+const SENDERS: u64 = 2;
+
+#[tokio::main]
+async fn main() {
+    println!(
+        "end-to-end msgs/s, Host::send -> {SINKS} local sinks, {MESSAGES} messages a run, median of {RUNS}:"
+    );
+    let http: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| http_sink())).await;
+    let tcp: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| tcp_sink())).await;
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(artifacts::LEAST_LOADED_BALANCER, plugins.path().join("least-loaded.wasm")).unwrap();
+    let cases = [
+        ("http", "round-robin", &http),
+        ("http", "p2c-ewma", &http),
+        ("http", "least-inflight", &http),
+        ("tcp", "p2c-ewma", &tcp),
+    ];
+    for (transport, balancer, sinks) in cases {
+        let host = host(plugins.path(), transport, balancer, sinks).await;
+        send(&host, MESSAGES / 5).await;
+        let mut runs = Vec::new();
+        for _ in 0..RUNS {
+            let start = Instant::now();
+            send(&host, MESSAGES).await;
+            runs.push(MESSAGES as f64 / start.elapsed().as_secs_f64());
+        }
+        host.shutdown().await;
+        let stats = host.stats();
+        assert_eq!(stats.delivered, stats.accepted, "every message delivered: {stats:?}");
+        runs.sort_by(f64::total_cmp);
+        println!("  {transport:<4} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?})", runs[RUNS / 2]);
+    }
+}
+
+/// A host routing everything to one destination over `sinks`.
+async fn host(plugins: &Path, transport: &str, balancer: &str, sinks: &[SocketAddr]) -> Host {
+    let endpoints: Vec<String> = sinks.iter().map(|addr| format!("\"{addr}\"")).collect();
+    let text = format!(
+        "[host]\nwatch = false\n[[destination]]\nname = \"sink\"\ntransport = \"{transport}\"\n\
+         endpoints = [{}]\nbalancer = \"{balancer}\"\n[[route]]\nname = \"all\"\nto = \"sink\"\n",
+        endpoints.join(", ")
+    );
+    let config = Config::from_toml("bench.toml", &text).unwrap();
+    let host = Host::builder().config("bench.toml", config).plugin_dir(plugins).build().await.unwrap();
+    assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
+    host
+}
+
+/// Send `messages` from [`SENDERS`] tasks and wait until all are delivered.
+async fn send(host: &Host, messages: u64) {
+    let target = host.stats().delivered + messages;
+    let senders = (0..SENDERS).map(|_| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            for _ in 0..messages / SENDERS {
+                host.send(Message::new("orders.eu", "{\"order\":1}")).await.unwrap();
+            }
+        })
+    });
+    for sender in futures_util::future::join_all(senders).await {
+        sender.unwrap();
+    }
+    while host.stats().delivered + host.stats().dead_lettered < target {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    assert_eq!(host.stats().dead_lettered, 0, "nothing dead-lettered");
+}
+
+/// An HTTP/1.1 keep-alive sink answering 200 with an empty body.
+async fn http_sink() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let service = hyper::service::service_fn(|_request| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A `tcp` transport sink: reads length-delimited frames, answers each with
+/// an empty frame (taken, no reply).
+async fn tcp_sink() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut frame = Vec::new();
+                while let Ok(length) = stream.read_u32().await {
+                    frame.resize(length as usize, 0);
+                    if stream.read_exact(&mut frame).await.is_err() || stream.write_u32(0).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
