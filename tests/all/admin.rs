@@ -134,3 +134,42 @@ async fn admin_without_a_token_refuses_to_listen_beyond_loopback() {
     let loopback = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await;
     assert!(loopback.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_websocket_streams_endpoint_down_and_ready_follows_it() {
+    let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Answer).await;
+    let config = format!(
+        "[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         health = {{ interval_ms = 10, rise = 1, fall = 1 }}\n[[route]]\nname = \"all\"\nto = \"api\"\n",
+        endpoint.addr
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let addr = start_admin(&host).await;
+    assert_eq!(get(addr, "/ready", &[AUTH]).await.0, 200);
+    let mut request = format!("ws://{addr}/v1/events").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", AUTH.1.parse().unwrap());
+    let (mut socket, _) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
+    endpoint.kill();
+    let event = within(async {
+        loop {
+            let frame = socket.next().await.unwrap().unwrap();
+            let event: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            if event["event"] == "endpoint-down" {
+                return event;
+            }
+        }
+    })
+    .await;
+    assert_eq!(event["destination"], "api");
+    assert_eq!(event["endpoint"], endpoint.addr.to_string());
+    assert!(event["reason"].as_str().unwrap().contains("health check failed: connect"), "{event}");
+    let (status, body) = get(addr, "/ready", &[AUTH]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("destination api has no endpoint serving"), "{body}");
+    let (_, body) = get(addr, "/v1/destinations", &[AUTH]).await;
+    let destinations: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let api = destinations["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "api").unwrap();
+    assert_eq!(api["queued"], 0);
+    assert_eq!(api["endpoints"][0]["health"], "down");
+}
