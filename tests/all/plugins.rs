@@ -130,5 +130,6 @@ pub async fn echo_transport() {
     loads_as(artifacts::ECHO_TRANSPORT, switchyard::PluginKind::Transport).await;
 }
 
+pub use crate::balancer_plugin::faulty_balancer;
 pub use crate::faulty::{faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};
 pub use crate::reload::stamp_transform;

@@ -4,7 +4,9 @@
 //! estimate, health and breaker verdicts) and, once per dispatch attempt, hands a [`Balancer`] a snapshot
 //! of it as a slice of [`EndpointView`]s. The balancer answers with a position in that slice, always one
 //! whose view is `eligible`, or `None` when no endpoint is. Balancers are pure: they never sleep, never
-//! read a clock and never block on I/O, so the same views (and seed) give the same answers.
+//! read a clock and never block on I/O, so the same views (and seed) give the same answers. The exception
+//! is [`PluginBalancer`], which waits, within the plugin's deadline, for a plugin running on a thread of
+//! its own; the destination core builds it, as it holds the plugins.
 //!
 //! | config string      | balancer           | picks                                                    |
 //! |--------------------|--------------------|----------------------------------------------------------|
@@ -13,7 +15,7 @@
 //! | `least-inflight`   | [`LeastInFlight`]  | fewest requests in flight, ties in turn                  |
 //! | `p2c-ewma`         | [`P2cPeakEwma`]    | the cheaper of two random endpoints (tower, linkerd)     |
 //! | `hash:header:KEY`  | [`ConsistentHash`] | the ketama ring's owner of the header's value            |
-//! | `plugin:NAME`      | —                  | a WASM `balancer` plugin, built by the destination core  |
+//! | `plugin:NAME`      | [`PluginBalancer`] | a WASM `balancer` plugin's checked answer, else p2c      |
 //!
 //! ```
 //! use std::time::Duration;
@@ -39,6 +41,8 @@ mod weighted;
 
 mod ketama;
 
+mod plugin;
+
 mod config;
 
 #[cfg(test)]
@@ -50,6 +54,9 @@ pub use ketama::ConsistentHash;
 pub use least_in_flight::LeastInFlight;
 pub use p2c::P2cPeakEwma;
 pub use peak_ewma::{DEFAULT_DECAY, DEFAULT_RTT, PeakEwma};
+pub use plugin::{
+    ANSWER_MARGIN, FallbackReason, OnFallback, PICK_QUEUE, PluginBalancer, PluginBalancerError,
+};
 pub use round_robin::RoundRobin;
 pub use view::EndpointView;
 pub use weighted::Weighted;

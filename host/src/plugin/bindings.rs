@@ -43,6 +43,8 @@ mod transport {
 
 pub(crate) use balancer::{BalancerPlugin, BalancerPluginPre};
 pub(crate) use filter::switchyard::plugin::host::{Host as HostImports, Level};
+/// What a balancer plugin sees of one endpoint: the WIT `endpoint` record.
+pub use filter::switchyard::plugin::types::Endpoint as EndpointRecord;
 pub(crate) use filter::switchyard::plugin::types::{
     Error as WitError, Host as TypesImports, Verdict as WitVerdict,
 };

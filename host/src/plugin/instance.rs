@@ -2,7 +2,7 @@
 //! guarded by a deadline and a memory cap.
 
 use super::bindings::{
-    Action, BalancerPlugin, FilterPlugin, MiddlewarePlugin, TransformPlugin, TransportPlugin,
+    Action, BalancerPlugin, EndpointRecord, FilterPlugin, MiddlewarePlugin, TransformPlugin, TransportPlugin,
 };
 use super::compiled::{CompiledPlugin, KindPre, PluginKind};
 use super::engine::PluginEngine;
@@ -16,7 +16,7 @@ enum Exports {
     Filter(FilterPlugin),
     Transform(TransformPlugin),
     Middleware(MiddlewarePlugin),
-    Balancer(#[expect(dead_code, reason = "called by the destination core")] BalancerPlugin),
+    Balancer(BalancerPlugin),
     Transport(#[expect(dead_code, reason = "called by the destination core")] TransportPlugin),
 }
 
@@ -123,6 +123,17 @@ impl PluginInstance {
         let middleware = middleware.switchyard_plugin_middleware();
         let reply = self.guard.call(|store| middleware.call_on_reply(store, request, reply))?;
         Ok(reply.map_err(PluginError::from))
+    }
+
+    /// Ask a balancer to pick one of `endpoints`, by its `index`, for `head` (a one-message,
+    /// heads-only batch). The answer is the plugin's own, unchecked: an index out of range or of an
+    /// unhealthy endpoint is the caller's to refuse.
+    pub fn pick(&mut self, head: &Vec<u8>, endpoints: &[EndpointRecord]) -> Result<Option<u32>, PluginFault> {
+        let Exports::Balancer(balancer) = &self.exports else {
+            return Err(self.not_a(PluginKind::Balancer));
+        };
+        let balancer = balancer.switchyard_plugin_balancer();
+        self.guard.call(|store| balancer.call_pick(store, head, endpoints))
     }
 
     fn not_a(&self, wanted: PluginKind) -> PluginFault {

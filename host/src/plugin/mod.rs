@@ -8,6 +8,7 @@ mod instance;
 mod registry;
 mod sandbox;
 
+pub use bindings::EndpointRecord;
 pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, PluginError, PluginFault};

@@ -1,0 +1,403 @@
+//! A WASM `balancer` plugin as a [`Balancer`]: the plugin sees the endpoints' stats and picks, the host
+//! checks its answer, and a plugin that fails falls back to [`P2cPeakEwma`] and says why.
+//!
+//! ```text
+//! pick / pick_for, on any thread (tokio workers too)
+//!   ─► bounded queue ─► plugin thread: PluginInstance::pick, under deadline and memory cap
+//!   ◄─ its answer, waited for at most `patience`
+//!   ─► checked: an eligible endpoint, or `none` while none is eligible ─► the pick
+//!      anything else, or no answer ─► on_fallback(reason), and P2cPeakEwma picks
+//! ```
+//!
+//! The plugin runs on a thread of its own, never on the caller's: wasmtime-wasi's synchronous bindings
+//! enter a tokio runtime with `block_on`, which panics on a thread that already runs one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::view::eligible_count;
+use super::{Balancer, EndpointView, P2cPeakEwma, endpoint_id};
+use crate::message::Message;
+use crate::plugin::{CompiledPlugin, EndpointRecord, PluginEngine, PluginFault, PluginInstance, PluginKind};
+
+/// Picks that may wait for the plugin thread; one more falls back at once ([`FallbackReason::Overloaded`]).
+pub const PICK_QUEUE: usize = 64;
+
+/// Added to the plugin's own time bound when waiting for an answer: epoch ticks arrive late and threads
+/// are scheduled late on a busy machine.
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+
+/// Called with the reason of every pick that fell back to p2c.
+pub type OnFallback = Box<dyn Fn(&FallbackReason) + Send + Sync>;
+
+/// A [`Balancer`] that asks a WASM `balancer` plugin.
+///
+/// Each pick shows the plugin every endpoint as an [`EndpointRecord`] (position, address, weight, requests
+/// in flight, latency in microseconds, and `healthy` = [`EndpointView::eligible`]) and the message's head.
+/// The answer is honoured when it is the `index` of an eligible endpoint, or `none` while no endpoint is
+/// eligible. Otherwise, and when the plugin traps, overruns its deadline or its memory cap, this pick is
+/// made by a [`P2cPeakEwma`] instead and `on_fallback` is told why. A faulted instance is thrown away and
+/// a fresh one instantiated (right after the fault, or at the next pick if that fails too).
+///
+/// The plugin runs on one thread owned by the balancer, so picks from many workers take turns; a caller
+/// blocks until the answer arrives, at most [`patience`](Self::patience). The thread ends when the
+/// balancer is dropped (after the call in progress, if any, which its deadline bounds).
+pub struct PluginBalancer {
+    /// The plugin version this balancer runs.
+    plugin: Arc<CompiledPlugin>,
+    /// Hands picks to the plugin thread; dropping it, with the balancer, ends the thread.
+    requests: flume::Sender<Request>,
+    /// How long a pick waits for the plugin's answer.
+    patience: Duration,
+    /// Picks whenever the plugin's answer cannot be used.
+    fallback: P2cPeakEwma,
+    /// Told why, once per pick that fell back.
+    on_fallback: OnFallback,
+}
+
+/// Why a pick did not use the plugin's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FallbackReason {
+    /// The plugin answered an index out of range or of an ineligible endpoint, or `none` while some
+    /// endpoint was eligible. Its instance is kept: a wrong answer is not a fault.
+    #[error(
+        "the plugin answered {}, not one of the {eligible} eligible endpoints (of {endpoints})",
+        answer.map_or("none".to_owned(), |index| index.to_string())
+    )]
+    Invalid {
+        /// The plugin's answer.
+        answer: Option<u32>,
+        /// How many endpoints it was shown.
+        endpoints: usize,
+        /// How many of them were eligible.
+        eligible: usize,
+    },
+    /// The plugin trapped, timed out or hit its memory cap (or, after such a fault, could not be
+    /// instantiated again); its instance was thrown away.
+    #[error("the plugin {0}")]
+    Fault(PluginFault),
+    /// No answer within the balancer's patience (the pick waited behind others, or the machine is
+    /// overloaded). The plugin still answers, to nobody.
+    #[error("the plugin did not answer within {0:?}")]
+    Overdue(Duration),
+    /// This many picks were already waiting for the plugin.
+    #[error("{0} picks were already waiting for the plugin")]
+    Overloaded(usize),
+    /// The plugin thread is gone (it panicked).
+    #[error("the plugin's thread has stopped")]
+    Stopped,
+}
+
+impl FallbackReason {
+    /// A stable snake_case name of the reason, for metrics: `invalid`, the [`PluginFault::kind`] of a
+    /// fault, `overdue`, `overloaded` or `stopped`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FallbackReason::Invalid { .. } => "invalid",
+            FallbackReason::Fault(fault) => fault.kind(),
+            FallbackReason::Overdue(_) => "overdue",
+            FallbackReason::Overloaded(_) => "overloaded",
+            FallbackReason::Stopped => "stopped",
+        }
+    }
+}
+
+/// A balancer plugin that cannot serve at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginBalancerError {
+    /// The plugin implements another world.
+    #[error("plugin \"{name}\": is a {kind}, not a balancer")]
+    NotABalancer {
+        /// Plugin name.
+        name: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// Its first instance faulted.
+    #[error("plugin \"{name}\": cannot instantiate: {fault}")]
+    Instantiate {
+        /// Plugin name.
+        name: String,
+        /// What went wrong.
+        fault: PluginFault,
+    },
+    /// The operating system refused a thread.
+    #[error("plugin \"{name}\": cannot start its balancer thread: {error}")]
+    Thread {
+        /// Plugin name.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// One pick, on its way to the plugin thread.
+struct Request {
+    /// The message head; `None` for the blank head [`Balancer::pick`] shows, having no message.
+    head: Option<Vec<u8>>,
+    endpoints: Vec<EndpointView>,
+    /// Where the answer goes; disconnected once the caller stopped waiting.
+    reply: flume::Sender<Result<Option<u32>, PluginFault>>,
+}
+
+impl PluginBalancer {
+    /// A balancer running `plugin`, a `balancer` plugin compiled by `engine`, on a thread of its own.
+    ///
+    /// `addresses` are the destination's configured endpoint addresses: the plugin is shown the address
+    /// whose [`endpoint_id`] is the view's `id` (an empty address for an id not among them).
+    /// `on_fallback` is called on the picking thread, once per pick that fell back, with no rate limit:
+    /// it should be cheap and never block (count, or hand an event over without waiting).
+    ///
+    /// Instantiates the plugin once before returning, so a plugin that cannot start is an error here.
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        addresses: Vec<String>,
+        on_fallback: OnFallback,
+    ) -> Result<PluginBalancer, PluginBalancerError> {
+        let name = plugin.name.clone();
+        if plugin.kind != PluginKind::Balancer {
+            return Err(PluginBalancerError::NotABalancer { name, kind: plugin.kind.as_str() });
+        }
+        let addresses = addresses.into_iter().map(|address| (endpoint_id(&address), address)).collect();
+        let (requests, queue) = flume::bounded(PICK_QUEUE);
+        let (ready, started) = flume::bounded(1);
+        let mut blank_head = Vec::new();
+        Message::new("", "").encode(&mut blank_head, 0, false);
+        let worker = Worker {
+            engine,
+            plugin: plugin.clone(),
+            instance: None,
+            addresses,
+            blank_head,
+            records: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name(format!("switchyard-balancer-{name}"))
+            .spawn(move || worker.run(&ready, &queue))
+            .map_err(|error| PluginBalancerError::Thread { name: name.clone(), error })?;
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(fault)) => return Err(PluginBalancerError::Instantiate { name, fault }),
+            Err(flume::RecvError::Disconnected) => {
+                return Err(PluginBalancerError::Instantiate {
+                    name,
+                    fault: PluginFault::Unusable("its thread stopped while instantiating".into()),
+                });
+            }
+        }
+        let patience = 2 * plugin.settings.timeout() + ANSWER_MARGIN;
+        Ok(PluginBalancer { plugin, requests, patience, fallback: P2cPeakEwma::new(), on_fallback })
+    }
+
+    /// The plugin version this balancer runs.
+    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
+        &self.plugin
+    }
+
+    /// The longest a pick waits for the plugin: one instantiation and one call, each bounded by the
+    /// plugin's deadline, plus [`ANSWER_MARGIN`].
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    /// Picks an endpoint for `message`, whose head (topic, headers, payload size) the plugin is shown.
+    /// Like [`Balancer::pick`] otherwise: called once per dispatch attempt; returns the position of an
+    /// eligible endpoint, or `None` when none is.
+    pub fn pick_for(&self, message: &Message, endpoints: &[EndpointView]) -> Option<usize> {
+        let mut head = Vec::new();
+        message.encode(&mut head, 0, false);
+        self.pick_with_head(Some(head), endpoints)
+    }
+
+    fn pick_with_head(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Option<usize> {
+        match self.ask(head, endpoints).and_then(|answer| checked(answer, endpoints)) {
+            Ok(pick) => pick,
+            Err(reason) => {
+                (self.on_fallback)(&reason);
+                self.fallback.pick(endpoints, None)
+            }
+        }
+    }
+
+    /// The plugin's answer, unchecked.
+    fn ask(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Result<Option<u32>, FallbackReason> {
+        let (reply, answer) = flume::bounded(1);
+        let request = Request { head, endpoints: endpoints.to_vec(), reply };
+        self.requests.try_send(request).map_err(|error| match error {
+            flume::TrySendError::Full(_) => FallbackReason::Overloaded(PICK_QUEUE),
+            flume::TrySendError::Disconnected(_) => FallbackReason::Stopped,
+        })?;
+        match answer.recv_timeout(self.patience) {
+            Ok(answer) => answer.map_err(FallbackReason::Fault),
+            Err(flume::RecvTimeoutError::Timeout) => Err(FallbackReason::Overdue(self.patience)),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(FallbackReason::Stopped),
+        }
+    }
+}
+
+/// `answer` as a position in `endpoints` if the host may use it: an eligible endpoint, or none while no
+/// endpoint is eligible.
+fn checked(answer: Option<u32>, endpoints: &[EndpointView]) -> Result<Option<usize>, FallbackReason> {
+    let eligible = eligible_count(endpoints);
+    let position = answer.and_then(|index| usize::try_from(index).ok());
+    match (answer, position) {
+        (_, Some(position)) if endpoints.get(position).is_some_and(|endpoint| endpoint.eligible) => {
+            Ok(Some(position))
+        }
+        (None, _) if eligible == 0 => Ok(None),
+        _ => Err(FallbackReason::Invalid { answer, endpoints: endpoints.len(), eligible }),
+    }
+}
+
+impl Balancer for PluginBalancer {
+    /// Asks the plugin with a blank head (id 0, empty topic, no headers, empty payload): this trait
+    /// carries no message. Use [`PluginBalancer::pick_for`] to show the plugin the message.
+    fn pick(&self, endpoints: &[EndpointView], _key: Option<&str>) -> Option<usize> {
+        self.pick_with_head(None, endpoints)
+    }
+}
+
+impl std::fmt::Debug for PluginBalancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginBalancer")
+            .field("plugin", &self.plugin)
+            .field("patience", &self.patience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The plugin thread's state: the live instance and the records shown to the plugin.
+struct Worker {
+    engine: Arc<PluginEngine>,
+    plugin: Arc<CompiledPlugin>,
+    /// `None` after a fault, until a new instance starts.
+    instance: Option<PluginInstance>,
+    /// Configured address by [`endpoint_id`].
+    addresses: HashMap<u64, String>,
+    /// The head shown for picks without a message: id 0, empty topic, no headers, empty payload.
+    blank_head: Vec<u8>,
+    /// Reused across picks, so that a pick allocates no address strings once warm.
+    records: Vec<EndpointRecord>,
+}
+
+impl Worker {
+    /// Instantiates, reports how that went on `ready`, then answers picks until the balancer is dropped.
+    fn run(mut self, ready: &flume::Sender<Result<(), PluginFault>>, queue: &flume::Receiver<Request>) {
+        let started = PluginInstance::new(&self.engine, self.plugin.clone()).map(|instance| {
+            self.instance = Some(instance);
+        });
+        let failed = started.is_err();
+        // Nobody left to tell only if the constructor is gone, which it cannot be before this send.
+        let _ = ready.send(started);
+        if failed {
+            return;
+        }
+        for request in queue.iter() {
+            if request.reply.is_disconnected() {
+                continue; // its caller stopped waiting: the answer would go to nobody
+            }
+            let answer = self.pick(request.head.as_ref(), &request.endpoints);
+            // The caller may have stopped waiting meanwhile; then nobody needs the answer.
+            let _ = request.reply.send(answer);
+            if self.instance.is_none() {
+                // Replace a faulted instance now, so the next pick does not wait for it; if this fails,
+                // the next pick tries again and reports the fault.
+                self.instance = PluginInstance::new(&self.engine, self.plugin.clone()).ok();
+            }
+        }
+    }
+
+    /// The plugin's answer; a fault throws the instance away.
+    fn pick(
+        &mut self,
+        head: Option<&Vec<u8>>,
+        endpoints: &[EndpointView],
+    ) -> Result<Option<u32>, PluginFault> {
+        self.fill(endpoints);
+        let head = head.unwrap_or(&self.blank_head);
+        let mut instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => PluginInstance::new(&self.engine, self.plugin.clone())?,
+        };
+        let answer = instance.pick(head, &self.records)?;
+        self.instance = Some(instance);
+        Ok(answer)
+    }
+
+    /// Turns `endpoints` into the records shown to the plugin, reusing the previous pick's strings.
+    fn fill(&mut self, endpoints: &[EndpointView]) {
+        self.records.truncate(endpoints.len());
+        for (position, view) in endpoints.iter().enumerate() {
+            if position == self.records.len() {
+                self.records.push(EndpointRecord {
+                    index: 0,
+                    address: String::new(),
+                    weight: 0,
+                    in_flight: 0,
+                    latency_micros: 0,
+                    healthy: false,
+                });
+            }
+            let record = &mut self.records[position];
+            let address = self.addresses.get(&view.id).map_or("", String::as_str);
+            if record.address != address {
+                record.address.clear();
+                record.address.push_str(address);
+            }
+            record.index = u32::try_from(position).unwrap_or(u32::MAX);
+            record.weight = view.effective_weight();
+            record.in_flight = view.in_flight;
+            record.latency_micros = u64::try_from(view.latency.as_micros()).unwrap_or(u64::MAX);
+            record.healthy = view.eligible;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::sim::endpoints;
+
+    #[test]
+    fn only_eligible_positions_are_accepted() {
+        let mut endpoints = endpoints(3);
+        endpoints[1].eligible = false;
+        assert_eq!(checked(Some(0), &endpoints), Ok(Some(0)));
+        assert_eq!(checked(Some(2), &endpoints), Ok(Some(2)));
+        let invalid = |answer| Err(FallbackReason::Invalid { answer, endpoints: 3, eligible: 2 });
+        assert_eq!(checked(Some(1), &endpoints), invalid(Some(1)), "ineligible");
+        assert_eq!(checked(Some(3), &endpoints), invalid(Some(3)), "out of range");
+        assert_eq!(checked(Some(u32::MAX), &endpoints), invalid(Some(u32::MAX)), "far out of range");
+    }
+
+    #[test]
+    fn none_is_accepted_only_when_no_endpoint_is_eligible() {
+        let mut endpoints = endpoints(2);
+        endpoints[0].eligible = false;
+        assert_eq!(
+            checked(None, &endpoints),
+            Err(FallbackReason::Invalid { answer: None, endpoints: 2, eligible: 1 })
+        );
+        endpoints[1].eligible = false;
+        assert_eq!(checked(None, &endpoints), Ok(None));
+        assert_eq!(checked(None, &[]), Ok(None));
+        assert_eq!(
+            checked(Some(0), &[]),
+            Err(FallbackReason::Invalid { answer: Some(0), endpoints: 0, eligible: 0 })
+        );
+    }
+
+    #[test]
+    fn reasons_name_their_kind_and_quote_the_answer() {
+        let fault = FallbackReason::Fault(PluginFault::TimedOut(Duration::from_millis(50)));
+        assert_eq!(
+            (fault.kind(), fault.to_string().as_str()),
+            ("timed_out", "the plugin timed out after 50ms")
+        );
+        let overloaded = FallbackReason::Overloaded(PICK_QUEUE);
+        assert_eq!(overloaded.to_string(), "64 picks were already waiting for the plugin");
+        assert_eq!(FallbackReason::Overdue(Duration::from_millis(300)).kind(), "overdue");
+    }
+}
