@@ -38,6 +38,7 @@ async fn main() {
         ("http", "round-robin", &http),
         ("http", "p2c-ewma", &http),
         ("http", "least-inflight", &http),
+        ("http", "plugin:least-loaded", &http),
         ("tcp", "p2c-ewma", &tcp),
     ];
     for (transport, balancer, sinks) in cases {

@@ -263,3 +263,60 @@ async fn every_message_is_delivered_or_dead_lettered_while_endpoints_fail_reset_
     assert!(dead_ids.iter().all(|id| !answered.contains_key(id)), "a dead letter was also answered");
     assert!(stats.delivered > total / 2, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_plugin_steers_traffic_away_from_a_busy_endpoint() {
+    let (busy, free) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[("least-loaded", switchyard_plugin_artifacts::LEAST_LOADED_BALANCER)]);
+    let extra = "balancer = \"plugin:least-loaded\"\nqueue = { max_in_flight = 2 }";
+    let host = host(dir.path(), &config(&[&busy, &free], extra)).await;
+    // Ties go to the first endpoint: the first message is held there, and
+    // the others go one at a time.
+    host.send(Message::new("orders", "first")).await.unwrap();
+    within(busy.arrivals(1)).await;
+    for n in 0..50 {
+        host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
+    }
+    within(free.arrivals(50)).await;
+    busy.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, 51);
+    assert_eq!((busy.seen().len(), free.seen().len()), (1, 50), "one in flight makes the busy one dearer");
+    assert_eq!(host.event_counts().balancer_fallbacks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() {
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[("wrong", switchyard_plugin_artifacts::FAULTY_BALANCER)]);
+    let plugin = "[[plugin]]\nname = \"wrong\"\nconfig = { mode = \"out-of-range\" }\n";
+    let mut config = config(&[&endpoint], "balancer = \"plugin:wrong\"");
+    config.push_str(plugin);
+    config.push_str("[[destination]]\nname = \"lost\"\ntransport = \"http\"\nbalancer = \"plugin:absent\"\n");
+    config.push_str(&format!("endpoints = [\"{}\"]\n", endpoint.addr));
+    config.push_str("[[route]]\nname = \"lost\"\nmatch = { topic = \"lost\" }\nto = \"lost\"\n");
+    let config = config.replace(
+        "[[route]]\nname = \"all\"\n",
+        "[[route]]\nname = \"all\"\nmatch = { topic = \"orders\" }\n",
+    );
+    let host = host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("orders", "a")).await.unwrap();
+    let HostEvent::BalancerFallback { destination, plugin, reason } =
+        next_event(&mut events, "balancer-fallback").await
+    else {
+        unreachable!()
+    };
+    assert_eq!((destination.as_str(), plugin.as_str()), ("api", "wrong"));
+    assert!(reason.contains("not one of the 1 eligible endpoints"), "{reason}");
+    host.send(Message::new("lost", "b")).await.unwrap();
+    let HostEvent::BalancerFallback { destination, reason, .. } =
+        next_event(&mut events, "balancer-fallback").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(destination, "lost");
+    assert_eq!(reason, "plugin \"absent\" is not loaded");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "p2c delivered both");
+}

@@ -179,13 +179,8 @@ impl super::DestinationConfig {
         {
             return Err(("endpoints", bad.clone(), "expected host:port".into()));
         }
-        match self.balancer.parse::<crate::balance::BalancerConfig>() {
-            Err(err) => return Err(("balancer", self.balancer.clone(), err.to_string())),
-            Ok(balancer) if balancer.build().is_none() => {
-                let problem = "balancer plugins are not supported by this transport yet".into();
-                return Err(("balancer", self.balancer.clone(), problem));
-            }
-            Ok(_) => {}
+        if let Err(err) = self.balancer.parse::<crate::balance::BalancerConfig>() {
+            return Err(("balancer", self.balancer.clone(), err.to_string()));
         }
         if !self.path.starts_with('/') {
             return Err(("path", self.path.clone(), "must start with /".into()));

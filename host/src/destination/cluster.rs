@@ -4,11 +4,12 @@
 //! with retries (exponential backoff, full jitter, a retry budget) that prefer
 //! another endpoint. A [`Transport`] only knows how to make one attempt.
 
-use super::{DeliveryError, DeliveryFuture, Destination, EndpointEvent, EventSink};
+use super::plugin_balancer::HotPluginBalancer;
+use super::{DeliveryError, DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
 use crate::balance::{Balancer, BalancerConfig, EndpointView, PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
-use crate::metrics::{EndpointMetrics, Metrics};
+use crate::metrics::EndpointMetrics;
 use crate::resilience::{
     Admission, Breaker, BreakerConfig, BreakerPermit, BreakerState, EjectionBackoff, EligibilityPolicy,
     EndpointCondition, Health, HealthConfig, HealthState, HealthTransition, Outcome, RetryBudget,
@@ -95,14 +96,10 @@ impl<T> std::fmt::Debug for Cluster<T> {
 
 impl<T: Transport> Cluster<T> {
     /// A cluster for a validated network `[[destination]]`, reaching its
-    /// endpoints through `transport`; endpoints going down or up are told to
-    /// `events`. Active health checks start with [`Cluster::start_health_checks`].
-    pub(crate) fn new(
-        config: &DestinationConfig,
-        transport: T,
-        events: EventSink,
-        metrics: &Metrics,
-    ) -> Cluster<T> {
+    /// endpoints through `transport`, telling and counting through `host`.
+    /// Active health checks start with [`Cluster::start_health_checks`].
+    pub(crate) fn new(config: &DestinationConfig, transport: T, host: &HostServices) -> Cluster<T> {
+        let metrics = &host.metrics;
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = BreakerConfig {
             consecutive_failures: config.breaker.consecutive_failures,
@@ -138,7 +135,16 @@ impl<T: Transport> Cluster<T> {
             name: config.name.clone(),
             endpoints,
             hash_header: balancer.hash_header().map(str::to_owned),
-            balancer: balancer.build().expect("validated: not a plugin balancer"),
+            balancer: match &balancer {
+                BalancerConfig::Plugin { name } => Arc::new(HotPluginBalancer::new(
+                    &config.name,
+                    name,
+                    config.endpoints.clone(),
+                    (host.registry.clone(), host.engine.clone()),
+                    host.events.clone(),
+                )),
+                built => built.build().expect("not a plugin balancer"),
+            },
             transport,
             kind: config.transport,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -152,7 +158,7 @@ impl<T: Transport> Cluster<T> {
             policy: EligibilityPolicy::default(),
             panicking: AtomicBool::new(false),
             health_checks: config.health.clone(),
-            events,
+            events: host.events.clone(),
             retries: metrics.retries(&config.name),
         }
     }
@@ -195,9 +201,9 @@ impl<T: Transport> Cluster<T> {
     ) {
         match transition {
             Some(HealthTransition::WentDown) => {
-                self.tell(endpoint, EndpointEvent::down(problem.unwrap_or("failed").to_owned()))
+                self.tell(endpoint, Some(problem.unwrap_or("failed").to_owned()))
             }
-            Some(HealthTransition::WentUp) => self.tell(endpoint, EndpointEvent::up()),
+            Some(HealthTransition::WentUp) => self.tell(endpoint, None),
             None => {}
         }
     }
@@ -208,11 +214,11 @@ impl<T: Transport> Cluster<T> {
             Transition::Tripped { reason, .. } => {
                 endpoint.metrics.opened.inc();
                 let reason = format!("circuit breaker opened ({reason:?}); last: {problem}");
-                self.tell(endpoint, EndpointEvent::down(reason));
+                self.tell(endpoint, Some(reason));
             }
             Transition::Recovered { .. } => {
                 endpoint.metrics.closed.inc();
-                self.tell(endpoint, EndpointEvent::up());
+                self.tell(endpoint, None);
             }
             Transition::Reopened { ejections, .. } => {
                 endpoint.metrics.opened.inc();
@@ -221,8 +227,13 @@ impl<T: Transport> Cluster<T> {
         }
     }
 
-    fn tell(&self, endpoint: &Endpoint, event: EndpointEvent) {
-        (self.events)(event.of(&self.name, &endpoint.address));
+    /// Tell that `endpoint` went down (for a reason) or came back up.
+    fn tell(&self, endpoint: &Endpoint, down: Option<String>) {
+        let (destination, endpoint) = (self.name.clone(), endpoint.address.clone());
+        (self.events)(match down {
+            Some(reason) => DestinationEvent::EndpointDown { destination, endpoint, reason },
+            None => DestinationEvent::EndpointUp { destination, endpoint },
+        });
     }
 
     async fn send(&self, message: Message) -> Result<Option<Message>, DeliveryError> {

@@ -9,6 +9,7 @@ mod cluster;
 mod http;
 mod log;
 mod memory;
+mod plugin_balancer;
 mod probe;
 mod queue;
 mod tcp;
@@ -102,36 +103,51 @@ pub struct EndpointStatus {
     pub latency_ms: f64,
 }
 
-/// An endpoint of a destination went down or came back.
+/// Something that changed in a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointEvent {
-    /// The destination.
-    pub destination: String,
-    /// The endpoint's address.
-    pub endpoint: String,
-    /// Why it went down; `None` when it came back.
-    pub down: Option<String>,
+pub enum DestinationEvent {
+    /// An endpoint stopped getting traffic.
+    EndpointDown {
+        /// The destination.
+        destination: String,
+        /// The endpoint's address.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// An endpoint that was down gets traffic again.
+    EndpointUp {
+        /// The destination.
+        destination: String,
+        /// The endpoint's address.
+        endpoint: String,
+    },
+    /// The destination's balancer plugin could not pick; p2c picked instead.
+    BalancerFallback {
+        /// The destination.
+        destination: String,
+        /// The balancer plugin's name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-impl EndpointEvent {
-    /// Down, for `reason`; fill in where with [`EndpointEvent::of`].
-    pub(crate) fn down(reason: String) -> EndpointEvent {
-        EndpointEvent { destination: String::new(), endpoint: String::new(), down: Some(reason) }
-    }
-
-    /// Back up; fill in where with [`EndpointEvent::of`].
-    pub(crate) fn up() -> EndpointEvent {
-        EndpointEvent { destination: String::new(), endpoint: String::new(), down: None }
-    }
-
-    /// This event, of `endpoint` of `destination`.
-    pub(crate) fn of(self, destination: &str, endpoint: &str) -> EndpointEvent {
-        EndpointEvent { destination: destination.to_owned(), endpoint: endpoint.to_owned(), ..self }
-    }
+/// What network destinations use of their host.
+#[derive(Clone)]
+pub(crate) struct HostServices {
+    /// Where they tell what changed in them.
+    pub(crate) events: EventSink,
+    /// Where they count.
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The plugins serving, for `plugin:NAME` balancers.
+    pub(crate) registry: std::sync::Arc<crate::plugin::PluginRegistry>,
+    /// The engine plugins run in.
+    pub(crate) engine: std::sync::Arc<crate::plugin::PluginEngine>,
 }
 
-/// Where a destination tells of its endpoints going down and up.
-pub type EventSink = std::sync::Arc<dyn Fn(EndpointEvent) + Send + Sync>;
+/// Where destinations tell what changed in them.
+pub type EventSink = std::sync::Arc<dyn Fn(DestinationEvent) + Send + Sync>;
 
 impl<F, Fut> Destination for F
 where

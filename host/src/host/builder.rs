@@ -2,7 +2,7 @@
 
 use super::{BuildError, Host, HostInner};
 use crate::config::{Config, ConfigError, RouteConfig};
-use crate::destination::{Destination, EventSink};
+use crate::destination::{Destination, EventSink, HostServices};
 use crate::metrics::Metrics;
 use crate::pipeline::{
     Counters, DispatchContext, LastingDestinations, Pipeline, Topology, Worker, run_reply_worker, run_worker,
@@ -100,6 +100,7 @@ impl HostBuilder {
             .name("switchyard-replies".into())
             .spawn(move || run_reply_worker(reply_worker, reply_queue))
             .map_err(|error| BuildError::Thread { error })?;
+        let registry = Arc::new(PluginRegistry::default());
         let events = Arc::new(Events::new(metrics.clone()));
         let endpoint_events: EventSink = {
             let events = events.clone();
@@ -107,16 +108,16 @@ impl HostBuilder {
         };
         let pipeline = Arc::new_cyclic(|pipeline| {
             let max_in_flight = config.host.max_in_flight;
-            let dispatch = DispatchContext::new(
-                runtime.clone(),
-                max_in_flight,
-                pipeline.clone(),
-                endpoint_events,
-                metrics.clone(),
-            );
+            let services = HostServices {
+                events: endpoint_events,
+                metrics: metrics.clone(),
+                registry: registry.clone(),
+                engine: engine.clone(),
+            };
+            let dispatch = DispatchContext::new(runtime.clone(), max_in_flight, pipeline.clone(), services);
             Pipeline {
                 engine,
-                registry: PluginRegistry::default(),
+                registry,
                 topology: ArcSwap::from_pointee(Topology::build(&config, &lasting, &metrics, &dispatch)),
                 natives,
                 counters: Counters::default(),

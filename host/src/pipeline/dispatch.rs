@@ -8,9 +8,11 @@ use super::Pipeline;
 use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
-use crate::destination::{Cluster, DeliveryError, DeliveryQueue, Destination, EventSink, Queued, Transport};
+use crate::destination::{
+    Cluster, DeliveryError, DeliveryQueue, Destination, HostServices, Queued, Transport,
+};
 use crate::message::Message;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -38,9 +40,8 @@ pub(crate) struct DispatchContext {
     /// Deliveries in flight over all network destinations.
     in_flight: Arc<Semaphore>,
     pipeline: Weak<Pipeline>,
-    /// Where destinations tell of endpoints going down and up.
-    events: EventSink,
-    metrics: Arc<Metrics>,
+    /// What network destinations use of their host.
+    services: HostServices,
 }
 
 impl DispatchContext {
@@ -50,16 +51,14 @@ impl DispatchContext {
         runtime: Handle,
         max_in_flight: usize,
         pipeline: Weak<Pipeline>,
-        events: EventSink,
-        metrics: Arc<Metrics>,
+        services: HostServices,
     ) -> DispatchContext {
         DispatchContext {
             runtime,
             tracker: TaskTracker::new(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             pipeline,
-            events,
-            metrics,
+            services,
         }
     }
 
@@ -70,7 +69,7 @@ impl DispatchContext {
         config: &DestinationConfig,
         transport: T,
     ) -> Arc<dyn Destination> {
-        let cluster = Arc::new(Cluster::new(config, transport, self.events.clone(), &self.metrics));
+        let cluster = Arc::new(Cluster::new(config, transport, &self.services));
         cluster.start_health_checks(&self.runtime);
         cluster
     }

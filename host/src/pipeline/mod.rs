@@ -33,7 +33,7 @@ use topology::Sink;
 /// State shared by all workers of a host.
 pub(crate) struct Pipeline {
     pub(crate) engine: Arc<PluginEngine>,
-    pub(crate) registry: PluginRegistry,
+    pub(crate) registry: Arc<PluginRegistry>,
     pub(crate) topology: ArcSwap<Topology>,
     pub(crate) natives: NativeStages,
     pub(crate) counters: Counters,

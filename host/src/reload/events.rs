@@ -2,6 +2,7 @@
 //! configurations applied or refused, endpoints down or up. Logged, counted
 //! and broadcast.
 
+use crate::destination::DestinationEvent;
 use crate::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -79,14 +80,31 @@ pub enum HostEvent {
         /// The endpoint's address.
         endpoint: String,
     },
+    /// A destination's balancer plugin could not pick (not loaded, faulted,
+    /// or answered an endpoint it may not pick); p2c picked instead. Told at
+    /// most once a second per destination.
+    BalancerFallback {
+        /// The destination.
+        destination: String,
+        /// The balancer plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-impl From<crate::destination::EndpointEvent> for HostEvent {
-    fn from(event: crate::destination::EndpointEvent) -> HostEvent {
-        let crate::destination::EndpointEvent { destination, endpoint, down } = event;
-        match down {
-            Some(reason) => HostEvent::EndpointDown { destination, endpoint, reason },
-            None => HostEvent::EndpointUp { destination, endpoint },
+impl From<DestinationEvent> for HostEvent {
+    fn from(event: DestinationEvent) -> HostEvent {
+        match event {
+            DestinationEvent::EndpointDown { destination, endpoint, reason } => {
+                HostEvent::EndpointDown { destination, endpoint, reason }
+            }
+            DestinationEvent::EndpointUp { destination, endpoint } => {
+                HostEvent::EndpointUp { destination, endpoint }
+            }
+            DestinationEvent::BalancerFallback { destination, plugin, reason } => {
+                HostEvent::BalancerFallback { destination, plugin, reason }
+            }
         }
     }
 }
@@ -103,6 +121,7 @@ impl HostEvent {
             HostEvent::ConfigRejected { .. } => "config-rejected",
             HostEvent::EndpointDown { .. } => "endpoint-down",
             HostEvent::EndpointUp { .. } => "endpoint-up",
+            HostEvent::BalancerFallback { .. } => "balancer-fallback",
         }
     }
 }
@@ -126,12 +145,14 @@ pub struct EventCounts {
     pub endpoints_down: u64,
     /// [`HostEvent::EndpointUp`].
     pub endpoints_up: u64,
+    /// [`HostEvent::BalancerFallback`].
+    pub balancer_fallbacks: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 8],
+    counts: [AtomicU64; 9],
     metrics: Arc<Metrics>,
     /// The last rejection reason per plugin, cleared when it loads again.
     rejections: Mutex<BTreeMap<String, String>>,
@@ -158,6 +179,7 @@ impl Events {
             HostEvent::ConfigRejected { .. } => 5,
             HostEvent::EndpointDown { .. } => 6,
             HostEvent::EndpointUp { .. } => 7,
+            HostEvent::BalancerFallback { .. } => 8,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -165,7 +187,7 @@ impl Events {
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
             2 | 5 => tracing::error!(event = %json, "host event"),
-            6 => tracing::warn!(event = %json, "host event"),
+            6 | 8 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
         // No subscriber is not an error.
@@ -204,6 +226,7 @@ impl Events {
             configs_rejected,
             endpoints_down,
             endpoints_up,
+            balancer_fallbacks,
         ] = self.counts.each_ref().map(|count| count.load(Relaxed));
         EventCounts {
             loaded,
@@ -214,6 +237,7 @@ impl Events {
             configs_rejected,
             endpoints_down,
             endpoints_up,
+            balancer_fallbacks,
         }
     }
 }
