@@ -156,6 +156,22 @@ pub struct Routed {
     pub no_stages_msgs_per_sec: Sample,
     /// `wasm / native`, of the medians.
     pub wasm_to_native: f64,
+    /// The same pipelines with metrics off.
+    pub metrics_off: MetricsOff,
+}
+
+/// Routed throughput with metrics off, and what metrics cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsOff {
+    /// Messages per second with WASM plugin stages.
+    pub wasm_msgs_per_sec: Sample,
+    /// Messages per second with native stages.
+    pub native_msgs_per_sec: Sample,
+    /// Messages per second on a route without stages.
+    pub no_stages_msgs_per_sec: Sample,
+    /// Throughput lost to metrics, percent of the throughput without them
+    /// (WASM, native, no stages; of the medians).
+    pub cost_percent: [f64; 3],
 }
 
 /// One performance target and whether the measurements meet it.

@@ -33,6 +33,12 @@ pub(super) fn targets(filters: &[&StageCost], routed: &Routed, cores: usize) -> 
             rate >= 1e6,
         ),
         target(
+            "metrics cost, routed".into(),
+            "<= 5 %",
+            format!("{:.1} %", routed.metrics_off.cost_percent[0]),
+            routed.metrics_off.cost_percent[0] <= 5.0,
+        ),
+        target(
             "WASM/native".into(),
             ">= 0.5",
             format!("{:.2}", routed.wasm_to_native),
@@ -109,6 +115,22 @@ impl fmt::Display for Report {
             runs(bare)
         )?;
         writeln!(f, "  WASM/native    {:>11.2}", routed.wasm_to_native)?;
+        let off = &routed.metrics_off;
+        let [wasm_cost, native_cost, bare_cost] = off.cost_percent;
+        writeln!(f, "with metrics off (what metrics cost, % of throughput):")?;
+        let rows = [
+            ("WASM stages", &off.wasm_msgs_per_sec, wasm_cost),
+            ("native stages", &off.native_msgs_per_sec, native_cost),
+            ("no stages", &off.no_stages_msgs_per_sec, bare_cost),
+        ];
+        for (name, sample, cost) in rows {
+            writeln!(
+                f,
+                "  {name:<14} {:>11}  (runs: {}; metrics cost {cost:.1} %)",
+                grouped(sample.median),
+                runs(sample)
+            )?;
+        }
         writeln!(f)?;
         let summary: Vec<String> = self
             .targets

@@ -22,36 +22,46 @@ pub(super) struct RoutedHost {
     sent: u64,
 }
 
-/// Throughput of the three pipelines, built side by side; their timed runs
-/// alternate so that drift on the machine affects all alike.
+/// Throughput of the three pipelines, each with metrics on and off, built
+/// side by side; their timed runs alternate so that drift on the machine
+/// affects all alike.
 pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, BenchError> {
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut wasm = RoutedHost::start(&dir.0, Stages::Wasm).await?;
-        let mut native = RoutedHost::start(&dir.0.join("none"), Stages::Native).await?;
-        let mut bare = RoutedHost::start(&dir.0.join("none"), Stages::None).await?;
+        let none = dir.0.join("none");
+        let mut hosts = Vec::new();
+        for metrics in [true, false] {
+            hosts.push(RoutedHost::start(&dir.0, Stages::Wasm, metrics).await?);
+            hosts.push(RoutedHost::start(&none, Stages::Native, metrics).await?);
+            hosts.push(RoutedHost::start(&none, Stages::None, metrics).await?);
+        }
         let warm_up = (messages / 4).max(1);
-        let (_, wasm_output) = wasm.timed_run(warm_up).await?;
-        let (_, native_output) = native.timed_run(warm_up).await?;
-        bare.timed_run(warm_up).await?;
-        check_redacted(&wasm_output)?;
+        let mut outputs = Vec::new();
+        for host in &mut hosts {
+            outputs.push(host.timed_run(warm_up).await?.1);
+        }
+        check_redacted(&outputs[0])?;
         let same = |m: &Message| (m.topic.clone(), m.headers.clone(), m.payload.clone(), m.priority);
-        if same(&wasm_output) != same(&native_output) {
+        if same(&outputs[0]) != same(&outputs[1]) {
             return Err(BenchError::Check(format!(
-                "the native stages do other work than the plugins: {wasm_output:?} vs {native_output:?}"
+                "the native stages do other work than the plugins: {:?} vs {:?}",
+                outputs[0], outputs[1]
             )));
         }
-        let (mut wasm_runs, mut native_runs, mut bare_runs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut runs = vec![Vec::new(); hosts.len()];
         for _ in 0..ROUTED_RUNS {
-            wasm_runs.push(wasm.timed_run(messages).await?.0);
-            native_runs.push(native.timed_run(messages).await?.0);
-            bare_runs.push(bare.timed_run(messages).await?.0);
+            for (host, runs) in hosts.iter_mut().zip(&mut runs) {
+                runs.push(host.timed_run(messages).await?.0);
+            }
         }
-        for host in [wasm, native, bare] {
+        for host in hosts {
             host.finish().await?;
         }
-        let (wasm, native) = (Sample::new(wasm_runs), Sample::new(native_runs));
+        let mut samples = runs.into_iter().map(Sample::new);
+        let mut next = || samples.next().expect("one sample per host");
+        let (wasm, native, none) = (next(), next(), next());
+        let metrics_off = MetricsOff::new([&wasm, &native, &none], [next(), next(), next()]);
         Ok(Routed {
             messages,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -59,15 +69,30 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
             wasm_to_native: wasm.median / native.median,
             wasm_msgs_per_sec: wasm,
             native_msgs_per_sec: native,
-            no_stages_msgs_per_sec: Sample::new(bare_runs),
+            no_stages_msgs_per_sec: none,
+            metrics_off,
         })
     })
 }
 
+impl MetricsOff {
+    /// The figures without metrics, and what metrics cost against `on`.
+    fn new(on: [&Sample; 3], [wasm, native, none]: [Sample; 3]) -> MetricsOff {
+        let cost = |on: &Sample, off: &Sample| 100.0 * (1.0 - on.median / off.median);
+        MetricsOff {
+            cost_percent: [cost(on[0], &wasm), cost(on[1], &native), cost(on[2], &none)],
+            wasm_msgs_per_sec: wasm,
+            native_msgs_per_sec: native,
+            no_stages_msgs_per_sec: none,
+        }
+    }
+}
+
 impl RoutedHost {
-    async fn start(plugin_dir: &Path, stages: Stages) -> Result<RoutedHost, BenchError> {
+    async fn start(plugin_dir: &Path, stages: Stages, metrics: bool) -> Result<RoutedHost, BenchError> {
         let (out, delivered) = MemoryDestination::new();
         let mut config = Config { plugins: vec![filter_config(), transform_config()], ..Config::default() };
+        config.host.metrics = metrics;
         // Steady state is measured: no watcher thread, no compile cache on disk.
         config.host.watch = false;
         config.host.cache_dir = PathBuf::new();

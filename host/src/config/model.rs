@@ -52,6 +52,9 @@ pub struct HostSection {
     /// Deliveries in flight to network destinations at once, over all of
     /// them; beyond it their queues wait.
     pub max_in_flight: usize,
+    /// Count messages per route, destination and plugin for `/metrics`;
+    /// off only to measure what counting costs.
+    pub metrics: bool,
 }
 
 impl Default for HostSection {
@@ -66,6 +69,7 @@ impl Default for HostSection {
             watch: true,
             cache_dir: PathBuf::from(".cache"),
             max_in_flight: 1024,
+            metrics: true,
         }
     }
 }

@@ -91,7 +91,7 @@ impl HostBuilder {
         config.validate(&config_file.0, &native_names)?;
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
         let lasting = LastingDestinations::new(destinations);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(config.host.metrics));
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
         let (replies, reply_queue) = flume::unbounded();

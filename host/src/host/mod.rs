@@ -240,7 +240,7 @@ impl Host {
     fn count_accepted(&self) {
         let pipeline = &self.inner.reloader.pipeline;
         Counters::bump(&pipeline.counters.accepted, 1);
-        pipeline.metrics.accepted().inc();
+        pipeline.metrics.accepted();
     }
 
     fn sender(&self) -> Result<flume::Sender<Envelope>, SendError> {

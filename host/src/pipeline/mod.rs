@@ -18,7 +18,7 @@ use crate::dead_letter::DeadLetterReason;
 use crate::destination::DeliveryResult;
 use crate::host::RequestError;
 use crate::message::{Message, Verdict};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, Settled};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginSet};
 use crate::router::Route;
 use crate::stage::{NativeStages, Stage};
@@ -139,8 +139,7 @@ impl Pipeline {
 
     fn dropped(&self, item: Item, route: &Route, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.filtered, 1);
-        metrics.filtered.inc();
-        metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
+        metrics.settled(Settled::Filtered, item.accepted_at);
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::Filtered { route: route.name.clone() }));
         }
@@ -148,8 +147,7 @@ impl Pipeline {
 
     fn responded(&self, item: Item, reply: Message, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.responded, 1);
-        metrics.responded.inc();
-        metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
+        metrics.settled(Settled::Responded, item.accepted_at);
         if let Some(sender) = item.reply {
             let _ = sender.send(Ok(Some(reply)));
         }
@@ -214,8 +212,7 @@ impl Pipeline {
         };
         Counters::bump(&self.counters.delivered, 1);
         sink.count(true);
-        route.delivered.inc();
-        route.latency.observe(accepted_at.elapsed().as_secs_f64());
+        route.settled(Settled::Delivered, accepted_at);
         let Some(sender) = reply else { return };
         match response {
             Some(reply) if !middlewares.is_empty() => {
@@ -237,8 +234,7 @@ impl Pipeline {
         let route_name = route.map(|metrics| &*metrics.route);
         self.metrics.dead_letter(route_name, reason.code());
         if let Some(metrics) = route {
-            metrics.dead_lettered.inc();
-            metrics.latency.observe(item.accepted_at.elapsed().as_secs_f64());
+            metrics.settled(Settled::DeadLettered, item.accepted_at);
         }
         tracing::warn!(id = item.message.id, topic = %item.message.topic, route = route_name, code = reason.code(), %reason, "dead-lettered");
         if let Some(reply) = item.reply {

@@ -7,9 +7,8 @@ use crate::destination::{
     DeliveryQueue, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
 };
 use crate::message::Message;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
 use crate::router::{Route, RouteTable};
-use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -41,13 +40,16 @@ pub(crate) struct Target {
 pub(crate) struct Sink {
     pub(crate) name: String,
     pub(crate) destination: Arc<dyn Destination>,
-    counters: [Counter; 2],
+    /// Deliveries (ok, failed); `None` when metrics are off.
+    counters: Option<[ShardedCounter; 2]>,
 }
 
 impl Sink {
     /// Count one delivery.
     pub(crate) fn count(&self, ok: bool) {
-        self.counters[usize::from(!ok)].inc();
+        if let Some(counters) = &self.counters {
+            counters[usize::from(!ok)].inc();
+        }
     }
 }
 
@@ -95,8 +97,7 @@ impl Topology {
         dispatch: &DispatchContext,
     ) -> Topology {
         let sink = |name: &str, destination| {
-            let counters = [metrics.delivery(name, true), metrics.delivery(name, false)];
-            Arc::new(Sink { name: name.to_owned(), destination, counters })
+            Arc::new(Sink { name: name.to_owned(), destination, counters: metrics.deliveries(name) })
         };
         let mut destinations: HashMap<String, Target> = lasting
             .native

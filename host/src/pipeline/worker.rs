@@ -126,7 +126,7 @@ impl Worker {
     ) -> Result<R, PluginFault> {
         let started = std::time::Instant::now();
         let result = self.instance(plugin).and_then(call);
-        self.metrics.plugin_call(&plugin.name, started.elapsed().as_secs_f64());
+        self.metrics.plugin_call(&plugin.name, started.elapsed());
         if let Err(fault) = &result {
             self.metrics.plugin_problem(&plugin.name, fault.kind());
             self.discard(plugin);

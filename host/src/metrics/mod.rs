@@ -1,11 +1,14 @@
 //! Metrics: Prometheus families of one host (no process-global registry),
 //! with handles cached where the message path uses them.
 
+mod sharded;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {
@@ -65,22 +68,19 @@ struct EventKind {
     event: String,
 }
 
-fn latency_histogram() -> Histogram {
-    // 10 µs .. ~10 s.
-    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
-}
-
 /// All metric families of a host.
 pub struct Metrics {
     registry: Registry,
-    accepted: Counter,
-    route_messages: Family<RouteOutcome, Counter>,
+    /// Whether the message path counts (off only to measure what counting costs).
+    enabled: bool,
+    accepted: ShardedCounter,
+    route_messages: Family<RouteOutcome, ShardedCounter>,
     dead_letters: Family<RouteReason, Counter>,
-    route_latency: Family<RouteName, Histogram, fn() -> Histogram>,
-    plugin_calls: Family<PluginName, Counter>,
+    route_latency: Family<RouteName, LatencyHistogram>,
+    plugin_calls: Family<PluginName, ShardedCounter>,
     plugin_problems: Family<PluginProblem, Counter>,
-    plugin_latency: Family<PluginName, Histogram, fn() -> Histogram>,
-    deliveries: Family<DestinationResult, Counter>,
+    plugin_latency: Family<PluginName, LatencyHistogram>,
+    deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,
     attempts: Family<EndpointOutcome, Counter>,
     breaker_transitions: Family<EndpointTransition, Counter>,
@@ -95,15 +95,24 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(true)
+    }
+}
+
+impl Metrics {
+    /// The metric families of a host; with `enabled` off, the message path
+    /// counts nothing (for measuring what counting costs).
+    pub fn new(enabled: bool) -> Metrics {
         let mut registry = Registry::with_prefix("switchyard");
         let metrics = Metrics {
-            accepted: Counter::default(),
+            enabled,
+            accepted: ShardedCounter::default(),
             route_messages: Family::default(),
             dead_letters: Family::default(),
-            route_latency: Family::new_with_constructor(latency_histogram),
+            route_latency: Family::default(),
             plugin_calls: Family::default(),
             plugin_problems: Family::default(),
-            plugin_latency: Family::new_with_constructor(latency_histogram),
+            plugin_latency: Family::default(),
             deliveries: Family::default(),
             retries: Family::default(),
             attempts: Family::default(),
@@ -156,11 +165,29 @@ pub(crate) struct EndpointMetrics {
 pub(crate) struct RouteMetrics {
     /// The route measured.
     pub(crate) route: std::sync::Arc<str>,
-    pub(crate) delivered: Counter,
-    pub(crate) filtered: Counter,
-    pub(crate) responded: Counter,
-    pub(crate) dead_lettered: Counter,
-    pub(crate) latency: Histogram,
+    /// `None` when metrics are off.
+    handles: Option<(SettledCounters, LatencyHistogram)>,
+}
+
+/// How a message of a route was settled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Settled {
+    Delivered,
+    Filtered,
+    Responded,
+    DeadLettered,
+}
+
+type SettledCounters = [ShardedCounter; 4];
+
+impl RouteMetrics {
+    /// Count a message admitted at `accepted_at`, settled now.
+    pub(crate) fn settled(&self, how: Settled, accepted_at: Instant) {
+        if let Some((counters, latency)) = &self.handles {
+            counters[how as usize].inc();
+            latency.observe(accepted_at.elapsed());
+        }
+    }
 }
 
 impl Metrics {
@@ -171,8 +198,11 @@ impl Metrics {
         text
     }
 
-    pub(crate) fn accepted(&self) -> &Counter {
-        &self.accepted
+    /// Count one admitted message.
+    pub(crate) fn accepted(&self) {
+        if self.enabled {
+            self.accepted.inc();
+        }
     }
 
     pub(crate) fn route(&self, route: &str) -> RouteMetrics {
@@ -180,14 +210,11 @@ impl Metrics {
             self.route_messages
                 .get_or_create_owned(&RouteOutcome { route: route.into(), outcome: outcome.into() })
         };
-        RouteMetrics {
-            route: route.into(),
-            delivered: outcome("delivered"),
-            filtered: outcome("filtered"),
-            responded: outcome("responded"),
-            dead_lettered: outcome("dead_lettered"),
-            latency: self.route_latency.get_or_create_owned(&RouteName { route: route.into() }),
-        }
+        let handles = self.enabled.then(|| {
+            let counters = ["delivered", "filtered", "responded", "dead_lettered"].map(outcome);
+            (counters, self.route_latency.get_or_create_owned(&RouteName { route: route.into() }))
+        });
+        RouteMetrics { route: route.into(), handles }
     }
 
     pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
@@ -195,10 +222,12 @@ impl Metrics {
         self.dead_letters.get_or_create(&labels).inc();
     }
 
-    pub(crate) fn plugin_call(&self, plugin: &str, seconds: f64) {
-        let labels = PluginName { plugin: plugin.into() };
-        self.plugin_calls.get_or_create(&labels).inc();
-        self.plugin_latency.get_or_create(&labels).observe(seconds);
+    pub(crate) fn plugin_call(&self, plugin: &str, took: Duration) {
+        if self.enabled {
+            let labels = PluginName { plugin: plugin.into() };
+            self.plugin_calls.get_or_create(&labels).inc();
+            self.plugin_latency.get_or_create(&labels).observe(took);
+        }
     }
 
     pub(crate) fn plugin_problem(&self, plugin: &str, problem: &str) {
@@ -232,11 +261,16 @@ impl Metrics {
         (calls, problems)
     }
 
-    pub(crate) fn delivery(&self, destination: &str, ok: bool) -> Counter {
-        let result = if ok { "ok" } else { "failed" };
-        self.deliveries.get_or_create_owned(&DestinationResult {
-            destination: destination.into(),
-            result: result.into(),
+    /// The delivery counters of `destination` (ok, failed); `None` when
+    /// metrics are off.
+    pub(crate) fn deliveries(&self, destination: &str) -> Option<[ShardedCounter; 2]> {
+        self.enabled.then(|| {
+            ["ok", "failed"].map(|result| {
+                self.deliveries.get_or_create_owned(&DestinationResult {
+                    destination: destination.into(),
+                    result: result.into(),
+                })
+            })
         })
     }
 

@@ -1,0 +1,153 @@
+//! Metrics for the message path: every thread adds to a shard of its own,
+//! and a scrape sums the shards. Workers then never contend for a lock or a
+//! cache line (prometheus-client's own histogram takes a mutex on every
+//! observation); the exposition is still encoded by prometheus-client.
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Shards per metric; threads beyond share them round-robin.
+const SHARDS: usize = 8;
+
+/// Upper bounds of the latency buckets, seconds: 10 µs × 4ⁿ, up to ~10 s.
+pub(crate) const LATENCY_BOUNDS: [f64; 11] =
+    [1e-5, 4e-5, 1.6e-4, 6.4e-4, 2.56e-3, 1.024e-2, 4.096e-2, 0.16384, 0.65536, 2.62144, 10.48576];
+
+/// One cache line (two, against adjacent-line prefetch) per shard.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The calling thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS);
+    SHARD.with(|shard| *shard)
+}
+
+/// A counter sharded by thread.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShardedCounter(Arc<[Padded<AtomicU64>; SHARDS]>);
+
+impl ShardedCounter {
+    /// Add one.
+    pub(crate) fn inc(&self) {
+        self.0[shard()].0.fetch_add(1, Relaxed);
+    }
+
+    /// The total.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.iter().map(|shard| shard.0.load(Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// One thread's part of a latency histogram.
+#[derive(Debug, Default)]
+struct HistogramShard {
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    /// Per bucket of [`LATENCY_BOUNDS`], then `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+}
+
+/// A latency histogram (buckets [`LATENCY_BOUNDS`]) sharded by thread.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LatencyHistogram(Arc<[Padded<HistogramShard>; SHARDS]>);
+
+impl LatencyHistogram {
+    /// Record one latency.
+    pub(crate) fn observe(&self, latency: Duration) {
+        let shard = &self.0[shard()].0;
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BOUNDS.partition_point(|bound| *bound < seconds);
+        shard.buckets[bucket].fetch_add(1, Relaxed);
+        shard.sum_nanos.fetch_add(latency.as_nanos().min(u64::MAX.into()) as u64, Relaxed);
+        shard.count.fetch_add(1, Relaxed);
+    }
+
+    /// Observations in all.
+    #[cfg(test)]
+    fn count(&self) -> u64 {
+        self.0.iter().map(|shard| shard.0.count.load(Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets: Vec<(f64, u64)> =
+            LATENCY_BOUNDS.iter().chain([&f64::INFINITY]).map(|bound| (*bound, 0)).collect();
+        let (mut count, mut sum_nanos) = (0, 0);
+        for shard in self.0.iter() {
+            count += shard.0.count.load(Relaxed);
+            sum_nanos += shard.0.sum_nanos.load(Relaxed);
+            for (total, bucket) in buckets.iter_mut().zip(&shard.0.buckets) {
+                total.1 += bucket.load(Relaxed);
+            }
+        }
+        encoder.encode_histogram::<NoLabelSet>(sum_nanos as f64 / 1e9, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_sum_across_threads() {
+        let (counter, histogram) = (ShardedCounter::default(), LatencyHistogram::default());
+        std::thread::scope(|scope| {
+            for _ in 0..12 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        counter.inc();
+                        histogram.observe(Duration::from_micros(50));
+                    }
+                });
+            }
+        });
+        assert_eq!((counter.get(), histogram.count()), (12_000, 12_000));
+    }
+
+    #[test]
+    fn latencies_land_in_their_bucket_and_sum() {
+        let histogram = LatencyHistogram::default();
+        for micros in [5, 10, 11, 2_000_000, 20_000_000] {
+            histogram.observe(Duration::from_micros(micros));
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("latency_seconds", "test", histogram);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("latency_seconds_bucket{le=\"1e-5\"} 2\n"), "{text}");
+        assert!(text.contains("latency_seconds_bucket{le=\"4e-5\"} 3\n"), "{text}");
+        assert!(text.contains("latency_seconds_bucket{le=\"2.62144\"} 4\n"), "{text}");
+        assert!(text.contains("latency_seconds_bucket{le=\"+Inf\"} 5\n"), "{text}");
+        assert!(text.contains("latency_seconds_count 5\n"), "{text}");
+        assert!(text.contains("latency_seconds_sum 22.000026\n"), "{text}");
+    }
+}
