@@ -320,3 +320,37 @@ async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() 
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "p2c delivered both");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state() {
+    let (doomed, survivor) =
+        (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    doomed.kill();
+    let dir = plugin_dir(&[]);
+    let extra = "retry = { attempts = 2, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 60000 }";
+    let text = config(&[&doomed, &survivor], extra);
+    let host = host(dir.path(), &text).await;
+    for n in 0..4 {
+        within(host.request(Message::new("orders", format!("m{n}")))).await.unwrap();
+    }
+    let breakers = |host: &Host| {
+        let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+        api.endpoints.iter().map(|endpoint| endpoint.breaker).collect::<Vec<_>>()
+    };
+    assert_eq!(breakers(&host), ["open", "closed"]);
+    // Another route changes; the destination does not: its state stays.
+    let unchanged =
+        format!("{text}[[route]]\nname = \"more\"\nmatch = {{ topic = \"more\" }}\nto = \"dead\"\n");
+    within(host.apply_config("test.toml", switchyard::Config::from_toml("test.toml", &unchanged).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(breakers(&host), ["open", "closed"], "an unchanged destination keeps its breakers");
+    // The destination itself changes: it starts afresh.
+    let changed = text.replace("attempts = 2", "attempts = 3");
+    within(host.apply_config("test.toml", switchyard::Config::from_toml("test.toml", &changed).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(breakers(&host), ["closed", "closed"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, 4);
+}

@@ -169,7 +169,7 @@ pub enum Transport {
 }
 
 /// `[[destination]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Destination name, referenced by routes.

@@ -118,7 +118,9 @@ impl HostBuilder {
             Pipeline {
                 engine,
                 registry,
-                topology: ArcSwap::from_pointee(Topology::build(&config, &lasting, &metrics, &dispatch)),
+                topology: ArcSwap::from_pointee(Topology::build(
+                    &config, None, &lasting, &metrics, &dispatch,
+                )),
                 natives,
                 counters: Counters::default(),
                 metrics: metrics.clone(),

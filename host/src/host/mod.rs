@@ -117,7 +117,7 @@ impl Host {
             .iter()
             .map(|(name, target)| DestinationStatus {
                 name: name.clone(),
-                queued: target.queue.as_ref().map(|queue| queue.len()),
+                queued: target.queue.as_ref().map(|queue| queue.0.len()),
                 endpoints: target.sink.destination.endpoints(),
             })
             .collect();

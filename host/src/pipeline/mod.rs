@@ -186,7 +186,7 @@ impl Pipeline {
             };
             let target = &topology.destinations[name];
             let job = match &target.queue {
-                Some(queue) => match queue.push(job.message.priority, job).await {
+                Some(queue) => match queue.0.push(job.message.priority, job).await {
                     Ok(()) => continue,
                     // Closed: only once the host drains, after the workers stop.
                     Err(job) => job,

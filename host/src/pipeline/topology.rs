@@ -2,7 +2,7 @@
 //! configuration and swapped whole when the configuration is reloaded.
 
 use super::dispatch::{DispatchContext, Job};
-use crate::config::{Config, Transport};
+use crate::config::{Config, DestinationConfig, Transport};
 use crate::destination::{
     DeliveryQueue, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
 };
@@ -31,9 +31,22 @@ pub(crate) struct Topology {
 /// destinations), or through its queue and dispatcher (network ones).
 pub(crate) struct Target {
     pub(crate) sink: Arc<Sink>,
-    /// The queue of a network destination; closed when the topology goes,
-    /// so its dispatcher drains it and ends.
-    pub(crate) queue: Option<Arc<DeliveryQueue<Job>>>,
+    /// The queue of a network destination, shared by the topologies that
+    /// keep the destination unchanged.
+    pub(crate) queue: Option<Arc<OwnedQueue>>,
+    /// What a network destination was built from: a new topology with the
+    /// same settings keeps it (its queue, breakers, health and connections).
+    built_from: Option<DestinationConfig>,
+}
+
+/// A network destination's queue; closed when the last topology using it
+/// goes, so its dispatcher drains it and ends.
+pub(crate) struct OwnedQueue(pub(crate) Arc<DeliveryQueue<Job>>);
+
+impl Drop for OwnedQueue {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// A destination with its delivery counters (ok, failed).
@@ -49,14 +62,6 @@ impl Sink {
     pub(crate) fn count(&self, ok: bool) {
         if let Some(counters) = &self.counters {
             counters[usize::from(!ok)].inc();
-        }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(queue) = &self.queue {
-            queue.close();
         }
     }
 }
@@ -88,10 +93,12 @@ impl LastingDestinations {
 }
 
 impl Topology {
-    /// The topology of a validated `config`; the dispatchers of its network
-    /// destinations start on `dispatch`'s runtime.
+    /// The topology of a validated `config`, keeping the network
+    /// destinations of `previous` whose settings are unchanged; the
+    /// dispatchers of new ones start on `dispatch`'s runtime.
     pub(crate) fn build(
         config: &Config,
+        previous: Option<&Topology>,
         lasting: &LastingDestinations,
         metrics: &Metrics,
         dispatch: &DispatchContext,
@@ -103,22 +110,39 @@ impl Topology {
             .native
             .iter()
             .map(|(name, destination)| {
-                (name.clone(), Target { sink: sink(name, destination.clone()), queue: None })
+                let target = Target { sink: sink(name, destination.clone()), queue: None, built_from: None };
+                (name.clone(), target)
             })
             .collect();
         for dest in &config.destinations {
-            let (destination, queued): (Arc<dyn Destination>, _) = match dest.transport {
-                Transport::Log => (Arc::new(LogDestination::new(&dest.name)), false),
-                Transport::Memory => (Arc::new(lasting.memory(&dest.name)), false),
-                Transport::Http => (dispatch.cluster(dest, HttpTransport::new(&dest.path)), true),
-                Transport::Tcp => (dispatch.cluster(dest, TcpTransport::new(IDLE_CONNECTIONS)), true),
+            let kept = previous.and_then(|previous| previous.destinations.get(&dest.name));
+            if let Some(kept) = kept.filter(|kept| kept.built_from.as_ref() == Some(dest)) {
+                let target = Target {
+                    sink: kept.sink.clone(),
+                    queue: kept.queue.clone(),
+                    built_from: Some(dest.clone()),
+                };
+                destinations.insert(dest.name.clone(), target);
+                continue;
+            }
+            let destination: Arc<dyn Destination> = match dest.transport {
+                Transport::Log => Arc::new(LogDestination::new(&dest.name)),
+                Transport::Memory => Arc::new(lasting.memory(&dest.name)),
+                Transport::Http => dispatch.cluster(dest, HttpTransport::new(&dest.path)),
+                Transport::Tcp => dispatch.cluster(dest, TcpTransport::new(IDLE_CONNECTIONS)),
             };
             let sink = sink(&dest.name, destination);
-            let queue = queued.then(|| dispatch.start(sink.clone(), dest));
-            destinations.insert(dest.name.clone(), Target { sink, queue });
+            let networked = matches!(dest.transport, Transport::Http | Transport::Tcp);
+            let queue = networked.then(|| Arc::new(OwnedQueue(dispatch.start(sink.clone(), dest))));
+            let built_from = networked.then(|| dest.clone());
+            destinations.insert(dest.name.clone(), Target { sink, queue, built_from });
         }
         if !destinations.contains_key("log") {
-            let log = Target { sink: sink("log", Arc::new(LogDestination::new("log"))), queue: None };
+            let log = Target {
+                sink: sink("log", Arc::new(LogDestination::new("log"))),
+                queue: None,
+                built_from: None,
+            };
             destinations.insert("log".into(), log);
         }
         let routes = config.routes.iter().map(|route| Route::from_config(route).expect("validated config"));
@@ -152,7 +176,10 @@ impl Topology {
     /// Close the queues of the network destinations: their dispatchers
     /// deliver what is queued, then end.
     pub(crate) fn close_queues(&self) {
-        self.destinations.values().filter_map(|target| target.queue.as_ref()).for_each(|queue| queue.close());
+        self.destinations
+            .values()
+            .filter_map(|target| target.queue.as_ref())
+            .for_each(|queue| queue.0.close());
     }
 
     /// The metric handles of route `name`.

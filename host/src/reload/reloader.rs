@@ -123,8 +123,15 @@ impl Reloader {
         config.validate(file, &native)?;
         {
             let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
-            let topology =
-                Topology::build(&config, &self.lasting, &self.pipeline.metrics, &self.pipeline.dispatch);
+            let pipeline = &self.pipeline;
+            let previous = pipeline.topology.load();
+            let topology = Topology::build(
+                &config,
+                Some(&previous),
+                &self.lasting,
+                &pipeline.metrics,
+                &pipeline.dispatch,
+            );
             self.pipeline.topology.store(Arc::new(topology));
             self.config.store(Arc::new(config));
         }
