@@ -87,6 +87,9 @@ async fn every_admin_endpoint_answers_and_guards_with_the_token() {
     );
     assert_eq!(t["version"].as_str().unwrap().len(), 64);
     assert!(t["calls"].as_u64().unwrap() >= 1);
+    let instances = t["instances"].as_u64().unwrap();
+    let workers = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!((1..=workers).contains(&instances), "one per worker that ran it: {instances}");
     let (_, routes) = get(addr, "/v1/routes", &[AUTH]).await;
     assert!(routes.contains(r#""name":"all""#), "{routes}");
     let (_, destinations) = get(addr, "/v1/destinations", &[AUTH]).await;

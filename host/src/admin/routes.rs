@@ -69,6 +69,7 @@ async fn plugins(State(host): State<Host>) -> Json<Value> {
                 "state": "serving",
                 "compile_ms": plugin.compile_time.as_secs_f64() * 1e3,
                 "calls": calls,
+                "instances": plugin.live_instances(),
                 "problems": problems.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "counters": counters,
                 "last_error": rejections.get(&plugin.name),

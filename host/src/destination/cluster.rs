@@ -17,6 +17,7 @@ use crate::resilience::{
 };
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
+use tracing::Instrument;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -249,10 +250,10 @@ impl<T: Transport> Cluster<T> {
             let endpoint = &self.endpoints[index];
             let in_flight = InFlight::enter(&endpoint.in_flight);
             let started = Instant::now();
+            let span = tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt = attempts);
+            let attempt = self.transport.attempt(&endpoint.address, &message);
             let result =
-                match tokio::time::timeout(self.timeout, self.transport.attempt(&endpoint.address, &message))
-                    .await
-                {
+                match tokio::time::timeout(self.timeout, attempt).instrument(span).await {
                     Ok(result) => result,
                     Err(_) => Err((
                         Outcome::Retryable(RetryReason::Timeout),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// One message on its way to one destination.
 pub(crate) struct Job {
@@ -111,6 +112,7 @@ impl Dispatcher {
             let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, waited) = (self.sink.clone(), enqueued.elapsed());
+            let span = tracing::debug_span!("deliver", destination = %sink.name, route = %job.route.route, id = job.message.id);
             let timeout = self.timeout;
             let delivery = async move {
                 let result = match waited > timeout {
@@ -120,7 +122,7 @@ impl Dispatcher {
                 drop((slot, host_slot));
                 pipeline.settle(&sink, job, result).await;
             };
-            context.tracker.spawn_on(delivery, &context.runtime);
+            context.tracker.spawn_on(delivery.instrument(span), &context.runtime);
         }
     }
 }

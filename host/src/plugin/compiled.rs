@@ -74,6 +74,8 @@ pub struct CompiledPlugin {
     /// Config, limits, grants and counters.
     pub settings: Arc<PluginSettings>,
     pub(crate) pre: KindPre,
+    /// Instances of this version alive now.
+    pub(crate) instances: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for CompiledPlugin {
@@ -118,12 +120,19 @@ impl CompiledPlugin {
             }
         };
         let digest = hex::encode(Sha256::digest(bytes));
-        Ok(CompiledPlugin { name, kind, digest, compile_time: started.elapsed(), settings, pre })
+        let instances = Default::default();
+        Ok(CompiledPlugin { name, kind, digest, compile_time: started.elapsed(), settings, pre, instances })
     }
 
     /// The first 12 hex digits of the digest, for humans.
     pub fn short_version(&self) -> &str {
         &self.digest[..12]
+    }
+
+    /// How many instances of this version are alive now (one per worker
+    /// thread that ran it, at most).
+    pub fn live_instances(&self) -> usize {
+        self.instances.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

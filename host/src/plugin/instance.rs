@@ -46,6 +46,12 @@ pub struct PluginInstance {
     guard: CallGuard,
 }
 
+impl Drop for PluginInstance {
+    fn drop(&mut self) {
+        self.plugin.instances.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The store of an instance, entered only under a deadline.
 struct CallGuard {
     store: Store<StoreState>,
@@ -70,6 +76,7 @@ impl PluginInstance {
             KindPre::Balancer(pre) => Exports::Balancer(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transport(pre) => Exports::Transport(guard.call(|store| pre.instantiate(store))?),
         };
+        plugin.instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(PluginInstance { plugin, exports, guard })
     }
 
