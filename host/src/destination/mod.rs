@@ -3,6 +3,7 @@
 //! This is the seam the destination core (pools, balancers, breakers, retries
 //! over real transports) plugs into; here live the in-process ones.
 
+mod pool;
 mod cluster;
 mod http;
 mod log;
@@ -13,6 +14,7 @@ pub use cluster::{AttemptFuture, AttemptResult, Cluster, Transport};
 pub use http::HttpTransport;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
+pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use tcp::TcpTransport;
 
 use crate::message::Message;
