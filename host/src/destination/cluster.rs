@@ -39,6 +39,18 @@ pub trait Transport: Send + Sync + 'static {
     /// Try once to deliver `message` to `address`; called once per attempt,
     /// under the cluster's deadline (the future is dropped when it passes).
     fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a>;
+
+    /// Close the idle connections kept to `address`, and keep those in use
+    /// now from being reused; called when the endpoint turns unhealthy. A
+    /// transport without connections does nothing.
+    fn close_idle(&self, _address: &str) {}
+
+    /// The state of the connection pool to `address`, for the admin API and
+    /// metrics; called on demand. `None` without a pool, or before the first
+    /// attempt to `address`.
+    fn pool_stats(&self, _address: &str) -> Option<super::PoolStats> {
+        None
+    }
 }
 
 /// A destination of endpoints reached through transport `T`.

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Transport};
 use crate::destination::{
-    Cluster, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
+    Cluster, Destination, HttpTransport, LogDestination, MemoryDestination, PoolConfig, TcpTransport,
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -11,9 +11,6 @@ use crate::router::{Route, RouteTable};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Idle connections kept per endpoint of a `tcp` destination.
-const IDLE_CONNECTIONS: usize = 16;
 
 /// What messages are routed by and delivered to. Each batch pins one.
 pub(crate) struct Topology {
@@ -75,8 +72,10 @@ impl Topology {
             let destination: Arc<dyn Destination> = match dest.transport {
                 Transport::Log => Arc::new(LogDestination::new(&dest.name)),
                 Transport::Memory => Arc::new(lasting.memory(&dest.name)),
-                Transport::Http => Arc::new(Cluster::new(dest, HttpTransport::new(&dest.path))),
-                Transport::Tcp => Arc::new(Cluster::new(dest, TcpTransport::new(IDLE_CONNECTIONS))),
+                Transport::Http => {
+                    Arc::new(Cluster::new(dest, HttpTransport::new(&dest.path, PoolConfig::default())))
+                }
+                Transport::Tcp => Arc::new(Cluster::new(dest, TcpTransport::new(PoolConfig::default()))),
             };
             destinations.insert(dest.name.clone(), destination);
         }
