@@ -74,6 +74,15 @@ async fn a_busy_destination_sends_the_most_urgent_class_first_then_the_oldest() 
         host.send(Message::new("orders", body).with_priority(priority)).await.unwrap();
     }
     queued(&host, "api", waiting.len()).await;
+    let text = host.metrics().encode();
+    let api = [("destination", "api")];
+    assert_eq!(sample(&text, "switchyard_destination_queued", &api), Some(5.0));
+    let address = endpoint.addr.to_string();
+    let at_endpoint = [("destination", "api"), ("endpoint", address.as_str())];
+    assert_eq!(sample(&text, "switchyard_endpoint_in_flight", &at_endpoint), Some(1.0));
+    assert_eq!(sample(&text, "switchyard_endpoint_serving", &at_endpoint), Some(1.0));
+    let open = [("destination", "api"), ("endpoint", address.as_str()), ("state", "open")];
+    assert_eq!(sample(&text, "switchyard_endpoint_pool_connections", &open), Some(1.0));
     endpoint.set(Mode::Answer);
     endpoint.release(1);
     let stats = drain_and_account(&host).await;

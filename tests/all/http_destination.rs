@@ -1,5 +1,5 @@
 //! The `http` destination against real servers on 127.0.0.1: failover,
-//! ejection, retries, final errors, and nothing lost.
+//! ejection, retries, final errors, connection reuse, and nothing lost.
 
 use crate::support::{drain_and_account, host, next, plugin_dir, within};
 use axum::http::StatusCode;
@@ -120,4 +120,34 @@ async fn a_final_status_is_not_retried() {
     assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "a 400 is final: no retry");
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_pooled_connection() {
+    use axum::serve::ListenerExt;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap, body: String| async move {
+        let host = headers.get("host").and_then(|host| host.to_str().ok()).unwrap_or_default().to_owned();
+        ([("x-host", host)], body.to_uppercase())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = listener.tap_io(move |_| _ = counted.fetch_add(1, Ordering::SeqCst));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[addr])).await;
+    for n in 0..20 {
+        let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
+        let reply = reply.unwrap().expect("the endpoint replies");
+        assert_eq!(reply.payload, format!("ORDER {n}"));
+        assert_eq!(
+            reply.header("x-host"),
+            Some(addr.to_string().as_str()),
+            "the Host header names the endpoint"
+        );
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "sequential requests share one pooled connection");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
 }

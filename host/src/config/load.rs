@@ -198,6 +198,8 @@ impl super::DestinationConfig {
         at_least_one("queue.capacity", self.queue.capacity as u64)?;
         at_least_one("queue.max_in_flight", self.queue.max_in_flight as u64)?;
         at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;
+        at_least_one("pool.max_size", self.pool.max_size as u64)?;
+        at_least_one("pool.acquire_timeout_ms", self.pool.acquire_timeout_ms)?;
         if let Some(health) = &self.health {
             at_least_one("health.interval_ms", health.interval_ms)?;
             at_least_one("health.timeout_ms", health.timeout_ms)?;

@@ -6,6 +6,6 @@ mod model;
 pub use load::ConfigError;
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HealthSettings, HostSection,
-    HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, QueueSettings, RetrySettings, RouteConfig,
-    RouteMatch, StageKind, StageRef, Transport,
+    HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings, QueueSettings,
+    RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
 };

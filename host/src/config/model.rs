@@ -204,6 +204,9 @@ pub struct DestinationConfig {
     /// Active health checks of each endpoint (none when unset: the breakers
     /// alone keep failing endpoints out).
     pub health: Option<HealthSettings>,
+    /// The connection pool of each endpoint.
+    #[serde(default)]
+    pub pool: PoolSettings,
 }
 
 fn default_balancer() -> String {
@@ -271,6 +274,38 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings { capacity: 1024, timeout_ms: 30_000, max_in_flight: 256 }
+    }
+}
+
+/// `pool = {..}` of a network destination: the connections kept to each
+/// endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Most connections to one endpoint, in use and idle: also the most
+    /// requests in flight to it.
+    pub max_size: usize,
+    /// Most idle connections kept.
+    pub max_idle: usize,
+    /// An idle connection unused this long is closed, milliseconds (keep it
+    /// below the peers' keep-alive).
+    pub idle_timeout_ms: u64,
+    /// A connection this old is closed once released, milliseconds.
+    pub max_lifetime_ms: u64,
+    /// Longest wait for a connection when all are in use, milliseconds;
+    /// then the attempt is shed.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_size: 64,
+            max_idle: 16,
+            idle_timeout_ms: 30_000,
+            max_lifetime_ms: 600_000,
+            acquire_timeout_ms: 1_000,
+        }
     }
 }
 

@@ -17,12 +17,12 @@ use crate::resilience::{
 };
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
-use tracing::Instrument;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Weight of an endpoint at full strength; slow start scales it down.
 const FULL_WEIGHT: f64 = 100.0;
@@ -68,6 +68,18 @@ pub trait Transport: Send + Sync + 'static {
     /// Try once to deliver `message` to `address`; called once per attempt,
     /// under the cluster's deadline (the future is dropped when it passes).
     fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a>;
+
+    /// Close the idle connections kept to `address`, and keep those in use
+    /// now from being reused; called when the endpoint turns unhealthy. A
+    /// transport without connections does nothing.
+    fn close_idle(&self, _address: &str) {}
+
+    /// The state of the connection pool to `address`, for the admin API and
+    /// metrics; called on demand. `None` without a pool, or before the first
+    /// attempt to `address`.
+    fn pool_stats(&self, _address: &str) -> Option<super::PoolStats> {
+        None
+    }
 }
 
 /// A destination of endpoints reached through transport `T`.
@@ -228,8 +240,12 @@ impl<T: Transport> Cluster<T> {
         }
     }
 
-    /// Tell that `endpoint` went down (for a reason) or came back up.
+    /// Tell that `endpoint` went down (for a reason; its idle connections
+    /// are closed) or came back up.
     fn tell(&self, endpoint: &Endpoint, down: Option<String>) {
+        if down.is_some() {
+            self.transport.close_idle(&endpoint.address);
+        }
         let (destination, endpoint) = (self.name.clone(), endpoint.address.clone());
         (self.events)(match down {
             Some(reason) => DestinationEvent::EndpointDown { destination, endpoint, reason },
@@ -252,14 +268,13 @@ impl<T: Transport> Cluster<T> {
             let started = Instant::now();
             let span = tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt = attempts);
             let attempt = self.transport.attempt(&endpoint.address, &message);
-            let result =
-                match tokio::time::timeout(self.timeout, attempt).instrument(span).await {
-                    Ok(result) => result,
-                    Err(_) => Err((
-                        Outcome::Retryable(RetryReason::Timeout),
-                        format!("no answer in {:?}", self.timeout),
-                    )),
-                };
+            let result = match tokio::time::timeout(self.timeout, attempt).instrument(span).await {
+                Ok(result) => result,
+                Err(_) => Err((
+                    Outcome::Retryable(RetryReason::Timeout),
+                    format!("no answer in {:?}", self.timeout),
+                )),
+            };
             drop((in_flight, retry_permit.take()));
             let finished = Instant::now();
             endpoint
@@ -387,6 +402,7 @@ impl<T: Transport> Destination for Cluster<T> {
                     Some(HealthState::Down) => "down",
                 },
                 in_flight: endpoint.in_flight.load(Relaxed),
+                pool: self.transport.pool_stats(&endpoint.address),
                 latency_ms: endpoint
                     .latency
                     .lock()

@@ -10,6 +10,7 @@ mod http;
 mod log;
 mod memory;
 mod plugin_balancer;
+mod pool;
 mod probe;
 mod queue;
 mod tcp;
@@ -18,6 +19,7 @@ pub use cluster::{AttemptFuture, AttemptResult, Cluster, Transport};
 pub use http::HttpTransport;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
+pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use probe::probe;
 pub use queue::{DeliveryQueue, PushError, Queued};
 pub use tcp::TcpTransport;
@@ -99,6 +101,8 @@ pub struct EndpointStatus {
     pub health: &'static str,
     /// Requests in flight to it now.
     pub in_flight: u32,
+    /// Its connection pool, once the transport made one.
+    pub pool: Option<PoolStats>,
     /// Its peak-EWMA latency estimate, milliseconds.
     pub latency_ms: f64,
 }

@@ -3,43 +3,30 @@
 //! A frame is a `u32` big-endian length and that many bytes. A request frame
 //! holds one message in the Switchyard wire layout (`switchyard-wire`, the
 //! same bytes plugins receive). The peer answers every request with one frame:
-//! empty for "taken, no reply", or one message (the reply). A connection that
+//! empty for "taken, no reply", or one message (the reply). A connection goes
+//! back to its endpoint's pool only after a complete, good exchange; one that
 //! errored, timed out or answered malformed bytes is closed, never reused.
 
 use super::cluster::{AttemptFuture, AttemptResult, Transport};
+use super::pool::{PoolConfig, PoolStats, Pools};
 use crate::message::Message;
 use crate::resilience::{Outcome, RetryReason};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest reply frame accepted (16 MiB).
 const MAX_FRAME: u32 = 16 << 20;
 
-/// Frames over TCP, keeping up to `max_idle` idle connections per endpoint.
+/// Frames over TCP, through a [`Pool`](super::Pool) of connections per endpoint.
 #[derive(Debug)]
 pub struct TcpTransport {
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
-    max_idle: usize,
+    pools: Pools<TcpStream>,
 }
 
 impl TcpTransport {
-    /// A transport keeping up to `max_idle` idle connections per endpoint.
-    pub fn new(max_idle: usize) -> TcpTransport {
-        TcpTransport { idle: Mutex::default(), max_idle }
-    }
-
-    fn take_idle(&self, address: &str) -> Option<TcpStream> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(address)?.pop()
-    }
-
-    fn put_idle(&self, address: &str, stream: TcpStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let streams = idle.entry(address.to_owned()).or_default();
-        if streams.len() < self.max_idle {
-            streams.push(stream);
-        }
+    /// A transport keeping a pool of connections with `pool` settings per endpoint.
+    pub fn new(pool: PoolConfig) -> TcpTransport {
+        TcpTransport { pools: Pools::new(pool, is_open) }
     }
 
     async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
@@ -48,15 +35,10 @@ impl TcpTransport {
         let length = u32::try_from(frame.len() - 4).expect("messages are far below 4 GiB");
         frame[..4].copy_from_slice(&length.to_be_bytes());
         let reset = |err: std::io::Error| (Outcome::Retryable(RetryReason::Reset), err.to_string());
-        let (mut stream, reused) = match self.take_idle(address) {
-            Some(stream) => (stream, true),
-            None => {
-                let stream = TcpStream::connect(address)
-                    .await
-                    .map_err(|err| (Outcome::Retryable(RetryReason::Connect), err.to_string()))?;
-                (stream, false)
-            }
-        };
+        let pool = self.pools.get(address);
+        let mut stream =
+            pool.acquire(|| connect(address)).await.map_err(|err| err.into_attempt_error(address))?;
+        let reused = stream.is_reused();
         let answer = async {
             stream.write_all(&frame).await?;
             let length = stream.read_u32().await?;
@@ -81,13 +63,121 @@ impl TcpTransport {
                 })?)
             }
         };
-        self.put_idle(address, stream);
+        stream.release();
         Ok(reply)
     }
+}
+
+/// A new connection to `address`, without Nagle's delay (one frame per write).
+async fn connect(address: &str) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Whether an idle connection is still open: the peer neither closed it
+/// (a read of 0 bytes) nor sent bytes nobody asked for. Reads only when the
+/// reactor saw it readable, so an open connection costs no system call.
+fn is_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0; 1]), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 impl Transport for TcpTransport {
     fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
         Box::pin(self.exchange(address, message))
+    }
+
+    fn close_idle(&self, address: &str) {
+        self.pools.close_idle(address);
+    }
+
+    fn pool_stats(&self, address: &str) -> Option<PoolStats> {
+        self.pools.stats(address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::Pool;
+    use std::time::Duration;
+
+    /// A peer on 127.0.0.1 that takes every frame and answers with an empty
+    /// one, or never answers when `silent`.
+    async fn peer(silent: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(length) = stream.read_u32().await {
+                        let mut frame = vec![0; length as usize];
+                        stream.read_exact(&mut frame).await.unwrap();
+                        if silent {
+                            std::future::pending::<()>().await;
+                        }
+                        stream.write_u32(0).await.unwrap();
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn good_exchanges_share_one_pooled_connection_until_close_idle() {
+        let address = peer(false).await;
+        let transport = TcpTransport::new(PoolConfig::default());
+        assert_eq!(transport.pool_stats(&address), None, "no pool before the first attempt");
+        let message = Message::new("jobs", "one");
+        for _ in 0..3 {
+            assert_eq!(transport.attempt(&address, &message).await, Ok(None));
+        }
+        let stats = transport.pool_stats(&address);
+        assert_eq!(stats, Some(PoolStats { size: 1, idle: 1, in_use: 0, waits: 0 }));
+        transport.close_idle(&address);
+        assert_eq!(transport.pool_stats(&address).map(|stats| stats.size), Some(0));
+    }
+
+    #[tokio::test]
+    async fn full_pool_sheds_the_attempt_and_a_cancelled_exchange_is_not_reused() {
+        let address = peer(true).await;
+        let config =
+            PoolConfig { max_size: 1, acquire_timeout: Duration::from_millis(50), ..PoolConfig::default() };
+        let transport = TcpTransport::new(config);
+        let message = Message::new("jobs", "one");
+        let unanswered =
+            tokio::time::timeout(Duration::from_millis(500), transport.attempt(&address, &message));
+        let (unanswered, shed) = tokio::join!(unanswered, transport.attempt(&address, &message));
+        assert!(unanswered.is_err(), "the silent peer never answers: {unanswered:?}");
+        let expected = format!("no connection to {address} free within 50ms (pool of 1)");
+        assert_eq!(shed, Err((Outcome::Shed, expected)));
+        let stats = transport.pool_stats(&address);
+        assert_eq!(stats, Some(PoolStats { size: 0, idle: 0, in_use: 0, waits: 1 }), "closed, not pooled");
+    }
+
+    #[tokio::test]
+    async fn idle_connection_closed_by_the_peer_is_not_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let pool = std::sync::Arc::new(Pool::new(PoolConfig::default(), is_open));
+        let (connected, accepted) = tokio::join!(pool.acquire(|| connect(&address)), listener.accept());
+        connected.unwrap().release();
+        let (mut peer_side, _) = accepted.unwrap();
+        peer_side.shutdown().await.unwrap();
+        drop(peer_side);
+        let reconnect = async {
+            loop {
+                let stream = pool.acquire(|| connect(&address)).await.unwrap();
+                if !stream.is_reused() {
+                    return stream;
+                }
+                stream.release();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let fresh = tokio::time::timeout(Duration::from_secs(10), reconnect).await.expect("a new connection");
+        assert!(!fresh.is_reused());
+        assert_eq!(pool.stats().size, 1, "the connection the peer closed was dropped");
     }
 }

@@ -153,7 +153,7 @@ impl HostBuilder {
                     .map_err(|error| BuildError::Thread { error })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Host {
+        let host = Host {
             inner: Arc::new(HostInner {
                 reloader,
                 sender: RwLock::new(Some(sender)),
@@ -161,7 +161,14 @@ impl HostBuilder {
                 watcher: Mutex::new(watcher),
                 load_errors,
             }),
-        })
+        };
+        let weak = Arc::downgrade(&host.inner);
+        host.metrics().watch_destinations(Box::new(move || {
+            let host = weak.upgrade().map(|inner| Host { inner });
+            host.map(|host| host.destinations().into_iter().map(super::gauges_of).collect())
+                .unwrap_or_default()
+        }));
+        Ok(host)
     }
 }
 

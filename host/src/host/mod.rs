@@ -9,6 +9,7 @@ pub use error::{BuildError, RequestError, SendError};
 use crate::config::{Config, ConfigError};
 use crate::destination::DestinationStatus;
 use crate::message::{Message, MessageId};
+use crate::metrics::{DestinationGauges, EndpointGauges};
 use crate::pipeline::{Counters, Envelope, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::reload::{EventCounts, HostEvent, Reloader, WatchGuard};
@@ -255,6 +256,21 @@ impl Host {
         })?;
         self.count_accepted();
         Ok(())
+    }
+}
+
+/// What `/metrics` shows of `destination` at a scrape.
+fn gauges_of(destination: DestinationStatus) -> DestinationGauges {
+    let endpoints = destination.endpoints.into_iter().map(|endpoint| EndpointGauges {
+        serving: endpoint.serving(),
+        in_flight: endpoint.in_flight,
+        pool: endpoint.pool.map(|pool| (pool.size, pool.idle, pool.waits)),
+        endpoint: endpoint.address,
+    });
+    DestinationGauges {
+        destination: destination.name,
+        queued: destination.queued,
+        endpoints: endpoints.collect(),
     }
 }
 

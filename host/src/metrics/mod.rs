@@ -1,8 +1,11 @@
 //! Metrics: Prometheus families of one host (no process-global registry),
 //! with handles cached where the message path uses them.
 
+mod gauges;
 mod sharded;
 
+use gauges::ScrapeGauges;
+pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -85,6 +88,7 @@ pub struct Metrics {
     attempts: Family<EndpointOutcome, Counter>,
     breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
+    gauges: std::sync::Arc<ScrapeGauges>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,8 +122,10 @@ impl Metrics {
             attempts: Family::default(),
             breaker_transitions: Family::default(),
             events: Family::default(),
+            gauges: Default::default(),
             registry: Registry::default(),
         };
+        registry.register_collector(Box::new(metrics.gauges.clone()));
         registry.register("messages_accepted", "Messages admitted", metrics.accepted.clone());
         let help = "Messages settled per route, by outcome (delivered, filtered, responded, dead_lettered)";
         registry.register("route_messages", help, metrics.route_messages.clone());
@@ -196,6 +202,11 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
         text
+    }
+
+    /// Read the destinations' gauges from `source` at each scrape (once).
+    pub(crate) fn watch_destinations(&self, source: GaugeSource) {
+        let _ = self.gauges.0.set(source);
     }
 
     /// Count one admitted message.

@@ -4,16 +4,13 @@
 use super::dispatch::{DispatchContext, Job};
 use crate::config::{Config, DestinationConfig, Transport};
 use crate::destination::{
-    DeliveryQueue, Destination, HttpTransport, LogDestination, MemoryDestination, TcpTransport,
+    DeliveryQueue, Destination, HttpTransport, LogDestination, MemoryDestination, PoolConfig, TcpTransport,
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
 use crate::router::{Route, RouteTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Idle connections kept per endpoint of a `tcp` destination.
-const IDLE_CONNECTIONS: usize = 16;
 
 /// What messages are routed by and delivered to. Each batch pins one.
 pub(crate) struct Topology {
@@ -128,8 +125,10 @@ impl Topology {
             let destination: Arc<dyn Destination> = match dest.transport {
                 Transport::Log => Arc::new(LogDestination::new(&dest.name)),
                 Transport::Memory => Arc::new(lasting.memory(&dest.name)),
-                Transport::Http => dispatch.cluster(dest, HttpTransport::new(&dest.path)),
-                Transport::Tcp => dispatch.cluster(dest, TcpTransport::new(IDLE_CONNECTIONS)),
+                Transport::Http => {
+                    dispatch.cluster(dest, HttpTransport::new(&dest.path, PoolConfig::from(&dest.pool)))
+                }
+                Transport::Tcp => dispatch.cluster(dest, TcpTransport::new(PoolConfig::from(&dest.pool))),
             };
             let sink = sink(&dest.name, destination);
             let networked = matches!(dest.transport, Transport::Http | Transport::Tcp);
