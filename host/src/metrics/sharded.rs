@@ -143,8 +143,8 @@ mod tests {
         registry.register("latency_seconds", "test", histogram);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("latency_seconds_bucket{le=\"1e-5\"} 2\n"), "{text}");
-        assert!(text.contains("latency_seconds_bucket{le=\"4e-5\"} 3\n"), "{text}");
+        assert!(text.contains("latency_seconds_bucket{le=\"0.00001\"} 2\n"), "{text}");
+        assert!(text.contains("latency_seconds_bucket{le=\"0.00004\"} 3\n"), "{text}");
         assert!(text.contains("latency_seconds_bucket{le=\"2.62144\"} 4\n"), "{text}");
         assert!(text.contains("latency_seconds_bucket{le=\"+Inf\"} 5\n"), "{text}");
         assert!(text.contains("latency_seconds_count 5\n"), "{text}");
