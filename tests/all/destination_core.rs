@@ -229,27 +229,52 @@ async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_is_delivered_or_dead_lettered_while_endpoints_fail_reset_and_die() {
+async fn every_message_is_delivered_or_dead_lettered_while_endpoints_fail_reset_slow_down_and_die() {
     let endpoints = [
+        TestEndpoint::start(Mode::Answer).await,
         TestEndpoint::start(Mode::Answer).await,
         TestEndpoint::start(Mode::Answer).await,
         TestEndpoint::start(Mode::Answer).await,
     ];
     let dir = plugin_dir(&[]);
-    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }";
+    // Slow answers come after the 100 ms deadline: the attempt is retried,
+    // so the endpoint may have taken a message that is delivered elsewhere too.
+    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }\ntimeout_ms = 100";
     let host = host(dir.path(), &config(&endpoints.iter().collect::<Vec<_>>(), extra)).await;
-    let total = 600u64;
-    for n in 0..total {
-        // Trouble changes as the messages flow.
-        match n {
-            100 => endpoints[0].set(Mode::Fail),
-            200 => endpoints[1].set(Mode::Reset),
-            300 => endpoints[0].set(Mode::Answer),
-            400 => endpoints[2].kill(),
-            500 => endpoints[1].set(Mode::Answer),
-            _ => {}
+    // Trouble changes between waves of 100 concurrent requests, each wave
+    // settled before the next.
+    let waves: [&dyn Fn(); 7] = [
+        &|| {},
+        &|| endpoints[0].set(Mode::Fail),
+        &|| endpoints[1].set(Mode::Reset),
+        &|| endpoints[3].set(Mode::Slow),
+        &|| {
+            endpoints[2].kill();
+            endpoints[0].set(Mode::Answer);
+        },
+        &|| {
+            endpoints[1].set(Mode::Answer);
+            endpoints[3].set(Mode::Answer);
+        },
+        &|| {},
+    ];
+    let total = 100 * waves.len() as u64;
+    for (wave, trouble) in waves.iter().enumerate() {
+        trouble();
+        let requests: Vec<_> = (0..100)
+            .map(|n| {
+                let host = host.clone();
+                tokio::spawn(
+                    async move { host.request(Message::new("orders", format!("w{wave}-{n}"))).await },
+                )
+            })
+            .collect();
+        for request in requests {
+            match within(request).await.unwrap() {
+                Ok(_) | Err(switchyard::RequestError::DeadLettered(_)) => {}
+                Err(other) => panic!("{other:?}"),
+            }
         }
-        host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
     }
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, total);
@@ -266,11 +291,13 @@ async fn every_message_is_delivered_or_dead_lettered_while_endpoints_fail_reset_
             *answered.entry(seen.id).or_default() += 1;
         }
     }
-    assert!(answered.len() as u64 >= stats.delivered, "{} answered, {stats:?}", answered.len());
+    assert_eq!(answered.len() as u64, stats.delivered, "one delivery per message answered");
+    assert!(answered.values().all(|&times| times == 1), "a message answered in time twice");
     assert!(received.values().all(|&times| times <= 3), "more copies than attempts");
     let dead_ids: Vec<u64> = dead.iter().map(|letter| letter.id).collect();
     assert!(dead_ids.iter().all(|id| !answered.contains_key(id)), "a dead letter was also answered");
     assert!(stats.delivered > total / 2, "{stats:?}");
+    assert!(endpoints[3].seen().iter().any(|seen| seen.slow), "the slow wave reached the slow endpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,4 +389,61 @@ async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state(
     assert_eq!(breakers(&host), ["closed", "closed"]);
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.delivered, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
+    let (flaky, steady) = (TestEndpoint::start(Mode::Fail).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "retry = { attempts = 2, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 20 }";
+    let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
+    let mut events = host.subscribe();
+    within(host.request(Message::new("orders", "first"))).await.unwrap();
+    let HostEvent::EndpointDown { endpoint, .. } = next_event(&mut events, "endpoint-down").await else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, flaky.addr.to_string());
+    flaky.set(Mode::Answer);
+    // Once its ejection ends, one request probes it and it is back.
+    let up = within(async {
+        loop {
+            host.request(Message::new("orders", "probe?")).await.unwrap();
+            match events.try_recv() {
+                Ok(HostEvent::EndpointUp { endpoint, .. }) => return endpoint,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(up, flaky.addr.to_string());
+    let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+    assert_eq!(api.endpoints[0].breaker, "closed");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_failure_rate_ejects_an_endpoint_that_never_fails_twice_in_a_row() {
+    let (flaky, steady) =
+        (TestEndpoint::start(Mode::Alternate).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "retry = { attempts = 2, base_ms = 1, max_ms = 5 }\n\
+                 breaker = { consecutive_failures = 0, open_ms = 60000, failure_percent = 40, window = 10, min_volume = 10 }";
+    let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
+    let mut events = host.subscribe();
+    let reason = within(async {
+        loop {
+            host.request(Message::new("orders", "m")).await.unwrap();
+            match events.try_recv() {
+                Ok(HostEvent::EndpointDown { endpoint, reason, .. }) => return (endpoint, reason),
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(reason.0, flaky.addr.to_string());
+    assert!(reason.1.contains("FailureRate"), "{}", reason.1);
+    assert!(flaky.seen().len() >= 10, "not before the window is full");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 0);
 }

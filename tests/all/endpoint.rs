@@ -24,7 +24,14 @@ pub enum Mode {
     Reset = 2,
     /// Wait for [`TestEndpoint::release`], then answer.
     Hold = 3,
+    /// 503 for every other message request (the 2nd, 4th, …), else answer.
+    Alternate = 4,
+    /// Answer after [`SLOW`], past the deadlines the tests set.
+    Slow = 5,
 }
+
+/// How long a [`Mode::Slow`] endpoint takes to answer.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One request the endpoint got.
 #[derive(Clone, Debug)]
@@ -33,8 +40,10 @@ pub struct Seen {
     pub id: u64,
     /// The body.
     pub body: String,
-    /// Whether it was answered 200.
+    /// Whether it was answered 200 in time ([`Mode::Slow`] answers are late).
     pub answered: bool,
+    /// Whether it came in [`Mode::Slow`].
+    pub slow: bool,
 }
 
 struct State {
@@ -129,21 +138,34 @@ async fn serve(
     let id = request.headers().get("x-sy-id").and_then(|id| id.to_str().ok()?.parse().ok()).unwrap_or(0);
     let body = request.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
     let mode = state.mode.load(SeqCst);
+    let mut failing = mode == Mode::Fail as u8;
     if !health_check {
-        state.arrivals.fetch_add(1, SeqCst);
+        let arrival = state.arrivals.fetch_add(1, SeqCst) + 1;
         state.arrived.notify_waiters();
+        failing |= mode == Mode::Alternate as u8 && arrival % 2 == 0;
         if mode == Mode::Hold as u8 {
             state.held.acquire().await.expect("never closed").forget();
         }
+        if mode == Mode::Slow as u8 {
+            // Seen now: the caller may give up and close the connection.
+            let seen =
+                Seen { id, body: String::from_utf8_lossy(&body).into_owned(), answered: false, slow: true };
+            state.seen.lock().unwrap().push(seen);
+            tokio::time::sleep(SLOW).await;
+        }
     }
     let status = match mode {
-        m if m == Mode::Fail as u8 => StatusCode::SERVICE_UNAVAILABLE,
+        _ if failing => StatusCode::SERVICE_UNAVAILABLE,
         m if m == Mode::Reset as u8 => return Err("reset".into()),
         _ => StatusCode::OK,
     };
-    if !health_check {
-        let seen =
-            Seen { id, body: String::from_utf8_lossy(&body).into_owned(), answered: status.is_success() };
+    if !health_check && mode != Mode::Slow as u8 {
+        let seen = Seen {
+            id,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            answered: status.is_success(),
+            slow: false,
+        };
         state.seen.lock().unwrap().push(seen);
     }
     Ok(Response::builder().status(status).body(Full::new(body)).expect("a valid response"))

@@ -199,6 +199,10 @@ impl super::DestinationConfig {
         at_least_one("queue.max_in_flight", self.queue.max_in_flight as u64)?;
         at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;
         at_least_one("pool.max_size", self.pool.max_size as u64)?;
+        at_least_one("breaker.window", self.breaker.window as u64)?;
+        if let Some(percent) = self.breaker.failure_percent.filter(|percent| !(1..=100).contains(percent)) {
+            return Err(("breaker.failure_percent", percent.to_string(), "must be 1 to 100".into()));
+        }
         at_least_one("pool.acquire_timeout_ms", self.pool.acquire_timeout_ms)?;
         if let Some(health) = &self.health {
             at_least_one("health.interval_ms", health.interval_ms)?;

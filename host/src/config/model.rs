@@ -247,11 +247,24 @@ pub struct BreakerSettings {
     pub consecutive_failures: u32,
     /// First ejection, milliseconds (doubling on each re-ejection, up to 60 s).
     pub open_ms: u64,
+    /// Also trip when at least this percentage of the last `window`
+    /// outcomes failed (once `min_volume` are in); off when unset.
+    pub failure_percent: Option<u32>,
+    /// Outcomes the failure percentage is over.
+    pub window: usize,
+    /// Outcomes needed before the failure percentage counts.
+    pub min_volume: usize,
 }
 
 impl Default for BreakerSettings {
     fn default() -> Self {
-        BreakerSettings { consecutive_failures: 5, open_ms: 1_000 }
+        BreakerSettings {
+            consecutive_failures: 5,
+            open_ms: 1_000,
+            failure_percent: None,
+            window: 100,
+            min_volume: 20,
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use crate::message::Message;
 use crate::metrics::EndpointMetrics;
 use crate::resilience::{
     Admission, Breaker, BreakerConfig, BreakerPermit, BreakerState, EjectionBackoff, EligibilityPolicy,
-    EndpointCondition, Health, HealthConfig, HealthState, HealthTransition, Outcome, RetryBudget,
-    RetryPolicy, RetryReason, Transition,
+    EndpointCondition, FailureRate, Health, HealthConfig, HealthState, HealthTransition, Outcome,
+    RetryBudget, RetryPolicy, RetryReason, Transition,
 };
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
@@ -116,7 +116,11 @@ impl<T: Transport> Cluster<T> {
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = BreakerConfig {
             consecutive_failures: config.breaker.consecutive_failures,
-            failure_rate: None,
+            failure_rate: config.breaker.failure_percent.map(|percent| FailureRate {
+                threshold: f64::from(percent) / 100.0,
+                window: config.breaker.window,
+                min_volume: config.breaker.min_volume,
+            }),
             ejection: EjectionBackoff {
                 base: Duration::from_millis(config.breaker.open_ms),
                 ..EjectionBackoff::default()
