@@ -142,7 +142,7 @@ async fn serve(
     if !health_check {
         let arrival = state.arrivals.fetch_add(1, SeqCst) + 1;
         state.arrived.notify_waiters();
-        failing |= mode == Mode::Alternate as u8 && arrival % 2 == 0;
+        failing |= mode == Mode::Alternate as u8 && arrival.is_multiple_of(2);
         if mode == Mode::Hold as u8 {
             state.held.acquire().await.expect("never closed").forget();
         }
