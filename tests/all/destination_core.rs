@@ -95,7 +95,9 @@ async fn a_busy_destination_sends_the_most_urgent_class_first_then_the_oldest() 
 async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let extra = "queue = { max_in_flight = 1, timeout_ms = 1 }";
+    // Long enough for the first message, which finds the queue idle, even
+    // on a loaded machine.
+    let extra = "queue = { max_in_flight = 1, timeout_ms = 500 }";
     let host = host(dir.path(), &config(&[&endpoint], extra)).await;
     host.send(Message::new("orders", "first")).await.unwrap();
     within(endpoint.arrivals(1)).await;
@@ -103,8 +105,8 @@ async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
         host.send(Message::new("orders", format!("late {n}"))).await.unwrap();
     }
     queued(&host, "api", 3).await;
-    // Past the 1 ms timeout for sure; the wait is measured from the enqueue.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Past the timeout for sure; the wait is measured from the enqueue.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     endpoint.release(1);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 3));

@@ -41,7 +41,7 @@ const WARM_UP: Duration = Duration::from_millis(150);
 const RUN_TIME: Duration = Duration::from_millis(120);
 const RUNS: usize = 5;
 /// Timed runs per routed pipeline, alternating between the pipelines.
-const ROUTED_RUNS: usize = 3;
+const ROUTED_RUNS: usize = 5;
 /// Tokio tasks sending into the host.
 const SENDERS: usize = 2;
 

@@ -35,7 +35,12 @@ pub(crate) struct ShardedCounter(Arc<[Padded<AtomicU64>; SHARDS]>);
 impl ShardedCounter {
     /// Add one.
     pub(crate) fn inc(&self) {
-        self.0[shard()].0.fetch_add(1, Relaxed);
+        self.add(1);
+    }
+
+    /// Add `n`.
+    pub(crate) fn add(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Relaxed);
     }
 
     /// The total.

@@ -22,13 +22,17 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// One message on its way to one destination.
-pub(crate) struct Job {
+pub(crate) struct Delivery {
     pub(crate) message: Message,
     pub(crate) reply: Option<ReplySender>,
     /// Middleware versions the request passed, to run `on_reply` in reverse.
     pub(crate) middlewares: Vec<Arc<CompiledPlugin>>,
     pub(crate) accepted_at: std::time::Instant,
-    /// The route it came by.
+}
+
+/// A delivery waiting in a destination's queue, with the route it came by.
+pub(crate) struct Job {
+    pub(crate) delivery: Delivery,
     pub(crate) route: Arc<RouteMetrics>,
 }
 
@@ -112,15 +116,16 @@ impl Dispatcher {
             let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, waited) = (self.sink.clone(), enqueued.elapsed());
-            let span = tracing::debug_span!("deliver", destination = %sink.name, route = %job.route.route, id = job.message.id);
+            let Job { delivery, route } = job;
+            let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let timeout = self.timeout;
             let delivery = async move {
                 let result = match waited > timeout {
                     true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
-                    false => sink.destination.deliver(job.message.clone()).await,
+                    false => sink.destination.deliver(delivery.message.clone()).await,
                 };
                 drop((slot, host_slot));
-                pipeline.settle(&sink, job, result).await;
+                pipeline.settle(&sink, delivery, &route, result).await;
             };
             context.tracker.spawn_on(delivery.instrument(span), &context.runtime);
         }

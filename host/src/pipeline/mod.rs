@@ -23,7 +23,7 @@ use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginSet};
 use crate::router::Route;
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
-use dispatch::Job;
+use dispatch::{Delivery, Job};
 use item::{Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -177,37 +177,41 @@ impl Pipeline {
                 true => message.take().expect("the last copy"),
                 false => message.as_ref().expect("not the last copy").clone(),
             };
-            let job = Job {
-                message,
-                reply: reply.take(),
-                middlewares: std::mem::take(&mut middlewares),
-                accepted_at,
-                route: metrics.clone(),
-            };
+            let middlewares = std::mem::take(&mut middlewares);
+            let delivery = Delivery { message, reply: reply.take(), middlewares, accepted_at };
             let target = &topology.destinations[name];
-            let job = match &target.queue {
-                Some(queue) => match queue.0.push(job.message.priority, job).await {
-                    Ok(()) => continue,
-                    // Closed: only once the host drains, after the workers stop.
-                    Err(job) => job,
-                },
-                None => job,
+            let delivery = match &target.queue {
+                Some(queue) => {
+                    let job = Job { delivery, route: metrics.clone() };
+                    match queue.0.push(job.delivery.message.priority, job).await {
+                        Ok(()) => continue,
+                        // Closed: only once the host drains, after the workers stop.
+                        Err(job) => job.delivery,
+                    }
+                }
+                None => delivery,
             };
-            let result = target.sink.destination.deliver(job.message.clone()).await;
-            self.settle(&target.sink, job, result).await;
+            let result = target.sink.destination.deliver(delivery.message.clone()).await;
+            self.settle(&target.sink, delivery, metrics, result).await;
         }
     }
 
     /// Count and answer a delivery to `sink`, or dead-letter it.
-    pub(crate) async fn settle(&self, sink: &Sink, job: Job, result: DeliveryResult) {
-        let Job { message, reply, middlewares, accepted_at, route } = job;
+    pub(crate) async fn settle(
+        &self,
+        sink: &Sink,
+        delivery: Delivery,
+        route: &RouteMetrics,
+        result: DeliveryResult,
+    ) {
+        let Delivery { message, reply, middlewares, accepted_at } = delivery;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
                 sink.count(false);
                 let reason = DeadLetterReason::Delivery { destination: sink.name.clone(), error };
                 let item = Item { message, reply, middlewares: Vec::new(), accepted_at };
-                return self.dead_letter(&self.topology.load(), item, reason, Some(&route)).await;
+                return self.dead_letter(&self.topology.load(), item, reason, Some(route)).await;
             }
         };
         Counters::bump(&self.counters.delivered, 1);

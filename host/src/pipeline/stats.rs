@@ -1,18 +1,19 @@
 //! Counters of what happened to accepted messages: the delivery oracle.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::metrics::ShardedCounter;
 
-/// Live counters, bumped by the pipeline.
+/// Live counters, bumped by the pipeline; sharded by thread, so senders and
+/// workers never contend for them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) created: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) filtered: AtomicU64,
-    pub(crate) responded: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) skipped_stages: AtomicU64,
-    pub(crate) dead_letter_failures: AtomicU64,
+    pub(crate) accepted: ShardedCounter,
+    pub(crate) created: ShardedCounter,
+    pub(crate) delivered: ShardedCounter,
+    pub(crate) filtered: ShardedCounter,
+    pub(crate) responded: ShardedCounter,
+    pub(crate) dead_lettered: ShardedCounter,
+    pub(crate) skipped_stages: ShardedCounter,
+    pub(crate) dead_letter_failures: ShardedCounter,
 }
 
 /// A snapshot of a host's message counters.
@@ -52,20 +53,20 @@ impl Stats {
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Relaxed);
+    pub(crate) fn bump(counter: &ShardedCounter, by: u64) {
+        counter.add(by);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
-            accepted: self.accepted.load(Relaxed),
-            created: self.created.load(Relaxed),
-            delivered: self.delivered.load(Relaxed),
-            filtered: self.filtered.load(Relaxed),
-            responded: self.responded.load(Relaxed),
-            dead_lettered: self.dead_lettered.load(Relaxed),
-            skipped_stages: self.skipped_stages.load(Relaxed),
-            dead_letter_failures: self.dead_letter_failures.load(Relaxed),
+            accepted: self.accepted.get(),
+            created: self.created.get(),
+            delivered: self.delivered.get(),
+            filtered: self.filtered.get(),
+            responded: self.responded.get(),
+            dead_lettered: self.dead_lettered.get(),
+            skipped_stages: self.skipped_stages.get(),
+            dead_letter_failures: self.dead_letter_failures.get(),
         }
     }
 }
