@@ -41,6 +41,37 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// Endpoint `address` of destination `config`, with a fresh breaker,
+    /// health (with active checks) and latency estimate.
+    fn new(
+        address: &str,
+        breaker: BreakerConfig,
+        config: &DestinationConfig,
+        metrics: EndpointMetrics,
+    ) -> Endpoint {
+        let health = config.health.as_ref().map(|settings| {
+            Mutex::new(Health::new(HealthConfig {
+                rise: settings.rise,
+                fall: settings.fall,
+                ..HealthConfig::default()
+            }))
+        });
+        let latency = PeakEwma::new(
+            crate::balance::DEFAULT_RTT,
+            crate::balance::DEFAULT_DECAY,
+            std::time::Instant::now(),
+        );
+        Endpoint {
+            address: address.to_owned(),
+            id: endpoint_id(address),
+            breaker: Breaker::new(breaker),
+            health,
+            in_flight: AtomicU32::new(0),
+            latency: Mutex::new(latency),
+            metrics,
+        }
+    }
+
     fn health_state(&self) -> Option<HealthState> {
         self.health.as_ref().map(|health| lock(health).state())
     }
@@ -126,27 +157,10 @@ impl<T: Transport> Cluster<T> {
                 ..EjectionBackoff::default()
             },
         };
-        let now = std::time::Instant::now();
         let endpoints = config
             .endpoints
             .iter()
-            .map(|address| Endpoint {
-                address: address.clone(),
-                id: endpoint_id(address),
-                breaker: Breaker::new(breaker),
-                health: config.health.as_ref().map(|settings| {
-                    let thresholds =
-                        HealthConfig { rise: settings.rise, fall: settings.fall, ..HealthConfig::default() };
-                    Mutex::new(Health::new(thresholds))
-                }),
-                in_flight: AtomicU32::new(0),
-                latency: Mutex::new(PeakEwma::new(
-                    crate::balance::DEFAULT_RTT,
-                    crate::balance::DEFAULT_DECAY,
-                    now,
-                )),
-                metrics: metrics.endpoint(&config.name, address),
-            })
+            .map(|address| Endpoint::new(address, breaker, config, metrics.endpoint(&config.name, address)))
             .collect();
         Cluster {
             name: config.name.clone(),
@@ -264,51 +278,17 @@ impl<T: Transport> Cluster<T> {
         let mut last_error = String::from("no endpoint admitted the message");
         let (mut attempts, mut retry_permit) = (0, None);
         while attempts < self.retry.attempts {
-            let now = Instant::now();
-            let Some((index, permit)) = self.choose(&mut tried, key, now) else { break };
+            let Some((index, permit)) = self.choose(&mut tried, key, Instant::now()) else { break };
             attempts += 1;
             let endpoint = &self.endpoints[index];
-            let in_flight = InFlight::enter(&endpoint.in_flight);
-            let started = Instant::now();
-            let span = tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt = attempts);
-            let attempt = self.transport.attempt(&endpoint.address, &message);
-            let result = match tokio::time::timeout(self.timeout, attempt).instrument(span).await {
-                Ok(result) => result,
-                Err(_) => Err((
-                    Outcome::Retryable(RetryReason::Timeout),
-                    format!("no answer in {:?}", self.timeout),
-                )),
-            };
-            drop((in_flight, retry_permit.take()));
-            let finished = Instant::now();
-            endpoint
-                .latency
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .observe(finished - started, finished.into_std());
-            let outcome = match &result {
-                Ok(_) => Outcome::Ok,
-                Err((outcome, _)) => outcome.clone(),
-            };
-            endpoint.metrics.attempts[match &outcome {
-                Outcome::Ok => 0,
-                Outcome::Retryable(_) => 1,
-                Outcome::Fatal(_) => 2,
-                Outcome::Shed => 3,
-            }]
-            .inc();
-            let problem = result.as_ref().err().map_or("", |(_, error)| error.as_str());
-            if let Some(transition) = permit.report(&outcome, finished) {
-                self.breaker_changed(endpoint, transition, problem);
-            }
-            if let Some(health) = &endpoint.health {
-                let transition = lock(health).record_passive(&outcome, finished);
-                self.health_changed(endpoint, transition, Some(problem));
-            }
+            let (outcome, result) = self.attempt(endpoint, permit, &message, attempts).await;
+            drop(retry_permit.take());
             let error = match result {
                 Ok(reply) => return Ok(reply),
-                Err((Outcome::Fatal(_), error)) => return Err(DeliveryError::Fatal(error)),
-                Err((_, error)) => error,
+                Err(error) if matches!(outcome, Outcome::Fatal(_)) => {
+                    return Err(DeliveryError::Fatal(error));
+                }
+                Err(error) => error,
             };
             last_error = format!("{}: {error}", endpoint.address);
             let retry = self.retry.backoff_after(attempts, &outcome, &mut rand::rng());
@@ -319,6 +299,48 @@ impl<T: Transport> Cluster<T> {
             tokio::time::sleep(delay).await;
         }
         Err(DeliveryError::Retryable(format!("gave up after {attempts} attempts; last: {last_error}")))
+    }
+
+    /// Attempt number `attempt` at `endpoint`, under the deadline; its
+    /// outcome feeds the endpoint's latency, breaker, health and metrics.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        permit: BreakerPermit,
+        message: &Message,
+        attempt: u32,
+    ) -> (Outcome, Result<Option<Message>, String>) {
+        let in_flight = InFlight::enter(&endpoint.in_flight);
+        let started = Instant::now();
+        let span =
+            tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
+        let answer = self.transport.attempt(&endpoint.address, message);
+        let (outcome, result) = match tokio::time::timeout(self.timeout, answer).instrument(span).await {
+            Ok(Ok(reply)) => (Outcome::Ok, Ok(reply)),
+            Ok(Err((outcome, error))) => (outcome, Err(error)),
+            Err(_) => {
+                (Outcome::Retryable(RetryReason::Timeout), Err(format!("no answer in {:?}", self.timeout)))
+            }
+        };
+        drop(in_flight);
+        let finished = Instant::now();
+        lock(&endpoint.latency).observe(finished - started, finished.into_std());
+        endpoint.metrics.attempts[match &outcome {
+            Outcome::Ok => 0,
+            Outcome::Retryable(_) => 1,
+            Outcome::Fatal(_) => 2,
+            Outcome::Shed => 3,
+        }]
+        .inc();
+        let problem = result.as_ref().err().map_or("", String::as_str);
+        if let Some(transition) = permit.report(&outcome, finished) {
+            self.breaker_changed(endpoint, transition, problem);
+        }
+        if let Some(health) = &endpoint.health {
+            let transition = lock(health).record_passive(&outcome, finished);
+            self.health_changed(endpoint, transition, Some(problem));
+        }
+        (outcome, result)
     }
 
     /// Pick an endpoint not tried yet (all again once every one was) that
@@ -407,13 +429,7 @@ impl<T: Transport> Destination for Cluster<T> {
                 },
                 in_flight: endpoint.in_flight.load(Relaxed),
                 pool: self.transport.pool_stats(&endpoint.address),
-                latency_ms: endpoint
-                    .latency
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .estimate(now.into_std())
-                    .as_secs_f64()
-                    * 1e3,
+                latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,
             })
             .collect()
     }
