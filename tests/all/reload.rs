@@ -3,7 +3,7 @@
 
 use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, within};
 use std::path::Path;
-use switchyard::{Host, HostEvent, Message};
+use switchyard::{Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
 use tokio::sync::broadcast;
 
@@ -257,5 +257,29 @@ async fn invalid_config_file_is_rejected_whole_and_a_valid_one_applies() {
     event_where(&mut events, |e| matches!(e, HostEvent::ConfigApplied { .. })).await;
     host.send(Message::new("x", "2")).await.unwrap();
     assert_eq!(next(&host.memory("dead").unwrap()).await.payload, "2", "the new route applies");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_keeps_what_the_builder_set_in_code() {
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let config_dir = plugin_dir(&[]);
+    let config_path = config_dir.path().join("switchyard.toml");
+    // The file names a plugin directory without the plugin; code overrides it.
+    let config = |dead_letter: &str| {
+        let text = MEMORY_OUT.replace("dead_letter = \"dead\"", &format!("dead_letter = \"{dead_letter}\""));
+        format!("{text}[[route]]\nname = \"file\"\nmatch = {{ topic = \"file\" }}\nto = \"out\"\n")
+    };
+    std::fs::write(&config_path, config("dead")).unwrap();
+    let code_route = RouteConfig::new("code", "code", "out").stage("transform:t");
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.plugin_dir(plugins.path()).route(code_route).build().await.unwrap();
+    std::fs::write(&config_path, config("log")).unwrap();
+    within(host.reload()).await.unwrap();
+    assert_eq!(host.config().host.dead_letter, "log", "the file's change applies");
+    assert!(host.unavailable_stages().is_empty(), "plugins still come from the code's directory");
+    host.send(Message::new("code", "c")).await.unwrap();
+    let through_code_route = next(&host.memory("out").unwrap()).await;
+    assert!(through_code_route.header("x-stamp").is_some(), "{through_code_route:?}");
     drain_and_account(&host).await;
 }

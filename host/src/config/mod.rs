@@ -2,6 +2,7 @@
 
 mod load;
 mod model;
+mod overrides;
 
 pub use load::ConfigError;
 pub use model::{
@@ -9,3 +10,4 @@ pub use model::{
     HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings, QueueSettings,
     RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
 };
+pub(crate) use overrides::CodeOverrides;

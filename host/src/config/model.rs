@@ -314,7 +314,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             max_size: 64,
-            max_idle: 16,
+            max_idle: 64,
             idle_timeout_ms: 30_000,
             max_lifetime_ms: 600_000,
             acquire_timeout_ms: 1_000,

@@ -53,11 +53,11 @@ impl From<&crate::config::PoolSettings> for PoolConfig {
 }
 
 impl Default for PoolConfig {
-    /// 64 connections, 16 idle, idle for 30 s, 10 min old, 1 s to acquire.
+    /// 64 connections, all may stay idle, idle for 30 s, 10 min old, 1 s to acquire.
     fn default() -> PoolConfig {
         PoolConfig {
             max_size: 64,
-            max_idle: 16,
+            max_idle: 64,
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(600),
             acquire_timeout: Duration::from_secs(1),

@@ -1,7 +1,7 @@
 //! Building a host: configuration, plugins, destinations and native stages.
 
 use super::{BuildError, Host, HostInner};
-use crate::config::{Config, ConfigError, RouteConfig};
+use crate::config::{CodeOverrides, Config, ConfigError, RouteConfig};
 use crate::destination::{Destination, EventSink, HostServices};
 use crate::metrics::Metrics;
 use crate::pipeline::{
@@ -23,6 +23,7 @@ pub struct HostBuilder {
     config_file: (String, Option<PathBuf>),
     destinations: HashMap<String, Arc<dyn Destination>>,
     natives: NativeStages,
+    overrides: CodeOverrides,
 }
 
 impl HostBuilder {
@@ -32,6 +33,7 @@ impl HostBuilder {
             config_file: ("<builder>".into(), None),
             destinations: HashMap::new(),
             natives: NativeStages::default(),
+            overrides: CodeOverrides::default(),
         }
     }
 
@@ -42,15 +44,17 @@ impl HostBuilder {
         self
     }
 
-    /// Load plugins from `dir` instead of the configured directory.
+    /// Load plugins from `dir` instead of the configured directory (also
+    /// after config reloads).
     pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.host.plugin_dir = dir.into();
+        self.overrides.plugin_dir = Some(dir.into());
         self
     }
 
-    /// Append a route (after those of the configuration).
+    /// Append a route (after those of the configuration, also after config
+    /// reloads).
     pub fn route(mut self, route: RouteConfig) -> Self {
-        self.config.routes.push(route);
+        self.overrides.routes.push(route);
         self
     }
 
@@ -86,7 +90,8 @@ impl HostBuilder {
     /// `host.watch` is set, the watcher. A plugin that fails to load is
     /// reported by [`Host::load_errors`] and an event; it does not stop the host.
     pub async fn build(self) -> Result<Host, BuildError> {
-        let HostBuilder { config, config_file, destinations, natives } = self;
+        let HostBuilder { config, config_file, destinations, natives, overrides } = self;
+        let config = overrides.apply(config);
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
@@ -132,7 +137,8 @@ impl HostBuilder {
         });
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
-        let reloader = Arc::new(Reloader::new(pipeline.clone(), config, config_file, lasting, events));
+        let reloader =
+            Arc::new(Reloader::new(pipeline.clone(), (config, overrides), config_file, lasting, events));
         let dir = reloader.plugin_dir();
         let load_errors = reloader
             .load_all()

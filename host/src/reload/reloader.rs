@@ -4,7 +4,7 @@
 
 use super::events::{Events, HostEvent};
 use super::source::{Source, read_source};
-use crate::config::{Config, ConfigError};
+use crate::config::{CodeOverrides, Config, ConfigError};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
 use arc_swap::ArcSwap;
@@ -18,6 +18,8 @@ pub(crate) struct Reloader {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) events: Arc<Events>,
     pub(crate) config: ArcSwap<Config>,
+    /// Settings made in code, applied over every config.
+    overrides: CodeOverrides,
     /// The file the config was read from, if any, and the name errors use.
     config_file: (String, Option<PathBuf>),
     pub(crate) lasting: LastingDestinations,
@@ -28,7 +30,7 @@ pub(crate) struct Reloader {
 impl Reloader {
     pub(crate) fn new(
         pipeline: Arc<Pipeline>,
-        config: Config,
+        (config, overrides): (Config, CodeOverrides),
         config_file: (String, Option<PathBuf>),
         lasting: LastingDestinations,
         events: Arc<Events>,
@@ -37,6 +39,7 @@ impl Reloader {
             pipeline,
             events,
             config: ArcSwap::from_pointee(config),
+            overrides,
             config_file,
             lasting,
             changing: Mutex::new(()),
@@ -119,6 +122,7 @@ impl Reloader {
     /// Validate `config` whole and make it current: routes, destinations and
     /// plugin settings. An invalid one changes nothing.
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<(), ConfigError> {
+        let config = self.overrides.apply(config);
         let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
         config.validate(file, &native)?;
         {
