@@ -53,7 +53,8 @@ pub struct HostSection {
     /// them; beyond it their queues wait.
     pub max_in_flight: usize,
     /// Count messages per route, destination and plugin for `/metrics`;
-    /// off only to measure what counting costs.
+    /// off only to measure what counting costs (the host's own counts,
+    /// `Host::stats` and `messages_accepted`, stay).
     pub metrics: bool,
 }
 

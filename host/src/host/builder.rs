@@ -127,7 +127,7 @@ impl HostBuilder {
                     &config, None, &lasting, &metrics, &dispatch,
                 )),
                 natives,
-                counters: Counters::default(),
+                counters: Counters::new(metrics.accepted_counter()),
                 metrics: metrics.clone(),
                 ids,
                 batch_size: config.host.batch_size,

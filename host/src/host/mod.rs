@@ -239,9 +239,8 @@ impl Host {
     }
 
     fn count_accepted(&self) {
-        let pipeline = &self.inner.reloader.pipeline;
-        Counters::bump(&pipeline.counters.accepted, 1);
-        pipeline.metrics.accepted();
+        // Also `switchyard_messages_accepted_total`: one counter for both.
+        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, 1);
     }
 
     fn sender(&self) -> Result<flume::Sender<Envelope>, SendError> {

@@ -63,10 +63,9 @@ impl EncodeMetric for ShardedCounter {
     }
 }
 
-/// One thread's part of a latency histogram.
+/// One thread's part of a latency histogram (its count is the buckets' sum).
 #[derive(Debug, Default)]
 struct HistogramShard {
-    count: AtomicU64,
     sum_nanos: AtomicU64,
     /// Per bucket of [`LATENCY_BOUNDS`], then `+Inf`.
     buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
@@ -84,13 +83,12 @@ impl LatencyHistogram {
         let bucket = LATENCY_BOUNDS.partition_point(|bound| *bound < seconds);
         shard.buckets[bucket].fetch_add(1, Relaxed);
         shard.sum_nanos.fetch_add(latency.as_nanos().min(u64::MAX.into()) as u64, Relaxed);
-        shard.count.fetch_add(1, Relaxed);
     }
 
     /// Observations in all.
     #[cfg(test)]
     fn count(&self) -> u64 {
-        self.0.iter().map(|shard| shard.0.count.load(Relaxed)).sum()
+        self.0.iter().flat_map(|shard| &shard.0.buckets).map(|bucket| bucket.load(Relaxed)).sum()
     }
 }
 
@@ -102,14 +100,14 @@ impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let mut buckets: Vec<(f64, u64)> =
             LATENCY_BOUNDS.iter().chain([&f64::INFINITY]).map(|bound| (*bound, 0)).collect();
-        let (mut count, mut sum_nanos) = (0, 0);
+        let mut sum_nanos = 0;
         for shard in self.0.iter() {
-            count += shard.0.count.load(Relaxed);
             sum_nanos += shard.0.sum_nanos.load(Relaxed);
             for (total, bucket) in buckets.iter_mut().zip(&shard.0.buckets) {
                 total.1 += bucket.load(Relaxed);
             }
         }
+        let count = buckets.iter().map(|(_, count)| count).sum();
         encoder.encode_histogram::<NoLabelSet>(sum_nanos as f64 / 1e9, count, &buckets, None)
     }
 

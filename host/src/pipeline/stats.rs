@@ -53,6 +53,11 @@ impl Stats {
 }
 
 impl Counters {
+    /// Counters counting admissions on `accepted` (shared with the metrics).
+    pub(crate) fn new(accepted: ShardedCounter) -> Counters {
+        Counters { accepted, ..Counters::default() }
+    }
+
     pub(crate) fn bump(counter: &ShardedCounter, by: u64) {
         counter.add(by);
     }
