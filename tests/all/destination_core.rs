@@ -449,3 +449,24 @@ async fn a_high_failure_rate_ejects_an_endpoint_that_never_fails_twice_in_a_row(
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_plugin_sees_the_head_of_the_message_it_places() {
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[("picky", switchyard_plugin_artifacts::FAULTY_BALANCER)]);
+    // It answers wrong only for messages carrying header `x-odd`.
+    let plugin = "[[plugin]]\nname = \"picky\"\nconfig = { mode = \"out-of-range\", trigger = \"x-odd\" }\n";
+    let config = format!("{}{plugin}", config(&[&endpoint], "balancer = \"plugin:picky\""));
+    let host = host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    within(host.request(Message::new("orders", "plain"))).await.unwrap();
+    assert_eq!(host.event_counts().balancer_fallbacks, 0, "a plain message is placed by the plugin");
+    within(host.request(Message::new("orders", "odd").with_header("x-odd", "1"))).await.unwrap();
+    let HostEvent::BalancerFallback { reason, .. } = next_event(&mut events, "balancer-fallback").await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("not one of the 1 eligible endpoints"), "{reason}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, 2);
+}

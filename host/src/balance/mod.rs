@@ -73,9 +73,29 @@ pub trait Balancer: Send + Sync {
     /// value the destination hashes on (the configured header of the message, see
     /// [`BalancerConfig::hash_header`]); balancers that do not hash ignore it.
     fn pick(&self, endpoints: &[EndpointView], key: Option<&str>) -> Option<usize>;
+
+    /// [`pick`](Self::pick) for `message`, which the destination core calls: balancers that look at
+    /// more of the message than its key (a WASM `balancer` plugin sees its head) override it.
+    fn pick_message(
+        &self,
+        endpoints: &[EndpointView],
+        key: Option<&str>,
+        _message: &crate::message::Message,
+    ) -> Option<usize> {
+        self.pick(endpoints, key)
+    }
 }
 
 impl<B: Balancer + ?Sized> Balancer for std::sync::Arc<B> {
+    fn pick_message(
+        &self,
+        endpoints: &[EndpointView],
+        key: Option<&str>,
+        message: &crate::message::Message,
+    ) -> Option<usize> {
+        (**self).pick_message(endpoints, key, message)
+    }
+
     fn pick(&self, endpoints: &[EndpointView], key: Option<&str>) -> Option<usize> {
         (**self).pick(endpoints, key)
     }

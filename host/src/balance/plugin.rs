@@ -279,6 +279,16 @@ impl Balancer for PluginBalancer {
     fn pick(&self, endpoints: &[EndpointView], _key: Option<&str>) -> Option<usize> {
         self.pick_with_head(None, endpoints)
     }
+
+    /// Shows the plugin `message`'s head: [`PluginBalancer::pick_for`].
+    fn pick_message(
+        &self,
+        endpoints: &[EndpointView],
+        _key: Option<&str>,
+        message: &Message,
+    ) -> Option<usize> {
+        self.pick_for(message, endpoints)
+    }
 }
 
 impl std::fmt::Debug for PluginBalancer {

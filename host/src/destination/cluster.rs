@@ -278,7 +278,7 @@ impl<T: Transport> Cluster<T> {
         let mut last_error = String::from("no endpoint admitted the message");
         let (mut attempts, mut retry_permit) = (0, None);
         while attempts < self.retry.attempts {
-            let Some((index, permit)) = self.choose(&mut tried, key, Instant::now()) else { break };
+            let Some((index, permit)) = self.choose(&mut tried, &message, key) else { break };
             attempts += 1;
             let endpoint = &self.endpoints[index];
             let (outcome, result) = self.attempt(endpoint, permit, &message, attempts).await;
@@ -345,7 +345,13 @@ impl<T: Transport> Cluster<T> {
 
     /// Pick an endpoint not tried yet (all again once every one was) that
     /// health, breaker and the eligibility guard rails admit now.
-    fn choose(&self, tried: &mut [bool], key: Option<&str>, now: Instant) -> Option<(usize, BreakerPermit)> {
+    fn choose(
+        &self,
+        tried: &mut [bool],
+        message: &Message,
+        key: Option<&str>,
+    ) -> Option<(usize, BreakerPermit)> {
+        let now = Instant::now();
         if tried.iter().all(|t| *t) {
             tried.iter_mut().for_each(|t| *t = false);
         }
@@ -373,7 +379,7 @@ impl<T: Transport> Cluster<T> {
                 eligible: !tried && admission.is_eligible(),
             })
             .collect();
-        while let Some(index) = self.balancer.pick(&views, key) {
+        while let Some(index) = self.balancer.pick_message(&views, key, message) {
             tried[index] = true;
             views[index].eligible = false;
             let breaker = &self.endpoints[index].breaker;

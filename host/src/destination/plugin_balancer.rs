@@ -6,6 +6,7 @@
 
 use super::{DestinationEvent, EventSink};
 use crate::balance::{Balancer, EndpointView, P2cPeakEwma, PluginBalancer};
+use crate::message::Message;
 use crate::plugin::{CompiledPlugin, PluginEngine, PluginRegistry};
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -121,6 +122,18 @@ impl Balancer for HotPluginBalancer {
     fn pick(&self, endpoints: &[EndpointView], key: Option<&str>) -> Option<usize> {
         match self.serving() {
             Some(balancer) => balancer.pick(endpoints, key),
+            None => self.fallback.pick(endpoints, key),
+        }
+    }
+
+    fn pick_message(
+        &self,
+        endpoints: &[EndpointView],
+        key: Option<&str>,
+        message: &Message,
+    ) -> Option<usize> {
+        match self.serving() {
+            Some(balancer) => balancer.pick_for(message, endpoints),
             None => self.fallback.pick(endpoints, key),
         }
     }
