@@ -420,6 +420,11 @@ async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
     assert_eq!(up, flaky.addr.to_string());
     let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
     assert_eq!(api.endpoints[0].breaker, "closed");
+    let weights: Vec<u32> = api.endpoints.iter().map(|endpoint| endpoint.weight).collect();
+    assert!(
+        weights[0] < 20 && weights[1] == 100,
+        "back, it starts slowly (30 s ramp from 10 %): {weights:?}"
+    );
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 0);
 }

@@ -5,13 +5,15 @@ use super::rng::SplitMix;
 use super::view::{EndpointView, eligible_count, nth_eligible};
 
 /// Picks two distinct eligible endpoints at random and takes the cheaper, where cost is the latency
-/// estimate times `in_flight + 1` (tower's `PeakEwma` load); on a tie, the first drawn.
+/// estimate times `in_flight + 1` (tower's `PeakEwma` load) per unit of weight; on a tie, the first
+/// drawn. Weights are equal but while an endpoint slowly starts after recovering: its lower weight makes
+/// it dearer, so it gets less traffic until its ramp ends.
 ///
 /// Comparing two random endpoints, rather than all of them, avoids the herd a global minimum causes
 /// when many pickers see the same stale snapshot, and costs the same for 3 endpoints or 3 000. A slow
 /// endpoint still gets traffic once the others' queues make them costlier, and while it gets none its
-/// [`PeakEwma`](super::PeakEwma) estimate decays, so it is tried again. Weights are ignored. With one
-/// eligible endpoint, it is picked.
+/// [`PeakEwma`](super::PeakEwma) estimate decays, so it is tried again. With one eligible endpoint, it
+/// is picked.
 ///
 /// The random generator is lock-free (one atomic add per draw), seeded from entropy by
 /// [`new`](Self::new) or fixed by [`with_seed`](Self::with_seed) for reproducible simulations.
@@ -39,9 +41,11 @@ impl Default for P2cPeakEwma {
     }
 }
 
-/// tower's cost of sending one more request to `endpoint`: latency estimate × (in flight + 1).
+/// tower's cost of sending one more request to `endpoint`, latency estimate × (in flight + 1), per
+/// unit of weight.
 fn cost(endpoint: &EndpointView) -> f64 {
     endpoint.latency.as_nanos() as f64 * (f64::from(endpoint.in_flight) + 1.0)
+        / f64::from(endpoint.effective_weight())
 }
 
 impl Balancer for P2cPeakEwma {
@@ -112,6 +116,25 @@ mod tests {
         let mut expected = [1.0 / 9.0; 10];
         expected[4] = 0.0;
         assert_shares(&shares(&balancer, &endpoints, 100_000), &expected, 0.03);
+    }
+
+    #[test]
+    fn an_endpoint_of_lower_weight_is_dearer_until_the_others_are_busier() {
+        // Weight 10 against 100 (slow start at 10 %): idle, it loses every comparison; against
+        // endpoints with 10 requests in flight each, it wins them.
+        let balancer = P2cPeakEwma::with_seed(14);
+        let mut endpoints = endpoints(10);
+        endpoints.iter_mut().for_each(|endpoint| endpoint.weight = 100);
+        endpoints[4].weight = 10;
+        let mut expected = [1.0 / 9.0; 10];
+        expected[4] = 0.0;
+        assert_shares(&shares(&balancer, &endpoints, 100_000), &expected, 0.03);
+        endpoints
+            .iter_mut()
+            .filter(|endpoint| endpoint.weight == 100)
+            .for_each(|endpoint| endpoint.in_flight = 10);
+        let picks = shares(&balancer, &endpoints, 100_000);
+        assert!(picks[4] > 0.15, "it wins every comparison it is drawn into: {picks:?}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::metrics::EndpointMetrics;
 use crate::resilience::{
     Admission, Breaker, BreakerConfig, BreakerPermit, BreakerState, EjectionBackoff, EligibilityPolicy,
     EndpointCondition, FailureRate, Health, HealthConfig, HealthState, HealthTransition, Outcome,
-    RetryBudget, RetryPolicy, RetryReason, Transition,
+    RetryBudget, RetryPolicy, RetryReason, SlowStart, Transition,
 };
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
@@ -38,6 +38,8 @@ struct Endpoint {
     in_flight: AtomicU32,
     latency: Mutex<PeakEwma>,
     metrics: EndpointMetrics,
+    /// When its breaker last let it back in: it slowly starts from there.
+    recovered_at: Mutex<Option<Instant>>,
 }
 
 impl Endpoint {
@@ -69,6 +71,7 @@ impl Endpoint {
             in_flight: AtomicU32::new(0),
             latency: Mutex::new(latency),
             metrics,
+            recovered_at: Mutex::new(None),
         }
     }
 
@@ -76,10 +79,13 @@ impl Endpoint {
         self.health.as_ref().map(|health| lock(health).state())
     }
 
-    /// The weight balancers see: full, or less while slowly starting.
+    /// The weight balancers see: full, or less while slowly starting after
+    /// its health or its breaker let it back in.
     fn weight(&self, now: Instant) -> u32 {
-        let factor = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
-        (FULL_WEIGHT * factor).round().max(1.0) as u32
+        let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
+        let recovered_at = *lock(&self.recovered_at);
+        let breaker = recovered_at.map_or(1.0, |since| SlowStart::default().factor(now - since));
+        (FULL_WEIGHT * health.min(breaker)).round().max(1.0) as u32
     }
 }
 
@@ -249,6 +255,7 @@ impl<T: Transport> Cluster<T> {
             }
             Transition::Recovered { .. } => {
                 endpoint.metrics.closed.inc();
+                *lock(&endpoint.recovered_at) = Some(Instant::now());
                 self.tell(endpoint, None);
             }
             Transition::Reopened { ejections, .. } => {
@@ -433,6 +440,7 @@ impl<T: Transport> Destination for Cluster<T> {
                     Some(HealthState::Up) => "up",
                     Some(HealthState::Down) => "down",
                 },
+                weight: endpoint.weight(now),
                 in_flight: endpoint.in_flight.load(Relaxed),
                 pool: self.transport.pool_stats(&endpoint.address),
                 latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,

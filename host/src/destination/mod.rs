@@ -99,6 +99,9 @@ pub struct EndpointStatus {
     pub breaker: &'static str,
     /// `up` or `down` by health checks, `unchecked` without them.
     pub health: &'static str,
+    /// The weight balancers see, out of 100: less while it slowly starts
+    /// after coming back.
+    pub weight: u32,
     /// Requests in flight to it now.
     pub in_flight: u32,
     /// Its connection pool, once the transport made one.
