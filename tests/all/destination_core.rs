@@ -231,18 +231,36 @@ async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_is_delivered_or_dead_lettered_while_endpoints_fail_reset_slow_down_and_die() {
-    let endpoints = [
-        TestEndpoint::start(Mode::Answer).await,
-        TestEndpoint::start(Mode::Answer).await,
-        TestEndpoint::start(Mode::Answer).await,
-        TestEndpoint::start(Mode::Answer).await,
-    ];
+async fn every_message_is_delivered_or_dead_lettered_while_http_endpoints_fail_reset_slow_down_and_die() {
+    let mut endpoints = Vec::new();
+    for _ in 0..4 {
+        endpoints.push(TestEndpoint::start(Mode::Answer).await);
+    }
+    delivery_oracle(endpoints, "http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_delivered_or_dead_lettered_while_tcp_endpoints_fail_reset_slow_down_and_die() {
+    let mut endpoints = Vec::new();
+    for _ in 0..4 {
+        endpoints.push(TestEndpoint::start_tcp(Mode::Answer).await);
+    }
+    delivery_oracle(endpoints, "tcp").await;
+}
+
+/// Waves of concurrent requests to a destination over `endpoints` (four,
+/// reached by `transport`) while they fail, reset, go slow and die: every
+/// message is delivered or dead-lettered, none delivered twice, none sent
+/// more often than attempted.
+async fn delivery_oracle(endpoints: Vec<TestEndpoint>, transport: &str) {
     let dir = plugin_dir(&[]);
     // Slow answers come after the 100 ms deadline: the attempt is retried,
     // so the endpoint may have taken a message that is delivered elsewhere too.
     let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }\ntimeout_ms = 100";
-    let host = host(dir.path(), &config(&endpoints.iter().collect::<Vec<_>>(), extra)).await;
+    let config = config(&endpoints.iter().collect::<Vec<_>>(), extra);
+    let host =
+        host(dir.path(), &config.replace("transport = \"http\"", &format!("transport = \"{transport}\"")))
+            .await;
     // Trouble changes between waves of 100 concurrent requests, each wave
     // settled before the next.
     let waves: [&dyn Fn(); 7] = [

@@ -1,6 +1,7 @@
-//! A real HTTP endpoint on 127.0.0.1 whose behaviour a test switches while
-//! it runs: answer, fail, reset connections, hold requests until released,
-//! or die (stop listening and drop every connection).
+//! A real endpoint on 127.0.0.1, speaking HTTP or the `tcp` transport's
+//! frames, whose behaviour a test switches while it runs: answer, fail,
+//! reset connections, hold requests until released, go slow, or die (stop
+//! listening and drop every connection).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,13 +19,13 @@ use tokio::task::JoinSet;
 pub enum Mode {
     /// 200, the body echoed.
     Answer = 0,
-    /// 503.
+    /// 503 (over `tcp`, which has no failure answer: close the connection).
     Fail = 1,
     /// Close the connection without an answer.
     Reset = 2,
     /// Wait for [`TestEndpoint::release`], then answer.
     Hold = 3,
-    /// 503 for every other message request (the 2nd, 4th, …), else answer.
+    /// Fail every other message request (the 2nd, 4th, …), else answer.
     Alternate = 4,
     /// Answer after [`SLOW`], past the deadlines the tests set.
     Slow = 5,
@@ -63,8 +64,28 @@ pub struct TestEndpoint {
 }
 
 impl TestEndpoint {
-    /// Listen on a fresh port of 127.0.0.1 in `mode`.
+    /// An HTTP endpoint on a fresh port of 127.0.0.1 in `mode`.
     pub async fn start(mode: Mode) -> TestEndpoint {
+        TestEndpoint::listen(mode, |stream, state| async move {
+            let service = hyper::service::service_fn(move |request| serve(state.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        })
+        .await
+    }
+
+    /// A `tcp` transport endpoint (length-delimited frames) on a fresh port
+    /// of 127.0.0.1 in `mode`. It answers each message with an empty frame.
+    pub async fn start_tcp(mode: Mode) -> TestEndpoint {
+        TestEndpoint::listen(mode, serve_frames).await
+    }
+
+    async fn listen<F, Fut>(mode: Mode, connection: F) -> TestEndpoint
+    where
+        F: Fn(tokio::net::TcpStream, Arc<State>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -80,13 +101,7 @@ impl TestEndpoint {
             let mut connections = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = served.clone();
-                let service = hyper::service::service_fn(move |request| serve(state.clone(), request));
-                connections.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                connections.spawn(connection(stream, served.clone()));
             }
         });
         TestEndpoint { addr, state, server }
@@ -137,36 +152,77 @@ async fn serve(
     let health_check = request.method() == hyper::Method::GET;
     let id = request.headers().get("x-sy-id").and_then(|id| id.to_str().ok()?.parse().ok()).unwrap_or(0);
     let body = request.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
-    let mode = state.mode.load(SeqCst);
-    let mut failing = mode == Mode::Fail as u8;
-    if !health_check {
-        let arrival = state.arrivals.fetch_add(1, SeqCst) + 1;
-        state.arrived.notify_waiters();
-        failing |= mode == Mode::Alternate as u8 && arrival.is_multiple_of(2);
+    if health_check {
+        return match state.mode.load(SeqCst) {
+            m if m == Mode::Fail as u8 => Ok(status(StatusCode::SERVICE_UNAVAILABLE, body)),
+            m if m == Mode::Reset as u8 => Err("reset".into()),
+            _ => Ok(status(StatusCode::OK, body)),
+        };
+    }
+    match state.take(id, String::from_utf8_lossy(&body).into_owned()).await {
+        Answer::Ok => Ok(status(StatusCode::OK, body)),
+        Answer::Fail => Ok(status(StatusCode::SERVICE_UNAVAILABLE, body)),
+        Answer::Reset => Err("reset".into()),
+    }
+}
+
+fn status(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    Response::builder().status(status).body(Full::new(body)).expect("a valid response")
+}
+
+/// One `tcp` transport connection: a frame in, an empty frame out.
+async fn serve_frames(mut stream: tokio::net::TcpStream, state: Arc<State>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok(length) = stream.read_u32().await {
+        let mut frame = vec![0; length as usize];
+        if stream.read_exact(&mut frame).await.is_err() {
+            return;
+        }
+        let Some(Ok(message)) = switchyard_wire::decode(&frame).next() else { return };
+        let body = String::from_utf8_lossy(message.payload.unwrap_or_default()).into_owned();
+        match state.take(message.id, body).await {
+            Answer::Ok if stream.write_u32(0).await.is_ok() => {}
+            // No failure answer in this protocol: close the connection.
+            _ => return,
+        }
+    }
+}
+
+/// How to answer a message request.
+enum Answer {
+    Ok,
+    Fail,
+    Reset,
+}
+
+impl State {
+    /// Take message `id` in the current mode: count it, hold or slow it
+    /// down as the mode says, record it, and say how to answer.
+    async fn take(&self, id: u64, body: String) -> Answer {
+        let mode = self.mode.load(SeqCst);
+        let arrival = self.arrivals.fetch_add(1, SeqCst) + 1;
+        self.arrived.notify_waiters();
         if mode == Mode::Hold as u8 {
-            state.held.acquire().await.expect("never closed").forget();
+            self.held.acquire().await.expect("never closed").forget();
         }
         if mode == Mode::Slow as u8 {
             // Seen now: the caller may give up and close the connection.
-            let seen =
-                Seen { id, body: String::from_utf8_lossy(&body).into_owned(), answered: false, slow: true };
-            state.seen.lock().unwrap().push(seen);
+            self.seen.lock().unwrap().push(Seen { id, body, answered: false, slow: true });
             tokio::time::sleep(SLOW).await;
+            return Answer::Ok;
         }
-    }
-    let status = match mode {
-        _ if failing => StatusCode::SERVICE_UNAVAILABLE,
-        m if m == Mode::Reset as u8 => return Err("reset".into()),
-        _ => StatusCode::OK,
-    };
-    if !health_check && mode != Mode::Slow as u8 {
-        let seen = Seen {
-            id,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            answered: status.is_success(),
-            slow: false,
+        let answer = match mode {
+            m if m == Mode::Reset as u8 => return Answer::Reset,
+            m if m == Mode::Fail as u8 => Answer::Fail,
+            m if m == Mode::Alternate as u8 && arrival.is_multiple_of(2) => Answer::Fail,
+            _ => Answer::Ok,
         };
-        state.seen.lock().unwrap().push(seen);
+        self.seen.lock().unwrap().push(Seen {
+            id,
+            body,
+            answered: matches!(answer, Answer::Ok),
+            slow: false,
+        });
+        answer
     }
-    Ok(Response::builder().status(status).body(Full::new(body)).expect("a valid response"))
 }
