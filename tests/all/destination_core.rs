@@ -316,7 +316,9 @@ async fn delivery_oracle(endpoints: Vec<TestEndpoint>, transport: &str) {
     assert!(received.values().all(|&times| times <= 3), "more copies than attempts");
     let dead_ids: Vec<u64> = dead.iter().map(|letter| letter.id).collect();
     assert!(dead_ids.iter().all(|id| !answered.contains_key(id)), "a dead letter was also answered");
-    assert!(stats.delivered > total / 2, "{stats:?}");
+    // Retries past the budget wait rather than give up: few messages run
+    // out of attempts.
+    assert!(stats.delivered >= total * 8 / 10, "{stats:?}");
     assert!(endpoints[3].seen().iter().any(|seen| seen.slow), "the slow wave reached the slow endpoint");
 }
 

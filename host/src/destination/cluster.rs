@@ -298,10 +298,10 @@ impl<T: Transport> Cluster<T> {
                 Err(error) => error,
             };
             last_error = format!("{}: {error}", endpoint.address);
-            let retry = self.retry.backoff_after(attempts, &outcome, &mut rand::rng());
-            // The budget's permit is held through the backoff and the retry.
-            let Some((delay, permit)) = retry.zip(self.budget.try_acquire()) else { break };
-            retry_permit = Some(permit);
+            let Some(delay) = self.retry.backoff_after(attempts, &outcome, &mut rand::rng()) else { break };
+            // Past the retry budget, the retry waits for another to end. The
+            // permit is held through the backoff and the retry.
+            retry_permit = Some(self.budget.acquire().await);
             self.retries.inc();
             tokio::time::sleep(delay).await;
         }

@@ -23,6 +23,8 @@ struct Counts {
     floor: usize,
     /// Requests between [`RetryBudget::start_request`] and the drop of their guard.
     active: AtomicUsize,
+    /// Signalled when a retry permit is dropped.
+    freed: tokio::sync::Notify,
     /// Retries between [`RetryBudget::try_acquire`] and the drop of their permit.
     retries: AtomicUsize,
 }
@@ -59,6 +61,7 @@ impl RetryBudget {
             ratio: ratio.max(0.0),
             floor,
             active: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
             retries: AtomicUsize::new(0),
         };
         RetryBudget { shared: Arc::new(counts) }
@@ -70,8 +73,8 @@ impl RetryBudget {
         RequestGuard { shared: self.shared.clone() }
     }
 
-    /// Takes leave for one retry, or `None` when the budget is spent: then the message takes its
-    /// final outcome (dead letter) instead of retrying.
+    /// Takes leave for one retry, or `None` when the budget is spent (Envoy then gives up; the
+    /// destination core waits instead: [`RetryBudget::acquire`]).
     pub fn try_acquire(&self) -> Option<RetryPermit> {
         let limit = self.limit();
         self.shared
@@ -81,6 +84,19 @@ impl RetryBudget {
             })
             .ok()
             .map(|_| RetryPermit { shared: self.shared.clone() })
+    }
+
+    /// Takes leave for one retry, waiting while the budget is spent: the
+    /// retry is delayed, not given up. Retries in progress still never
+    /// exceed the budget; a message waits for one of them to end.
+    pub async fn acquire(&self) -> RetryPermit {
+        loop {
+            let freed = self.shared.freed.notified();
+            if let Some(permit) = self.try_acquire() {
+                return permit;
+            }
+            freed.await;
+        }
     }
 
     /// How many retries may be in progress now: `max(floor, ⌊ratio × active⌋)`.
@@ -110,6 +126,7 @@ impl Drop for RequestGuard {
 impl Drop for RetryPermit {
     fn drop(&mut self) {
         self.shared.retries.fetch_sub(1, Ordering::AcqRel);
+        self.shared.freed.notify_one();
     }
 }
 
@@ -160,6 +177,25 @@ mod tests {
         });
         assert_eq!((permits.len(), budget.retries()), (5, 5));
         drop(permits);
+        assert_eq!(budget.retries(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_retry_past_the_budget_waits_for_one_to_end() {
+        let budget = RetryBudget::new(0.0, 1);
+        let _request = budget.start_request();
+        let first = budget.acquire().await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the budget allows one retry at a time");
+        assert_eq!(budget.retries(), 1);
+        drop(first);
+        let second = waiting.await.unwrap();
+        assert_eq!(budget.retries(), 1, "the second took the first's place");
+        drop(second);
         assert_eq!(budget.retries(), 0);
     }
 }
