@@ -49,7 +49,8 @@ pub mod bench;
 pub use config::{Config, ConfigError, FailurePolicy, RouteConfig};
 pub use dead_letter::DeadLetterReason;
 pub use destination::{
-    DeliveryError, Destination, DestinationStatus, EndpointStatus, LogDestination, MemoryDestination,
+    DeliveryError, Destination, DestinationEvent, DestinationStatus, EndpointStatus, LogDestination,
+    MemoryDestination,
 };
 pub use host::{BuildError, Host, HostBuilder, PendingReply, RequestError, SendError};
 pub use ingress::HttpIngress;

@@ -7,7 +7,7 @@ use crate::admin::sample;
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::support::{drain_and_account, host, plugin_dir, post, within};
 use std::collections::HashMap;
-use switchyard::{Host, HostEvent, Message};
+use switchyard::{DestinationEvent, Host, HostEvent, Message};
 
 /// A config with one `http` destination `api` over `endpoints`, dead letters
 /// to memory destination `dead`, and `extra` lines inside the destination.
@@ -169,7 +169,7 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
     let mut events = host.subscribe();
     flaky.set(Mode::Fail);
-    let HostEvent::EndpointDown { destination, endpoint, reason } =
+    let HostEvent::Destination(DestinationEvent::EndpointDown { destination, endpoint, reason }) =
         next_event(&mut events, "endpoint-down").await
     else {
         unreachable!()
@@ -185,7 +185,9 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     for n in 0..sent_while_down {
         host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
     }
-    let HostEvent::EndpointUp { endpoint, .. } = next_event(&mut events, "endpoint-up").await else {
+    let HostEvent::Destination(DestinationEvent::EndpointUp { endpoint, .. }) =
+        next_event(&mut events, "endpoint-up").await
+    else {
         unreachable!()
     };
     assert_eq!(endpoint, flaky.addr.to_string());
@@ -207,7 +209,8 @@ async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
         let reply = within(host.request(Message::new("orders", format!("m{n}")))).await;
         assert!(reply.is_ok(), "{reply:?}");
     }
-    let HostEvent::EndpointDown { endpoint, reason, .. } = next_event(&mut events, "endpoint-down").await
+    let HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. }) =
+        next_event(&mut events, "endpoint-down").await
     else {
         unreachable!()
     };
@@ -360,7 +363,7 @@ async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() 
     let host = host(dir.path(), &config).await;
     let mut events = host.subscribe();
     host.send(Message::new("orders", "a")).await.unwrap();
-    let HostEvent::BalancerFallback { destination, plugin, reason } =
+    let HostEvent::Destination(DestinationEvent::BalancerFallback { destination, plugin, reason }) =
         next_event(&mut events, "balancer-fallback").await
     else {
         unreachable!()
@@ -368,7 +371,7 @@ async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() 
     assert_eq!((destination.as_str(), plugin.as_str()), ("api", "wrong"));
     assert!(reason.contains("not one of the 1 eligible endpoints"), "{reason}");
     host.send(Message::new("lost", "b")).await.unwrap();
-    let HostEvent::BalancerFallback { destination, reason, .. } =
+    let HostEvent::Destination(DestinationEvent::BalancerFallback { destination, reason, .. }) =
         next_event(&mut events, "balancer-fallback").await
     else {
         unreachable!()
@@ -421,7 +424,9 @@ async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
     let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
     let mut events = host.subscribe();
     within(host.request(Message::new("orders", "first"))).await.unwrap();
-    let HostEvent::EndpointDown { endpoint, .. } = next_event(&mut events, "endpoint-down").await else {
+    let HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, .. }) =
+        next_event(&mut events, "endpoint-down").await
+    else {
         unreachable!()
     };
     assert_eq!(endpoint, flaky.addr.to_string());
@@ -431,7 +436,7 @@ async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
         loop {
             host.request(Message::new("orders", "probe?")).await.unwrap();
             match events.try_recv() {
-                Ok(HostEvent::EndpointUp { endpoint, .. }) => return endpoint,
+                Ok(HostEvent::Destination(DestinationEvent::EndpointUp { endpoint, .. })) => return endpoint,
                 _ => tokio::task::yield_now().await,
             }
         }
@@ -462,7 +467,9 @@ async fn a_high_failure_rate_ejects_an_endpoint_that_never_fails_twice_in_a_row(
         loop {
             host.request(Message::new("orders", "m")).await.unwrap();
             match events.try_recv() {
-                Ok(HostEvent::EndpointDown { endpoint, reason, .. }) => return (endpoint, reason),
+                Ok(HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. })) => {
+                    return (endpoint, reason);
+                }
                 _ => tokio::task::yield_now().await,
             }
         }
@@ -487,7 +494,8 @@ async fn a_balancer_plugin_sees_the_head_of_the_message_it_places() {
     within(host.request(Message::new("orders", "plain"))).await.unwrap();
     assert_eq!(host.event_counts().balancer_fallbacks, 0, "a plain message is placed by the plugin");
     within(host.request(Message::new("orders", "odd").with_header("x-odd", "1"))).await.unwrap();
-    let HostEvent::BalancerFallback { reason, .. } = next_event(&mut events, "balancer-fallback").await
+    let HostEvent::Destination(DestinationEvent::BalancerFallback { reason, .. }) =
+        next_event(&mut events, "balancer-fallback").await
     else {
         unreachable!()
     };

@@ -110,8 +110,10 @@ pub struct EndpointStatus {
     pub latency_ms: f64,
 }
 
-/// Something that changed in a destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something that changed in a destination; a [`HostEvent`](crate::HostEvent)
+/// of its own, with the same JSON form.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
 pub enum DestinationEvent {
     /// An endpoint stopped getting traffic.
     EndpointDown {
@@ -138,6 +140,17 @@ pub enum DestinationEvent {
         /// Why.
         reason: String,
     },
+}
+
+impl DestinationEvent {
+    /// The event's kebab-case name, as in its JSON form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DestinationEvent::EndpointDown { .. } => "endpoint-down",
+            DestinationEvent::EndpointUp { .. } => "endpoint-up",
+            DestinationEvent::BalancerFallback { .. } => "balancer-fallback",
+        }
+    }
 }
 
 /// What network destinations use of their host.

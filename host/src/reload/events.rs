@@ -63,49 +63,15 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
-    /// An endpoint of a destination stopped getting traffic: its health
-    /// checks failed, or its circuit breaker opened.
-    EndpointDown {
-        /// The destination.
-        destination: String,
-        /// The endpoint's address.
-        endpoint: String,
-        /// Why.
-        reason: String,
-    },
-    /// An endpoint that was down gets traffic again.
-    EndpointUp {
-        /// The destination.
-        destination: String,
-        /// The endpoint's address.
-        endpoint: String,
-    },
-    /// A destination's balancer plugin could not pick (not loaded, faulted,
-    /// or answered an endpoint it may not pick); p2c picked instead. Told at
-    /// most once a second per destination.
-    BalancerFallback {
-        /// The destination.
-        destination: String,
-        /// The balancer plugin.
-        plugin: String,
-        /// Why.
-        reason: String,
-    },
+    /// An endpoint went down or came back, or a balancer plugin could not
+    /// pick (told at most once a second per destination).
+    #[serde(untagged)]
+    Destination(DestinationEvent),
 }
 
 impl From<DestinationEvent> for HostEvent {
     fn from(event: DestinationEvent) -> HostEvent {
-        match event {
-            DestinationEvent::EndpointDown { destination, endpoint, reason } => {
-                HostEvent::EndpointDown { destination, endpoint, reason }
-            }
-            DestinationEvent::EndpointUp { destination, endpoint } => {
-                HostEvent::EndpointUp { destination, endpoint }
-            }
-            DestinationEvent::BalancerFallback { destination, plugin, reason } => {
-                HostEvent::BalancerFallback { destination, plugin, reason }
-            }
-        }
+        HostEvent::Destination(event)
     }
 }
 
@@ -119,9 +85,7 @@ impl HostEvent {
             HostEvent::PluginRemoved { .. } => "plugin-removed",
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
-            HostEvent::EndpointDown { .. } => "endpoint-down",
-            HostEvent::EndpointUp { .. } => "endpoint-up",
-            HostEvent::BalancerFallback { .. } => "balancer-fallback",
+            HostEvent::Destination(event) => event.name(),
         }
     }
 }
@@ -177,9 +141,9 @@ impl Events {
             HostEvent::PluginRemoved { .. } => 3,
             HostEvent::ConfigApplied { .. } => 4,
             HostEvent::ConfigRejected { .. } => 5,
-            HostEvent::EndpointDown { .. } => 6,
-            HostEvent::EndpointUp { .. } => 7,
-            HostEvent::BalancerFallback { .. } => 8,
+            HostEvent::Destination(DestinationEvent::EndpointDown { .. }) => 6,
+            HostEvent::Destination(DestinationEvent::EndpointUp { .. }) => 7,
+            HostEvent::Destination(DestinationEvent::BalancerFallback { .. }) => 8,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -217,27 +181,17 @@ impl Events {
     }
 
     pub(crate) fn counts(&self) -> EventCounts {
-        let [
-            loaded,
-            replaced,
-            rejected,
-            removed,
-            configs_applied,
-            configs_rejected,
-            endpoints_down,
-            endpoints_up,
-            balancer_fallbacks,
-        ] = self.counts.each_ref().map(|count| count.load(Relaxed));
+        let count = |slot: usize| self.counts[slot].load(Relaxed);
         EventCounts {
-            loaded,
-            replaced,
-            rejected,
-            removed,
-            configs_applied,
-            configs_rejected,
-            endpoints_down,
-            endpoints_up,
-            balancer_fallbacks,
+            loaded: count(0),
+            replaced: count(1),
+            rejected: count(2),
+            removed: count(3),
+            configs_applied: count(4),
+            configs_rejected: count(5),
+            endpoints_down: count(6),
+            endpoints_up: count(7),
+            balancer_fallbacks: count(8),
         }
     }
 }
