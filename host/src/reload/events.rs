@@ -105,11 +105,11 @@ pub struct EventCounts {
     pub configs_applied: u64,
     /// [`HostEvent::ConfigRejected`].
     pub configs_rejected: u64,
-    /// [`HostEvent::EndpointDown`].
+    /// [`DestinationEvent::EndpointDown`].
     pub endpoints_down: u64,
-    /// [`HostEvent::EndpointUp`].
+    /// [`DestinationEvent::EndpointUp`].
     pub endpoints_up: u64,
-    /// [`HostEvent::BalancerFallback`].
+    /// [`DestinationEvent::BalancerFallback`].
     pub balancer_fallbacks: u64,
 }
 
