@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The sending half of one HTTP/1.1 connection; its driver runs as a task.
-type Sender = SendRequest<Full<Bytes>>;
+pub(super) type Sender = SendRequest<Full<Bytes>>;
 
 /// POSTs to `http://ADDRESS{path}`.
 pub struct HttpTransport {
@@ -112,7 +112,7 @@ impl Transport for HttpTransport {
 
 /// A new connection to `address`, its driver spawned as a task that ends
 /// when the connection closes or its sender is dropped.
-async fn connect(address: &str) -> std::io::Result<Sender> {
+pub(super) async fn connect(address: &str) -> std::io::Result<Sender> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;

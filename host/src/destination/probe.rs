@@ -5,8 +5,7 @@
 
 use crate::config::{HealthSettings, Transport};
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -15,28 +14,22 @@ use tokio::net::TcpStream;
 pub async fn probe(transport: Transport, address: &str, settings: &HealthSettings) -> Result<(), String> {
     let deadline = Duration::from_millis(settings.timeout_ms);
     let check = async {
-        let stream = TcpStream::connect(address).await.map_err(|err| format!("connect: {err}"))?;
         match transport {
-            Transport::Http => get(stream, address, &settings.path).await,
-            _ => Ok(()),
+            Transport::Http => get(address, &settings.path).await,
+            _ => TcpStream::connect(address).await.map(drop).map_err(|err| format!("connect: {err}")),
         }
     };
     tokio::time::timeout(deadline, check).await.unwrap_or_else(|_| Err(format!("no answer in {deadline:?}")))
 }
 
-/// `GET path` over `stream`; 2xx passes.
-async fn get(stream: TcpStream, address: &str, path: &str) -> Result<(), String> {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| format!("handshake: {err}"))?;
-    let driver = tokio::spawn(connection);
+/// `GET path` on a new connection to `address`; 2xx passes.
+async fn get(address: &str, path: &str) -> Result<(), String> {
+    let mut sender = super::http::connect(address).await.map_err(|err| format!("connect: {err}"))?;
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, address)
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|err| format!("invalid request: {err}"))?;
-    let answer = sender.send_request(request).await.map_err(|err| format!("GET {path}: {err}"));
-    driver.abort();
-    let status = answer?.status();
+    let status = sender.send_request(request).await.map_err(|err| format!("GET {path}: {err}"))?.status();
     match status.is_success() {
         true => Ok(()),
         false => Err(format!("GET {path}: HTTP {status}")),
