@@ -503,3 +503,26 @@ async fn a_balancer_plugin_sees_the_head_of_the_message_it_places() {
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.delivered, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_destinations_hold_none_of_the_hosts_delivery_slots() {
+    let (idle, busy) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    // One host-wide slot, two destinations: the idle one must not sit on it.
+    let mut config = config(&[&idle], "").replace("workers = 1", "workers = 1\nmax_in_flight = 1");
+    config.push_str(&format!(
+        "[[destination]]\nname = \"other\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         [[route]]\nname = \"other\"\nmatch = {{ topic = \"other\" }}\nto = \"other\"\n",
+        busy.addr
+    ));
+    let config = config.replace(
+        "[[route]]\nname = \"all\"\n",
+        "[[route]]\nname = \"all\"\nmatch = { topic = \"orders\" }\n",
+    );
+    let host = host(dir.path(), &config).await;
+    for n in 0..5 {
+        within(host.request(Message::new("other", format!("m{n}")))).await.unwrap();
+    }
+    assert_eq!((idle.seen().len(), busy.seen().len()), (0, 5));
+    drain_and_account(&host).await;
+}

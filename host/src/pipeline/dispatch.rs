@@ -111,9 +111,11 @@ impl Dispatcher {
     async fn run(self) {
         let context = &self.context;
         loop {
+            // An idle dispatcher holds one slot of its own, never one of the
+            // host's: those go only to messages ready to be sent.
             let Ok(slot) = self.slots.clone().acquire_owned().await else { break };
-            let Ok(host_slot) = context.in_flight.clone().acquire_owned().await else { break };
             let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
+            let Ok(host_slot) = context.in_flight.clone().acquire_owned().await else { break };
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, waited) = (self.sink.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
