@@ -18,7 +18,7 @@ use crate::resilience::{
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -38,8 +38,12 @@ struct Endpoint {
     in_flight: AtomicU32,
     latency: Mutex<PeakEwma>,
     metrics: EndpointMetrics,
-    /// When its breaker last let it back in: it slowly starts from there.
-    recovered_at: Mutex<Option<Instant>>,
+    /// When the endpoint was made, the origin of `recovered_at`.
+    born: Instant,
+    /// When its breaker last let it back in, in microseconds since `born`
+    /// plus one (0: never); it slowly starts from there. Read on every pick,
+    /// so an atomic rather than a lock.
+    recovered_at: AtomicU64,
 }
 
 impl Endpoint {
@@ -71,7 +75,8 @@ impl Endpoint {
             in_flight: AtomicU32::new(0),
             latency: Mutex::new(latency),
             metrics,
-            recovered_at: Mutex::new(None),
+            born: Instant::now(),
+            recovered_at: AtomicU64::new(0),
         }
     }
 
@@ -83,8 +88,13 @@ impl Endpoint {
     /// its health or its breaker let it back in.
     fn weight(&self, now: Instant) -> u32 {
         let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
-        let recovered_at = *lock(&self.recovered_at);
-        let breaker = recovered_at.map_or(1.0, |since| SlowStart::default().factor(now - since));
+        let breaker = match self.recovered_at.load(Relaxed) {
+            0 => 1.0,
+            micros => {
+                let since = self.born + Duration::from_micros(micros - 1);
+                SlowStart::default().factor(now.saturating_duration_since(since))
+            }
+        };
         (FULL_WEIGHT * health.min(breaker)).round().max(1.0) as u32
     }
 }
@@ -255,7 +265,8 @@ impl<T: Transport> Cluster<T> {
             }
             Transition::Recovered { .. } => {
                 endpoint.metrics.closed.inc();
-                *lock(&endpoint.recovered_at) = Some(Instant::now());
+                let micros = endpoint.born.elapsed().as_micros() as u64 + 1;
+                endpoint.recovered_at.store(micros, Relaxed);
                 self.tell(endpoint, None);
             }
             Transition::Reopened { ejections, .. } => {
