@@ -6,7 +6,7 @@
 use crate::admin::sample;
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::support::{drain_and_account, host, plugin_dir, post, within};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
 
 /// A config with one `http` destination `api` over `endpoints`, dead letters
@@ -97,7 +97,7 @@ async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
     let dir = plugin_dir(&[]);
     // Long enough for the first message, which finds the queue idle, even
     // on a loaded machine.
-    let extra = "queue = { max_in_flight = 1, timeout_ms = 500 }";
+    let extra = "queue = { max_in_flight = 1, timeout_ms = 1000 }";
     let host = host(dir.path(), &config(&[&endpoint], extra)).await;
     host.send(Message::new("orders", "first")).await.unwrap();
     within(endpoint.arrivals(1)).await;
@@ -105,8 +105,9 @@ async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
         host.send(Message::new("orders", format!("late {n}"))).await.unwrap();
     }
     queued(&host, "api", 3).await;
-    // Past the timeout for sure; the wait is measured from the enqueue.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Time passes past the timeout (measured from the enqueue); nothing
+    // waits on this sleep to happen first.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     endpoint.release(1);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 3));
@@ -253,13 +254,14 @@ async fn every_message_is_delivered_or_dead_lettered_while_tcp_endpoints_fail_re
 
 /// Waves of concurrent requests to a destination over `endpoints` (four,
 /// reached by `transport`) while they fail, reset, go slow and die: every
-/// message is delivered or dead-lettered, none delivered twice, none sent
-/// more often than attempted.
+/// message is delivered or dead-lettered, exactly once, and no endpoint got
+/// more copies of a message than the retry policy allows.
 async fn delivery_oracle(endpoints: Vec<TestEndpoint>, transport: &str) {
     let dir = plugin_dir(&[]);
-    // Slow answers come after the 100 ms deadline: the attempt is retried,
-    // so the endpoint may have taken a message that is delivered elsewhere too.
-    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }\ntimeout_ms = 100";
+    // Slow answers come after the 250 ms deadline: the attempt is retried,
+    // so the endpoint may have taken a message that is delivered elsewhere
+    // too. On a loaded machine a healthy answer can be late as well.
+    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }\ntimeout_ms = 250";
     let config = config(&endpoints.iter().collect::<Vec<_>>(), extra);
     let host =
         host(dir.path(), &config.replace("transport = \"http\"", &format!("transport = \"{transport}\"")))
@@ -282,43 +284,48 @@ async fn delivery_oracle(endpoints: Vec<TestEndpoint>, transport: &str) {
         &|| {},
     ];
     let total = 100 * waves.len() as u64;
+    // What each caller was told, by message body.
+    let (mut delivered, mut dead_lettered) = (HashSet::new(), HashSet::new());
     for (wave, trouble) in waves.iter().enumerate() {
         trouble();
         let requests: Vec<_> = (0..100)
             .map(|n| {
                 let host = host.clone();
-                tokio::spawn(
-                    async move { host.request(Message::new("orders", format!("w{wave}-{n}"))).await },
-                )
+                let body = format!("w{wave}-{n}");
+                tokio::spawn(async move { (host.request(Message::new("orders", body.clone())).await, body) })
             })
             .collect();
         for request in requests {
             match within(request).await.unwrap() {
-                Ok(_) | Err(switchyard::RequestError::DeadLettered(_)) => {}
-                Err(other) => panic!("{other:?}"),
+                (Ok(_), body) => assert!(delivered.insert(body)),
+                (Err(switchyard::RequestError::DeadLettered(_)), body) => assert!(dead_lettered.insert(body)),
+                (Err(other), _) => panic!("{other:?}"),
             }
         }
     }
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, total);
+    assert_eq!((stats.delivered, stats.dead_lettered), (delivered.len() as u64, dead_lettered.len() as u64));
     assert_eq!(stats.delivered + stats.dead_lettered, total, "{stats:?}");
-    let dead: Vec<Message> = host.memory("dead").unwrap().drain().collect();
-    assert_eq!(dead.len() as u64, stats.dead_lettered);
-    // Who answered what: every delivered message was answered by some
-    // endpoint; none was answered more often than it was attempted.
-    let mut answered: HashMap<u64, usize> = HashMap::new();
-    let mut received: HashMap<u64, usize> = HashMap::new();
+    let dead: HashSet<String> = host
+        .memory("dead")
+        .unwrap()
+        .drain()
+        .map(|letter| String::from_utf8(letter.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(dead, dead_lettered, "the dead letters are the messages their callers were told of");
+    // Who got what: every delivered message was answered by some endpoint,
+    // and no message reached the endpoints more often than it was attempted.
+    let mut received: HashMap<String, usize> = HashMap::new();
+    let mut answered = HashSet::new();
     for seen in endpoints.iter().flat_map(TestEndpoint::seen) {
-        *received.entry(seen.id).or_default() += 1;
+        *received.entry(seen.body.clone()).or_default() += 1;
         if seen.answered {
-            *answered.entry(seen.id).or_default() += 1;
+            answered.insert(seen.body);
         }
     }
-    assert_eq!(answered.len() as u64, stats.delivered, "one delivery per message answered");
-    assert!(answered.values().all(|&times| times == 1), "a message answered in time twice");
+    assert!(delivered.iter().all(|body| answered.contains(body)), "a delivery no endpoint answered");
     assert!(received.values().all(|&times| times <= 3), "more copies than attempts");
-    let dead_ids: Vec<u64> = dead.iter().map(|letter| letter.id).collect();
-    assert!(dead_ids.iter().all(|id| !answered.contains_key(id)), "a dead letter was also answered");
     // Retries past the budget wait rather than give up: few messages run
     // out of attempts.
     assert!(stats.delivered >= total * 8 / 10, "{stats:?}");

@@ -37,8 +37,6 @@ pub const SLOW: std::time::Duration = std::time::Duration::from_millis(500);
 /// One request the endpoint got.
 #[derive(Clone, Debug)]
 pub struct Seen {
-    /// `x-sy-id`: the message id.
-    pub id: u64,
     /// The body.
     pub body: String,
     /// Whether it was answered 200 in time ([`Mode::Slow`] answers are late).
@@ -150,7 +148,6 @@ async fn serve(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, String> {
     let health_check = request.method() == hyper::Method::GET;
-    let id = request.headers().get("x-sy-id").and_then(|id| id.to_str().ok()?.parse().ok()).unwrap_or(0);
     let body = request.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
     if health_check {
         return match state.mode.load(SeqCst) {
@@ -159,7 +156,7 @@ async fn serve(
             _ => Ok(status(StatusCode::OK, body)),
         };
     }
-    match state.take(id, String::from_utf8_lossy(&body).into_owned()).await {
+    match state.take(String::from_utf8_lossy(&body).into_owned()).await {
         Answer::Ok => Ok(status(StatusCode::OK, body)),
         Answer::Fail => Ok(status(StatusCode::SERVICE_UNAVAILABLE, body)),
         Answer::Reset => Err("reset".into()),
@@ -180,7 +177,7 @@ async fn serve_frames(mut stream: tokio::net::TcpStream, state: Arc<State>) {
         }
         let Some(Ok(message)) = switchyard_wire::decode(&frame).next() else { return };
         let body = String::from_utf8_lossy(message.payload.unwrap_or_default()).into_owned();
-        match state.take(message.id, body).await {
+        match state.take(body).await {
             Answer::Ok if stream.write_u32(0).await.is_ok() => {}
             // No failure answer in this protocol: close the connection.
             _ => return,
@@ -196,9 +193,9 @@ enum Answer {
 }
 
 impl State {
-    /// Take message `id` in the current mode: count it, hold or slow it
+    /// Take a message in the current mode: count it, hold or slow it
     /// down as the mode says, record it, and say how to answer.
-    async fn take(&self, id: u64, body: String) -> Answer {
+    async fn take(&self, body: String) -> Answer {
         let mode = self.mode.load(SeqCst);
         let arrival = self.arrivals.fetch_add(1, SeqCst) + 1;
         self.arrived.notify_waiters();
@@ -207,7 +204,7 @@ impl State {
         }
         if mode == Mode::Slow as u8 {
             // Seen now: the caller may give up and close the connection.
-            self.seen.lock().unwrap().push(Seen { id, body, answered: false, slow: true });
+            self.seen.lock().unwrap().push(Seen { body, answered: false, slow: true });
             tokio::time::sleep(SLOW).await;
             return Answer::Ok;
         }
@@ -217,12 +214,7 @@ impl State {
             m if m == Mode::Alternate as u8 && arrival.is_multiple_of(2) => Answer::Fail,
             _ => Answer::Ok,
         };
-        self.seen.lock().unwrap().push(Seen {
-            id,
-            body,
-            answered: matches!(answer, Answer::Ok),
-            slow: false,
-        });
+        self.seen.lock().unwrap().push(Seen { body, answered: matches!(answer, Answer::Ok), slow: false });
         answer
     }
 }
