@@ -123,6 +123,18 @@ async fn a_final_status_is_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_is_delivered_with_no_reply() {
+    let (empty, hits) = server(StatusCode::NO_CONTENT).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[empty])).await;
+    let answer = within(host.request(Message::new("orders", "fire and forget"))).await;
+    assert_eq!(answer.unwrap(), None, "no content, no reply");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_pooled_connection() {
     use axum::serve::ListenerExt;
     let connections = Arc::new(AtomicUsize::new(0));

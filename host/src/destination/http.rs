@@ -81,6 +81,7 @@ impl HttpTransport {
             sender.release();
         }
         match Outcome::from_status(status.as_u16()) {
+            Outcome::Ok if status == hyper::StatusCode::NO_CONTENT => Ok(None),
             Outcome::Ok => {
                 let reply = Message {
                     id: message.id,

@@ -10,7 +10,7 @@
 use super::cluster::{AttemptFuture, AttemptResult, Transport};
 use super::pool::{PoolConfig, PoolStats, Pools};
 use crate::message::Message;
-use crate::resilience::{Outcome, RetryReason};
+use crate::resilience::{FatalReason, Outcome, RetryReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -53,16 +53,18 @@ impl TcpTransport {
             let reason = if reused { format!("{err} (on a reused connection)") } else { err.to_string() };
             reset(std::io::Error::other(reason))
         })?;
-        let reply = match reply.is_empty() {
-            true => None,
-            false => {
-                let mut messages = switchyard_wire::decode(&reply);
-                let decoded = messages.next().and_then(Result::ok).map(|m| Message::from_wire(&m));
-                Some(decoded.ok_or_else(|| {
-                    (Outcome::Retryable(RetryReason::Reset), "malformed reply frame".into())
-                })?)
-            }
-        };
+        let reply =
+            match reply.is_empty() {
+                true => None,
+                false => {
+                    let mut messages = switchyard_wire::decode(&reply);
+                    let decoded = messages.next().and_then(Result::ok).map(|m| Message::from_wire(&m));
+                    // The peer took the message: sending it again could do it twice.
+                    Some(decoded.ok_or_else(|| {
+                        (Outcome::Fatal(FatalReason::Protocol), "malformed reply frame".into())
+                    })?)
+                }
+            };
         stream.release();
         Ok(reply)
     }
@@ -102,9 +104,9 @@ mod tests {
     use crate::destination::Pool;
     use std::time::Duration;
 
-    /// A peer on 127.0.0.1 that takes every frame and answers with an empty
-    /// one, or never answers when `silent`.
-    async fn peer(silent: bool) -> String {
+    /// A peer on 127.0.0.1 that takes every frame and answers with a frame
+    /// holding `answer`, or never answers when it is `None`.
+    async fn peer(answer: Option<&'static [u8]>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
@@ -113,10 +115,9 @@ mod tests {
                     while let Ok(length) = stream.read_u32().await {
                         let mut frame = vec![0; length as usize];
                         stream.read_exact(&mut frame).await.unwrap();
-                        if silent {
-                            std::future::pending::<()>().await;
-                        }
-                        stream.write_u32(0).await.unwrap();
+                        let Some(answer) = answer else { std::future::pending().await };
+                        stream.write_u32(answer.len() as u32).await.unwrap();
+                        stream.write_all(answer).await.unwrap();
                     }
                 });
             }
@@ -126,7 +127,7 @@ mod tests {
 
     #[tokio::test]
     async fn good_exchanges_share_one_pooled_connection_until_close_idle() {
-        let address = peer(false).await;
+        let address = peer(Some(b"")).await;
         let transport = TcpTransport::new(PoolConfig::default());
         assert_eq!(transport.pool_stats(&address), None, "no pool before the first attempt");
         let message = Message::new("jobs", "one");
@@ -141,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_pool_sheds_the_attempt_and_a_cancelled_exchange_is_not_reused() {
-        let address = peer(true).await;
+        let address = peer(None).await;
         let config =
             PoolConfig { max_size: 1, acquire_timeout: Duration::from_millis(50), ..PoolConfig::default() };
         let transport = TcpTransport::new(config);
@@ -154,6 +155,15 @@ mod tests {
         assert_eq!(shed, Err((Outcome::Shed, expected)));
         let stats = transport.pool_stats(&address);
         assert_eq!(stats, Some(PoolStats { size: 0, idle: 0, in_use: 0, waits: 1 }), "closed, not pooled");
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_does_not_decode_fails_for_good_and_its_connection_is_closed() {
+        let address = peer(Some(b"not a wire message")).await;
+        let transport = TcpTransport::new(PoolConfig::default());
+        let answer = transport.attempt(&address, &Message::new("jobs", "one")).await;
+        assert_eq!(answer, Err((Outcome::Fatal(FatalReason::Protocol), "malformed reply frame".into())));
+        assert_eq!(transport.pool_stats(&address).map(|stats| stats.size), Some(0));
     }
 
     #[tokio::test]
