@@ -166,8 +166,14 @@ async fn a_full_destination_queue_pushes_back_to_the_http_ingress() {
 async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     let (flaky, steady) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
     let dir = plugin_dir(&[]);
-    let extra = "health = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
+    let extra =
+        "balancer = \"round-robin\"\nhealth = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
     let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
+    // One message each: both endpoints keep an idle pooled connection.
+    for n in 0..2 {
+        within(host.request(Message::new("orders", format!("warm-up {n}")))).await.unwrap();
+    }
+    assert_eq!(pool_size(&host, 0), 1);
     let mut events = host.subscribe();
     flaky.set(Mode::Fail);
     let HostEvent::Destination(DestinationEvent::EndpointDown { destination, endpoint, reason }) =
@@ -180,6 +186,7 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
     let health: Vec<&str> = api.endpoints.iter().map(|endpoint| endpoint.health).collect();
     assert_eq!(health, ["down", "up"]);
+    assert_eq!(pool_size(&host, 0), 0, "an endpoint that went down has its idle connections closed");
     // Down: no traffic, though the endpoint would answer now.
     flaky.set(Mode::Answer);
     let sent_while_down = 20;
@@ -193,8 +200,44 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     };
     assert_eq!(endpoint, flaky.addr.to_string());
     let stats = drain_and_account(&host).await;
-    assert_eq!(stats.delivered, sent_while_down);
-    assert_eq!(steady.seen().len() + flaky.seen().len(), sent_while_down as usize);
+    assert_eq!(stats.delivered, sent_while_down + 2);
+    assert_eq!(steady.seen().len() + flaky.seen().len(), sent_while_down as usize + 2);
+}
+
+/// Connections open in the pool of endpoint `index` of destination `api`.
+fn pool_size(host: &Host, index: usize) -> usize {
+    let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+    api.endpoints[index].pool.map_or(0, |pool| pool.size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_health_check_takes_out_an_endpoint_that_stops_listening() {
+    let (doomed, survivor) =
+        (TestEndpoint::start_tcp(Mode::Answer).await, TestEndpoint::start_tcp(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "health = { interval_ms = 10, rise = 2, fall = 2 }";
+    let config = config(&[&doomed, &survivor], extra).replace("transport = \"http\"", "transport = \"tcp\"");
+    let host = host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    doomed.kill();
+    let HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. }) =
+        next_event(&mut events, "endpoint-down").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, doomed.addr.to_string());
+    assert!(reason.contains("health check failed: connect"), "{reason}");
+    for n in 0..20 {
+        within(host.request(Message::new("jobs", format!("j{n}")))).await.unwrap();
+    }
+    assert_eq!(survivor.seen().len(), 20);
+    let text = host.metrics().encode();
+    let doomed = doomed.addr.to_string();
+    let failed = [("destination", "api"), ("endpoint", doomed.as_str()), ("outcome", "retryable")];
+    let failed = sample(&text, "switchyard_endpoint_attempts_total", &failed);
+    assert_eq!(failed.unwrap_or(0.0), 0.0, "no attempt went to the endpoint that is down");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
