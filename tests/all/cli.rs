@@ -1,12 +1,16 @@
 //! The `switchyard` binary driven as a child process on free 127.0.0.1 ports.
 
-use crate::support::{PATIENCE, plugin_dir};
-use crate::support::{http, post};
+use crate::exposition::sample;
+use crate::support::{PATIENCE, eventually, plugin_dir};
+use crate::support::{http, http_raw, post};
+use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use switchyard_plugin_artifacts as artifacts;
+use tokio_tungstenite::tungstenite;
+use tungstenite::client::IntoClientRequest;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -50,6 +54,12 @@ impl Running {
                 return line;
             }
         }
+    }
+
+    /// The address of the first stdout line containing `what` (`... http://ADDR`).
+    fn address(&self, what: &str) -> SocketAddr {
+        let line = self.line_where(|line| line.contains(what));
+        line.rsplit("http://").next().unwrap().parse().unwrap_or_else(|err| panic!("{err}: {line}"))
     }
 
     fn stop(&mut self) -> String {
@@ -236,4 +246,171 @@ fn json_log_format_writes_one_json_object_per_line() {
     let line: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|err| panic!("{err}: {first}"));
     assert_eq!(line["level"], "INFO", "{first}");
     assert!(line["fields"]["event"].as_str().unwrap().contains("plugin-loaded"), "{first}");
+}
+
+const GUARDED_CONFIG: &str = r#"
+[host]
+watch = false
+plugin_dir = "."
+[ingress.http]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+token = "config-token"
+[[plugin]]
+name = "f"
+config = { require_header = "x-tenant" }
+[[route]]
+name = "orders"
+match = { topic = "orders.*" }
+stages = ["filter:f"]
+to = "log"
+"#;
+
+const AUTH: (&str, &str) = ("authorization", "Bearer config-token");
+
+/// Every guarded endpoint refuses a request without the token, with a wrong
+/// one, and with the right one not sent as a bearer token, saying nothing more.
+fn assert_guarded(admin: SocketAddr) {
+    let guarded = [
+        ("GET", "/metrics"),
+        ("GET", "/v1/plugins"),
+        ("GET", "/v1/routes"),
+        ("GET", "/v1/destinations"),
+        ("POST", "/v1/reload"),
+        ("GET", "/v1/events"),
+    ];
+    let wrong: [&[(&str, &str)]; 3] =
+        [&[], &[("authorization", "Bearer env-token")], &[("authorization", "config-token")]];
+    for ((method, path), headers) in guarded.into_iter().flat_map(|at| wrong.map(|headers| (at, headers))) {
+        let response = http_raw(admin, method, path, headers, b"");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        assert!(response.starts_with("HTTP/1.1 401 "), "{method} {path} {headers:?}: {response}");
+        assert_eq!(body, r#"{"error":"unauthorized"}"#, "{method} {path} {headers:?}");
+        assert!(response.to_lowercase().contains("www-authenticate: bearer"), "{response}");
+    }
+    for token in [None, Some("wrong")] {
+        let mut request = format!("ws://{admin}/v1/events").into_client_request().unwrap();
+        if let Some(token) = token {
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        match tungstenite::connect(request) {
+            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401, "{token:?}"),
+            other => panic!("the handshake was not refused: {:?}", other.map(|(_, response)| response)),
+        }
+    }
+}
+
+/// What `/metrics` counts of route `orders`: accepted on the host and on the
+/// route, delivered, filtered, latencies, deliveries to `log`, plugin calls.
+fn orders_counts(admin: SocketAddr) -> [f64; 7] {
+    let (status, text) = http(admin, "GET", "/metrics", &[AUTH], b"");
+    assert_eq!(status, 200, "{text}");
+    let orders = ("route", "orders");
+    [
+        sample(&text, "switchyard_messages_accepted_total", &[]),
+        sample(&text, "switchyard_route_accepted_total", &[orders]),
+        sample(&text, "switchyard_route_messages_total", &[orders, ("outcome", "delivered")]),
+        sample(&text, "switchyard_route_messages_total", &[orders, ("outcome", "filtered")]),
+        sample(&text, "switchyard_route_latency_seconds_count", &[orders]),
+        sample(&text, "switchyard_destination_deliveries_total", &[("destination", "log"), ("result", "ok")]),
+        sample(&text, "switchyard_plugin_call_seconds_count", &[("plugin", "f")]),
+    ]
+    .map(|value| value.unwrap_or(0.0))
+}
+
+#[test]
+fn admin_api_of_the_binary_guards_every_endpoint_and_counts_the_messages_that_flow() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+    std::fs::write(dir.path().join("switchyard.toml"), GUARDED_CONFIG).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let admin = host.address("admin API listening on http://");
+
+    assert_eq!(http(admin, "GET", "/health", &[], b""), (200, r#"{"status":"ok"}"#.into()));
+    assert_eq!(http(admin, "GET", "/ready", &[], b""), (200, r#"{"ready":true}"#.into()));
+    assert_guarded(admin);
+    let (status, plugins) = http(admin, "GET", "/v1/plugins", &[AUTH], b"");
+    assert!(status == 200 && plugins.contains(r#""name":"f""#), "{plugins}");
+    assert!(plugins.contains(r#""state":"serving""#), "{plugins}");
+    let (status, routes) = http(admin, "GET", "/v1/routes", &[AUTH], b"");
+    assert!(status == 200 && routes.contains(r#""name":"orders""#), "{routes}");
+    let (status, destinations) = http(admin, "GET", "/v1/destinations", &[AUTH], b"");
+    assert!(status == 200 && destinations.contains(r#""name":"log""#), "{destinations}");
+
+    let mut request = format!("ws://{admin}/v1/events").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", AUTH.1.parse().unwrap());
+    let (mut events, _) = tungstenite::connect(request).expect("the event stream opens with the token");
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = events.get_ref() {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+    assert_eq!(http(admin, "POST", "/v1/reload", &[AUTH], b""), (200, r#"{"reloaded":true}"#.into()));
+    let applied = loop {
+        let frame = events.read().expect("an event (safety net: PATIENCE)");
+        let event: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if event["event"] == "config-applied" {
+            break event;
+        }
+    };
+    assert!(applied["file"].as_str().unwrap().ends_with("switchyard.toml"), "{applied}");
+    drop(events);
+
+    let before = orders_counts(admin);
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let tenant: &[(&str, &str)] = if n < 5 { &[("x-tenant", "acme")] } else { &[] };
+        let (status, body) = post(ingress, "/v1/messages/orders.eu", tenant, b"{}");
+        assert_eq!(status, 202, "{body}");
+        ids.push(serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap());
+    }
+    // Two workers: the five kept messages may print in any order.
+    let mut kept: Vec<u64> = (0..5)
+        .map(|_| {
+            let line = host.line_where(|line| line.starts_with('{'));
+            serde_json::from_str::<serde_json::Value>(&line).unwrap()["id"].as_u64().unwrap()
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ids[..5], "the kept messages are delivered, the others filtered");
+    // Delivered is counted once `log` has printed: poll until every count moved.
+    let moved = [8.0, 8.0, 5.0, 3.0, 8.0, 5.0];
+    let after = eventually(|| {
+        let now = orders_counts(admin);
+        let grew: Vec<f64> = now.iter().zip(before).map(|(now, before)| now - before).collect();
+        match grew[..6] == moved && grew[6] >= 1.0 {
+            true => Ok(now),
+            false => Err(grew),
+        }
+    });
+    assert!(after[6] >= 1.0, "the filter's calls are timed: {after:?}");
+    let stopped = host.stop();
+    assert!(stopped.contains("\"accepted\":8") && stopped.contains("\"filtered\":3"), "{stopped}");
+}
+
+#[test]
+fn run_prints_the_digest_of_each_plugin_and_the_reason_a_file_is_refused() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+    std::fs::write(dir.path().join("corrupt.wasm"), b"\0asm garbage").unwrap();
+    let args = ["run", "--plugins", ".", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let mut host = Running::start_with_env(&args, dir.path(), &[("SWITCHYARD_ADMIN_TOKEN", "config-token")]);
+    let digest = hex::encode(Sha256::digest(std::fs::read(artifacts::HEADER_FILTER).unwrap()));
+    let loaded = host.line_where(|line| line.contains("plugin f loaded"));
+    assert!(
+        loaded.starts_with(&format!("switchyard: plugin f loaded: filter {} in ", &digest[..12])),
+        "{loaded}"
+    );
+    let refused = host.line_where(|line| line.contains("corrupt"));
+    assert!(
+        refused.starts_with("switchyard: plugin \"corrupt\": not a valid WebAssembly component: "),
+        "{refused}"
+    );
+    let admin = host.address("admin API listening on http://");
+    let (_, plugins) = http(admin, "GET", "/v1/plugins", &[AUTH], b"");
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).unwrap();
+    let [corrupt, f] = &plugins["plugins"].as_array().unwrap()[..] else { panic!("{plugins}") };
+    assert_eq!((corrupt["name"].as_str(), corrupt["state"].as_str()), (Some("corrupt"), Some("rejected")));
+    let reason = corrupt["last_rejection"].as_str().unwrap();
+    assert!(reason.contains("not a valid WebAssembly component"), "{reason}");
+    assert_eq!((f["state"].as_str(), f["version"].as_str()), (Some("serving"), Some(digest.as_str())));
+    host.stop();
 }

@@ -3,8 +3,8 @@
 //! backpressure up to the HTTP ingress, health checks and endpoint events,
 //! and a delivery oracle under trouble.
 
-use crate::admin::sample;
 use crate::endpoint::{Mode, TestEndpoint};
+use crate::exposition::sample;
 use crate::support::{drain_and_account, host, plugin_dir, post, within};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};

@@ -7,6 +7,7 @@ mod cli;
 mod config_errors;
 mod destination_core;
 mod endpoint;
+mod exposition;
 mod faulty;
 mod http_destination;
 mod plugins;

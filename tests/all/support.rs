@@ -46,6 +46,20 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, future).await.expect("timed out (safety net)")
 }
 
+/// Poll `probe` until it gives a value, failing the test (with the last
+/// value seen) after [`PATIENCE`]. The pause between probes only keeps it
+/// from spinning; the condition is what it waits on.
+pub fn eventually<T, S: std::fmt::Debug>(mut probe: impl FnMut() -> Result<T, S>) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() > deadline => panic!("timed out (safety net): {seen:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 /// The next message of a memory destination.
 pub async fn next(receiver: &flume::Receiver<Message>) -> Message {
     within(receiver.recv_async()).await.expect("the destination is open")

@@ -6,6 +6,7 @@
 //! admin listener binds only to loopback addresses.
 
 mod auth;
+mod plugins;
 mod routes;
 
 use crate::host::{BuildError, Host};

@@ -54,33 +54,7 @@ async fn metrics(State(host): State<Host>) -> Response {
 }
 
 async fn plugins(State(host): State<Host>) -> Json<Value> {
-    let rejections = host.last_rejections();
-    let mut plugins: Vec<Value> = host
-        .plugins()
-        .iter()
-        .map(|plugin| {
-            let (calls, problems) = host.metrics().plugin_counts(&plugin.name);
-            let counters =
-                plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
-            json!({
-                "name": plugin.name,
-                "kind": plugin.kind,
-                "version": plugin.digest,
-                "state": "serving",
-                "compile_ms": plugin.compile_time.as_secs_f64() * 1e3,
-                "calls": calls,
-                "instances": plugin.live_instances(),
-                "problems": problems.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-                "counters": counters,
-                "last_error": rejections.get(&plugin.name),
-            })
-        })
-        .collect();
-    let serving: Vec<String> = host.plugins().iter().map(|plugin| plugin.name.clone()).collect();
-    for (name, error) in rejections.iter().filter(|(name, _)| !serving.contains(name)) {
-        plugins.push(json!({ "name": name, "state": "rejected", "last_error": error }));
-    }
-    Json(json!({ "plugins": plugins }))
+    Json(super::plugins::list(&host))
 }
 
 async fn routes(State(host): State<Host>) -> Json<Value> {

@@ -94,6 +94,12 @@ impl Host {
         self.inner.reloader.events.rejections()
     }
 
+    /// The version each plugin whose file was removed last served (until
+    /// a file of that name loads again).
+    pub fn removed_plugins(&self) -> std::collections::BTreeMap<String, String> {
+        self.inner.reloader.events.removals()
+    }
+
     /// Route stages that cannot run now (`filter:NAME` of a plugin not
     /// loaded, or of another kind), as written in the routes.
     pub fn unavailable_stages(&self) -> Vec<String> {

@@ -2,16 +2,18 @@
 //! with handles cached where the message path uses them.
 
 mod gauges;
+mod plugins;
 mod sharded;
 
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
+pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {
@@ -77,12 +79,15 @@ pub struct Metrics {
     /// Whether the message path counts (off only to measure what counting costs).
     enabled: bool,
     accepted: ShardedCounter,
+    route_accepted: Family<RouteName, ShardedCounter>,
     route_messages: Family<RouteOutcome, ShardedCounter>,
     dead_letters: Family<RouteReason, Counter>,
     route_latency: Family<RouteName, LatencyHistogram>,
     plugin_calls: Family<PluginName, ShardedCounter>,
     plugin_problems: Family<PluginProblem, Counter>,
     plugin_latency: Family<PluginName, LatencyHistogram>,
+    /// The last fault of each plugin; written only when a plugin faults.
+    last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,
     attempts: Family<EndpointOutcome, Counter>,
@@ -111,12 +116,14 @@ impl Metrics {
         let metrics = Metrics {
             enabled,
             accepted: ShardedCounter::default(),
+            route_accepted: Family::default(),
             route_messages: Family::default(),
             dead_letters: Family::default(),
             route_latency: Family::default(),
             plugin_calls: Family::default(),
             plugin_problems: Family::default(),
             plugin_latency: Family::default(),
+            last_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),
             attempts: Family::default(),
@@ -127,6 +134,8 @@ impl Metrics {
         };
         registry.register_collector(Box::new(metrics.gauges.clone()));
         registry.register("messages_accepted", "Messages admitted", metrics.accepted.clone());
+        let help = "Messages matched to a route (admitted ones; not the extra outputs of a transform)";
+        registry.register("route_accepted", help, metrics.route_accepted.clone());
         let help = "Messages settled per route, by outcome (delivered, filtered, responded, dead_lettered)";
         registry.register("route_messages", help, metrics.route_messages.clone());
         registry.register(
@@ -172,7 +181,15 @@ pub(crate) struct RouteMetrics {
     /// The route measured.
     pub(crate) route: std::sync::Arc<str>,
     /// `None` when metrics are off.
-    handles: Option<(SettledCounters, LatencyHistogram)>,
+    handles: Option<RouteHandles>,
+}
+
+/// The counters of a route: matched, settled by how, and its latency.
+#[derive(Clone, Debug)]
+struct RouteHandles {
+    accepted: ShardedCounter,
+    settled: SettledCounters,
+    latency: LatencyHistogram,
 }
 
 /// How a message of a route was settled.
@@ -187,11 +204,18 @@ pub(crate) enum Settled {
 type SettledCounters = [ShardedCounter; 4];
 
 impl RouteMetrics {
+    /// Count `messages` matched to the route (once per batch, not per message).
+    pub(crate) fn accepted(&self, messages: usize) {
+        if let Some(handles) = &self.handles {
+            handles.accepted.add(messages as u64);
+        }
+    }
+
     /// Count a message admitted at `accepted_at`, settled now.
     pub(crate) fn settled(&self, how: Settled, accepted_at: Instant) {
-        if let Some((counters, latency)) = &self.handles {
-            counters[how as usize].inc();
-            latency.observe(accepted_at.elapsed());
+        if let Some(handles) = &self.handles {
+            handles.settled[how as usize].inc();
+            handles.latency.observe(accepted_at.elapsed());
         }
     }
 }
@@ -220,9 +244,11 @@ impl Metrics {
             self.route_messages
                 .get_or_create_owned(&RouteOutcome { route: route.into(), outcome: outcome.into() })
         };
-        let handles = self.enabled.then(|| {
-            let counters = ["delivered", "filtered", "responded", "dead_lettered"].map(outcome);
-            (counters, self.route_latency.get_or_create_owned(&RouteName { route: route.into() }))
+        let name = RouteName { route: route.into() };
+        let handles = self.enabled.then(|| RouteHandles {
+            accepted: self.route_accepted.get_or_create_owned(&name),
+            settled: ["delivered", "filtered", "responded", "dead_lettered"].map(outcome),
+            latency: self.route_latency.get_or_create_owned(&name),
         });
         RouteMetrics { route: route.into(), handles }
     }
@@ -230,45 +256,6 @@ impl Metrics {
     pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
         let labels = RouteReason { route: route.unwrap_or("").into(), reason: reason.into() };
         self.dead_letters.get_or_create(&labels).inc();
-    }
-
-    pub(crate) fn plugin_call(&self, plugin: &str, took: Duration) {
-        if self.enabled {
-            let labels = PluginName { plugin: plugin.into() };
-            self.plugin_calls.get_or_create(&labels).inc();
-            self.plugin_latency.get_or_create(&labels).observe(took);
-        }
-    }
-
-    pub(crate) fn plugin_problem(&self, plugin: &str, problem: &str) {
-        self.plugin_problems
-            .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
-            .inc();
-    }
-
-    /// Calls and problems of `plugin` so far: (calls, problems by kind).
-    pub fn plugin_counts(&self, plugin: &str) -> (u64, Vec<(String, u64)>) {
-        let calls =
-            self.plugin_calls.get(&PluginName { plugin: plugin.into() }).map_or(0, |calls| calls.get());
-        let kinds = [
-            "rejected",
-            "retryable",
-            "failed",
-            "trapped",
-            "timed_out",
-            "memory_cap",
-            "malformed",
-            "unusable",
-        ];
-        let problems = kinds
-            .iter()
-            .map(|kind| {
-                let labels = PluginProblem { plugin: plugin.into(), problem: (*kind).into() };
-                (kind.to_string(), self.plugin_problems.get(&labels).map_or(0, |count| count.get()))
-            })
-            .filter(|(_, count)| *count > 0)
-            .collect();
-        (calls, problems)
     }
 
     /// The delivery counters of `destination` (ok, failed); `None` when

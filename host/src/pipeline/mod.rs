@@ -110,6 +110,7 @@ impl Pipeline {
         settlements: &mut Settlements<'r>,
     ) {
         let metrics = topology.route_metrics(&route.name);
+        metrics.accepted(items.len());
         let _route = tracing::debug_span!("route", route = %route.name, messages = items.len()).entered();
         if let Some(priority) = route.priority {
             items.iter_mut().for_each(|item| item.message.priority = priority);

@@ -5,7 +5,7 @@ use super::item::{Fate, Item};
 use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::{Message, MessageId, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
 };
@@ -128,10 +128,20 @@ impl Worker {
         let result = self.instance(plugin).and_then(call);
         self.metrics.plugin_call(&plugin.name, started.elapsed());
         if let Err(fault) = &result {
-            self.metrics.plugin_problem(&plugin.name, fault.kind());
-            self.discard(plugin);
+            self.faulted(plugin, fault);
         }
         result
+    }
+
+    /// Count `fault`, keep it as the plugin's last, and discard the instance.
+    fn faulted(&mut self, plugin: &CompiledPlugin, fault: &PluginFault) {
+        let last = LastFault {
+            kind: fault.kind(),
+            message: fault.to_string(),
+            version: plugin.short_version().into(),
+        };
+        self.metrics.plugin_fault(&plugin.name, last);
+        self.discard(plugin);
     }
 
     fn filter(
@@ -185,7 +195,7 @@ impl Worker {
             match slot {
                 Ok((slot, message)) => slot.push(Message::from_wire(&message)),
                 Err(fault) => {
-                    self.discard(plugin);
+                    self.faulted(plugin, &fault);
                     return Err((items, fault));
                 }
             }

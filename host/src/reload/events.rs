@@ -118,8 +118,17 @@ pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
     counts: [AtomicU64; 9],
     metrics: Arc<Metrics>,
-    /// The last rejection reason per plugin, cleared when it loads again.
-    rejections: Mutex<BTreeMap<String, String>>,
+    /// What became of plugins that no longer serve their latest file.
+    notes: Mutex<PluginNotes>,
+}
+
+/// The last rejection reason per plugin (cleared when it loads again or its
+/// file goes), and the version each removed plugin served (cleared when it
+/// loads again).
+#[derive(Default)]
+struct PluginNotes {
+    rejections: BTreeMap<String, String>,
+    removals: BTreeMap<String, String>,
 }
 
 impl Events {
@@ -128,7 +137,7 @@ impl Events {
             sender: broadcast::channel(1024).0,
             counts: Default::default(),
             metrics,
-            rejections: Mutex::default(),
+            notes: Mutex::default(),
         }
     }
 
@@ -159,13 +168,18 @@ impl Events {
     }
 
     fn remember(&self, event: &HostEvent) {
-        let mut rejections = self.rejections.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut notes = self.notes.lock().unwrap_or_else(|poison| poison.into_inner());
         match event {
             HostEvent::PluginRejected { name, reason } => {
-                drop(rejections.insert(name.clone(), reason.clone()))
+                drop(notes.rejections.insert(name.clone(), reason.clone()))
             }
             HostEvent::PluginLoaded { name, .. } | HostEvent::PluginReplaced { name, .. } => {
-                drop(rejections.remove(name))
+                notes.rejections.remove(name);
+                notes.removals.remove(name);
+            }
+            HostEvent::PluginRemoved { name, version } => {
+                notes.rejections.remove(name);
+                notes.removals.insert(name.clone(), version.clone());
             }
             _ => {}
         }
@@ -173,7 +187,12 @@ impl Events {
 
     /// The last rejection reason of each plugin whose latest file was refused.
     pub(crate) fn rejections(&self) -> BTreeMap<String, String> {
-        self.rejections.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
+        self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).rejections.clone()
+    }
+
+    /// The version each removed plugin served, until it loads again.
+    pub(crate) fn removals(&self) -> BTreeMap<String, String> {
+        self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).removals.clone()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<HostEvent> {

@@ -1,0 +1,95 @@
+//! What the metrics know of each plugin: calls, errors and faults by kind,
+//! and the last fault with its message, for `/v1/plugins`.
+
+use super::{Metrics, PluginName, PluginProblem};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The kinds of error answer a plugin gives (it handled the call).
+const ERRORS: [&str; 3] = ["rejected", "retryable", "failed"];
+
+/// The kinds of fault (the instance misbehaved and was thrown away).
+const FAULTS: [&str; 5] = ["trapped", "timed_out", "memory_cap", "malformed", "unusable"];
+
+/// A plugin's calls and problems so far, every kind listed (zero included).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginCounts {
+    /// Calls made (one per batch).
+    pub calls: u64,
+    /// Problems by kind: the error answers (`rejected`, `retryable`,
+    /// `failed`) and the faults (`trapped`, `timed_out`, `memory_cap`,
+    /// `malformed`, `unusable`).
+    pub problems: BTreeMap<&'static str, u64>,
+}
+
+impl PluginCounts {
+    /// Error answers: messages the plugin said it could not handle.
+    pub fn errors(&self) -> u64 {
+        ERRORS.iter().map(|kind| self.problems[kind]).sum()
+    }
+
+    /// Faults: calls that trapped, timed out, hit the memory cap or answered malformed.
+    pub fn faults(&self) -> u64 {
+        FAULTS.iter().map(|kind| self.problems[kind]).sum()
+    }
+
+    /// Calls interrupted at the plugin's deadline.
+    pub fn deadline_hits(&self) -> u64 {
+        self.problems["timed_out"]
+    }
+}
+
+/// The last fault of a plugin while serving.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastFault {
+    /// Its kind, as in `switchyard_plugin_problems_total` (`trapped`, `timed_out`, ...).
+    pub kind: &'static str,
+    /// What happened, e.g. `timed out after 50ms`.
+    pub message: String,
+    /// The plugin version that faulted (short digest).
+    pub version: String,
+}
+
+impl Metrics {
+    pub(crate) fn plugin_call(&self, plugin: &str, took: Duration) {
+        if self.enabled {
+            let labels = PluginName { plugin: plugin.into() };
+            self.plugin_calls.get_or_create(&labels).inc();
+            self.plugin_latency.get_or_create(&labels).observe(took);
+        }
+    }
+
+    /// Count an error answer of `plugin`, of kind `problem`.
+    pub(crate) fn plugin_problem(&self, plugin: &str, problem: &str) {
+        self.plugin_problems
+            .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
+            .inc();
+    }
+
+    /// Count a fault of `plugin` and keep it as its last.
+    pub(crate) fn plugin_fault(&self, plugin: &str, fault: LastFault) {
+        self.plugin_problem(plugin, fault.kind);
+        let mut faults = self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner());
+        faults.insert(plugin.to_owned(), fault);
+    }
+
+    /// The last fault of `plugin` while serving, if it had one.
+    pub fn last_fault(&self, plugin: &str) -> Option<LastFault> {
+        self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).get(plugin).cloned()
+    }
+
+    /// Calls and problems of `plugin` so far.
+    pub fn plugin_counts(&self, plugin: &str) -> PluginCounts {
+        let calls =
+            self.plugin_calls.get(&PluginName { plugin: plugin.into() }).map_or(0, |calls| calls.get());
+        let problems = ERRORS
+            .into_iter()
+            .chain(FAULTS)
+            .map(|kind| {
+                let labels = PluginProblem { plugin: plugin.into(), problem: kind.into() };
+                (kind, self.plugin_problems.get(&labels).map_or(0, |count| count.get()))
+            })
+            .collect();
+        PluginCounts { calls, problems }
+    }
+}
