@@ -41,7 +41,7 @@ const WARM_UP: Duration = Duration::from_millis(150);
 const RUN_TIME: Duration = Duration::from_millis(120);
 const RUNS: usize = 5;
 /// Timed runs per routed pipeline, alternating between the pipelines.
-const ROUTED_RUNS: usize = 5;
+const ROUTED_RUNS: usize = 7;
 /// Tokio tasks sending into the host.
 const SENDERS: usize = 2;
 
@@ -156,6 +156,10 @@ pub struct Routed {
     pub no_stages_msgs_per_sec: Sample,
     /// `wasm / native`, of the medians.
     pub wasm_to_native: f64,
+    /// CPU time the whole process spent per message (WASM, native, no
+    /// stages): unlike messages per second, it does not move when the
+    /// pipeline's threads wait for a core.
+    pub cpu_ns_per_message: [Sample; 3],
     /// The same pipelines with metrics off.
     pub metrics_off: MetricsOff,
 }
@@ -172,6 +176,12 @@ pub struct MetricsOff {
     /// Throughput lost to metrics, percent of the throughput without them
     /// (WASM, native, no stages; of the medians).
     pub cost_percent: [f64; 3],
+    /// CPU time per message (WASM, native, no stages).
+    pub cpu_ns_per_message: [Sample; 3],
+    /// CPU time per message that metrics add, percent of the time without
+    /// them (WASM, native, no stages): the median over rounds of each
+    /// round's pair of runs, which ran back to back.
+    pub cpu_cost_percent: [f64; 3],
 }
 
 /// One performance target and whether the measurements meet it.

@@ -39,7 +39,7 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
         let warm_up = (messages / 4).max(1);
         let mut outputs = Vec::new();
         for host in &mut hosts {
-            outputs.push(host.timed_run(warm_up).await?.1);
+            outputs.push(host.timed_run(warm_up).await?.delivered);
         }
         check_redacted(&outputs[0])?;
         let same = |m: &Message| (m.topic.clone(), m.headers.clone(), m.payload.clone(), m.priority);
@@ -49,19 +49,30 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
                 outputs[0], outputs[1]
             )));
         }
-        let mut runs = vec![Vec::new(); hosts.len()];
+        let (mut rates, mut cpu) = (vec![Vec::new(); hosts.len()], vec![Vec::new(); hosts.len()]);
         for _ in 0..ROUTED_RUNS {
-            for (host, runs) in hosts.iter_mut().zip(&mut runs) {
-                runs.push(host.timed_run(messages).await?.0);
+            for (index, host) in hosts.iter_mut().enumerate() {
+                let run = host.timed_run(messages).await?;
+                rates[index].push(run.msgs_per_sec);
+                cpu[index].push(run.cpu_ns_per_message);
             }
         }
         for host in hosts {
             host.finish().await?;
         }
-        let mut samples = runs.into_iter().map(Sample::new);
+        let cpu_cost: Vec<f64> = (0..3).map(|index| paired_cost(&cpu[index], &cpu[index + 3])).collect();
+        let mut samples = rates.into_iter().map(Sample::new);
         let mut next = || samples.next().expect("one sample per host");
         let (wasm, native, none) = (next(), next(), next());
-        let metrics_off = MetricsOff::new([&wasm, &native, &none], [next(), next(), next()]);
+        let mut cpu = cpu.into_iter().map(Sample::new);
+        let mut next_cpu = || cpu.next().expect("one sample per host");
+        let cpu_on = [next_cpu(), next_cpu(), next_cpu()];
+        let metrics_off = MetricsOff::new(
+            [&wasm, &native, &none],
+            [next(), next(), next()],
+            [next_cpu(), next_cpu(), next_cpu()],
+            [cpu_cost[0], cpu_cost[1], cpu_cost[2]],
+        );
         Ok(Routed {
             messages,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -70,22 +81,48 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
             wasm_msgs_per_sec: wasm,
             native_msgs_per_sec: native,
             no_stages_msgs_per_sec: none,
+            cpu_ns_per_message: cpu_on,
             metrics_off,
         })
     })
 }
 
+/// What `on` costs over `off`, percent of `off`: the median over the rounds
+/// of `on[round] / off[round]`, runs made one right after the other, so that
+/// drift on the machine between rounds cancels out.
+fn paired_cost(on: &[f64], off: &[f64]) -> f64 {
+    let ratios = on.iter().zip(off).map(|(on, off)| 100.0 * (on / off - 1.0)).collect();
+    Sample::new(ratios).median
+}
+
 impl MetricsOff {
-    /// The figures without metrics, and what metrics cost against `on`.
-    fn new(on: [&Sample; 3], [wasm, native, none]: [Sample; 3]) -> MetricsOff {
+    /// The figures without metrics, and what metrics cost of the
+    /// throughput against `on`.
+    fn new(
+        on: [&Sample; 3],
+        [wasm, native, none]: [Sample; 3],
+        cpu_ns_per_message: [Sample; 3],
+        cpu_cost_percent: [f64; 3],
+    ) -> MetricsOff {
         let cost = |on: &Sample, off: &Sample| 100.0 * (1.0 - on.median / off.median);
         MetricsOff {
             cost_percent: [cost(on[0], &wasm), cost(on[1], &native), cost(on[2], &none)],
             wasm_msgs_per_sec: wasm,
             native_msgs_per_sec: native,
             no_stages_msgs_per_sec: none,
+            cpu_ns_per_message,
+            cpu_cost_percent,
         }
     }
+}
+
+/// One timed run of a routed pipeline.
+struct Run {
+    msgs_per_sec: f64,
+    /// CPU time of the whole process (every thread) per message.
+    cpu_ns_per_message: f64,
+    /// One of the messages delivered.
+    delivered: Message,
 }
 
 impl RoutedHost {
@@ -117,12 +154,12 @@ impl RoutedHost {
     }
 
     /// Send `messages` from [`SENDERS`] tasks and time until the destination
-    /// has all of them. Returns messages per second and one delivered message.
-    async fn timed_run(&mut self, messages: usize) -> Result<(f64, Message), BenchError> {
+    /// has all of them, by the clock and by the process's CPU time.
+    async fn timed_run(&mut self, messages: usize) -> Result<Run, BenchError> {
         let shares: Vec<Vec<Message>> = (0..SENDERS)
             .map(|sender| (sender..messages).step_by(SENDERS).map(|_| order_message(ORDER)).collect())
             .collect();
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time::ProcessTime::now());
         let senders: Vec<_> = shares
             .into_iter()
             .map(|share| {
@@ -145,7 +182,7 @@ impl RoutedHost {
             first.ok()
         });
         let first = received.await.ok().flatten();
-        let elapsed = started.elapsed();
+        let (elapsed, cpu) = (started.elapsed(), cpu.elapsed());
         self.sent += messages as u64;
         let Some(first) = first else {
             return Err(BenchError::Check(format!(
@@ -156,7 +193,11 @@ impl RoutedHost {
         for sender in senders {
             sender.await.map_err(|err| BenchError::Check(format!("a sender task failed: {err}")))??;
         }
-        Ok((messages as f64 / elapsed.as_secs_f64(), first))
+        Ok(Run {
+            msgs_per_sec: messages as f64 / elapsed.as_secs_f64(),
+            cpu_ns_per_message: cpu.as_nanos() as f64 / messages as f64,
+            delivered: first,
+        })
     }
 
     /// Shut down and check that every message sent was delivered, none lost.
