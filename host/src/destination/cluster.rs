@@ -133,7 +133,7 @@ pub trait Transport: Send + Sync + 'static {
 pub struct Cluster<T> {
     name: String,
     endpoints: Vec<Endpoint>,
-    balancer: std::sync::Arc<dyn Balancer>,
+    balancer: Picker,
     hash_header: Option<String>,
     transport: T,
     kind: crate::config::Transport,
@@ -183,14 +183,14 @@ impl<T: Transport> Cluster<T> {
             endpoints,
             hash_header: balancer.hash_header().map(str::to_owned),
             balancer: match &balancer {
-                BalancerConfig::Plugin { name } => Arc::new(HotPluginBalancer::new(
+                BalancerConfig::Plugin { name } => Picker::Plugin(HotPluginBalancer::new(
                     &config.name,
                     name,
                     config.endpoints.clone(),
                     (host.registry.clone(), host.engine.clone()),
                     host.events.clone(),
                 )),
-                built => built.build().expect("not a plugin balancer"),
+                built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
             transport,
             kind: config.transport,
@@ -296,7 +296,7 @@ impl<T: Transport> Cluster<T> {
         let mut last_error = String::from("no endpoint admitted the message");
         let (mut attempts, mut retry_permit) = (0, None);
         while attempts < self.retry.attempts {
-            let Some((index, permit)) = self.choose(&mut tried, &message, key) else { break };
+            let Some((index, permit)) = self.choose(&mut tried, &message, key).await else { break };
             attempts += 1;
             let endpoint = &self.endpoints[index];
             let (outcome, result) = self.attempt(endpoint, permit, &message, attempts).await;
@@ -363,7 +363,7 @@ impl<T: Transport> Cluster<T> {
 
     /// Pick an endpoint not tried yet (all again once every one was) that
     /// health, breaker and the eligibility guard rails admit now.
-    fn choose(
+    async fn choose(
         &self,
         tried: &mut [bool],
         message: &Message,
@@ -397,7 +397,7 @@ impl<T: Transport> Cluster<T> {
                 eligible: !tried && admission.is_eligible(),
             })
             .collect();
-        while let Some(index) = self.balancer.pick_message(&views, key, message) {
+        while let Some(index) = self.balancer.pick(&views, key, message).await {
             tried[index] = true;
             views[index].eligible = false;
             let breaker = &self.endpoints[index].breaker;
@@ -410,6 +410,24 @@ impl<T: Transport> Cluster<T> {
             }
         }
         None
+    }
+}
+
+/// The balancer of a cluster: a built-in one picks in place; a plugin's pick
+/// is awaited, so that a slow plugin holds up only the deliveries waiting for
+/// it, never the runtime thread they run on.
+enum Picker {
+    Native(Arc<dyn Balancer>),
+    Plugin(HotPluginBalancer),
+}
+
+impl Picker {
+    /// Picks for one attempt at delivering `message`; see [`Balancer::pick`].
+    async fn pick(&self, endpoints: &[EndpointView], key: Option<&str>, message: &Message) -> Option<usize> {
+        match self {
+            Picker::Native(balancer) => balancer.pick_message(endpoints, key, message),
+            Picker::Plugin(balancer) => balancer.pick(endpoints, key, message).await,
+        }
     }
 }
 
