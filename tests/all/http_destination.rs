@@ -151,3 +151,33 @@ async fn sequential_requests_reuse_one_pooled_connection() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_endpoints_get_messages_in_proportion_to_their_configured_weights() {
+    let (heavy, heavy_hits) = server(StatusCode::OK).await;
+    let (light, light_hits) = server(StatusCode::OK).await;
+    let endpoints = format!(r#"[{{ address = "{heavy}", weight = 3 }}, "{light}"]"#);
+    let config = format!(
+        "{}[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = {endpoints}\n\
+         balancer = \"weighted\"\n[[route]]\nname = \"all\"\nto = \"api\"\n",
+        crate::support::MEMORY_OUT
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
+    let weights: Vec<(u32, u32)> =
+        api.endpoints.iter().map(|endpoint| (endpoint.configured_weight, endpoint.weight)).collect();
+    assert_eq!(weights, [(3, 300), (1, 100)], "the admin API shows both weights");
+    for n in 0..40 {
+        let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
+        assert_eq!(reply.unwrap().expect("the endpoint replies").payload, format!("ORDER {n}"));
+        let hits = (heavy_hits.load(Ordering::SeqCst), light_hits.load(Ordering::SeqCst));
+        if (n + 1) % 4 == 0 {
+            // Smooth weighted round-robin gives each endpoint exactly its share of every 4 picks.
+            assert_eq!(hits, (3 * (n + 1) / 4, (n + 1) / 4), "after {} messages", n + 1);
+        }
+    }
+    assert_eq!((heavy_hits.load(Ordering::SeqCst), light_hits.load(Ordering::SeqCst)), (30, 10));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (40, 0));
+}

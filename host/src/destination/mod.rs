@@ -99,9 +99,11 @@ pub struct EndpointStatus {
     pub breaker: &'static str,
     /// `up` or `down` by health checks, `unchecked` without them.
     pub health: &'static str,
-    /// The weight balancers see, out of 100: less while it slowly starts
-    /// after coming back.
+    /// The weight balancers see: 100 times `configured_weight`, less while
+    /// it slowly starts after coming back.
     pub weight: u32,
+    /// Its weight as configured (1 unless given).
+    pub configured_weight: u32,
     /// Requests in flight to it now.
     pub in_flight: u32,
     /// Its connection pool, once the transport made one.
