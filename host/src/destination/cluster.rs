@@ -312,12 +312,12 @@ impl<T: Transport> Cluster<T> {
             drop(retry_permit.take());
             let error = match result {
                 Ok(reply) => return Ok(reply),
-                Err(error) if matches!(outcome, Outcome::Fatal(_)) => {
-                    return Err(DeliveryError::Fatal(error));
-                }
                 Err(error) => error,
             };
             last_error = format!("{}: {error}", endpoint.address);
+            if matches!(outcome, Outcome::Fatal(_)) {
+                return Err(DeliveryError::Attempts { attempts, last_error, fatal: true });
+            }
             let Some(delay) = self.retry.backoff_after(attempts, &outcome, &mut rand::rng()) else { break };
             // Past the retry budget, the retry waits for another to end. The
             // permit is held through the backoff and the retry.
@@ -325,7 +325,7 @@ impl<T: Transport> Cluster<T> {
             self.retries.inc();
             tokio::time::sleep(delay).await;
         }
-        Err(DeliveryError::Retryable(format!("gave up after {attempts} attempts; last: {last_error}")))
+        Err(DeliveryError::Attempts { attempts, last_error, fatal: false })
     }
 
     /// Attempt number `attempt` at `endpoint`, under the deadline; its

@@ -43,6 +43,21 @@ pub enum DeliveryError {
     /// A permanent failure.
     #[error("delivery failed: {0}")]
     Fatal(String),
+    /// A network destination tried `attempts` times and gave up: its last
+    /// attempt failed for good (`fatal`, not retried), or the retries ran out.
+    #[error(
+        "delivery failed{}: gave up after {attempts} attempt{}; last: {last_error}",
+        if *fatal { "" } else { ", retryable" },
+        if *attempts == 1 { "" } else { "s" }
+    )]
+    Attempts {
+        /// How many attempts were made (0 when no endpoint admitted one).
+        attempts: u32,
+        /// The last attempt's error, after its endpoint's address.
+        last_error: String,
+        /// Whether the last error was final rather than worth a retry.
+        fatal: bool,
+    },
     /// The message waited in the destination's queue past its timeout and
     /// was never sent.
     #[error("waited {waited_ms} ms in the queue, past its timeout; not sent")]
