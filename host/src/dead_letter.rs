@@ -10,6 +10,10 @@ pub const REASON_CODE_HEADER: &str = "x-sy-dead-letter";
 pub const REASON_HEADER: &str = "x-sy-dead-letter-reason";
 /// Header naming the route the message was on, when it had one.
 pub const ROUTE_HEADER: &str = "x-sy-route";
+/// Header counting the attempts a network destination made before it gave up (`delivery-failed`).
+pub const ATTEMPTS_HEADER: &str = "x-sy-attempts";
+/// Header carrying the last attempt's error, after its endpoint's address (`delivery-failed`).
+pub const LAST_ERROR_HEADER: &str = "x-sy-last-error";
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,12 +86,21 @@ impl DeadLetterReason {
     }
 
     /// `message` labelled with this reason (and `route`), ready for the
-    /// dead-letter destination.
+    /// dead-letter destination; a network destination's delivery failure also
+    /// with [`ATTEMPTS_HEADER`] and [`LAST_ERROR_HEADER`].
     pub fn label(&self, mut message: Message, route: Option<&str>) -> Message {
         message.set_header(REASON_CODE_HEADER, self.code());
         message.set_header(REASON_HEADER, self.to_string());
         if let Some(route) = route {
             message.set_header(ROUTE_HEADER, route);
+        }
+        if let DeadLetterReason::Delivery {
+            error: DeliveryError::Attempts { attempts, last_error, .. },
+            ..
+        } = self
+        {
+            message.set_header(ATTEMPTS_HEADER, attempts.to_string());
+            message.set_header(LAST_ERROR_HEADER, last_error.as_str());
         }
         message
     }

@@ -14,7 +14,7 @@ use switchyard::plugin::{
 use switchyard::{Message, PluginKind};
 use switchyard_plugin_artifacts as artifacts;
 
-use crate::support::PATIENCE;
+use crate::support::{PATIENCE, within};
 
 /// Every reason `on_fallback` was called with, in order.
 type Reasons = Arc<Mutex<Vec<FallbackReason>>>;
@@ -206,6 +206,50 @@ async fn picks_from_tokio_worker_threads_never_run_the_plugin_there() {
         assert!(task.await.unwrap().iter().all(|&pick| pick == Some(1)));
     }
     assert_eq!(taken(&reasons), []);
+}
+
+/// Runs a poisoned `pick_async` on a spinning plugin (1 s deadline) beside another task on a runtime
+/// whose every thread the pick could block, and returns in which order the two finished.
+async fn spinning_pick_beside_another_task() -> Vec<&'static str> {
+    let limits = PluginLimits { timeout_ms: 1_000, ..PluginLimits::default() };
+    let pairs = [("mode", "spin"), ("trigger", "x-poison")];
+    let (balancer, reasons) = balancer_with(artifacts::FAULTY_BALANCER, &pairs, limits, 3);
+    let (done, finished) = flume::unbounded();
+    let picked = done.clone();
+    let pick = tokio::spawn(async move {
+        let pick = balancer.pick_async(&poison(), &plugin_and_p2c_disagree()).await;
+        picked.send("pick").unwrap();
+        pick
+    });
+    tokio::task::yield_now().await; // the pick is on its way to the plugin, which spins
+    let other = tokio::spawn(async move { done.send("other").unwrap() });
+    within(other).await.unwrap();
+    assert_eq!(within(pick).await.unwrap(), Some(2), "the spin timed out: p2c picks the cheaper");
+    let [FallbackReason::Fault(PluginFault::TimedOut(_))] = &taken(&reasons)[..] else {
+        panic!("one timeout expected: {:?}", taken(&reasons))
+    };
+    finished.drain().collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_plugin_does_not_stall_other_tasks_on_a_current_thread_runtime() {
+    assert_eq!(spinning_pick_beside_another_task().await, ["other", "pick"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_spinning_plugin_does_not_stall_other_tasks_on_a_one_worker_runtime() {
+    assert_eq!(spinning_pick_beside_another_task().await, ["other", "pick"]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn awaited_picks_use_the_plugins_answer_and_see_the_message() {
+    let pairs = [("mode", "ineligible"), ("trigger", "x-poison")];
+    let (balancer, reasons) = balancer_with(artifacts::FAULTY_BALANCER, &pairs, PluginLimits::default(), 3);
+    let endpoints = plugin_and_p2c_disagree();
+    let clean = Message::new("orders.eu", "{}");
+    assert_eq!(within(balancer.pick_async(&clean, &endpoints)).await, Some(1), "the plugin's pick");
+    assert_eq!(within(balancer.pick_async(&poison(), &endpoints)).await, Some(2), "p2c's pick");
+    assert_eq!(taken(&reasons), [FallbackReason::Invalid { answer: Some(0), endpoints: 3, eligible: 2 }]);
 }
 
 #[test]

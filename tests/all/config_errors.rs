@@ -31,3 +31,15 @@ fn the_builtin_default_is_valid() {
     assert_eq!(config.ingress.http.unwrap().listen.to_string(), "127.0.0.1:7070");
     assert_eq!(config.host.plugin_dir, Path::new("plugins.d"));
 }
+
+#[test]
+fn an_endpoint_weight_set_in_code_is_checked_too() {
+    let text = "[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"10.0.0.8:8080\"]\n";
+    let mut config = Config::from_toml("t.toml", text).unwrap();
+    config.destinations[0].endpoints[0].weight = 0;
+    let error = config.validate("t.toml", &[]).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "t.toml: destination \"api\".endpoints = \"10.0.0.8:8080\": weight = 0: must be 1 to 10000"
+    );
+}

@@ -432,6 +432,37 @@ async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() 
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "p2c delivered both");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_balancer_plugin_stalls_only_its_own_deliveries_on_a_current_thread_runtime() {
+    let (stuck, api) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[("spin", switchyard_plugin_artifacts::FAULTY_BALANCER)]);
+    let mut config = config(&[&api], "");
+    config.push_str("[[plugin]]\nname = \"spin\"\nconfig = { mode = \"spin\", trigger = \"x-poison\" }\n");
+    config.push_str("limits = { timeout_ms = 3000 }\n");
+    config.push_str("[[destination]]\nname = \"stuck\"\ntransport = \"http\"\nbalancer = \"plugin:spin\"\n");
+    config.push_str(&format!("endpoints = [\"{}\"]\n", stuck.addr));
+    config.push_str("[[route]]\nname = \"stuck\"\nmatch = { topic = \"stuck\" }\nto = \"stuck\"\n");
+    let config = config.replace(
+        "[[route]]\nname = \"all\"\n",
+        "[[route]]\nname = \"all\"\nmatch = { topic = \"orders\" }\n",
+    );
+    let host = host(dir.path(), &config).await;
+    // The plugin spins on this one until its 3 s deadline; then p2c places it.
+    host.send(Message::new("stuck", "poison").with_header("x-poison", "1")).await.unwrap();
+    for n in 0..3 {
+        let reply = within(host.request(Message::new("orders", format!("m{n}")))).await.unwrap();
+        assert_eq!(reply.expect("the endpoint echoes").payload, format!("m{n}"));
+    }
+    assert_eq!(
+        (stuck.seen().len(), host.event_counts().balancer_fallbacks),
+        (0, 0),
+        "the other destination delivered while the plugin still spun, on the runtime's only thread"
+    );
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (4, 0), "p2c placed the poisoned one in the end");
+    assert_eq!((stuck.seen().len(), host.event_counts().balancer_fallbacks), (1, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state() {
     let (doomed, survivor) =

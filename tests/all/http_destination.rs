@@ -91,7 +91,8 @@ async fn failover_skips_dead_and_failing_endpoints_and_ejects_them() {
 async fn exhausted_retries_dead_letter_with_the_last_error() {
     let (failing, failing_hits) = server(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = plugin_dir(&[]);
-    let host = host(dir.path(), &config(&[dead_address(), failing])).await;
+    let dead = dead_address();
+    let host = host(dir.path(), &config(&[dead, failing])).await;
     let answer = within(host.request(Message::new("orders", "lost cause"))).await;
     let Err(RequestError::DeadLettered(DeadLetterReason::Delivery { destination, error })) = answer else {
         panic!("expected a delivery dead letter, got {answer:?}");
@@ -106,6 +107,11 @@ async fn exhausted_retries_dead_letter_with_the_last_error() {
     );
     assert!(host.memory("dead").unwrap().is_empty());
     assert_eq!(letter.payload, "lost cause");
+    assert_eq!(letter.header("x-sy-attempts"), Some("3"));
+    let last_error = letter.header("x-sy-last-error").expect("the last error");
+    let endpoint_said = |addr: SocketAddr| last_error.starts_with(&format!("{addr}: "));
+    assert!(endpoint_said(dead) || endpoint_said(failing), "names the endpoint: {last_error}");
+    assert!(error.to_string().ends_with(last_error), "{error} / {last_error}");
     assert!(failing_hits.load(Ordering::SeqCst) >= 1);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
@@ -119,6 +125,12 @@ async fn a_final_status_is_not_retried() {
     let answer = within(host.request(Message::new("orders", "malformed"))).await;
     assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "a 400 is final: no retry");
+    let letter = next(&host.memory("api-dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    assert_eq!(letter.header("x-sy-attempts"), Some("1"));
+    let last_error = letter.header("x-sy-last-error").expect("the last error");
+    assert!(last_error.starts_with(&format!("{rejecting}: ")), "names the endpoint: {last_error}");
+    assert!(last_error.contains("400"), "quotes the status: {last_error}");
     drain_and_account(&host).await;
 }
 
@@ -162,4 +174,34 @@ async fn sequential_requests_reuse_one_pooled_connection() {
     assert_eq!(connections.load(Ordering::SeqCst), 1, "sequential requests share one pooled connection");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_endpoints_get_messages_in_proportion_to_their_configured_weights() {
+    let (heavy, heavy_hits) = server(StatusCode::OK).await;
+    let (light, light_hits) = server(StatusCode::OK).await;
+    let endpoints = format!(r#"[{{ address = "{heavy}", weight = 3 }}, "{light}"]"#);
+    let config = format!(
+        "{}[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = {endpoints}\n\
+         balancer = \"weighted\"\n[[route]]\nname = \"all\"\nto = \"api\"\n",
+        crate::support::MEMORY_OUT
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
+    let weights: Vec<(u32, u32)> =
+        api.endpoints.iter().map(|endpoint| (endpoint.configured_weight, endpoint.weight)).collect();
+    assert_eq!(weights, [(3, 300), (1, 100)], "the admin API shows both weights");
+    for n in 0..40 {
+        let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
+        assert_eq!(reply.unwrap().expect("the endpoint replies").payload, format!("ORDER {n}"));
+        let hits = (heavy_hits.load(Ordering::SeqCst), light_hits.load(Ordering::SeqCst));
+        if (n + 1) % 4 == 0 {
+            // Smooth weighted round-robin gives each endpoint exactly its share of every 4 picks.
+            assert_eq!(hits, (3 * (n + 1) / 4, (n + 1) / 4), "after {} messages", n + 1);
+        }
+    }
+    assert_eq!((heavy_hits.load(Ordering::SeqCst), light_hits.load(Ordering::SeqCst)), (30, 10));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (40, 0));
 }

@@ -6,7 +6,8 @@
 //! whose view is `eligible`, or `None` when no endpoint is. Balancers are pure: they never sleep, never
 //! read a clock and never block on I/O, so the same views (and seed) give the same answers. The exception
 //! is [`PluginBalancer`], which waits, within the plugin's deadline, for a plugin running on a thread of
-//! its own; the destination core builds it, as it holds the plugins.
+//! its own; the destination core builds it, as it holds the plugins, and awaits its picks
+//! ([`PluginBalancer::pick_async`]) rather than block a runtime thread on them.
 //!
 //! | config string      | balancer           | picks                                                    |
 //! |--------------------|--------------------|----------------------------------------------------------|
@@ -102,7 +103,53 @@ impl<B: Balancer + ?Sized> Balancer for std::sync::Arc<B> {
 }
 
 impl<B: Balancer + ?Sized> Balancer for Box<B> {
+    fn pick_message(
+        &self,
+        endpoints: &[EndpointView],
+        key: Option<&str>,
+        message: &crate::message::Message,
+    ) -> Option<usize> {
+        (**self).pick_message(endpoints, key, message)
+    }
+
     fn pick(&self, endpoints: &[EndpointView], key: Option<&str>) -> Option<usize> {
         (**self).pick(endpoints, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    /// Picks position 1 for a message, 0 without one.
+    struct SeesMessages;
+
+    impl Balancer for SeesMessages {
+        fn pick(&self, _endpoints: &[EndpointView], _key: Option<&str>) -> Option<usize> {
+            Some(0)
+        }
+
+        fn pick_message(
+            &self,
+            _endpoints: &[EndpointView],
+            _key: Option<&str>,
+            _: &Message,
+        ) -> Option<usize> {
+            Some(1)
+        }
+    }
+
+    /// `balancer`'s picks without and with a message, through `B`'s own impl of the trait.
+    fn picks<B: Balancer>(balancer: &B) -> (Option<usize>, Option<usize>) {
+        (balancer.pick(&[], None), balancer.pick_message(&[], None, &Message::new("orders", "{}")))
+    }
+
+    #[test]
+    fn boxed_and_shared_balancers_forward_the_message_to_the_balancer_inside() {
+        assert_eq!(picks(&Box::new(SeesMessages)), (Some(0), Some(1)));
+        assert_eq!(picks(&std::sync::Arc::new(SeesMessages)), (Some(0), Some(1)));
+        let boxed: Box<dyn Balancer> = Box::new(SeesMessages);
+        assert_eq!(picks(&boxed), (Some(0), Some(1)));
     }
 }

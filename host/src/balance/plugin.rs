@@ -2,7 +2,7 @@
 //! checks its answer, and a plugin that fails falls back to [`P2cPeakEwma`] and says why.
 //!
 //! ```text
-//! pick / pick_for, on any thread (tokio workers too)
+//! pick / pick_for (blocking) or pick_async (awaiting, for tokio tasks), on any thread
 //!   ─► bounded queue ─► plugin thread: PluginInstance::pick, under deadline and memory cap
 //!   ◄─ its answer, waited for at most `patience`
 //!   ─► checked: an eligible endpoint, or `none` while none is eligible ─► the pick
@@ -40,9 +40,11 @@ pub type OnFallback = Box<dyn Fn(&FallbackReason) + Send + Sync>;
 /// made by a [`P2cPeakEwma`] instead and `on_fallback` is told why. A faulted instance is thrown away and
 /// a fresh one instantiated (right after the fault, or at the next pick if that fails too).
 ///
-/// The plugin runs on one thread owned by the balancer, so picks from many workers take turns; a caller
-/// blocks until the answer arrives, at most [`patience`](Self::patience). The thread ends when the
-/// balancer is dropped (after the call in progress, if any, which its deadline bounds).
+/// The plugin runs on one thread owned by the balancer, so picks from many workers take turns. A caller
+/// of [`pick`](Balancer::pick) or [`pick_for`](Self::pick_for) blocks until the answer arrives, at most
+/// [`patience`](Self::patience); [`pick_async`](Self::pick_async) awaits it instead, so a tokio worker
+/// thread runs other tasks meanwhile. The thread ends when the balancer is dropped (after the call in
+/// progress, if any, which its deadline bounds).
 pub struct PluginBalancer {
     /// The plugin version this balancer runs.
     plugin: Arc<CompiledPlugin>,
@@ -149,13 +151,37 @@ impl PluginBalancer {
     /// `on_fallback` is called on the picking thread, once per pick that fell back, with no rate limit:
     /// it should be cheap and never block (count, or hand an event over without waiting).
     ///
-    /// Instantiates the plugin once before returning, so a plugin that cannot start is an error here.
+    /// Instantiates the plugin once before returning, so a plugin that cannot start is an error here;
+    /// the calling thread waits for that. On a tokio runtime use [`start`](Self::start), which awaits it.
     pub fn new(
         engine: Arc<PluginEngine>,
         plugin: Arc<CompiledPlugin>,
         addresses: Vec<String>,
         on_fallback: OnFallback,
     ) -> Result<PluginBalancer, PluginBalancerError> {
+        let (balancer, started) = PluginBalancer::spawn(engine, plugin, addresses, on_fallback)?;
+        balancer.started(started.recv())
+    }
+
+    /// [`new`](Self::new), awaiting the first instance instead of blocking the calling thread on it.
+    pub async fn start(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        addresses: Vec<String>,
+        on_fallback: OnFallback,
+    ) -> Result<PluginBalancer, PluginBalancerError> {
+        let (balancer, started) = PluginBalancer::spawn(engine, plugin, addresses, on_fallback)?;
+        let outcome = started.recv_async().await;
+        balancer.started(outcome)
+    }
+
+    /// The balancer and its plugin thread, which says on the receiver how its first instance started.
+    fn spawn(
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        addresses: Vec<String>,
+        on_fallback: OnFallback,
+    ) -> Result<(PluginBalancer, Started), PluginBalancerError> {
         let name = plugin.name.clone();
         if plugin.kind != PluginKind::Balancer {
             return Err(PluginBalancerError::NotABalancer { name, kind: plugin.kind.as_str() });
@@ -176,19 +202,27 @@ impl PluginBalancer {
         std::thread::Builder::new()
             .name(format!("switchyard-balancer-{name}"))
             .spawn(move || worker.run(&ready, &queue))
-            .map_err(|error| PluginBalancerError::Thread { name: name.clone(), error })?;
-        match started.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(fault)) => return Err(PluginBalancerError::Instantiate { name, fault }),
-            Err(flume::RecvError::Disconnected) => {
-                return Err(PluginBalancerError::Instantiate {
-                    name,
-                    fault: PluginFault::Unusable("its thread stopped while instantiating".into()),
-                });
-            }
-        }
+            .map_err(|error| PluginBalancerError::Thread { name, error })?;
         let patience = 2 * plugin.settings.timeout() + ANSWER_MARGIN;
-        Ok(PluginBalancer { plugin, requests, patience, fallback: P2cPeakEwma::new(), on_fallback })
+        let balancer =
+            PluginBalancer { plugin, requests, patience, fallback: P2cPeakEwma::new(), on_fallback };
+        Ok((balancer, started))
+    }
+
+    /// This balancer once its thread said how its first instance started.
+    fn started(
+        self,
+        outcome: Result<Result<(), PluginFault>, flume::RecvError>,
+    ) -> Result<PluginBalancer, PluginBalancerError> {
+        let name = self.plugin.name.clone();
+        match outcome {
+            Ok(Ok(())) => Ok(self),
+            Ok(Err(fault)) => Err(PluginBalancerError::Instantiate { name, fault }),
+            Err(flume::RecvError::Disconnected) => Err(PluginBalancerError::Instantiate {
+                name,
+                fault: PluginFault::Unusable("its thread stopped while instantiating".into()),
+            }),
+        }
     }
 
     /// The plugin version this balancer runs.
@@ -204,15 +238,39 @@ impl PluginBalancer {
 
     /// Picks an endpoint for `message`, whose head (topic, headers, payload size) the plugin is shown.
     /// Like [`Balancer::pick`] otherwise: called once per dispatch attempt; returns the position of an
-    /// eligible endpoint, or `None` when none is.
+    /// eligible endpoint, or `None` when none is. The calling thread waits for the answer, at most
+    /// [`patience`](Self::patience): on a tokio runtime use [`pick_async`](Self::pick_async).
     pub fn pick_for(&self, message: &Message, endpoints: &[EndpointView]) -> Option<usize> {
-        let mut head = Vec::new();
-        message.encode(&mut head, 0, false);
-        self.pick_with_head(Some(head), endpoints)
+        self.pick_with_head(Some(head_of(message)), endpoints)
+    }
+
+    /// [`pick_for`](Self::pick_for), awaiting the plugin's answer instead of blocking the calling
+    /// thread on it: the pick a destination makes on its runtime, whose other tasks run meanwhile.
+    /// Falls back to p2c, telling `on_fallback` why, exactly as `pick_for` does.
+    pub async fn pick_async(&self, message: &Message, endpoints: &[EndpointView]) -> Option<usize> {
+        let answer = match self.send(Some(head_of(message)), endpoints) {
+            Ok(answer) => match tokio::time::timeout(self.patience, answer.recv_async()).await {
+                Ok(Ok(answer)) => answer.map_err(FallbackReason::Fault),
+                Ok(Err(flume::RecvError::Disconnected)) => Err(FallbackReason::Stopped),
+                Err(_) => Err(FallbackReason::Overdue(self.patience)),
+            },
+            Err(reason) => Err(reason),
+        };
+        self.settle(answer, endpoints)
     }
 
     fn pick_with_head(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Option<usize> {
-        match self.ask(head, endpoints).and_then(|answer| checked(answer, endpoints)) {
+        let answer = self.ask(head, endpoints);
+        self.settle(answer, endpoints)
+    }
+
+    /// The pick the plugin's `answer` makes, if usable; else p2c's, having told why.
+    fn settle(
+        &self,
+        answer: Result<Option<u32>, FallbackReason>,
+        endpoints: &[EndpointView],
+    ) -> Option<usize> {
+        match answer.and_then(|answer| checked(answer, endpoints)) {
             Ok(pick) => pick,
             Err(reason) => {
                 (self.on_fallback)(&reason);
@@ -221,14 +279,9 @@ impl PluginBalancer {
         }
     }
 
-    /// The plugin's answer, unchecked.
+    /// The plugin's answer, unchecked, waited for on this thread.
     fn ask(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Result<Option<u32>, FallbackReason> {
-        let (reply, answer) = flume::bounded(1);
-        let request = Request { head, endpoints: endpoints.to_vec(), reply };
-        self.requests.try_send(request).map_err(|error| match error {
-            flume::TrySendError::Full(_) => FallbackReason::Overloaded(PICK_QUEUE),
-            flume::TrySendError::Disconnected(_) => FallbackReason::Stopped,
-        })?;
+        let answer = self.send(head, endpoints)?;
         if let Some(answer) = briefly(&answer) {
             return answer.map_err(FallbackReason::Fault);
         }
@@ -238,11 +291,37 @@ impl PluginBalancer {
             Err(flume::RecvTimeoutError::Disconnected) => Err(FallbackReason::Stopped),
         }
     }
+
+    /// Hands a pick to the plugin thread, without waiting; the answer comes on the receiver.
+    fn send(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Result<Answer, FallbackReason> {
+        let (reply, answer) = flume::bounded(1);
+        let request = Request { head, endpoints: endpoints.to_vec(), reply };
+        self.requests.try_send(request).map_err(|error| match error {
+            flume::TrySendError::Full(_) => FallbackReason::Overloaded(PICK_QUEUE),
+            flume::TrySendError::Disconnected(_) => FallbackReason::Stopped,
+        })?;
+        Ok(answer)
+    }
 }
 
-/// How long either side of a pick keeps looking for the other's message
-/// before it sleeps: a wake-up from sleep costs tens of microseconds on a
-/// quiet machine, a wasm pick one or two.
+/// Where the plugin thread says how the first instance started.
+type Started = flume::Receiver<Result<(), PluginFault>>;
+
+/// Where the plugin thread answers one pick.
+type Answer = flume::Receiver<Result<Option<u32>, PluginFault>>;
+
+/// The head of `message` the plugin is shown: topic, headers and payload size, not the payload.
+fn head_of(message: &Message) -> Vec<u8> {
+    let mut head = Vec::new();
+    message.encode(&mut head, 0, false);
+    head
+}
+
+/// How long either side of a blocking pick keeps looking for the other's
+/// message before it sleeps: a wake-up from sleep costs tens of microseconds
+/// on a quiet machine, a wasm pick one or two. The plugin thread always
+/// does; a caller only in [`PluginBalancer::pick_for`] and [`Balancer::pick`],
+/// never in [`PluginBalancer::pick_async`], which runs on a runtime thread.
 const STAY_AWAKE: Duration = Duration::from_micros(50);
 
 /// The next message on `channel` if one comes within [`STAY_AWAKE`],

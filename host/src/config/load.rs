@@ -170,14 +170,19 @@ impl super::DestinationConfig {
         if !networked && !self.endpoints.is_empty() {
             return Err((
                 "endpoints",
-                format!("{:?}", self.endpoints),
+                format!("{:?}", self.endpoints.iter().map(|e| &e.address).collect::<Vec<_>>()),
                 "only network transports have endpoints".into(),
             ));
         }
-        if let Some(bad) =
-            self.endpoints.iter().find(|e| e.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()))
-        {
-            return Err(("endpoints", bad.clone(), "expected host:port".into()));
+        for endpoint in &self.endpoints {
+            let address = &endpoint.address;
+            if address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+                return Err(("endpoints", address.clone(), "expected host:port".into()));
+            }
+            if !(1..=super::MAX_WEIGHT).contains(&endpoint.weight) {
+                let problem = format!("weight = {}: must be 1 to {}", endpoint.weight, super::MAX_WEIGHT);
+                return Err(("endpoints", address.clone(), problem));
+            }
         }
         if let Err(err) = self.balancer.parse::<crate::balance::BalancerConfig>() {
             return Err(("balancer", self.balancer.clone(), err.to_string()));

@@ -1,9 +1,11 @@
 //! Configuration: the TOML file an operator writes, or the built-in default.
 
+mod endpoint;
 mod load;
 mod model;
 mod overrides;
 
+pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::ConfigError;
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HealthSettings, HostSection,

@@ -177,9 +177,10 @@ pub struct DestinationConfig {
     pub name: String,
     /// Transport used to deliver.
     pub transport: Transport,
-    /// `host:port` of each endpoint (network transports only).
+    /// Each endpoint (network transports only): `"host:port"`, or
+    /// `{ address = "host:port", weight = 3 }`.
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<super::EndpointConfig>,
     /// How an endpoint is chosen: `round-robin`, `weighted`, `least-inflight`,
     /// `p2c-ewma` or `hash:header:KEY`.
     #[serde(default = "default_balancer")]

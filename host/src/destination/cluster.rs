@@ -7,7 +7,7 @@
 use super::plugin_balancer::HotPluginBalancer;
 use super::{DeliveryError, DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
 use crate::balance::{Balancer, BalancerConfig, EndpointView, PeakEwma, endpoint_id};
-use crate::config::{DestinationConfig, HealthSettings};
+use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::Message;
 use crate::metrics::EndpointMetrics;
 use crate::resilience::{
@@ -24,13 +24,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// Weight of an endpoint at full strength; slow start scales it down.
+/// Weight of an endpoint of configured weight 1 at full strength; slow
+/// start scales it down, a configured weight scales it up.
 const FULL_WEIGHT: f64 = 100.0;
 
 /// One endpoint and what the destination knows of it.
 struct Endpoint {
     address: String,
     id: u64,
+    /// Its configured weight, 1 to [`MAX_WEIGHT`](crate::config::MAX_WEIGHT).
+    configured_weight: u32,
     breaker: Breaker,
     /// Up or down by active checks and passive failures; `None` without
     /// active checks (the breaker alone keeps a failing endpoint out).
@@ -50,7 +53,7 @@ impl Endpoint {
     /// Endpoint `address` of destination `config`, with a fresh breaker,
     /// health (with active checks) and latency estimate.
     fn new(
-        address: &str,
+        endpoint: &EndpointConfig,
         breaker: BreakerConfig,
         config: &DestinationConfig,
         metrics: EndpointMetrics,
@@ -68,8 +71,9 @@ impl Endpoint {
             std::time::Instant::now(),
         );
         Endpoint {
-            address: address.to_owned(),
-            id: endpoint_id(address),
+            address: endpoint.address.clone(),
+            id: endpoint_id(&endpoint.address),
+            configured_weight: endpoint.weight,
             breaker: Breaker::new(breaker),
             health,
             in_flight: AtomicU32::new(0),
@@ -84,8 +88,9 @@ impl Endpoint {
         self.health.as_ref().map(|health| lock(health).state())
     }
 
-    /// The weight balancers see: full, or less while slowly starting after
-    /// its health or its breaker let it back in.
+    /// The weight balancers see: [`FULL_WEIGHT`] times the configured
+    /// weight, or less while slowly starting after its health or its breaker
+    /// let it back in.
     fn weight(&self, now: Instant) -> u32 {
         let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
         let breaker = match self.recovered_at.load(Relaxed) {
@@ -95,7 +100,8 @@ impl Endpoint {
                 SlowStart::default().factor(now.saturating_duration_since(since))
             }
         };
-        (FULL_WEIGHT * health.min(breaker)).round().max(1.0) as u32
+        let full = FULL_WEIGHT * f64::from(self.configured_weight);
+        (full * health.min(breaker)).round().max(1.0) as u32
     }
 }
 
@@ -133,7 +139,7 @@ pub trait Transport: Send + Sync + 'static {
 pub struct Cluster<T> {
     name: String,
     endpoints: Vec<Endpoint>,
-    balancer: std::sync::Arc<dyn Balancer>,
+    balancer: Picker,
     hash_header: Option<String>,
     transport: T,
     kind: crate::config::Transport,
@@ -176,21 +182,24 @@ impl<T: Transport> Cluster<T> {
         let endpoints = config
             .endpoints
             .iter()
-            .map(|address| Endpoint::new(address, breaker, config, metrics.endpoint(&config.name, address)))
+            .map(|endpoint| {
+                let metrics = metrics.endpoint(&config.name, &endpoint.address);
+                Endpoint::new(endpoint, breaker, config, metrics)
+            })
             .collect();
         Cluster {
             name: config.name.clone(),
             endpoints,
             hash_header: balancer.hash_header().map(str::to_owned),
             balancer: match &balancer {
-                BalancerConfig::Plugin { name } => Arc::new(HotPluginBalancer::new(
+                BalancerConfig::Plugin { name } => Picker::Plugin(HotPluginBalancer::new(
                     &config.name,
                     name,
-                    config.endpoints.clone(),
+                    config.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
                     (host.registry.clone(), host.engine.clone()),
                     host.events.clone(),
                 )),
-                built => built.build().expect("not a plugin balancer"),
+                built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
             transport,
             kind: config.transport,
@@ -296,19 +305,19 @@ impl<T: Transport> Cluster<T> {
         let mut last_error = String::from("no endpoint admitted the message");
         let (mut attempts, mut retry_permit) = (0, None);
         while attempts < self.retry.attempts {
-            let Some((index, permit)) = self.choose(&mut tried, &message, key) else { break };
+            let Some((index, permit)) = self.choose(&mut tried, &message, key).await else { break };
             attempts += 1;
             let endpoint = &self.endpoints[index];
             let (outcome, result) = self.attempt(endpoint, permit, &message, attempts).await;
             drop(retry_permit.take());
             let error = match result {
                 Ok(reply) => return Ok(reply),
-                Err(error) if matches!(outcome, Outcome::Fatal(_)) => {
-                    return Err(DeliveryError::Fatal(error));
-                }
                 Err(error) => error,
             };
             last_error = format!("{}: {error}", endpoint.address);
+            if matches!(outcome, Outcome::Fatal(_)) {
+                return Err(DeliveryError::Attempts { attempts, last_error, fatal: true });
+            }
             let Some(delay) = self.retry.backoff_after(attempts, &outcome, &mut rand::rng()) else { break };
             // Past the retry budget, the retry waits for another to end. The
             // permit is held through the backoff and the retry.
@@ -316,7 +325,7 @@ impl<T: Transport> Cluster<T> {
             self.retries.inc();
             tokio::time::sleep(delay).await;
         }
-        Err(DeliveryError::Retryable(format!("gave up after {attempts} attempts; last: {last_error}")))
+        Err(DeliveryError::Attempts { attempts, last_error, fatal: false })
     }
 
     /// Attempt number `attempt` at `endpoint`, under the deadline; its
@@ -363,7 +372,7 @@ impl<T: Transport> Cluster<T> {
 
     /// Pick an endpoint not tried yet (all again once every one was) that
     /// health, breaker and the eligibility guard rails admit now.
-    fn choose(
+    async fn choose(
         &self,
         tried: &mut [bool],
         message: &Message,
@@ -397,7 +406,7 @@ impl<T: Transport> Cluster<T> {
                 eligible: !tried && admission.is_eligible(),
             })
             .collect();
-        while let Some(index) = self.balancer.pick_message(&views, key, message) {
+        while let Some(index) = self.balancer.pick(&views, key, message).await {
             tried[index] = true;
             views[index].eligible = false;
             let breaker = &self.endpoints[index].breaker;
@@ -410,6 +419,24 @@ impl<T: Transport> Cluster<T> {
             }
         }
         None
+    }
+}
+
+/// The balancer of a cluster: a built-in one picks in place; a plugin's pick
+/// is awaited, so that a slow plugin holds up only the deliveries waiting for
+/// it, never the runtime thread they run on.
+enum Picker {
+    Native(Arc<dyn Balancer>),
+    Plugin(HotPluginBalancer),
+}
+
+impl Picker {
+    /// Picks for one attempt at delivering `message`; see [`Balancer::pick`].
+    async fn pick(&self, endpoints: &[EndpointView], key: Option<&str>, message: &Message) -> Option<usize> {
+        match self {
+            Picker::Native(balancer) => balancer.pick_message(endpoints, key, message),
+            Picker::Plugin(balancer) => balancer.pick(endpoints, key, message).await,
+        }
     }
 }
 
@@ -452,6 +479,7 @@ impl<T: Transport> Destination for Cluster<T> {
                     Some(HealthState::Down) => "down",
                 },
                 weight: endpoint.weight(now),
+                configured_weight: endpoint.configured_weight,
                 in_flight: endpoint.in_flight.load(Relaxed),
                 pool: self.transport.pool_stats(&endpoint.address),
                 latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,

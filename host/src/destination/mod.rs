@@ -43,6 +43,21 @@ pub enum DeliveryError {
     /// A permanent failure.
     #[error("delivery failed: {0}")]
     Fatal(String),
+    /// A network destination tried `attempts` times and gave up: its last
+    /// attempt failed for good (`fatal`, not retried), or the retries ran out.
+    #[error(
+        "delivery failed{}: gave up after {attempts} attempt{}; last: {last_error}",
+        if *fatal { "" } else { ", retryable" },
+        if *attempts == 1 { "" } else { "s" }
+    )]
+    Attempts {
+        /// How many attempts were made (0 when no endpoint admitted one).
+        attempts: u32,
+        /// The last attempt's error, after its endpoint's address.
+        last_error: String,
+        /// Whether the last error was final rather than worth a retry.
+        fatal: bool,
+    },
     /// The message waited in the destination's queue past its timeout and
     /// was never sent.
     #[error("waited {waited_ms} ms in the queue, past its timeout; not sent")]
@@ -99,9 +114,11 @@ pub struct EndpointStatus {
     pub breaker: &'static str,
     /// `up` or `down` by health checks, `unchecked` without them.
     pub health: &'static str,
-    /// The weight balancers see, out of 100: less while it slowly starts
-    /// after coming back.
+    /// The weight balancers see: 100 times `configured_weight`, less while
+    /// it slowly starts after coming back.
     pub weight: u32,
+    /// Its weight as configured (1 unless given).
+    pub configured_weight: u32,
     /// Requests in flight to it now.
     pub in_flight: u32,
     /// Its connection pool, once the transport made one.

@@ -3,6 +3,8 @@
 //! none serves (not loaded yet, removed, not a balancer, cannot start), or
 //! when the plugin's pick is unusable, p2c picks and the destination says so
 //! with a [`DestinationEvent::BalancerFallback`], at most once a second.
+//! Picks are awaited, never waited for on the runtime thread: the plugin
+//! runs on a thread of its own and answers through a channel.
 
 use super::{DestinationEvent, EventSink};
 use crate::balance::{Balancer, EndpointView, P2cPeakEwma, PluginBalancer};
@@ -25,6 +27,8 @@ pub(crate) struct HotPluginBalancer {
     current: ArcSwapOption<PluginBalancer>,
     /// The version that could not be made a balancer, not to be tried again.
     refused: Mutex<Option<Arc<CompiledPlugin>>>,
+    /// Held while a version's balancer starts, so that it starts once.
+    starting: tokio::sync::Mutex<()>,
     fallback: P2cPeakEwma,
     teller: Arc<Teller>,
 }
@@ -77,64 +81,72 @@ impl HotPluginBalancer {
             addresses,
             current: ArcSwapOption::empty(),
             refused: Mutex::new(None),
+            starting: tokio::sync::Mutex::new(()),
             fallback: P2cPeakEwma::new(),
             teller: Arc::new(teller),
         }
     }
 
-    /// The balancer of the serving version, made on first use; `None`
-    /// (having told why) when there is none.
-    fn serving(&self) -> Option<Arc<PluginBalancer>> {
+    /// The balancer of the serving version, started on first use; `None`
+    /// (having told why) when there is none. Concurrent first picks wait for
+    /// one start rather than each start a plugin thread.
+    async fn serving(&self) -> Option<Arc<PluginBalancer>> {
         let plugins = self.registry.snapshot();
         let Some(plugin) = plugins.get(&self.teller.plugin) else {
             self.teller.tell(format!("plugin \"{}\" is not loaded", self.teller.plugin));
             return None;
         };
-        if let Some(current) =
-            self.current.load_full().filter(|current| Arc::ptr_eq(current.plugin(), plugin))
-        {
+        if let Some(current) = self.current_for(plugin) {
             return Some(current);
         }
-        let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
-        if refused.as_ref().is_some_and(|refused| Arc::ptr_eq(refused, plugin)) {
+        let _starting = self.starting.lock().await;
+        if let Some(current) = self.current_for(plugin) {
+            return Some(current); // another pick started it meanwhile
+        }
+        if lock(&self.refused).as_ref().is_some_and(|refused| Arc::ptr_eq(refused, plugin)) {
             self.teller.tell(format!("plugin \"{}\" cannot balance", self.teller.plugin));
             return None;
         }
         let teller = self.teller.clone();
         let on_fallback =
             Box::new(move |reason: &crate::balance::FallbackReason| teller.tell(reason.to_string()));
-        match PluginBalancer::new(self.engine.clone(), plugin.clone(), self.addresses.clone(), on_fallback) {
+        let started =
+            PluginBalancer::start(self.engine.clone(), plugin.clone(), self.addresses.clone(), on_fallback);
+        match started.await {
             Ok(balancer) => {
                 let balancer = Arc::new(balancer);
                 self.current.store(Some(balancer.clone()));
                 Some(balancer)
             }
             Err(error) => {
-                *refused = Some(plugin.clone());
+                *lock(&self.refused) = Some(plugin.clone());
                 self.teller.tell(error.to_string());
                 None
             }
         }
     }
-}
 
-impl Balancer for HotPluginBalancer {
-    fn pick(&self, endpoints: &[EndpointView], key: Option<&str>) -> Option<usize> {
-        match self.serving() {
-            Some(balancer) => balancer.pick(endpoints, key),
-            None => self.fallback.pick(endpoints, key),
-        }
+    /// The balancer last started, if it runs `plugin`.
+    fn current_for(&self, plugin: &Arc<CompiledPlugin>) -> Option<Arc<PluginBalancer>> {
+        self.current.load_full().filter(|current| Arc::ptr_eq(current.plugin(), plugin))
     }
 
-    fn pick_message(
+    /// Picks for one dispatch attempt of `message`, awaiting the plugin's
+    /// answer (see [`PluginBalancer::pick_async`]); p2c picks while no
+    /// version of the plugin can.
+    pub(crate) async fn pick(
         &self,
         endpoints: &[EndpointView],
         key: Option<&str>,
         message: &Message,
     ) -> Option<usize> {
-        match self.serving() {
-            Some(balancer) => balancer.pick_for(message, endpoints),
+        match self.serving().await {
+            Some(balancer) => balancer.pick_async(message, endpoints).await,
             None => self.fallback.pick(endpoints, key),
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
