@@ -1,6 +1,8 @@
 //! Metrics: Prometheus families of one host (no process-global registry),
 //! with handles cached where the message path uses them.
 
+#[cfg(test)]
+mod cost;
 mod gauges;
 mod plugins;
 mod sharded;
