@@ -420,6 +420,9 @@ async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() 
     };
     assert_eq!((destination.as_str(), plugin.as_str()), ("api", "wrong"));
     assert!(reason.contains("not one of the 1 eligible endpoints"), "{reason}");
+    let invalid = [("plugin", "wrong"), ("problem", "invalid")];
+    let counted = sample(&host.metrics().encode(), "switchyard_plugin_problems_total", &invalid);
+    assert!(counted >= Some(1.0), "an unusable answer is counted as the plugin's problem: {counted:?}");
     host.send(Message::new("lost", "b")).await.unwrap();
     let HostEvent::Destination(DestinationEvent::BalancerFallback { destination, reason, .. }) =
         next_event(&mut events, "balancer-fallback").await
@@ -461,6 +464,9 @@ async fn a_spinning_balancer_plugin_stalls_only_its_own_deliveries_on_a_current_
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (4, 0), "p2c placed the poisoned one in the end");
     assert_eq!((stuck.seen().len(), host.event_counts().balancer_fallbacks), (1, 1));
+    assert_eq!(host.metrics().plugin_counts("spin").deadline_hits(), 1, "the spin shows as the plugin's");
+    let fault = host.metrics().last_fault("spin").expect("the spin is its last fault");
+    assert_eq!((fault.kind, fault.message.as_str()), ("timed_out", "timed out after 3s"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,10 @@
 //! Picks are awaited, never waited for on the runtime thread: the plugin
 //! runs on a thread of its own and answers through a channel.
 
-use super::{DestinationEvent, EventSink};
-use crate::balance::{Balancer, EndpointView, P2cPeakEwma, PluginBalancer};
+use super::{DestinationEvent, EventSink, HostServices};
+use crate::balance::{Balancer, EndpointView, FallbackReason, P2cPeakEwma, PluginBalancer};
 use crate::message::Message;
+use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{CompiledPlugin, PluginEngine, PluginRegistry};
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,6 +23,8 @@ const TELL_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct HotPluginBalancer {
     registry: Arc<PluginRegistry>,
     engine: Arc<PluginEngine>,
+    /// Where the plugin's faults and unusable answers are counted.
+    metrics: Arc<Metrics>,
     addresses: Vec<String>,
     /// The balancer of the version last seen serving.
     current: ArcSwapOption<PluginBalancer>,
@@ -60,24 +63,24 @@ impl Teller {
 
 impl HotPluginBalancer {
     /// The balancer of destination `destination` over `addresses`, asking
-    /// plugin `plugin` as found in `registry`.
+    /// plugin `plugin` as found in the host's registry.
     pub(crate) fn new(
         destination: &str,
         plugin: &str,
         addresses: Vec<String>,
-        (registry, engine): (Arc<PluginRegistry>, Arc<PluginEngine>),
-        events: EventSink,
+        host: &HostServices,
     ) -> HotPluginBalancer {
         let teller = Teller {
             destination: destination.to_owned(),
             plugin: plugin.to_owned(),
-            events,
+            events: host.events.clone(),
             since: Instant::now(),
             last: AtomicU64::new(0),
         };
         HotPluginBalancer {
-            registry,
-            engine,
+            registry: host.registry.clone(),
+            engine: host.engine.clone(),
+            metrics: host.metrics.clone(),
             addresses,
             current: ArcSwapOption::empty(),
             refused: Mutex::new(None),
@@ -107,9 +110,12 @@ impl HotPluginBalancer {
             self.teller.tell(format!("plugin \"{}\" cannot balance", self.teller.plugin));
             return None;
         }
-        let teller = self.teller.clone();
-        let on_fallback =
-            Box::new(move |reason: &crate::balance::FallbackReason| teller.tell(reason.to_string()));
+        let (teller, metrics, version) =
+            (self.teller.clone(), self.metrics.clone(), plugin.short_version().to_owned());
+        let on_fallback = Box::new(move |reason: &FallbackReason| {
+            count(&metrics, &teller.plugin, &version, reason);
+            teller.tell(reason.to_string());
+        });
         let started =
             PluginBalancer::start(self.engine.clone(), plugin.clone(), self.addresses.clone(), on_fallback);
         match started.await {
@@ -144,6 +150,20 @@ impl HotPluginBalancer {
             Some(balancer) => balancer.pick_async(message, endpoints).await,
             None => self.fallback.pick(endpoints, key),
         }
+    }
+}
+
+/// Count a pick that version `version` of `plugin` could not make: a fault
+/// as the plugin's fault (and its last), another reason as a problem of its
+/// kind (`invalid`, `overdue`, ...).
+fn count(metrics: &Metrics, plugin: &str, version: &str, reason: &FallbackReason) {
+    match reason {
+        FallbackReason::Fault(fault) => {
+            let last =
+                LastFault { kind: fault.kind(), message: fault.to_string(), version: version.to_owned() };
+            metrics.plugin_fault(plugin, last);
+        }
+        other => metrics.plugin_problem(plugin, other.kind()),
     }
 }
 
