@@ -613,3 +613,24 @@ async fn idle_destinations_hold_none_of_the_hosts_delivery_slots() {
     assert_eq!((idle.seen().len(), busy.seen().len()), (0, 5));
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_at_its_connection_limit_is_passed_over_while_another_has_room() {
+    let (busy, free) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    // Round-robin would give the busy endpoint every other message, and its
+    // one connection stays taken far longer than an acquisition may wait.
+    let extra = "balancer = \"round-robin\"\npool = { max_size = 1, acquire_timeout_ms = 50 }";
+    let host = host(dir.path(), &config(&[&busy, &free], extra)).await;
+    host.send(Message::new("orders", "held")).await.unwrap();
+    within(busy.arrivals(1)).await;
+    for n in 0..10 {
+        let reply = within(host.request(Message::new("orders", format!("m{n}")))).await;
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    assert_eq!(free.seen().len(), 10, "the busy endpoint's turns went to the one with room");
+    busy.set(Mode::Answer);
+    busy.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (11, 0));
+}

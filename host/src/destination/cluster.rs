@@ -149,6 +149,9 @@ pub struct Cluster<T> {
     policy: EligibilityPolicy,
     /// Whether too few endpoints are healthy and all get traffic.
     panicking: AtomicBool,
+    /// Most attempts in flight to one endpoint: its pool's size. An endpoint
+    /// at it is passed over while another has room.
+    endpoint_limit: u32,
     health_checks: Option<HealthSettings>,
     events: EventSink,
     retries: Counter,
@@ -212,6 +215,7 @@ impl<T: Transport> Cluster<T> {
             budget: RetryBudget::default(),
             policy: EligibilityPolicy::default(),
             panicking: AtomicBool::new(false),
+            endpoint_limit: u32::try_from(config.pool.max_size).unwrap_or(u32::MAX),
             health_checks: config.health.clone(),
             events: host.events.clone(),
             retries: metrics.retries(&config.name),
@@ -370,7 +374,9 @@ impl<T: Transport> Cluster<T> {
     }
 
     /// Pick an endpoint not tried yet (all again once every one was) that
-    /// health, breaker and the eligibility guard rails admit now.
+    /// health, breaker and the eligibility guard rails admit now, and that
+    /// has room under its limit; when every one admitted is at its limit,
+    /// one of them (the attempt then waits for a free connection).
     async fn choose(
         &self,
         tried: &mut [bool],
@@ -405,6 +411,10 @@ impl<T: Transport> Cluster<T> {
                 eligible: !tried && admission.is_eligible(),
             })
             .collect();
+        let has_room = |view: &EndpointView| view.in_flight < self.endpoint_limit;
+        if views.iter().any(|view| view.eligible && has_room(view)) {
+            views.iter_mut().for_each(|view| view.eligible &= has_room(view));
+        }
         while let Some(index) = self.balancer.pick(&views, key, message).await {
             tried[index] = true;
             views[index].eligible = false;
