@@ -2,7 +2,7 @@
 //! 127.0.0.1 over real sockets, through the destination core (queue,
 //! dispatcher, balancer, breakers, pooled keep-alive connections): `http`
 //! with each built-in balancer choice and with a WASM balancer plugin, and
-//! `tcp` frames.
+//! `tcp` frames; then the latency of one request at a time (p50, p99).
 //!
 //! `cargo bench -p switchyard --bench delivery`
 
@@ -24,6 +24,8 @@ const RUNS: usize = 3;
 const SINKS: usize = 2;
 /// Tasks sending into the host.
 const SENDERS: u64 = 2;
+/// Requests timed one after the other for the latency percentiles.
+const REQUESTS: usize = 2_000;
 
 #[tokio::main]
 async fn main() {
@@ -50,11 +52,17 @@ async fn main() {
             send(&host, MESSAGES).await;
             runs.push(MESSAGES as f64 / start.elapsed().as_secs_f64());
         }
+        let (p50, p99) = request_latency(&host, REQUESTS).await;
         host.shutdown().await;
         let stats = host.stats();
         assert_eq!(stats.delivered, stats.accepted, "every message delivered: {stats:?}");
         runs.sort_by(f64::total_cmp);
-        println!("  {transport:<4} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?})", runs[RUNS / 2]);
+        println!(
+            "  {transport:<4} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?})  one request at a time: p50 {:.0} us, p99 {:.0} us",
+            runs[RUNS / 2],
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+        );
     }
 }
 
@@ -90,6 +98,19 @@ async fn send(host: &Host, messages: u64) {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     assert_eq!(host.stats().dead_lettered, 0, "nothing dead-lettered");
+}
+
+/// Median and 99th percentile of `requests` `Host::request` round trips,
+/// made one after the other on an otherwise idle host.
+async fn request_latency(host: &Host, requests: usize) -> (Duration, Duration) {
+    let mut took = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let start = Instant::now();
+        host.request(Message::new("orders.eu", "{\"order\":1}")).await.unwrap();
+        took.push(start.elapsed());
+    }
+    took.sort();
+    (took[requests / 2], took[requests * 99 / 100])
 }
 
 /// An HTTP/1.1 keep-alive sink answering 200 with an empty body.
