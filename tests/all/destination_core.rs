@@ -532,6 +532,16 @@ async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
     assert_eq!(up, flaky.addr.to_string());
     let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
     assert_eq!(api.endpoints[0].breaker, "closed");
+    let text = host.metrics().encode();
+    let address = flaky.addr.to_string();
+    let transitions: Vec<Option<f64>> = ["open", "half-open", "closed"]
+        .into_iter()
+        .map(|to| {
+            let labels = [("destination", "api"), ("endpoint", address.as_str()), ("to", to)];
+            sample(&text, "switchyard_endpoint_breaker_transitions_total", &labels)
+        })
+        .collect();
+    assert_eq!(transitions, [Some(1.0); 3], "tripped, probed once, closed");
     let weights: Vec<u32> = api.endpoints.iter().map(|endpoint| endpoint.weight).collect();
     assert!(
         weights[0] < 20 && weights[1] == 100,

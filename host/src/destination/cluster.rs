@@ -424,6 +424,9 @@ impl<T: Transport> Cluster<T> {
                 _ => breaker.try_acquire(now),
             };
             if let Some(permit) = permit {
+                if permit.is_probe() {
+                    self.endpoints[index].metrics.half_opened.inc();
+                }
                 return Some((index, permit));
             }
         }

@@ -171,8 +171,10 @@ impl Metrics {
 pub(crate) struct EndpointMetrics {
     /// Attempts by outcome: ok, retryable, fatal, shed.
     pub(crate) attempts: [Counter; 4],
-    /// Breaker transitions into open, and into closed.
+    /// Breaker transitions into open, into half-open (a probe let through),
+    /// and into closed.
     pub(crate) opened: Counter,
+    pub(crate) half_opened: Counter,
     pub(crate) closed: Counter,
 }
 
@@ -289,7 +291,12 @@ impl Metrics {
                 to: to.into(),
             })
         };
-        EndpointMetrics { attempts, opened: transition("open"), closed: transition("closed") }
+        EndpointMetrics {
+            attempts,
+            opened: transition("open"),
+            half_opened: transition("half-open"),
+            closed: transition("closed"),
+        }
     }
 
     /// The retry counter of `destination`.
