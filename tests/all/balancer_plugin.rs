@@ -291,9 +291,16 @@ fn report_plugin_ns_per_pick() {
     println!("ns per pick through the least-loaded-balancer plugin, one picking thread:");
     println!("  pick:      PluginBalancer::pick (blank head), via the plugin thread");
     println!("  pick_for:  PluginBalancer::pick_for (a message with one header), via the plugin thread");
+    println!(
+        "  async:     PluginBalancer::pick_async (as destinations pick), awaited on a current-thread runtime"
+    );
     println!("  instance:  PluginInstance::pick on the calling thread (the wasm call alone, no thread hop)");
     println!("  p2c-ewma:  the native fallback, for scale");
-    println!("{:<10} {:>10} {:>10} {:>10} {:>10}", "endpoints", "pick", "pick_for", "instance", "p2c-ewma");
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "endpoints", "pick", "pick_for", "async", "instance", "p2c-ewma"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for count in [3, 10] {
         let engine = Arc::new(PluginEngine::new(None).unwrap());
         let plugin = load(&engine, artifacts::LEAST_LOADED_BALANCER, &[], PluginLimits::default());
@@ -334,8 +341,16 @@ fn report_plugin_ns_per_pick() {
             || instance.borrow_mut().pick(&head, black_box(&records)).unwrap().map(|index| index as usize),
             100_000,
         );
+        let awaited = runtime.block_on(async {
+            let rounds = 100_000;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                black_box(balancer.pick_async(&message, black_box(&endpoints)).await);
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(rounds)
+        });
         let native = ns_per_pick(|| p2c.pick(black_box(&endpoints), None), 1_000_000);
-        println!("{count:<10} {blank:>10.0} {with_head:>10.0} {direct:>10.0} {native:>10.1}");
+        println!("{count:<10} {blank:>10.0} {with_head:>10.0} {awaited:>10.0} {direct:>10.0} {native:>10.1}");
         assert_eq!(taken(&reasons), []);
     }
 }

@@ -246,17 +246,29 @@ impl PluginBalancer {
 
     /// [`pick_for`](Self::pick_for), awaiting the plugin's answer instead of blocking the calling
     /// thread on it: the pick a destination makes on its runtime, whose other tasks run meanwhile.
+    /// When no other pick is queued before it, it first looks for the answer for 10 µs.
     /// Falls back to p2c, telling `on_fallback` why, exactly as `pick_for` does.
     pub async fn pick_async(&self, message: &Message, endpoints: &[EndpointView]) -> Option<usize> {
         let answer = match self.send(Some(head_of(message)), endpoints) {
-            Ok(answer) => match tokio::time::timeout(self.patience, answer.recv_async()).await {
-                Ok(Ok(answer)) => answer.map_err(FallbackReason::Fault),
-                Ok(Err(flume::RecvError::Disconnected)) => Err(FallbackReason::Stopped),
-                Err(_) => Err(FallbackReason::Overdue(self.patience)),
-            },
+            Ok(answer) => self.answer_of(answer).await,
             Err(reason) => Err(reason),
         };
         self.settle(answer, endpoints)
+    }
+
+    /// The plugin's answer to a pick just sent: looked for briefly when no other pick waits before
+    /// it, then awaited, at most [`patience`](Self::patience).
+    async fn answer_of(&self, answer: Answer) -> Result<Option<u32>, FallbackReason> {
+        // Behind other picks, the answer is far off: await it at once.
+        let look = if self.requests.len() <= 1 { AWAIT_AFTER } else { Duration::ZERO };
+        let answer = match briefly(&answer, look) {
+            Some(answer) => answer,
+            None => match tokio::time::timeout(self.patience, answer.recv_async()).await {
+                Ok(answer) => answer.map_err(|_| FallbackReason::Stopped)?,
+                Err(_) => return Err(FallbackReason::Overdue(self.patience)),
+            },
+        };
+        answer.map_err(FallbackReason::Fault)
     }
 
     fn pick_with_head(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Option<usize> {
@@ -282,7 +294,7 @@ impl PluginBalancer {
     /// The plugin's answer, unchecked, waited for on this thread.
     fn ask(&self, head: Option<Vec<u8>>, endpoints: &[EndpointView]) -> Result<Option<u32>, FallbackReason> {
         let answer = self.send(head, endpoints)?;
-        if let Some(answer) = briefly(&answer) {
+        if let Some(answer) = briefly(&answer, STAY_AWAKE) {
             return answer.map_err(FallbackReason::Fault);
         }
         match answer.recv_timeout(self.patience) {
@@ -320,19 +332,25 @@ fn head_of(message: &Message) -> Vec<u8> {
 /// How long either side of a blocking pick keeps looking for the other's
 /// message before it sleeps: a wake-up from sleep costs tens of microseconds
 /// on a quiet machine, a wasm pick one or two. The plugin thread always
-/// does; a caller only in [`PluginBalancer::pick_for`] and [`Balancer::pick`],
-/// never in [`PluginBalancer::pick_async`], which runs on a runtime thread.
+/// does; so does a caller of [`PluginBalancer::pick_for`] and [`Balancer::pick`].
 const STAY_AWAKE: Duration = Duration::from_micros(50);
 
-/// The next message on `channel` if one comes within [`STAY_AWAKE`],
-/// yielding the processor meanwhile.
-fn briefly<T>(channel: &flume::Receiver<T>) -> Option<T> {
+/// How long [`PluginBalancer::pick_async`], when no other pick waits before
+/// its own, looks for the answer before it awaits it: long enough for a
+/// quick plugin's answer (a sleep and wake-up would cost ~20 µs a pick),
+/// short enough that the runtime thread it runs on is held no longer than a
+/// small computation would hold it.
+const AWAIT_AFTER: Duration = Duration::from_micros(10);
+
+/// The next message on `channel` if one comes within `patience`, yielding
+/// the processor meanwhile.
+fn briefly<T>(channel: &flume::Receiver<T>, patience: Duration) -> Option<T> {
     let since = std::time::Instant::now();
     loop {
         match channel.try_recv() {
             Ok(message) => return Some(message),
             Err(flume::TryRecvError::Disconnected) => return None,
-            Err(flume::TryRecvError::Empty) if since.elapsed() >= STAY_AWAKE => return None,
+            Err(flume::TryRecvError::Empty) if since.elapsed() >= patience => return None,
             Err(flume::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
@@ -405,7 +423,7 @@ impl Worker {
         if failed {
             return;
         }
-        while let Some(request) = briefly(queue).or_else(|| queue.recv().ok()) {
+        while let Some(request) = briefly(queue, STAY_AWAKE).or_else(|| queue.recv().ok()) {
             if request.reply.is_disconnected() {
                 continue; // its caller stopped waiting: the answer would go to nobody
             }
