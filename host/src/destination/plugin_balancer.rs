@@ -158,11 +158,7 @@ impl HotPluginBalancer {
 /// kind (`invalid`, `overdue`, ...).
 fn count(metrics: &Metrics, plugin: &str, version: &str, reason: &FallbackReason) {
     match reason {
-        FallbackReason::Fault(fault) => {
-            let last =
-                LastFault { kind: fault.kind(), message: fault.to_string(), version: version.to_owned() };
-            metrics.plugin_fault(plugin, last);
-        }
+        FallbackReason::Fault(fault) => metrics.plugin_fault(plugin, LastFault::of(fault, version)),
         other => metrics.plugin_problem(plugin, other.kind()),
     }
 }

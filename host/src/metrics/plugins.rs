@@ -2,6 +2,7 @@
 //! and the last fault with its message, for `/v1/plugins`.
 
 use super::{Metrics, PluginName, PluginProblem};
+use crate::plugin::PluginFault;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -48,6 +49,13 @@ pub struct LastFault {
     pub message: String,
     /// The plugin version that faulted (short digest).
     pub version: String,
+}
+
+impl LastFault {
+    /// `fault` of plugin version `version` (short digest).
+    pub(crate) fn of(fault: &PluginFault, version: &str) -> LastFault {
+        LastFault { kind: fault.kind(), message: fault.to_string(), version: version.to_owned() }
+    }
 }
 
 impl Metrics {

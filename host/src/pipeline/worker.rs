@@ -135,12 +135,7 @@ impl Worker {
 
     /// Count `fault`, keep it as the plugin's last, and discard the instance.
     fn faulted(&mut self, plugin: &CompiledPlugin, fault: &PluginFault) {
-        let last = LastFault {
-            kind: fault.kind(),
-            message: fault.to_string(),
-            version: plugin.short_version().into(),
-        };
-        self.metrics.plugin_fault(&plugin.name, last);
+        self.metrics.plugin_fault(&plugin.name, LastFault::of(fault, plugin.short_version()));
         self.discard(plugin);
     }
 
