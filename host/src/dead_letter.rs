@@ -52,6 +52,14 @@ pub enum DeadLetterReason {
         /// Why it cannot run.
         problem: String,
     },
+    /// A stage written in Rust panicked on the message.
+    #[error("stage \"{stage}\" panicked: {panic}")]
+    StagePanicked {
+        /// The stage as written in the route.
+        stage: String,
+        /// The panic's message.
+        panic: String,
+    },
     /// The destination refused or failed.
     #[error("destination \"{destination}\": {error}")]
     Delivery {
@@ -80,6 +88,8 @@ impl DeadLetterReason {
                 PluginFault::Unusable(_) => "plugin-unusable",
             },
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
+            DeadLetterReason::StagePanicked { .. }
+            | DeadLetterReason::Delivery { error: DeliveryError::Panicked(_), .. } => "host-panic",
             DeadLetterReason::Delivery { error: DeliveryError::QueueTimeout { .. }, .. } => "queue-timeout",
             DeadLetterReason::Delivery { .. } => "delivery-failed",
         }

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod message;
+mod panic;
 pub mod metrics;
 pub mod config;
 pub mod router;
@@ -57,5 +58,5 @@ pub use ingress::HttpIngress;
 pub use message::{Message, MessageId, Verdict};
 pub use pipeline::Stats;
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
-pub use reload::{EventCounts, HostEvent};
+pub use reload::{ConfigChange, EventCounts, HostEvent};
 pub use stage::{NativeFilter, NativeTransform};

@@ -2,8 +2,23 @@
 
 use bytes::Bytes;
 
-/// A message id, unique within one [`Host`](crate::Host).
+/// A message's sequence number within one running [`Host`]: it correlates a
+/// message inside the process and restarts with it. The id that is unique
+/// across restarts and hosts is the [`ID_HEADER`] header.
+///
+/// [`Host`]: crate::Host
 pub type MessageId = u64;
+
+/// Header holding a message's globally unique id (a UUIDv7), set when the
+/// message is accepted unless the embedding code set one; receivers use it
+/// to recognise a message delivered twice. HTTP ingress never takes it (nor
+/// any `x-sy-` header) from a client.
+pub const ID_HEADER: &str = "x-sy-id";
+
+/// A new globally unique message id: a UUIDv7, time-ordered.
+pub(crate) fn unique_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
 
 /// What a filter decided about one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +50,11 @@ impl Message {
         Message { id: 0, topic: topic.into(), headers: Vec::new(), payload: payload.into(), priority: 0 }
     }
 
+    /// The globally unique id ([`ID_HEADER`]), once the message was accepted.
+    pub fn unique_id(&self) -> Option<&str> {
+        self.header(ID_HEADER)
+    }
+
     /// Add a header (kept in order; an existing one of that name stays).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -56,6 +76,16 @@ impl Message {
     pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
         self.headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
         self.headers.push((name.to_owned(), value.into()));
+    }
+
+    /// Take `original`'s sequence number and unique id: this message stands
+    /// for it (a transform's first output, a middleware's forward).
+    pub(crate) fn inherit_ids(&mut self, original: &Message) {
+        self.id = original.id;
+        match original.unique_id() {
+            Some(id) => self.set_header(ID_HEADER, id),
+            None => self.headers.retain(|(key, _)| !key.eq_ignore_ascii_case(ID_HEADER)),
+        }
     }
 
     pub(crate) fn wire_head(&self, source: u32) -> switchyard_wire::Head<'_> {

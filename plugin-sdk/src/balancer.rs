@@ -35,6 +35,7 @@ pub const fn is_balancer<T: Balancer>() {}
 
 impl<T: Balancer> Guest for BalancerExport<T> {
     fn pick(message: Vec<u8>, endpoints: Vec<Endpoint>) -> Option<u32> {
+        crate::host::forward_panics();
         let _flush = FlushCounts;
         // A head the SDK cannot decode picks nothing: the WIT has no error here.
         T::pick(&single(&message).ok()?, &endpoints)

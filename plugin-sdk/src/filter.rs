@@ -32,6 +32,7 @@ pub const fn is_filter<T: Filter>() {}
 
 impl<T: Filter> Guest for FilterExport<T> {
     fn filter(messages: Vec<u8>) -> Vec<Decision> {
+        crate::host::forward_panics();
         let _flush = FlushCounts;
         decide::<T>(&messages)
     }

@@ -12,6 +12,19 @@ pub fn log(level: Level, message: &str) {
     host::log(level, message);
 }
 
+/// Send this plugin's panics to the host log (once per instance): plugins
+/// abort on panic, and the host would otherwise see only the trap. Called
+/// by every export before it runs the plugin's code.
+pub(crate) fn forward_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let text = info.to_string().replace('\n', " ");
+            host::log(Level::Error, &text);
+        }))
+    });
+}
+
 /// Log at [`Level::Trace`].
 pub fn trace(message: &str) {
     log(Level::Trace, message);

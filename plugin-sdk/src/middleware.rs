@@ -44,6 +44,7 @@ pub const fn is_middleware<T: Middleware>() {}
 
 impl<T: Middleware> Guest for MiddlewareExport<T> {
     fn on_request(request: Vec<u8>) -> Result<wit::Action, Error> {
+        crate::host::forward_panics();
         let _flush = FlushCounts;
         let action = T::on_request(&single(&request)?)?;
         Ok(match action {
@@ -54,6 +55,7 @@ impl<T: Middleware> Guest for MiddlewareExport<T> {
     }
 
     fn on_reply(request: Vec<u8>, reply: Vec<u8>) -> Result<Vec<u8>, Error> {
+        crate::host::forward_panics();
         let _flush = FlushCounts;
         let rewritten = T::on_reply(&single(&request)?, &single(&reply)?)?;
         Ok(rewritten.map_or(reply, |message| message.to_batch()))

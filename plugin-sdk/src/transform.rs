@@ -33,6 +33,7 @@ pub const fn is_transform<T: Transform>() {}
 
 impl<T: Transform> Guest for TransformExport<T> {
     fn transform(messages: Vec<u8>) -> Transformed {
+        crate::host::forward_panics();
         let _flush = FlushCounts;
         run::<T>(&messages)
     }

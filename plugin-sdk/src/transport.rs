@@ -30,6 +30,7 @@ pub const fn is_transport<T: Transport>() {}
 
 impl<T: Transport> Guest for TransportExport<T> {
     fn send(address: String, message: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        crate::host::forward_panics();
         let _flush = FlushCounts;
         let reply = T::send(&address, &single(&message)?)?;
         Ok(reply.map(|reply| reply.to_batch()))

@@ -104,7 +104,7 @@ async fn every_admin_endpoint_answers_and_guards_with_the_token() {
     assert_eq!(names, ["dead", "log", "out"]);
 
     let reload = tokio::task::spawn_blocking(move || http(addr, "POST", "/v1/reload", &[AUTH], b""));
-    assert_eq!(reload.await.unwrap(), (200, r#"{"reloaded":true}"#.into()));
+    assert_eq!(reload.await.unwrap(), (200, r#"{"config":"unchanged","reloaded":true}"#.into()));
     for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
         let refused = tokio::task::spawn_blocking(move || http(addr, "POST", "/v1/reload", &headers, b""));
         assert_eq!(refused.await.unwrap(), (401, r#"{"error":"unauthorized"}"#.into()));
@@ -252,4 +252,30 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     let removed = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
     assert_eq!((removed["state"].as_str(), removed["version"].as_str()), (Some("removed"), Some(&*version)));
     assert_eq!((removed["deadline_hits"].as_u64(), &removed["last_fault"]), (Some(1), fault), "{removed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_admin_token_takes_effect_at_once_and_cannot_be_removed() {
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let config = |admin: &str| {
+        let plugins = format!("[host]\nplugin_dir = {:?}", dir.path());
+        format!("{}[admin]\nlisten = \"127.0.0.1:0\"\n{admin}", MEMORY_OUT.replacen("[host]", &plugins, 1))
+    };
+    std::fs::write(&config_path, config("token = \"first\"\n")).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let status = |token: &'static str| async move {
+        get(addr, "/v1/routes", &[("authorization", &format!("Bearer {token}"))]).await.0
+    };
+    assert_eq!((status("first").await, status("second").await), (200, 401));
+    crate::support::replace_file(&config_path, config("token = \"second\"\n").as_bytes());
+    within(host.reload()).await.unwrap();
+    assert_eq!((status("first").await, status("second").await), (401, 200), "the new token applies");
+    crate::support::replace_file(&config_path, config("").as_bytes());
+    let refused = within(host.reload()).await.unwrap_err().to_string();
+    assert!(refused.contains("admin.token (removed) take effect only at start"), "{refused}");
+    assert_eq!((status("first").await, status("second").await), (401, 200), "still protected");
 }

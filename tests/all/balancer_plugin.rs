@@ -165,7 +165,10 @@ fn trapping_plugin_falls_back_reports_the_trap_and_is_reinstantiated() {
         |fault| matches!(fault, PluginFault::Trapped(trap) if trap.contains("unreachable")),
     );
     assert_eq!(reason.kind(), "trapped");
-    assert_eq!(reason.to_string(), "the plugin trapped: wasm trap: wasm `unreachable` instruction executed");
+    assert_eq!(
+        reason.to_string(),
+        "the plugin trapped: wasm trap: wasm `unreachable` instruction executed; it logged: panicked at plugins/faulty-balancer/src/lib.rs:38:29: faulty-balancer traps on message 0"
+    );
 }
 
 #[test]

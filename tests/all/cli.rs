@@ -79,6 +79,14 @@ impl Drop for Running {
     }
 }
 
+/// The `x-sy-id` header of a message the `log` destination printed.
+fn unique_id_of(line: &serde_json::Value) -> String {
+    let headers = line["headers"].as_array().unwrap_or_else(|| panic!("no headers: {line}"));
+    let id =
+        headers.iter().find(|header| header[0] == "x-sy-id").unwrap_or_else(|| panic!("no x-sy-id: {line}"));
+    id[1].as_str().unwrap().to_owned()
+}
+
 #[test]
 fn default_host_runs_dropped_in_plugins_and_answers_with_the_right_status() {
     let dir =
@@ -90,9 +98,10 @@ fn default_host_runs_dropped_in_plugins_and_answers_with_the_right_status() {
 
     let (status, body) = post(addr, "/v1/messages/orders.eu", &[("x-tenant", "acme")], br#"{"total":5}"#);
     assert_eq!(status, 202, "{body}");
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap();
-    let delivered = host.line_where(|line| line.starts_with('{') && line.contains(&format!("\"id\":{id},")));
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+    let delivered = host.line_where(|line| line.starts_with('{') && line.contains(&id));
     let delivered: serde_json::Value = serde_json::from_str(&delivered).unwrap();
+    assert_eq!(unique_id_of(&delivered), id, "the id the ingress answered is the message's x-sy-id");
     assert_eq!(delivered["destination"], "log");
     assert_eq!(delivered["topic"], "orders.eu");
     let headers = delivered["headers"].as_array().unwrap();
@@ -137,6 +146,34 @@ fn check_names_the_kind_or_the_specific_problem() {
         !ok && out.contains("bad.toml: route \"r\".to = \"nowhere\": unknown destination (known: log)"),
         "{out}"
     );
+}
+
+#[test]
+fn check_and_run_warn_about_route_stages_that_cannot_run() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+    let config = dir.path().join("switchyard.toml");
+    let route = "[host]\nplugin_dir = \".\"\n[[route]]\nname = \"r\"\nstages = [\"transform:f\", \"filter:vip\"]\nto = \"log\"\n";
+    std::fs::write(&config, route).unwrap();
+    let output =
+        Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir.path()).output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|line| line.starts_with("warning: ")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: route \"r\": stage \"transform:f\": ./f.wasm is a filter plugin",
+            "warning: route \"r\": stage \"filter:vip\": no plugin file ./vip.wasm",
+        ]
+    );
+    let mut host =
+        Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
+    let warning = host.line_where(|line| line.starts_with("switchyard: warning:"));
+    assert_eq!(
+        warning,
+        "switchyard: warning: stage transform:f is unavailable: plugin \"f\" is a filter, not a transform"
+    );
+    host.stop();
 }
 
 #[test]
@@ -194,6 +231,17 @@ fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     assert!(refused.contains("refused") && refused.contains("route \"all\".to = \"nowhere\""), "{refused}");
     write("log");
     hangup(&host);
+    let unchanged = host.line_where(|line| line.starts_with("switchyard: reload"));
+    assert_eq!(unchanged, "switchyard: reloaded (config unchanged)", "the refused file never applied");
+    std::fs::write(
+        &config,
+        "route = []
+[host]
+watch = false
+plugin_dir = \".\"\n",
+    )
+    .unwrap();
+    hangup(&host);
     assert_eq!(host.line_where(|line| line.starts_with("switchyard: reload")), "switchyard: reloaded");
     host.stop();
 }
@@ -218,12 +266,12 @@ fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
     host.stop();
 }
 
-#[test]
-fn json_log_format_writes_one_json_object_per_line() {
+/// The first line `switchyard --log-format FORMAT run` writes to its piped stderr.
+fn first_log_line(format: &str) -> String {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
     let args = [
         "--log-format",
-        "json",
+        format,
         "run",
         "--plugins",
         ".",
@@ -243,6 +291,18 @@ fn json_log_format_writes_one_json_object_per_line() {
     BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    first
+}
+
+#[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() {
+    let first = first_log_line("text");
+    assert!(first.contains("INFO") && !first.contains('\x1b'), "{first:?}");
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let first = first_log_line("json");
     let line: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|err| panic!("{err}: {first}"));
     assert_eq!(line["level"], "INFO", "{first}");
     assert!(line["fields"]["event"].as_str().unwrap().contains("plugin-loaded"), "{first}");
@@ -344,7 +404,11 @@ fn admin_api_of_the_binary_guards_every_endpoint_and_counts_the_messages_that_fl
     if let tungstenite::stream::MaybeTlsStream::Plain(stream) = events.get_ref() {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
     }
-    assert_eq!(http(admin, "POST", "/v1/reload", &[AUTH], b""), (200, r#"{"reloaded":true}"#.into()));
+    let reload = || http(admin, "POST", "/v1/reload", &[AUTH], b"");
+    assert_eq!(reload(), (200, r#"{"config":"unchanged","reloaded":true}"#.into()));
+    let more = "[[route]]\nname = \"more\"\nmatch = { topic = \"more\" }\nto = \"log\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), format!("{GUARDED_CONFIG}{more}")).unwrap();
+    assert_eq!(reload(), (200, r#"{"config":"applied","reloaded":true}"#.into()));
     let applied = loop {
         let frame = events.read().expect("an event (safety net: PATIENCE)");
         let event: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
@@ -361,17 +425,21 @@ fn admin_api_of_the_binary_guards_every_endpoint_and_counts_the_messages_that_fl
         let tenant: &[(&str, &str)] = if n < 5 { &[("x-tenant", "acme")] } else { &[] };
         let (status, body) = post(ingress, "/v1/messages/orders.eu", tenant, b"{}");
         assert_eq!(status, 202, "{body}");
-        ids.push(serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap());
+        ids.push(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned(),
+        );
     }
     // Two workers: the five kept messages may print in any order.
-    let mut kept: Vec<u64> = (0..5)
+    let mut kept: Vec<String> = (0..5)
         .map(|_| {
             let line = host.line_where(|line| line.starts_with('{'));
-            serde_json::from_str::<serde_json::Value>(&line).unwrap()["id"].as_u64().unwrap()
+            unique_id_of(&serde_json::from_str(&line).unwrap())
         })
         .collect();
     kept.sort();
-    assert_eq!(kept, ids[..5], "the kept messages are delivered, the others filtered");
+    let mut sent_kept = ids[..5].to_vec();
+    sent_kept.sort();
+    assert_eq!(kept, sent_kept, "the kept messages are delivered, the others filtered");
     // Delivered is counted once `log` has printed: poll until every count moved.
     let moved = [8.0, 8.0, 5.0, 3.0, 8.0, 5.0];
     let after = eventually(|| {

@@ -59,8 +59,12 @@ async fn assert_isolated(host: &Host, code: &str, reason: &str) {
 #[tokio::test]
 pub async fn faulty_trap() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
-    assert_isolated(&host, "plugin-trapped", "trapped: wasm trap: wasm `unreachable` instruction executed")
-        .await;
+    // The SDK's panic hook logs the panic through the host: its message
+    // reaches the dead letter, not only the trap it became.
+    let reason = "trapped: wasm trap: wasm `unreachable` instruction executed; it logged: panicked at ";
+    assert_isolated(&host, "plugin-trapped", reason).await;
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_TRAP, "{}", "fail-closed").await;
+    assert_isolated(&host, "plugin-trapped", ": faulty-trap traps on message ").await;
 }
 
 #[tokio::test]

@@ -1,34 +1,11 @@
 //! Hot reload on real files: plugins replaced, rejected, removed and
 //! reconfigured while messages flow, with every message accounted for.
 
-use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, within};
-use std::path::Path;
+use crate::support::{
+    MEMORY_OUT, drain_and_account, event_where, host, next, plugin_dir, replace_file, within,
+};
 use switchyard::{Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
-use tokio::sync::broadcast;
-
-/// Replace `path` the way editors and deploy tools do: write aside, rename over.
-fn replace_file(path: &Path, bytes: &[u8]) {
-    let aside = path.with_extension("partial");
-    std::fs::write(&aside, bytes).unwrap();
-    std::fs::rename(&aside, path).unwrap();
-}
-
-/// The next event satisfying `want` (earlier ones are skipped).
-async fn event_where(
-    events: &mut broadcast::Receiver<HostEvent>,
-    want: impl Fn(&HostEvent) -> bool,
-) -> HostEvent {
-    within(async {
-        loop {
-            let event = events.recv().await.expect("the event feed is open");
-            if want(&event) {
-                return event;
-            }
-        }
-    })
-    .await
-}
 
 fn replaced(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
     move |event| matches!(event, HostEvent::PluginReplaced { name: n, .. } if n == name)

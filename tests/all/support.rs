@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
-use switchyard::{Config, Host, Message};
+use switchyard::{Config, Host, HostEvent, Message};
 use tempfile::TempDir;
 
 /// A safety net only: tests wait on channels, never on the clock.
@@ -112,4 +112,27 @@ pub fn http_raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &s
 /// One HTTP/1.1 POST; see [`http`].
 pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     http(addr, "POST", path, headers, body)
+}
+
+/// Replace `path` the way editors and deploy tools do: write aside, rename over.
+pub fn replace_file(path: &Path, bytes: &[u8]) {
+    let aside = path.with_extension("partial");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// The next event satisfying `want` (earlier ones are skipped).
+pub async fn event_where(
+    events: &mut tokio::sync::broadcast::Receiver<HostEvent>,
+    want: impl Fn(&HostEvent) -> bool,
+) -> HostEvent {
+    within(async {
+        loop {
+            let event = events.recv().await.expect("the event feed is open");
+            if want(&event) {
+                return event;
+            }
+        }
+    })
+    .await
 }

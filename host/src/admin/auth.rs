@@ -1,6 +1,9 @@
 //! Bearer-token check, in constant time: both tokens are hashed first, so
 //! the comparison takes as long whatever the length of the token presented.
+//! The token is looked up at each request, so a reloaded `[admin] token`
+//! takes effect at once.
 
+use crate::host::Host;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -9,14 +12,47 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+/// Where the admin token comes from, first found wins: one given in code at
+/// bind, the host's current `[admin] token`, `SWITCHYARD_ADMIN_TOKEN` as it
+/// was at bind.
+#[derive(Clone)]
+pub(super) struct TokenSource {
+    pub(super) fixed: Option<Arc<str>>,
+    pub(super) host: Host,
+    pub(super) env: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("TokenSource").field("required", &self.current().is_some()).finish_non_exhaustive()
+    }
+}
+
+impl TokenSource {
+    /// The token required now, if any.
+    pub(super) fn current(&self) -> Option<Arc<str>> {
+        let configured = || {
+            let config = self.host.config();
+            config
+                .admin
+                .as_ref()
+                .and_then(|admin| admin.token.as_deref())
+                .filter(|token| !token.is_empty())
+                .map(Arc::from)
+        };
+        self.fixed.clone().or_else(configured).or_else(|| self.env.clone())
+    }
+}
+
 /// Let the request through only with the right bearer token (or when no token
 /// is set, which `AdminServer::bind` allows on loopback only).
 pub(super) async fn require_token(
-    State(token): State<Option<Arc<str>>>,
+    State(source): State<TokenSource>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = token else { return next.run(request).await };
+    let Some(token) = source.current() else { return next.run(request).await };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -2,14 +2,16 @@
 //!
 //! `GET /health` and `GET /ready` are open (they say nothing but up/ready);
 //! everything else needs `Authorization: Bearer <token>` when a token is set
-//! (from `[admin] token` or `SWITCHYARD_ADMIN_TOKEN`). Without a token the
-//! admin listener binds only to loopback addresses.
+//! (given at bind, or the host's `[admin] token`, which a reload changes live,
+//! or `SWITCHYARD_ADMIN_TOKEN`). Without a token the admin listener binds only
+//! to loopback addresses.
 
 mod auth;
 mod plugins;
 mod routes;
 
 use crate::host::{BuildError, Host};
+use auth::TokenSource;
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -22,19 +24,27 @@ pub const TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
 pub struct AdminServer {
     host: Host,
     listener: TcpListener,
-    token: Option<String>,
+    token: TokenSource,
 }
 
 impl AdminServer {
-    /// Bind `addr` for `host`. Refuses a non-loopback address when no token is
-    /// configured, so an unprotected admin API is never reachable from outside.
+    /// Bind `addr` for `host`, requiring `token` if given, else the host's
+    /// `[admin] token` of the moment, else `SWITCHYARD_ADMIN_TOKEN`. Refuses a
+    /// non-loopback address when there is no token, so an unprotected admin
+    /// API is never reachable from outside (and a reload cannot remove the
+    /// configured token).
     pub async fn bind(
         host: Host,
         addr: SocketAddr,
         token: Option<String>,
     ) -> Result<AdminServer, BuildError> {
-        let token = token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|token| !token.is_empty());
-        if token.is_none() && !addr.ip().is_loopback() {
+        let non_empty = |token: Option<String>| token.filter(|token| !token.is_empty()).map(Into::into);
+        let token = TokenSource {
+            fixed: non_empty(token),
+            host: host.clone(),
+            env: non_empty(std::env::var(TOKEN_ENV).ok()),
+        };
+        if token.current().is_none() && !addr.ip().is_loopback() {
             return Err(BuildError::AdminUnprotected { addr });
         }
         let listener = TcpListener::bind(addr).await.map_err(|error| BuildError::Listen { addr, error })?;

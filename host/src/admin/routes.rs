@@ -1,6 +1,6 @@
 //! The admin endpoints.
 
-use super::auth::require_token;
+use super::auth::{TokenSource, require_token};
 use crate::host::Host;
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -10,13 +10,11 @@ use axum::middleware;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
 /// The admin router; `stopping` turns true when the server shuts down, which
 /// ends open event streams.
-pub(super) fn router(host: Host, token: Option<String>, stopping: watch::Receiver<bool>) -> Router {
-    let token: Option<Arc<str>> = token.map(Into::into);
+pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<bool>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(plugins))
@@ -67,7 +65,7 @@ async fn destinations(State(host): State<Host>) -> Json<Value> {
 
 async fn reload(State(host): State<Host>) -> Response {
     match host.reload().await {
-        Ok(()) => Json(json!({ "reloaded": true })).into_response(),
+        Ok(config) => Json(json!({ "reloaded": true, "config": config })).into_response(),
         Err(err) => {
             (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": err.to_string() }))).into_response()
         }

@@ -3,6 +3,7 @@
 use anyhow::bail;
 use std::path::Path;
 use switchyard::Config;
+use switchyard::config::{PluginConfig, StageRef};
 use switchyard::plugin::{PluginEngine, load_file};
 
 pub fn check(file: &Path) -> anyhow::Result<()> {
@@ -20,8 +21,41 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
                 config.destinations.len(),
                 config.plugins.len()
             );
+            for warning in stage_warnings(&config)? {
+                println!("warning: {warning}");
+            }
         }
         _ => bail!("{}: expected a .wasm plugin or a .toml configuration", file.display()),
     }
     Ok(())
+}
+
+/// What would keep the routes' named stages from running with the plugin
+/// directory as it is now: a missing file, a plugin of another kind, one
+/// that does not load.
+fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
+    let dir = &config.host.plugin_dir;
+    let engine = PluginEngine::new(None)?;
+    let mut warnings = Vec::new();
+    for route in &config.routes {
+        for stage in &route.stages {
+            let StageRef::Named { kind, name } = stage else { continue };
+            let at = format!("route \"{}\": stage \"{}:{name}\"", route.name, kind.as_str());
+            let path = dir.join(format!("{name}.wasm"));
+            if !path.is_file() {
+                warnings.push(format!("{at}: no plugin file {}", path.display()));
+                continue;
+            }
+            let settings = config.plugins.iter().find(|plugin| &plugin.name == name);
+            let default = PluginConfig { name: name.clone(), ..PluginConfig::default() };
+            match load_file(&engine, &path, Some(settings.unwrap_or(&default))) {
+                Ok(plugin) if plugin.kind.as_str() == kind.as_str() => {}
+                Ok(plugin) => {
+                    warnings.push(format!("{at}: {} is a {} plugin", path.display(), plugin.kind.as_str()))
+                }
+                Err(err) => warnings.push(format!("{at}: {err}")),
+            }
+        }
+    }
+    Ok(warnings)
 }

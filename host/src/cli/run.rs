@@ -4,7 +4,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard::admin::AdminServer;
-use switchyard::{Config, Host, HttpIngress};
+use switchyard::{Config, ConfigChange, Host, HttpIngress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub async fn run(
@@ -35,6 +35,9 @@ pub async fn run(
     for error in host.load_errors() {
         println!("switchyard: {error}");
     }
+    for problem in host.unready() {
+        println!("switchyard: warning: {problem}");
+    }
     // Handlers first, so a signal sent once we say we listen is never missed.
     let signals = Signals::install()?;
     let http = listen.or(host.config().ingress.http.as_ref().map(|http| http.listen));
@@ -45,12 +48,9 @@ pub async fn run(
     if let Some(ingress) = &ingress {
         println!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
-    let admin_config = host.config().admin.clone();
-    let admin = match admin.or(admin_config.as_ref().map(|admin| admin.listen)) {
-        Some(addr) => {
-            let token = admin_config.and_then(|admin| admin.token);
-            Some(AdminServer::bind(host.clone(), addr, token).await?)
-        }
+    // The token comes from the config of the moment: a reload changes it live.
+    let admin = match admin.or(host.config().admin.as_ref().map(|admin| admin.listen)) {
+        Some(addr) => Some(AdminServer::bind(host.clone(), addr, None).await?),
         None => None,
     };
     if let Some(admin) = &admin {
@@ -111,7 +111,8 @@ impl Signals {
                 _ = self.interrupt.recv() => return,
                 _ = self.terminate.recv() => return,
                 _ = self.hangup.recv() => match host.reload().await {
-                    Ok(()) => println!("switchyard: reloaded"),
+                    Ok(ConfigChange::Applied) => println!("switchyard: reloaded"),
+                    Ok(ConfigChange::Unchanged) => println!("switchyard: reloaded (config unchanged)"),
                     Err(err) => println!("switchyard: reload refused: {err}"),
                 },
             }

@@ -35,6 +35,31 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A reload would leave no routes where some serve, and the file does not
+    /// say `route = []`: an empty or half-written file, most likely.
+    #[error(
+        "{file}: no [[route]]: refused, it would replace the {serving} serving (an empty or half-written file?); write `route = []` to run with none"
+    )]
+    NoRoutes {
+        /// The file.
+        file: String,
+        /// How many routes serve now.
+        serving: usize,
+    },
+    /// A reload changes keys that take effect only when the host starts.
+    #[error("{file}: {} take effect only at start: restart the host to change them (nothing was applied)", keys.join(", "))]
+    NeedsRestart {
+        /// The file.
+        file: String,
+        /// The keys, e.g. `host.workers`.
+        keys: Vec<&'static str>,
+    },
+    /// The file changed while it was read: it is read again once it stops changing.
+    #[error("{file}: changed while it was read (still being written?); read again once it stops changing")]
+    Unsettled {
+        /// The file.
+        file: String,
+    },
 }
 
 impl Config {
@@ -155,6 +180,9 @@ impl Config {
     }
 }
 
+/// The largest queue, pool or in-flight limit a destination may have.
+const MAX_SIZE: usize = 1_000_000;
+
 impl super::DestinationConfig {
     /// Check the transport's own settings: (field, value, problem) when wrong.
     fn validate(&self) -> Result<(), (&'static str, String, String)> {
@@ -199,11 +227,17 @@ impl super::DestinationConfig {
             0 => Err((field, "0".to_owned(), "must be at least 1".to_owned())),
             _ => Ok(()),
         };
+        // Sizes that become semaphores and buffers: at most a million.
+        let size = |field, value: usize| match value {
+            0 => Err((field, "0".to_owned(), "must be at least 1".to_owned())),
+            1..=MAX_SIZE => Ok(()),
+            _ => Err((field, value.to_string(), format!("must be at most {MAX_SIZE}"))),
+        };
         at_least_one("retry.attempts", self.retry.attempts.into())?;
-        at_least_one("queue.capacity", self.queue.capacity as u64)?;
-        at_least_one("queue.max_in_flight", self.queue.max_in_flight as u64)?;
+        size("queue.capacity", self.queue.capacity)?;
+        size("queue.max_in_flight", self.queue.max_in_flight)?;
         at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;
-        at_least_one("pool.max_size", self.pool.max_size as u64)?;
+        size("pool.max_size", self.pool.max_size)?;
         at_least_one("breaker.window", self.breaker.window as u64)?;
         if let Some(percent) = self.breaker.failure_percent.filter(|percent| !(1..=100).contains(percent)) {
             return Err(("breaker.failure_percent", percent.to_string(), "must be 1 to 100".into()));

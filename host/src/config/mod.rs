@@ -4,6 +4,7 @@ mod endpoint;
 mod load;
 mod model;
 mod overrides;
+mod restart;
 
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::ConfigError;
@@ -13,3 +14,4 @@ pub use model::{
     RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
 };
 pub(crate) use overrides::CodeOverrides;
+pub(crate) use restart::restart_only_changes;

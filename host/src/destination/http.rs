@@ -43,8 +43,7 @@ impl HttpTransport {
     async fn post(&self, address: &str, message: &Message) -> AttemptResult {
         let mut request = hyper::Request::post(&self.path)
             .header(hyper::header::HOST, address)
-            .header("x-sy-topic", &message.topic)
-            .header("x-sy-id", message.id);
+            .header("x-sy-topic", &message.topic);
         for (name, value) in &message.headers {
             request = request.header(name, value);
         }

@@ -58,6 +58,9 @@ pub enum DeliveryError {
         /// Whether the last error was final rather than worth a retry.
         fatal: bool,
     },
+    /// The destination panicked while taking the message.
+    #[error("the destination panicked: {0}")]
+    Panicked(String),
     /// The message waited in the destination's queue past its timeout and
     /// was never sent.
     #[error("waited {waited_ms} ms in the queue, past its timeout; not sent")]

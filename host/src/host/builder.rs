@@ -99,7 +99,8 @@ impl HostBuilder {
         let metrics = Arc::new(Metrics::new(config.host.metrics));
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
-        let (replies, reply_queue) = flume::unbounded();
+        // Bounded like the intake: a slow reply middleware holds deliveries back.
+        let (replies, reply_queue) = flume::bounded(config.host.queue_capacity);
         let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("switchyard-replies".into())

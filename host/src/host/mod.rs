@@ -8,11 +8,11 @@ pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
 use crate::destination::DestinationStatus;
-use crate::message::{Message, MessageId};
+use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
 use crate::pipeline::{Counters, Envelope, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
-use crate::reload::{EventCounts, HostEvent, Reloader, WatchGuard};
+use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -103,13 +103,18 @@ impl Host {
     /// Route stages that cannot run now (`filter:NAME` of a plugin not
     /// loaded, or of another kind), as written in the routes.
     pub fn unavailable_stages(&self) -> Vec<String> {
+        self.unavailable_stages_with_problems().into_iter().map(|(stage, _)| stage).collect()
+    }
+
+    /// Each route stage that cannot run now, with why.
+    fn unavailable_stages_with_problems(&self) -> Vec<(String, String)> {
         let pipeline = &self.inner.reloader.pipeline;
         let plugins = pipeline.registry.snapshot();
         let config = self.config();
         let stages = config.routes.iter().flat_map(|route| pipeline.natives.resolve(&route.stages, &plugins));
         stages
             .filter_map(|stage| match stage {
-                crate::stage::Stage::Unavailable { stage, .. } => Some(stage),
+                crate::stage::Stage::Unavailable { stage, problem } => Some((stage, problem)),
                 _ => None,
             })
             .collect()
@@ -133,10 +138,12 @@ impl Host {
     }
 
     /// Why the host is not ready to serve, if it is not: route stages that
-    /// cannot run, and destinations with no endpoint serving.
+    /// cannot run (and why), and destinations with no endpoint serving.
     pub fn unready(&self) -> Vec<String> {
-        let stages =
-            self.unavailable_stages().into_iter().map(|stage| format!("stage {stage} is unavailable"));
+        let stages = self
+            .unavailable_stages_with_problems()
+            .into_iter()
+            .map(|(stage, problem)| format!("stage {stage} is unavailable: {problem}"));
         let destinations = self.destinations().into_iter().filter(|destination| !destination.serving());
         let destinations = destinations
             .map(|destination| format!("destination {} has no endpoint serving", destination.name));
@@ -177,24 +184,26 @@ impl Host {
 
     /// Re-read the config file (if the host was built from one) and every
     /// plugin of the plugin directory, applying what changed. An invalid
-    /// config is rejected whole; the running one stays.
-    pub async fn reload(&self) -> Result<(), ConfigError> {
+    /// config is rejected whole; the running one stays. Says whether the
+    /// configuration changed (a file equal to the running one emits no event).
+    pub async fn reload(&self) -> Result<ConfigChange, ConfigError> {
         let reloader = self.inner.reloader.clone();
-        tokio::task::spawn_blocking(move || match reloader.config_path() {
-            Some(_) => reloader.reload_config(),
-            None => {
+        tokio::task::spawn_blocking(move || {
+            let change = reloader.reload_config()?;
+            // An applied config re-reads the plugins itself.
+            if change == ConfigChange::Unchanged {
                 reloader.sync_all();
-                Ok(())
             }
+            Ok(change)
         })
         .await
         .expect("reloading does not panic")
     }
 
     /// Validate `config` and make it current (routes, destinations, plugin
-    /// settings), then re-read the plugin directory. An invalid config
-    /// changes nothing.
-    pub async fn apply_config(&self, file: &str, config: Config) -> Result<(), ConfigError> {
+    /// settings), then re-read the plugin directory. An invalid config, or
+    /// one that changes keys read only at start, changes nothing.
+    pub async fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let (reloader, file) = (self.inner.reloader.clone(), file.to_owned());
         tokio::task::spawn_blocking(move || reloader.apply_config(&file, config))
             .await
@@ -240,6 +249,9 @@ impl Host {
     ) -> Result<(Envelope, MessageId), SendError> {
         check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
         message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
+        if message.unique_id().is_none() {
+            message.headers.push((ID_HEADER.to_owned(), unique_id()));
+        }
         let id = message.id;
         Ok((Envelope { message, reply, accepted_at: std::time::Instant::now() }, id))
     }

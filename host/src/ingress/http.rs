@@ -1,14 +1,15 @@
 //! The HTTP ingress: `POST /v1/messages/{topic}`.
 //!
 //! Request headers whose names start with `x-` become message headers, as do
-//! `content-type`; the body is the payload. Answers: `202 {"id":…}` when
-//! accepted; with `?wait=true`, `200` and the reply's payload (its headers as
+//! `content-type`, except `x-sy-` ones (the host's own: a client cannot set
+//! them); the body is the payload. Answers: `202 {"id":…}` with the message's
+//! unique id (its `x-sy-id`) when accepted; with `?wait=true`, `200` and the reply's payload (its headers as
 //! `x-` response headers), `204` when the destination gives no reply, `422`
 //! when the message was dropped or dead-lettered; `413` when too large, `400`
 //! when malformed, `503` + `Retry-After` when the host is at capacity.
 
 use crate::host::{BuildError, Host, RequestError, SendError, await_reply};
-use crate::message::Message;
+use crate::message::{ID_HEADER, Message, unique_id};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -68,26 +69,29 @@ async fn accept(
     let mut message = Message::new(topic, body);
     for (name, value) in &headers {
         let name = name.as_str();
-        if name.starts_with("x-") || name == "content-type" {
+        if (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type" {
             let Ok(value) = value.to_str() else {
                 return error(StatusCode::BAD_REQUEST, format!("header {name} is not visible ASCII"));
             };
             message.headers.push((name.to_owned(), value.to_owned()));
         }
     }
+    // The unique id is the ingress's to give: the host keeps it.
+    let id = unique_id();
+    message.headers.push((ID_HEADER.to_owned(), id.clone()));
     if !options.wait {
         return match host.try_send(message) {
-            Ok(id) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "id": id }))).into_response(),
+            Ok(_) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "id": id }))).into_response(),
             Err(err) => refused(err),
         };
     }
-    let (id, pending) = match host.try_request(message) {
-        Ok(admitted) => admitted,
+    let pending = match host.try_request(message) {
+        Ok((_, pending)) => pending,
         Err(err) => return refused(err),
     };
     match await_reply(pending).await {
         Ok(Some(reply)) => reply_response(reply),
-        Ok(None) => (StatusCode::NO_CONTENT, [("x-sy-id", id.to_string())]).into_response(),
+        Ok(None) => (StatusCode::NO_CONTENT, [(ID_HEADER, id)]).into_response(),
         Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
             let body = serde_json::json!({ "id": id, "error": reason.to_string(), "code": reason.code() });
             (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()

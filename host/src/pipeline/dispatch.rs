@@ -124,7 +124,7 @@ impl Dispatcher {
             let delivery = async move {
                 let result = match waited > timeout {
                     true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
-                    false => sink.destination.deliver(delivery.message.clone()).await,
+                    false => sink.deliver(delivery.message.clone()).await,
                 };
                 drop((slot, host_slot));
                 pipeline.settle(&sink, delivery, &route, result).await;

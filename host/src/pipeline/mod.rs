@@ -65,12 +65,19 @@ pub(crate) struct ReplyBack {
 /// empty. Plugins run here, on a plain thread, never on a runtime thread:
 /// their calls are synchronous and may take up to their deadline.
 pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelope>, runtime: Handle) {
-    let mut worker = Worker::new(pipeline.engine.clone(), pipeline.ids.clone(), pipeline.metrics.clone());
+    let new_worker = || Worker::new(pipeline.engine.clone(), pipeline.ids.clone(), pipeline.metrics.clone());
+    let mut worker = new_worker();
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(pipeline.batch_size);
         batch.push(first);
         batch.extend(queue.try_iter().take(pipeline.batch_size - 1));
-        pipeline.process(&mut worker, &runtime, batch);
+        let size = batch.len();
+        // Stages and destinations catch their own panics; this is the net
+        // for the host's own code: the worker lives on, with fresh instances.
+        if let Err(panic) = crate::panic::catch(|| pipeline.process(&mut worker, &runtime, batch)) {
+            tracing::error!(%panic, messages = size, "a pipeline worker panicked; the batch's unsettled messages are lost");
+            worker = new_worker();
+        }
     }
 }
 
@@ -192,7 +199,7 @@ impl Pipeline {
                 }
                 None => delivery,
             };
-            let result = target.sink.destination.deliver(delivery.message.clone()).await;
+            let result = target.sink.deliver(delivery.message.clone()).await;
             self.settle(&target.sink, delivery, metrics, result).await;
         }
     }
@@ -222,7 +229,8 @@ impl Pipeline {
         match response {
             Some(reply) if !middlewares.is_empty() => {
                 // Middleware runs on the reply worker's plugin instances.
-                let _ = self.replies.send(ReplyBack { sender, middlewares, request: message, reply });
+                let back = ReplyBack { sender, middlewares, request: message, reply };
+                let _ = self.replies.send_async(back).await;
             }
             response => drop(sender.send(Ok(response))),
         }
@@ -247,7 +255,7 @@ impl Pipeline {
         }
         let letter = reason.label(item.message, route_name);
         let target = topology.dead_letter_for(&reason);
-        if let Err(error) = topology.destinations[target].sink.destination.deliver(letter).await {
+        if let Err(error) = topology.destinations[target].sink.deliver(letter).await {
             Counters::bump(&self.counters.dead_letter_failures, 1);
             tracing::error!(destination = %target, %error, %reason, "dead-letter destination failed");
         }
@@ -276,17 +284,19 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
         }
         Stage::NativeFilter(name, filter) => items
             .into_iter()
-            .map(|item| match filter.filter(&item.message) {
-                Ok(Verdict::Keep) => Fate::Keep(item),
-                Ok(Verdict::Drop) => Fate::Dropped(item),
-                Err(error) => Fate::failed(item, route_policy, native_reason(name, error)),
+            .map(|item| match crate::panic::catch(|| filter.filter(&item.message)) {
+                Ok(Ok(Verdict::Keep)) => Fate::Keep(item),
+                Ok(Ok(Verdict::Drop)) => Fate::Dropped(item),
+                Ok(Err(error)) => Fate::failed(item, route_policy, native_reason(name, error)),
+                Err(panic) => Fate::failed(item, route_policy, panic_reason("filter", name, panic)),
             })
             .collect(),
         Stage::NativeTransform(name, transform) => items
             .into_iter()
-            .flat_map(|item| match transform.transform(&item.message) {
-                Ok(outputs) => worker.split(item, outputs),
-                Err(error) => vec![Fate::failed(item, route_policy, native_reason(name, error))],
+            .flat_map(|item| match crate::panic::catch(|| transform.transform(&item.message)) {
+                Ok(Ok(outputs)) => worker.split(item, outputs),
+                Ok(Err(error)) => vec![Fate::failed(item, route_policy, native_reason(name, error))],
+                Err(panic) => vec![Fate::failed(item, route_policy, panic_reason("transform", name, panic))],
             })
             .collect(),
         Stage::Unavailable { stage, problem } => {
@@ -295,6 +305,11 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
             items.into_iter().map(|item| Fate::failed(item, route_policy, reason.clone())).collect()
         }
     }
+}
+
+fn panic_reason(kind: &str, name: &str, panic: String) -> DeadLetterReason {
+    tracing::error!(stage = %format!("{kind}:{name}"), %panic, "a native stage panicked; its message is dead-lettered");
+    DeadLetterReason::StagePanicked { stage: format!("{kind}:{name}"), panic }
 }
 
 fn native_reason(name: &str, error: PluginError) -> DeadLetterReason {

@@ -4,7 +4,8 @@
 use super::dispatch::{DispatchContext, Job};
 use crate::config::{Config, DestinationConfig, Transport};
 use crate::destination::{
-    DeliveryQueue, Destination, HttpTransport, LogDestination, MemoryDestination, PoolConfig, TcpTransport,
+    DeliveryError, DeliveryQueue, DeliveryResult, Destination, HttpTransport, LogDestination,
+    MemoryDestination, PoolConfig, TcpTransport,
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
@@ -55,6 +56,13 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
+    /// Deliver `message`; a panic in the destination is the message's
+    /// failure (`host-panic`), not the caller's.
+    pub(crate) async fn deliver(&self, message: Message) -> DeliveryResult {
+        let delivered = crate::panic::catch_future(|| self.destination.deliver(message)).await;
+        delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
+    }
+
     /// Count one delivery.
     pub(crate) fn count(&self, ok: bool) {
         if let Some(counters) = &self.counters {

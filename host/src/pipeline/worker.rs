@@ -4,7 +4,7 @@
 use super::item::{Fate, Item};
 use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
-use crate::message::{Message, MessageId, Verdict};
+use crate::message::{ID_HEADER, Message, MessageId, Verdict, unique_id};
 use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
@@ -207,7 +207,8 @@ impl Worker {
     }
 
     /// Turn a transform's outputs for `item` into fates: the first output
-    /// carries the item's id and reply; further ones are new messages.
+    /// carries the item's ids and reply; further ones are new messages, with
+    /// new ids. Plugins cannot choose ids.
     pub(crate) fn split(&self, item: Item, produced: Vec<Message>) -> Vec<Fate> {
         if produced.is_empty() {
             return vec![Fate::Dropped(item)];
@@ -217,7 +218,13 @@ impl Worker {
             .into_iter()
             .enumerate()
             .map(|(n, mut message)| {
-                message.id = if n == 0 { original.id } else { self.next_id() };
+                match n {
+                    0 => message.inherit_ids(&original),
+                    _ => {
+                        message.id = self.next_id();
+                        message.set_header(ID_HEADER, unique_id());
+                    }
+                }
                 Fate::Keep(Item {
                     message,
                     reply: reply.take(),
@@ -261,7 +268,7 @@ impl Worker {
                 });
             match action {
                 Ok(Ok((false, mut forwarded))) => {
-                    forwarded.id = item.message.id;
+                    forwarded.inherit_ids(&item.message);
                     item.message = forwarded;
                     item.middlewares.push(plugin.clone());
                     fates.push(Fate::Keep(item));

@@ -154,6 +154,7 @@ impl CallGuard {
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().last_error_logged = None;
         call(&mut self.store).map_err(|err| self.classify(err))
     }
 
@@ -164,7 +165,10 @@ impl CallGuard {
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginFault::TimedOut(state.settings.timeout()),
-            Some(trap) => PluginFault::Trapped(trap.to_string()),
+            Some(trap) => PluginFault::Trapped(match &state.last_error_logged {
+                Some(logged) => format!("{trap}; it logged: {logged}"),
+                None => trap.to_string(),
+            }),
             None => PluginFault::Unusable(format!("{err:#}")),
         }
     }

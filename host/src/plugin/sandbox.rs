@@ -75,6 +75,9 @@ impl PluginSettings {
     }
 }
 
+/// Characters of a logged error kept to explain a trap.
+const MAX_ERROR_KEPT: usize = 512;
+
 /// The data of one plugin instance's `Store`.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -84,6 +87,9 @@ pub struct StoreState {
     /// Set when the guest asked for memory past the cap, so that the trap that
     /// follows is reported as a memory-cap fault rather than a plain trap.
     pub(crate) hit_memory_cap: bool,
+    /// The last error the plugin logged in the current call: the SDK logs a
+    /// panic's message just before the panic traps, so a trap can say why.
+    pub(crate) last_error_logged: Option<String>,
 }
 
 impl StoreState {
@@ -95,6 +101,7 @@ impl StoreState {
             memory_cap: settings.memory_cap(),
             settings,
             hit_memory_cap: false,
+            last_error_logged: None,
         })
     }
 }
@@ -139,7 +146,10 @@ impl HostImports for StoreState {
             Level::Debug => tracing::debug!(plugin, "{message}"),
             Level::Info => tracing::info!(plugin, "{message}"),
             Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+            Level::Error => {
+                tracing::error!(plugin, "{message}");
+                self.last_error_logged = Some(message.chars().take(MAX_ERROR_KEPT).collect());
+            }
         }
     }
 

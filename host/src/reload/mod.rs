@@ -12,6 +12,7 @@ mod source;
 mod watch;
 
 pub use events::{EventCounts, HostEvent};
+pub use reloader::ConfigChange;
 pub use watch::SETTLE;
 
 pub(crate) use events::Events;

@@ -3,8 +3,8 @@
 //! compiling runs on blocking threads and the result is swapped in atomically.
 
 use super::events::{Events, HostEvent};
-use super::source::{Source, read_source};
-use crate::config::{CodeOverrides, Config, ConfigError};
+use super::source::{Source, read_settled, read_source};
+use crate::config::{CodeOverrides, Config, ConfigError, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
 use arc_swap::ArcSwap;
@@ -107,26 +107,64 @@ impl Reloader {
         }
     }
 
-    /// Re-read the config file the host was built from (if any) and apply it.
-    pub(crate) fn reload_config(&self) -> Result<(), ConfigError> {
-        let Some(path) = self.config_path() else { return Ok(()) };
-        let result =
-            Config::from_file(path).and_then(|config| self.apply_config(&self.config_file.0, config));
-        if let Err(error) = &result {
-            let file = self.config_file.0.clone();
-            self.events.emit(HostEvent::ConfigRejected { file, reason: error.to_string() });
+    /// Re-read the config file the host was built from (if any) and apply
+    /// it. Refused whole, with a `config-rejected` event: an invalid file, one
+    /// that changes start-only keys, and one with no routes replacing one
+    /// with some unless it says `route = []`. A file caught while it is being
+    /// written is refused without an event: its next write brings it back.
+    pub(crate) fn reload_config(&self) -> Result<ConfigChange, ConfigError> {
+        let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
+        let file = &self.config_file.0;
+        let result = self.read_config(path).and_then(|config| self.apply_config(file, config));
+        match &result {
+            Err(ConfigError::Unsettled { .. }) => {
+                tracing::debug!(file, "config file still changing; waiting for it to settle")
+            }
+            Err(error) => {
+                self.events.emit(HostEvent::ConfigRejected { file: file.clone(), reason: error.to_string() })
+            }
+            Ok(_) => {}
         }
         result
     }
 
+    /// Read the config file once it is settled, refusing one that would
+    /// silently drop every route the file gave.
+    fn read_config(&self, path: &Path) -> Result<Config, ConfigError> {
+        let file = &self.config_file.0;
+        let read_error = |error| ConfigError::Read { file: file.clone(), error };
+        let bytes = read_settled(path).map_err(read_error)?;
+        let bytes = bytes.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|err| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))?;
+        let config = Config::from_toml(file, &text)?;
+        let serving = self.config.load().routes.len().saturating_sub(self.overrides.routes.len());
+        let says_no_routes =
+            toml::from_str::<toml::Table>(&text).is_ok_and(|table| table.contains_key("route"));
+        if config.routes.is_empty() && serving > 0 && !says_no_routes {
+            return Err(ConfigError::NoRoutes { file: file.clone(), serving });
+        }
+        Ok(config)
+    }
+
     /// Validate `config` whole and make it current: routes, destinations and
-    /// plugin settings. An invalid one changes nothing.
-    pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<(), ConfigError> {
+    /// plugin settings. An invalid one, or one changing start-only keys,
+    /// changes nothing; one equal to the running one changes nothing either,
+    /// and emits no event.
+    pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let config = self.overrides.apply(config);
         let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
         config.validate(file, &native)?;
         {
             let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+            let running = self.config.load();
+            if same_config(&running, &config) {
+                return Ok(ConfigChange::Unchanged);
+            }
+            let keys = restart_only_changes(&running, &config);
+            if !keys.is_empty() {
+                return Err(ConfigError::NeedsRestart { file: file.to_owned(), keys });
+            }
             let pipeline = &self.pipeline;
             let previous = pipeline.topology.load();
             let topology = Topology::build(
@@ -141,7 +179,7 @@ impl Reloader {
         }
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
         self.sync_all();
-        Ok(())
+        Ok(ConfigChange::Applied)
     }
 
     fn prepare(&self, name: &str) -> Prepared {
@@ -184,6 +222,24 @@ impl Reloader {
         if let Some(old) = old {
             self.events.emit(HostEvent::PluginRemoved { name: name.to_owned(), version: old.digest.clone() });
         }
+    }
+}
+
+/// What applying a configuration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigChange {
+    /// It differed from the running one and is now current (one `config-applied` event).
+    Applied,
+    /// It equals the running one: nothing changed, no event.
+    Unchanged,
+}
+
+/// Whether two configurations say the same (compared as data).
+fn same_config(a: &Config, b: &Config) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 

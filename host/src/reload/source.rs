@@ -24,20 +24,26 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
         path: path.display().to_string(),
         error,
     };
-    let before = match std::fs::metadata(&path) {
-        Ok(meta) => meta,
+    let bytes = match read_settled(&path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(Source::Unsettled),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Source::Absent),
         Err(err) => return Err(read_error(err)),
     };
-    let bytes = std::fs::read(&path).map_err(read_error)?;
-    let after = std::fs::metadata(&path).map_err(read_error)?;
+    Ok(Source::Present { bytes, config: plugin_config(dir, name, config)? })
+}
+
+/// The bytes of the file at `path`, or `None` when it changed while it was
+/// read (a copy or an in-place write in progress: its next change event
+/// brings it back).
+pub(crate) fn read_settled(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let before = std::fs::metadata(path)?;
+    let bytes = std::fs::read(path)?;
+    let after = std::fs::metadata(path)?;
     let unchanged = before.len() == after.len()
         && bytes.len() as u64 == after.len()
         && before.modified().ok() == after.modified().ok();
-    if !unchanged {
-        return Ok(Source::Unsettled);
-    }
-    Ok(Source::Present { bytes, config: plugin_config(dir, name, config)? })
+    Ok(unchanged.then_some(bytes))
 }
 
 /// The settings of plugin `name`: its sidecar if present, else its

@@ -2,6 +2,7 @@
 //! gathered until things are quiet for a moment, then applied.
 
 use super::reloader::Reloader;
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,12 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     let (changes, mut incoming) = mpsc::unbounded_channel();
     let classify = classifier(dir.clone(), config_path.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => event.paths.iter().filter_map(&classify).for_each(|change| {
-            let _ = changes.send(change);
-        }),
+        Ok(event) if changes_content(&event.kind) => {
+            event.paths.iter().filter_map(&classify).for_each(|change| {
+                let _ = changes.send(change);
+            })
+        }
+        Ok(_) => {}
         Err(err) => tracing::error!(%err, "watching the plugin directory failed"),
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -60,6 +64,18 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     Ok(WatchGuard { _watcher: watcher })
 }
 
+/// Whether an event can mean new content: a file created, written, renamed
+/// or removed. Opening, reading and closing a file (the host's own reads
+/// among them) and changes of its metadata cannot, and are ignored.
+fn changes_content(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+    )
+}
+
 fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -> Option<Change> {
     let config_name = config_path.as_ref().and_then(|path| path.file_name().map(|name| name.to_owned()));
     move |path: &PathBuf| {
@@ -76,7 +92,7 @@ fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
     for change in batch {
         match change {
             Change::Plugin(name) => reloader.sync_plugin(&name),
-            // Errors are reported as events by reload_config.
+            // Refusals are reported as events by reload_config.
             Change::Config => drop(reloader.reload_config()),
         }
     }

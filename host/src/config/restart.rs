@@ -1,0 +1,59 @@
+//! Keys a running host cannot change: they size or place what is built once
+//! at start (threads, queues, listeners, the watched directory). A reload
+//! that changes one is refused with the keys named, never silently ignored.
+
+use super::Config;
+
+/// The start-only keys whose values differ between `running` and `new`.
+pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.host, &new.host);
+    let admin = |config: &Config| config.admin.as_ref().map(|admin| admin.listen);
+    let has_token = |config: &Config| config.admin.as_ref().is_some_and(|admin| admin.token.is_some());
+    let changes = [
+        ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
+        ("host.workers", a.workers != b.workers),
+        ("host.queue_capacity", a.queue_capacity != b.queue_capacity),
+        ("host.max_message_bytes", a.max_message_bytes != b.max_message_bytes),
+        ("host.batch_size", a.batch_size != b.batch_size),
+        ("host.watch", a.watch != b.watch),
+        ("host.cache_dir", a.cache_dir != b.cache_dir),
+        ("host.max_in_flight", a.max_in_flight != b.max_in_flight),
+        ("host.metrics", a.metrics != b.metrics),
+        (
+            "ingress.http.listen",
+            running.ingress.http.as_ref().map(|http| http.listen)
+                != new.ingress.http.as_ref().map(|http| http.listen),
+        ),
+        ("admin.listen", admin(running) != admin(new)),
+        // A token may change live; removing one would open the admin API.
+        ("admin.token (removed)", has_token(running) && !has_token(new)),
+    ];
+    changes.into_iter().filter_map(|(key, changed)| changed.then_some(key)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::from_toml("t.toml", text).unwrap()
+    }
+
+    #[test]
+    fn live_keys_are_not_start_only() {
+        let running =
+            parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
+        let new = parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"b\"\n");
+        assert!(restart_only_changes(&running, &new).is_empty());
+    }
+
+    #[test]
+    fn start_only_keys_are_named() {
+        let running = parse("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
+        let new = parse("[host]\nworkers = 3\nbatch_size = 8\n[admin]\nlisten = \"127.0.0.1:2\"\n");
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            ["host.workers", "host.batch_size", "admin.listen", "admin.token (removed)"]
+        );
+    }
+}

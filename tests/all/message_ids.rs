@@ -1,0 +1,81 @@
+//! Message ids: every accepted message carries a UUIDv7 in `x-sy-id`, unique
+//! across restarts; clients cannot set `x-sy-` headers and stages cannot
+//! forge ids.
+
+use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, post};
+use std::collections::BTreeSet;
+use switchyard::{Host, Message, RouteConfig};
+
+fn assert_uuid_v7(id: &str) {
+    let parsed = uuid::Uuid::parse_str(id).unwrap_or_else(|err| panic!("{id}: {err}"));
+    assert_eq!(parsed.get_version_num(), 7, "{id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_takes_no_x_sy_header_from_a_client_and_answers_the_unique_id() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"out\"\n")).await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let forged = [("x-sy-id", "forged"), ("x-sy-dead-letter", "no-route"), ("x-tenant", "acme")];
+    let (status, body) =
+        tokio::task::spawn_blocking(move || post(addr, "/v1/messages/orders", &forged, b"{}")).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answered =
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+    assert_uuid_v7(&answered);
+    let message = next(&host.memory("out").unwrap()).await;
+    let names: Vec<&str> = message.headers.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["x-tenant", "x-sy-id"], "{:?}", message.headers);
+    assert_eq!(message.unique_id(), Some(answered.as_str()));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_stay_unique_across_two_runs_while_sequence_numbers_restart() {
+    let dir = plugin_dir(&[]);
+    let config = format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"out\"\n");
+    let (mut unique, mut sequence) = (BTreeSet::new(), Vec::new());
+    for _run in 0..2 {
+        let host = host(dir.path(), &config).await;
+        let out = host.memory("out").unwrap();
+        for n in 0..500 {
+            host.send(Message::new("m", format!("{n}"))).await.unwrap();
+        }
+        for _ in 0..500 {
+            let message = next(&out).await;
+            assert_uuid_v7(message.unique_id().unwrap());
+            unique.insert(message.unique_id().unwrap().to_owned());
+            sequence.push(message.id);
+        }
+        drain_and_account(&host).await;
+    }
+    assert_eq!(unique.len(), 1000, "an id was given twice");
+    assert!(sequence.iter().collect::<BTreeSet<_>>().len() < 1000, "sequence numbers restart with the host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_message_gets_new_ids_and_a_stage_cannot_forge_one() {
+    let dir = plugin_dir(&[]);
+    let (out, delivered) = switchyard::MemoryDestination::new();
+    let host = Host::builder()
+        .plugin_dir(dir.path())
+        .destination("out", out)
+        .transform("split", |m: &Message| {
+            Ok(vec![m.clone().with_header("x-sy-id", "forged"), m.clone().with_header("x-copy", "2")])
+        })
+        .route(RouteConfig::new("all", ">", "out").stage("transform:split"))
+        .build()
+        .await
+        .unwrap();
+    let mut sent = Message::new("m", "{}");
+    sent.set_header("x-sy-id", "chosen-by-the-application");
+    host.send(sent).await.unwrap();
+    let (first, second) = (next(&delivered).await, next(&delivered).await);
+    assert_eq!(first.unique_id(), Some("chosen-by-the-application"), "the first output stands for the input");
+    assert_eq!(first.headers.iter().filter(|(name, _)| name == "x-sy-id").count(), 1, "{:?}", first.headers);
+    assert_uuid_v7(second.unique_id().unwrap());
+    assert_ne!(first.id, second.id);
+    drain_and_account(&host).await;
+}

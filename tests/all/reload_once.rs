@@ -1,0 +1,223 @@
+//! A change is applied once and the host is quiet afterwards: the host's own
+//! reads of a file are not changes, a config equal to the running one is no
+//! event, and a config file caught empty, half-written or changing start-only
+//! keys is refused while the running one keeps serving.
+
+use crate::support::{MEMORY_OUT, drain_and_account, event_where, next, plugin_dir, replace_file, within};
+use notify::event::AccessKind;
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use switchyard::{ConfigChange, Host, HostEvent, Message};
+use switchyard_plugin_artifacts as artifacts;
+use tempfile::TempDir;
+use tokio::sync::broadcast;
+
+/// How long a host must stay quiet after a change: the window over which the
+/// absence of events is measured, not a wait for something to happen.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// The names of the events `events` receives over the next [`QUIET`] period.
+async fn events_over_quiet_period(events: &mut broadcast::Receiver<HostEvent>) -> Vec<String> {
+    tokio::time::sleep(QUIET).await;
+    let mut seen = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => seen.push(event.name().to_owned()),
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => seen.push(format!("{missed} missed")),
+            Err(_) => return seen,
+        }
+    }
+}
+
+/// A config file (in a directory of its own) over plugin directory `plugins`,
+/// with one route per topic of `topics`, each through `transform:t` to `out`.
+struct ConfigFile {
+    _dir: TempDir,
+    path: PathBuf,
+    plugins: PathBuf,
+}
+
+impl ConfigFile {
+    fn new(plugins: &Path, topics: &[&str]) -> ConfigFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        let file = ConfigFile { _dir: dir, path, plugins: plugins.to_owned() };
+        std::fs::write(&file.path, file.text(topics)).unwrap();
+        file
+    }
+
+    fn text(&self, topics: &[&str]) -> String {
+        let mut text = MEMORY_OUT.replacen("[host]", &format!("[host]\nplugin_dir = {:?}", self.plugins), 1);
+        for topic in topics {
+            text += &format!(
+                "[[route]]\nname = \"{topic}\"\nmatch = {{ topic = \"{topic}\" }}\nstages = [\"transform:t\"]\nto = \"out\"\n"
+            );
+        }
+        text
+    }
+
+    async fn host(&self) -> Host {
+        Host::builder().config_file(&self.path).unwrap().build().await.unwrap()
+    }
+}
+
+fn config_applied(event: &HostEvent) -> bool {
+    matches!(event, HostEvent::ConfigApplied { .. })
+}
+
+fn config_rejected(event: &HostEvent) -> Option<String> {
+    match event {
+        HostEvent::ConfigRejected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+async fn next_rejection(events: &mut broadcast::Receiver<HostEvent>) -> String {
+    config_rejected(&event_where(events, |event| config_rejected(event).is_some()).await).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_config_edit_is_applied_once_and_the_host_is_quiet_afterwards() {
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let host = file.host().await;
+    let mut events = host.subscribe();
+    replace_file(&file.path, file.text(&["a", "b"]).as_bytes());
+    event_where(&mut events, config_applied).await;
+    let reads = OpenCounter::new(file.path.clone());
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(reads.count(), 0, "the host kept re-reading its config");
+    assert_eq!(host.event_counts().configs_applied, 1);
+    host.send(Message::new("b", "{}")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.topic, "b", "the new route serves");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_an_unchanged_config_is_no_event_and_the_host_stays_quiet() {
+    // What `POST /v1/reload` and SIGHUP do: re-read the config and plugins.
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let host = file.host().await;
+    let mut events = host.subscribe();
+    assert_eq!(within(host.reload()).await.unwrap(), ConfigChange::Unchanged);
+    let reads = OpenCounter::new(file.path.clone());
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(reads.count(), 0, "the host kept re-reading its config");
+    std::fs::write(&file.path, file.text(&["a", "b"])).unwrap();
+    event_where(&mut events, config_applied).await;
+    assert_eq!(within(host.reload()).await.unwrap(), ConfigChange::Unchanged, "the watcher applied it");
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(host.event_counts().configs_applied, 1);
+    drain_and_account(&host).await;
+}
+
+/// Counts the times `file` is opened, by anyone, while it lives.
+struct OpenCounter {
+    _watcher: RecommendedWatcher,
+    opens: Arc<AtomicUsize>,
+}
+
+impl OpenCounter {
+    fn new(file: PathBuf) -> OpenCounter {
+        let opens = Arc::new(AtomicUsize::new(0));
+        let counted = opens.clone();
+        let dir = file.parent().unwrap().to_owned();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let event = event.unwrap();
+            if matches!(event.kind, EventKind::Access(AccessKind::Open(_))) && event.paths.contains(&file) {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+        watcher.watch(&dir, RecursiveMode::NonRecursive).unwrap();
+        OpenCounter { _watcher: watcher, opens }
+    }
+
+    fn count(&self) -> usize {
+        self.opens.load(Ordering::SeqCst)
+    }
+}
+
+/// Put `bytes` into `dir` as `t.wasm` the way a deploy does: written
+/// elsewhere, then renamed in (so only the host opens it there).
+fn move_in(dir: &Path, bytes: &[u8]) {
+    let staging = tempfile::tempdir_in(dir.parent().unwrap()).unwrap();
+    std::fs::write(staging.path().join("t.wasm"), bytes).unwrap();
+    std::fs::rename(staging.path().join("t.wasm"), dir.join("t.wasm")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_moved_in_once_is_read_once_and_the_host_is_quiet_afterwards() {
+    let plugins = plugin_dir(&[]);
+    let host = crate::support::host(plugins.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    let opens = OpenCounter::new(plugins.path().join("t.wasm"));
+    move_in(plugins.path(), &std::fs::read(artifacts::REDACT_TRANSFORM).unwrap());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginLoaded { name, .. } if name == "t"))
+        .await;
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(opens.count(), 1, "the host read the plugin file more than once");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_plugin_is_rejected_once_and_the_host_is_quiet_afterwards() {
+    let plugins = plugin_dir(&[]);
+    let host = crate::support::host(plugins.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    move_in(plugins.path(), b"\0asm but not really");
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginRejected { name, .. } if name == "t"))
+        .await;
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(host.event_counts().rejected, 1);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_half_written_config_is_refused_and_the_running_routes_keep_serving() {
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let host = file.host().await;
+    let mut events = host.subscribe();
+    let out = host.memory("out").unwrap();
+    let full = file.text(&["a", "b"]);
+    let half = &full[..full.find("[[route]]").unwrap()];
+    for (case, text) in [("empty", ""), ("half-written", half)] {
+        std::fs::write(&file.path, text).unwrap();
+        let reason = next_rejection(&mut events).await;
+        assert!(reason.contains("no [[route]]: refused, it would replace the 1 serving"), "{case}: {reason}");
+        host.send(Message::new("a", "{}")).await.unwrap();
+        assert_eq!(next(&out).await.topic, "a", "{case}: the running route still serves");
+    }
+    assert_eq!(host.event_counts().configs_applied, 0);
+    // Said explicitly, no routes is a config like any other.
+    std::fs::write(&file.path, format!("route = []\n{half}")).unwrap();
+    event_where(&mut events, config_applied).await;
+    host.send(Message::new("a", "now")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("no-route"));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changing_start_only_keys_is_refused_naming_them() {
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let host = file.host().await;
+    let text = file.text(&["a", "b"]).replacen("[host]", "[host]\nworkers = 3\nbatch_size = 7", 1);
+    replace_file(&file.path, text.as_bytes());
+    let refused = within(host.reload()).await.unwrap_err().to_string();
+    assert!(
+        refused.ends_with(
+            "host.workers, host.batch_size take effect only at start: restart the host to change them (nothing was applied)"
+        ),
+        "{refused}"
+    );
+    assert_eq!(host.config().routes.len(), 1, "nothing of it applied");
+    assert_eq!(host.event_counts().configs_applied, 0);
+    drain_and_account(&host).await;
+}
