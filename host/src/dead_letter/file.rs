@@ -10,6 +10,7 @@
 //! threads (`spawn_blocking`).
 
 use super::record::DeadLetterRecord;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -35,6 +36,8 @@ pub struct FileError {
 #[derive(Debug)]
 pub struct DeadLetterFile {
     path: PathBuf,
+    /// Shows the letters held; set under the lock, so it never lags behind.
+    gauge: Gauge,
     /// Held for every read and write, so the file is only ever seen whole.
     state: Mutex<State>,
 }
@@ -64,8 +67,9 @@ impl DeadLetterFile {
     /// The dead-letter file of state directory `dir`: the letters a
     /// previous run left are counted (an unreadable line is skipped with a
     /// warning; a torn last line, from a crash while appending, is cut off).
-    /// Nothing is created until a letter is written.
-    pub fn open(dir: &Path) -> Result<DeadLetterFile, FileError> {
+    /// Nothing is created until a letter is written. `gauge` shows how many
+    /// letters it holds.
+    pub fn open(dir: &Path, gauge: Gauge) -> Result<DeadLetterFile, FileError> {
         let path = dir.join(FILE_NAME);
         let error = |error| FileError { path: path.clone(), error };
         let mut state = State::default();
@@ -86,7 +90,8 @@ impl DeadLetterFile {
             Err(not_found) if not_found.kind() == io::ErrorKind::NotFound => {}
             Err(other) => return Err(error(other)),
         }
-        Ok(DeadLetterFile { path, state: Mutex::new(state) })
+        gauge.set(state.held.values().sum::<usize>() as i64);
+        Ok(DeadLetterFile { path, gauge, state: Mutex::new(state) })
     }
 
     /// Where the file is.
@@ -121,6 +126,7 @@ impl DeadLetterFile {
         }
         state.len += line.len() as u64;
         *state.held.entry(letter.destination.clone()).or_default() += 1;
+        self.gauge.inc();
         Ok(())
     }
 
@@ -156,6 +162,7 @@ impl DeadLetterFile {
                 }
             }
         }
+        self.gauge.set(state.held.values().sum::<usize>() as i64);
         Ok(())
     }
 
@@ -244,11 +251,11 @@ mod tests {
     fn letters_written_are_read_back_by_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let file = DeadLetterFile::open(&state).unwrap();
+        let file = DeadLetterFile::open(&state, Gauge::default()).unwrap();
         assert!(!state.exists(), "nothing is created before a letter is written");
         let written = [letter(1, "dead"), letter(2, "dead"), letter(3, "other")];
         written.iter().for_each(|letter| file.append(letter).unwrap());
-        let again = DeadLetterFile::open(&state).unwrap();
+        let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
         assert_eq!(again.read(10).unwrap().letters, written);
         assert_eq!((again.letters(), again.holds_for("dead"), again.holds_for("log")), (3, true, false));
         assert_eq!(ids(&again.read(2).unwrap()), ["1", "2"]);
@@ -257,11 +264,11 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_cut_off_and_writing_goes_on_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let file = DeadLetterFile::open(dir.path()).unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(1, "dead")).unwrap();
         let mut raw = OpenOptions::new().append(true).open(file.path()).unwrap();
         raw.write_all(br#"{"id":"2","topic":"ord"#).unwrap();
-        let again = DeadLetterFile::open(dir.path()).unwrap();
+        let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         assert_eq!(again.letters(), 1);
         again.append(&letter(3, "dead")).unwrap();
         assert_eq!(ids(&again.read(10).unwrap()), ["1", "3"]);
@@ -272,12 +279,12 @@ mod tests {
     #[test]
     fn an_unreadable_line_is_skipped_and_dropped_with_the_next_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let file = DeadLetterFile::open(dir.path()).unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(1, "dead")).unwrap();
         let mut raw = OpenOptions::new().append(true).open(file.path()).unwrap();
         raw.write_all(b"not json\n").unwrap();
         drop(file);
-        let file = DeadLetterFile::open(dir.path()).unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(2, "dead")).unwrap();
         let batch = file.read(10).unwrap();
         assert_eq!((ids(&batch), batch.unreadable), (vec!["1", "2"], 1));
@@ -289,7 +296,7 @@ mod tests {
     #[test]
     fn removing_delivered_letters_keeps_the_rest_and_later_ones_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let file = DeadLetterFile::open(dir.path()).unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         (1..=3).for_each(|n| file.append(&letter(n, if n == 1 { "a" } else { "b" })).unwrap());
         let batch = file.read(2).unwrap();
         file.append(&letter(4, "b")).unwrap();
@@ -303,6 +310,6 @@ mod tests {
         let last = file.read(10).unwrap();
         file.remove(&last, &[true]).unwrap();
         assert_eq!((file.letters(), std::fs::metadata(file.path()).unwrap().len()), (0, 0));
-        assert_eq!(DeadLetterFile::open(dir.path()).unwrap().letters(), 0);
+        assert_eq!(DeadLetterFile::open(dir.path(), Gauge::default()).unwrap().letters(), 0);
     }
 }

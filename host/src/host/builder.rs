@@ -104,9 +104,11 @@ impl HostBuilder {
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
-        let dead_letters = Arc::new(DeadLetters::new(DeadLetterFile::open(&state_dir(&config.host))?));
-        let lasting = LastingDestinations::new(destinations);
         let metrics = Arc::new(Metrics::new(config.host.metrics));
+        let dead_letter_file =
+            DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
+        let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
+        let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
         let (replies, reply_queue) = flume::unbounded();

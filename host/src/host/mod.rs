@@ -89,7 +89,8 @@ impl Host {
     }
 
     /// What the dead-letter file holds: letters no dead-letter destination
-    /// took, waiting to be re-delivered; the `limit` oldest of them.
+    /// took, waiting to be re-delivered; the `limit` oldest of them. Reads
+    /// the file (blocking I/O: from async code, call it in `spawn_blocking`).
     pub fn dead_letters(&self, limit: usize) -> Result<SpooledLetters, FileError> {
         let file = &self.inner.reloader.pipeline.dead_letters.file;
         Ok(SpooledLetters {

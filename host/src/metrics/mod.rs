@@ -273,11 +273,14 @@ impl Metrics {
         self.dead_letters.get_or_create(&labels).inc();
     }
 
-    /// Show `letters` in the dead-letter file, after `redelivered` more
-    /// were re-delivered from it.
-    pub(crate) fn dead_letters_spooled(&self, letters: usize, redelivered: usize) {
-        self.dead_letters_spooled.set(letters as i64);
-        self.dead_letters_redelivered.inc_by(redelivered as u64);
+    /// The gauge of letters in the dead-letter file, for the file to keep.
+    pub(crate) fn dead_letters_spooled(&self) -> Gauge {
+        self.dead_letters_spooled.clone()
+    }
+
+    /// Count `letters` re-delivered from the dead-letter file.
+    pub(crate) fn dead_letters_redelivered(&self, letters: usize) {
+        self.dead_letters_redelivered.inc_by(letters as u64);
     }
 
     /// The delivery counters of `destination` (ok, failed); `None` when

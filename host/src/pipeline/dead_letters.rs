@@ -70,7 +70,7 @@ impl Pipeline {
     ) {
         let Item { message, reply, accepted_at, .. } = item;
         let route_name = route.map(|metrics| &*metrics.route);
-        let (id, code) = (message.id, reason.code());
+        let (id, topic, code) = (message.id, message.topic.clone(), reason.code());
         let letter = reason.label(message, route_name);
         let reached = self.post_letter(topology, topology.dead_letter_for(&reason), letter).await;
         match reached {
@@ -84,11 +84,11 @@ impl Pipeline {
                     Reached::Destination(name) => name,
                     Reached::File => "the dead-letter file",
                 };
-                tracing::warn!(id, route = route_name, code, %reason, to, "dead-lettered");
+                tracing::warn!(id, topic, route = route_name, code, %reason, to, "dead-lettered");
             }
             Err(error) => {
                 Counters::bump(&self.counters.dead_letter_failures, 1);
-                tracing::error!(id, route = route_name, code, %reason, %error, "dead letter lost: no dead-letter destination took it and the dead-letter file cannot be written");
+                tracing::error!(id, topic, route = route_name, code, %reason, %error, "dead letter lost: no dead-letter destination took it and the dead-letter file cannot be written");
             }
         }
         if let Some(reply) = reply {
@@ -118,7 +118,6 @@ impl Pipeline {
         }
         let (file, record) = (self.dead_letters.file.clone(), DeadLetterRecord::new(&letter, first));
         tokio::task::spawn_blocking(move || file.append(&record)).await.expect("appending does not panic")?;
-        self.metrics.dead_letters_spooled(self.dead_letters.file.letters(), 0);
         self.dead_letters.written.notify_one();
         Ok(Reached::File)
     }
@@ -162,7 +161,7 @@ impl Pipeline {
             tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they will be sent again");
             return false;
         }
-        self.metrics.dead_letters_spooled(self.dead_letters.file.letters(), redelivered);
+        self.metrics.dead_letters_redelivered(redelivered);
         all_taken
     }
 }
@@ -210,7 +209,6 @@ impl Redelivery {
     pub(crate) fn start(pipeline: &Arc<Pipeline>, runtime: &Handle) -> Redelivery {
         let stop = CancellationToken::new();
         let task = runtime.spawn(redeliver_until(Arc::downgrade(pipeline), stop.clone()));
-        pipeline.metrics.dead_letters_spooled(pipeline.dead_letters.file.letters(), 0);
         Redelivery { stop: stop.drop_guard(), task }
     }
 
