@@ -282,3 +282,47 @@ async fn the_admin_api_shows_the_dead_letter_file_to_token_holders() {
     assert_eq!(letters[0]["code"], "no-route");
     assert_eq!(view["file"], state.path().join(FILE_NAME).display().to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_for_an_http_dead_letter_destination_that_refuses_connections_reach_it_once_it_listens() {
+    let state = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let toml = format!(
+        r#"
+[host]
+dead_letter = "dlq"
+[[destination]]
+name = "dlq"
+transport = "http"
+endpoints = ["{addr}"]
+retry = {{ attempts = 2, base_ms = 1, max_ms = 5 }}
+"#
+    );
+    let plugins = plugin_dir(&[]);
+    let config = Config::from_toml("test.toml", &toml).unwrap();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.build().await.unwrap();
+    let sent = send_unroutable(&host, 10).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent, "refused connections: the file has every letter");
+
+    let (sender, received) = flume::unbounded();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(headers["x-sy-id"].to_str().unwrap().parse::<MessageId>().unwrap());
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut arrived = HashSet::new();
+    while arrived.len() < sent.len() {
+        arrived.insert(within(received.recv_async()).await.unwrap());
+    }
+    assert_eq!(arrived, sent);
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    assert_eq!(drain_and_account(&host).await.dead_lettered, 10);
+}
