@@ -326,3 +326,21 @@ retry = {{ attempts = 2, base_ms = 1, max_ms = 5 }}
     });
     assert_eq!(drain_and_account(&host).await.dead_lettered, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_dead_lettered() {
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let (_dlq, destination) = Switchable::new(false);
+    let host = host(&state, destination).await;
+    std::fs::write(&state, "a file where the state directory should be").unwrap();
+
+    let refused = host.request(Message::new("nowhere", "{}")).await;
+    assert!(matches!(refused, Err(switchyard::RequestError::DeadLettered(_))), "{refused:?}");
+    send_unroutable(&host, 2).await;
+    within(host.shutdown()).await;
+    let stats = host.stats();
+    assert_eq!((stats.dead_lettered, stats.dead_letter_failures), (0, 3), "{stats:?}");
+    assert_eq!(stats.in_flight(), 3, "the oracle shows the loss: {stats:?}");
+    assert!(host.dead_letters(10).is_err(), "the file cannot be read either");
+}
