@@ -6,7 +6,8 @@
 //!   ─► worker batch ─► router (first matching route) ─► stages (filters, transforms,
 //!      middleware: WASM plugins or native Rust, each batch pinning its plugin versions)
 //!   ─► destination (memory, log, your own) ─► reply back to the requester
-//!   anything that cannot go on ─► dead-letter destination, with a reason
+//!   anything that cannot go on ─► dead-letter destination, with a reason (the
+//!      dead-letter file in `host.state_dir` while none takes it; re-delivered later)
 //! ```
 //!
 //! ```

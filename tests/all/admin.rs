@@ -41,7 +41,7 @@ async fn every_admin_endpoint_answers_and_guards_with_the_token() {
 
     assert_eq!(get(addr, "/health", &[]).await.0, 200);
     assert_eq!(get(addr, "/ready", &[]).await, (200, r#"{"ready":true}"#.into()));
-    for path in ["/metrics", "/v1/plugins", "/v1/routes", "/v1/destinations"] {
+    for path in ["/metrics", "/v1/plugins", "/v1/routes", "/v1/destinations", "/v1/dead-letters"] {
         let (status, body) = get(addr, path, &[]).await;
         assert_eq!((status, body.as_str()), (401, r#"{"error":"unauthorized"}"#), "{path} without a token");
         let (status, body) = get(addr, path, &[("authorization", "Bearer wrong")]).await;

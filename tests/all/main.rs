@@ -5,6 +5,7 @@ mod admin;
 mod balancer_plugin;
 mod cli;
 mod config_errors;
+mod dead_letters;
 mod destination_core;
 mod endpoint;
 mod exposition;

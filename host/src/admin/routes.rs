@@ -4,7 +4,7 @@ use super::auth::{TokenSource, require_token};
 use crate::host::Host;
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Json, Response};
@@ -20,6 +20,7 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/plugins", get(plugins))
         .route("/v1/routes", get(routes))
         .route("/v1/destinations", get(destinations))
+        .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
         .layer(middleware::from_fn_with_state(token, require_token));
@@ -61,6 +62,30 @@ async fn routes(State(host): State<Host>) -> Json<Value> {
 
 async fn destinations(State(host): State<Host>) -> Json<Value> {
     Json(json!({ "destinations": host.destinations() }))
+}
+
+/// `?limit=N` of `GET /v1/dead-letters`.
+#[derive(serde::Deserialize)]
+struct DeadLetterQuery {
+    #[serde(default = "default_dead_letter_limit")]
+    limit: usize,
+}
+
+fn default_dead_letter_limit() -> usize {
+    100
+}
+
+/// What the dead-letter file holds: its path, how many letters, and the
+/// oldest `limit` (at most 1000) of them.
+async fn dead_letters(State(host): State<Host>, Query(query): Query<DeadLetterQuery>) -> Response {
+    let limit = query.limit.min(1000);
+    let read = tokio::task::spawn_blocking(move || host.dead_letters(limit));
+    match read.await.expect("reading the dead-letter file does not panic") {
+        Ok(letters) => Json(json!(letters)).into_response(),
+        Err(err) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": err.to_string() }))).into_response()
+        }
+    }
 }
 
 async fn reload(State(host): State<Host>) -> Response {

@@ -113,6 +113,10 @@ impl Config {
                 return Err(invalid(format!("host.{key}"), &value, "must be at least 1".into()));
             }
         }
+        if host.state_dir.as_os_str().is_empty() {
+            let problem = "must name a directory (the dead-letter file is kept there)".into();
+            return Err(invalid("host.state_dir".into(), &host.state_dir, problem));
+        }
         let mut destinations = BTreeSet::from(["log"]);
         destinations.extend(extra_destinations);
         for dest in &self.destinations {

@@ -49,6 +49,10 @@ pub struct HostSection {
     /// Directory of the on-disk compile cache; relative paths are under
     /// `plugin_dir`; an empty string turns the cache off.
     pub cache_dir: PathBuf,
+    /// Directory of the host's own state: `dead-letters.jsonl`, the dead
+    /// letters no dead-letter destination took. Relative paths are under
+    /// the working directory; created when first written. Read at start.
+    pub state_dir: PathBuf,
     /// Deliveries in flight to network destinations at once, over all of
     /// them; beyond it their queues wait.
     pub max_in_flight: usize,
@@ -69,6 +73,7 @@ impl Default for HostSection {
             dead_letter: "log".into(),
             watch: true,
             cache_dir: PathBuf::from(".cache"),
+            state_dir: PathBuf::from(".switchyard"),
             max_in_flight: 1024,
             metrics: true,
         }

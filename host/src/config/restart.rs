@@ -19,6 +19,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.cache_dir", a.cache_dir != b.cache_dir),
         ("host.max_in_flight", a.max_in_flight != b.max_in_flight),
         ("host.metrics", a.metrics != b.metrics),
+        ("host.state_dir", a.state_dir != b.state_dir),
         (
             "ingress.http.listen",
             running.ingress.http.as_ref().map(|http| http.listen)

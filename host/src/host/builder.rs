@@ -2,10 +2,12 @@
 
 use super::{BuildError, Host, HostInner};
 use crate::config::{CodeOverrides, Config, ConfigError, RouteConfig};
+use crate::dead_letter::DeadLetterFile;
 use crate::destination::{Destination, EventSink, HostServices};
 use crate::metrics::Metrics;
 use crate::pipeline::{
-    Counters, DispatchContext, LastingDestinations, Pipeline, Topology, Worker, run_reply_worker, run_worker,
+    Counters, DeadLetters, DispatchContext, LastingDestinations, Pipeline, Redelivery, Topology, Worker,
+    run_reply_worker, run_worker,
 };
 use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::reload::{Events, Reloader};
@@ -48,6 +50,13 @@ impl HostBuilder {
     /// after config reloads).
     pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.overrides.plugin_dir = Some(dir.into());
+        self
+    }
+
+    /// Keep the host's state (the dead-letter file) in `dir` instead of
+    /// the configured `host.state_dir`.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.overrides.state_dir = Some(dir.into());
         self
     }
 
@@ -95,8 +104,11 @@ impl HostBuilder {
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
-        let lasting = LastingDestinations::new(destinations);
         let metrics = Arc::new(Metrics::new(config.host.metrics));
+        let dead_letter_file =
+            DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
+        let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
+        let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
         // Bounded like the intake: a slow reply middleware holds deliveries back.
@@ -134,8 +146,10 @@ impl HostBuilder {
                 batch_size: config.host.batch_size,
                 dispatch,
                 replies,
+                dead_letters,
             }
         });
+        let redelivery = Redelivery::start(&pipeline, &runtime);
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
         let reloader =
@@ -167,6 +181,7 @@ impl HostBuilder {
                 workers: Mutex::new(workers),
                 watcher: Mutex::new(watcher),
                 load_errors,
+                redelivery: tokio::sync::Mutex::new(Some(redelivery)),
             }),
         };
         let weak = Arc::downgrade(&host.inner);
@@ -184,6 +199,11 @@ fn worker_count(configured: usize) -> usize {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     }
+}
+
+/// The state directory, absolute: relative to the working directory.
+fn state_dir(host: &crate::config::HostSection) -> PathBuf {
+    std::path::absolute(&host.state_dir).unwrap_or_else(|_| host.state_dir.clone())
 }
 
 /// The compile cache directory, absolute: relative to the plugin directory;

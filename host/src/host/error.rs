@@ -62,6 +62,9 @@ pub enum BuildError {
         /// Why.
         error: std::io::Error,
     },
+    /// The dead-letter file in the state directory cannot be read.
+    #[error(transparent)]
+    DeadLetterFile(#[from] crate::dead_letter::FileError),
     /// The WebAssembly engine could not start.
     #[error(transparent)]
     Engine(#[from] crate::plugin::EngineError),

@@ -7,10 +7,11 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
+use crate::dead_letter::{FileError, SpooledLetters};
 use crate::destination::DestinationStatus;
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
-use crate::pipeline::{Counters, Envelope, Stats};
+use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
 use std::future::Future;
@@ -33,6 +34,9 @@ struct HostInner {
     /// Watches the plugin directory and config file while set.
     watcher: Mutex<Option<WatchGuard>>,
     load_errors: Vec<LoadError>,
+    /// Re-delivers from the dead-letter file; stopped by shutdown, or
+    /// when the last clone of the host is dropped.
+    redelivery: tokio::sync::Mutex<Option<Redelivery>>,
 }
 
 /// The reply of a request admitted with [`Host::try_request`].
@@ -82,6 +86,18 @@ impl Host {
     /// Counters of what happened to accepted messages.
     pub fn stats(&self) -> Stats {
         self.inner.reloader.pipeline.counters.snapshot()
+    }
+
+    /// What the dead-letter file holds: letters no dead-letter destination
+    /// took, waiting to be re-delivered; the `limit` oldest of them. Reads
+    /// the file (blocking I/O: from async code, call it in `spawn_blocking`).
+    pub fn dead_letters(&self, limit: usize) -> Result<SpooledLetters, FileError> {
+        let file = &self.inner.reloader.pipeline.dead_letters.file;
+        Ok(SpooledLetters {
+            file: file.path().to_owned(),
+            count: file.letters(),
+            letters: file.read(limit)?.letters,
+        })
     }
 
     /// The plugin versions currently serving, in name order.
@@ -240,6 +256,10 @@ impl Host {
         pipeline.topology.load().close_queues();
         pipeline.dispatch.tracker.close();
         pipeline.dispatch.tracker.wait().await;
+        // Every dead letter is now with a destination or in the file.
+        if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
+            redelivery.stop().await;
+        }
     }
 
     fn admit(

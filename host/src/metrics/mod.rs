@@ -13,6 +13,7 @@ pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
 use std::time::Instant;
@@ -84,6 +85,10 @@ pub struct Metrics {
     route_accepted: Family<RouteName, ShardedCounter>,
     route_messages: Family<RouteOutcome, ShardedCounter>,
     dead_letters: Family<RouteReason, Counter>,
+    /// Letters in the dead-letter file now.
+    dead_letters_spooled: Gauge,
+    /// Letters re-delivered from the dead-letter file.
+    dead_letters_redelivered: Counter,
     route_latency: Family<RouteName, LatencyHistogram>,
     plugin_calls: Family<PluginName, ShardedCounter>,
     plugin_problems: Family<PluginProblem, Counter>,
@@ -121,6 +126,8 @@ impl Metrics {
             route_accepted: Family::default(),
             route_messages: Family::default(),
             dead_letters: Family::default(),
+            dead_letters_spooled: Gauge::default(),
+            dead_letters_redelivered: Counter::default(),
             route_latency: Family::default(),
             plugin_calls: Family::default(),
             plugin_problems: Family::default(),
@@ -145,6 +152,10 @@ impl Metrics {
             "Dead letters per route, by reason code",
             metrics.dead_letters.clone(),
         );
+        let help = "Dead letters in the dead-letter file, waiting for their destination to come back";
+        registry.register("dead_letters_spooled", help, metrics.dead_letters_spooled.clone());
+        let help = "Dead letters re-delivered from the dead-letter file";
+        registry.register("dead_letters_redelivered", help, metrics.dead_letters_redelivered.clone());
         let help = "Seconds from admission until a message of the route is settled";
         registry.register("route_latency_seconds", help, metrics.route_latency.clone());
         registry.register("plugin_calls", "Plugin calls (one per batch)", metrics.plugin_calls.clone());
@@ -260,6 +271,16 @@ impl Metrics {
     pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
         let labels = RouteReason { route: route.unwrap_or("").into(), reason: reason.into() };
         self.dead_letters.get_or_create(&labels).inc();
+    }
+
+    /// The gauge of letters in the dead-letter file, for the file to keep.
+    pub(crate) fn dead_letters_spooled(&self) -> Gauge {
+        self.dead_letters_spooled.clone()
+    }
+
+    /// Count `letters` re-delivered from the dead-letter file.
+    pub(crate) fn dead_letters_redelivered(&self, letters: usize) {
+        self.dead_letters_redelivered.inc_by(letters as u64);
     }
 
     /// The delivery counters of `destination` (ok, failed); `None` when

@@ -1,12 +1,14 @@
 //! The pipeline: workers take batches of accepted messages, route them, run
 //! each route's stages and deliver what comes out.
 
+mod dead_letters;
 mod dispatch;
 mod item;
 mod stats;
 mod topology;
 mod worker;
 
+pub(crate) use dead_letters::{DeadLetters, Redelivery};
 pub(crate) use dispatch::DispatchContext;
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
@@ -44,6 +46,8 @@ pub(crate) struct Pipeline {
     pub(crate) dispatch: DispatchContext,
     /// Replies that pass back through middleware, for the reply worker.
     pub(crate) replies: flume::Sender<ReplyBack>,
+    /// Where dead letters go when no dead-letter destination takes them.
+    pub(crate) dead_letters: Arc<DeadLetters>,
 }
 
 /// Deliveries and dead letters a batch leaves for the async side.
@@ -233,31 +237,6 @@ impl Pipeline {
                 let _ = self.replies.send_async(back).await;
             }
             response => drop(sender.send(Ok(response))),
-        }
-    }
-
-    async fn dead_letter(
-        &self,
-        topology: &Topology,
-        item: Item,
-        reason: DeadLetterReason,
-        route: Option<&RouteMetrics>,
-    ) {
-        Counters::bump(&self.counters.dead_lettered, 1);
-        let route_name = route.map(|metrics| &*metrics.route);
-        self.metrics.dead_letter(route_name, reason.code());
-        if let Some(metrics) = route {
-            metrics.settled(Settled::DeadLettered, item.accepted_at);
-        }
-        tracing::warn!(id = item.message.id, topic = %item.message.topic, route = route_name, code = reason.code(), %reason, "dead-lettered");
-        if let Some(reply) = item.reply {
-            let _ = reply.send(Err(RequestError::DeadLettered(reason.clone())));
-        }
-        let letter = reason.label(item.message, route_name);
-        let target = topology.dead_letter_for(&reason);
-        if let Err(error) = topology.destinations[target].sink.deliver(letter).await {
-            Counters::bump(&self.counters.dead_letter_failures, 1);
-            tracing::error!(destination = %target, %error, %reason, "dead-letter destination failed");
         }
     }
 }

@@ -18,7 +18,8 @@ pub(crate) struct Counters {
 
 /// A snapshot of a host's message counters.
 ///
-/// Every accepted message ends one way: once all work is done,
+/// Every accepted message ends one way: once all work is done, and unless
+/// dead letters were lost (`dead_letter_failures`),
 /// `accepted + created == delivered + filtered + responded + dead_lettered`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
@@ -32,11 +33,13 @@ pub struct Stats {
     pub filtered: u64,
     /// Requests a middleware answered itself.
     pub responded: u64,
-    /// Messages handed to the dead-letter destination.
+    /// Dead letters a dead-letter destination took, or the dead-letter file
+    /// (fsync'd) when none would; counted once, not again when re-delivered.
     pub dead_lettered: u64,
     /// Stages skipped under a fail-open policy.
     pub skipped_stages: u64,
-    /// Dead letters the dead-letter destination itself failed to take.
+    /// Dead letters lost: no dead-letter destination took them and the
+    /// dead-letter file could not be written (not counted as dead-lettered).
     pub dead_letter_failures: u64,
 }
 

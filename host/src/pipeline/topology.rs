@@ -180,6 +180,24 @@ impl Topology {
         own.unwrap_or(&self.dead_letter)
     }
 
+    /// The dead-letter destinations a letter meant for `first` tries in
+    /// turn: `first`, then the dead letter each names for itself, then the
+    /// host's; each once, and only those that exist.
+    pub(crate) fn dead_letter_chain<'t>(&'t self, first: &'t str) -> Vec<&'t str> {
+        let mut chain = Vec::new();
+        let mut next = Some(first);
+        while let Some(name) = next.filter(|name| !chain.contains(name)) {
+            if self.destinations.contains_key(name) {
+                chain.push(name);
+            }
+            next = self.dead_letter_of.get(name).map(String::as_str);
+        }
+        if !chain.contains(&self.dead_letter.as_str()) {
+            chain.push(&self.dead_letter);
+        }
+        chain
+    }
+
     /// Close the queues of the network destinations: their dispatchers
     /// deliver what is queued, then end.
     pub(crate) fn close_queues(&self) {

@@ -1,4 +1,4 @@
-//! Dead letters: accepted messages that could not be delivered, with the reason.
+//! Why a message was dead-lettered, and the headers that say so.
 
 use crate::destination::DeliveryError;
 use crate::message::Message;
@@ -97,12 +97,13 @@ impl DeadLetterReason {
 
     /// `message` labelled with this reason (and `route`), ready for the
     /// dead-letter destination; a network destination's delivery failure also
-    /// with [`ATTEMPTS_HEADER`] and [`LAST_ERROR_HEADER`].
+    /// with [`ATTEMPTS_HEADER`] and [`LAST_ERROR_HEADER`]. The values come
+    /// from plugins and peers, so each is [`header_value`]-sanitised.
     pub fn label(&self, mut message: Message, route: Option<&str>) -> Message {
         message.set_header(REASON_CODE_HEADER, self.code());
-        message.set_header(REASON_HEADER, self.to_string());
+        message.set_header(REASON_HEADER, header_value(&self.to_string()));
         if let Some(route) = route {
-            message.set_header(ROUTE_HEADER, route);
+            message.set_header(ROUTE_HEADER, header_value(route));
         }
         if let DeadLetterReason::Delivery {
             error: DeliveryError::Attempts { attempts, last_error, .. },
@@ -110,8 +111,60 @@ impl DeadLetterReason {
         } = self
         {
             message.set_header(ATTEMPTS_HEADER, attempts.to_string());
-            message.set_header(LAST_ERROR_HEADER, last_error.as_str());
+            message.set_header(LAST_ERROR_HEADER, header_value(last_error));
         }
         message
+    }
+}
+
+/// Longest header value the host writes, in bytes (before `...`).
+pub const MAX_HEADER_VALUE: usize = 1024;
+
+/// `text` fit for a header value every transport takes: control characters
+/// escaped (`\n`, `\r`, `\t`, `\u{1b}`), cut to [`MAX_HEADER_VALUE`] bytes
+/// at a character boundary and ended with `...` when longer.
+pub fn header_value(text: &str) -> String {
+    let mut value = String::with_capacity(text.len().min(MAX_HEADER_VALUE));
+    for c in text.chars() {
+        let start = value.len();
+        match c.is_control() {
+            true => value.extend(c.escape_default()),
+            false => value.push(c),
+        }
+        if value.len() > MAX_HEADER_VALUE {
+            value.truncate(start);
+            value.push_str("...");
+            break;
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_have_control_characters_escaped() {
+        assert_eq!(header_value("one\ntwo\r\tthree\u{1b}[0m"), "one\\ntwo\\r\\tthree\\u{1b}[0m");
+        assert_eq!(header_value("plain, ünïcode"), "plain, ünïcode");
+    }
+
+    #[test]
+    fn header_values_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_HEADER_VALUE);
+        let value = header_value(&long);
+        assert!(value.len() <= MAX_HEADER_VALUE + 3, "{}", value.len());
+        assert!(value.ends_with("...") && value.starts_with("éé"));
+        let fits = "x".repeat(MAX_HEADER_VALUE);
+        assert_eq!(header_value(&fits), fits);
+    }
+
+    #[test]
+    fn labels_carry_sanitised_reasons() {
+        let reason = DeadLetterReason::StageUnavailable { stage: "filter:x".into(), problem: "a\nb".into() };
+        let letter = reason.label(Message::new("t", "p"), Some("r\n"));
+        assert_eq!(letter.header(REASON_HEADER), Some("stage \"filter:x\" is unavailable: a\\nb"));
+        assert_eq!(letter.header(ROUTE_HEADER), Some("r\\n"));
     }
 }

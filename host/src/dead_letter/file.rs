@@ -1,0 +1,315 @@
+//! The dead-letter file: `dead-letters.jsonl` in the host's state directory,
+//! one [`DeadLetterRecord`] as JSON a line. A letter is appended and fsync'd
+//! before it counts as dead-lettered; letters re-delivered from the head of
+//! the file are removed by writing what is left to a temporary file and
+//! renaming it over the old one, so a crash at any point leaves either file
+//! whole (re-delivery is at-least-once: a crash between a re-delivery and
+//! the rename sends those letters again).
+//!
+//! Every method does blocking file I/O: call them off the async runtime's
+//! threads (`spawn_blocking`).
+
+use super::record::DeadLetterRecord;
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// The file's name inside the state directory.
+pub const FILE_NAME: &str = "dead-letters.jsonl";
+
+/// The dead-letter file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("dead-letter file {}: {error}", path.display())]
+pub struct FileError {
+    /// The file (or its temporary twin).
+    pub path: PathBuf,
+    /// What failed.
+    #[source]
+    pub error: io::Error,
+}
+
+/// The dead-letter file of one host. One host per state directory: two
+/// hosts sharing one would re-deliver each other's letters twice.
+#[derive(Debug)]
+pub struct DeadLetterFile {
+    path: PathBuf,
+    /// Shows the letters held; set under the lock, so it never lags behind.
+    gauge: Gauge,
+    /// Held for every read and write, so the file is only ever seen whole.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bytes of whole records in the file.
+    len: u64,
+    /// Letters held, by the dead-letter destination they are meant for.
+    held: BTreeMap<String, usize>,
+    /// The file opened for appending, once written to.
+    append: Option<File>,
+}
+
+/// The first letters of the file, read for re-delivery.
+#[derive(Debug)]
+pub struct Batch {
+    /// The letters, in the order they were written.
+    pub letters: Vec<DeadLetterRecord>,
+    /// Lines among them that could not be read (skipped with a warning).
+    unreadable: usize,
+    /// Where the batch ends in the file.
+    end: u64,
+}
+
+impl DeadLetterFile {
+    /// The dead-letter file of state directory `dir`: the letters a
+    /// previous run left are counted (an unreadable line is skipped with a
+    /// warning; a torn last line, from a crash while appending, is cut off).
+    /// Nothing is created until a letter is written. `gauge` shows how many
+    /// letters it holds.
+    pub fn open(dir: &Path, gauge: Gauge) -> Result<DeadLetterFile, FileError> {
+        let path = dir.join(FILE_NAME);
+        let error = |error| FileError { path: path.clone(), error };
+        let mut state = State::default();
+        match File::open(&path) {
+            Ok(existing) => {
+                let size = existing.metadata().map_err(error)?.len();
+                let batch = scan(&path, existing, u64::MAX, usize::MAX).map_err(error)?;
+                if batch.end < size {
+                    tracing::warn!(file = %path.display(), bytes = size - batch.end, "dead-letter file ends in a torn line (a crash while writing); cut off");
+                    let existing = OpenOptions::new().write(true).open(&path);
+                    existing.and_then(|existing| existing.set_len(batch.end)).map_err(error)?;
+                }
+                state.len = batch.end;
+                for letter in batch.letters {
+                    *state.held.entry(letter.destination).or_default() += 1;
+                }
+            }
+            Err(not_found) if not_found.kind() == io::ErrorKind::NotFound => {}
+            Err(other) => return Err(error(other)),
+        }
+        gauge.set(state.held.values().sum::<usize>() as i64);
+        Ok(DeadLetterFile { path, gauge, state: Mutex::new(state) })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many letters it holds.
+    pub fn letters(&self) -> usize {
+        self.lock().held.values().sum()
+    }
+
+    /// Whether it holds letters meant for dead-letter destination `destination`.
+    pub fn holds_for(&self, destination: &str) -> bool {
+        self.lock().held.contains_key(destination)
+    }
+
+    /// Append `letter` and fsync it; on an error the file is as before.
+    pub fn append(&self, letter: &DeadLetterRecord) -> Result<(), FileError> {
+        let mut line = serde_json::to_vec(letter).expect("a record serializes");
+        line.push(b'\n');
+        let mut state = self.lock();
+        if state.append.is_none() {
+            state.append = Some(self.open_for_append().map_err(|error| self.error(error))?);
+        }
+        let len = state.len;
+        let file = state.append.as_mut().expect("opened above");
+        if let Err(error) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            let _ = file.set_len(len);
+            state.append = None;
+            return Err(self.error(error));
+        }
+        state.len += line.len() as u64;
+        *state.held.entry(letter.destination.clone()).or_default() += 1;
+        self.gauge.inc();
+        Ok(())
+    }
+
+    /// The first `limit` letters, oldest first.
+    pub fn read(&self, limit: usize) -> Result<Batch, FileError> {
+        let state = self.lock();
+        let empty = Batch { letters: Vec::new(), unreadable: 0, end: 0 };
+        match File::open(&self.path) {
+            Ok(file) => scan(&self.path, file, state.len, limit).map_err(|error| self.error(error)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(empty),
+            Err(error) => Err(self.error(error)),
+        }
+    }
+
+    /// Remove the letters of `batch` marked `delivered` (and its unreadable
+    /// lines), keeping the others and every letter written after it, in order.
+    pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<(), FileError> {
+        if batch.unreadable == 0 && !delivered.contains(&true) {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let len =
+            self.rewrite(&tmp, &state, batch, delivered).map_err(|error| FileError { path: tmp, error })?;
+        state.append = None;
+        state.len = len;
+        let removed = batch.letters.iter().zip(delivered).filter(|(_, delivered)| **delivered);
+        for (letter, _) in removed {
+            if let Some(held) = state.held.get_mut(&letter.destination) {
+                *held -= 1;
+                if *held == 0 {
+                    state.held.remove(&letter.destination);
+                }
+            }
+        }
+        self.gauge.set(state.held.values().sum::<usize>() as i64);
+        Ok(())
+    }
+
+    /// Write the letters kept from `batch` and the rest of the file to
+    /// `tmp`, fsync it and rename it over the file; returns its length.
+    fn rewrite(&self, tmp: &Path, state: &State, batch: &Batch, delivered: &[bool]) -> io::Result<u64> {
+        let mut out = BufWriter::new(File::create(tmp)?);
+        for (letter, _) in batch.letters.iter().zip(delivered).filter(|(_, delivered)| !**delivered) {
+            serde_json::to_writer(&mut out, letter)?;
+            out.write_all(b"\n")?;
+        }
+        let mut rest = File::open(&self.path)?;
+        rest.seek(SeekFrom::Start(batch.end))?;
+        io::copy(&mut rest.take(state.len - batch.end), &mut out)?;
+        let out = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        out.sync_all()?;
+        let len = out.metadata()?.len();
+        std::fs::rename(tmp, &self.path)?;
+        sync_dir(&self.path)?;
+        Ok(len)
+    }
+
+    fn open_for_append(&self) -> io::Result<File> {
+        let dir = self.path.parent().expect("the file is in a directory");
+        std::fs::create_dir_all(dir)?;
+        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        // The file's directory entry must survive a crash too.
+        sync_dir(&self.path)?;
+        Ok(file)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn error(&self, error: io::Error) -> FileError {
+        FileError { path: self.path.clone(), error }
+    }
+}
+
+/// Read up to `limit` letters from the first `len` bytes of `file` (at
+/// `path`); the batch ends after the last whole line read.
+fn scan(path: &Path, file: File, len: u64, limit: usize) -> io::Result<Batch> {
+    let mut reader = BufReader::new(file.take(len));
+    let (mut batch, mut line) = (Batch { letters: Vec::new(), unreadable: 0, end: 0 }, Vec::new());
+    while batch.letters.len() < limit {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        batch.end += read as u64;
+        match serde_json::from_slice::<DeadLetterRecord>(&line) {
+            Ok(letter) => batch.letters.push(letter),
+            Err(error) => {
+                let offset = batch.end - read as u64;
+                tracing::warn!(file = %path.display(), offset, %error, "unreadable dead-letter line skipped");
+                batch.unreadable += 1;
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// Fsync the directory holding `path`, so a created or renamed entry lasts.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path.parent().expect("the file is in a directory"))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn letter(n: u64, destination: &str) -> DeadLetterRecord {
+        let mut message = Message::new("orders.eu", format!("payload {n}"));
+        message.id = n;
+        DeadLetterRecord::new(&message, destination)
+    }
+
+    fn ids(batch: &Batch) -> Vec<&str> {
+        batch.letters.iter().map(|letter| letter.id.as_str()).collect()
+    }
+
+    #[test]
+    fn letters_written_are_read_back_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let file = DeadLetterFile::open(&state, Gauge::default()).unwrap();
+        assert!(!state.exists(), "nothing is created before a letter is written");
+        let written = [letter(1, "dead"), letter(2, "dead"), letter(3, "other")];
+        written.iter().for_each(|letter| file.append(letter).unwrap());
+        let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
+        assert_eq!(again.read(10).unwrap().letters, written);
+        assert_eq!((again.letters(), again.holds_for("dead"), again.holds_for("log")), (3, true, false));
+        assert_eq!(ids(&again.read(2).unwrap()), ["1", "2"]);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_writing_goes_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        file.append(&letter(1, "dead")).unwrap();
+        let mut raw = OpenOptions::new().append(true).open(file.path()).unwrap();
+        raw.write_all(br#"{"id":"2","topic":"ord"#).unwrap();
+        let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        assert_eq!(again.letters(), 1);
+        again.append(&letter(3, "dead")).unwrap();
+        assert_eq!(ids(&again.read(10).unwrap()), ["1", "3"]);
+        let text = std::fs::read_to_string(again.path()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn an_unreadable_line_is_skipped_and_dropped_with_the_next_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        file.append(&letter(1, "dead")).unwrap();
+        let mut raw = OpenOptions::new().append(true).open(file.path()).unwrap();
+        raw.write_all(b"not json\n").unwrap();
+        drop(file);
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        file.append(&letter(2, "dead")).unwrap();
+        let batch = file.read(10).unwrap();
+        assert_eq!((ids(&batch), batch.unreadable), (vec!["1", "2"], 1));
+        file.remove(&batch, &[false, false]).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(!text.contains("not json") && text.lines().count() == 2, "{text}");
+    }
+
+    #[test]
+    fn removing_delivered_letters_keeps_the_rest_and_later_ones_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        (1..=3).for_each(|n| file.append(&letter(n, if n == 1 { "a" } else { "b" })).unwrap());
+        let batch = file.read(2).unwrap();
+        file.append(&letter(4, "b")).unwrap();
+        file.remove(&batch, &[true, false]).unwrap();
+        assert_eq!(ids(&file.read(10).unwrap()), ["2", "3", "4"]);
+        assert_eq!((file.letters(), file.holds_for("a")), (3, false));
+        file.append(&letter(5, "a")).unwrap();
+        let all = file.read(10).unwrap();
+        file.remove(&all, &[true, true, true, false]).unwrap();
+        assert_eq!(ids(&file.read(10).unwrap()), ["5"]);
+        let last = file.read(10).unwrap();
+        file.remove(&last, &[true]).unwrap();
+        assert_eq!((file.letters(), std::fs::metadata(file.path()).unwrap().len()), (0, 0));
+        assert_eq!(DeadLetterFile::open(dir.path(), Gauge::default()).unwrap().letters(), 0);
+    }
+}

@@ -1,0 +1,347 @@
+//! Dead letters when the dead-letter path is down: kept in the dead-letter
+//! file (counted only once there), re-delivered when a destination takes
+//! them again, across a restart too; fallbacks; labels any transport takes.
+
+use crate::exposition::sample;
+use crate::support::{drain_and_account, eventually, http, next, plugin_dir, within};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use switchyard::admin::AdminServer;
+use switchyard::dead_letter::{FILE_NAME, REASON_CODE_HEADER, REASON_HEADER};
+use switchyard::{Config, DeliveryError, Destination, Host, Message, MessageId, PluginError, RouteConfig};
+
+/// A dead-letter destination that refuses while `up` is false and hands
+/// what it takes to `taken`.
+struct Switchable {
+    up: Arc<AtomicBool>,
+    taken: flume::Receiver<Message>,
+}
+
+impl Switchable {
+    fn new(up: bool) -> (Switchable, impl Destination) {
+        let (up, (sender, taken)) = (Arc::new(AtomicBool::new(up)), flume::unbounded());
+        let is_up = up.clone();
+        let destination = move |message: Message| {
+            let (is_up, sender) = (is_up.clone(), sender.clone());
+            async move {
+                match is_up.load(Ordering::SeqCst) {
+                    true => {
+                        sender.send(message).map(|()| None).map_err(|_| DeliveryError::Fatal("gone".into()))
+                    }
+                    false => Err(DeliveryError::Retryable("down for the test".into())),
+                }
+            }
+        };
+        (Switchable { up, taken }, destination)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// The ids of the next `count` letters taken.
+    async fn ids(&self, count: usize) -> HashSet<MessageId> {
+        let mut ids = HashSet::new();
+        for _ in 0..count {
+            ids.insert(next(&self.taken).await.id);
+        }
+        ids
+    }
+}
+
+/// A host over `state` with no routes, whose dead letters go to native
+/// destination `dlq`.
+async fn host(state: &Path, dlq: impl Destination) -> Host {
+    let plugins = plugin_dir(&[]);
+    let mut config = Config::default();
+    config.host.dead_letter = "dlq".into();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state);
+    host.destination("dlq", dlq).build().await.unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Send `count` messages no route takes; their ids.
+async fn send_unroutable(host: &Host, count: usize) -> HashSet<MessageId> {
+    let mut ids = HashSet::new();
+    for n in 0..count {
+        ids.insert(host.send(Message::new("nowhere", format!("letter {n}"))).await.unwrap());
+    }
+    ids
+}
+
+/// The ids in the dead-letter file, once every accepted message is counted;
+/// `elsewhere` dead letters went to a destination.
+fn spooled_once_settled(host: &Host, elsewhere: u64) -> HashSet<MessageId> {
+    eventually(|| {
+        let stats = host.stats();
+        let held = host.dead_letters(1000).unwrap();
+        // What counts as dead-lettered is in the file already.
+        let found = elsewhere + held.count as u64;
+        assert!(stats.dead_lettered <= found, "{stats:?} with {} in the file", held.count);
+        match stats.in_flight() {
+            0 => Ok(held.letters.iter().map(|letter| letter.id.parse().unwrap()).collect()),
+            _ => Err(stats),
+        }
+    })
+}
+
+fn metric(host: &Host, name: &str) -> f64 {
+    sample(&host.metrics().encode(), name, &[]).unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_in_the_file_while_their_destination_is_down_and_follow_when_it_is_back() {
+    let state = tempfile::tempdir().unwrap();
+    let (dlq, destination) = Switchable::new(false);
+    let host = host(state.path(), destination).await;
+    let sent = send_unroutable(&host, 20).await;
+
+    assert_eq!(spooled_once_settled(&host, 0), sent);
+    assert_eq!(host.stats().dead_lettered, 20);
+    let held = host.dead_letters(1).unwrap();
+    assert_eq!((held.count, held.letters.len(), held.file.clone()), (20, 1, state.path().join(FILE_NAME)));
+    assert_eq!((held.letters[0].code.as_str(), held.letters[0].destination.as_str()), ("no-route", "dlq"));
+    let lines = std::fs::read_to_string(state.path().join(FILE_NAME)).unwrap();
+    assert_eq!(lines.lines().count(), 20);
+    assert_eq!(metric(&host, "switchyard_dead_letters_spooled"), 20.0);
+    assert!(dlq.taken.is_empty(), "nothing reached the destination while it was down");
+
+    dlq.set_up(true);
+    assert_eq!(dlq.ids(20).await, sent, "every letter re-delivered");
+    eventually(|| {
+        let left = host.dead_letters(0).unwrap().count;
+        let spooled = metric(&host, "switchyard_dead_letters_spooled");
+        let redelivered = metric(&host, "switchyard_dead_letters_redelivered_total");
+        match (left, spooled, redelivered) {
+            (0, 0.0, 20.0) => Ok(()),
+            seen => Err(seen),
+        }
+    });
+    assert_eq!(std::fs::metadata(state.path().join(FILE_NAME)).unwrap().len(), 0, "the file drained");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 20, "counted once, not again when re-delivered");
+    assert!(dlq.taken.is_empty(), "each letter re-delivered once: {:?}", dlq.taken.try_iter().count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_a_host_left_in_the_file_are_re_delivered_by_the_next_one_and_only_once() {
+    let state = tempfile::tempdir().unwrap();
+    let (first_dlq, destination) = Switchable::new(false);
+    let first = host(state.path(), destination).await;
+    let sent = send_unroutable(&first, 10).await;
+    assert_eq!(spooled_once_settled(&first, 0), sent);
+    within(first.shutdown()).await;
+    drop(first);
+    assert!(first_dlq.taken.is_empty());
+
+    let (dlq, destination) = Switchable::new(true);
+    let second = host(state.path(), destination).await;
+    assert_eq!(dlq.ids(10).await, sent, "the second host re-delivered what the first left");
+    eventually(|| match second.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    let stats = drain_and_account(&second).await;
+    assert_eq!((stats.accepted, stats.dead_lettered), (0, 0), "re-delivery is no new dead letter");
+
+    let (third_dlq, destination) = Switchable::new(true);
+    let third = host(state.path(), destination).await;
+    assert_eq!(third.dead_letters(10).unwrap().count, 0, "nothing left to send twice");
+    let sent = send_unroutable(&third, 1).await;
+    assert_eq!(third_dlq.ids(1).await, sent, "only the third host's own letter arrives");
+    drain_and_account(&third).await;
+    assert!(third_dlq.taken.is_empty());
+}
+
+/// Config of an `api` destination at `refusing` (which answers every
+/// message with a final error) taking every message.
+fn api_with_fallback(refusing: SocketAddr) -> String {
+    format!(
+        r#"
+[[destination]]
+name = "api"
+transport = "http"
+endpoints = ["{refusing}"]
+[[route]]
+name = "all"
+to = "api"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_dead_letter_destination_falls_back_to_the_hosts_then_to_the_file() {
+    let state = tempfile::tempdir().unwrap();
+    let (dlq, destination) = Switchable::new(false);
+    let (backup, backup_destination) = Switchable::new(true);
+    let plugins = plugin_dir(&[]);
+    let (refusing, _) = header_server(axum::http::StatusCode::BAD_REQUEST).await;
+    let mut config = Config::from_toml("test.toml", &api_with_fallback(refusing)).unwrap();
+    config.host.dead_letter = "backup".into();
+    config.destinations[0].dead_letter = Some("dlq".into());
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("dlq", destination).destination("backup", backup_destination);
+    let host = host.build().await.unwrap();
+
+    let mut sent = HashSet::new();
+    for n in 0..5 {
+        sent.insert(host.send(Message::new("orders", format!("{n}"))).await.unwrap());
+    }
+    assert_eq!(backup.ids(5).await, sent, "the fallback took what dlq refused");
+    assert_eq!(spooled_once_settled(&host, 5), HashSet::new(), "so nothing went to the file");
+
+    backup.set_up(false);
+    let mut sent = HashSet::new();
+    for n in 0..5 {
+        sent.insert(host.send(Message::new("orders", format!("{n}"))).await.unwrap());
+    }
+    assert_eq!(spooled_once_settled(&host, 5), sent, "with the fallback down too, the file has them");
+    let held = host.dead_letters(10).unwrap();
+    assert!(
+        held.letters.iter().all(|letter| letter.destination == "dlq" && letter.code == "delivery-failed")
+    );
+    assert!(backup.taken.is_empty() && dlq.taken.is_empty());
+
+    backup.set_up(true);
+    assert_eq!(backup.ids(5).await, sent, "re-delivered along the same fallbacks");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 10);
+    assert_eq!(host.dead_letters(0).unwrap().count, 0);
+}
+
+/// A server answering every POST with `status` and handing its headers to
+/// the returned receiver.
+async fn header_server(
+    status: axum::http::StatusCode,
+) -> (SocketAddr, flume::Receiver<axum::http::HeaderMap>) {
+    let (sender, received) = flume::unbounded();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(headers);
+            status
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_a_reason_do_not_make_an_http_dead_letter_destination_refuse_it() {
+    let state = tempfile::tempdir().unwrap();
+    let (addr, received) = header_server(axum::http::StatusCode::NO_CONTENT).await;
+    let toml = format!(
+        "[host]\ndead_letter = \"dlq\"\n[[destination]]\nname = \"dlq\"\ntransport = \"http\"\nendpoints = [\"{addr}\"]\n"
+    );
+    let plugins = plugin_dir(&[]);
+    let config = Config::from_toml("test.toml", &toml).unwrap();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let refuse = |_: &Message| Err(PluginError::Rejected("bad\r\nx-injected: yes\u{0}".repeat(200)));
+    let host = host.destination("out", |_: Message| async { Ok(None) }).filter("refuse", refuse);
+    let host =
+        host.route(RouteConfig::new("all", "orders", "out").stage("filter:refuse")).build().await.unwrap();
+
+    host.send(Message::new("orders", "{}")).await.unwrap();
+    let headers = within(received.recv_async()).await.unwrap();
+    assert_eq!(headers[REASON_CODE_HEADER], "plugin-rejected");
+    let reason = std::str::from_utf8(headers[REASON_HEADER].as_bytes()).unwrap();
+    assert!(reason.contains(r"bad\r\nx-injected: yes\u{0}bad"), "{reason}");
+    assert!(reason.len() <= 1024 + 3 && reason.ends_with("..."), "capped: {} bytes", reason.len());
+    assert!(!headers.contains_key("x-injected"));
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(host.dead_letters(0).unwrap().count, 0, "the destination took it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_the_dead_letter_file_to_token_holders() {
+    let state = tempfile::tempdir().unwrap();
+    let (_dlq, destination) = Switchable::new(false);
+    let host = host(state.path(), destination).await;
+    let sent = send_unroutable(&host, 3).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent);
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), Some("t0ken".into()));
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+
+    let get = |path: &'static str, token: &'static str| {
+        tokio::task::spawn_blocking(move || http(addr, "GET", path, &[("authorization", token)], b""))
+    };
+    assert_eq!(get("/v1/dead-letters", "Bearer wrong").await.unwrap().0, 401);
+    let (status, body) = get("/v1/dead-letters?limit=2", "Bearer t0ken").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["count"], 3, "{view}");
+    let letters = view["letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["code"], "no-route");
+    assert_eq!(view["file"], state.path().join(FILE_NAME).display().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_for_an_http_dead_letter_destination_that_refuses_connections_reach_it_once_it_listens() {
+    let state = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let toml = format!(
+        r#"
+[host]
+dead_letter = "dlq"
+[[destination]]
+name = "dlq"
+transport = "http"
+endpoints = ["{addr}"]
+retry = {{ attempts = 2, base_ms = 1, max_ms = 5 }}
+"#
+    );
+    let plugins = plugin_dir(&[]);
+    let config = Config::from_toml("test.toml", &toml).unwrap();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.build().await.unwrap();
+    let sent = send_unroutable(&host, 10).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent, "refused connections: the file has every letter");
+
+    let (sender, received) = flume::unbounded();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(body);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut arrived = HashSet::new();
+    while arrived.len() < sent.len() {
+        arrived.insert(within(received.recv_async()).await.unwrap());
+    }
+    let letters: HashSet<String> = (0..10).map(|n| format!("letter {n}")).collect();
+    assert_eq!(arrived, letters, "each letter, by its payload");
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    assert_eq!(drain_and_account(&host).await.dead_lettered, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_dead_lettered() {
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let (_dlq, destination) = Switchable::new(false);
+    let host = host(&state, destination).await;
+    std::fs::write(&state, "a file where the state directory should be").unwrap();
+
+    let refused = host.request(Message::new("nowhere", "{}")).await;
+    assert!(matches!(refused, Err(switchyard::RequestError::DeadLettered(_))), "{refused:?}");
+    send_unroutable(&host, 2).await;
+    within(host.shutdown()).await;
+    let stats = host.stats();
+    assert_eq!((stats.dead_lettered, stats.dead_letter_failures), (0, 3), "{stats:?}");
+    assert_eq!(stats.in_flight(), 3, "the oracle shows the loss: {stats:?}");
+    assert!(host.dead_letters(10).is_err(), "the file cannot be read either");
+}
