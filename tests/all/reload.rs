@@ -76,6 +76,17 @@ async fn hundred_swaps_under_steady_load_lose_nothing() {
     let (dir, host) = host_with_transform().await;
     let mut events = host.subscribe();
     let stop = tokio::sync::watch::channel(false);
+    // A reader keeps up, as a real consumer does: `out` is bounded.
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (out, delivered) = (host.memory("out").unwrap(), delivered.clone());
+        tokio::spawn(async move {
+            while let Ok(message) = out.recv_async().await {
+                version_seen(&message);
+                delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
     let sender = {
         let (host, stop) = (host.clone(), stop.1.clone());
         tokio::spawn(async move {
@@ -102,13 +113,15 @@ async fn hundred_swaps_under_steady_load_lose_nothing() {
     assert_eq!(stats.accepted, sent);
     assert_eq!((stats.delivered, stats.dead_lettered, stats.filtered), (sent, 0, 0));
     assert_eq!(host.event_counts().replaced, 100);
-    let out = host.memory("out").unwrap();
-    let mut delivered = 0_u64;
-    for message in out.drain() {
-        version_seen(&message);
-        delivered += 1;
-    }
-    assert_eq!(delivered, sent);
+    let read = || delivered.load(std::sync::atomic::Ordering::SeqCst);
+    within(async {
+        while read() < sent {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    reader.abort();
+    assert_eq!(read(), sent);
 }
 
 #[tokio::test]

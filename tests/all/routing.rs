@@ -184,3 +184,35 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_destination_nobody_reads_fills_then_holds_senders_back_and_loses_nothing() {
+    let dir = plugin_dir(&[]);
+    let config = "[host]\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1\ndead_letter = \"log\"\n\
+                  [[destination]]\nname = \"out\"\ntransport = \"memory\"\nqueue = { capacity = 2 }\n\
+                  [[route]]\nname = \"all\"\nto = \"out\"\n";
+    let host = host(dir.path(), config).await;
+    let out = host.memory("out").unwrap();
+    assert_eq!(out.capacity(), Some(2));
+    // Two fill `out`, the worker holds a third, the intake a fourth: the
+    // fifth waits until the reader reads.
+    let sender = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            for n in 0..5 {
+                host.send(Message::new("m", format!("{n}"))).await.unwrap();
+            }
+        })
+    };
+    crate::support::eventually(|| match (out.len(), host.stats().accepted) {
+        (2, 4) => Ok(()),
+        seen => Err(seen),
+    });
+    assert_eq!(host.try_send(Message::new("m", "more")), Err(SendError::Backpressure));
+    for n in 0..5 {
+        assert_eq!(next(&out).await.payload, format!("{n}"), "in order, none lost");
+    }
+    within(sender).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (5, 5));
+}

@@ -84,10 +84,12 @@ impl LastingDestinations {
         LastingDestinations { native, memory: Mutex::default() }
     }
 
-    /// The memory destination `name`, created on first use.
-    fn memory(&self, name: &str) -> MemoryDestination {
+    /// The memory destination `name`, created on first use holding at most
+    /// `capacity` unread messages (a reload keeps it, and its capacity).
+    fn memory(&self, name: &str, capacity: usize) -> MemoryDestination {
         let mut memory = self.memory.lock().unwrap_or_else(|poison| poison.into_inner());
-        memory.entry(name.to_owned()).or_insert_with(MemoryDestination::new).0.clone()
+        let created = || MemoryDestination::with_capacity(capacity);
+        memory.entry(name.to_owned()).or_insert_with(created).0.clone()
     }
 
     /// The receiver of memory destination `name`, if one was configured.
@@ -132,7 +134,7 @@ impl Topology {
             }
             let destination: Arc<dyn Destination> = match dest.transport {
                 Transport::Log => Arc::new(LogDestination::new(&dest.name)),
-                Transport::Memory => Arc::new(lasting.memory(&dest.name)),
+                Transport::Memory => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),
                 Transport::Http => {
                     dispatch.cluster(dest, HttpTransport::new(&dest.path, PoolConfig::from(&dest.pool)))
                 }
