@@ -14,10 +14,28 @@ use tungstenite::client::IntoClientRequest;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// A running `switchyard` child whose stdout lines arrive on a channel.
+/// A running `switchyard` child whose stdout and stderr lines arrive on a
+/// channel, each tagged with its stream.
 struct Running {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<(Stream, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Send each line of `from` on `to`, tagged `stream`, until either ends.
+fn read_lines(from: impl std::io::Read + Send + 'static, stream: Stream, to: mpsc::Sender<(Stream, String)>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if to.send((stream, line)).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 impl Running {
@@ -31,25 +49,25 @@ impl Running {
             .envs(env.iter().copied())
             .current_dir(cwd)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start switchyard");
-        let stdout = child.stdout.take().unwrap();
         let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        read_lines(child.stdout.take().unwrap(), Stream::Stdout, send.clone());
+        read_lines(child.stderr.take().unwrap(), Stream::Stderr, send);
         Running { child, lines }
     }
 
-    /// The first stdout line satisfying `want`.
+    /// The first line satisfying `want`, on either stream. Status lines
+    /// (`switchyard: ...`) must come on stderr, delivered messages on stdout.
     fn line_where(&self, want: impl Fn(&str) -> bool) -> String {
         loop {
-            let line = self.lines.recv_timeout(PATIENCE).expect("switchyard went quiet (safety net)");
+            let (stream, line) =
+                self.lines.recv_timeout(PATIENCE).expect("switchyard went quiet (safety net)");
+            match stream {
+                Stream::Stdout => assert!(line.starts_with('{'), "not data on stdout: {line}"),
+                Stream::Stderr => assert!(!line.starts_with('{'), "data on stderr: {line}"),
+            }
             if want(&line) {
                 return line;
             }

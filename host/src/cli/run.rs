@@ -1,4 +1,5 @@
-//! `switchyard run`.
+//! `switchyard run`. Status lines go to standard error, like logs; standard
+//! output carries only what the `log` destination delivers.
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -22,9 +23,9 @@ pub async fn run(
     }
     let host = builder.build().await?;
     let source = config.map_or("<built-in default>".to_owned(), |path| path.display().to_string());
-    println!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
+    eprintln!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
     for plugin in host.plugins() {
-        println!(
+        eprintln!(
             "switchyard: plugin {} loaded: {} {} in {:.1} ms",
             plugin.name,
             plugin.kind.as_str(),
@@ -33,10 +34,10 @@ pub async fn run(
         );
     }
     for error in host.load_errors() {
-        println!("switchyard: {error}");
+        eprintln!("switchyard: {error}");
     }
     for problem in host.unready() {
-        println!("switchyard: warning: {problem}");
+        eprintln!("switchyard: warning: {problem}");
     }
     // Handlers first, so a signal sent once we say we listen is never missed.
     let signals = Signals::install()?;
@@ -46,7 +47,7 @@ pub async fn run(
         None => None,
     };
     if let Some(ingress) = &ingress {
-        println!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
+        eprintln!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
     // The token comes from the config of the moment: a reload changes it live.
     let admin = match admin.or(host.config().admin.as_ref().map(|admin| admin.listen)) {
@@ -54,7 +55,7 @@ pub async fn run(
         None => None,
     };
     if let Some(admin) = &admin {
-        println!("switchyard: admin API listening on http://{}", admin.local_addr());
+        eprintln!("switchyard: admin API listening on http://{}", admin.local_addr());
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -84,7 +85,7 @@ pub async fn run(
     servers.await?;
     host.shutdown().await;
     let stats = host.stats();
-    println!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?);
+    eprintln!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?);
     Ok(())
 }
 
@@ -111,9 +112,9 @@ impl Signals {
                 _ = self.interrupt.recv() => return,
                 _ = self.terminate.recv() => return,
                 _ = self.hangup.recv() => match host.reload().await {
-                    Ok(ConfigChange::Applied) => println!("switchyard: reloaded"),
-                    Ok(ConfigChange::Unchanged) => println!("switchyard: reloaded (config unchanged)"),
-                    Err(err) => println!("switchyard: reload refused: {err}"),
+                    Ok(ConfigChange::Applied) => eprintln!("switchyard: reloaded"),
+                    Ok(ConfigChange::Unchanged) => eprintln!("switchyard: reloaded (config unchanged)"),
+                    Err(err) => eprintln!("switchyard: reload refused: {err}"),
                 },
             }
         }
