@@ -3,7 +3,8 @@
 use crate::support::{drain_and_account, host, http_raw, next, plugin_dir, within};
 use std::sync::Arc;
 use switchyard::{
-    DeliveryError, Host, MemoryDestination, Message, RequestError, RouteConfig, SendError, Verdict,
+    DeliveryError, Host, MemoryDestination, Message, PluginError, RequestError, RouteConfig, SendError,
+    Verdict,
 };
 use switchyard_plugin_artifacts as artifacts;
 use tokio::sync::{Notify, Semaphore};
@@ -215,4 +216,42 @@ async fn a_memory_destination_nobody_reads_fills_then_holds_senders_back_and_los
     within(sender).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_answer_is_retried_at_most_three_calls_then_dead_lettered() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = plugin_dir(&[]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let (out, delivered) = MemoryDestination::new();
+    let (dead, letters) = MemoryDestination::new();
+    let mut config = switchyard::Config::default();
+    config.host.dead_letter = "dead".into();
+    let host = Host::builder()
+        .config("t.toml", config)
+        .plugin_dir(dir.path())
+        .destination("out", out)
+        .destination("dead", dead)
+        // Fails twice for a message whose payload is "flaky", always for "down".
+        .filter("lookup", move |m: &Message| {
+            let call = counted.fetch_add(1, Ordering::SeqCst);
+            match (&m.payload[..], call) {
+                (b"flaky", 0 | 1) | (b"down", _) => Err(PluginError::Retryable("lookup unavailable".into())),
+                _ => Ok(Verdict::Keep),
+            }
+        })
+        .route(RouteConfig::new("all", ">", "out").stage("filter:lookup"))
+        .build()
+        .await
+        .unwrap();
+    host.send(Message::new("a", "flaky")).await.unwrap();
+    assert_eq!(next(&delivered).await.payload, "flaky", "the third call kept it");
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
+    host.send(Message::new("b", "down")).await.unwrap();
+    let letter = next(&letters).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-retryable"));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "three calls in all, then it gave up");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
 }

@@ -40,13 +40,26 @@ pub(crate) enum Fate {
     DeadLetter(Item, DeadLetterReason),
     /// A stage failed under fail-open: carry on without it.
     Skipped(Item),
+    /// The stage answered "retryable": run it on the item again, and if it
+    /// still fails, fail under `policy` with `reason`.
+    Retry(Item, FailurePolicy, DeadLetterReason),
 }
 
 impl Fate {
     /// The fate of `item` whose stage failed with `reason` under `policy`.
     /// A plugin's "rejected" answer means the message itself is bad: it is
-    /// dead-lettered whatever the policy.
+    /// dead-lettered whatever the policy; a "retryable" one is worth another try.
     pub(crate) fn failed(item: Item, policy: FailurePolicy, reason: DeadLetterReason) -> Fate {
+        match &reason {
+            DeadLetterReason::PluginError { error: PluginError::Retryable(_), .. } => {
+                Fate::Retry(item, policy, reason)
+            }
+            _ => Fate::given_up(item, policy, reason),
+        }
+    }
+
+    /// The fate of `item` whose stage failed for good with `reason` under `policy`.
+    pub(crate) fn given_up(item: Item, policy: FailurePolicy, reason: DeadLetterReason) -> Fate {
         let rejected =
             matches!(&reason, DeadLetterReason::PluginError { error: PluginError::Rejected(_), .. });
         match policy {

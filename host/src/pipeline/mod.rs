@@ -128,7 +128,7 @@ impl Pipeline {
         }
         for stage in self.natives.resolve(&route.stages, plugins) {
             let inputs = items.len();
-            let fates = run_stage(worker, route, &stage, items);
+            let fates = run_stage_with_retries(worker, route, &stage, items);
             Counters::bump(&self.counters.created, fates.len().saturating_sub(inputs) as u64);
             items = Vec::with_capacity(fates.len());
             for fate in fates {
@@ -143,6 +143,7 @@ impl Pipeline {
                     Fate::DeadLetter(item, reason) => {
                         settlements.dead_letters.push((item, reason, Some(metrics)))
                     }
+                    Fate::Retry(..) => unreachable!("run_stage_with_retries settles every retry"),
                 }
             }
         }
@@ -249,6 +250,36 @@ pub(crate) fn run_reply_worker(mut worker: Worker, replies: flume::Receiver<Repl
         let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
         let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
     }
+}
+
+/// Calls of a stage per message while it answers "retryable", at most.
+const STAGE_ATTEMPTS: usize = 3;
+
+/// Run `stage` over `items`, running it again at once on the items it
+/// answered "retryable" for, up to [`STAGE_ATTEMPTS`] calls in all; those
+/// still retryable then fail under their policy.
+fn run_stage_with_retries(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>) -> Vec<Fate> {
+    let mut fates = run_stage(worker, route, stage, items);
+    for _ in 1..STAGE_ATTEMPTS {
+        let (again, settled): (Vec<Fate>, Vec<Fate>) =
+            fates.into_iter().partition(|fate| matches!(fate, Fate::Retry(..)));
+        fates = settled;
+        if again.is_empty() {
+            return fates;
+        }
+        let items = again.into_iter().map(|fate| match fate {
+            Fate::Retry(item, ..) => item,
+            _ => unreachable!("partitioned above"),
+        });
+        fates.extend(run_stage(worker, route, stage, items.collect()));
+    }
+    fates
+        .into_iter()
+        .map(|fate| match fate {
+            Fate::Retry(item, policy, reason) => Fate::given_up(item, policy, reason),
+            fate => fate,
+        })
+        .collect()
 }
 
 fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>) -> Vec<Fate> {
