@@ -32,6 +32,7 @@
 
 pub mod message;
 mod panic;
+mod regular_file;
 pub mod metrics;
 pub mod config;
 pub mod router;

@@ -10,6 +10,7 @@ mod destination_core;
 mod endpoint;
 mod exposition;
 mod faulty;
+mod hostile_files;
 mod http_destination;
 mod message_ids;
 mod panics;

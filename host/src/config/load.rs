@@ -1,6 +1,7 @@
 //! Reading, defaulting and validating a configuration.
 
 use super::model::{AdminConfig, Config, HttpIngressConfig, RouteConfig, StageRef};
+use crate::regular_file::{self, Links};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -75,12 +76,28 @@ impl Config {
         config
     }
 
-    /// Read and validate the file at `path`.
+    /// Read and validate the file at `path` (a regular file of at most
+    /// 4 MiB).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: file.clone(), error })?;
+        let text = Config::read_text(&file, path, Links::Anywhere)?;
+        let text = text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
         Config::from_toml(&file, &text)
+    }
+
+    /// The text of the settings file at `path` (named `file` in errors,
+    /// links followed as `links` allows), or `None` when it changed while
+    /// it was read.
+    pub(crate) fn read_text(file: &str, path: &Path, links: Links) -> Result<Option<String>, ConfigError> {
+        let read_error = |error| ConfigError::Read { file: file.to_owned(), error };
+        let Some(bytes) =
+            regular_file::read(path, regular_file::MAX_SETTINGS_BYTES, links).map_err(read_error)?
+        else {
+            return Ok(None);
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|err| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))?;
+        Ok(Some(text))
     }
 
     /// Parse and validate TOML text; `file` names it in errors.
@@ -107,6 +124,7 @@ impl Config {
             ("queue_capacity", host.queue_capacity),
             ("batch_size", host.batch_size),
             ("max_in_flight", host.max_in_flight),
+            ("max_plugin_bytes", host.max_plugin_bytes as usize),
         ];
         for (key, value) in sizes {
             if value == 0 {

@@ -60,6 +60,8 @@ pub struct HostSection {
     /// off only to measure what counting costs (the host's own counts,
     /// `Host::stats` and `messages_accepted`, stay).
     pub metrics: bool,
+    /// Largest plugin file loaded, in bytes; a larger one is refused.
+    pub max_plugin_bytes: u64,
 }
 
 impl Default for HostSection {
@@ -76,6 +78,7 @@ impl Default for HostSection {
             state_dir: PathBuf::from(".switchyard"),
             max_in_flight: 1024,
             metrics: true,
+            max_plugin_bytes: 64 << 20,
         }
     }
 }

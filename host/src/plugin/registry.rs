@@ -7,6 +7,7 @@ use super::error::{LoadError, PluginFault};
 use super::instance::PluginInstance;
 use super::sandbox::PluginSettings;
 use crate::config::PluginConfig;
+use crate::regular_file::{self, Links};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,11 +49,11 @@ pub fn load_file(
     config: Option<&PluginConfig>,
 ) -> Result<Arc<CompiledPlugin>, LoadError> {
     let name = plugin_name(path);
-    let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
-        name: name.clone(),
-        path: path.display().to_string(),
-        error,
-    })?;
+    let read_error = |error| LoadError::Read { name: name.clone(), path: path.display().to_string(), error };
+    let max = crate::config::HostSection::default().max_plugin_bytes;
+    let bytes = regular_file::read(path, max, Links::Anywhere).map_err(read_error)?;
+    let unsettled = || std::io::Error::other("it changed while it was read");
+    let bytes = bytes.ok_or_else(unsettled).map_err(read_error)?;
     let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
     load_bytes(engine, &bytes, config)
 }
@@ -109,13 +110,15 @@ pub fn plugin_name(path: &Path) -> String {
     path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
 }
 
-/// The `.wasm` files of `dir`, sorted; a missing directory is created.
+/// The `.wasm` entries of `dir`, sorted, whatever they are (one that is not
+/// a regular file is refused with its reason when read); a missing
+/// directory is created.
 pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
+        if path.extension().is_some_and(|ext| ext == "wasm") {
             files.push(path);
         }
     }

@@ -3,10 +3,11 @@
 //! compiling runs on blocking threads and the result is swapped in atomically.
 
 use super::events::{Events, HostEvent};
-use super::source::{Source, read_settled, read_source};
+use super::source::{Source, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
+use crate::regular_file::Links;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -132,11 +133,8 @@ impl Reloader {
     /// silently drop every route the file gave.
     fn read_config(&self, path: &Path) -> Result<Config, ConfigError> {
         let file = &self.config_file.0;
-        let read_error = |error| ConfigError::Read { file: file.clone(), error };
-        let bytes = read_settled(path).map_err(read_error)?;
-        let bytes = bytes.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
-        let text = String::from_utf8(bytes)
-            .map_err(|err| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))?;
+        let text = Config::read_text(file, path, Links::Anywhere)?;
+        let text = text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
         let config = Config::from_toml(file, &text)?;
         let serving = self.config.load().routes.len().saturating_sub(self.overrides.routes.len());
         let says_no_routes =

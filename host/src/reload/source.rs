@@ -3,6 +3,7 @@
 
 use crate::config::{Config, ConfigError, PluginConfig};
 use crate::plugin::LoadError;
+use crate::regular_file::{self, Links};
 use std::path::Path;
 
 /// What the plugin directory says about one plugin name.
@@ -24,7 +25,7 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
         path: path.display().to_string(),
         error,
     };
-    let bytes = match read_settled(&path) {
+    let bytes = match regular_file::read(&path, config.host.max_plugin_bytes, Links::WithinDirectory) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(Source::Unsettled),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Source::Absent),
@@ -33,36 +34,25 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
     Ok(Source::Present { bytes, config: plugin_config(dir, name, config)? })
 }
 
-/// The bytes of the file at `path`, or `None` when it changed while it was
-/// read (a copy or an in-place write in progress: its next change event
-/// brings it back).
-pub(crate) fn read_settled(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let before = std::fs::metadata(path)?;
-    let bytes = std::fs::read(path)?;
-    let after = std::fs::metadata(path)?;
-    let unchanged = before.len() == after.len()
-        && bytes.len() as u64 == after.len()
-        && before.modified().ok() == after.modified().ok();
-    Ok(unchanged.then_some(bytes))
-}
-
 /// The settings of plugin `name`: its sidecar if present, else its
 /// `[[plugin]]` entry, else the defaults.
 pub(crate) fn plugin_config(dir: &Path, name: &str, config: &Config) -> Result<PluginConfig, LoadError> {
     let sidecar = dir.join(format!("{name}.toml"));
-    match std::fs::read_to_string(&sidecar) {
-        Ok(text) => parse_sidecar(&sidecar.display().to_string(), name, &text)
+    let file = sidecar.display().to_string();
+    match Config::read_text(&file, &sidecar, Links::WithinDirectory) {
+        Ok(Some(text)) => parse_sidecar(&file, name, &text)
             .map_err(|error| LoadError::Settings { name: name.to_owned(), reason: error.to_string() }),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(config
+        Ok(None) => Err(LoadError::Settings {
+            name: name.to_owned(),
+            reason: ConfigError::Unsettled { file }.to_string(),
+        }),
+        Err(ConfigError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(config
             .plugins
             .iter()
             .find(|plugin| plugin.name == name)
             .cloned()
             .unwrap_or_else(|| PluginConfig { name: name.to_owned(), ..PluginConfig::default() })),
-        Err(err) => Err(LoadError::Settings {
-            name: name.to_owned(),
-            reason: format!("{}: {err}", sidecar.display()),
-        }),
+        Err(err) => Err(LoadError::Settings { name: name.to_owned(), reason: err.to_string() }),
     }
 }
 

@@ -1,0 +1,64 @@
+//! Files in the plugin directory that are not plugins — a FIFO, a link to
+//! `/dev/zero`, a link out of the directory, a file over the size limit — are
+//! refused with their reasons, at start and when they appear, and reloads
+//! keep working.
+
+use crate::support::{MEMORY_OUT, drain_and_account, event_where, plugin_dir, within};
+use std::path::Path;
+use std::process::Command;
+use switchyard::{Config, Host, HostEvent};
+use switchyard_plugin_artifacts as artifacts;
+
+fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().expect("mkfifo (coreutils) runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_are_not_plugins_are_refused_with_reasons_and_reloads_keep_working() {
+    let dir = plugin_dir(&[]);
+    let elsewhere = plugin_dir(&[("real", artifacts::HEADER_FILTER)]);
+    mkfifo(&dir.path().join("fifo.wasm"));
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("real.wasm"), dir.path().join("outside.wasm")).unwrap();
+    // Sparse: 2 MiB on paper, nothing on disk.
+    std::fs::File::create(dir.path().join("huge.wasm")).unwrap().set_len(2 << 20).unwrap();
+    let config = MEMORY_OUT.replacen("[host]", "[host]\nmax_plugin_bytes = 1048576", 1);
+    let config = Config::from_toml("test.toml", &config).unwrap();
+    let host =
+        within(Host::builder().config("test.toml", config).plugin_dir(dir.path()).build()).await.unwrap();
+    let reasons: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
+    let expected = [
+        ("fifo", "not a regular file but a FIFO".to_owned()),
+        ("huge", "2097152 bytes, over the limit of 1048576".to_owned()),
+        (
+            "outside",
+            format!(
+                "a symbolic link out of its directory, to {}",
+                elsewhere.path().join("real.wasm").canonicalize().unwrap().display()
+            ),
+        ),
+        ("zero", "a symbolic link out of its directory, to /dev/zero".to_owned()),
+    ];
+    assert_eq!(reasons.len(), expected.len(), "{reasons:#?}");
+    for (reason, (name, problem)) in reasons.iter().zip(&expected) {
+        let path = dir.path().join(format!("{name}.wasm"));
+        assert_eq!(reason, &format!("plugin \"{name}\": cannot read {}: {problem}", path.display()));
+    }
+    assert!(host.plugins().is_empty());
+
+    let mut events = host.subscribe();
+    mkfifo(&dir.path().join("late.wasm"));
+    let HostEvent::PluginRejected { reason, .. } =
+        event_where(&mut events, |e| matches!(e, HostEvent::PluginRejected { name, .. } if name == "late"))
+            .await
+    else {
+        unreachable!()
+    };
+    assert!(reason.ends_with("late.wasm: not a regular file but a FIFO"), "{reason}");
+    std::fs::copy(artifacts::HEADER_FILTER, dir.path().join("good.wasm")).unwrap();
+    event_where(&mut events, |e| matches!(e, HostEvent::PluginLoaded { name, .. } if name == "good")).await;
+    within(host.reload()).await.unwrap();
+    assert_eq!(host.plugins().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["good"]);
+    drain_and_account(&host).await;
+}
