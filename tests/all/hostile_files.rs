@@ -62,3 +62,44 @@ async fn files_that_are_not_plugins_are_refused_with_reasons_and_reloads_keep_wo
     assert_eq!(host.plugins().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["good"]);
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_may_narrow_what_the_main_config_grants_but_never_widen_it() {
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\nlimits = {{ memory_mb = 32 }}\n");
+    let host = crate::support::host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    let sidecar = dir.path().join("t.toml");
+    let widenings = [
+        ("dirs = { \"/host\" = \"/\" }\n", "dirs.\"/host\" = \"/\" widens what the main config grants ({})"),
+        ("env = [\"HOME\"]\n", "env \"HOME\" widens what the main config grants ([])"),
+        (
+            "allow_net = [\"127.0.0.1:22\"]\n",
+            "allow_net \"127.0.0.1:22\" widens what the main config grants ([])",
+        ),
+        (
+            "limits = { memory_mb = 1024 }\n",
+            "limits.memory_mb = 1024 widens what the main config grants (32)",
+        ),
+    ];
+    for (text, problem) in widenings {
+        crate::support::replace_file(&sidecar, text.as_bytes());
+        let HostEvent::PluginRejected { reason, .. } =
+            event_where(&mut events, |e| matches!(e, HostEvent::PluginRejected { name, .. } if name == "t"))
+                .await
+        else {
+            unreachable!()
+        };
+        let expected = format!("{}: {problem}; a sidecar may only narrow it", sidecar.display());
+        assert!(reason.contains(&expected), "{reason}\nexpected: {expected}");
+        assert_eq!(
+            host.plugins()[0].settings.config.limits.memory_mb,
+            32,
+            "the entry's settings still serve"
+        );
+    }
+    crate::support::replace_file(&sidecar, b"limits = { memory_mb = 16, timeout_ms = 50 }\n");
+    event_where(&mut events, |e| matches!(e, HostEvent::PluginReplaced { name, .. } if name == "t")).await;
+    assert_eq!(host.plugins()[0].settings.config.limits.memory_mb, 16, "narrowing applies");
+    drain_and_account(&host).await;
+}

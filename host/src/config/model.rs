@@ -62,6 +62,10 @@ pub struct HostSection {
     pub metrics: bool,
     /// Largest plugin file loaded, in bytes; a larger one is refused.
     pub max_plugin_bytes: u64,
+    /// Let a plugin's sidecar grant more than this config's `[[plugin]]`
+    /// entry (or the defaults) does: more memory or time, more addresses,
+    /// environment variables or directories. Off: sidecars may only narrow.
+    pub sidecar_grants: bool,
 }
 
 impl Default for HostSection {
@@ -79,6 +83,7 @@ impl Default for HostSection {
             max_in_flight: 1024,
             metrics: true,
             max_plugin_bytes: 64 << 20,
+            sidecar_grants: false,
         }
     }
 }

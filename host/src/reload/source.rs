@@ -35,36 +35,78 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
 }
 
 /// The settings of plugin `name`: its sidecar if present, else its
-/// `[[plugin]]` entry, else the defaults.
+/// `[[plugin]]` entry, else the defaults. A sidecar may narrow what the entry
+/// grants, never widen it (unless `host.sidecar_grants`).
 pub(crate) fn plugin_config(dir: &Path, name: &str, config: &Config) -> Result<PluginConfig, LoadError> {
     let sidecar = dir.join(format!("{name}.toml"));
     let file = sidecar.display().to_string();
+    let entry = || {
+        let entry = config.plugins.iter().find(|plugin| plugin.name == name).cloned();
+        entry.unwrap_or_else(|| PluginConfig { name: name.to_owned(), ..PluginConfig::default() })
+    };
+    let settings_error = |reason: String| LoadError::Settings { name: name.to_owned(), reason };
     match Config::read_text(&file, &sidecar, Links::WithinDirectory) {
-        Ok(Some(text)) => parse_sidecar(&file, name, &text)
-            .map_err(|error| LoadError::Settings { name: name.to_owned(), reason: error.to_string() }),
-        Ok(None) => Err(LoadError::Settings {
-            name: name.to_owned(),
-            reason: ConfigError::Unsettled { file }.to_string(),
-        }),
-        Err(ConfigError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(config
-            .plugins
-            .iter()
-            .find(|plugin| plugin.name == name)
-            .cloned()
-            .unwrap_or_else(|| PluginConfig { name: name.to_owned(), ..PluginConfig::default() })),
-        Err(err) => Err(LoadError::Settings { name: name.to_owned(), reason: err.to_string() }),
+        Ok(Some(text)) => {
+            let entry = entry();
+            let settings =
+                parse_sidecar(&file, &entry, &text).map_err(|error| settings_error(error.to_string()))?;
+            match widening(&settings, &entry) {
+                Some((key, granted)) if !config.host.sidecar_grants => Err(settings_error(format!(
+                    "{file}: {key} widens what the main config grants ({granted}); a sidecar may only narrow it (or set host.sidecar_grants = true)"
+                ))),
+                _ => Ok(settings),
+            }
+        }
+        Ok(None) => Err(settings_error(ConfigError::Unsettled { file }.to_string())),
+        Err(ConfigError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(entry()),
+        Err(err) => Err(settings_error(err.to_string())),
     }
 }
 
-/// A sidecar holds the keys of a `[[plugin]]` entry except `name`.
-fn parse_sidecar(file: &str, name: &str, text: &str) -> Result<PluginConfig, ConfigError> {
+/// The first grant of `sidecar` beyond `entry`'s, as (key and value, what
+/// `entry` grants), if any.
+fn widening(sidecar: &PluginConfig, entry: &PluginConfig) -> Option<(String, String)> {
+    let (limits, granted) = (&sidecar.limits, &entry.limits);
+    if limits.memory_mb > granted.memory_mb {
+        return Some((format!("limits.memory_mb = {}", limits.memory_mb), granted.memory_mb.to_string()));
+    }
+    if limits.timeout_ms > granted.timeout_ms {
+        return Some((format!("limits.timeout_ms = {}", limits.timeout_ms), granted.timeout_ms.to_string()));
+    }
+    if let Some(address) = sidecar.allow_net.iter().find(|address| !entry.allow_net.contains(address)) {
+        return Some((format!("allow_net \"{address}\""), format!("{:?}", entry.allow_net)));
+    }
+    if let Some(variable) = sidecar.env.iter().find(|variable| !entry.env.contains(variable)) {
+        return Some((format!("env \"{variable}\""), format!("{:?}", entry.env)));
+    }
+    // A directory the entry grants may be narrowed to read-only, nothing more.
+    for (guest, host) in &sidecar.dirs {
+        let same = entry.dirs.get(guest).is_some_and(|given| given == host || format!("{given}:ro") == *host);
+        if !same {
+            return Some((format!("dirs.\"{guest}\" = \"{host}\""), format!("{:?}", entry.dirs)));
+        }
+    }
+    None
+}
+
+/// A sidecar holds keys of a `[[plugin]]` entry except `name`; each one it
+/// sets (each of `limits`' own) wins over `entry`'s, the others are `entry`'s.
+fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginConfig, ConfigError> {
     let parse_error = |message: String| ConfigError::Parse { file: file.to_owned(), message };
-    let mut table: toml::Table =
+    let sidecar: toml::Table =
         toml::from_str(text).map_err(|err| parse_error(err.to_string().trim_end().to_owned()))?;
-    if table.contains_key("name") {
+    if sidecar.contains_key("name") {
         return Err(parse_error("`name` comes from the file name; remove it".into()));
     }
-    table.insert("name".into(), toml::Value::String(name.to_owned()));
+    let mut table = toml::Table::try_from(entry).map_err(|err| parse_error(err.to_string()))?;
+    for (key, value) in sidecar {
+        match (table.get_mut(&key), value) {
+            (Some(toml::Value::Table(limits)), toml::Value::Table(set)) if key == "limits" => {
+                limits.extend(set)
+            }
+            (_, value) => drop(table.insert(key, value)),
+        }
+    }
     let config: PluginConfig =
         table.try_into().map_err(|err: toml::de::Error| parse_error(err.message().to_owned()))?;
     let mut check = Config::default();
