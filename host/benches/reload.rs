@@ -46,9 +46,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// A host over a fresh directory holding `t.wasm`, one route through it.
+/// A host over a fresh directory holding `t.wasm`, one route through it; its
+/// compile cache (if any) beside that directory, fresh with it.
 async fn host(dir: &Path, cache: bool) -> Host {
-    let cache_dir = if cache { ".cache" } else { "" };
+    let cache_dir = match cache {
+        true => format!("{}-cache", dir.display()),
+        false => String::new(),
+    };
     let text = format!(
         "[host]\ncache_dir = \"{cache_dir}\"\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
          [[route]]\nname = \"all\"\nstages = [\"transform:t\"]\nto = \"out\"\n"

@@ -4,6 +4,7 @@
 mod admin;
 mod balancer_plugin;
 mod cli;
+mod compile_cache;
 mod config_errors;
 mod dead_letters;
 mod destination_core;

@@ -135,6 +135,13 @@ impl Config {
             let problem = "must name a directory (the dead-letter file is kept there)".into();
             return Err(invalid("host.state_dir".into(), &host.state_dir, problem));
         }
+        if host.cache_dir.as_os_str() != "" {
+            let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            if absolute(&host.cache_dir).starts_with(absolute(&host.plugin_dir)) {
+                let problem = "inside the plugin directory: the compile cache holds native code, and whoever writes plugins must not write it".into();
+                return Err(invalid("host.cache_dir".into(), &host.cache_dir, problem));
+            }
+        }
         let mut destinations = BTreeSet::from(["log"]);
         destinations.extend(extra_destinations);
         for dest in &self.destinations {

@@ -46,8 +46,10 @@ pub struct HostSection {
     pub dead_letter: String,
     /// Watch the plugin directory (and the config file) and apply changes live.
     pub watch: bool,
-    /// Directory of the on-disk compile cache; relative paths are under
-    /// `plugin_dir`; an empty string turns the cache off.
+    /// Directory of the on-disk compile cache (native code, so never inside
+    /// `plugin_dir`); relative paths are under the working directory; an
+    /// empty string turns the cache off. Default: `switchyard` in the
+    /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`).
     pub cache_dir: PathBuf,
     /// Directory of the host's own state: `dead-letters.jsonl`, the dead
     /// letters no dead-letter destination took. Relative paths are under
@@ -78,13 +80,24 @@ impl Default for HostSection {
             batch_size: 64,
             dead_letter: "log".into(),
             watch: true,
-            cache_dir: PathBuf::from(".cache"),
+            cache_dir: user_cache_dir(),
             state_dir: PathBuf::from(".switchyard"),
             max_in_flight: 1024,
             metrics: true,
             max_plugin_bytes: 64 << 20,
             sidecar_grants: false,
         }
+    }
+}
+
+/// `switchyard` in the user's cache directory: `$XDG_CACHE_HOME`, else
+/// `$HOME/.cache`, else `.switchyard-cache` in the working directory.
+fn user_cache_dir() -> PathBuf {
+    let home_cache = || std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache"));
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).filter(|dir| dir.is_absolute());
+    match base.or_else(home_cache) {
+        Some(base) => base.join("switchyard"),
+        None => PathBuf::from(".switchyard-cache"),
     }
 }
 

@@ -209,6 +209,6 @@ fn state_dir(host: &crate::config::HostSection) -> PathBuf {
 /// The compile cache directory, absolute: relative to the plugin directory;
 /// none when empty.
 fn cache_dir(host: &crate::config::HostSection) -> Option<PathBuf> {
-    let dir = host.plugin_dir.join(&host.cache_dir);
-    (!host.cache_dir.as_os_str().is_empty()).then(|| std::path::absolute(&dir).unwrap_or(dir))
+    let dir = &host.cache_dir;
+    (!dir.as_os_str().is_empty()).then(|| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
 }

@@ -3,6 +3,7 @@
 use super::bindings::{
     BalancerPluginPre, FilterPluginPre, MiddlewarePluginPre, TransformPluginPre, TransportPluginPre,
 };
+use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
 use super::error::LoadError;
 use super::sandbox::{PluginSettings, StoreState};
@@ -71,6 +72,8 @@ pub struct CompiledPlugin {
     pub digest: String,
     /// How long compiling and linking took.
     pub compile_time: Duration,
+    /// Whether the compiled code came from the compile cache.
+    pub cache: CacheOutcome,
     /// Config, limits, grants and counters.
     pub settings: Arc<PluginSettings>,
     pub(crate) pre: KindPre,
@@ -97,7 +100,9 @@ impl CompiledPlugin {
     ) -> Result<CompiledPlugin, LoadError> {
         let started = Instant::now();
         let name = settings.config.name.clone();
-        let component = Component::new(&engine.engine, bytes)
+        let digest = hex::encode(Sha256::digest(bytes));
+        let (component, cache) = engine
+            .component(&digest, bytes)
             .map_err(|err| LoadError::Invalid { name: name.clone(), reason: format!("{err:#}") })?;
         let kind = detect_kind(engine, &component, &name)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
@@ -119,9 +124,9 @@ impl CompiledPlugin {
                 KindPre::Transport(TransportPluginPre::new(linked).map_err(wrong_world)?)
             }
         };
-        let digest = hex::encode(Sha256::digest(bytes));
         let instances = Default::default();
-        Ok(CompiledPlugin { name, kind, digest, compile_time: started.elapsed(), settings, pre, instances })
+        let compile_time = started.elapsed();
+        Ok(CompiledPlugin { name, kind, digest, compile_time, cache, settings, pre, instances })
     }
 
     /// The first 12 hex digits of the digest, for humans.

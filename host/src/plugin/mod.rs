@@ -1,6 +1,7 @@
 //! Plugins: WebAssembly components compiled, sandboxed, versioned and called.
 
 mod bindings;
+mod cache;
 mod compiled;
 mod engine;
 mod error;
@@ -9,6 +10,7 @@ mod registry;
 mod sandbox;
 
 pub use bindings::EndpointRecord;
+pub use cache::CacheOutcome;
 pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, PluginError, PluginFault};

@@ -51,6 +51,14 @@ pub enum HostEvent {
         /// The version that served.
         version: String,
     },
+    /// A compile-cache entry failed its check and was deleted; the plugin
+    /// was compiled afresh.
+    CacheEntryDiscarded {
+        /// Plugin name.
+        name: String,
+        /// The entry and what was wrong with it.
+        reason: String,
+    },
     /// A new configuration was applied.
     ConfigApplied {
         /// Where it came from.
@@ -83,6 +91,7 @@ impl HostEvent {
             HostEvent::PluginReplaced { .. } => "plugin-replaced",
             HostEvent::PluginRejected { .. } => "plugin-rejected",
             HostEvent::PluginRemoved { .. } => "plugin-removed",
+            HostEvent::CacheEntryDiscarded { .. } => "cache-entry-discarded",
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
             HostEvent::Destination(event) => event.name(),
@@ -111,12 +120,14 @@ pub struct EventCounts {
     pub endpoints_up: u64,
     /// [`DestinationEvent::BalancerFallback`].
     pub balancer_fallbacks: u64,
+    /// [`HostEvent::CacheEntryDiscarded`].
+    pub cache_entries_discarded: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 9],
+    counts: [AtomicU64; 10],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -153,6 +164,7 @@ impl Events {
             HostEvent::Destination(DestinationEvent::EndpointDown { .. }) => 6,
             HostEvent::Destination(DestinationEvent::EndpointUp { .. }) => 7,
             HostEvent::Destination(DestinationEvent::BalancerFallback { .. }) => 8,
+            HostEvent::CacheEntryDiscarded { .. } => 9,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -160,7 +172,7 @@ impl Events {
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
             2 | 5 => tracing::error!(event = %json, "host event"),
-            6 | 8 => tracing::warn!(event = %json, "host event"),
+            6 | 8 | 9 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
         // No subscriber is not an error.
@@ -211,6 +223,7 @@ impl Events {
             endpoints_down: count(6),
             endpoints_up: count(7),
             balancer_fallbacks: count(8),
+            cache_entries_discarded: count(9),
         }
     }
 }

@@ -6,7 +6,7 @@ use super::events::{Events, HostEvent};
 use super::source::{Source, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
-use crate::plugin::{CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
+use crate::plugin::{CacheOutcome, CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
 use crate::regular_file::Links;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -202,6 +202,10 @@ impl Reloader {
     }
 
     fn swap_in(&self, plugin: Arc<CompiledPlugin>) {
+        if let CacheOutcome::Discarded(reason) = &plugin.cache {
+            let (name, reason) = (plugin.name.clone(), reason.clone());
+            self.events.emit(HostEvent::CacheEntryDiscarded { name, reason });
+        }
         let mut old = None;
         self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
         let (name, kind, version) = (plugin.name.clone(), plugin.kind.as_str(), plugin.digest.clone());

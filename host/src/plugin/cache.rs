@@ -1,0 +1,136 @@
+//! The compile cache: native code compiled from plugins, kept between runs
+//! in a directory of the host's own, never the plugin directory. An entry
+//! is named by the plugin's digest and the engine's settings, and sealed
+//! with an HMAC-SHA256 over both and the code, under a key only this cache
+//! directory's owner can read (`key`, mode 0600): a truncated, corrupted,
+//! swapped or patched entry fails its check and is discarded, never loaded.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+type Seal = Hmac<Sha256>;
+
+/// Bytes of the seal at the start of an entry.
+const SEAL_BYTES: usize = 32;
+
+/// A compile cache directory, opened for one engine.
+pub(crate) struct CompileCache {
+    dir: PathBuf,
+    key: [u8; 32],
+    /// What the engine's settings make of compiled code, as a name part:
+    /// code from other settings is never even looked at.
+    engine: String,
+}
+
+/// What the cache had for a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// The compiled code came from the cache.
+    Hit,
+    /// Compiled afresh (and stored for next time).
+    Miss,
+    /// The entry failed its check and was deleted; compiled afresh.
+    Discarded(String),
+    /// No cache is configured.
+    Off,
+}
+
+impl CompileCache {
+    /// Open (creating if needed, mode 0700) the cache in `dir` for `engine`.
+    pub(crate) fn open(dir: &Path, engine: &Engine) -> std::io::Result<CompileCache> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine = format!("{:016x}", hasher.finish());
+        Ok(CompileCache { dir: dir.to_owned(), key: key_in(dir)?, engine })
+    }
+
+    fn entry(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine))
+    }
+
+    fn seal(&self, digest: &str, code: &[u8]) -> Seal {
+        let mut seal = Seal::new_from_slice(&self.key).expect("HMAC takes a key of any length");
+        seal.update(digest.as_bytes());
+        seal.update(self.engine.as_bytes());
+        seal.update(code);
+        seal
+    }
+
+    /// The component cached for `digest`: `Ok(None)` when there is none,
+    /// `Err(why)` when the entry failed its check (it is deleted).
+    pub(crate) fn load(&self, engine: &Engine, digest: &str) -> Result<Option<Component>, String> {
+        let path = self.entry(digest);
+        let entry = match std::fs::read(&path) {
+            Ok(entry) => entry,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(format!("{}: {err}", path.display())),
+        };
+        let discard = |why: String| {
+            let _ = std::fs::remove_file(&path);
+            Err(format!("{}: {why}; discarded", path.display()))
+        };
+        if entry.len() < SEAL_BYTES {
+            return discard("shorter than its seal".into());
+        }
+        let (seal, code) = entry.split_at(SEAL_BYTES);
+        if self.seal(digest, code).verify_slice(seal).is_err() {
+            return discard("its seal does not match (tampered, swapped or corrupted)".into());
+        }
+        match deserialize(engine, code) {
+            Ok(component) => Ok(Some(component)),
+            Err(err) => discard(format!("sealed but unusable: {err:#}")),
+        }
+    }
+
+    /// Keep `component`'s code for `digest`: written aside, then renamed in,
+    /// so a reader never sees half an entry.
+    pub(crate) fn store(&self, digest: &str, component: &Component) -> std::io::Result<()> {
+        let code = component.serialize().map_err(std::io::Error::other)?;
+        let seal = self.seal(digest, &code).finalize().into_bytes();
+        let mut aside = tempfile::NamedTempFile::new_in(&self.dir)?;
+        aside.write_all(&seal)?;
+        aside.write_all(&code)?;
+        aside.persist(self.entry(digest)).map_err(|err| err.error)?;
+        Ok(())
+    }
+}
+
+/// Load code this cache sealed.
+#[expect(unsafe_code, reason = "wasmtime can only load compiled code as an unsafe call")]
+fn deserialize(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `code` is what `Component::serialize` produced for an engine
+    // with these settings (the entry's name says so and the seal, which only
+    // the holder of this cache's key can make, covers name and code alike);
+    // wasmtime checks its own header and the engine's settings again.
+    unsafe { Component::deserialize(engine, code) }
+}
+
+/// The key in `dir`, made (random, mode 0600) on first use: written aside
+/// and linked in only if no other host made one first, so every host
+/// sharing the cache reads the same whole key.
+fn key_in(dir: &Path) -> std::io::Result<[u8; 32]> {
+    let path = dir.join("key");
+    let mut aside = tempfile::NamedTempFile::new_in(dir)?;
+    let key: [u8; 32] = rand::random();
+    aside.write_all(&key)?;
+    aside.as_file().sync_all()?;
+    match aside.persist_noclobber(&path) {
+        Ok(_) => Ok(key),
+        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read(&path)?.try_into().map_err(|_| {
+                let problem =
+                    format!("{}: not a 32-byte key (delete it to start the cache afresh)", path.display());
+                std::io::Error::new(std::io::ErrorKind::InvalidData, problem)
+            })
+        }
+        Err(err) => Err(err.error),
+    }
+}

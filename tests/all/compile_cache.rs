@@ -1,0 +1,88 @@
+//! The compile cache holds native code, so it lives outside the plugin
+//! directory and every entry is checked before it is loaded: one swapped for
+//! another plugin's, or patched, is discarded with an event and the plugin
+//! compiled afresh.
+
+use crate::support::{MEMORY_OUT, drain_and_account, next, plugin_dir};
+use std::path::{Path, PathBuf};
+use switchyard::plugin::CacheOutcome;
+use switchyard::{Config, Host, Message};
+use switchyard_plugin_artifacts as artifacts;
+
+fn config(cache: &Path) -> Config {
+    let text = MEMORY_OUT.replacen("[host]", &format!("[host]\ncache_dir = {:?}", cache), 1);
+    let route = "[[route]]\nname = \"all\"\nstages = [\"filter:a\", \"transform:b\"]\nto = \"out\"\n";
+    Config::from_toml("test.toml", &format!("{text}{route}")).unwrap()
+}
+
+async fn host(plugins: &Path, cache: &Path) -> Host {
+    Host::builder().config("test.toml", config(cache)).plugin_dir(plugins).build().await.unwrap()
+}
+
+/// The cache entry of the plugin with digest `digest`.
+fn entry(cache: &Path, digest: &str) -> PathBuf {
+    let entries = std::fs::read_dir(cache).unwrap().map(|entry| entry.unwrap().path());
+    let mut found: Vec<PathBuf> =
+        entries.filter(|path| path.file_name().unwrap().to_str().unwrap().starts_with(digest)).collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+fn outcomes(host: &Host) -> Vec<CacheOutcome> {
+    host.plugins().iter().map(|plugin| plugin.cache.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_or_patched_cache_entry_is_discarded_and_the_plugin_compiled_afresh() {
+    let plugins = plugin_dir(&[("a", artifacts::HEADER_FILTER), ("b", artifacts::REDACT_TRANSFORM)]);
+    let cache = tempfile::tempdir().unwrap();
+    let first = host(plugins.path(), cache.path()).await;
+    assert_eq!(outcomes(&first), [CacheOutcome::Miss, CacheOutcome::Miss]);
+    let digests: Vec<String> = first.plugins().iter().map(|plugin| plugin.digest.clone()).collect();
+    drain_and_account(&first).await;
+    assert!(
+        std::fs::read_dir(plugins.path())
+            .unwrap()
+            .all(|entry| entry.unwrap().path().extension().unwrap() == "wasm"),
+        "nothing but the plugins in the plugin directory"
+    );
+
+    let (a, b) = (entry(cache.path(), &digests[0]), entry(cache.path(), &digests[1]));
+    // `b` now holds `a`'s code, sealed for `a`; `a`'s code has one byte changed.
+    std::fs::copy(&a, &b).unwrap();
+    let mut patched = std::fs::read(&a).unwrap();
+    let middle = patched.len() / 2;
+    patched[middle] ^= 0x01;
+    std::fs::write(&a, patched).unwrap();
+
+    let second = host(plugins.path(), cache.path()).await;
+    let [CacheOutcome::Discarded(why_a), CacheOutcome::Discarded(why_b)] = &outcomes(&second)[..] else {
+        panic!("both entries discarded: {:?}", outcomes(&second))
+    };
+    for why in [why_a, why_b] {
+        assert!(
+            why.ends_with("its seal does not match (tampered, swapped or corrupted); discarded"),
+            "{why}"
+        );
+    }
+    assert_eq!(second.event_counts().cache_entries_discarded, 2);
+    let message = Message::new("m", r#"{"card":"4111"}"#).with_header("x-tenant", "acme");
+    second.send(message).await.unwrap();
+    let delivered = next(&second.memory("out").unwrap()).await;
+    assert_eq!(delivered.header("x-transformed-by"), Some("redact-transform"), "b runs its own code");
+    drain_and_account(&second).await;
+
+    let third = host(plugins.path(), cache.path()).await;
+    assert_eq!(outcomes(&third), [CacheOutcome::Hit, CacheOutcome::Hit], "the fresh entries are sound");
+    drain_and_account(&third).await;
+}
+
+#[test]
+fn a_compile_cache_inside_the_plugin_directory_is_refused() {
+    let plugins = plugin_dir(&[]);
+    let mut config = config(&plugins.path().join(".cache"));
+    config.host.plugin_dir = plugins.path().to_owned();
+    let refused = config.validate("test.toml", &["out", "dead"]).unwrap_err().to_string();
+    assert!(refused.contains("host.cache_dir = "), "{refused}");
+    assert!(refused.ends_with(": inside the plugin directory: the compile cache holds native code, and whoever writes plugins must not write it"), "{refused}");
+}
