@@ -279,3 +279,70 @@ async fn a_reloaded_admin_token_takes_effect_at_once_and_cannot_be_removed() {
     assert!(refused.contains("admin.token (removed) take effect only at start"), "{refused}");
     assert_eq!((status("first").await, status("second").await), (401, 200), "still protected");
 }
+
+/// One request with exactly these headers (no `Host` added); the status code.
+fn raw_status(addr: SocketAddr, request_line: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut request = format!("{request_line}\r\nconnection: close\r\ncontent-length: 0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    stream.write_all(format!("{request}\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response[9..12].parse().unwrap_or_else(|err| panic!("{err}: {response}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_a_rebinding_host_and_a_foreign_origin_are_refused() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), "").await;
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let port = addr.port().to_string();
+    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+        ("GET /v1/routes HTTP/1.1", vec![("host", format!("attacker.example:{port}"))], 403),
+        ("GET /health HTTP/1.1", vec![("host", "attacker.example".into())], 403),
+        ("GET /v1/routes HTTP/1.1", vec![("host", format!("localhost:{port}"))], 200),
+        ("GET /v1/routes HTTP/1.1", vec![("host", format!("127.0.0.1:{port}"))], 200),
+        (
+            "POST /v1/reload HTTP/1.1",
+            vec![
+                ("host", format!("127.0.0.1:{port}")),
+                ("origin", "https://attacker.example".into()),
+                ("content-type", "text/plain".into()),
+            ],
+            403,
+        ),
+        (
+            "POST /v1/reload HTTP/1.1",
+            vec![("host", format!("127.0.0.1:{port}")), ("origin", format!("http://localhost:{port}"))],
+            200,
+        ),
+        (
+            "GET /v1/events HTTP/1.1",
+            vec![
+                ("host", format!("127.0.0.1:{port}")),
+                ("origin", "https://attacker.example".into()),
+                ("upgrade", "websocket".into()),
+                ("connection", "upgrade".into()),
+                ("sec-websocket-version", "13".into()),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".into()),
+            ],
+            403,
+        ),
+    ];
+    for (line, headers, expected) in cases {
+        let described = format!("{line} {headers:?}");
+        let status = tokio::task::spawn_blocking(move || {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            raw_status(addr, line, &headers)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, expected, "{described}");
+    }
+}

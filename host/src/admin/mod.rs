@@ -4,9 +4,11 @@
 //! everything else needs `Authorization: Bearer <token>` when a token is set
 //! (given at bind, or the host's `[admin] token`, which a reload changes live,
 //! or `SWITCHYARD_ADMIN_TOKEN`). Without a token the admin listener binds only
-//! to loopback addresses.
+//! to loopback addresses and answers only requests whose `Host` is a loopback
+//! name; a foreign `Origin` is refused on every request but a plain GET.
 
 mod auth;
+mod browser;
 mod plugins;
 mod routes;
 

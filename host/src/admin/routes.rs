@@ -1,6 +1,7 @@
 //! The admin endpoints.
 
 use super::auth::{TokenSource, require_token};
+use super::browser::same_host_only;
 use crate::host::Host;
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -23,11 +24,12 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
-        .layer(middleware::from_fn_with_state(token, require_token));
+        .layer(middleware::from_fn_with_state(token.clone(), require_token));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(protected)
+        .layer(middleware::from_fn_with_state(token, same_host_only))
         .layer(Extension(stopping))
         .with_state(host)
 }

@@ -1,0 +1,73 @@
+//! Guards against browsers turned on the admin API: a page elsewhere can
+//! point its own name at 127.0.0.1 (DNS rebinding) or send a cross-site
+//! request that needs no preflight. So, without a token, the `Host` must be a
+//! loopback name; and a request that changes something, or opens the event
+//! stream, is refused when it carries a foreign `Origin`.
+
+use super::auth::TokenSource;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::net::IpAddr;
+
+/// Refuse a request with a non-loopback `Host` (when no token is needed) or a
+/// foreign `Origin` (on anything but a plain GET).
+pub(super) async fn same_host_only(
+    State(token): State<TokenSource>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match refusal(&token, &request) {
+        Some(error) => {
+            (StatusCode::FORBIDDEN, axum::Json(serde_json::json!({ "error": error }))).into_response()
+        }
+        None => next.run(request).await,
+    }
+}
+
+/// Why `request` is refused, if it is.
+fn refusal(token: &TokenSource, request: &Request) -> Option<String> {
+    let text = |name| request.headers().get(name).and_then(|value| value.to_str().ok());
+    if token.current().is_none() {
+        let host = text(header::HOST).unwrap_or("");
+        if !is_loopback_name(authority_host(host)) {
+            return Some(format!(
+                "Host {host:?} is not a loopback name; without a token only those are served"
+            ));
+        }
+    }
+    let upgrade = request.headers().contains_key(header::UPGRADE);
+    let origin = text(header::ORIGIN).filter(|_| request.method() != Method::GET || upgrade)?;
+    let host = origin.split_once("://").map_or("", |(_, authority)| authority_host(authority));
+    (!is_loopback_name(host)).then(|| format!("Origin {origin:?} is not allowed"))
+}
+
+/// The host part of `host[:port]` or `[v6][:port]`.
+fn authority_host(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    }
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names_with_and_without_ports() {
+        for host in ["localhost", "localhost:7071", "127.0.0.1:7071", "127.1.2.3", "[::1]:7071", "[::1]"] {
+            assert!(is_loopback_name(authority_host(host)), "{host}");
+        }
+        for host in
+            ["attacker.example", "attacker.example:7071", "10.0.0.1:7071", "[::2]:1", "", "localhost.evil"]
+        {
+            assert!(!is_loopback_name(authority_host(host)), "{host}");
+        }
+    }
+}
