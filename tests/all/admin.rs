@@ -280,6 +280,9 @@ async fn a_reloaded_admin_token_takes_effect_at_once_and_cannot_be_removed() {
     assert_eq!((status("first").await, status("second").await), (401, 200), "still protected");
 }
 
+/// Header pairs of a test request.
+type Headers = Vec<(&'static str, String)>;
+
 /// One request with exactly these headers (no `Host` added); the status code.
 fn raw_status(addr: SocketAddr, request_line: &str, headers: &[(&str, &str)]) -> u16 {
     use std::io::{Read, Write};
@@ -303,7 +306,7 @@ async fn without_a_token_a_rebinding_host_and_a_foreign_origin_are_refused() {
     let addr = admin.local_addr();
     tokio::spawn(admin.serve(std::future::pending()));
     let port = addr.port().to_string();
-    let cases: Vec<(&str, Vec<(&str, String)>, u16)> = vec![
+    let cases: Vec<(&str, Headers, u16)> = vec![
         ("GET /v1/routes HTTP/1.1", vec![("host", format!("attacker.example:{port}"))], 403),
         ("GET /health HTTP/1.1", vec![("host", "attacker.example".into())], 403),
         ("GET /v1/routes HTTP/1.1", vec![("host", format!("localhost:{port}"))], 200),
