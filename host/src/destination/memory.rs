@@ -4,7 +4,7 @@ use super::{DeliveryFuture, Destination};
 use crate::message::Message;
 
 /// Unread messages a [`MemoryDestination::new`] holds.
-pub const DEFAULT_CAPACITY: usize = 1024;
+const DEFAULT_CAPACITY: usize = 1024;
 
 /// Delivers into a bounded in-process channel; gives no reply. When the
 /// channel is full, deliveries wait for the reader: backpressure reaches the
@@ -15,7 +15,7 @@ pub struct MemoryDestination {
 }
 
 impl MemoryDestination {
-    /// A destination holding up to [`DEFAULT_CAPACITY`] unread messages, and
+    /// A destination holding up to 1024 unread messages (`DEFAULT_CAPACITY`), and
     /// the receiver of what it is given.
     pub fn new() -> (MemoryDestination, flume::Receiver<Message>) {
         MemoryDestination::with_capacity(DEFAULT_CAPACITY)
