@@ -129,3 +129,16 @@ fn refused(err: SendError) -> Response {
 fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::check_message;
+
+    #[test]
+    fn a_refused_topic_is_quoted_with_its_control_characters_escaped() {
+        let message = Message::new("a..\u{1b}[2J", Bytes::new());
+        let Err(SendError::Malformed(problem)) = check_message(&message, 0) else { panic!("admitted") };
+        assert_eq!(problem, r#"topic "a..\u{1b}[2J" has an empty segment"#);
+    }
+}
