@@ -11,6 +11,7 @@ mod endpoint;
 mod exposition;
 mod faulty;
 mod http_destination;
+mod ingress_properties;
 mod message_ids;
 mod panics;
 mod plugins;
