@@ -223,7 +223,7 @@ impl Edit {
 /// error names it, value as written).
 #[derive(Debug, Clone)]
 enum OutOfRange {
-    HostSize(usize),
+    HostSize(usize, usize),
     DestinationSize(usize, usize),
     DestinationAtLeastOne(usize),
     FailurePercent(u32),
@@ -234,7 +234,7 @@ enum OutOfRange {
 fn out_of_range() -> impl Strategy<Value = OutOfRange> {
     let oversize = prop_oneof![Just(0usize), 1_000_001..=i64::MAX as usize];
     prop_oneof![
-        (0..3usize).prop_map(OutOfRange::HostSize),
+        (0..3usize, oversize.clone()).prop_map(|(key, value)| OutOfRange::HostSize(key, value)),
         (0..3usize, oversize).prop_map(|(key, value)| OutOfRange::DestinationSize(key, value)),
         (0..4usize).prop_map(OutOfRange::DestinationAtLeastOne),
         prop_oneof![Just(0u32), 101..=u32::MAX].prop_map(OutOfRange::FailurePercent),
@@ -249,7 +249,7 @@ impl OutOfRange {
     fn apply(&self, config: &mut Config) -> (String, String) {
         let mut probe = destination("probe".into(), Transport::Http);
         let (key, value) = match *self {
-            OutOfRange::HostSize(key) => {
+            OutOfRange::HostSize(key, value) => {
                 let host = &mut config.host;
                 let (key, field) = [
                     ("queue_capacity", &mut host.queue_capacity),
@@ -259,8 +259,8 @@ impl OutOfRange {
                 .into_iter()
                 .nth(key)
                 .unwrap();
-                *field = 0;
-                return (format!("host.{key}"), "0".into());
+                *field = value;
+                return (format!("host.{key}"), value.to_string());
             }
             OutOfRange::DestinationSize(key, value) => {
                 let (key, field) = [
@@ -354,7 +354,7 @@ proptest! {
     ) {
         let (key, value) = wrong.apply(&mut config);
         let text = toml::to_string(&config).expect("a config writes as TOML");
-        let err = load(&text).err().unwrap_or_else(|| panic!("accepted:\n{text}"));
+        let Err(err) = load(&text) else { return Err(TestCaseError::fail(format!("accepted:\n{text}"))) };
         // Destination values are quoted as text: `= "0"` where a host key says `= 0`.
         let named = [format!("{FILE}: {key} = {value}: "), format!("{FILE}: {key} = \"{value}\": ")];
         prop_assert!(named.iter().any(|named| err.starts_with(named)), "{}", err);
