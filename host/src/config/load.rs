@@ -130,6 +130,9 @@ impl Config {
             if value == 0 {
                 return Err(invalid(format!("host.{key}"), &value, "must be at least 1".into()));
             }
+            if value > MAX_SIZE {
+                return Err(invalid(format!("host.{key}"), &value, format!("must be at most {MAX_SIZE}")));
+            }
         }
         if host.state_dir.as_os_str().is_empty() {
             let problem = "must name a directory (the dead-letter file is kept there)".into();
@@ -209,7 +212,7 @@ impl Config {
     }
 }
 
-/// The largest queue, pool or in-flight limit a destination may have.
+/// The largest queue, batch, pool or in-flight limit the host or a destination may have.
 const MAX_SIZE: usize = 1_000_000;
 
 impl super::DestinationConfig {

@@ -4,6 +4,8 @@ mod endpoint;
 mod load;
 mod model;
 mod overrides;
+#[cfg(test)]
+mod properties;
 mod restart;
 
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};

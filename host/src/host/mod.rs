@@ -317,7 +317,7 @@ pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, Reque
 }
 
 /// A message can be admitted: a valid topic and a payload within `limit` bytes.
-fn check_message(message: &Message, limit: usize) -> Result<(), SendError> {
+pub(crate) fn check_message(message: &Message, limit: usize) -> Result<(), SendError> {
     if message.payload.len() > limit {
         return Err(SendError::TooLarge { size: message.payload.len(), limit });
     }
@@ -328,7 +328,7 @@ fn check_message(message: &Message, limit: usize) -> Result<(), SendError> {
         } else {
             format!("wildcard \"{segment}\"")
         };
-        return Err(SendError::Malformed(format!("topic \"{topic}\" has {problem}")));
+        return Err(SendError::Malformed(format!("topic {topic:?} has {problem}")));
     }
     if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(SendError::Malformed(format!(

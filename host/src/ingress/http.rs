@@ -66,19 +66,11 @@ async fn accept(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut message = Message::new(topic, body);
-    for (name, value) in &headers {
-        let name = name.as_str();
-        if (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type" {
-            let Ok(value) = value.to_str() else {
-                return error(StatusCode::BAD_REQUEST, format!("header {name} is not visible ASCII"));
-            };
-            message.headers.push((name.to_owned(), value.to_owned()));
-        }
-    }
-    // The unique id is the ingress's to give: the host keeps it.
-    let id = unique_id();
-    message.headers.push((ID_HEADER.to_owned(), id.clone()));
+    let message = match message_from_request(topic, &headers, body) {
+        Ok(message) => message,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
+    };
+    let id = message.unique_id().expect("the ingress gives every message its id").to_owned();
     if !options.wait {
         return match host.try_send(message) {
             Ok(_) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "id": id }))).into_response(),
@@ -101,6 +93,25 @@ async fn accept(
             (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
         }
     }
+}
+
+/// The message a request posts: the body on `topic`, the client's `x-`
+/// headers except `x-sy-` ones, `content-type`, and a new unique id. Refused
+/// (why, for a 400) when a kept header's value is not visible ASCII.
+fn message_from_request(topic: String, headers: &HeaderMap, body: Bytes) -> Result<Message, String> {
+    let mut message = Message::new(topic, body);
+    for (name, value) in headers {
+        let name = name.as_str();
+        if (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type" {
+            let Ok(value) = value.to_str() else {
+                return Err(format!("header {name} is not visible ASCII"));
+            };
+            message.headers.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    // The unique id is the ingress's to give: the host keeps it.
+    message.headers.push((ID_HEADER.to_owned(), unique_id()));
+    Ok(message)
 }
 
 fn reply_response(reply: Message) -> Response {
@@ -128,4 +139,123 @@ fn refused(err: SendError) -> Response {
 
 fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::check_message;
+    use proptest::prelude::*;
+
+    /// A segment that is neither empty nor a wildcard, of any other characters.
+    fn segment() -> impl Strategy<Value = String> {
+        let plain = "[a-zA-Z0-9_-]{1,6}";
+        let any = r"[^.\s\p{Cc}]{1,6}";
+        prop_oneof![plain, any].prop_filter("a wildcard", |s| s != "*" && s != ">")
+    }
+
+    fn valid_topic() -> impl Strategy<Value = String> {
+        proptest::collection::vec(segment(), 1..5).prop_map(|segments| segments.join("."))
+    }
+
+    /// A valid topic with one defect that makes it invalid.
+    fn invalid_topic() -> impl Strategy<Value = String> {
+        let defect = prop_oneof![
+            Just("..".to_owned()),
+            Just(".*.".to_owned()),
+            Just(".>.".to_owned()),
+            r"[\s\p{Cc}]",
+        ];
+        (valid_topic(), defect, any::<prop::sample::Index>()).prop_map(|(topic, defect, at)| {
+            let bounds: Vec<usize> = topic.char_indices().map(|(i, _)| i).chain([topic.len()]).collect();
+            let at = bounds[at.index(bounds.len())];
+            format!("{}{defect}{}", &topic[..at], &topic[at..])
+        })
+    }
+
+    /// Header names a client may send, `x-sy-` ones and look-alikes first.
+    fn header_name() -> impl Strategy<Value = HeaderName> {
+        let name = prop_oneof![
+            "[xX]-[sS][yY]-[a-zA-Z-]{0,8}",
+            "[xX]-[a-zA-Z-]{0,8}",
+            Just("content-type".to_owned()),
+            "[!#$%&'*+.^_`|~0-9a-zA-Z-]{1,12}",
+        ];
+        name.prop_map(|name| HeaderName::try_from(name).expect("a token is a header name"))
+    }
+
+    /// Any value HTTP lets through: visible ASCII, tabs, spaces and obs-text.
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        let byte = prop_oneof![0x20..0x7fu8, Just(b'\t'), 0x80..=0xffu8];
+        proptest::collection::vec(byte, 0..12)
+            .prop_filter_map("no trailing whitespace", |bytes| HeaderValue::from_bytes(&bytes).ok())
+    }
+
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        proptest::collection::vec((header_name(), header_value()), 0..8)
+            .prop_map(|pairs| pairs.into_iter().collect::<HeaderMap>())
+    }
+
+    /// The headers a request keeps: its `x-` ones but `x-sy-`, and `content-type`.
+    fn kept(headers: &HeaderMap) -> Vec<(&str, &HeaderValue)> {
+        let kept =
+            |name: &str| (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type";
+        headers.iter().map(|(name, value)| (name.as_str(), value)).filter(|(name, _)| kept(name)).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_request_never_carries_a_client_sy_header(topic in any::<String>(), headers in headers()) {
+            let kept = kept(&headers);
+            match message_from_request(topic.clone(), &headers, Bytes::from_static(b"body")) {
+                Ok(message) => {
+                    let ours: Vec<_> = message.headers.iter().filter(|(name, _)| name.starts_with("x-sy-")).collect();
+                    prop_assert_eq!(ours.len(), 1, "{:?}", message.headers);
+                    prop_assert_eq!(&ours[0].0, ID_HEADER);
+                    prop_assert!(uuid::Uuid::parse_str(&ours[0].1).is_ok());
+                    let theirs: Vec<_> = message.headers[..message.headers.len() - 1]
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                        .collect();
+                    let sent: Vec<_> = kept.iter().map(|(name, value)| (*name, value.as_bytes())).collect();
+                    prop_assert_eq!(theirs, sent);
+                    prop_assert_eq!(message.topic, topic);
+                }
+                Err(problem) => {
+                    let bad = kept.iter().find(|(_, value)| value.to_str().is_err());
+                    let (name, _) = bad.expect("only a kept header that is not visible ASCII is refused");
+                    prop_assert_eq!(problem, format!("header {name} is not visible ASCII"));
+                }
+            }
+        }
+
+        #[test]
+        fn a_valid_topic_is_admitted(topic in valid_topic()) {
+            let message = Message::new(topic, Bytes::new());
+            prop_assert!(check_message(&message, 0).is_ok(), "{:?}", check_message(&message, 0));
+        }
+
+        #[test]
+        fn an_invalid_topic_is_refused_quoting_it(topic in invalid_topic()) {
+            let message = Message::new(topic.clone(), Bytes::new());
+            let Err(SendError::Malformed(problem)) = check_message(&message, 0) else {
+                return Err(TestCaseError::fail(format!("{topic:?} admitted")));
+            };
+            prop_assert!(problem.starts_with(&format!("topic {topic:?} ")), "{}", problem);
+        }
+
+        #[test]
+        fn any_topic_is_admitted_or_refused(topic in any::<String>()) {
+            let _ = check_message(&Message::new(topic, Bytes::new()), 0);
+        }
+    }
+
+    #[test]
+    fn a_refused_topic_is_quoted_with_its_control_characters_escaped() {
+        let message = Message::new("a..\u{1b}[2J", Bytes::new());
+        let Err(SendError::Malformed(problem)) = check_message(&message, 0) else { panic!("admitted") };
+        assert_eq!(problem, r#"topic "a..\u{1b}[2J" has an empty segment"#);
+    }
 }
