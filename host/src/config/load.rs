@@ -124,7 +124,6 @@ impl Config {
             ("queue_capacity", host.queue_capacity),
             ("batch_size", host.batch_size),
             ("max_in_flight", host.max_in_flight),
-            ("max_plugin_bytes", host.max_plugin_bytes as usize),
         ];
         for (key, value) in sizes {
             if value == 0 {
@@ -133,6 +132,17 @@ impl Config {
             if value > MAX_SIZE {
                 return Err(invalid(format!("host.{key}"), &value, format!("must be at most {MAX_SIZE}")));
             }
+        }
+        if host.workers > MAX_WORKERS {
+            return Err(invalid(
+                "host.workers".into(),
+                &host.workers,
+                format!("must be at most {MAX_WORKERS}"),
+            ));
+        }
+        if !(1..=MAX_PLUGIN_BYTES).contains(&host.max_plugin_bytes) {
+            let problem = format!("must be 1 to {MAX_PLUGIN_BYTES}");
+            return Err(invalid("host.max_plugin_bytes".into(), &host.max_plugin_bytes, problem));
         }
         if host.state_dir.as_os_str().is_empty() {
             let problem = "must name a directory (the dead-letter file is kept there)".into();
@@ -183,6 +193,16 @@ impl Config {
             if plugin.limits.timeout_ms == 0 {
                 return Err(invalid(key("limits.timeout_ms"), &0, "must be at least 1".into()));
             }
+            // A cap in bytes must fit a usize; a deadline past an hour is no deadline.
+            let ceilings = [
+                ("limits.memory_mb", plugin.limits.memory_mb, 65_536),
+                ("limits.timeout_ms", plugin.limits.timeout_ms, 3_600_000),
+            ];
+            for (field, value, ceiling) in ceilings {
+                if value > ceiling {
+                    return Err(invalid(key(field), &value, format!("must be at most {ceiling}")));
+                }
+            }
         }
         let mut routes = BTreeSet::new();
         for route in &self.routes {
@@ -214,6 +234,12 @@ impl Config {
 
 /// The largest queue, batch, pool or in-flight limit the host or a destination may have.
 const MAX_SIZE: usize = 1_000_000;
+
+/// The most pipeline worker threads a host may be told to start.
+const MAX_WORKERS: usize = 1024;
+
+/// The largest plugin file a host may be told to load: 1 GiB.
+const MAX_PLUGIN_BYTES: u64 = 1 << 30;
 
 impl super::DestinationConfig {
     /// Check the transport's own settings: (field, value, problem) when wrong.
