@@ -124,20 +124,7 @@ pub const MAX_HEADER_VALUE: usize = 1024;
 /// escaped (`\n`, `\r`, `\t`, `\u{1b}`), cut to [`MAX_HEADER_VALUE`] bytes
 /// at a character boundary and ended with `...` when longer.
 pub fn header_value(text: &str) -> String {
-    let mut value = String::with_capacity(text.len().min(MAX_HEADER_VALUE));
-    for c in text.chars() {
-        let start = value.len();
-        match c.is_control() {
-            true => value.extend(c.escape_default()),
-            false => value.push(c),
-        }
-        if value.len() > MAX_HEADER_VALUE {
-            value.truncate(start);
-            value.push_str("...");
-            break;
-        }
-    }
-    value
+    crate::bounded_text::one_line(text, MAX_HEADER_VALUE)
 }
 
 #[cfg(test)]

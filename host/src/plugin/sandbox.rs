@@ -78,6 +78,15 @@ impl PluginSettings {
 /// Characters of a logged error kept to explain a trap.
 const MAX_ERROR_KEPT: usize = 512;
 
+/// Bytes of one plugin log line, at most; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Counters one plugin version may have; further names are not counted.
+const MAX_COUNTERS: usize = 256;
+
+/// Bytes of one counter name, at most; a longer name is not counted.
+const MAX_COUNTER_NAME: usize = 128;
+
 /// The data of one plugin instance's `Store`.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -141,6 +150,8 @@ impl TypesImports for StoreState {}
 impl HostImports for StoreState {
     fn log(&mut self, level: Level, message: String) {
         let plugin = self.settings.config.name.as_str();
+        // A plugin's line is one line, of bounded length: it cannot forge others.
+        let message = crate::bounded_text::one_line(&message, MAX_LOG_LINE);
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -148,7 +159,7 @@ impl HostImports for StoreState {
             Level::Warn => tracing::warn!(plugin, "{message}"),
             Level::Error => {
                 tracing::error!(plugin, "{message}");
-                self.last_error_logged = Some(message.chars().take(MAX_ERROR_KEPT).collect());
+                self.last_error_logged = Some(crate::bounded_text::one_line(&message, MAX_ERROR_KEPT));
             }
         }
     }
@@ -164,6 +175,30 @@ impl HostImports for StoreState {
 
     fn count(&mut self, name: String, delta: u64) {
         let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
-        *counters.entry(name).or_default() += delta;
+        if let Some(total) = counters.get_mut(&name) {
+            *total = total.saturating_add(delta);
+        } else if counters.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME {
+            counters.insert(name, delta);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_bounded_in_number_and_name_length_and_saturate() {
+        let settings = Arc::new(PluginSettings::new(PluginConfig::default()).unwrap());
+        let mut state = StoreState::new(settings.clone()).unwrap();
+        for n in 0..300 {
+            state.count(format!("c{n}"), 1);
+        }
+        state.count("x".repeat(MAX_COUNTER_NAME + 1), 1);
+        state.count("c0".into(), u64::MAX);
+        let counters = settings.counters.lock().unwrap();
+        assert_eq!(counters.len(), MAX_COUNTERS);
+        assert!(counters.keys().all(|name| name.len() <= MAX_COUNTER_NAME));
+        assert_eq!(counters["c0"], u64::MAX, "saturates, never wraps");
     }
 }
