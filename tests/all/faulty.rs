@@ -164,3 +164,32 @@ async fn one_poison_message_in_a_batch_fails_only_itself() {
     assert_eq!((lettered, delivered), (poison_ids, clean_ids));
     drain_and_account(&host).await;
 }
+
+#[tokio::test]
+pub async fn faulty_flood() {
+    // A million messages out of one: the call is a fault, its message is
+    // dead-lettered and nothing of the flood is taken.
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
+    let config = format!(
+        r#"{MEMORY_OUT}
+[[plugin]]
+name = "flood"
+limits = {{ memory_mb = 256, timeout_ms = 10000 }}
+config = {{ trigger = "x-poison" }}
+[[route]]
+name = "risky"
+stages = ["transform:flood"]
+to = "out"
+"#
+    );
+    let host = host(dir.path(), &config).await;
+    host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.ends_with("went past its output limit: more than 1024 messages out of one"), "{reason}");
+    let id = host.send(Message::new("risky.job", "clean")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, id, "the plugin still serves clean messages");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created, stats.delivered, stats.dead_lettered), (2, 0, 1, 1));
+}

@@ -131,5 +131,5 @@ pub async fn echo_transport() {
 }
 
 pub use crate::balancer_plugin::faulty_balancer;
-pub use crate::faulty::{faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};
+pub use crate::faulty::{faulty_flood, faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};
 pub use crate::reload::stamp_transform;

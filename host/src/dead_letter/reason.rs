@@ -85,6 +85,7 @@ impl DeadLetterReason {
                 PluginFault::TimedOut(_) => "plugin-timed-out",
                 PluginFault::MemoryCap(_) => "plugin-memory-cap",
                 PluginFault::Malformed(_) => "plugin-malformed",
+                PluginFault::OutputLimit(_) => "plugin-output-limit",
                 PluginFault::Unusable(_) => "plugin-unusable",
             },
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",

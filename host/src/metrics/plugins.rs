@@ -10,7 +10,7 @@ use std::time::Duration;
 const ERRORS: [&str; 3] = ["rejected", "retryable", "failed"];
 
 /// The kinds of fault (the instance misbehaved and was thrown away).
-const FAULTS: [&str; 5] = ["trapped", "timed_out", "memory_cap", "malformed", "unusable"];
+const FAULTS: [&str; 6] = ["trapped", "timed_out", "memory_cap", "malformed", "unusable", "output_limit"];
 
 /// A plugin's calls and problems so far, every kind listed (zero included).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -13,6 +13,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Messages a transform may make of one message, at most.
+const MAX_OUTPUTS_PER_MESSAGE: usize = 1024;
+
+/// Headers one message a transform makes may carry, at most.
+const MAX_OUTPUT_HEADERS: usize = 1024;
+
 /// A stage call that either settles every item, or faults and hands them back.
 type BatchCall = fn(
     &mut Worker,
@@ -182,10 +188,18 @@ impl Worker {
         let mut outputs: Vec<Vec<Message>> = items.iter().map(|_| Vec::new()).collect();
         for message in switchyard_wire::decode(&out.messages) {
             let slot = message.map_err(|err| malformed(err.to_string())).and_then(|m| {
-                outputs
-                    .get_mut(m.source as usize)
-                    .map(|slot| (slot, m))
-                    .ok_or_else(|| malformed(format!("output names input {} of {}", m.source, items.len())))
+                let slot = outputs.get_mut(m.source as usize).ok_or_else(|| {
+                    malformed(format!("output names input {} of {}", m.source, items.len()))
+                })?;
+                if slot.len() == MAX_OUTPUTS_PER_MESSAGE {
+                    let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
+                    return Err(PluginFault::OutputLimit(problem));
+                }
+                if m.headers().take(MAX_OUTPUT_HEADERS + 1).count() > MAX_OUTPUT_HEADERS {
+                    let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
+                    return Err(PluginFault::OutputLimit(problem));
+                }
+                Ok((slot, m))
             });
             match slot {
                 Ok((slot, message)) => slot.push(Message::from_wire(&message)),

@@ -105,6 +105,9 @@ pub enum PluginFault {
     /// The guest returned a malformed answer (bad batch, wrong count, bad index).
     #[error("returned a malformed answer: {0}")]
     Malformed(String),
+    /// The guest answered with more than the host takes from one call.
+    #[error("went past its output limit: {0}")]
+    OutputLimit(String),
 }
 
 impl PluginError {
@@ -127,6 +130,7 @@ impl PluginFault {
             PluginFault::MemoryCap(_) => "memory_cap",
             PluginFault::Malformed(_) => "malformed",
             PluginFault::Unusable(_) => "unusable",
+            PluginFault::OutputLimit(_) => "output_limit",
         }
     }
 }
