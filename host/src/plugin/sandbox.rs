@@ -93,6 +93,11 @@ pub struct StoreState {
     table: ResourceTable,
     pub(crate) settings: Arc<PluginSettings>,
     memory_cap: usize,
+    /// Bytes all of the instance's linear memories hold together: the cap
+    /// is on their sum, not on each (a component may have many).
+    memory_in_use: usize,
+    /// Elements all of the instance's tables hold together.
+    table_elements: usize,
     /// Set when the guest asked for memory past the cap, so that the trap that
     /// follows is reported as a memory-cap fault rather than a plain trap.
     pub(crate) hit_memory_cap: bool,
@@ -108,6 +113,8 @@ impl StoreState {
             wasi: settings.wasi()?,
             table: ResourceTable::new(),
             memory_cap: settings.memory_cap(),
+            memory_in_use: 0,
+            table_elements: 0,
             settings,
             hit_memory_cap: false,
             last_error_logged: None,
@@ -121,27 +128,57 @@ impl WasiView for StoreState {
     }
 }
 
+/// Linear memories, tables and core instances one plugin instance may have.
+const MAX_MEMORIES: usize = 16;
+const MAX_TABLES: usize = 64;
+const MAX_CORE_INSTANCES: usize = 256;
+
+/// Table elements one plugin instance may hold over all its tables.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Every memory and table of the instance counts against one budget: a
+/// memory created or grown (from `current` to `desired` bytes) is refused
+/// when the sum of all would pass the cap.
 impl wasmtime::ResourceLimiter for StoreState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
+        let total = (self.memory_in_use - current.min(self.memory_in_use)).saturating_add(desired);
+        if total > self.memory_cap {
             self.hit_memory_cap = true;
             return Ok(false);
         }
+        self.memory_in_use = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let total = (self.table_elements - current.min(self.table_elements)).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -186,6 +223,41 @@ impl HostImports for StoreState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Instantiate a core module of `memories` memories of `pages` 64 KiB
+    /// pages each, under a cap of `memory_mb`; whether the cap was hit, or
+    /// the error.
+    fn instantiate_memories(memories: usize, pages: u32, memory_mb: u64) -> Result<(), (bool, String)> {
+        let engine = crate::plugin::PluginEngine::new(None).unwrap();
+        let wat = format!("(module {})", format!("(memory {pages})").repeat(memories));
+        let module = wasmtime::Module::new(&engine.engine, wat).unwrap();
+        let mut config = PluginConfig::default();
+        config.limits.memory_mb = memory_mb;
+        let state = StoreState::new(Arc::new(PluginSettings::new(config).unwrap())).unwrap();
+        let mut store = wasmtime::Store::new(&engine.engine, state);
+        store.limiter(|state| state);
+        let instance = wasmtime::Linker::new(&engine.engine).instantiate(&mut store, &module);
+        instance.map(drop).map_err(|err| (store.data().hit_memory_cap, format!("{err:#}")))
+    }
+
+    #[test]
+    fn memory_cap_obeyed_by_several_memories_whose_sum_fits() {
+        // Four memories of 15 MiB: 60 MiB under a 64 MiB cap.
+        assert_eq!(instantiate_memories(4, 240, 64), Ok(()));
+    }
+
+    #[test]
+    fn memory_cap_violated_by_the_sum_of_memories_each_under_it() {
+        // Four memories of 60 MiB, each under the 64 MiB cap, 240 MiB in all.
+        let (hit_cap, error) = instantiate_memories(4, 960, 64).unwrap_err();
+        assert!(hit_cap, "{error}");
+    }
+
+    #[test]
+    fn more_memories_than_allowed_are_refused() {
+        let (_, error) = instantiate_memories(MAX_MEMORIES + 8, 1, 64).unwrap_err();
+        assert!(error.contains("memory count"), "{error}");
+    }
 
     #[test]
     fn counters_are_bounded_in_number_and_name_length_and_saturate() {
