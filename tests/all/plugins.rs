@@ -130,6 +130,43 @@ pub async fn echo_transport() {
     loads_as(artifacts::ECHO_TRANSPORT, switchyard::PluginKind::Transport).await;
 }
 
+/// `allow_net` lets a plugin connect to exactly the addresses it names: a
+/// granted connect reaches its listener, any other is denied, and a plugin
+/// granted nothing reaches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn net_probe() {
+    let granted = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (granted_addr, other_addr) = (granted.local_addr().unwrap(), other.local_addr().unwrap());
+    let dir = plugin_dir(&[("probe", artifacts::NET_PROBE), ("closed", artifacts::NET_PROBE)]);
+    let config = format!(
+        "{}[[plugin]]\nname = \"probe\"\nallow_net = [\"{granted_addr}\"]\n\
+         [[route]]\nname = \"granted\"\nmatch = {{ topic = \"granted\" }}\nstages = [\"filter:probe\"]\nto = \"out\"\n\
+         [[route]]\nname = \"ungranted\"\nmatch = {{ topic = \"ungranted\" }}\nstages = [\"filter:closed\"]\nto = \"out\"\n",
+        MEMORY_OUT
+    );
+    let host = host(dir.path(), &config).await;
+    let out = host.memory("out").unwrap();
+    let probe = |topic: &str, addr: std::net::SocketAddr| {
+        Message::new(topic, "{}").with_header("x-connect", addr.to_string())
+    };
+    host.send(probe("granted", granted_addr)).await.unwrap();
+    assert_eq!(next(&out).await.topic, "granted", "the granted connect succeeded: kept");
+    within(granted.accept()).await.expect("the plugin's connection reached the listener");
+    host.send(probe("granted", other_addr)).await.unwrap();
+    host.send(probe("ungranted", granted_addr)).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(
+        (stats.delivered, stats.filtered),
+        (1, 2),
+        "an address not granted, and a plugin granted none, are denied"
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, other.accept()).await.is_err(),
+        "nothing reached the other listener"
+    );
+}
+
 pub use crate::balancer_plugin::faulty_balancer;
 pub use crate::faulty::{faulty_flood, faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};
 pub use crate::reload::stamp_transform;

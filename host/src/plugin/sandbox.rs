@@ -9,6 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::filesystem::FsPerms;
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Everything the host knows about a plugin besides its code.
@@ -66,8 +67,19 @@ impl PluginSettings {
         }
         if !self.allowed_addrs.is_empty() {
             let allowed = self.allowed_addrs.clone();
-            builder.socket_addr_check(move |addr, _| {
-                let ok = allowed.contains(&addr);
+            builder.allow_tcp(true).allow_udp(true);
+            builder.socket_addr_check(move |addr, usage| {
+                let ok = match usage {
+                    // Reaching out: only to a granted address.
+                    SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => allowed.contains(&addr),
+                    // The bind a connect or send makes implicitly: any local port.
+                    SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                        addr.ip().is_unspecified() && addr.port() == 0
+                    }
+                    // A grant never lets a plugin listen, accept or receive from elsewhere.
+                    SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+                    SocketAddrUse::UdpReceive => allowed.contains(&addr),
+                };
                 Box::pin(async move { ok })
             });
         }
