@@ -170,7 +170,8 @@ fn check_names_the_kind_or_the_specific_problem() {
 fn check_and_run_warn_about_route_stages_that_cannot_run() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
     let config = dir.path().join("switchyard.toml");
-    let route = "[host]\nplugin_dir = \".\"\n[[route]]\nname = \"r\"\nstages = [\"transform:f\", \"filter:vip\"]\nto = \"log\"\n";
+    let route = "[host]\nplugin_dir = \".\"\n[admin]\nlisten = \"0.0.0.0:7071\"\n\
+                 [[route]]\nname = \"r\"\nstages = [\"transform:f\", \"filter:vip\"]\nto = \"log\"\n";
     std::fs::write(&config, route).unwrap();
     let output =
         Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir.path()).output().unwrap();
@@ -180,12 +181,15 @@ fn check_and_run_warn_about_route_stages_that_cannot_run() {
     assert_eq!(
         warnings,
         [
+            "warning: admin.listen = 0.0.0.0:7071: not loopback and no [admin] token: `run` refuses to start unless SWITCHYARD_ADMIN_TOKEN is set",
             "warning: route \"r\": stage \"transform:f\": ./f.wasm is a filter plugin",
             "warning: route \"r\": stage \"filter:vip\": no plugin file ./vip.wasm",
         ]
     );
-    let mut host =
-        Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
+    let mut host = Running::start(
+        &["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        dir.path(),
+    );
     let warning = host.line_where(|line| line.starts_with("switchyard: warning:"));
     assert_eq!(
         warning,

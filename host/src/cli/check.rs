@@ -21,13 +21,34 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
                 config.destinations.len(),
                 config.plugins.len()
             );
-            for warning in stage_warnings(&config)? {
+            for warning in listener_warnings(&config).into_iter().chain(stage_warnings(&config)?) {
                 println!("warning: {warning}");
             }
         }
         _ => bail!("{}: expected a .wasm plugin or a .toml configuration", file.display()),
     }
     Ok(())
+}
+
+/// Listeners reachable from other machines without a token to guard them.
+fn listener_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(http) = config.ingress.http.as_ref().filter(|http| !http.listen.ip().is_loopback()) {
+        warnings.push(format!(
+            "ingress.http.listen = {}: any machine that reaches it can send messages",
+            http.listen
+        ));
+    }
+    let unguarded =
+        config.admin.as_ref().filter(|admin| !admin.listen.ip().is_loopback() && admin.token.is_none());
+    if let Some(admin) = unguarded {
+        warnings.push(format!(
+            "admin.listen = {}: not loopback and no [admin] token: `run` refuses to start unless {} is set",
+            admin.listen,
+            switchyard::admin::TOKEN_ENV
+        ));
+    }
+    warnings
 }
 
 /// What would keep the routes' named stages from running with the plugin

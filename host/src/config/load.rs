@@ -235,6 +235,18 @@ impl Config {
 /// The largest queue, batch, pool or in-flight limit the host or a destination may have.
 const MAX_SIZE: usize = 1_000_000;
 
+/// Check that `path` is a URL path: it starts with `/` and holds no
+/// whitespace or control characters (which would split the request line).
+fn url_path(field: &'static str, path: &str) -> Result<(), (&'static str, String, String)> {
+    if !path.starts_with('/') {
+        return Err((field, path.to_owned(), "must start with /".into()));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((field, path.to_owned(), "must not hold whitespace or control characters".into()));
+    }
+    Ok(())
+}
+
 /// The most pipeline worker threads a host may be told to start.
 const MAX_WORKERS: usize = 1024;
 
@@ -262,7 +274,12 @@ impl super::DestinationConfig {
         }
         for endpoint in &self.endpoints {
             let address = &endpoint.address;
-            if address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+            let host_and_port = address.rsplit_once(':').filter(|(host, port)| {
+                let plain =
+                    |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':');
+                !host.is_empty() && host.chars().all(plain) && port.parse::<u16>().is_ok()
+            });
+            if host_and_port.is_none() {
                 return Err(("endpoints", address.clone(), "expected host:port".into()));
             }
             if !(1..=super::MAX_WEIGHT).contains(&endpoint.weight) {
@@ -273,9 +290,7 @@ impl super::DestinationConfig {
         if let Err(err) = self.balancer.parse::<crate::balance::BalancerConfig>() {
             return Err(("balancer", self.balancer.clone(), err.to_string()));
         }
-        if !self.path.starts_with('/') {
-            return Err(("path", self.path.clone(), "must start with /".into()));
-        }
+        url_path("path", &self.path)?;
         self.validate_limits()
     }
 
@@ -306,9 +321,7 @@ impl super::DestinationConfig {
             at_least_one("health.timeout_ms", health.timeout_ms)?;
             at_least_one("health.rise", health.rise.into())?;
             at_least_one("health.fall", health.fall.into())?;
-            if !health.path.starts_with('/') {
-                return Err(("health.path", health.path.clone(), "must start with /".into()));
-            }
+            url_path("health.path", &health.path)?;
         }
         Ok(())
     }
