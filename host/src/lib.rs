@@ -46,6 +46,7 @@ pub mod stage;
 pub mod pipeline;
 pub mod reload;
 pub mod host;
+mod listener;
 pub mod ingress;
 pub mod admin;
 pub mod bench;

@@ -221,7 +221,7 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     let id = host.send(Message::new("job", "poison").with_header("x-poison", "1")).await.unwrap();
     let letter = next(&host.memory("dead").unwrap()).await;
     assert_eq!((letter.id, letter.header("x-sy-dead-letter")), (id, Some("plugin-timed-out")));
-    // Faults and dead letters are counted before the letter is handed over.
+    // Faults are counted before the letter is handed over.
     let faulted = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
     assert_eq!(faulted["state"], "serving", "a fault discards the instance, not the plugin");
     let counts = ["errors", "faults", "deadline_hits"].map(|key| faulted[key].as_u64());
@@ -235,9 +235,19 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     let version = faulted["version"].as_str().unwrap().to_owned();
     assert_eq!(fault["version"].as_str(), Some(&version[..12]));
 
-    let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+    // A dead letter counts once its destination took it, just after the
+    // letter arrives: wait for the count.
     let lettered = [("route", "risky"), ("reason", "plugin-timed-out")];
-    assert_eq!(sample(&metrics, "switchyard_dead_letters_total", &lettered), Some(1.0), "{metrics}");
+    let metrics = within(async {
+        loop {
+            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+            if sample(&metrics, "switchyard_dead_letters_total", &lettered) == Some(1.0) {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let problem = [("plugin", "bad"), ("problem", "timed_out")];
     assert_eq!(sample(&metrics, "switchyard_plugin_problems_total", &problem), Some(1.0));
     let settled = [("route", "risky"), ("outcome", "dead_lettered")];

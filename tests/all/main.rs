@@ -13,6 +13,7 @@ mod exposition;
 mod faulty;
 mod hostile_files;
 mod http_destination;
+mod listeners;
 mod ingress_properties;
 mod message_ids;
 mod panics;

@@ -61,13 +61,14 @@ impl AdminServer {
     /// Serve until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let admin = self.host.config().admin.clone();
+        let admin = admin.unwrap_or_else(|| crate::config::AdminConfig::new(self.local_addr()));
+        let limits = crate::listener::ListenerLimits::new(admin.max_connections, admin.header_timeout_ms);
         let app = routes::router(self.host, self.token, stopping);
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);
         };
-        if let Err(err) = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(%err, "admin API stopped");
-        }
+        crate::listener::serve(self.listener, app, limits, shutdown).await;
     }
 }

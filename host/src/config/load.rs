@@ -68,8 +68,8 @@ impl Config {
     /// 127.0.0.1:7070, one route that runs every plugin then logs the message.
     pub fn builtin() -> Config {
         let mut config = Config::default();
-        config.ingress.http = Some(HttpIngressConfig { listen: ([127, 0, 0, 1], 7070).into() });
-        config.admin = Some(AdminConfig { listen: ([127, 0, 0, 1], 7071).into(), token: None });
+        config.ingress.http = Some(HttpIngressConfig::new(([127, 0, 0, 1], 7070).into()));
+        config.admin = Some(AdminConfig::new(([127, 0, 0, 1], 7071).into()));
         let mut route = RouteConfig::new("default", ">", "log");
         route.stages.push(StageRef::AllPlugins);
         config.routes.push(route);
@@ -131,6 +131,24 @@ impl Config {
             }
             if value > MAX_SIZE {
                 return Err(invalid(format!("host.{key}"), &value, format!("must be at most {MAX_SIZE}")));
+            }
+        }
+        let listeners = [
+            (
+                "ingress.http",
+                self.ingress.http.as_ref().map(|http| (http.max_connections, http.header_timeout_ms)),
+            ),
+            ("admin", self.admin.as_ref().map(|admin| (admin.max_connections, admin.header_timeout_ms))),
+        ];
+        for (section, limits) in listeners {
+            let Some((connections, timeout_ms)) = limits else { continue };
+            if !(1..=MAX_SIZE).contains(&connections) {
+                let problem = format!("must be 1 to {MAX_SIZE}");
+                return Err(invalid(format!("{section}.max_connections"), &connections, problem));
+            }
+            if !(1..=3_600_000).contains(&timeout_ms) {
+                let problem = "must be 1 to 3600000".to_owned();
+                return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
         if host.workers > MAX_WORKERS {

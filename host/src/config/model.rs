@@ -110,15 +110,40 @@ pub struct IngressSection {
 }
 
 /// `[ingress.http]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpIngressConfig {
     /// Address to listen on, e.g. `127.0.0.1:7070`.
     pub listen: SocketAddr,
+    /// Connections open at once, at most (more wait to be accepted).
+    #[serde(default = "HttpIngressConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// Milliseconds a client has to send a request's headers.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+impl HttpIngressConfig {
+    /// The ingress on `listen`, with the default limits.
+    pub fn new(listen: SocketAddr) -> HttpIngressConfig {
+        HttpIngressConfig {
+            listen,
+            max_connections: HttpIngressConfig::default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+        }
+    }
+
+    fn default_max_connections() -> usize {
+        1024
+    }
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `[admin]`: the admin API listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to listen on, e.g. `127.0.0.1:7071`.
@@ -126,6 +151,28 @@ pub struct AdminConfig {
     /// Bearer token the admin API requires (else `SWITCHYARD_ADMIN_TOKEN`;
     /// with neither, only a loopback address is allowed).
     pub token: Option<String>,
+    /// Connections open at once, at most (more wait to be accepted).
+    #[serde(default = "AdminConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// Milliseconds a client has to send a request's headers.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+impl AdminConfig {
+    /// The admin API on `listen`, with no token and the default limits.
+    pub fn new(listen: SocketAddr) -> AdminConfig {
+        AdminConfig {
+            listen,
+            token: None,
+            max_connections: AdminConfig::default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+        }
+    }
+
+    fn default_max_connections() -> usize {
+        64
+    }
 }
 
 /// What a route does with a message whose plugin stage failed.

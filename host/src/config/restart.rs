@@ -7,7 +7,10 @@ use super::Config;
 /// The start-only keys whose values differ between `running` and `new`.
 pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&running.host, &new.host);
-    let admin = |config: &Config| config.admin.as_ref().map(|admin| admin.listen);
+    // The admin listener's settings but its token, which changes live.
+    let admin = |config: &Config| {
+        config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))
+    };
     let has_token = |config: &Config| config.admin.as_ref().is_some_and(|admin| admin.token.is_some());
     let changes = [
         ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
@@ -20,12 +23,8 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.max_in_flight", a.max_in_flight != b.max_in_flight),
         ("host.metrics", a.metrics != b.metrics),
         ("host.state_dir", a.state_dir != b.state_dir),
-        (
-            "ingress.http.listen",
-            running.ingress.http.as_ref().map(|http| http.listen)
-                != new.ingress.http.as_ref().map(|http| http.listen),
-        ),
-        ("admin.listen", admin(running) != admin(new)),
+        ("ingress.http", running.ingress.http != new.ingress.http),
+        ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.
         ("admin.token (removed)", has_token(running) && !has_token(new)),
     ];
@@ -54,7 +53,7 @@ mod tests {
         let new = parse("[host]\nworkers = 3\nbatch_size = 8\n[admin]\nlisten = \"127.0.0.1:2\"\n");
         assert_eq!(
             restart_only_changes(&running, &new),
-            ["host.workers", "host.batch_size", "admin.listen", "admin.token (removed)"]
+            ["host.workers", "host.batch_size", "admin (but its token)", "admin.token (removed)"]
         );
     }
 }

@@ -8,7 +8,9 @@
 //! when the message was dropped or dead-lettered; `413` when too large, `400`
 //! when malformed, `503` + `Retry-After` when the host is at capacity.
 
+use crate::config::HttpIngressConfig;
 use crate::host::{BuildError, Host, RequestError, SendError, await_reply};
+use crate::listener::ListenerLimits;
 use crate::message::{ID_HEADER, Message, unique_id};
 use axum::Router;
 use axum::body::Bytes;
@@ -48,14 +50,14 @@ impl HttpIngress {
 
     /// Serve until `shutdown` completes; in-flight requests finish first.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let limit = self.host.config().host.max_message_bytes;
+        let config = self.host.config();
+        let http = config.ingress.http.clone().unwrap_or_else(|| HttpIngressConfig::new(self.local_addr()));
+        let limits = ListenerLimits::new(http.max_connections, http.header_timeout_ms);
         let app = Router::new()
             .route("/v1/messages/{topic}", post(accept))
-            .layer(DefaultBodyLimit::max(limit))
+            .layer(DefaultBodyLimit::max(config.host.max_message_bytes))
             .with_state(self.host);
-        if let Err(err) = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(%err, "HTTP ingress stopped");
-        }
+        crate::listener::serve(self.listener, app, limits, shutdown).await;
     }
 }
 

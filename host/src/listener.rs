@@ -1,0 +1,81 @@
+//! Serving HTTP on a bound listener under the limits a hostile client meets:
+//! at most so many connections open at once (the rest wait in the kernel's
+//! backlog, never costing a descriptor), and a deadline to send a request's
+//! headers, so a client trickling bytes is cut off instead of held forever.
+//! Shutdown stops accepting and lets requests in progress finish.
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// What a listener allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections open at once, at most.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, from the moment the
+    /// connection is taken or the previous response was sent.
+    pub header_timeout: Duration,
+}
+
+impl ListenerLimits {
+    /// Limits of `max_connections` and a header deadline of `header_timeout_ms`.
+    pub(crate) fn new(max_connections: usize, header_timeout_ms: u64) -> ListenerLimits {
+        ListenerLimits { max_connections, header_timeout: Duration::from_millis(header_timeout_ms) }
+    }
+}
+
+/// Serve `app` on `listener` within `limits` until `shutdown` completes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connection = Builder::new(TokioExecutor::new());
+    connection.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        let (stream, slot) = accepted;
+        let service = TowerToHyperService::new(app.clone());
+        let served = connection.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let served = graceful.watch(served.into_owned());
+        tokio::spawn(async move {
+            // A connection that ends in an error (a timeout, a reset) is the client's business.
+            let _ = served.await;
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// The next connection, once a slot is free for it. An accept error (out of
+/// descriptors, say) is logged and retried after a pause, not a spin.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit) {
+    let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, slot),
+            Err(err) => {
+                tracing::warn!(%err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

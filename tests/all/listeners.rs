@@ -1,0 +1,47 @@
+//! The listeners hold against clients that trickle: a connection that does
+//! not send its request headers in time is cut, at most so many are open at
+//! once, and a client that sends a whole request is still served.
+
+use crate::support::{MEMORY_OUT, PATIENCE, drain_and_account, host, plugin_dir, post};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_still_served() {
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 8\nheader_timeout_ms = 300\n\
+         [[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    // Fifty clients that start a request and never finish its headers.
+    let trickling: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(b"POST /v1/messages/t HTTP/1.1\r\nhost: x\r\n").unwrap();
+            stream
+        })
+        .collect();
+    let whole = tokio::task::spawn_blocking(move || post(addr, "/v1/messages/t", &[], b"{}"));
+    let cut = tokio::task::spawn_blocking(move || {
+        trickling
+            .into_iter()
+            .map(|mut stream| {
+                stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                let mut answer = Vec::new();
+                // Ok once the server closed the connection; an error when it held it past PATIENCE.
+                stream.read_to_end(&mut answer).map(|_| String::from_utf8_lossy(&answer).into_owned())
+            })
+            .collect::<Vec<_>>()
+    });
+    for answer in cut.await.unwrap() {
+        let answer = answer.expect("the server cut the trickling client");
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert_eq!(whole.await.unwrap().0, 202, "a whole request is served");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 1, "nothing of the trickling requests was accepted");
+}
