@@ -75,6 +75,35 @@ pub async fn faulty_spin() {
 }
 
 #[tokio::test]
+pub async fn faulty_sleep() {
+    // Asleep inside WASI for 10 s: cut at the 100 ms deadline like a spin.
+    let limits = "{ timeout_ms = 100 }";
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, limits, "fail-closed").await;
+    assert_isolated(&host, "plugin-timed-out", "timed out after 100ms").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_routes() {
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, "{ timeout_ms = 100 }", "fail-closed").await;
+    assert!(host.config().host.workers == 0 && std::thread::available_parallelism().unwrap().get() >= 2);
+    let dead = host.memory("dead").unwrap();
+    // One batch per worker: each waits on its own sleeping instance.
+    let poison = |n: u32| Message::new("risky.job", format!("{n}")).with_header("x-poison", "1");
+    let (first, second) = tokio::join!(host.send(poison(1)), host.send(poison(2)));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let id = host.send(Message::new("safe", "still serving")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, id);
+    let mut letters = vec![next(&dead).await, next(&dead).await];
+    letters.sort_by_key(|letter| letter.id);
+    assert_eq!(
+        letters.iter().map(|letter| letter.id).collect::<Vec<_>>(),
+        [first.min(second), first.max(second)]
+    );
+    assert!(letters.iter().all(|letter| letter.header("x-sy-dead-letter") == Some("plugin-timed-out")));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
 pub async fn faulty_memory_hog() {
     let limits = "{ memory_mb = 16 }";
     let (_dir, host) = host_with_filter(artifacts::FAULTY_MEMORY_HOG, limits, "fail-closed").await;

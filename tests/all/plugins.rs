@@ -168,5 +168,7 @@ pub async fn net_probe() {
 }
 
 pub use crate::balancer_plugin::faulty_balancer;
-pub use crate::faulty::{faulty_flood, faulty_memory_hog, faulty_spin, faulty_trap, faulty_wrong_world};
+pub use crate::faulty::{
+    faulty_flood, faulty_memory_hog, faulty_sleep, faulty_spin, faulty_trap, faulty_wrong_world,
+};
 pub use crate::reload::stamp_transform;

@@ -48,6 +48,7 @@ impl PluginEngine {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        super::deadline::bound_blocking_calls(&mut linker)?;
         add_host_imports(&mut linker)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let ticking = engine.weak();

@@ -56,6 +56,8 @@ impl Drop for PluginInstance {
 struct CallGuard {
     store: Store<StoreState>,
     deadline_ticks: u64,
+    /// The same deadline as a duration, for waits inside WASI.
+    timeout: std::time::Duration,
 }
 
 impl PluginInstance {
@@ -67,8 +69,8 @@ impl PluginInstance {
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_trap();
-        let deadline_ticks = PluginEngine::deadline_ticks(plugin.settings.timeout());
-        let mut guard = CallGuard { store, deadline_ticks };
+        let timeout = plugin.settings.timeout();
+        let mut guard = CallGuard { store, deadline_ticks: PluginEngine::deadline_ticks(timeout), timeout };
         let exports = match &plugin.pre {
             KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
@@ -154,7 +156,9 @@ impl CallGuard {
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().last_error_logged = None;
+        let state = self.store.data_mut();
+        state.last_error_logged = None;
+        state.call_deadline = Some(tokio::time::Instant::now() + self.timeout);
         call(&mut self.store).map_err(|err| self.classify(err))
     }
 
@@ -162,6 +166,9 @@ impl CallGuard {
         let state = self.store.data();
         if state.hit_memory_cap {
             return PluginFault::MemoryCap(state.settings.config.limits.memory_mb);
+        }
+        if state.waited_past_deadline {
+            return PluginFault::TimedOut(state.settings.timeout());
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginFault::TimedOut(state.settings.timeout()),

@@ -3,6 +3,7 @@
 mod bindings;
 mod cache;
 mod compiled;
+mod deadline;
 mod engine;
 mod error;
 mod instance;

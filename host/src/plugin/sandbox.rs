@@ -116,6 +116,12 @@ pub struct StoreState {
     /// The last error the plugin logged in the current call: the SDK logs a
     /// panic's message just before the panic traps, so a trap can say why.
     pub(crate) last_error_logged: Option<String>,
+    /// When the current call must end, for waits inside WASI (which epoch
+    /// interruption cannot stop).
+    pub(crate) call_deadline: Option<tokio::time::Instant>,
+    /// Set when a wait inside WASI ran into the deadline, so the trap that
+    /// ends the call is reported as a timeout.
+    pub(crate) waited_past_deadline: bool,
 }
 
 impl StoreState {
@@ -130,7 +136,16 @@ impl StoreState {
             settings,
             hit_memory_cap: false,
             last_error_logged: None,
+            call_deadline: None,
+            waited_past_deadline: false,
         })
+    }
+}
+
+impl StoreState {
+    /// The instance's resource table.
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
