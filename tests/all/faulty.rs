@@ -93,7 +93,7 @@ async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_rout
     let (first, second) = (first.unwrap(), second.unwrap());
     let id = host.send(Message::new("safe", "still serving")).await.unwrap();
     assert_eq!(next(&host.memory("out").unwrap()).await.id, id);
-    let mut letters = vec![next(&dead).await, next(&dead).await];
+    let mut letters = [next(&dead).await, next(&dead).await];
     letters.sort_by_key(|letter| letter.id);
     assert_eq!(
         letters.iter().map(|letter| letter.id).collect::<Vec<_>>(),
