@@ -255,3 +255,17 @@ async fn a_retryable_answer_is_retried_at_most_three_calls_then_dead_lettered() 
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
 }
+
+#[tokio::test]
+async fn headers_count_toward_the_size_limit_and_their_number_is_capped() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("[host]\nmax_message_bytes = 10\n{}", &OUTS[8..])).await;
+    let padded = Message::new("t", "x".repeat(6)).with_header("pad", "ding");
+    assert_eq!(host.send(padded).await, Err(SendError::TooLarge { size: 13, limit: 10 }));
+    let fits = Message::new("t", "x".repeat(3)).with_header("pad", "ding");
+    host.send(fits).await.unwrap();
+    let mut crowded = Message::new("t", "");
+    crowded.headers = (0..1025).map(|_| (String::new(), String::new())).collect();
+    assert_eq!(host.send(crowded).await, Err(SendError::Malformed("1025 headers; at most 1024".into())));
+    assert_eq!(drain_and_account(&host).await.accepted, 1);
+}

@@ -6,10 +6,10 @@ use crate::dead_letter::DeadLetterReason;
 /// A message that was not accepted. Nothing was enqueued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// The payload is larger than `host.max_message_bytes`.
+    /// Payload and headers together are larger than `host.max_message_bytes`.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
-        /// Payload size.
+        /// Payload and header bytes (names and values).
         size: usize,
         /// The limit.
         limit: usize,

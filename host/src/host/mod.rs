@@ -316,10 +316,20 @@ pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, Reque
     pending.await.unwrap_or(Err(RequestError::WorkerFailed))
 }
 
-/// A message can be admitted: a valid topic and a payload within `limit` bytes.
+/// Headers one message may carry, at most.
+const MAX_HEADERS: usize = 1024;
+
+/// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers,
+/// and payload and headers together within `limit` bytes.
 pub(crate) fn check_message(message: &Message, limit: usize) -> Result<(), SendError> {
-    if message.payload.len() > limit {
-        return Err(SendError::TooLarge { size: message.payload.len(), limit });
+    if message.headers.len() > MAX_HEADERS {
+        let count = message.headers.len();
+        return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
+    }
+    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+    let size = message.payload.len() + headers;
+    if size > limit {
+        return Err(SendError::TooLarge { size, limit });
     }
     let topic = &message.topic;
     if let Some(segment) = topic.split('.').find(|s| s.is_empty() || *s == "*" || *s == ">") {
