@@ -31,6 +31,7 @@
 //! ```
 
 pub mod message;
+mod bearer;
 mod bounded_text;
 mod panic;
 mod regular_file;

@@ -45,3 +45,33 @@ async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 1, "nothing of the trickling requests was accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_token_is_required_when_set_and_changes_on_reload() {
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let config = |token: &str| {
+        let plugins = format!("[host]\nplugin_dir = {:?}", dir.path());
+        format!(
+            "{}[ingress.http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[[route]]\nname = \"all\"\nto = \"out\"\n",
+            MEMORY_OUT.replacen("[host]", &plugins, 1)
+        )
+    };
+    std::fs::write(&config_path, config("first")).unwrap();
+    let host = switchyard::Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let send = |token: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let bearer = format!("Bearer {token}");
+            post(addr, "/v1/messages/t", &[("authorization", bearer.as_str())], b"{}").0
+        })
+    };
+    assert_eq!((send("first").await.unwrap(), send("wrong").await.unwrap()), (202, 401));
+    crate::support::replace_file(&config_path, config("second").as_bytes());
+    crate::support::within(host.reload()).await.unwrap();
+    assert_eq!((send("first").await.unwrap(), send("second").await.unwrap()), (401, 202));
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 2, "refused requests are never accepted");
+}

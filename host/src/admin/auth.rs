@@ -1,16 +1,12 @@
-//! Bearer-token check, in constant time: both tokens are hashed first, so
-//! the comparison takes as long whatever the length of the token presented.
-//! The token is looked up at each request, so a reloaded `[admin] token`
-//! takes effect at once.
+//! The admin token check (in constant time, see [`crate::bearer`]). The
+//! token is looked up at each request, so a reloaded `[admin] token` takes
+//! effect at once.
 
 use crate::host::Host;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
+use axum::response::Response;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// Where the admin token comes from, first found wins: one given in code at
 /// bind, the host's current `[admin] token`, `SWITCHYARD_ADMIN_TOKEN` as it
@@ -52,16 +48,8 @@ pub(super) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = source.current() else { return next.run(request).await };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(Sha256::digest(presented).ct_eq(&Sha256::digest(token.as_bytes()))) {
-        return next.run(request).await;
+    match source.current() {
+        Some(token) if !crate::bearer::presented(request.headers(), &token) => crate::bearer::unauthorized(),
+        _ => next.run(request).await,
     }
-    let body = axum::Json(serde_json::json!({ "error": "unauthorized" }));
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
 }

@@ -121,6 +121,8 @@ pub struct HttpIngressConfig {
     /// Milliseconds a client has to send a request's headers.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
+    /// Bearer token every request must carry, if set (changes live on reload).
+    pub token: Option<String>,
 }
 
 impl HttpIngressConfig {
@@ -130,6 +132,7 @@ impl HttpIngressConfig {
             listen,
             max_connections: HttpIngressConfig::default_max_connections(),
             header_timeout_ms: default_header_timeout_ms(),
+            token: None,
         }
     }
 

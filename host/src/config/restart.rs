@@ -7,7 +7,10 @@ use super::Config;
 /// The start-only keys whose values differ between `running` and `new`.
 pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&running.host, &new.host);
-    // The admin listener's settings but its token, which changes live.
+    // The listeners' settings but their tokens, which change live.
+    let ingress = |config: &Config| {
+        config.ingress.http.as_ref().map(|http| (http.listen, http.max_connections, http.header_timeout_ms))
+    };
     let admin = |config: &Config| {
         config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))
     };
@@ -23,7 +26,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.max_in_flight", a.max_in_flight != b.max_in_flight),
         ("host.metrics", a.metrics != b.metrics),
         ("host.state_dir", a.state_dir != b.state_dir),
-        ("ingress.http", running.ingress.http != new.ingress.http),
+        ("ingress.http (but its token)", ingress(running) != ingress(new)),
         ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.
         ("admin.token (removed)", has_token(running) && !has_token(new)),

@@ -68,6 +68,10 @@ async fn accept(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
+    if token.is_some_and(|token| !crate::bearer::presented(&headers, &token)) {
+        return crate::bearer::unauthorized();
+    }
     let message = match message_from_request(topic, &headers, body) {
         Ok(message) => message,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
