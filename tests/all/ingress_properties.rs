@@ -56,9 +56,7 @@ fn percent_encoded(text: &str) -> String {
 async fn any_topic_and_headers_are_accepted_or_refused_and_no_client_sy_header_passes() {
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"out\"\n")).await;
-    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = crate::support::start_ingress(&host).await;
     let out = host.memory("out").unwrap();
     let checked = host.clone();
     let accepted = tokio::task::spawn_blocking(move || {

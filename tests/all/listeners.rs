@@ -14,9 +14,7 @@ async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_
          [[route]]\nname = \"all\"\nto = \"out\"\n"
     );
     let host = host(dir.path(), &config).await;
-    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = crate::support::start_ingress(&host).await;
     // Fifty clients that start a request and never finish its headers.
     let trickling: Vec<TcpStream> = (0..50)
         .map(|_| {
@@ -59,9 +57,7 @@ async fn an_ingress_token_is_required_when_set_and_changes_on_reload() {
     };
     std::fs::write(&config_path, config("first")).unwrap();
     let host = switchyard::Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
-    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = crate::support::start_ingress(&host).await;
     let send = |token: &'static str| {
         tokio::task::spawn_blocking(move || {
             let bearer = format!("Bearer {token}");

@@ -15,9 +15,7 @@ fn assert_uuid_v7(id: &str) {
 async fn ingress_takes_no_x_sy_header_from_a_client_and_answers_the_unique_id() {
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &format!("{MEMORY_OUT}[[route]]\nname = \"all\"\nto = \"out\"\n")).await;
-    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = crate::support::start_ingress(&host).await;
     let forged = [("x-sy-id", "forged"), ("x-sy-dead-letter", "no-route"), ("x-tenant", "acme")];
     let (status, body) =
         tokio::task::spawn_blocking(move || post(addr, "/v1/messages/orders", &forged, b"{}")).await.unwrap();

@@ -172,9 +172,7 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     within(entered.notified()).await;
     host.try_send(Message::new("t", "2")).unwrap();
     assert_eq!(host.try_send(Message::new("t", "3")), Err(SendError::Backpressure));
-    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = crate::support::start_ingress(&host).await;
     let refused = tokio::task::spawn_blocking(move || http_raw(addr, "POST", "/v1/messages/t", &[], b"4"));
     let refused = refused.await.unwrap();
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");

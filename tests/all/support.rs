@@ -41,6 +41,15 @@ pub async fn host(dir: &Path, config: &str) -> Host {
     host
 }
 
+/// Serve `host`'s HTTP ingress on 127.0.0.1 (any free port) while the
+/// test's runtime lives; its address.
+pub async fn start_ingress(host: &Host) -> SocketAddr {
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    addr
+}
+
 /// Await `future`, failing the test if it takes longer than [`PATIENCE`].
 pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, future).await.expect("timed out (safety net)")
