@@ -122,6 +122,44 @@ pub struct StoreState {
     /// Set when a wait inside WASI ran into the deadline, so the trap that
     /// ends the call is reported as a timeout.
     pub(crate) waited_past_deadline: bool,
+    /// How many lines the instance may still log this second.
+    log_budget: LogBudget,
+}
+
+/// Lines one plugin instance may log a second; more are dropped, and how
+/// many is said once the second is over.
+const LOG_LINES_PER_SECOND: u32 = 100;
+
+/// A plugin instance's log lines in the current one-second window.
+#[derive(Debug)]
+struct LogBudget {
+    window: std::time::Instant,
+    lines: u32,
+    /// Lines dropped in this window.
+    dropped: u64,
+}
+
+impl LogBudget {
+    /// Start a new window once a second has passed since this one began;
+    /// how many lines the ended window dropped, if any.
+    fn roll(&mut self, now: std::time::Instant) -> Option<u64> {
+        if now.duration_since(self.window) < std::time::Duration::from_secs(1) {
+            return None;
+        }
+        let dropped = std::mem::replace(self, LogBudget { window: now, lines: 0, dropped: 0 }).dropped;
+        (dropped > 0).then_some(dropped)
+    }
+
+    /// Whether one more line may be logged in this window (else it counts
+    /// as dropped).
+    fn spend(&mut self) -> bool {
+        let keep = self.lines < LOG_LINES_PER_SECOND;
+        match keep {
+            true => self.lines += 1,
+            false => self.dropped += 1,
+        }
+        keep
+    }
 }
 
 impl StoreState {
@@ -138,6 +176,7 @@ impl StoreState {
             last_error_logged: None,
             call_deadline: None,
             waited_past_deadline: false,
+            log_budget: LogBudget { window: std::time::Instant::now(), lines: 0, dropped: 0 },
         })
     }
 }
@@ -216,15 +255,25 @@ impl HostImports for StoreState {
         let plugin = self.settings.config.name.as_str();
         // A plugin's line is one line, of bounded length: it cannot forge others.
         let message = crate::bounded_text::one_line(&message, MAX_LOG_LINE);
+        if level == Level::Error {
+            self.last_error_logged = Some(crate::bounded_text::one_line(&message, MAX_ERROR_KEPT));
+        }
+        if let Some(dropped) = self.log_budget.roll(std::time::Instant::now()) {
+            tracing::warn!(
+                plugin,
+                dropped,
+                "log lines over the rate of {LOG_LINES_PER_SECOND} a second were dropped"
+            );
+        }
+        if !self.log_budget.spend() {
+            return;
+        }
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),
             Level::Info => tracing::info!(plugin, "{message}"),
             Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => {
-                tracing::error!(plugin, "{message}");
-                self.last_error_logged = Some(crate::bounded_text::one_line(&message, MAX_ERROR_KEPT));
-            }
+            Level::Error => tracing::error!(plugin, "{message}"),
         }
     }
 
@@ -284,6 +333,22 @@ mod tests {
     fn more_memories_than_allowed_are_refused() {
         let (_, error) = instantiate_memories(MAX_MEMORIES + 8, 1, 64).unwrap_err();
         assert!(error.contains("memory count"), "{error}");
+    }
+
+    #[test]
+    fn log_lines_past_the_rate_are_dropped_and_counted_until_the_next_second() {
+        let start = std::time::Instant::now();
+        let mut budget = LogBudget { window: start, lines: 0, dropped: 0 };
+        assert!((0..LOG_LINES_PER_SECOND).all(|_| budget.spend()));
+        assert!(!budget.spend() && !budget.spend());
+        assert_eq!(budget.roll(start + std::time::Duration::from_millis(999)), None, "still the same second");
+        assert_eq!(
+            budget.roll(start + std::time::Duration::from_secs(1)),
+            Some(2),
+            "said when the second ends"
+        );
+        assert!(budget.spend());
+        assert_eq!((budget.lines, budget.dropped), (1, 0));
     }
 
     #[test]
