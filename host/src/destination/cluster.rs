@@ -1,8 +1,16 @@
 //! A cluster: the endpoints of a network destination and what every transport
 //! shares — each message goes to one endpoint chosen by the balancer among
 //! those whose circuit breaker admits traffic, under a deadline per attempt,
-//! with retries (exponential backoff, full jitter, a retry budget) that prefer
-//! another endpoint. A [`Transport`] only knows how to make one attempt.
+//! with retries (exponential backoff, full jitter, a retry budget) that go to
+//! another endpoint while one is untried, and back to one tried before when
+//! none is. A [`Transport`] only knows how to make one attempt.
+//!
+//! Attempts are spent on endpoints that can answer: a refused connection or
+//! a wait for a free connection is not an attempt (the endpoint never saw the
+//! message), and an endpoint that refused a connection is left out for its
+//! breaker's window. While no endpoint can take traffic, a message waits
+//! (until its queue timeout) rather than fail, and the destination's
+//! dispatcher stops taking messages from the queue ([`QueuedDestination`]).
 
 use super::plugin_balancer::HotPluginBalancer;
 use super::{DeliveryError, DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
@@ -47,6 +55,9 @@ struct Endpoint {
     /// plus one (0: never); it slowly starts from there. Read on every pick,
     /// so an atomic rather than a lock.
     recovered_at: AtomicU64,
+    /// When an attempt's connection to it was last refused, as
+    /// `recovered_at` (0: its last connection was not refused).
+    refused_at: AtomicU64,
 }
 
 impl Endpoint {
@@ -81,7 +92,24 @@ impl Endpoint {
             metrics,
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
+            refused_at: AtomicU64::new(0),
         }
+    }
+
+    /// `now` as stored in `recovered_at` and `refused_at`.
+    fn stamp(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.born).as_micros() as u64 + 1
+    }
+
+    /// The instant a `stamp` stands for; `None` for 0 (never).
+    fn instant(&self, stamp: u64) -> Option<Instant> {
+        stamp.checked_sub(1).map(|micros| self.born + Duration::from_micros(micros))
+    }
+
+    /// Until when it is left out because its last connection was refused
+    /// (`window` after the refusal), if it was.
+    fn refusing_until(&self, window: Duration) -> Option<Instant> {
+        self.instant(self.refused_at.load(Relaxed)).map(|refused| refused + window)
     }
 
     fn health_state(&self) -> Option<HealthState> {
@@ -93,12 +121,9 @@ impl Endpoint {
     /// let it back in.
     fn weight(&self, now: Instant) -> u32 {
         let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
-        let breaker = match self.recovered_at.load(Relaxed) {
-            0 => 1.0,
-            micros => {
-                let since = self.born + Duration::from_micros(micros - 1);
-                SlowStart::default().factor(now.saturating_duration_since(since))
-            }
+        let breaker = match self.instant(self.recovered_at.load(Relaxed)) {
+            None => 1.0,
+            Some(since) => SlowStart::default().factor(now.saturating_duration_since(since)),
         };
         let full = FULL_WEIGHT * f64::from(self.configured_weight);
         (full * health.min(breaker)).round().max(1.0) as u32
@@ -144,6 +169,18 @@ pub struct Cluster<T> {
     transport: T,
     kind: crate::config::Transport,
     timeout: Duration,
+    /// Longest wait of a message for an endpoint able to take it, from when
+    /// it entered the queue: the queue's timeout.
+    queue_timeout: Duration,
+    /// Whether every retryable failure is retried, or only those where the
+    /// endpoint certainly did not take the message.
+    idempotent: bool,
+    /// How long an endpoint that refused a connection is left out: its
+    /// breaker's first ejection.
+    refusal_window: Duration,
+    /// Signalled when an attempt ends or an endpoint's health changes:
+    /// whether an endpoint can take traffic may have changed.
+    changed: tokio::sync::Notify,
     retry: RetryPolicy,
     budget: RetryBudget,
     policy: EligibilityPolicy,
@@ -206,6 +243,10 @@ impl<T: Transport> Cluster<T> {
             transport,
             kind: config.transport,
             timeout: Duration::from_millis(config.timeout_ms),
+            queue_timeout: Duration::from_millis(config.queue.timeout_ms),
+            idempotent: config.idempotent,
+            refusal_window: Duration::from_millis(config.breaker.open_ms),
+            changed: tokio::sync::Notify::new(),
             retry: RetryPolicy {
                 attempts: config.retry.attempts,
                 base: Duration::from_millis(config.retry.base_ms),
@@ -258,6 +299,9 @@ impl<T: Transport> Cluster<T> {
         transition: Option<HealthTransition>,
         problem: Option<&str>,
     ) {
+        if transition.is_some() {
+            self.changed.notify_waiters();
+        }
         match transition {
             Some(HealthTransition::WentDown) => {
                 self.tell(endpoint, Some(problem.unwrap_or("failed").to_owned()))
@@ -301,34 +345,117 @@ impl<T: Transport> Cluster<T> {
         });
     }
 
-    async fn send(&self, message: Message) -> Result<Option<Message>, DeliveryError> {
+    /// Deliver `message`, which entered the queue at `enqueued`: attempts
+    /// until one succeeds, one fails for good, the attempts run out or the
+    /// queue timeout passes while no endpoint can take it.
+    async fn send(&self, message: Message, enqueued: Instant) -> Result<Option<Message>, DeliveryError> {
         let _request = self.budget.start_request();
+        let deadline = enqueued + self.queue_timeout;
         let key = self.hash_header.as_deref().and_then(|name| message.header(name));
         let mut tried = vec![false; self.endpoints.len()];
-        let mut last_error = String::from("no endpoint admitted the message");
+        let mut last_error = None;
         let (mut attempts, mut retry_permit) = (0, None);
-        while attempts < self.retry.attempts {
-            let Some((index, permit)) = self.choose(&mut tried, &message, key).await else { break };
-            attempts += 1;
+        loop {
+            let Some((index, permit)) = self.choose(&mut tried, &message, key).await else {
+                // No endpoint can take it now: wait for one, spending nothing.
+                if tokio::time::timeout_at(deadline, self.serving()).await.is_err() {
+                    return Err(self.too_late(enqueued, attempts, last_error));
+                }
+                continue;
+            };
             let endpoint = &self.endpoints[index];
-            let (outcome, result) = self.attempt(endpoint, permit, &message, attempts).await;
-            drop(retry_permit.take());
+            let (outcome, result) = self.attempt(endpoint, permit, &message, attempts + 1).await;
             let error = match result {
                 Ok(reply) => return Ok(reply),
-                Err(error) => error,
+                Err(error) => format!("{}: {error}", endpoint.address),
             };
-            last_error = format!("{}: {error}", endpoint.address);
-            if matches!(outcome, Outcome::Fatal(_)) {
-                return Err(DeliveryError::Attempts { attempts, last_error, fatal: true });
+            if matches!(outcome, Outcome::Shed | Outcome::Retryable(RetryReason::Connect)) {
+                // The endpoint never saw it: not an attempt. Another
+                // endpoint is tried, or this one once it can take it.
+                if outcome != Outcome::Shed {
+                    self.retries.inc();
+                }
+                last_error = Some(error);
+                if Instant::now() >= deadline {
+                    return Err(self.too_late(enqueued, attempts, last_error));
+                }
+                continue;
             }
-            let Some(delay) = self.retry.backoff_after(attempts, &outcome, &mut rand::rng()) else { break };
-            // Past the retry budget, the retry waits for another to end. The
-            // permit is held through the backoff and the retry.
-            retry_permit = Some(self.budget.acquire().await);
+            attempts += 1;
+            drop(retry_permit.take());
+            let safe =
+                self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_before_send());
+            let maybe_delivered = matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
+            if !(outcome.is_retryable() && safe) || attempts >= self.retry.attempts {
+                let fatal = !(outcome.is_retryable() && safe);
+                return Err(DeliveryError::Attempts { attempts, last_error: error, fatal, maybe_delivered });
+            }
+            last_error = Some(error);
+            // A message's first retry always goes; past the retry budget,
+            // later ones wait for another to end. The permit is held through
+            // the backoff and the retry.
+            retry_permit = Some(match attempts {
+                1 => self.budget.first_retry(),
+                _ => self.budget.acquire().await,
+            });
             self.retries.inc();
-            tokio::time::sleep(delay).await;
+            let backoff = self.retry.backoff(attempts, &mut rand::rng());
+            tokio::time::sleep(backoff).await;
         }
-        Err(DeliveryError::Attempts { attempts, last_error, fatal: false })
+    }
+
+    /// Why a message that entered the queue at `enqueued` fails when its
+    /// queue timeout passed before an endpoint could take it: never sent
+    /// (`attempts` 0), or retries cut short.
+    fn too_late(&self, enqueued: Instant, attempts: u32, last_error: Option<String>) -> DeliveryError {
+        let waited_ms = enqueued.elapsed().as_millis() as u64;
+        match (attempts, last_error) {
+            (1.., Some(last)) => DeliveryError::Attempts {
+                attempts,
+                last_error: format!(
+                    "{last}; then no endpoint could take it within its queue timeout ({waited_ms} ms)"
+                ),
+                fatal: false,
+                maybe_delivered: false,
+            },
+            _ => DeliveryError::QueueTimeout { waited_ms },
+        }
+    }
+
+    /// Resolves once some endpoint can take traffic (see [`Cluster::admissions`]).
+    async fn serving(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.next_serving(Instant::now()) {
+                None => return,
+                Some(Some(at)) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                Some(None) => changed.await,
+            }
+        }
+    }
+
+    /// `None` when some endpoint can take traffic `now`; otherwise when one
+    /// may next without news from an attempt or a health check (an ejection
+    /// or a refusal window ends), if ever.
+    fn next_serving(&self, now: Instant) -> Option<Option<Instant>> {
+        if self.admissions(now).admissions.iter().any(|admission| admission.is_eligible()) {
+            return None;
+        }
+        let ends = self.endpoints.iter().flat_map(|endpoint| {
+            let ejection = match endpoint.breaker.state(now) {
+                BreakerState::Open { until, .. } => Some(until),
+                _ => None,
+            };
+            [ejection, endpoint.refusing_until(self.refusal_window)]
+        });
+        Some(ends.flatten().filter(|end| *end > now).min())
     }
 
     /// Attempt number `attempt` at `endpoint`, under the deadline; its
@@ -354,6 +481,10 @@ impl<T: Transport> Cluster<T> {
         };
         drop(in_flight);
         let finished = Instant::now();
+        let refused = matches!(outcome, Outcome::Retryable(RetryReason::Connect));
+        if refused || !matches!(outcome, Outcome::Shed) {
+            endpoint.refused_at.store(if refused { endpoint.stamp(finished) } else { 0 }, Relaxed);
+        }
         lock(&endpoint.latency).observe(finished - started, finished.into_std());
         endpoint.metrics.attempts[match &outcome {
             Outcome::Ok => 0,
@@ -370,13 +501,44 @@ impl<T: Transport> Cluster<T> {
             let transition = lock(health).record_passive(&outcome, finished);
             self.health_changed(endpoint, transition, Some(problem));
         }
+        self.changed.notify_waiters();
         (outcome, result)
     }
 
-    /// Pick an endpoint not tried yet (all again once every one was) that
-    /// health, breaker and the eligibility guard rails admit now, and that
+    /// The admission of each endpoint `now`, and whether the destination
+    /// panics: health, breakers and the eligibility guard rails decide; an
+    /// endpoint whose last connection was refused within the refusal window
+    /// is left out whatever they say (panic mode and the ejection cap
+    /// included): it cannot take the message.
+    fn admissions(&self, now: Instant) -> crate::resilience::Eligibility {
+        let conditions: Vec<EndpointCondition> = self
+            .endpoints
+            .iter()
+            .map(|endpoint| match self.refusing(endpoint, now) {
+                true => EndpointCondition::Refusing,
+                false => {
+                    let breaker = endpoint.breaker.state(now);
+                    EndpointCondition::of(endpoint.health_state().unwrap_or(HealthState::Up), breaker)
+                }
+            })
+            .collect();
+        let eligibility = self.policy.admit(&conditions);
+        if self.panicking.swap(eligibility.panic, Relaxed) != eligibility.panic {
+            tracing::warn!(destination = %self.name, panic = eligibility.panic, "too few healthy endpoints: panic mode");
+        }
+        eligibility
+    }
+
+    /// Whether `endpoint` refused its last connection within the refusal window.
+    fn refusing(&self, endpoint: &Endpoint, now: Instant) -> bool {
+        endpoint.refusing_until(self.refusal_window).is_some_and(|until| now < until)
+    }
+
+    /// Pick an endpoint not tried yet (one tried before when no untried one
+    /// is admitted) that is admitted now (see [`Cluster::admissions`]) and
     /// has room under its limit; when every one admitted is at its limit,
-    /// one of them (the attempt then waits for a free connection).
+    /// one of them (the attempt then waits for a free connection). `None`
+    /// when no endpoint is admitted.
     async fn choose(
         &self,
         tried: &mut [bool],
@@ -384,20 +546,10 @@ impl<T: Transport> Cluster<T> {
         key: Option<&str>,
     ) -> Option<(usize, BreakerPermit)> {
         let now = Instant::now();
-        if tried.iter().all(|t| *t) {
-            tried.iter_mut().for_each(|t| *t = false);
-        }
-        let conditions: Vec<EndpointCondition> = self
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                let breaker = endpoint.breaker.state(now);
-                EndpointCondition::of(endpoint.health_state().unwrap_or(HealthState::Up), breaker)
-            })
-            .collect();
-        let eligibility = self.policy.admit(&conditions);
-        if self.panicking.swap(eligibility.panic, Relaxed) != eligibility.panic {
-            tracing::warn!(destination = %self.name, panic = eligibility.panic, "too few healthy endpoints: panic mode");
+        let eligibility = self.admissions(now);
+        let admitted = |(admission, tried): (&Admission, &bool)| admission.is_eligible() && !tried;
+        if !eligibility.admissions.iter().zip(tried.iter()).any(admitted) {
+            tried.fill(false);
         }
         let mut views: Vec<EndpointView> = self
             .endpoints
@@ -469,9 +621,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What the dispatcher of a network destination needs of its cluster,
+/// whatever its transport.
+pub(crate) trait QueuedDestination: Destination {
+    /// Resolves once some endpoint can take traffic; until then the
+    /// dispatcher leaves the queue alone.
+    fn serving(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Deliver `message`, which entered the queue at `enqueued`; while no
+    /// endpoint can take it, it waits, until its queue timeout.
+    fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_>;
+}
+
+impl<T: Transport> QueuedDestination for Cluster<T> {
+    fn serving(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Cluster::serving(self))
+    }
+
+    fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_> {
+        Box::pin(self.send(message, enqueued))
+    }
+}
+
 impl<T: Transport> Destination for Cluster<T> {
+    /// Delivers as if `message` entered the queue now.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
-        Box::pin(self.send(message))
+        Box::pin(self.send(message, Instant::now()))
     }
 
     fn endpoints(&self) -> Vec<super::EndpointStatus> {
@@ -493,6 +668,7 @@ impl<T: Transport> Destination for Cluster<T> {
                 weight: endpoint.weight(now),
                 configured_weight: endpoint.configured_weight,
                 in_flight: endpoint.in_flight.load(Relaxed),
+                refusing: self.refusing(endpoint, now),
                 pool: self.transport.pool_stats(&endpoint.address),
                 latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,
             })
