@@ -10,7 +10,7 @@ use crate::support::{drain_and_account, host, plugin_dir, within};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
-use switchyard::{DeliveryError, Host, HostEvent, Message, RequestError, RouteConfig};
+use switchyard::{DeliveryError, Host, Message, RequestError, RouteConfig};
 use tokio::time::Instant;
 
 /// A config with one `http` destination `api` over `endpoints` with `extra`
@@ -50,14 +50,10 @@ fn ejected(host: &Host, endpoint: &TestEndpoint) -> bool {
     api.endpoints.iter().any(|status| status.address == endpoint.addr.to_string() && status.breaker == "open")
 }
 
-/// Wait for `n` events named `name`.
-async fn events(receiver: &mut tokio::sync::broadcast::Receiver<HostEvent>, name: &str, n: usize) {
-    let mut seen = 0;
-    while seen < n {
-        if within(receiver.recv()).await.expect("the host is up").name() == name {
-            seen += 1;
-        }
-    }
+/// The health of each endpoint of `api`.
+fn health(host: &Host) -> Vec<&'static str> {
+    let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+    api.endpoints.iter().map(|endpoint| endpoint.health).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +123,12 @@ async fn panic_mode_skips_endpoints_that_refuse_connections() {
     let extra = "health = { interval_ms = 50, timeout_ms = 500, rise = 1, fall = 1 }\n\
                  breaker = { open_ms = 60000 }";
     let host = host(dir.path(), &config(&[&up, &down_1, &down_2], extra)).await;
-    let mut receiver = host.subscribe();
-    events(&mut receiver, "endpoint-down", 2).await;
+    within(async {
+        while health(&host).iter().filter(|health| *health == "down").count() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     for n in 0..30 {
         within(host.request(Message::new("orders", format!("m{n}")))).await.unwrap();
     }
