@@ -124,7 +124,7 @@ async fn panic_mode_skips_endpoints_that_refuse_connections() {
                  breaker = { open_ms = 60000 }";
     let host = host(dir.path(), &config(&[&up, &down_1, &down_2], extra)).await;
     within(async {
-        while health(&host).iter().filter(|health| *health == "down").count() < 2 {
+        while health(&host).into_iter().filter(|health| *health == "down").count() < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

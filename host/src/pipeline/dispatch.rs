@@ -146,7 +146,8 @@ impl Dispatcher {
                     true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
                     false => {
                         let message = delivery.message.clone();
-                        let delivered = crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
+                        let delivered =
+                            crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
                         delivered.await.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
                     }
                 };
