@@ -84,7 +84,8 @@ impl HttpTransport {
                 Ok(()) => break connection,
                 // Closed while idle, before anything was sent: drop it, take the next.
                 Err(_) if connection.is_reused() => continue,
-                Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
+                // Nothing was sent: as safe to retry as a refused connection.
+                Err(err) => return Err((Outcome::Retryable(RetryReason::Connect), err.to_string())),
             }
         };
         let response = match connection.sender.try_send_request(request).await {

@@ -54,7 +54,7 @@ pub enum DeliveryError {
         "delivery failed{}: gave up after {attempts} attempt{}{}; last: {last_error}",
         if *fatal { "" } else { ", retryable" },
         if *attempts == 1 { "" } else { "s" },
-        if *maybe_delivered { ", and it may have been delivered (sent, no answer, not re-sent: the destination is not idempotent)" } else { "" }
+        if *maybe_delivered { ", and it may have been delivered (sent, no answer)" } else { "" }
     )]
     Attempts {
         /// How many attempts reached an endpoint.
@@ -63,9 +63,9 @@ pub enum DeliveryError {
         last_error: String,
         /// Whether the last error was final rather than worth a retry.
         fatal: bool,
-        /// Whether the last attempt went out and got no answer (a timeout,
-        /// a reset), so the endpoint may have taken the message; not re-sent
-        /// because the destination is not `idempotent`.
+        /// Whether an attempt went out and got no answer (a timeout, a
+        /// reset), so an endpoint may have taken the message (a destination
+        /// that is not `idempotent` does not send it again).
         maybe_delivered: bool,
     },
     /// The destination panicked while taking the message.

@@ -13,25 +13,34 @@ use tracing::Instrument;
 impl<T: Transport> Cluster<T> {
     /// Deliver `message`, which entered the queue at `enqueued`: attempts
     /// until one succeeds, one fails for good, the attempts run out or the
-    /// queue timeout passes while no endpoint can take it.
+    /// queue timeout passes while no endpoint can take it. A message
+    /// delivered in place (`enqueued` is `None`: a dead letter) waits for no
+    /// endpoint: it fails as soon as none can take it.
     pub(super) async fn send(
         &self,
         message: Message,
-        enqueued: Instant,
+        enqueued: Option<Instant>,
     ) -> Result<Option<Message>, DeliveryError> {
         let _request = self.budget.start_request();
-        let deadline = enqueued + self.queue_timeout;
+        let deadline = enqueued.map(|enqueued| enqueued + self.queue_timeout);
         let key = self.hash_header.as_deref().and_then(|name| message.header(name));
         let mut tried = vec![false; self.endpoints.len()];
         let mut last_error = None;
         let (mut attempts, mut retry_permit) = (0, None);
+        // Whether an attempt went out and got no answer: the message may
+        // have been taken, whatever the later attempts say.
+        let mut maybe_delivered = false;
         loop {
             let Some((index, permit)) = self.choose(&mut tried, &message, key).await else {
                 // No endpoint can take it now: wait for one, spending nothing.
-                if tokio::time::timeout_at(deadline, self.serving()).await.is_err() {
-                    return Err(self.too_late(enqueued, attempts, last_error));
+                let served = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, self.serving()).await.is_ok(),
+                    None => false,
+                };
+                match served {
+                    true => continue,
+                    false => return Err(self.no_endpoint(enqueued, attempts, last_error, maybe_delivered)),
                 }
-                continue;
             };
             let endpoint = &self.endpoints[index];
             let (outcome, result) = self.attempt(endpoint, permit, &message, attempts + 1).await;
@@ -46,8 +55,14 @@ impl<T: Transport> Cluster<T> {
                     self.retries.inc();
                 }
                 last_error = Some(error);
-                if Instant::now() >= deadline {
-                    return Err(self.too_late(enqueued, attempts, last_error));
+                // Past the deadline, or in place with a full pool: as good
+                // as no endpoint.
+                let given_up = match deadline {
+                    Some(deadline) => Instant::now() >= deadline,
+                    None => outcome == Outcome::Shed,
+                };
+                if given_up {
+                    return Err(self.no_endpoint(enqueued, attempts, last_error, maybe_delivered));
                 }
                 continue;
             }
@@ -55,7 +70,7 @@ impl<T: Transport> Cluster<T> {
             drop(retry_permit.take());
             let safe =
                 self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_before_send());
-            let maybe_delivered = matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
+            maybe_delivered |= matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
             if !(outcome.is_retryable() && safe) || attempts >= self.retry.attempts {
                 let fatal = !(outcome.is_retryable() && safe);
                 return Err(DeliveryError::Attempts { attempts, last_error: error, fatal, maybe_delivered });
@@ -74,27 +89,28 @@ impl<T: Transport> Cluster<T> {
         }
     }
 
-    /// Why a message that entered the queue at `enqueued` fails when its
-    /// queue timeout passed before an endpoint could take it: never sent
-    /// (`attempts` 0), or retries cut short.
-    pub(super) fn too_late(
+    /// Why a message fails when no endpoint could take it: before its queue
+    /// timeout, counted from `enqueued` (never sent: `queue-timeout`; or
+    /// retries cut short), or at once when delivered in place (`None`).
+    pub(super) fn no_endpoint(
         &self,
-        enqueued: Instant,
+        enqueued: Option<Instant>,
         attempts: u32,
         last_error: Option<String>,
+        maybe_delivered: bool,
     ) -> DeliveryError {
-        let waited_ms = enqueued.elapsed().as_millis() as u64;
-        match (attempts, last_error) {
-            (1.., Some(last)) => DeliveryError::Attempts {
-                attempts,
-                last_error: format!(
-                    "{last}; then no endpoint could take it within its queue timeout ({waited_ms} ms)"
-                ),
-                fatal: false,
-                maybe_delivered: false,
-            },
-            _ => DeliveryError::QueueTimeout { waited_ms },
-        }
+        let last = last_error.map_or_else(String::new, |last| format!("{last}; "));
+        let last_error = match enqueued {
+            Some(enqueued) if attempts == 0 => {
+                return DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
+            }
+            Some(enqueued) => {
+                let waited = enqueued.elapsed().as_millis();
+                format!("{last}then no endpoint could take it within its queue timeout ({waited} ms)")
+            }
+            None => format!("{last}no endpoint can take it now"),
+        };
+        DeliveryError::Attempts { attempts, last_error, fatal: false, maybe_delivered }
     }
 
     /// Resolves once some endpoint can take traffic (see [`Cluster::admissions`]).

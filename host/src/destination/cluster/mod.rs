@@ -265,14 +265,15 @@ impl<T: Transport> QueuedDestination for Cluster<T> {
     }
 
     fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_> {
-        Box::pin(self.send(message, enqueued))
+        Box::pin(self.send(message, Some(enqueued)))
     }
 }
 
 impl<T: Transport> Destination for Cluster<T> {
-    /// Delivers as if `message` entered the queue now.
+    /// Delivers in place (a dead letter), waiting for no endpoint: when none
+    /// can take it, it fails at once.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
-        Box::pin(self.send(message, Instant::now()))
+        Box::pin(self.send(message, None))
     }
 
     fn endpoints(&self) -> Vec<super::EndpointStatus> {
