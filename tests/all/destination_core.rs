@@ -304,7 +304,7 @@ async fn delivery_oracle(endpoints: Vec<TestEndpoint>, transport: &str) {
     // Slow answers come after the 250 ms deadline: the attempt is retried,
     // so the endpoint may have taken a message that is delivered elsewhere
     // too. On a loaded machine a healthy answer can be late as well.
-    let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }\ntimeout_ms = 250";
+    let extra = "idempotent = true\nretry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 3, open_ms = 5 }\ntimeout_ms = 250";
     let config = config(&endpoints.iter().collect::<Vec<_>>(), extra);
     let host =
         host(dir.path(), &config.replace("transport = \"http\"", &format!("transport = \"{transport}\"")))
@@ -507,7 +507,7 @@ async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state(
 async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
     let (flaky, steady) = (TestEndpoint::start(Mode::Fail).await, TestEndpoint::start(Mode::Answer).await);
     let dir = plugin_dir(&[]);
-    let extra = "retry = { attempts = 2, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 20 }";
+    let extra = "idempotent = true\nretry = { attempts = 2, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 20 }";
     let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
     let mut events = host.subscribe();
     within(host.request(Message::new("orders", "first"))).await.unwrap();
@@ -556,7 +556,7 @@ async fn a_high_failure_rate_ejects_an_endpoint_that_never_fails_twice_in_a_row(
     let (flaky, steady) =
         (TestEndpoint::start(Mode::Alternate).await, TestEndpoint::start(Mode::Answer).await);
     let dir = plugin_dir(&[]);
-    let extra = "retry = { attempts = 2, base_ms = 1, max_ms = 5 }\n\
+    let extra = "idempotent = true\nretry = { attempts = 2, base_ms = 1, max_ms = 5 }\n\
                  breaker = { consecutive_failures = 0, open_ms = 60000, failure_percent = 40, window = 10, min_volume = 10 }";
     let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
     let mut events = host.subscribe();

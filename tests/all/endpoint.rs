@@ -1,7 +1,8 @@
 //! A real endpoint on 127.0.0.1, speaking HTTP or the `tcp` transport's
 //! frames, whose behaviour a test switches while it runs: answer, fail,
-//! reset connections, hold requests until released, go slow, or die (stop
-//! listening and drop every connection).
+//! reset connections (before or after taking the message), hold requests
+//! until released, go slow, redirect, or die (stop listening and drop every
+//! connection) and come back on the same port.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -29,6 +30,11 @@ pub enum Mode {
     Alternate = 4,
     /// Answer after [`SLOW`], past the deadlines the tests set.
     Slow = 5,
+    /// Take the message (it is seen, and answered) but close the connection
+    /// instead of answering: a reset after processing.
+    TakeThenReset = 6,
+    /// Answer 302 with a `location` (over `tcp`: answer as [`Mode::Answer`]).
+    Redirect = 7,
 }
 
 /// How long a [`Mode::Slow`] endpoint takes to answer.
@@ -53,12 +59,29 @@ struct State {
     arrived: Notify,
 }
 
+/// Serves one accepted connection.
+type Connection = Arc<
+    dyn Fn(
+            tokio::net::TcpStream,
+            Arc<State>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A running endpoint; dropping it kills it.
 pub struct TestEndpoint {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<State>,
-    server: tokio::task::JoinHandle<()>,
+    connection: Connection,
+    server: Mutex<Server>,
+}
+
+/// The accepting task, and how to stop it with every connection closed.
+struct Server {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestEndpoint {
@@ -81,9 +104,10 @@ impl TestEndpoint {
 
     async fn listen<F, Fut>(mode: Mode, connection: F) -> TestEndpoint
     where
-        F: Fn(tokio::net::TcpStream, Arc<State>) -> Fut + Send + 'static,
+        F: Fn(tokio::net::TcpStream, Arc<State>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        let connection: Connection = Arc::new(move |stream, state| Box::pin(connection(stream, state)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -93,16 +117,26 @@ impl TestEndpoint {
             arrivals: AtomicUsize::new(0),
             arrived: Notify::new(),
         });
-        let served = state.clone();
-        let server = tokio::spawn(async move {
-            // Dropped (so every connection aborted) when the server is.
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                connections.spawn(connection(stream, served.clone()));
-            }
-        });
-        TestEndpoint { addr, state, server }
+        let server = Mutex::new(serve_on(listener, state.clone(), connection.clone()));
+        TestEndpoint { addr, state, connection, server }
+    }
+
+    /// Stop listening and close every open connection, as a crash would;
+    /// returns once all are closed.
+    pub async fn stop(&self) {
+        let stop = self.server.lock().unwrap().stop.take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        let finished = std::mem::replace(&mut self.server.lock().unwrap().task, tokio::spawn(async {}));
+        let _ = finished.await;
+    }
+
+    /// Listen again on the same port after [`TestEndpoint::stop`].
+    pub async fn revive(&self) {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        *self.server.lock().unwrap() = serve_on(listener, self.state.clone(), self.connection.clone());
     }
 
     /// Behave as `mode` from now on.
@@ -133,13 +167,35 @@ impl TestEndpoint {
 
     /// Stop listening and drop every open connection.
     pub fn kill(&self) {
-        self.server.abort();
+        self.server.lock().unwrap().task.abort();
     }
+}
+
+/// Accept connections on `listener` and serve each with `connection`, until
+/// aborted or stopped.
+fn serve_on(listener: tokio::net::TcpListener, state: Arc<State>, connection: Connection) -> Server {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        // Dropped (so every connection aborted) when the server is.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    connections.spawn(connection(stream, state.clone()));
+                }
+                _ = &mut stopped => break,
+            }
+        }
+        drop(listener);
+        connections.shutdown().await;
+    });
+    Server { task, stop: Some(stop) }
 }
 
 impl Drop for TestEndpoint {
     fn drop(&mut self) {
-        self.server.abort();
+        self.kill();
     }
 }
 
@@ -160,6 +216,11 @@ async fn serve(
         Answer::Ok => Ok(status(StatusCode::OK, body)),
         Answer::Fail => Ok(status(StatusCode::SERVICE_UNAVAILABLE, body)),
         Answer::Reset => Err("reset".into()),
+        Answer::Redirect => {
+            let mut response = status(StatusCode::FOUND, body);
+            response.headers_mut().insert(hyper::header::LOCATION, "/elsewhere".parse().unwrap());
+            Ok(response)
+        }
     }
 }
 
@@ -178,7 +239,7 @@ async fn serve_frames(mut stream: tokio::net::TcpStream, state: Arc<State>) {
         let Some(Ok(message)) = switchyard_wire::decode(&frame).next() else { return };
         let body = String::from_utf8_lossy(message.payload.unwrap_or_default()).into_owned();
         match state.take(body).await {
-            Answer::Ok if stream.write_u32(0).await.is_ok() => {}
+            Answer::Ok | Answer::Redirect if stream.write_u32(0).await.is_ok() => {}
             // No failure answer in this protocol: close the connection.
             _ => return,
         }
@@ -190,6 +251,7 @@ enum Answer {
     Ok,
     Fail,
     Reset,
+    Redirect,
 }
 
 impl State {
@@ -210,6 +272,8 @@ impl State {
         }
         let answer = match mode {
             m if m == Mode::Reset as u8 => return Answer::Reset,
+            m if m == Mode::TakeThenReset as u8 => Answer::Reset,
+            m if m == Mode::Redirect as u8 => Answer::Redirect,
             m if m == Mode::Fail as u8 => Answer::Fail,
             m if m == Mode::Alternate as u8 && arrival.is_multiple_of(2) => Answer::Fail,
             _ => Answer::Ok,

@@ -49,6 +49,7 @@ transport = "http"
 dead_letter = "api-dead"
 endpoints = [{}]
 path = "/ingest"
+idempotent = true
 retry = {{ attempts = 3, base_ms = 1, max_ms = 5 }}
 breaker = {{ consecutive_failures = 2, open_ms = 60000 }}
 [[route]]
@@ -65,8 +66,9 @@ async fn failover_skips_dead_and_failing_endpoints_and_ejects_them() {
     let (other_ok, other_ok_hits) = server(StatusCode::OK).await;
     let (failing, failing_hits) = server(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = plugin_dir(&[]);
-    // Two of four ejected is within the ejection cap (half), and two
-    // healthy of four keeps the destination out of panic mode.
+    // Two of four out (the dead one refusing connections, the failing one
+    // ejected) is within the ejection cap (half), and two healthy of four
+    // keeps the destination out of panic mode.
     let host = host(dir.path(), &config(&[dead_address(), failing, ok, other_ok])).await;
     for n in 0..30 {
         let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
@@ -81,7 +83,8 @@ async fn failover_skips_dead_and_failing_endpoints_and_ejects_them() {
     let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
     let endpoints = api.endpoints;
     let breakers: Vec<&str> = endpoints.iter().map(|endpoint| endpoint.breaker).collect();
-    assert_eq!(breakers, ["open", "open", "closed", "closed"], "dead and failing endpoints are ejected");
+    assert_eq!(breakers, ["closed", "open", "closed", "closed"], "the failing endpoint is ejected");
+    assert!(endpoints[0].refusing && !endpoints[0].serving(), "the dead one refused once: left out");
     assert_eq!(endpoints[2].address, ok.to_string());
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (30, 0));

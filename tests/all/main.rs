@@ -20,6 +20,7 @@ mod panics;
 mod plugins;
 mod reload;
 mod reload_once;
+mod retries;
 mod routing;
 mod support;
 mod tcp_destination;

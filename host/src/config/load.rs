@@ -309,6 +309,9 @@ impl super::DestinationConfig {
             return Err(("balancer", self.balancer.clone(), err.to_string()));
         }
         url_path("path", &self.path)?;
+        if self.redirects_ok && self.transport != Transport::Http {
+            return Err(("redirects_ok", "true".into(), "only the http transport has redirects".into()));
+        }
         self.validate_limits()
     }
 

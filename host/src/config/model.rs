@@ -264,6 +264,21 @@ pub struct DestinationConfig {
     /// Request path for the `http` transport.
     #[serde(default = "default_path")]
     pub path: String,
+    /// `http` only: whether a 3xx answer counts as delivered. By default a
+    /// redirect is a final failure (dead-lettered, not retried): the host
+    /// does not follow redirects, so nobody took the message.
+    #[serde(default)]
+    pub redirects_ok: bool,
+    /// Whether the endpoints can take the same message twice (they
+    /// deduplicate on `x-sy-id`, or doing it twice is harmless). When true,
+    /// every retryable failure is retried, timeouts and resets included.
+    /// When false (the default), only failures where the endpoint certainly
+    /// did not take the message are retried (a refused connection, no free
+    /// connection, no endpoint available); a message sent that got no
+    /// answer is dead-lettered `delivery-uncertain`, and an error answer
+    /// (5xx, 408, 429) `delivery-failed`, without a retry.
+    #[serde(default)]
+    pub idempotent: bool,
     /// Deadline of one attempt, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,

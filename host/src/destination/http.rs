@@ -3,8 +3,9 @@
 //!
 //! The request carries the payload as its body and the message's headers, plus
 //! `x-sy-topic` and `x-sy-id`. A 2xx answer is the reply (its body the payload,
-//! its `x-` headers the headers); 5xx, 408, 429 and connection errors are
-//! retryable; other statuses are final. A connection goes back to its pool
+//! its `x-` headers the headers), and a 3xx too when the destination says
+//! `redirects_ok` (otherwise a redirect is a final failure: it is not followed);
+//! 5xx, 408, 429 and connection errors are retryable; other statuses are final. A connection goes back to its pool
 //! only after a complete response, body read, with the connection still open.
 
 use super::cluster::{AttemptFuture, AttemptResult, Transport};
@@ -15,15 +16,38 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The sending half of one HTTP/1.1 connection; its driver runs as a task.
 pub(super) type Sender = SendRequest<Full<Bytes>>;
 
+/// One pooled HTTP/1.1 connection: its sending half, and its socket, shared
+/// with the driver so that the pool sees a peer's close of an idle
+/// connection in the socket itself, before a request goes out on it (the
+/// driver may not have run since the close reached us).
+pub(super) struct Connection {
+    pub(super) sender: Sender,
+    socket: Arc<TcpStream>,
+}
+
+impl Connection {
+    /// Whether neither the driver nor the socket saw the connection close.
+    fn is_open(&self) -> bool {
+        !self.sender.is_closed() && super::tcp::is_open(&self.socket)
+    }
+}
+
 /// POSTs to `http://ADDRESS{path}`.
 pub struct HttpTransport {
-    pools: Pools<Sender>,
+    pools: Pools<Connection>,
     path: String,
+    /// Whether a 3xx answer counts as delivered.
+    redirects_ok: bool,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -34,9 +58,11 @@ impl std::fmt::Debug for HttpTransport {
 
 impl HttpTransport {
     /// A transport posting to `path` on every endpoint, keeping a pool of
-    /// connections with `pool` settings per endpoint.
-    pub fn new(path: &str, pool: PoolConfig) -> HttpTransport {
-        HttpTransport { pools: Pools::new(pool, |sender| !sender.is_closed()), path: path.to_owned() }
+    /// connections with `pool` settings per endpoint; a 3xx answer counts as
+    /// delivered only when `redirects_ok`.
+    pub fn new(path: &str, redirects_ok: bool, pool: PoolConfig) -> HttpTransport {
+        let pools = Pools::new(pool, Connection::is_open);
+        HttpTransport { pools, path: path.to_owned(), redirects_ok }
     }
 
     /// One POST; on failure, how to classify it and what went wrong.
@@ -51,20 +77,26 @@ impl HttpTransport {
             .body(Full::new(message.payload.clone()))
             .map_err(|err| (Outcome::Fatal(FatalReason::Protocol), format!("invalid request: {err}")))?;
         let pool = self.pools.get(address);
-        let mut sender = loop {
-            let mut sender =
+        let mut connection = loop {
+            let mut connection =
                 pool.acquire(|| connect(address)).await.map_err(|err| err.into_attempt_error(address))?;
-            match sender.ready().await {
-                Ok(()) => break sender,
+            match connection.sender.ready().await {
+                Ok(()) => break connection,
                 // Closed while idle, before anything was sent: drop it, take the next.
-                Err(_) if sender.is_reused() => continue,
-                Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
+                Err(_) if connection.is_reused() => continue,
+                // Nothing was sent: as safe to retry as a refused connection.
+                Err(err) => return Err((Outcome::Retryable(RetryReason::Connect), err.to_string())),
             }
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|err| (Outcome::Retryable(RetryReason::Reset), err.to_string()))?;
+        let response = match connection.sender.try_send_request(request).await {
+            Ok(response) => response,
+            // Given back unwritten (the connection closed first): nothing
+            // was sent, so any retry is safe.
+            Err(err) if err.message().is_some() => {
+                return Err((Outcome::Retryable(RetryReason::Connect), err.into_error().to_string()));
+            }
+            Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.into_error().to_string())),
+        };
         let status = response.status();
         let headers: Vec<(String, String)> = response
             .headers()
@@ -76,10 +108,10 @@ impl HttpTransport {
             Ok(body) => body.to_bytes(),
             Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
         };
-        if !sender.is_closed() {
-            sender.release();
+        if !connection.sender.is_closed() {
+            connection.release();
         }
-        match Outcome::from_status(status.as_u16()) {
+        match Outcome::from_status(status.as_u16(), self.redirects_ok) {
             Outcome::Ok if status == hyper::StatusCode::NO_CONTENT => Ok(None),
             Outcome::Ok => {
                 let reply = Message {
@@ -112,15 +144,56 @@ impl Transport for HttpTransport {
 
 /// A new connection to `address`, its driver spawned as a task that ends
 /// when the connection closes or its sender is dropped.
-pub(super) async fn connect(address: &str) -> std::io::Result<Sender> {
-    let stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+pub(super) async fn connect(address: &str) -> std::io::Result<Connection> {
+    let socket = Arc::new(TcpStream::connect(address).await?);
+    socket.set_nodelay(true)?;
+    let io = TokioIo::new(SharedSocket(socket.clone()));
+    let (sender, driver) = http1::handshake(io).await.map_err(std::io::Error::other)?;
     let address = address.to_owned();
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        if let Err(err) = driver.await {
             tracing::debug!(endpoint = %address, %err, "http connection closed");
         }
     });
-    Ok(sender)
+    Ok(Connection { sender, socket })
+}
+
+/// A socket that hyper's driver reads and writes while the pool may look at
+/// it: all through `&TcpStream` (readiness, then a non-blocking call).
+struct SharedSocket(Arc<TcpStream>);
+
+impl AsyncRead for SharedSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
 }

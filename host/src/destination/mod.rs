@@ -13,8 +13,10 @@ mod plugin_balancer;
 mod pool;
 mod probe;
 mod queue;
+mod retrying;
 mod tcp;
 
+pub(crate) use cluster::QueuedDestination;
 pub use cluster::{AttemptFuture, AttemptResult, Cluster, Transport};
 pub use http::HttpTransport;
 pub use log::LogDestination;
@@ -22,6 +24,7 @@ pub use memory::MemoryDestination;
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use probe::probe;
 pub use queue::{DeliveryQueue, PushError, Queued};
+pub(crate) use retrying::Retrying;
 pub use tcp::TcpTransport;
 
 use crate::message::Message;
@@ -43,26 +46,33 @@ pub enum DeliveryError {
     /// A permanent failure.
     #[error("delivery failed: {0}")]
     Fatal(String),
-    /// A network destination tried `attempts` times and gave up: its last
-    /// attempt failed for good (`fatal`, not retried), or the retries ran out.
+    /// A destination tried `attempts` times and gave up: its last attempt
+    /// failed for good (`fatal`, not retried), or the retries ran out.
+    /// Attempts count only what reached an endpoint: a refused connection or
+    /// a wait for a free connection is not one.
     #[error(
-        "delivery failed{}: gave up after {attempts} attempt{}; last: {last_error}",
+        "delivery failed{}: gave up after {attempts} attempt{}{}; last: {last_error}",
         if *fatal { "" } else { ", retryable" },
-        if *attempts == 1 { "" } else { "s" }
+        if *attempts == 1 { "" } else { "s" },
+        if *maybe_delivered { ", and it may have been delivered (sent, no answer)" } else { "" }
     )]
     Attempts {
-        /// How many attempts were made (0 when no endpoint admitted one).
+        /// How many attempts reached an endpoint.
         attempts: u32,
-        /// The last attempt's error, after its endpoint's address.
+        /// The last failure's error, after its endpoint's address.
         last_error: String,
         /// Whether the last error was final rather than worth a retry.
         fatal: bool,
+        /// Whether an attempt went out and got no answer (a timeout, a
+        /// reset), so an endpoint may have taken the message (a destination
+        /// that is not `idempotent` does not send it again).
+        maybe_delivered: bool,
     },
     /// The destination panicked while taking the message.
     #[error("the destination panicked: {0}")]
     Panicked(String),
-    /// The message waited in the destination's queue past its timeout and
-    /// was never sent.
+    /// The message waited past its queue timeout, in the destination's
+    /// queue or for an endpoint able to take it, and was never sent.
     #[error("waited {waited_ms} ms in the queue, past its timeout; not sent")]
     QueueTimeout {
         /// How long it waited, milliseconds.
@@ -95,16 +105,18 @@ pub struct DestinationStatus {
 
 impl DestinationStatus {
     /// Whether it can take traffic: it has no endpoints, or at least one
-    /// neither down by health checks nor ejected by its breaker.
+    /// neither down by health checks, nor ejected by its breaker, nor
+    /// refusing connections.
     pub fn serving(&self) -> bool {
         self.endpoints.is_empty() || self.endpoints.iter().any(EndpointStatus::serving)
     }
 }
 
 impl EndpointStatus {
-    /// Neither down by health checks nor ejected by its breaker.
+    /// Neither down by health checks, nor ejected by its breaker, nor
+    /// refusing connections.
     pub fn serving(&self) -> bool {
-        self.health != "down" && self.breaker != "open"
+        self.health != "down" && self.breaker != "open" && !self.refusing
     }
 }
 
@@ -124,6 +136,9 @@ pub struct EndpointStatus {
     pub configured_weight: u32,
     /// Requests in flight to it now.
     pub in_flight: u32,
+    /// Whether it refused its last connection, within its breaker's first
+    /// ejection (`breaker.open_ms`): it gets no traffic until then.
+    pub refusing: bool,
     /// Its connection pool, once the transport made one.
     pub pool: Option<PoolStats>,
     /// Its peak-EWMA latency estimate, milliseconds.

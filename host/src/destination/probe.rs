@@ -24,7 +24,7 @@ pub async fn probe(transport: Transport, address: &str, settings: &HealthSetting
 
 /// `GET path` on a new connection to `address`; 2xx passes.
 async fn get(address: &str, path: &str) -> Result<(), String> {
-    let mut sender = super::http::connect(address).await.map_err(|err| format!("connect: {err}"))?;
+    let mut sender = super::http::connect(address).await.map_err(|err| format!("connect: {err}"))?.sender;
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, address)
         .body(Full::new(Bytes::new()))

@@ -1,13 +1,17 @@
 //! The bounded priority queue in front of a network destination: the most
-//! urgent priority class first, the oldest first within a class.
+//! urgent priority class first, the oldest first within a class, and every
+//! entry out by its deadline.
 //!
 //! Pushing waits while the queue is full, which is how a slow destination
-//! pushes back on the pipeline and, through it, on senders. One consumer (the
-//! destination's dispatcher) pops; closing lets it drain what is left.
+//! pushes back on the pipeline and, through it, on senders. Two consumers
+//! take from it: the destination's dispatcher [`pop`](DeliveryQueue::pop)s
+//! what it can send, and an expirer takes what waited past the queue's
+//! timeout as soon as it passes ([`expired`](DeliveryQueue::expired)), not
+//! only when the dispatcher gets to it. Closing lets both drain what is left.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -16,24 +20,26 @@ use tokio::time::Instant;
 pub struct DeliveryQueue<T> {
     state: Mutex<State<T>>,
     capacity: usize,
-    /// Signalled when an entry is pushed or the queue closes.
+    /// Signalled (one waiter: the dispatcher) when an entry is pushed or the queue closes.
     pushed: Notify,
     /// Signalled when an entry is popped or the queue closes.
     popped: Notify,
+    /// Signalled (every waiter) when an entry is pushed or the queue closes:
+    /// the expirer and [`closed`](DeliveryQueue::closed) wait on it.
+    changed: Notify,
 }
 
 #[derive(Debug)]
 struct State<T> {
-    heap: BinaryHeap<Entry<T>>,
-    next_seq: u64,
+    /// One first-in first-out line per priority class; no empty lines.
+    classes: BTreeMap<u8, VecDeque<Entry<T>>>,
+    len: usize,
     closed: bool,
 }
 
-/// One waiting item with what orders it.
+/// One waiting item with when it came.
 #[derive(Debug)]
 struct Entry<T> {
-    priority: u8,
-    seq: u64,
     enqueued: Instant,
     item: T,
 }
@@ -56,35 +62,15 @@ pub enum PushError<T> {
     Closed(T),
 }
 
-impl<T> PartialEq for Entry<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl<T> Eq for Entry<T> {}
-
-impl<T> PartialOrd for Entry<T> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<T> Ord for Entry<T> {
-    /// The max-heap's top is the highest priority, then the lowest sequence.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority.cmp(&other.priority).then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
 impl<T> DeliveryQueue<T> {
     /// An empty queue holding at most `capacity` items (at least 1).
     pub fn new(capacity: usize) -> DeliveryQueue<T> {
         DeliveryQueue {
-            state: Mutex::new(State { heap: BinaryHeap::new(), next_seq: 0, closed: false }),
+            state: Mutex::new(State { classes: BTreeMap::new(), len: 0, closed: false }),
             capacity: capacity.max(1),
             pushed: Notify::new(),
             popped: Notify::new(),
+            changed: Notify::new(),
         }
     }
 
@@ -94,14 +80,15 @@ impl<T> DeliveryQueue<T> {
         if state.closed {
             return Err(PushError::Closed(item));
         }
-        if state.heap.len() >= self.capacity {
+        if state.len >= self.capacity {
             return Err(PushError::Full(item));
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        state.heap.push(Entry { priority, seq, enqueued: Instant::now(), item });
+        let entry = Entry { enqueued: Instant::now(), item };
+        state.classes.entry(priority).or_default().push_back(entry);
+        state.len += 1;
         drop(state);
         self.pushed.notify_one();
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -134,15 +121,73 @@ impl<T> DeliveryQueue<T> {
     /// `Err(())` while open and empty.
     fn try_pop(&self) -> Result<Option<Queued<T>>, ()> {
         let mut state = self.lock();
-        match state.heap.pop() {
-            Some(Entry { item, enqueued, .. }) => {
-                drop(state);
-                self.popped.notify_one();
-                Ok(Some(Queued { item, enqueued }))
-            }
-            None if state.closed => Ok(None),
-            None => Err(()),
+        let Some(mut line) = state.classes.last_entry() else {
+            return if state.closed { Ok(None) } else { Err(()) };
+        };
+        let entry = line.get_mut().pop_front().expect("no empty lines");
+        if line.get().is_empty() {
+            line.remove();
         }
+        Ok(Some(self.took(state, entry)))
+    }
+
+    /// Take the oldest item once it has waited `timeout`, waiting for that;
+    /// `None` once the queue is closed and drained. Pushes never make the
+    /// oldest deadline come sooner (a new item is the youngest), so this
+    /// sleeps until the oldest's deadline, or a push or the close, and looks
+    /// again.
+    pub async fn expired(&self, timeout: Duration) -> Option<Queued<T>> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let deadline = {
+                let mut state = self.lock();
+                let oldest = state.classes.iter().map(|(class, line)| (line[0].enqueued, *class)).min();
+                match oldest {
+                    Some((enqueued, class)) if enqueued + timeout <= Instant::now() => {
+                        let line = state.classes.get_mut(&class).expect("the oldest's line");
+                        let entry = line.pop_front().expect("no empty lines");
+                        if line.is_empty() {
+                            state.classes.remove(&class);
+                        }
+                        return Some(self.took(state, entry));
+                    }
+                    Some((enqueued, _)) => Some(enqueued + timeout),
+                    None if state.closed => return None,
+                    None => None,
+                }
+            };
+            match deadline {
+                Some(deadline) => tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    // Closed: what is left may drain before its deadline.
+                    () = changed => {}
+                },
+                None => changed.await,
+            }
+        }
+    }
+
+    /// Resolves once the queue is closed.
+    pub async fn closed(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().closed {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Counts `entry` out of the queue and tells a waiting pusher.
+    fn took(&self, mut state: std::sync::MutexGuard<'_, State<T>>, entry: Entry<T>) -> Queued<T> {
+        state.len -= 1;
+        drop(state);
+        self.popped.notify_one();
+        Queued { item: entry.item, enqueued: entry.enqueued }
     }
 
     /// Refuse further pushes; what is queued can still be popped.
@@ -151,11 +196,12 @@ impl<T> DeliveryQueue<T> {
         self.pushed.notify_waiters();
         self.pushed.notify_one();
         self.popped.notify_waiters();
+        self.changed.notify_waiters();
     }
 
     /// Items waiting now.
     pub fn len(&self) -> usize {
-        self.lock().heap.len()
+        self.lock().len
     }
 
     /// Whether no item is waiting.
@@ -172,6 +218,7 @@ impl<T> DeliveryQueue<T> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn pops_by_class_then_age() {
@@ -249,5 +296,48 @@ mod tests {
         assert_eq!(queue.pop().await.unwrap().enqueued, start);
         let second = queue.pop().await.unwrap();
         assert_eq!(second.enqueued - start, std::time::Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_item_expires_when_its_timeout_passes_not_when_it_is_popped() {
+        let queue = Arc::new(DeliveryQueue::new(4));
+        let start = Instant::now();
+        queue.try_push(0, "old").unwrap();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        queue.try_push(9, "urgent but young").unwrap();
+        let expirer = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                let mut out = Vec::new();
+                while let Some(queued) = queue.expired(Duration::from_millis(1000)).await {
+                    out.push((queued.item, Instant::now() - start));
+                }
+                out
+            }
+        });
+        tokio::time::advance(Duration::from_millis(699)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(queue.len(), 2, "nothing expires early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(queue.len(), 1, "the oldest expired on time, while nobody popped");
+        queue.close();
+        let expired = expirer.await.unwrap();
+        let expected =
+            [("old", Duration::from_millis(1000)), ("urgent but young", Duration::from_millis(1300))];
+        assert_eq!(expired, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_resolves_only_once_the_queue_closes() {
+        let queue = Arc::new(DeliveryQueue::<u8>::new(1));
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.closed().await }
+        });
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!waiter.is_finished());
+        queue.close();
+        waiter.await.unwrap();
     }
 }

@@ -78,10 +78,15 @@ async fn connect(address: &str) -> std::io::Result<TcpStream> {
 }
 
 /// Whether an idle connection is still open: the peer neither closed it
-/// (a read of 0 bytes) nor sent bytes nobody asked for. Reads only when the
-/// reactor saw it readable, so an open connection costs no system call.
-fn is_open(stream: &TcpStream) -> bool {
-    matches!(stream.try_read(&mut [0; 1]), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+/// (a peek of 0 bytes) nor sent bytes nobody asked for. Asks the kernel (one
+/// non-blocking peek), not tokio's readiness, which lags until the reactor
+/// next runs: a peer that closed just now is seen, and no message is sent
+/// into a closed connection, where it could not be told from one the peer
+/// took before it closed.
+pub(super) fn is_open(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    let peeked = socket2::SockRef::from(stream).peek(&mut byte);
+    matches!(peeked, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 impl Transport for TcpTransport {

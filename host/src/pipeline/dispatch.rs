@@ -1,15 +1,19 @@
 //! Dispatchers: one runtime task per network destination takes its queued
-//! messages, most urgent first, whenever both one of the destination's
-//! delivery slots and one of the host's is free, and delivers each in a task
-//! of its own. Workers only hand messages over, so a slow destination holds
-//! up its own queue, not the pipeline, until that queue is full.
+//! messages, most urgent first, whenever one of the destination's delivery
+//! slots and one of the host's are free and one of its endpoints can take
+//! traffic, and delivers each in a task of its own. While none can, the queue
+//! holds: no attempt is spent on refused connections. A second task per
+//! destination dead-letters each message whose queue timeout passes, on time,
+//! whether or not the dispatcher is waiting. Workers only hand messages over,
+//! so a slow destination holds up its own queue, not the pipeline, until that
+//! queue is full.
 
 use super::Pipeline;
 use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, Destination, HostServices, Queued, Transport,
+    Cluster, DeliveryError, DeliveryQueue, HostServices, Queued, QueuedDestination, Transport,
 };
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
@@ -73,32 +77,41 @@ impl DispatchContext {
         &self,
         config: &DestinationConfig,
         transport: T,
-    ) -> Arc<dyn Destination> {
+    ) -> Arc<dyn QueuedDestination> {
         let cluster = Arc::new(Cluster::new(config, transport, &self.services));
         cluster.start_health_checks(&self.runtime);
         cluster
     }
 
-    /// Start the dispatcher of destination `sink` configured by `config`;
-    /// returns the queue it takes from. It ends once the queue is closed and
-    /// drained.
-    pub(crate) fn start(&self, sink: Arc<Sink>, config: &DestinationConfig) -> Arc<DeliveryQueue<Job>> {
+    /// Start the dispatcher of destination `sink` (whose cluster is
+    /// `cluster`) configured by `config`, and the expirer of its queue;
+    /// returns the queue. Both end once the queue is closed and drained.
+    pub(crate) fn start(
+        &self,
+        sink: Arc<Sink>,
+        cluster: Arc<dyn QueuedDestination>,
+        config: &DestinationConfig,
+    ) -> Arc<DeliveryQueue<Job>> {
         let queue = Arc::new(DeliveryQueue::new(config.queue.capacity));
         let dispatcher = Dispatcher {
             sink,
+            cluster,
             queue: queue.clone(),
             slots: Arc::new(Semaphore::new(config.queue.max_in_flight)),
             timeout: Duration::from_millis(config.queue.timeout_ms),
             context: self.clone(),
         };
+        self.tracker.spawn_on(dispatcher.clone().expire(), &self.runtime);
         self.tracker.spawn_on(dispatcher.run(), &self.runtime);
         queue
     }
 }
 
 /// The dispatcher of one destination.
+#[derive(Clone)]
 struct Dispatcher {
     sink: Arc<Sink>,
+    cluster: Arc<dyn QueuedDestination>,
     queue: Arc<DeliveryQueue<Job>>,
     /// The destination's delivery slots.
     slots: Arc<Semaphore>,
@@ -114,22 +127,48 @@ impl Dispatcher {
             // An idle dispatcher holds one slot of its own, never one of the
             // host's: those go only to messages ready to be sent.
             let Ok(slot) = self.slots.clone().acquire_owned().await else { break };
+            // Take nothing while no endpoint can take traffic (the expirer
+            // dead-letters what waits too long), unless the queue is closed
+            // and draining.
+            tokio::select! {
+                () = self.cluster.serving() => {}
+                () = self.queue.closed() => {}
+            }
             let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
             let Ok(host_slot) = context.in_flight.clone().acquire_owned().await else { break };
             let Some(pipeline) = context.pipeline.upgrade() else { break };
-            let (sink, waited) = (self.sink.clone(), enqueued.elapsed());
+            let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let timeout = self.timeout;
             let delivery = async move {
                 let result = match waited > timeout {
                     true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
-                    false => sink.deliver(delivery.message.clone()).await,
+                    false => {
+                        let message = delivery.message.clone();
+                        let delivered =
+                            crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
+                        delivered.await.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
+                    }
                 };
                 drop((slot, host_slot));
                 pipeline.settle(&sink, delivery, &route, result).await;
             };
             context.tracker.spawn_on(delivery.instrument(span), &context.runtime);
+        }
+    }
+
+    /// Dead-letter each queued message once it has waited past the queue
+    /// timeout, whatever the dispatcher is waiting for.
+    async fn expire(self) {
+        let context = &self.context;
+        while let Some(Queued { item: job, enqueued }) = self.queue.expired(self.timeout).await {
+            let Some(pipeline) = context.pipeline.upgrade() else { break };
+            let Job { delivery, route } = job;
+            let error = DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
+            let sink = self.sink.clone();
+            let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };
+            context.tracker.spawn_on(settle, &context.runtime);
         }
     }
 }

@@ -5,7 +5,7 @@ use super::dispatch::{DispatchContext, Job};
 use crate::config::{Config, DestinationConfig, Transport};
 use crate::destination::{
     DeliveryError, DeliveryQueue, DeliveryResult, Destination, HttpTransport, LogDestination,
-    MemoryDestination, PoolConfig, TcpTransport,
+    MemoryDestination, PoolConfig, Retrying, TcpTransport,
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
@@ -71,6 +71,13 @@ impl Sink {
     }
 }
 
+/// `destination`, delivered to in place, its retryable failures retried
+/// (as many attempts as a network destination's default).
+fn retrying(destination: Arc<dyn Destination>) -> Arc<dyn Destination> {
+    let attempts = crate::config::RetrySettings::default().attempts;
+    Arc::new(Retrying::new(destination, attempts))
+}
+
 /// Destinations that outlive any one topology: those registered in code, and
 /// memory destinations, whose receivers embedders hold across reloads.
 pub(crate) struct LastingDestinations {
@@ -117,7 +124,8 @@ impl Topology {
             .native
             .iter()
             .map(|(name, destination)| {
-                let target = Target { sink: sink(name, destination.clone()), queue: None, built_from: None };
+                let sink = sink(name, retrying(destination.clone()));
+                let target = Target { sink, queue: None, built_from: None };
                 (name.clone(), target)
             })
             .collect();
@@ -132,23 +140,28 @@ impl Topology {
                 destinations.insert(dest.name.clone(), target);
                 continue;
             }
-            let destination: Arc<dyn Destination> = match dest.transport {
-                Transport::Log => Arc::new(LogDestination::new(&dest.name)),
-                Transport::Memory => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),
+            let pool = PoolConfig::from(&dest.pool);
+            let cluster = match dest.transport {
+                Transport::Log | Transport::Memory => None,
                 Transport::Http => {
-                    dispatch.cluster(dest, HttpTransport::new(&dest.path, PoolConfig::from(&dest.pool)))
+                    Some(dispatch.cluster(dest, HttpTransport::new(&dest.path, dest.redirects_ok, pool)))
                 }
-                Transport::Tcp => dispatch.cluster(dest, TcpTransport::new(PoolConfig::from(&dest.pool))),
+                Transport::Tcp => Some(dispatch.cluster(dest, TcpTransport::new(pool))),
+            };
+            let destination: Arc<dyn Destination> = match (&cluster, dest.transport) {
+                (Some(cluster), _) => cluster.clone(),
+                (None, Transport::Memory) => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),
+                (None, _) => retrying(Arc::new(LogDestination::new(&dest.name))),
             };
             let sink = sink(&dest.name, destination);
-            let networked = matches!(dest.transport, Transport::Http | Transport::Tcp);
-            let queue = networked.then(|| Arc::new(OwnedQueue(dispatch.start(sink.clone(), dest))));
-            let built_from = networked.then(|| dest.clone());
+            let built_from = cluster.is_some().then(|| dest.clone());
+            let queue =
+                cluster.map(|cluster| Arc::new(OwnedQueue(dispatch.start(sink.clone(), cluster, dest))));
             destinations.insert(dest.name.clone(), Target { sink, queue, built_from });
         }
         if !destinations.contains_key("log") {
             let log = Target {
-                sink: sink("log", Arc::new(LogDestination::new("log"))),
+                sink: sink("log", retrying(Arc::new(LogDestination::new("log")))),
                 queue: None,
                 built_from: None,
             };

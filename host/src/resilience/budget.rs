@@ -86,6 +86,17 @@ impl RetryBudget {
             .map(|_| RetryPermit { shared: self.shared.clone() })
     }
 
+    /// Takes leave for a message's first retry, which the budget always
+    /// allows: it counts like any other retry (so later retries see it) but
+    /// never waits. Envoy's floor (`min_retry_concurrency`) lets a few
+    /// retries through however little traffic there is; this floor is per
+    /// message, so a burst of messages that fail together are each retried
+    /// once, on another endpoint, before the budget holds later retries back.
+    pub fn first_retry(&self) -> RetryPermit {
+        self.shared.retries.fetch_add(1, Ordering::AcqRel);
+        RetryPermit { shared: self.shared.clone() }
+    }
+
     /// Takes leave for one retry, waiting while the budget is spent: the
     /// retry is delayed, not given up. Retries in progress still never
     /// exceed the budget; a message waits for one of them to end.
@@ -178,6 +189,18 @@ mod tests {
         assert_eq!((permits.len(), budget.retries()), (5, 5));
         drop(permits);
         assert_eq!(budget.retries(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_first_retry_is_allowed_past_the_budget_and_counts_against_later_ones() {
+        let budget = RetryBudget::new(0.0, 1);
+        let _request = budget.start_request();
+        let _spent = budget.try_acquire().expect("the floor");
+        let first = budget.first_retry();
+        assert_eq!(budget.retries(), 2, "allowed over the budget, and counted");
+        assert!(budget.try_acquire().is_none());
+        drop(first);
+        assert!(budget.try_acquire().is_none(), "still the floor's one retry in progress");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! Eligibility: which endpoints of a destination a message may go to, given their breakers and health,
-//! with Envoy's guard rails (a cap on the ejected share, panic mode).
+//! with Envoy's guard rails (a cap on the ejected share, panic mode), which never send to an endpoint
+//! that just refused a connection.
 
 use super::breaker::BreakerState;
 use super::health::HealthState;
@@ -42,6 +43,9 @@ pub enum EndpointCondition {
     },
     /// Health checks marked it down.
     Down,
+    /// Its last connection was refused, recently (within its breaker's window): nothing can reach it,
+    /// so neither the ejection cap nor panic mode admits it.
+    Refusing,
 }
 
 /// How a message may reach one endpoint.
@@ -94,17 +98,22 @@ impl EligibilityPolicy {
     /// breaker or health transition (and when an ejection ends) rather than once per message.
     ///
     /// Ejected endpoints beyond the cap are admitted `Forced`, the latest ejections first (as Envoy
-    /// refuses the ejection that would pass the cap). Then, if fewer than `panic_threshold` of all
-    /// endpoints are admitted, every endpoint is: `Ready` ones `Normal`, the others `Forced`.
+    /// refuses the ejection that would pass the cap); `Refusing` endpoints count against the cap first.
+    /// Then, if fewer than `panic_threshold` of all endpoints are admitted, every endpoint but the
+    /// `Refusing` ones is: `Ready` ones `Normal`, the others `Forced`.
     pub fn admit(&self, conditions: &[EndpointCondition]) -> Eligibility {
         let total = conditions.len();
         let mut admissions: Vec<Admission> = conditions
             .iter()
             .map(|condition| match condition {
                 EndpointCondition::Ready => Admission::Normal,
-                EndpointCondition::Ejected { .. } | EndpointCondition::Down => Admission::Excluded,
+                EndpointCondition::Ejected { .. } | EndpointCondition::Down | EndpointCondition::Refusing => {
+                    Admission::Excluded
+                }
             })
             .collect();
+        let refusing = conditions.iter().filter(|condition| **condition == EndpointCondition::Refusing);
+        let cap = self.max_ejected_count(total).saturating_sub(refusing.count());
 
         let mut ejected: Vec<(Instant, usize)> = conditions
             .iter()
@@ -115,15 +124,17 @@ impl EligibilityPolicy {
             })
             .collect();
         ejected.sort_unstable();
-        for &(_, index) in ejected.iter().skip(self.max_ejected_count(total)) {
+        for &(_, index) in ejected.iter().skip(cap) {
             admissions[index] = Admission::Forced;
         }
 
         let healthy = admissions.iter().filter(|admission| admission.is_eligible()).count();
         let panic = (healthy as f64) < self.panic_threshold * total as f64;
         if panic {
-            for admission in admissions.iter_mut().filter(|admission| **admission == Admission::Excluded) {
-                *admission = Admission::Forced;
+            for (admission, condition) in admissions.iter_mut().zip(conditions) {
+                if *admission == Admission::Excluded && *condition != EndpointCondition::Refusing {
+                    *admission = Admission::Forced;
+                }
             }
         }
         Eligibility { admissions, panic }
@@ -140,7 +151,7 @@ impl EligibilityPolicy {
 mod tests {
     use super::*;
     use Admission::{Excluded, Forced, Normal};
-    use EndpointCondition::{Down, Ready};
+    use EndpointCondition::{Down, Ready, Refusing};
     use std::time::Duration;
 
     fn ejected_at(t0: Instant, seconds: u64) -> EndpointCondition {
@@ -203,6 +214,27 @@ mod tests {
         assert_eq!(
             eligibility,
             Eligibility { admissions: vec![Forced, Forced, Forced, Normal], panic: true }
+        );
+    }
+
+    #[test]
+    fn panic_mode_never_admits_an_endpoint_that_refuses_connections() {
+        let t0 = Instant::now();
+        let eligibility = EligibilityPolicy::default().admit(&[Refusing, Down, ejected_at(t0, 0), Ready]);
+        assert_eq!(
+            eligibility,
+            Eligibility { admissions: vec![Excluded, Forced, Forced, Normal], panic: true }
+        );
+    }
+
+    #[test]
+    fn refusing_endpoints_count_against_the_ejection_cap_first() {
+        let t0 = Instant::now();
+        let eligibility = EligibilityPolicy::default().admit(&[Refusing, ejected_at(t0, 0)]);
+        assert_eq!(
+            eligibility,
+            Eligibility { admissions: vec![Excluded, Forced], panic: false },
+            "50 % of 2 is one endpoint out: the refusing one"
         );
     }
 

@@ -10,12 +10,14 @@
 //!
 //! ```text
 //! accepted ─► budget.start_request()                      (RequestGuard held until the final outcome)
-//! attempt:  eligibility.admit(conditions) ─► balancer picks among eligible endpoints (another one on retry)
+//! attempt:  eligibility.admit(conditions) ─► balancer picks among eligible endpoints (an untried one on
+//!           retry while there is one; none eligible: wait for one, spending no attempt)
 //!           breaker.try_acquire(now)  (acquire_forced if the pick's admission is Forced; None: pick again)
 //!           send ─► Outcome ─► permit.report(&outcome, now)    ─► Option<Transition> to log
 //!                           └► health.record_passive(&outcome, now) ─► Option<HealthTransition>
 //! retry?    retry.backoff_after(attempts, &outcome, rng) ─► Some(delay)
-//!           && budget.try_acquire() ─► Some(RetryPermit), held through the delay and the next attempt
+//!           && budget.first_retry() (a message's first) or budget.acquire() (later ones, may wait)
+//!           ─► RetryPermit, held through the delay and the next attempt
 //! otherwise the final outcome: delivered, or dead-lettered with its reason
 //! ```
 //!

@@ -51,11 +51,13 @@ pub enum FatalReason {
 }
 
 impl Outcome {
-    /// Classifies an HTTP status: 1xx–3xx deliver; 5xx, 408 and 429 may succeed elsewhere or later;
-    /// any other status is the request's fault and fatal.
-    pub fn from_status(status: u16) -> Outcome {
+    /// Classifies an HTTP status: 1xx–2xx deliver, and 3xx too when `redirects_ok` (a redirect is
+    /// otherwise not a delivery: nobody took the message, and the host does not follow it); 5xx, 408
+    /// and 429 may succeed elsewhere or later; any other status is the request's fault and fatal.
+    pub fn from_status(status: u16, redirects_ok: bool) -> Outcome {
         match status {
-            100..=399 => Outcome::Ok,
+            100..=299 => Outcome::Ok,
+            300..=399 if redirects_ok => Outcome::Ok,
             408 | 429 | 500..=599 => Outcome::Retryable(RetryReason::Status(status)),
             _ => Outcome::Fatal(FatalReason::Status(status)),
         }
@@ -87,6 +89,12 @@ impl RetryReason {
     pub fn is_before_send(&self) -> bool {
         matches!(self, RetryReason::Connect)
     }
+
+    /// Whether the request went out and no answer came back (a timeout, a reset mid-exchange): the
+    /// endpoint may have taken the message although the attempt failed.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, RetryReason::Timeout | RetryReason::Reset)
+    }
 }
 
 #[cfg(test)]
@@ -95,10 +103,12 @@ mod tests {
 
     #[test]
     fn statuses_classify_as_ok_retryable_or_fatal() {
-        assert_eq!(Outcome::from_status(204), Outcome::Ok);
-        assert_eq!(Outcome::from_status(503), Outcome::Retryable(RetryReason::Status(503)));
-        assert_eq!(Outcome::from_status(429), Outcome::Retryable(RetryReason::Status(429)));
-        assert_eq!(Outcome::from_status(404), Outcome::Fatal(FatalReason::Status(404)));
+        assert_eq!(Outcome::from_status(204, false), Outcome::Ok);
+        assert_eq!(Outcome::from_status(302, false), Outcome::Fatal(FatalReason::Status(302)));
+        assert_eq!(Outcome::from_status(302, true), Outcome::Ok);
+        assert_eq!(Outcome::from_status(503, false), Outcome::Retryable(RetryReason::Status(503)));
+        assert_eq!(Outcome::from_status(429, false), Outcome::Retryable(RetryReason::Status(429)));
+        assert_eq!(Outcome::from_status(404, true), Outcome::Fatal(FatalReason::Status(404)));
     }
 
     #[test]
@@ -123,5 +133,6 @@ mod tests {
     fn only_connect_errors_are_known_to_have_sent_nothing() {
         assert!(RetryReason::Connect.is_before_send());
         assert!(!RetryReason::Timeout.is_before_send());
+        assert!(RetryReason::Reset.is_unanswered() && !RetryReason::Status(503).is_unanswered());
     }
 }

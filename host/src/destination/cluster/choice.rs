@@ -1,0 +1,116 @@
+//! Which endpoint an attempt goes to: admissions by health, breaker and
+//! refusals under the eligibility guard rails, then the balancer's pick.
+
+use super::endpoint::{Endpoint, lock};
+use super::{Cluster, Transport};
+use crate::balance::{Balancer, EndpointView};
+use crate::destination::plugin_balancer::HotPluginBalancer;
+use crate::message::Message;
+use crate::resilience::{Admission, BreakerPermit, Eligibility, EndpointCondition, HealthState};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::time::Instant;
+
+impl<T: Transport> Cluster<T> {
+    /// panics: health, breakers and the eligibility guard rails decide; an
+    /// endpoint whose last connection was refused within the refusal window
+    /// is left out whatever they say (panic mode and the ejection cap
+    /// included): it cannot take the message.
+    pub(super) fn admissions(&self, now: Instant) -> Eligibility {
+        let conditions: Vec<EndpointCondition> = self
+            .endpoints
+            .iter()
+            .map(|endpoint| match self.refusing(endpoint, now) {
+                true => EndpointCondition::Refusing,
+                false => {
+                    let breaker = endpoint.breaker.state(now);
+                    EndpointCondition::of(endpoint.health_state().unwrap_or(HealthState::Up), breaker)
+                }
+            })
+            .collect();
+        let eligibility = self.policy.admit(&conditions);
+        if self.panicking.swap(eligibility.panic, Relaxed) != eligibility.panic {
+            tracing::warn!(destination = %self.name, panic = eligibility.panic, "too few healthy endpoints: panic mode");
+        }
+        eligibility
+    }
+
+    /// Whether `endpoint` refused its last connection within the refusal window.
+    pub(super) fn refusing(&self, endpoint: &Endpoint, now: Instant) -> bool {
+        endpoint.refusing_until(self.refusal_window).is_some_and(|until| now < until)
+    }
+
+    /// Pick an endpoint not tried yet (one tried before when no untried one
+    /// is admitted) that is admitted now (see [`Cluster::admissions`]) and
+    /// has room under its limit; when every one admitted is at its limit,
+    /// one of them (the attempt then waits for a free connection). `None`
+    /// when no endpoint is admitted.
+    pub(super) async fn choose(
+        &self,
+        tried: &mut [bool],
+        message: &Message,
+        key: Option<&str>,
+    ) -> Option<(usize, BreakerPermit)> {
+        let now = Instant::now();
+        let eligibility = self.admissions(now);
+        let admitted = |(admission, tried): (&Admission, &bool)| admission.is_eligible() && !tried;
+        if !eligibility.admissions.iter().zip(tried.iter()).any(admitted) {
+            tried.fill(false);
+        }
+        let mut views: Vec<EndpointView> = self
+            .endpoints
+            .iter()
+            .zip(tried.iter().zip(&eligibility.admissions))
+            .map(|(endpoint, (tried, admission))| EndpointView {
+                id: endpoint.id,
+                weight: endpoint.weight(now),
+                in_flight: endpoint.in_flight.load(Relaxed),
+                latency: lock(&endpoint.latency).estimate(now.into_std()),
+                eligible: !tried && admission.is_eligible(),
+            })
+            .collect();
+        let has_room = |view: &EndpointView| view.in_flight < self.endpoint_limit;
+        if views.iter().any(|view| view.eligible && has_room(view)) {
+            views.iter_mut().for_each(|view| view.eligible &= has_room(view));
+        }
+        while let Some(index) = self.balancer.pick(&views, key, message).await {
+            tried[index] = true;
+            views[index].eligible = false;
+            let breaker = &self.endpoints[index].breaker;
+            let permit = match eligibility.admissions[index] {
+                Admission::Forced => Some(breaker.acquire_forced(now)),
+                _ => breaker.try_acquire(now),
+            };
+            if let Some(permit) = permit {
+                if permit.is_probe() {
+                    self.endpoints[index].metrics.half_opened.inc();
+                }
+                return Some((index, permit));
+            }
+        }
+        None
+    }
+}
+
+/// The balancer of a cluster: a built-in one picks in place; a plugin's pick
+/// is awaited, so that a slow plugin holds up only the deliveries waiting for
+/// it, never the runtime thread they run on.
+pub(super) enum Picker {
+    Native(Arc<dyn Balancer>),
+    Plugin(HotPluginBalancer),
+}
+
+impl Picker {
+    /// Picks for one attempt at delivering `message`; see [`Balancer::pick`].
+    pub(super) async fn pick(
+        &self,
+        endpoints: &[EndpointView],
+        key: Option<&str>,
+        message: &Message,
+    ) -> Option<usize> {
+        match self {
+            Picker::Native(balancer) => balancer.pick_message(endpoints, key, message),
+            Picker::Plugin(balancer) => balancer.pick(endpoints, key, message).await,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! One message through a cluster: attempts, retries and the waits between
+//! them, until it is delivered, fails for good or runs out of time.
+
+use super::endpoint::{Endpoint, InFlight, lock};
+use super::{Cluster, Transport};
+use crate::destination::DeliveryError;
+use crate::message::Message;
+use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+impl<T: Transport> Cluster<T> {
+    /// Deliver `message`, which entered the queue at `enqueued`: attempts
+    /// until one succeeds, one fails for good, the attempts run out or the
+    /// queue timeout passes while no endpoint can take it. A message
+    /// delivered in place (`enqueued` is `None`: a dead letter) waits for no
+    /// endpoint: it fails as soon as none can take it.
+    pub(super) async fn send(
+        &self,
+        message: Message,
+        enqueued: Option<Instant>,
+    ) -> Result<Option<Message>, DeliveryError> {
+        let _request = self.budget.start_request();
+        let deadline = enqueued.map(|enqueued| enqueued + self.queue_timeout);
+        let key = self.hash_header.as_deref().and_then(|name| message.header(name));
+        let mut tried = vec![false; self.endpoints.len()];
+        let mut last_error = None;
+        let (mut attempts, mut retry_permit) = (0, None);
+        // Whether an attempt went out and got no answer: the message may
+        // have been taken, whatever the later attempts say.
+        let mut maybe_delivered = false;
+        loop {
+            let Some((index, permit)) = self.choose(&mut tried, &message, key).await else {
+                // No endpoint can take it now: wait for one, spending nothing.
+                let served = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, self.serving()).await.is_ok(),
+                    None => false,
+                };
+                match served {
+                    true => continue,
+                    false => return Err(self.no_endpoint(enqueued, attempts, last_error, maybe_delivered)),
+                }
+            };
+            let endpoint = &self.endpoints[index];
+            let (outcome, result) = self.attempt(endpoint, permit, &message, attempts + 1).await;
+            let error = match result {
+                Ok(reply) => return Ok(reply),
+                Err(error) => format!("{}: {error}", endpoint.address),
+            };
+            if matches!(outcome, Outcome::Shed | Outcome::Retryable(RetryReason::Connect)) {
+                // The endpoint never saw it: not an attempt. Another
+                // endpoint is tried, or this one once it can take it.
+                if outcome != Outcome::Shed {
+                    self.retries.inc();
+                }
+                last_error = Some(error);
+                // Past the deadline, or in place with a full pool: as good
+                // as no endpoint.
+                let given_up = match deadline {
+                    Some(deadline) => Instant::now() >= deadline,
+                    None => outcome == Outcome::Shed,
+                };
+                if given_up {
+                    return Err(self.no_endpoint(enqueued, attempts, last_error, maybe_delivered));
+                }
+                continue;
+            }
+            attempts += 1;
+            drop(retry_permit.take());
+            let safe =
+                self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_before_send());
+            maybe_delivered |= matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
+            if !(outcome.is_retryable() && safe) || attempts >= self.retry.attempts {
+                let fatal = !(outcome.is_retryable() && safe);
+                return Err(DeliveryError::Attempts { attempts, last_error: error, fatal, maybe_delivered });
+            }
+            last_error = Some(error);
+            // A message's first retry always goes; past the retry budget,
+            // later ones wait for another to end. The permit is held through
+            // the backoff and the retry.
+            retry_permit = Some(match attempts {
+                1 => self.budget.first_retry(),
+                _ => self.budget.acquire().await,
+            });
+            self.retries.inc();
+            let backoff = self.retry.backoff(attempts, &mut rand::rng());
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Why a message fails when no endpoint could take it: before its queue
+    /// timeout, counted from `enqueued` (never sent: `queue-timeout`; or
+    /// retries cut short), or at once when delivered in place (`None`).
+    pub(super) fn no_endpoint(
+        &self,
+        enqueued: Option<Instant>,
+        attempts: u32,
+        last_error: Option<String>,
+        maybe_delivered: bool,
+    ) -> DeliveryError {
+        let last = last_error.map_or_else(String::new, |last| format!("{last}; "));
+        let last_error = match enqueued {
+            Some(enqueued) if attempts == 0 => {
+                return DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
+            }
+            Some(enqueued) => {
+                let waited = enqueued.elapsed().as_millis();
+                format!("{last}then no endpoint could take it within its queue timeout ({waited} ms)")
+            }
+            None => format!("{last}no endpoint can take it now"),
+        };
+        DeliveryError::Attempts { attempts, last_error, fatal: false, maybe_delivered }
+    }
+
+    /// Resolves once some endpoint can take traffic (see [`Cluster::admissions`]).
+    pub(super) async fn serving(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.next_serving(Instant::now()) {
+                None => return,
+                Some(Some(at)) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                Some(None) => changed.await,
+            }
+        }
+    }
+
+    /// `None` when some endpoint can take traffic `now`; otherwise when one
+    /// may next without news from an attempt or a health check (an ejection
+    /// or a refusal window ends), if ever.
+    pub(super) fn next_serving(&self, now: Instant) -> Option<Option<Instant>> {
+        if self.admissions(now).admissions.iter().any(|admission| admission.is_eligible()) {
+            return None;
+        }
+        let ends = self.endpoints.iter().flat_map(|endpoint| {
+            let ejection = match endpoint.breaker.state(now) {
+                BreakerState::Open { until, .. } => Some(until),
+                _ => None,
+            };
+            [ejection, endpoint.refusing_until(self.refusal_window)]
+        });
+        Some(ends.flatten().filter(|end| *end > now).min())
+    }
+
+    /// Attempt number `attempt` at `endpoint`, under the deadline; its
+    /// outcome feeds the endpoint's latency, breaker, health and metrics.
+    pub(super) async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        permit: BreakerPermit,
+        message: &Message,
+        attempt: u32,
+    ) -> (Outcome, Result<Option<Message>, String>) {
+        let in_flight = InFlight::enter(&endpoint.in_flight);
+        let started = Instant::now();
+        let span =
+            tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
+        let answer = self.transport.attempt(&endpoint.address, message);
+        let (outcome, result) = match tokio::time::timeout(self.timeout, answer).instrument(span).await {
+            Ok(Ok(reply)) => (Outcome::Ok, Ok(reply)),
+            Ok(Err((outcome, error))) => (outcome, Err(error)),
+            Err(_) => {
+                (Outcome::Retryable(RetryReason::Timeout), Err(format!("no answer in {:?}", self.timeout)))
+            }
+        };
+        drop(in_flight);
+        let finished = Instant::now();
+        let refused = matches!(outcome, Outcome::Retryable(RetryReason::Connect));
+        if refused || !matches!(outcome, Outcome::Shed) {
+            endpoint.refused_at.store(if refused { endpoint.stamp(finished) } else { 0 }, Relaxed);
+        }
+        lock(&endpoint.latency).observe(finished - started, finished.into_std());
+        endpoint.metrics.attempts[match &outcome {
+            Outcome::Ok => 0,
+            Outcome::Retryable(_) => 1,
+            Outcome::Fatal(_) => 2,
+            Outcome::Shed => 3,
+        }]
+        .inc();
+        let problem = result.as_ref().err().map_or("", String::as_str);
+        if let Some(transition) = permit.report(&outcome, finished) {
+            self.breaker_changed(endpoint, transition, problem);
+        }
+        if let Some(health) = &endpoint.health {
+            let transition = lock(health).record_passive(&outcome, finished);
+            self.health_changed(endpoint, transition, Some(problem));
+        }
+        self.changed.notify_waiters();
+        (outcome, result)
+    }
+}

@@ -1,0 +1,130 @@
+//! One endpoint of a cluster and what the cluster knows of it: breaker,
+//! health, load, latency, when it last came back and last refused.
+
+use crate::balance::{PeakEwma, endpoint_id};
+use crate::config::{DestinationConfig, EndpointConfig};
+use crate::metrics::EndpointMetrics;
+use crate::resilience::{Breaker, BreakerConfig, Health, HealthConfig, HealthState, SlowStart};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Weight of an endpoint of configured weight 1 at full strength; slow
+/// start scales it down, a configured weight scales it up.
+const FULL_WEIGHT: f64 = 100.0;
+
+/// One endpoint and what the destination knows of it.
+pub(super) struct Endpoint {
+    pub(super) address: String,
+    pub(super) id: u64,
+    /// Its configured weight, 1 to [`MAX_WEIGHT`](crate::config::MAX_WEIGHT).
+    pub(super) configured_weight: u32,
+    pub(super) breaker: Breaker,
+    /// Up or down by active checks and passive failures; `None` without
+    /// active checks (the breaker alone keeps a failing endpoint out).
+    pub(super) health: Option<Mutex<Health>>,
+    pub(super) in_flight: AtomicU32,
+    pub(super) latency: Mutex<PeakEwma>,
+    pub(super) metrics: EndpointMetrics,
+    /// When the endpoint was made, the origin of `recovered_at`.
+    pub(super) born: Instant,
+    /// When its breaker last let it back in, in microseconds since `born`
+    /// plus one (0: never); it slowly starts from there. Read on every pick,
+    /// so an atomic rather than a lock.
+    pub(super) recovered_at: AtomicU64,
+    /// When an attempt's connection to it was last refused, as
+    /// `recovered_at` (0: its last connection was not refused).
+    pub(super) refused_at: AtomicU64,
+}
+
+impl Endpoint {
+    /// Endpoint `address` of destination `config`, with a fresh breaker,
+    /// health (with active checks) and latency estimate.
+    pub(super) fn new(
+        endpoint: &EndpointConfig,
+        breaker: BreakerConfig,
+        config: &DestinationConfig,
+        metrics: EndpointMetrics,
+    ) -> Endpoint {
+        let health = config.health.as_ref().map(|settings| {
+            Mutex::new(Health::new(HealthConfig {
+                rise: settings.rise,
+                fall: settings.fall,
+                ..HealthConfig::default()
+            }))
+        });
+        let latency = PeakEwma::new(
+            crate::balance::DEFAULT_RTT,
+            crate::balance::DEFAULT_DECAY,
+            std::time::Instant::now(),
+        );
+        Endpoint {
+            address: endpoint.address.clone(),
+            id: endpoint_id(&endpoint.address),
+            configured_weight: endpoint.weight,
+            breaker: Breaker::new(breaker),
+            health,
+            in_flight: AtomicU32::new(0),
+            latency: Mutex::new(latency),
+            metrics,
+            born: Instant::now(),
+            recovered_at: AtomicU64::new(0),
+            refused_at: AtomicU64::new(0),
+        }
+    }
+
+    /// `now` as stored in `recovered_at` and `refused_at`.
+    pub(super) fn stamp(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.born).as_micros() as u64 + 1
+    }
+
+    /// The instant a `stamp` stands for; `None` for 0 (never).
+    pub(super) fn instant(&self, stamp: u64) -> Option<Instant> {
+        stamp.checked_sub(1).map(|micros| self.born + Duration::from_micros(micros))
+    }
+
+    /// Until when it is left out because its last connection was refused
+    /// (`window` after the refusal), if it was.
+    pub(super) fn refusing_until(&self, window: Duration) -> Option<Instant> {
+        self.instant(self.refused_at.load(Relaxed)).map(|refused| refused + window)
+    }
+
+    pub(super) fn health_state(&self) -> Option<HealthState> {
+        self.health.as_ref().map(|health| lock(health).state())
+    }
+
+    /// The weight balancers see: [`FULL_WEIGHT`] times the configured
+    /// weight, or less while slowly starting after its health or its breaker
+    /// let it back in.
+    pub(super) fn weight(&self, now: Instant) -> u32 {
+        let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
+        let breaker = match self.instant(self.recovered_at.load(Relaxed)) {
+            None => 1.0,
+            Some(since) => SlowStart::default().factor(now.saturating_duration_since(since)),
+        };
+        let full = FULL_WEIGHT * f64::from(self.configured_weight);
+        (full * health.min(breaker)).round().max(1.0) as u32
+    }
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// One request in flight to an endpoint, counted until dropped (even when
+/// the delivery is cancelled mid-request).
+pub(super) struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    pub(super) fn enter(count: &'a AtomicU32) -> InFlight<'a> {
+        count.fetch_add(1, Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}

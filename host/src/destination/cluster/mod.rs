@@ -1,0 +1,304 @@
+//! A cluster: the endpoints of a network destination and what every transport
+//! shares — each message goes to one endpoint chosen by the balancer among
+//! those whose circuit breaker admits traffic, under a deadline per attempt,
+//! with retries (exponential backoff, full jitter, a retry budget) that go to
+//! another endpoint while one is untried, and back to one tried before when
+//! none is. A [`Transport`] only knows how to make one attempt.
+//!
+//! Attempts are spent on endpoints that can answer: a refused connection or
+//! a wait for a free connection is not an attempt (the endpoint never saw the
+//! message), and an endpoint that refused a connection is left out for its
+//! breaker's window. While no endpoint can take traffic, a message waits
+//! (until its queue timeout) rather than fail, and the destination's
+//! dispatcher stops taking messages from the queue ([`QueuedDestination`]).
+
+use super::plugin_balancer::HotPluginBalancer;
+use super::{DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
+use crate::balance::BalancerConfig;
+use crate::config::{DestinationConfig, HealthSettings};
+use crate::message::Message;
+use crate::resilience::{
+    BreakerConfig, BreakerState, EjectionBackoff, EligibilityPolicy, FailureRate, HealthState,
+    HealthTransition, Outcome, RetryBudget, RetryPolicy, Transition,
+};
+use choice::Picker;
+use endpoint::{Endpoint, lock};
+use prometheus_client::metrics::counter::Counter;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::time::Instant;
+
+mod choice;
+mod delivery;
+mod endpoint;
+
+/// What one attempt gives: the reply (if any), or how to classify the
+/// failure and what went wrong.
+pub type AttemptResult = Result<Option<Message>, (Outcome, String)>;
+
+/// The future of one attempt.
+pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
+
+/// How messages reach an endpoint: one attempt at a time.
+pub trait Transport: Send + Sync + 'static {
+    /// Try once to deliver `message` to `address`; called once per attempt,
+    /// under the cluster's deadline (the future is dropped when it passes).
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a>;
+
+    /// Close the idle connections kept to `address`, and keep those in use
+    /// now from being reused; called when the endpoint turns unhealthy. A
+    /// transport without connections does nothing.
+    fn close_idle(&self, _address: &str) {}
+
+    /// The state of the connection pool to `address`, for the admin API and
+    /// metrics; called on demand. `None` without a pool, or before the first
+    /// attempt to `address`.
+    fn pool_stats(&self, _address: &str) -> Option<super::PoolStats> {
+        None
+    }
+}
+
+/// A destination of endpoints reached through transport `T`.
+pub struct Cluster<T> {
+    name: String,
+    endpoints: Vec<Endpoint>,
+    balancer: Picker,
+    hash_header: Option<String>,
+    transport: T,
+    kind: crate::config::Transport,
+    timeout: Duration,
+    /// Longest wait of a message for an endpoint able to take it, from when
+    /// it entered the queue: the queue's timeout.
+    queue_timeout: Duration,
+    /// Whether every retryable failure is retried, or only those where the
+    /// endpoint certainly did not take the message.
+    idempotent: bool,
+    /// How long an endpoint that refused a connection is left out: its
+    /// breaker's first ejection.
+    refusal_window: Duration,
+    /// Signalled when an attempt ends or an endpoint's health changes:
+    /// whether an endpoint can take traffic may have changed.
+    changed: tokio::sync::Notify,
+    retry: RetryPolicy,
+    budget: RetryBudget,
+    policy: EligibilityPolicy,
+    /// Whether too few endpoints are healthy and all get traffic.
+    panicking: AtomicBool,
+    /// Most attempts in flight to one endpoint: its pool's size. An endpoint
+    /// at it is passed over while another has room.
+    endpoint_limit: u32,
+    health_checks: Option<HealthSettings>,
+    events: EventSink,
+    retries: Counter,
+}
+
+impl<T> std::fmt::Debug for Cluster<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Cluster<T> {
+    /// A cluster for a validated network `[[destination]]`, reaching its
+    /// endpoints through `transport`, telling and counting through `host`.
+    /// Active health checks start with [`Cluster::start_health_checks`].
+    pub(crate) fn new(config: &DestinationConfig, transport: T, host: &HostServices) -> Cluster<T> {
+        let metrics = &host.metrics;
+        let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
+        let breaker = BreakerConfig {
+            consecutive_failures: config.breaker.consecutive_failures,
+            failure_rate: config.breaker.failure_percent.map(|percent| FailureRate {
+                threshold: f64::from(percent) / 100.0,
+                window: config.breaker.window,
+                min_volume: config.breaker.min_volume,
+            }),
+            ejection: EjectionBackoff {
+                base: Duration::from_millis(config.breaker.open_ms),
+                ..EjectionBackoff::default()
+            },
+        };
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let metrics = metrics.endpoint(&config.name, &endpoint.address);
+                Endpoint::new(endpoint, breaker, config, metrics)
+            })
+            .collect();
+        Cluster {
+            name: config.name.clone(),
+            endpoints,
+            hash_header: balancer.hash_header().map(str::to_owned),
+            balancer: match &balancer {
+                BalancerConfig::Plugin { name } => Picker::Plugin(HotPluginBalancer::new(
+                    &config.name,
+                    name,
+                    config.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
+                    host,
+                )),
+                built => Picker::Native(built.build().expect("not a plugin balancer")),
+            },
+            transport,
+            kind: config.transport,
+            timeout: Duration::from_millis(config.timeout_ms),
+            queue_timeout: Duration::from_millis(config.queue.timeout_ms),
+            idempotent: config.idempotent,
+            refusal_window: Duration::from_millis(config.breaker.open_ms),
+            changed: tokio::sync::Notify::new(),
+            retry: RetryPolicy {
+                attempts: config.retry.attempts,
+                base: Duration::from_millis(config.retry.base_ms),
+                max: Duration::from_millis(config.retry.max_ms),
+                jitter: 1.0,
+            },
+            budget: RetryBudget::default(),
+            policy: EligibilityPolicy::default(),
+            panicking: AtomicBool::new(false),
+            endpoint_limit: u32::try_from(config.pool.max_size).unwrap_or(u32::MAX),
+            health_checks: config.health.clone(),
+            events: host.events.clone(),
+            retries: metrics.retries(&config.name),
+        }
+    }
+
+    /// Probe every endpoint each `health.interval_ms` on `runtime` while
+    /// the cluster lives; nothing without `health` settings.
+    pub fn start_health_checks(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let Some(settings) = self.health_checks.clone() else { return };
+        let cluster = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(settings.interval_ms));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(cluster) = cluster.upgrade() else { break };
+                cluster.check_all(&settings).await;
+            }
+        });
+    }
+
+    async fn check_all(&self, settings: &HealthSettings) {
+        let probes =
+            self.endpoints.iter().map(|endpoint| super::probe::probe(self.kind, &endpoint.address, settings));
+        let results = futures_util::future::join_all(probes).await;
+        let now = Instant::now();
+        for (endpoint, result) in self.endpoints.iter().zip(results) {
+            let Some(health) = &endpoint.health else { continue };
+            let transition = lock(health).record_check(result.is_ok(), now);
+            let problem = result.err().map(|err| format!("health check failed: {err}"));
+            self.health_changed(endpoint, transition, problem.as_deref());
+        }
+    }
+
+    /// Act on a change of `endpoint`'s health: tell, and on going down say why.
+    fn health_changed(
+        &self,
+        endpoint: &Endpoint,
+        transition: Option<HealthTransition>,
+        problem: Option<&str>,
+    ) {
+        if transition.is_some() {
+            self.changed.notify_waiters();
+        }
+        match transition {
+            Some(HealthTransition::WentDown) => {
+                self.tell(endpoint, Some(problem.unwrap_or("failed").to_owned()))
+            }
+            Some(HealthTransition::WentUp) => self.tell(endpoint, None),
+            None => {}
+        }
+    }
+
+    /// Act on a change of `endpoint`'s breaker.
+    fn breaker_changed(&self, endpoint: &Endpoint, transition: Transition, problem: &str) {
+        match transition {
+            Transition::Tripped { reason, .. } => {
+                endpoint.metrics.opened.inc();
+                let reason = format!("circuit breaker opened ({reason:?}); last: {problem}");
+                self.tell(endpoint, Some(reason));
+            }
+            Transition::Recovered { .. } => {
+                endpoint.metrics.closed.inc();
+                let micros = endpoint.stamp(Instant::now());
+                endpoint.recovered_at.store(micros, Relaxed);
+                self.tell(endpoint, None);
+            }
+            Transition::Reopened { ejections, .. } => {
+                endpoint.metrics.opened.inc();
+                tracing::warn!(destination = %self.name, endpoint = %endpoint.address, ejections, "probe failed; ejected again");
+            }
+        }
+    }
+
+    /// Tell that `endpoint` went down (for a reason; its idle connections
+    /// are closed) or came back up.
+    fn tell(&self, endpoint: &Endpoint, down: Option<String>) {
+        if down.is_some() {
+            self.transport.close_idle(&endpoint.address);
+        }
+        let (destination, endpoint) = (self.name.clone(), endpoint.address.clone());
+        (self.events)(match down {
+            Some(reason) => DestinationEvent::EndpointDown { destination, endpoint, reason },
+            None => DestinationEvent::EndpointUp { destination, endpoint },
+        });
+    }
+}
+
+/// What the dispatcher of a network destination needs of its cluster,
+/// whatever its transport.
+pub(crate) trait QueuedDestination: Destination {
+    /// Resolves once some endpoint can take traffic; until then the
+    /// dispatcher leaves the queue alone.
+    fn serving(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Deliver `message`, which entered the queue at `enqueued`; while no
+    /// endpoint can take it, it waits, until its queue timeout.
+    fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_>;
+}
+
+impl<T: Transport> QueuedDestination for Cluster<T> {
+    fn serving(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(Cluster::serving(self))
+    }
+
+    fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_> {
+        Box::pin(self.send(message, Some(enqueued)))
+    }
+}
+
+impl<T: Transport> Destination for Cluster<T> {
+    /// Delivers in place (a dead letter), waiting for no endpoint: when none
+    /// can take it, it fails at once.
+    fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
+        Box::pin(self.send(message, None))
+    }
+
+    fn endpoints(&self) -> Vec<super::EndpointStatus> {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .map(|endpoint| super::EndpointStatus {
+                address: endpoint.address.clone(),
+                breaker: match endpoint.breaker.state(now) {
+                    BreakerState::Closed => "closed",
+                    BreakerState::Open { .. } => "open",
+                    BreakerState::HalfOpen { .. } => "half-open",
+                },
+                health: match endpoint.health_state() {
+                    None => "unchecked",
+                    Some(HealthState::Up) => "up",
+                    Some(HealthState::Down) => "down",
+                },
+                weight: endpoint.weight(now),
+                configured_weight: endpoint.configured_weight,
+                in_flight: endpoint.in_flight.load(Relaxed),
+                refusing: self.refusing(endpoint, now),
+                pool: self.transport.pool_stats(&endpoint.address),
+                latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,
+            })
+            .collect()
+    }
+}
