@@ -208,3 +208,43 @@ async fn weighted_endpoints_get_messages_in_proportion_to_their_configured_weigh
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (40, 0));
 }
+
+/// A server that answers the first request's headers, then streams an
+/// endless chunked body until the client goes; reports the bytes it wrote.
+async fn endless_reply_server() -> (SocketAddr, tokio::sync::oneshot::Receiver<u64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, written) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = [0; 4096];
+        let _ = stream.read(&mut request).await.unwrap();
+        stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+        let mut total = 0_u64;
+        // Up to 1 GiB, unless the client hangs up first.
+        while total < 1 << 30 && stream.write_all(chunk.as_bytes()).await.is_ok() {
+            total += 0x10000;
+        }
+        let _ = report.send(total);
+    });
+    (addr, written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_body_past_max_message_bytes_is_cut_unread_and_the_message_dead_lettered() {
+    let (addr, written) = endless_reply_server().await;
+    let dir = plugin_dir(&[]);
+    let text = config(&[addr]).replacen("[host]", "[host]\nmax_message_bytes = 1048576", 1);
+    let host = host(dir.path(), &text).await;
+    let answer = within(host.request(Message::new("orders", "{}"))).await;
+    let Err(RequestError::DeadLettered(reason)) = answer else { panic!("dead-lettered: {answer:?}") };
+    assert!(
+        reason.to_string().contains("HTTP 200 OK: a reply of more than 1048576 bytes, not read"),
+        "{reason}"
+    );
+    let written = within(written).await.unwrap();
+    assert!(written < 64 << 20, "the host hung up early, not after {written} bytes");
+    drain_and_account(&host).await;
+}

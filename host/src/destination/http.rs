@@ -13,7 +13,7 @@ use super::pool::{PoolConfig, PoolStats, Pools};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::io;
@@ -48,6 +48,8 @@ pub struct HttpTransport {
     path: String,
     /// Whether a 3xx answer counts as delivered.
     redirects_ok: bool,
+    /// Largest reply body read; a larger one is refused unread.
+    max_reply_bytes: usize,
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -62,7 +64,15 @@ impl HttpTransport {
     /// delivered only when `redirects_ok`.
     pub fn new(path: &str, redirects_ok: bool, pool: PoolConfig) -> HttpTransport {
         let pools = Pools::new(pool, Connection::is_open);
-        HttpTransport { pools, path: path.to_owned(), redirects_ok }
+        let max_reply_bytes = crate::config::HostSection::default().max_message_bytes;
+        HttpTransport { pools, path: path.to_owned(), redirects_ok, max_reply_bytes }
+    }
+
+    /// Read reply bodies of at most `bytes` (default: the default
+    /// `host.max_message_bytes`); a larger reply fails the attempt, unread.
+    pub fn max_reply_bytes(mut self, bytes: usize) -> HttpTransport {
+        self.max_reply_bytes = bytes;
+        self
     }
 
     /// One POST; on failure, how to classify it and what went wrong.
@@ -104,8 +114,14 @@ impl HttpTransport {
             .filter(|(name, _)| name.as_str().starts_with("x-"))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
-        let body = match response.into_body().collect().await {
+        let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {
             Ok(body) => body.to_bytes(),
+            Err(err) if err.is::<LengthLimitError>() => {
+                // The connection is dropped with the rest of the reply unread.
+                let problem =
+                    format!("HTTP {status}: a reply of more than {} bytes, not read", self.max_reply_bytes);
+                return Err((Outcome::Fatal(FatalReason::Protocol), problem));
+            }
             Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
         };
         if !connection.sender.is_closed() {

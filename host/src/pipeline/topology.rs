@@ -144,7 +144,9 @@ impl Topology {
             let cluster = match dest.transport {
                 Transport::Log | Transport::Memory => None,
                 Transport::Http => {
-                    Some(dispatch.cluster(dest, HttpTransport::new(&dest.path, dest.redirects_ok, pool)))
+                    let transport = HttpTransport::new(&dest.path, dest.redirects_ok, pool)
+                        .max_reply_bytes(config.host.max_message_bytes);
+                    Some(dispatch.cluster(dest, transport))
                 }
                 Transport::Tcp => Some(dispatch.cluster(dest, TcpTransport::new(pool))),
             };
