@@ -265,6 +265,9 @@ fn url_path(field: &'static str, path: &str) -> Result<(), (&'static str, String
     Ok(())
 }
 
+/// The longest duration a destination setting may name: a day, in milliseconds.
+const MAX_DURATION_MS: u64 = 86_400_000;
+
 /// The most pipeline worker threads a host may be told to start.
 const MAX_WORKERS: usize = 1024;
 
@@ -344,6 +347,30 @@ impl super::DestinationConfig {
             at_least_one("health.fall", health.fall.into())?;
             url_path("health.path", &health.path)?;
         }
-        Ok(())
+        self.validate_durations()
+    }
+
+    /// Check that no duration is past a day: added to an instant, a larger
+    /// one could overflow, and no deadline that long means anything.
+    fn validate_durations(&self) -> Result<(), (&'static str, String, String)> {
+        let health = self.health.as_ref();
+        let durations = [
+            ("timeout_ms", Some(self.timeout_ms)),
+            ("retry.base_ms", Some(self.retry.base_ms)),
+            ("retry.max_ms", Some(self.retry.max_ms)),
+            ("breaker.open_ms", Some(self.breaker.open_ms)),
+            ("queue.timeout_ms", Some(self.queue.timeout_ms)),
+            ("pool.idle_timeout_ms", Some(self.pool.idle_timeout_ms)),
+            ("pool.max_lifetime_ms", Some(self.pool.max_lifetime_ms)),
+            ("pool.acquire_timeout_ms", Some(self.pool.acquire_timeout_ms)),
+            ("health.interval_ms", health.map(|health| health.interval_ms)),
+            ("health.timeout_ms", health.map(|health| health.timeout_ms)),
+        ];
+        match durations.into_iter().find(|(_, ms)| ms.is_some_and(|ms| ms > MAX_DURATION_MS)) {
+            Some((field, Some(ms))) => {
+                Err((field, ms.to_string(), format!("must be at most {MAX_DURATION_MS} (a day)")))
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -49,7 +49,7 @@ fn any_destination() -> impl Strategy<Value = DestinationConfig> {
         "hash:header:[a-z-]{1,8}",
     ];
     let sizes = (1..=1_000_000usize, 1..=1_000_000usize, 1..=1_000_000usize);
-    let times = (1..=i64::MAX as u64, 0..=i64::MAX as u64, 1..=i64::MAX as u64);
+    let times = (1..=86_400_000u64, 0..=86_400_000u64, 1..=86_400_000u64);
     let health = proptest::option::of((1..=1_000_000u64, 1..=1_000_000u64, 1..=10u32, 1..=10u32));
     let breaker = (proptest::option::of(1..=100u32), 1..=10_000usize);
     (name(), transport, endpoints, balancer, "/[a-z/]{0,8}", sizes, times, health, breaker).prop_map(
