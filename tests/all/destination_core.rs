@@ -122,6 +122,31 @@ async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_dead_letters_what_outlasts_its_grace_period_instead_of_waiting_on_it() {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    // The endpoint holds every message; an attempt would wait ten minutes.
+    let extra = "timeout_ms = 600000
+queue = { max_in_flight = 1 }";
+    let text = config(&[&endpoint], extra).replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("orders", "in flight")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(Message::new("orders", "queued")).await.unwrap();
+    queued(&host, "api", 1).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 2));
+    let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    let mut payloads: Vec<&[u8]> = letters.iter().map(|letter| &letter.payload[..]).collect();
+    payloads.sort();
+    assert_eq!(payloads, [&b"in flight"[..], b"queued"]);
+    for letter in &letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
+    }
+    assert_eq!(endpoint.arrived(), 1, "the queued message was never sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_destination_queue_pushes_back_to_the_http_ingress() {
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);

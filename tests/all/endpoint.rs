@@ -160,6 +160,11 @@ impl TestEndpoint {
         }
     }
 
+    /// How many message requests arrived so far (answered or not).
+    pub fn arrived(&self) -> usize {
+        self.state.arrivals.load(SeqCst)
+    }
+
     /// The message requests seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()

@@ -151,6 +151,10 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        if host.shutdown_grace_ms > MAX_DURATION_MS {
+            let problem = format!("must be at most {MAX_DURATION_MS} (a day)");
+            return Err(invalid("host.shutdown_grace_ms".into(), &host.shutdown_grace_ms, problem));
+        }
         if host.workers > MAX_WORKERS {
             return Err(invalid(
                 "host.workers".into(),

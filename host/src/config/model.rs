@@ -64,6 +64,9 @@ pub struct HostSection {
     pub metrics: bool,
     /// Largest plugin file loaded, in bytes; a larger one is refused.
     pub max_plugin_bytes: u64,
+    /// Milliseconds a shutdown waits for deliveries in progress and queued;
+    /// then the rest are dead-lettered (`shutdown`), not waited on.
+    pub shutdown_grace_ms: u64,
     /// Let a plugin's sidecar grant more than this config's `[[plugin]]`
     /// entry (or the defaults) does: more memory or time, more addresses,
     /// environment variables or directories. Off: sidecars may only narrow.
@@ -86,6 +89,7 @@ impl Default for HostSection {
             metrics: true,
             max_plugin_bytes: 64 << 20,
             sidecar_grants: false,
+            shutdown_grace_ms: 30_000,
         }
     }
 }

@@ -68,6 +68,9 @@ pub enum DeliveryError {
         /// that is not `idempotent` does not send it again).
         maybe_delivered: bool,
     },
+    /// The host shut down before the delivery finished, past its grace period.
+    #[error("the host shut down before it was delivered (past host.shutdown_grace_ms)")]
+    Shutdown,
     /// The destination panicked while taking the message.
     #[error("the destination panicked: {0}")]
     Panicked(String),

@@ -182,11 +182,16 @@ impl<T> DeliveryQueue<T> {
         }
     }
 
-    /// Counts `entry` out of the queue and tells a waiting pusher.
+    /// Counts `entry` out of the queue and tells a waiting pusher; once the
+    /// queue is closed, also the expirer, which ends when it is drained.
     fn took(&self, mut state: std::sync::MutexGuard<'_, State<T>>, entry: Entry<T>) -> Queued<T> {
         state.len -= 1;
+        let closed = state.closed;
         drop(state);
         self.popped.notify_one();
+        if closed {
+            self.changed.notify_waiters();
+        }
         Queued { item: entry.item, enqueued: entry.enqueued }
     }
 

@@ -17,6 +17,7 @@ use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
@@ -255,7 +256,12 @@ impl Host {
         let pipeline = &self.inner.reloader.pipeline;
         pipeline.topology.load().close_queues();
         pipeline.dispatch.tracker.close();
-        pipeline.dispatch.tracker.wait().await;
+        let grace = Duration::from_millis(self.config().host.shutdown_grace_ms);
+        if tokio::time::timeout(grace, pipeline.dispatch.tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "deliveries outlasted the shutdown grace period: dead-lettering the rest");
+            pipeline.dispatch.past_grace.cancel();
+            pipeline.dispatch.tracker.wait().await;
+        }
         // Every dead letter is now with a destination or in the file.
         if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
             redelivery.stop().await;

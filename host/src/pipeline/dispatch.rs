@@ -22,6 +22,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -48,6 +49,9 @@ pub(crate) struct DispatchContext {
     pub(crate) tracker: TaskTracker,
     /// Deliveries in flight over all network destinations.
     in_flight: Arc<Semaphore>,
+    /// Cancelled when a shutdown's grace period is over: what is still in
+    /// flight or queued is dead-lettered (`shutdown`) at once.
+    pub(crate) past_grace: CancellationToken,
     pipeline: Weak<Pipeline>,
     /// What network destinations use of their host.
     services: HostServices,
@@ -66,6 +70,7 @@ impl DispatchContext {
             runtime,
             tracker: TaskTracker::new(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            past_grace: CancellationToken::new(),
             pipeline,
             services,
         }
@@ -140,7 +145,7 @@ impl Dispatcher {
             let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
-            let timeout = self.timeout;
+            let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
             let delivery = async move {
                 let result = match waited > timeout {
                     true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
@@ -148,7 +153,12 @@ impl Dispatcher {
                         let message = delivery.message.clone();
                         let delivered =
                             crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
-                        delivered.await.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
+                        tokio::select! {
+                            delivered = delivered => {
+                                delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
+                            }
+                            () = past_grace.cancelled() => Err(DeliveryError::Shutdown),
+                        }
                     }
                 };
                 drop((slot, host_slot));
