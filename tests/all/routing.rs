@@ -147,18 +147,7 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     let dir = plugin_dir(&[]);
     let entered = Arc::new(Notify::new());
     let gate = Arc::new(Semaphore::new(0));
-    let (sink, delivered) = MemoryDestination::new();
-    let blocking = {
-        let (entered, gate) = (entered.clone(), gate.clone());
-        move |m: Message| {
-            let (entered, gate, sink) = (entered.clone(), gate.clone(), sink.clone());
-            async move {
-                entered.notify_one();
-                gate.acquire().await.expect("gate open").forget();
-                switchyard::Destination::deliver(&sink, m).await
-            }
-        }
-    };
+    let (blocking, delivered) = gated(&entered, &gate);
     let config = switchyard::Config::from_toml("t", "[host]\nqueue_capacity = 1\nworkers = 1").unwrap();
     let host = Host::builder()
         .config("t", config)
@@ -182,6 +171,57 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     assert_eq!(payloads, ["1", "2"]);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+/// A destination that says when a message `entered` it, then waits for a
+/// permit of `gate` before it delivers to the returned receiver.
+fn gated(
+    entered: &Arc<Notify>,
+    gate: &Arc<Semaphore>,
+) -> (impl switchyard::Destination, flume::Receiver<Message>) {
+    let (sink, delivered) = MemoryDestination::new();
+    let (entered, gate) = (entered.clone(), gate.clone());
+    let destination = move |m: Message| {
+        let (entered, gate, sink) = (entered.clone(), gate.clone(), sink.clone());
+        async move {
+            entered.notify_one();
+            gate.acquire().await.expect("gate open").forget();
+            switchyard::Destination::deliver(&sink, m).await
+        }
+    };
+    (destination, delivered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_is_bounded_in_bytes_too() {
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (blocking, delivered) = gated(&entered, &gate);
+    let text = "[host]\nqueue_capacity = 1000\nqueue_bytes = 1048576\nworkers = 1\nbatch_size = 1";
+    let host = Host::builder()
+        .config("t", switchyard::Config::from_toml("t", text).unwrap())
+        .plugin_dir(dir.path())
+        .destination("slow", blocking)
+        .route(RouteConfig::new("all", ">", "slow"))
+        .build()
+        .await
+        .unwrap();
+    host.try_send(Message::new("t", "first")).unwrap();
+    within(entered.notified()).await;
+    let big = || Message::new("t", vec![b'x'; 600 << 10]);
+    host.try_send(big()).unwrap();
+    assert_eq!(host.try_send(big()), Err(SendError::Backpressure), "600 KiB more would pass 1 MiB queued");
+    let waiting = {
+        let host = host.clone();
+        tokio::spawn(async move { host.send(big()).await })
+    };
+    gate.add_permits(3);
+    within(waiting).await.unwrap().unwrap();
+    for _ in 0..3 {
+        next(&delivered).await;
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (3, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,14 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        // Counted in KiB permits of a semaphore; one whole message must fit.
+        if !(host.max_message_bytes..=MAX_QUEUE_BYTES).contains(&host.queue_bytes) {
+            let problem = format!(
+                "must be from host.max_message_bytes ({}) to {MAX_QUEUE_BYTES}",
+                host.max_message_bytes
+            );
+            return Err(invalid("host.queue_bytes".into(), &host.queue_bytes, problem));
+        }
         if host.shutdown_grace_ms > MAX_DURATION_MS {
             let problem = format!("must be at most {MAX_DURATION_MS} (a day)");
             return Err(invalid("host.shutdown_grace_ms".into(), &host.shutdown_grace_ms, problem));
@@ -268,6 +276,9 @@ fn url_path(field: &'static str, path: &str) -> Result<(), (&'static str, String
     }
     Ok(())
 }
+
+/// The most bytes the intake may hold: 1 TiB (in KiB, it fits a semaphore).
+const MAX_QUEUE_BYTES: usize = 1 << 40;
 
 /// The longest duration a destination setting may name: a day, in milliseconds.
 const MAX_DURATION_MS: u64 = 86_400_000;

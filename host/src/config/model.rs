@@ -64,6 +64,9 @@ pub struct HostSection {
     pub metrics: bool,
     /// Largest plugin file loaded, in bytes; a larger one is refused.
     pub max_plugin_bytes: u64,
+    /// Bytes (payloads and headers) accepted messages may hold while they
+    /// wait for a worker; beyond it senders wait (or get backpressure).
+    pub queue_bytes: usize,
     /// Milliseconds a shutdown waits for deliveries in progress and queued;
     /// then the rest are dead-lettered (`shutdown`), not waited on.
     pub shutdown_grace_ms: u64,
@@ -90,6 +93,7 @@ impl Default for HostSection {
             max_plugin_bytes: 64 << 20,
             sidecar_grants: false,
             shutdown_grace_ms: 30_000,
+            queue_bytes: 256 << 20,
         }
     }
 }

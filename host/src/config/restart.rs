@@ -25,6 +25,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.cache_dir", a.cache_dir != b.cache_dir),
         ("host.max_in_flight", a.max_in_flight != b.max_in_flight),
         ("host.metrics", a.metrics != b.metrics),
+        ("host.queue_bytes", a.queue_bytes != b.queue_bytes),
         ("host.state_dir", a.state_dir != b.state_dir),
         ("ingress.http (but its token)", ingress(running) != ingress(new)),
         ("admin (but its token)", admin(running) != admin(new)),

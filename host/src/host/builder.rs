@@ -150,6 +150,7 @@ impl HostBuilder {
             }
         });
         let redelivery = Redelivery::start(&pipeline, &runtime);
+        let intake_bytes = Arc::new(tokio::sync::Semaphore::new(config.host.queue_bytes / 1024));
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
         let reloader =
@@ -181,6 +182,7 @@ impl HostBuilder {
                 workers: Mutex::new(workers),
                 watcher: Mutex::new(watcher),
                 load_errors,
+                intake_bytes,
                 redelivery: tokio::sync::Mutex::new(Some(redelivery)),
             }),
         };

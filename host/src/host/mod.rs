@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
 #[derive(Clone)]
@@ -35,6 +35,9 @@ struct HostInner {
     /// Watches the plugin directory and config file while set.
     watcher: Mutex<Option<WatchGuard>>,
     load_errors: Vec<LoadError>,
+    /// `host.queue_bytes` in KiB: accepted messages hold their size of it
+    /// until a worker takes them, so the intake is bounded in bytes too.
+    intake_bytes: Arc<Semaphore>,
     /// Re-delivers from the dead-letter file; stopped by shutdown, or
     /// when the last clone of the host is dropped.
     redelivery: tokio::sync::Mutex<Option<Redelivery>>,
@@ -51,17 +54,21 @@ impl Host {
 
     /// Accept `message`, waiting while the queue is full. Returns its id.
     pub async fn send(&self, message: Message) -> Result<MessageId, SendError> {
-        let (envelope, id) = self.admit(message, None)?;
+        let message = self.admit(message)?;
+        let id = message.id;
+        let bytes = self.intake_bytes(&message).await;
         let sender = self.sender()?;
-        sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
+        sender.send_async(Envelope::new(message, None, bytes)).await.map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
         Ok(id)
     }
 
     /// Accept `message` only if the queue has room now.
     pub fn try_send(&self, message: Message) -> Result<MessageId, SendError> {
-        let (envelope, id) = self.admit(message, None)?;
-        self.enqueue_now(envelope)?;
+        let message = self.admit(message)?;
+        let id = message.id;
+        let bytes = self.try_intake_bytes(&message)?;
+        self.enqueue_now(Envelope::new(message, None, bytes))?;
         Ok(id)
     }
 
@@ -69,7 +76,9 @@ impl Host {
     /// destination gives none).
     pub async fn request(&self, message: Message) -> Result<Option<Message>, RequestError> {
         let (reply, pending) = oneshot::channel();
-        let (envelope, _) = self.admit(message, Some(reply))?;
+        let message = self.admit(message)?;
+        let bytes = self.intake_bytes(&message).await;
+        let envelope = Envelope::new(message, Some(reply), bytes);
         let sender = self.sender()?;
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
@@ -79,8 +88,10 @@ impl Host {
     /// Admit a request only if the queue has room now; await the returned reply.
     pub fn try_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
         let (reply, pending) = oneshot::channel();
-        let (envelope, id) = self.admit(message, Some(reply))?;
-        self.enqueue_now(envelope)?;
+        let message = self.admit(message)?;
+        let id = message.id;
+        let bytes = self.try_intake_bytes(&message)?;
+        self.enqueue_now(Envelope::new(message, Some(reply), bytes))?;
         Ok((id, pending))
     }
 
@@ -268,18 +279,26 @@ impl Host {
         }
     }
 
-    fn admit(
-        &self,
-        mut message: Message,
-        reply: Option<crate::pipeline::ReplySender>,
-    ) -> Result<(Envelope, MessageId), SendError> {
+    /// Check `message` and give it its ids.
+    fn admit(&self, mut message: Message) -> Result<Message, SendError> {
         check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
         message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
         if message.unique_id().is_none() {
             message.headers.push((ID_HEADER.to_owned(), unique_id()));
         }
-        let id = message.id;
-        Ok((Envelope { message, reply, accepted_at: std::time::Instant::now() }, id))
+        Ok(message)
+    }
+
+    /// `message`'s share of `host.queue_bytes`, waited for.
+    async fn intake_bytes(&self, message: &Message) -> OwnedSemaphorePermit {
+        let (budget, kib) = (self.inner.intake_bytes.clone(), intake_kib(message));
+        budget.acquire_many_owned(kib).await.expect("the intake budget is never closed")
+    }
+
+    /// `message`'s share of `host.queue_bytes`, if free now.
+    fn try_intake_bytes(&self, message: &Message) -> Result<OwnedSemaphorePermit, SendError> {
+        let budget = self.inner.intake_bytes.clone();
+        budget.try_acquire_many_owned(intake_kib(message)).map_err(|_| SendError::Backpressure)
     }
 
     fn count_accepted(&self) {
@@ -320,6 +339,13 @@ fn gauges_of(destination: DestinationStatus) -> DestinationGauges {
 /// Wait for the answer to an admitted request.
 pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, RequestError> {
     pending.await.unwrap_or(Err(RequestError::WorkerFailed))
+}
+
+/// The KiB of `host.queue_bytes` `message` holds in the intake: its size
+/// as `max_message_bytes` counts it, rounded up, at least one.
+fn intake_kib(message: &Message) -> u32 {
+    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+    u32::try_from((message.payload.len() + headers) / 1024 + 1).unwrap_or(u32::MAX)
 }
 
 /// Headers one message may carry, at most.

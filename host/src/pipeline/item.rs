@@ -16,6 +16,20 @@ pub(crate) struct Envelope {
     pub(crate) message: Message,
     pub(crate) reply: Option<ReplySender>,
     pub(crate) accepted_at: Instant,
+    /// The message's share of `host.queue_bytes`, given back when a worker
+    /// takes it.
+    _intake_bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Envelope {
+    /// `message`, accepted now, holding `intake_bytes`.
+    pub(crate) fn new(
+        message: Message,
+        reply: Option<ReplySender>,
+        intake_bytes: tokio::sync::OwnedSemaphorePermit,
+    ) -> Envelope {
+        Envelope { message, reply, accepted_at: Instant::now(), _intake_bytes: intake_bytes }
+    }
 }
 
 /// A message on its way through a route.
