@@ -104,6 +104,32 @@ async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_rout
 }
 
 #[tokio::test]
+async fn a_transform_output_past_max_message_bytes_is_an_output_limit_fault() {
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
+    let config = format!(
+        r#"{MEMORY_OUT}
+[[plugin]]
+name = "flood"
+config = {{ trigger = "x-poison", copies = "1", pad = "2097152" }}
+[[route]]
+name = "risky"
+stages = ["transform:flood"]
+to = "out"
+"#
+    );
+    let host = host(dir.path(), &config).await;
+    host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(
+        reason.ends_with("a message of 2097162 bytes, over host.max_message_bytes (1048576)"),
+        "{reason}"
+    );
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
 pub async fn faulty_memory_hog() {
     let limits = "{ memory_mb = 16 }";
     let (_dir, host) = host_with_filter(artifacts::FAULTY_MEMORY_HOG, limits, "fail-closed").await;

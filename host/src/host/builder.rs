@@ -113,7 +113,8 @@ impl HostBuilder {
         let ids = Arc::new(AtomicU64::new(1));
         // Bounded like the intake: a slow reply middleware holds deliveries back.
         let (replies, reply_queue) = flume::bounded(config.host.queue_capacity);
-        let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone());
+        let max_message_bytes = config.host.max_message_bytes;
+        let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes);
         std::thread::Builder::new()
             .name("switchyard-replies".into())
             .spawn(move || run_reply_worker(reply_worker, reply_queue))
@@ -144,6 +145,7 @@ impl HostBuilder {
                 metrics: metrics.clone(),
                 ids,
                 batch_size: config.host.batch_size,
+                max_message_bytes,
                 dispatch,
                 replies,
                 dead_letters,

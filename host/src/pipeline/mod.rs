@@ -42,6 +42,8 @@ pub(crate) struct Pipeline {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ids: Arc<AtomicU64>,
     pub(crate) batch_size: usize,
+    /// The largest message a transform may make.
+    pub(crate) max_message_bytes: usize,
     /// Starts and tracks the dispatchers of network destinations.
     pub(crate) dispatch: DispatchContext,
     /// Replies that pass back through middleware, for the reply worker.
@@ -69,7 +71,11 @@ pub(crate) struct ReplyBack {
 /// empty. Plugins run here, on a plain thread, never on a runtime thread:
 /// their calls are synchronous and may take up to their deadline.
 pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelope>, runtime: Handle) {
-    let new_worker = || Worker::new(pipeline.engine.clone(), pipeline.ids.clone(), pipeline.metrics.clone());
+    let new_worker = || {
+        let (engine, ids, metrics) =
+            (pipeline.engine.clone(), pipeline.ids.clone(), pipeline.metrics.clone());
+        Worker::new(engine, ids, metrics, pipeline.max_message_bytes)
+    };
     let mut worker = new_worker();
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(pipeline.batch_size);

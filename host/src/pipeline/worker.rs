@@ -37,11 +37,19 @@ pub(crate) struct Worker {
     /// The plugin set the instances were last checked against.
     checked: Option<Arc<PluginSet>>,
     metrics: Arc<Metrics>,
+    /// The largest message a transform may make (`host.max_message_bytes`).
+    max_message_bytes: usize,
 }
 
 impl Worker {
-    pub(crate) fn new(engine: Arc<PluginEngine>, ids: Arc<AtomicU64>, metrics: Arc<Metrics>) -> Worker {
-        Worker { engine, ids, instances: HashMap::new(), buffer: Vec::new(), checked: None, metrics }
+    pub(crate) fn new(
+        engine: Arc<PluginEngine>,
+        ids: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
+        max_message_bytes: usize,
+    ) -> Worker {
+        let (instances, buffer) = (HashMap::new(), Vec::new());
+        Worker { engine, ids, instances, buffer, checked: None, metrics, max_message_bytes }
     }
 
     /// Drop instances of versions no longer serving, once per plugin-set
@@ -186,6 +194,7 @@ impl Worker {
             Err(fault) => return Err((items, fault)),
         };
         let mut outputs: Vec<Vec<Message>> = items.iter().map(|_| Vec::new()).collect();
+        let max_message_bytes = self.max_message_bytes;
         for message in switchyard_wire::decode(&out.messages) {
             let slot = message.map_err(|err| malformed(err.to_string())).and_then(|m| {
                 let slot = outputs.get_mut(m.source as usize).ok_or_else(|| {
@@ -197,6 +206,16 @@ impl Worker {
                 }
                 if m.headers().take(MAX_OUTPUT_HEADERS + 1).count() > MAX_OUTPUT_HEADERS {
                     let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
+                    return Err(PluginFault::OutputLimit(problem));
+                }
+                // As at admission: the host's own id header does not count.
+                let headers = m.headers().filter(|(name, _)| !name.eq_ignore_ascii_case(ID_HEADER));
+                let size =
+                    m.payload_len + headers.map(|(name, value)| name.len() + value.len()).sum::<usize>();
+                if size > max_message_bytes {
+                    let problem = format!(
+                        "a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})"
+                    );
                     return Err(PluginFault::OutputLimit(problem));
                 }
                 Ok((slot, m))

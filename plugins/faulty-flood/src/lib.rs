@@ -1,6 +1,7 @@
 //! A test transform that floods: a message carrying the header named by
 //! config key `trigger` (or every message, when unset) becomes `copies`
-//! copies of itself (config key, default 1 000 000); others pass unchanged.
+//! copies of itself (config key, default 1 000 000), each with `pad` bytes
+//! (config key, default 0) added to its payload; others pass unchanged.
 
 use std::sync::LazyLock;
 
@@ -15,9 +16,16 @@ impl Transform for FaultyFlood {
     fn transform(message: &Message<'_>, out: &mut Output) -> Result<(), Error> {
         static TRIGGER: LazyLock<Option<String>> = LazyLock::new(|| config("trigger"));
         let flood = TRIGGER.as_deref().is_none_or(|name| message.header(name).is_some());
-        let copies = if flood { *COPIES } else { 1 };
-        for _ in 0..copies {
+        static PAD: LazyLock<usize> =
+            LazyLock::new(|| config("pad").and_then(|pad| pad.parse().ok()).unwrap_or(0));
+        if !flood {
             out.emit(message).finish();
+            return Ok(());
+        }
+        let mut payload = message.payload.unwrap_or_default().to_vec();
+        payload.resize(payload.len() + *PAD, b'x');
+        for _ in 0..*COPIES {
+            out.emit(message).with_payload(&payload).finish();
         }
         Ok(())
     }
