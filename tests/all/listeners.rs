@@ -71,3 +71,35 @@ async fn an_ingress_token_is_required_when_set_and_changes_on_reload() {
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 2, "refused requests are never accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_trickling_clients_are_cut_and_health_still_answers() {
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "{MEMORY_OUT}[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 100\nheader_timeout_ms = 200\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let admin = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let cut = tokio::task::spawn_blocking(move || {
+        let trickling: Vec<TcpStream> = (0..2000)
+            .map(|_| {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n").unwrap();
+                stream
+            })
+            .collect();
+        let health = crate::support::http(addr, "GET", "/health", &[], b"");
+        let closed = trickling.into_iter().filter(|mut stream| {
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream.read_to_end(&mut Vec::new()).is_ok()
+        });
+        (health, closed.count())
+    });
+    let (health, closed) = crate::support::within(cut).await.unwrap();
+    assert_eq!(health, (200, r#"{"status":"ok"}"#.to_owned()), "health answers beside the flood");
+    assert_eq!(closed, 2000, "every trickling client was cut");
+    drain_and_account(&host).await;
+}

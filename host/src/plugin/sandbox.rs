@@ -330,6 +330,11 @@ mod tests {
     }
 
     #[test]
+    fn the_reported_twenty_four_memories_of_sixty_mib_are_refused() {
+        assert!(instantiate_memories(24, 960, 64).is_err());
+    }
+
+    #[test]
     fn more_memories_than_allowed_are_refused() {
         let (_, error) = instantiate_memories(MAX_MEMORIES + 8, 1, 64).unwrap_err();
         assert!(error.contains("memory count"), "{error}");
