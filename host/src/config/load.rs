@@ -151,6 +151,10 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        if host.max_message_bytes > MAX_MESSAGE_BYTES {
+            let problem = format!("must be at most {MAX_MESSAGE_BYTES}");
+            return Err(invalid("host.max_message_bytes".into(), &host.max_message_bytes, problem));
+        }
         // Counted in KiB permits of a semaphore; one whole message must fit.
         if !(host.max_message_bytes..=MAX_QUEUE_BYTES).contains(&host.queue_bytes) {
             let problem = format!(
@@ -277,6 +281,9 @@ fn url_path(field: &'static str, path: &str) -> Result<(), (&'static str, String
     Ok(())
 }
 
+/// The largest message: 1 GiB (the wire layout counts in 32 bits).
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
 /// The most bytes the intake may hold: 1 TiB (in KiB, it fits a semaphore).
 const MAX_QUEUE_BYTES: usize = 1 << 40;
 
@@ -350,7 +357,7 @@ impl super::DestinationConfig {
         size("queue.max_in_flight", self.queue.max_in_flight)?;
         at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;
         size("pool.max_size", self.pool.max_size)?;
-        at_least_one("breaker.window", self.breaker.window as u64)?;
+        size("breaker.window", self.breaker.window)?;
         if let Some(percent) = self.breaker.failure_percent.filter(|percent| !(1..=100).contains(percent)) {
             return Err(("breaker.failure_percent", percent.to_string(), "must be 1 to 100".into()));
         }
