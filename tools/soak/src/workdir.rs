@@ -39,6 +39,7 @@ impl Workdir {
             |path: &Path| std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()));
         let dir = tempfile::Builder::new().prefix("switchyard-soak-").tempdir()?;
         std::fs::create_dir(dir.path().join("plugins"))?;
+        std::fs::create_dir(dir.path().join("state"))?;
         let workdir = Workdir {
             config: dir.path().join("soak.toml"),
             dir,
@@ -91,6 +92,7 @@ impl Workdir {
             r#"# Written by the soak driver.
 [host]
 plugin_dir = "{plugins}"
+state_dir = "{state}"
 dead_letter = "dead-letters"
 
 [ingress.http]
@@ -121,6 +123,7 @@ to = "sinks"
 priority = {priority}
 "#,
             plugins = self.dir.path().join("plugins").display(),
+            state = self.dir.path().join("state").display(),
             endpoints = quoted(&self.endpoints),
             dead_letters = quoted(&[self.dead_letters]),
             priority = self.priority,
