@@ -111,7 +111,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     };
     let mut samples = vec![sample("start".to_owned())?];
 
-    let sending = load::send(host.ingress, settings.rate, end, settings.connections, load.clone());
+    let sending = load::send(host.ingress, settings.rate, (start, end), settings.connections, load.clone());
     let swapping = every(settings.swap_every, end, || async {
         workdir.lock().unwrap().swap_plugin()?;
         anyhow::Ok(true)

@@ -43,11 +43,16 @@ impl Load {
     }
 }
 
-/// Sends `rate` messages a second to `ingress` from now until `end`, over
-/// `connections` connections: message `n` is due at `n / rate` seconds, and
-/// whichever connection is free sends it.
-pub async fn send(ingress: SocketAddr, rate: u32, end: Instant, connections: usize, load: Arc<Load>) {
-    let start = Instant::now();
+/// Sends `rate` messages a second to `ingress` from `start` until `end`,
+/// over `connections` connections: message `n` is due `n / rate` seconds
+/// after `start`, and whichever connection is free sends it.
+pub async fn send(
+    ingress: SocketAddr,
+    rate: u32,
+    (start, end): (Instant, Instant),
+    connections: usize,
+    load: Arc<Load>,
+) {
     let next = Arc::new(AtomicU64::new(0));
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut senders = tokio::task::JoinSet::new();
