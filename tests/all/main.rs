@@ -22,6 +22,7 @@ mod reload;
 mod reload_once;
 mod retries;
 mod routing;
+mod soak;
 mod support;
 mod tcp_destination;
 
