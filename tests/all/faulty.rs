@@ -82,6 +82,20 @@ pub async fn faulty_sleep() {
     assert_isolated(&host, "plugin-timed-out", "timed out after 100ms").await;
 }
 
+#[tokio::test]
+async fn a_plugin_asleep_in_its_load_trial_is_refused_at_its_deadline() {
+    // Untriggered, it sleeps on every message, the trial's sample too.
+    let dir = plugin_dir(&[("sleepy", artifacts::FAULTY_SLEEP)]);
+    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"sleepy\"\nlimits = {{ timeout_ms = 100 }}\n");
+    let config = switchyard::Config::from_toml("test.toml", &config).unwrap();
+    let host =
+        crate::support::within(Host::builder().config("test.toml", config).plugin_dir(dir.path()).build());
+    let host = host.await.unwrap();
+    let errors: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
+    assert_eq!(errors, ["plugin \"sleepy\": failed its trial run: timed out after 100ms"]);
+    drain_and_account(&host).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_routes() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, "{ timeout_ms = 100 }", "fail-closed").await;
