@@ -138,9 +138,11 @@ pub async fn net_probe() {
     let granted = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (granted_addr, other_addr) = (granted.local_addr().unwrap(), other.local_addr().unwrap());
+    // Granted too, and free: the plugin tries to listen on it.
+    let free_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let dir = plugin_dir(&[("probe", artifacts::NET_PROBE), ("closed", artifacts::NET_PROBE)]);
     let config = format!(
-        "{}[[plugin]]\nname = \"probe\"\nallow_net = [\"{granted_addr}\"]\n\
+        "{}[[plugin]]\nname = \"probe\"\nallow_net = [\"{granted_addr}\", \"{free_addr}\"]\n\
          [[route]]\nname = \"granted\"\nmatch = {{ topic = \"granted\" }}\nstages = [\"filter:probe\"]\nto = \"out\"\n\
          [[route]]\nname = \"ungranted\"\nmatch = {{ topic = \"ungranted\" }}\nstages = [\"filter:closed\"]\nto = \"out\"\n",
         MEMORY_OUT
@@ -155,11 +157,14 @@ pub async fn net_probe() {
     within(granted.accept()).await.expect("the plugin's connection reached the listener");
     host.send(probe("granted", other_addr)).await.unwrap();
     host.send(probe("ungranted", granted_addr)).await.unwrap();
+    // A grant is to connect, never to listen, not even on the granted address.
+    let listen = Message::new("granted", "{}").with_header("x-listen", free_addr.to_string());
+    host.send(listen).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!(
         (stats.delivered, stats.filtered),
-        (1, 2),
-        "an address not granted, and a plugin granted none, are denied"
+        (1, 3),
+        "an address not granted, a plugin granted none, and listening are denied"
     );
     assert!(
         tokio::time::timeout(std::time::Duration::ZERO, other.accept()).await.is_err(),
