@@ -117,30 +117,33 @@ async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_rout
     drain_and_account(&host).await;
 }
 
-#[tokio::test]
-async fn a_transform_output_past_max_message_bytes_is_an_output_limit_fault() {
+/// The dead-letter reason of a poison message through `faulty-flood` with
+/// plugin config `settings`, which must make it an output-limit fault.
+async fn output_limit_reason(settings: &str) -> String {
     let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
     let config = format!(
-        r#"{MEMORY_OUT}
-[[plugin]]
-name = "flood"
-config = {{ trigger = "x-poison", copies = "1", pad = "2097152" }}
-[[route]]
-name = "risky"
-stages = ["transform:flood"]
-to = "out"
-"#
+        "{MEMORY_OUT}[[plugin]]\nname = \"flood\"\nconfig = {{ trigger = \"x-poison\", {settings} }}\n\
+         [[route]]\nname = \"risky\"\nstages = [\"transform:flood\"]\nto = \"out\"\n"
     );
     let host = host(dir.path(), &config).await;
     host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
     let letter = next(&host.memory("dead").unwrap()).await;
     assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
-    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
-    assert!(
-        reason.ends_with("a message of 2097162 bytes, over host.max_message_bytes (1048576)"),
-        "{reason}"
-    );
     drain_and_account(&host).await;
+    letter.header("x-sy-dead-letter-reason").unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_transform_output_past_max_message_bytes_is_an_output_limit_fault() {
+    let reason = output_limit_reason("copies = \"1\", pad = \"2097152\"").await;
+    let expected = "a message of 2097162 bytes, over host.max_message_bytes (1048576)";
+    assert!(reason.ends_with(expected), "{reason}");
+}
+
+#[tokio::test]
+async fn a_transform_output_with_too_many_headers_is_an_output_limit_fault() {
+    let reason = output_limit_reason("copies = \"1\", headers = \"1100\"").await;
+    assert!(reason.ends_with("a message with more than 1024 headers"), "{reason}");
 }
 
 #[tokio::test]

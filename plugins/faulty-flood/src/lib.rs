@@ -1,7 +1,8 @@
 //! A test transform that floods: a message carrying the header named by
 //! config key `trigger` (or every message, when unset) becomes `copies`
 //! copies of itself (config key, default 1 000 000), each with `pad` bytes
-//! (config key, default 0) added to its payload; others pass unchanged.
+//! (config key, default 0) added to its payload and `headers` headers
+//! (config key, default 0) added; others pass unchanged.
 
 use std::sync::LazyLock;
 
@@ -22,10 +23,13 @@ impl Transform for FaultyFlood {
             out.emit(message).finish();
             return Ok(());
         }
+        static HEADERS: LazyLock<usize> =
+            LazyLock::new(|| config("headers").and_then(|count| count.parse().ok()).unwrap_or(0));
         let mut payload = message.payload.unwrap_or_default().to_vec();
         payload.resize(payload.len() + *PAD, b'x');
         for _ in 0..*COPIES {
-            out.emit(message).with_payload(&payload).finish();
+            let copy = out.emit(message).with_payload(&payload);
+            (0..*HEADERS).fold(copy, |copy, n| copy.with_header(&format!("x-h{n}"), "v")).finish();
         }
         Ok(())
     }
