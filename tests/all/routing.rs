@@ -147,16 +147,8 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     let dir = plugin_dir(&[]);
     let entered = Arc::new(Notify::new());
     let gate = Arc::new(Semaphore::new(0));
-    let (blocking, delivered) = gated(&entered, &gate);
-    let config = switchyard::Config::from_toml("t", "[host]\nqueue_capacity = 1\nworkers = 1").unwrap();
-    let host = Host::builder()
-        .config("t", config)
-        .plugin_dir(dir.path())
-        .destination("slow", blocking)
-        .route(RouteConfig::new("all", ">", "slow"))
-        .build()
-        .await
-        .unwrap();
+    let (host, delivered) =
+        gated_host(dir.path(), "[host]\nqueue_capacity = 1\nworkers = 1", &entered, &gate).await;
     host.try_send(Message::new("t", "1")).unwrap();
     within(entered.notified()).await;
     host.try_send(Message::new("t", "2")).unwrap();
@@ -171,6 +163,25 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     assert_eq!(payloads, ["1", "2"]);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+/// A host configured by `config` routing everything to a [`gated`] destination.
+async fn gated_host(
+    dir: &std::path::Path,
+    config: &str,
+    entered: &Arc<Notify>,
+    gate: &Arc<Semaphore>,
+) -> (Host, flume::Receiver<Message>) {
+    let (blocking, delivered) = gated(entered, gate);
+    let host = Host::builder()
+        .config("t", switchyard::Config::from_toml("t", config).unwrap())
+        .plugin_dir(dir)
+        .destination("slow", blocking)
+        .route(RouteConfig::new("all", ">", "slow"))
+        .build()
+        .await
+        .unwrap();
+    (host, delivered)
 }
 
 /// A destination that says when a message `entered` it, then waits for a
@@ -196,16 +207,8 @@ fn gated(
 async fn the_intake_is_bounded_in_bytes_too() {
     let dir = plugin_dir(&[]);
     let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
-    let (blocking, delivered) = gated(&entered, &gate);
     let text = "[host]\nqueue_capacity = 1000\nqueue_bytes = 1048576\nworkers = 1\nbatch_size = 1";
-    let host = Host::builder()
-        .config("t", switchyard::Config::from_toml("t", text).unwrap())
-        .plugin_dir(dir.path())
-        .destination("slow", blocking)
-        .route(RouteConfig::new("all", ">", "slow"))
-        .build()
-        .await
-        .unwrap();
+    let (host, delivered) = gated_host(dir.path(), text, &entered, &gate).await;
     host.try_send(Message::new("t", "first")).unwrap();
     within(entered.notified()).await;
     let big = || Message::new("t", vec![b'x'; 600 << 10]);
