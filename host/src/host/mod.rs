@@ -54,9 +54,9 @@ impl Host {
 
     /// Accept `message`, waiting while the queue is full. Returns its id.
     pub async fn send(&self, message: Message) -> Result<MessageId, SendError> {
-        let message = self.admit(message)?;
+        let (message, kib) = self.admit(message)?;
         let id = message.id;
-        let bytes = self.intake_bytes(&message).await;
+        let bytes = self.intake_bytes(kib).await;
         let sender = self.sender()?;
         sender.send_async(Envelope::new(message, None, bytes)).await.map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
@@ -65,9 +65,9 @@ impl Host {
 
     /// Accept `message` only if the queue has room now.
     pub fn try_send(&self, message: Message) -> Result<MessageId, SendError> {
-        let message = self.admit(message)?;
+        let (message, kib) = self.admit(message)?;
         let id = message.id;
-        let bytes = self.try_intake_bytes(&message)?;
+        let bytes = self.try_intake_bytes(kib)?;
         self.enqueue_now(Envelope::new(message, None, bytes))?;
         Ok(id)
     }
@@ -76,8 +76,8 @@ impl Host {
     /// destination gives none).
     pub async fn request(&self, message: Message) -> Result<Option<Message>, RequestError> {
         let (reply, pending) = oneshot::channel();
-        let message = self.admit(message)?;
-        let bytes = self.intake_bytes(&message).await;
+        let (message, kib) = self.admit(message)?;
+        let bytes = self.intake_bytes(kib).await;
         let envelope = Envelope::new(message, Some(reply), bytes);
         let sender = self.sender()?;
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
@@ -88,9 +88,9 @@ impl Host {
     /// Admit a request only if the queue has room now; await the returned reply.
     pub fn try_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
         let (reply, pending) = oneshot::channel();
-        let message = self.admit(message)?;
+        let (message, kib) = self.admit(message)?;
         let id = message.id;
-        let bytes = self.try_intake_bytes(&message)?;
+        let bytes = self.try_intake_bytes(kib)?;
         self.enqueue_now(Envelope::new(message, Some(reply), bytes))?;
         Ok((id, pending))
     }
@@ -279,26 +279,29 @@ impl Host {
         }
     }
 
-    /// Check `message` and give it its ids.
-    fn admit(&self, mut message: Message) -> Result<Message, SendError> {
-        check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
+    /// Check `message` and give it its ids; with the KiB of `host.queue_bytes`
+    /// it holds in the intake (its size as `max_message_bytes` counts it,
+    /// rounded up, at least one).
+    fn admit(&self, mut message: Message) -> Result<(Message, u32), SendError> {
+        let size = check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
+        let kib = u32::try_from(size / 1024 + 1).unwrap_or(u32::MAX);
         message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
         if message.unique_id().is_none() {
             message.headers.push((ID_HEADER.to_owned(), unique_id()));
         }
-        Ok(message)
+        Ok((message, kib))
     }
 
-    /// `message`'s share of `host.queue_bytes`, waited for.
-    async fn intake_bytes(&self, message: &Message) -> OwnedSemaphorePermit {
-        let (budget, kib) = (self.inner.intake_bytes.clone(), intake_kib(message));
+    /// `kib` of `host.queue_bytes`, waited for.
+    async fn intake_bytes(&self, kib: u32) -> OwnedSemaphorePermit {
+        let budget = self.inner.intake_bytes.clone();
         budget.acquire_many_owned(kib).await.expect("the intake budget is never closed")
     }
 
-    /// `message`'s share of `host.queue_bytes`, if free now.
-    fn try_intake_bytes(&self, message: &Message) -> Result<OwnedSemaphorePermit, SendError> {
+    /// `kib` of `host.queue_bytes`, if free now.
+    fn try_intake_bytes(&self, kib: u32) -> Result<OwnedSemaphorePermit, SendError> {
         let budget = self.inner.intake_bytes.clone();
-        budget.try_acquire_many_owned(intake_kib(message)).map_err(|_| SendError::Backpressure)
+        budget.try_acquire_many_owned(kib).map_err(|_| SendError::Backpressure)
     }
 
     fn count_accepted(&self) {
@@ -341,19 +344,12 @@ pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, Reque
     pending.await.unwrap_or(Err(RequestError::WorkerFailed))
 }
 
-/// The KiB of `host.queue_bytes` `message` holds in the intake: its size
-/// as `max_message_bytes` counts it, rounded up, at least one.
-fn intake_kib(message: &Message) -> u32 {
-    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
-    u32::try_from((message.payload.len() + headers) / 1024 + 1).unwrap_or(u32::MAX)
-}
-
 /// Headers one message may carry, at most.
 const MAX_HEADERS: usize = 1024;
 
 /// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers,
-/// and payload and headers together within `limit` bytes.
-pub(crate) fn check_message(message: &Message, limit: usize) -> Result<(), SendError> {
+/// and payload and headers together within `limit` bytes. Returns that size.
+pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
     if message.headers.len() > MAX_HEADERS {
         let count = message.headers.len();
         return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
@@ -377,7 +373,7 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<(), SendE
             "topic {topic:?} contains whitespace or control characters"
         )));
     }
-    Ok(())
+    Ok(size)
 }
 
 impl std::fmt::Debug for Host {

@@ -204,14 +204,18 @@ impl Worker {
                     let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
                     return Err(PluginFault::OutputLimit(problem));
                 }
-                if m.headers().take(MAX_OUTPUT_HEADERS + 1).count() > MAX_OUTPUT_HEADERS {
+                // One pass: how many headers, and their bytes but the host's
+                // own id header (as at admission).
+                let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
+                    let counted =
+                        if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
+                    (count + 1, bytes + counted)
+                });
+                if headers > MAX_OUTPUT_HEADERS {
                     let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
                     return Err(PluginFault::OutputLimit(problem));
                 }
-                // As at admission: the host's own id header does not count.
-                let headers = m.headers().filter(|(name, _)| !name.eq_ignore_ascii_case(ID_HEADER));
-                let size =
-                    m.payload_len + headers.map(|(name, value)| name.len() + value.len()).sum::<usize>();
+                let size = m.payload_len + header_bytes;
                 if size > max_message_bytes {
                     let problem = format!(
                         "a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})"
