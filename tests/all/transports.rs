@@ -87,7 +87,7 @@ async fn a_transport_registered_in_rust_gets_its_options_and_retries_on_another_
 async fn an_option_a_registered_transport_does_not_know_is_refused_naming_it() {
     let attempts = Arc::default();
     let config = config("options = { tag = \"seen\", failing = \"a:1\", colour = \"red\" }");
-    let error = host(config, &attempts).await.err().expect("refused").to_string();
+    let error = host(config, &attempts).await.expect_err("refused").to_string();
     assert_eq!(
         error,
         "test.toml: destination \"out\".options = { colour = \"red\", failing = \"a:1\", tag = \"seen\" }: \
@@ -100,7 +100,7 @@ async fn a_transport_nobody_registered_is_refused_before_the_host_starts() {
     let dir = plugin_dir(&[]);
     let error = Host::builder().config("test.toml", config("")).plugin_dir(dir.path()).build().await;
     assert_eq!(
-        error.err().expect("refused").to_string(),
+        error.expect_err("refused").to_string(),
         "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: http, tcp, log, memory)"
     );
 }
