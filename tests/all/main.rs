@@ -10,6 +10,7 @@ mod dead_letters;
 mod destination_core;
 mod endpoint;
 mod exposition;
+mod file_transport;
 mod faulty;
 mod hostile_files;
 mod http_destination;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use switchyard::config::DestinationConfig;
 use switchyard::resilience::{Outcome, RetryReason};
-use switchyard::transport::{AttemptFuture, Transport, TransportContext, typed};
+use switchyard::transport::{AttemptFuture, Transport, TransportContext, TransportOptions, typed};
 use switchyard::{Config, Host, Message};
 
 /// `options = {..}` of the test transport.
@@ -19,6 +19,8 @@ struct LoopbackOptions {
     /// The endpoint whose every attempt fails as a reset.
     failing: String,
 }
+
+impl TransportOptions for LoopbackOptions {}
 
 /// Answers each message in place, except on its failing endpoint; records every attempt's address.
 struct Loopback {
@@ -101,6 +103,6 @@ async fn a_transport_nobody_registered_is_refused_before_the_host_starts() {
     let error = Host::builder().config("test.toml", config("")).plugin_dir(dir.path()).build().await;
     assert_eq!(
         error.expect_err("refused").to_string(),
-        "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: http, tcp, log, memory)"
+        "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, tcp, log, memory)"
     );
 }

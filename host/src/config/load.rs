@@ -298,13 +298,6 @@ impl super::DestinationConfig {
             let problem = format!("the {} destination has no options", self.transport);
             return Err(("options", inline_table(&self.options), problem));
         }
-        if networked && self.endpoints.is_empty() {
-            return Err((
-                "endpoints",
-                "[]".into(),
-                "a network destination needs at least one endpoint".into(),
-            ));
-        }
         if !networked && !self.endpoints.is_empty() {
             return Err((
                 "endpoints",
@@ -401,5 +394,8 @@ pub fn inline_table(table: &toml::Table) -> String {
         other => other.to_string(),
     };
     let pairs: Vec<String> = table.iter().map(|(key, item)| format!("{key} = {}", value(item))).collect();
-    format!("{{ {} }}", pairs.join(", "))
+    match pairs.is_empty() {
+        true => "{}".to_owned(),
+        false => format!("{{ {} }}", pairs.join(", ")),
+    }
 }

@@ -95,7 +95,8 @@ impl DispatchContext {
     pub(crate) fn cluster(&self, config: &DestinationConfig) -> Arc<dyn QueuedDestination> {
         let factory = self.transports.get(&config.transport).expect("a checked destination's transport");
         let transport = factory.build(config, &self.transport_context);
-        let cluster = Arc::new(Cluster::new(config, transport, &self.services));
+        let endpoints = factory.endpoints(config);
+        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services));
         cluster.start_health_checks(&self.runtime);
         cluster
     }

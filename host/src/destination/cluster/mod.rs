@@ -15,7 +15,7 @@
 use super::plugin_balancer::HotPluginBalancer;
 use super::{DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
 use crate::balance::BalancerConfig;
-use crate::config::{DestinationConfig, HealthSettings};
+use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{
     BreakerConfig, BreakerState, EjectionBackoff, EligibilityPolicy, FailureRate, HealthState,
@@ -81,6 +81,7 @@ impl Cluster {
     /// Active health checks start with [`Cluster::start_health_checks`].
     pub(crate) fn new(
         config: &DestinationConfig,
+        endpoints: &[EndpointConfig],
         transport: Arc<dyn Transport>,
         host: &HostServices,
     ) -> Cluster {
@@ -98,8 +99,8 @@ impl Cluster {
                 ..EjectionBackoff::default()
             },
         };
-        let endpoints = config
-            .endpoints
+        let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
+        let endpoints = endpoints
             .iter()
             .map(|endpoint| {
                 let metrics = metrics.endpoint(&config.name, &endpoint.address);
@@ -111,12 +112,9 @@ impl Cluster {
             endpoints,
             hash_header: balancer.hash_header().map(str::to_owned),
             balancer: match &balancer {
-                BalancerConfig::Plugin { name } => Picker::Plugin(HotPluginBalancer::new(
-                    &config.name,
-                    name,
-                    config.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
-                    host,
-                )),
+                BalancerConfig::Plugin { name } => {
+                    Picker::Plugin(HotPluginBalancer::new(&config.name, name, addresses, host))
+                }
                 built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
             transport,
