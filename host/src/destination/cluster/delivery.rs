@@ -69,7 +69,7 @@ impl Cluster {
             attempts += 1;
             drop(retry_permit.take());
             let safe =
-                self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_before_send());
+                self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_not_taken());
             maybe_delivered |= matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
             if !(outcome.is_retryable() && safe) || attempts >= self.retry.attempts {
                 let fatal = !(outcome.is_retryable() && safe);
