@@ -24,6 +24,7 @@ mod reload_once;
 mod retries;
 mod routing;
 mod soak;
+mod subprocess_transport;
 mod support;
 mod tcp_destination;
 mod transports;

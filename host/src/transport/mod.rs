@@ -20,6 +20,7 @@ mod file;
 mod http;
 mod pool;
 mod registry;
+mod subprocess;
 mod tcp;
 
 pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
@@ -28,6 +29,7 @@ pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use registry::{
     SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,
 };
+pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;
 
 use crate::config::HealthSettings;
