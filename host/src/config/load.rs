@@ -151,6 +151,12 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        if let Some(http) =
+            self.ingress.http.as_ref().filter(|http| !(1..=MAX_MESSAGE_BYTES).contains(&http.max_batch_bytes))
+        {
+            let problem = format!("must be 1 to {MAX_MESSAGE_BYTES}");
+            return Err(invalid("ingress.http.max_batch_bytes".into(), &http.max_batch_bytes, problem));
+        }
         if host.max_message_bytes > MAX_MESSAGE_BYTES {
             let problem = format!("must be at most {MAX_MESSAGE_BYTES}");
             return Err(invalid("host.max_message_bytes".into(), &host.max_message_bytes, problem));

@@ -131,6 +131,9 @@ pub struct HttpIngressConfig {
     pub header_timeout_ms: u64,
     /// Bearer token every request must carry, if set (changes live on reload).
     pub token: Option<String>,
+    /// Largest body of a bulk `POST /v1/messages`, in bytes.
+    #[serde(default = "HttpIngressConfig::default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
 }
 
 impl HttpIngressConfig {
@@ -141,11 +144,16 @@ impl HttpIngressConfig {
             max_connections: HttpIngressConfig::default_max_connections(),
             header_timeout_ms: default_header_timeout_ms(),
             token: None,
+            max_batch_bytes: HttpIngressConfig::default_max_batch_bytes(),
         }
     }
 
     fn default_max_connections() -> usize {
         1024
+    }
+
+    fn default_max_batch_bytes() -> usize {
+        16 << 20
     }
 }
 
