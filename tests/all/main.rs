@@ -12,6 +12,7 @@ mod destination_core;
 mod endpoint;
 mod exposition;
 mod file_transport;
+mod fallback;
 mod faulty;
 mod hostile_files;
 mod http_destination;

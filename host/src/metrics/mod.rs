@@ -97,6 +97,7 @@ pub struct Metrics {
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,
+    fallbacks: Family<DestinationName, Counter>,
     attempts: Family<EndpointOutcome, Counter>,
     breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
@@ -135,6 +136,7 @@ impl Metrics {
             last_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),
+            fallbacks: Family::default(),
             attempts: Family::default(),
             breaker_transitions: Family::default(),
             events: Family::default(),
@@ -167,6 +169,8 @@ impl Metrics {
         registry.register("destination_deliveries", help, metrics.deliveries.clone());
         let help = "Retries per destination (attempts after the first)";
         registry.register("destination_retries", help, metrics.retries.clone());
+        let help = "Messages a destination handed to its fallback, never sent for want of an endpoint";
+        registry.register("destination_fallbacks", help, metrics.fallbacks.clone());
         let help = "Attempts per endpoint, by outcome (ok, retryable, fatal, shed)";
         registry.register("endpoint_attempts", help, metrics.attempts.clone());
         let help = "Circuit breaker transitions per endpoint, by the state entered (open, closed)";
@@ -323,6 +327,11 @@ impl Metrics {
     /// The retry counter of `destination`.
     pub(crate) fn retries(&self, destination: &str) -> Counter {
         self.retries.get_or_create_owned(&DestinationName { destination: destination.into() })
+    }
+
+    /// Count a message of `destination` handed to its fallback.
+    pub(crate) fn fallback(&self, destination: &str) {
+        self.fallbacks.get_or_create(&DestinationName { destination: destination.into() }).inc();
     }
 
     pub(crate) fn event(&self, event: &str) {
