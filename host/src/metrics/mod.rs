@@ -72,6 +72,19 @@ struct EndpointTransition {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportOutcome {
+    transport: String,
+    destination: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportDestination {
+    transport: String,
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventKind {
     event: String,
 }
@@ -98,6 +111,8 @@ pub struct Metrics {
     deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,
     fallbacks: Family<DestinationName, Counter>,
+    transport_attempts: Family<TransportOutcome, Counter>,
+    transport_latency: Family<TransportDestination, LatencyHistogram>,
     attempts: Family<EndpointOutcome, Counter>,
     breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
@@ -137,6 +152,8 @@ impl Metrics {
             deliveries: Family::default(),
             retries: Family::default(),
             fallbacks: Family::default(),
+            transport_attempts: Family::default(),
+            transport_latency: Family::default(),
             attempts: Family::default(),
             breaker_transitions: Family::default(),
             events: Family::default(),
@@ -171,6 +188,10 @@ impl Metrics {
         registry.register("destination_retries", help, metrics.retries.clone());
         let help = "Messages a destination handed to its fallback, never sent for want of an endpoint";
         registry.register("destination_fallbacks", help, metrics.fallbacks.clone());
+        let help = "Attempts per transport and destination, by outcome (ok, retryable, fatal, shed)";
+        registry.register("transport_attempts", help, metrics.transport_attempts.clone());
+        let help = "Seconds per attempt, per transport and destination";
+        registry.register("transport_attempt_seconds", help, metrics.transport_latency.clone());
         let help = "Attempts per endpoint, by outcome (ok, retryable, fatal, shed)";
         registry.register("endpoint_attempts", help, metrics.attempts.clone());
         let help = "Circuit breaker transitions per endpoint, by the state entered (open, closed)";
@@ -191,6 +212,14 @@ pub(crate) struct EndpointMetrics {
     pub(crate) opened: Counter,
     pub(crate) half_opened: Counter,
     pub(crate) closed: Counter,
+}
+
+/// The handles of one destination's transport: attempts by outcome (ok, retryable, fatal, shed) and
+/// their durations.
+#[derive(Clone)]
+pub(crate) struct TransportMetrics {
+    pub(crate) attempts: [Counter; 4],
+    pub(crate) latency: LatencyHistogram,
 }
 
 /// Handles for one route, cached in the topology so the message path does
@@ -322,6 +351,19 @@ impl Metrics {
             half_opened: transition("half-open"),
             closed: transition("closed"),
         }
+    }
+
+    /// The handles of `destination`, reached through `transport` (its name as configured).
+    pub(crate) fn transport(&self, transport: &str, destination: &str) -> TransportMetrics {
+        let attempts = ["ok", "retryable", "fatal", "shed"].map(|outcome| {
+            self.transport_attempts.get_or_create_owned(&TransportOutcome {
+                transport: transport.into(),
+                destination: destination.into(),
+                outcome: outcome.into(),
+            })
+        });
+        let labels = TransportDestination { transport: transport.into(), destination: destination.into() };
+        TransportMetrics { attempts, latency: self.transport_latency.get_or_create_owned(&labels) }
     }
 
     /// The retry counter of `destination`.
