@@ -16,10 +16,12 @@
 //! [`TransportRegistry::builtin`]; an embedder registers its own with
 //! [`HostBuilder::transport`](crate::HostBuilder::transport).
 
+mod answers;
 mod file;
 mod http;
 mod pool;
 mod registry;
+mod restart;
 mod subprocess;
 mod tcp;
 
