@@ -30,6 +30,7 @@ mod subprocess_transport;
 mod support;
 mod tcp_destination;
 mod transports;
+mod websocket_ingress;
 mod websocket_transport;
 
 /// Every plugin under `plugins/` must have a test named after it here.

@@ -2,5 +2,6 @@
 
 mod bulk;
 mod http;
+mod websocket;
 
 pub use http::HttpIngress;
