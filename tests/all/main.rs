@@ -14,6 +14,7 @@ mod exposition;
 mod file_transport;
 mod fallback;
 mod faulty;
+mod grpc_ingress;
 mod hostile_files;
 mod http_destination;
 mod listeners;
