@@ -79,6 +79,10 @@ mod bindings;
 
 mod error;
 mod host;
+#[cfg(not(target_family = "wasm"))]
+#[expect(unsafe_code, reason = "the C-ABI boundary of native builds reads the host's raw pointers")]
+#[doc(hidden)]
+pub mod native;
 mod message;
 mod output;
 
@@ -105,6 +109,8 @@ pub mod __private {
     pub use crate::bindings::{balancer, filter, middleware, transform, transport};
     pub use crate::filter::{FilterExport, is_filter};
     pub use crate::middleware::{MiddlewareExport, is_middleware};
+    #[cfg(not(target_family = "wasm"))]
+    pub use crate::native;
     pub use crate::transform::{TransformExport, is_transform};
     pub use crate::transport::{TransportExport, is_transport};
     pub use wit_bindgen;
