@@ -40,6 +40,7 @@ pub mod config;
 pub mod router;
 pub mod plugin;
 pub mod dead_letter;
+pub mod transport;
 pub mod destination;
 pub mod balance;
 pub mod resilience;

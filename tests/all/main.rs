@@ -26,6 +26,7 @@ mod routing;
 mod soak;
 mod support;
 mod tcp_destination;
+mod transports;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

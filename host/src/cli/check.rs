@@ -5,6 +5,7 @@ use std::path::Path;
 use switchyard::Config;
 use switchyard::config::{PluginConfig, StageRef};
 use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
+use switchyard::transport::TransportRegistry;
 
 pub fn check(file: &Path) -> anyhow::Result<()> {
     if let Some(format) = PluginFormat::of(file) {
@@ -22,6 +23,7 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
     match file.extension().and_then(|ext| ext.to_str()) {
         Some("toml") => {
             let config = Config::from_file(file)?;
+            TransportRegistry::builtin().check(&file.display().to_string(), &config)?;
             println!(
                 "ok: {} routes, {} destinations, {} plugin settings",
                 config.routes.len(),
