@@ -68,6 +68,17 @@
 //! `cargo build --release --target wasm32-wasip2` writes the component to
 //! `target/wasm32-wasip2/release/<crate>.wasm`; drop it into the host's plugin
 //! directory and name it in a route (`stages = ["filter:<file stem>"]`).
+//!
+//! # Native builds
+//!
+//! The same crate built without `--target` (`cargo build --release`) is a
+//! native library (`lib<crate>.so`, `.dylib`, `.dll`): the export macros emit
+//! the C ABI of `switchyard_wire::native` for every non-wasm target. A host
+//! loads it only when `[host] native_plugins = true`, as trusted code with no
+//! sandbox; [`log`], [`config`], [`now_millis`] and [`count`] reach the host
+//! as they do from a component, and a panic is caught at the boundary and
+//! becomes a fault of the call (build with `panic = "unwind"`, cargo's default
+//! outside the `plugin` profile; a library that aborts on panic is refused).
 
 #![deny(missing_docs)]
 

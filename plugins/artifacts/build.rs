@@ -13,6 +13,7 @@ const PROFILE: &str = "plugin";
 /// Plugins also built as native libraries (`cdylib`s for the host target).
 const NATIVE: &[&str] = &[
     "faulty-trap",
+    "faulty-wrong-world",
     "header-filter",
     "native-abi-mismatch",
     "native-constructor",

@@ -101,8 +101,12 @@ async fn native_host(dir: &Path, config: &str) -> Host {
 
 #[tokio::test]
 pub async fn native_abi_mismatch() {
-    // Refused at start with both versions named; so is a file that is no library.
-    let dir = native_plugin_dir(&[("future", artifacts::native::NATIVE_ABI_MISMATCH)]);
+    // Refused at start with both versions named; so are a library that is no
+    // Switchyard plugin and a file that is no library.
+    let dir = native_plugin_dir(&[
+        ("future", artifacts::native::NATIVE_ABI_MISMATCH),
+        ("other", artifacts::native::FAULTY_WRONG_WORLD),
+    ]);
     std::fs::write(dir.path().join(native_file("junk")), b"not a library").unwrap();
     let host = native_host(dir.path(), &memory_out_native()).await;
     let errors: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
@@ -111,6 +115,10 @@ pub async fn native_abi_mismatch() {
         "plugin \"future\": built for native plugin ABI 999 (switchyard-plugin 9.9.9); this host speaks ABI 1: rebuild it against this host's SDK"
     );
     assert!(errors[1].starts_with("plugin \"junk\": cannot load the native library: "), "{}", errors[1]);
+    assert_eq!(
+        errors[2],
+        "plugin \"other\": not a switchyard native plugin: it exports no `switchyard_native_abi`"
+    );
     assert!(host.plugins().is_empty());
     // Swapped in over a serving native plugin, it is refused and the old one serves on.
     let dir = native_plugin_dir(&[("f", artifacts::native::HEADER_FILTER)]);

@@ -165,3 +165,17 @@ pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_a_component_a_native_library_or_no_plugin_by_its_extension() {
+        let native = format!("f.{}", std::env::consts::DLL_EXTENSION);
+        assert_eq!(PluginFormat::of(Path::new("dir/f.wasm")), Some(PluginFormat::Wasm));
+        assert_eq!(PluginFormat::of(Path::new(&native)), Some(PluginFormat::Native));
+        assert_eq!(PluginFormat::of(Path::new("f.toml")), None);
+        assert_eq!(PluginFormat::of(Path::new("wasm")), None);
+    }
+}
