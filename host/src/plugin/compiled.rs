@@ -138,7 +138,7 @@ impl CompiledPlugin {
     }
 
     /// Load `bytes`, a native library, as plugin `settings.config.name`
-    /// (trusted code: see [`super::native`]).
+    /// (trusted code: no sandbox, no memory cap, no deadline).
     pub fn load_native(bytes: &[u8], settings: Arc<PluginSettings>) -> Result<CompiledPlugin, LoadError> {
         let started = Instant::now();
         let name = settings.config.name.clone();
