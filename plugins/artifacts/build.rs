@@ -12,9 +12,11 @@ const PROFILE: &str = "plugin";
 
 /// Plugins also built as native libraries (`cdylib`s for the host target).
 const NATIVE: &[&str] = &[
+    "annotate-middleware",
     "faulty-trap",
     "faulty-wrong-world",
     "header-filter",
+    "least-loaded-balancer",
     "native-abi-mismatch",
     "native-constructor",
     "redact-transform",

@@ -9,7 +9,9 @@ use crate::support::{
 use std::path::Path;
 use std::sync::Arc;
 use switchyard::config::PluginConfig;
-use switchyard::plugin::{NativeRefusal, PluginEngine, PluginInstance, load_file};
+use switchyard::plugin::{
+    EndpointRecord, MiddlewareAction, NativeRefusal, PluginEngine, PluginInstance, load_file,
+};
 use switchyard::{CompiledPlugin, Config, Host, HostEvent, LoadError, Verdict};
 use switchyard_plugin_artifacts as artifacts;
 use switchyard_wire::{Head, Payload, write_message};
@@ -69,6 +71,54 @@ fn the_header_filter_decides_alike_native_and_as_a_component_on_ten_thousand_mes
     let [wasm, native] = [wasm, native].map(|mut instance| instance.filter(&batch).unwrap());
     assert_eq!(wasm, native);
     assert!(wasm[0].as_ref().is_err_and(|error| error.to_string().contains("needs `require_header`")));
+}
+
+#[test]
+fn a_middleware_and_a_balancer_answer_alike_native_and_as_components() {
+    let engine = PluginEngine::new(None).unwrap();
+    let [mut wasm, mut native] = [artifacts::ANNOTATE_MIDDLEWARE, artifacts::native::ANNOTATE_MIDDLEWARE]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[("value", "v")])).unwrap());
+    let one = |topic: &str, headers: &[(&str, &str)]| {
+        let mut batch = Vec::new();
+        let head = Head { id: 7, source: 0, priority: 1, topic };
+        write_message(&mut batch, &head, headers.iter().copied(), Payload::Bytes(b"{}"));
+        batch
+    };
+    let action =
+        |instance: &mut PluginInstance, request: &Vec<u8>| match instance.on_request(request).unwrap() {
+            Ok(MiddlewareAction::Forward(batch)) => ("forward", batch),
+            Ok(MiddlewareAction::Respond(batch)) => ("respond", batch),
+            Err(error) => panic!("{error}"),
+        };
+    for request in [one("orders", &[("k", "v")]), one("orders", &[("x-short-circuit", "1")])] {
+        assert_eq!(action(&mut wasm, &request), action(&mut native, &request));
+    }
+    let (request, reply) = (one("q", &[]), one("r", &[("a", "b")]));
+    let replies =
+        [&mut wasm, &mut native].map(|instance| instance.on_reply(&request, &reply).unwrap().unwrap());
+    assert_eq!(replies[0], replies[1]);
+    assert!(
+        switchyard_wire::decode(&replies[1]).next().unwrap().unwrap().header("x-reply-annotated").is_some()
+    );
+
+    let [mut wasm, mut native] = [artifacts::LEAST_LOADED_BALANCER, artifacts::native::LEAST_LOADED_BALANCER]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[])).unwrap());
+    let endpoint = |index: u32, in_flight: u32, healthy: bool| EndpointRecord {
+        index,
+        address: format!("10.0.0.{index}:9000"),
+        weight: 1 + index % 2,
+        in_flight,
+        latency_micros: 5000,
+        healthy,
+    };
+    let head = one("orders", &[]);
+    for loads in [[3, 1, 2], [0, 5, 0], [9, 9, 1]] {
+        let endpoints: Vec<_> =
+            (0..3).map(|at| endpoint(at, loads[at as usize], at != 2 || loads[0] != 0)).collect();
+        let picks = [&mut wasm, &mut native].map(|instance| instance.pick(&head, &endpoints).unwrap());
+        assert_eq!(picks[0], picks[1], "{loads:?}");
+        assert!(picks[1].is_some());
+    }
 }
 
 #[tokio::test]
