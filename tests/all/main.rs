@@ -20,6 +20,7 @@ mod http_destination;
 mod listeners;
 mod ingress_properties;
 mod message_ids;
+mod native_plugins;
 mod panics;
 mod plugins;
 mod reload;

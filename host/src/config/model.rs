@@ -74,6 +74,11 @@ pub struct HostSection {
     /// entry (or the defaults) does: more memory or time, more addresses,
     /// environment variables or directories. Off: sidecars may only narrow.
     pub sidecar_grants: bool,
+    /// Load native libraries (`.so`, `.dylib`, `.dll`) from `plugin_dir`.
+    /// They are trusted code: no sandbox, no memory cap, no deadline, in
+    /// the host's own process. Off: such a file is never opened, only
+    /// reported as rejected.
+    pub native_plugins: bool,
 }
 
 impl Default for HostSection {
@@ -92,6 +97,7 @@ impl Default for HostSection {
             metrics: true,
             max_plugin_bytes: 64 << 20,
             sidecar_grants: false,
+            native_plugins: false,
             shutdown_grace_ms: 30_000,
             queue_bytes: 256 << 20,
         }
