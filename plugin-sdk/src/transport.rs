@@ -1,38 +1,87 @@
-//! Transports: deliver a message to an endpoint the host names.
+//! Transports: deliver messages to the endpoints of a destination, over
+//! connections the plugin opens and keeps.
 
+use std::cell::RefCell;
 use std::marker::PhantomData;
 
-use crate::bindings::transport::exports::switchyard::plugin::transport::Guest;
+use crate::bindings::transport::exports::switchyard::plugin::transport::{
+    Connection, Guest, GuestConnection,
+};
 use crate::host::FlushCounts;
 use crate::message::single;
 use crate::{Error, Message, OwnedMessage};
 
-/// A transport: delivers messages to endpoints.
+/// A transport: delivers messages to endpoints over connections it keeps open.
+///
+/// The host pools connections per endpoint: it calls [`open`](Self::open)
+/// when no idle connection to the endpoint is left, [`send`](Self::send) once
+/// per delivery attempt on a connection it took from the pool, and drops the
+/// connection (closing it) when a send failed, the endpoint turned unhealthy
+/// or the connection sat idle too long. The plugin reaches only the
+/// destination's endpoints: every other address is refused by the sandbox.
 ///
 /// Export it with [`export_transport!`](crate::export_transport).
 pub trait Transport {
-    /// Send `message` to `address` (an endpoint address from the config) and
-    /// return its reply, if the protocol has one.
-    ///
-    /// Called once per delivery attempt (a retry calls it again) of every
-    /// message sent to a destination using this transport, with the payload.
-    /// Return [`Error::retryable`] for transient failures so the host retries.
-    fn send(address: &str, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
+    /// One open connection to one endpoint (for example a
+    /// `std::net::TcpStream`); dropping it closes it.
+    type Connection: 'static;
+
+    /// Connect to `address` (`host:port`, one of the destination's
+    /// endpoints). Called when the host needs a new connection; an error
+    /// means nothing was sent, and the host tries another endpoint.
+    fn open(address: &str) -> Result<Self::Connection, Error>;
+
+    /// Send `message` (with its payload) on `connection` and return its
+    /// reply, if the protocol has one. Called once per delivery attempt (a
+    /// retry calls it again, maybe on another connection). Return
+    /// [`Error::retryable`] for transient failures so the host retries, and
+    /// [`Error::rejected`] for a message the endpoint refuses for good (it is
+    /// dead-lettered with your text). After any error the host closes the
+    /// connection.
+    fn send(connection: &mut Self::Connection, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
+
+    /// Check `address`'s health, for the host's active health checks (every
+    /// `health.interval_ms` per endpoint). By default: open a connection
+    /// and close it.
+    fn probe(address: &str) -> Result<(), Error> {
+        Self::open(address).map(drop)
+    }
 }
 
 /// Glue between a [`Transport`] and the generated export.
 #[doc(hidden)]
 pub struct TransportExport<T>(PhantomData<T>);
 
+/// One connection of transport `T`, as the generated resource holds it.
+#[doc(hidden)]
+pub struct ConnectionExport<T: Transport>(RefCell<T::Connection>);
+
 /// Compiles only for a `T` that implements [`Transport`]: the export macro's check.
 #[doc(hidden)]
 pub const fn is_transport<T: Transport>() {}
 
-impl<T: Transport> Guest for TransportExport<T> {
-    fn send(address: String, message: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+impl<T: Transport + 'static> Guest for TransportExport<T> {
+    type Connection = ConnectionExport<T>;
+
+    fn probe(address: String) -> Result<(), Error> {
         crate::host::forward_panics();
         let _flush = FlushCounts;
-        let reply = T::send(&address, &single(&message)?)?;
+        T::probe(&address)
+    }
+}
+
+impl<T: Transport + 'static> GuestConnection for ConnectionExport<T> {
+    fn open(address: String) -> Result<Connection, Error> {
+        crate::host::forward_panics();
+        let _flush = FlushCounts;
+        let connection = T::open(&address)?;
+        Ok(Connection::new(ConnectionExport::<T>(RefCell::new(connection))))
+    }
+
+    fn send(&self, message: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        crate::host::forward_panics();
+        let _flush = FlushCounts;
+        let reply = T::send(&mut self.0.borrow_mut(), &single(&message)?)?;
         Ok(reply.map(|reply| reply.to_batch()))
     }
 }

@@ -9,6 +9,7 @@ mod error;
 mod instance;
 mod registry;
 mod sandbox;
+mod transport;
 
 pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;
@@ -18,3 +19,4 @@ pub use error::{EngineError, LoadError, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use registry::{PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name};
 pub use sandbox::PluginSettings;
+pub use transport::TransportConnection;
