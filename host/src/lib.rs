@@ -41,6 +41,8 @@ pub mod router;
 pub mod plugin;
 pub mod dead_letter;
 pub mod destination;
+#[path = "transport/plugin/mod.rs"]
+pub mod plugin_transport;
 pub mod balance;
 pub mod resilience;
 pub mod stage;

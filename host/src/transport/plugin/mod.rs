@@ -1,0 +1,260 @@
+//! WASM transport plugins as the way a destination reaches its endpoints.
+//!
+//! ```text
+//! attempt(address, message) ── on a tokio task ──────────────────────────────────────────┐
+//!   the serving version of plugin NAME (registry) ─► its lanes (started on first use)    │
+//!   pool of `address` ─► idle connection of that version, or open: a lane's plugin connects
+//!   send on the connection's lane, awaited (flume) ─► reply / error / fault ─► Outcome   │
+//! lane = one thread + one instance (WASI network grant: the endpoints, connect only) ◄───┘
+//! ```
+//!
+//! A plugin call never runs on a runtime thread: it runs on a lane, and the
+//! attempt awaits its answer. Every call is bounded by the attempt's
+//! deadline (the destination's `timeout_ms`), in wasm (epoch interruption)
+//! and while the plugin waits in WASI (a socket read, a sleep), so a stuck
+//! plugin frees its lane at the deadline and the cluster retries elsewhere.
+//! A faulted instance is replaced and the connections it held are gone; a
+//! new version of the plugin serves new connections while attempts in
+//! flight finish on the old one, whose pooled connections are not reused.
+
+mod connection;
+mod lane;
+
+use crate::config::HealthSettings;
+use crate::destination::{AttemptResult, PoolConfig, PoolStats, Pools};
+use crate::message::Message;
+use crate::plugin::{CompiledPlugin, PluginEngine, PluginError, PluginKind, PluginRegistry};
+use crate::resilience::{FatalReason, Outcome, RetryReason};
+use arc_swap::ArcSwapOption;
+use connection::PluginConnection;
+use lane::{Lane, LaneError};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Lanes (plugin threads, one instance each) per plugin version when not set.
+pub const DEFAULT_LANES: usize = 2;
+
+/// What a [`PluginTransport`] is made for.
+#[derive(Debug, Clone)]
+pub struct PluginTransportConfig {
+    /// The destination's name (it names the lane threads).
+    pub destination: String,
+    /// The transport plugin's name (its file stem).
+    pub plugin: String,
+    /// The destination's endpoint addresses: all the plugin may connect to.
+    pub endpoints: Vec<String>,
+    /// Deadline of one attempt (open and send), the destination's `timeout_ms`.
+    pub timeout: Duration,
+    /// The connection pool of each endpoint.
+    pub pool: PoolConfig,
+    /// Lanes per plugin version: how many plugin calls run at once.
+    pub lanes: usize,
+}
+
+/// A transport plugin that cannot serve a destination at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginTransportError {
+    /// An endpoint address does not resolve, so it cannot be granted.
+    #[error(
+        "destination \"{destination}\": endpoint \"{address}\" cannot be granted to plugin \"{plugin}\": {error}"
+    )]
+    Grant {
+        /// The destination.
+        destination: String,
+        /// The plugin.
+        plugin: String,
+        /// The endpoint.
+        address: String,
+        /// Why it does not resolve.
+        error: std::io::Error,
+    },
+}
+
+/// Delivers through the serving version of a `transport` plugin.
+pub struct PluginTransport {
+    config: PluginTransportConfig,
+    registry: Arc<PluginRegistry>,
+    engine: Arc<PluginEngine>,
+    /// The endpoints, resolved: the plugin's whole network grant.
+    grants: Vec<SocketAddr>,
+    pools: Pools<PluginConnection>,
+    /// The lanes of the version last seen serving.
+    current: ArcSwapOption<Lanes>,
+    /// Held while a new version's lanes start, so that they start once.
+    starting: Mutex<()>,
+}
+
+/// The lanes of one plugin version.
+struct Lanes {
+    plugin: Arc<CompiledPlugin>,
+    lanes: Vec<Arc<Lane>>,
+    /// Round-robin position for the next new connection or probe.
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    fn next(&self) -> Arc<Lane> {
+        let turn = self.next.fetch_add(1, Relaxed);
+        self.lanes[turn % self.lanes.len()].clone()
+    }
+}
+
+impl PluginTransport {
+    /// A transport for `config`, running the versions of `config.plugin`
+    /// that `registry` serves, compiled by `engine`. Lanes start on first use.
+    pub fn new(
+        config: PluginTransportConfig,
+        registry: Arc<PluginRegistry>,
+        engine: Arc<PluginEngine>,
+    ) -> Result<PluginTransport, PluginTransportError> {
+        let mut grants = Vec::new();
+        for address in &config.endpoints {
+            let resolved = address.to_socket_addrs().map_err(|error| PluginTransportError::Grant {
+                destination: config.destination.clone(),
+                plugin: config.plugin.clone(),
+                address: address.clone(),
+                error,
+            })?;
+            grants.extend(resolved);
+        }
+        let pools = Pools::new(config.pool, PluginConnection::is_open);
+        Ok(PluginTransport {
+            config,
+            registry,
+            engine,
+            grants,
+            pools,
+            current: ArcSwapOption::empty(),
+            starting: Mutex::default(),
+        })
+    }
+
+    /// Try once to deliver `message` to `address`: a pooled connection (or a
+    /// new one), one send, its reply. Called once per attempt; the call is
+    /// cut at the transport's per-attempt timeout.
+    pub async fn attempt(&self, address: &str, message: &Message) -> AttemptResult {
+        let deadline = Instant::now() + self.config.timeout;
+        let lanes = self.lanes().map_err(|reason| (Outcome::Retryable(RetryReason::Connect), reason))?;
+        let pool = self.pools.get(address);
+        let connection = pool
+            .acquire(|| PluginConnection::open(lanes.next(), address, deadline))
+            .await
+            .map_err(|err| err.into_attempt_error(address))?;
+        drop(lanes);
+        let mut batch = Vec::new();
+        message.encode(&mut batch, 0, true);
+        let reply = match connection.send(batch, deadline).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return Err(refused(error)),
+            Err(error) => return Err(faulted(error, self.config.timeout)),
+        };
+        let reply = match reply {
+            None => None,
+            Some(batch) => {
+                let mut messages = switchyard_wire::decode(&batch);
+                let decoded = messages.next().and_then(Result::ok).map(|reply| Message::from_wire(&reply));
+                // The endpoint took the message: sending it again could do it twice.
+                Some(decoded.ok_or_else(|| {
+                    (Outcome::Fatal(FatalReason::Protocol), "the plugin's reply is not a wire message".into())
+                })?)
+            }
+        };
+        connection.release();
+        Ok(reply)
+    }
+
+    /// Check `address`'s health with the plugin's own probe, on a lane,
+    /// within `health.timeout_ms`.
+    pub async fn probe(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_millis(health.timeout_ms);
+        match self.lanes()?.next().probe(address, deadline).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("the plugin's probe {error}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Close the idle connections to `address`, and keep those in use now
+    /// from being reused: the endpoint turned unhealthy.
+    pub fn close_idle(&self, address: &str) {
+        self.pools.close_idle(address);
+    }
+
+    /// The state of the connection pool to `address`, once there is one.
+    pub fn pool_stats(&self, address: &str) -> Option<PoolStats> {
+        self.pools.stats(address)
+    }
+
+    /// The lanes of the version serving now, started if it is new (the
+    /// previous version's are retired); or why none serves.
+    fn lanes(&self) -> Result<Arc<Lanes>, String> {
+        let name = &self.config.plugin;
+        let snapshot = self.registry.snapshot();
+        let plugin =
+            snapshot.get(name).ok_or_else(|| format!("transport plugin \"{name}\" is not loaded"))?;
+        if plugin.kind != PluginKind::Transport {
+            return Err(format!("plugin \"{name}\" is a {}, not a transport", plugin.kind.as_str()));
+        }
+        let serving = |current: &Option<Arc<Lanes>>| {
+            current.as_ref().filter(|lanes| Arc::ptr_eq(&lanes.plugin, plugin)).cloned()
+        };
+        if let Some(lanes) = serving(&self.current.load_full()) {
+            return Ok(lanes);
+        }
+        let _starting = self.starting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.current.load_full();
+        if let Some(lanes) = serving(&current) {
+            return Ok(lanes);
+        }
+        let lanes = Arc::new(self.start(plugin.clone())?);
+        self.current.store(Some(lanes.clone()));
+        if let Some(old) = current {
+            old.lanes.iter().for_each(|lane| lane.retire());
+        }
+        Ok(lanes)
+    }
+
+    fn start(&self, plugin: Arc<CompiledPlugin>) -> Result<Lanes, String> {
+        let lanes = (0..self.config.lanes.max(1))
+            .map(|n| {
+                let name = format!("switchyard-transport-{}-{n}", self.config.destination);
+                Lane::start(name, self.engine.clone(), plugin.clone(), self.grants.clone()).map(Arc::new)
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|err| {
+                format!("cannot start a thread for transport plugin \"{}\": {err}", plugin.name)
+            })?;
+        Ok(Lanes { plugin, lanes, next: AtomicUsize::new(0) })
+    }
+}
+
+/// How an attempt fails on the plugin's own error: `retryable` is retried,
+/// `rejected` dead-lettered with the plugin's text, `failed` is a failed
+/// exchange (the message may have gone out).
+fn refused(error: PluginError) -> (Outcome, String) {
+    let outcome = match &error {
+        PluginError::Retryable(_) => Outcome::Retryable(RetryReason::Plugin),
+        PluginError::Rejected(_) => Outcome::Fatal(FatalReason::Rejected),
+        PluginError::Failed(_) => Outcome::Retryable(RetryReason::Reset),
+    };
+    (outcome, format!("the plugin {error}"))
+}
+
+/// How an attempt fails when the plugin gave no answer: cut at the
+/// deadline, a timeout; otherwise a failed exchange.
+fn faulted(error: LaneError, timeout: Duration) -> (Outcome, String) {
+    match error {
+        LaneError::Fault(crate::plugin::PluginFault::TimedOut(_)) | LaneError::Overdue => {
+            (Outcome::Retryable(RetryReason::Timeout), format!("the plugin gave no answer in {timeout:?}"))
+        }
+        error => (Outcome::Retryable(RetryReason::Reset), error.to_string()),
+    }
+}
+
+impl std::fmt::Debug for PluginTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginTransport").field("config", &self.config).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,155 @@
+//! WASM transport plugins delivering for real: the Redis transport against
+//! real `redis-server`s, the echo transport against an echo server, and a
+//! faulty transport cut at its deadline and denied addresses outside its
+//! endpoints. These drive `PluginTransport` itself, as a destination does.
+
+use crate::support::{RedisServer, echo_server, within};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard::Message;
+use switchyard::config::PluginConfig;
+use switchyard::destination::PoolConfig;
+use switchyard::plugin::{CompiledPlugin, PluginEngine, PluginRegistry, load_file};
+use switchyard::plugin_transport::{PluginTransport, PluginTransportConfig};
+use switchyard::resilience::{FatalReason, Outcome, RetryReason};
+use switchyard_plugin_artifacts as artifacts;
+
+/// A transport plugin loaded into a registry of its own.
+struct Loaded {
+    engine: Arc<PluginEngine>,
+    registry: Arc<PluginRegistry>,
+    name: &'static str,
+}
+
+impl Loaded {
+    fn new(name: &'static str, artifact: &str, config: &[(&str, &str)]) -> Loaded {
+        let engine = Arc::new(PluginEngine::new(None).unwrap());
+        let loaded = Loaded { engine, registry: Arc::default(), name };
+        loaded.swap_in(artifact, config);
+        loaded
+    }
+
+    /// Load `artifact` with `config` and make it the serving version.
+    fn swap_in(&self, artifact: &str, config: &[(&str, &str)]) -> Arc<CompiledPlugin> {
+        let config: BTreeMap<String, String> =
+            config.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let plugin_config = PluginConfig { name: self.name.into(), config, ..PluginConfig::default() };
+        let plugin = load_file(&self.engine, Path::new(artifact), Some(&plugin_config)).unwrap();
+        self.registry.replace(BTreeMap::from([(self.name.to_owned(), plugin.clone())]));
+        plugin
+    }
+
+    /// A transport over `endpoints` with `lanes` lanes and a per-attempt timeout.
+    fn transport(&self, endpoints: &[SocketAddr], lanes: usize, timeout: Duration) -> PluginTransport {
+        let config = PluginTransportConfig {
+            destination: "test".into(),
+            plugin: self.name.into(),
+            endpoints: endpoints.iter().map(SocketAddr::to_string).collect(),
+            timeout,
+            pool: PoolConfig::default(),
+            lanes,
+        };
+        PluginTransport::new(config, self.registry.clone(), self.engine.clone()).unwrap()
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn redis_transport() {
+    let (left, right) = (RedisServer::start(), RedisServer::start());
+    let plugin = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "jobs")]);
+    let transport = plugin.transport(&[left.addr, right.addr], 2, TIMEOUT);
+    for n in 1..=50 {
+        for redis in [&left, &right] {
+            let message = Message::new("jobs", format!("job {n}"));
+            let reply = within(transport.attempt(&redis.addr.to_string(), &message)).await.unwrap().unwrap();
+            assert_eq!(reply.payload, n.to_string(), "RPUSH answers the list's length");
+        }
+    }
+    for redis in [&left, &right] {
+        assert_eq!(redis.command(&["LLEN", "jobs"]), "50");
+        assert_eq!(redis.command(&["LINDEX", "jobs", "-1"]), "job 50");
+        let stats = transport.pool_stats(&redis.addr.to_string()).unwrap();
+        assert_eq!((stats.size, stats.idle), (1, 1), "one connection, kept open across sends");
+    }
+    let health = switchyard::config::HealthSettings::default();
+    assert_eq!(within(transport.probe(&left.addr.to_string(), &health)).await, Ok(()));
+
+    let streams = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "events"), ("command", "xadd")]);
+    let transport = streams.transport(&[left.addr], 1, TIMEOUT);
+    let message = Message::new("events", "hello").with_header("x-sy-id", "0190-abc");
+    let reply = within(transport.attempt(&left.addr.to_string(), &message)).await.unwrap().unwrap();
+    let entry = String::from_utf8(reply.payload.to_vec()).unwrap();
+    assert!(
+        entry.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq == "0"),
+        "{entry}"
+    );
+    assert_eq!(
+        left.command(&["XRANGE", "events", "-", "+"]),
+        format!("{entry}\npayload\nhello\nid\n0190-abc")
+    );
+
+    // XADD to a key holding a list: Redis refuses, the message is rejected with its text.
+    let wrong = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "jobs"), ("command", "xadd")]);
+    let transport = wrong.transport(&[left.addr], 1, TIMEOUT);
+    let refused = within(transport.attempt(&left.addr.to_string(), &message)).await.unwrap_err();
+    assert_eq!(refused.0, Outcome::Fatal(FatalReason::Rejected));
+    assert!(refused.1.contains("rejected the message: redis: WRONGTYPE"), "{}", refused.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn echo_transport() {
+    let (server, echoed) = echo_server().await;
+    let plugin = Loaded::new("echo", artifacts::ECHO_TRANSPORT, &[]);
+    let transport = plugin.transport(&[server], 1, TIMEOUT);
+    let message = Message::new("greet", "hello, echo").with_header("x-kept", "yes");
+    let reply = within(transport.attempt(&server.to_string(), &message)).await.unwrap().unwrap();
+    assert_eq!((reply.topic.as_str(), &reply.payload[..]), ("greet", &b"hello, echo"[..]));
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    assert_eq!(reply.header("x-echoed-by"), Some(server.to_string().as_str()));
+    assert_eq!(echoed.load(std::sync::atomic::Ordering::SeqCst), 11, "it went through the server");
+}
+
+/// One attempt that must fail within the deadline plus a margin; its error.
+async fn cut(transport: &PluginTransport, address: SocketAddr, message: &Message) -> (Outcome, String) {
+    let started = Instant::now();
+    let failed = within(transport.attempt(&address.to_string(), message)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "cut at its deadline, took {:?}", started.elapsed());
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn faulty_transport() {
+    let (server, _) = echo_server().await;
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    // One lane: a plugin stuck past its deadline would hold up every later call.
+    let transport = plugin.transport(&[server], 1, Duration::from_millis(300));
+    let fine = Message::new("jobs", "fine");
+    for fault in ["sleep", "spin"] {
+        let stuck = Message::new("jobs", "stuck").with_header("x-fault", fault);
+        let (outcome, error) = cut(&transport, server, &stuck).await;
+        assert_eq!(outcome, Outcome::Retryable(RetryReason::Timeout), "{fault}: {error}");
+        assert_eq!(error, "the plugin gave no answer in 300ms");
+        let reply = within(transport.attempt(&server.to_string(), &fine)).await;
+        assert_eq!(reply.unwrap().unwrap().payload, "fine", "after a {fault}, the lane serves again");
+    }
+
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let wandering = Message::new("jobs", "x").with_header("x-fault", format!("connect:{elsewhere_addr}"));
+    let (outcome, error) = within(transport.attempt(&server.to_string(), &wandering)).await.unwrap_err();
+    assert_eq!(outcome, Outcome::Fatal(FatalReason::Rejected));
+    assert!(
+        error.starts_with(&format!("the plugin rejected the message: connect to {elsewhere_addr}: ")),
+        "{error}"
+    );
+    assert!(error.to_lowercase().contains("denied"), "the sandbox denied it: {error}");
+    assert!(
+        tokio::time::timeout(Duration::ZERO, elsewhere.accept()).await.is_err(),
+        "nothing reached the address outside the endpoints"
+    );
+}
