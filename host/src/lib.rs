@@ -40,9 +40,8 @@ pub mod config;
 pub mod router;
 pub mod plugin;
 pub mod dead_letter;
+pub mod transport;
 pub mod destination;
-#[path = "transport/plugin/mod.rs"]
-pub mod plugin_transport;
 pub mod balance;
 pub mod resilience;
 pub mod stage;

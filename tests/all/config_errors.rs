@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use switchyard::Config;
+use switchyard::transport::TransportRegistry;
 
 #[test]
 fn every_bad_config_fails_with_its_expected_message() {
@@ -17,7 +18,9 @@ fn every_bad_config_fails_with_its_expected_message() {
         let text = std::fs::read_to_string(&path).unwrap();
         let expected =
             std::fs::read_to_string(path.with_extension("err")).unwrap_or_else(|_| panic!("{name}: no .err"));
-        let error = Config::from_toml(name, &text).expect_err(name).to_string();
+        let checked_transports =
+            |config: Config| TransportRegistry::builtin().check(name, &config).map(|()| config);
+        let error = Config::from_toml(name, &text).and_then(checked_transports).expect_err(name).to_string();
         assert_eq!(error.trim_end(), expected.trim_end(), "{name}");
         checked += 1;
     }

@@ -48,7 +48,7 @@ name = "api"
 transport = "http"
 dead_letter = "api-dead"
 endpoints = [{}]
-path = "/ingest"
+options = {{ path = "/ingest" }}
 idempotent = true
 retry = {{ attempts = 3, base_ms = 1, max_ms = 5 }}
 breaker = {{ consecutive_failures = 2, open_ms = 60000 }}

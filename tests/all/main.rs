@@ -25,6 +25,7 @@ mod routing;
 mod soak;
 mod support;
 mod tcp_destination;
+mod transports;
 mod wasm_transport;
 
 /// Every plugin under `plugins/` must have a test named after it here.

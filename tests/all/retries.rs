@@ -273,7 +273,8 @@ async fn a_redirect_is_a_failure_unless_the_destination_says_redirects_are_ok() 
     assert!(letter.header("x-sy-last-error").unwrap().contains("302"), "{letter:?}");
     drain_and_account(&host).await;
 
-    let host = crate::support::host(dir.path(), &config(&[&endpoint], "redirects_ok = true")).await;
+    let host =
+        crate::support::host(dir.path(), &config(&[&endpoint], "options = { redirects_ok = true }")).await;
     within(host.request(Message::new("orders", "moved"))).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));

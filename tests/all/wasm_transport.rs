@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::Message;
 use switchyard::config::PluginConfig;
-use switchyard::destination::PoolConfig;
 use switchyard::plugin::{CompiledPlugin, PluginEngine, PluginRegistry, load_file};
-use switchyard::plugin_transport::{PluginTransport, PluginTransportConfig};
 use switchyard::resilience::{FatalReason, Outcome, RetryReason};
+use switchyard::transport::plugin::{PluginTransport, PluginTransportConfig};
+use switchyard::transport::{PoolConfig, Transport};
 use switchyard_plugin_artifacts as artifacts;
 
 /// A transport plugin loaded into a registry of its own.
@@ -52,7 +52,7 @@ impl Loaded {
             pool: PoolConfig::default(),
             lanes,
         };
-        PluginTransport::new(config, self.registry.clone(), self.engine.clone()).unwrap()
+        PluginTransport::new(config, self.registry.clone(), self.engine.clone())
     }
 }
 

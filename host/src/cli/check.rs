@@ -5,6 +5,7 @@ use std::path::Path;
 use switchyard::Config;
 use switchyard::config::{PluginConfig, StageRef};
 use switchyard::plugin::{PluginEngine, load_file};
+use switchyard::transport::TransportRegistry;
 
 pub fn check(file: &Path) -> anyhow::Result<()> {
     match file.extension().and_then(|ext| ext.to_str()) {
@@ -15,6 +16,7 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         }
         Some("toml") => {
             let config = Config::from_file(file)?;
+            TransportRegistry::builtin().check(&file.display().to_string(), &config)?;
             println!(
                 "ok: {} routes, {} destinations, {} plugin settings",
                 config.routes.len(),

@@ -269,18 +269,6 @@ impl Config {
 /// The largest queue, batch, pool or in-flight limit the host or a destination may have.
 const MAX_SIZE: usize = 1_000_000;
 
-/// Check that `path` is a URL path: it starts with `/` and holds no
-/// whitespace or control characters (which would split the request line).
-fn url_path(field: &'static str, path: &str) -> Result<(), (&'static str, String, String)> {
-    if !path.starts_with('/') {
-        return Err((field, path.to_owned(), "must start with /".into()));
-    }
-    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err((field, path.to_owned(), "must not hold whitespace or control characters".into()));
-    }
-    Ok(())
-}
-
 /// The largest message: 1 GiB (the wire layout counts in 32 bits).
 const MAX_MESSAGE_BYTES: usize = 1 << 30;
 
@@ -297,10 +285,19 @@ const MAX_WORKERS: usize = 1024;
 const MAX_PLUGIN_BYTES: u64 = 1 << 30;
 
 impl super::DestinationConfig {
+    /// Whether it is delivered to in the host's process (`memory`, `log`) rather than over a transport
+    /// to endpoints.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.transport.as_str(), "memory" | "log")
+    }
+
     /// Check the transport's own settings: (field, value, problem) when wrong.
     fn validate(&self) -> Result<(), (&'static str, String, String)> {
-        use super::Transport;
-        let networked = matches!(self.transport, Transport::Http | Transport::Tcp);
+        let networked = !self.is_in_process();
+        if !networked && !self.options.is_empty() {
+            let problem = format!("the {} destination has no options", self.transport);
+            return Err(("options", inline_table(&self.options), problem));
+        }
         if networked && self.endpoints.is_empty() {
             return Err((
                 "endpoints",
@@ -333,10 +330,6 @@ impl super::DestinationConfig {
         if let Err(err) = self.balancer.parse::<crate::balance::BalancerConfig>() {
             return Err(("balancer", self.balancer.clone(), err.to_string()));
         }
-        url_path("path", &self.path)?;
-        if self.redirects_ok && self.transport != Transport::Http {
-            return Err(("redirects_ok", "true".into(), "only the http transport has redirects".into()));
-        }
         self.validate_limits()
     }
 
@@ -367,7 +360,9 @@ impl super::DestinationConfig {
             at_least_one("health.timeout_ms", health.timeout_ms)?;
             at_least_one("health.rise", health.rise.into())?;
             at_least_one("health.fall", health.fall.into())?;
-            url_path("health.path", &health.path)?;
+            if let Err(problem) = super::UrlPath::new(&health.path) {
+                return Err(("health.path", health.path.clone(), problem));
+            }
         }
         self.validate_durations()
     }
@@ -395,4 +390,16 @@ impl super::DestinationConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// `table` on one line as written in TOML, e.g. `{ path = "/in", redirects_ok = true }`, its strings
+/// escaped so that no control character reaches a terminal or a log line.
+pub fn inline_table(table: &toml::Table) -> String {
+    let value = |value: &toml::Value| match value {
+        toml::Value::String(text) => format!("{text:?}"),
+        toml::Value::Table(table) => inline_table(table),
+        other => other.to_string(),
+    };
+    let pairs: Vec<String> = table.iter().map(|(key, item)| format!("{key} = {}", value(item))).collect();
+    format!("{{ {} }}", pairs.join(", "))
 }

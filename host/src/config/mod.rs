@@ -7,13 +7,15 @@ mod overrides;
 #[cfg(test)]
 mod properties;
 mod restart;
+mod url_path;
 
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
-pub use load::ConfigError;
+pub use load::{ConfigError, inline_table};
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HealthSettings, HostSection,
     HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings, QueueSettings,
-    RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef, Transport,
+    RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
 pub(crate) use overrides::CodeOverrides;
 pub(crate) use restart::restart_only_changes;
+pub use url_path::UrlPath;

@@ -238,29 +238,22 @@ impl Default for PluginLimits {
     }
 }
 
-/// How a destination reaches its endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// In-process queue the embedder reads ([`Host::memory`](crate::Host::memory)).
-    Memory,
-    /// One JSON line per message on standard output.
-    Log,
-    /// HTTP/1.1 POST to one of `endpoints` (pooled keep-alive connections).
-    Http,
-    /// Length-delimited frames of the wire layout to one of `endpoints`
-    /// (pooled connections; the peer answers each frame with one frame).
-    Tcp,
-}
-
 /// `[[destination]]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Destination name, referenced by routes.
     pub name: String,
-    /// Transport used to deliver.
-    pub transport: Transport,
+    /// How messages get there: `memory` (an in-process queue the embedder reads,
+    /// [`Host::memory`](crate::Host::memory)), `log` (one JSON line per message on standard output), or a
+    /// network transport of the host's [`TransportRegistry`](crate::transport::TransportRegistry): `http`
+    /// (HTTP/1.1 POST, pooled keep-alive connections), `tcp` (length-delimited frames of the wire layout,
+    /// each answered by one frame), `plugin:NAME` (a WASM transport plugin), or one an embedder registered.
+    pub transport: String,
+    /// The transport's own settings, e.g. `options = { path = "/in" }` for `http`; a key the transport
+    /// does not know is refused.
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub options: toml::Table,
     /// Each endpoint (network transports only): `"host:port"`, or
     /// `{ address = "host:port", weight = 3 }`.
     #[serde(default)]
@@ -269,14 +262,6 @@ pub struct DestinationConfig {
     /// `p2c-ewma` or `hash:header:KEY`.
     #[serde(default = "default_balancer")]
     pub balancer: String,
-    /// Request path for the `http` transport.
-    #[serde(default = "default_path")]
-    pub path: String,
-    /// `http` only: whether a 3xx answer counts as delivered. By default a
-    /// redirect is a final failure (dead-lettered, not retried): the host
-    /// does not follow redirects, so nobody took the message.
-    #[serde(default)]
-    pub redirects_ok: bool,
     /// Whether the endpoints can take the same message twice (they
     /// deduplicate on `x-sy-id`, or doing it twice is harmless). When true,
     /// every retryable failure is retried, timeouts and resets included.
@@ -312,10 +297,6 @@ pub struct DestinationConfig {
 
 fn default_balancer() -> String {
     "round-robin".into()
-}
-
-fn default_path() -> String {
-    "/".into()
 }
 
 fn default_timeout_ms() -> u64 {

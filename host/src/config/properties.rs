@@ -4,7 +4,7 @@
 
 use super::{
     Config, ConfigError, DestinationConfig, EndpointConfig, HealthSettings, PluginConfig, RouteConfig,
-    StageRef, Transport,
+    StageRef,
 };
 use proptest::prelude::*;
 
@@ -14,31 +14,17 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9_-]{0,7}"
 }
 
-fn destination(name: String, transport: Transport) -> DestinationConfig {
-    let mut text = format!("name = {name:?}\ntransport = \"{}\"\n", transport_name(transport));
-    if matches!(transport, Transport::Http | Transport::Tcp) {
+fn destination(name: String, transport: &str) -> DestinationConfig {
+    let mut text = format!("name = {name:?}\ntransport = \"{transport}\"\n");
+    if !matches!(transport, "memory" | "log") {
         text.push_str("endpoints = [\"127.0.0.1:1\"]\n");
     }
     toml::from_str(&text).expect("a minimal destination")
 }
 
-fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Memory => "memory",
-        Transport::Log => "log",
-        Transport::Http => "http",
-        Transport::Tcp => "tcp",
-    }
-}
-
 /// A destination with settings in range.
 fn any_destination() -> impl Strategy<Value = DestinationConfig> {
-    let transport = prop_oneof![
-        Just(Transport::Memory),
-        Just(Transport::Log),
-        Just(Transport::Http),
-        Just(Transport::Tcp)
-    ];
+    let transport = prop_oneof![Just("memory"), Just("log"), Just("http"), Just("tcp")];
     let weight = prop_oneof![1..=3u32, 1..=super::MAX_WEIGHT];
     let endpoints = proptest::collection::vec(("[a-z0-9.]{1,12}", any::<u16>(), weight), 1..4);
     let balancer = prop_oneof![
@@ -55,7 +41,7 @@ fn any_destination() -> impl Strategy<Value = DestinationConfig> {
     (name(), transport, endpoints, balancer, "/[a-z/]{0,8}", sizes, times, health, breaker).prop_map(
         |(name, transport, endpoints, balancer, path, sizes, times, health, breaker)| {
             let mut destination = destination(name, transport);
-            if matches!(transport, Transport::Http | Transport::Tcp) {
+            if !destination.is_in_process() {
                 destination.endpoints = endpoints
                     .into_iter()
                     .map(|(host, port, weight)| EndpointConfig { address: format!("{host}:{port}"), weight })
@@ -69,7 +55,9 @@ fn any_destination() -> impl Strategy<Value = DestinationConfig> {
                 });
             }
             destination.balancer = balancer;
-            destination.path = path;
+            if transport == "http" {
+                destination.options.insert("path".into(), path.into());
+            }
             (destination.queue.capacity, destination.queue.max_in_flight, destination.pool.max_size) = sizes;
             (destination.queue.timeout_ms, destination.retry.base_ms, destination.timeout_ms) = times;
             (destination.breaker.failure_percent, destination.breaker.window) = breaker;
@@ -247,7 +235,7 @@ impl OutOfRange {
     /// Set the value in `config` (adding a destination `probe` or plugin
     /// `probe`); the key and value the error must name.
     fn apply(&self, config: &mut Config) -> (String, String) {
-        let mut probe = destination("probe".into(), Transport::Http);
+        let mut probe = destination("probe".into(), "http");
         let (key, value) = match *self {
             OutOfRange::HostSize(key, value) => {
                 let host = &mut config.host;
@@ -323,6 +311,8 @@ proptest! {
     #[test]
     fn a_valid_config_reads_back_equal(config in valid_config()) {
         config.validate(FILE, &[]).map_err(|err| TestCaseError::fail(err.to_string()))?;
+        let transports = crate::transport::TransportRegistry::builtin();
+        transports.check(FILE, &config).map_err(|err| TestCaseError::fail(err.to_string()))?;
         let text = toml::to_string(&config).expect("a config writes as TOML");
         let read = load(&text).map_err(|err| TestCaseError::fail(format!("{err}\n{text}")))?;
         prop_assert_eq!(serde_json::to_value(&read).unwrap(), serde_json::to_value(&config).unwrap(), "{}", text);

@@ -2,30 +2,22 @@
 //!
 //! In-process destinations (memory, log, closures) take each message in
 //! place. Network destinations are [`Cluster`]s of endpoints reached through
-//! a [`Transport`] (balancing, breakers, retries, deadlines), fed from a
-//! bounded [`DeliveryQueue`] in priority order.
+//! a [`Transport`](crate::transport::Transport) (balancing, breakers,
+//! retries, deadlines), fed from a bounded [`DeliveryQueue`] in priority order.
 
 mod cluster;
-mod http;
 mod log;
 mod memory;
 mod plugin_balancer;
-mod pool;
-mod probe;
 mod queue;
 mod retrying;
-mod tcp;
 
+pub use cluster::Cluster;
 pub(crate) use cluster::QueuedDestination;
-pub use cluster::{AttemptFuture, AttemptResult, Cluster, Transport};
-pub use http::HttpTransport;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
-pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
-pub use probe::probe;
 pub use queue::{DeliveryQueue, PushError, Queued};
 pub(crate) use retrying::Retrying;
-pub use tcp::TcpTransport;
 
 use crate::message::Message;
 use std::future::Future;
@@ -143,7 +135,7 @@ pub struct EndpointStatus {
     /// ejection (`breaker.open_ms`): it gets no traffic until then.
     pub refusing: bool,
     /// Its connection pool, once the transport made one.
-    pub pool: Option<PoolStats>,
+    pub pool: Option<crate::transport::PoolStats>,
     /// Its peak-EWMA latency estimate, milliseconds.
     pub latency_ms: f64,
 }

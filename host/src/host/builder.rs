@@ -12,6 +12,7 @@ use crate::pipeline::{
 use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::reload::{Events, Reloader};
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
+use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub struct HostBuilder {
     destinations: HashMap<String, Arc<dyn Destination>>,
     natives: NativeStages,
     overrides: CodeOverrides,
+    transports: TransportRegistry,
 }
 
 impl HostBuilder {
@@ -36,6 +38,7 @@ impl HostBuilder {
             destinations: HashMap::new(),
             natives: NativeStages::default(),
             overrides: CodeOverrides::default(),
+            transports: TransportRegistry::builtin(),
         }
     }
 
@@ -73,6 +76,14 @@ impl HostBuilder {
         self
     }
 
+    /// Register a transport written in Rust, named by destinations as `transport = "NAME"` (a name
+    /// ending in `:` serves every `NAME…`); it replaces a built-in one of the same name. See
+    /// [`transport::typed`](crate::transport::typed) for a factory from a function and an options type.
+    pub fn transport(mut self, name: &str, factory: impl TransportFactory) -> Self {
+        self.transports.insert(name, factory);
+        self
+    }
+
     /// Register a native filter stage, used in routes as `filter:NAME`.
     pub fn filter(mut self, name: impl Into<String>, filter: impl NativeFilter) -> Self {
         self.natives.filters.insert(name.into(), Arc::new(filter));
@@ -99,10 +110,11 @@ impl HostBuilder {
     /// `host.watch` is set, the watcher. A plugin that fails to load is
     /// reported by [`Host::load_errors`] and an event; it does not stop the host.
     pub async fn build(self) -> Result<Host, BuildError> {
-        let HostBuilder { config, config_file, destinations, natives, overrides } = self;
+        let HostBuilder { config, config_file, destinations, natives, overrides, transports } = self;
         let config = overrides.apply(config);
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
+        transports.check(&config_file.0, &config)?;
         let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
         let metrics = Arc::new(Metrics::new(config.host.metrics));
         let dead_letter_file =
@@ -133,7 +145,14 @@ impl HostBuilder {
                 registry: registry.clone(),
                 engine: engine.clone(),
             };
-            let dispatch = DispatchContext::new(runtime.clone(), max_in_flight, pipeline.clone(), services);
+            let dispatch = DispatchContext::new(
+                runtime.clone(),
+                max_in_flight,
+                pipeline.clone(),
+                services,
+                Arc::new(transports),
+                max_message_bytes,
+            );
             Pipeline {
                 engine,
                 registry,

@@ -12,12 +12,11 @@ use super::Pipeline;
 use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
-use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, HostServices, Queued, QueuedDestination, Transport,
-};
+use crate::destination::{Cluster, DeliveryError, DeliveryQueue, HostServices, Queued, QueuedDestination};
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
+use crate::transport::{TransportContext, TransportRegistry};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -55,17 +54,29 @@ pub(crate) struct DispatchContext {
     pipeline: Weak<Pipeline>,
     /// What network destinations use of their host.
     services: HostServices,
+    /// The transports destinations may name.
+    transports: Arc<TransportRegistry>,
+    /// What transports use of their host.
+    transport_context: TransportContext,
 }
 
 impl DispatchContext {
     /// Dispatch on `runtime`, with at most `max_in_flight` deliveries at once
-    /// over all destinations, settling through `pipeline`.
+    /// over all destinations, settling through `pipeline`, building the
+    /// transports of network destinations from `transports`.
     pub(crate) fn new(
         runtime: Handle,
         max_in_flight: usize,
         pipeline: Weak<Pipeline>,
         services: HostServices,
+        transports: Arc<TransportRegistry>,
+        max_message_bytes: usize,
     ) -> DispatchContext {
+        let transport_context = TransportContext {
+            max_message_bytes,
+            plugins: services.registry.clone(),
+            engine: services.engine.clone(),
+        };
         DispatchContext {
             runtime,
             tracker: TaskTracker::new(),
@@ -73,16 +84,21 @@ impl DispatchContext {
             past_grace: CancellationToken::new(),
             pipeline,
             services,
+            transports,
+            transport_context,
         }
     }
 
-    /// The cluster of network destination `config` over `transport`, its
-    /// health checks running.
-    pub(crate) fn cluster<T: Transport>(
-        &self,
-        config: &DestinationConfig,
-        transport: T,
-    ) -> Arc<dyn QueuedDestination> {
+    /// The transports destinations may name.
+    pub(crate) fn transports(&self) -> &TransportRegistry {
+        &self.transports
+    }
+
+    /// The cluster of network destination `config` (checked against the
+    /// registry) over its transport, its health checks running.
+    pub(crate) fn cluster(&self, config: &DestinationConfig) -> Arc<dyn QueuedDestination> {
+        let factory = self.transports.get(&config.transport).expect("a checked destination's transport");
+        let transport = factory.build(config, &self.transport_context);
         let cluster = Arc::new(Cluster::new(config, transport, &self.services));
         cluster.start_health_checks(&self.runtime);
         cluster

@@ -2,10 +2,9 @@
 //! configuration and swapped whole when the configuration is reloaded.
 
 use super::dispatch::{DispatchContext, Job};
-use crate::config::{Config, DestinationConfig, Transport};
+use crate::config::{Config, DestinationConfig};
 use crate::destination::{
-    DeliveryError, DeliveryQueue, DeliveryResult, Destination, HttpTransport, LogDestination,
-    MemoryDestination, PoolConfig, Retrying, TcpTransport,
+    DeliveryError, DeliveryQueue, DeliveryResult, Destination, LogDestination, MemoryDestination, Retrying,
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
@@ -140,19 +139,10 @@ impl Topology {
                 destinations.insert(dest.name.clone(), target);
                 continue;
             }
-            let pool = PoolConfig::from(&dest.pool);
-            let cluster = match dest.transport {
-                Transport::Log | Transport::Memory => None,
-                Transport::Http => {
-                    let transport = HttpTransport::new(&dest.path, dest.redirects_ok, pool)
-                        .max_reply_bytes(config.host.max_message_bytes);
-                    Some(dispatch.cluster(dest, transport))
-                }
-                Transport::Tcp => Some(dispatch.cluster(dest, TcpTransport::new(pool))),
-            };
-            let destination: Arc<dyn Destination> = match (&cluster, dest.transport) {
+            let cluster = (!dest.is_in_process()).then(|| dispatch.cluster(dest));
+            let destination: Arc<dyn Destination> = match (&cluster, dest.transport.as_str()) {
                 (Some(cluster), _) => cluster.clone(),
-                (None, Transport::Memory) => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),
+                (None, "memory") => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),
                 (None, _) => retrying(Arc::new(LogDestination::new(&dest.name))),
             };
             let sink = sink(&dest.name, destination);

@@ -153,6 +153,7 @@ impl Reloader {
         let config = self.overrides.apply(config);
         let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
         config.validate(file, &native)?;
+        self.pipeline.dispatch.transports().check(file, &config)?;
         {
             let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             let running = self.config.load();

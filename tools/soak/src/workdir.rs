@@ -105,14 +105,14 @@ listen = "127.0.0.1:0"
 name = "sinks"
 transport = "http"
 endpoints = [{endpoints}]
-path = "/ingest"
+options = {{ path = "/ingest" }}
 queue = {{ timeout_ms = 30000 }}
 
 [[destination]]
 name = "dead-letters"
 transport = "http"
 endpoints = [{dead_letters}]
-path = "/dead-letters"
+options = {{ path = "/dead-letters" }}
 queue = {{ timeout_ms = 30000 }}
 
 [[route]]

@@ -1,8 +1,8 @@
 //! Which endpoint an attempt goes to: admissions by health, breaker and
 //! refusals under the eligibility guard rails, then the balancer's pick.
 
+use super::Cluster;
 use super::endpoint::{Endpoint, lock};
-use super::{Cluster, Transport};
 use crate::balance::{Balancer, EndpointView};
 use crate::destination::plugin_balancer::HotPluginBalancer;
 use crate::message::Message;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 
-impl<T: Transport> Cluster<T> {
+impl Cluster {
     /// panics: health, breakers and the eligibility guard rails decide; an
     /// endpoint whose last connection was refused within the refusal window
     /// is left out whatever they say (panic mode and the ejection cap

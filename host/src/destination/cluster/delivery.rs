@@ -1,8 +1,8 @@
 //! One message through a cluster: attempts, retries and the waits between
 //! them, until it is delivered, fails for good or runs out of time.
 
+use super::Cluster;
 use super::endpoint::{Endpoint, InFlight, lock};
-use super::{Cluster, Transport};
 use crate::destination::DeliveryError;
 use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-impl<T: Transport> Cluster<T> {
+impl Cluster {
     /// Deliver `message`, which entered the queue at `enqueued`: attempts
     /// until one succeeds, one fails for good, the attempts run out or the
     /// queue timeout passes while no endpoint can take it. A message

@@ -3,7 +3,7 @@
 //! those whose circuit breaker admits traffic, under a deadline per attempt,
 //! with retries (exponential backoff, full jitter, a retry budget) that go to
 //! another endpoint while one is untried, and back to one tried before when
-//! none is. A [`Transport`] only knows how to make one attempt.
+//! none is. A [`Transport`] only knows how to make one attempt (and a probe).
 //!
 //! Attempts are spent on endpoints that can answer: a refused connection or
 //! a wait for a free connection is not an attempt (the endpoint never saw the
@@ -19,8 +19,9 @@ use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{
     BreakerConfig, BreakerState, EjectionBackoff, EligibilityPolicy, FailureRate, HealthState,
-    HealthTransition, Outcome, RetryBudget, RetryPolicy, Transition,
+    HealthTransition, RetryBudget, RetryPolicy, Transition,
 };
+use crate::transport::Transport;
 use choice::Picker;
 use endpoint::{Endpoint, lock};
 use prometheus_client::metrics::counter::Counter;
@@ -35,40 +36,13 @@ mod choice;
 mod delivery;
 mod endpoint;
 
-/// What one attempt gives: the reply (if any), or how to classify the
-/// failure and what went wrong.
-pub type AttemptResult = Result<Option<Message>, (Outcome, String)>;
-
-/// The future of one attempt.
-pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
-
-/// How messages reach an endpoint: one attempt at a time.
-pub trait Transport: Send + Sync + 'static {
-    /// Try once to deliver `message` to `address`; called once per attempt,
-    /// under the cluster's deadline (the future is dropped when it passes).
-    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a>;
-
-    /// Close the idle connections kept to `address`, and keep those in use
-    /// now from being reused; called when the endpoint turns unhealthy. A
-    /// transport without connections does nothing.
-    fn close_idle(&self, _address: &str) {}
-
-    /// The state of the connection pool to `address`, for the admin API and
-    /// metrics; called on demand. `None` without a pool, or before the first
-    /// attempt to `address`.
-    fn pool_stats(&self, _address: &str) -> Option<super::PoolStats> {
-        None
-    }
-}
-
-/// A destination of endpoints reached through transport `T`.
-pub struct Cluster<T> {
+/// A destination of endpoints reached through a [`Transport`].
+pub struct Cluster {
     name: String,
     endpoints: Vec<Endpoint>,
     balancer: Picker,
     hash_header: Option<String>,
-    transport: T,
-    kind: crate::config::Transport,
+    transport: Arc<dyn Transport>,
     timeout: Duration,
     /// Longest wait of a message for an endpoint able to take it, from when
     /// it entered the queue: the queue's timeout.
@@ -95,17 +69,21 @@ pub struct Cluster<T> {
     retries: Counter,
 }
 
-impl<T> std::fmt::Debug for Cluster<T> {
+impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
-impl<T: Transport> Cluster<T> {
+impl Cluster {
     /// A cluster for a validated network `[[destination]]`, reaching its
     /// endpoints through `transport`, telling and counting through `host`.
     /// Active health checks start with [`Cluster::start_health_checks`].
-    pub(crate) fn new(config: &DestinationConfig, transport: T, host: &HostServices) -> Cluster<T> {
+    pub(crate) fn new(
+        config: &DestinationConfig,
+        transport: Arc<dyn Transport>,
+        host: &HostServices,
+    ) -> Cluster {
         let metrics = &host.metrics;
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = BreakerConfig {
@@ -142,7 +120,6 @@ impl<T: Transport> Cluster<T> {
                 built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
             transport,
-            kind: config.transport,
             timeout: Duration::from_millis(config.timeout_ms),
             queue_timeout: Duration::from_millis(config.queue.timeout_ms),
             idempotent: config.idempotent,
@@ -181,8 +158,12 @@ impl<T: Transport> Cluster<T> {
     }
 
     async fn check_all(&self, settings: &HealthSettings) {
-        let probes =
-            self.endpoints.iter().map(|endpoint| super::probe::probe(self.kind, &endpoint.address, settings));
+        let deadline = Duration::from_millis(settings.timeout_ms);
+        let probes = self.endpoints.iter().map(|endpoint| async move {
+            let probe = self.transport.probe(&endpoint.address, settings);
+            let timed_out = || Err(format!("no answer in {deadline:?}"));
+            tokio::time::timeout(deadline, probe).await.unwrap_or_else(|_| timed_out())
+        });
         let results = futures_util::future::join_all(probes).await;
         let now = Instant::now();
         for (endpoint, result) in self.endpoints.iter().zip(results) {
@@ -259,7 +240,7 @@ pub(crate) trait QueuedDestination: Destination {
     fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_>;
 }
 
-impl<T: Transport> QueuedDestination for Cluster<T> {
+impl QueuedDestination for Cluster {
     fn serving(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(Cluster::serving(self))
     }
@@ -269,7 +250,7 @@ impl<T: Transport> QueuedDestination for Cluster<T> {
     }
 }
 
-impl<T: Transport> Destination for Cluster<T> {
+impl Destination for Cluster {
     /// Delivers in place (a dead letter), waiting for no endpoint: when none
     /// can take it, it fails at once.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {

@@ -28,7 +28,7 @@ impl PluginConnection {
     }
 
     /// Send `message` (a one-message batch); the plugin's answer.
-    pub(super) async fn send(&self, message: Vec<u8>, deadline: Instant) -> Answer<Option<Vec<u8>>> {
+    pub(super) async fn send(&self, message: Arc<Vec<u8>>, deadline: Instant) -> Answer<Option<Vec<u8>>> {
         self.lane.send(self.key, message, deadline).await
     }
 

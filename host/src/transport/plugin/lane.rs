@@ -29,7 +29,7 @@ enum Request {
     Send {
         id: u64,
         generation: u64,
-        message: Vec<u8>,
+        message: Arc<Vec<u8>>,
         deadline: Instant,
         reply: flume::Sender<Answer<Option<Vec<u8>>>>,
     },
@@ -131,7 +131,7 @@ impl Lane {
     pub(super) async fn send(
         &self,
         (id, generation): (u64, u64),
-        message: Vec<u8>,
+        message: Arc<Vec<u8>>,
         deadline: Instant,
     ) -> Answer<Option<Vec<u8>>> {
         let (reply, answer) = flume::bounded(1);

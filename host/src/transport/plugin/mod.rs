@@ -18,10 +18,13 @@
 //! flight finish on the old one, whose pooled connections are not reused.
 
 mod connection;
+mod factory;
 mod lane;
 
+pub use factory::{DEFAULT_LANES, PluginOptions, PluginTransportFactory};
+
+use super::{AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport};
 use crate::config::HealthSettings;
-use crate::destination::{AttemptResult, PoolConfig, PoolStats, Pools};
 use crate::message::Message;
 use crate::plugin::{CompiledPlugin, PluginEngine, PluginError, PluginKind, PluginRegistry};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
@@ -32,9 +35,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Lanes (plugin threads, one instance each) per plugin version when not set.
-pub const DEFAULT_LANES: usize = 2;
 
 /// What a [`PluginTransport`] is made for.
 #[derive(Debug, Clone)]
@@ -51,25 +51,6 @@ pub struct PluginTransportConfig {
     pub pool: PoolConfig,
     /// Lanes per plugin version: how many plugin calls run at once.
     pub lanes: usize,
-}
-
-/// A transport plugin that cannot serve a destination at all.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginTransportError {
-    /// An endpoint address does not resolve, so it cannot be granted.
-    #[error(
-        "destination \"{destination}\": endpoint \"{address}\" cannot be granted to plugin \"{plugin}\": {error}"
-    )]
-    Grant {
-        /// The destination.
-        destination: String,
-        /// The plugin.
-        plugin: String,
-        /// The endpoint.
-        address: String,
-        /// Why it does not resolve.
-        error: std::io::Error,
-    },
 }
 
 /// Delivers through the serving version of a `transport` plugin.
@@ -103,53 +84,51 @@ impl Lanes {
 
 impl PluginTransport {
     /// A transport for `config`, running the versions of `config.plugin`
-    /// that `registry` serves, compiled by `engine`. Lanes start on first use.
+    /// that `registry` serves, compiled by `engine`. Lanes start on first
+    /// use. An endpoint whose address does not resolve now is not granted
+    /// (the plugin's connections to it are denied), and a warning says so.
     pub fn new(
         config: PluginTransportConfig,
         registry: Arc<PluginRegistry>,
         engine: Arc<PluginEngine>,
-    ) -> Result<PluginTransport, PluginTransportError> {
+    ) -> PluginTransport {
         let mut grants = Vec::new();
         for address in &config.endpoints {
-            let resolved = address.to_socket_addrs().map_err(|error| PluginTransportError::Grant {
-                destination: config.destination.clone(),
-                plugin: config.plugin.clone(),
-                address: address.clone(),
-                error,
-            })?;
-            grants.extend(resolved);
+            match address.to_socket_addrs() {
+                Ok(resolved) => grants.extend(resolved),
+                Err(err) => tracing::warn!(
+                    destination = %config.destination, plugin = %config.plugin, endpoint = %address, %err,
+                    "the endpoint does not resolve: the transport plugin may not connect to it"
+                ),
+            }
         }
         let pools = Pools::new(config.pool, PluginConnection::is_open);
-        Ok(PluginTransport {
-            config,
-            registry,
-            engine,
-            grants,
-            pools,
-            current: ArcSwapOption::empty(),
-            starting: Mutex::default(),
-        })
+        let (current, starting) = (ArcSwapOption::empty(), Mutex::default());
+        PluginTransport { config, registry, engine, grants, pools, current, starting }
     }
 
-    /// Try once to deliver `message` to `address`: a pooled connection (or a
-    /// new one), one send, its reply. Called once per attempt; the call is
-    /// cut at the transport's per-attempt timeout.
-    pub async fn attempt(&self, address: &str, message: &Message) -> AttemptResult {
+    /// One attempt: a pooled connection (or a new one), one send, its reply.
+    async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
         let deadline = Instant::now() + self.config.timeout;
         let lanes = self.lanes().map_err(|reason| (Outcome::Retryable(RetryReason::Connect), reason))?;
         let pool = self.pools.get(address);
-        let connection = pool
-            .acquire(|| PluginConnection::open(lanes.next(), address, deadline))
-            .await
-            .map_err(|err| err.into_attempt_error(address))?;
-        drop(lanes);
         let mut batch = Vec::new();
         message.encode(&mut batch, 0, true);
-        let reply = match connection.send(batch, deadline).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(error)) => return Err(refused(error)),
-            Err(error) => return Err(faulted(error, self.config.timeout)),
+        let batch = Arc::new(batch);
+        let (connection, reply) = loop {
+            let connection = pool
+                .acquire(|| PluginConnection::open(lanes.next(), address, deadline))
+                .await
+                .map_err(|err| err.into_attempt_error(address))?;
+            match connection.send(batch.clone(), deadline).await {
+                Ok(Ok(reply)) => break (connection, reply),
+                Ok(Err(error)) => return Err(refused(error)),
+                // Gone with a faulted instance before anything was sent on it: take another.
+                Err(LaneError::Lost) => continue,
+                Err(error) => return Err(faulted(error, self.config.timeout)),
+            }
         };
+        drop(lanes);
         let reply = match reply {
             None => None,
             Some(batch) => {
@@ -165,26 +144,14 @@ impl PluginTransport {
         Ok(reply)
     }
 
-    /// Check `address`'s health with the plugin's own probe, on a lane,
-    /// within `health.timeout_ms`.
-    pub async fn probe(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
+    /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
+    async fn check(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(health.timeout_ms);
         match self.lanes()?.next().probe(address, deadline).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("the plugin's probe {error}")),
             Err(error) => Err(error.to_string()),
         }
-    }
-
-    /// Close the idle connections to `address`, and keep those in use now
-    /// from being reused: the endpoint turned unhealthy.
-    pub fn close_idle(&self, address: &str) {
-        self.pools.close_idle(address);
-    }
-
-    /// The state of the connection pool to `address`, once there is one.
-    pub fn pool_stats(&self, address: &str) -> Option<PoolStats> {
-        self.pools.stats(address)
     }
 
     /// The lanes of the version serving now, started if it is new (the
@@ -211,7 +178,9 @@ impl PluginTransport {
         let lanes = Arc::new(self.start(plugin.clone())?);
         self.current.store(Some(lanes.clone()));
         if let Some(old) = current {
+            // The old version's idle connections close now; those in use close when their attempts end.
             old.lanes.iter().for_each(|lane| lane.retire());
+            self.config.endpoints.iter().for_each(|address| self.pools.close_idle(address));
         }
         Ok(lanes)
     }
@@ -250,6 +219,28 @@ fn faulted(error: LaneError, timeout: Duration) -> (Outcome, String) {
             (Outcome::Retryable(RetryReason::Timeout), format!("the plugin gave no answer in {timeout:?}"))
         }
         error => (Outcome::Retryable(RetryReason::Reset), error.to_string()),
+    }
+}
+
+impl Transport for PluginTransport {
+    /// A pooled connection to `address` of the serving version (or a new
+    /// one), one send, its reply; cut at the destination's per-attempt
+    /// timeout, including while the plugin waits in WASI.
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
+        Box::pin(self.exchange(address, message))
+    }
+
+    /// The plugin's `probe` of `address`, on a lane.
+    fn probe<'a>(&'a self, address: &'a str, health: &'a HealthSettings) -> ProbeFuture<'a> {
+        Box::pin(self.check(address, health))
+    }
+
+    fn close_idle(&self, address: &str) {
+        self.pools.close_idle(address);
+    }
+
+    fn pool_stats(&self, address: &str) -> Option<PoolStats> {
+        self.pools.stats(address)
     }
 }
 

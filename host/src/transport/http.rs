@@ -8,8 +8,9 @@
 //! 5xx, 408, 429 and connection errors are retryable; other statuses are final. A connection goes back to its pool
 //! only after a complete response, body read, with the connection still open.
 
-use super::cluster::{AttemptFuture, AttemptResult, Transport};
 use super::pool::{PoolConfig, PoolStats, Pools};
+use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext};
+use crate::config::{DestinationConfig, HealthSettings, UrlPath};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
@@ -40,6 +41,27 @@ impl Connection {
     fn is_open(&self) -> bool {
         !self.sender.is_closed() && super::tcp::is_open(&self.socket)
     }
+}
+
+/// `options = {..}` of an `http` destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpOptions {
+    /// Request path (default `/`).
+    pub path: UrlPath,
+    /// Whether a 3xx answer counts as delivered. By default a redirect is a final failure
+    /// (dead-lettered, not retried): the host does not follow redirects, so nobody took the message.
+    pub redirects_ok: bool,
+}
+
+/// The `http` transport of `destination`: its pool settings, replies up to the host's largest message.
+pub(super) fn build(
+    options: HttpOptions,
+    destination: &DestinationConfig,
+    context: &TransportContext,
+) -> Arc<dyn Transport> {
+    let transport = HttpTransport::new(&options.path, options.redirects_ok, (&destination.pool).into());
+    Arc::new(transport.max_reply_bytes(context.max_message_bytes))
 }
 
 /// POSTs to `http://ADDRESS{path}`.
@@ -149,6 +171,11 @@ impl Transport for HttpTransport {
         Box::pin(self.post(address, message))
     }
 
+    /// `GET {health.path}` on a new connection must answer 2xx.
+    fn probe<'a>(&'a self, address: &'a str, health: &'a HealthSettings) -> ProbeFuture<'a> {
+        Box::pin(get(address, &health.path))
+    }
+
     fn close_idle(&self, address: &str) {
         self.pools.close_idle(address);
     }
@@ -172,6 +199,20 @@ pub(super) async fn connect(address: &str) -> std::io::Result<Connection> {
         }
     });
     Ok(Connection { sender, socket })
+}
+
+/// `GET path` on a new connection to `address`; 2xx passes.
+async fn get(address: &str, path: &str) -> Result<(), String> {
+    let mut sender = connect(address).await.map_err(|err| format!("connect: {err}"))?.sender;
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Full::new(Bytes::new()))
+        .map_err(|err| format!("invalid request: {err}"))?;
+    let status = sender.send_request(request).await.map_err(|err| format!("GET {path}: {err}"))?.status();
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(format!("GET {path}: HTTP {status}")),
+    }
 }
 
 /// A socket that hyper's driver reads and writes while the pool may look at

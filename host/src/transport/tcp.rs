@@ -7,8 +7,9 @@
 //! back to its endpoint's pool only after a complete, good exchange; one that
 //! errored, timed out or answered malformed bytes is closed, never reused.
 
-use super::cluster::{AttemptFuture, AttemptResult, Transport};
 use super::pool::{PoolConfig, PoolStats, Pools};
+use super::{AttemptFuture, AttemptResult, Transport, TransportContext};
+use crate::config::DestinationConfig;
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +17,20 @@ use tokio::net::TcpStream;
 
 /// Largest reply frame accepted (16 MiB).
 const MAX_FRAME: u32 = 16 << 20;
+
+/// `options = {..}` of a `tcp` destination: none yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpOptions {}
+
+/// The `tcp` transport of `destination`, with its pool settings.
+pub(super) fn build(
+    _options: TcpOptions,
+    destination: &DestinationConfig,
+    _context: &TransportContext,
+) -> std::sync::Arc<dyn Transport> {
+    std::sync::Arc::new(TcpTransport::new((&destination.pool).into()))
+}
 
 /// Frames over TCP, through a [`Pool`](super::Pool) of connections per endpoint.
 #[derive(Debug)]
@@ -106,7 +121,7 @@ impl Transport for TcpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destination::Pool;
+    use crate::transport::Pool;
     use std::time::Duration;
 
     /// A peer on 127.0.0.1 that takes every frame and answers with a frame

@@ -1,0 +1,70 @@
+//! The transport layer: how a network destination's message reaches one of its endpoints.
+//!
+//! A [`Transport`] makes one attempt at a time, probes an endpoint's health, and keeps (and reports on)
+//! its connections. Everything around the attempt — balancing, breakers, retries, deadlines, queues,
+//! health state — is the destination core's ([`Cluster`](crate::destination::Cluster)), which knows no
+//! transport by name. A destination's `transport` string picks a [`TransportFactory`] from the
+//! [`TransportRegistry`], which checks the destination's `options = {..}` and builds its transport:
+//!
+//! ```text
+//! [[destination]] transport = "http", options = { path = "/in" }
+//!   ─► TransportRegistry: "http" ─► TransportFactory::check(options), then build(destination)
+//!   ─► Arc<dyn Transport> ─► Cluster: attempt / probe / close_idle / pool_stats per endpoint
+//! ```
+//!
+//! Adding a transport is one module (its options, its `Transport`) and one line in
+//! [`TransportRegistry::builtin`]; an embedder registers its own with
+//! [`HostBuilder::transport`](crate::HostBuilder::transport).
+
+mod http;
+pub mod plugin;
+mod pool;
+mod registry;
+mod tcp;
+
+pub use http::{HttpOptions, HttpTransport};
+pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
+pub use registry::{TransportContext, TransportFactory, TransportRegistry, Typed, typed};
+pub use tcp::TcpTransport;
+
+use crate::config::HealthSettings;
+use crate::message::Message;
+use crate::resilience::Outcome;
+use std::future::Future;
+use std::pin::Pin;
+
+/// What one attempt gives: the reply (if any), or how to classify the failure and what went wrong.
+pub type AttemptResult = Result<Option<Message>, (Outcome, String)>;
+
+/// The future of one attempt.
+pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
+
+/// The future of one health probe: `Ok` when the endpoint passes, else what went wrong.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// How messages reach an endpoint: one attempt at a time.
+pub trait Transport: Send + Sync + 'static {
+    /// Try once to deliver `message` to `address`; called once per attempt, under the destination's
+    /// per-attempt deadline (the future is dropped when it passes).
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a>;
+
+    /// Check whether `address` is healthy, on a fresh connection (a check must see what a new connection
+    /// would see, not a pooled one); called every `health.interval_ms` per endpoint when the destination
+    /// has `health` settings, under `health.timeout_ms`. By default a TCP connect is the check.
+    fn probe<'a>(&'a self, address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let connected = tokio::net::TcpStream::connect(address).await;
+            connected.map(drop).map_err(|err| format!("connect: {err}"))
+        })
+    }
+
+    /// Close the idle connections kept to `address`, and keep those in use now from being reused; called
+    /// when the endpoint turns unhealthy. A transport without connections does nothing.
+    fn close_idle(&self, _address: &str) {}
+
+    /// The state of the connection pool to `address`, for the admin API and metrics; called on demand.
+    /// `None` without a pool, or before the first attempt to `address`.
+    fn pool_stats(&self, _address: &str) -> Option<PoolStats> {
+        None
+    }
+}

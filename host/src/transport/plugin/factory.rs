@@ -1,0 +1,70 @@
+//! `transport = "plugin:NAME"`: its options, checked with the rest of the
+//! config, and the [`PluginTransport`] a destination gets.
+
+use super::{PluginTransport, PluginTransportConfig};
+use crate::config::DestinationConfig;
+use crate::transport::{Transport, TransportContext, TransportFactory};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Lanes (plugin threads, one instance each) per plugin version when
+/// `options.lanes` is not set: one per core of a small machine.
+pub const DEFAULT_LANES: usize = 2;
+
+/// Most lanes a destination may ask for.
+const MAX_LANES: usize = 64;
+
+/// `options = {..}` of a `plugin:NAME` destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginOptions {
+    /// How many calls of the plugin run at once: one thread and one instance
+    /// each (default [`DEFAULT_LANES`], at most 64). A plugin waiting on its
+    /// socket holds its lane until it answers or its deadline passes.
+    pub lanes: usize,
+}
+
+impl Default for PluginOptions {
+    fn default() -> PluginOptions {
+        PluginOptions { lanes: DEFAULT_LANES }
+    }
+}
+
+/// The registry entry `plugin:`, serving every `plugin:NAME`.
+#[derive(Debug, Default)]
+pub struct PluginTransportFactory;
+
+impl PluginTransportFactory {
+    fn options(destination: &DestinationConfig) -> Result<(&str, PluginOptions), String> {
+        let name = destination.transport.strip_prefix("plugin:").unwrap_or_default();
+        if name.is_empty() {
+            return Err("`plugin:` needs the transport plugin's name, as in \"plugin:redis\"".into());
+        }
+        let table = toml::Value::Table(destination.options.clone());
+        let options: PluginOptions =
+            serde::Deserialize::deserialize(table).map_err(|err| err.message().trim_end().to_owned())?;
+        if !(1..=MAX_LANES).contains(&options.lanes) {
+            return Err(format!("lanes = {}: must be 1 to {MAX_LANES}", options.lanes));
+        }
+        Ok((name, options))
+    }
+}
+
+impl TransportFactory for PluginTransportFactory {
+    fn check(&self, destination: &DestinationConfig) -> Result<(), String> {
+        PluginTransportFactory::options(destination).map(drop)
+    }
+
+    fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
+        let (plugin, options) = PluginTransportFactory::options(destination).expect("checked before a build");
+        let config = PluginTransportConfig {
+            destination: destination.name.clone(),
+            plugin: plugin.to_owned(),
+            endpoints: destination.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
+            timeout: Duration::from_millis(destination.timeout_ms),
+            pool: (&destination.pool).into(),
+            lanes: options.lanes,
+        };
+        Arc::new(PluginTransport::new(config, context.plugins.clone(), context.engine.clone()))
+    }
+}
