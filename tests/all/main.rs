@@ -17,6 +17,7 @@ mod listeners;
 mod ingress_properties;
 mod message_ids;
 mod panics;
+mod plugin_destination;
 mod plugins;
 mod reload;
 mod reload_once;
