@@ -20,7 +20,41 @@ use crate::{Error, Message, OwnedMessage};
 /// or the connection sat idle too long. The plugin reaches only the
 /// destination's endpoints: every other address is refused by the sandbox.
 ///
-/// Export it with [`export_transport!`](crate::export_transport).
+/// Export it with [`export_transport!`](crate::export_transport). A
+/// transport that writes each payload as one line and reads one line back
+/// as the reply (the destination says `transport = "plugin:<file stem>"`):
+///
+/// ```
+/// use std::io::{BufRead, BufReader, Write};
+/// use std::net::TcpStream;
+///
+/// use switchyard_plugin::{Error, Message, OwnedMessage, Transport, export_transport};
+///
+/// struct Lines;
+///
+/// impl Transport for Lines {
+///     type Connection = BufReader<TcpStream>;
+///
+///     fn open(address: &str) -> Result<Self::Connection, Error> {
+///         let stream = TcpStream::connect(address).map_err(|err| Error::retryable(err.to_string()))?;
+///         Ok(BufReader::new(stream))
+///     }
+///
+///     fn send(lines: &mut Self::Connection, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
+///         let payload = message.payload.unwrap_or_default();
+///         if payload.contains(&b'\n') {
+///             return Err(Error::rejected("a line-protocol payload cannot hold a newline"));
+///         }
+///         let (mut line, io) = (Vec::new(), |err: std::io::Error| Error::retryable(err.to_string()));
+///         lines.get_mut().write_all(&[payload, b"\n"].concat()).map_err(io)?;
+///         lines.read_until(b'\n', &mut line).map_err(io)?;
+///         Ok(Some(OwnedMessage::reply_to(message).with_payload(line)))
+///     }
+/// }
+///
+/// export_transport!(Lines);
+/// # fn main() {}
+/// ```
 pub trait Transport {
     /// One open connection to one endpoint (for example a
     /// `std::net::TcpStream`); dropping it closes it.
@@ -52,7 +86,8 @@ pub trait Transport {
 #[doc(hidden)]
 pub struct TransportExport<T>(PhantomData<T>);
 
-/// One connection of transport `T`, as the generated resource holds it.
+/// One connection of transport `T`, as the generated resource holds it
+/// (the resource's `send` borrows it shared, the trait takes it `&mut`).
 #[doc(hidden)]
 pub struct ConnectionExport<T: Transport>(RefCell<T::Connection>);
 

@@ -24,7 +24,7 @@ enum Request {
     Open {
         address: String,
         deadline: Instant,
-        reply: flume::Sender<Answer<u64>>,
+        reply: flume::Sender<Answer<(u64, u64)>>,
     },
     Send {
         id: u64,
@@ -120,11 +120,8 @@ impl Lane {
 
     /// Open a connection to `address`: its id and generation.
     pub(super) async fn open(&self, address: &str, deadline: Instant) -> Answer<(u64, u64)> {
-        let generation = self.generation();
         let (reply, answer) = flume::bounded(1);
-        self.call(Request::Open { address: address.to_owned(), deadline, reply }, answer)
-            .await
-            .map(|opened| opened.map(|id| (id, generation)))
+        self.call(Request::Open { address: address.to_owned(), deadline, reply }, answer).await
     }
 
     /// Send `message` on connection `id` of `generation`.
@@ -193,13 +190,18 @@ impl Worker {
             Request::Open { address, deadline, reply } => {
                 let opened =
                     self.call(deadline, |instance, timeout| instance.open_connection(&address, timeout));
-                let _ = reply.send(opened.map(|opened| {
+                let generation = self.state.generation.load(Relaxed);
+                let opened = opened.map(|opened| {
                     opened.map(|connection| {
                         self.next_id += 1;
                         self.connections.insert(self.next_id, connection);
-                        self.next_id
+                        (self.next_id, generation)
                     })
-                }));
+                });
+                // Nobody took it (the attempt was given up): close it now, or it would stay open unused.
+                if let Err(flume::SendError(Ok(Ok(key)))) = reply.send(opened) {
+                    self.serve(Request::Close { id: key.0, generation: key.1 });
+                }
             }
             Request::Send { id, generation, message, deadline, reply } => {
                 let current = generation == self.state.generation.load(Relaxed);
