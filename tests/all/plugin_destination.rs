@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use switchyard::{Host, HostEvent, Message, RequestError};
+use switchyard::{DestinationEvent, Host, HostEvent, Message, RequestError};
 use switchyard_plugin_artifacts as artifacts;
 
 /// A host delivering every message to destination `to`, through plugin
@@ -56,6 +56,8 @@ async fn ten_thousand_messages_reach_two_redis_servers_through_the_plugin_and_no
     let (_dir, host) =
         plugin_host(&[("redis", artifacts::REDIS_TRANSPORT)], &[kept.addr, killed.addr], settings, plugin)
             .await;
+    let mut events = host.subscribe();
+    let killed_addr = killed.addr.to_string();
     let sender = {
         let host = host.clone();
         tokio::spawn(async move {
@@ -73,6 +75,10 @@ async fn ten_thousand_messages_reach_two_redis_servers_through_the_plugin_and_no
         killed
     });
     let mut killed = within(killed).await.unwrap();
+    event_where(&mut events, |event| {
+        matches!(event, HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, .. }) if *endpoint == killed_addr)
+    })
+    .await;
     within(sender).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered + stats.dead_lettered), (MESSAGES as u64, MESSAGES as u64));

@@ -265,10 +265,11 @@ pub async fn echo_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Ato
             tokio::spawn(async move {
                 let mut buffer = vec![0; 64 << 10];
                 while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+                    // Counted before it goes back: whoever reads the echo sees it counted.
+                    counted.fetch_add(read, std::sync::atomic::Ordering::SeqCst);
                     if stream.write_all(&buffer[..read]).await.is_err() {
                         return;
                     }
-                    counted.fetch_add(read, std::sync::atomic::Ordering::SeqCst);
                 }
             });
         }

@@ -77,7 +77,10 @@ pub async fn redis_transport() {
         assert_eq!((stats.size, stats.idle), (1, 1), "one connection, kept open across sends");
     }
     let health = switchyard::config::HealthSettings::default();
-    assert_eq!(within(transport.probe(&left.addr.to_string(), &health)).await, Ok(()));
+    assert_eq!(within(transport.probe(&left.addr.to_string(), &health)).await, Ok(()), "PING answered");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let down = within(transport.probe(&closed, &health)).await.unwrap_err();
+    assert!(down.starts_with("the plugin's probe asked for a retry: connect: "), "{down}");
 
     let streams = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "events"), ("command", "xadd")]);
     let transport = streams.transport(&[left.addr], 1, TIMEOUT);
