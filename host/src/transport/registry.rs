@@ -135,6 +135,10 @@ impl TransportRegistry {
                 let problem = format!("unknown transport (known: {})", known.join(", "));
                 return Err(invalid("transport", format!("\"{}\"", destination.transport), problem));
             };
+            if destination.transport.ends_with(':') {
+                let problem = format!("names no NAME, as in \"{}NAME\"", destination.transport);
+                return Err(invalid("transport", format!("\"{}\"", destination.transport), problem));
+            }
             factory.check(destination).map_err(|problem| {
                 invalid("options", crate::config::inline_table(&destination.options), problem)
             })?;

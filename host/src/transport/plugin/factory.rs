@@ -35,11 +35,9 @@ impl Default for PluginOptions {
 pub struct PluginTransportFactory;
 
 impl PluginTransportFactory {
+    /// The plugin's name (`NAME` of `plugin:NAME`) and the options.
     fn options(destination: &DestinationConfig) -> Result<(&str, PluginOptions), String> {
         let name = destination.transport.strip_prefix("plugin:").unwrap_or_default();
-        if name.is_empty() {
-            return Err("`plugin:` needs the transport plugin's name, as in \"plugin:redis\"".into());
-        }
         let table = toml::Value::Table(destination.options.clone());
         let options: PluginOptions =
             serde::Deserialize::deserialize(table).map_err(|err| err.message().trim_end().to_owned())?;
