@@ -7,7 +7,8 @@
 //! one request at a time (p50, p99). CPU time per message is the whole
 //! process's (host and sinks) over the timed runs.
 //!
-//! `cargo bench -p switchyard --bench delivery`
+//! `cargo bench -p switchyard --bench delivery [-- TRANSPORT]` (only the cases
+//! whose transport starts with TRANSPORT, e.g. `tcp` or `plugin`)
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -49,7 +50,11 @@ async fn main() {
         ("tcp", "p2c-ewma", &tcp),
         ("plugin:redis", "p2c-ewma", &resp),
     ];
-    for (transport, balancer, sinks) in cases {
+    // `cargo bench` passes `--bench`; the first other argument picks cases.
+    let only = std::env::args().skip(1).find(|arg| !arg.starts_with("--")).unwrap_or_default();
+    for (transport, balancer, sinks) in
+        cases.into_iter().filter(|(transport, ..)| transport.starts_with(&only))
+    {
         let host = host(plugins.path(), transport, balancer, sinks).await;
         send(&host, MESSAGES / 5).await;
         let (mut runs, cpu) = (Vec::new(), cpu_time::ProcessTime::now());

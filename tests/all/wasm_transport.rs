@@ -96,6 +96,24 @@ pub async fn redis_transport() {
         format!("{entry}\npayload\nhello\nid\n0190-abc")
     );
 
+    // A server that takes the connection and never answers: the plugin, blocked reading its
+    // socket inside WASI, is cut at the per-attempt deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let transport = plugin.transport(&[silent_addr], 1, Duration::from_millis(300));
+    let (outcome, error) = cut(&transport, silent_addr, &Message::new("jobs", "unanswered")).await;
+    assert_eq!(
+        (outcome, error.as_str()),
+        (Outcome::Retryable(RetryReason::Timeout), "the plugin gave no answer in 300ms")
+    );
+    held.abort();
+
     // XADD to a key holding a list: Redis refuses, the message is rejected with its text.
     let wrong = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "jobs"), ("command", "xadd")]);
     let transport = wrong.transport(&[left.addr], 1, TIMEOUT);
