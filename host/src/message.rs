@@ -45,6 +45,21 @@ pub struct Message {
 }
 
 impl Message {
+    /// The message as one JSON object (no newline), as the `log` destination prints it and the `file`
+    /// and `subprocess` transports write it: `{"destination":…,"id":…,"topic":…,"priority":…,
+    /// "headers":[[k,v],…],"payload":…}`, the payload as UTF-8 (lossy).
+    pub fn json_line(&self, destination: &str) -> String {
+        serde_json::json!({
+            "destination": destination,
+            "id": self.id,
+            "topic": self.topic,
+            "priority": self.priority,
+            "headers": self.headers,
+            "payload": String::from_utf8_lossy(&self.payload),
+        })
+        .to_string()
+    }
+
     /// A message on `topic` carrying `payload`, with no headers and priority 0.
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message { id: 0, topic: topic.into(), headers: Vec::new(), payload: payload.into(), priority: 0 }

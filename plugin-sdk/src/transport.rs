@@ -67,10 +67,14 @@ pub trait Transport {
 
     /// Send `message` (with its payload) on `connection` and return its
     /// reply, if the protocol has one. Called once per delivery attempt (a
-    /// retry calls it again, maybe on another connection). Return
-    /// [`Error::retryable`] for transient failures so the host retries, and
-    /// [`Error::rejected`] for a message the endpoint refuses for good (it is
-    /// dead-lettered with your text). After any error the host closes the
+    /// retry calls it again, maybe on another connection). On failure say
+    /// whether the endpoint may have taken the message:
+    /// [`Error::retryable`] when it certainly did not (nothing went out, or
+    /// it answered "not now"): the host retries, on any destination;
+    /// [`Error::failed`] when it may have (the request went out and no answer
+    /// came): the host retries only where the destination is `idempotent`;
+    /// [`Error::rejected`] when it refuses the message for good: it is
+    /// dead-lettered with your text. After any error the host closes the
     /// connection.
     fn send(connection: &mut Self::Connection, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
 

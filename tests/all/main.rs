@@ -2,6 +2,7 @@
 //! `plugins/`, real sockets on 127.0.0.1, the real `switchyard` binary.
 
 mod admin;
+mod bulk_ingress;
 mod balancer_plugin;
 mod cli;
 mod compile_cache;
@@ -10,6 +11,8 @@ mod dead_letters;
 mod destination_core;
 mod endpoint;
 mod exposition;
+mod file_transport;
+mod fallback;
 mod faulty;
 mod hostile_files;
 mod http_destination;
@@ -24,6 +27,7 @@ mod reload_once;
 mod retries;
 mod routing;
 mod soak;
+mod subprocess_transport;
 mod support;
 mod tcp_destination;
 mod transports;

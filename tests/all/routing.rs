@@ -166,7 +166,7 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
 }
 
 /// A host configured by `config` routing everything to a [`gated`] destination.
-async fn gated_host(
+pub(crate) async fn gated_host(
     dir: &std::path::Path,
     config: &str,
     entered: &Arc<Notify>,

@@ -151,6 +151,12 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        if let Some(http) =
+            self.ingress.http.as_ref().filter(|http| !(1..=MAX_MESSAGE_BYTES).contains(&http.max_batch_bytes))
+        {
+            let problem = format!("must be 1 to {MAX_MESSAGE_BYTES}");
+            return Err(invalid("ingress.http.max_batch_bytes".into(), &http.max_batch_bytes, problem));
+        }
         if host.max_message_bytes > MAX_MESSAGE_BYTES {
             let problem = format!("must be at most {MAX_MESSAGE_BYTES}");
             return Err(invalid("host.max_message_bytes".into(), &host.max_message_bytes, problem));
@@ -201,6 +207,23 @@ impl Config {
             })?;
         }
         let known = || destinations.iter().copied().collect::<Vec<_>>().join(", ");
+        for dest in &self.destinations {
+            let Some(fallback) = &dest.fallback else { continue };
+            let key = format!("destination \"{}\".fallback", dest.name);
+            let problem = match self.destinations.iter().find(|other| &other.name == fallback) {
+                _ if dest.is_in_process() => Some("only a network destination has a fallback".to_owned()),
+                _ if fallback == &dest.name => Some("a destination cannot be its own fallback".to_owned()),
+                Some(other) if other.fallback.is_some() => {
+                    Some(format!("\"{fallback}\" has a fallback of its own: fallbacks do not chain"))
+                }
+                Some(_) => None,
+                None if destinations.contains(fallback.as_str()) => None,
+                None => Some(format!("unknown destination (known: {})", known())),
+            };
+            if let Some(problem) = problem {
+                return Err(invalid(key, fallback, problem));
+            }
+        }
         for dest in &self.destinations {
             let Some(target) = &dest.dead_letter else { continue };
             let key = format!("destination \"{}\".dead_letter", dest.name);
@@ -298,13 +321,6 @@ impl super::DestinationConfig {
             let problem = format!("the {} destination has no options", self.transport);
             return Err(("options", inline_table(&self.options), problem));
         }
-        if networked && self.endpoints.is_empty() {
-            return Err((
-                "endpoints",
-                "[]".into(),
-                "a network destination needs at least one endpoint".into(),
-            ));
-        }
         if !networked && !self.endpoints.is_empty() {
             return Err((
                 "endpoints",
@@ -401,5 +417,8 @@ pub fn inline_table(table: &toml::Table) -> String {
         other => other.to_string(),
     };
     let pairs: Vec<String> = table.iter().map(|(key, item)| format!("{key} = {}", value(item))).collect();
-    format!("{{ {} }}", pairs.join(", "))
+    match pairs.is_empty() {
+        true => "{}".to_owned(),
+        false => format!("{{ {} }}", pairs.join(", ")),
+    }
 }

@@ -9,7 +9,8 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     let (a, b) = (&running.host, &new.host);
     // The listeners' settings but their tokens, which change live.
     let ingress = |config: &Config| {
-        config.ingress.http.as_ref().map(|http| (http.listen, http.max_connections, http.header_timeout_ms))
+        let http = config.ingress.http.as_ref();
+        http.map(|http| (http.listen, http.max_connections, http.header_timeout_ms, http.max_batch_bytes))
     };
     let admin = |config: &Config| {
         config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))

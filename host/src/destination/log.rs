@@ -40,15 +40,7 @@ impl LogDestination {
 
 impl Destination for LogDestination {
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
-        let line = serde_json::json!({
-            "destination": self.name,
-            "id": message.id,
-            "topic": message.topic,
-            "priority": message.priority,
-            "headers": message.headers,
-            "payload": String::from_utf8_lossy(&message.payload),
-        })
-        .to_string();
+        let line = message.json_line(&self.name);
         Box::pin(async move {
             let stopped = || DeliveryError::Retryable("the log writer thread is not running".into());
             let (written, done) = oneshot::channel();

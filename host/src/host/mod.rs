@@ -72,6 +72,39 @@ impl Host {
         Ok(id)
     }
 
+    /// Accept what of `messages` the queue has room for now, admitted as one batch (one take from the
+    /// intake byte budget for all of them while it has room, one count): a result per message, in order.
+    /// Each is checked like [`try_send`](Host::try_send); once the queue is full, the rest are refused
+    /// with [`SendError::Backpressure`].
+    pub fn try_send_batch(&self, messages: Vec<Message>) -> Vec<Result<MessageId, SendError>> {
+        let admitted: Vec<_> = messages.into_iter().map(|message| self.admit(message)).collect();
+        let kib = admitted.iter().flatten().fold(0u32, |total, (_, kib)| total.saturating_add(*kib));
+        // The whole batch's share of the budget at once; when it does not fit, message by message.
+        let mut batch_bytes = self.try_intake_bytes(kib).ok();
+        let sender = self.sender();
+        let mut accepted = 0;
+        let results = admitted
+            .into_iter()
+            .map(|admitted| {
+                let (message, kib) = admitted?;
+                let sender = sender.as_ref().map_err(Clone::clone)?;
+                let bytes = match batch_bytes.as_mut().and_then(|bytes| bytes.split(kib as usize)) {
+                    Some(bytes) => bytes,
+                    None => self.try_intake_bytes(kib)?,
+                };
+                let id = message.id;
+                sender.try_send(Envelope::new(message, None, bytes)).map_err(|err| match err {
+                    flume::TrySendError::Full(_) => SendError::Backpressure,
+                    flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
+                })?;
+                accepted += 1;
+                Ok(id)
+            })
+            .collect();
+        Counters::bump(&self.inner.reloader.pipeline.counters.accepted, accepted);
+        results
+    }
+
     /// Send `message` and wait for the destination's reply (`None` when the
     /// destination gives none).
     pub async fn request(&self, message: Message) -> Result<Option<Message>, RequestError> {

@@ -1,4 +1,5 @@
-//! The HTTP ingress: `POST /v1/messages/{topic}`.
+//! The HTTP ingress: `POST /v1/messages/{topic}`, and `POST /v1/messages` for many at once
+//! (see [`bulk`](super::bulk)).
 //!
 //! Request headers whose names start with `x-` become message headers, as do
 //! `content-type`, except `x-sy-` ones (the host's own: a client cannot set
@@ -54,11 +55,22 @@ impl HttpIngress {
         let http = config.ingress.http.clone().unwrap_or_else(|| HttpIngressConfig::new(self.local_addr()));
         let limits = ListenerLimits::new(http.max_connections, http.header_timeout_ms);
         let app = Router::new()
-            .route("/v1/messages/{topic}", post(accept))
-            .layer(DefaultBodyLimit::max(config.host.max_message_bytes))
+            .route(
+                "/v1/messages/{topic}",
+                post(accept).layer(DefaultBodyLimit::max(config.host.max_message_bytes)),
+            )
+            .route("/v1/messages", post(accept_bulk).layer(DefaultBodyLimit::max(http.max_batch_bytes)))
             .with_state(self.host);
         crate::listener::serve(self.listener, app, limits, shutdown).await;
     }
+}
+
+async fn accept_bulk(State(host): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
+    if token.is_some_and(|token| !crate::bearer::presented(&headers, &token)) {
+        return crate::bearer::unauthorized();
+    }
+    super::bulk::accept_batch(&host, &headers, body).await
 }
 
 async fn accept(
@@ -143,7 +155,7 @@ fn refused(err: SendError) -> Response {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+pub(super) fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 

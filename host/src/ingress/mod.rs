@@ -1,5 +1,6 @@
 //! Ingress: network listeners that turn requests into accepted messages.
 
+mod bulk;
 mod http;
 
 pub use http::HttpIngress;

@@ -89,6 +89,11 @@ impl DispatchContext {
         }
     }
 
+    /// Where destinations tell what changed in them.
+    pub(crate) fn events(&self) -> &crate::destination::EventSink {
+        &self.services.events
+    }
+
     /// The transports destinations may name.
     pub(crate) fn transports(&self) -> &TransportRegistry {
         &self.transports
@@ -99,7 +104,8 @@ impl DispatchContext {
     pub(crate) fn cluster(&self, config: &DestinationConfig) -> Arc<dyn QueuedDestination> {
         let factory = self.transports.get(&config.transport).expect("a checked destination's transport");
         let transport = factory.build(config, &self.transport_context);
-        let cluster = Arc::new(Cluster::new(config, transport, &self.services));
+        let endpoints = factory.endpoints(config);
+        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services));
         cluster.start_health_checks(&self.runtime);
         cluster
     }

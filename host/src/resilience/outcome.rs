@@ -84,10 +84,11 @@ impl Outcome {
 }
 
 impl RetryReason {
-    /// Whether the attempt failed before anything was sent, so retrying cannot duplicate work on the
-    /// endpoint (Pingora's `fail_to_connect`). Other reasons are safe to retry only for idempotent work.
-    pub fn is_before_send(&self) -> bool {
-        matches!(self, RetryReason::Connect)
+    /// Whether the endpoint certainly did not take the message, so retrying cannot duplicate work on
+    /// it: nothing was sent (Pingora's `fail_to_connect`), or a plugin or worker answered `retryable`,
+    /// saying it did not take it. Other reasons are safe to retry only for idempotent work.
+    pub fn is_not_taken(&self) -> bool {
+        matches!(self, RetryReason::Connect | RetryReason::Plugin)
     }
 
     /// Whether the request went out and no answer came back (a timeout, a reset mid-exchange): the
@@ -130,9 +131,9 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_errors_are_known_to_have_sent_nothing() {
-        assert!(RetryReason::Connect.is_before_send());
-        assert!(!RetryReason::Timeout.is_before_send());
+    fn only_connect_errors_and_retryable_answers_are_known_not_taken() {
+        assert!(RetryReason::Connect.is_not_taken() && RetryReason::Plugin.is_not_taken());
+        assert!(!RetryReason::Timeout.is_not_taken() && !RetryReason::Status(503).is_not_taken());
         assert!(RetryReason::Reset.is_unanswered() && !RetryReason::Status(503).is_unanswered());
     }
 }

@@ -54,6 +54,8 @@ pub struct HttpOptions {
     pub redirects_ok: bool,
 }
 
+impl super::TransportOptions for HttpOptions {}
+
 /// The `http` transport of `destination`: its pool settings, replies up to the host's largest message.
 pub(super) fn build(
     options: HttpOptions,

@@ -16,15 +16,23 @@
 //! [`TransportRegistry::builtin`]; an embedder registers its own with
 //! [`HostBuilder::transport`](crate::HostBuilder::transport).
 
+mod answers;
+mod file;
 mod http;
 pub mod plugin;
 mod pool;
 mod registry;
+mod restart;
+mod subprocess;
 mod tcp;
 
+pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
-pub use registry::{TransportContext, TransportFactory, TransportRegistry, Typed, typed};
+pub use registry::{
+    SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,
+};
+pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;
 
 use crate::config::HealthSettings;

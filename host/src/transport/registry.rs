@@ -2,7 +2,7 @@
 //! check a destination's `options` and build its transport.
 
 use super::Transport;
-use crate::config::{Config, ConfigError, DestinationConfig};
+use crate::config::{Config, ConfigError, DestinationConfig, EndpointConfig};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -10,13 +10,45 @@ use std::sync::Arc;
 
 /// Builds the transport of a destination; one per registry entry.
 pub trait TransportFactory: Send + Sync + 'static {
-    /// Check `destination`'s `options` (and, for a `scheme:NAME` entry, its `transport` string): the
-    /// problem when they are wrong. Called whenever a configuration is validated, before any build.
-    fn check(&self, destination: &DestinationConfig) -> Result<(), String>;
+    /// Check `destination`'s `options` and endpoints (and, for a `scheme:NAME` entry, its `transport`
+    /// string). Called whenever a configuration is validated, before any build.
+    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError>;
 
-    /// The transport of `destination`, whose options passed [`check`](TransportFactory::check); called
-    /// when a topology takes a new or changed destination (an unchanged one keeps its transport).
+    /// The endpoints of `destination` (which passed [`check`](TransportFactory::check)): those it lists
+    /// for a network peer, or ones the transport names itself (a pool of processes, a file).
+    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig>;
+
+    /// The transport of `destination`, which passed [`check`](TransportFactory::check); called when a
+    /// topology takes a new or changed destination (an unchanged one keeps its transport).
     fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport>;
+}
+
+/// What is wrong with a destination's settings for its transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    /// The destination's field, e.g. `options` or `endpoints`.
+    pub field: &'static str,
+    /// The offending value, as written.
+    pub value: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The options of a [`typed`] transport, deserialized from a destination's `options = {..}` (make the
+/// type `#[serde(deny_unknown_fields)]` so that a misspelt key is refused).
+pub trait TransportOptions: DeserializeOwned + 'static {
+    /// The endpoints of a destination with these options that lists `listed`, or what is wrong with
+    /// them. By default, those listed, and at least one: a transport to network peers.
+    fn endpoints(&self, listed: &[EndpointConfig]) -> Result<Vec<EndpointConfig>, SettingError> {
+        match listed.is_empty() {
+            true => Err(SettingError {
+                field: "endpoints",
+                value: "\"[]\"".into(),
+                problem: "a network destination needs at least one endpoint".into(),
+            }),
+            false => Ok(listed.to_vec()),
+        }
+    }
 }
 
 /// What a transport may use of its host.
@@ -30,8 +62,7 @@ pub struct TransportContext {
     pub engine: Arc<crate::plugin::PluginEngine>,
 }
 
-/// A [`TransportFactory`] whose options are the type `O` (deserialized from `options = {..}`; make it
-/// `#[serde(deny_unknown_fields)]` so that a misspelt key is refused) and whose transport `build` makes.
+/// A [`TransportFactory`] whose options are the type `O` and whose transport `build` makes.
 pub struct Typed<O, F> {
     build: F,
     options: PhantomData<fn() -> O>,
@@ -40,29 +71,35 @@ pub struct Typed<O, F> {
 /// A factory for a transport with options of type `O`, built by `build(options, destination, context)`.
 pub fn typed<O, F>(build: F) -> Typed<O, F>
 where
-    O: DeserializeOwned + 'static,
+    O: TransportOptions,
     F: Fn(O, &DestinationConfig, &TransportContext) -> Arc<dyn Transport> + Send + Sync + 'static,
 {
     Typed { build, options: PhantomData }
 }
 
-impl<O, F> Typed<O, F>
-where
-    O: DeserializeOwned,
-{
-    fn options(destination: &DestinationConfig) -> Result<O, String> {
+impl<O: TransportOptions, F> Typed<O, F> {
+    fn options(destination: &DestinationConfig) -> Result<O, SettingError> {
         let table = toml::Value::Table(destination.options.clone());
-        O::deserialize(table).map_err(|err| err.message().trim_end().to_owned())
+        O::deserialize(table).map_err(|err| SettingError {
+            field: "options",
+            value: crate::config::inline_table(&destination.options),
+            problem: err.message().trim_end().to_owned(),
+        })
     }
 }
 
 impl<O, F> TransportFactory for Typed<O, F>
 where
-    O: DeserializeOwned + 'static,
+    O: TransportOptions,
     F: Fn(O, &DestinationConfig, &TransportContext) -> Arc<dyn Transport> + Send + Sync + 'static,
 {
-    fn check(&self, destination: &DestinationConfig) -> Result<(), String> {
-        Self::options(destination).map(drop)
+    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError> {
+        Self::options(destination)?.endpoints(&destination.endpoints).map(drop)
+    }
+
+    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig> {
+        let options = Self::options(destination).expect("options are checked before endpoints are asked for");
+        options.endpoints(&destination.endpoints).expect("endpoints are checked before they are asked for")
     }
 
     fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
@@ -95,7 +132,9 @@ impl TransportRegistry {
     /// The transports every host has.
     pub fn builtin() -> TransportRegistry {
         let mut registry = TransportRegistry { factories: BTreeMap::new() };
+        registry.insert("file", typed(super::file::build));
         registry.insert("http", typed(super::http::build));
+        registry.insert("subprocess", typed(super::subprocess::build));
         registry.insert("tcp", typed(super::tcp::build));
         registry.insert("plugin:", super::plugin::PluginTransportFactory);
         registry
@@ -135,13 +174,7 @@ impl TransportRegistry {
                 let problem = format!("unknown transport (known: {})", known.join(", "));
                 return Err(invalid("transport", format!("\"{}\"", destination.transport), problem));
             };
-            if destination.transport.ends_with(':') {
-                let problem = format!("names no NAME, as in \"{}NAME\"", destination.transport);
-                return Err(invalid("transport", format!("\"{}\"", destination.transport), problem));
-            }
-            factory.check(destination).map_err(|problem| {
-                invalid("options", crate::config::inline_table(&destination.options), problem)
-            })?;
+            factory.check(destination).map_err(|err| invalid(err.field, err.value, err.problem))?;
         }
         Ok(())
     }

@@ -23,6 +23,8 @@ const MAX_FRAME: u32 = 16 << 20;
 #[serde(deny_unknown_fields)]
 pub struct TcpOptions {}
 
+impl super::TransportOptions for TcpOptions {}
+
 /// The `tcp` transport of `destination`, with its pool settings.
 pub(super) fn build(
     _options: TcpOptions,

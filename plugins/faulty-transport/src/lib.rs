@@ -54,8 +54,9 @@ impl Transport for FaultyTransport {
         }
         let payload = message.payload.unwrap_or_default();
         let mut echoed = vec![0; payload.len()];
-        let exchanged = echo.stream.write_all(payload).and_then(|()| echo.stream.read_exact(&mut echoed));
-        exchanged.map_err(|err| Error::retryable(format!("echo: {err}")))?;
+        echo.stream.write_all(payload).map_err(|err| Error::retryable(format!("echo, sending: {err}")))?;
+        let echoed_back = echo.stream.read_exact(&mut echoed);
+        echoed_back.map_err(|err| Error::failed(format!("echo, sent, no answer: {err}")))?;
         Ok(Some(OwnedMessage::from(message).with_payload(echoed)))
     }
 }

@@ -6,7 +6,9 @@
 //! `xadd` (`XADD key * payload <payload> id <x-sy-id>`; the reply's payload is
 //! the new entry's id). A Redis error reply is `rejected` (dead-lettered with
 //! its text), except the transient ones (`LOADING`, `BUSY`, `TRYAGAIN`,
-//! `MASTERDOWN`, ...), which are `retryable`, as are I/O errors.
+//! `MASTERDOWN`, ...), which are `retryable` (not executed), as is a failed
+//! connect or write (Redis runs only whole commands). A connection lost
+//! after the command went out is `failed`: Redis may have run it.
 
 mod resp;
 
@@ -50,7 +52,7 @@ impl Transport for RedisTransport {
     fn open(address: &str) -> Result<Connection, Error> {
         let stream =
             TcpStream::connect(address).map_err(|err| Error::retryable(format!("connect: {err}")))?;
-        stream.set_nodelay(true).map_err(io_error)?;
+        stream.set_nodelay(true).map_err(|err| Error::retryable(format!("connect: {err}")))?;
         Ok(Connection { stream: BufReader::new(stream) })
     }
 
@@ -77,10 +79,10 @@ impl Transport for RedisTransport {
 impl Connection {
     /// Send one command and read its reply: the answer's bytes, or the error.
     fn call(&mut self, args: &[&[u8]]) -> Result<Vec<u8>, Error> {
-        write_command(self.stream.get_mut(), args)
-            .and_then(|()| self.stream.get_mut().flush())
-            .map_err(io_error)?;
-        match read_reply(&mut self.stream).map_err(io_error)? {
+        let sent = write_command(self.stream.get_mut(), args).and_then(|()| self.stream.get_mut().flush());
+        sent.map_err(|err| Error::retryable(format!("redis connection, sending: {err}")))?;
+        let reply = read_reply(&mut self.stream);
+        match reply.map_err(|err| Error::failed(format!("redis connection, sent, no answer: {err}")))? {
             Reply::Value(answer) => Ok(answer),
             Reply::Null => Ok(Vec::new()),
             Reply::Error(text) if TRANSIENT.iter().any(|code| text.starts_with(code)) => {
@@ -89,10 +91,6 @@ impl Connection {
             Reply::Error(text) => Err(Error::rejected(format!("redis: {text}"))),
         }
     }
-}
-
-fn io_error(err: std::io::Error) -> Error {
-    Error::retryable(format!("redis connection: {err}"))
 }
 
 export_transport!(RedisTransport);

@@ -69,7 +69,7 @@ impl Cluster {
             attempts += 1;
             drop(retry_permit.take());
             let safe =
-                self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_before_send());
+                self.idempotent || matches!(&outcome, Outcome::Retryable(reason) if reason.is_not_taken());
             maybe_delivered |= matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
             if !(outcome.is_retryable() && safe) || attempts >= self.retry.attempts {
                 let fatal = !(outcome.is_retryable() && safe);
@@ -177,13 +177,15 @@ impl Cluster {
             endpoint.refused_at.store(if refused { endpoint.stamp(finished) } else { 0 }, Relaxed);
         }
         lock(&endpoint.latency).observe(finished - started, finished.into_std());
-        endpoint.metrics.attempts[match &outcome {
+        let kind = match &outcome {
             Outcome::Ok => 0,
             Outcome::Retryable(_) => 1,
             Outcome::Fatal(_) => 2,
             Outcome::Shed => 3,
-        }]
-        .inc();
+        };
+        endpoint.metrics.attempts[kind].inc();
+        self.transport_metrics.attempts[kind].inc();
+        self.transport_metrics.latency.observe(finished - started);
         let problem = result.as_ref().err().map_or("", String::as_str);
         if let Some(transition) = permit.report(&outcome, finished) {
             self.breaker_changed(endpoint, transition, problem);

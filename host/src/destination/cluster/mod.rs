@@ -15,7 +15,7 @@
 use super::plugin_balancer::HotPluginBalancer;
 use super::{DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
 use crate::balance::BalancerConfig;
-use crate::config::{DestinationConfig, HealthSettings};
+use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{
     BreakerConfig, BreakerState, EjectionBackoff, EligibilityPolicy, FailureRate, HealthState,
@@ -67,6 +67,8 @@ pub struct Cluster {
     health_checks: Option<HealthSettings>,
     events: EventSink,
     retries: Counter,
+    /// Attempts and their durations, by transport.
+    transport_metrics: crate::metrics::TransportMetrics,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -81,6 +83,7 @@ impl Cluster {
     /// Active health checks start with [`Cluster::start_health_checks`].
     pub(crate) fn new(
         config: &DestinationConfig,
+        endpoints: &[EndpointConfig],
         transport: Arc<dyn Transport>,
         host: &HostServices,
     ) -> Cluster {
@@ -98,8 +101,8 @@ impl Cluster {
                 ..EjectionBackoff::default()
             },
         };
-        let endpoints = config
-            .endpoints
+        let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
+        let endpoints = endpoints
             .iter()
             .map(|endpoint| {
                 let metrics = metrics.endpoint(&config.name, &endpoint.address);
@@ -111,12 +114,9 @@ impl Cluster {
             endpoints,
             hash_header: balancer.hash_header().map(str::to_owned),
             balancer: match &balancer {
-                BalancerConfig::Plugin { name } => Picker::Plugin(HotPluginBalancer::new(
-                    &config.name,
-                    name,
-                    config.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
-                    host,
-                )),
+                BalancerConfig::Plugin { name } => {
+                    Picker::Plugin(HotPluginBalancer::new(&config.name, name, addresses, host))
+                }
                 built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
             transport,
@@ -138,6 +138,7 @@ impl Cluster {
             health_checks: config.health.clone(),
             events: host.events.clone(),
             retries: metrics.retries(&config.name),
+            transport_metrics: metrics.transport(&config.transport, &config.name),
         }
     }
 

@@ -2,8 +2,8 @@
 //! config, and the [`PluginTransport`] a destination gets.
 
 use super::{PluginTransport, PluginTransportConfig};
-use crate::config::DestinationConfig;
-use crate::transport::{Transport, TransportContext, TransportFactory};
+use crate::config::{DestinationConfig, EndpointConfig};
+use crate::transport::{SettingError, Transport, TransportContext, TransportFactory};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,31 +30,56 @@ impl Default for PluginOptions {
     }
 }
 
-/// The registry entry `plugin:`, serving every `plugin:NAME`.
+/// The registry entry `plugin:`, serving every `plugin:NAME`: a destination
+/// of network endpoints (at least one) that its plugin reaches.
 #[derive(Debug, Default)]
 pub struct PluginTransportFactory;
 
 impl PluginTransportFactory {
     /// The plugin's name (`NAME` of `plugin:NAME`) and the options.
-    fn options(destination: &DestinationConfig) -> Result<(&str, PluginOptions), String> {
+    fn settings(destination: &DestinationConfig) -> Result<(&str, PluginOptions), SettingError> {
         let name = destination.transport.strip_prefix("plugin:").unwrap_or_default();
+        if name.is_empty() {
+            return Err(SettingError {
+                field: "transport",
+                value: format!("\"{}\"", destination.transport),
+                problem: "names no plugin, as in \"plugin:NAME\"".into(),
+            });
+        }
+        let invalid = |problem: String| SettingError {
+            field: "options",
+            value: crate::config::inline_table(&destination.options),
+            problem,
+        };
         let table = toml::Value::Table(destination.options.clone());
-        let options: PluginOptions =
-            serde::Deserialize::deserialize(table).map_err(|err| err.message().trim_end().to_owned())?;
+        let options: PluginOptions = serde::Deserialize::deserialize(table)
+            .map_err(|err| invalid(err.message().trim_end().to_owned()))?;
         if !(1..=MAX_LANES).contains(&options.lanes) {
-            return Err(format!("lanes = {}: must be 1 to {MAX_LANES}", options.lanes));
+            return Err(invalid(format!("lanes = {}: must be 1 to {MAX_LANES}", options.lanes)));
+        }
+        if destination.endpoints.is_empty() {
+            return Err(SettingError {
+                field: "endpoints",
+                value: "\"[]\"".into(),
+                problem: "a plugin transport needs at least one endpoint to reach".into(),
+            });
         }
         Ok((name, options))
     }
 }
 
 impl TransportFactory for PluginTransportFactory {
-    fn check(&self, destination: &DestinationConfig) -> Result<(), String> {
-        PluginTransportFactory::options(destination).map(drop)
+    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError> {
+        PluginTransportFactory::settings(destination).map(drop)
+    }
+
+    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig> {
+        destination.endpoints.clone()
     }
 
     fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
-        let (plugin, options) = PluginTransportFactory::options(destination).expect("checked before a build");
+        let (plugin, options) =
+            PluginTransportFactory::settings(destination).expect("checked before a build");
         let config = PluginTransportConfig {
             destination: destination.name.clone(),
             plugin: plugin.to_owned(),

@@ -1,0 +1,144 @@
+//! Bulk HTTP ingress: `POST /v1/messages` carries many messages, admitted as one batch.
+//!
+//! The body is NDJSON (`content-type: application/x-ndjson`, one message per line) or a JSON array
+//! (any other type) of `{"topic": …, "headers": {…}, "payload": "…"}` objects; `payload_base64`
+//! carries bytes that are not UTF-8, `priority` 0–255 is optional. The whole body is read and parsed
+//! before anything is admitted: a body that does not parse is a `400` naming the line or position,
+//! and nothing of it is accepted. Each message is then checked and admitted like a single POST's
+//! (`x-sy-` headers are the host's: refused), and the answer lists a result per message, in order:
+//! `{"id": "<x-sy-id>"}` or `{"error": "…", "status": 400|413|503}`. The status is `200` when any was
+//! accepted, `503` + `Retry-After` when none was for lack of room, `400`/`413` otherwise.
+
+use crate::host::{Host, SendError};
+use crate::message::{ID_HEADER, Message, unique_id};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The most messages one request may carry.
+pub(super) const MAX_BATCH: usize = 10_000;
+
+/// One message of a bulk request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkMessage {
+    topic: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    payload: Option<String>,
+    payload_base64: Option<String>,
+    #[serde(default)]
+    priority: u8,
+}
+
+/// Accept the messages of a bulk request (see the module docs).
+pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) -> Response {
+    let ndjson =
+        headers.get("content-type").is_some_and(|kind| kind.as_bytes().starts_with(b"application/x-ndjson"));
+    let parsed = match ndjson {
+        true => parse_ndjson(&body),
+        false => serde_json::from_slice::<Vec<BulkMessage>>(&body)
+            .map_err(|err| format!("not a JSON array of messages: {err}")),
+    };
+    let bulk = match parsed {
+        Ok(bulk) if bulk.is_empty() => {
+            return super::http::error(StatusCode::BAD_REQUEST, "no messages".into());
+        }
+        Ok(bulk) if bulk.len() > MAX_BATCH => {
+            let problem = format!("{} messages: at most {MAX_BATCH} per request", bulk.len());
+            return super::http::error(StatusCode::PAYLOAD_TOO_LARGE, problem);
+        }
+        Ok(bulk) => bulk,
+        Err(problem) => return super::http::error(StatusCode::BAD_REQUEST, problem),
+    };
+    let mut results: Vec<Result<String, SendError>> = Vec::with_capacity(bulk.len());
+    let mut admissible = Vec::with_capacity(bulk.len());
+    for (at, message) in bulk.into_iter().enumerate() {
+        match message_of(message) {
+            Ok(message) => {
+                results.push(Ok(message.unique_id().expect("given above").to_owned()));
+                admissible.push((at, message));
+            }
+            Err(problem) => results.push(Err(SendError::Malformed(problem))),
+        }
+    }
+    let (positions, messages): (Vec<usize>, Vec<Message>) = admissible.into_iter().unzip();
+    for (at, admitted) in positions.into_iter().zip(host.try_send_batch(messages)) {
+        if let Err(err) = admitted {
+            results[at] = Err(err);
+        }
+    }
+    answer(results)
+}
+
+/// The messages of an NDJSON body, blank lines skipped.
+fn parse_ndjson(body: &[u8]) -> Result<Vec<BulkMessage>, String> {
+    let lines = body.split(|byte| *byte == b'\n').enumerate();
+    let lines = lines.filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
+    lines
+        .map(|(at, line)| serde_json::from_slice(line).map_err(|err| format!("line {}: {err}", at + 1)))
+        .collect()
+}
+
+/// The message `bulk` describes, with a new unique id, or why it is refused.
+fn message_of(bulk: BulkMessage) -> Result<Message, String> {
+    let payload = match (bulk.payload, bulk.payload_base64) {
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|err| format!("payload_base64: {err}"))?
+            .into(),
+        (None, None) => Bytes::new(),
+        (Some(_), Some(_)) => return Err("both payload and payload_base64: give one".into()),
+    };
+    let mut message = Message::new(bulk.topic, payload).with_priority(bulk.priority);
+    for (name, value) in bulk.headers {
+        if name.to_ascii_lowercase().starts_with("x-sy-") {
+            return Err(format!("header {name}: x-sy- headers are the host's to set"));
+        }
+        let valid = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            && HeaderValue::from_str(&value).is_ok();
+        if !valid {
+            return Err(format!("header {name:?}: not a valid header name and visible-ASCII value"));
+        }
+        message.headers.push((name, value));
+    }
+    message.headers.push((ID_HEADER.to_owned(), unique_id()));
+    Ok(message)
+}
+
+/// The answer listing each message's result.
+fn answer(results: Vec<Result<String, SendError>>) -> Response {
+    let accepted = results.iter().filter(|result| result.is_ok()).count();
+    let status_of = |err: &SendError| match err {
+        SendError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        SendError::Malformed(_) => StatusCode::BAD_REQUEST,
+        SendError::Backpressure | SendError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let full = |result: &Result<String, SendError>| {
+        matches!(result, Err(SendError::Backpressure | SendError::ShuttingDown))
+    };
+    let status = match results.iter().find_map(|result| result.as_ref().err()) {
+        _ if accepted > 0 => StatusCode::OK,
+        _ if results.iter().any(full) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(err) => status_of(err),
+        None => StatusCode::OK,
+    };
+    let listed: Vec<serde_json::Value> = results
+        .iter()
+        .map(|result| match result {
+            Ok(id) => serde_json::json!({ "id": id }),
+            Err(err) => serde_json::json!({ "error": err.to_string(), "status": status_of(err).as_u16() }),
+        })
+        .collect();
+    let body =
+        serde_json::json!({ "accepted": accepted, "refused": results.len() - accepted, "results": listed });
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    }
+    response
+}

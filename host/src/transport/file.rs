@@ -1,0 +1,265 @@
+//! The `file` transport: each message appended as one JSON line (as the `log` destination prints it) to
+//! a file whose path may name the message's topic, synced to disk as the options say, rotated by size.
+//!
+//! A line is written whole or not at all: one write per line under the file's lock, and a write that
+//! fails part-way is cut back off the file before the attempt fails (so a retry cannot leave half a
+//! line behind). A rotation renames the full file to `PATH.N` (the first free N from 1) and starts an
+//! empty one, so no line is ever lost or split by it. The destination has one endpoint, named by the
+//! path template; its health probe checks that the template's directory exists.
+
+use super::SettingError;
+use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
+use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
+use crate::message::Message;
+use crate::resilience::{FatalReason, Outcome, RetryReason};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// `options = {..}` of a `file` destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOptions {
+    /// The file's path; `{topic}` in it is replaced by the message's topic (a topic holding a path
+    /// separator is refused). Relative to the working directory.
+    pub path: String,
+    /// When written lines are synced to disk: `"every"` line before it counts as delivered (the
+    /// default), `"never"` (the system decides), or a number of milliseconds: at most that long after
+    /// a line was written.
+    #[serde(default)]
+    pub fsync: Fsync,
+    /// Start a new file once the current one would grow past this many bytes (never, when unset).
+    pub max_bytes: Option<u64>,
+}
+
+/// When a `file` destination syncs what it wrote to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Fsync {
+    /// `"every"` or `"never"`.
+    Policy(FsyncPolicy),
+    /// At most this many milliseconds after a line was written.
+    IntervalMs(u64),
+}
+
+/// The named fsync policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// Each line is on disk before the message counts as delivered.
+    #[default]
+    Every,
+    /// The operating system writes back when it likes.
+    Never,
+}
+
+impl Default for Fsync {
+    fn default() -> Fsync {
+        Fsync::Policy(FsyncPolicy::Every)
+    }
+}
+
+impl TransportOptions for FileOptions {
+    /// One endpoint, named by the path template: the transport lists none.
+    fn endpoints(&self, listed: &[EndpointConfig]) -> Result<Vec<EndpointConfig>, SettingError> {
+        if let Some(listed) = listed.first() {
+            let problem = "the file transport has no endpoints: it writes to options.path".into();
+            return Err(SettingError { field: "endpoints", value: format!("{:?}", listed.address), problem });
+        }
+        if matches!(self.fsync, Fsync::IntervalMs(0)) || self.max_bytes == Some(0) {
+            let problem = "fsync milliseconds and max_bytes must be at least 1".into();
+            let value = format!("fsync = {:?}, max_bytes = {:?}", self.fsync, self.max_bytes);
+            return Err(SettingError { field: "options", value, problem });
+        }
+        Ok(vec![EndpointConfig { address: self.path.clone(), weight: 1 }])
+    }
+}
+
+/// The `file` transport of `destination`; with an fsync interval, a task syncs on that beat while
+/// the transport lives.
+pub(super) fn build(
+    options: FileOptions,
+    destination: &DestinationConfig,
+    _context: &TransportContext,
+) -> Arc<dyn Transport> {
+    let files = Arc::new(Files { options, destination: destination.name.clone(), open: Mutex::default() });
+    if let (Fsync::IntervalMs(ms), Ok(runtime)) = (files.options.fsync, tokio::runtime::Handle::try_current())
+    {
+        runtime.spawn(sync_every(Arc::downgrade(&files), Duration::from_millis(ms)));
+    }
+    Arc::new(FileTransport(files))
+}
+
+/// Appends JSON lines to files; see the module docs.
+#[derive(Debug)]
+pub struct FileTransport(Arc<Files>);
+
+/// The open files of one destination, by path.
+#[derive(Debug)]
+struct Files {
+    options: FileOptions,
+    destination: String,
+    open: Mutex<HashMap<PathBuf, Arc<Mutex<OpenFile>>>>,
+}
+
+/// One file being appended to.
+#[derive(Debug)]
+struct OpenFile {
+    file: File,
+    /// Its length: where the next line starts.
+    len: u64,
+    /// Whether lines were written since the last sync.
+    unsynced: bool,
+    /// When it was last synced.
+    synced_at: Instant,
+}
+
+impl Files {
+    /// Append `line` to `path`, rotating first if it would pass `max_bytes`, and sync as the policy says.
+    fn append(&self, path: &Path, line: &[u8]) -> std::io::Result<()> {
+        let file = self.file(path)?;
+        let mut file = lock(&file);
+        if let Some(max_bytes) =
+            self.options.max_bytes.filter(|max| file.len > 0 && file.len + line.len() as u64 > *max)
+        {
+            tracing::debug!(path = %path.display(), max_bytes, "rotating");
+            *file = rotate(path, &mut file)?;
+        }
+        if let Err(err) = file.file.write_all(line) {
+            // Cut a partly written line back off, so no retry leaves half a line before the whole one.
+            let _ = file.file.set_len(file.len);
+            return Err(err);
+        }
+        file.len += line.len() as u64;
+        file.unsynced = true;
+        let due = match self.options.fsync {
+            Fsync::Policy(FsyncPolicy::Every) => true,
+            Fsync::Policy(FsyncPolicy::Never) => false,
+            Fsync::IntervalMs(ms) => file.synced_at.elapsed() >= Duration::from_millis(ms),
+        };
+        if due {
+            file.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The open file at `path`, opened (created, for appending) now if it is not.
+    fn file(&self, path: &Path) -> std::io::Result<Arc<Mutex<OpenFile>>> {
+        let mut open = lock(&self.open);
+        if let Some(file) = open.get(path) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(Mutex::new(OpenFile::append(path)?));
+        open.insert(path.to_owned(), file.clone());
+        Ok(file)
+    }
+
+    /// Sync every file with unsynced lines.
+    fn sync_all(&self) {
+        let files: Vec<_> = lock(&self.open).values().cloned().collect();
+        for file in files {
+            let mut file = lock(&file);
+            if file.unsynced
+                && let Err(err) = file.sync()
+            {
+                tracing::warn!(destination = %self.destination, %err, "fsync failed");
+            }
+        }
+    }
+
+    /// The path `message` goes to, or why it cannot go anywhere.
+    fn path_of(&self, message: &Message) -> Result<PathBuf, String> {
+        let topic = &message.topic;
+        if topic.contains(['/', '\\']) && self.options.path.contains("{topic}") {
+            return Err(format!("topic {topic:?} holds a path separator: it cannot name a file"));
+        }
+        Ok(PathBuf::from(self.options.path.replace("{topic}", topic)))
+    }
+}
+
+impl OpenFile {
+    fn append(path: &Path) -> std::io::Result<OpenFile> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(OpenFile { file, len, unsynced: false, synced_at: Instant::now() })
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        (self.unsynced, self.synced_at) = (false, Instant::now());
+        Ok(())
+    }
+}
+
+/// Sync and close `file` at `path`, rename it to `PATH.N` (the first N from 1 that is free), and open
+/// a new, empty one in its place.
+fn rotate(path: &Path, file: &mut OpenFile) -> std::io::Result<OpenFile> {
+    file.sync()?;
+    let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+    let free = (1..).map(numbered).find(|candidate| !candidate.exists()).expect("some number is free");
+    std::fs::rename(path, free)?;
+    OpenFile::append(path)
+}
+
+/// Sync `files` every `interval` while they are in use.
+async fn sync_every(files: Weak<Files>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        let Some(files) = files.upgrade() else { return };
+        // Syncing blocks: off the runtime's threads.
+        if tokio::task::spawn_blocking(move || files.sync_all()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl FileTransport {
+    async fn write(&self, message: &Message) -> AttemptResult {
+        let path =
+            self.0.path_of(message).map_err(|problem| (Outcome::Fatal(FatalReason::Rejected), problem))?;
+        let mut line = message.json_line(&self.0.destination).into_bytes();
+        line.push(b'\n');
+        let files = self.0.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let written = files.append(&path, &line);
+            written.map_err(|err| format!("{}: {err}", path.display()))
+        });
+        match written.await {
+            Ok(Ok(())) => Ok(None),
+            // Nothing of the line stays in the file: as safe to retry as a refused connection.
+            Ok(Err(problem)) => Err((Outcome::Retryable(RetryReason::Connect), problem)),
+            Err(err) => {
+                Err((Outcome::Retryable(RetryReason::Connect), format!("the write did not finish: {err}")))
+            }
+        }
+    }
+}
+
+impl Transport for FileTransport {
+    fn attempt<'a>(&'a self, _address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
+        Box::pin(self.write(message))
+    }
+
+    /// The directory the path template names exists.
+    fn probe<'a>(&'a self, _address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
+        let template = PathBuf::from(&self.0.options.path);
+        let dir = template.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let found = match dir.to_string_lossy().contains("{topic}") {
+            true => Ok(()),
+            false => match std::fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(format!("{}: not a directory", dir.display())),
+                Err(err) => Err(format!("{}: {err}", dir.display())),
+            },
+        };
+        Box::pin(std::future::ready(found))
+    }
+}

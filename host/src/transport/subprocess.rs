@@ -1,0 +1,250 @@
+//! The `subprocess` transport: a pool of child processes, each an endpoint, speaking JSON lines.
+//!
+//! Each message goes to one process's standard input as one JSON line (as the `log` destination prints
+//! it), whose `id` is a number unique to this attempt (the message's own identity, for deduplication,
+//! is its `x-sy-id` header). The process answers each on standard output, in any order, with one JSON
+//! line carrying the same `id` (the format: [`answers`](super::answers)). Its standard error goes to
+//! the host's log, a line at a time.
+//!
+//! A process that exits fails the messages it held (retried as the destination's `idempotent` allows:
+//! it may have acted on them) and is started again at the next attempt sent to it, after a backoff
+//! ([`restart`](super::restart)); its endpoint is left out meanwhile, like one refusing connections.
+//! When the destination goes (a reload without it, a shutdown), each process's standard input is
+//! closed so it can finish and exit; one still running 5 s later is killed.
+
+use super::answers::Pending;
+use super::restart::{Peer, Restarting};
+use super::{AttemptFuture, AttemptResult, ProbeFuture, SettingError, Transport, TransportContext};
+use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
+use crate::message::Message;
+use crate::resilience::{Outcome, RetryReason};
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::sync::CancellationToken;
+
+/// Longest line read from a process's standard error; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Longest answer line read from a process's standard output.
+const MAX_ANSWER_LINE: usize = 64 << 20;
+
+/// How long a process may take to exit once its standard input is closed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// `options = {..}` of a `subprocess` destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubprocessOptions {
+    /// The program and its arguments, e.g. `["python3", "worker.py"]`.
+    pub command: Vec<String>,
+    /// Environment variables set for it (on top of the host's).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Its working directory (the host's when unset).
+    pub cwd: Option<PathBuf>,
+    /// How many processes run, each an endpoint (1 to 64; default 1).
+    #[serde(default = "one")]
+    pub processes: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl super::TransportOptions for SubprocessOptions {
+    /// One endpoint per process, `PROGRAM#N`: the transport lists none.
+    fn endpoints(&self, listed: &[EndpointConfig]) -> Result<Vec<EndpointConfig>, SettingError> {
+        let invalid = |field, value: String, problem: &str| {
+            Err(SettingError { field, value, problem: problem.to_owned() })
+        };
+        if let Some(listed) = listed.first() {
+            let problem = "the subprocess transport has no endpoints: its processes are (options.processes)";
+            return invalid("endpoints", format!("{:?}", listed.address), problem);
+        }
+        let Some(program) = self.command.first().filter(|program| !program.is_empty()) else {
+            return invalid("options", format!("command = {:?}", self.command), "names no program");
+        };
+        if !(1..=64).contains(&self.processes) {
+            return invalid("options", format!("processes = {}", self.processes), "must be 1 to 64");
+        }
+        let name = |n| EndpointConfig { address: format!("{program}#{n}"), weight: 1 };
+        Ok((1..=self.processes).map(name).collect())
+    }
+}
+
+/// The `subprocess` transport of `destination`; no process starts before its first attempt.
+pub(super) fn build(
+    options: SubprocessOptions,
+    destination: &DestinationConfig,
+    _context: &TransportContext,
+) -> Arc<dyn Transport> {
+    let endpoints = super::TransportOptions::endpoints(&options, &[]).expect("checked options");
+    let slots = endpoints.into_iter().map(|endpoint| (endpoint.address, Restarting::default())).collect();
+    Arc::new(SubprocessTransport { options: Arc::new(options), destination: destination.name.clone(), slots })
+}
+
+/// Child processes speaking JSON lines; see the module docs.
+#[derive(Debug)]
+pub struct SubprocessTransport {
+    options: Arc<SubprocessOptions>,
+    destination: String,
+    /// One process per endpoint, by its address.
+    slots: HashMap<String, Restarting<Running>>,
+}
+
+/// A running process: where messages go, and who waits for which answer.
+#[derive(Debug)]
+struct Running {
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    /// Cancelled when the destination goes: the process is asked to exit (its input closed).
+    closing: CancellationToken,
+    /// Messages sent and not answered yet; closed once the process exited.
+    pending: Arc<Pending>,
+}
+
+impl Peer for Running {
+    fn ended(&self) -> bool {
+        self.pending.is_closed()
+    }
+}
+
+impl SubprocessTransport {
+    /// The process of `address`, started now if none runs and its backoff is over.
+    async fn process(&self, address: &str) -> Result<Arc<Running>, String> {
+        let slot = self.slots.get(address).ok_or_else(|| format!("no process {address}"))?;
+        let start = || async {
+            self.spawn(address).map_err(|err| format!("cannot start {:?}: {err}", self.options.command))
+        };
+        slot.get(start).await
+    }
+
+    /// Start the process of `address`, and the tasks reading its output and awaiting its exit.
+    fn spawn(&self, address: &str) -> std::io::Result<Running> {
+        let options = &self.options;
+        let mut command = Command::new(&options.command[0]);
+        command.args(&options.command[1..]).envs(&options.env).kill_on_drop(true);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(cwd) = &options.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn()?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let (closing, pending) = (CancellationToken::new(), Arc::new(Pending::default()));
+        let running = Running {
+            stdin: tokio::sync::Mutex::new(child.stdin.take()),
+            closing: closing.clone(),
+            pending: pending.clone(),
+        };
+        let (destination, process) = (self.destination.clone(), address.to_owned());
+        tracing::info!(%destination, %process, pid = child.id(), "process started");
+        if let Some(stderr) = stderr {
+            let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LOG_LINE));
+            let (destination, process) = (destination.clone(), process.clone());
+            tokio::spawn(async move {
+                while let Some(line) = lines.next().await {
+                    let Ok(line) = line else { continue };
+                    let line = crate::bounded_text::one_line(&line, MAX_LOG_LINE);
+                    tracing::info!(%destination, %process, "stderr: {line}");
+                }
+            });
+        }
+        tokio::spawn(async move {
+            if let Some(stdout) = stdout {
+                tokio::select! {
+                    () = read_answers(stdout, &pending, &destination, &process) => {}
+                    () = closing.cancelled() => {}
+                }
+            }
+            let status = wait_for_exit(child, closing.is_cancelled()).await;
+            // Everyone still waiting learns it.
+            pending.close();
+            tracing::warn!(%destination, %process, %status, "process exited");
+        });
+        Ok(running)
+    }
+
+    async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
+        let refused = |err| (Outcome::Retryable(RetryReason::Connect), err);
+        let running = self.process(address).await.map_err(refused)?;
+        let mut waiting = running.pending.wait().ok_or_else(|| refused("the process exited".into()))?;
+        let sent = Message { id: waiting.id, ..message.clone() };
+        let mut line = sent.json_line(&self.destination).into_bytes();
+        line.push(b'\n');
+        let written = match running.stdin.lock().await.as_mut() {
+            Some(stdin) => stdin.write_all(&line).await.map_err(|err| err.to_string()),
+            None => Err("its standard input is closed".into()),
+        };
+        let reset = |problem: String| (Outcome::Retryable(RetryReason::Reset), problem);
+        written.map_err(|err| reset(format!("writing to the process: {err}")))?;
+        let answer = waiting.answer().await;
+        answer.ok_or_else(|| reset("the process exited before it answered".into()))?.into_result(message)
+    }
+}
+
+/// Hand each answer line of `stdout` to the attempt waiting for its id, until the stream ends.
+async fn read_answers(
+    stdout: tokio::process::ChildStdout,
+    pending: &Pending,
+    destination: &str,
+    process: &str,
+) {
+    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_ANSWER_LINE));
+    while let Some(line) = lines.next().await {
+        let answer = line.map_err(|err| err.to_string()).and_then(|line| {
+            serde_json::from_str(&line)
+                .map_err(|err| format!("{err}: {}", crate::bounded_text::one_line(&line, 200)))
+        });
+        match answer.map(|answer| pending.answer(answer)) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(%destination, %process, "an answer nobody waits for"),
+            Err(err) => tracing::warn!(%destination, %process, "not an answer line: {err}"),
+        }
+    }
+}
+
+/// Wait for `child` to exit, once its output ended or it was asked to (`closing`: the destination
+/// went and closed its input); asked, it is killed if it still runs [`EXIT_GRACE`] later.
+async fn wait_for_exit(mut child: Child, closing: bool) -> String {
+    let waited = match closing {
+        true => tokio::time::timeout(EXIT_GRACE, child.wait()).await,
+        false => Ok(child.wait().await),
+    };
+    let waited = match waited {
+        Ok(waited) => waited,
+        Err(_) => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    waited.map_or_else(|err| format!("unknown status: {err}"), |status| status.to_string())
+}
+
+impl Drop for SubprocessTransport {
+    /// Close every process's standard input: each may finish and exit (see [`wait_for_exit`]).
+    fn drop(&mut self) {
+        for running in self.slots.values().filter_map(Restarting::running) {
+            if let Ok(mut stdin) = running.stdin.try_lock() {
+                stdin.take();
+            }
+            running.closing.cancel();
+        }
+    }
+}
+
+impl Transport for SubprocessTransport {
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
+        Box::pin(self.exchange(address, message))
+    }
+
+    /// The process runs, or can be started now.
+    fn probe<'a>(&'a self, address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
+        Box::pin(async move { self.process(address).await.map(drop) })
+    }
+}

@@ -1,0 +1,118 @@
+//! Bulk HTTP ingress, `POST /v1/messages`: NDJSON or a JSON array admitted as one batch, a result per
+//! message, bad messages refused alone, a bad body refused whole, and a full queue taking what fits.
+
+use crate::routing::gated_host;
+use crate::support::{drain_and_account, host, next, plugin_dir, post, start_ingress, within};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{Notify, Semaphore};
+
+const CONFIG: &str = "[host]\nworkers = 2\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+                      queue = { capacity = 100000 }\n[[route]]\nname = \"all\"\nto = \"out\"\n";
+
+async fn bulk(addr: std::net::SocketAddr, content_type: &str, body: String) -> (u16, serde_json::Value) {
+    let headers = [("content-type", content_type.to_owned())];
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        let headers: Vec<(&str, &str)> =
+            headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        post(addr, "/v1/messages", &headers, body.as_bytes())
+    })
+    .await
+    .unwrap();
+    (status, serde_json::from_str(&answer).unwrap_or_else(|err| panic!("{err}: {answer}")))
+}
+
+/// The ids a bulk answer gave, in order; `None` for a refused message.
+fn ids(answer: &serde_json::Value) -> Vec<Option<String>> {
+    let results = answer["results"].as_array().expect("results");
+    results.iter().map(|result| result["id"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_and_json_arrays_are_admitted_whole_and_every_message_delivered() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    let lines: Vec<String> = (0..1000)
+        .map(|n| {
+            format!(
+                r#"{{"topic":"orders.eu","headers":{{"x-n":"{n}"}},"payload":"order {n}","priority":{}}}"#,
+                n % 3
+            )
+        })
+        .collect();
+    let (status, answer) = bulk(addr, "application/x-ndjson", lines.join("\n") + "\n").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["accepted"].as_u64(), answer["refused"].as_u64()), (Some(1000), Some(0)));
+    let array = r#"[{"topic":"bytes","payload_base64":"AAH/"},{"topic":"empty"}]"#;
+    let (status, second) = bulk(addr, "application/json", array.to_owned()).await;
+    assert_eq!((status, second["accepted"].as_u64()), (200, Some(2)), "{second}");
+    let given: Vec<String> = ids(&answer).into_iter().chain(ids(&second)).map(Option::unwrap).collect();
+    let out = host.memory("out").unwrap();
+    let mut delivered = HashSet::new();
+    for _ in 0..1002 {
+        let message = next(&out).await;
+        if message.topic == "bytes" {
+            assert_eq!(&message.payload[..], [0, 1, 255]);
+        }
+        delivered.insert(message.unique_id().unwrap().to_owned());
+    }
+    assert_eq!(
+        delivered,
+        given.into_iter().collect::<HashSet<_>>(),
+        "each answer's id is its message's x-sy-id"
+    );
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1002, 1002));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_message_is_refused_alone_and_a_body_that_does_not_parse_is_refused_whole() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    let mixed = r#"[{"topic":"ok.1"},{"topic":"bad..topic"},{"topic":"ok.2","headers":{"x-sy-id":"mine"}},{"topic":"ok.3"}]"#;
+    let (status, answer) = bulk(addr, "application/json", mixed.to_owned()).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(answer["accepted"].as_u64(), Some(2));
+    assert_eq!(results[1]["status"], 400);
+    assert!(results[1]["error"].as_str().unwrap().contains("empty segment"), "{answer}");
+    assert_eq!(results[2]["status"], 400);
+    assert!(results[2]["error"].as_str().unwrap().contains("x-sy- headers are the host's"), "{answer}");
+    let broken = "{\"topic\":\"a\"}\n{\"topic\":\"b\"}\n{\"topic\":\n";
+    let (status, answer) = bulk(addr, "application/x-ndjson", broken.to_owned()).await;
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().starts_with("line 3: "), "{answer}");
+    let (status, answer) = bulk(addr, "application/json", "[]".to_owned()).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("no messages")));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2), "nothing of a refused body was accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_takes_what_fits_and_answers_503_when_nothing_did() {
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (host, delivered) =
+        gated_host(dir.path(), "[host]\nqueue_capacity = 2\nworkers = 1\nbatch_size = 1", &entered, &gate)
+            .await;
+    host.try_send(switchyard::Message::new("t", "first")).unwrap();
+    within(entered.notified()).await;
+    let addr = start_ingress(&host).await;
+    let five = (0..5).map(|n| format!(r#"{{"topic":"t","payload":"{n}"}}"#)).collect::<Vec<_>>().join("\n");
+    let (status, answer) = bulk(addr, "application/x-ndjson", five.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["accepted"].as_u64(), answer["refused"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(answer["results"][4]["status"], 503);
+    let (status, answer) = bulk(addr, "application/x-ndjson", five).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (503, Some(0)), "{answer}");
+    gate.add_permits(3);
+    let payloads: Vec<_> = [next(&delivered).await, next(&delivered).await, next(&delivered).await]
+        .into_iter()
+        .map(|message| message.payload)
+        .collect();
+    assert_eq!(payloads, ["first", "0", "1"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (3, 3));
+}

@@ -1,0 +1,112 @@
+//! The `file` transport: whole JSON lines, one file per topic when the path names it, rotation that
+//! splits only between lines, and a missing directory or a topic that would escape it handled without
+//! losing a message.
+
+use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use std::collections::HashSet;
+use std::path::Path;
+use switchyard::{Host, Message, RequestError};
+
+fn config(path: &Path, extra: &str) -> String {
+    format!(
+        "[host]\nworkers = 2\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"files\"\ntransport = \"file\"\n\
+         options = {{ path = {:?}{extra} }}\n\
+         [[route]]\nname = \"all\"\nto = \"files\"\n",
+        format!("{}/{{topic}}.jsonl", path.display())
+    )
+}
+
+/// Every line of `path`, each parsed as the JSON object the transport wrote.
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    assert!(text.is_empty() || text.ends_with('\n'), "{}: ends mid-line", path.display());
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect()
+}
+
+async fn send_all(host: &Host, topics: &[&str], count: usize) {
+    let sends = (0..count).map(|n| host.send(Message::new(topics[n % topics.len()], format!("message {n}"))));
+    for sent in futures_util::future::join_all(sends).await {
+        sent.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_one_whole_json_line_in_its_topics_file() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(out.path(), "")).await;
+    send_all(&host, &["orders.eu", "orders.us"], 1000).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1000, 0));
+    let mut payloads = HashSet::new();
+    for topic in ["orders.eu", "orders.us"] {
+        let lines = lines(&out.path().join(format!("{topic}.jsonl")));
+        assert_eq!(lines.len(), 500, "{topic}");
+        for line in lines {
+            assert_eq!(line["topic"], topic);
+            assert_eq!(line["destination"], "files");
+            assert!(payloads.insert(line["payload"].as_str().unwrap().to_owned()), "written twice: {line}");
+        }
+    }
+    assert_eq!(payloads.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_size_splits_only_between_lines_and_loses_none() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(out.path(), ", max_bytes = 4096, fsync = \"never\"")).await;
+    send_all(&host, &["logs"], 600).await;
+    drain_and_account(&host).await;
+    let mut files = vec![out.path().join("logs.jsonl")];
+    files.extend((1..).map(|n| out.path().join(format!("logs.jsonl.{n}"))).take_while(|path| path.exists()));
+    assert!(files.len() >= 10, "600 lines of ~200 bytes rotate at 4 KiB: {files:?}");
+    let mut total = 0;
+    for file in &files {
+        assert!(std::fs::metadata(file).unwrap().len() <= 4096, "{}", file.display());
+        total += lines(file).len();
+    }
+    assert_eq!(total, 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_holding_a_path_separator_is_dead_lettered_and_writes_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let files = out.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&files, "")).await;
+    let answer = within(host.request(Message::new("reports/2026", "out"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains("holds a path separator"), "{error}");
+    drain_and_account(&host).await;
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1, "only the files directory");
+    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_directory_holds_messages_until_it_exists_then_delivers_them_whole() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("later");
+    let dir = plugin_dir(&[]);
+    let config = config(&missing, "")
+        .replace("[[route]]", "breaker = { open_ms = 20 }\nqueue = { timeout_ms = 60000 }\n[[route]]");
+    let host = host(dir.path(), &config).await;
+    send_all(&host, &["jobs"], 50).await;
+    let retries = || {
+        let text = host.metrics().encode();
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "files")])
+    };
+    crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no failed attempt yet"));
+    std::fs::create_dir(&missing).unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (50, 0));
+    assert_eq!(lines(&missing.join("jobs.jsonl")).len(), 50);
+}

@@ -1,0 +1,127 @@
+//! The `subprocess` transport against a real child process (`tests/subprocess/worker.py`): replies
+//! matched by id across a pool of processes, a process that dies restarted with nothing lost, error
+//! answers classified, and processes stopped when their destination goes.
+
+use crate::support::{drain_and_account, eventually, next, plugin_dir, within};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use switchyard::{Config, Host, Message, RequestError};
+
+/// The test worker, or a failure saying how to get Python.
+fn worker() -> PathBuf {
+    let found =
+        std::process::Command::new("python3").arg("--version").output().is_ok_and(|out| out.status.success());
+    assert!(found, "python3 is needed to run the subprocess worker: apt-get install python3");
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/subprocess/worker.py")
+}
+
+fn config(options: &str, extra: &str) -> String {
+    format!(
+        "[host]\nworkers = 2\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"subprocess\"\n\
+         options = {{ command = [\"python3\", {:?}]{options} }}\n\
+         retry = {{ attempts = 3, base_ms = 1, max_ms = 5 }}\n{extra}\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n",
+        worker().display().to_string()
+    )
+}
+
+async fn start(config: &str) -> Host {
+    let dir = plugin_dir(&[]);
+    let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));
+    Host::builder().config("test.toml", config).plugin_dir(dir.path()).build().await.unwrap()
+}
+
+/// Request `count` messages at once; each reply's pid.
+async fn request_all(host: &Host, count: usize) -> Vec<String> {
+    let requests = (0..count).map(|n| async move {
+        let reply = host.request(Message::new("jobs", format!("job {n}"))).await.unwrap().expect("a reply");
+        assert_eq!(&reply.payload[..], format!("JOB {n}").as_bytes(), "the answer to its own message");
+        reply.header("x-pid").expect("the worker's pid").to_owned()
+    });
+    within(futures_util::future::join_all(requests)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_come_back_matched_to_their_messages_across_a_pool_of_processes() {
+    let host = start(&config(", processes = 2", "balancer = \"round-robin\"")).await;
+    let pids: HashSet<String> = request_all(&host, 200).await.into_iter().collect();
+    assert_eq!(pids.len(), 2, "two processes shared the work: {pids:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (200, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_dies_holding_a_message_is_restarted_and_the_message_retried() {
+    let options = ", processes = 2, env = { EXIT_AFTER = \"10\" }";
+    let host = start(&config(options, "idempotent = true\nbreaker = { open_ms = 10 }")).await;
+    let mut pids = HashSet::new();
+    for _ in 0..40 {
+        pids.extend(request_all(&host, 1).await);
+    }
+    assert!(pids.len() >= 4, "each process dies on its 10th message and is started again: {pids:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (40, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_by_a_dying_process_is_uncertain_unless_the_destination_is_idempotent() {
+    let host = start(&config(", env = { EXIT_AFTER = \"1\" }", "")).await;
+    let answer = within(host.request(Message::new("jobs", "first"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-uncertain"));
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains("the process exited before it answered"), "{error}");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_is_dead_lettered_with_its_text_and_a_retryable_one_is_retried() {
+    let host = start(&config("", "")).await;
+    for (payload, code, attempts, text) in [
+        ("reject", "delivery-failed", "1", "rejected by the worker"),
+        ("busy", "delivery-failed", "3", "busy"),
+    ] {
+        let answer = within(host.request(Message::new("jobs", payload))).await;
+        assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+        let letter = next(&host.memory("dead").unwrap()).await;
+        assert_eq!(letter.header("x-sy-dead-letter"), Some(code), "{payload}");
+        assert_eq!(letter.header("x-sy-attempts"), Some(attempts), "{payload}");
+        assert!(letter.header("x-sy-last-error").unwrap().contains(text), "{letter:?}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_destination_stops_its_processes() {
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let text = config(", processes = 2", "balancer = \"round-robin\"");
+    std::fs::write(&config_path, &text).unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let host =
+        Host::builder().config_file(&config_path).unwrap().plugin_dir(plugins.path()).build().await.unwrap();
+    let pids: HashSet<String> = request_all(&host, 10).await.into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    let without = text.replace("to = \"workers\"", "to = \"dead\"");
+    let without = without.replace("transport = \"subprocess\"", "transport = \"memory\"").replace(
+        &format!(
+            "options = {{ command = [\"python3\", {:?}], processes = 2 }}\n",
+            worker().display().to_string()
+        ),
+        "",
+    );
+    std::fs::write(&config_path, without).unwrap();
+    within(host.reload()).await.unwrap();
+    for pid in &pids {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        eventually(|| match proc.exists() {
+            true => Err(format!("process {pid} still runs")),
+            false => Ok(()),
+        });
+    }
+    drain_and_account(&host).await;
+}

@@ -1,0 +1,30 @@
+"""A worker for the subprocess transport's tests: reads one JSON line per message on stdin, answers
+on stdout with a JSON line carrying the same id.
+
+By payload: "reject" -> a final error; "busy" -> a retryable error; "silent" -> no answer;
+anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
+With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
+without answering it.
+"""
+import json
+import os
+import sys
+
+exit_after = int(os.environ.get("EXIT_AFTER", "0"))
+seen = 0
+for line in sys.stdin:
+    message = json.loads(line)
+    seen += 1
+    print(f"worker {os.getpid()} got {message['id']}", file=sys.stderr, flush=True)
+    if exit_after and seen >= exit_after:
+        sys.exit(3)
+    payload = message["payload"]
+    if payload == "silent":
+        continue
+    if payload == "reject":
+        answer = {"id": message["id"], "error": "rejected by the worker"}
+    elif payload == "busy":
+        answer = {"id": message["id"], "error": "busy", "retryable": True}
+    else:
+        answer = {"id": message["id"], "payload": payload.upper(), "headers": [["x-pid", str(os.getpid())]]}
+    print(json.dumps(answer), flush=True)
