@@ -3,7 +3,7 @@
 //! faulty transport cut at its deadline and denied addresses outside its
 //! endpoints. These drive `PluginTransport` itself, as a destination does.
 
-use crate::support::{RedisServer, echo_server, within};
+use crate::support::{RedisServer, echo_server, eventually, within};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -173,4 +173,27 @@ pub async fn faulty_transport() {
         tokio::time::timeout(Duration::ZERO, elsewhere.accept()).await.is_err(),
         "nothing reached the address outside the endpoints"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_serves_new_connections_and_the_old_one_drains_away() {
+    let (server, _) = echo_server().await;
+    let plugin = Loaded::new("echo", artifacts::ECHO_TRANSPORT, &[]);
+    let old = plugin.registry.snapshot()["echo"].clone();
+    let transport = plugin.transport(&[server], 2, TIMEOUT);
+    let message = Message::new("greet", "hello");
+    within(transport.attempt(&server.to_string(), &message)).await.unwrap();
+    let instances = |plugin: &CompiledPlugin, expected: usize| {
+        eventually(|| match plugin.live_instances() {
+            live if live == expected => Ok(()),
+            live => Err(live),
+        })
+    };
+    instances(&old, 2); // one per lane
+    let new = plugin.swap_in(artifacts::ECHO_TRANSPORT, &[("version", "2")]);
+    within(transport.attempt(&server.to_string(), &message)).await.unwrap();
+    instances(&new, 2);
+    let stats = transport.pool_stats(&server.to_string()).unwrap();
+    assert_eq!((stats.size, stats.idle), (1, 1), "the old version's connection was closed, not reused");
+    instances(&old, 0); // its lanes ended with its last connection
 }
