@@ -54,7 +54,7 @@ impl Drop for PluginInstance {
 
 /// The store of an instance, entered only under a deadline.
 pub(super) struct CallGuard {
-    pub(super) store: Store<StoreState>,
+    store: Store<StoreState>,
     /// The same deadline as a duration, for waits inside WASI.
     timeout: std::time::Duration,
 }
