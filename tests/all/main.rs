@@ -14,6 +14,7 @@ mod exposition;
 mod file_transport;
 mod fallback;
 mod faulty;
+mod grpc_ingress;
 mod hostile_files;
 mod http_destination;
 mod listeners;
@@ -32,6 +33,8 @@ mod support;
 mod tcp_destination;
 mod transports;
 mod wasm_transport;
+mod websocket_ingress;
+mod websocket_transport;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

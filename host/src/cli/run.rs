@@ -5,7 +5,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard::admin::AdminServer;
-use switchyard::{Config, ConfigChange, Host, HttpIngress};
+use switchyard::{Config, ConfigChange, GrpcIngress, Host, HttpIngress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub async fn run(
@@ -49,6 +49,13 @@ pub async fn run(
     if let Some(ingress) = &ingress {
         eprintln!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
+    let grpc = match host.config().ingress.grpc.as_ref().map(|grpc| grpc.listen) {
+        Some(addr) => Some(GrpcIngress::bind(host.clone(), addr).await?),
+        None => None,
+    };
+    if let Some(grpc) = &grpc {
+        eprintln!("switchyard: gRPC ingress listening on {}", grpc.local_addr());
+    }
     // The token comes from the config of the moment: a reload changes it live.
     let admin = match admin.or(host.config().admin.as_ref().map(|admin| admin.listen)) {
         Some(addr) => Some(AdminServer::bind(host.clone(), addr, None).await?),
@@ -77,7 +84,12 @@ pub async fn run(
                     admin.serve(until_stopped()).await
                 }
             };
-            tokio::join!(ingress, admin);
+            let grpc = async {
+                if let Some(grpc) = grpc {
+                    grpc.serve(until_stopped()).await
+                }
+            };
+            tokio::join!(ingress, admin, grpc);
         }
     });
     signals.until_stopped(host.clone()).await;

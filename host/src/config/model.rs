@@ -115,6 +115,19 @@ fn user_cache_dir() -> PathBuf {
 pub struct IngressSection {
     /// `[ingress.http]`: the HTTP ingress, if any.
     pub http: Option<HttpIngressConfig>,
+    /// `[ingress.grpc]`: the gRPC ingress, if any.
+    pub grpc: Option<GrpcIngressConfig>,
+}
+
+/// `[ingress.grpc]`: the gRPC ingress (`switchyard.v1.Ingress`, over HTTP/2).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcIngressConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7072`.
+    pub listen: SocketAddr,
+    /// Bearer token every call must carry in its `authorization` metadata, if set (changes live on
+    /// reload).
+    pub token: Option<String>,
 }
 
 /// `[ingress.http]`.

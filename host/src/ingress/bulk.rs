@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 /// The most messages one request may carry.
 pub(super) const MAX_BATCH: usize = 10_000;
 
-/// One message of a bulk request.
+/// One message of a bulk request (and of a WebSocket frame).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BulkMessage {
+pub(super) struct BulkMessage {
     topic: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -84,7 +84,7 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<BulkMessage>, String> {
 }
 
 /// The message `bulk` describes, with a new unique id, or why it is refused.
-fn message_of(bulk: BulkMessage) -> Result<Message, String> {
+pub(super) fn message_of(bulk: BulkMessage) -> Result<Message, String> {
     let payload = match (bulk.payload, bulk.payload_base64) {
         (Some(text), None) => Bytes::from(text),
         (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
@@ -94,8 +94,17 @@ fn message_of(bulk: BulkMessage) -> Result<Message, String> {
         (None, None) => Bytes::new(),
         (Some(_), Some(_)) => return Err("both payload and payload_base64: give one".into()),
     };
-    let mut message = Message::new(bulk.topic, payload).with_priority(bulk.priority);
-    for (name, value) in bulk.headers {
+    let message = Message::new(bulk.topic, payload).with_priority(bulk.priority);
+    with_headers(message, bulk.headers)
+}
+
+/// `message` with a client's `headers` (refused when one is the host's `x-sy-` or not a valid HTTP
+/// header) and a new unique id.
+pub(super) fn with_headers(
+    mut message: Message,
+    headers: impl IntoIterator<Item = (String, String)>,
+) -> Result<Message, String> {
+    for (name, value) in headers {
         if name.to_ascii_lowercase().starts_with("x-sy-") {
             return Err(format!("header {name}: x-sy- headers are the host's to set"));
         }

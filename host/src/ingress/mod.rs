@@ -1,6 +1,12 @@
 //! Ingress: network listeners that turn requests into accepted messages.
 
 mod bulk;
+mod grpc;
 mod http;
+mod websocket;
 
+pub use grpc::{
+    GrpcIngress, IngressClient, PublishOutcome, PublishReply, PublishRequest, PublishResult,
+    PublishStreamReply, Refusal, Reply,
+};
 pub use http::HttpIngress;

@@ -25,6 +25,7 @@ mod registry;
 mod restart;
 mod subprocess;
 mod tcp;
+mod websocket;
 
 pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
@@ -34,6 +35,7 @@ pub use registry::{
 };
 pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;
+pub use websocket::{Framing, WebSocketOptions, WebSocketTransport};
 
 use crate::config::HealthSettings;
 use crate::message::Message;

@@ -136,6 +136,7 @@ impl TransportRegistry {
         registry.insert("http", typed(super::http::build));
         registry.insert("subprocess", typed(super::subprocess::build));
         registry.insert("tcp", typed(super::tcp::build));
+        registry.insert("websocket", typed(super::websocket::build));
         registry.insert("plugin:", super::plugin::PluginTransportFactory);
         registry
     }
