@@ -106,8 +106,8 @@ async fn ten_thousand_messages_reach_two_redis_servers_through_the_plugin_and_no
 async fn a_sleeping_or_spinning_transport_plugin_is_cut_at_its_deadline_and_the_message_delivered_elsewhere()
 {
     let ((stuck, stuck_echoed), (good, good_echoed)) = (echo_server().await, echo_server().await);
-    // One lane: the good endpoint's attempt waits for the stuck call to be cut. Attempts
-    // alternate between the endpoints; five leave room for a slow machine.
+    // One lane per endpoint: the stuck endpoint's lane holds up nothing of the good one's.
+    // Attempts alternate between the endpoints; five leave room for a slow machine.
     let settings = "idempotent = true\ntimeout_ms = 500\nbalancer = \"round-robin\"\n\
                     retry = { attempts = 5, base_ms = 1, max_ms = 2 }\noptions = { lanes = 1 }";
     let (_dir, host) =

@@ -78,8 +78,9 @@ pub async fn redis_transport() {
     }
     let health = switchyard::config::HealthSettings::default();
     assert_eq!(within(transport.probe(&left.addr.to_string(), &health)).await, Ok(()), "PING answered");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let down = within(transport.probe(&closed, &health)).await.unwrap_err();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let to_closed = plugin.transport(&[closed], 1, TIMEOUT);
+    let down = within(to_closed.probe(&closed.to_string(), &health)).await.unwrap_err();
     assert!(down.starts_with("the plugin's probe asked for a retry: connect: "), "{down}");
 
     let streams = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "events"), ("command", "xadd")]);
@@ -196,4 +197,31 @@ async fn a_new_version_serves_new_connections_and_the_old_one_drains_away() {
     let stats = transport.pool_stats(&server.to_string()).unwrap();
     assert_eq!((stats.size, stats.idle), (1, 1), "the old version's connection was closed, not reused");
     instances(&old, 0); // its lanes ended with its last connection
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_whose_plugin_call_is_stuck_holds_up_no_other_endpoint() {
+    let ((stuck, _), (good, _)) = (echo_server().await, echo_server().await);
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    // One lane per endpoint, and a deadline far longer than a good exchange.
+    let transport = Arc::new(plugin.transport(&[stuck, good], 1, Duration::from_secs(3)));
+    let fine = Message::new("jobs", "fine");
+    within(transport.attempt(&stuck.to_string(), &fine)).await.unwrap();
+    let stuck_call = tokio::spawn({
+        let transport = transport.clone();
+        async move {
+            let sleeping = Message::new("jobs", "stuck").with_header("x-fault", "sleep");
+            transport.attempt(&stuck.to_string(), &sleeping).await
+        }
+    });
+    // The stuck call holds the stuck endpoint's one connection: it is in its lane.
+    eventually(|| match transport.pool_stats(&stuck.to_string()).unwrap().in_use {
+        1 => Ok(()),
+        in_use => Err(in_use),
+    });
+    let reply = within(transport.attempt(&good.to_string(), &fine)).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "fine");
+    assert!(!stuck_call.is_finished(), "the other endpoint answered while the stuck call still waited");
+    let (outcome, _) = within(stuck_call).await.unwrap().unwrap_err();
+    assert_eq!(outcome, Outcome::Retryable(RetryReason::Timeout));
 }

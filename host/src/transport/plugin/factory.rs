@@ -7,7 +7,7 @@ use crate::transport::{SettingError, Transport, TransportContext, TransportFacto
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Lanes (plugin threads, one instance each) per plugin version when
+/// Lanes (plugin threads, one instance each) per endpoint when
 /// `options.lanes` is not set: one per core of a small machine.
 pub const DEFAULT_LANES: usize = 2;
 
@@ -18,9 +18,10 @@ const MAX_LANES: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginOptions {
-    /// How many calls of the plugin run at once: one thread and one instance
-    /// each (default [`DEFAULT_LANES`], at most 64). A plugin waiting on its
-    /// socket holds its lane until it answers or its deadline passes.
+    /// How many calls of the plugin to each endpoint run at once: one
+    /// thread and one instance each, per endpoint (default [`DEFAULT_LANES`],
+    /// at most 64). A plugin waiting on its socket holds its lane until it
+    /// answers or its deadline passes; other endpoints' lanes go on.
     pub lanes: usize,
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! attempt(address, message) ── on a tokio task ──────────────────────────────────────────┐
 //!   the serving version of plugin NAME (registry) ─► its lanes (started on first use)    │
+//!     (each endpoint has its own: a stuck endpoint holds up no other's calls)             │
 //!   pool of `address` ─► idle connection of that version, or open: a lane's plugin connects
 //!   send on the connection's lane, awaited (flume) ─► reply / error / fault ─► Outcome   │
 //! lane = one thread + one instance (WASI network grant: the endpoints, connect only) ◄───┘
@@ -31,6 +32,7 @@ use crate::resilience::{FatalReason, Outcome, RetryReason};
 use arc_swap::ArcSwapOption;
 use connection::PluginConnection;
 use lane::{Lane, LaneError};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -49,7 +51,8 @@ pub struct PluginTransportConfig {
     pub timeout: Duration,
     /// The connection pool of each endpoint.
     pub pool: PoolConfig,
-    /// Lanes per plugin version: how many plugin calls run at once.
+    /// Lanes per endpoint and plugin version: how many plugin calls to one
+    /// endpoint run at once.
     pub lanes: usize,
 }
 
@@ -67,18 +70,34 @@ pub struct PluginTransport {
     starting: Mutex<()>,
 }
 
-/// The lanes of one plugin version.
+/// The lanes of one plugin version: each endpoint has its own, so that an
+/// endpoint whose calls are stuck until their deadline holds up no other's.
 struct Lanes {
     plugin: Arc<CompiledPlugin>,
+    by_endpoint: HashMap<String, EndpointLanes>,
+}
+
+/// The lanes of one endpoint, taken in turn.
+struct EndpointLanes {
     lanes: Vec<Arc<Lane>>,
     /// Round-robin position for the next new connection or probe.
     next: AtomicUsize,
 }
 
 impl Lanes {
-    fn next(&self) -> Arc<Lane> {
-        let turn = self.next.fetch_add(1, Relaxed);
-        self.lanes[turn % self.lanes.len()].clone()
+    /// A lane of `address` for a new connection or a probe; why none when
+    /// it is not one of the destination's endpoints.
+    fn next(&self, address: &str) -> Result<Arc<Lane>, String> {
+        let endpoint = self.by_endpoint.get(address);
+        let endpoint =
+            endpoint.ok_or_else(|| format!("{address} is not one of the destination's endpoints"))?;
+        let turn = endpoint.next.fetch_add(1, Relaxed);
+        Ok(endpoint.lanes[turn % endpoint.lanes.len()].clone())
+    }
+
+    /// Keep every connection of this version from being reused: a newer one serves.
+    fn retire(&self) {
+        self.by_endpoint.values().flat_map(|endpoint| &endpoint.lanes).for_each(|lane| lane.retire());
     }
 }
 
@@ -110,14 +129,18 @@ impl PluginTransport {
     /// One attempt: a pooled connection (or a new one), one send, its reply.
     async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
         let deadline = Instant::now() + self.config.timeout;
-        let lanes = self.lanes().map_err(|reason| (Outcome::Retryable(RetryReason::Connect), reason))?;
+        let not_sent = |reason| (Outcome::Retryable(RetryReason::Connect), reason);
+        let lanes = self.lanes().map_err(not_sent)?;
         let pool = self.pools.get(address);
         let mut batch = Vec::new();
         message.encode(&mut batch, 0, true);
         let batch = Arc::new(batch);
         let (connection, reply) = loop {
             let connection = pool
-                .acquire(|| PluginConnection::open(lanes.next(), address, deadline))
+                .acquire(|| async {
+                    let lane = lanes.next(address).map_err(std::io::Error::other)?;
+                    PluginConnection::open(lane, address, deadline).await
+                })
                 .await
                 .map_err(|err| err.into_attempt_error(address))?;
             match connection.send(batch.clone(), deadline).await {
@@ -147,7 +170,7 @@ impl PluginTransport {
     /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
     async fn check(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(health.timeout_ms);
-        match self.lanes()?.next().probe(address, deadline).await {
+        match self.lanes()?.next(address)?.probe(address, deadline).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("the plugin's probe {error}")),
             Err(error) => Err(error.to_string()),
@@ -179,23 +202,28 @@ impl PluginTransport {
         self.current.store(Some(lanes.clone()));
         if let Some(old) = current {
             // The old version's idle connections close now; those in use close when their attempts end.
-            old.lanes.iter().for_each(|lane| lane.retire());
+            old.retire();
             self.config.endpoints.iter().for_each(|address| self.pools.close_idle(address));
         }
         Ok(lanes)
     }
 
+    /// Start `plugin`'s lanes: [`PluginTransportConfig::lanes`] per endpoint.
     fn start(&self, plugin: Arc<CompiledPlugin>) -> Result<Lanes, String> {
-        let lanes = (0..self.config.lanes.max(1))
-            .map(|n| {
-                let name = format!("switchyard-transport-{}-{n}", self.config.destination);
-                Lane::start(name, self.engine.clone(), plugin.clone(), self.grants.clone()).map(Arc::new)
-            })
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|err| {
-                format!("cannot start a thread for transport plugin \"{}\": {err}", plugin.name)
-            })?;
-        Ok(Lanes { plugin, lanes, next: AtomicUsize::new(0) })
+        let mut by_endpoint = HashMap::new();
+        for (index, address) in self.config.endpoints.iter().enumerate() {
+            let lanes = (0..self.config.lanes.max(1))
+                .map(|n| {
+                    let name = format!("switchyard-transport-{}-{index}-{n}", self.config.destination);
+                    Lane::start(name, self.engine.clone(), plugin.clone(), self.grants.clone()).map(Arc::new)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|err| {
+                    format!("cannot start a thread for transport plugin \"{}\": {err}", plugin.name)
+                })?;
+            by_endpoint.insert(address.clone(), EndpointLanes { lanes, next: AtomicUsize::new(0) });
+        }
+        Ok(Lanes { plugin, by_endpoint })
     }
 }
 
