@@ -1,10 +1,14 @@
 //! Delivery benchmark: messages a second from `Host::send` to local sinks on
 //! 127.0.0.1 over real sockets, through the destination core (queue,
 //! dispatcher, balancer, breakers, pooled keep-alive connections): `http`
-//! with each built-in balancer choice and with a WASM balancer plugin, and
-//! `tcp` frames; then the latency of one request at a time (p50, p99).
+//! with each built-in balancer choice and with a WASM balancer plugin, `tcp`
+//! frames, and the WASM Redis transport plugin (`plugin:redis`, RPUSH over
+//! RESP) to in-process sinks as small as the `tcp` ones; then the latency of
+//! one request at a time (p50, p99). CPU time per message is the whole
+//! process's (host and sinks) over the timed runs.
 //!
-//! `cargo bench -p switchyard --bench delivery`
+//! `cargo bench -p switchyard --bench delivery [-- TRANSPORT]` (only the cases
+//! whose transport starts with TRANSPORT, e.g. `tcp` or `plugin`)
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,31 +38,39 @@ async fn main() {
     );
     let http: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| http_sink())).await;
     let tcp: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| tcp_sink())).await;
+    let resp: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| resp_sink())).await;
     let plugins = tempfile::tempdir().unwrap();
     std::fs::copy(artifacts::LEAST_LOADED_BALANCER, plugins.path().join("least-loaded.wasm")).unwrap();
+    std::fs::copy(artifacts::REDIS_TRANSPORT, plugins.path().join("redis.wasm")).unwrap();
     let cases = [
         ("http", "round-robin", &http),
         ("http", "p2c-ewma", &http),
         ("http", "least-inflight", &http),
         ("http", "plugin:least-loaded", &http),
         ("tcp", "p2c-ewma", &tcp),
+        ("plugin:redis", "p2c-ewma", &resp),
     ];
-    for (transport, balancer, sinks) in cases {
+    // `cargo bench` passes `--bench`; the first other argument picks cases.
+    let only = std::env::args().skip(1).find(|arg| !arg.starts_with("--")).unwrap_or_default();
+    for (transport, balancer, sinks) in
+        cases.into_iter().filter(|(transport, ..)| transport.starts_with(&only))
+    {
         let host = host(plugins.path(), transport, balancer, sinks).await;
         send(&host, MESSAGES / 5).await;
-        let mut runs = Vec::new();
+        let (mut runs, cpu) = (Vec::new(), cpu_time::ProcessTime::now());
         for _ in 0..RUNS {
             let start = Instant::now();
             send(&host, MESSAGES).await;
             runs.push(MESSAGES as f64 / start.elapsed().as_secs_f64());
         }
+        let cpu_per_message = cpu.elapsed().as_secs_f64() * 1e6 / (MESSAGES as f64 * RUNS as f64);
         let (p50, p99) = request_latency(&host, REQUESTS).await;
         host.shutdown().await;
         let stats = host.stats();
         assert_eq!(stats.delivered, stats.accepted, "every message delivered: {stats:?}");
         runs.sort_by(f64::total_cmp);
         println!(
-            "  {transport:<4} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?})  one request at a time: p50 {:.0} us, p99 {:.0} us",
+            "  {transport:<12} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?})  CPU {cpu_per_message:.1} us/msg  one request at a time: p50 {:.0} us, p99 {:.0} us",
             runs[RUNS / 2],
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6,
@@ -71,7 +83,8 @@ async fn host(plugins: &Path, transport: &str, balancer: &str, sinks: &[SocketAd
     let endpoints: Vec<String> = sinks.iter().map(|addr| format!("\"{addr}\"")).collect();
     let text = format!(
         "[host]\nwatch = false\n[[destination]]\nname = \"sink\"\ntransport = \"{transport}\"\n\
-         endpoints = [{}]\nbalancer = \"{balancer}\"\n[[route]]\nname = \"all\"\nto = \"sink\"\n",
+         endpoints = [{}]\nbalancer = \"{balancer}\"\n[[route]]\nname = \"all\"\nto = \"sink\"\n\
+         [[plugin]]\nname = \"redis\"\nconfig = {{ key = \"bench\" }}\n",
         endpoints.join(", ")
     );
     let config = Config::from_toml("bench.toml", &text).unwrap();
@@ -146,6 +159,45 @@ async fn tcp_sink() -> SocketAddr {
                 while let Ok(length) = stream.read_u32().await {
                     frame.resize(length as usize, 0);
                     if stream.read_exact(&mut frame).await.is_err() || stream.write_u32(0).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A Redis stand-in for the `plugin:redis` transport: reads RESP commands
+/// (arrays of bulk strings), answers each with the integer 1, stores nothing.
+async fn resp_sink() -> SocketAddr {
+    use tokio::io::AsyncBufReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let (mut line, mut bulk) = (String::new(), Vec::new());
+                'commands: loop {
+                    line.clear();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let args: usize = line.trim_end().trim_start_matches('*').parse().unwrap();
+                    for _ in 0..args {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            break 'commands;
+                        }
+                        bulk.resize(line.trim_end().trim_start_matches('$').parse::<usize>().unwrap() + 2, 0);
+                        if stream.read_exact(&mut bulk).await.is_err() {
+                            break 'commands;
+                        }
+                    }
+                    if stream.get_mut().write_all(b":1\r\n").await.is_err() {
                         break;
                     }
                 }

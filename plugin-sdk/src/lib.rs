@@ -19,6 +19,10 @@
 //!      ◄── one decision per message ──┘                              (once per message)
 //! ```
 //!
+//! A transport also opens connections (the host pools them per endpoint and
+//! closes them) and may probe an endpoint's health; it reaches its
+//! destination's endpoints only, through `std::net`.
+//!
 //! Plugins reach the host through [`log`], [`config`], [`now_millis`] and
 //! [`count`]. Failures are [`Error`]s: [`Error::rejected`] (bad message,
 //! dead-lettered), [`Error::retryable`] and [`Error::failed`] (plugin fault).

@@ -1,38 +1,126 @@
-//! Transports: deliver a message to an endpoint the host names.
+//! Transports: deliver messages to the endpoints of a destination, over
+//! connections the plugin opens and keeps.
 
+use std::cell::RefCell;
 use std::marker::PhantomData;
 
-use crate::bindings::transport::exports::switchyard::plugin::transport::Guest;
+use crate::bindings::transport::exports::switchyard::plugin::transport::{
+    Connection, Guest, GuestConnection,
+};
 use crate::host::FlushCounts;
 use crate::message::single;
 use crate::{Error, Message, OwnedMessage};
 
-/// A transport: delivers messages to endpoints.
+/// A transport: delivers messages to endpoints over connections it keeps open.
 ///
-/// Export it with [`export_transport!`](crate::export_transport).
+/// The host pools connections per endpoint: it calls [`open`](Self::open)
+/// when no idle connection to the endpoint is left, [`send`](Self::send) once
+/// per delivery attempt on a connection it took from the pool, and drops the
+/// connection (closing it) when a send failed, the endpoint turned unhealthy
+/// or the connection sat idle too long. The plugin reaches only the
+/// destination's endpoints: every other address is refused by the sandbox.
+///
+/// Export it with [`export_transport!`](crate::export_transport). A
+/// transport that writes each payload as one line and reads one line back
+/// as the reply (the destination says `transport = "plugin:<file stem>"`):
+///
+/// ```
+/// use std::io::{BufRead, BufReader, Write};
+/// use std::net::TcpStream;
+///
+/// use switchyard_plugin::{Error, Message, OwnedMessage, Transport, export_transport};
+///
+/// struct Lines;
+///
+/// impl Transport for Lines {
+///     type Connection = BufReader<TcpStream>;
+///
+///     fn open(address: &str) -> Result<Self::Connection, Error> {
+///         let stream = TcpStream::connect(address).map_err(|err| Error::retryable(err.to_string()))?;
+///         Ok(BufReader::new(stream))
+///     }
+///
+///     fn send(lines: &mut Self::Connection, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
+///         let payload = message.payload.unwrap_or_default();
+///         if payload.contains(&b'\n') {
+///             return Err(Error::rejected("a line-protocol payload cannot hold a newline"));
+///         }
+///         let (mut line, io) = (Vec::new(), |err: std::io::Error| Error::retryable(err.to_string()));
+///         lines.get_mut().write_all(&[payload, b"\n"].concat()).map_err(io)?;
+///         lines.read_until(b'\n', &mut line).map_err(io)?;
+///         Ok(Some(OwnedMessage::reply_to(message).with_payload(line)))
+///     }
+/// }
+///
+/// export_transport!(Lines);
+/// # fn main() {}
+/// ```
 pub trait Transport {
-    /// Send `message` to `address` (an endpoint address from the config) and
-    /// return its reply, if the protocol has one.
-    ///
-    /// Called once per delivery attempt (a retry calls it again) of every
-    /// message sent to a destination using this transport, with the payload.
-    /// Return [`Error::retryable`] for transient failures so the host retries.
-    fn send(address: &str, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
+    /// One open connection to one endpoint (for example a
+    /// `std::net::TcpStream`); dropping it closes it.
+    type Connection: 'static;
+
+    /// Connect to `address` (`host:port`, one of the destination's
+    /// endpoints). Called when the host needs a new connection; an error
+    /// means nothing was sent, and the host tries another endpoint.
+    fn open(address: &str) -> Result<Self::Connection, Error>;
+
+    /// Send `message` (with its payload) on `connection` and return its
+    /// reply, if the protocol has one. Called once per delivery attempt (a
+    /// retry calls it again, maybe on another connection). On failure say
+    /// whether the endpoint may have taken the message:
+    /// [`Error::retryable`] when it certainly did not (nothing went out, or
+    /// it answered "not now"): the host retries, on any destination;
+    /// [`Error::failed`] when it may have (the request went out and no answer
+    /// came): the host retries only where the destination is `idempotent`;
+    /// [`Error::rejected`] when it refuses the message for good: it is
+    /// dead-lettered with your text. After any error the host closes the
+    /// connection.
+    fn send(connection: &mut Self::Connection, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
+
+    /// Check `address`'s health, for the host's active health checks (every
+    /// `health.interval_ms` per endpoint). By default: open a connection
+    /// and close it.
+    fn probe(address: &str) -> Result<(), Error> {
+        Self::open(address).map(drop)
+    }
 }
 
 /// Glue between a [`Transport`] and the generated export.
 #[doc(hidden)]
 pub struct TransportExport<T>(PhantomData<T>);
 
+/// One connection of transport `T`, as the generated resource holds it
+/// (the resource's `send` borrows it shared, the trait takes it `&mut`).
+#[doc(hidden)]
+pub struct ConnectionExport<T: Transport>(RefCell<T::Connection>);
+
 /// Compiles only for a `T` that implements [`Transport`]: the export macro's check.
 #[doc(hidden)]
 pub const fn is_transport<T: Transport>() {}
 
-impl<T: Transport> Guest for TransportExport<T> {
-    fn send(address: String, message: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+impl<T: Transport + 'static> Guest for TransportExport<T> {
+    type Connection = ConnectionExport<T>;
+
+    fn probe(address: String) -> Result<(), Error> {
         crate::host::forward_panics();
         let _flush = FlushCounts;
-        let reply = T::send(&address, &single(&message)?)?;
+        T::probe(&address)
+    }
+}
+
+impl<T: Transport + 'static> GuestConnection for ConnectionExport<T> {
+    fn open(address: String) -> Result<Connection, Error> {
+        crate::host::forward_panics();
+        let _flush = FlushCounts;
+        let connection = T::open(&address)?;
+        Ok(Connection::new(ConnectionExport::<T>(RefCell::new(connection))))
+    }
+
+    fn send(&self, message: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        crate::host::forward_panics();
+        let _flush = FlushCounts;
+        let reply = T::send(&mut self.0.borrow_mut(), &single(&message)?)?;
         Ok(reply.map(|reply| reply.to_batch()))
     }
 }

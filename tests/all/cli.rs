@@ -1,7 +1,7 @@
 //! The `switchyard` binary driven as a child process on free 127.0.0.1 ports.
 
 use crate::exposition::sample;
-use crate::support::{PATIENCE, eventually, plugin_dir};
+use crate::support::{PATIENCE, RedisServer, eventually, plugin_dir};
 use crate::support::{http, http_raw, post};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -168,10 +168,12 @@ fn check_names_the_kind_or_the_specific_problem() {
 }
 
 #[test]
-fn check_and_run_warn_about_route_stages_that_cannot_run() {
-    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER), ("echo", artifacts::ECHO_TRANSPORT)]);
     let config = dir.path().join("switchyard.toml");
     let route = "[host]\nplugin_dir = \".\"\n[admin]\nlisten = \"0.0.0.0:7071\"\n\
+                 [[destination]]\nname = \"d\"\ntransport = \"plugin:f\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                 [[destination]]\nname = \"e\"\ntransport = \"plugin:echo\"\nendpoints = [\"127.0.0.1:1\"]\n\
                  [[route]]\nname = \"r\"\nstages = [\"transform:f\", \"filter:vip\"]\nto = \"log\"\n";
     std::fs::write(&config, route).unwrap();
     let output =
@@ -185,6 +187,7 @@ fn check_and_run_warn_about_route_stages_that_cannot_run() {
             "warning: admin.listen = 0.0.0.0:7071: not loopback and no [admin] token: `run` refuses to start unless SWITCHYARD_ADMIN_TOKEN is set",
             "warning: route \"r\": stage \"transform:f\": ./f.wasm is a filter plugin",
             "warning: route \"r\": stage \"filter:vip\": no plugin file ./vip.wasm",
+            "warning: destination \"d\": transport \"plugin:f\": ./f.wasm is a filter plugin",
         ]
     );
     let mut host = Running::start(
@@ -196,6 +199,8 @@ fn check_and_run_warn_about_route_stages_that_cannot_run() {
         warning,
         "switchyard: warning: stage transform:f is unavailable: plugin \"f\" is a filter, not a transform"
     );
+    // Started (its signal handler set) once it listens; a TERM before would kill it unannounced.
+    host.address("admin API listening");
     host.stop();
 }
 
@@ -229,6 +234,30 @@ fn plugin_call_runs_one_plugin_on_one_message() {
     assert!(ok && out.contains(r#""verdict":"keep""#), "{out}");
     let (ok, out) = switchyard(&["plugin", "call", artifacts::FAULTY_TRAP, "--message", message]);
     assert!(!ok && out.contains("trapped"), "{out}");
+}
+
+#[test]
+fn plugin_call_sends_through_a_transport_plugin_to_the_address_given_and_prints_the_reply() {
+    let redis = RedisServer::start();
+    let address = redis.addr.to_string();
+    let message = r#"{"topic": "jobs", "payload": "job 1"}"#;
+    let call = |address: &str| {
+        let args =
+            ["plugin", "call", artifacts::REDIS_TRANSPORT, "--message", message, "--config", "key=jobs"];
+        switchyard(&[&args[..], &["--address", address]].concat())
+    };
+    let (ok, out) = call(&address);
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["kind"], "transport");
+    assert_eq!(answer["answer"]["reply"][0]["payload"], "1", "RPUSH's answer: the list's length");
+    assert_eq!(redis.command(&["LINDEX", "jobs", "0"]), "job 1");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (ok, out) = call(&closed);
+    assert!(ok && out.contains(&format!("open {closed}: asked for a retry: connect:")), "{out}");
+    let args = ["plugin", "call", artifacts::REDIS_TRANSPORT, "--message", message];
+    let (ok, out) = switchyard(&args);
+    assert!(!ok && out.contains("a transport plugin needs --address HOST:PORT"), "{out}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod ingress_properties;
 mod message_ids;
 mod native_plugins;
 mod panics;
+mod plugin_destination;
 mod plugins;
 mod reload;
 mod reload_once;
@@ -32,6 +33,7 @@ mod subprocess_transport;
 mod support;
 mod tcp_destination;
 mod transports;
+mod wasm_transport;
 mod websocket_ingress;
 mod websocket_transport;
 

@@ -109,8 +109,7 @@ pub async fn annotate_middleware() {
     assert_eq!(gone, Err(RequestError::NotAccepted(switchyard::SendError::ShuttingDown)));
 }
 
-/// Balancer and transport plugins load and are recognised by kind; their host
-/// side arrives with the destination core.
+/// Balancer plugins load and are recognised by kind.
 async fn loads_as(artifact: &str, kind: switchyard::PluginKind) {
     let dir = plugin_dir(&[("p", artifact)]);
     let host = host(dir.path(), "").await;
@@ -123,11 +122,6 @@ async fn loads_as(artifact: &str, kind: switchyard::PluginKind) {
 #[tokio::test]
 pub async fn least_loaded_balancer() {
     loads_as(artifacts::LEAST_LOADED_BALANCER, switchyard::PluginKind::Balancer).await;
-}
-
-#[tokio::test]
-pub async fn echo_transport() {
-    loads_as(artifacts::ECHO_TRANSPORT, switchyard::PluginKind::Transport).await;
 }
 
 /// `allow_net` lets a plugin connect to exactly the addresses it names: a
@@ -178,3 +172,4 @@ pub use crate::faulty::{
 };
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
+pub use crate::wasm_transport::{echo_transport, faulty_transport, redis_transport};

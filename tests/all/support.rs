@@ -164,3 +164,134 @@ pub async fn event_where(
     })
     .await
 }
+
+/// A real `redis-server` on 127.0.0.1 (a free port), its data in a
+/// temporary directory (an append-only file synced on every write, so a
+/// restart after [`kill`](Self::kill) holds everything it acknowledged);
+/// killed when dropped.
+pub struct RedisServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    dir: TempDir,
+    process: std::process::Child,
+}
+
+impl RedisServer {
+    /// Start one and wait until it answers `PING`. Fails the test, saying
+    /// how to install it, when `redis-server` is missing.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let process = RedisServer::spawn(dir.path(), port);
+        let server = RedisServer { addr, dir, process };
+        server.await_ready();
+        server
+    }
+
+    fn spawn(dir: &Path, port: u16) -> std::process::Child {
+        let args = ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes"];
+        let spawned = std::process::Command::new("redis-server")
+            .args(args)
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        spawned.unwrap_or_else(|err| {
+            panic!("cannot start redis-server ({err}): install it, e.g. `apt-get install redis-server`")
+        })
+    }
+
+    fn await_ready(&self) {
+        eventually(|| match self.try_command(&["PING"]) {
+            Ok(answer) if answer == "PONG" => Ok(()),
+            other => Err(other),
+        });
+    }
+
+    /// Kill it (SIGKILL): what it acknowledged stays in its directory.
+    pub fn kill(&mut self) {
+        self.process.kill().expect("kill redis-server");
+        self.process.wait().expect("reap redis-server");
+    }
+
+    /// Start it again on its port, from its directory, after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        self.process = RedisServer::spawn(self.dir.path(), self.addr.port());
+        self.await_ready();
+    }
+
+    /// One command's answer: a simple string, an integer or a bulk string
+    /// as text; the elements of an array one per line.
+    pub fn command(&self, args: &[&str]) -> String {
+        self.try_command(args).unwrap_or_else(|err| panic!("redis {args:?}: {err}"))
+    }
+
+    fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(self.addr)?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request += &format!("${}\r\n{arg}\r\n", arg.len());
+        }
+        stream.write_all(request.as_bytes())?;
+        let mut reader = std::io::BufReader::new(stream);
+        read_resp(&mut reader)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn read_resp(reader: &mut impl std::io::BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    match kind {
+        "+" | ":" => Ok(rest.to_owned()),
+        "-" => Err(std::io::Error::other(rest.to_owned())),
+        "$" if rest == "-1" => Ok(String::new()),
+        "$" => {
+            let mut bulk = vec![0; rest.parse::<usize>().unwrap() + 2];
+            reader.read_exact(&mut bulk)?;
+            Ok(String::from_utf8_lossy(&bulk[..bulk.len() - 2]).into_owned())
+        }
+        "*" => {
+            let count: i64 = rest.parse().unwrap();
+            let items = (0..count.max(0)).map(|_| read_resp(reader)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok(items.join("\n"))
+        }
+        _ => Err(std::io::Error::other(format!("unexpected reply line {line:?}"))),
+    }
+}
+
+/// A TCP echo server (RFC 862) on 127.0.0.1 (a free port) while the test's
+/// runtime lives: its address, and how many bytes it echoed.
+pub async fn echo_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echoed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = echoed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 << 10];
+                while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+                    // Counted before it goes back: whoever reads the echo sees it counted.
+                    counted.fetch_add(read, std::sync::atomic::Ordering::SeqCst);
+                    if stream.write_all(&buffer[..read]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, echoed)
+}

@@ -1,9 +1,10 @@
-//! `switchyard plugin call FILE.wasm --message JSON` (or a native library).
+//! `switchyard plugin call FILE.wasm --message JSON [--address HOST:PORT]` (or a native library).
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
 use std::path::Path;
 use switchyard::config::PluginConfig;
 use switchyard::plugin::{
@@ -30,14 +31,27 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got \"{text}\""))
 }
 
-pub fn call(file: &Path, message: &str, config: Vec<(String, String)>) -> anyhow::Result<()> {
+pub fn call(
+    file: &Path,
+    message: &str,
+    config: Vec<(String, String)>,
+    address: Option<&str>,
+) -> anyhow::Result<()> {
     let message: MessageArg = serde_json::from_str(message).context("--message is not a valid message")?;
     let engine = PluginEngine::new(None)?;
     let plugin_config =
         PluginConfig { name: plugin_name(file), config: config.into_iter().collect(), ..Default::default() };
     let plugin = load_file(&engine, file, Some(&plugin_config))?;
     let kind = plugin.kind;
-    let mut instance = PluginInstance::new(&engine, plugin)?;
+    let mut instance = match (kind, address) {
+        (PluginKind::Transport, Some(address)) => {
+            let grants = address.to_socket_addrs().with_context(|| format!("--address {address}"))?;
+            PluginInstance::with_connect_grants(&engine, plugin, grants.collect())?
+        }
+        (PluginKind::Transport, None) => bail!("a transport plugin needs --address HOST:PORT to send to"),
+        (_, Some(_)) => bail!("--address is for transport plugins; this is a {}", kind.as_str()),
+        (_, None) => PluginInstance::new(&engine, plugin)?,
+    };
     let mut batch = Vec::new();
     let head = Head { id: 1, source: 0, priority: message.priority, topic: &message.topic };
     let headers = message.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -62,12 +76,28 @@ pub fn call(file: &Path, message: &str, config: Vec<(String, String)>) -> anyhow
             Ok(MiddlewareAction::Respond(batch)) => json!({ "respond": messages_json(&batch)? }),
             Err(error) => json!({ "error": error.to_string() }),
         },
-        PluginKind::Balancer | PluginKind::Transport => {
-            bail!("{} plugins cannot be called on a message", kind.as_str())
-        }
+        PluginKind::Transport => send(&mut instance, address.unwrap_or_default(), &batch)?,
+        PluginKind::Balancer => bail!("balancer plugins cannot be called on a message"),
     };
     println!("{}", json!({ "kind": kind.as_str(), "answer": answer }));
     Ok(())
+}
+
+/// Open a connection to `address`, send `batch` on it, close it: the reply,
+/// or the plugin's error (each call within the plugin's own deadline).
+fn send(instance: &mut PluginInstance, address: &str, batch: &Vec<u8>) -> anyhow::Result<Value> {
+    let timeout = instance.plugin.settings.timeout();
+    let connection = match instance.open_connection(address, timeout)? {
+        Ok(connection) => connection,
+        Err(error) => return Ok(json!({ "error": format!("open {address}: {error}") })),
+    };
+    let answer = match instance.send_on(&connection, batch, timeout)? {
+        Ok(Some(reply)) => json!({ "reply": messages_json(&reply)? }),
+        Ok(None) => json!({ "reply": null }),
+        Err(error) => json!({ "error": error.to_string() }),
+    };
+    instance.close_connection(connection)?;
+    Ok(answer)
 }
 
 fn messages_json(batch: &[u8]) -> anyhow::Result<Vec<Value>> {

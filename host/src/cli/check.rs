@@ -64,40 +64,50 @@ fn listener_warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
-/// What would keep the routes' named stages from running with the plugin
-/// directory as it is now: a missing file, a plugin of another kind, one
-/// that does not load.
+/// What would keep the routes' named stages and the `plugin:NAME`
+/// destinations' transports from running with the plugin directory as it
+/// is now: a missing file, a plugin of another kind, one that does not load.
 fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
     let dir = &config.host.plugin_dir;
     let engine = PluginEngine::new(None)?;
+    let stages = config.routes.iter().flat_map(|route| {
+        route.stages.iter().filter_map(move |stage| match stage {
+            StageRef::Named { kind, name } => {
+                let at = format!("route \"{}\": stage \"{}:{name}\"", route.name, kind.as_str());
+                Some((at, kind.as_str(), name.as_str()))
+            }
+            _ => None,
+        })
+    });
+    let transports = config.destinations.iter().filter_map(|destination| {
+        let name = destination.transport.strip_prefix("plugin:")?;
+        let at = format!("destination \"{}\": transport \"plugin:{name}\"", destination.name);
+        Some((at, "transport", name))
+    });
     let mut warnings = Vec::new();
-    for route in &config.routes {
-        for stage in &route.stages {
-            let StageRef::Named { kind, name } = stage else { continue };
-            let at = format!("route \"{}\": stage \"{}:{name}\"", route.name, kind.as_str());
-            let wasm = dir.join(format!("{name}.wasm"));
-            let native = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
-            let path = if !wasm.is_file() && native.is_file() { native } else { wasm };
-            if !path.is_file() {
-                warnings.push(format!("{at}: no plugin file {}", path.display()));
-                continue;
+    for (at, kind, name) in stages.chain(transports) {
+        let wasm = dir.join(format!("{name}.wasm"));
+        let native = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
+        let path = if !wasm.is_file() && native.is_file() { native } else { wasm };
+        if !path.is_file() {
+            warnings.push(format!("{at}: no plugin file {}", path.display()));
+            continue;
+        }
+        if PluginFormat::of(&path) == Some(PluginFormat::Native) && !config.host.native_plugins {
+            warnings.push(format!(
+                "{at}: {} is a native library and host.native_plugins is false",
+                path.display()
+            ));
+            continue;
+        }
+        let settings = config.plugins.iter().find(|plugin| plugin.name == name);
+        let default = PluginConfig { name: name.to_owned(), ..PluginConfig::default() };
+        match load_file(&engine, &path, Some(settings.unwrap_or(&default))) {
+            Ok(plugin) if plugin.kind.as_str() == kind => {}
+            Ok(plugin) => {
+                warnings.push(format!("{at}: {} is a {} plugin", path.display(), plugin.kind.as_str()))
             }
-            if PluginFormat::of(&path) == Some(PluginFormat::Native) && !config.host.native_plugins {
-                warnings.push(format!(
-                    "{at}: {} is a native library and host.native_plugins is false",
-                    path.display()
-                ));
-                continue;
-            }
-            let settings = config.plugins.iter().find(|plugin| &plugin.name == name);
-            let default = PluginConfig { name: name.clone(), ..PluginConfig::default() };
-            match load_file(&engine, &path, Some(settings.unwrap_or(&default))) {
-                Ok(plugin) if plugin.kind.as_str() == kind.as_str() => {}
-                Ok(plugin) => {
-                    warnings.push(format!("{at}: {} is a {} plugin", path.display(), plugin.kind.as_str()))
-                }
-                Err(err) => warnings.push(format!("{at}: {err}")),
-            }
+            Err(err) => warnings.push(format!("{at}: {err}")),
         }
     }
     Ok(warnings)

@@ -91,6 +91,10 @@ pub enum PluginCommand {
         /// A plugin config entry, KEY=VALUE (repeatable).
         #[arg(long = "config", value_parser = call::parse_key_value)]
         config: Vec<(String, String)>,
+        /// For a transport plugin: the endpoint (`host:port`) to open a
+        /// connection to and send the message on (the only address it may reach).
+        #[arg(long)]
+        address: Option<String>,
     },
 }
 
@@ -103,8 +107,8 @@ impl Command {
                 tokio::runtime::Runtime::new()?.block_on(run::run(config, plugins, listen, admin))
             }
             Command::Check { file } => check::check(&file),
-            Command::Plugin { command: PluginCommand::Call { file, message, config } } => {
-                call::call(&file, &message, config)
+            Command::Plugin { command: PluginCommand::Call { file, message, config, address } } => {
+                call::call(&file, &message, config, address.as_deref())
             }
             Command::Bench { filter, transform, native_filter, native_transform, messages, json } => {
                 let native_libraries = native_filter.zip(native_transform);

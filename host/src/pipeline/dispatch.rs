@@ -72,7 +72,11 @@ impl DispatchContext {
         transports: Arc<TransportRegistry>,
         max_message_bytes: usize,
     ) -> DispatchContext {
-        let transport_context = TransportContext { max_message_bytes };
+        let transport_context = TransportContext {
+            max_message_bytes,
+            plugins: services.registry.clone(),
+            engine: services.engine.clone(),
+        };
         DispatchContext {
             runtime,
             tracker: TaskTracker::new(),

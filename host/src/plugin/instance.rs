@@ -19,12 +19,12 @@ enum Backend {
     Native(super::native::NativeLibrary),
 }
 
-enum Exports {
+pub(super) enum Exports {
     Filter(FilterPlugin),
     Transform(TransformPlugin),
     Middleware(MiddlewarePlugin),
     Balancer(BalancerPlugin),
-    Transport(#[expect(dead_code, reason = "called by the destination core")] TransportPlugin),
+    Transport(TransportPlugin),
 }
 
 /// What a middleware decided about a request.
@@ -59,9 +59,8 @@ impl Drop for PluginInstance {
 }
 
 /// The store of an instance, entered only under a deadline.
-struct CallGuard {
+pub(super) struct CallGuard {
     store: Store<StoreState>,
-    deadline_ticks: u64,
     /// The same deadline as a duration, for waits inside WASI.
     timeout: std::time::Duration,
 }
@@ -70,8 +69,29 @@ impl PluginInstance {
     /// Instantiate `plugin` in a fresh store of `engine`, under the same
     /// deadline and memory cap as a call (start functions run here).
     pub fn new(engine: &PluginEngine, plugin: Arc<CompiledPlugin>) -> Result<PluginInstance, PluginFault> {
+        let state = StoreState::new(plugin.settings.clone());
+        PluginInstance::in_state(engine, plugin, state)
+    }
+
+    /// Like [`new`](Self::new), but the instance may connect to `addresses`
+    /// only (TCP or UDP; never listen), whatever the plugin's own grants: a
+    /// transport plugin reaches its destination's endpoints and nothing else.
+    pub fn with_connect_grants(
+        engine: &PluginEngine,
+        plugin: Arc<CompiledPlugin>,
+        addresses: Vec<std::net::SocketAddr>,
+    ) -> Result<PluginInstance, PluginFault> {
+        let state = StoreState::with_connect_grants(plugin.settings.clone(), addresses);
+        PluginInstance::in_state(engine, plugin, state)
+    }
+
+    fn in_state(
+        engine: &PluginEngine,
+        plugin: Arc<CompiledPlugin>,
+        state: Result<StoreState, super::error::LoadError>,
+    ) -> Result<PluginInstance, PluginFault> {
         let backend = match &plugin.code {
-            PluginCode::Wasm(pre) => Self::instantiate(engine, &plugin, pre)?,
+            PluginCode::Wasm(pre) => Self::instantiate(engine, &plugin, pre, state)?,
             PluginCode::Native(library) => Backend::Native(*library),
         };
         plugin.instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -82,14 +102,14 @@ impl PluginInstance {
         engine: &PluginEngine,
         plugin: &CompiledPlugin,
         pre: &KindPre,
+        state: Result<StoreState, super::error::LoadError>,
     ) -> Result<Backend, PluginFault> {
-        let state =
-            StoreState::new(plugin.settings.clone()).map_err(|err| PluginFault::Unusable(err.to_string()))?;
+        let state = state.map_err(|err| PluginFault::Unusable(err.to_string()))?;
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_trap();
         let timeout = plugin.settings.timeout();
-        let mut guard = CallGuard { store, deadline_ticks: PluginEngine::deadline_ticks(timeout), timeout };
+        let mut guard = CallGuard { store, timeout };
         let exports = match pre {
             KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
@@ -183,7 +203,15 @@ impl PluginInstance {
         guard.call(|store| balancer.call_pick(store, head, endpoints))
     }
 
-    fn not_a(&self, wanted: PluginKind) -> PluginFault {
+    /// The exports and call guard of a WebAssembly instance; `None` for a native library.
+    pub(super) fn wasm(&mut self) -> Option<(&Exports, &mut CallGuard)> {
+        match &mut self.backend {
+            Backend::Wasm { exports, guard } => Some((exports, guard)),
+            Backend::Native(_) => None,
+        }
+    }
+
+    pub(super) fn not_a(&self, wanted: PluginKind) -> PluginFault {
         PluginFault::Malformed(format!("is a {}, not a {}", self.plugin.kind.as_str(), wanted.as_str()))
     }
 }
@@ -193,23 +221,34 @@ impl CallGuard {
         &mut self,
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let state = self.store.data_mut();
-        state.host.last_error_logged = None;
-        state.call_deadline = Some(tokio::time::Instant::now() + self.timeout);
-        call(&mut self.store).map_err(|err| self.classify(err))
+        self.call_within(self.timeout, call)
     }
 
-    fn classify(&self, err: wasmtime::Error) -> PluginFault {
+    /// Run `call` under a deadline of `timeout` from now rather than the
+    /// plugin's own (a transport call is bounded by its destination's
+    /// per-attempt deadline).
+    pub(super) fn call_within<R>(
+        &mut self,
+        timeout: std::time::Duration,
+        call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
+        self.store.set_epoch_deadline(PluginEngine::deadline_ticks(timeout));
+        let state = self.store.data_mut();
+        state.host.last_error_logged = None;
+        state.call_deadline = Some(tokio::time::Instant::now() + timeout);
+        call(&mut self.store).map_err(|err| self.classify(err, timeout))
+    }
+
+    fn classify(&self, err: wasmtime::Error, timeout: std::time::Duration) -> PluginFault {
         let state = self.store.data();
         if state.hit_memory_cap {
             return PluginFault::MemoryCap(state.settings.config.limits.memory_mb);
         }
         if state.waited_past_deadline {
-            return PluginFault::TimedOut(state.settings.timeout());
+            return PluginFault::TimedOut(timeout);
         }
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginFault::TimedOut(state.settings.timeout()),
+            Some(Trap::Interrupt) => PluginFault::TimedOut(timeout),
             Some(trap) => PluginFault::Trapped(match &state.host.last_error_logged {
                 Some(logged) => format!("{trap}; it logged: {logged}"),
                 None => trap.to_string(),

@@ -12,6 +12,7 @@ mod instance;
 mod native;
 mod registry;
 mod sandbox;
+mod transport;
 
 pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;
@@ -23,3 +24,4 @@ pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };
 pub use sandbox::PluginSettings;
+pub use transport::TransportConnection;

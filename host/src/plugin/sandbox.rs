@@ -47,8 +47,9 @@ impl PluginSettings {
         std::time::Duration::from_millis(self.config.limits.timeout_ms)
     }
 
-    /// A WASI context granting exactly what the config grants, nothing else.
-    fn wasi(&self) -> Result<WasiCtx, LoadError> {
+    /// A WASI context granting exactly what the config grants, nothing
+    /// else, with `connect` as the addresses it may reach.
+    fn wasi(&self, connect: &[SocketAddr]) -> Result<WasiCtx, LoadError> {
         let mut builder = WasiCtxBuilder::new();
         for name in &self.config.env {
             if let Ok(value) = std::env::var(name) {
@@ -66,8 +67,8 @@ impl PluginSettings {
                 reason: format!("dirs.\"{guest}\" = \"{host}\": {err}"),
             })?;
         }
-        if !self.allowed_addrs.is_empty() {
-            let allowed = self.allowed_addrs.clone();
+        if !connect.is_empty() {
+            let allowed = connect.to_vec();
             builder.allow_tcp(true).allow_udp(true);
             builder.socket_addr_check(move |addr, usage| {
                 let ok = match usage {
@@ -115,8 +116,18 @@ pub struct StoreState {
 impl StoreState {
     /// Fresh state for an instance of the plugin with `settings`.
     pub(crate) fn new(settings: Arc<PluginSettings>) -> Result<StoreState, LoadError> {
+        let grants = settings.allowed_addrs.clone();
+        StoreState::with_connect_grants(settings, grants)
+    }
+
+    /// Fresh state whose network grant is `connect` (connect and send only),
+    /// in place of the plugin's `allow_net`.
+    pub(crate) fn with_connect_grants(
+        settings: Arc<PluginSettings>,
+        connect: Vec<SocketAddr>,
+    ) -> Result<StoreState, LoadError> {
         Ok(StoreState {
-            wasi: settings.wasi()?,
+            wasi: settings.wasi(&connect)?,
             table: ResourceTable::new(),
             memory_cap: settings.memory_cap(),
             memory_in_use: 0,

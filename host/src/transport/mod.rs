@@ -19,6 +19,7 @@
 mod answers;
 mod file;
 mod http;
+pub mod plugin;
 mod pool;
 mod registry;
 mod restart;

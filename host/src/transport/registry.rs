@@ -56,6 +56,10 @@ pub trait TransportOptions: DeserializeOwned + 'static {
 pub struct TransportContext {
     /// The largest message the host takes (`host.max_message_bytes`): a larger reply is refused.
     pub max_message_bytes: usize,
+    /// The plugins serving, for `plugin:NAME` transports.
+    pub plugins: Arc<crate::plugin::PluginRegistry>,
+    /// The engine plugins run in.
+    pub engine: Arc<crate::plugin::PluginEngine>,
 }
 
 /// A [`TransportFactory`] whose options are the type `O` and whose transport `build` makes.
@@ -133,6 +137,7 @@ impl TransportRegistry {
         registry.insert("subprocess", typed(super::subprocess::build));
         registry.insert("tcp", typed(super::tcp::build));
         registry.insert("websocket", typed(super::websocket::build));
+        registry.insert("plugin:", super::plugin::PluginTransportFactory);
         registry
     }
 

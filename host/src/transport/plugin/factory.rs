@@ -1,0 +1,94 @@
+//! `transport = "plugin:NAME"`: its options, checked with the rest of the
+//! config, and the [`PluginTransport`] a destination gets.
+
+use super::{PluginTransport, PluginTransportConfig};
+use crate::config::{DestinationConfig, EndpointConfig};
+use crate::transport::{SettingError, Transport, TransportContext, TransportFactory};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Lanes (plugin threads, one instance each) per endpoint when
+/// `options.lanes` is not set: one per core of a small machine.
+pub const DEFAULT_LANES: usize = 2;
+
+/// Most lanes a destination may ask for.
+const MAX_LANES: usize = 64;
+
+/// `options = {..}` of a `plugin:NAME` destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginOptions {
+    /// How many calls of the plugin to each endpoint run at once: one
+    /// thread and one instance each, per endpoint (default [`DEFAULT_LANES`],
+    /// at most 64). A plugin waiting on its socket holds its lane until it
+    /// answers or its deadline passes; other endpoints' lanes go on.
+    pub lanes: usize,
+}
+
+impl Default for PluginOptions {
+    fn default() -> PluginOptions {
+        PluginOptions { lanes: DEFAULT_LANES }
+    }
+}
+
+/// The registry entry `plugin:`, serving every `plugin:NAME`: a destination
+/// of network endpoints (at least one) that its plugin reaches.
+#[derive(Debug, Default)]
+pub struct PluginTransportFactory;
+
+impl PluginTransportFactory {
+    /// The plugin's name (`NAME` of `plugin:NAME`) and the options.
+    fn settings(destination: &DestinationConfig) -> Result<(&str, PluginOptions), SettingError> {
+        let name = destination.transport.strip_prefix("plugin:").unwrap_or_default();
+        if name.is_empty() {
+            return Err(SettingError {
+                field: "transport",
+                value: format!("\"{}\"", destination.transport),
+                problem: "names no plugin, as in \"plugin:NAME\"".into(),
+            });
+        }
+        let invalid = |problem: String| SettingError {
+            field: "options",
+            value: crate::config::inline_table(&destination.options),
+            problem,
+        };
+        let table = toml::Value::Table(destination.options.clone());
+        let options: PluginOptions = serde::Deserialize::deserialize(table)
+            .map_err(|err| invalid(err.message().trim_end().to_owned()))?;
+        if !(1..=MAX_LANES).contains(&options.lanes) {
+            return Err(invalid(format!("lanes = {}: must be 1 to {MAX_LANES}", options.lanes)));
+        }
+        if destination.endpoints.is_empty() {
+            return Err(SettingError {
+                field: "endpoints",
+                value: "\"[]\"".into(),
+                problem: "a plugin transport needs at least one endpoint to reach".into(),
+            });
+        }
+        Ok((name, options))
+    }
+}
+
+impl TransportFactory for PluginTransportFactory {
+    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError> {
+        PluginTransportFactory::settings(destination).map(drop)
+    }
+
+    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig> {
+        destination.endpoints.clone()
+    }
+
+    fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
+        let (plugin, options) =
+            PluginTransportFactory::settings(destination).expect("checked before a build");
+        let config = PluginTransportConfig {
+            destination: destination.name.clone(),
+            plugin: plugin.to_owned(),
+            endpoints: destination.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
+            timeout: Duration::from_millis(destination.timeout_ms),
+            pool: (&destination.pool).into(),
+            lanes: options.lanes,
+        };
+        Arc::new(PluginTransport::new(config, context.plugins.clone(), context.engine.clone()))
+    }
+}

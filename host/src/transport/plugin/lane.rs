@@ -1,0 +1,265 @@
+//! A lane: one thread owning one instance of one transport plugin version,
+//! making that instance's calls in the order they come. Connections belong to
+//! the lane (and the instance) that opened them.
+//!
+//! Calls run here, never on a tokio runtime thread: wasmtime-wasi's
+//! synchronous bindings enter a runtime with `block_on` inside WASI calls,
+//! and a plugin blocked in a socket read must not hold a runtime thread.
+
+use crate::plugin::{
+    CompiledPlugin, PluginEngine, PluginError, PluginFault, PluginInstance, TransportConnection,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// What one call through a lane gives: the plugin's own answer (which may
+/// be an error it returned), or why there is none.
+pub(super) type Answer<T> = Result<Result<T, PluginError>, LaneError>;
+
+/// One call, on its way to a lane.
+enum Request {
+    Open {
+        address: String,
+        deadline: Instant,
+        reply: flume::Sender<Answer<(u64, u64)>>,
+    },
+    Send {
+        id: u64,
+        generation: u64,
+        message: Arc<Vec<u8>>,
+        deadline: Instant,
+        reply: flume::Sender<Answer<Option<Vec<u8>>>>,
+    },
+    Close {
+        id: u64,
+        generation: u64,
+    },
+    Probe {
+        address: String,
+        deadline: Instant,
+        reply: flume::Sender<Answer<()>>,
+    },
+}
+
+/// Why a call got no answer from its lane.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum LaneError {
+    /// The plugin misbehaved; its instance was replaced.
+    #[error("the plugin {0}")]
+    Fault(PluginFault),
+    /// The instance that opened the connection faulted since: the
+    /// connection is gone.
+    #[error("its connection was lost when the plugin's instance was replaced")]
+    Lost,
+    /// The call's deadline passed while it waited for the lane; it was not made.
+    #[error("the call waited for the plugin past its deadline")]
+    Overdue,
+    /// The lane's thread is gone (it panicked, or could not start).
+    #[error("the plugin's lane thread has stopped")]
+    Stopped,
+}
+
+/// The handle to one lane, shared by the connections it opened. The thread
+/// ends once every handle is gone and the calls queued before are made.
+pub(super) struct Lane {
+    requests: flume::Sender<Request>,
+    state: Arc<LaneState>,
+}
+
+/// What a lane's thread and its handles both see.
+#[derive(Default)]
+struct LaneState {
+    /// Bumped each time the lane's instance is replaced after a fault: a
+    /// connection of an older generation is gone.
+    generation: AtomicU64,
+    /// Set when a newer version of the plugin serves: this lane's
+    /// connections are not reused.
+    retired: AtomicBool,
+}
+
+impl Lane {
+    /// Start a lane running `plugin`, allowed to connect to `grants` only.
+    pub(super) fn start(
+        name: String,
+        engine: Arc<PluginEngine>,
+        plugin: Arc<CompiledPlugin>,
+        grants: Vec<SocketAddr>,
+    ) -> std::io::Result<Lane> {
+        let (requests, queue) = flume::unbounded();
+        let state = Arc::new(LaneState::default());
+        let worker = Worker {
+            engine,
+            plugin,
+            grants,
+            instance: None,
+            connections: HashMap::new(),
+            next_id: 0,
+            state: state.clone(),
+        };
+        std::thread::Builder::new().name(name).spawn(move || worker.run(&queue))?;
+        Ok(Lane { requests, state })
+    }
+
+    /// The generation connections opened now belong to.
+    pub(super) fn generation(&self) -> u64 {
+        self.state.generation.load(Relaxed)
+    }
+
+    /// Whether a newer version of the plugin serves.
+    pub(super) fn is_retired(&self) -> bool {
+        self.state.retired.load(Relaxed)
+    }
+
+    /// Keep this lane's connections from being reused: a newer version serves.
+    pub(super) fn retire(&self) {
+        self.state.retired.store(true, Relaxed);
+    }
+
+    /// Open a connection to `address`: its id and generation.
+    pub(super) async fn open(&self, address: &str, deadline: Instant) -> Answer<(u64, u64)> {
+        let (reply, answer) = flume::bounded(1);
+        self.call(Request::Open { address: address.to_owned(), deadline, reply }, answer).await
+    }
+
+    /// Send `message` on connection `id` of `generation`.
+    pub(super) async fn send(
+        &self,
+        (id, generation): (u64, u64),
+        message: Arc<Vec<u8>>,
+        deadline: Instant,
+    ) -> Answer<Option<Vec<u8>>> {
+        let (reply, answer) = flume::bounded(1);
+        self.call(Request::Send { id, generation, message, deadline, reply }, answer).await
+    }
+
+    /// Run the plugin's probe of `address`.
+    pub(super) async fn probe(&self, address: &str, deadline: Instant) -> Answer<()> {
+        let (reply, answer) = flume::bounded(1);
+        self.call(Request::Probe { address: address.to_owned(), deadline, reply }, answer).await
+    }
+
+    /// Close connection `id` of `generation`, without waiting.
+    pub(super) fn close(&self, (id, generation): (u64, u64)) {
+        // A stopped lane has no connections left to close.
+        let _ = self.requests.send(Request::Close { id, generation });
+    }
+
+    async fn call<T>(&self, request: Request, answer: flume::Receiver<Answer<T>>) -> Answer<T> {
+        self.requests.send(request).map_err(|_| LaneError::Stopped)?;
+        answer.recv_async().await.unwrap_or(Err(LaneError::Stopped))
+    }
+}
+
+/// The lane thread's state.
+struct Worker {
+    engine: Arc<PluginEngine>,
+    plugin: Arc<CompiledPlugin>,
+    grants: Vec<SocketAddr>,
+    /// `None` after a fault, until a new instance starts.
+    instance: Option<PluginInstance>,
+    /// The connections the current instance holds, by id.
+    connections: HashMap<u64, TransportConnection>,
+    next_id: u64,
+    state: Arc<LaneState>,
+}
+
+impl Worker {
+    /// Instantiate, then make calls until every handle is gone.
+    fn run(mut self, queue: &flume::Receiver<Request>) {
+        // A failure here is reported to the first call, which tries again.
+        self.instance = self.instantiate().ok();
+        while let Ok(request) = queue.recv() {
+            self.serve(request);
+            if self.instance.is_none() {
+                // Replace a faulted instance now, so the next call does not wait for it.
+                self.instance = self.instantiate().ok();
+            }
+        }
+    }
+
+    fn instantiate(&self) -> Result<PluginInstance, PluginFault> {
+        PluginInstance::with_connect_grants(&self.engine, self.plugin.clone(), self.grants.clone())
+    }
+
+    fn serve(&mut self, request: Request) {
+        // Each answer may go to nobody: its caller stopped waiting.
+        match request {
+            Request::Open { address, deadline, reply } => {
+                let opened =
+                    self.call(deadline, |instance, timeout| instance.open_connection(&address, timeout));
+                let generation = self.state.generation.load(Relaxed);
+                let opened = opened.map(|opened| {
+                    opened.map(|connection| {
+                        self.next_id += 1;
+                        self.connections.insert(self.next_id, connection);
+                        (self.next_id, generation)
+                    })
+                });
+                // Nobody took it (the attempt was given up): close it now, or it would stay open unused.
+                if let Err(flume::SendError(Ok(Ok(key)))) = reply.send(opened) {
+                    self.serve(Request::Close { id: key.0, generation: key.1 });
+                }
+            }
+            Request::Send { id, generation, message, deadline, reply } => {
+                let current = generation == self.state.generation.load(Relaxed);
+                let Some(connection) = self.connections.remove(&id).filter(|_| current) else {
+                    let _ = reply.send(Err(LaneError::Lost));
+                    return;
+                };
+                let sent =
+                    self.call(deadline, |instance, timeout| instance.send_on(&connection, &message, timeout));
+                if self.instance.is_some() {
+                    self.connections.insert(id, connection);
+                }
+                let _ = reply.send(sent);
+            }
+            Request::Close { id, generation } => {
+                let current = generation == self.state.generation.load(Relaxed);
+                if let Some(connection) = self.connections.remove(&id).filter(|_| current) {
+                    let instance = self.instance.as_mut().expect("connections live with their instance");
+                    if instance.close_connection(connection).is_err() {
+                        self.discard();
+                    }
+                }
+            }
+            Request::Probe { address, deadline, reply } => {
+                let probed =
+                    self.call(deadline, |instance, timeout| instance.probe_endpoint(&address, timeout));
+                let _ = reply.send(probed);
+            }
+        }
+    }
+
+    /// Make one call with the time left until `deadline`; a fault throws
+    /// the instance and its connections away. A call whose deadline passed
+    /// while it waited in the queue is not made: it timed out.
+    fn call<T>(
+        &mut self,
+        deadline: Instant,
+        call: impl FnOnce(&mut PluginInstance, Duration) -> Result<Result<T, PluginError>, PluginFault>,
+    ) -> Answer<T> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LaneError::Overdue);
+        }
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            None => self.instance.insert(self.instantiate().map_err(LaneError::Fault)?),
+        };
+        let answer = call(instance, left).map_err(LaneError::Fault);
+        if answer.is_err() {
+            self.discard();
+        }
+        answer
+    }
+
+    /// Throw the instance away after a fault, and with it its connections.
+    fn discard(&mut self) {
+        self.instance = None;
+        self.connections.clear();
+        self.state.generation.fetch_add(1, Relaxed);
+    }
+}

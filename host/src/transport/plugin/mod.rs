@@ -1,0 +1,279 @@
+//! WASM transport plugins as the way a destination reaches its endpoints.
+//!
+//! ```text
+//! attempt(address, message) ── on a tokio task ──────────────────────────────────────────┐
+//!   the serving version of plugin NAME (registry) ─► its lanes (started on first use)    │
+//!     (each endpoint has its own: a stuck endpoint holds up no other's calls)             │
+//!   pool of `address` ─► idle connection of that version, or open: a lane's plugin connects
+//!   send on the connection's lane, awaited (flume) ─► reply / error / fault ─► Outcome   │
+//! lane = one thread + one instance (WASI network grant: the endpoints, connect only) ◄───┘
+//! ```
+//!
+//! A plugin call never runs on a runtime thread: it runs on a lane, and the
+//! attempt awaits its answer. Every call is bounded by the attempt's
+//! deadline (the destination's `timeout_ms`), in wasm (epoch interruption)
+//! and while the plugin waits in WASI (a socket read, a sleep), so a stuck
+//! plugin frees its lane at the deadline and the cluster retries elsewhere.
+//! A faulted instance is replaced and the connections it held are gone; a
+//! new version of the plugin serves new connections while attempts in
+//! flight finish on the old one, whose pooled connections are not reused.
+
+mod connection;
+mod factory;
+mod lane;
+
+pub use factory::{DEFAULT_LANES, PluginOptions, PluginTransportFactory};
+
+use super::{AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport};
+use crate::config::HealthSettings;
+use crate::message::Message;
+use crate::plugin::{CompiledPlugin, PluginEngine, PluginError, PluginKind, PluginRegistry};
+use crate::resilience::{FatalReason, Outcome, RetryReason};
+use arc_swap::ArcSwapOption;
+use connection::PluginConnection;
+use lane::{Lane, LaneError};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a [`PluginTransport`] is made for.
+#[derive(Debug, Clone)]
+pub struct PluginTransportConfig {
+    /// The destination's name (it names the lane threads).
+    pub destination: String,
+    /// The transport plugin's name (its file stem).
+    pub plugin: String,
+    /// The destination's endpoint addresses: all the plugin may connect to.
+    pub endpoints: Vec<String>,
+    /// Deadline of one attempt (open and send), the destination's `timeout_ms`.
+    pub timeout: Duration,
+    /// The connection pool of each endpoint.
+    pub pool: PoolConfig,
+    /// Lanes per endpoint and plugin version: how many plugin calls to one
+    /// endpoint run at once.
+    pub lanes: usize,
+}
+
+/// Delivers through the serving version of a `transport` plugin.
+pub struct PluginTransport {
+    config: PluginTransportConfig,
+    registry: Arc<PluginRegistry>,
+    engine: Arc<PluginEngine>,
+    /// The endpoints, resolved: the plugin's whole network grant.
+    grants: Vec<SocketAddr>,
+    pools: Pools<PluginConnection>,
+    /// The lanes of the version last seen serving.
+    current: ArcSwapOption<Lanes>,
+    /// Held while a new version's lanes start, so that they start once.
+    starting: Mutex<()>,
+}
+
+/// The lanes of one plugin version: each endpoint has its own, so that an
+/// endpoint whose calls are stuck until their deadline holds up no other's.
+struct Lanes {
+    plugin: Arc<CompiledPlugin>,
+    by_endpoint: HashMap<String, EndpointLanes>,
+}
+
+/// The lanes of one endpoint, taken in turn.
+struct EndpointLanes {
+    lanes: Vec<Arc<Lane>>,
+    /// Round-robin position for the next new connection or probe.
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    /// A lane of `address` for a new connection or a probe; why none when
+    /// it is not one of the destination's endpoints.
+    fn next(&self, address: &str) -> Result<Arc<Lane>, String> {
+        let endpoint = self.by_endpoint.get(address);
+        let endpoint =
+            endpoint.ok_or_else(|| format!("{address} is not one of the destination's endpoints"))?;
+        let turn = endpoint.next.fetch_add(1, Relaxed);
+        Ok(endpoint.lanes[turn % endpoint.lanes.len()].clone())
+    }
+
+    /// Keep every connection of this version from being reused: a newer one serves.
+    fn retire(&self) {
+        self.by_endpoint.values().flat_map(|endpoint| &endpoint.lanes).for_each(|lane| lane.retire());
+    }
+}
+
+impl PluginTransport {
+    /// A transport for `config`, running the versions of `config.plugin`
+    /// that `registry` serves, compiled by `engine`. Lanes start on first
+    /// use. An endpoint whose address does not resolve now is not granted
+    /// (the plugin's connections to it are denied), and a warning says so.
+    pub fn new(
+        config: PluginTransportConfig,
+        registry: Arc<PluginRegistry>,
+        engine: Arc<PluginEngine>,
+    ) -> PluginTransport {
+        let mut grants = Vec::new();
+        for address in &config.endpoints {
+            match address.to_socket_addrs() {
+                Ok(resolved) => grants.extend(resolved),
+                Err(err) => tracing::warn!(
+                    destination = %config.destination, plugin = %config.plugin, endpoint = %address, %err,
+                    "the endpoint does not resolve: the transport plugin may not connect to it"
+                ),
+            }
+        }
+        let pools = Pools::new(config.pool, PluginConnection::is_open);
+        let (current, starting) = (ArcSwapOption::empty(), Mutex::default());
+        PluginTransport { config, registry, engine, grants, pools, current, starting }
+    }
+
+    /// One attempt: a pooled connection (or a new one), one send, its reply.
+    async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
+        let deadline = Instant::now() + self.config.timeout;
+        let not_sent = |reason| (Outcome::Retryable(RetryReason::Connect), reason);
+        let lanes = self.lanes().map_err(not_sent)?;
+        let pool = self.pools.get(address);
+        let mut batch = Vec::new();
+        message.encode(&mut batch, 0, true);
+        let batch = Arc::new(batch);
+        let (connection, reply) = loop {
+            let connection = pool
+                .acquire(|| async {
+                    let lane = lanes.next(address).map_err(std::io::Error::other)?;
+                    PluginConnection::open(lane, address, deadline).await
+                })
+                .await
+                .map_err(|err| err.into_attempt_error(address))?;
+            match connection.send(batch.clone(), deadline).await {
+                Ok(Ok(reply)) => break (connection, reply),
+                Ok(Err(error)) => return Err(refused(error)),
+                // Gone with a faulted instance before anything was sent on it: take another.
+                Err(LaneError::Lost) => continue,
+                Err(error) => return Err(faulted(error, self.config.timeout)),
+            }
+        };
+        drop(lanes);
+        let reply = match reply {
+            None => None,
+            Some(batch) => {
+                let mut messages = switchyard_wire::decode(&batch);
+                let decoded = messages.next().and_then(Result::ok).map(|reply| Message::from_wire(&reply));
+                // The endpoint took the message: sending it again could do it twice.
+                Some(decoded.ok_or_else(|| {
+                    (Outcome::Fatal(FatalReason::Protocol), "the plugin's reply is not a wire message".into())
+                })?)
+            }
+        };
+        connection.release();
+        Ok(reply)
+    }
+
+    /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
+    async fn check(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_millis(health.timeout_ms);
+        match self.lanes()?.next(address)?.probe(address, deadline).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("the plugin's probe {error}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// The lanes of the version serving now, started if it is new (the
+    /// previous version's are retired); or why none serves.
+    fn lanes(&self) -> Result<Arc<Lanes>, String> {
+        let name = &self.config.plugin;
+        let snapshot = self.registry.snapshot();
+        let plugin =
+            snapshot.get(name).ok_or_else(|| format!("transport plugin \"{name}\" is not loaded"))?;
+        if plugin.kind != PluginKind::Transport {
+            return Err(format!("plugin \"{name}\" is a {}, not a transport", plugin.kind.as_str()));
+        }
+        let serving = |current: &Option<Arc<Lanes>>| {
+            current.as_ref().filter(|lanes| Arc::ptr_eq(&lanes.plugin, plugin)).cloned()
+        };
+        if let Some(lanes) = serving(&self.current.load_full()) {
+            return Ok(lanes);
+        }
+        let _starting = self.starting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.current.load_full();
+        if let Some(lanes) = serving(&current) {
+            return Ok(lanes);
+        }
+        let lanes = Arc::new(self.start(plugin.clone())?);
+        self.current.store(Some(lanes.clone()));
+        if let Some(old) = current {
+            // The old version's idle connections close now; those in use close when their attempts end.
+            old.retire();
+            self.config.endpoints.iter().for_each(|address| self.pools.close_idle(address));
+        }
+        Ok(lanes)
+    }
+
+    /// Start `plugin`'s lanes: [`PluginTransportConfig::lanes`] per endpoint.
+    fn start(&self, plugin: Arc<CompiledPlugin>) -> Result<Lanes, String> {
+        let mut by_endpoint = HashMap::new();
+        for (index, address) in self.config.endpoints.iter().enumerate() {
+            let lanes = (0..self.config.lanes.max(1))
+                .map(|n| {
+                    let name = format!("switchyard-transport-{}-{index}-{n}", self.config.destination);
+                    Lane::start(name, self.engine.clone(), plugin.clone(), self.grants.clone()).map(Arc::new)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|err| {
+                    format!("cannot start a thread for transport plugin \"{}\": {err}", plugin.name)
+                })?;
+            by_endpoint.insert(address.clone(), EndpointLanes { lanes, next: AtomicUsize::new(0) });
+        }
+        Ok(Lanes { plugin, by_endpoint })
+    }
+}
+
+/// How an attempt fails on the plugin's own error: `retryable` is retried,
+/// `rejected` dead-lettered with the plugin's text, `failed` is a failed
+/// exchange (the message may have gone out).
+fn refused(error: PluginError) -> (Outcome, String) {
+    let outcome = match &error {
+        PluginError::Retryable(_) => Outcome::Retryable(RetryReason::Plugin),
+        PluginError::Rejected(_) => Outcome::Fatal(FatalReason::Rejected),
+        PluginError::Failed(_) => Outcome::Retryable(RetryReason::Reset),
+    };
+    (outcome, format!("the plugin {error}"))
+}
+
+/// How an attempt fails when the plugin gave no answer: cut at the
+/// deadline, a timeout; otherwise a failed exchange.
+fn faulted(error: LaneError, timeout: Duration) -> (Outcome, String) {
+    match error {
+        LaneError::Fault(crate::plugin::PluginFault::TimedOut(_)) | LaneError::Overdue => {
+            (Outcome::Retryable(RetryReason::Timeout), format!("the plugin gave no answer in {timeout:?}"))
+        }
+        error => (Outcome::Retryable(RetryReason::Reset), error.to_string()),
+    }
+}
+
+impl Transport for PluginTransport {
+    /// A pooled connection to `address` of the serving version (or a new
+    /// one), one send, its reply; cut at the destination's per-attempt
+    /// timeout, including while the plugin waits in WASI.
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
+        Box::pin(self.exchange(address, message))
+    }
+
+    /// The plugin's `probe` of `address`, on a lane.
+    fn probe<'a>(&'a self, address: &'a str, health: &'a HealthSettings) -> ProbeFuture<'a> {
+        Box::pin(self.check(address, health))
+    }
+
+    fn close_idle(&self, address: &str) {
+        self.pools.close_idle(address);
+    }
+
+    fn pool_stats(&self, address: &str) -> Option<PoolStats> {
+        self.pools.stats(address)
+    }
+}
+
+impl std::fmt::Debug for PluginTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginTransport").field("config", &self.config).finish_non_exhaustive()
+    }
+}

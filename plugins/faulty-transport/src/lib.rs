@@ -1,0 +1,64 @@
+//! A test transport to echo servers that misbehaves on request. A message
+//! sent to the endpoint named by its header `x-fault-at` (or to any, without
+//! that header) with header `x-fault`:
+//! - `sleep`: sleeps 10 s inside WASI (where epoch interruption cannot reach);
+//! - `spin`: never returns;
+//! - `connect:HOST:PORT`: connects to that address instead, and rejects the
+//!   message with the error when that fails.
+//!
+//! Any other message goes out as `echo-transport` sends it: the payload is
+//! written and as many bytes read back; the reply carries them.
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use switchyard_plugin::{Error, Message, OwnedMessage, Transport, export_transport};
+
+struct FaultyTransport;
+
+/// A connection to one echo server.
+struct Echo {
+    stream: TcpStream,
+    address: String,
+}
+
+impl Transport for FaultyTransport {
+    type Connection = Echo;
+
+    fn open(address: &str) -> Result<Echo, Error> {
+        let stream =
+            TcpStream::connect(address).map_err(|err| Error::retryable(format!("connect: {err}")))?;
+        Ok(Echo { stream, address: address.to_owned() })
+    }
+
+    fn send(echo: &mut Echo, message: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
+        let here = message.header("x-fault-at").is_none_or(|at| at == echo.address);
+        match message.header("x-fault").filter(|_| here) {
+            Some("sleep") => std::thread::sleep(Duration::from_secs(10)),
+            Some("spin") => {
+                let mut turns = 0_u64;
+                // `black_box` keeps the optimizer from proving the loop useless.
+                loop {
+                    turns = black_box(turns.wrapping_add(1));
+                }
+            }
+            Some(fault) if fault.starts_with("connect:") => {
+                let elsewhere = &fault["connect:".len()..];
+                let stream = TcpStream::connect(elsewhere)
+                    .map_err(|err| Error::rejected(format!("connect to {elsewhere}: {err}")))?;
+                drop(stream);
+            }
+            _ => {}
+        }
+        let payload = message.payload.unwrap_or_default();
+        let mut echoed = vec![0; payload.len()];
+        echo.stream.write_all(payload).map_err(|err| Error::retryable(format!("echo, sending: {err}")))?;
+        let echoed_back = echo.stream.read_exact(&mut echoed);
+        echoed_back.map_err(|err| Error::failed(format!("echo, sent, no answer: {err}")))?;
+        Ok(Some(OwnedMessage::from(message).with_payload(echoed)))
+    }
+}
+
+export_transport!(FaultyTransport);

@@ -1,0 +1,227 @@
+//! WASM transport plugins delivering for real: the Redis transport against
+//! real `redis-server`s, the echo transport against an echo server, and a
+//! faulty transport cut at its deadline and denied addresses outside its
+//! endpoints. These drive `PluginTransport` itself, as a destination does.
+
+use crate::support::{RedisServer, echo_server, eventually, within};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard::Message;
+use switchyard::config::PluginConfig;
+use switchyard::plugin::{CompiledPlugin, PluginEngine, PluginRegistry, load_file};
+use switchyard::resilience::{FatalReason, Outcome, RetryReason};
+use switchyard::transport::plugin::{PluginTransport, PluginTransportConfig};
+use switchyard::transport::{PoolConfig, Transport};
+use switchyard_plugin_artifacts as artifacts;
+
+/// A transport plugin loaded into a registry of its own.
+struct Loaded {
+    engine: Arc<PluginEngine>,
+    registry: Arc<PluginRegistry>,
+    name: &'static str,
+}
+
+impl Loaded {
+    fn new(name: &'static str, artifact: &str, config: &[(&str, &str)]) -> Loaded {
+        let engine = Arc::new(PluginEngine::new(None).unwrap());
+        let loaded = Loaded { engine, registry: Arc::default(), name };
+        loaded.swap_in(artifact, config);
+        loaded
+    }
+
+    /// Load `artifact` with `config` and make it the serving version.
+    fn swap_in(&self, artifact: &str, config: &[(&str, &str)]) -> Arc<CompiledPlugin> {
+        let config: BTreeMap<String, String> =
+            config.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let plugin_config = PluginConfig { name: self.name.into(), config, ..PluginConfig::default() };
+        let plugin = load_file(&self.engine, Path::new(artifact), Some(&plugin_config)).unwrap();
+        self.registry.replace(BTreeMap::from([(self.name.to_owned(), plugin.clone())]));
+        plugin
+    }
+
+    /// A transport over `endpoints` with `lanes` lanes and a per-attempt timeout.
+    fn transport(&self, endpoints: &[SocketAddr], lanes: usize, timeout: Duration) -> PluginTransport {
+        let config = PluginTransportConfig {
+            destination: "test".into(),
+            plugin: self.name.into(),
+            endpoints: endpoints.iter().map(SocketAddr::to_string).collect(),
+            timeout,
+            pool: PoolConfig::default(),
+            lanes,
+        };
+        PluginTransport::new(config, self.registry.clone(), self.engine.clone())
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn redis_transport() {
+    let (left, right) = (RedisServer::start(), RedisServer::start());
+    let plugin = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "jobs")]);
+    let transport = plugin.transport(&[left.addr, right.addr], 2, TIMEOUT);
+    for n in 1..=50 {
+        for redis in [&left, &right] {
+            let message = Message::new("jobs", format!("job {n}"));
+            let reply = within(transport.attempt(&redis.addr.to_string(), &message)).await.unwrap().unwrap();
+            assert_eq!(reply.payload, n.to_string(), "RPUSH answers the list's length");
+        }
+    }
+    for redis in [&left, &right] {
+        assert_eq!(redis.command(&["LLEN", "jobs"]), "50");
+        assert_eq!(redis.command(&["LINDEX", "jobs", "-1"]), "job 50");
+        let stats = transport.pool_stats(&redis.addr.to_string()).unwrap();
+        assert_eq!((stats.size, stats.idle), (1, 1), "one connection, kept open across sends");
+    }
+    let health = switchyard::config::HealthSettings::default();
+    assert_eq!(within(transport.probe(&left.addr.to_string(), &health)).await, Ok(()), "PING answered");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let to_closed = plugin.transport(&[closed], 1, TIMEOUT);
+    let down = within(to_closed.probe(&closed.to_string(), &health)).await.unwrap_err();
+    assert!(down.starts_with("the plugin's probe asked for a retry: connect: "), "{down}");
+
+    let streams = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "events"), ("command", "xadd")]);
+    let transport = streams.transport(&[left.addr], 1, TIMEOUT);
+    let message = Message::new("events", "hello").with_header("x-sy-id", "0190-abc");
+    let reply = within(transport.attempt(&left.addr.to_string(), &message)).await.unwrap().unwrap();
+    let entry = String::from_utf8(reply.payload.to_vec()).unwrap();
+    assert!(
+        entry.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq == "0"),
+        "{entry}"
+    );
+    assert_eq!(
+        left.command(&["XRANGE", "events", "-", "+"]),
+        format!("{entry}\npayload\nhello\nid\n0190-abc")
+    );
+
+    // A server that takes the connection and never answers: the plugin, blocked reading its
+    // socket inside WASI, is cut at the per-attempt deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let transport = plugin.transport(&[silent_addr], 1, Duration::from_millis(300));
+    let (outcome, error) = cut(&transport, silent_addr, &Message::new("jobs", "unanswered")).await;
+    assert_eq!(
+        (outcome, error.as_str()),
+        (Outcome::Retryable(RetryReason::Timeout), "the plugin gave no answer in 300ms")
+    );
+    held.abort();
+
+    // XADD to a key holding a list: Redis refuses, the message is rejected with its text.
+    let wrong = Loaded::new("redis", artifacts::REDIS_TRANSPORT, &[("key", "jobs"), ("command", "xadd")]);
+    let transport = wrong.transport(&[left.addr], 1, TIMEOUT);
+    let refused = within(transport.attempt(&left.addr.to_string(), &message)).await.unwrap_err();
+    assert_eq!(refused.0, Outcome::Fatal(FatalReason::Rejected));
+    assert!(refused.1.contains("rejected the message: redis: WRONGTYPE"), "{}", refused.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn echo_transport() {
+    let (server, echoed) = echo_server().await;
+    let plugin = Loaded::new("echo", artifacts::ECHO_TRANSPORT, &[]);
+    let transport = plugin.transport(&[server], 1, TIMEOUT);
+    let message = Message::new("greet", "hello, echo").with_header("x-kept", "yes");
+    let reply = within(transport.attempt(&server.to_string(), &message)).await.unwrap().unwrap();
+    assert_eq!((reply.topic.as_str(), &reply.payload[..]), ("greet", &b"hello, echo"[..]));
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    assert_eq!(reply.header("x-echoed-by"), Some(server.to_string().as_str()));
+    assert_eq!(echoed.load(std::sync::atomic::Ordering::SeqCst), 11, "it went through the server");
+}
+
+/// One attempt that must fail within the deadline plus a margin; its error.
+async fn cut(transport: &PluginTransport, address: SocketAddr, message: &Message) -> (Outcome, String) {
+    let started = Instant::now();
+    let failed = within(transport.attempt(&address.to_string(), message)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "cut at its deadline, took {:?}", started.elapsed());
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn faulty_transport() {
+    let (server, _) = echo_server().await;
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    // One lane: a plugin stuck past its deadline would hold up every later call.
+    let transport = plugin.transport(&[server], 1, Duration::from_millis(300));
+    let fine = Message::new("jobs", "fine");
+    for fault in ["sleep", "spin"] {
+        let stuck = Message::new("jobs", "stuck").with_header("x-fault", fault);
+        let (outcome, error) = cut(&transport, server, &stuck).await;
+        assert_eq!(outcome, Outcome::Retryable(RetryReason::Timeout), "{fault}: {error}");
+        assert_eq!(error, "the plugin gave no answer in 300ms");
+        let reply = within(transport.attempt(&server.to_string(), &fine)).await;
+        assert_eq!(reply.unwrap().unwrap().payload, "fine", "after a {fault}, the lane serves again");
+    }
+
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let wandering = Message::new("jobs", "x").with_header("x-fault", format!("connect:{elsewhere_addr}"));
+    let (outcome, error) = within(transport.attempt(&server.to_string(), &wandering)).await.unwrap_err();
+    assert_eq!(outcome, Outcome::Fatal(FatalReason::Rejected));
+    assert!(
+        error.starts_with(&format!("the plugin rejected the message: connect to {elsewhere_addr}: ")),
+        "{error}"
+    );
+    assert!(error.to_lowercase().contains("denied"), "the sandbox denied it: {error}");
+    assert!(
+        tokio::time::timeout(Duration::ZERO, elsewhere.accept()).await.is_err(),
+        "nothing reached the address outside the endpoints"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_serves_new_connections_and_the_old_one_drains_away() {
+    let (server, _) = echo_server().await;
+    let plugin = Loaded::new("echo", artifacts::ECHO_TRANSPORT, &[]);
+    let old = plugin.registry.snapshot()["echo"].clone();
+    let transport = plugin.transport(&[server], 2, TIMEOUT);
+    let message = Message::new("greet", "hello");
+    within(transport.attempt(&server.to_string(), &message)).await.unwrap();
+    let instances = |plugin: &CompiledPlugin, expected: usize| {
+        eventually(|| match plugin.live_instances() {
+            live if live == expected => Ok(()),
+            live => Err(live),
+        })
+    };
+    instances(&old, 2); // one per lane
+    let new = plugin.swap_in(artifacts::ECHO_TRANSPORT, &[("version", "2")]);
+    within(transport.attempt(&server.to_string(), &message)).await.unwrap();
+    instances(&new, 2);
+    let stats = transport.pool_stats(&server.to_string()).unwrap();
+    assert_eq!((stats.size, stats.idle), (1, 1), "the old version's connection was closed, not reused");
+    instances(&old, 0); // its lanes ended with its last connection
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_whose_plugin_call_is_stuck_holds_up_no_other_endpoint() {
+    let ((stuck, _), (good, _)) = (echo_server().await, echo_server().await);
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    // One lane per endpoint, and a deadline far longer than a good exchange.
+    let transport = Arc::new(plugin.transport(&[stuck, good], 1, Duration::from_secs(3)));
+    let fine = Message::new("jobs", "fine");
+    within(transport.attempt(&stuck.to_string(), &fine)).await.unwrap();
+    let stuck_call = tokio::spawn({
+        let transport = transport.clone();
+        async move {
+            let sleeping = Message::new("jobs", "stuck").with_header("x-fault", "sleep");
+            transport.attempt(&stuck.to_string(), &sleeping).await
+        }
+    });
+    // The stuck call holds the stuck endpoint's one connection: it is in its lane.
+    eventually(|| match transport.pool_stats(&stuck.to_string()).unwrap().in_use {
+        1 => Ok(()),
+        in_use => Err(in_use),
+    });
+    let reply = within(transport.attempt(&good.to_string(), &fine)).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "fine");
+    assert!(!stuck_call.is_finished(), "the other endpoint answered while the stuck call still waited");
+    let (outcome, _) = within(stuck_call).await.unwrap().unwrap_err();
+    assert_eq!(outcome, Outcome::Retryable(RetryReason::Timeout));
+}
