@@ -24,6 +24,7 @@ mod native_plugins;
 mod panics;
 mod plugin_destination;
 mod plugins;
+mod redis_transport;
 mod reload;
 mod reload_once;
 mod retries;

@@ -36,6 +36,9 @@ pub enum RetryReason {
     Status(u16),
     /// A plugin answered `retryable`.
     Plugin,
+    /// The peer answered that it is busy or not ready (Redis `LOADING`, `TRYAGAIN`, …): it did not take
+    /// the message.
+    Declined,
 }
 
 /// Why an attempt failed for good.
@@ -76,7 +79,7 @@ impl Outcome {
             Outcome::Retryable(reason) => match reason {
                 RetryReason::Connect | RetryReason::Reset | RetryReason::Timeout => true,
                 RetryReason::Status(status) => (500..=599).contains(status),
-                RetryReason::Plugin => false,
+                RetryReason::Plugin | RetryReason::Declined => false,
             },
             Outcome::Ok | Outcome::Fatal(_) | Outcome::Shed => false,
         }
@@ -88,7 +91,7 @@ impl RetryReason {
     /// it: nothing was sent (Pingora's `fail_to_connect`), or a plugin or worker answered `retryable`,
     /// saying it did not take it. Other reasons are safe to retry only for idempotent work.
     pub fn is_not_taken(&self) -> bool {
-        matches!(self, RetryReason::Connect | RetryReason::Plugin)
+        matches!(self, RetryReason::Connect | RetryReason::Plugin | RetryReason::Declined)
     }
 
     /// Whether the request went out and no answer came back (a timeout, a reset mid-exchange): the

@@ -21,12 +21,14 @@ mod file;
 mod http;
 pub mod plugin;
 mod pool;
+mod redis;
 mod registry;
 mod restart;
 mod subprocess;
 mod tcp;
 mod websocket;
 
+pub use self::redis::{RedisCommand, RedisOptions, RedisTransport};
 pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};

@@ -1,0 +1,97 @@
+//! The built-in `redis` transport against real `redis-server`s: lists and streams keyed by topic, the
+//! server's answer as the reply, an error answer dead-lettered with its text, and a server killed
+//! mid-run with nothing lost.
+
+use crate::support::{RedisServer, drain_and_account, host, next, plugin_dir, within};
+use std::collections::HashSet;
+use switchyard::{Message, RequestError};
+
+fn config(servers: &[&RedisServer], options: &str) -> String {
+    let endpoints: Vec<String> = servers.iter().map(|server| format!("\"{}\"", server.addr)).collect();
+    format!(
+        "[host]\nworkers = 2\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\nqueue = {{ capacity = 10000 }}\n\
+         [[destination]]\nname = \"jobs\"\ntransport = \"redis\"\nendpoints = [{}]\noptions = {{ {options} }}\n\
+         idempotent = true\nbreaker = {{ consecutive_failures = 1, open_ms = 60000 }}\n\
+         retry = {{ attempts = 5, base_ms = 1, max_ms = 10 }}\n\
+         [[route]]\nname = \"all\"\nto = \"jobs\"\n",
+        endpoints.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_go_onto_the_list_their_topic_names_and_the_answer_is_the_reply() {
+    let server = RedisServer::start();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&server], "key = \"jobs:{topic}\"")).await;
+    for n in 0..100 {
+        host.send(Message::new(["eu", "us"][n % 2], format!("job {n}"))).await.unwrap();
+    }
+    crate::support::eventually(|| match server.command(&["LLEN", "jobs:eu"]).as_str() {
+        "50" => Ok(()),
+        other => Err(other.to_owned()),
+    });
+    let reply = within(host.request(Message::new("eu", "one more"))).await.unwrap().expect("a reply");
+    assert_eq!(&reply.payload[..], b"51", "RPUSH answers the list's new length");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (101, 0));
+    assert_eq!(server.command(&["LLEN", "jobs:eu"]), "51");
+    assert_eq!(server.command(&["LLEN", "jobs:us"]), "50");
+    // Deliveries run side by side: the list holds every payload, in the order they arrived.
+    let us: HashSet<String> =
+        server.command(&["LRANGE", "jobs:us", "0", "-1"]).lines().map(str::to_owned).collect();
+    assert_eq!(us, (0..100).filter(|n| n % 2 == 1).map(|n| format!("job {n}")).collect::<HashSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_entry_holds_the_payload_topic_and_headers() {
+    let server = RedisServer::start();
+    let dir = plugin_dir(&[]);
+    let host =
+        host(dir.path(), &config(&[&server], "command = \"xadd\", key = \"events\", max_len = 1000")).await;
+    let reply =
+        within(host.request(Message::new("orders", "{}").with_header("x-tenant", "a"))).await.unwrap();
+    let entry_id = String::from_utf8(reply.expect("the entry id").payload.to_vec()).unwrap();
+    drain_and_account(&host).await;
+    let entry = server.command(&["XRANGE", "events", "-", "+"]);
+    let fields: Vec<&str> = entry.lines().collect();
+    assert_eq!(fields[0], entry_id);
+    assert_eq!(&fields[1..7], ["payload", "{}", "topic", "orders", "x-tenant", "a"]);
+    assert_eq!(fields[7], "x-sy-id", "the id consumers deduplicate on: {fields:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_is_dead_lettered_with_the_servers_words() {
+    let server = RedisServer::start();
+    server.command(&["SET", "jobs:eu", "not a list"]);
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&server], "key = \"jobs:{topic}\"")).await;
+    let answer = within(host.request(Message::new("eu", "job"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    assert_eq!(letter.header("x-sy-attempts"), Some("1"), "an error answer is final");
+    assert!(letter.header("x-sy-last-error").unwrap().contains("WRONGTYPE"), "{letter:?}");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_run_loses_nothing() {
+    let (first, mut second) = (RedisServer::start(), RedisServer::start());
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&first, &second], "key = \"jobs\"")).await;
+    for n in 0..2000 {
+        if n == 1000 {
+            second.kill();
+        }
+        host.send(Message::new("jobs", format!("job {n}"))).await.unwrap();
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2000, 0), "{stats:?}");
+    second.restart();
+    let mut seen = HashSet::new();
+    for server in [&first, &second] {
+        seen.extend(server.command(&["LRANGE", "jobs", "0", "-1"]).lines().map(str::to_owned));
+    }
+    assert_eq!(seen.len(), 2000, "every message is in one list or the other (retries may repeat one)");
+}
