@@ -18,6 +18,8 @@ mod http_destination;
 mod listeners;
 mod ingress_properties;
 mod message_ids;
+mod nats_server;
+mod nats_transport;
 mod panics;
 mod plugins;
 mod reload;

@@ -29,6 +29,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.queue_bytes", a.queue_bytes != b.queue_bytes),
         ("host.state_dir", a.state_dir != b.state_dir),
         ("ingress.http (but its token)", ingress(running) != ingress(new)),
+        ("ingress.nats", running.ingress.nats != new.ingress.nats),
         ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.
         ("admin.token (removed)", has_token(running) && !has_token(new)),

@@ -18,6 +18,7 @@
 
 mod file;
 mod http;
+mod nats;
 mod pool;
 mod registry;
 mod subprocess;
@@ -25,6 +26,7 @@ mod tcp;
 
 pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
+pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use registry::{
     SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,
