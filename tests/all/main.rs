@@ -18,6 +18,7 @@ mod http_destination;
 mod listeners;
 mod ingress_properties;
 mod message_ids;
+mod nats_ingress;
 mod nats_server;
 mod nats_transport;
 mod panics;

@@ -2,5 +2,7 @@
 
 mod bulk;
 mod http;
+mod nats;
 
 pub use http::HttpIngress;
+pub use nats::NatsIngress;
