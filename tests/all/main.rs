@@ -12,6 +12,7 @@ mod destination_core;
 mod endpoint;
 mod exposition;
 mod file_transport;
+mod fallback;
 mod faulty;
 mod hostile_files;
 mod http_destination;
@@ -32,6 +33,8 @@ mod subprocess_transport;
 mod support;
 mod tcp_destination;
 mod transports;
+mod websocket_ingress;
+mod websocket_transport;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

@@ -77,9 +77,17 @@ async fn a_transport_registered_in_rust_gets_its_options_and_retries_on_another_
         assert_eq!(reply.header("x-tag"), Some("seen"));
         assert_eq!(reply.header("x-endpoint"), Some("b:2"), "only b answers");
     }
+    let text = host.metrics().encode();
+    let counted = |outcome| {
+        let labels = [("transport", "loopback"), ("destination", "out"), ("outcome", outcome)];
+        crate::exposition::sample(&text, "switchyard_transport_attempts_total", &labels)
+    };
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (6, 0));
     let attempts = attempts.lock().unwrap();
+    assert_eq!(counted("ok"), Some(6.0), "per-transport metrics count every attempt");
+    let failed = attempts.iter().filter(|address| *address == "a:1").count() as f64;
+    assert_eq!(counted("retryable"), Some(failed));
     assert_eq!(attempts.iter().filter(|address| *address == "b:2").count(), 6);
     let failed = attempts.iter().filter(|address| *address == "a:1").count();
     assert!(failed >= 1, "round-robin sent some to the failing endpoint first: {attempts:?}");
@@ -103,6 +111,6 @@ async fn a_transport_nobody_registered_is_refused_before_the_host_starts() {
     let error = Host::builder().config("test.toml", config("")).plugin_dir(dir.path()).build().await;
     assert_eq!(
         error.expect_err("refused").to_string(),
-        "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, tcp, log, memory)"
+        "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, subprocess, tcp, websocket, log, memory)"
     );
 }

@@ -217,6 +217,23 @@ impl Config {
         }
         let known = || destinations.iter().copied().collect::<Vec<_>>().join(", ");
         for dest in &self.destinations {
+            let Some(fallback) = &dest.fallback else { continue };
+            let key = format!("destination \"{}\".fallback", dest.name);
+            let problem = match self.destinations.iter().find(|other| &other.name == fallback) {
+                _ if dest.is_in_process() => Some("only a network destination has a fallback".to_owned()),
+                _ if fallback == &dest.name => Some("a destination cannot be its own fallback".to_owned()),
+                Some(other) if other.fallback.is_some() => {
+                    Some(format!("\"{fallback}\" has a fallback of its own: fallbacks do not chain"))
+                }
+                Some(_) => None,
+                None if destinations.contains(fallback.as_str()) => None,
+                None => Some(format!("unknown destination (known: {})", known())),
+            };
+            if let Some(problem) = problem {
+                return Err(invalid(key, fallback, problem));
+            }
+        }
+        for dest in &self.destinations {
             let Some(target) = &dest.dead_letter else { continue };
             let key = format!("destination \"{}\".dead_letter", dest.name);
             if target == &dest.name {

@@ -296,6 +296,10 @@ pub struct DestinationConfig {
     /// Where messages this destination fails to take are dead-lettered
     /// (`host.dead_letter` when unset).
     pub dead_letter: Option<String>,
+    /// A network destination's stand-in: a message it never sent because none of its endpoints could
+    /// take it within its queue timeout (all ejected, down, refusing or at their limit) goes here
+    /// instead of to a dead letter. The fallback may not have a fallback of its own.
+    pub fallback: Option<String>,
     /// The queue in front of a network destination and its concurrency limit.
     #[serde(default)]
     pub queue: QueueSettings,

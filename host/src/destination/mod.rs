@@ -161,6 +161,16 @@ pub enum DestinationEvent {
         /// The endpoint's address.
         endpoint: String,
     },
+    /// Messages of the destination go to its fallback: none of its endpoints could take them in time.
+    /// Told once per spell (again after 10 s without a fallback); each message is counted.
+    Fallback {
+        /// The destination.
+        destination: String,
+        /// Its fallback destination.
+        fallback: String,
+        /// Why.
+        reason: String,
+    },
     /// The destination's balancer plugin could not pick; p2c picked instead.
     BalancerFallback {
         /// The destination.
@@ -179,6 +189,7 @@ impl DestinationEvent {
             DestinationEvent::EndpointDown { .. } => "endpoint-down",
             DestinationEvent::EndpointUp { .. } => "endpoint-up",
             DestinationEvent::BalancerFallback { .. } => "balancer-fallback",
+            DestinationEvent::Fallback { .. } => "destination-fallback",
         }
     }
 }

@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 /// The most messages one request may carry.
 pub(super) const MAX_BATCH: usize = 10_000;
 
-/// One message of a bulk request.
+/// One message of a bulk request (and of a WebSocket frame).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BulkMessage {
+pub(super) struct BulkMessage {
     topic: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -84,7 +84,7 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<BulkMessage>, String> {
 }
 
 /// The message `bulk` describes, with a new unique id, or why it is refused.
-fn message_of(bulk: BulkMessage) -> Result<Message, String> {
+pub(super) fn message_of(bulk: BulkMessage) -> Result<Message, String> {
     let payload = match (bulk.payload, bulk.payload_base64) {
         (Some(text), None) => Bytes::from(text),
         (None, Some(encoded)) => base64::engine::general_purpose::STANDARD

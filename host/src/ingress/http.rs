@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,13 +54,21 @@ impl HttpIngress {
         let config = self.host.config();
         let http = config.ingress.http.clone().unwrap_or_else(|| HttpIngressConfig::new(self.local_addr()));
         let limits = ListenerLimits::new(http.max_connections, http.header_timeout_ms);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let app = Router::new()
             .route(
                 "/v1/messages/{topic}",
                 post(accept).layer(DefaultBodyLimit::max(config.host.max_message_bytes)),
             )
             .route("/v1/messages", post(accept_bulk).layer(DefaultBodyLimit::max(http.max_batch_bytes)))
+            .route("/v1/ws", get(accept_socket))
+            .layer(axum::Extension(stopping))
             .with_state(self.host);
+        // Open sockets end when the ingress stops, so that its graceful shutdown can finish.
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
         crate::listener::serve(self.listener, app, limits, shutdown).await;
     }
 }
@@ -71,6 +79,28 @@ async fn accept_bulk(State(host): State<Host>, headers: HeaderMap, body: Bytes) 
         return crate::bearer::unauthorized();
     }
     super::bulk::accept_batch(&host, &headers, body).await
+}
+
+/// `GET /v1/ws`: a socket of messages (see [`websocket`](super::websocket)).
+async fn accept_socket(
+    State(host): State<Host>,
+    axum::Extension(stopping): axum::Extension<tokio::sync::watch::Receiver<bool>>,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
+    if token.is_some_and(|token| !crate::bearer::presented(&headers, &token)) {
+        return crate::bearer::unauthorized();
+    }
+    // A page elsewhere must not use a visitor's browser to send messages (cross-site WebSocket hijacking).
+    let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+    if let Some(origin) = text(axum::http::header::ORIGIN) {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, authority)| authority);
+        if Some(origin_host) != text(axum::http::header::HOST) {
+            return error(StatusCode::FORBIDDEN, format!("Origin {origin:?} is not this host"));
+        }
+    }
+    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, stopping))
 }
 
 async fn accept(

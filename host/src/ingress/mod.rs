@@ -3,6 +3,7 @@
 mod bulk;
 mod http;
 mod nats;
+mod websocket;
 
 pub use http::HttpIngress;
 pub use nats::NatsIngress;

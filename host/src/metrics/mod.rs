@@ -72,6 +72,19 @@ struct EndpointTransition {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportOutcome {
+    transport: String,
+    destination: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportDestination {
+    transport: String,
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventKind {
     event: String,
 }
@@ -97,6 +110,9 @@ pub struct Metrics {
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,
+    fallbacks: Family<DestinationName, Counter>,
+    transport_attempts: Family<TransportOutcome, Counter>,
+    transport_latency: Family<TransportDestination, LatencyHistogram>,
     attempts: Family<EndpointOutcome, Counter>,
     breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
@@ -135,6 +151,9 @@ impl Metrics {
             last_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),
+            fallbacks: Family::default(),
+            transport_attempts: Family::default(),
+            transport_latency: Family::default(),
             attempts: Family::default(),
             breaker_transitions: Family::default(),
             events: Family::default(),
@@ -167,6 +186,12 @@ impl Metrics {
         registry.register("destination_deliveries", help, metrics.deliveries.clone());
         let help = "Retries per destination (attempts after the first)";
         registry.register("destination_retries", help, metrics.retries.clone());
+        let help = "Messages a destination handed to its fallback, never sent for want of an endpoint";
+        registry.register("destination_fallbacks", help, metrics.fallbacks.clone());
+        let help = "Attempts per transport and destination, by outcome (ok, retryable, fatal, shed)";
+        registry.register("transport_attempts", help, metrics.transport_attempts.clone());
+        let help = "Seconds per attempt, per transport and destination";
+        registry.register("transport_attempt_seconds", help, metrics.transport_latency.clone());
         let help = "Attempts per endpoint, by outcome (ok, retryable, fatal, shed)";
         registry.register("endpoint_attempts", help, metrics.attempts.clone());
         let help = "Circuit breaker transitions per endpoint, by the state entered (open, closed)";
@@ -187,6 +212,14 @@ pub(crate) struct EndpointMetrics {
     pub(crate) opened: Counter,
     pub(crate) half_opened: Counter,
     pub(crate) closed: Counter,
+}
+
+/// The handles of one destination's transport: attempts by outcome (ok, retryable, fatal, shed) and
+/// their durations.
+#[derive(Clone)]
+pub(crate) struct TransportMetrics {
+    pub(crate) attempts: [Counter; 4],
+    pub(crate) latency: LatencyHistogram,
 }
 
 /// Handles for one route, cached in the topology so the message path does
@@ -320,9 +353,27 @@ impl Metrics {
         }
     }
 
+    /// The handles of `destination`, reached through `transport` (its name as configured).
+    pub(crate) fn transport(&self, transport: &str, destination: &str) -> TransportMetrics {
+        let attempts = ["ok", "retryable", "fatal", "shed"].map(|outcome| {
+            self.transport_attempts.get_or_create_owned(&TransportOutcome {
+                transport: transport.into(),
+                destination: destination.into(),
+                outcome: outcome.into(),
+            })
+        });
+        let labels = TransportDestination { transport: transport.into(), destination: destination.into() };
+        TransportMetrics { attempts, latency: self.transport_latency.get_or_create_owned(&labels) }
+    }
+
     /// The retry counter of `destination`.
     pub(crate) fn retries(&self, destination: &str) -> Counter {
         self.retries.get_or_create_owned(&DestinationName { destination: destination.into() })
+    }
+
+    /// Count a message of `destination` handed to its fallback.
+    pub(crate) fn fallback(&self, destination: &str) {
+        self.fallbacks.get_or_create(&DestinationName { destination: destination.into() }).inc();
     }
 
     pub(crate) fn event(&self, event: &str) {

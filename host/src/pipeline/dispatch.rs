@@ -85,6 +85,11 @@ impl DispatchContext {
         }
     }
 
+    /// Where destinations tell what changed in them.
+    pub(crate) fn events(&self) -> &crate::destination::EventSink {
+        &self.services.events
+    }
+
     /// The transports destinations may name.
     pub(crate) fn transports(&self) -> &TransportRegistry {
         &self.transports

@@ -3,6 +3,7 @@
 
 mod dead_letters;
 mod dispatch;
+mod fallback;
 mod item;
 mod stats;
 mod topology;
@@ -17,7 +18,7 @@ pub(crate) use topology::{LastingDestinations, Topology};
 pub(crate) use worker::Worker;
 
 use crate::dead_letter::DeadLetterReason;
-use crate::destination::DeliveryResult;
+use crate::destination::{DeliveryError, DeliveryResult};
 use crate::host::RequestError;
 use crate::message::{Message, Verdict};
 use crate::metrics::{Metrics, RouteMetrics, Settled};
@@ -30,7 +31,7 @@ use item::{Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::runtime::Handle;
-use topology::Sink;
+use topology::{Sink, Target};
 
 /// State shared by all workers of a host.
 pub(crate) struct Pipeline {
@@ -198,31 +199,45 @@ impl Pipeline {
             };
             let middlewares = std::mem::take(&mut middlewares);
             let delivery = Delivery { message, reply: reply.take(), middlewares, accepted_at };
-            let target = &topology.destinations[name];
-            let delivery = match &target.queue {
-                Some(queue) => {
-                    let job = Job { delivery, route: metrics.clone() };
-                    match queue.0.push(job.delivery.message.priority, job).await {
-                        Ok(()) => continue,
-                        // Closed: only once the host drains, after the workers stop.
-                        Err(job) => job.delivery,
-                    }
-                }
-                None => delivery,
-            };
-            let result = target.sink.deliver(delivery.message.clone()).await;
-            self.settle(&target.sink, delivery, metrics, result).await;
+            self.deliver_to(&topology.destinations[name], delivery, metrics).await;
         }
     }
 
-    /// Count and answer a delivery to `sink`, or dead-letter it.
+    /// Send `delivery` to `target`: into its queue (waiting while it is full) for a network
+    /// destination, in place for another.
+    async fn deliver_to(&self, target: &Target, delivery: Delivery, metrics: &Arc<RouteMetrics>) {
+        let delivery = match &target.queue {
+            Some(queue) => {
+                let job = Job { delivery, route: metrics.clone() };
+                match queue.0.push(job.delivery.message.priority, job).await {
+                    Ok(()) => return,
+                    // Closed: only once the host drains, after the workers stop.
+                    Err(job) => job.delivery,
+                }
+            }
+            None => delivery,
+        };
+        let result = target.sink.deliver(delivery.message.clone()).await;
+        Box::pin(self.settle(&target.sink, delivery, metrics, result)).await;
+    }
+
+    /// Count and answer a delivery to `sink`, or hand it to the destination's fallback (never sent
+    /// for want of an endpoint), or dead-letter it.
     pub(crate) async fn settle(
         &self,
         sink: &Sink,
         delivery: Delivery,
-        route: &RouteMetrics,
+        route: &Arc<RouteMetrics>,
         result: DeliveryResult,
     ) {
+        if let Err(DeliveryError::QueueTimeout { waited_ms }) = &result {
+            let topology = self.topology.load();
+            if let Some(fallback) = topology.fallback_of(&sink.name) {
+                self.tell_fallback(sink, &fallback.sink.name, *waited_ms);
+                sink.count(false);
+                return self.deliver_to(fallback, delivery, route).await;
+            }
+        }
         let Delivery { message, reply, middlewares, accepted_at } = delivery;
         let response = match result {
             Ok(response) => response,
@@ -230,7 +245,7 @@ impl Pipeline {
                 sink.count(false);
                 let reason = DeadLetterReason::Delivery { destination: sink.name.clone(), error };
                 let item = Item { message, reply, middlewares: Vec::new(), accepted_at };
-                return self.dead_letter(&self.topology.load(), item, reason, Some(route)).await;
+                return self.dead_letter(&self.topology.load(), item, reason, Some(route.as_ref())).await;
             }
         };
         Counters::bump(&self.counters.delivered, 1);

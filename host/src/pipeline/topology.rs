@@ -19,6 +19,8 @@ pub(crate) struct Topology {
     dead_letter: String,
     /// Destinations with a dead-letter destination of their own.
     dead_letter_of: HashMap<String, String>,
+    /// Destinations with a fallback.
+    fallback_of: HashMap<String, String>,
     /// Metric handles per route and per destination (ok, failed), looked up
     /// once per topology rather than per message.
     route_metrics: HashMap<String, Arc<RouteMetrics>>,
@@ -52,6 +54,9 @@ pub(crate) struct Sink {
     pub(crate) destination: Arc<dyn Destination>,
     /// Deliveries (ok, failed); `None` when metrics are off.
     counters: Option<[ShardedCounter; 2]>,
+    /// When a message of this destination last went to its fallback: a first one after a quiet
+    /// spell is told as an event.
+    pub(crate) last_fallback: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Sink {
@@ -117,7 +122,8 @@ impl Topology {
         dispatch: &DispatchContext,
     ) -> Topology {
         let sink = |name: &str, destination| {
-            Arc::new(Sink { name: name.to_owned(), destination, counters: metrics.deliveries(name) })
+            let counters = metrics.deliveries(name);
+            Arc::new(Sink { name: name.to_owned(), destination, counters, last_fallback: Default::default() })
         };
         let mut destinations: HashMap<String, Target> = lasting
             .native
@@ -171,8 +177,18 @@ impl Topology {
                 .iter()
                 .filter_map(|dest| Some((dest.name.clone(), dest.dead_letter.clone()?)))
                 .collect(),
+            fallback_of: config
+                .destinations
+                .iter()
+                .filter_map(|dest| Some((dest.name.clone(), dest.fallback.clone()?)))
+                .collect(),
             route_metrics: route_metrics.collect(),
         }
+    }
+
+    /// The fallback of destination `name`, if it has one.
+    pub(crate) fn fallback_of(&self, name: &str) -> Option<&Target> {
+        self.fallback_of.get(name).and_then(|fallback| self.destinations.get(fallback))
     }
 
     /// Where a message dead-lettered for `reason` goes: the failing

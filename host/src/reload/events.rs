@@ -120,6 +120,8 @@ pub struct EventCounts {
     pub endpoints_up: u64,
     /// [`DestinationEvent::BalancerFallback`].
     pub balancer_fallbacks: u64,
+    /// [`DestinationEvent::Fallback`].
+    pub destination_fallbacks: u64,
     /// [`HostEvent::CacheEntryDiscarded`].
     pub cache_entries_discarded: u64,
 }
@@ -127,7 +129,7 @@ pub struct EventCounts {
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 10],
+    counts: [AtomicU64; 11],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -165,6 +167,7 @@ impl Events {
             HostEvent::Destination(DestinationEvent::EndpointUp { .. }) => 7,
             HostEvent::Destination(DestinationEvent::BalancerFallback { .. }) => 8,
             HostEvent::CacheEntryDiscarded { .. } => 9,
+            HostEvent::Destination(DestinationEvent::Fallback { .. }) => 10,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -172,7 +175,7 @@ impl Events {
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
             2 | 5 => tracing::error!(event = %json, "host event"),
-            6 | 8 | 9 => tracing::warn!(event = %json, "host event"),
+            6 | 8 | 9 | 10 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
         // No subscriber is not an error.
@@ -223,6 +226,7 @@ impl Events {
             endpoints_down: count(6),
             endpoints_up: count(7),
             balancer_fallbacks: count(8),
+            destination_fallbacks: count(10),
             cache_entries_discarded: count(9),
         }
     }

@@ -16,13 +16,16 @@
 //! [`TransportRegistry::builtin`]; an embedder registers its own with
 //! [`HostBuilder::transport`](crate::HostBuilder::transport).
 
+mod answers;
 mod file;
 mod http;
 mod nats;
 mod pool;
 mod registry;
+mod restart;
 mod subprocess;
 mod tcp;
+mod websocket;
 
 pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
@@ -33,6 +36,7 @@ pub use registry::{
 };
 pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;
+pub use websocket::{Framing, WebSocketOptions, WebSocketTransport};
 
 use crate::config::HealthSettings;
 use crate::message::Message;

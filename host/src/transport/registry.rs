@@ -133,6 +133,7 @@ impl TransportRegistry {
         registry.insert("nats", typed(super::nats::build));
         registry.insert("subprocess", typed(super::subprocess::build));
         registry.insert("tcp", typed(super::tcp::build));
+        registry.insert("websocket", typed(super::websocket::build));
         registry
     }
 

@@ -177,13 +177,15 @@ impl Cluster {
             endpoint.refused_at.store(if refused { endpoint.stamp(finished) } else { 0 }, Relaxed);
         }
         lock(&endpoint.latency).observe(finished - started, finished.into_std());
-        endpoint.metrics.attempts[match &outcome {
+        let kind = match &outcome {
             Outcome::Ok => 0,
             Outcome::Retryable(_) => 1,
             Outcome::Fatal(_) => 2,
             Outcome::Shed => 3,
-        }]
-        .inc();
+        };
+        endpoint.metrics.attempts[kind].inc();
+        self.transport_metrics.attempts[kind].inc();
+        self.transport_metrics.latency.observe(finished - started);
         let problem = result.as_ref().err().map_or("", String::as_str);
         if let Some(transition) = permit.report(&outcome, finished) {
             self.breaker_changed(endpoint, transition, problem);

@@ -67,6 +67,8 @@ pub struct Cluster {
     health_checks: Option<HealthSettings>,
     events: EventSink,
     retries: Counter,
+    /// Attempts and their durations, by transport.
+    transport_metrics: crate::metrics::TransportMetrics,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -136,6 +138,7 @@ impl Cluster {
             health_checks: config.health.clone(),
             events: host.events.clone(),
             retries: metrics.retries(&config.name),
+            transport_metrics: metrics.transport(&config.transport, &config.name),
         }
     }
 

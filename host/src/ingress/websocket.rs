@@ -1,0 +1,143 @@
+//! WebSocket ingress: `GET /v1/ws` upgrades to a socket a producer keeps open.
+//!
+//! The client sends one message per text frame, as a bulk request's line (`{"topic": …, "headers":
+//! {…}, "payload": "…"}`, see [`bulk`](super::bulk)) plus optional `"ref"` (any JSON value, echoed back)
+//! and `"wait": true`. Each frame is answered with one text frame: `{"ref": …, "id": "<x-sy-id>"}` once
+//! accepted, or `{"ref": …, "error": "…", "status": 400|413|503}` when refused; a `wait` message is
+//! answered once settled instead: `{"ref": …, "id": …, "reply": {"topic", "headers", "payload"}}`
+//! (`"reply": null` for none) or `{"ref": …, "id": …, "error": "…", "code": "…"}`.
+//!
+//! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
+//! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
+//! once, beyond which reading waits too. With `[ingress.http] token`, the upgrade request must carry it
+//! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused.
+
+use super::bulk::{BulkMessage, message_of};
+use crate::host::{Host, RequestError, SendError};
+use crate::message::Message;
+use axum::extract::ws::{Message as Frame, WebSocket};
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// `wait` messages one socket may have open at once; beyond it, the socket is not read.
+pub(super) const MAX_WAITING: usize = 256;
+
+/// Answers queued for the socket's writer; beyond it, reading waits.
+const QUEUED_ANSWERS: usize = 1024;
+
+/// One frame the client sends.
+#[derive(serde::Deserialize)]
+struct ClientFrame {
+    #[serde(flatten)]
+    message: BulkMessage,
+    #[serde(default, rename = "ref")]
+    reference: Value,
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Serve one upgraded socket until the client closes it or the ingress stops.
+pub(super) async fn serve_socket(host: Host, socket: WebSocket, mut stopping: watch::Receiver<bool>) {
+    let (mut sink, mut stream) = socket.split();
+    let (answers, mut queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);
+    let writer = tokio::spawn(async move {
+        while let Some(answer) = queued.recv().await {
+            if sink.send(Frame::Text(answer.to_string().into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let text = match frame {
+            Some(Ok(Frame::Text(text))) => text,
+            Some(Ok(Frame::Binary(_))) => {
+                let refused =
+                    json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
+                if answers.send(refused).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        };
+        if !admit(&host, text.as_str(), &answers, &waiting).await {
+            break;
+        }
+    }
+    // In-flight `wait` answers still reach the writer; it ends when the last sender goes.
+    drop(answers);
+    let _ = writer.await;
+}
+
+/// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
+async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Value>, waiting: &Arc<Semaphore>) -> bool {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(err) => {
+            return answers
+                .send(json!({ "ref": null, "error": format!("not a message: {err}"), "status": 400 }))
+                .await
+                .is_ok();
+        }
+    };
+    let reference = frame.reference;
+    let message = match message_of(frame.message) {
+        Ok(message) => message,
+        Err(problem) => {
+            return answers.send(json!({ "ref": reference, "error": problem, "status": 400 })).await.is_ok();
+        }
+    };
+    let id = message.unique_id().expect("message_of gives every message its id").to_owned();
+    if !frame.wait {
+        let answer = match host.send(message).await {
+            Ok(_) => json!({ "ref": reference, "id": id }),
+            Err(err) => refused(reference, &err),
+        };
+        return answers.send(answer).await.is_ok();
+    }
+    let Ok(slot) = waiting.clone().acquire_owned().await else { return false };
+    let (host, answers) = (host.clone(), answers.clone());
+    tokio::spawn(async move {
+        let settled = match host.request(message).await {
+            Ok(reply) => json!({ "ref": reference, "id": id, "reply": reply.as_ref().map(reply_json) }),
+            Err(RequestError::NotAccepted(err)) => refused(reference, &err),
+            Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
+                json!({ "ref": reference, "id": id, "error": reason.to_string(), "code": reason.code() })
+            }
+            Err(err) => json!({ "ref": reference, "id": id, "error": err.to_string() }),
+        };
+        let _ = answers.send(settled).await;
+        drop(slot);
+    });
+    true
+}
+
+fn refused(reference: Value, err: &SendError) -> Value {
+    let status = match err {
+        SendError::TooLarge { .. } => 413,
+        SendError::Malformed(_) => 400,
+        SendError::Backpressure | SendError::ShuttingDown => 503,
+    };
+    json!({ "ref": reference, "error": err.to_string(), "status": status })
+}
+
+fn reply_json(reply: &Message) -> Value {
+    let mut json = json!({ "topic": reply.topic, "headers": reply.headers });
+    match std::str::from_utf8(&reply.payload) {
+        Ok(text) => json["payload"] = text.into(),
+        Err(_) => {
+            json["payload_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.payload).into()
+        }
+    }
+    json
+}

@@ -1,0 +1,247 @@
+//! The `websocket` transport: one client connection per endpoint (`ws://ADDRESS{path}`), one frame per
+//! message.
+//!
+//! `frames = "payload"` (the default) sends the payload alone — a text frame when it is UTF-8, a binary
+//! frame otherwise — and a message counts as delivered once its frame is written and flushed (there is
+//! no reply). `frames = "envelope"` sends a text frame holding `{"id": N, "topic": …, "headers":
+//! [[k, v], …], "priority": …, "payload": "…"}` (`payload_base64` for bytes), `id` unique per attempt;
+//! the peer answers each, in any order, with a text frame in the [`answers`](super::answers) format.
+//!
+//! The connection is opened at the first attempt and again, after a backoff with jitter
+//! ([`restart`](super::restart)), once it closed; attempts meanwhile fail as refused connections do.
+//! Every `ping_ms` the transport pings; a connection that shows no sign of life (no frame, no pong)
+//! for two intervals is closed. A connection that closes fails the envelopes it held (retried as the
+//! destination's `idempotent` allows).
+
+use super::answers::{Answer, Pending};
+use super::restart::{Peer, Restarting};
+use super::{AttemptFuture, AttemptResult, Transport, TransportContext, TransportOptions};
+use crate::config::{DestinationConfig, UrlPath};
+use crate::message::Message;
+use crate::resilience::{Outcome, RetryReason};
+use base64::Engine;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// `options = {..}` of a `websocket` destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketOptions {
+    /// The path connected to on every endpoint (default `/`).
+    pub path: UrlPath,
+    /// What a frame holds: the payload alone, or a JSON envelope with an id the peer answers.
+    pub frames: Framing,
+    /// Milliseconds between pings; 0 sends none.
+    pub ping_ms: u64,
+}
+
+impl Default for WebSocketOptions {
+    fn default() -> WebSocketOptions {
+        WebSocketOptions { path: UrlPath::default(), frames: Framing::Payload, ping_ms: 15_000 }
+    }
+}
+
+/// What a `websocket` destination's frames hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// The payload: text when UTF-8, binary otherwise; delivered once written.
+    Payload,
+    /// A JSON envelope the peer answers by id.
+    Envelope,
+}
+
+impl TransportOptions for WebSocketOptions {}
+
+/// The `websocket` transport of `destination`; no connection opens before the first attempt.
+pub(super) fn build(
+    options: WebSocketOptions,
+    destination: &DestinationConfig,
+    _context: &TransportContext,
+) -> Arc<dyn Transport> {
+    let links =
+        destination.endpoints.iter().map(|endpoint| (endpoint.address.clone(), Restarting::default()));
+    Arc::new(WebSocketTransport { options, links: links.collect() })
+}
+
+/// WebSocket client connections, one per endpoint; see the module docs.
+#[derive(Debug)]
+pub struct WebSocketTransport {
+    options: WebSocketOptions,
+    links: HashMap<String, Restarting<Link>>,
+}
+
+/// One open connection.
+#[derive(Debug)]
+struct Link {
+    /// Shared with the task sending pings.
+    sink: Arc<tokio::sync::Mutex<SplitSink<Socket, Frame>>>,
+    /// Envelopes sent and not answered yet; closed once the connection closed.
+    pending: Arc<Pending>,
+    /// Cancelled to close the connection (the destination went).
+    closing: CancellationToken,
+}
+
+impl Peer for Link {
+    fn ended(&self) -> bool {
+        self.pending.is_closed()
+    }
+}
+
+impl WebSocketTransport {
+    /// The connection to `address`, opened now if none is open and its backoff is over.
+    async fn link(&self, address: &str) -> Result<Arc<Link>, String> {
+        let restarting = self.links.get(address).ok_or_else(|| format!("no endpoint {address}"))?;
+        restarting.get(|| self.connect(address)).await
+    }
+
+    async fn connect(&self, address: &str) -> Result<Link, String> {
+        let url = format!("ws://{address}{}", &*self.options.path);
+        let (socket, _) =
+            tokio_tungstenite::connect_async(&url).await.map_err(|err| format!("{url}: {err}"))?;
+        let (sink, stream) = socket.split();
+        let link = Link {
+            sink: Arc::new(tokio::sync::Mutex::new(sink)),
+            pending: Arc::new(Pending::default()),
+            closing: CancellationToken::new(),
+        };
+        let ping = (self.options.ping_ms > 0).then(|| Duration::from_millis(self.options.ping_ms));
+        let (pending, closing, address) = (link.pending.clone(), link.closing.clone(), address.to_owned());
+        tokio::spawn(async move {
+            let why = read_frames(stream, &pending, &closing, ping).await;
+            pending.close();
+            tracing::warn!(endpoint = %address, "websocket closed: {why}");
+        });
+        if let Some(ping) = ping {
+            tokio::spawn(send_pings(link.sink.clone(), link.pending.clone(), link.closing.clone(), ping));
+        }
+        Ok(link)
+    }
+
+    async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
+        let refused = |err| (Outcome::Retryable(RetryReason::Connect), err);
+        let link = self.link(address).await.map_err(refused)?;
+        let mut waiting = match self.options.frames {
+            Framing::Payload => None,
+            Framing::Envelope => {
+                Some(link.pending.wait().ok_or_else(|| refused("the connection closed".into()))?)
+            }
+        };
+        let frame = match &waiting {
+            None => match std::str::from_utf8(&message.payload) {
+                Ok(text) => Frame::text(text),
+                Err(_) => Frame::binary(message.payload.clone()),
+            },
+            Some(waiting) => Frame::text(envelope(waiting.id, message)),
+        };
+        if let Err(err) = link.sink.lock().await.send(frame).await {
+            link.pending.close();
+            return Err((Outcome::Retryable(RetryReason::Reset), format!("sending the frame: {err}")));
+        }
+        let Some(waiting) = waiting.as_mut() else { return Ok(None) };
+        let answer: Option<Answer> = waiting.answer().await;
+        let closed =
+            || (Outcome::Retryable(RetryReason::Reset), "the connection closed before an answer".to_owned());
+        answer.ok_or_else(closed)?.into_result(message)
+    }
+}
+
+/// The envelope of `message`, sent with `id`.
+fn envelope(id: u64, message: &Message) -> String {
+    let mut envelope = serde_json::json!({
+        "id": id,
+        "topic": message.topic,
+        "headers": message.headers,
+        "priority": message.priority,
+    });
+    match std::str::from_utf8(&message.payload) {
+        Ok(text) => envelope["payload"] = text.into(),
+        Err(_) => {
+            envelope["payload_base64"] =
+                base64::engine::general_purpose::STANDARD.encode(&message.payload).into()
+        }
+    }
+    envelope.to_string()
+}
+
+/// Route the answers `stream` brings until it ends, the connection is closed, or it shows no sign of
+/// life for two ping intervals; why it stopped.
+async fn read_frames(
+    mut stream: SplitStream<Socket>,
+    pending: &Pending,
+    closing: &CancellationToken,
+    ping: Option<Duration>,
+) -> String {
+    let mut last_sign = Instant::now();
+    loop {
+        let silence = ping.map(|ping| last_sign + ping * 2);
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            () = closing.cancelled() => return "its destination went".into(),
+            () = sleep_until(silence) => return "no pong or frame for two ping intervals".into(),
+        };
+        last_sign = Instant::now();
+        match frame {
+            Some(Ok(Frame::Text(text))) => match serde_json::from_str::<Answer>(&text) {
+                Ok(answer) => drop(pending.answer(answer)),
+                Err(err) => tracing::debug!("a frame that is no answer: {err}"),
+            },
+            Some(Ok(Frame::Close(close))) => return format!("closed by the peer: {close:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return err.to_string(),
+            None => return "the stream ended".into(),
+        }
+    }
+}
+
+/// Ping on `sink` every `every` while the connection is open; once it is closing, close it.
+async fn send_pings(
+    sink: Arc<tokio::sync::Mutex<SplitSink<Socket, Frame>>>,
+    pending: Arc<Pending>,
+    closing: CancellationToken,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = closing.cancelled() => break,
+        }
+        if pending.is_closed() || sink.lock().await.send(Frame::Ping(Default::default())).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.lock().await.close().await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Drop for WebSocketTransport {
+    /// Close every open connection.
+    fn drop(&mut self) {
+        for link in self.links.values().filter_map(Restarting::running) {
+            link.closing.cancel();
+        }
+    }
+}
+
+impl Transport for WebSocketTransport {
+    fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
+        Box::pin(self.exchange(address, message))
+    }
+}

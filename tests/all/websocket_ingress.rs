@@ -1,0 +1,123 @@
+//! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
+//! backpressure by not reading, and the ingress token guarding the upgrade.
+
+use crate::routing::gated_host;
+use crate::support::{drain_and_account, next, plugin_dir, start_ingress, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use switchyard::{Config, Host, Message, RouteConfig};
+use tokio::sync::{Notify, Semaphore};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> Result<Socket, String> {
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+    if let Some(token) = token {
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await.map(|(socket, _)| socket).map_err(|err| err.to_string())
+}
+
+async fn answer(socket: &mut Socket) -> Value {
+    loop {
+        match within(socket.next()).await.expect("an answer").unwrap() {
+            Frame::Text(text) => return serde_json::from_str(&text).unwrap(),
+            _ => continue,
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Frame::text(frame.to_string())).await.unwrap();
+}
+
+/// A host whose destination `out` answers every message with its payload reversed.
+async fn replying_host() -> (Host, tempfile::TempDir) {
+    let dir = plugin_dir(&[]);
+    let config = Config::from_toml("t.toml", "[host]\nworkers = 2\n").unwrap();
+    let host = Host::builder()
+        .config("t.toml", config)
+        .plugin_dir(dir.path())
+        .destination("out", |message: Message| async move {
+            let reversed: Vec<u8> = message.payload.iter().rev().copied().collect();
+            Ok(Some(Message::new("reply", reversed)))
+        })
+        .route(RouteConfig::new("all", ">", "out"))
+        .build()
+        .await
+        .unwrap();
+    (host, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_acked_with_their_ids_and_a_wait_frame_gets_its_reply() {
+    let (host, _dir) = replying_host().await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    for n in 0..300 {
+        send(&mut socket, json!({ "topic": "orders.eu", "payload": format!("order {n}"), "ref": n })).await;
+    }
+    for n in 0..300 {
+        let ack = answer(&mut socket).await;
+        assert_eq!(ack["ref"], n, "acks come in order: {ack}");
+        assert!(uuid::Uuid::parse_str(ack["id"].as_str().unwrap()).is_ok(), "{ack}");
+    }
+    send(&mut socket, json!({ "topic": "q", "payload": "abc", "ref": "question", "wait": true })).await;
+    let reply = answer(&mut socket).await;
+    assert_eq!(reply["ref"], "question");
+    assert_eq!(reply["reply"]["payload"], "cba", "{reply}");
+    send(&mut socket, json!({ "topic": "bad..topic", "ref": "bad" })).await;
+    let refused = answer(&mut socket).await;
+    assert_eq!((refused["ref"].as_str(), refused["status"].as_u64()), (Some("bad"), Some(400)), "{refused}");
+    send(&mut socket, json!({ "topic": "after", "ref": "after" })).await;
+    assert!(answer(&mut socket).await["id"].is_string(), "the socket still serves after a bad frame");
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (302, 302));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_stops_the_socket_being_read_and_loses_nothing() {
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (host, delivered) =
+        gated_host(dir.path(), "[host]\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1", &entered, &gate)
+            .await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    for n in 0..5 {
+        send(&mut socket, json!({ "topic": "t", "payload": format!("{n}"), "ref": n })).await;
+    }
+    within(entered.notified()).await;
+    let first_two = [answer(&mut socket).await, answer(&mut socket).await];
+    assert_eq!((first_two[0]["ref"].as_u64(), first_two[1]["ref"].as_u64()), (Some(0), Some(1)));
+    gate.add_permits(5);
+    for n in 2..5 {
+        assert_eq!(answer(&mut socket).await["ref"], n, "accepted once room was made, never refused");
+    }
+    let payloads: Vec<_> = futures_util::future::join_all((0..5).map(|_| next(&delivered))).await;
+    let payloads: Vec<_> = payloads.into_iter().map(|message| message.payload).collect();
+    assert_eq!(payloads, ["0", "1", "2", "3", "4"]);
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_ingress_token_the_upgrade_needs_it() {
+    let dir = plugin_dir(&[]);
+    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n\
+                [[destination]]\nname = \"out\"\ntransport = \"memory\"\n[[route]]\nname = \"all\"\nto = \"out\"\n";
+    let host = crate::support::host(dir.path(), text).await;
+    let addr = start_ingress(&host).await;
+    let refused = connect(addr, None).await.expect_err("no token");
+    assert!(refused.contains("401"), "{refused}");
+    let mut socket = connect(addr, Some("s3cret")).await.unwrap();
+    send(&mut socket, json!({ "topic": "t", "ref": 1 })).await;
+    assert!(answer(&mut socket).await["id"].is_string());
+    socket.close(None).await.unwrap();
+    drain_and_account(&host).await;
+}

@@ -1,0 +1,145 @@
+//! The `websocket` transport against a real WebSocket server on 127.0.0.1: payload frames (text or
+//! binary), envelopes answered by id, and a server that goes away and comes back on its port with
+//! nothing lost.
+
+use crate::support::{drain_and_account, host, plugin_dir, within};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use switchyard::{Host, Message};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// A WebSocket server: records every data frame; with `answer`, answers each envelope by id with its
+/// payload upper-cased.
+struct Server {
+    addr: SocketAddr,
+    frames: Arc<Mutex<Vec<Frame>>>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    async fn start(addr: SocketAddr, answer: bool, frames: Arc<Mutex<Vec<Frame>>>) -> Server {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut tasks = JoinSet::new();
+        let seen = frames.clone();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                connections.spawn(async move {
+                    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
+                    while let Some(Ok(frame)) = socket.next().await {
+                        if !(frame.is_text() || frame.is_binary()) {
+                            continue;
+                        }
+                        seen.lock().unwrap().push(frame.clone());
+                        if answer {
+                            let envelope: serde_json::Value =
+                                serde_json::from_str(frame.to_text().unwrap()).unwrap();
+                            let payload = envelope["payload"].as_str().unwrap().to_uppercase();
+                            let reply = serde_json::json!({ "id": envelope["id"], "payload": payload });
+                            if socket.send(Frame::text(reply.to_string())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, frames, tasks }
+    }
+
+    /// Stop listening and drop every connection.
+    async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+
+    fn seen(&self) -> usize {
+        self.frames.lock().unwrap().len()
+    }
+}
+
+fn config(addr: SocketAddr, options: &str) -> String {
+    format!(
+        "[host]\nworkers = 2\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"ws\"\ntransport = \"websocket\"\nendpoints = [\"{addr}\"]\n\
+         options = {{ path = \"/in\"{options} }}\nidempotent = true\nbreaker = {{ open_ms = 20 }}\n\
+         [[route]]\nname = \"all\"\nto = \"ws\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_payload_goes_out_as_one_frame_text_or_binary() {
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), false, Arc::default()).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(server.addr, "")).await;
+    for n in 0..100 {
+        host.send(Message::new("orders", format!("order {n}"))).await.unwrap();
+    }
+    host.send(Message::new("bytes", vec![0u8, 159, 146, 150])).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (101, 0));
+    // Delivered means written and flushed: the server reads them in its own time.
+    crate::support::eventually(|| match server.seen() {
+        101 => Ok(()),
+        seen => Err(seen),
+    });
+    let frames = server.frames.lock().unwrap().clone();
+    assert_eq!(frames.len(), 101);
+    let texts: Vec<&str> =
+        frames.iter().filter(|frame| frame.is_text()).map(|frame| frame.to_text().unwrap()).collect();
+    assert_eq!(texts.len(), 100);
+    assert!(texts.contains(&"order 0") && texts.contains(&"order 99"));
+    let binary =
+        frames.iter().find(|frame| frame.is_binary()).expect("the non-UTF-8 payload as a binary frame");
+    assert_eq!(binary.clone().into_data().as_ref(), [0u8, 159, 146, 150]);
+}
+
+async fn request_all(host: &Host, from: usize, to: usize) {
+    let requests = (from..to).map(|n| async move {
+        let reply = host.request(Message::new("jobs", format!("job {n}"))).await.unwrap();
+        assert_eq!(&reply.expect("an answer").payload[..], format!("JOB {n}").as_bytes());
+    });
+    within(futures_util::future::join_all(requests)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_are_answered_by_id_and_each_reply_reaches_its_request() {
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default()).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(server.addr, ", frames = \"envelope\"")).await;
+    request_all(&host, 0, 200).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (200, 0));
+    assert_eq!(server.seen(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_goes_away_and_comes_back_loses_nothing() {
+    let frames: Arc<Mutex<Vec<Frame>>> = Arc::default();
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), true, frames.clone()).await;
+    let addr = server.addr;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(addr, ", frames = \"envelope\", ping_ms = 200")).await;
+    request_all(&host, 0, 50).await;
+    server.stop().await;
+    // Sent while nothing listens: they wait in the queue (the endpoint refuses), then go.
+    let waiting = {
+        let host = host.clone();
+        tokio::spawn(async move { request_all(&host, 50, 100).await })
+    };
+    let retries = || {
+        let text = host.metrics().encode();
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "ws")])
+    };
+    crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no refused attempt yet"));
+    let server = Server::start(addr, true, frames.clone()).await;
+    within(waiting).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (100, 0));
+    assert!(server.seen() >= 100, "every message reached the server, some twice at most: {}", server.seen());
+}
