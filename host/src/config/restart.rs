@@ -54,6 +54,15 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_nats_subscription_needs_a_restart() {
+        let nats = |subjects: &str| {
+            parse(&format!("[[ingress.nats]]\nurl = \"127.0.0.1:4222\"\nsubjects = [{subjects}]\n"))
+        };
+        assert!(restart_only_changes(&nats("\"a.>\""), &nats("\"a.>\"")).is_empty());
+        assert_eq!(restart_only_changes(&nats("\"a.>\""), &nats("\"b.>\"")), ["ingress.nats"]);
+    }
+
+    #[test]
     fn start_only_keys_are_named() {
         let running = parse("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
         let new = parse("[host]\nworkers = 3\nbatch_size = 8\n[admin]\nlisten = \"127.0.0.1:2\"\n");
