@@ -190,7 +190,7 @@ impl Transport for NatsTransport {
 
 /// A client of the NATS server at `address` (`host:port`) that never gives up reconnecting and
 /// leaves request deadlines to the destination.
-pub(crate) async fn connect(address: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+async fn connect(address: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name("switchyard")
         .request_timeout(None)
