@@ -47,8 +47,9 @@ impl<T: Balancer> Guest for BalancerExport<T> {
 macro_rules! export_balancer {
     ($plugin:ty) => {
         const _: () = $crate::__private::is_balancer::<$plugin>();
-        // Export names such as `switchyard:plugin/balancer@0.1.0#...` only link for wasm;
-        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        // A native build (a `cdylib` for the host's target) exports the C ABI instead.
+        #[cfg(not(target_family = "wasm"))]
+        $crate::__native_entry_points!($plugin, BALANCER, switchyard_native_pick => pick);
         #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardBalancerExport = $crate::__private::BalancerExport<$plugin>;

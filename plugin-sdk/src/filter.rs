@@ -40,7 +40,7 @@ impl<T: Filter> Guest for FilterExport<T> {
 
 /// One decision per message; a malformed message gets `failed` and ends the
 /// batch (the layout cannot be resynchronised past it).
-fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
+pub(crate) fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
     let mut decisions = Vec::with_capacity(16);
     for message in decode(batch) {
         match message {
@@ -68,8 +68,9 @@ fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
 macro_rules! export_filter {
     ($plugin:ty) => {
         const _: () = $crate::__private::is_filter::<$plugin>();
-        // Export names such as `switchyard:plugin/filter@0.1.0#...` only link for wasm;
-        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        // A native build (a `cdylib` for the host's target) exports the C ABI instead.
+        #[cfg(not(target_family = "wasm"))]
+        $crate::__native_entry_points!($plugin, FILTER, switchyard_native_filter => filter);
         #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardFilterExport = $crate::__private::FilterExport<$plugin>;

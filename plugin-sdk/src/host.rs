@@ -2,7 +2,12 @@
 
 use std::cell::RefCell;
 
+// The host's functions: WIT imports in a component, the host's vtable in a
+// native build.
+#[cfg(target_family = "wasm")]
 use crate::bindings::host;
+#[cfg(not(target_family = "wasm"))]
+use crate::native::host;
 
 /// Severity of a log line.
 pub use crate::bindings::host::Level;
@@ -12,7 +17,7 @@ pub fn log(level: Level, message: &str) {
     host::log(level, message);
 }
 
-/// Send this plugin's panics to the host log (once per instance): plugins
+/// Send this plugin's panics to the host log (once per instance): components
 /// abort on panic, and the host would otherwise see only the trap. Called
 /// by every export before it runs the plugin's code.
 pub(crate) fn forward_panics() {

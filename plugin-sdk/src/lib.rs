@@ -68,6 +68,17 @@
 //! `cargo build --release --target wasm32-wasip2` writes the component to
 //! `target/wasm32-wasip2/release/<crate>.wasm`; drop it into the host's plugin
 //! directory and name it in a route (`stages = ["filter:<file stem>"]`).
+//!
+//! # Native builds
+//!
+//! The same crate built without `--target` (`cargo build --release`) is a
+//! native library (`lib<crate>.so`, `.dylib`, `.dll`): the export macros emit
+//! the C ABI of `switchyard_wire::native` for every non-wasm target. A host
+//! loads it only when `[host] native_plugins = true`, as trusted code with no
+//! sandbox; [`log`], [`config`], [`now_millis`] and [`count`] reach the host
+//! as they do from a component, and a panic is caught at the boundary and
+//! becomes a fault of the call (build with `panic = "unwind"`, cargo's default
+//! outside the `plugin` profile; a library that aborts on panic is refused).
 
 #![deny(missing_docs)]
 
@@ -79,6 +90,10 @@ mod bindings;
 
 mod error;
 mod host;
+#[cfg(not(target_family = "wasm"))]
+#[expect(unsafe_code, reason = "the C-ABI boundary of native builds reads the host's raw pointers")]
+#[doc(hidden)]
+pub mod native;
 mod message;
 mod output;
 
@@ -105,6 +120,8 @@ pub mod __private {
     pub use crate::bindings::{balancer, filter, middleware, transform, transport};
     pub use crate::filter::{FilterExport, is_filter};
     pub use crate::middleware::{MiddlewareExport, is_middleware};
+    #[cfg(not(target_family = "wasm"))]
+    pub use crate::native;
     pub use crate::transform::{TransformExport, is_transform};
     pub use crate::transport::{TransportExport, is_transport};
     pub use wit_bindgen;

@@ -67,8 +67,9 @@ impl<T: Middleware> Guest for MiddlewareExport<T> {
 macro_rules! export_middleware {
     ($plugin:ty) => {
         const _: () = $crate::__private::is_middleware::<$plugin>();
-        // Export names such as `switchyard:plugin/middleware@0.1.0#...` only link for wasm;
-        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        // A native build (a `cdylib` for the host's target) exports the C ABI instead.
+        #[cfg(not(target_family = "wasm"))]
+        $crate::__native_entry_points!($plugin, MIDDLEWARE, switchyard_native_on_request => on_request, switchyard_native_on_reply => on_reply);
         #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardMiddlewareExport = $crate::__private::MiddlewareExport<$plugin>;

@@ -39,7 +39,7 @@ impl<T: Transform> Guest for TransformExport<T> {
     }
 }
 
-fn run<T: Transform>(batch: &[u8]) -> Transformed {
+pub(crate) fn run<T: Transform>(batch: &[u8]) -> Transformed {
     // Most transforms write about as many bytes as they read.
     let mut out = Output::with_capacity(batch.len());
     let mut errors = Vec::new();
@@ -60,8 +60,9 @@ fn run<T: Transform>(batch: &[u8]) -> Transformed {
 macro_rules! export_transform {
     ($plugin:ty) => {
         const _: () = $crate::__private::is_transform::<$plugin>();
-        // Export names such as `switchyard:plugin/transform@0.1.0#...` only link for wasm;
-        // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
+        // A native build (a `cdylib` for the host's target) exports the C ABI instead.
+        #[cfg(not(target_family = "wasm"))]
+        $crate::__native_entry_points!($plugin, TRANSFORM, switchyard_native_transform => transform);
         #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardTransformExport = $crate::__private::TransformExport<$plugin>;

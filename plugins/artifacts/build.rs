@@ -1,5 +1,6 @@
 //! Builds every plugin crate under `plugins/` for `wasm32-wasip2` with one
-//! nested `cargo build`, then writes their paths to `$OUT_DIR/plugins.rs`.
+//! nested `cargo build`, and the [`NATIVE`] ones as native libraries for the
+//! host target with a second, then writes their paths to `$OUT_DIR/plugins.rs`.
 
 use std::env;
 use std::fs;
@@ -8,6 +9,21 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
+
+/// Plugins also built as native libraries (`cdylib`s for the host target).
+const NATIVE: &[&str] = &[
+    "annotate-middleware",
+    "faulty-trap",
+    "faulty-wrong-world",
+    "header-filter",
+    "least-loaded-balancer",
+    "native-abi-mismatch",
+    "native-constructor",
+    "redact-transform",
+    "stamp-transform",
+];
+/// The profile native libraries are built with: as `plugin`, but unwinding.
+const NATIVE_PROFILE: &str = "plugin-native";
 
 /// Outer-build settings that must not reach the nested build: flags meant for
 /// the host target, the outer target dir (its lock would deadlock), a
@@ -39,12 +55,18 @@ fn main() {
     }
     let plugins = discover(&root.join("plugins"), &manifest_dir);
     let target_dir = out_dir.join("target");
-    if !build(&root.join("Cargo.toml"), &target_dir, &plugins) {
+    let manifest = root.join("Cargo.toml");
+    let host = env::var("TARGET").expect("set by cargo");
+    if !build(&manifest, &target_dir, (PROFILE, TARGET), &plugins)
+        || !build(&manifest, &target_dir, (NATIVE_PROFILE, &host), NATIVE)
+    {
         println!("cargo::error=building the plugins failed; the nested cargo output is above");
         return;
     }
     let wasm_dir = target_dir.join(TARGET).join(PROFILE);
-    fs::write(out_dir.join("plugins.rs"), generate(&wasm_dir, &plugins)).expect("write plugins.rs");
+    let native_dir = target_dir.join(host).join(NATIVE_PROFILE);
+    fs::write(out_dir.join("plugins.rs"), generate(&wasm_dir, &native_dir, &plugins))
+        .expect("write plugins.rs");
 }
 
 fn target_installed() -> bool {
@@ -87,13 +109,19 @@ fn package_name(manifest: &str) -> Option<String> {
     None
 }
 
-fn build(manifest: &Path, target_dir: &Path, plugins: &[String]) -> bool {
+/// Build `plugins` with `(profile, target)` into `target_dir`.
+fn build(
+    manifest: &Path,
+    target_dir: &Path,
+    (profile, target): (&str, &str),
+    plugins: &[impl AsRef<str>],
+) -> bool {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.args(["build", "--profile", PROFILE, "--target", TARGET, "--manifest-path"]);
+    command.args(["build", "--profile", profile, "--target", target, "--manifest-path"]);
     command.arg(manifest);
     for plugin in plugins {
-        command.args(["--package", plugin]);
+        command.args(["--package", plugin.as_ref()]);
     }
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
@@ -106,8 +134,9 @@ fn build(manifest: &Path, target_dir: &Path, plugins: &[String]) -> bool {
     command.status().is_ok_and(|status| status.success())
 }
 
-fn generate(wasm_dir: &Path, plugins: &[String]) -> String {
+fn generate(wasm_dir: &Path, native_dir: &Path, plugins: &[String]) -> String {
     let mut code = String::new();
+    let mut native = String::new();
     let mut all = String::new();
     let mut foreach = String::new();
     for plugin in plugins {
@@ -118,7 +147,17 @@ fn generate(wasm_dir: &Path, plugins: &[String]) -> String {
         code += &format!("pub const {constant}: &str = {:?};\n", path.display().to_string());
         all += &format!("    ({plugin:?}, {constant}),\n");
         foreach += &format!("        $mac!({snake});\n");
+        if NATIVE.contains(&plugin.as_str()) {
+            let file = format!("{}{snake}.{}", env::consts::DLL_PREFIX, env::consts::DLL_EXTENSION);
+            native += &format!("    /// The `{plugin}` native library (`plugins/{plugin}`).\n");
+            native += &format!(
+                "    pub const {constant}: &str = {:?};\n",
+                native_dir.join(file).display().to_string()
+            );
+        }
     }
+    code += "\n/// The plugins also built as native libraries for the host target, by name.\n";
+    code += &format!("pub mod native {{\n{native}}}\n\n");
     code += "\n/// Every plugin as `(name, path)`, sorted by name.\n";
     code += &format!("pub const ALL: &[(&str, &str)] = &[\n{all}];\n");
     code += "\n/// Calls `$mac!(snake_case_name)` once per plugin, e.g. to require a test for each.\n";

@@ -228,8 +228,9 @@ async fn spinning_pick_beside_another_task() -> Vec<&'static str> {
     let other = tokio::spawn(async move { done.send("other").unwrap() });
     within(other).await.unwrap();
     assert_eq!(within(pick).await.unwrap(), Some(2), "the spin timed out: p2c picks the cheaper");
+    // The plugin times out at its deadline; on a loaded machine the pick's patience may run out first.
     let reasons = taken(&reasons);
-    let [FallbackReason::Fault(PluginFault::TimedOut(_))] = &reasons[..] else {
+    let [FallbackReason::Fault(PluginFault::TimedOut(_)) | FallbackReason::Overdue(_)] = &reasons[..] else {
         panic!("one timeout expected: {reasons:?}")
     };
     finished.drain().collect()

@@ -149,7 +149,8 @@ fn default_host_runs_dropped_in_plugins_and_answers_with_the_right_status() {
     assert!(stopped.contains("\"dead_lettered\":1"), "{stopped}");
 }
 
-fn switchyard(args: &[&str]) -> (bool, String) {
+/// Run the binary with `args`: whether it succeeded, and its stdout (or, failed, its stderr).
+pub fn switchyard(args: &[&str]) -> (bool, String) {
     let output = Command::new(BINARY).args(args).output().expect("run switchyard");
     let text = String::from_utf8_lossy(if output.status.success() { &output.stdout } else { &output.stderr });
     (output.status.success(), text.into_owned())

@@ -35,7 +35,7 @@ to = "out"
 /// Send two poison messages, a clean one on the same route and one on
 /// another route; both poison ones must be dead-lettered with `code` and a
 /// reason containing `reason`, the others delivered, nothing lost.
-async fn assert_isolated(host: &Host, code: &str, reason: &str) {
+pub async fn assert_isolated(host: &Host, code: &str, reason: &str) {
     let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
     for n in 0..2 {
         let poison = Message::new("risky.job", format!("job {n}")).with_header("x-poison", "1");

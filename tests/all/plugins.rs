@@ -176,4 +176,5 @@ pub use crate::balancer_plugin::faulty_balancer;
 pub use crate::faulty::{
     faulty_flood, faulty_memory_hog, faulty_sleep, faulty_spin, faulty_trap, faulty_wrong_world,
 };
+pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;

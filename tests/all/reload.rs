@@ -19,14 +19,21 @@ fn rejected(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
 /// every message through `transform:t` twice to `out`.
 async fn host_with_transform() -> (tempfile::TempDir, Host) {
     let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
-    let routes = "[[route]]\nname = \"all\"\nstages = [\"transform:t\", \"transform:t\"]\nto = \"out\"\n";
-    let host = host(dir.path(), &format!("{MEMORY_OUT}{routes}")).await;
+    let host = host_with_transform_in(dir.path(), MEMORY_OUT).await;
     (dir, host)
+}
+
+/// A host over `dir`, whose plugin `t` is a redact- or stamp-transform,
+/// routing every message through `transform:t` twice to `out`; `memory_out`
+/// is [`MEMORY_OUT`] or a variant of it.
+pub async fn host_with_transform_in(dir: &std::path::Path, memory_out: &str) -> Host {
+    let routes = "[[route]]\nname = \"all\"\nstages = [\"transform:t\", \"transform:t\"]\nto = \"out\"\n";
+    host(dir, &format!("{memory_out}{routes}")).await
 }
 
 /// Which version handled `message`: both stages must have been the same one
 /// (a mix would carry both versions' headers).
-fn version_seen(message: &Message) -> &'static str {
+pub fn version_seen(message: &Message) -> &'static str {
     let count = |name: &str| message.headers.iter().filter(|(key, _)| key == name).count();
     match (count("x-transformed-by"), count("x-stamp")) {
         (1, 0) => "redact",
@@ -74,6 +81,14 @@ pub async fn stamp_transform() {
 #[tokio::test]
 async fn hundred_swaps_under_steady_load_lose_nothing() {
     let (dir, host) = host_with_transform().await;
+    let versions = [artifacts::STAMP_TRANSFORM, artifacts::REDACT_TRANSFORM];
+    hundred_swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions).await;
+}
+
+/// Replace `file`, plugin `t` of a [`host_with_transform_in`], 100 times
+/// with the two `versions` in turn while a sender keeps messages flowing:
+/// every message accepted is delivered, none lost.
+pub async fn hundred_swaps_lose_nothing(host: &Host, file: &std::path::Path, versions: [&str; 2]) {
     let mut events = host.subscribe();
     let stop = tokio::sync::watch::channel(false);
     // A reader keeps up, as a real consumer does: `out` is bounded.
@@ -99,17 +114,14 @@ async fn hundred_swaps_under_steady_load_lose_nothing() {
             sent
         })
     };
-    let versions = [
-        std::fs::read(artifacts::STAMP_TRANSFORM).unwrap(),
-        std::fs::read(artifacts::REDACT_TRANSFORM).unwrap(),
-    ];
+    let versions = versions.map(|path| std::fs::read(path).unwrap());
     for swap in 0..100 {
-        replace_file(&dir.path().join("t.wasm"), &versions[swap % 2]);
+        replace_file(file, &versions[swap % 2]);
         event_where(&mut events, replaced("t")).await;
     }
     stop.0.send(true).unwrap();
     let sent = within(sender).await.unwrap();
-    let stats = drain_and_account(&host).await;
+    let stats = drain_and_account(host).await;
     assert_eq!(stats.accepted, sent);
     assert_eq!((stats.delivered, stats.dead_lettered, stats.filtered), (sent, 0, 0));
     assert_eq!(host.event_counts().replaced, 100);

@@ -32,6 +32,25 @@ pub fn plugin_dir(plugins: &[(&str, &str)]) -> TempDir {
     dir
 }
 
+/// [`MEMORY_OUT`] with native plugins allowed (`[host] native_plugins = true`).
+pub fn memory_out_native() -> String {
+    MEMORY_OUT.replacen("[host]\n", "[host]\nnative_plugins = true\n", 1)
+}
+
+/// `NAME.so` (the platform's library extension): a native plugin's file name.
+pub fn native_file(name: &str) -> String {
+    format!("{name}.{}", std::env::consts::DLL_EXTENSION)
+}
+
+/// A fresh plugin directory holding the given native libraries as [`native_file`]s.
+pub fn native_plugin_dir(libraries: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (name, artifact) in libraries {
+        std::fs::copy(artifact, dir.path().join(native_file(name))).expect("copy a native plugin");
+    }
+    dir
+}
+
 /// A host over `dir` configured by the TOML `config`.
 pub async fn host(dir: &Path, config: &str) -> Host {
     let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));

@@ -32,11 +32,13 @@ pub(super) fn list(host: &Host) -> Value {
     json!({ "plugins": plugins.into_values().collect::<Vec<_>>() })
 }
 
-/// What only a serving version has: kind, version, compile time, instances, its own counters.
+/// What only a serving version has: kind, whether it is a native library,
+/// version, compile time, instances, its own counters.
 fn serving(plugin: &CompiledPlugin) -> Value {
     let counters = plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
     json!({
         "kind": plugin.kind,
+        "native": plugin.is_native(),
         "version": plugin.digest,
         "compile_ms": plugin.compile_time.as_secs_f64() * 1e3,
         "instances": plugin.live_instances(),

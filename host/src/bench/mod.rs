@@ -62,6 +62,9 @@ pub struct BenchPlugins {
     pub filter: PathBuf,
     /// The `redact-transform` plugin (.wasm).
     pub transform: PathBuf,
+    /// The same two plugins built as native libraries (filter, transform),
+    /// to measure their calls too.
+    pub native_libraries: Option<(PathBuf, PathBuf)>,
 }
 
 /// How much work to measure.
@@ -136,6 +139,18 @@ pub struct StageCost {
     /// Nanoseconds per message for the native twin of the plugin (the native
     /// stage of the routed benchmark) on the same message.
     pub native_ns_per_message: Sample,
+    /// The same plugin built as a native library and called through the
+    /// same [`PluginInstance`] methods, when measured.
+    pub native_library: Option<CallCost>,
+}
+
+/// What one plugin's calls cost, unbatched and batched.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallCost {
+    /// Nanoseconds per call carrying one message.
+    pub unbatched_ns: Sample,
+    /// Nanoseconds per message in calls carrying `batch_size` messages.
+    pub batched_ns_per_message: Sample,
 }
 
 /// Routed throughput: filter → transform → memory destination.
@@ -228,8 +243,11 @@ pub fn run_with(plugins: &BenchPlugins, settings: &BenchSettings) -> Result<Repo
         return Err(BenchError::Check("the routed pipeline needs at least one message".into()));
     }
     let engine = PluginEngine::new(None)?;
-    let (filter_small, filter_large) = filter_costs(&engine, &plugins.filter)?;
-    let transform = transform_cost(&engine, &plugins.transform)?;
+    let libraries = plugins.native_libraries.as_ref();
+    let (filter_small, filter_large) =
+        filter_costs(&engine, &plugins.filter, libraries.map(|(filter, _)| filter.as_path()))?;
+    let transform =
+        transform_cost(&engine, &plugins.transform, libraries.map(|(_, transform)| transform.as_path()))?;
     let routed = routed(plugins, settings.messages)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let targets = targets(&[&filter_small, &filter_large], &routed, cores);

@@ -84,6 +84,15 @@ impl fmt::Display for Report {
             let (unbatched, batched) = (cost.unbatched_ns.median, cost.batched_ns_per_message.median);
             let native = cost.native_ns_per_message.median;
             writeln!(f, "  {name:<50}{unbatched:>10.0}  {batched:>18.0}  {native:>11.0}")?;
+            if let Some(library) = &cost.native_library {
+                let (unbatched, batched) =
+                    (library.unbatched_ns.median, library.batched_ns_per_message.median);
+                writeln!(
+                    f,
+                    "    {:<48}{unbatched:>10.0}  {batched:>18.0}",
+                    "the same plugin as a native library"
+                )?;
+            }
         }
         let (small, large) = (&self.filter_small, &self.filter_large);
         let ratio = |cost: fn(&StageCost) -> &Sample| cost(large).median / cost(small).median;

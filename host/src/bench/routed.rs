@@ -42,7 +42,11 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
             outputs.push(host.timed_run(warm_up).await?.delivered);
         }
         check_redacted(&outputs[0])?;
-        let same = |m: &Message| (m.topic.clone(), m.headers.clone(), m.payload.clone(), m.priority);
+        // Every message carries its own unique `x-sy-id`: the rest must match.
+        let same = |m: &Message| {
+            let headers: Vec<_> = m.headers.iter().filter(|(name, _)| name != "x-sy-id").cloned().collect();
+            (m.topic.clone(), headers, m.payload.clone(), m.priority)
+        };
         if same(&outputs[0]) != same(&outputs[1]) {
             return Err(BenchError::Check(format!(
                 "the native stages do other work than the plugins: {:?} vs {:?}",

@@ -48,30 +48,34 @@ pub(super) fn transform_config() -> PluginConfig {
     plugin_config(TRANSFORM, &[("fields", "card")])
 }
 
-/// `header-filter` on 64 B and on 64 KiB payloads, one instance for both.
-pub(super) fn filter_costs(engine: &PluginEngine, path: &Path) -> Result<(StageCost, StageCost), BenchError> {
-    let plugin = load_file(engine, path, Some(&filter_config()))?;
-    let mut instance = PluginInstance::new(engine, plugin)?;
+/// An instance of the plugin at `path`, configured by `config`.
+fn instantiate(
+    engine: &PluginEngine,
+    path: &Path,
+    config: &PluginConfig,
+) -> Result<PluginInstance, BenchError> {
+    Ok(PluginInstance::new(engine, load_file(engine, path, Some(config))?)?)
+}
+
+/// `header-filter` on 64 B and on 64 KiB payloads, one instance for both;
+/// `library` is the same plugin built as a native library, if measured.
+pub(super) fn filter_costs(
+    engine: &PluginEngine,
+    path: &Path,
+    library: Option<&Path>,
+) -> Result<(StageCost, StageCost), BenchError> {
+    let mut instance = instantiate(engine, path, &filter_config())?;
+    let mut library = library.map(|path| instantiate(engine, path, &filter_config())).transpose()?;
     let mut cost = |payload_bytes: usize| -> Result<StageCost, BenchError> {
         let message = order_message(vec![b'x'; payload_bytes]);
-        let mut measure = |count: usize| {
-            let batch = vec![message.clone(); count];
-            let mut buffer = Vec::new();
-            ns_per_unit(count, || {
-                buffer.clear();
-                for (index, message) in batch.iter().enumerate() {
-                    message.encode(&mut buffer, index as u32, false);
-                }
-                let decisions = instance.filter(&buffer)?;
-                match decisions.iter().filter(|d| matches!(d, Ok(Verdict::Keep))).count() == count {
-                    true => Ok(()),
-                    false => {
-                        Err(BenchError::Check(format!("{FILTER} did not keep every message: {decisions:?}")))
-                    }
-                }
+        let mut measure = |instance: &mut PluginInstance| -> Result<CallCost, BenchError> {
+            Ok(CallCost {
+                unbatched_ns: filter_calls(instance, &message, 1)?,
+                batched_ns_per_message: filter_calls(instance, &message, BATCH)?,
             })
         };
-        let (unbatched_ns, batched_ns_per_message) = (measure(1)?, measure(BATCH)?);
+        let component = measure(&mut instance)?;
+        let native_library = library.as_mut().map(&mut measure).transpose()?;
         let native_ns_per_message = ns_per_unit(1, || match native_filter(std::hint::black_box(&message)) {
             Ok(Verdict::Keep) => Ok(()),
             other => Err(BenchError::Check(format!("the native filter did not keep the message: {other:?}"))),
@@ -79,49 +83,53 @@ pub(super) fn filter_costs(engine: &PluginEngine, path: &Path) -> Result<(StageC
         Ok(StageCost {
             plugin: FILTER,
             payload_bytes,
-            unbatched_ns,
-            batched_ns_per_message,
+            unbatched_ns: component.unbatched_ns,
+            batched_ns_per_message: component.batched_ns_per_message,
             native_ns_per_message,
+            native_library,
         })
     };
     Ok((cost(64)?, cost(64 << 10)?))
 }
 
-/// `redact-transform` on the JSON order.
-pub(super) fn transform_cost(engine: &PluginEngine, path: &Path) -> Result<StageCost, BenchError> {
-    let plugin = load_file(engine, path, Some(&transform_config()))?;
-    let mut instance = PluginInstance::new(engine, plugin)?;
+/// Nanoseconds per message of filter calls carrying `count` copies of `message`.
+fn filter_calls(
+    instance: &mut PluginInstance,
+    message: &Message,
+    count: usize,
+) -> Result<Sample, BenchError> {
+    let batch = vec![message.clone(); count];
+    let mut buffer = Vec::new();
+    ns_per_unit(count, || {
+        buffer.clear();
+        for (index, message) in batch.iter().enumerate() {
+            message.encode(&mut buffer, index as u32, false);
+        }
+        let decisions = instance.filter(&buffer)?;
+        match decisions.iter().filter(|d| matches!(d, Ok(Verdict::Keep))).count() == count {
+            true => Ok(()),
+            false => Err(BenchError::Check(format!("{FILTER} did not keep every message: {decisions:?}"))),
+        }
+    })
+}
+
+/// `redact-transform` on the JSON order; `library` is the same plugin built
+/// as a native library, if measured.
+pub(super) fn transform_cost(
+    engine: &PluginEngine,
+    path: &Path,
+    library: Option<&Path>,
+) -> Result<StageCost, BenchError> {
     let message = order_message(ORDER);
-    let mut measure = |count: usize| {
-        let batch = vec![message.clone(); count];
-        let mut buffer = Vec::new();
-        let mut checked = false;
-        ns_per_unit(count, || {
-            buffer.clear();
-            for (index, message) in batch.iter().enumerate() {
-                message.encode(&mut buffer, index as u32, true);
-            }
-            let out = instance.transform(&buffer)?;
-            if let Some((index, error)) = out.errors.first() {
-                return Err(BenchError::Check(format!("{TRANSFORM} failed on message {index}: {error}")));
-            }
-            let mut outputs = 0;
-            for output in switchyard_wire::decode(&out.messages) {
-                let output = output.map_err(|err| BenchError::Check(format!("{TRANSFORM}: {err}")))?;
-                let output = std::hint::black_box(Message::from_wire(&output));
-                if !checked {
-                    check_redacted(&output)?;
-                    checked = true;
-                }
-                outputs += 1;
-            }
-            match outputs == count {
-                true => Ok(()),
-                false => Err(BenchError::Check(format!("{TRANSFORM}: {outputs} outputs for {count} inputs"))),
-            }
+    let measure = |path: &Path| -> Result<CallCost, BenchError> {
+        let mut instance = instantiate(engine, path, &transform_config())?;
+        Ok(CallCost {
+            unbatched_ns: transform_calls(&mut instance, &message, 1)?,
+            batched_ns_per_message: transform_calls(&mut instance, &message, BATCH)?,
         })
     };
-    let (unbatched_ns, batched_ns_per_message) = (measure(1)?, measure(BATCH)?);
+    let component = measure(path)?;
+    let native_library = library.map(measure).transpose()?;
     check_redacted(&native_transform(&message).map_err(|err| BenchError::Check(err.to_string()))?[0])?;
     let native_ns_per_message = ns_per_unit(1, || match native_transform(std::hint::black_box(&message)) {
         Ok(outputs) if outputs.len() == 1 => {
@@ -133,9 +141,46 @@ pub(super) fn transform_cost(engine: &PluginEngine, path: &Path) -> Result<Stage
     Ok(StageCost {
         plugin: TRANSFORM,
         payload_bytes: ORDER.len(),
-        unbatched_ns,
-        batched_ns_per_message,
+        unbatched_ns: component.unbatched_ns,
+        batched_ns_per_message: component.batched_ns_per_message,
         native_ns_per_message,
+        native_library,
+    })
+}
+
+/// Nanoseconds per message of transform calls carrying `count` copies of
+/// `message`, outputs decoded (the first one checked).
+fn transform_calls(
+    instance: &mut PluginInstance,
+    message: &Message,
+    count: usize,
+) -> Result<Sample, BenchError> {
+    let batch = vec![message.clone(); count];
+    let mut buffer = Vec::new();
+    let mut checked = false;
+    ns_per_unit(count, || {
+        buffer.clear();
+        for (index, message) in batch.iter().enumerate() {
+            message.encode(&mut buffer, index as u32, true);
+        }
+        let out = instance.transform(&buffer)?;
+        if let Some((index, error)) = out.errors.first() {
+            return Err(BenchError::Check(format!("{TRANSFORM} failed on message {index}: {error}")));
+        }
+        let mut outputs = 0;
+        for output in switchyard_wire::decode(&out.messages) {
+            let output = output.map_err(|err| BenchError::Check(format!("{TRANSFORM}: {err}")))?;
+            let output = std::hint::black_box(Message::from_wire(&output));
+            if !checked {
+                check_redacted(&output)?;
+                checked = true;
+            }
+            outputs += 1;
+        }
+        match outputs == count {
+            true => Ok(()),
+            false => Err(BenchError::Check(format!("{TRANSFORM}: {outputs} outputs for {count} inputs"))),
+        }
     })
 }
 

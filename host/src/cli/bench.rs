@@ -1,12 +1,19 @@
-//! `switchyard bench --filter F.wasm --transform T.wasm`: the standard benchmark.
+//! `switchyard bench --filter F.wasm --transform T.wasm [--native-filter F.so
+//! --native-transform T.so]`: the standard benchmark.
 
 use std::path::PathBuf;
 use switchyard::bench::{BenchPlugins, BenchSettings, run_with};
 
 /// Run the benchmark on this (plain) thread and print its report, as a table
 /// or as JSON.
-pub fn bench(filter: PathBuf, transform: PathBuf, messages: usize, json: bool) -> anyhow::Result<()> {
-    let report = run_with(&BenchPlugins { filter, transform }, &BenchSettings { messages })?;
+pub fn bench(
+    (filter, transform): (PathBuf, PathBuf),
+    native_libraries: Option<(PathBuf, PathBuf)>,
+    messages: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let plugins = BenchPlugins { filter, transform, native_libraries };
+    let report = run_with(&plugins, &BenchSettings { messages })?;
     match json {
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => println!("{report}"),

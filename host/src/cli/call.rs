@@ -1,4 +1,4 @@
-//! `switchyard plugin call FILE.wasm --message JSON`.
+//! `switchyard plugin call FILE.wasm --message JSON` (or a native library).
 
 use anyhow::{Context, bail};
 use serde::Deserialize;

@@ -4,16 +4,23 @@ use anyhow::bail;
 use std::path::Path;
 use switchyard::Config;
 use switchyard::config::{PluginConfig, StageRef};
-use switchyard::plugin::{PluginEngine, load_file};
+use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
 use switchyard::transport::TransportRegistry;
 
 pub fn check(file: &Path) -> anyhow::Result<()> {
+    if let Some(format) = PluginFormat::of(file) {
+        let engine = PluginEngine::new(None)?;
+        let plugin = load_file(&engine, file, None)?;
+        let native = if format == PluginFormat::Native { "native " } else { "" };
+        println!(
+            "ok: {} is a {native}{} plugin, version {}",
+            plugin.name,
+            plugin.kind.as_str(),
+            plugin.digest
+        );
+        return Ok(());
+    }
     match file.extension().and_then(|ext| ext.to_str()) {
-        Some("wasm") => {
-            let engine = PluginEngine::new(None)?;
-            let plugin = load_file(&engine, file, None)?;
-            println!("ok: {} is a {} plugin, version {}", plugin.name, plugin.kind.as_str(), plugin.digest);
-        }
         Some("toml") => {
             let config = Config::from_file(file)?;
             TransportRegistry::builtin().check(&file.display().to_string(), &config)?;
@@ -27,7 +34,11 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
                 println!("warning: {warning}");
             }
         }
-        _ => bail!("{}: expected a .wasm plugin or a .toml configuration", file.display()),
+        _ => bail!(
+            "{}: expected a .wasm plugin, a native .{} plugin or a .toml configuration",
+            file.display(),
+            PluginFormat::Native.extension()
+        ),
     }
     Ok(())
 }
@@ -64,9 +75,18 @@ fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
         for stage in &route.stages {
             let StageRef::Named { kind, name } = stage else { continue };
             let at = format!("route \"{}\": stage \"{}:{name}\"", route.name, kind.as_str());
-            let path = dir.join(format!("{name}.wasm"));
+            let wasm = dir.join(format!("{name}.wasm"));
+            let native = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
+            let path = if !wasm.is_file() && native.is_file() { native } else { wasm };
             if !path.is_file() {
                 warnings.push(format!("{at}: no plugin file {}", path.display()));
+                continue;
+            }
+            if PluginFormat::of(&path) == Some(PluginFormat::Native) && !config.host.native_plugins {
+                warnings.push(format!(
+                    "{at}: {} is a native library and host.native_plugins is false",
+                    path.display()
+                ));
                 continue;
             }
             let settings = config.plugins.iter().find(|plugin| &plugin.name == name);

@@ -46,7 +46,7 @@ pub enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
-    /// Validate a plugin (.wasm) or a configuration (.toml) without running it.
+    /// Validate a plugin (.wasm, or a native library) or a configuration (.toml) without running it.
     Check {
         /// The file to check.
         file: PathBuf,
@@ -64,6 +64,12 @@ pub enum Command {
         /// The redact-transform plugin (.wasm).
         #[arg(long)]
         transform: PathBuf,
+        /// The header-filter plugin built as a native library, to measure too.
+        #[arg(long, requires = "native_transform")]
+        native_filter: Option<PathBuf>,
+        /// The redact-transform plugin built as a native library, to measure too.
+        #[arg(long, requires = "native_filter")]
+        native_transform: Option<PathBuf>,
         /// Messages per timed run of the routed pipeline.
         #[arg(long, default_value_t = 200_000)]
         messages: usize,
@@ -77,7 +83,7 @@ pub enum Command {
 pub enum PluginCommand {
     /// Run one plugin on one message and print what it did.
     Call {
-        /// The plugin (.wasm).
+        /// The plugin (.wasm, or a native library).
         file: PathBuf,
         /// The message: {"topic": "...", "headers": {"k": "v"}, "payload": "..."}.
         #[arg(long)]
@@ -100,8 +106,9 @@ impl Command {
             Command::Plugin { command: PluginCommand::Call { file, message, config } } => {
                 call::call(&file, &message, config)
             }
-            Command::Bench { filter, transform, messages, json } => {
-                bench::bench(filter, transform, messages, json)
+            Command::Bench { filter, transform, native_filter, native_transform, messages, json } => {
+                let native_libraries = native_filter.zip(native_transform);
+                bench::bench((filter, transform), native_libraries, messages, json)
             }
         }
     }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard::admin::AdminServer;
-use switchyard::{Config, ConfigChange, Host, HttpIngress, NatsIngress};
+use switchyard::{Config, ConfigChange, GrpcIngress, Host, HttpIngress, NatsIngress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub async fn run(
@@ -49,6 +49,13 @@ pub async fn run(
     if let Some(ingress) = &ingress {
         eprintln!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
     }
+    let grpc = match host.config().ingress.grpc.as_ref().map(|grpc| grpc.listen) {
+        Some(addr) => Some(GrpcIngress::bind(host.clone(), addr).await?),
+        None => None,
+    };
+    if let Some(grpc) = &grpc {
+        eprintln!("switchyard: gRPC ingress listening on {}", grpc.local_addr());
+    }
     let mut nats = Vec::new();
     for entry in &host.config().ingress.nats {
         let ingress = NatsIngress::connect(host.clone(), entry.clone()).await?;
@@ -89,10 +96,15 @@ pub async fn run(
                     admin.serve(until_stopped()).await
                 }
             };
+            let grpc = async {
+                if let Some(grpc) = grpc {
+                    grpc.serve(until_stopped()).await
+                }
+            };
             // A NATS ingress stops by unsubscribing and admitting what its server had sent.
             let nats =
                 futures_util::future::join_all(nats.into_iter().map(|nats| nats.serve(until_stopped())));
-            tokio::join!(ingress, nats, admin);
+            tokio::join!(ingress, nats, admin, grpc);
         }
     });
     signals.until_stopped(host.clone()).await;

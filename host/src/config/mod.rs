@@ -13,9 +13,9 @@ mod url_path;
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::{ConfigError, inline_table};
 pub use model::{
-    AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, HealthSettings, HostSection,
-    HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings, QueueSettings,
-    RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
+    AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, GrpcIngressConfig,
+    HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
+    QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
 pub use nats::NatsIngressConfig;
 pub(crate) use nats::subject_problem;

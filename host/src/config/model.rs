@@ -75,6 +75,11 @@ pub struct HostSection {
     /// entry (or the defaults) does: more memory or time, more addresses,
     /// environment variables or directories. Off: sidecars may only narrow.
     pub sidecar_grants: bool,
+    /// Load native libraries (`.so`, `.dylib`, `.dll`) from `plugin_dir`.
+    /// They are trusted code: no sandbox, no memory cap, no deadline, in
+    /// the host's own process. Off: such a file is never opened, only
+    /// reported as rejected.
+    pub native_plugins: bool,
 }
 
 impl Default for HostSection {
@@ -93,6 +98,7 @@ impl Default for HostSection {
             metrics: true,
             max_plugin_bytes: 64 << 20,
             sidecar_grants: false,
+            native_plugins: false,
             shutdown_grace_ms: 30_000,
             queue_bytes: 256 << 20,
         }
@@ -119,6 +125,19 @@ pub struct IngressSection {
     /// `[[ingress.nats]]`: NATS subscriptions, if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nats: Vec<NatsIngressConfig>,
+    /// `[ingress.grpc]`: the gRPC ingress, if any.
+    pub grpc: Option<GrpcIngressConfig>,
+}
+
+/// `[ingress.grpc]`: the gRPC ingress (`switchyard.v1.Ingress`, over HTTP/2).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcIngressConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7072`.
+    pub listen: SocketAddr,
+    /// Bearer token every call must carry in its `authorization` metadata, if set (changes live on
+    /// reload).
+    pub token: Option<String>,
 }
 
 /// `[ingress.http]`.

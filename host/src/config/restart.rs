@@ -15,6 +15,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     let admin = |config: &Config| {
         config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))
     };
+    let grpc = |config: &Config| config.ingress.grpc.as_ref().map(|grpc| grpc.listen);
     let has_token = |config: &Config| config.admin.as_ref().is_some_and(|admin| admin.token.is_some());
     let changes = [
         ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
@@ -28,7 +29,10 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.metrics", a.metrics != b.metrics),
         ("host.queue_bytes", a.queue_bytes != b.queue_bytes),
         ("host.state_dir", a.state_dir != b.state_dir),
+        // Trust in native code is given at start: a loaded library is never unloaded.
+        ("host.native_plugins", a.native_plugins != b.native_plugins),
         ("ingress.http (but its token)", ingress(running) != ingress(new)),
+        ("ingress.grpc.listen", grpc(running) != grpc(new)),
         ("ingress.nats", running.ingress.nats != new.ingress.nats),
         ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.

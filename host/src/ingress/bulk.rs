@@ -94,8 +94,17 @@ pub(super) fn message_of(bulk: BulkMessage) -> Result<Message, String> {
         (None, None) => Bytes::new(),
         (Some(_), Some(_)) => return Err("both payload and payload_base64: give one".into()),
     };
-    let mut message = Message::new(bulk.topic, payload).with_priority(bulk.priority);
-    for (name, value) in bulk.headers {
+    let message = Message::new(bulk.topic, payload).with_priority(bulk.priority);
+    with_headers(message, bulk.headers)
+}
+
+/// `message` with a client's `headers` (refused when one is the host's `x-sy-` or not a valid HTTP
+/// header) and a new unique id.
+pub(super) fn with_headers(
+    mut message: Message,
+    headers: impl IntoIterator<Item = (String, String)>,
+) -> Result<Message, String> {
+    for (name, value) in headers {
         if name.to_ascii_lowercase().starts_with("x-sy-") {
             return Err(format!("header {name}: x-sy- headers are the host's to set"));
         }

@@ -1,9 +1,14 @@
 //! Ingress: network listeners that turn requests into accepted messages.
 
 mod bulk;
+mod grpc;
 mod http;
 mod nats;
 mod websocket;
 
+pub use grpc::{
+    GrpcIngress, IngressClient, PublishOutcome, PublishReply, PublishRequest, PublishResult,
+    PublishStreamReply, Refusal, Reply,
+};
 pub use http::HttpIngress;
 pub use nats::NatsIngress;

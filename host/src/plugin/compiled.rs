@@ -6,6 +6,7 @@ use super::bindings::{
 use super::cache::CacheOutcome;
 use super::engine::PluginEngine;
 use super::error::LoadError;
+use super::native::{self, NativeLibrary};
 use super::sandbox::{PluginSettings, StoreState};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -53,6 +54,12 @@ impl PluginKind {
     }
 }
 
+/// A plugin's code: a linked component, or a native library.
+pub(crate) enum PluginCode {
+    Wasm(KindPre),
+    Native(NativeLibrary),
+}
+
 /// The linked, ready-to-instantiate form of a plugin, by kind.
 pub(crate) enum KindPre {
     Filter(FilterPluginPre<StoreState>),
@@ -68,7 +75,7 @@ pub struct CompiledPlugin {
     pub name: String,
     /// Which world it implements.
     pub kind: PluginKind,
-    /// SHA-256 of the component bytes, hex: the plugin's version.
+    /// SHA-256 of the component (or library) bytes, hex: the plugin's version.
     pub digest: String,
     /// How long compiling and linking took.
     pub compile_time: Duration,
@@ -76,7 +83,7 @@ pub struct CompiledPlugin {
     pub cache: CacheOutcome,
     /// Config, limits, grants and counters.
     pub settings: Arc<PluginSettings>,
-    pub(crate) pre: KindPre,
+    pub(crate) code: PluginCode,
     /// Instances of this version alive now.
     pub(crate) instances: std::sync::atomic::AtomicUsize,
 }
@@ -126,7 +133,33 @@ impl CompiledPlugin {
         };
         let instances = Default::default();
         let compile_time = started.elapsed();
-        Ok(CompiledPlugin { name, kind, digest, compile_time, cache, settings, pre, instances })
+        let code = PluginCode::Wasm(pre);
+        Ok(CompiledPlugin { name, kind, digest, compile_time, cache, settings, code, instances })
+    }
+
+    /// Load `bytes`, a native library, as plugin `settings.config.name`
+    /// (trusted code: no sandbox, no memory cap, no deadline).
+    pub fn load_native(bytes: &[u8], settings: Arc<PluginSettings>) -> Result<CompiledPlugin, LoadError> {
+        let started = Instant::now();
+        let name = settings.config.name.clone();
+        let digest = hex::encode(Sha256::digest(bytes));
+        let library = native::load(bytes, &settings)
+            .map_err(|refusal| LoadError::NativeRefused { name: name.clone(), refusal })?;
+        Ok(CompiledPlugin {
+            name,
+            kind: library.kind(),
+            digest,
+            compile_time: started.elapsed(),
+            cache: CacheOutcome::Off,
+            settings,
+            code: PluginCode::Native(library),
+            instances: Default::default(),
+        })
+    }
+
+    /// Whether this version is a native library rather than a component.
+    pub fn is_native(&self) -> bool {
+        matches!(self.code, PluginCode::Native(_))
     }
 
     /// The first 12 hex digits of the digest, for humans.

@@ -58,6 +58,22 @@ pub enum LoadError {
         /// What is wrong, with file, key and value.
         reason: String,
     },
+    /// A native library that is not loaded, and why.
+    #[error("plugin \"{name}\": {refusal}")]
+    NativeRefused {
+        /// Plugin name.
+        name: String,
+        /// Why it is not loaded.
+        refusal: NativeRefusal,
+    },
+    /// Both a component and a native library claim the name.
+    #[error("plugin \"{name}\": both {name}.wasm and {name}.{native} exist; remove one")]
+    TwoFiles {
+        /// Plugin name.
+        name: String,
+        /// The native library's extension on this platform.
+        native: &'static str,
+    },
     /// A grant in the plugin's config cannot be honoured.
     #[error("plugin \"{name}\": {reason}")]
     Grant {
@@ -66,6 +82,43 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Why a native library (`.so`, `.dylib`, `.dll`) is not loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NativeRefusal {
+    /// Native plugins are off: the file was never opened.
+    #[error(
+        "{file} is a native library and host.native_plugins is false: it was not opened (a native plugin runs unsandboxed in the host's process; set native_plugins = true under [host] to trust the plugin directory)"
+    )]
+    Disabled {
+        /// The library's path.
+        file: String,
+    },
+    /// The dynamic loader refused it.
+    #[error("cannot load the native library: {0}")]
+    Unloadable(String),
+    /// It lacks the ABI version symbol.
+    #[error("not a switchyard native plugin: it exports no `switchyard_native_abi`")]
+    NotAPlugin,
+    /// It was built against another native plugin ABI.
+    #[error(
+        "built for native plugin ABI {found} (switchyard-plugin {sdk}); this host speaks ABI {expected}: rebuild it against this host's SDK"
+    )]
+    AbiMismatch {
+        /// The library's ABI version.
+        found: u32,
+        /// The SDK version that built it.
+        sdk: String,
+        /// The host's ABI version.
+        expected: u32,
+    },
+    /// It was built with `panic = "abort"`: a panic would end the host.
+    #[error("built with panic = \"abort\": a panic would end the host; build it with panic = \"unwind\"")]
+    AbortsOnPanic,
+    /// It names a kind this host cannot load natively, or lacks the kind's export.
+    #[error("{0}")]
+    Kind(String),
 }
 
 /// The WebAssembly engine could not be set up.

@@ -1,16 +1,23 @@
 //! A live instance of one plugin version: its store, its exports, and calls
-//! guarded by a deadline and a memory cap.
+//! guarded by a deadline and a memory cap (or, for a native library, its
+//! exports called directly).
 
 use super::bindings::{
     Action, BalancerPlugin, EndpointRecord, FilterPlugin, MiddlewarePlugin, TransformPlugin, TransportPlugin,
 };
-use super::compiled::{CompiledPlugin, KindPre, PluginKind};
+use super::compiled::{CompiledPlugin, KindPre, PluginCode, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{PluginError, PluginFault};
 use super::sandbox::StoreState;
 use crate::message::Verdict;
 use std::sync::Arc;
 use wasmtime::{Store, Trap};
+
+/// How calls reach the plugin's code.
+enum Backend {
+    Wasm { exports: Exports, guard: CallGuard },
+    Native(super::native::NativeLibrary),
+}
 
 enum Exports {
     Filter(FilterPlugin),
@@ -42,8 +49,7 @@ pub struct Transformed {
 pub struct PluginInstance {
     /// The version this instance runs.
     pub plugin: Arc<CompiledPlugin>,
-    exports: Exports,
-    guard: CallGuard,
+    backend: Backend,
 }
 
 impl Drop for PluginInstance {
@@ -64,6 +70,19 @@ impl PluginInstance {
     /// Instantiate `plugin` in a fresh store of `engine`, under the same
     /// deadline and memory cap as a call (start functions run here).
     pub fn new(engine: &PluginEngine, plugin: Arc<CompiledPlugin>) -> Result<PluginInstance, PluginFault> {
+        let backend = match &plugin.code {
+            PluginCode::Wasm(pre) => Self::instantiate(engine, &plugin, pre)?,
+            PluginCode::Native(library) => Backend::Native(*library),
+        };
+        plugin.instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(PluginInstance { plugin, backend })
+    }
+
+    fn instantiate(
+        engine: &PluginEngine,
+        plugin: &CompiledPlugin,
+        pre: &KindPre,
+    ) -> Result<Backend, PluginFault> {
         let state =
             StoreState::new(plugin.settings.clone()).map_err(|err| PluginFault::Unusable(err.to_string()))?;
         let mut store = Store::new(&engine.engine, state);
@@ -71,22 +90,25 @@ impl PluginInstance {
         store.epoch_deadline_trap();
         let timeout = plugin.settings.timeout();
         let mut guard = CallGuard { store, deadline_ticks: PluginEngine::deadline_ticks(timeout), timeout };
-        let exports = match &plugin.pre {
+        let exports = match pre {
             KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
             KindPre::Middleware(pre) => Exports::Middleware(guard.call(|store| pre.instantiate(store))?),
             KindPre::Balancer(pre) => Exports::Balancer(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transport(pre) => Exports::Transport(guard.call(|store| pre.instantiate(store))?),
         };
-        plugin.instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(PluginInstance { plugin, exports, guard })
+        Ok(Backend::Wasm { exports, guard })
     }
 
     /// Run a filter over a heads-only batch: one decision per message.
     pub fn filter(&mut self, batch: &Vec<u8>) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
-        let Exports::Filter(filter) = &self.exports else { return Err(self.not_a(PluginKind::Filter)) };
-        let filter = filter.switchyard_plugin_filter();
-        let decisions = self.guard.call(|store| filter.call_filter(store, batch))?;
+        let (exports, guard) = match &mut self.backend {
+            Backend::Native(library) if library.kind() == PluginKind::Filter => return library.filter(batch),
+            Backend::Wasm { exports: Exports::Filter(filter), guard } => (filter, guard),
+            _ => return Err(self.not_a(PluginKind::Filter)),
+        };
+        let filter = exports.switchyard_plugin_filter();
+        let decisions = guard.call(|store| filter.call_filter(store, batch))?;
         Ok(decisions
             .into_iter()
             .map(|decision| decision.map(Verdict::from).map_err(PluginError::from))
@@ -95,11 +117,15 @@ impl PluginInstance {
 
     /// Run a transform over a batch of full messages.
     pub fn transform(&mut self, batch: &Vec<u8>) -> Result<Transformed, PluginFault> {
-        let Exports::Transform(transform) = &self.exports else {
-            return Err(self.not_a(PluginKind::Transform));
+        let (exports, guard) = match &mut self.backend {
+            Backend::Native(library) if library.kind() == PluginKind::Transform => {
+                return library.transform(batch);
+            }
+            Backend::Wasm { exports: Exports::Transform(transform), guard } => (transform, guard),
+            _ => return Err(self.not_a(PluginKind::Transform)),
         };
-        let transform = transform.switchyard_plugin_transform();
-        let out = self.guard.call(|store| transform.call_transform(store, batch))?;
+        let transform = exports.switchyard_plugin_transform();
+        let out = guard.call(|store| transform.call_transform(store, batch))?;
         let errors = out.errors.into_iter().map(|(index, error)| (index, error.into())).collect();
         Ok(Transformed { messages: out.messages, errors })
     }
@@ -109,11 +135,15 @@ impl PluginInstance {
         &mut self,
         request: &Vec<u8>,
     ) -> Result<Result<MiddlewareAction, PluginError>, PluginFault> {
-        let Exports::Middleware(middleware) = &self.exports else {
-            return Err(self.not_a(PluginKind::Middleware));
+        let (exports, guard) = match &mut self.backend {
+            Backend::Native(library) if library.kind() == PluginKind::Middleware => {
+                return library.on_request(request);
+            }
+            Backend::Wasm { exports: Exports::Middleware(middleware), guard } => (middleware, guard),
+            _ => return Err(self.not_a(PluginKind::Middleware)),
         };
-        let middleware = middleware.switchyard_plugin_middleware();
-        let action = self.guard.call(|store| middleware.call_on_request(store, request))?;
+        let middleware = exports.switchyard_plugin_middleware();
+        let action = guard.call(|store| middleware.call_on_request(store, request))?;
         Ok(action.map_err(PluginError::from).map(|action| match action {
             Action::Forward(batch) => MiddlewareAction::Forward(batch),
             Action::Respond(batch) => MiddlewareAction::Respond(batch),
@@ -126,11 +156,15 @@ impl PluginInstance {
         request: &Vec<u8>,
         reply: &Vec<u8>,
     ) -> Result<Result<Vec<u8>, PluginError>, PluginFault> {
-        let Exports::Middleware(middleware) = &self.exports else {
-            return Err(self.not_a(PluginKind::Middleware));
+        let (exports, guard) = match &mut self.backend {
+            Backend::Native(library) if library.kind() == PluginKind::Middleware => {
+                return library.on_reply(request, reply);
+            }
+            Backend::Wasm { exports: Exports::Middleware(middleware), guard } => (middleware, guard),
+            _ => return Err(self.not_a(PluginKind::Middleware)),
         };
-        let middleware = middleware.switchyard_plugin_middleware();
-        let reply = self.guard.call(|store| middleware.call_on_reply(store, request, reply))?;
+        let middleware = exports.switchyard_plugin_middleware();
+        let reply = guard.call(|store| middleware.call_on_reply(store, request, reply))?;
         Ok(reply.map_err(PluginError::from))
     }
 
@@ -138,11 +172,15 @@ impl PluginInstance {
     /// heads-only batch). The answer is the plugin's own, unchecked: an index out of range or of an
     /// unhealthy endpoint is the caller's to refuse.
     pub fn pick(&mut self, head: &Vec<u8>, endpoints: &[EndpointRecord]) -> Result<Option<u32>, PluginFault> {
-        let Exports::Balancer(balancer) = &self.exports else {
-            return Err(self.not_a(PluginKind::Balancer));
+        let (exports, guard) = match &mut self.backend {
+            Backend::Native(library) if library.kind() == PluginKind::Balancer => {
+                return library.pick(head, endpoints);
+            }
+            Backend::Wasm { exports: Exports::Balancer(balancer), guard } => (balancer, guard),
+            _ => return Err(self.not_a(PluginKind::Balancer)),
         };
-        let balancer = balancer.switchyard_plugin_balancer();
-        self.guard.call(|store| balancer.call_pick(store, head, endpoints))
+        let balancer = exports.switchyard_plugin_balancer();
+        guard.call(|store| balancer.call_pick(store, head, endpoints))
     }
 
     fn not_a(&self, wanted: PluginKind) -> PluginFault {
@@ -157,7 +195,7 @@ impl CallGuard {
     ) -> Result<R, PluginFault> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let state = self.store.data_mut();
-        state.last_error_logged = None;
+        state.host.last_error_logged = None;
         state.call_deadline = Some(tokio::time::Instant::now() + self.timeout);
         call(&mut self.store).map_err(|err| self.classify(err))
     }
@@ -172,7 +210,7 @@ impl CallGuard {
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginFault::TimedOut(state.settings.timeout()),
-            Some(trap) => PluginFault::Trapped(match &state.last_error_logged {
+            Some(trap) => PluginFault::Trapped(match &state.host.last_error_logged {
                 Some(logged) => format!("{trap}; it logged: {logged}"),
                 None => trap.to_string(),
             }),

@@ -1,4 +1,5 @@
-//! Plugins: WebAssembly components compiled, sandboxed, versioned and called.
+//! Plugins: WebAssembly components compiled, sandboxed, versioned and called
+//! (and trusted native libraries, called the same way).
 
 mod bindings;
 mod cache;
@@ -6,7 +7,9 @@ mod compiled;
 mod deadline;
 mod engine;
 mod error;
+mod host_calls;
 mod instance;
+mod native;
 mod registry;
 mod sandbox;
 
@@ -14,7 +17,9 @@ pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;
 pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{EPOCH_TICK, PluginEngine};
-pub use error::{EngineError, LoadError, PluginError, PluginFault};
+pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
-pub use registry::{PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name};
+pub use registry::{
+    PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
+};
 pub use sandbox::PluginSettings;

@@ -42,7 +42,40 @@ impl PluginRegistry {
     }
 }
 
-/// Compile one plugin file, named by its stem, with `config` (defaults when none).
+/// What a plugin file holds, told by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginFormat {
+    /// A WebAssembly component (`.wasm`): sandboxed.
+    Wasm,
+    /// A native library (`.so`, `.dylib` or `.dll`, as the platform names
+    /// them): trusted code, loaded only when `host.native_plugins` is set.
+    Native,
+}
+
+impl PluginFormat {
+    /// The format of `path`, if it is a plugin file at all.
+    pub fn of(path: &Path) -> Option<PluginFormat> {
+        let extension = path.extension()?;
+        if extension == "wasm" {
+            Some(PluginFormat::Wasm)
+        } else if extension == std::env::consts::DLL_EXTENSION {
+            Some(PluginFormat::Native)
+        } else {
+            None
+        }
+    }
+
+    /// The file extension of this format on this platform.
+    pub fn extension(self) -> &'static str {
+        match self {
+            PluginFormat::Wasm => "wasm",
+            PluginFormat::Native => std::env::consts::DLL_EXTENSION,
+        }
+    }
+}
+
+/// Load one plugin file, named by its stem, with `config` (defaults when
+/// none). A native library named here is loaded: naming it is trusting it.
 pub fn load_file(
     engine: &PluginEngine,
     path: &Path,
@@ -55,16 +88,23 @@ pub fn load_file(
     let unsettled = || std::io::Error::other("it changed while it was read");
     let bytes = bytes.ok_or_else(unsettled).map_err(read_error)?;
     let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
-    load_bytes(engine, &bytes, config)
+    let format = PluginFormat::of(path).unwrap_or(PluginFormat::Wasm);
+    load_bytes(engine, format, &bytes, config)
 }
 
-/// Compile `bytes` as the plugin `config.name`, then instantiate it once.
+/// Compile (or, native, load) `bytes` as the plugin `config.name`, then
+/// instantiate it once.
 pub fn load_bytes(
     engine: &PluginEngine,
+    format: PluginFormat,
     bytes: &[u8],
     config: PluginConfig,
 ) -> Result<Arc<CompiledPlugin>, LoadError> {
-    let plugin = Arc::new(CompiledPlugin::compile(engine, bytes, Arc::new(PluginSettings::new(config)?))?);
+    let settings = Arc::new(PluginSettings::new(config)?);
+    let plugin = Arc::new(match format {
+        PluginFormat::Wasm => CompiledPlugin::compile(engine, bytes, settings)?,
+        PluginFormat::Native => CompiledPlugin::load_native(bytes, settings)?,
+    });
     trial_instantiation(engine, &plugin)?;
     Ok(plugin)
 }
@@ -110,18 +150,32 @@ pub fn plugin_name(path: &Path) -> String {
     path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
 }
 
-/// The `.wasm` entries of `dir`, sorted, whatever they are (one that is not
-/// a regular file is refused with its reason when read); a missing
-/// directory is created.
+/// The plugin entries of `dir` (components and native libraries), sorted,
+/// whatever they are (one that is not a regular file is refused with its
+/// reason when read); a missing directory is created.
 pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "wasm") {
+        if PluginFormat::of(&path).is_some() {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_a_component_a_native_library_or_no_plugin_by_its_extension() {
+        let native = format!("f.{}", std::env::consts::DLL_EXTENSION);
+        assert_eq!(PluginFormat::of(Path::new("dir/f.wasm")), Some(PluginFormat::Wasm));
+        assert_eq!(PluginFormat::of(Path::new(&native)), Some(PluginFormat::Native));
+        assert_eq!(PluginFormat::of(Path::new("f.toml")), None);
+        assert_eq!(PluginFormat::of(Path::new("wasm")), None);
+    }
 }

@@ -1,8 +1,9 @@
 //! The sandbox one plugin instance runs in: deny-by-default WASI, a memory cap,
-//! and the `host` interface (log, config, clock, counters).
+//! and the `host` interface (log, config, clock, counters; see [`HostCalls`]).
 
 use super::bindings::{HostImports, Level, TypesImports};
 use super::error::LoadError;
+use super::host_calls::HostCalls;
 use crate::config::PluginConfig;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -87,18 +88,6 @@ impl PluginSettings {
     }
 }
 
-/// Characters of a logged error kept to explain a trap.
-const MAX_ERROR_KEPT: usize = 512;
-
-/// Bytes of one plugin log line, at most; the rest is cut.
-const MAX_LOG_LINE: usize = 4096;
-
-/// Counters one plugin version may have; further names are not counted.
-const MAX_COUNTERS: usize = 256;
-
-/// Bytes of one counter name, at most; a longer name is not counted.
-const MAX_COUNTER_NAME: usize = 128;
-
 /// The data of one plugin instance's `Store`.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -113,53 +102,14 @@ pub struct StoreState {
     /// Set when the guest asked for memory past the cap, so that the trap that
     /// follows is reported as a memory-cap fault rather than a plain trap.
     pub(crate) hit_memory_cap: bool,
-    /// The last error the plugin logged in the current call: the SDK logs a
-    /// panic's message just before the panic traps, so a trap can say why.
-    pub(crate) last_error_logged: Option<String>,
     /// When the current call must end, for waits inside WASI (which epoch
     /// interruption cannot stop).
     pub(crate) call_deadline: Option<tokio::time::Instant>,
     /// Set when a wait inside WASI ran into the deadline, so the trap that
     /// ends the call is reported as a timeout.
     pub(crate) waited_past_deadline: bool,
-    /// How many lines the instance may still log this second.
-    log_budget: LogBudget,
-}
-
-/// Lines one plugin instance may log a second; more are dropped, and how
-/// many is said once the second is over.
-const LOG_LINES_PER_SECOND: u32 = 100;
-
-/// A plugin instance's log lines in the current one-second window.
-#[derive(Debug)]
-struct LogBudget {
-    window: std::time::Instant,
-    lines: u32,
-    /// Lines dropped in this window.
-    dropped: u64,
-}
-
-impl LogBudget {
-    /// Start a new window once a second has passed since this one began;
-    /// how many lines the ended window dropped, if any.
-    fn roll(&mut self, now: std::time::Instant) -> Option<u64> {
-        if now.duration_since(self.window) < std::time::Duration::from_secs(1) {
-            return None;
-        }
-        let dropped = std::mem::replace(self, LogBudget { window: now, lines: 0, dropped: 0 }).dropped;
-        (dropped > 0).then_some(dropped)
-    }
-
-    /// Whether one more line may be logged in this window (else it counts
-    /// as dropped).
-    fn spend(&mut self) -> bool {
-        let keep = self.lines < LOG_LINES_PER_SECOND;
-        match keep {
-            true => self.lines += 1,
-            false => self.dropped += 1,
-        }
-        keep
-    }
+    /// The `host` interface: log, config, clock, counters.
+    pub(crate) host: HostCalls,
 }
 
 impl StoreState {
@@ -171,12 +121,11 @@ impl StoreState {
             memory_cap: settings.memory_cap(),
             memory_in_use: 0,
             table_elements: 0,
+            host: HostCalls::new(settings.clone()),
             settings,
             hit_memory_cap: false,
-            last_error_logged: None,
             call_deadline: None,
             waited_past_deadline: false,
-            log_budget: LogBudget { window: std::time::Instant::now(), lines: 0, dropped: 0 },
         })
     }
 }
@@ -252,47 +201,19 @@ impl TypesImports for StoreState {}
 
 impl HostImports for StoreState {
     fn log(&mut self, level: Level, message: String) {
-        let plugin = self.settings.config.name.as_str();
-        // A plugin's line is one line, of bounded length: it cannot forge others.
-        let message = crate::bounded_text::one_line(&message, MAX_LOG_LINE);
-        if level == Level::Error {
-            self.last_error_logged = Some(crate::bounded_text::one_line(&message, MAX_ERROR_KEPT));
-        }
-        if let Some(dropped) = self.log_budget.roll(std::time::Instant::now()) {
-            tracing::warn!(
-                plugin,
-                dropped,
-                "log lines over the rate of {LOG_LINES_PER_SECOND} a second were dropped"
-            );
-        }
-        if !self.log_budget.spend() {
-            return;
-        }
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
-        }
+        self.host.log(level, &message);
     }
 
     fn config(&mut self, key: String) -> Option<String> {
-        self.settings.config.config.get(&key).cloned()
+        self.host.config(&key)
     }
 
     fn now_millis(&mut self) -> u64 {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        now.map_or(0, |elapsed| elapsed.as_millis() as u64)
+        HostCalls::now_millis()
     }
 
     fn count(&mut self, name: String, delta: u64) {
-        let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(total) = counters.get_mut(&name) {
-            *total = total.saturating_add(delta);
-        } else if counters.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME {
-            counters.insert(name, delta);
-        }
+        self.host.count(&name, delta);
     }
 }
 
@@ -338,36 +259,5 @@ mod tests {
     fn more_memories_than_allowed_are_refused() {
         let (_, error) = instantiate_memories(MAX_MEMORIES + 8, 1, 64).unwrap_err();
         assert!(error.contains("memory count"), "{error}");
-    }
-
-    #[test]
-    fn log_lines_past_the_rate_are_dropped_and_counted_until_the_next_second() {
-        let start = std::time::Instant::now();
-        let mut budget = LogBudget { window: start, lines: 0, dropped: 0 };
-        assert!((0..LOG_LINES_PER_SECOND).all(|_| budget.spend()));
-        assert!(!budget.spend() && !budget.spend());
-        assert_eq!(budget.roll(start + std::time::Duration::from_millis(999)), None, "still the same second");
-        assert_eq!(
-            budget.roll(start + std::time::Duration::from_secs(1)),
-            Some(2),
-            "said when the second ends"
-        );
-        assert!(budget.spend());
-        assert_eq!((budget.lines, budget.dropped), (1, 0));
-    }
-
-    #[test]
-    fn counters_are_bounded_in_number_and_name_length_and_saturate() {
-        let settings = Arc::new(PluginSettings::new(PluginConfig::default()).unwrap());
-        let mut state = StoreState::new(settings.clone()).unwrap();
-        for n in 0..300 {
-            state.count(format!("c{n}"), 1);
-        }
-        state.count("x".repeat(MAX_COUNTER_NAME + 1), 1);
-        state.count("c0".into(), u64::MAX);
-        let counters = settings.counters.lock().unwrap();
-        assert_eq!(counters.len(), MAX_COUNTERS);
-        assert!(counters.keys().all(|name| name.len() <= MAX_COUNTER_NAME));
-        assert_eq!(counters["c0"], u64::MAX, "saturates, never wraps");
     }
 }

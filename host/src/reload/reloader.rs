@@ -58,11 +58,12 @@ impl Reloader {
     /// Compile every plugin of the directory in parallel and make them serve.
     pub(crate) async fn load_all(self: &Arc<Self>) -> Result<Vec<LoadError>, std::io::Error> {
         let dir = self.plugin_dir();
-        let compiles: Vec<_> = plugin_files(&dir)?
+        let names: BTreeSet<String> = plugin_files(&dir)?.iter().map(|path| plugin_name(path)).collect();
+        let compiles: Vec<_> = names
             .into_iter()
-            .map(|path| {
+            .map(|name| {
                 let this = self.clone();
-                tokio::task::spawn_blocking(move || this.prepare(&plugin_name(&path)))
+                tokio::task::spawn_blocking(move || this.prepare(&name))
             })
             .collect();
         let mut errors = Vec::new();
@@ -183,8 +184,8 @@ impl Reloader {
 
     fn prepare(&self, name: &str) -> Prepared {
         let config = self.config.load();
-        let (bytes, settings) = match read_source(&config.host.plugin_dir, name, &config) {
-            Ok(Source::Present { bytes, config }) => (bytes, config),
+        let (format, bytes, settings) = match read_source(&config.host.plugin_dir, name, &config) {
+            Ok(Source::Present { format, bytes, config }) => (format, bytes, config),
             Ok(Source::Absent) => return Prepared::Gone(name.to_owned()),
             Ok(Source::Unsettled) => return Prepared::Unsettled,
             Err(error) => return Prepared::Failed(name.to_owned(), error),
@@ -196,7 +197,7 @@ impl Reloader {
         {
             return Prepared::Unchanged;
         }
-        match load_bytes(&self.pipeline.engine, &bytes, settings) {
+        match load_bytes(&self.pipeline.engine, format, &bytes, settings) {
             Ok(plugin) => Prepared::Ready(plugin),
             Err(error) => Prepared::Failed(name.to_owned(), error),
         }

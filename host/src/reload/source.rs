@@ -1,15 +1,16 @@
-//! A plugin as its files describe it: `NAME.wasm`, and the optional sidecar
-//! `NAME.toml` holding its settings (which win over the main config's).
+//! A plugin as its files describe it: `NAME.wasm` (or a native library,
+//! `NAME.so` on Linux), and the optional sidecar `NAME.toml` holding its
+//! settings (which win over the main config's).
 
 use crate::config::{Config, ConfigError, PluginConfig};
-use crate::plugin::LoadError;
+use crate::plugin::{LoadError, NativeRefusal, PluginFormat};
 use crate::regular_file::{self, Links};
 use std::path::Path;
 
 /// What the plugin directory says about one plugin name.
 pub(crate) enum Source {
     /// The file is there and settled.
-    Present { bytes: Vec<u8>, config: PluginConfig },
+    Present { format: PluginFormat, bytes: Vec<u8>, config: PluginConfig },
     /// There is no such file (any more).
     Absent,
     /// The file changed while it was read (a copy in progress): wait for the
@@ -18,8 +19,24 @@ pub(crate) enum Source {
 }
 
 /// Read plugin `name` from `dir`, with its effective settings under `config`.
+/// A native library is neither read nor opened unless `host.native_plugins`
+/// is set: it is refused.
 pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Source, LoadError> {
-    let path = dir.join(format!("{name}.wasm"));
+    let file = |format: PluginFormat| dir.join(format!("{name}.{}", format.extension()));
+    let exists = |format| file(format).symlink_metadata().is_ok();
+    let format = match (exists(PluginFormat::Wasm), exists(PluginFormat::Native)) {
+        (true, true) => {
+            let native = PluginFormat::Native.extension();
+            return Err(LoadError::TwoFiles { name: name.to_owned(), native });
+        }
+        (false, true) if !config.host.native_plugins => {
+            let refusal = NativeRefusal::Disabled { file: file(PluginFormat::Native).display().to_string() };
+            return Err(LoadError::NativeRefused { name: name.to_owned(), refusal });
+        }
+        (false, true) => PluginFormat::Native,
+        _ => PluginFormat::Wasm,
+    };
+    let path = file(format);
     let read_error = |error: std::io::Error| LoadError::Read {
         name: name.to_owned(),
         path: path.display().to_string(),
@@ -31,7 +48,7 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Source::Absent),
         Err(err) => return Err(read_error(err)),
     };
-    Ok(Source::Present { bytes, config: plugin_config(dir, name, config)? })
+    Ok(Source::Present { format, bytes, config: plugin_config(dir, name, config)? })
 }
 
 /// The settings of plugin `name`: its sidecar if present, else its

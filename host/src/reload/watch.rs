@@ -83,8 +83,9 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
             return Some(Change::Config);
         }
         let in_dir = path.parent().and_then(|parent| parent.canonicalize().ok()) == dir.canonicalize().ok();
-        let ext = path.extension()?.to_str()?;
-        (in_dir && (ext == "wasm" || ext == "toml")).then(|| Change::Plugin(crate::plugin::plugin_name(path)))
+        let plugin_file = crate::plugin::PluginFormat::of(path).is_some();
+        let sidecar = path.extension().is_some_and(|ext| ext == "toml");
+        (in_dir && (plugin_file || sidecar)).then(|| Change::Plugin(crate::plugin::plugin_name(path)))
     }
 }
 

@@ -227,7 +227,7 @@ async fn wait_for_exit(mut child: Child, closing: bool) -> String {
 }
 
 impl Drop for SubprocessTransport {
-    /// Close every process's standard input: each may finish and exit (see `wait_for_exit`).
+    /// Close every process's standard input: each may finish and exit, or is killed 5 s later.
     fn drop(&mut self) {
         for running in self.slots.values().filter_map(Restarting::running) {
             if let Ok(mut stdin) = running.stdin.try_lock() {

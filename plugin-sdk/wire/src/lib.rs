@@ -27,6 +27,8 @@
 
 use std::fmt;
 
+pub mod native;
+
 /// Flag bit: the payload bytes were left out; only their length is present.
 pub const FLAG_PAYLOAD_OMITTED: u8 = 1;
 

@@ -9,6 +9,9 @@
 //!   file, `NAME` being the crate name in SCREAMING_SNAKE_CASE
 //!   (`HEADER_FILTER` for `header-filter`);
 //! - [`ALL`]: every plugin as `(crate name, path)`, sorted by name;
+//! - [`native`]: the same constants for the plugins also built as native
+//!   libraries (`cdylib`s for the host target, with `--profile
+//!   plugin-native`, which unwinds on panic);
 //! - [`foreach_plugin!`]: `foreach_plugin!(m)` expands to `m!(header_filter);`
 //!   and so on for every plugin, so a test suite can make an untested plugin
 //!   a compile error.

@@ -1,0 +1,182 @@
+//! gRPC ingress: the `switchyard.v1.Ingress` service (`host/proto/ingress.proto`) on its own HTTP/2
+//! listener, `[ingress.grpc] listen`.
+//!
+//! `Publish` admits one message as `POST /v1/messages/{topic}` does (waiting for no room: a full queue
+//! is `RESOURCE_EXHAUSTED`); with `wait`, it answers once the message is settled, with the reply.
+//! `PublishStream` admits each message of a client stream in order, each waiting for room in the queue
+//! (so the stream is read no faster than the host takes messages), and answers with one result per
+//! message. Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
+//! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
+//! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata). With
+//! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
+
+#[rustfmt::skip]
+mod generated;
+
+use crate::host::{BuildError, Host, RequestError, SendError};
+use crate::message::Message;
+use PublishOutcome as Outcome;
+use futures_util::StreamExt;
+pub use generated::ingress_client::IngressClient;
+use generated::ingress_server::{Ingress, IngressServer};
+pub use generated::publish_result::Outcome as PublishOutcome;
+pub use generated::{PublishReply, PublishRequest, PublishResult, PublishStreamReply, Refusal, Reply};
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A bound gRPC ingress, ready to serve.
+#[derive(Debug)]
+pub struct GrpcIngress {
+    host: Host,
+    listener: TcpListener,
+}
+
+impl GrpcIngress {
+    /// Bind `addr` (port 0 picks a free port) for `host`.
+    pub async fn bind(host: Host, addr: SocketAddr) -> Result<GrpcIngress, BuildError> {
+        let listener = TcpListener::bind(addr).await.map_err(|error| BuildError::Listen { addr, error })?;
+        Ok(GrpcIngress { host, listener })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serve until `shutdown` completes; calls in progress finish first.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let service = IngressServer::new(Service { host: self.host.clone() })
+            .max_decoding_message_size(self.host.config().host.max_message_bytes.saturating_add(64 << 10));
+        let incoming = tokio_stream_of(self.listener);
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(err) = served {
+            tracing::error!(%err, "the gRPC ingress stopped");
+        }
+    }
+}
+
+/// The connections `listener` accepts, as the stream tonic serves.
+fn tokio_stream_of(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
+
+struct Service {
+    host: Host,
+}
+
+impl Service {
+    /// Refuse a call without the configured token.
+    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let token = self.host.config().ingress.grpc.as_ref().and_then(|grpc| grpc.token.clone());
+        let Some(token) = token else { return Ok(()) };
+        let mut headers = axum::http::HeaderMap::new();
+        if let Some(value) = request.metadata().get("authorization").and_then(|value| value.to_str().ok()) {
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().map_err(|_| unauthenticated())?);
+        }
+        match crate::bearer::presented(&headers, &token) {
+            true => Ok(()),
+            false => Err(unauthenticated()),
+        }
+    }
+}
+
+fn unauthenticated() -> Status {
+    Status::unauthenticated("unauthorized")
+}
+
+#[tonic::async_trait]
+impl Ingress for Service {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishReply>, Status> {
+        self.check_token(&request)?;
+        let publish = request.into_inner();
+        let wait = publish.wait;
+        let message = message_of(publish).map_err(Status::invalid_argument)?;
+        let id = message.unique_id().expect("message_of gives every message its id").to_owned();
+        if !wait {
+            self.host.try_send(message).map_err(|err| status_of(&err))?;
+            return Ok(Response::new(PublishReply { id, reply: None }));
+        }
+        let (_, pending) = self.host.try_request(message).map_err(|err| status_of(&err))?;
+        match crate::host::await_reply(pending).await {
+            Ok(reply) => Ok(Response::new(PublishReply { id, reply: reply.map(reply_of) })),
+            Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
+                let mut status = Status::aborted(format!("{id}: {reason}"));
+                if let Ok(code) = reason.code().parse() {
+                    status.metadata_mut().insert("x-sy-dead-letter", code);
+                }
+                Err(status)
+            }
+            Err(err) => Err(Status::aborted(format!("{id}: {err}"))),
+        }
+    }
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<PublishStreamReply>, Status> {
+        self.check_token(&request)?;
+        let mut stream = request.into_inner();
+        let (mut accepted, mut results) = (0, Vec::new());
+        while let Some(publish) = stream.next().await {
+            let outcome = match message_of(publish?) {
+                Ok(message) => {
+                    let id = message.unique_id().expect("message_of gives every message its id").to_owned();
+                    match self.host.send(message).await {
+                        Ok(_) => {
+                            accepted += 1;
+                            Outcome::Id(id)
+                        }
+                        Err(err) => refused(&err),
+                    }
+                }
+                Err(problem) => Outcome::Refused(Refusal { error: problem, status: 400 }),
+            };
+            results.push(PublishResult { outcome: Some(outcome) });
+        }
+        Ok(Response::new(PublishStreamReply { accepted, results }))
+    }
+}
+
+/// The message `publish` describes, with a new unique id, or why it is refused.
+fn message_of(publish: PublishRequest) -> Result<Message, String> {
+    let priority = u8::try_from(publish.priority)
+        .map_err(|_| format!("priority {}: must be 0 to 255", publish.priority))?;
+    let message = Message::new(publish.topic, publish.payload).with_priority(priority);
+    super::bulk::with_headers(message, publish.headers)
+}
+
+fn reply_of(reply: Message) -> Reply {
+    Reply {
+        topic: reply.topic,
+        headers: reply.headers.into_iter().collect(),
+        payload: reply.payload.to_vec(),
+    }
+}
+
+fn status_of(err: &SendError) -> Status {
+    match err {
+        SendError::TooLarge { .. } => Status::out_of_range(err.to_string()),
+        SendError::Malformed(_) => Status::invalid_argument(err.to_string()),
+        SendError::Backpressure => Status::resource_exhausted(err.to_string()),
+        SendError::ShuttingDown => Status::unavailable(err.to_string()),
+    }
+}
+
+fn refused(err: &SendError) -> Outcome {
+    let status = match err {
+        SendError::TooLarge { .. } => 413,
+        SendError::Malformed(_) => 400,
+        SendError::Backpressure | SendError::ShuttingDown => 503,
+    };
+    Outcome::Refused(Refusal { error: err.to_string(), status })
+}

@@ -1,0 +1,98 @@
+//! gRPC ingress (`switchyard.v1.Ingress`) through the generated client over real HTTP/2: Publish,
+//! Publish with wait, PublishStream with a bad message among good ones, and the ingress token.
+
+use crate::support::{drain_and_account, next, plugin_dir};
+use std::collections::HashMap;
+use switchyard::ingress::{IngressClient, PublishRequest, PublishResult};
+use switchyard::{Config, GrpcIngress, Host, Message, RouteConfig};
+
+/// Serve `host`'s gRPC ingress on 127.0.0.1 (any free port) while the test's runtime lives; a client.
+async fn client(host: &Host) -> IngressClient<tonic::transport::Channel> {
+    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    IngressClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+fn publish(topic: &str, payload: &str) -> PublishRequest {
+    PublishRequest { topic: topic.into(), payload: payload.into(), ..PublishRequest::default() }
+}
+
+async fn host(text: &str) -> (Host, tempfile::TempDir) {
+    let dir = plugin_dir(&[]);
+    let config = Config::from_toml("t.toml", text).unwrap();
+    let host = Host::builder()
+        .config("t.toml", config)
+        .plugin_dir(dir.path())
+        .destination("echo", |message: Message| async move {
+            Ok(Some(Message::new("echoed", message.payload).with_header("x-echo", "yes")))
+        })
+        .route(RouteConfig::new("echo", "echo.>", "echo"))
+        .build()
+        .await
+        .unwrap();
+    (host, dir)
+}
+
+const CONFIG: &str = "[host]\nworkers = 2\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+                      queue = { capacity = 10000 }\n[[route]]\nname = \"orders\"\nmatch = { topic = \"orders.>\" }\nto = \"out\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_admits_a_message_and_with_wait_answers_with_its_reply() {
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let mut request = publish("orders.eu", "one");
+    request.headers = HashMap::from([("x-tenant".to_owned(), "a".to_owned())]);
+    let id = client.publish(request).await.unwrap().into_inner().id;
+    let delivered = next(&host.memory("out").unwrap()).await;
+    assert_eq!(delivered.unique_id(), Some(id.as_str()));
+    assert_eq!(delivered.header("x-tenant"), Some("a"));
+    let waited = PublishRequest { wait: true, ..publish("echo.q", "ping") };
+    let reply = client.publish(waited).await.unwrap().into_inner().reply.expect("the echo's reply");
+    assert_eq!(
+        (reply.payload.as_slice(), reply.headers.get("x-echo").map(String::as_str)),
+        (&b"ping"[..], Some("yes"))
+    );
+    let mut spoofed = publish("orders.eu", "x");
+    spoofed.headers.insert("x-sy-id".into(), "mine".into());
+    let refused = client.publish(spoofed).await.expect_err("an x-sy- header");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_admitted_message_by_message_with_a_result_for_each() {
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let requests = (0..1000).map(|n| match n {
+        500 => publish("bad..topic", "refused"),
+        n => publish("orders.eu", &format!("order {n}")),
+    });
+    let reply = client.publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    assert_eq!(reply.accepted, 999);
+    assert_eq!(reply.results.len(), 1000);
+    let refused = &reply.results[500];
+    let Some(switchyard::ingress::PublishOutcome::Refused(refusal)) = &refused.outcome else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(refusal.status, 400, "{refusal:?}");
+    let ids: Vec<&PublishResult> = reply.results.iter().filter(|result| result != &refused).collect();
+    assert_eq!(ids.len(), 999);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (999, 999));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_every_call_needs_it() {
+    let text = format!("{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n");
+    let (host, _dir) = host(&text).await;
+    let mut client = client(&host).await;
+    let refused = client.publish(publish("orders.eu", "x")).await.expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(publish("orders.eu", "x"));
+    request.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+    client.publish(request).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 1);
+}

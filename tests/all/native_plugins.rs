@@ -1,0 +1,271 @@
+//! Native plugins: the same SDK sources built as shared libraries, loaded
+//! only when `host.native_plugins` says so, checked before anything is
+//! called, swapped like components, and their panics caught as faults.
+
+use crate::cli::switchyard;
+use crate::support::{
+    MEMORY_OUT, event_where, host, memory_out_native, native_file, native_plugin_dir, replace_file,
+};
+use std::path::Path;
+use std::sync::Arc;
+use switchyard::config::PluginConfig;
+use switchyard::plugin::{
+    EndpointRecord, MiddlewareAction, NativeRefusal, PluginEngine, PluginInstance, load_file,
+};
+use switchyard::{CompiledPlugin, Config, Host, HostEvent, LoadError, Verdict};
+use switchyard_plugin_artifacts as artifacts;
+use switchyard_wire::{Head, Payload, write_message};
+
+/// `artifact` loaded as plugin `name` with config `keys`.
+fn load(engine: &PluginEngine, artifact: &str, keys: &[(&str, &str)]) -> Arc<CompiledPlugin> {
+    let config = keys.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+    let config = PluginConfig { name: "tenant-filter".into(), config, ..PluginConfig::default() };
+    load_file(engine, Path::new(artifact), Some(&config)).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Message `n` of a varied stream: topics in and out of the prefix, the
+/// tenant header in several spellings and values, or missing.
+fn varied_head(batch: &mut Vec<u8>, n: u64) {
+    let topic = ["orders.eu", "orders.us", "billing.eu", "orders"][(n % 4) as usize];
+    let tenant = ["acme", "acme", "acme", "other", "ACME", "acme "][(n / 4 % 6) as usize];
+    let name = ["x-tenant", "X-Tenant", "X-TENANT", "x-tenants"][(n / 24 % 4) as usize];
+    let mut headers = vec![("x-seq", "1")];
+    if !n.is_multiple_of(7) {
+        headers.push((name, tenant));
+    }
+    let head = Head { id: n, source: 0, priority: (n % 3) as u8, topic };
+    write_message(batch, &head, headers, Payload::Omitted((n % 100) as usize));
+}
+
+#[test]
+fn the_header_filter_decides_alike_native_and_as_a_component_on_ten_thousand_messages() {
+    let engine = PluginEngine::new(None).unwrap();
+    let keys = [("topic_prefix", "orders."), ("require_header", "x-tenant"), ("require_value", "acme")];
+    let component = load(&engine, artifacts::HEADER_FILTER, &keys);
+    let native = load(&engine, artifacts::native::HEADER_FILTER, &keys);
+    assert!(native.is_native() && !component.is_native());
+    let mut instances =
+        [component.clone(), native.clone()].map(|plugin| PluginInstance::new(&engine, plugin).unwrap());
+    let (mut kept, mut dropped) = (0, 0);
+    for first in (0..10_000).step_by(64) {
+        let mut batch = Vec::new();
+        (first..(first + 64).min(10_000)).for_each(|n| varied_head(&mut batch, n));
+        let [wasm, native] = instances.each_mut().map(|instance| instance.filter(&batch).unwrap());
+        for (offset, (wasm, native)) in wasm.iter().zip(&native).enumerate() {
+            assert_eq!(wasm, native, "message {}", first + offset as u64);
+        }
+        assert_eq!(wasm.len(), native.len());
+        kept += wasm.iter().filter(|decision| **decision == Ok(Verdict::Keep)).count();
+        dropped += wasm.iter().filter(|decision| **decision == Ok(Verdict::Drop)).count();
+    }
+    assert_eq!(kept + dropped, 10_000);
+    assert!(kept > 1000 && dropped > 1000, "both decisions occur: {kept} kept, {dropped} dropped");
+    let counters = |plugin: &CompiledPlugin| plugin.settings.counters.lock().unwrap().clone();
+    assert_eq!(counters(&component), counters(&native), "the counters reach the host alike");
+    // A misconfiguration fails every message alike.
+    let keys = [("require_value", "acme")];
+    let [wasm, native] = [artifacts::HEADER_FILTER, artifacts::native::HEADER_FILTER]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &keys)).unwrap());
+    let mut batch = Vec::new();
+    varied_head(&mut batch, 1);
+    let [wasm, native] = [wasm, native].map(|mut instance| instance.filter(&batch).unwrap());
+    assert_eq!(wasm, native);
+    assert!(wasm[0].as_ref().is_err_and(|error| error.to_string().contains("needs `require_header`")));
+}
+
+#[test]
+fn a_middleware_and_a_balancer_answer_alike_native_and_as_components() {
+    let engine = PluginEngine::new(None).unwrap();
+    let [mut wasm, mut native] = [artifacts::ANNOTATE_MIDDLEWARE, artifacts::native::ANNOTATE_MIDDLEWARE]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[("value", "v")])).unwrap());
+    let one = |topic: &str, headers: &[(&str, &str)]| {
+        let mut batch = Vec::new();
+        let head = Head { id: 7, source: 0, priority: 1, topic };
+        write_message(&mut batch, &head, headers.iter().copied(), Payload::Bytes(b"{}"));
+        batch
+    };
+    let action =
+        |instance: &mut PluginInstance, request: &Vec<u8>| match instance.on_request(request).unwrap() {
+            Ok(MiddlewareAction::Forward(batch)) => ("forward", batch),
+            Ok(MiddlewareAction::Respond(batch)) => ("respond", batch),
+            Err(error) => panic!("{error}"),
+        };
+    for request in [one("orders", &[("k", "v")]), one("orders", &[("x-short-circuit", "1")])] {
+        assert_eq!(action(&mut wasm, &request), action(&mut native, &request));
+    }
+    let (request, reply) = (one("q", &[]), one("r", &[("a", "b")]));
+    let replies =
+        [&mut wasm, &mut native].map(|instance| instance.on_reply(&request, &reply).unwrap().unwrap());
+    assert_eq!(replies[0], replies[1]);
+    assert!(
+        switchyard_wire::decode(&replies[1]).next().unwrap().unwrap().header("x-reply-annotated").is_some()
+    );
+
+    let [mut wasm, mut native] = [artifacts::LEAST_LOADED_BALANCER, artifacts::native::LEAST_LOADED_BALANCER]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[])).unwrap());
+    let endpoint = |index: u32, in_flight: u32, healthy: bool| EndpointRecord {
+        index,
+        address: format!("10.0.0.{index}:9000"),
+        weight: 1 + index % 2,
+        in_flight,
+        latency_micros: 5000,
+        healthy,
+    };
+    let head = one("orders", &[]);
+    for loads in [[3, 1, 2], [0, 5, 0], [9, 9, 1]] {
+        let endpoints: Vec<_> =
+            (0..3).map(|at| endpoint(at, loads[at as usize], at != 2 || loads[0] != 0)).collect();
+        let picks = [&mut wasm, &mut native].map(|instance| instance.pick(&head, &endpoints).unwrap());
+        assert_eq!(picks[0], picks[1], "{loads:?}");
+        assert!(picks[1].is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_native_transform_swapped_a_hundred_times_under_load_loses_nothing() {
+    let dir = native_plugin_dir(&[("t", artifacts::native::REDACT_TRANSFORM)]);
+    let host = crate::reload::host_with_transform_in(dir.path(), &memory_out_native()).await;
+    assert!(host.plugins()[0].is_native());
+    let versions = [artifacts::native::STAMP_TRANSFORM, artifacts::native::REDACT_TRANSFORM];
+    crate::reload::hundred_swaps_lose_nothing(&host, &dir.path().join(native_file("t")), versions).await;
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "copies are made outside the plugin directory"
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let in_dir = dir.path().to_str().unwrap();
+    assert!(!maps.contains(in_dir), "no library is mapped from the plugin directory itself");
+}
+
+/// A host over `dir` with native plugins allowed, and what failed to load.
+async fn native_host(dir: &Path, config: &str) -> Host {
+    let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));
+    Host::builder()
+        .config("test.toml", config)
+        .plugin_dir(dir)
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+#[tokio::test]
+pub async fn native_abi_mismatch() {
+    // Refused at start with both versions named; so are a library that is no
+    // Switchyard plugin and a file that is no library.
+    let dir = native_plugin_dir(&[
+        ("future", artifacts::native::NATIVE_ABI_MISMATCH),
+        ("other", artifacts::native::FAULTY_WRONG_WORLD),
+    ]);
+    std::fs::write(dir.path().join(native_file("junk")), b"not a library").unwrap();
+    let host = native_host(dir.path(), &memory_out_native()).await;
+    let errors: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors[0],
+        "plugin \"future\": built for native plugin ABI 999 (switchyard-plugin 9.9.9); this host speaks ABI 1: rebuild it against this host's SDK"
+    );
+    assert!(errors[1].starts_with("plugin \"junk\": cannot load the native library: "), "{}", errors[1]);
+    assert_eq!(
+        errors[2],
+        "plugin \"other\": not a switchyard native plugin: it exports no `switchyard_native_abi`"
+    );
+    assert!(host.plugins().is_empty());
+    // Swapped in over a serving native plugin, it is refused and the old one serves on.
+    let dir = native_plugin_dir(&[("f", artifacts::native::HEADER_FILTER)]);
+    let host = native_host(dir.path(), &memory_out_native()).await;
+    let serving = host.plugins()[0].digest.clone();
+    let mut events = host.subscribe();
+    replace_file(
+        &dir.path().join(native_file("f")),
+        &std::fs::read(artifacts::native::NATIVE_ABI_MISMATCH).unwrap(),
+    );
+    let event = event_where(&mut events, |event| matches!(event, HostEvent::PluginRejected { .. })).await;
+    let HostEvent::PluginRejected { name, reason } = event else { unreachable!() };
+    assert_eq!(name, "f");
+    assert!(reason.contains("built for native plugin ABI 999"), "{reason}");
+    assert_eq!(host.plugins()[0].digest, serving);
+}
+
+#[tokio::test]
+async fn a_native_panic_is_a_fault_that_dead_letters_its_message_with_the_panic_text() {
+    let dir = native_plugin_dir(&[("bad", artifacts::native::FAULTY_TRAP)]);
+    let config = format!(
+        r#"{}
+[[plugin]]
+name = "bad"
+config = {{ trigger = "x-poison" }}
+[[route]]
+name = "risky"
+match = {{ topic = "risky.*" }}
+stages = ["filter:bad"]
+to = "out"
+[[route]]
+name = "safe"
+to = "out"
+"#,
+        memory_out_native()
+    );
+    let host = host(dir.path(), &config).await;
+    let reason = "trapped: panicked: faulty-trap traps on message ";
+    crate::faulty::assert_isolated(&host, "plugin-trapped", reason).await;
+}
+
+#[tokio::test]
+pub async fn native_constructor() {
+    // Off by default: the library is reported, never opened (its
+    // constructor would write the marker), whatever the config says of it.
+    // Where the fixture's constructor writes (see `plugins/native-constructor`).
+    let marker =
+        std::env::temp_dir().join(format!("switchyard-native-constructor-ran-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let dir = native_plugin_dir(&[("c", artifacts::native::NATIVE_CONSTRUCTOR)]);
+    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"c\"\n");
+    let off = Host::builder().config("test.toml", Config::from_toml("test.toml", &config).unwrap());
+    let off = off.plugin_dir(dir.path()).build().await.unwrap();
+    let file = dir.path().join(native_file("c")).display().to_string();
+    let refusal = NativeRefusal::Disabled { file: file.clone() };
+    assert!(
+        matches!(&off.load_errors(), [LoadError::NativeRefused { name, refusal: r }] if name == "c" && *r == refusal)
+    );
+    assert_eq!(
+        off.load_errors()[0].to_string(),
+        format!(
+            "plugin \"c\": {file} is a native library and host.native_plugins is false: it was not opened (a native plugin runs unsandboxed in the host's process; set native_plugins = true under [host] to trust the plugin directory)"
+        )
+    );
+    assert_eq!(off.event_counts().rejected, 1);
+    assert!(off.plugins().is_empty());
+    assert!(!marker.exists(), "the library was opened");
+    // The proof is sound: allowed, the same library is opened and writes it.
+    let on = host(dir.path(), &memory_out_native()).await;
+    assert!(marker.exists(), "the constructor did not run");
+    assert!(on.plugins()[0].is_native());
+    std::fs::remove_file(&marker).unwrap();
+}
+
+#[test]
+fn plugin_call_and_check_take_native_libraries() {
+    let message = r#"{"topic":"orders.eu","headers":{"x-tenant":"acme"},"payload":"{\"card\":\"4111\"}"}"#;
+    let (ok, out) = switchyard(&[
+        "plugin",
+        "call",
+        artifacts::native::REDACT_TRANSFORM,
+        "--message",
+        message,
+        "--config",
+        "fields=card",
+    ]);
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["answer"]["messages"][0]["payload"], r#"{"card":"[redacted]"}"#);
+    let filter = ["--config", "require_header=x-tenant", "--config", "require_value=acme"];
+    let call = ["plugin", "call", artifacts::native::HEADER_FILTER, "--message", message];
+    let (ok, out) = switchyard(&[&call[..], &filter].concat());
+    assert!(ok && out.contains(r#""verdict":"keep""#), "{out}");
+    let (ok, out) = switchyard(&["plugin", "call", artifacts::native::FAULTY_TRAP, "--message", message]);
+    assert!(!ok && out.contains("trapped: panicked: faulty-trap traps on message"), "{out}");
+    let (ok, out) = switchyard(&["check", artifacts::native::HEADER_FILTER]);
+    assert!(ok && out.contains("is a native filter plugin, version "), "{out}");
+    let (ok, out) = switchyard(&["check", artifacts::native::NATIVE_ABI_MISMATCH]);
+    assert!(!ok && out.contains("built for native plugin ABI 999 (switchyard-plugin 9.9.9)"), "{out}");
+}
