@@ -60,7 +60,7 @@ pub use destination::{
     MemoryDestination,
 };
 pub use host::{BuildError, Host, HostBuilder, PendingReply, RequestError, SendError};
-pub use ingress::{GrpcIngress, HttpIngress};
+pub use ingress::{GrpcIngress, HttpIngress, NatsIngress};
 pub use message::{Message, MessageId, Verdict};
 pub use pipeline::Stats;
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};

@@ -16,7 +16,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// A running `switchyard` child whose stdout and stderr lines arrive on a
 /// channel, each tagged with its stream.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: mpsc::Receiver<(Stream, String)>,
 }
@@ -39,7 +39,7 @@ fn read_lines(from: impl std::io::Read + Send + 'static, stream: Stream, to: mps
 }
 
 impl Running {
-    fn start(args: &[&str], cwd: &std::path::Path) -> Running {
+    pub(crate) fn start(args: &[&str], cwd: &std::path::Path) -> Running {
         Running::start_with_env(args, cwd, &[])
     }
 
@@ -60,7 +60,7 @@ impl Running {
 
     /// The first line satisfying `want`, on either stream. Status lines
     /// (`switchyard: ...`) must come on stderr, delivered messages on stdout.
-    fn line_where(&self, want: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn line_where(&self, want: impl Fn(&str) -> bool) -> String {
         loop {
             let (stream, line) =
                 self.lines.recv_timeout(PATIENCE).expect("switchyard went quiet (safety net)");
@@ -80,9 +80,20 @@ impl Running {
         line.rsplit("http://").next().unwrap().parse().unwrap_or_else(|err| panic!("{err}: {line}"))
     }
 
-    fn stop(&mut self) -> String {
+    /// Send SIGTERM and wait for the host to stop; its last status line.
+    pub(crate) fn stop(&mut self) -> String {
+        self.terminate();
+        self.stopped()
+    }
+
+    /// Send SIGTERM.
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// Wait for the host to say it stopped and exit successfully; that last status line.
+    pub(crate) fn stopped(&mut self) -> String {
         let stopped = self.line_where(|line| line.starts_with("switchyard: stopped"));
         assert!(self.child.wait().unwrap().success());
         stopped

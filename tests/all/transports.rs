@@ -111,6 +111,6 @@ async fn a_transport_nobody_registered_is_refused_before_the_host_starts() {
     let error = Host::builder().config("test.toml", config("")).plugin_dir(dir.path()).build().await;
     assert_eq!(
         error.expect_err("refused").to_string(),
-        "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, plugin:NAME, redis, subprocess, tcp, websocket, log, memory)"
+        "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, nats, plugin:NAME, redis, subprocess, tcp, websocket, log, memory)"
     );
 }

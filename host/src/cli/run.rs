@@ -5,7 +5,7 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard::admin::AdminServer;
-use switchyard::{Config, ConfigChange, GrpcIngress, Host, HttpIngress};
+use switchyard::{Config, ConfigChange, GrpcIngress, Host, HttpIngress, NatsIngress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub async fn run(
@@ -56,6 +56,18 @@ pub async fn run(
     if let Some(grpc) = &grpc {
         eprintln!("switchyard: gRPC ingress listening on {}", grpc.local_addr());
     }
+    let mut nats = Vec::new();
+    for entry in &host.config().ingress.nats {
+        let ingress = NatsIngress::connect(host.clone(), entry.clone()).await?;
+        let group =
+            entry.queue_group.as_ref().map(|group| format!(" in queue group {group}")).unwrap_or_default();
+        eprintln!(
+            "switchyard: NATS ingress subscribed to {} at {}{group}",
+            entry.subjects.join(", "),
+            entry.url
+        );
+        nats.push(ingress);
+    }
     // The token comes from the config of the moment: a reload changes it live.
     let admin = match admin.or(host.config().admin.as_ref().map(|admin| admin.listen)) {
         Some(addr) => Some(AdminServer::bind(host.clone(), addr, None).await?),
@@ -89,7 +101,10 @@ pub async fn run(
                     grpc.serve(until_stopped()).await
                 }
             };
-            tokio::join!(ingress, admin, grpc);
+            // A NATS ingress stops by unsubscribing and admitting what its server had sent.
+            let nats =
+                futures_util::future::join_all(nats.into_iter().map(|nats| nats.serve(until_stopped())));
+            tokio::join!(ingress, nats, admin, grpc);
         }
     });
     signals.until_stopped(host.clone()).await;

@@ -157,6 +157,15 @@ impl Config {
             let problem = format!("must be 1 to {MAX_MESSAGE_BYTES}");
             return Err(invalid("ingress.http.max_batch_bytes".into(), &http.max_batch_bytes, problem));
         }
+        for (at, nats) in self.ingress.nats.iter().enumerate() {
+            if let Some((field, value, problem)) = nats.problem() {
+                return Err(invalid(
+                    format!("ingress.nats[{at}].{field}"),
+                    &format_args!("{value}"),
+                    problem,
+                ));
+            }
+        }
         if host.max_message_bytes > MAX_MESSAGE_BYTES {
             let problem = format!("must be at most {MAX_MESSAGE_BYTES}");
             return Err(invalid("host.max_message_bytes".into(), &host.max_message_bytes, problem));

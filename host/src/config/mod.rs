@@ -3,6 +3,7 @@
 mod endpoint;
 mod load;
 mod model;
+mod nats;
 mod overrides;
 #[cfg(test)]
 mod properties;
@@ -16,6 +17,8 @@ pub use model::{
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
     QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
+pub use nats::NatsIngressConfig;
+pub(crate) use nats::subject_problem;
 pub(crate) use overrides::CodeOverrides;
 pub(crate) use restart::restart_only_changes;
 pub use url_path::UrlPath;

@@ -1,5 +1,6 @@
 //! The shape of the configuration file (`deny_unknown_fields` throughout).
 
+use super::nats::NatsIngressConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -121,6 +122,9 @@ fn user_cache_dir() -> PathBuf {
 pub struct IngressSection {
     /// `[ingress.http]`: the HTTP ingress, if any.
     pub http: Option<HttpIngressConfig>,
+    /// `[[ingress.nats]]`: NATS subscriptions, if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats: Vec<NatsIngressConfig>,
     /// `[ingress.grpc]`: the gRPC ingress, if any.
     pub grpc: Option<GrpcIngressConfig>,
 }

@@ -33,6 +33,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.native_plugins", a.native_plugins != b.native_plugins),
         ("ingress.http (but its token)", ingress(running) != ingress(new)),
         ("ingress.grpc.listen", grpc(running) != grpc(new)),
+        ("ingress.nats", running.ingress.nats != new.ingress.nats),
         ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.
         ("admin.token (removed)", has_token(running) && !has_token(new)),
@@ -54,6 +55,15 @@ mod tests {
             parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
         let new = parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"b\"\n");
         assert!(restart_only_changes(&running, &new).is_empty());
+    }
+
+    #[test]
+    fn a_changed_nats_subscription_needs_a_restart() {
+        let nats = |subjects: &str| {
+            parse(&format!("[[ingress.nats]]\nurl = \"127.0.0.1:4222\"\nsubjects = [{subjects}]\n"))
+        };
+        assert!(restart_only_changes(&nats("\"a.>\""), &nats("\"a.>\"")).is_empty());
+        assert_eq!(restart_only_changes(&nats("\"a.>\""), &nats("\"b.>\"")), ["ingress.nats"]);
     }
 
     #[test]

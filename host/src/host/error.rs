@@ -85,6 +85,14 @@ pub enum BuildError {
         /// The address.
         addr: std::net::SocketAddr,
     },
+    /// A NATS ingress could not connect to its server, or subscribe.
+    #[error("cannot subscribe at the NATS server {url}: {error}")]
+    Nats {
+        /// The server, `host:port`.
+        url: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {error}")]
     Listen {

@@ -108,14 +108,23 @@ impl Host {
     /// Send `message` and wait for the destination's reply (`None` when the
     /// destination gives none).
     pub async fn request(&self, message: Message) -> Result<Option<Message>, RequestError> {
+        let (_, pending) = self.send_request(message).await?;
+        await_reply(pending).await
+    }
+
+    /// Admit a request, waiting while the queue is full; await the returned reply.
+    pub async fn send_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
         let (reply, pending) = oneshot::channel();
         let (message, kib) = self.admit(message)?;
+        let id = message.id;
         let bytes = self.intake_bytes(kib).await;
-        let envelope = Envelope::new(message, Some(reply), bytes);
         let sender = self.sender()?;
-        sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
+        sender
+            .send_async(Envelope::new(message, Some(reply), bytes))
+            .await
+            .map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
-        await_reply(pending).await
+        Ok((id, pending))
     }
 
     /// Admit a request only if the queue has room now; await the returned reply.
@@ -271,13 +280,37 @@ impl Host {
             .expect("applying a config does not panic")
     }
 
-    /// Serve the configured ingress until `shutdown` completes, then drain.
+    /// Serve the configured ingress (HTTP, NATS) until `shutdown` completes, then drain: the
+    /// ingress stops first (a NATS subscription admitting what its server had sent), then the host.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BuildError> {
-        match self.config().ingress.http.clone() {
-            Some(http) => {
-                crate::ingress::HttpIngress::bind(self.clone(), http.listen).await?.serve(shutdown).await
+        let config = self.config();
+        let http = match &config.ingress.http {
+            Some(http) => Some(crate::ingress::HttpIngress::bind(self.clone(), http.listen).await?),
+            None => None,
+        };
+        let grpc = match &config.ingress.grpc {
+            Some(grpc) => Some(crate::ingress::GrpcIngress::bind(self.clone(), grpc.listen).await?),
+            None => None,
+        };
+        let mut nats = Vec::new();
+        for entry in &config.ingress.nats {
+            nats.push(crate::ingress::NatsIngress::connect(self.clone(), entry.clone()).await?);
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let serving = nats.into_iter().map(|nats| tokio::spawn(nats.serve(stop.clone().cancelled_owned())));
+        let mut serving: Vec<_> = serving.collect();
+        if let Some(http) = http {
+            serving.push(tokio::spawn(http.serve(stop.clone().cancelled_owned())));
+        }
+        if let Some(grpc) = grpc {
+            serving.push(tokio::spawn(grpc.serve(stop.clone().cancelled_owned())));
+        }
+        shutdown.await;
+        stop.cancel();
+        for ingress in serving {
+            if ingress.await.is_err() {
+                tracing::error!("an ingress panicked");
             }
-            None => shutdown.await,
         }
         self.shutdown().await;
         Ok(())

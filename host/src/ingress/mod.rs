@@ -3,6 +3,7 @@
 mod bulk;
 mod grpc;
 mod http;
+mod nats;
 mod websocket;
 
 pub use grpc::{
@@ -10,3 +11,4 @@ pub use grpc::{
     PublishStreamReply, Refusal, Reply,
 };
 pub use http::HttpIngress;
+pub use nats::NatsIngress;

@@ -39,6 +39,9 @@ pub enum RetryReason {
     /// The peer answered that it is busy or not ready (Redis `LOADING`, `TRYAGAIN`, …): it did not take
     /// the message.
     Declined,
+    /// The endpoint took the request but nobody was there to answer it (a NATS request with no
+    /// subscriber): nothing took the message.
+    NoResponders,
 }
 
 /// Why an attempt failed for good.
@@ -72,14 +75,14 @@ impl Outcome {
     }
 
     /// Whether the outcome is evidence that the endpoint is failing: a connect error, a reset, a timeout
-    /// or a 5xx. A 4xx, a 408 / 429 and a plugin's verdict are answers from a working endpoint (Envoy's
+    /// or a 5xx. A 4xx, a 408 / 429, "no responders" and a plugin's verdict are answers from a working endpoint (Envoy's
     /// outlier detection counts 5xx and gateway failures only); `Shed` never reached the endpoint.
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
             Outcome::Retryable(reason) => match reason {
                 RetryReason::Connect | RetryReason::Reset | RetryReason::Timeout => true,
                 RetryReason::Status(status) => (500..=599).contains(status),
-                RetryReason::Plugin | RetryReason::Declined => false,
+                RetryReason::Plugin | RetryReason::Declined | RetryReason::NoResponders => false,
             },
             Outcome::Ok | Outcome::Fatal(_) | Outcome::Shed => false,
         }
@@ -88,10 +91,14 @@ impl Outcome {
 
 impl RetryReason {
     /// Whether the endpoint certainly did not take the message, so retrying cannot duplicate work on
-    /// it: nothing was sent (Pingora's `fail_to_connect`), or a plugin or worker answered `retryable`,
-    /// saying it did not take it. Other reasons are safe to retry only for idempotent work.
+    /// it: nothing was sent (Pingora's `fail_to_connect`), a plugin or worker answered `retryable`,
+    /// saying it did not take it, or nobody was there to take it. Other reasons are safe to retry
+    /// only for idempotent work.
     pub fn is_not_taken(&self) -> bool {
-        matches!(self, RetryReason::Connect | RetryReason::Plugin | RetryReason::Declined)
+        matches!(
+            self,
+            RetryReason::Connect | RetryReason::Plugin | RetryReason::Declined | RetryReason::NoResponders
+        )
     }
 
     /// Whether the request went out and no answer came back (a timeout, a reset mid-exchange): the
@@ -128,7 +135,12 @@ mod tests {
         let failing =
             [RetryReason::Connect, RetryReason::Reset, RetryReason::Timeout, RetryReason::Status(502)];
         assert!(failing.into_iter().all(|reason| Outcome::Retryable(reason).is_endpoint_failure()));
-        let answering = [RetryReason::Status(429), RetryReason::Status(408), RetryReason::Plugin];
+        let answering = [
+            RetryReason::Status(429),
+            RetryReason::Status(408),
+            RetryReason::Plugin,
+            RetryReason::NoResponders,
+        ];
         assert!(answering.into_iter().all(|reason| !Outcome::Retryable(reason).is_endpoint_failure()));
         assert!(!Outcome::Fatal(FatalReason::Status(400)).is_endpoint_failure());
     }
@@ -136,6 +148,7 @@ mod tests {
     #[test]
     fn only_connect_errors_and_retryable_answers_are_known_not_taken() {
         assert!(RetryReason::Connect.is_not_taken() && RetryReason::Plugin.is_not_taken());
+        assert!(RetryReason::NoResponders.is_not_taken());
         assert!(!RetryReason::Timeout.is_not_taken() && !RetryReason::Status(503).is_not_taken());
         assert!(RetryReason::Reset.is_unanswered() && !RetryReason::Status(503).is_unanswered());
     }

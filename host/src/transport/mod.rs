@@ -19,6 +19,7 @@
 mod answers;
 mod file;
 mod http;
+mod nats;
 pub mod plugin;
 mod pool;
 mod redis;
@@ -31,6 +32,7 @@ mod websocket;
 pub use self::redis::{RedisCommand, RedisOptions, RedisTransport};
 pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
+pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use registry::{
     SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,

@@ -134,6 +134,7 @@ impl TransportRegistry {
         let mut registry = TransportRegistry { factories: BTreeMap::new() };
         registry.insert("file", typed(super::file::build));
         registry.insert("http", typed(super::http::build));
+        registry.insert("nats", typed(super::nats::build));
         registry.insert("redis", typed(super::redis::build));
         registry.insert("subprocess", typed(super::subprocess::build));
         registry.insert("tcp", typed(super::tcp::build));

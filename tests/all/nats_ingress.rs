@@ -1,0 +1,218 @@
+//! The NATS ingress against a real `nats-server`: published messages are admitted with their
+//! headers, a request gets the host's reply (or its failure), a full queue holds the subscription
+//! back without losing anything, and two `switchyard run` processes in one queue group split a
+//! stream with none lost and none twice while one of them stops mid-stream.
+
+use crate::cli::Running;
+use crate::nats_server::{NatsServer, fence};
+use crate::routing::gated_host;
+use crate::support::{MEMORY_OUT, drain_and_account, eventually, host, next, plugin_dir, within};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use switchyard::config::NatsIngressConfig;
+use switchyard::{Config, Host, Message, NatsIngress, RouteConfig};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+/// A NATS ingress of `host` subscribed to `subjects` on `server` (returns once it is), serving until
+/// the returned sender is dropped or sent on.
+async fn serve(host: &Host, server: &NatsServer, subjects: &[&str]) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let config = NatsIngressConfig {
+        url: server.address(),
+        subjects: subjects.iter().map(|subject| subject.to_string()).collect(),
+        queue_group: None,
+    };
+    let ingress = within(NatsIngress::connect(host.clone(), config)).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    (stop, tokio::spawn(ingress.serve(async move { drop(stopped.await) })))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_to_the_subjects_are_admitted_with_their_headers() {
+    let server = NatsServer::start();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("{MEMORY_OUT}\n[[route]]\nname = \"all\"\nto = \"out\"\n")).await;
+    let (stop, serving) = serve(&host, &server, &["orders.>"]).await;
+    let client = server.client().await;
+    client.publish("elsewhere.eu", "not subscribed".into()).await.unwrap();
+    for n in 0..100 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("x-trace", n.to_string().as_str());
+        headers.insert("x-sy-id", "forged");
+        client.publish_with_headers(format!("orders.eu.{n}"), headers, n.to_string().into()).await.unwrap();
+    }
+    let out = host.memory("out").unwrap();
+    let mut traces = BTreeSet::new();
+    for _ in 0..100 {
+        let message = next(&out).await;
+        let n = message.header("x-trace").expect("the publisher's header").to_owned();
+        assert_eq!(message.topic, format!("orders.eu.{n}"), "the subject is the topic");
+        assert_eq!(message.payload, n);
+        let ids: Vec<_> = message.headers.iter().filter(|(name, _)| name == "x-sy-id").collect();
+        assert_eq!(ids.len(), 1, "only the host's own id: {:?}", message.headers);
+        assert_ne!(ids[0].1, "forged");
+        traces.insert(n.parse::<u32>().unwrap());
+    }
+    assert_eq!(traces, (0..100).collect());
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (100, 100));
+}
+
+/// A host whose route `echo.>` answers each message with its payload in capitals and a header
+/// `x-echo`; other topics have no route.
+async fn echo_host(dir: &std::path::Path) -> Host {
+    let echo = |message: Message| async move {
+        let payload = message.payload.to_ascii_uppercase();
+        Ok(Some(Message::new(message.topic, payload).with_header("x-echo", "yes")))
+    };
+    Host::builder()
+        .config("t", Config::from_toml("t", MEMORY_OUT).unwrap())
+        .plugin_dir(dir)
+        .destination("echo", echo)
+        .route(RouteConfig::new("echo", "echo.>", "echo"))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gets_the_hosts_reply_or_the_reason_it_has_none() {
+    let server = NatsServer::start();
+    let dir = plugin_dir(&[]);
+    let host = echo_host(dir.path()).await;
+    let (stop, serving) = serve(&host, &server, &["echo.>", "nowhere.>"]).await;
+    let client = server.client().await;
+    let answer = within(client.request("echo.hi", "hello".into())).await.unwrap();
+    let headers = answer.headers.expect("headers");
+    assert_eq!(answer.payload, "HELLO");
+    assert_eq!(headers.get("x-echo").map(|value| value.as_str()), Some("yes"));
+    assert!(headers.get("x-sy-id").is_some(), "the answer names the message it answers");
+    let failure = within(client.request("nowhere.x", "hello".into())).await.unwrap();
+    let headers = failure.headers.expect("headers");
+    assert_eq!(headers.get("x-sy-error-code").map(|value| value.as_str()), Some("no-route"));
+    assert!(headers.get("x-sy-error").is_some_and(|error| error.as_str().contains("dead-lettered")));
+    assert!(failure.payload.is_empty());
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_subscribes_again_after_the_server_restarts() {
+    let mut server = NatsServer::start();
+    let dir = plugin_dir(&[]);
+    let host = echo_host(dir.path()).await;
+    let (stop, serving) = serve(&host, &server, &["echo.>"]).await;
+    let client = server.client().await;
+    within(client.request("echo.before", "one".into())).await.unwrap();
+    server.restart();
+    // Until the ingress is subscribed again, the server answers "no responders".
+    let answer = within(async {
+        loop {
+            match client.request("echo.after", "two".into()).await {
+                Ok(answer) => break answer,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer.payload, "TWO");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_holds_the_subscription_back_and_loses_nothing() {
+    let server = NatsServer::start();
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let config = "[host]\nqueue_capacity = 4\nworkers = 1\nbatch_size = 1";
+    let (host, delivered) = gated_host(dir.path(), config, &entered, &gate).await;
+    let (stop, serving) = serve(&host, &server, &["load.>"]).await;
+    let client = server.client().await;
+    for n in 0..2000 {
+        client.publish(format!("load.{n}"), n.to_string().into()).await.unwrap();
+    }
+    fence(&client).await;
+    within(entered.notified()).await;
+    // One message in the destination, four in the queue, one waiting for room: the rest stay
+    // with the server, unread.
+    let accepted = host.stats().accepted;
+    assert!(accepted <= 6, "the ingress reads no faster than the host admits: {accepted} accepted");
+    gate.add_permits(2000);
+    for n in 0..2000 {
+        assert_eq!(next(&delivered).await.payload, n.to_string(), "in order, none lost");
+    }
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2000, 2000));
+}
+
+/// A `switchyard run` in a directory of its own, in queue group `switchyard` on `server`, writing
+/// what it takes to `delivered.jsonl` there.
+fn queue_member(server: &NatsServer) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\nplugin_dir = \"plugins\"\nstate_dir = \"state\"\nwatch = false\n\
+         [[ingress.nats]]\nurl = \"{}\"\nsubjects = [\"load.>\"]\nqueue_group = \"switchyard\"\n\
+         [[destination]]\nname = \"sink\"\ntransport = \"file\"\n\
+         options = {{ path = \"delivered.jsonl\", fsync = \"never\" }}\n\
+         [[route]]\nname = \"all\"\nto = \"sink\"\n",
+        server.address()
+    );
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let running = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    running.line_where(|line| line.contains("NATS ingress subscribed to load.>"));
+    (running, dir)
+}
+
+/// The payloads a member wrote, in order.
+fn payloads(dir: &tempfile::TempDir) -> Vec<u32> {
+    let text = std::fs::read_to_string(dir.path().join("delivered.jsonl")).unwrap_or_default();
+    let lines = text.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap());
+    lines.map(|line| line["payload"].as_str().unwrap().parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_in_one_queue_group_split_a_stream_losing_none_while_one_stops_mid_stream() {
+    const STREAM: u32 = 20_000;
+    let server = NatsServer::start();
+    let (mut stopping, stopping_dir) = queue_member(&server);
+    let (mut staying, staying_dir) = queue_member(&server);
+    let client = server.client().await;
+    for n in 0..STREAM {
+        if n == STREAM / 2 {
+            fence(&client).await;
+            stopping.terminate();
+        }
+        client.publish(format!("load.{n}"), n.to_string().into()).await.unwrap();
+    }
+    fence(&client).await;
+    tokio::task::spawn_blocking(move || {
+        stopping.stopped();
+        eventually(|| match payloads(&stopping_dir).len() + payloads(&staying_dir).len() {
+            total if total >= STREAM as usize => Ok(()),
+            total => Err(total),
+        });
+        staying.stop();
+        let (stopped, stayed) = (payloads(&stopping_dir), payloads(&staying_dir));
+        assert!(
+            !stopped.is_empty() && !stayed.is_empty(),
+            "both took a share: {} / {}",
+            stopped.len(),
+            stayed.len()
+        );
+        let all: BTreeSet<u32> = stopped.iter().chain(&stayed).copied().collect();
+        assert_eq!(all.len(), stopped.len() + stayed.len(), "none delivered twice");
+        assert_eq!(all, (0..STREAM).collect(), "none lost");
+    })
+    .await
+    .unwrap();
+}

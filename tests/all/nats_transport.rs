@@ -1,0 +1,137 @@
+//! The `nats` transport against a real `nats-server`: publishes reach a subscriber with their
+//! headers, requests get a responder's answer, messages sent while the server is down wait and go
+//! once it is back, and a request nobody answers is dead-lettered as such.
+
+use crate::nats_server::{NatsServer, fence};
+use crate::support::{drain_and_account, next, plugin_dir, within};
+use futures_util::StreamExt;
+use std::collections::HashSet;
+use switchyard::{Config, Host, Message, RequestError};
+
+/// A host delivering everything to a `nats` destination on `server` with `options`.
+async fn host(server: &NatsServer, options: &str, extra: &str) -> Host {
+    let text = format!(
+        "[host]\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"nats\"\ntransport = \"nats\"\nendpoints = [\"{}\"]\n\
+         options = {{ {options} }}\n{extra}\n\
+         [[route]]\nname = \"all\"\nto = \"nats\"\n",
+        server.address()
+    );
+    let config = Config::from_toml("test.toml", &text).unwrap_or_else(|err| panic!("{err}"));
+    let dir = plugin_dir(&[]);
+    Host::builder().config("test.toml", config).plugin_dir(dir.path()).build().await.unwrap()
+}
+
+/// Answer every request on `subject` with its payload in capitals, a header naming the responder,
+/// and each request's `x-sy-id` sent on the returned channel.
+async fn responder(client: async_nats::Client, subject: &str) -> flume::Receiver<String> {
+    let mut requests = client.subscribe(subject.to_owned()).await.unwrap();
+    fence(&client).await;
+    let (seen, ids) = flume::unbounded();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let headers = request.headers.as_ref().expect("headers");
+            let _ = seen.send(headers.get("x-sy-id").expect("an id").to_string());
+            let mut answer = async_nats::HeaderMap::new();
+            answer.insert("x-answered-by", "responder");
+            let payload = request.payload.to_ascii_uppercase().into();
+            let reply = request.reply.expect("a reply subject");
+            client.publish_with_headers(reply, answer, payload).await.unwrap();
+        }
+    });
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_messages_reach_a_subscriber_with_their_headers() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut subscriber = client.subscribe("orders.>").await.unwrap();
+    fence(&client).await;
+    let host = host(&server, "subject = \"orders.{topic}\"", "").await;
+    for n in 0..100 {
+        host.send(
+            Message::new(format!("eu.n{n}"), format!("order {n}")).with_header("x-trace", n.to_string()),
+        )
+        .await
+        .unwrap();
+    }
+    let mut ids = HashSet::new();
+    for _ in 0..100 {
+        let message = within(subscriber.next()).await.expect("subscribed");
+        let headers = message.headers.expect("headers");
+        let n = headers.get("x-trace").expect("the message's own header").to_string();
+        assert_eq!(message.subject.as_str(), format!("orders.eu.n{n}"), "the subject from the topic");
+        assert_eq!(headers.get("x-sy-topic").map(|value| value.as_str()), Some(format!("eu.n{n}").as_str()));
+        assert_eq!(message.payload, format!("order {n}"));
+        ids.insert(headers.get("x-sy-id").expect("the unique id").to_string());
+    }
+    assert_eq!(ids.len(), 100, "every message carries its own x-sy-id");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gets_the_responders_answer_as_its_reply() {
+    let server = NatsServer::start();
+    let _requests = responder(server.client().await, "svc.>").await;
+    let host = host(&server, "subject = \"svc.{topic}\", reply = true", "").await;
+    let reply = within(host.request(Message::new("echo", "hello"))).await.unwrap().expect("a reply");
+    assert_eq!(reply.payload, "HELLO");
+    assert_eq!(reply.header("x-answered-by"), Some("responder"));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_the_server_is_down_wait_and_go_once_it_is_back() {
+    let mut server = NatsServer::start();
+    let requests = responder(server.client().await, "svc.>").await;
+    let retry = "retry = { attempts = 100, base_ms = 5, max_ms = 50 }\nbreaker = { open_ms = 20 }";
+    let host = host(&server, "subject = \"svc.{topic}\", reply = true", retry).await;
+    for n in 0..10 {
+        within(host.request(Message::new("before", n.to_string()))).await.unwrap().expect("a reply");
+    }
+    server.stop();
+    // A request in flight as the server dies is uncertain (it may have been taken); this test is
+    // about what is sent once the host knows the server is gone: its connection shows as closed.
+    within(async {
+        while host.destinations().iter().any(|destination| {
+            destination.endpoints.iter().any(|endpoint| endpoint.pool.is_some_and(|pool| pool.size > 0))
+        }) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for n in 0..30 {
+        host.send(Message::new("during", n.to_string())).await.unwrap();
+    }
+    let stats = host.stats();
+    assert_eq!((stats.delivered, stats.dead_lettered), (10, 0), "nothing goes while the server is down");
+    server.restart();
+    // The responder's client comes back on its own; until it has subscribed again the server
+    // answers "no responders", and the messages are retried: nobody took them.
+    let mut ids = HashSet::new();
+    while ids.len() < 40 {
+        ids.insert(within(requests.recv_async()).await.unwrap());
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (40, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_nobody_answers_is_retried_then_dead_lettered_as_no_responders() {
+    let server = NatsServer::start();
+    let retry = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }";
+    let host = host(&server, "subject = \"svc.{topic}\", reply = true", retry).await;
+    let answer = within(host.request(Message::new("nobody", "hello?"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    assert_eq!(letter.header("x-sy-attempts"), Some("3"));
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains("no responders on subject svc.nobody"), "{error}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
