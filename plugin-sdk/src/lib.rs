@@ -89,6 +89,7 @@ extern crate self as switchyard_plugin;
 mod bindings;
 
 mod error;
+mod format;
 mod host;
 #[cfg(not(target_family = "wasm"))]
 #[expect(unsafe_code, reason = "the C-ABI boundary of native builds reads the host's raw pointers")]
@@ -117,8 +118,9 @@ pub use transport::Transport;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::balancer::{BalancerExport, is_balancer};
-    pub use crate::bindings::{balancer, filter, middleware, transform, transport};
+    pub use crate::bindings::{balancer, filter, format, middleware, transform, transport};
     pub use crate::filter::{FilterExport, is_filter};
+    pub use crate::format::FormatExport;
     pub use crate::middleware::{MiddlewareExport, is_middleware};
     #[cfg(not(target_family = "wasm"))]
     pub use crate::native;

@@ -34,6 +34,7 @@ mod tcp_destination;
 mod transports;
 mod websocket_ingress;
 mod websocket_transport;
+mod wire_format;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

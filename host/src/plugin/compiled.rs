@@ -112,6 +112,7 @@ impl CompiledPlugin {
             .component(&digest, bytes)
             .map_err(|err| LoadError::Invalid { name: name.clone(), reason: format!("{err:#}") })?;
         let kind = detect_kind(engine, &component, &name)?;
+        super::format::check_exported(&engine.engine, &component, &name)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
             name: name.clone(),
             world: kind.as_str(),

@@ -7,6 +7,7 @@ mod compiled;
 mod deadline;
 mod engine;
 mod error;
+mod format;
 mod host_calls;
 mod instance;
 mod native;
