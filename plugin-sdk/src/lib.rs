@@ -80,6 +80,13 @@
 //! becomes a fault of the call (build with `panic = "unwind"`, cargo's default
 //! outside the `plugin` profile; a library that aborts on panic is refused).
 
+//!
+//! # Unit tests
+//!
+//! `cargo test` in a plugin crate runs its logic natively, without a host:
+//! [`testing`] sets config values, reads back counters and log lines, and
+//! builds the [`Message`]s the trait methods take.
+
 #![deny(missing_docs)]
 
 // The generated bindings name the runtime by this absolute path, so that they
@@ -97,6 +104,8 @@ mod host;
 pub mod native;
 mod message;
 mod output;
+#[cfg(not(target_family = "wasm"))]
+pub mod testing;
 
 mod balancer;
 mod filter;
