@@ -125,6 +125,7 @@ fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> R
     });
     // The trial is not traffic: it must not show in the plugin's counters.
     plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
+    plugin.settings.take_unreported();
     match trial {
         Ok(checked) => checked,
         Err(PluginFault::Unusable(reason)) => {
