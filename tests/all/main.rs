@@ -2,6 +2,7 @@
 //! `plugins/`, real sockets on 127.0.0.1, the real `switchyard` binary.
 
 mod admin;
+mod authoring;
 mod bulk_ingress;
 mod balancer_plugin;
 mod cli;
@@ -40,6 +41,7 @@ mod transports;
 mod wasm_transport;
 mod websocket_ingress;
 mod websocket_transport;
+mod wire_format;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

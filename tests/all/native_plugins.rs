@@ -8,7 +8,7 @@ use crate::support::{
 };
 use std::path::Path;
 use std::sync::Arc;
-use switchyard::config::PluginConfig;
+use switchyard::config::{PluginConfig, PluginLimits};
 use switchyard::plugin::{
     EndpointRecord, MiddlewareAction, NativeRefusal, PluginEngine, PluginInstance, load_file,
 };
@@ -19,7 +19,9 @@ use switchyard_wire::{Head, Payload, write_message};
 /// `artifact` loaded as plugin `name` with config `keys`.
 fn load(engine: &PluginEngine, artifact: &str, keys: &[(&str, &str)]) -> Arc<CompiledPlugin> {
     let config = keys.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-    let config = PluginConfig { name: "tenant-filter".into(), config, ..PluginConfig::default() };
+    // A generous deadline: the comparison is of decisions, and a loaded machine must not time the WASM side out.
+    let limits = PluginLimits { timeout_ms: 5_000, ..PluginLimits::default() };
+    let config = PluginConfig { name: "tenant-filter".into(), config, limits, ..PluginConfig::default() };
     load_file(engine, Path::new(artifact), Some(&config)).unwrap_or_else(|err| panic!("{err}"))
 }
 

@@ -173,3 +173,4 @@ pub use crate::faulty::{
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
 pub use crate::wasm_transport::{echo_transport, faulty_transport, redis_transport};
+pub use crate::wire_format::{faulty_format_v0, faulty_format_v2};

@@ -3,6 +3,7 @@
 mod bench;
 mod call;
 mod check;
+mod progress;
 mod run;
 
 use clap::{Parser, Subcommand};
