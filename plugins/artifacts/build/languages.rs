@@ -1,0 +1,105 @@
+//! Plugins written in Python or JavaScript: found by their manifest, built to
+//! components by componentize-py and componentize-js, in parallel with the
+//! Rust build. A missing tool does not fail the build: the plugin is listed
+//! as unbuilt with the command that installs the tool, and the tests that
+//! need it fail saying so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The language of a plugin, told by its manifest.
+#[derive(Debug, Clone, Copy)]
+pub enum Language {
+    /// `pyproject.toml` with `[tool.switchyard] world = ".."`, module `app.py`.
+    Python,
+    /// `package.json` with `"switchyard": { "world": ".." }`, module `app.js`.
+    JavaScript,
+}
+
+/// A Python or JavaScript plugin directory under `plugins/`.
+#[derive(Debug)]
+pub struct LanguagePlugin {
+    /// The directory name, e.g. `python-filter`.
+    pub name: String,
+    pub dir: PathBuf,
+    pub language: Language,
+    /// The WIT world it targets, e.g. `filter-plugin`.
+    pub world: String,
+}
+
+/// The Python and JavaScript plugins under `plugins_dir`, sorted by name.
+pub fn discover(plugins_dir: &Path) -> Vec<LanguagePlugin> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(plugins_dir).expect("read plugins/") {
+        let dir = entry.expect("read plugins/ entry").path();
+        let name = dir.file_name().expect("entry name").to_string_lossy().into_owned();
+        let manifests = [("pyproject.toml", Language::Python), ("package.json", Language::JavaScript)];
+        for (manifest, language) in manifests {
+            let Ok(text) = fs::read_to_string(dir.join(manifest)) else { continue };
+            let world = world(&text)
+                .unwrap_or_else(|| panic!("{}: no switchyard `world` key", dir.join(manifest).display()));
+            found.push(LanguagePlugin { name: name.clone(), dir: dir.clone(), language, world });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+/// The value of the first `world` key (`world = "x"` or `"world": "x"`).
+fn world(manifest: &str) -> Option<String> {
+    manifest.lines().find_map(|line| {
+        let rest = line.trim().trim_start_matches('"').strip_prefix("world")?;
+        let value = rest.trim_start_matches('"').trim_start().strip_prefix(['=', ':'])?;
+        Some(value.trim().trim_end_matches(',').trim_matches('"').to_owned())
+    })
+}
+
+/// A started build of one plugin, or why it could not start.
+pub enum Started {
+    Running(Child),
+    /// The tool is missing: the hint says how to install it.
+    Unbuilt(String),
+}
+
+impl LanguagePlugin {
+    /// Start building this plugin to `output` against the WIT in `root/wit`.
+    pub fn start(&self, root: &Path, output: &Path) -> Started {
+        let wit = root.join("wit");
+        let mut command = match self.language {
+            Language::Python => {
+                if !runs("componentize-py", &["--version"]) {
+                    return Started::Unbuilt(
+                        "componentize-py is not installed: run `python3 -m pip install componentize-py`".into(),
+                    );
+                }
+                let mut command = Command::new("componentize-py");
+                command.arg("-d").arg(&wit).args(["-w", &self.world, "componentize", "app"]);
+                command.arg("-p").arg(&self.dir).arg("-p").arg(root.join("plugin-sdk/python"));
+                command
+            }
+            Language::JavaScript => {
+                let sdk = root.join("plugin-sdk/js");
+                if !runs("node", &["--version"]) || !sdk.join("node_modules/@bytecodealliance/componentize-js").is_dir()
+                {
+                    return Started::Unbuilt(format!(
+                        "componentize-js is not installed: install Node.js and run `npm ci --prefix {}`",
+                        sdk.display()
+                    ));
+                }
+                let mut command = Command::new("node");
+                command.arg(sdk.join("componentize.mjs")).arg("--wit").arg(&wit);
+                command.args(["--world", &self.world]).arg(self.dir.join("app.js"));
+                command
+            }
+        };
+        command.arg("-o").arg(output).env("PYTHONDONTWRITEBYTECODE", "1");
+        eprintln!("running: {command:?}");
+        Started::Running(command.stdout(Stdio::inherit()).spawn().expect("start a plugin build"))
+    }
+}
+
+fn runs(program: &str, args: &[&str]) -> bool {
+    let status = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    status.is_ok_and(|status| status.success())
+}
