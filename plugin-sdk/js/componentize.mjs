@@ -3,14 +3,14 @@
 //
 //     node plugin-sdk/js/componentize.mjs --wit wit --world transform-plugin app.js -o plugin.wasm
 //
-// The plugin is one module; it imports the SDK as "switchyard-plugin". The
-// module and the SDK are staged side by side in a temporary directory (the
-// specifier rewritten to the relative path componentize-js resolves), then
-// componentized with the HTTP features left out.
+// The plugin is APP.js and the modules beside it (`*.test.js` aside); they
+// import the SDK as "switchyard-plugin". They and the SDK are staged side by
+// side in a temporary directory (the specifier rewritten to the relative path
+// componentize-js resolves), then componentized with the HTTP features left out.
 
-import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 
@@ -36,9 +36,13 @@ if (!values.wit || !values.world || !values.output || positionals.length !== 1) 
 const stage = await mkdtemp(join(tmpdir(), "switchyard-js-"));
 try {
   for (const file of ["wire.js", "switchyard_plugin.js"]) await copyFile(join(sdk, file), join(stage, file));
-  const app = await readFile(positionals[0], "utf8");
-  const sourcePath = join(stage, "app.js");
-  await writeFile(sourcePath, app.replaceAll(/(["'])switchyard-plugin\1/g, '"./switchyard_plugin.js"'));
+  const appDir = dirname(resolve(positionals[0]));
+  const modules = (await readdir(appDir)).filter((file) => file.endsWith(".js") && !file.endsWith(".test.js"));
+  for (const file of modules) {
+    const source = await readFile(join(appDir, file), "utf8");
+    await writeFile(join(stage, file), source.replaceAll(/(["'])switchyard-plugin\1/g, '"./switchyard_plugin.js"'));
+  }
+  const sourcePath = join(stage, basename(positionals[0]));
   const { component } = await componentize({
     sourcePath,
     witPath: resolve(values.wit),

@@ -1,0 +1,181 @@
+//! Plugins written in Python (componentize-py) and JavaScript
+//! (componentize-js) with the SDKs in `plugin-sdk/`: run through routes,
+//! swapped under load, compared with their Rust twins, and their codecs
+//! checked against the Rust one. Without the tools these tests fail saying
+//! how to install them (`switchyard_plugin_artifacts::require`).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::native_plugins::varied_head;
+use crate::plugins::keeps_one_tenants_orders;
+use crate::reload::{host_with_transform_in, swaps_lose_nothing};
+use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir};
+use switchyard::config::PluginConfig;
+use switchyard::plugin::{PluginEngine, PluginInstance, load_file};
+use switchyard::{CompiledPlugin, Message, Verdict};
+use switchyard_plugin_artifacts::{self as artifacts, require};
+use switchyard_wire::{Head, Payload, write_message};
+
+/// Swaps per language: a few, since every first compile of a big component
+/// takes seconds; the compile cache serves the rest.
+const SWAPS: usize = 10;
+
+/// `artifact` loaded as a plugin with config `keys`.
+fn load(engine: &PluginEngine, artifact: &str, keys: &[(&str, &str)]) -> Arc<CompiledPlugin> {
+    let config = keys.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+    let config = PluginConfig { name: "p".into(), config, ..PluginConfig::default() };
+    load_file(engine, Path::new(artifact), Some(&config)).unwrap_or_else(|err| panic!("{err}"))
+}
+
+#[tokio::test]
+pub async fn python_filter() {
+    keeps_one_tenants_orders(require(artifacts::PYTHON_FILTER)).await;
+}
+
+#[tokio::test]
+pub async fn js_transform() {
+    let dir = plugin_dir(&[("t", require(artifacts::JS_TRANSFORM))]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"t\"\nconfig = {{ stamp = \"js\" }}\n\
+         [[route]]\nname = \"all\"\nstages = [\"transform:t\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let out = host.memory("out").unwrap();
+    let sent = Message::new("orders.eu", "{\"n\":1}").with_header("X-Stamp", "old").with_header("k", "v");
+    host.send(sent.clone()).await.unwrap();
+    let delivered = next(&out).await;
+    assert_eq!((delivered.topic.as_str(), &delivered.payload), (sent.topic.as_str(), &sent.payload));
+    let headers: Vec<_> = delivered.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert!(headers.starts_with(&[("x-stamp", "js"), ("k", "v")]), "{headers:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[test]
+fn the_python_filter_decides_as_the_rust_header_filter_on_a_thousand_messages() {
+    let engine = PluginEngine::new(None).unwrap();
+    let keys = [("topic_prefix", "orders."), ("require_header", "x-tenant"), ("require_value", "acme")];
+    let [rust, python] = [artifacts::HEADER_FILTER, require(artifacts::PYTHON_FILTER)]
+        .map(|artifact| load(&engine, artifact, &keys));
+    let mut instances = [&rust, &python].map(|plugin| PluginInstance::new(&engine, plugin.clone()).unwrap());
+    let mut kept = 0;
+    for first in (0..1000).step_by(64) {
+        let mut batch = Vec::new();
+        (first..(first + 64).min(1000)).for_each(|n| varied_head(&mut batch, n));
+        let [rust, python] = instances.each_mut().map(|instance| instance.filter(&batch).unwrap());
+        assert_eq!(rust, python, "batch from message {first}");
+        kept += rust.iter().filter(|decision| **decision == Ok(Verdict::Keep)).count();
+    }
+    assert!(kept > 100 && kept < 900, "both decisions occur: {kept} of 1000 kept");
+    let counters = |plugin: &CompiledPlugin| plugin.settings.counters.lock().unwrap().clone();
+    assert_eq!(counters(&rust), counters(&python), "the counters reach the host alike");
+    // A misconfiguration fails every message alike.
+    let keys = [("require_value", "acme")];
+    let [rust, python] = [artifacts::HEADER_FILTER, require(artifacts::PYTHON_FILTER)]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &keys)).unwrap());
+    let mut batch = Vec::new();
+    varied_head(&mut batch, 1);
+    let [rust, python] = [rust, python].map(|mut instance| instance.filter(&batch).unwrap());
+    assert_eq!(rust, python);
+}
+
+/// Message `n` of a varied full stream: topics, priorities, headers with and
+/// without an `x-stamp` in several spellings, UTF-8 and empty payloads.
+fn varied_message(batch: &mut Vec<u8>, n: u64) {
+    let topic = ["orders.eu", "billing", "ünïcode.topic", ""][(n % 4) as usize];
+    let stamp = ["x-stamp", "X-Stamp", "x-stamps"][(n / 4 % 3) as usize];
+    let mut headers = vec![("k", "v")];
+    if !n.is_multiple_of(5) {
+        headers.extend([(stamp, "old"), ("x-STAMP", "dup")]);
+    }
+    let payload = format!("{{\"n\":{n},\"s\":\"{}\"}}", "é".repeat((n % 9) as usize));
+    let payload = if n.is_multiple_of(11) { "" } else { payload.as_str() };
+    let head = Head { id: n * 7919, source: 0, priority: (n % 3) as u8, topic };
+    write_message(batch, &head, headers, Payload::Bytes(payload.as_bytes()));
+}
+
+#[test]
+fn the_js_transform_outputs_what_the_rust_stamp_transform_does_on_a_thousand_messages() {
+    let engine = PluginEngine::new(None).unwrap();
+    let [rust, js] = [artifacts::STAMP_TRANSFORM, require(artifacts::JS_TRANSFORM)]
+        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[("stamp", "S")])).unwrap());
+    let mut instances = [rust, js];
+    for first in (0..1000).step_by(64) {
+        let mut batch = Vec::new();
+        (first..(first + 64).min(1000)).for_each(|n| varied_message(&mut batch, n));
+        let [rust, js] = instances.each_mut().map(|instance| instance.transform(&batch).unwrap());
+        assert!(rust.errors.is_empty() && js.errors.is_empty(), "{:?} {:?}", rust.errors, js.errors);
+        assert_eq!(rust.messages, js.messages, "the output batches differ from message {first}");
+    }
+}
+
+#[tokio::test]
+async fn the_python_filter_swapped_under_load_loses_nothing() {
+    // Plugin `t` is the filter (Python, then the Rust header filter, in
+    // turn), keeping everything; `s` stamps what passes, as the swap helper expects.
+    let dir = plugin_dir(&[("t", require(artifacts::PYTHON_FILTER)), ("s", artifacts::STAMP_TRANSFORM)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"t\"\nconfig = {{ topic_prefix = \"lo\" }}\n\
+         [[route]]\nname = \"all\"\nstages = [\"filter:t\", \"transform:s\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let versions = [artifacts::HEADER_FILTER, artifacts::PYTHON_FILTER];
+    swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions, SWAPS).await;
+}
+
+#[tokio::test]
+async fn the_js_transform_swapped_under_load_loses_nothing() {
+    let dir = plugin_dir(&[("t", require(artifacts::JS_TRANSFORM))]);
+    let host = host_with_transform_in(dir.path(), MEMORY_OUT).await;
+    let versions = [artifacts::STAMP_TRANSFORM, artifacts::JS_TRANSFORM];
+    swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions, SWAPS).await;
+}
+
+/// Run `program args` with `input` on its standard input; its standard output.
+fn run_with_input(program: &str, args: &[&str], input: &[u8], install: &str) -> Vec<u8> {
+    let spawned = Command::new(program)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = spawned.unwrap_or_else(|err| panic!("cannot run {program} ({err}): {install}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{program} failed: {stderr}");
+    output.stdout
+}
+
+/// A batch of varied full messages and, behind them, varied heads.
+fn mixed_batch() -> Vec<u8> {
+    let mut batch = Vec::new();
+    (0..50).for_each(|n| varied_message(&mut batch, n));
+    (0..50).for_each(|n| varied_head(&mut batch, n));
+    batch
+}
+
+#[test]
+fn the_python_codec_reencodes_what_the_rust_codec_wrote_byte_for_byte() {
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/python");
+    let script = "import sys\nsys.path.insert(0, sys.argv[1])\nfrom switchyard_plugin import decode, encode\n\
+                  sys.stdout.buffer.write(encode(decode(sys.stdin.buffer.read())))";
+    let batch = mixed_batch();
+    let install = "install Python 3 (apt-get install python3)";
+    assert_eq!(run_with_input("python3", &["-c", script, sdk], &batch, install), batch);
+}
+
+#[test]
+fn the_js_codec_reencodes_what_the_rust_codec_wrote_byte_for_byte() {
+    let wire = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/js/wire.js");
+    let script = "const { decode, encode } = await import(process.argv[1]);\n\
+                  const chunks = []; for await (const chunk of process.stdin) chunks.push(chunk);\n\
+                  process.stdout.write(encode(decode(new Uint8Array(Buffer.concat(chunks)))));";
+    let batch = mixed_batch();
+    let install = "install Node.js (apt-get install nodejs)";
+    assert_eq!(run_with_input("node", &["--input-type=module", "-e", script, wire], &batch, install), batch);
+}
