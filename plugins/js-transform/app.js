@@ -8,7 +8,7 @@ import { config, transformPlugin } from "switchyard-plugin";
 
 let stamp;
 
-export const { transform } = transformPlugin((message, out) => {
+export const { transform, format } = transformPlugin((message, out) => {
   // Read from the host once per instance (not at build time: no host then).
   stamp ??= config("stamp") ?? "js-transform";
   out.emit(message).withHeader("x-stamp", stamp).finish();

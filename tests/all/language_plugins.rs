@@ -37,7 +37,18 @@ pub async fn python_filter() {
 
 #[tokio::test]
 pub async fn js_transform() {
-    let dir = plugin_dir(&[("t", require(artifacts::JS_TRANSFORM))]);
+    stamps_in_a_route(require(artifacts::JS_TRANSFORM)).await;
+}
+
+#[tokio::test]
+pub async fn python_transform() {
+    stamps_in_a_route(require(artifacts::PYTHON_TRANSFORM)).await;
+}
+
+/// The stamping transform at `artifact`, configured with the stamp `js`,
+/// replaces a message's `x-stamp` header in a route and keeps the rest.
+async fn stamps_in_a_route(artifact: &str) {
+    let dir = plugin_dir(&[("t", artifact)]);
     let config = format!(
         "{MEMORY_OUT}[[plugin]]\nname = \"t\"\nconfig = {{ stamp = \"js\" }}\n\
          [[route]]\nname = \"all\"\nstages = [\"transform:t\"]\nto = \"out\"\n"
@@ -98,17 +109,19 @@ fn varied_message(batch: &mut Vec<u8>, n: u64) {
 }
 
 #[test]
-fn the_js_transform_outputs_what_the_rust_stamp_transform_does_on_a_thousand_messages() {
+fn the_js_and_python_transforms_output_what_the_rust_stamp_transform_does_on_a_thousand_messages() {
     let engine = PluginEngine::new(None).unwrap();
-    let [rust, js] = [artifacts::STAMP_TRANSFORM, require(artifacts::JS_TRANSFORM)]
+    let artifacts = [artifacts::STAMP_TRANSFORM, require(artifacts::JS_TRANSFORM), require(artifacts::PYTHON_TRANSFORM)];
+    let mut instances = artifacts
         .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[("stamp", "S")])).unwrap());
-    let mut instances = [rust, js];
     for first in (0..1000).step_by(64) {
         let mut batch = Vec::new();
         (first..(first + 64).min(1000)).for_each(|n| varied_message(&mut batch, n));
-        let [rust, js] = instances.each_mut().map(|instance| instance.transform(&batch).unwrap());
-        assert!(rust.errors.is_empty() && js.errors.is_empty(), "{:?} {:?}", rust.errors, js.errors);
-        assert_eq!(rust.messages, js.messages, "the output batches differ from message {first}");
+        let [rust, js, python] = instances.each_mut().map(|instance| instance.transform(&batch).unwrap());
+        for (language, other) in [("JavaScript", js), ("Python", python)] {
+            assert!(other.errors.is_empty(), "{language}: {:?}", other.errors);
+            assert_eq!(rust.messages, other.messages, "{language}: the outputs differ from message {first}");
+        }
     }
 }
 

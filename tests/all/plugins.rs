@@ -179,7 +179,7 @@ pub async fn net_probe() {
 }
 
 pub use crate::balancer_plugin::faulty_balancer;
-pub use crate::language_plugins::{js_transform, python_filter};
+pub use crate::language_plugins::{js_transform, python_filter, python_transform};
 pub use crate::faulty::{
     faulty_flood, faulty_memory_hog, faulty_sleep, faulty_spin, faulty_trap, faulty_wrong_world,
 };
