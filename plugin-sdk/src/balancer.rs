@@ -51,6 +51,8 @@ macro_rules! export_balancer {
         #[cfg(not(target_family = "wasm"))]
         $crate::__native_entry_points!($plugin, BALANCER, switchyard_native_pick => pick);
         #[cfg(target_family = "wasm")]
+        $crate::__format_export!();
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardBalancerExport = $crate::__private::BalancerExport<$plugin>;
             $crate::__private::balancer::export!(SwitchyardBalancerExport with_types_in $crate::__private::balancer);

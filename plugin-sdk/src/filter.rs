@@ -72,6 +72,8 @@ macro_rules! export_filter {
         #[cfg(not(target_family = "wasm"))]
         $crate::__native_entry_points!($plugin, FILTER, switchyard_native_filter => filter);
         #[cfg(target_family = "wasm")]
+        $crate::__format_export!();
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardFilterExport = $crate::__private::FilterExport<$plugin>;
             $crate::__private::filter::export!(SwitchyardFilterExport with_types_in $crate::__private::filter);

@@ -80,6 +80,12 @@ pub fn config(key: &str) -> Option<String> {
     })
 }
 
+/// Drop the cached answer for `key`, whose value a test changed.
+#[cfg(not(target_family = "wasm"))]
+pub(crate) fn forget_config(key: &str) {
+    CONFIG.with_borrow_mut(|cache| cache.retain(|(known, _)| known != key));
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     host::now_millis()
@@ -109,10 +115,15 @@ pub(crate) struct FlushCounts;
 
 impl Drop for FlushCounts {
     fn drop(&mut self) {
-        COUNTS.with_borrow_mut(|counts| {
-            for (name, total) in counts.iter_mut().filter(|(_, total)| *total > 0) {
-                host::count(name, std::mem::take(total));
-            }
-        });
+        flush_counts();
     }
+}
+
+/// Send the summed [`count`] increments to the host.
+pub(crate) fn flush_counts() {
+    COUNTS.with_borrow_mut(|counts| {
+        for (name, total) in counts.iter_mut().filter(|(_, total)| *total > 0) {
+            host::count(name, std::mem::take(total));
+        }
+    });
 }

@@ -80,6 +80,13 @@
 //! becomes a fault of the call (build with `panic = "unwind"`, cargo's default
 //! outside the `plugin` profile; a library that aborts on panic is refused).
 
+//!
+//! # Unit tests
+//!
+//! `cargo test` in a plugin crate runs its logic natively, without a host:
+//! [`testing`] sets config values, reads back counters and log lines, and
+//! builds the [`Message`]s the trait methods take.
+
 #![deny(missing_docs)]
 
 // The generated bindings name the runtime by this absolute path, so that they
@@ -89,6 +96,7 @@ extern crate self as switchyard_plugin;
 mod bindings;
 
 mod error;
+mod format;
 mod host;
 #[cfg(not(target_family = "wasm"))]
 #[expect(unsafe_code, reason = "the C-ABI boundary of native builds reads the host's raw pointers")]
@@ -96,6 +104,8 @@ mod host;
 pub mod native;
 mod message;
 mod output;
+#[cfg(not(target_family = "wasm"))]
+pub mod testing;
 
 mod balancer;
 mod filter;
@@ -117,8 +127,9 @@ pub use transport::Transport;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::balancer::{BalancerExport, is_balancer};
-    pub use crate::bindings::{balancer, filter, middleware, transform, transport};
+    pub use crate::bindings::{balancer, filter, format, middleware, transform, transport};
     pub use crate::filter::{FilterExport, is_filter};
+    pub use crate::format::FormatExport;
     pub use crate::middleware::{MiddlewareExport, is_middleware};
     #[cfg(not(target_family = "wasm"))]
     pub use crate::native;

@@ -71,6 +71,8 @@ macro_rules! export_middleware {
         #[cfg(not(target_family = "wasm"))]
         $crate::__native_entry_points!($plugin, MIDDLEWARE, switchyard_native_on_request => on_request, switchyard_native_on_reply => on_reply);
         #[cfg(target_family = "wasm")]
+        $crate::__format_export!();
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardMiddlewareExport = $crate::__private::MiddlewareExport<$plugin>;
             $crate::__private::middleware::export!(SwitchyardMiddlewareExport with_types_in $crate::__private::middleware);

@@ -227,23 +227,25 @@ fn endpoint(view: &EndpointView<'_>) -> Endpoint {
 }
 
 /// The `host` functions of a native build, with the signatures of the WIT
-/// imports they replace; before [`init`] (in unit tests) they do nothing.
+/// imports they replace; before [`init`] (no host loaded the library: unit
+/// tests) they reach the test double of [`crate::testing`].
 pub(crate) mod host {
     use super::*;
     use crate::Level;
+    use crate::testing::host as double;
 
     fn vtable() -> Option<&'static HostVtable> {
         HOST.get().map(|host| &host.0)
     }
 
     pub(crate) fn log(level: Level, message: &str) {
-        let Some(host) = vtable() else { return };
+        let Some(host) = vtable() else { return double::log(level, message) };
         // SAFETY: the vtable is valid for the library's life (see `init`).
         unsafe { (host.log)(host.context, level as u32, message.as_ptr(), message.len()) }
     }
 
     pub(crate) fn config(key: &str) -> Option<String> {
-        let host = vtable()?;
+        let Some(host) = vtable() else { return double::config(key) };
         let mut value = Vec::new();
         let sink = Sink { target: (&raw mut value).cast(), write: append };
         // SAFETY: the vtable is valid; `sink` outlives the call.
@@ -252,12 +254,13 @@ pub(crate) mod host {
     }
 
     pub(crate) fn now_millis() -> u64 {
+        let Some(host) = vtable() else { return double::now_millis() };
         // SAFETY: the vtable is valid for the library's life.
-        vtable().map_or(0, |host| unsafe { (host.now_millis)(host.context) })
+        unsafe { (host.now_millis)(host.context) }
     }
 
     pub(crate) fn count(name: &str, delta: u64) {
-        let Some(host) = vtable() else { return };
+        let Some(host) = vtable() else { return double::count(name, delta) };
         // SAFETY: the vtable is valid for the library's life.
         unsafe { (host.count)(host.context, name.as_ptr(), name.len(), delta) }
     }

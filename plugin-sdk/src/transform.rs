@@ -64,6 +64,8 @@ macro_rules! export_transform {
         #[cfg(not(target_family = "wasm"))]
         $crate::__native_entry_points!($plugin, TRANSFORM, switchyard_native_transform => transform);
         #[cfg(target_family = "wasm")]
+        $crate::__format_export!();
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardTransformExport = $crate::__private::TransformExport<$plugin>;
             $crate::__private::transform::export!(SwitchyardTransformExport with_types_in $crate::__private::transform);

@@ -45,6 +45,8 @@ macro_rules! export_transport {
         // Export names such as `switchyard:plugin/transport@0.1.0#...` only link for wasm;
         // elsewhere (`cargo check`, `clippy`, doctests) the check above suffices.
         #[cfg(target_family = "wasm")]
+        $crate::__format_export!();
+        #[cfg(target_family = "wasm")]
         const _: () = {
             type SwitchyardTransportExport = $crate::__private::TransportExport<$plugin>;
             $crate::__private::transport::export!(SwitchyardTransportExport with_types_in $crate::__private::transport);

@@ -1,12 +1,11 @@
 //! Plugins written in Python (componentize-py) and JavaScript
 //! (componentize-js) with the SDKs in `plugin-sdk/`: run through routes,
 //! swapped under load, compared with their Rust twins, and their codecs
-//! checked against the Rust one. Without the tools these tests fail saying
+//! checked against the golden vectors of wire format 1. Without the tools these tests fail saying
 //! how to install them (`switchyard_plugin_artifacts::require`).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::native_plugins::varied_head;
@@ -147,48 +146,34 @@ async fn the_js_transform_swapped_under_load_loses_nothing() {
     swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions, SWAPS).await;
 }
 
-/// Run `program args` with `input` on its standard input; its standard output.
-fn run_with_input(program: &str, args: &[&str], input: &[u8], install: &str) -> Vec<u8> {
-    let spawned = Command::new(program)
+/// Run `program args` from the repository root; its standard error.
+fn run_checked(program: &str, args: &[&str], install: &str) -> String {
+    let output = Command::new(program)
         .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = spawned.unwrap_or_else(|err| panic!("cannot run {program} ({err}): {install}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{program} failed: {stderr}");
-    output.stdout
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {program} ({err}): {install}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{program} {args:?} failed:\n{text}");
+    text
 }
 
-/// A batch of varied full messages and, behind them, varied heads.
-fn mixed_batch() -> Vec<u8> {
-    let mut batch = Vec::new();
-    (0..50).for_each(|n| varied_message(&mut batch, n));
-    (0..50).for_each(|n| varied_head(&mut batch, n));
-    batch
+/// How many golden vectors there are (`plugin-sdk/wire/vectors/NAME.bin`).
+fn vector_count() -> usize {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/wire/vectors");
+    let entries = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path());
+    entries.filter(|path| path.extension().is_some_and(|ext| ext == "bin")).count()
 }
 
 #[test]
-fn the_python_codec_reencodes_what_the_rust_codec_wrote_byte_for_byte() {
-    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/python");
-    let script = "import sys\nsys.path.insert(0, sys.argv[1])\nfrom switchyard_plugin import decode, encode\n\
-                  sys.stdout.buffer.write(encode(decode(sys.stdin.buffer.read())))";
-    let batch = mixed_batch();
-    let install = "install Python 3 (apt-get install python3)";
-    assert_eq!(run_with_input("python3", &["-c", script, sdk], &batch, install), batch);
+fn the_python_codec_passes_the_golden_vectors() {
+    let out = run_checked("python3", &["plugin-sdk/python/test_vectors.py"], "install Python 3 (apt-get install python3)");
+    assert!(out.contains(&format!("{} vectors passed", vector_count())), "{out}");
 }
 
 #[test]
-fn the_js_codec_reencodes_what_the_rust_codec_wrote_byte_for_byte() {
-    let wire = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/js/wire.js");
-    let script = "const { decode, encode } = await import(process.argv[1]);\n\
-                  const chunks = []; for await (const chunk of process.stdin) chunks.push(chunk);\n\
-                  process.stdout.write(encode(decode(new Uint8Array(Buffer.concat(chunks)))));";
-    let batch = mixed_batch();
-    let install = "install Node.js (apt-get install nodejs)";
-    assert_eq!(run_with_input("node", &["--input-type=module", "-e", script, wire], &batch, install), batch);
+fn the_js_codec_passes_the_golden_vectors() {
+    let out = run_checked("node", &["--test", "plugin-sdk/js/vectors.test.js"], "install Node.js (apt-get install nodejs)");
+    assert!(out.contains(&format!("# pass {}", vector_count() + 1)), "{out}");
 }

@@ -2,6 +2,7 @@
 //! `plugins/`, real sockets on 127.0.0.1, the real `switchyard` binary.
 
 mod admin;
+mod authoring;
 mod bulk_ingress;
 mod balancer_plugin;
 mod cli;
@@ -36,6 +37,7 @@ mod tcp_destination;
 mod transports;
 mod websocket_ingress;
 mod websocket_transport;
+mod wire_format;
 
 /// Every plugin under `plugins/` must have a test named after it here.
 macro_rules! assert_test_exists {

@@ -185,3 +185,4 @@ pub use crate::faulty::{
 };
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
+pub use crate::wire_format::{faulty_format_v0, faulty_format_v2};

@@ -3,13 +3,13 @@
 use anyhow::bail;
 use std::path::Path;
 use switchyard::Config;
-use switchyard::config::{PluginConfig, StageRef};
+use switchyard::config::{HostSection, PluginConfig, StageRef};
 use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
 use switchyard::transport::TransportRegistry;
 
 pub fn check(file: &Path) -> anyhow::Result<()> {
     if let Some(format) = PluginFormat::of(file) {
-        let engine = PluginEngine::new(None)?;
+        let engine = engine(&HostSection::default())?;
         let plugin = load_file(&engine, file, None)?;
         let native = if format == PluginFormat::Native { "native " } else { "" };
         println!(
@@ -43,6 +43,13 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The engine `run` would compile with (same compile cache), telling of every compile.
+fn engine(host: &HostSection) -> anyhow::Result<PluginEngine> {
+    let mut engine = PluginEngine::new(host.compile_cache_dir().as_deref())?;
+    engine.observe_compiles(super::progress::compile_notices(0));
+    Ok(engine)
+}
+
 /// Listeners reachable from other machines without a token to guard them.
 fn listener_warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
@@ -69,7 +76,7 @@ fn listener_warnings(config: &Config) -> Vec<String> {
 /// that does not load.
 fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
     let dir = &config.host.plugin_dir;
-    let engine = PluginEngine::new(None)?;
+    let engine = engine(&config.host)?;
     let mut warnings = Vec::new();
     for route in &config.routes {
         for stage in &route.stages {

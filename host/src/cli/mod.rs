@@ -4,6 +4,7 @@ mod bench;
 mod call;
 mod check;
 mod new;
+mod progress;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -21,7 +21,8 @@ pub async fn run(
     if let Some(dir) = plugins {
         builder = builder.plugin_dir(dir);
     }
-    let host = builder.build().await?;
+    let notices = super::progress::compile_notices(super::progress::LONG_COMPILE_BYTES);
+    let host = builder.observe_compiles(notices).build().await?;
     let source = config.map_or("<built-in default>".to_owned(), |path| path.display().to_string());
     eprintln!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
     for plugin in host.plugins() {

@@ -104,6 +104,15 @@ impl Default for HostSection {
     }
 }
 
+impl HostSection {
+    /// The compile cache directory as the host uses it: absolute (relative
+    /// to the working directory), `None` when `cache_dir` is empty (off).
+    pub fn compile_cache_dir(&self) -> Option<PathBuf> {
+        let dir = &self.cache_dir;
+        (!dir.as_os_str().is_empty()).then(|| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+    }
+}
+
 /// `switchyard` in the user's cache directory: `$XDG_CACHE_HOME`, else
 /// `$HOME/.cache`, else `.switchyard-cache` in the working directory.
 fn user_cache_dir() -> PathBuf {

@@ -9,7 +9,7 @@ use crate::pipeline::{
     Counters, DeadLetters, DispatchContext, LastingDestinations, Pipeline, Redelivery, Topology, Worker,
     run_reply_worker, run_worker,
 };
-use crate::plugin::{PluginEngine, PluginRegistry};
+use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
 use crate::reload::{Events, Reloader};
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
@@ -28,6 +28,8 @@ pub struct HostBuilder {
     natives: NativeStages,
     overrides: CodeOverrides,
     transports: TransportRegistry,
+    /// Told of every plugin compile, at build and on reload.
+    compile_observer: Option<CompileObserver>,
 }
 
 impl HostBuilder {
@@ -39,7 +41,15 @@ impl HostBuilder {
             natives: NativeStages::default(),
             overrides: CodeOverrides::default(),
             transports: TransportRegistry::builtin(),
+            compile_observer: None,
         }
+    }
+
+    /// Tell `observer` of every plugin compile (not cache hits), at build and
+    /// on reload: `switchyard run` says so when a large one starts and ends.
+    pub fn observe_compiles(mut self, observer: CompileObserver) -> Self {
+        self.compile_observer = Some(observer);
+        self
     }
 
     /// Use `config` (routes, plugins, destinations); `file` names it in errors.
@@ -110,12 +120,24 @@ impl HostBuilder {
     /// `host.watch` is set, the watcher. A plugin that fails to load is
     /// reported by [`Host::load_errors`] and an event; it does not stop the host.
     pub async fn build(self) -> Result<Host, BuildError> {
-        let HostBuilder { config, config_file, destinations, natives, overrides, transports } = self;
+        let HostBuilder {
+            config,
+            config_file,
+            destinations,
+            natives,
+            overrides,
+            transports,
+            compile_observer,
+        } = self;
         let config = overrides.apply(config);
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
         transports.check(&config_file.0, &config)?;
-        let engine = Arc::new(PluginEngine::new(cache_dir(&config.host).as_deref())?);
+        let mut engine = PluginEngine::new(config.host.compile_cache_dir().as_deref())?;
+        if let Some(observer) = compile_observer {
+            engine.observe_compiles(observer);
+        }
+        let engine = Arc::new(engine);
         let metrics = Arc::new(Metrics::new(config.host.metrics));
         let dead_letter_file =
             DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
@@ -227,11 +249,4 @@ fn worker_count(configured: usize) -> usize {
 /// The state directory, absolute: relative to the working directory.
 fn state_dir(host: &crate::config::HostSection) -> PathBuf {
     std::path::absolute(&host.state_dir).unwrap_or_else(|_| host.state_dir.clone())
-}
-
-/// The compile cache directory, absolute: relative to the plugin directory;
-/// none when empty.
-fn cache_dir(host: &crate::config::HostSection) -> Option<PathBuf> {
-    let dir = &host.cache_dir;
-    (!dir.as_os_str().is_empty()).then(|| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
 }

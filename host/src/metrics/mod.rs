@@ -47,6 +47,12 @@ struct PluginProblem {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCounter {
+    plugin: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DestinationResult {
     destination: String,
     result: String,
@@ -106,6 +112,8 @@ pub struct Metrics {
     plugin_calls: Family<PluginName, ShardedCounter>,
     plugin_problems: Family<PluginProblem, Counter>,
     plugin_latency: Family<PluginName, LatencyHistogram>,
+    /// What plugins `count()`ed, by plugin name: every version adds to the same series.
+    plugin_counters: Family<PluginCounter, Counter>,
     /// The last fault of each plugin; written only when a plugin faults.
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
@@ -148,6 +156,7 @@ impl Metrics {
             plugin_calls: Family::default(),
             plugin_problems: Family::default(),
             plugin_latency: Family::default(),
+            plugin_counters: Family::default(),
             last_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),
@@ -182,6 +191,9 @@ impl Metrics {
             "Plugin errors and faults, by kind (rejected, failed, trapped, timed_out, memory_cap, ...)";
         registry.register("plugin_problems", help, metrics.plugin_problems.clone());
         registry.register("plugin_call_seconds", "Seconds per plugin call", metrics.plugin_latency.clone());
+        let help =
+            "What plugins count() by counter name, summed over the plugin's versions (a swap keeps them)";
+        registry.register("plugin_counter", help, metrics.plugin_counters.clone());
         let help = "Deliveries per destination, by result (ok, failed)";
         registry.register("destination_deliveries", help, metrics.deliveries.clone());
         let help = "Retries per destination (attempts after the first)";

@@ -1,7 +1,7 @@
 //! What the metrics know of each plugin: calls, errors and faults by kind,
 //! and the last fault with its message, for `/v1/plugins`.
 
-use super::{Metrics, PluginName, PluginProblem};
+use super::{Metrics, PluginCounter, PluginName, PluginProblem};
 use crate::plugin::PluginFault;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -64,6 +64,15 @@ impl Metrics {
             let labels = PluginName { plugin: plugin.into() };
             self.plugin_calls.get_or_create(&labels).inc();
             self.plugin_latency.get_or_create(&labels).observe(took);
+        }
+    }
+
+    /// Add what `plugin` counted during a call (`counts`, by counter name) to
+    /// `switchyard_plugin_counter_total`.
+    pub(crate) fn plugin_counted(&self, plugin: &str, counts: impl IntoIterator<Item = (String, u64)>) {
+        for (name, delta) in counts {
+            let labels = PluginCounter { plugin: plugin.into(), name };
+            self.plugin_counters.get_or_create(&labels).inc_by(delta);
         }
     }
 

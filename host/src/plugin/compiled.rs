@@ -109,9 +109,10 @@ impl CompiledPlugin {
         let name = settings.config.name.clone();
         let digest = hex::encode(Sha256::digest(bytes));
         let (component, cache) = engine
-            .component(&digest, bytes)
+            .component(&name, &digest, bytes)
             .map_err(|err| LoadError::Invalid { name: name.clone(), reason: format!("{err:#}") })?;
         let kind = detect_kind(engine, &component, &name)?;
+        super::format::check_exported(&engine.engine, &component, &name)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
             name: name.clone(),
             world: kind.as_str(),

@@ -6,7 +6,7 @@ use super::cache::{CacheOutcome, CompileCache};
 use super::error::EngineError;
 use super::sandbox::StoreState;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
@@ -14,12 +14,40 @@ use wasmtime::{Config, Engine};
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// A compile of a component to machine code, told to a [`CompileObserver`]
+/// before and after; never told when the code comes from the compile cache.
+#[derive(Debug, Clone, Copy)]
+pub enum CompileProgress<'a> {
+    /// About to compile plugin `plugin`, a component of `bytes` bytes.
+    Started {
+        /// Plugin name.
+        plugin: &'a str,
+        /// Size of the component.
+        bytes: usize,
+    },
+    /// Compiled (successfully or not) in `took`.
+    Finished {
+        /// Plugin name.
+        plugin: &'a str,
+        /// Size of the component.
+        bytes: usize,
+        /// How long compiling took.
+        took: Duration,
+    },
+}
+
+/// Told of every compile, e.g. to say that a large one is under way; called
+/// on the compiling thread, so it should be quick.
+pub type CompileObserver = Arc<dyn Fn(CompileProgress<'_>) + Send + Sync>;
+
 /// A wasmtime engine plus linker; one per [`Host`](crate::Host), never global.
 pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<StoreState>,
     /// Where compiled code is kept between runs, if anywhere.
     cache: Option<CompileCache>,
+    /// Told before and after each compile.
+    observer: Option<CompileObserver>,
     /// Dropping this stops the ticker thread.
     _ticker: mpsc::Sender<()>,
 }
@@ -60,29 +88,46 @@ impl PluginEngine {
                 }
             }
         })?;
-        Ok(PluginEngine { engine, linker, cache, _ticker: stop })
+        Ok(PluginEngine { engine, linker, cache, observer: None, _ticker: stop })
     }
 
-    /// The component of `bytes` (whose digest is `digest`): from the cache
-    /// when it holds a sound entry, else compiled (and cached).
+    /// Tell `observer` of every compile from now on. Compiles use all cores
+    /// (wasmtime's parallel compilation) and then land in the compile cache.
+    pub fn observe_compiles(&mut self, observer: CompileObserver) {
+        self.observer = Some(observer);
+    }
+
+    /// The component of `bytes` (whose digest is `digest`), plugin `plugin`:
+    /// from the cache when it holds a sound entry, else compiled (and cached).
     pub(crate) fn component(
         &self,
+        plugin: &str,
         digest: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(cache) = &self.cache else {
-            return Ok((Component::new(&self.engine, bytes)?, CacheOutcome::Off));
+            return Ok((self.compile(plugin, bytes)?, CacheOutcome::Off));
         };
         let outcome = match cache.load(&self.engine, digest) {
             Ok(Some(component)) => return Ok((component, CacheOutcome::Hit)),
             Ok(None) => CacheOutcome::Miss,
             Err(why) => CacheOutcome::Discarded(why),
         };
-        let component = Component::new(&self.engine, bytes)?;
+        let component = self.compile(plugin, bytes)?;
         if let Err(err) = cache.store(digest, &component) {
             tracing::warn!(%err, "cannot store compiled code in the compile cache");
         }
         Ok((component, outcome))
+    }
+
+    /// Compile `bytes`, telling the observer.
+    fn compile(&self, plugin: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let Some(observer) = &self.observer else { return Component::new(&self.engine, bytes) };
+        observer(CompileProgress::Started { plugin, bytes: bytes.len() });
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes);
+        observer(CompileProgress::Finished { plugin, bytes: bytes.len(), took: started.elapsed() });
+        component
     }
 
     /// Epoch ticks that cover `timeout`, plus one for the partial tick in progress.

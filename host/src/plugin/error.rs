@@ -41,6 +41,17 @@ pub enum LoadError {
         /// The type checker's message.
         reason: String,
     },
+    /// The component was built for another wire format than this host speaks
+    /// (`found` is 0 for one built before wire format versions existed).
+    #[error("plugin \"{name}\": {}; this host speaks wire format {expected}", built_for(*.found))]
+    WireFormat {
+        /// Plugin name.
+        name: String,
+        /// The version the plugin exports; 0 when it exports none.
+        found: u32,
+        /// The host's version, [`switchyard_wire::FORMAT_VERSION`].
+        expected: u32,
+    },
     /// The component compiled but failed its trial: instantiation or a first
     /// call on a sample message trapped, ran too long or exceeded its memory cap.
     #[error("plugin \"{name}\": failed its trial run: {fault}")]
@@ -82,6 +93,14 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// What a plugin was built for, in words.
+fn built_for(found: u32) -> String {
+    match found {
+        0 => "built before wire format versions (v0: it exports no switchyard:plugin/format)".to_owned(),
+        found => format!("built for wire format {found}"),
+    }
 }
 
 /// Why a native library (`.so`, `.dylib`, `.dll`) is not loaded.

@@ -78,14 +78,21 @@ impl HostCalls {
         now.map_or(0, |elapsed| elapsed.as_millis() as u64)
     }
 
-    /// Add `delta` to the plugin's counter `name`, within the bounds.
+    /// Add `delta` to the plugin's counter `name`, within the bounds, and
+    /// keep it for the metrics ([`PluginSettings::take_unreported`]).
     pub(crate) fn count(&self, name: &str, delta: u64) {
         let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
         if let Some(total) = counters.get_mut(name) {
             *total = total.saturating_add(delta);
         } else if counters.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME {
             counters.insert(name.to_owned(), delta);
+        } else {
+            return;
         }
+        drop(counters);
+        let mut unreported = self.settings.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
+        let pending = unreported.entry(name.to_owned()).or_default();
+        *pending = pending.saturating_add(delta);
     }
 }
 

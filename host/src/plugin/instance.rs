@@ -24,7 +24,7 @@ enum Exports {
     Transform(TransformPlugin),
     Middleware(MiddlewarePlugin),
     Balancer(BalancerPlugin),
-    Transport(#[expect(dead_code, reason = "called by the destination core")] TransportPlugin),
+    Transport(TransportPlugin),
 }
 
 /// What a middleware decided about a request.
@@ -98,6 +98,31 @@ impl PluginInstance {
             KindPre::Transport(pre) => Exports::Transport(guard.call(|store| pre.instantiate(store))?),
         };
         Ok(Backend::Wasm { exports, guard })
+    }
+
+    /// The wire format version the plugin was built for, asked of a
+    /// component once at load; `None` for a native library, whose ABI
+    /// version fixes its wire format.
+    pub fn wire_format(&mut self) -> Result<Option<u32>, PluginFault> {
+        let Backend::Wasm { exports, guard } = &mut self.backend else { return Ok(None) };
+        let version = match exports {
+            Exports::Filter(plugin) => {
+                guard.call(|store| plugin.switchyard_plugin_format().call_version(store))
+            }
+            Exports::Transform(plugin) => {
+                guard.call(|store| plugin.switchyard_plugin_format().call_version(store))
+            }
+            Exports::Middleware(plugin) => {
+                guard.call(|store| plugin.switchyard_plugin_format().call_version(store))
+            }
+            Exports::Balancer(plugin) => {
+                guard.call(|store| plugin.switchyard_plugin_format().call_version(store))
+            }
+            Exports::Transport(plugin) => {
+                guard.call(|store| plugin.switchyard_plugin_format().call_version(store))
+            }
+        };
+        version.map(Some)
     }
 
     /// Run a filter over a heads-only batch: one decision per message.

@@ -7,6 +7,7 @@ mod compiled;
 mod deadline;
 mod engine;
 mod error;
+mod format;
 mod host_calls;
 mod instance;
 mod native;
@@ -16,7 +17,7 @@ mod sandbox;
 pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;
 pub use compiled::{CompiledPlugin, PluginKind};
-pub use engine::{EPOCH_TICK, PluginEngine};
+pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use registry::{

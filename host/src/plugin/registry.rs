@@ -109,39 +109,46 @@ pub fn load_bytes(
     Ok(plugin)
 }
 
-/// Instantiate once before serving, and give a filter or transform one
-/// sample message: this type-checks every export against the world and runs
-/// start-up code and a first call under the plugin's limits. The plugin may
-/// answer with an error; it must not trap, time out or exceed its memory cap.
+/// Instantiate once before serving, ask a component its wire format version,
+/// and give a filter or transform one sample message: this type-checks every
+/// export against the world and runs start-up code and a first call under the
+/// plugin's limits. The plugin may answer with an error; it must not trap,
+/// time out or exceed its memory cap.
 fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
     let trial = PluginInstance::new(engine, plugin.clone()).and_then(|mut instance| {
-        let mut sample = Vec::new();
-        let head = switchyard_wire::Head { id: 0, source: 0, priority: 0, topic: "switchyard.trial" };
-        match plugin.kind {
-            PluginKind::Filter => {
-                switchyard_wire::write_message(&mut sample, &head, [], switchyard_wire::Payload::Omitted(2));
-                instance.filter(&sample).map(drop)
-            }
-            PluginKind::Transform => {
-                switchyard_wire::write_message(
-                    &mut sample,
-                    &head,
-                    [],
-                    switchyard_wire::Payload::Bytes(b"{}"),
-                );
-                instance.transform(&sample).map(drop)
-            }
-            _ => Ok(()),
+        if let Some(found) = instance.wire_format()?
+            && let Err(refused) = super::format::check_version(&plugin.name, found)
+        {
+            return Ok(Err(refused));
         }
+        sample_call(&mut instance).map(Ok)
     });
     // The trial is not traffic: it must not show in the plugin's counters.
     plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
+    plugin.settings.take_unreported();
     match trial {
-        Ok(()) => Ok(()),
+        Ok(checked) => checked,
         Err(PluginFault::Unusable(reason)) => {
             Err(LoadError::WrongWorld { name: plugin.name.clone(), world: plugin.kind.as_str(), reason })
         }
         Err(fault) => Err(LoadError::Instantiate { name: plugin.name.clone(), fault }),
+    }
+}
+
+/// Give a filter or transform one sample message (other kinds need a peer).
+fn sample_call(instance: &mut PluginInstance) -> Result<(), PluginFault> {
+    let mut sample = Vec::new();
+    let head = switchyard_wire::Head { id: 0, source: 0, priority: 0, topic: "switchyard.trial" };
+    match instance.plugin.kind {
+        PluginKind::Filter => {
+            switchyard_wire::write_message(&mut sample, &head, [], switchyard_wire::Payload::Omitted(2));
+            instance.filter(&sample).map(drop)
+        }
+        PluginKind::Transform => {
+            switchyard_wire::write_message(&mut sample, &head, [], switchyard_wire::Payload::Bytes(b"{}"));
+            instance.transform(&sample).map(drop)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -18,8 +18,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 pub struct PluginSettings {
     /// The configuration as written (defaults when the plugin has no entry).
     pub config: PluginConfig,
-    /// Counters the plugin bumped through `host.count`.
+    /// Counters this version bumped through `host.count` (`/v1/plugins`);
+    /// a new version starts from zero.
     pub counters: Mutex<BTreeMap<String, u64>>,
+    /// Increments of [`counters`](Self::counters) not yet added to the host's
+    /// metrics, where every version of the plugin adds to the same series.
+    pub(crate) unreported: Mutex<BTreeMap<String, u64>>,
     allowed_addrs: Vec<SocketAddr>,
 }
 
@@ -34,7 +38,12 @@ impl PluginSettings {
             })?;
             allowed_addrs.extend(resolved);
         }
-        Ok(PluginSettings { config, counters: Mutex::default(), allowed_addrs })
+        Ok(PluginSettings { config, counters: Mutex::default(), unreported: Mutex::default(), allowed_addrs })
+    }
+
+    /// The counter increments since the last call of this, by name.
+    pub(crate) fn take_unreported(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.unreported.lock().unwrap_or_else(|poison| poison.into_inner()))
     }
 
     /// The plugin's memory cap in bytes.

@@ -29,6 +29,12 @@ use std::fmt;
 
 pub mod native;
 
+/// The version of this layout. A plugin exports the version it was built for
+/// (`switchyard:plugin/format`, written by the SDK's export macros) and a host
+/// refuses a plugin whose version differs from its own; change the number with
+/// any change to the bytes. `docs/wire-format.md` specifies version 1.
+pub const FORMAT_VERSION: u32 = 1;
+
 /// Flag bit: the payload bytes were left out; only their length is present.
 pub const FLAG_PAYLOAD_OMITTED: u8 = 1;
 

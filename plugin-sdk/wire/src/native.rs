@@ -45,6 +45,10 @@ use std::ffi::c_void;
 
 /// The version of this ABI. A host refuses a library whose
 /// [`symbol::ABI`] answers another number.
+///
+/// A native library exports no wire format version of its own: ABI 1
+/// carries batches in wire format 1 ([`FORMAT_VERSION`](crate::FORMAT_VERSION)),
+/// and a new wire format comes with a new ABI version.
 pub const ABI_VERSION: u32 = 1;
 
 /// A call answered: the answer is in the sink.

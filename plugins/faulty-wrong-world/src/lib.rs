@@ -7,11 +7,17 @@ mod bindings {
     wit_bindgen::generate!({ path: "wit", world: "filter-plugin" });
 }
 
-use bindings::exports::switchyard::plugin::filter::Guest;
+use bindings::exports::switchyard::plugin::{filter, format};
 
 struct WrongWorld;
 
-impl Guest for WrongWorld {
+impl format::Guest for WrongWorld {
+    fn version() -> u32 {
+        1
+    }
+}
+
+impl filter::Guest for WrongWorld {
     fn filter(topic: String) -> bool {
         topic.starts_with("orders.")
     }

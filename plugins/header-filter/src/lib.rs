@@ -63,3 +63,30 @@ impl Filter for HeaderFilter {
 }
 
 export_filter!(HeaderFilter);
+
+#[cfg(test)]
+mod tests {
+    use switchyard_plugin::OwnedMessage;
+    use switchyard_plugin::testing::{self, TestMessage};
+
+    use super::*;
+
+    fn decide(message: OwnedMessage) -> Result<Verdict, Error> {
+        HeaderFilter::filter(&TestMessage::head(&message).message())
+    }
+
+    // One test: the settings are a process-wide static, read on the first call.
+    #[test]
+    fn keeps_messages_with_the_prefix_and_the_required_header_value_and_counts_both_outcomes() {
+        testing::set_config("topic_prefix", "orders.");
+        testing::set_config("require_header", "x-tenant");
+        testing::set_config("require_value", "acme");
+        let acme =
+            OwnedMessage::new("orders.eu").with_header("X-Tenant", "acme").with_payload(b"{}".to_vec());
+        assert_eq!(decide(acme.clone()), Ok(Verdict::Keep));
+        assert_eq!(decide(acme.clone().with_topic("audit")), Ok(Verdict::Drop));
+        assert_eq!(decide(acme.with_header("x-tenant", "other")), Ok(Verdict::Drop));
+        assert_eq!(decide(OwnedMessage::new("orders.us")), Ok(Verdict::Drop));
+        assert_eq!((testing::counter("kept"), testing::counter("dropped")), (1, 3));
+    }
+}
