@@ -7,14 +7,10 @@ use switchyard_plugin::{Error, Filter, Message, Verdict, config, count, export_f
 
 struct Plugin;
 
-/// Whether a message on `topic` passes a filter configured with `prefix`.
-fn keeps(topic: &str, prefix: Option<&str>) -> bool {
-    prefix.is_none_or(|prefix| topic.starts_with(prefix))
-}
-
 impl Filter for Plugin {
     fn filter(message: &Message<'_>) -> Result<Verdict, Error> {
-        if keeps(message.topic, config("topic_prefix").as_deref()) {
+        let prefix = config("topic_prefix");
+        if prefix.is_none_or(|prefix| message.topic.starts_with(&prefix)) {
             count("kept", 1);
             Ok(Verdict::Keep)
         } else {
@@ -28,12 +24,17 @@ export_filter!(Plugin);
 
 #[cfg(test)]
 mod tests {
-    use super::keeps;
+    use switchyard_plugin::testing::{self, TestMessage};
+    use switchyard_plugin::{Filter, OwnedMessage, Verdict};
+
+    use super::Plugin;
 
     #[test]
-    fn keeps_topics_under_the_prefix_and_everything_without_one() {
-        assert!(keeps("orders.eu", Some("orders.")));
-        assert!(!keeps("billing.eu", Some("orders.")));
-        assert!(keeps("billing.eu", None));
+    fn keeps_topics_under_the_configured_prefix_and_counts_both_outcomes() {
+        testing::set_config("topic_prefix", "orders.");
+        let decide = |topic: &str| Plugin::filter(&TestMessage::head(&OwnedMessage::new(topic)).message());
+        assert_eq!(decide("orders.eu"), Ok(Verdict::Keep));
+        assert_eq!(decide("billing.eu"), Ok(Verdict::Drop));
+        assert_eq!((testing::counter("kept"), testing::counter("dropped")), (1, 1));
     }
 }

@@ -7,14 +7,9 @@ use switchyard_plugin::{Action, Error, Message, Middleware, OwnedMessage, export
 
 struct Plugin;
 
-/// Whether the middleware answers a request itself, given its `x-ping` header.
-fn answers_itself(ping: Option<&str>) -> bool {
-    ping.is_some()
-}
-
 impl Middleware for Plugin {
     fn on_request(request: &Message<'_>) -> Result<Action, Error> {
-        if answers_itself(request.header("x-ping")) {
+        if request.header("x-ping").is_some() {
             return Ok(Action::Respond(OwnedMessage::reply_to(request).with_payload(&b"pong"[..])));
         }
         Ok(Action::Forward(Some(OwnedMessage::from(request).with_header("x-seen-by", "{{name}}"))))
@@ -29,11 +24,18 @@ export_middleware!(Plugin);
 
 #[cfg(test)]
 mod tests {
-    use super::answers_itself;
+    use switchyard_plugin::testing::TestMessage;
+    use switchyard_plugin::{Action, Middleware, OwnedMessage};
+
+    use super::Plugin;
 
     #[test]
-    fn only_a_ping_is_answered_by_the_middleware() {
-        assert!(answers_itself(Some("1")));
-        assert!(!answers_itself(None));
+    fn a_ping_is_answered_and_anything_else_forwarded_tagged() {
+        let ping = TestMessage::full(&OwnedMessage::new("t").with_header("x-ping", "1"));
+        let Ok(Action::Respond(reply)) = Plugin::on_request(&ping.message()) else { panic!("not answered") };
+        assert_eq!(reply.payload(), b"pong");
+        let other = TestMessage::full(&OwnedMessage::new("t"));
+        let Ok(Action::Forward(Some(forwarded))) = Plugin::on_request(&other.message()) else { panic!("not forwarded") };
+        assert_eq!(forwarded.header("x-seen-by"), Some("{{name}}"));
     }
 }
