@@ -22,7 +22,9 @@ pub enum Language {
 pub struct LanguagePlugin {
     /// The directory name, e.g. `python-filter`.
     pub name: String,
+    /// The plugin's directory.
     pub dir: PathBuf,
+    /// What it is written in.
     pub language: Language,
     /// The WIT world it targets, e.g. `filter-plugin`.
     pub world: String,
@@ -46,17 +48,18 @@ pub fn discover(plugins_dir: &Path) -> Vec<LanguagePlugin> {
     found
 }
 
-/// The value of the first `world` key (`world = "x"` or `"world": "x"`).
+/// The value of the first `world` key (`world = "x"` in TOML, `"world": "x"` in JSON).
 fn world(manifest: &str) -> Option<String> {
-    manifest.lines().find_map(|line| {
-        let rest = line.trim().trim_start_matches('"').strip_prefix("world")?;
-        let value = rest.trim_start_matches('"').trim_start().strip_prefix(['=', ':'])?;
-        Some(value.trim().trim_end_matches(',').trim_matches('"').to_owned())
+    manifest.match_indices("world").find_map(|(at, key)| {
+        let rest = manifest[at + key.len()..].trim_start_matches('"').trim_start();
+        let rest = rest.strip_prefix(['=', ':'])?.trim_start().strip_prefix('"')?;
+        Some(rest[..rest.find('"')?].to_owned())
     })
 }
 
 /// A started build of one plugin, or why it could not start.
 pub enum Started {
+    /// The build runs.
     Running(Child),
     /// The tool is missing: the hint says how to install it.
     Unbuilt(String),
@@ -73,9 +76,13 @@ impl LanguagePlugin {
                         "componentize-py is not installed: run `python3 -m pip install componentize-py`".into(),
                     );
                 }
+                // componentize-py writes `__pycache__` beside the sources it
+                // imports; building copies keeps the watched tree unchanged.
+                let stage = output.with_extension("py");
+                copy_python(&self.dir, &stage);
+                copy_python(&root.join("plugin-sdk/python/switchyard_plugin"), &stage.join("switchyard_plugin"));
                 let mut command = Command::new("componentize-py");
-                command.arg("-d").arg(&wit).args(["-w", &self.world, "componentize", "app"]);
-                command.arg("-p").arg(&self.dir).arg("-p").arg(root.join("plugin-sdk/python"));
+                command.arg("-d").arg(&wit).args(["-w", &self.world, "componentize", "app", "-p"]).arg(&stage);
                 command
             }
             Language::JavaScript => {
@@ -93,9 +100,21 @@ impl LanguagePlugin {
                 command
             }
         };
-        command.arg("-o").arg(output).env("PYTHONDONTWRITEBYTECODE", "1");
+        command.arg("-o").arg(output);
         eprintln!("running: {command:?}");
         Started::Running(command.stdout(Stdio::inherit()).spawn().expect("start a plugin build"))
+    }
+}
+
+/// Copy the `*.py` files of `from` to a fresh directory `to`.
+fn copy_python(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    fs::create_dir_all(to).expect("create a Python staging dir");
+    for entry in fs::read_dir(from).expect("read a Python plugin dir") {
+        let path = entry.expect("read a Python plugin dir entry").path();
+        if path.extension().is_some_and(|ext| ext == "py") {
+            fs::copy(&path, to.join(path.file_name().expect("a file name"))).expect("stage a Python file");
+        }
     }
 }
 
