@@ -51,9 +51,18 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    // Not all of plugin-sdk/: its js/node_modules is large and never edited.
-    let watched = ["plugins", "plugin-sdk/Cargo.toml", "plugin-sdk/src", "plugin-sdk/wire", "plugin-sdk/python"];
-    let js = ["plugin-sdk/js/wire.js", "plugin-sdk/js/switchyard_plugin.js", "plugin-sdk/js/componentize.mjs"];
+    // Not all of plugin-sdk/: its js/node_modules is large and never edited,
+    // and Python writes `__pycache__` beside the SDK's modules.
+    let watched = ["plugins", "plugin-sdk/Cargo.toml", "plugin-sdk/src", "plugin-sdk/wire"];
+    for module in fs::read_dir(root.join("plugin-sdk/python/switchyard_plugin")).expect("read the Python SDK")
+    {
+        let module = module.expect("read the Python SDK").path();
+        if module.extension().is_some_and(|ext| ext == "py") {
+            println!("cargo:rerun-if-changed={}", module.display());
+        }
+    }
+    let js =
+        ["plugin-sdk/js/wire.js", "plugin-sdk/js/switchyard_plugin.js", "plugin-sdk/js/componentize.mjs"];
     let js_tools = ["plugin-sdk/js/package-lock.json", "plugin-sdk/js/node_modules/.package-lock.json"];
     for watched in watched.into_iter().chain(js).chain(js_tools).chain(["wit", "Cargo.toml", "Cargo.lock"]) {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
@@ -96,10 +105,14 @@ fn main() {
     }
     let wasm_dir = target_dir.join(TARGET).join(PROFILE);
     let native_dir = target_dir.join(host).join(NATIVE_PROFILE);
-    let mut components: Vec<_> = plugins.iter().map(|name| (name.clone(), wasm_dir.join(wasm_file(name)))).collect();
-    components.extend(language_plugins.iter().map(|plugin| (plugin.name.clone(), language_output(&language_dir, plugin))));
+    let mut components: Vec<_> =
+        plugins.iter().map(|name| (name.clone(), wasm_dir.join(wasm_file(name)))).collect();
+    components.extend(
+        language_plugins.iter().map(|plugin| (plugin.name.clone(), language_output(&language_dir, plugin))),
+    );
     components.sort();
-    fs::write(out_dir.join("plugins.rs"), generate(&components, &native_dir, &unbuilt)).expect("write plugins.rs");
+    fs::write(out_dir.join("plugins.rs"), generate(&components, &native_dir, &unbuilt))
+        .expect("write plugins.rs");
 }
 
 fn target_installed() -> bool {
@@ -204,8 +217,10 @@ fn generate(components: &[(String, PathBuf)], native_dir: &Path, unbuilt: &[(Pat
     code += &format!("pub mod native {{\n{native}}}\n\n");
     code += "\n/// Every plugin as `(name, path)`, sorted by name.\n";
     code += &format!("pub const ALL: &[(&str, &str)] = &[\n{all}];\n");
-    let unbuilt: String =
-        unbuilt.iter().map(|(path, hint)| format!("    ({:?}, {hint:?}),\n", path.display().to_string())).collect();
+    let unbuilt: String = unbuilt
+        .iter()
+        .map(|(path, hint)| format!("    ({:?}, {hint:?}),\n", path.display().to_string()))
+        .collect();
     code += "\n/// Components not built because a tool is missing, as `(path, how to install it)`.\n";
     code += &format!("pub const UNBUILT: &[(&str, &str)] = &[\n{unbuilt}];\n");
     code += "\n/// Calls `$mac!(snake_case_name)` once per plugin, e.g. to require a test for each.\n";

@@ -110,7 +110,8 @@ fn varied_message(batch: &mut Vec<u8>, n: u64) {
 #[test]
 fn the_js_and_python_transforms_output_what_the_rust_stamp_transform_does_on_a_thousand_messages() {
     let engine = PluginEngine::new(None).unwrap();
-    let artifacts = [artifacts::STAMP_TRANSFORM, require(artifacts::JS_TRANSFORM), require(artifacts::PYTHON_TRANSFORM)];
+    let artifacts =
+        [artifacts::STAMP_TRANSFORM, require(artifacts::JS_TRANSFORM), require(artifacts::PYTHON_TRANSFORM)];
     let mut instances = artifacts
         .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &[("stamp", "S")])).unwrap());
     for first in (0..1000).step_by(64) {
@@ -154,7 +155,8 @@ fn run_checked(program: &str, args: &[&str], install: &str) -> String {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap_or_else(|err| panic!("cannot run {program} ({err}): {install}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{program} {args:?} failed:\n{text}");
     text
 }
@@ -168,12 +170,20 @@ fn vector_count() -> usize {
 
 #[test]
 fn the_python_codec_passes_the_golden_vectors() {
-    let out = run_checked("python3", &["plugin-sdk/python/test_vectors.py"], "install Python 3 (apt-get install python3)");
+    let out = run_checked(
+        "python3",
+        &["plugin-sdk/python/test_vectors.py"],
+        "install Python 3 (apt-get install python3)",
+    );
     assert!(out.contains(&format!("{} vectors passed", vector_count())), "{out}");
 }
 
 #[test]
 fn the_js_codec_passes_the_golden_vectors() {
-    let out = run_checked("node", &["--test", "plugin-sdk/js/vectors.test.js"], "install Node.js (apt-get install nodejs)");
+    let out = run_checked(
+        "node",
+        &["--test", "plugin-sdk/js/vectors.test.js"],
+        "install Node.js (apt-get install nodejs)",
+    );
     assert!(out.contains(&format!("# pass {}", vector_count() + 1)), "{out}");
 }

@@ -36,7 +36,8 @@ fn generate_and_run_readme(parent: &Path, name: &str, kind: &str, lang: &str) ->
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{name}: its README's commands failed:\n{script}\n{text}");
     assert!(text.contains(&format!("is a {kind} plugin")), "{name}: check did not pass:\n{text}");
     text
@@ -75,7 +76,8 @@ fn plugin_new_js_projects_test_build_and_pass_check() {
 fn plugin_new_refuses_a_kind_the_sdk_lacks_a_bad_name_and_an_existing_directory() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().to_str().unwrap();
-    let (ok, out) = switchyard(&["plugin", "new", "b", "--kind", "balancer", "--lang", "python", "--dir", dir]);
+    let (ok, out) =
+        switchyard(&["plugin", "new", "b", "--kind", "balancer", "--lang", "python", "--dir", dir]);
     assert!(!ok && out.contains("the Python SDK offers filter and transform plugins, not balancer"), "{out}");
     let (ok, out) = switchyard(&["plugin", "new", "Bad_Name", "--kind", "filter", "--lang", "rust"]);
     assert!(!ok && out.contains("use lowercase letters, digits and dashes"), "{out}");

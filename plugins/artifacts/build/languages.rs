@@ -73,21 +73,30 @@ impl LanguagePlugin {
             Language::Python => {
                 if !runs("componentize-py", &["--version"]) {
                     return Started::Unbuilt(
-                        "componentize-py is not installed: run `python3 -m pip install componentize-py`".into(),
+                        "componentize-py is not installed: run `python3 -m pip install componentize-py`"
+                            .into(),
                     );
                 }
                 // componentize-py writes `__pycache__` beside the sources it
                 // imports; building copies keeps the watched tree unchanged.
                 let stage = output.with_extension("py");
                 copy_python(&self.dir, &stage);
-                copy_python(&root.join("plugin-sdk/python/switchyard_plugin"), &stage.join("switchyard_plugin"));
+                copy_python(
+                    &root.join("plugin-sdk/python/switchyard_plugin"),
+                    &stage.join("switchyard_plugin"),
+                );
                 let mut command = Command::new("componentize-py");
-                command.arg("-d").arg(&wit).args(["-w", &self.world, "componentize", "app", "-p"]).arg(&stage);
+                command
+                    .arg("-d")
+                    .arg(&wit)
+                    .args(["-w", &self.world, "componentize", "app", "-p"])
+                    .arg(&stage);
                 command
             }
             Language::JavaScript => {
                 let sdk = root.join("plugin-sdk/js");
-                if !runs("node", &["--version"]) || !sdk.join("node_modules/@bytecodealliance/componentize-js").is_dir()
+                if !runs("node", &["--version"])
+                    || !sdk.join("node_modules/@bytecodealliance/componentize-js").is_dir()
                 {
                     return Started::Unbuilt(format!(
                         "componentize-js is not installed: install Node.js and run `npm ci --prefix {}`",

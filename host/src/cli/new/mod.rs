@@ -88,10 +88,16 @@ fn files(kind: Kind, lang: Lang) -> Option<Vec<(&'static str, &'static str)>> {
     let common = match lang {
         Lang::Rust => vec![],
         Lang::Python => {
-            vec![("pyproject.toml", include_str!("python/pyproject.toml.in")), ("README.md", include_str!("python/README.md.in"))]
+            vec![
+                ("pyproject.toml", include_str!("python/pyproject.toml.in")),
+                ("README.md", include_str!("python/README.md.in")),
+            ]
         }
         Lang::Js => {
-            vec![("package.json", include_str!("js/package.json.in")), ("README.md", include_str!("js/README.md.in"))]
+            vec![
+                ("package.json", include_str!("js/package.json.in")),
+                ("README.md", include_str!("js/README.md.in")),
+            ]
         }
     };
     Some(files.into_iter().chain(common).collect())
@@ -106,7 +112,13 @@ fn default_sdk() -> PathBuf {
 
 /// Write the project `name` of `kind` in `lang` to the new directory `dir`
 /// (default: `./NAME`), using the SDK at `sdk` (default: this checkout's).
-pub fn new(name: &str, kind: Kind, lang: Lang, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn new(
+    name: &str,
+    kind: Kind,
+    lang: Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
@@ -137,7 +149,13 @@ pub fn new(name: &str, kind: Kind, lang: Lang, dir: Option<PathBuf>, sdk: Option
             .with_context(|| format!("create {}", dir.display()))?;
         std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     }
-    println!("created {} ({} {}): see {}", name, lang_name(lang), kind.as_str(), dir.join("README.md").display());
+    println!(
+        "created {} ({} {}): see {}",
+        name,
+        lang_name(lang),
+        kind.as_str(),
+        dir.join("README.md").display()
+    );
     Ok(())
 }
 
