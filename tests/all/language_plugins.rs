@@ -22,6 +22,10 @@ use switchyard_wire::{Head, Payload, write_message};
 /// takes seconds; the compile cache serves the rest.
 const SWAPS: usize = 10;
 
+/// A call deadline for a plugin swapped under load: instantiating a 12–18 MB
+/// interpreter component can pass the default 100 ms on a busy machine.
+const GENEROUS_LIMITS: &str = "limits = { timeout_ms = 10000 }";
+
 /// `artifact` loaded as a plugin with config `keys`.
 fn load(engine: &PluginEngine, artifact: &str, keys: &[(&str, &str)]) -> Arc<CompiledPlugin> {
     let config = keys.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
@@ -131,7 +135,7 @@ async fn the_python_filter_swapped_under_load_loses_nothing() {
     // turn), keeping everything; `s` stamps what passes, as the swap helper expects.
     let dir = plugin_dir(&[("t", require(artifacts::PYTHON_FILTER)), ("s", artifacts::STAMP_TRANSFORM)]);
     let config = format!(
-        "{MEMORY_OUT}[[plugin]]\nname = \"t\"\nconfig = {{ topic_prefix = \"lo\" }}\n\
+        "{MEMORY_OUT}[[plugin]]\nname = \"t\"\nconfig = {{ topic_prefix = \"lo\" }}\n{GENEROUS_LIMITS}\n\
          [[route]]\nname = \"all\"\nstages = [\"filter:t\", \"transform:s\"]\nto = \"out\"\n"
     );
     let host = host(dir.path(), &config).await;
@@ -142,7 +146,8 @@ async fn the_python_filter_swapped_under_load_loses_nothing() {
 #[tokio::test]
 async fn the_js_transform_swapped_under_load_loses_nothing() {
     let dir = plugin_dir(&[("t", require(artifacts::JS_TRANSFORM))]);
-    let host = host_with_transform_in(dir.path(), MEMORY_OUT).await;
+    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\n{GENEROUS_LIMITS}\n");
+    let host = host_with_transform_in(dir.path(), &config).await;
     let versions = [artifacts::STAMP_TRANSFORM, artifacts::JS_TRANSFORM];
     swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions, SWAPS).await;
 }
