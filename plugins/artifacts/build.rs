@@ -1,11 +1,17 @@
 //! Builds every plugin crate under `plugins/` for `wasm32-wasip2` with one
 //! nested `cargo build`, and the [`NATIVE`] ones as native libraries for the
-//! host target with a second, then writes their paths to `$OUT_DIR/plugins.rs`.
+//! host target with a second, and the Python and JavaScript plugins beside
+//! them ([`languages`]), then writes their paths to `$OUT_DIR/plugins.rs`.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build/languages.rs"]
+mod languages;
+
+use languages::{LanguagePlugin, Started};
 
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
@@ -45,7 +51,20 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    for watched in ["plugins", "plugin-sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+    // Not all of plugin-sdk/: its js/node_modules is large and never edited,
+    // and Python writes `__pycache__` beside the SDK's modules.
+    let watched = ["plugins", "plugin-sdk/Cargo.toml", "plugin-sdk/src", "plugin-sdk/wire"];
+    for module in fs::read_dir(root.join("plugin-sdk/python/switchyard_plugin")).expect("read the Python SDK")
+    {
+        let module = module.expect("read the Python SDK").path();
+        if module.extension().is_some_and(|ext| ext == "py") {
+            println!("cargo:rerun-if-changed={}", module.display());
+        }
+    }
+    let js =
+        ["plugin-sdk/js/wire.js", "plugin-sdk/js/switchyard_plugin.js", "plugin-sdk/js/componentize.mjs"];
+    let js_tools = ["plugin-sdk/js/package-lock.json", "plugin-sdk/js/node_modules/.package-lock.json"];
+    for watched in watched.into_iter().chain(js).chain(js_tools).chain(["wit", "Cargo.toml", "Cargo.lock"]) {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -54,18 +73,45 @@ fn main() {
         return;
     }
     let plugins = discover(&root.join("plugins"), &manifest_dir);
+    let language_plugins = languages::discover(&root.join("plugins"));
+    let language_dir = out_dir.join("languages");
+    fs::create_dir_all(&language_dir).expect("create the language plugins' output dir");
+    let started: Vec<_> = language_plugins
+        .iter()
+        .map(|plugin| plugin.start(&root, &language_output(&language_dir, plugin)))
+        .collect();
     let target_dir = out_dir.join("target");
     let manifest = root.join("Cargo.toml");
     let host = env::var("TARGET").expect("set by cargo");
-    if !build(&manifest, &target_dir, (PROFILE, TARGET), &plugins)
-        || !build(&manifest, &target_dir, (NATIVE_PROFILE, &host), NATIVE)
-    {
-        println!("cargo::error=building the plugins failed; the nested cargo output is above");
+    let rust_built = build(&manifest, &target_dir, (PROFILE, TARGET), &plugins)
+        && build(&manifest, &target_dir, (NATIVE_PROFILE, &host), NATIVE);
+    let mut unbuilt = Vec::new();
+    let mut languages_built = true;
+    for (plugin, started) in language_plugins.iter().zip(started) {
+        match started {
+            Started::Running(mut child) => {
+                let status = child.wait().expect("wait for a plugin build");
+                languages_built &= status.success();
+            }
+            Started::Unbuilt(hint) => unbuilt.push((language_output(&language_dir, plugin), hint)),
+        }
+    }
+    if !rust_built || !languages_built {
+        println!("cargo::error=building the plugins failed; the nested build output is above");
         return;
+    }
+    for (_, hint) in &unbuilt {
+        println!("cargo::warning={hint}");
     }
     let wasm_dir = target_dir.join(TARGET).join(PROFILE);
     let native_dir = target_dir.join(host).join(NATIVE_PROFILE);
-    fs::write(out_dir.join("plugins.rs"), generate(&wasm_dir, &native_dir, &plugins))
+    let mut components: Vec<_> =
+        plugins.iter().map(|name| (name.clone(), wasm_dir.join(wasm_file(name)))).collect();
+    components.extend(
+        language_plugins.iter().map(|plugin| (plugin.name.clone(), language_output(&language_dir, plugin))),
+    );
+    components.sort();
+    fs::write(out_dir.join("plugins.rs"), generate(&components, &native_dir, &unbuilt))
         .expect("write plugins.rs");
 }
 
@@ -134,15 +180,26 @@ fn build(
     command.status().is_ok_and(|status| status.success())
 }
 
-fn generate(wasm_dir: &Path, native_dir: &Path, plugins: &[String]) -> String {
+/// The component file a plugin named `name` is built to.
+fn wasm_file(name: &str) -> String {
+    format!("{}.wasm", name.replace('-', "_"))
+}
+
+fn language_output(dir: &Path, plugin: &LanguagePlugin) -> PathBuf {
+    dir.join(wasm_file(&plugin.name))
+}
+
+/// The generated code for `components` (`(name, path)`, sorted by name), the
+/// native libraries in `native_dir`, and the `unbuilt` components
+/// (`(path, install hint)`).
+fn generate(components: &[(String, PathBuf)], native_dir: &Path, unbuilt: &[(PathBuf, String)]) -> String {
     let mut code = String::new();
     let mut native = String::new();
     let mut all = String::new();
     let mut foreach = String::new();
-    for plugin in plugins {
+    for (plugin, path) in components {
         let snake = plugin.replace('-', "_");
         let constant = snake.to_uppercase();
-        let path = wasm_dir.join(format!("{snake}.wasm"));
         code += &format!("/// The `{plugin}` component (`plugins/{plugin}`).\n");
         code += &format!("pub const {constant}: &str = {:?};\n", path.display().to_string());
         all += &format!("    ({plugin:?}, {constant}),\n");
@@ -160,6 +217,12 @@ fn generate(wasm_dir: &Path, native_dir: &Path, plugins: &[String]) -> String {
     code += &format!("pub mod native {{\n{native}}}\n\n");
     code += "\n/// Every plugin as `(name, path)`, sorted by name.\n";
     code += &format!("pub const ALL: &[(&str, &str)] = &[\n{all}];\n");
+    let unbuilt: String = unbuilt
+        .iter()
+        .map(|(path, hint)| format!("    ({:?}, {hint:?}),\n", path.display().to_string()))
+        .collect();
+    code += "\n/// Components not built because a tool is missing, as `(path, how to install it)`.\n";
+    code += &format!("pub const UNBUILT: &[(&str, &str)] = &[\n{unbuilt}];\n");
     code += "\n/// Calls `$mac!(snake_case_name)` once per plugin, e.g. to require a test for each.\n";
     code += &format!(
         "#[macro_export]\nmacro_rules! foreach_plugin {{\n    ($mac:ident) => {{\n{foreach}    }};\n}}\n"

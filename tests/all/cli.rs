@@ -12,7 +12,7 @@ use switchyard_plugin_artifacts as artifacts;
 use tokio_tungstenite::tungstenite;
 use tungstenite::client::IntoClientRequest;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
 
 /// A running `switchyard` child whose stdout and stderr lines arrive on a
 /// channel, each tagged with its stream.

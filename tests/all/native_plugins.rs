@@ -27,7 +27,7 @@ fn load(engine: &PluginEngine, artifact: &str, keys: &[(&str, &str)]) -> Arc<Com
 
 /// Message `n` of a varied stream: topics in and out of the prefix, the
 /// tenant header in several spellings and values, or missing.
-fn varied_head(batch: &mut Vec<u8>, n: u64) {
+pub fn varied_head(batch: &mut Vec<u8>, n: u64) {
     let topic = ["orders.eu", "orders.us", "billing.eu", "orders"][(n % 4) as usize];
     let tenant = ["acme", "acme", "acme", "other", "ACME", "acme "][(n / 4 % 6) as usize];
     let name = ["x-tenant", "X-Tenant", "X-TENANT", "x-tenants"][(n / 24 % 4) as usize];
@@ -129,7 +129,7 @@ async fn a_native_transform_swapped_a_hundred_times_under_load_loses_nothing() {
     let host = crate::reload::host_with_transform_in(dir.path(), &memory_out_native()).await;
     assert!(host.plugins()[0].is_native());
     let versions = [artifacts::native::STAMP_TRANSFORM, artifacts::native::REDACT_TRANSFORM];
-    crate::reload::hundred_swaps_lose_nothing(&host, &dir.path().join(native_file("t")), versions).await;
+    crate::reload::swaps_lose_nothing(&host, &dir.path().join(native_file("t")), versions, 100).await;
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,

@@ -6,7 +6,13 @@ use switchyard_plugin_artifacts as artifacts;
 
 #[tokio::test]
 pub async fn header_filter() {
-    let dir = plugin_dir(&[("tenant-filter", artifacts::HEADER_FILTER)]);
+    keeps_one_tenants_orders(artifacts::HEADER_FILTER).await;
+}
+
+/// The filter component at `artifact`, configured to keep `orders.*` of
+/// tenant `acme`, keeps one message of four in a route and counts both ways.
+pub async fn keeps_one_tenants_orders(artifact: &str) {
+    let dir = plugin_dir(&[("tenant-filter", artifact)]);
     let config = format!(
         r#"{MEMORY_OUT}
 [[plugin]]
@@ -170,6 +176,7 @@ pub use crate::balancer_plugin::faulty_balancer;
 pub use crate::faulty::{
     faulty_flood, faulty_memory_hog, faulty_sleep, faulty_spin, faulty_trap, faulty_wrong_world,
 };
+pub use crate::language_plugins::{js_transform, python_filter, python_transform};
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
 pub use crate::wasm_transport::{echo_transport, faulty_transport, redis_transport};

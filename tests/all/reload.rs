@@ -82,13 +82,13 @@ pub async fn stamp_transform() {
 async fn hundred_swaps_under_steady_load_lose_nothing() {
     let (dir, host) = host_with_transform().await;
     let versions = [artifacts::STAMP_TRANSFORM, artifacts::REDACT_TRANSFORM];
-    hundred_swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions).await;
+    swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions, 100).await;
 }
 
-/// Replace `file`, plugin `t` of a [`host_with_transform_in`], 100 times
+/// Replace `file`, plugin `t` of a [`host_with_transform_in`], `swaps` times
 /// with the two `versions` in turn while a sender keeps messages flowing:
 /// every message accepted is delivered, none lost.
-pub async fn hundred_swaps_lose_nothing(host: &Host, file: &std::path::Path, versions: [&str; 2]) {
+pub async fn swaps_lose_nothing(host: &Host, file: &std::path::Path, versions: [&str; 2], swaps: usize) {
     let mut events = host.subscribe();
     let stop = tokio::sync::watch::channel(false);
     // A reader keeps up, as a real consumer does: `out` is bounded.
@@ -115,7 +115,7 @@ pub async fn hundred_swaps_lose_nothing(host: &Host, file: &std::path::Path, ver
         })
     };
     let versions = versions.map(|path| std::fs::read(path).unwrap());
-    for swap in 0..100 {
+    for swap in 0..swaps {
         replace_file(file, &versions[swap % 2]);
         event_where(&mut events, replaced("t")).await;
     }
@@ -124,7 +124,7 @@ pub async fn hundred_swaps_lose_nothing(host: &Host, file: &std::path::Path, ver
     let stats = drain_and_account(host).await;
     assert_eq!(stats.accepted, sent);
     assert_eq!((stats.delivered, stats.dead_lettered, stats.filtered), (sent, 0, 0));
-    assert_eq!(host.event_counts().replaced, 100);
+    assert_eq!(host.event_counts().replaced, swaps as u64);
     let read = || delivered.load(std::sync::atomic::Ordering::SeqCst);
     within(async {
         while read() < sent {

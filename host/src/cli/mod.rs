@@ -3,6 +3,7 @@
 mod bench;
 mod call;
 mod check;
+mod new;
 mod progress;
 mod run;
 
@@ -97,6 +98,23 @@ pub enum PluginCommand {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Write a ready plugin project: manifest, source, a test and a README.
+    New {
+        /// The plugin's name (lowercase letters, digits and dashes).
+        name: String,
+        /// The kind of plugin.
+        #[arg(long, value_enum)]
+        kind: new::Kind,
+        /// The language it is written in.
+        #[arg(long, value_enum)]
+        lang: new::Lang,
+        /// The project directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Switchyard `plugin-sdk` directory (default: the checkout this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -110,6 +128,9 @@ impl Command {
             Command::Check { file } => check::check(&file),
             Command::Plugin { command: PluginCommand::Call { file, message, config, address } } => {
                 call::call(&file, &message, config, address.as_deref())
+            }
+            Command::Plugin { command: PluginCommand::New { name, kind, lang, dir, sdk } } => {
+                new::new(&name, kind, lang, dir, sdk)
             }
             Command::Bench { filter, transform, native_filter, native_transform, messages, json } => {
                 let native_libraries = native_filter.zip(native_transform);

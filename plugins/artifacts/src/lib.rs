@@ -21,6 +21,25 @@
 //! assert!(std::path::Path::new(switchyard_plugin_artifacts::HEADER_FILTER).is_file());
 //! ```
 //!
+//! The Python and JavaScript plugins (a `plugins/*` directory with a
+//! `pyproject.toml` or `package.json` naming a `world`) are built beside them
+//! by componentize-py and componentize-js when those are installed; when one
+//! is not, the build warns and [`UNBUILT`] lists the plugin with the command
+//! that installs the tool, which [`require`] turns into the failing test's
+//! message.
+//!
 //! Building needs the `wasm32-wasip2` target: `rustup target add wasm32-wasip2`.
 
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+
+/// `path`, a component constant of this crate, once it is known to be built.
+///
+/// # Panics
+/// When the component was not built because a tool is missing, saying which
+/// and how to install it: a test needing it fails rather than passing silently.
+pub fn require(path: &'static str) -> &'static str {
+    if let Some((_, hint)) = UNBUILT.iter().find(|(unbuilt, _)| *unbuilt == path) {
+        panic!("{path} was not built: {hint}");
+    }
+    path
+}

@@ -1,0 +1,4 @@
+/** Whether a message on `topic` passes a filter configured with `prefix`. */
+export function keeps(topic, prefix) {
+  return prefix === undefined || topic.startsWith(prefix);
+}

@@ -1,0 +1,4 @@
+/** The stamp for a plugin configured with `configured`. */
+export function stamp(configured) {
+  return configured ?? "{{name}}";
+}

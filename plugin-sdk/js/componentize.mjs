@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+// Build a JavaScript plugin into a WASM component with componentize-js:
+//
+//     node plugin-sdk/js/componentize.mjs --wit wit --world transform-plugin app.js -o plugin.wasm
+//
+// The plugin is APP.js and the modules beside it (`*.test.js` aside); they
+// import the SDK as "switchyard-plugin". They and the SDK are staged side by
+// side in a temporary directory (the specifier rewritten to the relative path
+// componentize-js resolves), then componentized with the HTTP features left out.
+
+import { copyFile, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+const sdk = dirname(fileURLToPath(import.meta.url));
+
+let componentize;
+try {
+  ({ componentize } = await import("@bytecodealliance/componentize-js"));
+} catch {
+  console.error(`componentize-js is not installed: run \`npm ci --prefix ${sdk}\``);
+  process.exit(2);
+}
+
+const { values, positionals } = parseArgs({
+  options: { wit: { type: "string" }, world: { type: "string" }, output: { type: "string", short: "o" } },
+  allowPositionals: true,
+});
+if (!values.wit || !values.world || !values.output || positionals.length !== 1) {
+  console.error("usage: componentize.mjs --wit DIR --world WORLD APP.js -o OUT.wasm");
+  process.exit(2);
+}
+
+const stage = await mkdtemp(join(tmpdir(), "switchyard-js-"));
+try {
+  for (const file of ["wire.js", "switchyard_plugin.js"]) await copyFile(join(sdk, file), join(stage, file));
+  const appDir = dirname(resolve(positionals[0]));
+  const modules = (await readdir(appDir)).filter((file) => file.endsWith(".js") && !file.endsWith(".test.js"));
+  for (const file of modules) {
+    const source = await readFile(join(appDir, file), "utf8");
+    await writeFile(join(stage, file), source.replaceAll(/(["'])switchyard-plugin\1/g, '"./switchyard_plugin.js"'));
+  }
+  const sourcePath = join(stage, basename(positionals[0]));
+  const { component } = await componentize({
+    sourcePath,
+    witPath: resolve(values.wit),
+    worldName: values.world,
+    disableFeatures: ["http", "fetch-event"],
+  });
+  await writeFile(values.output, component);
+} finally {
+  await rm(stage, { recursive: true, force: true });
+}

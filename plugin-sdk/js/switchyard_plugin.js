@@ -1,0 +1,196 @@
+// Write Switchyard plugins in JavaScript.
+//
+// A plugin is one module that componentize-js turns into a WASM component
+// (see this package's README):
+//
+//     import { transformPlugin, config } from "switchyard-plugin";
+//     export const { transform, format } = transformPlugin((message, out) => {
+//       out.emit(message).withHeader("x-stamp", config("stamp") ?? "js").finish();
+//     });
+//
+// Here: errors (what a handler throws), host functions (log, config,
+// nowMillis, count), Output (a transform's outputs) and the functions that
+// build each kind's exports. The byte layout and Message live in `wire.js`.
+
+import * as host from "switchyard:plugin/host@0.1.0";
+
+import { BatchWriter, Message, WireError, decode } from "./wire.js";
+
+export { Message, WireError, decode, encode } from "./wire.js";
+
+/** The version of the wire layout this SDK speaks (the WIT `format` export). */
+export const FORMAT_VERSION = 1;
+
+/** Base of the errors a handler throws; its text travels to the host. */
+export class PluginError extends Error {}
+/** The message is bad: the host dead-letters it and never retries. */
+export class Rejected extends PluginError {}
+/** A transient condition: the host may retry the message. */
+export class Retryable extends PluginError {}
+/** The plugin itself failed; any other exception a handler throws is reported as this too. */
+export class Failed extends PluginError {}
+
+/** What a filter decided about one message. */
+export const Verdict = Object.freeze({ KEEP: "keep", DROP: "drop" });
+
+/** Write a log line attributed to this plugin (`level`: trace, debug, info, warn, error). */
+export function log(level, message) {
+  host.log(level, message);
+}
+
+/** This plugin's configuration value for `key` (`[[plugin]] config`), or `undefined`. */
+export function config(key) {
+  return host.config(key);
+}
+
+/** Wall-clock time in milliseconds since the Unix epoch (a BigInt). */
+export function nowMillis() {
+  return host.nowMillis();
+}
+
+/** Add `delta` to this plugin's counter `name` (a host metric). */
+export function count(name, delta = 1) {
+  host.count(name, BigInt(delta));
+}
+
+/** The WIT `error` for an exception a handler threw. */
+function witError(error) {
+  if (error instanceof Rejected) return { tag: "rejected", val: error.message };
+  if (error instanceof Retryable) return { tag: "retryable", val: error.message };
+  if (error instanceof PluginError || error instanceof WireError) return { tag: "failed", val: error.message };
+  return { tag: "failed", val: `${error?.name ?? "Error"}: ${error?.message ?? error}` };
+}
+
+/** The WIT `format` export: which wire layout this plugin speaks. */
+export const format = Object.freeze({ version: () => FORMAT_VERSION });
+
+/**
+ * The output messages of one transform call, encoded as they are written.
+ * Every output carries the index of the input it came from and that input's id.
+ */
+export class Output {
+  constructor() {
+    this.writer = new BatchWriter();
+    this.source = 0;
+  }
+
+  /** Pass `message` on unchanged. */
+  forward(message) {
+    this.emit(message).finish();
+  }
+
+  /** Start an output copied from `message`; change it with the `with*` methods, then `finish()`. */
+  emit(message) {
+    return new Emit(this, message);
+  }
+}
+
+/** An output message being built, see `Output.emit`. Nothing is written until `finish()`. */
+export class Emit {
+  constructor(out, message) {
+    this.out = out;
+    this.message = new Message({ ...message, payload: message.payload ?? new Uint8Array(), payloadLen: undefined });
+  }
+
+  /** Replace the topic. */
+  withTopic(topic) {
+    this.message.topic = topic;
+    return this;
+  }
+
+  /** Replace the payload (a Uint8Array; a string is encoded as UTF-8). */
+  withPayload(payload) {
+    this.message.payload = typeof payload === "string" ? new TextEncoder().encode(payload) : payload;
+    return this;
+  }
+
+  /** Replace the priority class (higher is more urgent). */
+  withPriority(priority) {
+    this.message.priority = priority;
+    return this;
+  }
+
+  /**
+   * Set header `name`: the first header of that name (ASCII case-insensitive)
+   * takes the new name and value, later ones are removed, and a new name is appended.
+   */
+  withHeader(name, value) {
+    const lowered = name.toLowerCase();
+    let replaced = false;
+    const headers = [];
+    for (const [key, old] of this.message.headers) {
+      if (key.toLowerCase() !== lowered) headers.push([key, old]);
+      else if (!replaced) {
+        headers.push([name, value]);
+        replaced = true;
+      }
+    }
+    if (!replaced) headers.push([name, value]);
+    this.message.headers = headers;
+    return this;
+  }
+
+  /** Write the message to the output batch. */
+  finish() {
+    this.message.source = this.out.source;
+    this.out.writer.message(this.message);
+  }
+}
+
+/**
+ * The exports of a filter plugin: `decide(message)` returns a `Verdict` for
+ * each message head (no payload bytes: `message.payload` is null), in batch
+ * order; throw `Rejected`, `Retryable` or `Failed` to report an error for that
+ * message alone. Use as `export const { filter, format } = filterPlugin(decide);`.
+ */
+export function filterPlugin(decide) {
+  const filter = (messages) => {
+    let batch;
+    try {
+      batch = decode(messages);
+    } catch (error) {
+      return [{ tag: "err", val: witError(error) }];
+    }
+    return batch.map((message) => {
+      try {
+        return { tag: "ok", val: decide(message) };
+      } catch (error) {
+        return { tag: "err", val: witError(error) };
+      }
+    });
+  };
+  return { filter: { filter }, format };
+}
+
+/**
+ * The exports of a transform plugin: `transform(message, out)` is called once
+ * per message (payload included), in batch order. Write zero outputs to drop
+ * it, `out.forward(message)` to pass it on, `out.emit(message)...finish()` to
+ * pass on a changed copy, as many as you like to split it. An exception
+ * discards that message's outputs and reports the error for it alone. Use as
+ * `export const { transform, format } = transformPlugin(transform);`.
+ */
+export function transformPlugin(handler) {
+  const transform = (messages) => {
+    const out = new Output();
+    const errors = [];
+    let batch;
+    try {
+      batch = decode(messages);
+    } catch (error) {
+      return { messages: new Uint8Array(), errors: [[0, witError(error)]] };
+    }
+    batch.forEach((message, index) => {
+      out.source = index;
+      const mark = out.writer.length;
+      try {
+        handler(message, out);
+      } catch (error) {
+        out.writer.truncate(mark);
+        errors.push([index, witError(error)]);
+      }
+    });
+    return { messages: out.writer.finish(), errors };
+  };
+  return { transform: { transform }, format };
+}

@@ -1,0 +1,176 @@
+// The Switchyard wire layout: message batches as one flat byte buffer.
+//
+// The same layout as the Rust crate `switchyard-wire` (see `wit/types.wit`),
+// all integers little-endian:
+//
+//     batch   = message*
+//     message = u64 id, u32 source, u8 priority, u8 flags, str topic,
+//               u32 header-count, (str name, str value)*, bytes payload
+//     str     = bytes = u32 length, length bytes   (strings are UTF-8)
+//
+// With FLAG_PAYLOAD_OMITTED set, `bytes payload` is only its u32 length (the
+// real payload size) and no bytes follow: filters and balancers see heads only.
+// This module imports nothing, so it runs (and is tested) under plain `node`.
+
+/** Flag bit: the payload bytes were left out; only their length is present. */
+export const FLAG_PAYLOAD_OMITTED = 1;
+
+/** A malformed buffer: `offset` is where decoding failed, `problem` what was wrong. */
+export class WireError extends Error {
+  constructor(offset, problem) {
+    super(`malformed message batch at byte ${offset}: ${problem}`);
+    this.offset = offset;
+    this.problem = problem;
+  }
+}
+
+/**
+ * One message: `id` (a BigInt), `source`, `priority`, `topic`, `headers` (an
+ * array of `[name, value]` pairs in order), `payload` (a Uint8Array, or `null`
+ * when the batch carries heads only) and `payloadLen` (always known).
+ */
+export class Message {
+  constructor({ topic, headers = [], payload = new Uint8Array(), id = 0n, priority = 0, source = 0, payloadLen }) {
+    this.id = BigInt(id);
+    this.source = source;
+    this.priority = priority;
+    this.topic = topic;
+    this.headers = headers.map(([name, value]) => [name, value]);
+    this.payload = payload;
+    this.payloadLen = payloadLen ?? (payload ? payload.length : 0);
+  }
+
+  /** The first header named `name` (ASCII case-insensitive), or `undefined`. */
+  header(name) {
+    const lowered = name.toLowerCase();
+    const found = this.headers.find(([key]) => key.toLowerCase() === lowered);
+    return found && found[1];
+  }
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const utf8Encoder = new TextEncoder();
+
+class Reader {
+  constructor(buf) {
+    this.buf = buf;
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    this.pos = 0;
+  }
+
+  need(length) {
+    if (this.pos + length > this.buf.length) throw new WireError(this.pos, "truncated");
+    const start = this.pos;
+    this.pos += length;
+    return start;
+  }
+
+  u32() {
+    return this.view.getUint32(this.need(4), true);
+  }
+
+  bytes() {
+    const length = this.u32();
+    const start = this.need(length);
+    return this.buf.slice(start, start + length);
+  }
+
+  str() {
+    const start = this.pos;
+    const raw = this.bytes();
+    try {
+      return utf8.decode(raw);
+    } catch {
+      throw new WireError(start, "string is not UTF-8");
+    }
+  }
+
+  message() {
+    const at = this.need(14);
+    const id = this.view.getBigUint64(at, true);
+    const source = this.view.getUint32(at + 8, true);
+    const priority = this.buf[at + 12];
+    const flags = this.buf[at + 13];
+    const topic = this.str();
+    const count = this.u32();
+    const headers = [];
+    for (let i = 0; i < count; i++) headers.push([this.str(), this.str()]);
+    if (flags & FLAG_PAYLOAD_OMITTED) {
+      return new Message({ id, source, priority, topic, headers, payload: null, payloadLen: this.u32() });
+    }
+    return new Message({ id, source, priority, topic, headers, payload: this.bytes() });
+  }
+}
+
+/** The messages of `batch` (a Uint8Array), in order; throws `WireError`. */
+export function decode(batch) {
+  const reader = new Reader(batch);
+  const messages = [];
+  while (reader.pos < batch.length) messages.push(reader.message());
+  return messages;
+}
+
+/** A growable byte buffer the encoder appends to. */
+export class BatchWriter {
+  constructor() {
+    this.buf = new Uint8Array(256);
+    this.length = 0;
+  }
+
+  reserve(extra) {
+    if (this.length + extra <= this.buf.length) return;
+    const grown = new Uint8Array(Math.max(this.buf.length * 2, this.length + extra));
+    grown.set(this.buf.subarray(0, this.length));
+    this.buf = grown;
+  }
+
+  u32(value) {
+    this.reserve(4);
+    new DataView(this.buf.buffer).setUint32(this.length, value, true);
+    this.length += 4;
+  }
+
+  bytes(raw) {
+    this.u32(raw.length);
+    this.reserve(raw.length);
+    this.buf.set(raw, this.length);
+    this.length += raw.length;
+  }
+
+  /** Append `message`; `headsOnly` leaves the payload bytes out and writes only their length. */
+  message(message, headsOnly = false) {
+    const omitted = headsOnly || message.payload === null;
+    this.reserve(14);
+    const view = new DataView(this.buf.buffer);
+    view.setBigUint64(this.length, BigInt(message.id), true);
+    view.setUint32(this.length + 8, message.source, true);
+    this.buf[this.length + 12] = message.priority;
+    this.buf[this.length + 13] = omitted ? FLAG_PAYLOAD_OMITTED : 0;
+    this.length += 14;
+    this.bytes(utf8Encoder.encode(message.topic));
+    this.u32(message.headers.length);
+    for (const [name, value] of message.headers) {
+      this.bytes(utf8Encoder.encode(name));
+      this.bytes(utf8Encoder.encode(value));
+    }
+    if (omitted) this.u32(message.payloadLen);
+    else this.bytes(message.payload);
+  }
+
+  /** Drop everything written after byte `length`. */
+  truncate(length) {
+    this.length = length;
+  }
+
+  /** The bytes written so far. */
+  finish() {
+    return this.buf.slice(0, this.length);
+  }
+}
+
+/** The batch holding `messages`, in order, as a Uint8Array. */
+export function encode(messages, headsOnly = false) {
+  const writer = new BatchWriter();
+  for (const message of messages) writer.message(message, headsOnly);
+  return writer.finish();
+}

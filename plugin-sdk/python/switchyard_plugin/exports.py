@@ -1,0 +1,114 @@
+"""Glue between a handler and the component's exports.
+
+componentize-py looks in the app module for one class per exported WIT
+interface, named after it (`Filter`, `Transform`, `Format`). The decorators
+below define those classes in the module of the function they decorate, so a
+plugin is one decorated function.
+"""
+
+import enum
+import sys
+
+from .errors import Failed, PluginError, Rejected, Retryable
+from .output import Output
+from .wire import WireError, decode
+
+__all__ = ["FORMAT_VERSION", "Verdict", "filter_plugin", "transform_plugin"]
+
+#: The version of the wire layout this SDK speaks (the WIT `format` export).
+FORMAT_VERSION = 1
+
+
+class Verdict(enum.Enum):
+    """What a filter decided about one message."""
+
+    #: Pass the message on to the next stage.
+    KEEP = 0
+    #: Drop the message: a counted decision, not a loss.
+    DROP = 1
+
+
+class Format:
+    """The WIT `format` export: which wire layout this plugin speaks."""
+
+    def version(self):
+        return FORMAT_VERSION
+
+
+def _wit_error(error):
+    """The WIT `error` for an exception a handler raised."""
+    from wit_world.imports import types
+
+    if isinstance(error, Rejected):
+        return types.Error_Rejected(str(error))
+    if isinstance(error, Retryable):
+        return types.Error_Retryable(str(error))
+    if isinstance(error, (Failed, PluginError, WireError)):
+        return types.Error_Failed(str(error))
+    return types.Error_Failed(f"{type(error).__name__}: {error}")
+
+
+def _export(handler, **classes):
+    module = sys.modules[handler.__module__]
+    for name, cls in dict(classes, Format=Format).items():
+        setattr(module, name, cls)
+    return handler
+
+
+def filter_plugin(decide):
+    """Export `decide(message) -> Verdict` as this component's filter.
+
+    Called once per message head (no payload bytes: `message.payload` is
+    `None`, `message.payload_len` is known), in batch order. Raise `Rejected`,
+    `Retryable` or `Failed` to report an error for that message alone.
+    """
+
+    class Filter:
+        def filter(self, messages):
+            from componentize_py_types import Err, Ok
+            from wit_world.imports import types
+
+            try:
+                batch = decode(messages)
+            except WireError as error:
+                return [Err(_wit_error(error))]
+            decisions = []
+            for message in batch:
+                try:
+                    decisions.append(Ok(types.Verdict(decide(message).value)))
+                except Exception as error:  # noqa: BLE001 - every error is reported, none kills the plugin
+                    decisions.append(Err(_wit_error(error)))
+            return decisions
+
+    return _export(decide, Filter=Filter)
+
+
+def transform_plugin(transform):
+    """Export `transform(message, out)` as this component's transform.
+
+    Called once per message (payload included), in batch order. Write zero
+    outputs to drop the message, `out.forward(message)` to pass it on
+    unchanged, `out.emit(message)...finish()` to pass on a changed copy, as
+    many as you like to split it. An exception discards the outputs already
+    written for this message and reports the error for it alone.
+    """
+
+    class Transform:
+        def transform(self, messages):
+            from wit_world.exports.transform import Transformed
+
+            out, errors = Output(), []
+            try:
+                batch = decode(messages)
+            except WireError as error:
+                return Transformed(b"", [(0, _wit_error(error))])
+            for index, message in enumerate(batch):
+                mark = out._start(index)
+                try:
+                    transform(message, out)
+                except Exception as error:  # noqa: BLE001 - every error is reported, none kills the plugin
+                    out._truncate(mark)
+                    errors.append((index, _wit_error(error)))
+            return Transformed(out._into_batch(), errors)
+
+    return _export(transform, Transform=Transform)

@@ -1,0 +1,92 @@
+"""Where a transform writes its output messages: straight into the reply batch."""
+
+from .wire import Message, write_message
+
+__all__ = ["Output", "Emit"]
+
+
+def set_header(headers, name, value):
+    """`headers` with header `name` set: the first header of that name (ASCII
+    case-insensitive) takes the new name and value and later ones are removed;
+    without one, the header is appended."""
+    lowered = name.lower()
+    result, replaced = [], False
+    for key, old in headers:
+        if key.lower() != lowered:
+            result.append((key, old))
+        elif not replaced:
+            result.append((name, value))
+            replaced = True
+    if not replaced:
+        result.append((name, value))
+    return result
+
+
+class Output:
+    """The output messages of one transform call, encoded as they are written.
+
+    Every output carries the index of the input it came from (`source`) and
+    that input's id; the host relies on both.
+    """
+
+    def __init__(self):
+        self._batch = bytearray()
+        self._source = 0
+
+    def _start(self, source):
+        self._source = source
+        return len(self._batch)
+
+    def _truncate(self, mark):
+        del self._batch[mark:]
+
+    def _into_batch(self):
+        return bytes(self._batch)
+
+    def forward(self, message):
+        """Pass `message` on unchanged."""
+        self.emit(message).finish()
+
+    def emit(self, message):
+        """Start an output copied from `message`; change it with the `with_*`
+        methods of `Emit`, then write it with `Emit.finish()`."""
+        return Emit(self, message)
+
+
+class Emit:
+    """An output message being built, see `Output.emit`. Nothing is written until `finish()`."""
+
+    __slots__ = ("_out", "_message")
+
+    def __init__(self, out, message):
+        self._out = out
+        self._message = Message(
+            message.topic, message.headers, message.payload or b"", id=message.id, priority=message.priority
+        )
+
+    def with_topic(self, topic):
+        """Replace the topic."""
+        self._message.topic = topic
+        return self
+
+    def with_payload(self, payload):
+        """Replace the payload (`bytes`; a `str` is encoded as UTF-8)."""
+        payload = payload.encode() if isinstance(payload, str) else bytes(payload)
+        self._message.payload, self._message.payload_len = payload, len(payload)
+        return self
+
+    def with_priority(self, priority):
+        """Replace the priority class (higher is more urgent)."""
+        self._message.priority = priority
+        return self
+
+    def with_header(self, name, value):
+        """Set header `name`: the first header of that name takes the new name
+        and value, later ones are removed, and a new name is appended."""
+        self._message.headers = set_header(self._message.headers, name, value)
+        return self
+
+    def finish(self):
+        """Write the message to the output batch."""
+        self._message.source = self._out._source
+        write_message(self._out._batch, self._message)
