@@ -19,8 +19,8 @@ const sdk = dirname(fileURLToPath(import.meta.url));
 let componentize;
 try {
   ({ componentize } = await import("@bytecodealliance/componentize-js"));
-} catch {
-  console.error(`componentize-js is not installed: run \`npm ci --prefix ${sdk}\``);
+} catch (error) {
+  console.error(`componentize-js cannot be loaded (${error.message}): run \`npm ci --prefix ${sdk}\``);
   process.exit(2);
 }
 

@@ -86,19 +86,26 @@ fn main() {
     let rust_built = build(&manifest, &target_dir, (PROFILE, TARGET), &plugins)
         && build(&manifest, &target_dir, (NATIVE_PROFILE, &host), NATIVE);
     let mut unbuilt = Vec::new();
-    let mut languages_built = true;
+    let mut failed: Vec<&str> = Vec::new();
+    if !rust_built {
+        failed.push("the Rust plugins");
+    }
     for (plugin, started) in language_plugins.iter().zip(started) {
         match started {
             Started::Running(mut child) => {
-                let status = child.wait().expect("wait for a plugin build");
-                languages_built &= status.success();
+                if !child.wait().expect("wait for a plugin build").success() {
+                    failed.push(&plugin.name);
+                }
             }
             Started::Unbuilt(hint) => unbuilt.push((language_output(&language_dir, plugin), hint)),
         }
     }
-    if !rust_built || !languages_built {
-        println!("cargo::error=building the plugins failed; the nested build output is above");
-        return;
+    if !failed.is_empty() {
+        // A failing exit status (not `cargo::error`, which cargo shows
+        // without the script's output) makes cargo print the nested builds'
+        // output under `--- stderr`.
+        eprintln!("building {} failed; the nested build output is above", failed.join(", "));
+        std::process::exit(1);
     }
     for (_, hint) in &unbuilt {
         println!("cargo::warning={hint}");
