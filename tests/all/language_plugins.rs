@@ -39,6 +39,11 @@ pub async fn python_filter() {
 }
 
 #[tokio::test]
+pub async fn js_filter() {
+    keeps_one_tenants_orders(require(artifacts::JS_FILTER)).await;
+}
+
+#[tokio::test]
 pub async fn js_transform() {
     stamps_in_a_route(require(artifacts::JS_TRANSFORM)).await;
 }
@@ -69,31 +74,38 @@ async fn stamps_in_a_route(artifact: &str) {
 }
 
 #[test]
-fn the_python_filter_decides_as_the_rust_header_filter_on_a_thousand_messages() {
+fn the_python_and_js_filters_decide_as_the_rust_header_filter_on_a_thousand_messages() {
     let engine = PluginEngine::new(None).unwrap();
     let keys = [("topic_prefix", "orders."), ("require_header", "x-tenant"), ("require_value", "acme")];
-    let [rust, python] = [artifacts::HEADER_FILTER, require(artifacts::PYTHON_FILTER)]
-        .map(|artifact| load(&engine, artifact, &keys));
-    let mut instances = [&rust, &python].map(|plugin| PluginInstance::new(&engine, plugin.clone()).unwrap());
+    let artifacts =
+        [artifacts::HEADER_FILTER, require(artifacts::PYTHON_FILTER), require(artifacts::JS_FILTER)];
+    let plugins = artifacts.map(|artifact| load(&engine, artifact, &keys));
+    let mut instances =
+        plugins.each_ref().map(|plugin| PluginInstance::new(&engine, plugin.clone()).unwrap());
     let mut kept = 0;
     for first in (0..1000).step_by(64) {
         let mut batch = Vec::new();
         (first..(first + 64).min(1000)).for_each(|n| varied_head(&mut batch, n));
-        let [rust, python] = instances.each_mut().map(|instance| instance.filter(&batch).unwrap());
-        assert_eq!(rust, python, "batch from message {first}");
+        let [rust, python, js] = instances.each_mut().map(|instance| instance.filter(&batch).unwrap());
+        assert_eq!(rust, python, "Python: batch from message {first}");
+        assert_eq!(rust, js, "JavaScript: batch from message {first}");
         kept += rust.iter().filter(|decision| **decision == Ok(Verdict::Keep)).count();
     }
     assert!(kept > 100 && kept < 900, "both decisions occur: {kept} of 1000 kept");
     let counters = |plugin: &CompiledPlugin| plugin.settings.counters.lock().unwrap().clone();
-    assert_eq!(counters(&rust), counters(&python), "the counters reach the host alike");
+    let [rust, python, js] = plugins.each_ref().map(|plugin| counters(plugin));
+    assert_eq!(rust, python, "the Python plugin's counters reach the host alike");
+    assert_eq!(rust, js, "the JavaScript plugin's counters reach the host alike");
     // A misconfiguration fails every message alike.
     let keys = [("require_value", "acme")];
-    let [rust, python] = [artifacts::HEADER_FILTER, require(artifacts::PYTHON_FILTER)]
-        .map(|artifact| PluginInstance::new(&engine, load(&engine, artifact, &keys)).unwrap());
     let mut batch = Vec::new();
     varied_head(&mut batch, 1);
-    let [rust, python] = [rust, python].map(|mut instance| instance.filter(&batch).unwrap());
-    assert_eq!(rust, python);
+    let [rust, python, js] = artifacts.map(|artifact| {
+        let mut instance = PluginInstance::new(&engine, load(&engine, artifact, &keys)).unwrap();
+        instance.filter(&batch).unwrap()
+    });
+    assert!(matches!(rust.as_slice(), [Err(_)]), "{rust:?}");
+    assert_eq!((&rust, &rust), (&python, &js));
 }
 
 /// Message `n` of a varied full stream: topics, priorities, headers with and

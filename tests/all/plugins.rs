@@ -176,7 +176,7 @@ pub use crate::balancer_plugin::faulty_balancer;
 pub use crate::faulty::{
     faulty_flood, faulty_memory_hog, faulty_sleep, faulty_spin, faulty_trap, faulty_wrong_world,
 };
-pub use crate::language_plugins::{js_transform, python_filter, python_transform};
+pub use crate::language_plugins::{js_filter, js_transform, python_filter, python_transform};
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
 pub use crate::wasm_transport::{echo_transport, faulty_transport, redis_transport};
