@@ -80,7 +80,11 @@ pub async fn stamp_transform() {
 
 #[tokio::test]
 async fn hundred_swaps_under_steady_load_lose_nothing() {
-    let (dir, host) = host_with_transform().await;
+    // About swaps, not deadlines: on a loaded machine a call (or a trial run)
+    // can pass the default 100 ms, and dead-letter a message or reject a version.
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let generous = format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\nlimits = {{ timeout_ms = 10000 }}\n");
+    let host = host_with_transform_in(dir.path(), &generous).await;
     let versions = [artifacts::STAMP_TRANSFORM, artifacts::REDACT_TRANSFORM];
     swaps_lose_nothing(&host, &dir.path().join("t.wasm"), versions, 100).await;
 }
