@@ -364,3 +364,73 @@ async fn without_a_token_a_rebinding_host_and_a_foreign_origin_are_refused() {
         assert_eq!(status, expected, "{described}");
     }
 }
+
+/// `METHOD path` with `body` and the token, from a plain thread.
+async fn call(addr: SocketAddr, method: &'static str, path: &str, body: &str) -> (u16, String) {
+    let (path, body) = (path.to_owned(), body.to_owned());
+    tokio::task::spawn_blocking(move || http(addr, method, &path, &[AUTH], body.as_bytes())).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_keeps_it() {
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let plugins = format!("[host]\nplugin_dir = {:?}\nwatch = false", dir.path());
+    let base = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+        MEMORY_OUT.replacen("[host]", &plugins, 1)
+    );
+    let first = format!("{base}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a.*\" }}\nto = \"out\"\n");
+    std::fs::write(&config_path, &first).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let addr = start_admin(&host).await;
+    let out = host.memory("out").unwrap();
+
+    // GET: the effective config, the token redacted, as JSON or TOML.
+    let (status, body) = call(addr, "GET", "/v1/config", "").await;
+    assert_eq!(status, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["admin"]["token"], "[redacted]");
+    assert_eq!(shown["route"][0]["name"], "a");
+    assert!(!body.contains(TOKEN), "{body}");
+    let (status, toml_text) = call(addr, "GET", "/v1/config?format=toml", "").await;
+    assert_eq!(status, 200, "{toml_text}");
+    let table: toml::Table = toml::from_str(&toml_text).unwrap();
+    assert_eq!(table["route"][0]["name"].as_str(), Some("a"), "{toml_text}");
+
+    // Refused: a route to a destination that does not exist. 422, the file's kind of message, nothing changed.
+    let bad = format!("{base}[[route]]\nname = \"b\"\nmatch = {{ topic = \"b.*\" }}\nto = \"nowhere\"\n");
+    for (method, path) in [("POST", "/v1/config/validate"), ("PUT", "/v1/config")] {
+        let (status, body) = call(addr, method, path, &bad).await;
+        assert_eq!(status, 422, "{method} {path}: {body}");
+        assert!(body.contains(r#"route \"b\".to = \"nowhere\""#), "{method} {path}: {body}");
+    }
+    let (status, body) = call(addr, "PUT", "/v1/config", "[[route]\nbroken").await;
+    assert!(status == 422 && body.contains("switchyard.toml"), "{status} {body}");
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), first, "the file is untouched");
+    assert_eq!(host.config().routes.len(), 1);
+
+    // A dry run of a good one says what it would do and does nothing.
+    let good = format!("{first}[[route]]\nname = \"b\"\nmatch = {{ topic = \"b.*\" }}\nto = \"out\"\n");
+    let (status, body) = call(addr, "POST", "/v1/config/validate", &good).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"change":"applied","valid":true}"#));
+    assert_eq!(host.config().routes.len(), 1, "validate applies nothing");
+
+    // PUT applies it at once and writes the file.
+    let (status, body) = call(addr, "PUT", "/v1/config", &good).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["change"], "applied");
+    assert_eq!(answer["written"], config_path.display().to_string());
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), good, "the file is what serves");
+    let id = host.send(Message::new("b.new", "routed by the new route")).await.unwrap();
+    let delivered = next(&out).await;
+    assert_eq!((delivered.id, delivered.topic.as_str()), (id, "b.new"));
+    // The file now matches what serves: reloading it changes nothing.
+    assert_eq!(within(host.reload()).await.unwrap(), switchyard::ConfigChange::Unchanged);
+    // A start-only key cannot change over the API either.
+    let restart = good.replacen("watch = false", "watch = false\nworkers = 7", 1);
+    let (status, body) = call(addr, "PUT", "/v1/config", &restart).await;
+    assert!(status == 422 && body.contains("host.workers"), "{status} {body}");
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), good);
+}

@@ -9,6 +9,7 @@
 
 mod auth;
 mod browser;
+mod config;
 mod plugins;
 mod routes;
 

@@ -23,6 +23,8 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/destinations", get(destinations))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/reload", post(reload))
+        .route("/v1/config", get(super::config::show).put(super::config::replace))
+        .route("/v1/config/validate", post(super::config::validate))
         .route("/v1/events", get(events))
         .layer(middleware::from_fn_with_state(token.clone(), require_token));
     Router::new()

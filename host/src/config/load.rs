@@ -16,6 +16,15 @@ pub enum ConfigError {
         /// Why.
         error: std::io::Error,
     },
+    /// A config accepted over the admin API was applied, but could not be
+    /// written to the file: a restart would not keep it.
+    #[error("{file}: applied, but cannot write it: {error} (a restart would not keep it)")]
+    Write {
+        /// The file.
+        file: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The file is not valid TOML or does not fit the schema.
     #[error("{file}: {message}")]
     Parse {

@@ -15,6 +15,7 @@ use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -278,6 +279,29 @@ impl Host {
         tokio::task::spawn_blocking(move || reloader.apply_config(&file, config))
             .await
             .expect("applying a config does not panic")
+    }
+
+    /// What applying the config `text` (TOML) would do, changing nothing: a
+    /// dry run of [`Host::replace_config`].
+    pub async fn check_config_text(&self, text: &str) -> Result<ConfigChange, ConfigError> {
+        let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let file = reloader.config_name();
+            reloader.check_config(&file, Config::from_toml(&file, &text)?)
+        })
+        .await
+        .expect("checking a config does not panic")
+    }
+
+    /// Apply the config `text` (TOML) as a reload of the config file would,
+    /// then write it to that file so a restart keeps it; the path written, or
+    /// `None` when the host runs without a config file. A refused config
+    /// changes nothing.
+    pub async fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
+        let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
+        tokio::task::spawn_blocking(move || reloader.replace_config(&text))
+            .await
+            .expect("replacing the config does not panic")
     }
 
     /// Serve the configured ingress (HTTP, NATS) until `shutdown` completes, then drain: the

@@ -51,6 +51,11 @@ impl Reloader {
         self.config.load().host.plugin_dir.clone()
     }
 
+    /// The config file's name, as errors quote it.
+    pub(crate) fn config_name(&self) -> String {
+        self.config_file.0.clone()
+    }
+
     pub(crate) fn config_path(&self) -> Option<&Path> {
         self.config_file.1.as_deref()
     }
@@ -151,10 +156,7 @@ impl Reloader {
     /// changes nothing; one equal to the running one changes nothing either,
     /// and emits no event.
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
-        let config = self.overrides.apply(config);
-        let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
-        config.validate(file, &native)?;
-        self.pipeline.dispatch.transports().check(file, &config)?;
+        let config = self.checked(file, config)?;
         {
             let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             let running = self.config.load();
@@ -180,6 +182,50 @@ impl Reloader {
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
         self.sync_all();
         Ok(ConfigChange::Applied)
+    }
+
+    /// `config` with the code's overrides, validated whole (its transports'
+    /// options too).
+    fn checked(&self, file: &str, config: Config) -> Result<Config, ConfigError> {
+        let config = self.overrides.apply(config);
+        let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
+        config.validate(file, &native)?;
+        self.pipeline.dispatch.transports().check(file, &config)?;
+        Ok(config)
+    }
+
+    /// What [`Reloader::apply_config`] would do with `config`, changing nothing.
+    pub(crate) fn check_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
+        let config = self.checked(file, config)?;
+        let running = self.config.load();
+        if same_config(&running, &config) {
+            return Ok(ConfigChange::Unchanged);
+        }
+        let keys = restart_only_changes(&running, &config);
+        match keys.is_empty() {
+            true => Ok(ConfigChange::Applied),
+            false => Err(ConfigError::NeedsRestart { file: file.to_owned(), keys }),
+        }
+    }
+
+    /// Apply the config `text` as a reload of the file would, then write it
+    /// to the config file (atomically: a temporary file renamed over it), so
+    /// a restart keeps it; the file written, or `None` for a host started
+    /// without one. A refused config changes nothing, on disk or running.
+    pub(crate) fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
+        let file = self.config_name();
+        let change = self.apply_config(&file, Config::from_toml(&file, text)?)?;
+        let Some(path) = self.config_path() else { return Ok((change, None)) };
+        let write = || -> std::io::Result<()> {
+            let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut temporary, text.as_bytes())?;
+            temporary.as_file().sync_all()?;
+            temporary.persist(path).map_err(|err| err.error)?;
+            Ok(())
+        };
+        write().map_err(|error| ConfigError::Write { file, error })?;
+        Ok((change, Some(path.to_owned())))
     }
 
     fn prepare(&self, name: &str) -> Prepared {
