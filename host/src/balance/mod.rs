@@ -40,6 +40,7 @@ mod p2c;
 mod round_robin;
 mod weighted;
 
+mod affinity;
 mod ketama;
 
 mod plugin;
@@ -49,6 +50,10 @@ mod config;
 #[cfg(test)]
 mod sim;
 
+pub use affinity::{
+    AffinityPolicy, AffinityStats, ConsistencyReport, DEFAULT_BALANCE_FACTOR, Migration, MigrationReason,
+    Misplaced, OverCapacity, Stream, StreamTable,
+};
 pub use config::{BalancerConfig, ParseBalancerError};
 pub use hash::endpoint_id;
 pub use ketama::ConsistentHash;
