@@ -16,6 +16,7 @@
 //! | `least-inflight`   | [`LeastInFlight`]  | fewest requests in flight, ties in turn                  |
 //! | `p2c-ewma`         | [`P2cPeakEwma`]    | the cheaper of two random endpoints (tower, linkerd)     |
 //! | `hash:header:KEY`  | [`ConsistentHash`] | the ketama ring's owner of the header's value            |
+//! | `affinity:header:KEY` | [`StreamTable`] | the endpoint the key's stream is on, bounded loads     |
 //! | `plugin:NAME`      | [`PluginBalancer`] | a WASM `balancer` plugin's checked answer, else p2c      |
 //!
 //! ```

@@ -171,6 +171,19 @@ pub enum DestinationEvent {
         /// Why.
         reason: String,
     },
+    /// A stream of an `affinity:header:KEY` destination moved to another endpoint.
+    StreamMigrated {
+        /// The destination.
+        destination: String,
+        /// The stream's key (the header's value).
+        stream: String,
+        /// The endpoint it left.
+        from: String,
+        /// The endpoint it went to.
+        to: String,
+        /// Why: `endpoint down`, `endpoint removed`, `rebalance` or `consistency check`.
+        reason: String,
+    },
     /// The destination's balancer plugin could not pick; p2c picked instead.
     BalancerFallback {
         /// The destination.
@@ -190,6 +203,7 @@ impl DestinationEvent {
             DestinationEvent::EndpointUp { .. } => "endpoint-up",
             DestinationEvent::BalancerFallback { .. } => "balancer-fallback",
             DestinationEvent::Fallback { .. } => "destination-fallback",
+            DestinationEvent::StreamMigrated { .. } => "stream-migrated",
         }
     }
 }

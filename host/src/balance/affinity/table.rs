@@ -383,10 +383,9 @@ impl StreamTable {
             },
         };
         keys.swap_remove(slot);
-        if let Some(moved) = keys.get(slot) {
-            if let Some(stream) = self.streams.get_mut(moved).filter(|stream| stream.endpoint == endpoint) {
-                stream.slot = slot;
-            }
+        let moved = keys.get(slot).and_then(|moved| self.streams.get_mut(moved));
+        if let Some(stream) = moved.filter(|stream| stream.endpoint == endpoint) {
+            stream.slot = slot;
         }
         if keys.is_empty() {
             self.members.remove(&endpoint);
