@@ -168,3 +168,93 @@ async fn streams_stick_to_their_endpoint_in_order_and_move_with_events_when_it_s
     }
     assert!(moved_off_the_stopped >= 20, "only {moved_off_the_stopped} streams were on the stopped server");
 }
+
+/// One request to the admin API at `addr`: the status and the body as JSON (or as a string).
+async fn admin(addr: SocketAddr, method: &'static str, path: &str) -> (u16, serde_json::Value) {
+    let path = path.to_owned();
+    let (status, body) =
+        within(tokio::task::spawn_blocking(move || crate::support::http(addr, method, &path, &[], b"")))
+            .await
+            .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_checks_and_counts_the_streams() {
+    let taken = Taken::default();
+    let mut servers = Vec::new();
+    for number in 0..3 {
+        servers.push(server(number, taken.clone()).await);
+    }
+    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let dir = plugin_dir(&[]);
+    let config = format!("{}[[destination]]\nname = \"plain\"\ntransport = \"memory\"\n", config(&addresses));
+    let host = host(dir.path(), &config).await;
+    let server = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let server = server.await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
+    let request = |stream: usize, sequence: usize| {
+        let message =
+            Message::new("jobs", sequence.to_string()).with_header("x-stream", format!("s{stream}"));
+        host.request(message)
+    };
+    for sequence in 0..2 {
+        for stream in 0..30 {
+            within(request(stream, sequence)).await.unwrap();
+        }
+    }
+
+    let (status, destinations) = admin(addr, "GET", "/v1/destinations").await;
+    assert_eq!(status, 200);
+    let workers = destinations["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "workers");
+    let summary = &workers.unwrap()["streams"];
+    assert_eq!((summary["active"].as_u64(), summary["capacity"].as_u64()), (Some(30), Some(13)), "{summary}");
+    let on: Vec<u64> =
+        summary["endpoints"].as_array().unwrap().iter().map(|e| e["streams"].as_u64().unwrap()).collect();
+    assert_eq!(on.iter().sum::<u64>(), 30);
+    assert!(on.iter().all(|&streams| streams <= 13), "{on:?}");
+
+    let (status, table) = admin(addr, "GET", "/v1/destinations/workers/streams?limit=5").await;
+    assert_eq!((status, table["summary"]["active"].as_u64()), (200, Some(30)), "{table}");
+    let rows = table["streams"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    let served = |row: &serde_json::Value| addresses.iter().any(|addr| row["endpoint"] == addr.to_string());
+    assert!(rows.iter().all(|row| row["messages"] == 2 && served(row)), "{rows:?}");
+
+    let (status, report) = admin(addr, "POST", "/v1/destinations/workers/streams/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!((report["streams"].as_u64(), report["repaired"].as_u64()), (Some(30), Some(0)), "{report}");
+    assert_eq!(report["orphans"], serde_json::json!([]));
+    assert_eq!(report["duplicates"], serde_json::json!([]));
+    for missing in ["/v1/destinations/plain/streams", "/v1/destinations/nowhere/streams"] {
+        let (status, answer) = admin(addr, "GET", missing).await;
+        assert_eq!(status, 404, "{missing}");
+        assert!(answer["error"].as_str().unwrap().contains("affinity:header:KEY"), "{answer}");
+    }
+
+    // Stop one server: its streams move on their next message, and the metrics count them.
+    let stopped = servers.remove(0);
+    let had = on[0];
+    stopped.1.send(()).unwrap();
+    for stream in 0..30 {
+        within(request(stream, 2)).await.unwrap();
+    }
+    let (_, metrics) = admin(addr, "GET", "/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    let line = |prefix: &str| {
+        let found = metrics.lines().find(|line| line.starts_with(prefix));
+        found.unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}")).rsplit(' ').next().unwrap().to_owned()
+    };
+    let moved =
+        "switchyard_destination_stream_migrations_total{destination=\"workers\",reason=\"endpoint-down\"}";
+    assert_eq!(line(moved), had.to_string());
+    let gone =
+        format!("switchyard_endpoint_streams{{destination=\"workers\",endpoint=\"{}\"}}", addresses[0]);
+    assert_eq!(line(&gone), "0");
+    assert_eq!(line("switchyard_destination_stream_orphans_found_total{destination=\"workers\"}"), "0");
+    let (_, report) = admin(addr, "POST", "/v1/destinations/workers/streams/verify").await;
+    assert_eq!((report["streams"].as_u64(), report["orphans"].as_array().map(Vec::len)), (Some(30), Some(0)));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (90, 0));
+}

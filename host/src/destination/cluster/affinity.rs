@@ -23,7 +23,9 @@ use super::Cluster;
 use super::endpoint::lock;
 use super::turns::{StreamTurn, StreamTurns};
 use crate::balance::{AffinityPolicy, ConsistencyReport, EndpointView, Migration, P2cPeakEwma, StreamTable};
-use crate::destination::DestinationEvent;
+use crate::destination::{
+    DestinationEvent, EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary,
+};
 use crate::resilience::{Admission, BreakerPermit, BreakerState, HealthState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -123,8 +125,8 @@ impl Cluster {
         }
     }
 
-    /// Runs the consistency check now: what it found and repaired.
-    pub fn verify_streams(&self) -> Option<ConsistencyReport> {
+    /// Runs the consistency check now: what it found and repaired; `None` for other balancers.
+    fn check_streams(&self) -> Option<ConsistencyReport> {
         let super::Picker::Affinity(affinity) = &self.balancer else { return None };
         let (views, _) = self.stream_views(Instant::now());
         let (report, migrations) = {
@@ -137,6 +139,78 @@ impl Cluster {
             tracing::warn!(destination = %self.name, orphans = report.orphans.len(), duplicates = report.duplicates.len(), unlisted = report.unlisted.len(), repaired = report.repaired, "stream table was inconsistent");
         }
         Some(report)
+    }
+
+    /// The consistency check's report, endpoints named by address.
+    pub(super) fn verify_streams(&self) -> Option<StreamCheck> {
+        let report = self.check_streams()?;
+        let findings = |found: Vec<crate::balance::Misplaced>| {
+            let named = |finding: crate::balance::Misplaced| StreamFinding {
+                stream: finding.stream,
+                endpoint: self.address_of(finding.endpoint),
+            };
+            found.into_iter().map(named).collect()
+        };
+        Some(StreamCheck {
+            streams: report.streams,
+            orphans: findings(report.orphans),
+            duplicates: findings(report.duplicates),
+            unlisted: findings(report.unlisted),
+            capacity: report.capacity,
+            over_capacity: (report.over_capacity.into_iter())
+                .map(|over| EndpointStreams {
+                    endpoint: self.address_of(over.endpoint),
+                    streams: over.streams,
+                })
+                .collect(),
+            repaired: report.repaired,
+        })
+    }
+
+    /// The summary of the stream table; `None` for other balancers.
+    pub(super) fn stream_summary(&self) -> Option<StreamsSummary> {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return None };
+        let (views, _) = self.stream_views(Instant::now());
+        let table = lock(&affinity.table);
+        Some(StreamsSummary {
+            active: table.len(),
+            capacity: table.capacity(&views),
+            endpoints: (self.endpoints.iter())
+                .map(|endpoint| EndpointStreams {
+                    endpoint: endpoint.address.clone(),
+                    streams: table.load(endpoint.id),
+                })
+                .collect(),
+            counts: table.stats(),
+        })
+    }
+
+    /// At most `limit` streams, the most recently active first; `None` for other balancers.
+    pub(super) fn stream_rows(&self, limit: usize) -> Option<Vec<StreamStatus>> {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return None };
+        let now = affinity.since_origin(Instant::now());
+        let table = lock(&affinity.table);
+        let mut streams: Vec<(&str, &crate::balance::Stream)> = table.streams().collect();
+        streams.sort_unstable_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(b.0)));
+        let millis = |since: Duration| now.saturating_sub(since).as_millis() as u64;
+        let rows = (streams.into_iter().take(limit))
+            .map(|(key, stream)| StreamStatus {
+                stream: key.to_owned(),
+                endpoint: self.address_of(stream.endpoint),
+                on_endpoint_ms: millis(stream.since),
+                messages: stream.messages,
+                idle_ms: millis(stream.last_seen),
+            })
+            .collect();
+        Some(rows)
+    }
+
+    /// The address of the endpoint of id `id`, or the id in hex when none has it.
+    fn address_of(&self, id: u64) -> String {
+        match self.endpoints.iter().find(|endpoint| endpoint.id == id) {
+            Some(endpoint) => endpoint.address.clone(),
+            None => format!("endpoint {id:016x}"),
+        }
     }
 
     /// Keep the stream table every [`KEEP_EVERY`] and check it every `verify_interval_ms` on
@@ -155,7 +229,7 @@ impl Cluster {
                 let now = Instant::now();
                 if now >= next_check {
                     next_check = now + verify_every;
-                    cluster.verify_streams();
+                    cluster.check_streams();
                 }
                 cluster.keep_streams(now);
             }
@@ -175,16 +249,12 @@ impl Cluster {
 
     /// Tell of each migration with a `stream-migrated` event.
     fn tell_migrations(&self, migrations: Vec<Migration>) {
-        let address = |id: u64| match self.endpoints.iter().find(|endpoint| endpoint.id == id) {
-            Some(endpoint) => endpoint.address.clone(),
-            None => format!("endpoint {id:016x}"),
-        };
         for migration in migrations {
             (self.events)(DestinationEvent::StreamMigrated {
                 destination: self.name.clone(),
                 stream: migration.key.to_string(),
-                from: address(migration.from),
-                to: address(migration.to),
+                from: self.address_of(migration.from),
+                to: self.address_of(migration.to),
                 reason: migration.reason.to_string(),
             });
         }

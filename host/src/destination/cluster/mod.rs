@@ -279,6 +279,18 @@ impl Destination for Cluster {
         Box::pin(self.send(message, None))
     }
 
+    fn streams(&self) -> Option<super::StreamsSummary> {
+        self.stream_summary()
+    }
+
+    fn stream_table(&self, limit: usize) -> Option<Vec<super::StreamStatus>> {
+        self.stream_rows(limit)
+    }
+
+    fn verify_streams(&self) -> Option<super::StreamCheck> {
+        Cluster::verify_streams(self)
+    }
+
     fn endpoints(&self) -> Vec<super::EndpointStatus> {
         let now = Instant::now();
         self.endpoints
