@@ -79,7 +79,12 @@ pub struct AffinityStats {
     pub untracked: u64,
 }
 
-/// The assignment of streams to endpoints of one destination. See the [module docs](super).
+/// The assignment of streams to endpoints of one destination: consistent hashing with bounded loads
+/// (Mirrokni, Thorup and Zadimoghaddam) places a new stream on the first endpoint of its key's
+/// rendezvous-hash order below `min(ceil(balance_factor × average), max_streams)`; a stream then keeps
+/// its endpoint while that endpoint is eligible; a dead or removed endpoint's streams move at once, an
+/// uneven load evens out at most `migrate_per_s` moves a second, idle streams end, and
+/// [`verify`](Self::verify) checks and repairs the table. Pure: no clock, no I/O, no lock.
 ///
 /// Every method takes the endpoints as the caller sees them now, as a slice of [`EndpointView`]s
 /// (only `id` and `eligible` matter), and the time as a [`Duration`] since the caller's origin, never

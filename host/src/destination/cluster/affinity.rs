@@ -213,7 +213,7 @@ impl Cluster {
         }
     }
 
-    /// Keep the stream table every [`KEEP_EVERY`] and check it every `verify_interval_ms` on
+    /// Keep the stream table every 100 ms and check it every `verify_interval_ms` on
     /// `runtime` while the cluster lives; nothing for other balancers.
     pub fn start_stream_keeping(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         let super::Picker::Affinity(affinity) = &self.balancer else { return };
