@@ -36,6 +36,7 @@ mod reload_once;
 mod retries;
 mod routing;
 mod soak;
+mod stream_affinity;
 mod subprocess_transport;
 mod support;
 mod tcp_destination;

@@ -5,7 +5,7 @@ use super::browser::same_host_only;
 use crate::host::Host;
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Json, Response};
@@ -21,6 +21,8 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/plugins", get(plugins))
         .route("/v1/routes", get(routes))
         .route("/v1/destinations", get(destinations))
+        .route("/v1/destinations/{name}/streams", get(streams))
+        .route("/v1/destinations/{name}/streams/verify", post(verify_streams))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/reload", post(reload))
         .route("/v1/config", get(super::config::show).put(super::config::replace))
@@ -66,6 +68,46 @@ async fn routes(State(host): State<Host>) -> Json<Value> {
 
 async fn destinations(State(host): State<Host>) -> Json<Value> {
     Json(json!({ "destinations": host.destinations() }))
+}
+
+/// `?limit=N` of `GET /v1/destinations/{name}/streams`.
+#[derive(serde::Deserialize)]
+struct StreamsQuery {
+    #[serde(default = "default_streams_limit")]
+    limit: usize,
+}
+
+fn default_streams_limit() -> usize {
+    1000
+}
+
+/// The answer when destination `name` keeps no streams.
+fn no_streams(name: &str) -> Response {
+    let error = format!("no destination {name:?} with an affinity:header:KEY balancer");
+    (StatusCode::NOT_FOUND, Json(json!({ "error": error }))).into_response()
+}
+
+/// The stream table of a destination: its summary and the most recently active `limit` streams
+/// (at most 100 000).
+async fn streams(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+    Query(query): Query<StreamsQuery>,
+) -> Response {
+    match host.streams(&name, query.limit.min(100_000)) {
+        Some((summary, streams)) => {
+            Json(json!({ "destination": name, "summary": summary, "streams": streams })).into_response()
+        }
+        None => no_streams(&name),
+    }
+}
+
+/// Runs the consistency check of a destination's stream table: what it found and repaired.
+async fn verify_streams(State(host): State<Host>, Path(name): Path<String>) -> Response {
+    match host.verify_streams(&name) {
+        Some(report) => Json(json!(report)).into_response(),
+        None => no_streams(&name),
+    }
 }
 
 /// `?limit=N` of `GET /v1/dead-letters`.

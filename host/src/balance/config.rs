@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::{Balancer, ConsistentHash, LeastInFlight, P2cPeakEwma, RoundRobin, Weighted};
 
 /// The forms the setting takes, for error messages.
-const VALID: &str = "round-robin, weighted, least-inflight, p2c-ewma, hash:header:NAME, plugin:NAME";
+const VALID: &str =
+    "round-robin, weighted, least-inflight, p2c-ewma, hash:header:NAME, affinity:header:NAME, plugin:NAME";
 
 /// Which balancer a destination uses: the parsed value of its `balancer` setting.
 ///
@@ -30,6 +31,13 @@ pub enum BalancerConfig {
         /// The header whose value is the hash key.
         header: String,
     },
+    /// `affinity:header:NAME`: each stream (the messages with one value of header `NAME`) sticks to
+    /// an endpoint under a bound on its load ([`StreamTable`](super::StreamTable)), which the destination
+    /// core builds, as it keeps the time and tells of migrations; messages without it fall back to p2c.
+    Affinity {
+        /// The header whose value is the stream's key.
+        header: String,
+    },
     /// `plugin:NAME`: the WASM `balancer` plugin `NAME`, which the destination core builds.
     Plugin {
         /// The plugin's name, as in its `[[plugin]]` section.
@@ -47,7 +55,8 @@ pub struct ParseBalancerError {
 
 impl BalancerConfig {
     /// A new balancer of this kind, ready to share across worker threads; `None` for
-    /// [`Plugin`](Self::Plugin), which only the destination core can build (it holds the plugins).
+    /// [`Plugin`](Self::Plugin) and [`Affinity`](Self::Affinity), which only the destination core can
+    /// build (it holds the plugins, keeps the time and tells of migrations).
     /// Randomised balancers are seeded from the operating system's entropy.
     pub fn build(&self) -> Option<Arc<dyn Balancer>> {
         Some(match self {
@@ -56,14 +65,14 @@ impl BalancerConfig {
             BalancerConfig::LeastInFlight => Arc::new(LeastInFlight::new()),
             BalancerConfig::P2cEwma => Arc::new(P2cPeakEwma::new()),
             BalancerConfig::ConsistentHash { .. } => Arc::new(ConsistentHash::new()),
-            BalancerConfig::Plugin { .. } => return None,
+            BalancerConfig::Plugin { .. } | BalancerConfig::Affinity { .. } => return None,
         })
     }
 
     /// The header whose value the destination passes to [`Balancer::pick`] as its key, if any.
     pub fn hash_header(&self) -> Option<&str> {
         match self {
-            BalancerConfig::ConsistentHash { header } => Some(header),
+            BalancerConfig::ConsistentHash { header } | BalancerConfig::Affinity { header } => Some(header),
             _ => None,
         }
     }
@@ -89,10 +98,12 @@ impl FromStr for BalancerConfig {
             _ => {
                 if let Some(header) = value.strip_prefix("hash:header:") {
                     BalancerConfig::ConsistentHash { header: named(header, "the header name")? }
+                } else if let Some(header) = value.strip_prefix("affinity:header:") {
+                    BalancerConfig::Affinity { header: named(header, "the header name")? }
                 } else if let Some(name) = value.strip_prefix("plugin:") {
                     BalancerConfig::Plugin { name: named(name, "the plugin name")? }
-                } else if value.starts_with("hash:") {
-                    return Err(problem("only a header can be hashed on"));
+                } else if value.starts_with("hash:") || value.starts_with("affinity:") {
+                    return Err(problem("only a header can be hashed on or keep streams"));
                 } else {
                     return Err(problem("unknown balancer"));
                 }
@@ -109,6 +120,7 @@ impl fmt::Display for BalancerConfig {
             BalancerConfig::LeastInFlight => f.write_str("least-inflight"),
             BalancerConfig::P2cEwma => f.write_str("p2c-ewma"),
             BalancerConfig::ConsistentHash { header } => write!(f, "hash:header:{header}"),
+            BalancerConfig::Affinity { header } => write!(f, "affinity:header:{header}"),
             BalancerConfig::Plugin { name } => write!(f, "plugin:{name}"),
         }
     }
@@ -139,9 +151,15 @@ mod tests {
 
     #[test]
     fn every_valid_form_parses_and_displays_as_written() {
-        for value in
-            ["round-robin", "weighted", "least-inflight", "p2c-ewma", "hash:header:user-id", "plugin:geo"]
-        {
+        for value in [
+            "round-robin",
+            "weighted",
+            "least-inflight",
+            "p2c-ewma",
+            "hash:header:user-id",
+            "affinity:header:x-stream",
+            "plugin:geo",
+        ] {
             assert_eq!(value.parse::<BalancerConfig>().unwrap().to_string(), value);
         }
         assert_eq!(
@@ -156,13 +174,18 @@ mod tests {
         assert_eq!(
             error("rond-robin"),
             "balancer \"rond-robin\": unknown balancer (expected one of: round-robin, weighted, \
-             least-inflight, p2c-ewma, hash:header:NAME, plugin:NAME)"
+             least-inflight, p2c-ewma, hash:header:NAME, affinity:header:NAME, plugin:NAME)"
         );
     }
 
     #[test]
     fn hash_on_anything_but_a_header_is_refused() {
         assert!(error("hash:cookie:session").starts_with("balancer \"hash:cookie:session\": only a header"));
+        assert!(error("affinity:topic").starts_with("balancer \"affinity:topic\": only a header"));
+        assert!(
+            error("affinity:header:")
+                .starts_with("balancer \"affinity:header:\": the header name is missing")
+        );
     }
 
     #[test]
@@ -189,6 +212,8 @@ mod tests {
             assert!(balancer.pick(&endpoints, Some("alice")).is_some(), "{value}");
         }
         assert!(BalancerConfig::Plugin { name: "geo".into() }.build().is_none());
+        let affinity = BalancerConfig::Affinity { header: "x-stream".into() };
+        assert_eq!((affinity.build().is_none(), affinity.hash_header()), (true, Some("x-stream")));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | `least-inflight`   | [`LeastInFlight`]  | fewest requests in flight, ties in turn                  |
 //! | `p2c-ewma`         | [`P2cPeakEwma`]    | the cheaper of two random endpoints (tower, linkerd)     |
 //! | `hash:header:KEY`  | [`ConsistentHash`] | the ketama ring's owner of the header's value            |
+//! | `affinity:header:KEY` | [`StreamTable`] | the endpoint the key's stream is on, bounded loads     |
 //! | `plugin:NAME`      | [`PluginBalancer`] | a WASM `balancer` plugin's checked answer, else p2c      |
 //!
 //! ```
@@ -40,6 +41,7 @@ mod p2c;
 mod round_robin;
 mod weighted;
 
+mod affinity;
 mod ketama;
 
 mod plugin;
@@ -49,6 +51,10 @@ mod config;
 #[cfg(test)]
 mod sim;
 
+pub use affinity::{
+    AffinityPolicy, AffinityStats, ConsistencyReport, DEFAULT_BALANCE_FACTOR, Migration, MigrationReason,
+    Misplaced, OverCapacity, Stream, StreamTable,
+};
 pub use config::{BalancerConfig, ParseBalancerError};
 pub use hash::endpoint_id;
 pub use ketama::ConsistentHash;

@@ -361,8 +361,17 @@ impl super::DestinationConfig {
                 return Err(("endpoints", address.clone(), problem));
             }
         }
-        if let Err(err) = self.balancer.parse::<crate::balance::BalancerConfig>() {
-            return Err(("balancer", self.balancer.clone(), err.to_string()));
+        let balancer = match self.balancer.parse::<crate::balance::BalancerConfig>() {
+            Ok(balancer) => balancer,
+            Err(err) => return Err(("balancer", self.balancer.clone(), err.to_string())),
+        };
+        if let Some(affinity) = &self.affinity {
+            if !matches!(balancer, crate::balance::BalancerConfig::Affinity { .. }) {
+                let problem =
+                    format!("only the affinity:header:NAME balancer has it, not {:?}", self.balancer);
+                return Err(("affinity", affinity.as_written(), problem));
+            }
+            affinity.validate()?;
         }
         self.validate_limits()
     }

@@ -1,5 +1,6 @@
 //! Configuration: the TOML file an operator writes, or the built-in default.
 
+mod affinity;
 mod endpoint;
 mod load;
 mod model;
@@ -10,6 +11,7 @@ mod properties;
 mod restart;
 mod url_path;
 
+pub use affinity::AffinitySettings;
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::{ConfigError, inline_table};
 pub use model::{

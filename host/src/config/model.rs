@@ -299,9 +299,13 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub endpoints: Vec<super::EndpointConfig>,
     /// How an endpoint is chosen: `round-robin`, `weighted`, `least-inflight`,
-    /// `p2c-ewma` or `hash:header:KEY`.
+    /// `p2c-ewma`, `hash:header:KEY`, `affinity:header:KEY` or `plugin:NAME`.
     #[serde(default = "default_balancer")]
     pub balancer: String,
+    /// The settings of the `affinity:header:KEY` balancer (its defaults when unset); refused with
+    /// any other balancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<super::AffinitySettings>,
     /// Whether the endpoints can take the same message twice (they
     /// deduplicate on `x-sy-id`, or doing it twice is harmless). When true,
     /// every retryable failure is retried, timeouts and resets included.

@@ -11,6 +11,7 @@ mod memory;
 mod plugin_balancer;
 mod queue;
 mod retrying;
+mod streams;
 
 pub use cluster::Cluster;
 pub(crate) use cluster::QueuedDestination;
@@ -18,6 +19,7 @@ pub use log::LogDestination;
 pub use memory::MemoryDestination;
 pub use queue::{DeliveryQueue, PushError, Queued};
 pub(crate) use retrying::Retrying;
+pub use streams::{EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary};
 
 use crate::message::Message;
 use std::future::Future;
@@ -85,6 +87,22 @@ pub trait Destination: Send + Sync + 'static {
     fn endpoints(&self) -> Vec<EndpointStatus> {
         Vec::new()
     }
+
+    /// The summary of its stream table (`affinity:header:KEY` destinations only), for the admin API
+    /// and the metrics; called on demand.
+    fn streams(&self) -> Option<StreamsSummary> {
+        None
+    }
+
+    /// At most `limit` streams of its table, the most recently active first; `None` without one.
+    fn stream_table(&self, _limit: usize) -> Option<Vec<StreamStatus>> {
+        None
+    }
+
+    /// Runs the consistency check of its stream table now; `None` without one.
+    fn verify_streams(&self) -> Option<StreamCheck> {
+        None
+    }
 }
 
 /// What the admin API shows of one destination.
@@ -96,6 +114,9 @@ pub struct DestinationStatus {
     pub queued: Option<usize>,
     /// Its endpoints (network destinations only).
     pub endpoints: Vec<EndpointStatus>,
+    /// Its streams (`affinity:header:KEY` destinations only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamsSummary>,
 }
 
 impl DestinationStatus {
@@ -171,6 +192,19 @@ pub enum DestinationEvent {
         /// Why.
         reason: String,
     },
+    /// A stream of an `affinity:header:KEY` destination moved to another endpoint.
+    StreamMigrated {
+        /// The destination.
+        destination: String,
+        /// The stream's key (the header's value).
+        stream: String,
+        /// The endpoint it left.
+        from: String,
+        /// The endpoint it went to.
+        to: String,
+        /// Why: `endpoint down`, `endpoint removed`, `rebalance` or `consistency check`.
+        reason: String,
+    },
     /// The destination's balancer plugin could not pick; p2c picked instead.
     BalancerFallback {
         /// The destination.
@@ -190,6 +224,7 @@ impl DestinationEvent {
             DestinationEvent::EndpointUp { .. } => "endpoint-up",
             DestinationEvent::BalancerFallback { .. } => "balancer-fallback",
             DestinationEvent::Fallback { .. } => "destination-fallback",
+            DestinationEvent::StreamMigrated { .. } => "stream-migrated",
         }
     }
 }

@@ -8,7 +8,7 @@ pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
 use crate::dead_letter::{FileError, SpooledLetters};
-use crate::destination::DestinationStatus;
+use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
 use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
@@ -202,10 +202,26 @@ impl Host {
                 name: name.clone(),
                 queued: target.queue.as_ref().map(|queue| queue.0.len()),
                 endpoints: target.sink.destination.endpoints(),
+                streams: target.sink.destination.streams(),
             })
             .collect();
         destinations.sort_by(|a, b| a.name.cmp(&b.name));
         destinations
+    }
+
+    /// The stream table of destination `name`: its summary and at most `limit` streams, the most
+    /// recently active first; `None` when no destination of that name keeps streams.
+    pub fn streams(&self, name: &str, limit: usize) -> Option<(StreamsSummary, Vec<StreamStatus>)> {
+        let topology = self.inner.reloader.pipeline.topology.load();
+        let destination = &topology.destinations.get(name)?.sink.destination;
+        Some((destination.streams()?, destination.stream_table(limit)?))
+    }
+
+    /// Runs the consistency check of destination `name`'s stream table now; `None` when no
+    /// destination of that name keeps streams.
+    pub fn verify_streams(&self, name: &str) -> Option<StreamCheck> {
+        let topology = self.inner.reloader.pipeline.topology.load();
+        topology.destinations.get(name)?.sink.destination.verify_streams()
     }
 
     /// Why the host is not ready to serve, if it is not: route stages that
@@ -426,6 +442,7 @@ fn gauges_of(destination: DestinationStatus) -> DestinationGauges {
         destination: destination.name,
         queued: destination.queued,
         endpoints: endpoints.collect(),
+        streams: destination.streams,
     }
 }
 

@@ -15,6 +15,8 @@ pub(crate) struct DestinationGauges {
     /// Messages waiting in its queue (network destinations).
     pub(crate) queued: Option<usize>,
     pub(crate) endpoints: Vec<EndpointGauges>,
+    /// Its stream table (`affinity:header:KEY` destinations).
+    pub(crate) streams: Option<crate::destination::StreamsSummary>,
 }
 
 /// What a scrape shows of one endpoint.
@@ -53,6 +55,12 @@ struct Endpoint {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MigrationReason {
+    destination: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolState {
     destination: String,
     endpoint: String,
@@ -67,7 +75,28 @@ impl Collector for ScrapeGauges {
             (Family::<Endpoint, Gauge>::default(), Family::<Endpoint, Gauge>::default());
         let (connections, waits) =
             (Family::<PoolState, Gauge>::default(), Family::<Endpoint, Counter>::default());
+        let streams = Family::<Endpoint, Gauge>::default();
+        let migrations = Family::<MigrationReason, Counter>::default();
+        let orphans = Family::<Destination, Counter>::default();
         for destination in source() {
+            if let Some(summary) = &destination.streams {
+                let name = || destination.destination.clone();
+                for on in &summary.endpoints {
+                    let labels = Endpoint { destination: name(), endpoint: on.endpoint.clone() };
+                    streams.get_or_create(&labels).set(on.streams as i64);
+                }
+                let counts = &summary.counts;
+                let moved = [
+                    ("endpoint-down", counts.moved_endpoint_down),
+                    ("rebalance", counts.moved_rebalance),
+                    ("consistency-check", counts.moved_repair),
+                ];
+                for (reason, count) in moved {
+                    let labels = MigrationReason { destination: name(), reason: reason.into() };
+                    migrations.get_or_create(&labels).inc_by(count);
+                }
+                orphans.get_or_create(&Destination { destination: name() }).inc_by(counts.orphans_found);
+            }
             if let Some(depth) = destination.queued {
                 queued
                     .get_or_create(&Destination { destination: destination.destination.clone() })
@@ -87,7 +116,10 @@ impl Collector for ScrapeGauges {
                 }
             }
         }
-        let families: [(&str, &str, &dyn EncodeMetric); 5] = [
+        let families: [(&str, &str, &dyn EncodeMetric); 8] = [
+            ("endpoint_streams", "Streams on an endpoint (affinity balancer)", &streams),
+            ("destination_stream_migrations", "Streams moved to another endpoint, by reason", &migrations),
+            ("destination_stream_orphans_found", "Orphaned streams the consistency check found", &orphans),
             ("destination_queued", "Messages waiting in a destination's queue", &queued),
             ("endpoint_in_flight", "Requests in flight to an endpoint", &in_flight),
             ("endpoint_serving", "1 while an endpoint is neither down nor ejected", &serving),

@@ -107,6 +107,7 @@ impl DispatchContext {
         let endpoints = factory.endpoints(config);
         let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services));
         cluster.start_health_checks(&self.runtime);
+        cluster.start_stream_keeping(&self.runtime);
         cluster
     }
 
@@ -166,12 +167,20 @@ impl Dispatcher {
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
+            // Taken here, in the queue's order: the stream's deliveries go out one at a time in it.
+            let turn = cluster.turn(&delivery.message);
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
             let delivery = async move {
                 let result = match waited > timeout {
                     true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
                     false => {
+                        if let Some(turn) = &turn {
+                            tokio::select! {
+                                () = turn.ready() => {}
+                                () = past_grace.cancelled() => {}
+                            }
+                        }
                         let message = delivery.message.clone();
                         let delivered =
                             crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
@@ -183,7 +192,7 @@ impl Dispatcher {
                         }
                     }
                 };
-                drop((slot, host_slot));
+                drop((turn, slot, host_slot));
                 pipeline.settle(&sink, delivery, &route, result).await;
             };
             context.tracker.spawn_on(delivery.instrument(span), &context.runtime);

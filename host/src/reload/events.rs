@@ -124,12 +124,14 @@ pub struct EventCounts {
     pub destination_fallbacks: u64,
     /// [`HostEvent::CacheEntryDiscarded`].
     pub cache_entries_discarded: u64,
+    /// [`DestinationEvent::StreamMigrated`].
+    pub streams_migrated: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 11],
+    counts: [AtomicU64; 12],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -168,6 +170,7 @@ impl Events {
             HostEvent::Destination(DestinationEvent::BalancerFallback { .. }) => 8,
             HostEvent::CacheEntryDiscarded { .. } => 9,
             HostEvent::Destination(DestinationEvent::Fallback { .. }) => 10,
+            HostEvent::Destination(DestinationEvent::StreamMigrated { .. }) => 11,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -228,6 +231,7 @@ impl Events {
             balancer_fallbacks: count(8),
             destination_fallbacks: count(10),
             cache_entries_discarded: count(9),
+            streams_migrated: count(11),
         }
     }
 }

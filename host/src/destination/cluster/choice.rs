@@ -98,6 +98,8 @@ impl Cluster {
 pub(super) enum Picker {
     Native(Arc<dyn Balancer>),
     Plugin(HotPluginBalancer),
+    /// Messages with the key go through [`Cluster::choose_stream`]; those without to its fallback.
+    Affinity(Box<super::StreamAffinity>),
 }
 
 impl Picker {
@@ -111,6 +113,7 @@ impl Picker {
         match self {
             Picker::Native(balancer) => balancer.pick_message(endpoints, key, message),
             Picker::Plugin(balancer) => balancer.pick(endpoints, key, message).await,
+            Picker::Affinity(affinity) => affinity.fallback.pick(endpoints, None),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! them, until it is delivered, fails for good or runs out of time.
 
 use super::Cluster;
+use super::affinity::StreamChoice;
+use super::choice::Picker;
 use super::endpoint::{Endpoint, InFlight, lock};
 use crate::destination::DeliveryError;
 use crate::message::Message;
@@ -31,7 +33,33 @@ impl Cluster {
         // have been taken, whatever the later attempts say.
         let mut maybe_delivered = false;
         loop {
-            let Some((index, permit)) = self.choose(&mut tried, &message, key).await else {
+            let chosen = match (&self.balancer, key) {
+                (Picker::Affinity(affinity), Some(key)) => {
+                    let changed = self.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    match self.choose_stream(affinity, key) {
+                        StreamChoice::Go(index, permit) => Some((index, permit)),
+                        StreamChoice::Nowhere => None,
+                        // Wait for the probe's verdict on the stream's endpoint.
+                        StreamChoice::Busy => match deadline {
+                            Some(deadline) if tokio::time::timeout_at(deadline, changed).await.is_ok() => {
+                                continue;
+                            }
+                            _ => {
+                                return Err(self.no_endpoint(
+                                    enqueued,
+                                    attempts,
+                                    last_error,
+                                    maybe_delivered,
+                                ));
+                            }
+                        },
+                    }
+                }
+                _ => self.choose(&mut tried, &message, key).await,
+            };
+            let Some((index, permit)) = chosen else {
                 // No endpoint can take it now: wait for one, spending nothing.
                 let served = match deadline {
                     Some(deadline) => tokio::time::timeout_at(deadline, self.serving()).await.is_ok(),

@@ -22,6 +22,7 @@ use crate::resilience::{
     HealthTransition, RetryBudget, RetryPolicy, Transition,
 };
 use crate::transport::Transport;
+use affinity::StreamAffinity;
 use choice::Picker;
 use endpoint::{Endpoint, lock};
 use prometheus_client::metrics::counter::Counter;
@@ -32,9 +33,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod affinity;
 mod choice;
 mod delivery;
 mod endpoint;
+mod turns;
+
+pub(crate) use turns::StreamTurn;
 
 /// A destination of endpoints reached through a [`Transport`].
 pub struct Cluster {
@@ -116,6 +121,11 @@ impl Cluster {
             balancer: match &balancer {
                 BalancerConfig::Plugin { name } => {
                     Picker::Plugin(HotPluginBalancer::new(&config.name, name, addresses, host))
+                }
+                BalancerConfig::Affinity { .. } => {
+                    let settings = config.affinity.unwrap_or_default();
+                    let verify_every = Duration::from_millis(settings.verify_interval_ms);
+                    Picker::Affinity(Box::new(StreamAffinity::new(settings.policy(), verify_every)))
                 }
                 built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
@@ -239,6 +249,11 @@ pub(crate) trait QueuedDestination: Destination {
     /// Deliver `message`, which entered the queue at `enqueued`; while no
     /// endpoint can take it, it waits, until its queue timeout.
     fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_>;
+
+    /// The turn of `message`'s stream, taken as the dispatcher pops it from the queue: its delivery
+    /// waits for the turn and holds it until done. `None` when the destination keeps no streams
+    /// (its balancer is not `affinity:header:KEY`, or the message lacks the header).
+    fn turn(&self, message: &Message) -> Option<StreamTurn>;
 }
 
 impl QueuedDestination for Cluster {
@@ -249,6 +264,12 @@ impl QueuedDestination for Cluster {
     fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_> {
         Box::pin(self.send(message, Some(enqueued)))
     }
+
+    fn turn(&self, message: &Message) -> Option<StreamTurn> {
+        let Picker::Affinity(affinity) = &self.balancer else { return None };
+        let key = self.hash_header.as_deref().and_then(|name| message.header(name))?;
+        Some(affinity.turn(key))
+    }
 }
 
 impl Destination for Cluster {
@@ -256,6 +277,18 @@ impl Destination for Cluster {
     /// can take it, it fails at once.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
         Box::pin(self.send(message, None))
+    }
+
+    fn streams(&self) -> Option<super::StreamsSummary> {
+        self.stream_summary()
+    }
+
+    fn stream_table(&self, limit: usize) -> Option<Vec<super::StreamStatus>> {
+        self.stream_rows(limit)
+    }
+
+    fn verify_streams(&self) -> Option<super::StreamCheck> {
+        Cluster::verify_streams(self)
     }
 
     fn endpoints(&self) -> Vec<super::EndpointStatus> {

@@ -1,0 +1,46 @@
+//! Stream affinity: each stream (the messages sharing a key) stays on one endpoint, under a bound on
+//! every endpoint's share of the streams.
+//!
+//! The [`StreamTable`] is the whole algorithm and nothing else: pure and deterministic, it reads no
+//! clock (the caller passes `now`, a [`Duration`] since an origin of its choosing), does no I/O and
+//! takes no lock, so a simulation can drive it through hours of joins, deaths and idle streams in
+//! milliseconds. The destination core wraps it in a lock, feeds it the time and turns the
+//! [`Migration`]s it records into events.
+//!
+//! How a stream finds its endpoint: consistent hashing with bounded loads (Mirrokni, Thorup and
+//! Zadimoghaddam, 2017; HAProxy's `hash-balance-factor`, Vimeo's use of it). The hash orders the
+//! endpoints for each key (rendezvous hashing: the endpoint with the highest `hash(key, endpoint)`
+//! first, so that an endpoint leaving or joining changes the order of no other pair), and a new
+//! stream takes the first endpoint in that order still below its capacity,
+//! `min(ceil(balance_factor × average), max_streams)`, where the average counts the new stream.
+//! Once placed, a stream is recorded and keeps its endpoint while that endpoint stays eligible: a
+//! later change of capacities or endpoints moves it only through the rules below.
+//!
+//! - An endpoint that dies (turns ineligible: health, breaker) or is removed: each of its streams is
+//!   placed again at once, as a new stream would be ([`MigrationReason::EndpointDown`]).
+//! - An endpoint joins or returns, or the spread passes the bound (an endpoint above its capacity, or
+//!   one below `floor(average / balance_factor)` while another has more than that plus one): streams
+//!   move one at a time from the most loaded endpoint to the least loaded, at most `migrate_per_s` in
+//!   any second, until neither holds ([`MigrationReason::Rebalance`]). Meanwhile new streams go to the
+//!   least loaded endpoint rather than their hash order's first with room.
+//! - A stream unseen for `idle_timeout` ends and leaves the table (at most 1/16 of the timeout late).
+//! - The table holds at most `max_streams_tracked` streams; a stream beyond them is not recorded and
+//!   goes to its hash order's first eligible endpoint without a bound (counted as `untracked`).
+//!
+//! [`StreamTable::verify`] checks the table against itself and the endpoints: streams on dead or
+//! removed endpoints (orphans), streams listed under two endpoints (duplicates), streams the
+//! per-endpoint index lost, and endpoints over capacity. It repairs what it finds and says so in a
+//! [`ConsistencyReport`].
+
+mod check;
+mod policy;
+mod table;
+
+#[cfg(test)]
+mod tests;
+
+pub use check::{ConsistencyReport, Misplaced, OverCapacity};
+pub use policy::{AffinityPolicy, DEFAULT_BALANCE_FACTOR};
+pub use table::{AffinityStats, Migration, MigrationReason, Stream, StreamTable};
+
+use std::time::Duration;

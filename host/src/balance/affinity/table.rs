@@ -1,0 +1,431 @@
+//! The assignment table: which endpoint each active stream is on, and the rules that place and move it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use super::super::hash::{GOLDEN_GAMMA, mix64, stable_hash};
+use super::super::view::EndpointView;
+use super::{AffinityPolicy, Duration};
+
+/// One active stream: where it is and how busy it has been.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stream {
+    /// The [`id`](EndpointView::id) of the endpoint it is on.
+    pub endpoint: u64,
+    /// When it came to that endpoint.
+    pub since: Duration,
+    /// Messages picked for it, on any endpoint.
+    pub messages: u64,
+    /// When its last message was picked for.
+    pub last_seen: Duration,
+    /// Its position in its endpoint's list of streams.
+    pub(super) slot: usize,
+}
+
+/// Why a stream changed endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MigrationReason {
+    /// Its endpoint turned ineligible (health checks, breaker): moved at once.
+    EndpointDown,
+    /// Its endpoint is no longer among the destination's: moved at once.
+    EndpointRemoved,
+    /// To even out the load, at most `migrate_per_s` a second.
+    Rebalance,
+    /// The consistency check found it on a dead or removed endpoint.
+    Repair,
+}
+
+impl fmt::Display for MigrationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MigrationReason::EndpointDown => "endpoint down",
+            MigrationReason::EndpointRemoved => "endpoint removed",
+            MigrationReason::Rebalance => "rebalance",
+            MigrationReason::Repair => "consistency check",
+        })
+    }
+}
+
+/// A stream that changed endpoint, recorded for the caller to tell ([`StreamTable::take_migrations`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The stream's key.
+    pub key: Arc<str>,
+    /// The endpoint id it left.
+    pub from: u64,
+    /// The endpoint id it went to.
+    pub to: u64,
+    /// Why.
+    pub reason: MigrationReason,
+}
+
+/// Counts since the table was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AffinityStats {
+    /// Streams moved because their endpoint died or was removed.
+    pub moved_endpoint_down: u64,
+    /// Streams moved to even out the load.
+    pub moved_rebalance: u64,
+    /// Streams moved by the consistency check.
+    pub moved_repair: u64,
+    /// Orphans (streams on dead or removed endpoints) the consistency check found.
+    pub orphans_found: u64,
+    /// Duplicated or unlisted entries the consistency check found.
+    pub duplicates_found: u64,
+    /// Streams ended by `idle_timeout`.
+    pub expired: u64,
+    /// Picks for streams the full table could not record.
+    pub untracked: u64,
+}
+
+/// The assignment of streams to endpoints of one destination: consistent hashing with bounded loads
+/// (Mirrokni, Thorup and Zadimoghaddam) places a new stream on the first endpoint of its key's
+/// rendezvous-hash order below `min(ceil(balance_factor × average), max_streams)`; a stream then keeps
+/// its endpoint while that endpoint is eligible; a dead or removed endpoint's streams move at once, an
+/// uneven load evens out at most `migrate_per_s` moves a second, idle streams end, and
+/// [`verify`](Self::verify) checks and repairs the table. Pure: no clock, no I/O, no lock.
+///
+/// Every method takes the endpoints as the caller sees them now, as a slice of [`EndpointView`]s
+/// (only `id` and `eligible` matter), and the time as a [`Duration`] since the caller's origin, never
+/// going backwards.
+#[derive(Debug)]
+pub struct StreamTable {
+    pub(super) policy: AffinityPolicy,
+    pub(super) streams: HashMap<Arc<str>, Stream>,
+    /// Each endpoint's streams by key, in the order they came; `Stream::slot` is a key's position.
+    /// Ordered by id so that every walk over it is the same in every run.
+    pub(super) members: BTreeMap<u64, Vec<Arc<str>>>,
+    /// A fingerprint of the eligible endpoints' ids at the last look: a change sends the streams
+    /// of the endpoints that left elsewhere.
+    eligible_print: u64,
+    /// Whether streams were left on an ineligible endpoint for want of an eligible one.
+    stranded: bool,
+    /// When the streams moved to even out the load in the last second moved.
+    recent_moves: VecDeque<Duration>,
+    /// Moves earned by the time passed (`migrate_per_s` a second), spent one per move.
+    credit: f64,
+    last_rebalance: Duration,
+    next_expiry: Duration,
+    migrations: Vec<Migration>,
+    pub(super) stats: AffinityStats,
+}
+
+impl StreamTable {
+    /// An empty table.
+    pub fn new(policy: AffinityPolicy) -> StreamTable {
+        StreamTable {
+            policy,
+            streams: HashMap::new(),
+            members: BTreeMap::new(),
+            eligible_print: 0,
+            stranded: false,
+            recent_moves: VecDeque::new(),
+            credit: 0.0,
+            last_rebalance: Duration::ZERO,
+            next_expiry: Duration::ZERO,
+            migrations: Vec::new(),
+            stats: AffinityStats::default(),
+        }
+    }
+
+    /// The table's settings.
+    pub fn policy(&self) -> &AffinityPolicy {
+        &self.policy
+    }
+
+    /// The endpoint for a message of stream `key`: a position in `endpoints`, always an eligible one,
+    /// or `None` when none is. Called once per message; first does what time and the endpoints'
+    /// changes call for ([`maintain`](Self::maintain)).
+    pub fn pick(&mut self, key: &str, endpoints: &[EndpointView], now: Duration) -> Option<usize> {
+        self.maintain(endpoints, now);
+        if let Some(stream) = self.streams.get_mut(key) {
+            let index = position(endpoints, stream.endpoint).filter(|&index| endpoints[index].eligible)?;
+            stream.messages += 1;
+            stream.last_seen = now;
+            return Some(index);
+        }
+        if self.streams.len() >= self.policy.max_streams_tracked {
+            self.stats.untracked += 1;
+            return first_by_hash(stable_hash(key), endpoints, |_| true);
+        }
+        let index = self.place(stable_hash(key), endpoints, self.streams.len() + 1)?;
+        let key: Arc<str> = Arc::from(key);
+        let stream =
+            Stream { endpoint: endpoints[index].id, since: now, messages: 1, last_seen: now, slot: 0 };
+        self.streams.insert(key.clone(), stream);
+        self.list(key, endpoints[index].id);
+        Some(index)
+    }
+
+    /// What the time and the endpoints call for: streams of endpoints that died or left go elsewhere
+    /// at once, idle streams end, and streams move to even out the load within `migrate_per_s`.
+    /// [`pick`](Self::pick) calls it; call it on a timer too, so that this happens without traffic.
+    pub fn maintain(&mut self, endpoints: &[EndpointView], now: Duration) {
+        let print = endpoints
+            .iter()
+            .filter(|endpoint| endpoint.eligible)
+            .fold(0u64, |print, endpoint| print.wrapping_add(mix64(endpoint.id ^ GOLDEN_GAMMA)));
+        if print != self.eligible_print || self.stranded {
+            self.eligible_print = print;
+            self.evacuate(endpoints);
+        }
+        if now >= self.next_expiry {
+            self.expire(now);
+        }
+        self.rebalance(endpoints, now);
+    }
+
+    /// The migrations since the last call, oldest first. Drain them after every call that may move
+    /// streams ([`pick`](Self::pick), [`maintain`](Self::maintain), [`verify`](Self::verify)).
+    pub fn take_migrations(&mut self) -> Vec<Migration> {
+        std::mem::take(&mut self.migrations)
+    }
+
+    /// The stream recorded under `key`.
+    pub fn stream(&self, key: &str) -> Option<&Stream> {
+        self.streams.get(key)
+    }
+
+    /// Every recorded stream, in no particular order.
+    pub fn streams(&self) -> impl Iterator<Item = (&str, &Stream)> {
+        self.streams.iter().map(|(key, stream)| (&**key, stream))
+    }
+
+    /// How many streams are recorded.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether no stream is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Streams on the endpoint of id `endpoint`.
+    pub fn load(&self, endpoint: u64) -> usize {
+        self.members.get(&endpoint).map_or(0, Vec::len)
+    }
+
+    /// The most streams an eligible endpoint may hold now, among `endpoints`.
+    pub fn capacity(&self, endpoints: &[EndpointView]) -> usize {
+        self.policy.capacity(self.streams.len(), eligible(endpoints).count())
+    }
+
+    /// Counts since the table was made.
+    pub fn stats(&self) -> AffinityStats {
+        self.stats
+    }
+
+    /// Where a stream whose key hashes to `hash` goes, the table holding `streams` streams with it:
+    /// the least loaded eligible endpoint while the load is uneven, otherwise the first eligible
+    /// endpoint in the key's hash order below capacity (the least loaded when none is).
+    pub(super) fn place(&self, hash: u64, endpoints: &[EndpointView], streams: usize) -> Option<usize> {
+        let count = eligible(endpoints).count();
+        let capacity = self.policy.capacity(streams, count);
+        let uneven = self.spread(endpoints).is_some_and(|spread| spread.uneven(&self.policy, streams, count));
+        let roomy = (!uneven).then(|| first_by_hash(hash, endpoints, |id| self.load(id) < capacity));
+        roomy.flatten().or_else(|| self.least_loaded(endpoints))
+    }
+
+    fn least_loaded(&self, endpoints: &[EndpointView]) -> Option<usize> {
+        eligible(endpoints).min_by_key(|&index| self.load(endpoints[index].id))
+    }
+
+    /// The most and least loaded eligible endpoints, first in `endpoints` order among equals.
+    fn spread(&self, endpoints: &[EndpointView]) -> Option<Spread> {
+        let mut spread: Option<Spread> = None;
+        for index in eligible(endpoints) {
+            let load = self.load(endpoints[index].id);
+            let entry = spread.get_or_insert(Spread { most: (index, load), least: (index, load) });
+            if load > entry.most.1 {
+                entry.most = (index, load);
+            }
+            if load < entry.least.1 {
+                entry.least = (index, load);
+            }
+        }
+        spread
+    }
+
+    /// Sends every stream of an endpoint not eligible among `endpoints` elsewhere, at once.
+    fn evacuate(&mut self, endpoints: &[EndpointView]) {
+        self.stranded = false;
+        let gone: Vec<(u64, MigrationReason)> = self
+            .members
+            .iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .filter_map(|(&id, _)| match position(endpoints, id) {
+                None => Some((id, MigrationReason::EndpointRemoved)),
+                Some(index) if !endpoints[index].eligible => Some((id, MigrationReason::EndpointDown)),
+                Some(_) => None,
+            })
+            .collect();
+        for (id, reason) in gone {
+            let keys = self.members.get(&id).cloned().unwrap_or_default();
+            for key in keys {
+                if !self.relocate(&key, endpoints, reason) {
+                    self.stranded = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves stream `key` to where a new stream would go; false when no endpoint is eligible.
+    pub(super) fn relocate(
+        &mut self,
+        key: &Arc<str>,
+        endpoints: &[EndpointView],
+        reason: MigrationReason,
+    ) -> bool {
+        let Some(stream) = self.streams.get(key) else { return true };
+        let (from, slot) = (stream.endpoint, stream.slot);
+        self.unlist(key, from, slot);
+        let Some(index) = self.place(stable_hash(key), endpoints, self.streams.len()) else {
+            self.list(key.clone(), from);
+            return false;
+        };
+        self.move_to(key, from, endpoints[index].id, reason);
+        true
+    }
+
+    /// Records that `key`, already off its old endpoint's list, is now on `to`.
+    fn move_to(&mut self, key: &Arc<str>, from: u64, to: u64, reason: MigrationReason) {
+        self.list(key.clone(), to);
+        let counter = match reason {
+            MigrationReason::EndpointDown | MigrationReason::EndpointRemoved => {
+                &mut self.stats.moved_endpoint_down
+            }
+            MigrationReason::Rebalance => &mut self.stats.moved_rebalance,
+            MigrationReason::Repair => &mut self.stats.moved_repair,
+        };
+        *counter += 1;
+        self.migrations.push(Migration { key: key.clone(), from, to, reason });
+    }
+
+    /// Ends every stream idle for `idle_timeout`. The next look is when the oldest survivor would
+    /// end, but no sooner than a sixteenth of the timeout from now (so a stream ends at most that late).
+    fn expire(&mut self, now: Duration) {
+        let timeout = self.policy.idle_timeout;
+        let before = self.streams.len();
+        let mut oldest = now;
+        self.streams.retain(|_, stream| {
+            let alive = now.saturating_sub(stream.last_seen) < timeout;
+            if alive {
+                oldest = oldest.min(stream.last_seen);
+            }
+            alive
+        });
+        self.next_expiry = (oldest + timeout).max(now + (timeout / 16).max(Duration::from_millis(1)));
+        if self.streams.len() == before {
+            return;
+        }
+        self.stats.expired += (before - self.streams.len()) as u64;
+        let streams = &mut self.streams;
+        for (&id, keys) in &mut self.members {
+            keys.retain(|key| streams.contains_key(key));
+            for (slot, key) in keys.iter().enumerate() {
+                if let Some(stream) = streams.get_mut(key).filter(|stream| stream.endpoint == id) {
+                    stream.slot = slot;
+                }
+            }
+        }
+    }
+
+    /// Moves streams from the most to the least loaded endpoint while the load is uneven, as many
+    /// as the time passed earns and at most `migrate_per_s` in any second.
+    fn rebalance(&mut self, endpoints: &[EndpointView], now: Duration) {
+        let rate = f64::from(self.policy.migrate_per_s.max(1));
+        let elapsed = now.saturating_sub(self.last_rebalance).as_secs_f64();
+        self.last_rebalance = now;
+        self.credit = (self.credit + rate * elapsed).min(rate);
+        // The window is the last second, (now - 1 s, now].
+        while self.recent_moves.front().is_some_and(|&moved| now - moved >= Duration::from_secs(1)) {
+            self.recent_moves.pop_front();
+        }
+        let count = eligible(endpoints).count();
+        while self.credit >= 1.0 && (self.recent_moves.len() as f64) < rate {
+            let streams = self.streams.len();
+            let Some(spread) = self.spread(endpoints) else { return };
+            let (donor, most) = spread.most;
+            let (receiver, least) = spread.least;
+            let balanced = !spread.uneven(&self.policy, streams, count)
+                || most <= least + 1
+                || least >= self.policy.capacity(streams, count);
+            if balanced {
+                self.credit = 0.0;
+                return;
+            }
+            let (from, to) = (endpoints[donor].id, endpoints[receiver].id);
+            let key = self.members[&from].last().cloned().expect("the most loaded endpoint has streams");
+            let slot = self.streams.get(&key).map_or(most - 1, |stream| stream.slot);
+            self.unlist(&key, from, slot);
+            self.move_to(&key, from, to, MigrationReason::Rebalance);
+            self.credit -= 1.0;
+            self.recent_moves.push_back(now);
+        }
+    }
+
+    /// Appends `key` to `endpoint`'s list and points the stream there.
+    pub(super) fn list(&mut self, key: Arc<str>, endpoint: u64) {
+        let keys = self.members.entry(endpoint).or_default();
+        if let Some(stream) = self.streams.get_mut(&key) {
+            stream.endpoint = endpoint;
+            stream.slot = keys.len();
+        }
+        keys.push(key);
+    }
+
+    /// Takes `key` off `endpoint`'s list, where it sits at `slot` (looked for when it does not).
+    pub(super) fn unlist(&mut self, key: &Arc<str>, endpoint: u64, slot: usize) {
+        let Some(keys) = self.members.get_mut(&endpoint) else { return };
+        let slot = match keys.get(slot) == Some(key) {
+            true => slot,
+            false => match keys.iter().position(|listed| listed == key) {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        keys.swap_remove(slot);
+        let moved = keys.get(slot).and_then(|moved| self.streams.get_mut(moved));
+        if let Some(stream) = moved.filter(|stream| stream.endpoint == endpoint) {
+            stream.slot = slot;
+        }
+        if keys.is_empty() {
+            self.members.remove(&endpoint);
+        }
+    }
+}
+
+/// The most and least loaded eligible endpoints: (position, streams).
+struct Spread {
+    most: (usize, usize),
+    least: (usize, usize),
+}
+
+impl Spread {
+    /// Whether the load passes the bound: an endpoint above capacity, or one below the floor while
+    /// another has more than the floor plus one.
+    fn uneven(&self, policy: &AffinityPolicy, streams: usize, endpoints: usize) -> bool {
+        let floor = policy.floor(streams, endpoints);
+        self.most.1 > policy.capacity(streams, endpoints) || (self.least.1 < floor && self.most.1 > floor + 1)
+    }
+}
+
+/// Position in `endpoints` of the endpoint of id `id`.
+pub(super) fn position(endpoints: &[EndpointView], id: u64) -> Option<usize> {
+    endpoints.iter().position(|endpoint| endpoint.id == id)
+}
+
+/// Positions of the eligible endpoints.
+pub(super) fn eligible(endpoints: &[EndpointView]) -> impl Iterator<Item = usize> + '_ {
+    endpoints.iter().enumerate().filter(|(_, endpoint)| endpoint.eligible).map(|(index, _)| index)
+}
+
+/// The eligible endpoint that `fits` with the highest rendezvous score for a key hashing to `hash`.
+fn first_by_hash(hash: u64, endpoints: &[EndpointView], fits: impl Fn(u64) -> bool) -> Option<usize> {
+    eligible(endpoints)
+        .filter(|&index| fits(endpoints[index].id))
+        .max_by_key(|&index| mix64(hash ^ endpoints[index].id.wrapping_mul(GOLDEN_GAMMA)))
+}

@@ -1,0 +1,262 @@
+//! Stream affinity in a cluster (`balancer = "affinity:header:KEY"`): the stream table behind a lock,
+//! fed the time and which endpoints are alive, its migrations told as `stream-migrated` events, a
+//! timer that keeps it (migrations, idle streams, the consistency check) without traffic, and each
+//! stream's turn.
+//!
+//! What a stream is guaranteed: its messages go to one endpoint while that endpoint is alive and the
+//! stream is not moved to even out the load; one of its messages is in flight at a time, in the order
+//! they reached the destination's queue (most urgent priority class first, oldest first within one),
+//! and a message's retries go to the same endpoint and hold the stream's turn. The queue's order is
+//! the order messages were accepted in only with one pipeline worker (`[host] workers = 1`, or one
+//! message at a time per stream from the sender): several workers run batches side by side, and a
+//! later message of a stream may reach the queue first. A message that fails for
+//! good (dead-lettered) ends its turn and the next goes on. When a stream moves, its next message goes
+//! to the new endpoint only after the one in flight ended: order holds across a migration, but the old
+//! endpoint may have taken a message the new one never hears of (its state does not move with it).
+//!
+//! "Alive" for the table: admitted by health, breaker and the eligibility guard rails, or half-open
+//! (ejection over, waiting for or running its probe). A stream whose endpoint is half-open with its
+//! probe in flight waits for the probe's verdict instead of going elsewhere: the endpoint is closed
+//! again and takes it, or ejected again and the stream moves.
+
+use super::Cluster;
+use super::endpoint::lock;
+use super::turns::{StreamTurn, StreamTurns};
+use crate::balance::{AffinityPolicy, ConsistencyReport, EndpointView, Migration, P2cPeakEwma, StreamTable};
+use crate::destination::{
+    DestinationEvent, EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary,
+};
+use crate::resilience::{Admission, BreakerPermit, BreakerState, HealthState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often the timer keeps the table when no message does.
+const KEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// The stream affinity of one cluster.
+pub(super) struct StreamAffinity {
+    table: Mutex<StreamTable>,
+    /// The origin of the table's time.
+    origin: Instant,
+    /// How often the consistency check runs.
+    verify_every: Duration,
+    /// Picks for messages without the key header.
+    pub(super) fallback: P2cPeakEwma,
+    turns: Arc<StreamTurns>,
+}
+
+/// Where an attempt for a stream goes.
+pub(super) enum StreamChoice {
+    /// To this endpoint, through this permit.
+    Go(usize, BreakerPermit),
+    /// Nowhere yet: the stream's endpoint is half-open with its probe in flight.
+    Busy,
+    /// Nowhere: no endpoint is alive.
+    Nowhere,
+}
+
+impl StreamAffinity {
+    pub(super) fn new(policy: AffinityPolicy, verify_every: Duration) -> StreamAffinity {
+        StreamAffinity {
+            table: Mutex::new(StreamTable::new(policy)),
+            origin: Instant::now(),
+            verify_every,
+            fallback: P2cPeakEwma::new(),
+            turns: Arc::default(),
+        }
+    }
+
+    fn since_origin(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.origin)
+    }
+
+    /// The next turn of stream `key`.
+    pub(super) fn turn(&self, key: &str) -> StreamTurn {
+        self.turns.take(key)
+    }
+}
+
+impl Cluster {
+    /// The endpoints as the stream table sees them: eligible when alive (see the module docs).
+    fn stream_views(&self, now: Instant) -> (Vec<EndpointView>, Vec<Admission>) {
+        let eligibility = self.admissions(now);
+        let views = (self.endpoints.iter().zip(&eligibility.admissions))
+            .map(|(endpoint, admission)| {
+                let half_open = matches!(endpoint.breaker.state(now), BreakerState::HalfOpen { .. })
+                    && endpoint.health_state() != Some(HealthState::Down)
+                    && !self.refusing(endpoint, now);
+                EndpointView {
+                    id: endpoint.id,
+                    weight: endpoint.weight(now),
+                    in_flight: endpoint.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    latency: lock(&endpoint.latency).estimate(now.into_std()),
+                    eligible: admission.is_eligible() || half_open,
+                }
+            })
+            .collect();
+        (views, eligibility.admissions)
+    }
+
+    /// The endpoint of stream `key` for its next attempt.
+    pub(super) fn choose_stream(&self, affinity: &StreamAffinity, key: &str) -> StreamChoice {
+        let now = Instant::now();
+        let (views, admissions) = self.stream_views(now);
+        let (index, migrations) = {
+            let mut table = lock(&affinity.table);
+            let index = table.pick(key, &views, affinity.since_origin(now));
+            (index, table.take_migrations())
+        };
+        self.tell_migrations(migrations);
+        let Some(index) = index else { return StreamChoice::Nowhere };
+        let breaker = &self.endpoints[index].breaker;
+        let permit = match admissions[index] {
+            Admission::Forced => Some(breaker.acquire_forced(now)),
+            _ => breaker.try_acquire(now),
+        };
+        match permit {
+            Some(permit) => {
+                if permit.is_probe() {
+                    self.endpoints[index].metrics.half_opened.inc();
+                }
+                StreamChoice::Go(index, permit)
+            }
+            None => StreamChoice::Busy,
+        }
+    }
+
+    /// Runs the consistency check now: what it found and repaired; `None` for other balancers.
+    fn check_streams(&self) -> Option<ConsistencyReport> {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return None };
+        let (views, _) = self.stream_views(Instant::now());
+        let (report, migrations) = {
+            let mut table = lock(&affinity.table);
+            let report = table.verify(&views);
+            (report, table.take_migrations())
+        };
+        self.tell_migrations(migrations);
+        if !report.is_consistent() {
+            tracing::warn!(destination = %self.name, orphans = report.orphans.len(), duplicates = report.duplicates.len(), unlisted = report.unlisted.len(), repaired = report.repaired, "stream table was inconsistent");
+        }
+        Some(report)
+    }
+
+    /// The consistency check's report, endpoints named by address.
+    pub(super) fn verify_streams(&self) -> Option<StreamCheck> {
+        let report = self.check_streams()?;
+        let findings = |found: Vec<crate::balance::Misplaced>| {
+            let named = |finding: crate::balance::Misplaced| StreamFinding {
+                stream: finding.stream,
+                endpoint: self.address_of(finding.endpoint),
+            };
+            found.into_iter().map(named).collect()
+        };
+        Some(StreamCheck {
+            streams: report.streams,
+            orphans: findings(report.orphans),
+            duplicates: findings(report.duplicates),
+            unlisted: findings(report.unlisted),
+            capacity: report.capacity,
+            over_capacity: (report.over_capacity.into_iter())
+                .map(|over| EndpointStreams {
+                    endpoint: self.address_of(over.endpoint),
+                    streams: over.streams,
+                })
+                .collect(),
+            repaired: report.repaired,
+        })
+    }
+
+    /// The summary of the stream table; `None` for other balancers.
+    pub(super) fn stream_summary(&self) -> Option<StreamsSummary> {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return None };
+        let (views, _) = self.stream_views(Instant::now());
+        let table = lock(&affinity.table);
+        Some(StreamsSummary {
+            active: table.len(),
+            capacity: table.capacity(&views),
+            endpoints: (self.endpoints.iter())
+                .map(|endpoint| EndpointStreams {
+                    endpoint: endpoint.address.clone(),
+                    streams: table.load(endpoint.id),
+                })
+                .collect(),
+            counts: table.stats(),
+        })
+    }
+
+    /// At most `limit` streams, the most recently active first; `None` for other balancers.
+    pub(super) fn stream_rows(&self, limit: usize) -> Option<Vec<StreamStatus>> {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return None };
+        let now = affinity.since_origin(Instant::now());
+        let table = lock(&affinity.table);
+        let mut streams: Vec<(&str, &crate::balance::Stream)> = table.streams().collect();
+        streams.sort_unstable_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(b.0)));
+        let millis = |since: Duration| now.saturating_sub(since).as_millis() as u64;
+        let rows = (streams.into_iter().take(limit))
+            .map(|(key, stream)| StreamStatus {
+                stream: key.to_owned(),
+                endpoint: self.address_of(stream.endpoint),
+                on_endpoint_ms: millis(stream.since),
+                messages: stream.messages,
+                idle_ms: millis(stream.last_seen),
+            })
+            .collect();
+        Some(rows)
+    }
+
+    /// The address of the endpoint of id `id`, or the id in hex when none has it.
+    fn address_of(&self, id: u64) -> String {
+        match self.endpoints.iter().find(|endpoint| endpoint.id == id) {
+            Some(endpoint) => endpoint.address.clone(),
+            None => format!("endpoint {id:016x}"),
+        }
+    }
+
+    /// Keep the stream table every 100 ms and check it every `verify_interval_ms` on
+    /// `runtime` while the cluster lives; nothing for other balancers.
+    pub fn start_stream_keeping(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return };
+        let verify_every = affinity.verify_every;
+        let cluster = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(KEEP_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next_check = Instant::now() + verify_every;
+            loop {
+                ticks.tick().await;
+                let Some(cluster) = cluster.upgrade() else { break };
+                let now = Instant::now();
+                if now >= next_check {
+                    next_check = now + verify_every;
+                    cluster.check_streams();
+                }
+                cluster.keep_streams(now);
+            }
+        });
+    }
+
+    fn keep_streams(&self, now: Instant) {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return };
+        let (views, _) = self.stream_views(now);
+        let migrations = {
+            let mut table = lock(&affinity.table);
+            table.maintain(&views, affinity.since_origin(now));
+            table.take_migrations()
+        };
+        self.tell_migrations(migrations);
+    }
+
+    /// Tell of each migration with a `stream-migrated` event.
+    fn tell_migrations(&self, migrations: Vec<Migration>) {
+        for migration in migrations {
+            (self.events)(DestinationEvent::StreamMigrated {
+                destination: self.name.clone(),
+                stream: migration.key.to_string(),
+                from: self.address_of(migration.from),
+                to: self.address_of(migration.to),
+                reason: migration.reason.to_string(),
+            });
+        }
+    }
+}

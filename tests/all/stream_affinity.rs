@@ -1,0 +1,260 @@
+//! The `affinity:header:KEY` balancer against real HTTP servers on 127.0.0.1: every message of a
+//! stream reaches the endpoint its stream is on, in order, and a server stopped mid-run has its streams
+//! moved, each with a `stream-migrated` event, and nothing lost.
+
+use crate::support::{drain_and_account, host, plugin_dir, within};
+use axum::http::HeaderMap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use switchyard::{DestinationEvent, HostEvent, Message};
+
+const STREAMS: usize = 200;
+const MESSAGES: usize = 50;
+
+/// What every server took: (server, stream, sequence number), in the order taken.
+type Taken = Arc<Mutex<Vec<(usize, String, usize)>>>;
+
+/// Server number `server`, noting each message in `taken`; stops (closing its connections and
+/// refusing new ones) when `stop` is sent.
+async fn server(server: usize, taken: Taken) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: String| {
+        let taken = taken.clone();
+        async move {
+            let stream =
+                headers.get("x-stream").and_then(|value| value.to_str().ok()).unwrap_or("").to_owned();
+            let sequence = body.parse().expect("a sequence number");
+            taken.lock().unwrap().push((server, stream, sequence));
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move { _ = stopped.await });
+    tokio::spawn(async move { serve.await.unwrap() });
+    (addr, stop)
+}
+
+/// The moves told of each stream: (from, to, why).
+type Moves = HashMap<String, Vec<(String, String, String)>>;
+
+/// Adds the `stream-migrated` events in `events` so far to `moves`.
+fn told(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, moves: &mut Moves) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(HostEvent::Destination(DestinationEvent::StreamMigrated {
+                stream, from, to, reason, ..
+            })) => {
+                moves.entry(stream).or_default().push((from, to, reason));
+            }
+            Ok(_) => {}
+            Err(TryRecvError::Lagged(missed)) => panic!("{missed} events missed"),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        }
+    }
+}
+
+fn config(endpoints: &[SocketAddr]) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|addr| format!("\"{addr}\"")).collect();
+    format!(
+        r#"
+# One pipeline worker: messages reach the destination's queue in the order they were sent.
+[host]
+workers = 1
+[[destination]]
+name = "workers"
+transport = "http"
+endpoints = [{}]
+balancer = "affinity:header:x-stream"
+affinity = {{ balance_factor = 1.25, migrate_per_s = 20, idle_timeout_ms = 600000 }}
+idempotent = true
+retry = {{ attempts = 5, base_ms = 1, max_ms = 5 }}
+breaker = {{ consecutive_failures = 2, open_ms = 600000 }}
+[[route]]
+name = "all"
+to = "workers"
+"#,
+        endpoints.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_stick_to_their_endpoint_in_order_and_move_with_events_when_it_stops() {
+    let taken = Taken::default();
+    let mut servers = Vec::new();
+    for number in 0..4 {
+        servers.push(server(number, taken.clone()).await);
+    }
+    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&addresses)).await;
+    let mut events = host.subscribe();
+    let mut moves = Moves::new();
+    let send = |stream: usize, sequence: usize| {
+        let message =
+            Message::new("jobs", sequence.to_string()).with_header("x-stream", format!("s{stream}"));
+        host.send(message)
+    };
+    for sequence in 0..MESSAGES / 2 {
+        for stream in 0..STREAMS {
+            within(send(stream, sequence)).await.unwrap();
+        }
+        told(&mut events, &mut moves);
+    }
+    // Stop server 1 once it has taken a few hundred messages of its streams, with more still to come.
+    let stopped = addresses[1].to_string();
+    crate::support::eventually(|| {
+        match taken.lock().unwrap().iter().filter(|(server, ..)| *server == 1).count() {
+            300.. => Ok(()),
+            took => Err(format!("server 1 took {took}")),
+        }
+    });
+    let (_, stop) = servers.remove(1);
+    stop.send(()).unwrap();
+    for sequence in MESSAGES / 2..MESSAGES {
+        for stream in 0..STREAMS {
+            within(send(stream, sequence)).await.unwrap();
+        }
+        told(&mut events, &mut moves);
+    }
+    // Messages without the header belong to no stream: the fallback balancer sends them.
+    for n in 0..20 {
+        within(host.send(Message::new("jobs", n.to_string()))).await.unwrap();
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), ((STREAMS * MESSAGES + 20) as u64, 0));
+
+    told(&mut events, &mut moves);
+    let name = |server: usize| addresses[server].to_string();
+    for (from, _, reason) in moves.values().flatten() {
+        assert!(reason == "rebalance" || (reason == "endpoint down" && *from == stopped), "{from}: {reason}");
+    }
+    let taken = taken.lock().unwrap();
+    let mut moved_off_the_stopped = 0;
+    for stream in (0..STREAMS).map(|stream| format!("s{stream}")) {
+        let mine: Vec<(usize, usize)> = taken
+            .iter()
+            .filter(|(_, of, _)| *of == stream)
+            .map(|&(server, _, sequence)| (server, sequence))
+            .collect();
+        // Nothing lost and, a retry's duplicate aside, in order.
+        let mut sequences: Vec<usize> = mine.iter().map(|&(_, sequence)| sequence).collect();
+        sequences.dedup();
+        assert_eq!(sequences, (0..MESSAGES).collect::<Vec<_>>(), "{stream}: {mine:?}");
+        // The moves told of it chain up, and the servers it reached follow that chain: a stream is
+        // only ever served where the table had put it (a stream may move before its endpoint took
+        // any of its messages, when that endpoint stopped with them still queued).
+        let mut visited: Vec<String> = mine.iter().map(|&(server, _)| name(server)).collect();
+        visited.dedup();
+        let told = moves.get(&stream).cloned().unwrap_or_default();
+        let mut chain = vec![told.first().map_or_else(|| visited[0].clone(), |(from, ..)| from.clone())];
+        for (from, to, _) in &told {
+            assert_eq!(from, chain.last().unwrap(), "{stream}: moves {told:?}");
+            chain.push(to.clone());
+        }
+        let mut rest = chain.iter();
+        let follows = visited.iter().all(|server| rest.any(|at| at == server));
+        assert!(follows, "{stream}: reached {visited:?}, moves {told:?}");
+        if let Some((_, _, reason)) = told.iter().find(|(from, ..)| *from == stopped) {
+            assert_eq!(reason, "endpoint down", "{stream}");
+            moved_off_the_stopped += 1;
+        }
+        assert!(
+            !visited.contains(&stopped) || told.iter().any(|(from, ..)| *from == stopped),
+            "{stream} stayed"
+        );
+    }
+    assert!(moved_off_the_stopped >= 20, "only {moved_off_the_stopped} streams were on the stopped server");
+}
+
+/// One request to the admin API at `addr`: the status and the body as JSON (or as a string).
+async fn admin(addr: SocketAddr, method: &'static str, path: &str) -> (u16, serde_json::Value) {
+    let path = path.to_owned();
+    let (status, body) =
+        within(tokio::task::spawn_blocking(move || crate::support::http(addr, method, &path, &[], b"")))
+            .await
+            .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_checks_and_counts_the_streams() {
+    let taken = Taken::default();
+    let mut servers = Vec::new();
+    for number in 0..3 {
+        servers.push(server(number, taken.clone()).await);
+    }
+    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let dir = plugin_dir(&[]);
+    let config = format!("{}[[destination]]\nname = \"plain\"\ntransport = \"memory\"\n", config(&addresses));
+    let host = host(dir.path(), &config).await;
+    let server = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let server = server.await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
+    let request = |stream: usize, sequence: usize| {
+        let message =
+            Message::new("jobs", sequence.to_string()).with_header("x-stream", format!("s{stream}"));
+        host.request(message)
+    };
+    for sequence in 0..2 {
+        for stream in 0..30 {
+            within(request(stream, sequence)).await.unwrap();
+        }
+    }
+
+    let (status, destinations) = admin(addr, "GET", "/v1/destinations").await;
+    assert_eq!(status, 200);
+    let workers = destinations["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "workers");
+    let summary = &workers.unwrap()["streams"];
+    assert_eq!((summary["active"].as_u64(), summary["capacity"].as_u64()), (Some(30), Some(13)), "{summary}");
+    let on: Vec<u64> =
+        summary["endpoints"].as_array().unwrap().iter().map(|e| e["streams"].as_u64().unwrap()).collect();
+    assert_eq!(on.iter().sum::<u64>(), 30);
+    assert!(on.iter().all(|&streams| streams <= 13), "{on:?}");
+
+    let (status, table) = admin(addr, "GET", "/v1/destinations/workers/streams?limit=5").await;
+    assert_eq!((status, table["summary"]["active"].as_u64()), (200, Some(30)), "{table}");
+    let rows = table["streams"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    let served = |row: &serde_json::Value| addresses.iter().any(|addr| row["endpoint"] == addr.to_string());
+    assert!(rows.iter().all(|row| row["messages"] == 2 && served(row)), "{rows:?}");
+
+    let (status, report) = admin(addr, "POST", "/v1/destinations/workers/streams/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!((report["streams"].as_u64(), report["repaired"].as_u64()), (Some(30), Some(0)), "{report}");
+    assert_eq!(report["orphans"], serde_json::json!([]));
+    assert_eq!(report["duplicates"], serde_json::json!([]));
+    for missing in ["/v1/destinations/plain/streams", "/v1/destinations/nowhere/streams"] {
+        let (status, answer) = admin(addr, "GET", missing).await;
+        assert_eq!(status, 404, "{missing}");
+        assert!(answer["error"].as_str().unwrap().contains("affinity:header:KEY"), "{answer}");
+    }
+
+    // Stop one server: its streams move on their next message, and the metrics count them.
+    let stopped = servers.remove(0);
+    let had = on[0];
+    stopped.1.send(()).unwrap();
+    for stream in 0..30 {
+        within(request(stream, 2)).await.unwrap();
+    }
+    let (_, metrics) = admin(addr, "GET", "/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    let line = |prefix: &str| {
+        let found = metrics.lines().find(|line| line.starts_with(prefix));
+        found.unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}")).rsplit(' ').next().unwrap().to_owned()
+    };
+    let moved =
+        "switchyard_destination_stream_migrations_total{destination=\"workers\",reason=\"endpoint-down\"}";
+    assert_eq!(line(moved), had.to_string());
+    let gone =
+        format!("switchyard_endpoint_streams{{destination=\"workers\",endpoint=\"{}\"}}", addresses[0]);
+    assert_eq!(line(&gone), "0");
+    assert_eq!(line("switchyard_destination_stream_orphans_found_total{destination=\"workers\"}"), "0");
+    let (_, report) = admin(addr, "POST", "/v1/destinations/workers/streams/verify").await;
+    assert_eq!((report["streams"].as_u64(), report["orphans"].as_array().map(Vec::len)), (Some(30), Some(0)));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (90, 0));
+}
