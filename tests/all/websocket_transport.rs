@@ -1,6 +1,7 @@
 //! The `websocket` transport against a real WebSocket server on 127.0.0.1: payload frames (text or
-//! binary), envelopes answered by id, and a server that goes away and comes back on its port with
-//! nothing lost. The server speaks TLS when given an acceptor (see `websocket_tls`).
+//! binary), envelopes answered by id, a server that goes away and comes back on its port with nothing
+//! lost, and a hung connection closed by its pings. The server speaks TLS when given an acceptor
+//! (see `websocket_tls`).
 
 use crate::support::{drain_and_account, host, plugin_dir, within};
 use futures_util::{SinkExt, StreamExt};
@@ -167,4 +168,33 @@ pub(crate) async fn goes_away_and_comes_back(tls: Option<TlsAcceptor>, options: 
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (100, 0));
     assert!(server.seen() >= 100, "every message reached the server, some twice at most: {}", server.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_silent_for_two_ping_intervals_is_closed_and_its_envelope_answered_on_a_new_one() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Frame>>> = Arc::default();
+    let answered = seen.clone();
+    tokio::spawn(async move {
+        // The first connection hangs after its handshake: it reads nothing, so answers no ping.
+        let (stream, _) = listener.accept().await.unwrap();
+        let _hung = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        serve(stream, true, &answered).await;
+    });
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(addr, ", frames = \"envelope\", ping_ms = 100")).await;
+    let reply = within(host.request(Message::new("jobs", "job"))).await.unwrap();
+    assert_eq!(&reply.expect("an answer").payload[..], b"JOB");
+    assert_eq!(seen.lock().unwrap().len(), 1, "answered on the second connection");
+    let text = host.metrics().encode();
+    let retries =
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "ws")]);
+    // Counted too: attempts refused while the connection waits out its reconnect backoff.
+    assert!(
+        retries.is_some_and(|retries| retries >= 1.0),
+        "sent again once the silent connection was closed"
+    );
+    drain_and_account(&host).await;
 }
