@@ -1,19 +1,27 @@
-//! Delivery benchmark: messages a second from `Host::send` to local sinks on
-//! 127.0.0.1 over real sockets, through the destination core (queue,
-//! dispatcher, balancer, breakers, pooled keep-alive connections): `http`
-//! with each built-in balancer choice and with a WASM balancer plugin, `tcp`
-//! frames, and the WASM Redis transport plugin (`plugin:redis`, RPUSH over
-//! RESP) to in-process sinks as small as the `tcp` ones; then the latency of
-//! one request at a time (p50, p99). CPU time per message is the whole
-//! process's (host and sinks) over the timed runs.
+//! Delivery benchmark: messages a second from `Host::send` through the destination core (queue,
+//! dispatcher, balancer, breakers) and each built-in transport to a local peer on 127.0.0.1: `http`
+//! (with each built-in balancer choice and a WASM balancer plugin) and `tcp` to in-process sinks on
+//! pooled keep-alive connections, `websocket` (payload frames, delivered once written) to in-process
+//! WebSocket servers, `subprocess` to two `python3` workers acknowledging JSON lines, `redis` (RPUSH
+//! onto a list) to a real `redis-server`, `nats` (publish) to a real `nats-server`, `file` (one JSON
+//! line each) with `fsync = "never"` and `"every"`, and the WASM Redis transport plugin
+//! (`plugin:redis`, RPUSH over RESP) to in-process RESP sinks; then the latency of one request at a
+//! time (p50, p99). CPU time per message is this process's (host and in-process sinks) over the timed
+//! runs; the CPU of peers in other processes (python3, redis-server, nats-server) is not in it.
 //!
-//! `cargo bench -p switchyard --bench delivery [-- TRANSPORT]` (only the cases
-//! whose transport starts with TRANSPORT, e.g. `tcp` or `plugin`)
+//! `cargo bench -p switchyard --bench delivery [-- CASE]` (only the cases whose name starts with CASE,
+//! e.g. `tcp`, `file` or `plugin`; `redis` and `nats` need `apt-get install redis-server nats-server`)
+
+#[path = "support/servers.rs"]
+mod servers;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use servers::Server;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,56 +29,125 @@ use switchyard::{Config, Host, Message};
 use switchyard_plugin_artifacts as artifacts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Messages per timed run.
+/// Messages per timed run (a case may send fewer: see [`Peer::messages`]).
 const MESSAGES: u64 = 50_000;
 const RUNS: usize = 3;
-/// Sinks behind each destination.
+/// Sinks behind each destination with in-process sinks.
 const SINKS: usize = 2;
 /// Tasks sending into the host.
 const SENDERS: u64 = 2;
-/// Requests timed one after the other for the latency percentiles.
-const REQUESTS: usize = 2_000;
+
+/// Each case: its name (what `-- CASE` matches), and the destination's balancer.
+const CASES: &[(&str, &str)] = &[
+    ("http", "round-robin"),
+    ("http", "p2c-ewma"),
+    ("http", "least-inflight"),
+    ("http", "plugin:least-loaded"),
+    ("tcp", "p2c-ewma"),
+    ("websocket", "p2c-ewma"),
+    ("subprocess", "p2c-ewma"),
+    ("redis", "p2c-ewma"),
+    ("nats", "p2c-ewma"),
+    ("file fsync=never", "p2c-ewma"),
+    ("file fsync=every", "p2c-ewma"),
+    ("plugin:redis", "p2c-ewma"),
+];
+
+/// A python3 worker for the `subprocess` case: acknowledges each JSON line by its id (taken, no reply).
+const WORKER: &str = "import json, sys\nfor line in sys.stdin:\n    \
+                      sys.stdout.write('{\"id\": %d}\\n' % json.loads(line)['id'])\n    sys.stdout.flush()\n";
+
+/// What a case's destination sends to, while it lives.
+struct Peer {
+    /// The destination's `transport`, `endpoints` and `options` lines.
+    destination: String,
+    /// Messages per timed run: fewer where each costs a disk sync.
+    messages: u64,
+    /// Servers (killed on drop) and directories (removed on drop) the case uses.
+    _keep: Vec<Box<dyn Send>>,
+}
+
+impl Peer {
+    /// A destination over `transport` to `endpoints` with `options`, at [`MESSAGES`] a run.
+    fn new(transport: &str, endpoints: &[String], options: &str) -> Peer {
+        let endpoints: Vec<String> = endpoints.iter().map(|address| format!("\"{address}\"")).collect();
+        let destination = format!(
+            "transport = \"{transport}\"\nendpoints = [{}]\noptions = {{ {options} }}\n",
+            endpoints.join(", ")
+        );
+        Peer { destination, messages: MESSAGES, _keep: Vec::new() }
+    }
+
+    fn keeping(mut self, kept: impl Send + 'static) -> Peer {
+        self._keep.push(Box::new(kept));
+        self
+    }
+
+    /// The peer of the case named `case`.
+    async fn start(case: &str) -> Peer {
+        match case {
+            "http" => Peer::new("http", &sinks(http_sink).await, ""),
+            "tcp" => Peer::new("tcp", &sinks(tcp_sink).await, ""),
+            "websocket" => Peer::new("websocket", &sinks(websocket_sink).await, ""),
+            "plugin:redis" => Peer::new("plugin:redis", &sinks(resp_sink).await, ""),
+            "subprocess" => {
+                let options = format!("command = [\"python3\", \"-c\", {WORKER:?}], processes = {SINKS}");
+                Peer::new("subprocess", &[], &options)
+            }
+            "redis" => {
+                let server = Server::redis();
+                Peer::new("redis", std::slice::from_ref(&server.address), "key = \"bench\"").keeping(server)
+            }
+            "nats" => {
+                let server = Server::nats();
+                let options = "subject = \"bench.{topic}\"";
+                Peer::new("nats", std::slice::from_ref(&server.address), options).keeping(server)
+            }
+            "file fsync=never" | "file fsync=every" => {
+                let dir = tempfile::tempdir().unwrap();
+                let fsync = case.trim_start_matches("file fsync=");
+                let options = format!("path = \"{}/out.jsonl\", fsync = \"{fsync}\"", dir.path().display());
+                let messages = if fsync == "every" { MESSAGES / 10 } else { MESSAGES };
+                Peer { messages, ..Peer::new("file", &[], &options).keeping(dir) }
+            }
+            other => unreachable!("no peer for case {other}"),
+        }
+    }
+}
+
+/// [`SINKS`] sinks started by `start`.
+async fn sinks<F: Future<Output = SocketAddr>>(start: impl Fn() -> F) -> Vec<String> {
+    let started = futures_util::future::join_all((0..SINKS).map(|_| start())).await;
+    started.iter().map(ToString::to_string).collect()
+}
 
 #[tokio::main]
 async fn main() {
-    println!(
-        "end-to-end msgs/s, Host::send -> {SINKS} local sinks, {MESSAGES} messages a run, median of {RUNS}:"
-    );
-    let http: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| http_sink())).await;
-    let tcp: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| tcp_sink())).await;
-    let resp: Vec<SocketAddr> = futures_util::future::join_all((0..SINKS).map(|_| resp_sink())).await;
+    println!("end-to-end msgs/s, Host::send -> a transport -> local peers, median of {RUNS} runs:");
     let plugins = tempfile::tempdir().unwrap();
     std::fs::copy(artifacts::LEAST_LOADED_BALANCER, plugins.path().join("least-loaded.wasm")).unwrap();
     std::fs::copy(artifacts::REDIS_TRANSPORT, plugins.path().join("redis.wasm")).unwrap();
-    let cases = [
-        ("http", "round-robin", &http),
-        ("http", "p2c-ewma", &http),
-        ("http", "least-inflight", &http),
-        ("http", "plugin:least-loaded", &http),
-        ("tcp", "p2c-ewma", &tcp),
-        ("plugin:redis", "p2c-ewma", &resp),
-    ];
     // `cargo bench` passes `--bench`; the first other argument picks cases.
     let only = std::env::args().skip(1).find(|arg| !arg.starts_with("--")).unwrap_or_default();
-    for (transport, balancer, sinks) in
-        cases.into_iter().filter(|(transport, ..)| transport.starts_with(&only))
-    {
-        let host = host(plugins.path(), transport, balancer, sinks).await;
-        send(&host, MESSAGES / 5).await;
+    for (case, balancer) in CASES.iter().filter(|(case, _)| case.starts_with(&only)) {
+        let peer = Peer::start(case).await;
+        let messages = peer.messages;
+        let host = host(plugins.path(), balancer, &peer.destination).await;
+        send(&host, messages / 5).await;
         let (mut runs, cpu) = (Vec::new(), cpu_time::ProcessTime::now());
         for _ in 0..RUNS {
             let start = Instant::now();
-            send(&host, MESSAGES).await;
-            runs.push(MESSAGES as f64 / start.elapsed().as_secs_f64());
+            send(&host, messages).await;
+            runs.push(messages as f64 / start.elapsed().as_secs_f64());
         }
-        let cpu_per_message = cpu.elapsed().as_secs_f64() * 1e6 / (MESSAGES as f64 * RUNS as f64);
-        let (p50, p99) = request_latency(&host, REQUESTS).await;
+        let cpu_per_message = cpu.elapsed().as_secs_f64() * 1e6 / (messages as f64 * RUNS as f64);
+        let (p50, p99) = request_latency(&host, messages as usize / 25).await;
         host.shutdown().await;
         let stats = host.stats();
         assert_eq!(stats.delivered, stats.accepted, "every message delivered: {stats:?}");
         runs.sort_by(f64::total_cmp);
         println!(
-            "  {transport:<12} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?})  CPU {cpu_per_message:.1} us/msg  one request at a time: p50 {:.0} us, p99 {:.0} us",
+            "  {case:<17} {balancer:<20} {:>9.0} msgs/s  (runs {runs:.0?}, {messages} msgs each)  CPU {cpu_per_message:.1} us/msg  one request at a time: p50 {:.0} us, p99 {:.0} us",
             runs[RUNS / 2],
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6,
@@ -78,14 +155,12 @@ async fn main() {
     }
 }
 
-/// A host routing everything to one destination over `sinks`.
-async fn host(plugins: &Path, transport: &str, balancer: &str, sinks: &[SocketAddr]) -> Host {
-    let endpoints: Vec<String> = sinks.iter().map(|addr| format!("\"{addr}\"")).collect();
+/// A host routing everything to one destination (`destination`: its transport, endpoints, options).
+async fn host(plugins: &Path, balancer: &str, destination: &str) -> Host {
     let text = format!(
-        "[host]\nwatch = false\n[[destination]]\nname = \"sink\"\ntransport = \"{transport}\"\n\
-         endpoints = [{}]\nbalancer = \"{balancer}\"\n[[route]]\nname = \"all\"\nto = \"sink\"\n\
-         [[plugin]]\nname = \"redis\"\nconfig = {{ key = \"bench\" }}\n",
-        endpoints.join(", ")
+        "[host]\nwatch = false\n[[destination]]\nname = \"sink\"\n{destination}balancer = \"{balancer}\"\n\
+         [[route]]\nname = \"all\"\nto = \"sink\"\n\
+         [[plugin]]\nname = \"redis\"\nconfig = {{ key = \"bench\" }}\n"
     );
     let config = Config::from_toml("bench.toml", &text).unwrap();
     let host = Host::builder().config("bench.toml", config).plugin_dir(plugins).build().await.unwrap();
@@ -162,6 +237,23 @@ async fn tcp_sink() -> SocketAddr {
                         break;
                     }
                 }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket server for the `websocket` transport: reads frames, answers none.
+async fn websocket_sink() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(_)) = socket.next().await {}
             });
         }
     });

@@ -5,10 +5,12 @@
 //!
 //! `cargo bench -p switchyard --bench nats` (needs `nats-server`: `apt-get install nats-server`)
 
+#[path = "support/servers.rs"]
+mod servers;
+
 use cpu_time::ProcessTime;
 use futures_util::StreamExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use switchyard::{Config, Host, Message};
 
 /// Messages per timed run.
@@ -19,7 +21,7 @@ const SENDERS: u64 = 2;
 
 #[tokio::main]
 async fn main() {
-    let server = NatsServer::start();
+    let server = servers::Server::nats();
     let client = async_nats::connect(&server.address).await.unwrap();
     let mut received = client.subscribe("bench.>").await.unwrap();
     // A request nobody answers comes back after the server has taken the subscription.
@@ -83,41 +85,5 @@ async fn send(host: &Host, messages: u64) {
     });
     for sender in futures_util::future::join_all(senders).await {
         sender.unwrap();
-    }
-}
-
-/// A `nats-server` on a free port of 127.0.0.1, killed on drop.
-struct NatsServer {
-    address: String,
-    child: Child,
-}
-
-impl NatsServer {
-    fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let binary = ["nats-server", "/usr/sbin/nats-server"]
-            .into_iter()
-            .find(|binary| Command::new(binary).arg("--version").output().is_ok())
-            .expect("nats-server is needed: apt-get install nats-server");
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        NatsServer { address, child }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

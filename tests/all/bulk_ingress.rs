@@ -1,5 +1,6 @@
 //! Bulk HTTP ingress, `POST /v1/messages`: NDJSON or a JSON array admitted as one batch, a result per
-//! message, bad messages refused alone, a bad body refused whole, and a full queue taking what fits.
+//! message, bad messages refused alone, a bad body refused whole, a full queue taking what fits, and a
+//! body cut off by a client that goes away admitting nothing.
 
 use crate::routing::gated_host;
 use crate::support::{drain_and_account, host, next, plugin_dir, post, start_ingress, within};
@@ -115,4 +116,32 @@ async fn a_full_queue_takes_what_fits_and_answers_503_when_nothing_did() {
     assert_eq!(payloads, ["first", "0", "1"]);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_off_by_a_client_that_goes_away_admits_nothing_and_the_resent_batch_goes_whole() {
+    use std::io::Write;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    let lines: Vec<String> =
+        (0..100).map(|n| format!(r#"{{"topic":"orders.eu","payload":"order {n}"}}"#)).collect();
+    let body = lines.join("\n") + "\n";
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-ndjson\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        // Half the body, then the client is gone.
+        stream.write_all(&body.as_bytes()[..body.len() / 2]).unwrap();
+    })
+    .await
+    .unwrap();
+    let (status, answer) = bulk(addr, "application/x-ndjson", lines.join("\n") + "\n").await;
+    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(100)), "{answer}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (100, 100), "the cut batch admitted none of its messages");
 }

@@ -1,5 +1,6 @@
 //! gRPC ingress (`switchyard.v1.Ingress`) through the generated client over real HTTP/2: Publish,
-//! Publish with wait, PublishStream with a bad message among good ones, and the ingress token.
+//! Publish with wait, PublishStream with a bad message among good ones, a stream cut mid-way, and the
+//! ingress token.
 
 use crate::support::{drain_and_account, next, plugin_dir};
 use std::collections::HashMap;
@@ -95,4 +96,35 @@ async fn with_a_token_every_call_needs_it() {
     client.publish(request).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_mid_way_keeps_what_it_admitted_and_a_new_stream_is_served() {
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let (requests, mut stream) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..100 {
+        requests.send(publish("orders.eu", &format!("order {n}"))).unwrap();
+    }
+    // The stream stays open (its sender lives) until the call is dropped: a client that goes away.
+    let call = tokio::spawn({
+        let mut client = client.clone();
+        let stream = futures_util::stream::poll_fn(move |context| stream.poll_recv(context));
+        async move { client.publish_stream(stream).await }
+    });
+    crate::support::eventually(|| match host.stats().accepted {
+        100 => Ok(()),
+        accepted => Err(accepted),
+    });
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    drop(requests);
+    let again = (100..200).map(|n| publish("orders.eu", &format!("order {n}")));
+    let reply = client.publish_stream(futures_util::stream::iter(again)).await.unwrap().into_inner();
+    assert_eq!(reply.accepted, 100);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (200, 200));
+    let delivered: std::collections::HashSet<_> =
+        host.memory("out").unwrap().try_iter().map(|message| message.payload).collect();
+    assert_eq!(delivered.len(), 200);
 }

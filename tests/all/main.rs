@@ -43,6 +43,7 @@ mod tcp_destination;
 mod transports;
 mod wasm_transport;
 mod websocket_ingress;
+mod websocket_tls;
 mod websocket_transport;
 mod wire_format;
 

@@ -1,6 +1,6 @@
 //! The built-in `redis` transport against real `redis-server`s: lists and streams keyed by topic, the
-//! server's answer as the reply, an error answer dead-lettered with its text, and a server killed
-//! mid-run with nothing lost.
+//! server's answer as the reply, an error answer dead-lettered with its text, a server killed mid-run
+//! and the only server restarting, with nothing lost.
 
 use crate::support::{RedisServer, drain_and_account, host, next, plugin_dir, within};
 use std::collections::HashSet;
@@ -94,4 +94,36 @@ async fn a_server_killed_mid_run_loses_nothing() {
         seen.extend(server.command(&["LRANGE", "jobs", "0", "-1"]).lines().map(str::to_owned));
     }
     assert_eq!(seen.len(), 2000, "every message is in one list or the other (retries may repeat one)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_the_only_server_restarts_wait_and_reach_it_once_it_is_back() {
+    let mut server = RedisServer::start();
+    let dir = plugin_dir(&[]);
+    let config = config(&[&server], "key = \"jobs\"")
+        .replace("open_ms = 60000", "open_ms = 20")
+        .replace("attempts = 5", "attempts = 1000");
+    let host = host(dir.path(), &config).await;
+    for n in 0..100 {
+        host.send(Message::new("jobs", format!("job {n}"))).await.unwrap();
+    }
+    crate::support::eventually(|| match server.command(&["LLEN", "jobs"]).as_str() {
+        "100" => Ok(()),
+        other => Err(other.to_owned()),
+    });
+    server.kill();
+    for n in 100..200 {
+        host.send(Message::new("jobs", format!("job {n}"))).await.unwrap();
+    }
+    let retries = || {
+        let text = host.metrics().encode();
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "jobs")])
+    };
+    crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no failed attempt yet"));
+    server.restart();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (200, 0), "{stats:?}");
+    let listed = server.command(&["LRANGE", "jobs", "0", "-1"]);
+    let seen: HashSet<&str> = listed.lines().collect();
+    assert_eq!(seen.len(), 200, "every message on the list once at least (a retry may repeat one)");
 }

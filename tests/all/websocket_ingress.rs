@@ -1,5 +1,6 @@
 //! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
-//! backpressure by not reading, and the ingress token guarding the upgrade.
+//! backpressure by not reading, the ingress token guarding the upgrade, and a client that drops and
+//! reconnects.
 
 use crate::routing::gated_host;
 use crate::support::{drain_and_account, next, plugin_dir, start_ingress, within};
@@ -120,4 +121,40 @@ async fn with_an_ingress_token_the_upgrade_needs_it() {
     assert!(answer(&mut socket).await["id"].is_string());
     socket.close(None).await.unwrap();
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_mid_stream_and_reconnects_loses_no_acked_message() {
+    let dir = plugin_dir(&[]);
+    let text = "[host]\nworkers = 2\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+                queue = { capacity = 10000 }\n[[route]]\nname = \"all\"\nto = \"out\"\n";
+    let host = crate::support::host(dir.path(), text).await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    for n in 0..200 {
+        send(&mut socket, json!({ "topic": "t", "payload": format!("{n}"), "ref": n })).await;
+    }
+    for n in 0..100 {
+        assert_eq!(answer(&mut socket).await["ref"], n);
+    }
+    // Gone without a close frame; what it had not seen acked it sends again on a new connection.
+    drop(socket);
+    let mut socket = connect(addr, None).await.unwrap();
+    for n in 100..300 {
+        send(&mut socket, json!({ "topic": "t", "payload": format!("{n}"), "ref": n })).await;
+    }
+    for n in 100..300 {
+        assert_eq!(answer(&mut socket).await["ref"], n);
+    }
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, stats.delivered, "every message admitted was delivered: {stats:?}");
+    assert!((300..=400).contains(&stats.accepted), "{stats:?}");
+    let delivered: std::collections::HashSet<String> = host
+        .memory("out")
+        .unwrap()
+        .try_iter()
+        .map(|message| String::from_utf8(message.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(delivered.len(), 300, "every message delivered at least once");
 }

@@ -1,26 +1,34 @@
 //! The `websocket` transport against a real WebSocket server on 127.0.0.1: payload frames (text or
-//! binary), envelopes answered by id, and a server that goes away and comes back on its port with
-//! nothing lost.
+//! binary), envelopes answered by id, a server that goes away and comes back on its port with nothing
+//! lost, and a hung connection closed by its pings. The server speaks TLS when given an acceptor
+//! (see `websocket_tls`).
 
 use crate::support::{drain_and_account, host, plugin_dir, within};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use switchyard::{Host, Message};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-/// A WebSocket server: records every data frame; with `answer`, answers each envelope by id with its
-/// payload upper-cased.
-struct Server {
-    addr: SocketAddr,
+/// A WebSocket server (`wss://` with a TLS acceptor): records every data frame; with `answer`, answers
+/// each envelope by id with its payload upper-cased.
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     frames: Arc<Mutex<Vec<Frame>>>,
     tasks: JoinSet<()>,
 }
 
 impl Server {
-    async fn start(addr: SocketAddr, answer: bool, frames: Arc<Mutex<Vec<Frame>>>) -> Server {
+    pub(crate) async fn start(
+        addr: SocketAddr,
+        answer: bool,
+        frames: Arc<Mutex<Vec<Frame>>>,
+        tls: Option<TlsAcceptor>,
+    ) -> Server {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut tasks = JoinSet::new();
@@ -28,22 +36,14 @@ impl Server {
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                let seen = seen.clone();
+                let (seen, tls) = (seen.clone(), tls.clone());
                 connections.spawn(async move {
-                    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
-                    while let Some(Ok(frame)) = socket.next().await {
-                        if !(frame.is_text() || frame.is_binary()) {
-                            continue;
-                        }
-                        seen.lock().unwrap().push(frame.clone());
-                        if answer {
-                            let envelope: serde_json::Value =
-                                serde_json::from_str(frame.to_text().unwrap()).unwrap();
-                            let payload = envelope["payload"].as_str().unwrap().to_uppercase();
-                            let reply = serde_json::json!({ "id": envelope["id"], "payload": payload });
-                            if socket.send(Frame::text(reply.to_string())).await.is_err() {
-                                return;
-                            }
+                    match tls {
+                        None => serve(stream, answer, &seen).await,
+                        Some(tls) => {
+                            // A handshake the client gives up on (an untrusted certificate) ends here.
+                            let Ok(stream) = tls.accept(stream).await else { return };
+                            serve(stream, answer, &seen).await
                         }
                     }
                 });
@@ -53,16 +53,35 @@ impl Server {
     }
 
     /// Stop listening and drop every connection.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.tasks.shutdown().await;
     }
 
-    fn seen(&self) -> usize {
+    pub(crate) fn seen(&self) -> usize {
         self.frames.lock().unwrap().len()
     }
 }
 
-fn config(addr: SocketAddr, options: &str) -> String {
+/// One connection: the WebSocket handshake, then frames until it closes.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, answer: bool, seen: &Mutex<Vec<Frame>>) {
+    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
+    while let Some(Ok(frame)) = socket.next().await {
+        if !(frame.is_text() || frame.is_binary()) {
+            continue;
+        }
+        seen.lock().unwrap().push(frame.clone());
+        if answer {
+            let envelope: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            let payload = envelope["payload"].as_str().unwrap().to_uppercase();
+            let reply = serde_json::json!({ "id": envelope["id"], "payload": payload });
+            if socket.send(Frame::text(reply.to_string())).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn config(addr: SocketAddr, options: &str) -> String {
     format!(
         "[host]\nworkers = 2\ndead_letter = \"dead\"\n\
          [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
@@ -74,7 +93,7 @@ fn config(addr: SocketAddr, options: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_payload_goes_out_as_one_frame_text_or_binary() {
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), false, Arc::default()).await;
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), false, Arc::default(), None).await;
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &config(server.addr, "")).await;
     for n in 0..100 {
@@ -99,7 +118,7 @@ async fn each_payload_goes_out_as_one_frame_text_or_binary() {
     assert_eq!(binary.clone().into_data().as_ref(), [0u8, 159, 146, 150]);
 }
 
-async fn request_all(host: &Host, from: usize, to: usize) {
+pub(crate) async fn request_all(host: &Host, from: usize, to: usize) {
     let requests = (from..to).map(|n| async move {
         let reply = host.request(Message::new("jobs", format!("job {n}"))).await.unwrap();
         assert_eq!(&reply.expect("an answer").payload[..], format!("JOB {n}").as_bytes());
@@ -109,7 +128,7 @@ async fn request_all(host: &Host, from: usize, to: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelopes_are_answered_by_id_and_each_reply_reaches_its_request() {
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default()).await;
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), None).await;
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &config(server.addr, ", frames = \"envelope\"")).await;
     request_all(&host, 0, 200).await;
@@ -120,11 +139,18 @@ async fn envelopes_are_answered_by_id_and_each_reply_reaches_its_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_goes_away_and_comes_back_loses_nothing() {
+    goes_away_and_comes_back(None, "").await;
+}
+
+/// A server (with `tls`, reached with `options`) answers 50 requests, stops, and starts again on its
+/// port while 50 more wait for it: all 100 answered, none dead-lettered.
+pub(crate) async fn goes_away_and_comes_back(tls: Option<TlsAcceptor>, options: &str) {
     let frames: Arc<Mutex<Vec<Frame>>> = Arc::default();
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), true, frames.clone()).await;
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), true, frames.clone(), tls.clone()).await;
     let addr = server.addr;
     let dir = plugin_dir(&[]);
-    let host = host(dir.path(), &config(addr, ", frames = \"envelope\", ping_ms = 200")).await;
+    let options = format!(", frames = \"envelope\", ping_ms = 200{options}");
+    let host = host(dir.path(), &config(addr, &options)).await;
     request_all(&host, 0, 50).await;
     server.stop().await;
     // Sent while nothing listens: they wait in the queue (the endpoint refuses), then go.
@@ -137,9 +163,38 @@ async fn a_server_that_goes_away_and_comes_back_loses_nothing() {
         crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "ws")])
     };
     crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no refused attempt yet"));
-    let server = Server::start(addr, true, frames.clone()).await;
+    let server = Server::start(addr, true, frames.clone(), tls).await;
     within(waiting).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (100, 0));
     assert!(server.seen() >= 100, "every message reached the server, some twice at most: {}", server.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_silent_for_two_ping_intervals_is_closed_and_its_envelope_answered_on_a_new_one() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Frame>>> = Arc::default();
+    let answered = seen.clone();
+    tokio::spawn(async move {
+        // The first connection hangs after its handshake: it reads nothing, so answers no ping.
+        let (stream, _) = listener.accept().await.unwrap();
+        let _hung = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        serve(stream, true, &answered).await;
+    });
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(addr, ", frames = \"envelope\", ping_ms = 100")).await;
+    let reply = within(host.request(Message::new("jobs", "job"))).await.unwrap();
+    assert_eq!(&reply.expect("an answer").payload[..], b"JOB");
+    assert_eq!(seen.lock().unwrap().len(), 1, "answered on the second connection");
+    let text = host.metrics().encode();
+    let retries =
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "ws")]);
+    // Counted too: attempts refused while the connection waits out its reconnect backoff.
+    assert!(
+        retries.is_some_and(|retries| retries >= 1.0),
+        "sent again once the silent connection was closed"
+    );
+    drain_and_account(&host).await;
 }

@@ -28,6 +28,10 @@ pub enum Outcome {
 pub enum RetryReason {
     /// The connection could not be established: nothing was sent, so a retry is always safe.
     Connect,
+    /// The connection was made but its handshake failed (TLS: a certificate not trusted, no protocol in
+    /// common; WebSocket: the upgrade refused): nothing was sent, so a retry is always safe; unlike a
+    /// refused connection it counts as an attempt, so its error can end in a dead letter.
+    Handshake,
     /// The connection was reset or closed mid-exchange.
     Reset,
     /// No reply within the attempt's timeout.
@@ -80,7 +84,9 @@ impl Outcome {
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
             Outcome::Retryable(reason) => match reason {
-                RetryReason::Connect | RetryReason::Reset | RetryReason::Timeout => true,
+                RetryReason::Connect | RetryReason::Handshake | RetryReason::Reset | RetryReason::Timeout => {
+                    true
+                }
                 RetryReason::Status(status) => (500..=599).contains(status),
                 RetryReason::Plugin | RetryReason::Declined | RetryReason::NoResponders => false,
             },
@@ -97,7 +103,11 @@ impl RetryReason {
     pub fn is_not_taken(&self) -> bool {
         matches!(
             self,
-            RetryReason::Connect | RetryReason::Plugin | RetryReason::Declined | RetryReason::NoResponders
+            RetryReason::Connect
+                | RetryReason::Handshake
+                | RetryReason::Plugin
+                | RetryReason::Declined
+                | RetryReason::NoResponders
         )
     }
 
@@ -132,8 +142,13 @@ mod tests {
 
     #[test]
     fn only_transport_failures_and_5xx_count_against_the_endpoint() {
-        let failing =
-            [RetryReason::Connect, RetryReason::Reset, RetryReason::Timeout, RetryReason::Status(502)];
+        let failing = [
+            RetryReason::Connect,
+            RetryReason::Handshake,
+            RetryReason::Reset,
+            RetryReason::Timeout,
+            RetryReason::Status(502),
+        ];
         assert!(failing.into_iter().all(|reason| Outcome::Retryable(reason).is_endpoint_failure()));
         let answering = [
             RetryReason::Status(429),
@@ -148,7 +163,7 @@ mod tests {
     #[test]
     fn only_connect_errors_and_retryable_answers_are_known_not_taken() {
         assert!(RetryReason::Connect.is_not_taken() && RetryReason::Plugin.is_not_taken());
-        assert!(RetryReason::NoResponders.is_not_taken());
+        assert!(RetryReason::NoResponders.is_not_taken() && RetryReason::Handshake.is_not_taken());
         assert!(!RetryReason::Timeout.is_not_taken() && !RetryReason::Status(503).is_not_taken());
         assert!(RetryReason::Reset.is_unanswered() && !RetryReason::Status(503).is_unanswered());
     }

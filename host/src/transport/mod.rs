@@ -27,6 +27,7 @@ mod registry;
 mod restart;
 mod subprocess;
 mod tcp;
+mod tls;
 mod websocket;
 
 pub use self::redis::{RedisCommand, RedisOptions, RedisTransport};
@@ -39,6 +40,7 @@ pub use registry::{
 };
 pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;
+pub use tls::{TlsClient, TlsError};
 pub use websocket::{Framing, WebSocketOptions, WebSocketTransport};
 
 use crate::config::HealthSettings;

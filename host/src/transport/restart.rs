@@ -34,21 +34,29 @@ struct State<P> {
     backoff: Option<Duration>,
     /// No start before this.
     not_before: Option<Instant>,
+    /// Why the last start failed, while no start has succeeded since: the reason attempts fail meanwhile.
+    failed: Option<String>,
 }
 
 impl<P> Default for Restarting<P> {
     fn default() -> Restarting<P> {
-        Restarting(tokio::sync::Mutex::new(State { running: None, backoff: None, not_before: None }))
+        Restarting(tokio::sync::Mutex::new(State {
+            running: None,
+            backoff: None,
+            not_before: None,
+            failed: None,
+        }))
     }
 }
 
 impl<P: Peer> Restarting<P> {
     /// The running peer, or one `start` makes now if none runs and no backoff holds it back; why
     /// not otherwise.
-    pub(super) async fn get<F, Fut>(&self, start: F) -> Result<Arc<P>, String>
+    pub(super) async fn get<F, Fut, E>(&self, start: F) -> Result<Arc<P>, NotRunning<E>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<P, String>>,
+        Fut: Future<Output = Result<P, E>>,
+        E: std::fmt::Display,
     {
         let mut state = self.0.lock().await;
         if let Some((peer, _)) = state.running.as_ref().filter(|(peer, _)| !peer.ended()) {
@@ -63,7 +71,8 @@ impl<P: Peer> Restarting<P> {
         }
         let now = Instant::now();
         if let Some(at) = state.not_before.filter(|at| *at > now) {
-            return Err(format!("it ended; starting again in {:?}", at - now));
+            let last = state.failed.clone().unwrap_or_else(|| "it ended".to_owned());
+            return Err(NotRunning::Waiting(format!("{last}; starting again in {:?}", at - now)));
         }
         let started = start().await;
         let peer = match started {
@@ -72,10 +81,11 @@ impl<P: Peer> Restarting<P> {
                 // A failed start counts as one that ended at once.
                 let backoff = state.backoff.map_or(FIRST_BACKOFF, |backoff| (backoff * 2).min(MAX_BACKOFF));
                 (state.backoff, state.not_before) = (Some(backoff), Some(now + jittered(backoff)));
-                return Err(err);
+                state.failed = Some(err.to_string());
+                return Err(NotRunning::Failed(err));
             }
         };
-        state.running = Some((peer.clone(), now));
+        (state.running, state.failed) = (Some((peer.clone(), now)), None);
         Ok(peer)
     }
 
@@ -83,6 +93,25 @@ impl<P: Peer> Restarting<P> {
     pub(super) fn running(&self) -> Option<Arc<P>> {
         let state = self.0.try_lock().ok()?;
         state.running.as_ref().map(|(peer, _)| peer.clone())
+    }
+}
+
+/// Why [`Restarting::get`] has no peer to give.
+#[derive(Debug)]
+pub(super) enum NotRunning<E> {
+    /// Starting one failed just now.
+    Failed(E),
+    /// None runs and the backoff holds back the next start: why the last ended or failed to start, and
+    /// when it starts again.
+    Waiting(String),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for NotRunning<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRunning::Failed(err) => err.fmt(f),
+            NotRunning::Waiting(why) => f.write_str(why),
+        }
     }
 }
 

@@ -122,7 +122,7 @@ impl SubprocessTransport {
         let start = || async {
             self.spawn(address).map_err(|err| format!("cannot start {:?}: {err}", self.options.command))
         };
-        slot.get(start).await
+        slot.get(start).await.map_err(|err| err.to_string())
     }
 
     /// Start the process of `address`, and the tasks reading its output and awaiting its exit.

@@ -1,5 +1,14 @@
-//! The `websocket` transport: one client connection per endpoint (`ws://ADDRESS{path}`), one frame per
-//! message.
+//! The `websocket` transport: one client connection per endpoint (`ws://ADDRESS{path}`, or
+//! `wss://ADDRESS{path}` with `tls = true`), one frame per message.
+//!
+//! `tls = true` speaks TLS (rustls, `ring` provider) and checks the server's certificate against the
+//! system's root certificates, or, with `ca_file = "ca.pem"`, against the CA certificates of that PEM
+//! file only (a private CA; a relative path is from the working directory). The certificate must name
+//! the endpoint's host (a DNS name, or an IP address as a SAN). A CA file that cannot be read or holds
+//! no certificate is a configuration error. A handshake that fails (a certificate not trusted, an
+//! upgrade refused) counts as an attempt that nobody took ([`RetryReason::Handshake`]): it is retried,
+//! counts against the endpoint's breaker, and after the last attempt dead-letters the message
+//! (`delivery-failed`) with the TLS error as its last error; the health probe makes the same handshake.
 //!
 //! `frames = "payload"` (the default) sends the payload alone — a text frame when it is UTF-8, a binary
 //! frame otherwise — and a message counts as delivered once its frame is written and flushed (there is
@@ -14,28 +23,30 @@
 //! destination's `idempotent` allows).
 
 use super::answers::{Answer, Pending};
-use super::restart::{Peer, Restarting};
-use super::{AttemptFuture, AttemptResult, Transport, TransportContext, TransportOptions};
-use crate::config::{DestinationConfig, UrlPath};
+use super::restart::{NotRunning, Peer, Restarting};
+use super::tls::TlsClient;
+use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
+use crate::config::{DestinationConfig, HealthSettings, UrlPath};
 use crate::message::Message;
 use crate::resilience::{Outcome, RetryReason};
 use base64::Engine;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// `options = {..}` of a `websocket` destination.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "WebSocketSettings")]
 pub struct WebSocketOptions {
     /// The path connected to on every endpoint (default `/`).
     pub path: UrlPath,
@@ -43,11 +54,40 @@ pub struct WebSocketOptions {
     pub frames: Framing,
     /// Milliseconds between pings; 0 sends none.
     pub ping_ms: u64,
+    /// `wss://`, trusting these roots (`tls = true`, `ca_file`); `ws://` when `None`.
+    pub tls: Option<TlsClient>,
 }
 
-impl Default for WebSocketOptions {
-    fn default() -> WebSocketOptions {
-        WebSocketOptions { path: UrlPath::default(), frames: Framing::Payload, ping_ms: 15_000 }
+/// The options as written, before the TLS trust they name is loaded.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WebSocketSettings {
+    path: UrlPath,
+    frames: Framing,
+    ping_ms: u64,
+    tls: bool,
+    ca_file: Option<PathBuf>,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> WebSocketSettings {
+        let (path, frames) = (UrlPath::default(), Framing::Payload);
+        WebSocketSettings { path, frames, ping_ms: 15_000, tls: false, ca_file: None }
+    }
+}
+
+impl TryFrom<WebSocketSettings> for WebSocketOptions {
+    type Error = String;
+
+    fn try_from(settings: WebSocketSettings) -> Result<WebSocketOptions, String> {
+        let WebSocketSettings { path, frames, ping_ms, tls, ca_file } = settings;
+        let tls = match (tls, ca_file) {
+            (false, None) => None,
+            (false, Some(_)) => return Err("ca_file is for TLS connections: give tls = true too".into()),
+            (true, None) => Some(TlsClient::system_roots().map_err(|err| err.to_string())?),
+            (true, Some(file)) => Some(TlsClient::ca_file(&file).map_err(|err| err.to_string())?),
+        };
+        Ok(WebSocketOptions { path, frames, ping_ms, tls })
     }
 }
 
@@ -100,15 +140,33 @@ impl Peer for Link {
 
 impl WebSocketTransport {
     /// The connection to `address`, opened now if none is open and its backoff is over.
-    async fn link(&self, address: &str) -> Result<Arc<Link>, String> {
-        let restarting = self.links.get(address).ok_or_else(|| format!("no endpoint {address}"))?;
+    async fn link(&self, address: &str) -> Result<Arc<Link>, NotRunning<Unconnected>> {
+        let Some(restarting) = self.links.get(address) else {
+            return Err(NotRunning::Failed(Unconnected::Refused(format!("no endpoint {address}"))));
+        };
         restarting.get(|| self.connect(address)).await
     }
 
-    async fn connect(&self, address: &str) -> Result<Link, String> {
-        let url = format!("ws://{address}{}", &*self.options.path);
-        let (socket, _) =
-            tokio_tungstenite::connect_async(&url).await.map_err(|err| format!("{url}: {err}"))?;
+    /// A WebSocket connection to `address`, through TLS when the options say so.
+    async fn open(&self, address: &str) -> Result<Socket, Unconnected> {
+        let scheme = if self.options.tls.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{address}{}", &*self.options.path);
+        let tcp =
+            TcpStream::connect(address).await.map_err(|err| Unconnected::Refused(format!("{url}: {err}")))?;
+        tcp.set_nodelay(true).map_err(|err| Unconnected::Refused(format!("{url}: {err}")))?;
+        let connector = self.options.tls.as_ref().map(|tls| Connector::Rustls(tls.config()));
+        let handshake = tokio_tungstenite::client_async_tls_with_config(&url, tcp, None, connector).await;
+        let failed = |err| match (&self.options.tls, tls_error(&err)) {
+            (Some(tls), Some(err)) => {
+                format!("{url}: TLS handshake failed: {err} (trusting {})", tls.trusts())
+            }
+            _ => format!("{url}: handshake failed: {err}"),
+        };
+        handshake.map(|(socket, _)| socket).map_err(|err| Unconnected::Handshake(failed(err)))
+    }
+
+    async fn connect(&self, address: &str) -> Result<Link, Unconnected> {
+        let socket = self.open(address).await?;
         let (sink, stream) = socket.split();
         let link = Link {
             sink: Arc::new(tokio::sync::Mutex::new(sink)),
@@ -130,7 +188,12 @@ impl WebSocketTransport {
 
     async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
         let refused = |err| (Outcome::Retryable(RetryReason::Connect), err);
-        let link = self.link(address).await.map_err(refused)?;
+        let link = self.link(address).await.map_err(|err| match err {
+            NotRunning::Failed(Unconnected::Handshake(err)) => {
+                (Outcome::Retryable(RetryReason::Handshake), err)
+            }
+            err => refused(err.to_string()),
+        })?;
         let mut waiting = match self.options.frames {
             Framing::Payload => None,
             Framing::Envelope => {
@@ -153,6 +216,31 @@ impl WebSocketTransport {
         let closed =
             || (Outcome::Retryable(RetryReason::Reset), "the connection closed before an answer".to_owned());
         answer.ok_or_else(closed)?.into_result(message)
+    }
+}
+
+/// Why no connection could be opened.
+#[derive(Debug)]
+enum Unconnected {
+    /// No TCP connection (refused, unreachable).
+    Refused(String),
+    /// Connected, but the TLS or WebSocket handshake failed.
+    Handshake(String),
+}
+
+impl std::fmt::Display for Unconnected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unconnected::Refused(why) | Unconnected::Handshake(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The TLS error inside a handshake's error, if that is what it is.
+fn tls_error(err: &tokio_tungstenite::tungstenite::Error) -> Option<&rustls::Error> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Io(err) => err.get_ref()?.downcast_ref(),
+        _ => None,
     }
 }
 
@@ -243,5 +331,14 @@ impl Drop for WebSocketTransport {
 impl Transport for WebSocketTransport {
     fn attempt<'a>(&'a self, address: &'a str, message: &'a Message) -> AttemptFuture<'a> {
         Box::pin(self.exchange(address, message))
+    }
+
+    /// A fresh connection with both handshakes (TLS, WebSocket), closed at once.
+    fn probe<'a>(&'a self, address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let mut socket = self.open(address).await.map_err(|err| err.to_string())?;
+            let _ = socket.close(None).await;
+            Ok(())
+        })
     }
 }

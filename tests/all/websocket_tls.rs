@@ -1,0 +1,131 @@
+//! The `websocket` transport over TLS (`tls = true`) against a real `wss://` server on 127.0.0.1 whose
+//! certificate a private CA made for the test signed: replies, a server restart with nothing lost, and
+//! a certificate the host does not trust: dead letters naming the TLS failure, and a failing probe.
+
+use crate::support::{drain_and_account, event_where, host, next, plugin_dir};
+use crate::websocket_transport::{Server, config, goes_away_and_comes_back, request_all};
+use std::path::PathBuf;
+use std::sync::Arc;
+use switchyard::destination::DestinationEvent;
+use switchyard::{Config, HostEvent, Message};
+use tempfile::TempDir;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A private CA named `name`, written as `ca.pem`, and a server certificate for 127.0.0.1 it signed.
+struct Pki {
+    dir: TempDir,
+    /// Serves the server certificate (with the CA's behind it).
+    acceptor: TlsAcceptor,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let leaf = leaf.signed_by(&key, &ca).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let chain = vec![leaf.der().clone(), CertificateDer::from(ca.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Pki { dir, acceptor: TlsAcceptor::from(Arc::new(server)) }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The websocket options trusting this CA.
+    fn trusted(&self) -> String {
+        format!(", tls = true, ca_file = \"{}\"", self.ca_file().display())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_envelopes_through_a_private_ca_are_answered_by_id() {
+    let pki = Pki::new("test CA");
+    let server =
+        Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), Some(pki.acceptor.clone())).await;
+    let dir = plugin_dir(&[]);
+    let options = format!(", frames = \"envelope\"{}", pki.trusted());
+    let host = host(dir.path(), &config(server.addr, &options)).await;
+    request_all(&host, 0, 200).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (200, 0));
+    assert_eq!(server.seen(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_server_that_goes_away_and_comes_back_loses_nothing() {
+    let pki = Pki::new("test CA");
+    goes_away_and_comes_back(Some(pki.acceptor.clone()), &pki.trusted()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_dead_letters_each_message_naming_the_tls_failure() {
+    let (served, trusted) = (Pki::new("a stranger CA"), Pki::new("the trusted CA"));
+    let server =
+        Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), Some(served.acceptor.clone()))
+            .await;
+    let dir = plugin_dir(&[]);
+    let options = format!(", frames = \"envelope\"{}", trusted.trusted());
+    // One attempt each: between handshakes the endpoint backs off (100 ms doubling), and messages wait.
+    let config = config(server.addr, &options) + "[destination.retry]\nattempts = 1\n";
+    let host = host(dir.path(), &config).await;
+    for n in 0..5 {
+        host.send(Message::new("jobs", format!("job {n}"))).await.unwrap();
+    }
+    let dead = host.memory("dead").unwrap();
+    for _ in 0..5 {
+        let letter = next(&dead).await;
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"), "{letter:?}");
+        let last = letter.header("x-sy-last-error").unwrap();
+        let expected = format!(
+            "wss://{}/in: TLS handshake failed: invalid peer certificate: UnknownIssuer (trusting the CAs of {})",
+            server.addr,
+            trusted.ca_file().display()
+        );
+        assert!(last.contains(&expected), "{last}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 5), "{stats:?}");
+    assert_eq!(server.seen(), 0, "no frame crossed an untrusted connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_probe_of_an_untrusted_server_fails_naming_the_tls_failure() {
+    let (served, trusted) = (Pki::new("a stranger CA"), Pki::new("the trusted CA"));
+    let server =
+        Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), Some(served.acceptor.clone()))
+            .await;
+    let dir = plugin_dir(&[]);
+    let options = format!(", frames = \"envelope\"{}", trusted.trusted());
+    let host = host(dir.path(), &config(server.addr, &options)).await;
+    // Health checks begin with the config applied after subscribing: no event goes unseen.
+    let mut events = host.subscribe();
+    let checked =
+        config(server.addr, &options) + "[destination.health]\ninterval_ms = 20\nrise = 1\nfall = 1\n";
+    host.apply_config("checked.toml", Config::from_toml("checked.toml", &checked).unwrap()).await.unwrap();
+    let down =
+        |event: &HostEvent| matches!(event, HostEvent::Destination(DestinationEvent::EndpointDown { .. }));
+    let HostEvent::Destination(DestinationEvent::EndpointDown { reason, .. }) =
+        event_where(&mut events, down).await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("TLS handshake failed: invalid peer certificate: UnknownIssuer"), "{reason}");
+    assert_eq!(server.seen(), 0);
+    drain_and_account(&host).await;
+}
