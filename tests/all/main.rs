@@ -34,6 +34,7 @@ mod reload_once;
 mod retries;
 mod routing;
 mod soak;
+mod spool;
 mod subprocess_transport;
 mod support;
 mod tcp_destination;

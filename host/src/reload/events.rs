@@ -71,6 +71,19 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
+    /// At start, the spool had a segment whose tail could not be read (torn by a crash mid-write,
+    /// or corrupt): the records before it were recovered; the rest was moved aside to
+    /// `SEGMENT.damaged`.
+    SpoolDamaged {
+        /// The segment file.
+        segment: String,
+        /// Bytes recovered from its start.
+        intact: u64,
+        /// Bytes after them that could not be read.
+        lost: u64,
+        /// Why (e.g. "checksum mismatch", "torn record (the file ends inside it)").
+        problem: String,
+    },
     /// An endpoint went down or came back, or a balancer plugin could not
     /// pick (told at most once a second per destination).
     #[serde(untagged)]
@@ -94,6 +107,7 @@ impl HostEvent {
             HostEvent::CacheEntryDiscarded { .. } => "cache-entry-discarded",
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
+            HostEvent::SpoolDamaged { .. } => "spool-damaged",
             HostEvent::Destination(event) => event.name(),
         }
     }
@@ -124,12 +138,14 @@ pub struct EventCounts {
     pub destination_fallbacks: u64,
     /// [`HostEvent::CacheEntryDiscarded`].
     pub cache_entries_discarded: u64,
+    /// [`HostEvent::SpoolDamaged`].
+    pub spool_damaged: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 11],
+    counts: [AtomicU64; 12],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -168,13 +184,14 @@ impl Events {
             HostEvent::Destination(DestinationEvent::BalancerFallback { .. }) => 8,
             HostEvent::CacheEntryDiscarded { .. } => 9,
             HostEvent::Destination(DestinationEvent::Fallback { .. }) => 10,
+            HostEvent::SpoolDamaged { .. } => 11,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
         self.remember(&event);
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
-            2 | 5 => tracing::error!(event = %json, "host event"),
+            2 | 5 | 11 => tracing::error!(event = %json, "host event"),
             6 | 8 | 9 | 10 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
@@ -228,6 +245,7 @@ impl Events {
             balancer_fallbacks: count(8),
             destination_fallbacks: count(10),
             cache_entries_discarded: count(9),
+            spool_damaged: count(11),
         }
     }
 }
