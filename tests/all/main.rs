@@ -8,6 +8,7 @@ mod balancer_plugin;
 mod cli;
 mod compile_cache;
 mod config_errors;
+mod crash_recovery;
 mod dead_letters;
 mod destination_core;
 mod endpoint;
