@@ -40,7 +40,7 @@ pub mod config;
 pub mod router;
 pub mod plugin;
 pub mod dead_letter;
-mod spool;
+pub mod spool;
 pub mod transport;
 pub mod destination;
 pub mod balance;

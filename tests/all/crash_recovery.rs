@@ -1,12 +1,16 @@
-//! The done-when test of the durable spool: the `switchyard` binary, spooling, is SIGKILLed under
-//! load while its HTTP sink is slow, restarted on the same state directory, and every message it
-//! answered 202 reaches the sink (or a dead letter); duplicates are counted and bounded by what was
-//! in flight at the kill.
+//! The durable spool of the `switchyard` binary. The done-when test: SIGKILLed under load while its
+//! HTTP sink is slow, restarted on the same state directory, the host delivers every message it
+//! answered 202 (or dead-letters it); duplicates are counted and bounded by what was in flight at
+//! the kill. And the operator's view: `/v1/spool`, the spool metrics, `switchyard spool inspect`
+//! and `drain`.
 
 use crate::cli::Running;
-use crate::support::{eventually, plugin_dir, try_post};
+use crate::exposition::sample;
+use crate::support::{eventually, http, plugin_dir, post, try_post};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,6 +150,16 @@ fn a_sigkilled_spooling_host_delivers_every_acknowledged_message_once_restarted(
     clients.into_iter().for_each(|client| client.join().unwrap());
     let acked: Vec<String> = acked.lock().unwrap().clone();
     let before_kill = sink.arrivals();
+    let settled: HashSet<&str> = before_kill
+        .iter()
+        .filter(|arrival| arrival.answered.is_some())
+        .map(|arrival| arrival.id.as_str())
+        .collect();
+    let unsettled = acked.iter().filter(|id| !settled.contains(id.as_str())).count();
+    let report = spool_command("inspect", &dir.path().join("state")).1;
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let depth = report["depth"].as_u64().unwrap() as usize;
+    assert!(depth >= unsettled, "{unsettled} acknowledged messages were unsettled, the spool holds {depth}");
 
     let second = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
     let mut seen = Vec::new();
@@ -195,4 +209,77 @@ fn a_sigkilled_spooling_host_delivers_every_acknowledged_message_once_restarted(
             );
         }
     }
+}
+
+/// Run `switchyard spool COMMAND --state-dir STATE`: whether it succeeded, stdout, stderr.
+fn spool_command(command: &str, state: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["spool", command, "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn the_spool_is_shown_while_the_host_runs_and_inspected_and_drained_once_it_is_killed() {
+    let dir = plugin_dir(&[]);
+    // Nothing listens at the sink's address: the messages wait in its queue, held in the spool.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(dir.path().join("switchyard.toml"), config(nowhere)).unwrap();
+    let host = Running::start(&["run", "--config", "switchyard.toml", "--admin", "127.0.0.1:0"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let admin = host.address("admin API listening on http://");
+    let mut ids = HashSet::new();
+    for n in 0..3 {
+        let (status, body) =
+            post(ingress, "/v1/messages/orders.eu", &[("x-tenant", "acme")], format!("{n}").as_bytes());
+        assert_eq!(status, 202, "{body}");
+        ids.insert(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned(),
+        );
+    }
+
+    let (status, body) = http(admin, "GET", "/v1/spool", &[], b"");
+    let spool: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &spool["durability"], &spool["depth"]), (200, &"spool".into(), &3.into()), "{body}");
+    assert!(spool["oldest_age_ms"].is_u64() && spool["bytes"].as_u64() > Some(0), "{body}");
+    let metrics = http(admin, "GET", "/metrics", &[], b"").1;
+    assert_eq!(sample(&metrics, "switchyard_spool_writes_total", &[]), Some(3.0));
+    assert!(sample(&metrics, "switchyard_spool_commit_seconds_count", &[]) >= Some(1.0), "{metrics}");
+    let state = dir.path().join("state");
+    let (drained, _, refusal) = spool_command("drain", &state);
+    assert!(!drained && refusal.contains("in use by another process"), "{refusal}");
+    let (inspected, report, _) = spool_command("inspect", &state);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(inspected && report["in_use"] == true && report["depth"] == 3, "{report}");
+
+    drop(host.kill());
+    let (inspected, report, problem) = spool_command("inspect", &state);
+    assert!(inspected, "{problem}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!((&report["depth"], &report["in_use"]), (&3.into(), &false.into()), "{report}");
+    assert_eq!(report["topics"], serde_json::json!({ "orders.eu": 3 }), "{report}");
+
+    let (drained, lines, summary) = spool_command("drain", &state);
+    assert!(drained && summary.contains("drained 3 messages"), "{summary}");
+    let lines: Vec<serde_json::Value> =
+        lines.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let drained_ids: HashSet<String> =
+        lines.iter().map(|line| line["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(drained_ids, ids, "each message with its x-sy-id");
+    let payloads: HashSet<&str> = lines.iter().map(|line| line["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, HashSet::from(["0", "1", "2"]));
+    assert!(
+        lines.iter().all(|line| line["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["x-tenant", "acme"])))
+    );
+    let report: serde_json::Value = serde_json::from_str(&spool_command("inspect", &state).1).unwrap();
+    assert_eq!(report["depth"], 0, "drained messages are removed: {report}");
+    let (drained, lines, summary) = spool_command("drain", &state);
+    assert!(drained && lines.is_empty() && summary.contains("drained 0 messages"), "{summary}");
+    let (inspected, _, problem) = spool_command("inspect", &dir.path().join("nowhere"));
+    assert!(!inspected && problem.contains("no spool here"), "{problem}");
 }

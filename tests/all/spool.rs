@@ -40,6 +40,17 @@ async fn host(
     (host, delivered)
 }
 
+/// A copy of `state`'s spool as it is on disk now (as a crash would leave it) in a new state
+/// directory: one host holds a spool directory at a time.
+fn crash_copy(state: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir(copy.path().join("spool")).unwrap();
+    for path in segments(state) {
+        std::fs::copy(&path, copy.path().join("spool").join(path.file_name().unwrap())).unwrap();
+    }
+    copy
+}
+
 fn segments(state: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> =
         std::fs::read_dir(state.join("spool")).unwrap().map(|e| e.unwrap().path()).collect();
@@ -98,12 +109,13 @@ async fn host_again(state: &Path) -> (Host, flume::Receiver<Message>) {
 async fn a_host_started_on_a_spool_delivers_what_it_held_with_its_unique_ids_unchanged() {
     let state = tempfile::tempdir().unwrap();
     let (open, gate) = gate();
-    // The first host never settles its messages: as far as the spool knows, it crashed.
+    // The first host never settles its messages: a copy of its spool is what a crash leaves.
     let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
     for n in 0..5 {
         stuck.send(message(n)).await.unwrap();
     }
 
+    let state = crash_copy(state.path());
     let (host, delivered) = host_again(state.path()).await;
     assert_eq!(host.spool().unwrap().recovered, 5);
     assert_eq!(ids_of(&delivered, 5).await, (0..5).map(|n| format!("mine-{n}")).collect::<Vec<_>>());
@@ -114,7 +126,7 @@ async fn a_host_started_on_a_spool_delivers_what_it_held_with_its_unique_ids_unc
     assert_eq!(third.spool().unwrap().recovered, 0, "the second host recorded their outcomes");
     drain_and_account(&third).await;
     assert!(delivered.is_empty());
-    // Had the first host lived on, it would deliver them too: at-least-once, the ids tell.
+    // The first host delivers them too once let through: its own spool still held them.
     drop(open);
     assert_eq!(ids_of(&stuck_out, 5).await.len(), 5);
     drain_and_account(&stuck).await;
@@ -128,6 +140,7 @@ async fn a_damaged_spool_tail_is_reported_and_the_messages_before_it_delivered()
     for n in 0..3 {
         stuck.send(message(n)).await.unwrap();
     }
+    let state = crash_copy(state.path());
     let last = segments(state.path()).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
     let at = bytes.len() - 3;
@@ -183,4 +196,22 @@ async fn a_full_spool_is_backpressure_and_every_message_it_took_is_delivered() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (9, 9));
     assert_eq!(host.spool().unwrap().depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_the_same_spool_is_refused_naming_the_lock() {
+    let state = tempfile::tempdir().unwrap();
+    let (first, _) = host_again(state.path()).await;
+    let plugins = plugin_dir(&[]);
+    let mut config = Config::default();
+    config.host.durability = Durability::Spool;
+    let second =
+        Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let error = second.build().await.expect_err("the spool is taken").to_string();
+    assert!(error.contains("in use by another process (its lock file is locked)"), "{error}");
+    assert!(error.contains(&state.path().join("spool").display().to_string()), "{error}");
+    drain_and_account(&first).await;
+    drop(first);
+    let (again, _) = host_again(state.path()).await;
+    drain_and_account(&again).await;
 }

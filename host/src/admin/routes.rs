@@ -22,6 +22,7 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/routes", get(routes))
         .route("/v1/destinations", get(destinations))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/spool", get(spool))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
         .layer(middleware::from_fn_with_state(token.clone(), require_token));
@@ -87,6 +88,22 @@ async fn dead_letters(State(host): State<Host>, Query(query): Query<DeadLetterQu
         Err(err) => {
             (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": err.to_string() }))).into_response()
         }
+    }
+}
+
+/// What the spool holds (`durability = "spool"`): depth, bytes, oldest age, recovered at start;
+/// with `durability = "memory"`, only that.
+async fn spool(State(host): State<Host>) -> Json<Value> {
+    match host.spool() {
+        Some(status) => {
+            let mut answer = json!({ "durability": "spool" });
+            answer
+                .as_object_mut()
+                .expect("an object")
+                .extend(json!(status).as_object().cloned().unwrap_or_default());
+            Json(answer)
+        }
+        None => Json(json!({ "durability": "memory" })),
     }
 }
 

@@ -142,7 +142,7 @@ impl HostBuilder {
         let dead_letter_file =
             DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
-        let spool = super::spool::open(&config.host, &state_dir(&config.host))?;
+        let spool = super::spool::open(&config.host, &state_dir(&config.host), &metrics)?;
         let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));

@@ -375,9 +375,10 @@ impl Host {
         if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
             redelivery.stop().await;
         }
-        // Every message is settled: its spool record's remove is on disk before we return.
+        // Every message is settled: its spool record's remove is on disk, and the spool unlocked,
+        // before we return.
         if let Some(spool) = &self.inner.spool {
-            spool.flush().await;
+            spool.close().await;
         }
     }
 

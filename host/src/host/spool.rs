@@ -66,9 +66,14 @@ pub(super) fn redeliver(
 pub(super) fn open(
     host: &crate::config::HostSection,
     state_dir: &std::path::Path,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Option<(Spool, crate::spool::Recovery)>, SpoolError> {
     if host.durability != crate::config::Durability::Spool {
         return Ok(None);
     }
-    Spool::open(&state_dir.join(crate::spool::DIR_NAME), host.spool_max_bytes, |_, _| {}).map(Some)
+    let (dir, spool_metrics) = (state_dir.join(crate::spool::DIR_NAME), metrics.spool.clone());
+    let observe = move |messages, took| spool_metrics.committed(messages, took);
+    let (spool, recovery) = Spool::open(&dir, host.spool_max_bytes, observe)?;
+    metrics.spool.recovered(recovery.messages.len());
+    Ok(Some((spool, recovery)))
 }

@@ -19,11 +19,13 @@ pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub(crate) seq: u64,
+    /// When it was accepted, unix milliseconds.
+    pub(crate) accepted_ms: u64,
     pub(crate) message: Message,
 }
 
 /// The unreadable tail of a segment, found at open: moved aside to `NAME.seg.damaged` and cut off.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Damage {
     /// The segment.
     pub segment: PathBuf,
@@ -43,10 +45,17 @@ struct Live {
     accepted_ms: u64,
 }
 
+/// The lock file of a spool directory: held (an exclusive `flock`) by the one process using it.
+pub(crate) const LOCK_FILE: &str = "lock";
+
 /// The segment log of one spool directory.
 #[derive(Debug)]
 pub(crate) struct SegmentLog {
     dir: PathBuf,
+    /// The lock file, locked while the log is open: a second host (or `switchyard spool drain`)
+    /// on the same directory would reuse sequence numbers, and one's removes delete the other's
+    /// messages.
+    _lock: File,
     /// The segment appended to: its number, file and length.
     head: (u64, File, u64),
     /// Messages not yet removed, by sequence number (so the first is the oldest).
@@ -61,42 +70,94 @@ pub(crate) struct SegmentLog {
     next_seq: u64,
 }
 
-impl SegmentLog {
-    /// Open (creating) the log in `dir`: every intact record is read back; a damaged tail is moved
-    /// aside and reported. Returns the log, its live messages oldest first, and the damage found.
-    pub(crate) fn open(dir: &Path) -> io::Result<(SegmentLog, Vec<Recovered>, Vec<Damage>)> {
-        fs::create_dir_all(dir)?;
-        let (mut live, mut per_segment, mut messages) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        let (mut damage, mut disk_bytes, mut next_seq) = (Vec::new(), 0, 0);
-        for (number, path) in segments(dir)? {
+/// What the segments of a spool directory hold, read without changing anything.
+#[derive(Debug, Default)]
+pub(crate) struct Contents {
+    /// Messages put and not removed, by sequence number (so oldest first).
+    pub(crate) messages: BTreeMap<u64, Recovered>,
+    /// Each segment's number, path, and where its readable records end if before its end.
+    segments: Vec<(u64, PathBuf, Option<Damage>)>,
+    live: BTreeMap<u64, Live>,
+    /// Bytes of the segment files.
+    pub(crate) disk_bytes: u64,
+    next_seq: u64,
+}
+
+impl Contents {
+    /// Read every segment of `dir` (none if it does not exist) up to its first unreadable record.
+    pub(crate) fn read(dir: &Path) -> io::Result<Contents> {
+        let mut contents = Contents::default();
+        let found = match dir.exists() {
+            true => segments(dir)?,
+            false => Vec::new(),
+        };
+        for (number, path) in found {
             let bytes = fs::read(&path)?;
             let scan = record::scan(&bytes);
-            if let Some(problem) = scan.damage {
-                fs::write(path.with_extension("seg.damaged"), &bytes[scan.intact as usize..])?;
-                OpenOptions::new().write(true).open(&path)?.set_len(scan.intact)?;
-                damage.push(Damage {
-                    segment: path,
-                    intact: scan.intact,
-                    lost: bytes.len() as u64 - scan.intact,
-                    problem,
-                });
-            }
-            disk_bytes += scan.intact;
-            per_segment.insert(number, 0);
+            contents.disk_bytes += bytes.len() as u64;
+            let damage = scan.damage.map(|problem| Damage {
+                segment: path.clone(),
+                intact: scan.intact,
+                lost: bytes.len() as u64 - scan.intact,
+                problem,
+            });
+            contents.segments.push((number, path, damage));
             for (record, bytes) in scan.records {
+                contents.next_seq = contents.next_seq.max(record.seq() + 1);
                 match record {
                     Record::Put { seq, accepted_ms, message } => {
-                        next_seq = next_seq.max(seq + 1);
-                        live.insert(seq, Live { segment: number, bytes, accepted_ms });
-                        messages.insert(seq, Recovered { seq, message });
+                        contents.live.insert(seq, Live { segment: number, bytes, accepted_ms });
+                        contents.messages.insert(seq, Recovered { seq, accepted_ms, message });
                     }
                     Record::Remove { seq } => {
-                        next_seq = next_seq.max(seq + 1);
-                        live.remove(&seq);
-                        messages.remove(&seq);
+                        contents.live.remove(&seq);
+                        contents.messages.remove(&seq);
                     }
                 }
             }
+        }
+        Ok(contents)
+    }
+
+    /// The damaged tails found.
+    pub(crate) fn damage(&self) -> impl Iterator<Item = &Damage> {
+        self.segments.iter().filter_map(|(_, _, damage)| damage.as_ref())
+    }
+
+    /// Bytes of the records of the messages held.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live.values().map(|entry| entry.bytes).sum()
+    }
+
+    /// The segment files, by number.
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+impl SegmentLog {
+    /// Open (creating) the log in `dir`, locking it: every intact record is read back; a damaged
+    /// tail is moved aside to `NAME.seg.damaged`, cut off and reported. Returns the log, its live
+    /// messages oldest first, and the damage found.
+    pub(crate) fn open(dir: &Path) -> io::Result<(SegmentLog, Vec<Recovered>, Vec<Damage>)> {
+        fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        if let Err(error) = lock.try_lock() {
+            let problem = format!("in use by another process (its {LOCK_FILE} file is locked): {error}");
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, problem));
+        }
+        let Contents { messages, segments, live, mut disk_bytes, next_seq } = Contents::read(dir)?;
+        let mut damage = Vec::new();
+        let mut per_segment = BTreeMap::new();
+        for (number, path, damaged) in segments {
+            if let Some(damaged) = damaged {
+                let bytes = fs::read(&path)?;
+                fs::write(path.with_extension("seg.damaged"), &bytes[damaged.intact as usize..])?;
+                OpenOptions::new().write(true).open(&path)?.set_len(damaged.intact)?;
+                disk_bytes -= damaged.lost;
+                damage.push(damaged);
+            }
+            per_segment.insert(number, 0);
         }
         for entry in live.values() {
             *per_segment.get_mut(&entry.segment).expect("its segment was read") += 1;
@@ -105,8 +166,16 @@ impl SegmentLog {
         let head_number = per_segment.keys().next_back().map_or(1, |last| last + 1);
         let head = (head_number, create_segment(dir, head_number)?, 0);
         per_segment.insert(head_number, 0);
-        let mut log =
-            SegmentLog { dir: dir.to_owned(), head, live, per_segment, disk_bytes, live_bytes, next_seq };
+        let mut log = SegmentLog {
+            dir: dir.to_owned(),
+            _lock: lock,
+            head,
+            live,
+            per_segment,
+            disk_bytes,
+            live_bytes,
+            next_seq,
+        };
         log.reclaim()?;
         Ok((log, messages.into_values().collect(), damage))
     }

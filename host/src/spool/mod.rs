@@ -24,10 +24,12 @@
 //! each record: what precedes it is recovered, the rest moved aside and reported.
 
 mod log;
+mod offline;
 mod record;
 mod writer;
 
 pub use log::Damage;
+pub use offline::{Drained, SpoolReport, drain, inspect};
 
 use crate::message::Message;
 use log::SegmentLog;
@@ -84,7 +86,7 @@ pub struct SpoolStatus {
 }
 
 /// The durable spool of one host. One host per state directory.
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
     requests: flume::Sender<Request>,
     /// KiB of `spool_max_bytes`: a held message keeps its record's share until it is settled.
@@ -162,16 +164,17 @@ impl Spool {
         }
     }
 
-    /// Wait until every remove queued so far is written and fsync'd.
-    pub(crate) async fn flush(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.requests.send(Request::Flush(done)).is_ok() {
-            let _ = flushed.await;
+    /// Write and fsync every remove queued so far, then close the log and unlock the directory;
+    /// later puts are refused with [`SpoolError::Closed`].
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.requests.send(Request::Close(done)).is_ok() {
+            let _ = closed.await;
         }
     }
 
     /// What the spool holds now.
-    pub fn status(&self) -> SpoolStatus {
+    pub(crate) fn status(&self) -> SpoolStatus {
         let oldest = self.figures.oldest_ms.load(Relaxed);
         SpoolStatus {
             dir: self.dir.clone(),

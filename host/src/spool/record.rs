@@ -25,6 +25,15 @@ pub(crate) enum Record {
     Remove { seq: u64 },
 }
 
+impl Record {
+    /// The sequence number the record is about.
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            Record::Put { seq, .. } | Record::Remove { seq } => *seq,
+        }
+    }
+}
+
 /// Append a put of `message` (its wire form, `body`, made by [`put_body`]) as `seq`.
 pub(crate) fn write_put(out: &mut Vec<u8>, seq: u64, body: &[u8]) {
     write(out, PUT, seq, body);

@@ -18,10 +18,11 @@ pub(crate) enum Request {
     /// Write a put of `body` (see [`record::put_body`]) and fsync it; answer its sequence number.
     Put { body: Vec<u8>, accepted_ms: u64, done: oneshot::Sender<io::Result<u64>> },
     /// The message of this sequence number reached its outcome: write its remove (fsync'd with the
-    /// next put or flush: a remove lost to a crash only delivers that message again).
+    /// next put or the close: a remove lost to a crash only delivers that message again).
     Remove(u64),
-    /// Fsync what is written; answer once done.
-    Flush(oneshot::Sender<()>),
+    /// Fsync what is written, close the log (unlocking the directory) and stop; answer once done.
+    /// Removes queued after it are not written: those messages are delivered again at the next start.
+    Close(oneshot::Sender<()>),
 }
 
 /// What the writer shows of the log after each batch (read by `/v1/spool` and the gauges).
@@ -47,7 +48,7 @@ impl Figures {
 /// Observes each batch the writer commits: its puts and how long the write and fsync took.
 pub(crate) type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
-/// Serve `requests` until every sender is gone, then fsync and return.
+/// Serve `requests` until one asks to close or every sender is gone, then fsync and return.
 pub(crate) fn run(
     mut log: SegmentLog,
     requests: flume::Receiver<Request>,
@@ -58,8 +59,7 @@ pub(crate) fn run(
     let mut buf = Vec::new();
     while let Ok(first) = requests.recv() {
         buf.clear();
-        let (mut puts, mut answers, mut removes, mut flushes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut puts, mut answers, mut removes, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
         for request in std::iter::once(first).chain(requests.try_iter().take(MAX_BATCH - 1)) {
             match request {
                 Request::Put { body, accepted_ms, done } => {
@@ -72,10 +72,13 @@ pub(crate) fn run(
                     record::write_remove(&mut buf, seq);
                     removes.push(seq);
                 }
-                Request::Flush(done) => flushes.push(done),
+                Request::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
             }
         }
-        let sync = !puts.is_empty() || !flushes.is_empty();
+        let sync = !puts.is_empty() || close.is_some();
         let started = Instant::now();
         let written = log.append(&buf, &puts, sync);
         if !puts.is_empty() {
@@ -97,9 +100,11 @@ pub(crate) fn run(
                 }
             }
         }
-        flushes.into_iter().for_each(|done| {
+        if let Some(done) = close {
+            drop(log);
             let _ = done.send(());
-        });
+            return;
+        }
     }
     if let Err(error) = log.append(&[], &[], true) {
         tracing::warn!(%error, "the spool's last fsync failed: settled messages may be delivered again");
