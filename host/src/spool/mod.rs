@@ -4,7 +4,7 @@
 //!
 //! Data path: admission encodes the message and queues a put for the writer thread, which writes
 //! every put queued meanwhile with one write and one fsync (group commit) and answers each with its
-//! sequence number; the admission then holds a [`SpoolHold`] that travels with the message and every
+//! sequence number; the admission then holds a `SpoolHold` that travels with the message and every
 //! message made from it, and the last of them to be dropped queues the remove.
 //!
 //! The store is an append-only segment log of CRC-checked records (see `record` and `log`), chosen
