@@ -102,7 +102,12 @@ async fn a_sent_message_is_on_disk_until_its_outcome_is_recorded() {
 }
 
 async fn host_again(state: &Path) -> (Host, flume::Receiver<Message>) {
-    host(state, None::<fn(&Message) -> Result<Verdict, switchyard::PluginError>>, |_| {}).await
+    host_again_with(state, |_| {}).await
+}
+
+/// A spooling host on `state` with no gate, `tune`d.
+async fn host_again_with(state: &Path, tune: impl FnOnce(&mut Config)) -> (Host, flume::Receiver<Message>) {
+    host(state, None::<fn(&Message) -> Result<Verdict, switchyard::PluginError>>, tune).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,4 +219,22 @@ async fn a_second_host_on_the_same_spool_is_refused_naming_the_lock() {
     drop(first);
     let (again, _) = host_again(state.path()).await;
     drain_and_account(&again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_record_exceeds_the_whole_spool_is_refused_as_too_large_not_waited_on() {
+    let state = tempfile::tempdir().unwrap();
+    let (host, delivered) = host_again_with(state.path(), |config| {
+        config.host.max_message_bytes = 2048;
+        config.host.spool_max_bytes = 3072;
+    })
+    .await;
+    // Within max_message_bytes (the payload), but its long topic makes the record larger than the spool.
+    let long = Message::new(format!("t.{}", "x".repeat(2000)), vec![b'p'; 2000]);
+    let refused = within(host.send(long)).await;
+    assert!(matches!(refused, Err(SendError::TooLarge { limit: 3072, .. })), "{refused:?}");
+    host.send(message(1)).await.expect("a message that fits is accepted");
+    assert_eq!(next(&delivered).await.unique_id(), Some("mine-1"));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
 }

@@ -22,6 +22,10 @@ impl Host {
         match spool.put(message, wait).await {
             Ok(hold) => Ok(Some(hold)),
             Err(SpoolError::Full { .. }) => Err(SendError::Backpressure),
+            Err(SpoolError::TooLarge { bytes, max_bytes }) => Err(SendError::TooLarge {
+                size: bytes,
+                limit: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            }),
             Err(SpoolError::Closed) => Err(SendError::ShuttingDown),
             Err(error @ SpoolError::Io { .. }) => Err(SendError::Unrecorded(error.to_string())),
         }

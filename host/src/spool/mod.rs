@@ -52,6 +52,14 @@ pub enum SpoolError {
         /// The limit.
         max_bytes: u64,
     },
+    /// The message's record alone is larger than `host.spool_max_bytes`.
+    #[error("a record of {bytes} bytes cannot fit in a spool of {max_bytes} bytes")]
+    TooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// The limit.
+        max_bytes: u64,
+    },
     /// Reading or writing the spool failed.
     #[error("spool {}: {error}", dir.display())]
     Io {
@@ -120,7 +128,7 @@ impl Spool {
             .name("switchyard-spool".into())
             .spawn(move || writer::run(log, queue, writer_figures, Box::new(observe)))
             .map_err(io)?;
-        let budget = Arc::new(Semaphore::new(kib(max_bytes)));
+        let budget = Arc::new(Semaphore::new(kib_of(max_bytes)));
         let spool = Spool {
             dir: dir.to_owned(),
             requests,
@@ -147,6 +155,13 @@ impl Spool {
         let accepted_ms = writer::now_ms();
         let body = record::put_body(message, accepted_ms);
         let kib = record_kib(body.len());
+        if kib as usize > kib_of(self.max_bytes) {
+            // Larger than the whole spool (a long topic, many headers): waiting would never end.
+            return Err(SpoolError::TooLarge {
+                bytes: body.len() + record::HEADER,
+                max_bytes: self.max_bytes,
+            });
+        }
         let permit = match wait {
             true => self.budget.clone().acquire_many_owned(kib).await.map_err(|_| SpoolError::Closed)?,
             false => self
@@ -230,7 +245,7 @@ impl std::fmt::Debug for SpoolHold {
     }
 }
 
-fn kib(bytes: u64) -> usize {
+fn kib_of(bytes: u64) -> usize {
     usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)
 }
 
