@@ -98,7 +98,7 @@ async fn a_full_queue_takes_what_fits_and_answers_503_when_nothing_did() {
     let (host, delivered) =
         gated_host(dir.path(), "[host]\nqueue_capacity = 2\nworkers = 1\nbatch_size = 1", &entered, &gate)
             .await;
-    host.try_send(switchyard::Message::new("t", "first")).unwrap();
+    host.try_send(switchyard::Message::new("t", "first")).await.unwrap();
     within(entered.notified()).await;
     let addr = start_ingress(&host).await;
     let five = (0..5).map(|n| format!(r#"{{"topic":"t","payload":"{n}"}}"#)).collect::<Vec<_>>().join("\n");

@@ -75,7 +75,7 @@ impl Running {
     }
 
     /// The address of the first stdout line containing `what` (`... http://ADDR`).
-    fn address(&self, what: &str) -> SocketAddr {
+    pub(crate) fn address(&self, what: &str) -> SocketAddr {
         let line = self.line_where(|line| line.contains(what));
         line.rsplit("http://").next().unwrap().parse().unwrap_or_else(|err| panic!("{err}: {line}"))
     }
@@ -97,6 +97,27 @@ impl Running {
         let stopped = self.line_where(|line| line.starts_with("switchyard: stopped"));
         assert!(self.child.wait().unwrap().success());
         stopped
+    }
+}
+
+impl Running {
+    /// The lines written since the last look, without waiting.
+    pub(crate) fn lines_so_far(&self) -> Vec<String> {
+        self.lines.try_iter().map(|(_, line)| line).collect()
+    }
+
+    /// SIGKILL the host, wait for it, and return the lines it wrote that were not read yet.
+    pub(crate) fn kill(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.lines.iter().map(|(_, line)| line).collect()
+    }
+
+    /// SIGTERM the host, check that it stopped cleanly, and return the lines not read yet.
+    pub(crate) fn stop_and_collect(mut self) -> Vec<String> {
+        self.terminate();
+        assert!(self.child.wait().unwrap().success());
+        self.lines.iter().map(|(_, line)| line).collect()
     }
 }
 

@@ -137,7 +137,10 @@ async fn oversized_and_malformed_messages_are_refused_not_accepted() {
     let too_big = host.send(Message::new("t", "x".repeat(11))).await;
     assert_eq!(too_big, Err(SendError::TooLarge { size: 11, limit: 10 }));
     for topic in ["a..b", "", "a.*", "has space"] {
-        assert!(matches!(host.try_send(Message::new(topic, "")), Err(SendError::Malformed(_))), "{topic:?}");
+        assert!(
+            matches!(host.try_send(Message::new(topic, "")).await, Err(SendError::Malformed(_))),
+            "{topic:?}"
+        );
     }
     assert_eq!(drain_and_account(&host).await.accepted, 0);
 }
@@ -149,10 +152,10 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     let gate = Arc::new(Semaphore::new(0));
     let (host, delivered) =
         gated_host(dir.path(), "[host]\nqueue_capacity = 1\nworkers = 1", &entered, &gate).await;
-    host.try_send(Message::new("t", "1")).unwrap();
+    host.try_send(Message::new("t", "1")).await.unwrap();
     within(entered.notified()).await;
-    host.try_send(Message::new("t", "2")).unwrap();
-    assert_eq!(host.try_send(Message::new("t", "3")), Err(SendError::Backpressure));
+    host.try_send(Message::new("t", "2")).await.unwrap();
+    assert_eq!(host.try_send(Message::new("t", "3")).await, Err(SendError::Backpressure));
     let addr = crate::support::start_ingress(&host).await;
     let refused = tokio::task::spawn_blocking(move || http_raw(addr, "POST", "/v1/messages/t", &[], b"4"));
     let refused = refused.await.unwrap();
@@ -209,11 +212,15 @@ async fn the_intake_is_bounded_in_bytes_too() {
     let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
     let text = "[host]\nqueue_capacity = 1000\nqueue_bytes = 1048576\nworkers = 1\nbatch_size = 1";
     let (host, delivered) = gated_host(dir.path(), text, &entered, &gate).await;
-    host.try_send(Message::new("t", "first")).unwrap();
+    host.try_send(Message::new("t", "first")).await.unwrap();
     within(entered.notified()).await;
     let big = || Message::new("t", vec![b'x'; 600 << 10]);
-    host.try_send(big()).unwrap();
-    assert_eq!(host.try_send(big()), Err(SendError::Backpressure), "600 KiB more would pass 1 MiB queued");
+    host.try_send(big()).await.unwrap();
+    assert_eq!(
+        host.try_send(big()).await,
+        Err(SendError::Backpressure),
+        "600 KiB more would pass 1 MiB queued"
+    );
     let waiting = {
         let host = host.clone();
         tokio::spawn(async move { host.send(big()).await })
@@ -250,7 +257,7 @@ async fn a_memory_destination_nobody_reads_fills_then_holds_senders_back_and_los
         (2, 4) => Ok(()),
         seen => Err(seen),
     });
-    assert_eq!(host.try_send(Message::new("m", "more")), Err(SendError::Backpressure));
+    assert_eq!(host.try_send(Message::new("m", "more")).await, Err(SendError::Backpressure));
     for n in 0..5 {
         assert_eq!(next(&out).await.payload, format!("{n}"), "in order, none lost");
     }

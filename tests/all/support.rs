@@ -119,8 +119,27 @@ pub fn http(
 
 /// One HTTP/1.1 request; returns the whole response as text.
 pub fn http_raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    try_http_raw(addr, method, path, headers, body).unwrap()
+}
+
+/// One HTTP/1.1 POST to a server that may be gone: its status and body, or `None` when the
+/// connection failed or closed before a whole status line came.
+pub fn try_post(addr: SocketAddr, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let response = try_http_raw(addr, "POST", path, &[], body).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn try_http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -129,12 +148,12 @@ pub fn http_raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &s
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(request.as_bytes())?;
     // A refused oversized body may be cut off by the server: that is fine.
     let _ = stream.write_all(body);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
-    String::from_utf8_lossy(&response).into_owned()
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 /// One HTTP/1.1 POST; see [`http`].

@@ -24,6 +24,7 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/destinations/{name}/streams", get(streams))
         .route("/v1/destinations/{name}/streams/verify", post(verify_streams))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/spool", get(spool))
         .route("/v1/reload", post(reload))
         .route("/v1/config", get(super::config::show).put(super::config::replace))
         .route("/v1/config/validate", post(super::config::validate))
@@ -131,6 +132,22 @@ async fn dead_letters(State(host): State<Host>, Query(query): Query<DeadLetterQu
         Err(err) => {
             (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": err.to_string() }))).into_response()
         }
+    }
+}
+
+/// What the spool holds (`durability = "spool"`): depth, bytes, oldest age, recovered at start;
+/// with `durability = "memory"`, only that.
+async fn spool(State(host): State<Host>) -> Json<Value> {
+    match host.spool() {
+        Some(status) => {
+            let mut answer = json!({ "durability": "spool" });
+            answer
+                .as_object_mut()
+                .expect("an object")
+                .extend(json!(status).as_object().cloned().unwrap_or_default());
+            Json(answer)
+        }
+        None => Json(json!({ "durability": "memory" })),
     }
 }
 

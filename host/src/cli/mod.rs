@@ -6,6 +6,7 @@ mod check;
 mod new;
 mod progress;
 mod run;
+mod spool;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -58,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Look into or empty the durable spool of a host that is not running.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
     /// Run the standard benchmark with the given header-filter and redact-transform plugins.
     Bench {
         /// The header-filter plugin (.wasm).
@@ -78,6 +84,26 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SpoolCommand {
+    /// Print what the spool holds, as JSON: depth, bytes, oldest age, messages per topic, damaged
+    /// tails, and whether a host holds it now. Changes nothing.
+    Inspect {
+        /// The host's state directory (`host.state_dir`), which holds `spool/`.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+    /// Write every message the spool holds to standard output, one JSON object a line (oldest
+    /// first, with its x-sy-id, topic, headers and payload), then remove them from the spool: for
+    /// retiring a machine, or keeping what a host could not deliver. Refused while a host holds
+    /// the spool; nothing is removed if writing fails.
+    Drain {
+        /// The host's state directory (`host.state_dir`), which holds `spool/`.
+        #[arg(long)]
+        state_dir: PathBuf,
     },
 }
 
@@ -132,6 +158,8 @@ impl Command {
             Command::Plugin { command: PluginCommand::New { name, kind, lang, dir, sdk } } => {
                 new::new(&name, kind, lang, dir, sdk)
             }
+            Command::Spool { command: SpoolCommand::Inspect { state_dir } } => spool::inspect(&state_dir),
+            Command::Spool { command: SpoolCommand::Drain { state_dir } } => spool::drain(&state_dir),
             Command::Bench { filter, transform, native_filter, native_transform, messages, json } => {
                 let native_libraries = native_filter.zip(native_transform);
                 bench::bench((filter, transform), native_libraries, messages, json)

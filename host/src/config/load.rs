@@ -206,6 +206,13 @@ impl Config {
             let problem = "must name a directory (the dead-letter file is kept there)".into();
             return Err(invalid("host.state_dir".into(), &host.state_dir, problem));
         }
+        if host.spool_max_bytes < host.max_message_bytes as u64 + 1024 {
+            let problem = format!(
+                "must hold one message of host.max_message_bytes ({}) and 1 KiB more",
+                host.max_message_bytes
+            );
+            return Err(invalid("host.spool_max_bytes".into(), &host.spool_max_bytes, problem));
+        }
         if host.cache_dir.as_os_str() != "" {
             let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
             if absolute(&host.cache_dir).starts_with(absolute(&host.plugin_dir)) {

@@ -15,7 +15,7 @@ pub use affinity::AffinitySettings;
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::{ConfigError, inline_table};
 pub use model::{
-    AdminConfig, BreakerSettings, Config, DestinationConfig, FailurePolicy, GrpcIngressConfig,
+    AdminConfig, BreakerSettings, Config, DestinationConfig, Durability, FailurePolicy, GrpcIngressConfig,
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
     QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };

@@ -29,6 +29,17 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// `host.durability`: where an accepted message is kept until its outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// In this process's memory: fastest; a crash loses what is queued.
+    #[default]
+    Memory,
+    /// On disk (fsync'd, group-committed) before it is acknowledged; survives a crash.
+    Spool,
+}
+
 /// `[host]`: host-wide settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,9 +64,18 @@ pub struct HostSection {
     /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`).
     pub cache_dir: PathBuf,
     /// Directory of the host's own state: `dead-letters.jsonl`, the dead
-    /// letters no dead-letter destination took. Relative paths are under
-    /// the working directory; created when first written. Read at start.
+    /// letters no dead-letter destination took, and `spool/` with
+    /// `durability = "spool"`. Relative paths are under the working
+    /// directory; created when first written. Read at start.
     pub state_dir: PathBuf,
+    /// What an acknowledgement (202, `send` returning, a gRPC or NATS ack)
+    /// promises: `memory` (held by this process: a crash loses what is
+    /// queued) or `spool` (on disk in `state_dir/spool` until its outcome is
+    /// recorded; a restart delivers it).
+    pub durability: Durability,
+    /// Bytes the spool may hold for messages not yet settled; beyond it
+    /// senders wait (or get backpressure), never lose a message.
+    pub spool_max_bytes: u64,
     /// Deliveries in flight to network destinations at once, over all of
     /// them; beyond it their queues wait.
     pub max_in_flight: usize,
@@ -94,6 +114,8 @@ impl Default for HostSection {
             watch: true,
             cache_dir: user_cache_dir(),
             state_dir: PathBuf::from(".switchyard"),
+            durability: Durability::Memory,
+            spool_max_bytes: 1 << 30,
             max_in_flight: 1024,
             metrics: true,
             max_plugin_bytes: 64 << 20,

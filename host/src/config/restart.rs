@@ -29,6 +29,8 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("host.metrics", a.metrics != b.metrics),
         ("host.queue_bytes", a.queue_bytes != b.queue_bytes),
         ("host.state_dir", a.state_dir != b.state_dir),
+        ("host.durability", a.durability != b.durability),
+        ("host.spool_max_bytes", a.spool_max_bytes != b.spool_max_bytes),
         // Trust in native code is given at start: a loaded library is never unloaded.
         ("host.native_plugins", a.native_plugins != b.native_plugins),
         ("ingress.http (but its token)", ingress(running) != ingress(new)),

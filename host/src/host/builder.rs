@@ -10,7 +10,7 @@ use crate::pipeline::{
     run_reply_worker, run_worker,
 };
 use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
-use crate::reload::{Events, Reloader};
+use crate::reload::{Events, HostEvent, Reloader};
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
@@ -142,6 +142,7 @@ impl HostBuilder {
         let dead_letter_file =
             DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
+        let spool = super::spool::open(&config.host, &state_dir(&config.host), &metrics)?;
         let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
@@ -209,6 +210,20 @@ impl HostBuilder {
             ),
             false => None,
         };
+        let (spool, recovered) = match spool {
+            Some((spool, recovery)) => {
+                for damage in recovery.damage {
+                    reloader.events.emit(HostEvent::SpoolDamaged {
+                        segment: damage.segment.display().to_string(),
+                        intact: damage.intact,
+                        lost: damage.lost,
+                        problem: damage.problem.to_owned(),
+                    });
+                }
+                (Some(spool), recovery.messages)
+            }
+            None => (None, Vec::new()),
+        };
         let workers = (0..workers)
             .map(|n| {
                 let (pipeline, queue, runtime) = (pipeline.clone(), queue.clone(), runtime.clone());
@@ -227,8 +242,12 @@ impl HostBuilder {
                 load_errors,
                 intake_bytes,
                 redelivery: tokio::sync::Mutex::new(Some(redelivery)),
+                spool,
             }),
         };
+        if let Some(sender) = host.inner.sender.read().unwrap_or_else(|poison| poison.into_inner()).clone() {
+            super::spool::redeliver(&pipeline, sender, host.inner.intake_bytes.clone(), recovered);
+        }
         let weak = Arc::downgrade(&host.inner);
         host.metrics().watch_destinations(Box::new(move || {
             let host = weak.upgrade().map(|inner| Host { inner });

@@ -23,6 +23,9 @@ pub enum SendError {
     /// The host is shutting down.
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// With `durability = "spool"`: the spool could not write the message (the error, quoted).
+    #[error("the spool could not record the message: {0}")]
+    Unrecorded(String),
 }
 
 /// A request that got no reply.
@@ -65,6 +68,9 @@ pub enum BuildError {
     /// The dead-letter file in the state directory cannot be read.
     #[error(transparent)]
     DeadLetterFile(#[from] crate::dead_letter::FileError),
+    /// The spool in the state directory cannot be read or its writer started.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     /// The WebAssembly engine could not start.
     #[error(transparent)]
     Engine(#[from] crate::plugin::EngineError),

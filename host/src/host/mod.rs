@@ -2,6 +2,7 @@
 
 mod builder;
 mod error;
+mod spool;
 
 pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
@@ -42,6 +43,8 @@ struct HostInner {
     /// Re-delivers from the dead-letter file; stopped by shutdown, or
     /// when the last clone of the host is dropped.
     redelivery: tokio::sync::Mutex<Option<Redelivery>>,
+    /// With `host.durability = "spool"`: where accepted messages wait for their outcome.
+    spool: Option<crate::spool::Spool>,
 }
 
 /// The reply of a request admitted with [`Host::try_request`].
@@ -53,48 +56,70 @@ impl Host {
         HostBuilder::new()
     }
 
-    /// Accept `message`, waiting while the queue is full. Returns its id.
+    /// Accept `message`, waiting while the queue (or the spool) is full. Returns its id once the
+    /// message is accepted: queued, and with `durability = "spool"` on disk.
     pub async fn send(&self, message: Message) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
         let sender = self.sender()?;
-        sender.send_async(Envelope::new(message, None, bytes)).await.map_err(|_| SendError::ShuttingDown)?;
+        let spooled = self.spool_put(&message, true).await?;
+        let envelope = Envelope::new(message, None, bytes, spooled);
+        sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
         Ok(id)
     }
 
-    /// Accept `message` only if the queue has room now.
-    pub fn try_send(&self, message: Message) -> Result<MessageId, SendError> {
+    /// Accept `message` only if the queue (and the spool) has room now; with `durability =
+    /// "spool"`, once it is on disk.
+    pub async fn try_send(&self, message: Message) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
-        self.enqueue_now(Envelope::new(message, None, bytes))?;
+        let spooled = self.spool_put(&message, false).await?;
+        self.enqueue_now(Envelope::new(message, None, bytes, spooled))?;
         Ok(id)
     }
 
     /// Accept what of `messages` the queue has room for now, admitted as one batch (one take from the
-    /// intake byte budget for all of them while it has room, one count): a result per message, in order.
-    /// Each is checked like [`try_send`](Host::try_send); once the queue is full, the rest are refused
-    /// with [`SendError::Backpressure`].
-    pub fn try_send_batch(&self, messages: Vec<Message>) -> Vec<Result<MessageId, SendError>> {
+    /// intake byte budget for all of them while it has room, one spool commit, one count): a result
+    /// per message, in order. Each is checked like [`try_send`](Host::try_send); once the queue is
+    /// full, the rest are refused with [`SendError::Backpressure`].
+    pub async fn try_send_batch(&self, messages: Vec<Message>) -> Vec<Result<MessageId, SendError>> {
         let admitted: Vec<_> = messages.into_iter().map(|message| self.admit(message)).collect();
         let kib = admitted.iter().flatten().fold(0u32, |total, (_, kib)| total.saturating_add(*kib));
         // The whole batch's share of the budget at once; when it does not fit, message by message.
         let mut batch_bytes = self.try_intake_bytes(kib).ok();
-        let sender = self.sender();
-        let mut accepted = 0;
-        let results = admitted
+        let with_bytes: Vec<_> = admitted
             .into_iter()
             .map(|admitted| {
                 let (message, kib) = admitted?;
-                let sender = sender.as_ref().map_err(Clone::clone)?;
                 let bytes = match batch_bytes.as_mut().and_then(|bytes| bytes.split(kib as usize)) {
                     Some(bytes) => bytes,
                     None => self.try_intake_bytes(kib)?,
                 };
+                Ok((message, bytes))
+            })
+            .collect();
+        // All of them into the spool at once: the writer commits them together.
+        let spooled = futures_util::future::join_all(with_bytes.iter().map(|admitted| async move {
+            match admitted {
+                Ok((message, _)) => self.spool_put(message, false).await,
+                Err(_) => Ok(None),
+            }
+        }))
+        .await;
+        let sender = self.sender();
+        let mut accepted = 0;
+        let results = with_bytes
+            .into_iter()
+            .zip(spooled)
+            .map(|(admitted, spooled)| {
+                let (message, bytes) = admitted?;
+                let spooled = spooled?;
+                let sender = sender.as_ref().map_err(Clone::clone)?;
                 let id = message.id;
-                sender.try_send(Envelope::new(message, None, bytes)).map_err(|err| match err {
+                sender.try_send(Envelope::new(message, None, bytes, spooled)).map_err(|err| match err {
                     flume::TrySendError::Full(_) => SendError::Backpressure,
                     flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
                 })?;
@@ -120,22 +145,29 @@ impl Host {
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
         let sender = self.sender()?;
+        let spooled = self.spool_put(&message, true).await?;
         sender
-            .send_async(Envelope::new(message, Some(reply), bytes))
+            .send_async(Envelope::new(message, Some(reply), bytes, spooled))
             .await
             .map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
         Ok((id, pending))
     }
 
-    /// Admit a request only if the queue has room now; await the returned reply.
-    pub fn try_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
+    /// Admit a request only if the queue (and the spool) has room now; await the returned reply.
+    pub async fn try_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
         let (reply, pending) = oneshot::channel();
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
-        self.enqueue_now(Envelope::new(message, Some(reply), bytes))?;
+        let spooled = self.spool_put(&message, false).await?;
+        self.enqueue_now(Envelope::new(message, Some(reply), bytes, spooled))?;
         Ok((id, pending))
+    }
+
+    /// What the spool holds now (`None` with `durability = "memory"`).
+    pub fn spool(&self) -> Option<crate::spool::SpoolStatus> {
+        self.inner.spool.as_ref().map(crate::spool::Spool::status)
     }
 
     /// Counters of what happened to accepted messages.
@@ -382,6 +414,11 @@ impl Host {
         // Every dead letter is now with a destination or in the file.
         if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
             redelivery.stop().await;
+        }
+        // Every message is settled: its spool record's remove is on disk, and the spool unlocked,
+        // before we return.
+        if let Some(spool) = &self.inner.spool {
+            spool.close().await;
         }
     }
 

@@ -66,7 +66,7 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
         }
     }
     let (positions, messages): (Vec<usize>, Vec<Message>) = admissible.into_iter().unzip();
-    for (at, admitted) in positions.into_iter().zip(host.try_send_batch(messages)) {
+    for (at, admitted) in positions.into_iter().zip(host.try_send_batch(messages).await) {
         if let Err(err) = admitted {
             results[at] = Err(err);
         }
@@ -125,10 +125,12 @@ fn answer(results: Vec<Result<String, SendError>>) -> Response {
     let status_of = |err: &SendError| match err {
         SendError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         SendError::Malformed(_) => StatusCode::BAD_REQUEST,
-        SendError::Backpressure | SendError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        SendError::Backpressure | SendError::ShuttingDown | SendError::Unrecorded(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     let full = |result: &Result<String, SendError>| {
-        matches!(result, Err(SendError::Backpressure | SendError::ShuttingDown))
+        matches!(result, Err(SendError::Backpressure | SendError::ShuttingDown | SendError::Unrecorded(_)))
     };
     let status = match results.iter().find_map(|result| result.as_ref().err()) {
         _ if accepted > 0 => StatusCode::OK,

@@ -120,12 +120,12 @@ async fn accept(
     };
     let id = message.unique_id().expect("the ingress gives every message its id").to_owned();
     if !options.wait {
-        return match host.try_send(message) {
+        return match host.try_send(message).await {
             Ok(_) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "id": id }))).into_response(),
             Err(err) => refused(err),
         };
     }
-    let pending = match host.try_request(message) {
+    let pending = match host.try_request(message).await {
         Ok((_, pending)) => pending,
         Err(err) => return refused(err),
     };
@@ -177,7 +177,7 @@ fn refused(err: SendError) -> Response {
     match err {
         SendError::TooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, err.to_string()),
         SendError::Malformed(_) => error(StatusCode::BAD_REQUEST, err.to_string()),
-        SendError::Backpressure | SendError::ShuttingDown => {
+        SendError::Backpressure | SendError::ShuttingDown | SendError::Unrecorded(_) => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
             response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
             response

@@ -126,7 +126,7 @@ fn refused(reference: Value, err: &SendError) -> Value {
     let status = match err {
         SendError::TooLarge { .. } => 413,
         SendError::Malformed(_) => 400,
-        SendError::Backpressure | SendError::ShuttingDown => 503,
+        SendError::Backpressure | SendError::ShuttingDown | SendError::Unrecorded(_) => 503,
     };
     json!({ "ref": reference, "error": err.to_string(), "status": status })
 }

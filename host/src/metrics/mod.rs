@@ -6,6 +6,7 @@ mod cost;
 mod gauges;
 mod plugins;
 mod sharded;
+mod spool;
 
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
@@ -16,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
+pub(crate) use spool::SpoolMetrics;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +127,8 @@ pub struct Metrics {
     breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
     gauges: std::sync::Arc<ScrapeGauges>,
+    /// The durable spool's writes, commit times and recoveries.
+    pub(crate) spool: SpoolMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -167,6 +171,7 @@ impl Metrics {
             breaker_transitions: Family::default(),
             events: Family::default(),
             gauges: Default::default(),
+            spool: SpoolMetrics::default(),
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(metrics.gauges.clone()));
@@ -210,6 +215,7 @@ impl Metrics {
         registry.register("endpoint_breaker_transitions", help, metrics.breaker_transitions.clone());
         let help = "Host events (plugin loaded, replaced, rejected, removed; config applied, rejected)";
         registry.register("host_events", help, metrics.events.clone());
+        metrics.spool.register(&mut registry);
         Metrics { registry, ..metrics }
     }
 }

@@ -68,7 +68,7 @@ impl Pipeline {
         reason: DeadLetterReason,
         route: Option<&RouteMetrics>,
     ) {
-        let Item { message, reply, accepted_at, .. } = item;
+        let Item { message, reply, accepted, .. } = item;
         let route_name = route.map(|metrics| &*metrics.route);
         let (id, topic, code) = (message.id, message.topic.clone(), reason.code());
         let letter = reason.label(message, route_name);
@@ -78,7 +78,7 @@ impl Pipeline {
                 Counters::bump(&self.counters.dead_lettered, 1);
                 self.metrics.dead_letter(route_name, code);
                 if let Some(metrics) = route {
-                    metrics.settled(Settled::DeadLettered, accepted_at);
+                    metrics.settled(Settled::DeadLettered, accepted.at);
                 }
                 let to = match reached {
                     Reached::Destination(name) => name,
@@ -87,6 +87,8 @@ impl Pipeline {
                 tracing::warn!(id, topic, route = route_name, code, %reason, to, "dead-lettered");
             }
             Err(error) => {
+                // With the spool, not lost after all: the next start delivers it again.
+                accepted.keep_spooled();
                 Counters::bump(&self.counters.dead_letter_failures, 1);
                 tracing::error!(id, topic, route = route_name, code, %reason, %error, "dead letter lost: no dead-letter destination took it and the dead-letter file cannot be written");
             }

@@ -31,7 +31,7 @@ pub(crate) struct Delivery {
     pub(crate) reply: Option<ReplySender>,
     /// Middleware versions the request passed, to run `on_reply` in reverse.
     pub(crate) middlewares: Vec<Arc<CompiledPlugin>>,
-    pub(crate) accepted_at: std::time::Instant,
+    pub(crate) accepted: super::item::Accepted,
 }
 
 /// A delivery waiting in a destination's queue, with the route it came by.

@@ -4,6 +4,7 @@ use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::Message;
 use crate::plugin::{CompiledPlugin, PluginError};
+use crate::spool::SpoolHold;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -11,24 +12,43 @@ use tokio::sync::oneshot;
 /// The answer a `request` caller waits for.
 pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::host::RequestError>>;
 
+/// When a message was accepted, and its place in the spool (with `durability = "spool"`): every
+/// message made from it shares the hold, so the record goes once the last of them is settled.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub(crate) at: Instant,
+    pub(crate) spooled: Option<Arc<SpoolHold>>,
+}
+
+impl Accepted {
+    /// The message could not reach an outcome: keep its spool record for the next start.
+    pub(crate) fn keep_spooled(&self) {
+        if let Some(hold) = &self.spooled {
+            hold.keep();
+        }
+    }
+}
+
 /// One accepted message as it enters the pipeline.
 pub(crate) struct Envelope {
     pub(crate) message: Message,
     pub(crate) reply: Option<ReplySender>,
-    pub(crate) accepted_at: Instant,
+    pub(crate) accepted: Accepted,
     /// The message's share of `host.queue_bytes`, given back when a worker
     /// takes it.
     _intake_bytes: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Envelope {
-    /// `message`, accepted now, holding `intake_bytes`.
+    /// `message`, accepted now, holding `intake_bytes` (and its spool record, if spooled).
     pub(crate) fn new(
         message: Message,
         reply: Option<ReplySender>,
         intake_bytes: tokio::sync::OwnedSemaphorePermit,
+        spooled: Option<SpoolHold>,
     ) -> Envelope {
-        Envelope { message, reply, accepted_at: Instant::now(), _intake_bytes: intake_bytes }
+        let accepted = Accepted { at: Instant::now(), spooled: spooled.map(Arc::new) };
+        Envelope { message, reply, accepted, _intake_bytes: intake_bytes }
     }
 }
 
@@ -39,7 +59,7 @@ pub(crate) struct Item {
     /// Middleware versions the request passed, to run `on_reply` in reverse.
     pub(crate) middlewares: Vec<Arc<CompiledPlugin>>,
     /// When the message (or the one it was split from) was admitted.
-    pub(crate) accepted_at: Instant,
+    pub(crate) accepted: Accepted,
 }
 
 /// What one stage made of one item.
@@ -89,7 +109,7 @@ impl From<Envelope> for Item {
             message: envelope.message,
             reply: envelope.reply,
             middlewares: Vec::new(),
-            accepted_at: envelope.accepted_at,
+            accepted: envelope.accepted,
         }
     }
 }

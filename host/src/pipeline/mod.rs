@@ -159,7 +159,7 @@ impl Pipeline {
 
     fn dropped(&self, item: Item, route: &Route, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.filtered, 1);
-        metrics.settled(Settled::Filtered, item.accepted_at);
+        metrics.settled(Settled::Filtered, item.accepted.at);
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::Filtered { route: route.name.clone() }));
         }
@@ -167,7 +167,7 @@ impl Pipeline {
 
     fn responded(&self, item: Item, reply: Message, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.responded, 1);
-        metrics.settled(Settled::Responded, item.accepted_at);
+        metrics.settled(Settled::Responded, item.accepted.at);
         if let Some(sender) = item.reply {
             let _ = sender.send(Ok(Some(reply)));
         }
@@ -188,7 +188,7 @@ impl Pipeline {
     /// caller's reply comes from the first destination.
     #[tracing::instrument(level = "debug", skip_all, fields(route = %route.name, id = item.message.id))]
     async fn deliver(&self, topology: &Topology, route: &Route, metrics: &Arc<RouteMetrics>, item: Item) {
-        let Item { message, mut reply, mut middlewares, accepted_at } = item;
+        let Item { message, mut reply, mut middlewares, accepted } = item;
         let copies = route.destinations.len();
         Counters::bump(&self.counters.created, copies.saturating_sub(1) as u64);
         let mut message = Some(message);
@@ -198,7 +198,7 @@ impl Pipeline {
                 false => message.as_ref().expect("not the last copy").clone(),
             };
             let middlewares = std::mem::take(&mut middlewares);
-            let delivery = Delivery { message, reply: reply.take(), middlewares, accepted_at };
+            let delivery = Delivery { message, reply: reply.take(), middlewares, accepted: accepted.clone() };
             self.deliver_to(&topology.destinations[name], delivery, metrics).await;
         }
     }
@@ -238,19 +238,19 @@ impl Pipeline {
                 return self.deliver_to(fallback, delivery, route).await;
             }
         }
-        let Delivery { message, reply, middlewares, accepted_at } = delivery;
+        let Delivery { message, reply, middlewares, accepted } = delivery;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
                 sink.count(false);
                 let reason = DeadLetterReason::Delivery { destination: sink.name.clone(), error };
-                let item = Item { message, reply, middlewares: Vec::new(), accepted_at };
+                let item = Item { message, reply, middlewares: Vec::new(), accepted };
                 return self.dead_letter(&self.topology.load(), item, reason, Some(route.as_ref())).await;
             }
         };
         Counters::bump(&self.counters.delivered, 1);
         sink.count(true);
-        route.settled(Settled::Delivered, accepted_at);
+        route.settled(Settled::Delivered, accepted.at);
         let Some(sender) = reply else { return };
         match response {
             Some(reply) if !middlewares.is_empty() => {

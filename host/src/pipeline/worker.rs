@@ -251,7 +251,7 @@ impl Worker {
         if produced.is_empty() {
             return vec![Fate::Dropped(item)];
         }
-        let Item { message: original, mut reply, middlewares, accepted_at } = item;
+        let Item { message: original, mut reply, middlewares, accepted } = item;
         produced
             .into_iter()
             .enumerate()
@@ -267,7 +267,7 @@ impl Worker {
                     message,
                     reply: reply.take(),
                     middlewares: middlewares.clone(),
-                    accepted_at,
+                    accepted: accepted.clone(),
                 })
             })
             .collect()

@@ -71,6 +71,19 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
+    /// At start, the spool had a segment whose tail could not be read (torn by a crash mid-write,
+    /// or corrupt): the records before it were recovered; the rest was moved aside to
+    /// `SEGMENT.damaged`.
+    SpoolDamaged {
+        /// The segment file.
+        segment: String,
+        /// Bytes recovered from its start.
+        intact: u64,
+        /// Bytes after them that could not be read.
+        lost: u64,
+        /// Why (e.g. "checksum mismatch", "torn record (the file ends inside it)").
+        problem: String,
+    },
     /// An endpoint went down or came back, or a balancer plugin could not
     /// pick (told at most once a second per destination).
     #[serde(untagged)]
@@ -94,6 +107,7 @@ impl HostEvent {
             HostEvent::CacheEntryDiscarded { .. } => "cache-entry-discarded",
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
+            HostEvent::SpoolDamaged { .. } => "spool-damaged",
             HostEvent::Destination(event) => event.name(),
         }
     }
@@ -126,12 +140,14 @@ pub struct EventCounts {
     pub cache_entries_discarded: u64,
     /// [`DestinationEvent::StreamMigrated`].
     pub streams_migrated: u64,
+    /// [`HostEvent::SpoolDamaged`].
+    pub spool_damaged: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 12],
+    counts: [AtomicU64; 13],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -171,13 +187,14 @@ impl Events {
             HostEvent::CacheEntryDiscarded { .. } => 9,
             HostEvent::Destination(DestinationEvent::Fallback { .. }) => 10,
             HostEvent::Destination(DestinationEvent::StreamMigrated { .. }) => 11,
+            HostEvent::SpoolDamaged { .. } => 12,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
         self.remember(&event);
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
-            2 | 5 => tracing::error!(event = %json, "host event"),
+            2 | 5 | 11 => tracing::error!(event = %json, "host event"),
             6 | 8 | 9 | 10 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
@@ -232,6 +249,7 @@ impl Events {
             destination_fallbacks: count(10),
             cache_entries_discarded: count(9),
             streams_migrated: count(11),
+            spool_damaged: count(12),
         }
     }
 }

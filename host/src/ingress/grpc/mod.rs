@@ -103,10 +103,10 @@ impl Ingress for Service {
         let message = message_of(publish).map_err(Status::invalid_argument)?;
         let id = message.unique_id().expect("message_of gives every message its id").to_owned();
         if !wait {
-            self.host.try_send(message).map_err(|err| status_of(&err))?;
+            self.host.try_send(message).await.map_err(|err| status_of(&err))?;
             return Ok(Response::new(PublishReply { id, reply: None }));
         }
-        let (_, pending) = self.host.try_request(message).map_err(|err| status_of(&err))?;
+        let (_, pending) = self.host.try_request(message).await.map_err(|err| status_of(&err))?;
         match crate::host::await_reply(pending).await {
             Ok(reply) => Ok(Response::new(PublishReply { id, reply: reply.map(reply_of) })),
             Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
@@ -168,7 +168,7 @@ fn status_of(err: &SendError) -> Status {
         SendError::TooLarge { .. } => Status::out_of_range(err.to_string()),
         SendError::Malformed(_) => Status::invalid_argument(err.to_string()),
         SendError::Backpressure => Status::resource_exhausted(err.to_string()),
-        SendError::ShuttingDown => Status::unavailable(err.to_string()),
+        SendError::ShuttingDown | SendError::Unrecorded(_) => Status::unavailable(err.to_string()),
     }
 }
 
@@ -176,7 +176,7 @@ fn refused(err: &SendError) -> Outcome {
     let status = match err {
         SendError::TooLarge { .. } => 413,
         SendError::Malformed(_) => 400,
-        SendError::Backpressure | SendError::ShuttingDown => 503,
+        SendError::Backpressure | SendError::ShuttingDown | SendError::Unrecorded(_) => 503,
     };
     Outcome::Refused(Refusal { error: err.to_string(), status })
 }

@@ -1,0 +1,83 @@
+//! The host's side of the durable spool: an admission waits for its message to be on disk before it
+//! is answered, and a host started on a spool that holds messages delivers them again.
+
+use super::{Host, SendError};
+use crate::message::Message;
+use crate::pipeline::{Counters, Envelope, Pipeline};
+use crate::spool::{Spool, SpoolError, SpoolHold};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::Semaphore;
+
+impl Host {
+    /// Put `message` in the spool (written and fsync'd, with whatever else is being admitted)
+    /// when the host has one; `wait` for room in `host.spool_max_bytes`, else refuse as
+    /// backpressure. `None` in memory durability.
+    pub(super) async fn spool_put(
+        &self,
+        message: &Message,
+        wait: bool,
+    ) -> Result<Option<SpoolHold>, SendError> {
+        let Some(spool) = &self.inner.spool else { return Ok(None) };
+        match spool.put(message, wait).await {
+            Ok(hold) => Ok(Some(hold)),
+            Err(SpoolError::Full { .. }) => Err(SendError::Backpressure),
+            Err(SpoolError::TooLarge { bytes, max_bytes }) => Err(SendError::TooLarge {
+                size: bytes,
+                limit: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            }),
+            Err(SpoolError::Closed) => Err(SendError::ShuttingDown),
+            Err(error @ SpoolError::Io { .. }) => Err(SendError::Unrecorded(error.to_string())),
+        }
+    }
+}
+
+/// Send the messages recovered from `spool` into the intake (oldest first, waiting for room, each
+/// counted as accepted again), from a task of their own so the host serves meanwhile.
+pub(super) fn redeliver(
+    pipeline: &Arc<Pipeline>,
+    sender: flume::Sender<Envelope>,
+    intake_bytes: Arc<Semaphore>,
+    messages: Vec<(Message, SpoolHold)>,
+) {
+    if messages.is_empty() {
+        return;
+    }
+    tracing::info!(messages = messages.len(), "delivering the messages the spool held at start");
+    let pipeline = pipeline.clone();
+    tokio::spawn(async move {
+        for (mut message, hold) in messages {
+            message.id = pipeline.ids.fetch_add(1, Ordering::Relaxed);
+            let kib = u32::try_from(message.payload.len() / 1024 + 1).unwrap_or(u32::MAX);
+            let bytes = intake_bytes
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .expect("the intake budget is never closed");
+            if let Err(flume::SendError(envelope)) =
+                sender.send_async(Envelope::new(message, None, bytes, Some(hold))).await
+            {
+                // The workers are gone: the record stays for the next start.
+                envelope.accepted.keep_spooled();
+                return;
+            }
+            Counters::bump(&pipeline.counters.accepted, 1);
+        }
+    });
+}
+
+/// Open the spool of `state_dir` when `host.durability` asks for one.
+pub(super) fn open(
+    host: &crate::config::HostSection,
+    state_dir: &std::path::Path,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Option<(Spool, crate::spool::Recovery)>, SpoolError> {
+    if host.durability != crate::config::Durability::Spool {
+        return Ok(None);
+    }
+    let (dir, spool_metrics) = (state_dir.join(crate::spool::DIR_NAME), metrics.spool.clone());
+    let observe = move |messages, took| spool_metrics.committed(messages, took);
+    let (spool, recovery) = Spool::open(&dir, host.spool_max_bytes, observe)?;
+    metrics.spool.recovered(recovery.messages.len());
+    Ok(Some((spool, recovery)))
+}

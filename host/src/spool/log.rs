@@ -1,0 +1,388 @@
+//! The segment log: numbered append-only files `NNNNNNNNNNNNNNNN.seg` in the spool directory. Puts and
+//! removes are appended to the newest segment; a new one is started past [`SEGMENT_BYTES`] and at
+//! every open (never appending after a tail that may be torn). The oldest segments are deleted, in
+//! order, once every message put in them is removed, so a remove is never deleted before its put.
+//!
+//! Every method does blocking file I/O; the spool's writer thread owns the log.
+
+use super::record::{self, Record};
+use crate::message::Message;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// A segment past this size is closed and a new one started.
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// A spooled message recovered at open.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) seq: u64,
+    /// When it was accepted, unix milliseconds.
+    pub(crate) accepted_ms: u64,
+    pub(crate) message: Message,
+}
+
+/// The unreadable tail of a segment, found at open: moved aside to `NAME.seg.damaged` and cut off.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Damage {
+    /// The segment.
+    pub segment: PathBuf,
+    /// Bytes of it that were intact (and are kept).
+    pub intact: u64,
+    /// Bytes after them that could not be read.
+    pub lost: u64,
+    /// Why.
+    pub problem: &'static str,
+}
+
+/// A message in the log that has not reached its outcome.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    segment: u64,
+    bytes: u64,
+    accepted_ms: u64,
+}
+
+/// The lock file of a spool directory: held (an exclusive `flock`) by the one process using it.
+pub(crate) const LOCK_FILE: &str = "lock";
+
+/// The segment log of one spool directory.
+#[derive(Debug)]
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    /// The lock file, locked while the log is open: a second host (or `switchyard spool drain`)
+    /// on the same directory would reuse sequence numbers, and one's removes delete the other's
+    /// messages.
+    _lock: File,
+    /// The segment appended to: its number, file and length.
+    head: (u64, File, u64),
+    /// Messages not yet removed, by sequence number (so the first is the oldest).
+    live: BTreeMap<u64, Live>,
+    /// Live messages per segment, for every segment on disk (zero for those waiting their turn).
+    per_segment: BTreeMap<u64, usize>,
+    /// Bytes of the segment files.
+    disk_bytes: u64,
+    /// Bytes of live records.
+    live_bytes: u64,
+    /// The next sequence number.
+    next_seq: u64,
+}
+
+/// What the segments of a spool directory hold, read without changing anything.
+#[derive(Debug, Default)]
+pub(crate) struct Contents {
+    /// Messages put and not removed, by sequence number (so oldest first).
+    pub(crate) messages: BTreeMap<u64, Recovered>,
+    /// Each segment's number, path, and where its readable records end if before its end.
+    segments: Vec<(u64, PathBuf, Option<Damage>)>,
+    live: BTreeMap<u64, Live>,
+    /// Bytes of the segment files.
+    pub(crate) disk_bytes: u64,
+    next_seq: u64,
+}
+
+impl Contents {
+    /// Read every segment of `dir` (none if it does not exist) up to its first unreadable record.
+    pub(crate) fn read(dir: &Path) -> io::Result<Contents> {
+        let mut contents = Contents::default();
+        let found = match dir.exists() {
+            true => segments(dir)?,
+            false => Vec::new(),
+        };
+        for (number, path) in found {
+            let bytes = fs::read(&path)?;
+            let scan = record::scan(&bytes);
+            contents.disk_bytes += bytes.len() as u64;
+            let damage = scan.damage.map(|problem| Damage {
+                segment: path.clone(),
+                intact: scan.intact,
+                lost: bytes.len() as u64 - scan.intact,
+                problem,
+            });
+            contents.segments.push((number, path, damage));
+            for (record, bytes) in scan.records {
+                contents.next_seq = contents.next_seq.max(record.seq() + 1);
+                match record {
+                    Record::Put { seq, accepted_ms, message } => {
+                        contents.live.insert(seq, Live { segment: number, bytes, accepted_ms });
+                        contents.messages.insert(seq, Recovered { seq, accepted_ms, message });
+                    }
+                    Record::Remove { seq } => {
+                        contents.live.remove(&seq);
+                        contents.messages.remove(&seq);
+                    }
+                }
+            }
+        }
+        Ok(contents)
+    }
+
+    /// The damaged tails found.
+    pub(crate) fn damage(&self) -> impl Iterator<Item = &Damage> {
+        self.segments.iter().filter_map(|(_, _, damage)| damage.as_ref())
+    }
+
+    /// Bytes of the records of the messages held.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live.values().map(|entry| entry.bytes).sum()
+    }
+
+    /// The segment files, by number.
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+impl SegmentLog {
+    /// Open (creating) the log in `dir`, locking it: every intact record is read back; a damaged
+    /// tail is moved aside to `NAME.seg.damaged`, cut off and reported. Returns the log, its live
+    /// messages oldest first, and the damage found.
+    pub(crate) fn open(dir: &Path) -> io::Result<(SegmentLog, Vec<Recovered>, Vec<Damage>)> {
+        fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        if let Err(error) = lock.try_lock() {
+            let problem = format!("in use by another process (its {LOCK_FILE} file is locked): {error}");
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, problem));
+        }
+        let Contents { messages, segments, live, mut disk_bytes, next_seq } = Contents::read(dir)?;
+        let mut damage = Vec::new();
+        let mut per_segment = BTreeMap::new();
+        for (number, path, damaged) in segments {
+            if let Some(damaged) = damaged {
+                let bytes = fs::read(&path)?;
+                fs::write(path.with_extension("seg.damaged"), &bytes[damaged.intact as usize..])?;
+                OpenOptions::new().write(true).open(&path)?.set_len(damaged.intact)?;
+                disk_bytes -= damaged.lost;
+                damage.push(damaged);
+            }
+            per_segment.insert(number, 0);
+        }
+        for entry in live.values() {
+            *per_segment.get_mut(&entry.segment).expect("its segment was read") += 1;
+        }
+        let live_bytes = live.values().map(|entry| entry.bytes).sum();
+        let head_number = per_segment.keys().next_back().map_or(1, |last| last + 1);
+        let head = (head_number, create_segment(dir, head_number)?, 0);
+        per_segment.insert(head_number, 0);
+        let mut log = SegmentLog {
+            dir: dir.to_owned(),
+            _lock: lock,
+            head,
+            live,
+            per_segment,
+            disk_bytes,
+            live_bytes,
+            next_seq,
+        };
+        log.reclaim()?;
+        Ok((log, messages.into_values().collect(), damage))
+    }
+
+    /// The sequence number the next put takes.
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Append `bytes` (whole records) to the head segment, fsync'd when `sync`. `puts` are the
+    /// puts among them (sequence number, record bytes, accepted at), tracked once written; a
+    /// failed write is cut off and the next goes to a new segment.
+    pub(crate) fn append(&mut self, bytes: &[u8], puts: &[(u64, u64, u64)], sync: bool) -> io::Result<()> {
+        if self.head.2 >= SEGMENT_BYTES {
+            self.rotate()?;
+        }
+        let (number, file, len) = &mut self.head;
+        let written = file.write_all(bytes).and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        if let Err(error) = written {
+            let _ = file.set_len(*len);
+            self.rotate()?;
+            return Err(error);
+        }
+        *len += bytes.len() as u64;
+        self.disk_bytes += bytes.len() as u64;
+        let segment = *number;
+        for &(seq, bytes, accepted_ms) in puts {
+            self.live.insert(seq, Live { segment, bytes, accepted_ms });
+            self.live_bytes += bytes;
+        }
+        *self.per_segment.get_mut(&segment).expect("the head is tracked") += puts.len();
+        Ok(())
+    }
+
+    /// Forget `seq` (its remove is written or about to be); deletes segments no longer needed.
+    pub(crate) fn forget(&mut self, seq: u64) -> io::Result<()> {
+        if let Some(entry) = self.live.remove(&seq) {
+            self.live_bytes -= entry.bytes;
+            *self.per_segment.get_mut(&entry.segment).expect("tracked") -= 1;
+        }
+        self.reclaim()
+    }
+
+    /// Live messages, their bytes, the oldest's admission time (unix ms) and the segment files' bytes.
+    pub(crate) fn figures(&self) -> (usize, u64, Option<u64>, u64) {
+        let oldest = self.live.values().next().map(|entry| entry.accepted_ms);
+        (self.live.len(), self.live_bytes, oldest, self.disk_bytes)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let number = self.head.0 + 1;
+        self.head = (number, create_segment(&self.dir, number)?, 0);
+        self.per_segment.insert(number, 0);
+        self.reclaim()
+    }
+
+    /// Delete the oldest segments while nothing live is in them (never the head).
+    fn reclaim(&mut self) -> io::Result<()> {
+        while let Some((&oldest, &0)) = self.per_segment.first_key_value() {
+            if oldest == self.head.0 {
+                break;
+            }
+            let path = segment_path(&self.dir, oldest);
+            self.disk_bytes = self.disk_bytes.saturating_sub(fs::metadata(&path).map_or(0, |m| m.len()));
+            fs::remove_file(&path)?;
+            self.per_segment.remove(&oldest);
+        }
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:016}.seg"))
+}
+
+/// The segment files of `dir`, by number.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let number = path
+            .extension()
+            .filter(|ext| *ext == "seg")
+            .and(path.file_stem())
+            .and_then(|stem| stem.to_str()?.parse().ok());
+        if let Some(number) = number {
+            found.push((number, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Create segment `number` and fsync the directory so it lasts.
+fn create_segment(dir: &Path, number: u64) -> io::Result<File> {
+    let file = OpenOptions::new().create(true).append(true).open(segment_path(dir, number))?;
+    File::open(dir)?.sync_all()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Put `payloads` in `log`, fsync'd, as the writer does; their sequence numbers.
+    fn put(log: &mut SegmentLog, payloads: &[&str]) -> Vec<u64> {
+        let (mut bytes, mut puts) = (Vec::new(), Vec::new());
+        for payload in payloads {
+            let (seq, start) = (log.next_seq(), bytes.len());
+            let message = Message::new("t", payload.to_string()).with_header("x-sy-id", *payload);
+            record::write_put(&mut bytes, seq, &record::put_body(&message, 7));
+            puts.push((seq, (bytes.len() - start) as u64, 7));
+        }
+        log.append(&bytes, &puts, true).unwrap();
+        puts.iter().map(|(seq, ..)| *seq).collect()
+    }
+
+    fn remove(log: &mut SegmentLog, seqs: &[u64]) {
+        let mut bytes = Vec::new();
+        seqs.iter().for_each(|seq| record::write_remove(&mut bytes, *seq));
+        log.append(&bytes, &[], false).unwrap();
+        seqs.iter().for_each(|seq| log.forget(*seq).unwrap());
+    }
+
+    fn payloads(recovered: &[Recovered]) -> Vec<String> {
+        recovered.iter().map(|entry| String::from_utf8(entry.message.payload.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_reopened_log_recovers_what_was_put_and_not_removed_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert!(recovered.is_empty() && damage.is_empty());
+        let seqs = put(&mut log, &["a", "b", "c"]);
+        remove(&mut log, &seqs[1..2]);
+        assert_eq!(log.figures().0, 2);
+        drop(log);
+        let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "c"]);
+        assert_eq!(recovered[1].message.unique_id(), Some("c"));
+        assert!(damage.is_empty());
+        assert_eq!(log.figures().0, 2);
+        assert!(log.next_seq() > seqs[2], "sequence numbers are never reused");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_moved_aside_and_the_intact_prefix_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        put(&mut log, &["a", "b"]);
+        put(&mut log, &["c"]);
+        let segment = log.head.0;
+        drop(log);
+        let path = segment_path(dir.path(), segment);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
+        let (log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "b"]);
+        assert_eq!(damage.len(), 1);
+        assert_eq!(
+            (damage[0].segment.clone(), damage[0].problem),
+            (path.clone(), "torn record (the file ends inside it)")
+        );
+        assert_eq!(damage[0].intact + damage[0].lost, len - 5);
+        let aside = fs::read(path.with_extension("seg.damaged")).unwrap();
+        assert_eq!(aside.len() as u64, damage[0].lost, "the unreadable bytes are kept aside");
+        assert_eq!(fs::metadata(&path).unwrap().len(), damage[0].intact);
+        drop(log);
+        let (_, again, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&again), ["a", "b"]);
+        assert!(damage.is_empty(), "damage is reported once: {damage:?}");
+    }
+
+    #[test]
+    fn a_corrupt_record_at_the_tail_is_reported_and_the_records_before_it_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        put(&mut log, &["a", "b", "c"]);
+        let path = segment_path(dir.path(), log.head.0);
+        drop(log);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x55;
+        fs::write(&path, &bytes).unwrap();
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "b"]);
+        assert_eq!(damage[0].problem, "checksum mismatch");
+    }
+
+    #[test]
+    fn settled_segments_are_deleted_oldest_first_and_the_head_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let first = put(&mut log, &["a"]);
+        log.rotate().unwrap();
+        let second = put(&mut log, &["b"]);
+        log.rotate().unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 3);
+        remove(&mut log, &second);
+        assert_eq!(segments(dir.path()).unwrap().len(), 3, "the older segment still holds a, so b's stays");
+        remove(&mut log, &first);
+        assert_eq!(segments(dir.path()).unwrap().len(), 1, "both settled: only the head is left");
+        assert_eq!(log.figures(), (0, 0, None, log.head.2));
+        drop(log);
+        let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
+        assert!(recovered.is_empty());
+    }
+}

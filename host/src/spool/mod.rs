@@ -1,0 +1,255 @@
+//! The durable spool: with `host.durability = "spool"`, every accepted message is on disk before it
+//! is acknowledged, and stays there until its outcome (delivered, filtered, responded,
+//! dead-lettered) is recorded; a host started on the same state directory delivers what it holds.
+//!
+//! Data path: admission encodes the message and queues a put for the writer thread, which writes
+//! every put queued meanwhile with one write and one fsync (group commit) and answers each with its
+//! sequence number; the admission then holds a `SpoolHold` that travels with the message and every
+//! message made from it, and the last of them to be dropped queues the remove.
+//!
+//! The store is an append-only segment log of CRC-checked records (see `record` and `log`), chosen
+//! over redb and fjall by measurement on this machine (2 cores, shared; 300 group-committed batches
+//! of 64 × 256-byte records, each batch fsync'd, removing the previous batch; two runs, load 2.9):
+//!
+//! | store                      | records/s     | batch commit p50 | p99      | CPU µs/record | crates |
+//! |----------------------------|---------------|------------------|----------|---------------|--------|
+//! | redb 2.6 (one txn a batch) | 19 300–20 900 | 4 ms             | 6–7 ms   | 5.7–6.1       | 2      |
+//! | fjall 2 (batch + SyncAll)  | 21 200–27 300 | 2–4 ms           | 6–9 ms   | 3.8–4.2       | 49     |
+//! | segment log (crc32fast)    | 31 600–32 400 | 0.24–0.39 ms     | 8–13 ms  | 2.1–2.5       | 1      |
+//!
+//! A spool is written once, read only at start and emptied in order: an append-only log fits it
+//! and costs one `fdatasync` per batch, where the B-tree (redb) and LSM (fjall) stores pay for
+//! random access we never use; the log also adds one small crate (`crc32fast`, already in the
+//! lock file) where fjall brings 49. A torn or corrupt tail is found by the length and checksum of
+//! each record: what precedes it is recovered, the rest moved aside and reported.
+
+mod log;
+mod offline;
+mod record;
+mod writer;
+
+pub use log::Damage;
+pub use offline::{Drained, SpoolReport, drain, inspect};
+
+use crate::message::Message;
+use log::SegmentLog;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use writer::{Figures, Request};
+
+/// The spool's directory inside the state directory.
+pub const DIR_NAME: &str = "spool";
+
+/// The spool could not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// `host.spool_max_bytes` is taken by messages not yet settled.
+    #[error("the spool is full ({max_bytes} bytes held by messages not yet settled)")]
+    Full {
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// The message's record alone is larger than `host.spool_max_bytes`.
+    #[error("a record of {bytes} bytes cannot fit in a spool of {max_bytes} bytes")]
+    TooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// Reading or writing the spool failed.
+    #[error("spool {}: {error}", dir.display())]
+    Io {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The spool's writer has stopped.
+    #[error("the spool is closed")]
+    Closed,
+}
+
+/// What the spool holds now: `GET /v1/spool` and [`Host::spool`](crate::Host::spool).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SpoolStatus {
+    /// The spool directory.
+    pub dir: PathBuf,
+    /// Messages held: accepted, outcome not yet recorded.
+    pub depth: u64,
+    /// Bytes of their records.
+    pub bytes: u64,
+    /// Bytes of the segment files (settled records wait there until their whole segment is settled).
+    pub disk_bytes: u64,
+    /// `host.spool_max_bytes`.
+    pub max_bytes: u64,
+    /// Milliseconds since the oldest message held was accepted.
+    pub oldest_age_ms: Option<u64>,
+    /// Messages recovered from the spool when the host started.
+    pub recovered: u64,
+}
+
+/// The durable spool of one host. One host per state directory.
+pub(crate) struct Spool {
+    dir: PathBuf,
+    requests: flume::Sender<Request>,
+    /// KiB of `spool_max_bytes`: a held message keeps its record's share until it is settled.
+    budget: Arc<Semaphore>,
+    max_bytes: u64,
+    figures: Arc<Figures>,
+    recovered: AtomicU64,
+}
+
+/// What opening a spool found: messages to deliver again (oldest first), each held, and damage.
+pub(crate) struct Recovery {
+    pub(crate) messages: Vec<(Message, SpoolHold)>,
+    pub(crate) damage: Vec<Damage>,
+}
+
+impl Spool {
+    /// Open the spool in `dir` (created if missing), recover what it holds and start its writer;
+    /// `observe` sees each committed batch (its puts and how long write and fsync took).
+    pub(crate) fn open(
+        dir: &Path,
+        max_bytes: u64,
+        observe: impl Fn(usize, Duration) + Send + 'static,
+    ) -> Result<(Spool, Recovery), SpoolError> {
+        let io = |error| SpoolError::Io { dir: dir.to_owned(), error };
+        let (log, recovered, damage) = SegmentLog::open(dir).map_err(io)?;
+        let (requests, queue) = flume::unbounded();
+        let figures = Arc::new(Figures::default());
+        let writer_figures = figures.clone();
+        // Runs until the spool and every hold are gone; then fsyncs and ends.
+        std::thread::Builder::new()
+            .name("switchyard-spool".into())
+            .spawn(move || writer::run(log, queue, writer_figures, Box::new(observe)))
+            .map_err(io)?;
+        let budget = Arc::new(Semaphore::new(kib_of(max_bytes)));
+        let spool = Spool {
+            dir: dir.to_owned(),
+            requests,
+            budget,
+            max_bytes,
+            figures,
+            recovered: AtomicU64::new(recovered.len() as u64),
+        };
+        let messages = recovered
+            .into_iter()
+            .map(|entry| {
+                // Over the budget when it shrank since: held all the same, never dropped.
+                let permit =
+                    spool.budget.clone().try_acquire_many_owned(record_kib(entry.message.payload.len())).ok();
+                (entry.message, spool.hold(entry.seq, permit))
+            })
+            .collect();
+        Ok((spool, Recovery { messages, damage }))
+    }
+
+    /// Write `message` and fsync it (with whatever else is queued); waits for room in
+    /// `spool_max_bytes` when `wait`, else refuses with [`SpoolError::Full`].
+    pub(crate) async fn put(&self, message: &Message, wait: bool) -> Result<SpoolHold, SpoolError> {
+        let accepted_ms = writer::now_ms();
+        let body = record::put_body(message, accepted_ms);
+        let kib = record_kib(body.len());
+        if kib as usize > kib_of(self.max_bytes) {
+            // Larger than the whole spool (a long topic, many headers): waiting would never end.
+            return Err(SpoolError::TooLarge {
+                bytes: body.len() + record::HEADER,
+                max_bytes: self.max_bytes,
+            });
+        }
+        let permit = match wait {
+            true => self.budget.clone().acquire_many_owned(kib).await.map_err(|_| SpoolError::Closed)?,
+            false => self
+                .budget
+                .clone()
+                .try_acquire_many_owned(kib)
+                .map_err(|_| SpoolError::Full { max_bytes: self.max_bytes })?,
+        };
+        let (done, written) = oneshot::channel();
+        self.requests.send(Request::Put { body, accepted_ms, done }).map_err(|_| SpoolError::Closed)?;
+        match written.await {
+            Ok(Ok(seq)) => Ok(self.hold(seq, Some(permit))),
+            Ok(Err(error)) => Err(SpoolError::Io { dir: self.dir.clone(), error }),
+            Err(_) => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Write and fsync every remove queued so far, then close the log and unlock the directory;
+    /// later puts are refused with [`SpoolError::Closed`].
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.requests.send(Request::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    /// What the spool holds now.
+    pub(crate) fn status(&self) -> SpoolStatus {
+        let oldest = self.figures.oldest_ms.load(Relaxed);
+        SpoolStatus {
+            dir: self.dir.clone(),
+            depth: self.figures.depth.load(Relaxed),
+            bytes: self.figures.live_bytes.load(Relaxed),
+            disk_bytes: self.figures.disk_bytes.load(Relaxed),
+            max_bytes: self.max_bytes,
+            oldest_age_ms: (oldest != 0).then(|| writer::now_ms().saturating_sub(oldest)),
+            recovered: self.recovered.load(Relaxed),
+        }
+    }
+
+    fn hold(&self, seq: u64, permit: Option<OwnedSemaphorePermit>) -> SpoolHold {
+        SpoolHold { seq, requests: self.requests.clone(), permit, kept: AtomicBool::new(false) }
+    }
+}
+
+/// A message's place in the spool: while it lives the message is on disk; dropping it (once the
+/// message and everything made from it reached an outcome) removes the record. Dropped while a
+/// thread panics, or after [`keep`](SpoolHold::keep), the record stays for the next start.
+pub(crate) struct SpoolHold {
+    seq: u64,
+    requests: flume::Sender<Request>,
+    /// The record's share of `spool_max_bytes`, given back once it is removed.
+    permit: Option<OwnedSemaphorePermit>,
+    kept: AtomicBool,
+}
+
+impl SpoolHold {
+    /// The message could not reach an outcome (its dead letter was lost): keep its record, so the
+    /// next start delivers it again.
+    pub(crate) fn keep(&self) {
+        self.kept.store(true, Relaxed);
+    }
+}
+
+impl Drop for SpoolHold {
+    fn drop(&mut self) {
+        if self.kept.load(Relaxed) || std::thread::panicking() {
+            // Still on disk: its share of the budget stays taken.
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+            }
+            return;
+        }
+        let _ = self.requests.send(Request::Remove(self.seq));
+    }
+}
+
+impl std::fmt::Debug for SpoolHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolHold").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+fn kib_of(bytes: u64) -> usize {
+    usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)
+}
+
+/// The KiB of `spool_max_bytes` a record with a body of `body` bytes holds (at least one).
+fn record_kib(body: usize) -> u32 {
+    u32::try_from((body + record::HEADER) / 1024 + 1).unwrap_or(u32::MAX)
+}

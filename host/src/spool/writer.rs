@@ -1,0 +1,118 @@
+//! The spool's writer thread: the only one that writes the log. It gathers every request queued
+//! while it wrote the last batch and writes them with one write and one fsync (group commit), so
+//! concurrent admissions share the cost of the disk.
+
+use super::log::SegmentLog;
+use super::record;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Requests gathered into one write, at most.
+const MAX_BATCH: usize = 4096;
+
+/// What the writer is asked to do.
+pub(crate) enum Request {
+    /// Write a put of `body` (see [`record::put_body`]) and fsync it; answer its sequence number.
+    Put { body: Vec<u8>, accepted_ms: u64, done: oneshot::Sender<io::Result<u64>> },
+    /// The message of this sequence number reached its outcome: write its remove (fsync'd with the
+    /// next put or the close: a remove lost to a crash only delivers that message again).
+    Remove(u64),
+    /// Fsync what is written, close the log (unlocking the directory) and stop; answer once done.
+    /// Removes queued after it are not written: those messages are delivered again at the next start.
+    Close(oneshot::Sender<()>),
+}
+
+/// What the writer shows of the log after each batch (read by `/v1/spool` and the gauges).
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    pub(crate) depth: AtomicU64,
+    pub(crate) live_bytes: AtomicU64,
+    /// Unix milliseconds of the oldest live message's admission; 0 when there is none.
+    pub(crate) oldest_ms: AtomicU64,
+    pub(crate) disk_bytes: AtomicU64,
+}
+
+impl Figures {
+    fn publish(&self, log: &SegmentLog) {
+        let (depth, live_bytes, oldest, disk_bytes) = log.figures();
+        self.depth.store(depth as u64, Relaxed);
+        self.live_bytes.store(live_bytes, Relaxed);
+        self.oldest_ms.store(oldest.unwrap_or(0), Relaxed);
+        self.disk_bytes.store(disk_bytes, Relaxed);
+    }
+}
+
+/// Observes each batch the writer commits: its puts and how long the write and fsync took.
+pub(crate) type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
+
+/// Serve `requests` until one asks to close or every sender is gone, then fsync and return.
+pub(crate) fn run(
+    mut log: SegmentLog,
+    requests: flume::Receiver<Request>,
+    figures: Arc<Figures>,
+    observe: CommitObserver,
+) {
+    figures.publish(&log);
+    let mut buf = Vec::new();
+    while let Ok(first) = requests.recv() {
+        buf.clear();
+        let (mut puts, mut answers, mut removes, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
+        for request in std::iter::once(first).chain(requests.try_iter().take(MAX_BATCH - 1)) {
+            match request {
+                Request::Put { body, accepted_ms, done } => {
+                    let (seq, start) = (log.next_seq(), buf.len());
+                    record::write_put(&mut buf, seq, &body);
+                    puts.push((seq, (buf.len() - start) as u64, accepted_ms));
+                    answers.push((seq, done));
+                }
+                Request::Remove(seq) => {
+                    record::write_remove(&mut buf, seq);
+                    removes.push(seq);
+                }
+                Request::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+        }
+        let sync = !puts.is_empty() || close.is_some();
+        let started = Instant::now();
+        let written = log.append(&buf, &puts, sync);
+        if !puts.is_empty() {
+            observe(puts.len(), started.elapsed());
+        }
+        for seq in removes {
+            if let Err(error) = log.forget(seq) {
+                tracing::warn!(%error, "the spool could not delete a settled segment; it stays on disk");
+            }
+        }
+        // Before the answers: an admitted message is in the figures once its sender hears back.
+        figures.publish(&log);
+        match written {
+            Ok(()) => answers.into_iter().for_each(|(seq, done)| drop(done.send(Ok(seq)))),
+            Err(error) => {
+                tracing::error!(%error, puts = puts.len(), "the spool could not write a batch; its messages are refused");
+                for (_, done) in answers {
+                    let _ = done.send(Err(io::Error::new(error.kind(), error.to_string())));
+                }
+            }
+        }
+        if let Some(done) = close {
+            drop(log);
+            let _ = done.send(());
+            return;
+        }
+    }
+    if let Err(error) = log.append(&[], &[], true) {
+        tracing::warn!(%error, "the spool's last fsync failed: settled messages may be delivered again");
+    }
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |since| since.as_millis() as u64)
+}

@@ -1,0 +1,240 @@
+//! The durable spool through the embedded host: a message is on disk when `send` returns and
+//! leaves the spool once settled; a host started on a spool delivers what it held (its `x-sy-id`
+//! unchanged); a damaged tail is reported and what precedes it delivered; a full spool is
+//! backpressure, never loss.
+
+use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
+use std::path::{Path, PathBuf};
+use switchyard::config::Durability;
+use switchyard::{Config, Host, MemoryDestination, Message, NativeFilter, RouteConfig, SendError, Verdict};
+
+/// A filter that keeps each message once the test lets one through (all of them once the sender
+/// is dropped): messages wait in the pipeline, held in the spool, as long as the test wants.
+fn gate() -> (flume::Sender<()>, impl NativeFilter) {
+    let (open, gate) = flume::unbounded::<()>();
+    (open, move |_: &Message| {
+        let _ = gate.recv();
+        Ok(Verdict::Keep)
+    })
+}
+
+/// A spooling host on `state` routing `t.*` through `gate` (if any) to memory destination `out`.
+async fn host(
+    state: &Path,
+    gate: Option<impl NativeFilter>,
+    tune: impl FnOnce(&mut Config),
+) -> (Host, flume::Receiver<Message>) {
+    let plugins = plugin_dir(&[]);
+    let mut config = Config::default();
+    config.host.durability = Durability::Spool;
+    config.host.watch = false;
+    tune(&mut config);
+    let (out, delivered) = MemoryDestination::new();
+    let mut route = RouteConfig::new("all", "t.*", "out");
+    let mut builder = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state);
+    if let Some(gate) = gate {
+        builder = builder.filter("gate", gate);
+        route = route.stage("filter:gate");
+    }
+    let host = builder.destination("out", out).route(route).build().await.unwrap();
+    (host, delivered)
+}
+
+/// A copy of `state`'s spool as it is on disk now (as a crash would leave it) in a new state
+/// directory: one host holds a spool directory at a time.
+fn crash_copy(state: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir(copy.path().join("spool")).unwrap();
+    for path in segments(state) {
+        std::fs::copy(&path, copy.path().join("spool").join(path.file_name().unwrap())).unwrap();
+    }
+    copy
+}
+
+fn segments(state: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> =
+        std::fs::read_dir(state.join("spool")).unwrap().map(|e| e.unwrap().path()).collect();
+    found.retain(|path| path.extension().is_some_and(|ext| ext == "seg"));
+    found.sort();
+    found
+}
+
+/// The `x-sy-id`s of the next `count` messages of `delivered`, sorted (two workers: any order).
+async fn ids_of(delivered: &flume::Receiver<Message>, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(next(delivered).await.unique_id().unwrap().to_owned());
+    }
+    ids.sort();
+    ids
+}
+
+fn message(n: usize) -> Message {
+    Message::new("t.x", format!("payload {n}")).with_header("x-sy-id", format!("mine-{n}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_message_is_on_disk_until_its_outcome_is_recorded() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (host, delivered) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        host.send(message(n)).await.unwrap();
+    }
+    let spooled = host.spool().expect("durability = spool");
+    assert_eq!(spooled.depth, 3, "{spooled:?}");
+    assert!(spooled.bytes > 3 * 9 && spooled.oldest_age_ms.is_some(), "{spooled:?}");
+    let on_disk: u64 = segments(state.path()).iter().map(|path| path.metadata().unwrap().len()).sum();
+    assert!(on_disk >= spooled.bytes, "the records are in the segment files: {on_disk} bytes");
+
+    (0..3).for_each(|_| open.send(()).unwrap());
+    assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-2"]);
+    eventually(|| match host.spool().unwrap() {
+        status if status.depth == 0 && status.oldest_age_ms.is_none() => Ok(()),
+        status => Err(status),
+    });
+    drain_and_account(&host).await;
+
+    let (again, delivered) = host_again(state.path()).await;
+    assert_eq!(again.spool().unwrap().recovered, 0, "settled messages are not delivered again");
+    drain_and_account(&again).await;
+    assert!(delivered.is_empty());
+}
+
+async fn host_again(state: &Path) -> (Host, flume::Receiver<Message>) {
+    host_again_with(state, |_| {}).await
+}
+
+/// A spooling host on `state` with no gate, `tune`d.
+async fn host_again_with(state: &Path, tune: impl FnOnce(&mut Config)) -> (Host, flume::Receiver<Message>) {
+    host(state, None::<fn(&Message) -> Result<Verdict, switchyard::PluginError>>, tune).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_on_a_spool_delivers_what_it_held_with_its_unique_ids_unchanged() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    // The first host never settles its messages: a copy of its spool is what a crash leaves.
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..5 {
+        stuck.send(message(n)).await.unwrap();
+    }
+
+    let state = crash_copy(state.path());
+    let (host, delivered) = host_again(state.path()).await;
+    assert_eq!(host.spool().unwrap().recovered, 5);
+    assert_eq!(ids_of(&delivered, 5).await, (0..5).map(|n| format!("mine-{n}")).collect::<Vec<_>>());
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (5, 5), "recovered messages are counted as accepted");
+
+    let (third, delivered) = host_again(state.path()).await;
+    assert_eq!(third.spool().unwrap().recovered, 0, "the second host recorded their outcomes");
+    drain_and_account(&third).await;
+    assert!(delivered.is_empty());
+    // The first host delivers them too once let through: its own spool still held them.
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 5).await.len(), 5);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_spool_tail_is_reported_and_the_messages_before_it_delivered() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    let last = segments(state.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&last, &bytes).unwrap();
+
+    let (host, delivered) = host_again(state.path()).await;
+    assert_eq!(host.event_counts().spool_damaged, 1);
+    assert_eq!(host.spool().unwrap().recovered, 2);
+    assert_eq!(ids_of(&delivered, 2).await, ["mine-0", "mine-1"]);
+    let aside = last.with_extension("seg.damaged");
+    assert!(aside.metadata().unwrap().len() > 0, "the unreadable record is kept aside");
+    drain_and_account(&host).await;
+    assert!(delivered.is_empty());
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_is_backpressure_and_every_message_it_took_is_delivered() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (host, delivered) = host(state.path(), Some(gate), |config| {
+        config.host.max_message_bytes = 2048;
+        config.host.spool_max_bytes = 8 * 1024;
+    })
+    .await;
+    let mut accepted = 0;
+    let refused = loop {
+        match host.try_send(message(accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(error) => break error,
+        }
+        assert!(accepted <= 8, "8 KiB hold at most 8 records");
+    };
+    assert_eq!(refused, SendError::Backpressure);
+    assert_eq!(accepted, 8, "each small record holds 1 KiB of the budget");
+    let ingress = start_ingress(&host).await;
+    let (status, body) =
+        tokio::task::spawn_blocking(move || post(ingress, "/v1/messages/t.x", &[], b"{}")).await.unwrap();
+    assert_eq!(status, 503, "the HTTP ingress refuses with backpressure: {body}");
+    let waiting = tokio::spawn({
+        let host = host.clone();
+        async move { host.send(message(99)).await }
+    });
+
+    (0..=accepted).for_each(|_| open.send(()).unwrap());
+    within(waiting).await.unwrap().expect("accepted once the spool has room");
+    for _ in 0..=accepted {
+        next(&delivered).await;
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (9, 9));
+    assert_eq!(host.spool().unwrap().depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_the_same_spool_is_refused_naming_the_lock() {
+    let state = tempfile::tempdir().unwrap();
+    let (first, _) = host_again(state.path()).await;
+    let plugins = plugin_dir(&[]);
+    let mut config = Config::default();
+    config.host.durability = Durability::Spool;
+    let second =
+        Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let error = second.build().await.expect_err("the spool is taken").to_string();
+    assert!(error.contains("in use by another process (its lock file is locked)"), "{error}");
+    assert!(error.contains(&state.path().join("spool").display().to_string()), "{error}");
+    drain_and_account(&first).await;
+    drop(first);
+    let (again, _) = host_again(state.path()).await;
+    drain_and_account(&again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_record_exceeds_the_whole_spool_is_refused_as_too_large_not_waited_on() {
+    let state = tempfile::tempdir().unwrap();
+    let (host, delivered) = host_again_with(state.path(), |config| {
+        config.host.max_message_bytes = 2048;
+        config.host.spool_max_bytes = 3072;
+    })
+    .await;
+    // Within max_message_bytes (the payload), but its long topic makes the record larger than the spool.
+    let long = Message::new(format!("t.{}", "x".repeat(2000)), vec![b'p'; 2000]);
+    let refused = within(host.send(long)).await;
+    assert!(matches!(refused, Err(SendError::TooLarge { limit: 3072, .. })), "{refused:?}");
+    host.send(message(1)).await.expect("a message that fits is accepted");
+    assert_eq!(next(&delivered).await.unique_id(), Some("mine-1"));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
