@@ -31,6 +31,7 @@
 //! ```
 
 pub mod message;
+pub mod receipt;
 mod bearer;
 mod bounded_text;
 mod panic;
@@ -64,6 +65,7 @@ pub use host::{BuildError, Host, HostBuilder, PendingReply, RequestError, SendEr
 pub use ingress::{GrpcIngress, HttpIngress, NatsIngress};
 pub use message::{Message, MessageId, Verdict};
 pub use pipeline::Stats;
+pub use receipt::{Receipt, Settlement};
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
 pub use reload::{ConfigChange, EventCounts, HostEvent};
 pub use spool::{Damage, SpoolError, SpoolStatus};

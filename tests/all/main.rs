@@ -21,6 +21,7 @@ mod hostile_files;
 mod http_destination;
 mod listeners;
 mod ingress_properties;
+mod jetstream;
 mod language_plugins;
 mod message_ids;
 mod nats_ingress;

@@ -20,7 +20,7 @@ async fn serve(host: &Host, server: &NatsServer, subjects: &[&str]) -> (oneshot:
     let config = NatsIngressConfig {
         url: server.address(),
         subjects: subjects.iter().map(|subject| subject.to_string()).collect(),
-        queue_group: None,
+        ..NatsIngressConfig::default()
     };
     let ingress = within(NatsIngress::connect(host.clone(), config)).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -1,5 +1,5 @@
 //! A real `nats-server` for a test: on 127.0.0.1 at a free port, stopped and started again on the
-//! same port on request, killed when dropped.
+//! same port on request, killed when dropped; with JetStream on request, storing in a temp dir.
 
 use crate::support::eventually;
 use std::net::TcpListener;
@@ -10,13 +10,24 @@ use std::process::{Child, Command, Stdio};
 pub struct NatsServer {
     port: u16,
     child: Option<Child>,
+    /// With JetStream: where it stores streams.
+    store: Option<tempfile::TempDir>,
 }
 
 impl NatsServer {
     /// A server on a free port, accepting connections once this returns.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(None)
+    }
+
+    /// A server with JetStream enabled (`-js`), storing in a temp dir of its own.
+    pub fn start_jetstream() -> NatsServer {
+        NatsServer::start_with(Some(tempfile::tempdir().unwrap()))
+    }
+
+    fn start_with(store: Option<tempfile::TempDir>) -> NatsServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = NatsServer { port, child: None };
+        let mut server = NatsServer { port, child: None, store };
         server.restart();
         server
     }
@@ -37,8 +48,12 @@ impl NatsServer {
     /// Start the server (again) on its port; returns once it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = Command::new(binary());
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(store) = &self.store {
+            command.arg("-js").arg("-sd").arg(store.path());
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

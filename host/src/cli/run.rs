@@ -62,11 +62,17 @@ pub async fn run(
         let ingress = NatsIngress::connect(host.clone(), entry.clone()).await?;
         let group =
             entry.queue_group.as_ref().map(|group| format!(" in queue group {group}")).unwrap_or_default();
-        eprintln!(
-            "switchyard: NATS ingress subscribed to {} at {}{group}",
-            entry.subjects.join(", "),
-            entry.url
-        );
+        match entry.jetstream() {
+            Some(consumer) => eprintln!(
+                "switchyard: NATS ingress consuming JetStream stream {} as durable {} at {}",
+                consumer.stream, consumer.durable, entry.url
+            ),
+            None => eprintln!(
+                "switchyard: NATS ingress subscribed to {} at {}{group}",
+                entry.subjects.join(", "),
+                entry.url
+            ),
+        }
         nats.push(ingress);
     }
     // The token comes from the config of the moment: a reload changes it live.

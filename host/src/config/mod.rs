@@ -19,7 +19,7 @@ pub use model::{
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
     QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
-pub use nats::NatsIngressConfig;
+pub use nats::{JetStreamConsumer, NatsIngressConfig};
 pub(crate) use nats::subject_problem;
 pub(crate) use overrides::CodeOverrides;
 pub(crate) use restart::restart_only_changes;

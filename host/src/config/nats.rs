@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One `[[ingress.nats]]` entry: a connection to a NATS server subscribing to `subjects`.
+/// One `[[ingress.nats]]` entry: a connection to a NATS server subscribing to `subjects`, or, with
+/// a `stream`, pulling from a JetStream stream through a durable consumer.
 ///
 /// ```
 /// let config = switchyard::Config::from_toml("t.toml", r#"
@@ -11,23 +12,72 @@ use serde::{Deserialize, Serialize};
 ///     url = "127.0.0.1:4222"
 ///     subjects = ["orders.>"]
 ///     queue_group = "switchyard"
+///
+///     [[ingress.nats]]
+///     url = "127.0.0.1:4222"
+///     stream = "ORDERS"
+///     durable = "switchyard"
+///     max_ack_pending = 500
 /// "#).unwrap();
 /// assert_eq!(config.ingress.nats[0].queue_group.as_deref(), Some("switchyard"));
+/// let consumer = config.ingress.nats[1].jetstream().unwrap();
+/// assert_eq!((consumer.durable, consumer.max_ack_pending, consumer.ack_wait_ms), ("switchyard", 500, 30_000));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsIngressConfig {
     /// The NATS server, `host:port`.
     pub url: String,
     /// Subjects subscribed to; NATS wildcards (`*`, a trailing `>`) allowed. A message's subject is
-    /// its topic.
+    /// its topic. With a `stream`: at most one, the consumer's filter subject (none: the whole stream).
+    #[serde(default)]
     pub subjects: Vec<String>,
     /// A queue group to join: the server gives each message to one member of the group, so hosts in
-    /// one group share the work. Without one, every host gets every message.
+    /// one group share the work. Without one, every host gets every message. Not with a `stream`.
     pub queue_group: Option<String>,
+    /// A JetStream stream to consume (it must exist): messages are acknowledged once settled.
+    pub stream: Option<String>,
+    /// The durable pull consumer's name (default `switchyard`); hosts naming the same one share
+    /// the stream's messages. Only with a `stream`.
+    pub durable: Option<String>,
+    /// How long the server waits for a message's acknowledgement before it delivers it again
+    /// (default 30 000). Only with a `stream`.
+    pub ack_wait_ms: Option<u64>,
+    /// Messages delivered and not yet acknowledged, at most, over all hosts of the consumer (default
+    /// 1000): the flow limit. Only with a `stream`.
+    pub max_ack_pending: Option<u32>,
 }
 
+/// A `[[ingress.nats]]` entry's JetStream consumer, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConsumer<'c> {
+    /// The stream.
+    pub stream: &'c str,
+    /// The durable consumer's name.
+    pub durable: &'c str,
+    /// Only the stream's messages on this subject (wildcards allowed), if set.
+    pub filter_subject: Option<&'c str>,
+    /// Milliseconds the server waits for an acknowledgement before delivering again.
+    pub ack_wait_ms: u64,
+    /// Unacknowledged messages, at most, over all hosts of the consumer.
+    pub max_ack_pending: u32,
+}
+
+const ACK_WAIT_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+const MAX_ACK_PENDING: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+
 impl NatsIngressConfig {
+    /// The JetStream consumer this entry pulls from, when it names a `stream`.
+    pub fn jetstream(&self) -> Option<JetStreamConsumer<'_>> {
+        Some(JetStreamConsumer {
+            stream: self.stream.as_deref()?,
+            durable: self.durable.as_deref().unwrap_or("switchyard"),
+            filter_subject: self.subjects.first().map(String::as_str),
+            ack_wait_ms: self.ack_wait_ms.unwrap_or(30_000),
+            max_ack_pending: self.max_ack_pending.unwrap_or(1000),
+        })
+    }
+
     /// What is wrong with this entry, if anything: the key under `ingress.nats[N]`, the value and
     /// the problem.
     pub(crate) fn problem(&self) -> Option<(&'static str, String, String)> {
@@ -35,24 +85,75 @@ impl NatsIngressConfig {
             let problem = "must be a NATS server, \"host:port\"".to_owned();
             return Some(("url", format!("{:?}", self.url), problem));
         }
+        if self.stream.is_some() {
+            return self.jetstream_problem();
+        }
+        let only_with_stream = [
+            ("durable", self.durable.as_ref().map(|durable| format!("{durable:?}"))),
+            ("ack_wait_ms", self.ack_wait_ms.map(|ms| ms.to_string())),
+            ("max_ack_pending", self.max_ack_pending.map(|max| max.to_string())),
+        ];
+        if let Some((key, Some(value))) = only_with_stream.into_iter().find(|(_, value)| value.is_some()) {
+            return Some((key, value, "is a JetStream consumer's setting: set `stream` too".into()));
+        }
         if self.subjects.is_empty() {
             return Some(("subjects", "[]".into(), "must name at least one subject".into()));
         }
-        let bad_subject =
-            self.subjects.iter().find_map(|subject| Some((subject, subject_problem(subject, true)?)));
-        if let Some((subject, problem)) = bad_subject {
-            return Some(("subjects", format!("{subject:?}"), problem));
+        if let Some(problem) = self.subjects_problem() {
+            return Some(problem);
         }
-        let bad_group = self
-            .queue_group
-            .as_ref()
-            .filter(|group| group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()));
+        let bad_group = self.queue_group.as_ref().filter(|group| name_problem(group));
         if let Some(group) = bad_group {
             let problem = "must be a non-empty name without spaces".to_owned();
             return Some(("queue_group", format!("{group:?}"), problem));
         }
         None
     }
+
+    /// What is wrong with the JetStream settings of an entry with a `stream`, if anything.
+    fn jetstream_problem(&self) -> Option<(&'static str, String, String)> {
+        let consumer = self.jetstream()?;
+        let is_name = |name: &str| !name_problem(name) && !name.contains(['.', '*', '>']);
+        if !is_name(consumer.stream) || !is_name(consumer.durable) {
+            let (key, value) = match is_name(consumer.stream) {
+                false => ("stream", consumer.stream),
+                true => ("durable", consumer.durable),
+            };
+            let problem = "must be a non-empty name without spaces, '.', '*' or '>'".to_owned();
+            return Some((key, format!("{value:?}"), problem));
+        }
+        if let Some(group) = &self.queue_group {
+            let problem = "is not for a stream: hosts naming the same `durable` share its messages".into();
+            return Some(("queue_group", format!("{group:?}"), problem));
+        }
+        if self.subjects.len() > 1 {
+            let problem = "with a stream, at most one subject: the consumer's filter".into();
+            return Some(("subjects", format!("{:?}", self.subjects), problem));
+        }
+        if let Some(problem) = self.subjects_problem() {
+            return Some(problem);
+        }
+        if !ACK_WAIT_MS.contains(&consumer.ack_wait_ms) {
+            let problem = format!("must be from {} to {}", ACK_WAIT_MS.start(), ACK_WAIT_MS.end());
+            return Some(("ack_wait_ms", consumer.ack_wait_ms.to_string(), problem));
+        }
+        if !MAX_ACK_PENDING.contains(&consumer.max_ack_pending) {
+            let problem = format!("must be from {} to {}", MAX_ACK_PENDING.start(), MAX_ACK_PENDING.end());
+            return Some(("max_ack_pending", consumer.max_ack_pending.to_string(), problem));
+        }
+        None
+    }
+
+    fn subjects_problem(&self) -> Option<(&'static str, String, String)> {
+        let bad_subject =
+            self.subjects.iter().find_map(|subject| Some((subject, subject_problem(subject, true)?)));
+        bad_subject.map(|(subject, problem)| ("subjects", format!("{subject:?}"), problem))
+    }
+}
+
+/// `name` is empty or holds a space or control character.
+fn name_problem(name: &str) -> bool {
+    name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// What makes `subject` something NATS does not take, if anything: an empty token, a space or

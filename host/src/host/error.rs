@@ -99,6 +99,16 @@ pub enum BuildError {
         /// Why.
         error: std::io::Error,
     },
+    /// A JetStream ingress could not connect, find its stream or create its consumer.
+    #[error("cannot consume the JetStream stream {stream} at the NATS server {url}: {error}")]
+    JetStream {
+        /// The server, `host:port`.
+        url: String,
+        /// The stream.
+        stream: String,
+        /// Why (the client's or the server's words).
+        error: String,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {error}")]
     Listen {

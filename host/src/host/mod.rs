@@ -14,6 +14,7 @@ use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
 use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
+use crate::receipt::ReceiptHold;
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,12 +60,28 @@ impl Host {
     /// Accept `message`, waiting while the queue (or the spool) is full. Returns its id once the
     /// message is accepted: queued, and with `durability = "spool"` on disk.
     pub async fn send(&self, message: Message) -> Result<MessageId, SendError> {
+        self.send_held(message, None).await
+    }
+
+    /// Accept `message` as [`send`](Host::send) does, with a [`Receipt`](crate::Receipt) that
+    /// resolves once it and everything made from it reached an outcome (or can no longer): for an
+    /// ingress that acknowledges its source only then.
+    pub async fn send_with_receipt(&self, message: Message) -> Result<(MessageId, crate::Receipt), SendError> {
+        let (hold, receipt) = crate::receipt::ReceiptHold::new();
+        Ok((self.send_held(message, Some(hold)).await?, receipt))
+    }
+
+    /// [`send`](Host::send), the message telling `receipt` (if any) once it is settled.
+    async fn send_held(&self, message: Message, receipt: Option<ReceiptHold>) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
         let sender = self.sender()?;
         let spooled = self.spool_put(&message, true).await?;
-        let envelope = Envelope::new(message, None, bytes, spooled);
+        let mut envelope = Envelope::new(message, None, bytes, spooled);
+        if let Some(receipt) = receipt {
+            envelope = envelope.with_receipt(receipt);
+        }
         sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
         self.count_accepted();
         Ok(id)

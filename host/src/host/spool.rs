@@ -58,7 +58,7 @@ pub(super) fn redeliver(
                 sender.send_async(Envelope::new(message, None, bytes, Some(hold))).await
             {
                 // The workers are gone: the record stays for the next start.
-                envelope.accepted.keep_spooled();
+                envelope.accepted.keep_unsettled();
                 return;
             }
             Counters::bump(&pipeline.counters.accepted, 1);

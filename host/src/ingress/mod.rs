@@ -11,4 +11,4 @@ pub use grpc::{
     PublishStreamReply, Refusal, Reply,
 };
 pub use http::HttpIngress;
-pub use nats::NatsIngress;
+pub use nats::{NatsIngress, STREAM_SEQ_HEADER, stream_message_id};

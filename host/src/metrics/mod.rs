@@ -4,6 +4,7 @@
 #[cfg(test)]
 mod cost;
 mod gauges;
+mod jetstream;
 mod plugins;
 mod sharded;
 mod spool;
@@ -17,6 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
+pub(crate) use jetstream::{JetStreamMetrics, Pulled};
 pub(crate) use spool::SpoolMetrics;
 use std::time::Instant;
 
@@ -129,6 +131,8 @@ pub struct Metrics {
     gauges: std::sync::Arc<ScrapeGauges>,
     /// The durable spool's writes, commit times and recoveries.
     pub(crate) spool: SpoolMetrics,
+    /// What JetStream ingress did with the messages it pulled.
+    pub(crate) jetstream: JetStreamMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -172,6 +176,7 @@ impl Metrics {
             events: Family::default(),
             gauges: Default::default(),
             spool: SpoolMetrics::default(),
+            jetstream: JetStreamMetrics::default(),
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(metrics.gauges.clone()));
@@ -216,6 +221,7 @@ impl Metrics {
         let help = "Host events (plugin loaded, replaced, rejected, removed; config applied, rejected)";
         registry.register("host_events", help, metrics.events.clone());
         metrics.spool.register(&mut registry);
+        metrics.jetstream.register(&mut registry);
         Metrics { registry, ..metrics }
     }
 }

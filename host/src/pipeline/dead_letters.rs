@@ -88,7 +88,7 @@ impl Pipeline {
             }
             Err(error) => {
                 // With the spool, not lost after all: the next start delivers it again.
-                accepted.keep_spooled();
+                accepted.keep_unsettled();
                 Counters::bump(&self.counters.dead_letter_failures, 1);
                 tracing::error!(id, topic, route = route_name, code, %reason, %error, "dead letter lost: no dead-letter destination took it and the dead-letter file cannot be written");
             }

@@ -4,6 +4,7 @@ use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::Message;
 use crate::plugin::{CompiledPlugin, PluginError};
+use crate::receipt::ReceiptHold;
 use crate::spool::SpoolHold;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,18 +13,24 @@ use tokio::sync::oneshot;
 /// The answer a `request` caller waits for.
 pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::host::RequestError>>;
 
-/// When a message was accepted, and its place in the spool (with `durability = "spool"`): every
-/// message made from it shares the hold, so the record goes once the last of them is settled.
+/// When a message was accepted, its place in the spool (with `durability = "spool"`) and the
+/// receipt its ingress waits on (see [`crate::receipt`]): every message made from it shares the
+/// holds, so the record goes, and the receipt is told, once the last of them is settled.
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub(crate) at: Instant,
     pub(crate) spooled: Option<Arc<SpoolHold>>,
+    pub(crate) receipt: Option<Arc<ReceiptHold>>,
 }
 
 impl Accepted {
-    /// The message could not reach an outcome: keep its spool record for the next start.
-    pub(crate) fn keep_spooled(&self) {
+    /// The message could not reach an outcome: keep its spool record for the next start, and tell
+    /// its receipt it is unsettled.
+    pub(crate) fn keep_unsettled(&self) {
         if let Some(hold) = &self.spooled {
+            hold.keep();
+        }
+        if let Some(hold) = &self.receipt {
             hold.keep();
         }
     }
@@ -47,8 +54,14 @@ impl Envelope {
         intake_bytes: tokio::sync::OwnedSemaphorePermit,
         spooled: Option<SpoolHold>,
     ) -> Envelope {
-        let accepted = Accepted { at: Instant::now(), spooled: spooled.map(Arc::new) };
+        let accepted = Accepted { at: Instant::now(), spooled: spooled.map(Arc::new), receipt: None };
         Envelope { message, reply, accepted, _intake_bytes: intake_bytes }
+    }
+
+    /// The same envelope, telling `receipt` once the message is settled.
+    pub(crate) fn with_receipt(mut self, receipt: ReceiptHold) -> Envelope {
+        self.accepted.receipt = Some(Arc::new(receipt));
+        self
     }
 }
 

@@ -1,0 +1,301 @@
+//! JetStream ingress: `[[ingress.nats]]` with a `stream` pulls that stream's messages through a
+//! durable pull consumer (`durable`, explicit acks) and acknowledges each only once the host
+//! settled it — delivered, filtered, answered, or dead-lettered to a destination or the dead-letter
+//! file — as the message's [`Receipt`](crate::Receipt) tells (the spool's own settlement, shared
+//! by everything made from the message). Hosts naming the same consumer share the stream: what a
+//! host that dies had not acknowledged, the server delivers to another after `ack_wait_ms`.
+//!
+//! Flow: a host holds at most `max_ack_pending` unacknowledged messages (the server enforces the
+//! same limit over all hosts of the consumer), pulls only as many as it has room for, and admits
+//! them one by one, waiting while the host's queue is full — so a full queue pulls nothing more.
+//!
+//! Identity: a message's `x-sy-id` is derived from the stream and its sequence in it
+//! ([`stream_message_id`]), and `x-sy-stream-seq` carries the sequence, so a message delivered
+//! again (by this host or another) keeps its id and receivers can deduplicate. Headers set by the
+//! publisher are kept (except `x-sy-` ones); their order is not (NATS keeps headers in a map).
+//!
+//! What the host refuses for good — a message over `max_message_bytes`, or malformed (a topic the
+//! host does not take) — is terminated (`AckKind::Term`): the server never delivers it again, it
+//! stays in the stream for an operator to read (`nats stream get`), the server publishes a
+//! `MSG_TERMINATED` advisory, this host logs "JetStream message terminated" and counts it
+//! (`switchyard_jetstream_messages_total{result="terminated"}`). It is not dead-lettered: a dead
+//! letter is a message the host admitted, and this one could not be — an oversized payload would be
+//! as oversized on its way to the dead-letter destination. What is refused only for now (the host
+//! stopping, the spool unable to write) is handed back at once (`Nak`) for another host.
+//!
+//! A graceful stop finishes the pull under way (admitting what it brings), pulls no more, waits up
+//! to `host.shutdown_grace_ms` for the messages in flight to settle and acknowledges them, then
+//! closes: anything still unsettled stays unacknowledged and is delivered again. A lost connection
+//! is made again by the client with backoff, and pulls resume with backoff of their own.
+
+use crate::config::NatsIngressConfig;
+use crate::host::{BuildError, Host, SendError};
+use crate::message::{ID_HEADER, Message};
+use crate::metrics::Pulled;
+use crate::receipt::Settlement;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures_util::StreamExt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The header carrying a message's sequence number in its stream.
+pub const STREAM_SEQ_HEADER: &str = "x-sy-stream-seq";
+
+/// Messages asked for by one pull, at most.
+const MAX_BATCH: usize = 256;
+
+/// How long one pull waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// The shortest and longest pause before pulling again after a failed pull.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A durable consumer of one stream, ready to serve.
+#[derive(Debug)]
+pub(super) struct StreamIngress {
+    host: Host,
+    config: NatsIngressConfig,
+    client: async_nats::Client,
+    consumer: PullConsumer,
+    /// Messages pulled and not yet acknowledged (or handed back): `max_ack_pending` permits.
+    room: Arc<Semaphore>,
+    /// The tasks waiting for a message's receipt to acknowledge it; a stop waits for them.
+    acks: TaskTracker,
+    /// Cancelled when a stop stops waiting for receipts: the rest stay unacknowledged.
+    abandon: CancellationToken,
+}
+
+impl StreamIngress {
+    /// Connect, find the stream and create (or join) the durable consumer of `config`.
+    pub(super) async fn connect(host: Host, config: NatsIngressConfig) -> Result<StreamIngress, BuildError> {
+        let consumer_config = config.jetstream().expect("a stream ingress has a stream");
+        let failed = |error: String| BuildError::JetStream {
+            url: config.url.clone(),
+            stream: consumer_config.stream.to_owned(),
+            error,
+        };
+        let backoff = |attempts: usize| MIN_BACKOFF.saturating_mul(1 << attempts.min(8)).min(MAX_BACKOFF);
+        let client = async_nats::ConnectOptions::new()
+            .reconnect_delay_callback(backoff)
+            .max_reconnects(None)
+            .connect(config.url.as_str())
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        let context = jetstream::new(client.clone());
+        let stream = context.get_stream(consumer_config.stream).await.map_err(|err| failed(err.to_string()))?;
+        let pull = jetstream::consumer::pull::Config {
+            durable_name: Some(consumer_config.durable.to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(consumer_config.ack_wait_ms),
+            max_ack_pending: i64::from(consumer_config.max_ack_pending),
+            filter_subject: consumer_config.filter_subject.unwrap_or_default().to_owned(),
+            ..Default::default()
+        };
+        let consumer = stream.create_consumer(pull).await.map_err(|err| failed(err.to_string()))?;
+        let room = Arc::new(Semaphore::new(consumer_config.max_ack_pending as usize));
+        let (acks, abandon) = (TaskTracker::new(), CancellationToken::new());
+        Ok(StreamIngress { host, config, client, consumer, room, acks, abandon })
+    }
+
+    /// The settings it serves.
+    pub(super) fn config(&self) -> &NatsIngressConfig {
+        &self.config
+    }
+
+    fn stream(&self) -> &str {
+        self.config.stream.as_deref().expect("a stream ingress has a stream")
+    }
+
+    /// Pull and admit until `shutdown` completes; then stop gracefully (see the module docs).
+    pub(super) async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        tokio::pin!(shutdown);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let room = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                room = self.room() => room,
+            };
+            match self.pull(room, &mut shutdown).await {
+                Ok(Pull::Done) => backoff = MIN_BACKOFF,
+                Ok(Pull::Stopped) => break,
+                Err(err) => {
+                    tracing::warn!(stream = self.stream(), %err, "JetStream ingress: pulling failed; trying again");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Room for one more unacknowledged message, waited for, and for as many more (up to
+    /// [`MAX_BATCH`]) as are free now.
+    async fn room(&self) -> OwnedSemaphorePermit {
+        let mut room = self.room.clone().acquire_owned().await.expect("the room is never closed");
+        let more = self.room.available_permits().min(MAX_BATCH - 1) as u32;
+        if more > 0
+            && let Ok(more) = self.room.clone().try_acquire_many_owned(more)
+        {
+            room.merge(more);
+        }
+        room
+    }
+
+    /// One pull of as many messages as `room` holds, each admitted as it comes; once `shutdown`
+    /// completes, the pull is finished (it ends within [`PULL_EXPIRES`]) and `Stopped` returned.
+    async fn pull(
+        &self,
+        mut room: OwnedSemaphorePermit,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Pull, async_nats::Error> {
+        let batch = self.consumer.batch().max_messages(room.num_permits()).expires(PULL_EXPIRES);
+        let mut messages = batch.messages().await?;
+        let mut stopping = false;
+        loop {
+            let next = match stopping {
+                true => messages.next().await,
+                false => tokio::select! {
+                    biased;
+                    () = &mut *shutdown => {
+                        stopping = true;
+                        continue;
+                    }
+                    next = messages.next() => next,
+                },
+            };
+            match next {
+                Some(message) => {
+                    let one = room.split(1).expect("a pull asks for no more messages than it has room for");
+                    self.admit(message?, one).await;
+                }
+                None if stopping => return Ok(Pull::Stopped),
+                None => return Ok(Pull::Done),
+            }
+        }
+    }
+
+    /// Admit `pulled`, holding `room` until it is acknowledged or handed back.
+    async fn admit(&self, pulled: jetstream::Message, room: OwnedSemaphorePermit) {
+        let (seq, delivered) = match pulled.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(err) => {
+                tracing::warn!(stream = self.stream(), %err, "JetStream ingress: a message without its stream sequence; handed back");
+                return self.hand_back(pulled.split().1, Pulled::Nacked, AckKind::Nak(None)).await;
+            }
+        };
+        let (stream, metrics) = (self.stream().to_owned(), self.host.metrics().jetstream.clone());
+        if delivered > 1 {
+            metrics.redelivered(&stream);
+        }
+        let (pulled, acker) = pulled.split();
+        let mut message = Message::new(pulled.subject.to_string(), pulled.payload);
+        for (name, values) in pulled.headers.iter().flat_map(|headers| headers.iter()) {
+            let name: &str = name.as_ref();
+            if !name.to_ascii_lowercase().starts_with("x-sy-") {
+                let values = values.iter().map(|value| (name.to_owned(), value.as_str().to_owned()));
+                message.headers.extend(values);
+            }
+        }
+        message.headers.push((ID_HEADER.to_owned(), stream_message_id(&stream, seq)));
+        message.headers.push((STREAM_SEQ_HEADER.to_owned(), seq.to_string()));
+        match self.host.send_with_receipt(message).await {
+            Ok((_, receipt)) => {
+                let abandon = self.abandon.clone();
+                self.acks.spawn(async move {
+                    let settled = tokio::select! {
+                        biased;
+                        settled = receipt.settled() => settled,
+                        () = abandon.cancelled() => Settlement::Unsettled,
+                    };
+                    let result = match settled {
+                        Settlement::Settled => match acker.ack().await {
+                            Ok(()) => Pulled::Acked,
+                            Err(err) => {
+                                tracing::warn!(stream, seq, %err, "JetStream ingress: an acknowledgement could not be sent; the message will be delivered again");
+                                Pulled::Unacked
+                            }
+                        },
+                        Settlement::Unsettled => Pulled::Unacked,
+                    };
+                    metrics.pulled(&stream, result);
+                    drop(room);
+                });
+            }
+            Err(err @ (SendError::TooLarge { .. } | SendError::Malformed(_))) => {
+                tracing::warn!(stream, seq, %err, "JetStream message terminated: the host cannot admit it, so it is never delivered again");
+                self.hand_back(acker, Pulled::Terminated, AckKind::Term).await;
+            }
+            Err(err) => {
+                tracing::debug!(stream, seq, %err, "JetStream ingress: message not admitted now; handed back");
+                self.hand_back(acker, Pulled::Nacked, AckKind::Nak(None)).await;
+            }
+        }
+    }
+
+    /// Answer a message that was not admitted with `kind`, counted as `result`.
+    async fn hand_back(&self, acker: jetstream::message::Acker, result: Pulled, kind: AckKind) {
+        if let Err(err) = acker.ack_with(kind).await {
+            tracing::warn!(stream = self.stream(), %err, "JetStream ingress: handing a message back failed; it will be delivered again");
+        }
+        self.host.metrics().jetstream.pulled(self.stream(), result);
+    }
+
+    /// Wait up to the shutdown grace for the messages in flight and acknowledge them, leave the
+    /// rest unacknowledged, send what is written, and close.
+    async fn finish(self) {
+        self.acks.close();
+        let grace = Duration::from_millis(self.host.config().host.shutdown_grace_ms);
+        if tokio::time::timeout(grace, self.acks.wait()).await.is_err() {
+            tracing::warn!(stream = self.stream(), ?grace, "JetStream ingress: messages still unsettled at the stop stay unacknowledged; they will be delivered again");
+            self.abandon.cancel();
+            self.acks.wait().await;
+        }
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(stream = self.stream(), %err, "JetStream ingress: the last acknowledgements may not have reached the server");
+        }
+    }
+}
+
+/// How a pull ended.
+enum Pull {
+    /// It brought what the server had (or the room allowed).
+    Done,
+    /// The stop came meanwhile.
+    Stopped,
+}
+
+/// The `x-sy-id` of the message at `seq` in `stream`: a UUIDv8 made of a hash of the stream's name
+/// and the sequence (its low 62 bits), the same on every delivery and every host.
+pub fn stream_message_id(stream: &str, seq: u64) -> String {
+    use sha2::Digest;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&sha2::Sha256::digest(stream.as_bytes())[..8]);
+    bytes[8..].copy_from_slice(&seq.to_be_bytes());
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_message_keeps_its_id_and_ids_differ_by_sequence_and_stream() {
+        let id = stream_message_id("ORDERS", 42);
+        assert_eq!(id, stream_message_id("ORDERS", 42));
+        assert_ne!(id, stream_message_id("ORDERS", 43));
+        assert_ne!(id, stream_message_id("EVENTS", 42));
+        let uuid = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(uuid.get_version_num(), 8);
+        let low = u64::from_be_bytes(uuid.as_bytes()[8..].try_into().unwrap());
+        assert_eq!(low & (u64::MAX >> 2), 42, "the sequence, under the variant's two bits");
+    }
+}

@@ -1,0 +1,323 @@
+//! JetStream ingress against a real `nats-server -js`. The done-when test: three `switchyard run`
+//! processes on one durable consumer, one SIGKILLed mid-stream, every message published to the
+//! stream delivered to a real HTTP sink (duplicates counted, bounded by what was unacknowledged at
+//! the kill). And its unhappy neighbours: no acknowledgement while the destination is down (the
+//! server delivers the message again; once the destination is back it is delivered and acked), a
+//! stopped host acknowledges nothing it did not finish (another host takes it over), and a message
+//! the host cannot admit is terminated, not redelivered forever.
+
+use crate::cli::Running;
+use crate::exposition::sample;
+use crate::nats_server::NatsServer;
+use crate::support::{eventually, host, plugin_dir, within};
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard::config::NatsIngressConfig;
+use switchyard::ingress::{STREAM_SEQ_HEADER, stream_message_id};
+use switchyard::{Host, NatsIngress};
+use tokio::sync::oneshot;
+
+const STREAM: &str = "ORDERS";
+
+/// An HTTP endpoint recording each arrival's stream sequence and `x-sy-id`, on a runtime of its own.
+struct Sink {
+    addr: SocketAddr,
+    arrivals: Arc<Mutex<Vec<(u64, String)>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Sink {
+    /// A sink listening on `listener`, answering each message after `delay` (its slowness).
+    fn start(listener: std::net::TcpListener, delay: Duration) -> Sink {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let recorded = arrivals.clone();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let recorded = recorded.clone();
+            async move {
+                let header = |name: &str| headers.get(name).map(|value| value.to_str().unwrap().to_owned());
+                let seq = header(STREAM_SEQ_HEADER).expect("a stream sequence").parse().unwrap();
+                recorded.lock().unwrap().push((seq, header("x-sy-id").expect("an id")));
+                tokio::time::sleep(delay).await;
+                "taken"
+            }
+        });
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sink { addr, arrivals, _runtime: runtime }
+    }
+
+    fn arrivals(&self) -> Vec<(u64, String)> {
+        self.arrivals.lock().unwrap().clone()
+    }
+}
+
+/// A free port on 127.0.0.1, not listened on (a destination that is down until a sink takes it).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// The stream `ORDERS` on `orders.>`, created on `server`; a JetStream context of `client`.
+async fn create_stream(client: &async_nats::Client) -> jetstream::Context {
+    let context = jetstream::new(client.clone());
+    let config = jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    };
+    context.create_stream(config).await.unwrap();
+    context
+}
+
+/// Publish `count` messages of `bytes` bytes to the stream, each stored once this returns.
+async fn publish(context: &jetstream::Context, count: usize, bytes: usize) {
+    for _ in 0..count {
+        let ack = context.publish("orders.eu", vec![b'x'; bytes].into()).await.unwrap();
+        ack.await.unwrap();
+    }
+}
+
+/// The consumer's acknowledgement figures: (unacknowledged, not yet delivered, redelivered).
+async fn pending(context: &jetstream::Context) -> (usize, u64, usize) {
+    let stream = context.get_stream(STREAM).await.unwrap();
+    let mut consumer: PullConsumer = stream.get_consumer("switchyard").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    (info.num_ack_pending, info.num_pending, info.num_redelivered)
+}
+
+/// Poll `probe` (async) until it gives `Ok`, failing after the usual patience.
+async fn until<T: std::fmt::Debug>(mut probe: impl AsyncFnMut() -> Result<(), T>) {
+    let mut last = None;
+    for _ in 0..6000 {
+        match probe().await {
+            Ok(()) => return,
+            Err(seen) => last = Some(seen),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out (safety net): {last:?}");
+}
+
+/// A host delivering `orders.>` over HTTP to `sink`, with `[host]` lines `extra`.
+async fn embedded(dir: &std::path::Path, sink: SocketAddr, extra: &str) -> Host {
+    let state = dir.join("state");
+    let config = format!(
+        "[host]\nwatch = false\nstate_dir = {state:?}\n{extra}\n\
+         [[destination]]\nname = \"sink\"\ntransport = \"http\"\nendpoints = [\"{sink}\"]\n\
+         queue = {{ timeout_ms = 600000 }}\n[[route]]\nname = \"all\"\nto = \"sink\"\n"
+    );
+    host(dir, &config).await
+}
+
+/// A JetStream ingress of `host` on `server`'s `ORDERS`, serving until the sender is used.
+async fn consume(host: &Host, server: &NatsServer, ack_wait_ms: u64) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let config = NatsIngressConfig {
+        url: server.address(),
+        stream: Some(STREAM.into()),
+        ack_wait_ms: Some(ack_wait_ms),
+        ..NatsIngressConfig::default()
+    };
+    let ingress = within(NatsIngress::connect(host.clone(), config)).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    (stop, tokio::spawn(ingress.serve(async move { drop(stopped.await) })))
+}
+
+fn jetstream_count(host: &Host, result: &str) -> f64 {
+    let metrics = host.metrics().encode();
+    sample(&metrics, "switchyard_jetstream_messages_total", &[("stream", STREAM), ("result", result)])
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ack_is_sent_while_the_destination_is_down_and_one_is_once_it_delivered() {
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let down = free_addr();
+    let host = embedded(dir.path(), down, "").await;
+    let (stop, serving) = consume(&host, &server, 300).await;
+    publish(&context, 1, 16).await;
+
+    // Not acknowledged: the server gives the message again once ack_wait passed, to the same host.
+    until(async || match pending(&context).await {
+        (1, 0, redelivered) if redelivered >= 1 => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    let metrics = host.metrics().encode();
+    assert!(sample(&metrics, "switchyard_jetstream_redelivered_total", &[("stream", STREAM)]) >= Some(1.0));
+    assert_eq!(jetstream_count(&host, "acked"), 0.0);
+
+    // The destination comes back: the message (each copy with the same id) is delivered and acked.
+    let sink = Sink::start(std::net::TcpListener::bind(down).unwrap(), Duration::ZERO);
+    until(async || match pending(&context).await {
+        (0, 0, _) if !sink.arrivals().is_empty() => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    let id = stream_message_id(STREAM, 1);
+    assert!(sink.arrivals().iter().all(|arrival| *arrival == (1, id.clone())), "{:?}", sink.arrivals());
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+    assert!(jetstream_count(&host, "acked") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_host_acknowledges_nothing_it_did_not_finish_and_another_host_takes_it_over() {
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    // Its destination is down: what it pulled is unfinished when it stops.
+    let host = embedded(dir.path(), free_addr(), "shutdown_grace_ms = 100").await;
+    let (stop, serving) = consume(&host, &server, 2000).await;
+    publish(&context, 5, 16).await;
+    until(async || match pending(&context).await {
+        (5, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+    assert_eq!((jetstream_count(&host, "acked"), jetstream_count(&host, "unacked")), (0.0, 5.0));
+    assert_eq!(pending(&context).await.0, 5, "all five still unacknowledged");
+
+    // After the stop: a host whose destination works takes all five over (after ack_wait).
+    let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO);
+    let other_dir = plugin_dir(&[]);
+    let other = embedded(other_dir.path(), sink.addr, "").await;
+    let (stop, serving) = consume(&other, &server, 2000).await;
+    until(async || match pending(&context).await {
+        (0, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    let mut seqs: Vec<u64> = sink.arrivals().into_iter().map(|(seq, _)| seq).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    drop(stop);
+    within(serving).await.unwrap();
+    within(other.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_host_cannot_admit_is_terminated_not_redelivered_forever() {
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let addr = free_addr();
+    let sink = Sink::start(std::net::TcpListener::bind(addr).unwrap(), Duration::ZERO);
+    let host = embedded(dir.path(), addr, "max_message_bytes = 1024").await;
+    let (stop, serving) = consume(&host, &server, 300).await;
+    publish(&context, 1, 4096).await;
+    publish(&context, 1, 16).await;
+    // Nothing pending, nothing left to deliver: the oversized one (seq 1) is done with for good.
+    until(async || match pending(&context).await {
+        (0, 0, _) if sink.arrivals().len() == 1 => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    assert_eq!(sink.arrivals(), [(2, stream_message_id(STREAM, 2))]);
+    assert_eq!((jetstream_count(&host, "terminated"), jetstream_count(&host, "acked")), (1.0, 1.0));
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+}
+
+/// `switchyard run` config: the stream's durable consumer, delivering over HTTP to `sink`.
+fn binary_config(server: &NatsServer, sink: SocketAddr) -> String {
+    format!(
+        r#"
+[host]
+plugin_dir = "."
+state_dir = "state"
+watch = false
+[[ingress.nats]]
+url = "{}"
+stream = "{STREAM}"
+durable = "switchyard"
+ack_wait_ms = 3000
+max_ack_pending = 96
+[[destination]]
+name = "sink"
+transport = "http"
+endpoints = ["{sink}"]
+queue = {{ timeout_ms = 600000, max_in_flight = 8 }}
+[[route]]
+name = "all"
+to = "sink"
+"#,
+        server.address()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_killed() {
+    const MESSAGES: usize = 1500;
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::from_millis(2));
+    let sink_addr = sink.addr;
+    let dirs: Vec<_> = (0..3).map(|_| plugin_dir(&[])).collect();
+    let hosts: Vec<Running> = dirs
+        .iter()
+        .map(|dir| {
+            std::fs::write(dir.path().join("switchyard.toml"), binary_config(&server, sink_addr)).unwrap();
+            let host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+            host.line_where(|line| line.contains("consuming JetStream stream ORDERS as durable switchyard"));
+            host
+        })
+        .collect();
+    publish(&context, MESSAGES, 64).await;
+
+    // Mid-stream: a third delivered, the rest on its way.
+    let arrivals = tokio::task::spawn_blocking({
+        let sink = sink.arrivals.clone();
+        move || eventually(|| match sink.lock().unwrap().len() {
+            n if n >= MESSAGES / 3 => Ok(n),
+            n => Err(n),
+        })
+    });
+    let at_kill = within(arrivals).await.unwrap();
+    let mut hosts = hosts.into_iter();
+    let killed = hosts.next().unwrap();
+    drop(killed.kill());
+    // What the killed host had unacknowledged is still pending now (ack_wait has not passed), with
+    // what the others have in flight: a bound on what it can deliver twice.
+    let (unacked_after_kill, _, _) = pending(&context).await;
+    assert!(at_kill < MESSAGES, "the kill came mid-stream ({at_kill} of {MESSAGES} delivered)");
+
+    until(async || match pending(&context).await {
+        (0, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    let arrivals = sink.arrivals();
+    let mut times: HashMap<u64, usize> = HashMap::new();
+    for (seq, id) in &arrivals {
+        assert_eq!(*id, stream_message_id(STREAM, *seq), "a message keeps its id on every delivery");
+        *times.entry(*seq).or_default() += 1;
+    }
+    let missing: Vec<u64> = (1..=MESSAGES as u64).filter(|seq| !times.contains_key(seq)).collect();
+    assert!(missing.is_empty(), "{} messages never delivered: {missing:?}", missing.len());
+    let duplicates: usize = times.values().map(|count| count - 1).sum();
+    eprintln!(
+        "jetstream: {MESSAGES} published, {} arrivals, {duplicates} duplicates (bound: {unacked_after_kill} \
+         unacknowledged just after the kill, {at_kill} delivered before it)",
+        arrivals.len()
+    );
+    assert!(duplicates <= unacked_after_kill, "{duplicates} duplicates; {unacked_after_kill} were unacknowledged");
+    for host in hosts {
+        let lines = host.stop_and_collect();
+        assert!(!lines.iter().any(|line| line.contains("panicked")), "{lines:?}");
+    }
+}
