@@ -26,7 +26,8 @@ const STREAM: &str = "ORDERS";
 struct Sink {
     addr: SocketAddr,
     arrivals: Arc<Mutex<Vec<(u64, String)>>>,
-    _runtime: tokio::runtime::Runtime,
+    /// Taken on drop: shut down in the background, as a test's own runtime may be the one dropping.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Sink {
@@ -51,11 +52,19 @@ impl Sink {
         let _guard = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Sink { addr, arrivals, _runtime: runtime }
+        Sink { addr, arrivals, runtime: Some(runtime) }
     }
 
     fn arrivals(&self) -> Vec<(u64, String)> {
         self.arrivals.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
