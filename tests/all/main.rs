@@ -22,6 +22,7 @@ mod http_destination;
 mod listeners;
 mod ingress_properties;
 mod jetstream;
+mod jetstream_scale;
 mod language_plugins;
 mod message_ids;
 mod nats_ingress;

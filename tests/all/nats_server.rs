@@ -37,6 +37,11 @@ impl NatsServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Kill the server and wait for it to be gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

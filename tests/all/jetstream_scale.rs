@@ -1,55 +1,46 @@
-//! JetStream scale-out: messages a second with 1, 2 and 3 `switchyard run` processes (this build's
-//! binary) pulling one stream through one durable consumer, each delivering through the `nats`
-//! transport to a core subject nobody subscribes to (the server takes and discards it), each
-//! message acknowledged once delivered. Beside the rate: CPU time per message of the hosts together
-//! and of `nats-server`, and the load average (a shared machine moves wall-clock figures).
+//! The JetStream scale-out figure, as a report (ignored; `scripts/jetstream-scale` runs it against a
+//! release binary): messages a second with 1, 2 and 3 `switchyard run` processes pulling one stream
+//! through one durable consumer, each delivering through the `nats` transport to a core subject
+//! nobody subscribes to (the server takes and discards it), each message acknowledged once
+//! delivered. Beside the rate: CPU time per message of the hosts together and of `nats-server`,
+//! and the load average (a shared machine moves wall-clock figures).
 //!
-//! For each host count: a fresh stream is filled with MESSAGES 256-byte messages, the hosts start,
-//! and the rate is taken over the middle of the run (from 20 % to 90 % of the stream acknowledged),
-//! so start-up and the tail are left out.
-//!
-//! `cargo bench -p switchyard --bench jetstream [MESSAGES]` (default 60 000; needs `nats-server`)
+//! For each host count a fresh stream is filled with `JETSTREAM_MESSAGES` (60 000) 256-byte
+//! messages, the hosts start, and the rate is taken from 20 % to 90 % of the stream acknowledged,
+//! so start-up and the tail are left out. The binary is `SWITCHYARD_BIN`, else this build's.
 
-#[path = "support/servers.rs"]
-mod servers;
-
+use crate::nats_server::NatsServer;
 use async_nats::jetstream;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
-
-#[tokio::main]
-async fn main() {
-    let messages: u64 = std::env::args().nth(1).and_then(|arg| arg.parse().ok()).unwrap_or(60_000);
-    let store = tempfile::tempdir().unwrap();
-    let server = servers::Server::nats_jetstream(store.path());
-    let client = async_nats::connect(&server.address).await.unwrap();
-    let context = jetstream::new(client);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: scripts/jetstream-scale"]
+async fn jetstream_scale_out_report() {
+    let messages: u64 = std::env::var("JETSTREAM_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(60_000);
+    let server = NatsServer::start_jetstream();
+    let context = jetstream::new(server.client().await);
     println!(
-        "jetstream ingress, {messages} messages of 256 B a run, `switchyard run` processes on one durable \
-         consumer -> nats transport:"
+        "jetstream ingress, {messages} messages of 256 B a run, `switchyard run` processes ({}) on one durable \
+         consumer -> nats transport:",
+        binary()
     );
     for hosts in 1..=3 {
         let stream = format!("BENCH{hosts}");
         fill(&context, &stream, messages).await;
-        let running: Vec<Host> = (0..hosts).map(|_| Host::start(&server.address, &stream)).collect();
-        let remaining = |context: jetstream::Context, stream: String| async move {
-            let mut consumer: jetstream::consumer::PullConsumer =
-                context.get_stream(&stream).await.unwrap().get_consumer("switchyard").await.unwrap();
-            let info = consumer.info().await.unwrap();
-            info.num_pending + info.num_ack_pending as u64
-        };
+        let address = server.address();
+        let running: Vec<Host> = (0..hosts).map(|_| Host::start(&address, &stream)).collect();
         let mut marks = Vec::new();
         for threshold in [messages * 8 / 10, messages / 10] {
             loop {
-                let left = remaining(context.clone(), stream.clone()).await;
+                let left = remaining(&context, &stream).await;
                 if left <= threshold {
                     let cpu: f64 = running.iter().map(|host| cpu_seconds(host.child.id())).sum();
                     marks.push((Instant::now(), left, cpu, cpu_seconds(server.pid())));
                     break;
                 }
+                // The poll's pace, not a synchronisation: the condition is what is waited on.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -67,6 +58,19 @@ async fn main() {
         );
         drop(running);
     }
+}
+
+/// Messages of `stream` not yet acknowledged (pending or in flight).
+async fn remaining(context: &jetstream::Context, stream: &str) -> u64 {
+    let stream = context.get_stream(stream).await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer("switchyard").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    info.num_pending + info.num_ack_pending as u64
+}
+
+/// The `switchyard` binary measured: `SWITCHYARD_BIN`, else this build's.
+fn binary() -> String {
+    std::env::var("SWITCHYARD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_switchyard").to_owned())
 }
 
 /// Create `stream` on `bench.<stream>.>` and publish `messages` to it, all stored once this returns.
@@ -93,7 +97,7 @@ async fn fill(context: &jetstream::Context, stream: &str, messages: u64) {
     }
 }
 
-/// A `switchyard run` process consuming `stream`, killed on drop.
+/// A `switchyard run` process (of [`binary`]) consuming `stream`, killed on drop.
 struct Host {
     child: Child,
     _dir: tempfile::TempDir,
@@ -110,7 +114,7 @@ impl Host {
              options = {{ subject = \"discarded.{{topic}}\" }}\n[[route]]\nname = \"all\"\nto = \"bus\"\n"
         );
         std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
-        let mut child = Command::new(BINARY)
+        let mut child = Command::new(binary())
             .args(["run", "--config", "switchyard.toml"])
             .current_dir(dir.path())
             .stdout(Stdio::null())
