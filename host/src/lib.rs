@@ -65,8 +65,8 @@ pub use host::{BuildError, Host, HostBuilder, PendingReply, RequestError, SendEr
 pub use ingress::{GrpcIngress, HttpIngress, NatsIngress};
 pub use message::{Message, MessageId, Verdict};
 pub use pipeline::Stats;
-pub use receipt::{Receipt, Settlement};
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
+pub use receipt::{Receipt, Settlement};
 pub use reload::{ConfigChange, EventCounts, HostEvent};
 pub use spool::{Damage, SpoolError, SpoolStatus};
 pub use stage::{NativeFilter, NativeTransform};

@@ -129,7 +129,11 @@ async fn embedded(dir: &std::path::Path, sink: SocketAddr, extra: &str) -> Host 
 }
 
 /// A JetStream ingress of `host` on `server`'s `ORDERS`, serving until the sender is used.
-async fn consume(host: &Host, server: &NatsServer, ack_wait_ms: u64) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn consume(
+    host: &Host,
+    server: &NatsServer,
+    ack_wait_ms: u64,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let config = NatsIngressConfig {
         url: server.address(),
         stream: Some(STREAM.into()),
@@ -295,10 +299,12 @@ async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_k
     // Mid-stream: a third delivered, the rest on its way.
     let arrivals = tokio::task::spawn_blocking({
         let sink = sink.arrivals.clone();
-        move || eventually(|| match sink.lock().unwrap().len() {
-            n if n >= MESSAGES / 3 => Ok(n),
-            n => Err(n),
-        })
+        move || {
+            eventually(|| match sink.lock().unwrap().len() {
+                n if n >= MESSAGES / 3 => Ok(n),
+                n => Err(n),
+            })
+        }
     });
     let at_kill = within(arrivals).await.unwrap();
     let mut hosts = hosts.into_iter();
@@ -328,7 +334,10 @@ async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_k
          unacknowledged just after the kill, {at_kill} delivered before it)",
         arrivals.len()
     );
-    assert!(duplicates <= unacked_after_kill, "{duplicates} duplicates; {unacked_after_kill} were unacknowledged");
+    assert!(
+        duplicates <= unacked_after_kill,
+        "{duplicates} duplicates; {unacked_after_kill} were unacknowledged"
+    );
     for host in hosts {
         let lines = host.stop_and_collect();
         assert!(!lines.iter().any(|line| line.contains("panicked")), "{lines:?}");

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test: scripts/jetstream-scale"]
 async fn jetstream_scale_out_report() {
-    let messages: u64 = std::env::var("JETSTREAM_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(60_000);
+    let messages: u64 =
+        std::env::var("JETSTREAM_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(60_000);
     let server = NatsServer::start_jetstream();
     let context = jetstream::new(server.client().await);
     println!(

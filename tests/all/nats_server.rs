@@ -58,11 +58,7 @@ impl NatsServer {
         if let Some(store) = &self.store {
             command.arg("-js").arg("-sd").arg(store.path());
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start nats-server");
         let child = self.child.insert(child);
         let address = format!("127.0.0.1:{}", self.port);
         eventually(|| {

@@ -20,22 +20,6 @@ impl Server {
         })
     }
 
-    /// A `nats-server` with JetStream, storing in `store`.
-    #[allow(dead_code, reason = "each bench uses the servers it needs")]
-    pub fn nats_jetstream(store: &std::path::Path) -> Server {
-        let store = store.to_str().expect("a UTF-8 path").to_owned();
-        Server::start(&["nats-server", "/usr/sbin/nats-server"], |port| {
-            let args = ["-js".into(), "-sd".into(), store.clone(), "-a".into(), "127.0.0.1".into(), "-p".into()];
-            args.into_iter().chain([port.to_string()]).collect()
-        })
-    }
-
-    /// The server's process id.
-    #[allow(dead_code, reason = "each bench uses the servers it needs")]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// A `redis-server` keeping nothing on disk.
     #[allow(dead_code, reason = "each bench uses the servers it needs")]
     pub fn redis() -> Server {

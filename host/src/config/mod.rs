@@ -19,8 +19,8 @@ pub use model::{
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
     QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
-pub use nats::{JetStreamConsumer, NatsIngressConfig};
 pub(crate) use nats::subject_problem;
+pub use nats::{JetStreamConsumer, NatsIngressConfig};
 pub(crate) use overrides::CodeOverrides;
 pub(crate) use restart::restart_only_changes;
 pub use url_path::UrlPath;

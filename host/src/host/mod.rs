@@ -66,13 +66,20 @@ impl Host {
     /// Accept `message` as [`send`](Host::send) does, with a [`Receipt`](crate::Receipt) that
     /// resolves once it and everything made from it reached an outcome (or can no longer): for an
     /// ingress that acknowledges its source only then.
-    pub async fn send_with_receipt(&self, message: Message) -> Result<(MessageId, crate::Receipt), SendError> {
+    pub async fn send_with_receipt(
+        &self,
+        message: Message,
+    ) -> Result<(MessageId, crate::Receipt), SendError> {
         let (hold, receipt) = crate::receipt::ReceiptHold::new();
         Ok((self.send_held(message, Some(hold)).await?, receipt))
     }
 
     /// [`send`](Host::send), the message telling `receipt` (if any) once it is settled.
-    async fn send_held(&self, message: Message, receipt: Option<ReceiptHold>) -> Result<MessageId, SendError> {
+    async fn send_held(
+        &self,
+        message: Message,
+        receipt: Option<ReceiptHold>,
+    ) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;

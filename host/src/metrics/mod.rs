@@ -11,6 +11,7 @@ mod spool;
 
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
+pub(crate) use jetstream::{JetStreamMetrics, Pulled};
 pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +19,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
-pub(crate) use jetstream::{JetStreamMetrics, Pulled};
 pub(crate) use spool::SpoolMetrics;
 use std::time::Instant;
 

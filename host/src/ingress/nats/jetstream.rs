@@ -87,7 +87,8 @@ impl StreamIngress {
             .await
             .map_err(|err| failed(err.to_string()))?;
         let context = jetstream::new(client.clone());
-        let stream = context.get_stream(consumer_config.stream).await.map_err(|err| failed(err.to_string()))?;
+        let stream =
+            context.get_stream(consumer_config.stream).await.map_err(|err| failed(err.to_string()))?;
         let pull = jetstream::consumer::pull::Config {
             durable_name: Some(consumer_config.durable.to_owned()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -255,7 +256,11 @@ impl StreamIngress {
         self.acks.close();
         let grace = Duration::from_millis(self.host.config().host.shutdown_grace_ms);
         if tokio::time::timeout(grace, self.acks.wait()).await.is_err() {
-            tracing::warn!(stream = self.stream(), ?grace, "JetStream ingress: messages still unsettled at the stop stay unacknowledged; they will be delivered again");
+            tracing::warn!(
+                stream = self.stream(),
+                ?grace,
+                "JetStream ingress: messages still unsettled at the stop stay unacknowledged; they will be delivered again"
+            );
             self.abandon.cancel();
             self.acks.wait().await;
         }

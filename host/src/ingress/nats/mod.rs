@@ -20,8 +20,9 @@ pub struct NatsIngress {
 
 #[derive(Debug)]
 enum Source {
-    Subjects(subjects::SubjectIngress),
-    Stream(jetstream::StreamIngress),
+    // Boxed: both are large, and unequal.
+    Subjects(Box<subjects::SubjectIngress>),
+    Stream(Box<jetstream::StreamIngress>),
 }
 
 impl NatsIngress {
@@ -29,8 +30,8 @@ impl NatsIngress {
     /// and create (or join) its durable consumer.
     pub async fn connect(host: Host, config: NatsIngressConfig) -> Result<NatsIngress, BuildError> {
         let source = match config.stream.is_some() {
-            true => Source::Stream(jetstream::StreamIngress::connect(host, config).await?),
-            false => Source::Subjects(subjects::SubjectIngress::connect(host, config).await?),
+            true => Source::Stream(Box::new(jetstream::StreamIngress::connect(host, config).await?)),
+            false => Source::Subjects(Box::new(subjects::SubjectIngress::connect(host, config).await?)),
         };
         Ok(NatsIngress { source })
     }
@@ -47,8 +48,8 @@ impl NatsIngress {
     /// docs of each kind).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         match self.source {
-            Source::Subjects(ingress) => ingress.serve(shutdown).await,
-            Source::Stream(ingress) => ingress.serve(shutdown).await,
+            Source::Subjects(ingress) => (*ingress).serve(shutdown).await,
+            Source::Stream(ingress) => (*ingress).serve(shutdown).await,
         }
     }
 }

@@ -22,12 +22,12 @@
 //! backoff, and the subscriptions with it. Durable intake is JetStream's, not this ingress's.
 //! Plain connections only: a server that requires TLS or authentication is refused at start.
 
+use super::protocol::{self, Delivered, Reader, ServerOp};
 use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, RequestError, await_reply};
 use crate::message::{ID_HEADER, Message, unique_id};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use super::protocol::{self, Delivered, Reader, ServerOp};
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
