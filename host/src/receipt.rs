@@ -1,7 +1,7 @@
 //! Receipts: word of an accepted message's final outcome, for an ingress that must answer its own
 //! source only then (a JetStream ingress acknowledges a message once it is settled).
 //!
-//! The word travels the way the spool's record does: a [`ReceiptHold`] rides in the message's
+//! The word travels the way the spool's record does: a `ReceiptHold` rides in the message's
 //! `Accepted`, shared with every message made from it (fan-out copies, split outputs, retries), and
 //! the last of them to be dropped — each having been delivered, filtered, answered or dead-lettered
 //! to somewhere that took the letter — tells the [`Receipt`]. When a message cannot reach an
