@@ -77,10 +77,10 @@ async fn dead_letter(host: &Host, count: f64) {
 async fn next_transition(events: &mut Receiver<HostEvent>, rule: &str) -> (AlertState, Option<f64>, Instant) {
     let wait = async {
         loop {
-            if let HostEvent::Alert(transition) = events.recv().await.expect("the event feed is open") {
-                if transition.rule == rule {
-                    return (transition.state, transition.value, Instant::now());
-                }
+            if let HostEvent::Alert(transition) = events.recv().await.expect("the event feed is open")
+                && transition.rule == rule
+            {
+                return (transition.state, transition.value, Instant::now());
             }
         }
     };
