@@ -3,7 +3,7 @@
 //! conditions; each transition is a host event, and a message `switchyard.alert.NAME` that a
 //! route delivers to a memory destination.
 
-use crate::support::{PATIENCE, eventually, http, plugin_dir};
+use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, plugin_dir};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use switchyard::admin::AdminServer;
@@ -14,20 +14,13 @@ use tokio::time::{Duration, Instant};
 
 const TOKEN: &str = "alert-admin-token";
 
-/// Memory destinations `out`, `dead` (dead letters) and `alerts`, a route sending every alert
+/// [`MEMORY_OUT`] (memory destinations `out` and `dead`, for dead letters), unwatched, a memory
+/// destination `alerts`, a route sending every alert
 /// message to `alerts`, and `rules`.
 fn config(rules: &str) -> String {
+    let memory = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\n", 1);
     format!(
-        r#"
-[host]
-dead_letter = "dead"
-watch = false
-[[destination]]
-name = "out"
-transport = "memory"
-[[destination]]
-name = "dead"
-transport = "memory"
+        r#"{memory}
 [[destination]]
 name = "alerts"
 transport = "memory"
