@@ -47,6 +47,7 @@ pub mod destination;
 pub mod balance;
 pub mod resilience;
 pub mod stage;
+pub mod alert;
 pub mod pipeline;
 pub mod reload;
 pub mod host;

@@ -2,6 +2,7 @@
 //! `plugins/`, real sockets on 127.0.0.1, the real `switchyard` binary.
 
 mod admin;
+mod alerts;
 mod authoring;
 mod bulk_ingress;
 mod balancer_plugin;

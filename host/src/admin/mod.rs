@@ -7,6 +7,7 @@
 //! to loopback addresses and answers only requests whose `Host` is a loopback
 //! name; a foreign `Origin` is refused on every request but a plain GET.
 
+mod alerts;
 mod auth;
 mod browser;
 mod config;

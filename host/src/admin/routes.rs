@@ -29,6 +29,8 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/config", get(super::config::show).put(super::config::replace))
         .route("/v1/config/validate", post(super::config::validate))
         .route("/v1/events", get(events))
+        .route("/v1/alerts", get(super::alerts::list))
+        .route("/v1/alerts/{id}/ack", post(super::alerts::acknowledge))
         .layer(middleware::from_fn_with_state(token.clone(), require_token));
     Router::new()
         .route("/health", get(health))

@@ -286,6 +286,14 @@ impl Config {
                 }
             }
         }
+        let mut alerts = BTreeSet::new();
+        for alert in &self.alerts {
+            let key = |field: &str| format!("alert \"{}\".{field}", alert.name);
+            if !alerts.insert(&alert.name) {
+                return Err(invalid(key("name"), &alert.name, "two alerts share this name".into()));
+            }
+            alert.validate().map_err(|(field, value, problem)| invalid(key(field), &value, problem))?;
+        }
         let mut routes = BTreeSet::new();
         for route in &self.routes {
             let key = |field: &str| format!("route \"{}\".{field}", route.name);

@@ -1,6 +1,7 @@
 //! Configuration: the TOML file an operator writes, or the built-in default.
 
 mod affinity;
+mod alert;
 mod endpoint;
 mod load;
 mod model;
@@ -12,6 +13,7 @@ mod restart;
 mod url_path;
 
 pub use affinity::AffinitySettings;
+pub use alert::{AlertConfig, Comparison, Condition, MAX_ALERT_SECONDS, Reading, Selector, Severity};
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::{ConfigError, inline_table};
 pub use model::{

@@ -27,6 +27,9 @@ pub struct Config {
     /// Routes, evaluated in order.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[[alert]]`: alert rules, evaluated every second.
+    #[serde(default, rename = "alert", skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<super::AlertConfig>,
 }
 
 /// `host.durability`: where an accepted message is kept until its outcome.

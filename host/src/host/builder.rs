@@ -243,6 +243,8 @@ impl HostBuilder {
                 intake_bytes,
                 redelivery: tokio::sync::Mutex::new(Some(redelivery)),
                 spool,
+                alerts: Default::default(),
+                alerting: Mutex::new(None),
             }),
         };
         if let Some(sender) = host.inner.sender.read().unwrap_or_else(|poison| poison.into_inner()).clone() {
@@ -254,6 +256,12 @@ impl HostBuilder {
             host.map(|host| host.destinations().into_iter().map(super::gauges_of).collect())
                 .unwrap_or_default()
         }));
+        let weak = Arc::downgrade(&host.inner);
+        host.metrics().watch_spool(Box::new(move || {
+            let status = weak.upgrade().and_then(|inner| Host { inner }.spool())?;
+            Some((status.depth, status.oldest_age_ms))
+        }));
+        super::alerting::start(&host);
         Ok(host)
     }
 }

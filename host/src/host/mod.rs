@@ -1,9 +1,11 @@
 //! The host: the embedding API around the pipeline.
 
+mod alerting;
 mod builder;
 mod error;
 mod spool;
 
+pub use alerting::ALERT_TOPIC_PREFIX;
 pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
@@ -46,6 +48,10 @@ struct HostInner {
     redelivery: tokio::sync::Mutex<Option<Redelivery>>,
     /// With `host.durability = "spool"`: where accepted messages wait for their outcome.
     spool: Option<crate::spool::Spool>,
+    /// The `[[alert]]` rules and where each stands.
+    alerts: crate::alert::AlertBook,
+    /// Evaluates the alert rules; aborted when shutdown begins.
+    alerting: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The reply of a request admitted with [`Host::try_request`].
@@ -414,6 +420,10 @@ impl Host {
 
     /// Stop accepting, finish every message already accepted, stop the workers.
     pub async fn shutdown(&self) {
+        if let Some(alerting) = self.inner.alerting.lock().unwrap_or_else(|poison| poison.into_inner()).take()
+        {
+            alerting.abort();
+        }
         self.inner.watcher.lock().unwrap_or_else(|poison| poison.into_inner()).take();
         self.inner.sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
         let workers =

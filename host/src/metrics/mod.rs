@@ -6,6 +6,7 @@ mod cost;
 mod gauges;
 mod jetstream;
 mod plugins;
+mod read;
 mod sharded;
 mod spool;
 
@@ -18,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+pub(crate) use read::SpoolSource;
+pub use read::{READABLE, Readable};
 pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
 pub(crate) use spool::SpoolMetrics;
 use std::time::Instant;
@@ -28,7 +31,7 @@ struct RouteOutcome {
     outcome: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct RouteReason {
     route: String,
     reason: String,
@@ -108,6 +111,8 @@ pub struct Metrics {
     route_accepted: Family<RouteName, ShardedCounter>,
     route_messages: Family<RouteOutcome, ShardedCounter>,
     dead_letters: Family<RouteReason, Counter>,
+    /// The label sets of `dead_letters` counted so far, so alert rules can read them all.
+    dead_letter_labels: std::sync::Mutex<std::collections::BTreeSet<RouteReason>>,
     /// Letters in the dead-letter file now.
     dead_letters_spooled: Gauge,
     /// Letters re-delivered from the dead-letter file.
@@ -129,6 +134,10 @@ pub struct Metrics {
     breaker_transitions: Family<EndpointTransition, Counter>,
     events: Family<EventKind, Counter>,
     gauges: std::sync::Arc<ScrapeGauges>,
+    /// Reads the spool's depth and oldest age, for alert rules; set once the host is built.
+    spool_source: std::sync::OnceLock<SpoolSource>,
+    /// Alert messages the host's queue refused.
+    alert_messages_refused: Counter,
     /// The durable spool's writes, commit times and recoveries.
     pub(crate) spool: SpoolMetrics,
     /// What JetStream ingress did with the messages it pulled.
@@ -158,6 +167,7 @@ impl Metrics {
             route_accepted: Family::default(),
             route_messages: Family::default(),
             dead_letters: Family::default(),
+            dead_letter_labels: Default::default(),
             dead_letters_spooled: Gauge::default(),
             dead_letters_redelivered: Counter::default(),
             route_latency: Family::default(),
@@ -175,6 +185,8 @@ impl Metrics {
             breaker_transitions: Family::default(),
             events: Family::default(),
             gauges: Default::default(),
+            spool_source: Default::default(),
+            alert_messages_refused: Counter::default(),
             spool: SpoolMetrics::default(),
             jetstream: JetStreamMetrics::default(),
             registry: Registry::default(),
@@ -220,6 +232,8 @@ impl Metrics {
         registry.register("endpoint_breaker_transitions", help, metrics.breaker_transitions.clone());
         let help = "Host events (plugin loaded, replaced, rejected, removed; config applied, rejected)";
         registry.register("host_events", help, metrics.events.clone());
+        let help = "Alert transitions whose message the host's queue refused (full, or shutting down)";
+        registry.register("alert_messages_refused", help, metrics.alert_messages_refused.clone());
         metrics.spool.register(&mut registry);
         metrics.jetstream.register(&mut registry);
         Metrics { registry, ..metrics }
@@ -328,6 +342,10 @@ impl Metrics {
     pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
         let labels = RouteReason { route: route.unwrap_or("").into(), reason: reason.into() };
         self.dead_letters.get_or_create(&labels).inc();
+        let mut seen = self.dead_letter_labels.lock().unwrap_or_else(|poison| poison.into_inner());
+        if !seen.contains(&labels) {
+            seen.insert(labels);
+        }
     }
 
     /// The gauge of letters in the dead-letter file, for the file to keep.

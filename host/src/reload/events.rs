@@ -1,6 +1,6 @@
 //! Events of a running host: plugins loaded, replaced, rejected or removed,
-//! configurations applied or refused, endpoints down or up. Logged, counted
-//! and broadcast.
+//! configurations applied or refused, endpoints down or up, alerts changing
+//! state. Logged, counted and broadcast.
 
 use crate::destination::DestinationEvent;
 use crate::metrics::Metrics;
@@ -84,6 +84,8 @@ pub enum HostEvent {
         /// Why (e.g. "checksum mismatch", "torn record (the file ends inside it)").
         problem: String,
     },
+    /// An alert rule changed state (pending, firing, resolved, or back to inactive).
+    Alert(crate::alert::Transition),
     /// An endpoint went down or came back, or a balancer plugin could not
     /// pick (told at most once a second per destination).
     #[serde(untagged)]
@@ -108,6 +110,7 @@ impl HostEvent {
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
             HostEvent::SpoolDamaged { .. } => "spool-damaged",
+            HostEvent::Alert(_) => "alert",
             HostEvent::Destination(event) => event.name(),
         }
     }
@@ -142,12 +145,14 @@ pub struct EventCounts {
     pub streams_migrated: u64,
     /// [`HostEvent::SpoolDamaged`].
     pub spool_damaged: u64,
+    /// [`HostEvent::Alert`]: alert transitions, every state.
+    pub alerts: u64,
 }
 
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 13],
+    counts: [AtomicU64; 14],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -188,6 +193,7 @@ impl Events {
             HostEvent::Destination(DestinationEvent::Fallback { .. }) => 10,
             HostEvent::Destination(DestinationEvent::StreamMigrated { .. }) => 11,
             HostEvent::SpoolDamaged { .. } => 12,
+            HostEvent::Alert(_) => 13,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -195,6 +201,10 @@ impl Events {
         let json = serde_json::to_string(&event).unwrap_or_default();
         match slot {
             2 | 5 | 11 => tracing::error!(event = %json, "host event"),
+            13 if matches!(&event, HostEvent::Alert(alert) if alert.state == crate::alert::AlertState::Firing) =>
+            {
+                tracing::warn!(event = %json, "host event")
+            }
             6 | 8 | 9 | 10 => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
@@ -250,6 +260,7 @@ impl Events {
             cache_entries_discarded: count(9),
             streams_migrated: count(11),
             spool_damaged: count(12),
+            alerts: count(13),
         }
     }
 }

@@ -1,0 +1,265 @@
+//! Alerts: `[[alert]]` rules evaluated by the host every second on tokio's clock, paused here so
+//! the `for` windows pass in virtual time. Dead letters (messages no route takes) drive the
+//! conditions; each transition is a host event, and a message `switchyard.alert.NAME` that a
+//! route delivers to a memory destination.
+
+use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, plugin_dir};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use switchyard::admin::AdminServer;
+use switchyard::alert::AlertState;
+use switchyard::{Config, Host, HostEvent, Message};
+use tokio::sync::broadcast::Receiver;
+use tokio::time::{Duration, Instant};
+
+const TOKEN: &str = "alert-admin-token";
+
+/// [`MEMORY_OUT`] (memory destinations `out` and `dead`, for dead letters), unwatched, a memory
+/// destination `alerts`, a route sending every alert
+/// message to `alerts`, and `rules`.
+fn config(rules: &str) -> String {
+    let memory = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\n", 1);
+    format!(
+        r#"{memory}
+[[destination]]
+name = "alerts"
+transport = "memory"
+[[route]]
+name = "alerts"
+match = {{ topic = "switchyard.alert.>" }}
+to = "alerts"
+[[route]]
+name = "orders"
+match = {{ topic = "orders.>" }}
+to = "out"
+{rules}"#
+    )
+}
+
+async fn start(config_text: &str) -> (Host, tempfile::TempDir) {
+    let dir = plugin_dir(&[]);
+    let config = Config::from_toml("alerts.toml", config_text).unwrap_or_else(|err| panic!("{err}"));
+    let state = dir.path().join("state");
+    let host = Host::builder().config("alerts.toml", config).plugin_dir(dir.path()).state_dir(state).build();
+    (host.await.unwrap_or_else(|err| panic!("{err}")), dir)
+}
+
+/// Let the evaluator take its first samples (the clock is paused: this only moves it), so a
+/// rate has an earlier value to compare with.
+async fn first_samples() {
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+}
+
+/// Send a message no route takes, and wait (on a blocking thread, so the paused clock stands
+/// still meanwhile) until the host has counted `count` dead letters.
+async fn dead_letter(host: &Host, count: f64) {
+    host.send(Message::new("nowhere.at.all", "{}")).await.unwrap();
+    let host = host.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually(|| match host.metrics().read("dead_letters", &[]) {
+            Some(counted) if counted >= count => Ok(()),
+            other => Err(other),
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// The next alert transition of `rule`, and the (virtual) instant it arrived. The safety net is
+/// in virtual time: an hour of it passes only when nothing else is left to happen.
+async fn next_transition(events: &mut Receiver<HostEvent>, rule: &str) -> (AlertState, Option<f64>, Instant) {
+    let wait = async {
+        loop {
+            if let HostEvent::Alert(transition) = events.recv().await.expect("the event feed is open")
+                && transition.rule == rule
+            {
+                return (transition.state, transition.value, Instant::now());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3600), wait).await.expect("no alert transition within an hour")
+}
+
+/// The next message of the `alerts` memory destination, waited for on a blocking thread.
+async fn next_alert_message(host: &Host) -> (Message, Value) {
+    let alerts = host.memory("alerts").unwrap();
+    let message = tokio::task::spawn_blocking(move || alerts.recv_timeout(PATIENCE)).await.unwrap();
+    let message = message.expect("an alert message (safety net)");
+    let payload = serde_json::from_slice(&message.payload).unwrap();
+    (message, payload)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rule_fires_after_its_window_resolves_when_it_clears_and_fires_again() {
+    let rule = "[[alert]]\nname = \"dead-letters\"\nwhen = \"rate(dead_letters[30s]) > 0\"\nfor_s = 10\nseverity = \"critical\"\n";
+    let (host, _dir) = start(&config(rule)).await;
+    let mut events = host.subscribe();
+    first_samples().await;
+    dead_letter(&host, 1.0).await;
+
+    let (state, value, pending_at) = next_transition(&mut events, "dead-letters").await;
+    assert_eq!((state, value), (AlertState::Pending, Some(1.0 / 30.0)));
+    assert_eq!(host.alerts()[0].state, AlertState::Pending);
+    let (state, _, firing_at) = next_transition(&mut events, "dead-letters").await;
+    assert_eq!(state, AlertState::Firing);
+    assert_eq!(firing_at - pending_at, Duration::from_secs(10), "fires once the condition held for_s");
+    let (state, value, resolved_at) = next_transition(&mut events, "dead-letters").await;
+    assert_eq!((state, value), (AlertState::Resolved, Some(0.0)));
+    assert_eq!(resolved_at - pending_at, Duration::from_secs(30), "resolves once the letter left the window");
+
+    dead_letter(&host, 2.0).await;
+    assert_eq!(next_transition(&mut events, "dead-letters").await.0, AlertState::Pending);
+    assert_eq!(next_transition(&mut events, "dead-letters").await.0, AlertState::Firing);
+
+    // Each transition went through the router to the `alerts` destination (workers deliver in
+    // parallel: in `seq` order once sorted).
+    let mut messages = Vec::new();
+    for _ in 0..5 {
+        messages.push(next_alert_message(&host).await);
+    }
+    messages.sort_by_key(|(_, payload)| payload["seq"].as_u64());
+    let expected = [
+        ("pending", "inactive"),
+        ("firing", "pending"),
+        ("resolved", "firing"),
+        ("pending", "resolved"),
+        ("firing", "pending"),
+    ];
+    for ((seq, (state, previous)), (message, payload)) in (1..).zip(expected).zip(messages) {
+        assert_eq!(payload["seq"], seq);
+        assert_eq!(message.topic, "switchyard.alert.dead-letters");
+        assert_eq!(message.header("x-sy-alert"), Some("dead-letters"));
+        assert_eq!(message.header("x-sy-alert-state"), Some(state));
+        assert_eq!(message.header("x-sy-alert-severity"), Some("critical"));
+        assert_eq!((payload["state"].as_str(), payload["previous"].as_str()), (Some(state), Some(previous)));
+        assert_eq!(payload["rule"], "dead-letters");
+        assert_eq!(payload["severity"], "critical");
+        assert_eq!(payload["when"], "rate(dead_letters[30s]) > 0");
+        assert!(payload["at"].as_u64().is_some_and(|at| at > 0), "{payload}");
+    }
+    assert_eq!(host.event_counts().alerts, 5);
+    // The alert messages were delivered, not dead-lettered: only the two letters we sent are.
+    assert_eq!(host.stats().dead_lettered, 2);
+    assert_eq!(host.metrics().alert_messages_refused(), 0);
+    host.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_condition_that_clears_before_its_window_never_fires() {
+    let rule = "[[alert]]\nname = \"blip\"\nwhen = \"rate(dead_letters[5s]) > 0\"\nfor_s = 10\n";
+    let (host, _dir) = start(&config(rule)).await;
+    let mut events = host.subscribe();
+    first_samples().await;
+    dead_letter(&host, 1.0).await;
+
+    let (state, _, pending_at) = next_transition(&mut events, "blip").await;
+    assert_eq!(state, AlertState::Pending);
+    let (state, _, inactive_at) = next_transition(&mut events, "blip").await;
+    assert_eq!(state, AlertState::Inactive);
+    assert_eq!(inactive_at - pending_at, Duration::from_secs(5));
+    // A minute more of evaluations: nothing fires.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(events.try_recv().is_err(), "no transition after the condition cleared");
+    assert_eq!(host.alerts()[0].state, AlertState::Inactive);
+    // Once shut down, every accepted message is delivered: the alert messages are all there.
+    host.shutdown().await;
+    let alerts = host.memory("alerts").unwrap();
+    let mut states: Vec<(u64, String)> = alerts
+        .try_iter()
+        .map(|message| {
+            let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+            (payload["seq"].as_u64().unwrap(), message.header("x-sy-alert-state").unwrap().to_owned())
+        })
+        .collect();
+    states.sort();
+    let states: Vec<String> = states.into_iter().map(|(_, state)| state).collect();
+    assert_eq!(states, ["pending", "inactive"], "no firing message");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_route_for_its_topic_an_alert_is_an_event_only_and_never_a_dead_letter() {
+    let text = config("[[alert]]\nname = \"any\"\nwhen = \"dead_letters > 0\"\n")
+        .replace("switchyard.alert.>", "audit.>");
+    let (host, _dir) = start(&text).await;
+    let mut events = host.subscribe();
+    dead_letter(&host, 1.0).await;
+    assert_eq!(next_transition(&mut events, "any").await.0, AlertState::Firing);
+    // Let the worker threads settle whatever there is, then count: one dead letter, ours.
+    host.shutdown().await;
+    assert_eq!(host.stats().dead_lettered, 1);
+    assert!(host.memory("alerts").unwrap().try_recv().is_err());
+}
+
+/// `method path` with the admin token, from a blocking thread: (status, JSON body).
+async fn call(addr: SocketAddr, method: &'static str, path: &str, token: bool) -> (u16, Value) {
+    let path = path.to_owned();
+    let auth = format!("Bearer {TOKEN}");
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        let headers: &[(&str, &str)] = if token { &[("authorization", &auth)] } else { &[] };
+        http(addr, method, &path, headers, b"")
+    })
+    .await
+    .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or_else(|_| json!(body)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_firing_alert_is_acknowledged_through_the_api_and_a_reload_keeps_it() {
+    let rules = "[[alert]]\nname = \"dl\"\nwhen = \"dead_letters > 0\"\nseverity = \"info\"\n\n[[alert]]\nname = \"queued\"\nwhen = \"destination_queued > 100\"\n";
+    let (host, _dir) = start(&config(rules)).await;
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), Some(TOKEN.into()));
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let mut events = host.subscribe();
+    dead_letter(&host, 1.0).await;
+    assert_eq!(next_transition(&mut events, "dl").await.0, AlertState::Firing);
+
+    assert_eq!(call(addr, "GET", "/v1/alerts", false).await.0, 401);
+    assert_eq!(call(addr, "POST", "/v1/alerts/dl/ack", false).await.0, 401);
+    let (status, listed) = call(addr, "GET", "/v1/alerts", true).await;
+    assert_eq!(status, 200);
+    let dl = &listed["alerts"][0];
+    assert_eq!(
+        (dl["id"].as_str(), dl["state"].as_str(), dl["severity"].as_str()),
+        (Some("dl"), Some("firing"), Some("info"))
+    );
+    assert_eq!((dl["value"].as_f64(), dl["acknowledged"].as_bool()), (Some(1.0), Some(false)));
+    assert!(dl["since"].as_u64().is_some(), "{dl}");
+    assert_eq!(listed["alerts"][1]["state"], "inactive");
+    assert_eq!(listed["messages_refused"], 0);
+
+    let (status, acked) = call(addr, "POST", "/v1/alerts/dl/ack", true).await;
+    assert_eq!((status, acked["acknowledged"].as_bool()), (200, Some(true)), "{acked}");
+    let (status, refused) = call(addr, "POST", "/v1/alerts/queued/ack", true).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        refused["error"],
+        "alert \"queued\" is inactive, not firing: only a firing alert is acknowledged"
+    );
+    let (status, unknown) = call(addr, "POST", "/v1/alerts/nope/ack", true).await;
+    assert_eq!((status, unknown["error"].as_str()), (404, Some("no alert \"nope\"")));
+
+    // A reload that changes `queued` and adds a rule keeps `dl` firing and acknowledged.
+    let changed =
+        rules.replace("> 100", "> 200") + "\n[[alert]]\nname = \"spool\"\nwhen = \"spool_depth > 0\"\n";
+    let config = Config::from_toml("alerts.toml", &config(&changed)).unwrap();
+    host.apply_config("alerts.toml", config).await.unwrap();
+    let (_, listed) = call(addr, "GET", "/v1/alerts", true).await;
+    let states: Vec<_> = listed["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["id"].clone(), a["state"].clone(), a["acknowledged"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (json!("dl"), json!("firing"), json!(true)),
+            (json!("queued"), json!("inactive"), json!(false)),
+            (json!("spool"), json!("inactive"), json!(false)),
+        ]
+    );
+    assert_eq!(listed["alerts"][1]["when"], "destination_queued > 200");
+    host.shutdown().await;
+}
