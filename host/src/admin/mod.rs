@@ -6,10 +6,16 @@
 //! or `SWITCHYARD_ADMIN_TOKEN`). Without a token the admin listener binds only
 //! to loopback addresses and answers only requests whose `Host` is a loopback
 //! name; a foreign `Origin` is refused on every request but a plain GET.
+//!
+//! `GET /` is the dashboard: a page (embedded in the binary) that asks for the
+//! token, keeps it in the tab's session storage, and shows the host live
+//! through the endpoints below, the event stream and `GET /v1/history`.
 
 mod auth;
 mod browser;
 mod config;
+mod dashboard;
+mod history;
 mod plugins;
 mod routes;
 
@@ -65,7 +71,9 @@ impl AdminServer {
         let admin = self.host.config().admin.clone();
         let admin = admin.unwrap_or_else(|| crate::config::AdminConfig::new(self.local_addr()));
         let limits = crate::listener::ListenerLimits::new(admin.max_connections, admin.header_timeout_ms);
-        let app = routes::router(self.host, self.token, stopping);
+        let history = history::History::default();
+        tokio::spawn(history::record(self.host.clone(), history.clone(), stopping.clone()));
+        let app = routes::router(self.host, self.token, stopping, history);
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);

@@ -7,6 +7,7 @@ mod gauges;
 mod plugins;
 mod sharded;
 mod spool;
+mod totals;
 
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
@@ -16,8 +17,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
+pub(crate) use sharded::{HistogramTotals, LATENCY_BOUNDS, LatencyHistogram, ShardedCounter};
 pub(crate) use spool::SpoolMetrics;
+pub(crate) use totals::RouteTotals;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
