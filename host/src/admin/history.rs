@@ -48,8 +48,8 @@ pub(super) struct Reading {
 impl Reading {
     /// The counters of `host` now, for the routes it has now.
     pub(super) fn of(host: &Host) -> Reading {
-        let metrics = host.metrics();
-        let routes = host.config().routes.iter().map(|route| (route.name.clone(), metrics.route_totals(&route.name)));
+        let (metrics, config) = (host.metrics(), host.config());
+        let routes = config.routes.iter().map(|route| (route.name.clone(), metrics.route_totals(&route.name)));
         Reading { at: Instant::now(), accepted: metrics.accepted_counter().get(), routes: routes.collect() }
     }
 }
