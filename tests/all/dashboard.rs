@@ -177,7 +177,7 @@ async fn log_in(client: &fantoccini::Client, token: &str) {
 async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the_traffic() {
     let endpoint = TestEndpoint::start(Mode::Answer).await;
     let (dir, host, addr) = host_to(endpoint.addr).await;
-    let browser = Chromium::start(1280, 1500).await;
+    let browser = Chromium::start(1280, 1200).await;
     let client = &browser.client;
     client.goto(&format!("http://{addr}/")).await.unwrap();
 

@@ -129,7 +129,9 @@ function renderPlot() {
   const plot = $("plot");
   const [width, height, top] = [900, 240, 22];
   const end = samples.length ? samples[samples.length - 1].at_ms : Date.now();
-  const x = (sample) => width - ((end - sample.at_ms) / 300000) * width;
+  // The samples' span, at least a minute, at most the five minutes kept.
+  const span = Math.min(300000, Math.max(60000, samples.length ? end - samples[0].at_ms : 0));
+  const x = (sample) => width - ((end - sample.at_ms) / span) * width;
   const peak = Math.max(0, ...samples.map((s) => Math.max(s.accepted_per_s, s.dead_lettered_per_s)));
   const rateMax = Math.max(1, peak) * 1.1;
   const latencyMax = Math.max(1, ...samples.map((s) => s.latency_mean_ms || 0)) * 1.1;
@@ -140,8 +142,11 @@ function renderPlot() {
   $("line-latency").setAttribute("points", line((s) => s.latency_mean_ms ?? null, latencyMax));
   $("axis-rate").textContent = rateMax.toFixed(1) + " msgs/s";
   $("axis-latency").textContent = latencyMax.toFixed(2) + " ms";
-  const grid = [1, 2, 3, 4].map((minute) => {
-    const at = width - (minute / 5) * width;
+  const step = span > 120000 ? 60000 : 10000;
+  const ticks = Array.from({ length: Math.ceil(span / step) - 1 }, (_, n) => (n + 1) * step);
+  $("axis-time").textContent = "last " + Math.round(span / 1000) + " s, a line every " + step / 1000 + " s";
+  const grid = ticks.map((ago) => {
+    const at = width - (ago / span) * width;
     const tick = document.createElementNS("http://www.w3.org/2000/svg", "line");
     for (const [name, value] of Object.entries({ x1: at, x2: at, y1: top, y2: height })) tick.setAttribute(name, value);
     return tick;
@@ -176,8 +181,10 @@ function base64url(text) {
 
 function showEvent(event) {
   const item = el("li", null, { "data-event": event.event });
+  const shown = (value) => typeof value === "object" ? JSON.stringify(value)
+    : typeof value === "number" && !Number.isInteger(value) ? value.toFixed(2) : value;
   const rest = Object.entries(event).filter(([key]) => key !== "event")
-    .map(([key, value]) => key + "=" + (typeof value === "object" ? JSON.stringify(value) : value)).join("  ");
+    .map(([key, value]) => key + "=" + shown(value)).join("  ");
   item.append(el("span", new Date().toLocaleTimeString() + " "), el("span", event.event, { class: "name" }), el("span", rest));
   const list = $("events");
   list.prepend(item);

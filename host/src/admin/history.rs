@@ -121,11 +121,17 @@ impl History {
     }
 }
 
-/// Sample `host` into `history` every [`INTERVAL`] until `stopping` turns true.
-pub(super) async fn record(host: Host, history: History, mut stopping: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval_at(Instant::now() + INTERVAL, INTERVAL);
+/// Sample `host` into `history` every [`INTERVAL`], the first from
+/// `baseline`, until `stopping` turns true.
+pub(super) async fn record(
+    host: Host,
+    baseline: Reading,
+    history: History,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval_at(baseline.at + INTERVAL, INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut before = Reading::of(&host);
+    let mut before = baseline;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}

@@ -34,6 +34,8 @@ pub struct AdminServer {
     host: Host,
     listener: TcpListener,
     token: TokenSource,
+    /// The counters when bound: the history's first sample counts from here.
+    baseline: history::Reading,
 }
 
 impl AdminServer {
@@ -57,7 +59,8 @@ impl AdminServer {
             return Err(BuildError::AdminUnprotected { addr });
         }
         let listener = TcpListener::bind(addr).await.map_err(|error| BuildError::Listen { addr, error })?;
-        Ok(AdminServer { host, listener, token })
+        let baseline = history::Reading::of(&host);
+        Ok(AdminServer { host, listener, token, baseline })
     }
 
     /// The address actually bound.
@@ -72,7 +75,7 @@ impl AdminServer {
         let admin = admin.unwrap_or_else(|| crate::config::AdminConfig::new(self.local_addr()));
         let limits = crate::listener::ListenerLimits::new(admin.max_connections, admin.header_timeout_ms);
         let history = history::History::default();
-        tokio::spawn(history::record(self.host.clone(), history.clone(), stopping.clone()));
+        tokio::spawn(history::record(self.host.clone(), self.baseline, history.clone(), stopping.clone()));
         let app = routes::router(self.host, self.token, stopping, history);
         let shutdown = async move {
             shutdown.await;
