@@ -32,7 +32,8 @@ pub(crate) fn presented_as_protocol(headers: &HeaderMap, token: &str) -> bool {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .find_map(|protocol| protocol.trim().strip_prefix(WEBSOCKET_PROTOCOL_PREFIX));
-    let decoded = offered.and_then(|encoded| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok());
+    let decoded =
+        offered.and_then(|encoded| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok());
     decoded.is_some_and(|presented| same(&presented, token))
 }
 
@@ -45,4 +46,25 @@ fn same(presented: &[u8], token: &str) -> bool {
 pub(crate) fn unauthorized() -> Response {
     let body = axum::Json(serde_json::json!({ "error": "unauthorized" }));
     (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offering(protocols: &str) -> HeaderMap {
+        HeaderMap::from_iter([(header::SEC_WEBSOCKET_PROTOCOL, protocols.parse().unwrap())])
+    }
+
+    #[test]
+    fn a_token_offered_as_a_websocket_subprotocol_is_presented_only_when_it_matches() {
+        // base64url("s3cret/+token") without padding.
+        let offered = offering("switchyard.events, bearer.czNjcmV0Lyt0b2tlbg");
+        assert!(presented_as_protocol(&offered, "s3cret/+token"));
+        assert!(!presented_as_protocol(&offered, "s3cret/+toke"));
+        assert!(!presented(&offered, "s3cret/+token"), "a protocol is not an Authorization header");
+        for refused in ["switchyard.events", "bearer.", "bearer.!!notbase64", "Bearer czNjcmV0Lyt0b2tlbg"] {
+            assert!(!presented_as_protocol(&offering(refused), "s3cret/+token"), "{refused}");
+        }
+    }
 }

@@ -34,7 +34,8 @@ impl Chromium {
             .unwrap_or_else(|err| panic!("start chromedriver ({err}): {INSTALL}"));
         let stdout = driver.stdout.take().expect("piped");
         let port = tokio::task::spawn_blocking(move || started_on_port(stdout));
-        let port = tokio::time::timeout(PATIENCE, port).await.expect("chromedriver started (safety net)").unwrap();
+        let port =
+            tokio::time::timeout(PATIENCE, port).await.expect("chromedriver started (safety net)").unwrap();
         let mut capabilities = serde_json::Map::new();
         let options = serde_json::json!({
             "binary": browser,

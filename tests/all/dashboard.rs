@@ -81,9 +81,10 @@ async fn history_samples_what_flowed_each_second_by_route() {
     // The sample of the second the messages flowed in, once it is taken.
     let sample = within(async {
         loop {
-            let (_, body) = tokio::task::spawn_blocking(move || http(addr, "GET", "/v1/history", &[AUTH], b""))
-                .await
-                .unwrap();
+            let (_, body) =
+                tokio::task::spawn_blocking(move || http(addr, "GET", "/v1/history", &[AUTH], b""))
+                    .await
+                    .unwrap();
             let body: serde_json::Value = serde_json::from_str(&body).unwrap();
             let samples = body["samples"].as_array().unwrap().clone();
             let accepted: f64 = samples.iter().map(|s| s["accepted_per_s"].as_f64().unwrap()).sum();
@@ -135,7 +136,8 @@ async fn a_page_may_post_to_the_host_it_came_from_but_not_from_a_foreign_origin(
     // Reached by a name that is not loopback (with a token that is allowed): its own page may reload.
     let named = format!("dash.example:{}", addr.port());
     let own = format!("http://{named}");
-    let from = |origin: &str| [AUTH, ("host", named.as_str()), ("origin", origin)].map(|(k, v)| (k, v.to_owned()));
+    let from =
+        |origin: &str| [AUTH, ("host", named.as_str()), ("origin", origin)].map(|(k, v)| (k, v.to_owned()));
     let post = |headers: [(&'static str, String); 3]| async move {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         status(&request(addr, "POST", "/v1/reload", &headers).await)
@@ -183,7 +185,8 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
 
     // A wrong token is refused and the form stays; the right one opens the board.
     log_in(client, "not-the-token").await;
-    until(client, "return document.getElementById('login-error').textContent === 'That token was refused.'").await;
+    until(client, "return document.getElementById('login-error').textContent === 'That token was refused.'")
+        .await;
     log_in(client, TOKEN).await;
     let old = host.plugins().iter().find(|plugin| plugin.name == "t").unwrap().digest.clone();
     shown(client, &format!("tr[data-plugin='t'][data-version='{old}'][data-state='serving']")).await;
@@ -195,7 +198,9 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
     let mut events = host.subscribe();
     replace_file(&dir.path().join("t.wasm"), &std::fs::read(artifacts::STAMP_TRANSFORM).unwrap());
     let replaced = |event: &HostEvent| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t");
-    let HostEvent::PluginReplaced { version, .. } = event_where(&mut events, replaced).await else { unreachable!() };
+    let HostEvent::PluginReplaced { version, .. } = event_where(&mut events, replaced).await else {
+        unreachable!()
+    };
     assert_ne!(version, old);
     shown(client, &format!("tr[data-plugin='t'][data-version='{version}']")).await;
     shown(client, "#events li[data-event='plugin-replaced']").await;
@@ -228,7 +233,8 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
     flowing.store(false, std::sync::atomic::Ordering::SeqCst);
     within(sender).await.unwrap();
     within(endpoint.arrivals(sent.load(std::sync::atomic::Ordering::SeqCst))).await;
-    let points = client.execute("return document.getElementById('line-accepted').points.length", vec![]).await;
+    let points =
+        client.execute("return document.getElementById('line-accepted').points.length", vec![]).await;
     assert!(points.unwrap().as_u64().unwrap() >= 3, "the plot's line has its samples: {seen}");
     // Alerts: shown from /v1/alerts when the host has it, else said to be absent.
     shown(client, "#alerts[data-state='absent'], #alerts[data-state='present']").await;
@@ -241,7 +247,8 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
     shown(client, "#events li[data-event='endpoint-down']").await;
 
     let screenshot = client.screenshot().await.unwrap();
-    let artifacts_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts");
+    let artifacts_dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts");
     std::fs::create_dir_all(&artifacts_dir).unwrap();
     std::fs::write(artifacts_dir.join("dashboard.png"), &screenshot).unwrap();
     // The README's picture: `SWITCHYARD_DOCS_SCREENSHOT=1` writes docs/dashboard.png.

@@ -49,7 +49,8 @@ impl Reading {
     /// The counters of `host` now, for the routes it has now.
     pub(super) fn of(host: &Host) -> Reading {
         let (metrics, config) = (host.metrics(), host.config());
-        let routes = config.routes.iter().map(|route| (route.name.clone(), metrics.route_totals(&route.name)));
+        let routes =
+            config.routes.iter().map(|route| (route.name.clone(), metrics.route_totals(&route.name)));
         Reading { at: Instant::now(), accepted: metrics.accepted_counter().get(), routes: routes.collect() }
     }
 }
@@ -67,7 +68,9 @@ pub(super) fn sample(before: &Reading, now: &Reading, at_ms: u64) -> Sample {
         total.settled += now.settled.saturating_sub(before.settled);
         total.dead_lettered += now.dead_lettered.saturating_sub(before.dead_lettered);
         total.latency.sum_nanos += now.latency.sum_nanos.saturating_sub(before.latency.sum_nanos);
-        for ((sum, now), before) in total.latency.buckets.iter_mut().zip(&now.latency.buckets).zip(&before.latency.buckets) {
+        for ((sum, now), before) in
+            total.latency.buckets.iter_mut().zip(&now.latency.buckets).zip(&before.latency.buckets)
+        {
             *sum += now.saturating_sub(*before);
         }
     }
@@ -187,7 +190,11 @@ mod tests {
     fn an_interval_without_settled_messages_has_no_latency() {
         let start = Instant::now();
         let quiet = totals(5, 5, 0, &[300]);
-        let sample = sample(&reading(start, 5, &[("a", quiet.clone())]), &reading(start + INTERVAL, 5, &[("a", quiet)]), 1);
+        let sample = sample(
+            &reading(start, 5, &[("a", quiet.clone())]),
+            &reading(start + INTERVAL, 5, &[("a", quiet)]),
+            1,
+        );
         assert_eq!((sample.accepted_per_s, sample.latency_mean_ms, sample.latency_p99_ms), (0.0, None, None));
     }
 
@@ -200,6 +207,9 @@ mod tests {
         }
         let all = history.since(0);
         assert_eq!((all.len(), all[0].at_ms, all[CAPACITY - 1].at_ms), (CAPACITY, 6, CAPACITY as u64 + 5));
-        assert_eq!(history.since(CAPACITY as u64 + 3).iter().map(|s| s.at_ms).collect::<Vec<_>>(), [304, 305]);
+        assert_eq!(
+            history.since(CAPACITY as u64 + 3).iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+            [304, 305]
+        );
     }
 }

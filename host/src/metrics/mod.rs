@@ -19,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 pub(crate) use sharded::{HistogramTotals, LATENCY_BOUNDS, LatencyHistogram, ShardedCounter};
 pub(crate) use spool::SpoolMetrics;
-pub(crate) use totals::RouteTotals;
 use std::time::Instant;
+pub(crate) use totals::RouteTotals;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {
