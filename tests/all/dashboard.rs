@@ -98,7 +98,7 @@ async fn history_samples_what_flowed_each_second_by_route() {
     .await
     .expect("a sample with the route's rate");
     assert!(sample["latency_mean_ms"].as_f64().unwrap() > 0.0, "{sample}");
-    assert!(sample["latency_p99_ms"].as_f64().unwrap() >= sample["latency_mean_ms"].as_f64().unwrap() / 2.0);
+    assert!(sample["latency_p99_ms"].as_f64().unwrap() > 0.0, "{sample}");
     assert_eq!(sample["dead_lettered_per_s"], 0.0, "{sample}");
 }
 
@@ -111,22 +111,28 @@ fn protocols(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_takes_the_token_as_a_subprotocol_and_refuses_a_wrong_one() {
     let endpoint = TestEndpoint::start(Mode::Answer).await;
-    let (_dir, host, addr) = host_to(endpoint.addr).await;
+    let (_dir, _host, addr) = host_to(endpoint.addr).await;
     let with = |token: &str| {
         let mut request = format!("ws://{addr}/v1/events").into_client_request().unwrap();
         request.headers_mut().insert("sec-websocket-protocol", protocols(token).parse().unwrap());
         request
     };
-    let refused = within(tokio_tungstenite::connect_async(with("not-the-token"))).await;
-    let refused = format!("{:?}", refused.err().expect("a wrong token is refused"));
-    assert!(refused.contains("401"), "{refused}");
+    let Err(refused) = within(tokio_tungstenite::connect_async(with("not-the-token"))).await else {
+        panic!("a wrong token is refused")
+    };
+    assert!(format!("{refused:?}").contains("401"), "{refused:?}");
     let (mut socket, response) = within(tokio_tungstenite::connect_async(with(TOKEN))).await.unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "switchyard.events");
-    let mut events = host.subscribe();
     endpoint.stop().await;
-    event_where(&mut events, |event| event.name() == "endpoint-down").await;
-    let frame = within(socket.next()).await.unwrap().unwrap();
-    assert!(frame.to_text().unwrap().contains("\"event\":\"endpoint-down\""), "{frame}");
+    within(async {
+        loop {
+            let frame = socket.next().await.expect("the stream stays open").unwrap();
+            if frame.to_text().unwrap().contains("\"event\":\"endpoint-down\"") {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +244,10 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
     assert!(points.unwrap().as_u64().unwrap() >= 3, "the plot's line has its samples: {seen}");
     // Alerts: shown from /v1/alerts when the host has it, else said to be absent.
     shown(client, "#alerts[data-state='absent'], #alerts[data-state='present']").await;
+
+    // The reload button reloads (a host without a config file re-reads its plugin directory).
+    client.find(Locator::Css("#reload")).await.unwrap().click().await.unwrap();
+    shown(client, "#reload-result[data-state='reloaded']").await;
 
     // The endpoint, up, goes down when its listener is closed.
     let row = format!("tr[data-destination='api'][data-endpoint='{}']", endpoint.addr);

@@ -285,11 +285,14 @@ $("login").addEventListener("submit", async (submit) => {
 $("logout").addEventListener("click", () => logout(""));
 
 $("reload").addEventListener("click", async () => {
-  status("reloading…");
+  const result = $("reload-result");
+  result.textContent = "reloading…";
+  result.dataset.state = "waiting";
   try {
     const response = await api("/v1/reload", { method: "POST" });
     const body = await response.json();
-    status(response.ok ? "reloaded " + new Date().toLocaleTimeString() : "reload refused: " + body.error);
+    result.textContent = response.ok ? "reloaded " + new Date().toLocaleTimeString() : "reload refused: " + body.error;
+    result.dataset.state = response.ok ? "reloaded" : "refused";
     await refreshRoutes();
   } catch (error) {
     failed(error);
