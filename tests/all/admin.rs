@@ -340,6 +340,15 @@ async fn without_a_token_a_rebinding_host_and_a_foreign_origin_are_refused() {
             vec![("host", format!("127.0.0.1:{port}")), ("origin", format!("http://localhost:{port}"))],
             200,
         ),
+        // A rebinding page is its own origin: same Host and Origin, still refused for its Host.
+        (
+            "POST /v1/reload HTTP/1.1",
+            vec![
+                ("host", format!("attacker.example:{port}")),
+                ("origin", format!("http://attacker.example:{port}")),
+            ],
+            403,
+        ),
         (
             "GET /v1/events HTTP/1.1",
             vec![

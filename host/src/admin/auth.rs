@@ -42,14 +42,25 @@ impl TokenSource {
 }
 
 /// Let the request through only with the right bearer token (or when no token
-/// is set, which `AdminServer::bind` allows on loopback only).
+/// is set, which `AdminServer::bind` allows on loopback only). A WebSocket
+/// upgrade may present it as a subprotocol instead, as browsers must (see
+/// [`crate::bearer::WEBSOCKET_PROTOCOL_PREFIX`]).
 pub(super) async fn require_token(
     State(source): State<TokenSource>,
     request: Request,
     next: Next,
 ) -> Response {
     match source.current() {
-        Some(token) if !crate::bearer::presented(request.headers(), &token) => crate::bearer::unauthorized(),
+        Some(token) if !presented(&request, &token) => crate::bearer::unauthorized(),
         _ => next.run(request).await,
     }
+}
+
+/// Whether `request` carries `token`: as its bearer header, or as a
+/// subprotocol of a WebSocket upgrade.
+fn presented(request: &Request, token: &str) -> bool {
+    let headers = request.headers();
+    crate::bearer::presented(headers, token)
+        || (headers.contains_key(axum::http::header::UPGRADE)
+            && crate::bearer::presented_as_protocol(headers, token))
 }

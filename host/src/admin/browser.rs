@@ -2,7 +2,9 @@
 //! point its own name at 127.0.0.1 (DNS rebinding) or send a cross-site
 //! request that needs no preflight. So, without a token, the `Host` must be a
 //! loopback name; and a request that changes something, or opens the event
-//! stream, is refused when it carries a foreign `Origin`.
+//! stream, is refused when it carries a foreign `Origin`: one that is neither
+//! a loopback name nor the `Host` asked (the dashboard's own page, served from
+//! wherever the admin listener is reached, is not foreign).
 
 use super::auth::TokenSource;
 use axum::extract::{Request, State};
@@ -39,8 +41,10 @@ fn refusal(token: &TokenSource, request: &Request) -> Option<String> {
     }
     let upgrade = request.headers().contains_key(header::UPGRADE);
     let origin = text(header::ORIGIN).filter(|_| request.method() != Method::GET || upgrade)?;
-    let host = origin.split_once("://").map_or("", |(_, authority)| authority_host(authority));
-    (!is_loopback_name(host)).then(|| format!("Origin {origin:?} is not allowed"))
+    let authority = origin.split_once("://").map_or("", |(_, authority)| authority);
+    let same_origin = text(header::HOST).is_some_and(|host| host.eq_ignore_ascii_case(authority));
+    (!same_origin && !is_loopback_name(authority_host(authority)))
+        .then(|| format!("Origin {origin:?} is not allowed"))
 }
 
 /// The host part of `host[:port]` or `[v6][:port]`.

@@ -6,11 +6,17 @@
 //! or `SWITCHYARD_ADMIN_TOKEN`). Without a token the admin listener binds only
 //! to loopback addresses and answers only requests whose `Host` is a loopback
 //! name; a foreign `Origin` is refused on every request but a plain GET.
+//!
+//! `GET /` is the dashboard: a page (embedded in the binary) that asks for the
+//! token, keeps it in the tab's session storage, and shows the host live
+//! through the endpoints below, the event stream and `GET /v1/history`.
 
 mod alerts;
 mod auth;
 mod browser;
 mod config;
+mod dashboard;
+mod history;
 mod plugins;
 mod routes;
 
@@ -29,6 +35,8 @@ pub struct AdminServer {
     host: Host,
     listener: TcpListener,
     token: TokenSource,
+    /// The counters when bound: the history's first sample counts from here.
+    baseline: history::Reading,
 }
 
 impl AdminServer {
@@ -52,7 +60,8 @@ impl AdminServer {
             return Err(BuildError::AdminUnprotected { addr });
         }
         let listener = TcpListener::bind(addr).await.map_err(|error| BuildError::Listen { addr, error })?;
-        Ok(AdminServer { host, listener, token })
+        let baseline = history::Reading::of(&host);
+        Ok(AdminServer { host, listener, token, baseline })
     }
 
     /// The address actually bound.
@@ -66,7 +75,9 @@ impl AdminServer {
         let admin = self.host.config().admin.clone();
         let admin = admin.unwrap_or_else(|| crate::config::AdminConfig::new(self.local_addr()));
         let limits = crate::listener::ListenerLimits::new(admin.max_connections, admin.header_timeout_ms);
-        let app = routes::router(self.host, self.token, stopping);
+        let history = history::History::default();
+        tokio::spawn(history::record(self.host.clone(), self.baseline, history.clone(), stopping.clone()));
+        let app = routes::router(self.host, self.token, stopping, history);
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);

@@ -2,6 +2,7 @@
 
 use super::auth::{TokenSource, require_token};
 use super::browser::same_host_only;
+use super::history::History;
 use crate::host::Host;
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -15,7 +16,12 @@ use tokio::sync::{broadcast, watch};
 
 /// The admin router; `stopping` turns true when the server shuts down, which
 /// ends open event streams.
-pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<bool>) -> Router {
+pub(super) fn router(
+    host: Host,
+    token: TokenSource,
+    stopping: watch::Receiver<bool>,
+    history: History,
+) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(plugins))
@@ -31,13 +37,16 @@ pub(super) fn router(host: Host, token: TokenSource, stopping: watch::Receiver<b
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(super::alerts::list))
         .route("/v1/alerts/{id}/ack", post(super::alerts::acknowledge))
+        .route("/v1/history", get(history_since))
         .layer(middleware::from_fn_with_state(token.clone(), require_token));
     Router::new()
+        .merge(super::dashboard::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(protected)
         .layer(middleware::from_fn_with_state(token, same_host_only))
         .layer(Extension(stopping))
+        .layer(Extension(history))
         .with_state(host)
 }
 
@@ -162,6 +171,29 @@ async fn reload(State(host): State<Host>) -> Response {
     }
 }
 
+/// `?since=MS` of `GET /v1/history`.
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+/// The samples of the last five minutes that ended after `since` (ms since the Unix epoch).
+async fn history_since(
+    Extension(history): Extension<History>,
+    Query(query): Query<HistoryQuery>,
+) -> Json<Value> {
+    Json(json!({
+        "interval_ms": super::history::INTERVAL.as_millis() as u64,
+        "capacity": super::history::CAPACITY,
+        "samples": history.since(query.since),
+    }))
+}
+
+/// The subprotocol the event stream answers a browser with: it must name one
+/// of those offered, and the other one a browser offers carries its token.
+const EVENTS_PROTOCOL: &str = "switchyard.events";
+
 /// A WebSocket of host events as JSON text frames.
 async fn events(
     State(host): State<Host>,
@@ -170,7 +202,7 @@ async fn events(
 ) -> Response {
     // Subscribe before the upgrade, so nothing between request and stream is missed.
     let feed = host.subscribe();
-    upgrade.on_upgrade(move |socket| stream_events(socket, feed, stopping))
+    upgrade.protocols([EVENTS_PROTOCOL]).on_upgrade(move |socket| stream_events(socket, feed, stopping))
 }
 
 async fn stream_events(

@@ -9,6 +9,7 @@ mod plugins;
 mod read;
 mod sharded;
 mod spool;
+mod totals;
 
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
@@ -21,9 +22,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 pub(crate) use read::SpoolSource;
 pub use read::{READABLE, Readable};
-pub(crate) use sharded::{LatencyHistogram, ShardedCounter};
+pub(crate) use sharded::{HistogramTotals, LATENCY_BOUNDS, LatencyHistogram, ShardedCounter};
 pub(crate) use spool::SpoolMetrics;
 use std::time::Instant;
+pub(crate) use totals::RouteTotals;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {

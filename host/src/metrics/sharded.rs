@@ -90,6 +90,27 @@ impl LatencyHistogram {
     fn count(&self) -> u64 {
         self.0.iter().flat_map(|shard| &shard.0.buckets).map(|bucket| bucket.load(Relaxed)).sum()
     }
+
+    /// The shards summed: observations per bucket and the sum of latencies.
+    pub(crate) fn totals(&self) -> HistogramTotals {
+        let mut totals = HistogramTotals::default();
+        for shard in self.0.iter() {
+            totals.sum_nanos += shard.0.sum_nanos.load(Relaxed);
+            for (total, bucket) in totals.buckets.iter_mut().zip(&shard.0.buckets) {
+                *total += bucket.load(Relaxed);
+            }
+        }
+        totals
+    }
+}
+
+/// A latency histogram read at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct HistogramTotals {
+    /// Observations per bucket of [`LATENCY_BOUNDS`], then `+Inf`.
+    pub(crate) buckets: [u64; LATENCY_BOUNDS.len() + 1],
+    /// The sum of all latencies observed, nanoseconds.
+    pub(crate) sum_nanos: u64,
 }
 
 impl TypedMetric for LatencyHistogram {

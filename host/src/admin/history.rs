@@ -1,0 +1,215 @@
+//! `GET /v1/history`: the recent past of the host's traffic, one sample a
+//! second for five minutes, so a freshly opened dashboard plots what just
+//! happened. A task of the admin server reads the counters each second and
+//! keeps the rates in a ring; nothing on the message path changes.
+
+use crate::host::Host;
+use crate::metrics::{HistogramTotals, LATENCY_BOUNDS, RouteTotals};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often a sample is taken.
+pub(super) const INTERVAL: Duration = Duration::from_secs(1);
+/// How many samples are kept: five minutes' worth.
+pub(super) const CAPACITY: usize = 300;
+
+/// The traffic between two readings of the counters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct Sample {
+    /// When the interval ended, milliseconds since the Unix epoch.
+    pub(super) at_ms: u64,
+    /// Messages admitted per second.
+    pub(super) accepted_per_s: f64,
+    /// Messages delivered, filtered or answered per second.
+    pub(super) settled_per_s: f64,
+    /// Messages dead-lettered per second.
+    pub(super) dead_lettered_per_s: f64,
+    /// Mean admission-to-settlement latency of the messages settled in the
+    /// interval; `None` when none was.
+    pub(super) latency_mean_ms: Option<f64>,
+    /// The upper bound of the latency bucket holding the 99th percentile.
+    pub(super) latency_p99_ms: Option<f64>,
+    /// Messages matched per second, by route.
+    pub(super) routes: BTreeMap<String, f64>,
+}
+
+/// The counters at one moment.
+#[derive(Clone, Debug)]
+pub(super) struct Reading {
+    pub(super) at: Instant,
+    pub(super) accepted: u64,
+    pub(super) routes: BTreeMap<String, RouteTotals>,
+}
+
+impl Reading {
+    /// The counters of `host` now, for the routes it has now.
+    pub(super) fn of(host: &Host) -> Reading {
+        let (metrics, config) = (host.metrics(), host.config());
+        let routes =
+            config.routes.iter().map(|route| (route.name.clone(), metrics.route_totals(&route.name)));
+        Reading { at: Instant::now(), accepted: metrics.accepted_counter().get(), routes: routes.collect() }
+    }
+}
+
+/// The rates between `before` and `now`. A route new in `now` has no rate
+/// yet (its counters may hold what it did before a reload removed it).
+pub(super) fn sample(before: &Reading, now: &Reading, at_ms: u64) -> Sample {
+    let seconds = now.at.saturating_duration_since(before.at).as_secs_f64().max(1e-3);
+    let rate = |from: u64, to: u64| to.saturating_sub(from) as f64 / seconds;
+    let mut total = RouteTotals::default();
+    let mut routes = BTreeMap::new();
+    for (name, now) in &now.routes {
+        let Some(before) = before.routes.get(name) else { continue };
+        routes.insert(name.clone(), rate(before.accepted, now.accepted));
+        total.settled += now.settled.saturating_sub(before.settled);
+        total.dead_lettered += now.dead_lettered.saturating_sub(before.dead_lettered);
+        total.latency.sum_nanos += now.latency.sum_nanos.saturating_sub(before.latency.sum_nanos);
+        for ((sum, now), before) in
+            total.latency.buckets.iter_mut().zip(&now.latency.buckets).zip(&before.latency.buckets)
+        {
+            *sum += now.saturating_sub(*before);
+        }
+    }
+    let (latency_mean_ms, latency_p99_ms) = latencies(&total.latency);
+    Sample {
+        at_ms,
+        accepted_per_s: rate(before.accepted, now.accepted),
+        settled_per_s: total.settled as f64 / seconds,
+        dead_lettered_per_s: total.dead_lettered as f64 / seconds,
+        latency_mean_ms,
+        latency_p99_ms,
+        routes,
+    }
+}
+
+/// The mean and the 99th percentile's bucket bound (the last finite bound
+/// for the overflow bucket) of the latencies in `histogram`, milliseconds.
+fn latencies(histogram: &HistogramTotals) -> (Option<f64>, Option<f64>) {
+    let count: u64 = histogram.buckets.iter().sum();
+    if count == 0 {
+        return (None, None);
+    }
+    let wanted = (count as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    let bucket = histogram.buckets.iter().position(|in_bucket| {
+        seen += in_bucket;
+        seen >= wanted
+    });
+    let bound = LATENCY_BOUNDS[bucket.unwrap_or(LATENCY_BOUNDS.len()).min(LATENCY_BOUNDS.len() - 1)];
+    (Some(histogram.sum_nanos as f64 / count as f64 / 1e6), Some(bound * 1e3))
+}
+
+/// The last [`CAPACITY`] samples, oldest first.
+#[derive(Clone, Debug, Default)]
+pub(super) struct History(Arc<Mutex<VecDeque<Sample>>>);
+
+impl History {
+    /// Keep `sample`, dropping the oldest when full.
+    pub(super) fn push(&self, sample: Sample) {
+        let mut samples = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        if samples.len() == CAPACITY {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// The samples that ended after `since_ms`, oldest first.
+    pub(super) fn since(&self, since_ms: u64) -> Vec<Sample> {
+        let samples = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        samples.iter().filter(|sample| sample.at_ms > since_ms).cloned().collect()
+    }
+}
+
+/// Sample `host` into `history` every [`INTERVAL`], the first from
+/// `baseline`, until `stopping` turns true.
+pub(super) async fn record(
+    host: Host,
+    baseline: Reading,
+    history: History,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval_at(baseline.at + INTERVAL, INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut before = baseline;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let now = Reading::of(&host);
+        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        history.push(sample(&before, &now, at_ms));
+        before = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(at: Instant, accepted: u64, routes: &[(&str, RouteTotals)]) -> Reading {
+        let routes = routes.iter().map(|(name, totals)| (name.to_string(), totals.clone())).collect();
+        Reading { at, accepted, routes }
+    }
+
+    fn totals(accepted: u64, settled: u64, dead_lettered: u64, latencies_us: &[u64]) -> RouteTotals {
+        let mut latency = HistogramTotals::default();
+        for micros in latencies_us {
+            let bucket = LATENCY_BOUNDS.partition_point(|bound| *bound < *micros as f64 / 1e6);
+            latency.buckets[bucket] += 1;
+            latency.sum_nanos += micros * 1000;
+        }
+        RouteTotals { accepted, settled, dead_lettered, latency }
+    }
+
+    #[test]
+    fn rates_are_what_the_counters_gained_over_the_seconds_between_readings() {
+        let start = Instant::now();
+        let before = reading(start, 10, &[("a", totals(4, 2, 0, &[100]))]);
+        let now = reading(
+            start + Duration::from_secs(2),
+            30,
+            &[("a", totals(24, 20, 2, &[100, 100, 200, 200, 5_000_000])), ("new", totals(50, 50, 0, &[]))],
+        );
+        let sample = sample(&before, &now, 7);
+        assert_eq!((sample.at_ms, sample.accepted_per_s, sample.settled_per_s), (7, 10.0, 9.0));
+        assert_eq!(sample.dead_lettered_per_s, 1.0);
+        // Only route a has a reading before: a route that just appeared gets its rate next time.
+        assert_eq!(sample.routes, BTreeMap::from([("a".to_string(), 10.0)]));
+        // Four new latencies: 100 µs, 200 µs, 200 µs, 5 s.
+        assert_eq!(sample.latency_mean_ms, Some(5000.5 / 4.0));
+        // The 99th percentile of four is the slowest: the 5 s one, in the bucket up to 10.48576 s.
+        assert_eq!(sample.latency_p99_ms, Some(LATENCY_BOUNDS[10] * 1e3));
+    }
+
+    #[test]
+    fn an_interval_without_settled_messages_has_no_latency() {
+        let start = Instant::now();
+        let quiet = totals(5, 5, 0, &[300]);
+        let sample = sample(
+            &reading(start, 5, &[("a", quiet.clone())]),
+            &reading(start + INTERVAL, 5, &[("a", quiet)]),
+            1,
+        );
+        assert_eq!((sample.accepted_per_s, sample.latency_mean_ms, sample.latency_p99_ms), (0.0, None, None));
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_five_minutes_and_answers_what_came_after_a_time() {
+        let history = History::default();
+        let quiet = |at_ms| sample(&reading(Instant::now(), 0, &[]), &reading(Instant::now(), 0, &[]), at_ms);
+        for at_ms in 1..=CAPACITY as u64 + 5 {
+            history.push(quiet(at_ms));
+        }
+        let all = history.since(0);
+        assert_eq!((all.len(), all[0].at_ms, all[CAPACITY - 1].at_ms), (CAPACITY, 6, CAPACITY as u64 + 5));
+        assert_eq!(
+            history.since(CAPACITY as u64 + 3).iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+            [304, 305]
+        );
+    }
+}
