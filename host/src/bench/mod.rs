@@ -16,6 +16,7 @@ use crate::config::{Config, PluginConfig, RouteConfig};
 use crate::destination::MemoryDestination;
 use crate::host::{BuildError, Host, SendError};
 use crate::message::{Message, Verdict};
+mod instructions;
 mod native;
 mod report;
 mod routed;
@@ -24,6 +25,7 @@ mod stage;
 use crate::plugin::{
     EngineError, LoadError, PluginEngine, PluginError, PluginFault, PluginInstance, load_file,
 };
+pub use instructions::{CASES, count_instructions, instructions_begin, instructions_end};
 use report::targets;
 use routed::routed;
 use serde::Serialize;

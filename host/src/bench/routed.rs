@@ -130,7 +130,11 @@ struct Run {
 }
 
 impl RoutedHost {
-    async fn start(plugin_dir: &Path, stages: Stages, metrics: bool) -> Result<RoutedHost, BenchError> {
+    pub(super) async fn start(
+        plugin_dir: &Path,
+        stages: Stages,
+        metrics: bool,
+    ) -> Result<RoutedHost, BenchError> {
         let (out, delivered) = MemoryDestination::new();
         let mut config = Config { plugins: vec![filter_config(), transform_config()], ..Config::default() };
         config.host.metrics = metrics;
@@ -204,8 +208,37 @@ impl RoutedHost {
         })
     }
 
+    /// Send `messages` one after the other from one task and wait until the
+    /// destination has all of them (read as they arrive: its channel is bounded).
+    pub(super) async fn deliver(&mut self, messages: Vec<Message>) -> Result<(), BenchError> {
+        let count = messages.len();
+        let host = self.host.clone();
+        let sender = tokio::spawn(async move {
+            for message in messages {
+                host.send(message).await?;
+            }
+            Ok::<_, SendError>(())
+        });
+        self.sent += count as u64;
+        let deadline = Duration::from_secs(60) + Duration::from_micros(500u64.saturating_mul(count as u64));
+        let received = tokio::time::timeout(deadline, async {
+            for _ in 0..count {
+                self.delivered.recv_async().await.ok()?;
+            }
+            Some(())
+        });
+        if received.await != Ok(Some(())) {
+            return Err(BenchError::Check(format!(
+                "not all {count} messages reached the destination within {deadline:?}: {:?}",
+                self.host.stats()
+            )));
+        }
+        sender.await.map_err(|err| BenchError::Check(format!("the sender task failed: {err}")))??;
+        Ok(())
+    }
+
     /// Shut down and check that every message sent was delivered, none lost.
-    async fn finish(self) -> Result<(), BenchError> {
+    pub(super) async fn finish(self) -> Result<(), BenchError> {
         self.host.shutdown().await;
         let stats = self.host.stats();
         match stats.accepted == self.sent && stats.delivered == self.sent && stats.settled() == self.sent {
@@ -217,10 +250,10 @@ impl RoutedHost {
 
 /// A temporary plugin directory holding the two plugins under their names;
 /// removed on drop.
-pub(super) struct PluginDir(PathBuf);
+pub(super) struct PluginDir(pub(super) PathBuf);
 
 impl PluginDir {
-    fn new(plugins: &BenchPlugins) -> Result<PluginDir, BenchError> {
+    pub(super) fn new(plugins: &BenchPlugins) -> Result<PluginDir, BenchError> {
         let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let dir = PluginDir(dir);

@@ -49,7 +49,7 @@ pub(super) fn transform_config() -> PluginConfig {
 }
 
 /// An instance of the plugin at `path`, configured by `config`.
-fn instantiate(
+pub(super) fn instantiate(
     engine: &PluginEngine,
     path: &Path,
     config: &PluginConfig,
@@ -100,17 +100,25 @@ fn filter_calls(
 ) -> Result<Sample, BenchError> {
     let batch = vec![message.clone(); count];
     let mut buffer = Vec::new();
-    ns_per_unit(count, || {
-        buffer.clear();
-        for (index, message) in batch.iter().enumerate() {
-            message.encode(&mut buffer, index as u32, false);
-        }
-        let decisions = instance.filter(&buffer)?;
-        match decisions.iter().filter(|d| matches!(d, Ok(Verdict::Keep))).count() == count {
-            true => Ok(()),
-            false => Err(BenchError::Check(format!("{FILTER} did not keep every message: {decisions:?}"))),
-        }
-    })
+    ns_per_unit(count, || filter_call(instance, &batch, &mut buffer))
+}
+
+/// One filter call over `batch` as the pipeline makes it: the heads encoded
+/// into `buffer`, the call, every decision read (each must keep).
+pub(super) fn filter_call(
+    instance: &mut PluginInstance,
+    batch: &[Message],
+    buffer: &mut Vec<u8>,
+) -> Result<(), BenchError> {
+    buffer.clear();
+    for (index, message) in batch.iter().enumerate() {
+        message.encode(buffer, index as u32, false);
+    }
+    let decisions = instance.filter(buffer)?;
+    match decisions.iter().filter(|d| matches!(d, Ok(Verdict::Keep))).count() == batch.len() {
+        true => Ok(()),
+        false => Err(BenchError::Check(format!("{FILTER} did not keep every message: {decisions:?}"))),
+    }
 }
 
 /// `redact-transform` on the JSON order; `library` is the same plugin built
@@ -158,30 +166,40 @@ fn transform_calls(
     let batch = vec![message.clone(); count];
     let mut buffer = Vec::new();
     let mut checked = false;
-    ns_per_unit(count, || {
-        buffer.clear();
-        for (index, message) in batch.iter().enumerate() {
-            message.encode(&mut buffer, index as u32, true);
+    ns_per_unit(count, || transform_call(instance, &batch, &mut buffer, &mut checked))
+}
+
+/// One transform call over `batch` as the pipeline makes it: the messages
+/// encoded into `buffer`, the call, every output decoded into a [`Message`]
+/// (the first one checked for the redaction, unless `checked` already).
+pub(super) fn transform_call(
+    instance: &mut PluginInstance,
+    batch: &[Message],
+    buffer: &mut Vec<u8>,
+    checked: &mut bool,
+) -> Result<(), BenchError> {
+    buffer.clear();
+    for (index, message) in batch.iter().enumerate() {
+        message.encode(buffer, index as u32, true);
+    }
+    let out = instance.transform(buffer)?;
+    if let Some((index, error)) = out.errors.first() {
+        return Err(BenchError::Check(format!("{TRANSFORM} failed on message {index}: {error}")));
+    }
+    let mut outputs = 0;
+    for output in switchyard_wire::decode(&out.messages) {
+        let output = output.map_err(|err| BenchError::Check(format!("{TRANSFORM}: {err}")))?;
+        let output = std::hint::black_box(Message::from_wire(&output));
+        if !*checked {
+            check_redacted(&output)?;
+            *checked = true;
         }
-        let out = instance.transform(&buffer)?;
-        if let Some((index, error)) = out.errors.first() {
-            return Err(BenchError::Check(format!("{TRANSFORM} failed on message {index}: {error}")));
-        }
-        let mut outputs = 0;
-        for output in switchyard_wire::decode(&out.messages) {
-            let output = output.map_err(|err| BenchError::Check(format!("{TRANSFORM}: {err}")))?;
-            let output = std::hint::black_box(Message::from_wire(&output));
-            if !checked {
-                check_redacted(&output)?;
-                checked = true;
-            }
-            outputs += 1;
-        }
-        match outputs == count {
-            true => Ok(()),
-            false => Err(BenchError::Check(format!("{TRANSFORM}: {outputs} outputs for {count} inputs"))),
-        }
-    })
+        outputs += 1;
+    }
+    match outputs == batch.len() {
+        true => Ok(()),
+        false => Err(BenchError::Check(format!("{TRANSFORM}: {outputs} outputs for {} inputs", batch.len()))),
+    }
 }
 
 pub(super) fn check_redacted(output: &Message) -> Result<(), BenchError> {

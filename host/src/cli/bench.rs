@@ -1,8 +1,9 @@
 //! `switchyard bench --filter F.wasm --transform T.wasm [--native-filter F.so
-//! --native-transform T.so]`: the standard benchmark.
+//! --native-transform T.so]`: the standard benchmark; with `--instructions N`,
+//! the instruction-count guard's cases instead.
 
 use std::path::PathBuf;
-use switchyard::bench::{BenchPlugins, BenchSettings, run_with};
+use switchyard::bench::{BenchPlugins, BenchSettings, CASES, count_instructions, run_with};
 
 /// Run the benchmark on this (plain) thread and print its report, as a table
 /// or as JSON.
@@ -18,5 +19,14 @@ pub fn bench(
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => println!("{report}"),
     }
+    Ok(())
+}
+
+/// Run the instruction-count guard's cases `iterations` times each, for
+/// callgrind to count between the markers, and say which ran.
+pub fn instructions((filter, transform): (PathBuf, PathBuf), iterations: usize) -> anyhow::Result<()> {
+    let plugins = BenchPlugins { filter, transform, native_libraries: None };
+    count_instructions(&plugins, iterations)?;
+    println!("{} x {iterations}", CASES.join(", "));
     Ok(())
 }

@@ -84,6 +84,11 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead of timing, run the instruction-count guard's cases (one filter call, one transform
+        /// call, one routed message) this many times each between marker functions, for callgrind
+        /// (`scripts/instructions`).
+        #[arg(long, conflicts_with_all = ["native_filter", "json"])]
+        instructions: Option<usize>,
     },
 }
 
@@ -160,7 +165,10 @@ impl Command {
             }
             Command::Spool { command: SpoolCommand::Inspect { state_dir } } => spool::inspect(&state_dir),
             Command::Spool { command: SpoolCommand::Drain { state_dir } } => spool::drain(&state_dir),
-            Command::Bench { filter, transform, native_filter, native_transform, messages, json } => {
+            Command::Bench { filter, transform, instructions: Some(iterations), .. } => {
+                bench::instructions((filter, transform), iterations)
+            }
+            Command::Bench { filter, transform, native_filter, native_transform, messages, json, .. } => {
                 let native_libraries = native_filter.zip(native_transform);
                 bench::bench((filter, transform), native_libraries, messages, json)
             }

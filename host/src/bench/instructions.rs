@@ -1,0 +1,91 @@
+//! The work the instruction-count guard measures (`scripts/instructions`):
+//! one unbatched filter call, one unbatched transform call, and messages
+//! through the routed pipeline (WASM header filter → redact transform →
+//! memory destination), each repeated `iterations` times between two marker
+//! functions.
+//!
+//! Run under callgrind with `--zero-before='*instructions_begin*'` and
+//! `--dump-before='*instructions_end*'`, the counters are zeroed as a case
+//! starts and written out as it ends, over every thread of the process: the
+//! engine's start-up, plugin compiles, host builds and warm-up calls never
+//! count. Dumps come in [`CASES`] order. Run natively, the same work is done
+//! and checked, so a broken case fails before it is counted.
+
+use super::routed::{PluginDir, RoutedHost, Stages};
+use super::stage::{
+    filter_call, filter_config, instantiate, order_message, transform_call, transform_config,
+};
+use super::*;
+
+/// The measured cases, in the order they run (and callgrind dumps them).
+pub const CASES: [&str; 3] = ["filter_call", "transform_call", "routed_message"];
+
+/// Iterations of each case that run before its counters are zeroed: the
+/// first calls grow instance memory and fill caches that a steady host has.
+const WARM_UP: usize = 200;
+
+/// Run every case in [`CASES`] order, `iterations` times each (one call, or
+/// one message routed), between [`instructions_begin`] and [`instructions_end`].
+pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(), BenchError> {
+    if iterations == 0 {
+        return Err(BenchError::Check("the instruction count needs at least one iteration".into()));
+    }
+    let engine = PluginEngine::new(None)?;
+    let message = order_message(vec![b'x'; 64]);
+    let mut filter = instantiate(&engine, &plugins.filter, &filter_config())?;
+    let (batch, mut buffer) = (vec![message], Vec::new());
+    measured(CASES[0], iterations, || filter_call(&mut filter, &batch, &mut buffer))?;
+
+    let mut transform = instantiate(&engine, &plugins.transform, &transform_config())?;
+    let (batch, mut checked) = (vec![order_message(ORDER)], false);
+    measured(CASES[1], iterations, || transform_call(&mut transform, &batch, &mut buffer, &mut checked))?;
+
+    let dir = PluginDir::new(plugins)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut host = RoutedHost::start(&dir.0, Stages::Wasm, true).await?;
+        let orders = |count: usize| (0..count).map(|_| order_message(ORDER)).collect::<Vec<_>>();
+        host.deliver(orders(WARM_UP)).await?;
+        let messages = orders(iterations);
+        instructions_begin(CASES[2]);
+        let delivered = host.deliver(messages).await;
+        instructions_end(CASES[2]);
+        delivered?;
+        host.finish().await
+    })
+}
+
+/// Warm up, then run `step` `iterations` times between the markers.
+fn measured(
+    case: &'static str,
+    iterations: usize,
+    mut step: impl FnMut() -> Result<(), BenchError>,
+) -> Result<(), BenchError> {
+    for _ in 0..WARM_UP {
+        step()?;
+    }
+    instructions_begin(case);
+    let mut result = Ok(());
+    for _ in 0..iterations {
+        result = step();
+        if result.is_err() {
+            break;
+        }
+    }
+    instructions_end(case);
+    result
+}
+
+/// Where a case starts: callgrind zeroes its counters on entry. Never
+/// inlined, and unlike [`instructions_end`] in its body, so that neither is
+/// folded into the other.
+#[inline(never)]
+pub fn instructions_begin(case: &'static str) {
+    std::hint::black_box((0x5359_0001_u32, case));
+}
+
+/// Where a case ends: callgrind dumps its counters on entry.
+#[inline(never)]
+pub fn instructions_end(case: &'static str) {
+    std::hint::black_box((0x5359_0002_u32, case.len()));
+}
