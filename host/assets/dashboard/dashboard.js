@@ -98,28 +98,32 @@ function renderDestinations(destinations) {
 
 async function renderAlerts() {
   const box = $("alerts");
-  const response = await api("/v1/alerts");
-  if (response.status === 404) {
-    box.dataset.state = "absent";
-    box.replaceChildren(el("p", "This host has no alert rules endpoint (GET /v1/alerts answered 404)."));
-    return;
-  }
-  if (!response.ok) throw new Error("/v1/alerts answered " + response.status);
-  const body = await response.json();
-  const alerts = Array.isArray(body) ? body : body.alerts || [];
+  const { alerts } = await json("/v1/alerts");
   box.dataset.state = "present";
-  if (!alerts.length) return box.replaceChildren(el("p", "No alerts."));
+  if (!alerts.length) return box.replaceChildren(el("p", "No alert rules."));
   const list = el("ul");
   for (const alert of alerts) {
-    const name = alert.name || alert.rule || alert.id;
-    const detail = Object.entries(alert).filter(([key]) => !["name", "rule", "state", "severity"].includes(key))
-      .map(([key, value]) => key + "=" + (typeof value === "object" ? JSON.stringify(value) : value)).join(" ");
-    const item = el("li", null, { "data-alert": String(name), "data-state": String(alert.state) });
-    item.append(el("strong", name + " "), el("span", (alert.state || "") + " ", { class: alert.state === "firing" ? "bad" : "" }),
-      el("span", (alert.severity ? "[" + alert.severity + "] " : "") + detail));
+    const item = el("li", null,
+      { "data-alert": alert.id, "data-state": alert.state, "data-acknowledged": String(alert.acknowledged) });
+    const since = alert.since ? " since " + new Date(alert.since).toLocaleTimeString() : "";
+    item.append(el("strong", alert.name + " "),
+      el("span", alert.state + (alert.acknowledged ? " (acknowledged)" : "") + " ",
+        { class: alert.state === "firing" && !alert.acknowledged ? "bad" : "" }),
+      el("span", "[" + alert.severity + "] " + alert.when + " · value " + (alert.value ?? "–") + since));
+    if (alert.state === "firing" && !alert.acknowledged) {
+      const button = el("button", "Acknowledge", { type: "button", "data-ack": alert.id });
+      button.addEventListener("click", () => acknowledge(alert.id).catch(failed));
+      item.append(" ", button);
+    }
     list.append(item);
   }
   box.replaceChildren(list);
+}
+
+async function acknowledge(id) {
+  const response = await api("/v1/alerts/" + encodeURIComponent(id) + "/ack", { method: "POST" });
+  if (!response.ok) status("⚠ " + ((await response.json()).error || "acknowledging " + id + " failed"));
+  await renderAlerts();
 }
 
 // The plot: accepted and dead-lettered msgs/s on the left scale, mean latency on the right.
