@@ -73,12 +73,19 @@ async fn a_wss_server_that_goes_away_and_comes_back_loses_nothing() {
     goes_away_and_comes_back(Some(pki.acceptor.clone()), &pki.trusted()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_untrusted_certificate_dead_letters_each_message_naming_the_tls_failure() {
+/// A wss server whose certificate comes from a CA the host is not told to trust: the
+/// server's PKI (kept alive beside it), the PKI the host trusts, and the server.
+async fn untrusted_server() -> (Pki, Pki, Server) {
     let (served, trusted) = (Pki::new("a stranger CA"), Pki::new("the trusted CA"));
     let server =
         Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), Some(served.acceptor.clone()))
             .await;
+    (served, trusted, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_dead_letters_each_message_naming_the_tls_failure() {
+    let (_served, trusted, server) = untrusted_server().await;
     let dir = plugin_dir(&[]);
     let options = format!(", frames = \"envelope\"{}", trusted.trusted());
     // One attempt each: between handshakes the endpoint backs off (100 ms doubling), and messages wait.
@@ -106,10 +113,7 @@ async fn an_untrusted_certificate_dead_letters_each_message_naming_the_tls_failu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_probe_of_an_untrusted_server_fails_naming_the_tls_failure() {
-    let (served, trusted) = (Pki::new("a stranger CA"), Pki::new("the trusted CA"));
-    let server =
-        Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), Some(served.acceptor.clone()))
-            .await;
+    let (_served, trusted, server) = untrusted_server().await;
     let dir = plugin_dir(&[]);
     let options = format!(", frames = \"envelope\"{}", trusted.trusted());
     let host = host(dir.path(), &config(server.addr, &options)).await;
