@@ -13,7 +13,7 @@
 
 use super::routed::{PluginDir, RoutedHost, Stages};
 use super::stage::{
-    filter_call, filter_config, instantiate, order_message, transform_call, transform_config,
+    check_redacted, filter_call, filter_config, instantiate, order_message, transform_call, transform_config,
 };
 use super::*;
 
@@ -38,7 +38,9 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
 
     let mut transform = instantiate(&engine, &plugins.transform, &transform_config())?;
     let (batch, mut checked) = (vec![order_message(ORDER)], false);
-    measured(CASES[1], iterations, || transform_call(&mut transform, &batch, &mut buffer, &mut checked))?;
+    measured(CASES[1], iterations, || {
+        transform_call(&mut transform, &batch, &mut buffer, &mut checked, check_redacted)
+    })?;
 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

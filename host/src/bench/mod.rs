@@ -17,6 +17,7 @@ use crate::destination::MemoryDestination;
 use crate::host::{BuildError, Host, SendError};
 use crate::message::{Message, Verdict};
 mod instructions;
+mod latency;
 mod native;
 mod report;
 mod routed;
@@ -26,10 +27,11 @@ use crate::plugin::{
     EngineError, LoadError, PluginEngine, PluginError, PluginFault, PluginInstance, load_file,
 };
 pub use instructions::{CASES, count_instructions, instructions_begin, instructions_end};
+pub use latency::Latency;
 use report::targets;
 use routed::routed;
 use serde::Serialize;
-use stage::{filter_costs, transform_cost};
+use stage::{filter_costs, stamp_costs, transform_cost};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,6 +51,9 @@ const SENDERS: usize = 2;
 
 const FILTER: &str = "header-filter";
 const TRANSFORM: &str = "redact-transform";
+const STAMP: &str = "stamp-transform";
+/// Payload bytes of the messages the stamp pipeline routes.
+const STAMP_PAYLOAD: usize = 256;
 /// The transform's input: a ~200 B order whose `card` gets redacted. Keys are
 /// sorted, so the plugin and the native stage serialize it identically.
 const ORDER: &str = concat!(
@@ -67,6 +72,9 @@ pub struct BenchPlugins {
     /// The same two plugins built as native libraries (filter, transform),
     /// to measure their calls too.
     pub native_libraries: Option<(PathBuf, PathBuf)>,
+    /// The `stamp-transform` plugin (.wasm), to measure the cheap-transform
+    /// pipeline and the transform at 64 KiB, when given.
+    pub stamp: Option<PathBuf>,
 }
 
 /// How much work to measure.
@@ -74,11 +82,13 @@ pub struct BenchPlugins {
 pub struct BenchSettings {
     /// Messages per timed run of the routed pipeline.
     pub messages: usize,
+    /// How long to measure latency at half the routed maximum; none when zero.
+    pub latency: Duration,
 }
 
 impl Default for BenchSettings {
     fn default() -> Self {
-        BenchSettings { messages: DEFAULT_MESSAGES }
+        BenchSettings { messages: DEFAULT_MESSAGES, latency: Duration::ZERO }
     }
 }
 
@@ -173,6 +183,11 @@ pub struct Routed {
     pub no_stages_msgs_per_sec: Sample,
     /// `wasm / native`, of the medians.
     pub wasm_to_native: f64,
+    /// Messages per second with the WASM filter and the stamp transform, on
+    /// 256 B payloads (when the stamp plugin was given).
+    pub stamp_msgs_per_sec: Option<Sample>,
+    /// CPU time the whole process spent per message on that pipeline.
+    pub stamp_cpu_ns_per_message: Option<Sample>,
     /// CPU time the whole process spent per message (WASM, native, no
     /// stages): unlike messages per second, it does not move when the
     /// pipeline's threads wait for a core.
@@ -227,8 +242,12 @@ pub struct Report {
     pub filter_large: StageCost,
     /// `redact-transform` on a ~200 B JSON order.
     pub transform: StageCost,
+    /// `stamp-transform` on 256 B and on 64 KiB payloads (when given).
+    pub stamp: Option<[StageCost; 2]>,
     /// Whole-pipeline throughput.
     pub routed: Routed,
+    /// Send-to-delivery latency at half the routed maximum (when asked).
+    pub latency: Option<Latency>,
     /// The targets, each met or not.
     pub targets: Vec<Target>,
 }
@@ -250,8 +269,23 @@ pub fn run_with(plugins: &BenchPlugins, settings: &BenchSettings) -> Result<Repo
         filter_costs(&engine, &plugins.filter, libraries.map(|(filter, _)| filter.as_path()))?;
     let transform =
         transform_cost(&engine, &plugins.transform, libraries.map(|(_, transform)| transform.as_path()))?;
+    let stamp = plugins.stamp.as_deref().map(|path| stamp_costs(&engine, path)).transpose()?;
     let routed = routed(plugins, settings.messages)?;
+    let latency = match settings.latency.is_zero() {
+        true => None,
+        false => Some(latency::latency(plugins, &routed, settings.latency)?),
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let targets = targets(&[&filter_small, &filter_large], &routed, cores);
-    Ok(Report { cores, batch_size: BATCH, filter_small, filter_large, transform, routed, targets })
+    let report = Report {
+        cores,
+        batch_size: BATCH,
+        filter_small,
+        filter_large,
+        transform,
+        stamp,
+        routed,
+        latency,
+        targets: Vec::new(),
+    };
+    Ok(Report { targets: targets(&report), ..report })
 }

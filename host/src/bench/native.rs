@@ -30,3 +30,10 @@ pub(super) fn native_transform(message: &Message) -> Result<Vec<Message>, Plugin
     output.set_header("x-transformed-by", TRANSFORM);
     Ok(vec![output])
 }
+
+/// The native twin of `stamp-transform` with `stamp=stamp-transform`.
+pub(super) fn native_stamp(message: &Message) -> Result<Vec<Message>, PluginError> {
+    let mut output = message.clone();
+    output.set_header("x-stamp", STAMP);
+    Ok(vec![output])
+}

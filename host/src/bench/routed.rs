@@ -1,7 +1,9 @@
 //! Routed throughput: the whole host pipeline, WASM stages against native ones.
 
 use super::native::{native_filter, native_transform};
-use super::stage::{check_redacted, filter_config, order_message, transform_config};
+use super::stage::{
+    check_redacted, check_stamped, filter_config, order_message, stamp_config, transform_config,
+};
 use super::*;
 
 /// What the routed pipeline runs between admission and delivery.
@@ -9,6 +11,8 @@ use super::*;
 pub(super) enum Stages {
     /// The two plugins.
     Wasm,
+    /// The filter plugin and the stamp transform plugin, on 256 B payloads.
+    Stamp,
     /// Their native twins.
     Native,
     /// Nothing: the route goes straight to the destination.
@@ -17,9 +21,11 @@ pub(super) enum Stages {
 
 /// A host routing `orders.*` through its [`Stages`] into a memory destination.
 pub(super) struct RoutedHost {
-    host: Host,
-    delivered: flume::Receiver<Message>,
+    pub(super) host: Host,
+    pub(super) delivered: flume::Receiver<Message>,
     sent: u64,
+    /// The payload of the messages its timed runs send.
+    payload: bytes::Bytes,
 }
 
 /// Throughput of the three pipelines, each with metrics on and off, built
@@ -61,6 +67,10 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
                 cpu[index].push(run.cpu_ns_per_message);
             }
         }
+        let stamp = match &plugins.stamp {
+            None => None,
+            Some(_) => Some(stamp_runs(&dir.0, messages, warm_up).await?),
+        };
         for host in hosts {
             host.finish().await?;
         }
@@ -82,6 +92,8 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             senders: SENDERS,
             wasm_to_native: wasm.median / native.median,
+            stamp_cpu_ns_per_message: stamp.as_ref().map(|(_, cpu)| cpu.clone()),
+            stamp_msgs_per_sec: stamp.map(|(rates, _)| rates),
             wasm_msgs_per_sec: wasm,
             native_msgs_per_sec: native,
             no_stages_msgs_per_sec: none,
@@ -89,6 +101,21 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
             metrics_off,
         })
     })
+}
+
+/// The stamp pipeline's rates and CPU time per message, over its own
+/// [`ROUTED_RUNS`] timed runs.
+async fn stamp_runs(dir: &Path, messages: usize, warm_up: usize) -> Result<(Sample, Sample), BenchError> {
+    let mut host = RoutedHost::start(dir, Stages::Stamp, true).await?;
+    check_stamped(&host.timed_run(warm_up).await?.delivered)?;
+    let (mut rates, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..ROUTED_RUNS {
+        let run = host.timed_run(messages).await?;
+        rates.push(run.msgs_per_sec);
+        cpu.push(run.cpu_ns_per_message);
+    }
+    host.finish().await?;
+    Ok((Sample::new(rates), Sample::new(cpu)))
 }
 
 /// What `on` costs over `off`, percent of `off`: the median over the rounds
@@ -121,12 +148,12 @@ impl MetricsOff {
 }
 
 /// One timed run of a routed pipeline.
-struct Run {
+pub(super) struct Run {
     msgs_per_sec: f64,
     /// CPU time of the whole process (every thread) per message.
     cpu_ns_per_message: f64,
     /// One of the messages delivered.
-    delivered: Message,
+    pub(super) delivered: Message,
 }
 
 impl RoutedHost {
@@ -136,7 +163,8 @@ impl RoutedHost {
         metrics: bool,
     ) -> Result<RoutedHost, BenchError> {
         let (out, delivered) = MemoryDestination::new();
-        let mut config = Config { plugins: vec![filter_config(), transform_config()], ..Config::default() };
+        let plugins = vec![filter_config(), transform_config(), stamp_config()];
+        let mut config = Config { plugins, ..Config::default() };
         config.host.metrics = metrics;
         // Steady state is measured: no watcher thread, no compile cache on disk.
         config.host.watch = false;
@@ -145,8 +173,10 @@ impl RoutedHost {
             Host::builder().config("<bench>", config).plugin_dir(plugin_dir).destination("out", out);
         let route = RouteConfig::new("orders", "orders.*", "out");
         let builder = match stages {
-            Stages::Wasm => {
-                builder.route(route.stage("filter:header-filter").stage("transform:redact-transform"))
+            Stages::Wasm => builder
+                .route(route.stage(&format!("filter:{FILTER}")).stage(&format!("transform:{TRANSFORM}"))),
+            Stages::Stamp => {
+                builder.route(route.stage(&format!("filter:{FILTER}")).stage(&format!("transform:{STAMP}")))
             }
             Stages::Native => builder
                 .filter("native-filter", native_filter)
@@ -158,14 +188,20 @@ impl RoutedHost {
         if let Some(error) = host.load_errors().first() {
             return Err(BenchError::Check(format!("a plugin did not load: {error}")));
         }
-        Ok(RoutedHost { host, delivered, sent: 0 })
+        let payload = match stages {
+            Stages::Stamp => bytes::Bytes::from(vec![b'x'; STAMP_PAYLOAD]),
+            _ => bytes::Bytes::from_static(ORDER.as_bytes()),
+        };
+        Ok(RoutedHost { host, delivered, sent: 0, payload })
     }
 
     /// Send `messages` from [`SENDERS`] tasks and time until the destination
     /// has all of them, by the clock and by the process's CPU time.
-    async fn timed_run(&mut self, messages: usize) -> Result<Run, BenchError> {
+    pub(super) async fn timed_run(&mut self, messages: usize) -> Result<Run, BenchError> {
         let shares: Vec<Vec<Message>> = (0..SENDERS)
-            .map(|sender| (sender..messages).step_by(SENDERS).map(|_| order_message(ORDER)).collect())
+            .map(|sender| {
+                (sender..messages).step_by(SENDERS).map(|_| order_message(self.payload.clone())).collect()
+            })
             .collect();
         let (started, cpu) = (Instant::now(), cpu_time::ProcessTime::now());
         let senders: Vec<_> = shares
@@ -237,6 +273,16 @@ impl RoutedHost {
         Ok(())
     }
 
+    /// The payload its messages carry.
+    pub(super) fn payload(&self) -> bytes::Bytes {
+        self.payload.clone()
+    }
+
+    /// Count `messages` more sent by the caller through [`RoutedHost::host`].
+    pub(super) fn count_sent(&mut self, messages: u64) {
+        self.sent += messages;
+    }
+
     /// Shut down and check that every message sent was delivered, none lost.
     pub(super) async fn finish(self) -> Result<(), BenchError> {
         self.host.shutdown().await;
@@ -259,6 +305,9 @@ impl PluginDir {
         let dir = PluginDir(dir);
         std::fs::copy(&plugins.filter, dir.0.join(format!("{FILTER}.wasm")))?;
         std::fs::copy(&plugins.transform, dir.0.join(format!("{TRANSFORM}.wasm")))?;
+        if let Some(stamp) = &plugins.stamp {
+            std::fs::copy(stamp, dir.0.join(format!("{STAMP}.wasm")))?;
+        }
         Ok(dir)
     }
 }

@@ -1,6 +1,6 @@
 //! Per-stage costs: one plugin called directly, unbatched and batched.
 
-use super::native::{native_filter, native_transform};
+use super::native::{native_filter, native_stamp, native_transform};
 use super::*;
 
 /// Nanoseconds per unit of `step`, which handles `units` units a call.
@@ -46,6 +46,11 @@ pub(super) fn filter_config() -> PluginConfig {
 
 pub(super) fn transform_config() -> PluginConfig {
     plugin_config(TRANSFORM, &[("fields", "card")])
+}
+
+/// `stamp-transform`, stamping its own name.
+pub(super) fn stamp_config() -> PluginConfig {
+    plugin_config(STAMP, &[("stamp", STAMP)])
 }
 
 /// An instance of the plugin at `path`, configured by `config`.
@@ -132,51 +137,93 @@ pub(super) fn transform_cost(
     let measure = |path: &Path| -> Result<CallCost, BenchError> {
         let mut instance = instantiate(engine, path, &transform_config())?;
         Ok(CallCost {
-            unbatched_ns: transform_calls(&mut instance, &message, 1)?,
-            batched_ns_per_message: transform_calls(&mut instance, &message, BATCH)?,
+            unbatched_ns: transform_calls(&mut instance, &message, 1, check_redacted)?,
+            batched_ns_per_message: transform_calls(&mut instance, &message, BATCH, check_redacted)?,
         })
     };
     let component = measure(path)?;
     let native_library = library.map(measure).transpose()?;
     check_redacted(&native_transform(&message).map_err(|err| BenchError::Check(err.to_string()))?[0])?;
-    let native_ns_per_message = ns_per_unit(1, || match native_transform(std::hint::black_box(&message)) {
-        Ok(outputs) if outputs.len() == 1 => {
-            std::hint::black_box(outputs);
-            Ok(())
-        }
-        other => Err(BenchError::Check(format!("the native transform made {other:?}"))),
-    })?;
     Ok(StageCost {
         plugin: TRANSFORM,
         payload_bytes: ORDER.len(),
         unbatched_ns: component.unbatched_ns,
         batched_ns_per_message: component.batched_ns_per_message,
-        native_ns_per_message,
+        native_ns_per_message: native_cost(native_transform, &message)?,
         native_library,
     })
 }
 
+/// `stamp-transform` (adds one header, passes the payload on) at 256 B and at
+/// 64 KiB payloads. Its batched calls are split as the pipeline splits them
+/// ([`crate::pipeline::call_sizes`]: a call carries a bounded number of
+/// payload bytes).
+pub(super) fn stamp_costs(engine: &PluginEngine, path: &Path) -> Result<[StageCost; 2], BenchError> {
+    let mut instance = instantiate(engine, path, &stamp_config())?;
+    let mut cost = |payload_bytes: usize| -> Result<StageCost, BenchError> {
+        let message = order_message(vec![b'x'; payload_bytes]);
+        Ok(StageCost {
+            plugin: STAMP,
+            payload_bytes,
+            unbatched_ns: transform_calls(&mut instance, &message, 1, check_stamped)?,
+            batched_ns_per_message: transform_calls(&mut instance, &message, BATCH, check_stamped)?,
+            native_ns_per_message: native_cost(native_stamp, &message)?,
+            native_library: None,
+        })
+    };
+    Ok([cost(STAMP_PAYLOAD)?, cost(64 << 10)?])
+}
+
+/// Nanoseconds per message of the native transform `transform` on `message`.
+fn native_cost(
+    transform: fn(&Message) -> Result<Vec<Message>, PluginError>,
+    message: &Message,
+) -> Result<Sample, BenchError> {
+    ns_per_unit(1, || match transform(std::hint::black_box(message)) {
+        Ok(outputs) if outputs.len() == 1 => {
+            std::hint::black_box(outputs);
+            Ok(())
+        }
+        other => Err(BenchError::Check(format!("the native transform made {other:?}"))),
+    })
+}
+
+/// What a transform's output must show for the benchmark to count it.
+pub(super) type Check = fn(&Message) -> Result<(), BenchError>;
+
 /// Nanoseconds per message of transform calls carrying `count` copies of
-/// `message`, outputs decoded (the first one checked).
+/// `message` (split into calls as the pipeline splits a batch), outputs
+/// decoded (the first one checked by `check`).
 fn transform_calls(
     instance: &mut PluginInstance,
     message: &Message,
     count: usize,
+    check: Check,
 ) -> Result<Sample, BenchError> {
     let batch = vec![message.clone(); count];
+    let sizes = crate::pipeline::call_sizes(batch.iter().map(|message| message.payload.len()));
     let mut buffer = Vec::new();
     let mut checked = false;
-    ns_per_unit(count, || transform_call(instance, &batch, &mut buffer, &mut checked))
+    ns_per_unit(count, || {
+        let mut rest = batch.as_slice();
+        for &size in &sizes {
+            let (call, after) = rest.split_at(size);
+            transform_call(instance, call, &mut buffer, &mut checked, check)?;
+            rest = after;
+        }
+        Ok(())
+    })
 }
 
 /// One transform call over `batch` as the pipeline makes it: the messages
 /// encoded into `buffer`, the call, every output decoded into a [`Message`]
-/// (the first one checked for the redaction, unless `checked` already).
+/// (the first one checked by `check`, unless `checked` already).
 pub(super) fn transform_call(
     instance: &mut PluginInstance,
     batch: &[Message],
     buffer: &mut Vec<u8>,
     checked: &mut bool,
+    check: Check,
 ) -> Result<(), BenchError> {
     buffer.clear();
     for (index, message) in batch.iter().enumerate() {
@@ -184,21 +231,31 @@ pub(super) fn transform_call(
     }
     let out = instance.transform(buffer)?;
     if let Some((index, error)) = out.errors.first() {
-        return Err(BenchError::Check(format!("{TRANSFORM} failed on message {index}: {error}")));
+        return Err(BenchError::Check(format!("the transform failed on message {index}: {error}")));
     }
     let mut outputs = 0;
     for output in switchyard_wire::decode(&out.messages) {
-        let output = output.map_err(|err| BenchError::Check(format!("{TRANSFORM}: {err}")))?;
+        let output = output.map_err(|err| BenchError::Check(format!("the transform's output: {err}")))?;
         let output = std::hint::black_box(Message::from_wire(&output));
         if !*checked {
-            check_redacted(&output)?;
+            check(&output)?;
             *checked = true;
         }
         outputs += 1;
     }
     match outputs == batch.len() {
         true => Ok(()),
-        false => Err(BenchError::Check(format!("{TRANSFORM}: {outputs} outputs for {} inputs", batch.len()))),
+        false => {
+            Err(BenchError::Check(format!("the transform made {outputs} outputs of {} inputs", batch.len())))
+        }
+    }
+}
+
+/// `stamp-transform`'s work shows: the header it adds.
+pub(super) fn check_stamped(output: &Message) -> Result<(), BenchError> {
+    match output.header("x-stamp") == Some(STAMP) {
+        true => Ok(()),
+        false => Err(BenchError::Check(format!("the transform did not stamp: {output:?}"))),
     }
 }
 

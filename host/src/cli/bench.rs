@@ -7,14 +7,8 @@ use switchyard::bench::{BenchPlugins, BenchSettings, CASES, count_instructions, 
 
 /// Run the benchmark on this (plain) thread and print its report, as a table
 /// or as JSON.
-pub fn bench(
-    (filter, transform): (PathBuf, PathBuf),
-    native_libraries: Option<(PathBuf, PathBuf)>,
-    messages: usize,
-    json: bool,
-) -> anyhow::Result<()> {
-    let plugins = BenchPlugins { filter, transform, native_libraries };
-    let report = run_with(&plugins, &BenchSettings { messages })?;
+pub fn bench(plugins: BenchPlugins, settings: BenchSettings, json: bool) -> anyhow::Result<()> {
+    let report = run_with(&plugins, &settings)?;
     match json {
         true => println!("{}", serde_json::to_string_pretty(&report)?),
         false => println!("{report}"),
@@ -25,7 +19,7 @@ pub fn bench(
 /// Run the instruction-count guard's cases `iterations` times each, for
 /// callgrind to count between the markers, and say which ran.
 pub fn instructions((filter, transform): (PathBuf, PathBuf), iterations: usize) -> anyhow::Result<()> {
-    let plugins = BenchPlugins { filter, transform, native_libraries: None };
+    let plugins = BenchPlugins { filter, transform, native_libraries: None, stamp: None };
     count_instructions(&plugins, iterations)?;
     println!("{} x {iterations}", CASES.join(", "));
     Ok(())

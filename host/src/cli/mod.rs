@@ -78,9 +78,17 @@ pub enum Command {
         /// The redact-transform plugin built as a native library, to measure too.
         #[arg(long, requires = "native_filter")]
         native_transform: Option<PathBuf>,
+        /// The stamp-transform plugin (.wasm): measures the header filter + stamp pipeline on
+        /// 256 B payloads and the transform at 64 KiB too.
+        #[arg(long)]
+        stamp: Option<PathBuf>,
         /// Messages per timed run of the routed pipeline.
         #[arg(long, default_value_t = 200_000)]
         messages: usize,
+        /// Also measure send-to-delivery latency for this many seconds at half the routed maximum
+        /// (of the stamp pipeline when `--stamp` is given).
+        #[arg(long, default_value_t = 0)]
+        latency_secs: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -168,9 +176,21 @@ impl Command {
             Command::Bench { filter, transform, instructions: Some(iterations), .. } => {
                 bench::instructions((filter, transform), iterations)
             }
-            Command::Bench { filter, transform, native_filter, native_transform, messages, json, .. } => {
+            Command::Bench {
+                filter,
+                transform,
+                native_filter,
+                native_transform,
+                stamp,
+                messages,
+                latency_secs,
+                json,
+                ..
+            } => {
                 let native_libraries = native_filter.zip(native_transform);
-                bench::bench((filter, transform), native_libraries, messages, json)
+                let plugins = switchyard::bench::BenchPlugins { filter, transform, native_libraries, stamp };
+                let latency = std::time::Duration::from_secs(latency_secs);
+                bench::bench(plugins, switchyard::bench::BenchSettings { messages, latency }, json)
             }
         }
     }

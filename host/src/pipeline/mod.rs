@@ -15,7 +15,7 @@ pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
 pub use stats::Stats;
 pub(crate) use topology::{LastingDestinations, Topology};
-pub(crate) use worker::Worker;
+pub(crate) use worker::{Worker, call_sizes};
 
 use crate::dead_letter::DeadLetterReason;
 use crate::destination::{DeliveryError, DeliveryResult};

@@ -19,6 +19,31 @@ const MAX_OUTPUTS_PER_MESSAGE: usize = 1024;
 /// Headers one message a transform makes may carry, at most.
 const MAX_OUTPUT_HEADERS: usize = 1024;
 
+/// Payload bytes one transform or middleware call carries at most; a message
+/// larger than this goes in a call of its own. A batch of large messages in one
+/// call costs more per message than calls of one: it is copied into guest
+/// memory and out again as a whole, and no longer fits the caches.
+pub(crate) const MAX_CALL_PAYLOAD_BYTES: usize = 64 << 10;
+
+/// How many messages each call takes, in order, when a batch of messages with
+/// these payload sizes is split so that a call carries at most
+/// [`MAX_CALL_PAYLOAD_BYTES`] of payload (and at least one message).
+pub(crate) fn call_sizes(payloads: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut bytes = 0;
+    for payload in payloads {
+        match sizes.last_mut() {
+            Some(size) if bytes + payload <= MAX_CALL_PAYLOAD_BYTES => *size += 1,
+            _ => {
+                sizes.push(1);
+                bytes = 0;
+            }
+        }
+        bytes += payload;
+    }
+    sizes
+}
+
 /// A stage call that either settles every item, or faults and hands them back.
 type BatchCall = fn(
     &mut Worker,
@@ -63,8 +88,10 @@ impl Worker {
         self.checked = Some(plugins.clone());
     }
 
-    /// Run plugin stage `plugin` over `items`. If the call faults on a batch,
-    /// each item is retried alone so one poison message fails only itself.
+    /// Run plugin stage `plugin` over `items`: a filter in one call (it gets no
+    /// payloads), a transform in calls split by [`call_sizes`]. If a call
+    /// faults on several items, each is retried alone so one poison message
+    /// fails only itself.
     pub(crate) fn run_plugin(
         &mut self,
         plugin: &Arc<CompiledPlugin>,
@@ -72,11 +99,23 @@ impl Worker {
         items: Vec<Item>,
     ) -> Vec<Fate> {
         let call: BatchCall = match plugin.kind {
-            crate::plugin::PluginKind::Filter => Worker::filter,
+            crate::plugin::PluginKind::Filter => {
+                return self.isolating(plugin, policy, items, Worker::filter);
+            }
             crate::plugin::PluginKind::Transform => Worker::transform,
             _ => Worker::middleware,
         };
-        self.isolating(plugin, policy, items, call)
+        let sizes = call_sizes(items.iter().map(|item| item.message.payload.len()));
+        if sizes.len() == 1 {
+            return self.isolating(plugin, policy, items, call);
+        }
+        let mut items = items.into_iter();
+        let mut fates = Vec::with_capacity(items.len());
+        for size in sizes {
+            let chunk = items.by_ref().take(size).collect();
+            fates.extend(self.isolating(plugin, policy, chunk, call));
+        }
+        fates
     }
 
     fn isolating(
@@ -373,5 +412,19 @@ pub(crate) fn fault_reason(plugin: &CompiledPlugin, fault: PluginFault) -> DeadL
         plugin: plugin.name.clone(),
         version: plugin.short_version().into(),
         fault,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_CALL_PAYLOAD_BYTES, call_sizes};
+
+    #[test]
+    fn a_call_carries_bounded_payload_bytes_and_at_least_one_message() {
+        assert_eq!(call_sizes([256; 64]), vec![64], "small messages go in one call");
+        assert_eq!(call_sizes([64 << 10; 3]), vec![1, 1, 1], "a call of 64 KiB is full");
+        assert_eq!(call_sizes([MAX_CALL_PAYLOAD_BYTES * 2, 10, 10]), vec![1, 2], "a larger one goes alone");
+        assert_eq!(call_sizes([40 << 10, 30 << 10, 20 << 10, 1]), vec![1, 3]);
+        assert_eq!(call_sizes([]), Vec::<usize>::new());
     }
 }
