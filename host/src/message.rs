@@ -97,6 +97,13 @@ impl Message {
     /// for it (a transform's first output, a middleware's forward).
     pub(crate) fn inherit_ids(&mut self, original: &Message) {
         self.id = original.id;
+        let mut ids = self.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
+        if let (Some((name, id)), None) = (ids.next(), ids.next())
+            && name == ID_HEADER
+            && Some(id.as_str()) == original.unique_id()
+        {
+            return;
+        }
         match original.unique_id() {
             Some(id) => self.set_header(ID_HEADER, id),
             None => self.headers.retain(|(key, _)| !key.eq_ignore_ascii_case(ID_HEADER)),
@@ -130,5 +137,35 @@ impl Message {
             payload: Bytes::copy_from_slice(message.payload.unwrap_or_default()),
             priority: message.priority,
         }
+    }
+
+    /// Build an owned message from a transform's output `message` made of
+    /// `input`, taking from `input` what the output left as it was rather than
+    /// copying it: the topic and the headers (but the id header) where they
+    /// are unchanged are moved out of `input`, an unchanged payload is shared.
+    /// `input` keeps its ids; the rest of it may be left empty.
+    pub(crate) fn from_wire_reusing(message: &switchyard_wire::MessageRef<'_>, input: &mut Message) -> Self {
+        let topic = match message.topic == input.topic {
+            true => std::mem::take(&mut input.topic),
+            false => message.topic.to_owned(),
+        };
+        let headers = message
+            .headers()
+            .enumerate()
+            .map(|(index, (name, value))| match input.headers.get_mut(index) {
+                Some((same_name, same_value))
+                    if same_name == name && same_value == value && !name.eq_ignore_ascii_case(ID_HEADER) =>
+                {
+                    (std::mem::take(same_name), std::mem::take(same_value))
+                }
+                _ => (name.to_owned(), value.to_owned()),
+            })
+            .collect();
+        let payload = message.payload.unwrap_or_default();
+        let payload = match payload == &input.payload[..] {
+            true => input.payload.clone(),
+            false => Bytes::copy_from_slice(payload),
+        };
+        Message { id: message.id, topic, headers, payload, priority: message.priority }
     }
 }

@@ -17,8 +17,9 @@ use super::stage::{
 };
 use super::*;
 
-/// The measured cases, in the order they run (and callgrind dumps them).
-pub const CASES: [&str; 3] = ["filter_call", "transform_call", "routed_message"];
+/// The measured cases, in the order they run (and callgrind dumps them); the
+/// last runs only when the stamp plugin is given.
+pub const CASES: [&str; 4] = ["filter_call", "transform_call", "routed_message", "routed_stamp"];
 
 /// Iterations of each case that run before its counters are zeroed: the
 /// first calls grow instance memory and fill caches that a steady host has.
@@ -44,17 +45,35 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut host = RoutedHost::start(&dir.0, Stages::Wasm, true).await?;
-        let orders = |count: usize| (0..count).map(|_| order_message(ORDER)).collect::<Vec<_>>();
-        host.deliver(orders(WARM_UP)).await?;
-        let messages = orders(iterations);
-        instructions_begin(CASES[2]);
-        let delivered = host.deliver(messages).await;
-        instructions_end(CASES[2]);
-        delivered?;
-        host.finish().await
-    })
+    runtime.block_on(routed_case(&dir, Stages::Wasm, ORDER.as_bytes(), CASES[2], iterations))?;
+    match plugins.stamp {
+        Some(_) => {
+            let payload = [b'x'; STAMP_PAYLOAD];
+            runtime.block_on(routed_case(&dir, Stages::Stamp, &payload, CASES[3], iterations))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Route `iterations` messages carrying `payload` through a host running
+/// `stages`, counted as `case`.
+async fn routed_case(
+    dir: &PluginDir,
+    stages: Stages,
+    payload: &[u8],
+    case: &'static str,
+    iterations: usize,
+) -> Result<(), BenchError> {
+    let mut host = RoutedHost::start(&dir.0, stages, true).await?;
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
+    host.deliver(messages(WARM_UP)).await?;
+    let messages = messages(iterations);
+    instructions_begin(case);
+    let delivered = host.deliver(messages).await;
+    instructions_end(case);
+    delivered?;
+    host.finish().await
 }
 
 /// Warm up, then run `step` `iterations` times between the markers.

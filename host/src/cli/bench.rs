@@ -2,7 +2,6 @@
 //! --native-transform T.so]`: the standard benchmark; with `--instructions N`,
 //! the instruction-count guard's cases instead.
 
-use std::path::PathBuf;
 use switchyard::bench::{BenchPlugins, BenchSettings, CASES, count_instructions, run_with};
 
 /// Run the benchmark on this (plain) thread and print its report, as a table
@@ -18,9 +17,12 @@ pub fn bench(plugins: BenchPlugins, settings: BenchSettings, json: bool) -> anyh
 
 /// Run the instruction-count guard's cases `iterations` times each, for
 /// callgrind to count between the markers, and say which ran.
-pub fn instructions((filter, transform): (PathBuf, PathBuf), iterations: usize) -> anyhow::Result<()> {
-    let plugins = BenchPlugins { filter, transform, native_libraries: None, stamp: None };
+pub fn instructions(plugins: BenchPlugins, iterations: usize) -> anyhow::Result<()> {
+    let cases = match plugins.stamp {
+        Some(_) => &CASES[..],
+        None => &CASES[..CASES.len() - 1],
+    };
     count_instructions(&plugins, iterations)?;
-    println!("{} x {iterations}", CASES.join(", "));
+    println!("{} x {iterations}", cases.join(", "));
     Ok(())
 }

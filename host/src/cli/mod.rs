@@ -173,8 +173,10 @@ impl Command {
             }
             Command::Spool { command: SpoolCommand::Inspect { state_dir } } => spool::inspect(&state_dir),
             Command::Spool { command: SpoolCommand::Drain { state_dir } } => spool::drain(&state_dir),
-            Command::Bench { filter, transform, instructions: Some(iterations), .. } => {
-                bench::instructions((filter, transform), iterations)
+            Command::Bench { filter, transform, stamp, instructions: Some(iterations), .. } => {
+                let plugins =
+                    switchyard::bench::BenchPlugins { filter, transform, native_libraries: None, stamp };
+                bench::instructions(plugins, iterations)
             }
             Command::Bench {
                 filter,

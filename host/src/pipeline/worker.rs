@@ -233,39 +233,13 @@ impl Worker {
             Ok(out) => out,
             Err(fault) => return Err((items, fault)),
         };
-        let mut outputs: Vec<Vec<Message>> = items.iter().map(|_| Vec::new()).collect();
-        let max_message_bytes = self.max_message_bytes;
+        // Every output is checked before any is built: a fault hands the
+        // items back untouched, to be retried one by one.
+        let mut checked = Vec::with_capacity(items.len());
+        let mut counts = vec![0; items.len()];
         for message in switchyard_wire::decode(&out.messages) {
-            let slot = message.map_err(|err| malformed(err.to_string())).and_then(|m| {
-                let slot = outputs.get_mut(m.source as usize).ok_or_else(|| {
-                    malformed(format!("output names input {} of {}", m.source, items.len()))
-                })?;
-                if slot.len() == MAX_OUTPUTS_PER_MESSAGE {
-                    let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
-                    return Err(PluginFault::OutputLimit(problem));
-                }
-                // One pass: how many headers, and their bytes but the host's
-                // own id header (as at admission).
-                let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
-                    let counted =
-                        if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
-                    (count + 1, bytes + counted)
-                });
-                if headers > MAX_OUTPUT_HEADERS {
-                    let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
-                    return Err(PluginFault::OutputLimit(problem));
-                }
-                let size = m.payload_len + header_bytes;
-                if size > max_message_bytes {
-                    let problem = format!(
-                        "a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})"
-                    );
-                    return Err(PluginFault::OutputLimit(problem));
-                }
-                Ok((slot, m))
-            });
-            match slot {
-                Ok((slot, message)) => slot.push(Message::from_wire(&message)),
+            match self.check_output(message, &mut counts) {
+                Ok(message) => checked.push(message),
                 Err(fault) => {
                     self.faulted(plugin, &fault);
                     return Err((items, fault));
@@ -273,6 +247,17 @@ impl Worker {
             }
         }
         let mut errors: HashMap<u32, PluginError> = out.errors.into_iter().collect();
+        let mut outputs: Vec<Vec<Message>> = counts.iter().map(|count| Vec::with_capacity(*count)).collect();
+        let mut items = items;
+        for message in &checked {
+            let source = message.source as usize;
+            // What a failed message is dead-lettered with stays whole.
+            let output = match errors.contains_key(&message.source) {
+                true => Message::from_wire(message),
+                false => Message::from_wire_reusing(message, &mut items[source].message),
+            };
+            outputs[source].push(output);
+        }
         let mut fates = Vec::with_capacity(items.len());
         for (index, (item, produced)) in items.into_iter().zip(outputs).enumerate() {
             match errors.remove(&(index as u32)) {
@@ -281,6 +266,43 @@ impl Worker {
             }
         }
         Ok(fates)
+    }
+
+    /// Check one output of a transform against the limits, counting it
+    /// against its input in `counts` (one slot per input).
+    fn check_output<'m>(
+        &self,
+        message: Result<switchyard_wire::MessageRef<'m>, switchyard_wire::WireError>,
+        counts: &mut [usize],
+    ) -> Result<switchyard_wire::MessageRef<'m>, PluginFault> {
+        let m = message.map_err(|err| malformed(err.to_string()))?;
+        let inputs = counts.len();
+        let count = counts
+            .get_mut(m.source as usize)
+            .ok_or_else(|| malformed(format!("output names input {} of {inputs}", m.source)))?;
+        if *count == MAX_OUTPUTS_PER_MESSAGE {
+            let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
+            return Err(PluginFault::OutputLimit(problem));
+        }
+        *count += 1;
+        // One pass: how many headers, and their bytes but the host's own id
+        // header (as at admission).
+        let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
+            let counted = if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
+            (count + 1, bytes + counted)
+        });
+        if headers > MAX_OUTPUT_HEADERS {
+            let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
+            return Err(PluginFault::OutputLimit(problem));
+        }
+        let size = m.payload_len + header_bytes;
+        let max_message_bytes = self.max_message_bytes;
+        if size > max_message_bytes {
+            let problem =
+                format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
+            return Err(PluginFault::OutputLimit(problem));
+        }
+        Ok(m)
     }
 
     /// Turn a transform's outputs for `item` into fates: the first output
