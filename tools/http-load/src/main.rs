@@ -151,11 +151,41 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// CPU ticks so far of: the child, this whole process, the sink's threads.
+/// CPU ticks so far of: the child, this whole process, the sink's threads, the child's threads
+/// (tid -> (name, ticks)), and the whole machine (busy, all: jiffies of /proc/stat's `cpu` line).
 struct CpuSnapshot {
     child: u64,
     own: u64,
     sink: u64,
+    child_threads: BTreeMap<u32, (String, u64)>,
+    machine_busy: u64,
+    machine_all: u64,
+}
+
+/// The threads of `pid`: tid -> (name, utime + stime).
+fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return threads };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let path = format!("/proc/{pid}/task/{tid}/stat");
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if let Some(ticks) = stat_ticks(&path) {
+            threads.insert(tid, (name.trim().to_owned(), ticks));
+        }
+    }
+    threads
+}
+
+/// The machine's (busy, all) jiffies: /proc/stat's first line (idle and iowait are not busy).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return (0, 0) };
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|field| field.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (all - idle, all)
 }
 
 fn cpu_snapshot(child: u32, sink: &Sink) -> CpuSnapshot {
@@ -166,10 +196,14 @@ fn cpu_snapshot(child: u32, sink: &Sink) -> CpuSnapshot {
         .iter()
         .filter_map(|tid| stat_ticks(&format!("/proc/self/task/{tid}/stat")))
         .sum();
+    let (machine_busy, machine_all) = machine_ticks();
     CpuSnapshot {
         child: stat_ticks(&format!("/proc/{child}/stat")).unwrap_or(0),
         own: stat_ticks("/proc/self/stat").unwrap_or(0),
         sink: sink_ticks,
+        child_threads: thread_ticks(child),
+        machine_busy,
+        machine_all,
     }
 }
 
@@ -705,6 +739,27 @@ fn main() {
         }
     };
     let cores = |ticks: u64| json!((ticks as f64 / ticks_per_s as f64 / window_s * 100.0).round() / 100.0);
+    // The child's threads busy in the window (cores each), busiest first; and the machine as a whole.
+    let mut threads: Vec<(String, u32, u64)> = after
+        .child_threads
+        .iter()
+        .map(|(tid, (name, ticks))| {
+            let before = before.child_threads.get(tid).map_or(0, |(_, ticks)| *ticks);
+            (name.clone(), *tid, ticks.saturating_sub(before))
+        })
+        .filter(|(_, _, ticks)| *ticks > 0)
+        .collect();
+    threads.sort_by(|a, b| b.2.cmp(&a.2));
+    let child_threads: Vec<Value> = threads
+        .iter()
+        .map(|(name, tid, ticks)| json!({ "name": name, "tid": tid, "main": *tid == child_pid, "cores": cores(*ticks) }))
+        .collect();
+    let machine_all = after.machine_all.saturating_sub(before.machine_all);
+    let machine_busy = after.machine_busy.saturating_sub(before.machine_busy);
+    let online = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as f64;
+    // /proc/stat's jiffies are per CPU: all = online × window.
+    let machine_cores = if machine_all == 0 { 0.0 } else { machine_busy as f64 / machine_all as f64 * online };
+    let ours = (child_ticks + own_ticks) as f64 / ticks_per_s as f64 / window_s;
     let errors: Vec<&String> = runs.iter().flat_map(|run| &run.errors).collect();
     let non_2xx_total: u64 = statuses_total.iter().filter(|(status, _)| !status.starts_with('2')).map(|(_, n)| n).sum();
     let report = json!({
@@ -736,6 +791,9 @@ fn main() {
             "client_cores": cores(client_ticks),
             "sink_us_per_msg": per_msg_us(sink_ticks, delivered_window),
             "sink_cores": cores(sink_ticks),
+            "machine_busy_cores": (machine_cores * 100.0).round() / 100.0,
+            "other_processes_cores": ((machine_cores - ours).max(0.0) * 100.0).round() / 100.0,
+            "switchyard_threads": child_threads,
         },
         "delivery": {
             "accepted_total": accepted_total,
