@@ -38,4 +38,9 @@ impl Destination for MemoryDestination {
             })
         })
     }
+
+    /// Its only failure is a dropped receiver, which is fatal.
+    fn may_answer_retryable(&self) -> bool {
+        false
+    }
 }

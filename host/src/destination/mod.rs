@@ -82,6 +82,14 @@ pub trait Destination: Send + Sync + 'static {
     /// Called once per message routed here, after every stage has run.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_>;
 
+    /// Whether [`deliver`](Destination::deliver) may answer [`DeliveryError::Retryable`]: a
+    /// destination delivered to in place is then wrapped in the host's retries, which keep a copy
+    /// of each message for the next attempt. One that never does (the default says it may) is
+    /// delivered to without them.
+    fn may_answer_retryable(&self) -> bool {
+        true
+    }
+
     /// The state of the destination's endpoints, for the admin API; called
     /// on demand. Destinations without endpoints have none.
     fn endpoints(&self) -> Vec<EndpointStatus> {

@@ -76,8 +76,11 @@ impl Sink {
 }
 
 /// `destination`, delivered to in place, its retryable failures retried
-/// (as many attempts as a network destination's default).
+/// (as many attempts as a network destination's default), if it may have any.
 fn retrying(destination: Arc<dyn Destination>) -> Arc<dyn Destination> {
+    if !destination.may_answer_retryable() {
+        return destination;
+    }
     let attempts = crate::config::RetrySettings::default().attempts;
     Arc::new(Retrying::new(destination, attempts))
 }

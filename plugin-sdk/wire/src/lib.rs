@@ -160,9 +160,8 @@ impl<'a> Iterator for Headers<'a> {
             return None;
         }
         self.remaining -= 1;
-        // The region was validated when the message was decoded.
-        let name = self.reader.str().ok()?;
-        let value = self.reader.str().ok()?;
+        let name = self.reader.checked_str()?;
+        let value = self.reader.checked_str()?;
         Some((name, value))
     }
 }
@@ -250,6 +249,17 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let bytes = self.bytes()?;
         std::str::from_utf8(bytes).map_err(|_| WireError { offset: start, problem: "string is not UTF-8" })
+    }
+
+    /// The next string of a region [`Reader::message`] has already checked
+    /// (a message's headers), without checking its UTF-8 again: headers are
+    /// read on every lookup, by the host and by plugins alike.
+    #[allow(unsafe_code)]
+    fn checked_str(&mut self) -> Option<&'a str> {
+        let bytes = self.bytes().ok()?;
+        // SAFETY: a `Headers` reader covers only `header_bytes` of a `MessageRef`, which only
+        // `Reader::message` makes, after `str` checked every name and value in that region.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
     }
 }
 
