@@ -96,7 +96,10 @@ struct Sink {
     topic_seen: Mutex<Option<String>>,
 }
 
-async fn sink_handle(sink: Arc<Sink>, request: Request<Incoming>) -> Result<Response<Empty<Bytes>>, hyper::Error> {
+async fn sink_handle(
+    sink: Arc<Sink>,
+    request: Request<Incoming>,
+) -> Result<Response<Empty<Bytes>>, hyper::Error> {
     let post = request.method() == hyper::Method::POST;
     let seq = request.headers().get(SEQ_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned);
     let topic = request.headers().get("x-sy-topic").and_then(|value| value.to_str().ok()).map(str::to_owned);
@@ -224,6 +227,26 @@ struct ConnectionRun {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// The open connection in `sender`, or a new one to `addr`; none (the error
+/// recorded in `errors`, after a 10 ms pause) when connecting failed.
+async fn connected<'s>(
+    sender: &'s mut Option<Sender>,
+    addr: SocketAddr,
+    errors: &mut Vec<String>,
+) -> Option<&'s mut Sender> {
+    if sender.is_none() {
+        match connect(addr).await {
+            Ok(new) => *sender = Some(new),
+            Err(err) => {
+                errors.push(err);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return None;
+            }
+        }
+    }
+    sender.as_mut()
+}
+
 async fn connect(addr: SocketAddr) -> Result<Sender, String> {
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|err| format!("connect: {err}"))?;
     stream.set_nodelay(true).map_err(|err| format!("nodelay: {err}"))?;
@@ -307,17 +330,7 @@ async fn run_connection(
     let mut sender = None;
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let current = match sender.as_mut() {
-            Some(current) => current,
-            None => match connect(addr).await {
-                Ok(new) => sender.insert(new),
-                Err(err) => {
-                    run.errors.push(err);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(current) = connected(&mut sender, addr, &mut run.errors).await else { continue };
         let seq = (index << 40) | n;
         n += 1;
         let sent = now_ns();
@@ -349,17 +362,7 @@ async fn run_bulk_connection(
     let mut sender: Option<Sender> = None;
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let current = match sender.as_mut() {
-            Some(current) => current,
-            None => match connect(addr).await {
-                Ok(new) => sender.insert(new),
-                Err(err) => {
-                    run.errors.push(err);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
+        let Some(current) = connected(&mut sender, addr, &mut run.errors).await else { continue };
         let first = (index << 40) | n;
         n += bulk as u64;
         let request = Request::post("/v1/messages")
@@ -493,11 +496,13 @@ fn main() {
     let (dir, remove_dir) = match &args.dir {
         Some(dir) => (dir.clone(), false),
         None => {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
             (std::env::temp_dir().join(format!("http-load-{}-{nanos}", std::process::id())), true)
         }
     };
-    std::fs::create_dir_all(dir.join("plugins.d")).unwrap_or_else(|err| fail(format!("{}: {err}", dir.display())));
+    std::fs::create_dir_all(dir.join("plugins.d"))
+        .unwrap_or_else(|err| fail(format!("{}: {err}", dir.display())));
     let dir = std::fs::canonicalize(&dir).unwrap();
 
     // The sink: its own runtime, so that its threads' CPU can be told apart.
@@ -528,7 +533,8 @@ fn main() {
                 let _ = stream.set_nodelay(true);
                 let sink = sink.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| sink_handle(sink.clone(), request));
+                    let service =
+                        hyper::service::service_fn(move |request| sink_handle(sink.clone(), request));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -539,7 +545,11 @@ fn main() {
 
     let config = dir.join("switchyard.toml");
     std::fs::write(&config, config_toml(&dir, sink_addr, &args.topic, args.host_workers)).unwrap();
-    eprintln!("http-load: sink on {sink_addr}; config {}; starting {}", config.display(), switchyard.display());
+    eprintln!(
+        "http-load: sink on {sink_addr}; config {}; starting {}",
+        config.display(),
+        switchyard.display()
+    );
     let mut child = Command::new(&switchyard)
         .arg("run")
         .arg("--config")
@@ -556,7 +566,10 @@ fn main() {
         Ok(addr) => addr,
         Err(_) => {
             let _ = child.kill();
-            fail(format!("switchyard did not report its ingress address; its log:\n{}", log.lines.lock().unwrap().join("\n")))
+            fail(format!(
+                "switchyard did not report its ingress address; its log:\n{}",
+                log.lines.lock().unwrap().join("\n")
+            ))
         }
     };
     eprintln!("http-load: switchyard pid {child_pid}, ingress {ingress}");
@@ -580,7 +593,8 @@ fn main() {
             }
             let sent = Instant::now();
             match connect(ingress).await {
-                Ok(mut sender) => match request(&mut sender, post(ingress, &path, PROBE, body.clone())).await {
+                Ok(mut sender) => match request(&mut sender, post(ingress, &path, PROBE, body.clone())).await
+                {
                     Ok(status) if (200..300).contains(&status) => {
                         while sent.elapsed() < Duration::from_secs(10) {
                             if sink.probe_seen.load(Ordering::SeqCst) {
@@ -649,7 +663,8 @@ fn main() {
     });
 
     // The tail: wait until the sink has as many arrivals as the ingress accepted (or progress stops).
-    let accepted_total = runs.iter().flat_map(|run| &run.sent).filter(|sent| (200..300).contains(&sent.status)).count();
+    let accepted_total =
+        runs.iter().flat_map(|run| &run.sent).filter(|sent| (200..300).contains(&sent.status)).count();
     let mut last_count = 0;
     let mut last_progress = Instant::now();
     loop {
@@ -661,7 +676,9 @@ fn main() {
             last_count = count;
             last_progress = Instant::now();
         } else if last_progress.elapsed() > Duration::from_secs_f64(args.tail_timeout_s) {
-            eprintln!("http-load: the sink stopped receiving at {count} of {accepted_total} accepted messages");
+            eprintln!(
+                "http-load: the sink stopped receiving at {count} of {accepted_total} accepted messages"
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -677,7 +694,8 @@ fn main() {
         .find_map(|line| line.split("switchyard: stopped; ").nth(1))
         .and_then(|stats| serde_json::from_str(stats).ok())
         .unwrap_or(Value::Null);
-    let child_stdout_lines = std::fs::read_to_string(dir.join("switchyard.stdout")).map(|text| text.lines().count()).unwrap_or(0);
+    let child_stdout_lines =
+        std::fs::read_to_string(dir.join("switchyard.stdout")).map(|text| text.lines().count()).unwrap_or(0);
 
     // Figures.
     let (start, end) = window;
@@ -758,10 +776,12 @@ fn main() {
     let machine_busy = after.machine_busy.saturating_sub(before.machine_busy);
     let online = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as f64;
     // /proc/stat's jiffies are per CPU: all = online × window.
-    let machine_cores = if machine_all == 0 { 0.0 } else { machine_busy as f64 / machine_all as f64 * online };
+    let machine_cores =
+        if machine_all == 0 { 0.0 } else { machine_busy as f64 / machine_all as f64 * online };
     let ours = (child_ticks + own_ticks) as f64 / ticks_per_s as f64 / window_s;
     let errors: Vec<&String> = runs.iter().flat_map(|run| &run.errors).collect();
-    let non_2xx_total: u64 = statuses_total.iter().filter(|(status, _)| !status.starts_with('2')).map(|(_, n)| n).sum();
+    let non_2xx_total: u64 =
+        statuses_total.iter().filter(|(status, _)| !status.starts_with('2')).map(|(_, n)| n).sum();
     let report = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "switchyard": switchyard.display().to_string(),
@@ -820,7 +840,10 @@ fn main() {
         );
     }
     if child_stdout_lines > 0 {
-        eprintln!("http-load: WARNING: switchyard wrote {child_stdout_lines} lines to stdout (dead letters?): {}", dir.join("switchyard.stdout").display());
+        eprintln!(
+            "http-load: WARNING: switchyard wrote {child_stdout_lines} lines to stdout (dead letters?): {}",
+            dir.join("switchyard.stdout").display()
+        );
     }
     drop(client_runtime);
     sink_runtime.shutdown_background();
