@@ -169,3 +169,72 @@ impl Message {
         Message { id: message.id, topic, headers, payload, priority: message.priority }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_wire::{Head, Payload, decode, write_message};
+
+    fn input() -> Message {
+        Message::new("orders.eu", "{}")
+            .with_header("x-tenant", "acme")
+            .with_header(ID_HEADER, "id-1")
+            .with_header("content-type", "application/json")
+    }
+
+    /// `message` written as a transform's output would be, then decoded and built reusing `input`.
+    fn reused(message: &Message, input: &mut Message) -> Message {
+        let mut batch = Vec::new();
+        let head = Head { id: message.id, source: 0, priority: message.priority, topic: &message.topic };
+        write_message(&mut batch, &head, message.wire_headers(), Payload::Bytes(&message.payload));
+        let output = decode(&batch).next().unwrap().unwrap();
+        let reused = Message::from_wire_reusing(&output, input);
+        assert_eq!(reused, Message::from_wire(&output), "reusing builds what copying builds");
+        reused
+    }
+
+    #[test]
+    fn an_output_built_from_its_input_equals_a_copy_and_leaves_the_input_its_ids() {
+        let mut original = input();
+        let unchanged = reused(&original.clone(), &mut original);
+        assert_eq!(unchanged, input());
+        assert_eq!(original.unique_id(), Some("id-1"), "the id header stays for the ids to be inherited");
+        assert!(original.topic.is_empty(), "the unchanged topic was moved, not copied");
+
+        let mut original = input();
+        let mut changed = input().with_header("x-stamp", "s");
+        changed.topic = "orders.us".into();
+        changed.headers[0].1 = "other".into();
+        changed.payload = Bytes::from_static(b"[]");
+        assert_eq!(reused(&changed, &mut original), changed);
+        assert_eq!((original.topic.as_str(), original.headers[0].1.as_str()), ("orders.eu", "acme"));
+    }
+
+    #[test]
+    fn a_second_output_of_one_input_is_built_whole_after_the_first_took_its_fields() {
+        let mut original = input();
+        let first = reused(&input(), &mut original);
+        assert_eq!(reused(&input(), &mut original), first);
+    }
+
+    #[test]
+    fn inheriting_ids_leaves_one_id_header_whatever_the_output_carried() {
+        let original = input();
+        for headers in [
+            vec![(ID_HEADER, "id-1")],
+            vec![(ID_HEADER, "id-1"), ("X-SY-ID", "chosen")],
+            vec![("X-Sy-Id", "id-1")],
+            vec![(ID_HEADER, "chosen")],
+            vec![],
+        ] {
+            let mut output = Message::new("t", "");
+            for (name, value) in &headers {
+                output = output.with_header(*name, *value);
+            }
+            output.inherit_ids(&original);
+            let ids: Vec<_> =
+                output.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER)).collect();
+            assert_eq!(ids, [&(ID_HEADER.to_owned(), "id-1".to_owned())], "{headers:?}");
+        }
+    }
+}

@@ -45,27 +45,23 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(routed_case(&dir, Stages::Wasm, ORDER.as_bytes(), CASES[2], iterations))?;
+    runtime.block_on(routed_case(&dir, Stages::Wasm, CASES[2], iterations))?;
     match plugins.stamp {
-        Some(_) => {
-            let payload = [b'x'; STAMP_PAYLOAD];
-            runtime.block_on(routed_case(&dir, Stages::Stamp, &payload, CASES[3], iterations))
-        }
+        Some(_) => runtime.block_on(routed_case(&dir, Stages::Stamp, CASES[3], iterations)),
         None => Ok(()),
     }
 }
 
-/// Route `iterations` messages carrying `payload` through a host running
-/// `stages`, counted as `case`.
+/// Route `iterations` messages (with the payload of `stages`) through a host
+/// running `stages`, counted as `case`.
 async fn routed_case(
     dir: &PluginDir,
     stages: Stages,
-    payload: &[u8],
     case: &'static str,
     iterations: usize,
 ) -> Result<(), BenchError> {
     let mut host = RoutedHost::start(&dir.0, stages, true).await?;
-    let payload = bytes::Bytes::copy_from_slice(payload);
+    let payload = host.payload();
     let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
     host.deliver(messages(WARM_UP)).await?;
     let messages = messages(iterations);

@@ -217,7 +217,10 @@ fn transform_calls(
 
 /// One transform call over `batch` as the pipeline makes it: the messages
 /// encoded into `buffer`, the call, every output decoded into a [`Message`]
-/// (the first one checked by `check`, unless `checked` already).
+/// (the first one checked by `check`, unless `checked` already). Outputs are
+/// copied whole (`Message::from_wire`): the pipeline instead moves what did not
+/// change out of its inputs, which this loop keeps for the next call, so the
+/// figure is an upper bound of the pipeline's decode.
 pub(super) fn transform_call(
     instance: &mut PluginInstance,
     batch: &[Message],
