@@ -85,6 +85,14 @@
 //! outside the `plugin` profile; a library that aborts on panic is refused).
 
 //!
+//! # Memory
+//!
+//! A component built with this crate allocates through the standard
+//! allocator behind a cache of freed blocks of up to 512 bytes (at most 64
+//! per 16-byte size class): a plugin call allocates and frees the same small
+//! sizes over and over, and a cached block costs a few instructions. It is
+//! the component's `#[global_allocator]`, so a plugin cannot declare its own.
+//!
 //! # Unit tests
 //!
 //! `cargo test` in a plugin crate runs its logic natively, without a host:
@@ -97,6 +105,8 @@
 // work in plugin crates that do not depend on `wit-bindgen` themselves.
 extern crate self as switchyard_plugin;
 
+#[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]
+mod allocator;
 mod bindings;
 
 mod error;
@@ -126,6 +136,12 @@ pub use middleware::{Action, Middleware};
 pub use output::{Emit, Output};
 pub use transform::Transform;
 pub use transport::Transport;
+
+/// Every single-threaded component built with this SDK allocates through the
+/// cache of freed small blocks (see `allocator.rs`).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: allocator::CachingAllocator = allocator::CachingAllocator::new();
 
 /// Used by the `export_*!` macros; not part of the API.
 #[doc(hidden)]
