@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 
-use switchyard_wire::decode;
+use switchyard_wire::decode_host_batch;
 
 use crate::bindings::filter::exports::switchyard::plugin::filter::Guest;
 use crate::bindings::types::Decision;
@@ -42,7 +42,10 @@ impl<T: Filter> Guest for FilterExport<T> {
 /// batch (the layout cannot be resynchronised past it).
 pub(crate) fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
     let mut decisions = Vec::with_capacity(16);
-    for message in decode(batch) {
+    // SAFETY: the host wrote the batch.
+    #[allow(unsafe_code)]
+    let messages = unsafe { decode_host_batch(batch) };
+    for message in messages {
         match message {
             Ok(message) => decisions.push(T::filter(&message)),
             Err(error) => decisions.push(Err(error.into())),

@@ -1,6 +1,6 @@
 //! Messages: borrowed views into the host's batch, and owned ones a plugin builds.
 
-use switchyard_wire::{Head, Payload, decode, write_message};
+use switchyard_wire::{Head, Payload, decode_host_batch, write_message};
 
 use crate::Error;
 
@@ -133,9 +133,13 @@ impl From<&Message<'_>> for OwnedMessage {
     }
 }
 
-/// The one message of a single-message batch (middleware, balancer, transport).
+/// The one message of a single-message batch the host wrote (middleware,
+/// balancer, transport).
 pub(crate) fn single(batch: &[u8]) -> Result<Message<'_>, Error> {
-    match decode(batch).next() {
+    // SAFETY: the host wrote the batch.
+    #[allow(unsafe_code)]
+    let mut messages = unsafe { decode_host_batch(batch) };
+    match messages.next() {
         Some(message) => Ok(message?),
         None => Err(Error::failed("expected one message, got an empty batch")),
     }

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 
-use switchyard_wire::decode;
+use switchyard_wire::decode_host_batch;
 
 use crate::bindings::transform::exports::switchyard::plugin::transform::{Guest, Transformed};
 use crate::host::FlushCounts;
@@ -43,7 +43,10 @@ pub(crate) fn run<T: Transform>(batch: &[u8]) -> Transformed {
     // Most transforms write about as many bytes as they read.
     let mut out = Output::with_capacity(batch.len());
     let mut errors = Vec::new();
-    for (index, message) in (0..).zip(decode(batch)) {
+    // SAFETY: the host wrote the batch.
+    #[allow(unsafe_code)]
+    let messages = unsafe { decode_host_batch(batch) };
+    for (index, message) in (0..).zip(messages) {
         out.start(index);
         let mark = out.len();
         let result = message.map_err(Error::from).and_then(|message| T::transform(&message, &mut out));
@@ -75,7 +78,7 @@ macro_rules! export_transform {
 
 #[cfg(test)]
 mod tests {
-    use switchyard_wire::{Head, Payload, write_message};
+    use switchyard_wire::{Head, Payload, decode, write_message};
 
     use super::*;
     use crate::Message;

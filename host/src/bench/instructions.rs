@@ -1,5 +1,6 @@
 //! The work the instruction-count guard measures (`scripts/instructions`):
-//! one unbatched filter call, one unbatched transform call, and messages
+//! one unbatched filter call, one filter call of 64 messages, one unbatched
+//! transform call, and messages
 //! through the routed pipeline (WASM header filter → redact transform →
 //! memory destination), each repeated `iterations` times between two marker
 //! functions.
@@ -19,7 +20,8 @@ use super::*;
 
 /// The measured cases, in the order they run (and callgrind dumps them); the
 /// last runs only when the stamp plugin is given.
-pub const CASES: [&str; 4] = ["filter_call", "transform_call", "routed_message", "routed_stamp"];
+pub const CASES: [&str; 5] =
+    ["filter_call", "filter_batch_64", "transform_call", "routed_message", "routed_stamp"];
 
 /// Iterations of each case that run before its counters are zeroed: the
 /// first calls grow instance memory and fill caches that a steady host has.
@@ -36,18 +38,20 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
     let mut filter = instantiate(&engine, &plugins.filter, &filter_config())?;
     let (batch, mut buffer) = (vec![message], Vec::new());
     measured(CASES[0], iterations, || filter_call(&mut filter, &batch, &mut buffer))?;
+    let batch = vec![batch[0].clone(); BATCH];
+    measured(CASES[1], iterations, || filter_call(&mut filter, &batch, &mut buffer))?;
 
     let mut transform = instantiate(&engine, &plugins.transform, &transform_config())?;
     let (batch, mut checked) = (vec![order_message(ORDER)], false);
-    measured(CASES[1], iterations, || {
+    measured(CASES[2], iterations, || {
         transform_call(&mut transform, &batch, &mut buffer, &mut checked, check_redacted)
     })?;
 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(routed_case(&dir, Stages::Wasm, CASES[2], iterations))?;
+    runtime.block_on(routed_case(&dir, Stages::Wasm, CASES[3], iterations))?;
     match plugins.stamp {
-        Some(_) => runtime.block_on(routed_case(&dir, Stages::Stamp, CASES[3], iterations)),
+        Some(_) => runtime.block_on(routed_case(&dir, Stages::Stamp, CASES[4], iterations)),
         None => Ok(()),
     }
 }

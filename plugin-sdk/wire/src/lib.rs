@@ -141,7 +141,10 @@ impl<'a> MessageRef<'a> {
 
     /// All headers, in order.
     pub fn headers(&self) -> Headers<'a> {
-        Headers { reader: Reader { buf: self.header_bytes, pos: 0 }, remaining: self.header_count }
+        Headers {
+            reader: Reader { buf: self.header_bytes, pos: 0, utf8: Utf8::Known },
+            remaining: self.header_count,
+        }
     }
 }
 
@@ -168,7 +171,29 @@ impl<'a> Iterator for Headers<'a> {
 
 /// Decode the messages of `batch`, in order.
 pub fn decode(batch: &[u8]) -> Messages<'_> {
-    Messages { reader: Reader { buf: batch, pos: 0 } }
+    Messages { reader: Reader::checking(batch) }
+}
+
+/// Decode the messages of a batch the host wrote, in order, without checking
+/// that its strings are UTF-8: a plugin's SDK reads every batch it is given
+/// this way. The layout (lengths, counts) is still checked.
+///
+/// # Safety
+///
+/// Every string in `batch` (topics, header names and values) must be UTF-8,
+/// as it is in any batch the host writes: it writes them from Rust `str`s.
+#[allow(unsafe_code)]
+pub unsafe fn decode_host_batch(batch: &[u8]) -> Messages<'_> {
+    Messages { reader: Reader { buf: batch, pos: 0, utf8: Utf8::Known } }
+}
+
+/// Whether a [`Reader`] checks that strings are UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Utf8 {
+    /// Check every string: the batch came from a plugin.
+    Check,
+    /// Every string is known to be UTF-8 (see [`decode_host_batch`]).
+    Known,
 }
 
 /// Iterator over the messages of a batch, see [`decode`].
@@ -196,9 +221,15 @@ impl<'a> Iterator for Messages<'a> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    utf8: Utf8,
 }
 
 impl<'a> Reader<'a> {
+    /// A reader of `buf` from its start that checks every string.
+    fn checking(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0, utf8: Utf8::Check }
+    }
+
     fn message(&mut self) -> Result<MessageRef<'a>, WireError> {
         let id = u64::from_le_bytes(self.array()?);
         let source = u32::from_le_bytes(self.array()?);
@@ -246,11 +277,13 @@ impl<'a> Reader<'a> {
     }
 
     #[allow(unsafe_code)]
+    #[inline(always)]
     fn str(&mut self) -> Result<&'a str, WireError> {
         let start = self.pos;
         let bytes = self.bytes()?;
-        if is_ascii(bytes) {
-            // SAFETY: ASCII is UTF-8.
+        if self.utf8 == Utf8::Known || is_ascii(bytes) {
+            // SAFETY: ASCII is UTF-8, and `Utf8::Known` is made only by
+            // `decode_host_batch`, whose caller vouches for every string.
             return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
         }
         std::str::from_utf8(bytes).map_err(|_| WireError { offset: start, problem: "string is not UTF-8" })
@@ -305,6 +338,23 @@ mod tests {
         assert_eq!(messages[0].header("X-Y"), Some("z"));
         assert_eq!(messages[1].topic, "c");
         assert_eq!(messages[1].payload, Some(&b"hello"[..]));
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_host_batch_reads_alike_and_its_layout_is_still_checked() {
+        let buf = sample(Payload::Bytes(b"hello"));
+        fn fields(message: MessageRef<'_>) -> String {
+            let headers: Vec<_> = message.headers().collect();
+            format!("{} {} {} {headers:?} {:?}", message.id, message.source, message.topic, message.payload)
+        }
+        // SAFETY: `sample` writes its strings from `str`s.
+        let host: Vec<_> = unsafe { decode_host_batch(&buf) }.map(|m| fields(m.unwrap())).collect();
+        let checked: Vec<_> = decode(&buf).map(|m| fields(m.unwrap())).collect();
+        assert_eq!((host.len(), host), (2, checked));
+        // SAFETY: as above; truncating leaves no partial string behind it.
+        let err = unsafe { decode_host_batch(&buf[..10]) }.next().unwrap().unwrap_err();
+        assert_eq!(err.problem, "truncated");
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl Reader<'_> {
 
 /// A filter's decisions, in order: `Ok(true)` keep, `Ok(false)` drop.
 pub fn read_decisions(answer: &[u8]) -> Result<Vec<Result<bool, Failure>>, WireError> {
-    let mut reader = Reader { buf: answer, pos: 0 };
+    let mut reader = Reader::checking(answer);
     let mut decisions = Vec::new();
     while reader.pos < answer.len() {
         let tag = reader.u8()?;
@@ -317,7 +317,7 @@ pub fn read_decisions(answer: &[u8]) -> Result<Vec<Result<bool, Failure>>, WireE
 
 /// A transform's failed inputs; `answer` is left holding its output batch.
 pub fn read_transform_errors(answer: &mut Vec<u8>) -> Result<Vec<(u32, Failure)>, WireError> {
-    let mut reader = Reader { buf: answer, pos: 0 };
+    let mut reader = Reader::checking(answer);
     let count = reader.u32()?;
     let mut errors = Vec::new();
     for _ in 0..count {
@@ -333,7 +333,7 @@ pub fn read_transform_errors(answer: &mut Vec<u8>) -> Result<Vec<(u32, Failure)>
 
 /// A middleware's answer to a request.
 pub fn read_action(answer: &[u8]) -> Result<Result<(ActionKind, Vec<u8>), Failure>, WireError> {
-    let mut reader = Reader { buf: answer, pos: 0 };
+    let mut reader = Reader::checking(answer);
     let tag = reader.u8()?;
     if let Some(failure) = reader.failure(tag)? {
         reader.done()?;
@@ -351,7 +351,7 @@ pub fn read_action(answer: &[u8]) -> Result<Result<(ActionKind, Vec<u8>), Failur
 
 /// A middleware's answer to a reply.
 pub fn read_reply(answer: &[u8]) -> Result<Result<Vec<u8>, Failure>, WireError> {
-    let mut reader = Reader { buf: answer, pos: 0 };
+    let mut reader = Reader::checking(answer);
     let tag = reader.u8()?;
     let reply = match reader.failure(tag)? {
         Some(failure) => Err(failure),
@@ -363,7 +363,7 @@ pub fn read_reply(answer: &[u8]) -> Result<Result<Vec<u8>, Failure>, WireError> 
 
 /// A balancer's pick.
 pub fn read_pick(answer: &[u8]) -> Result<Option<u32>, WireError> {
-    let mut reader = Reader { buf: answer, pos: 0 };
+    let mut reader = Reader::checking(answer);
     let pick = match reader.u8()? {
         0 => None,
         1 => Some(reader.u32()?),
@@ -375,7 +375,7 @@ pub fn read_pick(answer: &[u8]) -> Result<Option<u32>, WireError> {
 
 /// The endpoints of a balancer's input, in order.
 pub fn read_endpoints(input: &[u8]) -> Result<Vec<EndpointView<'_>>, WireError> {
-    let mut reader = Reader { buf: input, pos: 0 };
+    let mut reader = Reader::checking(input);
     let mut endpoints = Vec::new();
     while reader.pos < input.len() {
         endpoints.push(EndpointView {
