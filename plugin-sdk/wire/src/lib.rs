@@ -85,14 +85,16 @@ pub fn write_message<'h>(
     payload: Payload<'_>,
 ) {
     let headers = headers.into_iter();
-    out.extend_from_slice(&head.id.to_le_bytes());
-    out.extend_from_slice(&head.source.to_le_bytes());
-    out.push(head.priority);
     let flags = match payload {
         Payload::Bytes(_) => 0,
         Payload::Omitted(_) => FLAG_PAYLOAD_OMITTED,
     };
-    out.push(flags);
+    // The fixed fields in one copy.
+    let mut fixed = [0; 14];
+    fixed[..8].copy_from_slice(&head.id.to_le_bytes());
+    fixed[8..12].copy_from_slice(&head.source.to_le_bytes());
+    fixed[12..].copy_from_slice(&[head.priority, flags]);
+    out.extend_from_slice(&fixed);
     write_bytes(out, head.topic.as_bytes());
     out.extend_from_slice(&len_u32(headers.len()).to_le_bytes());
     for (name, value) in headers {
@@ -105,11 +107,15 @@ pub fn write_message<'h>(
     }
 }
 
+// Inlined into `write_message`, which is generic and so compiled in each
+// caller's crate: a call per field cost more than the copy.
+#[inline]
 fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&len_u32(bytes.len()).to_le_bytes());
     out.extend_from_slice(bytes);
 }
 
+#[inline]
 fn len_u32(len: usize) -> u32 {
     u32::try_from(len).expect("wire fields are limited to 4 GiB")
 }
