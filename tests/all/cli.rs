@@ -200,6 +200,43 @@ fn check_names_the_kind_or_the_specific_problem() {
 }
 
 #[test]
+fn switchyard_profile_perfmap_maps_plugin_code_for_perf_and_a_bad_value_is_refused() {
+    let child = Command::new(BINARY)
+        .args(["check", artifacts::HEADER_FILTER])
+        .env("SWITCHYARD_PROFILE", "perfmap")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run switchyard");
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+    let output = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    let _ = std::fs::remove_file(&map);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    // perf's format: start address, size (both hex), name; the stripped plugin's functions by index.
+    let hex = |field: &str| u64::from_str_radix(field.trim_start_matches("0x"), 16);
+    let plugin_functions = text.lines().filter(|line| {
+        let fields: Vec<&str> = line.splitn(3, ' ').collect();
+        fields.len() == 3
+            && hex(fields[0]).is_ok()
+            && hex(fields[1]).is_ok_and(|size| size > 0)
+            && fields[2].starts_with("wasm[0]::function[")
+    });
+    assert!(plugin_functions.count() > 10, "{map:?} names too few plugin functions:\n{text}");
+
+    let output = Command::new(BINARY)
+        .args(["check", artifacts::HEADER_FILTER])
+        .env("SWITCHYARD_PROFILE", "vtune-please")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains(r#"SWITCHYARD_PROFILE="vtune-please": expected "perfmap" or "jitdump""#),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER), ("echo", artifacts::ECHO_TRANSPORT)]);
     let config = dir.path().join("switchyard.toml");

@@ -11,6 +11,25 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+/// The environment variable that names plugin code for a profiler:
+/// `perfmap` writes `/tmp/perf-<pid>.map` as plugins load, so that `perf`
+/// (and callgrind, through the map) names each plugin function instead of an
+/// address; `jitdump` writes `jit-<pid>.dump` for `perf inject --jit`. A
+/// plugin built with `strip = true` is named by function index only.
+pub(crate) const PROFILE_ENV: &str = "SWITCHYARD_PROFILE";
+
+/// The profiler [`PROFILE_ENV`] asks for: none when unset.
+fn profiling_strategy() -> wasmtime::Result<wasmtime::ProfilingStrategy> {
+    use wasmtime::ProfilingStrategy::{JitDump, None, PerfMap};
+    match std::env::var(PROFILE_ENV).as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("") => Ok(None),
+        Ok("perfmap") => Ok(PerfMap),
+        Ok("jitdump") => Ok(JitDump),
+        Ok(other) => wasmtime::bail!("{PROFILE_ENV}={other:?}: expected \"perfmap\" or \"jitdump\""),
+        Err(err) => wasmtime::bail!("{PROFILE_ENV}: {err}"),
+    }
+}
+
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -66,6 +85,7 @@ impl PluginEngine {
         // The fixed cost of every call is ~3x lower without the component-model
         // concurrency machinery, which no plugin world needs.
         config.concurrency_support(false);
+        config.profiler(profiling_strategy()?);
         let engine = Engine::new(&config)?;
         let cache = match cache_dir {
             Some(dir) => Some(
