@@ -17,7 +17,10 @@ pub const ID_HEADER: &str = "x-sy-id";
 
 /// A new globally unique message id: a UUIDv7, time-ordered.
 pub(crate) fn unique_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    // Encoded into a stack buffer and copied once: `to_string` went through
+    // the formatter and grew its string from nothing, per message.
+    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// What a filter decided about one message.
@@ -180,6 +183,14 @@ mod tests {
             .with_header("x-tenant", "acme")
             .with_header(ID_HEADER, "id-1")
             .with_header("content-type", "application/json")
+    }
+
+    #[test]
+    fn unique_ids_are_lower_case_hyphenated_uuid_v7s_that_differ() {
+        let (first, second) = (unique_id(), unique_id());
+        let parsed = uuid::Uuid::parse_str(&first).unwrap();
+        assert_eq!((parsed.get_version_num(), parsed.to_string()), (7, first.clone()));
+        assert_ne!(first, second);
     }
 
     /// `message` written as a transform's output would be, then decoded and built reusing `input`.

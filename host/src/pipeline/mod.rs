@@ -322,14 +322,21 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
                 Err(panic) => Fate::failed(item, route_policy, panic_reason("filter", name, panic)),
             })
             .collect(),
-        Stage::NativeTransform(name, transform) => items
-            .into_iter()
-            .flat_map(|item| match crate::panic::catch(|| transform.transform(&item.message)) {
-                Ok(Ok(outputs)) => worker.split(item, outputs),
-                Ok(Err(error)) => vec![Fate::failed(item, route_policy, native_reason(name, error))],
-                Err(panic) => vec![Fate::failed(item, route_policy, panic_reason("transform", name, panic))],
-            })
-            .collect(),
+        Stage::NativeTransform(name, transform) => {
+            let mut fates = Vec::with_capacity(items.len());
+            for item in items {
+                match crate::panic::catch(|| transform.transform(&item.message)) {
+                    Ok(Ok(outputs)) => worker.split(item, outputs, &mut fates),
+                    Ok(Err(error)) => {
+                        fates.push(Fate::failed(item, route_policy, native_reason(name, error)))
+                    }
+                    Err(panic) => {
+                        fates.push(Fate::failed(item, route_policy, panic_reason("transform", name, panic)))
+                    }
+                }
+            }
+            fates
+        }
         Stage::Unavailable { stage, problem } => {
             let reason =
                 DeadLetterReason::StageUnavailable { stage: stage.clone(), problem: problem.clone() };

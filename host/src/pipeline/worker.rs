@@ -262,7 +262,7 @@ impl Worker {
         for (index, (item, produced)) in items.into_iter().zip(outputs).enumerate() {
             match errors.remove(&(index as u32)) {
                 Some(error) => fates.push(Fate::failed(item, policy, self.error_reason(plugin, error))),
-                None => fates.extend(self.split(item, produced)),
+                None => self.split(item, produced, &mut fates),
             }
         }
         Ok(fates)
@@ -305,33 +305,30 @@ impl Worker {
         Ok(m)
     }
 
-    /// Turn a transform's outputs for `item` into fates: the first output
-    /// carries the item's ids and reply; further ones are new messages, with
-    /// new ids. Plugins cannot choose ids.
-    pub(crate) fn split(&self, item: Item, produced: Vec<Message>) -> Vec<Fate> {
+    /// Turn a transform's outputs for `item` into fates, appended to `fates`:
+    /// the first output carries the item's ids and reply; further ones are new
+    /// messages, with new ids. Plugins cannot choose ids.
+    pub(crate) fn split(&self, item: Item, produced: Vec<Message>, fates: &mut Vec<Fate>) {
         if produced.is_empty() {
-            return vec![Fate::Dropped(item)];
+            return fates.push(Fate::Dropped(item));
         }
         let Item { message: original, mut reply, middlewares, accepted } = item;
-        produced
-            .into_iter()
-            .enumerate()
-            .map(|(n, mut message)| {
-                match n {
-                    0 => message.inherit_ids(&original),
-                    _ => {
-                        message.id = self.next_id();
-                        message.set_header(ID_HEADER, unique_id());
-                    }
+        let outputs = produced.into_iter().enumerate().map(|(n, mut message)| {
+            match n {
+                0 => message.inherit_ids(&original),
+                _ => {
+                    message.id = self.next_id();
+                    message.set_header(ID_HEADER, unique_id());
                 }
-                Fate::Keep(Item {
-                    message,
-                    reply: reply.take(),
-                    middlewares: middlewares.clone(),
-                    accepted: accepted.clone(),
-                })
+            }
+            Fate::Keep(Item {
+                message,
+                reply: reply.take(),
+                middlewares: middlewares.clone(),
+                accepted: accepted.clone(),
             })
-            .collect()
+        });
+        fates.extend(outputs);
     }
 
     /// The dead-letter reason for a plugin's error answer, counted.

@@ -173,7 +173,16 @@ impl<'a> Iterator for Headers<'a> {
         let value = self.reader.checked_str()?;
         Some((name, value))
     }
+
+    /// Exact: a message's headers were all read once when it was decoded.
+    /// (Collecting them allocates once.)
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let remaining = self.remaining as usize;
+        (remaining, Some(remaining))
+    }
 }
+
+impl ExactSizeIterator for Headers<'_> {}
 
 /// Decode the messages of `batch`, in order.
 pub fn decode(batch: &[u8]) -> Messages<'_> {
@@ -341,6 +350,7 @@ mod tests {
         assert_eq!(messages.len(), 2);
         assert_eq!((messages[0].id, messages[0].source, messages[0].priority), (1, 3, 2));
         assert_eq!(messages[0].headers().collect::<Vec<_>>(), [("k", "v"), ("x-y", "z")]);
+        assert_eq!((messages[0].headers().len(), messages[1].headers().len()), (2, 0));
         assert_eq!(messages[0].header("X-Y"), Some("z"));
         assert_eq!(messages[1].topic, "c");
         assert_eq!(messages[1].payload, Some(&b"hello"[..]));
