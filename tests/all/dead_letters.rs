@@ -345,3 +345,32 @@ async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_d
     assert_eq!(stats.in_flight(), 3, "the oracle shows the loss: {stats:?}");
     assert!(host.dead_letters(10).is_err(), "the file cannot be read either");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_destination_nobody_reads_hands_each_message_back_whole_to_be_dead_lettered() {
+    // The memory destination is given the message itself, not a copy, and hands it back when it
+    // cannot deliver it: what is dead-lettered must be the message as it was routed.
+    let (state, plugins) = (tempfile::tempdir().unwrap(), plugin_dir(&[]));
+    let (out, reader) = switchyard::MemoryDestination::new();
+    drop(reader);
+    let (dlq, letters) = switchyard::MemoryDestination::new();
+    let mut config = Config::default();
+    config.host.dead_letter = "dlq".into();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("out", out).destination("dlq", dlq);
+    let host = host.route(RouteConfig::new("all", "orders", "out")).build().await.unwrap();
+
+    for n in 0..3 {
+        let message = Message::new("orders", format!("payload {n}")).with_header("x-tenant", "acme");
+        let id = host.send(message.with_priority(n)).await.unwrap();
+        let letter = next(&letters).await;
+        assert_eq!((letter.id, letter.topic.as_str(), letter.priority), (id, "orders", n));
+        let payload = format!("payload {n}");
+        assert_eq!((&letter.payload[..], letter.header("x-tenant")), (payload.as_bytes(), Some("acme")));
+        assert_eq!(letter.header(REASON_CODE_HEADER), Some("delivery-failed"));
+        let reason = letter.header(REASON_HEADER).unwrap();
+        assert!(reason.contains("the memory destination's receiver was dropped"), "{reason}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 3));
+}

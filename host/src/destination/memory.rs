@@ -1,6 +1,6 @@
 //! An in-process destination: messages land in a channel the embedder reads.
 
-use super::{DeliveryFuture, Destination};
+use super::{DeliveryError, DeliveryFuture, Destination, ReturningFuture};
 use crate::message::Message;
 
 /// Unread messages a [`MemoryDestination::new`] holds.
@@ -28,15 +28,27 @@ impl MemoryDestination {
     }
 }
 
+impl MemoryDestination {
+    /// Send `message` into the channel, or hand it back when no one can read it. The host keeps
+    /// a receiver for every memory destination it creates, so this fails only when an embedder
+    /// dropped the receiver of its own.
+    async fn send(&self, message: Message) -> Result<Option<Message>, (DeliveryError, Message)> {
+        let dropped = || DeliveryError::Fatal("the memory destination's receiver was dropped".into());
+        self.sender
+            .send_async(message)
+            .await
+            .map(|()| None)
+            .map_err(|unsent| (dropped(), unsent.into_inner()))
+    }
+}
+
 impl Destination for MemoryDestination {
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
-        Box::pin(async move {
-            // The host keeps a receiver for every memory destination it creates,
-            // so the send fails only when an embedder dropped the receiver of its own.
-            self.sender.send_async(message).await.map(|()| None).map_err(|_| {
-                super::DeliveryError::Fatal("the memory destination's receiver was dropped".into())
-            })
-        })
+        Box::pin(async move { self.send(message).await.map_err(|(error, _)| error) })
+    }
+
+    fn deliver_returning(&self, message: Message) -> Result<ReturningFuture<'_>, Message> {
+        Ok(Box::pin(self.send(message)))
     }
 
     /// Its only failure is a dropped receiver, which is fatal.

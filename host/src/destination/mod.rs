@@ -31,6 +31,11 @@ pub type DeliveryResult = Result<Option<Message>, DeliveryError>;
 /// The future of one delivery.
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = DeliveryResult> + Send + 'a>>;
 
+/// The future of one [`Destination::deliver_returning`]: the reply, or why the message was not
+/// delivered together with the message, whole.
+pub type ReturningFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Message>, (DeliveryError, Message)>> + Send + 'a>>;
+
 /// Why a destination could not take a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
@@ -81,6 +86,15 @@ pub enum DeliveryError {
 pub trait Destination: Send + Sync + 'static {
     /// Called once per message routed here, after every stage has run.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_>;
+
+    /// Deliver `message` in place as [`deliver`](Destination::deliver) does, handing it back whole
+    /// when it was not delivered: the host then keeps no copy of each message for its dead-letter
+    /// path. `Err(message)`, the default, says this destination does not hand messages back, and
+    /// the host delivers a copy with `deliver`. The future must not panic: a panic loses the message
+    /// (the host still catches it, and counts and logs it).
+    fn deliver_returning(&self, message: Message) -> Result<ReturningFuture<'_>, Message> {
+        Err(message)
+    }
 
     /// Whether [`deliver`](Destination::deliver) may answer [`DeliveryError::Retryable`]: a
     /// destination delivered to in place is then wrapped in the host's retries, which keep a copy

@@ -27,7 +27,7 @@ use crate::router::Route;
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
 use dispatch::{Delivery, Job};
-use item::{Fate, Item};
+use item::{Accepted, Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::runtime::Handle;
@@ -217,7 +217,36 @@ impl Pipeline {
             }
             None => delivery,
         };
-        let result = target.sink.deliver(delivery.message.clone()).await;
+        let Delivery { message, reply, middlewares, accepted } = delivery;
+        // A reply passes back through the request's middlewares with the request itself: then
+        // the message is needed after delivery, so it goes as a copy.
+        let returning = match reply.is_some() && !middlewares.is_empty() {
+            true => Err(message),
+            false => target.sink.deliver_returning(message),
+        };
+        let (message, result) = match returning {
+            Ok(delivering) => match delivering.await {
+                Ok(Ok(response)) => {
+                    self.count_delivered(&target.sink, metrics, &accepted);
+                    if let Some(sender) = reply {
+                        drop(sender.send(Ok(response)));
+                    }
+                    return;
+                }
+                Ok(Err((error, message))) => (message, Err(error)),
+                Err(panic) => {
+                    target.sink.count(false);
+                    accepted.keep_unsettled();
+                    tracing::error!(destination = %target.sink.name, %panic, "a destination panicked delivering a message it was handed whole: the message is lost");
+                    return;
+                }
+            },
+            Err(message) => {
+                let result = target.sink.deliver(message.clone()).await;
+                (message, result)
+            }
+        };
+        let delivery = Delivery { message, reply, middlewares, accepted };
         Box::pin(self.settle(&target.sink, delivery, metrics, result)).await;
     }
 
@@ -248,9 +277,7 @@ impl Pipeline {
                 return self.dead_letter(&self.topology.load(), item, reason, Some(route.as_ref())).await;
             }
         };
-        Counters::bump(&self.counters.delivered, 1);
-        sink.count(true);
-        route.settled(Settled::Delivered, accepted.at);
+        self.count_delivered(sink, route, &accepted);
         let Some(sender) = reply else { return };
         match response {
             Some(reply) if !middlewares.is_empty() => {
@@ -260,6 +287,13 @@ impl Pipeline {
             }
             response => drop(sender.send(Ok(response))),
         }
+    }
+
+    /// Count a delivery to `sink` of a message `route` accepted.
+    fn count_delivered(&self, sink: &Sink, route: &RouteMetrics, accepted: &Accepted) {
+        Counters::bump(&self.counters.delivered, 1);
+        sink.count(true);
+        route.settled(Settled::Delivered, accepted.at);
     }
 }
 
