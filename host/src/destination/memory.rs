@@ -1,6 +1,6 @@
 //! An in-process destination: messages land in a channel the embedder reads.
 
-use super::{DeliveryError, DeliveryFuture, Destination, ReturningFuture};
+use super::{DeliveryError, DeliveryFuture, Destination};
 use crate::message::Message;
 
 /// Unread messages a [`MemoryDestination::new`] holds.
@@ -32,23 +32,19 @@ impl MemoryDestination {
     /// Send `message` into the channel, or hand it back when no one can read it. The host keeps
     /// a receiver for every memory destination it creates, so this fails only when an embedder
     /// dropped the receiver of its own.
-    async fn send(&self, message: Message) -> Result<Option<Message>, (DeliveryError, Message)> {
+    pub(crate) async fn send(&self, message: Message) -> Result<(), (DeliveryError, Message)> {
         let dropped = || DeliveryError::Fatal("the memory destination's receiver was dropped".into());
-        self.sender
-            .send_async(message)
-            .await
-            .map(|()| None)
-            .map_err(|unsent| (dropped(), unsent.into_inner()))
+        self.sender.send_async(message).await.map_err(|unsent| (dropped(), unsent.into_inner()))
     }
 }
 
 impl Destination for MemoryDestination {
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
-        Box::pin(async move { self.send(message).await.map_err(|(error, _)| error) })
+        Box::pin(async move { self.send(message).await.map(|()| None).map_err(|(error, _)| error) })
     }
 
-    fn deliver_returning(&self, message: Message) -> Result<ReturningFuture<'_>, Message> {
-        Ok(Box::pin(self.send(message)))
+    fn as_memory(&self) -> Option<&MemoryDestination> {
+        Some(self)
     }
 
     /// Its only failure is a dropped receiver, which is fatal.

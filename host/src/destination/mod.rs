@@ -31,11 +31,6 @@ pub type DeliveryResult = Result<Option<Message>, DeliveryError>;
 /// The future of one delivery.
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = DeliveryResult> + Send + 'a>>;
 
-/// The future of one [`Destination::deliver_returning`]: the reply, or why the message was not
-/// delivered together with the message, whole.
-pub type ReturningFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Option<Message>, (DeliveryError, Message)>> + Send + 'a>>;
-
 /// Why a destination could not take a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
@@ -87,13 +82,12 @@ pub trait Destination: Send + Sync + 'static {
     /// Called once per message routed here, after every stage has run.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_>;
 
-    /// Deliver `message` in place as [`deliver`](Destination::deliver) does, handing it back whole
-    /// when it was not delivered: the host then keeps no copy of each message for its dead-letter
-    /// path. `Err(message)`, the default, says this destination does not hand messages back, and
-    /// the host delivers a copy with `deliver`. The future must not panic: a panic loses the message
-    /// (the host still catches it, and counts and logs it).
-    fn deliver_returning(&self, message: Message) -> Result<ReturningFuture<'_>, Message> {
-        Err(message)
+    /// The memory destination this is, if it is one: the host hands it each message itself, not
+    /// a copy kept for the dead-letter path, and has the message back whole if it cannot be
+    /// delivered. Only [`MemoryDestination`] answers; other destinations keep the default.
+    #[doc(hidden)]
+    fn as_memory(&self) -> Option<&MemoryDestination> {
+        None
     }
 
     /// Whether [`deliver`](Destination::deliver) may answer [`DeliveryError::Retryable`]: a

@@ -218,30 +218,20 @@ impl Pipeline {
             None => delivery,
         };
         let Delivery { message, reply, middlewares, accepted } = delivery;
-        // A reply passes back through the request's middlewares with the request itself: then
-        // the message is needed after delivery, so it goes as a copy.
-        let returning = match reply.is_some() && !middlewares.is_empty() {
-            true => Err(message),
-            false => target.sink.deliver_returning(message),
-        };
-        let (message, result) = match returning {
-            Ok(delivering) => match delivering.await {
-                Ok(Ok(response)) => {
+        // A memory destination is handed the message itself and hands it back whole if it cannot
+        // take it: no copy is kept for the dead-letter path. It never answers.
+        let (message, result) = match target.sink.destination.as_memory() {
+            Some(memory) => match memory.send(message).await {
+                Ok(()) => {
                     self.count_delivered(&target.sink, metrics, &accepted);
                     if let Some(sender) = reply {
-                        drop(sender.send(Ok(response)));
+                        drop(sender.send(Ok(None)));
                     }
                     return;
                 }
-                Ok(Err((error, message))) => (message, Err(error)),
-                Err(panic) => {
-                    target.sink.count(false);
-                    accepted.keep_unsettled();
-                    tracing::error!(destination = %target.sink.name, %panic, "a destination panicked delivering a message it was handed whole: the message is lost");
-                    return;
-                }
+                Err((error, message)) => (message, Err(error)),
             },
-            Err(message) => {
+            None => {
                 let result = target.sink.deliver(message.clone()).await;
                 (message, result)
             }

@@ -48,10 +48,6 @@ impl Drop for OwnedQueue {
     }
 }
 
-/// What a delivery that hands its message back answers: the reply, or why the message was not
-/// delivered together with the message.
-pub(crate) type Returned = Result<Option<Message>, (DeliveryError, Message)>;
-
 /// A destination with its delivery counters (ok, failed).
 pub(crate) struct Sink {
     pub(crate) name: String,
@@ -69,24 +65,6 @@ impl Sink {
     pub(crate) async fn deliver(&self, message: Message) -> DeliveryResult {
         let delivered = crate::panic::catch_future(|| self.destination.deliver(message)).await;
         delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
-    }
-
-    /// Deliver `message` in place, to have it back if it is not delivered, when the destination
-    /// can hand it back ([`Destination::deliver_returning`]); else `Err(message)`. A panic in the
-    /// destination comes back as its text (and the message with it is lost).
-    pub(crate) fn deliver_returning(
-        &self,
-        message: Message,
-    ) -> Result<impl Future<Output = Result<Returned, String>> + Send + '_, Message> {
-        let delivering = match crate::panic::catch(|| self.destination.deliver_returning(message)) {
-            Ok(Err(message)) => return Err(message),
-            Ok(Ok(delivering)) => Ok(delivering),
-            Err(panic) => Err(panic),
-        };
-        Ok(async move {
-            let delivering = delivering?;
-            crate::panic::catch_future(|| delivering).await
-        })
     }
 
     /// Count one delivery.
