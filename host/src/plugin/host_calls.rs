@@ -3,6 +3,7 @@
 
 use super::bindings::Level;
 use super::sandbox::PluginSettings;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Characters of a logged error kept to explain a trap.
@@ -82,18 +83,35 @@ impl HostCalls {
     /// keep it for the metrics ([`PluginSettings::take_unreported`]).
     pub(crate) fn count(&self, name: &str, delta: u64) {
         let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(total) = counters.get_mut(name) {
-            *total = total.saturating_add(delta);
-        } else if counters.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME {
-            counters.insert(name.to_owned(), delta);
-        } else {
+        if !add(&mut counters, name, delta, |counters| {
+            counters.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME
+        }) {
             return;
         }
         drop(counters);
         let mut unreported = self.settings.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
-        let pending = unreported.entry(name.to_owned()).or_default();
-        *pending = pending.saturating_add(delta);
+        add(&mut unreported, name, delta, |_| true);
     }
+}
+
+/// Add `delta` to counter `name` of `counters`, saturating; a name not there yet is added only
+/// if `room` says so. Whether it was counted. A name is copied only when it is added: a plugin
+/// counts the same few names on every call.
+fn add(
+    counters: &mut BTreeMap<String, u64>,
+    name: &str,
+    delta: u64,
+    room: impl FnOnce(&BTreeMap<String, u64>) -> bool,
+) -> bool {
+    if let Some(total) = counters.get_mut(name) {
+        *total = total.saturating_add(delta);
+        return true;
+    }
+    let added = room(counters);
+    if added {
+        counters.insert(name.to_owned(), delta);
+    }
+    added
 }
 
 /// A plugin's log lines in the current one-second window.
