@@ -11,6 +11,10 @@
 //! engine's start-up, plugin compiles, host builds and warm-up calls never
 //! count. Dumps come in [`CASES`] order. Run natively, the same work is done
 //! and checked, so a broken case fails before it is counted.
+//!
+//! The system-call guard (`scripts/syscalls`) traces the same cases with
+//! strace: a marker system call before and after each case, outside
+//! callgrind's window, tells where each case's calls begin and end.
 
 use super::routed::{PluginDir, RoutedHost, Stages};
 use super::stage::{
@@ -69,9 +73,11 @@ async fn routed_case(
     let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
     host.deliver(messages(WARM_UP)).await?;
     let messages = messages(iterations);
+    system_call_marker("begin", case);
     instructions_begin(case);
     let delivered = host.deliver(messages).await;
     instructions_end(case);
+    system_call_marker("end", case);
     delivered?;
     host.finish().await
 }
@@ -85,6 +91,7 @@ fn measured(
     for _ in 0..WARM_UP {
         step()?;
     }
+    system_call_marker("begin", case);
     instructions_begin(case);
     let mut result = Ok(());
     for _ in 0..iterations {
@@ -94,7 +101,17 @@ fn measured(
         }
     }
     instructions_end(case);
+    system_call_marker("end", case);
     result
+}
+
+/// Marks where a case begins or ends in a trace of system calls
+/// (`scripts/syscalls`): the opening of a file that does not exist, named
+/// after the case. Called outside callgrind's window, so it never counts as
+/// an instruction of the case.
+fn system_call_marker(edge: &str, case: &str) {
+    let path = format!("/nonexistent/switchyard-case-{edge}/{case}");
+    let _not_found = std::fs::File::open(path);
 }
 
 /// Where a case starts: callgrind zeroes its counters on entry. Never

@@ -84,11 +84,13 @@ pub struct BenchSettings {
     pub messages: usize,
     /// How long to measure latency at half the routed maximum; none when zero.
     pub latency: Duration,
+    /// The rate the latency run offers, msgs/s, instead of half the routed maximum.
+    pub latency_rate: Option<f64>,
 }
 
 impl Default for BenchSettings {
     fn default() -> Self {
-        BenchSettings { messages: DEFAULT_MESSAGES, latency: Duration::ZERO }
+        BenchSettings { messages: DEFAULT_MESSAGES, latency: Duration::ZERO, latency_rate: None }
     }
 }
 
@@ -273,7 +275,7 @@ pub fn run_with(plugins: &BenchPlugins, settings: &BenchSettings) -> Result<Repo
     let routed = routed(plugins, settings.messages)?;
     let latency = match settings.latency.is_zero() {
         true => None,
-        false => Some(latency::latency(plugins, &routed, settings.latency)?),
+        false => Some(latency::latency(plugins, &routed, settings.latency, settings.latency_rate)?),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let report = Report {

@@ -89,12 +89,16 @@ pub enum Command {
         /// (of the stamp pipeline when `--stamp` is given).
         #[arg(long, default_value_t = 0)]
         latency_secs: u64,
+        /// The rate the latency run offers, msgs/s, instead of half the routed maximum: to see
+        /// latency at other loads (a light one shows what the thread hand-offs cost alone).
+        #[arg(long, value_parser = positive_rate)]
+        latency_rate: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
         /// Instead of timing, run the instruction-count guard's cases (one filter call, one transform
         /// call, one routed message) this many times each between marker functions, for callgrind
-        /// (`scripts/instructions`).
+        /// (`scripts/instructions`), and between marker system calls, for strace (`scripts/syscalls`).
         #[arg(long, conflicts_with_all = ["native_filter", "json"])]
         instructions: Option<usize>,
     },
@@ -186,14 +190,27 @@ impl Command {
                 stamp,
                 messages,
                 latency_secs,
+                latency_rate,
                 json,
                 ..
             } => {
                 let native_libraries = native_filter.zip(native_transform);
                 let plugins = switchyard::bench::BenchPlugins { filter, transform, native_libraries, stamp };
                 let latency = std::time::Duration::from_secs(latency_secs);
-                bench::bench(plugins, switchyard::bench::BenchSettings { messages, latency }, json)
+                bench::bench(
+                    plugins,
+                    switchyard::bench::BenchSettings { messages, latency, latency_rate },
+                    json,
+                )
             }
         }
+    }
+}
+
+/// A rate in messages a second: a finite number above zero.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate above zero (messages a second)")),
     }
 }
