@@ -3,6 +3,7 @@
 
 use super::{Metrics, PluginCounter, PluginName, PluginProblem};
 use crate::plugin::PluginFault;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -67,13 +68,12 @@ impl Metrics {
         }
     }
 
-    /// Add what `plugin` counted during a call (`counts`, by counter name) to
-    /// `switchyard_plugin_counter_total`.
-    pub(crate) fn plugin_counted(&self, plugin: &str, counts: impl IntoIterator<Item = (String, u64)>) {
-        for (name, delta) in counts {
-            let labels = PluginCounter { plugin: plugin.into(), name };
-            self.plugin_counters.get_or_create(&labels).inc_by(delta);
-        }
+    /// The series of `switchyard_plugin_counter_total` that `plugin`'s counter
+    /// `name` adds to, shared by every version of the plugin: a handle kept
+    /// by the plugin's settings, so a call's counts reach it without a lookup.
+    pub(crate) fn plugin_counter(&self, plugin: &str, name: &str) -> Counter {
+        let labels = PluginCounter { plugin: plugin.into(), name: name.into() };
+        self.plugin_counters.get_or_create(&labels).clone()
     }
 
     /// Count an error answer of `plugin`, of kind `problem`.

@@ -180,7 +180,7 @@ impl Worker {
         let started = std::time::Instant::now();
         let result = self.instance(plugin).and_then(call);
         self.metrics.plugin_call(&plugin.name, started.elapsed());
-        self.metrics.plugin_counted(&plugin.name, plugin.settings.take_unreported());
+        plugin.settings.report_counts(|name| self.metrics.plugin_counter(&plugin.name, name));
         if let Err(fault) = &result {
             self.faulted(plugin, fault);
         }

@@ -80,7 +80,7 @@ impl HostCalls {
     }
 
     /// Add `delta` to the plugin's counter `name`, within the bounds, and
-    /// keep it for the metrics ([`PluginSettings::take_unreported`]).
+    /// keep it for the metrics ([`PluginSettings::report_counts`]).
     pub(crate) fn count(&self, name: &str, delta: u64) {
         let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
         if !add(&mut counters, name, delta, |counters| {
@@ -89,8 +89,7 @@ impl HostCalls {
             return;
         }
         drop(counters);
-        let mut unreported = self.settings.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
-        add(&mut unreported, name, delta, |_| true);
+        self.settings.keep_unreported(name, delta);
     }
 }
 
@@ -150,6 +149,7 @@ impl LogBudget {
 mod tests {
     use super::*;
     use crate::config::PluginConfig;
+    use std::sync::Mutex;
 
     #[test]
     fn log_lines_past_the_rate_are_dropped_and_counted_until_the_next_second() {
@@ -165,6 +165,32 @@ mod tests {
         );
         assert!(budget.spend());
         assert_eq!((budget.lines, budget.dropped), (1, 0));
+    }
+
+    #[test]
+    fn counts_reach_their_series_once_each_and_the_series_is_looked_up_once_per_name() {
+        let settings = Arc::new(PluginSettings::new(PluginConfig::default()).unwrap());
+        let calls = HostCalls::new(settings.clone());
+        let (kept, lookups) = (prometheus_client::metrics::counter::Counter::<u64>::default(), Mutex::new(0));
+        let series = |name: &str| {
+            assert_eq!(name, "kept");
+            *lookups.lock().unwrap() += 1;
+            kept.clone()
+        };
+        calls.count("kept", 2);
+        calls.count("kept", 1);
+        settings.report_counts(series);
+        assert_eq!(kept.get(), 3);
+        settings.report_counts(series);
+        assert_eq!(kept.get(), 3, "nothing new, nothing added");
+        calls.count("kept", 4);
+        settings.report_counts(series);
+        assert_eq!((kept.get(), *lookups.lock().unwrap()), (7, 1));
+        settings.forget_counts();
+        calls.count("kept", 1);
+        settings.report_counts(series);
+        assert_eq!((kept.get(), *lookups.lock().unwrap()), (8, 2), "forgotten names are looked up again");
+        assert_eq!(settings.counters.lock().unwrap()["kept"], 1, "the totals were forgotten too");
     }
 
     #[test]

@@ -124,8 +124,7 @@ fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> R
         sample_call(&mut instance).map(Ok)
     });
     // The trial is not traffic: it must not show in the plugin's counters.
-    plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
-    plugin.settings.take_unreported();
+    plugin.settings.forget_counts();
     match trial {
         Ok(checked) => checked,
         Err(PluginFault::Unusable(reason)) => {

@@ -5,6 +5,7 @@ use super::bindings::{HostImports, Level, TypesImports};
 use super::error::LoadError;
 use super::host_calls::HostCalls;
 use crate::config::PluginConfig;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::filesystem::FsPerms;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// One counter's increments not yet in the host's metrics, and the series
+/// they go to once it is known.
+#[derive(Debug)]
+struct Unreported {
+    delta: u64,
+    series: Option<Counter>,
+}
 
 /// Everything the host knows about a plugin besides its code.
 #[derive(Debug, Default)]
@@ -23,7 +32,7 @@ pub struct PluginSettings {
     pub counters: Mutex<BTreeMap<String, u64>>,
     /// Increments of [`counters`](Self::counters) not yet added to the host's
     /// metrics, where every version of the plugin adds to the same series.
-    pub(crate) unreported: Mutex<BTreeMap<String, u64>>,
+    unreported: Mutex<BTreeMap<String, Unreported>>,
     allowed_addrs: Vec<SocketAddr>,
 }
 
@@ -41,9 +50,30 @@ impl PluginSettings {
         Ok(PluginSettings { config, counters: Mutex::default(), unreported: Mutex::default(), allowed_addrs })
     }
 
-    /// The counter increments since the last call of this, by name.
-    pub(crate) fn take_unreported(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.unreported.lock().unwrap_or_else(|poison| poison.into_inner()))
+    /// Keep `delta` more of counter `name` for the next [report](Self::report_counts).
+    pub(crate) fn keep_unreported(&self, name: &str, delta: u64) {
+        let mut unreported = self.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
+        match unreported.get_mut(name) {
+            Some(counter) => counter.delta = counter.delta.saturating_add(delta),
+            None => drop(unreported.insert(name.to_owned(), Unreported { delta, series: None })),
+        }
+    }
+
+    /// Add the counter increments made since the last report to their series
+    /// in the host's metrics; `series` names the series of a counter, asked
+    /// once per counter name. Names stay, so counting one again copies nothing.
+    pub(crate) fn report_counts(&self, series: impl Fn(&str) -> Counter) {
+        let mut unreported = self.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
+        for (name, counter) in unreported.iter_mut().filter(|(_, counter)| counter.delta > 0) {
+            let delta = std::mem::take(&mut counter.delta);
+            counter.series.get_or_insert_with(|| series(name)).inc_by(delta);
+        }
+    }
+
+    /// Forget what was counted: the counters and their unreported increments.
+    pub(crate) fn forget_counts(&self) {
+        self.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
+        self.unreported.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
     }
 
     /// The plugin's memory cap in bytes.
