@@ -92,7 +92,7 @@ fn the_python_and_js_filters_decide_as_the_rust_header_filter_on_a_thousand_mess
         kept += rust.iter().filter(|decision| **decision == Ok(Verdict::Keep)).count();
     }
     assert!(kept > 100 && kept < 900, "both decisions occur: {kept} of 1000 kept");
-    let counters = |plugin: &CompiledPlugin| plugin.settings.counters.lock().unwrap().clone();
+    let counters = |plugin: &CompiledPlugin| plugin.settings.counters();
     let [rust, python, js] = plugins.each_ref().map(|plugin| counters(plugin));
     assert_eq!(rust, python, "the Python plugin's counters reach the host alike");
     assert_eq!(rust, js, "the JavaScript plugin's counters reach the host alike");

@@ -62,7 +62,7 @@ fn the_header_filter_decides_alike_native_and_as_a_component_on_ten_thousand_mes
     }
     assert_eq!(kept + dropped, 10_000);
     assert!(kept > 1000 && dropped > 1000, "both decisions occur: {kept} kept, {dropped} dropped");
-    let counters = |plugin: &CompiledPlugin| plugin.settings.counters.lock().unwrap().clone();
+    let counters = |plugin: &CompiledPlugin| plugin.settings.counters();
     assert_eq!(counters(&component), counters(&native), "the counters reach the host alike");
     // A misconfiguration fails every message alike.
     let keys = [("require_value", "acme")];

@@ -37,7 +37,7 @@ to = "out"
     assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (1, 3, 0));
     assert!(out.is_empty());
     let plugin = &host.plugins()[0];
-    let counters = plugin.settings.counters.lock().unwrap().clone();
+    let counters = plugin.settings.counters();
     assert_eq!((counters.get("kept"), counters.get("dropped")), (Some(&1), Some(&3)));
 }
 

@@ -35,7 +35,7 @@ pub(super) fn list(host: &Host) -> Value {
 /// What only a serving version has: kind, whether it is a native library,
 /// version, compile time, instances, its own counters.
 fn serving(plugin: &CompiledPlugin) -> Value {
-    let counters = plugin.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+    let counters = plugin.settings.counters();
     json!({
         "kind": plugin.kind,
         "native": plugin.is_native(),

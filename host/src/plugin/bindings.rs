@@ -42,7 +42,7 @@ mod transport {
 }
 
 pub(crate) use balancer::{BalancerPlugin, BalancerPluginPre};
-pub(crate) use filter::switchyard::plugin::host::{Host as HostImports, Level};
+pub(crate) use filter::switchyard::plugin::host::Level;
 /// What a balancer plugin sees of one endpoint: the WIT `endpoint` record.
 pub use filter::switchyard::plugin::types::Endpoint as EndpointRecord;
 pub(crate) use filter::switchyard::plugin::types::{
@@ -54,13 +54,14 @@ pub(crate) use middleware::{MiddlewarePlugin, MiddlewarePluginPre};
 pub(crate) use transform::{TransformPlugin, TransformPluginPre};
 pub(crate) use transport::{TransportPlugin, TransportPluginPre};
 
-/// Register the `host` and `types` imports every world shares.
-pub(crate) fn add_host_imports<T: HostImports + TypesImports + 'static>(
+/// The `host` interface, as plugins import it.
+pub(crate) const HOST_INTERFACE: &str = "switchyard:plugin/host@0.1.0";
+
+/// Register the `types` imports every world shares (the `host` ones are
+/// registered by hand: `sandbox::add_host_imports`).
+pub(crate) fn add_types_imports<T: TypesImports + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
-    filter::switchyard::plugin::host::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| {
-        state
-    })?;
     filter::switchyard::plugin::types::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| {
         state
     })

@@ -1,10 +1,9 @@
 //! The wasmtime engine of one host: compiler settings, the linker every plugin
 //! is checked against, and the epoch ticker that enforces call deadlines.
 
-use super::bindings::add_host_imports;
 use super::cache::{CacheOutcome, CompileCache};
 use super::error::EngineError;
-use super::sandbox::StoreState;
+use super::sandbox::{StoreState, add_host_imports};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;

@@ -3,7 +3,6 @@
 
 use super::bindings::Level;
 use super::sandbox::PluginSettings;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Characters of a logged error kept to explain a trap.
@@ -82,35 +81,8 @@ impl HostCalls {
     /// Add `delta` to the plugin's counter `name`, within the bounds, and
     /// keep it for the metrics ([`PluginSettings::report_counts`]).
     pub(crate) fn count(&self, name: &str, delta: u64) {
-        let mut counters = self.settings.counters.lock().unwrap_or_else(|poison| poison.into_inner());
-        if !add(&mut counters, name, delta, |counters| {
-            counters.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME
-        }) {
-            return;
-        }
-        drop(counters);
-        self.settings.keep_unreported(name, delta);
+        self.settings.count(name, delta, |names| names < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME);
     }
-}
-
-/// Add `delta` to counter `name` of `counters`, saturating; a name not there yet is added only
-/// if `room` says so. Whether it was counted. A name is copied only when it is added: a plugin
-/// counts the same few names on every call.
-fn add(
-    counters: &mut BTreeMap<String, u64>,
-    name: &str,
-    delta: u64,
-    room: impl FnOnce(&BTreeMap<String, u64>) -> bool,
-) -> bool {
-    if let Some(total) = counters.get_mut(name) {
-        *total = total.saturating_add(delta);
-        return true;
-    }
-    let added = room(counters);
-    if added {
-        counters.insert(name.to_owned(), delta);
-    }
-    added
 }
 
 /// A plugin's log lines in the current one-second window.
@@ -190,7 +162,7 @@ mod tests {
         calls.count("kept", 1);
         settings.report_counts(series);
         assert_eq!((kept.get(), *lookups.lock().unwrap()), (8, 2), "forgotten names are looked up again");
-        assert_eq!(settings.counters.lock().unwrap()["kept"], 1, "the totals were forgotten too");
+        assert_eq!(settings.counters()["kept"], 1, "the totals were forgotten too");
     }
 
     #[test]
@@ -202,7 +174,7 @@ mod tests {
         }
         calls.count(&"x".repeat(MAX_COUNTER_NAME + 1), 1);
         calls.count("c0", u64::MAX);
-        let counters = settings.counters.lock().unwrap();
+        let counters = settings.counters();
         assert_eq!(counters.len(), MAX_COUNTERS);
         assert!(counters.keys().all(|name| name.len() <= MAX_COUNTER_NAME));
         assert_eq!(counters["c0"], u64::MAX, "saturates, never wraps");

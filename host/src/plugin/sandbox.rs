@@ -1,7 +1,7 @@
 //! The sandbox one plugin instance runs in: deny-by-default WASI, a memory cap,
 //! and the `host` interface (log, config, clock, counters; see [`HostCalls`]).
 
-use super::bindings::{HostImports, Level, TypesImports};
+use super::bindings::{HOST_INTERFACE, Level, TypesImports, add_types_imports};
 use super::error::LoadError;
 use super::host_calls::HostCalls;
 use crate::config::PluginConfig;
@@ -9,16 +9,21 @@ use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
-use wasmtime::component::ResourceTable;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, ResourceTable, WasmStr};
 use wasmtime_wasi::filesystem::FsPerms;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// One counter's increments not yet in the host's metrics, and the series
-/// they go to once it is known.
-#[derive(Debug)]
-struct Unreported {
-    delta: u64,
+/// One counter a plugin bumps through `host.count`.
+#[derive(Debug, Default)]
+struct Count {
+    /// All this version of the plugin counted.
+    total: u64,
+    /// Increments not yet added to the host's metrics, where every version
+    /// of the plugin adds to the same series.
+    unreported: u64,
+    /// That series, once looked up.
     series: Option<Counter>,
 }
 
@@ -27,12 +32,8 @@ struct Unreported {
 pub struct PluginSettings {
     /// The configuration as written (defaults when the plugin has no entry).
     pub config: PluginConfig,
-    /// Counters this version bumped through `host.count` (`/v1/plugins`);
-    /// a new version starts from zero.
-    pub counters: Mutex<BTreeMap<String, u64>>,
-    /// Increments of [`counters`](Self::counters) not yet added to the host's
-    /// metrics, where every version of the plugin adds to the same series.
-    unreported: Mutex<BTreeMap<String, Unreported>>,
+    /// The counters this version bumped, by name.
+    counts: Mutex<BTreeMap<String, Count>>,
     allowed_addrs: Vec<SocketAddr>,
 }
 
@@ -47,33 +48,44 @@ impl PluginSettings {
             })?;
             allowed_addrs.extend(resolved);
         }
-        Ok(PluginSettings { config, counters: Mutex::default(), unreported: Mutex::default(), allowed_addrs })
+        Ok(PluginSettings { config, counts: Mutex::default(), allowed_addrs })
     }
 
-    /// Keep `delta` more of counter `name` for the next [report](Self::report_counts).
-    pub(crate) fn keep_unreported(&self, name: &str, delta: u64) {
-        let mut unreported = self.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
-        match unreported.get_mut(name) {
-            Some(counter) => counter.delta = counter.delta.saturating_add(delta),
-            None => drop(unreported.insert(name.to_owned(), Unreported { delta, series: None })),
+    /// What this version counted through `host.count`, by counter name
+    /// (`/v1/plugins`); a new version starts from zero.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        counts.iter().map(|(name, count)| (name.clone(), count.total)).collect()
+    }
+
+    /// Add `delta` to counter `name`, saturating; a name not counted yet is
+    /// added only if `room`, told how many names there are, allows it. A name
+    /// is copied only when it is added: a plugin counts the same few names on
+    /// every call.
+    pub(crate) fn count(&self, name: &str, delta: u64, room: impl FnOnce(usize) -> bool) {
+        let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = counts.get_mut(name) {
+            count.total = count.total.saturating_add(delta);
+            count.unreported = count.unreported.saturating_add(delta);
+        } else if room(counts.len()) {
+            counts.insert(name.to_owned(), Count { total: delta, unreported: delta, series: None });
         }
     }
 
     /// Add the counter increments made since the last report to their series
     /// in the host's metrics; `series` names the series of a counter, asked
-    /// once per counter name. Names stay, so counting one again copies nothing.
+    /// once per counter name.
     pub(crate) fn report_counts(&self, series: impl Fn(&str) -> Counter) {
-        let mut unreported = self.unreported.lock().unwrap_or_else(|poison| poison.into_inner());
-        for (name, counter) in unreported.iter_mut().filter(|(_, counter)| counter.delta > 0) {
-            let delta = std::mem::take(&mut counter.delta);
-            counter.series.get_or_insert_with(|| series(name)).inc_by(delta);
+        let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        for (name, count) in counts.iter_mut().filter(|(_, count)| count.unreported > 0) {
+            let delta = std::mem::take(&mut count.unreported);
+            count.series.get_or_insert_with(|| series(name)).inc_by(delta);
         }
     }
 
     /// Forget what was counted: the counters and their unreported increments.
     pub(crate) fn forget_counts(&self) {
-        self.counters.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
-        self.unreported.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
+        self.counts.lock().unwrap_or_else(|poison| poison.into_inner()).clear();
     }
 
     /// The plugin's memory cap in bytes.
@@ -249,22 +261,31 @@ impl wasmtime::ResourceLimiter for StoreState {
 
 impl TypesImports for StoreState {}
 
-impl HostImports for StoreState {
-    fn log(&mut self, level: Level, message: String) {
-        self.host.log(level, &message);
-    }
-
-    fn config(&mut self, key: String) -> Option<String> {
-        self.host.config(&key)
-    }
-
-    fn now_millis(&mut self) -> u64 {
-        HostCalls::now_millis()
-    }
-
-    fn count(&mut self, name: String, delta: u64) {
-        self.host.count(&name, delta);
-    }
+/// Register the `host` interface every plugin world imports. By hand, not
+/// through the generated `add_to_linker`, so that `count`, called at the end
+/// of every plugin call that counted, reads the counter's name in the guest's
+/// memory instead of copying it into a `String` first.
+pub(crate) fn add_host_imports(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    let mut host = linker.instance(HOST_INTERFACE)?;
+    host.func_wrap(
+        "log",
+        |mut store: StoreContextMut<'_, StoreState>, (level, message): (Level, String)| {
+            store.data_mut().host.log(level, &message);
+            Ok(())
+        },
+    )?;
+    host.func_wrap("config", |store: StoreContextMut<'_, StoreState>, (key,): (String,)| {
+        Ok((store.data().host.config(&key),))
+    })?;
+    host.func_wrap("now-millis", |_: StoreContextMut<'_, StoreState>, (): ()| {
+        Ok((HostCalls::now_millis(),))
+    })?;
+    host.func_wrap("count", |store: StoreContextMut<'_, StoreState>, (name, delta): (WasmStr, u64)| {
+        let name = name.to_str(&store)?;
+        store.data().host.count(&name, delta);
+        Ok(())
+    })?;
+    add_types_imports(linker)
 }
 
 #[cfg(test)]
