@@ -82,9 +82,15 @@ to = "out"
     assert_eq!(rejected.header("x-sy-dead-letter"), Some("plugin-rejected"));
     assert!(rejected.header("x-sy-dead-letter-reason").unwrap().contains("payload is not JSON"));
     assert_eq!(rejected.payload, "not json");
+    // JSON but for a byte that is not UTF-8: rejected too, by the parser, not passed on.
+    let not_utf8: &[u8] = b"{\"card\":\"41\xff1\"}";
+    host.send(Message::new("orders.eu", not_utf8)).await.unwrap();
+    let rejected = next(&dead).await;
+    assert!(rejected.header("x-sy-dead-letter-reason").unwrap().contains("payload is not JSON"));
+    assert_eq!(rejected.payload, not_utf8);
     let stats = drain_and_account(&host).await;
-    assert_eq!((stats.accepted, stats.created), (4, 2));
-    assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (4, 1, 1));
+    assert_eq!((stats.accepted, stats.created), (5, 2));
+    assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (4, 1, 2));
 }
 
 #[tokio::test]

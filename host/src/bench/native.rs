@@ -21,8 +21,13 @@ pub(super) fn native_transform(message: &Message) -> Result<Vec<Message>, Plugin
             _ => {}
         }
     }
-    let mut document: serde_json::Value = serde_json::from_slice(&message.payload)
-        .map_err(|err| PluginError::Rejected(format!("payload is not JSON: {err}")))?;
+    // As the plugin parses: the text once checked as UTF-8, then its strings unchecked.
+    let parsed = match std::str::from_utf8(&message.payload) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(&message.payload),
+    };
+    let mut document: serde_json::Value =
+        parsed.map_err(|err| PluginError::Rejected(format!("payload is not JSON: {err}")))?;
     redact(&mut document);
     let payload = serde_json::to_vec(&document).map_err(|err| PluginError::Failed(err.to_string()))?;
     let mut output = message.clone();

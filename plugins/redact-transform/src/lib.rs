@@ -78,9 +78,13 @@ impl Transform for RedactTransform {
     fn transform(message: &Message<'_>, out: &mut Output) -> Result<(), Error> {
         let settings = &*SETTINGS;
         let added = settings.added_field()?;
-        let payload = message.payload.unwrap_or_default();
-        let mut document: Value = serde_json::from_slice(payload)
-            .map_err(|error| Error::rejected(format!("payload is not JSON: {error}")))?;
+        let parsed = match message.payload_text() {
+            Some(text) => serde_json::from_str(text),
+            // Not UTF-8 (or no payload): the bytes, for the parser's own error.
+            None => serde_json::from_slice(message.payload.unwrap_or_default()),
+        };
+        let mut document: Value =
+            parsed.map_err(|error| Error::rejected(format!("payload is not JSON: {error}")))?;
         settings.redact(&mut document);
         for mut document in settings.split(document) {
             if let (Some((name, value)), Value::Object(object)) = (added, &mut document) {
