@@ -116,6 +116,8 @@ mod host;
 #[expect(unsafe_code, reason = "the C-ABI boundary of native builds reads the host's raw pointers")]
 #[doc(hidden)]
 pub mod native;
+#[cfg(any(test, target_family = "wasm"))]
+mod memcmp;
 mod message;
 mod output;
 #[cfg(not(target_family = "wasm"))]
