@@ -306,12 +306,14 @@ const STAGE_ATTEMPTS: usize = 3;
 fn run_stage_with_retries(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>) -> Vec<Fate> {
     let mut fates = run_stage(worker, route, stage, items);
     for _ in 1..STAGE_ATTEMPTS {
+        // Most batches have nothing to retry: they go on as they are, not
+        // moved fate by fate into two new vectors.
+        if !fates.iter().any(|fate| matches!(fate, Fate::Retry(..))) {
+            return fates;
+        }
         let (again, settled): (Vec<Fate>, Vec<Fate>) =
             fates.into_iter().partition(|fate| matches!(fate, Fate::Retry(..)));
         fates = settled;
-        if again.is_empty() {
-            return fates;
-        }
         let items = again.into_iter().map(|fate| match fate {
             Fate::Retry(item, ..) => item,
             _ => unreachable!("partitioned above"),
