@@ -91,7 +91,8 @@ pub enum Command {
         latency_secs: u64,
         /// The rate the latency run offers, msgs/s, instead of half the routed maximum: to see
         /// latency at other loads (a light one shows what the thread hand-offs cost alone).
-        #[arg(long, value_parser = positive_rate)]
+        /// Needs `--latency-secs`.
+        #[arg(long, value_parser = positive_rate, requires = "latency_secs")]
         latency_rate: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -212,5 +213,26 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
         _ => Err(format!("`{text}` is not a rate above zero (messages a second)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let args = ["switchyard", "bench", "--filter", "f.wasm", "--transform", "t.wasm"];
+        Cli::try_parse_from(args.iter().chain(extra))
+    }
+
+    #[test]
+    fn a_latency_rate_is_taken_only_with_a_latency_run_and_above_zero() {
+        assert!(bench(&["--latency-secs", "5", "--latency-rate", "5000"]).is_ok());
+        let alone = bench(&["--latency-rate", "5000"]).err().expect("refused without --latency-secs");
+        assert!(alone.to_string().contains("--latency-secs"), "{alone}");
+        for rate in ["0", "-0.5", "fast", "inf", "NaN"] {
+            let error = bench(&["--latency-secs", "5", &format!("--latency-rate={rate}")]).err().expect(rate);
+            assert!(error.to_string().contains("not a rate above zero"), "{rate}: {error}");
+        }
     }
 }
