@@ -97,20 +97,29 @@ impl Message {
     }
 
     /// Take `original`'s sequence number and unique id: this message stands
-    /// for it (a transform's first output, a middleware's forward).
+    /// for it (a native transform's first output, a middleware's forward).
     pub(crate) fn inherit_ids(&mut self, original: &Message) {
         self.id = original.id;
-        let mut ids = self.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
-        if let (Some((name, id)), None) = (ids.next(), ids.next())
-            && name == ID_HEADER
-            && Some(id.as_str()) == original.unique_id()
-        {
+        self.carry_unique_id(original.unique_id());
+    }
+
+    /// Make `unique_id` this message's one id header: left where it is when
+    /// the message carries exactly it already (once, under its exact name),
+    /// else set; every id header removed when there is none.
+    fn carry_unique_id(&mut self, unique_id: Option<&str>) {
+        if self.carries_only(unique_id) {
             return;
         }
-        match original.unique_id() {
+        match unique_id {
             Some(id) => self.set_header(ID_HEADER, id),
             None => self.headers.retain(|(key, _)| !key.eq_ignore_ascii_case(ID_HEADER)),
         }
+    }
+
+    /// Whether this message has exactly one id header, named exactly [`ID_HEADER`], holding `unique_id`.
+    fn carries_only(&self, unique_id: Option<&str>) -> bool {
+        let mut ids = self.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
+        matches!((ids.next(), ids.next()), (Some((name, id)), None) if name == ID_HEADER && Some(id.as_str()) == unique_id)
     }
 
     pub(crate) fn wire_head(&self, source: u32) -> switchyard_wire::Head<'_> {
@@ -142,34 +151,60 @@ impl Message {
         }
     }
 
-    /// Build an owned message from a transform's output `message` made of
-    /// `input`, taking from `input` what the output left as it was rather than
-    /// copying it: the topic and the headers (but the id header) where they
-    /// are unchanged are moved out of `input`, an unchanged payload is shared.
-    /// `input` keeps its ids; the rest of it may be left empty.
-    pub(crate) fn from_wire_reusing(message: &switchyard_wire::MessageRef<'_>, input: &mut Message) -> Self {
+    /// Build the message standing for `input` (a transform's first output of
+    /// it) from its wire form `message`: it takes `input`'s ids, as
+    /// [`Message::inherit_ids`] sets them, and `input`'s parts rather than
+    /// copies of them: the topic if unchanged, the header list, rewritten in
+    /// place (each header the output left as it was kept, its id header too),
+    /// and an unchanged payload, shared. `input` keeps its sequence number;
+    /// the rest of it may be left empty.
+    pub(crate) fn first_output_of(message: &switchyard_wire::MessageRef<'_>, input: &mut Message) -> Self {
         let topic = match message.topic == input.topic {
             true => std::mem::take(&mut input.topic),
             false => message.topic.to_owned(),
         };
-        let headers = message
-            .headers()
-            .enumerate()
-            .map(|(index, (name, value))| match input.headers.get_mut(index) {
-                Some((same_name, same_value))
-                    if same_name == name && same_value == value && !name.eq_ignore_ascii_case(ID_HEADER) =>
+        let mut headers = std::mem::take(&mut input.headers);
+        // The unique id is moved out of its header, and back in if the output
+        // kept that header as it was.
+        let id_at = headers.iter().position(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
+        let mut unique_id = id_at.map(|at| std::mem::take(&mut headers[at].1));
+        let count = message.headers().len();
+        for (index, (name, value)) in message.headers().enumerate() {
+            match headers.get_mut(index) {
+                Some((same_name, id))
+                    if Some(index) == id_at && same_name == name && unique_id.as_deref() == Some(value) =>
                 {
-                    (std::mem::take(same_name), std::mem::take(same_value))
+                    *id = unique_id.take().expect("compared above");
                 }
-                _ => (name.to_owned(), value.to_owned()),
-            })
-            .collect();
+                Some((same_name, same_value)) => {
+                    if same_name != name {
+                        name.clone_into(same_name);
+                    }
+                    if same_value != value {
+                        value.clone_into(same_value);
+                    }
+                }
+                None => headers.push((name.to_owned(), value.to_owned())),
+            }
+        }
+        headers.truncate(count);
         let payload = message.payload.unwrap_or_default();
         let payload = match payload == &input.payload[..] {
             true => input.payload.clone(),
             false => Bytes::copy_from_slice(payload),
         };
-        Message { id: message.id, topic, headers, payload, priority: message.priority }
+        let mut output = Message { id: input.id, topic, headers, payload, priority: message.priority };
+        match (unique_id, id_at) {
+            // Kept in its place: it is the output's unique id unless another header claims to be one.
+            (None, Some(at)) => {
+                if !output.carries_only(Some(&output.headers[at].1)) {
+                    let id = std::mem::take(&mut output.headers[at].1);
+                    output.carry_unique_id(Some(&id));
+                }
+            }
+            (unique_id, _) => output.carry_unique_id(unique_id.as_deref()),
+        }
+        output
     }
 }
 
@@ -193,39 +228,66 @@ mod tests {
         assert_ne!(first, second);
     }
 
-    /// `message` written as a transform's output would be, then decoded and built reusing `input`.
-    fn reused(message: &Message, input: &mut Message) -> Message {
+    /// `message` written as a transform's output would be, then decoded and built as the first
+    /// output of `input`; checked against a copy that inherited `input`'s ids.
+    fn first_output(message: &Message, input: &mut Message) -> Message {
         let mut batch = Vec::new();
         let head = Head { id: message.id, source: 0, priority: message.priority, topic: &message.topic };
         write_message(&mut batch, &head, message.wire_headers(), Payload::Bytes(&message.payload));
         let output = decode(&batch).next().unwrap().unwrap();
-        let reused = Message::from_wire_reusing(&output, input);
-        assert_eq!(reused, Message::from_wire(&output), "reusing builds what copying builds");
-        reused
+        let mut copied = Message::from_wire(&output);
+        copied.inherit_ids(input);
+        let built = Message::first_output_of(&output, input);
+        assert_eq!(built, copied, "reusing the input builds what copying builds");
+        built
     }
 
     #[test]
-    fn an_output_built_from_its_input_equals_a_copy_and_leaves_the_input_its_ids() {
+    fn a_first_output_takes_what_it_kept_of_its_input_and_equals_a_copy() {
         let mut original = input();
-        let unchanged = reused(&original.clone(), &mut original);
-        assert_eq!(unchanged, input());
-        assert_eq!(original.unique_id(), Some("id-1"), "the id header stays for the ids to be inherited");
-        assert!(original.topic.is_empty(), "the unchanged topic was moved, not copied");
+        original.id = 7;
+        let id_text = original.headers[1].1.as_ptr();
+        let unchanged = first_output(&input(), &mut original);
+        assert_eq!((unchanged.id, unchanged.unique_id()), (7, Some("id-1")));
+        assert_eq!(unchanged.headers[1].1.as_ptr(), id_text, "the id header was moved, not copied");
+        assert!(original.topic.is_empty() && original.headers.is_empty(), "moved, not copied: {original:?}");
 
         let mut original = input();
         let mut changed = input().with_header("x-stamp", "s");
         changed.topic = "orders.us".into();
         changed.headers[0].1 = "other".into();
         changed.payload = Bytes::from_static(b"[]");
-        assert_eq!(reused(&changed, &mut original), changed);
-        assert_eq!((original.topic.as_str(), original.headers[0].1.as_str()), ("orders.eu", "acme"));
+        assert_eq!(first_output(&changed, &mut original), changed);
+        assert_eq!(original.topic, "orders.eu", "a changed topic is copied from the output");
+
+        let mut original = input();
+        let fewer = Message::new("orders.eu", "{}").with_header("x-tenant", "acme");
+        let output = first_output(&fewer, &mut original);
+        assert_eq!(output.headers, [("x-tenant".into(), "acme".into()), (ID_HEADER.into(), "id-1".into())]);
     }
 
     #[test]
-    fn a_second_output_of_one_input_is_built_whole_after_the_first_took_its_fields() {
-        let mut original = input();
-        let first = reused(&input(), &mut original);
-        assert_eq!(reused(&input(), &mut original), first);
+    fn a_first_output_carries_its_input_ids_whatever_id_headers_it_had() {
+        for headers in [
+            vec![("x-tenant", "acme"), (ID_HEADER, "id-1")],
+            vec![("x-tenant", "acme"), (ID_HEADER, "id-1"), ("X-SY-ID", "chosen")],
+            vec![("x-tenant", "acme"), ("X-Sy-Id", "id-1")],
+            vec![("x-tenant", "acme"), (ID_HEADER, "chosen")],
+            vec![(ID_HEADER, "id-1")],
+            vec![],
+        ] {
+            let mut output = Message::new("orders.eu", "{}");
+            for (name, value) in &headers {
+                output = output.with_header(*name, *value);
+            }
+            let output = first_output(&output, &mut input());
+            let ids: Vec<_> =
+                output.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER)).collect();
+            assert_eq!(ids, [&(ID_HEADER.to_owned(), "id-1".to_owned())], "{headers:?}");
+        }
+        let mut without_id = Message::new("orders.eu", "{}").with_header("x-tenant", "acme");
+        let output = first_output(&input(), &mut without_id);
+        assert_eq!(output.unique_id(), None, "an input without an id gives none to its output");
     }
 
     #[test]

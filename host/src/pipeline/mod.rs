@@ -23,7 +23,7 @@ use crate::host::RequestError;
 use crate::message::{Message, Verdict};
 use crate::metrics::{Metrics, RouteMetrics, Settled};
 use crate::plugin::{PluginEngine, PluginError, PluginRegistry, PluginSet};
-use crate::router::Route;
+use crate::router::{Route, RouteKey};
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
 use dispatch::{Delivery, Job};
@@ -56,7 +56,7 @@ pub(crate) struct Pipeline {
 /// Deliveries and dead letters a batch leaves for the async side.
 #[derive(Default)]
 struct Settlements<'r> {
-    deliveries: Vec<(&'r Route, &'r Arc<RouteMetrics>, Item)>,
+    deliveries: Vec<(RouteKey, &'r Arc<RouteMetrics>, Item)>,
     dead_letters: Vec<(Item, DeadLetterReason, Option<&'r RouteMetrics>)>,
 }
 
@@ -112,7 +112,7 @@ impl Pipeline {
         }
         for (key, items) in by_route.into_iter().enumerate() {
             if !items.is_empty() {
-                self.run_route(worker, &plugins, &topology, routes.get(key), items, &mut settlements);
+                self.run_route(worker, &plugins, &topology, key, items, &mut settlements);
             }
         }
         runtime.block_on(self.settle_batch(&topology, settlements));
@@ -123,10 +123,11 @@ impl Pipeline {
         worker: &mut Worker,
         plugins: &PluginSet,
         topology: &'r Topology,
-        route: &'r Route,
+        key: RouteKey,
         mut items: Vec<Item>,
         settlements: &mut Settlements<'r>,
     ) {
+        let route = topology.routes.get(key);
         let metrics = topology.route_metrics(&route.name);
         metrics.accepted(items.len());
         let _route = tracing::debug_span!("route", route = %route.name, messages = items.len()).entered();
@@ -154,7 +155,7 @@ impl Pipeline {
                 }
             }
         }
-        settlements.deliveries.extend(items.into_iter().map(|item| (route, metrics, item)));
+        settlements.deliveries.extend(items.into_iter().map(|item| (key, metrics, item)));
     }
 
     fn dropped(&self, item: Item, route: &Route, metrics: &RouteMetrics) {
@@ -178,28 +179,28 @@ impl Pipeline {
         for (item, reason, route) in settlements.dead_letters {
             self.dead_letter(topology, item, reason, route).await;
         }
-        for (route, metrics, item) in settlements.deliveries {
-            self.deliver(topology, route, metrics, item).await;
+        for (key, metrics, item) in settlements.deliveries {
+            self.deliver(topology.routes.get(key), topology.targets(key), metrics, item).await;
         }
     }
 
-    /// Send `item` to each destination of `route`: network destinations
-    /// through their queue (waiting while it is full), others in place. The
-    /// caller's reply comes from the first destination.
+    /// Send `item` to each destination of `route`, `targets`: network
+    /// destinations through their queue (waiting while it is full), others in
+    /// place. The caller's reply comes from the first destination.
     #[tracing::instrument(level = "debug", skip_all, fields(route = %route.name, id = item.message.id))]
-    async fn deliver(&self, topology: &Topology, route: &Route, metrics: &Arc<RouteMetrics>, item: Item) {
+    async fn deliver(&self, route: &Route, targets: &[Arc<Target>], metrics: &Arc<RouteMetrics>, item: Item) {
         let Item { message, mut reply, mut middlewares, accepted } = item;
-        let copies = route.destinations.len();
+        let copies = targets.len();
         Counters::bump(&self.counters.created, copies.saturating_sub(1) as u64);
         let mut message = Some(message);
-        for (index, name) in route.destinations.iter().enumerate() {
+        for (index, target) in targets.iter().enumerate() {
             let message = match index + 1 == copies {
                 true => message.take().expect("the last copy"),
                 false => message.as_ref().expect("not the last copy").clone(),
             };
             let middlewares = std::mem::take(&mut middlewares);
             let delivery = Delivery { message, reply: reply.take(), middlewares, accepted: accepted.clone() };
-            self.deliver_to(&topology.destinations[name], delivery, metrics).await;
+            self.deliver_to(target, delivery, metrics).await;
         }
     }
 
@@ -352,7 +353,12 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
             let mut fates = Vec::with_capacity(items.len());
             for item in items {
                 match crate::panic::catch(|| transform.transform(&item.message)) {
-                    Ok(Ok(outputs)) => worker.split(item, outputs, &mut fates),
+                    Ok(Ok(mut outputs)) => {
+                        if let Some(first) = outputs.first_mut() {
+                            first.inherit_ids(&item.message);
+                        }
+                        worker.split(item, outputs, &mut fates)
+                    }
                     Ok(Err(error)) => {
                         fates.push(Fate::failed(item, route_policy, native_reason(name, error)))
                     }

@@ -8,14 +8,17 @@ use crate::destination::{
 };
 use crate::message::Message;
 use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
-use crate::router::{Route, RouteTable};
+use crate::router::{Route, RouteKey, RouteTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// What messages are routed by and delivered to. Each batch pins one.
 pub(crate) struct Topology {
     pub(crate) routes: RouteTable,
-    pub(crate) destinations: HashMap<String, Target>,
+    pub(crate) destinations: HashMap<String, Arc<Target>>,
+    /// Each route's destinations (by [`RouteKey`]), looked up once per
+    /// topology rather than per message.
+    route_targets: Vec<Vec<Arc<Target>>>,
     dead_letter: String,
     /// Destinations with a dead-letter destination of their own.
     dead_letter_of: HashMap<String, String>,
@@ -168,12 +171,20 @@ impl Topology {
             };
             destinations.insert("log".into(), log);
         }
-        let routes = config.routes.iter().map(|route| Route::from_config(route).expect("validated config"));
+        let destinations: HashMap<String, Arc<Target>> =
+            destinations.into_iter().map(|(name, target)| (name, Arc::new(target))).collect();
+        let routes: Vec<Route> =
+            config.routes.iter().map(|route| Route::from_config(route).expect("validated config")).collect();
+        let route_targets = routes
+            .iter()
+            .map(|route| route.destinations.iter().map(|name| destinations[name].clone()).collect())
+            .collect();
         let route_metrics =
             config.routes.iter().map(|route| (route.name.clone(), Arc::new(metrics.route(&route.name))));
         Topology {
-            routes: RouteTable::new(routes.collect()),
+            routes: RouteTable::new(routes),
             destinations,
+            route_targets,
             dead_letter: config.host.dead_letter.clone(),
             dead_letter_of: config
                 .destinations
@@ -191,7 +202,15 @@ impl Topology {
 
     /// The fallback of destination `name`, if it has one.
     pub(crate) fn fallback_of(&self, name: &str) -> Option<&Target> {
-        self.fallback_of.get(name).and_then(|fallback| self.destinations.get(fallback))
+        self.fallback_of
+            .get(name)
+            .and_then(|fallback| self.destinations.get(fallback))
+            .map(|target| &**target)
+    }
+
+    /// The destinations of route `key`, in its order.
+    pub(crate) fn targets(&self, key: RouteKey) -> &[Arc<Target>] {
+        &self.route_targets[key]
     }
 
     /// Where a message dead-lettered for `reason` goes: the failing

@@ -252,9 +252,9 @@ impl Worker {
         for message in &checked {
             let source = message.source as usize;
             // What a failed message is dead-lettered with stays whole.
-            let output = match errors.contains_key(&message.source) {
+            let output = match errors.contains_key(&message.source) || !outputs[source].is_empty() {
                 true => Message::from_wire(message),
-                false => Message::from_wire_reusing(message, &mut items[source].message),
+                false => Message::first_output_of(message, &mut items[source].message),
             };
             outputs[source].push(output);
         }
@@ -306,20 +306,19 @@ impl Worker {
     }
 
     /// Turn a transform's outputs for `item` into fates, appended to `fates`:
-    /// the first output carries the item's ids and reply; further ones are new
-    /// messages, with new ids. Plugins cannot choose ids.
+    /// the first output, which carries the item's ids already
+    /// ([`Message::first_output_of`], [`Message::inherit_ids`]), takes its
+    /// reply; further ones are new messages, with new ids. Plugins cannot
+    /// choose ids.
     pub(crate) fn split(&self, item: Item, produced: Vec<Message>, fates: &mut Vec<Fate>) {
         if produced.is_empty() {
             return fates.push(Fate::Dropped(item));
         }
-        let Item { message: original, mut reply, middlewares, accepted } = item;
+        let Item { message: _, mut reply, middlewares, accepted } = item;
         let outputs = produced.into_iter().enumerate().map(|(n, mut message)| {
-            match n {
-                0 => message.inherit_ids(&original),
-                _ => {
-                    message.id = self.next_id();
-                    message.set_header(ID_HEADER, unique_id());
-                }
+            if n > 0 {
+                message.id = self.next_id();
+                message.set_header(ID_HEADER, unique_id());
             }
             Fate::Keep(Item {
                 message,
