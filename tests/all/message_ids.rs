@@ -77,3 +77,42 @@ async fn a_split_message_gets_new_ids_and_a_stage_cannot_forge_one() {
     assert_ne!(first.id, second.id);
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_transform_s_first_output_keeps_its_input_s_ids_and_further_ones_get_new_ones() {
+    // Three outputs of each message, built from the component's answer: the
+    // first takes its input's parts (its id header among them), the others
+    // are copies with ids of their own.
+    let dir = plugin_dir(&[("copies", switchyard_plugin_artifacts::FAULTY_FLOOD)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"copies\"\nconfig = {{ copies = \"3\" }}\n\
+         [[route]]\nname = \"all\"\nstages = [\"transform:copies\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let mut message = Message::new("m", format!("{{\"n\":{n}}}")).with_header("x-tenant", "acme");
+        message.set_header("x-sy-id", format!("app-id-{n}"));
+        sent.push(host.send(message).await.unwrap());
+    }
+    let out = host.memory("out").unwrap();
+    let mut unique_ids = BTreeSet::new();
+    let mut sequence_numbers = BTreeSet::new();
+    for _ in 0..15 {
+        let message = next(&out).await;
+        let ids: Vec<_> =
+            message.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("x-sy-id")).collect();
+        assert_eq!(ids.len(), 1, "one id header: {:?}", message.headers);
+        assert_eq!(message.header("x-tenant"), Some("acme"), "{:?}", message.headers);
+        let unique_id = message.unique_id().unwrap().to_owned();
+        match sent.iter().position(|id| *id == message.id) {
+            Some(n) => assert_eq!(unique_id, format!("app-id-{n}"), "the first output stands for input {n}"),
+            None => assert_uuid_v7(&unique_id),
+        }
+        assert!(unique_ids.insert(unique_id), "unique ids differ");
+        assert!(sequence_numbers.insert(message.id), "sequence numbers differ");
+    }
+    assert!(sent.iter().all(|id| sequence_numbers.contains(id)), "each input has its first output");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created, stats.delivered), (5, 10, 15));
+}
