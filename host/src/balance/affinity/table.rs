@@ -340,8 +340,10 @@ impl StreamTable {
         let elapsed = now.saturating_sub(self.last_rebalance).as_secs_f64();
         self.last_rebalance = now;
         self.credit = (self.credit + rate * elapsed).min(rate);
-        // The window is the last second, (now - 1 s, now].
-        while self.recent_moves.front().is_some_and(|&moved| now - moved >= Duration::from_secs(1)) {
+        // The window is the last second, (now - 1 s, now]. Callers read the clock before they take
+        // the table's lock, so `now` may be a little earlier than a move another caller recorded.
+        let window = Duration::from_secs(1);
+        while self.recent_moves.front().is_some_and(|&moved| now.saturating_sub(moved) >= window) {
             self.recent_moves.pop_front();
         }
         let count = eligible(endpoints).count();

@@ -147,6 +147,24 @@ fn an_added_endpoint_takes_at_most_migrate_per_s_each_second_until_balanced() {
 }
 
 #[test]
+fn a_call_whose_clock_reading_is_older_than_the_last_move_does_not_panic_and_keeps_the_rate() {
+    // Callers read the clock before they take the table's lock: the one that reads first may call
+    // second, with a `now` earlier than the moves the other just made.
+    let policy = AffinityPolicy { migrate_per_s: 50, ..lasting() };
+    let mut endpoints = endpoints(10);
+    let (mut table, start) = filled(policy, &endpoints, 10_000);
+    endpoints.push(EndpointView::new(endpoint_id("10.0.0.10:9000"), crate::balance::DEFAULT_RTT));
+    let later = start + Duration::from_secs(1);
+    table.maintain(&endpoints, later);
+    let moved = table.take_migrations().len();
+    assert!(moved > 0, "the newcomer took streams");
+    table.maintain(&endpoints, later - Duration::from_millis(5));
+    table.pick(&key(0), &endpoints, later - Duration::from_millis(5));
+    let again = table.take_migrations().len();
+    assert!(moved + again <= 50, "{moved} + {again} moves within one second");
+}
+
+#[test]
 fn new_streams_go_to_the_least_loaded_endpoint_while_the_load_is_uneven() {
     let mut endpoints = endpoints(4);
     let (mut table, now) = filled(lasting(), &endpoints, 1000);
