@@ -173,10 +173,12 @@ fn queue_member(server: &NatsServer) -> (Running, tempfile::TempDir) {
     (running, dir)
 }
 
-/// The payloads a member wrote, in order.
+/// The payloads a member wrote, in order: whole lines only, as a running member may be in the
+/// middle of writing its last one.
 fn payloads(dir: &tempfile::TempDir) -> Vec<u32> {
     let text = std::fs::read_to_string(dir.path().join("delivered.jsonl")).unwrap_or_default();
-    let lines = text.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap());
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    let lines = whole.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap());
     lines.map(|line| line["payload"].as_str().unwrap().parse().unwrap()).collect()
 }
 
