@@ -50,7 +50,8 @@ impl Teller {
     fn tell(&self, reason: String) {
         let now = self.since.elapsed().as_millis() as u64 + 1;
         let last = self.last.load(Relaxed);
-        let due = last == 0 || now - last >= TELL_EVERY.as_millis() as u64;
+        // Another caller that read the clock later may have told first: `last` can be after `now`.
+        let due = last == 0 || now.saturating_sub(last) >= TELL_EVERY.as_millis() as u64;
         if due && self.last.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
             (self.events)(DestinationEvent::BalancerFallback {
                 destination: self.destination.clone(),
@@ -165,4 +166,34 @@ fn count(metrics: &Metrics, plugin: &str, version: &str, reason: &FallbackReason
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DestinationEvent, Teller};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+    use std::time::Instant;
+
+    #[test]
+    fn a_teller_whose_clock_reading_is_older_than_the_last_telling_stays_quiet() {
+        let told = Arc::new(AtomicUsize::new(0));
+        let counted = told.clone();
+        let teller = Teller {
+            destination: "d".into(),
+            plugin: "p".into(),
+            events: Arc::new(move |event| {
+                assert!(matches!(event, DestinationEvent::BalancerFallback { .. }));
+                counted.fetch_add(1, Relaxed);
+            }),
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        };
+        teller.tell("first".into());
+        assert_eq!(told.load(Relaxed), 1, "the first fallback is told");
+        // As if a caller that read the clock later had told in between.
+        teller.last.fetch_add(10_000, Relaxed);
+        teller.tell("older reading".into());
+        assert_eq!(told.load(Relaxed), 1, "not told again within the second");
+    }
 }
