@@ -39,6 +39,16 @@ fn lasting() -> AffinityPolicy {
     AffinityPolicy { idle_timeout: Duration::from_secs(3600), ..AffinityPolicy::default() }
 }
 
+/// 10 000 streams filled on ten endpoints (`migrate_per_s = 50`), then an eleventh endpoint, last in
+/// the list, joins; and the time the table was filled at.
+fn joined_by_an_eleventh() -> (StreamTable, Vec<EndpointView>, Duration) {
+    let policy = AffinityPolicy { migrate_per_s: 50, ..lasting() };
+    let mut endpoints = endpoints(10);
+    let (table, start) = filled(policy, &endpoints, 10_000);
+    endpoints.push(EndpointView::new(endpoint_id("10.0.0.10:9000"), crate::balance::DEFAULT_RTT));
+    (table, endpoints, start)
+}
+
 #[test]
 fn ten_thousand_streams_on_ten_endpoints_leave_none_above_its_bound() {
     let endpoints = endpoints(10);
@@ -117,10 +127,7 @@ fn an_ineligible_endpoint_loses_its_streams_at_once_and_regains_some_gradually()
 
 #[test]
 fn an_added_endpoint_takes_at_most_migrate_per_s_each_second_until_balanced() {
-    let policy = AffinityPolicy { migrate_per_s: 50, ..lasting() };
-    let mut endpoints = endpoints(10);
-    let (mut table, start) = filled(policy, &endpoints, 10_000);
-    endpoints.push(EndpointView::new(endpoint_id("10.0.0.10:9000"), crate::balance::DEFAULT_RTT));
+    let (mut table, endpoints, start) = joined_by_an_eleventh();
     let joined = endpoints[10].id;
     // Drive 40 s in 100 ms steps, noting when each move happened.
     let mut moves: Vec<Duration> = Vec::new();
@@ -150,10 +157,7 @@ fn an_added_endpoint_takes_at_most_migrate_per_s_each_second_until_balanced() {
 fn a_call_whose_clock_reading_is_older_than_the_last_move_does_not_panic_and_keeps_the_rate() {
     // Callers read the clock before they take the table's lock: the one that reads first may call
     // second, with a `now` earlier than the moves the other just made.
-    let policy = AffinityPolicy { migrate_per_s: 50, ..lasting() };
-    let mut endpoints = endpoints(10);
-    let (mut table, start) = filled(policy, &endpoints, 10_000);
-    endpoints.push(EndpointView::new(endpoint_id("10.0.0.10:9000"), crate::balance::DEFAULT_RTT));
+    let (mut table, endpoints, start) = joined_by_an_eleventh();
     let later = start + Duration::from_secs(1);
     table.maintain(&endpoints, later);
     let moved = table.take_migrations().len();
@@ -319,10 +323,7 @@ fn the_same_picks_give_the_same_table_in_every_run() {
 #[test]
 #[ignore = "a measurement, not a check: prints the migration curve after an endpoint joins"]
 fn report_migration_curve_after_a_join() {
-    let policy = AffinityPolicy { migrate_per_s: 50, ..lasting() };
-    let mut endpoints = endpoints(10);
-    let (mut table, start) = filled(policy, &endpoints, 10_000);
-    endpoints.push(EndpointView::new(endpoint_id("10.0.0.10:9000"), crate::balance::DEFAULT_RTT));
+    let (mut table, endpoints, start) = joined_by_an_eleventh();
     let mut per_second: HashMap<u64, usize> = HashMap::new();
     for step in 1..=250 {
         let now = start + Duration::from_millis(100 * step);
