@@ -89,13 +89,12 @@ impl Host {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
-        let sender = self.sender()?;
         let spooled = self.spool_put(&message, true).await?;
         let mut envelope = Envelope::new(message, None, bytes, spooled);
         if let Some(receipt) = receipt {
             envelope = envelope.with_receipt(receipt);
         }
-        sender.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
+        self.enqueue(envelope).await?;
         self.count_accepted();
         Ok(id)
     }
@@ -174,12 +173,8 @@ impl Host {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
-        let sender = self.sender()?;
         let spooled = self.spool_put(&message, true).await?;
-        sender
-            .send_async(Envelope::new(message, Some(reply), bytes, spooled))
-            .await
-            .map_err(|_| SendError::ShuttingDown)?;
+        self.enqueue(Envelope::new(message, Some(reply), bytes, spooled)).await?;
         self.count_accepted();
         Ok((id, pending))
     }
@@ -491,13 +486,33 @@ impl Host {
         sender.clone().ok_or(SendError::ShuttingDown)
     }
 
-    fn enqueue_now(&self, envelope: Envelope) -> Result<(), SendError> {
-        self.sender()?.try_send(envelope).map_err(|err| match err {
-            flume::TrySendError::Full(_) => SendError::Backpressure,
-            flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
-        })?;
-        self.count_accepted();
+    /// Queue `envelope`, waiting while the queue is full.
+    async fn enqueue(&self, envelope: Envelope) -> Result<(), SendError> {
+        if let Some(envelope) = self.enqueue_if_room(envelope)? {
+            self.sender()?.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
+        }
         Ok(())
+    }
+
+    /// Queue `envelope` only if the queue has room now.
+    fn enqueue_now(&self, envelope: Envelope) -> Result<(), SendError> {
+        match self.enqueue_if_room(envelope)? {
+            None => self.count_accepted(),
+            Some(_) => return Err(SendError::Backpressure),
+        }
+        Ok(())
+    }
+
+    /// Queue `envelope` if the queue has room now, else hand it back. The sender is used under
+    /// the lock, not cloned: a clone and its drop would update two counters every sender shares,
+    /// twice a message.
+    fn enqueue_if_room(&self, envelope: Envelope) -> Result<Option<Envelope>, SendError> {
+        let sender = self.inner.sender.read().unwrap_or_else(|poison| poison.into_inner());
+        match sender.as_ref().ok_or(SendError::ShuttingDown)?.try_send(envelope) {
+            Ok(()) => Ok(None),
+            Err(flume::TrySendError::Full(envelope)) => Ok(Some(envelope)),
+            Err(flume::TrySendError::Disconnected(_)) => Err(SendError::ShuttingDown),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::receipt::ReceiptHold;
 use crate::spool::SpoolHold;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// The answer a `request` caller waits for.
 pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::host::RequestError>>;
@@ -43,7 +43,7 @@ pub(crate) struct Envelope {
     pub(crate) accepted: Accepted,
     /// The message's share of `host.queue_bytes`, given back when a worker
     /// takes it.
-    _intake_bytes: tokio::sync::OwnedSemaphorePermit,
+    intake_bytes: OwnedSemaphorePermit,
 }
 
 impl Envelope {
@@ -51,11 +51,11 @@ impl Envelope {
     pub(crate) fn new(
         message: Message,
         reply: Option<ReplySender>,
-        intake_bytes: tokio::sync::OwnedSemaphorePermit,
+        intake_bytes: OwnedSemaphorePermit,
         spooled: Option<SpoolHold>,
     ) -> Envelope {
         let accepted = Accepted { at: Instant::now(), spooled: spooled.map(Arc::new), receipt: None };
-        Envelope { message, reply, accepted, _intake_bytes: intake_bytes }
+        Envelope { message, reply, accepted, intake_bytes }
     }
 
     /// The same envelope, telling `receipt` once the message is settled.
@@ -116,13 +116,38 @@ impl Fate {
     }
 }
 
-impl From<Envelope> for Item {
-    fn from(envelope: Envelope) -> Item {
-        Item {
-            message: envelope.message,
-            reply: envelope.reply,
-            middlewares: Vec::new(),
-            accepted: envelope.accepted,
+impl Envelope {
+    /// The message as it enters its route. Its share of the intake budget joins `taken`, the
+    /// shares of its batch, which the worker gives back at once: tokio locks the budget's
+    /// waiters for every give-back.
+    pub(crate) fn into_item(self, taken: &mut Option<OwnedSemaphorePermit>) -> Item {
+        match taken {
+            // Every envelope's share is of the one host's budget, as `merge` requires.
+            Some(shares) => shares.merge(self.intake_bytes),
+            None => *taken = Some(self.intake_bytes),
         }
+        Item { message: self.message, reply: self.reply, middlewares: Vec::new(), accepted: self.accepted }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_s_shares_of_the_intake_budget_go_back_together_once_its_worker_lets_go() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(10));
+        let share = |kib| budget.clone().try_acquire_many_owned(kib).unwrap();
+        let envelopes = [
+            Envelope::new(Message::new("a", "1"), None, share(3), None),
+            Envelope::new(Message::new("b", "2"), None, share(4), None),
+        ];
+        let mut taken = None;
+        let items: Vec<Item> = envelopes.into_iter().map(|envelope| envelope.into_item(&mut taken)).collect();
+        assert_eq!(budget.available_permits(), 3, "still held while the batch is routed");
+        drop(taken);
+        assert_eq!(budget.available_permits(), 10);
+        let topics: Vec<&str> = items.iter().map(|item| item.message.topic.as_str()).collect();
+        assert_eq!(topics, ["a", "b"]);
     }
 }

@@ -101,15 +101,17 @@ impl Pipeline {
         let routes = &topology.routes;
         let mut settlements = Settlements::default();
         let mut by_route: Vec<Vec<Item>> = routes.routes().iter().map(|_| Vec::new()).collect();
+        let mut intake_bytes = None;
         for envelope in batch {
             match routes.route(&envelope.message) {
-                Some(key) => by_route[key].push(envelope.into()),
+                Some(key) => by_route[key].push(envelope.into_item(&mut intake_bytes)),
                 None => {
                     let reason = DeadLetterReason::NoRoute { topic: envelope.message.topic.clone() };
-                    settlements.dead_letters.push((envelope.into(), reason, None));
+                    settlements.dead_letters.push((envelope.into_item(&mut intake_bytes), reason, None));
                 }
             }
         }
+        drop(intake_bytes);
         for (key, items) in by_route.into_iter().enumerate() {
             if !items.is_empty() {
                 self.run_route(worker, &plugins, &topology, key, items, &mut settlements);
