@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard::{DeadLetterReason, Message, RequestError};
+use switchyard_plugin_artifacts as artifacts;
 
 /// A server answering every POST with `status` and the upper-cased body;
 /// returns its address and its hit counter.
@@ -247,4 +248,39 @@ async fn a_reply_body_past_max_message_bytes_is_cut_unread_and_the_message_dead_
     let written = within(written).await.unwrap();
     assert!(written < 64 << 20, "the host hung up early, not after {written} bytes");
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_stages_to_a_network_destination_is_served_while_the_only_worker_is_held() {
+    // The one worker sleeps in a plugin for 10 s on route `slow`. Route `all` has no stages and
+    // one network destination: admission puts its message into that destination's queue.
+    let (served, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let _ = served.send(body);
+        async { StatusCode::OK }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = plugin_dir(&[("sleepy", artifacts::FAULTY_SLEEP)]);
+    let slow = "[[plugin]]\nname = \"sleepy\"\nlimits = { timeout_ms = 60000 }\n\
+                config = { trigger = \"x-poison\", sleep_ms = \"10000\" }\n\
+                [[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+                [[route]]\nname = \"slow\"\nmatch = { topic = \"slow.*\" }\nstages = [\"filter:sleepy\"]\nto = \"out\"\n\
+                [[route]]\nname = \"all\"\n";
+    let config = config(&[addr]).replacen("[host]\n", "[host]\nworkers = 1\n", 1).replacen(
+        "[[route]]\nname = \"all\"\n",
+        slow,
+        1,
+    );
+    let host = host(dir.path(), &config).await;
+    let out = host.memory("out").unwrap();
+    host.send(Message::new("slow.job", "asleep").with_header("x-poison", "1")).await.unwrap();
+    host.send(Message::new("fast", "straight")).await.unwrap();
+    assert_eq!(within(arrivals.recv()).await.as_deref(), Some("straight"));
+    // Through the worker it would have come after the sleeping message, settled first.
+    assert!(out.is_empty(), "the sleeping message was settled before the other reached its server");
+    assert_eq!(next(&out).await.payload, "asleep".as_bytes());
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 2, 0));
 }

@@ -14,7 +14,7 @@ use crate::dead_letter::{FileError, SpooledLetters};
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
-use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
+use crate::pipeline::{Counters, Envelope, Redelivery, Room, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::receipt::ReceiptHold;
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
@@ -106,7 +106,7 @@ impl Host {
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.enqueue_now(Envelope::new(message, None, bytes, spooled))?;
+        self.enqueue_now(Envelope::new(message, None, bytes, spooled)).await?;
         Ok(id)
     }
 
@@ -186,7 +186,7 @@ impl Host {
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.enqueue_now(Envelope::new(message, Some(reply), bytes, spooled))?;
+        self.enqueue_now(Envelope::new(message, Some(reply), bytes, spooled)).await?;
         Ok((id, pending))
     }
 
@@ -486,21 +486,38 @@ impl Host {
         sender.clone().ok_or(SendError::ShuttingDown)
     }
 
-    /// Queue `envelope`, waiting while the queue is full.
+    /// Queue `envelope`, waiting while the queue is full; one that needs no worker goes to its
+    /// destination instead, waiting while that is full.
     async fn enqueue(&self, envelope: Envelope) -> Result<(), SendError> {
+        let Some(envelope) = self.deliver_direct(envelope, Room::Wait).await? else { return Ok(()) };
         if let Some(envelope) = self.enqueue_if_room(envelope)? {
             self.sender()?.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
         }
         Ok(())
     }
 
-    /// Queue `envelope` only if the queue has room now.
-    fn enqueue_now(&self, envelope: Envelope) -> Result<(), SendError> {
-        match self.enqueue_if_room(envelope)? {
+    /// Queue `envelope` only if the queue has room now; one that needs no worker goes to its
+    /// destination instead if that has room now, else to the queue.
+    async fn enqueue_now(&self, envelope: Envelope) -> Result<(), SendError> {
+        let queued = match self.deliver_direct(envelope, Room::Now).await? {
+            None => None,
+            Some(envelope) => self.enqueue_if_room(envelope)?,
+        };
+        match queued {
             None => self.count_accepted(),
             Some(_) => return Err(SendError::Backpressure),
         }
         Ok(())
+    }
+
+    /// Deliver `envelope` from this task if its route needs no worker
+    /// (`Pipeline::deliver_direct`); else it comes back. A clone of
+    /// the intake's sender is held meanwhile: the workers, and so shutdown's drain, wait for it.
+    async fn deliver_direct(&self, envelope: Envelope, room: Room) -> Result<Option<Envelope>, SendError> {
+        let pipeline = &self.inner.reloader.pipeline;
+        let Some(direct) = pipeline.direct_route(&envelope) else { return Ok(Some(envelope)) };
+        let _open = self.sender()?;
+        Ok(pipeline.deliver_direct(direct, envelope, room).await)
     }
 
     /// Queue `envelope` if the queue has room now, else hand it back. The sender is used under

@@ -128,6 +128,12 @@ impl Envelope {
         }
         Item { message: self.message, reply: self.reply, middlewares: Vec::new(), accepted: self.accepted }
     }
+
+    /// `item` back as it was accepted, holding `intake_bytes` again: for the intake queue after
+    /// all, when its destination had no room.
+    pub(crate) fn again(item: Item, intake_bytes: OwnedSemaphorePermit) -> Envelope {
+        Envelope { message: item.message, reply: item.reply, accepted: item.accepted, intake_bytes }
+    }
 }
 
 #[cfg(test)]

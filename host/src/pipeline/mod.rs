@@ -2,6 +2,7 @@
 //! each route's stages and deliver what comes out.
 
 mod dead_letters;
+mod direct;
 mod dispatch;
 mod fallback;
 mod item;
@@ -10,6 +11,7 @@ mod topology;
 mod worker;
 
 pub(crate) use dead_letters::{DeadLetters, Redelivery};
+pub(crate) use direct::Room;
 pub(crate) use dispatch::DispatchContext;
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;

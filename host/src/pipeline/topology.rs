@@ -27,6 +27,8 @@ pub(crate) struct Topology {
     /// Metric handles per route and per destination (ok, failed), looked up
     /// once per topology rather than per message.
     route_metrics: HashMap<String, Arc<RouteMetrics>>,
+    /// Whether any route has a [`direct_target`](Topology::direct_target).
+    direct_routes: bool,
 }
 
 /// A destination as routes see it: delivered to in place (in-process
@@ -181,7 +183,7 @@ impl Topology {
             .collect();
         let route_metrics =
             config.routes.iter().map(|route| (route.name.clone(), Arc::new(metrics.route(&route.name))));
-        Topology {
+        let mut topology = Topology {
             routes: RouteTable::new(routes),
             destinations,
             route_targets,
@@ -197,7 +199,25 @@ impl Topology {
                 .filter_map(|dest| Some((dest.name.clone(), dest.fallback.clone()?)))
                 .collect(),
             route_metrics: route_metrics.collect(),
-        }
+            direct_routes: false,
+        };
+        topology.direct_routes =
+            (0..topology.route_targets.len()).any(|key| topology.direct_target(key).is_some());
+        topology
+    }
+
+    /// Where a message of route `key` may go straight from admission: the route's one destination,
+    /// when the route has no stages and that destination is a network one, with a queue. A
+    /// destination delivered in place would hold the admitting task up for the whole delivery;
+    /// a memory destination is fed faster in a worker's batches (docs/performance.md, session 30).
+    pub(crate) fn direct_target(&self, key: RouteKey) -> Option<&Arc<Target>> {
+        let [target] = self.targets(key) else { return None };
+        (self.routes.get(key).stages.is_empty() && target.queue.is_some()).then_some(target)
+    }
+
+    /// Whether any route has a [`direct_target`](Topology::direct_target).
+    pub(crate) fn has_direct_routes(&self) -> bool {
+        self.direct_routes
     }
 
     /// The fallback of destination `name`, if it has one.
