@@ -14,7 +14,7 @@ use crate::dead_letter::{FileError, SpooledLetters};
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
-use crate::pipeline::{Counters, Envelope, Redelivery, Room, Stats};
+use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::receipt::ReceiptHold;
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
@@ -489,7 +489,13 @@ impl Host {
     /// Queue `envelope`, waiting while the queue is full; one that needs no worker goes to its
     /// destination instead, waiting while that is full.
     async fn enqueue(&self, envelope: Envelope) -> Result<(), SendError> {
-        let Some(envelope) = self.deliver_direct(envelope, Room::Wait).await? else { return Ok(()) };
+        let pipeline = &self.inner.reloader.pipeline;
+        if let Some(direct) = pipeline.direct_route(&envelope) {
+            // Held meanwhile, the intake's sender keeps the workers, and so shutdown's drain, waiting.
+            let _open = self.sender()?;
+            pipeline.deliver_direct(direct, envelope).await;
+            return Ok(());
+        }
         if let Some(envelope) = self.enqueue_if_room(envelope)? {
             self.sender()?.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
         }
@@ -498,26 +504,23 @@ impl Host {
 
     /// Queue `envelope` only if the queue has room now; one that needs no worker goes to its
     /// destination instead if that has room now, else to the queue.
-    async fn enqueue_now(&self, envelope: Envelope) -> Result<(), SendError> {
-        let queued = match self.deliver_direct(envelope, Room::Now).await? {
-            None => None,
-            Some(envelope) => self.enqueue_if_room(envelope)?,
-        };
-        match queued {
+    async fn enqueue_now(&self, mut envelope: Envelope) -> Result<(), SendError> {
+        let pipeline = &self.inner.reloader.pipeline;
+        if let Some(direct) = pipeline.direct_route(&envelope) {
+            let _open = self.sender()?;
+            match pipeline.try_deliver_direct(direct, envelope).await {
+                None => {
+                    self.count_accepted();
+                    return Ok(());
+                }
+                Some(back) => envelope = back,
+            }
+        }
+        match self.enqueue_if_room(envelope)? {
             None => self.count_accepted(),
             Some(_) => return Err(SendError::Backpressure),
         }
         Ok(())
-    }
-
-    /// Deliver `envelope` from this task if its route needs no worker
-    /// (`Pipeline::deliver_direct`); else it comes back. A clone of
-    /// the intake's sender is held meanwhile: the workers, and so shutdown's drain, wait for it.
-    async fn deliver_direct(&self, envelope: Envelope, room: Room) -> Result<Option<Envelope>, SendError> {
-        let pipeline = &self.inner.reloader.pipeline;
-        let Some(direct) = pipeline.direct_route(&envelope) else { return Ok(Some(envelope)) };
-        let _open = self.sender()?;
-        Ok(pipeline.deliver_direct(direct, envelope, room).await)
     }
 
     /// Queue `envelope` if the queue has room now, else hand it back. The sender is used under

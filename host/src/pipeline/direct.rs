@@ -9,17 +9,9 @@ use super::item::{Envelope, Item};
 use super::topology::{Target, Topology};
 use crate::destination::PushError;
 use crate::metrics::RouteMetrics;
-use crate::router::RouteKey;
+use crate::router::{Route, RouteKey};
 use std::sync::Arc;
-
-/// Whether handing a message over may wait for room at its destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Room {
-    /// Wait while the destination is full.
-    Wait,
-    /// Only if it has room now.
-    Now,
-}
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A message's route that needs no worker, in the topology it was found in.
 pub(crate) struct DirectRoute {
@@ -44,36 +36,31 @@ impl Pipeline {
         Some(DirectRoute { topology: arc_swap::Guard::into_inner(topology), key })
     }
 
-    /// Deliver `envelope` on `direct` as a worker would; with [`Room::Now`], it comes back if its
-    /// destination has no room now.
-    pub(crate) async fn deliver_direct(
+    /// Deliver `envelope` on `direct` as a worker would, waiting while the destination is full.
+    pub(crate) async fn deliver_direct(&self, direct: DirectRoute, envelope: Envelope) {
+        let (item, _intake_bytes) = direct.item(envelope);
+        let (route, metrics) = direct.route();
+        metrics.accepted(1);
+        self.deliver(route, direct.topology.targets(direct.key), metrics, item).await;
+    }
+
+    /// Deliver `envelope` on `direct` as a worker would if the destination has room now; else it
+    /// comes back.
+    pub(crate) async fn try_deliver_direct(
         &self,
         direct: DirectRoute,
         envelope: Envelope,
-        room: Room,
     ) -> Option<Envelope> {
-        let DirectRoute { topology, key } = direct;
-        let route = topology.routes.get(key);
-        let metrics = topology.route_metrics(&route.name);
-        let mut intake_bytes = None;
-        let mut item = envelope.into_item(&mut intake_bytes);
-        if let Some(priority) = route.priority {
-            item.message.priority = priority;
-        }
-        match room {
-            Room::Wait => {
+        let (item, intake_bytes) = direct.item(envelope);
+        let (_, metrics) = direct.route();
+        let target = direct.topology.direct_target(direct.key).expect("a direct route");
+        match self.try_deliver(target, item, metrics).await {
+            Ok(()) => {
                 metrics.accepted(1);
-                self.deliver(route, topology.targets(key), metrics, item).await;
+                None
             }
-            Room::Now => {
-                let target = topology.direct_target(key).expect("a direct route");
-                match self.try_deliver(target, item, metrics).await {
-                    Ok(()) => metrics.accepted(1),
-                    Err(item) => return Some(Envelope::again(item, intake_bytes.expect("taken above"))),
-                }
-            }
+            Err(item) => Some(Envelope::again(item, intake_bytes)),
         }
-        None
     }
 
     /// Push `item` into the queue of `target` if it has room now; the item comes back if not.
@@ -96,6 +83,24 @@ impl Pipeline {
                 Ok(())
             }
         }
+    }
+}
+
+impl DirectRoute {
+    fn route(&self) -> (&Route, &Arc<RouteMetrics>) {
+        let route = self.topology.routes.get(self.key);
+        (route, self.topology.route_metrics(&route.name))
+    }
+
+    /// The message of `envelope` as its route sends it on (with the route's priority), and its
+    /// share of the intake budget.
+    fn item(&self, envelope: Envelope) -> (Item, OwnedSemaphorePermit) {
+        let mut intake_bytes = None;
+        let mut item = envelope.into_item(&mut intake_bytes);
+        if let Some(priority) = self.route().0.priority {
+            item.message.priority = priority;
+        }
+        (item, intake_bytes.expect("the envelope's share"))
     }
 }
 

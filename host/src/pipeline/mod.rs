@@ -11,7 +11,6 @@ mod topology;
 mod worker;
 
 pub(crate) use dead_letters::{DeadLetters, Redelivery};
-pub(crate) use direct::Room;
 pub(crate) use dispatch::DispatchContext;
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
