@@ -284,3 +284,42 @@ async fn a_route_without_stages_to_a_network_destination_is_served_while_the_onl
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_send_on_a_route_without_stages_whose_destination_queue_is_full_queues_for_the_workers() {
+    // The server holds every request until the test opens the gate; one delivery at a time, and
+    // a destination queue of one, so the third message finds it full.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (served, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let held = gate.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let (gate, served) = (held.clone(), served.clone());
+        async move {
+            let _ = served.send(body);
+            gate.acquire().await.unwrap().forget();
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = config(&[addr]).replacen(
+        "idempotent = true\n",
+        "idempotent = true\nqueue = { capacity = 1, max_in_flight = 1 }\n",
+        1,
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    host.try_send(Message::new("orders", "1")).await.unwrap();
+    assert_eq!(within(arrivals.recv()).await.as_deref(), Some("1"), "the first is at the server, held");
+    host.try_send(Message::new("orders", "2")).await.unwrap();
+    // The destination's queue holds the second: the third goes to the workers' queue, not refused.
+    host.try_send(Message::new("orders", "3")).await.unwrap();
+    assert_eq!(host.stats().accepted, 3);
+    gate.add_permits(3);
+    let mut rest = [within(arrivals.recv()).await.unwrap(), within(arrivals.recv()).await.unwrap()];
+    rest.sort();
+    assert_eq!(rest, ["2", "3"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 3, 0));
+}
