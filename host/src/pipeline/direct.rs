@@ -39,7 +39,8 @@ impl Pipeline {
     /// Deliver `envelope` on `direct` as a worker would, waiting while the destination is full.
     pub(crate) async fn deliver_direct(&self, direct: DirectRoute, envelope: Envelope) {
         let (item, _intake_bytes) = direct.item(envelope);
-        let (route, metrics) = direct.route();
+        let route = direct.route();
+        let metrics = direct.topology.route_metrics(&route.name);
         metrics.accepted(1);
         self.deliver(route, direct.topology.targets(direct.key), metrics, item).await;
     }
@@ -52,7 +53,7 @@ impl Pipeline {
         envelope: Envelope,
     ) -> Option<Envelope> {
         let (item, intake_bytes) = direct.item(envelope);
-        let (_, metrics) = direct.route();
+        let metrics = direct.topology.route_metrics(&direct.route().name);
         let target = direct.topology.direct_target(direct.key).expect("a direct route");
         match self.try_deliver(target, item, metrics).await {
             Ok(()) => {
@@ -87,9 +88,8 @@ impl Pipeline {
 }
 
 impl DirectRoute {
-    fn route(&self) -> (&Route, &Arc<RouteMetrics>) {
-        let route = self.topology.routes.get(self.key);
-        (route, self.topology.route_metrics(&route.name))
+    fn route(&self) -> &Route {
+        self.topology.routes.get(self.key)
     }
 
     /// The message of `envelope` as its route sends it on (with the route's priority), and its
@@ -97,7 +97,7 @@ impl DirectRoute {
     fn item(&self, envelope: Envelope) -> (Item, OwnedSemaphorePermit) {
         let mut intake_bytes = None;
         let mut item = envelope.into_item(&mut intake_bytes);
-        if let Some(priority) = self.route().0.priority {
+        if let Some(priority) = self.route().priority {
             item.message.priority = priority;
         }
         (item, intake_bytes.expect("the envelope's share"))
