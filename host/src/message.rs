@@ -190,7 +190,7 @@ impl Message {
         headers.truncate(count);
         let payload = message.payload.unwrap_or_default();
         let payload = match payload == &input.payload[..] {
-            true => input.payload.clone(),
+            true => std::mem::take(&mut input.payload),
             false => Bytes::copy_from_slice(payload),
         };
         let mut output = Message { id: input.id, topic, headers, payload, priority: message.priority };

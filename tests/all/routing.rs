@@ -317,3 +317,40 @@ async fn headers_count_toward_the_size_limit_and_their_number_is_capped() {
     assert_eq!(host.send(crowded).await, Err(SendError::Malformed("1025 headers; at most 1024".into())));
     assert_eq!(drain_and_account(&host).await.accepted, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_destination_that_fills_in_the_middle_of_a_batch_gets_the_rest_in_order_once_read() {
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (held, held_out) = gated(&entered, &gate);
+    let config = "[host]\nworkers = 1\nbatch_size = 64\ndead_letter = \"log\"\n\
+                  [[destination]]\nname = \"out\"\ntransport = \"memory\"\nqueue = { capacity = 4 }\n";
+    let host = Host::builder()
+        .config("t", switchyard::Config::from_toml("t", config).unwrap())
+        .plugin_dir(dir.path())
+        .destination("held", held)
+        .route(RouteConfig::new("hold", "hold", "held"))
+        .route(RouteConfig::new("all", "m", "out"))
+        .build()
+        .await
+        .unwrap();
+    let out = host.memory("out").unwrap();
+    // The only worker waits in the held destination while 30 messages queue up: it then takes
+    // them in one batch, of which `out` has room for 4.
+    host.send(Message::new("hold", "hold")).await.unwrap();
+    within(entered.notified()).await;
+    for n in 0..30 {
+        host.send(Message::new("m", format!("{n}"))).await.unwrap();
+    }
+    gate.add_permits(1);
+    crate::support::eventually(|| match out.len() {
+        4 => Ok(()),
+        seen => Err(seen),
+    });
+    for n in 0..30 {
+        assert_eq!(next(&out).await.payload, format!("{n}"), "in order, none lost");
+    }
+    assert_eq!(next(&held_out).await.payload, "hold");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (31, 31));
+}

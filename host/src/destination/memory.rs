@@ -36,6 +36,12 @@ impl MemoryDestination {
         let dropped = || DeliveryError::Fatal("the memory destination's receiver was dropped".into());
         self.sender.send_async(message).await.map_err(|unsent| (dropped(), unsent.into_inner()))
     }
+
+    /// Put `message` into the channel if it has room now and someone can read it; else it comes
+    /// back (for [`MemoryDestination::send`] to wait for room, or to tell why not).
+    pub(crate) fn try_send(&self, message: Message) -> Result<(), Message> {
+        self.sender.try_send(message).map_err(flume::TrySendError::into_inner)
+    }
 }
 
 impl Destination for MemoryDestination {

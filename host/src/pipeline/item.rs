@@ -81,15 +81,17 @@ pub(crate) enum Fate {
     Keep(Item),
     /// Dropped by a filter or transform.
     Dropped(Item),
-    /// A middleware answered; do not deliver.
-    Responded(Item, Message),
+    /// A middleware answered; do not deliver. (The rare variants box their
+    /// second part: fates are moved around by the batch, and every one is as
+    /// large as the largest variant.)
+    Responded(Item, Box<Message>),
     /// Give up on it.
-    DeadLetter(Item, DeadLetterReason),
+    DeadLetter(Item, Box<DeadLetterReason>),
     /// A stage failed under fail-open: carry on without it.
     Skipped(Item),
     /// The stage answered "retryable": run it on the item again, and if it
     /// still fails, fail under `policy` with `reason`.
-    Retry(Item, FailurePolicy, DeadLetterReason),
+    Retry(Item, FailurePolicy, Box<DeadLetterReason>),
 }
 
 impl Fate {
@@ -99,7 +101,7 @@ impl Fate {
     pub(crate) fn failed(item: Item, policy: FailurePolicy, reason: DeadLetterReason) -> Fate {
         match &reason {
             DeadLetterReason::PluginError { error: PluginError::Retryable(_), .. } => {
-                Fate::Retry(item, policy, reason)
+                Fate::Retry(item, policy, Box::new(reason))
             }
             _ => Fate::given_up(item, policy, reason),
         }
@@ -111,7 +113,7 @@ impl Fate {
             matches!(&reason, DeadLetterReason::PluginError { error: PluginError::Rejected(_), .. });
         match policy {
             FailurePolicy::FailOpen if !rejected => Fate::Skipped(item),
-            _ => Fate::DeadLetter(item, reason),
+            _ => Fate::DeadLetter(item, Box::new(reason)),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
 };
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,7 +248,8 @@ impl Worker {
             }
         }
         let mut errors: HashMap<u32, PluginError> = out.errors.into_iter().collect();
-        let mut outputs: Vec<Vec<Message>> = counts.iter().map(|count| Vec::with_capacity(*count)).collect();
+        // Most inputs make one output: it is kept in place, not in an allocation of its own.
+        let mut outputs: Vec<SmallVec<[Message; 1]>> = counts.iter().map(|_| SmallVec::new()).collect();
         let mut items = items;
         for message in &checked {
             let source = message.source as usize;
@@ -262,7 +264,7 @@ impl Worker {
         for (index, (item, produced)) in items.into_iter().zip(outputs).enumerate() {
             match errors.remove(&(index as u32)) {
                 Some(error) => fates.push(Fate::failed(item, policy, self.error_reason(plugin, error))),
-                None => self.split(item, produced, &mut fates),
+                None => self.split(item, produced.into_iter(), &mut fates),
             }
         }
         Ok(fates)
@@ -310,12 +312,17 @@ impl Worker {
     /// ([`Message::first_output_of`], [`Message::inherit_ids`]), takes its
     /// reply; further ones are new messages, with new ids. Plugins cannot
     /// choose ids.
-    pub(crate) fn split(&self, item: Item, produced: Vec<Message>, fates: &mut Vec<Fate>) {
-        if produced.is_empty() {
+    pub(crate) fn split(
+        &self,
+        item: Item,
+        produced: impl ExactSizeIterator<Item = Message>,
+        fates: &mut Vec<Fate>,
+    ) {
+        if produced.len() == 0 {
             return fates.push(Fate::Dropped(item));
         }
         let Item { message: _, mut reply, middlewares, accepted } = item;
-        let outputs = produced.into_iter().enumerate().map(|(n, mut message)| {
+        let outputs = produced.enumerate().map(|(n, mut message)| {
             if n > 0 {
                 message.id = self.next_id();
                 message.set_header(ID_HEADER, unique_id());
@@ -368,7 +375,7 @@ impl Worker {
                     item.middlewares.push(plugin.clone());
                     fates.push(Fate::Keep(item));
                 }
-                Ok(Ok((true, reply))) => fates.push(Fate::Responded(item, reply)),
+                Ok(Ok((true, reply))) => fates.push(Fate::Responded(item, Box::new(reply))),
                 Ok(Err(error)) => fates.push(Fate::failed(item, policy, self.error_reason(plugin, error))),
                 Err(fault) => fates.push(Fate::failed(item, policy, fault_reason(plugin, fault))),
             }
