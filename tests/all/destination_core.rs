@@ -147,6 +147,53 @@ queue = { max_in_flight = 1 }";
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_dead_letters_a_message_waiting_for_room_in_a_full_destination_queue_at_its_grace() {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    // One in flight (held for good), one queued, and the third waits for room that only the
+    // queued message's 30 s queue timeout would make.
+    let extra = "timeout_ms = 600000
+queue = { max_in_flight = 1, capacity = 1 }";
+    let text = config(&[&endpoint], extra).replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("orders", "in flight")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(Message::new("orders", "queued")).await.unwrap();
+    queued(&host, "api", 1).await;
+    let waiting = {
+        let host = host.clone();
+        tokio::spawn(async move { host.send(Message::new("orders", "waiting")).await })
+    };
+    // The route counts a message it takes before its destination's queue has room.
+    let route = [("route", "all")];
+    crate::support::eventually(|| {
+        match sample(&host.metrics().encode(), "switchyard_route_accepted_total", &route) {
+            Some(3.0) => Ok(()),
+            seen => Err(seen),
+        }
+    });
+    let shutdown = {
+        let host = host.clone();
+        tokio::spawn(async move { host.shutdown().await })
+    };
+    within(waiting).await.unwrap().unwrap();
+    within(shutdown).await.unwrap();
+    let stats = host.stats();
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.dead_lettered, stats.dead_letter_failures),
+        (3, 0, 3, 0)
+    );
+    let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    let mut payloads: Vec<&[u8]> = letters.iter().map(|letter| &letter.payload[..]).collect();
+    payloads.sort();
+    assert_eq!(payloads, [&b"in flight"[..], b"queued", b"waiting"]);
+    for letter in &letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "not the queue timeout: {letter:?}");
+    }
+    assert_eq!(endpoint.arrived(), 1, "only the first was ever sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_destination_queue_pushes_back_to_the_http_ingress() {
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);

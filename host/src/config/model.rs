@@ -91,8 +91,9 @@ pub struct HostSection {
     /// Bytes (payloads and headers) accepted messages may hold while they
     /// wait for a worker; beyond it senders wait (or get backpressure).
     pub queue_bytes: usize,
-    /// Milliseconds a shutdown waits for deliveries in progress and queued;
-    /// then the rest are dead-lettered (`shutdown`), not waited on.
+    /// Milliseconds a shutdown waits, from its start, for deliveries in progress, queued or
+    /// waiting for room in a destination's queue; then the rest are dead-lettered (`shutdown`),
+    /// not waited on.
     pub shutdown_grace_ms: u64,
     /// Let a plugin's sidecar grant more than this config's `[[plugin]]`
     /// entry (or the defaults) does: more memory or time, more addresses,

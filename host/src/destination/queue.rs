@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// A bounded priority queue of `T`.
 #[derive(Debug)]
@@ -92,16 +93,25 @@ impl<T> DeliveryQueue<T> {
         Ok(())
     }
 
-    /// Push `item`, waiting while the queue is full. Fails only once closed.
-    pub async fn push(&self, priority: u8, mut item: T) -> Result<(), T> {
+    /// Push `item`, waiting while the queue is full until `stop` is cancelled. It comes back
+    /// `Closed` once the queue is closed, `Full` if `stop` came first.
+    pub async fn push(
+        &self,
+        priority: u8,
+        mut item: T,
+        stop: &CancellationToken,
+    ) -> Result<(), PushError<T>> {
         loop {
             let room = self.popped.notified();
             match self.try_push(priority, item) {
                 Ok(()) => return Ok(()),
-                Err(PushError::Closed(back)) => return Err(back),
                 Err(PushError::Full(back)) => item = back,
+                Err(closed) => return Err(closed),
             }
-            room.await;
+            tokio::select! {
+                () = room => {}
+                () = stop.cancelled() => return Err(PushError::Full(item)),
+            }
         }
     }
 
@@ -247,7 +257,7 @@ mod tests {
         assert_eq!(queue.try_push(0, 3), Err(PushError::Full(3)));
         let pusher = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.push(7, 3).await }
+            async move { queue.push(7, 3, &CancellationToken::new()).await }
         });
         // The pusher cannot finish until a pop makes room.
         tokio::task::yield_now().await;
@@ -271,8 +281,9 @@ mod tests {
                 seen
             }
         });
-        queue.push(0, "x").await.unwrap();
-        queue.push(0, "y").await.unwrap();
+        let stop = CancellationToken::new();
+        queue.push(0, "x", &stop).await.unwrap();
+        queue.push(0, "y", &stop).await.unwrap();
         queue.close();
         assert_eq!(queue.try_push(0, "z"), Err(PushError::Closed("z")));
         assert_eq!(consumer.await.unwrap(), ["x", "y"]);
@@ -284,11 +295,27 @@ mod tests {
         queue.try_push(0, 1).unwrap();
         let pusher = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.push(0, 2).await }
+            async move { queue.push(0, 2, &CancellationToken::new()).await }
         });
         tokio::task::yield_now().await;
         queue.close();
-        assert_eq!(pusher.await.unwrap(), Err(2));
+        assert_eq!(pusher.await.unwrap(), Err(PushError::Closed(2)));
+    }
+
+    #[tokio::test]
+    async fn a_stop_releases_a_pusher_waiting_for_room_with_its_item() {
+        let queue = Arc::new(DeliveryQueue::new(1));
+        queue.try_push(0, 1).unwrap();
+        let stop = CancellationToken::new();
+        let pusher = tokio::spawn({
+            let (queue, stop) = (queue.clone(), stop.clone());
+            async move { queue.push(0, 2, &stop).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!pusher.is_finished());
+        stop.cancel();
+        assert_eq!(pusher.await.unwrap(), Err(PushError::Full(2)));
+        assert_eq!(queue.len(), 1, "the stopped item was not queued");
     }
 
     #[tokio::test(start_paused = true)]

@@ -421,6 +421,15 @@ impl Host {
         }
         self.inner.watcher.lock().unwrap_or_else(|poison| poison.into_inner()).take();
         self.inner.sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
+        // The grace period runs from here: a delivery waiting for room in a full destination queue
+        // holds its worker (or its hand-over) up, and it is the grace's end that lets it go.
+        let pipeline = &self.inner.reloader.pipeline;
+        let grace = Duration::from_millis(self.config().host.shutdown_grace_ms);
+        let past_grace = pipeline.dispatch.past_grace.clone();
+        let grace_timer = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            past_grace.cancel();
+        });
         let workers =
             std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));
         let joined =
@@ -430,16 +439,18 @@ impl Host {
                 tracing::error!("a pipeline worker panicked");
             }
         }
-        // Every accepted message is now delivered or queued: drain the queues.
-        let pipeline = &self.inner.reloader.pipeline;
+        // Every accepted message is now delivered, queued or dead-lettered: drain the queues.
         pipeline.topology.load().close_queues();
         pipeline.dispatch.tracker.close();
-        let grace = Duration::from_millis(self.config().host.shutdown_grace_ms);
-        if tokio::time::timeout(grace, pipeline.dispatch.tracker.wait()).await.is_err() {
-            tracing::warn!(?grace, "deliveries outlasted the shutdown grace period: dead-lettering the rest");
-            pipeline.dispatch.past_grace.cancel();
-            pipeline.dispatch.tracker.wait().await;
+        let past_grace = &pipeline.dispatch.past_grace;
+        tokio::select! {
+            () = pipeline.dispatch.tracker.wait() => {}
+            () = past_grace.cancelled() => {
+                tracing::warn!(?grace, "deliveries outlasted the shutdown grace period: dead-lettering the rest");
+                pipeline.dispatch.tracker.wait().await;
+            }
         }
+        grace_timer.abort();
         // Every dead letter is now with a destination or in the file.
         if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
             redelivery.stop().await;

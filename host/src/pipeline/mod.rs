@@ -19,7 +19,7 @@ pub(crate) use topology::{LastingDestinations, Topology};
 pub(crate) use worker::{Worker, call_sizes};
 
 use crate::dead_letter::DeadLetterReason;
-use crate::destination::{DeliveryError, DeliveryResult};
+use crate::destination::{DeliveryError, DeliveryResult, PushError};
 use crate::host::RequestError;
 use crate::message::{Message, Verdict};
 use crate::metrics::{Metrics, RouteMetrics, Settled};
@@ -257,10 +257,15 @@ impl Pipeline {
         let delivery = match &target.queue {
             Some(queue) => {
                 let job = Job { delivery, route: metrics.clone() };
-                match queue.0.push(job.delivery.message.priority, job).await {
+                match queue.0.push(job.delivery.message.priority, job, &self.dispatch.past_grace).await {
                     Ok(()) => return,
+                    // Still full when a shutdown's grace period ended.
+                    Err(PushError::Full(job)) => {
+                        let shutdown = Err(DeliveryError::Shutdown);
+                        return Box::pin(self.settle(&target.sink, job.delivery, metrics, shutdown)).await;
+                    }
                     // Closed: only once the host drains, after the workers stop.
-                    Err(job) => job.delivery,
+                    Err(PushError::Closed(job)) => job.delivery,
                 }
             }
             None => delivery,
