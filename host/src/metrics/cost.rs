@@ -25,7 +25,7 @@ fn ns_per_message(enabled: bool) -> f64 {
                 if n % BATCH == 0 {
                     route.accepted(black_box(BATCH as usize));
                 }
-                route.settled(Settled::Delivered, black_box(accepted_at));
+                route.settled(Settled::Delivered, black_box(accepted_at), Instant::now());
                 if let Some([delivered, _]) = &deliveries {
                     delivered.inc();
                 }

@@ -78,7 +78,7 @@ impl Pipeline {
                 Counters::bump(&self.counters.dead_lettered, 1);
                 self.metrics.dead_letter(route_name, code);
                 if let Some(metrics) = route {
-                    metrics.settled(Settled::DeadLettered, accepted.at);
+                    metrics.settled(Settled::DeadLettered, accepted.at, std::time::Instant::now());
                 }
                 let to = match reached {
                     Reached::Destination(name) => name,

@@ -31,6 +31,7 @@ use dispatch::{Delivery, Job};
 use item::{Accepted, Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 use tokio::runtime::Handle;
 use topology::{Sink, Target};
 
@@ -166,7 +167,7 @@ impl Pipeline {
 
     fn dropped(&self, item: Item, route: &Route, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.filtered, 1);
-        metrics.settled(Settled::Filtered, item.accepted.at);
+        metrics.settled(Settled::Filtered, item.accepted.at, Instant::now());
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::Filtered { route: route.name.clone() }));
         }
@@ -174,7 +175,7 @@ impl Pipeline {
 
     fn responded(&self, item: Item, reply: Message, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.responded, 1);
-        metrics.settled(Settled::Responded, item.accepted.at);
+        metrics.settled(Settled::Responded, item.accepted.at, Instant::now());
         if let Some(sender) = item.reply {
             let _ = sender.send(Ok(Some(reply)));
         }
@@ -202,6 +203,8 @@ impl Pipeline {
         topology: &Topology,
         deliveries: &mut impl Iterator<Item = Routed<'r>>,
     ) -> Option<Routed<'r>> {
+        // One clock read for the batch's settle time: its deliveries are put in back to back.
+        let now = Instant::now();
         for (key, metrics, item) in deliveries.by_ref() {
             let memory = match topology.targets(key) {
                 [target] => target.sink.destination.as_memory().map(|memory| (&target.sink, memory)),
@@ -212,7 +215,7 @@ impl Pipeline {
             if let Err(message) = memory.try_send(message) {
                 return Some((key, metrics, Item { message, reply, middlewares, accepted }));
             }
-            self.taken_by_memory(sink, metrics, &accepted, reply);
+            self.taken_by_memory(sink, metrics, &accepted, reply, now);
         }
         None
     }
@@ -224,8 +227,9 @@ impl Pipeline {
         route: &RouteMetrics,
         accepted: &Accepted,
         reply: Option<ReplySender>,
+        now: Instant,
     ) {
-        self.count_delivered(sink, route, accepted);
+        self.count_delivered(sink, route, accepted, now);
         if let Some(sender) = reply {
             drop(sender.send(Ok(None)));
         }
@@ -275,7 +279,9 @@ impl Pipeline {
         // take it: no copy is kept for the dead-letter path. It never answers.
         let (message, result) = match target.sink.destination.as_memory() {
             Some(memory) => match memory.send(message).await {
-                Ok(()) => return self.taken_by_memory(&target.sink, metrics, &accepted, reply),
+                Ok(()) => {
+                    return self.taken_by_memory(&target.sink, metrics, &accepted, reply, Instant::now());
+                }
                 Err((error, message)) => (message, Err(error)),
             },
             None => {
@@ -314,7 +320,7 @@ impl Pipeline {
                 return self.dead_letter(&self.topology.load(), item, reason, Some(route.as_ref())).await;
             }
         };
-        self.count_delivered(sink, route, &accepted);
+        self.count_delivered(sink, route, &accepted, Instant::now());
         let Some(sender) = reply else { return };
         match response {
             Some(reply) if !middlewares.is_empty() => {
@@ -327,10 +333,10 @@ impl Pipeline {
     }
 
     /// Count a delivery to `sink` of a message `route` accepted.
-    fn count_delivered(&self, sink: &Sink, route: &RouteMetrics, accepted: &Accepted) {
+    fn count_delivered(&self, sink: &Sink, route: &RouteMetrics, accepted: &Accepted, now: Instant) {
         Counters::bump(&self.counters.delivered, 1);
         sink.count(true);
-        route.settled(Settled::Delivered, accepted.at);
+        route.settled(Settled::Delivered, accepted.at, now);
     }
 }
 
