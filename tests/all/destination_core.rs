@@ -48,6 +48,22 @@ async fn queued(host: &Host, name: &str, n: usize) {
     .await
 }
 
+/// A host with a 200 ms shutdown grace whose destination `api` (with `queue` settings) has sent
+/// one message to an endpoint that holds it for good (an attempt would wait ten minutes) and
+/// queued another behind it.
+async fn one_held_and_one_queued(queue: &str) -> (TestEndpoint, tempfile::TempDir, Host) {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let extra = format!("timeout_ms = 600000\n{queue}");
+    let text = config(&[&endpoint], &extra).replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("orders", "in flight")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(Message::new("orders", "queued")).await.unwrap();
+    queued(&host, "api", 1).await;
+    (endpoint, dir, host)
+}
+
 /// The next event of `events` named `name`.
 async fn next_event(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, name: &str) -> HostEvent {
     within(async {
@@ -123,17 +139,7 @@ async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_dead_letters_what_outlasts_its_grace_period_instead_of_waiting_on_it() {
-    let endpoint = TestEndpoint::start(Mode::Hold).await;
-    let dir = plugin_dir(&[]);
-    // The endpoint holds every message; an attempt would wait ten minutes.
-    let extra = "timeout_ms = 600000
-queue = { max_in_flight = 1 }";
-    let text = config(&[&endpoint], extra).replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
-    let host = host(dir.path(), &text).await;
-    host.send(Message::new("orders", "in flight")).await.unwrap();
-    within(endpoint.arrivals(1)).await;
-    host.send(Message::new("orders", "queued")).await.unwrap();
-    queued(&host, "api", 1).await;
+    let (endpoint, _dir, host) = one_held_and_one_queued("queue = { max_in_flight = 1 }").await;
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 2));
     let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
@@ -148,18 +154,8 @@ queue = { max_in_flight = 1 }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_dead_letters_a_message_waiting_for_room_in_a_full_destination_queue_at_its_grace() {
-    let endpoint = TestEndpoint::start(Mode::Hold).await;
-    let dir = plugin_dir(&[]);
-    // One in flight (held for good), one queued, and the third waits for room that only the
-    // queued message's 30 s queue timeout would make.
-    let extra = "timeout_ms = 600000
-queue = { max_in_flight = 1, capacity = 1 }";
-    let text = config(&[&endpoint], extra).replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
-    let host = host(dir.path(), &text).await;
-    host.send(Message::new("orders", "in flight")).await.unwrap();
-    within(endpoint.arrivals(1)).await;
-    host.send(Message::new("orders", "queued")).await.unwrap();
-    queued(&host, "api", 1).await;
+    // The third message waits for room that only the queued one's 30 s queue timeout would make.
+    let (endpoint, _dir, host) = one_held_and_one_queued("queue = { max_in_flight = 1, capacity = 1 }").await;
     let waiting = {
         let host = host.clone();
         tokio::spawn(async move { host.send(Message::new("orders", "waiting")).await })
