@@ -212,7 +212,7 @@ fn a_sigkilled_spooling_host_delivers_every_acknowledged_message_once_restarted(
 }
 
 /// Run `switchyard spool COMMAND --state-dir STATE`: whether it succeeded, stdout, stderr.
-fn spool_command(command: &str, state: &Path) -> (bool, String, String) {
+pub(crate) fn spool_command(command: &str, state: &Path) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["spool", command, "--state-dir", state.to_str().unwrap()])
         .output()

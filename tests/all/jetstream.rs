@@ -4,12 +4,14 @@
 //! the kill). And its unhappy neighbours: no acknowledgement while the destination is down (the
 //! server delivers the message again; once the destination is back it is delivered and acked), a
 //! stopped host acknowledges nothing it did not finish (another host takes it over), and a message
-//! the host cannot admit is terminated, not redelivered forever.
+//! the host cannot admit is terminated, not redelivered forever. And with the spool: a host killed
+//! while its destination is down loses nothing of what it pulled, restarted on the same state.
 
 use crate::cli::Running;
+use crate::crash_recovery::spool_command;
 use crate::exposition::sample;
 use crate::nats_server::NatsServer;
-use crate::support::{eventually, host, plugin_dir, within};
+use crate::support::{eventually, host, http, plugin_dir, within};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -251,12 +253,18 @@ async fn a_message_the_host_cannot_admit_is_terminated_not_redelivered_forever()
 
 /// `switchyard run` config: the stream's durable consumer, delivering over HTTP to `sink`.
 fn binary_config(server: &NatsServer, sink: SocketAddr) -> String {
+    binary_config_with(server, sink, "")
+}
+
+/// [`binary_config`] with `[host]` lines `extra`.
+fn binary_config_with(server: &NatsServer, sink: SocketAddr, extra: &str) -> String {
     format!(
         r#"
 [host]
 plugin_dir = "."
 state_dir = "state"
 watch = false
+{extra}
 [[ingress.nats]]
 url = "{}"
 stream = "{STREAM}"
@@ -342,4 +350,59 @@ async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_k
         let lines = host.stop_and_collect();
         assert!(!lines.iter().any(|line| line.contains("panicked")), "{lines:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooling_host_leaves_stream_messages_to_the_stream_and_killed_restarted_delivers_each_once() {
+    const MESSAGES: usize = 40;
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    publish(&context, MESSAGES, 64).await;
+    let dir = plugin_dir(&[]);
+    let down = free_addr();
+    let config = binary_config_with(&server, down, "durability = \"spool\"");
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let args = ["run", "--config", "switchyard.toml", "--admin", "127.0.0.1:0"];
+    let first = Running::start(&args, dir.path());
+    let admin = first.address("admin API listening on http://");
+
+    // Everything pulled (fewer than max_ack_pending) and admitted; nothing settled, as the
+    // destination is down, so nothing acknowledged to the server.
+    let admitted = tokio::task::spawn_blocking(move || {
+        eventually(|| {
+            let metrics = http(admin, "GET", "/metrics", &[], b"").1;
+            match sample(&metrics, "switchyard_messages_accepted_total", &[]) {
+                Some(accepted) if accepted == MESSAGES as f64 => Ok(()),
+                accepted => Err(accepted),
+            }
+        })
+    });
+    within(admitted).await.unwrap();
+    assert_eq!(pending(&context).await.0, MESSAGES, "all pulled, none acknowledged");
+    drop(first.kill());
+    // The stream keeps them until they are acknowledged: the spool holds none of them.
+    let state = dir.path().join("state");
+    let (inspected, report, problem) = spool_command("inspect", &state);
+    assert!(inspected, "{problem}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["depth"], 0, "{report}");
+
+    // Restarted with its destination back: the server gives the unacknowledged messages again
+    // (after ack_wait); each arrives once, with the id its stream sequence names.
+    let sink = Sink::start(std::net::TcpListener::bind(down).unwrap(), Duration::ZERO);
+    let second = Running::start(&args, dir.path());
+    until(async || match pending(&context).await {
+        (0, 0, _) if sink.arrivals().len() >= MESSAGES => Ok(()),
+        seen => Err((seen, sink.arrivals().len())),
+    })
+    .await;
+    let lines = second.stop_and_collect();
+    assert!(!lines.iter().any(|line| line.contains("panicked")), "{lines:?}");
+    let mut arrivals = sink.arrivals();
+    for (seq, id) in &arrivals {
+        assert_eq!(*id, stream_message_id(STREAM, *seq), "a message keeps its id on every delivery");
+    }
+    arrivals.sort();
+    let seqs: Vec<u64> = arrivals.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=MESSAGES as u64).collect::<Vec<_>>(), "every message once");
 }

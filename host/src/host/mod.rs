@@ -71,7 +71,9 @@ impl Host {
 
     /// Accept `message` as [`send`](Host::send) does, with a [`Receipt`](crate::Receipt) that
     /// resolves once it and everything made from it reached an outcome (or can no longer): for an
-    /// ingress that acknowledges its source only then.
+    /// ingress that acknowledges its source only then. Its source keeps it until then, through a
+    /// crash too, so with `durability = "spool"` it is not written to the spool: a spooled copy
+    /// would only be delivered a second time after a crash.
     pub async fn send_with_receipt(
         &self,
         message: Message,
@@ -89,11 +91,13 @@ impl Host {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
-        let spooled = self.spool_put(&message, true).await?;
-        let mut envelope = Envelope::new(message, None, bytes, spooled);
-        if let Some(receipt) = receipt {
-            envelope = envelope.with_receipt(receipt);
-        }
+        let envelope = match receipt {
+            Some(receipt) => Envelope::new(message, None, bytes, None).with_receipt(receipt),
+            None => {
+                let spooled = self.spool_put(&message, true).await?;
+                Envelope::new(message, None, bytes, spooled)
+            }
+        };
         self.enqueue(envelope).await?;
         self.count_accepted();
         Ok(id)

@@ -1,9 +1,11 @@
 //! JetStream ingress: `[[ingress.nats]]` with a `stream` pulls that stream's messages through a
 //! durable pull consumer (`durable`, explicit acks) and acknowledges each only once the host
 //! settled it — delivered, filtered, answered, or dead-lettered to a destination or the dead-letter
-//! file — as the message's [`Receipt`](crate::Receipt) tells (the spool's own settlement, shared
-//! by everything made from the message). Hosts naming the same consumer share the stream: what a
-//! host that dies had not acknowledged, the server delivers to another after `ack_wait_ms`.
+//! file — as the message's [`Receipt`](crate::Receipt) tells (once everything made from the
+//! message is settled). Hosts naming the same consumer share the stream: what a host that dies had
+//! not acknowledged, the server delivers to another after `ack_wait_ms`. The stream keeps each
+//! message until then, so with `durability = "spool"` the host does not write these to its spool
+//! (a spooled copy would only be delivered a second time after a crash).
 //!
 //! Flow: a host holds at most `max_ack_pending` unacknowledged messages (the server enforces the
 //! same limit over all hosts of the consumer), pulls only as many as it has room for, and admits
@@ -21,7 +23,7 @@
 //! (`switchyard_jetstream_messages_total{result="terminated"}`). It is not dead-lettered: a dead
 //! letter is a message the host admitted, and this one could not be — an oversized payload would be
 //! as oversized on its way to the dead-letter destination. What is refused only for now (the host
-//! stopping, the spool unable to write) is handed back at once (`Nak`) for another host.
+//! stopping) is handed back at once (`Nak`) for another host.
 //!
 //! A graceful stop finishes the pull under way (admitting what it brings), pulls no more, waits up
 //! to `host.shutdown_grace_ms` for the messages in flight to settle and acknowledges them, then
