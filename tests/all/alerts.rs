@@ -38,10 +38,15 @@ to = "out"
 
 async fn start(config_text: &str) -> (Host, tempfile::TempDir) {
     let dir = plugin_dir(&[]);
+    (start_in(dir.path(), config_text).await, dir)
+}
+
+/// A host of `config_text` on `dir` (plugins) and `dir/state`.
+async fn start_in(dir: &std::path::Path, config_text: &str) -> Host {
     let config = Config::from_toml("alerts.toml", config_text).unwrap_or_else(|err| panic!("{err}"));
-    let state = dir.path().join("state");
-    let host = Host::builder().config("alerts.toml", config).plugin_dir(dir.path()).state_dir(state).build();
-    (host.await.unwrap_or_else(|err| panic!("{err}")), dir)
+    let state = dir.join("state");
+    let host = Host::builder().config("alerts.toml", config).plugin_dir(dir).state_dir(state).build();
+    host.await.unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// Let the evaluator take its first samples (the clock is paused: this only moves it), so a
@@ -262,4 +267,57 @@ async fn a_firing_alert_is_acknowledged_through_the_api_and_a_reload_keeps_it() 
     );
     assert_eq!(listed["alerts"][1]["when"], "destination_queued > 200");
     host.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_host_takes_up_its_firing_alerts_and_resolves_those_that_cleared_without_firing_again() {
+    let rules = "[[alert]]\nname = \"dl\"\nwhen = \"dead_letters > 0\"\n\n\
+                 [[alert]]\nname = \"steady\"\nwhen = \"rate(messages_accepted[10s]) >= 0\"\n\n\
+                 [[alert]]\nname = \"changed\"\nwhen = \"messages_accepted >= 0\"\n";
+    let (first, dir) = start(&config(rules)).await;
+    let mut events = first.subscribe();
+    first_samples().await;
+    dead_letter(&first, 1.0).await;
+    let mut fired = std::collections::BTreeSet::new();
+    while fired.len() < 3 {
+        let (rule, state) = match events.recv().await.expect("the event feed is open") {
+            HostEvent::Alert(transition) => (transition.rule, transition.state),
+            _ => continue,
+        };
+        assert_eq!(state, AlertState::Firing, "{rule}");
+        fired.insert(rule);
+    }
+    first.acknowledge_alert("steady").unwrap();
+    let steady_since = first.alerts()[1].since;
+    first.shutdown().await;
+
+    // Started again on the same state, `changed` changed: `dl` is taken up firing and resolves,
+    // its counter being back at zero; `steady`, a rate that cannot be read in its first second,
+    // stays firing and acknowledged; `changed` starts afresh.
+    let changed = rules.replace("messages_accepted >= 0", "messages_accepted >= 1000");
+    let second = start_in(dir.path(), &config(&changed)).await;
+    let mut events = second.subscribe();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut transitions = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let HostEvent::Alert(transition) = event {
+            transitions.push((transition.rule, transition.previous, transition.state));
+        }
+    }
+    assert_eq!(transitions, [("dl".to_owned(), AlertState::Firing, AlertState::Resolved)]);
+    let states: Vec<_> =
+        second.alerts().into_iter().map(|alert| (alert.id, alert.state, alert.acknowledged)).collect();
+    assert_eq!(
+        states,
+        [
+            ("dl".to_owned(), AlertState::Resolved, false),
+            ("steady".to_owned(), AlertState::Firing, true),
+            ("changed".to_owned(), AlertState::Inactive, false),
+        ]
+    );
+    assert_eq!(second.alerts()[1].since, steady_since, "firing since it fired before the restart");
+    let (message, payload) = next_alert_message(&second).await;
+    assert_eq!(message.header("x-sy-alert"), Some("dl"));
+    assert_eq!((payload["state"].as_str(), payload["previous"].as_str()), (Some("resolved"), Some("firing")));
+    second.shutdown().await;
 }

@@ -2,7 +2,9 @@
 
 use super::AlertStatus;
 use super::rule::{Rule, Transition};
+use super::saved::{SavedAlert, SavedAlerts};
 use crate::config::AlertConfig;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 use tokio::time::Instant;
@@ -11,6 +13,10 @@ use tokio::time::Instant;
 #[derive(Debug, Default)]
 pub struct AlertBook {
     rules: Mutex<Vec<Rule>>,
+    /// Where the firing alerts are kept, if anywhere.
+    saved: Option<SavedAlerts>,
+    /// Alerts kept by the last host on the same state, taken up by the first [`sync`](Self::sync).
+    to_take_up: Mutex<Vec<SavedAlert>>,
 }
 
 /// Why an alert could not be acknowledged.
@@ -30,10 +36,21 @@ pub enum AckError {
 }
 
 impl AlertBook {
+    /// A book keeping its firing alerts in `state_dir`, taking up those a host on the same
+    /// state directory kept there.
+    pub fn kept_in(state_dir: &Path) -> AlertBook {
+        let saved = SavedAlerts::in_dir(state_dir);
+        let to_take_up = Mutex::new(saved.load());
+        AlertBook { rules: Mutex::default(), saved: Some(saved), to_take_up }
+    }
+
     /// Make `configs` the rules: a rule whose `[[alert]]` is unchanged keeps its state (and its
-    /// rate samples); a new or changed one starts inactive; a removed one goes, without an event.
+    /// rate samples); a new or changed one starts inactive, unless it is the first sync and the
+    /// last host kept it firing under the same `[[alert]]`; a removed one goes, without an event.
     pub fn sync(&self, configs: &[AlertConfig]) {
         let mut rules = self.lock();
+        let mut to_take_up =
+            std::mem::take(&mut *self.to_take_up.lock().unwrap_or_else(|poison| poison.into_inner()));
         let unchanged = rules.len() == configs.len()
             && rules.iter().zip(configs).all(|(rule, config)| &rule.config == config);
         if unchanged {
@@ -42,7 +59,14 @@ impl AlertBook {
         let mut old = std::mem::take(&mut *rules);
         for config in configs {
             let kept = old.iter().position(|rule| &rule.config == config).map(|at| old.swap_remove(at));
-            rules.extend(kept.or_else(|| Rule::new(config.clone())));
+            let mut saved = || {
+                let at = to_take_up.iter().position(|saved| &saved.config == config)?;
+                Some(to_take_up.swap_remove(at))
+            };
+            rules.extend(kept.or_else(|| match saved() {
+                Some(saved) => Rule::firing_since(saved),
+                None => Rule::new(config.clone()),
+            }));
         }
     }
 
@@ -60,7 +84,11 @@ impl AlertBook {
             let value = read(selector.metric, &selector.labels);
             rule.observe(now, wall, value)
         });
-        transitions.collect()
+        let transitions: Vec<Transition> = transitions.collect();
+        if !transitions.is_empty() {
+            self.save(&rules);
+        }
+        transitions
     }
 
     /// Every rule and where it stands, in config order.
@@ -75,9 +103,21 @@ impl AlertBook {
             .iter_mut()
             .find(|rule| rule.config.name == id)
             .ok_or_else(|| AckError::Unknown(id.to_owned()))?;
-        match rule.acknowledge() {
-            true => Ok(rule.status()),
-            false => Err(AckError::NotFiring { id: id.to_owned(), state: rule.status().state.name() }),
+        if !rule.acknowledge() {
+            return Err(AckError::NotFiring { id: id.to_owned(), state: rule.status().state.name() });
+        }
+        let status = rule.status();
+        self.save(&rules);
+        Ok(status)
+    }
+
+    /// Keep the firing alerts among `rules`, if the book keeps them anywhere; a failure is
+    /// logged, and the alerts work on (a restart would then not know what fired).
+    fn save(&self, rules: &[Rule]) {
+        let Some(saved) = &self.saved else { return };
+        let firing: Vec<SavedAlert> = rules.iter().filter_map(Rule::saved).collect();
+        if let Err(err) = saved.save(&firing) {
+            tracing::warn!(%err, "firing alerts could not be kept in the state directory");
         }
     }
 

@@ -3,10 +3,12 @@
 //! so tests drive it with a paused clock.
 //!
 //! The [`AlertBook`] holds the rules and their states; the host evaluates it every second,
-//! emits each [`Transition`] as a host event and routes it as a message.
+//! emits each [`Transition`] as a host event and routes it as a message. Firing alerts are kept
+//! in the state directory across restarts (`saved`).
 
 mod book;
 mod rule;
+mod saved;
 
 pub use book::{AckError, AlertBook};
 pub use rule::Transition;

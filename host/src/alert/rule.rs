@@ -1,5 +1,6 @@
 //! One alert rule and its state machine.
 
+use super::saved::SavedAlert;
 use super::{AlertState, AlertStatus};
 use crate::config::{AlertConfig, Condition, Reading, Selector, Severity};
 use std::collections::VecDeque;
@@ -57,6 +58,29 @@ impl Rule {
         })
     }
 
+    /// The rule of `saved`, firing since it fired before a restart; `None` as [`Rule::new`].
+    pub(super) fn firing_since(saved: SavedAlert) -> Option<Rule> {
+        let mut rule = Rule::new(saved.config)?;
+        rule.state = AlertState::Firing;
+        rule.entered = Some((Instant::now(), UNIX_EPOCH + Duration::from_millis(saved.since_ms)));
+        rule.acknowledged = saved.acknowledged;
+        Some(rule)
+    }
+
+    /// What to keep of it across a restart: something only while it fires.
+    pub(super) fn saved(&self) -> Option<SavedAlert> {
+        (self.state == AlertState::Firing).then(|| SavedAlert {
+            config: self.config.clone(),
+            since_ms: self.status().since.unwrap_or_default(),
+            acknowledged: self.acknowledged,
+        })
+    }
+
+    /// Whether it reads a rate that has no two samples yet to compare (after a start or restart).
+    fn warming_up(&self) -> bool {
+        matches!(self.condition.reading, Reading::Rate { .. }) && self.samples.len() < 2
+    }
+
     /// The selector the rule reads.
     pub(super) fn selector(&self) -> &Selector {
         match &self.condition.reading {
@@ -93,6 +117,8 @@ impl Rule {
                 AlertState::Firing
             }
             (AlertState::Pending, false) => AlertState::Inactive,
+            // Taken up firing after a restart, a rate is not seen to clear before it can be read.
+            (AlertState::Firing, false) if self.value.is_none() && self.warming_up() => AlertState::Firing,
             (AlertState::Firing, false) => AlertState::Resolved,
             (state, _) => state,
         };

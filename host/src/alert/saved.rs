@@ -1,0 +1,89 @@
+//! Firing alerts kept across restarts: `state_dir/alerts.json` holds the rules that are firing,
+//! with when they fired and whether someone acknowledged them, rewritten at every transition and
+//! acknowledgement. A host started on the same state directory takes them up again, so an alert
+//! that fired before a restart neither fires a second time nor stays firing for ever in its
+//! receivers' view: it resolves once its condition is seen not to hold.
+
+use crate::config::AlertConfig;
+use std::path::{Path, PathBuf};
+
+/// The file's name in the state directory.
+const FILE: &str = "alerts.json";
+
+/// One firing alert as kept.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct SavedAlert {
+    /// The rule it fired under: a rule that differs when the host starts again starts afresh.
+    pub(super) config: AlertConfig,
+    /// When it fired: milliseconds since the Unix epoch.
+    pub(super) since_ms: u64,
+    /// Whether someone acknowledged it.
+    pub(super) acknowledged: bool,
+}
+
+/// Where a host keeps its firing alerts.
+#[derive(Debug)]
+pub(super) struct SavedAlerts {
+    path: PathBuf,
+}
+
+impl SavedAlerts {
+    /// The alerts kept in `state_dir`.
+    pub(super) fn in_dir(state_dir: &Path) -> SavedAlerts {
+        SavedAlerts { path: state_dir.join(FILE) }
+    }
+
+    /// The kept alerts: none when there is no file yet, and none (said in a warning) when it
+    /// cannot be read; a host starts whatever the file holds.
+    pub(super) fn load(&self) -> Vec<SavedAlert> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), %err, "firing alerts not taken up: the file cannot be read");
+                return Vec::new();
+            }
+        };
+        serde_json::from_str(&text).unwrap_or_else(|err| {
+            tracing::warn!(path = %self.path.display(), %err, "firing alerts not taken up: the file is not what this host writes");
+            Vec::new()
+        })
+    }
+
+    /// Keep `firing` instead of what was kept: written beside the file, then renamed over it,
+    /// so a crash leaves the old list or the new one.
+    pub(super) fn save(&self, firing: &[SavedAlert]) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(firing).map_err(std::io::Error::other)?;
+        let temporary = self.path.with_extension("json.tmp");
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Severity;
+
+    #[test]
+    fn saved_alerts_load_as_saved_and_a_missing_or_foreign_file_loads_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = SavedAlerts::in_dir(&dir.path().join("state"));
+        assert_eq!(saved.load(), []);
+        let config = AlertConfig {
+            name: "down".into(),
+            when: "endpoint_down > 0".into(),
+            for_s: 30,
+            severity: Severity::Critical,
+            summary: Some("an endpoint is down".into()),
+        };
+        let firing = [SavedAlert { config, since_ms: 1_764_806_400_000, acknowledged: true }];
+        saved.save(&firing).unwrap();
+        assert_eq!(saved.load(), firing);
+        std::fs::write(dir.path().join("state").join(FILE), "{ not json").unwrap();
+        assert_eq!(saved.load(), []);
+    }
+}
