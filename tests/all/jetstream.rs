@@ -353,7 +353,7 @@ async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_k
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spooling_host_leaves_stream_messages_to_the_stream_and_killed_restarted_delivers_each_once() {
+async fn a_spooling_host_leaves_stream_messages_to_the_stream_and_killed_restarted_delivers_them_all() {
     const MESSAGES: usize = 40;
     let server = NatsServer::start_jetstream();
     let context = create_stream(&server.client().await).await;
@@ -388,21 +388,26 @@ async fn a_spooling_host_leaves_stream_messages_to_the_stream_and_killed_restart
     assert_eq!(report["depth"], 0, "{report}");
 
     // Restarted with its destination back: the server gives the unacknowledged messages again
-    // (after ack_wait); each arrives once, with the id its stream sequence names.
+    // (after ack_wait), each with the id its stream sequence names, and the spool gives none.
     let sink = Sink::start(std::net::TcpListener::bind(down).unwrap(), Duration::ZERO);
     let second = Running::start(&args, dir.path());
+    let admin = second.address("admin API listening on http://");
     until(async || match pending(&context).await {
         (0, 0, _) if sink.arrivals().len() >= MESSAGES => Ok(()),
         seen => Err((seen, sink.arrivals().len())),
     })
     .await;
+    let metrics = tokio::task::spawn_blocking(move || http(admin, "GET", "/metrics", &[], b"").1);
+    let metrics = within(metrics).await.unwrap();
+    assert_eq!(sample(&metrics, "switchyard_spool_recovered_total", &[]), Some(0.0), "{metrics}");
     let lines = second.stop_and_collect();
     assert!(!lines.iter().any(|line| line.contains("panicked")), "{lines:?}");
-    let mut arrivals = sink.arrivals();
+    let arrivals = sink.arrivals();
     for (seq, id) in &arrivals {
         assert_eq!(*id, stream_message_id(STREAM, *seq), "a message keeps its id on every delivery");
     }
-    arrivals.sort();
-    let seqs: Vec<u64> = arrivals.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (1..=MESSAGES as u64).collect::<Vec<_>>(), "every message once");
+    let seqs: std::collections::BTreeSet<u64> = arrivals.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=MESSAGES as u64).collect(), "every message delivered");
+    // Each once, unless the server gave one again (its ack slower than ack_wait on a loaded machine).
+    eprintln!("jetstream + spool: {MESSAGES} published, {} arrivals after the restart", arrivals.len());
 }
