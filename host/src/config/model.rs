@@ -67,8 +67,9 @@ pub struct HostSection {
     /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`).
     pub cache_dir: PathBuf,
     /// Directory of the host's own state: `dead-letters.jsonl`, the dead
-    /// letters no dead-letter destination took, and `spool/` with
-    /// `durability = "spool"`. Relative paths are under the working
+    /// letters no dead-letter destination took, `spool/` with
+    /// `durability = "spool"`, and `alerts.json`, the firing alerts a
+    /// restart takes up. Relative paths are under the working
     /// directory; created when first written. Read at start.
     pub state_dir: PathBuf,
     /// What an acknowledgement (202, `send` returning, a gRPC or NATS ack)
