@@ -51,7 +51,8 @@ impl SavedAlerts {
     }
 
     /// Keep `firing` instead of what was kept: written beside the file, then renamed over it,
-    /// so a crash leaves the old list or the new one.
+    /// so a host killed meanwhile leaves the old list or the new one (not fsync'd: after a machine
+    /// crash the file may be unreadable, and the next host starts without it).
     pub(super) fn save(&self, firing: &[SavedAlert]) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;

@@ -75,7 +75,9 @@ pub struct HostSection {
     /// What an acknowledgement (202, `send` returning, a gRPC or NATS ack)
     /// promises: `memory` (held by this process: a crash loses what is
     /// queued) or `spool` (on disk in `state_dir/spool` until its outcome is
-    /// recorded; a restart delivers it).
+    /// recorded; a restart delivers it). A JetStream ingress acknowledges a
+    /// message only once it is settled, and its messages are not spooled:
+    /// the stream keeps each until then.
     pub durability: Durability,
     /// Bytes the spool may hold for messages not yet settled; beyond it
     /// senders wait (or get backpressure), never lose a message.
