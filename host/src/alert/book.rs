@@ -1,8 +1,8 @@
 //! The alert rules of a host and where each stands.
 
-use super::AlertStatus;
 use super::rule::{Rule, Transition};
 use super::saved::{SavedAlert, SavedAlerts};
+use super::{AlertState, AlertStatus};
 use crate::config::AlertConfig;
 use std::path::Path;
 use std::sync::Mutex;
@@ -85,7 +85,8 @@ impl AlertBook {
             rule.observe(now, wall, value)
         });
         let transitions: Vec<Transition> = transitions.collect();
-        if !transitions.is_empty() {
+        let firing = |state| state == AlertState::Firing;
+        if transitions.iter().any(|transition| firing(transition.state) || firing(transition.previous)) {
             self.save(&rules);
         }
         transitions

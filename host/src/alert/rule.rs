@@ -71,7 +71,7 @@ impl Rule {
     pub(super) fn saved(&self) -> Option<SavedAlert> {
         (self.state == AlertState::Firing).then(|| SavedAlert {
             config: self.config.clone(),
-            since_ms: self.status().since.unwrap_or_default(),
+            since_ms: self.since_ms().unwrap_or_default(),
             acknowledged: self.acknowledged,
         })
     }
@@ -131,10 +131,15 @@ impl Rule {
         self.state == AlertState::Firing
     }
 
+    /// When it entered its state: milliseconds since the Unix epoch (`None` while inactive since
+    /// it was loaded).
+    fn since_ms(&self) -> Option<u64> {
+        self.entered
+            .map(|(_, wall)| wall.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64))
+    }
+
     pub(super) fn status(&self) -> AlertStatus {
-        let since = self
-            .entered
-            .map(|(_, wall)| wall.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64));
+        let since = self.since_ms();
         AlertStatus {
             id: self.config.name.clone(),
             name: self.config.name.clone(),

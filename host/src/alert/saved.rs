@@ -1,6 +1,6 @@
 //! Firing alerts kept across restarts: `state_dir/alerts.json` holds the rules that are firing,
-//! with when they fired and whether someone acknowledged them, rewritten at every transition and
-//! acknowledgement. A host started on the same state directory takes them up again, so an alert
+//! with when they fired and whether someone acknowledged them, rewritten when an alert starts or
+//! stops firing and when one is acknowledged. A host started on the same state directory takes them up again, so an alert
 //! that fired before a restart neither fires a second time nor stays firing for ever in its
 //! receivers' view: it resolves once its condition is seen not to hold.
 

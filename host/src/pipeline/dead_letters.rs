@@ -12,7 +12,7 @@ use crate::message::Message;
 use crate::metrics::{RouteMetrics, Settled};
 use crate::resilience::RetryPolicy;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -78,7 +78,7 @@ impl Pipeline {
                 Counters::bump(&self.counters.dead_lettered, 1);
                 self.metrics.dead_letter(route_name, code);
                 if let Some(metrics) = route {
-                    metrics.settled(Settled::DeadLettered, accepted.at, std::time::Instant::now());
+                    metrics.settled(Settled::DeadLettered, accepted.at, Instant::now());
                 }
                 let to = match reached {
                     Reached::Destination(name) => name,
