@@ -108,6 +108,45 @@ async fn a_busy_destination_sends_the_most_urgent_class_first_then_the_oldest() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_queue_that_fills_in_the_middle_of_a_batch_gets_the_rest_in_order_as_it_drains() {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    // A route with a stage goes through the worker, which hands a batch's messages to the
+    // destination's queue back to back while it has room, then waits for room for the rest.
+    let text = config(&[&endpoint], "timeout_ms = 600000\nqueue = { capacity = 2, max_in_flight = 1 }")
+        .replace("workers = 1", "workers = 1\nbatch_size = 64")
+        .replace("to = \"api\"", "to = \"api\"\nstages = [\"filter:gate\"]");
+    let (open, gate) = flume::unbounded::<()>();
+    let host = Host::builder()
+        .config("t", switchyard::Config::from_toml("t", &text).unwrap())
+        .plugin_dir(dir.path())
+        .filter("gate", move |_: &Message| {
+            let _ = gate.recv();
+            Ok(switchyard::Verdict::Keep)
+        })
+        .build()
+        .await
+        .unwrap();
+    // The only worker waits in the gate with the first message while 29 more queue up behind it;
+    // once the gate opens it takes them in one batch, of which the queue has room for 2.
+    host.send(Message::new("orders", "0")).await.unwrap();
+    for n in 1..30 {
+        host.send(Message::new("orders", format!("{n}"))).await.unwrap();
+    }
+    drop(open);
+    within(endpoint.arrivals(1)).await;
+    queued(&host, "api", 2).await;
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    within(endpoint.arrivals(30)).await;
+    let order: Vec<String> = endpoint.seen().into_iter().map(|seen| seen.body).collect();
+    let sent: Vec<String> = (0..30).map(|n| n.to_string()).collect();
+    assert_eq!(order, sent, "in order, none lost, none twice");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (30, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_that_wait_past_the_queue_timeout_are_dead_lettered_unsent() {
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);

@@ -71,10 +71,8 @@ impl Pipeline {
         item: Item,
         metrics: &Arc<RouteMetrics>,
     ) -> Result<(), Item> {
-        let Item { message, reply, middlewares, accepted } = item;
-        let job =
-            Job { delivery: Delivery { message, reply, middlewares, accepted }, route: metrics.clone() };
         let queue = target.queue.as_ref().expect("a direct target has a queue");
+        let job = Job { delivery: item.into(), route: metrics.clone() };
         match queue.0.try_push(job.delivery.message.priority, job) {
             Ok(()) => Ok(()),
             Err(PushError::Full(job)) => Err(job.delivery.into()),
@@ -108,5 +106,12 @@ impl From<Delivery> for Item {
     fn from(delivery: Delivery) -> Item {
         let Delivery { message, reply, middlewares, accepted } = delivery;
         Item { message, reply, middlewares, accepted }
+    }
+}
+
+impl From<Item> for Delivery {
+    fn from(item: Item) -> Delivery {
+        let Item { message, reply, middlewares, accepted } = item;
+        Delivery { message, reply, middlewares, accepted }
     }
 }

@@ -58,12 +58,15 @@ pub(crate) struct Pipeline {
 /// An item to deliver on a route, with the route's metrics.
 type Routed<'r> = (RouteKey, &'r Arc<RouteMetrics>, Item);
 
-/// Deliveries and dead letters a batch leaves for the async side.
+/// Deliveries and dead letters a batch leaves to settle once its stages have run.
 #[derive(Default)]
 struct Settlements<'r> {
     deliveries: Vec<Routed<'r>>,
-    dead_letters: Vec<(Item, DeadLetterReason, Option<&'r RouteMetrics>)>,
+    dead_letters: Vec<DeadLetter<'r>>,
 }
+
+/// A message to dead-letter, why, and the route it was on (if it had one).
+type DeadLetter<'r> = (Item, DeadLetterReason, Option<&'r RouteMetrics>);
 
 /// A reply that passes back through middleware before its caller gets it.
 pub(crate) struct ReplyBack {
@@ -122,7 +125,18 @@ impl Pipeline {
                 self.run_route(worker, &plugins, &topology, key, items, &mut settlements);
             }
         }
-        runtime.block_on(self.settle_batch(&topology, settlements));
+        let Settlements { deliveries, dead_letters } = settlements;
+        let mut deliveries = deliveries.into_iter();
+        // With no dead letter to go first, what destinations take at once needs no runtime: a
+        // batch they take whole never enters one.
+        let not_handed = match dead_letters.is_empty() {
+            true => match self.hand_over_now(&topology, &mut deliveries) {
+                None => return,
+                first => first,
+            },
+            false => None,
+        };
+        runtime.block_on(self.settle_batch(&topology, dead_letters, not_handed, deliveries));
     }
 
     fn run_route<'r>(
@@ -181,24 +195,31 @@ impl Pipeline {
         }
     }
 
-    /// Hand deliveries over and dead-letter.
-    async fn settle_batch(&self, topology: &Topology, settlements: Settlements<'_>) {
-        for (item, reason, route) in settlements.dead_letters {
+    /// Dead-letter, then hand the deliveries over: `not_handed` (one that its destination could
+    /// not take at once) first, then the rest of `deliveries`.
+    async fn settle_batch<'r>(
+        &self,
+        topology: &Topology,
+        dead_letters: Vec<DeadLetter<'r>>,
+        not_handed: Option<Routed<'r>>,
+        mut deliveries: impl Iterator<Item = Routed<'r>>,
+    ) {
+        for (item, reason, route) in dead_letters {
             self.dead_letter(topology, item, reason, route).await;
         }
-        let mut deliveries = settlements.deliveries.into_iter();
-        let not_handed = self.hand_to_memory(topology, &mut deliveries);
+        let not_handed = not_handed.or_else(|| self.hand_over_now(topology, &mut deliveries));
         for (key, metrics, item) in not_handed.into_iter().chain(deliveries) {
             self.deliver(topology.routes.get(key), topology.targets(key), metrics, item).await;
         }
     }
 
-    /// Hand the leading `deliveries` of a batch whose route goes to one memory destination into
-    /// it back to back, while it has room; the first it cannot take comes back, for
-    /// [`Pipeline::deliver`] to wait with. Put in without a delivery's other work between them,
+    /// Hand the leading `deliveries` of a batch over while the one destination of each's route
+    /// takes it at once: a memory destination while its channel has room, a network destination
+    /// while its queue has; the first that cannot be comes back, for [`Pipeline::deliver`] to wait
+    /// with. No runtime is needed for these. Put in without a delivery's other work between them,
     /// messages leave a reader that keeps up fewer chances to empty the channel and wait again,
     /// and so fewer wake-ups (docs/performance.md, session 31).
-    fn hand_to_memory<'r>(
+    fn hand_over_now<'r>(
         &self,
         topology: &Topology,
         deliveries: &mut impl Iterator<Item = Routed<'r>>,
@@ -206,18 +227,40 @@ impl Pipeline {
         // One clock read for the batch's settle time: its deliveries are put in back to back.
         let now = Instant::now();
         for (key, metrics, item) in deliveries.by_ref() {
-            let memory = match topology.targets(key) {
-                [target] => target.sink.destination.as_memory().map(|memory| (&target.sink, memory)),
-                _ => None,
-            };
-            let Some((sink, memory)) = memory else { return Some((key, metrics, item)) };
-            let Item { message, reply, middlewares, accepted } = item;
-            if let Err(message) = memory.try_send(message) {
-                return Some((key, metrics, Item { message, reply, middlewares, accepted }));
+            let [target] = topology.targets(key) else { return Some((key, metrics, item)) };
+            if let Some(item) = self.hand_over(target, metrics, item, now) {
+                return Some((key, metrics, item));
             }
-            self.taken_by_memory(sink, metrics, &accepted, reply, now);
         }
         None
+    }
+
+    /// Put `item` into the queue of network destination `target`, or into memory destination
+    /// `target` (counted as delivered at `now`), if it has room now; the item comes back if not,
+    /// or if `target` is delivered to in place.
+    fn hand_over(
+        &self,
+        target: &Target,
+        route: &Arc<RouteMetrics>,
+        item: Item,
+        now: Instant,
+    ) -> Option<Item> {
+        if let Some(queue) = &target.queue {
+            let job = Job { delivery: item.into(), route: route.clone() };
+            return match queue.0.try_push(job.delivery.message.priority, job) {
+                Ok(()) => None,
+                Err(PushError::Full(job) | PushError::Closed(job)) => Some(job.delivery.into()),
+            };
+        }
+        let Some(memory) = target.sink.destination.as_memory() else { return Some(item) };
+        let Item { message, reply, middlewares, accepted } = item;
+        match memory.try_send(message) {
+            Ok(()) => {
+                self.taken_by_memory(&target.sink, route, &accepted, reply, now);
+                None
+            }
+            Err(message) => Some(Item { message, reply, middlewares, accepted }),
+        }
     }
 
     /// Count a delivery to memory destination `sink` and answer its caller: it never replies.
