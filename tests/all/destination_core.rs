@@ -127,8 +127,9 @@ async fn a_destination_queue_that_fills_in_the_middle_of_a_batch_gets_the_rest_i
         .build()
         .await
         .unwrap();
-    // The only worker waits in the gate with the first message while 29 more queue up behind it;
-    // once the gate opens it takes them in one batch, of which the queue has room for 2.
+    // The only worker waits in the gate with the first message (or the first few) while the rest
+    // queue up behind it; once the gate opens it takes them in batches of up to 64, far more than
+    // the queue's room for 2 beside the one delivery in flight.
     host.send(Message::new("orders", "0")).await.unwrap();
     for n in 1..30 {
         host.send(Message::new("orders", format!("{n}"))).await.unwrap();
