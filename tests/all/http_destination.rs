@@ -180,6 +180,64 @@ async fn sequential_requests_reuse_one_pooled_connection() {
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
 }
 
+/// A server that answers one request per connection, 200 with no body and no
+/// `connection: close`, then closes it; it reports the connection's number
+/// once closed.
+async fn one_request_per_connection_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for connection in 1.. {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            // The request's head, then as many body bytes as its content-length says.
+            let mut request = Vec::new();
+            let head_end = loop {
+                let mut chunk = [0; 4096];
+                let read = stream.read(&mut chunk).await.unwrap();
+                assert!(read > 0, "the client hung up before a whole request");
+                request.extend_from_slice(&chunk[..read]);
+                if let Some(at) = request.windows(4).position(|window| window == b"\r\n\r\n") {
+                    break at + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse().unwrap());
+            while request.len() < head_end + length {
+                let mut chunk = [0; 4096];
+                let read = stream.read(&mut chunk).await.unwrap();
+                assert!(read > 0, "the client hung up before a whole body");
+                request.extend_from_slice(&chunk[..read]);
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            drop(stream);
+            let _ = report.send(connection);
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_endpoint_closed_is_not_reused_and_no_attempt_fails() {
+    let (addr, mut closed) = one_request_per_connection_server().await;
+    let dir = plugin_dir(&[]);
+    // One attempt a message: a request sent into the closed connection would be dead-lettered.
+    let host = host(dir.path(), &config(&[addr]).replacen("attempts = 3", "attempts = 1", 1)).await;
+    for n in 1..=3 {
+        let reply = within(host.request(Message::new("orders", format!("order {n}")))).await;
+        assert!(matches!(reply, Ok(Some(_))), "message {n} is delivered at its one attempt: {reply:?}");
+        // The endpoint has closed the connection that message used, which went back to the pool
+        // first: the next message must go out on a new one, not into the closed one.
+        assert_eq!(within(closed.recv()).await, Some(n), "message {n} went out on connection {n}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_endpoints_get_messages_in_proportion_to_their_configured_weights() {
     let (heavy, heavy_hits) = server(StatusCode::OK).await;

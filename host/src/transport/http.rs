@@ -17,23 +17,20 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The sending half of one HTTP/1.1 connection; its driver runs as a task.
 pub(super) type Sender = SendRequest<Full<Bytes>>;
 
-/// One pooled HTTP/1.1 connection: its sending half, and its socket, shared
-/// with the driver so that the pool sees a peer's close of an idle
-/// connection in the socket itself, before a request goes out on it (the
-/// driver may not have run since the close reached us).
+/// One pooled HTTP/1.1 connection: its sending half (the driver, which owns
+/// the socket, runs as a task), and a second handle on the same socket, so
+/// that the pool sees a peer's close of an idle connection in the socket
+/// itself, before a request goes out on it (the driver may not have run
+/// since the close reached us).
 pub(super) struct Connection {
     pub(super) sender: Sender,
-    socket: Arc<TcpStream>,
+    socket: std::net::TcpStream,
 }
 
 impl Connection {
@@ -190,10 +187,14 @@ impl Transport for HttpTransport {
 /// A new connection to `address`, its driver spawned as a task that ends
 /// when the connection closes or its sender is dropped.
 pub(super) async fn connect(address: &str) -> std::io::Result<Connection> {
-    let socket = Arc::new(TcpStream::connect(address).await?);
-    socket.set_nodelay(true)?;
-    let io = TokioIo::new(SharedSocket(socket.clone()));
-    let (sender, driver) = http1::handshake(io).await.map_err(std::io::Error::other)?;
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    // The driver owns the stream, so it reads through tokio's own `poll_read`, which
+    // needs no system call to learn that a short read emptied the socket.
+    let stream = stream.into_std()?;
+    let socket = stream.try_clone()?;
+    let (sender, driver) =
+        http1::handshake(TokioIo::new(TcpStream::from_std(stream)?)).await.map_err(std::io::Error::other)?;
     let address = address.to_owned();
     tokio::spawn(async move {
         if let Err(err) = driver.await {
@@ -214,44 +215,5 @@ async fn get(address: &str, path: &str) -> Result<(), String> {
     match status.is_success() {
         true => Ok(()),
         false => Err(format!("GET {path}: HTTP {status}")),
-    }
-}
-
-/// A socket that hyper's driver reads and writes while the pool may look at
-/// it: all through `&TcpStream` (readiness, then a non-blocking call).
-struct SharedSocket(Arc<TcpStream>);
-
-impl AsyncRead for SharedSocket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            // Read into the buffer's unfilled bytes as they are: zeroing them first (as
-            // `initialize_unfilled` does) cost a `memset` of hyper's whole read buffer per read.
-            match self.0.try_read_buf(buf) {
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedSocket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                written => return Poll::Ready(written),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }

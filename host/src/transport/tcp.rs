@@ -100,7 +100,7 @@ async fn connect(address: &str) -> std::io::Result<TcpStream> {
 /// next runs: a peer that closed just now is seen, and no message is sent
 /// into a closed connection, where it could not be told from one the peer
 /// took before it closed.
-pub(super) fn is_open(stream: &TcpStream) -> bool {
+pub(super) fn is_open(stream: &impl std::os::fd::AsFd) -> bool {
     let mut byte = [std::mem::MaybeUninit::uninit()];
     let peeked = socket2::SockRef::from(stream).peek(&mut byte);
     matches!(peeked, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
