@@ -1,9 +1,9 @@
 //! The work the instruction-count guard measures (`scripts/instructions`):
 //! one unbatched filter call, one filter call of 64 messages, one unbatched
-//! transform call, and messages
-//! through the routed pipeline (WASM header filter → redact transform →
-//! memory destination), each repeated `iterations` times between two marker
-//! functions.
+//! transform call, messages through the routed pipeline (WASM header filter →
+//! redact transform → memory destination), and messages on the HTTP path
+//! (ingress → `http` destination, see [`http_case`](super::http_case)), each
+//! repeated `iterations` times between two marker functions.
 //!
 //! Run under callgrind with `--zero-before='*instructions_begin*'` and
 //! `--dump-before='*instructions_end*'`, the counters are zeroed as a case
@@ -16,6 +16,7 @@
 //! strace: a marker system call before and after each case, outside
 //! callgrind's window, tells where each case's calls begin and end.
 
+use super::http_case::HttpPath;
 use super::routed::{PluginDir, RoutedHost, Stages};
 use super::stage::{
     check_redacted, filter_call, filter_config, instantiate, order_message, transform_call, transform_config,
@@ -24,8 +25,8 @@ use super::*;
 
 /// The measured cases, in the order they run (and callgrind dumps them); the
 /// last runs only when the stamp plugin is given.
-pub const CASES: [&str; 5] =
-    ["filter_call", "filter_batch_64", "transform_call", "routed_message", "routed_stamp"];
+pub const CASES: [&str; 6] =
+    ["filter_call", "filter_batch_64", "transform_call", "routed_message", "http_message", "routed_stamp"];
 
 /// Iterations of each case that run before its counters are zeroed: the
 /// first calls grow instance memory and fill caches that a steady host has.
@@ -54,8 +55,9 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(routed_case(&dir, Stages::Wasm, CASES[3], iterations))?;
+    runtime.block_on(http_case(&dir, CASES[4], iterations))?;
     match plugins.stamp {
-        Some(_) => runtime.block_on(routed_case(&dir, Stages::Stamp, CASES[4], iterations)),
+        Some(_) => runtime.block_on(routed_case(&dir, Stages::Stamp, CASES[5], iterations)),
         None => Ok(()),
     }
 }
@@ -80,6 +82,19 @@ async fn routed_case(
     system_call_marker("end", case);
     delivered?;
     host.finish().await
+}
+
+/// POST `iterations` messages, one at a time, on the HTTP path, counted as `case`.
+async fn http_case(dir: &PluginDir, case: &'static str, iterations: usize) -> Result<(), BenchError> {
+    let mut path = HttpPath::start(&dir.0).await?;
+    path.deliver(WARM_UP).await?;
+    system_call_marker("begin", case);
+    instructions_begin(case);
+    let delivered = path.deliver(iterations).await;
+    instructions_end(case);
+    system_call_marker("end", case);
+    delivered?;
+    path.finish().await
 }
 
 /// Warm up, then run `step` `iterations` times between the markers.

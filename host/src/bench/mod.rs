@@ -16,6 +16,7 @@ use crate::config::{Config, PluginConfig, RouteConfig};
 use crate::destination::MemoryDestination;
 use crate::host::{BuildError, Host, SendError};
 use crate::message::{Message, Verdict};
+mod http_case;
 mod instructions;
 mod latency;
 mod native;
