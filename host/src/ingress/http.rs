@@ -61,8 +61,8 @@ impl HttpIngress {
                 post(accept).layer(DefaultBodyLimit::max(config.host.max_message_bytes)),
             )
             .route("/v1/messages", post(accept_bulk).layer(DefaultBodyLimit::max(http.max_batch_bytes)))
-            .route("/v1/ws", get(accept_socket))
-            .layer(axum::Extension(stopping))
+            // Only sockets need the stop signal: a layer over every route would add it to each request.
+            .route("/v1/ws", get(accept_socket).layer(axum::Extension(stopping)))
             .with_state(self.host);
         // Open sockets end when the ingress stops, so that its graceful shutdown can finish.
         let shutdown = async move {
@@ -121,7 +121,7 @@ async fn accept(
     let id = message.unique_id().expect("the ingress gives every message its id").to_owned();
     if !options.wait {
         return match host.try_send(message).await {
-            Ok(_) => (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "id": id }))).into_response(),
+            Ok(_) => accepted(&id),
             Err(err) => refused(err),
         };
     }
@@ -160,6 +160,12 @@ fn message_from_request(topic: String, headers: &HeaderMap, body: Bytes) -> Resu
     // The unique id is the ingress's to give: the host keeps it.
     message.headers.push((ID_HEADER.to_owned(), unique_id()));
     Ok(message)
+}
+
+/// `202 {"id":…}`: the id is a UUID, which needs no escaping in JSON.
+fn accepted(id: &str) -> Response {
+    let body = format!(r#"{{"id":"{id}"}}"#);
+    (StatusCode::ACCEPTED, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn reply_response(reply: Message) -> Response {
