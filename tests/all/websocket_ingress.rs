@@ -81,6 +81,31 @@ async fn frames_are_acked_with_their_ids_and_a_wait_frame_gets_its_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_socket_is_ended_when_the_ingress_stops_so_that_its_shutdown_finishes() {
+    let (host, _dir) = replying_host().await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(ingress.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut socket = connect(addr, None).await.unwrap();
+    send(&mut socket, json!({ "topic": "orders.eu", "payload": "before", "ref": 1 })).await;
+    assert!(answer(&mut socket).await["id"].is_string(), "the socket serves");
+    stop.send(()).unwrap();
+    // A graceful shutdown waits for open connections: the ingress must end the socket itself.
+    within(serving).await.unwrap();
+    loop {
+        match within(socket.next()).await {
+            None | Some(Err(_) | Ok(Frame::Close(_))) => break,
+            Some(Ok(frame)) => assert!(!frame.is_text(), "no answer after the stop: {frame:?}"),
+        }
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_stops_the_socket_being_read_and_loses_nothing() {
     let dir = plugin_dir(&[]);
     let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
