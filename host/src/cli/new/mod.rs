@@ -61,6 +61,7 @@ fn files(kind: Kind, lang: Lang) -> Option<Vec<(&'static str, &'static str)>> {
             vec![
                 ("Cargo.toml", include_str!("rust/Cargo.toml.in")),
                 ("rust-toolchain.toml", include_str!("../../../../rust-toolchain.toml")),
+                (".cargo/config.toml", include_str!("../../../../.cargo/config.toml")),
                 ("README.md", include_str!("rust/README.md.in")),
                 ("src/lib.rs", source),
             ]
