@@ -20,10 +20,13 @@ const PAYLOAD: usize = 256;
 pub(super) struct HttpPath {
     host: Host,
     client: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    ingress: SocketAddr,
+    /// The `Host` header of every request: the ingress's address, made once.
+    ingress: hyper::header::HeaderValue,
     /// One item each time the endpoint has answered a POST.
     arrivals: mpsc::UnboundedReceiver<usize>,
     payload: Bytes,
+    /// Messages the ingress accepted so far.
+    sent: u64,
 }
 
 impl HttpPath {
@@ -50,7 +53,9 @@ impl HttpPath {
             .map_err(|err| BenchError::Check(format!("the client's connection: {err}")))?;
         tokio::spawn(connection);
         let payload = Bytes::from(vec![b'x'; PAYLOAD]);
-        Ok(HttpPath { host, client, ingress: addr, arrivals, payload })
+        let ingress =
+            hyper::header::HeaderValue::try_from(addr.to_string()).expect("an address is a header value");
+        Ok(HttpPath { host, client, ingress, arrivals, payload, sent: 0 })
     }
 
     /// POST `messages` messages one after the other, each accepted (202) and at the endpoint
@@ -58,7 +63,7 @@ impl HttpPath {
     pub(super) async fn deliver(&mut self, messages: usize) -> Result<(), BenchError> {
         for _ in 0..messages {
             let request = hyper::Request::post("/v1/messages/orders.http")
-                .header(hyper::header::HOST, self.ingress.to_string())
+                .header(hyper::header::HOST, self.ingress.clone())
                 .body(Full::new(self.payload.clone()))
                 .map_err(|err| BenchError::Check(err.to_string()))?;
             let check = |err: hyper::Error| BenchError::Check(format!("the ingress: {err}"));
@@ -70,6 +75,7 @@ impl HttpPath {
                 let answer = String::from_utf8_lossy(&answer);
                 return Err(BenchError::Check(format!("the ingress answered {status}: {answer}")));
             }
+            self.sent += 1;
             match self.arrivals.recv().await {
                 Some(bytes) if bytes == PAYLOAD => {}
                 Some(bytes) => {
@@ -81,10 +87,9 @@ impl HttpPath {
         Ok(())
     }
 
-    /// Shut the host down.
+    /// Shut the host down and check that every message accepted was delivered, none lost.
     pub(super) async fn finish(self) -> Result<(), BenchError> {
-        self.host.shutdown().await;
-        Ok(())
+        shut_down_and_account(&self.host, self.sent).await
     }
 }
 

@@ -292,3 +292,13 @@ pub fn run_with(plugins: &BenchPlugins, settings: &BenchSettings) -> Result<Repo
     };
     Ok(Report { targets: targets(&report), ..report })
 }
+
+/// Shut `host` down and check that it accepted, delivered and settled each of the `sent` messages.
+async fn shut_down_and_account(host: &Host, sent: u64) -> Result<(), BenchError> {
+    host.shutdown().await;
+    let stats = host.stats();
+    match stats.accepted == sent && stats.delivered == sent && stats.settled() == sent {
+        true => Ok(()),
+        false => Err(BenchError::Check(format!("sent {sent} but the host counted {stats:?}"))),
+    }
+}

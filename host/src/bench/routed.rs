@@ -285,12 +285,7 @@ impl RoutedHost {
 
     /// Shut down and check that every message sent was delivered, none lost.
     pub(super) async fn finish(self) -> Result<(), BenchError> {
-        self.host.shutdown().await;
-        let stats = self.host.stats();
-        match stats.accepted == self.sent && stats.delivered == self.sent && stats.settled() == self.sent {
-            true => Ok(()),
-            false => Err(BenchError::Check(format!("sent {} but the host counted {stats:?}", self.sent))),
-        }
+        shut_down_and_account(&self.host, self.sent).await
     }
 }
 

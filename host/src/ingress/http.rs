@@ -163,7 +163,7 @@ fn message_from_request(topic: String, headers: &HeaderMap, body: Bytes) -> Resu
 }
 
 /// `202 {"id":…}`: the id is a UUID, which needs no escaping in JSON. Joined, not
-/// formatted: `format!` cost about 1 400 instructions a message here.
+/// formatted: the `http_message` guard case counted 3 % fewer instructions so.
 fn accepted(id: &str) -> Response {
     let body = [r#"{"id":""#, id, r#""}"#].concat();
     (StatusCode::ACCEPTED, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
