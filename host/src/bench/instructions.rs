@@ -1,7 +1,9 @@
 //! The work the instruction-count guard measures (`scripts/instructions`):
 //! one unbatched filter call, one filter call of 64 messages, one unbatched
 //! transform call, messages through the routed pipeline (WASM header filter →
-//! redact transform → memory destination), and messages on the HTTP path
+//! redact transform → memory destination), the same through the plugins'
+//! native twins (the pipeline's cost without WebAssembly, so that the gap
+//! between the two shows what WebAssembly adds), and messages on the HTTP path
 //! (ingress → `http` destination, see [`http_case`](super::http_case)), each
 //! repeated `iterations` times between two marker functions.
 //!
@@ -25,8 +27,15 @@ use super::*;
 
 /// The measured cases, in the order they run (and callgrind dumps them); the
 /// last runs only when the stamp plugin is given.
-pub const CASES: [&str; 6] =
-    ["filter_call", "filter_batch_64", "transform_call", "routed_message", "http_message", "routed_stamp"];
+pub const CASES: [&str; 7] = [
+    "filter_call",
+    "filter_batch_64",
+    "transform_call",
+    "routed_message",
+    "routed_native",
+    "http_message",
+    "routed_stamp",
+];
 
 /// Iterations of each case that run before its counters are zeroed: the
 /// first calls grow instance memory and fill caches that a steady host has.
@@ -54,23 +63,24 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(routed_case(&dir, Stages::Wasm, CASES[3], iterations))?;
-    runtime.block_on(http_case(&dir, CASES[4], iterations))?;
+    runtime.block_on(routed_case(&dir.0, Stages::Wasm, CASES[3], iterations))?;
+    runtime.block_on(routed_case(&dir.0.join("none"), Stages::Native, CASES[4], iterations))?;
+    runtime.block_on(http_case(&dir, CASES[5], iterations))?;
     match plugins.stamp {
-        Some(_) => runtime.block_on(routed_case(&dir, Stages::Stamp, CASES[5], iterations)),
+        Some(_) => runtime.block_on(routed_case(&dir.0, Stages::Stamp, CASES[6], iterations)),
         None => Ok(()),
     }
 }
 
 /// Route `iterations` messages (with the payload of `stages`) through a host
-/// running `stages`, counted as `case`.
+/// running `stages` with the plugins of `plugin_dir`, counted as `case`.
 async fn routed_case(
-    dir: &PluginDir,
+    plugin_dir: &std::path::Path,
     stages: Stages,
     case: &'static str,
     iterations: usize,
 ) -> Result<(), BenchError> {
-    let mut host = RoutedHost::start(&dir.0, stages, true).await?;
+    let mut host = RoutedHost::start(plugin_dir, stages, true).await?;
     let payload = host.payload();
     let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
     host.deliver(messages(WARM_UP)).await?;
