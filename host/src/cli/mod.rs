@@ -98,8 +98,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Instead of timing, run the instruction-count guard's cases (one filter call, one transform
-        /// call, one routed message, one message on the HTTP path) this many times each between marker
-        /// functions, for callgrind
+        /// call, one routed message through the plugins and one through their native twins, one
+        /// message on the HTTP path) this many times each between marker functions, for callgrind
         /// (`scripts/instructions`), and between marker system calls, for strace (`scripts/syscalls`).
         #[arg(long, conflicts_with_all = ["native_filter", "json"])]
         instructions: Option<usize>,
