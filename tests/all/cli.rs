@@ -368,6 +368,47 @@ plugin_dir = \".\"\n",
     host.stop();
 }
 
+/// Threads of process `pid` named `name` (`/proc/PID/task/*/comm`).
+fn threads_named(pid: u32, name: &str) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let names = tasks.map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap());
+    names.filter(|comm| comm.trim_end() == name).count()
+}
+
+#[test]
+fn run_serves_on_as_many_runtime_threads_as_io_threads_says_and_refuses_too_many() {
+    let dir = plugin_dir(&[]);
+    let config = dir.path().join("switchyard.toml");
+    let write = |io_threads: usize| {
+        let text = format!(
+            "[host]\nwatch = false\nplugin_dir = \".\"\nio_threads = {io_threads}\n[[route]]\nname = \"all\"\nto = \"log\"\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    // One thread, fewer than this machine's cores, and three, more than two cores would give.
+    for io_threads in [1, 3] {
+        write(io_threads);
+        let mut host =
+            Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
+        let ingress = host.address("HTTP ingress listening on");
+        assert_eq!(threads_named(host.child.id(), "switchyard-io"), io_threads);
+        let (status, _) = post(ingress, "/v1/messages/greet", &[], b"served");
+        assert_eq!(status, 202);
+        let delivered =
+            host.line_where(|line| line.starts_with('{') && line.contains("\"payload\":\"served\""));
+        assert!(delivered.contains("\"topic\":\"greet\""), "{delivered}");
+        host.stop();
+    }
+    write(5000);
+    let (ok, out) = switchyard(&["check", config.to_str().unwrap()]);
+    assert!(!ok && out.contains("host.io_threads") && out.contains("must be at most 1024"), "{out}");
+    let mut refused = Command::new(BINARY);
+    let refused = refused.args(["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"]);
+    let output = refused.current_dir(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("host.io_threads"), "{stderr}");
+}
+
 #[test]
 fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);

@@ -162,13 +162,28 @@ pub enum PluginCommand {
     },
 }
 
+/// The runtime `switchyard run` serves on: `threads` threads named `switchyard-io`, or one a core
+/// (tokio's default, which `TOKIO_WORKER_THREADS` overrides) when `threads` is 0.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.thread_name("switchyard-io").enable_all().build()
+}
+
 impl Command {
     /// Run the command. Only `run` needs an async runtime; plugins are called
     /// on plain threads.
     pub fn execute(self) -> anyhow::Result<()> {
         match self {
             Command::Run { config, plugins, listen, admin } => {
-                tokio::runtime::Runtime::new()?.block_on(run::run(config, plugins, listen, admin))
+                // The runtime is sized by the config, so the config is read before the host is built.
+                let io_threads = match &config {
+                    Some(path) => switchyard::Config::from_file(path)?.host.io_threads,
+                    None => switchyard::Config::builtin().host.io_threads,
+                };
+                runtime(io_threads)?.block_on(run::run(config, plugins, listen, admin))
             }
             Command::Check { file } => check::check(&file),
             Command::Plugin { command: PluginCommand::Call { file, message, config, address } } => {

@@ -191,12 +191,10 @@ impl Config {
             let problem = format!("must be at most {MAX_DURATION_MS} (a day)");
             return Err(invalid("host.shutdown_grace_ms".into(), &host.shutdown_grace_ms, problem));
         }
-        if host.workers > MAX_WORKERS {
-            return Err(invalid(
-                "host.workers".into(),
-                &host.workers,
-                format!("must be at most {MAX_WORKERS}"),
-            ));
+        for (key, threads) in [("host.workers", host.workers), ("host.io_threads", host.io_threads)] {
+            if threads > MAX_THREADS {
+                return Err(invalid(key.into(), &threads, format!("must be at most {MAX_THREADS}")));
+            }
         }
         if !(1..=MAX_PLUGIN_BYTES).contains(&host.max_plugin_bytes) {
             let problem = format!("must be 1 to {MAX_PLUGIN_BYTES}");
@@ -334,8 +332,8 @@ const MAX_QUEUE_BYTES: usize = 1 << 40;
 /// The longest duration a destination setting may name: a day, in milliseconds.
 const MAX_DURATION_MS: u64 = 86_400_000;
 
-/// The most pipeline worker threads a host may be told to start.
-const MAX_WORKERS: usize = 1024;
+/// The most threads of one kind (pipeline workers, runtime threads) a host may be told to start.
+const MAX_THREADS: usize = 1024;
 
 /// The largest plugin file a host may be told to load: 1 GiB.
 const MAX_PLUGIN_BYTES: u64 = 1 << 30;

@@ -51,6 +51,10 @@ pub struct HostSection {
     pub plugin_dir: PathBuf,
     /// Pipeline workers; 0 means one per core.
     pub workers: usize,
+    /// Threads of the runtime that `switchyard run` serves ingresses, deliveries and the admin
+    /// API on; 0 means one per core (or `TOKIO_WORKER_THREADS`). A host embedded in an
+    /// application runs on the application's runtime, and this key does nothing there.
+    pub io_threads: usize,
     /// Messages accepted but not yet processed before senders feel backpressure.
     pub queue_capacity: usize,
     /// Largest payload accepted, in bytes.
@@ -114,6 +118,7 @@ impl Default for HostSection {
         HostSection {
             plugin_dir: PathBuf::from("plugins.d"),
             workers: 0,
+            io_threads: 0,
             queue_capacity: 10_000,
             max_message_bytes: 1 << 20,
             batch_size: 64,

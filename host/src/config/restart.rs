@@ -20,6 +20,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     let changes = [
         ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
         ("host.workers", a.workers != b.workers),
+        ("host.io_threads", a.io_threads != b.io_threads),
         ("host.queue_capacity", a.queue_capacity != b.queue_capacity),
         ("host.max_message_bytes", a.max_message_bytes != b.max_message_bytes),
         ("host.batch_size", a.batch_size != b.batch_size),
@@ -71,10 +72,17 @@ mod tests {
     #[test]
     fn start_only_keys_are_named() {
         let running = parse("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
-        let new = parse("[host]\nworkers = 3\nbatch_size = 8\n[admin]\nlisten = \"127.0.0.1:2\"\n");
+        let new =
+            parse("[host]\nworkers = 3\nio_threads = 1\nbatch_size = 8\n[admin]\nlisten = \"127.0.0.1:2\"\n");
         assert_eq!(
             restart_only_changes(&running, &new),
-            ["host.workers", "host.batch_size", "admin (but its token)", "admin.token (removed)"]
+            [
+                "host.workers",
+                "host.io_threads",
+                "host.batch_size",
+                "admin (but its token)",
+                "admin.token (removed)"
+            ]
         );
     }
 }

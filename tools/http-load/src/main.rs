@@ -62,6 +62,9 @@ struct Args {
     /// Host pipeline workers (`[host] workers`; 0 = one per core, the host's default).
     #[arg(long, default_value_t = 0)]
     host_workers: usize,
+    /// Host runtime threads (`[host] io_threads`; 0 = one per core, the host's default).
+    #[arg(long, default_value_t = 0)]
+    host_io_threads: usize,
     /// Bulk mode: N messages per request to `POST /v1/messages` (NDJSON); 0 = one message per
     /// `POST /v1/messages/{topic}` (the default, issue 16's figure).
     #[arg(long, default_value_t = 0)]
@@ -415,7 +418,7 @@ fn latency_summary(mut values: Vec<u64>) -> Value {
     })
 }
 
-fn config_toml(dir: &Path, sink: SocketAddr, topic: &str, workers: usize) -> String {
+fn config_toml(dir: &Path, sink: SocketAddr, topic: &str, workers: usize, io_threads: usize) -> String {
     let plugins = dir.join("plugins.d");
     let state = dir.join("state");
     format!(
@@ -426,6 +429,7 @@ watch = false
 cache_dir = ""
 state_dir = {state:?}
 workers = {workers}
+io_threads = {io_threads}
 shutdown_grace_ms = 5000
 
 [ingress.http]
@@ -544,7 +548,11 @@ fn main() {
     }
 
     let config = dir.join("switchyard.toml");
-    std::fs::write(&config, config_toml(&dir, sink_addr, &args.topic, args.host_workers)).unwrap();
+    std::fs::write(
+        &config,
+        config_toml(&dir, sink_addr, &args.topic, args.host_workers, args.host_io_threads),
+    )
+    .unwrap();
     eprintln!(
         "http-load: sink on {sink_addr}; config {}; starting {}",
         config.display(),
@@ -792,6 +800,7 @@ fn main() {
         "client_threads": args.client_threads,
         "sink_threads": args.sink_threads,
         "host_workers": args.host_workers,
+        "host_io_threads": args.host_io_threads,
         "bulk": args.bulk,
         "cores_online": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
         "accepted_per_s": (accepted_window as f64 / window_s).round(),
