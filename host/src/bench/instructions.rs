@@ -64,7 +64,7 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(routed_case(&dir.0, Stages::Wasm, CASES[3], iterations))?;
-    runtime.block_on(routed_case(&dir.0.join("none"), Stages::Native, CASES[4], iterations))?;
+    runtime.block_on(routed_case(&dir.without_plugins(), Stages::Native, CASES[4], iterations))?;
     runtime.block_on(http_case(&dir, CASES[5], iterations))?;
     match plugins.stamp {
         Some(_) => runtime.block_on(routed_case(&dir.0, Stages::Stamp, CASES[6], iterations)),

@@ -35,7 +35,7 @@ pub(super) fn routed(plugins: &BenchPlugins, messages: usize) -> Result<Routed, 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let none = dir.0.join("none");
+        let none = dir.without_plugins();
         let mut hosts = Vec::new();
         for metrics in [true, false] {
             hosts.push(RoutedHost::start(&dir.0, Stages::Wasm, metrics).await?);
@@ -304,6 +304,11 @@ impl PluginDir {
             std::fs::copy(stamp, dir.0.join(format!("{STAMP}.wasm")))?;
         }
         Ok(dir)
+    }
+
+    /// Where a host finds no plugins (a directory that does not exist): for native stages.
+    pub(super) fn without_plugins(&self) -> PathBuf {
+        self.0.join("none")
     }
 }
 
