@@ -162,14 +162,39 @@ pub enum PluginCommand {
     },
 }
 
-/// The runtime `switchyard run` serves on: `threads` threads named `switchyard-io`, or one a core
-/// (tokio's default, which `TOKIO_WORKER_THREADS` overrides) when `threads` is 0.
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// The runtime `switchyard run` serves on: `threads` threads named `switchyard-io`, or when
+/// `threads` is 0 one a core (tokio's default, which `TOKIO_WORKER_THREADS` overrides). The threads it
+/// starts later for blocking work (a reload, a dead-letter file's writes) are `switchyard-blocking`.
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = match threads {
+        0 => default_io_threads()?,
+        threads => threads,
+    };
+    // The runtime starts its workers first, as it is built: every later thread is a blocking one.
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    let name = move || match started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < threads {
+        true => "switchyard-io".to_owned(),
+        false => "switchyard-blocking".to_owned(),
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        builder.worker_threads(threads);
+    Ok(builder.worker_threads(threads).thread_name_fn(name).enable_all().build()?)
+}
+
+/// tokio's default size of a runtime, one thread a core unless `TOKIO_WORKER_THREADS` says
+/// otherwise; a value that is not a number of threads is an error here, where tokio would panic.
+fn default_io_threads() -> anyhow::Result<usize> {
+    const VARIABLE: &str = "TOKIO_WORKER_THREADS";
+    match std::env::var(VARIABLE) {
+        Ok(text) => text.parse().ok().filter(|threads| *threads > 0).ok_or_else(|| {
+            anyhow::anyhow!("{VARIABLE}={text:?}: expected a number of runtime threads, at least 1")
+        }),
+        Err(std::env::VarError::NotPresent) => {
+            Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        }
+        Err(std::env::VarError::NotUnicode(text)) => {
+            anyhow::bail!("{VARIABLE}={text:?}: expected a number of runtime threads, at least 1")
+        }
     }
-    builder.thread_name("switchyard-io").enable_all().build()
 }
 
 impl Command {
