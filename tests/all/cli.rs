@@ -403,8 +403,8 @@ fn run_serves_on_the_runtime_threads_io_threads_or_its_default_says_and_refuses_
         let delivered =
             host.line_where(|line| line.starts_with('{') && line.contains("\"payload\":\"served\""));
         assert!(delivered.contains("\"topic\":\"greet\""), "{delivered}");
-        // A reload runs on a thread of the runtime's blocking pool, which stays a while after its work:
-        // named apart (`comm` keeps 15 bytes of a name), it is not counted as a runtime thread.
+        // A reload runs on a thread of the runtime's blocking pool, which tokio keeps 10 s after its
+        // work: named apart (`comm` keeps 15 bytes of a name), it is not counted as a runtime thread.
         let pid = host.child.id().to_string();
         assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
         host.line_where(|line| line == "switchyard: reloaded (config unchanged)");
