@@ -184,17 +184,13 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 /// otherwise; a value that is not a number of threads is an error here, where tokio would panic.
 fn default_io_threads() -> anyhow::Result<usize> {
     const VARIABLE: &str = "TOKIO_WORKER_THREADS";
-    match std::env::var(VARIABLE) {
-        Ok(text) => text.parse().ok().filter(|threads| *threads > 0).ok_or_else(|| {
-            anyhow::anyhow!("{VARIABLE}={text:?}: expected a number of runtime threads, at least 1")
-        }),
-        Err(std::env::VarError::NotPresent) => {
-            Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
-        }
-        Err(std::env::VarError::NotUnicode(text)) => {
-            anyhow::bail!("{VARIABLE}={text:?}: expected a number of runtime threads, at least 1")
-        }
-    }
+    let Some(text) = std::env::var_os(VARIABLE) else {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+    };
+    let threads = text.to_str().and_then(|text| text.parse().ok()).filter(|threads: &usize| *threads > 0);
+    threads.ok_or_else(|| {
+        anyhow::anyhow!("{VARIABLE}={text:?}: expected a number of runtime threads, at least 1")
+    })
 }
 
 impl Command {
