@@ -14,7 +14,7 @@
 
 import * as host from "switchyard:plugin/host@0.1.0";
 
-import { BatchWriter, Message, WireError, decode } from "./wire.js";
+import { BatchWriter, ErrorKind, Message, WireError, decode, encodeDecisions } from "./wire.js";
 
 export { Message, WireError, decode, encode } from "./wire.js";
 
@@ -48,17 +48,47 @@ export function nowMillis() {
   return host.nowMillis();
 }
 
-/** Add `delta` to this plugin's counter `name` (a host metric). */
+/**
+ * Counter increments not yet handed to the host, by name: a host call per
+ * `count` would cost more than many a filter's whole decision, so they are
+ * summed here and handed over once per call (`drainCounts`).
+ */
+const counts = new Map();
+
+/**
+ * Add `delta` (a non-negative integer) to this plugin's counter `name` (a
+ * host metric). The increments reach the host when the current call returns.
+ */
 export function count(name, delta = 1) {
-  host.count(name, BigInt(delta));
+  const amount = BigInt(delta);
+  if (amount < 0n) throw new RangeError(`count(${name}, ${delta}): the delta must be a non-negative integer`);
+  counts.set(name, (counts.get(name) ?? 0n) + amount);
+}
+
+/** Each counter's total since the last drain, as `[name, delta]` pairs; the totals start again from zero. */
+function drainCounts() {
+  const drained = [...counts].filter(([, total]) => total > 0n);
+  counts.clear();
+  return drained;
+}
+
+/** Hand the summed increments to the host, a `count` call per counter. */
+function flushCounts() {
+  for (const [name, total] of drainCounts()) host.count(name, total);
+}
+
+/** The kind (one of `ErrorKind`) and text of an exception a handler threw. */
+function errorParts(error) {
+  if (error instanceof Rejected) return { kind: ErrorKind.REJECTED, reason: error.message };
+  if (error instanceof Retryable) return { kind: ErrorKind.RETRYABLE, reason: error.message };
+  if (error instanceof PluginError || error instanceof WireError) return { kind: ErrorKind.FAILED, reason: error.message };
+  return { kind: ErrorKind.FAILED, reason: `${error?.name ?? "Error"}: ${error?.message ?? error}` };
 }
 
 /** The WIT `error` for an exception a handler threw. */
 function witError(error) {
-  if (error instanceof Rejected) return { tag: "rejected", val: error.message };
-  if (error instanceof Retryable) return { tag: "retryable", val: error.message };
-  if (error instanceof PluginError || error instanceof WireError) return { tag: "failed", val: error.message };
-  return { tag: "failed", val: `${error?.name ?? "Error"}: ${error?.message ?? error}` };
+  const { kind, reason } = errorParts(error);
+  return { tag: ["rejected", "retryable", "failed"][kind], val: reason };
 }
 
 /** The WIT `format` export: which wire layout this plugin speaks. */
@@ -149,15 +179,20 @@ export function filterPlugin(decide) {
     try {
       batch = decode(messages);
     } catch (error) {
-      return [{ tag: "err", val: witError(error) }];
+      return encodeDecisions([errorParts(error)], drainCounts());
     }
-    return batch.map((message) => {
+    const decisions = batch.map((message) => {
       try {
-        return { tag: "ok", val: decide(message) };
+        const verdict = decide(message);
+        if (verdict !== Verdict.KEEP && verdict !== Verdict.DROP) {
+          throw new TypeError(`the filter returned ${String(verdict)}, not a Verdict`);
+        }
+        return verdict === Verdict.KEEP;
       } catch (error) {
-        return { tag: "err", val: witError(error) };
+        return errorParts(error);
       }
     });
+    return encodeDecisions(decisions, drainCounts());
   };
   return { filter: { filter }, format };
 }
@@ -178,7 +213,8 @@ export function transformPlugin(handler) {
     try {
       batch = decode(messages);
     } catch (error) {
-      return { messages: new Uint8Array(), errors: [[0, witError(error)]] };
+      batch = [];
+      errors.push([0, witError(error)]);
     }
     batch.forEach((message, index) => {
       out.source = index;
@@ -190,6 +226,7 @@ export function transformPlugin(handler) {
         errors.push([index, witError(error)]);
       }
     });
+    flushCounts();
     return { messages: out.writer.finish(), errors };
   };
   return { transform: { transform }, format };

@@ -1,12 +1,13 @@
 // The codec against the golden vectors (`plugin-sdk/wire/vectors/`): every
 // `NAME.bin` decodes to the messages of `NAME.json`, and those encode to
-// exactly `NAME.bin`. Run: `node --test plugin-sdk/js/vectors.test.js`.
+// exactly `NAME.bin`; every filter answer of `decisions/NAME.json` encodes to
+// exactly `decisions/NAME.bin`. Run: `node --test plugin-sdk/js/vectors.test.js`.
 
 import assert from "node:assert/strict";
 import { readFileSync, readdirSync } from "node:fs";
 import { test } from "node:test";
 
-import { Message, decode, encode } from "./wire.js";
+import { ErrorKind, Message, decode, encode, encodeDecisions } from "./wire.js";
 
 const vectors = new URL("../wire/vectors/", import.meta.url);
 
@@ -34,5 +35,26 @@ for (const name of names) {
     const messages = JSON.parse(readFileSync(new URL(`${name}.json`, vectors), "utf8")).messages.map(expected);
     assert.deepStrictEqual(decode(raw), messages);
     assert.deepStrictEqual(encode(messages), raw);
+  });
+}
+
+const answers = new URL("decisions/", vectors);
+const answerNames = readdirSync(answers).filter((file) => file.endsWith(".bin")).map((file) => file.slice(0, -4)).sort();
+
+test("there are filter answer vectors", () => assert.ok(answerNames.length > 0));
+
+/** A decision as `encodeDecisions` takes it, from a vector's JSON spelling. */
+function decision(entry) {
+  if (entry === "keep" || entry === "drop") return entry === "keep";
+  const [[kind, reason]] = Object.entries(entry);
+  return { kind: ErrorKind[kind.toUpperCase()], reason };
+}
+
+for (const name of answerNames) {
+  test(`filter answer ${name} encodes to its bytes`, () => {
+    const raw = new Uint8Array(readFileSync(new URL(`${name}.bin`, answers)));
+    const vector = JSON.parse(readFileSync(new URL(`${name}.json`, answers), "utf8"));
+    const counts = vector.counts.map(([counter, delta]) => [counter, BigInt(delta)]);
+    assert.deepStrictEqual(encodeDecisions(vector.decisions.map(decision), counts), raw);
   });
 }

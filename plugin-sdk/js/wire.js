@@ -130,6 +130,17 @@ export class BatchWriter {
     this.length += 4;
   }
 
+  u8(value) {
+    this.reserve(1);
+    this.buf[this.length++] = value;
+  }
+
+  u64(value) {
+    this.reserve(8);
+    new DataView(this.buf.buffer).setBigUint64(this.length, BigInt(value), true);
+    this.length += 8;
+  }
+
   bytes(raw) {
     this.u32(raw.length);
     this.reserve(raw.length);
@@ -172,5 +183,41 @@ export class BatchWriter {
 export function encode(messages, headsOnly = false) {
   const writer = new BatchWriter();
   for (const message of messages) writer.message(message, headsOnly);
+  return writer.finish();
+}
+
+/** The kinds of error a filter's decision can carry, numbered as the WIT `error` orders them. */
+export const ErrorKind = Object.freeze({ REJECTED: 0, RETRYABLE: 1, FAILED: 2 });
+
+/** The tag of a decision that is a verdict, not an error. */
+const VERDICT = 3;
+
+/**
+ * A filter's answer (the WIT `decisions`) as a Uint8Array:
+ *
+ *     decisions = u32 n, decision{n}, count*
+ *     decision  = u8 3, u8 verdict (1 keep, 0 drop) | u8 kind, str reason
+ *     count     = str name, u64 delta
+ *
+ * `decisions` holds one entry per message: `true` keeps it, `false` drops it,
+ * `{ kind, reason }` is an error (`kind` one of `ErrorKind`). `counts` holds
+ * `[name, delta]` pairs: what the call counted.
+ */
+export function encodeDecisions(decisions, counts = []) {
+  const writer = new BatchWriter();
+  writer.u32(decisions.length);
+  for (const decision of decisions) {
+    if (typeof decision === "boolean") {
+      writer.u8(VERDICT);
+      writer.u8(decision ? 1 : 0);
+    } else {
+      writer.u8(decision.kind);
+      writer.bytes(utf8Encoder.encode(decision.reason));
+    }
+  }
+  for (const [name, delta] of counts) {
+    writer.bytes(utf8Encoder.encode(name));
+    writer.u64(delta);
+  }
   return writer.finish();
 }

@@ -9,8 +9,14 @@ use switchyard_wire::WireError;
 /// [`Error::Failed`] counts as a fault of the plugin itself.
 pub use crate::bindings::types::Error;
 
-/// What a filter decided about one message: [`Verdict::Keep`] or [`Verdict::Drop`].
-pub use crate::bindings::types::Verdict;
+/// What a filter decided about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Pass the message on to the next stage.
+    Keep,
+    /// Drop the message: a counted decision, not a loss.
+    Drop,
+}
 
 impl Error {
     /// The message is bad: dead-letter it, never retry.
@@ -26,6 +32,17 @@ impl Error {
     /// The plugin itself failed (a bug, a missing config key).
     pub fn failed(message: impl Into<String>) -> Self {
         Self::Failed(message.into())
+    }
+
+    /// Its kind, as the byte encodings of answers number it, and its reason.
+    pub(crate) fn parts(&self) -> (switchyard_wire::native::ErrorKind, &str) {
+        use switchyard_wire::native::ErrorKind;
+        let kind = match self {
+            Self::Rejected(_) => ErrorKind::Rejected,
+            Self::Retryable(_) => ErrorKind::Retryable,
+            Self::Failed(_) => ErrorKind::Failed,
+        };
+        (kind, self.message())
     }
 
     /// The human-readable reason, whatever the kind.

@@ -4,9 +4,10 @@ use std::marker::PhantomData;
 
 use switchyard_wire::decode_host_batch;
 
+use switchyard_wire::decisions::DecisionsWriter;
+use switchyard_wire::native::ErrorKind;
+
 use crate::bindings::filter::exports::switchyard::plugin::filter::Guest;
-use crate::bindings::types::Decision;
-use crate::host::FlushCounts;
 use crate::{Error, Message, Verdict};
 
 /// A route filter: keeps or drops messages.
@@ -31,27 +32,34 @@ pub struct FilterExport<T>(PhantomData<T>);
 pub const fn is_filter<T: Filter>() {}
 
 impl<T: Filter> Guest for FilterExport<T> {
-    fn filter(messages: Vec<u8>) -> Vec<Decision> {
+    fn filter(messages: Vec<u8>) -> Vec<u8> {
         crate::host::forward_panics();
-        let _flush = FlushCounts;
-        decide::<T>(&messages)
+        // Two bytes a decision; a message head takes tens of bytes.
+        let mut answer = DecisionsWriter::with_capacity(64 + messages.len() / 16);
+        decide::<T>(&messages, |decision| answer.decision(wire_decision(&decision)));
+        crate::host::drain_counts(|name, total| answer.count(name, total));
+        answer.finish()
     }
 }
 
-/// One decision per message; a malformed message gets `failed` and ends the
-/// batch (the layout cannot be resynchronised past it).
-pub(crate) fn decide<T: Filter>(batch: &[u8]) -> Vec<Decision> {
-    let mut decisions = Vec::with_capacity(16);
+/// Hand `decided` one decision per message, in order; a malformed message
+/// gets `failed` and ends the batch (the layout cannot be resynchronised
+/// past it).
+pub(crate) fn decide<T: Filter>(batch: &[u8], mut decided: impl FnMut(Result<Verdict, Error>)) {
     // SAFETY: the host wrote the batch.
     #[allow(unsafe_code)]
     let messages = unsafe { decode_host_batch(batch) };
     for message in messages {
         match message {
-            Ok(message) => decisions.push(T::filter(&message)),
-            Err(error) => decisions.push(Err(error.into())),
+            Ok(message) => decided(T::filter(&message)),
+            Err(error) => decided(Err(error.into())),
         }
     }
-    decisions
+}
+
+/// A decision as the answer encodings write it: `Ok(true)` keeps the message.
+pub(crate) fn wire_decision(decision: &Result<Verdict, Error>) -> Result<bool, (ErrorKind, &str)> {
+    decision.as_ref().map(|verdict| *verdict == Verdict::Keep).map_err(Error::parts)
 }
 
 /// Export a [`Filter`] as this component's `switchyard:plugin/filter`.
@@ -112,9 +120,15 @@ mod tests {
         batch
     }
 
+    fn decisions(batch: &[u8]) -> Vec<Result<Verdict, Error>> {
+        let mut decisions = Vec::new();
+        decide::<KeepTenant>(batch, |decision| decisions.push(decision));
+        decisions
+    }
+
     #[test]
     fn one_decision_per_message_in_order() {
-        let decisions = decide::<KeepTenant>(&batch(&[Some("acme"), Some("other"), None]));
+        let decisions = decisions(&batch(&[Some("acme"), Some("other"), None]));
         assert_eq!(decisions, [Ok(Verdict::Keep), Ok(Verdict::Drop), Err(Error::rejected("no tenant"))]);
     }
 
@@ -122,7 +136,7 @@ mod tests {
     fn malformed_message_fails_instead_of_panicking() {
         let mut bytes = batch(&[Some("acme"), Some("acme")]);
         bytes.truncate(bytes.len() - 3);
-        let decisions = decide::<KeepTenant>(&bytes);
+        let decisions = decisions(&bytes);
         assert_eq!(decisions[0], Ok(Verdict::Keep));
         assert!(matches!(decisions[1], Err(Error::Failed(_))));
     }

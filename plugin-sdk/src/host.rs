@@ -94,7 +94,8 @@ pub fn now_millis() -> u64 {
 thread_local! {
     /// Counter increments not yet sent to the host. A host call per message
     /// would double a small filter's cost, so [`count`] adds up here and the
-    /// export glue sends each total once per host call ([`FlushCounts`]).
+    /// export glue hands each total over once per call: in a filter's answer,
+    /// through the host's `count` for the other kinds ([`FlushCounts`]).
     static COUNTS: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -121,9 +122,14 @@ impl Drop for FlushCounts {
 
 /// Send the summed [`count`] increments to the host.
 pub(crate) fn flush_counts() {
+    drain_counts(host::count);
+}
+
+/// Hand each counter's total since the last drain to `each`, and zero it.
+pub(crate) fn drain_counts(mut each: impl FnMut(&str, u64)) {
     COUNTS.with_borrow_mut(|counts| {
         for (name, total) in counts.iter_mut().filter(|(_, total)| *total > 0) {
-            host::count(name, std::mem::take(total));
+            each(name, std::mem::take(total));
         }
     });
 }

@@ -18,9 +18,9 @@ use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use switchyard_wire::native::{self as abi, ActionKind, EndpointView, ErrorKind};
+use switchyard_wire::native::{self as abi, ActionKind, EndpointView};
 
-use crate::bindings::types::{Decision, Endpoint, Verdict};
+use crate::bindings::types::Endpoint;
 use crate::host::FlushCounts;
 use crate::{Balancer, Error, Filter, Middleware, Transform};
 
@@ -112,15 +112,6 @@ unsafe fn call(
     }
 }
 
-fn error_parts(error: &Error) -> (ErrorKind, &str) {
-    let kind = match error {
-        Error::Rejected(_) => ErrorKind::Rejected,
-        Error::Retryable(_) => ErrorKind::Retryable,
-        Error::Failed(_) => ErrorKind::Failed,
-    };
-    (kind, error.message())
-}
-
 /// The filter export.
 ///
 /// # Safety
@@ -129,14 +120,9 @@ pub unsafe fn filter<T: Filter>(inputs: *const Input, count: usize, out: *const 
     // SAFETY: forwarded from the caller.
     unsafe {
         call(inputs, count, out, |inputs, answer| {
-            let decisions: Vec<Decision> =
-                crate::filter::decide::<T>(inputs.first().copied().unwrap_or_default());
-            for decision in &decisions {
-                abi::write_decision(
-                    answer,
-                    decision.as_ref().map(|verdict| *verdict == Verdict::Keep).map_err(error_parts),
-                );
-            }
+            crate::filter::decide::<T>(inputs.first().copied().unwrap_or_default(), |decision| {
+                abi::write_decision(answer, crate::filter::wire_decision(&decision));
+            });
         })
     }
 }
@@ -151,7 +137,7 @@ pub unsafe fn transform<T: Transform>(inputs: *const Input, count: usize, out: *
         call(inputs, count, out, |inputs, answer| {
             let transformed = crate::transform::run::<T>(inputs.first().copied().unwrap_or_default());
             let errors = transformed.errors.iter().map(|(index, error)| {
-                let (kind, message) = error_parts(error);
+                let (kind, message) = Error::parts(error);
                 (*index, kind, message)
             });
             abi::write_transform_errors(answer, errors);
@@ -174,7 +160,7 @@ pub unsafe fn on_request<T: Middleware>(inputs: *const Input, count: usize, out:
             let action = match &action {
                 Ok(Action::Forward(batch)) => Ok((ActionKind::Forward, batch.as_slice())),
                 Ok(Action::Respond(batch)) => Ok((ActionKind::Respond, batch.as_slice())),
-                Err(error) => Err(error_parts(error)),
+                Err(error) => Err(Error::parts(error)),
             };
             abi::write_action(answer, action);
         })
@@ -192,7 +178,7 @@ pub unsafe fn on_reply<T: Middleware>(inputs: *const Input, count: usize, out: *
         call(inputs, count, out, |inputs, answer| {
             let [request, reply] = [0, 1].map(|at| inputs.get(at).copied().unwrap_or_default().to_vec());
             let reply = crate::middleware::MiddlewareExport::<T>::on_reply(request, reply);
-            abi::write_reply(answer, reply.as_deref().map_err(error_parts));
+            abi::write_reply(answer, reply.as_deref().map_err(Error::parts));
         })
     }
 }

@@ -83,6 +83,34 @@ pub async fn faulty_sleep() {
 }
 
 #[tokio::test]
+pub async fn faulty_decisions() {
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_DECISIONS, "{}", "fail-closed").await;
+    assert_isolated(&host, "plugin-malformed", "returned a malformed answer: unknown verdict at byte 6")
+        .await;
+}
+
+#[tokio::test]
+async fn a_filter_answer_short_of_decisions_or_with_a_bad_count_is_malformed_and_says_how() {
+    let (_dir, host) = host_with_filter(artifacts::FAULTY_DECISIONS, "{}", "fail-closed").await;
+    let dead = host.memory("dead").unwrap();
+    for (poison, problem) in
+        [("missing", "0 decisions for 1 messages"), ("bad-counter-name", "string is not UTF-8 at byte 6")]
+    {
+        let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
+        let letter = next(&dead).await;
+        assert_eq!(
+            (letter.id, letter.header("x-sy-dead-letter")),
+            (id, Some("plugin-malformed")),
+            "{letter:?}"
+        );
+        let text = letter.header("x-sy-dead-letter-reason").unwrap();
+        assert!(text.contains(&format!("returned a malformed answer: {problem}")), "{text}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 0, 2));
+}
+
+#[tokio::test]
 async fn a_plugin_asleep_in_its_load_trial_is_refused_at_its_deadline() {
     // Untriggered, it sleeps on every message, the trial's sample too.
     let dir = plugin_dir(&[("sleepy", artifacts::FAULTY_SLEEP)]);

@@ -178,9 +178,9 @@ fn run_checked(program: &str, args: &[&str], install: &str) -> String {
     text
 }
 
-/// How many golden vectors there are (`plugin-sdk/wire/vectors/NAME.bin`).
-fn vector_count() -> usize {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/wire/vectors");
+/// How many golden vectors `plugin-sdk/wire/vectors/{dir}` holds (its `NAME.bin` files).
+fn vector_count(dir: &str) -> usize {
+    let dir = format!("{}/../plugin-sdk/wire/vectors/{dir}", env!("CARGO_MANIFEST_DIR"));
     let entries = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path());
     entries.filter(|path| path.extension().is_some_and(|ext| ext == "bin")).count()
 }
@@ -192,7 +192,8 @@ fn the_python_codec_passes_the_golden_vectors() {
         &["plugin-sdk/python/test_vectors.py"],
         "install Python 3 (apt-get install python3)",
     );
-    assert!(out.contains(&format!("{} vectors passed", vector_count())), "{out}");
+    assert!(out.contains(&format!("{} vectors passed", vector_count(""))), "{out}");
+    assert!(out.contains(&format!("{} filter answers passed", vector_count("decisions"))), "{out}");
 }
 
 #[test]
@@ -202,5 +203,6 @@ fn the_js_codec_passes_the_golden_vectors() {
         &["--test", "plugin-sdk/js/vectors.test.js"],
         "install Node.js (apt-get install nodejs)",
     );
-    assert!(out.contains(&format!("# pass {}", vector_count() + 1)), "{out}");
+    // One test a vector, and one that there are vectors, of each kind.
+    assert!(out.contains(&format!("# pass {}", vector_count("") + vector_count("decisions") + 2)), "{out}");
 }

@@ -45,9 +45,7 @@ pub(crate) use balancer::{BalancerPlugin, BalancerPluginPre};
 pub(crate) use filter::switchyard::plugin::host::Level;
 /// What a balancer plugin sees of one endpoint: the WIT `endpoint` record.
 pub use filter::switchyard::plugin::types::Endpoint as EndpointRecord;
-pub(crate) use filter::switchyard::plugin::types::{
-    Error as WitError, Host as TypesImports, Verdict as WitVerdict,
-};
+pub(crate) use filter::switchyard::plugin::types::{Error as WitError, Host as TypesImports};
 pub(crate) use filter::{FilterPlugin, FilterPluginPre};
 pub(crate) use middleware::exports::switchyard::plugin::middleware::Action;
 pub(crate) use middleware::{MiddlewarePlugin, MiddlewarePluginPre};
@@ -65,13 +63,4 @@ pub(crate) fn add_types_imports<T: TypesImports + 'static>(
     filter::switchyard::plugin::types::add_to_linker::<T, wasmtime::component::HasSelf<T>>(linker, |state| {
         state
     })
-}
-
-impl From<WitVerdict> for crate::message::Verdict {
-    fn from(verdict: WitVerdict) -> Self {
-        match verdict {
-            WitVerdict::Keep => crate::message::Verdict::Keep,
-            WitVerdict::Drop => crate::message::Verdict::Drop,
-        }
-    }
 }

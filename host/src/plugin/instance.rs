@@ -153,11 +153,12 @@ impl PluginInstance {
             _ => return Err(self.not_a(PluginKind::Filter)),
         };
         let filter = exports.switchyard_plugin_filter();
-        let decisions = guard.call(|store| filter.call_filter(store, batch))?;
-        Ok(decisions
-            .into_iter()
-            .map(|decision| decision.map(Verdict::from).map_err(PluginError::from))
-            .collect())
+        let answer = guard.call(|store| filter.call_filter(store, batch))?;
+        let host = &guard.store.data().host;
+        let decisions =
+            switchyard_wire::decisions::read_decisions(&answer, |name, delta| host.count(name, delta))
+                .map_err(super::native::malformed)?;
+        Ok(decisions.into_iter().map(super::native::decision).collect())
     }
 
     /// Run a transform over a batch of full messages.

@@ -10,8 +10,9 @@ import enum
 import sys
 
 from .errors import Failed, PluginError, Rejected, Retryable
+from .host import drain_counts, flush_counts
 from .output import Output
-from .wire import WireError, decode
+from .wire import FAILED, REJECTED, RETRYABLE, WireError, decode, encode_decisions
 
 __all__ = ["FORMAT_VERSION", "Verdict", "filter_plugin", "transform_plugin"]
 
@@ -35,17 +36,23 @@ class Format:
         return FORMAT_VERSION
 
 
+def _error_parts(error):
+    """The kind (`REJECTED`, `RETRYABLE`, `FAILED`) and text of an exception a handler raised."""
+    if isinstance(error, Rejected):
+        return REJECTED, str(error)
+    if isinstance(error, Retryable):
+        return RETRYABLE, str(error)
+    if isinstance(error, (Failed, PluginError, WireError)):
+        return FAILED, str(error)
+    return FAILED, f"{type(error).__name__}: {error}"
+
+
 def _wit_error(error):
     """The WIT `error` for an exception a handler raised."""
     from wit_world.imports import types
 
-    if isinstance(error, Rejected):
-        return types.Error_Rejected(str(error))
-    if isinstance(error, Retryable):
-        return types.Error_Retryable(str(error))
-    if isinstance(error, (Failed, PluginError, WireError)):
-        return types.Error_Failed(str(error))
-    return types.Error_Failed(f"{type(error).__name__}: {error}")
+    kind, text = _error_parts(error)
+    return (types.Error_Rejected, types.Error_Retryable, types.Error_Failed)[kind](text)
 
 
 def _export(handler, **classes):
@@ -65,20 +72,21 @@ def filter_plugin(decide):
 
     class Filter:
         def filter(self, messages):
-            from componentize_py_types import Err, Ok
-            from wit_world.imports import types
-
+            decisions = []
             try:
                 batch = decode(messages)
             except WireError as error:
-                return [Err(_wit_error(error))]
-            decisions = []
+                batch = ()
+                decisions.append(_error_parts(error))
             for message in batch:
                 try:
-                    decisions.append(Ok(types.Verdict(decide(message).value)))
+                    verdict = decide(message)
+                    if not isinstance(verdict, Verdict):
+                        raise TypeError(f"the filter returned {verdict!r}, not a Verdict")
+                    decisions.append(verdict is Verdict.KEEP)
                 except Exception as error:  # noqa: BLE001 - every error is reported, none kills the plugin
-                    decisions.append(Err(_wit_error(error)))
-            return decisions
+                    decisions.append(_error_parts(error))
+            return encode_decisions(decisions, drain_counts())
 
     return _export(decide, Filter=Filter)
 
@@ -101,7 +109,8 @@ def transform_plugin(transform):
             try:
                 batch = decode(messages)
             except WireError as error:
-                return Transformed(b"", [(0, _wit_error(error))])
+                batch = ()
+                errors.append((0, _wit_error(error)))
             for index, message in enumerate(batch):
                 mark = out._start(index)
                 try:
@@ -109,6 +118,7 @@ def transform_plugin(transform):
                 except Exception as error:  # noqa: BLE001 - every error is reported, none kills the plugin
                     out._truncate(mark)
                     errors.append((index, _wit_error(error)))
+            flush_counts()
             return Transformed(out._into_batch(), errors)
 
     return _export(transform, Transform=Transform)

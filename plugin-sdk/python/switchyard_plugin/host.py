@@ -30,6 +30,31 @@ def now_millis():
     return _host().now_millis()
 
 
+#: Counter increments not yet handed to the host, by name: a host call per
+#: `count` would cost more than many a filter's whole decision, so they are
+#: summed here and handed over once per call (`drain_counts`).
+_counts = {}
+
+
 def count(name, delta=1):
-    """Add `delta` to this plugin's counter `name` (a host metric)."""
-    _host().count(name, delta)
+    """Add `delta` (a non-negative integer) to this plugin's counter `name`
+    (a host metric). The increments reach the host when the current call
+    returns."""
+    if not isinstance(delta, int) or delta < 0:
+        raise ValueError(f"count({name!r}, {delta!r}): the delta must be a non-negative integer")
+    _counts[name] = _counts.get(name, 0) + delta
+
+
+def drain_counts():
+    """Each counter's total since the last drain, as `(name, delta)` pairs;
+    the totals start again from zero."""
+    drained = [(name, total) for name, total in _counts.items() if total > 0]
+    _counts.clear()
+    return drained
+
+
+def flush_counts():
+    """Hand the summed increments to the host, a `count` call per counter."""
+    host = _host()
+    for name, total in drain_counts():
+        host.count(name, total)

@@ -17,13 +17,22 @@ tested) under plain `python3` as well as inside a component.
 
 import struct
 
-__all__ = ["FLAG_PAYLOAD_OMITTED", "WireError", "Message", "decode", "encode", "write_message"]
+__all__ = [
+    "FLAG_PAYLOAD_OMITTED", "REJECTED", "RETRYABLE", "FAILED",
+    "WireError", "Message", "decode", "encode", "encode_decisions", "write_message",
+]
 
 #: Flag bit: the payload bytes were left out; only their length is present.
 FLAG_PAYLOAD_OMITTED = 1
 
+#: The kinds of error a filter's decision can carry, numbered as the WIT `error` orders them.
+REJECTED, RETRYABLE, FAILED = 0, 1, 2
+#: The tag of a decision that is a verdict, not an error.
+_VERDICT = 3
+
 _FIXED = struct.Struct("<QIBB")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class WireError(ValueError):
@@ -141,4 +150,28 @@ def encode(messages, heads_only=False):
     out = bytearray()
     for message in messages:
         write_message(out, message, heads_only)
+    return bytes(out)
+
+
+def encode_decisions(decisions, counts=()):
+    """A filter's answer (the WIT `decisions`) as `bytes`::
+
+        decisions = u32 n, decision{n}, count*
+        decision  = u8 3, u8 verdict (1 keep, 0 drop) | u8 kind, str reason
+        count     = str name, u64 delta
+
+    `decisions` holds one entry per message: `True` keeps it, `False` drops
+    it, `(kind, reason)` is an error (`kind` one of `REJECTED`, `RETRYABLE`,
+    `FAILED`). `counts` holds `(name, delta)` pairs: what the call counted."""
+    out = bytearray(_U32.pack(len(decisions)))
+    for decision in decisions:
+        if isinstance(decision, bool):
+            out += bytes((_VERDICT, int(decision)))
+        else:
+            kind, reason = decision
+            out.append(kind)
+            _put_bytes(out, reason.encode())
+    for name, delta in counts:
+        _put_bytes(out, name.encode())
+        out += _U64.pack(delta)
     return bytes(out)

@@ -27,6 +27,7 @@
 
 use std::fmt;
 
+pub mod decisions;
 pub mod native;
 
 /// The version of this layout. A plugin exports the version it was built for

@@ -289,6 +289,19 @@ impl Reader<'_> {
         Ok(Some(Failure { kind, message: self.str()?.to_owned() }))
     }
 
+    /// One filter decision ([`write_decision`]).
+    pub(crate) fn decision(&mut self) -> Result<Result<bool, Failure>, WireError> {
+        let tag = self.u8()?;
+        Ok(match self.failure(tag)? {
+            Some(failure) => Err(failure),
+            None => match self.u8()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => return Err(self.error("unknown verdict")),
+            },
+        })
+    }
+
     fn done(&self) -> Result<(), WireError> {
         match self.pos == self.buf.len() {
             true => Ok(()),
@@ -302,15 +315,7 @@ pub fn read_decisions(answer: &[u8]) -> Result<Vec<Result<bool, Failure>>, WireE
     let mut reader = Reader::checking(answer);
     let mut decisions = Vec::new();
     while reader.pos < answer.len() {
-        let tag = reader.u8()?;
-        decisions.push(match reader.failure(tag)? {
-            Some(failure) => Err(failure),
-            None => match reader.u8()? {
-                0 => Ok(false),
-                1 => Ok(true),
-                _ => return Err(reader.error("unknown verdict")),
-            },
-        });
+        decisions.push(reader.decision()?);
     }
     Ok(decisions)
 }

@@ -1,13 +1,16 @@
 //! The golden vectors of `vectors/` (specified in `docs/wire-format.md`):
 //! every `NAME.bin` decodes to the messages of `NAME.json`, and those
-//! messages encode to exactly the bytes of `NAME.bin`. The Python and
-//! JavaScript codecs are tested against the same files.
+//! messages encode to exactly the bytes of `NAME.bin`; likewise for the
+//! filter answers of `vectors/decisions/`. The Python and JavaScript codecs
+//! are tested against the same files.
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
+use switchyard_wire::decisions::{DecisionsWriter, read_decisions};
+use switchyard_wire::native::{ErrorKind, Failure};
 use switchyard_wire::{Head, MessageRef, Payload, decode, write_message};
 
 /// One `NAME.json`.
@@ -67,12 +70,12 @@ impl Message {
     }
 }
 
-/// Every vector as `(name, json, bin)`, sorted by name.
-fn vectors() -> Vec<(String, Vector, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors");
+/// Every vector of `vectors/{dir}` as `(name, json, bin)`, sorted by name.
+fn vector_files<T: serde::de::DeserializeOwned>(dir: &str) -> Vec<(String, T, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors").join(dir);
     let mut jsons: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("read vectors/")
-        .map(|entry| entry.expect("read a vectors/ entry").path())
+        .expect("read a vectors directory")
+        .map(|entry| entry.expect("read a vectors entry").path())
         .filter(|path| path.extension().is_some_and(|extension| extension == "json"))
         .collect();
     jsons.sort();
@@ -87,6 +90,11 @@ fn vectors() -> Vec<(String, Vector, Vec<u8>)> {
             (name, vector, bin)
         })
         .collect()
+}
+
+/// Every batch vector, sorted by name.
+fn vectors() -> Vec<(String, Vector, Vec<u8>)> {
+    vector_files("")
 }
 
 #[test]
@@ -125,4 +133,71 @@ fn the_golden_vectors_cover_what_the_spec_promises() {
         "utf8-topic",
     ];
     assert_eq!(names, promised);
+}
+
+/// One `decisions/NAME.json`: a filter's answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionsVector {
+    #[expect(dead_code, reason = "read by people, checked for presence by serde")]
+    description: String,
+    decisions: Vec<Decision>,
+    /// `(name, delta)`, the delta a `u64` in decimal.
+    counts: Vec<(String, String)>,
+}
+
+/// One decision, as a vector's JSON spells it: `"keep"`, `"drop"` or `{"rejected": reason}` and so on.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum Decision {
+    Keep,
+    Drop,
+    Rejected(String),
+    Retryable(String),
+    Failed(String),
+}
+
+impl Decision {
+    fn read(decision: Result<bool, Failure>) -> Decision {
+        match decision {
+            Ok(true) => Decision::Keep,
+            Ok(false) => Decision::Drop,
+            Err(Failure { kind: ErrorKind::Rejected, message }) => Decision::Rejected(message),
+            Err(Failure { kind: ErrorKind::Retryable, message }) => Decision::Retryable(message),
+            Err(Failure { kind: ErrorKind::Failed, message }) => Decision::Failed(message),
+        }
+    }
+
+    fn wire(&self) -> Result<bool, (ErrorKind, &str)> {
+        match self {
+            Decision::Keep => Ok(true),
+            Decision::Drop => Ok(false),
+            Decision::Rejected(reason) => Err((ErrorKind::Rejected, reason)),
+            Decision::Retryable(reason) => Err((ErrorKind::Retryable, reason)),
+            Decision::Failed(reason) => Err((ErrorKind::Failed, reason)),
+        }
+    }
+}
+
+#[test]
+fn every_decisions_vector_reads_as_its_json_and_is_written_as_its_bin() {
+    let vectors = vector_files::<DecisionsVector>("decisions");
+    let names: Vec<&str> = vectors.iter().map(|(name, ..)| name.as_str()).collect();
+    assert_eq!(names, ["empty", "errors", "utf8-and-large-delta", "verdicts-and-counts"]);
+    for (name, vector, bin) in vectors {
+        let mut counts = Vec::new();
+        let decisions = read_decisions(&bin, |name, delta| counts.push((name.to_owned(), delta.to_string())))
+            .unwrap_or_else(|err| panic!("{name}.bin: {err}"));
+        let decisions: Vec<Decision> = decisions.into_iter().map(Decision::read).collect();
+        assert_eq!(decisions, vector.decisions, "{name}.bin");
+        assert_eq!(counts, vector.counts, "{name}.bin");
+        let mut answer = DecisionsWriter::default();
+        for decision in &vector.decisions {
+            answer.decision(decision.wire());
+        }
+        for (counter, delta) in &vector.counts {
+            answer.count(counter, delta.parse().expect("a count's delta is a u64 in decimal"));
+        }
+        assert!(answer.finish() == bin, "{name}.json encodes to other bytes than {name}.bin");
+    }
 }

@@ -20,12 +20,11 @@ mod bindings {
 }
 
 use bindings::exports::switchyard::plugin::filter;
-use bindings::switchyard::plugin::types::Decision;
 
 struct UnversionedFilter;
 
 impl filter::Guest for UnversionedFilter {
-    fn filter(_: Vec<u8>) -> Vec<Decision> {
+    fn filter(_: Vec<u8>) -> Vec<u8> {
         // The host refuses this plugin at load, before any call.
         Vec::new()
     }

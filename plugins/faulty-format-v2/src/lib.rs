@@ -8,7 +8,6 @@ mod bindings {
 }
 
 use bindings::exports::switchyard::plugin::{filter, format};
-use bindings::switchyard::plugin::types::Decision;
 
 struct FutureFilter;
 
@@ -19,7 +18,7 @@ impl format::Guest for FutureFilter {
 }
 
 impl filter::Guest for FutureFilter {
-    fn filter(_: Vec<u8>) -> Vec<Decision> {
+    fn filter(_: Vec<u8>) -> Vec<u8> {
         // The host refuses this plugin at load, before any call.
         Vec::new()
     }

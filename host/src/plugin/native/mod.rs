@@ -102,8 +102,7 @@ impl NativeLibrary {
     pub(crate) fn filter(&self, batch: &[u8]) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
         let answer = self.call(false, &[batch])?;
         let decisions = abi::read_decisions(&answer).map_err(malformed)?;
-        let verdict = |keep: bool| if keep { Verdict::Keep } else { Verdict::Drop };
-        Ok(decisions.into_iter().map(|decision| decision.map(verdict).map_err(plugin_error)).collect())
+        Ok(decisions.into_iter().map(decision).collect())
     }
 
     /// Run a transform over a batch of full messages.
@@ -156,8 +155,18 @@ impl NativeLibrary {
     }
 }
 
-fn malformed(error: WireError) -> PluginFault {
-    PluginFault::Malformed(error.to_string())
+/// An answer the host could not read: what was wrong, and where.
+pub(super) fn malformed(error: WireError) -> PluginFault {
+    PluginFault::Malformed(format!("{} at byte {}", error.problem, error.offset))
+}
+
+/// A filter's decision as the answer encodings carry it: `Ok(true)` keeps the message.
+pub(super) fn decision(decision: Result<bool, Failure>) -> Result<Verdict, PluginError> {
+    match decision {
+        Ok(true) => Ok(Verdict::Keep),
+        Ok(false) => Ok(Verdict::Drop),
+        Err(failure) => Err(plugin_error(failure)),
+    }
 }
 
 fn plugin_error(failure: Failure) -> PluginError {
