@@ -14,7 +14,7 @@
 
 import * as host from "switchyard:plugin/host@0.1.0";
 
-import { BatchWriter, ErrorKind, Message, WireError, decode, encodeDecisions } from "./wire.js";
+import { BatchWriter, ErrorKind, Message, WireError, decode, writeCount, writeDecisions } from "./wire.js";
 
 export { Message, WireError, decode, encode } from "./wire.js";
 
@@ -49,32 +49,34 @@ export function nowMillis() {
 }
 
 /**
- * Counter increments not yet handed to the host, by name: a host call per
- * `count` would cost more than many a filter's whole decision, so they are
- * summed here and handed over once per call (`drainCounts`).
+ * Counter increments not yet handed to the host, by name, as Numbers: a host
+ * call per `count` would cost more than many a filter's whole decision, so they
+ * are summed here and handed over once per call (`drainCounts`).
  */
 const counts = new Map();
 
 /**
- * Add `delta` (a non-negative integer) to this plugin's counter `name` (a
- * host metric). The increments reach the host when the current call returns.
+ * Add `delta` (a non-negative integer, a Number or a BigInt) to this plugin's
+ * counter `name` (a host metric). The increments reach the host when the
+ * current call returns.
  */
 export function count(name, delta = 1) {
-  const amount = BigInt(delta);
-  if (amount < 0n) throw new RangeError(`count(${name}, ${delta}): the delta must be a non-negative integer`);
-  counts.set(name, (counts.get(name) ?? 0n) + amount);
+  const amount = typeof delta === "bigint" ? Number(delta) : delta;
+  if (!Number.isSafeInteger(amount) || amount < 0) {
+    throw new RangeError(`count(${name}, ${delta}): the delta must be a non-negative integer`);
+  }
+  counts.set(name, (counts.get(name) ?? 0) + amount);
 }
 
-/** Each counter's total since the last drain, as `[name, delta]` pairs; the totals start again from zero. */
-function drainCounts() {
-  const drained = [...counts].filter(([, total]) => total > 0n);
+/** Hand `each(name, total)` every counter's total since the last drain; the totals start again from zero. */
+function drainCounts(each) {
+  for (const [name, total] of counts) if (total > 0) each(name, total);
   counts.clear();
-  return drained;
 }
 
 /** Hand the summed increments to the host, a `count` call per counter. */
 function flushCounts() {
-  for (const [name, total] of drainCounts()) host.count(name, total);
+  drainCounts((name, total) => host.count(name, BigInt(total)));
 }
 
 /** The kind (one of `ErrorKind`) and text of an exception a handler threw. */
@@ -91,6 +93,14 @@ function witError(error) {
   return { tag: ["rejected", "retryable", "failed"][kind], val: reason };
 }
 
+/**
+ * The writer of every export's answer, reused from call to call. The JavaScript engine inside a
+ * component gives back the memory of a buffer dropped at the end of a call too late: a transform that
+ * made its buffers anew for every call reached the default 64 MiB memory cap within a few thousand
+ * calls. An answer is copied out of the component as the export returns, so one writer serves all.
+ */
+const answer = new BatchWriter();
+
 /** The WIT `format` export: which wire layout this plugin speaks. */
 export const format = Object.freeze({ version: () => FORMAT_VERSION });
 
@@ -99,8 +109,9 @@ export const format = Object.freeze({ version: () => FORMAT_VERSION });
  * Every output carries the index of the input it came from and that input's id.
  */
 export class Output {
-  constructor() {
-    this.writer = new BatchWriter();
+  /** Outputs written to `writer` (a `BatchWriter`), from its current end. */
+  constructor(writer = new BatchWriter()) {
+    this.writer = writer;
     this.source = 0;
   }
 
@@ -130,7 +141,8 @@ export class Emit {
 
   /** Replace the payload (a Uint8Array; a string is encoded as UTF-8). */
   withPayload(payload) {
-    this.message.payload = typeof payload === "string" ? new TextEncoder().encode(payload) : payload;
+    // A string is encoded as it is written to the answer, in place.
+    this.message.payload = payload;
     return this;
   }
 
@@ -176,10 +188,13 @@ export class Emit {
 export function filterPlugin(decide) {
   const filter = (messages) => {
     let batch;
+    answer.truncate(0);
     try {
       batch = decode(messages);
     } catch (error) {
-      return encodeDecisions([errorParts(error)], drainCounts());
+      writeDecisions(answer, [errorParts(error)]);
+      drainCounts((name, total) => writeCount(answer, name, total));
+      return answer.written();
     }
     const decisions = batch.map((message) => {
       try {
@@ -192,7 +207,9 @@ export function filterPlugin(decide) {
         return errorParts(error);
       }
     });
-    return encodeDecisions(decisions, drainCounts());
+    writeDecisions(answer, decisions);
+    drainCounts((name, total) => writeCount(answer, name, total));
+    return answer.written();
   };
   return { filter: { filter }, format };
 }
@@ -207,7 +224,8 @@ export function filterPlugin(decide) {
  */
 export function transformPlugin(handler) {
   const transform = (messages) => {
-    const out = new Output();
+    answer.truncate(0);
+    const out = new Output(answer);
     const errors = [];
     let batch;
     try {
@@ -227,7 +245,7 @@ export function transformPlugin(handler) {
       }
     });
     flushCounts();
-    return { messages: out.writer.finish(), errors };
+    return { messages: answer.written(), errors };
   };
   return { transform: { transform }, format };
 }

@@ -69,15 +69,21 @@ class Reader {
     return this.view.getUint32(this.need(4), true);
   }
 
-  bytes() {
+  /** The next `bytes` field, as a view of the batch (no copy). */
+  borrowed() {
     const length = this.u32();
     const start = this.need(length);
-    return this.buf.slice(start, start + length);
+    return this.buf.subarray(start, start + length);
+  }
+
+  /** The next `bytes` field, copied. */
+  bytes() {
+    return this.borrowed().slice();
   }
 
   str() {
     const start = this.pos;
-    const raw = this.bytes();
+    const raw = this.borrowed();
     try {
       return utf8.decode(raw);
     } catch {
@@ -110,10 +116,16 @@ export function decode(batch) {
   return messages;
 }
 
-/** A growable byte buffer the encoder appends to. */
+/**
+ * A growable byte buffer the encoder appends to. It writes strings in place (`TextEncoder.encodeInto`)
+ * and allocates only when it grows: the JavaScript engine inside a component gives back the memory of
+ * dropped buffers too late, so a plugin that made buffers on every call reached its memory cap (see
+ * `switchyard_plugin.js`, which reuses one writer for every answer).
+ */
 export class BatchWriter {
   constructor() {
     this.buf = new Uint8Array(256);
+    this.view = new DataView(this.buf.buffer);
     this.length = 0;
   }
 
@@ -122,12 +134,7 @@ export class BatchWriter {
     const grown = new Uint8Array(Math.max(this.buf.length * 2, this.length + extra));
     grown.set(this.buf.subarray(0, this.length));
     this.buf = grown;
-  }
-
-  u32(value) {
-    this.reserve(4);
-    new DataView(this.buf.buffer).setUint32(this.length, value, true);
-    this.length += 4;
+    this.view = new DataView(grown.buffer);
   }
 
   u8(value) {
@@ -135,9 +142,21 @@ export class BatchWriter {
     this.buf[this.length++] = value;
   }
 
+  u32(value) {
+    this.reserve(4);
+    this.view.setUint32(this.length, value, true);
+    this.length += 4;
+  }
+
+  /** Append a `u64`: a BigInt, or a Number (a safe integer: no BigInt made, they cost inside a component). */
   u64(value) {
     this.reserve(8);
-    new DataView(this.buf.buffer).setBigUint64(this.length, BigInt(value), true);
+    if (typeof value === "bigint") {
+      this.view.setBigUint64(this.length, value, true);
+    } else {
+      this.view.setUint32(this.length, value % 0x1_0000_0000, true);
+      this.view.setUint32(this.length + 4, Math.floor(value / 0x1_0000_0000), true);
+    }
     this.length += 8;
   }
 
@@ -148,23 +167,32 @@ export class BatchWriter {
     this.length += raw.length;
   }
 
+  /** Append `text` as UTF-8 with its byte length first, encoded straight into the buffer. */
+  str(text) {
+    // A UTF-16 code unit takes at most three bytes of UTF-8.
+    this.reserve(4 + 3 * text.length);
+    const { written } = utf8Encoder.encodeInto(text, this.buf.subarray(this.length + 4));
+    this.view.setUint32(this.length, written, true);
+    this.length += 4 + written;
+  }
+
   /** Append `message`; `headsOnly` leaves the payload bytes out and writes only their length. */
   message(message, headsOnly = false) {
     const omitted = headsOnly || message.payload === null;
     this.reserve(14);
-    const view = new DataView(this.buf.buffer);
-    view.setBigUint64(this.length, BigInt(message.id), true);
-    view.setUint32(this.length + 8, message.source, true);
+    this.view.setBigUint64(this.length, BigInt(message.id), true);
+    this.view.setUint32(this.length + 8, message.source, true);
     this.buf[this.length + 12] = message.priority;
     this.buf[this.length + 13] = omitted ? FLAG_PAYLOAD_OMITTED : 0;
     this.length += 14;
-    this.bytes(utf8Encoder.encode(message.topic));
+    this.str(message.topic);
     this.u32(message.headers.length);
     for (const [name, value] of message.headers) {
-      this.bytes(utf8Encoder.encode(name));
-      this.bytes(utf8Encoder.encode(value));
+      this.str(name);
+      this.str(value);
     }
     if (omitted) this.u32(message.payloadLen);
+    else if (typeof message.payload === "string") this.str(message.payload);
     else this.bytes(message.payload);
   }
 
@@ -173,7 +201,12 @@ export class BatchWriter {
     this.length = length;
   }
 
-  /** The bytes written so far. */
+  /** The bytes written so far, as a view of the writer's buffer: valid until it is written again. */
+  written() {
+    return this.buf.subarray(0, this.length);
+  }
+
+  /** A copy of the bytes written so far. */
   finish() {
     return this.buf.slice(0, this.length);
   }
@@ -193,18 +226,17 @@ export const ErrorKind = Object.freeze({ REJECTED: 0, RETRYABLE: 1, FAILED: 2 })
 const VERDICT = 3;
 
 /**
- * A filter's answer (the WIT `decisions`) as a Uint8Array:
+ * Append the head of a filter's answer (the WIT `decisions`) to `writer`: its
+ * decisions, to be followed by its counts (`writeCount`).
  *
  *     decisions = u32 n, decision{n}, count*
  *     decision  = u8 3, u8 verdict (1 keep, 0 drop) | u8 kind, str reason
  *     count     = str name, u64 delta
  *
  * `decisions` holds one entry per message: `true` keeps it, `false` drops it,
- * `{ kind, reason }` is an error (`kind` one of `ErrorKind`). `counts` holds
- * `[name, delta]` pairs: what the call counted.
+ * `{ kind, reason }` is an error (`kind` one of `ErrorKind`).
  */
-export function encodeDecisions(decisions, counts = []) {
-  const writer = new BatchWriter();
+export function writeDecisions(writer, decisions) {
   writer.u32(decisions.length);
   for (const decision of decisions) {
     if (typeof decision === "boolean") {
@@ -212,12 +244,21 @@ export function encodeDecisions(decisions, counts = []) {
       writer.u8(decision ? 1 : 0);
     } else {
       writer.u8(decision.kind);
-      writer.bytes(utf8Encoder.encode(decision.reason));
+      writer.str(decision.reason);
     }
   }
-  for (const [name, delta] of counts) {
-    writer.bytes(utf8Encoder.encode(name));
-    writer.u64(delta);
-  }
+}
+
+/** Append one count of a filter's answer, after its decisions: add `delta` to the counter `name`. */
+export function writeCount(writer, name, delta) {
+  writer.str(name);
+  writer.u64(delta);
+}
+
+/** A filter's answer as a Uint8Array of its own: `decisions` as `writeDecisions` takes them, `counts` `[name, delta]` pairs. */
+export function encodeDecisions(decisions, counts = []) {
+  const writer = new BatchWriter();
+  writeDecisions(writer, decisions);
+  for (const [name, delta] of counts) writeCount(writer, name, delta);
   return writer.finish();
 }

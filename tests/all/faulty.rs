@@ -182,6 +182,30 @@ pub async fn faulty_memory_hog() {
 }
 
 #[tokio::test]
+async fn a_plugin_that_leaks_is_renewed_between_calls_before_its_memory_cap_and_loses_nothing() {
+    // 1 MiB kept for good per message under a 16 MiB cap: without renewal, the
+    // instance fails a call at its cap within sixteen messages.
+    let dir = plugin_dir(&[("leaky", artifacts::FAULTY_MEMORY_HOG)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"leaky\"\nlimits = {{ memory_mb = 16 }}\n\
+         config = {{ trigger = \"x-poison\", leak_kib = \"1024\" }}\n\
+         [[route]]\nname = \"all\"\nstages = [\"filter:leaky\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let out = host.memory("out").unwrap();
+    for n in 0..48 {
+        let id = host.send(Message::new("leak", format!("message {n}"))).await.unwrap();
+        assert_eq!(next(&out).await.id, id, "message {n}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (48, 0));
+    let counts = host.metrics().plugin_counts("leaky");
+    assert_eq!(counts.faults(), 0, "no call failed at the cap: {counts:?}");
+    let renewed = host.metrics().plugin_renewals("leaky");
+    assert!((3..48).contains(&renewed), "renewed every few messages, not on every call: {renewed}");
+}
+
+#[tokio::test]
 pub async fn faulty_wrong_world() {
     let dir = plugin_dir(&[("wrong", artifacts::FAULTY_WRONG_WORLD), ("good", artifacts::HEADER_FILTER)]);
     let config = switchyard::Config::from_toml(

@@ -122,6 +122,8 @@ pub struct Metrics {
     route_latency: Family<RouteName, LatencyHistogram>,
     plugin_calls: Family<PluginName, ShardedCounter>,
     plugin_problems: Family<PluginProblem, Counter>,
+    /// Instances renewed between calls because they outgrew their memory.
+    plugin_renewals: Family<PluginName, Counter>,
     plugin_latency: Family<PluginName, LatencyHistogram>,
     /// What plugins `count()`ed, by plugin name: every version adds to the same series.
     plugin_counters: Family<PluginCounter, Counter>,
@@ -175,6 +177,7 @@ impl Metrics {
             route_latency: Family::default(),
             plugin_calls: Family::default(),
             plugin_problems: Family::default(),
+            plugin_renewals: Family::default(),
             plugin_latency: Family::default(),
             plugin_counters: Family::default(),
             last_faults: Default::default(),
@@ -214,6 +217,8 @@ impl Metrics {
         let help =
             "Plugin errors and faults, by kind (rejected, failed, trapped, timed_out, memory_cap, ...)";
         registry.register("plugin_problems", help, metrics.plugin_problems.clone());
+        let help = "Plugin instances renewed between calls because their memory outgrew three quarters of the room under its cap";
+        registry.register("plugin_instances_renewed", help, metrics.plugin_renewals.clone());
         registry.register("plugin_call_seconds", "Seconds per plugin call", metrics.plugin_latency.clone());
         let help =
             "What plugins count() by counter name, summed over the plugin's versions (a swap keeps them)";

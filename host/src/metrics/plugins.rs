@@ -90,6 +90,16 @@ impl Metrics {
         faults.insert(plugin.to_owned(), fault);
     }
 
+    /// Count an instance of `plugin` renewed because it outgrew its memory.
+    pub(crate) fn plugin_renewed(&self, plugin: &str) {
+        self.plugin_renewals.get_or_create(&PluginName { plugin: plugin.into() }).inc();
+    }
+
+    /// Instances of `plugin` renewed so far because they outgrew their memory.
+    pub fn plugin_renewals(&self, plugin: &str) -> u64 {
+        self.plugin_renewals.get(&PluginName { plugin: plugin.into() }).map_or(0, |count| count.get())
+    }
+
     /// The last fault of `plugin` while serving, if it had one.
     pub fn last_fault(&self, plugin: &str) -> Option<LastFault> {
         self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).get(plugin).cloned()

@@ -182,10 +182,20 @@ impl Worker {
         let result = self.instance(plugin).and_then(call);
         self.metrics.plugin_call(&plugin.name, started.elapsed());
         plugin.settings.report_counts(|name| self.metrics.plugin_counter(&plugin.name, name));
-        if let Err(fault) = &result {
-            self.faulted(plugin, fault);
+        match &result {
+            Err(fault) => self.faulted(plugin, fault),
+            Ok(_) => self.renew_if_outgrown(plugin),
         }
         result
+    }
+
+    /// Discard the instance if it has [outgrown](PluginInstance::outgrown) its memory, so that
+    /// the next call starts from a fresh one rather than fail at the cap.
+    fn renew_if_outgrown(&mut self, plugin: &CompiledPlugin) {
+        if self.instances.get(&plugin.name).is_some_and(PluginInstance::outgrown) {
+            self.metrics.plugin_renewed(&plugin.name);
+            self.discard(plugin);
+        }
     }
 
     /// Count `fault`, keep it as the plugin's last, and discard the instance.

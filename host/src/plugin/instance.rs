@@ -63,7 +63,13 @@ pub(super) struct CallGuard {
     store: Store<StoreState>,
     /// The same deadline as a duration, for waits inside WASI.
     timeout: std::time::Duration,
+    /// Bytes of memory past which the instance has outgrown itself ([`PluginInstance::outgrown`]).
+    outgrown_at: usize,
 }
+
+/// The share of the room between an instance's memory at start and its cap that it may fill
+/// before it is [outgrown](PluginInstance::outgrown).
+const OUTGROWN_SHARE: (usize, usize) = (3, 4);
 
 impl PluginInstance {
     /// Instantiate `plugin` in a fresh store of `engine`, under the same
@@ -109,7 +115,7 @@ impl PluginInstance {
         store.limiter(|state| state);
         store.epoch_deadline_trap();
         let timeout = plugin.settings.timeout();
-        let mut guard = CallGuard { store, timeout };
+        let mut guard = CallGuard { store, timeout, outgrown_at: usize::MAX };
         let exports = match pre {
             KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
@@ -117,6 +123,8 @@ impl PluginInstance {
             KindPre::Balancer(pre) => Exports::Balancer(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transport(pre) => Exports::Transport(guard.call(|store| pre.instantiate(store))?),
         };
+        let (start, cap) = guard.store.data().memory();
+        guard.outgrown_at = start + (cap.saturating_sub(start)) / OUTGROWN_SHARE.1 * OUTGROWN_SHARE.0;
         Ok(Backend::Wasm { exports, guard })
     }
 
@@ -227,6 +235,19 @@ impl PluginInstance {
         };
         let balancer = exports.switchyard_plugin_balancer();
         guard.call(|store| balancer.call_pick(store, head, endpoints))
+    }
+
+    /// Whether the instance's memory has filled three quarters of the room its cap left it when
+    /// it started. Linear memory never shrinks, so a plugin whose memory only grows (a leak, or a
+    /// language runtime that keeps a little of every message: the JavaScript filter, called with
+    /// batches of 64 messages, filled its 64 MiB in about ten thousand calls) would in time fail a
+    /// call at its cap; the caller renews an outgrown instance between calls instead. Never true
+    /// of a native library.
+    pub fn outgrown(&self) -> bool {
+        match &self.backend {
+            Backend::Wasm { guard, .. } => guard.store.data().memory().0 > guard.outgrown_at,
+            Backend::Native(_) => false,
+        }
     }
 
     /// The exports and call guard of a WebAssembly instance; `None` for a native library.

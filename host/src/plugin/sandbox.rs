@@ -193,6 +193,11 @@ impl StoreState {
 }
 
 impl StoreState {
+    /// Bytes the instance's linear memories hold together, and their cap.
+    pub(crate) fn memory(&self) -> (usize, usize) {
+        (self.memory_in_use, self.memory_cap)
+    }
+
     /// The instance's resource table.
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
