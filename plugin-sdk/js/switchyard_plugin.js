@@ -49,9 +49,9 @@ export function nowMillis() {
 }
 
 /**
- * Counter increments not yet handed to the host, by name, as Numbers: a host
- * call per `count` would cost more than many a filter's whole decision, so they
- * are summed here and handed over once per call (`drainCounts`).
+ * Counter increments not yet handed to the host, by name, as Numbers: summed
+ * here and handed over once per call (`drainCounts`), as the Rust SDK does,
+ * instead of a host call per `count`.
  */
 const counts = new Map();
 
@@ -95,9 +95,10 @@ function witError(error) {
 
 /**
  * The writer of every export's answer, reused from call to call. The JavaScript engine inside a
- * component gives back the memory of a buffer dropped at the end of a call too late: a transform that
- * made its buffers anew for every call reached the default 64 MiB memory cap within a few thousand
- * calls. An answer is copied out of the component as the export returns, so one writer serves all.
+ * component gives back the memory of a buffer dropped at the end of a call too late: a transform, and
+ * then a filter, that made their buffers anew for every call stopped `switchyard bench` at the default
+ * 64 MiB memory cap. An answer is copied out of the component as the export returns, so one writer
+ * serves all.
  */
 const answer = new BatchWriter();
 

@@ -2,9 +2,8 @@
 
 use std::marker::PhantomData;
 
-use switchyard_wire::decode_host_batch;
-
 use switchyard_wire::decisions::DecisionsWriter;
+use switchyard_wire::decode_host_batch;
 use switchyard_wire::native::ErrorKind;
 
 use crate::bindings::filter::exports::switchyard::plugin::filter::Guest;

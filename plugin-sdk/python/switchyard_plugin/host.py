@@ -30,9 +30,9 @@ def now_millis():
     return _host().now_millis()
 
 
-#: Counter increments not yet handed to the host, by name: a host call per
-#: `count` would cost more than many a filter's whole decision, so they are
-#: summed here and handed over once per call (`drain_counts`).
+#: Counter increments not yet handed to the host, by name: summed here and
+#: handed over once per call (`drain_counts`), as the Rust SDK does, instead
+#: of a host call per `count`.
 _counts = {}
 
 
