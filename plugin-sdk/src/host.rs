@@ -101,11 +101,12 @@ thread_local! {
 
 /// Add `delta` to this plugin's counter `name`, exported as a host metric.
 ///
-/// Increments are summed inside the plugin and reach the host when the
-/// current call (one batch) returns.
+/// Increments are summed inside the plugin (a sum stops at `u64::MAX`, as the
+/// host's total does) and reach the host when the current call (one batch)
+/// returns.
 pub fn count(name: &str, delta: u64) {
     COUNTS.with_borrow_mut(|counts| match counts.iter_mut().find(|(known, _)| known == name) {
-        Some((_, total)) => *total += delta,
+        Some((_, total)) => *total = total.saturating_add(delta),
         None => counts.push((name.to_owned(), delta)),
     });
 }

@@ -185,6 +185,7 @@ fn check_names_the_kind_or_the_specific_problem() {
     assert!(ok && out.contains("is a transport plugin"), "{out}");
     let (ok, out) = switchyard(&["check", artifacts::FAULTY_WRONG_WORLD]);
     assert!(!ok && out.contains("does not match world switchyard:plugin/filter@0.1.0"), "{out}");
+    assert!(out.contains("rebuild it with this host's"), "says what to do about it: {out}");
     let dir = tempfile::tempdir().unwrap();
     let corrupt = dir.path().join("corrupt.wasm");
     std::fs::write(&corrupt, b"\0asm garbage").unwrap();

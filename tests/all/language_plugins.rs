@@ -206,3 +206,23 @@ fn the_js_codec_passes_the_golden_vectors() {
     // One test a vector, and one that there are vectors, of each kind.
     assert!(out.contains(&format!("# pass {}", vector_count("") + vector_count("decisions") + 2)), "{out}");
 }
+
+#[test]
+fn the_python_sdk_sums_counts_and_refuses_a_bad_delta() {
+    let out = run_checked(
+        "python3",
+        &["plugin-sdk/python/test_counts.py"],
+        "install Python 3 (apt-get install python3)",
+    );
+    assert!(out.contains("Ran 2 tests") && out.contains("\nOK"), "{out}");
+}
+
+#[test]
+fn the_js_sdk_sums_counts_refuses_a_bad_delta_and_reuses_its_answer_buffer() {
+    let out = run_checked(
+        "node",
+        &["--test", "plugin-sdk/js/counts.test.js"],
+        "install Node.js (apt-get install nodejs)",
+    );
+    assert!(out.contains("# pass 3") && out.contains("# fail 0"), "{out}");
+}

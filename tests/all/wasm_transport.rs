@@ -10,35 +10,50 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::Message;
-use switchyard::config::PluginConfig;
+use switchyard::config::{PluginConfig, PluginLimits};
+use switchyard::metrics::Metrics;
 use switchyard::plugin::{CompiledPlugin, PluginEngine, PluginRegistry, load_file};
 use switchyard::resilience::{FatalReason, Outcome, RetryReason};
 use switchyard::transport::plugin::{PluginTransport, PluginTransportConfig};
 use switchyard::transport::{PoolConfig, Transport};
 use switchyard_plugin_artifacts as artifacts;
 
-/// A transport plugin loaded into a registry of its own.
+/// A transport plugin loaded into a registry of its own, its calls counted in `metrics`.
 struct Loaded {
     engine: Arc<PluginEngine>,
     registry: Arc<PluginRegistry>,
-    name: &'static str,
+    metrics: Arc<Metrics>,
+    name: String,
 }
 
 impl Loaded {
-    fn new(name: &'static str, artifact: &str, config: &[(&str, &str)]) -> Loaded {
+    fn new(name: &str, artifact: &str, config: &[(&str, &str)]) -> Loaded {
+        Loaded::with_config(PluginConfig { name: name.into(), ..PluginConfig::default() }, artifact, config)
+    }
+
+    /// [`Loaded::new`] with `plugin`'s limits and grants.
+    fn with_config(plugin: PluginConfig, artifact: &str, config: &[(&str, &str)]) -> Loaded {
         let engine = Arc::new(PluginEngine::new(None).unwrap());
-        let loaded = Loaded { engine, registry: Arc::default(), name };
-        loaded.swap_in(artifact, config);
+        let name = plugin.name.clone();
+        let loaded = Loaded { engine, registry: Arc::default(), metrics: Arc::default(), name };
+        loaded.load(PluginConfig { config: Self::entries(config), ..plugin }, artifact);
         loaded
+    }
+
+    fn entries(config: &[(&str, &str)]) -> BTreeMap<String, String> {
+        config.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
     }
 
     /// Load `artifact` with `config` and make it the serving version.
     fn swap_in(&self, artifact: &str, config: &[(&str, &str)]) -> Arc<CompiledPlugin> {
-        let config: BTreeMap<String, String> =
-            config.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-        let plugin_config = PluginConfig { name: self.name.into(), config, ..PluginConfig::default() };
+        let config = Self::entries(config);
+        self.load(PluginConfig { name: self.name.clone(), config, ..PluginConfig::default() }, artifact)
+    }
+
+    /// Load `artifact` as `plugin_config` says and make it the serving version.
+    fn load(&self, plugin_config: PluginConfig, artifact: &str) -> Arc<CompiledPlugin> {
         let plugin = load_file(&self.engine, Path::new(artifact), Some(&plugin_config)).unwrap();
-        self.registry.replace(BTreeMap::from([(self.name.to_owned(), plugin.clone())]));
+        self.registry.replace(BTreeMap::from([(self.name.clone(), plugin.clone())]));
         plugin
     }
 
@@ -46,13 +61,13 @@ impl Loaded {
     fn transport(&self, endpoints: &[SocketAddr], lanes: usize, timeout: Duration) -> PluginTransport {
         let config = PluginTransportConfig {
             destination: "test".into(),
-            plugin: self.name.into(),
+            plugin: self.name.clone(),
             endpoints: endpoints.iter().map(SocketAddr::to_string).collect(),
             timeout,
             pool: PoolConfig::default(),
             lanes,
         };
-        PluginTransport::new(config, self.registry.clone(), self.engine.clone())
+        PluginTransport::new(config, self.registry.clone(), self.engine.clone(), self.metrics.clone())
     }
 }
 
@@ -173,6 +188,42 @@ pub async fn faulty_transport() {
     assert!(
         tokio::time::timeout(Duration::ZERO, elsewhere.accept()).await.is_err(),
         "nothing reached the address outside the endpoints"
+    );
+    // Counted as a route stage's would be: two deadline hits, the refusal an error answer.
+    let counts = plugin.metrics.plugin_counts("faulty");
+    let (faults, deadline_hits, errors) = (counts.faults(), counts.deadline_hits(), counts.errors());
+    assert_eq!((faults, deadline_hits, errors), (2, 2, 1), "{counts:?}");
+    assert_eq!(plugin.metrics.last_fault("faulty").map(|fault| fault.kind), Some("timed_out"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_that_leaks_is_renewed_between_calls_before_its_memory_cap_and_no_send_fails() {
+    // 1 MiB kept for good per send under a 16 MiB cap: without renewal, a
+    // send fails at the cap within sixteen messages.
+    let (server, echoed) = echo_server().await;
+    let limits = PluginLimits { memory_mb: 16, ..PluginLimits::default() };
+    let config = PluginConfig { name: "leaky".into(), limits, ..PluginConfig::default() };
+    let plugin = Loaded::with_config(config, artifacts::FAULTY_TRANSPORT, &[]);
+    let transport = plugin.transport(&[server], 1, TIMEOUT);
+    let mut sent = 0;
+    for n in 0..48 {
+        let message = Message::new("jobs", format!("job {n}")).with_header("x-fault", "leak:1024");
+        let reply = within(transport.attempt(&server.to_string(), &message)).await;
+        assert_eq!(reply.unwrap().unwrap().payload, format!("job {n}"), "send {n} went through");
+        sent += message.payload.len();
+    }
+    assert_eq!(echoed.load(std::sync::atomic::Ordering::SeqCst), sent, "each message went out once");
+    let counts = plugin.metrics.plugin_counts("leaky");
+    assert_eq!(counts.faults(), 0, "no call failed at the cap: {counts:?}");
+    assert!(counts.calls >= 48, "every call counted, the connections' opening too: {counts:?}");
+    let renewed = plugin.metrics.plugin_renewals("leaky");
+    assert!((3..48).contains(&renewed), "renewed every few sends, not on every one: {renewed}");
+    let exposition = plugin.metrics.encode();
+    let leaked =
+        format!("switchyard_plugin_counter_total{{plugin=\"leaky\",name=\"leaked_kib\"}} {}", 48 * 1024);
+    assert!(
+        exposition.lines().any(|line| line == leaked),
+        "the plugin's counts reached the metrics:\n{exposition}"
     );
 }
 

@@ -5,7 +5,8 @@
 //! `last_rejection` then says whether a newer file was refused),
 //! `rejected` when no version serves and its latest file was refused, and
 //! `removed` when its file was deleted. Every entry carries its counts
-//! (zeros included) and its last fault while serving.
+//! (zeros included), how many of its instances were renewed because they
+//! outgrew their memory, and its last fault while serving.
 
 use crate::host::Host;
 use crate::plugin::CompiledPlugin;
@@ -56,6 +57,7 @@ fn entry(host: &Host, name: &str, state: &str, extra: Value) -> Value {
         "errors": counts.errors(),
         "faults": counts.faults(),
         "deadline_hits": counts.deadline_hits(),
+        "renewals": host.metrics().plugin_renewals(name),
         "problems": counts.problems,
         "last_rejection": null,
         "last_fault": host.metrics().last_fault(name),

@@ -2,7 +2,7 @@
 //! and the last fault with its message, for `/v1/plugins`.
 
 use super::{Metrics, PluginCounter, PluginName, PluginProblem};
-use crate::plugin::PluginFault;
+use crate::plugin::{CompiledPlugin, PluginFault};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,7 +60,24 @@ impl LastFault {
 }
 
 impl Metrics {
-    pub(crate) fn plugin_call(&self, plugin: &str, took: Duration) {
+    /// Account for one call of `plugin` that took `took` and ended in
+    /// `result`: the call and its time, what the plugin counted in it, and
+    /// its fault if it had one (kept as the plugin's last). Whoever makes a
+    /// plugin's calls (a pipeline worker, a transport's lane) tells it here.
+    pub(crate) fn plugin_called<R>(
+        &self,
+        plugin: &CompiledPlugin,
+        took: Duration,
+        result: &Result<R, PluginFault>,
+    ) {
+        self.plugin_call(&plugin.name, took);
+        plugin.settings.report_counts(|name| self.plugin_counter(&plugin.name, name));
+        if let Err(fault) = result {
+            self.plugin_fault(&plugin.name, LastFault::of(fault, plugin.short_version()));
+        }
+    }
+
+    fn plugin_call(&self, plugin: &str, took: Duration) {
         if self.enabled {
             let labels = PluginName { plugin: plugin.into() };
             self.plugin_calls.get_or_create(&labels).inc();
@@ -71,7 +88,7 @@ impl Metrics {
     /// The series of `switchyard_plugin_counter_total` that `plugin`'s counter
     /// `name` adds to, shared by every version of the plugin: a handle kept
     /// by the plugin's settings, so a call's counts reach it without a lookup.
-    pub(crate) fn plugin_counter(&self, plugin: &str, name: &str) -> Counter {
+    fn plugin_counter(&self, plugin: &str, name: &str) -> Counter {
         let labels = PluginCounter { plugin: plugin.into(), name: name.into() };
         self.plugin_counters.get_or_create(&labels).clone()
     }

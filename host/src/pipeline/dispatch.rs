@@ -76,6 +76,7 @@ impl DispatchContext {
             max_message_bytes,
             plugins: services.registry.clone(),
             engine: services.engine.clone(),
+            metrics: services.metrics.clone(),
         };
         DispatchContext {
             runtime,

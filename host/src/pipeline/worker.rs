@@ -180,10 +180,9 @@ impl Worker {
     ) -> Result<R, PluginFault> {
         let started = std::time::Instant::now();
         let result = self.instance(plugin).and_then(call);
-        self.metrics.plugin_call(&plugin.name, started.elapsed());
-        plugin.settings.report_counts(|name| self.metrics.plugin_counter(&plugin.name, name));
+        self.metrics.plugin_called(plugin, started.elapsed(), &result);
         match &result {
-            Err(fault) => self.faulted(plugin, fault),
+            Err(_) => self.discard(plugin),
             Ok(_) => self.renew_if_outgrown(plugin),
         }
         result
@@ -198,7 +197,8 @@ impl Worker {
         }
     }
 
-    /// Count `fault`, keep it as the plugin's last, and discard the instance.
+    /// Count `fault`, found in an answer after the call, keep it as the
+    /// plugin's last, and discard the instance.
     fn faulted(&mut self, plugin: &CompiledPlugin, fault: &PluginFault) {
         self.metrics.plugin_fault(&plugin.name, LastFault::of(fault, plugin.short_version()));
         self.discard(plugin);

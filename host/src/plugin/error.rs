@@ -31,8 +31,13 @@ pub enum LoadError {
         /// What it does export.
         exports: String,
     },
-    /// The component claims a kind but its exports or imports do not match the world.
-    #[error("plugin \"{name}\": does not match world switchyard:plugin/{world}@0.1.0: {reason}")]
+    /// The component claims a kind but its exports or imports do not match the world: most often
+    /// a plugin built with an SDK of another version of the interface than this host's.
+    #[error(
+        "plugin \"{name}\": does not match world switchyard:plugin/{world}@0.1.0: {reason} \
+         (a plugin built with another version of the Switchyard SDK than this host's does not: \
+         rebuild it with this host's)"
+    )]
     WrongWorld {
         /// Plugin name.
         name: String,

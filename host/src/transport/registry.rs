@@ -60,6 +60,8 @@ pub struct TransportContext {
     pub plugins: Arc<crate::plugin::PluginRegistry>,
     /// The engine plugins run in.
     pub engine: Arc<crate::plugin::PluginEngine>,
+    /// Where a transport plugin's calls, counts, faults and renewed instances are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A [`TransportFactory`] whose options are the type `O` and whose transport `build` makes.

@@ -4,7 +4,9 @@
 //! - `sleep`: sleeps 10 s inside WASI (where epoch interruption cannot reach);
 //! - `spin`: never returns;
 //! - `connect:HOST:PORT`: connects to that address instead, and rejects the
-//!   message with the error when that fails.
+//!   message with the error when that fails;
+//! - `leak:KIB`: keeps that many KiB for good (a slow leak), counts them as
+//!   `leaked_kib`, then sends the message as below.
 //!
 //! Any other message goes out as `echo-transport` sends it: the payload is
 //! written and as many bytes read back; the reply carries them.
@@ -14,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use switchyard_plugin::{Error, Message, OwnedMessage, Transport, export_transport};
+use switchyard_plugin::{Error, Message, OwnedMessage, Transport, count, export_transport};
 
 struct FaultyTransport;
 
@@ -43,6 +45,13 @@ impl Transport for FaultyTransport {
                 loop {
                     turns = black_box(turns.wrapping_add(1));
                 }
+            }
+            Some(fault) if fault.starts_with("leak:") => {
+                let kib: u64 = fault["leak:".len()..]
+                    .parse()
+                    .map_err(|_| Error::rejected(format!("{fault}: not a number of KiB")))?;
+                std::mem::forget(black_box(vec![1u8; (kib as usize) << 10]));
+                count("leaked_kib", kib);
             }
             Some(fault) if fault.starts_with("connect:") => {
                 let elsewhere = &fault["connect:".len()..];

@@ -89,6 +89,8 @@ impl TransportFactory for PluginTransportFactory {
             pool: (&destination.pool).into(),
             lanes: options.lanes,
         };
-        Arc::new(PluginTransport::new(config, context.plugins.clone(), context.engine.clone()))
+        let (plugins, engine, metrics) =
+            (context.plugins.clone(), context.engine.clone(), context.metrics.clone());
+        Arc::new(PluginTransport::new(config, plugins, engine, metrics))
     }
 }

@@ -1,11 +1,14 @@
 //! A lane: one thread owning one instance of one transport plugin version,
 //! making that instance's calls in the order they come. Connections belong to
-//! the lane (and the instance) that opened them.
+//! the lane (and the instance) that opened them. Every call is counted as a
+//! pipeline stage's is (`switchyard_plugin_*`); an instance that faulted, or
+//! that outgrew its memory, is replaced.
 //!
 //! Calls run here, never on a tokio runtime thread: wasmtime-wasi's
 //! synchronous bindings enter a runtime with `block_on` inside WASI calls,
 //! and a plugin blocked in a socket read must not hold a runtime thread.
 
+use crate::metrics::Metrics;
 use crate::plugin::{
     CompiledPlugin, PluginEngine, PluginError, PluginFault, PluginInstance, TransportConnection,
 };
@@ -50,7 +53,7 @@ pub(super) enum LaneError {
     /// The plugin misbehaved; its instance was replaced.
     #[error("the plugin {0}")]
     Fault(PluginFault),
-    /// The instance that opened the connection faulted since: the
+    /// The instance that opened the connection was replaced since: the
     /// connection is gone.
     #[error("its connection was lost when the plugin's instance was replaced")]
     Lost,
@@ -72,8 +75,8 @@ pub(super) struct Lane {
 /// What a lane's thread and its handles both see.
 #[derive(Default)]
 struct LaneState {
-    /// Bumped each time the lane's instance is replaced after a fault: a
-    /// connection of an older generation is gone.
+    /// Bumped each time the lane's instance is replaced (after a fault, or
+    /// once it outgrew its memory): a connection of an older generation is gone.
     generation: AtomicU64,
     /// Set when a newer version of the plugin serves: this lane's
     /// connections are not reused.
@@ -81,10 +84,12 @@ struct LaneState {
 }
 
 impl Lane {
-    /// Start a lane running `plugin`, allowed to connect to `grants` only.
+    /// Start a lane running `plugin`, allowed to connect to `grants` only,
+    /// its calls counted in `metrics`.
     pub(super) fn start(
         name: String,
         engine: Arc<PluginEngine>,
+        metrics: Arc<Metrics>,
         plugin: Arc<CompiledPlugin>,
         grants: Vec<SocketAddr>,
     ) -> std::io::Result<Lane> {
@@ -92,6 +97,7 @@ impl Lane {
         let state = Arc::new(LaneState::default());
         let worker = Worker {
             engine,
+            metrics,
             plugin,
             grants,
             instance: None,
@@ -156,9 +162,10 @@ impl Lane {
 /// The lane thread's state.
 struct Worker {
     engine: Arc<PluginEngine>,
+    metrics: Arc<Metrics>,
     plugin: Arc<CompiledPlugin>,
     grants: Vec<SocketAddr>,
-    /// `None` after a fault, until a new instance starts.
+    /// `None` after a fault or a renewal, until a new instance starts.
     instance: Option<PluginInstance>,
     /// The connections the current instance holds, by id.
     connections: HashMap<u64, TransportConnection>,
@@ -173,8 +180,9 @@ impl Worker {
         self.instance = self.instantiate().ok();
         while let Ok(request) = queue.recv() {
             self.serve(request);
+            self.renew_if_outgrown();
             if self.instance.is_none() {
-                // Replace a faulted instance now, so the next call does not wait for it.
+                // Replace a faulted or outgrown instance now, so the next call does not wait for it.
                 self.instance = self.instantiate().ok();
             }
         }
@@ -241,22 +249,43 @@ impl Worker {
         deadline: Instant,
         call: impl FnOnce(&mut PluginInstance, Duration) -> Result<Result<T, PluginError>, PluginFault>,
     ) -> Answer<T> {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let left = deadline.saturating_duration_since(started);
         if left.is_zero() {
             return Err(LaneError::Overdue);
         }
-        let instance = match &mut self.instance {
-            Some(instance) => instance,
-            None => self.instance.insert(self.instantiate().map_err(LaneError::Fault)?),
+        let instance = match self.instance.take() {
+            Some(instance) => Ok(instance),
+            None => self.instantiate(),
         };
-        let answer = call(instance, left).map_err(LaneError::Fault);
+        let answer = instance.and_then(|instance| call(self.instance.insert(instance), left));
+        self.metrics.plugin_called(&self.plugin, started.elapsed(), &answer);
+        if let Ok(Err(error)) = &answer {
+            self.metrics.plugin_problem(&self.plugin.name, error.kind());
+        }
         if answer.is_err() {
             self.discard();
         }
-        answer
+        answer.map_err(LaneError::Fault)
     }
 
-    /// Throw the instance away after a fault, and with it its connections.
+    /// Between calls, let an instance that has [outgrown](PluginInstance::outgrown)
+    /// its memory go, its connections closed by the plugin first, so that the
+    /// next call starts a fresh one rather than fail at the cap, perhaps with
+    /// a message half sent.
+    fn renew_if_outgrown(&mut self) {
+        let Some(instance) = self.instance.as_mut().filter(|instance| instance.outgrown()) else {
+            return;
+        };
+        for (_, connection) in self.connections.drain() {
+            // A fault here changes nothing: the instance goes anyway.
+            let _ = instance.close_connection(connection);
+        }
+        self.metrics.plugin_renewed(&self.plugin.name);
+        self.discard();
+    }
+
+    /// Throw the instance away, and with it its connections.
     fn discard(&mut self) {
         self.instance = None;
         self.connections.clear();

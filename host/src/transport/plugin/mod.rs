@@ -14,7 +14,9 @@
 //! deadline (the destination's `timeout_ms`), in wasm (epoch interruption)
 //! and while the plugin waits in WASI (a socket read, a sleep), so a stuck
 //! plugin frees its lane at the deadline and the cluster retries elsewhere.
-//! A faulted instance is replaced and the connections it held are gone; a
+//! A faulted instance is replaced and the connections it held are gone; so
+//! is one that outgrew its memory, between calls, its connections closed
+//! first (see [`PluginInstance::outgrown`](crate::plugin::PluginInstance::outgrown)); a
 //! new version of the plugin serves new connections while attempts in
 //! flight finish on the old one, whose pooled connections are not reused.
 
@@ -27,6 +29,7 @@ pub use factory::{DEFAULT_LANES, PluginOptions, PluginTransportFactory};
 use super::{AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport};
 use crate::config::HealthSettings;
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::plugin::{CompiledPlugin, PluginEngine, PluginError, PluginKind, PluginRegistry};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use arc_swap::ArcSwapOption;
@@ -61,6 +64,7 @@ pub struct PluginTransport {
     config: PluginTransportConfig,
     registry: Arc<PluginRegistry>,
     engine: Arc<PluginEngine>,
+    metrics: Arc<Metrics>,
     /// The endpoints, resolved: the plugin's whole network grant.
     grants: Vec<SocketAddr>,
     pools: Pools<PluginConnection>,
@@ -103,13 +107,14 @@ impl Lanes {
 
 impl PluginTransport {
     /// A transport for `config`, running the versions of `config.plugin`
-    /// that `registry` serves, compiled by `engine`. Lanes start on first
-    /// use. An endpoint whose address does not resolve now is not granted
+    /// that `registry` serves, compiled by `engine`, their calls counted in
+    /// `metrics` as a pipeline's stages are. Lanes start on first use. An endpoint whose address does not resolve now is not granted
     /// (the plugin's connections to it are denied), and a warning says so.
     pub fn new(
         config: PluginTransportConfig,
         registry: Arc<PluginRegistry>,
         engine: Arc<PluginEngine>,
+        metrics: Arc<Metrics>,
     ) -> PluginTransport {
         let mut grants = Vec::new();
         for address in &config.endpoints {
@@ -123,7 +128,7 @@ impl PluginTransport {
         }
         let pools = Pools::new(config.pool, PluginConnection::is_open);
         let (current, starting) = (ArcSwapOption::empty(), Mutex::default());
-        PluginTransport { config, registry, engine, grants, pools, current, starting }
+        PluginTransport { config, registry, engine, metrics, grants, pools, current, starting }
     }
 
     /// One attempt: a pooled connection (or a new one), one send, its reply.
@@ -215,7 +220,8 @@ impl PluginTransport {
             let lanes = (0..self.config.lanes.max(1))
                 .map(|n| {
                     let name = format!("switchyard-transport-{}-{index}-{n}", self.config.destination);
-                    Lane::start(name, self.engine.clone(), plugin.clone(), self.grants.clone()).map(Arc::new)
+                    let (engine, metrics) = (self.engine.clone(), self.metrics.clone());
+                    Lane::start(name, engine, metrics, plugin.clone(), self.grants.clone()).map(Arc::new)
                 })
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|err| {
