@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use switchyard::balance::{Balancer, EndpointView, FallbackReason, P2cPeakEwma, PluginBalancer, endpoint_id};
 use switchyard::config::{PluginConfig, PluginLimits};
+use switchyard::metrics::Metrics;
 use switchyard::plugin::{
     CompiledPlugin, EndpointRecord, PluginEngine, PluginFault, PluginInstance, load_file,
 };
@@ -47,13 +48,25 @@ fn balancer_with(
     limits: PluginLimits,
     count: usize,
 ) -> (PluginBalancer, Reasons) {
+    let (balancer, reasons, _) = counted_balancer(artifact, pairs, limits, count);
+    (balancer, reasons)
+}
+
+/// [`balancer_with`], and the metrics its plugin's calls are counted in.
+fn counted_balancer(
+    artifact: &str,
+    pairs: &[(&str, &str)],
+    limits: PluginLimits,
+    count: usize,
+) -> (PluginBalancer, Reasons, Arc<Metrics>) {
     let engine = Arc::new(PluginEngine::new(None).unwrap());
     let plugin = load(&engine, artifact, pairs, limits);
-    let reasons = Reasons::default();
+    let (reasons, metrics) = (Reasons::default(), Arc::<Metrics>::default());
     let seen = reasons.clone();
     let on_fallback = Box::new(move |reason: &FallbackReason| seen.lock().unwrap().push(reason.clone()));
-    let balancer = PluginBalancer::new(engine, plugin, (0..count).map(address).collect(), on_fallback);
-    (balancer.unwrap_or_else(|err| panic!("{err}")), reasons)
+    let addresses = (0..count).map(address).collect();
+    let balancer = PluginBalancer::new(engine, metrics.clone(), plugin, addresses, on_fallback);
+    (balancer.unwrap_or_else(|err| panic!("{err}")), reasons, metrics)
 }
 
 /// `count` eligible, idle endpoints of weight 1 at 5 ms, identified by their addresses.
@@ -142,14 +155,16 @@ fn assert_fault_falls_back_and_recovers(
     expected: impl Fn(&PluginFault) -> bool,
 ) -> FallbackReason {
     let pairs = [("mode", mode), ("trigger", "x-poison")];
-    let (balancer, reasons) = balancer_with(artifacts::FAULTY_BALANCER, &pairs, limits, 3);
+    let (balancer, reasons, metrics) = counted_balancer(artifacts::FAULTY_BALANCER, &pairs, limits, 3);
     let endpoints = plugin_and_p2c_disagree();
-    for _ in 0..2 {
+    for faults in 1..=2 {
         assert_eq!(balancer.pick_for(&poison(), &endpoints), Some(2), "{mode}: p2c picks the cheaper");
         let [FallbackReason::Fault(fault)] = &taken(&reasons)[..] else {
             panic!("{mode}: one fault expected")
         };
         assert!(expected(fault), "{mode}: {fault}");
+        assert_eq!(metrics.plugin_counts("lb").faults(), faults, "{mode}: counted as the plugin's fault");
+        assert_eq!(metrics.last_fault("lb").map(|last| last.kind), Some(fault.kind()), "{mode}");
         assert_eq!(balancer.pick(&endpoints, None), Some(1), "{mode}: a fresh instance answers");
         assert_eq!(taken(&reasons), [], "{mode}");
     }
@@ -167,7 +182,7 @@ fn trapping_plugin_falls_back_reports_the_trap_and_is_reinstantiated() {
     assert_eq!(reason.kind(), "trapped");
     assert_eq!(
         reason.to_string(),
-        "the plugin trapped: wasm trap: wasm `unreachable` instruction executed; it logged: panicked at plugins/faulty-balancer/src/lib.rs:38:29: faulty-balancer traps on message 0"
+        "the plugin trapped: wasm trap: wasm `unreachable` instruction executed; it logged: panicked at plugins/faulty-balancer/src/lib.rs:39:29: faulty-balancer traps on message 0"
     );
 }
 
@@ -187,6 +202,24 @@ fn memory_limit_violated_falls_back_and_reports_the_cap() {
         *fault == PluginFault::MemoryCap(16)
     });
     assert_eq!(reason.to_string(), "the plugin hit its memory cap of 16 MiB");
+}
+
+#[test]
+fn a_balancer_that_leaks_is_renewed_between_picks_before_its_memory_cap_and_never_falls_back() {
+    // 1 MiB kept for good per pick under a 16 MiB cap: without renewal, a pick
+    // fails at the cap within sixteen picks, and p2c makes it.
+    let limits = PluginLimits { memory_mb: 16, ..PluginLimits::default() };
+    let pairs = [("mode", "leak")];
+    let (balancer, reasons, metrics) = counted_balancer(artifacts::FAULTY_BALANCER, &pairs, limits, 3);
+    let endpoints = plugin_and_p2c_disagree();
+    for n in 0..48 {
+        assert_eq!(balancer.pick_for(&poison(), &endpoints), Some(1), "pick {n} is the plugin's");
+    }
+    assert_eq!(taken(&reasons), []);
+    let counts = metrics.plugin_counts("lb");
+    assert_eq!((counts.calls, counts.faults()), (48, 0), "{counts:?}");
+    let renewed = metrics.plugin_renewals("lb");
+    assert!((3..48).contains(&renewed), "renewed every few picks, not on every one: {renewed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +294,9 @@ async fn awaited_picks_use_the_plugins_answer_and_see_the_message() {
 fn dropping_the_balancer_ends_its_plugin_thread() {
     let engine = Arc::new(PluginEngine::new(None).unwrap());
     let plugin = load(&engine, artifacts::LEAST_LOADED_BALANCER, &[], PluginLimits::default());
-    let balancer = PluginBalancer::new(engine, plugin.clone(), vec![address(0)], Box::new(|_| {})).unwrap();
+    let balancer =
+        PluginBalancer::new(engine, Arc::default(), plugin.clone(), vec![address(0)], Box::new(|_| {}))
+            .unwrap();
     assert_eq!(balancer.pick(&endpoints(1), None), Some(0));
     assert!(Arc::strong_count(&plugin) > 1, "the thread and its instance hold the plugin");
     drop(balancer);
@@ -278,7 +313,8 @@ fn a_plugin_of_another_kind_is_refused() {
     let engine = Arc::new(PluginEngine::new(None).unwrap());
     let plugin = load(&engine, artifacts::HEADER_FILTER, &[], PluginLimits::default());
     assert_eq!(plugin.kind, PluginKind::Filter);
-    let error = PluginBalancer::new(engine, plugin, Vec::new(), Box::new(|_| {})).unwrap_err();
+    let error =
+        PluginBalancer::new(engine, Arc::default(), plugin, Vec::new(), Box::new(|_| {})).unwrap_err();
     assert_eq!(error.to_string(), "plugin \"lb\": is a filter, not a balancer");
 }
 
@@ -313,7 +349,9 @@ fn report_plugin_ns_per_pick() {
         let seen = reasons.clone();
         let on_fallback = Box::new(move |reason: &FallbackReason| seen.lock().unwrap().push(reason.clone()));
         let addresses = (0..count).map(address).collect();
-        let balancer = PluginBalancer::new(engine.clone(), plugin.clone(), addresses, on_fallback).unwrap();
+        let balancer =
+            PluginBalancer::new(engine.clone(), Arc::default(), plugin.clone(), addresses, on_fallback)
+                .unwrap();
         let mut endpoints = endpoints(count);
         for (n, endpoint) in endpoints.iter_mut().enumerate() {
             endpoint.weight = 1 + n as u32 % 4;

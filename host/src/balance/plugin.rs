@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::view::eligible_count;
 use super::{Balancer, EndpointView, P2cPeakEwma, endpoint_id};
 use crate::message::Message;
+use crate::metrics::Metrics;
 use crate::plugin::{CompiledPlugin, EndpointRecord, PluginEngine, PluginFault, PluginInstance, PluginKind};
 
 /// Picks that may wait for the plugin thread; one more falls back at once ([`FallbackReason::Overloaded`]).
@@ -38,7 +39,9 @@ pub type OnFallback = Box<dyn Fn(&FallbackReason) + Send + Sync>;
 /// The answer is honoured when it is the `index` of an eligible endpoint, or `none` while no endpoint is
 /// eligible. Otherwise, and when the plugin traps, overruns its deadline or its memory cap, this pick is
 /// made by a [`P2cPeakEwma`] instead and `on_fallback` is told why. A faulted instance is thrown away and
-/// a fresh one instantiated (right after the fault, or at the next pick if that fails too).
+/// a fresh one instantiated (right after the fault, or at the next pick if that fails too); so is one
+/// that [outgrew](PluginInstance::outgrown) its memory, between picks. The plugin's calls, counts, faults
+/// and renewed instances are counted in the `metrics` given, as a route stage's are.
 ///
 /// The plugin runs on one thread owned by the balancer, so picks from many workers take turns. A caller
 /// of [`pick`](Balancer::pick) or [`pick_for`](Self::pick_for) blocks until the answer arrives, at most
@@ -155,22 +158,24 @@ impl PluginBalancer {
     /// the calling thread waits for that. On a tokio runtime use [`start`](Self::start), which awaits it.
     pub fn new(
         engine: Arc<PluginEngine>,
+        metrics: Arc<Metrics>,
         plugin: Arc<CompiledPlugin>,
         addresses: Vec<String>,
         on_fallback: OnFallback,
     ) -> Result<PluginBalancer, PluginBalancerError> {
-        let (balancer, started) = PluginBalancer::spawn(engine, plugin, addresses, on_fallback)?;
+        let (balancer, started) = PluginBalancer::spawn(engine, metrics, plugin, addresses, on_fallback)?;
         balancer.started(started.recv())
     }
 
     /// [`new`](Self::new), awaiting the first instance instead of blocking the calling thread on it.
     pub async fn start(
         engine: Arc<PluginEngine>,
+        metrics: Arc<Metrics>,
         plugin: Arc<CompiledPlugin>,
         addresses: Vec<String>,
         on_fallback: OnFallback,
     ) -> Result<PluginBalancer, PluginBalancerError> {
-        let (balancer, started) = PluginBalancer::spawn(engine, plugin, addresses, on_fallback)?;
+        let (balancer, started) = PluginBalancer::spawn(engine, metrics, plugin, addresses, on_fallback)?;
         let outcome = started.recv_async().await;
         balancer.started(outcome)
     }
@@ -178,6 +183,7 @@ impl PluginBalancer {
     /// The balancer and its plugin thread, which says on the receiver how its first instance started.
     fn spawn(
         engine: Arc<PluginEngine>,
+        metrics: Arc<Metrics>,
         plugin: Arc<CompiledPlugin>,
         addresses: Vec<String>,
         on_fallback: OnFallback,
@@ -193,6 +199,7 @@ impl PluginBalancer {
         Message::new("", "").encode(&mut blank_head, 0, false);
         let worker = Worker {
             engine,
+            metrics,
             plugin: plugin.clone(),
             instance: None,
             addresses,
@@ -400,8 +407,9 @@ impl std::fmt::Debug for PluginBalancer {
 /// The plugin thread's state: the live instance and the records shown to the plugin.
 struct Worker {
     engine: Arc<PluginEngine>,
+    metrics: Arc<Metrics>,
     plugin: Arc<CompiledPlugin>,
-    /// `None` after a fault, until a new instance starts.
+    /// `None` after a fault or a renewal, until a new instance starts.
     instance: Option<PluginInstance>,
     /// Configured address by [`endpoint_id`].
     addresses: HashMap<u64, String>,
@@ -430,15 +438,20 @@ impl Worker {
             let answer = self.pick(request.head.as_ref(), &request.endpoints);
             // The caller may have stopped waiting meanwhile; then nobody needs the answer.
             let _ = request.reply.send(answer);
+            if self.instance.as_ref().is_some_and(PluginInstance::outgrown) {
+                // Let it go between picks, so that the next starts afresh rather than fail at the cap.
+                self.metrics.plugin_renewed(&self.plugin.name);
+                self.instance = None;
+            }
             if self.instance.is_none() {
-                // Replace a faulted instance now, so the next pick does not wait for it; if this fails,
-                // the next pick tries again and reports the fault.
+                // Replace a faulted or outgrown instance now, so the next pick does not wait for it; if
+                // this fails, the next pick tries again and reports the fault.
                 self.instance = PluginInstance::new(&self.engine, self.plugin.clone()).ok();
             }
         }
     }
 
-    /// The plugin's answer; a fault throws the instance away.
+    /// The plugin's answer, counted; a fault throws the instance away.
     fn pick(
         &mut self,
         head: Option<&Vec<u8>>,
@@ -446,13 +459,17 @@ impl Worker {
     ) -> Result<Option<u32>, PluginFault> {
         self.fill(endpoints);
         let head = head.unwrap_or(&self.blank_head);
-        let mut instance = match self.instance.take() {
-            Some(instance) => instance,
-            None => PluginInstance::new(&self.engine, self.plugin.clone())?,
+        let started = Instant::now();
+        let instance = match self.instance.take() {
+            Some(instance) => Ok(instance),
+            None => PluginInstance::new(&self.engine, self.plugin.clone()),
         };
-        let answer = instance.pick(head, &self.records)?;
-        self.instance = Some(instance);
-        Ok(answer)
+        let answer = instance.and_then(|instance| self.instance.insert(instance).pick(head, &self.records));
+        self.metrics.plugin_called(&self.plugin, started.elapsed(), &answer);
+        if answer.is_err() {
+            self.instance = None;
+        }
+        answer
     }
 
     /// Turns `endpoints` into the records shown to the plugin, reusing the previous pick's strings.

@@ -9,7 +9,7 @@
 use super::{DestinationEvent, EventSink, HostServices};
 use crate::balance::{Balancer, EndpointView, FallbackReason, P2cPeakEwma, PluginBalancer};
 use crate::message::Message;
-use crate::metrics::{LastFault, Metrics};
+use crate::metrics::Metrics;
 use crate::plugin::{CompiledPlugin, PluginEngine, PluginRegistry};
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -111,14 +111,14 @@ impl HotPluginBalancer {
             self.teller.tell(format!("plugin \"{}\" cannot balance", self.teller.plugin));
             return None;
         }
-        let (teller, metrics, version) =
-            (self.teller.clone(), self.metrics.clone(), plugin.short_version().to_owned());
+        let (teller, metrics) = (self.teller.clone(), self.metrics.clone());
         let on_fallback = Box::new(move |reason: &FallbackReason| {
-            count(&metrics, &teller.plugin, &version, reason);
+            count(&metrics, &teller.plugin, reason);
             teller.tell(reason.to_string());
         });
-        let started =
-            PluginBalancer::start(self.engine.clone(), plugin.clone(), self.addresses.clone(), on_fallback);
+        let (engine, metrics, addresses) =
+            (self.engine.clone(), self.metrics.clone(), self.addresses.clone());
+        let started = PluginBalancer::start(engine, metrics, plugin.clone(), addresses, on_fallback);
         match started.await {
             Ok(balancer) => {
                 let balancer = Arc::new(balancer);
@@ -154,13 +154,11 @@ impl HotPluginBalancer {
     }
 }
 
-/// Count a pick that version `version` of `plugin` could not make: a fault
-/// as the plugin's fault (and its last), another reason as a problem of its
-/// kind (`invalid`, `overdue`, ...).
-fn count(metrics: &Metrics, plugin: &str, version: &str, reason: &FallbackReason) {
-    match reason {
-        FallbackReason::Fault(fault) => metrics.plugin_fault(plugin, LastFault::of(fault, version)),
-        other => metrics.plugin_problem(plugin, other.kind()),
+/// Count a pick that `plugin` could not make as a problem of its kind
+/// (`invalid`, `overdue`, ...); a fault the plugin's thread has counted already.
+fn count(metrics: &Metrics, plugin: &str, reason: &FallbackReason) {
+    if !matches!(reason, FallbackReason::Fault(_)) {
+        metrics.plugin_problem(plugin, reason.kind());
     }
 }
 

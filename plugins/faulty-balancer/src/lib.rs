@@ -8,6 +8,7 @@
 //! | `trap`         | none: it panics, which the host sees as a trap           |
 //! | `spin`         | none: it loops until the host's deadline interrupts it   |
 //! | `memory-hog`   | none: it allocates until the host's memory cap stops it  |
+//! | `leak`         | as when it behaves, having kept 1 MiB for good (a leak)  |
 //!
 //! Config key `trigger`: when set, it misbehaves only on messages carrying
 //! that header; otherwise on every pick. When it behaves (or `mode` is unset
@@ -38,6 +39,10 @@ impl Balancer for FaultyBalancer {
             Some("trap") => panic!("faulty-balancer traps on message {}", message.id),
             Some("spin") => spin(),
             Some("memory-hog") => hog(),
+            Some("leak") => {
+                std::mem::forget(black_box(vec![1u8; 1 << 20]));
+                first_healthy
+            }
             _ => first_healthy,
         }
     }
