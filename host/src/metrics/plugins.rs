@@ -63,7 +63,8 @@ impl Metrics {
     /// Account for one call of `plugin` that took `took` and ended in
     /// `result`: the call and its time, what the plugin counted in it, and
     /// its fault if it had one (kept as the plugin's last). Whoever makes a
-    /// plugin's calls (a pipeline worker, a transport's lane) tells it here.
+    /// plugin's calls (a pipeline worker, a transport's lane, a balancer's
+    /// thread) tells it here.
     pub(crate) fn plugin_called<R>(
         &self,
         plugin: &CompiledPlugin,
