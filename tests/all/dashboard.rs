@@ -196,7 +196,11 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
         .await;
     log_in(client, TOKEN).await;
     let old = host.plugins().iter().find(|plugin| plugin.name == "t").unwrap().digest.clone();
-    shown(client, &format!("tr[data-plugin='t'][data-version='{old}'][data-state='serving']")).await;
+    shown(
+        client,
+        &format!("tr[data-plugin='t'][data-version='{old}'][data-state='serving'][data-renewals='0']"),
+    )
+    .await;
     shown(client, "#stream[data-state='open']").await;
     until(client, "return sessionStorage.getItem('switchyard.admin-token') === 'dashboard-token'").await;
 

@@ -67,9 +67,9 @@ function renderPlugins(plugins) {
     const fault = plugin.last_fault ? (plugin.last_fault.kind || "fault") + ": " + (plugin.last_fault.message || "") : "–";
     const stateCell = el("td", plugin.state, { class: plugin.state === "serving" ? "good" : "bad" });
     return row([plugin.name, plugin.kind || "–", el("td", version.slice(0, 12) || "–", { class: "mono", title: version }),
-      stateCell, number(plugin.calls), number(plugin.errors), number(plugin.faults),
+      stateCell, number(plugin.calls), number(plugin.errors), number(plugin.faults), number(plugin.renewals),
       el("td", fault, { class: "wrap" }), el("td", plugin.last_rejection || "–", { class: "wrap" })],
-    { "data-plugin": plugin.name, "data-version": version, "data-state": plugin.state });
+    { "data-plugin": plugin.name, "data-version": version, "data-state": plugin.state, "data-renewals": plugin.renewals });
   }));
 }
 
