@@ -54,7 +54,16 @@ pub fn native_plugin_dir(libraries: &[(&str, &str)]) -> TempDir {
 /// A host over `dir` configured by the TOML `config`.
 pub async fn host(dir: &Path, config: &str) -> Host {
     let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));
-    let host = Host::builder().config("test.toml", config).plugin_dir(dir).build().await;
+    // Unless the config names one, a state directory of its own, inside the
+    // plugin directory (whose watch sees no file in a subdirectory): the
+    // default, `.switchyard` in the working directory, carried a firing
+    // alert from one run of the tests into the next.
+    let default_state = config.host.state_dir == switchyard::config::HostSection::default().state_dir;
+    let mut host = Host::builder().config("test.toml", config).plugin_dir(dir);
+    if default_state {
+        host = host.state_dir(dir.join(".switchyard"));
+    }
+    let host = host.build().await;
     let host = host.unwrap_or_else(|err| panic!("{err}"));
     assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
     host
