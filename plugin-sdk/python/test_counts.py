@@ -1,6 +1,6 @@
-"""`count` sums a call's increments by name and `drain_counts` hands the
-totals over once; a delta that is not a non-negative integer is refused and
-counts nothing. Run: `python3 plugin-sdk/python/test_counts.py`."""
+"""`count` sums a call's increments by name (up to the largest u64) and
+`drain_counts` hands the totals over once; a delta that is not a non-negative
+integer is refused and counts nothing. Run: `python3 plugin-sdk/python/test_counts.py`."""
 
 import pathlib
 import sys
@@ -22,6 +22,12 @@ class Counts(unittest.TestCase):
         count("none", 0)
         self.assertEqual(sorted(drain_counts()), [("bytes", 10), ("seen", 3)])
         self.assertEqual(drain_counts(), [], "the totals start again from zero")
+
+    def test_a_sum_stops_at_the_largest_u64_as_the_hosts_counters_do(self):
+        count("huge", 2**64 - 2)
+        count("huge", 5)
+        count("huger", 2**70)
+        self.assertEqual(sorted(drain_counts()), [("huge", 2**64 - 1), ("huger", 2**64 - 1)])
 
     def test_a_delta_that_is_not_a_non_negative_integer_is_refused_and_counts_nothing(self):
         for delta in (-1, 1.5, "2", None):

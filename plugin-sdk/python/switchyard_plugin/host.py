@@ -35,14 +35,17 @@ def now_millis():
 #: of a host call per `count`.
 _counts = {}
 
+#: Where a sum stops, as the host's counters do: the most a `u64` holds.
+_U64_MAX = 2**64 - 1
+
 
 def count(name, delta=1):
     """Add `delta` (a non-negative integer) to this plugin's counter `name`
     (a host metric). The increments reach the host when the current call
-    returns."""
+    returns; a sum stops at 2**64 - 1, as the host's counters do."""
     if not isinstance(delta, int) or delta < 0:
         raise ValueError(f"count({name!r}, {delta!r}): the delta must be a non-negative integer")
-    _counts[name] = _counts.get(name, 0) + delta
+    _counts[name] = min(_counts.get(name, 0) + delta, _U64_MAX)
 
 
 def drain_counts():
