@@ -1,5 +1,6 @@
-// `count` sums a call's increments by name, and they travel in the filter's
-// answer, after its decisions; a delta that is not a non-negative integer is
+// `count` sums a call's increments by name, exactly past 2^53 and up to the
+// largest u64, where a sum stops, and they travel in the filter's answer,
+// after its decisions; a delta that is not a non-negative integer is
 // refused and counts nothing; answers are written into one buffer, not a new
 // one each call (which filled a plugin's memory cap in `switchyard bench`). The host import is stubbed (`testing/`), so
 // this runs in Node. Run: `node --test plugin-sdk/js/counts.test.js`.
@@ -31,8 +32,24 @@ test("a call's counts are summed by name and travel in the filter's answer", () 
   assert.deepStrictEqual(new Uint8Array(quiet.filter(batch)), encodeDecisions([false, false]));
 });
 
+test("a sum is exact past 2^53 and stops at the largest u64, as the host's counters do", () => {
+  const max = (1n << 64n) - 1n;
+  const { filter } = filterPlugin(() => {
+    count("past-safe", Number.MAX_SAFE_INTEGER);
+    count("huge", max - 3n);
+    count("huger", 1n << 70n);
+    return Verdict.KEEP;
+  });
+  // Two messages: each counter counted twice.
+  const expected = encodeDecisions(
+    [true, true],
+    [["past-safe", 2n * BigInt(Number.MAX_SAFE_INTEGER)], ["huge", max], ["huger", max]],
+  );
+  assert.deepStrictEqual(new Uint8Array(filter.filter(batch)), expected);
+});
+
 test("a delta that is not a non-negative integer is refused and counts nothing", () => {
-  for (const delta of [-1, 1.5, Number.MAX_SAFE_INTEGER + 1, "2", null]) {
+  for (const delta of [-1, -1n, 1.5, Number.MAX_SAFE_INTEGER + 1, "2", null]) {
     assert.throws(() => count("seen", delta), RangeError, `delta ${String(delta)}`);
   }
   const { filter } = filterPlugin(() => Verdict.KEEP);

@@ -48,24 +48,34 @@ export function nowMillis() {
   return host.nowMillis();
 }
 
+/** The largest total a counter holds, as the host's counters do (a u64). */
+const COUNT_MAX = (1n << 64n) - 1n;
+
 /**
- * Counter increments not yet handed to the host, by name, as Numbers: summed
- * here and handed over once per call (`drainCounts`), as the Rust SDK does,
- * instead of a host call per `count`.
+ * Counter increments not yet handed to the host, by name: summed here and
+ * handed over once per call (`drainCounts`), as the Rust SDK does, instead of
+ * a host call per `count`. A sum is a Number while it is a safe integer and a
+ * BigInt past that, so that it stays exact up to `COUNT_MAX`, where it stops.
  */
 const counts = new Map();
 
 /**
- * Add `delta` (a non-negative integer, a Number or a BigInt) to this plugin's
- * counter `name` (a host metric). The increments reach the host when the
- * current call returns.
+ * Add `delta` (a non-negative integer: a safe-integer Number, or a BigInt) to
+ * this plugin's counter `name` (a host metric). The increments reach the host
+ * when the current call returns; a counter's total stops at 2^64 - 1.
  */
 export function count(name, delta = 1) {
-  const amount = typeof delta === "bigint" ? Number(delta) : delta;
-  if (!Number.isSafeInteger(amount) || amount < 0) {
+  const valid = typeof delta === "bigint" ? delta >= 0n : Number.isSafeInteger(delta) && delta >= 0;
+  if (!valid) {
     throw new RangeError(`count(${name}, ${delta}): the delta must be a non-negative integer`);
   }
-  counts.set(name, (counts.get(name) ?? 0) + amount);
+  const sum = counts.get(name) ?? 0;
+  if (typeof sum === "number" && typeof delta === "number" && Number.isSafeInteger(sum + delta)) {
+    counts.set(name, sum + delta);
+  } else {
+    const exact = BigInt(sum) + BigInt(delta);
+    counts.set(name, exact > COUNT_MAX ? COUNT_MAX : exact);
+  }
 }
 
 /** Hand `each(name, total)` every counter's total since the last drain; the totals start again from zero. */

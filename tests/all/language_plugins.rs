@@ -218,11 +218,11 @@ fn the_python_sdk_sums_counts_and_refuses_a_bad_delta() {
 }
 
 #[test]
-fn the_js_sdk_sums_counts_refuses_a_bad_delta_and_reuses_its_answer_buffer() {
+fn the_js_sdk_sums_counts_exactly_refuses_a_bad_delta_and_reuses_its_answer_buffer() {
     let out = run_checked(
         "node",
         &["--test", "plugin-sdk/js/counts.test.js"],
         "install Node.js (apt-get install nodejs)",
     );
-    assert!(out.contains("# pass 3") && out.contains("# fail 0"), "{out}");
+    assert!(out.contains("# pass 4") && out.contains("# fail 0"), "{out}");
 }

@@ -4,8 +4,10 @@
 //! redact transform → memory destination), the same through the plugins'
 //! native twins (the pipeline's cost without WebAssembly, so that the gap
 //! between the two shows what WebAssembly adds), and messages on the HTTP path
-//! (ingress → `http` destination, see [`http_case`](super::http_case)), each
-//! repeated `iterations` times between two marker functions.
+//! (ingress → `http` destination, see [`http_case`](super::http_case)), and
+//! messages through the stamp pipeline in bulk and one at a time (each
+//! message its own call of each stage, as at a light load), each repeated
+//! `iterations` times between two marker functions.
 //!
 //! Run under callgrind with `--zero-before='*instructions_begin*'` and
 //! `--dump-before='*instructions_end*'`, the counters are zeroed as a case
@@ -26,8 +28,8 @@ use super::stage::{
 use super::*;
 
 /// The measured cases, in the order they run (and callgrind dumps them); the
-/// last runs only when the stamp plugin is given.
-pub const CASES: [&str; 7] = [
+/// last two run only when the stamp plugin is given.
+pub const CASES: [&str; 8] = [
     "filter_call",
     "filter_batch_64",
     "transform_call",
@@ -35,6 +37,7 @@ pub const CASES: [&str; 7] = [
     "routed_native",
     "http_message",
     "routed_stamp",
+    "routed_one_at_a_time",
 ];
 
 /// Iterations of each case that run before its counters are zeroed: the
@@ -66,10 +69,11 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
     runtime.block_on(routed_case(&dir.0, Stages::Wasm, CASES[3], iterations))?;
     runtime.block_on(routed_case(&dir.without_plugins(), Stages::Native, CASES[4], iterations))?;
     runtime.block_on(http_case(&dir, CASES[5], iterations))?;
-    match plugins.stamp {
-        Some(_) => runtime.block_on(routed_case(&dir.0, Stages::Stamp, CASES[6], iterations)),
-        None => Ok(()),
+    if plugins.stamp.is_some() {
+        runtime.block_on(routed_case(&dir.0, Stages::Stamp, CASES[6], iterations))?;
+        runtime.block_on(one_at_a_time_case(&dir.0, CASES[7], iterations))?;
     }
+    Ok(())
 }
 
 /// Route `iterations` messages (with the payload of `stages`) through a host
@@ -88,6 +92,27 @@ async fn routed_case(
     system_call_marker("begin", case);
     instructions_begin(case);
     let delivered = host.deliver(messages).await;
+    instructions_end(case);
+    system_call_marker("end", case);
+    delivered?;
+    host.finish().await
+}
+
+/// Route `iterations` messages through the stamp pipeline, each sent once
+/// the one before it was delivered, counted as `case`.
+async fn one_at_a_time_case(
+    plugin_dir: &std::path::Path,
+    case: &'static str,
+    iterations: usize,
+) -> Result<(), BenchError> {
+    let mut host = RoutedHost::start(plugin_dir, Stages::Stamp, true).await?;
+    let payload = host.payload();
+    let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
+    host.deliver_one_at_a_time(messages(WARM_UP)).await?;
+    let messages = messages(iterations);
+    system_call_marker("begin", case);
+    instructions_begin(case);
+    let delivered = host.deliver_one_at_a_time(messages).await;
     instructions_end(case);
     system_call_marker("end", case);
     delivered?;

@@ -273,6 +273,30 @@ impl RoutedHost {
         Ok(())
     }
 
+    /// Send `messages` one after the other, each once the one before it
+    /// reached the destination, so that each is a batch of its own.
+    pub(super) async fn deliver_one_at_a_time(&mut self, messages: Vec<Message>) -> Result<(), BenchError> {
+        let count = messages.len();
+        let deadline = Duration::from_secs(60) + Duration::from_millis(5u64.saturating_mul(count as u64));
+        let delivered = tokio::time::timeout(deadline, async {
+            for message in messages {
+                self.host.send(message).await?;
+                self.sent += 1;
+                self.delivered.recv_async().await.map_err(|_| {
+                    BenchError::Check("the memory destination closed before the message arrived".into())
+                })?;
+            }
+            Ok::<_, BenchError>(())
+        });
+        match delivered.await {
+            Ok(result) => result,
+            Err(_) => Err(BenchError::Check(format!(
+                "{count} messages, one at a time, did not all reach the destination within {deadline:?}: {:?}",
+                self.host.stats()
+            ))),
+        }
+    }
+
     /// The payload its messages carry.
     pub(super) fn payload(&self) -> bytes::Bytes {
         self.payload.clone()

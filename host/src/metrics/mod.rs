@@ -14,6 +14,7 @@ mod totals;
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
 pub(crate) use jetstream::{JetStreamMetrics, Pulled};
+pub(crate) use plugins::CallSeries;
 pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

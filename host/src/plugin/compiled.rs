@@ -8,6 +8,7 @@ use super::engine::PluginEngine;
 use super::error::LoadError;
 use super::native::{self, NativeLibrary};
 use super::sandbox::{PluginSettings, StoreState};
+use crate::metrics::CallSeries;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +87,8 @@ pub struct CompiledPlugin {
     pub(crate) code: PluginCode,
     /// Instances of this version alive now.
     pub(crate) instances: std::sync::atomic::AtomicUsize,
+    /// The metric series its calls add to, once looked up.
+    pub(crate) call_series: std::sync::OnceLock<CallSeries>,
 }
 
 impl std::fmt::Debug for CompiledPlugin {
@@ -135,7 +138,8 @@ impl CompiledPlugin {
         let instances = Default::default();
         let compile_time = started.elapsed();
         let code = PluginCode::Wasm(pre);
-        Ok(CompiledPlugin { name, kind, digest, compile_time, cache, settings, code, instances })
+        let call_series = Default::default();
+        Ok(CompiledPlugin { name, kind, digest, compile_time, cache, settings, code, instances, call_series })
     }
 
     /// Load `bytes`, a native library, as plugin `settings.config.name`
@@ -155,6 +159,7 @@ impl CompiledPlugin {
             settings,
             code: PluginCode::Native(library),
             instances: Default::default(),
+            call_series: Default::default(),
         })
     }
 
