@@ -415,6 +415,15 @@ async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_kee
         assert_eq!(status, 422, "{method} {path}: {body}");
         assert!(body.contains(r#"route \"b\".to = \"nowhere\""#), "{method} {path}: {body}");
     }
+    // Refused as a reload of the file is: a config with no route at all, which would drop the serving one.
+    for (method, path) in [("POST", "/v1/config/validate"), ("PUT", "/v1/config")] {
+        let (status, body) = call(addr, method, path, &base).await;
+        assert_eq!(status, 422, "{method} {path}: {body}");
+        assert!(
+            body.contains("no [[route]]: refused, it would replace the 1 serving"),
+            "{method} {path}: {body}"
+        );
+    }
     let (status, body) = call(addr, "PUT", "/v1/config", "[[route]\nbroken").await;
     assert!(status == 422 && body.contains("switchyard.toml"), "{status} {body}");
     assert_eq!(std::fs::read_to_string(&config_path).unwrap(), first, "the file is untouched");

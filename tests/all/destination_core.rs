@@ -229,6 +229,56 @@ async fn a_shutdown_dead_letters_a_message_waiting_for_room_in_a_full_destinatio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_dead_letters_what_an_in_place_destination_holds_past_its_grace_period() {
+    // A memory destination nobody reads (full at two) and a destination in
+    // code that never answers hold the only worker; the shutdown still ends
+    // at its grace period, and what they held is dead-lettered `shutdown`.
+    let text = "[host]\nworkers = 1\nshutdown_grace_ms = 200\ndead_letter = \"dead\"\n\
+                [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+                [[destination]]\nname = \"out\"\ntransport = \"memory\"\nqueue = { capacity = 2 }\n\
+                [[route]]\nname = \"full\"\nmatch = { topic = \"full.*\" }\nto = \"out\"\n";
+    let dir = plugin_dir(&[]);
+    let never =
+        |_message: Message| std::future::pending::<Result<Option<Message>, switchyard::DeliveryError>>();
+    let host = Host::builder()
+        .config("test.toml", switchyard::Config::from_toml("test.toml", text).unwrap())
+        .plugin_dir(dir.path())
+        .destination("stuck", never)
+        .route(switchyard::RouteConfig::new("stuck", "stuck.*", "stuck"))
+        .build()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        host.send(Message::new("full.x", format!("full {n}"))).await.unwrap();
+    }
+    // The third waits for room in `out`, holding the worker.
+    let route = [("route", "full")];
+    crate::support::eventually(|| {
+        match sample(&host.metrics().encode(), "switchyard_route_accepted_total", &route) {
+            Some(3.0) => Ok(()),
+            seen => Err(seen),
+        }
+    });
+    host.send(Message::new("stuck.x", "stuck")).await.unwrap();
+    within(host.shutdown()).await;
+    let stats = host.stats();
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.dead_lettered, stats.dead_letter_failures),
+        (4, 2, 2, 0),
+        "{stats:?}"
+    );
+    let out: Vec<Message> = host.memory("out").unwrap().drain().collect();
+    assert_eq!(out.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(), [&b"full 0"[..], b"full 1"]);
+    let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    let mut payloads: Vec<&[u8]> = letters.iter().map(|letter| &letter.payload[..]).collect();
+    payloads.sort();
+    assert_eq!(payloads, [&b"full 2"[..], b"stuck"]);
+    for letter in &letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_destination_queue_pushes_back_to_the_http_ingress() {
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);

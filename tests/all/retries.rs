@@ -16,7 +16,13 @@ use tokio::time::Instant;
 /// A config with one `http` destination `api` over `endpoints` with `extra`
 /// lines, dead letters to memory destination `dead`.
 fn config(endpoints: &[&TestEndpoint], extra: &str) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(|endpoint| format!("\"{}\"", endpoint.addr)).collect();
+    let addresses: Vec<String> = endpoints.iter().map(|endpoint| endpoint.addr.to_string()).collect();
+    config_at(&addresses, extra)
+}
+
+/// [`config`] with endpoints at `addresses`.
+fn config_at(addresses: &[String], extra: &str) -> String {
+    let endpoints: Vec<String> = addresses.iter().map(|address| format!("\"{address}\"")).collect();
     format!(
         "[host]\ndead_letter = \"dead\"\nworkers = 1\n[[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
          [[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [{}]\n{extra}\n\
@@ -305,6 +311,50 @@ async fn a_message_with_no_connection_free_in_time_waits_for_one_rather_than_dea
     within(endpoint.arrivals(2)).await;
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+}
+
+/// An address that neither accepts nor refuses a connection: its listener's
+/// queue is full (one connection, never accepted), so the kernel drops a
+/// new connection's SYN and the connect waits until it is given up.
+async fn black_hole() -> (tokio::net::TcpListener, tokio::net::TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let filler = within(tokio::net::TcpStream::connect(&address)).await.unwrap();
+    (listener, filler, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_at_its_deadline_before_it_sent_is_no_attempt_and_never_called_uncertain() {
+    // One message connects to the black hole (its connect is cut at the
+    // attempt's 100 ms), the other waits for the pool's only connection
+    // meanwhile (cut at its 100 ms too): neither sent anything, so neither
+    // may be dead-lettered as possibly delivered. Both wait out their queue
+    // timeout for an endpoint that can take them.
+    let (_listener, _filler, address) = black_hole().await;
+    let dir = plugin_dir(&[]);
+    let extra =
+        "timeout_ms = 100\nqueue = { timeout_ms = 700 }\npool = { max_size = 1, acquire_timeout_ms = 5000 }";
+    let host = host(dir.path(), &config_at(&[address], extra)).await;
+    let (first, second) = tokio::join!(
+        host.request(Message::new("orders", "first")),
+        host.request(Message::new("orders", "second"))
+    );
+    for answer in [first, second] {
+        assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    }
+    let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "never sent: {letter:?}");
+    }
+    let text = host.metrics().encode();
+    let labels = [("transport", "http"), ("destination", "api"), ("outcome", "retryable")];
+    let timed_out = sample(&text, "switchyard_transport_attempts_total", &labels).unwrap_or(0.0);
+    assert!(timed_out >= 1.0, "the connect cut at its deadline counts against the endpoint:\n{text}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 2));
 }
 
 #[tokio::test]

@@ -258,3 +258,36 @@ async fn the_admin_api_shows_checks_and_counts_the_streams() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (90, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_dead_lettered_unsent() {
+    // The stream's first message is held by the endpoint; the two behind it
+    // wait for their turn, and their 300 ms queue timeout passes first.
+    let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         balancer = \"affinity:header:x-stream\"\nqueue = {{ timeout_ms = 300 }}\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n",
+        endpoint.addr
+    );
+    let host = host(dir.path(), &config).await;
+    let message = |n: u32| Message::new("jobs", format!("m{n}")).with_header("x-stream", "s1");
+    host.send(message(0)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    for n in 1..3 {
+        host.send(message(n)).await.unwrap();
+    }
+    let dead = host.memory("dead").unwrap();
+    for _ in 1..3 {
+        let letter = within(dead.recv_async()).await.unwrap();
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
+    }
+    assert_eq!(endpoint.arrived(), 1, "only the first went out");
+    endpoint.set(crate::endpoint::Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 2));
+}

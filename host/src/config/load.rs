@@ -175,6 +175,9 @@ impl Config {
                 ));
             }
         }
+        if host.max_message_bytes == 0 {
+            return Err(invalid("host.max_message_bytes".into(), &0, "must be at least 1".into()));
+        }
         if host.max_message_bytes > MAX_MESSAGE_BYTES {
             let problem = format!("must be at most {MAX_MESSAGE_BYTES}");
             return Err(invalid("host.max_message_bytes".into(), &host.max_message_bytes, problem));
@@ -401,7 +404,13 @@ impl super::DestinationConfig {
             1..=MAX_SIZE => Ok(()),
             _ => Err((field, value.to_string(), format!("must be at most {MAX_SIZE}"))),
         };
+        // No attempt can be made in no time: each would be cut before it answered, after it was sent.
+        at_least_one("timeout_ms", self.timeout_ms)?;
         at_least_one("retry.attempts", self.retry.attempts.into())?;
+        if self.retry.max_ms < self.retry.base_ms {
+            let problem = format!("must be at least retry.base_ms ({})", self.retry.base_ms);
+            return Err(("retry.max_ms", self.retry.max_ms.to_string(), problem));
+        }
         size("queue.capacity", self.queue.capacity)?;
         size("queue.max_in_flight", self.queue.max_in_flight)?;
         at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;

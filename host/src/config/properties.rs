@@ -60,6 +60,7 @@ fn any_destination() -> impl Strategy<Value = DestinationConfig> {
             }
             (destination.queue.capacity, destination.queue.max_in_flight, destination.pool.max_size) = sizes;
             (destination.queue.timeout_ms, destination.retry.base_ms, destination.timeout_ms) = times;
+            destination.retry.max_ms = destination.retry.max_ms.max(destination.retry.base_ms);
             (destination.breaker.failure_percent, destination.breaker.window) = breaker;
             destination
         },

@@ -16,7 +16,10 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))
     };
     let grpc = |config: &Config| config.ingress.grpc.as_ref().map(|grpc| grpc.listen);
-    let has_token = |config: &Config| config.admin.as_ref().is_some_and(|admin| admin.token.is_some());
+    // An empty token is none: the admin API checks none.
+    let has_token = |config: &Config| {
+        config.admin.as_ref().and_then(|admin| admin.token.as_deref()).is_some_and(|token| !token.is_empty())
+    };
     let changes = [
         ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
         ("host.workers", a.workers != b.workers),
@@ -58,6 +61,13 @@ mod tests {
             parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
         let new = parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"b\"\n");
         assert!(restart_only_changes(&running, &new).is_empty());
+    }
+
+    #[test]
+    fn emptying_the_admin_token_removes_it_and_needs_a_restart() {
+        let admin = |token: &str| parse(&format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"{token}\"\n"));
+        assert_eq!(restart_only_changes(&admin("a"), &admin("")), ["admin.token (removed)"]);
+        assert!(restart_only_changes(&admin(""), &admin("a")).is_empty(), "adding one is live");
     }
 
     #[test]

@@ -115,7 +115,8 @@ impl DeadLetterFile {
         line.push(b'\n');
         let mut state = self.lock();
         if state.append.is_none() {
-            state.append = Some(self.open_for_append().map_err(|error| self.error(error))?);
+            let file = self.open_for_append(state.len).map_err(|error| self.error(error))?;
+            state.append = Some(file);
         }
         let len = state.len;
         let file = state.append.as_mut().expect("opened above");
@@ -149,8 +150,11 @@ impl DeadLetterFile {
         }
         let mut state = self.lock();
         let tmp = self.path.with_extension("jsonl.tmp");
-        let len =
-            self.rewrite(&tmp, &state, batch, delivered).map_err(|error| FileError { path: tmp, error })?;
+        let len = self
+            .write_kept(&tmp, &state, batch, delivered)
+            .map_err(|error| FileError { path: tmp.clone(), error })?;
+        std::fs::rename(&tmp, &self.path).map_err(|error| self.error(error))?;
+        // The file is the new one from here, whatever its directory's fsync says.
         state.append = None;
         state.len = len;
         let removed = batch.letters.iter().zip(delivered).filter(|(_, delivered)| **delivered);
@@ -163,12 +167,12 @@ impl DeadLetterFile {
             }
         }
         self.gauge.set(state.held.values().sum::<usize>() as i64);
-        Ok(())
+        sync_dir(&self.path).map_err(|error| self.error(error))
     }
 
     /// Write the letters kept from `batch` and the rest of the file to
-    /// `tmp`, fsync it and rename it over the file; returns its length.
-    fn rewrite(&self, tmp: &Path, state: &State, batch: &Batch, delivered: &[bool]) -> io::Result<u64> {
+    /// `tmp` and fsync it; returns its length.
+    fn write_kept(&self, tmp: &Path, state: &State, batch: &Batch, delivered: &[bool]) -> io::Result<u64> {
         let mut out = BufWriter::new(File::create(tmp)?);
         for (letter, _) in batch.letters.iter().zip(delivered).filter(|(_, delivered)| !**delivered) {
             serde_json::to_writer(&mut out, letter)?;
@@ -179,16 +183,20 @@ impl DeadLetterFile {
         io::copy(&mut rest.take(state.len - batch.end), &mut out)?;
         let out = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         out.sync_all()?;
-        let len = out.metadata()?.len();
-        std::fs::rename(tmp, &self.path)?;
-        sync_dir(&self.path)?;
-        Ok(len)
+        out.metadata().map(|metadata| metadata.len())
     }
 
-    fn open_for_append(&self) -> io::Result<File> {
+    /// The file, opened to append after its first `len` bytes: the letters
+    /// written whole. What a failed write left after them (part of a line
+    /// that could not be cut off then) is cut off now, or the file is not
+    /// appended to: a line written after it would be unreadable with it.
+    fn open_for_append(&self, len: u64) -> io::Result<File> {
         let dir = self.path.parent().expect("the file is in a directory");
         std::fs::create_dir_all(dir)?;
         let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        if file.metadata()?.len() != len {
+            file.set_len(len)?;
+        }
         // The file's directory entry must survive a crash too.
         sync_dir(&self.path)?;
         Ok(file)

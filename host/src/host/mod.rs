@@ -364,7 +364,7 @@ impl Host {
         let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
         tokio::task::spawn_blocking(move || {
             let file = reloader.config_name();
-            reloader.check_config(&file, Config::from_toml(&file, &text)?)
+            reloader.check_config(&file, reloader.parse_config(&file, &text)?)
         })
         .await
         .expect("checking a config does not panic")

@@ -109,7 +109,8 @@ impl Pipeline {
     ) -> Result<Reached<'t>, FileError> {
         if !self.dead_letters.file.holds_for(first) {
             let chain = topology.dead_letter_chain(first);
-            if let Some(name) = send_along(topology, &chain, &letter, RETRY).await {
+            let past_grace = &self.dispatch.past_grace;
+            if let Some(name) = send_along(topology, &chain, &letter, RETRY, past_grace).await {
                 return Ok(Reached::Destination(name));
             }
             tracing::warn!(
@@ -149,8 +150,8 @@ impl Pipeline {
                     continue;
                 }
             };
-            match send_along(&topology, &topology.dead_letter_chain(&record.destination), &letter, ONCE).await
-            {
+            let chain = topology.dead_letter_chain(&record.destination);
+            match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
                 Some(_) => *delivered = true,
                 None => down.push(&*record.destination),
             }
@@ -173,16 +174,24 @@ const ONCE: RetryPolicy = RetryPolicy { attempts: 1, ..RETRY };
 
 /// Deliver `letter` to the first of `chain` that takes it, trying each
 /// `policy.attempts` times with backoff; the name of the one that took it.
+/// A delivery still waiting when a shutdown's grace period ends (`past_grace`:
+/// a reader that stopped reading, a destination that hangs) is given up.
 async fn send_along<'t>(
     topology: &'t Topology,
     chain: &[&'t str],
     letter: &Message,
     policy: RetryPolicy,
+    past_grace: &CancellationToken,
 ) -> Option<&'t str> {
     for &name in chain {
         let Some(target) = topology.destinations.get(name) else { continue };
         for attempt in 1..=policy.attempts {
-            match target.sink.deliver(letter.clone()).await {
+            let delivered = tokio::select! {
+                biased;
+                delivered = target.sink.deliver(letter.clone()) => delivered,
+                () = past_grace.cancelled() => return None,
+            };
+            match delivered {
                 Ok(_) => return Some(name),
                 Err(error) => {
                     tracing::debug!(destination = name, attempt, %error, "dead-letter destination failed")

@@ -173,23 +173,37 @@ impl Dispatcher {
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
             let delivery = async move {
+                let queue_timeout =
+                    || DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
                 let result = match waited > timeout {
-                    true => Err(DeliveryError::QueueTimeout { waited_ms: waited.as_millis() as u64 }),
+                    true => Err(queue_timeout()),
                     false => {
-                        if let Some(turn) = &turn {
+                        // The stream's turn, within the message's queue timeout.
+                        let waited_out = match &turn {
+                            Some(turn) => tokio::select! {
+                                () = turn.ready() => false,
+                                () = tokio::time::sleep_until(enqueued + timeout) => true,
+                                () = past_grace.cancelled() => false,
+                            },
+                            None => false,
+                        };
+                        if waited_out {
+                            Err(queue_timeout())
+                        } else if past_grace.is_cancelled() {
+                            // Not started: nothing of it may go out now.
+                            Err(DeliveryError::Shutdown)
+                        } else {
+                            let message = delivery.message.clone();
+                            let delivered =
+                                crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
+                            // What finished first counts: a delivery done as the grace period ends is done.
                             tokio::select! {
-                                () = turn.ready() => {}
-                                () = past_grace.cancelled() => {}
+                                biased;
+                                delivered = delivered => {
+                                    delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
+                                }
+                                () = past_grace.cancelled() => Err(DeliveryError::Shutdown),
                             }
-                        }
-                        let message = delivery.message.clone();
-                        let delivered =
-                            crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
-                        tokio::select! {
-                            delivered = delivered => {
-                                delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
-                            }
-                            () = past_grace.cancelled() => Err(DeliveryError::Shutdown),
                         }
                     }
                 };

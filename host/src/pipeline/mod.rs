@@ -318,17 +318,35 @@ impl Pipeline {
             None => delivery,
         };
         let Delivery { message, reply, middlewares, accepted } = delivery;
+        // In place, a delivery waits at most until a shutdown's grace period ends (a reader that
+        // stopped reading, a destination that hangs), then is dead-lettered `shutdown`.
+        let past_grace = &self.dispatch.past_grace;
         // A memory destination is handed the message itself and hands it back whole if it cannot
-        // take it: no copy is kept for the dead-letter path. It never answers.
+        // take it: no copy is kept for the dead-letter path, unless it is full. It never answers.
         let (message, result) = match target.sink.destination.as_memory() {
-            Some(memory) => match memory.send(message).await {
-                Ok(()) => {
-                    return self.taken_by_memory(&target.sink, metrics, &accepted, reply, Instant::now());
+            Some(memory) => {
+                let sent = match memory.try_send(message) {
+                    Ok(()) => Ok(()),
+                    // Full: wait for room, with a copy to dead-letter if the grace period ends first.
+                    Err(message) => tokio::select! {
+                        biased;
+                        sent = memory.send(message.clone()) => sent.map_err(|(error, _)| (error, message)),
+                        () = past_grace.cancelled() => Err((DeliveryError::Shutdown, message)),
+                    },
+                };
+                match sent {
+                    Ok(()) => {
+                        return self.taken_by_memory(&target.sink, metrics, &accepted, reply, Instant::now());
+                    }
+                    Err((error, message)) => (message, Err(error)),
                 }
-                Err((error, message)) => (message, Err(error)),
-            },
+            }
             None => {
-                let result = target.sink.deliver(message.clone()).await;
+                let result = tokio::select! {
+                    biased;
+                    result = target.sink.deliver(message.clone()) => result,
+                    () = past_grace.cancelled() => Err(DeliveryError::Shutdown),
+                };
                 (message, result)
             }
         };

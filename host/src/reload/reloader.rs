@@ -26,6 +26,8 @@ pub(crate) struct Reloader {
     pub(crate) lasting: LastingDestinations,
     /// Serializes changes: one plugin or config update at a time.
     changing: Mutex<()>,
+    /// Serializes config replacements (`PUT /v1/config`), each applied and written to the file together.
+    replacing: Mutex<()>,
 }
 
 impl Reloader {
@@ -44,6 +46,7 @@ impl Reloader {
             config_file,
             lasting,
             changing: Mutex::new(()),
+            replacing: Mutex::new(()),
         }
     }
 
@@ -141,12 +144,19 @@ impl Reloader {
         let file = &self.config_file.0;
         let text = Config::read_text(file, path, Links::Anywhere)?;
         let text = text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
-        let config = Config::from_toml(file, &text)?;
+        self.parse_config(file, &text)
+    }
+
+    /// The config `text` of `file`; refused when it has no route while some
+    /// serve and it does not say so (`route = []`): an empty or half-written
+    /// file, or a body cut short, would otherwise drop every route.
+    pub(crate) fn parse_config(&self, file: &str, text: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(file, text)?;
         let serving = self.config.load().routes.len().saturating_sub(self.overrides.routes.len());
         let says_no_routes =
-            toml::from_str::<toml::Table>(&text).is_ok_and(|table| table.contains_key("route"));
+            toml::from_str::<toml::Table>(text).is_ok_and(|table| table.contains_key("route"));
         if config.routes.is_empty() && serving > 0 && !says_no_routes {
-            return Err(ConfigError::NoRoutes { file: file.clone(), serving });
+            return Err(ConfigError::NoRoutes { file: file.to_owned(), serving });
         }
         Ok(config)
     }
@@ -213,8 +223,11 @@ impl Reloader {
     /// a restart keeps it; the file written, or `None` for a host started
     /// without one. A refused config changes nothing, on disk or running.
     pub(crate) fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
+        // One replacement at a time, applied and written together: the file
+        // then holds what runs.
+        let _replacing = self.replacing.lock().unwrap_or_else(|poison| poison.into_inner());
         let file = self.config_name();
-        let change = self.apply_config(&file, Config::from_toml(&file, text)?)?;
+        let change = self.apply_config(&file, self.parse_config(&file, text)?)?;
         let Some(path) = self.config_path() else { return Ok((change, None)) };
         let write = || -> std::io::Result<()> {
             let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));

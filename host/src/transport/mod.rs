@@ -22,6 +22,7 @@ mod http;
 mod nats;
 pub mod plugin;
 mod pool;
+mod progress;
 mod redis;
 mod registry;
 mod restart;
@@ -35,6 +36,7 @@ pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
 pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
+pub(crate) use progress::{AttemptProgress, Step};
 pub use registry::{
     SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,
 };

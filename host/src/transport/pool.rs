@@ -10,6 +10,7 @@
 //! connections and keeps those in use now from coming back (an endpoint that
 //! turned unhealthy). A transport keeps one pool per endpoint in [`Pools`].
 
+use super::progress::{AttemptProgress, Step};
 use crate::resilience::{Outcome, RetryReason};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -167,6 +168,9 @@ impl<C> Pool<C> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = io::Result<C>>,
     {
+        // The attempt's deadline may cut the waits below: nothing is sent in them.
+        let mark = AttemptProgress::mark_current;
+        mark(Step::Waiting);
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -181,13 +185,16 @@ impl<C> Pool<C> {
         let generation = loop {
             match self.take_idle(Instant::now()) {
                 (Some(idle), generation) if (self.is_open)(&idle.connection) => {
+                    mark(Step::MaySend);
                     return Ok(self.guard(idle.connection, idle.created, generation, true, slot));
                 }
                 (Some(closed), _) => drop(closed),
                 (None, generation) => break generation,
             }
         };
+        mark(Step::Connecting);
         let connection = connect().await.map_err(PoolError::Connect)?;
+        mark(Step::MaySend);
         Ok(self.guard(connection, Instant::now(), generation, false, slot))
     }
 
@@ -473,6 +480,25 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_secs(5), hung).await.is_err());
         assert_eq!(*take(&pool, &made).await, 1, "the slot came back both times");
         assert_eq!(pool.stats().waits, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_tells_whether_it_waited_connected_or_got_its_connection() {
+        /// Whether `acquisition` was cut at a 100 ms deadline, and its step then.
+        async fn step_at_deadline(acquisition: impl Future) -> (bool, Step) {
+            let progress = AttemptProgress::default();
+            let cut = tokio::time::timeout(Duration::from_millis(100), progress.scope(acquisition)).await;
+            (cut.is_err(), progress.abandon())
+        }
+        let (pool, made) = pool(config(1, 1));
+        let connecting = pool.acquire(std::future::pending::<io::Result<u32>>);
+        assert_eq!(step_at_deadline(connecting).await, (true, Step::Connecting));
+        let held = take(&pool, &made).await;
+        let waiting = pool.acquire(connect(&made));
+        assert_eq!(step_at_deadline(waiting).await, (true, Step::Waiting));
+        held.release();
+        let reused = async { drop(pool.acquire(connect(&made)).await.expect("idle")) };
+        assert_eq!(step_at_deadline(reused).await, (false, Step::MaySend), "handed out: it may send");
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@ use super::endpoint::{Endpoint, InFlight, lock};
 use crate::destination::DeliveryError;
 use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
+use crate::transport::{AttemptProgress, Step};
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -117,6 +118,25 @@ impl Cluster {
         }
     }
 
+    /// How an attempt cut at its deadline at `step` ended: one that never
+    /// sent is no attempt (it waited for a connection: shed; it could not
+    /// connect in time: a connect failure); one that sent got no answer.
+    fn cut_at_deadline(&self, step: Step) -> (Outcome, Result<Option<Message>, String>) {
+        let timeout = self.timeout;
+        match step {
+            Step::Waiting => {
+                (Outcome::Shed, Err(format!("no connection free within the attempt's {timeout:?}")))
+            }
+            Step::Connecting => (
+                Outcome::Retryable(RetryReason::Connect),
+                Err(format!("not connected within the attempt's {timeout:?}")),
+            ),
+            Step::MaySend | Step::Abandoned => {
+                (Outcome::Retryable(RetryReason::Timeout), Err(format!("no answer in {timeout:?}")))
+            }
+        }
+    }
+
     /// Why a message fails when no endpoint could take it: before its queue
     /// timeout, counted from `enqueued` (never sent: `queue-timeout`; or
     /// retries cut short), or at once when delivered in place (`None`).
@@ -190,13 +210,12 @@ impl Cluster {
         let started = Instant::now();
         let span =
             tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
-        let answer = self.transport.attempt(&endpoint.address, message);
+        let progress = AttemptProgress::default();
+        let answer = progress.scope(self.transport.attempt(&endpoint.address, message));
         let (outcome, result) = match tokio::time::timeout(self.timeout, answer).instrument(span).await {
             Ok(Ok(reply)) => (Outcome::Ok, Ok(reply)),
             Ok(Err((outcome, error))) => (outcome, Err(error)),
-            Err(_) => {
-                (Outcome::Retryable(RetryReason::Timeout), Err(format!("no answer in {:?}", self.timeout)))
-            }
+            Err(_) => self.cut_at_deadline(progress.abandon()),
         };
         drop(in_flight);
         let finished = Instant::now();

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{
     CompiledPlugin, PluginEngine, PluginError, PluginFault, PluginInstance, TransportConnection,
 };
+use crate::transport::{AttemptProgress, Step};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ enum Request {
         generation: u64,
         message: Arc<Vec<u8>>,
         deadline: Instant,
+        /// The attempt's, claimed before the plugin is called.
+        progress: Option<AttemptProgress>,
         reply: flume::Sender<Answer<Option<Vec<u8>>>>,
     },
     Close {
@@ -57,8 +60,9 @@ pub(super) enum LaneError {
     /// connection is gone.
     #[error("its connection was lost when the plugin's instance was replaced")]
     Lost,
-    /// The call's deadline passed while it waited for the lane; it was not made.
-    #[error("the call waited for the plugin past its deadline")]
+    /// The call's deadline passed while it waited for the lane (or the
+    /// attempt was cut at its deadline first): it was not made.
+    #[error("the call waited for the plugin past its deadline; it was not made")]
     Overdue,
     /// The lane's thread is gone (it panicked, or could not start).
     #[error("the plugin's lane thread has stopped")]
@@ -130,7 +134,10 @@ impl Lane {
         self.call(Request::Open { address: address.to_owned(), deadline, reply }, answer).await
     }
 
-    /// Send `message` on connection `id` of `generation`.
+    /// Send `message` on connection `id` of `generation`, for the attempt
+    /// the calling task runs: until the lane takes the call, the attempt
+    /// waits (nothing sent), and the lane makes it only if the attempt's
+    /// deadline did not abandon it first.
     pub(super) async fn send(
         &self,
         (id, generation): (u64, u64),
@@ -138,7 +145,9 @@ impl Lane {
         deadline: Instant,
     ) -> Answer<Option<Vec<u8>>> {
         let (reply, answer) = flume::bounded(1);
-        self.call(Request::Send { id, generation, message, deadline, reply }, answer).await
+        let progress = AttemptProgress::current();
+        progress.iter().for_each(|progress| progress.mark(Step::Waiting));
+        self.call(Request::Send { id, generation, message, deadline, progress, reply }, answer).await
     }
 
     /// Run the plugin's probe of `address`.
@@ -211,7 +220,13 @@ impl Worker {
                     self.serve(Request::Close { id: key.0, generation: key.1 });
                 }
             }
-            Request::Send { id, generation, message, deadline, reply } => {
+            Request::Send { id, generation, message, deadline, progress, reply } => {
+                let cut =
+                    Instant::now() >= deadline || progress.is_some_and(|progress| !progress.start_sending());
+                if cut {
+                    let _ = reply.send(Err(LaneError::Overdue));
+                    return;
+                }
                 let current = generation == self.state.generation.load(Relaxed);
                 let Some(connection) = self.connections.remove(&id).filter(|_| current) else {
                     let _ = reply.send(Err(LaneError::Lost));

@@ -245,11 +245,14 @@ fn refused(error: PluginError) -> (Outcome, String) {
     (outcome, format!("the plugin {error}"))
 }
 
-/// How an attempt fails when the plugin gave no answer: cut at the
-/// deadline, a timeout; otherwise a failed exchange.
+/// How an attempt fails when the plugin gave no answer: never made (it
+/// waited for the lane past its deadline), shed, as an attempt that waited
+/// for a connection is; cut at the deadline, a timeout; otherwise a failed
+/// exchange.
 fn faulted(error: LaneError, timeout: Duration) -> (Outcome, String) {
     match error {
-        LaneError::Fault(crate::plugin::PluginFault::TimedOut(_)) | LaneError::Overdue => {
+        LaneError::Overdue => (Outcome::Shed, error.to_string()),
+        LaneError::Fault(crate::plugin::PluginFault::TimedOut(_)) => {
             (Outcome::Retryable(RetryReason::Timeout), format!("the plugin gave no answer in {timeout:?}"))
         }
         error => (Outcome::Retryable(RetryReason::Reset), error.to_string()),

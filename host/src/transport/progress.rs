@@ -1,0 +1,141 @@
+//! How far an attempt got before its deadline cut it: whether its message
+//! can have left. The destination core cuts every attempt at the
+//! destination's `timeout_ms`; a cut attempt whose message went out and got
+//! no answer may have been delivered (`delivery-uncertain` unless the
+//! destination is idempotent), but one cut while it still waited for a free
+//! pooled connection (or a transport plugin's lane), or while it connected,
+//! sent nothing and is no attempt at all.
+//!
+//! The destination core runs each attempt [within](AttemptProgress::scope) an
+//! [`AttemptProgress`]; the pool marks the steps before sending as it goes
+//! through them ([`AttemptProgress::mark_current`]). A transport that marks nothing
+//! is taken to be sending from the start, the safe assumption. Work that
+//! sends on another thread (a plugin's lane) claims the attempt
+//! ([`AttemptProgress::start_sending`]) against the deadline
+//! ([`AttemptProgress::abandon`]): whichever comes first decides, so a message
+//! is never both sent and called unsent.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+
+tokio::task_local! {
+    static CURRENT: AttemptProgress;
+}
+
+/// Where an attempt is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Step {
+    /// Its message may be on its way: what an attempt is unless its transport says otherwise.
+    MaySend,
+    /// Waiting for a free connection, or for a transport plugin's lane: nothing sent.
+    Waiting,
+    /// Making a connection (connect, TLS or protocol handshake): nothing sent.
+    Connecting,
+    /// Cut at its deadline before its message could leave: it never will.
+    Abandoned,
+}
+
+impl Step {
+    fn from_u8(value: u8) -> Step {
+        match value {
+            0 => Step::MaySend,
+            1 => Step::Waiting,
+            2 => Step::Connecting,
+            _ => Step::Abandoned,
+        }
+    }
+}
+
+/// The step one attempt is at, shared by the destination core, the
+/// transport and whatever sends for it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AttemptProgress(Arc<AtomicU8>);
+
+impl AttemptProgress {
+    /// Run `attempt` with this as the progress its transport marks.
+    pub(crate) fn scope<F: Future>(&self, attempt: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self.clone(), attempt)
+    }
+
+    /// The progress of the attempt the calling task runs, if it runs one.
+    pub(crate) fn current() -> Option<AttemptProgress> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// The attempt the calling task runs, if it runs one, is now at `step`.
+    pub(crate) fn mark_current(step: Step) {
+        let _outside_an_attempt = CURRENT.try_with(|progress| progress.mark(step));
+    }
+
+    /// The attempt is now at `step`, unless it was abandoned.
+    pub(crate) fn mark(&self, step: Step) {
+        let _abandoned = self.0.fetch_update(SeqCst, SeqCst, |now| {
+            (Step::from_u8(now) != Step::Abandoned).then_some(step as u8)
+        });
+    }
+
+    /// Claim the attempt for sending: `false` when its deadline abandoned it
+    /// first, and then it must not send.
+    pub(crate) fn start_sending(&self) -> bool {
+        self.0
+            .fetch_update(SeqCst, SeqCst, |now| {
+                (Step::from_u8(now) != Step::Abandoned).then_some(Step::MaySend as u8)
+            })
+            .is_ok()
+    }
+
+    /// At the deadline: the step the attempt was at. One before sending is
+    /// abandoned for good, so that nothing sends its message afterwards.
+    pub(crate) fn abandon(&self) -> Step {
+        let before = self.0.fetch_update(SeqCst, SeqCst, |now| match Step::from_u8(now) {
+            Step::MaySend => None,
+            _ => Some(Step::Abandoned as u8),
+        });
+        Step::from_u8(before.unwrap_or_else(|now| now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_that_marks_nothing_may_have_sent() {
+        assert_eq!(AttemptProgress::default().abandon(), Step::MaySend);
+    }
+
+    #[test]
+    fn the_deadline_abandons_a_step_before_sending_and_then_nothing_sends() {
+        for step in [Step::Waiting, Step::Connecting] {
+            let progress = AttemptProgress::default();
+            progress.mark(step);
+            assert_eq!(progress.abandon(), step);
+            assert!(!progress.start_sending(), "abandoned at {step:?}: never sent afterwards");
+            progress.mark(Step::Waiting);
+            assert_eq!(progress.abandon(), Step::Abandoned, "stays abandoned");
+        }
+    }
+
+    #[test]
+    fn an_attempt_claimed_for_sending_is_not_abandoned() {
+        let progress = AttemptProgress::default();
+        progress.mark(Step::Waiting);
+        assert!(progress.start_sending());
+        assert_eq!(progress.abandon(), Step::MaySend, "it went out: the deadline finds it sending");
+    }
+
+    #[tokio::test]
+    async fn a_scope_makes_the_progress_current_to_its_task_only() {
+        assert!(AttemptProgress::current().is_none());
+        AttemptProgress::mark_current(Step::Waiting);
+        let progress = AttemptProgress::default();
+        progress
+            .scope(async {
+                AttemptProgress::mark_current(Step::Connecting);
+            })
+            .await;
+        assert_eq!(progress.abandon(), Step::Connecting);
+    }
+}
