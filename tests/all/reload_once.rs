@@ -178,6 +178,90 @@ async fn a_corrupt_plugin_is_rejected_once_and_the_host_is_quiet_afterwards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_file_is_not_read_again_on_a_config_change_and_its_refusal_goes_with_it() {
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    std::fs::write(plugins.path().join("bad.wasm"), b"\0asm but not really").unwrap();
+    let config = ConfigFile::new(plugins.path(), &["a"]);
+    let host = config.host().await;
+    assert!(host.last_rejections().contains_key("bad"), "{:?}", host.last_rejections());
+    let mut events = host.subscribe();
+    replace_file(&config.path, config.text(&["a", "b"]).as_bytes());
+    event_where(&mut events, config_applied).await;
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new(), "not refused again");
+    assert_eq!(host.event_counts().rejected, 1);
+    // Its file goes: so does its refusal.
+    std::fs::remove_file(plugins.path().join("bad.wasm")).unwrap();
+    crate::support::eventually(|| match host.last_rejections() {
+        rejections if rejections.is_empty() => Ok(()),
+        rejections => Err(rejections),
+    });
+    // A serving plugin's file refused, then put back as it was: the refusal is over.
+    let serving = std::fs::read(artifacts::STAMP_TRANSFORM).unwrap();
+    replace_file(&plugins.path().join("t.wasm"), b"not a component");
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginRejected { name, .. } if name == "t"))
+        .await;
+    std::fs::write(plugins.path().join("t.wasm.new"), &serving).unwrap();
+    std::fs::rename(plugins.path().join("t.wasm.new"), plugins.path().join("t.wasm")).unwrap();
+    crate::support::eventually(|| match host.last_rejections() {
+        rejections if rejections.is_empty() => Ok(()),
+        rejections => Err(rejections),
+    });
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_directory_removed_and_made_again_is_followed_and_the_host_is_quiet_afterwards() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = root.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::STAMP_TRANSFORM, plugins.join("t.wasm")).unwrap();
+    let host = crate::support::host(&plugins, MEMORY_OUT).await;
+    assert_eq!(host.plugins().len(), 1);
+    let mut events = host.subscribe();
+    std::fs::remove_dir_all(&plugins).unwrap();
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginRemoved { name, .. } if name == "t"))
+        .await;
+    std::fs::create_dir(&plugins).unwrap();
+    move_in(&plugins, &std::fs::read(artifacts::REDACT_TRANSFORM).unwrap());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginLoaded { name, .. } if name == "t"))
+        .await;
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    // Watched again: a change in the new directory is followed too.
+    move_in(&plugins, &std::fs::read(artifacts::STAMP_TRANSFORM).unwrap());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t"))
+        .await;
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_behind_a_swapped_link_is_followed_as_a_mounted_config_map_updates() {
+    // Kubernetes' layout: t.wasm -> ..data/t.wasm, ..data -> ..v1; an update
+    // writes ..v2 and swaps ..data to it in one rename.
+    let plugins = plugin_dir(&[]);
+    let dir = plugins.path();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::copy(artifacts::STAMP_TRANSFORM, dir.join("..v1/t.wasm")).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/t.wasm", dir.join("t.wasm")).unwrap();
+    let host = crate::support::host(dir, MEMORY_OUT).await;
+    let first = host.plugins()[0].digest.clone();
+    let mut events = host.subscribe();
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::copy(artifacts::REDACT_TRANSFORM, dir.join("..v2/t.wasm")).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    let replaced = event_where(
+        &mut events,
+        |event| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t"),
+    )
+    .await;
+    assert!(matches!(replaced, HostEvent::PluginReplaced { old_version, .. } if old_version == first));
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_or_half_written_config_is_refused_and_the_running_routes_keep_serving() {
     let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
     let file = ConfigFile::new(plugins.path(), &["a"]);

@@ -340,7 +340,7 @@ impl Host {
             let change = reloader.reload_config()?;
             // An applied config re-reads the plugins itself.
             if change == ConfigChange::Unchanged {
-                reloader.sync_all();
+                reloader.sync_all(crate::reload::Retry::Refused);
             }
             Ok(change)
         })

@@ -230,6 +230,11 @@ impl Events {
         }
     }
 
+    /// Plugin `name`'s refused file is gone, or it serves its file again.
+    pub(crate) fn forget_rejection(&self, name: &str) {
+        self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).rejections.remove(name);
+    }
+
     /// The last rejection reason of each plugin whose latest file was refused.
     pub(crate) fn rejections(&self) -> BTreeMap<String, String> {
         self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).rejections.clone()

@@ -16,5 +16,5 @@ pub use reloader::ConfigChange;
 pub use watch::SETTLE;
 
 pub(crate) use events::Events;
-pub(crate) use reloader::Reloader;
+pub(crate) use reloader::{Reloader, Retry};
 pub(crate) use watch::{WatchGuard, watch};

@@ -4,13 +4,13 @@
 
 use super::events::{Events, HostEvent};
 use super::source::{Source, read_source};
-use crate::config::{CodeOverrides, Config, ConfigError, restart_only_changes};
+use crate::config::{CodeOverrides, Config, ConfigError, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{CacheOutcome, CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
 use crate::regular_file::Links;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +28,32 @@ pub(crate) struct Reloader {
     changing: Mutex<()>,
     /// Serializes config replacements (`PUT /v1/config`), each applied and written to the file together.
     replacing: Mutex<()>,
+    /// The plugins whose latest file was refused, and why: that file is not
+    /// read into a plugin, nor reported, again until it changes.
+    refused: Mutex<BTreeMap<String, Refusal>>,
+}
+
+/// Which plugin files a sync reads into plugins.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Those changed since they were last read: a file refused before and
+    /// unchanged is not compiled and tried again (a config change, a file
+    /// event).
+    Changed,
+    /// Those refused before too, whose refusal may have passed (an explicit
+    /// reload); the same refusal is not reported twice.
+    Refused,
+}
+
+/// A plugin file's digest and the settings it was read with.
+type FileRead = Box<(String, PluginConfig)>;
+
+/// A plugin file refused, as it was.
+#[derive(PartialEq)]
+struct Refusal {
+    /// Its digest and settings, when it could be read.
+    file: Option<FileRead>,
+    reason: String,
 }
 
 impl Reloader {
@@ -47,6 +73,7 @@ impl Reloader {
             lasting,
             changing: Mutex::new(()),
             replacing: Mutex::new(()),
+            refused: Mutex::default(),
         }
     }
 
@@ -71,49 +98,82 @@ impl Reloader {
             .into_iter()
             .map(|name| {
                 let this = self.clone();
-                tokio::task::spawn_blocking(move || this.prepare(&name))
+                tokio::task::spawn_blocking(move || this.prepare(&name, Retry::Refused))
             })
             .collect();
         let mut errors = Vec::new();
         for compile in compiles {
             match compile.await.expect("compiling a plugin does not panic") {
                 Prepared::Ready(plugin) => self.swap_in(plugin),
-                Prepared::Failed(name, error) => {
-                    self.events.emit(HostEvent::PluginRejected { name, reason: error.to_string() });
+                Prepared::Failed { name, error, file } => {
+                    self.refuse(name, &error, file);
                     errors.push(error);
                 }
-                Prepared::Gone(_) | Prepared::Unchanged | Prepared::Unsettled => {}
+                Prepared::Gone(_) | Prepared::Serving | Prepared::Refused | Prepared::Unsettled => {}
             }
         }
         Ok(errors)
     }
 
     /// Bring plugin `name` in line with its files: load, replace, remove, or
-    /// reject (the previous version keeps serving). Blocks while compiling.
-    pub(crate) fn sync_plugin(&self, name: &str) {
+    /// reject (the previous version keeps serving); a file refused before is
+    /// read again only if `retry` says so. Blocks while compiling.
+    pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
         let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
-        match self.prepare(name) {
+        match self.prepare(name, retry) {
             Prepared::Ready(plugin) => self.swap_in(plugin),
-            Prepared::Gone(name) => self.remove(&name),
-            Prepared::Failed(name, error) => {
-                self.events.emit(HostEvent::PluginRejected { name, reason: error.to_string() })
+            Prepared::Gone(name) => {
+                self.forget_refusal(&name);
+                self.remove(&name);
             }
-            Prepared::Unchanged => {}
+            Prepared::Failed { name, error, file } => self.refuse(name, &error, file),
+            // The file is the serving version's again: a refusal in between is over.
+            Prepared::Serving => self.forget_refusal(name),
+            Prepared::Refused => {}
             Prepared::Unsettled => {
                 tracing::debug!(plugin = name, "file still changing; waiting for it to settle")
             }
         }
     }
 
-    /// Re-read every plugin of the directory, and drop those whose file is gone.
-    pub(crate) fn sync_all(&self) {
+    /// Report that plugin `name`'s file (`file`: its digest and settings,
+    /// when it could be read) was refused for `error`, unless this same file
+    /// was refused for the same reason already.
+    fn refuse(&self, name: String, error: &LoadError, file: Option<FileRead>) {
+        let refusal = Refusal { file, reason: error.to_string() };
+        let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
+        if refused.get(&name) != Some(&refusal) {
+            let reason = refusal.reason.clone();
+            refused.insert(name.clone(), refusal);
+            self.events.emit(HostEvent::PluginRejected { name, reason });
+        }
+    }
+
+    /// Plugin `name` has no refused file any more: it serves its file, or has none.
+    fn forget_refusal(&self, name: &str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
+        if refused.remove(name).is_some() {
+            self.events.forget_rejection(name);
+        }
+    }
+
+    /// Re-read every plugin of the directory, and drop those whose file is
+    /// gone; `retry` says whether files refused before are read again.
+    pub(crate) fn sync_all(&self, retry: Retry) {
         let mut names: BTreeSet<String> = self.pipeline.registry.snapshot().keys().cloned().collect();
-        match plugin_files(&self.plugin_dir()) {
-            Ok(files) => names.extend(files.iter().map(|path| plugin_name(path))),
-            Err(err) => tracing::error!(%err, "cannot list the plugin directory"),
+        names.extend(self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).keys().cloned());
+        let dir = self.plugin_dir();
+        // A directory gone holds no plugin; it is not made again here (it
+        // is made at the start only), and is watched for.
+        match dir.is_dir().then(|| plugin_files(&dir)) {
+            Some(Ok(files)) => names.extend(files.iter().map(|path| plugin_name(path))),
+            Some(Err(err)) => tracing::error!(%err, "cannot list the plugin directory"),
+            None => {
+                tracing::warn!(dir = %dir.display(), "the plugin directory is gone: no plugin serves from it")
+            }
         }
         for name in names {
-            self.sync_plugin(&name);
+            self.sync_plugin(&name, retry);
         }
     }
 
@@ -190,7 +250,7 @@ impl Reloader {
             self.config.store(Arc::new(config));
         }
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
-        self.sync_all();
+        self.sync_all(Retry::Changed);
         Ok(ConfigChange::Applied)
     }
 
@@ -241,24 +301,28 @@ impl Reloader {
         Ok((change, Some(path.to_owned())))
     }
 
-    fn prepare(&self, name: &str) -> Prepared {
+    fn prepare(&self, name: &str, retry: Retry) -> Prepared {
         let config = self.config.load();
         let (format, bytes, settings) = match read_source(&config.host.plugin_dir, name, &config) {
             Ok(Source::Present { format, bytes, config }) => (format, bytes, config),
             Ok(Source::Absent) => return Prepared::Gone(name.to_owned()),
             Ok(Source::Unsettled) => return Prepared::Unsettled,
-            Err(error) => return Prepared::Failed(name.to_owned(), error),
+            Err(error) => return Prepared::Failed { name: name.to_owned(), error, file: None },
         };
+        let digest = hex::encode(Sha256::digest(&bytes));
         let current = self.pipeline.registry.snapshot().get(name).cloned();
-        if let Some(current) = current
-            && current.digest == hex::encode(Sha256::digest(&bytes))
-            && current.settings.config == settings
-        {
-            return Prepared::Unchanged;
+        if current.is_some_and(|current| current.digest == digest && current.settings.config == settings) {
+            return Prepared::Serving;
         }
+        let file = Some(Box::new((digest, settings.clone())));
+        let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
+        if retry == Retry::Changed && refused.get(name).is_some_and(|refusal| refusal.file == file) {
+            return Prepared::Refused;
+        }
+        drop(refused);
         match load_bytes(&self.pipeline.engine, format, &bytes, settings) {
             Ok(plugin) => Prepared::Ready(plugin),
-            Err(error) => Prepared::Failed(name.to_owned(), error),
+            Err(error) => Prepared::Failed { name: name.to_owned(), error, file },
         }
     }
 
@@ -310,7 +374,15 @@ fn same_config(a: &Config, b: &Config) -> bool {
 enum Prepared {
     Ready(Arc<CompiledPlugin>),
     Gone(String),
-    Failed(String, LoadError),
-    Unchanged,
+    /// Refused; `file` is its digest and settings, when it could be read.
+    Failed {
+        name: String,
+        error: LoadError,
+        file: Option<FileRead>,
+    },
+    /// The file is the serving version's.
+    Serving,
+    /// The file is one refused before, unchanged.
+    Refused,
     Unsettled,
 }
