@@ -374,3 +374,45 @@ async fn a_memory_destination_nobody_reads_hands_each_message_back_whole_to_be_d
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_its_destination_refuses_for_good_stays_in_the_file_sent_once_and_holds_up_no_other() {
+    // The dead-letter destination takes every letter but one, which it
+    // refuses as a 4xx would: that one cannot be delivered there, ever.
+    let (taken, took) = flume::unbounded();
+    let poison_tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tries = poison_tries.clone();
+    let picky = move |message: Message| {
+        let (taken, tries) = (taken.clone(), tries.clone());
+        async move {
+            if &message.payload[..] == b"poison" {
+                tries.fetch_add(1, Ordering::SeqCst);
+                return Err(DeliveryError::Fatal("HTTP 413: refused for good".into()));
+            }
+            taken.send(message).unwrap();
+            Ok(None)
+        }
+    };
+    let state = tempfile::tempdir().unwrap();
+    let host = host(state.path(), picky).await;
+    for payload in ["fine 0", "poison", "fine 1", "fine 2", "fine 3"] {
+        host.send(Message::new("nowhere", payload)).await.unwrap();
+    }
+    let mut fine = Vec::new();
+    for _ in 0..4 {
+        fine.push(next(&took).await.payload);
+    }
+    fine.sort();
+    assert_eq!(fine, ["fine 0", "fine 1", "fine 2", "fine 3"], "the refused one held up none");
+    eventually(|| match host.dead_letters(10).unwrap() {
+        held if held.count == 1 && host.stats().in_flight() == 0 => Ok(held),
+        held => Err((held.count, host.stats())),
+    });
+    // Over a quiet second, the refused letter is not sent again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(poison_tries.load(Ordering::SeqCst), 1, "refused for good once: not retried, not re-sent");
+    let held = host.dead_letters(10).unwrap();
+    assert_eq!(held.letters.len(), 1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 5, "counted once each: four delivered, one in the file");
+}

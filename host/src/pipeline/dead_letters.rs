@@ -7,11 +7,13 @@
 use super::item::Item;
 use super::{Counters, Pipeline, Topology};
 use crate::dead_letter::{DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError};
+use crate::destination::DeliveryError;
 use crate::host::RequestError;
 use crate::message::Message;
 use crate::metrics::{RouteMetrics, Settled};
 use crate::resilience::RetryPolicy;
-use std::sync::{Arc, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -44,12 +46,56 @@ pub(crate) struct DeadLetters {
     pub(crate) file: Arc<DeadLetterFile>,
     /// Wakes the re-delivery task.
     written: Notify,
+    /// The unique ids of the letters in the file that every dead-letter
+    /// destination of theirs refused for good (a 4xx, a plugin's `rejected`):
+    /// they stay in the file, are not sent again in this run, and hold up no
+    /// other letter.
+    refused: Mutex<HashSet<String>>,
 }
 
 impl DeadLetters {
     pub(crate) fn new(file: DeadLetterFile) -> DeadLetters {
-        DeadLetters { file: Arc::new(file), written: Notify::new() }
+        DeadLetters { file: Arc::new(file), written: Notify::new(), refused: Mutex::default() }
     }
+
+    /// Note that `letter` was refused for good; `false` when it has no
+    /// unique id to be known by (it is then tried again, as one not taken).
+    fn refused_for_good(&self, letter: &Message) -> bool {
+        let Some(id) = letter.unique_id() else { return false };
+        tracing::warn!(
+            id = letter.id,
+            unique_id = id,
+            "every dead-letter destination refused this dead letter for good; it stays in the dead-letter file, not sent again in this run"
+        );
+        self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).insert(id.to_owned());
+        true
+    }
+
+    fn was_refused(&self, letter: &Message) -> bool {
+        let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
+        letter.unique_id().is_some_and(|id| refused.contains(id))
+    }
+}
+
+/// How handing a letter along its dead-letter chain went.
+enum Along<'t> {
+    /// This destination took it.
+    Taken(&'t str),
+    /// Every destination of the chain refused it for good.
+    Refused,
+    /// Some destination could not take it now.
+    NotNow,
+}
+
+/// What a re-delivery pass did.
+#[derive(PartialEq)]
+enum Pass {
+    /// It re-delivered what it read (or there was nothing to): the next pass may go at once.
+    Done,
+    /// Some letter found its dead-letter destinations down: back off.
+    Down,
+    /// It read only letters refused for good: wait for new ones.
+    OnlyRefused,
 }
 
 /// Where a dead letter went.
@@ -109,15 +155,15 @@ impl Pipeline {
     ) -> Result<Reached<'t>, FileError> {
         if !self.dead_letters.file.holds_for(first) {
             let chain = topology.dead_letter_chain(first);
-            let past_grace = &self.dispatch.past_grace;
-            if let Some(name) = send_along(topology, &chain, &letter, RETRY, past_grace).await {
-                return Ok(Reached::Destination(name));
+            match send_along(topology, &chain, &letter, RETRY, &self.dispatch.past_grace).await {
+                Along::Taken(name) => return Ok(Reached::Destination(name)),
+                Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
+                Along::Refused | Along::NotNow => tracing::warn!(
+                    id = letter.id,
+                    ?chain,
+                    "no dead-letter destination takes letters; keeping them in the dead-letter file"
+                ),
             }
-            tracing::warn!(
-                id = letter.id,
-                ?chain,
-                "no dead-letter destination takes letters; keeping them in the dead-letter file"
-            );
         }
         let (file, record) = (self.dead_letters.file.clone(), DeadLetterRecord::new(&letter, first));
         tokio::task::spawn_blocking(move || file.append(&record)).await.expect("appending does not panic")?;
@@ -127,17 +173,18 @@ impl Pipeline {
 
     /// One re-delivery pass over the oldest letters of the file; `false`
     /// when some letter found all its dead-letter destinations down.
-    async fn redeliver(&self) -> bool {
+    async fn redeliver(&self) -> Pass {
         let file = self.dead_letters.file.clone();
         let batch = match tokio::task::spawn_blocking(move || file.read(PASS)).await.expect("no panic") {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "cannot read the dead-letter file");
-                return false;
+                return Pass::Down;
             }
         };
         let topology = self.topology.load_full();
         let (mut delivered, mut down) = (vec![false; batch.letters.len()], Vec::new());
+        let mut refused = 0;
         for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
             if down.contains(&&*record.destination) {
                 continue;
@@ -150,22 +197,31 @@ impl Pipeline {
                     continue;
                 }
             };
+            if self.dead_letters.was_refused(&letter) {
+                refused += 1;
+                continue;
+            }
             let chain = topology.dead_letter_chain(&record.destination);
             match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
-                Some(_) => *delivered = true,
-                None => down.push(&*record.destination),
+                Along::Taken(_) => *delivered = true,
+                Along::Refused if self.dead_letters.refused_for_good(&letter) => refused += 1,
+                Along::Refused | Along::NotNow => down.push(&*record.destination),
             }
         }
-        let all_taken = down.is_empty();
+        let pass = match (down.is_empty(), refused == batch.letters.len()) {
+            (false, _) => Pass::Down,
+            (true, true) => Pass::OnlyRefused,
+            (true, false) => Pass::Done,
+        };
         let redelivered = delivered.iter().filter(|delivered| **delivered).count();
         let file = self.dead_letters.file.clone();
         let removed = tokio::task::spawn_blocking(move || file.remove(&batch, &delivered));
         if let Err(error) = removed.await.expect("removing does not panic") {
             tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they will be sent again");
-            return false;
+            return Pass::Down;
         }
         self.metrics.dead_letters_redelivered(redelivered);
-        all_taken
+        pass
     }
 }
 
@@ -173,7 +229,8 @@ impl Pipeline {
 const ONCE: RetryPolicy = RetryPolicy { attempts: 1, ..RETRY };
 
 /// Deliver `letter` to the first of `chain` that takes it, trying each
-/// `policy.attempts` times with backoff; the name of the one that took it.
+/// `policy.attempts` times with backoff unless it refuses the letter for
+/// good (a 4xx, a plugin's `rejected`: trying again would get the same).
 /// A delivery still waiting when a shutdown's grace period ends (`past_grace`:
 /// a reader that stopped reading, a destination that hangs) is given up.
 async fn send_along<'t>(
@@ -182,28 +239,40 @@ async fn send_along<'t>(
     letter: &Message,
     policy: RetryPolicy,
     past_grace: &CancellationToken,
-) -> Option<&'t str> {
+) -> Along<'t> {
+    let mut all_refused = true;
     for &name in chain {
-        let Some(target) = topology.destinations.get(name) else { continue };
+        let Some(target) = topology.destinations.get(name) else {
+            // Gone with a reload: one may come back.
+            all_refused = false;
+            continue;
+        };
         for attempt in 1..=policy.attempts {
             let delivered = tokio::select! {
                 biased;
                 delivered = target.sink.deliver(letter.clone()) => delivered,
-                () = past_grace.cancelled() => return None,
+                () = past_grace.cancelled() => return Along::NotNow,
             };
-            match delivered {
-                Ok(_) => return Some(name),
-                Err(error) => {
-                    tracing::debug!(destination = name, attempt, %error, "dead-letter destination failed")
-                }
+            let error = match delivered {
+                Ok(_) => return Along::Taken(name),
+                Err(error) => error,
+            };
+            tracing::debug!(destination = name, attempt, %error, "dead-letter destination failed");
+            if matches!(error, DeliveryError::Fatal(_) | DeliveryError::Attempts { fatal: true, .. }) {
+                break;
             }
-            if attempt < policy.attempts {
+            if attempt == policy.attempts {
+                all_refused = false;
+            } else {
                 let delay = policy.backoff(attempt, &mut rand::rng());
                 tokio::time::sleep(delay).await;
             }
         }
     }
-    None
+    match all_refused && !chain.is_empty() {
+        true => Along::Refused,
+        false => Along::NotNow,
+    }
 }
 
 /// The background task re-delivering from the dead-letter file; stops when
@@ -242,9 +311,17 @@ async fn redeliver_until(pipeline: Weak<Pipeline>, stop: CancellationToken) {
             }
         }
         let Some(pipeline) = pipeline.upgrade() else { return };
-        let all_taken = pipeline.redeliver().await;
+        let pass = pipeline.redeliver().await;
         drop(pipeline);
-        failed_passes = if all_taken { 0 } else { failed_passes + 1 };
+        if pass == Pass::OnlyRefused {
+            // Nothing to send until a new letter comes.
+            failed_passes = 0;
+            tokio::select! {
+                () = dead_letters.written.notified() => continue,
+                () = stop.cancelled() => return,
+            }
+        }
+        failed_passes = if pass == Pass::Done { 0 } else { failed_passes + 1 };
         let delay = match failed_passes {
             0 => Duration::ZERO,
             n => REDELIVERY_BACKOFF.backoff(n, &mut rand::rng()),
