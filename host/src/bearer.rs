@@ -11,8 +11,9 @@ pub(crate) fn presented(headers: &HeaderMap, token: &str) -> bool {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
+        .and_then(|value| value.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+        .map_or("", |(_, token)| token);
     same(presented.as_bytes(), token)
 }
 
@@ -54,6 +55,18 @@ mod tests {
 
     fn offering(protocols: &str) -> HeaderMap {
         HeaderMap::from_iter([(header::SEC_WEBSOCKET_PROTOCOL, protocols.parse().unwrap())])
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_named_in_any_case_and_the_token_must_match() {
+        let authorizing =
+            |value: &str| HeaderMap::from_iter([(header::AUTHORIZATION, value.parse().unwrap())]);
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            assert!(presented(&authorizing(&format!("{scheme} s3cret")), "s3cret"), "{scheme}");
+        }
+        for refused in ["Bearer s3cre", "Basic s3cret", "Bearers3cret", "s3cret"] {
+            assert!(!presented(&authorizing(refused), "s3cret"), "{refused}");
+        }
     }
 
     #[test]

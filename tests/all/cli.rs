@@ -244,6 +244,7 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
     let route = "[host]\nplugin_dir = \".\"\n[admin]\nlisten = \"0.0.0.0:7071\"\n\
                  [[destination]]\nname = \"d\"\ntransport = \"plugin:f\"\nendpoints = [\"127.0.0.1:1\"]\n\
                  [[destination]]\nname = \"e\"\ntransport = \"plugin:echo\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                 [[destination]]\nname = \"m\"\ntransport = \"memory\"\nqueue = { capacity = 8 }\n\
                  [[route]]\nname = \"r\"\nstages = [\"transform:f\", \"filter:vip\"]\nto = \"log\"\n";
     std::fs::write(&config, route).unwrap();
     let output =
@@ -255,6 +256,7 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
         warnings,
         [
             "warning: admin.listen = 0.0.0.0:7071: not loopback and no [admin] token: `run` refuses to start unless SWITCHYARD_ADMIN_TOKEN is set",
+            "warning: destination \"m\": transport \"memory\" has no reader under `switchyard run`: once it holds its queue.capacity (8) messages, deliveries to it wait, and with them the pipeline workers",
             "warning: route \"r\": stage \"transform:f\": ./f.wasm is a filter plugin",
             "warning: route \"r\": stage \"filter:vip\": no plugin file ./vip.wasm",
             "warning: destination \"d\": transport \"plugin:f\": ./f.wasm is a filter plugin",
@@ -270,6 +272,8 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
         warning,
         "switchyard: warning: stage transform:f is unavailable: plugin \"f\" is a filter, not a transform"
     );
+    let memory = host.line_where(|line| line.starts_with("switchyard: warning: destination \"m\""));
+    assert!(memory.contains("has no reader under `switchyard run`"), "{memory}");
     // Started (its signal handler set) once it listens; a TERM before would kill it unannounced.
     host.address("admin API listening");
     host.stop();

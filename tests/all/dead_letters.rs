@@ -337,7 +337,10 @@ async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_d
     std::fs::write(&state, "a file where the state directory should be").unwrap();
 
     let refused = host.request(Message::new("nowhere", "{}")).await;
-    assert!(matches!(refused, Err(switchyard::RequestError::DeadLettered(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(switchyard::RequestError::Lost(_))),
+        "not called dead-lettered: {refused:?}"
+    );
     send_unroutable(&host, 2).await;
     within(host.shutdown()).await;
     let stats = host.stats();

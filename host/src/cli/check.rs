@@ -30,7 +30,8 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
                 config.destinations.len(),
                 config.plugins.len()
             );
-            for warning in listener_warnings(&config).into_iter().chain(stage_warnings(&config)?) {
+            let warnings = listener_warnings(&config).into_iter().chain(memory_warnings(&config));
+            for warning in warnings.chain(stage_warnings(&config)?) {
                 println!("warning: {warning}");
             }
         }
@@ -69,6 +70,20 @@ fn listener_warnings(config: &Config) -> Vec<String> {
         ));
     }
     warnings
+}
+
+/// Memory destinations, which nothing reads under `switchyard run`: they
+/// are for a program that embeds the host.
+pub(super) fn memory_warnings(config: &Config) -> Vec<String> {
+    let memory = config.destinations.iter().filter(|destination| destination.transport == "memory");
+    memory
+        .map(|destination| {
+            format!(
+                "destination \"{}\": transport \"memory\" has no reader under `switchyard run`: once it holds its queue.capacity ({}) messages, deliveries to it wait, and with them the pipeline workers",
+                destination.name, destination.queue.capacity
+            )
+        })
+        .collect()
 }
 
 /// What would keep the routes' named stages and the `plugin:NAME`

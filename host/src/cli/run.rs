@@ -40,6 +40,9 @@ pub async fn run(
     for problem in host.unready() {
         eprintln!("switchyard: warning: {problem}");
     }
+    for warning in super::check::memory_warnings(&host.config()) {
+        eprintln!("switchyard: warning: {warning}");
+    }
     // Handlers first, so a signal sent once we say we listen is never missed.
     let signals = Signals::install()?;
     let http = listen.or(host.config().ingress.http.as_ref().map(|http| http.listen));

@@ -160,6 +160,21 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        // Two listeners cannot share an address (port 0 picks a free one each).
+        let addresses = [
+            ("ingress.http.listen", self.ingress.http.as_ref().map(|http| http.listen)),
+            ("ingress.grpc.listen", self.ingress.grpc.as_ref().map(|grpc| grpc.listen)),
+            ("admin.listen", self.admin.as_ref().map(|admin| admin.listen)),
+        ];
+        let bound: Vec<(&str, std::net::SocketAddr)> = addresses
+            .into_iter()
+            .filter_map(|(key, addr)| addr.filter(|addr| addr.port() != 0).map(|addr| (key, addr)))
+            .collect();
+        for (at, (key, addr)) in bound.iter().enumerate() {
+            if let Some((other, _)) = bound[..at].iter().find(|(_, earlier)| earlier == addr) {
+                return Err(invalid((*key).into(), addr, format!("{other} listens there already")));
+            }
+        }
         if let Some(http) =
             self.ingress.http.as_ref().filter(|http| !(1..=MAX_MESSAGE_BYTES).contains(&http.max_batch_bytes))
         {
@@ -224,6 +239,9 @@ impl Config {
         let mut destinations = BTreeSet::from(["log"]);
         destinations.extend(extra_destinations);
         for dest in &self.destinations {
+            if dest.name.is_empty() {
+                return Err(invalid("destination.name".into(), &"", "must not be empty".into()));
+            }
             if !destinations.insert(&dest.name) {
                 let problem = "a destination of this name already exists".into();
                 return Err(invalid("destination.name".into(), &dest.name, problem));
@@ -298,6 +316,10 @@ impl Config {
         let mut routes = BTreeSet::new();
         for route in &self.routes {
             let key = |field: &str| format!("route \"{}\".{field}", route.name);
+            // Its name labels its metrics, where "" is the series of messages no route took.
+            if route.name.is_empty() {
+                return Err(invalid("route.name".into(), &"", "must not be empty".into()));
+            }
             if !routes.insert(&route.name) {
                 return Err(invalid(key("name"), &route.name, "two routes share this name".into()));
             }
@@ -309,6 +331,12 @@ impl Config {
             if targets.is_empty() || (route.to.is_some() && !route.fan_out.is_empty()) {
                 let problem = "a route needs exactly one of `to` or `fan_out`".into();
                 return Err(invalid(key("to"), &route.to.as_deref().unwrap_or(""), problem));
+            }
+            if let Some(twice) =
+                route.fan_out.iter().enumerate().find(|(at, name)| route.fan_out[..*at].contains(name))
+            {
+                let problem = "names this destination twice: it would get each message twice".into();
+                return Err(invalid(key("fan_out"), twice.1, problem));
             }
             if let Some(unknown) = targets.iter().find(|name| !destinations.contains(name.as_str())) {
                 let field = if route.to.is_some() { "to" } else { "fan_out" };

@@ -43,6 +43,11 @@ pub enum RequestError {
     /// It was dead-lettered.
     #[error("dead-lettered: {0}")]
     DeadLettered(DeadLetterReason),
+    /// It was to be dead-lettered, for this reason, and could not be: no
+    /// dead-letter destination took it and the dead-letter file could not
+    /// be written (with the spool, the next start delivers it again).
+    #[error("not dead-lettered either, no dead-letter destination or file took it: {0}")]
+    Lost(DeadLetterReason),
     /// It was delivered, but a middleware failed on the reply.
     #[error("delivered, but the reply failed: {0}")]
     ReplyFailed(DeadLetterReason),

@@ -13,14 +13,20 @@ const ERRORS: [&str; 3] = ["rejected", "retryable", "failed"];
 /// The kinds of fault (the instance misbehaved and was thrown away).
 const FAULTS: [&str; 6] = ["trapped", "timed_out", "memory_cap", "malformed", "unusable", "output_limit"];
 
+/// Why a balancer plugin's pick fell back, besides its faults: an answer
+/// that names no endpoint, a pick that waited past its deadline or behind
+/// too many others, a stopped plugin thread.
+const FALLBACKS: [&str; 4] = ["invalid", "overdue", "overloaded", "stopped"];
+
 /// A plugin's calls and problems so far, every kind listed (zero included).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PluginCounts {
     /// Calls made (one per batch).
     pub calls: u64,
     /// Problems by kind: the error answers (`rejected`, `retryable`,
-    /// `failed`) and the faults (`trapped`, `timed_out`, `memory_cap`,
-    /// `malformed`, `unusable`).
+    /// `failed`), the faults (`trapped`, `timed_out`, `memory_cap`,
+    /// `malformed`, `unusable`, `output_limit`) and a balancer's other
+    /// fallbacks (`invalid`, `overdue`, `overloaded`, `stopped`).
     pub problems: BTreeMap<&'static str, u64>,
 }
 
@@ -145,6 +151,7 @@ impl Metrics {
         let problems = ERRORS
             .into_iter()
             .chain(FAULTS)
+            .chain(FALLBACKS)
             .map(|kind| {
                 let labels = PluginProblem { plugin: plugin.into(), problem: kind.into() };
                 (kind, self.plugin_problems.get(&labels).map_or(0, |count| count.get()))

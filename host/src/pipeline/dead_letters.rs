@@ -119,6 +119,10 @@ impl Pipeline {
         let (id, topic, code) = (message.id, message.topic.clone(), reason.code());
         let letter = reason.label(message, route_name);
         let reached = self.post_letter(topology, topology.dead_letter_for(&reason), letter).await;
+        let answer = match &reached {
+            Ok(_) => RequestError::DeadLettered(reason.clone()),
+            Err(_) => RequestError::Lost(reason.clone()),
+        };
         match reached {
             Ok(reached) => {
                 Counters::bump(&self.counters.dead_lettered, 1);
@@ -140,7 +144,7 @@ impl Pipeline {
             }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(Err(RequestError::DeadLettered(reason)));
+            let _ = reply.send(Err(answer));
         }
     }
 

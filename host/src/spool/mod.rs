@@ -140,9 +140,10 @@ impl Spool {
         let messages = recovered
             .into_iter()
             .map(|entry| {
+                // Its share of the budget as `put` counted it: the whole record.
+                let kib = record_kib(record::put_body(&entry.message, entry.accepted_ms).len());
                 // Over the budget when it shrank since: held all the same, never dropped.
-                let permit =
-                    spool.budget.clone().try_acquire_many_owned(record_kib(entry.message.payload.len())).ok();
+                let permit = spool.budget.clone().try_acquire_many_owned(kib).ok();
                 (entry.message, spool.hold(entry.seq, permit))
             })
             .collect();
@@ -252,4 +253,27 @@ fn kib_of(bytes: u64) -> usize {
 /// The KiB of `spool_max_bytes` a record with a body of `body` bytes holds (at least one).
 fn record_kib(body: usize) -> u32 {
     u32::try_from((body + record::HEADER) / 1024 + 1).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_recovered_message_takes_the_share_of_the_budget_its_put_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = Message::new("orders", "small payload").with_header("x-big", "h".repeat(8 * 1024));
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let all = spool.budget.available_permits();
+        let hold = spool.put(&message, false).await.unwrap();
+        let taken = all - spool.budget.available_permits();
+        assert!(taken > 8, "the headers count, not only the payload: {taken} KiB");
+        // Left unsettled, as a crash leaves it.
+        std::mem::forget(hold);
+        spool.close().await;
+        drop(spool);
+        let (spool, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        assert_eq!(recovery.messages.len(), 1);
+        assert_eq!(all - spool.budget.available_permits(), taken, "recovered with the same share");
+    }
 }

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 
+/// How often entering panic mode is logged at most, per destination.
+const PANIC_TOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Cluster {
     /// panics: health, breakers and the eligibility guard rails decide; an
     /// endpoint whose last connection was refused within the refusal window
@@ -30,9 +33,22 @@ impl Cluster {
             .collect();
         let eligibility = self.policy.admit(&conditions);
         if self.panicking.swap(eligibility.panic, Relaxed) != eligibility.panic {
-            tracing::warn!(destination = %self.name, panic = eligibility.panic, "too few healthy endpoints: panic mode");
+            self.tell_panic(eligibility.panic, now);
         }
         eligibility
+    }
+
+    /// Log that panic mode began (at most once in [`PANIC_TOLD_EVERY`]) or ended.
+    fn tell_panic(&self, panic: bool, now: Instant) {
+        if !panic {
+            tracing::debug!(destination = %self.name, "panic mode over: enough healthy endpoints");
+            return;
+        }
+        let mut told = self.panic_told.lock().unwrap_or_else(|poison| poison.into_inner());
+        if told.is_none_or(|told| now.saturating_duration_since(told) >= PANIC_TOLD_EVERY) {
+            *told = Some(now);
+            tracing::warn!(destination = %self.name, "too few healthy endpoints: panic mode, every endpoint gets traffic");
+        }
     }
 
     /// Whether `endpoint` refused its last connection within the refusal window.

@@ -66,6 +66,9 @@ pub struct Cluster {
     policy: EligibilityPolicy,
     /// Whether too few endpoints are healthy and all get traffic.
     panicking: AtomicBool,
+    /// When entering panic mode was last logged: a destination that goes in
+    /// and out of it with every retry is told of once a minute at most.
+    panic_told: std::sync::Mutex<Option<Instant>>,
     /// Most attempts in flight to one endpoint: its pool's size. An endpoint
     /// at it is passed over while another has room.
     endpoint_limit: u32,
@@ -144,6 +147,7 @@ impl Cluster {
             budget: RetryBudget::default(),
             policy: EligibilityPolicy::default(),
             panicking: AtomicBool::new(false),
+            panic_told: std::sync::Mutex::new(None),
             endpoint_limit: u32::try_from(config.pool.max_size).unwrap_or(u32::MAX),
             health_checks: config.health.clone(),
             events: host.events.clone(),
