@@ -238,6 +238,39 @@ async fn the_queue_timeout_fires_while_the_dispatcher_waits_for_a_delivery_slot(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_timeout_fires_while_a_message_waits_for_a_delivery_slot_of_the_host() {
+    // The host's one delivery slot is held by `api`'s message; `other`'s
+    // message, taken from its queue, waits for it past its 300 ms timeout.
+    let (held, other) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let text = config(&[&held], "timeout_ms = 600000")
+        .replacen("[host]", "[host]\nmax_in_flight = 1", 1)
+        .replacen("[[route]]\nname = \"all\"", "[[route]]\nname = \"all\"\nmatch = { topic = \"api\" }", 1)
+        + &format!(
+            "[[destination]]\nname = \"other\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+             queue = {{ timeout_ms = 300 }}\n[[route]]\nname = \"other\"\nmatch = {{ topic = \"other\" }}\nto = \"other\"\n",
+            other.addr
+        );
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("api", "holding")).await.unwrap();
+    within(held.arrivals(1)).await;
+    let sent = Instant::now();
+    host.send(Message::new("other", "late")).await.unwrap();
+    let letter = within(host.memory("dead").unwrap().recv_async()).await.unwrap();
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
+    assert!(
+        sent.elapsed() < Duration::from_millis(300 + 400),
+        "dead-lettered {:?} after it was sent",
+        sent.elapsed()
+    );
+    assert_eq!(other.arrived(), 0, "never sent");
+    held.set(Mode::Answer);
+    held.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_not_idempotent_does_not_send_again_what_an_endpoint_took_without_answering() {
     let endpoint = TestEndpoint::start(Mode::TakeThenReset).await;
     let dir = plugin_dir(&[]);

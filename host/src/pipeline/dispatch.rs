@@ -21,6 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -164,7 +165,17 @@ impl Dispatcher {
                 () = self.queue.closed() => {}
             }
             let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
-            let Ok(host_slot) = context.in_flight.clone().acquire_owned().await else { break };
+            // A slot of the host's, within the message's queue timeout.
+            let host_slot = tokio::select! {
+                slot = context.in_flight.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep_until(enqueued + self.timeout) => {
+                    self.time_out(job, enqueued);
+                    continue;
+                }
+            };
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
@@ -217,14 +228,19 @@ impl Dispatcher {
     /// Dead-letter each queued message once it has waited past the queue
     /// timeout, whatever the dispatcher is waiting for.
     async fn expire(self) {
-        let context = &self.context;
         while let Some(Queued { item: job, enqueued }) = self.queue.expired(self.timeout).await {
-            let Some(pipeline) = context.pipeline.upgrade() else { break };
-            let Job { delivery, route } = job;
-            let error = DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
-            let sink = self.sink.clone();
-            let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };
-            context.tracker.spawn_on(settle, &context.runtime);
+            self.time_out(job, enqueued);
         }
+    }
+
+    /// Dead-letter `job`, which entered the queue at `enqueued`: it waited past its queue timeout.
+    fn time_out(&self, job: Job, enqueued: Instant) {
+        let context = &self.context;
+        let Some(pipeline) = context.pipeline.upgrade() else { return };
+        let Job { delivery, route } = job;
+        let error = DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
+        let sink = self.sink.clone();
+        let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };
+        context.tracker.spawn_on(settle, &context.runtime);
     }
 }
