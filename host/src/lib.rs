@@ -51,6 +51,7 @@ pub mod alert;
 pub mod pipeline;
 pub mod reload;
 pub mod host;
+mod json_errors;
 mod listener;
 pub mod ingress;
 pub mod admin;

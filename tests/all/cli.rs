@@ -159,7 +159,11 @@ fn default_host_runs_dropped_in_plugins_and_answers_with_the_right_status() {
     assert!(headers.contains(&serde_json::json!(["x-transformed-by", "redact-transform"])), "{headers:?}");
 
     assert_eq!(post(addr, "/v1/messages/orders..eu", &[], b"{}").0, 400);
-    assert_eq!(post(addr, "/v1/messages/big", &[], &vec![b'x'; (1 << 20) + 1]).0, 413);
+    let (status, body) = post(addr, "/v1/messages/big", &[], &vec![b'x'; (1 << 20) + 1]);
+    assert_eq!(status, 413);
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert!(answer["error"].as_str().is_some_and(|error| error.contains("length limit")), "{answer}");
     let (status, body) = post(addr, "/v1/messages/not.json", &[], b"plain text");
     assert_eq!(status, 202, "accepted, then dead-lettered by the transform: {body}");
     let letter = host.line_where(|line| line.contains("x-sy-dead-letter-reason"));

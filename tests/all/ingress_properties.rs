@@ -75,6 +75,12 @@ async fn any_topic_and_headers_are_accepted_or_refused_and_no_client_sy_header_p
                 })
                 .collect();
             let visible = kept.iter().all(|(_, value)| value.is_ascii());
+            if status != 202 {
+                // Every refusal says why in JSON, axum's own rejections too.
+                let answer = serde_json::from_str::<serde_json::Value>(&body).ok();
+                let why = answer.as_ref().and_then(|answer| answer["error"].as_str());
+                prop_assert!(why.is_some_and(|why| !why.is_empty()), "{}: {}", status, body);
+            }
             if topic.is_empty() {
                 prop_assert_eq!(status, 404, "no topic, no such resource: {}", body);
                 return Ok(());

@@ -47,6 +47,7 @@ pub(super) fn router(
         .layer(middleware::from_fn_with_state(token, same_host_only))
         .layer(Extension(stopping))
         .layer(Extension(history))
+        .layer(middleware::map_response(crate::json_errors::json_errors))
         .with_state(host)
 }
 

@@ -63,6 +63,7 @@ impl HttpIngress {
             .route("/v1/messages", post(accept_bulk).layer(DefaultBodyLimit::max(http.max_batch_bytes)))
             // Only sockets need the stop signal: a layer over every route would add it to each request.
             .route("/v1/ws", get(accept_socket).layer(axum::Extension(stopping)))
+            .layer(axum::middleware::map_response(crate::json_errors::json_errors))
             .with_state(self.host);
         // Open sockets end when the ingress stops, so that its graceful shutdown can finish.
         let shutdown = async move {
