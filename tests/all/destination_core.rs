@@ -187,6 +187,11 @@ async fn a_shutdown_dead_letters_what_outlasts_its_grace_period_instead_of_waiti
     assert_eq!(payloads, [&b"in flight"[..], b"queued"]);
     for letter in &letters {
         assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
+        // The one sent says it may have been delivered; the one never sent says it was not.
+        let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+        let sent = &letter.payload[..] == b"in flight";
+        assert_eq!(reason.contains("it may have been delivered"), sent, "{reason}");
+        assert_eq!(reason.contains("before it was delivered"), !sent, "{reason}");
     }
     assert_eq!(endpoint.arrived(), 1, "the queued message was never sent");
 }

@@ -92,7 +92,10 @@ impl DeadLetterReason {
             DeadLetterReason::StagePanicked { .. }
             | DeadLetterReason::Delivery { error: DeliveryError::Panicked(_), .. } => "host-panic",
             DeadLetterReason::Delivery { error: DeliveryError::QueueTimeout { .. }, .. } => "queue-timeout",
-            DeadLetterReason::Delivery { error: DeliveryError::Shutdown, .. } => "shutdown",
+            DeadLetterReason::Delivery {
+                error: DeliveryError::Shutdown | DeliveryError::ShutdownInFlight,
+                ..
+            } => "shutdown",
             DeadLetterReason::Delivery {
                 error: DeliveryError::Attempts { maybe_delivered: true, .. },
                 ..

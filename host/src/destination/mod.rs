@@ -62,9 +62,15 @@ pub enum DeliveryError {
         /// that is not `idempotent` does not send it again).
         maybe_delivered: bool,
     },
-    /// The host shut down before the delivery finished, past its grace period.
+    /// The host shut down before the delivery started, past its grace period.
     #[error("the host shut down before it was delivered (past host.shutdown_grace_ms)")]
     Shutdown,
+    /// The host shut down while the delivery was under way, past its grace
+    /// period: an attempt may have reached an endpoint, which may have taken it.
+    #[error(
+        "the host shut down while its delivery was under way (past host.shutdown_grace_ms): it may have been delivered"
+    )]
+    ShutdownInFlight,
     /// The destination panicked while taking the message.
     #[error("the destination panicked: {0}")]
     Panicked(String),

@@ -213,7 +213,7 @@ impl Dispatcher {
                                 delivered = delivered => {
                                     delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
                                 }
-                                () = past_grace.cancelled() => Err(DeliveryError::Shutdown),
+                                () = past_grace.cancelled() => Err(DeliveryError::ShutdownInFlight),
                             }
                         }
                     }

@@ -345,7 +345,7 @@ impl Pipeline {
                 let result = tokio::select! {
                     biased;
                     result = target.sink.deliver(message.clone()) => result,
-                    () = past_grace.cancelled() => Err(DeliveryError::Shutdown),
+                    () = past_grace.cancelled() => Err(DeliveryError::ShutdownInFlight),
                 };
                 (message, result)
             }
