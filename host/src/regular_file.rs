@@ -27,7 +27,14 @@ pub enum Links {
 /// `max` bytes.
 pub fn read(path: &Path, max: u64, links: Links) -> std::io::Result<Option<Vec<u8>>> {
     if links == Links::WithinDirectory && std::fs::symlink_metadata(path)?.file_type().is_symlink() {
-        let target = std::fs::canonicalize(path)?;
+        let target = std::fs::canonicalize(path).map_err(|err| match err.kind() {
+            // The link is there: what is missing is what it points to.
+            std::io::ErrorKind::NotFound => {
+                let to = std::fs::read_link(path).map(|to| to.display().to_string()).unwrap_or_default();
+                refused(format!("a symbolic link to nothing (to {to})"))
+            }
+            _ => err,
+        })?;
         let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !target.starts_with(std::fs::canonicalize(dir)?) {
             return Err(refused(format!("a symbolic link out of its directory, to {}", target.display())));
@@ -88,6 +95,9 @@ mod tests {
         let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         std::fs::write(dir.path().join("real.wasm"), b"inside").unwrap();
         std::fs::write(elsewhere.path().join("real.wasm"), b"outside").unwrap();
+        std::os::unix::fs::symlink("missing.wasm", dir.path().join("dangling.wasm")).unwrap();
+        let dangling = read(&dir.path().join("dangling.wasm"), 1 << 20, Links::WithinDirectory).unwrap_err();
+        assert_eq!(dangling.to_string(), "a symbolic link to nothing (to missing.wasm)");
         std::os::unix::fs::symlink("real.wasm", dir.path().join("in.wasm")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path().join("real.wasm"), dir.path().join("out.wasm")).unwrap();
         assert_eq!(
