@@ -213,7 +213,7 @@ impl Cluster {
         match transition {
             Transition::Tripped { reason, .. } => {
                 endpoint.metrics.opened.inc();
-                let reason = format!("circuit breaker opened ({reason:?}); last: {problem}");
+                let reason = format!("circuit breaker opened ({reason}); last: {problem}");
                 self.tell(endpoint, Some(reason));
             }
             Transition::Recovered { .. } => {

@@ -62,11 +62,13 @@ pub enum Transition {
 }
 
 /// Why a breaker tripped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TripReason {
     /// This many failures in a row.
+    #[error("{0} failure{s} in a row", s = if *.0 == 1 { "" } else { "s" })]
     ConsecutiveFailures(u32),
     /// `failures` of the last `outcomes` outcomes failed.
+    #[error("{failures} of the last {outcomes} attempts failed")]
     FailureRate {
         /// Failures in the window.
         failures: usize,
