@@ -211,6 +211,36 @@ async fn a_refused_file_is_not_read_again_on_a_config_change_and_its_refusal_goe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_another_kind_does_not_replace_a_plugin_a_route_uses_as_its_kind() {
+    // Route `a` runs `transform:t`; t.wasm becomes a filter: refused, the transform keeps serving.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let config = ConfigFile::new(plugins.path(), &["a"]);
+    let host = config.host().await;
+    let serving = host.plugins()[0].digest.clone();
+    let mut events = host.subscribe();
+    move_in(plugins.path(), &std::fs::read(artifacts::HEADER_FILTER).unwrap());
+    let rejected = event_where(
+        &mut events,
+        |event| matches!(event, HostEvent::PluginRejected { name, .. } if name == "t"),
+    )
+    .await;
+    let HostEvent::PluginRejected { reason, .. } = rejected else { unreachable!() };
+    assert_eq!(
+        reason,
+        "plugin \"t\": the new file is a filter, but route \"a\" (stage transform:t) uses the serving transform: the serving version keeps serving"
+    );
+    assert_eq!(host.plugins()[0].digest, serving);
+    assert!(host.unready().is_empty(), "{:?}", host.unready());
+    host.send(Message::new("a", "{}")).await.unwrap();
+    assert!(
+        next(&host.memory("out").unwrap()).await.header("x-stamp").is_some(),
+        "stamped by the serving version"
+    );
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_directory_removed_and_made_again_is_followed_and_the_host_is_quiet_afterwards() {
     let root = tempfile::tempdir().unwrap();
     let plugins = root.path().join("plugins");

@@ -90,6 +90,21 @@ pub enum LoadError {
         /// The native library's extension on this platform.
         native: &'static str,
     },
+    /// A new version of another kind than the serving one, which the config
+    /// uses as its kind: it would leave that use with nothing to run.
+    #[error(
+        "plugin \"{name}\": the new file is a {new}, but {user} uses the serving {serving}: the serving version keeps serving"
+    )]
+    KindChanged {
+        /// Plugin name.
+        name: String,
+        /// The new file's kind.
+        new: &'static str,
+        /// The serving version's kind.
+        serving: &'static str,
+        /// What uses it as the serving version's kind, e.g. `route "orders" (stage filter:NAME)`.
+        user: String,
+    },
     /// A grant in the plugin's config cannot be honoured.
     #[error("plugin \"{name}\": {reason}")]
     Grant {

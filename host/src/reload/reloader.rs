@@ -6,7 +6,9 @@ use super::events::{Events, HostEvent};
 use super::source::{Source, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
-use crate::plugin::{CacheOutcome, CompiledPlugin, LoadError, load_bytes, plugin_files, plugin_name};
+use crate::plugin::{
+    CacheOutcome, CompiledPlugin, LoadError, PluginKind, load_bytes, plugin_files, plugin_name,
+};
 use crate::regular_file::Links;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -31,6 +33,34 @@ pub(crate) struct Reloader {
     /// The plugins whose latest file was refused, and why: that file is not
     /// read into a plugin, nor reported, again until it changes.
     refused: Mutex<BTreeMap<String, Refusal>>,
+}
+
+/// `plugin`, unless it is of another kind than `serving` (the version it
+/// would replace) and `config` uses it as the serving one's kind: a route's
+/// named stage, a destination's `plugin:NAME` transport or balancer. Such a
+/// file would leave that use with nothing to run; the serving version stays.
+fn same_kind_where_used(
+    config: &Config,
+    serving: Option<&CompiledPlugin>,
+    plugin: Arc<CompiledPlugin>,
+) -> Result<Arc<CompiledPlugin>, LoadError> {
+    let Some(serving) = serving.filter(|serving| serving.kind != plugin.kind) else { return Ok(plugin) };
+    let (name, kind) = (&plugin.name, serving.kind.as_str());
+    let stage = format!("{kind}:{name}");
+    let by_route =
+        config.routes.iter().find(|route| route.stages.iter().any(|named| named.to_string() == stage));
+    let as_plugin = format!("plugin:{name}");
+    let by_destination = config.destinations.iter().find(|destination| match serving.kind {
+        PluginKind::Transport => destination.transport == as_plugin,
+        PluginKind::Balancer => destination.balancer == as_plugin,
+        _ => false,
+    });
+    let user = match (by_route, by_destination) {
+        (Some(route), _) => format!("route \"{}\" (stage {stage})", route.name),
+        (None, Some(destination)) => format!("destination \"{}\" ({as_plugin})", destination.name),
+        (None, None) => return Ok(plugin),
+    };
+    Err(LoadError::KindChanged { name: name.clone(), new: plugin.kind.as_str(), serving: kind, user })
 }
 
 /// Which plugin files a sync reads into plugins.
@@ -311,7 +341,10 @@ impl Reloader {
         };
         let digest = hex::encode(Sha256::digest(&bytes));
         let current = self.pipeline.registry.snapshot().get(name).cloned();
-        if current.is_some_and(|current| current.digest == digest && current.settings.config == settings) {
+        if current
+            .as_ref()
+            .is_some_and(|current| current.digest == digest && current.settings.config == settings)
+        {
             return Prepared::Serving;
         }
         let file = Some(Box::new((digest, settings.clone())));
@@ -320,7 +353,9 @@ impl Reloader {
             return Prepared::Refused;
         }
         drop(refused);
-        match load_bytes(&self.pipeline.engine, format, &bytes, settings) {
+        let loaded = load_bytes(&self.pipeline.engine, format, &bytes, settings)
+            .and_then(|plugin| same_kind_where_used(&config, current.as_deref(), plugin));
+        match loaded {
             Ok(plugin) => Prepared::Ready(plugin),
             Err(error) => Prepared::Failed { name: name.to_owned(), error, file },
         }
