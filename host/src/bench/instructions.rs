@@ -21,7 +21,7 @@
 //! callgrind's window, tells where each case's calls begin and end.
 
 use super::http_case::HttpPath;
-use super::routed::{PluginDir, RoutedHost, Stages};
+use super::routed::{PluginDir, RoutedHost, Sending, Stages};
 use super::stage::{
     check_redacted, filter_call, filter_config, instantiate, order_message, transform_call, transform_config,
 };
@@ -66,53 +66,34 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
 
     let dir = PluginDir::new(plugins)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(routed_case(&dir.0, Stages::Wasm, CASES[3], iterations))?;
-    runtime.block_on(routed_case(&dir.without_plugins(), Stages::Native, CASES[4], iterations))?;
+    runtime.block_on(routed_case(&dir.0, (Stages::Wasm, Sending::AllAtOnce), CASES[3], iterations))?;
+    let native = (Stages::Native, Sending::AllAtOnce);
+    runtime.block_on(routed_case(&dir.without_plugins(), native, CASES[4], iterations))?;
     runtime.block_on(http_case(&dir, CASES[5], iterations))?;
     if plugins.stamp.is_some() {
-        runtime.block_on(routed_case(&dir.0, Stages::Stamp, CASES[6], iterations))?;
-        runtime.block_on(one_at_a_time_case(&dir.0, CASES[7], iterations))?;
+        runtime.block_on(routed_case(&dir.0, (Stages::Stamp, Sending::AllAtOnce), CASES[6], iterations))?;
+        runtime.block_on(routed_case(&dir.0, (Stages::Stamp, Sending::OneAtATime), CASES[7], iterations))?;
     }
     Ok(())
 }
 
 /// Route `iterations` messages (with the payload of `stages`) through a host
-/// running `stages` with the plugins of `plugin_dir`, counted as `case`.
+/// running `stages` with the plugins of `plugin_dir`, sent as `sending` says,
+/// counted as `case`.
 async fn routed_case(
     plugin_dir: &std::path::Path,
-    stages: Stages,
+    (stages, sending): (Stages, Sending),
     case: &'static str,
     iterations: usize,
 ) -> Result<(), BenchError> {
     let mut host = RoutedHost::start(plugin_dir, stages, true).await?;
     let payload = host.payload();
     let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
-    host.deliver(messages(WARM_UP)).await?;
+    host.deliver_sending(sending, messages(WARM_UP)).await?;
     let messages = messages(iterations);
     system_call_marker("begin", case);
     instructions_begin(case);
-    let delivered = host.deliver(messages).await;
-    instructions_end(case);
-    system_call_marker("end", case);
-    delivered?;
-    host.finish().await
-}
-
-/// Route `iterations` messages through the stamp pipeline, each sent once
-/// the one before it was delivered, counted as `case`.
-async fn one_at_a_time_case(
-    plugin_dir: &std::path::Path,
-    case: &'static str,
-    iterations: usize,
-) -> Result<(), BenchError> {
-    let mut host = RoutedHost::start(plugin_dir, Stages::Stamp, true).await?;
-    let payload = host.payload();
-    let messages = |count: usize| (0..count).map(|_| order_message(payload.clone())).collect::<Vec<_>>();
-    host.deliver_one_at_a_time(messages(WARM_UP)).await?;
-    let messages = messages(iterations);
-    system_call_marker("begin", case);
-    instructions_begin(case);
-    let delivered = host.deliver_one_at_a_time(messages).await;
+    let delivered = host.deliver_sending(sending, messages).await;
     instructions_end(case);
     system_call_marker("end", case);
     delivered?;

@@ -19,6 +19,15 @@ pub(super) enum Stages {
     None,
 }
 
+/// How a run sends its messages.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sending {
+    /// All of them, as fast as the host takes them: batches fill.
+    AllAtOnce,
+    /// Each once the one before it was delivered: each is a batch of its own.
+    OneAtATime,
+}
+
 /// A host routing `orders.*` through its [`Stages`] into a memory destination.
 pub(super) struct RoutedHost {
     pub(super) host: Host,
@@ -273,9 +282,21 @@ impl RoutedHost {
         Ok(())
     }
 
+    /// Send `messages` as `sending` says, and wait until the destination has all of them.
+    pub(super) async fn deliver_sending(
+        &mut self,
+        sending: Sending,
+        messages: Vec<Message>,
+    ) -> Result<(), BenchError> {
+        match sending {
+            Sending::AllAtOnce => self.deliver(messages).await,
+            Sending::OneAtATime => self.deliver_one_at_a_time(messages).await,
+        }
+    }
+
     /// Send `messages` one after the other, each once the one before it
     /// reached the destination, so that each is a batch of its own.
-    pub(super) async fn deliver_one_at_a_time(&mut self, messages: Vec<Message>) -> Result<(), BenchError> {
+    async fn deliver_one_at_a_time(&mut self, messages: Vec<Message>) -> Result<(), BenchError> {
         let count = messages.len();
         let deadline = Duration::from_secs(60) + Duration::from_millis(5u64.saturating_mul(count as u64));
         let delivered = tokio::time::timeout(deadline, async {
