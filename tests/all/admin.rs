@@ -5,7 +5,7 @@ use crate::support::{MEMORY_OUT, PATIENCE, host, http, next, plugin_dir, within}
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use switchyard::admin::AdminServer;
-use switchyard::{BuildError, Host, Message};
+use switchyard::{BuildError, Config, Host, Message};
 use switchyard_plugin_artifacts as artifacts;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -452,4 +452,35 @@ async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_kee
     let (status, body) = call(addr, "PUT", "/v1/config", &restart).await;
     assert!(status == 422 && body.contains("host.workers"), "{status} {body}");
     assert_eq!(std::fs::read_to_string(&config_path).unwrap(), good);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_config_replacements_leave_the_file_holding_what_runs() {
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let plugins = format!("[host]\nplugin_dir = {:?}\nwatch = false", dir.path());
+    let base = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+        MEMORY_OUT.replacen("[host]", &plugins, 1)
+    );
+    let with_priority =
+        |priority: u8| format!("{base}[[route]]\nname = \"a\"\npriority = {priority}\nto = \"out\"\n");
+    std::fs::write(&config_path, with_priority(0)).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let addr = start_admin(&host).await;
+    for round in 0..5u8 {
+        let puts: Vec<_> = (1..=8u8)
+            .map(|n| {
+                let text = with_priority(round * 10 + n);
+                tokio::spawn(async move { call(addr, "PUT", "/v1/config", &text).await })
+            })
+            .collect();
+        for put in puts {
+            let (status, body) = put.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+        let running = host.config().routes[0].priority;
+        let on_disk = Config::from_toml("f", &std::fs::read_to_string(&config_path).unwrap()).unwrap();
+        assert_eq!(on_disk.routes[0].priority, running, "round {round}: the file holds what runs");
+    }
 }
