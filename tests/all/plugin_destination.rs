@@ -129,6 +129,31 @@ async fn a_sleeping_or_spinning_transport_plugin_is_cut_at_its_deadline_and_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cut_at_their_deadline_while_they_wait_for_a_busy_lane_were_never_sent_and_go_on() {
+    // One lane: a sleeping call holds it until its 300 ms deadline, and the
+    // messages sent right after wait behind it; those whose deadline passes
+    // while they wait were never handed to the plugin, so they are no attempt
+    // (not `delivery-uncertain`) and go out once the lane is free.
+    let (endpoint, echoed) = echo_server().await;
+    let settings = "timeout_ms = 300\noptions = { lanes = 1 }";
+    let (_dir, host) =
+        plugin_host(&[("faulty", artifacts::FAULTY_TRANSPORT)], &[endpoint], settings, "").await;
+    host.send(Message::new("jobs", "asleep").with_header("x-fault", "sleep")).await.unwrap();
+    let fine: Vec<String> = (0..20).map(|n| format!("fine {n:02}")).collect();
+    for payload in &fine {
+        host.send(Message::new("jobs", payload.clone())).await.unwrap();
+    }
+    let stats = drain_and_account(&host).await;
+    let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    let dead: Vec<(&[u8], Option<&str>)> =
+        letters.iter().map(|letter| (&letter.payload[..], letter.header("x-sy-dead-letter"))).collect();
+    assert_eq!(dead, [(&b"asleep"[..], Some("delivery-uncertain"))], "only the one the plugin had");
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 1));
+    let sent: usize = fine.iter().map(String::len).sum();
+    assert_eq!(echoed.load(Ordering::SeqCst), sent, "each fine message went out once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transport_plugin_connecting_outside_its_endpoints_is_denied_and_dead_lettered_with_its_error() {
     let (endpoint, _) = echo_server().await;
     let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
