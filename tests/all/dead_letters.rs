@@ -419,3 +419,33 @@ async fn a_letter_its_destination_refuses_for_good_stays_in_the_file_sent_once_a
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 5, "counted once each: four delivered, one in the file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_a_dead_letter_destination_may_have_taken_is_not_sent_again_but_kept_in_the_file() {
+    // The dead-letter endpoint takes each request and never answers: after
+    // its 100 ms the letter may have been delivered, and the destination is
+    // not idempotent, so it is never sent again; the file keeps it.
+    let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Hold).await;
+    let state = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(&[]);
+    let text = format!(
+        "[host]\ndead_letter = \"dlq\"\n[[destination]]\nname = \"dlq\"\ntransport = \"http\"\n\
+         endpoints = [\"{}\"]\ntimeout_ms = 100\n",
+        endpoint.addr
+    );
+    let config = Config::from_toml("test.toml", &text).unwrap();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.build().await.unwrap();
+    host.send(Message::new("nowhere", "once")).await.unwrap();
+    let held = eventually(|| match host.dead_letters(10).unwrap() {
+        held if held.count == 1 && host.stats().in_flight() == 0 => Ok(held),
+        held => Err((held.count, host.stats())),
+    });
+    assert_eq!(held.letters[0].code, "no-route");
+    // Over a quiet second, it is not sent again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(endpoint.arrived(), 1, "sent once: it may have been taken");
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 1);
+}

@@ -47,9 +47,10 @@ pub(crate) struct DeadLetters {
     /// Wakes the re-delivery task.
     written: Notify,
     /// The unique ids of the letters in the file that every dead-letter
-    /// destination of theirs refused for good (a 4xx, a plugin's `rejected`):
-    /// they stay in the file, are not sent again in this run, and hold up no
-    /// other letter.
+    /// destination of theirs refused for good (a 4xx, a plugin's `rejected`,
+    /// or an attempt that went out unanswered to one that is not idempotent,
+    /// which never sends twice): they stay in the file, are not sent again in
+    /// this run, and hold up no other letter.
     refused: Mutex<HashSet<String>>,
 }
 
@@ -65,7 +66,7 @@ impl DeadLetters {
         tracing::warn!(
             id = letter.id,
             unique_id = id,
-            "every dead-letter destination refused this dead letter for good; it stays in the dead-letter file, not sent again in this run"
+            "no dead-letter destination took this dead letter, and none will: each refused it for good, or took it without answering (not idempotent, it is not sent twice); it stays in the dead-letter file, not sent again in this run"
         );
         self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).insert(id.to_owned());
         true
