@@ -381,15 +381,21 @@ async fn call(addr: SocketAddr, method: &'static str, path: &str, body: &str) ->
     tokio::task::spawn_blocking(move || http(addr, method, &path, &[AUTH], body.as_bytes())).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_keeps_it() {
-    let dir = plugin_dir(&[]);
-    let config_path = dir.path().join("switchyard.toml");
-    let plugins = format!("[host]\nplugin_dir = {:?}\nwatch = false", dir.path());
+/// Where a config file goes in `dir`, and its text without routes: memory
+/// destinations, plugins from `dir` (not watched), the admin API with the token.
+fn config_file_in(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let plugins = format!("[host]\nplugin_dir = {dir:?}\nwatch = false");
     let base = format!(
         "{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
         MEMORY_OUT.replacen("[host]", &plugins, 1)
     );
+    (dir.join("switchyard.toml"), base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_keeps_it() {
+    let dir = plugin_dir(&[]);
+    let (config_path, base) = config_file_in(dir.path());
     let first = format!("{base}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a.*\" }}\nto = \"out\"\n");
     std::fs::write(&config_path, &first).unwrap();
     let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
@@ -457,12 +463,7 @@ async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_kee
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_config_replacements_leave_the_file_holding_what_runs() {
     let dir = plugin_dir(&[]);
-    let config_path = dir.path().join("switchyard.toml");
-    let plugins = format!("[host]\nplugin_dir = {:?}\nwatch = false", dir.path());
-    let base = format!(
-        "{}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
-        MEMORY_OUT.replacen("[host]", &plugins, 1)
-    );
+    let (config_path, base) = config_file_in(dir.path());
     let with_priority =
         |priority: u8| format!("{base}[[route]]\nname = \"a\"\npriority = {priority}\nto = \"out\"\n");
     std::fs::write(&config_path, with_priority(0)).unwrap();

@@ -176,8 +176,7 @@ impl Pipeline {
         Ok(Reached::File)
     }
 
-    /// One re-delivery pass over the oldest letters of the file; `false`
-    /// when some letter found all its dead-letter destinations down.
+    /// One re-delivery pass over the oldest letters of the file, and what it did.
     async fn redeliver(&self) -> Pass {
         let file = self.dead_letters.file.clone();
         let batch = match tokio::task::spawn_blocking(move || file.read(PASS)).await.expect("no panic") {
@@ -306,25 +305,21 @@ impl Redelivery {
 
 async fn redeliver_until(pipeline: Weak<Pipeline>, stop: CancellationToken) {
     let Some(dead_letters) = pipeline.upgrade().map(|pipeline| pipeline.dead_letters.clone()) else { return };
-    let mut failed_passes = 0;
+    let (mut failed_passes, mut pass) = (0, Pass::Done);
     loop {
-        if dead_letters.file.letters() == 0 {
+        // Nothing to send until a new letter comes.
+        if pass == Pass::OnlyRefused || dead_letters.file.letters() == 0 {
             failed_passes = 0;
             tokio::select! {
-                () = dead_letters.written.notified() => continue,
+                () = dead_letters.written.notified() => {}
                 () = stop.cancelled() => return,
             }
         }
         let Some(pipeline) = pipeline.upgrade() else { return };
-        let pass = pipeline.redeliver().await;
+        pass = pipeline.redeliver().await;
         drop(pipeline);
         if pass == Pass::OnlyRefused {
-            // Nothing to send until a new letter comes.
-            failed_passes = 0;
-            tokio::select! {
-                () = dead_letters.written.notified() => continue,
-                () = stop.cancelled() => return,
-            }
+            continue;
         }
         failed_passes = if pass == Pass::Done { 0 } else { failed_passes + 1 };
         let delay = match failed_passes {

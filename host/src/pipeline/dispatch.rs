@@ -184,38 +184,29 @@ impl Dispatcher {
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
             let delivery = async move {
-                let queue_timeout =
-                    || DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
-                let result = match waited > timeout {
-                    true => Err(queue_timeout()),
-                    false => {
-                        // The stream's turn, within the message's queue timeout.
-                        let waited_out = match &turn {
-                            Some(turn) => tokio::select! {
-                                () = turn.ready() => false,
-                                () = tokio::time::sleep_until(enqueued + timeout) => true,
-                                () = past_grace.cancelled() => false,
-                            },
-                            None => false,
-                        };
-                        if waited_out {
-                            Err(queue_timeout())
-                        } else if past_grace.is_cancelled() {
-                            // Not started: nothing of it may go out now.
-                            Err(DeliveryError::Shutdown)
-                        } else {
-                            let message = delivery.message.clone();
-                            let delivered =
-                                crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
-                            // What finished first counts: a delivery done as the grace period ends is done.
-                            tokio::select! {
-                                biased;
-                                delivered = delivered => {
-                                    delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic)))
-                                }
-                                () = past_grace.cancelled() => Err(DeliveryError::ShutdownInFlight),
-                            }
-                        }
+                // Its stream's turn, if it has one, within its queue timeout.
+                let in_time = match &turn {
+                    _ if waited > timeout => false,
+                    Some(turn) => tokio::select! {
+                        () = turn.ready() => true,
+                        () = tokio::time::sleep_until(enqueued + timeout) => false,
+                        () = past_grace.cancelled() => true,
+                    },
+                    None => true,
+                };
+                let result = if !in_time {
+                    Err(DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 })
+                } else if past_grace.is_cancelled() {
+                    // Not started: nothing of it may go out now.
+                    Err(DeliveryError::Shutdown)
+                } else {
+                    let message = delivery.message.clone();
+                    let delivered = crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
+                    // What finished first counts: a delivery done as the grace period ends is done.
+                    tokio::select! {
+                        biased;
+                        delivered = delivered => delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic))),
+                        () = past_grace.cancelled() => Err(DeliveryError::ShutdownInFlight),
                     }
                 };
                 drop((turn, slot, host_slot));
