@@ -421,6 +421,39 @@ async fn a_letter_its_destination_refuses_for_good_stays_in_the_file_sent_once_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_behind_more_refused_letters_than_a_pass_reads_is_still_delivered() {
+    // 300 letters refused for good at the head of the file, more than one
+    // re-delivery pass reads: a letter written after them still goes out.
+    let (taken, took) = flume::unbounded();
+    let picky = move |message: Message| {
+        let taken = taken.clone();
+        async move {
+            if message.payload.starts_with(b"poison") {
+                return Err(DeliveryError::Fatal("HTTP 413: refused for good".into()));
+            }
+            taken.send(message).unwrap();
+            Ok(None)
+        }
+    };
+    let state = tempfile::tempdir().unwrap();
+    let host = host(state.path(), picky).await;
+    for n in 0..300 {
+        host.send(Message::new("nowhere", format!("poison {n}"))).await.unwrap();
+    }
+    eventually(|| match host.dead_letters(1).unwrap() {
+        held if held.count == 300 && host.stats().in_flight() == 0 => Ok(()),
+        held => Err((held.count, host.stats())),
+    });
+    host.send(Message::new("nowhere", "fine")).await.unwrap();
+    assert_eq!(&next(&took).await.payload[..], b"fine");
+    let held = host.dead_letters(1000).unwrap();
+    assert_eq!(held.count, 300, "the refused letters stay in the file");
+    assert!(held.letters.iter().all(|letter| letter.to_message().unwrap().payload.starts_with(b"poison")));
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_a_dead_letter_destination_may_have_taken_is_not_sent_again_but_kept_in_the_file() {
     // The dead-letter endpoint takes each request and never answers: after
     // its 100 ms the letter may have been delivered, and the destination is

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -57,8 +58,10 @@ struct State {
 pub struct Batch {
     /// The letters, in the order they were written.
     pub letters: Vec<DeadLetterRecord>,
-    /// Lines among them that could not be read (skipped with a warning).
-    unreadable: usize,
+    /// Where each of `letters` is in the file.
+    spans: Vec<Range<u64>>,
+    /// Where the lines among them that could not be read are (skipped with a warning).
+    unreadable: Vec<Range<u64>>,
     /// Where the batch ends in the file.
     end: u64,
 }
@@ -76,7 +79,7 @@ impl DeadLetterFile {
         match File::open(&path) {
             Ok(existing) => {
                 let size = existing.metadata().map_err(error)?.len();
-                let batch = scan(&path, existing, u64::MAX, usize::MAX).map_err(error)?;
+                let batch = scan(&path, existing, u64::MAX, usize::MAX, |_| false).map_err(error)?;
                 if batch.end < size {
                     tracing::warn!(file = %path.display(), bytes = size - batch.end, "dead-letter file ends in a torn line (a crash while writing); cut off");
                     let existing = OpenOptions::new().write(true).open(&path);
@@ -131,21 +134,22 @@ impl DeadLetterFile {
         Ok(())
     }
 
-    /// The first `limit` letters, oldest first.
-    pub fn read(&self, limit: usize) -> Result<Batch, FileError> {
+    /// The first `limit` letters, oldest first, passing over those `skip`
+    /// picks: they stay in the file, before and among the letters read.
+    pub fn read(&self, limit: usize, skip: impl Fn(&DeadLetterRecord) -> bool) -> Result<Batch, FileError> {
         let state = self.lock();
-        let empty = Batch { letters: Vec::new(), unreadable: 0, end: 0 };
+        let empty = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: 0 };
         match File::open(&self.path) {
-            Ok(file) => scan(&self.path, file, state.len, limit).map_err(|error| self.error(error)),
+            Ok(file) => scan(&self.path, file, state.len, limit, skip).map_err(|error| self.error(error)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(empty),
             Err(error) => Err(self.error(error)),
         }
     }
 
     /// Remove the letters of `batch` marked `delivered` (and its unreadable
-    /// lines), keeping the others and every letter written after it, in order.
+    /// lines), keeping every other letter, in order.
     pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<(), FileError> {
-        if batch.unreadable == 0 && !delivered.contains(&true) {
+        if batch.unreadable.is_empty() && !delivered.contains(&true) {
             return Ok(());
         }
         let mut state = self.lock();
@@ -170,17 +174,20 @@ impl DeadLetterFile {
         sync_dir(&self.path).map_err(|error| self.error(error))
     }
 
-    /// Write the letters kept from `batch` and the rest of the file to
-    /// `tmp` and fsync it; returns its length.
+    /// Write the file without the letters of `batch` marked `delivered` and
+    /// its unreadable lines to `tmp`, byte for byte, and fsync it; returns its length.
     fn write_kept(&self, tmp: &Path, state: &State, batch: &Batch, delivered: &[bool]) -> io::Result<u64> {
+        let delivered = batch.spans.iter().zip(delivered).filter(|(_, delivered)| **delivered);
+        let mut dropped: Vec<_> = delivered.map(|(span, _)| span).chain(&batch.unreadable).collect();
+        dropped.sort_by_key(|span| span.start);
         let mut out = BufWriter::new(File::create(tmp)?);
-        for (letter, _) in batch.letters.iter().zip(delivered).filter(|(_, delivered)| !**delivered) {
-            serde_json::to_writer(&mut out, letter)?;
-            out.write_all(b"\n")?;
+        let mut old = File::open(&self.path)?;
+        let mut at = 0;
+        for span in dropped.into_iter().chain([&(state.len..state.len)]) {
+            old.seek(SeekFrom::Start(at))?;
+            io::copy(&mut (&mut old).take(span.start - at), &mut out)?;
+            at = span.end;
         }
-        let mut rest = File::open(&self.path)?;
-        rest.seek(SeekFrom::Start(batch.end))?;
-        io::copy(&mut rest.take(state.len - batch.end), &mut out)?;
         let out = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         out.sync_all()?;
         out.metadata().map(|metadata| metadata.len())
@@ -212,23 +219,35 @@ impl DeadLetterFile {
 }
 
 /// Read up to `limit` letters from the first `len` bytes of `file` (at
-/// `path`); the batch ends after the last whole line read.
-fn scan(path: &Path, file: File, len: u64, limit: usize) -> io::Result<Batch> {
+/// `path`), passing over those `skip` picks; the batch ends after the last
+/// whole line read.
+fn scan(
+    path: &Path,
+    file: File,
+    len: u64,
+    limit: usize,
+    skip: impl Fn(&DeadLetterRecord) -> bool,
+) -> io::Result<Batch> {
     let mut reader = BufReader::new(file.take(len));
-    let (mut batch, mut line) = (Batch { letters: Vec::new(), unreadable: 0, end: 0 }, Vec::new());
+    let mut batch = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: 0 };
+    let mut line = Vec::new();
     while batch.letters.len() < limit {
         line.clear();
         let read = reader.read_until(b'\n', &mut line)?;
         if read == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        batch.end += read as u64;
+        let span = batch.end..batch.end + read as u64;
+        batch.end = span.end;
         match serde_json::from_slice::<DeadLetterRecord>(&line) {
-            Ok(letter) => batch.letters.push(letter),
+            Ok(letter) if skip(&letter) => {}
+            Ok(letter) => {
+                batch.letters.push(letter);
+                batch.spans.push(span);
+            }
             Err(error) => {
-                let offset = batch.end - read as u64;
-                tracing::warn!(file = %path.display(), offset, %error, "unreadable dead-letter line skipped");
-                batch.unreadable += 1;
+                tracing::warn!(file = %path.display(), offset = span.start, %error, "unreadable dead-letter line skipped");
+                batch.unreadable.push(span);
             }
         }
     }
@@ -264,9 +283,9 @@ mod tests {
         let written = [letter(1, "dead"), letter(2, "dead"), letter(3, "other")];
         written.iter().for_each(|letter| file.append(letter).unwrap());
         let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
-        assert_eq!(again.read(10).unwrap().letters, written);
+        assert_eq!(again.read(10, |_| false).unwrap().letters, written);
         assert_eq!((again.letters(), again.holds_for("dead"), again.holds_for("log")), (3, true, false));
-        assert_eq!(ids(&again.read(2).unwrap()), ["1", "2"]);
+        assert_eq!(ids(&again.read(2, |_| false).unwrap()), ["1", "2"]);
     }
 
     #[test]
@@ -279,7 +298,7 @@ mod tests {
         let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         assert_eq!(again.letters(), 1);
         again.append(&letter(3, "dead")).unwrap();
-        assert_eq!(ids(&again.read(10).unwrap()), ["1", "3"]);
+        assert_eq!(ids(&again.read(10, |_| false).unwrap()), ["1", "3"]);
         let text = std::fs::read_to_string(again.path()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
     }
@@ -294,11 +313,29 @@ mod tests {
         drop(file);
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(2, "dead")).unwrap();
-        let batch = file.read(10).unwrap();
-        assert_eq!((ids(&batch), batch.unreadable), (vec!["1", "2"], 1));
+        let batch = file.read(10, |_| false).unwrap();
+        assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 1));
         file.remove(&batch, &[false, false]).unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(!text.contains("not json") && text.lines().count() == 2, "{text}");
+    }
+
+    #[test]
+    fn letters_passed_over_do_not_count_and_stay_in_place_when_others_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        (1..=6).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+        let before = std::fs::read_to_string(file.path()).unwrap();
+        let held_back = |letter: &DeadLetterRecord| ["1", "2", "4"].contains(&letter.id.as_str());
+        let batch = file.read(2, held_back).unwrap();
+        assert_eq!(ids(&batch), ["3", "5"]);
+        file.remove(&batch, &[true, true]).unwrap();
+        assert_eq!(ids(&file.read(10, |_| false).unwrap()), ["1", "2", "4", "6"]);
+        let lines: Vec<_> = before.lines().collect();
+        let kept = [lines[0], lines[1], lines[3], lines[5]].map(|line| format!("{line}\n")).concat();
+        assert_eq!(std::fs::read_to_string(file.path()).unwrap(), kept, "kept byte for byte");
+        assert_eq!(file.letters(), 4);
+        assert!(file.read(10, |_| true).unwrap().letters.is_empty());
     }
 
     #[test]
@@ -306,16 +343,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         (1..=3).for_each(|n| file.append(&letter(n, if n == 1 { "a" } else { "b" })).unwrap());
-        let batch = file.read(2).unwrap();
+        let batch = file.read(2, |_| false).unwrap();
         file.append(&letter(4, "b")).unwrap();
         file.remove(&batch, &[true, false]).unwrap();
-        assert_eq!(ids(&file.read(10).unwrap()), ["2", "3", "4"]);
+        assert_eq!(ids(&file.read(10, |_| false).unwrap()), ["2", "3", "4"]);
         assert_eq!((file.letters(), file.holds_for("a")), (3, false));
         file.append(&letter(5, "a")).unwrap();
-        let all = file.read(10).unwrap();
+        let all = file.read(10, |_| false).unwrap();
         file.remove(&all, &[true, true, true, false]).unwrap();
-        assert_eq!(ids(&file.read(10).unwrap()), ["5"]);
-        let last = file.read(10).unwrap();
+        assert_eq!(ids(&file.read(10, |_| false).unwrap()), ["5"]);
+        let last = file.read(10, |_| false).unwrap();
         file.remove(&last, &[true]).unwrap();
         assert_eq!((file.letters(), std::fs::metadata(file.path()).unwrap().len()), (0, 0));
         assert_eq!(DeadLetterFile::open(dir.path(), Gauge::default()).unwrap().letters(), 0);

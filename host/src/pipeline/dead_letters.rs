@@ -6,10 +6,10 @@
 
 use super::item::Item;
 use super::{Counters, Pipeline, Topology};
-use crate::dead_letter::{DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError};
+use crate::dead_letter::{Batch, DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError};
 use crate::destination::DeliveryError;
 use crate::host::RequestError;
-use crate::message::Message;
+use crate::message::{ID_HEADER, Message};
 use crate::metrics::{RouteMetrics, Settled};
 use crate::resilience::RetryPolicy;
 use std::collections::HashSet;
@@ -72,9 +72,14 @@ impl DeadLetters {
         true
     }
 
-    fn was_refused(&self, letter: &Message) -> bool {
-        let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
-        letter.unique_id().is_some_and(|id| refused.contains(id))
+    /// The oldest `PASS` letters of the file not refused for good.
+    fn to_redeliver(&self) -> Result<Batch, FileError> {
+        let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        let refused = |record: &DeadLetterRecord| {
+            let unique_id = record.headers.iter().find(|(name, _)| name == ID_HEADER);
+            unique_id.is_some_and(|(_, id)| refused.contains(id))
+        };
+        self.file.read(PASS, refused)
     }
 }
 
@@ -95,7 +100,7 @@ enum Pass {
     Done,
     /// Some letter found its dead-letter destinations down: back off.
     Down,
-    /// It read only letters refused for good: wait for new ones.
+    /// It found only letters refused for good: wait for new ones.
     OnlyRefused,
 }
 
@@ -178,14 +183,15 @@ impl Pipeline {
 
     /// One re-delivery pass over the oldest letters of the file, and what it did.
     async fn redeliver(&self) -> Pass {
-        let file = self.dead_letters.file.clone();
-        let batch = match tokio::task::spawn_blocking(move || file.read(PASS)).await.expect("no panic") {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(%error, "cannot read the dead-letter file");
-                return Pass::Down;
-            }
-        };
+        let dead_letters = self.dead_letters.clone();
+        let batch =
+            match tokio::task::spawn_blocking(move || dead_letters.to_redeliver()).await.expect("no panic") {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the dead-letter file");
+                    return Pass::Down;
+                }
+            };
         let topology = self.topology.load_full();
         let (mut delivered, mut down) = (vec![false; batch.letters.len()], Vec::new());
         let mut refused = 0;
@@ -201,10 +207,6 @@ impl Pipeline {
                     continue;
                 }
             };
-            if self.dead_letters.was_refused(&letter) {
-                refused += 1;
-                continue;
-            }
             let chain = topology.dead_letter_chain(&record.destination);
             match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
                 Along::Taken(_) => *delivered = true,
