@@ -4,8 +4,9 @@
 use super::cache::{CacheOutcome, CompileCache};
 use super::error::EngineError;
 use super::sandbox::{StoreState, add_host_imports};
+use super::ticker::{CallMark, EpochTicker};
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
@@ -66,12 +67,13 @@ pub struct PluginEngine {
     cache: Option<CompileCache>,
     /// Told before and after each compile.
     observer: Option<CompileObserver>,
-    /// Dropping this stops the ticker thread.
-    _ticker: mpsc::Sender<()>,
+    /// Advances the epoch while plugin code runs; stops when dropped.
+    ticker: EpochTicker,
 }
 
 impl PluginEngine {
-    /// A fresh engine with its own epoch ticker thread; compiled components
+    /// A fresh engine with its own epoch ticker thread (resting while no
+    /// plugin code runs); compiled components
     /// are cached in `cache_dir` (keyed by content and engine settings,
     /// sealed; see [`CacheOutcome`]).
     pub fn new(cache_dir: Option<&Path>) -> Result<PluginEngine, EngineError> {
@@ -97,17 +99,8 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         super::deadline::bound_blocking_calls(&mut linker)?;
         add_host_imports(&mut linker)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let ticking = engine.weak();
-        std::thread::Builder::new().name("switchyard-epoch".into()).spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
-                match ticking.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        })?;
-        Ok(PluginEngine { engine, linker, cache, observer: None, _ticker: stop })
+        let ticker = EpochTicker::start(engine.weak())?;
+        Ok(PluginEngine { engine, linker, cache, observer: None, ticker })
     }
 
     /// Tell `observer` of every compile from now on. Compiles use all cores
@@ -147,6 +140,12 @@ impl PluginEngine {
         let component = Component::new(&self.engine, bytes);
         observer(CompileProgress::Finished { plugin, bytes: bytes.len(), took: started.elapsed() });
         component
+    }
+
+    /// The mark a new store's calls run under, so that the epoch ticker
+    /// ticks through them.
+    pub(crate) fn call_mark(&self) -> CallMark {
+        self.ticker.mark()
     }
 
     /// Epoch ticks that cover `timeout`, plus one for the partial tick in progress.

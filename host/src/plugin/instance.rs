@@ -9,6 +9,7 @@ use super::compiled::{CompiledPlugin, KindPre, PluginCode, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{PluginError, PluginFault};
 use super::sandbox::StoreState;
+use super::ticker::CallMark;
 use crate::message::Verdict;
 use std::sync::Arc;
 use wasmtime::{Store, Trap};
@@ -65,6 +66,8 @@ pub(super) struct CallGuard {
     timeout: std::time::Duration,
     /// Bytes of memory past which the instance has outgrown itself ([`PluginInstance::outgrown`]).
     outgrown_at: usize,
+    /// Keeps the epoch ticker ticking while the store runs plugin code.
+    mark: CallMark,
 }
 
 /// The share of the room between an instance's memory at start and its cap that it may fill
@@ -115,7 +118,7 @@ impl PluginInstance {
         store.limiter(|state| state);
         store.epoch_deadline_trap();
         let timeout = plugin.settings.timeout();
-        let mut guard = CallGuard { store, timeout, outgrown_at: usize::MAX };
+        let mut guard = CallGuard { store, timeout, outgrown_at: usize::MAX, mark: engine.call_mark() };
         let exports = match pre {
             KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
             KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
@@ -283,7 +286,8 @@ impl CallGuard {
         let state = self.store.data_mut();
         state.host.last_error_logged = None;
         state.call_deadline = Some(tokio::time::Instant::now() + timeout);
-        call(&mut self.store).map_err(|err| self.classify(err, timeout))
+        let store = &mut self.store;
+        self.mark.during(|| call(store)).map_err(|err| self.classify(err, timeout))
     }
 
     fn classify(&self, err: wasmtime::Error, timeout: std::time::Duration) -> PluginFault {

@@ -13,6 +13,7 @@ mod instance;
 mod native;
 mod registry;
 mod sandbox;
+mod ticker;
 mod transport;
 
 pub use bindings::EndpointRecord;

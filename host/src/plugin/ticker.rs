@@ -1,0 +1,211 @@
+//! The epoch ticker: a thread that advances the engine's epoch every
+//! [`EPOCH_TICK`] while plugin code may run, so that call deadlines fire.
+//! Once no call has been under way for [`REST_AFTER`] it rests (no wake-ups
+//! at all on an idle host) until the next call wakes it.
+//!
+//! A call marks itself under way in its store's own flag, then looks whether
+//! the ticker rests; the ticker says it rests, then looks at every flag. Both
+//! sides store, then load, in one sequentially consistent order, so at least
+//! one sees the other: a call never runs on a ticker that sleeps through it.
+
+use super::engine::EPOCH_TICK;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+use wasmtime::EngineWeak;
+
+/// How long the ticker goes on after the last call it saw under way.
+pub(crate) const REST_AFTER: Duration = Duration::from_secs(1);
+
+/// The ticker thread of one engine; stops when dropped.
+pub(crate) struct EpochTicker {
+    shared: Arc<Shared>,
+    thread: Thread,
+}
+
+struct Shared {
+    /// Set by the ticker before it looks at the calls' flags and rests.
+    resting: AtomicBool,
+    stop: AtomicBool,
+    /// One flag per store, set while it runs plugin code.
+    calls: Mutex<Vec<Weak<AtomicBool>>>,
+}
+
+/// A store's mark that its plugin code runs; see [`CallMark::during`].
+pub(crate) struct CallMark {
+    calling: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    ticker: Thread,
+}
+
+impl EpochTicker {
+    /// Start ticking `engine`'s epoch; the thread ends when the engine is
+    /// dropped or this is.
+    pub(crate) fn start(engine: EngineWeak) -> std::io::Result<EpochTicker> {
+        let shared = Arc::new(Shared {
+            resting: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            calls: Mutex::default(),
+        });
+        let ticking = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || ticking.tick(&engine))?
+            .thread()
+            .clone();
+        Ok(EpochTicker { shared, thread })
+    }
+
+    /// A new store's mark, known to the ticker.
+    pub(crate) fn mark(&self) -> CallMark {
+        let calling = Arc::new(AtomicBool::new(false));
+        let mut calls = self.shared.calls.lock().unwrap_or_else(|poison| poison.into_inner());
+        calls.retain(|call| call.strong_count() > 0);
+        calls.push(Arc::downgrade(&calling));
+        CallMark { calling, shared: self.shared.clone(), ticker: self.thread.clone() }
+    }
+
+    /// Whether the ticker rests (or is about to).
+    #[cfg(test)]
+    fn resting(&self) -> bool {
+        self.shared.resting.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+impl Shared {
+    fn tick(&self, engine: &EngineWeak) {
+        let mut rest_at = Instant::now() + REST_AFTER;
+        loop {
+            // Parked for a whole tick: an early return (an unpark meant for
+            // a rest) must not make an early tick, which would cut calls short.
+            let next = Instant::now() + EPOCH_TICK;
+            while let Some(left) = next.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())
+            {
+                std::thread::park_timeout(left);
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+            if Instant::now() < rest_at {
+                continue;
+            }
+            if self.rest() {
+                return;
+            }
+            rest_at = Instant::now() + REST_AFTER;
+        }
+    }
+
+    /// Rest while no call is under way; `true` when told to stop.
+    fn rest(&self) -> bool {
+        self.resting.store(true, Ordering::SeqCst);
+        while !self.any_calling() {
+            std::thread::park();
+            if self.stop.load(Ordering::SeqCst) {
+                return true;
+            }
+        }
+        self.resting.store(false, Ordering::SeqCst);
+        false
+    }
+
+    fn any_calling(&self) -> bool {
+        let calls = self.calls.lock().unwrap_or_else(|poison| poison.into_inner());
+        calls.iter().any(|call| call.upgrade().is_some_and(|calling| calling.load(Ordering::SeqCst)))
+    }
+}
+
+impl CallMark {
+    /// Run `call` (plugin code) marked as under way, waking the ticker first
+    /// if it rests.
+    pub(crate) fn during<R>(&self, call: impl FnOnce() -> R) -> R {
+        struct Unmark<'m>(&'m AtomicBool);
+        impl Drop for Unmark<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        self.calling.store(true, Ordering::SeqCst);
+        let _unmark = Unmark(&self.calling);
+        if self.shared.resting.load(Ordering::SeqCst) {
+            self.ticker.unpark();
+        }
+        call()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Config, Engine, Linker, Module, Store, Trap};
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out (safety net) waiting until {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Run a spinning call under `mark` with a deadline `ticks` away; how
+    /// long it took to be cut.
+    fn spin(engine: &Engine, mark: CallMark, ticks: u64) -> Duration {
+        let module = Module::new(engine, r#"(module (func (export "spin") (loop (br 0))))"#).unwrap();
+        let mut store = Store::new(engine, ());
+        store.epoch_deadline_trap();
+        let spin = Linker::new(engine).instantiate(&mut store, &module).unwrap();
+        let spin = spin.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
+        store.set_epoch_deadline(ticks);
+        let started = Instant::now();
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(mark.during(|| spin.call(&mut store, ())).unwrap_err()));
+        let Ok(error) = ended.recv_timeout(Duration::from_secs(60)) else {
+            // Safety net: end the spin before failing.
+            (0..ticks).for_each(|_| engine.increment_epoch());
+            panic!("the call was never cut: the ticker rested under it");
+        };
+        assert_eq!(error.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+        started.elapsed()
+    }
+
+    #[test]
+    fn a_spinning_call_that_starts_while_the_ticker_rests_is_still_cut_at_its_deadline() {
+        let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
+        let ticker = EpochTicker::start(engine.weak()).unwrap();
+        wait_until("the idle ticker rests", || ticker.resting());
+        spin(&engine, ticker.mark(), 3);
+        // It rests again once idle.
+        wait_until("the ticker rests again", || ticker.resting());
+    }
+
+    #[test]
+    fn the_ticker_ticks_on_through_a_call_longer_than_its_rest_period() {
+        let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
+        let ticker = EpochTicker::start(engine.weak()).unwrap();
+        let ticks = (2 * REST_AFTER).as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64;
+        let took = spin(&engine, ticker.mark(), ticks);
+        assert!(took >= 2 * REST_AFTER - EPOCH_TICK, "not cut early: {took:?}");
+    }
+
+    #[test]
+    fn the_ticker_thread_ends_with_its_ticker_even_while_it_rests() {
+        let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
+        let ticker = EpochTicker::start(engine.weak()).unwrap();
+        wait_until("the idle ticker rests", || ticker.resting());
+        let shared = Arc::downgrade(&ticker.shared);
+        drop(ticker);
+        wait_until("the thread ended", || shared.strong_count() == 0);
+    }
+}
