@@ -211,6 +211,76 @@ async fn a_failing_dead_letter_destination_falls_back_to_the_hosts_then_to_the_f
     assert_eq!(host.dead_letters(0).unwrap().count, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_re_delivered_while_the_file_cannot_be_rewritten_are_not_sent_again() {
+    // The rewrite that takes re-delivered letters out of the file fails
+    // (a directory where its temporary file goes, as a full disk would):
+    // they stay in the file, but are not sent again; once it can be
+    // rewritten, they leave it.
+    let state = tempfile::tempdir().unwrap();
+    let (dlq, destination) = Switchable::new(false);
+    let host = host(state.path(), destination).await;
+    let sent = send_unroutable(&host, 5).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent);
+    let blocker = state.path().join(format!("{FILE_NAME}.tmp"));
+    std::fs::create_dir(&blocker).unwrap();
+
+    dlq.set_up(true);
+    assert_eq!(dlq.ids(5).await, sent);
+    // Over a quiet second of passes that cannot rewrite the file, none is sent again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(host.dead_letters(0).unwrap().count, 5, "still in the file");
+    assert!(dlq.taken.is_empty(), "sent again: {:?}", dlq.taken.try_iter().count());
+
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    assert_eq!(metric(&host, "switchyard_dead_letters_redelivered_total"), 5.0);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 5);
+    assert!(dlq.taken.is_empty(), "each letter delivered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_for_a_dead_letter_destination_that_is_back_are_not_held_up_by_many_for_one_still_down() {
+    // More letters for the down `dlx` at the head of the file than one
+    // re-delivery pass reads, then some for `dly`: once `dly` is back, its
+    // letters reach it while `dlx` stays down.
+    let state = tempfile::tempdir().unwrap();
+    let (dlx, dlx_destination) = Switchable::new(false);
+    let (dly, dly_destination) = Switchable::new(false);
+    let plugins = plugin_dir(&[]);
+    let (refusing, _) = header_server(axum::http::StatusCode::BAD_REQUEST).await;
+    let text = format!(
+        "[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n\
+         [[route]]\nname = \"b\"\nmatch = {{ topic = \"b.*\" }}\nto = \"api\"\n"
+    );
+    let mut config = Config::from_toml("test.toml", &text).unwrap();
+    config.host.dead_letter = "dlx".into();
+    config.destinations[0].dead_letter = Some("dly".into());
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("dlx", dlx_destination).destination("dly", dly_destination);
+    let host = host.build().await.unwrap();
+
+    let for_dlx = send_unroutable(&host, 300).await;
+    let mut for_dly = HashSet::new();
+    for n in 0..10 {
+        for_dly.insert(host.send(Message::new("b.y", format!("{n}"))).await.unwrap());
+    }
+    let mut all = for_dlx.clone();
+    all.extend(&for_dly);
+    assert_eq!(spooled_once_settled(&host, 0), all);
+
+    dly.set_up(true);
+    assert_eq!(dly.ids(10).await, for_dly, "dly's letters went out while dlx stayed down");
+    dlx.set_up(true);
+    assert_eq!(dlx.ids(300).await, for_dlx);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 310);
+}
+
 /// A server answering every POST with `status` and handing its headers to
 /// the returned receiver.
 async fn header_server(

@@ -79,7 +79,7 @@ impl DeadLetterFile {
         match File::open(&path) {
             Ok(existing) => {
                 let size = existing.metadata().map_err(error)?.len();
-                let batch = scan(&path, existing, u64::MAX, usize::MAX, |_| false).map_err(error)?;
+                let batch = scan(&path, existing, 0..u64::MAX, usize::MAX, |_| false).map_err(error)?;
                 if batch.end < size {
                     tracing::warn!(file = %path.display(), bytes = size - batch.end, "dead-letter file ends in a torn line (a crash while writing); cut off");
                     let existing = OpenOptions::new().write(true).open(&path);
@@ -112,6 +112,11 @@ impl DeadLetterFile {
         self.lock().held.contains_key(destination)
     }
 
+    /// Whether it holds letters meant for a dead-letter destination not in `destinations`.
+    pub fn holds_any_but(&self, destinations: &[String]) -> bool {
+        self.lock().held.keys().any(|destination| !destinations.contains(destination))
+    }
+
     /// Append `letter` and fsync it; on an error the file is as before.
     pub fn append(&self, letter: &DeadLetterRecord) -> Result<(), FileError> {
         let mut line = serde_json::to_vec(letter).expect("a record serializes");
@@ -134,27 +139,37 @@ impl DeadLetterFile {
         Ok(())
     }
 
-    /// The first `limit` letters, oldest first, passing over those `skip`
-    /// picks: they stay in the file, before and among the letters read.
-    pub fn read(&self, limit: usize, skip: impl Fn(&DeadLetterRecord) -> bool) -> Result<Batch, FileError> {
+    /// The first `limit` letters from byte `from` on (0: the oldest), oldest
+    /// first, passing over those `skip` picks: they stay in the file, before
+    /// and among the letters read.
+    pub fn read(
+        &self,
+        from: u64,
+        limit: usize,
+        skip: impl Fn(&DeadLetterRecord) -> bool,
+    ) -> Result<Batch, FileError> {
         let state = self.lock();
-        let empty = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: 0 };
+        let empty = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: from };
+        let scanned = |mut file: File| {
+            file.seek(SeekFrom::Start(from))?;
+            scan(&self.path, file, from..state.len.max(from), limit, skip)
+        };
         match File::open(&self.path) {
-            Ok(file) => scan(&self.path, file, state.len, limit, skip).map_err(|error| self.error(error)),
+            Ok(file) => scanned(file).map_err(|error| self.error(error)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(empty),
             Err(error) => Err(self.error(error)),
         }
     }
 
     /// Remove the letters of `batch` marked `delivered` (and its unreadable
-    /// lines), keeping every other letter, in order.
-    pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<(), FileError> {
+    /// lines), keeping every other letter, in order; where the batch ends now.
+    pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<u64, FileError> {
         if batch.unreadable.is_empty() && !delivered.contains(&true) {
-            return Ok(());
+            return Ok(batch.end);
         }
         let mut state = self.lock();
         let tmp = self.path.with_extension("jsonl.tmp");
-        let len = self
+        let (len, dropped) = self
             .write_kept(&tmp, &state, batch, delivered)
             .map_err(|error| FileError { path: tmp.clone(), error })?;
         std::fs::rename(&tmp, &self.path).map_err(|error| self.error(error))?;
@@ -171,17 +186,26 @@ impl DeadLetterFile {
             }
         }
         self.gauge.set(state.held.values().sum::<usize>() as i64);
-        sync_dir(&self.path).map_err(|error| self.error(error))
+        sync_dir(&self.path).map_err(|error| self.error(error))?;
+        Ok(batch.end - dropped)
     }
 
     /// Write the file without the letters of `batch` marked `delivered` and
-    /// its unreadable lines to `tmp`, byte for byte, and fsync it; returns its length.
-    fn write_kept(&self, tmp: &Path, state: &State, batch: &Batch, delivered: &[bool]) -> io::Result<u64> {
+    /// its unreadable lines to `tmp`, byte for byte, and fsync it; returns its
+    /// length and the bytes left out.
+    fn write_kept(
+        &self,
+        tmp: &Path,
+        state: &State,
+        batch: &Batch,
+        delivered: &[bool],
+    ) -> io::Result<(u64, u64)> {
         let delivered = batch.spans.iter().zip(delivered).filter(|(_, delivered)| **delivered);
         let mut dropped: Vec<_> = delivered.map(|(span, _)| span).chain(&batch.unreadable).collect();
         dropped.sort_by_key(|span| span.start);
         let mut out = BufWriter::new(File::create(tmp)?);
         let mut old = File::open(&self.path)?;
+        let left_out = dropped.iter().map(|span| span.end - span.start).sum();
         let mut at = 0;
         for span in dropped.into_iter().chain([&(state.len..state.len)]) {
             old.seek(SeekFrom::Start(at))?;
@@ -190,7 +214,7 @@ impl DeadLetterFile {
         }
         let out = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         out.sync_all()?;
-        out.metadata().map(|metadata| metadata.len())
+        Ok((out.metadata()?.len(), left_out))
     }
 
     /// The file, opened to append after its first `len` bytes: the letters
@@ -218,18 +242,19 @@ impl DeadLetterFile {
     }
 }
 
-/// Read up to `limit` letters from the first `len` bytes of `file` (at
-/// `path`), passing over those `skip` picks; the batch ends after the last
-/// whole line read.
+/// Read up to `limit` letters from bytes `range` of `file` (at `path`, read
+/// from `range.start` on), passing over those `skip` picks; the batch ends
+/// after the last whole line read.
 fn scan(
     path: &Path,
     file: File,
-    len: u64,
+    range: Range<u64>,
     limit: usize,
     skip: impl Fn(&DeadLetterRecord) -> bool,
 ) -> io::Result<Batch> {
-    let mut reader = BufReader::new(file.take(len));
-    let mut batch = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: 0 };
+    let mut reader = BufReader::new(file.take(range.end - range.start));
+    let mut batch =
+        Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: range.start };
     let mut line = Vec::new();
     while batch.letters.len() < limit {
         line.clear();
@@ -283,9 +308,11 @@ mod tests {
         let written = [letter(1, "dead"), letter(2, "dead"), letter(3, "other")];
         written.iter().for_each(|letter| file.append(letter).unwrap());
         let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
-        assert_eq!(again.read(10, |_| false).unwrap().letters, written);
+        assert_eq!(again.read(0, 10, |_| false).unwrap().letters, written);
         assert_eq!((again.letters(), again.holds_for("dead"), again.holds_for("log")), (3, true, false));
-        assert_eq!(ids(&again.read(2, |_| false).unwrap()), ["1", "2"]);
+        let down = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        assert!(again.holds_any_but(&down(&["dead"])) && !again.holds_any_but(&down(&["dead", "other"])));
+        assert_eq!(ids(&again.read(0, 2, |_| false).unwrap()), ["1", "2"]);
     }
 
     #[test]
@@ -298,7 +325,7 @@ mod tests {
         let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         assert_eq!(again.letters(), 1);
         again.append(&letter(3, "dead")).unwrap();
-        assert_eq!(ids(&again.read(10, |_| false).unwrap()), ["1", "3"]);
+        assert_eq!(ids(&again.read(0, 10, |_| false).unwrap()), ["1", "3"]);
         let text = std::fs::read_to_string(again.path()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
     }
@@ -313,7 +340,7 @@ mod tests {
         drop(file);
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(2, "dead")).unwrap();
-        let batch = file.read(10, |_| false).unwrap();
+        let batch = file.read(0, 10, |_| false).unwrap();
         assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 1));
         file.remove(&batch, &[false, false]).unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
@@ -327,15 +354,16 @@ mod tests {
         (1..=6).for_each(|n| file.append(&letter(n, "dead")).unwrap());
         let before = std::fs::read_to_string(file.path()).unwrap();
         let held_back = |letter: &DeadLetterRecord| ["1", "2", "4"].contains(&letter.id.as_str());
-        let batch = file.read(2, held_back).unwrap();
+        let batch = file.read(0, 2, held_back).unwrap();
         assert_eq!(ids(&batch), ["3", "5"]);
-        file.remove(&batch, &[true, true]).unwrap();
-        assert_eq!(ids(&file.read(10, |_| false).unwrap()), ["1", "2", "4", "6"]);
+        let next = file.remove(&batch, &[true, true]).unwrap();
+        assert_eq!(ids(&file.read(0, 10, |_| false).unwrap()), ["1", "2", "4", "6"]);
+        assert_eq!(ids(&file.read(next, 10, |_| false).unwrap()), ["6"], "read on where the batch ended");
         let lines: Vec<_> = before.lines().collect();
         let kept = [lines[0], lines[1], lines[3], lines[5]].map(|line| format!("{line}\n")).concat();
         assert_eq!(std::fs::read_to_string(file.path()).unwrap(), kept, "kept byte for byte");
         assert_eq!(file.letters(), 4);
-        assert!(file.read(10, |_| true).unwrap().letters.is_empty());
+        assert!(file.read(0, 10, |_| true).unwrap().letters.is_empty());
     }
 
     #[test]
@@ -343,16 +371,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         (1..=3).for_each(|n| file.append(&letter(n, if n == 1 { "a" } else { "b" })).unwrap());
-        let batch = file.read(2, |_| false).unwrap();
+        let batch = file.read(0, 2, |_| false).unwrap();
         file.append(&letter(4, "b")).unwrap();
         file.remove(&batch, &[true, false]).unwrap();
-        assert_eq!(ids(&file.read(10, |_| false).unwrap()), ["2", "3", "4"]);
+        assert_eq!(ids(&file.read(0, 10, |_| false).unwrap()), ["2", "3", "4"]);
         assert_eq!((file.letters(), file.holds_for("a")), (3, false));
         file.append(&letter(5, "a")).unwrap();
-        let all = file.read(10, |_| false).unwrap();
+        let all = file.read(0, 10, |_| false).unwrap();
         file.remove(&all, &[true, true, true, false]).unwrap();
-        assert_eq!(ids(&file.read(10, |_| false).unwrap()), ["5"]);
-        let last = file.read(10, |_| false).unwrap();
+        assert_eq!(ids(&file.read(0, 10, |_| false).unwrap()), ["5"]);
+        let last = file.read(0, 10, |_| false).unwrap();
         file.remove(&last, &[true]).unwrap();
         assert_eq!((file.letters(), std::fs::metadata(file.path()).unwrap().len()), (0, 0));
         assert_eq!(DeadLetterFile::open(dir.path(), Gauge::default()).unwrap().letters(), 0);

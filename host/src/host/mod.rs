@@ -212,7 +212,7 @@ impl Host {
         Ok(SpooledLetters {
             file: file.path().to_owned(),
             count: file.letters(),
-            letters: file.read(limit, |_| false)?.letters,
+            letters: file.read(0, limit, |_| false)?.letters,
         })
     }
 

@@ -52,11 +52,19 @@ pub(crate) struct DeadLetters {
     /// which never sends twice): they stay in the file, are not sent again in
     /// this run, and hold up no other letter.
     refused: Mutex<HashSet<String>>,
+    /// The unique ids of the letters re-delivered whose removal from the
+    /// file failed (a full disk): not sent again, removed with the next pass.
+    unremoved: Mutex<HashSet<String>>,
 }
 
 impl DeadLetters {
     pub(crate) fn new(file: DeadLetterFile) -> DeadLetters {
-        DeadLetters { file: Arc::new(file), written: Notify::new(), refused: Mutex::default() }
+        DeadLetters {
+            file: Arc::new(file),
+            written: Notify::new(),
+            refused: Mutex::default(),
+            unremoved: Mutex::default(),
+        }
     }
 
     /// Note that `letter` was refused for good; `false` when it has no
@@ -68,19 +76,23 @@ impl DeadLetters {
             unique_id = id,
             "no dead-letter destination took this dead letter, and none will: each refused it for good, or took it without answering (not idempotent, it is not sent twice); it stays in the dead-letter file, not sent again in this run"
         );
-        self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).insert(id.to_owned());
+        lock(&self.refused).insert(id.to_owned());
         true
     }
 
-    /// The oldest `PASS` letters of the file not refused for good.
-    fn to_redeliver(&self) -> Result<Batch, FileError> {
-        let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
-        let refused = |record: &DeadLetterRecord| {
-            let unique_id = record.headers.iter().find(|(name, _)| name == ID_HEADER);
-            unique_id.is_some_and(|(_, id)| refused.contains(id))
+    /// The oldest `PASS` letters from byte `from` of the file, but those
+    /// refused for good and those for a dead-letter destination in `down`.
+    fn to_redeliver(&self, from: u64, down: &[String]) -> Result<Batch, FileError> {
+        let refused = lock(&self.refused).clone();
+        let skipped = |record: &DeadLetterRecord| {
+            down.contains(&record.destination) || unique_id(record).is_some_and(|id| refused.contains(id))
         };
-        self.file.read(PASS, refused)
+        self.file.read(from, PASS, skipped)
     }
+}
+
+fn lock(ids: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    ids.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// How handing a letter along its dead-letter chain went.
@@ -100,7 +112,7 @@ enum Pass {
     Done,
     /// Some letter found its dead-letter destinations down: back off.
     Down,
-    /// It found only letters refused for good: wait for new ones.
+    /// It sent nothing: every letter is refused for good. Wait for new ones.
     OnlyRefused,
 }
 
@@ -181,54 +193,81 @@ impl Pipeline {
         Ok(Reached::File)
     }
 
-    /// One re-delivery pass over the oldest letters of the file, and what it did.
+    /// One re-delivery pass over the file, `PASS` letters at a time, and
+    /// what it did. Letters for a dead-letter destination found down are
+    /// passed over for the rest of the pass: they hold up no other.
     async fn redeliver(&self) -> Pass {
-        let dead_letters = self.dead_letters.clone();
-        let batch =
-            match tokio::task::spawn_blocking(move || dead_letters.to_redeliver()).await.expect("no panic") {
+        let topology = self.topology.load_full();
+        let (mut from, mut down, mut sent) = (0, Vec::new(), 0);
+        loop {
+            let (dead_letters, skipped) = (self.dead_letters.clone(), down.clone());
+            let read = tokio::task::spawn_blocking(move || dead_letters.to_redeliver(from, &skipped));
+            let batch = match read.await.expect("no panic") {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the dead-letter file");
                     return Pass::Down;
                 }
             };
-        let topology = self.topology.load_full();
-        let (mut delivered, mut down) = (vec![false; batch.letters.len()], Vec::new());
-        let mut refused = 0;
-        for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
-            if down.contains(&&*record.destination) {
-                continue;
-            }
-            let letter = match record.to_message() {
-                Ok(letter) => letter,
-                Err(error) => {
-                    tracing::error!(id = record.id, %error, "unreadable dead letter dropped from the file");
+            let mut delivered = vec![false; batch.letters.len()];
+            for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
+                if down.contains(&record.destination) {
+                    continue;
+                }
+                let letter = match record.to_message() {
+                    Ok(letter) => letter,
+                    Err(error) => {
+                        tracing::error!(id = record.id, %error, "unreadable dead letter dropped from the file");
+                        *delivered = true;
+                        continue;
+                    }
+                };
+                if letter.unique_id().is_some_and(|id| lock(&self.dead_letters.unremoved).contains(id)) {
                     *delivered = true;
                     continue;
                 }
-            };
-            let chain = topology.dead_letter_chain(&record.destination);
-            match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
-                Along::Taken(_) => *delivered = true,
-                Along::Refused if self.dead_letters.refused_for_good(&letter) => refused += 1,
-                Along::Refused | Along::NotNow => down.push(&*record.destination),
+                sent += 1;
+                let chain = topology.dead_letter_chain(&record.destination);
+                match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
+                    Along::Taken(_) => *delivered = true,
+                    Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
+                    Along::Refused | Along::NotNow => down.push(record.destination.clone()),
+                }
+            }
+            let taken: Vec<_> = batch.letters.iter().zip(&delivered).filter(|(_, taken)| **taken).collect();
+            let taken_ids: Vec<String> =
+                taken.iter().filter_map(|(record, _)| unique_id(record).map(str::to_owned)).collect();
+            let (redelivered, last) = (taken.len(), batch.letters.is_empty());
+            let file = self.dead_letters.file.clone();
+            let removed = tokio::task::spawn_blocking(move || file.remove(&batch, &delivered));
+            match removed.await.expect("removing does not panic") {
+                Ok(end) => {
+                    let mut unremoved = lock(&self.dead_letters.unremoved);
+                    taken_ids.iter().for_each(|id| _ = unremoved.remove(id));
+                    from = end;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they stay in it, not sent again in this run");
+                    lock(&self.dead_letters.unremoved).extend(taken_ids);
+                    return Pass::Down;
+                }
+            }
+            self.metrics.dead_letters_redelivered(redelivered);
+            if last || !self.dead_letters.file.holds_any_but(&down) {
+                break;
             }
         }
-        let pass = match (down.is_empty(), refused == batch.letters.len()) {
+        match (down.is_empty(), sent) {
             (false, _) => Pass::Down,
-            (true, true) => Pass::OnlyRefused,
-            (true, false) => Pass::Done,
-        };
-        let redelivered = delivered.iter().filter(|delivered| **delivered).count();
-        let file = self.dead_letters.file.clone();
-        let removed = tokio::task::spawn_blocking(move || file.remove(&batch, &delivered));
-        if let Err(error) = removed.await.expect("removing does not panic") {
-            tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they will be sent again");
-            return Pass::Down;
+            (true, 0) => Pass::OnlyRefused,
+            (true, _) => Pass::Done,
         }
-        self.metrics.dead_letters_redelivered(redelivered);
-        pass
     }
+}
+
+/// The unique id of a letter in the file, if it has one.
+fn unique_id(record: &DeadLetterRecord) -> Option<&str> {
+    record.headers.iter().find(|(name, _)| name == ID_HEADER).map(|(_, id)| id.as_str())
 }
 
 /// One attempt per destination: re-delivery passes back off themselves.
