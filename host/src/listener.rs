@@ -1,8 +1,10 @@
 //! Serving HTTP on a bound listener under the limits a hostile client meets:
 //! at most so many connections open at once (the rest wait in the kernel's
-//! backlog, never costing a descriptor), and a deadline to send a request's
-//! headers, so a client trickling bytes is cut off instead of held forever.
-//! Shutdown stops accepting and lets requests in progress finish.
+//! backlog, never costing a descriptor), a deadline for a new connection's
+//! first bytes and for each request's headers, and one on every pause inside
+//! a request's body, so a client that sends nothing or trickles bytes is cut
+//! off instead of held forever. Shutdown stops accepting and lets requests
+//! in progress finish.
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_http::timeout::RequestBodyTimeout;
 
 /// What a listener allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +24,8 @@ pub struct ListenerLimits {
     /// Connections open at once, at most.
     pub max_connections: usize,
     /// Time a client has to send a request's headers, from the moment the
-    /// connection is taken or the previous response was sent.
+    /// connection is taken or the previous response was sent; and the longest
+    /// pause it may make inside a request's body.
     pub header_timeout: Duration,
 }
 
@@ -50,12 +54,17 @@ pub(crate) async fn serve(
             accepted = accept(&listener, &slots) => accepted,
         };
         let (stream, slot) = accepted;
-        let service = TowerToHyperService::new(app.clone());
-        let served = connection.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let served = graceful.watch(served.into_owned());
+        let service = TowerToHyperService::new(RequestBodyTimeout::new(app.clone(), limits.header_timeout));
+        let (connection, watcher) = (connection.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // The protocol is told from the first bytes, which hyper waits for without a deadline.
+            let first = tokio::time::timeout(limits.header_timeout, stream.peek(&mut [0])).await;
+            if !matches!(first, Ok(Ok(1))) {
+                return;
+            }
+            let served = connection.serve_connection_with_upgrades(TokioIo::new(stream), service);
             // A connection that ends in an error (a timeout, a reset) is the client's business.
-            let _ = served.await;
+            let _ = watcher.watch(served.into_owned()).await;
             drop(slot);
         });
     }

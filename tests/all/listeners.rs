@@ -15,14 +15,18 @@ async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_
     );
     let host = host(dir.path(), &config).await;
     let addr = crate::support::start_ingress(&host).await;
-    // Fifty clients that start a request and never finish its headers.
-    let trickling: Vec<TcpStream> = (0..50)
-        .map(|_| {
-            let mut stream = TcpStream::connect(addr).unwrap();
-            stream.write_all(b"POST /v1/messages/t HTTP/1.1\r\nhost: x\r\n").unwrap();
-            stream
-        })
-        .collect();
+    // Sixty clients that stall: ten send nothing at all, fifty start a
+    // request and never finish its headers, ten stop inside its body.
+    let stalling = |start: &[u8]| {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(start).unwrap();
+        stream
+    };
+    let silent = (0..10).map(|_| stalling(b""));
+    let headers = (0..50).map(|_| stalling(b"POST /v1/messages/t HTTP/1.1\r\nhost: x\r\n"));
+    let body = b"POST /v1/messages/t HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{}";
+    let bodies = (0..10).map(|_| stalling(body));
+    let trickling: Vec<TcpStream> = silent.chain(headers).chain(bodies).collect();
     let whole = tokio::task::spawn_blocking(move || post(addr, "/v1/messages/t", &[], b"{}"));
     let cut = tokio::task::spawn_blocking(move || {
         trickling
@@ -35,9 +39,12 @@ async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_
             })
             .collect::<Vec<_>>()
     });
-    for answer in cut.await.unwrap() {
-        let answer = answer.expect("the server cut the trickling client");
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    for (n, answer) in cut.await.unwrap().into_iter().enumerate() {
+        let answer = answer.unwrap_or_else(|error| panic!("client {n} was held past the timeout: {error}"));
+        match n {
+            0..60 => assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}"),
+            _ => assert!(answer.starts_with("HTTP/1.1 400"), "{answer}"),
+        }
     }
     assert_eq!(whole.await.unwrap().0, 202, "a whole request is served");
     let stats = drain_and_account(&host).await;
@@ -65,6 +72,16 @@ async fn an_ingress_token_is_required_when_set_and_changes_on_reload() {
         })
     };
     assert_eq!((send("first").await.unwrap(), send("wrong").await.unwrap()), (202, 401));
+    // Refused on its headers: a body is never read (nor waited for) without the token.
+    let unread = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let huge = "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n";
+        stream.write_all(huge.as_bytes()).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut answer = [0; 12];
+        stream.read_exact(&mut answer).map(|()| answer)
+    });
+    assert_eq!(&unread.await.unwrap().unwrap(), b"HTTP/1.1 401");
     crate::support::replace_file(&config_path, config("second").as_bytes());
     crate::support::within(host.reload()).await.unwrap();
     assert_eq!((send("first").await.unwrap(), send("second").await.unwrap()), (401, 202));

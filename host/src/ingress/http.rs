@@ -74,25 +74,37 @@ impl HttpIngress {
     }
 }
 
-async fn accept_bulk(State(host): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
-    let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
-    if token.is_some_and(|token| !crate::bearer::presented(&headers, &token)) {
-        return crate::bearer::unauthorized();
+/// The ingress token, presented: extracted first, so that a request without
+/// it is refused before its body is read.
+struct Authorized;
+
+impl axum::extract::FromRequestParts<Host> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        host: &Host,
+    ) -> Result<Self, Response> {
+        let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
+        match token.is_some_and(|token| !crate::bearer::presented(&parts.headers, &token)) {
+            true => Err(crate::bearer::unauthorized()),
+            false => Ok(Authorized),
+        }
     }
+}
+
+async fn accept_bulk(_: Authorized, State(host): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
     super::bulk::accept_batch(&host, &headers, body).await
 }
 
 /// `GET /v1/ws`: a socket of messages (see [`websocket`](super::websocket)).
 async fn accept_socket(
+    _: Authorized,
     State(host): State<Host>,
     axum::Extension(stopping): axum::Extension<tokio::sync::watch::Receiver<bool>>,
     headers: HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
-    if token.is_some_and(|token| !crate::bearer::presented(&headers, &token)) {
-        return crate::bearer::unauthorized();
-    }
     // A page elsewhere must not use a visitor's browser to send messages (cross-site WebSocket hijacking).
     let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
     if let Some(origin) = text(axum::http::header::ORIGIN) {
@@ -105,16 +117,13 @@ async fn accept_socket(
 }
 
 async fn accept(
+    _: Authorized,
     State(host): State<Host>,
     Path(topic): Path<String>,
     Query(options): Query<Options>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
-    if token.is_some_and(|token| !crate::bearer::presented(&headers, &token)) {
-        return crate::bearer::unauthorized();
-    }
     let message = match message_from_request(topic, &headers, body) {
         Ok(message) => message,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
