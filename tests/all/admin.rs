@@ -1,7 +1,7 @@
 //! The admin API of a running host: every endpoint, with and without the token.
 
 use crate::exposition::sample;
-use crate::support::{MEMORY_OUT, PATIENCE, host, http, next, plugin_dir, within};
+use crate::support::{MEMORY_OUT, PATIENCE, eventually, host, http, next, plugin_dir, within};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use switchyard::admin::AdminServer;
@@ -141,6 +141,38 @@ async fn events_websocket_streams_a_plugin_replacement() {
     let event: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
     assert_eq!(event["event"], "plugin-replaced");
     assert_eq!(event["name"], "t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_its_client_closed_lets_go_of_its_socket_on_a_quiet_host() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), "").await;
+    let addr = start_admin(&host).await;
+    for _ in 0..20 {
+        let mut request = format!("ws://{addr}/v1/events").into_client_request().unwrap();
+        request.headers_mut().insert("authorization", AUTH.1.parse().unwrap());
+        let (mut socket, _) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
+        within(socket.close(None)).await.unwrap();
+    }
+    // The host's end of a connection its client closed waits in CLOSE_WAIT until the host closes it.
+    eventually(|| match half_closed(addr.port()) {
+        0 => Ok(()),
+        held => Err(held),
+    });
+}
+
+/// Sockets on local port `port` in CLOSE_WAIT (state 08 in /proc/net/tcp).
+fn half_closed(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[1].ends_with(&local) && fields[3] == "08"
+        })
+        .count()
 }
 
 #[tokio::test]

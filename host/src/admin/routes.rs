@@ -206,6 +206,9 @@ async fn events(
     upgrade.protocols([EVENTS_PROTOCOL]).on_upgrade(move |socket| stream_events(socket, feed, stopping))
 }
 
+/// Send `feed`'s events on `socket` until the host stops or the client goes
+/// (what it sends is read only to see it close: a stream left to a quiet host
+/// would otherwise hold its socket until the next event).
 async fn stream_events(
     mut socket: WebSocket,
     mut feed: broadcast::Receiver<crate::HostEvent>,
@@ -213,6 +216,10 @@ async fn stream_events(
 ) {
     loop {
         let frame = tokio::select! {
+            received = socket.recv() => match received {
+                Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
             event = feed.recv() => match event {
                 Ok(event) => serde_json::to_string(&event).expect("events serialize"),
                 Err(broadcast::error::RecvError::Lagged(missed)) => json!({ "event": "lagged", "missed": missed }).to_string(),
