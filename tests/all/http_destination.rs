@@ -151,6 +151,23 @@ async fn a_204_is_delivered_with_no_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_header_that_frames_a_request_is_not_copied_into_it() {
+    // Headers the transport owns: a message's content-length cut its body short.
+    let (echo, hits) = server(StatusCode::OK).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[echo])).await;
+    let framing = [("content-length", "3"), ("Content-Length", "0"), ("Transfer-Encoding", "chunked")];
+    for (name, value) in framing {
+        let message = Message::new("orders", "hello-world").with_header(name, value);
+        let reply = within(host.request(message)).await.unwrap().expect("a reply");
+        assert_eq!(&reply.payload[..], b"HELLO-WORLD", "the whole body went out despite {name}: {value}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_pooled_connection() {
     use axum::serve::ListenerExt;
     let connections = Arc::new(AtomicUsize::new(0));

@@ -101,7 +101,8 @@ impl HttpTransport {
         let mut request = hyper::Request::post(&self.path)
             .header(hyper::header::HOST, address)
             .header("x-sy-topic", &message.topic);
-        for (name, value) in &message.headers {
+        let headers = message.headers.iter().filter(|(name, _)| !is_own_header(name));
+        for (name, value) in headers {
             request = request.header(name, value);
         }
         let request = request
@@ -186,6 +187,27 @@ impl Transport for HttpTransport {
 
 /// A new connection to `address`, its driver spawned as a task that ends
 /// when the connection closes or its sender is dropped.
+/// Headers the transport writes itself or that frame the request, never
+/// copied from a message: a message's `content-length` would cut its body
+/// short, a `host` or `transfer-encoding` would contradict the transport's.
+const OWN_HEADERS: [&str; 11] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "x-sy-topic",
+];
+
+fn is_own_header(name: &str) -> bool {
+    OWN_HEADERS.iter().any(|own| own.eq_ignore_ascii_case(name))
+}
+
 pub(super) async fn connect(address: &str) -> std::io::Result<Connection> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
