@@ -2,8 +2,10 @@
 //! durable pull consumer (`durable`, explicit acks) and acknowledges each only once the host
 //! settled it — delivered, filtered, answered, or dead-lettered to a destination or the dead-letter
 //! file — as the message's [`Receipt`](crate::Receipt) tells (once everything made from the
-//! message is settled). Hosts naming the same consumer share the stream: what a host that dies had
-//! not acknowledged, the server delivers to another after `ack_wait_ms`. The stream keeps each
+//! message is settled). While the host holds a message (queued, retried, behind a slow
+//! destination) it tells the server twice per `ack_wait_ms` that the message is in progress, so
+//! the server does not deliver it again meanwhile. Hosts naming the same consumer share the stream:
+//! what a host that dies had not acknowledged, the server delivers to another after `ack_wait_ms`. The stream keeps each
 //! message until then, so with `durability = "spool"` the host does not write these to its spool
 //! (a spooled copy would only be delivered a second time after a crash).
 //!
@@ -110,6 +112,12 @@ impl StreamIngress {
         &self.config
     }
 
+    /// How often a message the host holds is reported in progress: twice within `ack_wait_ms`.
+    fn progress_every(&self) -> Duration {
+        let ack_wait = self.config.jetstream().expect("a stream ingress has a stream").ack_wait_ms;
+        Duration::from_millis(ack_wait) / 2
+    }
+
     fn stream(&self) -> &str {
         self.config.stream.as_deref().expect("a stream ingress has a stream")
     }
@@ -212,12 +220,23 @@ impl StreamIngress {
         message.headers.push((STREAM_SEQ_HEADER.to_owned(), seq.to_string()));
         match self.host.send_with_receipt(message).await {
             Ok((_, receipt)) => {
-                let abandon = self.abandon.clone();
+                let (abandon, every) = (self.abandon.clone(), self.progress_every());
                 self.acks.spawn(async move {
-                    let settled = tokio::select! {
-                        biased;
-                        settled = receipt.settled() => settled,
-                        () = abandon.cancelled() => Settlement::Unsettled,
+                    let settled = receipt.settled();
+                    tokio::pin!(settled);
+                    let settled = loop {
+                        tokio::select! {
+                            biased;
+                            settled = &mut settled => break settled,
+                            () = abandon.cancelled() => break Settlement::Unsettled,
+                            // Still in this host (queued, behind a slow destination): the server
+                            // must not deliver it again meanwhile, here or to another host.
+                            () = tokio::time::sleep(every) => {
+                                if let Err(err) = acker.ack_with(AckKind::Progress).await {
+                                    tracing::debug!(stream, seq, %err, "JetStream ingress: a progress acknowledgement could not be sent");
+                                }
+                            }
+                        }
                     };
                     let result = match settled {
                         Settlement::Settled => match acker.ack().await {
