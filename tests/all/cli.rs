@@ -677,3 +677,35 @@ fn run_prints_the_digest_of_each_plugin_and_the_reason_a_file_is_refused() {
     assert_eq!((f["state"].as_str(), f["version"].as_str()), (Some("serving"), Some(digest.as_str())));
     host.stop();
 }
+
+#[test]
+fn a_request_waiting_for_its_delivery_does_not_hold_a_stop_past_the_grace_period() {
+    // The message waits in its queue (its endpoint refuses; queue timeout ten minutes) and its
+    // request waits for it (`?wait=true`): SIGTERM stops the host at the grace period, the
+    // message dead-lettered `shutdown` and the request answered, not ten minutes later.
+    let dir = plugin_dir(&[]);
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[host]\nwatch = false\nplugin_dir = \".\"\nshutdown_grace_ms = 500\n\
+         [ingress.http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n\
+         queue = {{ timeout_ms = 600000 }}\n[[route]]\nname = \"all\"\nto = \"api\"\n"
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let admin = host.address("admin API listening on http://");
+    let waiting = std::thread::spawn(move || post(ingress, "/v1/messages/t?wait=true", &[], b"{}"));
+    eventually(|| {
+        let (_, text) = http(admin, "GET", "/metrics", &[], b"");
+        match sample(&text, "switchyard_messages_accepted_total", &[]) {
+            Some(1.0) => Ok(()),
+            seen => Err(seen),
+        }
+    });
+    host.terminate();
+    let stopped = host.stopped();
+    assert!(stopped.contains(r#""dead_lettered":1"#), "{stopped}");
+    let (status, answer) = waiting.join().unwrap();
+    assert!(status == 422 && answer.contains(r#""code":"shutdown""#), "{status} {answer}");
+}

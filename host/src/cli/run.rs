@@ -119,8 +119,9 @@ pub async fn run(
     });
     signals.until_stopped(host.clone()).await;
     let _ = stop.send(true);
-    servers.await?;
-    host.shutdown().await;
+    if let Some(servers) = host.shutdown_after(servers).await {
+        servers?;
+    }
     let stats = host.stats();
     eprintln!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?);
     Ok(())

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
@@ -408,17 +408,46 @@ impl Host {
         }
         shutdown.await;
         stop.cancel();
-        for ingress in serving {
-            if ingress.await.is_err() {
-                tracing::error!("an ingress panicked");
+        let ingress_stopped = async {
+            for ingress in serving {
+                if ingress.await.is_err() {
+                    tracing::error!("an ingress panicked");
+                }
             }
-        }
-        self.shutdown().await;
+        };
+        self.shutdown_after(ingress_stopped).await;
         Ok(())
+    }
+
+    /// Shut down once `listeners` (told to stop: finishing the requests in flight) are done, or
+    /// when the grace period that began with the stop ends, whichever comes first: a request that
+    /// waits for its message's delivery (`?wait=true`) or a client that stalls cannot hold the
+    /// stop past it. The host's own grace period is what is left of it. What `listeners` gave, if
+    /// they finished in time.
+    pub async fn shutdown_after<T>(&self, listeners: impl Future<Output = T>) -> Option<T> {
+        let (grace, stopping) = (self.shutdown_grace(), Instant::now());
+        let stopped = tokio::time::timeout(grace, listeners).await.ok();
+        if stopped.is_none() {
+            tracing::warn!(
+                ?grace,
+                "requests still in flight at the end of the shutdown grace period: shutting down without them"
+            );
+        }
+        self.shutdown_within(grace.saturating_sub(stopping.elapsed())).await;
+        stopped
+    }
+
+    fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.config().host.shutdown_grace_ms)
     }
 
     /// Stop accepting, finish every message already accepted, stop the workers.
     pub async fn shutdown(&self) {
+        self.shutdown_within(self.shutdown_grace()).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) with a grace period of `grace`.
+    async fn shutdown_within(&self, grace: Duration) {
         if let Some(alerting) = self.inner.alerting.lock().unwrap_or_else(|poison| poison.into_inner()).take()
         {
             alerting.abort();
@@ -428,7 +457,6 @@ impl Host {
         // The grace period runs from here: a delivery waiting for room in a full destination queue
         // holds its worker (or its hand-over) up, and it is the grace's end that lets it go.
         let pipeline = &self.inner.reloader.pipeline;
-        let grace = Duration::from_millis(self.config().host.shutdown_grace_ms);
         let past_grace = pipeline.dispatch.past_grace.clone();
         let grace_timer = tokio::spawn(async move {
             tokio::time::sleep(grace).await;
