@@ -4,13 +4,16 @@ on stdout with a JSON line carrying the same id.
 By payload: "reject" -> a final error; "busy" -> a retryable error; "silent" -> no answer;
 anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
 With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
-without answering it.
+without answering it. With SLOW_MS=N, it takes N ms over each message before it answers. A line that
+is not JSON ends it (a traceback, status 1).
 """
 import json
 import os
 import sys
+import time
 
 exit_after = int(os.environ.get("EXIT_AFTER", "0"))
+slow_ms = int(os.environ.get("SLOW_MS", "0"))
 seen = 0
 for line in sys.stdin:
     message = json.loads(line)
@@ -18,6 +21,7 @@ for line in sys.stdin:
     print(f"worker {os.getpid()} got {message['id']}", file=sys.stderr, flush=True)
     if exit_after and seen >= exit_after:
         sys.exit(3)
+    time.sleep(slow_ms / 1000)
     payload = message["payload"]
     if payload == "silent":
         continue

@@ -177,10 +177,16 @@ impl SubprocessTransport {
         let sent = Message { id: waiting.id, ..message.clone() };
         let mut line = sent.json_line(&self.destination).into_bytes();
         line.push(b'\n');
-        let written = match running.stdin.lock().await.as_mut() {
-            Some(stdin) => stdin.write_all(&line).await.map_err(|err| err.to_string()),
-            None => Err("its standard input is closed".into()),
-        };
+        // Written whole by a task of its own: an attempt cut at its deadline part-way through
+        // would leave half a line in the pipe, and the next message's line run on from it.
+        let writing = running.clone();
+        let written = tokio::spawn(async move {
+            match writing.stdin.lock().await.as_mut() {
+                Some(stdin) => stdin.write_all(&line).await.map_err(|err| err.to_string()),
+                None => Err("its standard input is closed".to_owned()),
+            }
+        });
+        let written = written.await.expect("writing a line does not panic");
         let reset = |problem: String| (Outcome::Retryable(RetryReason::Reset), problem);
         written.map_err(|err| reset(format!("writing to the process: {err}")))?;
         let answer = waiting.answer().await;
