@@ -73,6 +73,11 @@ async fn frames_are_acked_with_their_ids_and_a_wait_frame_gets_its_reply() {
     send(&mut socket, json!({ "topic": "bad..topic", "ref": "bad" })).await;
     let refused = answer(&mut socket).await;
     assert_eq!((refused["ref"].as_str(), refused["status"].as_u64()), (Some("bad"), Some(400)), "{refused}");
+    // A misspelt field is refused, not dropped (the message would go out without its payload).
+    send(&mut socket, json!({ "topic": "t.typo", "paylod": "important", "ref": "typo" })).await;
+    let refused = answer(&mut socket).await;
+    assert_eq!((refused["ref"].as_str(), refused["status"].as_u64()), (Some("typo"), Some(400)), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("unknown field `paylod`"), "{refused}");
     send(&mut socket, json!({ "topic": "after", "ref": "after" })).await;
     assert!(answer(&mut socket).await["id"].is_string(), "the socket still serves after a bad frame");
     socket.close(None).await.unwrap();

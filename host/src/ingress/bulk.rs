@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 /// The most messages one request may carry.
 pub(super) const MAX_BATCH: usize = 10_000;
 
+/// The media type of a body of one message a line.
+const NDJSON: &str = "application/x-ndjson";
+
 /// One message of a bulk request (and of a WebSocket frame).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,8 +39,9 @@ pub(super) struct BulkMessage {
 
 /// Accept the messages of a bulk request (see the module docs).
 pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) -> Response {
-    let ndjson =
-        headers.get("content-type").is_some_and(|kind| kind.as_bytes().starts_with(b"application/x-ndjson"));
+    // Media types are case-insensitive (RFC 9110).
+    let ndjson = headers.get("content-type").and_then(|kind| kind.as_bytes().get(..NDJSON.len()));
+    let ndjson = ndjson.is_some_and(|media_type| media_type.eq_ignore_ascii_case(NDJSON.as_bytes()));
     let parsed = match ndjson {
         true => parse_ndjson(&body),
         false => serde_json::from_slice::<Vec<BulkMessage>>(&body)

@@ -28,15 +28,31 @@ pub(super) const MAX_WAITING: usize = 256;
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
 
-/// One frame the client sends.
-#[derive(serde::Deserialize)]
+/// One frame the client sends: a bulk message and the fields `ref` and `wait`.
 struct ClientFrame {
-    #[serde(flatten)]
     message: BulkMessage,
-    #[serde(default, rename = "ref")]
     reference: Value,
-    #[serde(default)]
     wait: bool,
+}
+
+impl ClientFrame {
+    /// The frame of `text`; not one (a field it does not know included, as a bulk message
+    /// refuses it), the problem and the `ref` it had, if any.
+    fn parse(text: &str) -> Result<ClientFrame, (Value, String)> {
+        let problem = |error: &dyn std::fmt::Display| format!("not a message: {error}");
+        let mut fields: serde_json::Map<String, Value> =
+            serde_json::from_str(text).map_err(|err| (Value::Null, problem(&err)))?;
+        let reference = fields.remove("ref").unwrap_or(Value::Null);
+        let wait = match fields.remove("wait") {
+            None => false,
+            Some(Value::Bool(wait)) => wait,
+            Some(other) => return Err((reference, problem(&format!("wait is {other}, not true or false")))),
+        };
+        match serde::Deserialize::deserialize(Value::Object(fields)) {
+            Ok(message) => Ok(ClientFrame { message, reference, wait }),
+            Err(err) => Err((reference, problem(&err))),
+        }
+    }
 }
 
 /// Serve one upgraded socket until the client closes it or the ingress stops.
@@ -81,13 +97,10 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, mut stopping: wa
 
 /// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
 async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Value>, waiting: &Arc<Semaphore>) -> bool {
-    let frame: ClientFrame = match serde_json::from_str(text) {
+    let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
-        Err(err) => {
-            return answers
-                .send(json!({ "ref": null, "error": format!("not a message: {err}"), "status": 400 }))
-                .await
-                .is_ok();
+        Err((reference, problem)) => {
+            return answers.send(json!({ "ref": reference, "error": problem, "status": 400 })).await.is_ok();
         }
     };
     let reference = frame.reference;
