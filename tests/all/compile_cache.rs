@@ -78,11 +78,30 @@ async fn a_swapped_or_patched_cache_entry_is_discarded_and_the_plugin_compiled_a
 }
 
 #[test]
-fn a_compile_cache_inside_the_plugin_directory_is_refused() {
+fn a_compile_cache_inside_the_plugin_directory_is_refused_however_its_path_gets_there() {
     let plugins = plugin_dir(&[]);
-    let mut config = config(&plugins.path().join(".cache"));
-    config.host.plugin_dir = plugins.path().to_owned();
-    let refused = config.validate("test.toml", &["out", "dead"]).unwrap_err().to_string();
-    assert!(refused.contains("host.cache_dir = "), "{refused}");
-    assert!(refused.ends_with(": inside the plugin directory: the compile cache holds native code, and whoever writes plugins must not write it"), "{refused}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("plugins-link");
+    std::os::unix::fs::symlink(plugins.path(), &link).unwrap();
+    let ways_in = [
+        plugins.path().join(".cache"),
+        plugins
+            .path()
+            .parent()
+            .unwrap()
+            .join("state/..")
+            .join(plugins.path().file_name().unwrap())
+            .join("cache"),
+        link.join("cache"),
+    ];
+    for cache in ways_in {
+        let mut config = config(&cache);
+        config.host.plugin_dir = plugins.path().to_owned();
+        let refused = config.validate("test.toml", &["out", "dead"]).unwrap_err().to_string();
+        assert!(refused.contains("host.cache_dir = "), "{refused}");
+        assert!(refused.ends_with(": inside the plugin directory: the compile cache holds native code, and whoever writes plugins must not write it"), "{refused}");
+    }
+    let mut beside = config(&elsewhere.path().join("cache"));
+    beside.host.plugin_dir = plugins.path().to_owned();
+    assert!(beside.validate("test.toml", &[]).is_ok(), "a cache beside it is fine");
 }

@@ -160,6 +160,19 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        // A token is compared with what a client presents in a header, which carries visible ASCII
+        // and loses the spaces around it: any other token could never be presented.
+        let tokens = [
+            ("ingress.http.token", self.ingress.http.as_ref().and_then(|http| http.token.as_deref())),
+            ("ingress.grpc.token", self.ingress.grpc.as_ref().and_then(|grpc| grpc.token.as_deref())),
+            ("admin.token", self.admin.as_ref().and_then(|admin| admin.token.as_deref())),
+        ];
+        for (key, token) in tokens {
+            if token.is_some_and(|token| !token.bytes().all(|byte| byte.is_ascii_graphic())) {
+                let problem = "must be visible ASCII characters, no spaces: no client could present it";
+                return Err(invalid(key.into(), &"(not shown)", problem.into()));
+            }
+        }
         // Two listeners cannot share an address (port 0 picks a free one each).
         let addresses = [
             ("ingress.http.listen", self.ingress.http.as_ref().map(|http| http.listen)),
@@ -229,12 +242,11 @@ impl Config {
             );
             return Err(invalid("host.spool_max_bytes".into(), &host.spool_max_bytes, problem));
         }
-        if host.cache_dir.as_os_str() != "" {
-            let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-            if absolute(&host.cache_dir).starts_with(absolute(&host.plugin_dir)) {
-                let problem = "inside the plugin directory: the compile cache holds native code, and whoever writes plugins must not write it".into();
-                return Err(invalid("host.cache_dir".into(), &host.cache_dir, problem));
-            }
+        if host.cache_dir.as_os_str() != ""
+            && resolved(&host.cache_dir).starts_with(resolved(&host.plugin_dir))
+        {
+            let problem = "inside the plugin directory: the compile cache holds native code, and whoever writes plugins must not write it".into();
+            return Err(invalid("host.cache_dir".into(), &host.cache_dir, problem));
         }
         let mut destinations = BTreeSet::from(["log"]);
         destinations.extend(extra_destinations);
@@ -498,4 +510,22 @@ pub fn inline_table(table: &toml::Table) -> String {
         true => "{}".to_owned(),
         false => format!("{{ {} }}", pairs.join(", ")),
     }
+}
+
+/// `path` as the file system resolves it: absolute, each symbolic link and `..` of the part that
+/// exists resolved, and `..` applied to the rest, so that neither hides where it leads.
+fn resolved(path: &Path) -> std::path::PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut resolved = std::path::PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => _ = resolved.pop(),
+            std::path::Component::CurDir => {}
+            other => resolved.push(other),
+        }
+        if let Ok(real) = resolved.canonicalize() {
+            resolved = real;
+        }
+    }
+    resolved
 }
