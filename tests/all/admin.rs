@@ -472,6 +472,11 @@ async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_kee
     let (status, body) = call(addr, "POST", "/v1/config/validate", &good).await;
     assert_eq!((status, body.as_str()), (200, r#"{"change":"applied","valid":true}"#));
     assert_eq!(host.config().routes.len(), 1, "validate applies nothing");
+    // Taken as large as a config file may be (4 MiB), not only to axum's default of 2 MB.
+    let padded = |mib: usize| format!("{good}# {}\n", "x".repeat(mib << 20));
+    let (status, body) = call(addr, "POST", "/v1/config/validate", &padded(3)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"change":"applied","valid":true}"#));
+    assert_eq!(call(addr, "POST", "/v1/config/validate", &padded(5)).await.0, 413);
 
     // PUT applies it at once and writes the file.
     let (status, body) = call(addr, "PUT", "/v1/config", &good).await;

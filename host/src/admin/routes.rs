@@ -6,13 +6,16 @@ use super::history::History;
 use crate::host::Host;
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
+
+/// The largest config text the admin API takes: as large as a config file may be.
+const SETTINGS: usize = crate::regular_file::MAX_SETTINGS_BYTES as usize;
 
 /// The admin router; `stopping` turns true when the server shuts down, which
 /// ends open event streams.
@@ -32,8 +35,12 @@ pub(super) fn router(
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/spool", get(spool))
         .route("/v1/reload", post(reload))
-        .route("/v1/config", get(super::config::show).put(super::config::replace))
-        .route("/v1/config/validate", post(super::config::validate))
+        // A config sent is held to what a config file may be (axum's default body limit is 2 MB).
+        .route(
+            "/v1/config",
+            get(super::config::show).put(super::config::replace).layer(DefaultBodyLimit::max(SETTINGS)),
+        )
+        .route("/v1/config/validate", post(super::config::validate).layer(DefaultBodyLimit::max(SETTINGS)))
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(super::alerts::list))
         .route("/v1/alerts/{id}/ack", post(super::alerts::acknowledge))
