@@ -260,6 +260,13 @@ fn the_spool_is_shown_while_the_host_runs_and_inspected_and_drained_once_it_is_k
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!((&report["depth"], &report["in_use"]), (&3.into(), &false.into()), "{report}");
     assert_eq!(report["topics"], serde_json::json!({ "orders.eu": 3 }), "{report}");
+    // A host without a spool started on it says that it leaves them there.
+    let memory = config(nowhere).replace("durability = \"spool\"", "durability = \"memory\"");
+    std::fs::write(dir.path().join("memory.toml"), memory).unwrap();
+    let mut host = Running::start(&["run", "--config", "memory.toml"], dir.path());
+    let told = host.line_where(|line| line.contains("the spool holds messages an earlier run accepted"));
+    assert!(told.contains("messages=3") && told.contains("switchyard spool drain"), "{told}");
+    host.stop();
 
     let (drained, lines, summary) = spool_command("drain", &state);
     assert!(drained && summary.contains("drained 3 messages"), "{summary}");

@@ -72,12 +72,30 @@ pub(super) fn open(
     state_dir: &std::path::Path,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Option<(Spool, crate::spool::Recovery)>, SpoolError> {
+    let (dir, spool_metrics) = (state_dir.join(crate::spool::DIR_NAME), metrics.spool.clone());
     if host.durability != crate::config::Durability::Spool {
+        warn_of_a_spool_left(&dir);
         return Ok(None);
     }
-    let (dir, spool_metrics) = (state_dir.join(crate::spool::DIR_NAME), metrics.spool.clone());
     let observe = move |messages, took| spool_metrics.committed(messages, took);
     let (spool, recovery) = Spool::open(&dir, host.spool_max_bytes, observe)?;
     metrics.spool.recovered(recovery.messages.len());
     Ok(Some((spool, recovery)))
+}
+
+/// Say so when the spool in `dir` holds messages an earlier run accepted, which a host without a
+/// spool does not deliver.
+fn warn_of_a_spool_left(dir: &std::path::Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    match crate::spool::inspect(dir) {
+        Ok(report) if report.depth > 0 => tracing::warn!(
+            dir = %dir.display(),
+            messages = report.depth,
+            "the spool holds messages an earlier run accepted, which this host (durability = \"memory\") does not deliver: start it with durability = \"spool\" to deliver them, or take them out with `switchyard spool drain`"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the spool an earlier run left"),
+    }
 }
