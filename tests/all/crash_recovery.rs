@@ -266,6 +266,8 @@ fn the_spool_is_shown_while_the_host_runs_and_inspected_and_drained_once_it_is_k
     let mut host = Running::start(&["run", "--config", "memory.toml"], dir.path());
     let told = host.line_where(|line| line.contains("the spool holds messages an earlier run accepted"));
     assert!(told.contains("messages=3") && told.contains("switchyard spool drain"), "{told}");
+    // Started (its signal handler set) once it listens; a TERM before would kill it unannounced.
+    host.address("HTTP ingress listening on http://");
     host.stop();
 
     let (drained, lines, summary) = spool_command("drain", &state);
