@@ -311,7 +311,8 @@ async fn a_reloaded_admin_token_takes_effect_at_once_and_cannot_be_removed() {
         format!("{}[admin]\nlisten = \"127.0.0.1:0\"\n{admin}", MEMORY_OUT.replacen("[host]", &plugins, 1))
     };
     std::fs::write(&config_path, config("token = \"first\"\n")).unwrap();
-    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
     let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
     let addr = admin.local_addr();
     tokio::spawn(admin.serve(std::future::pending()));
@@ -430,7 +431,8 @@ async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_kee
     let (config_path, base) = config_file_in(dir.path());
     let first = format!("{base}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a.*\" }}\nto = \"out\"\n");
     std::fs::write(&config_path, &first).unwrap();
-    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
     let addr = start_admin(&host).await;
     let out = host.memory("out").unwrap();
 
@@ -504,7 +506,8 @@ async fn concurrent_config_replacements_leave_the_file_holding_what_runs() {
     let with_priority =
         |priority: u8| format!("{base}[[route]]\nname = \"a\"\npriority = {priority}\nto = \"out\"\n");
     std::fs::write(&config_path, with_priority(0)).unwrap();
-    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
     let addr = start_admin(&host).await;
     for round in 0..5u8 {
         let puts: Vec<_> = (1..=8u8)

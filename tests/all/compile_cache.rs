@@ -3,7 +3,7 @@
 //! another plugin's, or patched, is discarded with an event and the plugin
 //! compiled afresh.
 
-use crate::support::{MEMORY_OUT, drain_and_account, next, plugin_dir};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, next, plugin_dir};
 use std::path::{Path, PathBuf};
 use switchyard::plugin::CacheOutcome;
 use switchyard::{Config, Host, Message};
@@ -16,7 +16,7 @@ fn config(cache: &Path) -> Config {
 }
 
 async fn host(plugins: &Path, cache: &Path) -> Host {
-    Host::builder().config("test.toml", config(cache)).plugin_dir(plugins).build().await.unwrap()
+    builder(plugins).config("test.toml", config(cache)).build().await.unwrap()
 }
 
 /// The cache entry of the plugin with digest `digest`.
@@ -43,8 +43,9 @@ async fn a_swapped_or_patched_cache_entry_is_discarded_and_the_plugin_compiled_a
     assert!(
         std::fs::read_dir(plugins.path())
             .unwrap()
-            .all(|entry| entry.unwrap().path().extension().unwrap() == "wasm"),
-        "nothing but the plugins in the plugin directory"
+            .map(|entry| entry.unwrap().path())
+            .all(|path| path.ends_with(".switchyard") || path.extension().unwrap() == "wasm"),
+        "nothing but the plugins (and the test's state directory) in the plugin directory"
     );
 
     let (a, b) = (entry(cache.path(), &digests[0]), entry(cache.path(), &digests[1]));

@@ -155,6 +155,32 @@ async fn letters_a_host_left_in_the_file_are_re_delivered_by_the_next_one_and_on
     assert!(third_dlq.taken.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_a_state_directory_in_use_is_refused_and_the_first_keeps_its_letters() {
+    let state = tempfile::tempdir().unwrap();
+    let (first_dlq, destination) = Switchable::new(false);
+    let first = host(state.path(), destination).await;
+    let sent = send_unroutable(&first, 5).await;
+    assert_eq!(spooled_once_settled(&first, 0), sent);
+    // A second host would rewrite the file under the first (and re-deliver its letters too).
+    let plugins = plugin_dir(&[]);
+    let second = Host::builder().plugin_dir(plugins.path()).state_dir(state.path()).build().await;
+    let refused = second.expect_err("the state directory is the first host's").to_string();
+    let expected = format!("state directory {}: in use by another host", state.path().display());
+    assert!(refused.starts_with(&expected) && refused.contains("host.state_dir"), "{refused}");
+    assert_eq!(first.dead_letters(10).unwrap().count, 5, "the first host's letters are whole");
+    first_dlq.set_up(true);
+    assert_eq!(first_dlq.ids(5).await, sent);
+    within(first.shutdown()).await;
+
+    // Once the first has shut down, the directory is free.
+    let (dlq, destination) = Switchable::new(true);
+    let next = host(state.path(), destination).await;
+    assert_eq!(next.dead_letters(10).unwrap().count, 0);
+    drain_and_account(&next).await;
+    assert!(dlq.taken.is_empty() && first_dlq.taken.is_empty(), "each letter was sent once");
+}
+
 /// Config of an `api` destination at `refusing` (which answers every
 /// message with a final error) taking every message.
 fn api_with_fallback(refusing: SocketAddr) -> String {
@@ -230,6 +256,7 @@ async fn letters_re_delivered_while_the_file_cannot_be_rewritten_are_not_sent_ag
     // Over a quiet second of passes that cannot rewrite the file, none is sent again.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(host.dead_letters(0).unwrap().count, 5, "still in the file");
+    assert_eq!(metric(&host, "switchyard_dead_letters_redelivered_total"), 5.0, "counted once taken");
     assert!(dlq.taken.is_empty(), "sent again: {:?}", dlq.taken.try_iter().count());
 
     std::fs::remove_dir(&blocker).unwrap();
@@ -404,6 +431,7 @@ async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_d
     let state = parent.path().join("state");
     let (_dlq, destination) = Switchable::new(false);
     let host = host(&state, destination).await;
+    std::fs::remove_dir_all(&state).unwrap();
     std::fs::write(&state, "a file where the state directory should be").unwrap();
 
     let refused = host.request(Message::new("nowhere", "{}")).await;

@@ -5,7 +5,7 @@
 
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::exposition::sample;
-use crate::support::{drain_and_account, host, plugin_dir, post, within};
+use crate::support::{builder, drain_and_account, host, plugin_dir, post, within};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
 
@@ -117,9 +117,8 @@ async fn a_destination_queue_that_fills_in_the_middle_of_a_batch_gets_the_rest_i
         .replace("workers = 1", "workers = 1\nbatch_size = 64")
         .replace("to = \"api\"", "to = \"api\"\nstages = [\"filter:gate\"]");
     let (open, gate) = flume::unbounded::<()>();
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t", switchyard::Config::from_toml("t", &text).unwrap())
-        .plugin_dir(dir.path())
         .filter("gate", move |_: &Message| {
             let _ = gate.recv();
             Ok(switchyard::Verdict::Keep)
@@ -245,9 +244,8 @@ async fn a_shutdown_dead_letters_what_an_in_place_destination_holds_past_its_gra
     let dir = plugin_dir(&[]);
     let never =
         |_message: Message| std::future::pending::<Result<Option<Message>, switchyard::DeliveryError>>();
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("test.toml", switchyard::Config::from_toml("test.toml", text).unwrap())
-        .plugin_dir(dir.path())
         .destination("stuck", never)
         .route(switchyard::RouteConfig::new("stuck", "stuck.*", "stuck"))
         .build()

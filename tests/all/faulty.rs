@@ -1,7 +1,7 @@
 //! Misbehaving plugins: each is isolated with its specific error, its message
 //! is dead-lettered with that reason, and the host keeps serving.
 
-use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, host, next, plugin_dir};
 use switchyard::{Host, LoadError, Message};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -116,8 +116,7 @@ async fn a_plugin_asleep_in_its_load_trial_is_refused_at_its_deadline() {
     let dir = plugin_dir(&[("sleepy", artifacts::FAULTY_SLEEP)]);
     let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"sleepy\"\nlimits = {{ timeout_ms = 100 }}\n");
     let config = switchyard::Config::from_toml("test.toml", &config).unwrap();
-    let host =
-        crate::support::within(Host::builder().config("test.toml", config).plugin_dir(dir.path()).build());
+    let host = crate::support::within(builder(dir.path()).config("test.toml", config).build());
     let host = host.await.unwrap();
     let errors: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
     assert_eq!(errors, ["plugin \"sleepy\": failed its trial run: timed out after 100ms"]);
@@ -213,9 +212,8 @@ pub async fn faulty_wrong_world() {
         "[host]\ndead_letter = \"dead\"\n[[destination]]\nname = \"dead\"\ntransport = \"memory\"",
     )
     .unwrap();
-    let host = switchyard::Host::builder()
+    let host = builder(dir.path())
         .config("t", config)
-        .plugin_dir(dir.path())
         .route(switchyard::RouteConfig::new("r", ">", "log").stage("filter:wrong"))
         .build()
         .await

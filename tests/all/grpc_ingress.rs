@@ -2,7 +2,7 @@
 //! Publish with wait, PublishStream with a bad message among good ones, a stream cut mid-way, and the
 //! ingress token.
 
-use crate::support::{drain_and_account, next, plugin_dir};
+use crate::support::{builder, drain_and_account, next, plugin_dir};
 use std::collections::HashMap;
 use switchyard::ingress::{IngressClient, PublishRequest, PublishResult};
 use switchyard::{Config, GrpcIngress, Host, Message, RouteConfig};
@@ -22,9 +22,8 @@ fn publish(topic: &str, payload: &str) -> PublishRequest {
 async fn host(text: &str) -> (Host, tempfile::TempDir) {
     let dir = plugin_dir(&[]);
     let config = Config::from_toml("t.toml", text).unwrap();
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t.toml", config)
-        .plugin_dir(dir.path())
         .destination("echo", |message: Message| async move {
             Ok(Some(Message::new("echoed", message.payload).with_header("x-echo", "yes")))
         })

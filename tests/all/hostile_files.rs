@@ -3,10 +3,10 @@
 //! refused with their reasons, at start and when they appear, and reloads
 //! keep working.
 
-use crate::support::{MEMORY_OUT, drain_and_account, event_where, plugin_dir, within};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, plugin_dir, within};
 use std::path::Path;
 use std::process::Command;
-use switchyard::{Config, Host, HostEvent};
+use switchyard::{Config, HostEvent};
 use switchyard_plugin_artifacts as artifacts;
 
 fn mkfifo(path: &Path) {
@@ -25,8 +25,7 @@ async fn files_that_are_not_plugins_are_refused_with_reasons_and_reloads_keep_wo
     std::fs::File::create(dir.path().join("huge.wasm")).unwrap().set_len(2 << 20).unwrap();
     let config = MEMORY_OUT.replacen("[host]", "[host]\nmax_plugin_bytes = 1048576", 1);
     let config = Config::from_toml("test.toml", &config).unwrap();
-    let host =
-        within(Host::builder().config("test.toml", config).plugin_dir(dir.path()).build()).await.unwrap();
+    let host = within(builder(dir.path()).config("test.toml", config).build()).await.unwrap();
     let reasons: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
     let expected = [
         ("fifo", "not a regular file but a FIFO".to_owned()),

@@ -63,7 +63,8 @@ async fn an_ingress_token_is_required_when_set_and_changes_on_reload() {
         )
     };
     std::fs::write(&config_path, config("first")).unwrap();
-    let host = switchyard::Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let host = switchyard::Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
     let addr = crate::support::start_ingress(&host).await;
     let send = |token: &'static str| {
         tokio::task::spawn_blocking(move || {

@@ -2,9 +2,9 @@
 //! across restarts; clients cannot set `x-sy-` headers and stages cannot
 //! forge ids.
 
-use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, post};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, host, next, plugin_dir, post};
 use std::collections::BTreeSet;
-use switchyard::{Host, Message, RouteConfig};
+use switchyard::{Message, RouteConfig};
 
 fn assert_uuid_v7(id: &str) {
     let parsed = uuid::Uuid::parse_str(id).unwrap_or_else(|err| panic!("{id}: {err}"));
@@ -57,8 +57,7 @@ async fn ids_stay_unique_across_two_runs_while_sequence_numbers_restart() {
 async fn a_split_message_gets_new_ids_and_a_stage_cannot_forge_one() {
     let dir = plugin_dir(&[]);
     let (out, delivered) = switchyard::MemoryDestination::new();
-    let host = Host::builder()
-        .plugin_dir(dir.path())
+    let host = builder(dir.path())
         .destination("out", out)
         .transform("split", |m: &Message| {
             Ok(vec![m.clone().with_header("x-sy-id", "forged"), m.clone().with_header("x-copy", "2")])

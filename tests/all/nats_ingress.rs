@@ -6,7 +6,7 @@
 use crate::cli::Running;
 use crate::nats_server::{NatsServer, fence};
 use crate::routing::gated_host;
-use crate::support::{MEMORY_OUT, drain_and_account, eventually, host, next, plugin_dir, within};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, eventually, host, next, plugin_dir, within};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use switchyard::config::NatsIngressConfig;
@@ -67,9 +67,8 @@ async fn echo_host(dir: &std::path::Path) -> Host {
         let payload = message.payload.to_ascii_uppercase();
         Ok(Some(Message::new(message.topic, payload).with_header("x-echo", "yes")))
     };
-    Host::builder()
+    builder(dir)
         .config("t", Config::from_toml("t", MEMORY_OUT).unwrap())
-        .plugin_dir(dir)
         .destination("echo", echo)
         .route(RouteConfig::new("echo", "echo.>", "echo"))
         .build()

@@ -3,7 +3,7 @@
 //! once it is back, and a request nobody answers is dead-lettered as such.
 
 use crate::nats_server::{NatsServer, fence};
-use crate::support::{drain_and_account, next, plugin_dir, within};
+use crate::support::{builder, drain_and_account, next, plugin_dir, within};
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use switchyard::{Config, Host, Message, RequestError};
@@ -20,7 +20,7 @@ async fn host(server: &NatsServer, options: &str, extra: &str) -> Host {
     );
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|err| panic!("{err}"));
     let dir = plugin_dir(&[]);
-    Host::builder().config("test.toml", config).plugin_dir(dir.path()).build().await.unwrap()
+    builder(dir.path()).config("test.toml", config).build().await.unwrap()
 }
 
 /// Answer every request on `subject` with its payload in capitals, a header naming the responder,

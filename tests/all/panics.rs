@@ -2,8 +2,8 @@
 //! dead-letters the message it happened on (`host-panic`), and the host,
 //! down to the same worker thread, keeps serving.
 
-use crate::support::{drain_and_account, next, plugin_dir, within};
-use switchyard::{Config, Host, MemoryDestination, Message, RouteConfig, Verdict};
+use crate::support::{builder, drain_and_account, next, plugin_dir, within};
+use switchyard::{Config, MemoryDestination, Message, RouteConfig, Verdict};
 
 /// One worker thread, dead letters to `dead` (a destination set in code).
 fn one_worker() -> Config {
@@ -17,9 +17,8 @@ fn one_worker() -> Config {
 async fn a_panicking_native_stage_dead_letters_only_its_message_and_the_host_keeps_serving() {
     let dir = plugin_dir(&[]);
     let ((out, delivered), (dead, letters)) = (MemoryDestination::new(), MemoryDestination::new());
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t.toml", one_worker())
-        .plugin_dir(dir.path())
         .destination("out", out)
         .destination("dead", dead)
         .filter("touchy", |m: &Message| match m.header("boom") {
@@ -60,9 +59,8 @@ async fn a_panicking_native_stage_dead_letters_only_its_message_and_the_host_kee
 async fn a_destination_that_panics_dead_letters_the_message_and_takes_the_next() {
     let dir = plugin_dir(&[]);
     let (dead, letters) = MemoryDestination::new();
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t.toml", one_worker())
-        .plugin_dir(dir.path())
         .destination("dead", dead)
         .destination("fragile", |m: Message| async move {
             match &m.payload[..] {

@@ -1,6 +1,6 @@
 //! Each example plugin doing its job inside a running host.
 
-use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir, within};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, host, next, plugin_dir, within};
 use switchyard::{Message, RequestError};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -98,9 +98,8 @@ pub async fn annotate_middleware() {
     let dir = plugin_dir(&[("annotate", artifacts::ANNOTATE_MIDDLEWARE)]);
     let echo = |message: Message| async move { Ok(Some(message.with_header("x-echo", "yes"))) };
     let config = switchyard::Config::from_toml("t", "").unwrap();
-    let host = switchyard::Host::builder()
+    let host = builder(dir.path())
         .config("t", config)
-        .plugin_dir(dir.path())
         .destination("echo", echo)
         .route(switchyard::RouteConfig::new("all", ">", "echo").stage("middleware:annotate"))
         .build()

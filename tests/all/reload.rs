@@ -248,7 +248,8 @@ async fn invalid_config_file_is_rejected_whole_and_a_valid_one_applies() {
         text.replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1)
     };
     std::fs::write(&config_path, config("out")).unwrap();
-    let host = Host::builder().config_file(&config_path).unwrap().build().await.unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
     let mut events = host.subscribe();
     std::fs::write(&config_path, config("nowhere")).unwrap();
     let HostEvent::ConfigRejected { reason, .. } =
@@ -278,7 +279,8 @@ async fn a_config_reload_keeps_what_the_builder_set_in_code() {
     };
     std::fs::write(&config_path, config("dead")).unwrap();
     let code_route = RouteConfig::new("code", "code", "out").stage("transform:t");
-    let host = Host::builder().config_file(&config_path).unwrap();
+    let host =
+        Host::builder().config_file(&config_path).unwrap().state_dir(config_dir.path().join(".switchyard"));
     let host = host.plugin_dir(plugins.path()).route(code_route).build().await.unwrap();
     std::fs::write(&config_path, config("log")).unwrap();
     within(host.reload()).await.unwrap();

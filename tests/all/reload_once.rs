@@ -60,7 +60,8 @@ impl ConfigFile {
     }
 
     async fn host(&self) -> Host {
-        Host::builder().config_file(&self.path).unwrap().build().await.unwrap()
+        let host = Host::builder().config_file(&self.path).unwrap();
+        host.state_dir(self._dir.path().join(".switchyard")).build().await.unwrap()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::exposition::sample;
-use crate::support::{drain_and_account, host, plugin_dir, within};
+use crate::support::{builder, drain_and_account, host, plugin_dir, within};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
@@ -404,8 +404,7 @@ async fn a_destination_in_code_that_answers_retryable_is_retried() {
             }
         }
     };
-    let host = Host::builder()
-        .plugin_dir(dir.path())
+    let host = builder(dir.path())
         .destination("flaky", flaky)
         .route(RouteConfig::new("flaky", "flaky", "flaky"))
         .build()

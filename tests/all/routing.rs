@@ -1,6 +1,6 @@
 //! Routing, stages, destinations and admission through the embedding API.
 
-use crate::support::{drain_and_account, host, http_raw, next, plugin_dir, within};
+use crate::support::{builder, drain_and_account, host, http_raw, next, plugin_dir, within};
 use std::sync::Arc;
 use switchyard::{
     DeliveryError, Host, MemoryDestination, Message, PluginError, RequestError, RouteConfig, SendError,
@@ -75,8 +75,7 @@ to = "b"
 async fn native_and_wasm_stages_run_in_route_order() {
     let dir = plugin_dir(&[("redact", artifacts::REDACT_TRANSFORM)]);
     let (out, delivered) = MemoryDestination::new();
-    let host = Host::builder()
-        .plugin_dir(dir.path())
+    let host = builder(dir.path())
         .destination("out", out)
         .filter("has-body", |m: &Message| {
             Ok(if m.payload.is_empty() { Verdict::Drop } else { Verdict::Keep })
@@ -104,8 +103,7 @@ async fn native_and_wasm_stages_run_in_route_order() {
 async fn request_returns_the_reply_or_says_why_there_is_none() {
     let dir = plugin_dir(&[]);
     let failing = |_m: Message| async { Err(DeliveryError::Fatal("endpoint refused".into())) };
-    let host = Host::builder()
-        .plugin_dir(dir.path())
+    let host = builder(dir.path())
         .destination("upper", |m: Message| async move {
             Ok(Some(Message::new(m.topic.clone(), String::from_utf8_lossy(&m.payload).to_uppercase())))
         })
@@ -176,9 +174,8 @@ pub(crate) async fn gated_host(
     gate: &Arc<Semaphore>,
 ) -> (Host, flume::Receiver<Message>) {
     let (blocking, delivered) = gated(entered, gate);
-    let host = Host::builder()
+    let host = builder(dir)
         .config("t", switchyard::Config::from_toml("t", config).unwrap())
-        .plugin_dir(dir)
         .destination("slow", blocking)
         .route(RouteConfig::new("all", ">", "slow"))
         .build()
@@ -276,9 +273,8 @@ async fn a_retryable_answer_is_retried_at_most_three_calls_then_dead_lettered() 
     let (dead, letters) = MemoryDestination::new();
     let mut config = switchyard::Config::default();
     config.host.dead_letter = "dead".into();
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t.toml", config)
-        .plugin_dir(dir.path())
         .destination("out", out)
         .destination("dead", dead)
         // Fails twice for a message whose payload is "flaky", always for "down".
@@ -325,9 +321,8 @@ async fn a_memory_destination_that_fills_in_the_middle_of_a_batch_gets_the_rest_
     let (held, held_out) = gated(&entered, &gate);
     let config = "[host]\nworkers = 1\nbatch_size = 64\ndead_letter = \"log\"\n\
                   [[destination]]\nname = \"out\"\ntransport = \"memory\"\nqueue = { capacity = 4 }\n";
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t", switchyard::Config::from_toml("t", config).unwrap())
-        .plugin_dir(dir.path())
         .destination("held", held)
         .route(RouteConfig::new("hold", "hold", "held"))
         .route(RouteConfig::new("all", "m", "out"))

@@ -2,7 +2,7 @@
 //! matched by id across a pool of processes, a process that dies restarted with nothing lost, error
 //! answers classified, and processes stopped when their destination goes.
 
-use crate::support::{drain_and_account, eventually, next, plugin_dir, within};
+use crate::support::{builder, drain_and_account, eventually, next, plugin_dir, within};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use switchyard::{Config, Host, Message, RequestError};
@@ -30,7 +30,7 @@ fn config(options: &str, extra: &str) -> String {
 async fn start(config: &str) -> Host {
     let dir = plugin_dir(&[]);
     let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));
-    Host::builder().config("test.toml", config).plugin_dir(dir.path()).build().await.unwrap()
+    builder(dir.path()).config("test.toml", config).build().await.unwrap()
 }
 
 /// Request `count` messages at once; each reply's pid.
@@ -102,8 +102,7 @@ async fn removing_the_destination_stops_its_processes() {
     let text = config(", processes = 2", "balancer = \"round-robin\"");
     std::fs::write(&config_path, &text).unwrap();
     let plugins = tempfile::tempdir().unwrap();
-    let host =
-        Host::builder().config_file(&config_path).unwrap().plugin_dir(plugins.path()).build().await.unwrap();
+    let host = builder(plugins.path()).config_file(&config_path).unwrap().build().await.unwrap();
     let pids: HashSet<String> = request_all(&host, 10).await.into_iter().collect();
     assert_eq!(pids.len(), 2);
     let without = text.replace("to = \"workers\"", "to = \"dead\"");

@@ -54,19 +54,24 @@ pub fn native_plugin_dir(libraries: &[(&str, &str)]) -> TempDir {
 /// A host over `dir` configured by the TOML `config`.
 pub async fn host(dir: &Path, config: &str) -> Host {
     let config = Config::from_toml("test.toml", config).unwrap_or_else(|err| panic!("{err}"));
-    // Unless the config names one, a state directory of its own, inside the
-    // plugin directory (whose watch sees no file in a subdirectory): the
-    // default, `.switchyard` in the working directory, carried a firing
-    // alert from one run of the tests into the next.
+    // Unless the config names one, a state directory of its own (see `builder`).
     let default_state = config.host.state_dir == switchyard::config::HostSection::default().state_dir;
-    let mut host = Host::builder().config("test.toml", config).plugin_dir(dir);
-    if default_state {
-        host = host.state_dir(dir.join(".switchyard"));
-    }
-    let host = host.build().await;
+    let host = match default_state {
+        true => builder(dir),
+        false => Host::builder().plugin_dir(dir),
+    };
+    let host = host.config("test.toml", config).build().await;
     let host = host.unwrap_or_else(|err| panic!("{err}"));
     assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
     host
+}
+
+/// The builder of a host on plugin directory `dir`, with a state directory of its own inside it
+/// (whose watch sees no file in a subdirectory). The default, `.switchyard` in the working
+/// directory, would be every test's, and a state directory is one host's at a time; it also
+/// carried a firing alert from one run of the tests into the next.
+pub fn builder(dir: &Path) -> switchyard::HostBuilder {
+    Host::builder().plugin_dir(dir).state_dir(dir.join(".switchyard"))
 }
 
 /// Serve `host`'s HTTP ingress on 127.0.0.1 (any free port) while the

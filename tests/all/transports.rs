@@ -2,7 +2,7 @@
 //! core (balancing, retries on another endpoint, dead letters) and its own checked options, and a
 //! transport nobody registered is refused before anything runs.
 
-use crate::support::{drain_and_account, plugin_dir, within};
+use crate::support::{builder, drain_and_account, plugin_dir, within};
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use switchyard::config::DestinationConfig;
@@ -59,12 +59,7 @@ async fn host(config: Config, attempts: &Arc<Mutex<Vec<String>>>) -> Result<Host
         Arc::new(Loopback { options, attempts: attempts.clone() }) as Arc<dyn Transport>
     });
     let dir = plugin_dir(&[]);
-    Host::builder()
-        .config("test.toml", config)
-        .plugin_dir(dir.path())
-        .transport("loopback", factory)
-        .build()
-        .await
+    builder(dir.path()).config("test.toml", config).transport("loopback", factory).build().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +103,7 @@ async fn an_option_a_registered_transport_does_not_know_is_refused_naming_it() {
 #[tokio::test]
 async fn a_transport_nobody_registered_is_refused_before_the_host_starts() {
     let dir = plugin_dir(&[]);
-    let error = Host::builder().config("test.toml", config("")).plugin_dir(dir.path()).build().await;
+    let error = builder(dir.path()).config("test.toml", config("")).build().await;
     assert_eq!(
         error.expect_err("refused").to_string(),
         "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, nats, plugin:NAME, redis, subprocess, tcp, websocket, log, memory)"

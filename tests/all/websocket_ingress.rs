@@ -3,7 +3,7 @@
 //! reconnects.
 
 use crate::routing::gated_host;
-use crate::support::{drain_and_account, next, plugin_dir, start_ingress, within};
+use crate::support::{builder, drain_and_account, next, plugin_dir, start_ingress, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -39,9 +39,8 @@ async fn send(socket: &mut Socket, frame: Value) {
 async fn replying_host() -> (Host, tempfile::TempDir) {
     let dir = plugin_dir(&[]);
     let config = Config::from_toml("t.toml", "[host]\nworkers = 2\n").unwrap();
-    let host = Host::builder()
+    let host = builder(dir.path())
         .config("t.toml", config)
-        .plugin_dir(dir.path())
         .destination("out", |message: Message| async move {
             let reversed: Vec<u8> = message.payload.iter().rev().copied().collect();
             Ok(Some(Message::new("reply", reversed)))

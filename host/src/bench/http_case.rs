@@ -27,6 +27,8 @@ pub(super) struct HttpPath {
     payload: Bytes,
     /// Messages the ingress accepted so far.
     sent: u64,
+    /// The host's state directory: one of its own, thrown away after the run.
+    _state: tempfile::TempDir,
 }
 
 impl HttpPath {
@@ -40,7 +42,13 @@ impl HttpPath {
         );
         let config =
             Config::from_toml("<bench>", &config).map_err(|err| BenchError::Check(err.to_string()))?;
-        let host = Host::builder().config("<bench>", config).plugin_dir(plugin_dir).build().await?;
+        let state = tempfile::tempdir()?;
+        let host = Host::builder()
+            .config("<bench>", config)
+            .plugin_dir(plugin_dir)
+            .state_dir(state.path())
+            .build()
+            .await?;
         let ingress =
             crate::ingress::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().expect("an address"))
                 .await?;
@@ -55,7 +63,7 @@ impl HttpPath {
         let payload = Bytes::from(vec![b'x'; PAYLOAD]);
         let ingress =
             hyper::header::HeaderValue::try_from(addr.to_string()).expect("an address is a header value");
-        Ok(HttpPath { host, client, ingress, arrivals, payload, sent: 0 })
+        Ok(HttpPath { host, client, ingress, arrivals, payload, sent: 0, _state: state })
     }
 
     /// POST `messages` messages one after the other, each accepted (202) and at the endpoint

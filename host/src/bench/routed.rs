@@ -35,6 +35,8 @@ pub(super) struct RoutedHost {
     sent: u64,
     /// The payload of the messages its timed runs send.
     payload: bytes::Bytes,
+    /// Its state directory: one of its own, thrown away after the run.
+    _state: tempfile::TempDir,
 }
 
 /// Throughput of the three pipelines, each with metrics on and off, built
@@ -178,8 +180,12 @@ impl RoutedHost {
         // Steady state is measured: no watcher thread, no compile cache on disk.
         config.host.watch = false;
         config.host.cache_dir = PathBuf::new();
-        let builder =
-            Host::builder().config("<bench>", config).plugin_dir(plugin_dir).destination("out", out);
+        let state = tempfile::tempdir()?;
+        let builder = Host::builder()
+            .config("<bench>", config)
+            .plugin_dir(plugin_dir)
+            .state_dir(state.path())
+            .destination("out", out);
         let route = RouteConfig::new("orders", "orders.*", "out");
         let builder = match stages {
             Stages::Wasm => builder
@@ -201,7 +207,7 @@ impl RoutedHost {
             Stages::Stamp => bytes::Bytes::from(vec![b'x'; STAMP_PAYLOAD]),
             _ => bytes::Bytes::from_static(ORDER.as_bytes()),
         };
-        Ok(RoutedHost { host, delivered, sent: 0, payload })
+        Ok(RoutedHost { host, delivered, sent: 0, payload, _state: state })
     }
 
     /// Send `messages` from [`SENDERS`] tasks and time until the destination

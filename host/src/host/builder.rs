@@ -139,6 +139,7 @@ impl HostBuilder {
         }
         let engine = Arc::new(engine);
         let metrics = Arc::new(Metrics::new(config.host.metrics));
+        let state_lock = super::state_lock::StateLock::acquire(&state_dir(&config.host))?;
         let dead_letter_file =
             DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
@@ -245,6 +246,7 @@ impl HostBuilder {
                 redelivery: tokio::sync::Mutex::new(Some(redelivery)),
                 spool,
                 alerts,
+                state_lock: Mutex::new(Some(state_lock)),
                 alerting: Mutex::new(None),
             }),
         };

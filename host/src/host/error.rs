@@ -70,6 +70,14 @@ pub enum BuildError {
         /// Why.
         error: std::io::Error,
     },
+    /// The state directory cannot be created or locked, or another host uses it.
+    #[error("state directory {dir}: {problem}")]
+    StateDir {
+        /// The directory.
+        dir: String,
+        /// Why.
+        problem: String,
+    },
     /// The dead-letter file in the state directory cannot be read.
     #[error(transparent)]
     DeadLetterFile(#[from] crate::dead_letter::FileError),

@@ -4,6 +4,7 @@ mod alerting;
 mod builder;
 mod error;
 mod spool;
+mod state_lock;
 
 pub use alerting::ALERT_TOPIC_PREFIX;
 pub use builder::HostBuilder;
@@ -50,6 +51,8 @@ struct HostInner {
     spool: Option<crate::spool::Spool>,
     /// The `[[alert]]` rules and where each stands.
     alerts: crate::alert::AlertBook,
+    /// The state directory, this host's until shutdown ends.
+    state_lock: Mutex<Option<state_lock::StateLock>>,
     /// Evaluates the alert rules; aborted when shutdown begins.
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -492,6 +495,8 @@ impl Host {
         if let Some(spool) = &self.inner.spool {
             spool.close().await;
         }
+        // Nothing writes to the state directory any more: another host may have it.
+        self.inner.state_lock.lock().unwrap_or_else(|poison| poison.into_inner()).take();
     }
 
     /// Check `message` and give it its ids; with the KiB of `host.queue_bytes`

@@ -209,7 +209,7 @@ impl Pipeline {
                     return Pass::Down;
                 }
             };
-            let mut delivered = vec![false; batch.letters.len()];
+            let (mut delivered, mut redelivered) = (vec![false; batch.letters.len()], 0);
             for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
                 if down.contains(&record.destination) {
                     continue;
@@ -229,15 +229,17 @@ impl Pipeline {
                 sent += 1;
                 let chain = topology.dead_letter_chain(&record.destination);
                 match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
-                    Along::Taken(_) => *delivered = true,
+                    Along::Taken(_) => (*delivered, redelivered) = (true, redelivered + 1),
                     Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
                     Along::Refused | Along::NotNow => down.push(record.destination.clone()),
                 }
             }
-            let taken: Vec<_> = batch.letters.iter().zip(&delivered).filter(|(_, taken)| **taken).collect();
+            let taken = batch.letters.iter().zip(&delivered).filter(|(_, taken)| **taken);
             let taken_ids: Vec<String> =
-                taken.iter().filter_map(|(record, _)| unique_id(record).map(str::to_owned)).collect();
-            let (redelivered, last) = (taken.len(), batch.letters.is_empty());
+                taken.filter_map(|(record, _)| unique_id(record).map(str::to_owned)).collect();
+            // Counted once taken, whether or not the file can be rewritten.
+            self.metrics.dead_letters_redelivered(redelivered);
+            let last = batch.letters.is_empty();
             let file = self.dead_letters.file.clone();
             let removed = tokio::task::spawn_blocking(move || file.remove(&batch, &delivered));
             match removed.await.expect("removing does not panic") {
@@ -252,7 +254,6 @@ impl Pipeline {
                     return Pass::Down;
                 }
             }
-            self.metrics.dead_letters_redelivered(redelivered);
             if last || !self.dead_letters.file.holds_any_but(&down) {
                 break;
             }
