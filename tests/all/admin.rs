@@ -500,6 +500,60 @@ async fn the_config_api_shows_validates_and_replaces_the_config_and_the_file_kee
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_config_writes_where_a_linked_file_points_keeps_its_mode_and_refuses_redacted_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = plugin_dir(&[]);
+    let (real, base) = config_file_in(dir.path());
+    let first = format!("{base}[[route]]\nname = \"a\"\nto = \"out\"\n");
+    std::fs::write(&real, &first).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("switchyard.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let host = Host::builder().config_file(&link).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    let addr = start_admin(&host).await;
+
+    // What GET shows, sent back: its token would become the text "[redacted]".
+    let (_, shown) = call(addr, "GET", "/v1/config?format=toml", "").await;
+    for (method, path) in [("POST", "/v1/config/validate"), ("PUT", "/v1/config")] {
+        let (status, body) = call(addr, method, path, &shown).await;
+        assert_eq!(status, 422, "{method} {path}: {body}");
+        assert!(body.contains("a token or secret plugin setting reads [redacted]"), "{body}");
+    }
+    assert_eq!(host.config().admin.as_ref().unwrap().token.as_deref(), Some(TOKEN), "the token stays");
+
+    let good = format!("{first}[[route]]\nname = \"b\"\nto = \"out\"\n");
+    let (status, body) = call(addr, "PUT", "/v1/config", &good).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink(), "the link stays a link");
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), good, "what it points to holds what runs");
+    assert_eq!(std::fs::metadata(&real).unwrap().permissions().mode() & 0o777, 0o640, "its mode is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_config_applied_but_not_written_says_so_and_is_no_refusal() {
+    let dir = plugin_dir(&[]);
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let (_, base) = config_file_in(dir.path());
+    let config_path = conf.join("switchyard.toml");
+    let first = format!("{base}[[route]]\nname = \"a\"\nto = \"out\"\n");
+    std::fs::write(&config_path, &first).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    let addr = start_admin(&host).await;
+    std::fs::remove_dir_all(&conf).unwrap();
+    let good = format!("{first}[[route]]\nname = \"b\"\nto = \"out\"\n");
+    let (status, body) = call(addr, "PUT", "/v1/config", &good).await;
+    assert_eq!(status, 500, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((&answer["applied"], &answer["written"]), (&true.into(), &serde_json::Value::Null), "{body}");
+    assert!(answer["error"].as_str().unwrap().contains("a restart would not keep it"), "{body}");
+    assert_eq!(host.config().routes.len(), 2, "it runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_config_replacements_leave_the_file_holding_what_runs() {
     let dir = plugin_dir(&[]);
     let (config_path, base) = config_file_in(dir.path());

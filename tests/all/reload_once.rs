@@ -336,3 +336,31 @@ async fn a_reload_changing_start_only_keys_is_refused_naming_them() {
     assert_eq!(host.event_counts().configs_applied, 0);
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_config_is_followed_where_it_points_and_writes_beside_the_link_repeat_no_refusal() {
+    // switchyard.toml -> (another directory)/switchyard.toml, edited where it points.
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("switchyard.toml");
+    std::os::unix::fs::symlink(&file.path, &link).unwrap();
+    let host = Host::builder().config_file(&link).unwrap();
+    let host = host.state_dir(links.path().join(".switchyard")).build().await.unwrap();
+    let mut events = host.subscribe();
+    replace_file(&file.path, file.text(&["a", "b"]).as_bytes());
+    event_where(&mut events, config_applied).await;
+    std::fs::write(&file.path, "not = [toml").unwrap();
+    assert!(next_rejection(&mut events).await.contains("switchyard.toml"));
+    // A log beside the link (as `switchyard run 2>> host.log` there writes each refusal) is no edit.
+    for line in 0..5 {
+        let mut log =
+            std::fs::OpenOptions::new().create(true).append(true).open(links.path().join("host.log"));
+        std::io::Write::write_all(log.as_mut().unwrap(), format!("line {line}\n").as_bytes()).unwrap();
+    }
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(host.event_counts().configs_rejected, 1);
+    host.send(Message::new("b", "{}")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.topic, "b", "the applied edit serves");
+    drain_and_account(&host).await;
+}

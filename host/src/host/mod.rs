@@ -340,7 +340,7 @@ impl Host {
     pub async fn reload(&self) -> Result<ConfigChange, ConfigError> {
         let reloader = self.inner.reloader.clone();
         tokio::task::spawn_blocking(move || {
-            let change = reloader.reload_config()?;
+            let change = reloader.reload_config(crate::reload::Retry::Refused)?;
             // An applied config re-reads the plugins itself.
             if change == ConfigChange::Unchanged {
                 reloader.sync_all(crate::reload::Retry::Refused);

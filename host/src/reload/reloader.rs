@@ -33,6 +33,9 @@ pub(crate) struct Reloader {
     /// The plugins whose latest file was refused, and why: that file is not
     /// read into a plugin, nor reported, again until it changes.
     refused: Mutex<BTreeMap<String, Refusal>>,
+    /// The text of the config file as last read (applied or refused) or written: a file event
+    /// that leaves it so reads nothing into a config and reports nothing again.
+    config_text: Mutex<Option<String>>,
 }
 
 /// `plugin`, unless it is of another kind than `serving` (the version it
@@ -104,6 +107,7 @@ impl Reloader {
             changing: Mutex::new(()),
             replacing: Mutex::new(()),
             refused: Mutex::default(),
+            config_text: Mutex::default(),
         }
     }
 
@@ -212,10 +216,24 @@ impl Reloader {
     /// that changes start-only keys, and one with no routes replacing one
     /// with some unless it says `route = []`. A file caught while it is being
     /// written is refused without an event: its next write brings it back.
-    pub(crate) fn reload_config(&self) -> Result<ConfigChange, ConfigError> {
+    /// With [`Retry::Changed`] (a file event), a file whose text is the one
+    /// last read or written is left alone: events beside a linked config file,
+    /// or a log written next to it, neither apply nor refuse it again.
+    pub(crate) fn reload_config(&self, retry: Retry) -> Result<ConfigChange, ConfigError> {
         let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
         let file = &self.config_file.0;
-        let result = self.read_config(path).and_then(|config| self.apply_config(file, config));
+        let text = Config::read_text(file, path, Links::Anywhere)
+            .and_then(|text| text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() }));
+        if let Ok(text) = &text {
+            let mut last = self.config_text.lock().unwrap_or_else(|poison| poison.into_inner());
+            if retry == Retry::Changed && last.as_ref() == Some(text) {
+                return Ok(ConfigChange::Unchanged);
+            }
+            *last = Some(text.clone());
+        }
+        let result = text
+            .and_then(|text| self.parse_config(file, &text))
+            .and_then(|config| self.apply_config(file, config));
         match &result {
             Err(ConfigError::Unsettled { .. }) => {
                 tracing::debug!(file, "config file still changing; waiting for it to settle")
@@ -226,15 +244,6 @@ impl Reloader {
             Ok(_) => {}
         }
         result
-    }
-
-    /// Read the config file once it is settled, refusing one that would
-    /// silently drop every route the file gave.
-    fn read_config(&self, path: &Path) -> Result<Config, ConfigError> {
-        let file = &self.config_file.0;
-        let text = Config::read_text(file, path, Links::Anywhere)?;
-        let text = text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
-        self.parse_config(file, &text)
     }
 
     /// The config `text` of `file`; refused when it has no route while some
@@ -319,15 +328,8 @@ impl Reloader {
         let file = self.config_name();
         let change = self.apply_config(&file, self.parse_config(&file, text)?)?;
         let Some(path) = self.config_path() else { return Ok((change, None)) };
-        let write = || -> std::io::Result<()> {
-            let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
-            std::io::Write::write_all(&mut temporary, text.as_bytes())?;
-            temporary.as_file().sync_all()?;
-            temporary.persist(path).map_err(|err| err.error)?;
-            Ok(())
-        };
-        write().map_err(|error| ConfigError::Write { file, error })?;
+        replace_file(path, text).map_err(|error| ConfigError::Write { file, error })?;
+        *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(text.to_owned());
         Ok((change, Some(path.to_owned())))
     }
 
@@ -420,4 +422,20 @@ enum Prepared {
     /// The file is one refused before, unchanged.
     Refused,
     Unsettled,
+}
+
+/// Replace the file at `path` with `text` at once (a temporary file beside it, synced, renamed over
+/// it). A symbolic link is followed: what it points to is replaced, and the link stays. The file
+/// keeps its permissions.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temporary, text.as_bytes())?;
+    if let Ok(existing) = std::fs::metadata(&path) {
+        temporary.as_file().set_permissions(existing.permissions())?;
+    }
+    temporary.as_file().sync_all()?;
+    temporary.persist(&path).map_err(|err| err.error)?;
+    Ok(())
 }

@@ -52,7 +52,10 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let mut parents = Vec::new();
-    for parent in [Some(dir.as_path()), config_path.as_deref()].into_iter().flatten().filter_map(parent_of) {
+    // A config file that is a symbolic link is edited where it points: that directory too.
+    let config_target = config_path.as_deref().and_then(|path| path.canonicalize().ok());
+    let watched = [Some(dir.as_path()), config_path.as_deref(), config_target.as_deref()];
+    for parent in watched.into_iter().flatten().filter_map(parent_of) {
         let canonical = parent.canonicalize().ok();
         if canonical != dir.canonicalize().ok() && !parents.contains(&canonical) {
             watcher.watch(&parent, RecursiveMode::NonRecursive)?;
@@ -118,8 +121,9 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
         .as_ref()
         .map(|path| (canonical(parent_of(path)), path.file_name().map(ToOwned::to_owned)));
     // A config file that is a symbolic link changes when what it points to
-    // does (a directory of links swapped, as in a mounted ConfigMap): any
-    // change beside it may be one.
+    // does: the file it resolves to is edited, or a directory of links is
+    // swapped (as in a mounted ConfigMap), so any change beside it may be one.
+    let config_target = config_path.clone();
     let config_is_link =
         config_path.as_ref().is_some_and(|path| path.symlink_metadata().is_ok_and(|meta| meta.is_symlink()));
     let dir_at = (canonical(parent_of(&dir)), dir.file_name().map(ToOwned::to_owned));
@@ -129,8 +133,14 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
         let in_dir = at.0.is_some() && at.0 == dir;
         let plugin_file = crate::plugin::PluginFormat::of(path).is_some();
         let sidecar = path.extension().is_some_and(|ext| ext == "toml");
+        let is_config_target = || {
+            let target = || config_target.as_ref().and_then(|path| path.canonicalize().ok());
+            config_is_link
+                && target().is_some_and(|target| path.canonicalize().is_ok_and(|path| path == target))
+        };
         match &config {
             Some(config) if *config == at => Some(Change::Config),
+            _ if is_config_target() => Some(Change::Config),
             _ if at == dir_at => Some(Change::DirectoryItself),
             _ if in_dir && (plugin_file || sidecar) => Some(Change::Plugin(crate::plugin::plugin_name(path))),
             Some(config) if config_is_link && config.0 == at.0 => Some(Change::Config),
@@ -149,7 +159,7 @@ fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
         match change {
             Change::Plugin(name) if !everything => reloader.sync_plugin(&name, Retry::Changed),
             // Refusals are reported as events by reload_config.
-            Change::Config => drop(reloader.reload_config()),
+            Change::Config => drop(reloader.reload_config(Retry::Changed)),
             Change::Plugin(_) | Change::Directory | Change::DirectoryItself => {}
         }
     }
