@@ -4,8 +4,8 @@
 
 use crate::cli::switchyard;
 use crate::support::{
-    MEMORY_OUT, builder, event_where, host, memory_out_native, native_file, native_plugin_dir, replace_file,
-    within,
+    MEMORY_OUT, builder, drain_and_account, event_where, host, memory_out_native, native_file,
+    native_plugin_dir, next, replace_file, within,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use switchyard::config::{PluginConfig, PluginLimits};
 use switchyard::plugin::{
     EndpointRecord, MiddlewareAction, NativeRefusal, PluginEngine, PluginInstance, load_file,
 };
-use switchyard::{CompiledPlugin, Config, Host, HostEvent, LoadError, Verdict};
+use switchyard::{CompiledPlugin, Config, Host, HostEvent, LoadError, Message, Verdict};
 use switchyard_plugin_artifacts as artifacts;
 use switchyard_wire::{Head, Payload, write_message};
 
@@ -180,6 +180,28 @@ pub async fn native_abi_mismatch() {
     assert_eq!(name, "f");
     assert!(reason.contains("built for native plugin ABI 999"), "{reason}");
     assert_eq!(host.plugins()[0].digest, serving);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_library_cut_short_is_refused_and_the_serving_one_serves_on() {
+    // Opened, a library cut short (a copy still under way, a truncated download) killed the host
+    // with SIGBUS when the loader touched a page past its end.
+    let dir = native_plugin_dir(&[("t", artifacts::native::STAMP_TRANSFORM)]);
+    let host = crate::reload::host_with_transform_in(dir.path(), &memory_out_native()).await;
+    let serving = host.plugins()[0].digest.clone();
+    let mut events = host.subscribe();
+    let whole = std::fs::read(artifacts::native::REDACT_TRANSFORM).unwrap();
+    for cut in [5000, whole.len() / 2, whole.len() - 1] {
+        replace_file(&dir.path().join(native_file("t")), &whole[..cut]);
+        let event = event_where(&mut events, |event| matches!(event, HostEvent::PluginRejected { .. })).await;
+        let HostEvent::PluginRejected { reason, .. } = event else { unreachable!() };
+        assert!(reason.contains(&format!("not a whole library ({cut} bytes")), "{reason}");
+    }
+    assert_eq!(host.plugins()[0].digest, serving);
+    host.send(Message::new("any", "{}")).await.unwrap();
+    let out = host.memory("out").unwrap();
+    assert_eq!(crate::reload::version_seen(&next(&out).await), "stamp", "the serving library serves on");
+    drain_and_account(&host).await;
 }
 
 #[tokio::test]

@@ -39,6 +39,7 @@ pub(crate) fn load(bytes: &[u8], settings: &Arc<PluginSettings>) -> Result<Nativ
     if !config.allow_net.is_empty() || !config.env.is_empty() || !config.dirs.is_empty() {
         tracing::warn!(plugin = config.name, "allow_net, env and dirs do not apply to a native plugin");
     }
+    whole_library(bytes).map_err(NativeRefusal::Unloadable)?;
     let library = open_copy(&config.name, bytes).map_err(NativeRefusal::Unloadable)?;
     let found = library.abi_version().ok_or(NativeRefusal::NotAPlugin)?;
     if found != abi::ABI_VERSION {
@@ -71,6 +72,30 @@ pub(crate) fn load(bytes: &[u8], settings: &Arc<PluginSettings>) -> Result<Nativ
         return Err(missing("switchyard_native_init"));
     }
     Ok(NativeLibrary { kind, first, second })
+}
+
+/// Refuse an ELF library cut short (half-copied, truncated): the loader maps its segments from the
+/// file, and touching a page past its end kills the process with SIGBUS. Other formats are left to
+/// the platform's loader.
+fn whole_library(bytes: &[u8]) -> Result<(), String> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    fn check<Elf: FileHeader<Endian = object::Endianness>>(bytes: &[u8]) -> Result<(), String> {
+        let header = Elf::parse(bytes).map_err(|error| error.to_string())?;
+        let endian = header.endian().map_err(|error| error.to_string())?;
+        for segment in header.program_headers(endian, bytes).map_err(|error| error.to_string())? {
+            segment.data(endian, bytes).map_err(|()| "a segment reaches past its end".to_owned())?;
+        }
+        header.sections(endian, bytes).map_err(|error| error.to_string())?;
+        Ok(())
+    }
+    let checked = match object::FileKind::parse(bytes) {
+        Ok(object::FileKind::Elf64) => check::<object::elf::FileHeader64<object::Endianness>>(bytes),
+        Ok(object::FileKind::Elf32) => check::<object::elf::FileHeader32<object::Endianness>>(bytes),
+        _ => return Ok(()),
+    };
+    checked.map_err(|problem| {
+        format!("not a whole library ({} bytes: {problem}): cut short, or still being copied", bytes.len())
+    })
 }
 
 /// Open a copy of `bytes` written under a fresh private directory. The copy
