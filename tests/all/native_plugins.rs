@@ -5,7 +5,7 @@
 use crate::cli::switchyard;
 use crate::support::{
     MEMORY_OUT, builder, drain_and_account, event_where, host, memory_out_native, native_file,
-    native_plugin_dir, next, replace_file, within,
+    native_plugin_dir, next, plugin_dir, replace_file, within,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -201,6 +201,24 @@ async fn a_native_library_cut_short_is_refused_and_the_serving_one_serves_on() {
     host.send(Message::new("any", "{}")).await.unwrap();
     let out = host.memory("out").unwrap();
     assert_eq!(crate::reload::version_seen(&next(&out).await), "stamp", "the serving library serves on");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webassembly_plugin_removed_beside_a_library_left_unopened_is_gone_too() {
+    // native_plugins off: t.so is refused unopened, and once t.wasm is removed t serves no more.
+    let dir = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let host = crate::reload::host_with_transform_in(dir.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    std::fs::copy(artifacts::native::STAMP_TRANSFORM, dir.path().join(native_file("t"))).unwrap();
+    std::fs::remove_file(dir.path().join("t.wasm")).unwrap();
+    let removed = event_where(&mut events, |event| matches!(event, HostEvent::PluginRemoved { .. })).await;
+    assert!(matches!(removed, HostEvent::PluginRemoved { name, .. } if name == "t"));
+    assert!(host.plugins().is_empty());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginRejected { name, .. } if name == "t"))
+        .await;
+    let refusal = &host.last_rejections()["t"];
+    assert!(refusal.contains("host.native_plugins is false: it was not opened"), "{refusal}");
     drain_and_account(&host).await;
 }
 

@@ -364,3 +364,70 @@ async fn a_linked_config_is_followed_where_it_points_and_writes_beside_the_link_
     assert_eq!(next(&host.memory("out").unwrap()).await.topic, "b", "the applied edit serves");
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_put_back_after_a_good_one_is_refused_and_shown_again() {
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let host = crate::support::host(plugins.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    let path = plugins.path().join("t.wasm");
+    let rejected = |event: &HostEvent| matches!(event, HostEvent::PluginRejected { name, .. } if name == "t");
+    replace_file(&path, b"\0asm cut short");
+    event_where(&mut events, rejected).await;
+    replace_file(&path, &std::fs::read(artifacts::REDACT_TRANSFORM).unwrap());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t"))
+        .await;
+    assert!(host.last_rejections().is_empty(), "{:?}", host.last_rejections());
+    // The same bad bytes again: refused again, and shown, though they were refused before.
+    replace_file(&path, b"\0asm cut short");
+    event_where(&mut events, rejected).await;
+    assert!(host.last_rejections().contains_key("t"), "{:?}", host.last_rejections());
+    assert_eq!(host.event_counts().rejected, 2);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_added_while_the_host_compiles_at_start_is_loaded() {
+    // The watcher starts once the plugins are compiled: what changed before is read then.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let dir = plugins.path().to_owned();
+    let added = std::sync::Once::new();
+    let observer: switchyard::plugin::CompileObserver = Arc::new(move |_| {
+        added.call_once(|| {
+            replace_file(&dir.join("late.wasm"), &std::fs::read(artifacts::HEADER_FILTER).unwrap())
+        })
+    });
+    let config = MEMORY_OUT.replacen("[host]", "[host]\ncache_dir = \"\"", 1);
+    let config = switchyard::Config::from_toml("test.toml", &config).unwrap();
+    let host = crate::support::builder(plugins.path()).config("test.toml", config).observe_compiles(observer);
+    let host = within(host.build()).await.unwrap();
+    let mut names: Vec<String> = host.plugins().iter().map(|plugin| plugin.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["late", "t"]);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_directory_that_is_a_swapped_link_is_still_watched_after_the_swap() {
+    // plugins -> v1, then plugins -> v2 in one rename; then a change inside v2.
+    let root = tempfile::tempdir().unwrap();
+    for (version, plugin) in [("v1", artifacts::STAMP_TRANSFORM), ("v2", artifacts::REDACT_TRANSFORM)] {
+        std::fs::create_dir(root.path().join(version)).unwrap();
+        std::fs::copy(plugin, root.path().join(version).join("t.wasm")).unwrap();
+    }
+    let link = root.path().join("plugins");
+    std::os::unix::fs::symlink("v1", &link).unwrap();
+    let config = switchyard::Config::from_toml("test.toml", MEMORY_OUT).unwrap();
+    let host =
+        Host::builder().config("test.toml", config).plugin_dir(&link).state_dir(root.path().join("state"));
+    let host = host.build().await.unwrap();
+    let mut events = host.subscribe();
+    let replaced = |event: &HostEvent| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t");
+    std::os::unix::fs::symlink("v2", root.path().join("plugins.new")).unwrap();
+    std::fs::rename(root.path().join("plugins.new"), &link).unwrap();
+    event_where(&mut events, replaced).await;
+    replace_file(&root.path().join("v2/t.wasm"), &std::fs::read(artifacts::STAMP_TRANSFORM).unwrap());
+    event_where(&mut events, replaced).await;
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    drain_and_account(&host).await;
+}

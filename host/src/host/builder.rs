@@ -10,7 +10,7 @@ use crate::pipeline::{
     run_reply_worker, run_worker,
 };
 use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
-use crate::reload::{Events, HostEvent, Reloader};
+use crate::reload::{Events, HostEvent, Reloader, Retry};
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
@@ -212,6 +212,12 @@ impl HostBuilder {
             ),
             false => None,
         };
+        if watch {
+            // What changed while the plugins compiled, before the watcher was there to see it.
+            let reloader = reloader.clone();
+            let caught_up = tokio::task::spawn_blocking(move || reloader.sync_all(Retry::Changed)).await;
+            caught_up.expect("syncing the plugins does not panic");
+        }
         let (spool, recovered) = match spool {
             Some((spool, recovery)) => {
                 for damage in recovery.damage {

@@ -7,7 +7,7 @@ use super::source::{Source, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{
-    CacheOutcome, CompiledPlugin, LoadError, PluginKind, load_bytes, plugin_files, plugin_name,
+    CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, load_bytes, plugin_files, plugin_name,
 };
 use crate::regular_file::Links;
 use arc_swap::ArcSwap;
@@ -155,12 +155,26 @@ impl Reloader {
     pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
         let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
         match self.prepare(name, retry) {
-            Prepared::Ready(plugin) => self.swap_in(plugin),
+            // A new version serves: a refusal in between is over (else the same bad file, put back
+            // later, would be taken for the one refused before, and neither reported nor shown).
+            Prepared::Ready(plugin) => {
+                self.forget_refusal(name);
+                self.swap_in(plugin);
+            }
             Prepared::Gone(name) => {
                 self.forget_refusal(&name);
                 self.remove(&name);
             }
-            Prepared::Failed { name, error, file } => self.refuse(name, &error, file),
+            Prepared::Failed { name, error, file } => {
+                // A library refused unopened stands where no WebAssembly file is: the serving
+                // version's file is gone, and so is it.
+                let gone =
+                    matches!(error, LoadError::NativeRefused { refusal: NativeRefusal::Disabled { .. }, .. });
+                if gone {
+                    self.remove(&name);
+                }
+                self.refuse(name, &error, file);
+            }
             // The file is the serving version's again: a refusal in between is over.
             Prepared::Serving => self.forget_refusal(name),
             Prepared::Refused => {}

@@ -127,10 +127,10 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
     let config_is_link =
         config_path.as_ref().is_some_and(|path| path.symlink_metadata().is_ok_and(|meta| meta.is_symlink()));
     let dir_at = (canonical(parent_of(&dir)), dir.file_name().map(ToOwned::to_owned));
-    let dir = dir.canonicalize().ok();
     move |path: &PathBuf| {
         let at = (canonical(parent_of(path)), path.file_name().map(ToOwned::to_owned));
-        let in_dir = at.0.is_some() && at.0 == dir;
+        // Resolved at each event: a plugin directory that is a symbolic link may be swapped.
+        let in_dir = at.0.is_some() && at.0 == dir.canonicalize().ok();
         let plugin_file = crate::plugin::PluginFormat::of(path).is_some();
         let sidecar = path.extension().is_some_and(|ext| ext == "toml");
         let is_config_target = || {
