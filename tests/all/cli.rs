@@ -430,12 +430,14 @@ fn run_serves_on_the_runtime_threads_io_threads_or_its_default_says_and_refuses_
     assert!(!refused.child.wait().unwrap().success());
     // tokio would panic on a count that is not one; the host says what is wrong instead.
     write(0);
-    for bad in ["many", "0"] {
+    for bad in ["many", "0", "1025"] {
         let mut refused = Running::start_with_env(&args, dir.path(), &[("TOKIO_WORKER_THREADS", bad)]);
         let line = refused.line_where(|line| line.contains("TOKIO_WORKER_THREADS"));
         assert_eq!(
             line,
-            format!("error: TOKIO_WORKER_THREADS={bad:?}: expected a number of runtime threads, at least 1")
+            format!(
+                "error: TOKIO_WORKER_THREADS={bad:?}: expected a number of runtime threads, 1 to 1024 (as host.io_threads)"
+            )
         );
         assert!(!refused.child.wait().unwrap().success());
     }
@@ -459,6 +461,13 @@ fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
         "{metrics}"
     );
     host.stop();
+    // A token no client could present is refused, as in the config, its value not shown.
+    for bad in ["two words", "t\u{f6}ken"] {
+        let mut refused = Running::start_with_env(&args, dir.path(), &[("SWITCHYARD_ADMIN_TOKEN", bad)]);
+        let line = refused.line_where(|line| line.contains("SWITCHYARD_ADMIN_TOKEN"));
+        assert!(line.contains("must be visible ASCII characters") && !line.contains(bad), "{line}");
+        assert!(!refused.child.wait().unwrap().success());
+    }
 }
 
 /// The first line `switchyard --log-format FORMAT run` writes to its piped stderr.

@@ -168,6 +168,31 @@ async fn a_message_header_that_frames_a_request_is_not_copied_into_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_carries_the_requests_id_and_no_host_header_an_endpoint_forged() {
+    let app = axum::Router::new().fallback(|| async {
+        let forged = [("x-sy-id", "forged"), ("x-sy-dead-letter", "nope"), ("x-kept", "yes")];
+        (StatusCode::OK, forged, "answer")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[endpoint])).await;
+    let ingress = crate::support::start_ingress(&host).await;
+    let response = tokio::task::spawn_blocking(move || {
+        crate::support::http_raw(ingress, "POST", "/v1/messages/orders?wait=true", &[], b"question")
+    });
+    let response = within(response).await.unwrap().to_ascii_lowercase();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("http/1.1 200") && body == "answer", "{response}");
+    assert!(head.contains("\r\nx-kept: yes"), "{head}");
+    assert!(!head.contains("forged") && !head.contains("x-sy-dead-letter"), "{head}");
+    let id = head.split("\r\nx-sy-id: ").nth(1).map(|rest| &rest[..36]);
+    assert!(id.is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()), "the request's id: {head}");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_pooled_connection() {
     use axum::serve::ListenerExt;
     let connections = Arc::new(AtomicUsize::new(0));

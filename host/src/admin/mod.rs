@@ -29,6 +29,19 @@ use tokio::net::TcpListener;
 /// Environment variable holding the admin token when the config has none.
 pub const TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
 
+/// The token [`TOKEN_ENV`] holds, if any; refused as `admin.token` would be when no client could
+/// present it (not visible ASCII, or not Unicode at all), rather than read as no token or one that
+/// locks every client out.
+fn token_from_env() -> Result<Option<String>, BuildError> {
+    let refused = || BuildError::AdminTokenEnv { variable: TOKEN_ENV };
+    match std::env::var(TOKEN_ENV) {
+        Ok(token) if !token.bytes().all(|byte| byte.is_ascii_graphic()) => Err(refused()),
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(refused()),
+    }
+}
+
 /// A bound admin listener, ready to serve.
 #[derive(Debug)]
 pub struct AdminServer {
@@ -51,11 +64,8 @@ impl AdminServer {
         token: Option<String>,
     ) -> Result<AdminServer, BuildError> {
         let non_empty = |token: Option<String>| token.filter(|token| !token.is_empty()).map(Into::into);
-        let token = TokenSource {
-            fixed: non_empty(token),
-            host: host.clone(),
-            env: non_empty(std::env::var(TOKEN_ENV).ok()),
-        };
+        let token =
+            TokenSource { fixed: non_empty(token), host: host.clone(), env: non_empty(token_from_env()?) };
         if token.current().is_none() && !addr.ip().is_loopback() {
             return Err(BuildError::AdminUnprotected { addr });
         }

@@ -187,9 +187,13 @@ fn default_io_threads() -> anyhow::Result<usize> {
     let Some(text) = std::env::var_os(VARIABLE) else {
         return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
     };
-    let threads = text.to_str().and_then(|text| text.parse().ok()).filter(|threads: &usize| *threads > 0);
+    let most = switchyard::config::MAX_THREADS;
+    let threads =
+        text.to_str().and_then(|text| text.parse().ok()).filter(|threads| (1..=most).contains(threads));
     threads.ok_or_else(|| {
-        anyhow::anyhow!("{VARIABLE}={text:?}: expected a number of runtime threads, at least 1")
+        anyhow::anyhow!(
+            "{VARIABLE}={text:?}: expected a number of runtime threads, 1 to {most} (as host.io_threads)"
+        )
     })
 }
 

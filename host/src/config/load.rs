@@ -376,7 +376,7 @@ const MAX_QUEUE_BYTES: usize = 1 << 40;
 const MAX_DURATION_MS: u64 = 86_400_000;
 
 /// The most threads of one kind (pipeline workers, runtime threads) a host may be told to start.
-const MAX_THREADS: usize = 1024;
+pub const MAX_THREADS: usize = 1024;
 
 /// The largest plugin file a host may be told to load: 1 GiB.
 const MAX_PLUGIN_BYTES: u64 = 1 << 30;
@@ -456,6 +456,8 @@ impl super::DestinationConfig {
         at_least_one("queue.timeout_ms", self.queue.timeout_ms)?;
         size("pool.max_size", self.pool.max_size)?;
         size("breaker.window", self.breaker.window)?;
+        // An open breaker that lets the next attempt through at once re-tries a dead endpoint in a loop.
+        at_least_one("breaker.open_ms", self.breaker.open_ms)?;
         if let Some(percent) = self.breaker.failure_percent.filter(|percent| !(1..=100).contains(percent)) {
             return Err(("breaker.failure_percent", percent.to_string(), "must be 1 to 100".into()));
         }

@@ -206,6 +206,7 @@ pub enum DestinationEvent {
     },
     /// Messages of the destination go to its fallback: none of its endpoints could take them in time.
     /// Told once per spell (again after 10 s without a fallback); each message is counted.
+    #[serde(rename = "destination-fallback")]
     Fallback {
         /// The destination.
         destination: String,
@@ -274,5 +275,40 @@ where
 {
     fn deliver(&self, message: Message) -> DeliveryFuture<'_> {
         Box::pin(self(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DestinationEvent;
+
+    #[test]
+    fn every_event_is_named_in_its_json_as_in_its_metric() {
+        let (destination, text) = (String::from("d"), String::from("x"));
+        let events = [
+            DestinationEvent::EndpointDown {
+                destination: destination.clone(),
+                endpoint: text.clone(),
+                reason: text.clone(),
+            },
+            DestinationEvent::EndpointUp { destination: destination.clone(), endpoint: text.clone() },
+            DestinationEvent::Fallback {
+                destination: destination.clone(),
+                fallback: text.clone(),
+                reason: text.clone(),
+            },
+            DestinationEvent::StreamMigrated {
+                destination: destination.clone(),
+                stream: text.clone(),
+                from: text.clone(),
+                to: text.clone(),
+                reason: text.clone(),
+            },
+            DestinationEvent::BalancerFallback { destination, plugin: text.clone(), reason: text },
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.name(), "{json}");
+        }
     }
 }

@@ -104,6 +104,14 @@ pub enum BuildError {
         /// The address.
         addr: std::net::SocketAddr,
     },
+    /// The admin token in the environment is one no client could present.
+    #[error(
+        "{variable} must be visible ASCII characters, no spaces: no client could present it (its value is not shown)"
+    )]
+    AdminTokenEnv {
+        /// The variable.
+        variable: &'static str,
+    },
     /// A NATS ingress could not connect to its server, or subscribe.
     #[error("cannot subscribe at the NATS server {url}: {error}")]
     Nats {

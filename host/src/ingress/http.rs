@@ -140,7 +140,7 @@ async fn accept(
         Err(err) => return refused(err),
     };
     match await_reply(pending).await {
-        Ok(Some(reply)) => reply_response(reply),
+        Ok(Some(reply)) => reply_response(reply, &id),
         Ok(None) => (StatusCode::NO_CONTENT, [(ID_HEADER, id)]).into_response(),
         Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
             let body = serde_json::json!({ "id": id, "error": reason.to_string(), "code": reason.code() });
@@ -179,9 +179,14 @@ fn accepted(id: &str) -> Response {
     (StatusCode::ACCEPTED, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn reply_response(reply: Message) -> Response {
+/// `200` with the reply: its payload, its headers (a name not starting `x-` given the prefix
+/// `x-sy-`), and the request's `x-sy-id`, as every other answer to a request has it.
+fn reply_response(reply: Message, id: &str) -> Response {
     let mut headers = HeaderMap::new();
-    for (name, value) in &reply.headers {
+    if let Ok(id) = HeaderValue::try_from(id) {
+        headers.insert(ID_HEADER, id);
+    }
+    for (name, value) in reply.headers.iter().filter(|(name, _)| name != ID_HEADER) {
         let name = if name.starts_with("x-") { name.clone() } else { format!("x-sy-{name}") };
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             headers.append(name, value);

@@ -199,13 +199,21 @@ impl Events {
         self.metrics.event(event.name());
         self.remember(&event);
         let json = serde_json::to_string(&event).unwrap_or_default();
-        match slot {
-            2 | 5 | 11 => tracing::error!(event = %json, "host event"),
-            13 if matches!(&event, HostEvent::Alert(alert) if alert.state == crate::alert::AlertState::Firing) =>
-            {
+        match &event {
+            HostEvent::PluginRejected { .. }
+            | HostEvent::ConfigRejected { .. }
+            | HostEvent::SpoolDamaged { .. } => {
+                tracing::error!(event = %json, "host event")
+            }
+            HostEvent::Alert(alert) if alert.state == crate::alert::AlertState::Firing => {
                 tracing::warn!(event = %json, "host event")
             }
-            6 | 8 | 9 | 10 => tracing::warn!(event = %json, "host event"),
+            HostEvent::Destination(
+                DestinationEvent::EndpointDown { .. }
+                | DestinationEvent::BalancerFallback { .. }
+                | DestinationEvent::Fallback { .. },
+            )
+            | HostEvent::CacheEntryDiscarded { .. } => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
         // No subscriber is not an error.

@@ -3,7 +3,7 @@
 //!
 //! The request carries the payload as its body and the message's headers, plus
 //! `x-sy-topic` and `x-sy-id`. A 2xx answer is the reply (its body the payload,
-//! its `x-` headers the headers), and a 3xx too when the destination says
+//! its `x-` headers but the host's own `x-sy-` ones the headers), and a 3xx too when the destination says
 //! `redirects_ok` (otherwise a redirect is a final failure: it is not followed);
 //! 5xx, 408, 429 and connection errors are retryable; other statuses are final. A connection goes back to its pool
 //! only after a complete response, body read, with the connection still open.
@@ -133,7 +133,8 @@ impl HttpTransport {
         let headers: Vec<(String, String)> = response
             .headers()
             .iter()
-            .filter(|(name, _)| name.as_str().starts_with("x-"))
+            // The host's own headers are the host's to set: an endpoint does not forge them.
+            .filter(|(name, _)| name.as_str().starts_with("x-") && !name.as_str().starts_with("x-sy-"))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
         let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {
