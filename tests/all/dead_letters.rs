@@ -3,7 +3,7 @@
 //! them again, across a restart too; fallbacks; labels any transport takes.
 
 use crate::exposition::sample;
-use crate::support::{drain_and_account, eventually, http, next, plugin_dir, within};
+use crate::support::{builder, drain_and_account, eventually, http, next, plugin_dir, within};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -179,6 +179,38 @@ async fn a_second_host_on_a_state_directory_in_use_is_refused_and_the_first_keep
     assert_eq!(next.dead_letters(10).unwrap().count, 0);
     drain_and_account(&next).await;
     assert!(dlq.taken.is_empty() && first_dlq.taken.is_empty(), "each letter was sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_destination_that_hangs_holds_up_no_other_message() {
+    // One worker: it used to wait for each dead letter of a batch before the next batch.
+    let (release, held) = flume::unbounded::<()>();
+    let (took, taken) = flume::unbounded();
+    let hanging = move |message: Message| {
+        let (held, took) = (held.clone(), took.clone());
+        async move {
+            let _ = held.recv_async().await;
+            took.send(message).unwrap();
+            Ok(None)
+        }
+    };
+    let route = "[[route]]\nname = \"t\"\nmatch = { topic = \"t\" }\nto = \"out\"\n";
+    let mut config =
+        Config::from_toml("test.toml", &format!("{}{route}", crate::support::MEMORY_OUT)).unwrap();
+    (config.host.dead_letter, config.host.workers) = ("dlq".into(), 1);
+    let plugins = plugin_dir(&[]);
+    let host = builder(plugins.path()).config("test.toml", config).destination("dlq", hanging);
+    let host = host.build().await.unwrap();
+    let out = host.memory("out").unwrap();
+    let letter = host.send(Message::new("nowhere", "no route")).await.unwrap();
+    for n in 0..3 {
+        let sent = host.send(Message::new("t", format!("{n}"))).await.unwrap();
+        assert_eq!(next(&out).await.id, sent, "delivered while the dead letter hangs");
+    }
+    release.send(()).unwrap();
+    assert_eq!(next(&taken).await.id, letter);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 1));
 }
 
 /// Config of an `api` destination at `refusing` (which answers every

@@ -193,6 +193,7 @@ impl HostBuilder {
                 dispatch,
                 replies,
                 dead_letters,
+                letters_in_flight: Arc::new(tokio::sync::Semaphore::new(config.host.queue_capacity)),
             }
         });
         let redelivery = Redelivery::start(&pipeline, &runtime);

@@ -53,6 +53,9 @@ pub(crate) struct Pipeline {
     pub(crate) replies: flume::Sender<ReplyBack>,
     /// Where dead letters go when no dead-letter destination takes them.
     pub(crate) dead_letters: Arc<DeadLetters>,
+    /// Dead letters of the workers' batches on their way (`host.queue_capacity` at most): each on a
+    /// task of its own, so that a slow dead-letter destination holds up no worker until this many wait.
+    pub(crate) letters_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// An item to deliver on a route, with the route's metrics.
@@ -62,11 +65,11 @@ type Routed<'r> = (RouteKey, &'r Arc<RouteMetrics>, Item);
 #[derive(Default)]
 struct Settlements<'r> {
     deliveries: Vec<Routed<'r>>,
-    dead_letters: Vec<DeadLetter<'r>>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 /// A message to dead-letter, why, and the route it was on (if it had one).
-type DeadLetter<'r> = (Item, DeadLetterReason, Option<&'r RouteMetrics>);
+type DeadLetter = (Item, DeadLetterReason, Option<Arc<RouteMetrics>>);
 
 /// A reply that passes back through middleware before its caller gets it.
 pub(crate) struct ReplyBack {
@@ -101,7 +104,7 @@ pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelop
 }
 
 impl Pipeline {
-    fn process(&self, worker: &mut Worker, runtime: &Handle, batch: Vec<Envelope>) {
+    fn process(self: &Arc<Self>, worker: &mut Worker, runtime: &Handle, batch: Vec<Envelope>) {
         // Pin one plugin set and one topology for the whole batch.
         let plugins = self.registry.snapshot();
         worker.forget_stale(&plugins);
@@ -126,17 +129,36 @@ impl Pipeline {
             }
         }
         let Settlements { deliveries, dead_letters } = settlements;
+        self.dead_letter_apart(&topology, dead_letters, runtime);
         let mut deliveries = deliveries.into_iter();
-        // With no dead letter to go first, what destinations take at once needs no runtime: a
-        // batch they take whole never enters one.
-        let not_handed = match dead_letters.is_empty() {
-            true => match self.hand_over_now(&topology, &mut deliveries) {
-                None => return,
-                first => first,
-            },
-            false => None,
-        };
-        runtime.block_on(self.settle_batch(&topology, dead_letters, not_handed, deliveries));
+        // What destinations take at once needs no runtime: a batch they take whole never enters one.
+        let Some(not_handed) = self.hand_over_now(&topology, &mut deliveries) else { return };
+        runtime.block_on(self.settle_deliveries(&topology, not_handed, deliveries));
+    }
+
+    /// Dead-letter `letters`, each on a task of its own (tracked: a shutdown waits for them): a
+    /// slow dead-letter destination holds up neither the batch's deliveries nor the worker, until
+    /// [`letters_in_flight`](Pipeline::letters_in_flight) letters are on their way.
+    fn dead_letter_apart(
+        self: &Arc<Self>,
+        topology: &Arc<Topology>,
+        letters: Vec<DeadLetter>,
+        runtime: &Handle,
+    ) {
+        for (item, reason, route) in letters {
+            let permit = match self.letters_in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    runtime.block_on(self.letters_in_flight.clone().acquire_owned()).expect("never closed")
+                }
+            };
+            let (pipeline, topology) = (self.clone(), topology.clone());
+            let letter = async move {
+                pipeline.dead_letter(&topology, item, reason, route.as_deref()).await;
+                drop(permit);
+            };
+            self.dispatch.tracker.spawn_on(letter, runtime);
+        }
     }
 
     fn run_route<'r>(
@@ -170,7 +192,7 @@ impl Pipeline {
                     Fate::Dropped(item) => self.dropped(item, route, metrics),
                     Fate::Responded(item, reply) => self.responded(item, *reply, metrics),
                     Fate::DeadLetter(item, reason) => {
-                        settlements.dead_letters.push((item, *reason, Some(metrics)))
+                        settlements.dead_letters.push((item, *reason, Some(metrics.clone())))
                     }
                     Fate::Retry(..) => unreachable!("run_stage_with_retries settles every retry"),
                 }
@@ -195,20 +217,15 @@ impl Pipeline {
         }
     }
 
-    /// Dead-letter, then hand the deliveries over: `not_handed` (one that its destination could
-    /// not take at once) first, then the rest of `deliveries`.
-    async fn settle_batch<'r>(
+    /// Hand the deliveries over: `not_handed` (one that its destination could not take at once)
+    /// first, then the rest of `deliveries`.
+    async fn settle_deliveries<'r>(
         &self,
         topology: &Topology,
-        dead_letters: Vec<DeadLetter<'r>>,
-        not_handed: Option<Routed<'r>>,
-        mut deliveries: impl Iterator<Item = Routed<'r>>,
+        not_handed: Routed<'r>,
+        deliveries: impl Iterator<Item = Routed<'r>>,
     ) {
-        for (item, reason, route) in dead_letters {
-            self.dead_letter(topology, item, reason, route).await;
-        }
-        let not_handed = not_handed.or_else(|| self.hand_over_now(topology, &mut deliveries));
-        for (key, metrics, item) in not_handed.into_iter().chain(deliveries) {
+        for (key, metrics, item) in std::iter::once(not_handed).chain(deliveries) {
             self.deliver(topology.routes.get(key), topology.targets(key), metrics, item).await;
         }
     }
