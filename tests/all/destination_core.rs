@@ -5,7 +5,7 @@
 
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::exposition::sample;
-use crate::support::{builder, drain_and_account, host, plugin_dir, post, within};
+use crate::support::{builder, drain_and_account, host, next, plugin_dir, post, within};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
 
@@ -661,6 +661,82 @@ async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state(
     assert_eq!(breakers(&host), ["closed", "closed"]);
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.delivered, 4);
+}
+
+/// A config of [`config`] over `live` with `queue` settings, and the same with `live`'s address
+/// replaced by one that refuses connections.
+fn live_and_refused(live: &TestEndpoint, queue: &str) -> (String, String) {
+    let text = config(&[live], queue);
+    let refused = text.replace(&live.addr.to_string(), "127.0.0.1:1");
+    (text, refused)
+}
+
+/// Apply the config `text` to `host`.
+async fn apply(host: &Host, text: &str) {
+    let config = switchyard::Config::from_toml("test.toml", text).unwrap();
+    within(host.apply_config("test.toml", config)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_a_destination_hands_what_waits_for_it_to_the_new_instance() {
+    let live = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    // No queue timeout passes during the test: only the hand-over can get the old messages out.
+    let (text, refused) = live_and_refused(&live, "queue = { max_in_flight = 1, timeout_ms = 600000 }");
+    let host = host(dir.path(), &refused).await;
+    for n in 0..3 {
+        host.send(Message::new("orders", format!("old {n}"))).await.unwrap();
+    }
+    // One taken by the old instance's only delivery slot (waiting for an endpoint), two queued.
+    queued(&host, "api", 2).await;
+    apply(&host, &text).await;
+    for n in 0..2 {
+        host.send(Message::new("orders", format!("new {n}"))).await.unwrap();
+    }
+    within(live.arrivals(5)).await;
+    queued(&host, "api", 0).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (5, 0));
+    let mut bodies: Vec<String> = live.seen().into_iter().map(|seen| seen.body).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["new 0", "new 1", "old 0", "old 1", "old 2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_destination_dead_letters_what_waits_for_it_at_once() {
+    let live = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    let (_, refused) = live_and_refused(&live, "queue = { max_in_flight = 1, timeout_ms = 600000 }");
+    let host = host(dir.path(), &refused).await;
+    let dead = host.memory("dead").unwrap();
+    for n in 0..3 {
+        host.send(Message::new("orders", format!("old {n}"))).await.unwrap();
+    }
+    queued(&host, "api", 2).await;
+    let without_api = r#"
+[host]
+dead_letter = "dead"
+workers = 1
+[[destination]]
+name = "dead"
+transport = "memory"
+[[route]]
+name = "all"
+to = "dead"
+"#;
+    apply(&host, without_api).await;
+    // Well before any queue timeout: `next` gives up after a minute.
+    let mut letters = Vec::new();
+    for _ in 0..3 {
+        let letter = next(&dead).await;
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("destination-removed"), "{letter:?}");
+        letters.push(String::from_utf8_lossy(&letter.payload).into_owned());
+    }
+    letters.sort();
+    assert_eq!(letters, ["old 0", "old 1", "old 2"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 3));
+    assert_eq!(live.arrived(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,7 @@ impl DeadLetterReason {
             DeadLetterReason::StagePanicked { .. }
             | DeadLetterReason::Delivery { error: DeliveryError::Panicked(_), .. } => "host-panic",
             DeadLetterReason::Delivery { error: DeliveryError::QueueTimeout { .. }, .. } => "queue-timeout",
+            DeadLetterReason::Delivery { error: DeliveryError::Retired, .. } => "destination-removed",
             DeadLetterReason::Delivery {
                 error: DeliveryError::Shutdown | DeliveryError::ShutdownInFlight,
                 ..

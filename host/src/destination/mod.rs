@@ -81,6 +81,12 @@ pub enum DeliveryError {
         /// How long it waited, milliseconds.
         waited_ms: u64,
     },
+    /// A config reload replaced or removed the destination while the message
+    /// waited for one of its endpoints, none of which it had reached: a
+    /// replaced destination's new instance takes it over; a removed one's is
+    /// dead-lettered `destination-removed`.
+    #[error("its destination was removed by a config reload before it was sent")]
+    Retired,
 }
 
 /// A place messages are delivered to.

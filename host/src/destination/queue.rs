@@ -8,9 +8,13 @@
 //! what it can send, and an expirer takes what waited past the queue's
 //! timeout as soon as it passes ([`expired`](DeliveryQueue::expired)), not
 //! only when the dispatcher gets to it. Closing lets both drain what is left.
+//!
+//! A reload that rebuilds the destination [`hand_over`](DeliveryQueue::hand_over)s
+//! the queue to the new instance's: what waits moves there with its class and
+//! its enqueue time, later pushes follow it, and both consumers of the old one end.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -36,6 +40,31 @@ struct State<T> {
     classes: BTreeMap<u8, VecDeque<Entry<T>>>,
     len: usize,
     closed: bool,
+    /// The queue this one was handed over to: pushes go there.
+    successor: Option<Arc<DeliveryQueue<T>>>,
+    /// Hand-overs whose older deliveries have not all ended: nothing is popped
+    /// (but entries still expire) while any is, unless the queue is closed.
+    held: usize,
+}
+
+impl<T> State<T> {
+    /// Put `entry` in line in class `priority` by when it was first pushed: lines stay oldest
+    /// first, which the expirer relies on.
+    fn insert(&mut self, priority: u8, entry: Entry<T>) {
+        let line = self.classes.entry(priority).or_default();
+        let at = line.partition_point(|queued| queued.enqueued <= entry.enqueued);
+        line.insert(at, entry);
+        self.len += 1;
+    }
+}
+
+/// What one queue did with a push, without following a hand-over.
+enum Pushed<T> {
+    Done,
+    Full(T),
+    Closed(T),
+    /// Handed over: the item is for this successor.
+    Moved(T, Arc<DeliveryQueue<T>>),
 }
 
 /// One waiting item with when it came.
@@ -67,7 +96,13 @@ impl<T> DeliveryQueue<T> {
     /// An empty queue holding at most `capacity` items (at least 1).
     pub fn new(capacity: usize) -> DeliveryQueue<T> {
         DeliveryQueue {
-            state: Mutex::new(State { classes: BTreeMap::new(), len: 0, closed: false }),
+            state: Mutex::new(State {
+                classes: BTreeMap::new(),
+                len: 0,
+                closed: false,
+                successor: None,
+                held: 0,
+            }),
             capacity: capacity.max(1),
             pushed: Notify::new(),
             popped: Notify::new(),
@@ -75,14 +110,28 @@ impl<T> DeliveryQueue<T> {
         }
     }
 
-    /// Push `item` of class `priority` (higher is more urgent) if there is room now.
+    /// Push `item` of class `priority` (higher is more urgent) if there is room now; into the
+    /// queue this one was handed over to, if it was.
     pub fn try_push(&self, priority: u8, item: T) -> Result<(), PushError<T>> {
+        match self.push_here(priority, item) {
+            Pushed::Done => Ok(()),
+            Pushed::Full(item) => Err(PushError::Full(item)),
+            Pushed::Closed(item) => Err(PushError::Closed(item)),
+            Pushed::Moved(item, successor) => successor.try_push(priority, item),
+        }
+    }
+
+    /// Push `item` into this very queue if there is room now.
+    fn push_here(&self, priority: u8, item: T) -> Pushed<T> {
         let mut state = self.lock();
+        if let Some(successor) = &state.successor {
+            return Pushed::Moved(item, successor.clone());
+        }
         if state.closed {
-            return Err(PushError::Closed(item));
+            return Pushed::Closed(item);
         }
         if state.len >= self.capacity {
-            return Err(PushError::Full(item));
+            return Pushed::Full(item);
         }
         let entry = Entry { enqueued: Instant::now(), item };
         state.classes.entry(priority).or_default().push_back(entry);
@@ -90,29 +139,99 @@ impl<T> DeliveryQueue<T> {
         drop(state);
         self.pushed.notify_one();
         self.changed.notify_waiters();
-        Ok(())
+        Pushed::Done
     }
 
     /// Push `item`, waiting while the queue is full until `stop` is cancelled. It comes back
-    /// `Closed` once the queue is closed, `Full` if `stop` came first.
+    /// `Closed` once the queue is closed, `Full` if `stop` came first. A queue handed over
+    /// meanwhile sends it on, and the wait for room goes on there.
     pub async fn push(
         &self,
         priority: u8,
         mut item: T,
         stop: &CancellationToken,
     ) -> Result<(), PushError<T>> {
+        let mut forwarded: Option<Arc<DeliveryQueue<T>>> = None;
         loop {
-            let room = self.popped.notified();
-            match self.try_push(priority, item) {
-                Ok(()) => return Ok(()),
-                Err(PushError::Full(back)) => item = back,
-                Err(closed) => return Err(closed),
+            let queue = forwarded.as_deref().unwrap_or(self);
+            let room = queue.popped.notified();
+            match queue.push_here(priority, item) {
+                Pushed::Done => return Ok(()),
+                Pushed::Full(back) => item = back,
+                Pushed::Closed(back) => return Err(PushError::Closed(back)),
+                Pushed::Moved(back, successor) => {
+                    drop(room);
+                    item = back;
+                    forwarded = Some(successor);
+                    continue;
+                }
             }
             tokio::select! {
                 () = room => {}
                 () = stop.cancelled() => return Err(PushError::Full(item)),
             }
         }
+    }
+
+    /// Put `item` of class `priority`, taken from this queue (or one it took over) when it had
+    /// waited since `enqueued`, back in line by that time, room or not (it was admitted
+    /// once): its delivery on a replaced destination reached no endpoint. Into the queue this
+    /// one was handed over to, if it was; `Closed` if it is closed.
+    pub fn adopt(&self, priority: u8, item: T, enqueued: Instant) -> Result<(), PushError<T>> {
+        let mut state = self.lock();
+        if let Some(successor) = state.successor.clone() {
+            drop(state);
+            return successor.adopt(priority, item, enqueued);
+        }
+        if state.closed {
+            return Err(PushError::Closed(item));
+        }
+        state.insert(priority, Entry { enqueued, item });
+        drop(state);
+        self.pushed.notify_one();
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Hand this queue over to `to` (a new instance of its destination, not closed): what waits
+    /// moves there, each in its class by when it was pushed (its deadline stays), room or not;
+    /// later pushes go there; this queue is closed and, empty, ends its consumers.
+    pub fn hand_over(&self, to: &Arc<DeliveryQueue<T>>) {
+        let mut state = self.lock();
+        let classes = std::mem::take(&mut state.classes);
+        state.len = 0;
+        state.closed = true;
+        state.successor = Some(to.clone());
+        // Both locks, predecessor first: no push into `to` through this queue overtakes what moves.
+        let mut next = to.lock();
+        for (priority, line) in classes {
+            line.into_iter().for_each(|entry| next.insert(priority, entry));
+        }
+        drop((next, state));
+        to.pushed.notify_one();
+        to.changed.notify_waiters();
+        self.pushed.notify_waiters();
+        self.pushed.notify_one();
+        self.popped.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// The queue this one was handed over to, if it was.
+    pub fn successor(&self) -> Option<Arc<DeliveryQueue<T>>> {
+        self.lock().successor.clone()
+    }
+
+    /// Pop nothing until a matching [`release`](DeliveryQueue::release) (closing overrides it).
+    pub fn hold(&self) {
+        self.lock().held += 1;
+    }
+
+    /// End one [`hold`](DeliveryQueue::hold).
+    pub fn release(&self) {
+        let mut state = self.lock();
+        state.held = state.held.saturating_sub(1);
+        drop(state);
+        self.pushed.notify_one();
     }
 
     /// Take the most urgent item, waiting while the queue is empty; `None`
@@ -131,6 +250,9 @@ impl<T> DeliveryQueue<T> {
     /// `Err(())` while open and empty.
     fn try_pop(&self) -> Result<Option<Queued<T>>, ()> {
         let mut state = self.lock();
+        if state.held > 0 && !state.closed {
+            return Err(());
+        }
         let Some(mut line) = state.classes.last_entry() else {
             return if state.closed { Ok(None) } else { Err(()) };
         };
@@ -142,10 +264,10 @@ impl<T> DeliveryQueue<T> {
     }
 
     /// Take the oldest item once it has waited `timeout`, waiting for that;
-    /// `None` once the queue is closed and drained. Pushes never make the
-    /// oldest deadline come sooner (a new item is the youngest), so this
-    /// sleeps until the oldest's deadline, or a push or the close, and looks
-    /// again.
+    /// `None` once the queue is closed and drained. Each line is oldest
+    /// first, so this sleeps until the oldest's deadline, or a push (an item
+    /// put back by [`adopt`](DeliveryQueue::adopt) may be older) or the close,
+    /// and looks again.
     pub async fn expired(&self, timeout: Duration) -> Option<Queued<T>> {
         loop {
             let changed = self.changed.notified();
@@ -358,6 +480,48 @@ mod tests {
         let expected =
             [("old", Duration::from_millis(1000)), ("urgent but young", Duration::from_millis(1300))];
         assert_eq!(expired, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handed_over_queue_moves_what_waits_with_its_class_and_age_and_sends_pushes_on() {
+        let (old, new) = (DeliveryQueue::new(4), Arc::new(DeliveryQueue::new(8)));
+        let start = Instant::now();
+        old.try_push(0, "a").unwrap();
+        old.try_push(5, "b").unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        old.try_push(0, "c").unwrap();
+        old.hand_over(&new);
+        assert_eq!((old.len(), new.len()), (0, 3));
+        assert!(old.pop().await.is_none(), "the old queue's consumers end");
+        old.push(9, "late", &CancellationToken::new()).await.unwrap();
+        assert_eq!(new.pop().await.unwrap().item, "late");
+        let b = new.pop().await.unwrap();
+        assert_eq!((b.item, b.enqueued), ("b", start), "its deadline stays");
+        assert_eq!(new.pop().await.unwrap().item, "a");
+        assert_eq!(new.pop().await.unwrap().item, "c");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_item_goes_back_in_line_by_its_age_and_a_hold_keeps_everything_in() {
+        let (old, new) = (DeliveryQueue::new(4), Arc::new(DeliveryQueue::new(1)));
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        old.try_push(0, "second").unwrap();
+        new.hold();
+        old.hand_over(&new);
+        old.adopt(0, "first", start).unwrap();
+        assert_eq!(new.len(), 2, "room or not");
+        let popper = tokio::spawn({
+            let new = new.clone();
+            async move { new.pop().await.unwrap().item }
+        });
+        tokio::task::yield_now().await;
+        assert!(!popper.is_finished(), "held");
+        new.release();
+        assert_eq!(popper.await.unwrap(), "first");
+        assert_eq!(new.pop().await.unwrap().item, "second");
+        new.close();
+        assert_eq!(old.adopt(0, "shut", start), Err(PushError::Closed("shut")));
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,7 +12,9 @@ use super::Pipeline;
 use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
-use crate::destination::{Cluster, DeliveryError, DeliveryQueue, HostServices, Queued, QueuedDestination};
+use crate::destination::{
+    Cluster, DeliveryError, DeliveryQueue, HostServices, PushError, Queued, QueuedDestination,
+};
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
@@ -115,14 +117,16 @@ impl DispatchContext {
 
     /// Start the dispatcher of destination `sink` (whose cluster is
     /// `cluster`) configured by `config`, and the expirer of its queue;
-    /// returns the queue. Both end once the queue is closed and drained.
+    /// returns the queue and what retires them. Both end once the queue is
+    /// closed (or handed over) and drained.
     pub(crate) fn start(
         &self,
         sink: Arc<Sink>,
         cluster: Arc<dyn QueuedDestination>,
         config: &DestinationConfig,
-    ) -> Arc<DeliveryQueue<Job>> {
+    ) -> (Arc<DeliveryQueue<Job>>, Retire) {
         let queue = Arc::new(DeliveryQueue::new(config.queue.capacity));
+        let retire = Retire { cluster: cluster.clone(), tasks: TaskTracker::new() };
         let dispatcher = Dispatcher {
             sink,
             cluster,
@@ -130,10 +134,57 @@ impl DispatchContext {
             slots: Arc::new(Semaphore::new(config.queue.max_in_flight)),
             timeout: Duration::from_millis(config.queue.timeout_ms),
             context: self.clone(),
+            tasks: retire.tasks.clone(),
         };
-        self.tracker.spawn_on(dispatcher.clone().expire(), &self.runtime);
-        self.tracker.spawn_on(dispatcher.run(), &self.runtime);
-        queue
+        self.tracker.spawn_on(retire.tasks.track_future(dispatcher.clone().expire()), &self.runtime);
+        self.tracker.spawn_on(retire.tasks.track_future(dispatcher.run()), &self.runtime);
+        (queue, retire)
+    }
+
+    /// Hand network destination `from`'s queue over to `to`'s, a new instance of it built by a
+    /// reload: what waits moves there keeping its class and enqueue time, later pushes follow it,
+    /// and `from`'s deliveries that reached no endpoint come back to it (see
+    /// [`QueuedDestination::retire`]); those under way finish on `from`. With `keep_order` (a
+    /// destination keeping streams), `to` sends nothing before every delivery of `from` has ended or
+    /// come back: a stream's messages go out one at a time, in their order, across the reload.
+    pub(crate) fn hand_over(
+        &self,
+        from: (&Arc<DeliveryQueue<Job>>, &Retire),
+        to: &Arc<DeliveryQueue<Job>>,
+        keep_order: bool,
+    ) {
+        let (queue, retire) = from;
+        if keep_order {
+            to.hold();
+        }
+        queue.hand_over(to);
+        retire.retire();
+        if keep_order {
+            let (tasks, to) = (retire.tasks.clone(), to.clone());
+            tasks.close();
+            self.tracker.spawn_on(
+                async move {
+                    tasks.wait().await;
+                    to.release();
+                },
+                &self.runtime,
+            );
+        }
+    }
+}
+
+/// What a reload needs of a network destination's dispatcher to retire it.
+pub(crate) struct Retire {
+    cluster: Arc<dyn QueuedDestination>,
+    /// The dispatcher, its expirer and its deliveries.
+    tasks: TaskTracker,
+}
+
+impl Retire {
+    /// The destination left the topology (replaced or removed): deliveries waiting for an
+    /// endpoint they never reached stop waiting ([`QueuedDestination::retire`]).
+    pub(crate) fn retire(&self) {
+        self.cluster.retire();
     }
 }
 
@@ -148,6 +199,8 @@ struct Dispatcher {
     /// Longest wait in the queue.
     timeout: Duration,
     context: DispatchContext,
+    /// Its own tasks and deliveries, which a hand-over may wait for.
+    tasks: TaskTracker,
 }
 
 impl Dispatcher {
@@ -183,6 +236,7 @@ impl Dispatcher {
             let turn = cluster.turn(&delivery.message);
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
+            let queue = self.queue.clone();
             let delivery = async move {
                 // Its stream's turn, if it has one, within its queue timeout.
                 let in_time = match &turn {
@@ -210,9 +264,25 @@ impl Dispatcher {
                     }
                 };
                 drop((turn, slot, host_slot));
+                let (delivery, route, result) = match result {
+                    // The destination was replaced by a reload before an endpoint saw it: back in
+                    // line, by its enqueue time, on the new instance's queue.
+                    Err(DeliveryError::Retired) if queue.successor().is_some() => {
+                        let priority = delivery.message.priority;
+                        match queue.adopt(priority, Job { delivery, route }, enqueued) {
+                            Ok(()) => return,
+                            // That one is closed too: the host is shutting down.
+                            Err(PushError::Closed(job) | PushError::Full(job)) => {
+                                (job.delivery, job.route, Err(DeliveryError::Shutdown))
+                            }
+                        }
+                    }
+                    result => (delivery, route, result),
+                };
                 pipeline.settle(&sink, delivery, &route, result).await;
             };
-            context.tracker.spawn_on(delivery.instrument(span), &context.runtime);
+            let delivery = self.tasks.track_future(delivery.instrument(span));
+            context.tracker.spawn_on(delivery, &context.runtime);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The topology: routes and the destinations they deliver to, built from a
 //! configuration and swapped whole when the configuration is reloaded.
 
-use super::dispatch::{DispatchContext, Job};
+use super::dispatch::{DispatchContext, Job, Retire};
 use crate::config::{Config, DestinationConfig};
 use crate::destination::{
     DeliveryError, DeliveryQueue, DeliveryResult, Destination, LogDestination, MemoryDestination, Retrying,
@@ -44,12 +44,16 @@ pub(crate) struct Target {
 }
 
 /// A network destination's queue; closed when the last topology using it
-/// goes, so its dispatcher drains it and ends.
-pub(crate) struct OwnedQueue(pub(crate) Arc<DeliveryQueue<Job>>);
+/// goes, so its dispatcher drains it and ends: what an endpoint takes is
+/// delivered, what waits for one that never comes is dead-lettered
+/// `destination-removed` at once. (A destination rebuilt by a reload has
+/// handed its queue over already: see [`Topology::build`].)
+pub(crate) struct OwnedQueue(pub(crate) Arc<DeliveryQueue<Job>>, Retire);
 
 impl Drop for OwnedQueue {
     fn drop(&mut self) {
         self.0.close();
+        self.1.retire();
     }
 }
 
@@ -78,6 +82,15 @@ impl Sink {
             counters[usize::from(!ok)].inc();
         }
     }
+}
+
+/// Whether network destination `config` keeps streams (`affinity:header:KEY`), whose messages
+/// go out one at a time, in order.
+fn keeps_streams(config: &DestinationConfig) -> bool {
+    matches!(
+        config.balancer.parse::<crate::balance::BalancerConfig>(),
+        Ok(crate::balance::BalancerConfig::Affinity { .. })
+    )
 }
 
 /// `destination`, delivered to in place, its retryable failures retried
@@ -161,8 +174,10 @@ impl Topology {
             };
             let sink = sink(&dest.name, destination);
             let built_from = cluster.is_some().then(|| dest.clone());
-            let queue =
-                cluster.map(|cluster| Arc::new(OwnedQueue(dispatch.start(sink.clone(), cluster, dest))));
+            let queue = cluster.map(|cluster| {
+                let (queue, retire) = dispatch.start(sink.clone(), cluster, dest);
+                Arc::new(OwnedQueue(queue, retire))
+            });
             destinations.insert(dest.name.clone(), Target { sink, queue, built_from });
         }
         if !destinations.contains_key("log") {
@@ -175,6 +190,22 @@ impl Topology {
         }
         let destinations: HashMap<String, Arc<Target>> =
             destinations.into_iter().map(|(name, target)| (name, Arc::new(target))).collect();
+        // A network destination rebuilt with other settings takes over its predecessor's
+        // messages: those waiting, and those that reached no endpoint yet. Those under way finish
+        // on the old instance. One removed (or now delivered in place) drains when the last
+        // topology using it goes (see [`OwnedQueue`]).
+        for (name, old) in previous.map(|previous| &previous.destinations).into_iter().flatten() {
+            let Some(old_queue) = &old.queue else { continue };
+            let Some(new_queue) = destinations.get(name).and_then(|target| target.queue.as_ref()) else {
+                continue;
+            };
+            if !Arc::ptr_eq(old_queue, new_queue) {
+                let configs = [&old.built_from, &destinations[name].built_from];
+                let keep_order =
+                    configs.iter().any(|config| matches!(config, Some(config) if keeps_streams(config)));
+                dispatch.hand_over((&old_queue.0, &old_queue.1), &new_queue.0, keep_order);
+            }
+        }
         let routes: Vec<Route> =
             config.routes.iter().map(|route| Route::from_config(route).expect("validated config")).collect();
         let route_targets = routes

@@ -33,6 +33,9 @@ impl Cluster {
         // Whether an attempt went out and got no answer: the message may
         // have been taken, whatever the later attempts say.
         let mut maybe_delivered = false;
+        // Retired by a reload: a queued message no endpoint saw yet waits for none here, it goes
+        // to the destination's new instance (or, removed, is dead-lettered).
+        let retired = |attempts: u32| enqueued.is_some() && attempts == 0 && self.retired.is_cancelled();
         loop {
             let chosen = match (&self.balancer, key) {
                 (Picker::Affinity(affinity), Some(key)) => {
@@ -42,7 +45,9 @@ impl Cluster {
                     match self.choose_stream(affinity, key) {
                         StreamChoice::Go(index, permit) => Some((index, permit)),
                         StreamChoice::Nowhere => None,
-                        // Wait for the probe's verdict on the stream's endpoint.
+                        StreamChoice::Busy if retired(attempts) => return Err(DeliveryError::Retired),
+                        // Wait for the probe's verdict on the stream's endpoint (a retirement
+                        // also wakes this: `changed`).
                         StreamChoice::Busy => match deadline {
                             Some(deadline) if tokio::time::timeout_at(deadline, changed).await.is_ok() => {
                                 continue;
@@ -61,9 +66,16 @@ impl Cluster {
                 _ => self.choose(&mut tried, &message, key).await,
             };
             let Some((index, permit)) = chosen else {
-                // No endpoint can take it now: wait for one, spending nothing.
+                if retired(attempts) {
+                    return Err(DeliveryError::Retired);
+                }
+                // No endpoint can take it now: wait for one, spending nothing (or for a
+                // retirement, which the next turn of the loop answers).
                 let served = match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, self.serving()).await.is_ok(),
+                    Some(deadline) => tokio::select! {
+                        served = tokio::time::timeout_at(deadline, self.serving()) => served.is_ok(),
+                        () = self.retired.cancelled(), if attempts == 0 => true,
+                    },
                     None => false,
                 };
                 match served {

@@ -77,6 +77,11 @@ pub struct Cluster {
     retries: Counter,
     /// Attempts and their durations, by transport.
     transport_metrics: crate::metrics::TransportMetrics,
+    /// Cancelled when a reload replaces or removes the destination: a queued
+    /// message that reached no endpoint stops waiting for one ([`DeliveryError::Retired`]).
+    ///
+    /// [`DeliveryError::Retired`]: crate::destination::DeliveryError::Retired
+    retired: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -153,6 +158,7 @@ impl Cluster {
             events: host.events.clone(),
             retries: metrics.retries(&config.name),
             transport_metrics: metrics.transport(&config.transport, &config.name),
+            retired: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -258,6 +264,11 @@ pub(crate) trait QueuedDestination: Destination {
     /// waits for the turn and holds it until done. `None` when the destination keeps no streams
     /// (its balancer is not `affinity:header:KEY`, or the message lacks the header).
     fn turn(&self, message: &Message) -> Option<StreamTurn>;
+
+    /// A reload replaced or removed the destination: a queued delivery that has reached no
+    /// endpoint no longer waits for one, it ends [`Retired`](super::DeliveryError::Retired)
+    /// (now, if it is waiting). Deliveries an endpoint took part in finish here.
+    fn retire(&self);
 }
 
 impl QueuedDestination for Cluster {
@@ -273,6 +284,11 @@ impl QueuedDestination for Cluster {
         let Picker::Affinity(affinity) = &self.balancer else { return None };
         let key = self.hash_header.as_deref().and_then(|name| message.header(name))?;
         Some(affinity.turn(key))
+    }
+
+    fn retire(&self) {
+        self.retired.cancel();
+        self.changed.notify_waiters();
     }
 }
 
