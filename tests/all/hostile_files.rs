@@ -63,6 +63,35 @@ async fn files_that_are_not_plugins_are_refused_with_reasons_and_reloads_keep_wo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_the_config_takes_away_is_not_kept_by_a_plugin_whose_new_settings_are_refused() {
+    // The entry and a sidecar both give 127.0.0.1:22; the entry then gives nothing: the sidecar
+    // widens it now and is refused, and the serving version, which holds the address, stops.
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let entry = |grant: &str| format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\nallow_net = [{grant}]\n");
+    std::fs::write(dir.path().join("t.toml"), b"allow_net = [\"127.0.0.1:22\"]\n").unwrap();
+    let host = crate::support::host(dir.path(), &entry("\"127.0.0.1:22\"")).await;
+    assert_eq!(host.plugins()[0].settings.config.allow_net, ["127.0.0.1:22"]);
+    let mut events = host.subscribe();
+    let config = Config::from_toml("test.toml", &entry("")).unwrap();
+    within(host.apply_config("test.toml", config)).await.unwrap();
+    let removed =
+        event_where(&mut events, |e| matches!(e, HostEvent::PluginRemoved { name, .. } if name == "t"));
+    removed.await;
+    let HostEvent::PluginRejected { reason, .. } =
+        event_where(&mut events, |e| matches!(e, HostEvent::PluginRejected { name, .. } if name == "t"))
+            .await
+    else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("allow_net \"127.0.0.1:22\" widens what the main config grants ([])"),
+        "{reason}"
+    );
+    assert!(host.plugins().is_empty(), "nothing serves with the address taken away");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_may_narrow_what_the_main_config_grants_but_never_widen_it() {
     let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
     let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\nlimits = {{ memory_mb = 32 }}\n");

@@ -3,7 +3,7 @@
 //! compiling runs on blocking threads and the result is swapped in atomically.
 
 use super::events::{Events, HostEvent};
-use super::source::{Source, read_source};
+use super::source::{Source, beyond_grants, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{
@@ -170,7 +170,7 @@ impl Reloader {
                 // version's file is gone, and so is it.
                 let gone =
                     matches!(error, LoadError::NativeRefused { refusal: NativeRefusal::Disabled { .. }, .. });
-                if gone {
+                if gone || self.serves_beyond_grants(&name) {
                     self.remove(&name);
                 }
                 self.refuse(name, &error, file);
@@ -182,6 +182,22 @@ impl Reloader {
                 tracing::debug!(plugin = name, "file still changing; waiting for it to settle")
             }
         }
+    }
+
+    /// Whether plugin `name` serves with a grant or limit the config no longer gives it: its new
+    /// settings (or file) refused, it must not keep what was taken away, so it stops serving.
+    fn serves_beyond_grants(&self, name: &str) -> bool {
+        let Some(serving) = self.pipeline.registry.snapshot().get(name).cloned() else { return false };
+        let Some((held, granted)) = beyond_grants(&serving.settings.config, &self.config.load()) else {
+            return false;
+        };
+        tracing::warn!(
+            plugin = name,
+            held,
+            granted,
+            "the plugin's new settings were refused, and the config no longer grants what its serving version holds: it stops serving"
+        );
+        true
     }
 
     /// Report that plugin `name`'s file (`file`: its digest and settings,

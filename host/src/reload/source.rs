@@ -57,10 +57,7 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
 pub(crate) fn plugin_config(dir: &Path, name: &str, config: &Config) -> Result<PluginConfig, LoadError> {
     let sidecar = dir.join(format!("{name}.toml"));
     let file = sidecar.display().to_string();
-    let entry = || {
-        let entry = config.plugins.iter().find(|plugin| plugin.name == name).cloned();
-        entry.unwrap_or_else(|| PluginConfig { name: name.to_owned(), ..PluginConfig::default() })
-    };
+    let entry = || entry_of(config, name);
     let settings_error = |reason: String| LoadError::Settings { name: name.to_owned(), reason };
     match Config::read_text(&file, &sidecar, Links::WithinDirectory) {
         Ok(Some(text)) => {
@@ -82,6 +79,22 @@ pub(crate) fn plugin_config(dir: &Path, name: &str, config: &Config) -> Result<P
 
 /// The first grant of `sidecar` beyond `entry`'s, as (key and value, what
 /// `entry` grants), if any.
+/// Plugin `name`'s `[[plugin]]` entry in `config`, else the defaults.
+fn entry_of(config: &Config, name: &str) -> PluginConfig {
+    let entry = config.plugins.iter().find(|plugin| plugin.name == name).cloned();
+    entry.unwrap_or_else(|| PluginConfig { name: name.to_owned(), ..PluginConfig::default() })
+}
+
+/// What `settings` (those a plugin serves with) hold that `config` no longer grants, if anything:
+/// a limit past its entry's, or an address, variable or directory its entry does not give. (With
+/// `host.sidecar_grants`, a sidecar may grant anything: nothing is beyond.)
+pub(crate) fn beyond_grants(settings: &PluginConfig, config: &Config) -> Option<(String, String)> {
+    match config.host.sidecar_grants {
+        true => None,
+        false => widening(settings, &entry_of(config, &settings.name)),
+    }
+}
+
 fn widening(sidecar: &PluginConfig, entry: &PluginConfig) -> Option<(String, String)> {
     let (limits, granted) = (&sidecar.limits, &entry.limits);
     if limits.memory_mb > granted.memory_mb {
