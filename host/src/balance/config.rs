@@ -90,16 +90,26 @@ impl FromStr for BalancerConfig {
             }
             _ => Ok(name.to_owned()),
         };
+        // A header name is an HTTP token (RFC 9110): no message could carry one with a space in it.
+        let header = |name: &str| match named(name, "the header name")? {
+            name if name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)) =>
+            {
+                Ok(name)
+            }
+            _ => Err(problem("the header name may hold only letters, digits and !#$%&'*+-.^_`|~")),
+        };
         Ok(match value {
             "round-robin" => BalancerConfig::RoundRobin,
             "weighted" => BalancerConfig::Weighted,
             "least-inflight" => BalancerConfig::LeastInFlight,
             "p2c-ewma" => BalancerConfig::P2cEwma,
             _ => {
-                if let Some(header) = value.strip_prefix("hash:header:") {
-                    BalancerConfig::ConsistentHash { header: named(header, "the header name")? }
-                } else if let Some(header) = value.strip_prefix("affinity:header:") {
-                    BalancerConfig::Affinity { header: named(header, "the header name")? }
+                if let Some(name) = value.strip_prefix("hash:header:") {
+                    BalancerConfig::ConsistentHash { header: header(name)? }
+                } else if let Some(name) = value.strip_prefix("affinity:header:") {
+                    BalancerConfig::Affinity { header: header(name)? }
                 } else if let Some(name) = value.strip_prefix("plugin:") {
                     BalancerConfig::Plugin { name: named(name, "the plugin name")? }
                 } else if value.starts_with("hash:") || value.starts_with("affinity:") {

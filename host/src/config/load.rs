@@ -124,7 +124,11 @@ impl Config {
     pub fn validate(&self, file: &str, extra_destinations: &[&str]) -> Result<(), ConfigError> {
         let invalid = |key: String, value: &dyn std::fmt::Debug, problem: String| ConfigError::Invalid {
             file: file.to_owned(),
-            key,
+            // A name in the key may hold a control character: escaped, it reaches no terminal or log.
+            key: key
+                .chars()
+                .map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() })
+                .collect(),
             value: format!("{value:?}").replace("\\\"", "\""),
             problem,
         };
@@ -230,6 +234,10 @@ impl Config {
         if !(1..=MAX_PLUGIN_BYTES).contains(&host.max_plugin_bytes) {
             let problem = format!("must be 1 to {MAX_PLUGIN_BYTES}");
             return Err(invalid("host.max_plugin_bytes".into(), &host.max_plugin_bytes, problem));
+        }
+        if host.plugin_dir.as_os_str().is_empty() {
+            let problem = "must name a directory (\".\" for the working directory)".into();
+            return Err(invalid("host.plugin_dir".into(), &host.plugin_dir, problem));
         }
         if host.state_dir.as_os_str().is_empty() {
             let problem = "must name a directory (the dead-letter file is kept there)".into();
@@ -404,13 +412,17 @@ impl super::DestinationConfig {
         }
         for endpoint in &self.endpoints {
             let address = &endpoint.address;
+            // A name or IPv4 address, or an IPv6 address in brackets; a port something can listen on.
             let host_and_port = address.rsplit_once(':').filter(|(host, port)| {
-                let plain =
-                    |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':');
-                !host.is_empty() && host.chars().all(plain) && port.parse::<u16>().is_ok()
+                let name = !host.is_empty()
+                    && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+                let ipv6 = host.strip_prefix('[').and_then(|host| host.strip_suffix(']'));
+                let host = name || ipv6.is_some_and(|ipv6| ipv6.parse::<std::net::Ipv6Addr>().is_ok());
+                host && port.parse::<u16>().is_ok_and(|port| port > 0)
             });
             if host_and_port.is_none() {
-                return Err(("endpoints", address.clone(), "expected host:port".into()));
+                let problem = "expected host:port, the port 1 to 65535 (an IPv6 address in brackets)";
+                return Err(("endpoints", address.clone(), problem.into()));
             }
             if !(1..=super::MAX_WEIGHT).contains(&endpoint.weight) {
                 let problem = format!("weight = {}: must be 1 to {}", endpoint.weight, super::MAX_WEIGHT);

@@ -69,10 +69,17 @@ impl TransportOptions for FileOptions {
             let problem = "the file transport has no endpoints: it writes to options.path".into();
             return Err(SettingError { field: "endpoints", value: format!("{:?}", listed.address), problem });
         }
-        if matches!(self.fsync, Fsync::IntervalMs(0)) || self.max_bytes == Some(0) {
-            let problem = "fsync milliseconds and max_bytes must be at least 1".into();
-            let value = format!("fsync = {:?}, max_bytes = {:?}", self.fsync, self.max_bytes);
-            return Err(SettingError { field: "options", value, problem });
+        if self.path.trim().is_empty() {
+            let problem = "options.path must name a file (no file has an empty name)".into();
+            return Err(SettingError { field: "options", value: format!("path = {:?}", self.path), problem });
+        }
+        if matches!(self.fsync, Fsync::IntervalMs(0)) {
+            let problem = "options.fsync must be at least 1 ms (or \"every\", \"never\")".into();
+            return Err(SettingError { field: "options", value: "fsync = 0".into(), problem });
+        }
+        if self.max_bytes == Some(0) {
+            let problem = "options.max_bytes must be at least 1".into();
+            return Err(SettingError { field: "options", value: "max_bytes = 0".into(), problem });
         }
         Ok(vec![EndpointConfig { address: self.path.clone(), weight: 1 }])
     }
