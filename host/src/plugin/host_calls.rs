@@ -17,8 +17,8 @@ const MAX_COUNTERS: usize = 256;
 /// Bytes of one counter name, at most; a longer name is not counted.
 const MAX_COUNTER_NAME: usize = 128;
 
-/// Lines one plugin instance may log a second; more are dropped, and how
-/// many is said once the second is over.
+/// Lines one plugin version may log a second, over all its instances; more are
+/// dropped, and how many is said once the second is over.
 const LOG_LINES_PER_SECOND: u32 = 100;
 
 /// What answers one plugin's host calls: a WASM instance has one, a native
@@ -29,15 +29,12 @@ pub(crate) struct HostCalls {
     /// The last error the plugin logged in the current call: the SDK logs a
     /// panic's message just before the panic traps, so a trap can say why.
     pub(crate) last_error_logged: Option<String>,
-    /// How many lines the plugin may still log this second.
-    log_budget: LogBudget,
 }
 
 impl HostCalls {
     /// Host calls of the plugin with `settings`.
     pub(crate) fn new(settings: Arc<PluginSettings>) -> HostCalls {
-        let log_budget = LogBudget { window: std::time::Instant::now(), lines: 0, dropped: 0 };
-        HostCalls { settings, last_error_logged: None, log_budget }
+        HostCalls { settings, last_error_logged: None }
     }
 
     /// Write one log line attributed to the plugin, within its rate.
@@ -48,16 +45,19 @@ impl HostCalls {
         if level == Level::Error {
             self.last_error_logged = Some(crate::bounded_text::one_line(&message, MAX_ERROR_KEPT));
         }
-        if let Some(dropped) = self.log_budget.roll(std::time::Instant::now()) {
+        // One budget for every instance of the plugin (each worker's, each one renewed after a trap).
+        let mut budget = self.settings.log_budget.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(dropped) = budget.roll(std::time::Instant::now()) {
             tracing::warn!(
                 plugin,
                 dropped,
                 "log lines over the rate of {LOG_LINES_PER_SECOND} a second were dropped"
             );
         }
-        if !self.log_budget.spend() {
+        if !budget.spend() {
             return;
         }
+        drop(budget);
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -87,11 +87,17 @@ impl HostCalls {
 
 /// A plugin's log lines in the current one-second window.
 #[derive(Debug)]
-struct LogBudget {
+pub(crate) struct LogBudget {
     window: std::time::Instant,
     lines: u32,
     /// Lines dropped in this window.
     dropped: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> LogBudget {
+        LogBudget { window: std::time::Instant::now(), lines: 0, dropped: 0 }
+    }
 }
 
 impl LogBudget {
@@ -163,6 +169,17 @@ mod tests {
         settings.report_counts(series);
         assert_eq!((kept.get(), *lookups.lock().unwrap()), (8, 2), "forgotten names are looked up again");
         assert_eq!(settings.counters()["kept"], 1, "the totals were forgotten too");
+    }
+
+    #[test]
+    fn the_instances_of_a_plugin_share_one_log_budget() {
+        // Each worker's instance, and one renewed after a trap, had a budget of its own.
+        let settings = Arc::new(PluginSettings::new(PluginConfig::default()).unwrap());
+        let (mut first, mut renewed) = (HostCalls::new(settings.clone()), HostCalls::new(settings.clone()));
+        (0..LOG_LINES_PER_SECOND).for_each(|n| first.log(Level::Info, &n.to_string()));
+        renewed.log(Level::Info, "one too many");
+        let budget = settings.log_budget.lock().unwrap();
+        assert_eq!((budget.lines, budget.dropped), (LOG_LINES_PER_SECOND, 1));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct PluginSettings {
     /// The counters this version bumped, by name.
     counts: Mutex<BTreeMap<String, Count>>,
     allowed_addrs: Vec<SocketAddr>,
+    /// The lines this version may still log this second, over all its instances.
+    pub(crate) log_budget: Mutex<super::host_calls::LogBudget>,
 }
 
 impl PluginSettings {
@@ -48,7 +50,7 @@ impl PluginSettings {
             })?;
             allowed_addrs.extend(resolved);
         }
-        Ok(PluginSettings { config, counts: Mutex::default(), allowed_addrs })
+        Ok(PluginSettings { config, counts: Mutex::default(), allowed_addrs, log_budget: Mutex::default() })
     }
 
     /// What this version counted through `host.count`, by counter name
