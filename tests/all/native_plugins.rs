@@ -222,6 +222,21 @@ async fn a_webassembly_plugin_removed_beside_a_library_left_unopened_is_gone_too
     drain_and_account(&host).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_library_put_where_one_was_refused_unopened_is_reported_again() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    let rejected = |event: &HostEvent| matches!(event, HostEvent::PluginRejected { name, .. } if name == "n");
+    for library in [artifacts::native::STAMP_TRANSFORM, artifacts::native::REDACT_TRANSFORM] {
+        replace_file(&dir.path().join(native_file("n")), &std::fs::read(library).unwrap());
+        event_where(&mut events, rejected).await;
+    }
+    assert_eq!(host.event_counts().rejected, 2, "each library is reported");
+    assert!(host.plugins().is_empty());
+    drain_and_account(&host).await;
+}
+
 #[tokio::test]
 async fn a_native_panic_is_a_fault_that_dead_letters_its_message_with_the_panic_text() {
     let dir = native_plugin_dir(&[("bad", artifacts::native::FAULTY_TRAP)]);

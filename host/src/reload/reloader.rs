@@ -369,7 +369,10 @@ impl Reloader {
             Ok(Source::Present { format, bytes, config }) => (format, bytes, config),
             Ok(Source::Absent) => return Prepared::Gone(name.to_owned()),
             Ok(Source::Unsettled) => return Prepared::Unsettled,
-            Err(error) => return Prepared::Failed { name: name.to_owned(), error, file: None },
+            Err(error) => {
+                let file = unread_library(&error);
+                return Prepared::Failed { name: name.to_owned(), error, file };
+            }
         };
         let digest = hex::encode(Sha256::digest(&bytes));
         let current = self.pipeline.registry.snapshot().get(name).cloned();
@@ -452,6 +455,18 @@ enum Prepared {
     /// The file is one refused before, unchanged.
     Refused,
     Unsettled,
+}
+
+/// A native library refused unopened (`host.native_plugins` off) is not read either: it is known by
+/// its size and modification time, so that another library put in its place is reported again.
+fn unread_library(error: &LoadError) -> Option<FileRead> {
+    let LoadError::NativeRefused { refusal: NativeRefusal::Disabled { file }, .. } = error else {
+        return None;
+    };
+    let metadata = std::fs::metadata(file).ok()?;
+    let modified = metadata.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let identity = format!("unread: {} bytes, modified {modified} ns", metadata.len());
+    Some(Box::new((identity, PluginConfig::default())))
 }
 
 /// Replace the file at `path` with `text` at once (a temporary file beside it, synced, renamed over
