@@ -20,6 +20,15 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     let has_token = |config: &Config| {
         config.admin.as_ref().and_then(|admin| admin.token.as_deref()).is_some_and(|token| !token.is_empty())
     };
+    // A memory destination's channel is made once and kept: its capacity is its first.
+    let memory_capacity_changed =
+        new.destinations.iter().filter(|dest| dest.transport == "memory").any(|dest| {
+            running.destinations.iter().any(|old| {
+                old.name == dest.name
+                    && old.transport == "memory"
+                    && old.queue.capacity != dest.queue.capacity
+            })
+        });
     let changes = [
         ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
         ("host.workers", a.workers != b.workers),
@@ -43,6 +52,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.
         ("admin.token (removed)", has_token(running) && !has_token(new)),
+        ("a memory destination's queue.capacity", memory_capacity_changed),
     ];
     changes.into_iter().filter_map(|(key, changed)| changed.then_some(key)).collect()
 }
@@ -68,6 +78,18 @@ mod tests {
         let admin = |token: &str| parse(&format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"{token}\"\n"));
         assert_eq!(restart_only_changes(&admin("a"), &admin("")), ["admin.token (removed)"]);
         assert!(restart_only_changes(&admin(""), &admin("a")).is_empty(), "adding one is live");
+    }
+
+    #[test]
+    fn a_memory_destination_keeps_its_capacity_until_a_restart() {
+        let memory = |capacity: usize| {
+            parse(&format!(
+                "[[destination]]\nname = \"m\"\ntransport = \"memory\"\nqueue = {{ capacity = {capacity} }}\n"
+            ))
+        };
+        assert_eq!(restart_only_changes(&memory(2), &memory(6)), ["a memory destination's queue.capacity"]);
+        assert!(restart_only_changes(&memory(2), &memory(2)).is_empty());
+        assert!(restart_only_changes(&memory(2), &parse("")).is_empty(), "removing one is live");
     }
 
     #[test]
