@@ -168,6 +168,19 @@ async fn a_message_header_that_frames_a_request_is_not_copied_into_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_endpoint_took_by_its_queue_timeout_says_why_the_last_try_failed() {
+    let dir = plugin_dir(&[]);
+    let text = config(&[dead_address()]).replace("idempotent = true", "queue = { timeout_ms = 200 }");
+    let host = host(dir.path(), &text).await;
+    let answer = within(host.request(Message::new("orders", "nobody listens"))).await;
+    let Err(RequestError::DeadLettered(reason)) = answer else { panic!("{answer:?}") };
+    let reason = reason.to_string();
+    assert!(reason.contains("past its timeout; not sent (the last try: "), "{reason}");
+    assert!(reason.to_ascii_lowercase().contains("refused"), "the refused connection: {reason}");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_carries_the_requests_id_and_no_host_header_an_endpoint_forged() {
     let app = axum::Router::new().fallback(|| async {
         let forged = [("x-sy-id", "forged"), ("x-sy-dead-letter", "nope"), ("x-kept", "yes")];

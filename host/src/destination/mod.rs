@@ -76,10 +76,13 @@ pub enum DeliveryError {
     Panicked(String),
     /// The message waited past its queue timeout, in the destination's
     /// queue or for an endpoint able to take it, and was never sent.
-    #[error("waited {waited_ms} ms in the queue, past its timeout; not sent")]
+    #[error("waited {waited_ms} ms in the queue, past its timeout; not sent{}", last_try(last_error))]
     QueueTimeout {
         /// How long it waited, milliseconds.
         waited_ms: u64,
+        /// Why the last try to reach an endpoint failed (a refused connection, a full pool), if
+        /// one was made.
+        last_error: Option<String>,
     },
     /// A config reload replaced or removed the destination while the message
     /// waited for one of its endpoints, none of which it had reached: a
@@ -87,6 +90,11 @@ pub enum DeliveryError {
     /// dead-lettered `destination-removed`.
     #[error("its destination was removed by a config reload before it was sent")]
     Retired,
+}
+
+/// ` (the last try: ERROR)` when a try was made.
+fn last_try(last_error: &Option<String>) -> String {
+    last_error.as_ref().map(|error| format!(" (the last try: {error})")).unwrap_or_default()
 }
 
 /// A place messages are delivered to.

@@ -249,7 +249,8 @@ impl Dispatcher {
                     None => true,
                 };
                 let result = if !in_time {
-                    Err(DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 })
+                    let waited_ms = enqueued.elapsed().as_millis() as u64;
+                    Err(DeliveryError::QueueTimeout { waited_ms, last_error: None })
                 } else if past_grace.is_cancelled() {
                     // Not started: nothing of it may go out now.
                     Err(DeliveryError::Shutdown)
@@ -299,7 +300,10 @@ impl Dispatcher {
         let context = &self.context;
         let Some(pipeline) = context.pipeline.upgrade() else { return };
         let Job { delivery, route } = job;
-        let error = DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
+        let error = DeliveryError::QueueTimeout {
+            waited_ms: enqueued.elapsed().as_millis() as u64,
+            last_error: None,
+        };
         let sink = self.sink.clone();
         let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };
         context.tracker.spawn_on(settle, &context.runtime);

@@ -380,7 +380,7 @@ impl Pipeline {
         route: &Arc<RouteMetrics>,
         result: DeliveryResult,
     ) {
-        if let Err(DeliveryError::QueueTimeout { waited_ms }) = &result {
+        if let Err(DeliveryError::QueueTimeout { waited_ms, .. }) = &result {
             let topology = self.topology.load();
             if let Some(fallback) = topology.fallback_of(&sink.name) {
                 self.tell_fallback(sink, &fallback.sink.name, *waited_ms);

@@ -159,11 +159,12 @@ impl Cluster {
         last_error: Option<String>,
         maybe_delivered: bool,
     ) -> DeliveryError {
+        if let Some(enqueued) = enqueued.filter(|_| attempts == 0) {
+            let waited_ms = enqueued.elapsed().as_millis() as u64;
+            return DeliveryError::QueueTimeout { waited_ms, last_error };
+        }
         let last = last_error.map_or_else(String::new, |last| format!("{last}; "));
         let last_error = match enqueued {
-            Some(enqueued) if attempts == 0 => {
-                return DeliveryError::QueueTimeout { waited_ms: enqueued.elapsed().as_millis() as u64 };
-            }
             Some(enqueued) => {
                 let waited = enqueued.elapsed().as_millis();
                 format!("{last}then no endpoint could take it within its queue timeout ({waited} ms)")
