@@ -245,7 +245,8 @@ fn switchyard_profile_perfmap_maps_plugin_code_for_perf_and_a_bad_value_is_refus
 fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER), ("echo", artifacts::ECHO_TRANSPORT)]);
     let config = dir.path().join("switchyard.toml");
-    let route = "[host]\nplugin_dir = \".\"\n[admin]\nlisten = \"0.0.0.0:7071\"\n\
+    // An empty token is none: `run` refuses it as it refuses none.
+    let route = "[host]\nplugin_dir = \".\"\n[admin]\nlisten = \"0.0.0.0:7071\"\ntoken = \"\"\n\
                  [[destination]]\nname = \"d\"\ntransport = \"plugin:f\"\nendpoints = [\"127.0.0.1:1\"]\n\
                  [[destination]]\nname = \"e\"\ntransport = \"plugin:echo\"\nendpoints = [\"127.0.0.1:1\"]\n\
                  [[destination]]\nname = \"m\"\ntransport = \"memory\"\nqueue = { capacity = 8 }\n\

@@ -211,6 +211,12 @@ async fn a_dead_letter_destination_that_hangs_holds_up_no_other_message() {
     assert_eq!(next(&taken).await.id, letter);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3, 1));
+    // A dead-letter destination counts what it took as any destination does.
+    let deliveries = |destination| {
+        let labels = [("destination", destination), ("result", "ok")];
+        sample(&host.metrics().encode(), "switchyard_destination_deliveries_total", &labels)
+    };
+    assert_eq!((deliveries("dlq"), deliveries("out")), (Some(1.0), Some(3.0)));
 }
 
 /// Config of an `api` destination at `refusing` (which answers every

@@ -60,8 +60,10 @@ fn listener_warnings(config: &Config) -> Vec<String> {
             http.listen
         ));
     }
-    let unguarded =
-        config.admin.as_ref().filter(|admin| !admin.listen.ip().is_loopback() && admin.token.is_none());
+    let unguarded = config
+        .admin
+        .as_ref()
+        .filter(|admin| !admin.listen.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty));
     if let Some(admin) = unguarded {
         warnings.push(format!(
             "admin.listen = {}: not loopback and no [admin] token: `run` refuses to start unless {} is set",

@@ -38,6 +38,22 @@ struct EndpointTable {
     weight: u32,
 }
 
+/// What [`is_host_and_port`] wants, as an error says it.
+pub(crate) const HOST_AND_PORT: &str =
+    "expected host:port, the port 1 to 65535 (an IPv6 address in brackets)";
+
+/// Whether `address` is `host:port`: a name or IPv4 address, or an IPv6 address in brackets, and a
+/// port something can listen on (not 0).
+pub(crate) fn is_host_and_port(address: &str) -> bool {
+    address.rsplit_once(':').is_some_and(|(host, port)| {
+        let name = !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        let ipv6 = host.strip_prefix('[').and_then(|host| host.strip_suffix(']'));
+        let host = name || ipv6.is_some_and(|ipv6| ipv6.parse::<std::net::Ipv6Addr>().is_ok());
+        host && port.parse::<u16>().is_ok_and(|port| port > 0)
+    })
+}
+
 fn one() -> u32 {
     1
 }

@@ -187,8 +187,12 @@ impl Config {
             .into_iter()
             .filter_map(|(key, addr)| addr.filter(|addr| addr.port() != 0).map(|addr| (key, addr)))
             .collect();
+        // One on 0.0.0.0 (or ::) takes its port on every address, so another cannot have it there.
+        let clash = |a: &std::net::SocketAddr, b: &std::net::SocketAddr| {
+            a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
         for (at, (key, addr)) in bound.iter().enumerate() {
-            if let Some((other, _)) = bound[..at].iter().find(|(_, earlier)| earlier == addr) {
+            if let Some((other, _)) = bound[..at].iter().find(|(_, earlier)| clash(earlier, addr)) {
                 return Err(invalid((*key).into(), addr, format!("{other} listens there already")));
             }
         }
@@ -412,17 +416,8 @@ impl super::DestinationConfig {
         }
         for endpoint in &self.endpoints {
             let address = &endpoint.address;
-            // A name or IPv4 address, or an IPv6 address in brackets; a port something can listen on.
-            let host_and_port = address.rsplit_once(':').filter(|(host, port)| {
-                let name = !host.is_empty()
-                    && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-                let ipv6 = host.strip_prefix('[').and_then(|host| host.strip_suffix(']'));
-                let host = name || ipv6.is_some_and(|ipv6| ipv6.parse::<std::net::Ipv6Addr>().is_ok());
-                host && port.parse::<u16>().is_ok_and(|port| port > 0)
-            });
-            if host_and_port.is_none() {
-                let problem = "expected host:port, the port 1 to 65535 (an IPv6 address in brackets)";
-                return Err(("endpoints", address.clone(), problem.into()));
+            if !super::endpoint::is_host_and_port(address) {
+                return Err(("endpoints", address.clone(), super::endpoint::HOST_AND_PORT.into()));
             }
             if !(1..=super::MAX_WEIGHT).contains(&endpoint.weight) {
                 let problem = format!("weight = {}: must be 1 to {}", endpoint.weight, super::MAX_WEIGHT);

@@ -81,8 +81,8 @@ impl NatsIngressConfig {
     /// What is wrong with this entry, if anything: the key under `ingress.nats[N]`, the value and
     /// the problem.
     pub(crate) fn problem(&self) -> Option<(&'static str, String, String)> {
-        if self.url.trim().is_empty() || self.url.contains(char::is_whitespace) {
-            let problem = "must be a NATS server, \"host:port\"".to_owned();
+        if !super::endpoint::is_host_and_port(&self.url) {
+            let problem = format!("must be a NATS server: {}", super::endpoint::HOST_AND_PORT);
             return Some(("url", format!("{:?}", self.url), problem));
         }
         if self.stream.is_some() {

@@ -300,7 +300,11 @@ async fn send_along<'t>(
                 () = past_grace.cancelled() => return Along::NotNow,
             };
             let error = match delivered {
-                Ok(_) => return Along::Taken(name),
+                Ok(_) => {
+                    // Counted as its deliveries are (switchyard_destination_deliveries_total).
+                    target.sink.count(true);
+                    return Along::Taken(name);
+                }
                 Err(error) => error,
             };
             tracing::debug!(destination = name, attempt, %error, "dead-letter destination failed");
@@ -314,6 +318,7 @@ async fn send_along<'t>(
                 tokio::time::sleep(delay).await;
             }
         }
+        target.sink.count(false);
     }
     match all_refused && !chain.is_empty() {
         true => Along::Refused,
