@@ -196,6 +196,39 @@ async fn a_shutdown_dead_letters_what_outlasts_its_grace_period_instead_of_waiti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_says_a_message_whose_every_try_was_refused_was_never_delivered() {
+    // Taken from the queue, tried once (the connection refused), then waiting for the endpoint:
+    // nothing left, so its dead letter must not say it may have been delivered.
+    let live = TestEndpoint::start(Mode::Answer).await;
+    let (_, refused) = live_and_refused(&live, "queue = { timeout_ms = 600000 }");
+    let refused = refused.replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &refused).await;
+    for n in 0..2 {
+        host.send(Message::new("orders", format!("refused {n}"))).await.unwrap();
+    }
+    let refusals = || {
+        let text = host.metrics().encode();
+        sample(
+            &text,
+            "switchyard_endpoint_attempts_total",
+            &[("destination", "api"), ("outcome", "retryable")],
+        )
+    };
+    crate::support::eventually(|| match refusals() {
+        Some(tries) if tries >= 1.0 => Ok(()),
+        tries => Err(tries),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 2));
+    for letter in host.memory("dead").unwrap().drain() {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
+        let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+        assert!(reason.contains("before it was delivered"), "{reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_dead_letters_a_message_waiting_for_room_in_a_full_destination_queue_at_its_grace() {
     // The third message waits for room that only the queued one's 30 s queue timeout would make.
     let (endpoint, _dir, host) = one_held_and_one_queued("queue = { max_in_flight = 1, capacity = 1 }").await;

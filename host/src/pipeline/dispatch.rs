@@ -18,7 +18,7 @@ use crate::destination::{
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
-use crate::transport::{TransportContext, TransportRegistry};
+use crate::transport::{DeliveryProgress, TransportContext, TransportRegistry};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -255,13 +255,18 @@ impl Dispatcher {
                     // Not started: nothing of it may go out now.
                     Err(DeliveryError::Shutdown)
                 } else {
-                    let message = delivery.message.clone();
-                    let delivered = crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued));
+                    let (message, progress) = (delivery.message.clone(), DeliveryProgress::default());
+                    let delivered = progress
+                        .scope(crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued)));
                     // What finished first counts: a delivery done as the grace period ends is done.
                     tokio::select! {
                         biased;
                         delivered = delivered => delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic))),
-                        () = past_grace.cancelled() => Err(DeliveryError::ShutdownInFlight),
+                        // Cut: "may have been delivered" only if an attempt may have sent it.
+                        () = past_grace.cancelled() => match progress.may_have_sent() {
+                            true => Err(DeliveryError::ShutdownInFlight),
+                            false => Err(DeliveryError::Shutdown),
+                        },
                     }
                 };
                 drop((turn, slot, host_slot));

@@ -36,7 +36,7 @@ pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
 pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
-pub(crate) use progress::{AttemptProgress, Step};
+pub(crate) use progress::{AttemptProgress, DeliveryProgress, Step};
 pub use registry::{
     SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,
 };

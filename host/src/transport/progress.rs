@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 
 tokio::task_local! {
     static CURRENT: AttemptProgress;
+    static DELIVERY: DeliveryProgress;
 }
 
 /// Where an attempt is.
@@ -86,6 +87,11 @@ impl AttemptProgress {
             .is_ok()
     }
 
+    /// The step the attempt is at (or ended at).
+    fn step(&self) -> Step {
+        Step::from_u8(self.0.load(SeqCst))
+    }
+
     /// At the deadline: the step the attempt was at. One before sending is
     /// abandoned for good, so that nothing sends its message afterwards.
     pub(crate) fn abandon(&self) -> Step {
@@ -94,6 +100,33 @@ impl AttemptProgress {
             _ => Some(Step::Abandoned as u8),
         });
         Step::from_u8(before.unwrap_or_else(|now| now))
+    }
+}
+
+/// The attempts of one queued delivery: a shutdown that cuts it at its grace period tells by them
+/// whether its message can have left (one attempt that may have sent, finished or not) or never did
+/// (every attempt ended before sending: a refused connection, no free connection).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeliveryProgress(Arc<std::sync::Mutex<Vec<AttemptProgress>>>);
+
+impl DeliveryProgress {
+    /// Run `delivery` with this as the progress its attempts are noted in.
+    pub(crate) fn scope<F: Future>(&self, delivery: F) -> impl Future<Output = F::Output> {
+        DELIVERY.scope(self.clone(), delivery)
+    }
+
+    /// Note `attempt` as one of the delivery the calling task runs, if it runs one.
+    pub(crate) fn note_current(attempt: &AttemptProgress) {
+        let _outside_a_delivery = DELIVERY.try_with(|delivery| delivery.lock().push(attempt.clone()));
+    }
+
+    /// Whether an attempt may have sent the message.
+    pub(crate) fn may_have_sent(&self) -> bool {
+        self.lock().iter().any(|attempt| attempt.step() == Step::MaySend)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AttemptProgress>> {
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -8,7 +8,7 @@ use super::endpoint::{Endpoint, InFlight, lock};
 use crate::destination::DeliveryError;
 use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
-use crate::transport::{AttemptProgress, Step};
+use crate::transport::{AttemptProgress, DeliveryProgress, Step};
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -224,6 +224,7 @@ impl Cluster {
         let span =
             tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
         let progress = AttemptProgress::default();
+        DeliveryProgress::note_current(&progress);
         let answer = progress.scope(self.transport.attempt(&endpoint.address, message));
         let (outcome, result) = match tokio::time::timeout(self.timeout, answer).instrument(span).await {
             Ok(Ok(reply)) => (Outcome::Ok, Ok(reply)),
