@@ -710,18 +710,25 @@ async fn apply(host: &Host, text: &str) {
     within(host.apply_config("test.toml", config)).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_that_rebuilds_a_destination_hands_what_waits_for_it_to_the_new_instance() {
+/// A host whose `api` holds three messages (`old 0` to `old 2`) for an endpoint that refuses
+/// connections: one taken by its only delivery slot, waiting for the endpoint, two queued. No queue
+/// timeout passes during a test: only a reload can get them out. The live endpoint, and the config
+/// that sends to it.
+async fn three_waiting_for_a_refusing_endpoint() -> (TestEndpoint, tempfile::TempDir, Host, String) {
     let live = TestEndpoint::start(Mode::Answer).await;
     let dir = plugin_dir(&[]);
-    // No queue timeout passes during the test: only the hand-over can get the old messages out.
     let (text, refused) = live_and_refused(&live, "queue = { max_in_flight = 1, timeout_ms = 600000 }");
     let host = host(dir.path(), &refused).await;
     for n in 0..3 {
         host.send(Message::new("orders", format!("old {n}"))).await.unwrap();
     }
-    // One taken by the old instance's only delivery slot (waiting for an endpoint), two queued.
     queued(&host, "api", 2).await;
+    (live, dir, host, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_a_destination_hands_what_waits_for_it_to_the_new_instance() {
+    let (live, _dir, host, text) = three_waiting_for_a_refusing_endpoint().await;
     apply(&host, &text).await;
     for n in 0..2 {
         host.send(Message::new("orders", format!("new {n}"))).await.unwrap();
@@ -737,15 +744,8 @@ async fn a_reload_that_rebuilds_a_destination_hands_what_waits_for_it_to_the_new
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_a_destination_dead_letters_what_waits_for_it_at_once() {
-    let live = TestEndpoint::start(Mode::Answer).await;
-    let dir = plugin_dir(&[]);
-    let (_, refused) = live_and_refused(&live, "queue = { max_in_flight = 1, timeout_ms = 600000 }");
-    let host = host(dir.path(), &refused).await;
+    let (live, _dir, host, _) = three_waiting_for_a_refusing_endpoint().await;
     let dead = host.memory("dead").unwrap();
-    for n in 0..3 {
-        host.send(Message::new("orders", format!("old {n}"))).await.unwrap();
-    }
-    queued(&host, "api", 2).await;
     let without_api = r#"
 [host]
 dead_letter = "dead"
