@@ -252,6 +252,8 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
                  [[destination]]\nname = \"m\"\ntransport = \"memory\"\nqueue = { capacity = 8 }\n\
                  [[route]]\nname = \"r\"\nstages = [\"transform:f\", \"filter:vip\"]\nto = \"log\"\n";
     std::fs::write(&config, route).unwrap();
+    // A sidecar `run` refuses: `check` reads it as `run` does.
+    std::fs::write(dir.path().join("echo.toml"), "limits = { memory_mb = 1024 }\n").unwrap();
     let output =
         Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir.path()).output().unwrap();
     let out = String::from_utf8_lossy(&output.stdout);
@@ -265,6 +267,7 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
             "warning: route \"r\": stage \"transform:f\": ./f.wasm is a filter plugin",
             "warning: route \"r\": stage \"filter:vip\": no plugin file ./vip.wasm",
             "warning: destination \"d\": transport \"plugin:f\": ./f.wasm is a filter plugin",
+            "warning: destination \"e\": transport \"plugin:echo\": plugin \"echo\": invalid settings: ./echo.toml: limits.memory_mb = 1024 widens what the main config grants (64); a sidecar may only narrow it (or set host.sidecar_grants = true)",
         ]
     );
     let mut host = Running::start(

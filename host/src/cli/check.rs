@@ -3,7 +3,7 @@
 use anyhow::bail;
 use std::path::Path;
 use switchyard::Config;
-use switchyard::config::{HostSection, PluginConfig, StageRef};
+use switchyard::config::{HostSection, StageRef};
 use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
 use switchyard::transport::TransportRegistry;
 
@@ -110,26 +110,15 @@ fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
     });
     let mut warnings = Vec::new();
     for (at, kind, name) in stages.chain(transports) {
-        let wasm = dir.join(format!("{name}.wasm"));
-        let native = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
-        let path = if !wasm.is_file() && native.is_file() { native } else { wasm };
-        if !path.is_file() {
-            warnings.push(format!("{at}: no plugin file {}", path.display()));
-            continue;
-        }
-        if PluginFormat::of(&path) == Some(PluginFormat::Native) && !config.host.native_plugins {
-            warnings.push(format!(
-                "{at}: {} is a native library and host.native_plugins is false",
-                path.display()
-            ));
-            continue;
-        }
-        let settings = config.plugins.iter().find(|plugin| plugin.name == name);
-        let default = PluginConfig { name: name.to_owned(), ..PluginConfig::default() };
-        match load_file(&engine, &path, Some(settings.unwrap_or(&default))) {
-            Ok(plugin) if plugin.kind.as_str() == kind => {}
-            Ok(plugin) => {
-                warnings.push(format!("{at}: {} is a {} plugin", path.display(), plugin.kind.as_str()))
+        let file =
+            |format: PluginFormat| dir.join(format!("{name}.{}", format.extension())).display().to_string();
+        // As `run` would load it: its size limit, its sidecar, native libraries only when trusted.
+        match switchyard::reload::load_as_configured(&engine, name, config) {
+            Ok(None) => warnings.push(format!("{at}: no plugin file {}", file(PluginFormat::Wasm))),
+            Ok(Some(plugin)) if plugin.kind.as_str() == kind => {}
+            Ok(Some(plugin)) => {
+                let format = if plugin.is_native() { PluginFormat::Native } else { PluginFormat::Wasm };
+                warnings.push(format!("{at}: {} is a {} plugin", file(format), plugin.kind.as_str()))
             }
             Err(err) => warnings.push(format!("{at}: {err}")),
         }

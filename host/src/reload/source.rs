@@ -18,6 +18,28 @@ pub(crate) enum Source {
     Unsettled,
 }
 
+/// Plugin `name` of `config`'s plugin directory loaded as a host with `config` loads it: within
+/// `host.max_plugin_bytes`, with its sidecar, a native library only with `host.native_plugins`;
+/// `None` when it has no file. What `switchyard check` tries, so that it and `run` agree.
+pub fn load_as_configured(
+    engine: &crate::plugin::PluginEngine,
+    name: &str,
+    config: &Config,
+) -> Result<Option<std::sync::Arc<crate::plugin::CompiledPlugin>>, LoadError> {
+    let dir = &config.host.plugin_dir;
+    match read_source(dir, name, config)? {
+        Source::Present { format, bytes, config } => {
+            crate::plugin::load_bytes(engine, format, &bytes, config).map(Some)
+        }
+        Source::Absent => Ok(None),
+        Source::Unsettled => Err(LoadError::Read {
+            name: name.to_owned(),
+            path: dir.join(name).display().to_string(),
+            error: std::io::Error::other("it changed while it was read"),
+        }),
+    }
+}
+
 /// Read plugin `name` from `dir`, with its effective settings under `config`.
 /// A native library is neither read nor opened unless `host.native_plugins`
 /// is set: it is refused.
