@@ -92,6 +92,23 @@ async fn a_topic_holding_a_path_separator_is_dead_lettered_and_writes_nothing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_making_a_name_too_long_for_a_file_is_dead_lettered_at_once_with_the_error() {
+    // Retried, it waited its whole queue timeout for a name that can never be made.
+    let out = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&[]);
+    let config = config(out.path(), "").replace("[[route]]", "queue = { timeout_ms = 600000 }\n[[route]]");
+    let host = host(dir.path(), &config).await;
+    let topic = format!("t.{}", "x".repeat(300));
+    let answer = within(host.request(Message::new(topic, "out"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains("too long"), "{error}");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_directory_holds_messages_until_it_exists_then_delivers_them_whole() {
     let out = tempfile::tempdir().unwrap();
     let missing = out.path().join("later");

@@ -237,12 +237,16 @@ impl FileTransport {
         let files = self.0.clone();
         let written = tokio::task::spawn_blocking(move || {
             let written = files.append(&path, &line);
-            written.map_err(|err| format!("{}: {err}", path.display()))
+            written.map_err(|err| (err.kind(), format!("{}: {err}", path.display())))
         });
         match written.await {
             Ok(Ok(())) => Ok(None),
+            // A name no file can have (too long, not valid here) is this message's for good.
+            Ok(Err((std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput, problem))) => {
+                Err((Outcome::Fatal(FatalReason::Rejected), problem))
+            }
             // Nothing of the line stays in the file: as safe to retry as a refused connection.
-            Ok(Err(problem)) => Err((Outcome::Retryable(RetryReason::Connect), problem)),
+            Ok(Err((_, problem))) => Err((Outcome::Retryable(RetryReason::Connect), problem)),
             Err(err) => {
                 Err((Outcome::Retryable(RetryReason::Connect), format!("the write did not finish: {err}")))
             }
