@@ -229,6 +229,29 @@ async fn a_shutdown_says_a_message_whose_every_try_was_refused_was_never_deliver
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_hands_its_dead_letters_to_a_network_dead_letter_destination_that_answers() {
+    // Made at the grace period's end, they went straight to the dead-letter file.
+    let (held, letters) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Answer).await);
+    let dlq = format!(
+        "[[destination]]\nname = \"dlq\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n",
+        letters.addr
+    );
+    let text = config(&[&held], "").replacen(
+        "dead_letter = \"dead\"",
+        "dead_letter = \"dlq\"\nshutdown_grace_ms = 200",
+        1,
+    ) + &dlq;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("orders", "held")).await.unwrap();
+    within(held.arrivals(1)).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+    assert_eq!(letters.arrived(), 1, "at the dead-letter destination");
+    assert_eq!(host.dead_letters(1).unwrap().count, 0, "not in the dead-letter file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_dead_letters_a_message_waiting_for_room_in_a_full_destination_queue_at_its_grace() {
     // The third message waits for room that only the queued one's 30 s queue timeout would make.
     let (endpoint, _dir, host) = one_held_and_one_queued("queue = { max_in_flight = 1, capacity = 1 }").await;

@@ -460,10 +460,14 @@ impl Host {
         // The grace period runs from here: a delivery waiting for room in a full destination queue
         // holds its worker (or its hand-over) up, and it is the grace's end that lets it go.
         let pipeline = &self.inner.reloader.pipeline;
-        let past_grace = pipeline.dispatch.past_grace.clone();
+        let (past_grace, letters_cut) =
+            (pipeline.dispatch.past_grace.clone(), pipeline.dispatch.letters_cut.clone());
         let grace_timer = tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             past_grace.cancel();
+            // The dead letters it makes get a moment more to reach a dead-letter destination.
+            tokio::time::sleep(crate::pipeline::LETTERS_AFTER_GRACE).await;
+            letters_cut.cancel();
         });
         let workers =
             std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));

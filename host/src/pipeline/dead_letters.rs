@@ -177,7 +177,7 @@ impl Pipeline {
     ) -> Result<Reached<'t>, FileError> {
         if !self.dead_letters.file.holds_for(first) {
             let chain = topology.dead_letter_chain(first);
-            match send_along(topology, &chain, &letter, RETRY, &self.dispatch.past_grace).await {
+            match send_along(topology, &chain, &letter, RETRY, &self.dispatch.letters_cut).await {
                 Along::Taken(name) => return Ok(Reached::Destination(name)),
                 Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
                 Along::Refused | Along::NotNow => tracing::warn!(
@@ -228,7 +228,7 @@ impl Pipeline {
                 }
                 sent += 1;
                 let chain = topology.dead_letter_chain(&record.destination);
-                match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.past_grace).await {
+                match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.letters_cut).await {
                     Along::Taken(_) => (*delivered, redelivered) = (true, redelivered + 1),
                     Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
                     Along::Refused | Along::NotNow => down.push(record.destination.clone()),
@@ -277,14 +277,14 @@ const ONCE: RetryPolicy = RetryPolicy { attempts: 1, ..RETRY };
 /// Deliver `letter` to the first of `chain` that takes it, trying each
 /// `policy.attempts` times with backoff unless it refuses the letter for
 /// good (a 4xx, a plugin's `rejected`: trying again would get the same).
-/// A delivery still waiting when a shutdown's grace period ends (`past_grace`:
-/// a reader that stopped reading, a destination that hangs) is given up.
+/// A delivery still waiting when `cut` comes, after a shutdown's grace period
+/// (a reader that stopped reading, a destination that hangs), is given up.
 async fn send_along<'t>(
     topology: &'t Topology,
     chain: &[&'t str],
     letter: &Message,
     policy: RetryPolicy,
-    past_grace: &CancellationToken,
+    cut: &CancellationToken,
 ) -> Along<'t> {
     let mut all_refused = true;
     for &name in chain {
@@ -297,7 +297,7 @@ async fn send_along<'t>(
             let delivered = tokio::select! {
                 biased;
                 delivered = target.sink.deliver(letter.clone()) => delivered,
-                () = past_grace.cancelled() => return Along::NotNow,
+                () = cut.cancelled() => return Along::NotNow,
             };
             let error = match delivered {
                 Ok(_) => {

@@ -54,6 +54,9 @@ pub(crate) struct DispatchContext {
     /// Cancelled when a shutdown's grace period is over: what is still in
     /// flight or queued is dead-lettered (`shutdown`) at once.
     pub(crate) past_grace: CancellationToken,
+    /// Cancelled [`LETTERS_AFTER_GRACE`] after `past_grace`: the dead letters a shutdown makes
+    /// try their dead-letter destinations until then, and go to the dead-letter file after.
+    pub(crate) letters_cut: CancellationToken,
     pipeline: Weak<Pipeline>,
     /// What network destinations use of their host.
     services: HostServices,
@@ -62,6 +65,10 @@ pub(crate) struct DispatchContext {
     /// What transports use of their host.
     transport_context: TransportContext,
 }
+
+/// How long after a shutdown's grace period its dead letters may take to reach a dead-letter
+/// destination (a network one takes a round trip) before they go to the dead-letter file.
+pub(crate) const LETTERS_AFTER_GRACE: Duration = Duration::from_secs(1);
 
 impl DispatchContext {
     /// Dispatch on `runtime`, with at most `max_in_flight` deliveries at once
@@ -86,6 +93,7 @@ impl DispatchContext {
             tracker: TaskTracker::new(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             past_grace: CancellationToken::new(),
+            letters_cut: CancellationToken::new(),
             pipeline,
             services,
             transports,

@@ -11,7 +11,7 @@ mod topology;
 mod worker;
 
 pub(crate) use dead_letters::{DeadLetters, Redelivery};
-pub(crate) use dispatch::DispatchContext;
+pub(crate) use dispatch::{DispatchContext, LETTERS_AFTER_GRACE};
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
 pub use stats::Stats;
