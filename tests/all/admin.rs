@@ -532,6 +532,27 @@ async fn a_put_config_writes_where_a_linked_file_points_keeps_its_mode_and_refus
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_config_says_which_plugins_it_left_with_refused_settings() {
+    // The sidecar gives what the entry gives; the new entry gives less, so the sidecar widens it.
+    let dir = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    std::fs::write(dir.path().join("t.toml"), "limits = { timeout_ms = 2000 }\n").unwrap();
+    let (config_path, base) = config_file_in(dir.path());
+    let entry = |ms: u32| format!("{base}[[plugin]]\nname = \"t\"\nlimits = {{ timeout_ms = {ms} }}\n");
+    std::fs::write(&config_path, entry(2000)).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    assert_eq!(host.plugins().len(), 1);
+    let addr = start_admin(&host).await;
+    let (status, body) = call(addr, "PUT", "/v1/config", &entry(500)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reason = answer["plugins_refused"]["t"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(reason.contains("limits.timeout_ms = 2000 widens what the main config grants (500)"), "{reason}");
+    let (_, body) = call(addr, "PUT", "/v1/config", &format!("{}# unchanged plugins\n", entry(500))).await;
+    assert!(body.contains(r#""plugins_refused":{}"#), "only what this one refused: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_config_applied_but_not_written_says_so_and_is_no_refusal() {
     let dir = plugin_dir(&[]);
     let conf = dir.path().join("conf");

@@ -56,10 +56,16 @@ pub(super) async fn replace(State(host): State<Host>, body: Bytes) -> Response {
     if let Some(secret) = redacted_secret(text) {
         return still_redacted(&secret);
     }
+    let refused_before = host.last_rejections();
     match host.replace_config(text).await {
         Ok((change, written)) => {
             let file = written.map(|path| path.display().to_string());
-            Json(json!({ "applied": true, "change": change, "written": file })).into_response()
+            // Applied, the config may still leave a plugin's new settings refused: said here too.
+            let mut refused = host.last_rejections();
+            refused.retain(|name, reason| refused_before.get(name) != Some(reason));
+            let body =
+                json!({ "applied": true, "change": change, "written": file, "plugins_refused": refused });
+            Json(body).into_response()
         }
         // Running, but not on disk: no refusal, which would say that nothing changed.
         Err(err @ crate::config::ConfigError::Write { .. }) => {
