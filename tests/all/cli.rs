@@ -695,7 +695,8 @@ fn run_prints_the_digest_of_each_plugin_and_the_reason_a_file_is_refused() {
 fn a_request_waiting_for_its_delivery_does_not_hold_a_stop_past_the_grace_period() {
     // The message waits in its queue (its endpoint refuses; queue timeout ten minutes) and its
     // request waits for it (`?wait=true`): SIGTERM stops the host at the grace period, the
-    // message dead-lettered `shutdown` and the request answered, not ten minutes later.
+    // message dead-lettered `shutdown` and the request answered, not ten minutes later. The answer
+    // is sent before the process ends (it once raced the exit and the client saw the socket close).
     let dir = plugin_dir(&[]);
     let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let config = format!(

@@ -26,6 +26,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
 
+/// How long the listeners have, once a shutdown past its grace period settled every message, to
+/// send the answers of the requests that waited for them.
+const ANSWERS_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
 #[derive(Clone)]
 pub struct Host {
@@ -427,17 +431,22 @@ impl Host {
     /// waits for its message's delivery (`?wait=true`) or a client that stalls cannot hold the
     /// stop past it. The host's own grace period is what is left of it. What `listeners` gave, if
     /// they finished in time.
+    ///
+    /// A request still waiting at the grace period's end has its answer once the shutdown settled
+    /// its message: the listeners get [`ANSWERS_AFTER_SHUTDOWN`] more to send it.
     pub async fn shutdown_after<T>(&self, listeners: impl Future<Output = T>) -> Option<T> {
         let (grace, stopping) = (self.shutdown_grace(), Instant::now());
-        let stopped = tokio::time::timeout(grace, listeners).await.ok();
-        if stopped.is_none() {
-            tracing::warn!(
-                ?grace,
-                "requests still in flight at the end of the shutdown grace period: shutting down without them"
-            );
+        tokio::pin!(listeners);
+        if let Ok(stopped) = tokio::time::timeout(grace, &mut listeners).await {
+            self.shutdown_within(grace.saturating_sub(stopping.elapsed())).await;
+            return Some(stopped);
         }
-        self.shutdown_within(grace.saturating_sub(stopping.elapsed())).await;
-        stopped
+        tracing::warn!(
+            ?grace,
+            "requests still in flight at the end of the shutdown grace period: shutting down without them"
+        );
+        self.shutdown_within(Duration::ZERO).await;
+        tokio::time::timeout(ANSWERS_AFTER_SHUTDOWN, listeners).await.ok()
     }
 
     fn shutdown_grace(&self) -> Duration {
