@@ -1,7 +1,7 @@
 //! The `http` destination against real servers on 127.0.0.1: failover,
 //! ejection, retries, final errors, connection reuse, and nothing lost.
 
-use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use crate::support::{drain_and_account, eventually, host, next, plugin_dir, within};
 use axum::http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -435,4 +435,68 @@ async fn try_send_on_a_route_without_stages_whose_destination_queue_is_full_queu
     assert_eq!(rest, ["2", "3"]);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 3, 0));
+}
+
+/// A server answering its first POST 429 with `Retry-After: 1` (and a body longer than the host
+/// reads) and every later one 200; each request's arrival is sent on the channel.
+async fn rate_limiting_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<std::time::Instant>) {
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let first = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().fallback(move || {
+        let (arrived, first) = (arrived.clone(), first.clone());
+        async move {
+            let _ = arrived.send(std::time::Instant::now());
+            match first.fetch_add(1, Ordering::SeqCst) {
+                0 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down ".repeat(1000)),
+                _ => (StatusCode::OK, [("retry-after", "0")], String::new()),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, arrivals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_even_when_not_idempotent_and_its_retry_after_holds_every_message_back() {
+    // A 429 says the endpoint did not take the message: safe to send again to a destination that
+    // is not idempotent. Its `Retry-After` leaves the endpoint out for that long, for every message
+    // (they wait in the queue, spending no attempt), and its body, past `max_message_bytes`, is
+    // only the error's text.
+    let (limited, mut arrivals) = rate_limiting_server().await;
+    let dir = plugin_dir(&[]);
+    let text = config(&[limited])
+        .replace("idempotent = true", "idempotent = false")
+        .replace("[host]\n", "[host]\nmax_message_bytes = 4096\n");
+    let host = host(dir.path(), &text).await;
+    let first = tokio::spawn({
+        let host = host.clone();
+        async move { within(host.request(Message::new("orders", "first"))).await }
+    });
+    let refused_at = within(arrivals.recv()).await.unwrap();
+    // Once the host has read the 429, the second message waits too.
+    tokio::task::block_in_place(|| {
+        eventually(|| {
+            let api = host.destinations().into_iter().find(|destination| destination.name == "api");
+            match api.unwrap().endpoints[0].refusing {
+                true => Ok(()),
+                false => Err("not left out yet"),
+            }
+        })
+    });
+    let second = within(host.request(Message::new("orders", "second")));
+    let (first, second) = (first.await.unwrap(), second.await);
+    assert!(first.is_ok() && second.is_ok(), "both delivered: {first:?} {second:?}");
+    for _ in 0..2 {
+        let arrived = arrivals.try_recv().expect("each message arrived once more");
+        let waited = arrived - refused_at;
+        assert!(
+            waited >= std::time::Duration::from_secs(1),
+            "sent {waited:?} after the 429's Retry-After: 1"
+        );
+    }
+    assert!(arrivals.try_recv().is_err(), "three requests in all");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
 }

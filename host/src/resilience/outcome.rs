@@ -46,6 +46,10 @@ pub enum RetryReason {
     /// The endpoint took the request but nobody was there to answer it (a NATS request with no
     /// subscriber): nothing took the message.
     NoResponders,
+    /// The peer declined the message and asked for nothing more before this long has passed (an
+    /// HTTP 429, or a 503 with `Retry-After`): it did not take it, and the destination leaves the
+    /// endpoint out that long (at most its queue timeout).
+    RetryAfter(std::time::Duration),
 }
 
 /// Why an attempt failed for good.
@@ -64,11 +68,16 @@ impl Outcome {
     /// Classifies an HTTP status: 1xx–2xx deliver, and 3xx too when `redirects_ok` (a redirect is
     /// otherwise not a delivery: nobody took the message, and the host does not follow it); 5xx, 408
     /// and 429 may succeed elsewhere or later; any other status is the request's fault and fatal.
-    pub fn from_status(status: u16, redirects_ok: bool) -> Outcome {
-        match status {
-            100..=299 => Outcome::Ok,
-            300..=399 if redirects_ok => Outcome::Ok,
-            408 | 429 | 500..=599 => Outcome::Retryable(RetryReason::Status(status)),
+    /// A 429 (too many requests) is a refusal to take the message at all, and so is a 503 that
+    /// says when to come back (`retry_after`, from its `Retry-After`): [`RetryReason::RetryAfter`].
+    pub fn from_status(status: u16, redirects_ok: bool, retry_after: Option<std::time::Duration>) -> Outcome {
+        match (status, retry_after) {
+            (100..=299, _) => Outcome::Ok,
+            (300..=399, _) if redirects_ok => Outcome::Ok,
+            (429, after) | (503, after @ Some(_)) => {
+                Outcome::Retryable(RetryReason::RetryAfter(after.unwrap_or_default()))
+            }
+            (408 | 500..=599, _) => Outcome::Retryable(RetryReason::Status(status)),
             _ => Outcome::Fatal(FatalReason::Status(status)),
         }
     }
@@ -79,7 +88,7 @@ impl Outcome {
     }
 
     /// Whether the outcome is evidence that the endpoint is failing: a connect error, a reset, a timeout
-    /// or a 5xx. A 4xx, a 408 / 429, "no responders" and a plugin's verdict are answers from a working endpoint (Envoy's
+    /// or a 5xx. A 4xx, a 408 / 429, a `Retry-After`, "no responders" and a plugin's verdict are answers from a working endpoint (Envoy's
     /// outlier detection counts 5xx and gateway failures only); `Shed` never reached the endpoint.
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
@@ -88,7 +97,10 @@ impl Outcome {
                     true
                 }
                 RetryReason::Status(status) => (500..=599).contains(status),
-                RetryReason::Plugin | RetryReason::Declined | RetryReason::NoResponders => false,
+                RetryReason::Plugin
+                | RetryReason::Declined
+                | RetryReason::NoResponders
+                | RetryReason::RetryAfter(_) => false,
             },
             Outcome::Ok | Outcome::Fatal(_) | Outcome::Shed => false,
         }
@@ -108,6 +120,7 @@ impl RetryReason {
                 | RetryReason::Plugin
                 | RetryReason::Declined
                 | RetryReason::NoResponders
+                | RetryReason::RetryAfter(_)
         )
     }
 
@@ -121,15 +134,28 @@ impl RetryReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn statuses_classify_as_ok_retryable_or_fatal() {
-        assert_eq!(Outcome::from_status(204, false), Outcome::Ok);
-        assert_eq!(Outcome::from_status(302, false), Outcome::Fatal(FatalReason::Status(302)));
-        assert_eq!(Outcome::from_status(302, true), Outcome::Ok);
-        assert_eq!(Outcome::from_status(503, false), Outcome::Retryable(RetryReason::Status(503)));
-        assert_eq!(Outcome::from_status(429, false), Outcome::Retryable(RetryReason::Status(429)));
-        assert_eq!(Outcome::from_status(404, true), Outcome::Fatal(FatalReason::Status(404)));
+        assert_eq!(Outcome::from_status(204, false, None), Outcome::Ok);
+        assert_eq!(Outcome::from_status(302, false, None), Outcome::Fatal(FatalReason::Status(302)));
+        assert_eq!(Outcome::from_status(302, true, None), Outcome::Ok);
+        assert_eq!(Outcome::from_status(503, false, None), Outcome::Retryable(RetryReason::Status(503)));
+        assert_eq!(Outcome::from_status(404, true, None), Outcome::Fatal(FatalReason::Status(404)));
+    }
+
+    #[test]
+    fn a_429_or_a_503_saying_when_to_come_back_is_a_refusal_to_take_the_message() {
+        let later = Some(Duration::from_secs(2));
+        let after = |duration| Outcome::Retryable(RetryReason::RetryAfter(duration));
+        assert_eq!(Outcome::from_status(429, false, None), after(Duration::ZERO));
+        assert_eq!(Outcome::from_status(429, false, later), after(Duration::from_secs(2)));
+        assert_eq!(Outcome::from_status(503, false, later), after(Duration::from_secs(2)));
+        assert_eq!(Outcome::from_status(500, false, later), Outcome::Retryable(RetryReason::Status(500)));
+        assert_eq!(Outcome::from_status(200, false, later), Outcome::Ok);
+        assert!(RetryReason::RetryAfter(Duration::ZERO).is_not_taken());
+        assert!(!Outcome::Retryable(RetryReason::RetryAfter(Duration::ZERO)).is_endpoint_failure());
     }
 
     #[test]
@@ -151,7 +177,7 @@ mod tests {
         ];
         assert!(failing.into_iter().all(|reason| Outcome::Retryable(reason).is_endpoint_failure()));
         let answering = [
-            RetryReason::Status(429),
+            RetryReason::RetryAfter(Duration::from_secs(1)),
             RetryReason::Status(408),
             RetryReason::Plugin,
             RetryReason::NoResponders,

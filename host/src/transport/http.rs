@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// The sending half of one HTTP/1.1 connection; its driver runs as a task.
@@ -130,6 +131,8 @@ impl HttpTransport {
             Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.into_error().to_string())),
         };
         let status = response.status();
+        let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
+        let outcome = Outcome::from_status(status.as_u16(), self.redirects_ok, retry_after);
         let headers: Vec<(String, String)> = response
             .headers()
             .iter()
@@ -140,17 +143,20 @@ impl HttpTransport {
         let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {
             Ok(body) => body.to_bytes(),
             Err(err) if err.is::<LengthLimitError>() => {
-                // The connection is dropped with the rest of the reply unread.
+                // The connection is dropped with the rest of the reply unread. A failure's body is
+                // only its error's text: its status decides, as when the body is short.
                 let problem =
                     format!("HTTP {status}: a reply of more than {} bytes, not read", self.max_reply_bytes);
-                return Err((Outcome::Fatal(FatalReason::Protocol), problem));
+                let outcome =
+                    if outcome == Outcome::Ok { Outcome::Fatal(FatalReason::Protocol) } else { outcome };
+                return Err((outcome, problem));
             }
             Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
         };
         if !connection.sender.is_closed() {
             connection.release();
         }
-        match Outcome::from_status(status.as_u16(), self.redirects_ok) {
+        match outcome {
             Outcome::Ok if status == hyper::StatusCode::NO_CONTENT => Ok(None),
             Outcome::Ok => {
                 let reply = Message {
@@ -162,8 +168,22 @@ impl HttpTransport {
                 };
                 Ok(Some(reply))
             }
-            outcome => Err((outcome, format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))),
+            outcome => {
+                let after = retry_after.map(|after| format!(" (retry after {} s)", after.as_secs()));
+                let body = String::from_utf8_lossy(&body);
+                Err((outcome, format!("HTTP {status}{}: {body}", after.unwrap_or_default())))
+            }
         }
+    }
+}
+
+/// How long a reply's `Retry-After` asks to wait, from `now`: a number of seconds, or an HTTP date
+/// (one already past is no wait). `None` without one that parses.
+fn retry_after(headers: &hyper::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers.get(hyper::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => Some(httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or_default()),
     }
 }
 
@@ -238,5 +258,31 @@ async fn get(address: &str, path: &str) -> Result<(), String> {
     match status.is_success() {
         true => Ok(()),
         false => Err(format!("GET {path}: HTTP {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn headers(retry_after: &str) -> hyper::HeaderMap {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(hyper::header::RETRY_AFTER, retry_after.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(retry_after(&headers("120"), now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&headers(" 0 "), now), Some(Duration::ZERO));
+        let later = headers("Sun, 06 Nov 1994 08:50:07 GMT");
+        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(30)));
+        let past = headers("Sun, 06 Nov 1994 08:00:00 GMT");
+        assert_eq!(retry_after(&past, now), Some(Duration::ZERO), "a date gone by asks for no wait");
+        assert_eq!(retry_after(&headers("soon"), now), None);
+        assert_eq!(retry_after(&headers("-5"), now), None);
+        assert_eq!(retry_after(&hyper::HeaderMap::new(), SystemTime::now()), None);
     }
 }

@@ -15,10 +15,11 @@ use tokio::time::Instant;
 const PANIC_TOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Cluster {
+    /// Which endpoints may take traffic now, and whether the destination
     /// panics: health, breakers and the eligibility guard rails decide; an
-    /// endpoint whose last connection was refused within the refusal window
-    /// is left out whatever they say (panic mode and the ejection cap
-    /// included): it cannot take the message.
+    /// endpoint whose last connection was refused within the refusal window,
+    /// or that asked for a pause not over yet, is left out whatever they say
+    /// (panic mode and the ejection cap included): it cannot take the message.
     pub(super) fn admissions(&self, now: Instant) -> Eligibility {
         let conditions: Vec<EndpointCondition> = self
             .endpoints
@@ -51,9 +52,10 @@ impl Cluster {
         }
     }
 
-    /// Whether `endpoint` refused its last connection within the refusal window.
+    /// Whether `endpoint` is left out now: it refused its last connection within the refusal
+    /// window, or its last answer asked for a pause (`Retry-After`) not over yet.
     pub(super) fn refusing(&self, endpoint: &Endpoint, now: Instant) -> bool {
-        endpoint.refusing_until(self.refusal_window).is_some_and(|until| now < until)
+        endpoint.refusing_until().is_some_and(|until| now < until)
     }
 
     /// Pick an endpoint not tried yet (one tried before when no untried one

@@ -10,6 +10,7 @@ use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
 use crate::transport::{AttemptProgress, DeliveryProgress, Step};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -205,7 +206,7 @@ impl Cluster {
                 BreakerState::Open { until, .. } => Some(until),
                 _ => None,
             };
-            [ejection, endpoint.refusing_until(self.refusal_window)]
+            [ejection, endpoint.refusing_until()]
         });
         Some(ends.flatten().filter(|end| *end > now).min())
     }
@@ -233,9 +234,16 @@ impl Cluster {
         };
         drop(in_flight);
         let finished = Instant::now();
-        let refused = matches!(outcome, Outcome::Retryable(RetryReason::Connect));
-        if refused || !matches!(outcome, Outcome::Shed) {
-            endpoint.refused_at.store(if refused { endpoint.stamp(finished) } else { 0 }, Relaxed);
+        let refusing = match outcome {
+            Outcome::Retryable(RetryReason::Connect) => Some(self.refusal_window),
+            // Left out as long as it asked, but no message waits for it longer than its queue timeout.
+            Outcome::Retryable(RetryReason::RetryAfter(after)) => Some(after.min(self.queue_timeout)),
+            Outcome::Shed => None,
+            _ => Some(Duration::ZERO),
+        };
+        if let Some(window) = refusing {
+            let until = if window.is_zero() { 0 } else { endpoint.stamp(finished + window) };
+            endpoint.refusing_until.store(until, Relaxed);
         }
         lock(&endpoint.latency).observe(finished - started, finished.into_std());
         let kind = match &outcome {

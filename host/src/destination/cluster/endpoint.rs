@@ -1,5 +1,5 @@
 //! One endpoint of a cluster and what the cluster knows of it: breaker,
-//! health, load, latency, when it last came back and last refused.
+//! health, load, latency, when it last came back and until when it refuses.
 
 use crate::balance::{PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, EndpointConfig};
@@ -33,9 +33,10 @@ pub(super) struct Endpoint {
     /// plus one (0: never); it slowly starts from there. Read on every pick,
     /// so an atomic rather than a lock.
     pub(super) recovered_at: AtomicU64,
-    /// When an attempt's connection to it was last refused, as
-    /// `recovered_at` (0: its last connection was not refused).
-    pub(super) refused_at: AtomicU64,
+    /// Until when it is left out, as `recovered_at` (0: it is not): its
+    /// last attempt's connection was refused (for the refusal window), or
+    /// its answer asked for a pause (`Retry-After`).
+    pub(super) refusing_until: AtomicU64,
 }
 
 impl Endpoint {
@@ -70,11 +71,11 @@ impl Endpoint {
             metrics,
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
-            refused_at: AtomicU64::new(0),
+            refusing_until: AtomicU64::new(0),
         }
     }
 
-    /// `now` as stored in `recovered_at` and `refused_at`.
+    /// `now` as stored in `recovered_at` and `refusing_until`.
     pub(super) fn stamp(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.born).as_micros() as u64 + 1
     }
@@ -84,10 +85,9 @@ impl Endpoint {
         stamp.checked_sub(1).map(|micros| self.born + Duration::from_micros(micros))
     }
 
-    /// Until when it is left out because its last connection was refused
-    /// (`window` after the refusal), if it was.
-    pub(super) fn refusing_until(&self, window: Duration) -> Option<Instant> {
-        self.instant(self.refused_at.load(Relaxed)).map(|refused| refused + window)
+    /// Until when it is left out, if it was left out at all: see `refusing_until`.
+    pub(super) fn refusing_until(&self) -> Option<Instant> {
+        self.instant(self.refusing_until.load(Relaxed))
     }
 
     pub(super) fn health_state(&self) -> Option<HealthState> {
