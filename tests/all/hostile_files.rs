@@ -131,3 +131,24 @@ async fn a_sidecar_may_narrow_what_the_main_config_grants_but_never_widen_it() {
     assert_eq!(host.plugins()[0].settings.config.limits.memory_mb, 16, "narrowing applies");
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_directory_that_does_not_exist_is_refused_as_such_not_as_a_wrong_world() {
+    // The plugin is this host's own build: its refusal names the grant, and says nothing of a
+    // rebuild with another SDK.
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let missing = dir.path().join("no-such-dir");
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"t\"\ndirs = {{ \"/data\" = {:?} }}\n",
+        missing.display().to_string()
+    );
+    let config = Config::from_toml("test.toml", &config).unwrap();
+    let host = builder(dir.path()).config("test.toml", config).build().await.unwrap();
+    let [switchyard::LoadError::Grant { name, reason }] = host.load_errors() else {
+        panic!("one grant refused: {:?}", host.load_errors());
+    };
+    assert_eq!(name, "t");
+    assert!(reason.starts_with(&format!("dirs.\"/data\" = \"{}\": ", missing.display())), "{reason}");
+    assert!(host.plugins().is_empty());
+    drain_and_account(&host).await;
+}

@@ -94,7 +94,8 @@ impl PluginInstance {
         PluginInstance::in_state(engine, plugin, state)
     }
 
-    fn in_state(
+    /// Instantiate `plugin` in a fresh store holding `state`.
+    pub(super) fn in_state(
         engine: &PluginEngine,
         plugin: Arc<CompiledPlugin>,
         state: Result<StoreState, super::error::LoadError>,

@@ -115,7 +115,9 @@ pub fn load_bytes(
 /// plugin's limits. The plugin may answer with an error; it must not trap,
 /// time out or exceed its memory cap.
 fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
-    let trial = PluginInstance::new(engine, plugin.clone()).and_then(|mut instance| {
+    // A grant that cannot be honoured (a granted directory that does not exist) is refused as such.
+    let state = super::sandbox::StoreState::new(plugin.settings.clone())?;
+    let trial = PluginInstance::in_state(engine, plugin.clone(), Ok(state)).and_then(|mut instance| {
         if let Some(found) = instance.wire_format()?
             && let Err(refused) = super::format::check_version(&plugin.name, found)
         {
@@ -127,9 +129,7 @@ fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> R
     plugin.settings.forget_counts();
     match trial {
         Ok(checked) => checked,
-        Err(PluginFault::Unusable(reason)) => {
-            Err(LoadError::WrongWorld { name: plugin.name.clone(), world: plugin.kind.as_str(), reason })
-        }
+        // Its world was checked as it compiled: what fails now is the instance (a resource limit).
         Err(fault) => Err(LoadError::Instantiate { name: plugin.name.clone(), fault }),
     }
 }
