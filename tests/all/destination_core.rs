@@ -936,3 +936,36 @@ async fn an_endpoint_at_its_connection_limit_is_passed_over_while_another_has_ro
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (11, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_waiting_for_its_probe_is_down_in_the_metrics_yet_takes_the_next_message() {
+    // Its breaker opens on a 503 and is half-open a millisecond later: until a probe closes it, the
+    // endpoint is down, as its `endpoint-down` event (and no `endpoint-up`) says; yet the host is
+    // ready, for the next message goes to it as that probe.
+    let failing = TestEndpoint::start(Mode::Fail).await;
+    let dir = plugin_dir(&[]);
+    let host =
+        host(dir.path(), &config(&[&failing], "breaker = { consecutive_failures = 1, open_ms = 1 }")).await;
+    let answer = within(host.request(Message::new("orders", "refused"))).await;
+    assert!(answer.is_err(), "{answer:?}");
+    let half_open = tokio::task::block_in_place(|| {
+        crate::support::eventually(|| {
+            let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
+            match api.endpoints[0].breaker {
+                "half-open" => Ok(api.endpoints[0].clone()),
+                breaker => Err(breaker),
+            }
+        })
+    });
+    assert!(half_open.serving() && !half_open.up(), "{half_open:?}");
+    let text = host.metrics().encode();
+    let address = failing.addr.to_string();
+    let at_endpoint = [("destination", "api"), ("endpoint", address.as_str())];
+    assert_eq!(sample(&text, "switchyard_endpoint_serving", &at_endpoint), Some(0.0));
+    assert!(host.unready().is_empty(), "{:?}", host.unready());
+    failing.set(Mode::Answer);
+    within(host.request(Message::new("orders", "probe"))).await.unwrap();
+    let text = host.metrics().encode();
+    assert_eq!(sample(&text, "switchyard_endpoint_serving", &at_endpoint), Some(1.0), "closed by the probe");
+    drain_and_account(&host).await;
+}

@@ -165,10 +165,19 @@ impl DestinationStatus {
 }
 
 impl EndpointStatus {
-    /// Neither down by health checks, nor ejected by its breaker, nor
-    /// refusing connections.
+    /// Whether it takes the next message: neither down by health checks, nor
+    /// ejected by its breaker, nor refusing; a half-open breaker lets the
+    /// next message through as its probe.
     pub fn serving(&self) -> bool {
         self.health != "down" && self.breaker != "open" && !self.refusing
+    }
+
+    /// Whether it is up: serving, and its breaker closed, not half-open
+    /// waiting for the probe that brings it back (an ejected endpoint is down
+    /// from its `endpoint-down` event to its `endpoint-up`). What
+    /// `switchyard_endpoint_serving` shows.
+    pub fn up(&self) -> bool {
+        self.serving() && self.breaker == "closed"
     }
 }
 
@@ -189,7 +198,8 @@ pub struct EndpointStatus {
     /// Requests in flight to it now.
     pub in_flight: u32,
     /// Whether it refused its last connection, within its breaker's first
-    /// ejection (`breaker.open_ms`): it gets no traffic until then.
+    /// ejection (`breaker.open_ms`), or its last answer asked for a pause
+    /// (`Retry-After`) not over yet: it gets no traffic until then.
     pub refusing: bool,
     /// Its connection pool, once the transport made one.
     pub pool: Option<crate::transport::PoolStats>,

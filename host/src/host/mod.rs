@@ -600,7 +600,7 @@ impl Host {
 /// What `/metrics` shows of `destination` at a scrape.
 fn gauges_of(destination: DestinationStatus) -> DestinationGauges {
     let endpoints = destination.endpoints.into_iter().map(|endpoint| EndpointGauges {
-        serving: endpoint.serving(),
+        serving: endpoint.up(),
         in_flight: endpoint.in_flight,
         pool: endpoint.pool.map(|pool| (pool.size, pool.idle, pool.waits)),
         endpoint: endpoint.address,
