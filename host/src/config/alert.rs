@@ -185,6 +185,9 @@ impl Selector {
                 let labels = metric.labels.join(", ");
                 return Err(format!("{} has no label {label:?} (labels: {labels})", metric.name));
             }
+            if pairs.iter().any(|(selected, _)| selected == label) {
+                return Err(format!("label {label:?} is selected twice: a series has one value of it"));
+            }
             let value = value.trim();
             let value = value
                 .strip_prefix('"')
