@@ -303,7 +303,8 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reloaded_admin_token_takes_effect_at_once_and_cannot_be_removed() {
+async fn a_reloaded_admin_token_takes_effect_at_once_closes_streams_let_in_with_the_old_and_cannot_be_removed()
+ {
     let dir = plugin_dir(&[]);
     let config_path = dir.path().join("switchyard.toml");
     let config = |admin: &str| {
@@ -323,10 +324,20 @@ async fn a_reloaded_admin_token_takes_effect_at_once_and_cannot_be_removed() {
     crate::support::replace_file(&config_path, config("token = \"second\"\n").as_bytes());
     within(host.reload()).await.unwrap();
     assert_eq!((status("first").await, status("second").await), (401, 200), "the new token applies");
+    // An event stream let in with the old token is closed, not sent the reload's event.
+    let mut request = format!("ws://{addr}/v1/events").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", "Bearer second".parse().unwrap());
+    let (mut socket, _) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
+    crate::support::replace_file(&config_path, config("token = \"third\"\n").as_bytes());
+    within(host.reload()).await.unwrap();
+    let frame = within(socket.next()).await.expect("a frame").unwrap();
+    let tokio_tungstenite::tungstenite::Message::Close(Some(close)) = frame else { panic!("{frame:?}") };
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("admin token was replaced"), "{close:?}");
     crate::support::replace_file(&config_path, config("").as_bytes());
     let refused = within(host.reload()).await.unwrap_err().to_string();
     assert!(refused.contains("admin.token (removed) take effect only at start"), "{refused}");
-    assert_eq!((status("first").await, status("second").await), (401, 200), "still protected");
+    assert_eq!((status("second").await, status("third").await), (401, 200), "still protected");
 }
 
 /// Header pairs of a test request.

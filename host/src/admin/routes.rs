@@ -51,7 +51,8 @@ pub(super) fn router(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(protected)
-        .layer(middleware::from_fn_with_state(token, same_host_only))
+        .layer(middleware::from_fn_with_state(token.clone(), same_host_only))
+        .layer(Extension(token))
         .layer(Extension(stopping))
         .layer(Extension(history))
         .layer(middleware::map_response(crate::json_errors::json_errors))
@@ -206,36 +207,57 @@ const EVENTS_PROTOCOL: &str = "switchyard.events";
 async fn events(
     State(host): State<Host>,
     Extension(stopping): Extension<watch::Receiver<bool>>,
+    Extension(token): Extension<TokenSource>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Subscribe before the upgrade, so nothing between request and stream is missed.
     let feed = host.subscribe();
-    upgrade.protocols([EVENTS_PROTOCOL]).on_upgrade(move |socket| stream_events(socket, feed, stopping))
+    // The token the request was let in with: the stream ends when another replaces it.
+    let granted = token.current();
+    let stream = EventStream { feed, stopping, token, granted };
+    upgrade.protocols([EVENTS_PROTOCOL]).on_upgrade(move |socket| stream.serve(socket))
 }
 
-/// Send `feed`'s events on `socket` until the host stops or the client goes
-/// (what it sends is read only to see it close: a stream left to a quiet host
-/// would otherwise hold its socket until the next event).
-async fn stream_events(
-    mut socket: WebSocket,
-    mut feed: broadcast::Receiver<crate::HostEvent>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    loop {
-        let frame = tokio::select! {
-            received = socket.recv() => match received {
-                Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
-                Some(Ok(_)) => continue,
-            },
-            event = feed.recv() => match event {
-                Ok(event) => serde_json::to_string(&event).expect("events serialize"),
-                Err(broadcast::error::RecvError::Lagged(missed)) => json!({ "event": "lagged", "missed": missed }).to_string(),
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = stopping.wait_for(|stop| *stop) => return,
-        };
-        if socket.send(WsMessage::Text(frame.into())).await.is_err() {
-            return;
+/// What an event stream sends, and to whom.
+struct EventStream {
+    feed: broadcast::Receiver<crate::HostEvent>,
+    stopping: watch::Receiver<bool>,
+    token: TokenSource,
+    /// The admin token when the stream was opened.
+    granted: Option<std::sync::Arc<str>>,
+}
+
+/// The close code of a stream whose admin token was replaced: policy violation.
+const TOKEN_REPLACED: u16 = 1008;
+
+impl EventStream {
+    /// Send the events on `socket` until the host stops, the client goes (what it sends is read
+    /// only to see it close: a stream left to a quiet host would otherwise hold its socket until
+    /// the next event), or a reload replaces the admin token the client was let in with: the next
+    /// event is not sent, the stream is closed instead.
+    async fn serve(mut self, mut socket: WebSocket) {
+        loop {
+            let frame = tokio::select! {
+                received = socket.recv() => match received {
+                    Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                },
+                event = self.feed.recv() => match event {
+                    Ok(event) => serde_json::to_string(&event).expect("events serialize"),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => json!({ "event": "lagged", "missed": missed }).to_string(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = self.stopping.wait_for(|stop| *stop) => return,
+            };
+            if self.token.current() != self.granted {
+                let reason = "the admin token was replaced: open the stream again with the new one";
+                let close = axum::extract::ws::CloseFrame { code: TOKEN_REPLACED, reason: reason.into() };
+                let _ = socket.send(WsMessage::Close(Some(close))).await;
+                return;
+            }
+            if socket.send(WsMessage::Text(frame.into())).await.is_err() {
+                return;
+            }
         }
     }
 }
