@@ -42,6 +42,8 @@ pub(super) struct Sample {
 pub(super) struct Reading {
     pub(super) at: Instant,
     pub(super) accepted: u64,
+    /// Every dead letter, a route's or not (one no route matched).
+    pub(super) dead_lettered: u64,
     pub(super) routes: BTreeMap<String, RouteTotals>,
 }
 
@@ -51,7 +53,12 @@ impl Reading {
         let (metrics, config) = (host.metrics(), host.config());
         let routes =
             config.routes.iter().map(|route| (route.name.clone(), metrics.route_totals(&route.name)));
-        Reading { at: Instant::now(), accepted: metrics.accepted_counter().get(), routes: routes.collect() }
+        Reading {
+            at: Instant::now(),
+            accepted: metrics.accepted_counter().get(),
+            dead_lettered: host.stats().dead_lettered,
+            routes: routes.collect(),
+        }
     }
 }
 
@@ -66,7 +73,6 @@ pub(super) fn sample(before: &Reading, now: &Reading, at_ms: u64) -> Sample {
         let Some(before) = before.routes.get(name) else { continue };
         routes.insert(name.clone(), rate(before.accepted, now.accepted));
         total.settled += now.settled.saturating_sub(before.settled);
-        total.dead_lettered += now.dead_lettered.saturating_sub(before.dead_lettered);
         total.latency.sum_nanos += now.latency.sum_nanos.saturating_sub(before.latency.sum_nanos);
         for ((sum, now), before) in
             total.latency.buckets.iter_mut().zip(&now.latency.buckets).zip(&before.latency.buckets)
@@ -79,7 +85,7 @@ pub(super) fn sample(before: &Reading, now: &Reading, at_ms: u64) -> Sample {
         at_ms,
         accepted_per_s: rate(before.accepted, now.accepted),
         settled_per_s: total.settled as f64 / seconds,
-        dead_lettered_per_s: total.dead_lettered as f64 / seconds,
+        dead_lettered_per_s: rate(before.dead_lettered, now.dead_lettered),
         latency_mean_ms,
         latency_p99_ms,
         routes,
@@ -153,28 +159,29 @@ mod tests {
 
     fn reading(at: Instant, accepted: u64, routes: &[(&str, RouteTotals)]) -> Reading {
         let routes = routes.iter().map(|(name, totals)| (name.to_string(), totals.clone())).collect();
-        Reading { at, accepted, routes }
+        Reading { at, accepted, dead_lettered: 0, routes }
     }
 
-    fn totals(accepted: u64, settled: u64, dead_lettered: u64, latencies_us: &[u64]) -> RouteTotals {
+    fn totals(accepted: u64, settled: u64, latencies_us: &[u64]) -> RouteTotals {
         let mut latency = HistogramTotals::default();
         for micros in latencies_us {
             let bucket = LATENCY_BOUNDS.partition_point(|bound| *bound < *micros as f64 / 1e6);
             latency.buckets[bucket] += 1;
             latency.sum_nanos += micros * 1000;
         }
-        RouteTotals { accepted, settled, dead_lettered, latency }
+        RouteTotals { accepted, settled, latency }
     }
 
     #[test]
     fn rates_are_what_the_counters_gained_over_the_seconds_between_readings() {
         let start = Instant::now();
-        let before = reading(start, 10, &[("a", totals(4, 2, 0, &[100]))]);
+        let before = reading(start, 10, &[("a", totals(4, 2, &[100]))]);
         let now = reading(
             start + Duration::from_secs(2),
             30,
-            &[("a", totals(24, 20, 2, &[100, 100, 200, 200, 5_000_000])), ("new", totals(50, 50, 0, &[]))],
+            &[("a", totals(24, 20, &[100, 100, 200, 200, 5_000_000])), ("new", totals(50, 50, &[]))],
         );
+        let now = Reading { dead_lettered: 2, ..now };
         let sample = sample(&before, &now, 7);
         assert_eq!((sample.at_ms, sample.accepted_per_s, sample.settled_per_s), (7, 10.0, 9.0));
         assert_eq!(sample.dead_lettered_per_s, 1.0);
@@ -187,9 +194,22 @@ mod tests {
     }
 
     #[test]
+    fn dead_letters_no_route_matched_count_in_the_dead_lettered_rate() {
+        let start = Instant::now();
+        let before = Reading { dead_lettered: 5, ..reading(start, 10, &[("a", totals(10, 10, &[]))]) };
+        let now = reading(start + INTERVAL, 40, &[("a", totals(10, 10, &[]))]);
+        let now = Reading { dead_lettered: 35, ..now };
+        let sample = sample(&before, &now, 1);
+        assert_eq!(
+            (sample.accepted_per_s, sample.settled_per_s, sample.dead_lettered_per_s),
+            (30.0, 0.0, 30.0)
+        );
+    }
+
+    #[test]
     fn an_interval_without_settled_messages_has_no_latency() {
         let start = Instant::now();
-        let quiet = totals(5, 5, 0, &[300]);
+        let quiet = totals(5, 5, &[300]);
         let sample = sample(
             &reading(start, 5, &[("a", quiet.clone())]),
             &reading(start + INTERVAL, 5, &[("a", quiet)]),

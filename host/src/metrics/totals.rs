@@ -10,8 +10,6 @@ pub(crate) struct RouteTotals {
     pub(crate) accepted: u64,
     /// Messages settled: delivered, filtered or responded.
     pub(crate) settled: u64,
-    /// Messages dead-lettered.
-    pub(crate) dead_lettered: u64,
     /// Admission-to-settlement latencies.
     pub(crate) latency: HistogramTotals,
 }
@@ -30,7 +28,6 @@ impl Metrics {
         RouteTotals {
             accepted: self.route_accepted.get(&name).map_or(0, |counter| counter.get()),
             settled: ["delivered", "filtered", "responded"].map(outcome).iter().sum(),
-            dead_lettered: outcome("dead_lettered"),
             latency: self.route_latency.get(&name).map(|histogram| histogram.totals()).unwrap_or_default(),
         }
     }
