@@ -319,5 +319,6 @@ async fn a_restarted_host_takes_up_its_firing_alerts_and_resolves_those_that_cle
     let (message, payload) = next_alert_message(&second).await;
     assert_eq!(message.header("x-sy-alert"), Some("dl"));
     assert_eq!((payload["state"].as_str(), payload["previous"].as_str()), (Some("resolved"), Some("firing")));
+    assert_eq!(payload["seq"], 4, "numbered on from the three transitions before the restart");
     second.shutdown().await;
 }

@@ -1,22 +1,26 @@
 //! The alert rules of a host and where each stands.
 
+use super::AlertStatus;
 use super::rule::{Rule, Transition};
-use super::saved::{SavedAlert, SavedAlerts};
-use super::{AlertState, AlertStatus};
+use super::saved::{Kept, SavedAlert, SavedAlerts};
 use crate::config::AlertConfig;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// The alert rules of a host, in config order, with their states.
 #[derive(Debug, Default)]
 pub struct AlertBook {
-    rules: Mutex<Vec<Rule>>,
+    /// The rules, and the number of the last transition.
+    rules: Mutex<(Vec<Rule>, u64)>,
     /// Where the firing alerts are kept, if anywhere.
     saved: Option<SavedAlerts>,
     /// Alerts kept by the last host on the same state, taken up by the first [`sync`](Self::sync).
     to_take_up: Mutex<Vec<SavedAlert>>,
+    /// How long an alert taken up firing stays firing whatever is read (see
+    /// [`settling_time`](super::settling_time)).
+    settling: Duration,
 }
 
 /// Why an alert could not be acknowledged.
@@ -37,18 +41,21 @@ pub enum AckError {
 
 impl AlertBook {
     /// A book keeping its firing alerts in `state_dir`, taking up those a host on the same
-    /// state directory kept there.
-    pub fn kept_in(state_dir: &Path) -> AlertBook {
+    /// state directory kept there (each firing on for `settling` at least, and resolved only
+    /// once its condition is then seen not to hold), and numbering transitions on from its.
+    pub fn kept_in(state_dir: &Path, settling: Duration) -> AlertBook {
         let saved = SavedAlerts::in_dir(state_dir);
-        let to_take_up = Mutex::new(saved.load());
-        AlertBook { rules: Mutex::default(), saved: Some(saved), to_take_up }
+        let Kept { seq, firing } = saved.load();
+        let rules = Mutex::new((Vec::new(), seq));
+        AlertBook { rules, saved: Some(saved), to_take_up: Mutex::new(firing), settling }
     }
 
     /// Make `configs` the rules: a rule whose `[[alert]]` is unchanged keeps its state (and its
     /// rate samples); a new or changed one starts inactive, unless it is the first sync and the
     /// last host kept it firing under the same `[[alert]]`; a removed one goes, without an event.
     pub fn sync(&self, configs: &[AlertConfig]) {
-        let mut rules = self.lock();
+        let mut book = self.lock();
+        let rules = &mut book.0;
         let mut to_take_up =
             std::mem::take(&mut *self.to_take_up.lock().unwrap_or_else(|poison| poison.into_inner()));
         let unchanged = rules.len() == configs.len()
@@ -64,43 +71,47 @@ impl AlertBook {
                 Some(to_take_up.swap_remove(at))
             };
             rules.extend(kept.or_else(|| match saved() {
-                Some(saved) => Rule::firing_since(saved),
+                Some(saved) => Rule::firing_since(saved, Instant::now() + self.settling),
                 None => Rule::new(config.clone()),
             }));
         }
     }
 
     /// Evaluate every rule at `now` (`wall` on the wall clock) with `read`, which reads a metric
-    /// selected by labels; the transitions, in rule order.
+    /// selected by labels; the transitions, in rule order, numbered.
     pub fn evaluate(
         &self,
         now: Instant,
         wall: SystemTime,
         read: impl Fn(&str, &[(String, String)]) -> Option<f64>,
     ) -> Vec<Transition> {
-        let mut rules = self.lock();
+        let mut book = self.lock();
+        let (rules, seq) = &mut *book;
         let transitions = rules.iter_mut().filter_map(|rule| {
             let selector = rule.selector();
             let value = read(selector.metric, &selector.labels);
-            rule.observe(now, wall, value)
+            let mut transition = rule.observe(now, wall, value)?;
+            *seq += 1;
+            transition.seq = *seq;
+            Some(transition)
         });
         let transitions: Vec<Transition> = transitions.collect();
-        let firing = |state| state == AlertState::Firing;
-        if transitions.iter().any(|transition| firing(transition.state) || firing(transition.previous)) {
-            self.save(&rules);
+        if !transitions.is_empty() {
+            self.save(&book);
         }
         transitions
     }
 
     /// Every rule and where it stands, in config order.
     pub fn statuses(&self) -> Vec<AlertStatus> {
-        self.lock().iter().map(Rule::status).collect()
+        self.lock().0.iter().map(Rule::status).collect()
     }
 
     /// Acknowledge the firing alert `id`; its status.
     pub fn acknowledge(&self, id: &str) -> Result<AlertStatus, AckError> {
-        let mut rules = self.lock();
-        let rule = rules
+        let mut book = self.lock();
+        let rule = book
+            .0
             .iter_mut()
             .find(|rule| rule.config.name == id)
             .ok_or_else(|| AckError::Unknown(id.to_owned()))?;
@@ -108,21 +119,22 @@ impl AlertBook {
             return Err(AckError::NotFiring { id: id.to_owned(), state: rule.status().state.name() });
         }
         let status = rule.status();
-        self.save(&rules);
+        self.save(&book);
         Ok(status)
     }
 
-    /// Keep the firing alerts among `rules`, if the book keeps them anywhere; a failure is
-    /// logged, and the alerts work on (a restart would then not know what fired).
-    fn save(&self, rules: &[Rule]) {
+    /// Keep the firing alerts among the rules and the last transition's number, if the book
+    /// keeps them anywhere; a failure is logged, and the alerts work on (a restart would then not
+    /// know what fired).
+    fn save(&self, (rules, seq): &(Vec<Rule>, u64)) {
         let Some(saved) = &self.saved else { return };
-        let firing: Vec<SavedAlert> = rules.iter().filter_map(Rule::saved).collect();
-        if let Err(err) = saved.save(&firing) {
+        let kept = Kept { seq: *seq, firing: rules.iter().filter_map(Rule::saved).collect() };
+        if let Err(err) = saved.save(&kept) {
             tracing::warn!(%err, "firing alerts could not be kept in the state directory");
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Rule>, u64)> {
         self.rules.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
@@ -163,6 +175,29 @@ mod tests {
                 ("queued".to_owned(), AlertState::Firing, true),
             ]
         );
+    }
+
+    #[test]
+    fn an_alert_taken_up_firing_fires_on_while_it_settles_and_transitions_number_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = config("down", "endpoint_down > 0");
+        let first = AlertBook::kept_in(dir.path(), Duration::from_secs(5));
+        first.sync(std::slice::from_ref(&down));
+        let start = Instant::now();
+        let fired = first.evaluate(start, SystemTime::now(), |_, _| Some(1.0));
+        assert_eq!((fired[0].state, fired[0].seq), (AlertState::Firing, 1));
+        drop(first);
+
+        // The next host reads the endpoint up at first: not evidence until it has settled.
+        let second = AlertBook::kept_in(dir.path(), Duration::from_secs(5));
+        second.sync(std::slice::from_ref(&down));
+        let start = Instant::now();
+        for second_after in 0..5 {
+            let at = start + Duration::from_secs(second_after);
+            assert_eq!(second.evaluate(at, SystemTime::now(), |_, _| Some(0.0)), []);
+        }
+        let resolved = second.evaluate(start + Duration::from_secs(5), SystemTime::now(), |_, _| Some(0.0));
+        assert_eq!((resolved[0].state, resolved[0].seq), (AlertState::Resolved, 2), "numbered on");
     }
 
     #[test]

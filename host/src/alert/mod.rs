@@ -18,6 +18,20 @@ use crate::config::Severity;
 /// How often the host evaluates its alert rules.
 pub const EVALUATION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long an alert taken up firing after a restart fires on whatever the host reads: what it
+/// reads right after a start is not yet evidence (an endpoint not health-checked yet reads up,
+/// a breaker that would eject it has seen no traffic). The longest any of `destinations`' health
+/// checks take to find an endpoint down (`fall` checks, `interval_ms` apart, the last within its
+/// `timeout_ms`), and two evaluations at least.
+pub fn settling_time(destinations: &[crate::config::DestinationConfig]) -> std::time::Duration {
+    let checks = destinations.iter().filter_map(|destination| destination.health.as_ref());
+    let detection = checks.map(|health| {
+        let interval = std::time::Duration::from_millis(health.interval_ms);
+        interval * health.fall + std::time::Duration::from_millis(health.timeout_ms)
+    });
+    detection.fold(EVALUATION_INTERVAL * 2, std::time::Duration::max)
+}
+
 /// Where an alert rule stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,4 +81,25 @@ pub struct AlertStatus {
     pub value: Option<f64>,
     /// Whether someone acknowledged it while firing (cleared when it resolves).
     pub acknowledged: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn settling_takes_as_long_as_the_slowest_health_checks_take_to_find_an_endpoint_down() {
+        let config = |health: &str| {
+            let text = format!(
+                "[[destination]]\nname = \"a\"\ntransport = \"http\"\nendpoints = [\"127.0.0.1:1\"]\n{health}\n\
+                 [[destination]]\nname = \"b\"\ntransport = \"memory\"\n"
+            );
+            Config::from_toml("t", &text).unwrap()
+        };
+        assert_eq!(settling_time(&config("").destinations), EVALUATION_INTERVAL * 2);
+        let checked = config("health = { interval_ms = 2000, timeout_ms = 700, fall = 4 }");
+        assert_eq!(settling_time(&checked.destinations), Duration::from_millis(8_700));
+    }
 }

@@ -20,6 +20,8 @@ pub(super) struct Rule {
     acknowledged: bool,
     /// Samples of the counter a `rate(..)` reads, oldest first, none older than its window.
     samples: VecDeque<(Instant, f64)>,
+    /// Taken up firing after a restart: until when it fires on whatever is read.
+    settles_at: Option<Instant>,
 }
 
 /// A rule that changed state, as events and messages tell it.
@@ -40,6 +42,9 @@ pub struct Transition {
     /// Its summary, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Its number among the host's transitions, numbered on across restarts on one state
+    /// directory (the transitions' messages are delivered in parallel: this orders them).
+    pub seq: u64,
 }
 
 impl Rule {
@@ -55,15 +60,18 @@ impl Rule {
             value: None,
             acknowledged: false,
             samples: VecDeque::new(),
+            settles_at: None,
         })
     }
 
-    /// The rule of `saved`, firing since it fired before a restart; `None` as [`Rule::new`].
-    pub(super) fn firing_since(saved: SavedAlert) -> Option<Rule> {
+    /// The rule of `saved`, firing since it fired before a restart, and firing on until
+    /// `settles_at` whatever is read; `None` as [`Rule::new`].
+    pub(super) fn firing_since(saved: SavedAlert, settles_at: Instant) -> Option<Rule> {
         let mut rule = Rule::new(saved.config)?;
         rule.state = AlertState::Firing;
         rule.entered = Some((Instant::now(), UNIX_EPOCH + Duration::from_millis(saved.since_ms)));
         rule.acknowledged = saved.acknowledged;
+        rule.settles_at = Some(settles_at);
         Some(rule)
     }
 
@@ -117,8 +125,14 @@ impl Rule {
                 AlertState::Firing
             }
             (AlertState::Pending, false) => AlertState::Inactive,
-            // Taken up firing after a restart, a rate is not seen to clear before it can be read.
-            (AlertState::Firing, false) if self.value.is_none() && self.warming_up() => AlertState::Firing,
+            // Taken up firing after a restart, it is not seen to clear before the host can know
+            // (an endpoint not health-checked yet reads up), nor a rate before it can be read.
+            (AlertState::Firing, false)
+                if self.settles_at.is_some_and(|at| now < at)
+                    || (self.value.is_none() && self.warming_up()) =>
+            {
+                AlertState::Firing
+            }
             (AlertState::Firing, false) => AlertState::Resolved,
             (state, _) => state,
         };
@@ -167,6 +181,7 @@ impl Rule {
             severity: self.config.severity,
             when: self.config.when.clone(),
             summary: self.config.summary.clone(),
+            seq: 0,
         }
     }
 

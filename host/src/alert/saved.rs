@@ -1,8 +1,9 @@
 //! Firing alerts kept across restarts: `state_dir/alerts.json` holds the rules that are firing,
-//! with when they fired and whether someone acknowledged them, rewritten when an alert starts or
-//! stops firing and when one is acknowledged. A host started on the same state directory takes them up again, so an alert
-//! that fired before a restart neither fires a second time nor stays firing for ever in its
-//! receivers' view: it resolves once its condition is seen not to hold.
+//! with when they fired and whether someone acknowledged them, and the number of the last
+//! transition, rewritten at every transition and when one is acknowledged. A host started on the
+//! same state directory takes them up again, so an alert that fired before a restart neither
+//! fires a second time nor stays firing for ever in its receivers' view: it resolves once its
+//! condition is seen not to hold. Its transitions are numbered on from the last host's.
 
 use crate::config::AlertConfig;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,24 @@ pub(super) struct SavedAlert {
     pub(super) acknowledged: bool,
 }
 
+/// What the file holds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Kept {
+    /// The number of the last transition (`seq`): the next host numbers on from it.
+    pub(super) seq: u64,
+    /// The alerts firing.
+    pub(super) firing: Vec<SavedAlert>,
+}
+
+/// The file as a host writes it, or as hosts before transitions were numbered across restarts
+/// wrote it (the firing alerts alone).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Written {
+    Kept(Kept),
+    FiringOnly(Vec<SavedAlert>),
+}
+
 /// Where a host keeps its firing alerts.
 #[derive(Debug)]
 pub(super) struct SavedAlerts {
@@ -33,31 +52,35 @@ impl SavedAlerts {
         SavedAlerts { path: state_dir.join(FILE) }
     }
 
-    /// The kept alerts: none when there is no file yet, and none (said in a warning) when it
+    /// What was kept: nothing when there is no file yet, and nothing (said in a warning) when it
     /// cannot be read; a host starts whatever the file holds.
-    pub(super) fn load(&self) -> Vec<SavedAlert> {
+    pub(super) fn load(&self) -> Kept {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Kept::default(),
             Err(err) => {
                 tracing::warn!(path = %self.path.display(), %err, "firing alerts not taken up: the file cannot be read");
-                return Vec::new();
+                return Kept::default();
             }
         };
-        serde_json::from_str(&text).unwrap_or_else(|err| {
-            tracing::warn!(path = %self.path.display(), %err, "firing alerts not taken up: the file is not what this host writes");
-            Vec::new()
-        })
+        match serde_json::from_str(&text) {
+            Ok(Written::Kept(kept)) => kept,
+            Ok(Written::FiringOnly(firing)) => Kept { seq: 0, firing },
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), %err, "firing alerts not taken up: the file is not what this host writes");
+                Kept::default()
+            }
+        }
     }
 
-    /// Keep `firing` instead of what was kept: written beside the file, then renamed over it,
+    /// Keep `kept` instead of what was kept: written beside the file, then renamed over it,
     /// so a host killed meanwhile leaves the old list or the new one (not fsync'd: after a machine
     /// crash the file may be unreadable, and the next host starts without it).
-    pub(super) fn save(&self, firing: &[SavedAlert]) -> std::io::Result<()> {
+    pub(super) fn save(&self, kept: &Kept) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let text = serde_json::to_string_pretty(firing).map_err(std::io::Error::other)?;
+        let text = serde_json::to_string_pretty(kept).map_err(std::io::Error::other)?;
         let temporary = self.path.with_extension("json.tmp");
         std::fs::write(&temporary, text)?;
         std::fs::rename(&temporary, &self.path)
@@ -73,7 +96,7 @@ mod tests {
     fn saved_alerts_load_as_saved_and_a_missing_or_foreign_file_loads_none() {
         let dir = tempfile::tempdir().unwrap();
         let saved = SavedAlerts::in_dir(&dir.path().join("state"));
-        assert_eq!(saved.load(), []);
+        assert_eq!(saved.load(), Kept::default());
         let config = AlertConfig {
             name: "down".into(),
             when: "endpoint_down > 0".into(),
@@ -81,10 +104,14 @@ mod tests {
             severity: Severity::Critical,
             summary: Some("an endpoint is down".into()),
         };
-        let firing = [SavedAlert { config, since_ms: 1_764_806_400_000, acknowledged: true }];
-        saved.save(&firing).unwrap();
-        assert_eq!(saved.load(), firing);
-        std::fs::write(dir.path().join("state").join(FILE), "{ not json").unwrap();
-        assert_eq!(saved.load(), []);
+        let firing = vec![SavedAlert { config, since_ms: 1_764_806_400_000, acknowledged: true }];
+        let kept = Kept { seq: 7, firing: firing.clone() };
+        saved.save(&kept).unwrap();
+        assert_eq!(saved.load(), kept);
+        let path = dir.path().join("state").join(FILE);
+        std::fs::write(&path, serde_json::to_string(&firing).unwrap()).unwrap();
+        assert_eq!(saved.load(), Kept { seq: 0, firing }, "as an earlier host wrote it");
+        std::fs::write(&path, "{ not json").unwrap();
+        assert_eq!(saved.load(), Kept::default());
     }
 }

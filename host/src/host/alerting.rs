@@ -39,17 +39,15 @@ impl Host {
         let read = |metric: &str, labels: &[(String, String)]| metrics.read(metric, labels);
         for transition in self.inner.alerts.evaluate(Instant::now(), SystemTime::now(), read) {
             self.inner.reloader.events.emit(HostEvent::Alert(transition.clone()));
-            // Only this task emits alert events: the count is this transition's number.
-            let seq = self.event_counts().alerts;
-            self.route_alert(&transition, seq).await;
+            self.route_alert(&transition).await;
         }
     }
 
     /// Admit `transition` as a message when a route takes its topic. A refused one (the queue
     /// full, the host shutting down) is counted and logged: the transition is still in the event
     /// stream and `GET /v1/alerts`.
-    async fn route_alert(&self, transition: &Transition, seq: u64) {
-        let message = alert_message(transition, seq);
+    async fn route_alert(&self, transition: &Transition) {
+        let message = alert_message(transition);
         if self.inner.reloader.pipeline.topology.load().routes.route(&message).is_none() {
             return;
         }
@@ -62,15 +60,13 @@ impl Host {
 }
 
 /// The message telling `transition`: JSON with the rule, state, previous state, value, severity,
-/// condition, summary, `at` (Unix milliseconds) and `seq` (the host's alert transitions so far,
-/// this one included: workers deliver in parallel, so messages may arrive out of order), and
-/// headers naming the rule, state and severity.
-pub(crate) fn alert_message(transition: &Transition, seq: u64) -> Message {
+/// condition, summary, `seq` (its number: workers deliver in parallel, so messages may arrive out
+/// of order) and `at` (Unix milliseconds), and headers naming the rule, state and severity.
+pub(crate) fn alert_message(transition: &Transition) -> Message {
     let mut payload = serde_json::to_value(transition).expect("a transition serializes");
     let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |at| at.as_millis() as u64);
     let fields = payload.as_object_mut().expect("a transition is an object");
     fields.insert("at".into(), at.into());
-    fields.insert("seq".into(), seq.into());
     let severity = serde_json::to_value(transition.severity).expect("a severity serializes");
     Message::new(format!("{ALERT_TOPIC_PREFIX}{}", transition.rule), payload.to_string())
         .with_header("content-type", "application/json")

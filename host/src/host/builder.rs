@@ -144,7 +144,8 @@ impl HostBuilder {
             DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
         let spool = super::spool::open(&config.host, &state_dir(&config.host), &metrics)?;
-        let alerts = crate::alert::AlertBook::kept_in(&state_dir(&config.host));
+        let settling = crate::alert::settling_time(&config.destinations);
+        let alerts = crate::alert::AlertBook::kept_in(&state_dir(&config.host), settling);
         let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
