@@ -82,10 +82,14 @@ impl DeadLetters {
 
     /// The oldest `PASS` letters from byte `from` of the file, but those
     /// refused for good and those for a dead-letter destination in `down`.
+    /// Whether a letter is refused is asked as it is read, under the file's
+    /// lock: a letter is noted refused before it is appended, so one read is
+    /// one already noted (a copy of the set taken before the read missed the
+    /// letters appended meanwhile, and they were sent again).
     fn to_redeliver(&self, from: u64, down: &[String]) -> Result<Batch, FileError> {
-        let refused = lock(&self.refused).clone();
         let skipped = |record: &DeadLetterRecord| {
-            down.contains(&record.destination) || unique_id(record).is_some_and(|id| refused.contains(id))
+            down.contains(&record.destination)
+                || unique_id(record).is_some_and(|id| lock(&self.refused).contains(id))
         };
         self.file.read(from, PASS, skipped)
     }
