@@ -58,8 +58,7 @@ pub enum LoadError {
         expected: u32,
     },
     /// The component compiled but failed its trial: instantiation or a first
-    /// call on a sample message trapped, ran too long or exceeded its memory cap,
-    /// or the instance could not be made at all (past a resource limit).
+    /// call on a sample message trapped, ran too long or exceeded its memory cap.
     #[error("plugin \"{name}\": failed its trial run: {fault}")]
     Instantiate {
         /// Plugin name.

@@ -129,7 +129,10 @@ fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> R
     plugin.settings.forget_counts();
     match trial {
         Ok(checked) => checked,
-        // Its world was checked as it compiled: what fails now is the instance (a resource limit).
+        // Instantiating checks the types of its exports against the world's.
+        Err(PluginFault::Unusable(reason)) => {
+            Err(LoadError::WrongWorld { name: plugin.name.clone(), world: plugin.kind.as_str(), reason })
+        }
         Err(fault) => Err(LoadError::Instantiate { name: plugin.name.clone(), fault }),
     }
 }
