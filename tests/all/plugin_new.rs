@@ -32,7 +32,7 @@ fn generate_and_run_readme(parent: &Path, name: &str, kind: &str, lang: &str) ->
     let output = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .current_dir(&dir)
-        .env("PATH", path)
+        .env("PATH", &path)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
@@ -40,6 +40,20 @@ fn generate_and_run_readme(parent: &Path, name: &str, kind: &str, lang: &str) ->
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{name}: its README's commands failed:\n{script}\n{text}");
     assert!(text.contains(&format!("is a {kind} plugin")), "{name}: check did not pass:\n{text}");
+    // The README's other commands, as written: trying it on a message, building it natively.
+    for command in readme.split('`').filter(|part| {
+        part.starts_with("switchyard plugin call ") || part.starts_with("cargo build --profile native")
+    }) {
+        let output = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", command])
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{name}: `{command}` failed:\n{said}");
+    }
     text
 }
 

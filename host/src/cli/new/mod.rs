@@ -3,7 +3,8 @@
 //! Every project has a manifest, a source implementing the kind, a test of
 //! its logic, and a README of three commands (test, build, check). The
 //! templates live beside this file; `{{name}}`, `{{snake}}`, `{{kind}}`,
-//! `{{world}}`, `{{sdk}}` and `{{wit}}` are filled in.
+//! `{{world}}`, `{{try}}` (how to try the plugin), `{{sdk}}` and `{{wit}}`
+//! (quoted for a shell) and `{{sdk_toml}}` (a TOML string) are filled in.
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -125,23 +126,38 @@ pub fn new(
     if !valid {
         bail!("plugin name {name:?}: use lowercase letters, digits and dashes, starting with a letter");
     }
+    if SDK_CRATES.contains(&name) {
+        bail!(
+            "plugin name {name:?}: the name of a crate of the SDK, which the project depends on; choose another"
+        );
+    }
     let Some(files) = files(kind, lang) else {
         bail!("the {} SDK offers filter and transform plugins, not {}", lang_name(lang), kind.as_str());
     };
     let sdk = sdk.unwrap_or_else(default_sdk);
     let sdk = sdk.canonicalize().with_context(|| format!("SDK directory {}", sdk.display()))?;
     let wit = sdk.parent().context("the SDK directory has a parent")?.join("wit");
+    let part = sdk_part(lang);
+    if !sdk.join(part).exists() || !wit.is_dir() {
+        bail!(
+            "SDK directory {}: not Switchyard's plugin-sdk (no {part} in it, or no wit beside it)",
+            sdk.display()
+        );
+    }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
         bail!("{}: already exists; choose another directory", dir.display());
     }
+    let snake = name.replace('-', "_");
     let values = [
+        ("{{try}}", try_it(kind, lang, &snake)),
         ("{{name}}", name.to_owned()),
-        ("{{snake}}", name.replace('-', "_")),
+        ("{{snake}}", snake),
         ("{{kind}}", kind.as_str().to_owned()),
         ("{{world}}", format!("{}-plugin", kind.as_str())),
-        ("{{sdk}}", sdk.display().to_string()),
-        ("{{wit}}", wit.display().to_string()),
+        ("{{sdk_toml}}", toml::Value::String(sdk.display().to_string()).to_string()),
+        ("{{sdk}}", shell_quoted(&sdk.display().to_string())),
+        ("{{wit}}", shell_quoted(&wit.display().to_string())),
     ];
     for (path, template) in files {
         let text = values.iter().fold(template.to_owned(), |text, (key, value)| text.replace(key, value));
@@ -158,6 +174,55 @@ pub fn new(
         dir.join("README.md").display()
     );
     Ok(())
+}
+
+/// The crates of the SDK: a project of one of these names would collide with its dependency.
+const SDK_CRATES: [&str; 2] = ["switchyard-plugin", "switchyard-wire"];
+
+/// What a project in `lang` uses of the SDK directory.
+fn sdk_part(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "Cargo.toml",
+        Lang::Python => "python/switchyard_plugin",
+        Lang::Js => "js/componentize.mjs",
+    }
+}
+
+/// The README's closing advice: how to try a plugin of `kind` built as `snake`.
+fn try_it(kind: Kind, lang: Lang, snake: &str) -> String {
+    let file = match lang {
+        Lang::Rust => format!("target/wasm32-wasip2/release/{snake}.wasm"),
+        Lang::Python | Lang::Js => format!("{snake}.wasm"),
+    };
+    let message = r#"--message '{"topic": "orders.eu", "headers": {"x-tenant": "acme"}, "payload": "hi"}'"#;
+    let native = format!(
+        "\n\nThe same source builds as a native plugin (trusted code, no sandbox: read the host README's \
+         \"Security model\" first): `cargo build --profile native` makes `target/native/lib{snake}.so`."
+    );
+    match (kind, lang) {
+        (Kind::Balancer, _) => format!(
+            "Then use it as a destination's balancer: `balancer = \"plugin:NAME\"`, with `{file}` in the plugin \
+             directory as `NAME.wasm`.{native}"
+        ),
+        (Kind::Transport, _) => format!(
+            "Then try it on one message with `switchyard plugin call {file} --address 127.0.0.1:9 {message}` \
+             (this one answers without connecting: make `open` connect to the address)."
+        ),
+        (_, Lang::Rust) => {
+            format!("Then try it on one message with `switchyard plugin call {file} {message}`.{native}")
+        }
+        _ => format!("Then try it on one message with `switchyard plugin call {file} {message}`."),
+    }
+}
+
+/// `text` as one word for a POSIX shell: as it is when it holds nothing a shell reads specially,
+/// else in single quotes.
+fn shell_quoted(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+@%:,=".contains(c);
+    match !text.is_empty() && text.chars().all(plain) {
+        true => text.to_owned(),
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
 }
 
 fn lang_name(lang: Lang) -> &'static str {
