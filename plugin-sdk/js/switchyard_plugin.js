@@ -14,7 +14,7 @@
 
 import * as host from "switchyard:plugin/host@0.1.0";
 
-import { BatchWriter, ErrorKind, Message, WireError, decode, writeCount, writeDecisions } from "./wire.js";
+import { BatchWriter, ErrorKind, Message, WireError, checkPriority, decode, writeCount, writeDecisions } from "./wire.js";
 
 export { Message, WireError, decode, encode } from "./wire.js";
 
@@ -157,8 +157,9 @@ export class Emit {
     return this;
   }
 
-  /** Replace the priority class (higher is more urgent). */
+  /** Replace the priority class: an integer in 0..=255, higher is more urgent. */
   withPriority(priority) {
+    checkPriority(priority, `withPriority(${String(priority)})`);
     this.message.priority = priority;
     return this;
   }

@@ -48,6 +48,16 @@ export class Message {
   }
 }
 
+/**
+ * Throw unless `priority` is a priority class, an integer in 0..=255: the byte it is written to would
+ * wrap anything else silently (300 to 44, -1 to 255). `call` names what was given it, for the error.
+ */
+export function checkPriority(priority, call = `priority ${String(priority)}`) {
+  if (!Number.isInteger(priority) || priority < 0 || priority > 255) {
+    throw new RangeError(`${call}: the priority must be an integer in 0..=255`);
+  }
+}
+
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
 
@@ -179,6 +189,7 @@ export class BatchWriter {
   /** Append `message`; `headsOnly` leaves the payload bytes out and writes only their length. */
   message(message, headsOnly = false) {
     const omitted = headsOnly || message.payload === null;
+    checkPriority(message.priority);
     this.reserve(14);
     this.view.setBigUint64(this.length, BigInt(message.id), true);
     this.view.setUint32(this.length + 8, message.source, true);

@@ -76,7 +76,9 @@ class Emit:
         return self
 
     def with_priority(self, priority):
-        """Replace the priority class (higher is more urgent)."""
+        """Replace the priority class: an integer in 0..=255, higher is more urgent."""
+        if not isinstance(priority, int) or not 0 <= priority <= 255:
+            raise ValueError(f"with_priority({priority!r}): the priority must be an integer in 0..=255")
         self._message.priority = priority
         return self
 

@@ -1,0 +1,31 @@
+// A transform's outputs (`Output`, `Emit`): what a handler may write and how a
+// mistake is reported. The host import is stubbed (`testing/`), so this runs
+// in Node. Run: `node --test plugin-sdk/js/output.test.js`.
+
+import assert from "node:assert/strict";
+import { register } from "node:module";
+import { test } from "node:test";
+
+register("./testing/hooks.mjs", import.meta.url);
+const { Output } = await import("./switchyard_plugin.js");
+const { Message, decode } = await import("./wire.js");
+
+const input = new Message({ id: 7n, topic: "orders", headers: [["x-a", "1"]], payload: new Uint8Array([1, 2]) });
+
+test("a priority outside 0..=255, or not an integer, is refused, not wrapped", () => {
+  const out = new Output();
+  for (const priority of [256, 300, -1, 1.5, NaN, "3", null, 3n]) {
+    assert.throws(
+      () => out.emit(input).withPriority(priority),
+      { name: "RangeError", message: `withPriority(${String(priority)}): the priority must be an integer in 0..=255` },
+    );
+  }
+  // A message built by hand is checked as it is written.
+  assert.throws(() => out.forward(new Message({ ...input, priority: 300 })), {
+    name: "RangeError",
+    message: "priority 300: the priority must be an integer in 0..=255",
+  });
+  out.emit(input).withPriority(0).finish();
+  out.emit(input).withPriority(255).finish();
+  assert.deepStrictEqual(decode(out.writer.finish()).map((message) => message.priority), [0, 255]);
+});
