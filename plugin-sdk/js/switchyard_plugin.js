@@ -104,6 +104,18 @@ function witError(error) {
 }
 
 /**
+ * Why a handler that returned a Promise (an `async` one) fails its message: the export answers the host
+ * before the Promise settles, so what the handler does after its first `await` is lost, and a transform's
+ * message would vanish without an error.
+ */
+const SYNCHRONOUS = "plugin handlers must be synchronous: the export answers the host without awaiting what they return";
+
+/** Whether a handler's result is a Promise (or any thenable). */
+function isPromise(result) {
+  return typeof result?.then === "function";
+}
+
+/**
  * The writer of every export's answer, reused from call to call. The JavaScript engine inside a
  * component gives back the memory of a buffer dropped at the end of a call too late: a transform, and
  * then a filter, that made their buffers anew for every call stopped `switchyard bench` at the default
@@ -211,6 +223,7 @@ export function filterPlugin(decide) {
     const decisions = batch.map((message) => {
       try {
         const verdict = decide(message);
+        if (isPromise(verdict)) throw new TypeError(`the filter returned a Promise, not a Verdict: ${SYNCHRONOUS}`);
         if (verdict !== Verdict.KEEP && verdict !== Verdict.DROP) {
           throw new TypeError(`the filter returned ${String(verdict)}, not a Verdict`);
         }
@@ -250,7 +263,7 @@ export function transformPlugin(handler) {
       out.source = index;
       const mark = out.writer.length;
       try {
-        handler(message, out);
+        if (isPromise(handler(message, out))) throw new TypeError(`the transform returned a Promise: ${SYNCHRONOUS}`);
       } catch (error) {
         out.writer.truncate(mark);
         errors.push([index, witError(error)]);

@@ -7,6 +7,7 @@ plugin is one decorated function.
 """
 
 import enum
+import inspect
 import sys
 
 from .errors import Failed, PluginError, Rejected, Retryable
@@ -47,6 +48,18 @@ def _error_parts(error):
     return FAILED, f"{type(error).__name__}: {error}"
 
 
+def _refuse_coroutine(result, returned):
+    """Raise if a handler returned a coroutine, as an `async def` one does:
+    nothing awaits it, so its body would never run and a transform's message
+    would vanish without an error. It is closed, since it will never run (no
+    "never awaited" warning). `returned` says which handler, for the error."""
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"{returned}: plugin handlers must be synchronous: the export answers the host without awaiting what they return"
+        )
+
+
 def _wit_error(error):
     """The WIT `error` for an exception a handler raised."""
     from wit_world.imports import types
@@ -81,6 +94,7 @@ def filter_plugin(decide):
             for message in batch:
                 try:
                     verdict = decide(message)
+                    _refuse_coroutine(verdict, "the filter returned a coroutine, not a Verdict")
                     if not isinstance(verdict, Verdict):
                         raise TypeError(f"the filter returned {verdict!r}, not a Verdict")
                     decisions.append(verdict is Verdict.KEEP)
@@ -114,7 +128,7 @@ def transform_plugin(transform):
             for index, message in enumerate(batch):
                 mark = out._start(index)
                 try:
-                    transform(message, out)
+                    _refuse_coroutine(transform(message, out), "the transform returned a coroutine")
                 except Exception as error:  # noqa: BLE001 - every error is reported, none kills the plugin
                     out._truncate(mark)
                     errors.append((index, _wit_error(error)))
