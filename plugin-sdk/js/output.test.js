@@ -30,6 +30,18 @@ test("a priority outside 0..=255, or not an integer, is refused, not wrapped", (
   assert.deepStrictEqual(decode(out.writer.finish()).map((message) => message.priority), [0, 255]);
 });
 
+test("a message that cannot be written leaves the batch as it was, so the handler may go on", () => {
+  const out = new Output();
+  out.forward(input);
+  const before = out.writer.finish();
+  // The topic and first header are written before the bad value is reached.
+  const bad = new Message({ ...input, headers: [["x-a", "1"], ["x-n", 5]] });
+  assert.throws(() => out.forward(bad));
+  assert.deepStrictEqual(out.writer.finish(), before);
+  out.forward(input);
+  assert.deepStrictEqual(decode(out.writer.finish()), [input, input]);
+});
+
 const ASYNC = "plugin handlers must be synchronous: the export answers the host without awaiting what they return";
 
 test("an async transform fails each message, with what it wrote discarded, instead of dropping it silently", () => {

@@ -186,25 +186,36 @@ export class BatchWriter {
     this.length += 4 + written;
   }
 
-  /** Append `message`; `headsOnly` leaves the payload bytes out and writes only their length. */
+  /**
+   * Append `message`; `headsOnly` leaves the payload bytes out and writes only their length. A message is
+   * written whole or not at all: when a field cannot be written, what was written of the message is dropped
+   * before the error propagates, so a handler that catches it writes on into a well-formed batch (half a
+   * message would make the host refuse the whole answer as malformed).
+   */
   message(message, headsOnly = false) {
-    const omitted = headsOnly || message.payload === null;
-    checkPriority(message.priority);
-    this.reserve(14);
-    this.view.setBigUint64(this.length, BigInt(message.id), true);
-    this.view.setUint32(this.length + 8, message.source, true);
-    this.buf[this.length + 12] = message.priority;
-    this.buf[this.length + 13] = omitted ? FLAG_PAYLOAD_OMITTED : 0;
-    this.length += 14;
-    this.str(message.topic);
-    this.u32(message.headers.length);
-    for (const [name, value] of message.headers) {
-      this.str(name);
-      this.str(value);
+    const start = this.length;
+    try {
+      const omitted = headsOnly || message.payload === null;
+      checkPriority(message.priority);
+      this.reserve(14);
+      this.view.setBigUint64(this.length, BigInt(message.id), true);
+      this.view.setUint32(this.length + 8, message.source, true);
+      this.buf[this.length + 12] = message.priority;
+      this.buf[this.length + 13] = omitted ? FLAG_PAYLOAD_OMITTED : 0;
+      this.length += 14;
+      this.str(message.topic);
+      this.u32(message.headers.length);
+      for (const [name, value] of message.headers) {
+        this.str(name);
+        this.str(value);
+      }
+      if (omitted) this.u32(message.payloadLen);
+      else if (typeof message.payload === "string") this.str(message.payload);
+      else this.bytes(message.payload);
+    } catch (error) {
+      this.truncate(start);
+      throw error;
     }
-    if (omitted) this.u32(message.payloadLen);
-    else if (typeof message.payload === "string") this.str(message.payload);
-    else this.bytes(message.payload);
   }
 
   /** Drop everything written after byte `length`. */

@@ -52,6 +52,19 @@ class Emitting(unittest.TestCase):
         out.emit(INPUT).with_priority(255).finish()
         self.assertEqual([message.priority for message in decode(out._into_batch())], [0, 255])
 
+    def test_a_message_that_cannot_be_written_leaves_the_batch_as_it_was(self):
+        out = Output()
+        out.forward(INPUT)
+        before = out._into_batch()
+        # The topic and first header are written before the bad value is reached.
+        for value in ("\ud800", 5):
+            with self.subTest(value=value):
+                with self.assertRaises((UnicodeEncodeError, TypeError, AttributeError)):
+                    out.emit(INPUT).with_header("x-n", value).finish()
+                self.assertEqual(out._into_batch(), before)
+        out.forward(INPUT)
+        self.assertEqual(decode(out._into_batch()), [INPUT, INPUT])
+
 
 SYNCHRONOUS = "plugin handlers must be synchronous: the export answers the host without awaiting what they return"
 

@@ -131,18 +131,29 @@ def _put_bytes(out, raw):
 
 def write_message(out, message, heads_only=False):
     """Append `message` to the `bytearray` `out`; `heads_only` leaves the
-    payload bytes out and writes only their length."""
-    omitted = heads_only or message.payload is None
-    out += _FIXED.pack(message.id, message.source, message.priority, FLAG_PAYLOAD_OMITTED if omitted else 0)
-    _put_bytes(out, message.topic.encode())
-    out += _U32.pack(len(message.headers))
-    for name, value in message.headers:
-        _put_bytes(out, name.encode())
-        _put_bytes(out, value.encode())
-    if omitted:
-        out += _U32.pack(message.payload_len)
-    else:
-        _put_bytes(out, message.payload)
+    payload bytes out and writes only their length.
+
+    A message is written whole or not at all: when a field cannot be written
+    (a header value that is not a `str`, a lone surrogate), what was written of
+    it is dropped before the error propagates, so a handler that catches it
+    writes on into a well-formed batch (half a message would make the host
+    refuse the whole answer as malformed)."""
+    mark = len(out)
+    try:
+        omitted = heads_only or message.payload is None
+        out += _FIXED.pack(message.id, message.source, message.priority, FLAG_PAYLOAD_OMITTED if omitted else 0)
+        _put_bytes(out, message.topic.encode())
+        out += _U32.pack(len(message.headers))
+        for name, value in message.headers:
+            _put_bytes(out, name.encode())
+            _put_bytes(out, value.encode())
+        if omitted:
+            out += _U32.pack(message.payload_len)
+        else:
+            _put_bytes(out, message.payload)
+    except BaseException:
+        del out[mark:]
+        raise
 
 
 def encode(messages, heads_only=False):
