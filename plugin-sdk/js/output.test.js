@@ -5,9 +5,11 @@
 import assert from "node:assert/strict";
 import { register } from "node:module";
 import { test } from "node:test";
+import { runInNewContext } from "node:vm";
 
 register("./testing/hooks.mjs", import.meta.url);
-const { Output, Verdict, filterPlugin, transformPlugin } = await import("./switchyard_plugin.js");
+const { Output, Verdict, filterPlugin, log, transformPlugin } = await import("./switchyard_plugin.js");
+const { logged } = await import("./testing/host.js");
 const { ErrorKind, Message, decode, encode, encodeDecisions } = await import("./wire.js");
 
 const input = new Message({ id: 7n, topic: "orders", headers: [["x-a", "1"]], payload: new Uint8Array([1, 2]) });
@@ -28,6 +30,49 @@ test("a priority outside 0..=255, or not an integer, is refused, not wrapped", (
   out.emit(input).withPriority(0).finish();
   out.emit(input).withPriority(255).finish();
   assert.deepStrictEqual(decode(out.writer.finish()).map((message) => message.priority), [0, 255]);
+});
+
+test("a value of the wrong type is refused with a TypeError saying what is expected", () => {
+  const out = new Output();
+  const refusals = [
+    [() => out.emit(input).withHeader("x-n", 5), "withHeader(x-n, 5): a header's name and value must be strings (got string, number)"],
+    [() => out.emit(input).withHeader(null, "v"), "withHeader(null, v): a header's name and value must be strings (got null, string)"],
+    [() => out.emit(input).withTopic(7), "withTopic(7): the topic must be a string (got number)"],
+    [() => out.emit(input).withPayload(12345), "withPayload: the payload must be a Uint8Array, an ArrayBuffer or a string (got number)"],
+    [() => out.emit(input).withPayload([1, 2]), "withPayload: the payload must be a Uint8Array, an ArrayBuffer or a string (got Array)"],
+    // A message built by hand is checked as it is written.
+    [() => out.forward(new Message({ ...input, topic: undefined })), "a topic must be a string (got undefined)"],
+    [() => out.forward(new Message({ ...input, headers: [["x-n", 5]] })), "a header value must be a string (got number)"],
+    [() => out.forward(new Message({ ...input, payload: 5 })), "a payload must be a Uint8Array or a string (got number)"],
+  ];
+  for (const [write, message] of refusals) assert.throws(write, { name: "TypeError", message });
+  assert.equal(out.writer.length, 0);
+});
+
+test("a payload may be a Uint8Array, an ArrayBuffer or a string, of this realm or another", () => {
+  const out = new Output();
+  out.emit(input).withPayload(new Uint8Array([1, 2, 3])).finish();
+  out.emit(input).withPayload(new Uint8Array([1, 2, 3]).buffer).finish();
+  out.emit(input).withPayload("\u0001\u0002\u0003").finish();
+  // Inside a component, the bytes the bindings hand over are another realm's: `instanceof` is false for them.
+  const foreign = runInNewContext("new Uint8Array([1, 2, 3])");
+  out.forward(new Message({ ...input, payload: foreign }));
+  out.emit(input).withPayload(foreign).finish();
+  out.emit(input).withPayload(foreign.buffer).finish();
+  const payloads = decode(out.writer.finish()).map((message) => [...message.payload]);
+  assert.deepStrictEqual(payloads, Array(6).fill([1, 2, 3]));
+});
+
+test("log takes the host's levels in any case, and warning for warn; another level is refused", () => {
+  logged.length = 0;
+  for (const level of ["trace", "debug", "info", "warn", "warning", "WARNING", "Error"]) log(level, level);
+  assert.deepStrictEqual(logged.map(([level]) => level), ["trace", "debug", "info", "warn", "warn", "warn", "error"]);
+  for (const level of ["fatal", "", null]) {
+    assert.throws(() => log(level, "x"), {
+      name: "RangeError",
+      message: `log(${String(level)}, ...): the level must be one of trace, debug, info, warn (or warning), error`,
+    });
+  }
 });
 
 test("a message that cannot be written leaves the batch as it was, so the handler may go on", () => {

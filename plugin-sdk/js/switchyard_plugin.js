@@ -14,7 +14,18 @@
 
 import * as host from "switchyard:plugin/host@0.1.0";
 
-import { BatchWriter, ErrorKind, Message, WireError, checkPriority, decode, writeCount, writeDecisions } from "./wire.js";
+import {
+  BatchWriter,
+  ErrorKind,
+  Message,
+  WireError,
+  checkPriority,
+  decode,
+  isA,
+  typeName,
+  writeCount,
+  writeDecisions,
+} from "./wire.js";
 
 export { Message, WireError, decode, encode } from "./wire.js";
 
@@ -33,9 +44,23 @@ export class Failed extends PluginError {}
 /** What a filter decided about one message. */
 export const Verdict = Object.freeze({ KEEP: "keep", DROP: "drop" });
 
-/** Write a log line attributed to this plugin (`level`: trace, debug, info, warn, error). */
+/** The host's log levels (the WIT `level`) by the names `log` takes, lower-cased: the WIT's own, and "warning". */
+const LEVELS = new Map([
+  ["trace", "trace"],
+  ["debug", "debug"],
+  ["info", "info"],
+  ["warn", "warn"],
+  ["warning", "warn"],
+  ["error", "error"],
+]);
+
+/** Write a log line attributed to this plugin (`level`: trace, debug, info, warn or warning, error; any case). */
 export function log(level, message) {
-  host.log(level, message);
+  const witLevel = typeof level === "string" ? LEVELS.get(level.toLowerCase()) : undefined;
+  if (witLevel === undefined) {
+    throw new RangeError(`log(${String(level)}, ...): the level must be one of trace, debug, info, warn (or warning), error`);
+  }
+  host.log(witLevel, message);
 }
 
 /** This plugin's configuration value for `key` (`[[plugin]] config`), or `undefined`. */
@@ -156,14 +181,21 @@ export class Emit {
     this.message = new Message({ ...message, payload: message.payload ?? new Uint8Array(), payloadLen: undefined });
   }
 
-  /** Replace the topic. */
+  /** Replace the topic (a string). */
   withTopic(topic) {
+    if (typeof topic !== "string") {
+      throw new TypeError(`withTopic(${String(topic)}): the topic must be a string (got ${typeName(topic)})`);
+    }
     this.message.topic = topic;
     return this;
   }
 
-  /** Replace the payload (a Uint8Array; a string is encoded as UTF-8). */
+  /** Replace the payload: a Uint8Array, an ArrayBuffer (its bytes, not copied) or a string (encoded as UTF-8). */
   withPayload(payload) {
+    if (isA(payload, "ArrayBuffer")) payload = new Uint8Array(payload);
+    else if (typeof payload !== "string" && !isA(payload, "Uint8Array")) {
+      throw new TypeError(`withPayload: the payload must be a Uint8Array, an ArrayBuffer or a string (got ${typeName(payload)})`);
+    }
     // A string is encoded as it is written to the answer, in place.
     this.message.payload = payload;
     return this;
@@ -178,9 +210,15 @@ export class Emit {
 
   /**
    * Set header `name`: the first header of that name (ASCII case-insensitive)
-   * takes the new name and value, later ones are removed, and a new name is appended.
+   * takes the new name and value, later ones are removed, and a new name is appended. Both are strings.
    */
   withHeader(name, value) {
+    if (typeof name !== "string" || typeof value !== "string") {
+      throw new TypeError(
+        `withHeader(${String(name)}, ${String(value)}): a header's name and value must be strings ` +
+          `(got ${typeName(name)}, ${typeName(value)})`,
+      );
+    }
     const lowered = name.toLowerCase();
     let replaced = false;
     const headers = [];

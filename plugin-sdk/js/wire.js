@@ -58,6 +58,22 @@ export function checkPriority(priority, call = `priority ${String(priority)}`) {
   }
 }
 
+/** The type of `value`, for an error: `number`, `undefined`, `null`, or an object's class (`ArrayBuffer`). */
+export function typeName(value) {
+  if (value === null) return "null";
+  if (typeof value !== "object") return typeof value;
+  return value.constructor?.name ?? "object";
+}
+
+/**
+ * Whether `value` is a Uint8Array (`tag` "Uint8Array"), or an ArrayBuffer (`tag` "ArrayBuffer"), by its tag:
+ * inside a component, `instanceof` is false for the bytes the bindings hand over (their prototype is not the
+ * plugin's `Uint8Array.prototype`), so checking that way refused every payload as it was.
+ */
+export function isA(value, tag) {
+  return Object.prototype.toString.call(value) === `[object ${tag}]`;
+}
+
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
 
@@ -177,8 +193,12 @@ export class BatchWriter {
     this.length += raw.length;
   }
 
-  /** Append `text` as UTF-8 with its byte length first, encoded straight into the buffer. */
-  str(text) {
+  /**
+   * Append `text` as UTF-8 with its byte length first, encoded straight into the buffer. `what` names it
+   * for the error when it is not a string (whose missing `length` would otherwise fail obscurely).
+   */
+  str(text, what = "a string field") {
+    if (typeof text !== "string") throw new TypeError(`${what} must be a string (got ${typeName(text)})`);
     // A UTF-16 code unit takes at most three bytes of UTF-8.
     this.reserve(4 + 3 * text.length);
     const { written } = utf8Encoder.encodeInto(text, this.buf.subarray(this.length + 4));
@@ -203,15 +223,16 @@ export class BatchWriter {
       this.buf[this.length + 12] = message.priority;
       this.buf[this.length + 13] = omitted ? FLAG_PAYLOAD_OMITTED : 0;
       this.length += 14;
-      this.str(message.topic);
+      this.str(message.topic, "a topic");
       this.u32(message.headers.length);
       for (const [name, value] of message.headers) {
-        this.str(name);
-        this.str(value);
+        this.str(name, "a header name");
+        this.str(value, "a header value");
       }
       if (omitted) this.u32(message.payloadLen);
       else if (typeof message.payload === "string") this.str(message.payload);
-      else this.bytes(message.payload);
+      else if (isA(message.payload, "Uint8Array")) this.bytes(message.payload);
+      else throw new TypeError(`a payload must be a Uint8Array or a string (got ${typeName(message.payload)})`);
     } catch (error) {
       this.truncate(start);
       throw error;

@@ -52,6 +52,31 @@ class Emitting(unittest.TestCase):
         out.emit(INPUT).with_priority(255).finish()
         self.assertEqual([message.priority for message in decode(out._into_batch())], [0, 255])
 
+    def test_a_value_of_the_wrong_type_is_refused_with_a_type_error_saying_what_is_expected(self):
+        out = Output()
+        refusals = [
+            (lambda: out.emit(INPUT).with_payload(5), "with_payload: the payload must be bytes or a str (got int)"),
+            (lambda: out.emit(INPUT).with_payload([1]), "with_payload: the payload must be bytes or a str (got list)"),
+            (lambda: out.emit(INPUT).with_payload(None), "with_payload: the payload must be bytes or a str (got NoneType)"),
+            (
+                lambda: out.emit(INPUT).with_header("x-n", 5),
+                "with_header('x-n', 5): a header's name and value must be str (got str, int)",
+            ),
+            (lambda: out.emit(INPUT).with_topic(b"t"), "with_topic(b't'): the topic must be a str (got bytes)"),
+        ]
+        for write, message in refusals:
+            with self.subTest(message=message):
+                with self.assertRaises(TypeError) as raised:
+                    write()
+                self.assertEqual(str(raised.exception), message)
+        self.assertEqual(out._into_batch(), b"")
+
+    def test_a_payload_may_be_bytes_a_bytes_like_object_or_a_str(self):
+        out = Output()
+        for payload in (b"\x01\x02", bytearray(b"\x01\x02"), memoryview(b"\x01\x02"), "\x01\x02"):
+            out.emit(INPUT).with_payload(payload).finish()
+        self.assertEqual([message.payload for message in decode(out._into_batch())], [b"\x01\x02"] * 4)
+
     def test_a_message_that_cannot_be_written_leaves_the_batch_as_it_was(self):
         out = Output()
         out.forward(INPUT)

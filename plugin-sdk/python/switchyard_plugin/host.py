@@ -13,11 +13,20 @@ def _host():
     return host
 
 
+#: The host's log levels (the WIT `level`, as the bindings name them) by the
+#: names `log` takes, lower-cased: the WIT's own, and "warning".
+_LEVELS = {"trace": "TRACE", "debug": "DEBUG", "info": "INFO", "warn": "WARN", "warning": "WARN", "error": "ERROR"}
+
+
 def log(level, message):
     """Write a log line attributed to this plugin; `level` is one of
-    `"trace"`, `"debug"`, `"info"`, `"warn"`, `"error"`."""
+    `"trace"`, `"debug"`, `"info"`, `"warn"` (or `"warning"`), `"error"`, in
+    any case."""
+    name = _LEVELS.get(level.lower()) if isinstance(level, str) else None
+    if name is None:
+        raise ValueError(f"log({level!r}, ...): the level must be one of trace, debug, info, warn (or warning), error")
     host = _host()
-    host.log(host.Level[level.upper()], message)
+    host.log(host.Level[name], message)
 
 
 def config(key):

@@ -65,13 +65,22 @@ class Emit:
         )
 
     def with_topic(self, topic):
-        """Replace the topic."""
+        """Replace the topic (a `str`)."""
+        if not isinstance(topic, str):
+            raise TypeError(f"with_topic({topic!r}): the topic must be a str (got {type(topic).__name__})")
         self._message.topic = topic
         return self
 
     def with_payload(self, payload):
-        """Replace the payload (`bytes`; a `str` is encoded as UTF-8)."""
-        payload = payload.encode() if isinstance(payload, str) else bytes(payload)
+        """Replace the payload: `bytes` (or a `bytearray`, a `memoryview`) or a
+        `str`, encoded as UTF-8."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif isinstance(payload, (bytes, bytearray, memoryview)):
+            payload = bytes(payload)
+        else:
+            # `bytes(5)` is five NUL bytes, and `bytes([1])` a guess: neither is what was meant.
+            raise TypeError(f"with_payload: the payload must be bytes or a str (got {type(payload).__name__})")
         self._message.payload, self._message.payload_len = payload, len(payload)
         return self
 
@@ -84,7 +93,12 @@ class Emit:
 
     def with_header(self, name, value):
         """Set header `name`: the first header of that name takes the new name
-        and value, later ones are removed, and a new name is appended."""
+        and value, later ones are removed, and a new name is appended. Both are `str`."""
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(
+                f"with_header({name!r}, {value!r}): a header's name and value must be str "
+                f"(got {type(name).__name__}, {type(value).__name__})"
+            )
         self._message.headers = set_header(self._message.headers, name, value)
         return self
 
