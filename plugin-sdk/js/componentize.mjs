@@ -4,15 +4,18 @@
 //     node plugin-sdk/js/componentize.mjs --wit wit --world transform-plugin app.js -o plugin.wasm
 //
 // The plugin is APP.js and the modules beside it (`*.test.js` aside); they
-// import the SDK as "switchyard-plugin". They and the SDK are staged side by
-// side in a temporary directory (the specifier rewritten to the relative path
-// componentize-js resolves), then componentized with the HTTP features left out.
+// import the SDK as "switchyard-plugin". They and the SDK are staged in a
+// temporary directory (`stage.mjs`: the SDK in a directory of its own, the
+// imports rewritten to the relative path componentize-js resolves), then
+// componentized with the HTTP features left out.
 
-import { copyFile, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { basename, dirname, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+
+import { stagePlugin } from "./stage.mjs";
 
 const sdk = dirname(fileURLToPath(import.meta.url));
 
@@ -35,14 +38,7 @@ if (!values.wit || !values.world || !values.output || positionals.length !== 1) 
 
 const stage = await mkdtemp(join(tmpdir(), "switchyard-js-"));
 try {
-  for (const file of ["wire.js", "switchyard_plugin.js"]) await copyFile(join(sdk, file), join(stage, file));
-  const appDir = dirname(resolve(positionals[0]));
-  const modules = (await readdir(appDir)).filter((file) => file.endsWith(".js") && !file.endsWith(".test.js"));
-  for (const file of modules) {
-    const source = await readFile(join(appDir, file), "utf8");
-    await writeFile(join(stage, file), source.replaceAll(/(["'])switchyard-plugin\1/g, '"./switchyard_plugin.js"'));
-  }
-  const sourcePath = join(stage, basename(positionals[0]));
+  const sourcePath = await stagePlugin(positionals[0], stage);
   const { component } = await componentize({
     sourcePath,
     witPath: resolve(values.wit),

@@ -61,8 +61,12 @@ fn main() {
             println!("cargo:rerun-if-changed={}", module.display());
         }
     }
-    let js =
-        ["plugin-sdk/js/wire.js", "plugin-sdk/js/switchyard_plugin.js", "plugin-sdk/js/componentize.mjs"];
+    let js = [
+        "plugin-sdk/js/wire.js",
+        "plugin-sdk/js/switchyard_plugin.js",
+        "plugin-sdk/js/componentize.mjs",
+        "plugin-sdk/js/stage.mjs",
+    ];
     let js_tools = ["plugin-sdk/js/package-lock.json", "plugin-sdk/js/node_modules/.package-lock.json"];
     for watched in watched.into_iter().chain(js).chain(js_tools).chain(["wit", "Cargo.toml", "Cargo.lock"]) {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
