@@ -415,3 +415,38 @@ async fn a_destination_in_code_that_answers_retryable_is_retried() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_refusal_window_ends_one_message_finds_out_whether_the_endpoint_is_back_not_every_one() {
+    // 20 messages wait for an endpoint that refuses connections, its refusal window 100 ms, their
+    // queue timeout 2 s: each time the window ends, one of them tries it (at most 20 tries, and
+    // the 20 of the first moment), not all 20 (400 tries; the previous main made 277 with a 50 ms
+    // window and a 1 s timeout, against 39 now). Meanwhile they all count as queued (but the one
+    // trying), in the queue or taken from it to wait.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let dir = plugin_dir(&[]);
+    let extra = "breaker = { open_ms = 100 }\nqueue = { timeout_ms = 2000 }";
+    let host = host(dir.path(), &config_at(&[refusing], extra)).await;
+    for n in 0..20 {
+        host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        crate::support::eventually(|| {
+            let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
+            match api.queued {
+                Some(19 | 20) => Ok(()),
+                queued => Err(queued),
+            }
+        })
+    });
+    let dead = host.memory("dead").unwrap();
+    for _ in 0..20 {
+        let letter = within(dead.recv_async()).await.unwrap();
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
+    }
+    let text = host.metrics().encode();
+    let tries = sample(&text, "switchyard_destination_retries_total", &[("destination", "api")]).unwrap();
+    assert!(tries <= 20.0 + 2000.0 / 100.0 + 2.0, "{tries} tries to connect in 2 s");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 20));
+}

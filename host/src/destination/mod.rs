@@ -118,6 +118,13 @@ pub trait Destination: Send + Sync + 'static {
         true
     }
 
+    /// Messages taken from its queue that wait for an endpoint able to take them (all refusing,
+    /// ejected or down): for the admin API and the metrics, still queued. Destinations without a
+    /// queue have none.
+    fn waiting(&self) -> usize {
+        0
+    }
+
     /// The state of the destination's endpoints, for the admin API; called
     /// on demand. Destinations without endpoints have none.
     fn endpoints(&self) -> Vec<EndpointStatus> {
@@ -146,7 +153,8 @@ pub trait Destination: Send + Sync + 'static {
 pub struct DestinationStatus {
     /// The destination's name.
     pub name: String,
-    /// Messages waiting in its queue (network destinations only).
+    /// Messages waiting in its queue, or taken from it to wait for an endpoint able to take
+    /// them (network destinations only).
     pub queued: Option<usize>,
     /// Its endpoints (network destinations only).
     pub endpoints: Vec<EndpointStatus>,

@@ -268,7 +268,7 @@ impl Host {
             .iter()
             .map(|(name, target)| DestinationStatus {
                 name: name.clone(),
-                queued: target.queue.as_ref().map(|queue| queue.0.len()),
+                queued: target.queue.as_ref().map(|queue| queue.0.len() + target.sink.destination.waiting()),
                 endpoints: target.sink.destination.endpoints(),
                 streams: target.sink.destination.streams(),
             })

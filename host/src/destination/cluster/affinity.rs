@@ -109,6 +109,10 @@ impl Cluster {
         };
         self.tell_migrations(migrations);
         let Some(index) = index else { return StreamChoice::Nowhere };
+        if !self.endpoints[index].claim(now, self.timeout) {
+            // Another attempt finds out whether it takes traffic again.
+            return StreamChoice::Busy;
+        }
         let breaker = &self.endpoints[index].breaker;
         let permit = match admissions[index] {
             Admission::Forced => Some(breaker.acquire_forced(now)),

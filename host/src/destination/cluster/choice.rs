@@ -94,6 +94,10 @@ impl Cluster {
         while let Some(index) = self.balancer.pick(&views, key, message).await {
             tried[index] = true;
             views[index].eligible = false;
+            if !self.endpoints[index].claim(Instant::now(), self.timeout) {
+                // Another attempt finds out whether it takes traffic again.
+                continue;
+            }
             let breaker = &self.endpoints[index].breaker;
             let permit = match eligibility.admissions[index] {
                 Admission::Forced => Some(breaker.acquire_forced(now)),

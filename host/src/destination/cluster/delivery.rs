@@ -4,11 +4,12 @@
 use super::Cluster;
 use super::affinity::StreamChoice;
 use super::choice::Picker;
-use super::endpoint::{Endpoint, InFlight, lock};
+use super::endpoint::{Counted, Endpoint, lock};
 use crate::destination::DeliveryError;
 use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
 use crate::transport::{AttemptProgress, DeliveryProgress, Step};
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -50,9 +51,7 @@ impl Cluster {
                         // Wait for the probe's verdict on the stream's endpoint (a retirement
                         // also wakes this: `changed`).
                         StreamChoice::Busy => match deadline {
-                            Some(deadline) if tokio::time::timeout_at(deadline, changed).await.is_ok() => {
-                                continue;
-                            }
+                            Some(deadline) if self.wait_for_endpoint(deadline, changed).await => continue,
                             _ => {
                                 return Err(self.no_endpoint(
                                     enqueued,
@@ -74,7 +73,7 @@ impl Cluster {
                 // retirement, which the next turn of the loop answers).
                 let served = match deadline {
                     Some(deadline) => tokio::select! {
-                        served = tokio::time::timeout_at(deadline, self.serving()) => served.is_ok(),
+                        served = self.wait_for_endpoint(deadline, self.serving()) => served,
                         () = self.retired.cancelled(), if attempts == 0 => true,
                     },
                     None => false,
@@ -129,6 +128,13 @@ impl Cluster {
             let backoff = self.retry.backoff(attempts, &mut rand::rng());
             tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// Wait until `ready` (an endpoint may take the message now) or `deadline`; whether it was
+    /// ready. Meanwhile the message counts as queued: taken from the queue, it went nowhere.
+    async fn wait_for_endpoint(&self, deadline: Instant, ready: impl Future<Output = ()>) -> bool {
+        let _waiting = Counted::enter(&self.waiting);
+        tokio::time::timeout_at(deadline, ready).await.is_ok()
     }
 
     /// How an attempt cut at its deadline at `step` ended: one that never
@@ -220,7 +226,7 @@ impl Cluster {
         message: &Message,
         attempt: u32,
     ) -> (Outcome, Result<Option<Message>, String>) {
-        let in_flight = InFlight::enter(&endpoint.in_flight);
+        let in_flight = Counted::enter(&endpoint.in_flight);
         let started = Instant::now();
         let span =
             tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);

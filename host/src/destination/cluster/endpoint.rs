@@ -90,6 +90,23 @@ impl Endpoint {
         self.instant(self.refusing_until.load(Relaxed))
     }
 
+    /// Whether an attempt picking it at `now` may go: it is not left out, or it was and that
+    /// ended, and this call claims the one attempt that finds out whether it takes traffic again
+    /// (it stays left out for the others until that attempt's outcome, `deadline` at most, says).
+    /// Without the claim, every message waiting for it went at once when its window ended, each
+    /// to be refused again.
+    pub(super) fn claim(&self, now: Instant, deadline: Duration) -> bool {
+        let until = self.refusing_until.load(Relaxed);
+        match self.instant(until) {
+            None => true,
+            Some(end) if end > now => false,
+            Some(_) => {
+                let probing = self.stamp(now + deadline);
+                self.refusing_until.compare_exchange(until, probing, Relaxed, Relaxed).is_ok()
+            }
+        }
+    }
+
     pub(super) fn health_state(&self) -> Option<HealthState> {
         self.health.as_ref().map(|health| lock(health).state())
     }
@@ -112,18 +129,18 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// One request in flight to an endpoint, counted until dropped (even when
-/// the delivery is cancelled mid-request).
-pub(super) struct InFlight<'a>(&'a AtomicU32);
+/// One of a count (a request in flight to an endpoint, a message waiting for
+/// one), counted until dropped, even when the delivery is cancelled meanwhile.
+pub(super) struct Counted<'a>(&'a AtomicU32);
 
-impl<'a> InFlight<'a> {
-    pub(super) fn enter(count: &'a AtomicU32) -> InFlight<'a> {
+impl<'a> Counted<'a> {
+    pub(super) fn enter(count: &'a AtomicU32) -> Counted<'a> {
         count.fetch_add(1, Relaxed);
-        InFlight(count)
+        Counted(count)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
     }

@@ -82,6 +82,8 @@ pub struct Cluster {
     ///
     /// [`DeliveryError::Retired`]: crate::destination::DeliveryError::Retired
     retired: tokio_util::sync::CancellationToken,
+    /// Messages taken from the queue that wait for an endpoint able to take them.
+    waiting: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -159,6 +161,7 @@ impl Cluster {
             retries: metrics.retries(&config.name),
             transport_metrics: metrics.transport(&config.transport, &config.name),
             retired: tokio_util::sync::CancellationToken::new(),
+            waiting: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -309,6 +312,10 @@ impl Destination for Cluster {
 
     fn verify_streams(&self) -> Option<super::StreamCheck> {
         Cluster::verify_streams(self)
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed) as usize
     }
 
     fn endpoints(&self) -> Vec<super::EndpointStatus> {
