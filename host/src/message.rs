@@ -21,6 +21,16 @@ thread_local! {
     static ID_CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
 }
 
+/// `payload` as a JSON field of a message printed for people and tools: `("payload", text)`
+/// when it is UTF-8, else `("payload_base64", its base64)`, so that no byte is lost.
+pub fn payload_field(payload: &[u8]) -> (&'static str, serde_json::Value) {
+    use base64::Engine;
+    match std::str::from_utf8(payload) {
+        Ok(text) => ("payload", text.into()),
+        Err(_) => ("payload_base64", base64::engine::general_purpose::STANDARD.encode(payload).into()),
+    }
+}
+
 /// A new globally unique message id: a UUIDv7, time-ordered (strictly, among the ids one thread
 /// makes; by millisecond across threads).
 pub(crate) fn unique_id() -> String {

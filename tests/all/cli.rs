@@ -317,6 +317,24 @@ fn plugin_call_runs_one_plugin_on_one_message() {
     assert!(ok && out.contains(r#""verdict":"keep""#), "{out}");
     let (ok, out) = switchyard(&["plugin", "call", artifacts::FAULTY_TRAP, "--message", message]);
     assert!(!ok && out.contains("trapped"), "{out}");
+    // What the host would dead-letter is not printed as an answer: the output limits apply.
+    let flood =
+        ["--config", "trigger=boom", "--message", r#"{"topic":"t","headers":{"boom":"1"},"priority":7}"#];
+    let (ok, out) = switchyard(
+        &[&["plugin", "call", artifacts::FAULTY_FLOOD, "--config", "copies=1025"][..], &flood].concat(),
+    );
+    assert!(
+        !ok && out.contains("plugin-output-limit") && out.contains("more than 1024 messages out of one"),
+        "{out}"
+    );
+    let (ok, out) = switchyard(
+        &[&["plugin", "call", artifacts::FAULTY_FLOOD, "--config", "copies=2"][..], &flood].concat(),
+    );
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let messages = answer["answer"]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{answer}");
+    assert!(messages.iter().all(|message| message["priority"] == 7), "{answer}");
 }
 
 #[test]

@@ -68,6 +68,10 @@ pub fn call(
         },
         PluginKind::Transform => {
             let out = instance.transform(&batch)?;
+            // What the host would dead-letter (`plugin-output-limit`), at its default limits.
+            let max_message_bytes = switchyard::config::HostSection::default().max_message_bytes;
+            switchyard::plugin::check_outputs(&out.messages, 1, max_message_bytes)
+                .context("the host would dead-letter this answer (plugin-output-limit)")?;
             let errors: Vec<String> = out.errors.iter().map(|(_, error)| error.to_string()).collect();
             json!({ "messages": messages_json(&out.messages)?, "errors": errors })
         }
@@ -100,15 +104,20 @@ fn send(instance: &mut PluginInstance, address: &str, batch: &Vec<u8>) -> anyhow
     Ok(answer)
 }
 
+/// The messages of `batch` as JSON, with their priority; a payload that is not UTF-8 as
+/// `payload_base64`, so that no byte is lost in the printing.
 fn messages_json(batch: &[u8]) -> anyhow::Result<Vec<Value>> {
     decode(batch)
         .map(|message| {
             let message = message?;
-            Ok(json!({
+            let mut json = json!({
                 "topic": message.topic,
                 "headers": message.headers().collect::<Vec<_>>(),
-                "payload": String::from_utf8_lossy(message.payload.unwrap_or_default()),
-            }))
+                "priority": message.priority,
+            });
+            let (field, payload) = switchyard::message::payload_field(message.payload.unwrap_or_default());
+            json[field] = payload;
+            Ok(json)
         })
         .collect()
 }

@@ -14,12 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Messages a transform may make of one message, at most.
-const MAX_OUTPUTS_PER_MESSAGE: usize = 1024;
-
-/// Headers one message a transform makes may carry, at most.
-const MAX_OUTPUT_HEADERS: usize = 1024;
-
 /// Payload bytes one transform or middleware call carries at most; a message
 /// larger than this goes in a call of its own. A batch of large messages in one
 /// call costs more per message than calls of one: it is copied into guest
@@ -287,34 +281,7 @@ impl Worker {
         message: Result<switchyard_wire::MessageRef<'m>, switchyard_wire::WireError>,
         counts: &mut [usize],
     ) -> Result<switchyard_wire::MessageRef<'m>, PluginFault> {
-        let m = message.map_err(|err| malformed(err.to_string()))?;
-        let inputs = counts.len();
-        let count = counts
-            .get_mut(m.source as usize)
-            .ok_or_else(|| malformed(format!("output names input {} of {inputs}", m.source)))?;
-        if *count == MAX_OUTPUTS_PER_MESSAGE {
-            let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
-            return Err(PluginFault::OutputLimit(problem));
-        }
-        *count += 1;
-        // One pass: how many headers, and their bytes but the host's own id
-        // header (as at admission).
-        let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
-            let counted = if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
-            (count + 1, bytes + counted)
-        });
-        if headers > MAX_OUTPUT_HEADERS {
-            let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
-            return Err(PluginFault::OutputLimit(problem));
-        }
-        let size = m.payload_len + header_bytes;
-        let max_message_bytes = self.max_message_bytes;
-        if size > max_message_bytes {
-            let problem =
-                format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
-            return Err(PluginFault::OutputLimit(problem));
-        }
-        Ok(m)
+        crate::plugin::check_output(message, counts, self.max_message_bytes)
     }
 
     /// Turn a transform's outputs for `item` into fates, appended to `fates`:

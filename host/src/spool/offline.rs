@@ -4,7 +4,6 @@
 use super::log::{Contents, LOCK_FILE, SegmentLog};
 use super::record;
 use super::{Damage, SpoolError, writer::now_ms};
-use base64::Engine;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,13 +83,8 @@ pub fn drain(dir: &Path, out: &mut dyn Write) -> Result<Drained, SpoolError> {
             "priority": message.priority,
             "headers": message.headers,
         });
-        match std::str::from_utf8(&message.payload) {
-            Ok(text) => line["payload"] = text.into(),
-            Err(_) => {
-                line["payload_base64"] =
-                    base64::engine::general_purpose::STANDARD.encode(&message.payload).into()
-            }
-        }
+        let (field, payload) = crate::message::payload_field(&message.payload);
+        line[field] = payload;
         writeln!(out, "{line}").map_err(io)?;
     }
     out.flush().map_err(io)?;

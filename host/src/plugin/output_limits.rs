@@ -1,0 +1,57 @@
+//! What the host takes from one transform call: at most so many messages made of one, so many
+//! headers on one, and none larger than `host.max_message_bytes`. The pipeline checks every
+//! output against them before it builds any (a fault hands the inputs back untouched);
+//! `switchyard plugin call` checks the same, so that it says what the host would.
+
+use super::PluginFault;
+use crate::message::ID_HEADER;
+use switchyard_wire::{MessageRef, WireError};
+
+/// Messages a transform may make of one message, at most.
+const MAX_OUTPUTS_PER_MESSAGE: usize = 1024;
+
+/// Headers one message a transform makes may carry, at most.
+const MAX_OUTPUT_HEADERS: usize = 1024;
+
+/// Check one output of a transform against the limits, counting it against its input in
+/// `counts` (one slot per input).
+pub(crate) fn check_output<'m>(
+    message: Result<MessageRef<'m>, WireError>,
+    counts: &mut [usize],
+    max_message_bytes: usize,
+) -> Result<MessageRef<'m>, PluginFault> {
+    let m = message.map_err(|err| PluginFault::Malformed(err.to_string()))?;
+    let inputs = counts.len();
+    let count = counts
+        .get_mut(m.source as usize)
+        .ok_or_else(|| PluginFault::Malformed(format!("output names input {} of {inputs}", m.source)))?;
+    if *count == MAX_OUTPUTS_PER_MESSAGE {
+        let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
+        return Err(PluginFault::OutputLimit(problem));
+    }
+    *count += 1;
+    // One pass: how many headers, and their bytes but the host's own id header (as at admission).
+    let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
+        let counted = if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
+        (count + 1, bytes + counted)
+    });
+    if headers > MAX_OUTPUT_HEADERS {
+        let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
+        return Err(PluginFault::OutputLimit(problem));
+    }
+    let size = m.payload_len + header_bytes;
+    if size > max_message_bytes {
+        let problem = format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
+        return Err(PluginFault::OutputLimit(problem));
+    }
+    Ok(m)
+}
+
+/// Check every output (`batch`) of a transform called on `inputs` messages.
+pub fn check_outputs(batch: &[u8], inputs: usize, max_message_bytes: usize) -> Result<(), PluginFault> {
+    let mut counts = vec![0; inputs];
+    for message in switchyard_wire::decode(batch) {
+        check_output(message, &mut counts, max_message_bytes)?;
+    }
+    Ok(())
+}
