@@ -195,6 +195,14 @@ fn check_names_the_kind_or_the_specific_problem() {
     std::fs::write(&corrupt, b"\0asm garbage").unwrap();
     let (ok, out) = switchyard(&["check", corrupt.to_str().unwrap()]);
     assert!(!ok && out.contains("plugin \"corrupt\": not a valid WebAssembly component"), "{out}");
+    // Bytes of no kind at all: said so, with no claim that it compiled first.
+    std::fs::write(&corrupt, [0xff, 0xfe, 0x00, 0x80].repeat(300)).unwrap();
+    let (ok, out) = switchyard(&["check", corrupt.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("not a WebAssembly binary (it does not begin with \\0asm) nor WAT text"),
+        "{out}"
+    );
+    assert!(!out.contains("compiled corrupt"), "{out}");
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[[route]]\nname = \"r\"\nto = \"nowhere\"\n").unwrap();
     let (ok, out) = switchyard(&["check", config.to_str().unwrap()]);
@@ -317,6 +325,8 @@ fn plugin_call_runs_one_plugin_on_one_message() {
     assert!(ok && out.contains(r#""verdict":"keep""#), "{out}");
     let (ok, out) = switchyard(&["plugin", "call", artifacts::FAULTY_TRAP, "--message", message]);
     assert!(!ok && out.contains("trapped"), "{out}");
+    let (ok, out) = switchyard(&["plugin", "call", "switchyard.toml", "--message", message]);
+    assert!(!ok && out.contains("switchyard.toml: expected a .wasm plugin or a native .so plugin"), "{out}");
     // What the host would dead-letter is not printed as an answer: the output limits apply.
     let flood =
         ["--config", "trigger=boom", "--message", r#"{"topic":"t","headers":{"boom":"1"},"priority":7}"#];

@@ -8,7 +8,7 @@ use std::net::ToSocketAddrs;
 use std::path::Path;
 use switchyard::config::PluginConfig;
 use switchyard::plugin::{
-    MiddlewareAction, PluginEngine, PluginInstance, PluginKind, load_file, plugin_name,
+    MiddlewareAction, PluginEngine, PluginFormat, PluginInstance, PluginKind, load_file, plugin_name,
 };
 use switchyard_wire::{Head, Payload, decode, write_message};
 
@@ -37,6 +37,10 @@ pub fn call(
     config: Vec<(String, String)>,
     address: Option<&str>,
 ) -> anyhow::Result<()> {
+    if PluginFormat::of(file).is_none() {
+        let native = PluginFormat::Native.extension();
+        bail!("{}: expected a .wasm plugin or a native .{native} plugin", file.display());
+    }
     let message: MessageArg = serde_json::from_str(message).context("--message is not a valid message")?;
     let engine = PluginEngine::new(None)?;
     let plugin_config =

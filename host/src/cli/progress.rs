@@ -8,13 +8,14 @@ use switchyard::plugin::{CompileObserver, CompileProgress};
 pub const LONG_COMPILE_BYTES: usize = 1_000_000;
 
 /// Print `compiling NAME (N MB)…` before and `compiled NAME in X s` after
-/// each compile of a component of at least `min_bytes` (cache hits are silent).
+/// each compile of a component of at least `min_bytes` (cache hits are silent);
+/// one that fails is told by the error that follows.
 pub fn compile_notices(min_bytes: usize) -> CompileObserver {
     Arc::new(move |progress| match progress {
         CompileProgress::Started { plugin, bytes } if bytes >= min_bytes => {
             eprintln!("compiling {plugin} ({})…", size(bytes));
         }
-        CompileProgress::Finished { plugin, bytes, took } if bytes >= min_bytes => {
+        CompileProgress::Finished { plugin, bytes, took, compiled: true } if bytes >= min_bytes => {
             eprintln!("compiled {plugin} in {:.2} s", took.as_secs_f64());
         }
         _ => {}

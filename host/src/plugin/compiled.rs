@@ -111,9 +111,15 @@ impl CompiledPlugin {
         let started = Instant::now();
         let name = settings.config.name.clone();
         let digest = hex::encode(Sha256::digest(bytes));
-        let (component, cache) = engine
-            .component(&name, &digest, bytes)
-            .map_err(|err| LoadError::Invalid { name: name.clone(), reason: format!("{err:#}") })?;
+        let (component, cache) = engine.component(&name, &digest, bytes).map_err(|err| {
+            // Bytes that are not a binary were parsed as WAT text: that parser's complaint (say,
+            // "input bytes aren't valid utf-8") would not tell what is wrong.
+            let reason = match bytes.starts_with(b"\0asm") || std::str::from_utf8(bytes).is_ok() {
+                true => format!("{err:#}"),
+                false => "not a WebAssembly binary (it does not begin with \\0asm) nor WAT text".to_owned(),
+            };
+            LoadError::Invalid { name: name.clone(), reason }
+        })?;
         let kind = detect_kind(engine, &component, &name)?;
         super::format::check_exported(&engine.engine, &component, &name)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {

@@ -52,6 +52,8 @@ pub enum CompileProgress<'a> {
         bytes: usize,
         /// How long compiling took.
         took: Duration,
+        /// Whether it compiled (else its error comes with the load's).
+        compiled: bool,
     },
 }
 
@@ -138,7 +140,8 @@ impl PluginEngine {
         observer(CompileProgress::Started { plugin, bytes: bytes.len() });
         let started = std::time::Instant::now();
         let component = Component::new(&self.engine, bytes);
-        observer(CompileProgress::Finished { plugin, bytes: bytes.len(), took: started.elapsed() });
+        let (took, compiled) = (started.elapsed(), component.is_ok());
+        observer(CompileProgress::Finished { plugin, bytes: bytes.len(), took, compiled });
         component
     }
 
