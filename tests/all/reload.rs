@@ -233,6 +233,19 @@ async fn sidecar_settings_reconfigure_a_plugin_and_bad_ones_are_refused() {
         unreachable!()
     };
     assert!(reason.contains("t.toml: plugin \"t\".limits.memory_mb = 0: must be at least 1"), "{reason}");
+    // A value of the wrong type: the key and the value are named.
+    std::fs::write(
+        dir.path().join("t.toml"),
+        "config = { fields = \"card\" }\nlimits = { memory_mb = \"big\" }\n",
+    )
+    .unwrap();
+    let HostEvent::PluginRejected { reason, .. } = event_where(&mut events, rejected("t")).await else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("t.toml: limits = { memory_mb = \"big\" }: invalid type: string \"big\""),
+        "{reason}"
+    );
     host.send(Message::new("pay", r#"{"card":"4111"}"#)).await.unwrap();
     assert_eq!(next(&out).await.payload, r#"{"card":"[redacted]"}"#, "the previous settings still serve");
     drain_and_account(&host).await;

@@ -141,6 +141,20 @@ fn widening(sidecar: &PluginConfig, entry: &PluginConfig) -> Option<(String, Str
     None
 }
 
+/// `entry` (a `[[plugin]]` entry as a table) with the keys of `sidecar` set over its own (and
+/// `limits`' keys over its `limits`').
+fn with_sidecar(mut entry: toml::Table, sidecar: toml::Table) -> toml::Table {
+    for (key, value) in sidecar {
+        match (entry.get_mut(&key), value) {
+            (Some(toml::Value::Table(limits)), toml::Value::Table(set)) if key == "limits" => {
+                limits.extend(set)
+            }
+            (_, value) => drop(entry.insert(key, value)),
+        }
+    }
+    entry
+}
+
 /// A sidecar holds keys of a `[[plugin]]` entry except `name`; each one it
 /// sets (each of `limits`' own) wins over `entry`'s, the others are `entry`'s.
 fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginConfig, ConfigError> {
@@ -150,17 +164,17 @@ fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginC
     if sidecar.contains_key("name") {
         return Err(parse_error("`name` comes from the file name; remove it".into()));
     }
-    let mut table = toml::Table::try_from(entry).map_err(|err| parse_error(err.to_string()))?;
-    for (key, value) in sidecar {
-        match (table.get_mut(&key), value) {
-            (Some(toml::Value::Table(limits)), toml::Value::Table(set)) if key == "limits" => {
-                limits.extend(set)
-            }
-            (_, value) => drop(table.insert(key, value)),
-        }
-    }
-    let config: PluginConfig =
-        table.try_into().map_err(|err: toml::de::Error| parse_error(err.message().to_owned()))?;
+    let entry = toml::Table::try_from(entry).map_err(|err| parse_error(err.to_string()))?;
+    let config: Result<PluginConfig, _> = with_sidecar(entry.clone(), sidecar.clone()).try_into();
+    let config = config.map_err(|err: toml::de::Error| {
+        // Said of the merged table, the error names no key: find the sidecar's that fails.
+        let culprit = sidecar.iter().find_map(|(key, value)| {
+            let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+            let alone: Result<PluginConfig, _> = with_sidecar(entry.clone(), alone).try_into();
+            alone.err().map(|err: toml::de::Error| format!("{key} = {value}: {}", err.message()))
+        });
+        parse_error(culprit.unwrap_or_else(|| err.message().to_owned()))
+    })?;
     let mut check = Config::default();
     check.plugins.push(config.clone());
     check.validate(file, &[])?;
