@@ -18,7 +18,8 @@ const MAX_COUNTERS: usize = 256;
 const MAX_COUNTER_NAME: usize = 128;
 
 /// Lines one plugin version may log a second, over all its instances; more are
-/// dropped, and how many is said once the second is over.
+/// dropped (said at the first), and how many is said with its next line after
+/// the second.
 const LOG_LINES_PER_SECOND: u32 = 100;
 
 /// What answers one plugin's host calls: a WASM instance has one, a native
@@ -55,6 +56,14 @@ impl HostCalls {
             );
         }
         if !budget.spend() {
+            // Said as the dropping starts: a plugin that then stops logging never has its count
+            // told (that waits for its next line after the second).
+            if budget.dropped == 1 {
+                tracing::warn!(
+                    plugin,
+                    "log lines over the rate of {LOG_LINES_PER_SECOND} a second are dropped until the second is over"
+                );
+            }
             return;
         }
         drop(budget);
@@ -180,6 +189,37 @@ mod tests {
         renewed.log(Level::Info, "one too many");
         let budget = settings.log_budget.lock().unwrap();
         assert_eq!((budget.lines, budget.dropped), (LOG_LINES_PER_SECOND, 1));
+    }
+
+    /// A writer into a shared buffer, for a subscriber whose output a test reads.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_first_line_dropped_is_told_at_once() {
+        // A plugin that logs past its rate and then no more was never told of.
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let settings = Arc::new(PluginSettings::new(PluginConfig::default()).unwrap());
+            let mut calls = HostCalls::new(settings);
+            (0..LOG_LINES_PER_SECOND + 5).for_each(|n| calls.log(Level::Info, &n.to_string()));
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let told = text.matches("are dropped until the second is over").count();
+        assert_eq!(told, 1, "{text}");
     }
 
     #[test]
