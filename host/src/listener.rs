@@ -7,15 +7,16 @@
 //! in progress finish.
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::timeout::RequestBodyTimeout;
 
 /// What a listener allows its clients.
@@ -36,7 +37,9 @@ impl ListenerLimits {
     }
 }
 
-/// Serve `app` on `listener` within `limits` until `shutdown` completes.
+/// Serve `app` on `listener` within `limits` until `shutdown` completes, over HTTP/1.1 only
+/// (WebSocket upgrades included): its header deadline then holds from a connection's first byte,
+/// where HTTP/2's preface (and a client that sends part of it and stalls) had none.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -44,9 +47,9 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut connection = Builder::new(TokioExecutor::new());
-    connection.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let (connections, stopping) = (TaskTracker::new(), CancellationToken::new());
+    let mut http1 = http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -55,20 +58,25 @@ pub(crate) async fn serve(
         };
         let (stream, slot) = accepted;
         let service = TowerToHyperService::new(RequestBodyTimeout::new(app.clone(), limits.header_timeout));
-        let (connection, watcher) = (connection.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            // The protocol is told from the first bytes, which hyper waits for without a deadline.
-            let first = tokio::time::timeout(limits.header_timeout, stream.peek(&mut [0])).await;
-            if !matches!(first, Ok(Ok(1))) {
-                return;
-            }
-            let served = connection.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let served = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            tokio::pin!(served);
             // A connection that ends in an error (a timeout, a reset) is the client's business.
-            let _ = watcher.watch(served.into_owned()).await;
+            tokio::select! {
+                _ = served.as_mut() => {}
+                () = stopping.cancelled() => {
+                    // Requests in progress finish; an idle connection closes at once.
+                    served.as_mut().graceful_shutdown();
+                    let _ = served.await;
+                }
+            }
             drop(slot);
         });
     }
-    graceful.shutdown().await;
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 /// The next connection, once a slot is free for it. An accept error (out of
