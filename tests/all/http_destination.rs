@@ -500,3 +500,56 @@ async fn a_429_is_retried_even_when_not_idempotent_and_its_retry_after_holds_eve
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_to_a_request_sent_before_a_429_does_not_end_the_pause_it_asked_for() {
+    // "slow" is held at the endpoint while "limited" gets its 429 (Retry-After: 1); "slow" then
+    // answers 200, and the endpoint stays out for the rest of the pause (that answer ended it).
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let limited_once = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().fallback({
+        let release = release.clone();
+        move |body: String| {
+            let (arrived, release, limited_once) = (arrived.clone(), release.clone(), limited_once.clone());
+            async move {
+                let _ = arrived.send((body.clone(), std::time::Instant::now()));
+                match body.as_str() {
+                    "slow" => release.notified().await,
+                    "limited" if limited_once.fetch_add(1, Ordering::SeqCst) == 0 => {
+                        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]);
+                    }
+                    _ => {}
+                }
+                (StatusCode::OK, [("retry-after", "0")])
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[addr]).replace("idempotent = true", "idempotent = false")).await;
+    let request = |body: &'static str| {
+        let host = host.clone();
+        tokio::spawn(async move { within(host.request(Message::new("orders", body))).await })
+    };
+    let slow = request("slow");
+    assert_eq!(within(arrivals.recv()).await.unwrap().0, "slow");
+    let limited = request("limited");
+    let (body, refused_at) = within(arrivals.recv()).await.unwrap();
+    assert_eq!(body, "limited");
+    let refusing = || {
+        let api = host.destinations().into_iter().find(|destination| destination.name == "api");
+        api.unwrap().endpoints[0].refusing
+    };
+    tokio::task::block_in_place(|| eventually(|| refusing().then_some(()).ok_or("not left out yet")));
+    release.notify_one();
+    assert!(slow.await.unwrap().is_ok());
+    assert!(refusing(), "still left out: the 200 answered a request sent before the 429");
+    assert!(limited.await.unwrap().is_ok(), "delivered after the pause");
+    let (body, arrived) = arrivals.try_recv().expect("sent once more");
+    assert_eq!(body, "limited");
+    assert!(arrived - refused_at >= std::time::Duration::from_secs(1), "sent again within the pause");
+    drain_and_account(&host).await;
+}

@@ -228,6 +228,8 @@ impl Cluster {
     ) -> (Outcome, Result<Option<Message>, String>) {
         let in_flight = Counted::enter(&endpoint.in_flight);
         let started = Instant::now();
+        // Whether it was left out as this attempt began (this attempt's probe claim, say).
+        let refusing_before = endpoint.refusing_until.load(Relaxed);
         let span =
             tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
         let progress = AttemptProgress::default();
@@ -247,9 +249,23 @@ impl Cluster {
             Outcome::Shed => None,
             _ => Some(Duration::ZERO),
         };
-        if let Some(window) = refusing {
-            let until = if window.is_zero() { 0 } else { endpoint.stamp(finished + window) };
-            endpoint.refusing_until.store(until, Relaxed);
+        match refusing {
+            // In place of what left it out as the attempt began (its probe claim); but when
+            // another attempt left it out since, the longer wins: a refusal does not shorten a
+            // pause a 429 asked for.
+            Some(window) if !window.is_zero() => {
+                let until = endpoint.stamp(finished + window);
+                let refusing = &endpoint.refusing_until;
+                if refusing.compare_exchange(refusing_before, until, Relaxed, Relaxed).is_err() {
+                    refusing.fetch_max(until, Relaxed);
+                }
+            }
+            // It answered: it is in again, unless another attempt left it out meanwhile (an
+            // answer to a request sent before a 429 does not end the pause the 429 asked for).
+            Some(_) => {
+                let _changed = endpoint.refusing_until.compare_exchange(refusing_before, 0, Relaxed, Relaxed);
+            }
+            None => {}
         }
         lock(&endpoint.latency).observe(finished - started, finished.into_std());
         let kind = match &outcome {
