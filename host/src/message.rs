@@ -69,17 +69,19 @@ pub struct Message {
 impl Message {
     /// The message as one JSON object (no newline), as the `log` destination prints it and the `file`
     /// and `subprocess` transports write it: `{"destination":…,"id":…,"topic":…,"priority":…,
-    /// "headers":[[k,v],…],"payload":…}`, the payload as UTF-8 (lossy).
+    /// "headers":[[k,v],…],"payload":…}`, a payload that is not UTF-8 as `"payload_base64"` (see
+    /// [`payload_field`]): every byte arrives.
     pub fn json_line(&self, destination: &str) -> String {
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "destination": destination,
             "id": self.id,
             "topic": self.topic,
             "priority": self.priority,
             "headers": self.headers,
-            "payload": String::from_utf8_lossy(&self.payload),
-        })
-        .to_string()
+        });
+        let (field, payload) = payload_field(&self.payload);
+        line[field] = payload;
+        line.to_string()
     }
 
     /// A message on `topic` carrying `payload`, with no headers and priority 0.
@@ -237,6 +239,20 @@ mod tests {
             .with_header("x-tenant", "acme")
             .with_header(ID_HEADER, "id-1")
             .with_header("content-type", "application/json")
+    }
+
+    #[test]
+    fn a_json_line_carries_a_payload_that_is_not_utf8_whole_in_base64() {
+        use base64::Engine;
+        let text: serde_json::Value = serde_json::from_str(&input().json_line("d")).unwrap();
+        assert_eq!((&text["payload"], &text["payload_base64"]), (&"{}".into(), &serde_json::Value::Null));
+        let bytes = [0xff, 0xfe, 0x00, 0x01, b'b'];
+        let line: serde_json::Value =
+            serde_json::from_str(&Message::new("t", bytes.to_vec()).json_line("d")).unwrap();
+        assert_eq!(line["payload"], serde_json::Value::Null, "{line}");
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(line["payload_base64"].as_str().unwrap());
+        assert_eq!(decoded.unwrap(), bytes, "every byte, not U+FFFD");
     }
 
     #[test]
