@@ -147,7 +147,29 @@ impl NatsIngressConfig {
     fn subjects_problem(&self) -> Option<(&'static str, String, String)> {
         let bad_subject =
             self.subjects.iter().find_map(|subject| Some((subject, subject_problem(subject, true)?)));
-        bad_subject.map(|(subject, problem)| ("subjects", format!("{subject:?}"), problem))
+        if let Some((subject, problem)) = bad_subject {
+            return Some(("subjects", format!("{subject:?}"), problem));
+        }
+        // Each subscription gets its own copy of a message: one both match would be admitted twice.
+        let subjects = &self.subjects;
+        let pairs =
+            subjects.iter().enumerate().flat_map(|(at, a)| subjects[at + 1..].iter().map(move |b| (a, b)));
+        let (a, b) = pairs.into_iter().find(|(a, b)| overlap(a, b))?;
+        let problem =
+            "overlap: a message on a subject both match would be admitted twice, with two ids".into();
+        Some(("subjects", format!("{a:?} and {b:?}"), problem))
+    }
+}
+
+/// Whether some subject matches both `a` and `b` (valid subjects, wildcards allowed).
+fn overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) | (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => continue,
+            _ => return false,
+        }
     }
 }
 
@@ -187,5 +209,17 @@ mod tests {
         assert!(subject_problem("orders..eu", true).unwrap().contains("empty"));
         assert!(subject_problem("orders.>.eu", true).unwrap().contains("last"));
         assert!(subject_problem("orders eu", true).unwrap().contains("spaces"));
+    }
+
+    #[test]
+    fn subjects_overlap_when_some_subject_matches_both() {
+        for (a, b) in
+            [("dup.>", "dup.a"), ("dup.*", "dup.a"), ("a.*.c", "a.b.*"), ("a.b", "a.b"), ("*.>", "x.y.z")]
+        {
+            assert!(overlap(a, b) && overlap(b, a), "{a} {b}");
+        }
+        for (a, b) in [("a.>", "a"), ("a.*", "a.b.c"), ("a.b", "a.c"), ("orders.eu", "orders.us.>")] {
+            assert!(!overlap(a, b) && !overlap(b, a), "{a} {b}");
+        }
     }
 }
