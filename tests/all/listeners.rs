@@ -129,3 +129,38 @@ async fn two_thousand_trickling_clients_are_cut_and_health_still_answers() {
     assert_eq!(closed, 2000, "every trickling client was cut");
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_from_a_page_elsewhere_is_refused_on_every_ingress_route() {
+    // A cross-site POST needs no preflight: a page could use its visitor's browser to send
+    // messages, one by one or in batches, to an ingress the browser reaches.
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let addr = crate::support::start_ingress(&host).await;
+    let own = format!("http://{addr}");
+    let (status, posted) = tokio::task::spawn_blocking(move || {
+        let foreign = [("origin", "http://evil.example"), ("content-type", "text/plain")];
+        let batch = br#"[{"topic":"t","payload":"x"}]"#;
+        let refused =
+            [post(addr, "/v1/messages/t", &foreign, b"x").0, post(addr, "/v1/messages", &foreign, batch).0];
+        let same = [("origin", own.as_str())];
+        let taken = [post(addr, "/v1/messages/t", &same, b"x").0, post(addr, "/v1/messages/t", &[], b"x").0];
+        (refused, taken)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, [403, 403], "a foreign Origin is refused");
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut socket = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+    socket.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    match crate::support::within(tokio_tungstenite::connect_async(socket)).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("a socket from a page elsewhere was opened: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(posted, [202, 202], "its own, or none (a program), is served");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 2);
+}

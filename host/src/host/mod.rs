@@ -621,19 +621,18 @@ pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, Reque
 /// Headers one message may carry, at most.
 const MAX_HEADERS: usize = 1024;
 
+/// Bytes of a message's topic, at most (a topic names a route's match, a file, a NATS subject:
+/// it is a name, not data).
+pub(crate) const MAX_TOPIC_BYTES: usize = 1024;
+
 /// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers,
 /// and payload and headers together within `limit` bytes. Returns that size.
 pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
-    if message.headers.len() > MAX_HEADERS {
-        let count = message.headers.len();
-        return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
-    }
-    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
-    let size = message.payload.len() + headers;
-    if size > limit {
-        return Err(SendError::TooLarge { size, limit });
-    }
     let topic = &message.topic;
+    if topic.len() > MAX_TOPIC_BYTES {
+        let problem = format!("a topic of {} bytes; at most {MAX_TOPIC_BYTES}", topic.len());
+        return Err(SendError::Malformed(problem));
+    }
     if let Some(segment) = topic.split('.').find(|s| s.is_empty() || *s == "*" || *s == ">") {
         let problem = if segment.is_empty() {
             "an empty segment".to_owned()
@@ -646,6 +645,15 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, Se
         return Err(SendError::Malformed(format!(
             "topic {topic:?} contains whitespace or control characters"
         )));
+    }
+    if message.headers.len() > MAX_HEADERS {
+        let count = message.headers.len();
+        return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
+    }
+    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+    let size = topic.len() + message.payload.len() + headers;
+    if size > limit {
+        return Err(SendError::TooLarge { size, limit });
     }
     Ok(size)
 }

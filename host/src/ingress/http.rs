@@ -94,7 +94,21 @@ impl axum::extract::FromRequestParts<Host> for Authorized {
 }
 
 async fn accept_bulk(_: Authorized, State(host): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = foreign_origin(&headers) {
+        return refused;
+    }
     super::bulk::accept_batch(&host, &headers, body).await
+}
+
+/// A page elsewhere must not use a visitor's browser to send messages: a cross-site POST (a form,
+/// a `fetch` of `text/plain`) needs no preflight, nor does a WebSocket. The refusal of a request
+/// whose `Origin` is not this host; programs send none.
+fn foreign_origin(headers: &HeaderMap) -> Option<Response> {
+    let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+    let origin = text(axum::http::header::ORIGIN)?;
+    let origin_host = origin.split_once("://").map_or(origin, |(_, authority)| authority);
+    (Some(origin_host) != text(axum::http::header::HOST))
+        .then(|| error(StatusCode::FORBIDDEN, format!("Origin {origin:?} is not this host")))
 }
 
 /// `GET /v1/ws`: a socket of messages (see [`websocket`](super::websocket)).
@@ -105,13 +119,9 @@ async fn accept_socket(
     headers: HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    // A page elsewhere must not use a visitor's browser to send messages (cross-site WebSocket hijacking).
-    let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
-    if let Some(origin) = text(axum::http::header::ORIGIN) {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, authority)| authority);
-        if Some(origin_host) != text(axum::http::header::HOST) {
-            return error(StatusCode::FORBIDDEN, format!("Origin {origin:?} is not this host"));
-        }
+    // Cross-site WebSocket hijacking.
+    if let Some(refused) = foreign_origin(&headers) {
+        return refused;
     }
     upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, stopping))
 }
@@ -124,6 +134,9 @@ async fn accept(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = foreign_origin(&headers) {
+        return refused;
+    }
     let message = match message_from_request(topic, &headers, body) {
         Ok(message) => message,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
@@ -304,7 +317,7 @@ mod tests {
         #[test]
         fn a_valid_topic_is_admitted(topic in valid_topic()) {
             let message = Message::new(topic, Bytes::new());
-            prop_assert!(check_message(&message, 0).is_ok(), "{:?}", check_message(&message, 0));
+            prop_assert!(check_message(&message, usize::MAX).is_ok(), "{:?}", check_message(&message, usize::MAX));
         }
 
         #[test]
@@ -320,6 +333,19 @@ mod tests {
         fn any_topic_is_admitted_or_refused(topic in any::<String>()) {
             let _ = check_message(&Message::new(topic, Bytes::new()), 0);
         }
+    }
+
+    #[test]
+    fn a_topic_counts_in_the_size_and_a_long_one_is_refused() {
+        // A topic was neither counted nor bounded: a megabyte of it went in as a message of no size.
+        let message = Message::new("a".repeat(1024), "x");
+        assert_eq!(check_message(&message, 1025).unwrap(), 1025);
+        let Err(SendError::TooLarge { size: 1025, limit: 1024 }) = check_message(&message, 1024) else {
+            panic!("admitted past the limit")
+        };
+        let long = Message::new("a".repeat(1025), Bytes::new());
+        let Err(SendError::Malformed(problem)) = check_message(&long, usize::MAX) else { panic!("admitted") };
+        assert_eq!(problem, "a topic of 1025 bytes; at most 1024");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(crate) fn check_output<'m>(
         let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
         return Err(PluginFault::OutputLimit(problem));
     }
-    let size = m.payload_len + header_bytes;
+    let size = m.topic.len() + m.payload_len + header_bytes;
     if size > max_message_bytes {
         let problem = format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
         return Err(PluginFault::OutputLimit(problem));
