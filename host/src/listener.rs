@@ -81,7 +81,7 @@ pub(crate) async fn serve(
 
 /// The next connection, once a slot is free for it. An accept error (out of
 /// descriptors, say) is logged and retried after a pause, not a spin.
-async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
 ) -> (tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit) {

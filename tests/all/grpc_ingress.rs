@@ -127,3 +127,31 @@ async fn a_stream_cut_mid_way_keeps_what_it_admitted_and_a_new_stream_is_served(
         host.memory("out").unwrap().try_iter().map(|message| message.payload).collect();
     assert_eq!(delivered.len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_nothing_are_cut_and_a_client_is_still_served() {
+    // Idle connections were held for good: enough of them took every descriptor of the process.
+    let text = format!(
+        "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_timeout_ms = 200\n"
+    );
+    let (host, _dir) = host(&text).await;
+    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let silent: Vec<std::net::TcpStream> =
+        (0..8).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let cut = tokio::task::spawn_blocking(move || {
+        silent.into_iter().all(|mut stream| {
+            use std::io::Read;
+            stream.set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+            // Ok once the server closed it; an error when it was held past PATIENCE.
+            stream.read_to_end(&mut Vec::new()).is_ok()
+        })
+    });
+    let mut client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
+    let answer = crate::support::within(client.publish(publish("orders.eu", "served"))).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert!(cut.await.unwrap(), "every silent connection was closed");
+    assert_eq!(next(&host.memory("out").unwrap()).await.payload, "served");
+    drain_and_account(&host).await;
+}

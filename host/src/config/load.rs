@@ -152,6 +152,10 @@ impl Config {
                 self.ingress.http.as_ref().map(|http| (http.max_connections, http.header_timeout_ms)),
             ),
             ("admin", self.admin.as_ref().map(|admin| (admin.max_connections, admin.header_timeout_ms))),
+            (
+                "ingress.grpc",
+                self.ingress.grpc.as_ref().map(|grpc| (grpc.max_connections, grpc.header_timeout_ms)),
+            ),
         ];
         for (section, limits) in listeners {
             let Some((connections, timeout_ms)) = limits else { continue };

@@ -181,6 +181,24 @@ pub struct GrpcIngressConfig {
     /// Bearer token every call must carry in its `authorization` metadata, if set (changes live on
     /// reload).
     pub token: Option<String>,
+    /// Connections open at once, at most (more wait to be accepted).
+    #[serde(default = "HttpIngressConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// Milliseconds a new connection has to send its first bytes.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+impl GrpcIngressConfig {
+    /// The ingress on `listen`, with no token and the default limits.
+    pub fn new(listen: SocketAddr) -> GrpcIngressConfig {
+        GrpcIngressConfig {
+            listen,
+            token: None,
+            max_connections: HttpIngressConfig::default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+        }
+    }
 }
 
 /// `[ingress.http]`.

@@ -433,7 +433,7 @@ impl Host {
     /// they finished in time.
     ///
     /// A request still waiting at the grace period's end has its answer once the shutdown settled
-    /// its message: the listeners get [`ANSWERS_AFTER_SHUTDOWN`] more to send it.
+    /// its message: the listeners get a second more to send it.
     pub async fn shutdown_after<T>(&self, listeners: impl Future<Output = T>) -> Option<T> {
         let (grace, stopping) = (self.shutdown_grace(), Instant::now());
         tokio::pin!(listeners);

@@ -10,6 +10,7 @@
 //! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata). With
 //! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
 
+mod connections;
 #[rustfmt::skip]
 mod generated;
 
@@ -49,7 +50,10 @@ impl GrpcIngress {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let service = IngressServer::new(Service { host: self.host.clone() })
             .max_decoding_message_size(self.host.config().host.max_message_bytes.saturating_add(64 << 10));
-        let incoming = tokio_stream_of(self.listener);
+        let config = self.host.config().ingress.grpc.clone();
+        let config = config.unwrap_or_else(|| crate::config::GrpcIngressConfig::new(self.local_addr()));
+        let limits = crate::listener::ListenerLimits::new(config.max_connections, config.header_timeout_ms);
+        let incoming = connections::admitted(self.listener, limits);
         let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -58,16 +62,6 @@ impl GrpcIngress {
             tracing::error!(%err, "the gRPC ingress stopped");
         }
     }
-}
-
-/// The connections `listener` accepts, as the stream tonic serves.
-fn tokio_stream_of(
-    listener: TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| stream);
-        Some((accepted, listener))
-    })
 }
 
 struct Service {
