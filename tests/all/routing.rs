@@ -132,7 +132,8 @@ async fn request_returns_the_reply_or_says_why_there_is_none() {
 async fn oversized_and_malformed_messages_are_refused_not_accepted() {
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &format!("[host]\nmax_message_bytes = 10\n{}", &OUTS[8..])).await;
-    let too_big = host.send(Message::new("t", "x".repeat(11))).await;
+    // The topic counts: "t" and 10 bytes of payload.
+    let too_big = host.send(Message::new("t", "x".repeat(10))).await;
     assert_eq!(too_big, Err(SendError::TooLarge { size: 11, limit: 10 }));
     for topic in ["a..b", "", "a.*", "has space"] {
         assert!(
@@ -304,9 +305,10 @@ async fn a_retryable_answer_is_retried_at_most_three_calls_then_dead_lettered() 
 async fn headers_count_toward_the_size_limit_and_their_number_is_capped() {
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &format!("[host]\nmax_message_bytes = 10\n{}", &OUTS[8..])).await;
-    let padded = Message::new("t", "x".repeat(6)).with_header("pad", "ding");
+    // Topic "t", payload and header "pad": "ding".
+    let padded = Message::new("t", "x".repeat(5)).with_header("pad", "ding");
     assert_eq!(host.send(padded).await, Err(SendError::TooLarge { size: 13, limit: 10 }));
-    let fits = Message::new("t", "x".repeat(3)).with_header("pad", "ding");
+    let fits = Message::new("t", "x".repeat(2)).with_header("pad", "ding");
     host.send(fits).await.unwrap();
     let mut crowded = Message::new("t", "");
     crowded.headers = (0..1025).map(|_| (String::new(), String::new())).collect();
