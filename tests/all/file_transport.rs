@@ -127,3 +127,25 @@ async fn a_missing_directory_holds_messages_until_it_exists_then_delivers_them_w
     assert_eq!((stats.delivered, stats.dead_lettered), (50, 0));
     assert_eq!(lines(&missing.join("jobs.jsonl")).len(), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_moved_or_removed_by_someone_else_is_opened_again_at_its_path() {
+    // As logrotate or an operator does: lines went on into the moved file, or into a removed one,
+    // counted delivered and read by nobody.
+    let out = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(out.path(), "")).await;
+    let path = out.path().join("orders.jsonl");
+    let write = |payload: &'static str| within(host.request(Message::new("orders", payload)));
+    write("first").await.unwrap();
+    std::fs::rename(&path, out.path().join("orders.jsonl.1")).unwrap();
+    write("after the move").await.unwrap();
+    let payloads = |path: &Path| lines(path).iter().map(|line| line["payload"].clone()).collect::<Vec<_>>();
+    assert_eq!(payloads(&out.path().join("orders.jsonl.1")), ["first"]);
+    assert_eq!(payloads(&path), ["after the move"]);
+    std::fs::remove_file(&path).unwrap();
+    write("after the removal").await.unwrap();
+    assert_eq!(payloads(&path), ["after the removal"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
+}

@@ -4,8 +4,10 @@
 //! A line is written whole or not at all: one write per line under the file's lock, and a write that
 //! fails part-way is cut back off the file before the attempt fails (so a retry cannot leave half a
 //! line behind). A rotation renames the full file to `PATH.N` (the first free N from 1) and starts an
-//! empty one, so no line is ever lost or split by it. The destination has one endpoint, named by the
-//! path template; its health probe checks that the template's directory exists.
+//! empty one, so no line is ever lost or split by it. A file someone else moved or removed (logrotate,
+//! an operator) is noticed at the next line, by the path no longer naming it, and the path opened
+//! afresh. The destination has one endpoint, named by the path template; its health probe checks that
+//! the template's directory exists.
 
 use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
@@ -116,6 +118,8 @@ struct Files {
 #[derive(Debug)]
 struct OpenFile {
     file: File,
+    /// Its device and inode: whether its path still names it.
+    identity: (u64, u64),
     /// Its length: where the next line starts.
     len: u64,
     /// Whether lines were written since the last sync.
@@ -129,6 +133,15 @@ impl Files {
     fn append(&self, path: &Path, line: &[u8]) -> std::io::Result<()> {
         let file = self.file(path)?;
         let mut file = lock(&file);
+        if !file.is_at(path) {
+            // Renamed or removed by someone else (logrotate, an operator): lines written to the file
+            // kept open would go where nobody reads them, or nowhere. The path is opened afresh.
+            tracing::info!(path = %path.display(), "the file was moved or removed: opening the path again");
+            if file.unsynced {
+                let _ = file.sync();
+            }
+            *file = OpenFile::append(path)?;
+        }
         if let Some(max_bytes) =
             self.options.max_bytes.filter(|max| file.len > 0 && file.len + line.len() as u64 > *max)
         {
@@ -189,9 +202,17 @@ impl Files {
 
 impl OpenFile {
     fn append(path: &Path) -> std::io::Result<OpenFile> {
+        use std::os::unix::fs::MetadataExt;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let len = file.metadata()?.len();
-        Ok(OpenFile { file, len, unsynced: false, synced_at: Instant::now() })
+        let meta = file.metadata()?;
+        let identity = (meta.dev(), meta.ino());
+        Ok(OpenFile { file, identity, len: meta.len(), unsynced: false, synced_at: Instant::now() })
+    }
+
+    /// Whether `path` still names this file (one stat a line).
+    fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity)
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
