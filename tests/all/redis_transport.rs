@@ -127,3 +127,39 @@ async fn messages_sent_while_the_only_server_restarts_wait_and_reach_it_once_it_
     let seen: HashSet<&str> = listed.lines().collect();
     assert_eq!(seen.len(), 200, "every message on the list once at least (a retry may repeat one)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_busy_with_a_script_did_not_take_the_message_which_goes_once_the_script_ends() {
+    // BUSY: a script runs and the server runs no other command; the message was dead-lettered at
+    // once, although nothing took it.
+    let server = RedisServer::start();
+    server.command(&["CONFIG", "SET", "busy-reply-threshold", "10"]);
+    let mut script = std::net::TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(&mut script, b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+        .unwrap();
+    crate::support::eventually(|| match server.try_command(&["PING"]) {
+        Err(busy) if busy.to_string().starts_with("BUSY") => Ok(()),
+        other => Err(other),
+    });
+    let dir = plugin_dir(&[]);
+    let config = config(&[&server], "key = \"jobs\"")
+        .replace("idempotent = true", "idempotent = false")
+        .replace("attempts = 5", "attempts = 100000");
+    let host = host(dir.path(), &config).await;
+    let sent = tokio::spawn({
+        let host = host.clone();
+        async move { within(host.request(Message::new("jobs", "after the script"))).await }
+    });
+    let retries = || {
+        let text = host.metrics().encode();
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "jobs")])
+    };
+    tokio::task::block_in_place(|| {
+        crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("not refused yet"))
+    });
+    server.command(&["SCRIPT", "KILL"]);
+    assert!(sent.await.unwrap().is_ok(), "delivered once the script ended");
+    assert_eq!(server.command(&["LRANGE", "jobs", "0", "-1"]), "after the script");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}

@@ -262,7 +262,8 @@ impl RedisServer {
         self.try_command(args).unwrap_or_else(|err| panic!("redis {args:?}: {err}"))
     }
 
-    fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
+    /// [`command`](Self::command), an error answer as an error.
+    pub fn try_command(&self, args: &[&str]) -> std::io::Result<String> {
         let mut stream = TcpStream::connect(self.addr)?;
         stream.set_read_timeout(Some(PATIENCE))?;
         let mut request = format!("*{}\r\n", args.len());

@@ -6,8 +6,9 @@
 //! length, or the entry's id. One multiplexed connection per endpoint, opened at the first attempt and
 //! kept (and reconnected) by the redis crate's connection manager; the health probe `PING`s on a fresh
 //! connection. A refused connection is one (nothing sent); a connection lost with the command out is
-//! uncertain; `LOADING`, `BUSY`-like, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `READONLY` answers
-//! are retried (the server did not take it); any other error answer dead-letters the message with it.
+//! uncertain; `LOADING`, `BUSY` (a script runs), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `READONLY`
+//! answers are retried (the server did not take it); any other error answer dead-letters the message
+//! with it.
 
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
 use crate::config::{DestinationConfig, HealthSettings};
@@ -133,7 +134,7 @@ fn classify(err: RedisError) -> (Outcome, String) {
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ReadOnly
         )
-    );
+    ) || err.code() == Some("BUSY");
     let outcome = if err.is_connection_refusal() {
         Outcome::Retryable(RetryReason::Connect)
     } else if declined {
