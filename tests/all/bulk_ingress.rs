@@ -72,7 +72,7 @@ async fn a_bad_message_is_refused_alone_and_a_body_that_does_not_parse_is_refuse
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), CONFIG).await;
     let addr = start_ingress(&host).await;
-    let mixed = r#"[{"topic":"ok.1"},{"topic":"bad..topic"},{"topic":"ok.2","headers":{"x-sy-id":"mine"}},{"topic":"ok.3"}]"#;
+    let mixed = r#"[{"topic":"ok.1"},{"topic":"bad..topic"},{"topic":"ok.2","headers":{"x-sy-id":"mine"}},{"topic":"ok.3"},{"topic":"ok.4","headers":{"x-a":"é"}}]"#;
     let (status, answer) = bulk(addr, "application/json", mixed.to_owned()).await;
     assert_eq!(status, 200, "{answer}");
     let results = answer["results"].as_array().unwrap();
@@ -81,6 +81,9 @@ async fn a_bad_message_is_refused_alone_and_a_body_that_does_not_parse_is_refuse
     assert!(results[1]["error"].as_str().unwrap().contains("empty segment"), "{answer}");
     assert_eq!(results[2]["status"], 400);
     assert!(results[2]["error"].as_str().unwrap().contains("x-sy- headers are the host's"), "{answer}");
+    // Refused as a single POST refuses it (it was taken, and delivered as "é").
+    assert_eq!(results[4]["status"], 400);
+    assert!(results[4]["error"].as_str().unwrap().contains("visible-ASCII value"), "{answer}");
     let broken = "{\"topic\":\"a\"}\n{\"topic\":\"b\"}\n{\"topic\":\n";
     // Media types are case-insensitive: read as lines, it fails on its third.
     let (status, answer) = bulk(addr, "Application/X-NDJSON", broken.to_owned()).await;

@@ -112,8 +112,9 @@ pub(super) fn with_headers(
         if name.to_ascii_lowercase().starts_with("x-sy-") {
             return Err(format!("header {name}: x-sy- headers are the host's to set"));
         }
+        // As a single POST's headers: bytes past ASCII (which an HTTP header may carry) are refused.
         let valid = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
-            && HeaderValue::from_str(&value).is_ok();
+            && HeaderValue::from_str(&value).is_ok_and(|value| value.to_str().is_ok());
         if !valid {
             return Err(format!("header {name:?}: not a valid header name and visible-ASCII value"));
         }
