@@ -16,7 +16,6 @@ use super::bulk::{BulkMessage, message_of};
 use crate::host::{Host, RequestError, SendError};
 use crate::message::Message;
 use axum::extract::ws::{Message as Frame, WebSocket};
-use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -146,11 +145,7 @@ fn refused(reference: Value, err: &SendError) -> Value {
 
 fn reply_json(reply: &Message) -> Value {
     let mut json = json!({ "topic": reply.topic, "headers": reply.headers });
-    match std::str::from_utf8(&reply.payload) {
-        Ok(text) => json["payload"] = text.into(),
-        Err(_) => {
-            json["payload_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.payload).into()
-        }
-    }
+    let (field, payload) = crate::message::payload_field(&reply.payload);
+    json[field] = payload;
     json
 }

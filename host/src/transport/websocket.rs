@@ -29,7 +29,6 @@ use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportConte
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
 use crate::message::Message;
 use crate::resilience::{Outcome, RetryReason};
-use base64::Engine;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -252,13 +251,8 @@ fn envelope(id: u64, message: &Message) -> String {
         "headers": message.headers,
         "priority": message.priority,
     });
-    match std::str::from_utf8(&message.payload) {
-        Ok(text) => envelope["payload"] = text.into(),
-        Err(_) => {
-            envelope["payload_base64"] =
-                base64::engine::general_purpose::STANDARD.encode(&message.payload).into()
-        }
-    }
+    let (field, payload) = crate::message::payload_field(&message.payload);
+    envelope[field] = payload;
     envelope.to_string()
 }
 
