@@ -129,8 +129,9 @@ async fn a_stream_cut_mid_way_keeps_what_it_admitted_and_a_new_stream_is_served(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_that_send_nothing_are_cut_and_a_client_is_still_served() {
+async fn connections_that_send_nothing_or_part_of_the_preface_are_cut_and_a_client_is_still_served() {
     // Idle connections were held for good: enough of them took every descriptor of the process.
+    // So were connections that sent the HTTP/2 preface's first bytes only.
     let text = format!(
         "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_timeout_ms = 200\n"
     );
@@ -138,8 +139,15 @@ async fn connections_that_send_nothing_are_cut_and_a_client_is_still_served() {
     let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = ingress.local_addr();
     tokio::spawn(ingress.serve(std::future::pending()));
-    let silent: Vec<std::net::TcpStream> =
-        (0..8).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let silent: Vec<std::net::TcpStream> = (0..8)
+        .map(|n| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            if n % 2 == 1 {
+                std::io::Write::write_all(&mut stream, b"PRI * HTTP/2.0\r\n").unwrap();
+            }
+            stream
+        })
+        .collect();
     let cut = tokio::task::spawn_blocking(move || {
         silent.into_iter().all(|mut stream| {
             use std::io::Read;

@@ -1,24 +1,30 @@
 //! The connections the gRPC ingress serves, under the same limits as the HTTP listeners: at most
 //! `max_connections` open at once (the rest wait in the kernel's backlog), and a new connection
-//! that sends nothing within `header_timeout_ms` is closed. Without them, idle connections held
-//! descriptors until the host had none left for any listener.
+//! that has not sent the whole HTTP/2 preface within `header_timeout_ms` is closed. Without them,
+//! idle connections, or ones that sent part of the preface, held descriptors until the host had
+//! none left for any listener.
 
 use crate::listener::{ListenerLimits, accept};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-/// An accepted connection, holding its slot until it closes.
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An accepted connection, holding its slot until it closes. Its preface was read to check it, so
+/// its reads give the preface first.
 pub(super) struct Held {
     stream: TcpStream,
+    preface_given: usize,
     _slot: OwnedSemaphorePermit,
 }
 
-/// The connections `listener` accepts within `limits`, once each sent its first bytes; accepting
-/// stops when the stream is dropped.
+/// The connections `listener` accepts within `limits`, once each sent the whole HTTP/2 preface;
+/// accepting stops when the stream is dropped.
 pub(super) fn admitted(
     listener: TcpListener,
     limits: ListenerLimits,
@@ -27,16 +33,18 @@ pub(super) fn admitted(
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         loop {
-            let (stream, slot) = tokio::select! {
+            let (mut stream, slot) = tokio::select! {
                 accepted = accept(&listener, &slots) => accepted,
                 () = admit.closed() => return,
             };
             let admit = admit.clone();
             tokio::spawn(async move {
-                // The protocol's first bytes, within the deadline: a client that sends none is cut.
-                let first = tokio::time::timeout(limits.header_timeout, stream.peek(&mut [0])).await;
-                if matches!(first, Ok(Ok(1))) {
-                    let _gone = admit.send(Ok(Held { stream, _slot: slot })).await;
+                // The protocol's preface, whole, within the deadline: a client that sends less, or
+                // something else, is cut.
+                let mut preface = [0; PREFACE.len()];
+                let read = tokio::time::timeout(limits.header_timeout, stream.read_exact(&mut preface)).await;
+                if matches!(read, Ok(Ok(_))) && &preface == PREFACE {
+                    let _gone = admit.send(Ok(Held { stream, preface_given: 0, _slot: slot })).await;
                 }
             });
         }
@@ -61,6 +69,12 @@ impl AsyncRead for Held {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(rest) = PREFACE.get(self.preface_given..).filter(|rest| !rest.is_empty()) {
+            let given = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..given]);
+            self.preface_given += given;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
