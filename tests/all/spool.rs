@@ -239,3 +239,53 @@ async fn a_message_whose_record_exceeds_the_whole_spool_is_refused_as_too_large_
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_fails_to_start_leaves_what_its_spool_held_for_the_next_start() {
+    // A start that failed after opening the spool (here, a plugin directory that is a file) dropped
+    // the messages it had recovered as if they were settled: their records went, undelivered.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+    let mut config = Config::default();
+    config.host.durability = Durability::Spool;
+    config.host.watch = false;
+    let failed =
+        Host::builder().config("test.toml", config).plugin_dir(not_a_dir.path()).state_dir(state.path());
+    let error = failed.build().await.expect_err("the plugin directory is a file").to_string();
+    assert!(error.starts_with("plugin directory"), "{error}");
+
+    let (host, delivered) = host_again(state.path()).await;
+    assert_eq!(host.spool().unwrap().recovered, 3);
+    assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-2"]);
+    drain_and_account(&host).await;
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_dropped_without_a_shutdown_leaves_its_unsettled_messages_for_the_next_start() {
+    // As a crash does. Before, its spool went on removing the records of messages settled after
+    // the drop, or dropped unsettled with the host's queues, as if they had reached an outcome.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (dropped, dropped_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        dropped.send(message(n)).await.unwrap();
+    }
+    drop(dropped);
+    // Its workers, still holding the messages, deliver them now: too late for its spool.
+    drop(open);
+    assert_eq!(ids_of(&dropped_out, 3).await, ["mine-0", "mine-1", "mine-2"]);
+
+    let (host, delivered) = host_again(state.path()).await;
+    assert_eq!(host.spool().unwrap().recovered, 3);
+    assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-2"]);
+    drain_and_account(&host).await;
+}

@@ -220,6 +220,17 @@ impl HostBuilder {
             let caught_up = tokio::task::spawn_blocking(move || reloader.sync_all(Retry::Changed)).await;
             caught_up.expect("syncing the plugins does not panic");
         }
+        let workers = (0..workers)
+            .map(|n| {
+                let (pipeline, queue, runtime) = (pipeline.clone(), queue.clone(), runtime.clone());
+                std::thread::Builder::new()
+                    .name(format!("switchyard-worker-{n}"))
+                    .spawn(move || run_worker(pipeline, queue, runtime))
+                    .map_err(|error| BuildError::Thread { error })
+            })
+            .collect::<Result<_, _>>()?;
+        // Nothing fails from here on. Until here a failure drops the spool (closing it) before
+        // the messages it recovered, and their records stay for the next start.
         let (spool, recovered) = match spool {
             Some((spool, recovery)) => {
                 for damage in recovery.damage {
@@ -234,15 +245,6 @@ impl HostBuilder {
             }
             None => (None, Vec::new()),
         };
-        let workers = (0..workers)
-            .map(|n| {
-                let (pipeline, queue, runtime) = (pipeline.clone(), queue.clone(), runtime.clone());
-                std::thread::Builder::new()
-                    .name(format!("switchyard-worker-{n}"))
-                    .spawn(move || run_worker(pipeline, queue, runtime))
-                    .map_err(|error| BuildError::Thread { error })
-            })
-            .collect::<Result<_, _>>()?;
         let host = Host {
             inner: Arc::new(HostInner {
                 reloader,

@@ -61,6 +61,14 @@ struct HostInner {
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
+impl Drop for HostInner {
+    /// Dropped without a shutdown: the spool closes first, as a crash would leave it, so the
+    /// messages dropped unsettled with the queues and tasks after it stay for the next start.
+    fn drop(&mut self) {
+        self.spool.take();
+    }
+}
+
 /// The reply of a request admitted with [`Host::try_request`].
 pub type PendingReply = oneshot::Receiver<Result<Option<Message>, RequestError>>;
 

@@ -102,6 +102,8 @@ pub(crate) struct Spool {
     max_bytes: u64,
     figures: Arc<Figures>,
     recovered: AtomicU64,
+    /// The writer thread: joined when the spool is dropped.
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What opening a spool found: messages to deliver again (oldest first), each held, and damage.
@@ -123,8 +125,8 @@ impl Spool {
         let (requests, queue) = flume::unbounded();
         let figures = Arc::new(Figures::default());
         let writer_figures = figures.clone();
-        // Runs until the spool and every hold are gone; then fsyncs and ends.
-        std::thread::Builder::new()
+        // Runs until asked to close (or the spool and every hold are gone); then fsyncs and ends.
+        let writer = std::thread::Builder::new()
             .name("switchyard-spool".into())
             .spawn(move || writer::run(log, queue, writer_figures, Box::new(observe)))
             .map_err(io)?;
@@ -136,6 +138,7 @@ impl Spool {
             max_bytes,
             figures,
             recovered: AtomicU64::new(recovered.len() as u64),
+            writer: Some(writer),
         };
         let messages = recovered
             .into_iter()
@@ -183,9 +186,9 @@ impl Spool {
     /// Write and fsync every remove queued so far, then close the log and unlock the directory;
     /// later puts are refused with [`SpoolError::Closed`].
     pub(crate) async fn close(&self) {
-        let (done, closed) = oneshot::channel();
+        let (done, closed) = flume::bounded(1);
         if self.requests.send(Request::Close(done)).is_ok() {
-            let _ = closed.await;
+            let _ = closed.recv_async().await;
         }
     }
 
@@ -205,6 +208,20 @@ impl Spool {
 
     fn hold(&self, seq: u64, permit: Option<OwnedSemaphorePermit>) -> SpoolHold {
         SpoolHold { seq, requests: self.requests.clone(), permit, kept: AtomicBool::new(false) }
+    }
+}
+
+impl Drop for Spool {
+    /// A spool dropped before [`close`](Spool::close) (its host failed to start, or was dropped
+    /// without a shutdown) closes as a crash would: what was queued before is written, a remove
+    /// queued after it (messages dropped unsettled with the host) is not, so the next start
+    /// delivers those messages again. Returns once the log is closed and its directory unlocked.
+    fn drop(&mut self) {
+        let (done, _closed) = flume::bounded(1);
+        let _ = self.requests.send(Request::Close(done));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 

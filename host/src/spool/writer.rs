@@ -22,7 +22,7 @@ pub(crate) enum Request {
     Remove(u64),
     /// Fsync what is written, close the log (unlocking the directory) and stop; answer once done.
     /// Removes queued after it are not written: those messages are delivered again at the next start.
-    Close(oneshot::Sender<()>),
+    Close(flume::Sender<()>),
 }
 
 /// What the writer shows of the log after each batch (read by `/v1/spool` and the gauges).
