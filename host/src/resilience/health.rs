@@ -45,21 +45,26 @@ pub enum HealthTransition {
 
 /// The health of one endpoint.
 ///
-/// Every observation is a pass or a failure, whether it comes from an active check (an HTTP path, a
-/// TCP connect) or passively from real traffic: one pass resets the failure streak and one failure the
-/// pass streak, so only *consecutive* results move the state (HAProxy's hysteresis). An endpoint Down
-/// gets no traffic outside panic mode, so in practice active checks bring it back: give an endpoint
-/// without active checks no `Health` at all and let its [`Breaker`](super::Breaker) eject it.
+/// Active checks (an HTTP path, a TCP connect) and real traffic keep failure streaks of their own:
+/// `fall` failed checks in a row, or `fall` failed requests in a row, take an endpoint `Down`. A
+/// request that went through does not make up for a failing check, so an endpoint whose check fails
+/// goes down under traffic too (an operator drains one so); a check that passes does not make up for
+/// failing requests. Only checks bring an endpoint back `Up`, after `rise` passes in a row (a failed
+/// check or request restarts the count): traffic reaches a `Down` endpoint only in panic mode, and a
+/// request that went through there does not end it. Give an endpoint without active checks no
+/// `Health` at all and let its [`Breaker`](super::Breaker) eject it.
 ///
 /// A plain value (`&mut self`): the destination core keeps it with the endpoint's other state.
 #[derive(Clone, Debug)]
 pub struct Health {
     config: HealthConfig,
     state: HealthState,
-    /// Passes in a row (only counted while `Down`).
+    /// Passing checks in a row (only counted while `Down`).
     passes: u32,
-    /// Failures in a row (only counted while `Up`).
-    failures: u32,
+    /// Failed checks in a row (only counted while `Up`).
+    check_failures: u32,
+    /// Failed requests in a row (only counted while `Up`).
+    request_failures: u32,
     /// When the current slow-start ramp began.
     ramp_since: Option<Instant>,
 }
@@ -67,7 +72,8 @@ pub struct Health {
 impl Health {
     /// A health state before any observation: `config.initial`, and no ramp.
     pub fn new(config: HealthConfig) -> Self {
-        Health { config, state: config.initial, passes: 0, failures: 0, ramp_since: None }
+        let state = config.initial;
+        Health { config, state, passes: 0, check_failures: 0, request_failures: 0, ramp_since: None }
     }
 
     /// The current state.
@@ -77,16 +83,56 @@ impl Health {
 
     /// Records the result of one active check.
     pub fn record_check(&mut self, passed: bool, now: Instant) -> Option<HealthTransition> {
-        self.observe(passed, now)
+        match (self.state, passed) {
+            (HealthState::Up, true) => self.check_failures = 0,
+            (HealthState::Up, false) => {
+                self.check_failures += 1;
+                return self.down_after(self.check_failures);
+            }
+            (HealthState::Down, false) => self.passes = 0,
+            (HealthState::Down, true) => {
+                self.passes += 1;
+                if self.passes >= self.config.rise.max(1) {
+                    (self.state, self.passes) = (HealthState::Up, 0);
+                    self.begin_slow_start(now);
+                    return Some(HealthTransition::WentUp);
+                }
+            }
+        }
+        None
     }
 
     /// Records the outcome of one real request: an [endpoint failure](Outcome::is_endpoint_failure)
     /// fails, `Shed` (which never reached the endpoint) is ignored, anything else passes.
-    pub fn record_passive(&mut self, outcome: &Outcome, now: Instant) -> Option<HealthTransition> {
-        match outcome {
-            Outcome::Shed => None,
-            outcome => self.observe(!outcome.is_endpoint_failure(), now),
+    pub fn record_passive(&mut self, outcome: &Outcome) -> Option<HealthTransition> {
+        let failed = outcome.is_endpoint_failure();
+        match (self.state, outcome) {
+            (_, Outcome::Shed) => None,
+            (HealthState::Up, _) if failed => {
+                self.request_failures += 1;
+                self.down_after(self.request_failures)
+            }
+            (HealthState::Up, _) => {
+                self.request_failures = 0;
+                None
+            }
+            (HealthState::Down, _) => {
+                if failed {
+                    self.passes = 0;
+                }
+                None
+            }
         }
+    }
+
+    /// Down when `streak` failures in a row reached `fall`.
+    fn down_after(&mut self, streak: u32) -> Option<HealthTransition> {
+        if streak < self.config.fall.max(1) {
+            return None;
+        }
+        (self.state, self.check_failures, self.request_failures, self.ramp_since) =
+            (HealthState::Down, 0, 0, None);
+        Some(HealthTransition::WentDown)
     }
 
     /// Starts a slow-start ramp now, for a recovery health did not see (the endpoint's breaker closed
@@ -102,29 +148,6 @@ impl Health {
             (Some(ramp), Some(since)) => ramp.factor(now.saturating_duration_since(since)),
             _ => 1.0,
         }
-    }
-
-    fn observe(&mut self, passed: bool, now: Instant) -> Option<HealthTransition> {
-        match (self.state, passed) {
-            (HealthState::Up, true) => self.failures = 0,
-            (HealthState::Up, false) => {
-                self.failures += 1;
-                if self.failures >= self.config.fall.max(1) {
-                    (self.state, self.failures, self.ramp_since) = (HealthState::Down, 0, None);
-                    return Some(HealthTransition::WentDown);
-                }
-            }
-            (HealthState::Down, false) => self.passes = 0,
-            (HealthState::Down, true) => {
-                self.passes += 1;
-                if self.passes >= self.config.rise.max(1) {
-                    (self.state, self.passes) = (HealthState::Up, 0);
-                    self.begin_slow_start(now);
-                    return Some(HealthTransition::WentUp);
-                }
-            }
-        }
-        None
     }
 }
 
@@ -173,17 +196,41 @@ mod tests {
     }
 
     #[test]
-    fn passive_failures_feed_the_same_state_as_checks() {
+    fn failed_requests_in_a_row_take_an_endpoint_down_on_their_own() {
         let (mut health, now) = (health(), Instant::now());
-        assert_eq!(health.record_check(false, now), None);
-        assert_eq!(health.record_passive(&Outcome::Retryable(RetryReason::Timeout), now), None);
-        assert_eq!(
-            health.record_passive(&Outcome::Shed, now),
-            None,
-            "shed work says nothing about the endpoint"
-        );
+        assert_eq!(health.record_passive(&Outcome::Retryable(RetryReason::Timeout)), None);
+        assert_eq!(health.record_passive(&Outcome::Shed), None, "shed work says nothing about the endpoint");
+        assert_eq!(health.record_check(true, now), None, "a passing check does not end the streak");
+        assert_eq!(health.record_passive(&Outcome::Retryable(RetryReason::Reset)), None);
         let reset = Outcome::Retryable(RetryReason::Reset);
-        assert_eq!(health.record_passive(&reset, now), Some(HealthTransition::WentDown));
+        assert_eq!(health.record_passive(&reset), Some(HealthTransition::WentDown));
+    }
+
+    #[test]
+    fn a_failing_check_takes_an_endpoint_down_while_its_requests_go_through() {
+        // Each request that went through used to end the checks' failure streak: an endpoint under
+        // traffic never went down however long its check failed.
+        let (mut health, now) = (health(), Instant::now());
+        for _ in 0..2 {
+            assert_eq!(health.record_check(false, now), None);
+            assert_eq!(health.record_passive(&Outcome::Ok), None);
+        }
+        assert_eq!(health.record_check(false, now), Some(HealthTransition::WentDown));
+    }
+
+    #[test]
+    fn only_checks_bring_a_down_endpoint_back() {
+        let (mut health, now) = (
+            Health::new(HealthConfig { initial: HealthState::Down, ..HealthConfig::default() }),
+            Instant::now(),
+        );
+        for _ in 0..5 {
+            assert_eq!(health.record_passive(&Outcome::Ok), None, "panic-mode traffic that went through");
+        }
+        assert_eq!(health.record_check(true, now), None);
+        assert_eq!(health.record_passive(&Outcome::Retryable(RetryReason::Timeout)), None);
+        assert_eq!(health.record_check(true, now), None, "the failed request restarted the count");
+        assert_eq!(health.record_check(true, now), Some(HealthTransition::WentUp));
     }
 
     #[test]
@@ -191,9 +238,9 @@ mod tests {
         let (mut health, now) = (health(), Instant::now());
         let timeout = Outcome::Retryable(RetryReason::Timeout);
         for answer in [Outcome::Ok, Outcome::Fatal(FatalReason::Status(404))] {
-            assert_eq!(health.record_passive(&timeout, now), None);
-            assert_eq!(health.record_passive(&timeout, now), None);
-            assert_eq!(health.record_passive(&answer, now), None);
+            assert_eq!(health.record_passive(&timeout), None);
+            assert_eq!(health.record_passive(&timeout), None);
+            assert_eq!(health.record_passive(&answer), None);
         }
         assert_eq!(health.state(), HealthState::Up);
     }

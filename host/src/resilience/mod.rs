@@ -14,7 +14,7 @@
 //!           retry while there is one; none eligible: wait for one, spending no attempt)
 //!           breaker.try_acquire(now)  (acquire_forced if the pick's admission is Forced; None: pick again)
 //!           send ─► Outcome ─► permit.report(&outcome, now)    ─► Option<Transition> to log
-//!                           └► health.record_passive(&outcome, now) ─► Option<HealthTransition>
+//!                           └► health.record_passive(&outcome) ─► Option<HealthTransition>
 //! retry?    retry.backoff_after(attempts, &outcome, rng) ─► Some(delay)
 //!           && budget.first_retry() (a message's first) or budget.acquire() (later ones, may wait)
 //!           ─► RetryPermit, held through the delay and the next attempt

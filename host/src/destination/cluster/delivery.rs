@@ -282,7 +282,7 @@ impl Cluster {
             self.breaker_changed(endpoint, transition, problem);
         }
         if let Some(health) = &endpoint.health {
-            let transition = lock(health).record_passive(&outcome, finished);
+            let transition = lock(health).record_passive(&outcome);
             self.health_changed(endpoint, transition, Some(problem));
         }
         self.changed.notify_waiters();
