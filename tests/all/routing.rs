@@ -233,6 +233,26 @@ async fn the_intake_is_bounded_in_bytes_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_max_message_bytes_fits_an_intake_of_that_size() {
+    // A message held its size rounded down plus one KiB, out of a budget of queue_bytes rounded
+    // down: one of max_message_bytes never fitted an intake of that size (`send` waited for good,
+    // the ingress answered 503 for ever), and with queue_bytes under 1 KiB nothing fitted.
+    let dir = plugin_dir(&[]);
+    for (limit, payload) in [(2048, 2045), (1000, 997)] {
+        let config = format!(
+            "[host]\nmax_message_bytes = {limit}\nqueue_bytes = {limit}\n[[destination]]\nname = \"out\"\n\
+             transport = \"memory\"\n[[route]]\nname = \"all\"\nto = \"out\"\n"
+        );
+        let host = host(dir.path(), &config).await;
+        let largest = Message::new("t.x", vec![b'x'; payload]);
+        within(host.send(largest)).await.expect("a message of max_message_bytes is accepted");
+        assert_eq!(next(&host.memory("out").unwrap()).await.payload.len(), payload);
+        let stats = drain_and_account(&host).await;
+        assert_eq!((stats.accepted, stats.delivered), (1, 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_destination_nobody_reads_fills_then_holds_senders_back_and_loses_nothing() {
     let dir = plugin_dir(&[]);
     let config = "[host]\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1\ndead_letter = \"log\"\n\

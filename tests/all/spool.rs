@@ -289,3 +289,43 @@ async fn a_host_dropped_without_a_shutdown_leaves_its_unsettled_messages_for_the
     assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-2"]);
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_message_larger_than_the_new_intake_is_delivered_and_the_stop_is_not_held() {
+    // Spooled under larger limits, it waited for more of the intake's budget than there was: it and
+    // every message behind it were never delivered, and a stop waited for it for good.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    stuck.send(Message::new("t.x", vec![b'x'; 100_000])).await.unwrap();
+    stuck.send(message(1)).await.unwrap();
+    let state = crash_copy(state.path());
+    let (host, delivered) = host_again_with(state.path(), |config| {
+        config.host.max_message_bytes = 10240;
+        config.host.queue_bytes = 10240;
+    })
+    .await;
+    assert_eq!(host.spool().unwrap().recovered, 2);
+    assert_eq!(next(&delivered).await.payload.len(), 100_000);
+    assert_eq!(next(&delivered).await.unique_id(), Some("mine-1"));
+    let stats = within(drain_and_account(&host)).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 2).await.len(), 2);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_max_message_bytes_fits_a_spool_of_that_size_and_1_kib_more() {
+    // The record's size was rounded down plus one KiB, the spool's budget rounded down: refused as
+    // too large ("2114 bytes exceeds the limit of 3071"), though within every limit.
+    let state = tempfile::tempdir().unwrap();
+    let (host, delivered) = host_again_with(state.path(), |config| {
+        config.host.max_message_bytes = 2047;
+        config.host.spool_max_bytes = 3071;
+    })
+    .await;
+    within(host.send(Message::new("t.x", vec![b'p'; 1950]))).await.expect("it fits");
+    assert_eq!(next(&delivered).await.payload.len(), 1950);
+    drain_and_account(&host).await;
+}

@@ -198,7 +198,8 @@ impl HostBuilder {
             }
         });
         let redelivery = Redelivery::start(&pipeline, &runtime);
-        let intake_bytes = Arc::new(tokio::sync::Semaphore::new(config.host.queue_bytes / 1024));
+        let intake_kib = super::intake_kib(config.host.queue_bytes);
+        let intake_bytes = Arc::new(tokio::sync::Semaphore::new(intake_kib as usize));
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
         let reloader =
@@ -261,7 +262,8 @@ impl HostBuilder {
             }),
         };
         if let Some(sender) = host.inner.sender.read().unwrap_or_else(|poison| poison.into_inner()).clone() {
-            super::spool::redeliver(&pipeline, sender, host.inner.intake_bytes.clone(), recovered);
+            let budget = (host.inner.intake_bytes.clone(), intake_kib);
+            super::spool::redeliver(&pipeline, sender, budget, recovered);
         }
         let weak = Arc::downgrade(&host.inner);
         host.metrics().watch_destinations(Box::new(move || {

@@ -525,7 +525,7 @@ impl Host {
     /// rounded up, at least one).
     fn admit(&self, mut message: Message) -> Result<(Message, u32), SendError> {
         let size = check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
-        let kib = u32::try_from(size / 1024 + 1).unwrap_or(u32::MAX);
+        let kib = intake_kib(size);
         message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
         if message.unique_id().is_none() {
             message.headers.push((ID_HEADER.to_owned(), unique_id()));
@@ -635,6 +635,19 @@ pub(crate) const MAX_TOPIC_BYTES: usize = 1024;
 
 /// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers,
 /// and payload and headers together within `limit` bytes. Returns that size.
+/// A message's size as `host.max_message_bytes` counts it: its topic, payload and headers.
+pub(crate) fn size_of(message: &Message) -> usize {
+    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+    message.topic.len() + message.payload.len() + headers
+}
+
+/// The KiB of `host.queue_bytes` a message of `size` bytes ([`size_of`]) holds in the intake:
+/// rounded up, at least one. The intake's budget is `queue_bytes` rounded up the same way, so a
+/// message within `max_message_bytes` (which is at most `queue_bytes`) always fits in it.
+pub(crate) fn intake_kib(size: usize) -> u32 {
+    u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+}
+
 pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
     let topic = &message.topic;
     if topic.len() > MAX_TOPIC_BYTES {
@@ -658,8 +671,7 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, Se
         let count = message.headers.len();
         return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
     }
-    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
-    let size = topic.len() + message.payload.len() + headers;
+    let size = size_of(message);
     if size > limit {
         return Err(SendError::TooLarge { size, limit });
     }

@@ -32,12 +32,14 @@ impl Host {
     }
 }
 
-/// Send the messages recovered from `spool` into the intake (oldest first, waiting for room, each
-/// counted as accepted again), from a task of their own so the host serves meanwhile.
+/// Send the messages recovered from `spool` into the intake (oldest first, waiting for room in
+/// `intake`, the intake's budget and its whole size in KiB, each counted as accepted again), from a
+/// task of their own so the host serves meanwhile. A message larger than the whole budget (the
+/// limits shrank since it was spooled) takes all of it rather than waiting for good.
 pub(super) fn redeliver(
     pipeline: &Arc<Pipeline>,
     sender: flume::Sender<Envelope>,
-    intake_bytes: Arc<Semaphore>,
+    (intake_bytes, intake_kib): (Arc<Semaphore>, u32),
     messages: Vec<(Message, SpoolHold)>,
 ) {
     if messages.is_empty() {
@@ -48,7 +50,7 @@ pub(super) fn redeliver(
     tokio::spawn(async move {
         for (mut message, hold) in messages {
             message.id = pipeline.ids.fetch_add(1, Ordering::Relaxed);
-            let kib = u32::try_from(message.payload.len() / 1024 + 1).unwrap_or(u32::MAX);
+            let kib = super::intake_kib(super::size_of(&message)).min(intake_kib);
             let bytes = intake_bytes
                 .clone()
                 .acquire_many_owned(kib)

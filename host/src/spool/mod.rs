@@ -263,13 +263,15 @@ impl std::fmt::Debug for SpoolHold {
     }
 }
 
+/// `bytes` in KiB, rounded up as [`record_kib`] rounds: a record of at most `spool_max_bytes`
+/// fits in the budget.
 fn kib_of(bytes: u64) -> usize {
-    usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)
+    usize::try_from(bytes.div_ceil(1024)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)
 }
 
-/// The KiB of `spool_max_bytes` a record with a body of `body` bytes holds (at least one).
+/// The KiB of `spool_max_bytes` a record with a body of `body` bytes holds: rounded up.
 fn record_kib(body: usize) -> u32 {
-    u32::try_from((body + record::HEADER) / 1024 + 1).unwrap_or(u32::MAX)
+    u32::try_from((body + record::HEADER).div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
