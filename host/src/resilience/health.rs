@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn passive_answers_from_a_working_endpoint_reset_the_failure_streak() {
-        let (mut health, now) = (health(), Instant::now());
+        let mut health = health();
         let timeout = Outcome::Retryable(RetryReason::Timeout);
         for answer in [Outcome::Ok, Outcome::Fatal(FatalReason::Status(404))] {
             assert_eq!(health.record_passive(&timeout), None);
