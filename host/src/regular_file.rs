@@ -5,6 +5,7 @@
 //! limit (a sparse or endless file cannot fill memory).
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -26,25 +27,34 @@ pub enum Links {
 /// not a regular file, a link leading where `links` forbids, or more than
 /// `max` bytes.
 pub fn read(path: &Path, max: u64, links: Links) -> std::io::Result<Option<Vec<u8>>> {
-    if links == Links::WithinDirectory && std::fs::symlink_metadata(path)?.file_type().is_symlink() {
-        let target = std::fs::canonicalize(path).map_err(|err| match err.kind() {
-            // The link is there: what is missing is what it points to.
-            std::io::ErrorKind::NotFound => {
-                let to = std::fs::read_link(path).map(|to| to.display().to_string()).unwrap_or_default();
-                refused(format!("a symbolic link to nothing (to {to})"))
+    // Opened as a place only (`O_PATH`: nothing is read, no device is opened), then checked on what
+    // was opened, not on the path: a link swapped between a check and the open cannot lead out.
+    let place =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path).map_err(|err| {
+            match err.kind() {
+                // The link is there: what is missing is what it points to.
+                std::io::ErrorKind::NotFound if std::fs::symlink_metadata(path).is_ok() => {
+                    let to = std::fs::read_link(path).map(|to| to.display().to_string()).unwrap_or_default();
+                    refused(format!("a symbolic link to nothing (to {to})"))
+                }
+                _ => err,
             }
-            _ => err,
         })?;
+    let opened = Path::new("/proc/self/fd").join(place.as_raw_fd().to_string());
+    if links == Links::WithinDirectory {
+        let target = std::fs::read_link(&opened)?;
         let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !target.starts_with(std::fs::canonicalize(dir)?) {
             return Err(refused(format!("a symbolic link out of its directory, to {}", target.display())));
         }
     }
-    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
-    let before = file.metadata()?;
-    if !before.is_file() {
-        return Err(refused(format!("not a regular file but {}", kind(before.file_type()))));
+    let kind_of_place = place.metadata()?.file_type();
+    if !kind_of_place.is_file() {
+        return Err(refused(format!("not a regular file but {}", kind(kind_of_place))));
     }
+    // Reopened through the descriptor: the very file checked.
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&opened)?;
+    let before = file.metadata()?;
     let too_big = |size: u64| refused(format!("{size} bytes, over the limit of {max}"));
     if before.len() > max {
         return Err(too_big(before.len()));
@@ -108,6 +118,38 @@ mod tests {
         assert!(out.starts_with("a symbolic link out of its directory, to "), "{out}");
         let named = read(&dir.path().join("out.wasm"), 100, Links::Anywhere).unwrap();
         assert_eq!(named, Some(b"outside".to_vec()), "a file the operator names may be a link anywhere");
+    }
+
+    #[test]
+    fn a_link_swapped_while_it_is_read_never_leads_out_of_its_directory() {
+        // The link was checked, then opened by its path again: one swapped in between was followed
+        // out of the directory (a helper read a secret file's first line into a reload's error).
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(dir.path().join("inside.toml"), b"inside").unwrap();
+        std::fs::write(elsewhere.path().join("secret.toml"), b"secret").unwrap();
+        let (link, swap) = (dir.path().join("p.toml"), dir.path().join("p.toml.next"));
+        std::os::unix::fs::symlink("inside.toml", &link).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, link, swap) = (stop.clone(), link.clone(), swap.clone());
+            let targets = [dir.path().join("inside.toml"), elsewhere.path().join("secret.toml")];
+            std::thread::spawn(move || {
+                for target in targets.iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::os::unix::fs::symlink(target, &swap).unwrap();
+                    std::fs::rename(&swap, &link).unwrap();
+                }
+            })
+        };
+        for _ in 0..3000 {
+            if let Ok(Some(bytes)) = read(&link, 100, Links::WithinDirectory) {
+                assert_eq!(bytes, b"inside", "read through a link out of its directory");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
     }
 
     #[test]
