@@ -111,7 +111,11 @@ impl FromStr for BalancerConfig {
                 } else if let Some(name) = value.strip_prefix("affinity:header:") {
                     BalancerConfig::Affinity { header: header(name)? }
                 } else if let Some(name) = value.strip_prefix("plugin:") {
-                    BalancerConfig::Plugin { name: named(name, "the plugin name")? }
+                    let name = named(name, "the plugin name")?;
+                    if let Some(plugin_problem) = crate::config::plugin_name_problem(&name) {
+                        return Err(problem(&format!("the plugin name {plugin_problem}")));
+                    }
+                    BalancerConfig::Plugin { name }
                 } else if value.starts_with("hash:") || value.starts_with("affinity:") {
                     return Err(problem("only a header can be hashed on or keep streams"));
                 } else {

@@ -316,6 +316,9 @@ impl Config {
             if !plugins.insert(&plugin.name) {
                 return Err(invalid(key("name"), &plugin.name, "configured twice".into()));
             }
+            if let Some(problem) = super::model::plugin_name_problem(&plugin.name) {
+                return Err(invalid(key("name"), &plugin.name, problem.into()));
+            }
             if plugin.limits.memory_mb == 0 {
                 return Err(invalid(key("limits.memory_mb"), &0, "must be at least 1".into()));
             }

@@ -634,6 +634,18 @@ impl StageKind {
     }
 }
 
+/// Why `name` cannot name a plugin, if it cannot: a plugin's name is its file's stem in the plugin
+/// directory, so a path (`/`, `..`) would name a file elsewhere (`switchyard check` loaded one, and a
+/// native library's private copy was written outside its directory).
+pub(crate) fn plugin_name_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "" => Some("names no plugin"),
+        "." | ".." => Some("is not a file name"),
+        _ if name.contains(['/', '\\', '\0']) => Some("is a path, not a file name in the plugin directory"),
+        _ => None,
+    }
+}
+
 impl TryFrom<String> for StageRef {
     type Error = String;
 
@@ -652,8 +664,8 @@ impl TryFrom<String> for StageRef {
                 ));
             }
         };
-        if name.is_empty() {
-            return Err(format!("stage \"{text}\" names no plugin"));
+        if let Some(problem) = plugin_name_problem(name) {
+            return Err(format!("stage \"{text}\" {problem}"));
         }
         Ok(StageRef::Named { kind, name: name.to_owned() })
     }

@@ -40,11 +40,11 @@ impl PluginTransportFactory {
     /// The plugin's name (`NAME` of `plugin:NAME`) and the options.
     fn settings(destination: &DestinationConfig) -> Result<(&str, PluginOptions), SettingError> {
         let name = destination.transport.strip_prefix("plugin:").unwrap_or_default();
-        if name.is_empty() {
+        if let Some(problem) = crate::config::plugin_name_problem(name) {
             return Err(SettingError {
                 field: "transport",
                 value: format!("\"{}\"", destination.transport),
-                problem: "names no plugin, as in \"plugin:NAME\"".into(),
+                problem: format!("{problem} (\"plugin:NAME\" names NAME.wasm in the plugin directory)"),
             });
         }
         let invalid = |problem: String| SettingError {
