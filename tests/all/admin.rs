@@ -225,6 +225,8 @@ async fn events_websocket_streams_endpoint_down_and_ready_follows_it() {
     let (status, body) = get(addr, "/ready", &[AUTH]).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("destination api has no endpoint serving"), "{body}");
+    // Without the token: not ready, and nothing of what this host runs.
+    assert_eq!(get(addr, "/ready", &[]).await, (503, r#"{"ready":false}"#.into()));
     let (_, body) = get(addr, "/v1/destinations", &[AUTH]).await;
     let destinations: serde_json::Value = serde_json::from_str(&body).unwrap();
     let api = destinations["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "api").unwrap();

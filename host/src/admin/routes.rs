@@ -65,13 +65,24 @@ async fn health() -> Json<Value> {
 
 /// Ready when every stage the routes name is available and every
 /// destination has an endpoint serving; else 503 and why not.
-async fn ready(State(host): State<Host>) -> Response {
+///
+/// Open to every caller, like `/health`, for probes; the problems (the plugins and destinations they
+/// name) only to one with the admin token, when there is one.
+async fn ready(
+    State(host): State<Host>,
+    Extension(token): Extension<TokenSource>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let problems = host.unready();
-    match problems.is_empty() {
-        true => Json(json!({ "ready": true })).into_response(),
-        false => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "problems": problems })))
-            .into_response(),
+    if problems.is_empty() {
+        return Json(json!({ "ready": true })).into_response();
     }
+    let told = token.current().is_none_or(|token| crate::bearer::presented(&headers, &token));
+    let body = match told {
+        true => json!({ "ready": false, "problems": problems }),
+        false => json!({ "ready": false }),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn metrics(State(host): State<Host>) -> Response {
