@@ -695,6 +695,9 @@ fn admin_api_of_the_binary_guards_every_endpoint_and_counts_the_messages_that_fl
 fn run_prints_the_digest_of_each_plugin_and_the_reason_a_file_is_refused() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
     std::fs::write(dir.path().join("corrupt.wasm"), b"\0asm garbage").unwrap();
+    // A name that would print a line of its own and clear the terminal, had it been printed raw.
+    let forging = "x\nswitchyard: FORGED\u{1b}[2J";
+    std::fs::copy(artifacts::HEADER_FILTER, dir.path().join(format!("{forging}.wasm"))).unwrap();
     let args = ["run", "--plugins", ".", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
     let mut host = Running::start_with_env(&args, dir.path(), &[("SWITCHYARD_ADMIN_TOKEN", "config-token")]);
     let digest = hex::encode(Sha256::digest(std::fs::read(artifacts::HEADER_FILTER).unwrap()));
@@ -703,6 +706,8 @@ fn run_prints_the_digest_of_each_plugin_and_the_reason_a_file_is_refused() {
         loaded.starts_with(&format!("switchyard: plugin f loaded: filter {} in ", &digest[..12])),
         "{loaded}"
     );
+    let escaped = host.line_where(|line| line.contains("FORGED"));
+    assert!(escaped.starts_with("switchyard: plugin x\\nswitchyard: FORGED\\u{1b}[2J loaded: "), "{escaped}");
     let refused = host.line_where(|line| line.contains("corrupt"));
     assert!(
         refused.starts_with("switchyard: plugin \"corrupt\": not a valid WebAssembly component: "),
@@ -711,7 +716,7 @@ fn run_prints_the_digest_of_each_plugin_and_the_reason_a_file_is_refused() {
     let admin = host.address("admin API listening on http://");
     let (_, plugins) = http(admin, "GET", "/v1/plugins", &[AUTH], b"");
     let plugins: serde_json::Value = serde_json::from_str(&plugins).unwrap();
-    let [corrupt, f] = &plugins["plugins"].as_array().unwrap()[..] else { panic!("{plugins}") };
+    let [corrupt, f, _forging] = &plugins["plugins"].as_array().unwrap()[..] else { panic!("{plugins}") };
     assert_eq!((corrupt["name"].as_str(), corrupt["state"].as_str()), (Some("corrupt"), Some("rejected")));
     let reason = corrupt["last_rejection"].as_str().unwrap();
     assert!(reason.contains("not a valid WebAssembly component"), "{reason}");

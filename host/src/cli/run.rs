@@ -26,19 +26,19 @@ pub async fn run(
     let source = config.map_or("<built-in default>".to_owned(), |path| path.display().to_string());
     eprintln!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
     for plugin in host.plugins() {
-        eprintln!(
+        say(format!(
             "switchyard: plugin {} loaded: {} {} in {:.1} ms",
             plugin.name,
             plugin.kind.as_str(),
             plugin.short_version(),
             plugin.compile_time.as_secs_f64() * 1e3
-        );
+        ));
     }
     for error in host.load_errors() {
-        eprintln!("switchyard: {error}");
+        say(format!("switchyard: {error}"));
     }
     for problem in host.unready() {
-        eprintln!("switchyard: warning: {problem}");
+        say(format!("switchyard: warning: {problem}"));
     }
     for warning in super::check::memory_warnings(&host.config()) {
         eprintln!("switchyard: warning: {warning}");
@@ -157,4 +157,18 @@ impl Signals {
             }
         }
     }
+}
+
+/// Print `line` to standard error with its control characters escaped: a line names files of the
+/// plugin directory, and one named "x\nswitchyard: …" or holding a terminal's escape sequences
+/// must not forge lines of ours or drive the operator's terminal.
+fn say(line: String) {
+    let escaped: String = line
+        .chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect();
+    eprintln!("{escaped}");
 }
