@@ -329,3 +329,30 @@ async fn a_message_of_max_message_bytes_fits_a_spool_of_that_size_and_1_kib_more
     assert_eq!(next(&delivered).await.payload.len(), 1950);
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_deleted_under_a_spooling_host_refuses_messages_rather_than_losing_them() {
+    // Writes to the unlinked segment went on succeeding: each message was answered as on disk, and
+    // a crash lost every one of them.
+    let state = tempfile::tempdir().unwrap();
+    let (host, delivered) = host_again(state.path()).await;
+    host.send(message(1)).await.expect("the spool is there");
+    assert_eq!(next(&delivered).await.unique_id(), Some("mine-1"));
+    std::fs::remove_dir_all(state.path()).unwrap();
+
+    for n in 2..4 {
+        match within(host.send(message(n))).await {
+            Err(SendError::Unrecorded(problem)) => {
+                assert!(problem.contains(".seg was deleted while the host ran"), "{problem}")
+            }
+            other => panic!("accepted with nothing on disk: {other:?}"),
+        }
+    }
+    let ingress = start_ingress(&host).await;
+    let (status, body) =
+        tokio::task::spawn_blocking(move || post(ingress, "/v1/messages/t.x", &[], b"{}")).await.unwrap();
+    assert_eq!(status, 503, "the HTTP ingress refuses it too: {body}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+    assert!(delivered.is_empty());
+}

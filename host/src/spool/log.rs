@@ -10,6 +10,7 @@ use crate::message::Message;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// A segment past this size is closed and a new one started.
@@ -58,6 +59,9 @@ pub(crate) struct SegmentLog {
     _lock: File,
     /// The segment appended to: its number, file and length.
     head: (u64, File, u64),
+    /// Set once the head segment is found deleted under the running host (its directory removed):
+    /// nothing written since is on disk, so every later append is refused with this problem.
+    deleted: Option<String>,
     /// Messages not yet removed, by sequence number (so the first is the oldest).
     live: BTreeMap<u64, Live>,
     /// Live messages per segment, for every segment on disk (zero for those waiting their turn).
@@ -170,6 +174,7 @@ impl SegmentLog {
             dir: dir.to_owned(),
             _lock: lock,
             head,
+            deleted: None,
             live,
             per_segment,
             disk_bytes,
@@ -189,18 +194,25 @@ impl SegmentLog {
 
     /// Append `bytes` (whole records) to the head segment, fsync'd when `sync`. `puts` are the
     /// puts among them (sequence number, record bytes, accepted at), tracked once written; a
-    /// failed write is cut off and the next goes to a new segment.
+    /// failed write is cut off and the next goes to a new segment. Once the head segment is found
+    /// deleted (see [`SegmentLog::check_head`]) every append is refused.
     pub(crate) fn append(&mut self, bytes: &[u8], puts: &[(u64, u64, u64)], sync: bool) -> io::Result<()> {
+        if let Some(problem) = &self.deleted {
+            return Err(io::Error::new(io::ErrorKind::NotFound, problem.clone()));
+        }
         if self.head.2 >= SEGMENT_BYTES {
             self.rotate()?;
         }
-        let (number, file, len) = &mut self.head;
+        let (_, file, len) = &mut self.head;
         let written = file.write_all(bytes).and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         if let Err(error) = written {
             let _ = file.set_len(*len);
             self.rotate()?;
             return Err(error);
         }
+        // After the write and fsync, so a deletion before they finished refuses this batch too.
+        self.check_head()?;
+        let (number, _, len) = &mut self.head;
         *len += bytes.len() as u64;
         self.disk_bytes += bytes.len() as u64;
         let segment = *number;
@@ -210,6 +222,24 @@ impl SegmentLog {
         }
         *self.per_segment.get_mut(&segment).expect("the head is tracked") += puts.len();
         Ok(())
+    }
+
+    /// Fail (and fail every later append) when the head segment is no longer in its directory: the
+    /// state directory or the segment was deleted under the running host. Writes to an unlinked file
+    /// succeed, but nothing of them survives a crash, so acknowledging them would lose messages.
+    /// One `fstat` per batch.
+    fn check_head(&mut self) -> io::Result<()> {
+        let (number, file, _) = &self.head;
+        if file.metadata()?.nlink() > 0 {
+            return Ok(());
+        }
+        let problem = format!(
+            "its segment {} was deleted while the host ran (was the state directory removed?): messages \
+             written since are not on disk, and none is accepted until the host is restarted",
+            segment_path(&self.dir, *number).display()
+        );
+        self.deleted = Some(problem.clone());
+        Err(io::Error::new(io::ErrorKind::NotFound, problem))
     }
 
     /// Forget `seq` (its remove is written or about to be); deletes segments no longer needed.
@@ -242,7 +272,12 @@ impl SegmentLog {
             }
             let path = segment_path(&self.dir, oldest);
             self.disk_bytes = self.disk_bytes.saturating_sub(fs::metadata(&path).map_or(0, |m| m.len()));
-            fs::remove_file(&path)?;
+            match fs::remove_file(&path) {
+                // Deleted by someone else (the state directory removed): as good as reclaimed;
+                // failing here would fail, and be logged, at every later remove.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                removed => removed?,
+            }
             self.per_segment.remove(&oldest);
         }
         Ok(())

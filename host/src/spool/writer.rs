@@ -57,6 +57,9 @@ pub(crate) fn run(
 ) {
     figures.publish(&log);
     let mut buf = Vec::new();
+    // The failure last logged, while batches keep failing with it: a deleted spool (or a full disk)
+    // refuses every batch, and one line says so, not one a batch.
+    let mut failing: Option<String> = None;
     while let Ok(first) = requests.recv() {
         buf.clear();
         let (mut puts, mut answers, mut removes, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
@@ -92,9 +95,18 @@ pub(crate) fn run(
         // Before the answers: an admitted message is in the figures once its sender hears back.
         figures.publish(&log);
         match written {
-            Ok(()) => answers.into_iter().for_each(|(seq, done)| drop(done.send(Ok(seq)))),
+            Ok(()) => {
+                if failing.take().is_some() {
+                    tracing::info!("the spool writes again; messages are accepted");
+                }
+                answers.into_iter().for_each(|(seq, done)| drop(done.send(Ok(seq))));
+            }
             Err(error) => {
-                tracing::error!(%error, puts = puts.len(), "the spool could not write a batch; its messages are refused");
+                let problem = error.to_string();
+                if failing.as_ref() != Some(&problem) {
+                    tracing::error!(%error, puts = puts.len(), "the spool could not write a batch; its messages are refused (said once while batches fail alike)");
+                    failing = Some(problem);
+                }
                 for (_, done) in answers {
                     let _ = done.send(Err(io::Error::new(error.kind(), error.to_string())));
                 }
