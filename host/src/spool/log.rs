@@ -257,11 +257,30 @@ impl SegmentLog {
         (self.live.len(), self.live_bytes, oldest, self.disk_bytes)
     }
 
+    /// Start a new head segment. The old one is deleted if no record was written to it: a full
+    /// disk refuses write after write, each followed by a rotation, and the empty segments it left
+    /// took the inodes a restart needs.
     fn rotate(&mut self) -> io::Result<()> {
         let number = self.head.0 + 1;
-        self.head = (number, create_segment(&self.dir, number)?, 0);
+        let (old, _, old_len) =
+            std::mem::replace(&mut self.head, (number, create_segment(&self.dir, number)?, 0));
         self.per_segment.insert(number, 0);
+        if old_len == 0 {
+            // Nothing in it but, at most, a failed write's bytes that were never acknowledged.
+            self.per_segment.remove(&old);
+            match fs::remove_file(segment_path(&self.dir, old)) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+        }
         self.reclaim()
+    }
+
+    /// Make the head's writes fail, as a full disk does: its file is swapped for a read-only
+    /// handle on it, until the next rotation.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&mut self) {
+        self.head.1 = File::open(segment_path(&self.dir, self.head.0)).expect("the head segment is there");
     }
 
     /// Delete the oldest segments while nothing live is in them (never the head).
@@ -419,5 +438,28 @@ mod tests {
         drop(log);
         let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
         assert!(recovered.is_empty());
+    }
+
+    #[test]
+    fn failed_writes_leave_no_empty_segments_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let first = put(&mut log, &["a"]);
+        for _ in 0..3 {
+            log.fail_writes();
+            let mut bytes = Vec::new();
+            record::write_remove(&mut bytes, first[0]);
+            log.append(&bytes, &[], true).expect_err("the write fails");
+        }
+        assert_eq!(
+            segments(dir.path()).unwrap().len(),
+            2,
+            "a's segment and one empty head, not one a failure"
+        );
+        put(&mut log, &["b"]);
+        drop(log);
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "b"]);
+        assert!(damage.is_empty(), "{damage:?}");
     }
 }
