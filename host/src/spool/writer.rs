@@ -84,7 +84,8 @@ pub(crate) fn run(
         let sync = !puts.is_empty() || close.is_some();
         let started = Instant::now();
         let written = log.append(&buf, &puts, sync);
-        if !puts.is_empty() {
+        // Only a batch that is on disk counts: `spool_writes_total` is messages fsync'd.
+        if !puts.is_empty() && written.is_ok() {
             observe(puts.len(), started.elapsed());
         }
         for seq in removes {
@@ -127,4 +128,37 @@ pub(crate) fn run(
 pub(crate) fn now_ms() -> u64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     since.map_or(0, |since| since.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Put a small record through the writer of `requests` and wait for its answer.
+    fn put(requests: &flume::Sender<Request>) -> io::Result<u64> {
+        let (done, written) = oneshot::channel();
+        let body = record::put_body(&crate::message::Message::new("t", "payload"), 7);
+        requests.send(Request::Put { body, accepted_ms: 7, done }).unwrap();
+        written.blocking_recv().expect("the writer answers")
+    }
+
+    #[test]
+    fn only_puts_on_disk_are_counted_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        log.fail_writes();
+        let counted = Arc::new(AtomicUsize::new(0));
+        let observer = counted.clone();
+        let observe: CommitObserver = Box::new(move |puts, _| {
+            observer.fetch_add(puts, Relaxed);
+        });
+        let (requests, queue) = flume::unbounded();
+        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), observe));
+        put(&requests).expect_err("the write fails");
+        put(&requests).expect("the next goes to a new segment");
+        drop(requests);
+        writer.join().unwrap();
+        assert_eq!(counted.load(Relaxed), 1, "the refused put is not counted");
+    }
 }
