@@ -27,8 +27,8 @@ pub const FILE_NAME: &str = "dead-letters.jsonl";
 pub struct FileError {
     /// The file (or its temporary twin).
     pub path: PathBuf,
-    /// What failed.
-    #[source]
+    /// What failed: quoted in the message, so not its source too (a report of the error and its
+    /// sources, as `{:#}` of anyhow gives, said it twice).
     pub error: io::Error,
 }
 
@@ -297,6 +297,17 @@ mod tests {
 
     fn ids(batch: &Batch) -> Vec<&str> {
         batch.letters.iter().map(|letter| letter.id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_io_error_is_said_once_in_a_report_of_the_error_and_its_sources() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir(state.path().join(FILE_NAME)).unwrap();
+        let Err(error) = DeadLetterFile::open(state.path(), Gauge::default()) else {
+            panic!("a directory is no dead-letter file")
+        };
+        let report = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(report.matches("os error").count(), 1, "{report}");
     }
 
     #[test]

@@ -65,8 +65,8 @@ pub enum SpoolError {
     Io {
         /// The spool directory.
         dir: PathBuf,
-        /// What failed.
-        #[source]
+        /// What failed: quoted in the message, so not its source too (a report of the error and
+        /// its sources, as `{:#}` of anyhow gives, said it twice).
         error: std::io::Error,
     },
     /// The spool's writer has stopped.
@@ -277,6 +277,18 @@ fn record_kib(body: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_is_said_once_in_a_report_of_the_error_and_its_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let Err(error) = Spool::open(&file.join(DIR_NAME), 1 << 20, |_, _| {}) else {
+            panic!("a spool under a file cannot be created")
+        };
+        let report = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(report.matches("os error").count(), 1, "{report}");
+    }
 
     #[tokio::test]
     async fn a_recovered_message_takes_the_share_of_the_budget_its_put_took() {
