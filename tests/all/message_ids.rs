@@ -54,6 +54,22 @@ async fn ids_stay_unique_across_two_runs_while_sequence_numbers_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_the_application_sets_in_another_case_is_spelled_x_sy_id_from_admission_on() {
+    // Kept as "X-SY-ID", a dead letter refused for good was recorded under one spelling and looked
+    // up under the other: sent again and again to a destination that had refused it.
+    let dir = plugin_dir(&[]);
+    let (out, delivered) = switchyard::MemoryDestination::new();
+    let host = builder(dir.path()).destination("out", out).route(RouteConfig::new("all", ">", "out"));
+    let host = host.build().await.unwrap();
+    host.send(Message::new("m", "{}").with_header("X-SY-ID", "key-1")).await.unwrap();
+    let message = next(&delivered).await;
+    let ids: Vec<_> =
+        message.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("x-sy-id")).collect();
+    assert_eq!(ids, [&("x-sy-id".to_owned(), "key-1".to_owned())]);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_message_gets_new_ids_and_a_stage_cannot_forge_one() {
     let dir = plugin_dir(&[]);
     let (out, delivered) = switchyard::MemoryDestination::new();

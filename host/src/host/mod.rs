@@ -527,8 +527,12 @@ impl Host {
         let size = check_message(&message, self.inner.reloader.config.load().host.max_message_bytes)?;
         let kib = intake_kib(size);
         message.id = self.inner.reloader.pipeline.ids.fetch_add(1, Ordering::Relaxed);
-        if message.unique_id().is_none() {
-            message.headers.push((ID_HEADER.to_owned(), unique_id()));
+        // An id the application set, in whatever case, is spelled as the host spells it from here
+        // on: the dead-letter file, a transport and a receiver's deduplication look for `x-sy-id`.
+        match message.headers.iter_mut().find(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER)) {
+            Some((name, _)) if name != ID_HEADER => *name = ID_HEADER.to_owned(),
+            Some(_) => {}
+            None => message.headers.push((ID_HEADER.to_owned(), unique_id())),
         }
         Ok((message, kib))
     }

@@ -270,9 +270,12 @@ impl Pipeline {
     }
 }
 
-/// The unique id of a letter in the file, if it has one.
+/// The unique id of a letter in the file, if it has one (its header's name in any case, as a
+/// message's is found: a letter whose refusal was recorded under one spelling and looked up under
+/// the other was sent again, pass after pass).
 fn unique_id(record: &DeadLetterRecord) -> Option<&str> {
-    record.headers.iter().find(|(name, _)| name == ID_HEADER).map(|(_, id)| id.as_str())
+    let id = record.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
+    id.map(|(_, id)| id.as_str())
 }
 
 /// One attempt per destination: re-delivery passes back off themselves.
