@@ -257,6 +257,16 @@ fn the_spool_is_shown_while_the_host_runs_and_inspected_and_drained_once_it_is_k
     drop(host.kill());
     let (inspected, report, problem) = spool_command("inspect", &state);
     assert!(inspected, "{problem}");
+    // Into a reader that stopped reading (`| head`): it panicked on the broken pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let into_closed = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["spool", "inspect", "--state-dir", state.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&into_closed.stderr);
+    assert!(into_closed.status.success() && said.is_empty(), "{:?}: {said}", into_closed.status);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!((&report["depth"], &report["in_use"]), (&3.into(), &false.into()), "{report}");
     assert_eq!(report["topics"], serde_json::json!({ "orders.eu": 3 }), "{report}");

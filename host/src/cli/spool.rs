@@ -1,6 +1,7 @@
 //! `switchyard spool inspect|drain --state-dir DIR`: the spool of a host that is not running.
 
 use anyhow::Context;
+use std::io::Write;
 use std::path::Path;
 
 /// Print what the spool of `state_dir` holds, as JSON: depth, bytes, oldest age, messages per
@@ -13,8 +14,12 @@ pub fn inspect(state_dir: &Path) -> anyhow::Result<()> {
         dir.display()
     );
     let report = switchyard::spool::inspect(&dir)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    let written = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?);
+    match written {
+        // A reader that stopped reading (`| head`) has had what it wanted.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing the report"),
+    }
 }
 
 /// Write every message the spool of `state_dir` holds to standard output as NDJSON, oldest first,
