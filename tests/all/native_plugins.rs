@@ -316,8 +316,12 @@ fn plugin_call_and_check_take_native_libraries() {
     assert!(ok && out.contains(r#""verdict":"keep""#), "{out}");
     let (ok, out) = switchyard(&["plugin", "call", artifacts::native::FAULTY_TRAP, "--message", message]);
     assert!(!ok && out.contains("trapped: panicked: faulty-trap traps on message"), "{out}");
+    // Loading a library runs its code: checking one does not load it unless told to.
     let (ok, out) = switchyard(&["check", artifacts::native::HEADER_FILTER]);
+    assert!(!ok && out.contains("loading a native library runs its code"), "{out}");
+    assert!(out.contains("switchyard check --load-native "), "{out}");
+    let (ok, out) = switchyard(&["check", "--load-native", artifacts::native::HEADER_FILTER]);
     assert!(ok && out.contains("is a native filter plugin, version "), "{out}");
-    let (ok, out) = switchyard(&["check", artifacts::native::NATIVE_ABI_MISMATCH]);
+    let (ok, out) = switchyard(&["check", "--load-native", artifacts::native::NATIVE_ABI_MISMATCH]);
     assert!(!ok && out.contains("built for native plugin ABI 999 (switchyard-plugin 9.9.9)"), "{out}");
 }

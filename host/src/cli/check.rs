@@ -7,8 +7,18 @@ use switchyard::config::{HostSection, StageRef};
 use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
 use switchyard::transport::TransportRegistry;
 
-pub fn check(file: &Path) -> anyhow::Result<()> {
+/// Check `file`: a plugin or a config. A native library is loaded only when `load_native`: loading
+/// one runs its code, and an operator vetting an untrusted file must not run it by checking it.
+pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
     if let Some(format) = PluginFormat::of(file) {
+        if format == PluginFormat::Native && !load_native {
+            bail!(
+                "{}: loading a native library runs its code, so check loads one only when told: \
+                 switchyard check --load-native {} (a library you trust)",
+                file.display(),
+                file.display()
+            );
+        }
         let engine = engine(&HostSection::default())?;
         let plugin = load_file(&engine, file, None)?;
         let native = if format == PluginFormat::Native { "native " } else { "" };

@@ -53,6 +53,10 @@ pub enum Command {
     Check {
         /// The file to check.
         file: PathBuf,
+        /// Load a native library to read its ABI version and kind. Loading runs the library's own
+        /// code (its initialisers): only for a library you trust. Without it one is refused.
+        #[arg(long)]
+        load_native: bool,
     },
     /// Work with one plugin.
     Plugin {
@@ -210,7 +214,7 @@ impl Command {
                 };
                 runtime(io_threads)?.block_on(run::run(config, plugins, listen, admin))
             }
-            Command::Check { file } => check::check(&file),
+            Command::Check { file, load_native } => check::check(&file, load_native),
             Command::Plugin { command: PluginCommand::Call { file, message, config, address } } => {
                 call::call(&file, &message, config, address.as_deref())
             }
