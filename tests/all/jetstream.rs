@@ -137,12 +137,24 @@ async fn consume(
     server: &NatsServer,
     ack_wait_ms: u64,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let config = NatsIngressConfig {
+    consume_with(host, consumer_config(server, ack_wait_ms)).await
+}
+
+/// The settings of a JetStream ingress on `server`'s `ORDERS` (durable `switchyard`).
+fn consumer_config(server: &NatsServer, ack_wait_ms: u64) -> NatsIngressConfig {
+    NatsIngressConfig {
         url: server.address(),
         stream: Some(STREAM.into()),
         ack_wait_ms: Some(ack_wait_ms),
         ..NatsIngressConfig::default()
-    };
+    }
+}
+
+/// A JetStream ingress of `host` with `config`, serving until the sender is used.
+async fn consume_with(
+    host: &Host,
+    config: NatsIngressConfig,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let ingress = within(NatsIngress::connect(host.clone(), config)).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     (stop, tokio::spawn(ingress.serve(async move { drop(stopped.await) })))
@@ -251,6 +263,101 @@ async fn a_message_the_host_cannot_admit_is_terminated_not_redelivered_forever()
     .await;
     assert_eq!(sink.arrivals(), [(2, stream_message_id(STREAM, 2))]);
     assert_eq!((jetstream_count(&host, "terminated"), jetstream_count(&host, "acked")), (1.0, 1.0));
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+}
+
+/// Wait until `sink` has had a message of each of `seqs`.
+async fn arrived(sink: &Sink, seqs: impl IntoIterator<Item = u64>) {
+    let wanted: std::collections::BTreeSet<u64> = seqs.into_iter().collect();
+    until(async || {
+        let seen: std::collections::BTreeSet<u64> = sink.arrivals().into_iter().map(|(seq, _)| seq).collect();
+        match wanted.is_subset(&seen) {
+            true => Ok(()),
+            false => Err(seen),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_made_again_and_what_is_published_after_is_delivered() {
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO);
+    let host = embedded(dir.path(), sink.addr, "").await;
+    let (stop, serving) = consume(&host, &server, 2000).await;
+    publish(&context, 3, 16).await;
+    arrived(&sink, 1..=3).await;
+
+    // An operator deletes the consumer while the host pulls through it.
+    let stream = context.get_stream(STREAM).await.unwrap();
+    assert!(stream.delete_consumer("switchyard").await.unwrap().success);
+    publish(&context, 3, 16).await;
+    arrived(&sink, 4..=6).await;
+    until(async || match pending(&context).await {
+        (0, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_while_the_host_pulls_nothing_is_made_again_once_it_pulls() {
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let down = free_addr();
+    let host = embedded(dir.path(), down, "").await;
+    let config = NatsIngressConfig { max_ack_pending: Some(1), ..consumer_config(&server, 2000) };
+    let (stop, serving) = consume_with(&host, config).await;
+    // The host holds the one message it has room for, so no pull is out when the consumer goes:
+    // the next pull goes to a consumer that is no more, and nothing answers it.
+    publish(&context, 1, 16).await;
+    until(async || match pending(&context).await {
+        (1, 0, 0) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    let stream = context.get_stream(STREAM).await.unwrap();
+    assert!(stream.delete_consumer("switchyard").await.unwrap().success);
+    publish(&context, 1, 16).await;
+    let sink = Sink::start(std::net::TcpListener::bind(down).unwrap(), Duration::ZERO);
+    arrived(&sink, 1..=2).await;
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_and_made_again_is_consumed_again() {
+    let server = NatsServer::start_jetstream();
+    let client = server.client().await;
+    let context = create_stream(&client).await;
+    let dir = plugin_dir(&[]);
+    let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO);
+    let host = embedded(dir.path(), sink.addr, "").await;
+    let (stop, serving) = consume(&host, &server, 2000).await;
+    publish(&context, 2, 16).await;
+    arrived(&sink, 1..=2).await;
+
+    // The stream goes, with its consumer, and comes back empty: its sequences start again at 1.
+    assert!(context.delete_stream(STREAM).await.unwrap().success);
+    create_stream(&client).await;
+    publish(&context, 3, 16).await;
+    until(async || match sink.arrivals().len() {
+        5 => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    let mut seqs: Vec<u64> = sink.arrivals().into_iter().map(|(seq, _)| seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, [1, 1, 2, 2, 3], "two before, three in the stream made again");
     drop(stop);
     within(serving).await.unwrap();
     within(host.shutdown()).await;

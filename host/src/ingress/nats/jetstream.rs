@@ -31,8 +31,14 @@
 //! to `host.shutdown_grace_ms` for the messages in flight to settle and acknowledges them, then
 //! closes: anything still unsettled stays unacknowledged and is delivered again. A lost connection
 //! is made again by the client with backoff, and pulls resume with backoff of their own.
+//!
+//! A consumer that is gone — deleted by an operator, or with its stream, deleted and made again —
+//! is noticed at the next failed or unanswered pull and joined again (made again, as at the start),
+//! with the same backoff, each failed attempt logged. A consumer made again starts as a new one
+//! does, at the stream's first message: what the stream still holds is delivered again, each with
+//! its `x-sy-id`.
 
-use crate::config::NatsIngressConfig;
+use crate::config::{JetStreamConsumer, NatsIngressConfig};
 use crate::host::{BuildError, Host, SendError};
 use crate::message::{ID_HEADER, Message};
 use crate::metrics::Pulled;
@@ -59,12 +65,50 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// A pull that brought nothing and lasted this long went unanswered: the server ends an empty pull
+/// at [`PULL_EXPIRES`], but says nothing to one for a consumer that is gone (the client gives up on
+/// it 5 s past its expiry).
+const UNANSWERED: Duration = PULL_EXPIRES.saturating_mul(3);
+
+/// Find `consumer`'s stream through `context` and create (or join) its durable consumer.
+async fn join(
+    context: &jetstream::Context,
+    consumer: &JetStreamConsumer<'_>,
+) -> Result<PullConsumer, String> {
+    let stream = context.get_stream(consumer.stream).await.map_err(|err| err.to_string())?;
+    let pull = jetstream::consumer::pull::Config {
+        durable_name: Some(consumer.durable.to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_millis(consumer.ack_wait_ms),
+        max_ack_pending: i64::from(consumer.max_ack_pending),
+        filter_subject: consumer.filter_subject.unwrap_or_default().to_owned(),
+        ..Default::default()
+    };
+    stream.create_consumer(pull).await.map_err(|err| err.to_string())
+}
+
+/// Wait `backoff`, doubled (up to [`MAX_BACKOFF`]) for the next time; false if `shutdown`
+/// completed first.
+async fn pause(shutdown: &mut (impl Future<Output = ()> + Unpin), backoff: &mut Duration) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown => false,
+        () = tokio::time::sleep(*backoff) => {
+            *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            true
+        }
+    }
+}
+
 /// A durable consumer of one stream, ready to serve.
 #[derive(Debug)]
 pub(super) struct StreamIngress {
     host: Host,
     config: NatsIngressConfig,
     client: async_nats::Client,
+    context: jetstream::Context,
+    /// The durable consumer as last joined: joined again when a pull fails or goes unanswered, as
+    /// it does once the consumer is gone (deleted, or its stream deleted and made again).
     consumer: PullConsumer,
     /// Messages pulled and not yet acknowledged (or handed back): `max_ack_pending` permits.
     room: Arc<Semaphore>,
@@ -91,20 +135,10 @@ impl StreamIngress {
             .await
             .map_err(|err| failed(err.to_string()))?;
         let context = jetstream::new(client.clone());
-        let stream =
-            context.get_stream(consumer_config.stream).await.map_err(|err| failed(err.to_string()))?;
-        let pull = jetstream::consumer::pull::Config {
-            durable_name: Some(consumer_config.durable.to_owned()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_millis(consumer_config.ack_wait_ms),
-            max_ack_pending: i64::from(consumer_config.max_ack_pending),
-            filter_subject: consumer_config.filter_subject.unwrap_or_default().to_owned(),
-            ..Default::default()
-        };
-        let consumer = stream.create_consumer(pull).await.map_err(|err| failed(err.to_string()))?;
+        let consumer = join(&context, &consumer_config).await.map_err(failed)?;
         let room = Arc::new(Semaphore::new(consumer_config.max_ack_pending as usize));
         let (acks, abandon) = (TaskTracker::new(), CancellationToken::new());
-        Ok(StreamIngress { host, config, client, consumer, room, acks, abandon })
+        Ok(StreamIngress { host, config, client, context, consumer, room, acks, abandon })
     }
 
     /// The settings it serves.
@@ -123,29 +157,62 @@ impl StreamIngress {
     }
 
     /// Pull and admit until `shutdown` completes; then stop gracefully (see the module docs).
-    pub(super) async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    pub(super) async fn serve(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         tokio::pin!(shutdown);
         let mut backoff = MIN_BACKOFF;
+        // Pulls through a consumer that is gone fail once ("409 Consumer Deleted"), then go
+        // unanswered for good: after a failed or unanswered pull, the consumer is joined again
+        // (made again if it is gone) before the next pull.
+        let mut rejoin = false;
         loop {
+            if rejoin {
+                if let Err(err) = self.rejoin().await {
+                    tracing::warn!(stream = self.stream(), %err, "JetStream ingress: joining the durable consumer again failed; trying again");
+                    match pause(&mut shutdown, &mut backoff).await {
+                        true => continue,
+                        false => break,
+                    }
+                }
+                rejoin = false;
+            }
             let room = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 room = self.room() => room,
             };
+            let started = tokio::time::Instant::now();
             match self.pull(room, &mut shutdown).await {
-                Ok(Pull::Done) => backoff = MIN_BACKOFF,
+                Ok(Pull::Done { pulled: 0 }) if started.elapsed() >= UNANSWERED => {
+                    tracing::debug!(
+                        stream = self.stream(),
+                        "JetStream ingress: a pull went unanswered; joining the consumer again"
+                    );
+                    rejoin = true;
+                }
+                Ok(Pull::Done { .. }) => backoff = MIN_BACKOFF,
                 Ok(Pull::Stopped) => break,
                 Err(err) => {
                     tracing::warn!(stream = self.stream(), %err, "JetStream ingress: pulling failed; trying again");
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+                    rejoin = true;
+                    if !pause(&mut shutdown, &mut backoff).await {
+                        break;
                     }
                 }
             }
         }
         self.finish().await;
+    }
+
+    /// Join the durable consumer again, made again if it is gone, for the pulls that follow.
+    async fn rejoin(&mut self) -> Result<(), String> {
+        let consumer_config = self.config.jetstream().expect("a stream ingress has a stream");
+        match join(&self.context, &consumer_config).await {
+            Ok(consumer) => {
+                self.consumer = consumer;
+                Ok(())
+            }
+            Err(err) => Err(format!("durable {}: {err}", consumer_config.durable)),
+        }
     }
 
     /// Room for one more unacknowledged message, waited for, and for as many more (up to
@@ -170,7 +237,7 @@ impl StreamIngress {
     ) -> Result<Pull, async_nats::Error> {
         let batch = self.consumer.batch().max_messages(room.num_permits()).expires(PULL_EXPIRES);
         let mut messages = batch.messages().await?;
-        let mut stopping = false;
+        let (mut stopping, mut pulled) = (false, 0);
         loop {
             let next = match stopping {
                 true => messages.next().await,
@@ -186,10 +253,11 @@ impl StreamIngress {
             match next {
                 Some(message) => {
                     let one = room.split(1).expect("a pull asks for no more messages than it has room for");
+                    pulled += 1;
                     self.admit(message?, one).await;
                 }
                 None if stopping => return Ok(Pull::Stopped),
-                None => return Ok(Pull::Done),
+                None => return Ok(Pull::Done { pulled }),
             }
         }
     }
@@ -293,8 +361,8 @@ impl StreamIngress {
 
 /// How a pull ended.
 enum Pull {
-    /// It brought what the server had (or the room allowed).
-    Done,
+    /// It brought what the server had (or the room allowed): `pulled` messages.
+    Done { pulled: usize },
     /// The stop came meanwhile.
     Stopped,
 }
