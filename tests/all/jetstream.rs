@@ -363,6 +363,45 @@ async fn a_stream_deleted_and_made_again_is_consumed_again() {
     within(host.shutdown()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_settings_differ_from_the_durable_consumers_is_refused_and_changes_none_of_them() {
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let host = embedded(dir.path(), free_addr(), "").await;
+    let (stop, serving) = consume(&host, &server, 2000).await;
+
+    // A second host on the same durable with another ack_wait_ms, max_ack_pending and filter.
+    let other_dir = plugin_dir(&[]);
+    let other = embedded(other_dir.path(), free_addr(), "").await;
+    let config = NatsIngressConfig {
+        max_ack_pending: Some(7),
+        subjects: vec!["orders.eu".into()],
+        ..consumer_config(&server, 5000)
+    };
+    let refused = within(NatsIngress::connect(other.clone(), config)).await.unwrap_err().to_string();
+    for named in [
+        "the durable consumer \"switchyard\" exists with other settings than this host's",
+        "ack_wait_ms 2000 (this host: 5000)",
+        "max_ack_pending 1000 (this host: 7)",
+        "subjects [] (this host: [\"orders.eu\"])",
+    ] {
+        assert!(refused.contains(named), "{named:?} not in {refused:?}");
+    }
+    let stream = context.get_stream(STREAM).await.unwrap();
+    let info = stream.consumer_info("switchyard").await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_millis(2000));
+    assert_eq!((info.config.max_ack_pending, info.config.filter_subject.as_str()), (1000, ""));
+
+    // With the same settings, it joins.
+    let (other_stop, other_serving) = consume(&other, &server, 2000).await;
+    for (stop, serving, host) in [(stop, serving, host), (other_stop, other_serving, other)] {
+        drop(stop);
+        within(serving).await.unwrap();
+        within(host.shutdown()).await;
+    }
+}
+
 /// `switchyard run` config: the stream's durable consumer, delivering over HTTP to `sink`.
 fn binary_config(server: &NatsServer, sink: SocketAddr) -> String {
     binary_config_with(server, sink, "")

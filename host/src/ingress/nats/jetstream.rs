@@ -4,7 +4,9 @@
 //! file — as the message's [`Receipt`](crate::Receipt) tells (once everything made from the
 //! message is settled). While the host holds a message (queued, retried, behind a slow
 //! destination) it tells the server twice per `ack_wait_ms` that the message is in progress, so
-//! the server does not deliver it again meanwhile. Hosts naming the same consumer share the stream:
+//! the server does not deliver it again meanwhile. Hosts naming the same consumer share the stream
+//! (and its settings: a host whose `ack_wait_ms`, `max_ack_pending` or filter subject differ from
+//! the existing consumer's refuses to start, and none changes them, see `durable`):
 //! what a host that dies had not acknowledged, the server delivers to another after `ack_wait_ms`. The stream keeps each
 //! message until then, so with `durability = "spool"` the host does not write these to its spool
 //! (a spooled copy would only be delivered a second time after a crash).
@@ -38,7 +40,8 @@
 //! does, at the stream's first message: what the stream still holds is delivered again, each with
 //! its `x-sy-id`.
 
-use crate::config::{JetStreamConsumer, NatsIngressConfig};
+use super::durable::join;
+use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, SendError};
 use crate::message::{ID_HEADER, Message};
 use crate::metrics::Pulled;
@@ -69,23 +72,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// at [`PULL_EXPIRES`], but says nothing to one for a consumer that is gone (the client gives up on
 /// it 5 s past its expiry).
 const UNANSWERED: Duration = PULL_EXPIRES.saturating_mul(3);
-
-/// Find `consumer`'s stream through `context` and create (or join) its durable consumer.
-async fn join(
-    context: &jetstream::Context,
-    consumer: &JetStreamConsumer<'_>,
-) -> Result<PullConsumer, String> {
-    let stream = context.get_stream(consumer.stream).await.map_err(|err| err.to_string())?;
-    let pull = jetstream::consumer::pull::Config {
-        durable_name: Some(consumer.durable.to_owned()),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_millis(consumer.ack_wait_ms),
-        max_ack_pending: i64::from(consumer.max_ack_pending),
-        filter_subject: consumer.filter_subject.unwrap_or_default().to_owned(),
-        ..Default::default()
-    };
-    stream.create_consumer(pull).await.map_err(|err| err.to_string())
-}
 
 /// Wait `backoff`, doubled (up to [`MAX_BACKOFF`]) for the next time; false if `shutdown`
 /// completed first.

@@ -2,6 +2,7 @@
 //! subscriptions (`subjects`, see `subjects`), or a JetStream stream through a durable pull
 //! consumer (`stream`, see `jetstream`), acknowledged message by message once settled.
 
+mod durable;
 mod jetstream;
 mod protocol;
 mod subjects;
