@@ -238,12 +238,18 @@ impl Topology {
     }
 
     /// Where a message of route `key` may go straight from admission: the route's one destination,
-    /// when the route has no stages and that destination is a network one, with a queue. A
-    /// destination delivered in place would hold the admitting task up for the whole delivery;
-    /// a memory destination is fed faster in a worker's batches (docs/performance.md, session 30).
+    /// when the route has no stages and that destination is a network one, with a queue, that does
+    /// not keep streams in order. A destination delivered in place would hold the admitting task up
+    /// for the whole delivery; a memory destination is fed faster in a worker's batches
+    /// (docs/performance.md, session 30); and an `affinity:` destination keeps a stream in the order
+    /// its queue took it, which the direct way breaks when the queue is full (an ingress then queues
+    /// the message for the workers, and a later one of its stream can take a slot freed meanwhile).
     pub(crate) fn direct_target(&self, key: RouteKey) -> Option<&Arc<Target>> {
         let [target] = self.targets(key) else { return None };
-        (self.routes.get(key).stages.is_empty() && target.queue.is_some()).then_some(target)
+        let keeps_streams = target.built_from.as_ref().is_some_and(|built| {
+            matches!(built.balancer.parse(), Ok(crate::balance::BalancerConfig::Affinity { .. }))
+        });
+        (self.routes.get(key).stages.is_empty() && target.queue.is_some() && !keeps_streams).then_some(target)
     }
 
     /// Whether any route has a [`direct_target`](Topology::direct_target).
