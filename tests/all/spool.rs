@@ -356,3 +356,32 @@ async fn a_state_directory_deleted_under_a_spooling_host_refuses_messages_rather
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
     assert!(delivered.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_its_caller_gave_up_on_goes_on_and_another_call_waits_for_it() {
+    // The first call had taken the workers when it was cancelled: a second one found none to wait
+    // for, closed the spool and returned while the messages were still in the pipeline.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (host, delivered) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        host.send(message(n)).await.unwrap();
+    }
+    // Polled once (the workers, held by the gate, cannot end yet), then given up on.
+    let mut first = Box::pin(host.shutdown());
+    assert!(futures_util::poll!(&mut first).is_pending());
+    drop(first);
+    let second = tokio::spawn({
+        let host = host.clone();
+        async move { host.shutdown().await }
+    });
+    drop(open);
+    within(second).await.unwrap();
+    let stats = host.stats();
+    assert_eq!((stats.accepted, stats.delivered), (3, 3), "{stats:?}");
+    assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-2"]);
+    drop(host);
+    let (again, _) = host_again(state.path()).await;
+    assert_eq!(again.spool().unwrap().recovered, 0, "every outcome was recorded before the spool closed");
+    drain_and_account(&again).await;
+}

@@ -259,6 +259,7 @@ impl HostBuilder {
                 alerts,
                 state_lock: Mutex::new(Some(state_lock)),
                 alerting: Mutex::new(None),
+                stopped: Mutex::new(None),
             }),
         };
         if let Some(sender) = host.inner.sender.read().unwrap_or_else(|poison| poison.into_inner()).clone() {

@@ -59,6 +59,8 @@ struct HostInner {
     state_lock: Mutex<Option<state_lock::StateLock>>,
     /// Evaluates the alert rules; aborted when shutdown begins.
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Turns true once the shutdown, begun by the first call, has ended; `None` before that call.
+    stopped: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
 }
 
 impl Drop for HostInner {
@@ -461,13 +463,38 @@ impl Host {
         Duration::from_millis(self.config().host.shutdown_grace_ms)
     }
 
-    /// Stop accepting, finish every message already accepted, stop the workers.
+    /// Stop accepting, finish every message already accepted, stop the workers. The first call
+    /// begins the shutdown, on a task of its own; it and every later call return once it ended, and
+    /// a caller that gives up waiting (a timeout) leaves it running.
     pub async fn shutdown(&self) {
         self.shutdown_within(self.shutdown_grace()).await;
     }
 
-    /// [`shutdown`](Self::shutdown) with a grace period of `grace`.
+    /// [`shutdown`](Self::shutdown), with a grace period of `grace` if this call begins it. A second
+    /// shutdown running beside the first, or after one cancelled half-way, found the workers gone
+    /// and went on: it closed the queues and the spool while the first one's workers still
+    /// delivered, and returned before they were done.
     async fn shutdown_within(&self, grace: Duration) {
+        let mut stopped = {
+            let mut stopped = self.inner.stopped.lock().unwrap_or_else(|poison| poison.into_inner());
+            stopped
+                .get_or_insert_with(|| {
+                    let (tell, stopped) = tokio::sync::watch::channel(false);
+                    let host = self.clone();
+                    tokio::spawn(async move {
+                        host.stop_within(grace).await;
+                        let _ = tell.send(true);
+                    });
+                    stopped
+                })
+                .clone()
+        };
+        // An error: the shutdown's task panicked (the runtime logs it); there is nothing to wait for.
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+
+    /// The shutdown itself, run once.
+    async fn stop_within(&self, grace: Duration) {
         if let Some(alerting) = self.inner.alerting.lock().unwrap_or_else(|poison| poison.into_inner()).take()
         {
             alerting.abort();
