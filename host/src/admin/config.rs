@@ -104,6 +104,9 @@ fn redact(value: &mut Value) {
             if let Some(hidden) = without_url_password(url) {
                 *url = hidden;
             }
+            if let Some(hidden) = without_secret_pairs(url) {
+                *url = hidden;
+            }
         }
     });
 }
@@ -119,6 +122,9 @@ fn redacted_secret(text: &str) -> Option<String> {
             Secret::InUrl(url) if url_password(url) == Some(REDACTED) => {
                 Some(format!("the password of {url}"))
             }
+            Secret::InUrl(text) if secret_pairs(text).any(|(_, value)| value == REDACTED) => {
+                Some(format!("a secret in {text}"))
+            }
             _ => None,
         };
         found = found.take().or(hidden);
@@ -128,26 +134,29 @@ fn redacted_secret(text: &str) -> Option<String> {
 
 /// A secret in a serialized config.
 enum Secret<'a> {
-    /// A `token`, or a plugin config value whose key names a secret.
+    /// A `token`, or a plugin config or destination option value whose key names a secret.
     Whole(&'a mut String),
-    /// A string that may be a URL with a password (`redis://user:secret@host`).
+    /// A string that may be a URL with a password (`redis://user:secret@host`), or hold a secret
+    /// as `name=value` (`--password=…`, `?access_token=…`).
     InUrl(&'a mut String),
 }
 
-/// Call `found` with every secret of a serialized config: every `token`, plugin config values whose
-/// key names a secret (`password`, `secret`, `token`, `api_key`...), and every other string as a
-/// URL that may carry a password. Nulls are dropped. `in_plugin_config` is true inside a
-/// `[[plugin]]`'s `config` table.
-fn each_secret(value: &mut Value, in_plugin_config: bool, found: &mut impl FnMut(Secret<'_>)) {
+/// Call `found` with every secret of a serialized config: every `token`; the values of a
+/// `[[plugin]]`'s `config` and of a destination's `options` (a subprocess's `env` too) whose key
+/// names a secret (`password`, `secret`, `token`, `api_key`, `authorization`...); and every other
+/// string as text that may carry one (a URL's password, `name=value`). Nulls are dropped.
+/// `in_settings` is true inside such a `config` or `options` table.
+fn each_secret(value: &mut Value, in_settings: bool, found: &mut impl FnMut(Secret<'_>)) {
     match value {
         Value::Object(map) => {
             map.retain(|_, value| !value.is_null());
             for (key, value) in map.iter_mut() {
-                let secret = key == "token" || (in_plugin_config && names_a_secret(key));
+                let secret = key == "token" || (in_settings && names_a_secret(key));
                 match value {
                     Value::String(text) if secret => found(Secret::Whole(text)),
                     _ => {
-                        each_secret(value, key == "config" || (in_plugin_config && value.is_object()), found)
+                        let settings = key == "config" || key == "options";
+                        each_secret(value, settings || (in_settings && value.is_object()), found)
                     }
                 }
             }
@@ -159,23 +168,56 @@ fn each_secret(value: &mut Value, in_plugin_config: bool, found: &mut impl FnMut
 }
 
 fn names_a_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "api_key", "apikey", "credential"].iter().any(|word| key.contains(word))
+    let key = key.to_ascii_lowercase().replace('-', "_");
+    let words = ["password", "passwd", "secret", "token", "api_key", "apikey", "credential", "authorization"];
+    words.iter().any(|word| key.contains(word)) || key.contains("private_key")
 }
 
 /// `scheme://user:REDACTED@rest` for a URL carrying a password, else `None`.
 fn without_url_password(text: &str) -> Option<String> {
     let (scheme, rest) = text.split_once("://")?;
-    let (userinfo, host) = rest.split_once('@')?;
-    let (user, _password) = userinfo.split_once(':').filter(|_| !userinfo.contains('/'))?;
+    let (userinfo, host) = rest.rsplit_once('@')?;
+    let (user, _password) = userinfo.split_once(':')?;
     Some(format!("{scheme}://{user}:{REDACTED}@{host}"))
 }
 
-/// The password of a URL with credentials (`scheme://user:password@rest`), if it has one.
+/// The password of a URL with credentials (`scheme://user:password@rest`), if it has one. The
+/// userinfo ends at the last `@`: a password may hold `@` and `/` (unescaped, as people write them).
 fn url_password(text: &str) -> Option<&str> {
     let (_scheme, rest) = text.split_once("://")?;
-    let (userinfo, _host) = rest.split_once('@')?;
-    userinfo.split_once(':').filter(|_| !userinfo.contains('/')).map(|(_user, password)| password)
+    let (userinfo, _host) = rest.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_user, password)| password)
+}
+
+/// The `name=value` pairs of `text` whose name names a secret (`--password=…`, `?access_token=…`),
+/// each value up to the next `&`, `;`, space or the end.
+fn secret_pairs(text: &str) -> impl Iterator<Item = (std::ops::Range<usize>, &str)> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices('=').filter_map(move |(at, _)| {
+        let name_start = text[..at].rfind(|c: char| !name_char(c)).map_or(0, |before| before + 1);
+        if !names_a_secret(&text[name_start..at]) {
+            return None;
+        }
+        let start = at + 1;
+        let end = text[start..].find(['&', ';', ' ']).map_or(text.len(), |len| start + len);
+        Some((start..end, &text[start..end]))
+    })
+}
+
+/// `text` with the value of each secret `name=value` pair (see [`secret_pairs`]) redacted, if any.
+fn without_secret_pairs(text: &str) -> Option<String> {
+    let values: Vec<_> = secret_pairs(text).map(|(range, _)| range).collect();
+    if values.is_empty() {
+        return None;
+    }
+    let (mut hidden, mut from) = (String::with_capacity(text.len()), 0);
+    for range in values {
+        hidden.push_str(&text[from..range.start]);
+        hidden.push_str(REDACTED);
+        from = range.end;
+    }
+    hidden.push_str(&text[from..]);
+    Some(hidden)
 }
 
 #[cfg(test)]
@@ -207,6 +249,31 @@ mod tests {
                 }],
             })
         );
+    }
+
+    #[test]
+    fn secrets_in_destination_options_arguments_queries_and_odd_urls_are_redacted() {
+        // A helper found each of these shown whole by GET /v1/config.
+        let mut config = json!({
+            "destination": [{
+                "name": "job", "transport": "subprocess",
+                "options": {
+                    "command": ["tool", "--password=ZZARG", "--level=3"],
+                    "env": { "DB_PASSWORD": "ZZDB", "X-API-KEY": "ZZKEY", "HOME": "/srv" },
+                    "path": "/hook?access_token=ZZQUERY&mode=fast",
+                    "authorization": "Bearer ZZAUTH",
+                },
+                "endpoints": ["postgres://app:pa/ss1@db:5432", "postgres://app:p@ss2@db:5432"],
+            }],
+        });
+        redact(&mut config);
+        let shown = config.to_string();
+        assert!(!shown.contains("ZZ") && !shown.contains("ss1") && !shown.contains("ss2"), "{shown}");
+        for kept in ["--level=3", "\"HOME\":\"/srv\"", "mode=fast", "postgres://app:[redacted]@db:5432"] {
+            assert!(shown.contains(kept), "{kept} in {shown}");
+        }
+        let put_back = "[[destination]]\nname = \"j\"\noptions = { path = \"/h?token=[redacted]\" }\n";
+        assert_eq!(redacted_secret(put_back).as_deref(), Some("a secret in /h?token=[redacted]"));
     }
 
     #[test]
