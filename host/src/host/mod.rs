@@ -679,11 +679,13 @@ pub(crate) fn intake_kib(size: usize) -> u32 {
     u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
 }
 
-pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
-    let topic = &message.topic;
+/// What is wrong with `topic` as a message's topic, if anything: longer than [`MAX_TOPIC_BYTES`],
+/// an empty or wildcard segment, whitespace or a control character. Checked at admission, and on
+/// what a transform makes: a topic reaches subjects, keys and paths (`file`'s `{topic}`), where
+/// `..` or a control character must not.
+pub(crate) fn topic_problem(topic: &str) -> Option<String> {
     if topic.len() > MAX_TOPIC_BYTES {
-        let problem = format!("a topic of {} bytes; at most {MAX_TOPIC_BYTES}", topic.len());
-        return Err(SendError::Malformed(problem));
+        return Some(format!("a topic of {} bytes; at most {MAX_TOPIC_BYTES}", topic.len()));
     }
     if let Some(segment) = topic.split('.').find(|s| s.is_empty() || *s == "*" || *s == ">") {
         let problem = if segment.is_empty() {
@@ -691,12 +693,17 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, Se
         } else {
             format!("wildcard \"{segment}\"")
         };
-        return Err(SendError::Malformed(format!("topic {topic:?} has {problem}")));
+        return Some(format!("topic {topic:?} has {problem}"));
     }
     if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(SendError::Malformed(format!(
-            "topic {topic:?} contains whitespace or control characters"
-        )));
+        return Some(format!("topic {topic:?} contains whitespace or control characters"));
+    }
+    None
+}
+
+pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
+    if let Some(problem) = topic_problem(&message.topic) {
+        return Err(SendError::Malformed(problem));
     }
     if message.headers.len() > MAX_HEADERS {
         let count = message.headers.len();

@@ -1,5 +1,6 @@
 //! What the host takes from one transform call: at most so many messages made of one, so many
-//! headers on one, and none larger than `host.max_message_bytes`. The pipeline checks every
+//! headers on one, none larger than `host.max_message_bytes`, and each with a topic admission
+//! would take. The pipeline checks every
 //! output against them before it builds any (a fault hands the inputs back untouched);
 //! `switchyard plugin call` checks the same, so that it says what the host would.
 
@@ -30,6 +31,9 @@ pub(crate) fn check_output<'m>(
         return Err(PluginFault::OutputLimit(problem));
     }
     *count += 1;
+    if let Some(problem) = crate::host::topic_problem(m.topic) {
+        return Err(PluginFault::Malformed(format!("an output's {problem}")));
+    }
     // One pass: how many headers, and their bytes but the host's own id header (as at admission).
     let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
         let counted = if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
@@ -54,4 +58,33 @@ pub fn check_outputs(batch: &[u8], inputs: usize, max_message_bytes: usize) -> R
         check_output(message, &mut counts, max_message_bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn one_output(topic: &str) -> Vec<u8> {
+        let mut batch = Vec::new();
+        Message::new(topic, "x").encode(&mut batch, 0, true);
+        batch
+    }
+
+    #[test]
+    fn an_output_topic_admission_would_refuse_is_refused() {
+        // Outputs' topics went unchecked: a transform could send `..` into a `file` destination's
+        // path, or a control character into a subject.
+        assert!(check_outputs(&one_output("orders.eu"), 1, 1 << 20).is_ok());
+        for (topic, problem) in [
+            ("..", "an output's topic \"..\" has an empty segment"),
+            ("a.>", "an output's topic \"a.>\" has wildcard \">\""),
+            ("a\nb", "an output's topic \"a\\nb\" contains whitespace or control characters"),
+        ] {
+            match check_outputs(&one_output(topic), 1, 1 << 20) {
+                Err(PluginFault::Malformed(said)) => assert_eq!(said, problem),
+                other => panic!("{topic:?}: {other:?}"),
+            }
+        }
+    }
 }
