@@ -151,7 +151,7 @@ fn each_secret(value: &mut Value, in_settings: bool, found: &mut impl FnMut(Secr
         Value::Object(map) => {
             map.retain(|_, value| !value.is_null());
             for (key, value) in map.iter_mut() {
-                let secret = key == "token" || (in_settings && names_a_secret(key));
+                let secret = key == "token" || (in_settings && crate::config::names_a_secret(key));
                 match value {
                     Value::String(text) if secret => found(Secret::Whole(text)),
                     _ => {
@@ -165,12 +165,6 @@ fn each_secret(value: &mut Value, in_settings: bool, found: &mut impl FnMut(Secr
         Value::String(text) => found(Secret::InUrl(text)),
         _ => {}
     }
-}
-
-fn names_a_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase().replace('-', "_");
-    let words = ["password", "passwd", "secret", "token", "api_key", "apikey", "credential", "authorization"];
-    words.iter().any(|word| key.contains(word)) || key.contains("private_key")
 }
 
 /// `scheme://user:REDACTED@rest` for a URL carrying a password, else `None`.
@@ -195,7 +189,7 @@ fn secret_pairs(text: &str) -> impl Iterator<Item = (std::ops::Range<usize>, &st
     let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     text.match_indices('=').filter_map(move |(at, _)| {
         let name_start = text[..at].rfind(|c: char| !name_char(c)).map_or(0, |before| before + 1);
-        if !names_a_secret(&text[name_start..at]) {
+        if !crate::config::names_a_secret(&text[name_start..at]) {
             return None;
         }
         let start = at + 1;

@@ -113,7 +113,7 @@ impl Config {
     pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             file: file.to_owned(),
-            message: err.to_string().trim_end().to_owned(),
+            message: parse_message(text, &err),
         })?;
         config.validate(file, &[])?;
         Ok(config)
@@ -513,15 +513,40 @@ impl super::DestinationConfig {
     }
 }
 
+/// The parser's message for `err` in `text`, with the line and column it points at but not the
+/// line itself: a token mistyped in a rotation would be quoted whole into the log, the
+/// `config-rejected` event and the admin API's answer.
+pub(crate) fn parse_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    let Some(at) = err.span().map(|span| span.start.min(text.len())) else { return message.to_owned() };
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |start| start.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// Whether a settings key names a secret (`password`, `secret`, `token`, `api_key`,
+/// `authorization`, …, any case, `-` or `_`): its value is not shown in an error or by
+/// `GET /v1/config`.
+pub(crate) fn names_a_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('-', "_");
+    let words = ["password", "passwd", "secret", "token", "api_key", "apikey", "credential", "authorization"];
+    words.iter().any(|word| key.contains(word)) || key.contains("private_key")
+}
+
 /// `table` on one line as written in TOML, e.g. `{ path = "/in", redirects_ok = true }`, its strings
-/// escaped so that no control character reaches a terminal or a log line.
+/// escaped so that no control character reaches a terminal or a log line, and the value of a key
+/// that names a secret (a subprocess's `env = { DB_PASSWORD = … }`) not shown: an error quoting
+/// it reaches the log, the event stream and the admin API's answers.
 pub fn inline_table(table: &toml::Table) -> String {
-    let value = |value: &toml::Value| match value {
+    let value = |key: &str, value: &toml::Value| match value {
+        toml::Value::String(_) if names_a_secret(key) => "(not shown)".to_owned(),
         toml::Value::String(text) => format!("{text:?}"),
         toml::Value::Table(table) => inline_table(table),
         other => other.to_string(),
     };
-    let pairs: Vec<String> = table.iter().map(|(key, item)| format!("{key} = {}", value(item))).collect();
+    let pairs: Vec<String> =
+        table.iter().map(|(key, item)| format!("{key} = {}", value(key, item))).collect();
     match pairs.is_empty() {
         true => "{}".to_owned(),
         false => format!("{{ {} }}", pairs.join(", ")),

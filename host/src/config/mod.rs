@@ -16,6 +16,7 @@ pub use affinity::AffinitySettings;
 pub use alert::{AlertConfig, Comparison, Condition, MAX_ALERT_SECONDS, Reading, Selector, Severity};
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::{ConfigError, MAX_THREADS, inline_table};
+pub(crate) use load::{names_a_secret, parse_message};
 pub(crate) use model::plugin_name_problem;
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, Durability, FailurePolicy, GrpcIngressConfig,

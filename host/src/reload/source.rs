@@ -160,7 +160,7 @@ fn with_sidecar(mut entry: toml::Table, sidecar: toml::Table) -> toml::Table {
 fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginConfig, ConfigError> {
     let parse_error = |message: String| ConfigError::Parse { file: file.to_owned(), message };
     let sidecar: toml::Table =
-        toml::from_str(text).map_err(|err| parse_error(err.to_string().trim_end().to_owned()))?;
+        toml::from_str(text).map_err(|err| parse_error(crate::config::parse_message(text, &err)))?;
     if sidecar.contains_key("name") {
         return Err(parse_error("`name` comes from the file name; remove it".into()));
     }
@@ -171,7 +171,12 @@ fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginC
         let culprit = sidecar.iter().find_map(|(key, value)| {
             let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
             let alone: Result<PluginConfig, _> = with_sidecar(entry.clone(), alone).try_into();
-            alone.err().map(|err: toml::de::Error| format!("{key} = {value}: {}", err.message()))
+            // A table shown as `inline_table` shows it: a secret-named key's value not shown.
+            let shown = match value {
+                toml::Value::Table(table) => crate::config::inline_table(table),
+                value => value.to_string(),
+            };
+            alone.err().map(|err: toml::de::Error| format!("{key} = {shown}: {}", err.message()))
         });
         parse_error(culprit.unwrap_or_else(|| err.message().to_owned()))
     })?;
