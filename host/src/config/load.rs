@@ -530,8 +530,18 @@ pub(crate) fn parse_message(text: &str, err: &toml::de::Error) -> String {
 /// `GET /v1/config`.
 pub(crate) fn names_a_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('-', "_");
-    let words = ["password", "passwd", "secret", "token", "api_key", "apikey", "credential", "authorization"];
-    words.iter().any(|word| key.contains(word)) || key.contains("private_key")
+    let words = [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "credential",
+        "authorization",
+        "private_key",
+    ];
+    words.iter().any(|word| key.contains(word))
 }
 
 /// `table` on one line as written in TOML, e.g. `{ path = "/in", redirects_ok = true }`, its strings

@@ -27,7 +27,10 @@ pub(crate) struct Topology {
     /// Metric handles per route and per destination (ok, failed), looked up
     /// once per topology rather than per message.
     route_metrics: HashMap<String, Arc<RouteMetrics>>,
-    /// Whether any route has a [`direct_target`](Topology::direct_target).
+    /// Per route: whether it has a [`direct_target`](Topology::direct_target), found once per
+    /// topology (admission asks for every message).
+    direct: Vec<bool>,
+    /// Whether any route has one.
     direct_routes: bool,
 }
 
@@ -230,10 +233,11 @@ impl Topology {
                 .filter_map(|dest| Some((dest.name.clone(), dest.fallback.clone()?)))
                 .collect(),
             route_metrics: route_metrics.collect(),
+            direct: Vec::new(),
             direct_routes: false,
         };
-        topology.direct_routes =
-            (0..topology.route_targets.len()).any(|key| topology.direct_target(key).is_some());
+        topology.direct = (0..topology.route_targets.len()).map(|key| topology.goes_direct(key)).collect();
+        topology.direct_routes = topology.direct.contains(&true);
         topology
     }
 
@@ -245,11 +249,16 @@ impl Topology {
     /// its queue took it, which the direct way breaks when the queue is full (an ingress then queues
     /// the message for the workers, and a later one of its stream can take a slot freed meanwhile).
     pub(crate) fn direct_target(&self, key: RouteKey) -> Option<&Arc<Target>> {
-        let [target] = self.targets(key) else { return None };
+        self.direct.get(key).copied().unwrap_or(false).then(|| &self.targets(key)[0])
+    }
+
+    /// Whether route `key` has a [`direct_target`](Topology::direct_target), worked out.
+    fn goes_direct(&self, key: RouteKey) -> bool {
+        let [target] = self.targets(key) else { return false };
         let keeps_streams = target.built_from.as_ref().is_some_and(|built| {
             matches!(built.balancer.parse(), Ok(crate::balance::BalancerConfig::Affinity { .. }))
         });
-        (self.routes.get(key).stages.is_empty() && target.queue.is_some() && !keeps_streams).then_some(target)
+        self.routes.get(key).stages.is_empty() && target.queue.is_some() && !keeps_streams
     }
 
     /// Whether any route has a [`direct_target`](Topology::direct_target).
