@@ -44,14 +44,15 @@ impl Running {
     }
 
     fn start_with_env(args: &[&str], cwd: &std::path::Path, env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(BINARY)
-            .args(args)
-            .envs(env.iter().copied())
-            .current_dir(cwd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start switchyard");
+        let mut command = Command::new(BINARY);
+        command.args(args).envs(env.iter().copied()).current_dir(cwd);
+        Running::spawn(command)
+    }
+
+    /// Start `command` (switchyard, or a shell that execs it), reading its output.
+    fn spawn(mut command: Command) -> Running {
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start switchyard");
         let (send, lines) = mpsc::channel();
         read_lines(child.stdout.take().unwrap(), Stream::Stdout, send.clone());
         read_lines(child.stderr.take().unwrap(), Stream::Stderr, send);
@@ -755,4 +756,36 @@ fn a_request_waiting_for_its_delivery_does_not_hold_a_stop_past_the_grace_period
     assert!(stopped.contains(r#""dead_lettered":1"#), "{stopped}");
     let (status, answer) = waiting.join().unwrap();
     assert!(status == 422 && answer.contains(r#""code":"shutdown""#), "{status} {answer}");
+}
+
+#[test]
+fn a_write_past_the_file_size_limit_fails_that_attempt_and_the_host_lives_on() {
+    // `ulimit -f 2`: files of at most 1 KiB. The 2 KiB message's line cannot be written; by default
+    // SIGXFSZ would kill the host with everything it holds. The write fails with EFBIG instead, the
+    // part written is cut back off, the message is dead-lettered with that reason and the next
+    // small message still fits.
+    let dir = plugin_dir(&[]);
+    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+                  [[destination]]\nname = \"files\"\ntransport = \"file\"\noptions = { path = \"out.jsonl\" }\n\
+                  [[route]]\nname = \"all\"\nto = \"files\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut command = Command::new("sh");
+    command.args(["-c", "ulimit -f 2 && exec \"$@\"", "sh", BINARY, "run", "--config", "switchyard.toml"]);
+    command.current_dir(dir.path());
+    let mut host = Running::spawn(command);
+    let ingress = host.address("HTTP ingress listening on http://");
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"first").0, 204);
+    let (status, answer) = post(ingress, "/v1/messages/t?wait=true", &[], &[b'x'; 2048]);
+    assert!(status == 422 && answer.contains("File too large"), "{status} {answer}");
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"second").0, 204);
+    let stopped = host.stop();
+    assert!(stopped.contains(r#""delivered":2"#) && stopped.contains(r#""dead_lettered":1"#), "{stopped}");
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let payloads: Vec<String> = written
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["payload"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(payloads, ["first", "second"], "{written}");
 }

@@ -127,7 +127,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The signals `run` obeys: SIGINT and SIGTERM stop, SIGHUP reloads.
+/// The signals `run` obeys: SIGINT and SIGTERM stop, SIGHUP reloads. SIGXFSZ is caught and
+/// ignored, so a write past the process's file size limit (`ulimit -f`) fails with `EFBIG` (the file
+/// destination's attempt, a spool's put) instead of killing the host and what it holds; a caught
+/// signal, unlike an ignored one, is reset to its default in the processes the host starts.
 struct Signals {
     interrupt: Signal,
     terminate: Signal,
@@ -136,6 +139,8 @@ struct Signals {
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
+        // Once installed, a handler stays for the life of the process: the stream can go.
+        signal(SignalKind::from_raw(libc::SIGXFSZ))?;
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,

@@ -262,10 +262,14 @@ impl FileTransport {
         });
         match written.await {
             Ok(Ok(())) => Ok(None),
-            // A name no file can have (too long, not valid here) is this message's for good.
-            Ok(Err((std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput, problem))) => {
-                Err((Outcome::Fatal(FatalReason::Rejected), problem))
-            }
+            // A name no file can have (too long, not valid here) is this message's for good, and so
+            // is a line that would take the file past the process's size limit (`ulimit -f`).
+            Ok(Err((
+                std::io::ErrorKind::InvalidFilename
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::FileTooLarge,
+                problem,
+            ))) => Err((Outcome::Fatal(FatalReason::Rejected), problem)),
             // Nothing of the line stays in the file: as safe to retry as a refused connection.
             Ok(Err((_, problem))) => Err((Outcome::Retryable(RetryReason::Connect), problem)),
             Err(err) => {
