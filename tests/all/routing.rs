@@ -100,6 +100,41 @@ async fn native_and_wasm_stages_run_in_route_order() {
 }
 
 #[tokio::test]
+async fn a_name_registered_twice_on_the_builder_fails_the_build_and_kinds_keep_their_own_names() {
+    // The second registration used to replace the first without a word: an application that wired
+    // two destinations under one name sent the first one's traffic to the second.
+    let dir = plugin_dir(&[]);
+    let keep = |_: &Message| Ok(Verdict::Keep);
+    let same = |m: &Message| Ok(vec![m.clone()]);
+    let attempts = [
+        (
+            "destination",
+            builder(dir.path())
+                .destination("x", MemoryDestination::new().0)
+                .destination("x", MemoryDestination::new().0),
+        ),
+        ("filter", builder(dir.path()).filter("x", keep).filter("x", keep)),
+        ("transform", builder(dir.path()).transform("x", same).transform("x", same)),
+    ];
+    for (kind, twice) in attempts {
+        let Err(err) = twice.build().await else { panic!("{kind} registered twice was built") };
+        assert_eq!(err.to_string(), format!("{kind} \"x\" is registered twice on the builder"));
+    }
+    let (out, delivered) = MemoryDestination::new();
+    let host = builder(dir.path())
+        .destination("x", out)
+        .filter("x", keep)
+        .transform("x", |m: &Message| Ok(vec![m.clone().with_header("x-by", "transform")]))
+        .route(RouteConfig::new("r", ">", "x").stage("filter:x").stage("transform:x"))
+        .build()
+        .await
+        .unwrap();
+    host.send(Message::new("t", "")).await.unwrap();
+    assert_eq!(next(&delivered).await.header("x-by"), Some("transform"));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
 async fn request_returns_the_reply_or_says_why_there_is_none() {
     let dir = plugin_dir(&[]);
     let failing = |_m: Message| async { Err(DeliveryError::Fatal("endpoint refused".into())) };

@@ -109,3 +109,25 @@ async fn a_transport_nobody_registered_is_refused_before_the_host_starts() {
         "test.toml: destination \"out\".transport = \"loopback\": unknown transport (known: file, http, nats, plugin:NAME, redis, subprocess, tcp, websocket, log, memory)"
     );
 }
+
+#[tokio::test]
+async fn a_transport_registered_twice_is_refused_and_one_replacing_a_built_in_is_not() {
+    let factory = || {
+        typed(|options: LoopbackOptions, _: &DestinationConfig, _: &TransportContext| {
+            Arc::new(Loopback { options, attempts: Arc::default() }) as Arc<dyn Transport>
+        })
+    };
+    let dir = plugin_dir(&[]);
+    let config = || config("options = { tag = \"seen\", failing = \"a:1\" }");
+    let twice = builder(dir.path())
+        .config("test.toml", config())
+        .transport("loopback", factory())
+        .transport("loopback", factory());
+    let error = twice.build().await.expect_err("refused").to_string();
+    assert_eq!(error, "transport \"loopback\" is registered twice on the builder");
+    let replacing = builder(dir.path())
+        .config("test.toml", config())
+        .transport("loopback", factory())
+        .transport("http", factory());
+    replacing.build().await.expect("the built-in http transport replaced once").shutdown().await;
+}

@@ -140,7 +140,7 @@ struct Signals {
 impl Signals {
     fn install() -> std::io::Result<Signals> {
         // Once installed, a handler stays for the life of the process: the stream can go.
-        signal(SignalKind::from_raw(libc::SIGXFSZ))?;
+        drop(signal(SignalKind::from_raw(libc::SIGXFSZ))?);
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,

@@ -14,7 +14,7 @@ use crate::reload::{Events, HostEvent, Reloader, Retry};
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,6 +30,10 @@ pub struct HostBuilder {
     transports: TransportRegistry,
     /// Told of every plugin compile, at build and on reload.
     compile_observer: Option<CompileObserver>,
+    /// Every name registered, by kind: a second registration of one is refused at build.
+    registered: HashSet<(&'static str, String)>,
+    /// The first name registered twice.
+    registered_twice: Option<(&'static str, String)>,
 }
 
 impl HostBuilder {
@@ -42,6 +46,15 @@ impl HostBuilder {
             overrides: CodeOverrides::default(),
             transports: TransportRegistry::builtin(),
             compile_observer: None,
+            registered: HashSet::new(),
+            registered_twice: None,
+        }
+    }
+
+    /// Note that `name` of `kind` is registered; the first name registered twice fails the build.
+    fn register(&mut self, kind: &'static str, name: &str) {
+        if !self.registered.insert((kind, name.to_owned())) && self.registered_twice.is_none() {
+            self.registered_twice = Some((kind, name.to_owned()));
         }
     }
 
@@ -80,9 +93,12 @@ impl HostBuilder {
         self
     }
 
-    /// Register a destination implemented in Rust (or a closure).
+    /// Register a destination implemented in Rust (or a closure). A name registered twice fails
+    /// [`build`](Self::build), as it does for transports, filters and transforms.
     pub fn destination(mut self, name: impl Into<String>, destination: impl Destination) -> Self {
-        self.destinations.insert(name.into(), Arc::new(destination));
+        let name = name.into();
+        self.register("destination", &name);
+        self.destinations.insert(name, Arc::new(destination));
         self
     }
 
@@ -90,19 +106,24 @@ impl HostBuilder {
     /// ending in `:` serves every `NAME…`); it replaces a built-in one of the same name. See
     /// [`transport::typed`](crate::transport::typed) for a factory from a function and an options type.
     pub fn transport(mut self, name: &str, factory: impl TransportFactory) -> Self {
+        self.register("transport", name);
         self.transports.insert(name, factory);
         self
     }
 
     /// Register a native filter stage, used in routes as `filter:NAME`.
     pub fn filter(mut self, name: impl Into<String>, filter: impl NativeFilter) -> Self {
-        self.natives.filters.insert(name.into(), Arc::new(filter));
+        let name = name.into();
+        self.register("filter", &name);
+        self.natives.filters.insert(name, Arc::new(filter));
         self
     }
 
     /// Register a native transform stage, used in routes as `transform:NAME`.
     pub fn transform(mut self, name: impl Into<String>, transform: impl NativeTransform) -> Self {
-        self.natives.transforms.insert(name.into(), Arc::new(transform));
+        let name = name.into();
+        self.register("transform", &name);
+        self.natives.transforms.insert(name, Arc::new(transform));
         self
     }
 
@@ -128,7 +149,12 @@ impl HostBuilder {
             overrides,
             transports,
             compile_observer,
+            registered: _,
+            registered_twice,
         } = self;
+        if let Some((kind, name)) = registered_twice {
+            return Err(BuildError::RegisteredTwice { kind, name });
+        }
         let config = overrides.apply(config);
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;

@@ -62,6 +62,14 @@ pub enum BuildError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Two registrations on the builder share a name: the second would have replaced the first.
+    #[error("{kind} \"{name}\" is registered twice on the builder")]
+    RegisteredTwice {
+        /// `destination`, `transport`, `filter` or `transform`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
     /// The plugin directory cannot be read.
     #[error("plugin directory {dir}: {error}")]
     PluginDir {
