@@ -135,6 +135,43 @@ async fn a_name_registered_twice_on_the_builder_fails_the_build_and_kinds_keep_t
 }
 
 #[tokio::test]
+async fn what_a_native_transform_makes_is_held_to_the_limits_a_plugin_output_is() {
+    // A transform written in Rust could send `..` into a file destination's `{topic}` path, or a
+    // message larger than `host.max_message_bytes` on: its outputs went unchecked.
+    let dir = plugin_dir(&[]);
+    let (out, _delivered) = MemoryDestination::new();
+    let host = builder(dir.path())
+        .config(
+            "test.toml",
+            switchyard::Config::from_toml("test.toml", "[host]\nmax_message_bytes = 1024\n").unwrap(),
+        )
+        .destination("out", out)
+        .transform("retopic", |m: &Message| Ok(vec![Message::new(String::from_utf8_lossy(&m.payload), "x")]))
+        .transform("grow", |m: &Message| Ok(vec![m.clone().with_header("x-pad", "p".repeat(2000))]))
+        .route(RouteConfig::new("retopic", "retopic", "out").stage("transform:retopic"))
+        .route(RouteConfig::new("grow", "grow", "out").stage("transform:grow"))
+        .build()
+        .await
+        .unwrap();
+    let refused = |answer: Result<Option<Message>, RequestError>| match answer {
+        Err(RequestError::DeadLettered(reason)) => reason.to_string(),
+        other => panic!("not dead-lettered: {other:?}"),
+    };
+    assert_eq!(
+        refused(within(host.request(Message::new("retopic", "a..b"))).await),
+        "plugin \"retopic\" (native) returned a malformed answer: an output's topic \"a..b\" has an empty segment"
+    );
+    let grown = refused(within(host.request(Message::new("grow", "x"))).await);
+    assert!(
+        grown.starts_with("plugin \"grow\" (native) went past its output limit: a message of 20"),
+        "{grown}"
+    );
+    assert!(within(host.request(Message::new("retopic", "a.b"))).await.is_ok(), "a good topic goes on");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 2));
+}
+
+#[tokio::test]
 async fn request_returns_the_reply_or_says_why_there_is_none() {
     let dir = plugin_dir(&[]);
     let failing = |_m: Message| async { Err(DeliveryError::Fatal("endpoint refused".into())) };

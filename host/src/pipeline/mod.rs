@@ -483,12 +483,22 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
             let mut fates = Vec::with_capacity(items.len());
             for item in items {
                 match crate::panic::catch(|| transform.transform(&item.message)) {
-                    Ok(Ok(mut outputs)) => {
-                        if let Some(first) = outputs.first_mut() {
-                            first.inherit_ids(&item.message);
+                    Ok(Ok(mut outputs)) => match worker.check_native_outputs(&outputs) {
+                        Ok(()) => {
+                            if let Some(first) = outputs.first_mut() {
+                                first.inherit_ids(&item.message);
+                            }
+                            worker.split(item, outputs.into_iter(), &mut fates)
                         }
-                        worker.split(item, outputs.into_iter(), &mut fates)
-                    }
+                        Err(fault) => {
+                            let reason = DeadLetterReason::PluginFault {
+                                plugin: name.clone(),
+                                version: "native".into(),
+                                fault,
+                            };
+                            fates.push(Fate::failed(item, route_policy, reason))
+                        }
+                    },
                     Ok(Err(error)) => {
                         fates.push(Fate::failed(item, route_policy, native_reason(name, error)))
                     }

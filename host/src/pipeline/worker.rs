@@ -284,6 +284,12 @@ impl Worker {
         crate::plugin::check_output(message, counts, self.max_message_bytes)
     }
 
+    /// Check what a transform written in Rust made of one message against the limits a plugin's
+    /// outputs are held to.
+    pub(crate) fn check_native_outputs(&self, outputs: &[Message]) -> Result<(), PluginFault> {
+        crate::plugin::check_native_outputs(outputs, self.max_message_bytes)
+    }
+
     /// Turn a transform's outputs for `item` into fates, appended to `fates`:
     /// the first output, which carries the item's ids already
     /// ([`Message::first_output_of`], [`Message::inherit_ids`]), takes its

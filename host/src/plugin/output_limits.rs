@@ -5,7 +5,7 @@
 //! `switchyard plugin call` checks the same, so that it says what the host would.
 
 use super::PluginFault;
-use crate::message::ID_HEADER;
+use crate::message::{ID_HEADER, Message};
 use switchyard_wire::{MessageRef, WireError};
 
 /// Messages a transform may make of one message, at most.
@@ -31,11 +31,36 @@ pub(crate) fn check_output<'m>(
         return Err(PluginFault::OutputLimit(problem));
     }
     *count += 1;
-    if let Some(problem) = crate::host::topic_problem(m.topic) {
+    check_made(m.topic, m.headers(), m.payload_len, max_message_bytes)?;
+    Ok(m)
+}
+
+/// Check what a transform written in Rust (a builder's [`NativeTransform`](crate::NativeTransform))
+/// made of one message against the same limits.
+pub(crate) fn check_native_outputs(outputs: &[Message], max_message_bytes: usize) -> Result<(), PluginFault> {
+    if outputs.len() > MAX_OUTPUTS_PER_MESSAGE {
+        let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
+        return Err(PluginFault::OutputLimit(problem));
+    }
+    outputs.iter().try_for_each(|m| {
+        let headers = m.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()));
+        check_made(&m.topic, headers, m.payload.len(), max_message_bytes)
+    })
+}
+
+/// Check one message a transform made: a topic admission would take, not too many headers, not
+/// too large.
+fn check_made<'m>(
+    topic: &str,
+    headers: impl Iterator<Item = (&'m str, &'m str)>,
+    payload_len: usize,
+    max_message_bytes: usize,
+) -> Result<(), PluginFault> {
+    if let Some(problem) = crate::host::topic_problem(topic) {
         return Err(PluginFault::Malformed(format!("an output's {problem}")));
     }
     // One pass: how many headers, and their bytes but the host's own id header (as at admission).
-    let (headers, header_bytes) = m.headers().fold((0, 0), |(count, bytes), (name, value)| {
+    let (headers, header_bytes) = headers.fold((0, 0), |(count, bytes), (name, value)| {
         let counted = if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
         (count + 1, bytes + counted)
     });
@@ -43,12 +68,12 @@ pub(crate) fn check_output<'m>(
         let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
         return Err(PluginFault::OutputLimit(problem));
     }
-    let size = m.topic.len() + m.payload_len + header_bytes;
+    let size = topic.len() + payload_len + header_bytes;
     if size > max_message_bytes {
         let problem = format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
         return Err(PluginFault::OutputLimit(problem));
     }
-    Ok(m)
+    Ok(())
 }
 
 /// Check every output (`batch`) of a transform called on `inputs` messages.
