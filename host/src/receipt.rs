@@ -6,9 +6,12 @@
 //! the last of them to be dropped — each having been delivered, filtered, answered or dead-lettered
 //! to somewhere that took the letter — tells the [`Receipt`]. When a message cannot reach an
 //! outcome (its dead letter was lost, a worker panicked) the hold is kept, and the receipt says
-//! [`Settlement::Unsettled`]; so does a host that stops before it settled the message.
+//! [`Settlement::Unsettled`]. A message the host gives up on because it stops (still queued,
+//! retried or under way at the end of the shutdown grace) is not dead-lettered, as one without a
+//! receipt is: its source keeps it, so the host hands it back ([`Settlement::HandedBack`]) for the
+//! source to deliver again, to another host.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use tokio::sync::oneshot;
 
 /// What became of an accepted message, as far as its [`Receipt`] can tell.
@@ -19,6 +22,11 @@ pub enum Settlement {
     Settled,
     /// It did not: a dead letter was lost, a worker panicked, or the host stopped first.
     Unsettled,
+    /// The host stopped before it delivered it (or all made from it) and gave it back, neither
+    /// delivered for sure nor dead-lettered: its source should deliver it again soon, to another
+    /// host. A delivery cut while under way may have reached its destination, so a
+    /// message delivered again may arrive twice, with the same `x-sy-id`.
+    HandedBack,
 }
 
 /// Resolves once an accepted message is settled (or can no longer be): from
@@ -33,32 +41,47 @@ impl Receipt {
     }
 }
 
-/// The sending side of a [`Receipt`]: tells it [`Settlement::Settled`] when dropped, unless kept or
-/// dropped by a panicking thread.
+/// The sending side of a [`Receipt`]: tells it [`Settlement::Settled`] when dropped, unless kept,
+/// handed back or dropped by a panicking thread.
 #[derive(Debug)]
 pub(crate) struct ReceiptHold {
     tell: Option<oneshot::Sender<Settlement>>,
-    kept: AtomicBool,
+    /// What the shares of the hold said: [`SETTLED`], [`HANDED_BACK`] or [`KEPT`]; the furthest
+    /// from settled wins (a message one copy of which was handed back, and another's dead letter
+    /// lost, is unsettled).
+    state: AtomicU8,
 }
+
+const SETTLED: u8 = 0;
+const HANDED_BACK: u8 = 1;
+const KEPT: u8 = 2;
 
 impl ReceiptHold {
     /// A hold and the receipt it tells.
     pub(crate) fn new() -> (ReceiptHold, Receipt) {
         let (tell, told) = oneshot::channel();
-        (ReceiptHold { tell: Some(tell), kept: AtomicBool::new(false) }, Receipt(told))
+        (ReceiptHold { tell: Some(tell), state: AtomicU8::new(SETTLED) }, Receipt(told))
     }
 
     /// The message could not reach an outcome: its receipt will say so.
     pub(crate) fn keep(&self) {
-        self.kept.store(true, Relaxed);
+        self.state.fetch_max(KEPT, Relaxed);
+    }
+
+    /// The host stopped before it delivered the message: its receipt will say it is handed back
+    /// (unless a copy of it is kept).
+    pub(crate) fn hand_back(&self) {
+        self.state.fetch_max(HANDED_BACK, Relaxed);
     }
 }
 
 impl Drop for ReceiptHold {
     fn drop(&mut self) {
-        let settlement = match self.kept.load(Relaxed) || std::thread::panicking() {
-            true => Settlement::Unsettled,
-            false => Settlement::Settled,
+        let settlement = match self.state.load(Relaxed) {
+            _ if std::thread::panicking() => Settlement::Unsettled,
+            SETTLED => Settlement::Settled,
+            HANDED_BACK => Settlement::HandedBack,
+            _ => Settlement::Unsettled,
         };
         if let Some(tell) = self.tell.take() {
             let _ = tell.send(settlement);
@@ -89,5 +112,19 @@ mod tests {
         hold.keep();
         drop(hold);
         assert_eq!(receipt.settled().await, Settlement::Unsettled);
+    }
+
+    #[tokio::test]
+    async fn a_hold_handed_back_tells_its_receipt_so_unless_a_share_of_it_is_kept() {
+        let (hold, receipt) = ReceiptHold::new();
+        hold.hand_back();
+        drop(hold);
+        assert_eq!(receipt.settled().await, Settlement::HandedBack);
+
+        let (hold, receipt) = ReceiptHold::new();
+        hold.keep();
+        hold.hand_back();
+        drop(hold);
+        assert_eq!(receipt.settled().await, Settlement::Unsettled, "kept wins, whichever came first");
     }
 }

@@ -4,8 +4,10 @@
 //! the kill). And its unhappy neighbours: no acknowledgement while the destination is down (the
 //! message reported in progress, not delivered again; once the destination is back it is delivered
 //! once and acked), a
-//! stopped host acknowledges nothing it did not finish (another host takes it over), and a message
-//! the host cannot admit is terminated, not redelivered forever. And with the spool: a host killed
+//! stopped host acknowledges nothing it did not finish (another host takes it over), a host that
+//! stops as `switchyard run` does hands what it did not deliver back to the stream, neither
+//! dead-lettered nor acknowledged (another host takes each once), and a message the host cannot
+//! admit is terminated, not redelivered forever. And with the spool: a host killed
 //! while its destination is down loses nothing of what it pulled, restarted on the same state.
 
 use crate::cli::Running;
@@ -224,6 +226,8 @@ async fn a_stopped_host_acknowledges_nothing_it_did_not_finish_and_another_host_
     within(host.shutdown()).await;
     assert_eq!((jetstream_count(&host, "acked"), jetstream_count(&host, "unacked")), (0.0, 5.0));
     assert_eq!(pending(&context).await.0, 5, "all five still unacknowledged");
+    // Nor dead-lettered by the host's shutdown after: handed back (to an ingress no longer there).
+    assert_eq!((host.stats().dead_lettered, host.stats().handed_back), (0, 5));
 
     // After the stop: a host whose destination works takes all five over (after ack_wait).
     let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO);
@@ -242,6 +246,82 @@ async fn a_stopped_host_acknowledges_nothing_it_did_not_finish_and_another_host_
     drop(stop);
     within(serving).await.unwrap();
     within(other.shutdown()).await;
+}
+
+/// `[[ingress.nats]]` lines for `server`'s `ORDERS` (durable `switchyard`).
+fn ingress_config(server: &NatsServer, ack_wait_ms: u64) -> String {
+    let url = server.address();
+    format!("[[ingress.nats]]\nurl = \"{url}\"\nstream = \"{STREAM}\"\nack_wait_ms = {ack_wait_ms}\n")
+}
+
+fn dead_letters(host: &Host, reason: &str) -> f64 {
+    let metrics = host.metrics().encode();
+    let labels = [("route", "all"), ("reason", reason)];
+    sample(&metrics, "switchyard_dead_letters_total", &labels).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_host_hands_stream_messages_it_did_not_deliver_back_and_another_takes_each_once() {
+    // Long: a message handed back (nak'ed) comes back within a second, one left unacknowledged
+    // only after this (still within the tests' patience).
+    const ACK_WAIT_MS: u64 = 30_000;
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    // Its destination is down: what it pulled waits in the destination's queue when it stops, as
+    // does a message sent to it in code (which has no stream to go back to).
+    let extra = format!("shutdown_grace_ms = 100\n{}", ingress_config(&server, ACK_WAIT_MS));
+    let host = embedded(dir.path(), free_addr(), &extra).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let host = host.clone();
+        async move { host.run(async move { drop(stopped.await) }).await }
+    });
+    within(host.send(switchyard::Message::new("local.note", "x"))).await.unwrap();
+    publish(&context, 5, 16).await;
+    // All five pulled (the consumer made by the host) and admitted with the local one.
+    until(async || match host.stats().accepted {
+        6 => Ok(()),
+        accepted => Err(accepted),
+    })
+    .await;
+    assert_eq!(pending(&context).await, (5, 0, 0), "(unacknowledged, not delivered, delivered again)");
+
+    // The stop (as `switchyard run` stops, on SIGTERM): at the end of its grace, the host gives up
+    // on all six. The local one is dead-lettered `shutdown`, as before; the stream's five are not
+    // dead-lettered, nor acknowledged: they are handed back to the stream.
+    drop(stop);
+    within(running).await.unwrap().unwrap();
+    assert_eq!(dead_letters(&host, "shutdown"), 1.0, "only the local message is dead-lettered");
+    let stats = host.stats();
+    assert_eq!((stats.dead_lettered, stats.handed_back, stats.in_flight()), (1, 5, 0), "{stats:?}");
+    assert_eq!(jetstream_count(&host, "acked"), 0.0, "nothing undelivered is acknowledged");
+    // Nak'ed, unless the ingress stopped waiting for them (its own grace, from the end of its last
+    // pull) just before the host gave them up: then left unacknowledged.
+    let (nacked, unacked) = (jetstream_count(&host, "nacked"), jetstream_count(&host, "unacked"));
+    eprintln!(
+        "jetstream stop: {nacked} nak'ed, {unacked} left unacknowledged (the ingress stopped waiting first)"
+    );
+    assert_eq!(nacked + unacked, 5.0, "each handed back once (or left unacknowledged), never in a loop");
+
+    // Another host on the durable consumer takes the five over, each once, and dead-letters none.
+    let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO);
+    let other_dir = plugin_dir(&[]);
+    let other = embedded(other_dir.path(), sink.addr, "").await;
+    let (stop, serving) = consume(&other, &server, ACK_WAIT_MS).await;
+    until(async || match pending(&context).await {
+        (0, 0, _) if sink.arrivals().len() >= 5 => Ok(()),
+        seen => Err((seen, sink.arrivals())),
+    })
+    .await;
+    drop(stop);
+    within(serving).await.unwrap();
+    within(other.shutdown()).await;
+    let mut arrivals = sink.arrivals();
+    arrivals.sort();
+    let each_once: Vec<(u64, String)> = (1..=5).map(|seq| (seq, stream_message_id(STREAM, seq))).collect();
+    assert_eq!(arrivals, each_once);
+    assert_eq!((jetstream_count(&other, "acked"), other.stats().dead_lettered), (5.0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,7 +100,8 @@ pub struct HostSection {
     pub queue_bytes: usize,
     /// Milliseconds a shutdown waits, from its start, for deliveries in progress, queued or
     /// waiting for room in a destination's queue; then the rest are dead-lettered (`shutdown`),
-    /// not waited on.
+    /// not waited on — but for those whose source keeps them (a JetStream stream), handed back to
+    /// it (see [`Settlement::HandedBack`](crate::Settlement::HandedBack)).
     pub shutdown_grace_ms: u64,
     /// Let a plugin's sidecar grant more than this config's `[[plugin]]`
     /// entry (or the defaults) does: more memory or time, more addresses,

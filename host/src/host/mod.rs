@@ -90,7 +90,9 @@ impl Host {
     /// resolves once it and everything made from it reached an outcome (or can no longer): for an
     /// ingress that acknowledges its source only then. Its source keeps it until then, through a
     /// crash too, so with `durability = "spool"` it is not written to the spool: a spooled copy
-    /// would only be delivered a second time after a crash.
+    /// would only be delivered a second time after a crash. For the same reason a shutdown that
+    /// gives up on it does not dead-letter it: it hands it back
+    /// ([`Settlement::HandedBack`](crate::Settlement::HandedBack)), for its source to deliver again.
     pub async fn send_with_receipt(
         &self,
         message: Message,

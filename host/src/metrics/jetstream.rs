@@ -24,7 +24,8 @@ pub(crate) enum Pulled {
     Acked,
     /// Refused for good (oversized, malformed): terminated, never delivered again.
     Terminated,
-    /// Not admitted now (the host is stopping, the spool cannot write): handed back at once.
+    /// Handed back (nak'ed) for another host: not admitted now (the host is stopping, the spool
+    /// cannot write), or admitted and not delivered when the host's stop gave up on it.
     Nacked,
     /// Admitted, but not settled while this host served (a lost dead letter, a stop): left
     /// unacknowledged, so the server delivers it again after `ack_wait_ms`.

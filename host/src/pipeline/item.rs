@@ -34,6 +34,19 @@ impl Accepted {
             hold.keep();
         }
     }
+
+    /// Whether its source keeps it until it is settled and takes it back (a JetStream stream,
+    /// told through the receipt): a stop then hands it back rather than dead-lettering it.
+    pub(crate) fn source_keeps(&self) -> bool {
+        self.receipt.is_some()
+    }
+
+    /// The host stops before it delivered the message: tell its receipt it is handed back.
+    pub(crate) fn hand_back(&self) {
+        if let Some(hold) = &self.receipt {
+            hold.hand_back();
+        }
+    }
 }
 
 /// One accepted message as it enters the pipeline.

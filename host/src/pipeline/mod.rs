@@ -372,7 +372,8 @@ impl Pipeline {
     }
 
     /// Count and answer a delivery to `sink`, or hand it to the destination's fallback (never sent
-    /// for want of an endpoint), or dead-letter it.
+    /// for want of an endpoint), or dead-letter it; one a stop cut short whose source keeps it (a
+    /// JetStream stream) is handed back to it instead.
     pub(crate) async fn settle(
         &self,
         sink: &Sink,
@@ -391,6 +392,12 @@ impl Pipeline {
         let Delivery { message, reply, middlewares, accepted } = delivery;
         let response = match result {
             Ok(response) => response,
+            Err(DeliveryError::Shutdown | DeliveryError::ShutdownInFlight) if accepted.source_keeps() => {
+                sink.count(false);
+                // Sent, not requested: no caller waits for an answer.
+                debug_assert!(reply.is_none(), "a message its source keeps has no reply");
+                return self.hand_back(sink, &message, &accepted);
+            }
             Err(error) => {
                 sink.count(false);
                 let reason = DeadLetterReason::Delivery { destination: sink.name.clone(), error };
@@ -408,6 +415,16 @@ impl Pipeline {
             }
             response => drop(sender.send(Ok(response))),
         }
+    }
+
+    /// Hand `message`, which the host stopped before it delivered to `sink`, back to the source
+    /// that keeps it (see [`crate::receipt`]): not dead-lettered, it is delivered again from there,
+    /// by another host.
+    fn hand_back(&self, sink: &Sink, message: &Message, accepted: &Accepted) {
+        accepted.hand_back();
+        Counters::bump(&self.counters.handed_back, 1);
+        let (id, topic, destination) = (message.id, &message.topic, &sink.name);
+        tracing::debug!(id, topic, %destination, "not delivered before the stop: handed back to its source");
     }
 
     /// Count a delivery to `sink` of a message `route` accepted.

@@ -12,6 +12,7 @@ pub(crate) struct Counters {
     pub(crate) filtered: ShardedCounter,
     pub(crate) responded: ShardedCounter,
     pub(crate) dead_lettered: ShardedCounter,
+    pub(crate) handed_back: ShardedCounter,
     pub(crate) skipped_stages: ShardedCounter,
     pub(crate) dead_letter_failures: ShardedCounter,
 }
@@ -20,7 +21,7 @@ pub(crate) struct Counters {
 ///
 /// Every accepted message ends one way: once all work is done, and unless
 /// dead letters were lost (`dead_letter_failures`),
-/// `accepted + created == delivered + filtered + responded + dead_lettered`.
+/// `accepted + created == delivered + filtered + responded + dead_lettered + handed_back`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Messages admitted by `send`, `request` or an ingress.
@@ -36,6 +37,10 @@ pub struct Stats {
     /// Dead letters a dead-letter destination took, or the dead-letter file
     /// (fsync'd) when none would; counted once, not again when re-delivered.
     pub dead_lettered: u64,
+    /// Messages a shutdown gave up on (past its grace period) that were handed back to the source
+    /// that keeps them (a JetStream stream), to be delivered again by another host, rather than
+    /// dead-lettered.
+    pub handed_back: u64,
     /// Stages skipped under a fail-open policy.
     pub skipped_stages: u64,
     /// Dead letters lost: no dead-letter destination took them and the
@@ -44,9 +49,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Messages accounted for (delivered, filtered, answered or dead-lettered).
+    /// Messages accounted for (delivered, filtered, answered, dead-lettered or handed back).
     pub fn settled(&self) -> u64 {
-        self.delivered + self.filtered + self.responded + self.dead_lettered
+        self.delivered + self.filtered + self.responded + self.dead_lettered + self.handed_back
     }
 
     /// Messages that exist but are not settled yet.
@@ -73,6 +78,7 @@ impl Counters {
             filtered: self.filtered.get(),
             responded: self.responded.get(),
             dead_lettered: self.dead_lettered.get(),
+            handed_back: self.handed_back.get(),
             skipped_stages: self.skipped_stages.get(),
             dead_letter_failures: self.dead_letter_failures.get(),
         }

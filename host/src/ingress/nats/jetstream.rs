@@ -2,9 +2,11 @@
 //! durable pull consumer (`durable`, explicit acks) and acknowledges each only once the host
 //! settled it — delivered, filtered, answered, or dead-lettered to a destination or the dead-letter
 //! file — as the message's [`Receipt`](crate::Receipt) tells (once everything made from the
-//! message is settled). While the host holds a message (queued, retried, behind a slow
-//! destination) it tells the server twice per `ack_wait_ms` that the message is in progress, so
-//! the server does not deliver it again meanwhile. Hosts naming the same consumer share the stream
+//! message is settled); one the host's stop handed back instead
+//! ([`Settlement::HandedBack`](crate::Settlement::HandedBack)) it naks. While the host holds a
+//! message (queued, retried, behind a slow destination) it tells the server twice per
+//! `ack_wait_ms` that the message is in progress, so the server does not deliver it again
+//! meanwhile. Hosts naming the same consumer share the stream
 //! (and its settings: a host whose `ack_wait_ms`, `max_ack_pending` or filter subject differ from
 //! the existing consumer's refuses to start, and none changes them, see `durable`):
 //! what a host that dies had not acknowledged, the server delivers to another after `ack_wait_ms`. The stream keeps each
@@ -27,12 +29,18 @@
 //! (`switchyard_jetstream_messages_total{result="terminated"}`). It is not dead-lettered: a dead
 //! letter is a message the host admitted, and this one could not be — an oversized payload would be
 //! as oversized on its way to the dead-letter destination. What is refused only for now (the host
-//! stopping) is handed back at once (`Nak`) for another host.
+//! stopping) is handed back (`Nak`) for another host, held by the server until this host's pull
+//! under way has ended (1 s at most), so that pull cannot take it straight back.
 //!
 //! A graceful stop finishes the pull under way (admitting what it brings), pulls no more, waits up
 //! to `host.shutdown_grace_ms` for the messages in flight to settle and acknowledges them, then
-//! closes: anything still unsettled stays unacknowledged and is delivered again. A lost connection
-//! is made again by the client with backoff, and pulls resume with backoff of their own.
+//! closes: anything still unsettled stays unacknowledged and is delivered again. What the host's
+//! own stop gives up on at the end of its grace (queued, retried, or under way: a destination down
+//! or slow) is not dead-lettered, as a message from elsewhere is, nor acknowledged: the host
+//! hands it back, and the ingress naks it as above, so another host of the consumer takes it
+//! within a second, with its `x-sy-id` (one cut while under way may have been delivered: it may
+//! arrive twice). A lost connection is made again by the client with backoff, and pulls resume
+//! with backoff of their own.
 //!
 //! A consumer that is gone — deleted by an operator, or with its stream, deleted and made again —
 //! is noticed at the next failed or unanswered pull and joined again (made again, as at the start),
@@ -63,6 +71,11 @@ const MAX_BATCH: usize = 256;
 
 /// How long one pull waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// How long the server holds a message this host hands back (naks) for another host: until the
+/// pull under way has ended. A stop finishes that pull, and it would take a message handed back at
+/// once straight back, to be refused and handed back again, in a loop until the pull is full.
+const HAND_BACK_DELAY: Duration = PULL_EXPIRES;
 
 /// The shortest and longest pause before pulling again after a failed pull.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -300,6 +313,17 @@ impl StreamIngress {
                                 Pulled::Unacked
                             }
                         },
+                        // The host stopped before it delivered it: for another host.
+                        Settlement::HandedBack => {
+                            let nak = AckKind::Nak(Some(HAND_BACK_DELAY));
+                            match acker.ack_with(nak).await {
+                                Ok(()) => Pulled::Nacked,
+                                Err(err) => {
+                                    tracing::warn!(stream, seq, %err, "JetStream ingress: handing a message back failed; it will be delivered again");
+                                    Pulled::Unacked
+                                }
+                            }
+                        }
                         Settlement::Unsettled => Pulled::Unacked,
                     };
                     metrics.pulled(&stream, result);
@@ -312,7 +336,7 @@ impl StreamIngress {
             }
             Err(err) => {
                 tracing::debug!(stream, seq, %err, "JetStream ingress: message not admitted now; handed back");
-                self.hand_back(acker, Pulled::Nacked, AckKind::Nak(None)).await;
+                self.hand_back(acker, Pulled::Nacked, AckKind::Nak(Some(HAND_BACK_DELAY))).await;
             }
         }
     }
