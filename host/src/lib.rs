@@ -32,6 +32,7 @@
 
 pub mod message;
 pub mod receipt;
+mod authority;
 mod bearer;
 mod bounded_text;
 mod panic;

@@ -4,7 +4,7 @@
 
 use crate::support::{MEMORY_OUT, PATIENCE, drain_and_account, host, plugin_dir, post};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_still_served() {
@@ -163,4 +163,52 @@ async fn a_request_from_a_page_elsewhere_is_refused_on_every_ingress_route() {
     assert_eq!(posted, [202, 202], "its own, or none (a program), is served");
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_points_its_own_name_here_is_refused_unless_the_ingress_wants_a_token() {
+    // DNS rebinding: a page at evil.example points evil.example at 127.0.0.1; its requests then
+    // carry Origin and Host evil.example, which agree, and went through to a local ingress.
+    let dir = plugin_dir(&[]);
+    let rebound = |addr: SocketAddr, extra: &[(&str, &str)]| {
+        let authority = format!("evil.example:{}", addr.port());
+        let origin = format!("http://{authority}");
+        let mut headers = vec![("host", authority.as_str()), ("origin", origin.as_str())];
+        headers.extend_from_slice(extra);
+        post(addr, "/v1/messages/t", &headers, b"x")
+    };
+    let open = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\n[[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host_open = host(dir.path(), &open).await;
+    let addr = crate::support::start_ingress(&host_open).await;
+    let (refused, program, by_address) = tokio::task::spawn_blocking(move || {
+        let program = post(addr, "/v1/messages/t", &[("host", "evil.example")], b"x").0;
+        let own = format!("http://{addr}");
+        (rebound(addr, &[]), program, post(addr, "/v1/messages/t", &[("origin", own.as_str())], b"x").0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    assert!(refused.1.contains("a name any site could point here"), "{}", refused.1);
+    assert_eq!(
+        (program, by_address),
+        (202, 202),
+        "a program (no Origin), or a page at the address, is served"
+    );
+    assert_eq!(drain_and_account(&host_open).await.accepted, 2);
+    // With a token, a page cannot present it: a browser sending it is the operator's own.
+    let guarded = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret-token\"\n\
+         [[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host_guarded = host(dir.path(), &guarded).await;
+    let addr = crate::support::start_ingress(&host_guarded).await;
+    let (without, with) = tokio::task::spawn_blocking(move || {
+        (rebound(addr, &[]).0, rebound(addr, &[("authorization", "Bearer s3cret-token")]).0)
+    })
+    .await
+    .unwrap();
+    assert_eq!((without, with), (401, 202));
+    assert_eq!(drain_and_account(&host_guarded).await.accepted, 1);
 }

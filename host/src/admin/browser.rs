@@ -7,11 +7,11 @@
 //! wherever the admin listener is reached, is not foreign).
 
 use super::auth::TokenSource;
+use crate::authority::{authority_host, is_loopback_name};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::net::IpAddr;
 
 /// Refuse a request with a non-loopback `Host` (when no token is needed) or a
 /// foreign `Origin` (on anything but a plain GET).
@@ -45,33 +45,4 @@ fn refusal(token: &TokenSource, request: &Request) -> Option<String> {
     let same_origin = text(header::HOST).is_some_and(|host| host.eq_ignore_ascii_case(authority));
     (!same_origin && !is_loopback_name(authority_host(authority)))
         .then(|| format!("Origin {origin:?} is not allowed"))
-}
-
-/// The host part of `host[:port]` or `[v6][:port]`.
-fn authority_host(authority: &str) -> &str {
-    match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    }
-}
-
-fn is_loopback_name(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_names_with_and_without_ports() {
-        for host in ["localhost", "localhost:7071", "127.0.0.1:7071", "127.1.2.3", "[::1]:7071", "[::1]"] {
-            assert!(is_loopback_name(authority_host(host)), "{host}");
-        }
-        for host in
-            ["attacker.example", "attacker.example:7071", "10.0.0.1:7071", "[::2]:1", "", "localhost.evil"]
-        {
-            assert!(!is_loopback_name(authority_host(host)), "{host}");
-        }
-    }
 }

@@ -74,8 +74,8 @@ impl HttpIngress {
     }
 }
 
-/// The ingress token, presented: extracted first, so that a request without
-/// it is refused before its body is read.
+/// The ingress token, presented, and no browser turned against the ingress (see [`browser_refusal`]):
+/// extracted first, so that a request refused is refused before its body is read.
 struct Authorized;
 
 impl axum::extract::FromRequestParts<Host> for Authorized {
@@ -86,43 +86,50 @@ impl axum::extract::FromRequestParts<Host> for Authorized {
         host: &Host,
     ) -> Result<Self, Response> {
         let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
-        match token.is_some_and(|token| !crate::bearer::presented(&parts.headers, &token)) {
-            true => Err(crate::bearer::unauthorized()),
-            false => Ok(Authorized),
+        if token.as_ref().is_some_and(|token| !crate::bearer::presented(&parts.headers, token)) {
+            return Err(crate::bearer::unauthorized());
+        }
+        match browser_refusal(&parts.headers, token.is_some()) {
+            Some(problem) => Err(error(StatusCode::FORBIDDEN, problem)),
+            None => Ok(Authorized),
         }
     }
 }
 
 async fn accept_bulk(_: Authorized, State(host): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refused) = foreign_origin(&headers) {
-        return refused;
-    }
     super::bulk::accept_batch(&host, &headers, body).await
 }
 
+/// Why a request a browser sent (it carries an `Origin`; programs send none) is refused, if it is.
 /// A page elsewhere must not use a visitor's browser to send messages: a cross-site POST (a form,
-/// a `fetch` of `text/plain`) needs no preflight, nor does a WebSocket. The refusal of a request
-/// whose `Origin` is not this host; programs send none.
-fn foreign_origin(headers: &HeaderMap) -> Option<Response> {
+/// a `fetch` of `text/plain`) needs no preflight, nor does a WebSocket, so an `Origin` that is not
+/// this host is refused. Nor may a page that pointed a name of its own at this machine (DNS
+/// rebinding: its `Origin` and `Host` agree): without a token, a browser is served only at a name
+/// that cannot be pointed anywhere, an address or `localhost`.
+fn browser_refusal(headers: &HeaderMap, token_required: bool) -> Option<String> {
     let text = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
     let origin = text(axum::http::header::ORIGIN)?;
     let origin_host = origin.split_once("://").map_or(origin, |(_, authority)| authority);
-    (Some(origin_host) != text(axum::http::header::HOST))
-        .then(|| error(StatusCode::FORBIDDEN, format!("Origin {origin:?} is not this host")))
+    if Some(origin_host) != text(axum::http::header::HOST) {
+        return Some(format!("Origin {origin:?} is not this host"));
+    }
+    (!token_required && !crate::authority::cannot_be_rebound(crate::authority::authority_host(origin_host)))
+        .then(|| {
+            format!(
+                "Origin {origin:?} names this host by a name any site could point here; \
+                 without a token a browser is served only at an address or localhost"
+            )
+        })
 }
 
-/// `GET /v1/ws`: a socket of messages (see [`websocket`](super::websocket)).
+/// `GET /v1/ws`: a socket of messages (see [`websocket`](super::websocket)); [`Authorized`] refuses
+/// a cross-site WebSocket hijacking.
 async fn accept_socket(
     _: Authorized,
     State(host): State<Host>,
     axum::Extension(stopping): axum::Extension<tokio::sync::watch::Receiver<bool>>,
-    headers: HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    // Cross-site WebSocket hijacking.
-    if let Some(refused) = foreign_origin(&headers) {
-        return refused;
-    }
     upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, stopping))
 }
 
@@ -134,9 +141,6 @@ async fn accept(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = foreign_origin(&headers) {
-        return refused;
-    }
     let message = match message_from_request(topic, &headers, body) {
         Ok(message) => message,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
