@@ -71,5 +71,5 @@ pub use pipeline::Stats;
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
 pub use receipt::{Receipt, Settlement};
 pub use reload::{ConfigChange, EventCounts, HostEvent};
-pub use spool::{Damage, SpoolError, SpoolStatus};
+pub use spool::{Damage, DamageKind, SpoolError, SpoolStatus};
 pub use stage::{NativeFilter, NativeTransform};

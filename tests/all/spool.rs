@@ -1,6 +1,7 @@
 //! The durable spool through the embedded host: a message is on disk when `send` returns and
 //! leaves the spool once settled; a host started on a spool delivers what it held (its `x-sy-id`
-//! unchanged); a damaged tail is reported and what precedes it delivered; a full spool is
+//! unchanged); a torn tail is cut off quietly and what precedes it delivered; corrupt bytes
+//! mid-segment are reported and skipped, and what follows them delivered; a full spool is
 //! backpressure, never loss.
 
 use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
@@ -137,8 +138,28 @@ async fn a_host_started_on_a_spool_delivers_what_it_held_with_its_unique_ids_unc
     drain_and_account(&stuck).await;
 }
 
+/// Where each record of the segment file `path` starts, read from the length fields (the file
+/// is intact), with the kind byte of each.
+fn records(path: &Path) -> Vec<(usize, u8)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 0;
+    let mut found = Vec::new();
+    while at < bytes.len() {
+        found.push((at, bytes[at + 8]));
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    found
+}
+
+/// Flip byte `at` of the file `path`, as bit rot does.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_spool_tail_is_reported_and_the_messages_before_it_delivered() {
+async fn a_torn_spool_tail_is_cut_off_quietly_and_the_messages_before_it_delivered() {
     let state = tempfile::tempdir().unwrap();
     let (open, gate) = gate();
     let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
@@ -147,19 +168,107 @@ async fn a_damaged_spool_tail_is_reported_and_the_messages_before_it_delivered()
     }
     let state = crash_copy(state.path());
     let last = segments(state.path()).pop().unwrap();
-    let mut bytes = std::fs::read(&last).unwrap();
-    let at = bytes.len() - 3;
-    bytes[at] ^= 0xff;
-    std::fs::write(&last, &bytes).unwrap();
+    flip(&last, last.metadata().unwrap().len() as usize - 3);
 
     let (host, delivered) = host_again(state.path()).await;
-    assert_eq!(host.event_counts().spool_damaged, 1);
+    assert_eq!(host.event_counts().spool_damaged, 0, "what a crash leaves is no alarm");
     assert_eq!(host.spool().unwrap().recovered, 2);
     assert_eq!(ids_of(&delivered, 2).await, ["mine-0", "mine-1"]);
     let aside = last.with_extension("seg.damaged");
     assert!(aside.metadata().unwrap().len() > 0, "the unreadable record is kept aside");
+    host.send(message(3)).await.unwrap();
+    assert_eq!(ids_of(&delivered, 1).await, ["mine-3"], "the spool goes on taking messages");
     drain_and_account(&host).await;
     assert!(delivered.is_empty());
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_mid_segment_is_reported_and_the_messages_after_it_delivered() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, first_gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(first_gate), |_| {}).await;
+    for n in 0..5 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    let segment = segments(state.path()).pop().unwrap();
+    let records = records(&segment);
+    assert_eq!(records.len(), 5, "one segment, one put a message");
+    // The third put, mine-2, in its body: bit rot in the middle of the segment.
+    let (start, end) = (records[2].0, records[3].0);
+    flip(&segment, start + 30);
+
+    // The operator's view before any host touches it.
+    let report = switchyard::spool::inspect(&state.path().join("spool")).unwrap();
+    assert_eq!(report.depth, 4, "the messages after the corrupt record are counted: {report:?}");
+    let damage: Vec<_> =
+        report.damage.iter().map(|damage| (damage.kind, damage.offset, damage.lost)).collect();
+    assert_eq!(damage, [(switchyard::DamageKind::Corrupt, start as u64, (end - start) as u64)]);
+    let (inspected, json, said) = crate::crash_recovery::spool_command("inspect", state.path());
+    assert!(inspected, "{said}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((&json["depth"], &json["damage"][0]["kind"]), (&4.into(), &"corrupt".into()), "{json}");
+    let told = format!("{} corrupt bytes at offset {start}", end - start);
+    assert!(said.contains(&told) && said.contains(segment.to_str().unwrap()), "{said}");
+
+    let (recovering, delivered) = host_again(state.path()).await;
+    assert_eq!(recovering.event_counts().spool_damaged, 1, "corruption is reported");
+    assert_eq!(recovering.spool().unwrap().recovered, 4);
+    assert_eq!(ids_of(&delivered, 4).await, ["mine-0", "mine-1", "mine-3", "mine-4"]);
+    drain_and_account(&recovering).await;
+    drop(recovering);
+    // The spool goes on: a message held at the next crash is there at the next start.
+    let (open_again, held) = gate();
+    let (again, again_out) = host(state.path(), Some(held), |_| {}).await;
+    assert_eq!(again.spool().unwrap().recovered, 0, "settled, and the damage reported once");
+    assert_eq!(again.event_counts().spool_damaged, 0);
+    again.send(message(5)).await.unwrap();
+    let later = crash_copy(state.path());
+    let (third, delivered) = host_again(later.path()).await;
+    assert_eq!(third.spool().unwrap().recovered, 1);
+    assert_eq!(ids_of(&delivered, 1).await, ["mine-5"]);
+    drain_and_account(&third).await;
+    drop(open_again);
+    assert_eq!(ids_of(&again_out, 1).await, ["mine-5"]);
+    drain_and_account(&again).await;
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 5).await.len(), 5);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_settle_record_delivers_its_message_again_and_loses_none_after_it() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    open.send(()).unwrap();
+    assert_eq!(ids_of(&stuck_out, 1).await.len(), 1);
+    // Its remove is written once the spool's figures show it settled.
+    eventually(|| match stuck.spool().unwrap().depth {
+        2 => Ok(()),
+        depth => Err(depth),
+    });
+    stuck.send(message(3)).await.unwrap();
+    let state = crash_copy(state.path());
+    let segment = segments(state.path()).pop().unwrap();
+    let records = records(&segment);
+    let kinds: Vec<u8> = records.iter().map(|(_, kind)| *kind).collect();
+    assert_eq!(kinds, [1, 1, 1, 2, 1], "three puts, a remove, a put");
+    // The remove's sequence number.
+    flip(&segment, records[3].0 + 10);
+
+    let (host, delivered) = host_again(state.path()).await;
+    assert_eq!(host.event_counts().spool_damaged, 1);
+    assert_eq!(host.spool().unwrap().recovered, 4, "the settled message again, and the one after the remove");
+    let ids = ids_of(&delivered, 4).await;
+    assert_eq!(ids, ["mine-0", "mine-1", "mine-2", "mine-3"]);
+    drain_and_account(&host).await;
     drop(open);
     assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
     drain_and_account(&stuck).await;

@@ -112,8 +112,9 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum SpoolCommand {
-    /// Print what the spool holds, as JSON: depth, bytes, oldest age, messages per topic, damaged
-    /// tails, and whether a host holds it now. Changes nothing.
+    /// Print what the spool holds, as JSON: depth, bytes, oldest age, messages per topic, damage
+    /// (torn tails, corrupt bytes skipped; each also said on standard error), and whether a host
+    /// holds it now. Changes nothing.
     Inspect {
         /// The host's state directory (`host.state_dir`), which holds `spool/`.
         #[arg(long)]

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
+use switchyard::DamageKind;
 
 /// Print what the spool of `state_dir` holds, as JSON: depth, bytes, oldest age, messages per
 /// topic, damage; and whether a host holds it now.
@@ -14,6 +15,16 @@ pub fn inspect(state_dir: &Path) -> anyhow::Result<()> {
         dir.display()
     );
     let report = switchyard::spool::inspect(&dir)?;
+    for damage in &report.damage {
+        let after = match damage.kind {
+            DamageKind::TornTail => "a host started on the spool cuts it off",
+            DamageKind::Corrupt => {
+                "the messages after them are counted, and a host started on the spool recovers them \
+                 and moves the bytes aside"
+            }
+        };
+        eprintln!("switchyard: {damage}; {after}");
+    }
     let written = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?);
     match written {
         // A reader that stopped reading (`| head`) has had what it wanted.
@@ -34,14 +45,7 @@ pub fn drain(state_dir: &Path) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let drained = switchyard::spool::drain(&dir, &mut out).context("draining the spool")?;
     for damage in &drained.damage {
-        eprintln!(
-            "switchyard: {}: {} unreadable bytes after byte {} ({}), moved aside to {}.damaged",
-            damage.segment.display(),
-            damage.lost,
-            damage.intact,
-            damage.problem,
-            damage.segment.display()
-        );
+        eprintln!("switchyard: {damage}; moved aside to {}.damaged", damage.segment.display());
     }
     eprintln!("switchyard: drained {} messages from {}", drained.messages, dir.display());
     Ok(())

@@ -11,6 +11,7 @@ use crate::pipeline::{
 };
 use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
 use crate::reload::{Events, HostEvent, Reloader, Retry};
+use crate::spool::DamageKind;
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
@@ -260,10 +261,12 @@ impl HostBuilder {
         // the messages it recovered, and their records stay for the next start.
         let (spool, recovered) = match spool {
             Some((spool, recovery)) => {
-                for damage in recovery.damage {
+                // A torn tail is what a crash leaves: the spool logged it quietly.
+                let corrupt = recovery.damage.into_iter().filter(|damage| damage.kind == DamageKind::Corrupt);
+                for damage in corrupt {
                     reloader.events.emit(HostEvent::SpoolDamaged {
                         segment: damage.segment.display().to_string(),
-                        intact: damage.intact,
+                        offset: damage.offset,
                         lost: damage.lost,
                         problem: damage.problem.to_owned(),
                     });

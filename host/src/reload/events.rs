@@ -71,17 +71,18 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
-    /// At start, the spool had a segment whose tail could not be read (torn by a crash mid-write,
-    /// or corrupt): the records before it were recovered; the rest was moved aside to
-    /// `SEGMENT.damaged`.
+    /// At start, the spool had a segment with corrupt bytes followed by intact records (bit rot,
+    /// a bad sector): they were skipped, the records after them recovered, and the bytes moved
+    /// aside to `SEGMENT.damaged`. One event per stretch of corrupt bytes. A torn tail (what a
+    /// crash mid-write leaves) is cut off with no event.
     SpoolDamaged {
         /// The segment file.
         segment: String,
-        /// Bytes recovered from its start.
-        intact: u64,
-        /// Bytes after them that could not be read.
+        /// Where the corrupt bytes started in it.
+        offset: u64,
+        /// How many bytes were skipped.
         lost: u64,
-        /// Why (e.g. "checksum mismatch", "torn record (the file ends inside it)").
+        /// Why (e.g. "checksum mismatch", "impossible record length").
         problem: String,
     },
     /// An alert rule changed state (pending, firing, resolved, or back to inactive).

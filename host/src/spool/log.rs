@@ -25,17 +25,52 @@ pub(crate) struct Recovered {
     pub(crate) message: Message,
 }
 
-/// The unreadable tail of a segment, found at open: moved aside to `NAME.seg.damaged` and cut off.
+/// Bytes of a segment that could not be read as records, found at open: moved aside to
+/// `NAME.seg.damaged` and taken out of the segment, which keeps every record that verifies.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Damage {
     /// The segment.
     pub segment: PathBuf,
-    /// Bytes of it that were intact (and are kept).
-    pub intact: u64,
-    /// Bytes after them that could not be read.
+    /// A torn tail or corruption between records.
+    pub kind: DamageKind,
+    /// Where the unreadable bytes start, in bytes from the start of the segment as it was found.
+    pub offset: u64,
+    /// How many bytes could not be read (and were skipped).
     pub lost: u64,
-    /// Why.
+    /// Why the record at `offset` could not be read.
     pub problem: &'static str,
+}
+
+/// What kind of [`Damage`] a segment had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DamageKind {
+    /// Nothing readable follows the unreadable bytes: the last record is incomplete or fails its
+    /// checksum, as a crash cutting a write short leaves it. Expected after a crash (such a record
+    /// was never acknowledged), so it is cut off quietly.
+    TornTail,
+    /// Intact records follow the unreadable bytes (bit rot, a bad sector): they are skipped and
+    /// reading resumes at the next record that verifies, so the messages and removes after them
+    /// are recovered. Messages whose put was in them are lost; those whose remove was in them are
+    /// delivered again.
+    Corrupt,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (segment, lost, offset, problem) = (self.segment.display(), self.lost, self.offset, self.problem);
+        match self.kind {
+            DamageKind::TornTail => {
+                write!(f, "{segment}: a torn tail of {lost} bytes at offset {offset} ({problem})")
+            }
+            DamageKind::Corrupt => write!(
+                f,
+                "{segment}: {lost} corrupt bytes at offset {offset} ({problem}) skipped; the records after \
+                 them, from offset {}, are read",
+                offset + lost
+            ),
+        }
+    }
 }
 
 /// A message in the log that has not reached its outcome.
@@ -79,8 +114,8 @@ pub(crate) struct SegmentLog {
 pub(crate) struct Contents {
     /// Messages put and not removed, by sequence number (so oldest first).
     pub(crate) messages: BTreeMap<u64, Recovered>,
-    /// Each segment's number, path, and where its readable records end if before its end.
-    segments: Vec<(u64, PathBuf, Option<Damage>)>,
+    /// Each segment's number, path, and the bytes of it that could not be read.
+    segments: Vec<(u64, PathBuf, Vec<Damage>)>,
     live: BTreeMap<u64, Live>,
     /// Bytes of the segment files.
     pub(crate) disk_bytes: u64,
@@ -88,23 +123,31 @@ pub(crate) struct Contents {
 }
 
 impl Contents {
-    /// Read every segment of `dir` (none if it does not exist) up to its first unreadable record.
+    /// Read every record of every segment of `dir` (none if it does not exist) that verifies,
+    /// skipping the bytes that do not.
     pub(crate) fn read(dir: &Path) -> io::Result<Contents> {
         let mut contents = Contents::default();
         let found = match dir.exists() {
             true => segments(dir)?,
             false => Vec::new(),
         };
+        let mut last_put = None;
         for (number, path) in found {
             let bytes = fs::read(&path)?;
-            let scan = record::scan(&bytes);
+            let scan = record::scan(&bytes, last_put);
+            last_put = scan.last_put;
             contents.disk_bytes += bytes.len() as u64;
-            let damage = scan.damage.map(|problem| Damage {
+            let damage = scan.damage.into_iter().map(|unreadable| Damage {
                 segment: path.clone(),
-                intact: scan.intact,
-                lost: bytes.len() as u64 - scan.intact,
-                problem,
+                kind: match unreadable.tail {
+                    true => DamageKind::TornTail,
+                    false => DamageKind::Corrupt,
+                },
+                offset: unreadable.offset,
+                lost: unreadable.len,
+                problem: unreadable.problem,
             });
+            let damage = damage.collect();
             contents.segments.push((number, path, damage));
             for (record, bytes) in scan.records {
                 contents.next_seq = contents.next_seq.max(record.seq() + 1);
@@ -123,9 +166,9 @@ impl Contents {
         Ok(contents)
     }
 
-    /// The damaged tails found.
+    /// The unreadable bytes found, segment by segment.
     pub(crate) fn damage(&self) -> impl Iterator<Item = &Damage> {
-        self.segments.iter().filter_map(|(_, _, damage)| damage.as_ref())
+        self.segments.iter().flat_map(|(_, _, damage)| damage)
     }
 
     /// Bytes of the records of the messages held.
@@ -140,9 +183,10 @@ impl Contents {
 }
 
 impl SegmentLog {
-    /// Open (creating) the log in `dir`, locking it: every intact record is read back; a damaged
-    /// tail is moved aside to `NAME.seg.damaged`, cut off and reported. Returns the log, its live
-    /// messages oldest first, and the damage found.
+    /// Open (creating) the log in `dir`, locking it: every record that verifies is read back;
+    /// unreadable bytes are moved aside to `NAME.seg.damaged` and taken out of their segment, a
+    /// torn tail logged quietly (info), corruption followed by records loudly (a warning). Returns
+    /// the log, its live messages oldest first, and the damage found.
     pub(crate) fn open(dir: &Path) -> io::Result<(SegmentLog, Vec<Recovered>, Vec<Damage>)> {
         fs::create_dir_all(dir)?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
@@ -154,12 +198,23 @@ impl SegmentLog {
         let mut damage = Vec::new();
         let mut per_segment = BTreeMap::new();
         for (number, path, damaged) in segments {
-            if let Some(damaged) = damaged {
-                let bytes = fs::read(&path)?;
-                fs::write(path.with_extension("seg.damaged"), &bytes[damaged.intact as usize..])?;
-                OpenOptions::new().write(true).open(&path)?.set_len(damaged.intact)?;
-                disk_bytes -= damaged.lost;
-                damage.push(damaged);
+            if !damaged.is_empty() {
+                set_aside(dir, &path, &damaged)?;
+                for damaged in damaged {
+                    match damaged.kind {
+                        DamageKind::TornTail => tracing::info!(
+                            "spool: {damaged}, as a crash mid-write leaves it: cut off, kept in {}.damaged",
+                            path.display()
+                        ),
+                        DamageKind::Corrupt => tracing::warn!(
+                            "spool: {damaged}; a message put in them is lost, one settled in them is \
+                             delivered again; the bytes are kept in {}.damaged",
+                            path.display()
+                        ),
+                    }
+                    disk_bytes -= damaged.lost;
+                    damage.push(damaged);
+                }
             }
             per_segment.insert(number, 0);
         }
@@ -303,6 +358,33 @@ impl SegmentLog {
     }
 }
 
+/// Move the unreadable bytes of the segment at `path` (`damage`, in order) to `NAME.seg.damaged`
+/// and take them out of the segment: a torn tail alone is cut off; otherwise the segment's records
+/// are written to a new file that replaces it (fsync'd, then renamed over it).
+fn set_aside(dir: &Path, path: &Path, damage: &[Damage]) -> io::Result<()> {
+    let bytes = fs::read(path)?;
+    let (mut kept, mut aside, mut at) = (Vec::with_capacity(bytes.len()), Vec::new(), 0);
+    for damaged in damage {
+        let (start, end) = (damaged.offset as usize, (damaged.offset + damaged.lost) as usize);
+        kept.extend_from_slice(&bytes[at..start]);
+        aside.extend_from_slice(&bytes[start..end]);
+        at = end;
+    }
+    kept.extend_from_slice(&bytes[at..]);
+    fs::write(path.with_extension("seg.damaged"), &aside)?;
+    if let [tail] = damage
+        && tail.kind == DamageKind::TornTail
+    {
+        return OpenOptions::new().write(true).open(path)?.set_len(tail.offset);
+    }
+    let rewritten = path.with_extension("seg.rewritten");
+    let mut file = File::create(&rewritten)?;
+    file.write_all(&kept)?;
+    file.sync_all()?;
+    fs::rename(&rewritten, path)?;
+    File::open(dir)?.sync_all()
+}
+
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:016}.seg"))
 }
@@ -395,10 +477,11 @@ mod tests {
             (damage[0].segment.clone(), damage[0].problem),
             (path.clone(), "torn record (the file ends inside it)")
         );
-        assert_eq!(damage[0].intact + damage[0].lost, len - 5);
+        assert_eq!(damage[0].kind, DamageKind::TornTail);
+        assert_eq!(damage[0].offset + damage[0].lost, len - 5);
         let aside = fs::read(path.with_extension("seg.damaged")).unwrap();
         assert_eq!(aside.len() as u64, damage[0].lost, "the unreadable bytes are kept aside");
-        assert_eq!(fs::metadata(&path).unwrap().len(), damage[0].intact);
+        assert_eq!(fs::metadata(&path).unwrap().len(), damage[0].offset);
         drop(log);
         let (_, again, damage) = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(payloads(&again), ["a", "b"]);
@@ -418,7 +501,109 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(payloads(&recovered), ["a", "b"]);
-        assert_eq!(damage[0].problem, "checksum mismatch");
+        assert_eq!((damage[0].kind, damage[0].problem), (DamageKind::TornTail, "checksum mismatch"));
+    }
+
+    /// The segment `number` of `dir` with byte `at` of its record `index` flipped; where that
+    /// record starts, and its size.
+    fn flip(dir: &Path, number: u64, index: usize, at: usize) -> (u64, u64) {
+        let path = segment_path(dir, number);
+        let mut bytes = fs::read(&path).unwrap();
+        let sizes = record::scan(&bytes, None).records.into_iter().map(|(_, size)| size);
+        let starts: Vec<u64> =
+            sizes.scan(0, |start, size| Some(std::mem::replace(start, *start + size))).collect();
+        let next = starts.get(index + 1).copied().unwrap_or(bytes.len() as u64);
+        bytes[starts[index] as usize + at] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        (starts[index], next - starts[index])
+    }
+
+    #[test]
+    fn a_corrupt_record_mid_segment_is_skipped_and_the_records_after_it_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let first = put(&mut log, &["a", "b", "c"]);
+        put(&mut log, &["d"]);
+        remove(&mut log, &first[..1]);
+        put(&mut log, &["e"]);
+        let (segment, before) = (log.head.0, log.head.2);
+        drop(log);
+        // The put of c, in the middle of its payload.
+        let (offset, size) = flip(dir.path(), segment, 2, record::HEADER + 12);
+
+        let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(
+            payloads(&recovered),
+            ["b", "d", "e"],
+            "a was settled, c lost, d and e after it recovered"
+        );
+        let path = segment_path(dir.path(), segment);
+        let expected = Damage {
+            segment: path.clone(),
+            kind: DamageKind::Corrupt,
+            offset,
+            lost: size,
+            problem: "checksum mismatch",
+        };
+        assert_eq!(damage, [expected]);
+        assert_eq!(fs::read(path.with_extension("seg.damaged")).unwrap().len() as u64, size);
+        assert_eq!(fs::metadata(&path).unwrap().len(), before - size, "the corrupt bytes are taken out");
+        assert_eq!(log.figures().0, 3);
+        assert_eq!(log.figures().3, before - size);
+        // The log goes on: a new put, and the recovered ones settled in turn.
+        let more = put(&mut log, &["f"]);
+        assert!(more[0] > first[2], "sequence numbers are never reused");
+        remove(&mut log, &[recovered[0].seq]);
+        drop(log);
+        let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["d", "e", "f"]);
+        assert!(damage.is_empty(), "damage is reported once: {damage:?}");
+        let seqs: Vec<u64> = recovered.iter().map(|entry| entry.seq).collect();
+        remove(&mut log, &seqs);
+        drop(log);
+        let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
+        assert!(recovered.is_empty());
+        assert_eq!(
+            segments(dir.path()).unwrap().len(),
+            1,
+            "the settled segments are deleted, the corrupt one too"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_remove_delivers_its_message_again_and_loses_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let seqs = put(&mut log, &["a", "b"]);
+        remove(&mut log, &seqs);
+        put(&mut log, &["c"]);
+        let segment = log.head.0;
+        drop(log);
+        // The remove of a (the third record): its sequence number.
+        flip(dir.path(), segment, 2, 10);
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "c"], "a's remove is lost: a again; b settled, c recovered");
+        assert_eq!(
+            damage.iter().map(|damage| (damage.kind, damage.lost)).collect::<Vec<_>>(),
+            [(DamageKind::Corrupt, record::HEADER as u64)]
+        );
+    }
+
+    #[test]
+    fn corruption_in_one_segment_leaves_the_next_segments_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        put(&mut log, &["a", "b"]);
+        let first = log.head.0;
+        log.rotate().unwrap();
+        let later = put(&mut log, &["c"]);
+        drop(log);
+        // b, the last record of its segment: a tail, though later segments hold records.
+        flip(dir.path(), first, 1, record::HEADER + 3);
+        let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "c"]);
+        assert_eq!(damage.iter().map(|damage| damage.kind).collect::<Vec<_>>(), [DamageKind::TornTail]);
+        assert!(log.next_seq() > later[0]);
     }
 
     #[test]

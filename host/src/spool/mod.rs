@@ -20,15 +20,18 @@
 //! A spool is written once, read only at start and emptied in order: an append-only log fits it
 //! and costs one `fdatasync` per batch, where the B-tree (redb) and LSM (fjall) stores pay for
 //! random access we never use; the log also adds one small crate (`crc32fast`, already in the
-//! lock file) where fjall brings 49. A torn or corrupt tail is found by the length and checksum of
-//! each record: what precedes it is recovered, the rest moved aside and reported.
+//! lock file) where fjall brings 49. Damage is found by the length and checksum of each record:
+//! a torn tail (what a crash mid-write leaves) is cut off quietly; corrupt bytes followed by
+//! intact records are skipped and reported loudly, and reading resumes at the next record that
+//! verifies, so what follows them is recovered (see `record::scan`). Either way the unreadable
+//! bytes are moved aside to `NAME.seg.damaged`.
 
 mod log;
 mod offline;
 mod record;
 mod writer;
 
-pub use log::Damage;
+pub use log::{Damage, DamageKind};
 pub use offline::{Drained, SpoolReport, drain, inspect};
 
 use crate::message::Message;

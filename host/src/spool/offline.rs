@@ -27,7 +27,9 @@ pub struct SpoolReport {
     pub oldest_age_ms: Option<u64>,
     /// Messages held per topic.
     pub topics: BTreeMap<String, u64>,
-    /// Unreadable segment tails (a host started on the spool moves them aside and reports them).
+    /// Unreadable bytes in the segments: torn tails, and corruption followed by intact records
+    /// (skipped: the messages after them are counted above). A host started on the spool moves
+    /// them aside.
     pub damage: Vec<Damage>,
 }
 
@@ -63,7 +65,7 @@ pub fn inspect(dir: &Path) -> Result<SpoolReport, SpoolError> {
 pub struct Drained {
     /// Messages written out and removed from the spool.
     pub messages: u64,
-    /// Unreadable segment tails found (moved aside to `NAME.seg.damaged`).
+    /// Unreadable bytes found: torn tails and corruption skipped (moved aside to `NAME.seg.damaged`).
     pub damage: Vec<Damage>,
 }
 
