@@ -37,6 +37,7 @@ mod bearer;
 mod bounded_text;
 mod panic;
 mod regular_file;
+mod owner_only;
 pub mod metrics;
 pub mod config;
 pub mod router;

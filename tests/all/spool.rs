@@ -494,3 +494,41 @@ async fn a_shutdown_its_caller_gave_up_on_goes_on_and_another_call_waits_for_it(
     assert_eq!(again.spool().unwrap().recovered, 0, "every outcome was recorded before the spool closed");
     drain_and_account(&again).await;
 }
+
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_and_the_state_directory_the_host_creates_are_its_owners_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (open, gate) = gate();
+    let (host, delivered) = host(&state, Some(gate), |_| {}).await;
+    host.send(message(0)).await.unwrap();
+    assert_eq!((mode(&state), mode(&state.join("spool"))), (0o700, 0o700));
+    let mut files = segments(&state);
+    assert!(!files.is_empty());
+    files.extend([state.join("host.lock"), state.join("spool/lock")]);
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    drop(open);
+    assert_eq!(ids_of(&delivered, 1).await, ["mine-0"]);
+    drain_and_account(&host).await;
+    drop(host);
+
+    // A state directory the operator made keeps the mode they gave it; what the host makes in it
+    // is the host's alone.
+    let operators = dir.path().join("operators");
+    std::fs::create_dir(&operators).unwrap();
+    std::fs::set_permissions(&operators, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let (host, _delivered) = host_again(&operators).await;
+    assert_eq!((mode(&operators), mode(&operators.join("spool"))), (0o750, 0o700));
+    for file in segments(&operators) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    drain_and_account(&host).await;
+}

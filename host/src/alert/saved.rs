@@ -78,7 +78,7 @@ impl SavedAlerts {
     /// crash the file may be unreadable, and the next host starts without it).
     pub(super) fn save(&self, kept: &Kept) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::owner_only::create_dir_all(dir)?;
         }
         let text = serde_json::to_string_pretty(kept).map_err(std::io::Error::other)?;
         let temporary = self.path.with_extension("json.tmp");

@@ -10,6 +10,7 @@
 //! threads (`spawn_blocking`).
 
 use super::record::DeadLetterRecord;
+use crate::owner_only;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -203,7 +204,8 @@ impl DeadLetterFile {
         let delivered = batch.spans.iter().zip(delivered).filter(|(_, delivered)| **delivered);
         let mut dropped: Vec<_> = delivered.map(|(span, _)| span).chain(&batch.unreadable).collect();
         dropped.sort_by_key(|span| span.start);
-        let mut out = BufWriter::new(File::create(tmp)?);
+        let mut out =
+            BufWriter::new(owner_only::options().write(true).create(true).truncate(true).open(tmp)?);
         let mut old = File::open(&self.path)?;
         let left_out = dropped.iter().map(|span| span.end - span.start).sum();
         let mut at = 0;
@@ -223,8 +225,8 @@ impl DeadLetterFile {
     /// appended to: a line written after it would be unreadable with it.
     fn open_for_append(&self, len: u64) -> io::Result<File> {
         let dir = self.path.parent().expect("the file is in a directory");
-        std::fs::create_dir_all(dir)?;
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        owner_only::create_dir_all(dir)?;
+        let file = owner_only::options().create(true).append(true).open(&self.path)?;
         if file.metadata()?.len() != len {
             file.set_len(len)?;
         }

@@ -2,7 +2,8 @@
 //! rewritten in place, and two hosts on one directory would delete each other's records.
 
 use super::BuildError;
-use std::fs::{File, OpenOptions};
+use crate::owner_only;
+use std::fs::File;
 use std::path::Path;
 
 /// The lock file of a state directory: held (an exclusive `flock`) by the host using it.
@@ -15,13 +16,13 @@ pub(super) struct StateLock {
 }
 
 impl StateLock {
-    /// Lock `dir` (creating it) for this host, or say why not: another host (in this process or
+    /// Lock `dir` (creating it `0700`, its lock file `0600`) for this host, or say why not: another host (in this process or
     /// another) holds it, or it cannot be created.
     pub(super) fn acquire(dir: &Path) -> Result<StateLock, BuildError> {
         let refused = |problem: String| BuildError::StateDir { dir: dir.display().to_string(), problem };
-        std::fs::create_dir_all(dir).map_err(|error| refused(format!("cannot create it: {error}")))?;
+        owner_only::create_dir_all(dir).map_err(|error| refused(format!("cannot create it: {error}")))?;
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
+        let file = owner_only::options()
             .create(true)
             .truncate(false)
             .write(true)

@@ -3,10 +3,12 @@
 //! every open (never appending after a tail that may be torn). The oldest segments are deleted, in
 //! order, once every message put in them is removed, so a remove is never deleted before its put.
 //!
-//! Every method does blocking file I/O; the spool's writer thread owns the log.
+//! The directory, if the log creates it, is `0700`; its files are `0600` (they hold messages'
+//! payloads). Every method does blocking file I/O; the spool's writer thread owns the log.
 
 use super::record::{self, Record};
 use crate::message::Message;
+use crate::owner_only;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -188,8 +190,9 @@ impl SegmentLog {
     /// torn tail logged quietly (info), corruption followed by records loudly (a warning). Returns
     /// the log, its live messages oldest first, and the damage found.
     pub(crate) fn open(dir: &Path) -> io::Result<(SegmentLog, Vec<Recovered>, Vec<Damage>)> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        owner_only::create_dir_all(dir)?;
+        let lock =
+            owner_only::options().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
         if let Err(error) = lock.try_lock() {
             let problem = format!("in use by another process (its {LOCK_FILE} file is locked): {error}");
             return Err(io::Error::new(io::ErrorKind::WouldBlock, problem));
@@ -371,14 +374,14 @@ fn set_aside(dir: &Path, path: &Path, damage: &[Damage]) -> io::Result<()> {
         at = end;
     }
     kept.extend_from_slice(&bytes[at..]);
-    fs::write(path.with_extension("seg.damaged"), &aside)?;
+    owner_only::write(&path.with_extension("seg.damaged"), &aside)?;
     if let [tail] = damage
         && tail.kind == DamageKind::TornTail
     {
         return OpenOptions::new().write(true).open(path)?.set_len(tail.offset);
     }
     let rewritten = path.with_extension("seg.rewritten");
-    let mut file = File::create(&rewritten)?;
+    let mut file = owner_only::options().write(true).create(true).truncate(true).open(&rewritten)?;
     file.write_all(&kept)?;
     file.sync_all()?;
     fs::rename(&rewritten, path)?;
@@ -409,7 +412,7 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// Create segment `number` and fsync the directory so it lasts.
 fn create_segment(dir: &Path, number: u64) -> io::Result<File> {
-    let file = OpenOptions::new().create(true).append(true).open(segment_path(dir, number))?;
+    let file = owner_only::options().create(true).append(true).open(segment_path(dir, number))?;
     File::open(dir)?.sync_all()?;
     Ok(file)
 }
