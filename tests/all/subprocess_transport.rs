@@ -66,6 +66,21 @@ async fn a_process_that_dies_holding_a_message_is_restarted_and_the_message_retr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_exits_while_a_process_it_started_holds_its_output_is_restarted() {
+    // The process's end was seen only when its output closed: one whose child kept the pipe open
+    // was never taken for exited, nor restarted, and what it held waited for answers for ever.
+    let options = ", env = { EXIT_AFTER = \"3\", LEAVE_CHILD = \"1\" }";
+    let host = start(&config(options, "idempotent = true\nbreaker = { open_ms = 10 }")).await;
+    let mut pids = HashSet::new();
+    for _ in 0..6 {
+        pids.extend(request_all(&host, 1).await);
+    }
+    assert!(pids.len() >= 3, "each process exits on its 3rd message and is started again: {pids:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (6, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_held_by_a_dying_process_is_uncertain_unless_the_destination_is_idempotent() {
     let host = start(&config(", env = { EXIT_AFTER = \"1\" }", "")).await;
     let answer = within(host.request(Message::new("jobs", "first"))).await;

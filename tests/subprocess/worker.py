@@ -4,17 +4,21 @@ on stdout with a JSON line carrying the same id.
 By payload: "reject" -> a final error; "busy" -> a retryable error; "silent" -> no answer;
 anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
 With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
-without answering it. With SLOW_MS=N, it takes N ms over each message before it answers. A line that
+without answering it. With LEAVE_CHILD=1, it first starts a process of its own (`sleep 60`) that
+keeps its standard input and output open after it exits. With SLOW_MS=N, it takes N ms over each message before it answers. A line that
 is not JSON ends it (a traceback, status 1).
 """
 import json
 import os
+import subprocess
 import sys
 import time
 
 exit_after = int(os.environ.get("EXIT_AFTER", "0"))
 slow_ms = int(os.environ.get("SLOW_MS", "0"))
 seen = 0
+if os.environ.get("LEAVE_CHILD"):
+    subprocess.Popen(["sleep", "60"])
 for line in sys.stdin:
     message = json.loads(line)
     seen += 1

@@ -10,7 +10,9 @@
 //! it may have acted on them) and is started again at the next attempt sent to it, after a backoff
 //! ([`restart`](super::restart)); its endpoint is left out meanwhile, like one refusing connections.
 //! When the destination goes (a reload without it, a shutdown), each process's standard input is
-//! closed so it can finish and exit; one still running 5 s later is killed.
+//! closed so it can finish and exit; one still running 5 s later is killed. A process that exits
+//! has exited, even when a process it started still holds its output open: what it answered is
+//! read, and the rest of what it held fails.
 
 use super::answers::Pending;
 use super::restart::{Peer, Restarting};
@@ -37,6 +39,10 @@ const MAX_ANSWER_LINE: usize = 64 << 20;
 
 /// How long a process may take to exit once its standard input is closed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the answers a process wrote before it exited are read, when its output stays open
+/// after it (a process it started holds it): they are in the pipe already.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// `options = {..}` of a `subprocess` destination.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -156,13 +162,21 @@ impl SubprocessTransport {
             });
         }
         tokio::spawn(async move {
-            if let Some(stdout) = stdout {
-                tokio::select! {
-                    () = read_answers(stdout, &pending, &destination, &process) => {}
-                    () = closing.cancelled() => {}
+            let mut reading = std::pin::pin!(async {
+                if let Some(stdout) = stdout {
+                    read_answers(stdout, &pending, &destination, &process).await;
                 }
-            }
-            let status = wait_for_exit(child, closing.is_cancelled()).await;
+            });
+            let status = tokio::select! {
+                () = &mut reading => wait_for_exit(child, false).await,
+                () = closing.cancelled() => wait_for_exit(child, true).await,
+                // Exited with its output still open (a process it started holds it): the answers
+                // it wrote are in the pipe and read, then none is waited for.
+                exited = child.wait() => {
+                    let _ = tokio::time::timeout(DRAIN_GRACE, reading).await;
+                    status_text(exited)
+                }
+            };
             // Everyone still waiting learns it.
             pending.close();
             tracing::warn!(%destination, %process, %status, "process exited");
@@ -229,6 +243,10 @@ async fn wait_for_exit(mut child: Child, closing: bool) -> String {
             child.wait().await
         }
     };
+    status_text(waited)
+}
+
+fn status_text(waited: std::io::Result<std::process::ExitStatus>) -> String {
     waited.map_or_else(|err| format!("unknown status: {err}"), |status| status.to_string())
 }
 
