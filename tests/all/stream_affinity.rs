@@ -348,3 +348,102 @@ async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_dead_l
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 2));
 }
+
+/// The sum of the series of `metric` (its full name in `/metrics`) whose labels include every one
+/// of `labels` (`name="value"`), as `host` counts them now.
+fn counted(host: &switchyard::Host, metric: &str, labels: &[&str]) -> u64 {
+    let text = host.metrics().encode();
+    let series = text.lines().filter(|line| line.starts_with(&format!("{metric}{{")));
+    let matching = series.filter(|line| labels.iter().all(|label| line.contains(label)));
+    matching.map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outage_moves_few_streams_and_the_first_endpoint_back_takes_them() {
+    // Every endpoint dead: each refused connection leaves its endpoint out for 200 ms, then one
+    // attempt finds out whether it is back (panic mode admits it, its breaker ejected). The table
+    // sent every stream to whichever endpoint was out of its window at that instant, each time:
+    // 3 357 `stream-migrated` events in the 2 s below with these 200 streams.
+    use crate::endpoint::{Mode, TestEndpoint};
+    const STREAMS: usize = 200;
+    let mut endpoints = Vec::new();
+    for _ in 0..3 {
+        endpoints.push(TestEndpoint::start(Mode::Answer).await);
+    }
+    let addresses: Vec<SocketAddr> = endpoints.iter().map(|endpoint| endpoint.addr).collect();
+    let config = config(&addresses)
+        .replace("open_ms = 600000", "open_ms = 200")
+        .replace("idempotent = true", "idempotent = true\nqueue = { timeout_ms = 600000 }");
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let send = |stream: usize, sequence: usize| {
+        let message = Message::new("jobs", format!("s{stream}:{sequence}"))
+            .with_header("x-stream", format!("s{stream}"));
+        host.send(message)
+    };
+    let arrived = |endpoints: &[TestEndpoint]| endpoints.iter().map(TestEndpoint::arrived).sum::<usize>();
+    for stream in 0..STREAMS {
+        within(send(stream, 0)).await.unwrap();
+    }
+    crate::support::eventually(|| match arrived(&endpoints) {
+        STREAMS.. => Ok(()),
+        took => Err(format!("{took} of {STREAMS} first messages arrived")),
+    });
+    let migrations = |reason: &str| {
+        let reason = format!("reason=\"{reason}\"");
+        counted(&host, "switchyard_destination_stream_migrations_total", &[&reason])
+    };
+    let refused = |endpoint: &SocketAddr| {
+        let endpoint = format!("endpoint=\"{endpoint}\"");
+        counted(&host, "switchyard_endpoint_attempts_total", &["outcome=\"retryable\"", &endpoint])
+    };
+    let moved = |since: u64| migrations("endpoint-down") - since;
+    let before_the_outage = migrations("endpoint-down");
+
+    for endpoint in &endpoints {
+        endpoint.stop().await;
+    }
+    for stream in 0..STREAMS {
+        within(send(stream, 1)).await.unwrap();
+    }
+    // Each endpoint found dead in turn: its streams go to those not found dead yet, at most twice
+    // each. Once every endpoint refused twice (its second one after its first window), none serves.
+    crate::support::eventually(|| match addresses.iter().map(refused).min() {
+        Some(2..) => Ok(()),
+        fewest => Err(format!("the endpoint tried least refused {fewest:?}")),
+    });
+    let when_none_served = migrations("endpoint-down");
+    assert!(moved(before_the_outage) <= 2 * STREAMS as u64, "{} moves", moved(before_the_outage));
+    // The outage lasts 2 s more: this sleep is its length, not a wait for something. Each endpoint
+    // is out of its window ~10 times meanwhile, and each time one stream may probe it.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let during = moved(when_none_served);
+    let tries: u64 = addresses.iter().map(refused).sum();
+    assert!(during <= STREAMS as u64 / 2, "{during} streams moved among dead endpoints ({tries} refusals)");
+
+    // One endpoint back: every stream's waiting message goes to it.
+    endpoints[1].revive().await;
+    let waiting_reached =
+        |endpoint: &TestEndpoint| endpoint.seen().iter().filter(|seen| seen.body.ends_with(":1")).count();
+    crate::support::eventually(|| match waiting_reached(&endpoints[1]) {
+        STREAMS.. => Ok(()),
+        took => Err(format!("the endpoint back took {took} of the {STREAMS} waiting messages")),
+    });
+
+    // All back: the streams settle, and nothing was lost or sent twice.
+    endpoints[0].revive().await;
+    endpoints[2].revive().await;
+    for stream in 0..STREAMS {
+        within(send(stream, 2)).await.unwrap();
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), ((3 * STREAMS) as u64, 0));
+    let mut bodies: Vec<String> =
+        endpoints.iter().flat_map(TestEndpoint::seen).map(|seen| seen.body).collect();
+    bodies.sort();
+    let mut expected: Vec<String> =
+        (0..STREAMS).flat_map(|stream| (0..3).map(move |sequence| format!("s{stream}:{sequence}"))).collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "each message reached an endpoint once");
+    eprintln!("{during} streams moved in 2 s of outage, {tries} refusals");
+}

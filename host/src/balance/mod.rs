@@ -65,7 +65,7 @@ pub use plugin::{
     ANSWER_MARGIN, FallbackReason, OnFallback, PICK_QUEUE, PluginBalancer, PluginBalancerError,
 };
 pub use round_robin::RoundRobin;
-pub use view::EndpointView;
+pub use view::{EndpointView, Standing};
 pub use weighted::Weighted;
 
 /// Chooses one endpoint of a destination for one message.

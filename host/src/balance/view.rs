@@ -21,12 +21,29 @@ pub struct EndpointView {
     /// Whether health checks and the circuit breaker currently admit the endpoint. A balancer never
     /// picks an endpoint that is not eligible.
     pub eligible: bool,
+    /// Whether an eligible endpoint is known to take traffic, or is only being tried. Only the
+    /// [`StreamTable`](super::StreamTable) reads it: it moves streams only to endpoints that serve.
+    pub standing: Standing,
+}
+
+/// How far an eligible endpoint is known to take traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Standing {
+    /// It takes traffic: its breaker is closed and health and the guard rails admit it.
+    #[default]
+    Serving,
+    /// One attempt may find out whether it takes traffic again: its breaker is half-open with the
+    /// probe not sent yet, or it is ejected (or down) and admitted only by the ejection cap or
+    /// panic mode.
+    OnTrial,
+    /// That attempt is out: its breaker is half-open with the probe in flight.
+    Probing,
 }
 
 impl EndpointView {
     /// An eligible, idle endpoint with weight 1, the given id and latency estimate.
     pub fn new(id: u64, latency: Duration) -> Self {
-        EndpointView { id, weight: 1, in_flight: 0, latency, eligible: true }
+        EndpointView { id, weight: 1, in_flight: 0, latency, eligible: true, standing: Standing::Serving }
     }
 
     /// The weight balancers use: the configured weight, with 0 read as 1.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::super::view::EndpointView;
-use super::table::{MigrationReason, StreamTable, eligible, position};
+use super::table::{MigrationReason, StreamTable, position, serving};
 
 /// A stream found where it should not be.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -29,17 +29,18 @@ pub struct OverCapacity {
 pub struct ConsistencyReport {
     /// Streams recorded when the check began.
     pub streams: usize,
-    /// Streams on an endpoint that is ineligible or no longer among the endpoints: each was moved to
-    /// where a new stream would go (when some endpoint is eligible).
+    /// Streams on an endpoint that is ineligible or no longer among the endpoints, while some endpoint
+    /// serves: each was moved to where a new stream would go. (While none serves, such streams wait
+    /// where they are by design, and are not counted.)
     pub orphans: Vec<Misplaced>,
     /// Extra listings of a stream under an endpoint it is not on (or twice under one, or of a stream
     /// that ended): each was removed.
     pub duplicates: Vec<Misplaced>,
     /// Streams missing from their endpoint's list: each was listed again.
     pub unlisted: Vec<Misplaced>,
-    /// The capacity of each eligible endpoint after the repairs.
+    /// The capacity of each endpoint that serves after the repairs.
     pub capacity: usize,
-    /// Eligible endpoints above `capacity` after the repairs. They are not emptied at once: the
+    /// Endpoints that serve above `capacity` after the repairs. They are not emptied at once: the
     /// gradual migration moves their excess at `migrate_per_s`.
     pub over_capacity: Vec<OverCapacity>,
     /// Orphans moved, duplicates removed and streams listed again.
@@ -85,7 +86,10 @@ impl StreamTable {
             self.list(key, endpoint);
         }
         report.repaired = report.duplicates.len() + report.unlisted.len();
+        // While no endpoint serves, streams on dead endpoints wait there by design (see `evacuate`).
+        let serves = serving(endpoints).next().is_some();
         let mut orphans: Vec<(Arc<str>, u64)> = (self.streams.iter())
+            .filter(|_| serves)
             .filter(|(_, stream)| {
                 position(endpoints, stream.endpoint).is_none_or(|index| !endpoints[index].eligible)
             })
@@ -94,13 +98,12 @@ impl StreamTable {
         orphans.sort();
         for (key, endpoint) in orphans {
             report.orphans.push(Misplaced { stream: key.to_string(), endpoint });
-            if eligible(endpoints).next().is_some() && self.relocate(&key, endpoints, MigrationReason::Repair)
-            {
+            if self.relocate(&key, endpoints, MigrationReason::Repair) {
                 report.repaired += 1;
             }
         }
         report.capacity = self.capacity(endpoints);
-        report.over_capacity = eligible(endpoints)
+        report.over_capacity = serving(endpoints)
             .map(|index| endpoints[index].id)
             .map(|endpoint| OverCapacity { endpoint, streams: self.load(endpoint) })
             .filter(|load| load.streams > report.capacity)

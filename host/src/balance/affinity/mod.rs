@@ -16,8 +16,17 @@
 //! Once placed, a stream is recorded and keeps its endpoint while that endpoint stays eligible: a
 //! later change of capacities or endpoints moves it only through the rules below.
 //!
+//! Streams are placed on and moved to endpoints that serve ([`Standing::Serving`]) only: an eligible
+//! endpoint that is only being tried (half-open, or admitted by panic mode) keeps the streams it has.
+//!
 //! - An endpoint that dies (turns ineligible: health, breaker) or is removed: each of its streams is
-//!   placed again at once, as a new stream would be ([`MigrationReason::EndpointDown`]).
+//!   placed again at once, as a new stream would be ([`MigrationReason::EndpointDown`]). While no
+//!   endpoint serves, they stay where they are; a message of such a stream probes an endpoint on trial
+//!   ([`Standing::OnTrial`]), the stream moving there, and once the probe is out the others wait for
+//!   its verdict. A full outage moves one stream per probe, not every stream.
+//! - An endpoint on trial while others serve: the next message of a stream of theirs is its probe
+//!   (the stream moves there as a rebalance, within `migrate_per_s`); once it serves, the rules
+//!   below bring it its share.
 //! - An endpoint joins or returns, or the spread passes the bound (an endpoint above its capacity, or
 //!   one below `floor(average / balance_factor)` while another has more than that plus one): streams
 //!   move one at a time from the most loaded endpoint to the least loaded, at most `migrate_per_s` in
@@ -28,9 +37,12 @@
 //!   goes to its hash order's first eligible endpoint without a bound (counted as `untracked`).
 //!
 //! [`StreamTable::verify`] checks the table against itself and the endpoints: streams on dead or
-//! removed endpoints (orphans), streams listed under two endpoints (duplicates), streams the
-//! per-endpoint index lost, and endpoints over capacity. It repairs what it finds and says so in a
-//! [`ConsistencyReport`].
+//! removed endpoints while another serves (orphans), streams listed under two endpoints
+//! (duplicates), streams the per-endpoint index lost, and endpoints over capacity. It repairs what
+//! it finds and says so in a [`ConsistencyReport`].
+//!
+//! [`Standing::Serving`]: super::Standing::Serving
+//! [`Standing::OnTrial`]: super::Standing::OnTrial
 
 mod check;
 mod policy;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::super::hash::{GOLDEN_GAMMA, mix64, stable_hash};
-use super::super::view::EndpointView;
+use super::super::view::{EndpointView, Standing};
 use super::{AffinityPolicy, Duration};
 
 /// One active stream: where it is and how busy it has been.
@@ -82,13 +82,14 @@ pub struct AffinityStats {
 /// The assignment of streams to endpoints of one destination: consistent hashing with bounded loads
 /// (Mirrokni, Thorup and Zadimoghaddam) places a new stream on the first endpoint of its key's
 /// rendezvous-hash order below `min(ceil(balance_factor × average), max_streams)`; a stream then keeps
-/// its endpoint while that endpoint is eligible; a dead or removed endpoint's streams move at once, an
+/// its endpoint while that endpoint is eligible; a dead or removed endpoint's streams move at once to
+/// endpoints that serve (while none does, one at a time, each to probe an endpoint on trial), an
 /// uneven load evens out at most `migrate_per_s` moves a second, idle streams end, and
 /// [`verify`](Self::verify) checks and repairs the table. Pure: no clock, no I/O, no lock.
 ///
 /// Every method takes the endpoints as the caller sees them now, as a slice of [`EndpointView`]s
-/// (only `id` and `eligible` matter), and the time as a [`Duration`] since the caller's origin, never
-/// going backwards.
+/// (only `id`, `eligible` and `standing` matter), and the time as a [`Duration`] since the caller's
+/// origin, never going backwards.
 #[derive(Debug)]
 pub struct StreamTable {
     pub(super) policy: AffinityPolicy,
@@ -135,21 +136,42 @@ impl StreamTable {
     }
 
     /// The endpoint for a message of stream `key`: a position in `endpoints`, always an eligible one,
-    /// or `None` when none is. Called once per message; first does what time and the endpoints'
+    /// or `None` when none is, or when the stream's endpoint is dead, none serves and none is free to
+    /// try ([`Standing::OnTrial`]). Called once per message; first does what time and the endpoints'
     /// changes call for ([`maintain`](Self::maintain)).
     pub fn pick(&mut self, key: &str, endpoints: &[EndpointView], now: Duration) -> Option<usize> {
         self.maintain(endpoints, now);
-        if let Some(stream) = self.streams.get_mut(key) {
-            let index = position(endpoints, stream.endpoint).filter(|&index| endpoints[index].eligible)?;
+        if let Some(stream) = self.streams.get(key) {
+            let (from, slot) = (stream.endpoint, stream.slot);
+            let at = position(endpoints, from).filter(|&index| endpoints[index].eligible);
+            let index = match at {
+                // On an endpoint that serves: unless it probes one on trial.
+                Some(index) if endpoints[index].standing == Standing::Serving => {
+                    self.probe_while_serving(key, endpoints, now).unwrap_or(index)
+                }
+                Some(index) => index,
+                // Its endpoint is dead and none serves (`maintain` moved it otherwise): it probes
+                // an endpoint on trial, if one is.
+                None => {
+                    let index = first_by_hash(stable_hash(key), endpoints, on_trial)?;
+                    let key = self.streams.get_key_value(key).map(|(key, _)| key.clone())?;
+                    self.unlist(&key, from, slot);
+                    self.move_to(&key, from, endpoints[index].id, MigrationReason::EndpointDown);
+                    index
+                }
+            };
+            let stream = self.streams.get_mut(key)?;
             stream.messages += 1;
             stream.last_seen = now;
             return Some(index);
         }
         if self.streams.len() >= self.policy.max_streams_tracked {
             self.stats.untracked += 1;
-            return first_by_hash(stable_hash(key), endpoints, |_| true);
+            return first_by_hash(stable_hash(key), endpoints, |endpoint| endpoint.eligible);
         }
-        let index = self.place(stable_hash(key), endpoints, self.streams.len() + 1)?;
+        // While none serves, a new stream goes to an endpoint being tried.
+        let index = (self.place(stable_hash(key), endpoints, self.streams.len() + 1))
+            .or_else(|| first_by_hash(stable_hash(key), endpoints, |endpoint| endpoint.eligible))?;
         let key: Arc<str> = Arc::from(key);
         let stream =
             Stream { endpoint: endpoints[index].id, since: now, messages: 1, last_seen: now, slot: 0 };
@@ -158,8 +180,29 @@ impl StreamTable {
         Some(index)
     }
 
-    /// What the time and the endpoints call for: streams of endpoints that died or left go elsewhere
-    /// at once, idle streams end, and streams move to even out the load within `migrate_per_s`.
+    /// Moves stream `key`, on an endpoint that serves, to an endpoint on trial whose share of the
+    /// streams (it counted as serving) is below the floor, if one is, within `migrate_per_s`: its
+    /// message now is that endpoint's one attempt, and the endpoint is probing once it goes out.
+    /// The endpoint's position.
+    fn probe_while_serving(&mut self, key: &str, endpoints: &[EndpointView], now: Duration) -> Option<usize> {
+        let candidates = serving(endpoints).count() + 1;
+        let floor = self.policy.floor(self.streams.len(), candidates);
+        let below = |endpoint: &EndpointView| on_trial(endpoint) && self.load(endpoint.id) < floor;
+        let index = first_by_hash(stable_hash(key), endpoints, below)?;
+        if self.recent_moves.len() >= self.policy.migrate_per_s.max(1) as usize {
+            return None;
+        }
+        let (key, stream) = self.streams.get_key_value(key)?;
+        let (key, from, slot) = (key.clone(), stream.endpoint, stream.slot);
+        self.unlist(&key, from, slot);
+        self.move_to(&key, from, endpoints[index].id, MigrationReason::Rebalance);
+        self.recent_moves.push_back(now);
+        Some(index)
+    }
+
+    /// What the time and the endpoints call for: streams of endpoints that died or left go to
+    /// endpoints that serve at once (none serving: they wait), idle streams end, and streams move to
+    /// even out the load within `migrate_per_s`.
     /// [`pick`](Self::pick) calls it; call it on a timer too, so that this happens without traffic.
     pub fn maintain(&mut self, endpoints: &[EndpointView], now: Duration) {
         let print = endpoints
@@ -207,9 +250,9 @@ impl StreamTable {
         self.members.get(&endpoint).map_or(0, Vec::len)
     }
 
-    /// The most streams an eligible endpoint may hold now, among `endpoints`.
+    /// The most streams an endpoint that serves may hold now, among `endpoints`.
     pub fn capacity(&self, endpoints: &[EndpointView]) -> usize {
-        self.policy.capacity(self.streams.len(), eligible(endpoints).count())
+        self.policy.capacity(self.streams.len(), serving(endpoints).count())
     }
 
     /// Counts since the table was made.
@@ -218,24 +261,26 @@ impl StreamTable {
     }
 
     /// Where a stream whose key hashes to `hash` goes, the table holding `streams` streams with it:
-    /// the least loaded eligible endpoint while the load is uneven, otherwise the first eligible
-    /// endpoint in the key's hash order below capacity (the least loaded when none is).
+    /// the least loaded endpoint that serves while the load is uneven, otherwise the first one that
+    /// serves in the key's hash order below capacity (the least loaded when none is); `None` when
+    /// none serves.
     pub(super) fn place(&self, hash: u64, endpoints: &[EndpointView], streams: usize) -> Option<usize> {
-        let count = eligible(endpoints).count();
+        let count = serving(endpoints).count();
         let capacity = self.policy.capacity(streams, count);
         let uneven = self.spread(endpoints).is_some_and(|spread| spread.uneven(&self.policy, streams, count));
-        let roomy = (!uneven).then(|| first_by_hash(hash, endpoints, |id| self.load(id) < capacity));
+        let fits = |endpoint: &EndpointView| is_serving(endpoint) && self.load(endpoint.id) < capacity;
+        let roomy = (!uneven).then(|| first_by_hash(hash, endpoints, fits));
         roomy.flatten().or_else(|| self.least_loaded(endpoints))
     }
 
     fn least_loaded(&self, endpoints: &[EndpointView]) -> Option<usize> {
-        eligible(endpoints).min_by_key(|&index| self.load(endpoints[index].id))
+        serving(endpoints).min_by_key(|&index| self.load(endpoints[index].id))
     }
 
-    /// The most and least loaded eligible endpoints, first in `endpoints` order among equals.
+    /// The most and least loaded endpoints that serve, first in `endpoints` order among equals.
     fn spread(&self, endpoints: &[EndpointView]) -> Option<Spread> {
         let mut spread: Option<Spread> = None;
-        for index in eligible(endpoints) {
+        for index in serving(endpoints) {
             let load = self.load(endpoints[index].id);
             let entry = spread.get_or_insert(Spread { most: (index, load), least: (index, load) });
             if load > entry.most.1 {
@@ -248,7 +293,9 @@ impl StreamTable {
         spread
     }
 
-    /// Sends every stream of an endpoint not eligible among `endpoints` elsewhere, at once.
+    /// Sends every stream of an endpoint not eligible among `endpoints` to endpoints that serve, at
+    /// once; while none serves, they stay (stranded) and each probes an endpoint on trial at its next
+    /// message ([`pick`](Self::pick)): moved between dead endpoints, a stream gets nowhere.
     fn evacuate(&mut self, endpoints: &[EndpointView]) {
         self.stranded = false;
         let gone: Vec<(u64, MigrationReason)> = self
@@ -261,6 +308,10 @@ impl StreamTable {
                 Some(_) => None,
             })
             .collect();
+        if !gone.is_empty() && serving(endpoints).next().is_none() {
+            self.stranded = true;
+            return;
+        }
         for (id, reason) in gone {
             let keys = self.members.get(&id).cloned().unwrap_or_default();
             for key in keys {
@@ -272,7 +323,7 @@ impl StreamTable {
         }
     }
 
-    /// Moves stream `key` to where a new stream would go; false when no endpoint is eligible.
+    /// Moves stream `key` to where a new stream would go; false when no endpoint serves.
     pub(super) fn relocate(
         &mut self,
         key: &Arc<str>,
@@ -346,7 +397,7 @@ impl StreamTable {
         while self.recent_moves.front().is_some_and(|&moved| now.saturating_sub(moved) >= window) {
             self.recent_moves.pop_front();
         }
-        let count = eligible(endpoints).count();
+        let count = serving(endpoints).count();
         while self.credit >= 1.0 && (self.recent_moves.len() as f64) < rate {
             let streams = self.streams.len();
             let Some(spread) = self.spread(endpoints) else { return };
@@ -420,14 +471,28 @@ pub(super) fn position(endpoints: &[EndpointView], id: u64) -> Option<usize> {
     endpoints.iter().position(|endpoint| endpoint.id == id)
 }
 
-/// Positions of the eligible endpoints.
-pub(super) fn eligible(endpoints: &[EndpointView]) -> impl Iterator<Item = usize> + '_ {
-    endpoints.iter().enumerate().filter(|(_, endpoint)| endpoint.eligible).map(|(index, _)| index)
+/// Whether `endpoint` is eligible and takes traffic.
+fn is_serving(endpoint: &EndpointView) -> bool {
+    endpoint.eligible && endpoint.standing == Standing::Serving
 }
 
-/// The eligible endpoint that `fits` with the highest rendezvous score for a key hashing to `hash`.
-fn first_by_hash(hash: u64, endpoints: &[EndpointView], fits: impl Fn(u64) -> bool) -> Option<usize> {
-    eligible(endpoints)
-        .filter(|&index| fits(endpoints[index].id))
+/// Whether `endpoint` is eligible for one attempt that finds out whether it takes traffic again.
+fn on_trial(endpoint: &EndpointView) -> bool {
+    endpoint.eligible && endpoint.standing == Standing::OnTrial
+}
+
+/// Positions of the endpoints that take traffic.
+pub(super) fn serving(endpoints: &[EndpointView]) -> impl Iterator<Item = usize> + '_ {
+    endpoints.iter().enumerate().filter(|(_, endpoint)| is_serving(endpoint)).map(|(index, _)| index)
+}
+
+/// The endpoint that `fits` with the highest rendezvous score for a key hashing to `hash`.
+fn first_by_hash(
+    hash: u64,
+    endpoints: &[EndpointView],
+    fits: impl Fn(&EndpointView) -> bool,
+) -> Option<usize> {
+    (0..endpoints.len())
+        .filter(|&index| fits(&endpoints[index]))
         .max_by_key(|&index| mix64(hash ^ endpoints[index].id.wrapping_mul(GOLDEN_GAMMA)))
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::balance::sim::endpoints;
-use crate::balance::{EndpointView, endpoint_id};
+use crate::balance::{EndpointView, Standing, endpoint_id};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -305,6 +305,127 @@ fn with_no_eligible_endpoint_streams_wait_and_then_move_to_the_first_back() {
     assert!(
         migrations.iter().all(|m| m.from == endpoints[0].id && m.reason == MigrationReason::EndpointDown)
     );
+}
+
+/// 30 s of full outage over `endpoints`, all dead, in 100 ms steps: in turn each endpoint is out of its
+/// ejection for a step (on trial); the timer keeps the table, then every stream's waiting message is
+/// picked, the first that lands on the endpoint on trial being its probe, which fails. The migrations.
+fn full_outage(
+    table: &mut StreamTable,
+    endpoints: &mut [EndpointView],
+    streams: usize,
+    start: Duration,
+) -> usize {
+    let mut moved = 0;
+    for step in 1..=300u32 {
+        let now = start + Duration::from_millis(100) * step;
+        let trial = step as usize % endpoints.len();
+        endpoints[trial].eligible = true;
+        endpoints[trial].standing = Standing::OnTrial;
+        table.maintain(endpoints, now);
+        moved += table.take_migrations().len();
+        for n in 0..streams {
+            let picked = table.pick(&key(n), endpoints, now);
+            if let Some(index) = picked.filter(|&index| endpoints[index].standing == Standing::OnTrial) {
+                endpoints[index].standing = Standing::Probing;
+            }
+        }
+        moved += table.take_migrations().len();
+        endpoints[trial].eligible = false;
+        table.maintain(endpoints, now + Duration::from_millis(50));
+        moved += table.take_migrations().len();
+    }
+    moved
+}
+
+#[test]
+fn a_full_outage_moves_one_stream_per_probe_instead_of_every_stream() {
+    // Every stream went to whichever endpoint was half-open at the time, and back at the next:
+    // 1000 streams on 3 endpoints made 300 000 moves in these 30 s.
+    let mut endpoints = endpoints(3);
+    let (mut table, start) = filled(lasting(), &endpoints, 1000);
+    endpoints.iter_mut().for_each(|endpoint| endpoint.eligible = false);
+    let moved = full_outage(&mut table, &mut endpoints, 1000, start);
+    assert!(moved <= 300, "{moved} moves in 300 probes");
+    assert!(table.take_migrations().is_empty());
+    assert_eq!(table.len(), 1000);
+    let report = table.verify(&endpoints);
+    assert!(report.is_consistent() && report.repaired == 0, "{report:?}");
+}
+
+#[test]
+fn the_first_endpoint_back_from_a_full_outage_takes_every_stream_at_once_and_the_rest_settle() {
+    let mut endpoints = endpoints(3);
+    let (mut table, start) = filled(lasting(), &endpoints, 1000);
+    endpoints.iter_mut().for_each(|endpoint| endpoint.eligible = false);
+    full_outage(&mut table, &mut endpoints, 1000, start);
+    let mut now = start + Duration::from_secs(31);
+    // Its probe succeeded: it serves.
+    endpoints[1] = EndpointView { eligible: true, standing: Standing::Serving, ..endpoints[1] };
+    let away = 1000 - table.load(endpoints[1].id);
+    table.maintain(&endpoints, now);
+    let migrations = table.take_migrations();
+    assert_eq!((migrations.len(), table.load(endpoints[1].id)), (away, 1000));
+    assert!(migrations.iter().all(|m| m.to == endpoints[1].id && m.reason == MigrationReason::EndpointDown));
+    // The others back: streams go to them at `migrate_per_s` until the load is even, then stay.
+    endpoints.iter_mut().for_each(|endpoint| *endpoint = EndpointView { eligible: true, ..*endpoint });
+    endpoints.iter_mut().for_each(|endpoint| endpoint.standing = Standing::Serving);
+    let mut moves = 0;
+    for _ in 0..300 {
+        now += Duration::from_millis(100);
+        table.maintain(&endpoints, now);
+        let migrations = table.take_migrations();
+        assert!(
+            migrations.iter().all(|m| m.from == endpoints[1].id && m.reason == MigrationReason::Rebalance)
+        );
+        moves += migrations.len();
+    }
+    assert!(moves <= 1000 && moves > 0, "{moves}");
+    for _ in 0..100 {
+        now += Duration::from_millis(100);
+        table.maintain(&endpoints, now);
+    }
+    assert!(table.take_migrations().is_empty(), "settled streams moved");
+    let capacity = table.capacity(&endpoints);
+    assert!(loads(&table, &endpoints).iter().all(|&load| load <= capacity));
+}
+
+#[test]
+fn an_endpoint_on_trial_beside_serving_ones_gets_one_stream_for_its_probe() {
+    let mut endpoints = endpoints(3);
+    let (mut table, now) = filled(lasting(), &endpoints, 1000);
+    endpoints[2].eligible = false;
+    table.maintain(&endpoints, now);
+    table.take_migrations();
+    // Its ejection is over: the timer sends it nothing, the next message goes there.
+    endpoints[2] = EndpointView { eligible: true, standing: Standing::OnTrial, ..endpoints[2] };
+    let later = now + Duration::from_secs(1);
+    table.maintain(&endpoints, later);
+    assert!(table.take_migrations().is_empty());
+    assert_eq!(table.pick(&key(0), &endpoints, later), Some(2));
+    endpoints[2].standing = Standing::Probing;
+    (1..1000).for_each(|n| assert_ne!(table.pick(&key(n), &endpoints, later), Some(2)));
+    let migrations = table.take_migrations();
+    assert_eq!(migrations.len(), 1);
+    assert_eq!((migrations[0].to, migrations[0].reason), (endpoints[2].id, MigrationReason::Rebalance));
+    // The probe succeeds: streams follow gradually.
+    endpoints[2].standing = Standing::Serving;
+    table.maintain(&endpoints, later + Duration::from_secs(1));
+    let back = table.take_migrations();
+    assert!(!back.is_empty() && back.len() <= 100, "{}", back.len());
+}
+
+#[test]
+fn a_stream_of_an_endpoint_on_trial_waits_for_its_probe_while_none_serves() {
+    let mut endpoints = endpoints(2);
+    let (mut table, now) = filled(lasting(), &endpoints, 10);
+    let on_second = (0..10).find(|&n| table.stream(&key(n)).unwrap().endpoint == endpoints[1].id).unwrap();
+    endpoints[0].eligible = false;
+    endpoints[1].standing = Standing::Probing;
+    assert_eq!(table.pick(&key(on_second), &endpoints, now), Some(1));
+    let on_first = (0..10).find(|&n| table.stream(&key(n)).unwrap().endpoint == endpoints[0].id).unwrap();
+    assert_eq!(table.pick(&key(on_first), &endpoints, now), None, "no endpoint serves or is free to try");
+    assert!(table.take_migrations().is_empty());
 }
 
 #[test]

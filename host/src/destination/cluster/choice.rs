@@ -3,7 +3,7 @@
 
 use super::Cluster;
 use super::endpoint::{Endpoint, lock};
-use crate::balance::{Balancer, EndpointView};
+use crate::balance::{Balancer, EndpointView, Standing};
 use crate::destination::plugin_balancer::HotPluginBalancer;
 use crate::message::Message;
 use crate::resilience::{Admission, BreakerPermit, Eligibility, EndpointCondition, HealthState};
@@ -85,6 +85,8 @@ impl Cluster {
                 in_flight: endpoint.in_flight.load(Relaxed),
                 latency: lock(&endpoint.latency).estimate(now.into_std()),
                 eligible: !tried && admission.is_eligible(),
+                // Only the stream table reads it, and it has views of its own.
+                standing: Standing::Serving,
             })
             .collect();
         let has_room = |view: &EndpointView| view.in_flight < self.endpoint_limit;
