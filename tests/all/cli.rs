@@ -762,12 +762,12 @@ fn a_request_waiting_for_its_delivery_does_not_hold_a_stop_past_the_grace_period
 fn a_write_past_the_file_size_limit_fails_that_attempt_and_the_host_lives_on() {
     // `ulimit -f 2`: files of at most 1 KiB. The 2 KiB message's line cannot be written; by default
     // SIGXFSZ would kill the host with everything it holds. The write fails with EFBIG instead, the
-    // part written is cut back off, the message is dead-lettered with that reason and the next
-    // small message still fits.
+    // part written is cut back off, the message is dead-lettered at once (it can never fit) and the
+    // next small message still fits.
     let dir = plugin_dir(&[]);
     let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
                   [[destination]]\nname = \"files\"\ntransport = \"file\"\noptions = { path = \"out.jsonl\" }\n\
-                  [[route]]\nname = \"all\"\nto = \"files\"\n";
+                  queue = { timeout_ms = 500 }\n[[route]]\nname = \"all\"\nto = \"files\"\n";
     std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
     let mut command = Command::new("sh");
     command.args(["-c", "ulimit -f 2 && exec \"$@\"", "sh", BINARY, "run", "--config", "switchyard.toml"]);
@@ -776,10 +776,19 @@ fn a_write_past_the_file_size_limit_fails_that_attempt_and_the_host_lives_on() {
     let ingress = host.address("HTTP ingress listening on http://");
     assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"first").0, 204);
     let (status, answer) = post(ingress, "/v1/messages/t?wait=true", &[], &[b'x'; 2048]);
-    assert!(status == 422 && answer.contains("File too large"), "{status} {answer}");
+    assert!(
+        status == 422 && answer.contains("the line alone is larger than the file size limit"),
+        "{answer}"
+    );
     assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"second").0, 204);
+    // A line within the limit that the file has no room left for: the file is full, not the
+    // message too large; the endpoint is down and the message waits in its queue (an operator may
+    // move the file) until its queue timeout.
+    let (status, answer) = post(ingress, "/v1/messages/t?wait=true", &[], &[b'y'; 700]);
+    let waited = answer.contains(r#""code":"queue-timeout""#) && answer.contains("File too large");
+    assert!(status == 422 && waited && !answer.contains("the line alone"), "{answer}");
     let stopped = host.stop();
-    assert!(stopped.contains(r#""delivered":2"#) && stopped.contains(r#""dead_lettered":1"#), "{stopped}");
+    assert!(stopped.contains(r#""delivered":2"#) && stopped.contains(r#""dead_lettered":2"#), "{stopped}");
     let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     let payloads: Vec<String> = written
         .lines()

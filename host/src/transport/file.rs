@@ -245,6 +245,14 @@ async fn sync_every(files: Weak<Files>, interval: Duration) {
     }
 }
 
+/// The process's file size limit (`ulimit -f`) in bytes, from `/proc/self/limits`; `None` when there
+/// is none (or it cannot be read).
+fn file_size_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|line| line.starts_with("Max file size"))?;
+    line["Max file size".len()..].split_whitespace().next()?.parse().ok()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
@@ -255,6 +263,7 @@ impl FileTransport {
             self.0.path_of(message).map_err(|problem| (Outcome::Fatal(FatalReason::Rejected), problem))?;
         let mut line = message.json_line(&self.0.destination).into_bytes();
         line.push(b'\n');
+        let line_bytes = line.len() as u64;
         let files = self.0.clone();
         let written = tokio::task::spawn_blocking(move || {
             let written = files.append(&path, &line);
@@ -262,14 +271,18 @@ impl FileTransport {
         });
         match written.await {
             Ok(Ok(())) => Ok(None),
-            // A name no file can have (too long, not valid here) is this message's for good, and so
-            // is a line that would take the file past the process's size limit (`ulimit -f`).
-            Ok(Err((
-                std::io::ErrorKind::InvalidFilename
-                | std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::FileTooLarge,
-                problem,
-            ))) => Err((Outcome::Fatal(FatalReason::Rejected), problem)),
+            // A name no file can have (too long, not valid here) is this message's for good.
+            Ok(Err((std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput, problem))) => {
+                Err((Outcome::Fatal(FatalReason::Rejected), problem))
+            }
+            // So is a line larger than the process's file size limit (`ulimit -f`) on its own; past
+            // it only with what the file holds, the file is full: the endpoint's, as below.
+            Ok(Err((std::io::ErrorKind::FileTooLarge, problem)))
+                if file_size_limit().is_some_and(|limit| line_bytes > limit) =>
+            {
+                let problem = format!("{problem}: the line alone is larger than the file size limit");
+                Err((Outcome::Fatal(FatalReason::Rejected), problem))
+            }
             // Nothing of the line stays in the file: as safe to retry as a refused connection.
             Ok(Err((_, problem))) => Err((Outcome::Retryable(RetryReason::Connect), problem)),
             Err(err) => {
