@@ -11,7 +11,7 @@ use crate::resilience::{FatalReason, Outcome, RetryReason};
 use base64::Engine;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use tokio::sync::oneshot;
 
 /// A peer's answer to one message.
@@ -62,12 +62,18 @@ impl Answer {
 pub(super) struct Pending {
     /// `None` once the peer is gone: nobody waits any more.
     waiting: Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>,
+    /// False once the peer is going: no one new waits, those waiting may still get their answers.
+    taking: AtomicBool,
     next_id: AtomicU64,
 }
 
 impl Default for Pending {
     fn default() -> Pending {
-        Pending { waiting: Mutex::new(Some(HashMap::new())), next_id: AtomicU64::new(1) }
+        Pending {
+            waiting: Mutex::new(Some(HashMap::new())),
+            taking: AtomicBool::new(true),
+            next_id: AtomicU64::new(1),
+        }
     }
 }
 
@@ -84,8 +90,11 @@ impl Pending {
         self.waiting.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// A new id to send a message with, and its answer to await; `None` once the peer is gone.
+    /// A new id to send a message with, and its answer to await; `None` once the peer is going.
     pub(super) fn wait(&self) -> Option<Waiting<'_>> {
+        if !self.taking.load(Relaxed) {
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Relaxed);
         let (sender, answer) = oneshot::channel();
         self.lock().as_mut()?.insert(id, sender);
@@ -98,14 +107,20 @@ impl Pending {
         waiting.is_some_and(|waiting| waiting.send(answer).is_ok())
     }
 
+    /// The peer is going (a process exited, its last answers still to be read): no one new waits.
+    pub(super) fn stop_taking(&self) {
+        self.taking.store(false, Relaxed);
+    }
+
     /// The peer is gone: everyone waiting learns it, and no one waits again.
     pub(super) fn close(&self) {
+        self.stop_taking();
         self.lock().take();
     }
 
-    /// Whether the peer is gone.
+    /// Whether the peer is going or gone.
     pub(super) fn is_closed(&self) -> bool {
-        self.lock().is_none()
+        !self.taking.load(Relaxed) || self.lock().is_none()
     }
 }
 

@@ -173,6 +173,7 @@ impl SubprocessTransport {
                 // Exited with its output still open (a process it started holds it): the answers
                 // it wrote are in the pipe and read, then none is waited for.
                 exited = child.wait() => {
+                    pending.stop_taking();
                     let _ = tokio::time::timeout(DRAIN_GRACE, reading).await;
                     status_text(exited)
                 }
