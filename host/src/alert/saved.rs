@@ -82,7 +82,7 @@ impl SavedAlerts {
         }
         let text = serde_json::to_string_pretty(kept).map_err(std::io::Error::other)?;
         let temporary = self.path.with_extension("json.tmp");
-        std::fs::write(&temporary, text)?;
+        crate::owner_only::write(&temporary, text.as_bytes())?;
         std::fs::rename(&temporary, &self.path)
     }
 }
@@ -109,6 +109,8 @@ mod tests {
         saved.save(&kept).unwrap();
         assert_eq!(saved.load(), kept);
         let path = dir.path().join("state").join(FILE);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(path.metadata().unwrap().permissions().mode() & 0o777, 0o600, "the owner's alone");
         std::fs::write(&path, serde_json::to_string(&firing).unwrap()).unwrap();
         assert_eq!(saved.load(), Kept { seq: 0, firing }, "as an earlier host wrote it");
         std::fs::write(&path, "{ not json").unwrap();
