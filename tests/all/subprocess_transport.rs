@@ -52,32 +52,31 @@ async fn replies_come_back_matched_to_their_messages_across_a_pool_of_processes(
     assert_eq!((stats.delivered, stats.dead_lettered), (200, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_that_dies_holding_a_message_is_restarted_and_the_message_retried() {
-    let options = ", processes = 2, env = { EXIT_AFTER = \"10\" }";
+/// Send `count` messages one at a time to an idempotent destination whose processes (started with
+/// `options`) each exit on their `exit_after`th message: every message is delivered, by at least
+/// `count / exit_after` processes in turn.
+async fn each_delivered_across_restarts(options: &str, exit_after: usize, count: usize) {
     let host = start(&config(options, "idempotent = true\nbreaker = { open_ms = 10 }")).await;
     let mut pids = HashSet::new();
-    for _ in 0..40 {
+    for _ in 0..count {
         pids.extend(request_all(&host, 1).await);
     }
-    assert!(pids.len() >= 4, "each process dies on its 10th message and is started again: {pids:?}");
+    let restarted = count / exit_after;
+    assert!(pids.len() >= restarted, "each process exits on its {exit_after}th message: {pids:?}");
     let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (40, 0), "{stats:?}");
+    assert_eq!((stats.delivered, stats.dead_lettered), (count as u64, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_dies_holding_a_message_is_restarted_and_the_message_retried() {
+    each_delivered_across_restarts(", processes = 2, env = { EXIT_AFTER = \"10\" }", 10, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_exits_while_a_process_it_started_holds_its_output_is_restarted() {
     // The process's end was seen only when its output closed: one whose child kept the pipe open
     // was never taken for exited, nor restarted, and what it held waited for answers for ever.
-    let options = ", env = { EXIT_AFTER = \"3\", LEAVE_CHILD = \"1\" }";
-    let host = start(&config(options, "idempotent = true\nbreaker = { open_ms = 10 }")).await;
-    let mut pids = HashSet::new();
-    for _ in 0..6 {
-        pids.extend(request_all(&host, 1).await);
-    }
-    assert!(pids.len() >= 3, "each process exits on its 3rd message and is started again: {pids:?}");
-    let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (6, 0), "{stats:?}");
+    each_delivered_across_restarts(", env = { EXIT_AFTER = \"3\", LEAVE_CHILD = \"1\" }", 3, 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
