@@ -1,8 +1,8 @@
 //! The durable spool through the embedded host: a message is on disk when `send` returns and
 //! leaves the spool once settled; a host started on a spool delivers what it held (its `x-sy-id`
 //! unchanged); a torn tail is cut off quietly and what precedes it delivered; corrupt bytes
-//! mid-segment are reported and skipped, and what follows them delivered; a full spool is
-//! backpressure, never loss.
+//! mid-segment, or at the end of a segment before the last, are reported and skipped, and what
+//! follows them delivered; a full spool is backpressure, never loss.
 
 use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
 use std::path::{Path, PathBuf};
@@ -236,6 +236,50 @@ async fn a_corrupt_record_mid_segment_is_reported_and_the_messages_after_it_deli
     drain_and_account(&again).await;
     drop(open);
     assert_eq!(ids_of(&stuck_out, 5).await.len(), 5);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_last_record_of_a_segment_before_the_last_is_reported_not_cut_quietly() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, first_gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(first_gate), |_| {}).await;
+    for n in 0..3 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let first = crash_copy(state.path());
+    // A host on the crashed spool writes its message to a segment of its own, after the first.
+    let (open_second, second_gate) = gate();
+    let (second, second_out) = host(first.path(), Some(second_gate), |_| {}).await;
+    second.send(message(3)).await.unwrap();
+    let state = crash_copy(first.path());
+    let [sealed, later] = &segments(state.path())[..] else { panic!("{:?}", segments(state.path())) };
+    let later_bytes = std::fs::read(later).unwrap();
+    // The last put of the first segment, mine-2, in its body: bit rot, not a torn write.
+    let (last, sealed_len) = (records(sealed).pop().unwrap().0, sealed.metadata().unwrap().len());
+    flip(sealed, last + 30);
+
+    let report = switchyard::spool::inspect(&state.path().join("spool")).unwrap();
+    let damage: Vec<_> =
+        report.damage.iter().map(|damage| (damage.kind, damage.offset, damage.lost)).collect();
+    assert_eq!(damage, [(switchyard::DamageKind::Corrupt, last as u64, sealed_len - last as u64)]);
+    // Gated, so that no segment is settled and deleted before it is looked at.
+    let (open_third, third_gate) = gate();
+    let (host, delivered) = host(state.path(), Some(third_gate), |_| {}).await;
+    assert_eq!(host.event_counts().spool_damaged, 1, "fsync'd bytes gone bad are reported");
+    assert_eq!(host.spool().unwrap().recovered, 3);
+    let aside = sealed.with_extension("seg.damaged");
+    assert_eq!(aside.metadata().unwrap().len(), sealed_len - last as u64, "the bytes are set aside");
+    assert_eq!(sealed.metadata().unwrap().len(), last as u64, "and taken out of their segment");
+    assert_eq!(std::fs::read(later).unwrap(), later_bytes, "the later segment is whole");
+    drop(open_third);
+    assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-3"]);
+    drain_and_account(&host).await;
+    drop(open_second);
+    assert_eq!(ids_of(&second_out, 4).await.len(), 4);
+    drain_and_account(&second).await;
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
     drain_and_account(&stuck).await;
 }
 

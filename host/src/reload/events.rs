@@ -71,10 +71,10 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
-    /// At start, the spool had a segment with corrupt bytes followed by intact records (bit rot,
-    /// a bad sector): they were skipped, the records after them recovered, and the bytes moved
-    /// aside to `SEGMENT.damaged`. One event per stretch of corrupt bytes. A torn tail (what a
-    /// crash mid-write leaves) is cut off with no event.
+    /// At start, the spool had a segment with corrupt bytes (bit rot, a bad sector) followed by
+    /// intact records or by later segments: they were skipped, the records after them recovered,
+    /// and the bytes moved aside to `SEGMENT.damaged`. One event per stretch of corrupt bytes. A
+    /// torn tail of the last segment (what a crash mid-write leaves) is cut off with no event.
     SpoolDamaged {
         /// The segment file.
         segment: String,

@@ -47,14 +47,17 @@ pub struct Damage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DamageKind {
-    /// Nothing readable follows the unreadable bytes: the last record is incomplete or fails its
-    /// checksum, as a crash cutting a write short leaves it. Expected after a crash (such a record
-    /// was never acknowledged), so it is cut off quietly.
+    /// Nothing readable follows the unreadable bytes in the last segment, the one being written
+    /// at the crash: its last record is incomplete or fails its checksum, as a crash cutting a
+    /// write short leaves it. Expected after a crash (such a record was never acknowledged), so
+    /// it is cut off quietly.
     TornTail,
-    /// Intact records follow the unreadable bytes (bit rot, a bad sector): they are skipped and
-    /// reading resumes at the next record that verifies, so the messages and removes after them
-    /// are recovered. Messages whose put was in them are lost; those whose remove was in them are
-    /// delivered again.
+    /// Any other unreadable bytes (bit rot, a bad sector): intact records follow them, or they
+    /// end a segment that later segments follow (it was fsync'd whole before the next was
+    /// started). They are skipped and reading resumes at the next record that verifies, so the
+    /// messages and removes after them are recovered. Messages whose put was in them are lost;
+    /// those whose remove was in them (or among the removes after a damaged length field, before
+    /// the next put) are delivered again.
     Corrupt,
 }
 
@@ -134,6 +137,8 @@ impl Contents {
             false => Vec::new(),
         };
         let mut last_put = None;
+        // Only the segment being written at the crash can have a torn tail.
+        let head = found.last().map(|(number, _)| *number);
         for (number, path) in found {
             let bytes = fs::read(&path)?;
             let scan = record::scan(&bytes, last_put);
@@ -141,7 +146,7 @@ impl Contents {
             contents.disk_bytes += bytes.len() as u64;
             let damage = scan.damage.into_iter().map(|unreadable| Damage {
                 segment: path.clone(),
-                kind: match unreadable.tail {
+                kind: match unreadable.tail && Some(number) == head {
                     true => DamageKind::TornTail,
                     false => DamageKind::Corrupt,
                 },
@@ -187,8 +192,8 @@ impl Contents {
 impl SegmentLog {
     /// Open (creating) the log in `dir`, locking it: every record that verifies is read back;
     /// unreadable bytes are moved aside to `NAME.seg.damaged` and taken out of their segment, a
-    /// torn tail logged quietly (info), corruption followed by records loudly (a warning). Returns
-    /// the log, its live messages oldest first, and the damage found.
+    /// torn tail of the last segment logged quietly (info), any other damage loudly (a warning).
+    /// Returns the log, its live messages oldest first, and the damage found.
     pub(crate) fn open(dir: &Path) -> io::Result<(SegmentLog, Vec<Recovered>, Vec<Damage>)> {
         owner_only::create_dir_all(dir)?;
         let lock =
@@ -259,6 +264,9 @@ impl SegmentLog {
             return Err(io::Error::new(io::ErrorKind::NotFound, problem.clone()));
         }
         if self.head.2 >= SEGMENT_BYTES {
+            // Removes are written without an fsync: a segment is sealed whole, so that only the
+            // last one can have a torn tail after a crash (see `DamageKind::TornTail`).
+            self.head.1.sync_data()?;
             self.rotate()?;
         }
         let (_, file, len) = &mut self.head;
@@ -378,7 +386,10 @@ fn set_aside(dir: &Path, path: &Path, damage: &[Damage]) -> io::Result<()> {
     if let [tail] = damage
         && tail.kind == DamageKind::TornTail
     {
-        return OpenOptions::new().write(true).open(path)?.set_len(tail.offset);
+        // Fsync'd: the segment is no longer the last once the next is created.
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(tail.offset)?;
+        return file.sync_all();
     }
     let rewritten = path.with_extension("seg.rewritten");
     let mut file = owner_only::options().write(true).create(true).truncate(true).open(&rewritten)?;
@@ -600,13 +611,48 @@ mod tests {
         let first = log.head.0;
         log.rotate().unwrap();
         let later = put(&mut log, &["c"]);
+        let head = log.head.0;
         drop(log);
-        // b, the last record of its segment: a tail, though later segments hold records.
-        flip(dir.path(), first, 1, record::HEADER + 3);
+        let head_bytes = fs::read(segment_path(dir.path(), head)).unwrap();
+        // b, the last record of its segment: not a torn tail, since a later segment was started
+        // after it was written whole.
+        let (offset, size) = flip(dir.path(), first, 1, record::HEADER + 3);
         let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(payloads(&recovered), ["a", "c"]);
-        assert_eq!(damage.iter().map(|damage| damage.kind).collect::<Vec<_>>(), [DamageKind::TornTail]);
+        let path = segment_path(dir.path(), first);
+        let expected = Damage {
+            segment: path.clone(),
+            kind: DamageKind::Corrupt,
+            offset,
+            lost: size,
+            problem: "checksum mismatch",
+        };
+        assert_eq!(damage, [expected]);
+        assert_eq!(fs::read(path.with_extension("seg.damaged")).unwrap().len() as u64, size);
+        assert_eq!(fs::metadata(&path).unwrap().len(), offset, "b's bytes are taken out");
+        assert_eq!(
+            fs::read(segment_path(dir.path(), head)).unwrap(),
+            head_bytes,
+            "the later segment is whole"
+        );
         assert!(log.next_seq() > later[0]);
+    }
+
+    #[test]
+    fn removes_after_a_damaged_length_field_make_it_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let seqs = put(&mut log, &["a", "b", "c"]);
+        remove(&mut log, &seqs[..2]);
+        let segment = log.head.0;
+        drop(log);
+        // The length field of c's put, the last put of the last segment: only removes follow.
+        let (offset, _) = flip(dir.path(), segment, 2, 0);
+        let size = fs::metadata(segment_path(dir.path(), segment)).unwrap().len() - offset;
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a", "b"], "c lost; a and b, whose removes are skipped, again");
+        let summary: Vec<_> = damage.iter().map(|damage| (damage.kind, damage.offset, damage.lost)).collect();
+        assert_eq!(summary, [(DamageKind::Corrupt, offset, size)]);
     }
 
     #[test]

@@ -21,8 +21,9 @@
 //! and costs one `fdatasync` per batch, where the B-tree (redb) and LSM (fjall) stores pay for
 //! random access we never use; the log also adds one small crate (`crc32fast`, already in the
 //! lock file) where fjall brings 49. Damage is found by the length and checksum of each record:
-//! a torn tail (what a crash mid-write leaves) is cut off quietly; corrupt bytes followed by
-//! intact records are skipped and reported loudly, and reading resumes at the next record that
+//! a torn tail of the last segment (what a crash mid-write leaves) is cut off quietly; any other
+//! unreadable bytes (followed by intact records, or by later segments, which a segment is fsync'd
+//! whole before) are skipped and reported loudly, and reading resumes at the next record that
 //! verifies, so what follows them is recovered (see `record::scan`). Either way the unreadable
 //! bytes are moved aside to `NAME.seg.damaged`.
 

@@ -27,8 +27,8 @@ pub struct SpoolReport {
     pub oldest_age_ms: Option<u64>,
     /// Messages held per topic.
     pub topics: BTreeMap<String, u64>,
-    /// Unreadable bytes in the segments: torn tails, and corruption followed by intact records
-    /// (skipped: the messages after them are counted above). A host started on the spool moves
+    /// Unreadable bytes in the segments: a torn tail of the last one, and corruption (skipped:
+    /// the messages after it are counted above). A host started on the spool moves
     /// them aside.
     pub damage: Vec<Damage>,
 }

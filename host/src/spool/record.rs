@@ -77,8 +77,9 @@ pub(crate) struct Unreadable {
     pub(crate) len: u64,
     /// Why the record at `offset` could not be read.
     pub(crate) problem: &'static str,
-    /// Nothing readable follows them: the segment's tail, as a crash cutting a write short leaves
-    /// it. Otherwise intact records follow (corruption, such as bit rot or a bad sector).
+    /// No record that verifies follows them: the segment's tail, as a crash cutting a write short
+    /// leaves it in the segment being written (any other segment was fsync'd whole, so its tail is
+    /// corrupt). Otherwise intact records follow (corruption, such as bit rot or a bad sector).
     pub(crate) tail: bool,
 }
 
@@ -98,7 +99,9 @@ pub(crate) struct Scan {
 /// Read the records of `bytes`, the segment after those whose puts went up to `last_put`.
 ///
 /// A record that cannot be read is skipped, and reading goes on at the next record that verifies
-/// (see [`resync`]); unreadable bytes with no record after them are the tail.
+/// (see [`resync`]); unreadable bytes with no record that verifies after them are the tail.
+/// Removes that follow a damaged length field with no put after them are skipped with it (as
+/// [`resync`] skips those before a put), but the damage is not a tail.
 pub(crate) fn scan(bytes: &[u8], last_put: Option<u64>) -> Scan {
     let mut scan = Scan { last_put, ..Scan::default() };
     let mut at = 0;
@@ -114,13 +117,14 @@ pub(crate) fn scan(bytes: &[u8], last_put: Option<u64>) -> Scan {
             Err(problem) => {
                 let resumed = resync(bytes, at, scan.last_put);
                 let end = resumed.unwrap_or(bytes.len());
+                let tail = resumed.is_none() && !records_follow(bytes, at, scan.last_put);
                 // A length field damaged to run past the end, with records after it: not torn.
                 let problem = match problem {
-                    TORN if resumed.is_some() => "impossible record length",
+                    TORN if !tail => "impossible record length",
                     problem => problem,
                 };
                 let (offset, len) = (at as u64, (end - at) as u64);
-                scan.damage.push(Unreadable { offset, len, problem, tail: resumed.is_none() });
+                scan.damage.push(Unreadable { offset, len, problem, tail });
                 at = end;
             }
         }
@@ -146,26 +150,45 @@ pub(crate) fn scan(bytes: &[u8], last_put: Option<u64>) -> Scan {
 ///   between the damage and that put are skipped with it, so the messages they settled are
 ///   delivered again rather than a remove inside the damaged payload settling a message.
 fn resync(bytes: &[u8], at: usize, last_put: Option<u64>) -> Option<usize> {
+    let declared = bytes.get(at..at + 4).map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")));
+    if let Some(len) = declared.filter(|len| (9..=MAX_LEN).contains(len)) {
+        let next = at + 8 + len as usize;
+        if next < bytes.len() && record_at(bytes, next, last_put).is_some() {
+            return Some(next);
+        }
+    }
+    (at + 1..bytes.len()).find(|&from| match record_at(bytes, from, last_put) {
+        Some((Record::Put { .. }, end)) => followed(bytes, end),
+        _ => false,
+    })
+}
+
+/// Whether a record that verifies and is in order (as [`resync`] takes them, a remove too) starts
+/// after the unreadable record at `at`, followed by another record that verifies (or by the end
+/// of the segment, or by a torn record): removes after a damaged length field, which [`resync`]
+/// does not resume at, show that the damage is not a torn tail.
+fn records_follow(bytes: &[u8], at: usize, last_put: Option<u64>) -> bool {
+    (at + 1..bytes.len())
+        .any(|from| record_at(bytes, from, last_put).is_some_and(|(_, end)| followed(bytes, end)))
+}
+
+/// The record that verifies and is in order after `last_put` (see [`resync`]) at `from`, if any,
+/// with where it ends.
+fn record_at(bytes: &[u8], from: usize, last_put: Option<u64>) -> Option<(Record, usize)> {
     let in_order = |record: &Record| match record {
         Record::Put { seq, .. } => last_put.is_none_or(|last| *seq > last),
         Record::Remove { seq } => last_put.is_some_and(|last| *seq <= last),
     };
-    let record_at = |from: usize| match might_start_record(&bytes[from..]).then(|| read(&bytes[from..])) {
+    match might_start_record(&bytes[from..]).then(|| read(&bytes[from..])) {
         Some(Ok((record, size))) if in_order(&record) => Some((record, from + size)),
         _ => None,
-    };
-    let declared = bytes.get(at..at + 4).map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")));
-    if let Some(len) = declared.filter(|len| (9..=MAX_LEN).contains(len)) {
-        let next = at + 8 + len as usize;
-        if next < bytes.len() && record_at(next).is_some() {
-            return Some(next);
-        }
     }
-    (at + 1..bytes.len()).find(|&from| match record_at(from) {
-        Some((Record::Put { .. }, end)) if end == bytes.len() => true,
-        Some((Record::Put { .. }, end)) => matches!(read(&bytes[end..]), Ok(_) | Err(TORN)),
-        _ => false,
-    })
+}
+
+/// Whether what follows a record ending at `end` bears it out: the end of the segment, a record
+/// that verifies, or a torn one.
+fn followed(bytes: &[u8], end: usize) -> bool {
+    end == bytes.len() || matches!(read(&bytes[end..]), Ok(_) | Err(TORN))
 }
 
 /// Whether a record may start at `bytes`, by what costs no checksum: its length fits in `bytes`
@@ -332,6 +355,26 @@ mod tests {
             assert_eq!(
                 (damage.offset, damage.len, damage.problem),
                 (at[1] as u64, (at[2] - at[1]) as u64, problem)
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_length_field_followed_only_by_removes_is_not_a_tail() {
+        let mut whole = log_of(3);
+        write_remove(&mut whole, 1);
+        let at = starts(&whole);
+        for (flipped, problem) in [(at[2], "checksum mismatch"), (at[2] + 3, "impossible record length")] {
+            let mut bytes = whole.clone();
+            bytes[flipped] ^= 0x40;
+            let scan = scan(&bytes, None);
+            let seqs: Vec<u64> = scan.records.iter().map(|(record, _)| record.seq()).collect();
+            assert_eq!(seqs, [0, 1], "byte {flipped} flipped: the removes after it are skipped with it");
+            let [damage] = &scan.damage[..] else { panic!("{:?}", scan.damage) };
+            assert_eq!(
+                (damage.offset, damage.len, damage.problem, damage.tail),
+                (at[2] as u64, (bytes.len() - at[2]) as u64, problem, false),
+                "byte {flipped} flipped"
             );
         }
     }
