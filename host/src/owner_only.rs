@@ -26,10 +26,12 @@ pub(crate) fn options() -> OpenOptions {
     options
 }
 
-/// Write `bytes` to a new or truncated file at `path`, created `0600`.
-pub(crate) fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Append `bytes` to the file at `path`, created `0600` if absent, and fsync them.
+pub(crate) fn append(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    options().write(true).create(true).truncate(true).open(path)?.write_all(bytes)
+    let mut file = options().create(true).append(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_data()
 }
 
 #[cfg(test)]
@@ -51,7 +53,9 @@ mod tests {
         assert_eq!(mode(&operators), 0o755, "the operator's directory is not changed");
         assert_eq!(mode(&operators.join("state")), 0o700);
         assert_eq!(mode(&operators.join("state/spool")), 0o700);
-        write(&operators.join("state/file"), b"payload").unwrap();
+        append(&operators.join("state/file"), b"payload").unwrap();
         assert_eq!(mode(&operators.join("state/file")), 0o600);
+        append(&operators.join("state/file"), b" and more").unwrap();
+        assert_eq!(std::fs::read(operators.join("state/file")).unwrap(), b"payload and more");
     }
 }

@@ -369,9 +369,10 @@ impl SegmentLog {
     }
 }
 
-/// Move the unreadable bytes of the segment at `path` (`damage`, in order) to `NAME.seg.damaged`
-/// and take them out of the segment: a torn tail alone is cut off; otherwise the segment's records
-/// are written to a new file that replaces it (fsync'd, then renamed over it).
+/// Move the unreadable bytes of the segment at `path` (`damage`, in order) to the end of
+/// `NAME.seg.damaged` (fsync'd before the segment changes) and take them out of the segment: a
+/// torn tail alone is cut off; otherwise the segment's records are written to a new file that
+/// replaces it (fsync'd, then renamed over it).
 fn set_aside(dir: &Path, path: &Path, damage: &[Damage]) -> io::Result<()> {
     let bytes = fs::read(path)?;
     let (mut kept, mut aside, mut at) = (Vec::with_capacity(bytes.len()), Vec::new(), 0);
@@ -382,7 +383,8 @@ fn set_aside(dir: &Path, path: &Path, damage: &[Damage]) -> io::Result<()> {
         at = end;
     }
     kept.extend_from_slice(&bytes[at..]);
-    owner_only::write(&path.with_extension("seg.damaged"), &aside)?;
+    // Appended: damage found at an earlier start may be there, holding a lost message's bytes.
+    owner_only::append(&path.with_extension("seg.damaged"), &aside)?;
     if let [tail] = damage
         && tail.kind == DamageKind::TornTail
     {
@@ -653,6 +655,26 @@ mod tests {
         assert_eq!(payloads(&recovered), ["a", "b"], "c lost; a and b, whose removes are skipped, again");
         let summary: Vec<_> = damage.iter().map(|damage| (damage.kind, damage.offset, damage.lost)).collect();
         assert_eq!(summary, [(DamageKind::Corrupt, offset, size)]);
+    }
+
+    #[test]
+    fn damage_found_at_a_later_start_is_added_to_what_was_set_aside_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        put(&mut log, &["a", "b", "c", "d"]);
+        let segment = log.head.0;
+        drop(log);
+        let path = segment_path(dir.path(), segment);
+        let mut aside = Vec::new();
+        for (lost, recovered) in [("b", &["a", "c", "d"][..]), ("c", &["a", "d"])] {
+            // The second record each time: b, then c once b's bytes are taken out.
+            let (offset, size) = flip(dir.path(), segment, 1, record::HEADER + 12);
+            aside.extend_from_slice(&fs::read(&path).unwrap()[offset as usize..(offset + size) as usize]);
+            let (_, found, damage) = SegmentLog::open(dir.path()).unwrap();
+            assert_eq!(payloads(&found), recovered);
+            assert_eq!(damage.len(), 1, "{lost} corrupt: {damage:?}");
+            assert_eq!(fs::read(path.with_extension("seg.damaged")).unwrap(), aside, "after {lost}");
+        }
     }
 
     #[test]
