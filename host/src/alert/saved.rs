@@ -82,7 +82,9 @@ impl SavedAlerts {
         }
         let text = serde_json::to_string_pretty(kept).map_err(std::io::Error::other)?;
         let temporary = self.path.with_extension("json.tmp");
-        crate::owner_only::write(&temporary, text.as_bytes())?;
+        let mut file =
+            crate::owner_only::options().write(true).create(true).truncate(true).open(&temporary)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
         std::fs::rename(&temporary, &self.path)
     }
 }
