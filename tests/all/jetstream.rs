@@ -6,7 +6,8 @@
 //! once and acked), a
 //! stopped host acknowledges nothing it did not finish (another host takes it over), a host that
 //! stops as `switchyard run` does hands what it did not deliver back to the stream, neither
-//! dead-lettered nor acknowledged (another host takes each once), and a message the host cannot
+//! dead-lettered nor acknowledged (another host takes each once) — also when it holds every
+//! message `max_ack_pending` allows, so its ingress stops at once —, and a message the host cannot
 //! admit is terminated, not redelivered forever. And with the spool: a host killed
 //! while its destination is down loses nothing of what it pulled, restarted on the same state.
 
@@ -263,7 +264,7 @@ fn dead_letters(host: &Host, reason: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_host_hands_stream_messages_it_did_not_deliver_back_and_another_takes_each_once() {
     // Long: a message handed back (nak'ed) comes back within a second, one left unacknowledged
-    // only after this (still within the tests' patience).
+    // only after this.
     const ACK_WAIT_MS: u64 = 30_000;
     let server = NatsServer::start_jetstream();
     let context = create_stream(&server.client().await).await;
@@ -296,32 +297,83 @@ async fn a_stopping_host_hands_stream_messages_it_did_not_deliver_back_and_anoth
     let stats = host.stats();
     assert_eq!((stats.dead_lettered, stats.handed_back, stats.in_flight()), (1, 5, 0), "{stats:?}");
     assert_eq!(jetstream_count(&host, "acked"), 0.0, "nothing undelivered is acknowledged");
-    // Nak'ed, unless the ingress stopped waiting for them (its own grace, from the end of its last
-    // pull) just before the host gave them up: then left unacknowledged.
+    // Each nak'ed once (never in a loop), none left unacknowledged: the ingress waited for the
+    // host's stop, which handed them back.
     let (nacked, unacked) = (jetstream_count(&host, "nacked"), jetstream_count(&host, "unacked"));
-    eprintln!(
-        "jetstream stop: {nacked} nak'ed, {unacked} left unacknowledged (the ingress stopped waiting first)"
-    );
-    assert_eq!(nacked + unacked, 5.0, "each handed back once (or left unacknowledged), never in a loop");
+    assert_eq!((nacked, unacked), (5.0, 0.0), "(nak'ed, left unacknowledged)");
 
     // Another host on the durable consumer takes the five over, each once, and dead-letters none.
+    takes_each_once(&context, consumer_config(&server, ACK_WAIT_MS), 5).await;
+}
+
+/// Another host on the durable consumer of `config`, its destination up, takes the
+/// `count` messages of the stream over, each once, well before `ack_wait_ms` (a message left
+/// unacknowledged would come only then), and dead-letters none.
+async fn takes_each_once(context: &jetstream::Context, config: NatsIngressConfig, count: u64) {
+    let ack_wait = Duration::from_millis(config.ack_wait_ms.expect("an ack_wait_ms"));
     let sink = Sink::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO);
     let other_dir = plugin_dir(&[]);
     let other = embedded(other_dir.path(), sink.addr, "").await;
-    let (stop, serving) = consume(&other, &server, ACK_WAIT_MS).await;
-    until(async || match pending(&context).await {
-        (0, 0, _) if sink.arrivals().len() >= 5 => Ok(()),
+    let taking = std::time::Instant::now();
+    let (stop, serving) = consume_with(&other, config).await;
+    until(async || match pending(context).await {
+        (0, 0, _) if sink.arrivals().len() as u64 >= count => Ok(()),
         seen => Err((seen, sink.arrivals())),
     })
     .await;
+    let took = taking.elapsed();
+    assert!(took < ack_wait / 2, "taken over in {took:?}: not handed back, left for ack_wait");
     drop(stop);
     within(serving).await.unwrap();
     within(other.shutdown()).await;
     let mut arrivals = sink.arrivals();
     arrivals.sort();
-    let each_once: Vec<(u64, String)> = (1..=5).map(|seq| (seq, stream_message_id(STREAM, seq))).collect();
+    let each_once: Vec<(u64, String)> =
+        (1..=count).map(|seq| (seq, stream_message_id(STREAM, seq))).collect();
     assert_eq!(arrivals, each_once);
-    assert_eq!((jetstream_count(&other, "acked"), other.stats().dead_lettered), (5.0, 0));
+    assert_eq!((jetstream_count(&other, "acked"), other.stats().dead_lettered), (count as f64, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_host_with_every_ack_pending_permit_held_hands_each_held_message_back() {
+    // The backlog: the destination is down and the host holds all max_ack_pending messages it may,
+    // so its ingress waits for room, and leaves its loop the moment the stop comes.
+    const ACK_WAIT_MS: u64 = 30_000;
+    const MAX_ACK_PENDING: u32 = 3;
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let ingress = format!("{}max_ack_pending = {MAX_ACK_PENDING}\n", ingress_config(&server, ACK_WAIT_MS));
+    let host = embedded(dir.path(), free_addr(), &format!("shutdown_grace_ms = 100\n{ingress}")).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let host = host.clone();
+        async move { host.run(async move { drop(stopped.await) }).await }
+    });
+    publish(&context, 7, 16).await;
+    // Three pulled (the consumer made by the host) and admitted; four wait in the stream.
+    until(async || match host.stats().accepted {
+        3 => Ok(()),
+        accepted => Err(accepted),
+    })
+    .await;
+    until(async || match pending(&context).await {
+        (3, 4, 0) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+
+    drop(stop);
+    within(running).await.unwrap().unwrap();
+    let stats = host.stats();
+    assert_eq!((stats.dead_lettered, stats.handed_back, stats.in_flight()), (0, 3, 0), "{stats:?}");
+    let counts = ["acked", "nacked", "unacked"].map(|result| jetstream_count(&host, result));
+    assert_eq!(counts, [0.0, 3.0, 0.0], "(acked, nak'ed, left unacknowledged): each held one nak'ed");
+
+    // Another host (same consumer settings) takes all seven, each once, without waiting ack_wait.
+    let config =
+        NatsIngressConfig { max_ack_pending: Some(MAX_ACK_PENDING), ..consumer_config(&server, ACK_WAIT_MS) };
+    takes_each_once(&context, config, 7).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

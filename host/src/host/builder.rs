@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
 
 /// Builds a [`Host`]; start with [`Host::builder`].
 #[must_use]
@@ -289,6 +290,8 @@ impl HostBuilder {
                 state_lock: Mutex::new(Some(state_lock)),
                 alerting: Mutex::new(None),
                 stopped: Mutex::new(None),
+                stopping: CancellationToken::new(),
+                stop_ended: CancellationToken::new(),
             }),
         };
         if let Some(sender) = host.inner.sender.read().unwrap_or_else(|poison| poison.into_inner()).clone() {

@@ -25,6 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// How long the listeners have, once a shutdown past its grace period settled every message, to
 /// send the answers of the requests that waited for them.
@@ -61,6 +62,11 @@ struct HostInner {
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
     /// Turns true once the shutdown, begun by the first call, has ended; `None` before that call.
     stopped: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    /// Cancelled once the host is stopping (`run`'s shutdown came, or a shutdown began), and once
+    /// that stop has ended: a stopping JetStream ingress waits for its end, which resolves every
+    /// receipt, rather than give up on them by a timer of its own.
+    stopping: CancellationToken,
+    stop_ended: CancellationToken,
 }
 
 impl Drop for HostInner {
@@ -401,7 +407,9 @@ impl Host {
     }
 
     /// Serve the configured ingress (HTTP, NATS) until `shutdown` completes, then drain: the
-    /// ingress stops first (a NATS subscription admitting what its server had sent), then the host.
+    /// ingress stops first (a NATS subscription admitting what its server had sent), then the host
+    /// (a JetStream ingress waits for the host's stop to end to acknowledge, or hand back, what it
+    /// pulled).
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BuildError> {
         let config = self.config();
         let http = match &config.ingress.http {
@@ -416,7 +424,7 @@ impl Host {
         for entry in &config.ingress.nats {
             nats.push(crate::ingress::NatsIngress::connect(self.clone(), entry.clone()).await?);
         }
-        let stop = tokio_util::sync::CancellationToken::new();
+        let stop = CancellationToken::new();
         let serving = nats.into_iter().map(|nats| tokio::spawn(nats.serve(stop.clone().cancelled_owned())));
         let mut serving: Vec<_> = serving.collect();
         if let Some(http) = http {
@@ -426,6 +434,7 @@ impl Host {
             serving.push(tokio::spawn(grpc.serve(stop.clone().cancelled_owned())));
         }
         shutdown.await;
+        self.inner.stopping.cancel();
         stop.cancel();
         let ingress_stopped = async {
             for ingress in serving {
@@ -483,8 +492,10 @@ impl Host {
                 .get_or_insert_with(|| {
                     let (tell, stopped) = tokio::sync::watch::channel(false);
                     let host = self.clone();
+                    host.inner.stopping.cancel();
                     tokio::spawn(async move {
                         host.stop_within(grace).await;
+                        host.inner.stop_ended.cancel();
                         let _ = tell.send(true);
                     });
                     stopped
@@ -493,6 +504,17 @@ impl Host {
         };
         // An error: the shutdown's task panicked (the runtime logs it); there is nothing to wait for.
         let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Resolves once the host is stopping: [`run`](Self::run)'s shutdown came, or a shutdown began.
+    pub(crate) async fn stopping(&self) {
+        self.inner.stopping.cancelled().await;
+    }
+
+    /// Resolves once the host's stop has ended: every receipt is resolved by then, settled or
+    /// handed back.
+    pub(crate) async fn stop_ended(&self) {
+        self.inner.stop_ended.cancelled().await;
     }
 
     /// The shutdown itself, run once.

@@ -32,15 +32,17 @@
 //! stopping) is handed back (`Nak`) for another host, held by the server until this host's pull
 //! under way has ended (1 s at most), so that pull cannot take it straight back.
 //!
-//! A graceful stop finishes the pull under way (admitting what it brings), pulls no more, waits up
-//! to `host.shutdown_grace_ms` for the messages in flight to settle and acknowledges them, then
-//! closes: anything still unsettled stays unacknowledged and is delivered again. What the host's
-//! own stop gives up on at the end of its grace (queued, retried, or under way: a destination down
-//! or slow) is not dead-lettered, as a message from elsewhere is, nor acknowledged: the host
-//! hands it back, and the ingress naks it as above, so another host of the consumer takes it
-//! within a second, with its `x-sy-id` (one cut while under way may have been delivered: it may
-//! arrive twice). A lost connection is made again by the client with backoff, and pulls resume
-//! with backoff of their own.
+//! A graceful stop finishes the pull under way (admitting what it brings), pulls no more, and
+//! acknowledges the messages in flight as they settle until the host's own stop has ended (its
+//! `host.shutdown_grace_ms` and what follows; 60 s past the grace at most), then closes: anything
+//! still unsettled stays unacknowledged and is delivered again. An ingress stopped alone, its host
+//! serving on, waits up to `host.shutdown_grace_ms` for the host to begin stopping. What the
+//! host's stop gives up on at the end of its grace (queued, retried, or under way: a destination
+//! down or slow) is not dead-lettered, as a message from elsewhere is, nor acknowledged: the host
+//! hands it back, and the ingress, still waiting for it, naks it as above, so another host of the
+//! consumer takes it within a second, with its `x-sy-id` (one cut while under way may have been
+//! delivered: it may arrive twice). A lost connection is made again by the client with backoff,
+//! and pulls resume with backoff of their own.
 //!
 //! A consumer that is gone — deleted by an operator, or with its stream, deleted and made again —
 //! is noticed at the next failed or unanswered pull and joined again (made again, as at the start),
@@ -76,6 +78,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// pull under way has ended. A stop finishes that pull, and it would take a message handed back at
 /// once straight back, to be refused and handed back again, in a loop until the pull is full.
 const HAND_BACK_DELAY: Duration = PULL_EXPIRES;
+
+/// How long past the shutdown grace a stopping ingress waits for the host's stop to end, at most
+/// (a safety bound: the stop resolves every receipt, and ends well within it unless it hangs).
+const STOP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The shortest and longest pause before pulling again after a failed pull.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -349,23 +355,45 @@ impl StreamIngress {
         self.host.metrics().jetstream.pulled(self.stream(), result);
     }
 
-    /// Wait up to the shutdown grace for the messages in flight and acknowledge them, leave the
-    /// rest unacknowledged, send what is written, and close.
+    /// Wait for the messages in flight and acknowledge them (or hand them back) until the host's
+    /// stop has ended, leave the rest unacknowledged, send what is written, and close.
     async fn finish(self) {
         self.acks.close();
         let grace = Duration::from_millis(self.host.config().host.shutdown_grace_ms);
-        if tokio::time::timeout(grace, self.acks.wait()).await.is_err() {
-            tracing::warn!(
-                stream = self.stream(),
-                ?grace,
-                "JetStream ingress: messages still unsettled at the stop stay unacknowledged; they will be delivered again"
-            );
-            self.abandon.cancel();
-            self.acks.wait().await;
+        tokio::select! {
+            biased;
+            () = self.acks.wait() => {}
+            ended = self.host_stop_ended(grace) => {
+                if !ended {
+                    tracing::warn!(
+                        stream = self.stream(),
+                        ?grace,
+                        "JetStream ingress: messages still unsettled at the stop stay unacknowledged; they will be delivered again"
+                    );
+                    self.abandon.cancel();
+                }
+                // Once the stop has ended, every receipt is resolved: what is left is sending
+                // the acknowledgements and hand-backs.
+                self.acks.wait().await;
+            }
         }
         if let Err(err) = self.client.flush().await {
             tracing::warn!(stream = self.stream(), %err, "JetStream ingress: the last acknowledgements may not have reached the server");
         }
+    }
+
+    /// Wait for the host's stop to end, which resolves every receipt (settled, or handed back at
+    /// the end of its grace): true once it has. Its grace and the ingress's begin together when
+    /// the ingress stops at once (waiting for room, every `max_ack_pending` message held), so a
+    /// timer of the ingress's own would give up on those the host hands back a moment later.
+    /// False if the host does not begin to stop within `grace` (the ingress stopped alone, the
+    /// host serving on), or its stop outlasts `grace` and [`STOP_PATIENCE`].
+    async fn host_stop_ended(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, self.host.stopping()).await.is_err() {
+            return false;
+        }
+        tokio::time::timeout_at(deadline + STOP_PATIENCE, self.host.stop_ended()).await.is_ok()
     }
 }
 
