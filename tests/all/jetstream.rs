@@ -296,6 +296,15 @@ async fn a_stopping_host_hands_stream_messages_it_did_not_deliver_back_and_anoth
     assert_eq!(dead_letters(&host, "shutdown"), 1.0, "only the local message is dead-lettered");
     let stats = host.stats();
     assert_eq!((stats.dead_lettered, stats.handed_back, stats.in_flight()), (1, 5, 0), "{stats:?}");
+    let metrics = host.metrics().encode();
+    let outcome = |outcome| {
+        sample(&metrics, "switchyard_route_messages_total", &[("route", "all"), ("outcome", outcome)])
+    };
+    assert_eq!(
+        (outcome("dead_lettered"), outcome("handed_back")),
+        (Some(1.0), Some(5.0)),
+        "the route's outcomes add up"
+    );
     assert_eq!(jetstream_count(&host, "acked"), 0.0, "nothing undelivered is acknowledged");
     // Each nak'ed once (never in a loop), none left unacknowledged: the ingress waited for the
     // host's stop, which handed them back.

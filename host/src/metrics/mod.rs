@@ -293,9 +293,11 @@ pub(crate) enum Settled {
     Filtered,
     Responded,
     DeadLettered,
+    /// Handed back to the source that keeps it, at a stop (see [`crate::receipt`]).
+    HandedBack,
 }
 
-type SettledCounters = [ShardedCounter; 4];
+type SettledCounters = [ShardedCounter; 5];
 
 impl RouteMetrics {
     /// Count `messages` matched to the route (once per batch, not per message).
@@ -342,7 +344,7 @@ impl Metrics {
         let name = RouteName { route: route.into() };
         let handles = self.enabled.then(|| RouteHandles {
             accepted: self.route_accepted.get_or_create_owned(&name),
-            settled: ["delivered", "filtered", "responded", "dead_lettered"].map(outcome),
+            settled: ["delivered", "filtered", "responded", "dead_lettered", "handed_back"].map(outcome),
             latency: self.route_latency.get_or_create_owned(&name),
         });
         RouteMetrics { route: route.into(), handles }

@@ -396,7 +396,7 @@ impl Pipeline {
                 sink.count(false);
                 // Sent, not requested: no caller waits for an answer.
                 debug_assert!(reply.is_none(), "a message its source keeps has no reply");
-                return self.hand_back(sink, &message, &accepted);
+                return self.hand_back(sink, route, &message, &accepted);
             }
             Err(error) => {
                 sink.count(false);
@@ -420,9 +420,10 @@ impl Pipeline {
     /// Hand `message`, which the host stopped before it delivered to `sink`, back to the source
     /// that keeps it (see [`crate::receipt`]): not dead-lettered, it is delivered again from there,
     /// by another host.
-    fn hand_back(&self, sink: &Sink, message: &Message, accepted: &Accepted) {
+    fn hand_back(&self, sink: &Sink, route: &RouteMetrics, message: &Message, accepted: &Accepted) {
         accepted.hand_back();
         Counters::bump(&self.counters.handed_back, 1);
+        route.settled(Settled::HandedBack, accepted.at, Instant::now());
         let (id, topic, destination) = (message.id, &message.topic, &sink.name);
         tracing::debug!(id, topic, %destination, "not delivered before the stop: handed back to its source");
     }
