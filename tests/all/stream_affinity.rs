@@ -406,14 +406,16 @@ async fn a_full_outage_moves_few_streams_and_the_first_endpoint_back_takes_them(
     for stream in 0..STREAMS {
         within(send(stream, 1)).await.unwrap();
     }
-    // Each endpoint found dead in turn: its streams go to those not found dead yet, at most twice
-    // each. Once every endpoint refused twice (its second one after its first window), none serves.
+    // Each endpoint found dead in turn: its streams go to those still serving. Its breaker opens at
+    // its second refusal; after its first, its window over, it serves again and streams may come
+    // back to it. So each of the six refusals moves every stream at most once (under load the
+    // order varies: 462 moves in one run). Once every endpoint refused twice, none serves.
     crate::support::eventually(|| match addresses.iter().map(refused).min() {
         Some(2..) => Ok(()),
         fewest => Err(format!("the endpoint tried least refused {fewest:?}")),
     });
     let when_none_served = migrations("endpoint-down");
-    assert!(moved(before_the_outage) <= 2 * STREAMS as u64, "{} moves", moved(before_the_outage));
+    assert!(moved(before_the_outage) <= 6 * STREAMS as u64, "{} moves", moved(before_the_outage));
     // The outage lasts 2 s more: this sleep is its length, not a wait for something. Each endpoint
     // is out of its window ~10 times meanwhile, and each time one stream may probe it.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
