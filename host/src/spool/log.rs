@@ -534,6 +534,20 @@ mod tests {
         (starts[index], next - starts[index])
     }
 
+    /// `damage` is one checksum mismatch of `lost` bytes at `offset` of segment `path`, and those
+    /// bytes are what its `.damaged` file holds.
+    fn assert_set_aside(damage: &[Damage], path: &Path, offset: u64, lost: u64) {
+        let expected = Damage {
+            segment: path.to_path_buf(),
+            kind: DamageKind::Corrupt,
+            offset,
+            lost,
+            problem: "checksum mismatch",
+        };
+        assert_eq!(damage, [expected]);
+        assert_eq!(fs::read(path.with_extension("seg.damaged")).unwrap().len() as u64, lost);
+    }
+
     #[test]
     fn a_corrupt_record_mid_segment_is_skipped_and_the_records_after_it_recovered() {
         let dir = tempfile::tempdir().unwrap();
@@ -554,15 +568,7 @@ mod tests {
             "a was settled, c lost, d and e after it recovered"
         );
         let path = segment_path(dir.path(), segment);
-        let expected = Damage {
-            segment: path.clone(),
-            kind: DamageKind::Corrupt,
-            offset,
-            lost: size,
-            problem: "checksum mismatch",
-        };
-        assert_eq!(damage, [expected]);
-        assert_eq!(fs::read(path.with_extension("seg.damaged")).unwrap().len() as u64, size);
+        assert_set_aside(&damage, &path, offset, size);
         assert_eq!(fs::metadata(&path).unwrap().len(), before - size, "the corrupt bytes are taken out");
         assert_eq!(log.figures().0, 3);
         assert_eq!(log.figures().3, before - size);
@@ -622,15 +628,7 @@ mod tests {
         let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(payloads(&recovered), ["a", "c"]);
         let path = segment_path(dir.path(), first);
-        let expected = Damage {
-            segment: path.clone(),
-            kind: DamageKind::Corrupt,
-            offset,
-            lost: size,
-            problem: "checksum mismatch",
-        };
-        assert_eq!(damage, [expected]);
-        assert_eq!(fs::read(path.with_extension("seg.damaged")).unwrap().len() as u64, size);
+        assert_set_aside(&damage, &path, offset, size);
         assert_eq!(fs::metadata(&path).unwrap().len(), offset, "b's bytes are taken out");
         assert_eq!(
             fs::read(segment_path(dir.path(), head)).unwrap(),

@@ -255,6 +255,18 @@ mod tests {
         out
     }
 
+    /// `whole` with byte `at` xor'ed with `mask`.
+    fn flipped_at(whole: &[u8], at: usize, mask: u8) -> Vec<u8> {
+        let mut bytes = whole.to_vec();
+        bytes[at] ^= mask;
+        bytes
+    }
+
+    /// The sequence numbers of the records `scan` read, in order.
+    fn seqs_of(scan: &Scan) -> Vec<u64> {
+        scan.records.iter().map(|(record, _)| record.seq()).collect()
+    }
+
     /// Where each record of `bytes` starts.
     fn starts(bytes: &[u8]) -> Vec<usize> {
         let scan = scan(bytes, None);
@@ -327,10 +339,9 @@ mod tests {
         let whole = log_of(4);
         let at = starts(&whole);
         for flipped in [at[1] + 4, at[1] + 8, at[1] + 12, at[1] + HEADER + 100, at[2] - 1] {
-            let mut bytes = whole.clone();
-            bytes[flipped] ^= 0x01;
+            let bytes = flipped_at(&whole, flipped, 0x01);
             let scan = scan(&bytes, None);
-            let seqs: Vec<u64> = scan.records.iter().map(|(record, _)| record.seq()).collect();
+            let seqs = seqs_of(&scan);
             assert_eq!(seqs, [0, 2, 3, 0], "byte {flipped} flipped");
             let (offset, len) = (at[1] as u64, (at[2] - at[1]) as u64);
             assert_eq!(scan.damage.len(), 1, "byte {flipped} flipped");
@@ -346,10 +357,9 @@ mod tests {
         let whole = log_of(4);
         let at = starts(&whole);
         for (flipped, problem) in [(at[1], "checksum mismatch"), (at[1] + 3, "impossible record length")] {
-            let mut bytes = whole.clone();
-            bytes[flipped] ^= 0x40;
+            let bytes = flipped_at(&whole, flipped, 0x40);
             let scan = scan(&bytes, None);
-            let seqs: Vec<u64> = scan.records.iter().map(|(record, _)| record.seq()).collect();
+            let seqs = seqs_of(&scan);
             assert_eq!(seqs, [0, 2, 3, 0], "byte {flipped} flipped");
             let damage = &scan.damage[0];
             assert_eq!(
@@ -365,10 +375,9 @@ mod tests {
         write_remove(&mut whole, 1);
         let at = starts(&whole);
         for (flipped, problem) in [(at[2], "checksum mismatch"), (at[2] + 3, "impossible record length")] {
-            let mut bytes = whole.clone();
-            bytes[flipped] ^= 0x40;
+            let bytes = flipped_at(&whole, flipped, 0x40);
             let scan = scan(&bytes, None);
-            let seqs: Vec<u64> = scan.records.iter().map(|(record, _)| record.seq()).collect();
+            let seqs = seqs_of(&scan);
             assert_eq!(seqs, [0, 1], "byte {flipped} flipped: the removes after it are skipped with it");
             let [damage] = &scan.damage[..] else { panic!("{:?}", scan.damage) };
             assert_eq!(
@@ -393,7 +402,7 @@ mod tests {
         let valid_put_at = starts(&bytes)[2];
         bytes[carrier_at + 3] ^= 0x40;
         let scan = scan(&bytes, None);
-        let seqs: Vec<u64> = scan.records.iter().map(|(record, _)| record.seq()).collect();
+        let seqs = seqs_of(&scan);
         assert_eq!(seqs, [5, 7, 6], "the payload's puts 0-2 and its remove of 0 are not read");
         let damage = &scan.damage[0];
         assert_eq!((damage.offset, damage.len), (carrier_at as u64, (valid_put_at - carrier_at) as u64));
@@ -410,7 +419,7 @@ mod tests {
         write_put(&mut bytes, 10, &put_body(&message(10), 1_010));
         bytes[at + HEADER + 20] ^= 0x01;
         let scan = scan(&bytes, None);
-        let seqs: Vec<u64> = scan.records.iter().map(|(record, _)| record.seq()).collect();
+        let seqs = seqs_of(&scan);
         assert_eq!(seqs, [8, 10], "9 lost and 3 skipped with it");
         assert_eq!(scan.damage.len(), 1);
     }
