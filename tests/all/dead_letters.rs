@@ -482,6 +482,9 @@ async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_d
     let stats = host.stats();
     assert_eq!((stats.dead_lettered, stats.dead_letter_failures), (0, 3), "{stats:?}");
     assert_eq!(stats.in_flight(), 3, "the oracle shows the loss: {stats:?}");
+    // The loss showed in the stats only: `/metrics` and alert rules did not see it.
+    assert_eq!(metric(&host, "switchyard_dead_letters_lost_total"), 3.0);
+    assert_eq!(host.metrics().read("dead_letters_lost", &[]), Some(3.0), "an alert rule can watch it");
     assert!(host.dead_letters(10).is_err(), "the file cannot be read either");
 }
 

@@ -120,6 +120,8 @@ pub struct Metrics {
     dead_letters_spooled: Gauge,
     /// Letters re-delivered from the dead-letter file.
     dead_letters_redelivered: Counter,
+    /// Letters no dead-letter destination took and the dead-letter file could not hold.
+    dead_letters_lost: Counter,
     route_latency: Family<RouteName, LatencyHistogram>,
     plugin_calls: Family<PluginName, ShardedCounter>,
     plugin_problems: Family<PluginProblem, Counter>,
@@ -175,6 +177,7 @@ impl Metrics {
             dead_letter_labels: Default::default(),
             dead_letters_spooled: Gauge::default(),
             dead_letters_redelivered: Counter::default(),
+            dead_letters_lost: Counter::default(),
             route_latency: Family::default(),
             plugin_calls: Family::default(),
             plugin_problems: Family::default(),
@@ -201,7 +204,7 @@ impl Metrics {
         registry.register("messages_accepted", "Messages admitted", metrics.accepted.clone());
         let help = "Messages matched to a route (admitted ones; not the extra outputs of a transform)";
         registry.register("route_accepted", help, metrics.route_accepted.clone());
-        let help = "Messages settled per route, by outcome (delivered, filtered, responded, dead_lettered)";
+        let help = "Messages settled per route, by outcome (delivered, filtered, responded, dead_lettered, handed_back, lost)";
         registry.register("route_messages", help, metrics.route_messages.clone());
         registry.register(
             "dead_letters",
@@ -212,6 +215,8 @@ impl Metrics {
         registry.register("dead_letters_spooled", help, metrics.dead_letters_spooled.clone());
         let help = "Dead letters re-delivered from the dead-letter file";
         registry.register("dead_letters_redelivered", help, metrics.dead_letters_redelivered.clone());
+        let help = "Dead letters lost: no dead-letter destination took them and the dead-letter file could not be written";
+        registry.register("dead_letters_lost", help, metrics.dead_letters_lost.clone());
         let help = "Seconds from admission until a message of the route is settled";
         registry.register("route_latency_seconds", help, metrics.route_latency.clone());
         registry.register("plugin_calls", "Plugin calls (one per batch)", metrics.plugin_calls.clone());
@@ -295,9 +300,11 @@ pub(crate) enum Settled {
     DeadLettered,
     /// Handed back to the source that keeps it, at a stop (see [`crate::receipt`]).
     HandedBack,
+    /// Dead-lettered, but its letter reached neither a dead-letter destination nor the file.
+    Lost,
 }
 
-type SettledCounters = [ShardedCounter; 5];
+type SettledCounters = [ShardedCounter; 6];
 
 impl RouteMetrics {
     /// Count `messages` matched to the route (once per batch, not per message).
@@ -344,7 +351,8 @@ impl Metrics {
         let name = RouteName { route: route.into() };
         let handles = self.enabled.then(|| RouteHandles {
             accepted: self.route_accepted.get_or_create_owned(&name),
-            settled: ["delivered", "filtered", "responded", "dead_lettered", "handed_back"].map(outcome),
+            settled: ["delivered", "filtered", "responded", "dead_lettered", "handed_back", "lost"]
+                .map(outcome),
             latency: self.route_latency.get_or_create_owned(&name),
         });
         RouteMetrics { route: route.into(), handles }
@@ -362,6 +370,11 @@ impl Metrics {
     /// The gauge of letters in the dead-letter file, for the file to keep.
     pub(crate) fn dead_letters_spooled(&self) -> Gauge {
         self.dead_letters_spooled.clone()
+    }
+
+    /// Count a dead letter lost: no dead-letter destination took it and the file could not hold it.
+    pub(crate) fn dead_letter_lost(&self) {
+        self.dead_letters_lost.inc();
     }
 
     /// Count `letters` re-delivered from the dead-letter file.

@@ -16,8 +16,9 @@ pub struct Readable {
 }
 
 /// Every metric alert rules may watch.
-pub const READABLE: [Readable; 8] = [
+pub const READABLE: [Readable; 9] = [
     Readable { name: "dead_letters", labels: &["route", "reason"], counter: true },
+    Readable { name: "dead_letters_lost", labels: &[], counter: true },
     Readable { name: "messages_accepted", labels: &[], counter: true },
     Readable { name: "plugin_faults", labels: &["plugin"], counter: true },
     Readable { name: "destination_queued", labels: &["destination"], counter: false },
@@ -87,6 +88,7 @@ impl Metrics {
                 series.collect()
             }
             "messages_accepted" => vec![(vec![], self.accepted.get() as f64)],
+            "dead_letters_lost" => vec![(vec![], self.dead_letters_lost.get() as f64)],
             "plugin_faults" => {
                 let faulted: Vec<String> = self
                     .last_faults

@@ -162,6 +162,10 @@ impl Pipeline {
                 // With the spool, not lost after all: the next start delivers it again.
                 accepted.keep_unsettled();
                 Counters::bump(&self.counters.dead_letter_failures, 1);
+                self.metrics.dead_letter_lost();
+                if let Some(metrics) = route {
+                    metrics.settled(Settled::Lost, accepted.at, Instant::now());
+                }
                 tracing::error!(id, topic, route = route_name, code, %reason, %error, "dead letter lost: no dead-letter destination took it and the dead-letter file cannot be written");
             }
         }
