@@ -15,6 +15,17 @@ pub type MessageId = u64;
 /// any `x-sy-` header) from a client.
 pub const ID_HEADER: &str = "x-sy-id";
 
+/// What the names of the host's own headers begin with (in any case): the id, a stream's
+/// sequence number, a dead letter's reason. Ingresses do not take them from clients, and what a
+/// plugin adds, changes or removes among them is undone ([`Message::stand_in_for`]).
+pub const HOST_HEADER_PREFIX: &str = "x-sy-";
+
+/// Whether `name` is one of the host's own headers ([`HOST_HEADER_PREFIX`]).
+pub(crate) fn is_host_header(name: &str) -> bool {
+    let prefix = HOST_HEADER_PREFIX.as_bytes();
+    name.as_bytes().get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+}
+
 thread_local! {
     /// The ordering of the ids a thread makes. `Uuid::now_v7` orders them process-wide through
     /// one mutex, taken for every message by every thread that admits messages.
@@ -117,11 +128,29 @@ impl Message {
         self.headers.push((name.to_owned(), value.into()));
     }
 
-    /// Take `original`'s sequence number and unique id: this message stands
-    /// for it (a native transform's first output, a middleware's forward).
-    pub(crate) fn inherit_ids(&mut self, original: &Message) {
+    /// Take `original`'s sequence number, unique id and other host headers: this message stands
+    /// for it (a native transform's first output, a middleware's forward). A plugin cannot
+    /// choose them.
+    pub(crate) fn stand_in_for(&mut self, original: &Message) {
         self.id = original.id;
         self.carry_unique_id(original.unique_id());
+        let kept: Vec<_> = original.host_headers_but_id().cloned().collect();
+        self.carry_host_headers(&kept);
+    }
+
+    /// The host's own headers but the id, in order.
+    fn host_headers_but_id(&self) -> impl Iterator<Item = &(String, String)> {
+        self.headers.iter().filter(|(name, _)| is_host_header(name) && !name.eq_ignore_ascii_case(ID_HEADER))
+    }
+
+    /// Make `kept` this message's host headers but the id: left where they are when the message
+    /// carries exactly them already, else every other one removed and these appended.
+    pub(crate) fn carry_host_headers(&mut self, kept: &[(String, String)]) {
+        if self.host_headers_but_id().eq(kept) {
+            return;
+        }
+        self.headers.retain(|(name, _)| !is_host_header(name) || name.eq_ignore_ascii_case(ID_HEADER));
+        self.headers.extend_from_slice(kept);
     }
 
     /// Make `unique_id` this message's one id header: left where it is when
@@ -173,8 +202,8 @@ impl Message {
     }
 
     /// Build the message standing for `input` (a transform's first output of
-    /// it) from its wire form `message`: it takes `input`'s ids, as
-    /// [`Message::inherit_ids`] sets them, and `input`'s parts rather than
+    /// it) from its wire form `message`: it takes `input`'s ids and host headers, as
+    /// [`Message::stand_in_for`] sets them, and `input`'s parts rather than
     /// copies of them: the topic if unchanged, the header list, rewritten in
     /// place (each header the output left as it was kept, its id header too),
     /// and an unchanged payload, shared. `input` keeps its sequence number;
@@ -184,6 +213,7 @@ impl Message {
             true => std::mem::take(&mut input.topic),
             false => message.topic.to_owned(),
         };
+        let kept: Vec<_> = input.host_headers_but_id().cloned().collect();
         let mut headers = std::mem::take(&mut input.headers);
         // The unique id is moved out of its header, and back in if the output
         // kept that header as it was.
@@ -225,6 +255,7 @@ impl Message {
             }
             (unique_id, _) => output.carry_unique_id(unique_id.as_deref()),
         }
+        output.carry_host_headers(&kept);
         output
     }
 }
@@ -279,7 +310,7 @@ mod tests {
         write_message(&mut batch, &head, message.wire_headers(), Payload::Bytes(&message.payload));
         let output = decode(&batch).next().unwrap().unwrap();
         let mut copied = Message::from_wire(&output);
-        copied.inherit_ids(input);
+        copied.stand_in_for(input);
         let built = Message::first_output_of(&output, input);
         assert_eq!(built, copied, "reusing the input builds what copying builds");
         built
@@ -347,10 +378,38 @@ mod tests {
             for (name, value) in &headers {
                 output = output.with_header(*name, *value);
             }
-            output.inherit_ids(&original);
+            output.stand_in_for(&original);
             let ids: Vec<_> =
                 output.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER)).collect();
             assert_eq!(ids, [&(ID_HEADER.to_owned(), "id-1".to_owned())], "{headers:?}");
         }
+    }
+
+    #[test]
+    fn a_plugin_cannot_add_change_or_remove_a_host_header() {
+        // A transform or middleware could forge `x-sy-topic` for a NATS receiver, `x-sy-attempts`
+        // for a dead letter, or take a stream's sequence number off.
+        let input = || input().with_header("x-sy-stream-seq", "41");
+        let host_headers = |m: &Message| -> Vec<(String, String)> {
+            m.headers.iter().filter(|(name, _)| is_host_header(name)).cloned().collect()
+        };
+        let expected = host_headers(&input());
+        for forged in [
+            input().with_header("X-SY-TOPIC", "forged"),
+            input().with_header("x-sy-attempts", "3").with_header("x-tenant", "other"),
+            Message::new("orders.eu", "{}").with_header("x-sy-stream-seq", "40"),
+            Message::new("orders.eu", "{}"),
+        ] {
+            let mut forwarded = forged.clone();
+            forwarded.stand_in_for(&input());
+            assert_eq!(host_headers(&forwarded), expected, "stand-in for {forged:?}");
+            let output = first_output(&forged, &mut input());
+            assert_eq!(host_headers(&output), expected, "first output {forged:?}");
+            let theirs = |m: &Message| m.headers.iter().filter(|(name, _)| !is_host_header(name)).count();
+            assert_eq!(theirs(&output), theirs(&forged), "a plugin's own headers stay: {output:?}");
+        }
+        let unchanged = first_output(&input(), &mut input());
+        assert_eq!(unchanged, input(), "an output that kept them as they were is left alone");
+        assert!(is_host_header("X-Sy-Anything") && !is_host_header("x-sy") && !is_host_header("é-sy-x"));
     }
 }

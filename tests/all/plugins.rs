@@ -120,6 +120,66 @@ pub async fn annotate_middleware() {
     assert_eq!(gone, Err(RequestError::NotAccepted(switchyard::SendError::ShuttingDown)));
 }
 
+/// A middleware's forward is held to what a transform's outputs are: the host's own headers stay
+/// the host's, and a forward past `host.max_message_bytes` is dead-lettered, not delivered.
+#[tokio::test]
+pub async fn a_middleware_forward_cannot_forge_host_headers_or_pass_the_limits() {
+    let annotate = artifacts::ANNOTATE_MIDDLEWARE;
+    let dir = plugin_dir(&[("forger", annotate), ("bloater", annotate)]);
+    let big = "x".repeat(2048);
+    let config = format!(
+        r#"
+[host]
+dead_letter = "dead"
+max_message_bytes = 1024
+[[destination]]
+name = "out"
+transport = "memory"
+[[destination]]
+name = "dead"
+transport = "memory"
+[[plugin]]
+name = "forger"
+config = {{ header = "x-sy-attempts", value = "99" }}
+[[plugin]]
+name = "bloater"
+config = {{ header = "x-big", value = "{big}" }}
+[[route]]
+name = "forged"
+match = {{ topic = "forged" }}
+stages = ["middleware:forger"]
+to = "out"
+[[route]]
+name = "bloated"
+match = {{ topic = "bloated" }}
+stages = ["middleware:bloater"]
+to = "out"
+"#
+    );
+    let host = host(dir.path(), &config).await;
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    host.send(Message::new("forged", "1").with_header("x-tenant", "acme")).await.unwrap();
+    let delivered = next(&out).await;
+    assert_eq!(delivered.header("x-sy-attempts"), None, "{delivered:?}");
+    assert_eq!(delivered.header("x-tenant"), Some("acme"));
+    let ids = delivered.headers.iter().filter(|(name, _)| name.starts_with("x-sy-")).count();
+    assert_eq!((ids, delivered.unique_id().is_some()), (1, true), "its id and no other: {delivered:?}");
+
+    host.send(Message::new("bloated", "2")).await.unwrap();
+    let letter = next(&dead).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.contains("over host.max_message_bytes (1024)"), "{reason}");
+    assert_eq!(
+        (letter.payload.as_ref(), letter.header("x-big")),
+        (&b"2"[..], None),
+        "the request as it came"
+    );
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+    assert!(out.is_empty(), "the oversized forward was not delivered");
+}
+
 /// Balancer plugins load and are recognised by kind.
 async fn loads_as(artifact: &str, kind: switchyard::PluginKind) {
     let dir = plugin_dir(&[("p", artifact)]);

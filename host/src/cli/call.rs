@@ -64,6 +64,8 @@ pub fn call(
         _ => Payload::Bytes(message.payload.as_bytes()),
     };
     write_message(&mut batch, &head, headers.collect::<Vec<_>>(), payload);
+    // What the host would dead-letter (`plugin-output-limit`), at its default limits.
+    let max_message_bytes = switchyard::config::HostSection::default().max_message_bytes;
     let answer = match kind {
         PluginKind::Filter => match instance.filter(&batch)?.pop() {
             Some(Ok(verdict)) => json!({ "verdict": format!("{verdict:?}").to_lowercase() }),
@@ -72,15 +74,17 @@ pub fn call(
         },
         PluginKind::Transform => {
             let out = instance.transform(&batch)?;
-            // What the host would dead-letter (`plugin-output-limit`), at its default limits.
-            let max_message_bytes = switchyard::config::HostSection::default().max_message_bytes;
             switchyard::plugin::check_outputs(&out.messages, 1, max_message_bytes)
                 .context("the host would dead-letter this answer (plugin-output-limit)")?;
             let errors: Vec<String> = out.errors.iter().map(|(_, error)| error.to_string()).collect();
             json!({ "messages": messages_json(&out.messages)?, "errors": errors })
         }
         PluginKind::Middleware => match instance.on_request(&batch)? {
-            Ok(MiddlewareAction::Forward(batch)) => json!({ "forward": messages_json(&batch)? }),
+            Ok(MiddlewareAction::Forward(batch)) => {
+                switchyard::plugin::check_outputs(&batch, 1, max_message_bytes)
+                    .context("the host would dead-letter this forward (plugin-output-limit)")?;
+                json!({ "forward": messages_json(&batch)? })
+            }
             Ok(MiddlewareAction::Respond(batch)) => json!({ "respond": messages_json(&batch)? }),
             Err(error) => json!({ "error": error.to_string() }),
         },

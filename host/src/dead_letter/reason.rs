@@ -108,8 +108,11 @@ impl DeadLetterReason {
     /// `message` labelled with this reason (and `route`), ready for the
     /// dead-letter destination; a network destination's delivery failure also
     /// with [`ATTEMPTS_HEADER`] and [`LAST_ERROR_HEADER`]. The values come
-    /// from plugins and peers, so each is [`header_value`]-sanitised.
+    /// from plugins and peers, so each is [`header_value`]-sanitised. A label
+    /// this reason does not give is taken off (one an earlier dead-lettering gave).
     pub fn label(&self, mut message: Message, route: Option<&str>) -> Message {
+        let labels = [ROUTE_HEADER, ATTEMPTS_HEADER, LAST_ERROR_HEADER];
+        message.headers.retain(|(name, _)| !labels.iter().any(|label| name.eq_ignore_ascii_case(label)));
         message.set_header(REASON_CODE_HEADER, self.code());
         message.set_header(REASON_HEADER, header_value(&self.to_string()));
         if let Some(route) = route {
@@ -163,5 +166,21 @@ mod tests {
         let letter = reason.label(Message::new("t", "p"), Some("r\n"));
         assert_eq!(letter.header(REASON_HEADER), Some("stage \"filter:x\" is unavailable: a\\nb"));
         assert_eq!(letter.header(ROUTE_HEADER), Some("r\\n"));
+    }
+
+    #[test]
+    fn a_label_this_reason_does_not_give_is_taken_off() {
+        // A message dead-lettered before (or carrying such headers) kept its old attempts and
+        // last error on a later letter whose reason has none.
+        let earlier = Message::new("t", "p")
+            .with_header(ROUTE_HEADER, "old-route")
+            .with_header(ATTEMPTS_HEADER, "3")
+            .with_header("X-SY-LAST-ERROR", "connection refused");
+        let reason = DeadLetterReason::StageUnavailable { stage: "filter:x".into(), problem: "gone".into() };
+        let letter = reason.label(earlier.clone(), None);
+        assert_eq!(letter.header(ROUTE_HEADER), None, "{letter:?}");
+        assert_eq!(letter.header(ATTEMPTS_HEADER), None, "{letter:?}");
+        assert_eq!(letter.header(LAST_ERROR_HEADER), None, "{letter:?}");
+        assert_eq!(reason.label(earlier, Some("now")).header(ROUTE_HEADER), Some("now"));
     }
 }

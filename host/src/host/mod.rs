@@ -688,8 +688,26 @@ const MAX_HEADERS: usize = 1024;
 /// it is a name, not data).
 pub(crate) const MAX_TOPIC_BYTES: usize = 1024;
 
-/// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers,
-/// and payload and headers together within `limit` bytes. Returns that size.
+/// What is wrong with a header, if anything: a name that is not an HTTP token (RFC 9110: one or
+/// more letters, digits and ``!#$%&'*+-.^_`|~``), or a value holding a control character other than
+/// tab. Checked at admission and on what plugins make: a header goes into HTTP requests and NATS
+/// frames, where such a name or a line break fails every attempt, or ends the header early.
+pub(crate) fn header_problem(name: &str, value: &str) -> Option<String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        let name = crate::bounded_text::one_line(name, 64);
+        return Some(format!("header name \"{name}\" is not an HTTP token"));
+    }
+    if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+        let name = crate::bounded_text::one_line(name, 64);
+        return Some(format!("header {name}: its value holds a control character"));
+    }
+    None
+}
+
+/// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers, each a
+/// valid one ([`header_problem`]), and payload and headers together within `limit` bytes.
+/// Returns that size.
 /// A message's size as `host.max_message_bytes` counts it: its topic, payload and headers.
 pub(crate) fn size_of(message: &Message) -> usize {
     let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
@@ -732,6 +750,9 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, Se
     if message.headers.len() > MAX_HEADERS {
         let count = message.headers.len();
         return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
+    }
+    if let Some(problem) = message.headers.iter().find_map(|(name, value)| header_problem(name, value)) {
+        return Err(SendError::Malformed(problem));
     }
     let size = size_of(message);
     if size > limit {

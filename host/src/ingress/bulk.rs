@@ -10,7 +10,7 @@
 //! accepted, `503` + `Retry-After` when none was for lack of room, `400`/`413` otherwise.
 
 use crate::host::{Host, SendError};
-use crate::message::{ID_HEADER, Message, unique_id};
+use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -109,7 +109,7 @@ pub(super) fn with_headers(
     headers: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Message, String> {
     for (name, value) in headers {
-        if name.to_ascii_lowercase().starts_with("x-sy-") {
+        if is_host_header(&name) {
             return Err(format!("header {name}: x-sy- headers are the host's to set"));
         }
         // As a single POST's headers: bytes past ASCII (which an HTTP header may carry) are refused.

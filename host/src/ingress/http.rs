@@ -12,7 +12,7 @@
 use crate::config::HttpIngressConfig;
 use crate::host::{BuildError, Host, RequestError, SendError, await_reply};
 use crate::listener::ListenerLimits;
-use crate::message::{ID_HEADER, Message, unique_id};
+use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -177,7 +177,7 @@ fn message_from_request(topic: String, headers: &HeaderMap, body: Bytes) -> Resu
     let mut message = Message::new(topic, body);
     for (name, value) in headers {
         let name = name.as_str();
-        if (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type" {
+        if (name.starts_with("x-") && !is_host_header(name)) || name == "content-type" {
             let Ok(value) = value.to_str() else {
                 return Err(format!("header {name} is not visible ASCII"));
             };
@@ -350,6 +350,22 @@ mod tests {
         let long = Message::new("a".repeat(1025), Bytes::new());
         let Err(SendError::Malformed(problem)) = check_message(&long, usize::MAX) else { panic!("admitted") };
         assert_eq!(problem, "a topic of 1025 bytes; at most 1024");
+    }
+
+    #[test]
+    fn a_header_no_transport_could_carry_is_refused_at_admission() {
+        // A NATS message's header named `Bad Name`, or an embedder's value with a line break, was
+        // admitted and then failed every attempt at an http destination.
+        let with_header =
+            |name: &str, value: &str| check_message(&Message::new("t", "").with_header(name, value), 1024);
+        assert!(with_header("Nats-Msg-Id", "abc ünïcode").is_ok());
+        let Err(SendError::Malformed(problem)) = with_header("Bad Name", "v") else { panic!("admitted") };
+        assert_eq!(problem, r#"header name "Bad Name" is not an HTTP token"#);
+        let Err(SendError::Malformed(problem)) = with_header("x-a", "1\r\n2") else { panic!("admitted") };
+        assert_eq!(problem, "header x-a: its value holds a control character");
+        let long = format!("{}\n", "n".repeat(100));
+        let Err(SendError::Malformed(problem)) = with_header(&long, "v") else { panic!("admitted") };
+        assert_eq!(problem, format!(r#"header name "{}..." is not an HTTP token"#, "n".repeat(64)));
     }
 
     #[test]

@@ -504,7 +504,7 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
                     Ok(Ok(mut outputs)) => match worker.check_native_outputs(&outputs) {
                         Ok(()) => {
                             if let Some(first) = outputs.first_mut() {
-                                first.inherit_ids(&item.message);
+                                first.stand_in_for(&item.message);
                             }
                             worker.split(item, outputs.into_iter(), &mut fates)
                         }

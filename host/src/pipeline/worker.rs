@@ -292,9 +292,9 @@ impl Worker {
 
     /// Turn a transform's outputs for `item` into fates, appended to `fates`:
     /// the first output, which carries the item's ids already
-    /// ([`Message::first_output_of`], [`Message::inherit_ids`]), takes its
-    /// reply; further ones are new messages, with new ids. Plugins cannot
-    /// choose ids.
+    /// ([`Message::first_output_of`], [`Message::stand_in_for`]), takes its
+    /// reply; further ones are new messages, with new ids and none of the
+    /// item's other host headers. Plugins cannot choose them.
     pub(crate) fn split(
         &self,
         item: Item,
@@ -308,6 +308,7 @@ impl Worker {
         let outputs = produced.enumerate().map(|(n, mut message)| {
             if n > 0 {
                 message.id = self.next_id();
+                message.carry_host_headers(&[]);
                 message.set_header(ID_HEADER, unique_id());
             }
             Fate::Keep(Item {
@@ -341,19 +342,24 @@ impl Worker {
         items: Vec<Item>,
     ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
         let mut fates = Vec::with_capacity(items.len());
+        let max_message_bytes = self.max_message_bytes;
         // One request per call: a fault fails only the request that caused it.
         for mut item in items {
             let action =
                 self.call_on_batch(plugin, std::slice::from_ref(&item), true, |instance, request| {
                     let action = instance.on_request(request)?;
                     fault_outside(action.map(|action| match action {
-                        MiddlewareAction::Forward(batch) => decode_one(&batch).map(|m| (false, m)),
+                        MiddlewareAction::Forward(batch) => {
+                            let forwarded = decode_one(&batch)?;
+                            crate::plugin::check_made_message(&forwarded, max_message_bytes)?;
+                            Ok((false, forwarded))
+                        }
                         MiddlewareAction::Respond(batch) => decode_one(&batch).map(|m| (true, m)),
                     }))
                 });
             match action {
                 Ok(Ok((false, mut forwarded))) => {
-                    forwarded.inherit_ids(&item.message);
+                    forwarded.stand_in_for(&item.message);
                     item.message = forwarded;
                     item.middlewares.push(plugin.clone());
                     fates.push(Fate::Keep(item));

@@ -24,7 +24,7 @@ pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use output_limits::check_outputs;
-pub(crate) use output_limits::{check_native_outputs, check_output};
+pub(crate) use output_limits::{check_made_message, check_native_outputs, check_output};
 pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };

@@ -1,6 +1,6 @@
-//! What the host takes from one transform call: at most so many messages made of one, so many
-//! headers on one, none larger than `host.max_message_bytes`, and each with a topic admission
-//! would take. The pipeline checks every
+//! What the host takes from one transform call (and of a middleware's forward): at most so many
+//! messages made of one, so many headers on one, none larger than `host.max_message_bytes`, and
+//! each with a topic admission would take. The pipeline checks every
 //! output against them before it builds any (a fault hands the inputs back untouched);
 //! `switchyard plugin call` checks the same, so that it says what the host would.
 
@@ -42,14 +42,18 @@ pub(crate) fn check_native_outputs(outputs: &[Message], max_message_bytes: usize
         let problem = format!("more than {MAX_OUTPUTS_PER_MESSAGE} messages out of one");
         return Err(PluginFault::OutputLimit(problem));
     }
-    outputs.iter().try_for_each(|m| {
-        let headers = m.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()));
-        check_made(&m.topic, headers, m.payload.len(), max_message_bytes)
-    })
+    outputs.iter().try_for_each(|m| check_made_message(m, max_message_bytes))
 }
 
-/// Check one message a transform made: a topic admission would take, not too many headers, not
-/// too large.
+/// Check one message a plugin made (a native transform's output, a middleware's forward)
+/// against the limits a transform's outputs are held to.
+pub(crate) fn check_made_message(m: &Message, max_message_bytes: usize) -> Result<(), PluginFault> {
+    let headers = m.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()));
+    check_made(&m.topic, headers, m.payload.len(), max_message_bytes)
+}
+
+/// Check one message a transform made: a topic and headers admission would take, not too many
+/// headers, not too large.
 fn check_made<'m>(
     topic: &str,
     headers: impl Iterator<Item = (&'m str, &'m str)>,
@@ -59,12 +63,17 @@ fn check_made<'m>(
     if let Some(problem) = crate::host::topic_problem(topic) {
         return Err(PluginFault::Malformed(format!("an output's {problem}")));
     }
-    // One pass: how many headers, and their bytes but the host's own id header (as at admission).
-    let (headers, header_bytes) = headers.fold((0, 0), |(count, bytes), (name, value)| {
-        let counted = if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
-        (count + 1, bytes + counted)
-    });
-    if headers > MAX_OUTPUT_HEADERS {
+    // One pass: each header valid, how many, and their bytes but the host's own id header (as at
+    // admission).
+    let (mut count, mut header_bytes) = (0, 0);
+    for (name, value) in headers {
+        if let Some(problem) = crate::host::header_problem(name, value) {
+            return Err(PluginFault::Malformed(format!("an output's {problem}")));
+        }
+        count += 1;
+        header_bytes += if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
+    }
+    if count > MAX_OUTPUT_HEADERS {
         let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
         return Err(PluginFault::OutputLimit(problem));
     }
@@ -109,6 +118,34 @@ mod tests {
             match check_outputs(&one_output(topic), 1, 1 << 20) {
                 Err(PluginFault::Malformed(said)) => assert_eq!(said, problem),
                 other => panic!("{topic:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_output_header_no_transport_could_carry_is_refused() {
+        // A transform's `bad name` or line break in a value failed every attempt at an http
+        // destination, and was taken for the endpoint's answer.
+        let with_header = |name: &str, value: &str| {
+            let mut batch = Vec::new();
+            Message::new("orders.eu", "x").with_header(name, value).encode(&mut batch, 0, true);
+            check_outputs(&batch, 1, 1 << 20)
+        };
+        assert!(with_header("X-Tenant_2", "acme, ünïcode\tand tab").is_ok());
+        for (name, value, problem) in [
+            ("bad name", "v", "an output's header name \"bad name\" is not an HTTP token"),
+            ("", "v", "an output's header name \"\" is not an HTTP token"),
+            ("x-a:b", "v", "an output's header name \"x-a:b\" is not an HTTP token"),
+            (
+                "x-split",
+                "a\r\nx-sy-id: forged",
+                "an output's header x-split: its value holds a control character",
+            ),
+            ("x-nul", "a\0", "an output's header x-nul: its value holds a control character"),
+        ] {
+            match with_header(name, value) {
+                Err(PluginFault::Malformed(said)) => assert_eq!(said, problem),
+                other => panic!("{name:?}: {other:?}"),
             }
         }
     }

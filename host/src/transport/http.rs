@@ -11,7 +11,7 @@
 use super::pool::{PoolConfig, PoolStats, Pools};
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext};
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
-use crate::message::Message;
+use crate::message::{Message, is_host_header};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -137,7 +137,7 @@ impl HttpTransport {
             .headers()
             .iter()
             // The host's own headers are the host's to set: an endpoint does not forge them.
-            .filter(|(name, _)| name.as_str().starts_with("x-") && !name.as_str().starts_with("x-sy-"))
+            .filter(|(name, _)| name.as_str().starts_with("x-") && !is_host_header(name.as_str()))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
         let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {

@@ -53,7 +53,7 @@
 use super::durable::join;
 use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, SendError};
-use crate::message::{ID_HEADER, Message};
+use crate::message::{ID_HEADER, Message, is_host_header};
 use crate::metrics::Pulled;
 use crate::receipt::Settlement;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -284,7 +284,7 @@ impl StreamIngress {
         let mut message = Message::new(pulled.subject.to_string(), pulled.payload);
         for (name, values) in pulled.headers.iter().flat_map(|headers| headers.iter()) {
             let name: &str = name.as_ref();
-            if !name.to_ascii_lowercase().starts_with("x-sy-") {
+            if !is_host_header(name) {
                 let values = values.iter().map(|value| (name.to_owned(), value.as_str().to_owned()));
                 message.headers.extend(values);
             }

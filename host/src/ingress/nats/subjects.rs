@@ -25,7 +25,7 @@
 use super::protocol::{self, Delivered, Reader, ServerOp};
 use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, RequestError, await_reply};
-use crate::message::{ID_HEADER, Message, unique_id};
+use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::future::Future;
@@ -116,8 +116,7 @@ impl SubjectIngress {
     /// Admit `delivered`, waiting for room; for a request, answer once its reply is known.
     async fn admit(&self, delivered: Delivered) {
         let mut message = Message::new(delivered.subject, delivered.payload);
-        let theirs =
-            delivered.headers.into_iter().filter(|(name, _)| !name.to_ascii_lowercase().starts_with("x-sy-"));
+        let theirs = delivered.headers.into_iter().filter(|(name, _)| !is_host_header(name));
         message.headers.extend(theirs);
         let id = unique_id();
         message.headers.push((ID_HEADER.to_owned(), id.clone()));
