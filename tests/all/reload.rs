@@ -281,6 +281,31 @@ async fn invalid_config_file_is_rejected_whole_and_a_valid_one_applies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_may_name_a_destination_registered_in_code_at_start_and_at_reload() {
+    // The file was validated as it was read, before the builder knew of the registered
+    // destination: naming one was "unknown destination", at start and at every reload.
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let config = |topic: &str| {
+        let text = format!(
+            "{MEMORY_OUT}[[route]]\nname = \"coded\"\nmatch = {{ topic = \"{topic}\" }}\nto = \"coded\"\n"
+        );
+        text.replacen("[host]", &format!("[host]\nplugin_dir = {:?}", dir.path()), 1)
+    };
+    std::fs::write(&config_path, config("first")).unwrap();
+    let (coded, taken) = switchyard::MemoryDestination::new();
+    let host = Host::builder().config_file(&config_path).unwrap().destination("coded", coded);
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    host.send(Message::new("first", "1")).await.unwrap();
+    assert_eq!(within(taken.recv_async()).await.unwrap().payload, "1");
+    std::fs::write(&config_path, config("second")).unwrap();
+    within(host.reload()).await.unwrap();
+    host.send(Message::new("second", "2")).await.unwrap();
+    assert_eq!(within(taken.recv_async()).await.unwrap().payload, "2", "the reloaded route applies");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_keeps_what_the_builder_set_in_code() {
     let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
     let config_dir = plugin_dir(&[]);

@@ -88,10 +88,18 @@ impl Config {
     /// Read and validate the file at `path` (a regular file of at most
     /// 4 MiB).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse_file(path)?;
+        config.validate(&path.display().to_string(), &[])?;
+        Ok(config)
+    }
+
+    /// Read and parse the file at `path`, leaving [`Config::validate`] to the caller, which knows
+    /// the destinations registered in code the file may name.
+    pub(crate) fn parse_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = Config::read_text(&file, path, Links::Anywhere)?;
         let text = text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })?;
-        Config::from_toml(&file, &text)
+        Config::parse(&file, &text)
     }
 
     /// The text of the settings file at `path` (named `file` in errors,
@@ -111,12 +119,16 @@ impl Config {
 
     /// Parse and validate TOML text; `file` names it in errors.
     pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            file: file.to_owned(),
-            message: parse_message(text, &err),
-        })?;
+        let config = Config::parse(file, text)?;
         config.validate(file, &[])?;
         Ok(config)
+    }
+
+    /// Parse TOML text, leaving [`Config::validate`] to the caller, which knows the destinations
+    /// registered in code the text may name; `file` names it in errors.
+    pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text)
+            .map_err(|err| ConfigError::Parse { file: file.to_owned(), message: parse_message(text, &err) })
     }
 
     /// Check the cross-references and ranges serde cannot: `extra_destinations`

@@ -130,10 +130,11 @@ impl HostBuilder {
     }
 
     /// Read the configuration from `path`; [`Host::reload`] and the watcher
-    /// re-read it from there.
+    /// re-read it from there. It is validated by [`build`](HostBuilder::build), and so may name
+    /// destinations registered in code before or after this call.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
         let path = path.into();
-        self.config = Config::from_file(&path)?;
+        self.config = Config::parse_file(&path)?;
         self.config_file = (path.display().to_string(), Some(path));
         Ok(self)
     }

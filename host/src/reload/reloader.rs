@@ -280,7 +280,8 @@ impl Reloader {
     /// serve and it does not say so (`route = []`): an empty or half-written
     /// file, or a body cut short, would otherwise drop every route.
     pub(crate) fn parse_config(&self, file: &str, text: &str) -> Result<Config, ConfigError> {
-        let config = Config::from_toml(file, text)?;
+        // Validated when applied or checked, with the destinations registered in code.
+        let config = Config::parse(file, text)?;
         let serving = self.config.load().routes.len().saturating_sub(self.overrides.routes.len());
         let says_no_routes =
             toml::from_str::<toml::Table>(text).is_ok_and(|table| table.contains_key("route"));
