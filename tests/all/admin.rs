@@ -588,7 +588,9 @@ async fn a_put_config_applied_but_not_written_says_so_and_is_no_refusal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_config_replacements_leave_the_file_holding_what_runs() {
+async fn concurrent_config_replacements_and_reloads_leave_the_file_holding_what_runs() {
+    // A reload that read the file before a replacement wrote it, and applied it after, left the
+    // old config running while the file and the replacement's 200 said the new one.
     let dir = plugin_dir(&[]);
     let (config_path, base) = config_file_in(dir.path());
     let with_priority =
@@ -598,14 +600,16 @@ async fn concurrent_config_replacements_leave_the_file_holding_what_runs() {
     let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
     let addr = start_admin(&host).await;
     for round in 0..5u8 {
-        let puts: Vec<_> = (1..=8u8)
-            .map(|n| {
+        let calls: Vec<_> = (1..=8u8)
+            .flat_map(|n| {
                 let text = with_priority(round * 10 + n);
-                tokio::spawn(async move { call(addr, "PUT", "/v1/config", &text).await })
+                let put = tokio::spawn(async move { call(addr, "PUT", "/v1/config", &text).await });
+                let reload = tokio::spawn(async move { call(addr, "POST", "/v1/reload", "").await });
+                [put, reload]
             })
             .collect();
-        for put in puts {
-            let (status, body) = put.await.unwrap();
+        for call in calls {
+            let (status, body) = call.await.unwrap();
             assert_eq!(status, 200, "{body}");
         }
         let running = host.config().routes[0].priority;

@@ -28,8 +28,11 @@ pub(crate) struct Reloader {
     pub(crate) lasting: LastingDestinations,
     /// Serializes changes: one plugin or config update at a time.
     changing: Mutex<()>,
-    /// Serializes config replacements (`PUT /v1/config`), each applied and written to the file together.
-    replacing: Mutex<()>,
+    /// Serializes what changes the config from outside: a replacement (`PUT /v1/config`), applied
+    /// and written to the file together, and a reload of the file, read and applied together. A
+    /// reload that read the file before a replacement wrote it, and applied it after, ran the old
+    /// config while the file and the replacement's answer said the new one.
+    config_changes: Mutex<()>,
     /// The plugins whose latest file was refused, and why: that file is not
     /// read into a plugin, nor reported, again until it changes.
     refused: Mutex<BTreeMap<String, Refusal>>,
@@ -105,7 +108,7 @@ impl Reloader {
             config_file,
             lasting,
             changing: Mutex::new(()),
-            replacing: Mutex::new(()),
+            config_changes: Mutex::new(()),
             refused: Mutex::default(),
             config_text: Mutex::default(),
         }
@@ -251,6 +254,7 @@ impl Reloader {
     /// or a log written next to it, neither apply nor refuse it again.
     pub(crate) fn reload_config(&self, retry: Retry) -> Result<ConfigChange, ConfigError> {
         let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
+        let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let file = &self.config_file.0;
         let text = Config::read_text(file, path, Links::Anywhere)
             .and_then(|text| text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() }));
@@ -355,7 +359,7 @@ impl Reloader {
     pub(crate) fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
         // One replacement at a time, applied and written together: the file
         // then holds what runs.
-        let _replacing = self.replacing.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let file = self.config_name();
         let change = self.apply_config(&file, self.parse_config(&file, text)?)?;
         let Some(path) = self.config_path() else { return Ok((change, None)) };
