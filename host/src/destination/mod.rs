@@ -99,7 +99,11 @@ fn last_try(last_error: &Option<String>) -> String {
 
 /// A place messages are delivered to.
 pub trait Destination: Send + Sync + 'static {
-    /// Called once per message routed here, after every stage has run.
+    /// Called once per message routed here, after every stage has run. A destination registered
+    /// in code is delivered to in place, by the worker that ran the message's stages, and the
+    /// worker waits for the future: one that never completes holds that worker (and the messages
+    /// behind it) until the host stops. Bound what it waits on (a timeout that answers
+    /// [`DeliveryError::Retryable`] or an error) as the host's own transports do.
     fn deliver(&self, message: Message) -> DeliveryFuture<'_>;
 
     /// The memory destination this is, if it is one: the host hands it each message itself, not
