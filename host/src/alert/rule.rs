@@ -18,7 +18,8 @@ pub(super) struct Rule {
     entered: Option<(Instant, SystemTime)>,
     value: Option<f64>,
     acknowledged: bool,
-    /// Samples of the counter a `rate(..)` reads, oldest first, none older than its window.
+    /// Samples of the counter a `rate(..)` reads, oldest first: the newest at least its window old
+    /// (the growth is read from it), and every later one.
     samples: VecDeque<(Instant, f64)>,
     /// Taken up firing after a restart: until when it fires on whatever is read.
     settles_at: Option<Instant>,
@@ -185,16 +186,21 @@ impl Rule {
         }
     }
 
-    /// Keep the sample `value` at `now`; the growth per second over `window`, once there is an
-    /// older sample to compare with (a counter that went down, e.g. a restart, counts from zero).
+    /// Keep the sample `value` at `now`; the growth per second since the newest sample at least
+    /// `window` old, once there is an older sample to compare with (a counter that went down, e.g.
+    /// a restart, counts from zero). Evaluations are a second apart give or take a little, so that
+    /// sample is `window` old or up to a second more: the growth is divided by the time it took.
+    /// While no sample is `window` old yet (after a start), it is divided by `window`: what came
+    /// before the first sample is not known, and counts as no growth.
     fn rate(&mut self, now: Instant, value: f64, window: Duration) -> Option<f64> {
         self.samples.push_back((now, value));
-        while self.samples.front().is_some_and(|(at, _)| now - *at > window) {
+        while self.samples.get(1).is_some_and(|(at, _)| now - *at >= window) {
             self.samples.pop_front();
         }
-        let (oldest, newest) = (self.samples.front()?.1, self.samples.back()?.1);
-        let growth = if newest >= oldest { newest - oldest } else { newest };
-        (self.samples.len() > 1).then(|| growth / window.as_secs_f64())
+        let (since, oldest) = *self.samples.front()?;
+        let growth = if value >= oldest { value - oldest } else { value };
+        let took = (now - since).max(window);
+        (self.samples.len() > 1).then(|| growth / took.as_secs_f64())
     }
 }
 
@@ -269,6 +275,28 @@ mod tests {
         let mut rule = self::rule("rate(dead_letters[4s]) > 0", 0);
         run(&mut rule, start, &[0.0, 0.0, 8.0]);
         assert_eq!(rule.status().value, Some(2.0));
+    }
+
+    #[test]
+    fn a_rate_evaluated_every_second_with_jitter_reads_the_counter_s_growth_at_every_evaluation() {
+        // Evaluations a second apart, each a little late by a different amount (as the host's are):
+        // the sample a window old is sometimes a little more than a window old.
+        for window in [1, 2] {
+            let mut rule = rule(&format!("rate(messages_accepted[{window}s]) > 0.9"), 0);
+            let start = Instant::now();
+            let mut transitions = Vec::new();
+            for second in 0..12 {
+                let now = start + Duration::from_secs(second) + Duration::from_millis(second % 3);
+                let counted = second as f64;
+                transitions.extend(rule.observe(now, SystemTime::now(), Some(counted)).map(|t| t.state));
+                if second >= window {
+                    let rate =
+                        rule.status().value.unwrap_or_else(|| panic!("[{window}s] at {second}: no rate"));
+                    assert!((rate - 1.0).abs() < 0.01, "[{window}s] at {second}: {rate}");
+                }
+            }
+            assert_eq!(transitions, [AlertState::Firing], "[{window}s]: fired once, and never flapped");
+        }
     }
 
     #[test]
