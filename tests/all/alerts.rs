@@ -245,9 +245,10 @@ async fn a_firing_alert_is_acknowledged_through_the_api_and_a_reload_keeps_it() 
     let (status, unknown) = call(addr, "POST", "/v1/alerts/nope/ack", true).await;
     assert_eq!((status, unknown["error"].as_str()), (404, Some("no alert \"nope\"")));
 
-    // A reload that changes `queued` and adds a rule keeps `dl` firing and acknowledged.
-    let changed =
-        rules.replace("> 100", "> 200") + "\n[[alert]]\nname = \"spool\"\nwhen = \"spool_depth > 0\"\n";
+    // A reload that gives `dl` a summary, changes `queued` and adds a rule keeps `dl` firing and
+    // acknowledged.
+    let changed = rules.replace("> 100", "> 200").replace("\"info\"", "\"info\"\nsummary = \"letters\"")
+        + "\n[[alert]]\nname = \"spool\"\nwhen = \"spool_depth > 0\"\n";
     let config = Config::from_toml("alerts.toml", &config(&changed)).unwrap();
     host.apply_config("alerts.toml", config).await.unwrap();
     let (_, listed) = call(addr, "GET", "/v1/alerts", true).await;
@@ -293,7 +294,7 @@ async fn a_restarted_host_takes_up_its_firing_alerts_and_resolves_those_that_cle
 
     // Started again on the same state, `changed` changed: `dl` is taken up firing and resolves,
     // its counter being back at zero; `steady`, a rate that cannot be read in its first second,
-    // stays firing and acknowledged; `changed` starts afresh.
+    // stays firing and acknowledged; `changed` resolves at once, as it was, and starts afresh.
     let changed = rules.replace("messages_accepted >= 0", "messages_accepted >= 1000");
     let second = start_in(dir.path(), &config(&changed)).await;
     let mut events = second.subscribe();
@@ -304,7 +305,8 @@ async fn a_restarted_host_takes_up_its_firing_alerts_and_resolves_those_that_cle
             transitions.push((transition.rule, transition.previous, transition.state));
         }
     }
-    assert_eq!(transitions, [("dl".to_owned(), AlertState::Firing, AlertState::Resolved)]);
+    let resolved = |rule: &str| (rule.to_owned(), AlertState::Firing, AlertState::Resolved);
+    assert_eq!(transitions, [resolved("changed"), resolved("dl")]);
     let states: Vec<_> =
         second.alerts().into_iter().map(|alert| (alert.id, alert.state, alert.acknowledged)).collect();
     assert_eq!(
@@ -316,9 +318,23 @@ async fn a_restarted_host_takes_up_its_firing_alerts_and_resolves_those_that_cle
         ]
     );
     assert_eq!(second.alerts()[1].since, steady_since, "firing since it fired before the restart");
-    let (message, payload) = next_alert_message(&second).await;
-    assert_eq!(message.header("x-sy-alert"), Some("dl"));
-    assert_eq!((payload["state"].as_str(), payload["previous"].as_str()), (Some("resolved"), Some("firing")));
-    assert_eq!(payload["seq"], 4, "numbered on from the three transitions before the restart");
+    let mut messages = [next_alert_message(&second).await, next_alert_message(&second).await];
+    messages.sort_by_key(|(_, payload)| payload["seq"].as_u64());
+    let told: Vec<_> = messages
+        .iter()
+        .map(|(message, payload)| {
+            let (rule, when) = (message.header("x-sy-alert").unwrap(), payload["when"].as_str().unwrap());
+            (rule, payload["previous"].as_str(), payload["state"].as_str(), when, payload["seq"].as_u64())
+        })
+        .collect();
+    let (firing, resolved) = (Some("firing"), Some("resolved"));
+    assert_eq!(
+        told,
+        [
+            ("changed", firing, resolved, "messages_accepted >= 0", Some(4)),
+            ("dl", firing, resolved, "dead_letters > 0", Some(5)),
+        ],
+        "numbered on from the three transitions before the restart"
+    );
     second.shutdown().await;
 }

@@ -18,6 +18,9 @@ pub struct AlertBook {
     saved: Option<SavedAlerts>,
     /// Alerts kept by the last host on the same state, taken up by the first [`sync`](Self::sync).
     to_take_up: Mutex<Vec<SavedAlert>>,
+    /// What a sync made of rules that left firing or pending (resolved, back to inactive): told,
+    /// numbered, at the next evaluation.
+    left: Mutex<Vec<Transition>>,
     /// How long an alert taken up firing stays firing whatever is read (see
     /// [`settling_time`](super::settling_time)).
     settling: Duration,
@@ -47,38 +50,54 @@ impl AlertBook {
         let saved = SavedAlerts::in_dir(state_dir);
         let Kept { seq, firing } = saved.load();
         let rules = Mutex::new((Vec::new(), seq));
-        AlertBook { rules, saved: Some(saved), to_take_up: Mutex::new(firing), settling }
+        let to_take_up = Mutex::new(firing);
+        AlertBook { rules, saved: Some(saved), to_take_up, left: Mutex::default(), settling }
     }
 
-    /// Make `configs` the rules: a rule whose `[[alert]]` is unchanged keeps its state (and its
-    /// rate samples); a new or changed one starts inactive, unless it is the first sync and the
-    /// last host kept it firing under the same `[[alert]]`; a removed one goes, without an event.
+    /// Make `configs` the rules: a rule whose name and condition are unchanged keeps its state
+    /// (and its rate samples) under its new `[[alert]]` (another severity, summary or `for_s`); a
+    /// new one, or one whose condition changed, starts inactive, unless it is the first sync and
+    /// the last host kept it firing under the same name and condition. A rule that leaves (removed,
+    /// or its condition changed; at the first sync, one the last host kept firing that `configs`
+    /// no longer has) while firing resolves, and one pending goes back to inactive: those
+    /// transitions are told at the next [`evaluate`](Self::evaluate).
     pub fn sync(&self, configs: &[AlertConfig]) {
         let mut book = self.lock();
         let rules = &mut book.0;
-        let mut to_take_up =
+        let to_take_up =
             std::mem::take(&mut *self.to_take_up.lock().unwrap_or_else(|poison| poison.into_inner()));
-        let unchanged = rules.len() == configs.len()
+        let unchanged = to_take_up.is_empty()
+            && rules.len() == configs.len()
             && rules.iter().zip(configs).all(|(rule, config)| &rule.config == config);
         if unchanged {
             return;
         }
+        let now = Instant::now();
         let mut old = std::mem::take(&mut *rules);
+        let mut saved: Vec<Rule> = to_take_up
+            .into_iter()
+            .filter_map(|saved| Rule::firing_since(saved, now + self.settling))
+            .collect();
         for config in configs {
-            let kept = old.iter().position(|rule| &rule.config == config).map(|at| old.swap_remove(at));
-            let mut saved = || {
-                let at = to_take_up.iter().position(|saved| &saved.config == config)?;
-                Some(to_take_up.swap_remove(at))
+            let take_same = |among: &mut Vec<Rule>| {
+                let at = among.iter().position(|rule| rule.is_same_rule(config))?;
+                Some(among.remove(at))
             };
-            rules.extend(kept.or_else(|| match saved() {
-                Some(saved) => Rule::firing_since(saved, Instant::now() + self.settling),
-                None => Rule::new(config.clone()),
-            }));
+            let Some(mut rule) = take_same(&mut old).or_else(|| take_same(&mut saved)) else {
+                rules.extend(Rule::new(config.clone()));
+                continue;
+            };
+            rule.config = config.clone();
+            rules.push(rule);
         }
+        let wall = SystemTime::now();
+        let left = old.iter_mut().chain(&mut saved).filter_map(|rule| rule.leave(now, wall));
+        self.left.lock().unwrap_or_else(|poison| poison.into_inner()).extend(left);
     }
 
     /// Evaluate every rule at `now` (`wall` on the wall clock) with `read`, which reads a metric
-    /// selected by labels; the transitions, in rule order, numbered.
+    /// selected by labels; the transitions, numbered: those of rules that left since the last
+    /// evaluation, then the rules', in rule order.
     pub fn evaluate(
         &self,
         now: Instant,
@@ -87,15 +106,18 @@ impl AlertBook {
     ) -> Vec<Transition> {
         let mut book = self.lock();
         let (rules, seq) = &mut *book;
-        let transitions = rules.iter_mut().filter_map(|rule| {
+        let left = std::mem::take(&mut *self.left.lock().unwrap_or_else(|poison| poison.into_inner()));
+        let observed = rules.iter_mut().filter_map(|rule| {
             let selector = rule.selector();
             let value = read(selector.metric, &selector.labels);
-            let mut transition = rule.observe(now, wall, value)?;
+            rule.observe(now, wall, value)
+        });
+        let numbered = left.into_iter().chain(observed).map(|mut transition| {
             *seq += 1;
             transition.seq = *seq;
-            Some(transition)
+            transition
         });
-        let transitions: Vec<Transition> = transitions.collect();
+        let transitions: Vec<Transition> = numbered.collect();
         if !transitions.is_empty() {
             self.save(&book);
         }
@@ -173,6 +195,40 @@ mod tests {
                 ("new".to_owned(), AlertState::Inactive, false),
                 ("down".to_owned(), AlertState::Inactive, false),
                 ("queued".to_owned(), AlertState::Firing, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reload_resolves_a_firing_rule_it_removes_or_gives_another_condition_and_keeps_one_reworded() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = AlertBook::kept_in(dir.path(), Duration::from_secs(5));
+        let queued = config("queued", "destination_queued > 1");
+        book.sync(&[queued.clone(), config("down", "endpoint_down > 0"), config("spool", "spool_depth > 0")]);
+        let start = Instant::now();
+        assert_eq!(book.evaluate(start, SystemTime::now(), |_, _| Some(5.0)).len(), 3);
+
+        // `queued` says more and matters more, `down` has another condition, `spool` is gone.
+        let summary = Some("orders are backing up".to_owned());
+        let reworded = AlertConfig { summary, severity: Severity::Critical, ..queued };
+        let changed = config("down", "endpoint_down > 10");
+        book.sync(&[reworded.clone(), changed.clone()]);
+        let told = book.evaluate(start + Duration::from_secs(1), SystemTime::now(), |_, _| Some(5.0));
+        let told: Vec<_> =
+            told.iter().map(|t| (t.rule.as_str(), t.previous, t.state, t.when.as_str(), t.seq)).collect();
+        assert_eq!(
+            told,
+            [
+                ("down", AlertState::Firing, AlertState::Resolved, "endpoint_down > 0", 4),
+                ("spool", AlertState::Firing, AlertState::Resolved, "spool_depth > 0", 5),
+            ]
+        );
+        let states: Vec<_> = book.statuses().into_iter().map(|s| (s.id, s.state, s.severity)).collect();
+        assert_eq!(
+            states,
+            [
+                ("queued".to_owned(), AlertState::Firing, Severity::Critical),
+                ("down".to_owned(), AlertState::Inactive, Severity::Warning),
             ]
         );
     }

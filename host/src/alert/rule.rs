@@ -85,6 +85,26 @@ impl Rule {
         })
     }
 
+    /// Whether `config` is this rule, reworded at most: the same name and condition (its severity,
+    /// summary or `for_s` may differ).
+    pub(super) fn is_same_rule(&self, config: &AlertConfig) -> bool {
+        self.config.name == config.name
+            && config.condition().is_ok_and(|condition| condition == self.condition)
+    }
+
+    /// It leaves the book (removed, or given another condition): the transition that tells its
+    /// receivers it no longer holds, if they were told it did (firing resolves, pending goes back
+    /// to inactive), with no value (nothing was read).
+    pub(super) fn leave(&mut self, now: Instant, wall: SystemTime) -> Option<Transition> {
+        let cleared = match self.state {
+            AlertState::Firing => AlertState::Resolved,
+            AlertState::Pending => AlertState::Inactive,
+            AlertState::Inactive | AlertState::Resolved => return None,
+        };
+        self.value = None;
+        Some(self.enter(cleared, now, wall))
+    }
+
     /// Whether it reads a rate that has no two samples yet to compare (after a start or restart).
     fn warming_up(&self) -> bool {
         matches!(self.condition.reading, Reading::Rate { .. }) && self.samples.len() < 2

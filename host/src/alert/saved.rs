@@ -14,7 +14,8 @@ const FILE: &str = "alerts.json";
 /// One firing alert as kept.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct SavedAlert {
-    /// The rule it fired under: a rule that differs when the host starts again starts afresh.
+    /// The rule it fired under: when the host starts again without a rule of this name and
+    /// condition, it resolves, and a rule of this name starts afresh.
     pub(super) config: AlertConfig,
     /// When it fired: milliseconds since the Unix epoch.
     pub(super) since_ms: u64,
