@@ -3,11 +3,13 @@
 //!
 //! A line is written whole or not at all: one write per line under the file's lock, and a write that
 //! fails part-way is cut back off the file before the attempt fails (so a retry cannot leave half a
-//! line behind). A rotation renames the full file to `PATH.N` (the first free N from 1) and starts an
-//! empty one, so no line is ever lost or split by it. A file someone else moved or removed (logrotate,
-//! an operator) is noticed at the next line, by the path no longer naming it, and the path opened
-//! afresh. The destination has one endpoint, named by the path template; its health probe checks that
-//! the template's directory exists.
+//! line behind). A line written whole whose sync then fails stays: the attempt may have delivered
+//! it, and is retried only where a duplicate is welcome (`idempotent`). A rotation renames the full
+//! file to `PATH.N` (the first free N from 1) and starts an empty one, so no line is ever lost or
+//! split by it. A file someone else moved or removed (logrotate, an operator) is noticed at the next
+//! line, by the path no longer naming it, and the path opened afresh. The destination has one
+//! endpoint, named by the path template; its health probe checks that the template's directory
+//! exists.
 
 use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
@@ -114,6 +116,20 @@ struct Files {
     open: Mutex<HashMap<PathBuf, Arc<Mutex<OpenFile>>>>,
 }
 
+/// Why a line could not be appended: whether any of it stays in the file decides whether another
+/// attempt may write it again.
+#[derive(Debug, thiserror::Error)]
+enum AppendError {
+    /// Nothing of the line is in the file: the file could not be opened or rotated, or the line not
+    /// written (a write that failed part-way is cut back off).
+    #[error("{0}")]
+    NotWritten(std::io::Error),
+    /// The whole line is in the file, but syncing it to disk failed (`EIO`, `ENOSPC`, `EDQUOT`): it
+    /// may be read, or reach the disk after all.
+    #[error("the line was written, but syncing it failed: {0}")]
+    NotSynced(std::io::Error),
+}
+
 /// One file being appended to.
 #[derive(Debug)]
 struct OpenFile {
@@ -130,8 +146,9 @@ struct OpenFile {
 
 impl Files {
     /// Append `line` to `path`, rotating first if it would pass `max_bytes`, and sync as the policy says.
-    fn append(&self, path: &Path, line: &[u8]) -> std::io::Result<()> {
-        let file = self.file(path)?;
+    fn append(&self, path: &Path, line: &[u8]) -> Result<(), AppendError> {
+        let not_written = AppendError::NotWritten;
+        let file = self.file(path).map_err(not_written)?;
         let mut file = lock(&file);
         if !file.is_at(path) {
             // Renamed or removed by someone else (logrotate, an operator): lines written to the file
@@ -140,18 +157,18 @@ impl Files {
             if file.unsynced {
                 let _ = file.sync();
             }
-            *file = OpenFile::append(path)?;
+            *file = OpenFile::append(path).map_err(not_written)?;
         }
         if let Some(max_bytes) =
             self.options.max_bytes.filter(|max| file.len > 0 && file.len + line.len() as u64 > *max)
         {
             tracing::debug!(path = %path.display(), max_bytes, "rotating");
-            *file = rotate(path, &mut file)?;
+            *file = rotate(path, &mut file).map_err(not_written)?;
         }
         if let Err(err) = file.file.write_all(line) {
             // Cut a partly written line back off, so no retry leaves half a line before the whole one.
             let _ = file.file.set_len(file.len);
-            return Err(err);
+            return Err(AppendError::NotWritten(err));
         }
         file.len += line.len() as u64;
         file.unsynced = true;
@@ -161,7 +178,7 @@ impl Files {
             Fsync::IntervalMs(ms) => file.synced_at.elapsed() >= Duration::from_millis(ms),
         };
         if due {
-            file.sync()?;
+            file.sync().map_err(AppendError::NotSynced)?;
         }
         Ok(())
     }
@@ -197,6 +214,40 @@ impl Files {
             return Err(format!("topic {topic:?} holds a path separator: it cannot name a file"));
         }
         Ok(PathBuf::from(self.options.path.replace("{topic}", topic)))
+    }
+}
+
+impl AppendError {
+    /// How the attempt that failed with this to append a line of `line_bytes` to `path` ends, and
+    /// its problem; `size_limit` gives the process's file size limit, read only for `EFBIG`.
+    fn verdict(
+        &self,
+        path: &Path,
+        line_bytes: u64,
+        size_limit: impl FnOnce() -> Option<u64>,
+    ) -> (Outcome, String) {
+        let problem = format!("{}: {self}", path.display());
+        let error = match self {
+            // The line is in the file, read by whoever reads it now, and maybe on disk after all:
+            // like a request that went out and got no answer, it may have been delivered, and
+            // another attempt would append it a second time.
+            AppendError::NotSynced(_) => return (Outcome::Retryable(RetryReason::Reset), problem),
+            AppendError::NotWritten(error) => error,
+        };
+        match error.kind() {
+            // A name no file can have (too long, not valid here) is this message's for good.
+            std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput => {
+                (Outcome::Fatal(FatalReason::Rejected), problem)
+            }
+            // So is a line larger than the process's file size limit (`ulimit -f`) on its own; past
+            // it only with what the file holds, the file is full: the endpoint's, as below.
+            std::io::ErrorKind::FileTooLarge if size_limit().is_some_and(|limit| line_bytes > limit) => {
+                let problem = format!("{problem}: the line alone is larger than the file size limit");
+                (Outcome::Fatal(FatalReason::Rejected), problem)
+            }
+            // Nothing of the line stays in the file: as safe to retry as a refused connection.
+            _ => (Outcome::Retryable(RetryReason::Connect), problem),
+        }
     }
 }
 
@@ -265,26 +316,11 @@ impl FileTransport {
         line.push(b'\n');
         let line_bytes = line.len() as u64;
         let files = self.0.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let written = files.append(&path, &line);
-            written.map_err(|err| (err.kind(), format!("{}: {err}", path.display())))
-        });
+        let written =
+            tokio::task::spawn_blocking(move || files.append(&path, &line).map_err(|err| (err, path)));
         match written.await {
             Ok(Ok(())) => Ok(None),
-            // A name no file can have (too long, not valid here) is this message's for good.
-            Ok(Err((std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput, problem))) => {
-                Err((Outcome::Fatal(FatalReason::Rejected), problem))
-            }
-            // So is a line larger than the process's file size limit (`ulimit -f`) on its own; past
-            // it only with what the file holds, the file is full: the endpoint's, as below.
-            Ok(Err((std::io::ErrorKind::FileTooLarge, problem)))
-                if file_size_limit().is_some_and(|limit| line_bytes > limit) =>
-            {
-                let problem = format!("{problem}: the line alone is larger than the file size limit");
-                Err((Outcome::Fatal(FatalReason::Rejected), problem))
-            }
-            // Nothing of the line stays in the file: as safe to retry as a refused connection.
-            Ok(Err((_, problem))) => Err((Outcome::Retryable(RetryReason::Connect), problem)),
+            Ok(Err((error, path))) => Err(error.verdict(&path, line_bytes, file_size_limit)),
             Err(err) => {
                 Err((Outcome::Retryable(RetryReason::Connect), format!("the write did not finish: {err}")))
             }
@@ -310,5 +346,27 @@ impl Transport for FileTransport {
             },
         };
         Box::pin(std::future::ready(found))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_that_fails_after_the_line_was_written_may_have_delivered_it() {
+        let path = Path::new("archive/orders.jsonl");
+        let no_limit = || None;
+        for errno in [libc::EIO, libc::ENOSPC, libc::EDQUOT] {
+            let error = AppendError::NotSynced(std::io::Error::from_raw_os_error(errno));
+            let (outcome, problem) = error.verdict(path, 100, no_limit);
+            assert_eq!(outcome, Outcome::Retryable(RetryReason::Reset), "{problem}");
+            assert!(problem.starts_with("archive/orders.jsonl: the line was written, but syncing it failed"));
+        }
+        // The same errors before anything was written leave nothing in the file.
+        for errno in [libc::EIO, libc::ENOSPC, libc::EDQUOT] {
+            let error = AppendError::NotWritten(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(error.verdict(path, 100, no_limit).0, Outcome::Retryable(RetryReason::Connect));
+        }
     }
 }
