@@ -15,7 +15,9 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::hos
 
 /// When a message was accepted, its place in the spool (with `durability = "spool"`) and the
 /// receipt its ingress waits on (see [`crate::receipt`]): every message made from it shares the
-/// holds, so the record goes, and the receipt is told, once the last of them is settled.
+/// holds, so the record goes, and the receipt is told, once the last of them is settled. One
+/// dropped by a thread that panics keeps the holds unsettled, whichever share it is: a copy lost
+/// to a panic must not count as settled when the other copies are.
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub(crate) at: Instant,
@@ -45,6 +47,14 @@ impl Accepted {
     pub(crate) fn hand_back(&self) {
         if let Some(hold) = &self.receipt {
             hold.hand_back();
+        }
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_unsettled();
         }
     }
 }
@@ -170,5 +180,20 @@ mod tests {
         assert_eq!(budget.available_permits(), 10);
         let topics: Vec<&str> = items.iter().map(|item| item.message.topic.as_str()).collect();
         assert_eq!(topics, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_copy_lost_to_a_panic_leaves_its_message_unsettled_when_the_other_copy_settles() {
+        let (hold, receipt) = crate::receipt::ReceiptHold::new();
+        let accepted = Accepted { at: Instant::now(), spooled: None, receipt: Some(Arc::new(hold)) };
+        // A fan-out: one copy dropped by a worker that panics, the other delivered.
+        let lost = accepted.clone();
+        let panicked = crate::panic::catch(move || {
+            let _copy = lost;
+            panic!("a worker's own code panics");
+        });
+        assert!(panicked.is_err());
+        drop(accepted);
+        assert_eq!(receipt.settled().await, crate::receipt::Settlement::Unsettled);
     }
 }
