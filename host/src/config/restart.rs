@@ -15,7 +15,9 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     let admin = |config: &Config| {
         config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))
     };
-    let grpc = |config: &Config| config.ingress.grpc.as_ref().map(|grpc| grpc.listen);
+    let grpc = |config: &Config| {
+        config.ingress.grpc.as_ref().map(|grpc| (grpc.listen, grpc.max_connections, grpc.header_timeout_ms))
+    };
     // An empty token is none: the admin API checks none.
     let has_token = |config: &Config| {
         config.admin.as_ref().and_then(|admin| admin.token.as_deref()).is_some_and(|token| !token.is_empty())
@@ -47,7 +49,7 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
         // Trust in native code is given at start: a loaded library is never unloaded.
         ("host.native_plugins", a.native_plugins != b.native_plugins),
         ("ingress.http (but its token)", ingress(running) != ingress(new)),
-        ("ingress.grpc.listen", grpc(running) != grpc(new)),
+        ("ingress.grpc (but its token)", grpc(running) != grpc(new)),
         ("ingress.nats", running.ingress.nats != new.ingress.nats),
         ("admin (but its token)", admin(running) != admin(new)),
         // A token may change live; removing one would open the admin API.
@@ -99,6 +101,20 @@ mod tests {
         };
         assert!(restart_only_changes(&nats("\"a.>\""), &nats("\"a.>\"")).is_empty());
         assert_eq!(restart_only_changes(&nats("\"a.>\""), &nats("\"b.>\"")), ["ingress.nats"]);
+    }
+
+    #[test]
+    fn the_grpc_ingress_s_limits_need_a_restart_and_its_token_does_not() {
+        let grpc = |settings: &str| parse(&format!("[ingress.grpc]\nlisten = \"127.0.0.1:1\"\n{settings}"));
+        let running = grpc("");
+        assert!(restart_only_changes(&running, &grpc("token = \"a\"\n")).is_empty());
+        for limit in ["max_connections = 8\n", "header_timeout_ms = 500\n"] {
+            assert_eq!(
+                restart_only_changes(&running, &grpc(limit)),
+                ["ingress.grpc (but its token)"],
+                "{limit}"
+            );
+        }
     }
 
     #[test]
