@@ -226,6 +226,20 @@ impl Config {
                     problem,
                 ));
             }
+            // Each subscription gets its own copy of a message, as two of one entry do.
+            let shared = self.ingress.nats[..at]
+                .iter()
+                .enumerate()
+                .find_map(|(earlier_at, earlier)| Some((earlier_at, nats.shared_subject(earlier)?)));
+            if let Some((earlier_at, (mine, theirs))) = shared {
+                let problem = "overlap at one server: a message on a subject both match would be admitted \
+                               twice, with two ids (unless both entries join the same queue_group)";
+                return Err(invalid(
+                    format!("ingress.nats[{at}].subjects"),
+                    &format_args!("{mine:?} and ingress.nats[{earlier_at}]'s {theirs:?}"),
+                    problem.into(),
+                ));
+            }
         }
         if host.max_message_bytes == 0 {
             return Err(invalid("host.max_message_bytes".into(), &0, "must be at least 1".into()));

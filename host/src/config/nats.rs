@@ -144,6 +144,24 @@ impl NatsIngressConfig {
         None
     }
 
+    /// A subject of this entry and one of `earlier`'s that overlap, when a message on a subject
+    /// both match would reach this host through each: two subscriptions (not to a stream) at the
+    /// same server, unless both join the same queue group (the server gives a message to one
+    /// member of a group, whichever of its subscriptions matched).
+    pub(crate) fn shared_subject<'c>(&'c self, earlier: &'c NatsIngressConfig) -> Option<(&'c str, &'c str)> {
+        let one_group = self.queue_group.is_some() && self.queue_group == earlier.queue_group;
+        let subscribed = self.stream.is_none() && earlier.stream.is_none();
+        if !subscribed || self.url != earlier.url || one_group {
+            return None;
+        }
+        let pairs =
+            self.subjects.iter().flat_map(|mine| earlier.subjects.iter().map(move |theirs| (mine, theirs)));
+        pairs
+            .into_iter()
+            .find(|(mine, theirs)| overlap(mine, theirs))
+            .map(|(mine, theirs)| (&**mine, &**theirs))
+    }
+
     fn subjects_problem(&self) -> Option<(&'static str, String, String)> {
         let bad_subject =
             self.subjects.iter().find_map(|subject| Some((subject, subject_problem(subject, true)?)));
@@ -209,6 +227,36 @@ mod tests {
         assert!(subject_problem("orders..eu", true).unwrap().contains("empty"));
         assert!(subject_problem("orders.>.eu", true).unwrap().contains("last"));
         assert!(subject_problem("orders eu", true).unwrap().contains("spaces"));
+    }
+
+    #[test]
+    fn two_entries_share_a_subject_only_as_subscriptions_at_one_server_outside_one_queue_group() {
+        let at = |url: &str, subject: &str, group: Option<&str>| NatsIngressConfig {
+            url: url.into(),
+            subjects: vec![subject.into()],
+            queue_group: group.map(Into::into),
+            ..NatsIngressConfig::default()
+        };
+        let server = "127.0.0.1:4222";
+        let orders = at(server, "orders.>", None);
+        let shared = Some(("orders.eu", "orders.>"));
+        assert_eq!(at(server, "orders.eu", None).shared_subject(&orders), shared);
+        assert_eq!(
+            at(server, "orders.eu", Some("g")).shared_subject(&orders),
+            shared,
+            "the group gets one too"
+        );
+        assert_eq!(at(server, "payments.>", None).shared_subject(&orders), None);
+        assert_eq!(at("127.0.0.1:4223", "orders.eu", None).shared_subject(&orders), None, "another server");
+        let grouped = at(server, "orders.>", Some("g"));
+        assert_eq!(at(server, "orders.eu", Some("g")).shared_subject(&grouped), None, "one group, one copy");
+        assert_eq!(
+            at(server, "orders.eu", Some("h")).shared_subject(&grouped),
+            shared,
+            "each group gets one"
+        );
+        let stream = NatsIngressConfig { stream: Some("ORDERS".into()), ..at(server, "orders.eu", None) };
+        assert_eq!(stream.shared_subject(&orders), None, "a stream's consumer is no subscription");
     }
 
     #[test]
