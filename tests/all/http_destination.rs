@@ -323,44 +323,125 @@ async fn weighted_endpoints_get_messages_in_proportion_to_their_configured_weigh
     assert_eq!((stats.delivered, stats.dead_lettered), (40, 0));
 }
 
-/// A server that answers the first request's headers, then streams an
-/// endless chunked body until the client goes; reports the bytes it wrote.
-async fn endless_reply_server() -> (SocketAddr, tokio::sync::oneshot::Receiver<u64>) {
+/// A server that answers each request's headers 200, then streams an endless chunked body until
+/// the client goes; returns its address, its request counter, and the bytes it wrote to the first.
+async fn endless_reply_server() -> (SocketAddr, Arc<AtomicUsize>, tokio::sync::oneshot::Receiver<u64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
     let (report, written) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = [0; 4096];
-        let _ = stream.read(&mut request).await.unwrap();
-        stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
-        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
-        let mut total = 0_u64;
-        // Up to 1 GiB, unless the client hangs up first.
-        while total < 1 << 30 && stream.write_all(chunk.as_bytes()).await.is_ok() {
-            total += 0x10000;
+        let mut report = Some(report);
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0; 4096];
+            let _ = stream.read(&mut request).await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let report = report.take();
+            tokio::spawn(async move {
+                stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                let mut total = 0_u64;
+                // Up to 1 GiB, unless the client hangs up first.
+                while total < 1 << 30 && stream.write_all(chunk.as_bytes()).await.is_ok() {
+                    total += 0x10000;
+                }
+                if let Some(report) = report {
+                    let _ = report.send(total);
+                }
+            });
         }
-        let _ = report.send(total);
     });
-    (addr, written)
+    (addr, requests, written)
+}
+
+/// The endpoints of destination `api`: (breaker, serving) each.
+fn api_endpoints(host: &switchyard::Host) -> Vec<(&'static str, bool)> {
+    let api = host.destinations().into_iter().find(|destination| destination.name == "api").unwrap();
+    api.endpoints.iter().map(|endpoint| (endpoint.breaker, endpoint.serving())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_body_past_max_message_bytes_is_cut_unread_and_the_message_dead_lettered() {
-    let (addr, written) = endless_reply_server().await;
+async fn a_reply_body_past_max_message_bytes_is_cut_unread_and_the_message_counted_delivered() {
+    // The 200 says the endpoint took the message: only its reply is refused. Dead-lettered, a
+    // redrive would deliver it twice.
+    let (addr, requests, written) = endless_reply_server().await;
     let dir = plugin_dir(&[]);
+    // One failure would eject the endpoint: a refused reply is none.
     let text = config(&[addr]).replacen("[host]", "[host]\nmax_message_bytes = 1048576", 1);
+    let text = text.replacen("consecutive_failures = 2", "consecutive_failures = 1", 1);
     let host = host(dir.path(), &text).await;
     let answer = within(host.request(Message::new("orders", "{}"))).await;
-    let Err(RequestError::DeadLettered(reason)) = answer else { panic!("dead-lettered: {answer:?}") };
-    assert!(
-        reason.to_string().contains("HTTP 200 OK: a reply of more than 1048576 bytes, not read"),
-        "{reason}"
-    );
+    let Err(RequestError::ReplyRefused { destination, problem }) = answer else {
+        panic!("delivered, its reply refused: {answer:?}")
+    };
+    assert_eq!(destination, "api");
+    let refused = format!("{addr}: HTTP 200 OK: a reply of more than 1048576 bytes, not read");
+    assert_eq!(problem, refused);
     let written = within(written).await.unwrap();
     assert!(written < 64 << 20, "the host hung up early, not after {written} bytes");
-    drain_and_account(&host).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "delivered once: not sent again");
+    assert_eq!(api_endpoints(&host), [("closed", true)], "an answer from a working endpoint");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    assert!(host.memory("api-dead").unwrap().is_empty() && host.memory("dead").unwrap().is_empty());
+}
+
+/// A server that answers each request 200 with a body of 100 bytes it sends only 7 of, then holds
+/// the connection until the client goes; returns its address and a channel told of each request
+/// as it arrives.
+async fn stalled_body_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for request in 1.. {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let _ = arrived.send(request);
+            tokio::spawn(async move {
+                let mut buffer = [0; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial";
+                stream.write_all(head.as_bytes()).await.unwrap();
+                // Held until the client hangs up: the rest of the body never comes.
+                while matches!(stream.read(&mut buffer).await, Ok(1..)) {}
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_body_that_stalls_after_a_200_is_not_sent_again_and_the_requester_is_told_it_was_delivered() {
+    // Idempotent, three attempts: an attempt cut at its deadline with no answer would be sent
+    // again, but the 200 came, so the endpoint took it, and a client must not send it again either.
+    let (addr, mut arrivals) = stalled_body_server().await;
+    let dir = plugin_dir(&[]);
+    // One failure would eject the endpoint: a refused reply is none.
+    let text = config(&[addr])
+        .replacen("idempotent = true\n", "idempotent = true\ntimeout_ms = 300\n", 1)
+        .replacen("consecutive_failures = 2", "consecutive_failures = 1", 1);
+    let host = host(dir.path(), &text).await;
+    let ingress = crate::support::start_ingress(&host).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        crate::support::http(ingress, "POST", "/v1/messages/orders?wait=true", &[], b"question")
+    });
+    let (status, body) = within(answer).await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["delivered"], true, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("delivered to \"api\", but its reply was refused: "), "{error}");
+    assert!(error.ends_with(&format!("{addr}: its reply not read in full within 300ms")), "{error}");
+    assert!(uuid::Uuid::parse_str(body["id"].as_str().unwrap()).is_ok(), "{body}");
+    assert_eq!(api_endpoints(&host), [("closed", true)], "an answer from a working endpoint");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    assert!(host.memory("api-dead").unwrap().is_empty() && host.memory("dead").unwrap().is_empty());
+    assert_eq!(within(arrivals.recv()).await, Some(1));
+    assert!(arrivals.try_recv().is_err(), "exactly one request reached the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The `nats` transport against a real `nats-server`: publishes reach a subscriber with their
 //! headers, requests get a responder's answer, messages sent while the server is down wait and go
-//! once it is back, and a request nobody answers is dead-lettered as such.
+//! once it is back, a request nobody answers is dead-lettered as such, and one whose answer is too
+//! large is delivered with its reply refused.
 
 use crate::nats_server::{NatsServer, fence};
 use crate::support::{builder, drain_and_account, next, plugin_dir, within};
@@ -10,8 +11,13 @@ use switchyard::{Config, Host, Message, RequestError};
 
 /// A host delivering everything to a `nats` destination on `server` with `options`.
 async fn host(server: &NatsServer, options: &str, extra: &str) -> Host {
+    host_with(server, "", options, extra).await
+}
+
+/// [`host`], with `settings` in its `[host]` section.
+async fn host_with(server: &NatsServer, settings: &str, options: &str, extra: &str) -> Host {
     let text = format!(
-        "[host]\ndead_letter = \"dead\"\n\
+        "[host]\ndead_letter = \"dead\"\n{settings}\n\
          [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
          [[destination]]\nname = \"nats\"\ntransport = \"nats\"\nendpoints = [\"{}\"]\n\
          options = {{ {options} }}\n{extra}\n\
@@ -82,6 +88,36 @@ async fn a_request_gets_the_responders_answer_as_its_reply() {
     assert_eq!(reply.header("x-answered-by"), Some("responder"));
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_host_reads_is_refused_and_its_request_counted_delivered() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut requests = client.subscribe("svc.>").await.unwrap();
+    fence(&client).await;
+    let (seen, ids) = flume::unbounded();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let _ = seen.send(request.payload.clone());
+            let reply = request.reply.expect("a reply subject");
+            client.publish(reply, vec![b'x'; 2048].into()).await.unwrap();
+        }
+    });
+    let retry = "idempotent = true\nretry = { attempts = 3, base_ms = 1, max_ms = 5 }";
+    let host =
+        host_with(&server, "max_message_bytes = 1024", "subject = \"svc.{topic}\", reply = true", retry);
+    let host = host.await;
+    let answer = within(host.request(Message::new("big", "hello"))).await;
+    let Err(RequestError::ReplyRefused { destination, problem }) = answer else {
+        panic!("delivered, its reply refused: {answer:?}")
+    };
+    assert_eq!(destination, "nats");
+    assert!(problem.ends_with(": a reply of more than 1024 bytes"), "{problem}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    assert!(host.memory("dead").unwrap().is_empty());
+    assert_eq!(ids.drain().collect::<Vec<_>>(), ["hello"], "taken once: not sent again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

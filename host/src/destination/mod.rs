@@ -31,7 +31,8 @@ pub type DeliveryResult = Result<Option<Message>, DeliveryError>;
 /// The future of one delivery.
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = DeliveryResult> + Send + 'a>>;
 
-/// Why a destination could not take a message.
+/// Why a destination could not take a message, or ([`ReplyRefused`](DeliveryError::ReplyRefused))
+/// took it and answered with a reply the host refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
     /// A transient failure; a retry may succeed.
@@ -90,6 +91,13 @@ pub enum DeliveryError {
     /// dead-lettered `destination-removed`.
     #[error("its destination was removed by a config reload before it was sent")]
     Retired,
+    /// Delivered: an endpoint took the message, but its reply cannot be used (larger than the host
+    /// reads, malformed, cut off, not read within the attempt's deadline or before a shutdown's
+    /// grace period ended); why, after the endpoint's address when an attempt refused it. Not a
+    /// failure: the message counts as delivered and is neither retried nor dead-lettered; a
+    /// requester gets [`RequestError::ReplyRefused`](crate::RequestError::ReplyRefused).
+    #[error("delivered, but its reply was refused: {0}")]
+    ReplyRefused(String),
 }
 
 /// ` (the last try: ERROR)` when a try was made.

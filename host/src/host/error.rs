@@ -51,6 +51,16 @@ pub enum RequestError {
     /// It was delivered, but a middleware failed on the reply.
     #[error("delivered, but the reply failed: {0}")]
     ReplyFailed(DeadLetterReason),
+    /// It was delivered (the endpoint took it, and it is not dead-lettered), but the endpoint's
+    /// reply was refused: larger than the host reads, malformed, cut off or not read within the
+    /// attempt's deadline. Sending it again would deliver it twice.
+    #[error("delivered to \"{destination}\", but its reply was refused: {problem}")]
+    ReplyRefused {
+        /// The destination that took it.
+        destination: String,
+        /// Why the reply was refused (after the endpoint's address when its attempt refused it).
+        problem: String,
+    },
     /// The pipeline worker handling it panicked (a host bug; see the logs).
     #[error("the pipeline worker handling the request failed")]
     WorkerFailed,

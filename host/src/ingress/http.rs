@@ -6,7 +6,8 @@
 //! them); the body is the payload. Answers: `202 {"id":…}` with the message's
 //! unique id (its `x-sy-id`) when accepted; with `?wait=true`, `200` and the reply's payload (its headers as
 //! `x-` response headers), `204` when the destination gives no reply, `422`
-//! when the message was dropped or dead-lettered; `413` when too large, `400`
+//! when the message was dropped or dead-lettered, `502 {"delivered": true, …}` when it was
+//! delivered but the endpoint's reply refused (too large, malformed, cut off); `413` when too large, `400`
 //! when malformed, `503` + `Retry-After` when the host is at capacity.
 
 use crate::config::HttpIngressConfig;
@@ -162,6 +163,11 @@ async fn accept(
         Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
             let body = serde_json::json!({ "id": id, "error": reason.to_string(), "code": reason.code() });
             (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+        }
+        // Delivered: the client must not send it again, though it gets no reply.
+        Err(err @ RequestError::ReplyRefused { .. }) => {
+            let body = serde_json::json!({ "id": id, "error": err.to_string(), "delivered": true });
+            (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
         }
         Err(err) => {
             let body = serde_json::json!({ "id": id, "error": err.to_string() });

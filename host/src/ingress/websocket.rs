@@ -5,7 +5,8 @@
 //! and `"wait": true`. Each frame is answered with one text frame: `{"ref": …, "id": "<x-sy-id>"}` once
 //! accepted, or `{"ref": …, "error": "…", "status": 400|413|503}` when refused; a `wait` message is
 //! answered once settled instead: `{"ref": …, "id": …, "reply": {"topic", "headers", "payload"}}`
-//! (`"reply": null` for none) or `{"ref": …, "id": …, "error": "…", "code": "…"}`.
+//! (`"reply": null` for none) or `{"ref": …, "id": …, "error": "…", "code": "…"}` (`"delivered": true`
+//! in place of the code when it was delivered but its reply refused).
 //!
 //! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
 //! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
@@ -125,6 +126,9 @@ async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Value>, waiting: 
             Err(RequestError::NotAccepted(err)) => refused(reference, &err),
             Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
                 json!({ "ref": reference, "id": id, "error": reason.to_string(), "code": reason.code() })
+            }
+            Err(err @ RequestError::ReplyRefused { .. }) => {
+                json!({ "ref": reference, "id": id, "error": err.to_string(), "delivered": true })
             }
             Err(err) => json!({ "ref": reference, "id": id, "error": err.to_string() }),
         };

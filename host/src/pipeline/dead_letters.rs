@@ -311,7 +311,8 @@ async fn send_along<'t>(
                 () = cut.cancelled() => return Along::NotNow,
             };
             let error = match delivered {
-                Ok(_) => {
+                // A dead letter's reply is nobody's: one refused was taken all the same.
+                Ok(_) | Err(DeliveryError::ReplyRefused(_)) => {
                     // Counted as its deliveries are (switchyard_destination_deliveries_total).
                     target.sink.count(true);
                     return Along::Taken(name);

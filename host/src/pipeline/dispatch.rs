@@ -270,11 +270,7 @@ impl Dispatcher {
                     tokio::select! {
                         biased;
                         delivered = delivered => delivered.unwrap_or_else(|panic| Err(DeliveryError::Panicked(panic))),
-                        // Cut: "may have been delivered" only if an attempt may have sent it.
-                        () = past_grace.cancelled() => match progress.may_have_sent() {
-                            true => Err(DeliveryError::ShutdownInFlight),
-                            false => Err(DeliveryError::Shutdown),
-                        },
+                        () = past_grace.cancelled() => Err(cut_at_grace(&progress)),
                     }
                 };
                 drop((turn, slot, host_slot));
@@ -320,5 +316,16 @@ impl Dispatcher {
         let sink = self.sink.clone();
         let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };
         context.tracker.spawn_on(settle, &context.runtime);
+    }
+}
+
+/// How a delivery the end of a shutdown's grace period cut short ended, by its attempts: delivered
+/// when an endpoint answered that it took the message (only its reply is lost), "may have been
+/// delivered" when an attempt may have sent it, else never sent.
+fn cut_at_grace(progress: &DeliveryProgress) -> DeliveryError {
+    match (progress.answered(), progress.may_have_sent()) {
+        (true, _) => DeliveryError::ReplyRefused("the host shut down while its reply was read".into()),
+        (false, true) => DeliveryError::ShutdownInFlight,
+        (false, false) => DeliveryError::Shutdown,
     }
 }

@@ -371,9 +371,10 @@ impl Pipeline {
         Box::pin(self.settle(&target.sink, delivery, metrics, result)).await;
     }
 
-    /// Count and answer a delivery to `sink`, or hand it to the destination's fallback (never sent
-    /// for want of an endpoint), or dead-letter it; one a stop cut short whose source keeps it (a
-    /// JetStream stream) is handed back to it instead.
+    /// Count and answer a delivery to `sink` (one whose reply was refused is delivered all the
+    /// same: its caller is told why it gets none), or hand it to the destination's fallback (never
+    /// sent for want of an endpoint), or dead-letter it; one a stop cut short whose source keeps it
+    /// (a JetStream stream) is handed back to it instead.
     pub(crate) async fn settle(
         &self,
         sink: &Sink,
@@ -391,7 +392,13 @@ impl Pipeline {
         }
         let Delivery { message, reply, middlewares, accepted } = delivery;
         let response = match result {
-            Ok(response) => response,
+            Ok(response) => Ok(response),
+            // Delivered: only its reply is lost.
+            Err(DeliveryError::ReplyRefused(problem)) => {
+                let (id, destination) = (message.id, &sink.name);
+                tracing::debug!(id, %destination, %problem, "delivered, but its reply was refused");
+                Err(problem)
+            }
             Err(DeliveryError::Shutdown | DeliveryError::ShutdownInFlight) if accepted.source_keeps() => {
                 sink.count(false);
                 // Sent, not requested: no caller waits for an answer.
@@ -408,12 +415,16 @@ impl Pipeline {
         self.count_delivered(sink, route, &accepted, Instant::now());
         let Some(sender) = reply else { return };
         match response {
-            Some(reply) if !middlewares.is_empty() => {
+            Ok(Some(reply)) if !middlewares.is_empty() => {
                 // Middleware runs on the reply worker's plugin instances.
                 let back = ReplyBack { sender, middlewares, request: message, reply };
                 let _ = self.replies.send_async(back).await;
             }
-            response => drop(sender.send(Ok(response))),
+            Ok(response) => drop(sender.send(Ok(response))),
+            Err(problem) => {
+                let destination = sink.name.clone();
+                drop(sender.send(Err(RequestError::ReplyRefused { destination, problem })));
+            }
         }
     }
 

@@ -20,6 +20,12 @@ pub enum Outcome {
     /// Never retried: retrying work we shed ourselves turns an overload into a retry storm (Envoy never
     /// retries `x-envoy-overloaded`; linkerd's load-shed errors are not retryable).
     Shed,
+    /// Delivered, but its reply is refused: the endpoint took the message (an HTTP 2xx, a reply frame,
+    /// an answer) and what it answered cannot be used (larger than the host reads, malformed, cut off
+    /// or not read in time). Never retried (the message would go twice), and an answer from a working
+    /// endpoint, not a failure: the message counts as delivered, and a requester is told its reply was
+    /// refused and why.
+    ReplyRefused,
 }
 
 /// Why a retryable attempt failed.
@@ -60,7 +66,9 @@ pub enum FatalReason {
     Status(u16),
     /// A plugin answered `rejected`.
     Rejected,
-    /// The reply could not be understood (bad framing, a reply that does not parse).
+    /// The message cannot go out in the transport's protocol (an invalid request, a subject or header
+    /// the protocol refuses, a payload past its limit). A reply that cannot be understood is not
+    /// this: its endpoint took the message ([`Outcome::ReplyRefused`]).
     Protocol,
 }
 
@@ -88,7 +96,8 @@ impl Outcome {
     }
 
     /// Whether the outcome is evidence that the endpoint is failing: a connect error, a reset, a timeout
-    /// or a 5xx. A 4xx, a 408 / 429, a `Retry-After`, "no responders" and a plugin's verdict are answers from a working endpoint (Envoy's
+    /// or a 5xx. A 4xx, a 408 / 429, a `Retry-After`, "no responders", a plugin's verdict and a refused
+    /// reply are answers from a working endpoint (Envoy's
     /// outlier detection counts 5xx and gateway failures only); `Shed` never reached the endpoint.
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
@@ -102,7 +111,7 @@ impl Outcome {
                 | RetryReason::NoResponders
                 | RetryReason::RetryAfter(_) => false,
             },
-            Outcome::Ok | Outcome::Fatal(_) | Outcome::Shed => false,
+            Outcome::Ok | Outcome::Fatal(_) | Outcome::Shed | Outcome::ReplyRefused => false,
         }
     }
 }
@@ -164,6 +173,7 @@ mod tests {
         assert!(!Outcome::Shed.is_endpoint_failure());
         assert!(!Outcome::Fatal(FatalReason::Rejected).is_retryable());
         assert!(Outcome::Retryable(RetryReason::Plugin).is_retryable());
+        assert!(!Outcome::ReplyRefused.is_retryable(), "delivered: sent again, it would go twice");
     }
 
     #[test]
@@ -184,6 +194,7 @@ mod tests {
         ];
         assert!(answering.into_iter().all(|reason| !Outcome::Retryable(reason).is_endpoint_failure()));
         assert!(!Outcome::Fatal(FatalReason::Status(400)).is_endpoint_failure());
+        assert!(!Outcome::ReplyRefused.is_endpoint_failure(), "it took the message");
     }
 
     #[test]

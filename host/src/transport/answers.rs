@@ -2,7 +2,8 @@
 //! object carrying the id it was sent with (`subprocess`, `websocket` envelopes).
 //!
 //! The answer format: `{"id": 7}` (taken, no reply), `{"id": 7, "payload": "…", "topic": "…",
-//! "headers": [["k", "v"]]}` (a reply; topic and headers optional; `payload_base64` for bytes), or
+//! "headers": [["k", "v"]]}` (a reply; topic and headers optional; `payload_base64` for bytes: one
+//! that does not decode is a refused reply to a message taken all the same), or
 //! `{"id": 7, "error": "…", "retryable": true}` (not taken; `retryable` false or absent: final).
 
 use super::AttemptResult;
@@ -41,9 +42,10 @@ impl Answer {
         let payload = match (self.payload, self.payload_base64) {
             (Some(text), _) => text.into_bytes(),
             (None, Some(encoded)) => {
-                base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|err| {
-                    (Outcome::Fatal(FatalReason::Protocol), format!("an answer's payload_base64: {err}"))
-                })?
+                // An answer with no error took the message: only its reply is refused.
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|err| (Outcome::ReplyRefused, format!("an answer's payload_base64: {err}")))?
             }
             (None, None) => return Ok(None),
         };

@@ -5,11 +5,14 @@
 //! `x-sy-topic` and `x-sy-id`. A 2xx answer is the reply (its body the payload,
 //! its `x-` headers but the host's own `x-sy-` ones the headers), and a 3xx too when the destination says
 //! `redirects_ok` (otherwise a redirect is a final failure: it is not followed);
-//! 5xx, 408, 429 and connection errors are retryable; other statuses are final. A connection goes back to its pool
-//! only after a complete response, body read, with the connection still open.
+//! 5xx, 408, 429 and connection errors are retryable; other statuses are final. Such an answer
+//! delivered the message whatever its body: one larger than the host reads, cut off, or not read by
+//! the attempt's deadline is a refused reply ([`Outcome::ReplyRefused`]), never a failure. A
+//! connection goes back to its pool only after a complete response, body read, with the connection
+//! still open.
 
 use super::pool::{PoolConfig, PoolStats, Pools};
-use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext};
+use super::{AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext};
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
 use crate::message::{Message, is_host_header};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
@@ -91,7 +94,7 @@ impl HttpTransport {
     }
 
     /// Read reply bodies of at most `bytes` (default: the default
-    /// `host.max_message_bytes`); a larger reply fails the attempt, unread.
+    /// `host.max_message_bytes`); a larger reply is refused, unread (a failure's status still decides).
     pub fn max_reply_bytes(mut self, bytes: usize) -> HttpTransport {
         self.max_reply_bytes = bytes;
         self
@@ -140,6 +143,12 @@ impl HttpTransport {
             .filter(|(name, _)| name.as_str().starts_with("x-") && !is_host_header(name.as_str()))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
+        // A status that delivers says the endpoint took the message: whatever becomes of the body,
+        // its reply, the message was delivered, and is not sent again.
+        let taken = outcome == Outcome::Ok;
+        if taken {
+            AttemptProgress::mark_current(Step::Answered);
+        }
         let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {
             Ok(body) => body.to_bytes(),
             Err(err) if err.is::<LengthLimitError>() => {
@@ -147,9 +156,10 @@ impl HttpTransport {
                 // only its error's text: its status decides, as when the body is short.
                 let problem =
                     format!("HTTP {status}: a reply of more than {} bytes, not read", self.max_reply_bytes);
-                let outcome =
-                    if outcome == Outcome::Ok { Outcome::Fatal(FatalReason::Protocol) } else { outcome };
-                return Err((outcome, problem));
+                return Err((if taken { Outcome::ReplyRefused } else { outcome }, problem));
+            }
+            Err(err) if taken => {
+                return Err((Outcome::ReplyRefused, format!("HTTP {status}: its reply cut off: {err}")));
             }
             Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
         };

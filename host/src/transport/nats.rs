@@ -18,7 +18,9 @@
 //! answer, does not come within the destination's per-attempt deadline may have reached the server
 //! ([`RetryReason::Timeout`]: retried only when the destination is `idempotent`); no responders is
 //! [`RetryReason::NoResponders`]; a subject, header or payload NATS refuses is
-//! [`FatalReason::Protocol`]. The health probe checks that the endpoint's connection is up and flushes.
+//! [`FatalReason::Protocol`]. An answer larger than the host reads delivered the message all the same:
+//! its reply is refused ([`Outcome::ReplyRefused`]). The health probe checks that the endpoint's
+//! connection is up and flushes.
 
 use super::SettingError;
 use super::pool::PoolStats;
@@ -78,7 +80,7 @@ pub struct NatsTransport {
     /// The client of each endpoint, connected at its first attempt; a failed connect is tried
     /// again at the next one. Once connected, `async-nats` reconnects it for as long as it lives.
     clients: Mutex<HashMap<String, Arc<OnceCell<async_nats::Client>>>>,
-    /// Largest reply payload taken; a larger one fails the attempt.
+    /// Largest reply payload taken; a larger one is refused (the message was delivered).
     max_reply_bytes: usize,
 }
 
@@ -95,7 +97,7 @@ impl NatsTransport {
         NatsTransport { options, clients: Mutex::default(), max_reply_bytes }
     }
 
-    /// Take reply payloads of at most `bytes`; a larger reply fails the attempt.
+    /// Take reply payloads of at most `bytes`; a larger reply is refused (the message was delivered).
     pub fn max_reply_bytes(mut self, bytes: usize) -> NatsTransport {
         self.max_reply_bytes = bytes;
         self
@@ -148,8 +150,9 @@ impl NatsTransport {
             RequestErrorKind::Other => (Outcome::Retryable(RetryReason::Reset), format!("request: {err}")),
         })?;
         if answer.payload.len() > self.max_reply_bytes {
+            // A responder answered: it took the message.
             let problem = format!("a reply of more than {} bytes", self.max_reply_bytes);
-            return Err((Outcome::Fatal(FatalReason::Protocol), problem));
+            return Err((Outcome::ReplyRefused, problem));
         }
         let headers = answer.headers.iter().flat_map(|headers| headers.iter());
         let headers = headers.flat_map(|(name, values)| {

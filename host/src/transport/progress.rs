@@ -4,12 +4,15 @@
 //! no answer may have been delivered (`delivery-uncertain` unless the
 //! destination is idempotent), but one cut while it still waited for a free
 //! pooled connection (or a transport plugin's lane), or while it connected,
-//! sent nothing and is no attempt at all.
+//! sent nothing and is no attempt at all. One cut while it read an answer
+//! that says the message was taken (an HTTP 2xx whose body is still on its
+//! way, a reply frame's header) delivered it: only its reply is lost.
 //!
 //! The destination core runs each attempt [within](AttemptProgress::scope) an
 //! [`AttemptProgress`]; the pool marks the steps before sending as it goes
-//! through them ([`AttemptProgress::mark_current`]). A transport that marks nothing
-//! is taken to be sending from the start, the safe assumption. Work that
+//! through them ([`AttemptProgress::mark_current`]), and a transport marks
+//! [`Step::Answered`] as the answer that the message was taken arrives. A transport
+//! that marks nothing is taken to be sending from the start, the safe assumption. Work that
 //! sends on another thread (a plugin's lane) claims the attempt
 //! ([`AttemptProgress::start_sending`]) against the deadline
 //! ([`AttemptProgress::abandon`]): whichever comes first decides, so a message
@@ -36,6 +39,9 @@ pub(crate) enum Step {
     Connecting,
     /// Cut at its deadline before its message could leave: it never will.
     Abandoned,
+    /// The endpoint answered that it took the message (an HTTP 2xx, a reply frame's header): delivered,
+    /// its reply still being read.
+    Answered,
 }
 
 impl Step {
@@ -44,7 +50,8 @@ impl Step {
             0 => Step::MaySend,
             1 => Step::Waiting,
             2 => Step::Connecting,
-            _ => Step::Abandoned,
+            3 => Step::Abandoned,
+            _ => Step::Answered,
         }
     }
 }
@@ -96,7 +103,7 @@ impl AttemptProgress {
     /// abandoned for good, so that nothing sends its message afterwards.
     pub(crate) fn abandon(&self) -> Step {
         let before = self.0.fetch_update(SeqCst, SeqCst, |now| match Step::from_u8(now) {
-            Step::MaySend => None,
+            Step::MaySend | Step::Answered => None,
             _ => Some(Step::Abandoned as u8),
         });
         Step::from_u8(before.unwrap_or_else(|now| now))
@@ -122,7 +129,12 @@ impl DeliveryProgress {
 
     /// Whether an attempt may have sent the message.
     pub(crate) fn may_have_sent(&self) -> bool {
-        self.lock().iter().any(|attempt| attempt.step() == Step::MaySend)
+        self.lock().iter().any(|attempt| matches!(attempt.step(), Step::MaySend | Step::Answered))
+    }
+
+    /// Whether an attempt's endpoint answered that it took the message.
+    pub(crate) fn answered(&self) -> bool {
+        self.lock().iter().any(|attempt| attempt.step() == Step::Answered)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AttemptProgress>> {
@@ -157,6 +169,16 @@ mod tests {
         progress.mark(Step::Waiting);
         assert!(progress.start_sending());
         assert_eq!(progress.abandon(), Step::MaySend, "it went out: the deadline finds it sending");
+    }
+
+    #[test]
+    fn an_answered_attempt_stays_answered_at_its_deadline() {
+        let progress = AttemptProgress::default();
+        progress.mark(Step::Answered);
+        assert_eq!(progress.abandon(), Step::Answered, "delivered: the deadline cut only its reply");
+        let delivery = DeliveryProgress::default();
+        delivery.lock().push(progress);
+        assert!(delivery.may_have_sent() && delivery.answered());
     }
 
     #[tokio::test]

@@ -3,15 +3,18 @@
 //! A frame is a `u32` big-endian length and that many bytes. A request frame
 //! holds one message in the Switchyard wire layout (`switchyard-wire`, the
 //! same bytes plugins receive). The peer answers every request with one frame:
-//! empty for "taken, no reply", or one message (the reply). A connection goes
+//! empty for "taken, no reply", or one message (the reply). A reply frame
+//! delivered the message whatever it holds: one larger than 16 MiB, cut off,
+//! not read by the attempt's deadline or that does not decode is a refused
+//! reply ([`Outcome::ReplyRefused`]), never a failure. A connection goes
 //! back to its endpoint's pool only after a complete, good exchange; one that
 //! errored, timed out or answered malformed bytes is closed, never reused.
 
 use super::pool::{PoolConfig, PoolStats, Pools};
-use super::{AttemptFuture, AttemptResult, Transport, TransportContext};
+use super::{AttemptFuture, AttemptProgress, AttemptResult, Step, Transport, TransportContext};
 use crate::config::DestinationConfig;
 use crate::message::Message;
-use crate::resilience::{FatalReason, Outcome, RetryReason};
+use crate::resilience::{Outcome, RetryReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,37 +54,36 @@ impl TcpTransport {
         message.encode(&mut frame, 0, true);
         let length = u32::try_from(frame.len() - 4).expect("messages are far below 4 GiB");
         frame[..4].copy_from_slice(&length.to_be_bytes());
-        let reset = |err: std::io::Error| (Outcome::Retryable(RetryReason::Reset), err.to_string());
         let pool = self.pools.get(address);
         let mut stream =
             pool.acquire(|| connect(address)).await.map_err(|err| err.into_attempt_error(address))?;
         let reused = stream.is_reused();
-        let answer = async {
+        let sent = async {
             stream.write_all(&frame).await?;
-            let length = stream.read_u32().await?;
-            if length > MAX_FRAME {
-                return Err(std::io::Error::other(format!("reply frame of {length} bytes")));
-            }
-            let mut reply = vec![0; length as usize];
-            stream.read_exact(&mut reply).await?;
-            Ok(reply)
+            stream.read_u32().await
         };
-        let reply = answer.await.map_err(|err| {
+        let length = sent.await.map_err(|err| {
             let reason = if reused { format!("{err} (on a reused connection)") } else { err.to_string() };
-            reset(std::io::Error::other(reason))
+            (Outcome::Retryable(RetryReason::Reset), reason)
         })?;
-        let reply =
-            match reply.is_empty() {
-                true => None,
-                false => {
-                    let mut messages = switchyard_wire::decode(&reply);
-                    let decoded = messages.next().and_then(Result::ok).map(|m| Message::from_wire(&m));
-                    // The peer took the message: sending it again could do it twice.
-                    Some(decoded.ok_or_else(|| {
-                        (Outcome::Fatal(FatalReason::Protocol), "malformed reply frame".into())
-                    })?)
-                }
-            };
+        // A reply frame says the peer took the message: sending it again could do it twice, so
+        // what becomes of the reply decides nothing but the reply.
+        AttemptProgress::mark_current(Step::Answered);
+        if length > MAX_FRAME {
+            let problem = format!("a reply frame of {length} bytes, past the largest read ({MAX_FRAME})");
+            return Err((Outcome::ReplyRefused, problem));
+        }
+        let mut reply = vec![0; length as usize];
+        let read = stream.read_exact(&mut reply).await;
+        read.map_err(|err| (Outcome::ReplyRefused, format!("its reply frame cut off: {err}")))?;
+        let reply = match reply.is_empty() {
+            true => None,
+            false => {
+                let mut messages = switchyard_wire::decode(&reply);
+                let decoded = messages.next().and_then(Result::ok).map(|m| Message::from_wire(&m));
+                Some(decoded.ok_or_else(|| (Outcome::ReplyRefused, "malformed reply frame".to_owned()))?)
+            }
+        };
         stream.release();
         Ok(reply)
     }
@@ -180,12 +182,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reply_that_does_not_decode_fails_for_good_and_its_connection_is_closed() {
+    async fn a_reply_that_does_not_decode_is_refused_and_its_connection_is_closed() {
         let address = peer(Some(b"not a wire message")).await;
         let transport = TcpTransport::new(PoolConfig::default());
         let answer = transport.attempt(&address, &Message::new("jobs", "one")).await;
-        assert_eq!(answer, Err((Outcome::Fatal(FatalReason::Protocol), "malformed reply frame".into())));
+        assert_eq!(answer, Err((Outcome::ReplyRefused, "malformed reply frame".into())));
         assert_eq!(transport.pool_stats(&address).map(|stats| stats.size), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_reply_frame_cut_off_after_its_header_is_refused_not_failed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let length = stream.read_u32().await.unwrap();
+            stream.read_exact(&mut vec![0; length as usize]).await.unwrap();
+            // A frame of 100 bytes, 3 of them sent: the peer took the message, then went.
+            stream.write_u32(100).await.unwrap();
+            stream.write_all(b"abc").await.unwrap();
+        });
+        let transport = TcpTransport::new(PoolConfig::default());
+        let (outcome, problem) = transport.attempt(&address, &Message::new("jobs", "one")).await.unwrap_err();
+        assert_eq!(outcome, Outcome::ReplyRefused, "{problem}");
+        assert!(problem.starts_with("its reply frame cut off: "), "{problem}");
+        assert_eq!(transport.pool_stats(&address).map(|stats| stats.size), Some(0), "closed, not pooled");
     }
 
     #[tokio::test]

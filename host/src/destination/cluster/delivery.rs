@@ -89,6 +89,9 @@ impl Cluster {
                 Ok(reply) => return Ok(reply),
                 Err(error) => format!("{}: {error}", endpoint.address),
             };
+            if outcome == Outcome::ReplyRefused {
+                return Err(DeliveryError::ReplyRefused(error));
+            }
             if matches!(outcome, Outcome::Shed | Outcome::Retryable(RetryReason::Connect)) {
                 // The endpoint never saw it: not an attempt. Another
                 // endpoint is tried, or this one once it can take it.
@@ -139,7 +142,9 @@ impl Cluster {
 
     /// How an attempt cut at its deadline at `step` ended: one that never
     /// sent is no attempt (it waited for a connection: shed; it could not
-    /// connect in time: a connect failure); one that sent got no answer.
+    /// connect in time: a connect failure); one that sent got no answer,
+    /// unless the endpoint had answered that it took the message: then only
+    /// its reply is lost.
     fn cut_at_deadline(&self, step: Step) -> (Outcome, Result<Option<Message>, String>) {
         let timeout = self.timeout;
         match step {
@@ -152,6 +157,9 @@ impl Cluster {
             ),
             Step::MaySend | Step::Abandoned => {
                 (Outcome::Retryable(RetryReason::Timeout), Err(format!("no answer in {timeout:?}")))
+            }
+            Step::Answered => {
+                (Outcome::ReplyRefused, Err(format!("its reply not read in full within {timeout:?}")))
             }
         }
     }
@@ -269,7 +277,7 @@ impl Cluster {
         }
         lock(&endpoint.latency).observe(finished - started, finished.into_std());
         let kind = match &outcome {
-            Outcome::Ok => 0,
+            Outcome::Ok | Outcome::ReplyRefused => 0,
             Outcome::Retryable(_) => 1,
             Outcome::Fatal(_) => 2,
             Outcome::Shed => 3,

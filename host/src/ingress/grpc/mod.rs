@@ -7,7 +7,8 @@
 //! (so the stream is read no faster than the host takes messages), and answers with one result per
 //! message. Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
 //! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
-//! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata). With
+//! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
+//! delivered whose reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
 //! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
 
 mod connections;
@@ -25,6 +26,7 @@ pub use generated::{PublishReply, PublishRequest, PublishResult, PublishStreamRe
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 /// A bound gRPC ingress, ready to serve.
@@ -108,6 +110,11 @@ impl Ingress for Service {
                 if let Ok(code) = reason.code().parse() {
                     status.metadata_mut().insert("x-sy-dead-letter", code);
                 }
+                Err(status)
+            }
+            Err(err @ RequestError::ReplyRefused { .. }) => {
+                let mut status = Status::aborted(format!("{id}: {err}"));
+                status.metadata_mut().insert("x-sy-delivered", MetadataValue::from_static("true"));
                 Err(status)
             }
             Err(err) => Err(Status::aborted(format!("{id}: {err}"))),

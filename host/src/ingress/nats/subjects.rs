@@ -8,7 +8,8 @@
 //! A message with a reply subject is a request: the host's answer is published to it, carrying
 //! `x-sy-id`, and the reply's headers and payload; when the destination gives no reply, an empty
 //! payload; when the message was refused, dropped or dead-lettered, an empty payload with
-//! `x-sy-error` (the reason) and, for a dead letter, `x-sy-error-code`.
+//! `x-sy-error` (the reason) and, for a dead letter, `x-sy-error-code`; when it was delivered but its
+//! reply refused, an empty payload with `x-sy-error` and `x-sy-delivered: true`.
 //!
 //! With a `queue_group`, the server gives each message to one member of the group: hosts in one
 //! group share the work. A graceful stop sends `UNSUB` and a `PING`, and admits everything that
@@ -207,8 +208,14 @@ fn answer_of(id: String, answer: Result<Option<Message>, RequestError>) -> (Vec<
         }
         Ok(None) => (headers, Bytes::new()),
         Err(err) => {
-            if let RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason) = &err {
-                headers.push(("x-sy-error-code".to_owned(), reason.code().to_owned()));
+            match &err {
+                RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason) => {
+                    headers.push(("x-sy-error-code".to_owned(), reason.code().to_owned()));
+                }
+                RequestError::ReplyRefused { .. } => {
+                    headers.push(("x-sy-delivered".to_owned(), "true".to_owned()))
+                }
+                _ => {}
             }
             headers.push(("x-sy-error".to_owned(), err.to_string()));
             (headers, Bytes::new())

@@ -164,7 +164,7 @@ impl PluginTransport {
                 let decoded = messages.next().and_then(Result::ok).map(|reply| Message::from_wire(&reply));
                 // The endpoint took the message: sending it again could do it twice.
                 Some(decoded.ok_or_else(|| {
-                    (Outcome::Fatal(FatalReason::Protocol), "the plugin's reply is not a wire message".into())
+                    (Outcome::ReplyRefused, "the plugin's reply is not a wire message".to_owned())
                 })?)
             }
         };
