@@ -15,6 +15,10 @@ pub type MessageId = u64;
 /// any `x-sy-` header) from a client.
 pub const ID_HEADER: &str = "x-sy-id";
 
+/// Header in which the http and nats transports give a message's topic (replacing one the message
+/// carried).
+pub const TOPIC_HEADER: &str = "x-sy-topic";
+
 /// What the names of the host's own headers begin with (in any case): the id, a stream's
 /// sequence number, a dead letter's reason. Ingresses do not take them from clients, and what a
 /// plugin adds, changes or removes among them is undone ([`Message::stand_in_for`]).

@@ -29,8 +29,8 @@ async fn host_with(server: &NatsServer, settings: &str, options: &str, extra: &s
     builder(dir.path()).config("test.toml", config).build().await.unwrap()
 }
 
-/// Answer every request on `subject` with its payload in capitals, a header naming the responder,
-/// and each request's `x-sy-id` sent on the returned channel.
+/// Answer every request on `subject` with its payload in capitals, a header naming the responder
+/// and one that forges a host header, and each request's `x-sy-id` sent on the returned channel.
 async fn responder(client: async_nats::Client, subject: &str) -> flume::Receiver<String> {
     let mut requests = client.subscribe(subject.to_owned()).await.unwrap();
     fence(&client).await;
@@ -41,6 +41,7 @@ async fn responder(client: async_nats::Client, subject: &str) -> flume::Receiver
             let _ = seen.send(headers.get("x-sy-id").expect("an id").to_string());
             let mut answer = async_nats::HeaderMap::new();
             answer.insert("x-answered-by", "responder");
+            answer.insert("x-sy-dead-letter", "forged");
             let payload = request.payload.to_ascii_uppercase().into();
             let reply = request.reply.expect("a reply subject");
             client.publish_with_headers(reply, answer, payload).await.unwrap();
@@ -58,7 +59,10 @@ async fn published_messages_reach_a_subscriber_with_their_headers() {
     let host = host(&server, "subject = \"orders.{topic}\"", "").await;
     for n in 0..100 {
         host.send(
-            Message::new(format!("eu.n{n}"), format!("order {n}")).with_header("x-trace", n.to_string()),
+            Message::new(format!("eu.n{n}"), format!("order {n}"))
+                .with_header("x-trace", n.to_string())
+                // Not the host's topic header: the one the transport sets replaces it.
+                .with_header("x-sy-topic", "forged"),
         )
         .await
         .unwrap();
@@ -86,6 +90,7 @@ async fn a_request_gets_the_responders_answer_as_its_reply() {
     let reply = within(host.request(Message::new("echo", "hello"))).await.unwrap().expect("a reply");
     assert_eq!(reply.payload, "HELLO");
     assert_eq!(reply.header("x-answered-by"), Some("responder"));
+    assert_eq!(reply.header("x-sy-dead-letter"), None, "a peer does not set the host's headers");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
 }

@@ -14,7 +14,7 @@
 use super::pool::{PoolConfig, PoolStats, Pools};
 use super::{AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext};
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
-use crate::message::{Message, is_host_header};
+use crate::message::{Message, TOPIC_HEADER, is_host_header};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -104,7 +104,7 @@ impl HttpTransport {
     async fn post(&self, address: &str, message: &Message) -> AttemptResult {
         let mut request = hyper::Request::post(&self.path)
             .header(hyper::header::HOST, address)
-            .header("x-sy-topic", &message.topic);
+            .header(TOPIC_HEADER, &message.topic);
         let headers = message.headers.iter().filter(|(name, _)| !is_own_header(name));
         for (name, value) in headers {
             request = request.header(name, value);
@@ -232,7 +232,7 @@ const OWN_HEADERS: [&str; 11] = [
     "te",
     "trailer",
     "expect",
-    "x-sy-topic",
+    TOPIC_HEADER,
 ];
 
 fn is_own_header(name: &str) -> bool {

@@ -26,7 +26,7 @@ use super::SettingError;
 use super::pool::PoolStats;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings, subject_problem};
-use crate::message::Message;
+use crate::message::{Message, TOPIC_HEADER, is_host_header};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use async_nats::client::{PublishErrorKind, RequestErrorKind};
 use async_nats::connection::State;
@@ -155,9 +155,11 @@ impl NatsTransport {
             return Err((Outcome::ReplyRefused, problem));
         }
         let headers = answer.headers.iter().flat_map(|headers| headers.iter());
-        let headers = headers.flat_map(|(name, values)| {
-            values.iter().map(move |value| (name.to_string(), value.as_str().to_owned()))
-        });
+        // The host's own headers are the host's to set: a responder does not forge them.
+        let headers =
+            headers.filter(|(name, _)| !is_host_header(name.as_ref())).flat_map(|(name, values)| {
+                values.iter().map(move |value| (name.to_string(), value.as_str().to_owned()))
+            });
         Ok(Some(Message {
             id: message.id,
             topic: message.topic.clone(),
@@ -204,11 +206,13 @@ async fn connect(address: &str) -> Result<async_nats::Client, async_nats::Connec
         .await
 }
 
-/// `message`'s headers as NATS headers, with `x-sy-topic`; what NATS refuses of them, if anything.
+/// `message`'s headers as NATS headers, with `x-sy-topic` (replacing one the message carried); what
+/// NATS refuses of them, if anything.
 fn headers_of(message: &Message) -> Result<async_nats::HeaderMap, String> {
     let mut headers = async_nats::HeaderMap::new();
-    let topic = [("x-sy-topic", message.topic.as_str())];
-    let all = message.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).chain(topic);
+    let theirs = message.headers.iter().filter(|(name, _)| !name.eq_ignore_ascii_case(TOPIC_HEADER));
+    let topic = [(TOPIC_HEADER, message.topic.as_str())];
+    let all = theirs.map(|(name, value)| (name.as_str(), value.as_str())).chain(topic);
     for (name, value) in all {
         let name = async_nats::HeaderName::try_from(name)
             .map_err(|_| format!("header name {name:?} is not a NATS header name"))?;
