@@ -211,4 +211,12 @@ async fn a_page_that_points_its_own_name_here_is_refused_unless_the_ingress_want
     .unwrap();
     assert_eq!((without, with), (401, 202));
     assert_eq!(drain_and_account(&host_guarded).await.accepted, 1);
+    // An empty token is none, as the admin API's: it matched the empty bearer any page sends
+    // and turned the rebinding guard off.
+    let empty = guarded.replace("token = \"s3cret-token\"", "token = \"\"");
+    let host_empty = host(dir.path(), &empty).await;
+    let addr = crate::support::start_ingress(&host_empty).await;
+    let (status, body) = tokio::task::spawn_blocking(move || rebound(addr, &[])).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(drain_and_account(&host_empty).await.accepted, 0);
 }
