@@ -496,11 +496,12 @@ async fn a_state_directory_deleted_under_a_spooling_host_refuses_messages_rather
     host.send(message(1)).await.expect("the spool is there");
     assert_eq!(next(&delivered).await.unique_id(), Some("mine-1"));
     std::fs::remove_dir_all(state.path()).unwrap();
-
+    let dir = state.path().display().to_string();
     for n in 2..4 {
         match within(host.send(message(n))).await {
             Err(SendError::Unrecorded(problem)) => {
-                assert!(problem.contains(".seg was deleted while the host ran"), "{problem}")
+                assert!(problem.contains(".seg was deleted while the host ran"), "{problem}");
+                assert!(!problem.contains(&dir), "what clients are told names no directory: {problem}");
             }
             other => panic!("accepted with nothing on disk: {other:?}"),
         }
@@ -509,6 +510,7 @@ async fn a_state_directory_deleted_under_a_spooling_host_refuses_messages_rather
     let (status, body) =
         tokio::task::spawn_blocking(move || post(ingress, "/v1/messages/t.x", &[], b"{}")).await.unwrap();
     assert_eq!(status, 503, "the HTTP ingress refuses it too: {body}");
+    assert!(!body.contains(&dir), "nor does its answer: {body}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
     assert!(delivered.is_empty());

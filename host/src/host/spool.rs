@@ -27,7 +27,11 @@ impl Host {
                 limit: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             }),
             Err(SpoolError::Closed) => Err(SendError::ShuttingDown),
-            Err(error @ SpoolError::Io { .. }) => Err(SendError::Unrecorded(error.to_string())),
+            // Told to clients: the error, not the state directory it happened in (logged).
+            Err(SpoolError::Io { dir, error }) => {
+                tracing::error!(dir = %dir.display(), %error, "the spool could not record a message");
+                Err(SendError::Unrecorded(error.to_string()))
+            }
         }
     }
 }

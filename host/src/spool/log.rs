@@ -299,10 +299,11 @@ impl SegmentLog {
         if file.metadata()?.nlink() > 0 {
             return Ok(());
         }
+        // Named without its directory: the text reaches clients refused for it.
         let problem = format!(
-            "its segment {} was deleted while the host ran (was the state directory removed?): messages \
-             written since are not on disk, and none is accepted until the host is restarted",
-            segment_path(&self.dir, *number).display()
+            "its segment {number:016}.seg was deleted while the host ran (was the state directory \
+             removed?): messages written since are not on disk, and none is accepted until the host is \
+             restarted"
         );
         self.deleted = Some(problem.clone());
         Err(io::Error::new(io::ErrorKind::NotFound, problem))
