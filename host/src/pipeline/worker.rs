@@ -400,6 +400,9 @@ impl Worker {
 fn decode_one(batch: &[u8]) -> Result<Message, PluginFault> {
     let mut messages = switchyard_wire::decode(batch);
     match (messages.next(), messages.next()) {
+        (Some(Ok(message)), None) if message.payload.is_none() => {
+            Err(malformed("a message without its payload".into()))
+        }
         (Some(Ok(message)), None) => Ok(Message::from_wire(&message)),
         (Some(Err(err)), _) => Err(malformed(err.to_string())),
         _ => Err(malformed("expected exactly one message".into())),

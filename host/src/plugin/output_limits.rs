@@ -31,6 +31,10 @@ pub(crate) fn check_output<'m>(
         return Err(PluginFault::OutputLimit(problem));
     }
     *count += 1;
+    if m.payload.is_none() {
+        // It would go on empty, counted at the size it claimed.
+        return Err(PluginFault::Malformed("an output without its payload".into()));
+    }
     check_made(m.topic, m.headers(), m.payload_len, max_message_bytes)?;
     Ok(m)
 }
@@ -119,6 +123,16 @@ mod tests {
                 Err(PluginFault::Malformed(said)) => assert_eq!(said, problem),
                 other => panic!("{topic:?}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn an_output_without_its_payload_is_refused() {
+        let mut batch = Vec::new();
+        Message::new("orders.eu", "not sent").encode(&mut batch, 0, false);
+        match check_outputs(&batch, 1, 1 << 20) {
+            Err(PluginFault::Malformed(said)) => assert_eq!(said, "an output without its payload"),
+            other => panic!("{other:?}"),
         }
     }
 

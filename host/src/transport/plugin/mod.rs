@@ -161,10 +161,14 @@ impl PluginTransport {
             None => None,
             Some(batch) => {
                 let mut messages = switchyard_wire::decode(&batch);
-                let decoded = messages.next().and_then(Result::ok).map(|reply| Message::from_wire(&reply));
+                let decoded = messages.next().and_then(Result::ok).filter(|reply| reply.payload.is_some());
+                let decoded = decoded.map(|reply| Message::from_wire(&reply));
                 // The endpoint took the message: sending it again could do it twice.
                 Some(decoded.ok_or_else(|| {
-                    (Outcome::ReplyRefused, "the plugin's reply is not a wire message".to_owned())
+                    (
+                        Outcome::ReplyRefused,
+                        "the plugin's reply is not a wire message with its payload".to_owned(),
+                    )
                 })?)
             }
         };
