@@ -73,6 +73,18 @@ export function nowMillis() {
   return host.nowMillis();
 }
 
+/**
+ * `value` as a string, as `String` makes it, or its type where that throws (an object without a prototype):
+ * what a handler throws, or gives `count`, may be anything.
+ */
+function text(value) {
+  try {
+    return String(value);
+  } catch {
+    return typeName(value);
+  }
+}
+
 /** The largest total a counter holds, as the host's counters do (a u64). */
 const COUNT_MAX = (1n << 64n) - 1n;
 
@@ -86,13 +98,20 @@ const counts = new Map();
 
 /**
  * Add `delta` (a non-negative integer: a safe-integer Number, or a BigInt) to
- * this plugin's counter `name` (a host metric). The increments reach the host
- * when the current call returns; a counter's total stops at 2^64 - 1.
+ * this plugin's counter `name` (a string, a host metric). The increments reach
+ * the host when the current call returns; a counter's total stops at 2^64 - 1.
+ *
+ * A name or delta of the wrong kind is refused here, in the handler that gave
+ * it, so that it fails that message alone: once summed, it would fail the whole
+ * call as the totals are handed over.
  */
 export function count(name, delta = 1) {
+  if (typeof name !== "string") {
+    throw new TypeError(`count(${text(name)}, ${text(delta)}): the name must be a string (got ${typeName(name)})`);
+  }
   const valid = typeof delta === "bigint" ? delta >= 0n : Number.isSafeInteger(delta) && delta >= 0;
   if (!valid) {
-    throw new RangeError(`count(${name}, ${delta}): the delta must be a non-negative integer`);
+    throw new RangeError(`count(${name}, ${text(delta)}): the delta must be a non-negative integer`);
   }
   const sum = counts.get(name) ?? 0;
   if (typeof sum === "number" && typeof delta === "number" && Number.isSafeInteger(sum + delta)) {
@@ -103,10 +122,16 @@ export function count(name, delta = 1) {
   }
 }
 
-/** Hand `each(name, total)` every counter's total since the last drain; the totals start again from zero. */
+/**
+ * Hand `each(name, total)` every counter's total since the last drain; the totals start again from zero,
+ * also when `each` throws (what was counted would otherwise be handed over again with the next call's).
+ */
 function drainCounts(each) {
-  for (const [name, total] of counts) if (total > 0) each(name, total);
-  counts.clear();
+  try {
+    for (const [name, total] of counts) if (total > 0) each(name, total);
+  } finally {
+    counts.clear();
+  }
 }
 
 /** Hand the summed increments to the host, a `count` call per counter. */
@@ -114,12 +139,16 @@ function flushCounts() {
   drainCounts((name, total) => host.count(name, BigInt(total)));
 }
 
-/** The kind (one of `ErrorKind`) and text of an exception a handler threw. */
+/**
+ * The kind (one of `ErrorKind`) and text of an exception a handler threw: a string, whatever was thrown (a
+ * message that is not a string, an object without a prototype). It is called for one message, and an exception
+ * here would fail every message of the call.
+ */
 function errorParts(error) {
-  if (error instanceof Rejected) return { kind: ErrorKind.REJECTED, reason: error.message };
-  if (error instanceof Retryable) return { kind: ErrorKind.RETRYABLE, reason: error.message };
-  if (error instanceof PluginError || error instanceof WireError) return { kind: ErrorKind.FAILED, reason: error.message };
-  return { kind: ErrorKind.FAILED, reason: `${error?.name ?? "Error"}: ${error?.message ?? error}` };
+  if (error instanceof Rejected) return { kind: ErrorKind.REJECTED, reason: text(error.message) };
+  if (error instanceof Retryable) return { kind: ErrorKind.RETRYABLE, reason: text(error.message) };
+  if (error instanceof PluginError || error instanceof WireError) return { kind: ErrorKind.FAILED, reason: text(error.message) };
+  return { kind: ErrorKind.FAILED, reason: `${text(error?.name ?? "Error")}: ${text(error?.message ?? error)}` };
 }
 
 /** The WIT `error` for an exception a handler threw. */

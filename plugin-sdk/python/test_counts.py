@@ -1,6 +1,7 @@
 """`count` sums a call's increments by name (up to the largest u64) and
 `drain_counts` hands the totals over once; a delta that is not a non-negative
-integer is refused and counts nothing. Run: `python3 plugin-sdk/python/test_counts.py`."""
+integer, or a name that is not a `str`, is refused and counts nothing. Run:
+`python3 plugin-sdk/python/test_counts.py`."""
 
 import pathlib
 import sys
@@ -34,6 +35,13 @@ class Counts(unittest.TestCase):
             with self.subTest(delta=delta):
                 with self.assertRaisesRegex(ValueError, "the delta must be a non-negative integer"):
                     count("seen", delta)
+        self.assertEqual(drain_counts(), [])
+
+    def test_a_name_that_is_not_a_str_is_refused_where_it_is_given_and_counts_nothing(self):
+        for name in (42, None, b"seen"):
+            with self.subTest(name=name):
+                with self.assertRaisesRegex(TypeError, "the name must be a str"):
+                    count(name)
         self.assertEqual(drain_counts(), [])
 
 

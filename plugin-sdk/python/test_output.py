@@ -8,12 +8,13 @@ import pathlib
 import sys
 import types
 import unittest
+from unittest import mock
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from switchyard_plugin import Verdict, filter_plugin, transform_plugin  # noqa: E402
+from switchyard_plugin import Rejected, Verdict, count, filter_plugin, transform_plugin  # noqa: E402
 from switchyard_plugin.output import Output  # noqa: E402
-from switchyard_plugin.wire import FAILED, Message, decode, encode, encode_decisions  # noqa: E402
+from switchyard_plugin.wire import FAILED, REJECTED, Message, decode, encode, encode_decisions  # noqa: E402
 
 
 def stub_bindings():
@@ -112,6 +113,68 @@ class Returning(unittest.TestCase):
         answer = Filter().filter(encode([INPUT], heads_only=True))  # noqa: F821 - defined by filter_plugin
         reason = f"TypeError: the filter returned a coroutine, not a Verdict: {SYNCHRONOUS}"
         self.assertEqual(answer, encode_decisions([(FAILED, reason)]))
+
+
+
+#: Three messages, ids 0, 1, 2: the handlers below go wrong on the second.
+THREE = [Message("orders", id=id) for id in range(3)]
+
+
+class FailingAlone(unittest.TestCase):
+    """What goes wrong with one message fails that message alone: were the
+    export to raise, the host would run each message again on its own and
+    count the one at fault a plugin fault, not rejected, which a route with
+    `on_error = "fail-open"` lets through."""
+
+    def test_a_counter_name_that_is_not_a_str_fails_its_message_alone(self):
+        @filter_plugin
+        def decide(message):
+            count(42 if message.id == 1 else "seen")
+            return Verdict.KEEP
+
+        answer = Filter().filter(encode(THREE, heads_only=True))  # noqa: F821 - defined by filter_plugin
+        refused = (FAILED, "TypeError: count(42, 1): the name must be a str (got int)")
+        self.assertEqual(answer, encode_decisions([True, refused, True], [("seen", 2)]))
+
+    def test_a_lone_surrogate_in_a_filters_reason_or_counter_name_is_written_as_a_question_mark(self):
+        @filter_plugin
+        def decide(message):
+            count("seen\udcff")
+            if message.id == 1:
+                raise Rejected("not ours: \udcff")
+            return Verdict.KEEP
+
+        answer = Filter().filter(encode(THREE, heads_only=True))  # noqa: F821 - defined by filter_plugin
+        self.assertEqual(answer, encode_decisions([True, (REJECTED, "not ours: ?"), True], [("seen?", 3)]))
+
+    def test_an_exception_whose_text_cannot_be_read_fails_its_message_alone(self):
+        class Unreadable(Exception):
+            def __str__(self):
+                raise ValueError("no text")
+
+        @filter_plugin
+        def decide(message):
+            if message.id == 1:
+                raise Unreadable()
+            return Verdict.DROP
+
+        answer = Filter().filter(encode(THREE, heads_only=True))  # noqa: F821 - defined by filter_plugin
+        unreadable = (FAILED, "Unreadable: (its text could not be read)")
+        self.assertEqual(answer, encode_decisions([False, unreadable, False]))
+
+    def test_a_transform_hands_the_host_its_reasons_and_counter_names_as_well_formed_text(self):
+        @transform_plugin
+        def transform(message, out):
+            count("seen\udcff")
+            if message.id == 1:
+                raise Rejected("not ours: \udcff")
+            out.forward(message)
+
+        counted = []
+        with mock.patch.object(sys.modules["wit_world.imports.host"], "count", lambda *call: counted.append(call)):
+            answer = Transform().transform(encode(THREE))  # noqa: F821 - defined by transform_plugin
+        self.assertEqual(decode(answer.messages), [THREE[0], Message("orders", id=2, source=2)])
+        self.assertEqual((answer.errors, counted), ([(1, ("Rejected", "not ours: ?"))], [("seen?", 3)]))
 
 
 if __name__ == "__main__":

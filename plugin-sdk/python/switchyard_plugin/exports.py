@@ -13,7 +13,7 @@ import sys
 from .errors import Failed, PluginError, Rejected, Retryable
 from .host import drain_counts, flush_counts
 from .output import Output
-from .wire import FAILED, REJECTED, RETRYABLE, WireError, decode, encode_decisions
+from .wire import FAILED, REJECTED, RETRYABLE, WireError, decode, encode_decisions, well_formed
 
 __all__ = ["FORMAT_VERSION", "Verdict", "filter_plugin", "transform_plugin"]
 
@@ -38,14 +38,21 @@ class Format:
 
 
 def _error_parts(error):
-    """The kind (`REJECTED`, `RETRYABLE`, `FAILED`) and text of an exception a handler raised."""
+    """The kind (`REJECTED`, `RETRYABLE`, `FAILED`) and text of an exception a handler raised.
+
+    It never raises itself: it is called for one message, and an error here
+    would fail every message of the call."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - a `__str__` that raises still leaves the message its decision
+        text = "(its text could not be read)"
     if isinstance(error, Rejected):
-        return REJECTED, str(error)
+        return REJECTED, text
     if isinstance(error, Retryable):
-        return RETRYABLE, str(error)
+        return RETRYABLE, text
     if isinstance(error, (Failed, PluginError, WireError)):
-        return FAILED, str(error)
-    return FAILED, f"{type(error).__name__}: {error}"
+        return FAILED, text
+    return FAILED, f"{type(error).__name__}: {text}"
 
 
 def _refuse_coroutine(result, returned):
@@ -65,7 +72,7 @@ def _wit_error(error):
     from wit_world.imports import types
 
     kind, text = _error_parts(error)
-    return (types.Error_Rejected, types.Error_Retryable, types.Error_Failed)[kind](text)
+    return (types.Error_Rejected, types.Error_Retryable, types.Error_Failed)[kind](well_formed(text))
 
 
 def _export(handler, **classes):

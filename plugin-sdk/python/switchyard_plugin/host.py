@@ -4,6 +4,8 @@ The bindings (`wit_world`) exist only inside a component built by
 componentize-py; importing this module elsewhere works, calling it does not.
 """
 
+from .wire import well_formed
+
 __all__ = ["log", "config", "now_millis", "count"]
 
 
@@ -50,8 +52,14 @@ _U64_MAX = 2**64 - 1
 
 def count(name, delta=1):
     """Add `delta` (a non-negative integer) to this plugin's counter `name`
-    (a host metric). The increments reach the host when the current call
-    returns; a sum stops at 2**64 - 1, as the host's counters do."""
+    (a `str`, a host metric). The increments reach the host when the current
+    call returns; a sum stops at 2**64 - 1, as the host's counters do.
+
+    A name or delta of the wrong kind is refused here, in the handler that
+    gave it, so that it fails that message alone: once summed, it would fail
+    the whole call as the totals are handed over."""
+    if not isinstance(name, str):
+        raise TypeError(f"count({name!r}, {delta!r}): the name must be a str (got {type(name).__name__})")
     if not isinstance(delta, int) or delta < 0:
         raise ValueError(f"count({name!r}, {delta!r}): the delta must be a non-negative integer")
     _counts[name] = min(_counts.get(name, 0) + delta, _U64_MAX)
@@ -66,7 +74,8 @@ def drain_counts():
 
 
 def flush_counts():
-    """Hand the summed increments to the host, a `count` call per counter."""
+    """Hand the summed increments to the host, a `count` call per counter (a
+    lone surrogate in a name written as `?`, as `encode_decisions` writes it)."""
     host = _host()
     for name, total in drain_counts():
-        host.count(name, total)
+        host.count(well_formed(name), total)

@@ -129,6 +129,15 @@ def _put_bytes(out, raw):
     out += raw
 
 
+def well_formed(text):
+    """`text` with each lone surrogate (what `surrogateescape` makes of bytes
+    that are not UTF-8: a file name, an environment variable) replaced by `?`,
+    so that it can be written as UTF-8. For the text of an answer that must
+    not fail: a filter's reasons and counter names are written after every
+    message was decided, where an error would fail the whole call."""
+    return text.encode(errors="replace").decode()
+
+
 def write_message(out, message, heads_only=False):
     """Append `message` to the `bytearray` `out`; `heads_only` leaves the
     payload bytes out and writes only their length.
@@ -173,7 +182,8 @@ def encode_decisions(decisions, counts=()):
 
     `decisions` holds one entry per message: `True` keeps it, `False` drops
     it, `(kind, reason)` is an error (`kind` one of `REJECTED`, `RETRYABLE`,
-    `FAILED`). `counts` holds `(name, delta)` pairs: what the call counted."""
+    `FAILED`). `counts` holds `(name, delta)` pairs: what the call counted.
+    A lone surrogate in a reason or name is written as `?` (`well_formed`)."""
     out = bytearray(_U32.pack(len(decisions)))
     for decision in decisions:
         if isinstance(decision, bool):
@@ -181,8 +191,8 @@ def encode_decisions(decisions, counts=()):
         else:
             kind, reason = decision
             out.append(kind)
-            _put_bytes(out, reason.encode())
+            _put_bytes(out, reason.encode(errors="replace"))
     for name, delta in counts:
-        _put_bytes(out, name.encode())
+        _put_bytes(out, name.encode(errors="replace"))
         out += _U64.pack(delta)
     return bytes(out)
