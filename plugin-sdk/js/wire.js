@@ -74,7 +74,9 @@ export function isA(value, tag) {
   return Object.prototype.toString.call(value) === `[object ${tag}]`;
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// `ignoreBOM`: a string that starts with U+FEFF keeps it, as the Rust and Python codecs keep it (by default a
+// TextDecoder drops it as a byte-order mark, and a transform forwarding the message changed its topic).
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const utf8Encoder = new TextEncoder();
 
 class Reader {

@@ -122,6 +122,7 @@ fn the_golden_vectors_cover_what_the_spec_promises() {
     let names: Vec<String> = vectors().into_iter().map(|(name, ..)| name).collect();
     let promised = [
         "binary-payload",
+        "byte-order-mark",
         "empty-batch",
         "empty-strings",
         "headers",
