@@ -55,6 +55,11 @@ pub fn error(message: &str) {
     log(Level::Error, message);
 }
 
+/// Keys whose config answers an instance keeps, at most: a plugin that asks
+/// for keys it makes up (one per tenant, say) would otherwise grow the cache,
+/// and the time to search it, for as long as the instance lives.
+const MAX_CONFIG_CACHED: usize = 256;
+
 thread_local! {
     /// Answers already fetched from the host. Config never changes during an
     /// instance's life (a reload makes new instances), and a host call costs
@@ -65,7 +70,8 @@ thread_local! {
 }
 
 /// This plugin's configuration value for `key` (`[[plugin]] config = {..}`),
-/// asked of the host once per key and instance, then served from a cache.
+/// asked of the host once per key and instance, then served from a cache (of
+/// the first 256 keys asked for: a key past those is asked every time).
 ///
 /// For per-message use, parse your settings once into a `static LazyLock`
 /// instead of calling this on every message: see the crate example.
@@ -75,7 +81,10 @@ pub fn config(key: &str) -> Option<String> {
             return value.clone();
         }
         let value = host::config(key);
-        cache.borrow_mut().push((key.to_owned(), value.clone()));
+        let mut cache = cache.borrow_mut();
+        if cache.len() < MAX_CONFIG_CACHED {
+            cache.push((key.to_owned(), value.clone()));
+        }
         value
     })
 }
@@ -91,11 +100,25 @@ pub fn now_millis() -> u64 {
     host::now_millis()
 }
 
+/// Counter names the host keeps for one plugin version, at most: it counts
+/// no further name (`MAX_COUNTERS` in the host's `plugin::host_calls`).
+pub(crate) const MAX_COUNTERS: usize = 256;
+
+/// Bytes of a counter name the host counts, at most (`MAX_COUNTER_NAME` in
+/// the host's `plugin::host_calls`).
+pub(crate) const MAX_COUNTER_NAME: usize = 128;
+
 thread_local! {
     /// Counter increments not yet sent to the host. A host call per message
     /// would double a small filter's cost, so [`count`] adds up here and the
     /// export glue hands each total over once per call: in a filter's answer,
     /// through the host's `count` for the other kinds ([`FlushCounts`]).
+    ///
+    /// A drained counter keeps its entry, zeroed, so that counting it again
+    /// makes no `String`, but only the first [`MAX_COUNTERS`] (as many names
+    /// as the host keeps): a plugin counting by names it makes up holds that
+    /// many between calls, not an entry, searched at every count, for each
+    /// name it ever made.
     static COUNTS: RefCell<Vec<(String, u64)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -103,8 +126,13 @@ thread_local! {
 ///
 /// Increments are summed inside the plugin (a sum stops at `u64::MAX`, as the
 /// host's total does) and reach the host when the current call (one batch)
-/// returns.
+/// returns. The host keeps at most 256 counter names per plugin version, the
+/// first it is given, and none longer than 128 bytes: a longer name is not
+/// counted at all.
 pub fn count(name: &str, delta: u64) {
+    if name.len() > MAX_COUNTER_NAME {
+        return;
+    }
     COUNTS.with_borrow_mut(|counts| match counts.iter_mut().find(|(known, _)| known == name) {
         Some((_, total)) => *total = total.saturating_add(delta),
         None => counts.push((name.to_owned(), delta)),
@@ -132,5 +160,65 @@ pub(crate) fn drain_counts(mut each: impl FnMut(&str, u64)) {
         for (name, total) in counts.iter_mut().filter(|(_, total)| *total > 0) {
             each(name, std::mem::take(total));
         }
+        // All zeroed: the first names stay, as the host keeps the first it is given.
+        counts.truncate(MAX_COUNTERS);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    /// The entries [`count`] keeps on this thread, zeroed or not.
+    fn counters_kept() -> usize {
+        COUNTS.with_borrow(Vec::len)
+    }
+
+    #[test]
+    fn a_counter_name_longer_than_the_host_counts_is_neither_counted_nor_kept() {
+        let longest = "x".repeat(MAX_COUNTER_NAME);
+        let longer = "x".repeat(MAX_COUNTER_NAME + 1);
+        count(&longest, 1);
+        count(&longer, 1);
+        assert_eq!(counters_kept(), 1);
+        assert_eq!((testing::counter(&longest), testing::counter(&longer)), (1, 0));
+    }
+
+    #[test]
+    fn names_made_up_call_after_call_keep_no_more_entries_than_the_host_keeps_names() {
+        for call in 0..10 {
+            for tenant in 0..100 {
+                count(&format!("tenant-{call}-{tenant}"), 1);
+            }
+            drain_counts(|_, _| {});
+            assert!(counters_kept() <= MAX_COUNTERS, "call {call}: {} entries", counters_kept());
+        }
+        // The first names stay, as the host keeps the first it is given: counting one again adds no entry.
+        count("tenant-0-0", 1);
+        assert_eq!(counters_kept(), MAX_COUNTERS);
+    }
+
+    #[test]
+    fn a_call_hands_over_every_name_it_counted_even_past_the_hosts_number() {
+        // Which of them the host keeps is the host's to say: it may know the later ones already.
+        for name in 0..MAX_COUNTERS + 44 {
+            count(&format!("n{name}"), 2);
+        }
+        let (mut names, mut sum) = (0, 0);
+        drain_counts(|_, total| (names, sum) = (names + 1, sum + total));
+        assert_eq!((names, sum), (MAX_COUNTERS + 44, 2 * (MAX_COUNTERS as u64 + 44)));
+        assert_eq!(counters_kept(), MAX_COUNTERS);
+    }
+
+    #[test]
+    fn config_answers_are_cached_for_the_first_keys_and_a_later_key_is_asked_each_time() {
+        for key in 0..MAX_CONFIG_CACHED + 50 {
+            assert_eq!(config(&format!("k{key}")), None);
+        }
+        assert_eq!(CONFIG.with_borrow(Vec::len), MAX_CONFIG_CACHED);
+        testing::set_config("k0", "cached");
+        testing::set_config("k300", "asked");
+        assert_eq!((config("k0").as_deref(), config("k300").as_deref()), (Some("cached"), Some("asked")));
+    }
 }

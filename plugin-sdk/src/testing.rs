@@ -4,9 +4,11 @@
 //! functions answer from a test double kept per thread (each `#[test]` runs
 //! on its own thread, so tests do not see each other's): [`config`](crate::config)
 //! reads what [`set_config`] set, [`count`](crate::count) adds to what
-//! [`counter`] reads, [`log`](crate::log) records what [`logs`] returns, and
-//! [`now_millis`](crate::now_millis) answers [`set_now_millis`]'s time (0 until
-//! set). A native library a host loaded reaches that host instead, as ever.
+//! [`counter`] reads (within the host's bounds: 256 names of up to 128
+//! bytes, totals that stop at `u64::MAX`), [`log`](crate::log) records what
+//! [`logs`] returns, and [`now_millis`](crate::now_millis) answers
+//! [`set_now_millis`]'s time (0 until set). A native library a host loaded
+//! reaches that host instead, as ever.
 //!
 //! [`TestMessage`] builds the [`Message`] a trait method takes, with its
 //! payload (as transforms get it) or heads only (as filters get it).
@@ -131,6 +133,7 @@ impl TestMessage {
 pub(crate) mod host {
     use super::DOUBLE;
     use crate::Level;
+    use crate::host::MAX_COUNTERS;
 
     pub(crate) fn log(level: Level, message: &str) {
         DOUBLE.with_borrow_mut(|double| double.logs.push((level, message.to_owned())));
@@ -144,8 +147,17 @@ pub(crate) mod host {
         DOUBLE.with_borrow(|double| double.now_millis)
     }
 
+    /// Counted as the host counts: a total saturates at `u64::MAX`, and a
+    /// name past the host's first [`MAX_COUNTERS`] is not counted.
     pub(crate) fn count(name: &str, delta: u64) {
-        DOUBLE.with_borrow_mut(|double| *double.counters.entry(name.to_owned()).or_default() += delta);
+        DOUBLE.with_borrow_mut(|double| {
+            let counters = &mut double.counters;
+            if let Some(total) = counters.get_mut(name) {
+                *total = total.saturating_add(delta);
+            } else if counters.len() < MAX_COUNTERS {
+                counters.insert(name.to_owned(), delta);
+            }
+        });
     }
 }
 
@@ -174,6 +186,19 @@ mod tests {
         assert_eq!(crate::now_millis(), 1_700_000_000_000);
         reset();
         assert_eq!((counter("kept"), logs().len(), crate::now_millis()), (0, 0, 0));
+    }
+
+    #[test]
+    fn counters_saturate_and_stop_at_the_hosts_number_of_names_as_the_hosts_do() {
+        crate::count("huge", u64::MAX);
+        assert_eq!(counter("huge"), u64::MAX);
+        crate::count("huge", 5);
+        assert_eq!(counter("huge"), u64::MAX);
+        // "huge" and 255 more names, as the host keeps; the next is not counted.
+        for name in 0..crate::host::MAX_COUNTERS {
+            crate::count(&format!("n{name}"), 1);
+        }
+        assert_eq!((counter("n254"), counter("n255")), (1, 0));
     }
 
     #[test]
