@@ -87,6 +87,16 @@ test("a message that cannot be written leaves the batch as it was, so the handle
   assert.deepStrictEqual(decode(out.writer.finish()), [input, input]);
 });
 
+test("header names match ASCII case-insensitively and no other way", () => {
+  // The Kelvin sign is "k" to `toLowerCase`, not to the Rust SDK and the host.
+  const message = new Message({ topic: "orders", headers: [["\u212a", "kelvin"], ["X-Tenant", "acme"]] });
+  assert.deepStrictEqual([message.header("k"), message.header("x-TENANT")], [undefined, "acme"]);
+  const out = new Output();
+  out.emit(message).withHeader("k", "1").withHeader("x-tenant", "other").finish();
+  const headers = [["\u212a", "kelvin"], ["x-tenant", "other"], ["k", "1"]];
+  assert.deepStrictEqual(decode(out.writer.finish())[0].headers, headers);
+});
+
 const ASYNC = "plugin handlers must be synchronous: the export answers the host without awaiting what they return";
 
 test("an async transform fails each message, with what it wrote discarded, instead of dropping it silently", () => {

@@ -19,6 +19,7 @@ import {
   ErrorKind,
   Message,
   WireError,
+  asciiLower,
   checkPriority,
   decode,
   isA,
@@ -248,11 +249,11 @@ export class Emit {
           `(got ${typeName(name)}, ${typeName(value)})`,
       );
     }
-    const lowered = name.toLowerCase();
+    const lowered = asciiLower(name);
     let replaced = false;
     const headers = [];
     for (const [key, old] of this.message.headers) {
-      if (key.toLowerCase() !== lowered) headers.push([key, old]);
+      if (asciiLower(key) !== lowered) headers.push([key, old]);
       else if (!replaced) {
         headers.push([name, value]);
         replaced = true;

@@ -25,6 +25,15 @@ export class WireError extends Error {
 }
 
 /**
+ * `text` with its ASCII capitals made small and nothing else changed: header names match ASCII
+ * case-insensitively, as the Rust SDK and the host match them (`toLowerCase` would match the Kelvin sign
+ * "\u212a" to "k").
+ */
+export function asciiLower(text) {
+  return text.replace(/[A-Z]+/g, (capitals) => capitals.toLowerCase());
+}
+
+/**
  * One message: `id` (a BigInt), `source`, `priority`, `topic`, `headers` (an
  * array of `[name, value]` pairs in order), `payload` (a Uint8Array, or `null`
  * when the batch carries heads only) and `payloadLen` (always known).
@@ -42,8 +51,8 @@ export class Message {
 
   /** The first header named `name` (ASCII case-insensitive), or `undefined`. */
   header(name) {
-    const lowered = name.toLowerCase();
-    const found = this.headers.find(([key]) => key.toLowerCase() === lowered);
+    const lowered = asciiLower(name);
+    const found = this.headers.find(([key]) => asciiLower(key) === lowered);
     return found && found[1];
   }
 }

@@ -78,6 +78,15 @@ class Emitting(unittest.TestCase):
             out.emit(INPUT).with_payload(payload).finish()
         self.assertEqual([message.payload for message in decode(out._into_batch())], [b"\x01\x02"] * 4)
 
+    def test_header_names_match_ascii_case_insensitively_and_no_other_way(self):
+        # The Kelvin sign is "k" to `str.lower`, not to the Rust SDK and the host.
+        message = Message("orders", [("\u212a", "kelvin"), ("X-Tenant", "acme")])
+        self.assertEqual((message.header("k"), message.header("x-TENANT")), (None, "acme"))
+        out = Output()
+        out.emit(message).with_header("k", "1").with_header("x-tenant", "other").finish()
+        headers = [("\u212a", "kelvin"), ("x-tenant", "other"), ("k", "1")]
+        self.assertEqual(decode(out._into_batch())[0].headers, headers)
+
     def test_a_message_that_cannot_be_written_leaves_the_batch_as_it_was(self):
         out = Output()
         out.forward(INPUT)

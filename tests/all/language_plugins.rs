@@ -216,11 +216,11 @@ fn the_python_sdk_passes_its_unit_tests() {
         &["-m", "unittest", "discover", "-s", "plugin-sdk/python", "-p", "test_*.py"],
         "install Python 3 (apt-get install python3)",
     );
-    assert!(out.contains("Ran 18 tests") && out.contains("\nOK"), "{out}");
+    assert!(out.contains("Ran 19 tests") && out.contains("\nOK"), "{out}");
 }
 
 #[test]
 fn the_js_sdk_passes_its_unit_tests() {
     let out = run_checked("node", &["--test", "plugin-sdk/js/"], "install Node.js (apt-get install nodejs)");
-    assert!(out.contains("# pass 31") && out.contains("# fail 0"), "{out}");
+    assert!(out.contains("# pass 32") && out.contains("# fail 0"), "{out}");
 }

@@ -1,6 +1,6 @@
 """Where a transform writes its output messages: straight into the reply batch."""
 
-from .wire import Message, write_message
+from .wire import Message, ascii_lower, write_message
 
 __all__ = ["Output", "Emit"]
 
@@ -9,10 +9,10 @@ def set_header(headers, name, value):
     """`headers` with header `name` set: the first header of that name (ASCII
     case-insensitive) takes the new name and value and later ones are removed;
     without one, the header is appended."""
-    lowered = name.lower()
+    lowered = ascii_lower(name)
     result, replaced = [], False
     for key, old in headers:
-        if key.lower() != lowered:
+        if ascii_lower(key) != lowered:
             result.append((key, old))
         elif not replaced:
             result.append((name, value))

@@ -30,9 +30,19 @@ REJECTED, RETRYABLE, FAILED = 0, 1, 2
 #: The tag of a decision that is a verdict, not an error.
 _VERDICT = 3
 
+#: ASCII capitals to their small letters, and nothing else (see `ascii_lower`).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
 _FIXED = struct.Struct("<QIBB")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+def ascii_lower(text):
+    """`text` with its ASCII capitals made small and nothing else changed: header
+    names match ASCII case-insensitively, as the Rust SDK and the host match
+    them (`str.lower` would match the Kelvin sign "\u212a" to "k")."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
 class WireError(ValueError):
@@ -62,9 +72,9 @@ class Message:
 
     def header(self, name):
         """The first header named `name` (ASCII case-insensitive), or `None`."""
-        name = name.lower()
+        name = ascii_lower(name)
         for key, value in self.headers:
-            if key.lower() == name:
+            if ascii_lower(key) == name:
                 return value
         return None
 
