@@ -346,6 +346,38 @@ async fn a_message_with_no_connection_free_in_time_waits_for_one_rather_than_dea
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_waits_count_on_when_a_settings_change_rebuilds_the_destination() {
+    // A changed destination is built anew, its pools too: the waits counted so far must not fall
+    // back to 0, which Prometheus reads as a counter reset.
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let pool = "pool = { max_size = 1, acquire_timeout_ms = 50 }";
+    let host = host(dir.path(), &config(&[&endpoint], pool)).await;
+    let waits = |host: &Host| {
+        let address = endpoint.addr.to_string();
+        let labels = [("destination", "api"), ("endpoint", address.as_str())];
+        sample(&host.metrics().encode(), "switchyard_endpoint_pool_waits_total", &labels).unwrap_or(0.0)
+    };
+    host.send(Message::new("orders", "first")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(Message::new("orders", "second")).await.unwrap();
+    crate::support::eventually(|| match waits(&host) {
+        1.0.. => Ok(()),
+        none => Err(format!("{none} waits")),
+    });
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    within(endpoint.arrivals(2)).await;
+    let before = waits(&host);
+
+    let retry = format!("{pool}\nretry = {{ attempts = 4 }}");
+    let (change, _) = within(host.replace_config(&config(&[&endpoint], &retry))).await.unwrap();
+    assert_eq!(change, switchyard::ConfigChange::Applied);
+    assert!(waits(&host) >= before, "{} waits after the change, {before} before", waits(&host));
+    drain_and_account(&host).await;
+}
+
 /// An address that neither accepts nor refuses a connection: its listener's
 /// queue is full (one connection, never accepted), so the kernel drops a
 /// new connection's SYN and the connect waits until it is given up.

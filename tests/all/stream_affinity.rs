@@ -359,6 +359,48 @@ fn counted(host: &switchyard::Host, metric: &str, labels: &[&str]) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_migrations_count_on_when_a_settings_change_rebuilds_the_destination() {
+    // A changed destination is built anew, its stream table too: the moves counted so far must not
+    // fall back to 0, which Prometheus reads as a counter reset.
+    let taken = Taken::default();
+    let mut servers = Vec::new();
+    for number in 0..3 {
+        servers.push(server(number, taken.clone()).await);
+    }
+    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let dir = plugin_dir(&[]);
+    let config = config(&addresses);
+    let host = host(dir.path(), &config).await;
+    let request = |stream: usize, sequence: usize| {
+        let message =
+            Message::new("jobs", sequence.to_string()).with_header("x-stream", format!("s{stream}"));
+        host.request(message)
+    };
+    // 30 streams, at most 13 on an endpoint: each has some. Those of the stopped one move.
+    for stream in 0..30 {
+        within(request(stream, 0)).await.unwrap();
+    }
+    servers.remove(0).1.send(()).unwrap();
+    for stream in 0..30 {
+        within(request(stream, 1)).await.unwrap();
+    }
+    let moved =
+        || counted(&host, "switchyard_destination_stream_migrations_total", &["destination=\"workers\""]);
+    let before = moved();
+    assert!(before > 0, "no stream moved");
+
+    let retry = "retry = { attempts = 5, base_ms = 1, max_ms = 5 }";
+    let changed = config.replace(retry, "retry = { attempts = 6, base_ms = 1, max_ms = 5 }");
+    let (change, _) = within(host.replace_config(&changed)).await.unwrap();
+    assert_eq!(change, switchyard::ConfigChange::Applied);
+    assert!(moved() >= before, "{} moves counted after the change, {before} before", moved());
+    let orphans = "switchyard_destination_stream_orphans_found_total{destination=\"workers\"}";
+    assert!(host.metrics().encode().contains(orphans), "{orphans} gone");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (60, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outage_moves_few_streams_and_the_first_endpoint_back_takes_them() {
     // Every endpoint dead: each refused connection leaves its endpoint out for 200 ms, then one
     // attempt finds out whether it is back (panic mode admits it, its breaker ejected). The table

@@ -665,7 +665,7 @@ fn gauges_of(destination: DestinationStatus) -> DestinationGauges {
     let endpoints = destination.endpoints.into_iter().map(|endpoint| EndpointGauges {
         serving: endpoint.up(),
         in_flight: endpoint.in_flight,
-        pool: endpoint.pool.map(|pool| (pool.size, pool.idle, pool.waits)),
+        pool: endpoint.pool.map(|pool| (pool.size, pool.idle)),
         endpoint: endpoint.address,
     });
     DestinationGauges {

@@ -1,10 +1,11 @@
 //! Gauges of the running host's destinations, read when `/metrics` is
 //! scraped (queue depths, requests in flight, endpoints serving, pooled
-//! connections): the message path pays nothing for them.
+//! connections, streams on each endpoint): the message path pays nothing for them.
+//! Counters are not read here: a reload that rebuilds a destination would
+//! start them again at 0 (see [`super::destination`]).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::OnceLock;
@@ -25,8 +26,8 @@ pub(crate) struct EndpointGauges {
     pub(crate) in_flight: u32,
     /// Neither down by health checks nor ejected by its breaker.
     pub(crate) serving: bool,
-    /// Its pool: connections open, idle, and acquisitions that waited.
-    pub(crate) pool: Option<(usize, usize, u64)>,
+    /// Its pool: connections open and idle.
+    pub(crate) pool: Option<(usize, usize)>,
 }
 
 /// Reads the gauges of the host's destinations now.
@@ -55,12 +56,6 @@ struct Endpoint {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MigrationReason {
-    destination: String,
-    reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolState {
     destination: String,
     endpoint: String,
@@ -73,29 +68,17 @@ impl Collector for ScrapeGauges {
         let queued = Family::<Destination, Gauge>::default();
         let (in_flight, serving) =
             (Family::<Endpoint, Gauge>::default(), Family::<Endpoint, Gauge>::default());
-        let (connections, waits) =
-            (Family::<PoolState, Gauge>::default(), Family::<Endpoint, Counter>::default());
+        let connections = Family::<PoolState, Gauge>::default();
         let streams = Family::<Endpoint, Gauge>::default();
-        let migrations = Family::<MigrationReason, Counter>::default();
-        let orphans = Family::<Destination, Counter>::default();
         for destination in source() {
             if let Some(summary) = &destination.streams {
-                let name = || destination.destination.clone();
                 for on in &summary.endpoints {
-                    let labels = Endpoint { destination: name(), endpoint: on.endpoint.clone() };
+                    let labels = Endpoint {
+                        destination: destination.destination.clone(),
+                        endpoint: on.endpoint.clone(),
+                    };
                     streams.get_or_create(&labels).set(on.streams as i64);
                 }
-                let counts = &summary.counts;
-                let moved = [
-                    ("endpoint-down", counts.moved_endpoint_down),
-                    ("rebalance", counts.moved_rebalance),
-                    ("consistency-check", counts.moved_repair),
-                ];
-                for (reason, count) in moved {
-                    let labels = MigrationReason { destination: name(), reason: reason.into() };
-                    migrations.get_or_create(&labels).inc_by(count);
-                }
-                orphans.get_or_create(&Destination { destination: name() }).inc_by(counts.orphans_found);
             }
             if let Some(depth) = destination.queued {
                 queued
@@ -107,8 +90,7 @@ impl Collector for ScrapeGauges {
                     Endpoint { destination: destination.destination.clone(), endpoint: gauges.endpoint };
                 in_flight.get_or_create(&labels).set(gauges.in_flight.into());
                 serving.get_or_create(&labels).set(i64::from(gauges.serving));
-                let Some((open, idle, waited)) = gauges.pool else { continue };
-                waits.get_or_create(&labels).inc_by(waited);
+                let Some((open, idle)) = gauges.pool else { continue };
                 for (state, count) in [("open", open), ("idle", idle)] {
                     let Endpoint { destination, endpoint } = labels.clone();
                     let state = PoolState { destination, endpoint, state: state.into() };
@@ -116,10 +98,8 @@ impl Collector for ScrapeGauges {
                 }
             }
         }
-        let families: [(&str, &str, &dyn EncodeMetric); 8] = [
+        let families: [(&str, &str, &dyn EncodeMetric); 5] = [
             ("endpoint_streams", "Streams on an endpoint (affinity balancer)", &streams),
-            ("destination_stream_migrations", "Streams moved to another endpoint, by reason", &migrations),
-            ("destination_stream_orphans_found", "Orphaned streams the consistency check found", &orphans),
             ("destination_queued", "Messages waiting in a destination's queue", &queued),
             ("endpoint_in_flight", "Requests in flight to an endpoint", &in_flight),
             ("endpoint_serving", "1 while an endpoint is neither down nor ejected", &serving),
@@ -128,7 +108,6 @@ impl Collector for ScrapeGauges {
                 "Pooled connections to an endpoint, by state (open, idle)",
                 &connections,
             ),
-            ("endpoint_pool_waits", "Connection acquisitions that waited for a free slot", &waits),
         ];
         for (name, help, family) in families {
             family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)?;

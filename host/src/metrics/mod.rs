@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod cost;
+mod destination;
 mod gauges;
 mod jetstream;
 mod plugins;
@@ -11,6 +12,9 @@ mod sharded;
 mod spool;
 mod totals;
 
+use destination::DestinationCounters;
+pub use destination::PoolWaits;
+pub(crate) use destination::StreamCounters;
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
 pub(crate) use jetstream::{JetStreamMetrics, Pulled};
@@ -139,6 +143,8 @@ pub struct Metrics {
     transport_latency: Family<TransportDestination, LatencyHistogram>,
     attempts: Family<EndpointOutcome, Counter>,
     breaker_transitions: Family<EndpointTransition, Counter>,
+    /// Pool waits and stream moves, which outlive the pools and stream tables a reload rebuilds.
+    destination_counters: DestinationCounters,
     events: Family<EventKind, Counter>,
     gauges: std::sync::Arc<ScrapeGauges>,
     /// Reads the spool's depth and oldest age, for alert rules; set once the host is built.
@@ -192,6 +198,7 @@ impl Metrics {
             transport_latency: Family::default(),
             attempts: Family::default(),
             breaker_transitions: Family::default(),
+            destination_counters: DestinationCounters::default(),
             events: Family::default(),
             gauges: Default::default(),
             spool_source: Default::default(),
@@ -243,6 +250,7 @@ impl Metrics {
         registry.register("endpoint_attempts", help, metrics.attempts.clone());
         let help = "Circuit breaker transitions per endpoint, by the state entered (open, closed)";
         registry.register("endpoint_breaker_transitions", help, metrics.breaker_transitions.clone());
+        metrics.destination_counters.register(&mut registry);
         let help = "Host events (plugin loaded, replaced, rejected, removed; config applied, rejected)";
         registry.register("host_events", help, metrics.events.clone());
         let help = "Alert transitions whose message the host's queue refused (full, or shutting down)";
@@ -435,6 +443,16 @@ impl Metrics {
     /// The retry counter of `destination`.
     pub(crate) fn retries(&self, destination: &str) -> Counter {
         self.retries.get_or_create_owned(&DestinationName { destination: destination.into() })
+    }
+
+    /// Where the connection pools of `destination` count the acquisitions that waited for a free slot.
+    pub fn pool_waits(&self, destination: &str) -> PoolWaits {
+        self.destination_counters.pool_waits(destination)
+    }
+
+    /// The stream counters of `destination` (an `affinity:header:KEY` one).
+    pub(crate) fn streams(&self, destination: &str) -> StreamCounters {
+        self.destination_counters.streams(destination)
     }
 
     /// Count a message of `destination` handed to its fallback.

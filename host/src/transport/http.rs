@@ -57,14 +57,16 @@ pub struct HttpOptions {
 
 impl super::TransportOptions for HttpOptions {}
 
-/// The `http` transport of `destination`: its pool settings, replies up to the host's largest message.
+/// The `http` transport of `destination`: its pool settings, its pools' waits counted in the host's
+/// metrics, replies up to the host's largest message.
 pub(super) fn build(
     options: HttpOptions,
     destination: &DestinationConfig,
     context: &TransportContext,
 ) -> Arc<dyn Transport> {
     let transport = HttpTransport::new(&options.path, options.redirects_ok, (&destination.pool).into());
-    Arc::new(transport.max_reply_bytes(context.max_message_bytes))
+    let pools = transport.pools.count_waits(context.metrics.pool_waits(&destination.name));
+    Arc::new(HttpTransport { pools, ..transport }.max_reply_bytes(context.max_message_bytes))
 }
 
 /// POSTs to `http://ADDRESS{path}`.

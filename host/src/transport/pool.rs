@@ -9,14 +9,18 @@
 //! returns it to the idle list. [`Pool::close_idle`] closes the idle
 //! connections and keeps those in use now from coming back (an endpoint that
 //! turned unhealthy). A transport keeps one pool per endpoint in [`Pools`].
+//! Acquisitions that waited for a slot are counted where [`Pools::count_waits`]
+//! says: in the host's metrics, which outlive the pools of a rebuilt destination.
 
 use super::progress::{AttemptProgress, Step};
+use crate::metrics::PoolWaits;
 use crate::resilience::{Outcome, RetryReason};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -106,7 +110,9 @@ pub struct PoolStats {
     pub idle: usize,
     /// Connections handed out and not yet released or dropped.
     pub in_use: usize,
-    /// Acquisitions so far that found every slot taken and had to wait.
+    /// Acquisitions so far that found every slot taken and had to wait: for a pool counting
+    /// into a host's metrics ([`Pools::count_waits`]), since the host started, over every pool
+    /// its destination had to this endpoint.
     pub waits: u64,
 }
 
@@ -121,7 +127,8 @@ pub struct Pool<C> {
     is_open: fn(&C) -> bool,
     /// Guards alive; atomic so that stats need not take the idle lock twice.
     in_use: AtomicUsize,
-    waits: AtomicU64,
+    /// Acquisitions that waited: the pool's own count, or a series of the host's metrics.
+    waits: Counter,
 }
 
 /// The idle list and the generation it belongs to.
@@ -144,13 +151,18 @@ impl<C> Pool<C> {
     /// handed out again (has the peer closed it while it sat idle?); one that
     /// is not open is closed and the next one tried.
     pub fn new(config: PoolConfig, is_open: fn(&C) -> bool) -> Pool<C> {
+        Pool::counting_waits(config, is_open, Counter::default())
+    }
+
+    /// [`Pool::new`], counting the acquisitions that wait in `waits`.
+    fn counting_waits(config: PoolConfig, is_open: fn(&C) -> bool, waits: Counter) -> Pool<C> {
         Pool {
             config,
             slots: Arc::new(Semaphore::new(config.max_size)),
             idle: Mutex::new(Idle { connections: VecDeque::new(), generation: 0 }),
             is_open,
             in_use: AtomicUsize::new(0),
-            waits: AtomicU64::new(0),
+            waits,
         }
     }
 
@@ -174,7 +186,7 @@ impl<C> Pool<C> {
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                self.waits.fetch_add(1, Relaxed);
+                self.waits.inc();
                 let waited = self.config.acquire_timeout;
                 match tokio::time::timeout(waited, self.slots.clone().acquire_owned()).await {
                     Ok(slot) => slot.expect("a pool never closes its semaphore"),
@@ -213,7 +225,7 @@ impl<C> Pool<C> {
     pub fn stats(&self) -> PoolStats {
         let idle = self.lock_idle().connections.len();
         let in_use = self.in_use.load(Relaxed);
-        PoolStats { size: idle + in_use, idle, in_use, waits: self.waits.load(Relaxed) }
+        PoolStats { size: idle + in_use, idle, in_use, waits: self.waits.get() }
     }
 
     fn guard(
@@ -339,13 +351,24 @@ impl<C> std::fmt::Debug for Pooled<C> {
 pub struct Pools<C> {
     config: PoolConfig,
     is_open: fn(&C) -> bool,
+    /// Where each pool counts its waits; `None`: in the pool.
+    waits: Option<PoolWaits>,
     by_address: RwLock<HashMap<String, Arc<Pool<C>>>>,
 }
 
 impl<C> Pools<C> {
     /// No pools yet; each will have `config` and ask `is_open` (see [`Pool::new`]).
     pub fn new(config: PoolConfig, is_open: fn(&C) -> bool) -> Pools<C> {
-        Pools { config, is_open, by_address: RwLock::default() }
+        Pools { config, is_open, waits: None, by_address: RwLock::default() }
+    }
+
+    /// Count the acquisitions that wait in `waits` (from [`Metrics::pool_waits`], its series per
+    /// endpoint address) rather than in each pool: a transport built again for a changed
+    /// destination counts on from where the old one was. Call it before the first [`get`](Self::get).
+    ///
+    /// [`Metrics::pool_waits`]: crate::metrics::Metrics::pool_waits
+    pub fn count_waits(self, waits: PoolWaits) -> Pools<C> {
+        Pools { waits: Some(waits), ..self }
     }
 
     /// The pool of `address`, made now if it has none.
@@ -356,8 +379,10 @@ impl<C> Pools<C> {
         }
         drop(pools);
         let mut pools = self.by_address.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let pool =
-            pools.entry(address.to_owned()).or_insert_with(|| Arc::new(Pool::new(self.config, self.is_open)));
+        let pool = pools.entry(address.to_owned()).or_insert_with(|| {
+            let waits = self.waits.as_ref().map_or_else(Counter::default, |waits| waits.endpoint(address));
+            Arc::new(Pool::counting_waits(self.config, self.is_open, waits))
+        });
         pool.clone()
     }
 
@@ -593,6 +618,21 @@ mod tests {
         pools.close_idle("a:1");
         pools.close_idle("b:1");
         assert_eq!(pools.stats("a:1").map(|stats| stats.idle), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pools_built_again_count_on_in_the_waits_they_were_given() {
+        let metrics = crate::metrics::Metrics::default();
+        let config = PoolConfig { acquire_timeout: Duration::from_millis(10), ..config(1, 1) };
+        let pools: Pools<u32> = Pools::new(config, |_| true).count_waits(metrics.pool_waits("api"));
+        let made = AtomicU32::new(0);
+        let _held = take(&pools.get("a:1"), &made).await;
+        pools.get("a:1").acquire(connect(&made)).await.unwrap_err();
+        let again: Pools<u32> = Pools::new(config, |_| true).count_waits(metrics.pool_waits("api"));
+        take(&again.get("a:1"), &made).await.release();
+        assert_eq!(again.stats("a:1").map(|stats| stats.waits), Some(1));
+        let waits = "switchyard_endpoint_pool_waits_total{destination=\"api\",endpoint=\"a:1\"} 1\n";
+        assert!(metrics.encode().contains(waits), "{}", metrics.encode());
     }
 
     #[test]

@@ -28,13 +28,17 @@ pub struct TcpOptions {}
 
 impl super::TransportOptions for TcpOptions {}
 
-/// The `tcp` transport of `destination`, with its pool settings.
+/// The `tcp` transport of `destination`, with its pool settings, its pools' waits counted in the
+/// host's metrics.
 pub(super) fn build(
     _options: TcpOptions,
     destination: &DestinationConfig,
-    _context: &TransportContext,
+    context: &TransportContext,
 ) -> std::sync::Arc<dyn Transport> {
-    std::sync::Arc::new(TcpTransport::new((&destination.pool).into()))
+    let waits = context.metrics.pool_waits(&destination.name);
+    std::sync::Arc::new(TcpTransport {
+        pools: Pools::new((&destination.pool).into(), is_open).count_waits(waits),
+    })
 }
 
 /// Frames over TCP, through a [`Pool`](super::Pool) of connections per endpoint.

@@ -1,5 +1,6 @@
 //! Stream affinity in a cluster (`balancer = "affinity:header:KEY"`): the stream table behind a lock,
-//! fed the time and which endpoints are alive, its migrations told as `stream-migrated` events, a
+//! fed the time and which endpoints are alive, its migrations told as `stream-migrated` events and
+//! counted (with the orphans the consistency check finds) in the host's metrics, a
 //! timer that keeps it (migrations, idle streams, the consistency check) without traffic, and each
 //! stream's turn.
 //!
@@ -31,11 +32,13 @@ use super::Cluster;
 use super::endpoint::lock;
 use super::turns::{StreamTurn, StreamTurns};
 use crate::balance::{
-    AffinityPolicy, ConsistencyReport, EndpointView, Migration, P2cPeakEwma, Standing, StreamTable,
+    AffinityPolicy, ConsistencyReport, EndpointView, Migration, MigrationReason, P2cPeakEwma, Standing,
+    StreamTable,
 };
 use crate::destination::{
     DestinationEvent, EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary,
 };
+use crate::metrics::StreamCounters;
 use crate::resilience::{Admission, BreakerPermit, BreakerState, HealthState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +57,9 @@ pub(super) struct StreamAffinity {
     /// Picks for messages without the key header.
     pub(super) fallback: P2cPeakEwma,
     turns: Arc<StreamTurns>,
+    /// Moves and orphans found, counted in series of the host's metrics rather than in the table:
+    /// a change to the destination builds a new table, and the counts go on.
+    counters: StreamCounters,
 }
 
 /// Where an attempt for a stream goes.
@@ -68,13 +74,18 @@ pub(super) enum StreamChoice {
 }
 
 impl StreamAffinity {
-    pub(super) fn new(policy: AffinityPolicy, verify_every: Duration) -> StreamAffinity {
+    pub(super) fn new(
+        policy: AffinityPolicy,
+        verify_every: Duration,
+        counters: StreamCounters,
+    ) -> StreamAffinity {
         StreamAffinity {
             table: Mutex::new(StreamTable::new(policy)),
             origin: Instant::now(),
             verify_every,
             fallback: P2cPeakEwma::new(),
             turns: Arc::default(),
+            counters,
         }
     }
 
@@ -127,7 +138,7 @@ impl Cluster {
             let index = table.pick(key, &views, affinity.since_origin(now));
             (index, table.take_migrations())
         };
-        self.tell_migrations(migrations);
+        self.tell_migrations(affinity, migrations);
         let Some(index) = index else {
             // Its endpoint is dead and none serves, and the endpoints on trial are being tried:
             // their verdicts (an attempt's end) may give it one.
@@ -165,7 +176,8 @@ impl Cluster {
             let report = table.verify(&views);
             (report, table.take_migrations())
         };
-        self.tell_migrations(migrations);
+        affinity.counters.orphans_found.inc_by(report.orphans.len() as u64);
+        self.tell_migrations(affinity, migrations);
         if !report.is_consistent() {
             tracing::warn!(destination = %self.name, orphans = report.orphans.len(), duplicates = report.duplicates.len(), unlisted = report.unlisted.len(), repaired = report.repaired, "stream table was inconsistent");
         }
@@ -275,12 +287,21 @@ impl Cluster {
             table.maintain(&views, affinity.since_origin(now));
             table.take_migrations()
         };
-        self.tell_migrations(migrations);
+        self.tell_migrations(affinity, migrations);
     }
 
-    /// Tell of each migration with a `stream-migrated` event.
-    fn tell_migrations(&self, migrations: Vec<Migration>) {
+    /// Count each migration of `affinity`'s table and tell of it with a `stream-migrated` event.
+    fn tell_migrations(&self, affinity: &StreamAffinity, migrations: Vec<Migration>) {
         for migration in migrations {
+            let counters = &affinity.counters;
+            let moved = match migration.reason {
+                MigrationReason::EndpointDown | MigrationReason::EndpointRemoved => {
+                    &counters.moved_endpoint_down
+                }
+                MigrationReason::Rebalance => &counters.moved_rebalance,
+                MigrationReason::Repair => &counters.moved_repair,
+            };
+            moved.inc();
             (self.events)(DestinationEvent::StreamMigrated {
                 destination: self.name.clone(),
                 stream: migration.key.to_string(),

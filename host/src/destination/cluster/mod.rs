@@ -135,7 +135,8 @@ impl Cluster {
                 BalancerConfig::Affinity { .. } => {
                     let settings = config.affinity.unwrap_or_default();
                     let verify_every = Duration::from_millis(settings.verify_interval_ms);
-                    Picker::Affinity(Box::new(StreamAffinity::new(settings.policy(), verify_every)))
+                    let counters = metrics.streams(&config.name);
+                    Picker::Affinity(Box::new(StreamAffinity::new(settings.policy(), verify_every, counters)))
                 }
                 built => Picker::Native(built.build().expect("not a plugin balancer")),
             },

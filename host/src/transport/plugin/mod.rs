@@ -108,7 +108,7 @@ impl Lanes {
 impl PluginTransport {
     /// A transport for `config`, running the versions of `config.plugin`
     /// that `registry` serves, compiled by `engine`, their calls counted in
-    /// `metrics` as a pipeline's stages are. Lanes start on first use. An endpoint whose address does not resolve now is not granted
+    /// `metrics` as a pipeline's stages are (its pools' waits too, as its destination's). Lanes start on first use. An endpoint whose address does not resolve now is not granted
     /// (the plugin's connections to it are denied), and a warning says so.
     pub fn new(
         config: PluginTransportConfig,
@@ -126,7 +126,8 @@ impl PluginTransport {
                 ),
             }
         }
-        let pools = Pools::new(config.pool, PluginConnection::is_open);
+        let pools = Pools::new(config.pool, PluginConnection::is_open)
+            .count_waits(metrics.pool_waits(&config.destination));
         let (current, starting) = (ArcSwapOption::empty(), Mutex::default());
         PluginTransport { config, registry, engine, metrics, grants, pools, current, starting }
     }
