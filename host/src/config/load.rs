@@ -447,8 +447,15 @@ impl super::DestinationConfig {
                 "only network transports have endpoints".into(),
             ));
         }
-        for endpoint in &self.endpoints {
+        for (at, endpoint) in self.endpoints.iter().enumerate() {
             let address = &endpoint.address;
+            // Listed twice, it would have two breakers and health states, but one pool and one
+            // series of each metric, which both would write.
+            if self.endpoints[..at].iter().any(|earlier| earlier.address == *address) {
+                let problem = "listed twice: one address is one endpoint \
+                               (for more of the traffic, give it a larger weight)";
+                return Err(("endpoints", address.clone(), problem.into()));
+            }
             if !super::endpoint::is_host_and_port(address) {
                 return Err(("endpoints", address.clone(), super::endpoint::HOST_AND_PORT.into()));
             }
