@@ -545,6 +545,49 @@ async fn a_put_config_writes_where_a_linked_file_points_keeps_its_mode_and_refus
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_matching_a_secret_header_shows_it_redacted_and_a_put_sending_it_back_is_refused() {
+    let dir = plugin_dir(&[]);
+    let (config_path, base) = config_file_in(dir.path());
+    // `*` asks only that the header be there: no secret to hide.
+    let route = |authorization: &str| {
+        let headers = format!(
+            "authorization = \"{authorization}\", x-api-key = \"ZZKEY\", x-tenant = \"acme\", x-auth-token = \"*\""
+        );
+        format!(
+            "{base}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a.*\", headers = {{ {headers} }} }}\nto = \"out\"\n"
+        )
+    };
+    let first = route("Bearer s3cr3t");
+    std::fs::write(&config_path, &first).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    let addr = start_admin(&host).await;
+
+    let shown_headers = serde_json::json!({
+        "authorization": "[redacted]", "x-api-key": "[redacted]", "x-tenant": "acme", "x-auth-token": "*"
+    });
+    for (path, routes) in [("/v1/config", "route"), ("/v1/routes", "routes")] {
+        let (status, body) = call(addr, "GET", path, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.contains("s3cr3t") && !body.contains("ZZKEY"), "{path}: {body}");
+        let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(shown[routes][0]["match"]["headers"], shown_headers, "{path}: {body}");
+        assert_eq!(shown[routes][0]["match"]["topic"], "a.*", "{path}: {body}");
+    }
+    let (_, toml_text) = call(addr, "GET", "/v1/config?format=toml", "").await;
+    assert!(!toml_text.contains("s3cr3t") && !toml_text.contains("ZZKEY"), "{toml_text}");
+
+    // Sent back with the placeholder, the header would have to read "[redacted]".
+    for (method, path) in [("POST", "/v1/config/validate"), ("PUT", "/v1/config")] {
+        let (status, body) = call(addr, method, path, &route("[redacted]")).await;
+        assert_eq!(status, 422, "{method} {path}: {body}");
+        assert!(body.contains("a route's match on a secret header reads [redacted]"), "{body}");
+    }
+    assert_eq!(host.config().routes[0].matches.headers["authorization"], "Bearer s3cr3t");
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), first, "the file is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_config_says_which_plugins_it_left_with_refused_settings() {
     // The sidecar gives what the entry gives; the new entry gives less, so the sidecar widens it.
     let dir = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);

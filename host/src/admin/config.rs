@@ -95,11 +95,11 @@ fn refused(err: crate::config::ConfigError) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": err.to_string() }))).into_response()
 }
 
-/// Replace the secrets in a serialized config (see [`each_secret`]) with
-/// [`REDACTED`]. Nulls are dropped (TOML has none).
-fn redact(value: &mut Value) {
-    each_secret(value, false, &mut |secret| match secret {
-        Secret::Whole(text) => *text = REDACTED.into(),
+/// Replace the secrets in a serialized config, or a part of one such as its routes (see
+/// [`each_secret`]), with [`REDACTED`]. Nulls are dropped (TOML has none).
+pub(super) fn redact(value: &mut Value) {
+    each_secret(value, Within::Config, &mut |secret| match secret {
+        Secret::Whole(text) | Secret::HeaderMatch(text) => *text = REDACTED.into(),
         Secret::InUrl(url) => {
             if let Some(hidden) = without_url_password(url) {
                 *url = hidden;
@@ -116,9 +116,12 @@ fn redact(value: &mut Value) {
 fn redacted_secret(text: &str) -> Option<String> {
     let mut config = serde_json::to_value(toml::from_str::<toml::Table>(text).ok()?).ok()?;
     let mut found = None;
-    each_secret(&mut config, false, &mut |secret| {
+    each_secret(&mut config, Within::Config, &mut |secret| {
         let hidden = match secret {
             Secret::Whole(text) if text == REDACTED => Some("a token or secret plugin setting".to_owned()),
+            Secret::HeaderMatch(text) if text == REDACTED => {
+                Some("a route's match on a secret header".to_owned())
+            }
             Secret::InUrl(url) if url_password(url) == Some(REDACTED) => {
                 Some(format!("the password of {url}"))
             }
@@ -136,32 +139,61 @@ fn redacted_secret(text: &str) -> Option<String> {
 enum Secret<'a> {
     /// A `token`, or a plugin config or destination option value whose key names a secret.
     Whole(&'a mut String),
+    /// The value a route's `match.headers` requires of a header whose name names a secret
+    /// (`authorization`, `x-api-key`).
+    HeaderMatch(&'a mut String),
     /// A string that may be a URL with a password (`redis://user:secret@host`), or hold a secret
     /// as `name=value` (`--password=…`, `?access_token=…`).
     InUrl(&'a mut String),
 }
 
+/// Where [`each_secret`] is in a serialized config.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Within {
+    /// Anywhere but the tables below.
+    Config,
+    /// A route's `match`.
+    Match,
+    /// A route's `match.headers`: header name → the value required (`*`: only there).
+    MatchHeaders,
+    /// A `[[plugin]]`'s `config` or a destination's `options`, or a table inside one.
+    Settings,
+}
+
 /// Call `found` with every secret of a serialized config: every `token`; the values of a
 /// `[[plugin]]`'s `config` and of a destination's `options` (a subprocess's `env` too) whose key
-/// names a secret (`password`, `secret`, `token`, `api_key`, `authorization`...); and every other
-/// string as text that may carry one (a URL's password, `name=value`). Nulls are dropped.
-/// `in_settings` is true inside such a `config` or `options` table.
-fn each_secret(value: &mut Value, in_settings: bool, found: &mut impl FnMut(Secret<'_>)) {
+/// names a secret (`password`, `secret`, `token`, `api_key`, `authorization`...), and the value a
+/// route's `match.headers` requires of a header so named (but `*`, which asks only that it be
+/// there); and every other string as text that may carry one (a URL's password, `name=value`).
+/// Nulls are dropped.
+fn each_secret(value: &mut Value, within: Within, found: &mut impl FnMut(Secret<'_>)) {
     match value {
         Value::Object(map) => {
             map.retain(|_, value| !value.is_null());
             for (key, value) in map.iter_mut() {
-                let secret = key == "token" || (in_settings && crate::config::names_a_secret(key));
+                let secret = match within {
+                    Within::Config | Within::Match => key == "token",
+                    Within::MatchHeaders => crate::config::names_a_secret(key) && *value != "*",
+                    Within::Settings => crate::config::names_a_secret(key),
+                };
                 match value {
+                    Value::String(text) if secret && within == Within::MatchHeaders => {
+                        found(Secret::HeaderMatch(text))
+                    }
                     Value::String(text) if secret => found(Secret::Whole(text)),
                     _ => {
-                        let settings = key == "config" || key == "options";
-                        each_secret(value, settings || (in_settings && value.is_object()), found)
+                        let inner = match (key.as_str(), within) {
+                            ("config" | "options", _) | (_, Within::Settings) => Within::Settings,
+                            ("match", Within::Config) => Within::Match,
+                            ("headers", Within::Match) => Within::MatchHeaders,
+                            _ => Within::Config,
+                        };
+                        each_secret(value, inner, found)
                     }
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|item| each_secret(item, false, found)),
+        Value::Array(items) => items.iter_mut().for_each(|item| each_secret(item, Within::Config, found)),
         Value::String(text) => found(Secret::InUrl(text)),
         _ => {}
     }
@@ -268,6 +300,22 @@ mod tests {
         }
         let put_back = "[[destination]]\nname = \"j\"\noptions = { path = \"/h?token=[redacted]\" }\n";
         assert_eq!(redacted_secret(put_back).as_deref(), Some("a secret in /h?token=[redacted]"));
+    }
+
+    #[test]
+    fn a_route_match_on_a_secret_header_is_redacted_but_a_presence_check_and_other_headers_are_not() {
+        let headers = json!({
+            "authorization": "Bearer ZZAUTH", "X-Api-Key": "ZZKEY", "x-auth-token": "*", "x-tenant": "acme"
+        });
+        let mut config =
+            json!({ "route": [{ "name": "r", "match": { "topic": "a.*", "headers": headers } }] });
+        redact(&mut config);
+        let shown = json!({
+            "authorization": REDACTED, "X-Api-Key": REDACTED, "x-auth-token": "*", "x-tenant": "acme"
+        });
+        assert_eq!(config["route"][0]["match"], json!({ "topic": "a.*", "headers": shown }));
+        let put_back = "[[route]]\nname = \"r\"\nmatch = { headers = { authorization = \"[redacted]\" } }\n";
+        assert_eq!(redacted_secret(put_back).as_deref(), Some("a route's match on a secret header"));
     }
 
     #[test]

@@ -94,8 +94,12 @@ async fn plugins(State(host): State<Host>) -> Json<Value> {
     Json(super::plugins::list(&host))
 }
 
+/// The routes as configured, their secrets redacted as `GET /v1/config` redacts them (the
+/// dashboard shows this).
 async fn routes(State(host): State<Host>) -> Json<Value> {
-    Json(json!({ "routes": host.config().routes }))
+    let mut routes = json!({ "routes": host.config().routes });
+    super::config::redact(&mut routes);
+    Json(routes)
 }
 
 async fn destinations(State(host): State<Host>) -> Json<Value> {
