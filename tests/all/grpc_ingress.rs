@@ -1,10 +1,10 @@
 //! gRPC ingress (`switchyard.v1.Ingress`) through the generated client over real HTTP/2: Publish,
-//! Publish with wait, PublishStream with a bad message among good ones, a stream cut mid-way, and the
-//! ingress token.
+//! Publish with wait, PublishStream with a bad message among good ones, a stream cut mid-way, one
+//! that breaks off, and the ingress token.
 
 use crate::support::{builder, drain_and_account, next, plugin_dir};
 use std::collections::HashMap;
-use switchyard::ingress::{IngressClient, PublishRequest, PublishResult};
+use switchyard::ingress::{IngressClient, PublishOutcome, PublishRequest, PublishResult, Refusal};
 use switchyard::{Config, GrpcIngress, Host, Message, RouteConfig};
 
 /// Serve `host`'s gRPC ingress on 127.0.0.1 (any free port) while the test's runtime lives; a client.
@@ -162,4 +162,36 @@ async fn connections_that_send_nothing_or_part_of_the_preface_are_cut_and_a_clie
     assert!(cut.await.unwrap(), "every silent connection was closed");
     assert_eq!(next(&host.memory("out").unwrap()).await.payload, "served");
     drain_and_account(&host).await;
+}
+
+/// The refusal `result` holds (the test fails if it holds an id).
+fn refusal(result: &PublishResult) -> &Refusal {
+    match &result.outcome {
+        Some(PublishOutcome::Refused(refusal)) => refusal,
+        other => panic!("not a refusal: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_off_is_answered_with_what_it_admitted_and_a_refusal_where_it_broke() {
+    // A message over the decode limit (max_message_bytes + 64 KiB) failed the whole call with
+    // OUT_OF_RANGE while the three before it were admitted: a client that sent them again sent
+    // them twice.
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let too_large = PublishRequest {
+        topic: "orders.eu".into(),
+        payload: vec![b'x'; (1 << 20) + (64 << 10) + 1],
+        ..PublishRequest::default()
+    };
+    let mut requests: Vec<PublishRequest> =
+        (0..3).map(|n| publish("orders.eu", &format!("order {n}"))).collect();
+    requests.extend([too_large, publish("orders.eu", "after")]);
+    let reply = client.publish_stream(futures_util::stream::iter(requests)).await;
+    let reply = reply.expect("an answer, not a failed call").into_inner();
+    assert_eq!((reply.accepted, reply.results.len()), (3, 4), "{reply:?}");
+    assert!(reply.results[..3].iter().all(|result| matches!(result.outcome, Some(PublishOutcome::Id(_)))));
+    assert_eq!(refusal(&reply.results[3]).status, 413, "{reply:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (3, 3));
 }

@@ -5,10 +5,12 @@
 //! is `RESOURCE_EXHAUSTED`); with `wait`, it answers once the message is settled, with the reply.
 //! `PublishStream` admits each message of a client stream in order, each waiting for room in the queue
 //! (so the stream is read no faster than the host takes messages), and answers with one result per
-//! message. Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
-//! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
-//! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
-//! delivered whose reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
+//! message: reading stops at a message the stream breaks off with (too large, malformed), and a last
+//! refusal says so; the call itself never fails once a message was admitted. Refusals map to gRPC
+//! codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room `RESOURCE_EXHAUSTED`,
+//! shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is `ABORTED` with the
+//! reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one delivered whose
+//! reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
 //! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
 
 mod connections;
@@ -129,8 +131,13 @@ impl Ingress for Service {
         self.check_token(&request)?;
         let mut stream = request.into_inner();
         let (mut accepted, mut results) = (0, Vec::new());
-        while let Some(publish) = stream.next().await {
-            let outcome = match message_of(publish?) {
+        let stopped = loop {
+            let publish = match next_of(&mut stream).await {
+                Ok(Some(publish)) => publish,
+                Ok(None) => break None,
+                Err(why) => break Some(why),
+            };
+            let outcome = match message_of(publish) {
                 Ok(message) => {
                     let id = message.unique_id().expect("message_of gives every message its id").to_owned();
                     match self.host.send(message).await {
@@ -141,12 +148,26 @@ impl Ingress for Service {
                         Err(err) => refused(&err),
                     }
                 }
-                Err(problem) => Outcome::Refused(Refusal { error: problem, status: 400 }),
+                Err(problem) => refusal(&problem, 400),
             };
             results.push(PublishResult { outcome: Some(outcome) });
+        };
+        // What was admitted is answered, never a failed call: a client would send it all again.
+        if let Some((why, status)) = stopped {
+            let why = format!("not admitted, nor anything after it: {why}");
+            results.push(PublishResult { outcome: Some(refusal(&why, status)) });
         }
         Ok(Response::new(PublishStreamReply { accepted, results }))
     }
+}
+
+/// The next message of `stream`, `None` at its end; or why reading it stops there, with the HTTP
+/// status of the refusal: the stream broke off with a message too large (413) or malformed (400).
+async fn next_of(stream: &mut Streaming<PublishRequest>) -> Result<Option<PublishRequest>, (String, u32)> {
+    stream.next().await.transpose().map_err(|broke| match broke.code() {
+        tonic::Code::OutOfRange => (broke.message().to_owned(), 413),
+        _ => (broke.message().to_owned(), 400),
+    })
 }
 
 /// The message `publish` describes, with a new unique id, or why it is refused.
@@ -180,5 +201,10 @@ fn refused(err: &SendError) -> Outcome {
         SendError::Malformed(_) => 400,
         SendError::Backpressure | SendError::ShuttingDown | SendError::Unrecorded(_) => 503,
     };
-    Outcome::Refused(Refusal { error: err.to_string(), status })
+    refusal(&err.to_string(), status)
+}
+
+/// A refusal with the HTTP `status` the same refusal gets there.
+fn refusal(error: &str, status: u32) -> Outcome {
+    Outcome::Refused(Refusal { error: error.to_owned(), status })
 }
