@@ -1,6 +1,6 @@
 //! gRPC ingress (`switchyard.v1.Ingress`) through the generated client over real HTTP/2: Publish,
 //! Publish with wait, PublishStream with a bad message among good ones, a stream cut mid-way, one
-//! that breaks off, and the ingress token.
+//! that breaks off or runs past its cap, and the ingress token.
 
 use crate::support::{builder, drain_and_account, next, plugin_dir};
 use std::collections::HashMap;
@@ -194,4 +194,20 @@ async fn a_stream_that_breaks_off_is_answered_with_what_it_admitted_and_a_refusa
     assert_eq!(refusal(&reply.results[3]).status, 413, "{reply:?}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_admitted_up_to_the_bulk_cap_and_the_message_past_it_refused() {
+    // Uncapped, some 110 000 results made an answer past the client's 4 MiB decode limit: the call
+    // failed with everything admitted. 10 000 is the bulk ingress's MAX_BATCH.
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let requests = (0..10_003).map(|n| publish("orders.eu", &format!("order {n}")));
+    let reply = client.publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.results.len()), (10_000, 10_001));
+    let past = refusal(&reply.results[10_000]);
+    assert_eq!(past.status, 413, "{past:?}");
+    assert!(past.error.contains("10000"), "{past:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (10_000, 10_000));
 }

@@ -109,14 +109,16 @@ pub(super) fn with_headers(
     headers: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Message, String> {
     for (name, value) in headers {
+        // A name is quoted in part: a long one would be kept whole in its result.
+        let quoted = || crate::bounded_text::one_line(&name, 64);
         if is_host_header(&name) {
-            return Err(format!("header {name}: x-sy- headers are the host's to set"));
+            return Err(format!("header {}: x-sy- headers are the host's to set", quoted()));
         }
         // As a single POST's headers: bytes past ASCII (which an HTTP header may carry) are refused.
         let valid = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
             && HeaderValue::from_str(&value).is_ok_and(|value| value.to_str().is_ok());
         if !valid {
-            return Err(format!("header {name:?}: not a valid header name and visible-ASCII value"));
+            return Err(format!("header \"{}\": not a valid header name and visible-ASCII value", quoted()));
         }
         message.headers.push((name, value));
     }
@@ -157,4 +159,19 @@ fn answer(results: Vec<Result<String, SendError>>) -> Response {
         response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_header_name_is_quoted_in_part() {
+        // A 1 MB name was quoted whole: a 1 MB error kept with the message's result.
+        let long = "n".repeat(1 << 20);
+        for name in [format!("x-sy-{long}"), format!("bad name {long}")] {
+            let refused = with_headers(Message::new("t", "p"), [(name, "v".to_owned())]).unwrap_err();
+            assert!(refused.len() < 200, "{} bytes: {}...", refused.len(), &refused[..100]);
+        }
+    }
 }

@@ -5,18 +5,20 @@
 //! is `RESOURCE_EXHAUSTED`); with `wait`, it answers once the message is settled, with the reply.
 //! `PublishStream` admits each message of a client stream in order, each waiting for room in the queue
 //! (so the stream is read no faster than the host takes messages), and answers with one result per
-//! message: reading stops at a message the stream breaks off with (too large, malformed), and a last
-//! refusal says so; the call itself never fails once a message was admitted. Refusals map to gRPC
-//! codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room `RESOURCE_EXHAUSTED`,
-//! shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is `ABORTED` with the
-//! reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one delivered whose
-//! reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
-//! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
+//! message, at most 10 000 of them (the bulk ingress's `MAX_BATCH`): reading stops at the message past
+//! them and at one the stream breaks off with (too large, malformed), and a last refusal says so; the
+//! call itself never fails once a message was admitted. Refusals map to gRPC codes: malformed
+//! `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room `RESOURCE_EXHAUSTED`, shutting down
+//! `UNAVAILABLE`; a waited-for message dead-lettered or dropped is `ABORTED` with the reason (its
+//! dead-letter code in the `x-sy-dead-letter` metadata), and so is one delivered whose reply was
+//! refused (with `x-sy-delivered: true` metadata: not to be sent again). With `[ingress.grpc] token`,
+//! every call needs `authorization: Bearer …` metadata.
 
 mod connections;
 #[rustfmt::skip]
 mod generated;
 
+use super::bulk::MAX_BATCH;
 use crate::host::{BuildError, Host, RequestError, SendError};
 use crate::message::Message;
 use PublishOutcome as Outcome;
@@ -30,6 +32,11 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
+
+/// The longest refusal text a stream's answer quotes: with [`MAX_BATCH`] results and the refusal past
+/// them, an answer stays under 3 MB, within the 4 MiB a gRPC client decodes by default (an answer it
+/// cannot decode fails the call, though every message was taken).
+const MAX_REFUSAL_BYTES: usize = 256;
 
 /// A bound gRPC ingress, ready to serve.
 #[derive(Debug)]
@@ -133,6 +140,9 @@ impl Ingress for Service {
         let (mut accepted, mut results) = (0, Vec::new());
         let stopped = loop {
             let publish = match next_of(&mut stream).await {
+                Ok(Some(_)) if results.len() == MAX_BATCH => {
+                    break Some((format!("more than {MAX_BATCH} messages in one stream"), 413));
+                }
                 Ok(Some(publish)) => publish,
                 Ok(None) => break None,
                 Err(why) => break Some(why),
@@ -204,7 +214,8 @@ fn refused(err: &SendError) -> Outcome {
     refusal(&err.to_string(), status)
 }
 
-/// A refusal with the HTTP `status` the same refusal gets there.
+/// A refusal with the HTTP `status` the same refusal gets there, `error` quoted in at most
+/// [`MAX_REFUSAL_BYTES`].
 fn refusal(error: &str, status: u32) -> Outcome {
-    Outcome::Refused(Refusal { error: error.to_owned(), status })
+    Outcome::Refused(Refusal { error: crate::bounded_text::one_line(error, MAX_REFUSAL_BYTES), status })
 }
