@@ -1,8 +1,9 @@
 //! gRPC ingress (`switchyard.v1.Ingress`) through the generated client over real HTTP/2: Publish,
 //! Publish with wait, PublishStream with a bad message among good ones, a stream cut mid-way, one
-//! that breaks off or runs past its cap, and the ingress token.
+//! that breaks off, runs past its cap, pauses or is stopped, idle connections, and the ingress token.
 
-use crate::support::{builder, drain_and_account, next, plugin_dir};
+use crate::support::{builder, drain_and_account, eventually, next, plugin_dir, within};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use switchyard::ingress::{IngressClient, PublishOutcome, PublishRequest, PublishResult, Refusal};
 use switchyard::{Config, GrpcIngress, Host, Message, RouteConfig};
@@ -210,4 +211,108 @@ async fn a_stream_is_admitted_up_to_the_bulk_cap_and_the_message_past_it_refused
     assert!(past.error.contains("10000"), "{past:?}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (10_000, 10_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_that_send_nothing_are_answered_and_their_idle_connections_closed() {
+    // Two such streams held both connections for good: a third client was never served. The clock
+    // is paused: header_timeout_ms passes only once every task waits, never while a client is slow
+    // to send its preface or its call on a loaded machine.
+    let text = format!(
+        "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\nheader_timeout_ms = 200\n"
+    );
+    let (host, _dir) = host(&text).await;
+    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
+        stalled.push(client);
+    }
+    let calls = stalled
+        .iter_mut()
+        .map(|client| client.publish_stream(futures_util::stream::pending::<PublishRequest>()));
+    for reply in within(futures_util::future::join_all(calls)).await {
+        let reply = reply.expect("an answer").into_inner();
+        assert_eq!((reply.accepted, reply.results.len()), (0, 1), "{reply:?}");
+        let paused = refusal(&reply.results[0]);
+        assert_eq!(paused.status, 400, "{paused:?}");
+        assert!(paused.error.contains("no message for 200 ms"), "{paused:?}");
+    }
+    // The two clients live on, their connections idle: closed, they let a third one in.
+    let mut client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
+    within(client.publish(publish("orders.eu", "served"))).await.unwrap();
+    // The delivery and the stop wait on the workers: on the real clock, so that the safety nets do
+    // not pass while they work.
+    tokio::time::resume();
+    assert_eq!(next(&host.memory("out").unwrap()).await.payload, "served");
+    drop(stalled);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_request_stalls_fails_and_its_idle_connection_is_closed() {
+    // A Publish whose message never came whole waited for it for good, holding its connection. The
+    // clock is paused, as above.
+    let text = format!(
+        "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\nheader_timeout_ms = 200\n"
+    );
+    let (host, _dir) = host(&text).await;
+    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // A gRPC frame announcing 10 bytes, 2 of them sent, and nothing more.
+    let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 10, 1, 2]);
+    let frames =
+        futures_util::stream::iter([Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(frame))]);
+    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/Publish"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(frames.chain(futures_util::stream::pending())))
+        .unwrap();
+    let answer = within(sender.send_request(request)).await.expect("an answer");
+    let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
+    assert!(status.is_some_and(|status| status != "0"), "{answer:?}");
+    // Its connection, no call open, is closed (the client still holds it).
+    within(connection).await.unwrap().unwrap();
+    let mut client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
+    within(client.publish(publish("orders.eu", "served"))).await.unwrap();
+    drop(sender);
+    tokio::time::resume();
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answers_a_stream_waiting_for_its_next_message_at_once() {
+    // The stop waited for the stream (the host's whole grace period); it is answered instead, with
+    // what it admitted. The pause limit is far off: only the stop can end the wait.
+    let text = format!("{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 3600000\n");
+    let (host, _dir) = host(&text).await;
+    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(ingress.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
+    let requests =
+        futures_util::stream::iter([publish("orders.eu", "first")]).chain(futures_util::stream::pending());
+    let call = tokio::spawn(async move { client.publish_stream(requests).await });
+    eventually(|| match host.stats().accepted {
+        1 => Ok(()),
+        accepted => Err(accepted),
+    });
+    stop.send(()).unwrap();
+    let reply = within(call).await.unwrap().expect("an answer").into_inner();
+    assert_eq!((reply.accepted, reply.results.len()), (1, 2), "{reply:?}");
+    assert_eq!(refusal(&reply.results[1]).status, 503, "{reply:?}");
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
 }

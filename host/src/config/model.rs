@@ -185,7 +185,8 @@ pub struct GrpcIngressConfig {
     /// Connections open at once, at most (more wait to be accepted).
     #[serde(default = "HttpIngressConfig::default_max_connections")]
     pub max_connections: usize,
-    /// Milliseconds a new connection has to send its first bytes.
+    /// Milliseconds a new connection has to send its HTTP/2 preface, a connection may stay with no
+    /// call open, a request may pause, and a client has to answer a ping.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
 }

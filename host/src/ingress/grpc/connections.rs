@@ -1,69 +1,172 @@
-//! The connections the gRPC ingress serves, under the same limits as the HTTP listeners: at most
-//! `max_connections` open at once (the rest wait in the kernel's backlog), and a new connection
-//! that has not sent the whole HTTP/2 preface within `header_timeout_ms` is closed. Without them,
-//! idle connections, or ones that sent part of the preface, held descriptors until the host had
-//! none left for any listener.
+//! The connections the gRPC ingress serves, under the limits of the HTTP listeners, all from
+//! `header_timeout_ms`: at most `max_connections` open at once (the rest wait in the kernel's
+//! backlog); a new connection that has not sent the whole HTTP/2 preface by then is closed, and so is
+//! one with no call open for that long (a GOAWAY: what the client sent before it is still served); a
+//! request that pauses that long fails (a stream's answer refuses where it paused); a client that
+//! leaves a ping unanswered for that long is cut. Without them, idle connections, ones that sent part
+//! of the preface, and streams that never sent their next message held their slots for good. A stop
+//! closes idle connections at once, and the others once their calls are answered.
 
+use super::Service;
+use super::generated::ingress_server::IngressServer;
 use crate::listener::{ListenerLimits, accept};
+use http_body_util::BodyExt;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::RequestBodyTimeout;
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// An accepted connection, holding its slot until it closes. Its preface was read to check it, so
-/// its reads give the preface first.
-pub(super) struct Held {
-    stream: TcpStream,
-    preface_given: usize,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// The connections `listener` accepts within `limits`, once each sent the whole HTTP/2 preface;
-/// accepting stops when the stream is dropped.
-pub(super) fn admitted(
+/// Serve `server`'s calls on the connections `listener` accepts within `limits` until `stopping`
+/// is cancelled; then accept no more, and return once every connection closed.
+pub(super) async fn serve(
     listener: TcpListener,
+    server: IngressServer<Service>,
     limits: ListenerLimits,
-) -> impl futures_util::Stream<Item = std::io::Result<Held>> {
-    let (admit, admitted) = mpsc::channel(1);
-    tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
-        loop {
-            let (mut stream, slot) = tokio::select! {
-                accepted = accept(&listener, &slots) => accepted,
-                () = admit.closed() => return,
+    stopping: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    // A ping goes after header_timeout without a frame from the client, and must be answered within
+    // as long: a graceful close waits for that answer. 200 calls at once, as hyper's default (tonic's
+    // server allowed any number).
+    http2
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout)
+        .max_concurrent_streams(200);
+    let server = TowerToHyperService::new(RequestBodyTimeout::new(server, limits.header_timeout));
+    loop {
+        let (stream, slot) = tokio::select! {
+            () = stopping.cancelled() => break,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        let (http2, server, stopping) = (http2.clone(), server.clone(), stopping.clone());
+        connections.spawn(async move {
+            let stream = tokio::select! {
+                stream = preface(stream, limits.header_timeout) => stream,
+                () = stopping.cancelled() => None,
             };
-            let admit = admit.clone();
-            tokio::spawn(async move {
-                // The protocol's preface, whole, within the deadline: a client that sends less, or
-                // something else, is cut.
-                let mut preface = [0; PREFACE.len()];
-                let read = tokio::time::timeout(limits.header_timeout, stream.read_exact(&mut preface)).await;
-                if matches!(read, Ok(Ok(_))) && &preface == PREFACE {
-                    let _gone = admit.send(Ok(Held { stream, preface_given: 0, _slot: slot })).await;
-                }
-            });
-        }
-    });
-    futures_util::stream::unfold(admitted, |mut admitted| async move {
-        let next = admitted.recv().await?;
-        Some((next, admitted))
-    })
+            if let Some(stream) = stream {
+                serve_connection(stream, &http2, server, limits.header_timeout, &stopping).await;
+            }
+            drop(slot);
+        });
+    }
+    // Clients that come now are refused, not left in the backlog.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
-impl tonic::transport::server::Connected for Held {
-    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+/// `stream`, once it sent the whole HTTP/2 preface within `timeout`; a client that sends less, or
+/// something else, is cut.
+async fn preface(mut stream: TcpStream, timeout: Duration) -> Option<Prefaced> {
+    let mut preface = [0; PREFACE.len()];
+    let read = tokio::time::timeout(timeout, stream.read_exact(&mut preface)).await;
+    (matches!(read, Ok(Ok(_))) && &preface == PREFACE).then_some(Prefaced { stream, preface_given: 0 })
+}
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+/// Serve the calls of one connection until it closes: the client closes it, or it is closed
+/// gracefully once no call was open for `idle` or at the stop.
+async fn serve_connection(
+    stream: Prefaced,
+    http2: &http2::Builder<TokioExecutor>,
+    server: TowerToHyperService<RequestBodyTimeout<IngressServer<Service>>>,
+    idle: Duration,
+    stopping: &CancellationToken,
+) {
+    let calls = Calls::default();
+    let service = {
+        let calls = calls.clone();
+        hyper::service::service_fn(move |request| {
+            let open = calls.open();
+            let answered = hyper::service::Service::call(&server, request);
+            async move {
+                // The call is open until its answer is sent, or the client resets it: hyper drops the
+                // answer's body then.
+                let answer = answered.await?;
+                Ok::<_, std::convert::Infallible>(answer.map(|body| {
+                    body.map_frame(move |frame| {
+                        let _open = &open;
+                        frame
+                    })
+                }))
+            }
+        })
+    };
+    let served = http2.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    // A connection that ends in an error (a reset, an unanswered ping) is the client's business.
+    tokio::select! {
+        _ = served.as_mut() => return,
+        () = calls.idle_for(idle) => {}
+        () = stopping.cancelled() => {}
+    }
+    // A GOAWAY: calls the client began before it are served, then the connection closes.
+    served.as_mut().graceful_shutdown();
+    let _ = served.await;
+}
+
+/// How many calls are open on one connection, for whoever waits for it to go idle.
+#[derive(Clone)]
+struct Calls(Arc<watch::Sender<usize>>);
+
+/// One open call: it closes when dropped.
+struct OpenCall(Calls);
+
+impl Default for Calls {
+    fn default() -> Calls {
+        Calls(Arc::new(watch::Sender::new(0)))
     }
 }
 
-impl AsyncRead for Held {
+impl Calls {
+    fn open(&self) -> OpenCall {
+        self.0.send_modify(|open| *open += 1);
+        OpenCall(self.clone())
+    }
+
+    /// Resolves once no call was open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let mut open = self.0.subscribe();
+        loop {
+            // Never an error: `self` holds the sender.
+            let _ = open.wait_for(|open| *open == 0).await;
+            tokio::select! {
+                () = tokio::time::sleep(idle) => return,
+                // A call opened (and perhaps closed already): the quiet begins again.
+                _ = open.changed() => {}
+            }
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|open| *open -= 1);
+    }
+}
+
+/// A connection whose HTTP/2 preface was read to check it: its reads give the preface first.
+struct Prefaced {
+    stream: TcpStream,
+    preface_given: usize,
+}
+
+impl AsyncRead for Prefaced {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -79,7 +182,7 @@ impl AsyncRead for Held {
     }
 }
 
-impl AsyncWrite for Held {
+impl AsyncWrite for Prefaced {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -46,7 +46,8 @@ pub struct PublishStreamReply {
     #[prost(uint64, tag = "1")]
     pub accepted: u64,
     /// One per message of the stream, in order. Where reading stopped, a last refusal: the message past
-    /// 10 000 (413), one too large (413) or malformed (400); nothing from there on was admitted.
+    /// 10 000 (413), one too large (413) or malformed (400), a pause of header_timeout_ms (400), a stop
+    /// (503); nothing from there on was admitted.
     #[prost(message, repeated, tag = "2")]
     pub results: ::prost::alloc::vec::Vec<PublishResult>,
 }
@@ -190,8 +191,8 @@ pub mod ingress_client {
         }
         /// Admit every message of the stream, in order, each waiting for room in the queue (backpressure:
         /// the stream is read no faster than the host takes messages); one result per message at the end,
-        /// at most 10 000: past them, or at a message the stream breaks off with, reading stops and a last
-        /// refusal says so (the call does not fail for it).
+        /// at most 10 000: past them, at a message the stream breaks off with, or at a stop, reading stops
+        /// and a last refusal says so (the call does not fail for it).
         pub async fn publish_stream(
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::PublishRequest>,
@@ -238,8 +239,8 @@ pub mod ingress_server {
         ) -> std::result::Result<tonic::Response<super::PublishReply>, tonic::Status>;
         /// Admit every message of the stream, in order, each waiting for room in the queue (backpressure:
         /// the stream is read no faster than the host takes messages); one result per message at the end,
-        /// at most 10 000: past them, or at a message the stream breaks off with, reading stops and a last
-        /// refusal says so (the call does not fail for it).
+        /// at most 10 000: past them, at a message the stream breaks off with, or at a stop, reading stops
+        /// and a last refusal says so (the call does not fail for it).
         async fn publish_stream(
             &self,
             request: tonic::Request<tonic::Streaming<super::PublishRequest>>,

@@ -6,13 +6,13 @@
 //! `PublishStream` admits each message of a client stream in order, each waiting for room in the queue
 //! (so the stream is read no faster than the host takes messages), and answers with one result per
 //! message, at most 10 000 of them (the bulk ingress's `MAX_BATCH`): reading stops at the message past
-//! them and at one the stream breaks off with (too large, malformed), and a last refusal says so; the
-//! call itself never fails once a message was admitted. Refusals map to gRPC codes: malformed
-//! `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room `RESOURCE_EXHAUSTED`, shutting down
-//! `UNAVAILABLE`; a waited-for message dead-lettered or dropped is `ABORTED` with the reason (its
-//! dead-letter code in the `x-sy-dead-letter` metadata), and so is one delivered whose reply was
-//! refused (with `x-sy-delivered: true` metadata: not to be sent again). With `[ingress.grpc] token`,
-//! every call needs `authorization: Bearer …` metadata.
+//! them, at one the stream breaks off with (too large, malformed, a pause of `header_timeout_ms`) and
+//! at a stop, and a last refusal says so; the call itself never fails once a message was admitted.
+//! Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
+//! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
+//! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
+//! delivered whose reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
+//! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
 
 mod connections;
 #[rustfmt::skip]
@@ -29,9 +29,12 @@ pub use generated::publish_result::Outcome as PublishOutcome;
 pub use generated::{PublishReply, PublishRequest, PublishResult, PublishStreamReply, Refusal, Reply};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
+use tower_http::timeout::TimeoutError;
 
 /// The longest refusal text a stream's answer quotes: with [`MAX_BATCH`] results and the refusal past
 /// them, an answer stays under 3 MB, within the 4 MiB a gRPC client decodes by default (an answer it
@@ -57,26 +60,32 @@ impl GrpcIngress {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serve until `shutdown` completes; calls in progress finish first.
+    /// Serve until `shutdown` completes; calls in progress finish first, but a stream is read no
+    /// further (its answer refuses the rest) and idle connections close at once.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let service = IngressServer::new(Service { host: self.host.clone() })
-            .max_decoding_message_size(self.host.config().host.max_message_bytes.saturating_add(64 << 10));
         let config = self.host.config().ingress.grpc.clone();
         let config = config.unwrap_or_else(|| crate::config::GrpcIngressConfig::new(self.local_addr()));
         let limits = crate::listener::ListenerLimits::new(config.max_connections, config.header_timeout_ms);
-        let incoming = connections::admitted(self.listener, limits);
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
-        if let Err(err) = served {
-            tracing::error!(%err, "the gRPC ingress stopped");
-        }
+        let stopping = CancellationToken::new();
+        let service =
+            Service { host: self.host.clone(), stopping: stopping.clone(), pause: limits.header_timeout };
+        let server = IngressServer::new(service)
+            .max_decoding_message_size(self.host.config().host.max_message_bytes.saturating_add(64 << 10));
+        let stop = async {
+            shutdown.await;
+            stopping.cancel();
+        };
+        tokio::join!(stop, connections::serve(self.listener, server, limits, stopping.clone()));
     }
 }
 
 struct Service {
     host: Host,
+    /// Cancelled at the stop: a stream waiting for its next message is answered then.
+    stopping: CancellationToken,
+    /// The longest pause a request may make (`header_timeout_ms`), named in the refusal of a stream
+    /// that made it.
+    pause: Duration,
 }
 
 impl Service {
@@ -139,7 +148,7 @@ impl Ingress for Service {
         let mut stream = request.into_inner();
         let (mut accepted, mut results) = (0, Vec::new());
         let stopped = loop {
-            let publish = match next_of(&mut stream).await {
+            let publish = match self.next_of(&mut stream).await {
                 Ok(Some(_)) if results.len() == MAX_BATCH => {
                     break Some((format!("more than {MAX_BATCH} messages in one stream"), 413));
                 }
@@ -171,13 +180,30 @@ impl Ingress for Service {
     }
 }
 
-/// The next message of `stream`, `None` at its end; or why reading it stops there, with the HTTP
-/// status of the refusal: the stream broke off with a message too large (413) or malformed (400).
-async fn next_of(stream: &mut Streaming<PublishRequest>) -> Result<Option<PublishRequest>, (String, u32)> {
-    stream.next().await.transpose().map_err(|broke| match broke.code() {
-        tonic::Code::OutOfRange => (broke.message().to_owned(), 413),
-        _ => (broke.message().to_owned(), 400),
-    })
+impl Service {
+    /// The next message of `stream`, `None` at its end; or why reading it stops there, with the
+    /// HTTP status of the refusal: the ingress is stopping (503), or the stream broke off with a
+    /// message too large (413) or malformed, or a pause too long (400).
+    async fn next_of(
+        &self,
+        stream: &mut Streaming<PublishRequest>,
+    ) -> Result<Option<PublishRequest>, (String, u32)> {
+        let next = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => return Err(("the ingress is stopping".to_owned(), 503)),
+            next = stream.next() => next,
+        };
+        next.transpose().map_err(|broke| {
+            let paused = std::error::Error::source(&broke).is_some_and(|source| source.is::<TimeoutError>());
+            match broke.code() {
+                _ if paused => {
+                    (format!("no message for {} ms (header_timeout_ms)", self.pause.as_millis()), 400)
+                }
+                tonic::Code::OutOfRange => (broke.message().to_owned(), 413),
+                _ => (broke.message().to_owned(), 400),
+            }
+        })
+    }
 }
 
 /// The message `publish` describes, with a new unique id, or why it is refused.
