@@ -1,8 +1,12 @@
 //! The listeners hold against clients that trickle: a connection that does
 //! not send its request headers in time is cut, at most so many are open at
-//! once, and a client that sends a whole request is still served.
+//! once (a WebSocket among them), and a client that sends a whole request is
+//! still served.
 
-use crate::support::{MEMORY_OUT, PATIENCE, drain_and_account, host, plugin_dir, post};
+use crate::support::{
+    MEMORY_OUT, PATIENCE, drain_and_account, host, plugin_dir, post, still_pending, within,
+};
+use futures_util::StreamExt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
@@ -219,4 +223,30 @@ async fn a_page_that_points_its_own_name_here_is_refused_unless_the_ingress_want
     let (status, body) = tokio::task::spawn_blocking(move || rebound(addr, &[])).await.unwrap();
     assert_eq!(status, 403, "{body}");
     assert_eq!(drain_and_account(&host_empty).await.accepted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_event_stream_holds_its_connection_slot_until_it_closes() {
+    // An event stream let go of its slot once upgraded: any number of them stayed open past
+    // max_connections.
+    let dir = plugin_dir(&[]);
+    let host =
+        host(dir.path(), &format!("{MEMORY_OUT}[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\n"))
+            .await;
+    let admin = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let (mut events, _) =
+        within(tokio_tungstenite::connect_async(format!("ws://{addr}/v1/events"))).await.unwrap();
+    let mut health =
+        tokio::task::spawn_blocking(move || crate::support::http(addr, "GET", "/health", &[], b""));
+    assert!(
+        still_pending(&mut health).await,
+        "a request was served while an event stream held the only slot"
+    );
+    events.close(None).await.unwrap();
+    while let Some(Ok(_)) = within(events.next()).await {}
+    assert_eq!(within(health).await.unwrap().0, 200, "served once the stream closed");
+    drain_and_account(&host).await;
 }

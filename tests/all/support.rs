@@ -88,6 +88,13 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, future).await.expect("timed out (safety net)")
 }
 
+/// Whether `future` is still pending after half a second. For what must not happen (a wait that
+/// must not end) a test can only watch for a while: the code under test never lets it happen, so
+/// the time bounds only how long a regression would go unseen, never whether the test passes.
+pub async fn still_pending(future: &mut (impl Future + Unpin)) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), future).await.is_err()
+}
+
 /// Poll `probe` until it gives a value, failing the test (with the last
 /// value seen) after [`PATIENCE`]. The pause between probes only keeps it
 /// from spinning; the condition is what it waits on.

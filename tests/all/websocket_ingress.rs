@@ -1,9 +1,11 @@
 //! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
-//! backpressure by not reading, the ingress token guarding the upgrade, and a client that drops and
-//! reconnects.
+//! backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
+//! reconnects, and a socket counted among the listener's connections until it closes.
 
 use crate::routing::gated_host;
-use crate::support::{builder, drain_and_account, next, plugin_dir, start_ingress, within};
+use crate::support::{
+    MEMORY_OUT, builder, drain_and_account, next, plugin_dir, start_ingress, still_pending, within,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -186,4 +188,69 @@ async fn a_client_that_drops_mid_stream_and_reconnects_loses_no_acked_message() 
         .map(|message| String::from_utf8(message.payload.to_vec()).unwrap())
         .collect();
     assert_eq!(delivered.len(), 300, "every message delivered at least once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_holds_its_connection_slot_until_it_closes() {
+    // The slot went back to the listener once the upgrade was done: with max_connections = 2, any
+    // number of sockets opened and stayed open, each holding a descriptor.
+    let dir = plugin_dir(&[]);
+    let text = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n\
+         [[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host = crate::support::host(dir.path(), &text).await;
+    let addr = start_ingress(&host).await;
+    let mut open = Vec::new();
+    for n in 0..2 {
+        let mut socket = connect(addr, None).await.unwrap();
+        send(&mut socket, json!({ "topic": "t", "ref": n })).await;
+        assert!(answer(&mut socket).await["id"].is_string(), "socket {n} serves");
+        open.push(socket);
+    }
+    let mut third = tokio::spawn(async move {
+        let mut socket = connect(addr, None).await.unwrap();
+        send(&mut socket, json!({ "topic": "t", "ref": "third" })).await;
+        (answer(&mut socket).await, socket)
+    });
+    assert!(still_pending(&mut third).await, "a third socket was served while two held both slots");
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = within(first.next()).await {}
+    let (answer, mut third) = within(third).await.unwrap();
+    assert_eq!(answer["ref"], "third", "served once a socket closed: {answer}");
+    third.close(None).await.unwrap();
+    open[0].close(None).await.unwrap();
+    assert_eq!(drain_and_account(&host).await.accepted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_ingress_waits_for_its_sockets_last_answers() {
+    // The stop returned as soon as the requests of plain connections were done: a socket's task was
+    // nobody's to wait for, and the host went on to shut down with its answers still to send.
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (host, delivered) = gated_host(dir.path(), "[host]\nworkers = 1", &entered, &gate).await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut serving = tokio::spawn(ingress.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut socket = connect(addr, None).await.unwrap();
+    send(&mut socket, json!({ "topic": "t", "payload": "held", "ref": 1, "wait": true })).await;
+    within(entered.notified()).await;
+    stop.send(()).unwrap();
+    assert!(still_pending(&mut serving).await, "the ingress stopped with a socket's answer to send");
+    gate.add_permits(1);
+    let settled = answer(&mut socket).await;
+    assert_eq!((&settled["ref"], &settled["reply"]), (&json!(1), &Value::Null), "{settled}");
+    within(serving).await.unwrap();
+    assert!(
+        matches!(within(socket.next()).await, None | Some(Err(_) | Ok(Frame::Close(_)))),
+        "the socket closed"
+    );
+    assert_eq!(next(&delivered).await.payload, "held");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
 }

@@ -12,6 +12,10 @@
 //! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
 //! once, beyond which reading waits too. With `[ingress.http] token`, the upgrade request must carry it
 //! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused.
+//!
+//! A socket is one of the listener's connections until it closes (the connection it was upgraded
+//! from holds its slot), and the ingress's stop waits for it: reading stops, the answers still due
+//! are sent, then it closes.
 
 use super::bulk::{BulkMessage, message_of};
 use crate::host::{Host, RequestError, SendError};

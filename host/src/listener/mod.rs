@@ -4,7 +4,10 @@
 //! first bytes and for each request's headers, and one on every pause inside
 //! a request's body, so a client that sends nothing or trickles bytes is cut
 //! off instead of held forever. Shutdown stops accepting and lets requests
-//! in progress finish.
+//! in progress finish. A connection upgraded to a WebSocket keeps its slot,
+//! and holds the shutdown, until the socket closes ([`held`]).
+
+mod held;
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -39,7 +42,8 @@ impl ListenerLimits {
 
 /// Serve `app` on `listener` within `limits` until `shutdown` completes, over HTTP/1.1 only
 /// (WebSocket upgrades included): its header deadline then holds from a connection's first byte,
-/// where HTTP/2's preface (and a client that sends part of it and stalls) had none.
+/// where HTTP/2's preface (and a client that sends part of it and stalls) had none. Returns once
+/// every connection has closed, sockets included: `app` must end its sockets when `shutdown` comes.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -58,7 +62,9 @@ pub(crate) async fn serve(
         };
         let (stream, slot) = accepted;
         let service = TowerToHyperService::new(RequestBodyTimeout::new(app.clone(), limits.header_timeout));
-        let served = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        // The slot goes with the connection: to the socket an upgrade hands it to, if one does.
+        let held = held::Held::new(stream, slot, connections.token());
+        let served = http1.serve_connection(TokioIo::new(held), service).with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
             tokio::pin!(served);
@@ -71,7 +77,6 @@ pub(crate) async fn serve(
                     let _ = served.await;
                 }
             }
-            drop(slot);
         });
     }
     stopping.cancel();
