@@ -250,3 +250,21 @@ async fn an_admin_event_stream_holds_its_connection_slot_until_it_closes() {
     assert_eq!(within(health).await.unwrap().0, 200, "served once the stream closed");
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_event_stream_refuses_a_large_frame_unread() {
+    // What a client sends an event stream is read only to see it close, and was read up to 16 MiB a
+    // frame, 64 MiB a message.
+    use crate::websocket_ingress::{close_frame, raw_frame, write_raw};
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("{MEMORY_OUT}[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let admin = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let (mut events, _) =
+        within(tokio_tungstenite::connect_async(format!("ws://{addr}/v1/events"))).await.unwrap();
+    write_raw(&mut events, &raw_frame(0x2, true, 1 << 20, &[0; 16])).await;
+    assert_eq!(close_frame(&mut events).await, (1009, "a message of 1048576 bytes: at most 4096".to_owned()));
+    drain_and_account(&host).await;
+}

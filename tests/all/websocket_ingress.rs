@@ -1,6 +1,7 @@
 //! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
 //! backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
-//! reconnects, and a socket counted among the listener's connections until it closes.
+//! reconnects, a socket counted among the listener's connections until it closes, and a frame
+//! larger than any message could need refused on its header.
 
 use crate::routing::gated_host;
 use crate::support::{
@@ -14,7 +15,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> Result<Socket, String> {
     let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
@@ -253,4 +255,74 @@ async fn a_stopping_ingress_waits_for_its_sockets_last_answers() {
     assert_eq!(next(&delivered).await.payload, "held");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+/// A frame as a client puts it on the wire (masked, with a key of zeros, which leaves the payload as
+/// it is), saying it holds `length` bytes, of which `payload` are given.
+pub(crate) fn raw_frame(opcode: u8, fin: bool, length: usize, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match length {
+        0..126 => frame.push(0x80 | length as u8),
+        126..65536 => frame.extend([0x80 | 126].into_iter().chain((length as u16).to_be_bytes())),
+        _ => frame.extend([0x80 | 127].into_iter().chain((length as u64).to_be_bytes())),
+    }
+    frame.extend([0; 4].into_iter().chain(payload.iter().copied()));
+    frame
+}
+
+/// Write `bytes` on the socket's connection as they are, past the client's framing.
+pub(crate) async fn write_raw(socket: &mut Socket, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let tokio_tungstenite::MaybeTlsStream::Plain(stream) = socket.get_mut() else { panic!("not plain TCP") };
+    stream.write_all(bytes).await.unwrap();
+}
+
+/// The close frame the host sends next, answers before it skipped.
+pub(crate) async fn close_frame(socket: &mut Socket) -> (u16, String) {
+    loop {
+        match within(socket.next()).await.expect("a close frame").unwrap() {
+            Frame::Close(Some(close)) => return (close.code.into(), close.reason.to_string()),
+            Frame::Close(None) => panic!("closed without a code"),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_larger_than_any_message_needs_is_refused_on_its_header() {
+    // tungstenite's defaults held: a frame of up to 16 MiB was read whole, and a message of up to
+    // 64 MiB gathered from frames, before max_message_bytes was looked at.
+    let dir = plugin_dir(&[]);
+    let text = format!(
+        "{}[[route]]\nname = \"all\"\nto = \"out\"\n",
+        MEMORY_OUT.replacen("[host]", "[host]\nmax_message_bytes = 1024", 1)
+    );
+    let host = crate::support::host(dir.path(), &text).await;
+    let addr = start_ingress(&host).await;
+    // The largest frame read: 6 × 1024 + 64 KiB.
+    let largest = 6 * 1024 + (64 << 10);
+    let mut socket = connect(addr, None).await.unwrap();
+    send(&mut socket, json!({ "topic": "t", "payload": "a".repeat(2000), "ref": "large" })).await;
+    let refused = answer(&mut socket).await;
+    assert_eq!(
+        (refused["ref"].as_str(), refused["status"].as_u64()),
+        (Some("large"), Some(413)),
+        "{refused}"
+    );
+    // Six bytes in the frame for each of the payload's (the message's x-sy-id counts in its size too).
+    send(&mut socket, json!({ "topic": "t", "payload": "\u{1}".repeat(900), "ref": "escaped" })).await;
+    let accepted = answer(&mut socket).await;
+    assert!(accepted["id"].is_string(), "a message within the limit, however escaped: {accepted}");
+    // A megabyte announced, sixteen bytes sent: refused at once, not waited for.
+    write_raw(&mut socket, &raw_frame(0x1, true, 1 << 20, &[b' '; 16])).await;
+    let (code, reason) = close_frame(&mut socket).await;
+    assert_eq!((code, reason), (1009, format!("a message of 1048576 bytes: at most {largest}")));
+    // Frames each within it, making a message past it.
+    let mut socket = connect(addr, None).await.unwrap();
+    let part = vec![b' '; 40 << 10];
+    write_raw(&mut socket, &raw_frame(0x1, false, part.len(), &part)).await;
+    write_raw(&mut socket, &raw_frame(0x0, true, part.len(), &part)).await;
+    let (code, reason) = close_frame(&mut socket).await;
+    assert_eq!((code, reason), (1009, format!("a message of {} bytes: at most {largest}", 80 << 10)));
+    assert_eq!(drain_and_account(&host).await.accepted, 1);
 }

@@ -230,8 +230,13 @@ async fn events(
     // The token the request was let in with: the stream ends when another replaces it.
     let granted = token.current();
     let stream = EventStream { feed, stopping, token, granted };
+    let upgrade = crate::listener::socket::reading_at_most(upgrade, EVENTS_CLIENT_BYTES);
     upgrade.protocols([EVENTS_PROTOCOL]).on_upgrade(move |socket| stream.serve(socket))
 }
+
+/// The largest frame or message an event stream reads: what a client sends it is read only to see it
+/// close (a close or ping frame holds at most 125 bytes).
+const EVENTS_CLIENT_BYTES: usize = 4 << 10;
 
 /// What an event stream sends, and to whom.
 struct EventStream {
@@ -249,12 +254,15 @@ impl EventStream {
     /// Send the events on `socket` until the host stops, the client goes (what it sends is read
     /// only to see it close: a stream left to a quiet host would otherwise hold its socket until
     /// the next event), or a reload replaces the admin token the client was let in with: the next
-    /// event is not sent, the stream is closed instead.
+    /// event is not sent, the stream is closed instead (1008). A frame past [`EVENTS_CLIENT_BYTES`]
+    /// closes it too (1009).
     async fn serve(mut self, mut socket: WebSocket) {
-        loop {
+        let why = loop {
             let frame = tokio::select! {
                 received = socket.recv() => match received {
-                    Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(WsMessage::Close(_))) | None => return,
+                    // A frame past EVENTS_CLIENT_BYTES is answered; a broken connection is not.
+                    Some(Err(err)) => break crate::listener::socket::refusal(err),
                     Some(Ok(_)) => continue,
                 },
                 event = self.feed.recv() => match event {
@@ -266,13 +274,14 @@ impl EventStream {
             };
             if self.token.current() != self.granted {
                 let reason = "the admin token was replaced: open the stream again with the new one";
-                let close = axum::extract::ws::CloseFrame { code: TOKEN_REPLACED, reason: reason.into() };
-                let _ = socket.send(WsMessage::Close(Some(close))).await;
-                return;
+                break Some(axum::extract::ws::CloseFrame { code: TOKEN_REPLACED, reason: reason.into() });
             }
             if socket.send(WsMessage::Text(frame.into())).await.is_err() {
                 return;
             }
+        };
+        if let Some(why) = why {
+            let _ = socket.send(WsMessage::Close(Some(why))).await;
         }
     }
 }

@@ -56,14 +56,18 @@ impl HttpIngress {
         let http = config.ingress.http.clone().unwrap_or_else(|| HttpIngressConfig::new(self.local_addr()));
         let limits = ListenerLimits::new(http.max_connections, http.header_timeout_ms);
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let sockets = super::websocket::Sockets {
+            stopping,
+            largest_frame: super::websocket::largest_frame(config.host.max_message_bytes),
+        };
         let app = Router::new()
             .route(
                 "/v1/messages/{topic}",
                 post(accept).layer(DefaultBodyLimit::max(config.host.max_message_bytes)),
             )
             .route("/v1/messages", post(accept_bulk).layer(DefaultBodyLimit::max(http.max_batch_bytes)))
-            // Only sockets need the stop signal: a layer over every route would add it to each request.
-            .route("/v1/ws", get(accept_socket).layer(axum::Extension(stopping)))
+            // Only sockets need their settings: a layer over every route would add them to each request.
+            .route("/v1/ws", get(accept_socket).layer(axum::Extension(sockets)))
             .layer(axum::middleware::map_response(crate::json_errors::json_errors))
             .with_state(self.host);
         // Open sockets end when the ingress stops, so that its graceful shutdown can finish.
@@ -130,10 +134,11 @@ fn browser_refusal(headers: &HeaderMap, token_required: bool) -> Option<String> 
 async fn accept_socket(
     _: Authorized,
     State(host): State<Host>,
-    axum::Extension(stopping): axum::Extension<tokio::sync::watch::Receiver<bool>>,
+    axum::Extension(sockets): axum::Extension<super::websocket::Sockets>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, stopping))
+    let upgrade = crate::listener::socket::reading_at_most(upgrade, sockets.largest_frame);
+    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, sockets.stopping))
 }
 
 async fn accept(

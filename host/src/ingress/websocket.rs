@@ -13,6 +13,9 @@
 //! once, beyond which reading waits too. With `[ingress.http] token`, the upgrade request must carry it
 //! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused.
 //!
+//! A frame, or a message of several, larger than [`largest_frame`] is refused on its header, unread:
+//! the socket is read no further and, once the answers still due are sent, closed (1009).
+//!
 //! A socket is one of the listener's connections until it closes (the connection it was upgraded
 //! from holds its slot), and the ingress's stop waits for it: reading stops, the answers still due
 //! are sent, then it closes.
@@ -20,17 +23,40 @@
 use super::bulk::{BulkMessage, message_of};
 use crate::host::{Host, RequestError, SendError};
 use crate::message::Message;
-use axum::extract::ws::{Message as Frame, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 /// `wait` messages one socket may have open at once; beyond it, the socket is not read.
 pub(super) const MAX_WAITING: usize = 256;
 
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
+
+/// What a frame holds besides the strings a message's size counts (its topic, its headers' names
+/// and values, its payload): field names, quotes and separators (six bytes a header, at most 1024
+/// headers), `priority`, `wait`, and a `ref` of some 50 KiB.
+const ENVELOPE_BYTES: usize = 64 << 10;
+
+/// The largest frame, or message of several frames, a socket reads: the JSON of any message within
+/// `max_message_bytes`, however its client wrote it (a byte of a JSON string is at most six, as
+/// `\u0001`; a character past ASCII escaped is at most three times its UTF-8; base64 makes four of
+/// three), with [`ENVELOPE_BYTES`] around it. So a message the host would admit is never refused for
+/// its frame, and one past `max_message_bytes` in a frame within this is answered `413`.
+pub(super) fn largest_frame(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(6).saturating_add(ENVELOPE_BYTES)
+}
+
+/// What the sockets of one ingress share.
+#[derive(Clone)]
+pub(super) struct Sockets {
+    /// Turns true when the ingress stops: every socket ends.
+    pub(super) stopping: watch::Receiver<bool>,
+    /// See [`largest_frame`].
+    pub(super) largest_frame: usize,
+}
 
 /// One frame the client sends: a bulk message and the fields `ref` and `wait`.
 struct ClientFrame {
@@ -63,14 +89,20 @@ impl ClientFrame {
 pub(super) async fn serve_socket(host: Host, socket: WebSocket, mut stopping: watch::Receiver<bool>) {
     let (mut sink, mut stream) = socket.split();
     let (answers, mut queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);
+    let (closing, close) = oneshot::channel::<Option<CloseFrame>>();
     let writer = tokio::spawn(async move {
         while let Some(answer) = queued.recv().await {
             if sink.send(Frame::Text(answer.to_string().into())).await.is_err() {
                 return;
             }
         }
+        // Why the reader gave up on the client, if it did, once every answer due is sent.
+        if let Ok(Some(why)) = close.await {
+            let _ = sink.send(Frame::Close(Some(why))).await;
+        }
         let _ = sink.close().await;
     });
+    let mut why = None;
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     loop {
         let frame = tokio::select! {
@@ -88,13 +120,18 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, mut stopping: wa
                 continue;
             }
             Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break,
+            Some(Err(err)) => {
+                why = crate::listener::socket::refusal(err);
+                break;
+            }
+            None => break,
         };
         if !admit(&host, text.as_str(), &answers, &waiting).await {
             break;
         }
     }
     // In-flight `wait` answers still reach the writer; it ends when the last sender goes.
+    let _ = closing.send(why);
     drop(answers);
     let _ = writer.await;
 }

@@ -8,6 +8,7 @@
 //! and holds the shutdown, until the socket closes ([`held`]).
 
 mod held;
+pub(crate) mod socket;
 
 use axum::Router;
 use hyper::server::conn::http1;
