@@ -268,3 +268,35 @@ async fn an_admin_event_stream_refuses_a_large_frame_unread() {
     assert_eq!(close_frame(&mut events).await, (1009, "a message of 1048576 bytes: at most 4096".to_owned()));
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_admin_event_stream_is_pinged_then_closed() {
+    // An event stream on a quiet host was never written to: one whose client was gone (no FIN)
+    // held its connection, and now one of the admin API's slots, for good.
+    use crate::websocket_ingress::{frames_until_closed, silent_socket};
+    let dir = plugin_dir(&[]);
+    let config = format!("{MEMORY_OUT}[admin]\nlisten = \"127.0.0.1:0\"\nping_ms = 1000\n");
+    let host = host(dir.path(), &config).await;
+    let admin = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let (mut answering, _) =
+        within(tokio_tungstenite::connect_async(format!("ws://{addr}/v1/events"))).await.unwrap();
+    let mut silent = silent_socket(addr, "/v1/events").await;
+    // Its pong (tungstenite answers as it reads) ends a client's silence: a second ping, not a close.
+    let mut pings = 0;
+    while pings < 2 {
+        match within(answering.next()).await.unwrap().unwrap() {
+            tokio_tungstenite::tungstenite::Message::Ping(_) => pings += 1,
+            tokio_tungstenite::tungstenite::Message::Text(_) => {}
+            other => panic!("after {pings} pings: {other:?}"),
+        }
+    }
+    answering.close(None).await.unwrap();
+    let frames = frames_until_closed(&mut silent).await;
+    let mut close = b"\x03\xe9".to_vec();
+    close.extend_from_slice(b"nothing received for 2000 ms");
+    assert_eq!(frames, [(0x9, vec![]), (0x8, close)], "pinged, then closed (1001)");
+    drain_and_account(&host).await;
+}

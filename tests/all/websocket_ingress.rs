@@ -1,7 +1,7 @@
 //! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
 //! backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
-//! reconnects, a socket counted among the listener's connections until it closes, and a frame
-//! larger than any message could need refused on its header.
+//! reconnects, a socket counted among the listener's connections until it closes, a frame larger
+//! than any message could need refused on its header, and a silent socket pinged, then closed.
 
 use crate::routing::gated_host;
 use crate::support::{
@@ -324,5 +324,75 @@ async fn a_frame_larger_than_any_message_needs_is_refused_on_its_header() {
     write_raw(&mut socket, &raw_frame(0x0, true, part.len(), &part)).await;
     let (code, reason) = close_frame(&mut socket).await;
     assert_eq!((code, reason), (1009, format!("a message of {} bytes: at most {largest}", 80 << 10)));
+    assert_eq!(drain_and_account(&host).await.accepted, 1);
+}
+
+/// A WebSocket opened by hand at `path`, so that nothing answers the host's pings: its connection,
+/// once the host answered `101`.
+pub(crate) async fn silent_socket(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let upgrade = format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(within(stream.read_u8()).await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// The frames the host sends on `stream` until it closes the connection, as (opcode, payload).
+pub(crate) async fn frames_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    within(stream.read_to_end(&mut bytes)).await.unwrap();
+    let mut frames = Vec::new();
+    let mut rest = bytes.as_slice();
+    while let [first, length, after @ ..] = rest {
+        assert!(*length < 126, "a short frame: {bytes:?}");
+        let (payload, after) = after.split_at(*length as usize);
+        frames.push((first & 0x0f, payload.to_vec()));
+        rest = after;
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_pinged_then_closed_and_one_that_answers_stays() {
+    // A socket was read with no deadline: one whose peer was gone (no FIN) held its connection,
+    // and now its slot, for good.
+    let dir = plugin_dir(&[]);
+    let text = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\nping_ms = 1000\n\
+         [[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host = crate::support::host(dir.path(), &text).await;
+    let addr = start_ingress(&host).await;
+    let opened = tokio::time::Instant::now();
+    let mut silent = silent_socket(addr, "/v1/ws").await;
+    let mut answering = connect(addr, None).await.unwrap();
+    // A client that reads answers each ping (tungstenite does so as it reads): a second ping, not a
+    // close, comes a ping interval after its pong, two after it last sent a frame.
+    let mut pings = 0;
+    while pings < 2 {
+        match within(answering.next()).await.unwrap().unwrap() {
+            Frame::Ping(_) => pings += 1,
+            Frame::Text(_) => {}
+            other => panic!("after {pings} pings: {other:?}"),
+        }
+    }
+    send(&mut answering, json!({ "topic": "t", "ref": "alive" })).await;
+    assert_eq!(answer(&mut answering).await["ref"], "alive");
+    answering.close(None).await.unwrap();
+    // Meanwhile the one that answers nothing was closed (what it was sent waits in its buffer).
+    let frames = frames_until_closed(&mut silent).await;
+    assert!(opened.elapsed() >= std::time::Duration::from_secs(2), "closed after two intervals");
+    let mut close = b"\x03\xe9".to_vec();
+    close.extend_from_slice(b"nothing received for 2000 ms");
+    assert_eq!(frames, [(0x9, vec![]), (0x8, close)], "pinged, then closed (1001)");
     assert_eq!(drain_and_account(&host).await.accepted, 1);
 }

@@ -87,7 +87,8 @@ impl AdminServer {
         let limits = crate::listener::ListenerLimits::new(admin.max_connections, admin.header_timeout_ms);
         let history = history::History::default();
         tokio::spawn(history::record(self.host.clone(), self.baseline, history.clone(), stopping.clone()));
-        let app = routes::router(self.host, self.token, stopping, history);
+        let ping = std::time::Duration::from_millis(admin.ping_ms);
+        let app = routes::router(self.host, self.token, stopping, history, ping);
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);

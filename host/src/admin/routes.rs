@@ -4,6 +4,7 @@ use super::auth::{TokenSource, require_token};
 use super::browser::same_host_only;
 use super::history::History;
 use crate::host::Host;
+use crate::listener::socket::{Silence, Silent};
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
@@ -12,18 +13,20 @@ use axum::middleware;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// The largest config text the admin API takes: as large as a config file may be.
 const SETTINGS: usize = crate::regular_file::MAX_SETTINGS_BYTES as usize;
 
 /// The admin router; `stopping` turns true when the server shuts down, which
-/// ends open event streams.
+/// ends open event streams; an event stream is pinged after `ping` of silence.
 pub(super) fn router(
     host: Host,
     token: TokenSource,
     stopping: watch::Receiver<bool>,
     history: History,
+    ping: Duration,
 ) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
@@ -41,7 +44,7 @@ pub(super) fn router(
             get(super::config::show).put(super::config::replace).layer(DefaultBodyLimit::max(SETTINGS)),
         )
         .route("/v1/config/validate", post(super::config::validate).layer(DefaultBodyLimit::max(SETTINGS)))
-        .route("/v1/events", get(events))
+        .route("/v1/events", get(events).layer(Extension(EventsPing(ping))))
         .route("/v1/alerts", get(super::alerts::list))
         .route("/v1/alerts/{id}/ack", post(super::alerts::acknowledge))
         .route("/v1/history", get(history_since))
@@ -218,18 +221,23 @@ async fn history_since(
 /// of those offered, and the other one a browser offers carries its token.
 const EVENTS_PROTOCOL: &str = "switchyard.events";
 
+/// `[admin] ping_ms`: an event stream is pinged after this long a silence (see [`Silence`]).
+#[derive(Clone, Copy)]
+struct EventsPing(Duration);
+
 /// A WebSocket of host events as JSON text frames.
 async fn events(
     State(host): State<Host>,
     Extension(stopping): Extension<watch::Receiver<bool>>,
     Extension(token): Extension<TokenSource>,
+    Extension(EventsPing(ping)): Extension<EventsPing>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Subscribe before the upgrade, so nothing between request and stream is missed.
     let feed = host.subscribe();
     // The token the request was let in with: the stream ends when another replaces it.
     let granted = token.current();
-    let stream = EventStream { feed, stopping, token, granted };
+    let stream = EventStream { feed, stopping, token, granted, ping };
     let upgrade = crate::listener::socket::reading_at_most(upgrade, EVENTS_CLIENT_BYTES);
     upgrade.protocols([EVENTS_PROTOCOL]).on_upgrade(move |socket| stream.serve(socket))
 }
@@ -245,6 +253,8 @@ struct EventStream {
     token: TokenSource,
     /// The admin token when the stream was opened.
     granted: Option<std::sync::Arc<str>>,
+    /// See [`EventsPing`].
+    ping: Duration,
 }
 
 /// The close code of a stream whose admin token was replaced: policy violation.
@@ -255,28 +265,42 @@ impl EventStream {
     /// only to see it close: a stream left to a quiet host would otherwise hold its socket until
     /// the next event), or a reload replaces the admin token the client was let in with: the next
     /// event is not sent, the stream is closed instead (1008). A frame past [`EVENTS_CLIENT_BYTES`]
-    /// closes it too (1009).
+    /// closes it too (1009), and so does a client silent for two ping intervals (1001): it is
+    /// pinged after one, and its pong (which a browser sends by itself) ends the silence.
     async fn serve(mut self, mut socket: WebSocket) {
+        let mut silence = Silence::begin(self.ping);
         let why = loop {
             let frame = tokio::select! {
+                // The stop first; what the client sent is read before its silence is judged, and
+                // that before an event is sent (a stream of events never keeps it from being judged).
+                biased;
+                _ = self.stopping.wait_for(|stop| *stop) => return,
                 received = socket.recv() => match received {
                     Some(Ok(WsMessage::Close(_))) | None => return,
                     // A frame past EVENTS_CLIENT_BYTES is answered; a broken connection is not.
                     Some(Err(err)) => break crate::listener::socket::refusal(err),
-                    Some(Ok(_)) => continue,
+                    Some(Ok(_)) => None,
                 },
-                event = self.feed.recv() => match event {
+                silent = silence.lasted() => match silent {
+                    Silent::Ping => Some(WsMessage::Ping(Default::default())),
+                    Silent::TooLong(why) => break Some(why),
+                },
+                event = self.feed.recv() => Some(WsMessage::Text(match event {
                     Ok(event) => serde_json::to_string(&event).expect("events serialize"),
                     Err(broadcast::error::RecvError::Lagged(missed)) => json!({ "event": "lagged", "missed": missed }).to_string(),
                     Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = self.stopping.wait_for(|stop| *stop) => return,
+                }.into())),
+            };
+            // A frame from the client (a pong, most likely) ends its silence.
+            let Some(frame) = frame else {
+                silence = Silence::begin(self.ping);
+                continue;
             };
             if self.token.current() != self.granted {
                 let reason = "the admin token was replaced: open the stream again with the new one";
                 break Some(axum::extract::ws::CloseFrame { code: TOKEN_REPLACED, reason: reason.into() });
             }
-            if socket.send(WsMessage::Text(frame.into())).await.is_err() {
+            if socket.send(frame).await.is_err() {
                 return;
             }
         };

@@ -180,6 +180,16 @@ impl Config {
                 return Err(invalid(format!("{section}.header_timeout_ms"), &timeout_ms, problem));
             }
         }
+        let pings = [
+            ("ingress.http", self.ingress.http.as_ref().map(|http| http.ping_ms)),
+            ("admin", self.admin.as_ref().map(|admin| admin.ping_ms)),
+        ];
+        for (section, ping_ms) in pings {
+            if let Some(ping_ms) = ping_ms.filter(|ping_ms| !(1..=3_600_000).contains(ping_ms)) {
+                let problem = "must be 1 to 3600000".to_owned();
+                return Err(invalid(format!("{section}.ping_ms"), &ping_ms, problem));
+            }
+        }
         // A token is compared with what a client presents in a header, which carries visible ASCII
         // and loses the spaces around it: any other token could never be presented.
         let tokens = [

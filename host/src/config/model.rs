@@ -220,6 +220,10 @@ pub struct HttpIngressConfig {
     /// Largest body of a bulk `POST /v1/messages`, in bytes.
     #[serde(default = "HttpIngressConfig::default_max_batch_bytes")]
     pub max_batch_bytes: usize,
+    /// Milliseconds a WebSocket may be silent while the host waits for its next frame before it is
+    /// pinged; silent (no frame, no pong) for twice as long, it is closed.
+    #[serde(default = "default_ping_ms")]
+    pub ping_ms: u64,
 }
 
 impl HttpIngressConfig {
@@ -231,6 +235,7 @@ impl HttpIngressConfig {
             header_timeout_ms: default_header_timeout_ms(),
             token: None,
             max_batch_bytes: HttpIngressConfig::default_max_batch_bytes(),
+            ping_ms: default_ping_ms(),
         }
     }
 
@@ -245,6 +250,10 @@ impl HttpIngressConfig {
 
 fn default_header_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_ping_ms() -> u64 {
+    30_000
 }
 
 /// `[admin]`: the admin API listener.
@@ -262,6 +271,10 @@ pub struct AdminConfig {
     /// Milliseconds a client has to send a request's headers.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
+    /// Milliseconds an event stream may be silent before it is pinged; silent (no pong, no frame)
+    /// for twice as long, it is closed.
+    #[serde(default = "default_ping_ms")]
+    pub ping_ms: u64,
 }
 
 impl AdminConfig {
@@ -272,6 +285,7 @@ impl AdminConfig {
             token: None,
             max_connections: AdminConfig::default_max_connections(),
             header_timeout_ms: default_header_timeout_ms(),
+            ping_ms: default_ping_ms(),
         }
     }
 

@@ -10,10 +10,13 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     // The listeners' settings but their tokens, which change live.
     let ingress = |config: &Config| {
         let http = config.ingress.http.as_ref();
-        http.map(|http| (http.listen, http.max_connections, http.header_timeout_ms, http.max_batch_bytes))
+        http.map(|http| {
+            (http.listen, http.max_connections, http.header_timeout_ms, http.max_batch_bytes, http.ping_ms)
+        })
     };
     let admin = |config: &Config| {
-        config.admin.as_ref().map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms))
+        let admin = config.admin.as_ref();
+        admin.map(|admin| (admin.listen, admin.max_connections, admin.header_timeout_ms, admin.ping_ms))
     };
     let grpc = |config: &Config| {
         config.ingress.grpc.as_ref().map(|grpc| (grpc.listen, grpc.max_connections, grpc.header_timeout_ms))
@@ -114,6 +117,15 @@ mod tests {
                 ["ingress.grpc (but its token)"],
                 "{limit}"
             );
+        }
+    }
+
+    #[test]
+    fn a_changed_websocket_ping_interval_needs_a_restart() {
+        for section in ["ingress.http", "admin"] {
+            let config = |ping: &str| parse(&format!("[{section}]\nlisten = \"127.0.0.1:1\"\n{ping}"));
+            let changed = restart_only_changes(&config(""), &config("ping_ms = 500\n"));
+            assert_eq!(changed, [format!("{section} (but its token)")]);
         }
     }
 

@@ -59,6 +59,7 @@ impl HttpIngress {
         let sockets = super::websocket::Sockets {
             stopping,
             largest_frame: super::websocket::largest_frame(config.host.max_message_bytes),
+            ping: std::time::Duration::from_millis(http.ping_ms),
         };
         let app = Router::new()
             .route(
@@ -138,7 +139,7 @@ async fn accept_socket(
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     let upgrade = crate::listener::socket::reading_at_most(upgrade, sockets.largest_frame);
-    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, sockets.stopping))
+    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, sockets))
 }
 
 async fn accept(

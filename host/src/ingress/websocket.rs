@@ -14,7 +14,10 @@
 //! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused.
 //!
 //! A frame, or a message of several, larger than [`largest_frame`] is refused on its header, unread:
-//! the socket is read no further and, once the answers still due are sent, closed (1009).
+//! the socket is read no further and, once the answers still due are sent, closed (1009). So is a
+//! socket that keeps silent for two `ping_ms` while the host waits for its next frame (1001); it is
+//! pinged after one, and its pong ends the silence. Waiting on the host (a full queue, 256 `wait`
+//! messages open) is no silence.
 //!
 //! A socket is one of the listener's connections until it closes (the connection it was upgraded
 //! from holds its slot), and the ingress's stop waits for it: reading stops, the answers still due
@@ -22,12 +25,15 @@
 
 use super::bulk::{BulkMessage, message_of};
 use crate::host::{Host, RequestError, SendError};
+use crate::listener::socket::{Silence, Silent};
 use crate::message::Message;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 /// `wait` messages one socket may have open at once; beyond it, the socket is not read.
 pub(super) const MAX_WAITING: usize = 256;
@@ -56,6 +62,8 @@ pub(super) struct Sockets {
     pub(super) stopping: watch::Receiver<bool>,
     /// See [`largest_frame`].
     pub(super) largest_frame: usize,
+    /// `ping_ms`: see [`Silence`].
+    pub(super) ping: Duration,
 }
 
 /// One frame the client sends: a bulk message and the fields `ref` and `wait`.
@@ -85,55 +93,91 @@ impl ClientFrame {
     }
 }
 
-/// Serve one upgraded socket until the client closes it or the ingress stops.
-pub(super) async fn serve_socket(host: Host, socket: WebSocket, mut stopping: watch::Receiver<bool>) {
-    let (mut sink, mut stream) = socket.split();
-    let (answers, mut queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);
-    let (closing, close) = oneshot::channel::<Option<CloseFrame>>();
-    let writer = tokio::spawn(async move {
-        while let Some(answer) = queued.recv().await {
-            if sink.send(Frame::Text(answer.to_string().into())).await.is_err() {
-                return;
-            }
-        }
-        // Why the reader gave up on the client, if it did, once every answer due is sent.
-        if let Ok(Some(why)) = close.await {
-            let _ = sink.send(Frame::Close(Some(why))).await;
-        }
-        let _ = sink.close().await;
-    });
-    let mut why = None;
-    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
-    loop {
-        let frame = tokio::select! {
-            frame = stream.next() => frame,
-            _ = stopping.wait_for(|stop| *stop) => break,
-        };
-        let text = match frame {
-            Some(Ok(Frame::Text(text))) => text,
-            Some(Ok(Frame::Binary(_))) => {
-                let refused =
-                    json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
-                if answers.send(refused).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => {
-                why = crate::listener::socket::refusal(err);
-                break;
-            }
-            None => break,
-        };
-        if !admit(&host, text.as_str(), &answers, &waiting).await {
-            break;
-        }
-    }
+/// Serve one upgraded socket until the client closes it, sends a frame past [`largest_frame`],
+/// keeps silent too long (see [`Silence`]), or the ingress stops.
+pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets) {
+    let (sink, stream) = socket.split();
+    let (answers, queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);
+    let (ping, (closing, close)) = (Arc::new(Notify::new()), oneshot::channel());
+    let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close));
+    let why = read_frames(&host, stream, &answers, &ping, sockets).await;
     // In-flight `wait` answers still reach the writer; it ends when the last sender goes.
     let _ = closing.send(why);
     drop(answers);
     let _ = writer.await;
+}
+
+/// Send the answers `queued`, and a ping each time `ping` is notified, until every sender is gone;
+/// then close the socket, telling the client why when the reader says (`close`).
+async fn write_answers(
+    mut sink: SplitSink<WebSocket, Frame>,
+    mut queued: mpsc::Receiver<Value>,
+    ping: Arc<Notify>,
+    close: oneshot::Receiver<Option<CloseFrame>>,
+) {
+    loop {
+        let frame = tokio::select! {
+            answer = queued.recv() => match answer {
+                Some(answer) => Frame::Text(answer.to_string().into()),
+                None => break,
+            },
+            () = ping.notified() => Frame::Ping(Default::default()),
+        };
+        if sink.send(frame).await.is_err() {
+            return;
+        }
+    }
+    if let Ok(Some(why)) = close.await {
+        let _ = sink.send(Frame::Close(Some(why))).await;
+    }
+    let _ = sink.close().await;
+}
+
+/// Admit the messages of the client's frames, queueing their answers, until the client closes the
+/// socket or the ingress stops; or until the client sends a frame too large or keeps silent too
+/// long, which the returned frame tells it.
+async fn read_frames(
+    host: &Host,
+    mut stream: SplitStream<WebSocket>,
+    answers: &mpsc::Sender<Value>,
+    ping: &Notify,
+    sockets: Sockets,
+) -> Option<CloseFrame> {
+    let Sockets { mut stopping, ping: interval, .. } = sockets;
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let mut silence = Silence::begin(interval);
+    loop {
+        let frame = tokio::select! {
+            // The stop first; what the client sent is read before its silence is judged.
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return None,
+            frame = stream.next() => frame,
+            silent = silence.lasted() => match silent {
+                Silent::Ping => {
+                    ping.notify_one();
+                    continue;
+                }
+                Silent::TooLong(why) => return Some(why),
+            },
+        };
+        let served = match frame {
+            Some(Ok(Frame::Text(text))) => admit(host, text.as_str(), answers, &waiting).await,
+            Some(Ok(Frame::Binary(_))) => {
+                let refused =
+                    json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
+                answers.send(refused).await.is_ok()
+            }
+            // A pong, a ping, the client's close (the stream ends next).
+            Some(Ok(_)) => true,
+            Some(Err(err)) => return crate::listener::socket::refusal(err),
+            None => return None,
+        };
+        if !served {
+            return None;
+        }
+        // The client spoke; the host, done with what it said (admitting may have waited), waits anew.
+        silence = Silence::begin(interval);
+    }
 }
 
 /// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
