@@ -1,7 +1,8 @@
 //! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
 //! backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
 //! reconnects, a socket counted among the listener's connections until it closes, a frame larger
-//! than any message could need refused on its header, and a silent socket pinged, then closed.
+//! than any message could need refused on its header, a silent socket pinged, then closed, and one
+//! that reads nothing cut.
 
 use crate::routing::gated_host;
 use crate::support::{
@@ -395,4 +396,39 @@ async fn a_silent_socket_is_pinged_then_closed_and_one_that_answers_stays() {
     close.extend_from_slice(b"nothing received for 2000 ms");
     assert_eq!(frames, [(0x9, vec![]), (0x8, close)], "pinged, then closed (1001)");
     assert_eq!(drain_and_account(&host).await.accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_whose_client_reads_nothing_is_cut_once_a_write_waits_the_header_timeout() {
+    // A write to a client that took nothing waited for good: the socket, its slot and the
+    // ingress's stop with it. Here its answers (half a megabyte each) fill the connection's
+    // buffers, the writer waits, and the only slot is held until the write is given up.
+    let dir = plugin_dir(&[]);
+    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\nheader_timeout_ms = 300\n";
+    let reply = bytes::Bytes::from(vec![b'r'; 512 << 10]);
+    let host = builder(dir.path())
+        .config("t.toml", Config::from_toml("t.toml", text).unwrap())
+        .destination("out", move |_: Message| {
+            let reply = reply.clone();
+            async move { Ok(Some(Message::new("reply", reply))) }
+        })
+        .route(RouteConfig::new("all", ">", "out"))
+        .build()
+        .await
+        .unwrap();
+    let addr = start_ingress(&host).await;
+    let connection = tokio::net::TcpSocket::new_v4().unwrap();
+    connection.set_recv_buffer_size(16 << 10).unwrap();
+    let connection = tokio_tungstenite::MaybeTlsStream::Plain(connection.connect(addr).await.unwrap());
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), connection).await.unwrap();
+    // 32 MiB of answers: more than the kernel's buffers hold (tcp_wmem's largest is 4 MiB by default).
+    for n in 0..64 {
+        send(&mut socket, json!({ "topic": "t", "ref": n, "wait": true })).await;
+    }
+    let posted = tokio::task::spawn_blocking(move || crate::support::post(addr, "/v1/messages/t", &[], b"x"));
+    assert_eq!(within(posted).await.unwrap().0, 202, "served once the socket was cut");
+    while let Some(Ok(_)) = within(socket.next()).await {}
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (65, 65));
 }

@@ -134,8 +134,8 @@ async fn write_answers(
 }
 
 /// Admit the messages of the client's frames, queueing their answers, until the client closes the
-/// socket or the ingress stops; or until the client sends a frame too large or keeps silent too
-/// long, which the returned frame tells it.
+/// socket, the ingress stops or the writer gives up on the client; or until the client sends a
+/// frame too large or keeps silent too long, which the returned frame tells it.
 async fn read_frames(
     host: &Host,
     mut stream: SplitStream<WebSocket>,
@@ -151,6 +151,8 @@ async fn read_frames(
             // The stop first; what the client sent is read before its silence is judged.
             biased;
             _ = stopping.wait_for(|stop| *stop) => return None,
+            // The writer gave up on the client (it took nothing of an answer in time).
+            () = answers.closed() => return None,
             frame = stream.next() => frame,
             silent = silence.lasted() => match silent {
                 Silent::Ping => {

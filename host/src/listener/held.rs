@@ -2,25 +2,58 @@
 //! connection slot, and the listener's stop, which waits for it. hyper hands the connection itself
 //! over when a request upgrades it (a WebSocket), and the connection's task ends there; the socket
 //! then holds both, until it closes, as a gRPC connection holds its slot.
+//!
+//! A write that waits on a client taking nothing (its receive window shut) fails once it has waited
+//! the listener's header deadline: else a client that stops reading held its connection, and the
+//! listener's stop, for as long as it liked.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// An accepted connection, holding its slot and its listener's stop until it is dropped.
 pub(super) struct Held {
     stream: TcpStream,
+    /// The longest a write may wait on the client.
+    stall_limit: Duration,
+    /// Running while a write waits on the client; none while writes go through.
+    stalled: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
     /// Counted by the listener's tracker: its stop waits for the connection to close.
     _open: TaskTrackerToken,
 }
 
 impl Held {
-    pub(super) fn new(stream: TcpStream, slot: OwnedSemaphorePermit, open: TaskTrackerToken) -> Held {
-        Held { stream, _slot: slot, _open: open }
+    pub(super) fn new(
+        stream: TcpStream,
+        stall_limit: Duration,
+        slot: OwnedSemaphorePermit,
+        open: TaskTrackerToken,
+    ) -> Held {
+        Held { stream, stall_limit, stalled: None, _slot: slot, _open: open }
+    }
+
+    /// `written`, or, for a write that has waited on the client past the stall limit, an error.
+    fn within_limit<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let limit = self.stall_limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(stalled.as_mut().poll(cx));
+        let problem = format!("the client took nothing for {} ms", limit.as_millis());
+        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, problem)))
     }
 }
 
@@ -40,7 +73,8 @@ impl AsyncWrite for Held {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.within_limit(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -56,7 +90,8 @@ impl AsyncWrite for Held {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.within_limit(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -3,7 +3,8 @@
 //! backlog, never costing a descriptor), a deadline for a new connection's
 //! first bytes and for each request's headers, and one on every pause inside
 //! a request's body, so a client that sends nothing or trickles bytes is cut
-//! off instead of held forever. Shutdown stops accepting and lets requests
+//! off instead of held forever; so is one that takes nothing of what it is
+//! sent for as long. Shutdown stops accepting and lets requests
 //! in progress finish. A connection upgraded to a WebSocket keeps its slot,
 //! and holds the shutdown, until the socket closes ([`held`]).
 
@@ -29,8 +30,9 @@ pub struct ListenerLimits {
     /// Connections open at once, at most.
     pub max_connections: usize,
     /// Time a client has to send a request's headers, from the moment the
-    /// connection is taken or the previous response was sent; and the longest
-    /// pause it may make inside a request's body.
+    /// connection is taken or the previous response was sent; the longest
+    /// pause it may make inside a request's body; and the longest a write to
+    /// it may wait on it taking nothing (an answer, a socket's frame).
     pub header_timeout: Duration,
 }
 
@@ -64,7 +66,7 @@ pub(crate) async fn serve(
         let (stream, slot) = accepted;
         let service = TowerToHyperService::new(RequestBodyTimeout::new(app.clone(), limits.header_timeout));
         // The slot goes with the connection: to the socket an upgrade hands it to, if one does.
-        let held = held::Held::new(stream, slot, connections.token());
+        let held = held::Held::new(stream, limits.header_timeout, slot, connections.token());
         let served = http1.serve_connection(TokioIo::new(held), service).with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
