@@ -21,7 +21,7 @@ pub const TOPIC_HEADER: &str = "x-sy-topic";
 
 /// What the names of the host's own headers begin with (in any case): the id, a stream's
 /// sequence number, a dead letter's reason. Ingresses do not take them from clients, and what a
-/// plugin adds, changes or removes among them is undone ([`Message::stand_in_for`]).
+/// plugin adds, changes or removes among them is undone.
 pub const HOST_HEADER_PREFIX: &str = "x-sy-";
 
 /// Whether `name` is one of the host's own headers ([`HOST_HEADER_PREFIX`]).
