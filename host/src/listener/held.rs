@@ -3,6 +3,9 @@
 //! over when a request upgrades it (a WebSocket), and the connection's task ends there; the socket
 //! then holds both, until it closes, as a gRPC connection holds its slot.
 //!
+//! Bytes the listener read from the stream to check them (the gRPC ingress's HTTP/2 preface) are
+//! given back first, so the protocol reads the stream whole.
+//!
 //! A write that waits on a client taking nothing (its receive window shut) fails once it has waited
 //! the listener's header deadline: else a client that stops reading held its connection, and the
 //! listener's stop, for as long as it liked.
@@ -18,8 +21,10 @@ use tokio::time::Sleep;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// An accepted connection, holding its slot and its listener's stop until it is dropped.
-pub(super) struct Held {
+pub(crate) struct Held {
     stream: TcpStream,
+    /// What was read of the stream to check it, and is still to be given to the reader.
+    replay: &'static [u8],
     /// The longest a write may wait on the client.
     stall_limit: Duration,
     /// Running while a write waits on the client; none while writes go through.
@@ -30,13 +35,19 @@ pub(super) struct Held {
 }
 
 impl Held {
-    pub(super) fn new(
+    /// `stream`, whose writes may wait on the client for `stall_limit`, holding `slot` and `open`.
+    pub(crate) fn new(
         stream: TcpStream,
         stall_limit: Duration,
         slot: OwnedSemaphorePermit,
         open: TaskTrackerToken,
     ) -> Held {
-        Held { stream, stall_limit, stalled: None, _slot: slot, _open: open }
+        Held { stream, replay: &[], stall_limit, stalled: None, _slot: slot, _open: open }
+    }
+
+    /// This connection, its reads giving `read` first: what was read of it to check it.
+    pub(crate) fn replaying(self, read: &'static [u8]) -> Held {
+        Held { replay: read, ..self }
     }
 
     /// `written`, or, for a write that has waited on the client past the stall limit, an error.
@@ -63,6 +74,12 @@ impl AsyncRead for Held {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.replay.is_empty() {
+            let (given, rest) = self.replay.split_at(self.replay.len().min(buf.remaining()));
+            buf.put_slice(given);
+            self.replay = rest;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }

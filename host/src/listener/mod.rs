@@ -9,6 +9,7 @@
 //! and holds the shutdown, until the socket closes ([`held`]).
 
 mod held;
+pub(crate) use held::Held;
 pub(crate) mod socket;
 
 use axum::Router;
@@ -66,7 +67,7 @@ pub(crate) async fn serve(
         let (stream, slot) = accepted;
         let service = TowerToHyperService::new(RequestBodyTimeout::new(app.clone(), limits.header_timeout));
         // The slot goes with the connection: to the socket an upgrade hands it to, if one does.
-        let held = held::Held::new(stream, limits.header_timeout, slot, connections.token());
+        let held = Held::new(stream, limits.header_timeout, slot, connections.token());
         let served = http1.serve_connection(TokioIo::new(held), service).with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {

@@ -3,23 +3,22 @@
 //! backlog); a new connection that has not sent the whole HTTP/2 preface by then is closed, and so is
 //! one with no call open for that long (a GOAWAY: what the client sent before it is still served); a
 //! request that pauses that long fails (a stream's answer refuses where it paused); a client that
-//! leaves a ping unanswered for that long is cut. Without them, idle connections, ones that sent part
-//! of the preface, and streams that never sent their next message held their slots for good. A stop
-//! closes idle connections at once, and the others once their calls are answered.
+//! leaves a ping unanswered for that long is cut, as is one that takes nothing of what it is sent for
+//! that long ([`Held`]). Without them, idle connections, ones that sent part of the preface, and
+//! streams that never sent their next message held their slots for good. A stop closes idle
+//! connections at once, and the others once their calls are answered.
 
 use super::Service;
 use super::generated::ingress_server::IngressServer;
-use crate::listener::{ListenerLimits, accept};
+use crate::listener::{Held, ListenerLimits, accept};
 use http_body_util::BodyExt;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,15 +53,15 @@ pub(super) async fn serve(
             accepted = accept(&listener, &slots) => accepted,
         };
         let (http2, server, stopping) = (http2.clone(), server.clone(), stopping.clone());
+        let held = Held::new(stream, limits.header_timeout, slot, connections.token());
         connections.spawn(async move {
-            let stream = tokio::select! {
-                stream = preface(stream, limits.header_timeout) => stream,
+            let held = tokio::select! {
+                held = preface(held, limits.header_timeout) => held,
                 () = stopping.cancelled() => None,
             };
-            if let Some(stream) = stream {
-                serve_connection(stream, &http2, server, limits.header_timeout, &stopping).await;
+            if let Some(held) = held {
+                serve_connection(held, &http2, server, limits.header_timeout, &stopping).await;
             }
-            drop(slot);
         });
     }
     // Clients that come now are refused, not left in the backlog.
@@ -71,18 +70,18 @@ pub(super) async fn serve(
     connections.wait().await;
 }
 
-/// `stream`, once it sent the whole HTTP/2 preface within `timeout`; a client that sends less, or
-/// something else, is cut.
-async fn preface(mut stream: TcpStream, timeout: Duration) -> Option<Prefaced> {
+/// `stream`, once it sent the whole HTTP/2 preface within `timeout`, to be read from the preface on;
+/// a client that sends less, or something else, is cut.
+async fn preface(mut stream: Held, timeout: Duration) -> Option<Held> {
     let mut preface = [0; PREFACE.len()];
     let read = tokio::time::timeout(timeout, stream.read_exact(&mut preface)).await;
-    (matches!(read, Ok(Ok(_))) && &preface == PREFACE).then_some(Prefaced { stream, preface_given: 0 })
+    (matches!(read, Ok(Ok(_))) && &preface == PREFACE).then(|| stream.replaying(PREFACE))
 }
 
 /// Serve the calls of one connection until it closes: the client closes it, or it is closed
 /// gracefully once no call was open for `idle` or at the stop.
 async fn serve_connection(
-    stream: Prefaced,
+    stream: Held,
     http2: &http2::Builder<TokioExecutor>,
     server: TowerToHyperService<RequestBodyTimeout<IngressServer<Service>>>,
     idle: Duration,
@@ -157,57 +156,5 @@ impl Calls {
 impl Drop for OpenCall {
     fn drop(&mut self) {
         self.0.0.send_modify(|open| *open -= 1);
-    }
-}
-
-/// A connection whose HTTP/2 preface was read to check it: its reads give the preface first.
-struct Prefaced {
-    stream: TcpStream,
-    preface_given: usize,
-}
-
-impl AsyncRead for Prefaced {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if let Some(rest) = PREFACE.get(self.preface_given..).filter(|rest| !rest.is_empty()) {
-            let given = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..given]);
-            self.preface_given += given;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefaced {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 }
