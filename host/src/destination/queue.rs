@@ -151,20 +151,26 @@ impl<T> DeliveryQueue<T> {
         mut item: T,
         stop: &CancellationToken,
     ) -> Result<(), PushError<T>> {
-        let mut forwarded: Option<Arc<DeliveryQueue<T>>> = None;
         loop {
-            let queue = forwarded.as_deref().unwrap_or(self);
-            let room = queue.popped.notified();
-            match queue.push_here(priority, item) {
-                Pushed::Done => return Ok(()),
-                Pushed::Full(back) => item = back,
-                Pushed::Closed(back) => return Err(PushError::Closed(back)),
-                Pushed::Moved(back, successor) => {
-                    drop(room);
-                    item = back;
-                    forwarded = Some(successor);
-                    continue;
+            let room = self.popped.notified();
+            tokio::pin!(room);
+            // Most pushes find room at the first look. A full queue is looked at again once this
+            // push waits for a pop (`enable`), so a pop between the look and the wait is not missed:
+            // an unpolled `notified()` does not wait yet, and two pops in that gap woke one of two
+            // pushers (`notify_one` keeps one wake-up for nobody).
+            for look_again in [false, true] {
+                if look_again {
+                    room.as_mut().enable();
                 }
+                item = match self.push_here(priority, item) {
+                    Pushed::Full(back) => back,
+                    Pushed::Done => return Ok(()),
+                    Pushed::Closed(back) => return Err(PushError::Closed(back)),
+                    // Handed over meanwhile: the wait for room goes on there.
+                    Pushed::Moved(back, successor) => {
+                        return Box::pin(successor.push(priority, back, stop)).await;
+                    }
+                };
             }
             tokio::select! {
                 () = room => {}

@@ -102,7 +102,12 @@ impl RetryBudget {
     /// exceed the budget; a message waits for one of them to end.
     pub async fn acquire(&self) -> RetryPermit {
         loop {
+            // Waiting before the check: a permit dropped between the check and the wait wakes this
+            // one. An unpolled `notified()` is not waiting yet, and two drops that came then woke
+            // one of two such retries only (`notify_one` keeps one wake-up for nobody).
             let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             if let Some(permit) = self.try_acquire() {
                 return permit;
             }
