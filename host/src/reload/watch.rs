@@ -1,5 +1,6 @@
 //! Watching the plugin directory and the config file: file-system events are
-//! gathered until things are quiet for a moment, then applied.
+//! gathered until things are quiet for a moment (or for a second at most, so a
+//! file written without pause delays the rest by no more), then applied.
 
 use super::reloader::{Reloader, Retry};
 use notify::event::{EventKind, ModifyKind};
@@ -13,6 +14,11 @@ use tokio::sync::mpsc;
 /// How long the directory must be quiet before changes are applied: editors'
 /// atomic renames and `cp` of a file arrive as bursts of events.
 pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// The longest changes are gathered before they are applied, quiet or not: a file in the plugin
+/// directory written every few milliseconds (a sidecar rewritten by a tool, say) held every other
+/// change, the config's too, for as long as it went on.
+const GATHER_AT_MOST: Duration = Duration::from_secs(1);
 
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,12 +48,9 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     let (changes, mut incoming) = mpsc::unbounded_channel();
     let classify = classifier(dir.clone(), config_path.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if changes_content(&event.kind) => {
-            event.paths.iter().filter_map(&classify).for_each(|change| {
-                let _ = changes.send(change);
-            })
-        }
-        Ok(_) => {}
+        Ok(event) => changes_of(&event, &classify).into_iter().for_each(|change| {
+            let _ = changes.send(change);
+        }),
         Err(err) => tracing::error!(%err, "watching the plugin directory failed"),
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -66,10 +69,7 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     let rearm = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         while let Some(first) = incoming.recv().await {
-            let mut batch = BTreeSet::from([first]);
-            while let Ok(Some(change)) = tokio::time::timeout(SETTLE, incoming.recv()).await {
-                batch.insert(change);
-            }
+            let batch = gather(first, &mut incoming).await;
             if batch.contains(&Change::DirectoryItself)
                 && let Some(watcher) = rearm.upgrade()
             {
@@ -83,6 +83,20 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
         }
     });
     Ok(WatchGuard { _watcher: watcher })
+}
+
+/// `first` and the changes that follow it until `incoming` is quiet for [`SETTLE`], or for
+/// [`GATHER_AT_MOST`] since `first` came.
+async fn gather(first: Change, incoming: &mut mpsc::UnboundedReceiver<Change>) -> BTreeSet<Change> {
+    let mut batch = BTreeSet::from([first]);
+    let applied_by = tokio::time::Instant::now() + GATHER_AT_MOST;
+    loop {
+        let quiet_by = (tokio::time::Instant::now() + SETTLE).min(applied_by);
+        match tokio::time::timeout_at(quiet_by, incoming.recv()).await {
+            Ok(Some(change)) => drop(batch.insert(change)),
+            Ok(None) | Err(_) => return batch,
+        }
+    }
 }
 
 /// The directory `path` is in (`.` for a bare name).
@@ -100,6 +114,19 @@ fn watch_again(watcher: &Mutex<RecommendedWatcher>, dir: &Path) {
         Ok(()) => tracing::info!(dir = %dir.display(), "plugin directory watched again"),
         Err(err) => tracing::debug!(dir = %dir.display(), %err, "plugin directory not there to watch"),
     }
+}
+
+/// What `event` changed. An event that says the kernel's queue of events overflowed (a rescan)
+/// stands for changes that were lost, of any plugin and of the config: it had been dropped, and
+/// those changes were never applied.
+fn changes_of(event: &notify::Event, classify: impl Fn(&PathBuf) -> Option<Change>) -> Vec<Change> {
+    if event.need_rescan() {
+        return vec![Change::Directory, Change::Config];
+    }
+    if !changes_content(&event.kind) {
+        return Vec::new();
+    }
+    event.paths.iter().filter_map(classify).collect()
 }
 
 /// Whether an event can mean new content: a file created, written, renamed
@@ -144,6 +171,9 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
             _ if at == dir_at => Some(Change::DirectoryItself),
             _ if in_dir && (plugin_file || sidecar) => Some(Change::Plugin(crate::plugin::plugin_name(path))),
             Some(config) if config_is_link && config.0 == at.0 => Some(Change::Config),
+            // A file that is no plugin, no sidecar and no link (a log, a note) changes nothing: it
+            // had every plugin read again, a file appended to without pause every 50 ms.
+            _ if in_dir && path.symlink_metadata().is_ok_and(|meta| meta.is_file()) => None,
             _ if in_dir => Some(Change::Directory),
             _ => None,
         }
@@ -162,5 +192,66 @@ fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
             Change::Config => drop(reloader.reload_config(Retry::Changed)),
             Change::Plugin(_) | Change::Directory | Change::DirectoryItself => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, Flag};
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_that_never_pause_are_applied_a_second_after_the_first() {
+        let (changes, mut incoming) = mpsc::unbounded_channel();
+        // A sidecar rewritten every 10 ms, without end.
+        let noise = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if changes.send(Change::Plugin("busy".into())).is_err() {
+                    return;
+                }
+            }
+        });
+        let began = tokio::time::Instant::now();
+        let batch = gather(Change::Plugin("t".into()), &mut incoming).await;
+        assert_eq!(began.elapsed(), GATHER_AT_MOST);
+        assert_eq!(batch, BTreeSet::from([Change::Plugin("busy".into()), Change::Plugin("t".into())]));
+        noise.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_applied_once_quiet_for_the_settling_time() {
+        let (changes, mut incoming) = mpsc::unbounded_channel();
+        changes.send(Change::Config).unwrap();
+        let began = tokio::time::Instant::now();
+        let batch = gather(Change::Plugin("t".into()), &mut incoming).await;
+        assert_eq!(began.elapsed(), SETTLE);
+        assert_eq!(batch, BTreeSet::from([Change::Plugin("t".into()), Change::Config]));
+    }
+
+    #[test]
+    fn an_overflow_of_the_kernels_queue_reads_every_plugin_and_the_config_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let classify = classifier(dir.path().to_path_buf(), None);
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(changes_of(&overflow, &classify), [Change::Directory, Change::Config]);
+        let plugin = dir.path().join("t.wasm");
+        let created = notify::Event::new(EventKind::Create(CreateKind::File)).add_path(plugin);
+        assert_eq!(changes_of(&created, &classify), [Change::Plugin("t".into())]);
+    }
+
+    #[test]
+    fn a_file_that_is_no_plugin_no_sidecar_and_no_link_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let classify = classifier(dir.path().to_path_buf(), None);
+        let log = dir.path().join("noise.log");
+        std::fs::write(&log, "a line\n").unwrap();
+        assert_eq!(classify(&log), None);
+        // A link swapped in, as a mounted ConfigMap is updated, and a file gone: anything may have
+        // changed.
+        let link = dir.path().join("..data");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+        assert_eq!(classify(&link), Some(Change::Directory));
+        assert_eq!(classify(&dir.path().join("gone.tmp")), Some(Change::Directory));
     }
 }
