@@ -242,6 +242,29 @@ async fn a_file_of_another_kind_does_not_replace_a_plugin_a_route_uses_as_its_ki
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_refused_for_its_kind_serves_once_the_config_uses_the_plugin_as_that_kind() {
+    // Before, the refusal stood until the file changed or an explicit reload, and a reload that
+    // applied a changed config did not try it either: route `a` then named filter:t while the
+    // transform served, and every message was dead-lettered stage-unavailable.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let config = ConfigFile::new(plugins.path(), &["a"]);
+    let host = config.host().await;
+    let mut events = host.subscribe();
+    move_in(plugins.path(), &std::fs::read(artifacts::HEADER_FILTER).unwrap());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginRejected { name, .. } if name == "t"))
+        .await;
+    let as_filter = config.text(&["a"]).replace("transform:t", "filter:t");
+    replace_file(&config.path, as_filter.as_bytes());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t"))
+        .await;
+    host.send(Message::new("a", "{}")).await.unwrap();
+    let kept = next(&host.memory("out").unwrap()).await;
+    assert!(kept.header("x-stamp").is_none(), "kept by the filter, not stamped: {:?}", kept.headers);
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(drain_and_account(&host).await.dead_lettered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_directory_removed_and_made_again_is_followed_and_the_host_is_quiet_afterwards() {
     let root = tempfile::tempdir().unwrap();
     let plugins = root.path().join("plugins");

@@ -363,10 +363,9 @@ impl Host {
         let reloader = self.inner.reloader.clone();
         tokio::task::spawn_blocking(move || {
             let change = reloader.reload_config(crate::reload::Retry::Refused)?;
-            // An applied config re-reads the plugins itself.
-            if change == ConfigChange::Unchanged {
-                reloader.sync_all(crate::reload::Retry::Refused);
-            }
+            // An applied config re-read the plugins already, but not those refused before: an
+            // explicit reload tries them again too.
+            reloader.sync_all(crate::reload::Retry::Refused);
             Ok(change)
         })
         .await

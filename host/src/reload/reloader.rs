@@ -90,6 +90,9 @@ struct Refusal {
     /// Its digest and settings, when it could be read.
     file: Option<FileRead>,
     reason: String,
+    /// Refused for being of another kind than where the config uses the plugin: a reason the
+    /// config gives, so a changed config (which re-reads every plugin) tries the file again.
+    for_its_kind: bool,
 }
 
 impl Reloader {
@@ -207,7 +210,8 @@ impl Reloader {
     /// when it could be read) was refused for `error`, unless this same file
     /// was refused for the same reason already.
     fn refuse(&self, name: String, error: &LoadError, file: Option<FileRead>) {
-        let refusal = Refusal { file, reason: error.to_string() };
+        let for_its_kind = matches!(error, LoadError::KindChanged { .. });
+        let refusal = Refusal { file, reason: error.to_string(), for_its_kind };
         let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
         if refused.get(&name) != Some(&refusal) {
             let reason = refusal.reason.clone();
@@ -389,7 +393,8 @@ impl Reloader {
         }
         let file = Some(Box::new((digest, settings.clone())));
         let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
-        if retry == Retry::Changed && refused.get(name).is_some_and(|refusal| refusal.file == file) {
+        let same_refusal = |refusal: &Refusal| refusal.file == file && !refusal.for_its_kind;
+        if retry == Retry::Changed && refused.get(name).is_some_and(same_refusal) {
             return Prepared::Refused;
         }
         drop(refused);
