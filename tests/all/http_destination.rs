@@ -634,3 +634,96 @@ async fn an_answer_to_a_request_sent_before_a_429_does_not_end_the_pause_it_aske
     assert!(arrived - refused_at >= std::time::Duration::from_secs(1), "sent again within the pause");
     drain_and_account(&host).await;
 }
+
+/// A server whose first connection answers `first` (a status line and headers that promise a body
+/// of 100 bytes, and 4 of them) and then, after `then_hang_up`, closes, or else holds the connection
+/// until the client goes; every later connection answers 200 "ok". Returns its address and a channel
+/// told of each request as it arrives.
+async fn failure_with_short_body_server(
+    first: &'static str,
+    then_hang_up: bool,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for request in 1.. {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn({
+                let arrived = arrived.clone();
+                async move {
+                    let mut buffer = [0; 4096];
+                    let _ = stream.read(&mut buffer).await;
+                    let _ = arrived.send(request);
+                    if request > 1 {
+                        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        stream.write_all(ok.as_bytes()).await.unwrap();
+                    } else {
+                        stream
+                            .write_all(format!("{first}\r\ncontent-length: 100\r\n\r\nbusy").as_bytes())
+                            .await
+                            .unwrap();
+                        if then_hang_up {
+                            return;
+                        }
+                    }
+                    // Held until the client hangs up.
+                    while matches!(stream.read(&mut buffer).await, Ok(1..)) {}
+                }
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_whose_body_is_cut_off_is_still_a_refusal_and_retried_when_not_idempotent() {
+    // The status line said the endpoint did not take the message: the body is only the error's
+    // text, and losing it does not make the message "maybe delivered".
+    let first = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0";
+    let (addr, mut arrivals) = failure_with_short_body_server(first, true).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[addr]).replace("idempotent = true\n", "")).await;
+    let reply = within(host.request(Message::new("orders", "question"))).await;
+    assert_eq!(reply.unwrap().expect("the second attempt's reply").payload, "ok");
+    assert_eq!((within(arrivals.recv()).await, within(arrivals.recv()).await), (Some(1), Some(2)));
+    assert!(arrivals.try_recv().is_err(), "two requests in all");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_with_retry_after_whose_body_stalls_past_the_deadline_is_still_a_refusal() {
+    // Cut at its deadline while its body was read, the attempt had its answer: a refusal, not an
+    // attempt that went out and heard nothing.
+    let first = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 0";
+    let (addr, mut arrivals) = failure_with_short_body_server(first, false).await;
+    let dir = plugin_dir(&[]);
+    let text = config(&[addr]).replace("idempotent = true\n", "timeout_ms = 300\n");
+    let host = host(dir.path(), &text).await;
+    let reply = within(host.request(Message::new("orders", "question"))).await;
+    assert_eq!(reply.unwrap().expect("the second attempt's reply").payload, "ok");
+    assert_eq!((within(arrivals.recv()).await, within(arrivals.recv()).await), (Some(1), Some(2)));
+    assert!(arrivals.try_recv().is_err(), "two requests in all");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_status_whose_body_is_cut_off_is_not_retried() {
+    // Idempotent, three attempts: a 404 is final whatever becomes of its body.
+    let (addr, mut arrivals) = failure_with_short_body_server("HTTP/1.1 404 Not Found", true).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[addr])).await;
+    let answer = within(host.request(Message::new("orders", "question"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("api-dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-attempts"), Some("1"));
+    let last_error = letter.header("x-sy-last-error").expect("the last error");
+    assert!(last_error.starts_with(&format!("{addr}: HTTP 404 Not Found: ")), "{last_error}");
+    assert_eq!(within(arrivals.recv()).await, Some(1));
+    assert!(arrivals.try_recv().is_err(), "one request in all");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}

@@ -5,9 +5,10 @@
 //! `x-sy-topic` and `x-sy-id`. A 2xx answer is the reply (its body the payload,
 //! its `x-` headers but the host's own `x-sy-` ones the headers), and a 3xx too when the destination says
 //! `redirects_ok` (otherwise a redirect is a final failure: it is not followed);
-//! 5xx, 408, 429 and connection errors are retryable; other statuses are final. Such an answer
-//! delivered the message whatever its body: one larger than the host reads, cut off, or not read by
-//! the attempt's deadline is a refused reply ([`Outcome::ReplyRefused`]), never a failure. A
+//! 5xx, 408, 429 and connection errors are retryable; other statuses are final. The status decides
+//! whatever becomes of the body: after a delivering status, a body larger than the host reads, cut
+//! off, or not read by the attempt's deadline is a refused reply ([`Outcome::ReplyRefused`]), never
+//! a failure; after any other, the body is only the error's text, and the status's class stands. A
 //! connection goes back to its pool only after a complete response, body read, with the connection
 //! still open.
 
@@ -145,25 +146,28 @@ impl HttpTransport {
             .filter(|(name, _)| name.as_str().starts_with("x-") && !is_host_header(name.as_str()))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
-        // A status that delivers says the endpoint took the message: whatever becomes of the body,
-        // its reply, the message was delivered, and is not sent again.
+        // The status decides, whatever becomes of the body. One that delivers says the endpoint took
+        // the message: the body is its reply, and the message is not sent again. Any other says how
+        // the attempt failed: the body is only its error's text, and cut off or not read by the
+        // deadline it changes nothing (a 429 still did not take the message, a 404 is still final).
         let taken = outcome == Outcome::Ok;
-        if taken {
-            AttemptProgress::mark_current(Step::Answered);
+        let after =
+            retry_after.filter(|_| !taken).map(|after| format!(" (retry after {} s)", after.as_secs()));
+        let answered = format!("HTTP {status}{}", after.unwrap_or_default());
+        match taken {
+            true => AttemptProgress::mark_current(Step::Answered),
+            false => AttemptProgress::fail_current(outcome.clone(), &answered),
         }
+        let failed_or_refused = if taken { Outcome::ReplyRefused } else { outcome.clone() };
         let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {
             Ok(body) => body.to_bytes(),
             Err(err) if err.is::<LengthLimitError>() => {
-                // The connection is dropped with the rest of the reply unread. A failure's body is
-                // only its error's text: its status decides, as when the body is short.
+                // The connection is dropped with the rest of the reply unread.
                 let problem =
-                    format!("HTTP {status}: a reply of more than {} bytes, not read", self.max_reply_bytes);
-                return Err((if taken { Outcome::ReplyRefused } else { outcome }, problem));
+                    format!("{answered}: a reply of more than {} bytes, not read", self.max_reply_bytes);
+                return Err((failed_or_refused, problem));
             }
-            Err(err) if taken => {
-                return Err((Outcome::ReplyRefused, format!("HTTP {status}: its reply cut off: {err}")));
-            }
-            Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.to_string())),
+            Err(err) => return Err((failed_or_refused, format!("{answered}: its reply cut off: {err}"))),
         };
         if !connection.sender.is_closed() {
             connection.release();
@@ -180,11 +184,7 @@ impl HttpTransport {
                 };
                 Ok(Some(reply))
             }
-            outcome => {
-                let after = retry_after.map(|after| format!(" (retry after {} s)", after.as_secs()));
-                let body = String::from_utf8_lossy(&body);
-                Err((outcome, format!("HTTP {status}{}: {body}", after.unwrap_or_default())))
-            }
+            outcome => Err((outcome, format!("{answered}: {}", String::from_utf8_lossy(&body)))),
         }
     }
 }

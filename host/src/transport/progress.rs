@@ -6,21 +6,26 @@
 //! pooled connection (or a transport plugin's lane), or while it connected,
 //! sent nothing and is no attempt at all. One cut while it read an answer
 //! that says the message was taken (an HTTP 2xx whose body is still on its
-//! way, a reply frame's header) delivered it: only its reply is lost.
+//! way, a reply frame's header) delivered it: only its reply is lost. One cut
+//! while it read an answer that says the attempt failed (an HTTP 429, 503 or
+//! 404 whose body is still on its way) failed as that answer says: it was
+//! answered, so it is no attempt that went out and heard nothing.
 //!
 //! The destination core runs each attempt [within](AttemptProgress::scope) an
 //! [`AttemptProgress`]; the pool marks the steps before sending as it goes
 //! through them ([`AttemptProgress::mark_current`]), and a transport marks
-//! [`Step::Answered`] as the answer that the message was taken arrives. A transport
+//! [`Step::Answered`] as the answer that the message was taken arrives, or the
+//! failure an answer says ([`AttemptProgress::fail_current`]). A transport
 //! that marks nothing is taken to be sending from the start, the safe assumption. Work that
 //! sends on another thread (a plugin's lane) claims the attempt
 //! ([`AttemptProgress::start_sending`]) against the deadline
 //! ([`AttemptProgress::abandon`]): whichever comes first decides, so a message
 //! is never both sent and called unsent.
 
+use crate::resilience::Outcome;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 
 tokio::task_local! {
     static CURRENT: AttemptProgress;
@@ -56,10 +61,20 @@ impl Step {
     }
 }
 
-/// The step one attempt is at, shared by the destination core, the
-/// transport and whatever sends for it.
+/// The step one attempt is at, and the failure its endpoint answered, shared
+/// by the destination core, the transport and whatever sends for it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct AttemptProgress(Arc<AtomicU8>);
+pub(crate) struct AttemptProgress(Arc<Progress>);
+
+/// What an [`AttemptProgress`] shares.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The [`Step`] it is at.
+    step: AtomicU8,
+    /// How the endpoint answered that the attempt failed, and why, before the rest of its answer
+    /// came: set once, as the answer arrives.
+    failure: OnceLock<(Outcome, String)>,
+}
 
 impl AttemptProgress {
     /// Run `attempt` with this as the progress its transport marks.
@@ -77,9 +92,22 @@ impl AttemptProgress {
         let _outside_an_attempt = CURRENT.try_with(|progress| progress.mark(step));
     }
 
+    /// The endpoint answered the attempt the calling task runs, if it runs one, that it failed as
+    /// `outcome` says (`problem`: why), the rest of its answer still to come. Cut at its deadline,
+    /// the attempt ends so.
+    pub(crate) fn fail_current(outcome: Outcome, problem: &str) {
+        let _outside_an_attempt =
+            CURRENT.try_with(|progress| progress.0.failure.set((outcome, problem.into())));
+    }
+
+    /// How the endpoint answered that the attempt failed, and why, if it did.
+    pub(crate) fn failure(&self) -> Option<(Outcome, String)> {
+        self.0.failure.get().cloned()
+    }
+
     /// The attempt is now at `step`, unless it was abandoned.
     pub(crate) fn mark(&self, step: Step) {
-        let _abandoned = self.0.fetch_update(SeqCst, SeqCst, |now| {
+        let _abandoned = self.0.step.fetch_update(SeqCst, SeqCst, |now| {
             (Step::from_u8(now) != Step::Abandoned).then_some(step as u8)
         });
     }
@@ -88,6 +116,7 @@ impl AttemptProgress {
     /// first, and then it must not send.
     pub(crate) fn start_sending(&self) -> bool {
         self.0
+            .step
             .fetch_update(SeqCst, SeqCst, |now| {
                 (Step::from_u8(now) != Step::Abandoned).then_some(Step::MaySend as u8)
             })
@@ -96,13 +125,13 @@ impl AttemptProgress {
 
     /// The step the attempt is at (or ended at).
     fn step(&self) -> Step {
-        Step::from_u8(self.0.load(SeqCst))
+        Step::from_u8(self.0.step.load(SeqCst))
     }
 
     /// At the deadline: the step the attempt was at. One before sending is
     /// abandoned for good, so that nothing sends its message afterwards.
     pub(crate) fn abandon(&self) -> Step {
-        let before = self.0.fetch_update(SeqCst, SeqCst, |now| match Step::from_u8(now) {
+        let before = self.0.step.fetch_update(SeqCst, SeqCst, |now| match Step::from_u8(now) {
             Step::MaySend | Step::Answered => None,
             _ => Some(Step::Abandoned as u8),
         });
@@ -179,6 +208,15 @@ mod tests {
         let delivery = DeliveryProgress::default();
         delivery.lock().push(progress);
         assert!(delivery.may_have_sent() && delivery.answered());
+    }
+
+    #[tokio::test]
+    async fn a_failure_answered_before_the_deadline_is_kept_for_it() {
+        let progress = AttemptProgress::default();
+        let refused = Outcome::Retryable(crate::resilience::RetryReason::Status(503));
+        progress.scope(async { AttemptProgress::fail_current(refused.clone(), "HTTP 503") }).await;
+        assert_eq!(progress.failure(), Some((refused, "HTTP 503".to_owned())));
+        assert_eq!(AttemptProgress::default().failure(), None, "no answer, no failure");
     }
 
     #[tokio::test]

@@ -140,14 +140,17 @@ impl Cluster {
         tokio::time::timeout_at(deadline, ready).await.is_ok()
     }
 
-    /// How an attempt cut at its deadline at `step` ended: one that never
-    /// sent is no attempt (it waited for a connection: shed; it could not
-    /// connect in time: a connect failure); one that sent got no answer,
-    /// unless the endpoint had answered that it took the message: then only
-    /// its reply is lost.
-    fn cut_at_deadline(&self, step: Step) -> (Outcome, Result<Option<Message>, String>) {
+    /// How an attempt cut at its deadline with `progress` ended: one that
+    /// never sent is no attempt (it waited for a connection: shed; it could
+    /// not connect in time: a connect failure); one that sent got no answer,
+    /// unless the endpoint had answered: that it took the message (then only
+    /// its reply is lost), or that the attempt failed (then it failed so).
+    fn cut_at_deadline(&self, progress: &AttemptProgress) -> (Outcome, Result<Option<Message>, String>) {
         let timeout = self.timeout;
-        match step {
+        if let Some((outcome, problem)) = progress.failure() {
+            return (outcome, Err(format!("{problem}: the rest of its answer not read within {timeout:?}")));
+        }
+        match progress.abandon() {
             Step::Waiting => {
                 (Outcome::Shed, Err(format!("no connection free within the attempt's {timeout:?}")))
             }
@@ -246,7 +249,7 @@ impl Cluster {
         let (outcome, result) = match tokio::time::timeout(self.timeout, answer).instrument(span).await {
             Ok(Ok(reply)) => (Outcome::Ok, Ok(reply)),
             Ok(Err((outcome, error))) => (outcome, Err(error)),
-            Err(_) => self.cut_at_deadline(progress.abandon()),
+            Err(_) => self.cut_at_deadline(&progress),
         };
         drop(in_flight);
         let finished = Instant::now();
