@@ -109,6 +109,36 @@ async fn a_topic_making_a_name_too_long_for_a_file_is_dead_lettered_at_once_with
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_file_that_cannot_be_opened_dead_letters_its_message_and_holds_back_no_other_topic() {
+    // A directory where one topic's file should be is that topic's problem: the destination's one
+    // endpoint is not left out for it, and its message does not wait out its queue timeout.
+    let out = tempfile::tempdir().unwrap();
+    let blocked = out.path().join("blocked.jsonl");
+    std::fs::create_dir(&blocked).unwrap();
+    let dir = plugin_dir(&[]);
+    let config = config(out.path(), "").replace("[[route]]", "queue = { timeout_ms = 600000 }\n[[route]]");
+    let host = host(dir.path(), &config).await;
+    let (answer, ()) =
+        tokio::join!(within(host.request(Message::new("blocked", "x"))), send_all(&host, &["jobs"], 20));
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    assert_eq!(letter.header("x-sy-attempts"), Some("1"));
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains(&format!("{}: Is a directory", blocked.display())), "{error}");
+    let files = host.destinations().into_iter().find(|destination| destination.name == "files").unwrap();
+    let endpoint = &files.endpoints[0];
+    assert_eq!((endpoint.breaker, endpoint.serving()), ("closed", true), "not the endpoint's failure");
+    let text = host.metrics().encode();
+    let retries = [("destination", "files")];
+    let retries = crate::exposition::sample(&text, "switchyard_destination_retries_total", &retries);
+    assert_eq!(retries, Some(0.0), "no message waited for the endpoint");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 1));
+    assert_eq!(lines(&out.path().join("jobs.jsonl")).len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_directory_holds_messages_until_it_exists_then_delivers_them_whole() {
     let out = tempfile::tempdir().unwrap();
     let missing = out.path().join("later");

@@ -9,7 +9,9 @@
 //! split by it. A file someone else moved or removed (logrotate, an operator) is noticed at the next
 //! line, by the path no longer naming it, and the path opened afresh. The destination has one
 //! endpoint, named by the path template; its health probe checks that the template's directory
-//! exists.
+//! exists. With a file per topic, an error of one topic's file (a directory in its place, a file
+//! not writable) is that message's, not the endpoint's: the message is dead-lettered at once, and
+//! the other topics' files go on being written.
 
 use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
@@ -215,16 +217,31 @@ impl Files {
         }
         Ok(PathBuf::from(self.options.path.replace("{topic}", topic)))
     }
+
+    /// Whether something that `topic` names exists: the topic's file, or a directory the template
+    /// names by topic. An error about a name is then that topic's alone (a directory in place of
+    /// its file, a file not writable); when nothing the topic names exists, what failed is the
+    /// template's own directory (missing, not writable), and every topic fails alike.
+    fn names_existing(&self, topic: &str) -> bool {
+        let template = Path::new(&self.options.path);
+        let named = template.ancestors().map(Path::to_string_lossy).filter(|part| part.contains("{topic}"));
+        named
+            .map(|part| part.replace("{topic}", topic))
+            .any(|path| Path::new(&path).symlink_metadata().is_ok())
+    }
 }
 
 impl AppendError {
     /// How the attempt that failed with this to append a line of `line_bytes` to `path` ends, and
-    /// its problem; `size_limit` gives the process's file size limit, read only for `EFBIG`.
+    /// its problem; `size_limit` gives the process's file size limit, read only for `EFBIG`, and
+    /// `topics_own` whether an error about a name is the message's topic's alone
+    /// ([`Files::names_existing`]), read only for such errors.
     fn verdict(
         &self,
         path: &Path,
         line_bytes: u64,
         size_limit: impl FnOnce() -> Option<u64>,
+        topics_own: impl FnOnce() -> bool,
     ) -> (Outcome, String) {
         let problem = format!("{}: {self}", path.display());
         let error = match self {
@@ -245,10 +262,20 @@ impl AppendError {
                 let problem = format!("{problem}: the line alone is larger than the file size limit");
                 (Outcome::Fatal(FatalReason::Rejected), problem)
             }
+            // So is a file of this topic's alone that cannot be opened: waiting would hold back
+            // every topic's messages, with the endpoint left out, for a file the others do not use.
+            kind if is_about_a_name(kind) && topics_own() => (Outcome::Fatal(FatalReason::Rejected), problem),
             // Nothing of the line stays in the file: as safe to retry as a refused connection.
             _ => (Outcome::Retryable(RetryReason::Connect), problem),
         }
     }
+}
+
+/// Whether an error of `kind` is about the name a file is opened at (what it names is a directory, or
+/// not writable, or a path through something missing), not about the file system (full, failing).
+fn is_about_a_name(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::{IsADirectory, NotADirectory, NotFound, PermissionDenied};
+    matches!(kind, IsADirectory | NotADirectory | PermissionDenied | NotFound)
 }
 
 impl OpenFile {
@@ -320,7 +347,10 @@ impl FileTransport {
             tokio::task::spawn_blocking(move || files.append(&path, &line).map_err(|err| (err, path)));
         match written.await {
             Ok(Ok(())) => Ok(None),
-            Ok(Err((error, path))) => Err(error.verdict(&path, line_bytes, file_size_limit)),
+            Ok(Err((error, path))) => {
+                let topics_own = || self.0.names_existing(&message.topic);
+                Err(error.verdict(&path, line_bytes, file_size_limit, topics_own))
+            }
             Err(err) => {
                 Err((Outcome::Retryable(RetryReason::Connect), format!("the write did not finish: {err}")))
             }
@@ -359,14 +389,52 @@ mod tests {
         let no_limit = || None;
         for errno in [libc::EIO, libc::ENOSPC, libc::EDQUOT] {
             let error = AppendError::NotSynced(std::io::Error::from_raw_os_error(errno));
-            let (outcome, problem) = error.verdict(path, 100, no_limit);
+            let (outcome, problem) = error.verdict(path, 100, no_limit, || true);
             assert_eq!(outcome, Outcome::Retryable(RetryReason::Reset), "{problem}");
             assert!(problem.starts_with("archive/orders.jsonl: the line was written, but syncing it failed"));
         }
         // The same errors before anything was written leave nothing in the file.
         for errno in [libc::EIO, libc::ENOSPC, libc::EDQUOT] {
             let error = AppendError::NotWritten(std::io::Error::from_raw_os_error(errno));
-            assert_eq!(error.verdict(path, 100, no_limit).0, Outcome::Retryable(RetryReason::Connect));
+            assert_eq!(
+                error.verdict(path, 100, no_limit, || true).0,
+                Outcome::Retryable(RetryReason::Connect)
+            );
         }
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_its_topics_problem_only_when_the_topic_names_it() {
+        let path = Path::new("archive/orders.jsonl");
+        for errno in [libc::EISDIR, libc::ENOTDIR, libc::EACCES, libc::ENOENT] {
+            let error = AppendError::NotWritten(std::io::Error::from_raw_os_error(errno));
+            let (outcome, problem) = error.verdict(path, 100, || None, || true);
+            assert_eq!(outcome, Outcome::Fatal(FatalReason::Rejected), "{problem}");
+            assert!(problem.starts_with("archive/orders.jsonl: "), "{problem}");
+            // The template's own directory (missing, not writable): every topic's file fails alike.
+            let (outcome, problem) = error.verdict(path, 100, || None, || false);
+            assert_eq!(outcome, Outcome::Retryable(RetryReason::Connect), "{problem}");
+        }
+    }
+
+    #[test]
+    fn only_what_the_topic_names_makes_an_error_the_topics() {
+        let out = tempfile::tempdir().unwrap();
+        let files = |template: &str| Files {
+            options: FileOptions {
+                path: format!("{}/{template}", out.path().display()),
+                fsync: Fsync::default(),
+                max_bytes: None,
+            },
+            destination: "files".into(),
+            open: Mutex::default(),
+        };
+        std::fs::create_dir_all(out.path().join("blocked.jsonl")).unwrap();
+        std::fs::create_dir_all(out.path().join("eu/orders")).unwrap();
+        assert!(files("{topic}.jsonl").names_existing("blocked"), "its file");
+        assert!(!files("{topic}.jsonl").names_existing("jobs"), "nothing of its own yet");
+        assert!(files("{topic}/orders/x.jsonl").names_existing("eu"), "a directory named by it");
+        assert!(!files("{topic}/orders/x.jsonl").names_existing("us"));
+        assert!(!files("blocked.jsonl").names_existing("blocked"), "one file for all: no topic's own");
     }
 }
