@@ -176,3 +176,33 @@ async fn an_attempt_cut_while_its_line_is_written_leaves_the_line_whole() {
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.delivered + stats.dead_lettered, stats.accepted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_line_too_long_or_not_utf8_is_skipped_and_the_process_keeps_serving() {
+    // The reader of standard error ended at its first bad line and closed the pipe: the process's
+    // next line to it (one per message) failed, and it died holding that message.
+    let host = start(&config("", "")).await;
+    for noise in ["stderr-long", "stderr-bytes"] {
+        let noisy = within(host.request(Message::new("jobs", noise))).await.unwrap().expect("a reply");
+        let pid = noisy.header("x-pid").expect("the worker's pid").to_owned();
+        assert_eq!(request_all(&host, 1).await, [pid], "after {noise}, the same process answers");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (4, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_line_not_utf8_refuses_its_reply_and_the_process_keeps_serving() {
+    // The reader of standard output ended at the bad line: the message waited for its answer until
+    // its deadline, and the process, its output closed, died at its next answer.
+    let host = start(&config("", "timeout_ms = 2000")).await;
+    let first = request_all(&host, 1).await;
+    let answer = within(host.request(Message::new("jobs", "not-utf8"))).await;
+    let Err(RequestError::ReplyRefused { problem, .. }) = answer else {
+        panic!("delivered, its reply refused: {answer:?}")
+    };
+    assert!(problem.contains("a malformed answer"), "{problem}");
+    assert_eq!(request_all(&host, 1).await, first, "the same process answers");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
+}

@@ -2,6 +2,8 @@
 on stdout with a JSON line carrying the same id.
 
 By payload: "reject" -> a final error; "busy" -> a retryable error; "silent" -> no answer;
+"stderr-long" / "stderr-bytes" -> first a line of 5000 bytes / one that is not UTF-8 on stderr;
+"not-utf8" -> an answer line that is not UTF-8;
 anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
 With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
 without answering it. With LEAVE_CHILD=1, it first starts a process of its own (`sleep 60`) that
@@ -27,7 +29,16 @@ for line in sys.stdin:
         sys.exit(3)
     time.sleep(slow_ms / 1000)
     payload = message["payload"]
+    if payload == "stderr-long":
+        print("x" * 5000, file=sys.stderr, flush=True)
+    elif payload == "stderr-bytes":
+        sys.stderr.buffer.write(b"\xff\n")
+        sys.stderr.buffer.flush()
     if payload == "silent":
+        continue
+    if payload == "not-utf8":
+        sys.stdout.buffer.write(b'{"id": %d, "payload": "\xff"}\n' % message["id"])
+        sys.stdout.buffer.flush()
         continue
     if payload == "reject":
         answer = {"id": message["id"], "error": "rejected by the worker"}

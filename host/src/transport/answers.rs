@@ -5,11 +5,14 @@
 //! "headers": [["k", "v"]]}` (a reply; topic and headers optional; `payload_base64` for bytes: one
 //! that does not decode is a refused reply to a message taken all the same), or
 //! `{"id": 7, "error": "…", "retryable": true}` (not taken; `retryable` false or absent: final).
+//! An answer that cannot be read but names its id ([`answered_id`]) took its message all the same:
+//! its reply is refused ([`Answer::malformed`]).
 
 use super::AttemptResult;
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use base64::Engine;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -28,11 +31,32 @@ pub(super) struct Answer {
     error: Option<String>,
     #[serde(default)]
     retryable: bool,
+    /// Why the answer could not be read, for one made by [`Answer::malformed`].
+    #[serde(skip)]
+    malformed: Option<String>,
 }
 
 impl Answer {
+    /// The answer to the message sent with `id` that could not be read, for `problem`: the peer
+    /// answered, so it took the message; only its reply is refused.
+    pub(super) fn malformed(id: u64, problem: String) -> Answer {
+        Answer {
+            id,
+            payload: None,
+            payload_base64: None,
+            topic: None,
+            headers: Vec::new(),
+            error: None,
+            retryable: false,
+            malformed: Some(problem),
+        }
+    }
+
     /// What the attempt that sent `message` gives: its reply, or how it failed.
     pub(super) fn into_result(self, message: &Message) -> AttemptResult {
+        if let Some(problem) = self.malformed {
+            return Err((Outcome::ReplyRefused, problem));
+        }
         if let Some(error) = self.error {
             return Err(match self.retryable {
                 true => (Outcome::Retryable(RetryReason::Plugin), error),
@@ -56,6 +80,48 @@ impl Answer {
             payload: payload.into(),
             priority: message.priority,
         }))
+    }
+}
+
+/// The id an answer that cannot be read (not JSON, not UTF-8, a field of the wrong type, or only
+/// the start of a line too long) says it answers: its object's `id`, when met before the text stops
+/// making sense.
+pub(super) fn answered_id(text: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(text);
+    let mut id = None;
+    // Reading stops with an error at the first thing wrong, or past the id: either way, the id is
+    // what it found.
+    let _stopped = IdOf(&mut id).deserialize(&mut serde_json::Deserializer::from_str(&text));
+    id
+}
+
+/// Reads an answer object's `id` into its place, and nothing after it.
+struct IdOf<'a>(&'a mut Option<u64>);
+
+impl<'de> DeserializeSeed<'de> for IdOf<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdOf<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an answer object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "id" {
+                *self.0 = Some(map.next_value()?);
+                return Ok(());
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +203,26 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(waiting) = self.pending.lock().as_mut() {
             waiting.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_cannot_be_read_names_its_id_when_met_before_what_is_wrong() {
+        for (text, id) in [
+            (&b"{\"id\": 7, \"payload\": \"\xff\"}"[..], Some(7)),
+            (b"{\"payload\": \"\xff\", \"id\": 8}", Some(8)),
+            (br#"{"topic": 3, "id": 9}"#, Some(9)),
+            (br#"{"id": 10, "payload": "cut here"#, Some(10)),
+            (br#"{"payload": "cut here"#, None),
+            (br#"{"id": "11"}"#, None),
+            (b"not json", None),
+        ] {
+            assert_eq!(answered_id(text), id, "{}", String::from_utf8_lossy(text));
         }
     }
 }

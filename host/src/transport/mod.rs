@@ -19,6 +19,7 @@
 mod answers;
 mod file;
 mod http;
+mod lines;
 mod nats;
 pub mod plugin;
 mod pool;

@@ -4,7 +4,10 @@
 //! it), whose `id` is a number unique to this attempt (the message's own identity, for deduplication,
 //! is its `x-sy-id` header). The process answers each on standard output, in any order, with one JSON
 //! line carrying the same `id` (the format: [`answers`](super::answers)). Its standard error goes to
-//! the host's log, a line at a time.
+//! the host's log, a line at a time (one longer than 4 KiB cut, one not UTF-8 with its bad bytes
+//! replaced). An answer line that cannot be read refuses the reply of the message it names (it was
+//! taken), or is logged when it names none (that message's attempt meets its deadline); either way
+//! the process keeps serving.
 //!
 //! A process that exits fails the messages it held (retried as the destination's `idempotent` allows:
 //! it may have acted on them) and is started again at the next attempt sent to it, after a backoff
@@ -14,7 +17,8 @@
 //! has exited, even when a process it started still holds its output open: what it answered is
 //! read, and the rest of what it held fails.
 
-use super::answers::Pending;
+use super::answers::{Answer, Pending, answered_id};
+use super::lines::{Line, LineCodec};
 use super::restart::{Peer, Restarting};
 use super::{AttemptFuture, AttemptResult, ProbeFuture, SettingError, Transport, TransportContext};
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
@@ -28,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
-use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 /// Longest line read from a process's standard error; longer ones are cut.
@@ -36,6 +40,9 @@ const MAX_LOG_LINE: usize = 4096;
 
 /// Longest answer line read from a process's standard output.
 const MAX_ANSWER_LINE: usize = 64 << 20;
+
+/// How much of a longer answer line is read, to find which message it answers.
+const ANSWER_HEAD: usize = 1024;
 
 /// How long a process may take to exit once its standard input is closed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -151,13 +158,17 @@ impl SubprocessTransport {
         let (destination, process) = (self.destination.clone(), address.to_owned());
         tracing::info!(%destination, %process, pid = child.id(), "process started");
         if let Some(stderr) = stderr {
-            let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LOG_LINE));
+            let mut lines = FramedRead::new(stderr, LineCodec::new(MAX_LOG_LINE, MAX_LOG_LINE));
             let (destination, process) = (destination.clone(), process.clone());
             tokio::spawn(async move {
-                while let Some(line) = lines.next().await {
-                    let Ok(line) = line else { continue };
-                    let line = crate::bounded_text::one_line(&line, MAX_LOG_LINE);
-                    tracing::info!(%destination, %process, "stderr: {line}");
+                while let Some(Ok(line)) = lines.next().await {
+                    let text = String::from_utf8_lossy(&line.bytes);
+                    let text = crate::bounded_text::one_line(&text, MAX_LOG_LINE);
+                    let cut = match line.is_cut() {
+                        true => format!(" [cut: a line of {} bytes]", line.length),
+                        false => String::new(),
+                    };
+                    tracing::info!(%destination, %process, "stderr: {text}{cut}");
                 }
             });
         }
@@ -216,17 +227,33 @@ async fn read_answers(
     destination: &str,
     process: &str,
 ) {
-    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_ANSWER_LINE));
+    let mut lines = FramedRead::new(stdout, LineCodec::new(MAX_ANSWER_LINE, ANSWER_HEAD));
     while let Some(line) = lines.next().await {
-        let answer = line.map_err(|err| err.to_string()).and_then(|line| {
-            serde_json::from_str(&line)
-                .map_err(|err| format!("{err}: {}", crate::bounded_text::one_line(&line, 200)))
-        });
+        let answer = line.map_err(|err| format!("reading it: {err}")).and_then(|line| answer_of(&line));
         match answer.map(|answer| pending.answer(answer)) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(%destination, %process, "an answer nobody waits for"),
             Err(err) => tracing::warn!(%destination, %process, "not an answer line: {err}"),
         }
+    }
+}
+
+/// The answer `line` gives: the one it holds, or when it cannot be read, a refused reply to the
+/// message it names; `Err` when it names none.
+fn answer_of(line: &Line) -> Result<Answer, String> {
+    let problem = match line.is_cut() {
+        true => format!("an answer line of {} bytes, past the longest read ({MAX_ANSWER_LINE})", line.length),
+        false => match serde_json::from_slice(&line.bytes) {
+            Ok(answer) => return Ok(answer),
+            Err(err) => format!("a malformed answer: {err}"),
+        },
+    };
+    match answered_id(&line.bytes) {
+        Some(id) => Ok(Answer::malformed(id, problem)),
+        None => Err(format!(
+            "{problem}: {}",
+            crate::bounded_text::one_line(&String::from_utf8_lossy(&line.bytes), 200)
+        )),
     }
 }
 
