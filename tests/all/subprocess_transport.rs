@@ -206,3 +206,26 @@ async fn an_answer_line_not_utf8_refuses_its_reply_and_the_process_keeps_serving
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_past_max_message_bytes_is_refused_and_the_process_keeps_serving() {
+    // Answer lines were read up to 64 MiB whatever the host's limit, and a reply past it delivered.
+    let text = config("", "timeout_ms = 2000").replacen("[host]\n", "[host]\nmax_message_bytes = 4096\n", 1);
+    let host = start(&text).await;
+    let first = request_all(&host, 1).await;
+    // At the limit: taken, though its answer line (each byte escaped to six) is six times as long.
+    let reply = within(host.request(Message::new("jobs", "grow:4096"))).await.unwrap().expect("a reply");
+    assert_eq!(reply.payload.len(), 4096);
+    // Past it; and so far past it that the answer line is cut, read no further than its start.
+    for payload in ["grow:4097", "grow:1000000"] {
+        let answer = within(host.request(Message::new("jobs", payload))).await;
+        let Err(RequestError::ReplyRefused { problem, .. }) = answer else {
+            let size = answer.map(|reply| reply.map(|reply| reply.payload.len()));
+            panic!("{payload}: delivered, its reply refused: {size:?}")
+        };
+        assert!(problem.contains("a reply of more than 4096 bytes"), "{payload}: {problem}");
+    }
+    assert_eq!(request_all(&host, 1).await, first, "the same process answers");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (5, 0));
+}

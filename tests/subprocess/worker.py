@@ -3,7 +3,8 @@ on stdout with a JSON line carrying the same id.
 
 By payload: "reject" -> a final error; "busy" -> a retryable error; "silent" -> no answer;
 "stderr-long" / "stderr-bytes" -> first a line of 5000 bytes / one that is not UTF-8 on stderr;
-"not-utf8" -> an answer line that is not UTF-8;
+"not-utf8" -> an answer line that is not UTF-8; "grow:N" -> a reply of N control characters (each
+written as 6 bytes of JSON, \\u0001);
 anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
 With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
 without answering it. With LEAVE_CHILD=1, it first starts a process of its own (`sleep 60`) that
@@ -44,6 +45,8 @@ for line in sys.stdin:
         answer = {"id": message["id"], "error": "rejected by the worker"}
     elif payload == "busy":
         answer = {"id": message["id"], "error": "busy", "retryable": True}
+    elif payload.startswith("grow:"):
+        answer = {"id": message["id"], "payload": "\x01" * int(payload[5:])}
     else:
         answer = {"id": message["id"], "payload": payload.upper(), "headers": [["x-pid", str(os.getpid())]]}
     print(json.dumps(answer), flush=True)

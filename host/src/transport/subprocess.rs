@@ -7,7 +7,9 @@
 //! the host's log, a line at a time (one longer than 4 KiB cut, one not UTF-8 with its bad bytes
 //! replaced). An answer line that cannot be read refuses the reply of the message it names (it was
 //! taken), or is logged when it names none (that message's attempt meets its deadline); either way
-//! the process keeps serving.
+//! the process keeps serving. A reply larger than `host.max_message_bytes` is refused, as the
+//! other transports refuse one: its answer line is read only as far as a reply within the limit
+//! can take (`max_answer_line`).
 //!
 //! A process that exits fails the messages it held (retried as the destination's `idempotent` allows:
 //! it may have acted on them) and is started again at the next attempt sent to it, after a backoff
@@ -37,9 +39,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest line read from a process's standard error; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
-
-/// Longest answer line read from a process's standard output.
-const MAX_ANSWER_LINE: usize = 64 << 20;
 
 /// How much of a longer answer line is read, to find which message it answers.
 const ANSWER_HEAD: usize = 1024;
@@ -96,11 +95,22 @@ impl super::TransportOptions for SubprocessOptions {
 pub(super) fn build(
     options: SubprocessOptions,
     destination: &DestinationConfig,
-    _context: &TransportContext,
+    context: &TransportContext,
 ) -> Arc<dyn Transport> {
     let endpoints = super::TransportOptions::endpoints(&options, &[]).expect("checked options");
     let slots = endpoints.into_iter().map(|endpoint| (endpoint.address, Restarting::default())).collect();
-    Arc::new(SubprocessTransport { options: Arc::new(options), destination: destination.name.clone(), slots })
+    Arc::new(SubprocessTransport {
+        options: Arc::new(options),
+        destination: destination.name.clone(),
+        slots,
+        max_reply_bytes: context.max_message_bytes,
+    })
+}
+
+/// The longest answer line read, for replies of up to `max_reply_bytes`: room for such a reply's
+/// payload with every byte escaped (`\u0001`, six bytes of JSON), and 64 KiB for the rest of it.
+fn max_answer_line(max_reply_bytes: usize) -> usize {
+    max_reply_bytes.saturating_mul(6).saturating_add(64 << 10)
 }
 
 /// Child processes speaking JSON lines; see the module docs.
@@ -110,6 +120,8 @@ pub struct SubprocessTransport {
     destination: String,
     /// One process per endpoint, by its address.
     slots: HashMap<String, Restarting<Running>>,
+    /// The largest reply payload taken (`host.max_message_bytes`).
+    max_reply_bytes: usize,
 }
 
 /// A running process: where messages go, and who waits for which answer.
@@ -156,6 +168,7 @@ impl SubprocessTransport {
             pending: pending.clone(),
         };
         let (destination, process) = (self.destination.clone(), address.to_owned());
+        let max_reply_bytes = self.max_reply_bytes;
         tracing::info!(%destination, %process, pid = child.id(), "process started");
         if let Some(stderr) = stderr {
             let mut lines = FramedRead::new(stderr, LineCodec::new(MAX_LOG_LINE, MAX_LOG_LINE));
@@ -175,7 +188,7 @@ impl SubprocessTransport {
         tokio::spawn(async move {
             let mut reading = std::pin::pin!(async {
                 if let Some(stdout) = stdout {
-                    read_answers(stdout, &pending, &destination, &process).await;
+                    read_answers(stdout, &pending, &destination, &process, max_reply_bytes).await;
                 }
             });
             let status = tokio::select! {
@@ -216,7 +229,14 @@ impl SubprocessTransport {
         let reset = |problem: String| (Outcome::Retryable(RetryReason::Reset), problem);
         written.map_err(|err| reset(format!("writing to the process: {err}")))?;
         let answer = waiting.answer().await;
-        answer.ok_or_else(|| reset("the process exited before it answered".into()))?.into_result(message)
+        let reply = answer.ok_or_else(|| reset("the process exited before it answered".into()))?;
+        match reply.into_result(message)? {
+            // It answered: it took the message.
+            Some(reply) if reply.payload.len() > self.max_reply_bytes => {
+                Err((Outcome::ReplyRefused, format!("a reply of more than {} bytes", self.max_reply_bytes)))
+            }
+            reply => Ok(reply),
+        }
     }
 }
 
@@ -226,10 +246,14 @@ async fn read_answers(
     pending: &Pending,
     destination: &str,
     process: &str,
+    max_reply_bytes: usize,
 ) {
-    let mut lines = FramedRead::new(stdout, LineCodec::new(MAX_ANSWER_LINE, ANSWER_HEAD));
+    let codec = LineCodec::new(max_answer_line(max_reply_bytes), ANSWER_HEAD);
+    let mut lines = FramedRead::new(stdout, codec);
     while let Some(line) = lines.next().await {
-        let answer = line.map_err(|err| format!("reading it: {err}")).and_then(|line| answer_of(&line));
+        let answer = line
+            .map_err(|err| format!("reading it: {err}"))
+            .and_then(|line| answer_of(&line, max_reply_bytes));
         match answer.map(|answer| pending.answer(answer)) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(%destination, %process, "an answer nobody waits for"),
@@ -239,10 +263,12 @@ async fn read_answers(
 }
 
 /// The answer `line` gives: the one it holds, or when it cannot be read, a refused reply to the
-/// message it names; `Err` when it names none.
-fn answer_of(line: &Line) -> Result<Answer, String> {
+/// message it names (a line cut: a reply past `max_reply_bytes`); `Err` when it names none.
+fn answer_of(line: &Line, max_reply_bytes: usize) -> Result<Answer, String> {
     let problem = match line.is_cut() {
-        true => format!("an answer line of {} bytes, past the longest read ({MAX_ANSWER_LINE})", line.length),
+        true => {
+            format!("a reply of more than {max_reply_bytes} bytes (an answer line of {} bytes)", line.length)
+        }
         false => match serde_json::from_slice(&line.bytes) {
             Ok(answer) => return Ok(answer),
             Err(err) => format!("a malformed answer: {err}"),
