@@ -560,6 +560,54 @@ async fn a_letter_its_destination_refuses_for_good_stays_in_the_file_sent_once_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_letters_of_a_message_fanned_out_are_known_apart_by_their_dead_letter_destination() {
+    // The copies of a message fanned out share its x-sy-id. d1 refuses a's letter for good; b's
+    // letter waits in the file for d2. Before, the refusal was noted by the id alone, so b's letter
+    // was passed over for the rest of the run, d2 back or not (and a letter taken could have had
+    // another removed from the file unsent, by the same mistake).
+    let state = tempfile::tempdir().unwrap();
+    let (refusing, _) = header_server(axum::http::StatusCode::BAD_REQUEST).await;
+    let d1 = |_: Message| async { Err(DeliveryError::Fatal("HTTP 400: refused for good".into())) };
+    let (d2, d2_destination) = Switchable::new(false);
+    let plugins = plugin_dir(&[]);
+    let toml = format!(
+        r#"
+[[destination]]
+name = "a"
+transport = "http"
+endpoints = ["{refusing}"]
+[[destination]]
+name = "b"
+transport = "http"
+endpoints = ["{refusing}"]
+[[route]]
+name = "both"
+fan_out = ["a", "b"]
+"#
+    );
+    let mut config = Config::from_toml("test.toml", &toml).unwrap();
+    config.host.dead_letter = "d1".into();
+    config.destinations[1].dead_letter = Some("d2".into());
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("d1", d1).destination("d2", d2_destination).build().await.unwrap();
+    let id = host.send(Message::new("orders", "x")).await.unwrap();
+    let held = eventually(|| match host.dead_letters(10).unwrap() {
+        held if held.count == 2 && host.stats().in_flight() == 0 => Ok(held),
+        held => Err((held.count, host.stats())),
+    });
+    let mut for_destinations: Vec<_> = held.letters.iter().map(|letter| letter.destination.clone()).collect();
+    for_destinations.sort();
+    assert_eq!(for_destinations, ["d1", "d2"]);
+    d2.set_up(true);
+    assert_eq!(d2.ids(1).await, HashSet::from([id]), "b's letter reached d2 once it was back");
+    eventually(|| match host.dead_letters(10).unwrap() {
+        held if held.count == 1 && held.letters[0].destination == "d1" => Ok(()),
+        held => Err(held.count),
+    });
+    assert_eq!(drain_and_account(&host).await.dead_lettered, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_behind_more_refused_letters_than_a_pass_reads_is_still_delivered() {
     // 300 letters refused for good at the head of the file, more than one
     // re-delivery pass reads: a letter written after them still goes out.

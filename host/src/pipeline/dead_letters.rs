@@ -46,15 +46,26 @@ pub(crate) struct DeadLetters {
     pub(crate) file: Arc<DeadLetterFile>,
     /// Wakes the re-delivery task.
     written: Notify,
-    /// The unique ids of the letters in the file that every dead-letter
-    /// destination of theirs refused for good (a 4xx, a plugin's `rejected`,
-    /// or an attempt that went out unanswered to one that is not idempotent,
-    /// which never sends twice): they stay in the file, are not sent again in
-    /// this run, and hold up no other letter.
-    refused: Mutex<HashSet<String>>,
-    /// The unique ids of the letters re-delivered whose removal from the
-    /// file failed (a full disk): not sent again, removed with the next pass.
-    unremoved: Mutex<HashSet<String>>,
+    /// The letters in the file that every dead-letter destination of theirs
+    /// refused for good (a 4xx, a plugin's `rejected`, or an attempt that went
+    /// out unanswered to one that is not idempotent, which never sends twice):
+    /// they stay in the file, are not sent again in this run, and hold up no
+    /// other letter.
+    refused: Mutex<HashSet<LetterKey>>,
+    /// The letters re-delivered whose removal from the file failed (a full
+    /// disk): not sent again, removed with the next pass.
+    unremoved: Mutex<HashSet<LetterKey>>,
+}
+
+/// What a letter in the file is known by: the dead-letter destination it is for and its message's
+/// unique id. The id alone is not enough: the copies of a message fanned out to several
+/// destinations share it, and a letter of one copy, taken or refused, was taken for the letter of
+/// another (which was then removed from the file unsent, or never sent in this run).
+type LetterKey = (String, String);
+
+/// The key of a letter for dead-letter destination `destination` whose message's unique id is `id`.
+fn letter_key(destination: &str, id: &str) -> LetterKey {
+    (destination.to_owned(), id.to_owned())
 }
 
 impl DeadLetters {
@@ -67,16 +78,17 @@ impl DeadLetters {
         }
     }
 
-    /// Note that `letter` was refused for good; `false` when it has no
-    /// unique id to be known by (it is then tried again, as one not taken).
-    fn refused_for_good(&self, letter: &Message) -> bool {
+    /// Note that `letter`, for dead-letter destination `destination`, was
+    /// refused for good; `false` when it has no unique id to be known by (it
+    /// is then tried again, as one not taken).
+    fn refused_for_good(&self, destination: &str, letter: &Message) -> bool {
         let Some(id) = letter.unique_id() else { return false };
         tracing::warn!(
             id = letter.id,
             unique_id = id,
             "no dead-letter destination took this dead letter, and none will: each refused it for good, or took it without answering (not idempotent, it is not sent twice); it stays in the dead-letter file, not sent again in this run"
         );
-        lock(&self.refused).insert(id.to_owned());
+        lock(&self.refused).insert(letter_key(destination, id));
         true
     }
 
@@ -89,14 +101,14 @@ impl DeadLetters {
     fn to_redeliver(&self, from: u64, down: &[String]) -> Result<Batch, FileError> {
         let skipped = |record: &DeadLetterRecord| {
             down.contains(&record.destination)
-                || unique_id(record).is_some_and(|id| lock(&self.refused).contains(id))
+                || key_of(record).is_some_and(|key| lock(&self.refused).contains(&key))
         };
         self.file.read(from, PASS, skipped)
     }
 }
 
-fn lock(ids: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    ids.lock().unwrap_or_else(|poison| poison.into_inner())
+fn lock(letters: &Mutex<HashSet<LetterKey>>) -> std::sync::MutexGuard<'_, HashSet<LetterKey>> {
+    letters.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// How handing a letter along its dead-letter chain went.
@@ -187,7 +199,7 @@ impl Pipeline {
             let chain = topology.dead_letter_chain(first);
             match send_along(topology, &chain, &letter, RETRY, &self.dispatch.letters_cut).await {
                 Along::Taken(name) => return Ok(Reached::Destination(name)),
-                Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
+                Along::Refused if self.dead_letters.refused_for_good(first, &letter) => {}
                 Along::Refused | Along::NotNow => tracing::warn!(
                     id = letter.id,
                     ?chain,
@@ -230,7 +242,7 @@ impl Pipeline {
                         continue;
                     }
                 };
-                if letter.unique_id().is_some_and(|id| lock(&self.dead_letters.unremoved).contains(id)) {
+                if key_of(record).is_some_and(|key| lock(&self.dead_letters.unremoved).contains(&key)) {
                     *delivered = true;
                     continue;
                 }
@@ -238,13 +250,12 @@ impl Pipeline {
                 let chain = topology.dead_letter_chain(&record.destination);
                 match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.letters_cut).await {
                     Along::Taken(_) => (*delivered, redelivered) = (true, redelivered + 1),
-                    Along::Refused if self.dead_letters.refused_for_good(&letter) => {}
+                    Along::Refused if self.dead_letters.refused_for_good(&record.destination, &letter) => {}
                     Along::Refused | Along::NotNow => down.push(record.destination.clone()),
                 }
             }
             let taken = batch.letters.iter().zip(&delivered).filter(|(_, taken)| **taken);
-            let taken_ids: Vec<String> =
-                taken.filter_map(|(record, _)| unique_id(record).map(str::to_owned)).collect();
+            let taken_keys: Vec<LetterKey> = taken.filter_map(|(record, _)| key_of(record)).collect();
             // Counted once taken, whether or not the file can be rewritten.
             self.metrics.dead_letters_redelivered(redelivered);
             let last = batch.letters.is_empty();
@@ -253,12 +264,12 @@ impl Pipeline {
             match removed.await.expect("removing does not panic") {
                 Ok(end) => {
                     let mut unremoved = lock(&self.dead_letters.unremoved);
-                    taken_ids.iter().for_each(|id| _ = unremoved.remove(id));
+                    taken_keys.iter().for_each(|key| _ = unremoved.remove(key));
                     from = end;
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they stay in it, not sent again in this run");
-                    lock(&self.dead_letters.unremoved).extend(taken_ids);
+                    lock(&self.dead_letters.unremoved).extend(taken_keys);
                     return Pass::Down;
                 }
             }
@@ -274,12 +285,12 @@ impl Pipeline {
     }
 }
 
-/// The unique id of a letter in the file, if it has one (its header's name in any case, as a
+/// The key of a letter in the file, if it has a unique id (its header's name in any case, as a
 /// message's is found: a letter whose refusal was recorded under one spelling and looked up under
 /// the other was sent again, pass after pass).
-fn unique_id(record: &DeadLetterRecord) -> Option<&str> {
+fn key_of(record: &DeadLetterRecord) -> Option<LetterKey> {
     let id = record.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
-    id.map(|(_, id)| id.as_str())
+    id.map(|(_, id)| letter_key(&record.destination, id))
 }
 
 /// One attempt per destination: re-delivery passes back off themselves.
