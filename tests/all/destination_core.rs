@@ -252,40 +252,53 @@ async fn a_shutdown_hands_its_dead_letters_to_a_network_dead_letter_destination_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_dead_letters_a_message_waiting_for_room_in_a_full_destination_queue_at_its_grace() {
-    // The third message waits for room that only the queued one's 30 s queue timeout would make.
+async fn a_shutdown_refuses_a_send_waiting_for_room_in_a_full_destination_queue() {
+    // The third message waits for room that only the queued one's 30 s queue timeout would make;
+    // it was never accepted, so the shutdown refuses it rather than dead-letter it.
     let (endpoint, _dir, host) = one_held_and_one_queued("queue = { max_in_flight = 1, capacity = 1 }").await;
-    let waiting = {
+    let mut waiting = {
         let host = host.clone();
-        tokio::spawn(async move { host.send(Message::new("orders", "waiting")).await })
+        Box::pin(async move { host.send(Message::new("orders", "waiting")).await })
     };
-    // The route counts a message it takes before its destination's queue has room.
-    let route = [("route", "all")];
-    crate::support::eventually(|| {
-        match sample(&host.metrics().encode(), "switchyard_route_accepted_total", &route) {
-            Some(3.0) => Ok(()),
-            seen => Err(seen),
-        }
-    });
-    let shutdown = {
-        let host = host.clone();
-        tokio::spawn(async move { host.shutdown().await })
-    };
-    within(waiting).await.unwrap().unwrap();
-    within(shutdown).await.unwrap();
+    assert!(futures_util::poll!(&mut waiting).is_pending());
+    let waiting = tokio::spawn(waiting);
+    within(host.shutdown()).await;
+    assert_eq!(within(waiting).await.unwrap(), Err(switchyard::SendError::ShuttingDown));
     let stats = host.stats();
     assert_eq!(
         (stats.accepted, stats.delivered, stats.dead_lettered, stats.dead_letter_failures),
-        (3, 0, 3, 0)
+        (2, 0, 2, 0)
     );
     let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
     let mut payloads: Vec<&[u8]> = letters.iter().map(|letter| &letter.payload[..]).collect();
     payloads.sort();
-    assert_eq!(payloads, [&b"in flight"[..], b"queued", b"waiting"]);
+    assert_eq!(payloads, [&b"in flight"[..], b"queued"]);
     for letter in &letters {
         assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "not the queue timeout: {letter:?}");
     }
     assert_eq!(endpoint.arrived(), 1, "only the first was ever sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_dropped_while_waiting_for_room_in_a_destination_queue_is_not_counted_by_its_route() {
+    // A route without stages to a network destination counted a message before it waited for room
+    // in the destination's queue: one dropped there was counted accepted and never settled.
+    let (_endpoint, _dir, host) =
+        one_held_and_one_queued("queue = { max_in_flight = 1, capacity = 1 }").await;
+    let gave_up =
+        tokio::time::timeout(std::time::Duration::ZERO, host.send(Message::new("orders", "dropped"))).await;
+    assert!(gave_up.is_err(), "the queue is full: the send waits");
+    let accepted = sample(&host.metrics().encode(), "switchyard_route_accepted_total", &[("route", "all")]);
+    assert_eq!(accepted, Some(2.0), "one in flight, one queued");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.dead_lettered), (2, 2));
+    let text = host.metrics().encode();
+    let outcomes = ["delivered", "filtered", "responded", "dead_lettered", "handed_back", "lost"];
+    let settled = outcomes.iter().filter_map(|outcome| {
+        sample(&text, "switchyard_route_messages_total", &[("route", "all"), ("outcome", outcome)])
+    });
+    let accepted = sample(&text, "switchyard_route_accepted_total", &[("route", "all")]);
+    assert_eq!(accepted, Some(settled.sum::<f64>()), "the route settled all it counted: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

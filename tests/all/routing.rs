@@ -239,6 +239,31 @@ async fn full_queue_pushes_back_to_the_api_and_the_http_ingress_and_loses_nothin
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_waiting_for_room_and_no_longer_polled_does_not_hold_up_shutdown() {
+    // A send waiting for room held a clone of the intake's sender in its state, and the workers
+    // stop only once every sender is gone: kept unpolled across a shutdown (a select loop), it
+    // held the shutdown past its grace period for good.
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let text = "[host]\nqueue_capacity = 1\nworkers = 1\nshutdown_grace_ms = 100";
+    let (host, delivered) = gated_host(dir.path(), text, &entered, &gate).await;
+    host.try_send(Message::new("t", "1")).await.unwrap();
+    within(entered.notified()).await;
+    host.try_send(Message::new("t", "2")).await.unwrap();
+    assert_eq!(host.try_send(Message::new("t", "3")).await, Err(SendError::Backpressure));
+    let mut waiting = Box::pin(host.send(Message::new("t", "3")));
+    assert!(futures_util::poll!(&mut waiting).is_pending());
+    gate.add_permits(3);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), host.shutdown()).await;
+    assert!(ended.is_ok(), "the shutdown waited for a send nobody polls");
+    assert_eq!(within(waiting).await, Err(SendError::ShuttingDown), "refused, not accepted");
+    let payloads: Vec<_> = delivered.drain().map(|m| m.payload).collect();
+    assert_eq!(payloads, ["1", "2"]);
+    let stats = host.stats();
+    assert_eq!((stats.accepted, stats.delivered, stats.in_flight()), (2, 2, 0), "{stats:?}");
+}
+
 /// A host configured by `config` routing everything to a [`gated`] destination.
 pub(crate) async fn gated_host(
     dir: &std::path::Path,

@@ -179,6 +179,18 @@ impl<T> DeliveryQueue<T> {
         }
     }
 
+    /// Resolves once an entry leaves the queue pushes go to now (this one, or the one it was
+    /// handed over to), or that queue closes: a push that found it full with
+    /// [`try_push`](Self::try_push) may try again. For a pusher that must hold nothing while it
+    /// waits (what [`push`](Self::push) holds is the item).
+    pub async fn room(&self) {
+        let successor = self.lock().successor.clone();
+        match successor {
+            Some(successor) => Box::pin(successor.room()).await,
+            None => self.popped.notified().await,
+        }
+    }
+
     /// Put `item` of class `priority`, taken from this queue (or one it took over) when it had
     /// waited since `enqueued`, back in line by that time, room or not (it was admitted
     /// once): its delivery on a replaced destination reached no endpoint. Into the queue this

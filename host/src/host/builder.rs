@@ -224,6 +224,7 @@ impl HostBuilder {
                 replies,
                 dead_letters,
                 letters_in_flight: Arc::new(tokio::sync::Semaphore::new(config.host.queue_capacity)),
+                intake_taken: tokio::sync::Notify::new(),
             }
         });
         let redelivery = Redelivery::start(&pipeline, &runtime);

@@ -15,7 +15,7 @@ use crate::dead_letter::{FileError, SpooledLetters};
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
-use crate::pipeline::{Counters, Envelope, Redelivery, Stats};
+use crate::pipeline::{Counters, DirectRoute, Envelope, Redelivery, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::receipt::ReceiptHold;
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
@@ -40,7 +40,9 @@ pub struct Host {
 struct HostInner {
     reloader: Arc<Reloader>,
     /// `None` once shutdown began: the workers stop when the last clone of the
-    /// sender is gone and the queue is empty, so nothing accepted is dropped.
+    /// sender is gone and the queue is empty, so nothing accepted is dropped. Only a task that
+    /// queues holds a clone while it waits (the spool's re-delivery at start): a send that waits
+    /// for room holds none, so that one no longer polled cannot keep the workers waiting.
     sender: RwLock<Option<flume::Sender<Envelope>>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Watches the plugin directory and config file while set.
@@ -135,7 +137,7 @@ impl Host {
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.enqueue_now(Envelope::new(message, None, bytes, spooled)).await?;
+        self.enqueue_now(Envelope::new(message, None, bytes, spooled))?;
         Ok(id)
     }
 
@@ -215,7 +217,7 @@ impl Host {
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.enqueue_now(Envelope::new(message, Some(reply), bytes, spooled)).await?;
+        self.enqueue_now(Envelope::new(message, Some(reply), bytes, spooled))?;
         Ok((id, pending))
     }
 
@@ -524,6 +526,8 @@ impl Host {
         }
         self.inner.watcher.lock().unwrap_or_else(|poison| poison.into_inner()).take();
         self.inner.sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
+        // The sends waiting for room in the intake try again, and are refused.
+        self.inner.reloader.pipeline.intake_taken.notify_waiters();
         // The grace period runs from here: a delivery waiting for room in a full destination queue
         // holds its worker (or its hand-over) up, and it is the grace's end that lets it go.
         let pipeline = &self.inner.reloader.pipeline;
@@ -610,28 +614,47 @@ impl Host {
     }
 
     /// Queue `envelope`, waiting while the queue is full; one that needs no worker goes to its
-    /// destination instead, waiting while that is full.
-    async fn enqueue(&self, envelope: Envelope) -> Result<(), SendError> {
+    /// destination instead, waiting while that is full. A wait holds nothing the workers or a
+    /// shutdown wait for, so a send no longer polled holds neither up: it is told when room is
+    /// made and tries again under the sender's lock, refused once a shutdown took the sender.
+    async fn enqueue(&self, mut envelope: Envelope) -> Result<(), SendError> {
         let pipeline = &self.inner.reloader.pipeline;
         if let Some(direct) = pipeline.direct_route(&envelope) {
-            // Held meanwhile, the intake's sender keeps the workers, and so shutdown's drain, waiting.
-            let _open = self.sender()?;
-            pipeline.deliver_direct(direct, envelope).await;
+            loop {
+                match self.deliver_direct_if_room(&direct, envelope)? {
+                    None => return Ok(()),
+                    Some(back) => envelope = back,
+                }
+                direct.room().await;
+            }
+        }
+        let mut woken = false;
+        loop {
+            // Told of room from here on, before the try: none made after it can be missed.
+            let room = pipeline.intake_taken.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(back) = self.enqueue_if_room(envelope)? {
+                envelope = back;
+                room.await;
+                woken = true;
+                continue;
+            }
+            if woken {
+                // The batch that made room for this one may have made room for more: the next
+                // waiter tries too.
+                pipeline.intake_taken.notify_one();
+            }
             return Ok(());
         }
-        if let Some(envelope) = self.enqueue_if_room(envelope)? {
-            self.sender()?.send_async(envelope).await.map_err(|_| SendError::ShuttingDown)?;
-        }
-        Ok(())
     }
 
     /// Queue `envelope` only if the queue has room now; one that needs no worker goes to its
     /// destination instead if that has room now, else to the queue.
-    async fn enqueue_now(&self, mut envelope: Envelope) -> Result<(), SendError> {
+    fn enqueue_now(&self, mut envelope: Envelope) -> Result<(), SendError> {
         let pipeline = &self.inner.reloader.pipeline;
         if let Some(direct) = pipeline.direct_route(&envelope) {
-            let _open = self.sender()?;
-            match pipeline.try_deliver_direct(direct, envelope).await {
+            match self.deliver_direct_if_room(&direct, envelope)? {
                 None => {
                     self.count_accepted();
                     return Ok(());
@@ -644,6 +667,20 @@ impl Host {
             Some(_) => return Err(SendError::Backpressure),
         }
         Ok(())
+    }
+
+    /// Push `envelope` into the queue of its route's destination (`direct`) if that has room now,
+    /// else hand it back. Under the sender's lock, as [`enqueue_if_room`](Self::enqueue_if_room)
+    /// queues: nothing goes in once a shutdown took the sender, which it does before it waits for
+    /// the workers and closes the queues.
+    fn deliver_direct_if_room(
+        &self,
+        direct: &DirectRoute,
+        envelope: Envelope,
+    ) -> Result<Option<Envelope>, SendError> {
+        let sender = self.inner.sender.read().unwrap_or_else(|poison| poison.into_inner());
+        sender.as_ref().ok_or(SendError::ShuttingDown)?;
+        Ok(self.inner.reloader.pipeline.try_deliver_direct(direct, envelope))
     }
 
     /// Queue `envelope` if the queue has room now, else hand it back. The sender is used under

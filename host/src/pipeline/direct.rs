@@ -6,9 +6,8 @@
 use super::Pipeline;
 use super::dispatch::{Delivery, Job};
 use super::item::{Envelope, Item};
-use super::topology::{Target, Topology};
-use crate::destination::PushError;
-use crate::metrics::RouteMetrics;
+use super::topology::Topology;
+use crate::destination::{DeliveryQueue, PushError};
 use crate::router::{Route, RouteKey};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -36,50 +35,21 @@ impl Pipeline {
         Some(DirectRoute { topology: arc_swap::Guard::into_inner(topology), key })
     }
 
-    /// Deliver `envelope` on `direct` as a worker would, waiting while the destination is full.
-    pub(crate) async fn deliver_direct(&self, direct: DirectRoute, envelope: Envelope) {
-        let (item, _intake_bytes) = direct.item(envelope);
-        let route = direct.route();
-        let metrics = direct.topology.route_metrics(&route.name);
-        metrics.accepted(1);
-        self.deliver(route, direct.topology.targets(direct.key), metrics, item).await;
-    }
-
-    /// Deliver `envelope` on `direct` as a worker would if the destination has room now; else it
-    /// comes back.
-    pub(crate) async fn try_deliver_direct(
-        &self,
-        direct: DirectRoute,
-        envelope: Envelope,
-    ) -> Option<Envelope> {
+    /// Push `envelope` on `direct` into its destination's queue, as a worker would, if that has
+    /// room now, counting it on the route once it is in; else it comes back. Its caller checks that
+    /// the host still accepts, under the lock a shutdown takes before it closes the queues: a
+    /// closed queue, which that leaves to a race no caller runs, sends it back as a full one does.
+    pub(crate) fn try_deliver_direct(&self, direct: &DirectRoute, envelope: Envelope) -> Option<Envelope> {
         let (item, intake_bytes) = direct.item(envelope);
         let metrics = direct.topology.route_metrics(&direct.route().name);
-        let target = direct.topology.direct_target(direct.key).expect("a direct route");
-        match self.try_deliver(target, item, metrics).await {
+        let job = Job { delivery: item.into(), route: metrics.clone() };
+        match direct.queue().try_push(job.delivery.message.priority, job) {
             Ok(()) => {
                 metrics.accepted(1);
                 None
             }
-            Err(item) => Some(Envelope::again(item, intake_bytes)),
-        }
-    }
-
-    /// Push `item` into the queue of `target` if it has room now; the item comes back if not.
-    async fn try_deliver(
-        &self,
-        target: &Target,
-        item: Item,
-        metrics: &Arc<RouteMetrics>,
-    ) -> Result<(), Item> {
-        let queue = target.queue.as_ref().expect("a direct target has a queue");
-        let job = Job { delivery: item.into(), route: metrics.clone() };
-        match queue.0.try_push(job.delivery.message.priority, job) {
-            Ok(()) => Ok(()),
-            Err(PushError::Full(job)) => Err(job.delivery.into()),
-            // Closed: delivered in place, as a worker does.
-            Err(PushError::Closed(job)) => {
-                self.deliver_to(target, job.delivery, metrics).await;
-                Ok(())
+            Err(PushError::Full(job) | PushError::Closed(job)) => {
+                Some(Envelope::again(job.delivery.into(), intake_bytes))
             }
         }
     }
@@ -88,6 +58,18 @@ impl Pipeline {
 impl DirectRoute {
     fn route(&self) -> &Route {
         self.topology.routes.get(self.key)
+    }
+
+    /// The queue of the route's destination.
+    fn queue(&self) -> &DeliveryQueue<Job> {
+        let target = self.topology.direct_target(self.key).expect("a direct route");
+        &target.queue.as_ref().expect("a direct target has a queue").0
+    }
+
+    /// Resolves once the route's destination took a message from its queue, or closed it: a
+    /// [`try_deliver_direct`](Pipeline::try_deliver_direct) that found it full may try again.
+    pub(crate) async fn room(&self) {
+        self.queue().room().await;
     }
 
     /// The message of `envelope` as its route sends it on (with the route's priority), and its

@@ -11,6 +11,7 @@ mod topology;
 mod worker;
 
 pub(crate) use dead_letters::{DeadLetters, Redelivery};
+pub(crate) use direct::DirectRoute;
 pub(crate) use dispatch::{DispatchContext, LETTERS_AFTER_GRACE};
 pub(crate) use item::{Envelope, ReplySender};
 pub(crate) use stats::Counters;
@@ -56,6 +57,11 @@ pub(crate) struct Pipeline {
     /// Dead letters of the workers' batches on their way (`host.queue_capacity` at most): each on a
     /// task of its own, so that a slow dead-letter destination holds up no worker until this many wait.
     pub(crate) letters_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Told (one waiter, or a permit for the next) each time a worker takes a batch from the
+    /// intake queue. A `send` that finds the queue full waits on it rather than in the queue's
+    /// own send, which would hold a clone of the intake's sender: one no longer polled would keep
+    /// the workers, and a shutdown, waiting for good.
+    pub(crate) intake_taken: tokio::sync::Notify,
 }
 
 /// An item to deliver on a route, with the route's metrics.
@@ -93,6 +99,7 @@ pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelop
         let mut batch = Vec::with_capacity(pipeline.batch_size);
         batch.push(first);
         batch.extend(queue.try_iter().take(pipeline.batch_size - 1));
+        pipeline.intake_taken.notify_one();
         let size = batch.len();
         // Stages and destinations catch their own panics; this is the net
         // for the host's own code: the worker lives on, with fresh instances.
