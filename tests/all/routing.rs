@@ -433,6 +433,26 @@ async fn headers_count_toward_the_size_limit_and_their_number_is_capped() {
     assert_eq!(drain_and_account(&host).await.accepted, 1);
 }
 
+#[tokio::test]
+async fn a_message_of_the_most_headers_passes_a_transform_that_sends_it_on_unchanged() {
+    // Admission took 1024 headers and added the host's id; the check of what a transform makes
+    // counted the id too, so a transform sending such a message on was refused (output limit).
+    let dir = plugin_dir(&[]);
+    let host = builder(dir.path())
+        .config("t", switchyard::Config::from_toml("t", OUTS).unwrap())
+        .transform("same", |m: &Message| Ok(vec![m.clone()]))
+        .route(RouteConfig::new("all", "t", "a").stage("transform:same"))
+        .build()
+        .await
+        .unwrap();
+    let mut crowded = Message::new("t", "");
+    crowded.headers = (0..1024).map(|n| (format!("h{n}"), String::new())).collect();
+    host.send(crowded).await.unwrap();
+    assert_eq!(next(&host.memory("a").unwrap()).await.headers.len(), 1025, "with the host's id");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_destination_that_fills_in_the_middle_of_a_batch_gets_the_rest_in_order_once_read() {
     let dir = plugin_dir(&[]);

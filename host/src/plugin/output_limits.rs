@@ -11,7 +11,8 @@ use switchyard_wire::{MessageRef, WireError};
 /// Messages a transform may make of one message, at most.
 const MAX_OUTPUTS_PER_MESSAGE: usize = 1024;
 
-/// Headers one message a transform makes may carry, at most.
+/// Headers one message a transform makes may carry, at most, besides the host's id header (as
+/// admission counts them: it adds that one after).
 const MAX_OUTPUT_HEADERS: usize = 1024;
 
 /// Check one output of a transform against the limits, counting it against its input in
@@ -67,18 +68,21 @@ fn check_made<'m>(
     if let Some(problem) = crate::host::topic_problem(topic) {
         return Err(PluginFault::Malformed(format!("an output's {problem}")));
     }
-    // One pass: each header valid, how many, and their bytes but the host's own id header (as at
-    // admission).
+    // One pass: each header valid, and how many and their bytes but the host's own id header,
+    // which admission adds after it counted both: a message admitted with the most headers it
+    // takes, sent on unchanged, is within the limits.
     let (mut count, mut header_bytes) = (0, 0);
     for (name, value) in headers {
         if let Some(problem) = crate::host::header_problem(name, value) {
             return Err(PluginFault::Malformed(format!("an output's {problem}")));
         }
-        count += 1;
-        header_bytes += if name.eq_ignore_ascii_case(ID_HEADER) { 0 } else { name.len() + value.len() };
+        if !name.eq_ignore_ascii_case(ID_HEADER) {
+            count += 1;
+            header_bytes += name.len() + value.len();
+        }
     }
     if count > MAX_OUTPUT_HEADERS {
-        let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers");
+        let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers besides {ID_HEADER}");
         return Err(PluginFault::OutputLimit(problem));
     }
     let size = topic.len() + payload_len + header_bytes;
