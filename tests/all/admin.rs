@@ -104,7 +104,8 @@ async fn every_admin_endpoint_answers_and_guards_with_the_token() {
     assert_eq!(names, ["dead", "log", "out"]);
 
     let reload = tokio::task::spawn_blocking(move || http(addr, "POST", "/v1/reload", &[AUTH], b""));
-    assert_eq!(reload.await.unwrap(), (200, r#"{"config":"unchanged","reloaded":true}"#.into()));
+    let shutting_down = r#"{"error":"test.toml: not applied: the host is shutting down"}"#;
+    assert_eq!(reload.await.unwrap(), (503, shutting_down.into()), "after the shutdown above");
     for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
         let refused = tokio::task::spawn_blocking(move || http(addr, "POST", "/v1/reload", &headers, b""));
         assert_eq!(refused.await.unwrap(), (401, r#"{"error":"unauthorized"}"#.into()));

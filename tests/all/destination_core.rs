@@ -732,6 +732,31 @@ async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state(
     assert_eq!(stats.delivered, 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_after_shutdown_is_refused_and_starts_nothing() {
+    // After a shutdown, reload, apply_config and replace_config still applied a config, starting
+    // health checks and dispatchers that nothing would ever stop.
+    let text = "[host]\nworkers = 1\n[[destination]]\nname = \"api\"\ntransport = \"http\"\n\
+                endpoints = [\"127.0.0.1:1\"]\ntimeout_ms = 1000\nhealth = { interval_ms = 50 }\n\
+                [[route]]\nname = \"all\"\nto = \"api\"\n";
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), text).await;
+    within(host.shutdown()).await;
+    let changed = text.replace("timeout_ms = 1000", "timeout_ms = 2000");
+    let config = switchyard::Config::from_toml("test.toml", &changed).unwrap();
+    let refusals = [
+        within(host.apply_config("test.toml", config)).await.map(|_| ()),
+        within(host.replace_config(&changed)).await.map(|_| ()),
+        within(host.reload()).await.map(|_| ()),
+    ];
+    for refused in refusals {
+        let error = refused.expect_err("refused after a shutdown").to_string();
+        assert!(error.contains("shutting down"), "{error}");
+    }
+    let api = host.config().destinations.iter().find(|d| d.name == "api").map(|d| d.timeout_ms);
+    assert_eq!(api, Some(1000), "nothing applied");
+}
+
 /// A config of [`config`] over `live` with `queue` settings, and the same with `live`'s address
 /// replaced by one that refuses connections.
 fn live_and_refused(live: &TestEndpoint, queue: &str) -> (String, String) {

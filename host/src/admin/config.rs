@@ -91,8 +91,14 @@ fn still_redacted(secret: &str) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error }))).into_response()
 }
 
-fn refused(err: crate::config::ConfigError) -> Response {
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": err.to_string() }))).into_response()
+/// The answer to a refused config change: 422, or 503 once the host is shutting down (the config
+/// was not at fault).
+pub(super) fn refused(err: crate::config::ConfigError) -> Response {
+    let status = match err {
+        crate::config::ConfigError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, Json(json!({ "error": err.to_string() }))).into_response()
 }
 
 /// Replace the secrets in a serialized config, or a part of one such as its routes (see

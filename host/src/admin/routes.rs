@@ -192,9 +192,7 @@ async fn spool(State(host): State<Host>) -> Json<Value> {
 async fn reload(State(host): State<Host>) -> Response {
     match host.reload().await {
         Ok(config) => Json(json!({ "reloaded": true, "config": config })).into_response(),
-        Err(err) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": err.to_string() }))).into_response()
-        }
+        Err(err) => super::config::refused(err),
     }
 }
 

@@ -64,6 +64,12 @@ pub enum ConfigError {
         /// The keys, e.g. `host.workers`.
         keys: Vec<&'static str>,
     },
+    /// The host is shutting down: it applies no config any more.
+    #[error("{file}: not applied: the host is shutting down")]
+    ShuttingDown {
+        /// The file.
+        file: String,
+    },
     /// The file changed while it was read: it is read again once it stops changing.
     #[error("{file}: changed while it was read (still being written?); read again once it stops changing")]
     Unsettled {

@@ -360,7 +360,8 @@ impl Host {
     /// Re-read the config file (if the host was built from one) and every
     /// plugin of the plugin directory, applying what changed. An invalid
     /// config is rejected whole; the running one stays. Says whether the
-    /// configuration changed (a file equal to the running one emits no event).
+    /// configuration changed (a file equal to the running one emits no event). Once a shutdown
+    /// began, refused ([`ConfigError::ShuttingDown`]).
     pub async fn reload(&self) -> Result<ConfigChange, ConfigError> {
         let reloader = self.inner.reloader.clone();
         tokio::task::spawn_blocking(move || {
@@ -376,7 +377,8 @@ impl Host {
 
     /// Validate `config` and make it current (routes, destinations, plugin
     /// settings), then re-read the plugin directory. An invalid config, or
-    /// one that changes keys read only at start, changes nothing.
+    /// one that changes keys read only at start, changes nothing; so does one given once a
+    /// shutdown began ([`ConfigError::ShuttingDown`]).
     pub async fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let (reloader, file) = (self.inner.reloader.clone(), file.to_owned());
         tokio::task::spawn_blocking(move || reloader.apply_config(&file, config))
@@ -399,7 +401,7 @@ impl Host {
     /// Apply the config `text` (TOML) as a reload of the config file would,
     /// then write it to that file so a restart keeps it; the path written, or
     /// `None` when the host runs without a config file. A refused config
-    /// changes nothing.
+    /// changes nothing; once a shutdown began, every one is refused.
     pub async fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
         let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
         tokio::task::spawn_blocking(move || reloader.replace_config(&text))
@@ -520,6 +522,9 @@ impl Host {
 
     /// The shutdown itself, run once.
     async fn stop_within(&self, grace: Duration) {
+        // A config applied from here on would start tasks (health checks, dispatchers) nothing
+        // stops: it is refused.
+        self.inner.reloader.close();
         if let Some(alerting) = self.inner.alerting.lock().unwrap_or_else(|poison| poison.into_inner()).take()
         {
             alerting.abort();

@@ -26,8 +26,10 @@ pub(crate) struct Reloader {
     /// The file the config was read from, if any, and the name errors use.
     config_file: (String, Option<PathBuf>),
     pub(crate) lasting: LastingDestinations,
-    /// Serializes changes: one plugin or config update at a time.
-    changing: Mutex<()>,
+    /// Serializes changes: one plugin or config update at a time. True once the host stopped
+    /// ([`close`](Reloader::close)): a config applied then would start health checks and
+    /// dispatchers that nothing stops any more.
+    changing: Mutex<bool>,
     /// Serializes what changes the config from outside: a replacement (`PUT /v1/config`), applied
     /// and written to the file together, and a reload of the file, read and applied together. A
     /// reload that read the file before a replacement wrote it, and applied it after, ran the old
@@ -110,7 +112,7 @@ impl Reloader {
             overrides,
             config_file,
             lasting,
-            changing: Mutex::new(()),
+            changing: Mutex::new(false),
             config_changes: Mutex::new(()),
             refused: Mutex::default(),
             config_text: Mutex::default(),
@@ -159,7 +161,10 @@ impl Reloader {
     /// reject (the previous version keeps serving); a file refused before is
     /// read again only if `retry` says so. Blocks while compiling.
     pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
-        let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+        let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+        if *closed {
+            return;
+        }
         match self.prepare(name, retry) {
             // A new version serves: a refusal in between is over (else the same bad file, put back
             // later, would be taken for the one refused before, and neither reported nor shown).
@@ -257,9 +262,10 @@ impl Reloader {
     /// last read or written is left alone: events beside a linked config file,
     /// or a log written next to it, neither apply nor refuse it again.
     pub(crate) fn reload_config(&self, retry: Retry) -> Result<ConfigChange, ConfigError> {
+        let file = &self.config_file.0;
+        self.refuse_if_closed(file)?;
         let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
-        let file = &self.config_file.0;
         let text = Config::read_text(file, path, Links::Anywhere)
             .and_then(|text| text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() }));
         if let Ok(text) = &text {
@@ -306,7 +312,10 @@ impl Reloader {
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let config = self.checked(file, config)?;
         {
-            let _changing = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+            let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+            if *closed {
+                return Err(ConfigError::ShuttingDown { file: file.to_owned() });
+            }
             let running = self.config.load();
             if same_config(&running, &config) {
                 return Ok(ConfigChange::Unchanged);
@@ -330,6 +339,20 @@ impl Reloader {
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
         self.sync_all(Retry::Changed);
         Ok(ConfigChange::Applied)
+    }
+
+    /// Make no change any more: the host is stopping. Once a change under way is made, every later
+    /// one is refused ([`ConfigError::ShuttingDown`]), and a plugin file is no longer read.
+    pub(crate) fn close(&self) {
+        *self.changing.lock().unwrap_or_else(|poison| poison.into_inner()) = true;
+    }
+
+    /// [`ConfigError::ShuttingDown`] once the host stopped, for a change of `file`.
+    fn refuse_if_closed(&self, file: &str) -> Result<(), ConfigError> {
+        match *self.changing.lock().unwrap_or_else(|poison| poison.into_inner()) {
+            true => Err(ConfigError::ShuttingDown { file: file.to_owned() }),
+            false => Ok(()),
+        }
     }
 
     /// `config` with the code's overrides, validated whole (its transports'
