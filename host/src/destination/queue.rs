@@ -184,10 +184,19 @@ impl<T> DeliveryQueue<T> {
     /// [`try_push`](Self::try_push) may try again. For a pusher that must hold nothing while it
     /// waits (what [`push`](Self::push) holds is the item).
     pub async fn room(&self) {
-        let successor = self.lock().successor.clone();
+        let popped = self.popped.notified();
+        tokio::pin!(popped);
+        // Told of pops from here on, then looked at: room made, or a close, since the push that
+        // found the queue full is not missed (a close wakes only those already told).
+        popped.as_mut().enable();
+        let (successor, room) = {
+            let state = self.lock();
+            (state.successor.clone(), state.closed || state.len < self.capacity)
+        };
         match successor {
             Some(successor) => Box::pin(successor.room()).await,
-            None => self.popped.notified().await,
+            None if room => {}
+            None => popped.await,
         }
     }
 

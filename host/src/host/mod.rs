@@ -635,22 +635,28 @@ impl Host {
         }
         let mut woken = false;
         loop {
-            // Told of room from here on, before the try: none made after it can be missed.
             let room = pipeline.intake_taken.notified();
             tokio::pin!(room);
-            room.as_mut().enable();
-            if let Some(back) = self.enqueue_if_room(envelope)? {
-                envelope = back;
-                room.await;
-                woken = true;
-                continue;
+            // Most sends find room at the first try, and take no lock of the notifier. A full queue
+            // is tried again once this send is told of room (`enable`): room made after that try
+            // cannot be missed.
+            for try_again in [false, true] {
+                if try_again {
+                    room.as_mut().enable();
+                }
+                envelope = match self.enqueue_if_room(envelope)? {
+                    Some(back) => back,
+                    None if woken => {
+                        // The batch that made room for this one may have made room for more: the
+                        // next waiter tries too.
+                        pipeline.intake_taken.notify_one();
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                };
             }
-            if woken {
-                // The batch that made room for this one may have made room for more: the next
-                // waiter tries too.
-                pipeline.intake_taken.notify_one();
-            }
-            return Ok(());
+            room.await;
+            woken = true;
         }
     }
 
