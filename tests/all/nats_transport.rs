@@ -1,7 +1,8 @@
 //! The `nats` transport against a real `nats-server`: publishes reach a subscriber with their
 //! headers, requests get a responder's answer, messages sent while the server is down wait and go
-//! once it is back, a request nobody answers is dead-lettered as such, and one whose answer is too
-//! large is delivered with its reply refused.
+//! once it is back, a request nobody answers is dead-lettered as such, one whose answer is too
+//! large is delivered with its reply refused, and a host that never answers the handshake was never
+//! sent anything.
 
 use crate::nats_server::{NatsServer, fence};
 use crate::support::{builder, drain_and_account, next, plugin_dir, within};
@@ -16,13 +17,18 @@ async fn host(server: &NatsServer, options: &str, extra: &str) -> Host {
 
 /// [`host`], with `settings` in its `[host]` section.
 async fn host_with(server: &NatsServer, settings: &str, options: &str, extra: &str) -> Host {
+    host_at(&server.address(), settings, options, extra).await
+}
+
+/// [`host_with`] for the server at `address`.
+async fn host_at(address: &str, settings: &str, options: &str, extra: &str) -> Host {
     let text = format!(
         "[host]\ndead_letter = \"dead\"\n{settings}\n\
          [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
          [[destination]]\nname = \"nats\"\ntransport = \"nats\"\nendpoints = [\"{}\"]\n\
          options = {{ {options} }}\n{extra}\n\
          [[route]]\nname = \"all\"\nto = \"nats\"\n",
-        server.address()
+        address
     );
     let config = Config::from_toml("test.toml", &text).unwrap_or_else(|err| panic!("{err}"));
     let dir = plugin_dir(&[]);
@@ -173,6 +179,24 @@ async fn a_request_nobody_answers_is_retried_then_dead_lettered_as_no_responders
     assert_eq!(letter.header("x-sy-attempts"), Some("3"));
     let error = letter.header("x-sy-last-error").unwrap();
     assert!(error.contains("no responders on subject svc.nobody"), "{error}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_answers_the_handshake_was_never_sent_the_message() {
+    // The deadline cut the connect (async-nats waits 5 s for the server's INFO): the message was
+    // dead-lettered `delivery-uncertain` after one attempt, though it never left.
+    let silent = crate::redis_transport::Silent::start();
+    let extra = "timeout_ms = 300\nqueue = { timeout_ms = 1500 }";
+    let host = host_at(&silent.addr.to_string(), "", "subject = \"svc.{topic}\"", extra).await;
+    let answer = within(host.request(Message::new("jobs", "never sent"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap_or_default();
+    assert!(reason.contains("not sent (the last try: "), "{reason}");
+    assert!(reason.contains("not connected within the attempt's 300ms"), "{reason}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
 }

@@ -1,13 +1,24 @@
 //! The built-in `redis` transport against real `redis-server`s: lists and streams keyed by topic, the
 //! server's answer as the reply, an error answer dead-lettered with its text, a server killed mid-run
-//! and the only server restarting, with nothing lost.
+//! and the only server restarting, with nothing lost; a server slow to answer, out of memory for a
+//! while, or that closed the connection, and a host that never answers the handshake.
 
 use crate::support::{RedisServer, drain_and_account, host, next, plugin_dir, within};
 use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use switchyard::{Message, RequestError};
 
 fn config(servers: &[&RedisServer], options: &str) -> String {
-    let endpoints: Vec<String> = servers.iter().map(|server| format!("\"{}\"", server.addr)).collect();
+    let addresses: Vec<SocketAddr> = servers.iter().map(|server| server.addr).collect();
+    config_at(&addresses, options)
+}
+
+/// [`config`] for the servers at `addresses`.
+fn config_at(addresses: &[SocketAddr], options: &str) -> String {
+    let endpoints: Vec<String> = addresses.iter().map(|address| format!("\"{address}\"")).collect();
     format!(
         "[host]\nworkers = 2\ndead_letter = \"dead\"\n\
          [[destination]]\nname = \"dead\"\ntransport = \"memory\"\nqueue = {{ capacity = 10000 }}\n\
@@ -162,4 +173,125 @@ async fn a_server_busy_with_a_script_did_not_take_the_message_which_goes_once_th
     assert_eq!(server.command(&["LRANGE", "jobs", "0", "-1"]), "after the script");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+/// A listener on 127.0.0.1 that accepts every connection and never sends a byte on it (nor closes it):
+/// a host that takes TCP and never answers a protocol's handshake. It stops when dropped.
+pub(crate) struct Silent {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Silent {
+    pub(crate) fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((connection, _)) => held.push(connection),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Silent { addr, stop }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_answers_the_handshake_was_never_sent_the_message() {
+    // The deadline cut the connect: the message was dead-lettered `delivery-uncertain` after one
+    // attempt, as if it had gone out and got no answer, though it never left.
+    let silent = Silent::start();
+    let dir = plugin_dir(&[]);
+    let config = config_at(&[silent.addr], "key = \"jobs\"")
+        .replace("idempotent = true", "idempotent = false\ntimeout_ms = 300\nqueue = { timeout_ms = 1500 }");
+    let host = host(dir.path(), &config).await;
+    let answer = within(host.request(Message::new("jobs", "never sent"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap_or_default();
+    assert!(reason.contains("not sent (the last try: "), "{reason}");
+    assert!(reason.contains("not connected within the attempt's 300ms"), "{reason}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_slower_than_half_a_second_but_within_the_deadline_is_the_reply() {
+    // The redis crate's own 500 ms response timeout cut the attempt long before the destination's
+    // 5 s: the message, pushed, was dead-lettered `delivery-uncertain`.
+    let server = RedisServer::start();
+    let dir = plugin_dir(&[]);
+    let config = config(&[&server], "key = \"jobs\"")
+        .replace("idempotent = true", "idempotent = false\ntimeout_ms = 5000");
+    let host = host(dir.path(), &config).await;
+    let first = within(host.request(Message::new("jobs", "first"))).await.unwrap().expect("a reply");
+    assert_eq!(&first.payload[..], b"1", "connected, and the list made");
+    server.command(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let paused = Instant::now();
+    let second = within(host.request(Message::new("jobs", "second"))).await;
+    let second = second.unwrap_or_else(|err| panic!("the answer comes within the deadline: {err:?}"));
+    assert_eq!(&second.expect("a reply").payload[..], b"2");
+    assert!(paused.elapsed() >= Duration::from_secs(1), "answered once the pause ended");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+    assert_eq!(server.command(&["LRANGE", "jobs", "0", "-1"]), "first\nsecond");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_out_of_memory_did_not_take_the_message_which_goes_once_it_has_room() {
+    // OOM (as MISCONF and NOREPLICAS) refuses the write: the message was dead-lettered at once.
+    let server = RedisServer::start();
+    server.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    server.command(&["CONFIG", "SET", "maxmemory", "1"]);
+    let dir = plugin_dir(&[]);
+    let config = config(&[&server], "key = \"jobs\"")
+        .replace("idempotent = true", "idempotent = false")
+        .replace("attempts = 5, base_ms = 1, max_ms = 10", "attempts = 10, base_ms = 100, max_ms = 1000");
+    let host = host(dir.path(), &config).await;
+    let room = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.command(&["CONFIG", "SET", "maxmemory", "0"]);
+    };
+    let (answer, ()) = tokio::join!(within(host.request(Message::new("jobs", "once there is room"))), room);
+    let reply = answer.unwrap_or_else(|err| panic!("delivered once the server had room: {err:?}"));
+    assert_eq!(&reply.expect("a reply").payload[..], b"1");
+    let text = host.metrics().encode();
+    let retries =
+        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "jobs")]);
+    assert!(retries.is_some_and(|retries| retries > 0.0), "refused first: {retries:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    assert_eq!(server.command(&["LRANGE", "jobs", "0", "-1"]), "once there is room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_not_sent_on_but_made_again() {
+    // The host's connection killed while idle: the next message must not go into it (where its
+    // failure could not be told from one the server took), but onto a new one.
+    let server = RedisServer::start();
+    let dir = plugin_dir(&[]);
+    let config = config(&[&server], "key = \"jobs\"").replace("idempotent = true", "idempotent = false");
+    let host = host(dir.path(), &config).await;
+    within(host.request(Message::new("jobs", "first"))).await.unwrap().expect("a reply");
+    let killed = server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    assert_ne!(killed, "0", "the host's connection was killed");
+    let second = within(host.request(Message::new("jobs", "second"))).await;
+    let second = second.unwrap_or_else(|err| panic!("sent on a new connection: {err:?}"));
+    assert_eq!(&second.expect("a reply").payload[..], b"2");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
 }

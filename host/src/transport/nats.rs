@@ -14,17 +14,21 @@
 //!   server answers "no responders", and the message is retried (nobody took it).
 //!
 //! How an attempt fails: a connection that is not up sends nothing ([`RetryReason::Connect`]: not
-//! counted as an attempt; the message waits for the server); a publish whose flush, or a request whose
-//! answer, does not come within the destination's per-attempt deadline may have reached the server
-//! ([`RetryReason::Timeout`]: retried only when the destination is `idempotent`); no responders is
-//! [`RetryReason::NoResponders`]; a subject, header or payload NATS refuses is
-//! [`FatalReason::Protocol`]. An answer larger than the host reads delivered the message all the same:
-//! its reply is refused ([`Outcome::ReplyRefused`]). The health probe checks that the endpoint's
-//! connection is up and flushes.
+//! counted as an attempt; the message waits for the server), and neither does a connect that the
+//! attempt's deadline cut (a host that takes TCP and never answers the handshake); a publish whose
+//! flush, or a request whose answer, does not come within the destination's per-attempt deadline may
+//! have reached the server ([`RetryReason::Timeout`]: retried only when the destination is
+//! `idempotent`); no responders is [`RetryReason::NoResponders`]; a subject, header or payload NATS
+//! refuses is [`FatalReason::Protocol`]. An answer larger than the host reads delivered the message
+//! all the same: its reply is refused ([`Outcome::ReplyRefused`]). The health probe checks that the
+//! endpoint's connection is up and flushes.
 
 use super::SettingError;
 use super::pool::PoolStats;
-use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
+use super::{
+    AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
+    TransportOptions,
+};
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings, subject_problem};
 use crate::message::{Message, TOPIC_HEADER, is_host_header};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
@@ -124,7 +128,11 @@ impl NatsTransport {
 
     async fn send(&self, address: &str, message: &Message) -> AttemptResult {
         let refused = |problem| (Outcome::Retryable(RetryReason::Connect), problem);
+        // Until the client is connected nothing can have been sent: a deadline that cuts the connect
+        // (async-nats's own gives up after 5 s) is a connect failure.
+        AttemptProgress::mark_current(Step::Connecting);
         let client = self.connected(address).await.map_err(refused)?;
+        AttemptProgress::mark_current(Step::MaySend);
         let subject = self.options.subject.replace("{topic}", &message.topic);
         let headers =
             headers_of(message).map_err(|problem| (Outcome::Fatal(FatalReason::Protocol), problem))?;
@@ -234,4 +242,29 @@ fn publish_failure(err: async_nats::PublishError) -> (Outcome, String) {
         PublishErrorKind::Send => Outcome::Retryable(RetryReason::Connect),
     };
     (outcome, format!("publish: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_attempt_cut_while_the_connect_waits_for_the_servers_info_was_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let transport = NatsTransport::new(NatsOptions { subject: "jobs".into(), reply: false });
+        let progress = AttemptProgress::default();
+        let message = Message::new("jobs", "one");
+        let attempt = progress.scope(transport.attempt(&address, &message));
+        let cut = tokio::time::timeout(Duration::from_millis(200), attempt).await;
+        assert!(cut.is_err(), "the silent host never sends INFO: {cut:?}");
+        assert_eq!(progress.abandon(), Step::Connecting, "nothing was sent");
+    }
 }

@@ -3,19 +3,29 @@
 //!
 //! A list gets the payload. A stream entry gets the fields `payload`, `topic` and each header (`x-sy-id`
 //! included, for consumers to deduplicate). The reply is the server's answer as text: the list's new
-//! length, or the entry's id. One multiplexed connection per endpoint, opened at the first attempt and
-//! kept (and reconnected) by the redis crate's connection manager; the health probe `PING`s on a fresh
-//! connection. A refused connection is one (nothing sent); a connection lost with the command out is
-//! uncertain; `LOADING`, `BUSY` (a script runs), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` and `READONLY`
-//! answers are retried (the server did not take it); any other error answer dead-letters the message
-//! with it.
+//! length, or the entry's id. One multiplexed connection per endpoint, opened by the first attempt and
+//! again by the first attempt after the server closed it (a connection seen closed is never sent on);
+//! the health probe `PING`s on a fresh connection. The destination's `timeout_ms` is the only deadline:
+//! the redis crate's own connect and answer timeouts are off.
+//!
+//! An attempt that never got a connection sent nothing: a refused connection, a connect or handshake
+//! that failed or that the attempt's deadline cut (a host that takes TCP and never answers) is a
+//! connect failure ([`RetryReason::Connect`]; a handshake the server answered with an error,
+//! [`RetryReason::Handshake`]). A connection lost with the command out is uncertain; `LOADING`, `BUSY`
+//! (a script runs), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `OOM` (`maxmemory` reached
+//! with no eviction), `MISCONF` (writes stopped: the server cannot persist) and `NOREPLICAS` (too few
+//! replicas for a write) answers are retried (the server did not take it); any other error answer
+//! dead-letters the message with it.
 
-use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
+use super::{
+    AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
+    TransportOptions,
+};
 use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -64,30 +74,123 @@ pub struct RedisTransport {
     servers: HashMap<String, Server>,
 }
 
-/// One endpoint's connection, made at the first attempt.
+/// One endpoint's connection: opened by its first attempt, and again by the first attempt after it
+/// closed.
 #[derive(Default)]
-struct Server(tokio::sync::OnceCell<ConnectionManager>);
+struct Server {
+    /// The connection the attempts share; `None` before the first, and once one failed past repair.
+    link: std::sync::Mutex<Option<Link>>,
+    /// Held by the attempt that connects: the others wait for its connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Server {
+    /// The shared connection, if it is open.
+    fn open_link(&self) -> Option<Link> {
+        let link = self.slot().clone()?;
+        link.is_open().then_some(link)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Link>> {
+        self.link.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("connected", &self.0.initialized()).finish()
+        f.debug_struct("Server").field("connected", &self.slot().is_some()).finish()
+    }
+}
+
+/// One open connection, shared by the attempts that send on it.
+#[derive(Clone)]
+struct Link {
+    connection: MultiplexedConnection,
+    socket: Arc<Socket>,
+}
+
+/// The socket under a [`Link`]: a second handle on it, to see the server's close in the socket itself
+/// before a command goes out (the driver may not have run since the close reached us), and the task
+/// that writes the commands and reads the answers, ended with the link's last copy (once it was
+/// replaced and no attempt holds it any more).
+struct Socket {
+    peek: std::net::TcpStream,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Link {
+    /// A new connection to `address`, through the redis crate's handshake, with no deadline of its
+    /// own: the attempt's (or the health check's) bounds it.
+    async fn open(address: &str) -> Result<Link, RedisError> {
+        let client = redis::Client::open(format!("redis://{address}/"))?;
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let stream = stream.into_std()?;
+        let peek = stream.try_clone()?;
+        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let config = AsyncConnectionConfig::new().set_connection_timeout(None).set_response_timeout(None);
+        let settings = client.get_connection_info().redis_settings();
+        let (connection, driver) = MultiplexedConnection::new_with_config(settings, stream, config).await?;
+        Ok(Link { connection, socket: Arc::new(Socket { peek, driver: tokio::spawn(driver) }) })
+    }
+
+    /// Whether neither the driver nor the socket saw the connection close. Bytes waiting to be read
+    /// are answers to commands in flight: the connection is open.
+    fn is_open(&self) -> bool {
+        if self.socket.driver.is_finished() {
+            return false;
+        }
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        match socket2::SockRef::from(&self.socket.peek).peek(&mut byte) {
+            Ok(read) => read > 0,
+            Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
+        }
     }
 }
 
 impl RedisTransport {
-    async fn connection(&self, address: &str) -> Result<ConnectionManager, RedisError> {
+    /// The open connection to `address`, opened now if there is none. Until it is there nothing
+    /// was sent: an attempt cut meanwhile is a connect failure.
+    async fn link(&self, address: &str) -> Result<Link, (Outcome, String)> {
         let server = self.servers.get(address).expect("an endpoint of this destination");
-        let connect = || async {
-            let client = redis::Client::open(format!("redis://{address}/"))?;
-            // Reconnects are the manager's, attempts the destination core's: no retries in here.
-            let config = ConnectionManagerConfig::new().set_number_of_retries(1);
-            ConnectionManager::new_with_config(client, config).await
-        };
-        server.0.get_or_try_init(connect).await.cloned()
+        AttemptProgress::mark_current(Step::Connecting);
+        if let Some(link) = server.open_link() {
+            return Ok(link);
+        }
+        let _connecting = server.connecting.lock().await;
+        // Another attempt may have connected while this one waited.
+        if let Some(link) = server.open_link() {
+            return Ok(link);
+        }
+        // One seen closed goes now, not once a new one is made: the server may be down a while.
+        *server.slot() = None;
+        let link = Link::open(address).await.map_err(|err| {
+            // Refused, reset, cut off: no connection. An answer that is not Redis's handshake (an
+            // error, bytes that do not parse): a server that will not take messages as it is.
+            let reason = if err.is_io_error() { RetryReason::Connect } else { RetryReason::Handshake };
+            (Outcome::Retryable(reason), format!("connect: {err}"))
+        })?;
+        *server.slot() = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Stop sharing `link`, which failed past repair: the next attempt connects again.
+    fn forget(&self, address: &str, link: &Link) {
+        let server = self.servers.get(address).expect("an endpoint of this destination");
+        let mut slot = server.slot();
+        if slot.as_ref().is_some_and(|shared| Arc::ptr_eq(&shared.socket, &link.socket)) {
+            *slot = None;
+        }
     }
 
     async fn push(&self, address: &str, message: &Message) -> AttemptResult {
-        let mut connection = self.connection(address).await.map_err(classify)?;
+        let link = self.link(address).await?;
         let key = self.options.key.replace("{topic}", &message.topic);
         let mut command = match self.options.command {
             RedisCommand::Rpush => redis::cmd("RPUSH"),
@@ -106,7 +209,14 @@ impl RedisTransport {
         } else {
             command.arg(&message.payload[..]);
         }
-        let answer: redis::Value = command.query_async(&mut connection).await.map_err(classify)?;
+        AttemptProgress::mark_current(Step::MaySend);
+        let answer = command.query_async::<redis::Value>(&mut link.connection.clone()).await;
+        let answer = answer.map_err(|err| {
+            if err.is_unrecoverable_error() {
+                self.forget(address, &link);
+            }
+            classify(err)
+        })?;
         let text = match answer {
             redis::Value::Int(number) => number.to_string(),
             redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -123,7 +233,7 @@ impl RedisTransport {
     }
 }
 
-/// How an attempt that met `err` failed.
+/// How an attempt whose command met `err` failed.
 fn classify(err: RedisError) -> (Outcome, String) {
     let declined = matches!(
         err.kind(),
@@ -134,10 +244,8 @@ fn classify(err: RedisError) -> (Outcome, String) {
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ReadOnly
         )
-    ) || err.code() == Some("BUSY");
-    let outcome = if err.is_connection_refusal() {
-        Outcome::Retryable(RetryReason::Connect)
-    } else if declined {
+    ) || matches!(err.code(), Some("BUSY" | "OOM" | "MISCONF" | "NOREPLICAS"));
+    let outcome = if declined {
         Outcome::Retryable(RetryReason::Declined)
     } else if err.is_timeout() {
         Outcome::Retryable(RetryReason::Timeout)
@@ -157,11 +265,9 @@ impl Transport for RedisTransport {
     /// `PING` on a fresh connection answers `PONG`.
     fn probe<'a>(&'a self, address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let client = redis::Client::open(format!("redis://{address}/")).map_err(|err| err.to_string())?;
-            let mut connection =
-                client.get_multiplexed_async_connection().await.map_err(|err| format!("connect: {err}"))?;
+            let link = Link::open(address).await.map_err(|err| format!("connect: {err}"))?;
             let pong: String = redis::cmd("PING")
-                .query_async(&mut connection)
+                .query_async(&mut link.connection.clone())
                 .await
                 .map_err(|err| format!("PING: {err}"))?;
             match pong.as_str() {
@@ -169,5 +275,38 @@ impl Transport for RedisTransport {
                 other => Err(format!("PING answered {other:?}")),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A listener on 127.0.0.1 that accepts every connection and never answers on it.
+    async fn silent() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn an_attempt_cut_while_the_handshake_waits_was_connecting() {
+        let address = silent().await;
+        let options = RedisOptions { command: RedisCommand::Rpush, key: "jobs".into(), max_len: None };
+        let servers = [(address.clone(), Server::default())].into();
+        let transport = RedisTransport { options, servers };
+        let progress = AttemptProgress::default();
+        let message = Message::new("jobs", "one");
+        let attempt = progress.scope(transport.attempt(&address, &message));
+        let cut = tokio::time::timeout(Duration::from_millis(200), attempt).await;
+        assert!(cut.is_err(), "the silent host never answers: {cut:?}");
+        assert_eq!(progress.abandon(), Step::Connecting, "nothing was sent");
     }
 }
