@@ -385,10 +385,7 @@ fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     let mut host =
         Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
     host.line_where(|line| line.contains("HTTP ingress listening on"));
-    let hangup = |host: &Running| {
-        let pid = host.child.id().to_string();
-        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    };
+    let hangup = |host: &Running| signal(host, "-HUP");
     write("nowhere");
     hangup(&host);
     let refused = host.line_where(|line| line.starts_with("switchyard: reload"));
@@ -408,6 +405,58 @@ plugin_dir = \".\"\n",
     hangup(&host);
     assert_eq!(host.line_where(|line| line.starts_with("switchyard: reload")), "switchyard: reloaded");
     host.stop();
+}
+
+/// Send `signal` (`-HUP`, `-TERM`) to `host`.
+fn signal(host: &Running, signal: &str) {
+    let pid = host.child.id().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+}
+
+#[test]
+fn a_sighup_while_the_host_starts_is_applied_once_it_runs() {
+    // A start compiling a large plugin (a JavaScript component, compiled afresh: an empty compile
+    // cache) takes seconds; SIGHUP then killed the host, its handlers not yet installed.
+    let dir = plugin_dir(&[]);
+    std::fs::copy(artifacts::JS_FILTER, dir.path().join("big.wasm")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\nwatch = false\nplugin_dir = \".\"\ncache_dir = {:?}\n[[route]]\nname = \"all\"\nto = \"log\"\n",
+        cache.path()
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host =
+        Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
+    host.line_where(|line| line.starts_with("compiling big ("));
+    signal(&host, "-HUP");
+    host.line_where(|line| line.contains("HTTP ingress listening on"));
+    let reloaded = host.line_where(|line| line.starts_with("switchyard: reload"));
+    assert_eq!(reloaded, "switchyard: reloaded (config unchanged)");
+    host.stop();
+}
+
+#[test]
+fn a_second_stop_signal_ends_a_stop_that_waits_for_its_grace_period() {
+    // A message waits in its queue (its endpoint refuses; queue timeout ten minutes) and the grace
+    // period is ten minutes: the first SIGTERM's stop waits. A second SIGTERM did nothing.
+    let dir = plugin_dir(&[]);
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[host]\nwatch = false\nplugin_dir = \".\"\nshutdown_grace_ms = 600000\n\
+         [ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+         [[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n\
+         queue = {{ timeout_ms = 600000 }}\n[[route]]\nname = \"all\"\nto = \"api\"\n"
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let (status, _) = post(ingress, "/v1/messages/t", &[], b"{}");
+    assert_eq!(status, 202);
+    host.terminate();
+    host.line_where(|line| line.starts_with("switchyard: stopping"));
+    host.terminate();
+    host.line_where(|line| line.starts_with("switchyard: a second stop signal"));
+    assert_eq!(host.child.wait().unwrap().code(), Some(130));
 }
 
 /// Threads of process `pid` named `name` (`/proc/PID/task/*/comm`).

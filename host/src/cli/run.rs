@@ -21,8 +21,18 @@ pub async fn run(
     if let Some(dir) = plugins {
         builder = builder.plugin_dir(dir);
     }
+    // Handlers first: a start may take minutes compiling plugins, and a SIGHUP then (a log rotation,
+    // a service manager's reload) killed the host; it is applied once the host runs. A SIGINT or
+    // SIGTERM then stops the start.
+    let mut signals = Signals::install()?;
     let notices = super::progress::compile_notices(super::progress::LONG_COMPILE_BYTES);
-    let host = builder.observe_compiles(notices).build().await?;
+    let host = tokio::select! {
+        built = builder.observe_compiles(notices).build() => built?,
+        () = signals.stops.recv() => {
+            eprintln!("switchyard: stopped before it started");
+            return Ok(());
+        }
+    };
     let source = config.map_or("<built-in default>".to_owned(), |path| path.display().to_string());
     eprintln!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
     for plugin in host.plugins() {
@@ -43,8 +53,6 @@ pub async fn run(
     for warning in super::check::memory_warnings(&host.config()) {
         eprintln!("switchyard: warning: {warning}");
     }
-    // Handlers first, so a signal sent once we say we listen is never missed.
-    let signals = Signals::install()?;
     let http = listen.or(host.config().ingress.http.as_ref().map(|http| http.listen));
     let ingress = match http {
         Some(addr) => Some(HttpIngress::bind(host.clone(), addr).await?),
@@ -117,7 +125,9 @@ pub async fn run(
             tokio::join!(ingress, nats, admin, grpc);
         }
     });
-    signals.until_stopped(host.clone()).await;
+    let stops = signals.until_stopped(host.clone()).await;
+    eprintln!("switchyard: stopping (a second SIGINT or SIGTERM stops at once)");
+    tokio::spawn(stops.stop_now());
     let _ = stop.send(true);
     if let Some(servers) = host.shutdown_after(servers).await {
         servers?;
@@ -127,33 +137,39 @@ pub async fn run(
     Ok(())
 }
 
-/// The signals `run` obeys: SIGINT and SIGTERM stop, SIGHUP reloads. SIGXFSZ is caught and
-/// ignored, so a write past the process's file size limit (`ulimit -f`) fails with `EFBIG` (the file
-/// destination's attempt, a spool's put) instead of killing the host and what it holds; a caught
-/// signal, unlike an ignored one, is reset to its default in the processes the host starts.
+/// The signals `run` obeys: SIGINT and SIGTERM stop (a second one at once), SIGHUP reloads.
+/// SIGXFSZ is caught and ignored, so a write past the process's file size limit (`ulimit -f`)
+/// fails with `EFBIG` (the file destination's attempt, a spool's put) instead of killing the host
+/// and what it holds; a caught signal, unlike an ignored one, is reset to its default in the
+/// processes the host starts.
 struct Signals {
+    stops: Stops,
+    hangup: Signal,
+}
+
+/// The signals that stop `run`.
+struct Stops {
     interrupt: Signal,
     terminate: Signal,
-    hangup: Signal,
 }
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
         // Once installed, a handler stays for the life of the process: the stream can go.
         drop(signal(SignalKind::from_raw(libc::SIGXFSZ))?);
-        Ok(Signals {
+        let stops = Stops {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
+        };
+        Ok(Signals { stops, hangup: signal(SignalKind::hangup())? })
     }
 
-    /// Completes on SIGINT or SIGTERM; reloads config and plugins on every SIGHUP.
-    async fn until_stopped(mut self, host: Host) {
+    /// Completes on SIGINT or SIGTERM, handing the stop signals back; reloads config and plugins on
+    /// every SIGHUP (one received while the host started included).
+    async fn until_stopped(mut self, host: Host) -> Stops {
         loop {
             tokio::select! {
-                _ = self.interrupt.recv() => return,
-                _ = self.terminate.recv() => return,
+                () = self.stops.recv() => return self.stops,
                 _ = self.hangup.recv() => match host.reload().await {
                     Ok(ConfigChange::Applied) => eprintln!("switchyard: reloaded"),
                     Ok(ConfigChange::Unchanged) => eprintln!("switchyard: reloaded (config unchanged)"),
@@ -161,6 +177,28 @@ impl Signals {
                 },
             }
         }
+    }
+}
+
+impl Stops {
+    /// Completes on SIGINT or SIGTERM (one received since the handlers were installed included).
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    /// Once a stop is under way: a second SIGINT or SIGTERM ends the process at once (exit status
+    /// 130), as one who asks twice means; the stop's grace period may be long (up to a day), and a
+    /// second Ctrl-C did nothing. What was under way is given up, as in a crash: with
+    /// `durability = "spool"` the next start delivers it.
+    async fn stop_now(mut self) {
+        self.recv().await;
+        eprintln!(
+            "switchyard: a second stop signal: exiting now, giving up what is under way (a spool keeps it for the next start)"
+        );
+        std::process::exit(130);
     }
 }
 
