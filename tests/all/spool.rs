@@ -138,6 +138,33 @@ async fn a_host_started_on_a_spool_delivers_what_it_held_with_its_unique_ids_unc
     drain_and_account(&stuck).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_admission_was_given_up_on_leaves_nothing_in_the_spool() {
+    // Its caller gone while the writer fsync'd its record (a timeout, a client that hung up), the
+    // record stayed with nothing to remove it: the spool's depth never went back to 0 and the
+    // next start delivered a message whose caller never heard it accepted.
+    let state = tempfile::tempdir().unwrap();
+    let (host, delivered) = host_again(state.path()).await;
+    // Polled once (it waits for the writer's fsync), then given up on.
+    let mut given_up = Box::pin(host.try_send(message(0)));
+    assert!(futures_util::poll!(&mut given_up).is_pending());
+    drop(given_up);
+    // Written after it, by the one writer: its put was written (or refused) by the time this returns.
+    host.try_send(message(1)).await.unwrap();
+    assert_eq!(ids_of(&delivered, 1).await, ["mine-1"]);
+    eventually(|| match host.spool().unwrap() {
+        status if status.depth == 0 && status.oldest_age_ms.is_none() => Ok(()),
+        status => Err(status),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+
+    let (again, delivered) = host_again(state.path()).await;
+    assert_eq!(again.spool().unwrap().recovered, 0, "nothing its caller did not see accepted");
+    drain_and_account(&again).await;
+    assert!(delivered.is_empty());
+}
+
 /// Where each record of the segment file `path` starts, read from the length fields (the file
 /// is intact), with the kind byte of each.
 fn records(path: &Path) -> Vec<(usize, u8)> {

@@ -5,7 +5,8 @@
 //! Data path: admission encodes the message and queues a put for the writer thread, which writes
 //! every put queued meanwhile with one write and one fsync (group commit) and answers each with its
 //! sequence number; the admission then holds a `SpoolHold` that travels with the message and every
-//! message made from it, and the last of them to be dropped queues the remove.
+//! message made from it, and the last of them to be dropped queues the remove. An admission given
+//! up on while its put is written (a timeout, a client that hung up) has its record removed again.
 //!
 //! The store is an append-only segment log of CRC-checked records (see `record` and `log`), chosen
 //! over redb and fjall by measurement on this machine (2 cores, shared; 300 group-committed batches
@@ -180,8 +181,9 @@ impl Spool {
         };
         let (done, written) = oneshot::channel();
         self.requests.send(Request::Put { body, accepted_ms, done }).map_err(|_| SpoolError::Closed)?;
-        match written.await {
-            Ok(Ok(seq)) => Ok(self.hold(seq, Some(permit))),
+        let mut answer = Answer { spool: self, permit: Some(permit), written };
+        match (&mut answer.written).await {
+            Ok(Ok(seq)) => Ok(self.hold(seq, answer.permit.take())),
             Ok(Err(error)) => Err(SpoolError::Io { dir: self.dir.clone(), error }),
             Err(_) => Err(SpoolError::Closed),
         }
@@ -225,6 +227,27 @@ impl Drop for Spool {
         let _ = self.requests.send(Request::Close(done));
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+    }
+}
+
+/// The answer to a put, awaited. Dropped before it was heard (the admission was given up on: a
+/// timeout, a client that hung up), its record is removed, since no one saw the message accepted:
+/// an answer already sent becomes a hold dropped at once; one not yet sent finds the answer
+/// refused, and the writer removes the record itself.
+struct Answer<'a> {
+    spool: &'a Spool,
+    /// The record's share of `spool_max_bytes`, for its hold.
+    permit: Option<OwnedSemaphorePermit>,
+    written: oneshot::Receiver<std::io::Result<u64>>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        // Closed first, so that the answer is either here now or refused to the writer.
+        self.written.close();
+        if let Ok(Ok(seq)) = self.written.try_recv() {
+            drop(self.spool.hold(seq, self.permit.take()));
         }
     }
 }
@@ -310,5 +333,26 @@ mod tests {
         let (spool, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
         assert_eq!(recovery.messages.len(), 1);
         assert_eq!(all - spool.budget.available_permits(), taken, "recovered with the same share");
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_unheard_removes_its_record_and_gives_back_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let all = spool.budget.available_permits();
+        // A record on disk whose answer arrived after its admission was given up on: the answer
+        // is all that knows its sequence number.
+        let hold = spool.put(&Message::new("orders", "given up"), false).await.unwrap();
+        let (seq, permit) = (hold.seq, spool.budget.clone().try_acquire_many_owned(1).unwrap());
+        std::mem::forget(hold);
+        let (done, written) = oneshot::channel();
+        done.send(Ok(seq)).unwrap();
+        drop(Answer { spool: &spool, permit: Some(permit), written });
+        assert_eq!(spool.budget.available_permits(), all - 1, "the forgotten hold's share only");
+        spool.close().await;
+        assert_eq!(spool.status().depth, 0);
+        drop(spool);
+        let (_, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        assert!(recovery.messages.is_empty());
     }
 }

@@ -16,6 +16,7 @@ const MAX_BATCH: usize = 4096;
 /// What the writer is asked to do.
 pub(crate) enum Request {
     /// Write a put of `body` (see [`record::put_body`]) and fsync it; answer its sequence number.
+    /// An answer no one takes (the admission was given up on) has the record removed again.
     Put { body: Vec<u8>, accepted_ms: u64, done: oneshot::Sender<io::Result<u64>> },
     /// The message of this sequence number reached its outcome: write its remove (fsync'd with the
     /// next put or the close: a remove lost to a crash only delivers that message again).
@@ -60,10 +61,25 @@ pub(crate) fn run(
     // The failure last logged, while batches keep failing with it: a deleted spool (or a full disk)
     // refuses every batch, and one line says so, not one a batch.
     let mut failing: Option<String> = None;
-    while let Ok(first) = requests.recv() {
+    // Removes the writer owes itself: those of puts whose admission was given up while they were
+    // written (see `Spool::put`). They lead the next batch, which starts at once, without waiting
+    // for a request.
+    let mut owed = Vec::new();
+    loop {
+        let first = match owed.is_empty() {
+            true => match requests.recv() {
+                Ok(first) => Some(first),
+                Err(_) => break,
+            },
+            false => None,
+        };
         buf.clear();
         let (mut puts, mut answers, mut removes, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
-        for request in std::iter::once(first).chain(requests.try_iter().take(MAX_BATCH - 1)) {
+        for seq in owed.drain(..) {
+            record::write_remove(&mut buf, seq);
+            removes.push(seq);
+        }
+        for request in first.into_iter().chain(requests.try_iter()).take(MAX_BATCH) {
             match request {
                 Request::Put { body, accepted_ms, done } => {
                     let (seq, start) = (log.next_seq(), buf.len());
@@ -100,7 +116,13 @@ pub(crate) fn run(
                 if failing.take().is_some() {
                     tracing::info!("the spool writes again; messages are accepted");
                 }
-                answers.into_iter().for_each(|(seq, done)| drop(done.send(Ok(seq))));
+                for (seq, done) in answers {
+                    if done.send(Ok(seq)).is_err() {
+                        // No one hears it: its admission was given up on (a timeout, a client that
+                        // hung up), so no hold will ever remove its record.
+                        owed.push(seq);
+                    }
+                }
             }
             Err(error) => {
                 let problem = error.to_string();
@@ -114,12 +136,22 @@ pub(crate) fn run(
             }
         }
         if let Some(done) = close {
+            if !owed.is_empty() {
+                finish(&mut log, &owed);
+            }
             drop(log);
             let _ = done.send(());
             return;
         }
     }
-    if let Err(error) = log.append(&[], &[], true) {
+    finish(&mut log, &owed);
+}
+
+/// Write the removes still `owed` and fsync what is written: the writer's last write.
+fn finish(log: &mut SegmentLog, owed: &[u64]) {
+    let mut bytes = Vec::new();
+    owed.iter().for_each(|seq| record::write_remove(&mut bytes, *seq));
+    if let Err(error) = log.append(&bytes, &[], true) {
         tracing::warn!(%error, "the spool's last fsync failed: settled messages may be delivered again");
     }
 }
@@ -160,5 +192,25 @@ mod tests {
         drop(requests);
         writer.join().unwrap();
         assert_eq!(counted.load(Relaxed), 1, "the refused put is not counted");
+    }
+
+    #[test]
+    fn a_put_whose_answer_no_one_takes_is_removed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let (requests, queue) = flume::unbounded();
+        let figures = Arc::new(Figures::default());
+        let shown = figures.clone();
+        let writer = std::thread::spawn(move || run(log, queue, shown, Box::new(|_, _| {})));
+        let (done, written) = oneshot::channel();
+        drop(written);
+        let body = record::put_body(&crate::message::Message::new("t", "given up"), 7);
+        requests.send(Request::Put { body, accepted_ms: 7, done }).unwrap();
+        let kept = put(&requests).unwrap();
+        drop(requests);
+        writer.join().unwrap();
+        assert_eq!(figures.depth.load(Relaxed), 1, "only the put whose answer was taken");
+        let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(recovered.iter().map(|entry| entry.seq).collect::<Vec<_>>(), [kept]);
     }
 }
