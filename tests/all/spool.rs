@@ -165,6 +165,46 @@ async fn a_message_whose_admission_was_given_up_on_leaves_nothing_in_the_spool()
     assert!(delivered.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_recovery_leaves_the_messages_not_yet_redelivered_in_the_spool() {
+    // The recovery went on admitting through a stop, which waited for every recovered message to
+    // be admitted and, past its grace period, dead-lettered each (`shutdown`): out of the spool.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..50 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    // One worker and queues of one, to a destination nobody reads: a few messages fill them, and
+    // the next waits until the grace period ends.
+    let config = Config::from_toml(
+        "test.toml",
+        "[host]\ndurability = \"spool\"\nwatch = false\nqueue_capacity = 1\nworkers = 1\n\
+         shutdown_grace_ms = 0\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+         queue = { capacity = 1 }\n[[route]]\nname = \"all\"\nmatch = { topic = \"t.*\" }\nto = \"out\"\n",
+    )
+    .unwrap();
+    let plugins = plugin_dir(&[]);
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.build().await.unwrap();
+    assert_eq!(host.spool().unwrap().recovered, 50);
+    let stats = drain_and_account(&host).await;
+    let left = switchyard::spool::inspect(&state.path().join("spool")).unwrap();
+    assert!(left.depth >= 40, "only the few the queues hold were admitted again: {left:?} {stats:?}");
+    assert_eq!(stats.accepted + left.depth, 50, "each was settled or left in the spool: {stats:?}");
+    drop(host);
+
+    let (again, delivered) = host_again(state.path()).await;
+    assert_eq!(again.spool().unwrap().recovered, left.depth);
+    assert_eq!(ids_of(&delivered, left.depth as usize).await.len() as u64, left.depth);
+    let stats = drain_and_account(&again).await;
+    assert_eq!(stats.delivered, left.depth);
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 50).await.len(), 50);
+    drain_and_account(&stuck).await;
+}
+
 /// Where each record of the segment file `path` starts, read from the length fields (the file
 /// is intact), with the kind byte of each.
 fn records(path: &Path) -> Vec<(usize, u8)> {

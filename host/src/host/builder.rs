@@ -298,7 +298,8 @@ impl HostBuilder {
         };
         if let Some(sender) = host.inner.sender.read().unwrap_or_else(|poison| poison.into_inner()).clone() {
             let budget = (host.inner.intake_bytes.clone(), intake_kib);
-            super::spool::redeliver(&pipeline, sender, budget, recovered);
+            let stopping = host.inner.stopping.clone();
+            super::spool::redeliver(&pipeline, sender, budget, recovered, stopping);
         }
         let weak = Arc::downgrade(&host.inner);
         host.metrics().watch_destinations(Box::new(move || {

@@ -8,6 +8,7 @@ use crate::spool::{Spool, SpoolError, SpoolHold};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 impl Host {
     /// Put `message` in the spool (written and fsync'd, with whatever else is being admitted)
@@ -39,12 +40,15 @@ impl Host {
 /// Send the messages recovered from `spool` into the intake (oldest first, waiting for room in
 /// `intake`, the intake's budget and its whole size in KiB, each counted as accepted again), from a
 /// task of their own so the host serves meanwhile. A message larger than the whole budget (the
-/// limits shrank since it was spooled) takes all of it rather than waiting for good.
+/// limits shrank since it was spooled) takes all of it rather than waiting for good. Once
+/// `stopping` is cancelled (a stop began) no more are sent: those left stay in the spool for the
+/// next start, rather than hold the stop up and be dead-lettered by it.
 pub(super) fn redeliver(
     pipeline: &Arc<Pipeline>,
     sender: flume::Sender<Envelope>,
     (intake_bytes, intake_kib): (Arc<Semaphore>, u32),
     messages: Vec<(Message, SpoolHold)>,
+    stopping: CancellationToken,
 ) {
     if messages.is_empty() {
         return;
@@ -52,19 +56,31 @@ pub(super) fn redeliver(
     tracing::info!(messages = messages.len(), "delivering the messages the spool held at start");
     let pipeline = pipeline.clone();
     tokio::spawn(async move {
-        for (mut message, hold) in messages {
+        let mut messages = messages.into_iter();
+        while let Some((mut message, hold)) = messages.next() {
             message.id = pipeline.ids.fetch_add(1, Ordering::Relaxed);
             let kib = super::intake_kib(super::size_of(&message)).min(intake_kib);
-            let bytes = intake_bytes
-                .clone()
-                .acquire_many_owned(kib)
-                .await
-                .expect("the intake budget is never closed");
+            let bytes = tokio::select! {
+                biased;
+                () = stopping.cancelled() => {
+                    hold.keep();
+                    let left = 1 + messages.map(|(_, hold)| hold.keep()).count();
+                    tracing::info!(messages = left, "stopping: the spool keeps the messages not yet delivered again");
+                    return;
+                }
+                bytes = intake_bytes.clone().acquire_many_owned(kib) => {
+                    bytes.expect("the intake budget is never closed")
+                }
+            };
+            // Not raced with the stop: the workers take from the queue until its last sender is
+            // gone, so this one is admitted by the grace period's end at the latest, and an
+            // envelope given up on here would be lost with its record.
             if let Err(flume::SendError(envelope)) =
                 sender.send_async(Envelope::new(message, None, bytes, Some(hold))).await
             {
-                // The workers are gone: the record stays for the next start.
+                // The workers are gone: the records stay for the next start.
                 envelope.accepted.keep_unsettled();
+                messages.for_each(|(_, hold)| hold.keep());
                 return;
             }
             Counters::bump(&pipeline.counters.accepted, 1);
