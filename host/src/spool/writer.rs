@@ -61,17 +61,18 @@ pub(crate) fn run(
     // The failure last logged, while batches keep failing with it: a deleted spool (or a full disk)
     // refuses every batch, and one line says so, not one a batch.
     let mut failing: Option<String> = None;
-    // Removes the writer owes itself: those of puts whose admission was given up while they were
-    // written (see `Spool::put`). They lead the next batch, which starts at once, without waiting
-    // for a request.
-    let mut owed = Vec::new();
+    // Removes not yet on disk, which lead the next batch: those of a batch that failed to write,
+    // and those the writer owes itself for puts whose admission was given up while they were
+    // written (see `Spool::put`). The latter start that batch at once; the former wait for the
+    // next request, so a failing disk is not retried in a loop.
+    let (mut owed, mut at_once) = (Vec::new(), false);
     loop {
-        let first = match owed.is_empty() {
-            true => match requests.recv() {
+        let first = match at_once {
+            false => match requests.recv() {
                 Ok(first) => Some(first),
                 Err(_) => break,
             },
-            false => None,
+            true => None,
         };
         buf.clear();
         let (mut puts, mut answers, mut removes, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
@@ -100,9 +101,13 @@ pub(crate) fn run(
         let sync = !puts.is_empty() || close.is_some();
         let started = Instant::now();
         let written = log.append(&buf, &puts, sync);
-        // Only a batch that is on disk counts: `spool_writes_total` is messages fsync'd.
-        if !puts.is_empty() && written.is_ok() {
-            observe(puts.len(), started.elapsed());
+        match &written {
+            // Only a batch that is on disk counts: `spool_writes_total` is messages fsync'd.
+            Ok(()) if !puts.is_empty() => observe(puts.len(), started.elapsed()),
+            Ok(()) => {}
+            // Not on disk: those messages are still held (a graceful stop would leave them to be
+            // delivered again), until the next batch writes their removes.
+            Err(_) => owed = std::mem::take(&mut removes),
         }
         for seq in removes {
             if let Err(error) = log.forget(seq) {
@@ -123,13 +128,15 @@ pub(crate) fn run(
                         owed.push(seq);
                     }
                 }
+                at_once = !owed.is_empty();
             }
             Err(error) => {
                 let problem = error.to_string();
                 if failing.as_ref() != Some(&problem) {
-                    tracing::error!(%error, puts = puts.len(), "the spool could not write a batch; its messages are refused (said once while batches fail alike)");
+                    tracing::error!(%error, puts = puts.len(), removes = owed.len(), "the spool could not write a batch: messages are refused, and settled ones stay in the spool until a write succeeds (said once while batches fail alike)");
                     failing = Some(problem);
                 }
+                at_once = false;
                 for (_, done) in answers {
                     let _ = done.send(Err(io::Error::new(error.kind(), error.to_string())));
                 }
@@ -212,5 +219,30 @@ mod tests {
         assert_eq!(figures.depth.load(Relaxed), 1, "only the put whose answer was taken");
         let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(recovered.iter().map(|entry| entry.seq).collect::<Vec<_>>(), [kept]);
+    }
+
+    #[test]
+    fn the_removes_of_a_batch_that_failed_to_write_are_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let (mut bytes, mut puts) = (Vec::new(), Vec::new());
+        for payload in ["a", "b"] {
+            let (seq, start) = (log.next_seq(), bytes.len());
+            record::write_put(
+                &mut bytes,
+                seq,
+                &record::put_body(&crate::message::Message::new("t", payload), 7),
+            );
+            puts.push((seq, (bytes.len() - start) as u64, 7));
+        }
+        log.append(&bytes, &puts, true).unwrap();
+        log.fail_writes();
+        let (requests, queue) = flume::unbounded();
+        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), Box::new(|_, _| {})));
+        requests.send(Request::Remove(puts[0].0)).unwrap();
+        drop(requests);
+        writer.join().unwrap();
+        let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(recovered.iter().map(|entry| entry.seq).collect::<Vec<_>>(), [puts[1].0], "a settled");
     }
 }
