@@ -257,7 +257,8 @@ impl SegmentLog {
 
     /// Append `bytes` (whole records) to the head segment, fsync'd when `sync`. `puts` are the
     /// puts among them (sequence number, record bytes, accepted at), tracked once written; a
-    /// failed write is cut off and the next goes to a new segment. Once the head segment is found
+    /// failed write is cut off, its segment fsync'd, and the next goes to a new segment (to the
+    /// same one when no new one can be started). Once the head segment is found
     /// deleted (see [`SegmentLog::check_head`]) every append is refused.
     pub(crate) fn append(&mut self, bytes: &[u8], puts: &[(u64, u64, u64)], sync: bool) -> io::Result<()> {
         if let Some(problem) = &self.deleted {
@@ -272,8 +273,13 @@ impl SegmentLog {
         let (_, file, len) = &mut self.head;
         let written = file.write_all(bytes).and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         if let Err(error) = written {
+            // Cut back to its whole records and sealed, as a full segment is (above), before the
+            // next is started: removes written unsynced before this batch are in it. The write's
+            // error is the one told: a failure to start the next segment only keeps this one.
             let _ = file.set_len(*len);
-            self.rotate()?;
+            if let Err(problem) = file.sync_data().and_then(|()| self.rotate()) {
+                tracing::warn!(error = %problem, "the spool could not start a new segment after a failed write: it goes on in this one");
+            }
             return Err(error);
         }
         // After the write and fsync, so a deletion before they finished refuses this batch too.
@@ -693,6 +699,26 @@ mod tests {
         drop(log);
         let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
         assert!(recovered.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_the_error_told_when_no_new_segment_can_be_started_either() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let first = put(&mut log, &["a"]);
+        // The next segment's name taken by a directory: it cannot be created (EISDIR).
+        let next = segment_path(dir.path(), log.head.0 + 1);
+        fs::create_dir(&next).unwrap();
+        log.fail_writes();
+        let mut bytes = Vec::new();
+        record::write_remove(&mut bytes, first[0]);
+        let error = log.append(&bytes, &[], true).expect_err("the write fails");
+        assert_eq!(error.raw_os_error(), Some(9), "EBADF, the write's own error: {error}");
+        fs::remove_dir(&next).unwrap();
+        drop(log);
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["a"]);
+        assert!(damage.is_empty(), "{damage:?}");
     }
 
     #[test]
