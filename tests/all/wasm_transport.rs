@@ -197,6 +197,25 @@ pub async fn faulty_transport() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_blocked_in_a_stream_read_is_cut_at_its_deadline_and_its_lane_serves_again() {
+    // The echo server answers only what it is sent: a read before any write waits for good.
+    let (server, _) = echo_server().await;
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    // One lane: had the read held it, every later send would wait behind it.
+    let transport = plugin.transport(&[server], 1, Duration::from_millis(200));
+    let blocked = Message::new("jobs", "stuck").with_header("x-fault", "raw-read");
+    let (outcome, error) = cut(&transport, server, &blocked).await;
+    assert_eq!(
+        (outcome, error.as_str()),
+        (Outcome::Retryable(RetryReason::Timeout), "the plugin gave no answer in 200ms")
+    );
+    assert_eq!(plugin.metrics.last_fault("faulty").map(|fault| fault.kind), Some("timed_out"));
+    let fine = Message::new("jobs", "fine");
+    let reply = within(transport.attempt(&server.to_string(), &fine)).await;
+    assert_eq!(reply.unwrap().unwrap().payload, "fine", "the lane serves again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transport_that_leaks_is_renewed_between_calls_before_its_memory_cap_and_no_send_fails() {
     // 1 MiB kept for good per send under a 16 MiB cap: without renewal, a
     // send fails at the cap within sixteen messages.

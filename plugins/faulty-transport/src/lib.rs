@@ -5,6 +5,10 @@
 //! - `spin`: never returns;
 //! - `connect:HOST:PORT`: connects to that address instead, and rejects the
 //!   message with the error when that fails;
+//! - `raw-read`: opens a second connection to the endpoint through WASI's own
+//!   sockets and waits in `input-stream.blocking-read` for a byte the echo
+//!   server never sends (Rust's `std` never makes that call: its reads wait
+//!   in `wasi:io/poll`), then sends the message as below;
 //! - `leak:KIB`: keeps that many KiB for good (a slow leak), counts them as
 //!   `leaked_kib`, then sends the message as below.
 //!
@@ -53,6 +57,7 @@ impl Transport for FaultyTransport {
                 std::mem::forget(black_box(vec![1u8; (kib as usize) << 10]));
                 count("leaked_kib", kib);
             }
+            Some("raw-read") => read_raw(&echo.address)?,
             Some(fault) if fault.starts_with("connect:") => {
                 let elsewhere = &fault["connect:".len()..];
                 let stream = TcpStream::connect(elsewhere)
@@ -68,6 +73,28 @@ impl Transport for FaultyTransport {
         echoed_back.map_err(|err| Error::failed(format!("echo, sent, no answer: {err}")))?;
         Ok(Some(OwnedMessage::from(message).with_payload(echoed)))
     }
+}
+
+/// Connect to `address` through `wasi:sockets` and read one byte with a
+/// blocking read of `wasi:io/streams`.
+fn read_raw(address: &str) -> Result<(), Error> {
+    use wasip2::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    let address: std::net::SocketAddrV4 =
+        address.parse().map_err(|err| Error::rejected(format!("raw-read to {address}: {err}")))?;
+    let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port: address.port(),
+        address: address.ip().octets().into(),
+    });
+    let failed = |err| Error::failed(format!("raw-read to {address}: {err}"));
+    let socket =
+        wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4).map_err(failed)?;
+    let network = wasip2::sockets::instance_network::instance_network();
+    socket.start_connect(&network, remote).map_err(failed)?;
+    socket.subscribe().block();
+    // The streams go before the socket they belong to (they are declared after it).
+    let (input, _output) = socket.finish_connect().map_err(failed)?;
+    input.blocking_read(1).map_err(|err| Error::failed(format!("raw-read from {address}: {err}")))?;
+    Ok(())
 }
 
 export_transport!(FaultyTransport);
