@@ -180,6 +180,59 @@ to = "out"
     assert!(out.is_empty(), "the oversized forward was not delivered");
 }
 
+/// A middleware's replies are held to what its forwards are: its own answer to a request, or the
+/// reply it passes back, with more headers than a message a plugin makes may carry fails the
+/// request as an output-limit fault and never reaches the caller; a destination's reply larger
+/// than `host.max_message_bytes` may still be passed back, annotated.
+#[tokio::test]
+pub async fn a_middleware_reply_past_the_output_limits_is_an_output_limit_fault() {
+    let annotate = artifacts::ANNOTATE_MIDDLEWARE;
+    let dir = plugin_dir(&[("padder", annotate), ("annotate", annotate)]);
+    let config = r#"
+[host]
+dead_letter = "dead"
+max_message_bytes = 1024
+[[destination]]
+name = "dead"
+transport = "memory"
+[[plugin]]
+name = "padder"
+config = { reply_headers = "2000" }
+"#;
+    let echo = |message: Message| async move { Ok(Some(message)) };
+    let large = |message: Message| async move { Ok(Some(Message::new(message.topic, "x".repeat(4096)))) };
+    let host = builder(dir.path())
+        .config("t", switchyard::Config::from_toml("t", config).unwrap())
+        .destination("echo", echo)
+        .destination("large", large)
+        .route(switchyard::RouteConfig::new("padded", "padded", "echo").stage("middleware:padder"))
+        .route(switchyard::RouteConfig::new("large", "large", "large").stage("middleware:annotate"))
+        .build()
+        .await
+        .unwrap();
+    // What a reply that got through is shown as: its header count (it has thousands).
+    let headers =
+        |answer: Result<Option<Message>, RequestError>| answer.map(|reply| reply.map(|r| r.headers.len()));
+    let output_limit = |reason: &switchyard::DeadLetterReason| {
+        assert_eq!(reason.code(), "plugin-output-limit", "{reason}");
+        assert!(reason.to_string().contains("more than 1024 headers"), "{reason}");
+    };
+    match within(host.request(Message::new("padded", "hi"))).await {
+        Err(RequestError::ReplyFailed(reason)) => output_limit(&reason),
+        other => panic!("the reply passed back got through: {:?}", headers(other)),
+    }
+    let short = Message::new("padded", "hi").with_header("x-short-circuit", "1");
+    match within(host.request(short)).await {
+        Err(RequestError::DeadLettered(reason)) => output_limit(&reason),
+        other => panic!("the middleware's own reply got through: {:?}", headers(other)),
+    }
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
+
+    let reply = within(host.request(Message::new("large", "hi"))).await.unwrap().unwrap();
+    assert_eq!((reply.payload.len(), reply.header("x-reply-annotated")), (4096, Some("true")));
+}
+
 /// Balancer plugins load and are recognised by kind.
 async fn loads_as(artifact: &str, kind: switchyard::PluginKind) {
     let dir = plugin_dir(&[("p", artifact)]);

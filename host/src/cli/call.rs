@@ -85,7 +85,11 @@ pub fn call(
                     .context("the host would dead-letter this forward (plugin-output-limit)")?;
                 json!({ "forward": messages_json(&batch)? })
             }
-            Ok(MiddlewareAction::Respond(batch)) => json!({ "respond": messages_json(&batch)? }),
+            Ok(MiddlewareAction::Respond(batch)) => {
+                switchyard::plugin::check_reply(&batch, max_message_bytes)
+                    .context("the host would dead-letter this reply (plugin-output-limit)")?;
+                json!({ "respond": messages_json(&batch)? })
+            }
             Err(error) => json!({ "error": error.to_string() }),
         },
         PluginKind::Transport => send(&mut instance, address.unwrap_or_default(), &batch)?,

@@ -57,7 +57,7 @@ pub(crate) struct Worker {
     /// The plugin set the instances were last checked against.
     checked: Option<Arc<PluginSet>>,
     metrics: Arc<Metrics>,
-    /// The largest message a transform may make (`host.max_message_bytes`).
+    /// The largest message a transform or middleware may make (`host.max_message_bytes`).
     max_message_bytes: usize,
 }
 
@@ -354,7 +354,11 @@ impl Worker {
                             crate::plugin::check_made_message(&forwarded, max_message_bytes)?;
                             Ok((false, forwarded))
                         }
-                        MiddlewareAction::Respond(batch) => decode_one(&batch).map(|m| (true, m)),
+                        MiddlewareAction::Respond(batch) => {
+                            let reply = decode_one(&batch)?;
+                            crate::plugin::check_made_reply(&reply, max_message_bytes)?;
+                            Ok((true, reply))
+                        }
                     }))
                 });
             match action {
@@ -383,9 +387,22 @@ impl Worker {
             let mut buffers = (Vec::new(), Vec::new());
             request.encode(&mut buffers.0, 0, true);
             reply.encode(&mut buffers.1, 0, true);
+            // A destination's reply may be larger than `host.max_message_bytes` (a tcp one's up to
+            // 16 MiB): passing it on, annotated, is no fault, so such a reply may grow by as much
+            // as a reply within the limit could be.
+            let given = crate::host::size_of(&reply);
+            let room = if given > self.max_message_bytes {
+                given.saturating_add(self.max_message_bytes)
+            } else {
+                self.max_message_bytes
+            };
             let answer = self.with_instance(plugin, |instance| {
                 let answer = instance.on_reply(&buffers.0, &buffers.1)?;
-                fault_outside(answer.map(|batch| decode_one(&batch)))
+                fault_outside(answer.map(|batch| {
+                    let reply = decode_one(&batch)?;
+                    crate::plugin::check_made_reply(&reply, room)?;
+                    Ok(reply)
+                }))
             });
             reply = match answer {
                 Ok(Ok(message)) => message,

@@ -23,8 +23,8 @@ pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
-pub use output_limits::check_outputs;
-pub(crate) use output_limits::{check_made_message, check_native_outputs, check_output};
+pub(crate) use output_limits::{check_made_message, check_made_reply, check_native_outputs, check_output};
+pub use output_limits::{check_outputs, check_reply};
 pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };

@@ -1,8 +1,8 @@
-//! What the host takes from one transform call (and of a middleware's forward): at most so many
-//! messages made of one, so many headers on one, none larger than `host.max_message_bytes`, and
-//! each with a topic admission would take. The pipeline checks every
-//! output against them before it builds any (a fault hands the inputs back untouched);
-//! `switchyard plugin call` checks the same, so that it says what the host would.
+//! What the host takes from one transform call (and of a middleware's forward and replies): at
+//! most so many messages made of one, so many headers on one, none larger than
+//! `host.max_message_bytes`, and each with a topic admission would take (a reply's topic aside).
+//! The pipeline checks every output against them before it builds any (a fault hands the inputs
+//! back untouched); `switchyard plugin call` checks the same, so that it says what the host would.
 
 use super::PluginFault;
 use crate::message::{ID_HEADER, Message};
@@ -57,6 +57,24 @@ pub(crate) fn check_made_message(m: &Message, max_message_bytes: usize) -> Resul
     check_made(&m.topic, headers, m.payload.len(), max_message_bytes)
 }
 
+/// Check a reply a middleware made: its own answer to a request, or the reply it passes back.
+/// Its headers are held to a made message's limits, and its size to `room` (`host.max_message_bytes`,
+/// or more for a reply passed back that was larger when the destination gave it). Its topic is not
+/// checked: no route reads a reply's, and a destination's reply may carry any.
+pub(crate) fn check_made_reply(m: &Message, room: usize) -> Result<(), PluginFault> {
+    let headers = m.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()));
+    check_headers_and_size(m.topic.len(), headers, m.payload.len(), room)
+}
+
+/// Check a middleware's own reply (`batch`) as the pipeline does ([`check_made_reply`]).
+pub fn check_reply(batch: &[u8], max_message_bytes: usize) -> Result<(), PluginFault> {
+    for message in switchyard_wire::decode(batch) {
+        let m = message.map_err(|err| PluginFault::Malformed(err.to_string()))?;
+        check_headers_and_size(m.topic.len(), m.headers(), m.payload_len, max_message_bytes)?;
+    }
+    Ok(())
+}
+
 /// Check one message a transform made: a topic and headers admission would take, not too many
 /// headers, not too large.
 fn check_made<'m>(
@@ -68,6 +86,17 @@ fn check_made<'m>(
     if let Some(problem) = crate::host::topic_problem(topic) {
         return Err(PluginFault::Malformed(format!("an output's {problem}")));
     }
+    check_headers_and_size(topic.len(), headers, payload_len, max_message_bytes)
+}
+
+/// Check the headers of a message a plugin made (each valid, not too many) and its size, counted
+/// as at admission from its topic's length (`topic_len`), payload and headers.
+fn check_headers_and_size<'m>(
+    topic_len: usize,
+    headers: impl Iterator<Item = (&'m str, &'m str)>,
+    payload_len: usize,
+    max_message_bytes: usize,
+) -> Result<(), PluginFault> {
     // One pass: each header valid, and how many and their bytes but the host's own id header,
     // which admission adds after it counted both: a message admitted with the most headers it
     // takes, sent on unchanged, is within the limits.
@@ -85,7 +114,7 @@ fn check_made<'m>(
         let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers besides {ID_HEADER}");
         return Err(PluginFault::OutputLimit(problem));
     }
-    let size = topic.len() + payload_len + header_bytes;
+    let size = topic_len + payload_len + header_bytes;
     if size > max_message_bytes {
         let problem = format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
         return Err(PluginFault::OutputLimit(problem));

@@ -5,6 +5,8 @@
 //! - `header`: the header added to every forwarded request (default
 //!   `x-annotated-by`).
 //! - `value`: that header's value (default `annotate-middleware`).
+//! - `reply_headers`: a number of headers `x-pad-N: 1` added to every reply
+//!   it makes or passes back (default 0), to try the host's output limits.
 //!
 //! A request carrying the header `x-short-circuit` is not delivered: the
 //! caller gets a reply with the request's topic, payload
@@ -24,20 +26,29 @@ static ANNOTATION: LazyLock<(String, String)> = LazyLock::new(|| {
     (header, value)
 });
 
+/// How many padding headers go on every reply, read once per instance.
+static REPLY_HEADERS: LazyLock<usize> =
+    LazyLock::new(|| config("reply_headers").and_then(|count| count.parse().ok()).unwrap_or(0));
+
+/// `reply` with the configured padding headers.
+fn padded(reply: OwnedMessage) -> OwnedMessage {
+    (0..*REPLY_HEADERS).fold(reply, |reply, n| reply.with_header(format!("x-pad-{n}"), "1"))
+}
+
 impl Middleware for AnnotateMiddleware {
     fn on_request(request: &Message<'_>) -> Result<Action, Error> {
         if request.header("x-short-circuit").is_some() {
             let reply = OwnedMessage::reply_to(request)
                 .with_header("x-replied-by", "annotate-middleware")
                 .with_payload(&br#"{"short_circuit":true}"#[..]);
-            return Ok(Action::Respond(reply));
+            return Ok(Action::Respond(padded(reply)));
         }
         let (header, value) = &*ANNOTATION;
         Ok(Action::Forward(Some(OwnedMessage::from(request).with_header(header, value))))
     }
 
     fn on_reply(_request: &Message<'_>, reply: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
-        Ok(Some(OwnedMessage::from(reply).with_header("x-reply-annotated", "true")))
+        Ok(Some(padded(OwnedMessage::from(reply).with_header("x-reply-annotated", "true"))))
     }
 }
 
