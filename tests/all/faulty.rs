@@ -67,6 +67,33 @@ pub async fn faulty_trap() {
     assert_isolated(&host, "plugin-trapped", ": faulty-trap traps on message ").await;
 }
 
+/// A call that survived a refused memory grow (the plugin asked with `try_reserve` and went on)
+/// leaves no mark on its instance: a later trap of the same instance is a trap, not a memory-cap
+/// fault.
+#[test]
+fn a_trap_after_a_refused_grow_the_plugin_survived_is_a_trap_not_a_memory_cap_fault() {
+    use switchyard::plugin::{PluginEngine, PluginInstance, load_file};
+    use switchyard_wire::{Head, Payload, write_message};
+    let engine = PluginEngine::new(None).unwrap();
+    let config = [("trigger".to_owned(), "x-poison".to_owned())].into();
+    let config = switchyard::config::PluginConfig { name: "bad".into(), config, ..Default::default() };
+    let plugin = load_file(&engine, std::path::Path::new(artifacts::FAULTY_TRAP), Some(&config)).unwrap();
+    let mut instance = PluginInstance::new(&engine, plugin.clone()).unwrap();
+    let with_header = |name| {
+        let mut batch = Vec::new();
+        let head = Head { id: 1, source: 0, priority: 0, topic: "risky.job" };
+        write_message(&mut batch, &head, [(name, "1")], Payload::Omitted(0));
+        batch
+    };
+    let kept = instance.filter(&with_header("x-reserve")).unwrap();
+    assert_eq!(kept, [Ok(switchyard::Verdict::Keep)]);
+    assert_eq!(plugin.settings.counters().get("refused_reserves"), Some(&1), "the grow was refused");
+    match instance.filter(&with_header("x-poison")) {
+        Err(switchyard::PluginFault::Trapped(trap)) => assert!(trap.contains("faulty-trap traps"), "{trap}"),
+        other => panic!("expected a trap: {other:?}"),
+    }
+}
+
 #[tokio::test]
 pub async fn faulty_spin() {
     let limits = "{ timeout_ms = 50 }";

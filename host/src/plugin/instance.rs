@@ -286,6 +286,10 @@ impl CallGuard {
         self.store.set_epoch_deadline(PluginEngine::deadline_ticks(timeout));
         let state = self.store.data_mut();
         state.host.last_error_logged = None;
+        // What an earlier call ran into says nothing of this one: a plugin may survive a refused
+        // grow (it asked with `try_reserve`), and its next trap must not be taken for the cap's.
+        state.hit_memory_cap = false;
+        state.waited_past_deadline = false;
         state.call_deadline = Some(tokio::time::Instant::now() + timeout);
         let store = &mut self.store;
         self.mark.during(|| call(store)).map_err(|err| self.classify(err, timeout))

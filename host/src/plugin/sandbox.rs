@@ -153,14 +153,15 @@ pub struct StoreState {
     memory_in_use: usize,
     /// Elements all of the instance's tables hold together.
     table_elements: usize,
-    /// Set when the guest asked for memory past the cap, so that the trap that
-    /// follows is reported as a memory-cap fault rather than a plain trap.
+    /// Set when the guest asked for memory past the cap during the current
+    /// call, so that the trap that follows is reported as a memory-cap fault
+    /// rather than a plain trap.
     pub(crate) hit_memory_cap: bool,
     /// When the current call must end, for waits inside WASI (which epoch
     /// interruption cannot stop).
     pub(crate) call_deadline: Option<tokio::time::Instant>,
-    /// Set when a wait inside WASI ran into the deadline, so the trap that
-    /// ends the call is reported as a timeout.
+    /// Set when a wait inside WASI ran into the current call's deadline, so
+    /// the trap that ends the call is reported as a timeout.
     pub(crate) waited_past_deadline: bool,
     /// The `host` interface: log, config, clock, counters.
     pub(crate) host: HostCalls,

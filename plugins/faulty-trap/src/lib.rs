@@ -2,15 +2,29 @@
 //! the host sees a WebAssembly trap. Config key `trigger`: when set, only
 //! messages carrying that header are poison (others are kept); when unset,
 //! every message is.
+//!
+//! A message carrying the header `x-reserve` first has the plugin ask for
+//! 1 GiB with `try_reserve`, past any memory cap: the refusal is counted as
+//! `refused_reserves` and the plugin goes on (a plugin that handles running
+//! out of memory).
 
+use std::hint::black_box;
 use std::sync::LazyLock;
 
-use switchyard_plugin::{Error, Filter, Message, Verdict, config, export_filter};
+use switchyard_plugin::{Error, Filter, Message, Verdict, config, count, export_filter};
 
 struct FaultyTrap;
 
 impl Filter for FaultyTrap {
     fn filter(message: &Message<'_>) -> Result<Verdict, Error> {
+        if message.header("x-reserve").is_some() {
+            let mut reserved = Vec::<u8>::new();
+            // `black_box` keeps the optimizer from taking the unused allocation for granted.
+            if black_box(&mut reserved).try_reserve(1 << 30).is_err() {
+                count("refused_reserves", 1);
+            }
+            black_box(reserved);
+        }
         if poisoned(message) {
             panic!("faulty-trap traps on message {}", message.id);
         }
