@@ -9,6 +9,10 @@
 //! upgrade refused) counts as an attempt that nobody took ([`RetryReason::Handshake`]): it is retried,
 //! counts against the endpoint's breaker, and after the last attempt dead-letters the message
 //! (`delivery-failed`) with the TLS error as its last error; the health probe makes the same handshake.
+//! An attempt that the destination's `timeout_ms` cuts before its frame goes out — while it connects,
+//! makes either handshake, or waits for another attempt's handshake or for its turn to write — sent
+//! nothing: it is a connect failure (or a wait), never "sent, no answer", so even a message of a
+//! destination that is not `idempotent` goes again rather than being dead-lettered as uncertain.
 //!
 //! `frames = "payload"` (the default) sends the payload alone — a text frame when it is UTF-8, a binary
 //! frame otherwise — and a message counts as delivered once its frame is written and flushed (there is
@@ -25,7 +29,10 @@
 use super::answers::{Answer, Pending};
 use super::restart::{NotRunning, Peer, Restarting};
 use super::tls::TlsClient;
-use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
+use super::{
+    AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
+    TransportOptions,
+};
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
 use crate::message::Message;
 use crate::resilience::{Outcome, RetryReason};
@@ -138,12 +145,19 @@ impl Peer for Link {
 }
 
 impl WebSocketTransport {
-    /// The connection to `address`, opened now if none is open and its backoff is over.
+    /// The connection to `address`, opened now if none is open and its backoff is over. Until it is
+    /// given, the attempt has sent nothing: it waits for another attempt's handshake ([`Step::Waiting`])
+    /// or makes its own ([`Step::Connecting`]), so a deadline that cuts it there cuts no delivery.
     async fn link(&self, address: &str) -> Result<Arc<Link>, NotRunning<Unconnected>> {
         let Some(restarting) = self.links.get(address) else {
             return Err(NotRunning::Failed(Unconnected::Refused(format!("no endpoint {address}"))));
         };
-        restarting.get(|| self.connect(address)).await
+        AttemptProgress::mark_current(Step::Waiting);
+        let connect = || {
+            AttemptProgress::mark_current(Step::Connecting);
+            self.connect(address)
+        };
+        restarting.get(connect).await
     }
 
     /// A WebSocket connection to `address`, through TLS when the options say so.
@@ -206,7 +220,13 @@ impl WebSocketTransport {
             },
             Some(waiting) => Frame::text(envelope(waiting.id, message)),
         };
-        if let Err(err) = link.sink.lock().await.send(frame).await {
+        // Waiting for the sink (an attempt or a ping sending) sends nothing either.
+        let sent = {
+            let mut sink = link.sink.lock().await;
+            AttemptProgress::mark_current(Step::MaySend);
+            sink.send(frame).await
+        };
+        if let Err(err) = sent {
             link.pending.close();
             return Err((Outcome::Retryable(RetryReason::Reset), format!("sending the frame: {err}")));
         }
