@@ -50,6 +50,21 @@ pub fn payload_field(payload: &[u8]) -> (&'static str, serde_json::Value) {
     }
 }
 
+/// What the JSON of a message holds besides the strings its [size](Message::size) counts (its
+/// topic, its headers' names and values, its payload): field names, quotes and separators (six bytes
+/// a header, at most 1024 headers), its priority, and an envelope's own fields (an ingress frame's
+/// `ref` of some 50 KiB, an answer's `id`).
+const JSON_ENVELOPE_BYTES: usize = 64 << 10;
+
+/// The largest frame, or message of several frames, a WebSocket reads: the JSON of any message
+/// within `max_message_bytes`, however its peer wrote it (a byte of a JSON string is at most six, as
+/// `\u0001`; a character past ASCII escaped is at most three times its UTF-8; base64 makes four of
+/// three), with [`JSON_ENVELOPE_BYTES`] around it. So a message the host would take is never refused
+/// for its frame, and one past `max_message_bytes` in a frame within this is refused by its size.
+pub(crate) fn largest_json(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(6).saturating_add(JSON_ENVELOPE_BYTES)
+}
+
 /// A new globally unique message id: a UUIDv7, time-ordered (strictly, among the ids one thread
 /// makes; by millisecond across threads).
 pub(crate) fn unique_id() -> String {
@@ -106,6 +121,12 @@ impl Message {
     /// A message on `topic` carrying `payload`, with no headers and priority 0.
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message { id: 0, topic: topic.into(), headers: Vec::new(), payload: payload.into(), priority: 0 }
+    }
+
+    /// Its size as `host.max_message_bytes` counts it: its topic, payload and headers.
+    pub(crate) fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        self.topic.len() + self.payload.len() + headers
     }
 
     /// The globally unique id ([`ID_HEADER`]), once the message was accepted.

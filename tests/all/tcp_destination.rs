@@ -61,3 +61,48 @@ async fn framed_requests_reuse_one_connection_and_fail_over_past_a_dead_endpoint
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_past_max_message_bytes_is_refused_and_the_message_counted_delivered() {
+    // The reply frame says the peer took the message: only its reply, four times what the host
+    // takes, is refused. Sending the message again would deliver it twice.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                while let Ok(length) = stream.read_u32().await {
+                    stream.read_exact(&mut vec![0; length as usize]).await.unwrap();
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let mut reply = Vec::new();
+                    let head = Head { id: 1, source: 0, priority: 0, topic: "jobs" };
+                    write_message(&mut reply, &head, [], Payload::Bytes(&[b'x'; 4096]));
+                    stream.write_u32(reply.len() as u32).await.unwrap();
+                    stream.write_all(&reply).await.unwrap();
+                }
+            });
+        }
+    });
+    let config = format!(
+        "[host]\nmax_message_bytes = 1024\n\
+         [[destination]]\nname = \"frames\"\ntransport = \"tcp\"\nendpoints = [\"{server}\"]\n\
+         [[route]]\nname = \"all\"\nto = \"frames\"\n"
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let answer = within(host.request(Message::new("jobs", "job"))).await;
+    let Err(switchyard::RequestError::ReplyRefused { destination, problem }) = answer else {
+        panic!(
+            "delivered, its reply refused: {:?}",
+            answer.map(|reply| reply.map(|reply| reply.payload.len()))
+        )
+    };
+    assert_eq!(destination, "frames");
+    assert!(problem.contains("more than 1024 bytes"), "{problem}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "delivered once: not sent again");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}

@@ -226,3 +226,38 @@ async fn a_handshake_cut_at_the_attempt_deadline_sent_nothing_and_is_never_calle
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_max_message_bytes_is_refused_and_the_message_counted_delivered() {
+    // The server answers each envelope by id with a payload four times what the host takes: it took
+    // the message, so only its reply is refused.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        while let Some(Ok(frame)) = socket.next().await {
+            let Ok(text) = frame.to_text() else { continue };
+            let Ok(envelope) = serde_json::from_str::<serde_json::Value>(text) else { continue };
+            let reply = serde_json::json!({ "id": envelope["id"], "payload": "x".repeat(4096) });
+            if socket.send(Frame::text(reply.to_string())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let dir = plugin_dir(&[]);
+    let text =
+        config(addr, ", frames = \"envelope\"").replacen("[host]\n", "[host]\nmax_message_bytes = 1024\n", 1);
+    let host = host(dir.path(), &text).await;
+    let answer = within(host.request(Message::new("jobs", "job"))).await;
+    let Err(switchyard::RequestError::ReplyRefused { destination, problem }) = answer else {
+        panic!(
+            "delivered, its reply refused: {:?}",
+            answer.map(|reply| reply.map(|reply| reply.payload.len()))
+        )
+    };
+    assert_eq!(destination, "ws");
+    assert!(problem.contains("more than 1024 bytes"), "{problem}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}

@@ -773,13 +773,7 @@ pub(crate) fn header_problem(name: &str, value: &str) -> Option<String> {
     None
 }
 
-/// A message's size as `host.max_message_bytes` counts it: its topic, payload and headers.
-pub(crate) fn size_of(message: &Message) -> usize {
-    let headers: usize = message.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
-    message.topic.len() + message.payload.len() + headers
-}
-
-/// The KiB of `host.queue_bytes` a message of `size` bytes ([`size_of`]) holds in the intake:
+/// The KiB of `host.queue_bytes` a message of `size` bytes ([`Message::size`]) holds in the intake:
 /// rounded up, at least one. The intake's budget is `queue_bytes` rounded up the same way, so a
 /// message within `max_message_bytes` (which is at most `queue_bytes`) always fits in it.
 pub(crate) fn intake_kib(size: usize) -> u32 {
@@ -822,7 +816,7 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, Se
     if let Some(problem) = message.headers.iter().find_map(|(name, value)| header_problem(name, value)) {
         return Err(SendError::Malformed(problem));
     }
-    let size = size_of(message);
+    let size = message.size();
     if size > limit {
         return Err(SendError::TooLarge { size, limit });
     }

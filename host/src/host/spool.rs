@@ -59,7 +59,7 @@ pub(super) fn redeliver(
         let mut messages = messages.into_iter();
         while let Some((mut message, hold)) = messages.next() {
             message.id = pipeline.ids.fetch_add(1, Ordering::Relaxed);
-            let kib = super::intake_kib(super::size_of(&message)).min(intake_kib);
+            let kib = super::intake_kib(message.size()).min(intake_kib);
             let bytes = tokio::select! {
                 biased;
                 () = stopping.cancelled() => {

@@ -58,7 +58,7 @@ impl HttpIngress {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let sockets = super::websocket::Sockets {
             stopping,
-            largest_frame: super::websocket::largest_frame(config.host.max_message_bytes),
+            largest_frame: crate::message::largest_json(config.host.max_message_bytes),
             ping: std::time::Duration::from_millis(http.ping_ms),
         };
         let app = Router::new()

@@ -13,11 +13,12 @@
 //! once, beyond which reading waits too. With `[ingress.http] token`, the upgrade request must carry it
 //! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused.
 //!
-//! A frame, or a message of several, larger than [`largest_frame`] is refused on its header, unread:
-//! the socket is read no further and, once the answers still due are sent, closed (1009). So is a
-//! socket that keeps silent for two `ping_ms` while the host waits for its next frame (1001); it is
-//! pinged after one, and its pong ends the silence. Waiting on the host (a full queue, 256 `wait`
-//! messages open) is no silence.
+//! A frame, or a message of several, larger than [`largest_json`](crate::message::largest_json) (of
+//! `max_message_bytes`; a smaller one past `max_message_bytes` is answered `413`) is refused on its
+//! header, unread: the socket is read no further and, once the answers still due are sent, closed
+//! (1009). So is a socket that keeps silent for two `ping_ms` while the host waits for its next frame
+//! (1001); it is pinged after one, and its pong ends the silence. Waiting on the host (a full queue,
+//! 256 `wait` messages open) is no silence.
 //!
 //! A socket is one of the listener's connections until it closes (the connection it was upgraded
 //! from holds its slot), and the ingress's stop waits for it: reading stops, the answers still due
@@ -41,26 +42,12 @@ pub(super) const MAX_WAITING: usize = 256;
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
 
-/// What a frame holds besides the strings a message's size counts (its topic, its headers' names
-/// and values, its payload): field names, quotes and separators (six bytes a header, at most 1024
-/// headers), `priority`, `wait`, and a `ref` of some 50 KiB.
-const ENVELOPE_BYTES: usize = 64 << 10;
-
-/// The largest frame, or message of several frames, a socket reads: the JSON of any message within
-/// `max_message_bytes`, however its client wrote it (a byte of a JSON string is at most six, as
-/// `\u0001`; a character past ASCII escaped is at most three times its UTF-8; base64 makes four of
-/// three), with [`ENVELOPE_BYTES`] around it. So a message the host would admit is never refused for
-/// its frame, and one past `max_message_bytes` in a frame within this is answered `413`.
-pub(super) fn largest_frame(max_message_bytes: usize) -> usize {
-    max_message_bytes.saturating_mul(6).saturating_add(ENVELOPE_BYTES)
-}
-
 /// What the sockets of one ingress share.
 #[derive(Clone)]
 pub(super) struct Sockets {
     /// Turns true when the ingress stops: every socket ends.
     pub(super) stopping: watch::Receiver<bool>,
-    /// See [`largest_frame`].
+    /// See [`largest_json`](crate::message::largest_json).
     pub(super) largest_frame: usize,
     /// `ping_ms`: see [`Silence`].
     pub(super) ping: Duration,
@@ -93,8 +80,9 @@ impl ClientFrame {
     }
 }
 
-/// Serve one upgraded socket until the client closes it, sends a frame past [`largest_frame`],
-/// keeps silent too long (see [`Silence`]), or the ingress stops.
+/// Serve one upgraded socket until the client closes it, sends a frame past
+/// [`largest_json`](crate::message::largest_json), keeps silent too long (see [`Silence`]), or the
+/// ingress stops.
 pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets) {
     let (sink, stream) = socket.split();
     let (answers, queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);

@@ -61,6 +61,19 @@ pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send +
 /// The future of one health probe: `Ok` when the endpoint passes, else what went wrong.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
+/// The attempt's `reply`, unless it is past `max_reply_bytes` (its topic, headers and payload, as
+/// `host.max_message_bytes` counts them): then the endpoint took the message, and only its reply is
+/// refused.
+fn reply_within(reply: Option<Message>, max_reply_bytes: usize) -> AttemptResult {
+    match reply {
+        Some(reply) if reply.size() > max_reply_bytes => {
+            let problem = format!("a reply of {} bytes: more than {max_reply_bytes} bytes", reply.size());
+            Err((Outcome::ReplyRefused, problem))
+        }
+        reply => Ok(reply),
+    }
+}
+
 /// How messages reach an endpoint: one attempt at a time.
 pub trait Transport: Send + Sync + 'static {
     /// Try once to deliver `message` to `address`; called once per attempt, under the destination's

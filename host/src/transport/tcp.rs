@@ -4,22 +4,27 @@
 //! holds one message in the Switchyard wire layout (`switchyard-wire`, the
 //! same bytes plugins receive). The peer answers every request with one frame:
 //! empty for "taken, no reply", or one message (the reply). A reply frame
-//! delivered the message whatever it holds: one larger than 16 MiB, cut off,
-//! not read by the attempt's deadline or that does not decode is a refused
-//! reply ([`Outcome::ReplyRefused`]), never a failure. A connection goes
-//! back to its endpoint's pool only after a complete, good exchange; one that
-//! errored, timed out or answered malformed bytes is closed, never reused.
+//! delivered the message whatever it holds: one past the host's
+//! `max_message_bytes` (its topic, headers and payload; a frame longer than
+//! that and 64 KiB is not read), cut off, not read by the attempt's deadline
+//! or that does not decode is a refused reply ([`Outcome::ReplyRefused`]),
+//! never a failure. A connection goes back to its
+//! endpoint's pool only after a complete exchange; one that errored, timed
+//! out, answered malformed bytes or a frame too long to read is closed, never
+//! reused.
 
 use super::pool::{PoolConfig, PoolStats, Pools};
-use super::{AttemptFuture, AttemptProgress, AttemptResult, Step, Transport, TransportContext};
+use super::{AttemptFuture, AttemptProgress, AttemptResult, Step, Transport, TransportContext, reply_within};
 use crate::config::DestinationConfig;
 use crate::message::Message;
 use crate::resilience::{Outcome, RetryReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Largest reply frame accepted (16 MiB).
-const MAX_FRAME: u32 = 16 << 20;
+/// What a reply frame holds besides the strings a message's size counts: the wire layout's fixed
+/// fields and lengths (26 bytes, and 8 a header: room for some 8 000 headers). A frame longer than
+/// this and `max_message_bytes` cannot hold a reply the host takes: it is refused unread.
+const FRAME_LAYOUT_BYTES: usize = 64 << 10;
 
 /// `options = {..}` of a `tcp` destination: none yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -36,21 +41,32 @@ pub(super) fn build(
     context: &TransportContext,
 ) -> std::sync::Arc<dyn Transport> {
     let waits = context.metrics.pool_waits(&destination.name);
-    std::sync::Arc::new(TcpTransport {
-        pools: Pools::new((&destination.pool).into(), is_open).count_waits(waits),
-    })
+    let transport = TcpTransport::new((&destination.pool).into());
+    let pools = transport.pools.count_waits(waits);
+    std::sync::Arc::new(TcpTransport { pools, ..transport }.max_reply_bytes(context.max_message_bytes))
 }
 
 /// Frames over TCP, through a [`Pool`](super::Pool) of connections per endpoint.
 #[derive(Debug)]
 pub struct TcpTransport {
     pools: Pools<TcpStream>,
+    /// Largest reply taken (its topic, headers and payload); a larger one is refused.
+    max_reply_bytes: usize,
 }
 
 impl TcpTransport {
-    /// A transport keeping a pool of connections with `pool` settings per endpoint.
+    /// A transport keeping a pool of connections with `pool` settings per endpoint, taking replies
+    /// up to the default `host.max_message_bytes`.
     pub fn new(pool: PoolConfig) -> TcpTransport {
-        TcpTransport { pools: Pools::new(pool, is_open) }
+        let max_reply_bytes = crate::config::HostSection::default().max_message_bytes;
+        TcpTransport { pools: Pools::new(pool, is_open), max_reply_bytes }
+    }
+
+    /// Take replies of at most `bytes` (their topic, headers and payload; default: the default
+    /// `host.max_message_bytes`); a larger one is refused.
+    pub fn max_reply_bytes(mut self, bytes: usize) -> TcpTransport {
+        self.max_reply_bytes = bytes;
+        self
     }
 
     async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
@@ -73,8 +89,10 @@ impl TcpTransport {
         // A reply frame says the peer took the message: sending it again could do it twice, so
         // what becomes of the reply decides nothing but the reply.
         AttemptProgress::mark_current(Step::Answered);
-        if length > MAX_FRAME {
-            let problem = format!("a reply frame of {length} bytes, past the largest read ({MAX_FRAME})");
+        let max = self.max_reply_bytes;
+        if length as usize > max.saturating_add(FRAME_LAYOUT_BYTES) {
+            let problem =
+                format!("a reply frame of {length} bytes: a reply of more than {max} bytes, not read");
             return Err((Outcome::ReplyRefused, problem));
         }
         let mut reply = vec![0; length as usize];
@@ -89,7 +107,7 @@ impl TcpTransport {
             }
         };
         stream.release();
-        Ok(reply)
+        reply_within(reply, max)
     }
 }
 

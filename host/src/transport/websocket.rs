@@ -19,6 +19,10 @@
 //! no reply). `frames = "envelope"` sends a text frame holding `{"id": N, "topic": …, "headers":
 //! [[k, v], …], "priority": …, "payload": "…"}` (`payload_base64` for bytes), `id` unique per attempt;
 //! the peer answers each, in any order, with a text frame in the [`answers`](super::answers) format.
+//! An answer whose reply is past the host's `max_message_bytes` (its topic, headers and payload)
+//! delivered the message all the same: its reply is refused ([`Outcome::ReplyRefused`]). A frame
+//! longer than the JSON of any message within that ([`largest_json`]) is refused on its header,
+//! unread, and closes the connection.
 //!
 //! The connection is opened at the first attempt and again, after a backoff with jitter
 //! ([`restart`](super::restart)), once it closed; attempts meanwhile fail as refused connections do.
@@ -31,10 +35,10 @@ use super::restart::{NotRunning, Peer, Restarting};
 use super::tls::TlsClient;
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
-    TransportOptions,
+    TransportOptions, reply_within,
 };
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
-use crate::message::Message;
+use crate::message::{Message, largest_json};
 use crate::resilience::{Outcome, RetryReason};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -45,6 +49,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
@@ -113,11 +118,12 @@ impl TransportOptions for WebSocketOptions {}
 pub(super) fn build(
     options: WebSocketOptions,
     destination: &DestinationConfig,
-    _context: &TransportContext,
+    context: &TransportContext,
 ) -> Arc<dyn Transport> {
     let links =
         destination.endpoints.iter().map(|endpoint| (endpoint.address.clone(), Restarting::default()));
-    Arc::new(WebSocketTransport { options, links: links.collect() })
+    let max_reply_bytes = context.max_message_bytes;
+    Arc::new(WebSocketTransport { options, links: links.collect(), max_reply_bytes })
 }
 
 /// WebSocket client connections, one per endpoint; see the module docs.
@@ -125,6 +131,8 @@ pub(super) fn build(
 pub struct WebSocketTransport {
     options: WebSocketOptions,
     links: HashMap<String, Restarting<Link>>,
+    /// Largest reply taken (its topic, headers and payload): `host.max_message_bytes`.
+    max_reply_bytes: usize,
 }
 
 /// One open connection.
@@ -168,7 +176,10 @@ impl WebSocketTransport {
             TcpStream::connect(address).await.map_err(|err| Unconnected::Refused(format!("{url}: {err}")))?;
         tcp.set_nodelay(true).map_err(|err| Unconnected::Refused(format!("{url}: {err}")))?;
         let connector = self.options.tls.as_ref().map(|tls| Connector::Rustls(tls.config()));
-        let handshake = tokio_tungstenite::client_async_tls_with_config(&url, tcp, None, connector).await;
+        let largest = Some(largest_json(self.max_reply_bytes));
+        let limits = WebSocketConfig::default().max_frame_size(largest).max_message_size(largest);
+        let handshake =
+            tokio_tungstenite::client_async_tls_with_config(&url, tcp, Some(limits), connector).await;
         let failed = |err| match (&self.options.tls, tls_error(&err)) {
             (Some(tls), Some(err)) => {
                 format!("{url}: TLS handshake failed: {err} (trusting {})", tls.trusts())
@@ -234,7 +245,7 @@ impl WebSocketTransport {
         let answer: Option<Answer> = waiting.answer().await;
         let closed =
             || (Outcome::Retryable(RetryReason::Reset), "the connection closed before an answer".to_owned());
-        answer.ok_or_else(closed)?.into_result(message)
+        reply_within(answer.ok_or_else(closed)?.into_result(message)?, self.max_reply_bytes)
     }
 }
 
