@@ -28,7 +28,9 @@
 //! ([`restart`](super::restart)), once it closed; attempts meanwhile fail as refused connections do.
 //! Every `ping_ms` the transport pings; a connection that shows no sign of life (no frame, no pong)
 //! for two intervals is closed. A connection that closes fails the envelopes it held (retried as the
-//! destination's `idempotent` allows).
+//! destination's `idempotent` allows). Whoever closes it (the peer, the silence, the destination
+//! going, with or without pings), it ends with the close handshake: the peer's Close answered, or one
+//! sent, and the TCP connection closed once the peer ends it, or [`CLOSE_WAIT`] later.
 
 use super::answers::{Answer, Pending};
 use super::restart::{NotRunning, Peer, Restarting};
@@ -54,6 +56,14 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The sending half of a connection, shared by its attempts and its pings; taken (`None`) once the
+/// connection closes, so that dropping it with the reading half closes the TCP connection.
+type Writer = Arc<tokio::sync::Mutex<Option<SplitSink<Socket, Frame>>>>;
+
+/// Longest wait for the peer's part of the close handshake: a peer gone silent holds no connection
+/// longer.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// `options = {..}` of a `websocket` destination.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -138,8 +148,8 @@ pub struct WebSocketTransport {
 /// One open connection.
 #[derive(Debug)]
 struct Link {
-    /// Shared with the task sending pings.
-    sink: Arc<tokio::sync::Mutex<SplitSink<Socket, Frame>>>,
+    /// Shared with the task sending pings, taken by the task reading once the connection closes.
+    sink: Writer,
     /// Envelopes sent and not answered yet; closed once the connection closed.
     pending: Arc<Pending>,
     /// Cancelled to close the connection (the destination went).
@@ -193,16 +203,19 @@ impl WebSocketTransport {
         let socket = self.open(address).await?;
         let (sink, stream) = socket.split();
         let link = Link {
-            sink: Arc::new(tokio::sync::Mutex::new(sink)),
+            sink: Arc::new(tokio::sync::Mutex::new(Some(sink))),
             pending: Arc::new(Pending::default()),
             closing: CancellationToken::new(),
         };
         let ping = (self.options.ping_ms > 0).then(|| Duration::from_millis(self.options.ping_ms));
-        let (pending, closing, address) = (link.pending.clone(), link.closing.clone(), address.to_owned());
+        let (sink, pending, closing) = (link.sink.clone(), link.pending.clone(), link.closing.clone());
+        let address = address.to_owned();
         tokio::spawn(async move {
-            let why = read_frames(stream, &pending, &closing, ping).await;
+            let mut stream = stream;
+            let why = read_frames(&mut stream, &pending, &closing, ping).await;
             pending.close();
             tracing::warn!(endpoint = %address, "websocket closed: {why}");
+            close(&sink, stream).await;
         });
         if let Some(ping) = ping {
             tokio::spawn(send_pings(link.sink.clone(), link.pending.clone(), link.closing.clone(), ping));
@@ -234,6 +247,7 @@ impl WebSocketTransport {
         // Waiting for the sink (an attempt or a ping sending) sends nothing either.
         let sent = {
             let mut sink = link.sink.lock().await;
+            let Some(sink) = sink.as_mut() else { return Err(refused("the connection closed".into())) };
             AttemptProgress::mark_current(Step::MaySend);
             sink.send(frame).await
         };
@@ -290,7 +304,7 @@ fn envelope(id: u64, message: &Message) -> String {
 /// Route the answers `stream` brings until it ends, the connection is closed, or it shows no sign of
 /// life for two ping intervals; why it stopped.
 async fn read_frames(
-    mut stream: SplitStream<Socket>,
+    stream: &mut SplitStream<Socket>,
     pending: &Pending,
     closing: &CancellationToken,
     ping: Option<Duration>,
@@ -317,24 +331,33 @@ async fn read_frames(
     }
 }
 
-/// Ping on `sink` every `every` while the connection is open; once it is closing, close it.
-async fn send_pings(
-    sink: Arc<tokio::sync::Mutex<SplitSink<Socket, Frame>>>,
-    pending: Arc<Pending>,
-    closing: CancellationToken,
-    every: Duration,
-) {
+/// Ping on `sink` every `every` while the connection is open.
+async fn send_pings(sink: Writer, pending: Arc<Pending>, closing: CancellationToken, every: Duration) {
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            () = closing.cancelled() => break,
+            () = closing.cancelled() => return,
         }
-        if pending.is_closed() || sink.lock().await.send(Frame::Ping(Default::default())).await.is_err() {
+        let mut sink = sink.lock().await;
+        let Some(sink) = sink.as_mut().filter(|_| !pending.is_closed()) else { return };
+        if sink.send(Frame::Ping(Default::default())).await.is_err() {
             return;
         }
     }
-    let _ = sink.lock().await.close().await;
+}
+
+/// End the connection with the close handshake, whoever began it: send a Close (or, when the peer
+/// sent one, flush the reply tungstenite queued as it read it), read until the peer ends the
+/// connection, then drop both halves, which closes it on this side too. Waits at most
+/// [`CLOSE_WAIT`].
+async fn close(sink: &tokio::sync::Mutex<Option<SplitSink<Socket, Frame>>>, mut stream: SplitStream<Socket>) {
+    let handshake = async {
+        let Some(mut sink) = sink.lock().await.take() else { return };
+        let _ = sink.close().await;
+        while let Some(Ok(_)) = stream.next().await {}
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -365,5 +388,71 @@ impl Transport for WebSocketTransport {
             let _ = socket.close(None).await;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A safety net only: the peers below wait on the socket, never on the clock.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A transport to `address` sending payload frames and no pings.
+    fn transport(address: &str) -> WebSocketTransport {
+        let options =
+            WebSocketOptions { path: UrlPath::default(), frames: Framing::Payload, ping_ms: 0, tls: None };
+        let links = [(address.to_owned(), Restarting::default())].into();
+        WebSocketTransport { options, links, max_reply_bytes: 1 << 20 }
+    }
+
+    /// A listener on 127.0.0.1 and its address.
+    async fn listener() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        (listener, address)
+    }
+
+    /// The WebSocket of the next connection `listener` accepts.
+    async fn accepted(listener: &tokio::net::TcpListener) -> WebSocketStream<TcpStream> {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio_tungstenite::accept_async(stream).await.unwrap()
+    }
+
+    /// The next frame `socket` reads, within [`PATIENCE`].
+    async fn next_frame(socket: &mut WebSocketStream<TcpStream>) -> Option<Frame> {
+        let next = tokio::time::timeout(PATIENCE, socket.next()).await;
+        next.expect("a frame, or the end of the stream, in time").and_then(Result::ok)
+    }
+
+    #[tokio::test]
+    async fn a_close_from_the_peer_is_answered_and_the_connection_closed() {
+        let (listener, address) = listener().await;
+        let (transport, message) = (transport(&address), Message::new("jobs", "one"));
+        let (attempt, mut socket) = tokio::join!(transport.attempt(&address, &message), accepted(&listener));
+        assert_eq!(attempt, Ok(None));
+        assert_eq!(next_frame(&mut socket).await, Some(Frame::text("one")));
+        socket.close(None).await.unwrap();
+        assert!(matches!(next_frame(&mut socket).await, Some(Frame::Close(_))), "the close answered");
+        // As a server does once the handshake is over, end the connection first.
+        socket.get_mut().shutdown().await.unwrap();
+        let mut rest = [0; 16];
+        let read = tokio::time::timeout(PATIENCE, socket.get_mut().read(&mut rest)).await;
+        assert_eq!(read.expect("the connection closed in time").unwrap(), 0, "then the connection closed");
+    }
+
+    #[tokio::test]
+    async fn a_transport_dropped_without_pings_closes_its_connections() {
+        let (listener, address) = listener().await;
+        let (transport, message) = (transport(&address), Message::new("jobs", "one"));
+        let (attempt, mut socket) = tokio::join!(transport.attempt(&address, &message), accepted(&listener));
+        assert_eq!(attempt, Ok(None));
+        assert_eq!(next_frame(&mut socket).await, Some(Frame::text("one")));
+        drop(transport);
+        assert!(
+            matches!(next_frame(&mut socket).await, Some(Frame::Close(_))),
+            "a close, not a dropped socket"
+        );
     }
 }
