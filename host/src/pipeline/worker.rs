@@ -390,7 +390,7 @@ impl Worker {
             // A destination's reply may be larger than `host.max_message_bytes` (a tcp one's up to
             // 16 MiB): passing it on, annotated, is no fault, so such a reply may grow by as much
             // as a reply within the limit could be.
-            let given = crate::host::size_of(&reply);
+            let given = reply.size();
             let room = if given > self.max_message_bytes {
                 given.saturating_add(self.max_message_bytes)
             } else {
