@@ -7,9 +7,9 @@
 //! the host's log, a line at a time (one longer than 4 KiB cut, one not UTF-8 with its bad bytes
 //! replaced). An answer line that cannot be read refuses the reply of the message it names (it was
 //! taken), or is logged when it names none (that message's attempt meets its deadline); either way
-//! the process keeps serving. A reply larger than `host.max_message_bytes` is refused, as the
-//! other transports refuse one: its answer line is read only as far as a reply within the limit
-//! can take (`max_answer_line`).
+//! the process keeps serving. A reply larger than `host.max_message_bytes` (its topic, headers and
+//! payload) is refused, as the other transports refuse one: its answer line is read only as far as
+//! the JSON of a reply within the limit can take ([`largest_json`]).
 //!
 //! A process that exits fails the messages it held (retried as the destination's `idempotent` allows:
 //! it may have acted on them) and is started again at the next attempt sent to it, after a backoff
@@ -22,9 +22,11 @@
 use super::answers::{Answer, Pending, answered_id};
 use super::lines::{Line, LineCodec};
 use super::restart::{Peer, Restarting};
-use super::{AttemptFuture, AttemptResult, ProbeFuture, SettingError, Transport, TransportContext};
+use super::{
+    AttemptFuture, AttemptResult, ProbeFuture, SettingError, Transport, TransportContext, reply_within,
+};
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
-use crate::message::Message;
+use crate::message::{Message, largest_json};
 use crate::resilience::{Outcome, RetryReason};
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -105,12 +107,6 @@ pub(super) fn build(
         slots,
         max_reply_bytes: context.max_message_bytes,
     })
-}
-
-/// The longest answer line read, for replies of up to `max_reply_bytes`: room for such a reply's
-/// payload with every byte escaped (`\u0001`, six bytes of JSON), and 64 KiB for the rest of it.
-fn max_answer_line(max_reply_bytes: usize) -> usize {
-    max_reply_bytes.saturating_mul(6).saturating_add(64 << 10)
 }
 
 /// Child processes speaking JSON lines; see the module docs.
@@ -230,13 +226,8 @@ impl SubprocessTransport {
         written.map_err(|err| reset(format!("writing to the process: {err}")))?;
         let answer = waiting.answer().await;
         let reply = answer.ok_or_else(|| reset("the process exited before it answered".into()))?;
-        match reply.into_result(message)? {
-            // It answered: it took the message.
-            Some(reply) if reply.payload.len() > self.max_reply_bytes => {
-                Err((Outcome::ReplyRefused, format!("a reply of more than {} bytes", self.max_reply_bytes)))
-            }
-            reply => Ok(reply),
-        }
+        // It answered: it took the message, whatever becomes of its reply.
+        reply_within(reply.into_result(message)?, self.max_reply_bytes)
     }
 }
 
@@ -248,7 +239,7 @@ async fn read_answers(
     process: &str,
     max_reply_bytes: usize,
 ) {
-    let codec = LineCodec::new(max_answer_line(max_reply_bytes), ANSWER_HEAD);
+    let codec = LineCodec::new(largest_json(max_reply_bytes), ANSWER_HEAD);
     let mut lines = FramedRead::new(stdout, codec);
     while let Some(line) = lines.next().await {
         let answer = line
