@@ -151,12 +151,14 @@ impl HttpTransport {
         // the attempt failed: the body is only its error's text, and cut off or not read by the
         // deadline it changes nothing (a 429 still did not take the message, a 404 is still final).
         let taken = outcome == Outcome::Ok;
-        let after =
-            retry_after.filter(|_| !taken).map(|after| format!(" (retry after {} s)", after.as_secs()));
-        let answered = format!("HTTP {status}{}", after.unwrap_or_default());
+        // Written out only for a failure (a delivered message's attempt says nothing of its status).
+        let answered = || match retry_after.filter(|_| !taken) {
+            Some(after) => format!("HTTP {status} (retry after {} s)", after.as_secs()),
+            None => format!("HTTP {status}"),
+        };
         match taken {
             true => AttemptProgress::mark_current(Step::Answered),
-            false => AttemptProgress::fail_current(outcome.clone(), &answered),
+            false => AttemptProgress::fail_current(outcome.clone(), &answered()),
         }
         let failed_or_refused = if taken { Outcome::ReplyRefused } else { outcome.clone() };
         let body = match Limited::new(response.into_body(), self.max_reply_bytes).collect().await {
@@ -164,10 +166,10 @@ impl HttpTransport {
             Err(err) if err.is::<LengthLimitError>() => {
                 // The connection is dropped with the rest of the reply unread.
                 let problem =
-                    format!("{answered}: a reply of more than {} bytes, not read", self.max_reply_bytes);
+                    format!("{}: a reply of more than {} bytes, not read", answered(), self.max_reply_bytes);
                 return Err((failed_or_refused, problem));
             }
-            Err(err) => return Err((failed_or_refused, format!("{answered}: its reply cut off: {err}"))),
+            Err(err) => return Err((failed_or_refused, format!("{}: its reply cut off: {err}", answered()))),
         };
         if !connection.sender.is_closed() {
             connection.release();
@@ -184,7 +186,7 @@ impl HttpTransport {
                 };
                 Ok(Some(reply))
             }
-            outcome => Err((outcome, format!("{answered}: {}", String::from_utf8_lossy(&body)))),
+            outcome => Err((outcome, format!("{}: {}", answered(), String::from_utf8_lossy(&body)))),
         }
     }
 }
