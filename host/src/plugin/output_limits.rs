@@ -66,7 +66,8 @@ pub(crate) fn check_made_reply(m: &Message, room: usize) -> Result<(), PluginFau
     check_headers_and_size(m.topic.len(), headers, m.payload.len(), room)
 }
 
-/// Check a middleware's own reply (`batch`) as the pipeline does ([`check_made_reply`]).
+/// Check a middleware's own reply (`batch`) as the pipeline does: its headers as a made message's,
+/// its size within `max_message_bytes`, its topic not at all.
 pub fn check_reply(batch: &[u8], max_message_bytes: usize) -> Result<(), PluginFault> {
     for message in switchyard_wire::decode(batch) {
         let m = message.map_err(|err| PluginFault::Malformed(err.to_string()))?;
