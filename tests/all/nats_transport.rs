@@ -187,16 +187,9 @@ async fn a_request_nobody_answers_is_retried_then_dead_lettered_as_no_responders
 async fn a_host_that_never_answers_the_handshake_was_never_sent_the_message() {
     // The deadline cut the connect (async-nats waits 5 s for the server's INFO): the message was
     // dead-lettered `delivery-uncertain` after one attempt, though it never left.
-    let silent = crate::redis_transport::Silent::start();
+    let silent = crate::support::Silent::start();
     let extra = "timeout_ms = 300\nqueue = { timeout_ms = 1500 }";
     let host = host_at(&silent.addr.to_string(), "", "subject = \"svc.{topic}\"", extra).await;
-    let answer = within(host.request(Message::new("jobs", "never sent"))).await;
-    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
-    let letter = next(&host.memory("dead").unwrap()).await;
-    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
-    let reason = letter.header("x-sy-dead-letter-reason").unwrap_or_default();
-    assert!(reason.contains("not sent (the last try: "), "{reason}");
+    let reason = crate::support::assert_never_sent(&host).await;
     assert!(reason.contains("not connected within the attempt's 300ms"), "{reason}");
-    let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
 }

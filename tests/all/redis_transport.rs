@@ -3,11 +3,11 @@
 //! and the only server restarting, with nothing lost; a server slow to answer, out of memory for a
 //! while, or that closed the connection, and a host that never answers the handshake.
 
-use crate::support::{RedisServer, drain_and_account, host, next, plugin_dir, within};
+use crate::support::{
+    RedisServer, Silent, assert_never_sent, drain_and_account, host, next, plugin_dir, within,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use switchyard::{Message, RequestError};
 
@@ -175,40 +175,6 @@ async fn a_server_busy_with_a_script_did_not_take_the_message_which_goes_once_th
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
 }
 
-/// A listener on 127.0.0.1 that accepts every connection and never sends a byte on it (nor closes it):
-/// a host that takes TCP and never answers a protocol's handshake. It stops when dropped.
-pub(crate) struct Silent {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Silent {
-    pub(crate) fn start() -> Silent {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((connection, _)) => held.push(connection),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Silent { addr, stop }
-    }
-}
-
-impl Drop for Silent {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_never_answers_the_handshake_was_never_sent_the_message() {
     // The deadline cut the connect: the message was dead-lettered `delivery-uncertain` after one
@@ -218,15 +184,8 @@ async fn a_host_that_never_answers_the_handshake_was_never_sent_the_message() {
     let config = config_at(&[silent.addr], "key = \"jobs\"")
         .replace("idempotent = true", "idempotent = false\ntimeout_ms = 300\nqueue = { timeout_ms = 1500 }");
     let host = host(dir.path(), &config).await;
-    let answer = within(host.request(Message::new("jobs", "never sent"))).await;
-    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
-    let letter = next(&host.memory("dead").unwrap()).await;
-    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
-    let reason = letter.header("x-sy-dead-letter-reason").unwrap_or_default();
-    assert!(reason.contains("not sent (the last try: "), "{reason}");
+    let reason = assert_never_sent(&host).await;
     assert!(reason.contains("not connected within the attempt's 300ms"), "{reason}");
-    let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

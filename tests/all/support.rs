@@ -338,3 +338,55 @@ pub async fn echo_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Ato
     });
     (addr, echoed)
 }
+
+/// A listener on 127.0.0.1 that accepts every connection and never sends a byte on it (nor closes
+/// it): a host that takes TCP and never answers a protocol's handshake. It stops when dropped.
+pub struct Silent {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((connection, _)) => held.push(connection),
+                    // The pace of looking for the next connection, not a wait for anything.
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Silent { addr, stop }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Request a message of `host`, whose destination's only endpoint is a [`Silent`] (with
+/// `timeout_ms = 300` and `queue = { timeout_ms = 1500 }`), and check that it was never sent: each
+/// attempt cut while it connected, it waited out its queue timeout for an endpoint that could take
+/// it (not `delivery-uncertain` after one attempt, as one sent and unanswered is), and is counted
+/// so. The dead letter's reason.
+pub async fn assert_never_sent(host: &Host) -> String {
+    let answer = within(host.request(Message::new("jobs", "never sent"))).await;
+    assert!(matches!(answer, Err(switchyard::RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "never sent: {letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap_or_default().to_owned();
+    assert!(reason.contains("not sent (the last try: "), "{reason}");
+    let stats = drain_and_account(host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+    reason
+}

@@ -204,27 +204,15 @@ async fn a_handshake_cut_at_the_attempt_deadline_sent_nothing_and_is_never_calle
     // The server takes every connection and never answers its upgrade: each attempt is cut at its
     // 300 ms in the WebSocket handshake, before its frame could leave. Not idempotent, the message
     // is no less safe to send again: it waits out its queue timeout for an endpoint that can take it.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
+    let silent = crate::support::Silent::start();
     let dir = plugin_dir(&[]);
-    let text = config(addr, "").replacen(
+    let text = config(silent.addr, "").replacen(
         "idempotent = true\n",
         "timeout_ms = 300\nqueue = { timeout_ms = 1500 }\n",
         1,
     );
     let host = host(dir.path(), &text).await;
-    let answer = within(host.request(Message::new("jobs", "job"))).await;
-    assert!(matches!(answer, Err(switchyard::RequestError::DeadLettered(_))), "{answer:?}");
-    let letter = within(host.memory("dead").unwrap().recv_async()).await.unwrap();
-    assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "never sent: {letter:?}");
-    let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+    crate::support::assert_never_sent(&host).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

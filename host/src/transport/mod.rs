@@ -100,3 +100,18 @@ pub trait Transport: Send + Sync + 'static {
         None
     }
 }
+
+/// A listener on 127.0.0.1 that accepts every connection and never answers on it (a host that
+/// takes TCP and never answers a protocol's handshake), for the transports' tests; its address.
+#[cfg(test)]
+pub(crate) async fn silent_listener() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    address
+}

@@ -251,14 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_attempt_cut_while_the_connect_waits_for_the_servers_info_was_connecting() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((connection, _)) = listener.accept().await {
-                held.push(connection);
-            }
-        });
+        let address = crate::transport::silent_listener().await;
         let transport = NatsTransport::new(NatsOptions { subject: "jobs".into(), reply: false });
         let progress = AttemptProgress::default();
         let message = Message::new("jobs", "one");

@@ -283,22 +283,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A listener on 127.0.0.1 that accepts every connection and never answers on it.
-    async fn silent() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((connection, _)) = listener.accept().await {
-                held.push(connection);
-            }
-        });
-        address
-    }
-
     #[tokio::test]
     async fn an_attempt_cut_while_the_handshake_waits_was_connecting() {
-        let address = silent().await;
+        let address = crate::transport::silent_listener().await;
         let options = RedisOptions { command: RedisCommand::Rpush, key: "jobs".into(), max_len: None };
         let servers = [(address.clone(), Server::default())].into();
         let transport = RedisTransport { options, servers };
