@@ -443,7 +443,8 @@ impl Default for RetrySettings {
 pub struct BreakerSettings {
     /// Consecutive failures that eject an endpoint.
     pub consecutive_failures: u32,
-    /// First ejection, milliseconds (doubling on each re-ejection, up to 60 s).
+    /// First ejection, milliseconds (doubling on each re-ejection, up to 60 s, or up to `open_ms`
+    /// when that is longer).
     pub open_ms: u64,
     /// Also trip when at least this percentage of the last `window`
     /// outcomes failed (once `min_volume` are in); off when unset.

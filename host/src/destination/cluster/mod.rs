@@ -15,7 +15,7 @@
 use super::plugin_balancer::HotPluginBalancer;
 use super::{DeliveryFuture, Destination, DestinationEvent, EventSink, HostServices};
 use crate::balance::BalancerConfig;
-use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
+use crate::config::{BreakerSettings, DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{
     BreakerConfig, BreakerState, EjectionBackoff, EligibilityPolicy, FailureRate, HealthState,
@@ -108,18 +108,7 @@ impl Cluster {
     ) -> Cluster {
         let metrics = &host.metrics;
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
-        let breaker = BreakerConfig {
-            consecutive_failures: config.breaker.consecutive_failures,
-            failure_rate: config.breaker.failure_percent.map(|percent| FailureRate {
-                threshold: f64::from(percent) / 100.0,
-                window: config.breaker.window,
-                min_volume: config.breaker.min_volume,
-            }),
-            ejection: EjectionBackoff {
-                base: Duration::from_millis(config.breaker.open_ms),
-                ..EjectionBackoff::default()
-            },
-        };
+        let breaker = breaker_of(&config.breaker);
         let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
         let endpoints = endpoints
             .iter()
@@ -373,5 +362,40 @@ impl Destination for Cluster {
                 latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,
             })
             .collect()
+    }
+}
+
+/// The breaker `settings` (a destination's `breaker = {..}`) describe. Ejections double from
+/// `open_ms` up to a minute, or up to `open_ms` when that is longer: the minute's cap cut a first
+/// ejection of two minutes to one.
+fn breaker_of(settings: &BreakerSettings) -> BreakerConfig {
+    let first = Duration::from_millis(settings.open_ms);
+    let default = EjectionBackoff::default();
+    BreakerConfig {
+        consecutive_failures: settings.consecutive_failures,
+        failure_rate: settings.failure_percent.map(|percent| FailureRate {
+            threshold: f64::from(percent) / 100.0,
+            window: settings.window,
+            min_volume: settings.min_volume,
+        }),
+        ejection: EjectionBackoff { base: first, max: default.max.max(first), ..default },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn an_open_ms_past_a_minute_is_the_first_ejection_not_cut_to_a_minute() {
+        let settings = BreakerSettings { open_ms: 120_000, ..BreakerSettings::default() };
+        let ejection = breaker_of(&settings).ejection;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let longest = (0..100).map(|_| ejection.duration(1, &mut rng)).max().unwrap();
+        assert!(longest > Duration::from_secs(100), "{longest:?}");
+        assert!(ejection.duration(5, &mut rng) <= Duration::from_secs(120));
+        let default = breaker_of(&BreakerSettings::default()).ejection;
+        assert_eq!((default.base, default.max), (Duration::from_secs(1), Duration::from_secs(60)));
     }
 }
