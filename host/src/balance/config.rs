@@ -22,7 +22,8 @@ pub enum BalancerConfig {
     Weighted,
     /// `least-inflight`: [`LeastInFlight`].
     LeastInFlight,
-    /// `p2c-ewma`: [`P2cPeakEwma`], the default (as linkerd and tower balance).
+    /// `p2c-ewma`: [`P2cPeakEwma`], this type's default (as linkerd and tower balance); a
+    /// destination's `balancer` is `round-robin` unless its config says otherwise.
     #[default]
     P2cEwma,
     /// `hash:header:NAME`: [`ConsistentHash`] on the value of header `NAME` (matched ignoring ASCII case,

@@ -523,7 +523,9 @@ impl Default for PoolSettings {
 
 /// `health = {..}` of a network destination: each endpoint is checked every
 /// `interval_ms`; `fall` failed checks in a row (or failed deliveries) take
-/// it out, `rise` passed checks in a row bring it back, slowly ramping up.
+/// it out, `rise` passed checks in a row bring it back, its weight ramping up (slow start: the
+/// balancers that weigh endpoints, `weighted` and `p2c-ewma`, give it a growing share; `round-robin`
+/// and `least-inflight` give it its full share at once).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSettings {
