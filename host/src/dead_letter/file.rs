@@ -22,6 +22,10 @@ use std::sync::{Mutex, MutexGuard};
 /// The file's name inside the state directory.
 pub const FILE_NAME: &str = "dead-letters.jsonl";
 
+/// Where lines of the file that cannot be read are set aside, byte for byte, beside it (a dead
+/// letter is never dropped: one damaged on disk may be mended by hand).
+pub const DAMAGED_FILE_NAME: &str = "dead-letters.jsonl.damaged";
+
 /// The dead-letter file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("dead-letter file {}: {error}", path.display())]
@@ -169,6 +173,8 @@ impl DeadLetterFile {
             return Ok(batch.end);
         }
         let mut state = self.lock();
+        // Kept, not dropped: a line that cannot be read may be mended by hand.
+        self.set_aside(&batch.unreadable).map_err(|error| self.error(error))?;
         let tmp = self.path.with_extension("jsonl.tmp");
         let (len, dropped) = self
             .write_kept(&tmp, &state, batch, delivered)
@@ -219,6 +225,23 @@ impl DeadLetterFile {
         Ok((out.metadata()?.len(), left_out))
     }
 
+    /// Append the lines at `spans` of the file, byte for byte, to the damaged file beside it
+    /// ([`DAMAGED_FILE_NAME`]), and fsync it.
+    fn set_aside(&self, spans: &[Range<u64>]) -> io::Result<()> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let damaged = self.path.with_file_name(DAMAGED_FILE_NAME);
+        let mut out = owner_only::options().create(true).append(true).open(&damaged)?;
+        let mut old = File::open(&self.path)?;
+        for span in spans {
+            old.seek(SeekFrom::Start(span.start))?;
+            io::copy(&mut (&mut old).take(span.end - span.start), &mut out)?;
+        }
+        out.sync_all()?;
+        sync_dir(&damaged)
+    }
+
     /// The file, opened to append after its first `len` bytes: the letters
     /// written whole. What a failed write left after them (part of a line
     /// that could not be cut off then) is cut off now, or the file is not
@@ -266,14 +289,17 @@ fn scan(
         }
         let span = batch.end..batch.end + read as u64;
         batch.end = span.end;
-        match serde_json::from_slice::<DeadLetterRecord>(&line) {
+        // A line is read whole: one whose message cannot be made again (its payload's base64, its
+        // id damaged) is as unreadable as one that is not JSON.
+        let read = serde_json::from_slice::<DeadLetterRecord>(&line).map_err(|error| error.to_string());
+        match read.and_then(|letter| letter.to_message().map(|_| letter).map_err(|error| error.to_string())) {
             Ok(letter) if skip(&letter) => {}
             Ok(letter) => {
                 batch.letters.push(letter);
                 batch.spans.push(span);
             }
             Err(error) => {
-                tracing::warn!(file = %path.display(), offset = span.start, %error, "unreadable dead-letter line skipped");
+                tracing::warn!(file = %path.display(), offset = span.start, %error, "unreadable dead-letter line skipped; set aside in the damaged file with the next removal");
                 batch.unreadable.push(span);
             }
         }
@@ -344,20 +370,26 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_line_is_skipped_and_dropped_with_the_next_removal() {
+    fn an_unreadable_line_is_skipped_and_set_aside_with_the_next_removal() {
         let dir = tempfile::tempdir().unwrap();
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(1, "dead")).unwrap();
         let mut raw = OpenOptions::new().append(true).open(file.path()).unwrap();
         raw.write_all(b"not json\n").unwrap();
+        let mut damaged =
+            serde_json::to_string(&letter(9, "dead")).unwrap().replace("\"id\":\"9\"", "\"id\":\"x\"");
+        damaged.push('\n');
+        raw.write_all(damaged.as_bytes()).unwrap();
         drop(file);
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(2, "dead")).unwrap();
         let batch = file.read(0, 10, |_| false).unwrap();
-        assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 1));
+        assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 2));
         file.remove(&batch, &[false, false]).unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(!text.contains("not json") && text.lines().count() == 2, "{text}");
+        let set_aside = std::fs::read_to_string(dir.path().join(DAMAGED_FILE_NAME)).unwrap();
+        assert_eq!(set_aside, format!("not json\n{damaged}"), "kept byte for byte, not dropped");
     }
 
     #[test]

@@ -234,14 +234,8 @@ impl Pipeline {
                 if down.contains(&record.destination) {
                     continue;
                 }
-                let letter = match record.to_message() {
-                    Ok(letter) => letter,
-                    Err(error) => {
-                        tracing::error!(id = record.id, %error, "unreadable dead letter dropped from the file");
-                        *delivered = true;
-                        continue;
-                    }
-                };
+                let letter =
+                    record.to_message().expect("the file reads only letters whose message it can make");
                 if key_of(record).is_some_and(|key| lock(&self.dead_letters.unremoved).contains(&key)) {
                     *delivered = true;
                     continue;
