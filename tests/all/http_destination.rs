@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use switchyard::{DeadLetterReason, Message, RequestError};
+use switchyard::{DeadLetterReason, Host, Message, RequestError};
 use switchyard_plugin_artifacts as artifacts;
 
 /// A server answering every POST with `status` and the upper-cased body;
@@ -677,6 +677,20 @@ async fn failure_with_short_body_server(
     (addr, arrivals)
 }
 
+/// Request a message of `host`, whose endpoint refuses the first request (its body cut off or
+/// stalled) and answers the second "ok": the reply is the second's, and there were two requests.
+async fn answered_by_the_second_request(
+    host: &Host,
+    arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    let reply = within(host.request(Message::new("orders", "question"))).await;
+    assert_eq!(reply.unwrap().expect("the second attempt's reply").payload, "ok");
+    assert_eq!((within(arrivals.recv()).await, within(arrivals.recv()).await), (Some(1), Some(2)));
+    assert!(arrivals.try_recv().is_err(), "two requests in all");
+    let stats = drain_and_account(host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_whose_body_is_cut_off_is_still_a_refusal_and_retried_when_not_idempotent() {
     // The status line said the endpoint did not take the message: the body is only the error's
@@ -685,12 +699,7 @@ async fn a_429_whose_body_is_cut_off_is_still_a_refusal_and_retried_when_not_ide
     let (addr, mut arrivals) = failure_with_short_body_server(first, true).await;
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &config(&[addr]).replace("idempotent = true\n", "")).await;
-    let reply = within(host.request(Message::new("orders", "question"))).await;
-    assert_eq!(reply.unwrap().expect("the second attempt's reply").payload, "ok");
-    assert_eq!((within(arrivals.recv()).await, within(arrivals.recv()).await), (Some(1), Some(2)));
-    assert!(arrivals.try_recv().is_err(), "two requests in all");
-    let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    answered_by_the_second_request(&host, &mut arrivals).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -702,12 +711,7 @@ async fn a_503_with_retry_after_whose_body_stalls_past_the_deadline_is_still_a_r
     let dir = plugin_dir(&[]);
     let text = config(&[addr]).replace("idempotent = true\n", "timeout_ms = 300\n");
     let host = host(dir.path(), &text).await;
-    let reply = within(host.request(Message::new("orders", "question"))).await;
-    assert_eq!(reply.unwrap().expect("the second attempt's reply").payload, "ok");
-    assert_eq!((within(arrivals.recv()).await, within(arrivals.recv()).await), (Some(1), Some(2)));
-    assert!(arrivals.try_recv().is_err(), "two requests in all");
-    let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    answered_by_the_second_request(&host, &mut arrivals).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
