@@ -55,6 +55,8 @@ struct State {
     mode: AtomicU8,
     held: Semaphore,
     seen: Mutex<Vec<Seen>>,
+    /// The message requests' bodies in the order they arrived (`seen` has them as answered).
+    arrived_bodies: Mutex<Vec<String>>,
     arrivals: AtomicUsize,
     arrived: Notify,
 }
@@ -114,6 +116,7 @@ impl TestEndpoint {
             mode: AtomicU8::new(mode as u8),
             held: Semaphore::new(0),
             seen: Mutex::default(),
+            arrived_bodies: Mutex::default(),
             arrivals: AtomicUsize::new(0),
             arrived: Notify::new(),
         });
@@ -165,7 +168,13 @@ impl TestEndpoint {
         self.state.arrivals.load(SeqCst)
     }
 
-    /// The message requests seen so far.
+    /// The bodies of the message requests that arrived so far, in the order they arrived (held ones
+    /// included).
+    pub fn arrived_bodies(&self) -> Vec<String> {
+        self.state.arrived_bodies.lock().unwrap().clone()
+    }
+
+    /// The message requests seen so far, in the order they were answered.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -264,7 +273,11 @@ impl State {
     /// down as the mode says, record it, and say how to answer.
     async fn take(&self, body: String) -> Answer {
         let mode = self.mode.load(SeqCst);
-        let arrival = self.arrivals.fetch_add(1, SeqCst) + 1;
+        let arrival = {
+            let mut arrived = self.arrived_bodies.lock().unwrap();
+            arrived.push(body.clone());
+            self.arrivals.fetch_add(1, SeqCst) + 1
+        };
         self.arrived.notify_waiters();
         if mode == Mode::Hold as u8 {
             self.held.acquire().await.expect("never closed").forget();

@@ -491,3 +491,47 @@ async fn a_full_outage_moves_few_streams_and_the_first_endpoint_back_takes_them(
     assert_eq!(bodies, expected, "each message reached an endpoint once");
     eprintln!("{during} streams moved in 2 s of outage, {tries} refusals");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_waiting_for_its_streams_turn_holds_no_delivery_slot() {
+    // Two delivery slots, one endpoint that answers when told. Stream a's first message is in
+    // flight and its next two wait for their turn; stream b's message behind them must take the
+    // free slot, not wait for stream a to finish: it waited in a2's delivery task, which held the
+    // second slot, and was dead-lettered queue-timeout when its 5 s passed.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         balancer = \"affinity:header:x-stream\"\nqueue = {{ max_in_flight = 2, timeout_ms = 5000 }}\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n",
+        endpoint.addr
+    );
+    let host = host(dir.path(), &config).await;
+    let message = |stream: &str, n: u32| {
+        Message::new("jobs", format!("{stream}{n}")).with_header("x-stream", stream.to_owned())
+    };
+    host.send(message("a", 1)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    for n in 2..4 {
+        host.send(message("a", n)).await.unwrap();
+    }
+    host.send(message("b", 1)).await.unwrap();
+    let dead = host.memory("dead").unwrap();
+    tokio::select! {
+        () = within(endpoint.arrivals(2)) => {}
+        letter = dead.recv_async() => panic!("dead-lettered before stream b went out: {letter:?}"),
+    }
+    // Both held: then stream a goes on, one at a time, in order.
+    endpoint.release(2);
+    for arrived in [3, 4] {
+        within(endpoint.arrivals(arrived)).await;
+        endpoint.release(1);
+    }
+    let stats = drain_and_account(&host).await;
+    // In the order they arrived (the endpoint answers the two released at once in either order).
+    assert_eq!(endpoint.arrived_bodies(), ["a1", "b1", "a2", "a3"], "the two held at once were a1 and b1");
+    assert_eq!((stats.delivered, stats.dead_lettered), (4, 0));
+}

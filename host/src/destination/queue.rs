@@ -4,8 +4,8 @@
 //!
 //! Pushing waits while the queue is full, which is how a slow destination
 //! pushes back on the pipeline and, through it, on senders. Two consumers
-//! take from it: the destination's dispatcher [`pop`](DeliveryQueue::pop)s
-//! what it can send, and an expirer takes what waited past the queue's
+//! take from it: the destination's dispatcher takes the most urgent of what
+//! it can send now ([`pop_first`](DeliveryQueue::pop_first)), and an expirer takes what waited past the queue's
 //! timeout as soon as it passes ([`expired`](DeliveryQueue::expired)), not
 //! only when the dispatcher gets to it. Closing lets both drain what is left.
 //!
@@ -264,30 +264,59 @@ impl<T> DeliveryQueue<T> {
     /// Take the most urgent item, waiting while the queue is empty; `None`
     /// once it is closed and drained.
     pub async fn pop(&self) -> Option<Queued<T>> {
+        let popped = self.pop_first(|| |_: &T| Some(()), None).await;
+        popped.map(|(queued, ())| queued)
+    }
+
+    /// Take the most urgent item that a look accepts, with what it made of it, waiting while there
+    /// is none; `None` once the queue is closed and drained. Each time the queue is looked through,
+    /// `look` makes what judges its items, most urgent first, under the queue's lock; it refuses
+    /// those that cannot go yet (a stream's later messages while one of it is in flight), which
+    /// keep their place, and expire, in line. `retake` is signalled (to every waiter) when a look
+    /// may accept an item one refused.
+    pub async fn pop_first<U, F: FnMut(&T) -> Option<U>>(
+        &self,
+        mut look: impl FnMut() -> F,
+        retake: Option<&Notify>,
+    ) -> Option<(Queued<T>, U)> {
+        let never = Notify::new();
         loop {
             let arrival = self.pushed.notified();
-            match self.try_pop() {
-                Ok(queued) => return queued,
-                Err(()) => arrival.await,
+            let retaken = retake.unwrap_or(&never).notified();
+            tokio::pin!(retaken);
+            retaken.as_mut().enable();
+            match self.try_pop_first(look()) {
+                Ok(popped) => return popped,
+                Err(()) => tokio::select! {
+                    () = arrival => {}
+                    () = retaken => {}
+                },
             }
         }
     }
 
-    /// The most urgent item now; `Ok(None)` once closed and drained,
-    /// `Err(())` while open and empty.
-    fn try_pop(&self) -> Result<Option<Queued<T>>, ()> {
+    /// The most urgent item `take` accepts now; `Ok(None)` once closed and drained, `Err(())`
+    /// while open and empty, or while `take` accepts none. It looks past the refused items, a
+    /// set lookup or two each for the dispatcher's `take`.
+    fn try_pop_first<U>(&self, mut take: impl FnMut(&T) -> Option<U>) -> Result<Option<(Queued<T>, U)>, ()> {
         let mut state = self.lock();
         if state.held > 0 && !state.closed {
             return Err(());
         }
-        let Some(mut line) = state.classes.last_entry() else {
+        if state.classes.is_empty() {
             return if state.closed { Ok(None) } else { Err(()) };
-        };
-        let entry = line.get_mut().pop_front().expect("no empty lines");
-        if line.get().is_empty() {
-            line.remove();
         }
-        Ok(Some(self.took(state, entry)))
+        let found = state.classes.iter().rev().find_map(|(&class, line)| {
+            let mut entries = line.iter().enumerate();
+            entries.find_map(|(at, entry)| take(&entry.item).map(|taken| (class, at, taken)))
+        });
+        let Some((class, at, taken)) = found else { return Err(()) };
+        let line = state.classes.get_mut(&class).expect("the accepted item's line");
+        let entry = line.remove(at).expect("the accepted item");
+        if line.is_empty() {
+            state.classes.remove(&class);
+        }
+        Ok(Some((self.took(state, entry), taken)))
     }
 
     /// Take the oldest item once it has waited `timeout`, waiting for that;

@@ -1,7 +1,9 @@
 //! Dispatchers: one runtime task per network destination takes its queued
 //! messages, most urgent first, whenever one of the destination's delivery
 //! slots and one of the host's are free and one of its endpoints can take
-//! traffic, and delivers each in a task of its own. While none can, the queue
+//! traffic, and delivers each in a task of its own. A message whose stream
+//! (`affinity:header:KEY`) has a delivery under way is passed over and waits
+//! in the queue for its turn, holding no slot. While none can, the queue
 //! holds: no attempt is spent on refused connections. A second task per
 //! destination dead-letters each message whose queue timeout passes, on time,
 //! whether or not the dispatcher is waiting. Workers only hand messages over,
@@ -13,12 +15,13 @@ use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, HostServices, PushError, Queued, QueuedDestination,
+    Cluster, DeliveryError, DeliveryQueue, HostServices, PushError, Queued, QueuedDestination, StreamTurn,
 };
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
 use crate::transport::{DeliveryProgress, TransportContext, TransportRegistry};
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -225,7 +228,10 @@ impl Dispatcher {
                 () = self.cluster.serving() => {}
                 () = self.queue.closed() => {}
             }
-            let Some(Queued { item: job, enqueued }) = self.queue.pop().await else { break };
+            // The most urgent message whose stream (if it keeps one) has no delivery under way,
+            // with the stream's turn: one waiting for its turn stays in the queue, holding no slot.
+            let popped = self.queue.pop_first(|| self.look(), self.cluster.turn_ended()).await;
+            let Some((Queued { item: job, enqueued }, turn)) = popped else { break };
             // A slot of the host's, within the message's queue timeout.
             let host_slot = tokio::select! {
                 slot = context.in_flight.clone().acquire_owned() => match slot {
@@ -240,23 +246,11 @@ impl Dispatcher {
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
-            // Taken here, in the queue's order: the stream's deliveries go out one at a time in it.
-            let turn = cluster.turn(&delivery.message);
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
             let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
             let queue = self.queue.clone();
             let delivery = async move {
-                // Its stream's turn, if it has one, within its queue timeout.
-                let in_time = match &turn {
-                    _ if waited > timeout => false,
-                    Some(turn) => tokio::select! {
-                        () = turn.ready() => true,
-                        () = tokio::time::sleep_until(enqueued + timeout) => false,
-                        () = past_grace.cancelled() => true,
-                    },
-                    None => true,
-                };
-                let result = if !in_time {
+                let result = if waited > timeout {
                     let waited_ms = enqueued.elapsed().as_millis() as u64;
                     Err(DeliveryError::QueueTimeout { waited_ms, last_error: None })
                 } else if past_grace.is_cancelled() {
@@ -293,6 +287,25 @@ impl Dispatcher {
             };
             let delivery = self.tasks.track_future(delivery.instrument(span));
             context.tracker.spawn_on(delivery, &context.runtime);
+        }
+    }
+
+    /// What judges the queued messages in one look through the queue: one goes with its stream's
+    /// turn (`None` for a message of no stream), unless a delivery of its stream holds the turn.
+    /// A stream passed over once in the look is passed over to its end, even if its turn ends
+    /// meanwhile: a later message of it must not overtake the one passed over.
+    fn look(&self) -> impl FnMut(&Job) -> Option<Option<StreamTurn>> + '_ {
+        let mut passed_over = HashSet::new();
+        move |job: &Job| {
+            let Some(key) = self.cluster.stream(&job.delivery.message) else { return Some(None) };
+            if passed_over.contains(key) {
+                return None;
+            }
+            let turn = self.cluster.try_turn(key);
+            if turn.is_none() {
+                passed_over.insert(key.to_owned());
+            }
+            turn.map(Some)
         }
     }
 

@@ -93,9 +93,14 @@ impl StreamAffinity {
         now.saturating_duration_since(self.origin)
     }
 
-    /// The next turn of stream `key`.
-    pub(super) fn turn(&self, key: &str) -> StreamTurn {
-        self.turns.take(key)
+    /// The turn of stream `key`, unless a delivery of the stream holds it.
+    pub(super) fn try_turn(&self, key: &str) -> Option<StreamTurn> {
+        self.turns.try_take(key)
+    }
+
+    /// Signalled (to every waiter) when a stream's turn ends.
+    pub(super) fn turn_ended(&self) -> &tokio::sync::Notify {
+        self.turns.ended()
     }
 }
 

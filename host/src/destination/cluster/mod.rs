@@ -253,10 +253,18 @@ pub(crate) trait QueuedDestination: Destination {
     /// endpoint can take it, it waits, until its queue timeout.
     fn deliver_queued(&self, message: Message, enqueued: Instant) -> DeliveryFuture<'_>;
 
-    /// The turn of `message`'s stream, taken as the dispatcher pops it from the queue: its delivery
-    /// waits for the turn and holds it until done. `None` when the destination keeps no streams
-    /// (its balancer is not `affinity:header:KEY`, or the message lacks the header).
-    fn turn(&self, message: &Message) -> Option<StreamTurn>;
+    /// The stream `message` belongs to: its key header's value; `None` when the destination keeps
+    /// no streams (its balancer is not `affinity:header:KEY`, or the message lacks the header).
+    fn stream<'m>(&self, message: &'m Message) -> Option<&'m str>;
+
+    /// The turn of stream `key`, taken as the dispatcher pops a message of it from the queue: its
+    /// delivery holds it until done. `None` while a delivery of the stream holds it: the message
+    /// stays in the queue.
+    fn try_turn(&self, key: &str) -> Option<StreamTurn>;
+
+    /// Signalled (to every waiter) when a stream's turn ends, so that a message skipped for its
+    /// stream is looked at again; `None` when the destination keeps no streams.
+    fn turn_ended(&self) -> Option<&tokio::sync::Notify>;
 
     /// A reload replaced or removed the destination: a queued delivery that has reached no
     /// endpoint no longer waits for one, it ends [`Retired`](super::DeliveryError::Retired)
@@ -273,10 +281,19 @@ impl QueuedDestination for Cluster {
         Box::pin(self.send(message, Some(enqueued)))
     }
 
-    fn turn(&self, message: &Message) -> Option<StreamTurn> {
+    fn stream<'m>(&self, message: &'m Message) -> Option<&'m str> {
+        let Picker::Affinity(_) = &self.balancer else { return None };
+        self.hash_header.as_deref().and_then(|name| message.header(name))
+    }
+
+    fn try_turn(&self, key: &str) -> Option<StreamTurn> {
         let Picker::Affinity(affinity) = &self.balancer else { return None };
-        let key = self.hash_header.as_deref().and_then(|name| message.header(name))?;
-        Some(affinity.turn(key))
+        affinity.try_turn(key)
+    }
+
+    fn turn_ended(&self) -> Option<&tokio::sync::Notify> {
+        let Picker::Affinity(affinity) = &self.balancer else { return None };
+        Some(affinity.turn_ended())
     }
 
     fn retire(&self) {
