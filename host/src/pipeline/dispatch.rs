@@ -15,7 +15,8 @@ use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, HostServices, PushError, Queued, QueuedDestination, StreamTurn,
+    Cluster, DeliveryError, DeliveryQueue, HandedStreams, HostServices, PushError, Queued, QueuedDestination,
+    StreamTurn,
 };
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
@@ -115,12 +116,17 @@ impl DispatchContext {
     }
 
     /// The cluster of network destination `config` (checked against the
-    /// registry) over its transport, its health checks running.
-    pub(crate) fn cluster(&self, config: &DestinationConfig) -> Arc<dyn QueuedDestination> {
+    /// registry) over its transport, its health checks running, going on from
+    /// the stream table `streams` of the instance it replaces, if given.
+    pub(crate) fn cluster(
+        &self,
+        config: &DestinationConfig,
+        streams: Option<HandedStreams>,
+    ) -> Arc<dyn QueuedDestination> {
         let factory = self.transports.get(&config.transport).expect("a checked destination's transport");
         let transport = factory.build(config, &self.transport_context);
         let endpoints = factory.endpoints(config);
-        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services));
+        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services, streams));
         cluster.start_health_checks(&self.runtime);
         cluster.start_stream_keeping(&self.runtime);
         cluster
@@ -196,6 +202,12 @@ impl Retire {
     /// endpoint they never reached stop waiting ([`QueuedDestination::retire`]).
     pub(crate) fn retire(&self) {
         self.cluster.retire();
+    }
+
+    /// The destination's stream table, for the instance a reload builds to replace it; `None`
+    /// when it keeps no streams.
+    pub(crate) fn hand_over_streams(&self) -> Option<HandedStreams> {
+        self.cluster.hand_over_streams()
     }
 }
 

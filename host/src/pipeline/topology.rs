@@ -169,7 +169,12 @@ impl Topology {
                 destinations.insert(dest.name.clone(), target);
                 continue;
             }
-            let cluster = (!dest.is_in_process()).then(|| dispatch.cluster(dest));
+            // A rebuilt destination goes on from its predecessor's stream table, endpoints known
+            // by address: its streams stay where they are, and move as they would have there.
+            let cluster = (!dest.is_in_process()).then(|| {
+                let previous = kept.and_then(|kept| kept.queue.as_ref());
+                dispatch.cluster(dest, previous.and_then(|queue| queue.1.hand_over_streams()))
+            });
             let destination: Arc<dyn Destination> = match (&cluster, dest.transport.as_str()) {
                 (Some(cluster), _) => cluster.clone(),
                 (None, "memory") => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),

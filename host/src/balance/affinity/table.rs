@@ -90,7 +90,7 @@ pub struct AffinityStats {
 /// Every method takes the endpoints as the caller sees them now, as a slice of [`EndpointView`]s
 /// (only `id`, `eligible` and `standing` matter), and the time as a [`Duration`] since the caller's
 /// origin, never going backwards.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamTable {
     pub(super) policy: AffinityPolicy,
     pub(super) streams: HashMap<Arc<str>, Stream>,
@@ -133,6 +133,11 @@ impl StreamTable {
     /// The table's settings.
     pub fn policy(&self) -> &AffinityPolicy {
         &self.policy
+    }
+
+    /// Go on under `policy`: a reload changed the destination's settings.
+    pub fn set_policy(&mut self, policy: AffinityPolicy) {
+        self.policy = policy;
     }
 
     /// The endpoint for a message of stream `key`: a position in `endpoints`, always an eligible one,

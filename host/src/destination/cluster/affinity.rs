@@ -40,6 +40,7 @@ use crate::destination::{
 };
 use crate::metrics::StreamCounters;
 use crate::resilience::{Admission, BreakerPermit, BreakerState, HealthState};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -57,9 +58,24 @@ pub(super) struct StreamAffinity {
     /// Picks for messages without the key header.
     pub(super) fallback: P2cPeakEwma,
     turns: Arc<StreamTurns>,
+    /// The addresses of the endpoints of the instance this one replaced, by id, to name those a
+    /// reload removed; empty for a destination built afresh.
+    former: HashMap<u64, String>,
     /// Moves and orphans found, counted in series of the host's metrics rather than in the table:
-    /// a change to the destination builds a new table, and the counts go on.
+    /// they outlive this instance, which a change to the destination replaces.
     counters: StreamCounters,
+}
+
+/// The stream table of a destination a reload rebuilds, handed to the instance that replaces it with
+/// the origin of its time: the new instance goes on from where its streams are (a stream on an
+/// endpoint still configured stays there, one on an endpoint removed moves at once, a joining
+/// endpoint takes streams at most `migrate_per_s` a second, each move told), not from an empty table.
+pub(crate) struct HandedStreams {
+    table: StreamTable,
+    origin: Instant,
+    /// The addresses of the replaced instance's endpoints by id: a stream on one the reload
+    /// removed is told as moved from it by its address.
+    addresses: HashMap<u64, String>,
 }
 
 /// Where an attempt for a stream goes.
@@ -74,17 +90,28 @@ pub(super) enum StreamChoice {
 }
 
 impl StreamAffinity {
+    /// Stream affinity under `policy`, going on from the table `handed` over by the instance this
+    /// one replaces, if it is one.
     pub(super) fn new(
         policy: AffinityPolicy,
         verify_every: Duration,
         counters: StreamCounters,
+        handed: Option<HandedStreams>,
     ) -> StreamAffinity {
+        let (table, origin, former) = match handed {
+            Some(HandedStreams { mut table, origin, addresses }) => {
+                table.set_policy(policy);
+                (table, origin, addresses)
+            }
+            None => (StreamTable::new(policy), Instant::now(), HashMap::new()),
+        };
         StreamAffinity {
-            table: Mutex::new(StreamTable::new(policy)),
-            origin: Instant::now(),
+            table: Mutex::new(table),
+            origin,
             verify_every,
             fallback: P2cPeakEwma::new(),
             turns: Arc::default(),
+            former,
             counters,
         }
     }
@@ -96,6 +123,13 @@ impl StreamAffinity {
     /// The turn of stream `key`, unless a delivery of the stream holds it.
     pub(super) fn try_turn(&self, key: &str) -> Option<StreamTurn> {
         self.turns.try_take(key)
+    }
+
+    /// The table as it is now, for the instance a reload builds to replace this one, whose
+    /// endpoints have `addresses` by id. This one keeps its own copy: the retries of its
+    /// deliveries still under way go where their streams are.
+    pub(super) fn hand_over(&self, addresses: HashMap<u64, String>) -> HandedStreams {
+        HandedStreams { table: lock(&self.table).clone(), origin: self.origin, addresses }
     }
 
     /// Signalled (to every waiter) when a stream's turn ends.
@@ -253,12 +287,25 @@ impl Cluster {
         Some(rows)
     }
 
-    /// The address of the endpoint of id `id`, or the id in hex when none has it.
+    /// The address of the endpoint of id `id` (one of this instance's, or of the one it replaced),
+    /// or the id in hex when none has it.
     fn address_of(&self, id: u64) -> String {
-        match self.endpoints.iter().find(|endpoint| endpoint.id == id) {
-            Some(endpoint) => endpoint.address.clone(),
-            None => format!("endpoint {id:016x}"),
+        if let Some(endpoint) = self.endpoints.iter().find(|endpoint| endpoint.id == id) {
+            return endpoint.address.clone();
         }
+        let former = match &self.balancer {
+            super::Picker::Affinity(affinity) => affinity.former.get(&id),
+            _ => None,
+        };
+        former.cloned().unwrap_or_else(|| format!("endpoint {id:016x}"))
+    }
+
+    /// The stream table of an `affinity:header:KEY` cluster, for the instance a reload builds to
+    /// replace it.
+    pub(super) fn hand_over_streams(&self) -> Option<HandedStreams> {
+        let super::Picker::Affinity(affinity) = &self.balancer else { return None };
+        let addresses = self.endpoints.iter().map(|endpoint| (endpoint.id, endpoint.address.clone()));
+        Some(affinity.hand_over(addresses.collect()))
     }
 
     /// Keep the stream table every 100 ms and check it every `verify_interval_ms` on

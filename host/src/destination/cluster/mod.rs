@@ -39,6 +39,7 @@ mod delivery;
 mod endpoint;
 mod turns;
 
+pub(crate) use affinity::HandedStreams;
 pub(crate) use turns::StreamTurn;
 
 /// A destination of endpoints reached through a [`Transport`].
@@ -94,13 +95,16 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// A cluster for a validated network `[[destination]]`, reaching its
-    /// endpoints through `transport`, telling and counting through `host`.
+    /// endpoints through `transport`, telling and counting through `host`;
+    /// an `affinity:header:KEY` one goes on from the stream table `streams`
+    /// handed over by the instance it replaces, if given.
     /// Active health checks start with [`Cluster::start_health_checks`].
     pub(crate) fn new(
         config: &DestinationConfig,
         endpoints: &[EndpointConfig],
         transport: Arc<dyn Transport>,
         host: &HostServices,
+        streams: Option<HandedStreams>,
     ) -> Cluster {
         let metrics = &host.metrics;
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
@@ -125,7 +129,8 @@ impl Cluster {
                     let settings = config.affinity.unwrap_or_default();
                     let verify_every = Duration::from_millis(settings.verify_interval_ms);
                     let counters = metrics.streams(&config.name);
-                    Picker::Affinity(Box::new(StreamAffinity::new(settings.policy(), verify_every, counters)))
+                    let affinity = StreamAffinity::new(settings.policy(), verify_every, counters, streams);
+                    Picker::Affinity(Box::new(affinity))
                 }
                 built => Picker::Native(built.build().expect("not a plugin balancer")),
             },
@@ -266,6 +271,10 @@ pub(crate) trait QueuedDestination: Destination {
     /// stream is looked at again; `None` when the destination keeps no streams.
     fn turn_ended(&self) -> Option<&tokio::sync::Notify>;
 
+    /// Its stream table, for the instance a reload builds to replace it; `None` when the
+    /// destination keeps no streams.
+    fn hand_over_streams(&self) -> Option<HandedStreams>;
+
     /// A reload replaced or removed the destination: a queued delivery that has reached no
     /// endpoint no longer waits for one, it ends [`Retired`](super::DeliveryError::Retired)
     /// (now, if it is waiting). Deliveries an endpoint took part in finish here.
@@ -294,6 +303,10 @@ impl QueuedDestination for Cluster {
     fn turn_ended(&self) -> Option<&tokio::sync::Notify> {
         let Picker::Affinity(affinity) = &self.balancer else { return None };
         Some(affinity.turn_ended())
+    }
+
+    fn hand_over_streams(&self) -> Option<HandedStreams> {
+        Cluster::hand_over_streams(self)
     }
 
     fn retire(&self) {
