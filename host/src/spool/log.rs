@@ -2,6 +2,10 @@
 //! removes are appended to the newest segment; a new one is started past [`SEGMENT_BYTES`] and at
 //! every open (never appending after a tail that may be torn). The oldest segments are deleted, in
 //! order, once every message put in them is removed, so a remove is never deleted before its put.
+//! A message held for long (or for good: its outcome never recorded in this run) would pin its
+//! segment and every later one; once the segments behind the head outnumber what the messages held
+//! need, the oldest one's messages are copied forward into the head as moved puts (see
+//! [`SegmentLog::compact`]), and it goes.
 //!
 //! The directory, if the log creates it, is `0700`; its files are `0600` (they hold messages'
 //! payloads). Every method does blocking file I/O; the spool's writer thread owns the log.
@@ -17,6 +21,10 @@ use std::path::{Path, PathBuf};
 
 /// A segment past this size is closed and a new one started.
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Segments behind the head kept, beyond twice the segments the held messages' records fill,
+/// before the oldest is compacted.
+const COMPACT_SLACK: u64 = 2;
 
 /// A spooled message recovered at open.
 #[derive(Debug)]
@@ -81,6 +89,7 @@ impl std::fmt::Display for Damage {
 /// A message in the log that has not reached its outcome.
 #[derive(Debug, Clone, Copy)]
 struct Live {
+    /// The segment of its latest put (moved puts copy it forward).
     segment: u64,
     bytes: u64,
     accepted_ms: u64,
@@ -102,7 +111,8 @@ pub(crate) struct SegmentLog {
     /// Set once the head segment is found deleted under the running host (its directory removed):
     /// nothing written since is on disk, so every later append is refused with this problem.
     deleted: Option<String>,
-    /// Messages not yet removed, by sequence number (so the first is the oldest).
+    /// Messages not yet removed, by the sequence number of their first put (so the first is the
+    /// oldest): the one their remove names.
     live: BTreeMap<u64, Live>,
     /// Live messages per segment, for every segment on disk (zero for those waiting their turn).
     per_segment: BTreeMap<u64, usize>,
@@ -159,7 +169,8 @@ impl Contents {
             for (record, bytes) in scan.records {
                 contents.next_seq = contents.next_seq.max(record.seq() + 1);
                 match record {
-                    Record::Put { seq, accepted_ms, message } => {
+                    // A moved put takes the place of its first put's (or an earlier move's).
+                    Record::Put { first: seq, accepted_ms, message, .. } => {
                         contents.live.insert(seq, Live { segment: number, bytes, accepted_ms });
                         contents.messages.insert(seq, Recovered { seq, accepted_ms, message });
                     }
@@ -346,7 +357,57 @@ impl SegmentLog {
                 _ => {}
             }
         }
+        if let Err(error) = self.compact() {
+            tracing::warn!(%error, "the spool could not compact its oldest segment: it stays on disk until the messages in it are settled");
+        }
         self.reclaim()
+    }
+
+    /// Copy the messages held in the oldest segment forward into the head (as moved puts, fsync'd),
+    /// when the segments behind the head are more than twice the segments the held messages' records
+    /// fill and [`COMPACT_SLACK`] more: [`reclaim`](Self::reclaim) then deletes it, and every
+    /// settled segment after it. A segment goes only once every older one has (a remove must not
+    /// outlive its put), so without this one message held for long (a slow destination's backlog)
+    /// or for good (its outcome never recorded in this run: a dead letter lost, a panic) kept every
+    /// segment written after it, and the disk filled. One segment at each rotation: the copying is
+    /// at most a segment's bytes for every segment written. A crash midway leaves a message in both
+    /// segments, and the moved put, later in the log, stands for it.
+    fn compact(&mut self) -> io::Result<()> {
+        let behind = self.per_segment.len() as u64 - 1;
+        if behind <= COMPACT_SLACK + 2 * self.live_bytes.div_ceil(SEGMENT_BYTES) {
+            return Ok(());
+        }
+        let Some((&oldest, &held)) = self.per_segment.first_key_value() else { return Ok(()) };
+        if held == 0 || oldest == self.head.0 {
+            return Ok(());
+        }
+        let segment = fs::read(segment_path(&self.dir, oldest))?;
+        let (mut out, mut moved) = (Vec::new(), Vec::new());
+        for (record, _) in record::scan(&segment, None).records {
+            let Record::Put { first, accepted_ms, message, .. } = record else { continue };
+            if self.live.get(&first).is_none_or(|entry| entry.segment != oldest) {
+                continue;
+            }
+            let start = out.len();
+            record::write_moved(&mut out, self.next_seq(), first, &record::put_body(&message, accepted_ms));
+            moved.push((first, (out.len() - start) as u64));
+        }
+        let (head, file, len) = &mut self.head;
+        if let Err(error) = file.write_all(&out).and_then(|()| file.sync_data()) {
+            let _ = file.set_len(*len);
+            return Err(error);
+        }
+        *len += out.len() as u64;
+        self.disk_bytes += out.len() as u64;
+        let head = *head;
+        for &(first, bytes) in &moved {
+            let entry = self.live.get_mut(&first).expect("held: only this thread forgets");
+            self.live_bytes = self.live_bytes - entry.bytes + bytes;
+            (entry.segment, entry.bytes) = (head, bytes);
+        }
+        *self.per_segment.get_mut(&oldest).expect("tracked") -= moved.len();
+        *self.per_segment.get_mut(&head).expect("the head is tracked") += moved.len();
+        Ok(())
     }
 
     /// Make the head's writes fail, as a full disk does: its file is swapped for a read-only
@@ -699,6 +760,40 @@ mod tests {
         drop(log);
         let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
         assert!(recovered.is_empty());
+    }
+
+    #[test]
+    fn messages_held_in_old_segments_are_moved_forward_and_the_settled_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let first = put(&mut log, &["kept", "settled"]);
+        remove(&mut log, &first[1..]);
+        let first_segment = segment_path(dir.path(), log.head.0);
+        let before_compaction = fs::read(&first_segment).unwrap();
+        log.rotate().unwrap();
+        let second = put(&mut log, &["second"]);
+        for round in 0..12 {
+            log.rotate().unwrap();
+            let settled = put(&mut log, &[&format!("settled {round}")]);
+            remove(&mut log, &settled);
+        }
+        // Two held messages, a few bytes: the head, the slack and what they were moved to.
+        let count = segments(dir.path()).unwrap().len();
+        assert!(count <= 2 + COMPACT_SLACK as usize, "{count} segments kept for two messages held");
+        assert_eq!(log.figures().0, 2);
+        // A crash between a moved put's fsync and its old segment's deletion leaves both.
+        fs::write(&first_segment, before_compaction).unwrap();
+        drop(log);
+        let (mut log, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(payloads(&recovered), ["kept", "second"], "once each, in the order they were put");
+        assert_eq!(recovered.iter().map(|entry| entry.seq).collect::<Vec<_>>(), [first[0], second[0]]);
+        assert!(!first_segment.exists(), "the old copy's segment is settled");
+        // Removed by the sequence number they were first put as, wherever they were moved to.
+        remove(&mut log, &[first[0]]);
+        drop(log);
+        let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&recovered), ["second"]);
     }
 
     #[test]

@@ -5,15 +5,20 @@
 //!           crc32 over kind, seq and body)
 //! put    := kind 1, body = accepted at (unix ms, u64 LE) | the message in wire format 1
 //! remove := kind 2, empty body: the put of `seq` reached its outcome
+//! moved  := kind 3, body = the first put's seq (u64 LE) | a put's body: that message, copied
+//!           forward from an older segment (see `SegmentLog`'s compaction); it stands for the
+//!           first put, and a remove of the first put's seq removes it
 //! ```
 //!
-//! A put's sequence number is above that of every put before it in the log. A record that cannot
-//! be read is skipped and reading resumes at the next one that verifies (see [`scan`]).
+//! A put's (or a moved put's) sequence number is above that of every put before it in the log. A
+//! record that cannot be read is skipped and reading resumes at the next one that verifies (see
+//! [`scan`]).
 
 use crate::message::Message;
 
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
+const MOVED: u8 = 3;
 /// Bytes before the body: length, checksum, kind, sequence number.
 pub(crate) const HEADER: usize = 4 + 4 + 1 + 8;
 /// The largest record length read back: a larger length field is damage, not a record.
@@ -22,8 +27,9 @@ const MAX_LEN: u32 = 1 << 30;
 /// A record read back from a segment.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {
-    /// A message admitted at `accepted_ms` (unix milliseconds).
-    Put { seq: u64, accepted_ms: u64, message: Message },
+    /// A message admitted at `accepted_ms` (unix milliseconds), first put as `first`: `seq` for
+    /// a put, the put it was copied from for a moved put. Its remove names `first`.
+    Put { seq: u64, first: u64, accepted_ms: u64, message: Message },
     /// The message of `seq` reached its outcome.
     Remove { seq: u64 },
 }
@@ -40,6 +46,14 @@ impl Record {
 /// Append a put of `message` (its wire form, `body`, made by [`put_body`]) as `seq`.
 pub(crate) fn write_put(out: &mut Vec<u8>, seq: u64, body: &[u8]) {
     write(out, PUT, seq, body);
+}
+
+/// Append a moved put of the message first put as `first` (its put's `body`) as `seq`.
+pub(crate) fn write_moved(out: &mut Vec<u8>, seq: u64, first: u64, body: &[u8]) {
+    let mut moved = Vec::with_capacity(8 + body.len());
+    moved.extend_from_slice(&first.to_le_bytes());
+    moved.extend_from_slice(body);
+    write(out, MOVED, seq, &moved);
 }
 
 /// Append a remove of `seq`.
@@ -200,6 +214,7 @@ fn might_start_record(bytes: &[u8]) -> bool {
     let fits = (9..=MAX_LEN).contains(&len) && 8 + len as usize <= bytes.len();
     fits && match header[8] {
         PUT => len >= 9 + 8,
+        MOVED => len >= 9 + 8 + 8,
         REMOVE => len == 9,
         _ => false,
     }
@@ -222,20 +237,28 @@ fn read(bytes: &[u8]) -> Result<(Record, usize), &'static str> {
     let seq = u64::from_le_bytes(content[1..9].try_into().expect("8 bytes"));
     let body = &content[9..];
     let record = match content[0] {
-        PUT => {
-            let accepted_ms =
-                u64::from_le_bytes(body.get(..8).ok_or("put without a time")?.try_into().expect("8"));
-            let mut messages = switchyard_wire::decode(&body[8..]);
-            let message = match (messages.next(), messages.next()) {
-                (Some(Ok(message)), None) => Message::from_wire(&message),
-                _ => return Err("put whose message cannot be decoded"),
-            };
-            Record::Put { seq, accepted_ms, message: Message { id: 0, ..message } }
+        PUT => read_put(seq, seq, body)?,
+        MOVED => {
+            let first = u64::from_le_bytes(
+                body.get(..8).ok_or("moved put without its first")?.try_into().expect("8"),
+            );
+            read_put(seq, first, &body[8..])?
         }
         REMOVE => Record::Remove { seq },
         _ => return Err("unknown record kind"),
     };
     Ok((record, 8 + len as usize))
+}
+
+/// The put of a message first put as `first`, as `seq`, from its put body.
+fn read_put(seq: u64, first: u64, body: &[u8]) -> Result<Record, &'static str> {
+    let accepted_ms = u64::from_le_bytes(body.get(..8).ok_or("put without a time")?.try_into().expect("8"));
+    let mut messages = switchyard_wire::decode(&body[8..]);
+    let message = match (messages.next(), messages.next()) {
+        (Some(Ok(message)), None) => Message::from_wire(&message),
+        _ => return Err("put whose message cannot be decoded"),
+    };
+    Ok(Record::Put { seq, first, accepted_ms, message: Message { id: 0, ..message } })
 }
 
 #[cfg(test)]
@@ -280,9 +303,23 @@ mod tests {
         let scan = scan(&log_of(3), None);
         assert_eq!(scan.damage, []);
         assert_eq!(scan.records.len(), 4);
-        assert_eq!(scan.records[1].0, Record::Put { seq: 1, accepted_ms: 1_001, message: message(1) });
+        assert_eq!(
+            scan.records[1].0,
+            Record::Put { seq: 1, first: 1, accepted_ms: 1_001, message: message(1) }
+        );
         assert_eq!(scan.records[3].0, Record::Remove { seq: 0 });
         assert_eq!(scan.last_put, Some(2));
+    }
+
+    #[test]
+    fn a_moved_put_reads_back_as_its_first_put_under_its_own_sequence_number() {
+        let mut bytes = log_of(2);
+        write_moved(&mut bytes, 9, 1, &put_body(&message(1), 1_001));
+        let scan = scan(&bytes, None);
+        assert_eq!(scan.damage, []);
+        let moved = Record::Put { seq: 9, first: 1, accepted_ms: 1_001, message: message(1) };
+        assert_eq!(scan.records[3].0, moved);
+        assert_eq!(scan.last_put, Some(9), "a moved put is in the log's order of puts");
     }
 
     #[test]
