@@ -99,6 +99,39 @@ async fn with_a_token_every_call_needs_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_the_token_is_refused_on_its_headers_before_its_message_comes() {
+    // The token was checked once the whole message was read and decoded: a call without it made the
+    // host read and hold its message, or wait for one that never came. Here none comes, and the pause
+    // limit is far off: only a check on the headers answers.
+    let text = format!(
+        "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\nheader_timeout_ms = 3600000\n"
+    );
+    let (host, _dir) = host(&text).await;
+    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let never =
+        futures_util::stream::pending::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>();
+    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/Publish"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(never))
+        .unwrap();
+    let answer = within(sender.send_request(request)).await.expect("an answer");
+    let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
+    assert_eq!(status, Some("16"), "UNAUTHENTICATED: {answer:?}");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_mid_way_keeps_what_it_admitted_and_a_new_stream_is_served() {
     let (host, _dir) = host(CONFIG).await;
     let mut client = client(&host).await;

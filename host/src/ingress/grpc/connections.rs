@@ -8,8 +8,7 @@
 //! streams that never sent their next message held their slots for good. A stop closes idle
 //! connections at once, and the others once their calls are answered.
 
-use super::Service;
-use super::generated::ingress_server::IngressServer;
+use super::Server;
 use crate::listener::{Held, ListenerLimits, accept};
 use http_body_util::BodyExt;
 use hyper::server::conn::http2;
@@ -31,7 +30,7 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// is cancelled; then accept no more, and return once every connection closed.
 pub(super) async fn serve(
     listener: TcpListener,
-    server: IngressServer<Service>,
+    server: Server,
     limits: ListenerLimits,
     stopping: CancellationToken,
 ) {
@@ -83,7 +82,7 @@ async fn preface(mut stream: Held, timeout: Duration) -> Option<Held> {
 async fn serve_connection(
     stream: Held,
     http2: &http2::Builder<TokioExecutor>,
-    server: TowerToHyperService<RequestBodyTimeout<IngressServer<Service>>>,
+    server: TowerToHyperService<RequestBodyTimeout<Server>>,
     idle: Duration,
     stopping: &CancellationToken,
 ) {

@@ -12,7 +12,8 @@
 //! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
 //! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
 //! delivered whose reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
-//! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata.
+//! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata, checked on the call's
+//! headers before any of its body is read ([`TokenCheck`]).
 
 mod connections;
 #[rustfmt::skip]
@@ -33,6 +34,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tower_http::timeout::TimeoutError;
 
@@ -71,6 +73,7 @@ impl GrpcIngress {
             Service { host: self.host.clone(), stopping: stopping.clone(), pause: limits.header_timeout };
         let server = IngressServer::new(service)
             .max_decoding_message_size(self.host.config().host.max_message_bytes.saturating_add(64 << 10));
+        let server = InterceptedService::new(server, TokenCheck { host: self.host.clone() });
         let stop = async {
             shutdown.await;
             stopping.cancel();
@@ -88,18 +91,29 @@ struct Service {
     pause: Duration,
 }
 
-impl Service {
-    /// Refuse a call without the configured token.
-    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+/// The ingress's service behind its token check.
+type Server = InterceptedService<IngressServer<Service>, TokenCheck>;
+
+/// Refuses a call without the configured token (`UNAUTHENTICATED`) on its headers: a unary call's
+/// handler runs only once its whole message is read and decoded, so a check there let a client
+/// without the token make the host read and hold a message of up to `max_message_bytes` per call
+/// (200 calls a connection), or wait for one that never came whole until `header_timeout_ms`.
+#[derive(Clone)]
+struct TokenCheck {
+    host: Host,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let token = self.host.config().ingress.grpc.as_ref().and_then(|grpc| grpc.token.clone());
         // An empty token is none, as the admin API's.
-        let Some(token) = token.filter(|token| !token.is_empty()) else { return Ok(()) };
+        let Some(token) = token.filter(|token| !token.is_empty()) else { return Ok(request) };
         let mut headers = axum::http::HeaderMap::new();
         if let Some(value) = request.metadata().get("authorization").and_then(|value| value.to_str().ok()) {
             headers.insert(axum::http::header::AUTHORIZATION, value.parse().map_err(|_| unauthenticated())?);
         }
         match crate::bearer::presented(&headers, &token) {
-            true => Ok(()),
+            true => Ok(request),
             false => Err(unauthenticated()),
         }
     }
@@ -112,7 +126,6 @@ fn unauthenticated() -> Status {
 #[tonic::async_trait]
 impl Ingress for Service {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishReply>, Status> {
-        self.check_token(&request)?;
         let publish = request.into_inner();
         let wait = publish.wait;
         let message = message_of(publish).map_err(Status::invalid_argument)?;
@@ -144,7 +157,6 @@ impl Ingress for Service {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<PublishStreamReply>, Status> {
-        self.check_token(&request)?;
         let mut stream = request.into_inner();
         let (mut accepted, mut results) = (0, Vec::new());
         let stopped = loop {
