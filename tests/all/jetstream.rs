@@ -3,7 +3,8 @@
 //! stream delivered to a real HTTP sink (duplicates counted, bounded by what was unacknowledged at
 //! the kill). And its unhappy neighbours: no acknowledgement while the destination is down (the
 //! message reported in progress, not delivered again; once the destination is back it is delivered
-//! once and acked), a
+//! once and acked), nor while the host's queue is full (the messages pulled and waiting for room
+//! in it, reported in progress too, are not given to another host, and each is delivered once), a
 //! stopped host acknowledges nothing it did not finish (another host takes it over), a host that
 //! stops as `switchyard run` does hands what it did not deliver back to the stream, neither
 //! dead-lettered nor acknowledged (another host takes each once) — also when it holds every
@@ -15,8 +16,10 @@ use crate::cli::Running;
 use crate::crash_recovery::spool_command;
 use crate::exposition::sample;
 use crate::nats_server::NatsServer;
-use crate::support::{eventually, host, http, plugin_dir, within};
+use crate::routing::gated_host;
+use crate::support::{eventually, host, http, next, plugin_dir, within};
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,7 +27,7 @@ use std::time::Duration;
 use switchyard::config::NatsIngressConfig;
 use switchyard::ingress::{STREAM_SEQ_HEADER, stream_message_id};
 use switchyard::{Host, NatsIngress};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 const STREAM: &str = "ORDERS";
 
@@ -206,6 +209,69 @@ async fn no_ack_is_sent_while_the_destination_is_down_nor_is_the_message_given_a
     within(serving).await.unwrap();
     within(host.shutdown()).await;
     assert!(jetstream_count(&host, "acked") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pulled_while_the_queue_is_full_are_kept_from_redelivery_and_each_delivered_once() {
+    const ACK_WAIT_MS: u64 = 1500;
+    const COUNT: usize = 8;
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    // All published before the consumer is made: its first pull brings all eight.
+    publish(&context, COUNT, 16).await;
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let config = "[host]\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1";
+    let (host, delivered) = gated_host(dir.path(), config, &entered, &gate).await;
+    let (stop, serving) = consume(&host, &server, ACK_WAIT_MS).await;
+    // One held in the destination, one in the queue, one waiting for room in it, five pulled
+    // behind that one: all eight unacknowledged, two of them admitted.
+    within(entered.notified()).await;
+    until(async || match pending(&context).await {
+        (COUNT, 0, 0) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+
+    // Another host's pull on the durable consumer over three times ack_wait: the server gives it any
+    // message whose ack_wait lapses meanwhile. The host reports every one it holds in progress,
+    // admitted or not, so none.
+    let stream = context.get_stream(STREAM).await.unwrap();
+    let consumer: PullConsumer = stream.get_consumer("switchyard").await.unwrap();
+    let window = Duration::from_millis(3 * ACK_WAIT_MS);
+    let mut pulled = consumer.batch().max_messages(COUNT).expires(window).messages().await.unwrap();
+    let mut given_again = Vec::new();
+    while let Some(message) = pulled.next().await {
+        given_again.push(message.unwrap().info().unwrap().stream_sequence);
+    }
+    assert_eq!(
+        given_again,
+        Vec::<u64>::new(),
+        "stream sequences the server gave again while the host held them"
+    );
+
+    // Released: each delivered once, acknowledged, none given again.
+    gate.add_permits(COUNT);
+    let mut seqs = Vec::new();
+    for _ in 0..COUNT {
+        let message = next(&delivered).await;
+        let seq = message.headers.iter().find(|(name, _)| name == STREAM_SEQ_HEADER).expect("a sequence");
+        seqs.push(seq.1.parse::<u64>().unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=COUNT as u64).collect::<Vec<_>>());
+    until(async || match pending(&context).await {
+        (0, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    drop(stop);
+    within(serving).await.unwrap();
+    within(host.shutdown()).await;
+    assert!(delivered.try_recv().is_err(), "a message delivered twice");
+    let metrics = host.metrics().encode();
+    assert_eq!(sample(&metrics, "switchyard_jetstream_redelivered_total", &[("stream", STREAM)]), None);
+    assert_eq!(jetstream_count(&host, "acked"), COUNT as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

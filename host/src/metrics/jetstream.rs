@@ -27,8 +27,9 @@ pub(crate) enum Pulled {
     /// Handed back (nak'ed) for another host: not admitted now (the host is stopping, the spool
     /// cannot write), or admitted and not delivered when the host's stop gave up on it.
     Nacked,
-    /// Admitted, but not settled while this host served (a lost dead letter, a stop): left
-    /// unacknowledged, so the server delivers it again after `ack_wait_ms`.
+    /// Admitted, but not settled while this host served (a lost dead letter, a stop), or its
+    /// answer could not be sent: left unacknowledged, so the server delivers it again after
+    /// `ack_wait_ms`.
     Unacked,
 }
 

@@ -3,8 +3,9 @@
 //! settled it — delivered, filtered, answered, or dead-lettered to a destination or the dead-letter
 //! file — as the message's [`Receipt`](crate::Receipt) tells (once everything made from the
 //! message is settled); one the host's stop handed back instead
-//! ([`Settlement::HandedBack`](crate::Settlement::HandedBack)) it naks. While the host holds a
-//! message (queued, retried, behind a slow destination) it tells the server twice per
+//! ([`Settlement::HandedBack`](crate::Settlement::HandedBack)) it naks. From the moment a message
+//! is pulled until it is answered — waiting behind others of its pull or for room in the host's
+//! queue, then queued, retried, behind a slow destination — the host tells the server twice per
 //! `ack_wait_ms` that the message is in progress, so the server does not deliver it again
 //! meanwhile. Hosts naming the same consumer share the stream
 //! (and its settings: a host whose `ack_wait_ms`, `max_ack_pending` or filter subject differ from
@@ -16,6 +17,8 @@
 //! Flow: a host holds at most `max_ack_pending` unacknowledged messages (the server enforces the
 //! same limit over all hosts of the consumer), pulls only as many as it has room for, and admits
 //! them one by one, waiting while the host's queue is full — so a full queue pulls nothing more.
+//! A pull is read as it arrives, ahead of admission, so that each message it brought is reported
+//! in progress while those before it wait for room.
 //!
 //! Identity: a message's `x-sy-id` is derived from the stream and its sequence in it
 //! ([`stream_message_id`]), and `x-sy-stream-seq` carries the sequence, so a message delivered
@@ -55,13 +58,13 @@ use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, SendError};
 use crate::message::{ID_HEADER, Message, is_host_header};
 use crate::metrics::Pulled;
-use crate::receipt::Settlement;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use crate::receipt::{Receipt, Settlement};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::Acker};
 use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -233,8 +236,14 @@ impl StreamIngress {
         room
     }
 
-    /// One pull of as many messages as `room` holds, each admitted as it comes; once `shutdown`
-    /// completes, the pull is finished (it ends within [`PULL_EXPIRES`]) and `Stopped` returned.
+    /// One pull of as many messages as `room` holds, each held (reported in progress) as it comes
+    /// and admitted in order; once `shutdown` completes, the pull is finished (it ends within
+    /// [`PULL_EXPIRES`]) and `Stopped` returned, once all it brought are admitted.
+    ///
+    /// The pull is read ahead of admission: while one message waits for room in the host's queue,
+    /// those behind it are already in this host (the server sent them), and each must be reported
+    /// in progress too, or the server delivers it again after `ack_wait_ms` — to another host,
+    /// while this one still admits it.
     async fn pull(
         &self,
         mut room: OwnedSemaphorePermit,
@@ -242,45 +251,63 @@ impl StreamIngress {
     ) -> Result<Pull, async_nats::Error> {
         let batch = self.consumer.batch().max_messages(room.num_permits()).expires(PULL_EXPIRES);
         let mut messages = batch.messages().await?;
-        let (mut stopping, mut pulled) = (false, 0);
-        loop {
-            let next = match stopping {
-                true => messages.next().await,
-                false => tokio::select! {
-                    biased;
-                    () = &mut *shutdown => {
-                        stopping = true;
-                        continue;
+        let (held, mut to_admit) = mpsc::unbounded_channel();
+        let read = async move {
+            let (mut stopping, mut pulled) = (false, 0);
+            loop {
+                let next = match stopping {
+                    true => messages.next().await,
+                    false => tokio::select! {
+                        biased;
+                        () = &mut *shutdown => {
+                            stopping = true;
+                            continue;
+                        }
+                        next = messages.next() => next,
+                    },
+                };
+                match next {
+                    Some(message) => {
+                        let one =
+                            room.split(1).expect("a pull asks for no more messages than it has room for");
+                        pulled += 1;
+                        if let Some(message) = self.hold(message?, one).await {
+                            held.send(message).expect("admission lasts as long as the pull");
+                        }
                     }
-                    next = messages.next() => next,
-                },
-            };
-            match next {
-                Some(message) => {
-                    let one = room.split(1).expect("a pull asks for no more messages than it has room for");
-                    pulled += 1;
-                    self.admit(message?, one).await;
+                    None if stopping => return Ok(Pull::Stopped),
+                    None => return Ok(Pull::Done { pulled }),
                 }
-                None if stopping => return Ok(Pull::Stopped),
-                None => return Ok(Pull::Done { pulled }),
-            }
-        }
-    }
-
-    /// Admit `pulled`, holding `room` until it is acknowledged or handed back.
-    async fn admit(&self, pulled: jetstream::Message, room: OwnedSemaphorePermit) {
-        let (seq, delivered) = match pulled.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
-            Err(err) => {
-                tracing::warn!(stream = self.stream(), %err, "JetStream ingress: a message without its stream sequence; handed back");
-                return self.hand_back(pulled.split().1, Pulled::Nacked, AckKind::Nak(None)).await;
             }
         };
+        let admit = async {
+            while let Some(message) = to_admit.recv().await {
+                self.admit(message).await;
+            }
+        };
+        tokio::join!(read, admit).0
+    }
+
+    /// Hold `pulled`, and `room` with it, until it is answered: reported in progress every
+    /// [`progress_every`](Self::progress_every) from now on — while it waits for admission too —,
+    /// then answered as its admission (and, once admitted, its [`Receipt`](crate::Receipt)) tells.
+    /// `None` for a message without its stream sequence, handed back at once.
+    async fn hold(&self, pulled: jetstream::Message, room: OwnedSemaphorePermit) -> Option<HeldMessage> {
         let (stream, metrics) = (self.stream().to_owned(), self.host.metrics().jetstream.clone());
+        let info = pulled.info().map(|info| (info.stream_sequence, info.delivered));
+        let (pulled, acker) = pulled.split();
+        let (seq, delivered) = match info {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::warn!(stream, %err, "JetStream ingress: a message without its stream sequence; handed back");
+                let acks = HeldAcks { acker, stream, seq: None };
+                metrics.pulled(&acks.stream, acks.answer(AckKind::Nak(None), Pulled::Nacked).await);
+                return None;
+            }
+        };
         if delivered > 1 {
             metrics.redelivered(&stream);
         }
-        let (pulled, acker) = pulled.split();
         let mut message = Message::new(pulled.subject.to_string(), pulled.payload);
         for (name, values) in pulled.headers.iter().flat_map(|headers| headers.iter()) {
             let name: &str = name.as_ref();
@@ -291,68 +318,52 @@ impl StreamIngress {
         }
         message.headers.push((ID_HEADER.to_owned(), stream_message_id(&stream, seq)));
         message.headers.push((STREAM_SEQ_HEADER.to_owned(), seq.to_string()));
-        match self.host.send_with_receipt(message).await {
-            Ok((_, receipt)) => {
-                let (abandon, every) = (self.abandon.clone(), self.progress_every());
-                self.acks.spawn(async move {
-                    let settled = receipt.settled();
-                    tokio::pin!(settled);
-                    let settled = loop {
-                        tokio::select! {
-                            biased;
-                            settled = &mut settled => break settled,
-                            () = abandon.cancelled() => break Settlement::Unsettled,
-                            // Still in this host (queued, behind a slow destination): the server
-                            // must not deliver it again meanwhile, here or to another host.
-                            () = tokio::time::sleep(every) => {
-                                if let Err(err) = acker.ack_with(AckKind::Progress).await {
-                                    tracing::debug!(stream, seq, %err, "JetStream ingress: a progress acknowledgement could not be sent");
-                                }
-                            }
-                        }
+        let (admitted, admission) = oneshot::channel();
+        let (abandon, every) = (self.abandon.clone(), self.progress_every());
+        let acks = HeldAcks { acker, stream, seq: Some(seq) };
+        self.acks.spawn(async move {
+            let result = match acks.in_progress(every, admission).await {
+                Ok(Admission::Admitted(receipt)) => {
+                    let settled = tokio::select! {
+                        biased;
+                        settled = acks.in_progress(every, receipt.settled()) => settled,
+                        () = abandon.cancelled() => Settlement::Unsettled,
                     };
-                    let result = match settled {
-                        Settlement::Settled => match acker.ack().await {
-                            Ok(()) => Pulled::Acked,
-                            Err(err) => {
-                                tracing::warn!(stream, seq, %err, "JetStream ingress: an acknowledgement could not be sent; the message will be delivered again");
-                                Pulled::Unacked
-                            }
-                        },
+                    match settled {
+                        Settlement::Settled => acks.answer(AckKind::Ack, Pulled::Acked).await,
                         // The host stopped before it delivered it: for another host.
                         Settlement::HandedBack => {
-                            let nak = AckKind::Nak(Some(HAND_BACK_DELAY));
-                            match acker.ack_with(nak).await {
-                                Ok(()) => Pulled::Nacked,
-                                Err(err) => {
-                                    tracing::warn!(stream, seq, %err, "JetStream ingress: handing a message back failed; it will be delivered again");
-                                    Pulled::Unacked
-                                }
-                            }
+                            acks.answer(AckKind::Nak(Some(HAND_BACK_DELAY)), Pulled::Nacked).await
                         }
                         Settlement::Unsettled => Pulled::Unacked,
-                    };
-                    metrics.pulled(&stream, result);
-                    drop(room);
-                });
-            }
+                    }
+                }
+                Ok(Admission::Refused(kind, result)) => acks.answer(kind, result).await,
+                // Never admitted: the ingress was dropped in the middle of its pull.
+                Err(_) => Pulled::Unacked,
+            };
+            metrics.pulled(&acks.stream, result);
+            drop(room);
+        });
+        Some(HeldMessage { message, seq, admitted })
+    }
+
+    /// Admit `held`, waiting while the host's queue is full, and tell its holder how that went.
+    async fn admit(&self, held: HeldMessage) {
+        let (stream, seq) = (self.stream(), held.seq);
+        let admission = match self.host.send_with_receipt(held.message).await {
+            Ok((_, receipt)) => Admission::Admitted(receipt),
             Err(err @ (SendError::TooLarge { .. } | SendError::Malformed(_))) => {
                 tracing::warn!(stream, seq, %err, "JetStream message terminated: the host cannot admit it, so it is never delivered again");
-                self.hand_back(acker, Pulled::Terminated, AckKind::Term).await;
+                Admission::Refused(AckKind::Term, Pulled::Terminated)
             }
             Err(err) => {
                 tracing::debug!(stream, seq, %err, "JetStream ingress: message not admitted now; handed back");
-                self.hand_back(acker, Pulled::Nacked, AckKind::Nak(Some(HAND_BACK_DELAY))).await;
+                Admission::Refused(AckKind::Nak(Some(HAND_BACK_DELAY)), Pulled::Nacked)
             }
-        }
-    }
-
-    /// Answer a message that was not admitted with `kind`, counted as `result`.
-    async fn hand_back(&self, acker: jetstream::message::Acker, result: Pulled, kind: AckKind) {
-        if let Err(err) = acker.ack_with(kind).await {
-            tracing::warn!(stream = self.stream(), %err, "JetStream ingress: handing a message back failed; it will be delivered again");
-        }
-        self.host.metrics().jetstream.pulled(self.stream(), result);
+        };
+        // Its holder waits for this unless the runtime is going away.
+        let _ = held.admitted.send(admission);
     }
 
     /// Wait for the messages in flight and acknowledge them (or hand them back) until the host's
@@ -403,6 +414,63 @@ enum Pull {
     Done { pulled: usize },
     /// The stop came meanwhile.
     Stopped,
+}
+
+/// A message pulled and held, waiting for admission.
+struct HeldMessage {
+    message: Message,
+    seq: u64,
+    /// Where its holder (the task that reports it in progress and answers it) learns its admission.
+    admitted: oneshot::Sender<Admission>,
+}
+
+/// How a held message's admission went.
+enum Admission {
+    /// Admitted: answered once its receipt tells how it settled.
+    Admitted(Receipt),
+    /// Refused: answered with this kind at once, counted as this result.
+    Refused(AckKind, Pulled),
+}
+
+/// What this host tells the server about one message it pulled, from its pull to its answer.
+struct HeldAcks {
+    acker: Acker,
+    stream: String,
+    /// Its sequence in the stream, unless the server did not say.
+    seq: Option<u64>,
+}
+
+impl HeldAcks {
+    /// Await `waited`, reporting the message in progress every `every` meanwhile: the server must
+    /// not deliver it again while this host holds it, here or to another host.
+    async fn in_progress<T>(&self, every: Duration, waited: impl Future<Output = T>) -> T {
+        let (stream, seq) = (&self.stream, self.seq);
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut waited => return done,
+                () = tokio::time::sleep(every) => {
+                    if let Err(err) = self.acker.ack_with(AckKind::Progress).await {
+                        tracing::debug!(stream, ?seq, %err, "JetStream ingress: a progress acknowledgement could not be sent");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answer the message with `kind`: `result` once sent, `Unacked` if it could not be (the
+    /// server then delivers the message again after `ack_wait_ms`).
+    async fn answer(&self, kind: AckKind, result: Pulled) -> Pulled {
+        match self.acker.ack_with(kind).await {
+            Ok(()) => result,
+            Err(err) => {
+                let (stream, seq) = (&self.stream, self.seq);
+                tracing::warn!(stream, ?seq, ?kind, %err, "JetStream ingress: answering a message failed; it will be delivered again");
+                Pulled::Unacked
+            }
+        }
+    }
 }
 
 /// The `x-sy-id` of the message at `seq` in `stream`: a UUIDv8 made of a hash of the stream's name
