@@ -1,6 +1,7 @@
 //! Bulk HTTP ingress, `POST /v1/messages`: NDJSON or a JSON array admitted as one batch, a result per
-//! message, bad messages refused alone, a bad body refused whole, a full queue taking what fits, and a
-//! body cut off by a client that goes away admitting nothing.
+//! message, bad messages refused alone, a bad body refused whole, a full queue taking what fits, a
+//! body cut off by a client that goes away admitting nothing, and a body past the batch's limits
+//! refused without the rest being read.
 
 use crate::routing::gated_host;
 use crate::support::{drain_and_account, host, next, plugin_dir, post, start_ingress, within};
@@ -148,4 +149,40 @@ async fn a_body_cut_off_by_a_client_that_goes_away_admits_nothing_and_the_resent
     assert_eq!((status, answer["accepted"].as_u64()), (200, Some(100)), "{answer}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (100, 100), "the cut batch admitted none of its messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_its_limits_is_refused_without_the_rest_being_read() {
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    // A line past the limit that does not parse: refused for the count, so it was never read (the
+    // whole body was parsed before the count was looked at: a 400 naming line 10002).
+    let lines = r#"{"topic":"a"}"#.repeat(10_001).replace("}{", "}\n{");
+    let (status, answer) = bulk(addr, "application/x-ndjson", format!("{lines}\nx\n")).await;
+    let too_many = "more than 10000 messages; at most 10000 per request";
+    assert_eq!((status, answer["error"].as_str()), (413, Some(too_many)), "{answer}");
+    let array = r#"{"topic":"a"},"#.repeat(10_001);
+    let (status, answer) = bulk(addr, "application/json", format!("[{array}x]")).await;
+    assert_eq!((status, answer["error"].as_str()), (413, Some(too_many)), "{answer}");
+    // Headers past the limit are counted, not read: the 1500th is not even a string, yet the message
+    // is refused alone, for its count.
+    let headers: Vec<String> = (0..2000)
+        .map(|n| match n {
+            1499 => format!(r#""x-{n}":{n}"#),
+            _ => format!(r#""x-{n}":"v""#),
+        })
+        .collect();
+    let crowded = format!(r#"{{"topic":"a","headers":{{{}}}}}"#, headers.join(","));
+    let (status, answer) =
+        bulk(addr, "application/x-ndjson", format!("{crowded}\n{{\"topic\":\"a\"}}\n")).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{answer}");
+    let refused = &answer["results"][0];
+    assert_eq!(
+        (refused["status"].as_u64(), refused["error"].as_str()),
+        (Some(400), Some("malformed message: 2000 headers; at most 1024")),
+        "as admission refuses it: {answer}"
+    );
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1), "nothing of a refused body was accepted");
 }

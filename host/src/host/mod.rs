@@ -729,7 +729,14 @@ pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, Reque
 }
 
 /// Headers one message may carry, at most.
-const MAX_HEADERS: usize = 1024;
+pub(crate) const MAX_HEADERS: usize = 1024;
+
+/// What is wrong with a message of `count` headers, if anything: more than [`MAX_HEADERS`].
+/// Checked at admission, and by the ingresses that count a client's headers as they read them
+/// (and build none past the limit).
+pub(crate) fn header_count_problem(count: usize) -> Option<String> {
+    (count > MAX_HEADERS).then(|| format!("{count} headers; at most {MAX_HEADERS}"))
+}
 
 /// Bytes of a message's topic, at most (a topic names a route's match, a file, a NATS subject:
 /// it is a name, not data).
@@ -809,9 +816,8 @@ pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, Se
     if let Some(problem) = topic_problem(&message.topic) {
         return Err(SendError::Malformed(problem));
     }
-    if message.headers.len() > MAX_HEADERS {
-        let count = message.headers.len();
-        return Err(SendError::Malformed(format!("{count} headers; at most {MAX_HEADERS}")));
+    if let Some(problem) = header_count_problem(message.headers.len()) {
+        return Err(SendError::Malformed(problem));
     }
     if let Some(problem) = message.headers.iter().find_map(|(name, value)| header_problem(name, value)) {
         return Err(SendError::Malformed(problem));

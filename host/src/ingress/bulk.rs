@@ -4,7 +4,9 @@
 //! (any other type) of `{"topic": …, "headers": {…}, "payload": "…"}` objects; `payload_base64`
 //! carries bytes that are not UTF-8, `priority` 0–255 is optional. The whole body is read and parsed
 //! before anything is admitted: a body that does not parse is a `400` naming the line or position,
-//! and nothing of it is accepted. Each message is then checked and admitted like a single POST's
+//! and nothing of it is accepted. Parsing stops at the message past [`MAX_BATCH`] (`413`), and a
+//! message's headers past the host's limit are counted, not kept, so that a body is never built
+//! into more than its limits allow. Each message is then checked and admitted like a single POST's
 //! (`x-sy-` headers are the host's: refused), and the answer lists a result per message, in order:
 //! `{"id": "<x-sy-id>"}` or `{"error": "…", "status": 400|413|503}`. The status is `200` when any was
 //! accepted, `503` + `Retry-After` when none was for lack of room, `400`/`413` otherwise.
@@ -16,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 
 /// The most messages one request may carry.
@@ -30,11 +33,56 @@ const NDJSON: &str = "application/x-ndjson";
 pub(super) struct BulkMessage {
     topic: String,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: ClientHeaders,
     payload: Option<String>,
     payload_base64: Option<String>,
     #[serde(default)]
     priority: u8,
+}
+
+/// A message's headers as a client wrote them: kept up to the host's limit
+/// ([`MAX_HEADERS`](crate::host::MAX_HEADERS)), counted past it. A message with a million headers is
+/// refused for its count (by [`message_of`], alone, as admission would) without a million being built.
+#[derive(Default)]
+pub(super) struct ClientHeaders {
+    kept: BTreeMap<String, String>,
+    /// Entries written, a name given twice counted twice (as kept, the last value wins).
+    written: usize,
+}
+
+impl<'de> Deserialize<'de> for ClientHeaders {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ClientHeaders::default())
+    }
+}
+
+impl<'de> Visitor<'de> for ClientHeaders {
+    type Value = ClientHeaders;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an object of header names and values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut entries: A) -> Result<ClientHeaders, A::Error> {
+        while self.written < crate::host::MAX_HEADERS {
+            let Some((name, value)) = entries.next_entry()? else { return Ok(self) };
+            self.kept.insert(name, value);
+            self.written += 1;
+        }
+        // Past the limit, the rest are only counted (skipped, not even read as strings).
+        while entries.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+            self.written += 1;
+        }
+        Ok(self)
+    }
+}
+
+/// Why a bulk body is refused whole.
+enum BodyProblem {
+    /// It does not parse: a `400` saying where.
+    Malformed(String),
+    /// It holds more than [`MAX_BATCH`] messages: a `413`, the rest unread.
+    TooMany,
 }
 
 /// Accept the messages of a bulk request (see the module docs).
@@ -44,19 +92,18 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
     let ndjson = ndjson.is_some_and(|media_type| media_type.eq_ignore_ascii_case(NDJSON.as_bytes()));
     let parsed = match ndjson {
         true => parse_ndjson(&body),
-        false => serde_json::from_slice::<Vec<BulkMessage>>(&body)
-            .map_err(|err| format!("not a JSON array of messages: {err}")),
+        false => parse_array(&body),
     };
     let bulk = match parsed {
         Ok(bulk) if bulk.is_empty() => {
             return super::http::error(StatusCode::BAD_REQUEST, "no messages".into());
         }
-        Ok(bulk) if bulk.len() > MAX_BATCH => {
-            let problem = format!("{} messages: at most {MAX_BATCH} per request", bulk.len());
+        Ok(bulk) => bulk,
+        Err(BodyProblem::TooMany) => {
+            let problem = format!("more than {MAX_BATCH} messages; at most {MAX_BATCH} per request");
             return super::http::error(StatusCode::PAYLOAD_TOO_LARGE, problem);
         }
-        Ok(bulk) => bulk,
-        Err(problem) => return super::http::error(StatusCode::BAD_REQUEST, problem),
+        Err(BodyProblem::Malformed(problem)) => return super::http::error(StatusCode::BAD_REQUEST, problem),
     };
     let mut results: Vec<Result<String, SendError>> = Vec::with_capacity(bulk.len());
     let mut admissible = Vec::with_capacity(bulk.len());
@@ -78,13 +125,83 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
     answer(results)
 }
 
-/// The messages of an NDJSON body, blank lines skipped.
-fn parse_ndjson(body: &[u8]) -> Result<Vec<BulkMessage>, String> {
+/// The messages of an NDJSON body, blank lines skipped, read up to the line of the message past
+/// [`MAX_BATCH`].
+fn parse_ndjson(body: &[u8]) -> Result<Vec<BulkMessage>, BodyProblem> {
     let lines = body.split(|byte| *byte == b'\n').enumerate();
-    let lines = lines.filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
-    lines
-        .map(|(at, line)| serde_json::from_slice(line).map_err(|err| format!("line {}: {err}", at + 1)))
-        .collect()
+    let mut lines = lines.filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
+    let mut bulk = Vec::new();
+    for (at, line) in lines.by_ref().take(MAX_BATCH) {
+        let message = serde_json::from_slice(line).map_err(|err| format!("line {}: {err}", at + 1));
+        bulk.push(message.map_err(BodyProblem::Malformed)?);
+    }
+    match lines.next() {
+        Some(_) => Err(BodyProblem::TooMany),
+        None => Ok(bulk),
+    }
+}
+
+/// The messages of a JSON array body, read up to the one past [`MAX_BATCH`].
+fn parse_array(body: &[u8]) -> Result<Vec<BulkMessage>, BodyProblem> {
+    let mut too_many = false;
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let parsed = CappedBatch { too_many: &mut too_many }.deserialize(&mut reader);
+    match parsed.and_then(|bulk| reader.end().map(|()| bulk)) {
+        Ok(bulk) => Ok(bulk),
+        Err(_) if too_many => Err(BodyProblem::TooMany),
+        Err(err) => Err(BodyProblem::Malformed(format!("not a JSON array of messages: {err}"))),
+    }
+}
+
+/// Reads a JSON array of at most [`MAX_BATCH`] messages; one past them is refused unread (see
+/// [`PastTheBatch`]).
+struct CappedBatch<'a> {
+    too_many: &'a mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for CappedBatch<'_> {
+    type Value = Vec<BulkMessage>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CappedBatch<'_> {
+    type Value = Vec<BulkMessage>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut messages: A) -> Result<Self::Value, A::Error> {
+        let mut bulk = Vec::new();
+        while bulk.len() < MAX_BATCH {
+            match messages.next_element()? {
+                Some(message) => bulk.push(message),
+                None => return Ok(bulk),
+            }
+        }
+        match messages.next_element_seed(PastTheBatch { too_many: self.too_many })? {
+            Some(never) => match never {},
+            None => Ok(bulk),
+        }
+    }
+}
+
+/// The element of an array past [`MAX_BATCH`]: refused before anything of it is read (an error, the
+/// only way to stop a reader midway), saying so in `too_many`.
+struct PastTheBatch<'a> {
+    too_many: &'a mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for PastTheBatch<'_> {
+    type Value = std::convert::Infallible;
+
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<Self::Value, D::Error> {
+        *self.too_many = true;
+        Err(serde::de::Error::custom(format!("more than {MAX_BATCH} messages")))
+    }
 }
 
 /// The message `bulk` describes, with a new unique id, or why it is refused.
@@ -98,8 +215,11 @@ pub(super) fn message_of(bulk: BulkMessage) -> Result<Message, String> {
         (None, None) => Bytes::new(),
         (Some(_), Some(_)) => return Err("both payload and payload_base64: give one".into()),
     };
+    if let Some(problem) = crate::host::header_count_problem(bulk.headers.written) {
+        return Err(problem);
+    }
     let message = Message::new(bulk.topic, payload).with_priority(bulk.priority);
-    with_headers(message, bulk.headers)
+    with_headers(message, bulk.headers.kept)
 }
 
 /// `message` with a client's `headers` (refused when one is the host's `x-sy-` or not a valid HTTP
