@@ -53,7 +53,7 @@ pub fn payload_field(payload: &[u8]) -> (&'static str, serde_json::Value) {
 /// What the JSON of a message holds besides the strings its [size](Message::size) counts (its
 /// topic, its headers' names and values, its payload): field names, quotes and separators (six bytes
 /// a header, at most 1024 headers), its priority, and an envelope's own fields (an ingress frame's
-/// `ref` of some 50 KiB, an answer's `id`).
+/// `ref`, at most 256 bytes, and `wait`; an answer's `id`), with room to spare for whitespace.
 const JSON_ENVELOPE_BYTES: usize = 64 << 10;
 
 /// The largest frame, or message of several frames, a WebSocket reads: the JSON of any message

@@ -1,5 +1,5 @@
-//! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone,
-//! backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
+//! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone (a
+//! `ref` too large and too many headers without being kept), backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
 //! reconnects, a socket counted among the listener's connections until it closes, a frame larger
 //! than any message could need refused on its header, a silent socket pinged, then closed, and one
 //! that reads nothing cut.
@@ -87,6 +87,56 @@ async fn frames_are_acked_with_their_ids_and_a_wait_frame_gets_its_reply() {
     socket.close(None).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (302, 302));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_is_refused_for_a_large_ref_or_too_many_headers_and_its_answer_stays_small() {
+    let (host, _dir) = replying_host().await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    // Echoed in each answer and kept while a `wait` message is open: a 400 KiB ref was, whole.
+    let large = "r".repeat(400 << 10);
+    send(&mut socket, json!({ "topic": "t", "ref": large })).await;
+    let refused = answer(&mut socket).await;
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("ref too large: "), "{:.200}", refused.to_string());
+    assert_eq!((&refused["ref"], refused["status"].as_u64()), (&Value::Null, Some(400)));
+    // So is the ref of a frame that is no message (no topic), refused for its ref.
+    send(&mut socket, json!({ "ref": large })).await;
+    let refused = answer(&mut socket).await;
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("ref too large: "), "{:.200}", refused.to_string());
+    assert_eq!(refused["ref"], Value::Null);
+    // A parser's error quotes what it refused, here a field's 400 KiB name: in part.
+    socket.send(Frame::text(format!(r#"{{"topic":"t","{large}":1,"ref":"named"}}"#))).await.unwrap();
+    let refused = answer(&mut socket).await;
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("not a message: unknown field `rrr") && error.len() < 1000, "{error:.200}");
+    assert_eq!(refused["ref"], "named");
+    // A number JSON allows but no f64 holds: refused, not echoed.
+    socket.send(Frame::text(r#"{"topic":"t","ref":1e400}"#)).await.unwrap();
+    let refused = answer(&mut socket).await;
+    assert_eq!(
+        refused["error"], "not a message: ref 1e400: number out of range at line 1 column 5",
+        "{refused}"
+    );
+    // A ref within the limit, of any JSON, is echoed as before.
+    let small = json!({ "batch": 7, "keys": ["a", "b"] });
+    send(&mut socket, json!({ "topic": "t", "ref": small })).await;
+    let accepted = answer(&mut socket).await;
+    assert_eq!(accepted["ref"], small, "{accepted}");
+    assert!(accepted["id"].is_string(), "the socket still serves after a refused ref: {accepted}");
+    let headers: serde_json::Map<String, Value> = (0..2000).map(|n| (format!("x-{n}"), json!("v"))).collect();
+    send(&mut socket, json!({ "topic": "t", "headers": headers, "ref": "crowded" })).await;
+    let refused = answer(&mut socket).await;
+    assert_eq!(
+        (refused["ref"].as_str(), refused["status"].as_u64(), refused["error"].as_str()),
+        (Some("crowded"), Some(400), Some("2000 headers; at most 1024")),
+        "{refused}"
+    );
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

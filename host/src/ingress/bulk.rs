@@ -27,17 +27,17 @@ pub(super) const MAX_BATCH: usize = 10_000;
 /// The media type of a body of one message a line.
 const NDJSON: &str = "application/x-ndjson";
 
-/// One message of a bulk request (and of a WebSocket frame).
+/// One message of a bulk request (and, with its own fields, of a WebSocket frame).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BulkMessage {
-    topic: String,
+    pub(super) topic: String,
     #[serde(default)]
-    headers: ClientHeaders,
-    payload: Option<String>,
-    payload_base64: Option<String>,
+    pub(super) headers: ClientHeaders,
+    pub(super) payload: Option<String>,
+    pub(super) payload_base64: Option<String>,
     #[serde(default)]
-    priority: u8,
+    pub(super) priority: u8,
 }
 
 /// A message's headers as a client wrote them: kept up to the host's limit

@@ -1,8 +1,11 @@
 //! WebSocket ingress: `GET /v1/ws` upgrades to a socket a producer keeps open.
 //!
 //! The client sends one message per text frame, as a bulk request's line (`{"topic": …, "headers":
-//! {…}, "payload": "…"}`, see [`bulk`](super::bulk)) plus optional `"ref"` (any JSON value, echoed back)
-//! and `"wait": true`. Each frame is answered with one text frame: `{"ref": …, "id": "<x-sy-id>"}` once
+//! {…}, "payload": "…"}`, see [`bulk`](super::bulk)) plus optional `"ref"` (any JSON value of at most
+//! [`MAX_REF_BYTES`] as written, echoed back) and `"wait": true`. A frame is read straight into these
+//! fields (nothing of it built that it is not kept as): a larger `ref` is refused, `400` `"ref too
+//! large"`, with `"ref": null`, whatever else the frame holds, and headers past the host's limit are
+//! counted, not kept. Each frame is answered with one text frame: `{"ref": …, "id": "<x-sy-id>"}` once
 //! accepted, or `{"ref": …, "error": "…", "status": 400|413|503}` when refused; a `wait` message is
 //! answered once settled instead: `{"ref": …, "id": …, "reply": {"topic", "headers", "payload"}}`
 //! (`"reply": null` for none) or `{"ref": …, "id": …, "error": "…", "code": "…"}` (`"delivered": true`
@@ -24,13 +27,15 @@
 //! from holds its slot), and the ingress's stop waits for it: reading stops, the answers still due
 //! are sent, then it closes.
 
-use super::bulk::{BulkMessage, message_of};
+use super::bulk::{BulkMessage, ClientHeaders, message_of};
 use crate::host::{Host, RequestError, SendError};
 use crate::listener::socket::{Silence, Silent};
 use crate::message::Message;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +46,14 @@ pub(super) const MAX_WAITING: usize = 256;
 
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
+
+/// The most bytes a frame's `ref` may take, as written: it is echoed in the answer (and
+/// [`QUEUED_ANSWERS`] may wait for a slow client), and kept while a `wait` message is open.
+const MAX_REF_BYTES: usize = 256;
+
+/// The most bytes of a parser's error an answer carries: it quotes what it refused (an unknown
+/// field's name, a string where a number goes), which may be as long as the frame.
+const MAX_PROBLEM_BYTES: usize = 512;
 
 /// What the sockets of one ingress share.
 #[derive(Clone)]
@@ -60,23 +73,66 @@ struct ClientFrame {
     wait: bool,
 }
 
+/// The fields of a frame as written: a bulk message's, `ref` and `wait`. A frame is read straight
+/// into them, so that its limits hold while it is read: `ref` is borrowed from the frame's text
+/// until its size is checked, and headers past the host's limit are only counted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrameFields<'a> {
+    topic: String,
+    #[serde(default)]
+    headers: ClientHeaders,
+    payload: Option<String>,
+    payload_base64: Option<String>,
+    #[serde(default)]
+    priority: u8,
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+    #[serde(default)]
+    wait: bool,
+}
+
+/// The `ref` alone of a frame that is not a message (the other fields skipped, not built), so
+/// that its refusal carries it.
+#[derive(Deserialize)]
+struct ReferenceOnly<'a> {
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+}
+
 impl ClientFrame {
     /// The frame of `text`; not one (a field it does not know included, as a bulk message
-    /// refuses it), the problem and the `ref` it had, if any.
+    /// refuses it), the `ref` it had, if any, and the problem. A `ref` past [`MAX_REF_BYTES`] is
+    /// the problem, whatever else is wrong, and is not echoed.
     fn parse(text: &str) -> Result<ClientFrame, (Value, String)> {
-        let problem = |error: &dyn std::fmt::Display| format!("not a message: {error}");
-        let mut fields: serde_json::Map<String, Value> =
-            serde_json::from_str(text).map_err(|err| (Value::Null, problem(&err)))?;
-        let reference = fields.remove("ref").unwrap_or(Value::Null);
-        let wait = match fields.remove("wait") {
-            None => false,
-            Some(Value::Bool(wait)) => wait,
-            Some(other) => return Err((reference, problem(&format!("wait is {other}, not true or false")))),
+        let problem = |error: &dyn std::fmt::Display| {
+            crate::bounded_text::one_line(&format!("not a message: {error}"), MAX_PROBLEM_BYTES)
         };
-        match serde::Deserialize::deserialize(Value::Object(fields)) {
-            Ok(message) => Ok(ClientFrame { message, reference, wait }),
-            Err(err) => Err((reference, problem(&err))),
-        }
+        let fields = serde_json::from_str::<FrameFields>(text);
+        let reference = match &fields {
+            Ok(fields) => fields.reference,
+            // Read again for its `ref` alone, only when it is refused.
+            Err(_) => serde_json::from_str::<ReferenceOnly>(text).ok().and_then(|only| only.reference),
+        };
+        let reference = match reference {
+            None => Value::Null,
+            Some(raw) if raw.get().len() > MAX_REF_BYTES => {
+                let size = raw.get().len();
+                return Err((
+                    Value::Null,
+                    format!("ref too large: {size} bytes of JSON; at most {MAX_REF_BYTES}"),
+                ));
+            }
+            // A number past f64's range is JSON, and a ref as written, but no `Value`.
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|err| (Value::Null, problem(&format!("ref {}: {err}", raw.get()))))?,
+        };
+        let FrameFields { topic, headers, payload, payload_base64, priority, wait, .. } = match fields {
+            Ok(fields) => fields,
+            Err(err) => return Err((reference, problem(&err))),
+        };
+        let message = BulkMessage { topic, headers, payload, payload_base64, priority };
+        Ok(ClientFrame { message, reference, wait })
     }
 }
 
