@@ -343,3 +343,94 @@ to = "out"
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.created, stats.delivered, stats.dead_lettered), (2, 0, 1, 1));
 }
+
+/// A filter component in WAT, for faults no toolchain builds on purpose: it answers every call
+/// with a fixed decision (keep one message, at byte 24), after running `on_call`, which is given
+/// the batch's address; `extra` is added to its core module (start code, memories, tables). Both
+/// may call `$exit`, WASI's `exit` (0 for success, 1 for a failure). The host compiles WAT text as
+/// it does a binary, so the text is a plugin file as it is.
+fn filter_component(on_call: &str, extra: &str) -> String {
+    format!(
+        r#"(component
+  (import "wasi:cli/exit@0.2.0" (instance $cli (export "exit" (func (param "status" (result))))))
+  (core func $exit (canon lower (func $cli "exit")))
+  (core instance $wasi (export "exit" (func $exit)))
+  (core module $filter
+    (import "wasi" "exit" (func $exit (param i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 16) "\18\00\00\00\06\00\00\00\01\00\00\00\03\01")
+    (func (export "version") (result i32) (i32.const 1))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+    (func (export "filter") (param $batch i32) (param i32) (result i32) {on_call} (i32.const 16))
+    {extra})
+  (core instance $core (instantiate $filter (with "wasi" (instance $wasi))))
+  (func $version (result u32) (canon lift (core func $core "version")))
+  (func $filter (param "messages" (list u8)) (result (list u8))
+    (canon lift (core func $core "filter") (memory (core memory $core "memory"))
+      (realloc (core func $core "realloc"))))
+  (instance $format (export "version" (func $version)))
+  (instance $filters (export "filter" (func $filter)))
+  (export "switchyard:plugin/format@0.1.0" (instance $format))
+  (export "switchyard:plugin/filter@0.1.0" (instance $filters)))"#
+    )
+}
+
+#[tokio::test]
+async fn a_plugin_that_fails_as_it_starts_is_refused_for_what_it_did_not_as_of_another_world() {
+    // Each is of the filter world; each fails as it is instantiated, or (the last) in its trial
+    // call. None of them would be mended by a rebuild with this host's SDK.
+    let dir = plugin_dir(&[("good", artifacts::HEADER_FILTER)]);
+    let exit = "(call $exit (i32.const 1))";
+    let plugins = [
+        ("exits", filter_component("", &format!("(func $start {exit}) (start $start)"))),
+        // 65 MiB under the default cap of 64 MiB.
+        ("huge", filter_component("", "(memory 1040)")),
+        ("memories", filter_component("", &"(memory 0)".repeat(16))),
+        ("table", filter_component("", "(table 2000000 funcref)")),
+        ("trial-exits", filter_component(exit, "")),
+    ];
+    for (name, component) in &plugins {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), component).unwrap();
+    }
+    let config = switchyard::Config::from_toml("test.toml", MEMORY_OUT).unwrap();
+    let host = crate::support::within(builder(dir.path()).config("test.toml", config).build());
+    let host = host.await.unwrap();
+    let errors: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
+    let at_start = "failed to start (instantiating it, before any call)";
+    let expected = [
+        format!("plugin \"exits\": {at_start}: exited with status 1"),
+        format!("plugin \"huge\": {at_start}: hit its memory cap of 64 MiB"),
+        format!(
+            "plugin \"memories\": {at_start}: cannot run: resource limit exceeded: memory count too high at 17"
+        ),
+        format!(
+            "plugin \"table\": {at_start}: cannot run: table minimum size of 2000000 elements exceeds table limits"
+        ),
+        "plugin \"trial-exits\": failed its trial run: exited with status 1".to_owned(),
+    ];
+    assert_eq!(errors, expected);
+    assert_eq!(host.plugins().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["good"]);
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_exits_in_a_call_is_a_fault_told_as_an_exit() {
+    // It exits when the batch's topic (at byte 18 of the wire layout) begins with "e".
+    let dir = plugin_dir(&[]);
+    let on_call = "(if (i32.eq (i32.load8_u offset=18 (local.get $batch)) (i32.const 101)) \
+                   (then (call $exit (i32.const 1))))";
+    std::fs::write(dir.path().join("bad.wasm"), filter_component(on_call, "")).unwrap();
+    let config = format!("{MEMORY_OUT}[[route]]\nname = \"r\"\nstages = [\"filter:bad\"]\nto = \"out\"\n");
+    let host = host(dir.path(), &config).await;
+    let id = host.send(Message::new("exits", "1")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!((letter.id, letter.header("x-sy-dead-letter")), (id, Some("plugin-exited")), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.ends_with("exited with status 1"), "{reason}");
+    let id = host.send(Message::new("keeps", "2")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, id, "a new instance serves");
+    let counts = host.metrics().plugin_counts("bad");
+    assert_eq!((counts.problems["exited"], counts.faults()), (1, 1), "{counts:?}");
+    assert_eq!(host.metrics().last_fault("bad").unwrap().kind, "exited");
+    drain_and_account(&host).await;
+}

@@ -87,6 +87,7 @@ impl DeadLetterReason {
                 PluginFault::Malformed(_) => "plugin-malformed",
                 PluginFault::OutputLimit(_) => "plugin-output-limit",
                 PluginFault::Unusable(_) => "plugin-unusable",
+                PluginFault::Exited(_) => "plugin-exited",
             },
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
             DeadLetterReason::StagePanicked { .. }

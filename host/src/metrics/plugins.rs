@@ -11,7 +11,8 @@ use std::time::Duration;
 const ERRORS: [&str; 3] = ["rejected", "retryable", "failed"];
 
 /// The kinds of fault (the instance misbehaved and was thrown away).
-const FAULTS: [&str; 6] = ["trapped", "timed_out", "memory_cap", "malformed", "unusable", "output_limit"];
+const FAULTS: [&str; 7] =
+    ["trapped", "timed_out", "memory_cap", "malformed", "unusable", "output_limit", "exited"];
 
 /// Why a balancer plugin's pick fell back, besides its faults: an answer
 /// that names no endpoint, a pick that waited past its deadline or behind
@@ -25,7 +26,7 @@ pub struct PluginCounts {
     pub calls: u64,
     /// Problems by kind: the error answers (`rejected`, `retryable`,
     /// `failed`), the faults (`trapped`, `timed_out`, `memory_cap`,
-    /// `malformed`, `unusable`, `output_limit`) and a balancer's other
+    /// `malformed`, `unusable`, `output_limit`, `exited`) and a balancer's other
     /// fallbacks (`invalid`, `overdue`, `overloaded`, `stopped`).
     pub problems: BTreeMap<&'static str, u64>,
 }

@@ -12,7 +12,7 @@ use crate::metrics::CallSeries;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
 /// The kinds of plugin, one per WIT world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -68,6 +68,19 @@ pub(crate) enum KindPre {
     Middleware(MiddlewarePluginPre<StoreState>),
     Balancer(BalancerPluginPre<StoreState>),
     Transport(TransportPluginPre<StoreState>),
+}
+
+impl KindPre {
+    /// The linked component, whatever its kind.
+    pub(crate) fn instance_pre(&self) -> &InstancePre<StoreState> {
+        match self {
+            KindPre::Filter(pre) => pre.instance_pre(),
+            KindPre::Transform(pre) => pre.instance_pre(),
+            KindPre::Middleware(pre) => pre.instance_pre(),
+            KindPre::Balancer(pre) => pre.instance_pre(),
+            KindPre::Transport(pre) => pre.instance_pre(),
+        }
+    }
 }
 
 /// One version of a plugin: compiled, checked against its world, linked.

@@ -57,8 +57,18 @@ pub enum LoadError {
         /// The host's version, [`switchyard_wire::FORMAT_VERSION`].
         expected: u32,
     },
-    /// The component compiled but failed its trial: instantiation or a first
-    /// call on a sample message trapped, ran too long or exceeded its memory cap.
+    /// The component compiled, but instantiating it failed: creating its memories and tables
+    /// passed an instance's limits (`limits.memory_mb`, 16 memories, 64 tables), or its start-up
+    /// code trapped, ran too long or exited. Not a plugin built for another world.
+    #[error("plugin \"{name}\": failed to start (instantiating it, before any call): {fault}")]
+    StartUp {
+        /// Plugin name.
+        name: String,
+        /// What went wrong.
+        fault: PluginFault,
+    },
+    /// The component started but failed its trial: asked its wire format, or given a sample
+    /// message, it trapped, ran too long, exceeded its memory cap or exited.
     #[error("plugin \"{name}\": failed its trial run: {fault}")]
     Instantiate {
         /// Plugin name.
@@ -191,9 +201,14 @@ pub enum PluginFault {
     /// The guest tried to grow its memory past the cap.
     #[error("hit its memory cap of {0} MiB")]
     MemoryCap(u64),
-    /// The instance cannot run at all (it does not link or type-check).
+    /// The instance cannot run at all: its exports do not type-check against its world, or the
+    /// host refused it something that is not a trap (an instance limit, a host call's error).
     #[error("cannot run: {0}")]
     Unusable(String),
+    /// The guest ended itself through WASI `exit`, with this status (1 for a plain failure): its
+    /// instance cannot be called again.
+    #[error("exited with status {0}")]
+    Exited(i32),
     /// The guest returned a malformed answer (bad batch, wrong count, bad index).
     #[error("returned a malformed answer: {0}")]
     Malformed(String),
@@ -223,6 +238,7 @@ impl PluginFault {
             PluginFault::Malformed(_) => "malformed",
             PluginFault::Unusable(_) => "unusable",
             PluginFault::OutputLimit(_) => "output_limit",
+            PluginFault::Exited(_) => "exited",
         }
     }
 }

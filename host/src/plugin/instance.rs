@@ -12,6 +12,7 @@ use super::sandbox::StoreState;
 use super::ticker::CallMark;
 use crate::message::Verdict;
 use std::sync::Arc;
+use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, Trap};
 
 /// How calls reach the plugin's code.
@@ -44,6 +45,26 @@ pub struct Transformed {
     pub messages: Vec<u8>,
     /// Inputs that failed, by index.
     pub errors: Vec<(u32, PluginError)>,
+}
+
+/// Why a component did not become an instance. Kept apart so that the trial
+/// tells a plugin built for another world from one that fails as it starts.
+#[derive(Debug)]
+pub(super) enum StartFailure {
+    /// Instantiating it failed: its start-up code trapped, ran too long or
+    /// exited, or creating its memories and tables passed an instance's limits.
+    Fault(PluginFault),
+    /// It started, but its exports do not type-check against its kind's world.
+    WrongWorld(String),
+}
+
+impl From<StartFailure> for PluginFault {
+    fn from(failure: StartFailure) -> PluginFault {
+        match failure {
+            StartFailure::Fault(fault) => fault,
+            StartFailure::WrongWorld(reason) => PluginFault::Unusable(reason),
+        }
+    }
 }
 
 /// An instantiated plugin. A fault poisons it: the caller must drop it.
@@ -79,7 +100,7 @@ impl PluginInstance {
     /// deadline and memory cap as a call (start functions run here).
     pub fn new(engine: &PluginEngine, plugin: Arc<CompiledPlugin>) -> Result<PluginInstance, PluginFault> {
         let state = StoreState::new(plugin.settings.clone());
-        PluginInstance::in_state(engine, plugin, state)
+        PluginInstance::in_state(engine, plugin, state).map_err(PluginFault::from)
     }
 
     /// Like [`new`](Self::new), but the instance may connect to `addresses`
@@ -91,7 +112,7 @@ impl PluginInstance {
         addresses: Vec<std::net::SocketAddr>,
     ) -> Result<PluginInstance, PluginFault> {
         let state = StoreState::with_connect_grants(plugin.settings.clone(), addresses);
-        PluginInstance::in_state(engine, plugin, state)
+        PluginInstance::in_state(engine, plugin, state).map_err(PluginFault::from)
     }
 
     /// Instantiate `plugin` in a fresh store holding `state`.
@@ -99,7 +120,7 @@ impl PluginInstance {
         engine: &PluginEngine,
         plugin: Arc<CompiledPlugin>,
         state: Result<StoreState, super::error::LoadError>,
-    ) -> Result<PluginInstance, PluginFault> {
+    ) -> Result<PluginInstance, StartFailure> {
         let backend = match &plugin.code {
             PluginCode::Wasm(pre) => Self::instantiate(engine, &plugin, pre, state)?,
             PluginCode::Native(library) => Backend::Native(*library),
@@ -113,20 +134,25 @@ impl PluginInstance {
         plugin: &CompiledPlugin,
         pre: &KindPre,
         state: Result<StoreState, super::error::LoadError>,
-    ) -> Result<Backend, PluginFault> {
-        let state = state.map_err(|err| PluginFault::Unusable(err.to_string()))?;
+    ) -> Result<Backend, StartFailure> {
+        let state = state.map_err(|err| StartFailure::Fault(PluginFault::Unusable(err.to_string())))?;
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_trap();
         let timeout = plugin.settings.timeout();
         let mut guard = CallGuard { store, timeout, outgrown_at: usize::MAX, mark: engine.call_mark() };
+        // In two steps, as the generated `instantiate` takes them: start the component (which
+        // runs its code), then type-check its exports against the world (which runs none).
+        let instance = guard.start(pre.instance_pre())?;
+        let store = &mut guard.store;
         let exports = match pre {
-            KindPre::Filter(pre) => Exports::Filter(guard.call(|store| pre.instantiate(store))?),
-            KindPre::Transform(pre) => Exports::Transform(guard.call(|store| pre.instantiate(store))?),
-            KindPre::Middleware(pre) => Exports::Middleware(guard.call(|store| pre.instantiate(store))?),
-            KindPre::Balancer(pre) => Exports::Balancer(guard.call(|store| pre.instantiate(store))?),
-            KindPre::Transport(pre) => Exports::Transport(guard.call(|store| pre.instantiate(store))?),
+            KindPre::Filter(_) => FilterPlugin::new(store, &instance).map(Exports::Filter),
+            KindPre::Transform(_) => TransformPlugin::new(store, &instance).map(Exports::Transform),
+            KindPre::Middleware(_) => MiddlewarePlugin::new(store, &instance).map(Exports::Middleware),
+            KindPre::Balancer(_) => BalancerPlugin::new(store, &instance).map(Exports::Balancer),
+            KindPre::Transport(_) => TransportPlugin::new(store, &instance).map(Exports::Transport),
         };
+        let exports = exports.map_err(|err| StartFailure::WrongWorld(format!("{err:#}")))?;
         let (start, cap) = guard.store.data().memory();
         guard.outgrown_at = start + (cap.saturating_sub(start)) / OUTGROWN_SHARE.1 * OUTGROWN_SHARE.0;
         Ok(Backend::Wasm { exports, guard })
@@ -268,6 +294,12 @@ impl PluginInstance {
 }
 
 impl CallGuard {
+    /// Instantiate `pre` in this guard's store, under the plugin's deadline
+    /// and memory cap: start functions run here.
+    fn start(&mut self, pre: &InstancePre<StoreState>) -> Result<Instance, StartFailure> {
+        self.call(|store| pre.instantiate(store)).map_err(StartFailure::Fault)
+    }
+
     fn call<R>(
         &mut self,
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
@@ -302,6 +334,9 @@ impl CallGuard {
         }
         if state.waited_past_deadline {
             return PluginFault::TimedOut(timeout);
+        }
+        if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return PluginFault::Exited(exit.0);
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginFault::TimedOut(timeout),

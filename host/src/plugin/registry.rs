@@ -4,8 +4,8 @@
 use super::compiled::{CompiledPlugin, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{LoadError, PluginFault};
-use super::instance::PluginInstance;
-use super::sandbox::PluginSettings;
+use super::instance::{PluginInstance, StartFailure};
+use super::sandbox::{PluginSettings, StoreState};
 use crate::config::PluginConfig;
 use crate::regular_file::{self, Links};
 use arc_swap::ArcSwap;
@@ -110,31 +110,39 @@ pub fn load_bytes(
 }
 
 /// Instantiate once before serving, ask a component its wire format version,
-/// and give a filter or transform one sample message: this type-checks every
-/// export against the world and runs start-up code and a first call under the
-/// plugin's limits. The plugin may answer with an error; it must not trap,
-/// time out or exceed its memory cap.
+/// and give a filter or transform one sample message: this runs start-up code,
+/// type-checks every export against the world, and makes a first call, all
+/// under the plugin's limits. The plugin may answer with an error; it must not
+/// trap, time out, exceed its memory cap or exit.
 fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
     // A grant that cannot be honoured (a granted directory that does not exist) is refused as such.
-    let state = super::sandbox::StoreState::new(plugin.settings.clone())?;
-    let trial = PluginInstance::in_state(engine, plugin.clone(), Ok(state)).and_then(|mut instance| {
-        if let Some(found) = instance.wire_format()?
-            && let Err(refused) = super::format::check_version(&plugin.name, found)
-        {
-            return Ok(Err(refused));
-        }
-        sample_call(&mut instance).map(Ok)
-    });
+    let state = StoreState::new(plugin.settings.clone())?;
+    let trial = trial_run(engine, plugin, state);
     // The trial is not traffic: it must not show in the plugin's counters.
     plugin.settings.forget_counts();
-    match trial {
-        Ok(checked) => checked,
-        // Instantiating checks the types of its exports against the world's.
-        Err(PluginFault::Unusable(reason)) => {
-            Err(LoadError::WrongWorld { name: plugin.name.clone(), world: plugin.kind.as_str(), reason })
-        }
-        Err(fault) => Err(LoadError::Instantiate { name: plugin.name.clone(), fault }),
+    trial
+}
+
+/// The trial of [`trial_instantiation`] in `state`, each failure told as what it is: a plugin
+/// whose exports do not match its world, one that fails as it starts, one whose first calls fail.
+fn trial_run(
+    engine: &PluginEngine,
+    plugin: &Arc<CompiledPlugin>,
+    state: StoreState,
+) -> Result<(), LoadError> {
+    let name = || plugin.name.clone();
+    let mut instance =
+        PluginInstance::in_state(engine, plugin.clone(), Ok(state)).map_err(|failure| match failure {
+            StartFailure::WrongWorld(reason) => {
+                LoadError::WrongWorld { name: name(), world: plugin.kind.as_str(), reason }
+            }
+            StartFailure::Fault(fault) => LoadError::StartUp { name: name(), fault },
+        })?;
+    let failed = |fault| LoadError::Instantiate { name: name(), fault };
+    if let Some(found) = instance.wire_format().map_err(failed)? {
+        super::format::check_version(&plugin.name, found)?;
     }
+    sample_call(&mut instance).map_err(failed)
 }
 
 /// Give a filter or transform one sample message (other kinds need a peer).
