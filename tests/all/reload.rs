@@ -7,7 +7,8 @@ use crate::support::{
 use switchyard::{Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
 
-fn replaced(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
+/// Whether an event is plugin `name`'s replacement.
+pub fn replaced(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
     move |event| matches!(event, HostEvent::PluginReplaced { name: n, .. } if n == name)
 }
 

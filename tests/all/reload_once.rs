@@ -3,6 +3,7 @@
 //! event, and a config file caught empty, half-written or changing start-only
 //! keys is refused while the running one keeps serving.
 
+use crate::reload::replaced;
 use crate::support::{MEMORY_OUT, drain_and_account, event_where, next, plugin_dir, replace_file, within};
 use notify::event::AccessKind;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -305,14 +306,76 @@ async fn a_plugin_behind_a_swapped_link_is_followed_as_a_mounted_config_map_upda
     std::fs::copy(artifacts::REDACT_TRANSFORM, dir.join("..v2/t.wasm")).unwrap();
     std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    let replaced = event_where(
-        &mut events,
-        |event| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "t"),
-    )
-    .await;
-    assert!(matches!(replaced, HostEvent::PluginReplaced { old_version, .. } if old_version == first));
+    let swapped = event_where(&mut events, replaced("t")).await;
+    assert!(matches!(swapped, HostEvent::PluginReplaced { old_version, .. } if old_version == first));
+    // The kubelet then removes the old version's directory: nothing serves from it any more.
+    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    // A file of the new version's directory edited where it is is followed too.
+    std::fs::write(dir.join("..v2/t.wasm"), std::fs::read(artifacts::STAMP_TRANSFORM).unwrap()).unwrap();
+    replaced_with(&mut events, "t", artifacts::STAMP_TRANSFORM).await;
+    drain_and_account(&host).await;
+}
+
+/// Wait for plugin `name` to be replaced with the file `artifact`, then for the host to stay quiet.
+async fn replaced_with(events: &mut broadcast::Receiver<HostEvent>, name: &str, artifact: &str) {
+    let event = event_where(events, replaced(name)).await;
+    let expected = host_digest(artifact);
+    assert!(matches!(&event, HostEvent::PluginReplaced { version, .. } if *version == expected), "{event:?}");
+    assert_eq!(events_over_quiet_period(events).await, Vec::<String>::new());
+}
+
+/// The versions plugins `names` are replaced with, by name, in the next events.
+async fn replacements(events: &mut broadcast::Receiver<HostEvent>, names: &[&str]) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < names.len() {
+        let wanted = |event: &HostEvent| names.iter().any(|name| replaced(name)(event));
+        if let HostEvent::PluginReplaced { name, version, .. } = event_where(events, wanted).await {
+            seen.push((name, version));
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_linked_to_another_plugins_file_is_replaced_with_it() {
+    // b.wasm -> a.wasm: a.wasm rewritten in place is b's new version too.
+    let plugins = plugin_dir(&[("a", artifacts::STAMP_TRANSFORM)]);
+    let dir = plugins.path();
+    std::os::unix::fs::symlink("a.wasm", dir.join("b.wasm")).unwrap();
+    let host = crate::support::host(dir, MEMORY_OUT).await;
+    assert_eq!(host.plugins().len(), 2);
+    let mut events = host.subscribe();
+    std::fs::write(dir.join("a.wasm"), std::fs::read(artifacts::REDACT_TRANSFORM).unwrap()).unwrap();
+    let version = host_digest(artifacts::REDACT_TRANSFORM);
+    let expected = [("a".to_owned(), version.clone()), ("b".to_owned(), version)];
+    assert_eq!(replacements(&mut events, &["a", "b"]).await, expected);
     assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_linked_into_a_subdirectory_follows_its_file_rewritten_or_replaced_there() {
+    let plugins = plugin_dir(&[]);
+    let dir = plugins.path();
+    std::fs::create_dir(dir.join("versions")).unwrap();
+    let file = dir.join("versions/t.wasm");
+    std::fs::copy(artifacts::STAMP_TRANSFORM, &file).unwrap();
+    std::os::unix::fs::symlink("versions/t.wasm", dir.join("t.wasm")).unwrap();
+    let host = crate::support::host(dir, MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    std::fs::write(&file, std::fs::read(artifacts::REDACT_TRANSFORM).unwrap()).unwrap();
+    replaced_with(&mut events, "t", artifacts::REDACT_TRANSFORM).await;
+    replace_file(&file, &std::fs::read(artifacts::STAMP_TRANSFORM).unwrap());
+    replaced_with(&mut events, "t", artifacts::STAMP_TRANSFORM).await;
+    drain_and_account(&host).await;
+}
+
+/// A plugin's version as the host names it: the SHA-256 of its file, hex.
+fn host_digest(artifact: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(artifact).unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! file is rejected with its reason and the previous version keeps serving.
 
 mod events;
+mod links;
 mod reloader;
 mod source;
 mod watch;

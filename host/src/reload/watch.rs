@@ -2,7 +2,9 @@
 //! gathered until things are quiet for a moment (or for a second at most, so a
 //! file written without pause delays the rest by no more), then applied.
 
+use super::links::{LinkTargets, names_a_plugin};
 use super::reloader::{Reloader, Retry};
+use arc_swap::ArcSwap;
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -41,14 +43,18 @@ pub(crate) struct WatchGuard {
 
 /// Start watching for `reloader`; changes are applied on the current runtime.
 /// The plugin directory's parent is watched too, so that a directory removed
-/// and made again, or renamed and replaced, is followed.
+/// and made again, or renamed and replaced, is followed; and so are the
+/// directories its plugins' links lead into ([`LinkTargets`]), as they are
+/// at the start and after each change.
 pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     let dir = reloader.plugin_dir();
     let config_path = reloader.config_path().map(Path::to_path_buf);
     let (changes, mut incoming) = mpsc::unbounded_channel();
     let classify = classifier(dir.clone(), config_path.clone());
+    let links = Arc::new(ArcSwap::from_pointee(LinkTargets::default()));
+    let links_seen = links.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => changes_of(&event, &classify).into_iter().for_each(|change| {
+        Ok(event) => changes_of(&event, &classify, &links_seen.load()).into_iter().for_each(|change| {
             let _ = changes.send(change);
         }),
         Err(err) => tracing::error!(%err, "watching the plugin directory failed"),
@@ -65,15 +71,21 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
             parents.push(canonical);
         }
     }
+    // Watched already, whatever links lead there: a second watch of one directory, by another
+    // path, would take the first one's events, and dropping it would drop both.
+    let watched_already: Vec<PathBuf> = parents.into_iter().flatten().collect();
     let watcher = Arc::new(Mutex::new(watcher));
+    follow_links(&watcher, &links, &dir, &watched_already);
     let rearm = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         while let Some(first) = incoming.recv().await {
             let batch = gather(first, &mut incoming).await;
-            if batch.contains(&Change::DirectoryItself)
-                && let Some(watcher) = rearm.upgrade()
-            {
-                watch_again(&watcher, &reloader.plugin_dir());
+            if let Some(watcher) = rearm.upgrade() {
+                if batch.contains(&Change::DirectoryItself) {
+                    watch_again(&watcher, &reloader.plugin_dir());
+                }
+                // Before the change is applied, so that what changes after the plugins are read is seen.
+                follow_links(&watcher, &links, &reloader.plugin_dir(), &watched_already);
             }
             let reloader = reloader.clone();
             let applied = tokio::task::spawn_blocking(move || apply(&reloader, batch)).await;
@@ -116,17 +128,47 @@ fn watch_again(watcher: &Mutex<RecommendedWatcher>, dir: &Path) {
     }
 }
 
-/// What `event` changed. An event that says the kernel's queue of events overflowed (a rescan)
-/// stands for changes that were lost, of any plugin and of the config: it had been dropped, and
-/// those changes were never applied.
-fn changes_of(event: &notify::Event, classify: impl Fn(&PathBuf) -> Option<Change>) -> Vec<Change> {
+/// Watch the directories the plugin directory `dir`'s links lead into now ([`LinkTargets`]),
+/// but for those `watched` already, and no longer those they left. Each is watched again, even
+/// if it was: one removed and made again lost its watch.
+fn follow_links(
+    watcher: &Mutex<RecommendedWatcher>,
+    links: &ArcSwap<LinkTargets>,
+    dir: &Path,
+    watched: &[PathBuf],
+) {
+    let now = LinkTargets::of(dir);
+    let watched: Vec<PathBuf> = watched.iter().cloned().chain(dir.canonicalize().ok()).collect();
+    let (before, after) = (links.load().directories(&watched), now.directories(&watched));
+    let mut watcher = watcher.lock().unwrap_or_else(|poison| poison.into_inner());
+    for left in before.difference(&after) {
+        let _gone_already = watcher.unwatch(left);
+    }
+    for target in &after {
+        if let Err(err) = watcher.watch(target, RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %target.display(), %err, "a directory links lead into is not there to watch");
+        }
+    }
+    links.store(Arc::new(now));
+}
+
+/// What `event` changed: each path's change, and the plugins whose links lead there. An event
+/// that says the kernel's queue of events overflowed (a rescan) stands for changes that were
+/// lost, of any plugin and of the config: it had been dropped, and those changes were never
+/// applied.
+fn changes_of(
+    event: &notify::Event,
+    classify: impl Fn(&PathBuf) -> Option<Change>,
+    links: &LinkTargets,
+) -> Vec<Change> {
     if event.need_rescan() {
         return vec![Change::Directory, Change::Config];
     }
     if !changes_content(&event.kind) {
         return Vec::new();
     }
-    event.paths.iter().filter_map(classify).collect()
+    let linked = |path| links.plugins_at(path).map(|name| Change::Plugin(name.clone()));
+    event.paths.iter().flat_map(|path| classify(path).into_iter().chain(linked(path))).collect()
 }
 
 /// Whether an event can mean new content: a file created, written, renamed
@@ -158,8 +200,6 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
         let at = (canonical(parent_of(path)), path.file_name().map(ToOwned::to_owned));
         // Resolved at each event: a plugin directory that is a symbolic link may be swapped.
         let in_dir = at.0.is_some() && at.0 == dir.canonicalize().ok();
-        let plugin_file = crate::plugin::PluginFormat::of(path).is_some();
-        let sidecar = path.extension().is_some_and(|ext| ext == "toml");
         let is_config_target = || {
             let target = || config_target.as_ref().and_then(|path| path.canonicalize().ok());
             config_is_link
@@ -169,7 +209,7 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
             Some(config) if *config == at => Some(Change::Config),
             _ if is_config_target() => Some(Change::Config),
             _ if at == dir_at => Some(Change::DirectoryItself),
-            _ if in_dir && (plugin_file || sidecar) => Some(Change::Plugin(crate::plugin::plugin_name(path))),
+            _ if in_dir && names_a_plugin(path) => Some(Change::Plugin(crate::plugin::plugin_name(path))),
             Some(config) if config_is_link && config.0 == at.0 => Some(Change::Config),
             // A file that is no plugin, no sidecar and no link (a log, a note) changes nothing: it
             // had every plugin read again, a file appended to without pause every 50 ms.
@@ -234,10 +274,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let classify = classifier(dir.path().to_path_buf(), None);
         let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
-        assert_eq!(changes_of(&overflow, &classify), [Change::Directory, Change::Config]);
+        let links = LinkTargets::default();
+        assert_eq!(changes_of(&overflow, &classify, &links), [Change::Directory, Change::Config]);
         let plugin = dir.path().join("t.wasm");
         let created = notify::Event::new(EventKind::Create(CreateKind::File)).add_path(plugin);
-        assert_eq!(changes_of(&created, &classify), [Change::Plugin("t".into())]);
+        assert_eq!(changes_of(&created, &classify, &links), [Change::Plugin("t".into())]);
     }
 
     #[test]
