@@ -17,6 +17,7 @@ mod destination_core;
 mod endpoint;
 mod exposition;
 mod file_transport;
+mod fake_nats_server;
 mod fallback;
 mod faulty;
 mod grpc_ingress;

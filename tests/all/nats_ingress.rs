@@ -4,6 +4,7 @@
 //! stream with none lost and none twice while one of them stops mid-stream.
 
 use crate::cli::Running;
+use crate::fake_nats_server::{FakeConnection, FakeNatsServer};
 use crate::nats_server::{NatsServer, fence};
 use crate::routing::gated_host;
 use crate::support::{MEMORY_OUT, builder, drain_and_account, eventually, host, next, plugin_dir, within};
@@ -22,7 +23,11 @@ async fn serve(host: &Host, server: &NatsServer, subjects: &[&str]) -> (oneshot:
         subjects: subjects.iter().map(|subject| subject.to_string()).collect(),
         ..NatsIngressConfig::default()
     };
-    let ingress = within(NatsIngress::connect(host.clone(), config)).await.unwrap();
+    serving(within(NatsIngress::connect(host.clone(), config)).await.unwrap())
+}
+
+/// `ingress` serving until the returned sender is dropped or sent on.
+fn serving(ingress: NatsIngress) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
     (stop, tokio::spawn(ingress.serve(async move { drop(stopped.await) })))
 }
@@ -216,4 +221,98 @@ async fn two_hosts_in_one_queue_group_split_a_stream_losing_none_while_one_stops
     })
     .await
     .unwrap();
+}
+
+/// How often the ingresses on a [`FakeNatsServer`] ping it when it is silent: a server silent for
+/// three times as long is counted lost.
+const PING_INTERVAL_MS: u64 = 250;
+
+/// A NATS ingress of `host` subscribed to `orders.>` on `fake` and to `sized.>`, pinging it every
+/// [`PING_INTERVAL_MS`]: its first connection, the handshake done with `INFO {info}`, and the
+/// ingress serving until the sender is dropped or sent on.
+async fn serve_on_fake(
+    host: &Host,
+    fake: &FakeNatsServer,
+    info: &str,
+) -> (FakeConnection, oneshot::Sender<()>, JoinHandle<()>) {
+    let config = NatsIngressConfig {
+        url: fake.address(),
+        subjects: vec!["orders.>".into(), "sized.>".into()],
+        ping_interval_ms: Some(PING_INTERVAL_MS),
+        ..NatsIngressConfig::default()
+    };
+    let connecting = tokio::spawn(NatsIngress::connect(host.clone(), config));
+    let mut first = fake.accept().await;
+    first.handshake(info).await;
+    let (stop, serving) = serving(within(connecting).await.unwrap().unwrap());
+    (first, stop, serving)
+}
+
+/// A host whose route `sized.>` answers each message with as many bytes as its payload says, and
+/// whose route `orders.>` delivers to the memory destination `out`.
+async fn sized_host(dir: &std::path::Path) -> Host {
+    let sized = |message: Message| async move {
+        let size: usize = std::str::from_utf8(&message.payload).unwrap().parse().unwrap();
+        Ok(Some(Message::new(message.topic, vec![b'a'; size])))
+    };
+    builder(dir)
+        .config("t", Config::from_toml("t", MEMORY_OUT).unwrap())
+        .destination("sized", sized)
+        .route(RouteConfig::new("sized", "sized.>", "sized"))
+        .route(RouteConfig::new("orders", "orders.>", "out"))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `connection` shakes hands and delivers `hello` on `orders.eu`, then serves on: the host must
+/// deliver it to `out`. Then the ingress stops, and everything it admitted is accounted for.
+async fn hello_arrives_through(
+    host: &Host,
+    mut connection: FakeConnection,
+    (stop, serving): (oneshot::Sender<()>, JoinHandle<()>),
+) -> switchyard::Stats {
+    connection.handshake("{}").await;
+    connection.send(b"MSG orders.eu 1 5\r\nhello\r\n").await;
+    connection.serve();
+    assert_eq!(next(&host.memory("out").unwrap()).await.payload, "hello");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    drain_and_account(host).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_silent_is_given_up_on_and_connected_again() {
+    let fake = FakeNatsServer::start().await;
+    let dir = plugin_dir(&[]);
+    let host = sized_host(dir.path()).await;
+    // As a server whose machine died: the connection stays open, and nothing comes.
+    let (_silent, stop, serving) = serve_on_fake(&host, &fake, "{}").await;
+    let stats = hello_arrives_through(&host, fake.accept().await, (stop, serving)).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_says_info_is_given_up_on_and_the_next_attempt_works() {
+    let fake = FakeNatsServer::start().await;
+    let dir = plugin_dir(&[]);
+    let host = sized_host(dir.path()).await;
+    let (first, stop, serving) = serve_on_fake(&host, &fake, "{}").await;
+    drop(first);
+    let _mute = fake.accept().await;
+    let stats = hello_arrives_through(&host, fake.accept().await, (stop, serving)).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_is_given_up_on_and_connected_again() {
+    let fake = FakeNatsServer::start().await;
+    let dir = plugin_dir(&[]);
+    let host = sized_host(dir.path()).await;
+    let (mut stalled, stop, serving) = serve_on_fake(&host, &fake, "{}").await;
+    // A request whose 16 MiB answer the server never reads: the answer's write stalls, holding
+    // the connection's writer.
+    stalled.send(b"MSG sized.big 2 _INBOX.big 8\r\n16777216\r\n").await;
+    let stats = hello_arrives_through(&host, fake.accept().await, (stop, serving)).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
 }

@@ -46,6 +46,13 @@ pub struct NatsIngressConfig {
     /// Messages delivered and not yet acknowledged, at most, over all hosts of the consumer (default
     /// 1000): the flow limit. Only with a `stream`.
     pub max_ack_pending: Option<u32>,
+    /// How long the connection may stay silent before the ingress pings the server (default
+    /// 60 000, as async-nats): when two pings in a row go unanswered — nothing heard for three
+    /// intervals — the connection is counted lost and made again, as it is (without a `stream`)
+    /// when a write is not taken whole within an interval. Without it, a server whose machine
+    /// died, or a network that dropped the path without a reset, would leave the ingress waiting
+    /// for ever.
+    pub ping_interval_ms: Option<u64>,
 }
 
 /// A `[[ingress.nats]]` entry's JetStream consumer, defaults filled in.
@@ -65,6 +72,7 @@ pub struct JetStreamConsumer<'c> {
 
 const ACK_WAIT_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
 const MAX_ACK_PENDING: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+const PING_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 
 impl NatsIngressConfig {
     /// The JetStream consumer this entry pulls from, when it names a `stream`.
@@ -78,12 +86,21 @@ impl NatsIngressConfig {
         })
     }
 
+    /// How long the connection may stay silent before the ingress pings the server.
+    pub fn ping_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ping_interval_ms.unwrap_or(60_000))
+    }
+
     /// What is wrong with this entry, if anything: the key under `ingress.nats[N]`, the value and
     /// the problem.
     pub(crate) fn problem(&self) -> Option<(&'static str, String, String)> {
         if !super::endpoint::is_host_and_port(&self.url) {
             let problem = format!("must be a NATS server: {}", super::endpoint::HOST_AND_PORT);
             return Some(("url", format!("{:?}", self.url), problem));
+        }
+        if let Some(ms) = self.ping_interval_ms.filter(|ms| !PING_INTERVAL_MS.contains(ms)) {
+            let problem = format!("must be from {} to {}", PING_INTERVAL_MS.start(), PING_INTERVAL_MS.end());
+            return Some(("ping_interval_ms", ms.to_string(), problem));
         }
         if self.stream.is_some() {
             return self.jetstream_problem();

@@ -139,6 +139,7 @@ impl StreamIngress {
         let client = async_nats::ConnectOptions::new()
             .reconnect_delay_callback(backoff)
             .max_reconnects(None)
+            .ping_interval(config.ping_interval())
             .connect(config.url.as_str())
             .await
             .map_err(|err| failed(err.to_string()))?;

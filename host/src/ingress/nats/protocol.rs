@@ -11,6 +11,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::io;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -21,6 +22,10 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// The largest message read; a server sends at most its `max_payload` (64 MiB at most).
 const MAX_MESSAGE: usize = 64 << 20;
+
+/// How long connecting and the handshake may take, at most (async-nats's default, as the stream
+/// ingress's client has).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the server sends, one operation at a time.
 pub(super) type Reader = FramedRead<OwnedReadHalf, ServerOps>;
@@ -158,8 +163,18 @@ fn invalid(what: &str) -> io::Error {
 
 /// Connect to the server at `url` (`host:port`) and shake hands: its `INFO`, our `CONNECT` (headers
 /// and no-responders on, no echo, not verbose), then `commands` (`SUB`s) and a `PING`, answered by a
-/// `PONG` once the server has taken them.
+/// `PONG` once the server has taken them. All of it within [`CONNECT_TIMEOUT`]: a peer that takes
+/// the connection and says nothing (a server hung, or not a NATS server) is given up on.
 pub(super) async fn connect(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWriteHalf)> {
+    let timed_out = || {
+        let problem = format!("no handshake with the NATS server within {CONNECT_TIMEOUT:?}");
+        io::Error::new(io::ErrorKind::TimedOut, problem)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, shake_hands(url, commands)).await.map_err(|_| timed_out())?
+}
+
+/// [`connect`], with no deadline.
+async fn shake_hands(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWriteHalf)> {
     let stream = TcpStream::connect(url).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();

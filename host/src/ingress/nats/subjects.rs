@@ -22,6 +22,14 @@
 //! or a write blocked 10 s by default, as a slow consumer). A lost connection is made again with
 //! backoff, and the subscriptions with it. Durable intake is JetStream's, not this ingress's.
 //! Plain connections only: a server that requires TLS or authentication is refused at start.
+//!
+//! A connection is lost when it closes or fails, and also when it dies without a word (the server's
+//! machine crashed, or the network dropped the path without a reset), which only silence shows: as
+//! NATS clients do, the ingress pings a server silent for `ping_interval_ms` (while it waits to
+//! read, not while it waits for room in the queue), and counts the connection lost when two pings
+//! in a row went unanswered — nothing heard for three intervals. A write the server does not take
+//! whole within an interval counts it lost too, and a server that does not complete the handshake
+//! within 5 s is given up on, for the next attempt.
 
 use super::protocol::{self, Delivered, Reader, ServerOp};
 use crate::config::NatsIngressConfig;
@@ -35,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The longest pause between two attempts to connect again.
@@ -44,15 +53,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `PING` after its `UNSUB`s.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pings in a row the server may leave unanswered; at the next silent interval the connection is
+/// counted lost (as in nats.go and async-nats).
+const MAX_UNANSWERED_PINGS: u32 = 2;
+
 /// A NATS ingress subscribed to its subjects, ready to serve.
 #[derive(Debug)]
 pub(super) struct SubjectIngress {
     host: Host,
     config: NatsIngressConfig,
     reader: Reader,
-    /// The connection's writing half: `PONG`s from the reading loop, and answers from the tasks
-    /// awaiting replies. Swapped for the new one's when the connection is made again.
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// The connection's writing half: `PONG`s and `PING`s from the reading loop, and answers from
+    /// the tasks awaiting replies. Swapped for the new one's when the connection is made again.
+    writer: Arc<tokio::sync::Mutex<Outbound>>,
+    /// The connection's [`Outbound::broken`], for the reading loop to wait on without the lock.
+    broken: CancellationToken,
+    /// Pings sent since the server was last heard from.
+    unanswered_pings: u32,
     /// The tasks awaiting a request's reply to publish it; a stop waits for them.
     answers: TaskTracker,
 }
@@ -60,10 +77,12 @@ pub(super) struct SubjectIngress {
 impl SubjectIngress {
     /// Connect to the server of `config` and subscribe to its subjects, for `host`.
     pub(super) async fn connect(host: Host, config: NatsIngressConfig) -> Result<SubjectIngress, BuildError> {
-        let (reader, writer) =
+        let (reader, outbound) =
             subscribe(&config).await.map_err(|error| BuildError::Nats { url: config.url.clone(), error })?;
-        let writer = Arc::new(tokio::sync::Mutex::new(writer));
-        Ok(SubjectIngress { host, config, reader, writer, answers: TaskTracker::new() })
+        let broken = outbound.broken.clone();
+        let writer = Arc::new(tokio::sync::Mutex::new(outbound));
+        let answers = TaskTracker::new();
+        Ok(SubjectIngress { host, config, reader, writer, broken, unanswered_pings: 0, answers })
     }
 
     /// The settings it serves.
@@ -76,15 +95,15 @@ impl SubjectIngress {
     pub(super) async fn serve(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
         tokio::pin!(shutdown);
         let connected = loop {
-            let op = tokio::select! {
+            let heard = tokio::select! {
                 biased;
                 () = &mut shutdown => break true,
-                op = self.reader.next() => op,
+                heard = self.listen() => heard,
             };
-            let lost = match op {
-                Some(Ok(op)) => self.handle(op).await.err(),
-                Some(Err(err)) => Some(err),
-                None => Some(io::Error::new(io::ErrorKind::UnexpectedEof, "closed by the server")),
+            let lost = match heard {
+                Heard::Op(op) => self.handle(op).await.err(),
+                Heard::Silence => self.ping().await.err(),
+                Heard::Lost(err) => Some(err),
             };
             if let Some(err) = lost {
                 tracing::warn!(url = %self.config.url, %err, "NATS ingress connection lost; connecting again");
@@ -98,14 +117,45 @@ impl SubjectIngress {
         }
         self.answers.close();
         self.answers.wait().await;
-        let _ = self.writer.lock().await.shutdown().await;
+        let _ = self.writer.lock().await.write.shutdown().await;
+    }
+
+    /// The server's next operation, or [`Heard::Silence`] when none came for a ping interval.
+    async fn listen(&mut self) -> Heard {
+        let next = tokio::select! {
+            () = self.broken.cancelled() => {
+                return Heard::Lost(io::Error::other("a write to the server failed or stalled"));
+            }
+            next = tokio::time::timeout(self.config.ping_interval(), self.reader.next()) => next,
+        };
+        match next {
+            Ok(Some(Ok(op))) => {
+                self.unanswered_pings = 0;
+                Heard::Op(op)
+            }
+            Ok(Some(Err(err))) => Heard::Lost(err),
+            Ok(None) => Heard::Lost(io::Error::new(io::ErrorKind::UnexpectedEof, "closed by the server")),
+            Err(_) => Heard::Silence,
+        }
+    }
+
+    /// Ping the server after a silent interval; an error when it left the last pings unanswered.
+    async fn ping(&mut self) -> io::Result<()> {
+        if self.unanswered_pings == MAX_UNANSWERED_PINGS {
+            let silence = self.config.ping_interval() * (MAX_UNANSWERED_PINGS + 1);
+            let problem =
+                format!("nothing heard from the server for {silence:?}, {MAX_UNANSWERED_PINGS} pings");
+            return Err(io::Error::new(io::ErrorKind::TimedOut, problem));
+        }
+        self.unanswered_pings += 1;
+        self.writer.lock().await.write(b"PING\r\n").await
     }
 
     /// Act on one operation from the server; an error when the connection failed.
     async fn handle(&self, op: ServerOp) -> io::Result<()> {
         match op {
             ServerOp::Message(delivered) => self.admit(delivered).await,
-            ServerOp::Ping => self.writer.lock().await.write_all(b"PONG\r\n").await?,
+            ServerOp::Ping => self.writer.lock().await.write(b"PONG\r\n").await?,
             ServerOp::Error(text) => {
                 tracing::warn!(url = %self.config.url, %text, "the NATS server reports an error")
             }
@@ -136,7 +186,7 @@ impl SubjectIngress {
             };
             let (headers, payload) = answer_of(id, answer);
             let frame = protocol::publish(&reply_to, &headers, &payload);
-            if let Err(err) = writer.lock().await.write_all(&frame).await {
+            if let Err(err) = writer.lock().await.write(&frame).await {
                 tracing::warn!(%reply_to, %err, "NATS ingress: the answer to a request could not be sent");
             }
         });
@@ -155,9 +205,11 @@ impl SubjectIngress {
                 } => connected,
             };
             match connected {
-                Ok((reader, writer)) => {
+                Ok((reader, outbound)) => {
                     self.reader = reader;
-                    *self.writer.lock().await = writer;
+                    self.broken = outbound.broken.clone();
+                    self.unanswered_pings = 0;
+                    *self.writer.lock().await = outbound;
                     tracing::info!(url = %self.config.url, "NATS ingress connected again");
                     return true;
                 }
@@ -172,7 +224,7 @@ impl SubjectIngress {
     async fn unsubscribe(&mut self) -> io::Result<()> {
         let mut fence: Vec<u8> = (1..=self.config.subjects.len()).flat_map(protocol::unsubscribe).collect();
         fence.extend_from_slice(b"PING\r\n");
-        self.writer.lock().await.write_all(&fence).await?;
+        self.writer.lock().await.write(&fence).await?;
         loop {
             let op = tokio::time::timeout(FENCE_TIMEOUT, self.reader.next()).await.map_err(|_| {
                 io::Error::new(io::ErrorKind::TimedOut, "no PONG from the server after the UNSUBs")
@@ -188,14 +240,57 @@ impl SubjectIngress {
     }
 }
 
+/// What the reading loop heard from the server.
+enum Heard {
+    /// An operation.
+    Op(ServerOp),
+    /// Nothing, for a ping interval.
+    Silence,
+    /// That the connection is lost: closed, failed, or a write to it failed or stalled.
+    Lost(io::Error),
+}
+
+/// The writing half of a connection, with a deadline on each write.
+#[derive(Debug)]
+struct Outbound {
+    write: OwnedWriteHalf,
+    /// How long one write may take: the ping interval, as a server that takes nothing for that
+    /// long is as gone as one that answers no ping.
+    deadline: Duration,
+    /// Cancelled once a write failed or missed its deadline: it may have cut a frame in the
+    /// middle, so nothing more is written, and the reading loop counts the connection lost.
+    broken: CancellationToken,
+}
+
+impl Outbound {
+    /// Write all of `bytes` within the deadline; an error when it failed, or did not end in time,
+    /// or an earlier write did not.
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.broken.is_cancelled() {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "an earlier write failed or stalled"));
+        }
+        let stalled =
+            || io::Error::new(io::ErrorKind::TimedOut, format!("not written within {:?}", self.deadline));
+        let written = tokio::time::timeout(self.deadline, self.write.write_all(bytes))
+            .await
+            .unwrap_or_else(|_| Err(stalled()));
+        if written.is_err() {
+            self.broken.cancel();
+        }
+        written
+    }
+}
+
 /// A connection to the server of `config`, subscribed to its subjects once it returns (the
 /// subscription ids count from 1 in their order).
-async fn subscribe(config: &NatsIngressConfig) -> io::Result<(Reader, OwnedWriteHalf)> {
+async fn subscribe(config: &NatsIngressConfig) -> io::Result<(Reader, Outbound)> {
     let subscriptions = config.subjects.iter().enumerate();
     let subscriptions: Vec<u8> = subscriptions
         .flat_map(|(at, subject)| protocol::subscribe(subject, config.queue_group.as_deref(), at + 1))
         .collect();
-    protocol::connect(&config.url, &subscriptions).await
+    let (reader, write) = protocol::connect(&config.url, &subscriptions).await?;
+    let outbound = Outbound { write, deadline: config.ping_interval(), broken: CancellationToken::new() };
+    Ok((reader, outbound))
 }
 
 /// The headers and payload published to a request's reply subject: see the module docs.
