@@ -1,10 +1,10 @@
 //! A NATS server played by the test, for what a real `nats-server` does not do on request: a
-//! machine that dies without a word, a server that never says `INFO`, or one that stops reading.
-//! It accepts the ingress's connections on 127.0.0.1 and does with each what the test says,
-//! speaking the text protocol.
+//! machine that dies without a word, a server that never says `INFO`, one that stops reading, or
+//! one with a small `max_payload`. It accepts the ingress's connections on 127.0.0.1 and does with
+//! each what the test says, speaking the text protocol.
 
 use crate::support::within;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -17,6 +17,24 @@ pub struct FakeNatsServer {
 pub struct FakeConnection {
     read: BufReader<OwnedReadHalf>,
     write: OwnedWriteHalf,
+}
+
+/// A message the client published (`HPUB`).
+#[derive(Debug)]
+pub struct Published {
+    /// Where it was published: for an answer, the request's reply subject.
+    pub subject: String,
+    /// Its headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+impl Published {
+    /// The value of its header `name`, if it has one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
 }
 
 impl FakeNatsServer {
@@ -59,9 +77,10 @@ impl FakeConnection {
         within(self.write.write_all(bytes)).await.unwrap();
     }
 
-    /// From now on, a live server: answer each `PING` with a `PONG` until the client closes the
-    /// connection.
-    pub fn serve(self) {
+    /// From now on, a live server: answer each `PING` with a `PONG`, and pass on each message the
+    /// client publishes, until the client closes the connection.
+    pub fn serve(self) -> flume::Receiver<Published> {
+        let (published, receiver) = flume::unbounded();
         let FakeConnection { mut read, mut write } = self;
         tokio::spawn(async move {
             let mut line = String::new();
@@ -70,10 +89,29 @@ impl FakeConnection {
                 if read.read_line(&mut line).await.unwrap_or(0) == 0 {
                     return;
                 }
-                if line == "PING\r\n" && write.write_all(b"PONG\r\n").await.is_err() {
-                    return;
+                match line.split_ascii_whitespace().collect::<Vec<_>>()[..] {
+                    ["PING"] => {
+                        if write.write_all(b"PONG\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                    ["HPUB", subject, header_bytes, total_bytes] => {
+                        let (header_bytes, total_bytes) =
+                            (header_bytes.parse().unwrap(), total_bytes.parse::<usize>().unwrap());
+                        let mut body = vec![0; total_bytes + 2];
+                        if read.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let block = String::from_utf8_lossy(&body[..header_bytes]);
+                        let lines = block.split("\r\n").skip(1).filter_map(|line| line.split_once(": "));
+                        let headers = lines.map(|(name, value)| (name.into(), value.into())).collect();
+                        let payload = body[header_bytes..total_bytes].to_vec();
+                        drop(published.send(Published { subject: subject.into(), headers, payload }));
+                    }
+                    _ => {}
                 }
             }
         });
+        receiver
     }
 }

@@ -4,7 +4,7 @@
 //! stream with none lost and none twice while one of them stops mid-stream.
 
 use crate::cli::Running;
-use crate::fake_nats_server::{FakeConnection, FakeNatsServer};
+use crate::fake_nats_server::{FakeConnection, FakeNatsServer, Published};
 use crate::nats_server::{NatsServer, fence};
 use crate::routing::gated_host;
 use crate::support::{MEMORY_OUT, builder, drain_and_account, eventually, host, next, plugin_dir, within};
@@ -274,7 +274,7 @@ async fn hello_arrives_through(
 ) -> switchyard::Stats {
     connection.handshake("{}").await;
     connection.send(b"MSG orders.eu 1 5\r\nhello\r\n").await;
-    connection.serve();
+    let _published = connection.serve();
     assert_eq!(next(&host.memory("out").unwrap()).await.payload, "hello");
     stop.send(()).unwrap();
     within(serving).await.unwrap();
@@ -315,4 +315,39 @@ async fn a_server_that_stops_reading_is_given_up_on_and_connected_again() {
     stalled.send(b"MSG sized.big 2 _INBOX.big 8\r\n16777216\r\n").await;
     let stats = hello_arrives_through(&host, fake.accept().await, (stop, serving)).await;
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_servers_max_payload_is_replaced_by_an_error_answer() {
+    let fake = FakeNatsServer::start().await;
+    let dir = plugin_dir(&[]);
+    let host = sized_host(dir.path()).await;
+    let (mut connection, stop, serving) = serve_on_fake(&host, &fake, r#"{"max_payload":1024}"#).await;
+    // Answers of 900 and 1000 bytes of payload, and about 60 bytes of headers (`x-sy-id`): the
+    // second is over the limit only with its headers, as the server counts.
+    connection.send(b"MSG sized.a 2 _INBOX.small 3\r\n900\r\nMSG sized.b 2 _INBOX.large 4\r\n1000\r\n").await;
+    let published = connection.serve();
+    let mut answers = [next_published(&published).await, next_published(&published).await];
+    answers.sort_by(|a, b| a.subject.cmp(&b.subject));
+    let [large, small] = &answers;
+    assert_eq!(
+        (small.subject.as_str(), small.payload.len()),
+        ("_INBOX.small", 900),
+        "under the limit: whole"
+    );
+    assert_eq!(large.subject, "_INBOX.large");
+    assert!(large.payload.is_empty(), "nats-server would refuse it and close the connection");
+    let error = large.header("x-sy-error").expect("the reason");
+    assert!(error.contains("max_payload") && error.contains("1024"), "{error}");
+    assert_eq!(large.header("x-sy-delivered"), Some("true"));
+    assert!(large.header("x-sy-id").is_some(), "the answer names the message it answers");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+/// The next message the ingress published on a [`FakeConnection`] it serves.
+async fn next_published(published: &flume::Receiver<Published>) -> Published {
+    within(published.recv_async()).await.expect("the connection is open")
 }

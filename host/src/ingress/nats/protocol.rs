@@ -63,6 +63,10 @@ pub(super) enum ServerOp {
 /// The parts of the server's `INFO` that a plain client must check.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 pub(super) struct ServerInfo {
+    /// The most bytes of headers and payload the server takes in one message (none said: no limit
+    /// known). It refuses a larger one and closes the connection, dropping what was queued for it.
+    #[serde(default)]
+    pub max_payload: Option<usize>,
     /// The server takes TLS connections only.
     #[serde(default)]
     tls_required: bool,
@@ -165,7 +169,7 @@ fn invalid(what: &str) -> io::Error {
 /// and no-responders on, no echo, not verbose), then `commands` (`SUB`s) and a `PING`, answered by a
 /// `PONG` once the server has taken them. All of it within [`CONNECT_TIMEOUT`]: a peer that takes
 /// the connection and says nothing (a server hung, or not a NATS server) is given up on.
-pub(super) async fn connect(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWriteHalf)> {
+pub(super) async fn connect(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWriteHalf, ServerInfo)> {
     let timed_out = || {
         let problem = format!("no handshake with the NATS server within {CONNECT_TIMEOUT:?}");
         io::Error::new(io::ErrorKind::TimedOut, problem)
@@ -174,20 +178,20 @@ pub(super) async fn connect(url: &str, commands: &[u8]) -> io::Result<(Reader, O
 }
 
 /// [`connect`], with no deadline.
-async fn shake_hands(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWriteHalf)> {
+async fn shake_hands(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWriteHalf, ServerInfo)> {
     let stream = TcpStream::connect(url).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = FramedRead::new(read, ServerOps);
     let closed = || io::Error::new(io::ErrorKind::UnexpectedEof, "the NATS server closed the connection");
-    match reader.next().await.ok_or_else(closed)?? {
+    let info = match reader.next().await.ok_or_else(closed)?? {
         ServerOp::Info(info) if info.tls_required || info.auth_required => {
             let problem = "the server requires TLS or authentication, which the NATS ingress does not offer";
             return Err(io::Error::new(io::ErrorKind::Unsupported, problem));
         }
-        ServerOp::Info(_) => {}
+        ServerOp::Info(info) => info,
         op => return Err(invalid(&format!("{op:?} before INFO"))),
-    }
+    };
     let connect = serde_json::json!({
         "verbose": false, "pedantic": false, "echo": false, "headers": true, "no_responders": true,
         "protocol": 1, "lang": "rust", "name": "switchyard", "version": env!("CARGO_PKG_VERSION"),
@@ -198,7 +202,7 @@ async fn shake_hands(url: &str, commands: &[u8]) -> io::Result<(Reader, OwnedWri
     write.write_all(&handshake).await?;
     loop {
         match reader.next().await.ok_or_else(closed)?? {
-            ServerOp::Pong => return Ok((reader, write)),
+            ServerOp::Pong => return Ok((reader, write, info)),
             ServerOp::Error(text) => {
                 return Err(io::Error::other(format!("the NATS server refused: {text}")));
             }
@@ -221,9 +225,25 @@ pub(super) fn unsubscribe(sid: usize) -> Vec<u8> {
     format!("UNSUB {sid}\r\n").into_bytes()
 }
 
+/// A message over the server's `max_payload`.
+#[derive(Debug, thiserror::Error)]
+#[error("{size} bytes of headers and payload, over the NATS server's max_payload of {max_payload}")]
+pub(super) struct OverMaxPayload {
+    /// Its header block and payload, in bytes.
+    pub size: usize,
+    /// The server's limit.
+    pub max_payload: usize,
+}
+
 /// `HPUB subject header_bytes total_bytes` with `headers` and `payload`; a header NATS cannot carry
 /// (a name with a space, a colon or a control character, a value with a line break) is left out.
-pub(super) fn publish(subject: &str, headers: &[(String, String)], payload: &[u8]) -> Vec<u8> {
+/// An error, instead, when the header block and payload together are over `max_payload`.
+pub(super) fn publish(
+    subject: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+    max_payload: Option<usize>,
+) -> Result<Vec<u8>, OverMaxPayload> {
     let mut block = BytesMut::from(&b"NATS/1.0\r\n"[..]);
     let valid_name = |name: &str| {
         !name.is_empty() && !name.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control())
@@ -235,11 +255,14 @@ pub(super) fn publish(subject: &str, headers: &[(String, String)], payload: &[u8
     }
     block.put_slice(b"\r\n");
     let total = block.len() + payload.len();
+    if let Some(max_payload) = max_payload.filter(|max| total > *max) {
+        return Err(OverMaxPayload { size: total, max_payload });
+    }
     let mut frame = format!("HPUB {subject} {} {total}\r\n", block.len()).into_bytes();
     frame.extend_from_slice(&block);
     frame.extend_from_slice(payload);
     frame.extend_from_slice(b"\r\n");
-    frame
+    Ok(frame)
 }
 
 #[cfg(test)]
@@ -254,8 +277,8 @@ mod tests {
 
     #[test]
     fn a_message_with_headers_and_a_reply_subject_is_read_whole() {
-        let frame =
-            publish("orders.eu", &[("k".into(), "v 1".into()), ("bad:name".into(), "x".into())], b"hi");
+        let headers = [("k".into(), "v 1".into()), ("bad:name".into(), "x".into())];
+        let frame = publish("orders.eu", &headers, b"hi", None).unwrap();
         let text =
             String::from_utf8(frame).unwrap().replacen("HPUB orders.eu", "HMSG orders.eu 1 _INBOX.a", 1);
         let ops = decode_all(format!("PING\r\n{text}MSG plain 2 3\r\nabc\r\n").as_bytes());
@@ -276,6 +299,15 @@ mod tests {
                 message("plain", None, vec![], b"abc"),
             ]
         );
+    }
+
+    #[test]
+    fn a_message_over_max_payload_counts_its_header_block() {
+        // "NATS/1.0\r\n" "k: v\r\n" "\r\n" and two bytes of payload: 20 bytes.
+        let headers = [("k".into(), "v".into())];
+        assert!(publish("s", &headers, b"hi", Some(20)).is_ok());
+        let over = publish("s", &headers, b"hi", Some(19)).unwrap_err();
+        assert_eq!((over.size, over.max_payload), (20, 19));
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! `x-sy-id`, and the reply's headers and payload; when the destination gives no reply, an empty
 //! payload; when the message was refused, dropped or dead-lettered, an empty payload with
 //! `x-sy-error` (the reason) and, for a dead letter, `x-sy-error-code`; when it was delivered but its
-//! reply refused, an empty payload with `x-sy-error` and `x-sy-delivered: true`.
+//! reply refused, an empty payload with `x-sy-error` and `x-sy-delivered: true`. An answer whose
+//! headers and payload are over the server's `max_payload` (which it would refuse, closing the
+//! connection and dropping what it queued for this host) is refused too: an empty payload with
+//! `x-sy-error` naming the limit (and `x-sy-delivered: true` when the message was delivered).
 //!
 //! With a `queue_group`, the server gives each message to one member of the group: hosts in one
 //! group share the work. A graceful stop sends `UNSUB` and a `PING`, and admits everything that
@@ -31,7 +34,7 @@
 //! whole within an interval counts it lost too, and a server that does not complete the handshake
 //! within 5 s is given up on, for the next attempt.
 
-use super::protocol::{self, Delivered, Reader, ServerOp};
+use super::protocol::{self, Delivered, OverMaxPayload, Reader, ServerOp};
 use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, RequestError, await_reply};
 use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
@@ -184,9 +187,12 @@ impl SubjectIngress {
                 Ok((_, pending)) => await_reply(pending).await,
                 Err(refused) => Err(refused.into()),
             };
-            let (headers, payload) = answer_of(id, answer);
-            let frame = protocol::publish(&reply_to, &headers, &payload);
-            if let Err(err) = writer.lock().await.write(&frame).await {
+            let mut writer = writer.lock().await;
+            let sent = match answer_frame(&reply_to, id, answer, writer.max_payload) {
+                Ok(frame) => writer.write(&frame).await,
+                Err(over) => Err(io::Error::other(over)),
+            };
+            if let Err(err) = sent {
                 tracing::warn!(%reply_to, %err, "NATS ingress: the answer to a request could not be sent");
             }
         });
@@ -254,6 +260,8 @@ enum Heard {
 #[derive(Debug)]
 struct Outbound {
     write: OwnedWriteHalf,
+    /// The server's `max_payload`, if it said.
+    max_payload: Option<usize>,
     /// How long one write may take: the ping interval, as a server that takes nothing for that
     /// long is as gone as one that answers no ping.
     deadline: Duration,
@@ -288,9 +296,29 @@ async fn subscribe(config: &NatsIngressConfig) -> io::Result<(Reader, Outbound)>
     let subscriptions: Vec<u8> = subscriptions
         .flat_map(|(at, subject)| protocol::subscribe(subject, config.queue_group.as_deref(), at + 1))
         .collect();
-    let (reader, write) = protocol::connect(&config.url, &subscriptions).await?;
-    let outbound = Outbound { write, deadline: config.ping_interval(), broken: CancellationToken::new() };
-    Ok((reader, outbound))
+    let (reader, write, info) = protocol::connect(&config.url, &subscriptions).await?;
+    let (deadline, broken) = (config.ping_interval(), CancellationToken::new());
+    Ok((reader, Outbound { write, max_payload: info.max_payload, deadline, broken }))
+}
+
+/// The frame publishing `answer` to `reply_to`, with `id`: see the module docs. One over
+/// `max_payload` is replaced by an error answer; an error when even that is over it.
+fn answer_frame(
+    reply_to: &str,
+    id: String,
+    answer: Result<Option<Message>, RequestError>,
+    max_payload: Option<usize>,
+) -> Result<Vec<u8>, OverMaxPayload> {
+    let delivered = matches!(answer, Ok(_) | Err(RequestError::ReplyRefused { .. }));
+    let (headers, payload) = answer_of(id.clone(), answer);
+    protocol::publish(reply_to, &headers, &payload, max_payload).or_else(|over| {
+        let mut headers = vec![(ID_HEADER.to_owned(), id)];
+        if delivered {
+            headers.push(("x-sy-delivered".to_owned(), "true".to_owned()));
+        }
+        headers.push(("x-sy-error".to_owned(), format!("its answer was refused: {over}")));
+        protocol::publish(reply_to, &headers, &[], max_payload)
+    })
 }
 
 /// The headers and payload published to a request's reply subject: see the module docs.
