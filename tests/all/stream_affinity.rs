@@ -15,14 +15,24 @@ const MESSAGES: usize = 50;
 /// What every server took: (server, stream, sequence number), in the order taken.
 type Taken = Arc<Mutex<Vec<(usize, String, usize)>>>;
 
-/// Server number `server`, noting each message in `taken`; stops (closing its connections and
-/// refusing new ones) when `stop` is sent.
-async fn server(server: usize, taken: Taken) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    slow_server(server, taken, std::time::Duration::ZERO).await
+/// `count` servers numbered from 0 (see [`server`]), answering each message `delay` after it came,
+/// and their addresses.
+async fn servers(
+    count: usize,
+    taken: &Taken,
+    delay: std::time::Duration,
+) -> (Vec<(SocketAddr, tokio::sync::oneshot::Sender<()>)>, Vec<SocketAddr>) {
+    let mut servers = Vec::new();
+    for number in 0..count {
+        servers.push(server(number, taken.clone(), delay).await);
+    }
+    let addresses = servers.iter().map(|(addr, _)| *addr).collect();
+    (servers, addresses)
 }
 
-/// [`server`], answering each message `delay` after it came.
-async fn slow_server(
+/// Server number `server`, noting each message in `taken` and answering it `delay` after it came;
+/// stops (closing its connections and refusing new ones) when `stop` is sent.
+async fn server(
     server: usize,
     taken: Taken,
     delay: std::time::Duration,
@@ -93,11 +103,7 @@ to = "workers"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_stick_to_their_endpoint_in_order_and_move_with_events_when_it_stops() {
     let taken = Taken::default();
-    let mut servers = Vec::new();
-    for number in 0..4 {
-        servers.push(server(number, taken.clone()).await);
-    }
-    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let (mut servers, addresses) = servers(4, &taken, std::time::Duration::ZERO).await;
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &config(&addresses)).await;
     let mut events = host.subscribe();
@@ -187,11 +193,7 @@ async fn streams_posted_to_the_ingress_stay_in_order_when_the_destination_queue_
     // binary, none with a stage on the route). This run did not catch the old code out: it holds
     // the promise, through the workers, for the ingress's way in.
     let taken = Taken::default();
-    let mut servers = Vec::new();
-    for number in 0..2 {
-        servers.push(slow_server(number, taken.clone(), std::time::Duration::from_millis(2)).await);
-    }
-    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let (_servers, addresses) = servers(2, &taken, std::time::Duration::from_millis(2)).await;
     let config = config(&addresses).replace(
         "balancer = \"affinity:header:x-stream\"",
         "balancer = \"affinity:header:x-stream\"\nqueue = { capacity = 2 }",
@@ -239,11 +241,7 @@ async fn admin(addr: SocketAddr, method: &'static str, path: &str) -> (u16, serd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_shows_checks_and_counts_the_streams() {
     let taken = Taken::default();
-    let mut servers = Vec::new();
-    for number in 0..3 {
-        servers.push(server(number, taken.clone()).await);
-    }
-    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let (mut servers, addresses) = servers(3, &taken, std::time::Duration::ZERO).await;
     let dir = plugin_dir(&[]);
     let config = format!("{}[[destination]]\nname = \"plain\"\ntransport = \"memory\"\n", config(&addresses));
     let host = host(dir.path(), &config).await;
@@ -363,11 +361,7 @@ async fn stream_migrations_count_on_when_a_settings_change_rebuilds_the_destinat
     // A changed destination is built anew (its stream table goes on in the new instance): the moves
     // counted so far must not fall back to 0, which Prometheus reads as a counter reset.
     let taken = Taken::default();
-    let mut servers = Vec::new();
-    for number in 0..3 {
-        servers.push(server(number, taken.clone()).await);
-    }
-    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let (mut servers, addresses) = servers(3, &taken, std::time::Duration::ZERO).await;
     let dir = plugin_dir(&[]);
     let config = config(&addresses);
     let host = host(dir.path(), &config).await;
@@ -543,11 +537,7 @@ async fn a_reload_that_adds_or_removes_endpoints_keeps_the_stream_table_and_tell
     // every stream anew: about a third, 18 of 60 in one run, went to the new endpoint at once,
     // untold.)
     let taken = Taken::default();
-    let mut servers = Vec::new();
-    for number in 0..3 {
-        servers.push(server(number, taken.clone()).await);
-    }
-    let addresses: Vec<SocketAddr> = servers.iter().map(|(addr, _)| *addr).collect();
+    let (_servers, addresses) = servers(3, &taken, std::time::Duration::ZERO).await;
     let dir = plugin_dir(&[]);
     let slow_moves =
         |addresses: &[SocketAddr]| config(addresses).replace("migrate_per_s = 20", "migrate_per_s = 1");
