@@ -300,3 +300,64 @@ pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
 pub use crate::wasm_transport::{echo_transport, faulty_transport, redis_transport};
 pub use crate::wire_format::{faulty_format_v0, faulty_format_v2};
+
+/// Replies waiting for room in the reply middleware's queue when a shutdown's grace period ends are
+/// answered then ("the host stopped before the reply passed back"), as any delivery's wait ends:
+/// they waited for every reply queued before them, each up to the middleware's deadline, and held
+/// the shutdown (the worker whose delivery answered) as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn a_reply_waiting_for_a_slow_reply_middleware_at_the_end_of_the_grace_is_answered_then() {
+    let dir = plugin_dir(&[("slow", artifacts::ANNOTATE_MIDDLEWARE)]);
+    let config = r#"
+[host]
+workers = 1
+queue_capacity = 1
+shutdown_grace_ms = 200
+[[plugin]]
+name = "slow"
+config = { reply_spin = "true" }
+limits = { timeout_ms = 3000 }
+"#;
+    let config = switchyard::Config::from_toml("t", config).unwrap();
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let echo = {
+        let delivered = delivered.clone();
+        move |message: Message| {
+            delivered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(Some(message)) }
+        }
+    };
+    let host = builder(dir.path())
+        .config("t", config)
+        .destination("echo", echo)
+        .route(switchyard::RouteConfig::new("all", ">", "echo").stage("middleware:slow"))
+        .build()
+        .await
+        .unwrap();
+    // The first reply spins in the middleware, the second waits in its queue (of one), the third
+    // waits for room in it, holding the only worker.
+    let request = |n: usize| {
+        let host = host.clone();
+        tokio::spawn(async move { host.request(Message::new("greet", n.to_string())).await })
+    };
+    let requests: Vec<_> = (0..3).map(request).collect();
+    crate::support::eventually(|| match delivered.load(std::sync::atomic::Ordering::SeqCst) {
+        3 => Ok(()),
+        seen => Err(seen),
+    });
+    within(host.shutdown()).await;
+    let mut refused = 0;
+    for request in requests {
+        match within(request).await.unwrap() {
+            Err(RequestError::ReplyRefused { problem, .. }) => {
+                assert!(problem.contains("the host stopped before the reply passed back"), "{problem}");
+                refused += 1;
+            }
+            Err(RequestError::ReplyFailed(reason)) => {
+                assert_eq!(reason.code(), "plugin-timed-out", "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refused, 1, "the reply that waited for room at the grace's end");
+}

@@ -179,7 +179,7 @@ impl HostBuilder {
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
         // Bounded like the intake: a slow reply middleware holds deliveries back.
-        let (replies, reply_queue) = flume::bounded(config.host.queue_capacity);
+        let (replies, reply_queue) = tokio::sync::mpsc::channel(config.host.queue_capacity.max(1));
         let max_message_bytes = config.host.max_message_bytes;
         let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes);
         std::thread::Builder::new()

@@ -51,7 +51,7 @@ pub(crate) struct Pipeline {
     /// Starts and tracks the dispatchers of network destinations.
     pub(crate) dispatch: DispatchContext,
     /// Replies that pass back through middleware, for the reply worker.
-    pub(crate) replies: flume::Sender<ReplyBack>,
+    pub(crate) replies: tokio::sync::mpsc::Sender<ReplyBack>,
     /// Where dead letters go when no dead-letter destination takes them.
     pub(crate) dead_letters: Arc<DeadLetters>,
     /// Dead letters of the workers' batches on their way (`host.queue_capacity` at most): each on a
@@ -423,9 +423,24 @@ impl Pipeline {
         let Some(sender) = reply else { return };
         match response {
             Ok(Some(reply)) if !middlewares.is_empty() => {
-                // Middleware runs on the reply worker's plugin instances.
-                let back = ReplyBack { sender, middlewares, request: message, reply };
-                let _ = self.replies.send_async(back).await;
+                // Middleware runs on the reply worker's plugin instances. Room in its queue is
+                // waited for until a shutdown's grace period ends, as any delivery's wait: a slow
+                // middleware otherwise held the shutdown for all the replies queued before it.
+                let room = tokio::select! {
+                    biased;
+                    room = self.replies.reserve() => room.ok(),
+                    () = self.dispatch.past_grace.cancelled() => None,
+                };
+                match room {
+                    Some(room) => room.send(ReplyBack { sender, middlewares, request: message, reply }),
+                    None => {
+                        let destination = sink.name.clone();
+                        let problem = "the host stopped before the reply passed back through the route's \
+                                       middleware"
+                            .to_owned();
+                        drop(sender.send(Err(RequestError::ReplyRefused { destination, problem })));
+                    }
+                }
             }
             Ok(response) => drop(sender.send(Ok(response))),
             Err(problem) => {
@@ -457,8 +472,8 @@ impl Pipeline {
 /// The reply worker: passes replies back through the middlewares their
 /// requests went through, on plugin instances of its own, until the
 /// pipeline is gone.
-pub(crate) fn run_reply_worker(mut worker: Worker, replies: flume::Receiver<ReplyBack>) {
-    for back in replies.iter() {
+pub(crate) fn run_reply_worker(mut worker: Worker, mut replies: tokio::sync::mpsc::Receiver<ReplyBack>) {
+    while let Some(back) = replies.blocking_recv() {
         let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
         let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
     }

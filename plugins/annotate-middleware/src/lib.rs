@@ -7,6 +7,8 @@
 //! - `value`: that header's value (default `annotate-middleware`).
 //! - `reply_headers`: a number of headers `x-pad-N: 1` added to every reply
 //!   it makes or passes back (default 0), to try the host's output limits.
+//! - `reply_spin`: when `true`, passing a reply back never returns: it loops
+//!   until the host's deadline interrupts it (a slow reply middleware).
 //!
 //! A request carrying the header `x-short-circuit` is not delivered: the
 //! caller gets a reply with the request's topic, payload
@@ -30,6 +32,9 @@ static ANNOTATION: LazyLock<(String, String)> = LazyLock::new(|| {
 static REPLY_HEADERS: LazyLock<usize> =
     LazyLock::new(|| config("reply_headers").and_then(|count| count.parse().ok()).unwrap_or(0));
 
+/// Whether passing a reply back spins until the host's deadline, read once per instance.
+static REPLY_SPIN: LazyLock<bool> = LazyLock::new(|| config("reply_spin").is_some_and(|spin| spin == "true"));
+
 /// `reply` with the configured padding headers.
 fn padded(reply: OwnedMessage) -> OwnedMessage {
     (0..*REPLY_HEADERS).fold(reply, |reply, n| reply.with_header(format!("x-pad-{n}"), "1"))
@@ -48,6 +53,11 @@ impl Middleware for AnnotateMiddleware {
     }
 
     fn on_reply(_request: &Message<'_>, reply: &Message<'_>) -> Result<Option<OwnedMessage>, Error> {
+        if *REPLY_SPIN {
+            loop {
+                std::hint::spin_loop();
+            }
+        }
         Ok(Some(padded(OwnedMessage::from(reply).with_header("x-reply-annotated", "true"))))
     }
 }
