@@ -698,6 +698,37 @@ async fn a_spinning_balancer_plugin_stalls_only_its_own_deliveries_on_a_current_
     assert_eq!((fault.kind, fault.message.as_str()), ("timed_out", "timed out after 3s"));
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_whose_balancer_plugin_pick_outlasts_its_queue_timeout_is_dead_lettered_unsent() {
+    // The plugin spins on the poisoned message until its 2 s deadline, and its one thread serves
+    // picks in turn, so the message behind it waits as long for its pick. Neither may wait past
+    // its 300 ms queue timeout: both are dead-lettered `queue-timeout`, never sent. On a runtime
+    // of one thread the poisoned message's pick reaches the plugin first.
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[("spin", switchyard_plugin_artifacts::FAULTY_BALANCER)]);
+    let mut config = config(&[&endpoint], "balancer = \"plugin:spin\"\nqueue = { timeout_ms = 300 }");
+    config.push_str("[[plugin]]\nname = \"spin\"\nconfig = { mode = \"spin\", trigger = \"x-poison\" }\n");
+    config.push_str("limits = { timeout_ms = 2000 }\n");
+    let host = host(dir.path(), &config).await;
+    // Its thread started, the plugin places a plain message well within the queue timeout.
+    within(host.request(Message::new("orders", "plain"))).await.unwrap();
+    host.send(Message::new("orders", "poison").with_header("x-poison", "1")).await.unwrap();
+    host.send(Message::new("orders", "behind")).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 2), "only the plain one delivered");
+    let mut letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    letters.sort_by(|a, b| a.payload.cmp(&b.payload));
+    let payloads: Vec<&[u8]> = letters.iter().map(|letter| &letter.payload[..]).collect();
+    assert_eq!(payloads, [&b"behind"[..], b"poison"]);
+    for letter in &letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
+        let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+        assert!(reason.contains("the balancer had not picked an endpoint"), "{reason}");
+    }
+    let seen: Vec<String> = endpoint.seen().into_iter().map(|seen| seen.body).collect();
+    assert_eq!(seen, ["plain"], "neither was sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state() {
     let (doomed, survivor) =

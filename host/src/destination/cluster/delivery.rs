@@ -18,7 +18,8 @@ use tracing::Instrument;
 impl Cluster {
     /// Deliver `message`, which entered the queue at `enqueued`: attempts
     /// until one succeeds, one fails for good, the attempts run out or the
-    /// queue timeout passes while no endpoint can take it. A message
+    /// queue timeout passes while no endpoint can take it (or, before its
+    /// first attempt, while the balancer picks one). A message
     /// delivered in place (`enqueued` is `None`: a dead letter) waits for no
     /// endpoint: it fails as soon as none can take it.
     pub(super) async fn send(
@@ -63,7 +64,23 @@ impl Cluster {
                         },
                     }
                 }
-                _ => self.choose(&mut tried, &message, key).await,
+                _ => {
+                    let choice = self.choose(&mut tried, &message, key);
+                    // A balancer plugin's pick may take its patience, twice the plugin's deadline, and
+                    // its thread serves picks in turn: a message no endpoint saw yet waits for it no
+                    // longer than for an endpoint, to its queue timeout (a retry, whose queue timeout
+                    // has often passed, waits up to the patience).
+                    match deadline.filter(|_| attempts == 0) {
+                        Some(deadline) => match tokio::time::timeout_at(deadline, choice).await {
+                            Ok(chosen) => chosen,
+                            Err(_) => {
+                                let why = Some("the balancer had not picked an endpoint".to_owned());
+                                return Err(self.no_endpoint(enqueued, attempts, why, maybe_delivered));
+                            }
+                        },
+                        None => choice.await,
+                    }
+                }
             };
             let Some((index, permit)) = chosen else {
                 if retired(attempts) {
