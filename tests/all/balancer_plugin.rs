@@ -95,13 +95,16 @@ fn poison() -> Message {
 fn least_loaded_plugin_picks_the_lowest_weighted_load_among_eligible_endpoints() {
     let (balancer, reasons) =
         balancer_with(artifacts::LEAST_LOADED_BALANCER, &[], PluginLimits::default(), 4);
-    // (in_flight + 1) * latency / weight: 10 000, 4 000 (ineligible), 6 000, 9 000 µs.
+    // (in_flight + 1) * latency / weight: 10 000, 4 000 (ineligible), 6 000, 9 000 µs. The plugin is
+    // shown the configured weight: by the weight slow start scales (endpoint 2 at 10 % of 200, the
+    // others at 100 per unit), endpoint 3 would be the cheapest.
     let mut endpoints = endpoints(4);
     let stats = [(10, 0, 1), (1, 3, 1), (6, 1, 2), (3, 2, 1)];
     for (endpoint, (millis, in_flight, weight)) in endpoints.iter_mut().zip(stats) {
-        (endpoint.latency, endpoint.in_flight, endpoint.weight) =
-            (Duration::from_millis(millis), in_flight, weight);
+        (endpoint.latency, endpoint.in_flight, endpoint.configured_weight, endpoint.weight) =
+            (Duration::from_millis(millis), in_flight, weight, 100 * weight);
     }
+    endpoints[2].weight = 20;
     endpoints[1].eligible = false;
     assert_eq!(balancer.pick(&endpoints, None), Some(2));
     assert_eq!(balancer.pick_for(&Message::new("orders.eu", "{}"), &endpoints), Some(2));
@@ -354,7 +357,7 @@ fn report_plugin_ns_per_pick() {
                 .unwrap();
         let mut endpoints = endpoints(count);
         for (n, endpoint) in endpoints.iter_mut().enumerate() {
-            endpoint.weight = 1 + n as u32 % 4;
+            endpoint.configured_weight = 1 + n as u32 % 4;
             endpoint.in_flight = (n as u32 * 7) % 5;
             endpoint.latency += Duration::from_millis(n as u64);
         }
@@ -364,7 +367,7 @@ fn report_plugin_ns_per_pick() {
             .map(|(n, view)| EndpointRecord {
                 index: n as u32,
                 address: address(n),
-                weight: view.weight,
+                weight: view.configured_weight,
                 in_flight: view.in_flight,
                 latency_micros: view.latency.as_micros() as u64,
                 healthy: view.eligible,

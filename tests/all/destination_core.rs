@@ -912,6 +912,73 @@ async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
     assert_eq!(stats.dead_lettered, 0);
 }
 
+/// Which of `endpoints` took `message`, sent as a request to `host` when each of them answers.
+async fn taker(host: &Host, endpoints: &[&TestEndpoint], message: Message) -> usize {
+    let before: Vec<usize> = endpoints.iter().map(|endpoint| endpoint.arrived()).collect();
+    within(host.request(message)).await.unwrap();
+    let took = endpoints.iter().zip(before).position(|(endpoint, before)| endpoint.arrived() > before);
+    took.expect("an endpoint took it")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_keys_stay_between_two_endpoints_while_a_third_trips_and_slowly_starts_again() {
+    // Ketama's promise: only the keys of an endpoint that leaves or joins move. The third endpoint's
+    // slow start after its ejection changes its share of traffic for `weighted` and `p2c-ewma`, not
+    // its share of the ring.
+    let endpoints = [
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+    ];
+    let endpoints: Vec<&TestEndpoint> = endpoints.iter().collect();
+    let dir = plugin_dir(&[]);
+    let weighted: Vec<String> = endpoints
+        .iter()
+        .map(|endpoint| format!("{{ address = \"{}\", weight = 10 }}", endpoint.addr))
+        .collect();
+    let extra = "balancer = \"hash:header:x-key\"\nidempotent = true\n\
+                 retry = { attempts = 2, base_ms = 1, max_ms = 5 }\n\
+                 breaker = { consecutive_failures = 1, open_ms = 20 }";
+    let text =
+        config(&[], extra).replace("endpoints = []", &format!("endpoints = [{}]", weighted.join(", ")));
+    let host = host(dir.path(), &text).await;
+    let mut events = host.subscribe();
+    let keyed = |key: &str| Message::new("orders", key.to_owned()).with_header("x-key", key);
+    let keys: Vec<String> = (0..300).map(|n| format!("user-{n}")).collect();
+    let mut first = Vec::new();
+    for key in &keys {
+        first.push(taker(&host, &endpoints, keyed(key)).await);
+    }
+    // The third endpoint fails one of its keys and is ejected; the retry goes to another.
+    let third = keys.iter().zip(&first).find(|&(_, &taker)| taker == 2).expect("a key of the third").0;
+    endpoints[2].set(Mode::Fail);
+    within(host.request(keyed(third))).await.unwrap();
+    next_event(&mut events, "endpoint-down").await;
+    // Once its ejection ends, its key probes it and it is back, slowly starting.
+    endpoints[2].set(Mode::Answer);
+    within(async {
+        loop {
+            host.request(keyed(third)).await.unwrap();
+            match events.try_recv() {
+                Ok(HostEvent::Destination(DestinationEvent::EndpointUp { .. })) => return,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+    assert!(api.endpoints[2].weight < 1000, "slowly starting: {:?}", api.endpoints[2]);
+    let mut again = Vec::new();
+    for key in &keys {
+        again.push(taker(&host, &endpoints, keyed(key)).await);
+    }
+    let between_the_two = |(&before, &now): (&usize, &usize)| before != 2 && now != 2 && before != now;
+    let moved = first.iter().zip(&again).filter(|&pair| between_the_two(pair)).count();
+    assert_eq!(moved, 0, "keys moved between the first two endpoints");
+    assert_eq!(again, first, "each key where it went before, the third's own back on it");
+    drain_and_account(&host).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_failure_rate_ejects_an_endpoint_that_never_fails_twice_in_a_row() {
     let (flaky, steady) =

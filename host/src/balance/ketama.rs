@@ -13,21 +13,25 @@ use super::view::{EndpointView, eligible_count};
 /// Points each endpoint puts on the ring per unit of weight, as nginx's and Pingora's ketama do.
 const POINTS_PER_WEIGHT: u64 = 160;
 
-/// Most points a ring holds (4 MiB): beyond it every endpoint's share of points is scaled down alike.
+/// Most points a ring holds (4 MiB): beyond it (configured weights adding up to more than 1638) every
+/// endpoint's share of points is scaled down alike, and so an endpoint added to or removed from the list
+/// moves some keys between the others too.
 const MAX_POINTS: u64 = 1 << 18;
 
 /// Sends each key to the endpoint that owns its place on a hash ring (ketama), so a key keeps its
 /// endpoint, and only the keys of an endpoint that leaves or joins move (about 1/N of them).
 ///
-/// Each endpoint puts 160 × weight points on a ring of 64-bit hashes, placed by its
-/// [`id`](EndpointView::id); a key goes to the owner of the first point at or after the key's hash,
+/// Each endpoint puts 160 × its [configured weight](EndpointView::configured_weight) points on a ring
+/// of 64-bit hashes, placed by its [`id`](EndpointView::id). Slow start, which scales only
+/// [`weight`](EndpointView::weight), leaves the ring alone: a change of one endpoint's share would move
+/// keys between endpoints that stay. A key goes to the owner of the first point at or after its hash,
 /// walking on past ineligible owners, so the keys of an ejected endpoint spread over the others and come
 /// back when it is readmitted. Hashes are [stable](super::endpoint_id) across processes and platforms:
 /// every host of a fleet sends a key to the same endpoint.
 ///
-/// The ring is built on the first pick and rebuilt only when the endpoints' ids or weights change
-/// (a few tens of microseconds for ten endpoints); picks read it through an [`ArcSwap`], without a lock.
-/// A pick without a key goes to the fallback balancer, [`P2cPeakEwma`] unless set otherwise.
+/// The ring is built on the first pick and rebuilt only when the endpoints' ids or configured weights
+/// change (a few tens of microseconds for ten endpoints); picks read it through an [`ArcSwap`], without
+/// a lock. A pick without a key goes to the fallback balancer, [`P2cPeakEwma`] unless set otherwise.
 pub struct ConsistentHash {
     /// The ring for the endpoint list last seen; swapped whole when that list changes.
     ring: ArcSwap<Ring>,
@@ -38,7 +42,7 @@ pub struct ConsistentHash {
 /// A ketama ring, and the endpoints it was built for.
 #[derive(Debug, Default)]
 struct Ring {
-    /// `(id, weight)` of each endpoint, in the slice order the ring's slots refer to.
+    /// `(id, configured weight)` of each endpoint, in the slice order the ring's slots refer to.
     members: Vec<(u64, u32)>,
     /// `(hash, slot)` sorted by hash: the endpoint at position `slot` owns the arc ending at `hash`.
     points: Vec<(u64, u32)>,
@@ -73,9 +77,10 @@ impl fmt::Debug for ConsistentHash {
 }
 
 impl Ring {
-    /// The ring of `endpoints`: 160 × weight points each, scaled down alike past [`MAX_POINTS`].
+    /// The ring of `endpoints`: 160 points per unit of configured weight each, scaled down alike past
+    /// [`MAX_POINTS`].
     fn build(endpoints: &[EndpointView]) -> Ring {
-        let members: Vec<_> = endpoints.iter().map(|e| (e.id, e.effective_weight())).collect();
+        let members: Vec<_> = endpoints.iter().map(member).collect();
         let wanted = |weight: u32| POINTS_PER_WEIGHT * u64::from(weight);
         let total: u64 = members.iter().map(|&(_, weight)| wanted(weight)).sum();
         let mut owners = Vec::with_capacity(total.min(MAX_POINTS) as usize + members.len());
@@ -97,10 +102,11 @@ impl Ring {
         Ring { members, points }
     }
 
-    /// Whether this ring was built for exactly these endpoints, in this order, with these weights.
+    /// Whether this ring was built for exactly these endpoints, in this order, with these configured
+    /// weights.
     fn is_for(&self, endpoints: &[EndpointView]) -> bool {
         self.members.len() == endpoints.len()
-            && self.members.iter().zip(endpoints).all(|(&member, e)| member == (e.id, e.effective_weight()))
+            && self.members.iter().zip(endpoints).all(|(&built, endpoint)| built == member(endpoint))
     }
 
     /// The eligible owner of the first point at or after `hash`, walking the ring once at most.
@@ -109,6 +115,11 @@ impl Ring {
         let (after, before) = self.points.split_at(start);
         before.iter().chain(after).map(|&(_, slot)| slot as usize).find(|&slot| endpoints[slot].eligible)
     }
+}
+
+/// What the ring of `endpoint` is built from: its id and configured weight.
+fn member(endpoint: &EndpointView) -> (u64, u32) {
+    (endpoint.id, endpoint.effective_configured_weight())
 }
 
 impl Balancer for ConsistentHash {
@@ -201,6 +212,24 @@ mod tests {
     }
 
     #[test]
+    fn keys_never_move_between_two_endpoints_while_a_third_slowly_starts() {
+        // Configured weight 10 each, as the destination core shows it: a weight of 100 per unit, the
+        // third's scaled down to 10 % and back as it slowly starts after a recovery.
+        let mut endpoints = endpoints(3);
+        endpoints.iter_mut().for_each(|endpoint| (endpoint.weight, endpoint.configured_weight) = (1000, 10));
+        let balancer = ConsistentHash::with_fallback(RoundRobin::new());
+        let before = owners(&balancer, &endpoints);
+        let third = endpoints[2].id;
+        for weight in [100, 550, 1000] {
+            endpoints[2].weight = weight;
+            let after = owners(&balancer, &endpoints);
+            let moved =
+                (0..KEYS).filter(|&n| before[n] != third && after[n] != third && before[n] != after[n]);
+            assert_eq!(moved.count(), 0, "keys moved between the other two with the third at {weight}");
+        }
+    }
+
+    #[test]
     fn equal_weights_share_keys_roughly_evenly() {
         // 160 points each: an endpoint's share of the ring varies by about 1/√160 ≈ 8 % of its due.
         let endpoints = endpoints(10);
@@ -211,12 +240,15 @@ mod tests {
     #[test]
     fn weights_skew_the_shares_roughly_proportionally() {
         let mut endpoints = endpoints(4);
-        endpoints.iter_mut().zip([1, 2, 3, 4]).for_each(|(endpoint, weight)| endpoint.weight = weight);
+        endpoints
+            .iter_mut()
+            .zip([1, 2, 3, 4])
+            .for_each(|(endpoint, weight)| endpoint.configured_weight = weight);
         let shares = shares(&owners(&ConsistentHash::with_fallback(RoundRobin::new()), &endpoints));
         for endpoint in &endpoints {
-            let due = f64::from(endpoint.weight) / 10.0;
+            let due = f64::from(endpoint.configured_weight) / 10.0;
             let share = shares[&endpoint.id];
-            assert!((share - due).abs() < 0.2 * due, "weight {}: share {share}", endpoint.weight);
+            assert!((share - due).abs() < 0.2 * due, "weight {}: share {share}", endpoint.configured_weight);
         }
     }
 
@@ -254,8 +286,8 @@ mod tests {
     #[test]
     fn huge_weights_are_scaled_down_to_the_ring_cap_keeping_proportions() {
         let mut endpoints = endpoints(2);
-        endpoints[0].weight = u32::MAX;
-        endpoints[1].weight = u32::MAX / 3;
+        endpoints[0].configured_weight = u32::MAX;
+        endpoints[1].configured_weight = u32::MAX / 3;
         let ring = Ring::build(&endpoints);
         assert!(ring.points.len() as u64 <= MAX_POINTS + 2);
         let first = ring.points.iter().filter(|&&(_, slot)| slot == 0).count() as f64;

@@ -34,8 +34,9 @@ pub type OnFallback = Box<dyn Fn(&FallbackReason) + Send + Sync>;
 
 /// A [`Balancer`] that asks a WASM `balancer` plugin.
 ///
-/// Each pick shows the plugin every endpoint as an [`EndpointRecord`] (position, address, weight, requests
-/// in flight, latency in microseconds, and `healthy` = [`EndpointView::eligible`]) and the message's head.
+/// Each pick shows the plugin every endpoint as an [`EndpointRecord`] (position, address, weight from the
+/// config = [`EndpointView::configured_weight`], requests in flight, latency in microseconds, and
+/// `healthy` = [`EndpointView::eligible`]) and the message's head.
 /// The answer is honoured when it is the `index` of an eligible endpoint, or `none` while no endpoint is
 /// eligible. Otherwise, and when the plugin traps, overruns its deadline or its memory cap, this pick is
 /// made by a [`P2cPeakEwma`] instead and `on_fallback` is told why. A faulted instance is thrown away and
@@ -493,7 +494,7 @@ impl Worker {
                 record.address.push_str(address);
             }
             record.index = u32::try_from(position).unwrap_or(u32::MAX);
-            record.weight = view.effective_weight();
+            record.weight = view.effective_configured_weight();
             record.in_flight = view.in_flight;
             record.latency_micros = u64::try_from(view.latency.as_micros()).unwrap_or(u64::MAX);
             record.healthy = view.eligible;

@@ -51,7 +51,7 @@ fn ns_per_pick(balancer: &dyn Balancer, endpoints: &[EndpointView], keys: &[Stri
 fn report_ns_per_pick() {
     let mut endpoints = endpoints(10);
     for (n, endpoint) in endpoints.iter_mut().enumerate() {
-        endpoint.weight = 1 + n as u32 % 4;
+        (endpoint.weight, endpoint.configured_weight) = (1 + n as u32 % 4, 1 + n as u32 % 4);
         endpoint.in_flight = (n as u32 * 7) % 5;
         endpoint.latency = DEFAULT_RTT + Duration::from_millis(n as u64);
     }

@@ -4,16 +4,24 @@ use std::time::Duration;
 
 /// A snapshot of one endpoint, taken by the destination core just before a pick.
 ///
-/// It mirrors the `endpoint` record the WASM `balancer` world receives, minus the address: `id` stands for
-/// it, so a consistent-hash ring can tell endpoints apart without comparing strings on every pick.
+/// It mirrors the `endpoint` record the WASM `balancer` world receives (whose `weight` is
+/// [`configured_weight`](Self::configured_weight)), minus the address: `id` stands for it, so a
+/// consistent-hash ring can tell endpoints apart without comparing strings on every pick.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EndpointView {
     /// Stable identity of the endpoint, the same across picks, reloads and processes: use
     /// [`endpoint_id`](super::endpoint_id) of its configured address. Only [`ConsistentHash`](super::ConsistentHash)
     /// reads it (an endpoint keeps its place on the ring while others come and go).
     pub id: u64,
-    /// Relative weight from the config, at least 1 (0 is read as 1).
+    /// Relative weight of the endpoint's share of traffic for the balancers that weigh shares or load
+    /// (`weighted`, `p2c-ewma`), at least 1 (0 is read as 1). The destination core gives 100 per unit
+    /// of configured weight, less while the endpoint slowly starts after it came back.
     pub weight: u32,
+    /// The endpoint's weight from the config, 1 when unset (0 is read as 1), which slow start leaves
+    /// alone: what [`ConsistentHash`](super::ConsistentHash) sizes its share of the ring by (a share
+    /// that moved with slow start would move keys between the endpoints that stay), and the `weight`
+    /// a balancer plugin is shown.
+    pub configured_weight: u32,
     /// Requests currently in flight to the endpoint.
     pub in_flight: u32,
     /// The endpoint's [`PeakEwma`](super::PeakEwma) latency estimate at the time of the pick.
@@ -41,14 +49,29 @@ pub enum Standing {
 }
 
 impl EndpointView {
-    /// An eligible, idle endpoint with weight 1, the given id and latency estimate.
+    /// An eligible, idle endpoint with weight 1 (configured and effective), the given id and latency
+    /// estimate.
     pub fn new(id: u64, latency: Duration) -> Self {
-        EndpointView { id, weight: 1, in_flight: 0, latency, eligible: true, standing: Standing::Serving }
+        EndpointView {
+            id,
+            weight: 1,
+            configured_weight: 1,
+            in_flight: 0,
+            latency,
+            eligible: true,
+            standing: Standing::Serving,
+        }
     }
 
-    /// The weight balancers use: the configured weight, with 0 read as 1.
+    /// The weight `weighted` and `p2c-ewma` use: [`weight`](Self::weight), with 0 read as 1.
     pub(crate) fn effective_weight(&self) -> u32 {
         self.weight.max(1)
+    }
+
+    /// The weight a hash ring and a balancer plugin use: [`configured_weight`](Self::configured_weight),
+    /// with 0 read as 1.
+    pub(crate) fn effective_configured_weight(&self) -> u32 {
+        self.configured_weight.max(1)
     }
 }
 
@@ -96,7 +119,8 @@ mod tests {
 
     #[test]
     fn zero_weight_is_read_as_one() {
-        let endpoint = EndpointView { weight: 0, ..EndpointView::new(0, Duration::ZERO) };
-        assert_eq!(endpoint.effective_weight(), 1);
+        let endpoint =
+            EndpointView { weight: 0, configured_weight: 0, ..EndpointView::new(0, Duration::ZERO) };
+        assert_eq!((endpoint.effective_weight(), endpoint.effective_configured_weight()), (1, 1));
     }
 }

@@ -210,8 +210,8 @@ pub struct EndpointStatus {
     pub breaker: &'static str,
     /// `up` or `down` by health checks, `unchecked` without them.
     pub health: &'static str,
-    /// The weight balancers see: 100 times `configured_weight`, less while
-    /// it slowly starts after coming back.
+    /// The weight `weighted` and `p2c-ewma` balance by: 100 times
+    /// `configured_weight`, less while it slowly starts after coming back.
     pub weight: u32,
     /// Its weight as configured (1 unless given).
     pub configured_weight: u32,

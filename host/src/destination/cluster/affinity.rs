@@ -158,6 +158,7 @@ impl Cluster {
                 EndpointView {
                     id: endpoint.id,
                     weight: endpoint.weight(now),
+                    configured_weight: endpoint.configured_weight,
                     in_flight: endpoint.in_flight.load(std::sync::atomic::Ordering::Relaxed),
                     latency: lock(&endpoint.latency).estimate(now.into_std()),
                     eligible: admission.is_eligible() || half_open,

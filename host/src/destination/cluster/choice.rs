@@ -82,6 +82,7 @@ impl Cluster {
             .map(|(endpoint, (tried, admission))| EndpointView {
                 id: endpoint.id,
                 weight: endpoint.weight(now),
+                configured_weight: endpoint.configured_weight,
                 in_flight: endpoint.in_flight.load(Relaxed),
                 latency: lock(&endpoint.latency).estimate(now.into_std()),
                 eligible: !tried && admission.is_eligible(),

@@ -111,9 +111,10 @@ impl Endpoint {
         self.health.as_ref().map(|health| lock(health).state())
     }
 
-    /// The weight balancers see: [`FULL_WEIGHT`] times the configured
-    /// weight, or less while slowly starting after its health or its breaker
-    /// let it back in.
+    /// The weight the balancers that weigh shares or load see
+    /// ([`EndpointView::weight`](crate::balance::EndpointView::weight)):
+    /// [`FULL_WEIGHT`] times the configured weight, or less while slowly
+    /// starting after its health or its breaker let it back in.
     pub(super) fn weight(&self, now: Instant) -> u32 {
         let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
         let breaker = match self.instant(self.recovered_at.load(Relaxed)) {
