@@ -1,5 +1,6 @@
 //! The `subprocess` transport against a real child process (`tests/subprocess/worker.py`): replies
-//! matched by id across a pool of processes, a process that dies restarted with nothing lost, error
+//! matched by id across a pool of processes, a process that dies restarted with nothing lost, one
+//! that stops reading its input killed and restarted but one slow to start left to start, error
 //! answers classified, and processes stopped when their destination goes.
 
 use crate::support::{builder, drain_and_account, eventually, next, plugin_dir, within};
@@ -229,4 +230,52 @@ async fn a_reply_past_max_message_bytes_is_refused_and_the_process_keeps_serving
     assert_eq!(request_all(&host, 1).await, first, "the same process answers");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_stops_reading_its_input_is_killed_and_started_again() {
+    // Each process answers its first message, then lives on reading nothing. A line larger than a
+    // pipe holds waited part-written for ever, holding the process's input: every later message
+    // waited behind it until its deadline and was dead-lettered "no answer", its writer left
+    // waiting too, and the process was never replaced.
+    // (The deadline leaves a loaded machine's Python time to start and answer the first.)
+    let host = start(&config(", env = { WEDGE_AFTER = \"1\" }", "timeout_ms = 2000")).await;
+    let wedged = request_all(&host, 1).await;
+    let big = "x".repeat(256 * 1024);
+    let answer = within(host.request(Message::new("jobs", big))).await;
+    let Err(RequestError::DeadLettered(reason)) = answer else {
+        panic!("part of it was written: {answer:?}")
+    };
+    assert_eq!(reason.code(), "delivery-uncertain", "part of it was written: {reason}");
+    // Nothing of the next one was written to the wedged process: it goes to the next process.
+    let replaced = request_all(&host, 1).await;
+    assert_ne!(replaced, wedged, "the wedged process still serves");
+    let proc = PathBuf::from(format!("/proc/{}", wedged[0]));
+    eventually(|| match proc.exists() {
+        true => Err(format!("the wedged process {} still runs", wedged[0])),
+        false => Ok(()),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 1), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_slow_to_start_is_not_taken_for_wedged() {
+    // It reads nothing for 2 s after it starts, past four attempt deadlines, while lines larger
+    // than a pipe holds wait for it: it is given until its start grace is over (or it answers),
+    // not killed at an attempt's deadline and started again, slow again, for ever.
+    let options = ", env = { START_MS = \"2000\" }";
+    let extra = "timeout_ms = 500\nidempotent = true\nbreaker = { consecutive_failures = 1000 }";
+    let host = start(&config(options, extra).replace("attempts = 3", "attempts = 100")).await;
+    let big = "x".repeat(256 * 1024);
+    let requests = (0..2).map(|_| async {
+        let reply = host.request(Message::new("jobs", big.clone())).await.unwrap().expect("a reply");
+        assert_eq!(reply.payload.len(), big.len());
+        reply.header("x-pid").expect("the worker's pid").to_owned()
+    });
+    let pids: HashSet<String> = within(futures_util::future::join_all(requests)).await.into_iter().collect();
+    assert_eq!(pids.len(), 1, "one process answered both, never restarted: {pids:?}");
+    assert_eq!(request_all(&host, 1).await, Vec::from_iter(pids), "the same process answers");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 0), "{stats:?}");
 }

@@ -1,9 +1,15 @@
 //! Lines of a child process's output, each read up to a length: a longer one comes cut to its
 //! start, the rest of it skipped, and reading goes on at the next line. Nothing a line holds ends
 //! the reading (unlike `LinesCodec`, whose stream ends at a line too long or not UTF-8, closing
-//! the pipe: the process's next write would fail and kill it).
+//! the pipe: the process's next write would fail and kill it). And lines written to its input,
+//! counted as they go ([`write_line`]): whether any of a line went is what tells an attempt cut at
+//! its deadline that sent nothing from one that may have delivered.
 
+use super::progress::{AttemptProgress, Step};
 use bytes::{Buf, BytesMut};
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::AsyncWrite;
 use tokio_util::codec::Decoder;
 
 /// One line read, without its newline.
@@ -94,9 +100,55 @@ fn newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&byte| byte == b'\n')
 }
 
+/// How [`write_line`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Written {
+    /// The line went whole.
+    Whole,
+    /// None of it went: its attempt was cut at its deadline before the first byte could.
+    Abandoned,
+}
+
+/// Write `line` whole to `input`, counting in `written` the bytes taken so far: what a deadline
+/// that cuts the write finds there. The attempt the line is for (`progress`, when the destination
+/// core runs it) is claimed for sending just before each try at the first byte
+/// ([`AttemptProgress::start_sending`]), and is [`Step::Waiting`] again while the input takes none
+/// (a process not reading, its pipe full): so an attempt cut before its line started sent nothing,
+/// and its line is then never written. A cut that falls between the claim and its giving back
+/// finds the attempt sending: uncertain, never wrongly unsent.
+pub(super) async fn write_line(
+    input: &mut (impl AsyncWrite + Unpin),
+    line: &[u8],
+    written: &mut usize,
+    progress: Option<&AttemptProgress>,
+) -> std::io::Result<Written> {
+    std::future::poll_fn(|context| {
+        while *written < line.len() {
+            if *written == 0 && progress.is_some_and(|progress| !progress.start_sending()) {
+                return Poll::Ready(Ok(Written::Abandoned));
+            }
+            match Pin::new(&mut *input).poll_write(context, &line[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(taken)) => *written += taken,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {
+                    if let Some(progress) = progress.filter(|_| *written == 0) {
+                        progress.mark(Step::Waiting);
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(Written::Whole))
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn lines(codec: &mut LineCodec, input: &[u8]) -> Vec<(Vec<u8>, usize)> {
         let mut buffer = BytesMut::from(input);
@@ -129,5 +181,32 @@ mod tests {
         assert_eq!((&cut.bytes[..], cut.length), (&b"abcd"[..], 8));
         assert_eq!(codec.decode(&mut buffer).unwrap().unwrap().bytes, &b"ok"[..]);
         assert!(buffer.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_line_its_input_takes_none_of_sends_nothing_and_once_abandoned_never_goes() {
+        let (mut input, mut process) = tokio::io::duplex(8);
+        input.write_all(b"full up\n").await.unwrap();
+        let (progress, mut written) = (AttemptProgress::default(), 0);
+        let line = b"0123456789\n";
+        assert!(write_line(&mut input, line, &mut written, Some(&progress)).now_or_never().is_none());
+        assert_eq!((written, progress.abandon()), (0, Step::Waiting), "cut before its first byte");
+        process.read_exact(&mut [0; 8]).await.unwrap();
+        let later = write_line(&mut input, line, &mut written, Some(&progress)).await.unwrap();
+        assert_eq!((later, written), (Written::Abandoned, 0), "never written once abandoned");
+    }
+
+    #[tokio::test]
+    async fn a_line_partly_taken_may_have_been_sent_and_goes_on_whole() {
+        let (mut input, mut process) = tokio::io::duplex(8);
+        let (progress, mut written) = (AttemptProgress::default(), 0);
+        let line = b"0123456789\n";
+        let mut writing = Box::pin(write_line(&mut input, line, &mut written, Some(&progress)));
+        assert!((&mut writing).now_or_never().is_none());
+        assert_eq!(progress.abandon(), Step::MaySend, "part of it went: the deadline finds it sending");
+        let mut read = [0; 11];
+        let (done, _) = tokio::join!(writing, process.read_exact(&mut read));
+        assert_eq!((done.unwrap(), &read), (Written::Whole, line), "the line goes on whole");
+        assert_eq!(written, line.len());
     }
 }

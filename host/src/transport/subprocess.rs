@@ -18,12 +18,23 @@
 //! closed so it can finish and exit; one still running 5 s later is killed. A process that exits
 //! has exited, even when a process it started still holds its output open: what it answered is
 //! read, and the rest of what it held fails.
+//!
+//! A process that stops reading its input (alive, but wedged) is killed, and so started again: each
+//! line must go into its input whole within the destination's `timeout_ms` from when its turn
+//! to be written came (the lines go one at a time), or, while the process has not answered
+//! anything yet, by the end of its start grace when that is later ([`START_GRACE`]: an
+//! interpreter may take a while before its first read). A line none of which went sent nothing:
+//! an attempt cut at its deadline while waiting for its turn, or for the process to take the line's
+//! first byte, is no attempt and goes again ([`write_line`]), even for a destination that is not
+//! `idempotent`; one cut with the line part-written may have delivered it. The messages the killed
+//! process held fail as those of one that exits.
 
 use super::answers::{Answer, Pending, answered_id};
-use super::lines::{Line, LineCodec};
+use super::lines::{Line, LineCodec, Written, write_line};
 use super::restart::{Peer, Restarting};
 use super::{
-    AttemptFuture, AttemptResult, ProbeFuture, SettingError, Transport, TransportContext, reply_within,
+    AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, SettingError, Step, Transport,
+    TransportContext, reply_within,
 };
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::{Message, largest_json};
@@ -33,9 +44,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +64,11 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How long the answers a process wrote before it exited are read, when its output stays open
 /// after it (a process it started holds it): they are in the pipe already.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Until it first answers, how long from its start a process has to take each line written to
+/// it, when that is longer than the destination's `timeout_ms`: an interpreter slow to start
+/// (loading what it imports before its first read) is not taken for a process wedged.
+const START_GRACE: Duration = Duration::from_secs(10);
 
 /// `options = {..}` of a `subprocess` destination.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -106,6 +124,7 @@ pub(super) fn build(
         destination: destination.name.clone(),
         slots,
         max_reply_bytes: context.max_message_bytes,
+        line_timeout: Duration::from_millis(destination.timeout_ms),
     })
 }
 
@@ -118,16 +137,27 @@ pub struct SubprocessTransport {
     slots: HashMap<String, Restarting<Running>>,
     /// The largest reply payload taken (`host.max_message_bytes`).
     max_reply_bytes: usize,
+    /// How long a line may take to go into a process's input (the destination's `timeout_ms`, an
+    /// attempt's deadline) before the process is taken for wedged.
+    line_timeout: Duration,
 }
 
 /// A running process: where messages go, and who waits for which answer.
 #[derive(Debug)]
 struct Running {
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    /// Its input, written a line at a time; `None` once closed (the destination went, or the
+    /// process was killed as wedged). Owned guards, so a line is written by a task of its own.
+    stdin: Arc<Mutex<Option<ChildStdin>>>,
     /// Cancelled when the destination goes: the process is asked to exit (its input closed).
     closing: CancellationToken,
+    /// Cancelled when a line did not go into its input in time: the process is killed.
+    wedged: CancellationToken,
     /// Messages sent and not answered yet; closed once the process exited.
     pending: Arc<Pending>,
+    /// When it started, for its start grace.
+    started: Instant,
+    /// Set at its first line of output: it reads its input, its start grace is over.
+    answered: Arc<AtomicBool>,
 }
 
 impl Peer for Running {
@@ -157,11 +187,15 @@ impl SubprocessTransport {
         }
         let mut child = command.spawn()?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let (closing, pending) = (CancellationToken::new(), Arc::new(Pending::default()));
+        let (closing, wedged) = (CancellationToken::new(), CancellationToken::new());
+        let (pending, answered) = (Arc::new(Pending::default()), Arc::new(AtomicBool::new(false)));
         let running = Running {
-            stdin: tokio::sync::Mutex::new(child.stdin.take()),
+            stdin: Arc::new(Mutex::new(child.stdin.take())),
             closing: closing.clone(),
+            wedged: wedged.clone(),
             pending: pending.clone(),
+            started: Instant::now(),
+            answered: answered.clone(),
         };
         let (destination, process) = (self.destination.clone(), address.to_owned());
         let max_reply_bytes = self.max_reply_bytes;
@@ -184,12 +218,17 @@ impl SubprocessTransport {
         tokio::spawn(async move {
             let mut reading = std::pin::pin!(async {
                 if let Some(stdout) = stdout {
-                    read_answers(stdout, &pending, &destination, &process, max_reply_bytes).await;
+                    read_answers(stdout, &pending, &answered, &destination, &process, max_reply_bytes).await;
                 }
             });
             let status = tokio::select! {
-                () = &mut reading => wait_for_exit(child, false).await,
-                () = closing.cancelled() => wait_for_exit(child, true).await,
+                () = &mut reading => wait_for_exit(child, None).await,
+                () = closing.cancelled() => wait_for_exit(child, Some(EXIT_GRACE)).await,
+                () = wedged.cancelled() => {
+                    let why = "a line not taken into its input in time: killed as wedged";
+                    tracing::warn!(%destination, %process, "{why}");
+                    wait_for_exit(child, Some(Duration::ZERO)).await
+                }
                 // Exited with its output still open (a process it started holds it): the answers
                 // it wrote are in the pipe and read, then none is waited for.
                 exited = child.wait() => {
@@ -207,23 +246,20 @@ impl SubprocessTransport {
 
     async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
         let refused = |err| (Outcome::Retryable(RetryReason::Connect), err);
+        // Nothing is sent before the first byte of its line goes (see `write_line`).
+        AttemptProgress::mark_current(Step::Waiting);
         let running = self.process(address).await.map_err(refused)?;
         let mut waiting = running.pending.wait().ok_or_else(|| refused("the process exited".into()))?;
         let sent = Message { id: waiting.id, ..message.clone() };
         let mut line = sent.json_line(&self.destination).into_bytes();
         line.push(b'\n');
+        // Its turn: the line before it written whole.
+        let stdin = running.stdin.clone().lock_owned().await;
         // Written whole by a task of its own: an attempt cut at its deadline part-way through
         // would leave half a line in the pipe, and the next message's line run on from it.
-        let writing = running.clone();
-        let written = tokio::spawn(async move {
-            match writing.stdin.lock().await.as_mut() {
-                Some(stdin) => stdin.write_all(&line).await.map_err(|err| err.to_string()),
-                None => Err("its standard input is closed".to_owned()),
-            }
-        });
-        let written = written.await.expect("writing a line does not panic");
+        let writing = running.clone().write(stdin, line, self.line_timeout, AttemptProgress::current());
+        tokio::spawn(writing).await.expect("writing a line does not panic")?;
         let reset = |problem: String| (Outcome::Retryable(RetryReason::Reset), problem);
-        written.map_err(|err| reset(format!("writing to the process: {err}")))?;
         let answer = waiting.answer().await;
         let reply = answer.ok_or_else(|| reset("the process exited before it answered".into()))?;
         // It answered: it took the message, whatever becomes of its reply.
@@ -231,10 +267,58 @@ impl SubprocessTransport {
     }
 }
 
-/// Hand each answer line of `stdout` to the attempt waiting for its id, until the stream ends.
+impl Running {
+    /// Write `line` into the process's input (`stdin`, its turn taken) whole, for the attempt of
+    /// `progress`, by the end of `timeout` from now (or of the start grace, while the process has
+    /// not answered yet, when later); past that, the process is killed as wedged. Failing, the
+    /// attempt was not taken when none of the line went (retried as a refused connection is), and
+    /// is a reset when part of it did.
+    async fn write(
+        self: Arc<Self>,
+        mut stdin: OwnedMutexGuard<Option<ChildStdin>>,
+        line: Vec<u8>,
+        timeout: Duration,
+        progress: Option<AttemptProgress>,
+    ) -> Result<(), (Outcome, String)> {
+        let not_taken = |problem| (Outcome::Retryable(RetryReason::Connect), problem);
+        let Some(input) = stdin.as_mut() else {
+            return Err(not_taken("its standard input is closed: the process is stopping".into()));
+        };
+        let start = Instant::now();
+        let mut deadline = start + timeout;
+        if !self.answered.load(Relaxed) {
+            deadline = deadline.max(self.started + START_GRACE);
+        }
+        let mut written = 0;
+        let writing = write_line(input, &line, &mut written, progress.as_ref());
+        let problem = match tokio::time::timeout_at(deadline, writing).await {
+            Ok(Ok(Written::Whole)) => return Ok(()),
+            Ok(Ok(Written::Abandoned)) => "its attempt ended before it was written".to_owned(),
+            Ok(Err(err)) => format!("writing to the process: {err}"),
+            Err(_) => {
+                stdin.take();
+                self.pending.stop_taking();
+                self.wedged.cancel();
+                format!(
+                    "the process took {written} of the {} bytes of its line in {:?}: killed as wedged",
+                    line.len(),
+                    deadline - start
+                )
+            }
+        };
+        match written {
+            0 => Err(not_taken(problem)),
+            _ => Err((Outcome::Retryable(RetryReason::Reset), problem)),
+        }
+    }
+}
+
+/// Hand each answer line of `stdout` to the attempt waiting for its id, until the stream ends;
+/// `answered` is set at the first line (the process reads its input).
 async fn read_answers(
     stdout: tokio::process::ChildStdout,
     pending: &Pending,
+    answered: &AtomicBool,
     destination: &str,
     process: &str,
     max_reply_bytes: usize,
@@ -242,6 +326,7 @@ async fn read_answers(
     let codec = LineCodec::new(largest_json(max_reply_bytes), ANSWER_HEAD);
     let mut lines = FramedRead::new(stdout, codec);
     while let Some(line) = lines.next().await {
+        answered.store(true, Relaxed);
         let answer = line
             .map_err(|err| format!("reading it: {err}"))
             .and_then(|line| answer_of(&line, max_reply_bytes));
@@ -274,12 +359,13 @@ fn answer_of(line: &Line, max_reply_bytes: usize) -> Result<Answer, String> {
     }
 }
 
-/// Wait for `child` to exit, once its output ended or it was asked to (`closing`: the destination
-/// went and closed its input); asked, it is killed if it still runs [`EXIT_GRACE`] later.
-async fn wait_for_exit(mut child: Child, closing: bool) -> String {
-    let waited = match closing {
-        true => tokio::time::timeout(EXIT_GRACE, child.wait()).await,
-        false => Ok(child.wait().await),
+/// Wait for `child` to exit, once its output ended (`grace` is `None`) or it was asked to (the
+/// destination went and closed its input: [`EXIT_GRACE`]; it was wedged: none); asked, it is
+/// killed if it still runs `grace` later.
+async fn wait_for_exit(mut child: Child, grace: Option<Duration>) -> String {
+    let waited = match grace {
+        Some(grace) => tokio::time::timeout(grace, child.wait()).await,
+        None => Ok(child.wait().await),
     };
     let waited = match waited {
         Ok(waited) => waited,
