@@ -602,3 +602,83 @@ async fn a_reload_that_adds_or_removes_endpoints_keeps_the_stream_table_and_tell
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3 * STREAMS as u64, 0));
 }
+
+/// The bodies `endpoint` took, in the order they arrived, of `messages` (each a message of stream
+/// `o1` of destination `orders`, which keeps the streams of header `x-order` on `endpoint`), routed
+/// by `routes` (TOML) through the stages `stages` registers. They reach the host's one pipeline worker
+/// as one batch: they are sent while it is held in the filter of a route of its own, which drops
+/// the message that opened it.
+async fn arrived_from_one_batch(
+    routes: &str,
+    stages: impl FnOnce(switchyard::HostBuilder) -> switchyard::HostBuilder,
+    messages: Vec<Message>,
+) -> Vec<String> {
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "[host]\nworkers = 1\n\
+         [[destination]]\nname = \"orders\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         balancer = \"affinity:header:x-order\"\n\
+         {routes}\
+         [[route]]\nname = \"gate\"\nmatch = {{ topic = \"gate\" }}\nstages = [\"filter:gate\"]\nto = \"orders\"\n",
+        endpoint.addr
+    );
+    let (entered, in_the_gate) = flume::unbounded::<()>();
+    let (open, opened) = flume::bounded::<()>(0);
+    let gate = move |_: &Message| {
+        let _ = entered.send(());
+        // Closed when the test drops `open`.
+        let _ = opened.recv();
+        Ok(switchyard::Verdict::Drop)
+    };
+    let builder = crate::support::builder(dir.path())
+        .config("test.toml", switchyard::Config::from_toml("test.toml", &config).unwrap())
+        .filter("gate", gate);
+    let host = stages(builder).build().await.unwrap();
+    host.send(Message::new("gate", "")).await.unwrap();
+    within(in_the_gate.recv_async()).await.unwrap();
+    let sent = messages.len() as u64;
+    for message in messages {
+        host.send(message).await.unwrap();
+    }
+    drop(open);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.filtered, stats.dead_lettered), (sent, 1, 0));
+    endpoint.arrived_bodies()
+}
+
+/// A message of stream `o1` (header `x-order`) on `topic`, with body `body`.
+fn of_order_o1(topic: &str, body: &str) -> Message {
+    Message::new(topic, body.to_owned()).with_header("x-order", "o1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_messages_on_different_routes_of_one_batch_go_out_in_the_order_sent() {
+    // The worker ran a batch route by route, in the order the routes are listed, and handed their
+    // deliveries over in that order: `paid`, listed first, went out before the `created` sent
+    // before it.
+    let routes = "[[route]]\nname = \"paid\"\nmatch = { topic = \"orders.paid\" }\nto = \"orders\"\n\
+                  [[route]]\nname = \"created\"\nmatch = { topic = \"orders.created\" }\nto = \"orders\"\n";
+    let messages = vec![of_order_o1("orders.created", "created"), of_order_o1("orders.paid", "paid")];
+    let arrived = arrived_from_one_batch(routes, |builder| builder, messages).await;
+    assert_eq!(arrived, ["created", "paid"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_whose_stage_answered_retryable_keeps_its_place_in_the_batch() {
+    // The items a stage answered "retryable" for were run again and put after the others: a1,
+    // retried once, went out after a2.
+    let routes = "[[route]]\nname = \"orders\"\nmatch = { topic = \"orders\" }\n\
+                  stages = [\"transform:flaky\"]\nto = \"orders\"\n";
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let flaky = move |message: &Message| {
+        if &message.payload[..] == b"a1" && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(switchyard::PluginError::Retryable("not yet".into()));
+        }
+        Ok(vec![message.clone()])
+    };
+    let messages = vec![of_order_o1("orders", "a1"), of_order_o1("orders", "a2")];
+    let arrived = arrived_from_one_batch(routes, |builder| builder.transform("flaky", flaky), messages).await;
+    assert_eq!(arrived, ["a1", "a2"]);
+}

@@ -76,7 +76,8 @@ impl DirectRoute {
     /// share of the intake budget.
     fn item(&self, envelope: Envelope) -> (Item, OwnedSemaphorePermit) {
         let mut intake_bytes = None;
-        let mut item = envelope.into_item(&mut intake_bytes);
+        // Alone, not in a batch.
+        let mut item = envelope.into_item(0, &mut intake_bytes);
         if let Some(priority) = self.route().priority {
             item.message.priority = priority;
         }

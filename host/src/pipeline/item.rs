@@ -21,6 +21,11 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::hos
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub(crate) at: Instant,
+    /// Its place in the batch of the worker that routes it (0 on the way that needs no worker),
+    /// which every message made from it shares: the batch's routes run one after another, and
+    /// their deliveries are put back in this order before they are handed over, so that a
+    /// stream's messages reach their destination in the order they came whatever their routes.
+    pub(crate) batch_position: usize,
     pub(crate) spooled: Option<Arc<SpoolHold>>,
     pub(crate) receipt: Option<Arc<ReceiptHold>>,
 }
@@ -77,7 +82,8 @@ impl Envelope {
         intake_bytes: OwnedSemaphorePermit,
         spooled: Option<SpoolHold>,
     ) -> Envelope {
-        let accepted = Accepted { at: Instant::now(), spooled: spooled.map(Arc::new), receipt: None };
+        let accepted =
+            Accepted { at: Instant::now(), batch_position: 0, spooled: spooled.map(Arc::new), receipt: None };
         Envelope { message, reply, accepted, intake_bytes }
     }
 
@@ -142,10 +148,15 @@ impl Fate {
 }
 
 impl Envelope {
-    /// The message as it enters its route. Its share of the intake budget joins `taken`, the
-    /// shares of its batch, which the worker gives back at once: tokio locks the budget's
-    /// waiters for every give-back.
-    pub(crate) fn into_item(self, taken: &mut Option<OwnedSemaphorePermit>) -> Item {
+    /// The message as it enters its route, at `batch_position` in its worker's batch. Its share
+    /// of the intake budget joins `taken`, the shares of its batch, which the worker gives back at
+    /// once: tokio locks the budget's waiters for every give-back.
+    pub(crate) fn into_item(
+        mut self,
+        batch_position: usize,
+        taken: &mut Option<OwnedSemaphorePermit>,
+    ) -> Item {
+        self.accepted.batch_position = batch_position;
         match taken {
             // Every envelope's share is of the one host's budget, as `merge` requires.
             Some(shares) => shares.merge(self.intake_bytes),
@@ -174,7 +185,11 @@ mod tests {
             Envelope::new(Message::new("b", "2"), None, share(4), None),
         ];
         let mut taken = None;
-        let items: Vec<Item> = envelopes.into_iter().map(|envelope| envelope.into_item(&mut taken)).collect();
+        let items: Vec<Item> = envelopes
+            .into_iter()
+            .enumerate()
+            .map(|(at, envelope)| envelope.into_item(at, &mut taken))
+            .collect();
         assert_eq!(budget.available_permits(), 3, "still held while the batch is routed");
         drop(taken);
         assert_eq!(budget.available_permits(), 10);
@@ -185,7 +200,8 @@ mod tests {
     #[tokio::test]
     async fn a_copy_lost_to_a_panic_leaves_its_message_unsettled_when_the_other_copy_settles() {
         let (hold, receipt) = crate::receipt::ReceiptHold::new();
-        let accepted = Accepted { at: Instant::now(), spooled: None, receipt: Some(Arc::new(hold)) };
+        let hold = Some(Arc::new(hold));
+        let accepted = Accepted { at: Instant::now(), batch_position: 0, spooled: None, receipt: hold };
         // A fan-out: one copy dropped by a worker that panics, the other delivered.
         let lost = accepted.clone();
         let panicked = crate::panic::catch(move || {

@@ -120,12 +120,13 @@ impl Pipeline {
         let mut settlements = Settlements::default();
         let mut by_route: Vec<Vec<Item>> = routes.routes().iter().map(|_| Vec::new()).collect();
         let mut intake_bytes = None;
-        for envelope in batch {
+        for (position, envelope) in batch.into_iter().enumerate() {
             match routes.route(&envelope.message) {
-                Some(key) => by_route[key].push(envelope.into_item(&mut intake_bytes)),
+                Some(key) => by_route[key].push(envelope.into_item(position, &mut intake_bytes)),
                 None => {
                     let reason = DeadLetterReason::NoRoute { topic: envelope.message.topic.clone() };
-                    settlements.dead_letters.push((envelope.into_item(&mut intake_bytes), reason, None));
+                    let item = envelope.into_item(position, &mut intake_bytes);
+                    settlements.dead_letters.push((item, reason, None));
                 }
             }
         }
@@ -135,7 +136,15 @@ impl Pipeline {
                 self.run_route(worker, &plugins, &topology, key, items, &mut settlements);
             }
         }
-        let Settlements { deliveries, dead_letters } = settlements;
+        let Settlements { mut deliveries, dead_letters } = settlements;
+        // Each route's deliveries are in the order their messages came, but the routes ran one
+        // after another: hand them over in the batch's order, so that a stream's messages on two
+        // routes reach their destination's queue in the order sent. A stable sort keeps the outputs
+        // of a split in their order; a batch of one route is sorted already, and only looked at.
+        let batch_position = |(_, _, item): &Routed| item.accepted.batch_position;
+        if !deliveries.is_sorted_by_key(batch_position) {
+            deliveries.sort_by_key(batch_position);
+        }
         self.dead_letter_apart(&topology, dead_letters, runtime);
         let mut deliveries = deliveries.into_iter();
         // What destinations take at once needs no runtime: a batch they take whole never enters one.
@@ -484,23 +493,17 @@ const STAGE_ATTEMPTS: usize = 3;
 
 /// Run `stage` over `items`, running it again at once on the items it
 /// answered "retryable" for, up to [`STAGE_ATTEMPTS`] calls in all; those
-/// still retryable then fail under their policy.
+/// still retryable then fail under their policy. The fates keep the order of
+/// `items`, retried ones included.
 fn run_stage_with_retries(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>) -> Vec<Fate> {
     let mut fates = run_stage(worker, route, stage, items);
     for _ in 1..STAGE_ATTEMPTS {
         // Most batches have nothing to retry: they go on as they are, not
-        // moved fate by fate into two new vectors.
+        // moved fate by fate into a new vector.
         if !fates.iter().any(|fate| matches!(fate, Fate::Retry(..))) {
             return fates;
         }
-        let (again, settled): (Vec<Fate>, Vec<Fate>) =
-            fates.into_iter().partition(|fate| matches!(fate, Fate::Retry(..)));
-        fates = settled;
-        let items = again.into_iter().map(|fate| match fate {
-            Fate::Retry(item, ..) => item,
-            _ => unreachable!("partitioned above"),
-        });
-        fates.extend(run_stage(worker, route, stage, items.collect()));
+        fates = retry_in_place(worker, route, stage, fates);
     }
     fates
         .into_iter()
@@ -509,6 +512,28 @@ fn run_stage_with_retries(worker: &mut Worker, route: &Route, stage: &Stage, ite
             fate => fate,
         })
         .collect()
+}
+
+/// Run `stage` again on the items of `fates` it answered "retryable" for, and put what it makes
+/// of each where that item's fate was: put after the others, a stream's first message went out
+/// after its second. Neighbouring retries go in one call (a whole batch's, if the stage answered
+/// so for all), whose fates come back in its items' order and so fill their place; one call for
+/// retries apart would leave no way to tell whose its fates are (a transform makes 0..n of each).
+fn retry_in_place(worker: &mut Worker, route: &Route, stage: &Stage, fates: Vec<Fate>) -> Vec<Fate> {
+    let mut again = Vec::with_capacity(fates.len());
+    let mut fates = fates.into_iter().peekable();
+    while let Some(fate) = fates.next() {
+        let Fate::Retry(first, ..) = fate else {
+            again.push(fate);
+            continue;
+        };
+        let mut run = vec![first];
+        while let Some(Fate::Retry(item, ..)) = fates.next_if(|fate| matches!(fate, Fate::Retry(..))) {
+            run.push(item);
+        }
+        again.extend(run_stage(worker, route, stage, run));
+    }
+    again
 }
 
 fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>) -> Vec<Fate> {
