@@ -35,7 +35,7 @@ to = "api"
 }
 
 /// Wait until destination `name` of `host` has `n` messages queued.
-async fn queued(host: &Host, name: &str, n: usize) {
+pub(crate) async fn queued(host: &Host, name: &str, n: usize) {
     within(async {
         loop {
             let depth = host.destinations().into_iter().find(|d| d.name == name).and_then(|d| d.queued);

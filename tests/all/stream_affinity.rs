@@ -682,3 +682,65 @@ async fn a_stream_s_message_whose_stage_answered_retryable_keeps_its_place_in_th
     let arrived = arrived_from_one_batch(routes, |builder| builder.transform("flaky", flaky), messages).await;
     assert_eq!(arrived, ["a1", "a2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quick_reloads_keep_a_stream_s_next_message_until_the_one_in_flight_ends() {
+    // Each reload rebuilds the destination (its queue timeout changes). The first held the new
+    // queue until the old instance's deliveries ended; the second held the next queue only until
+    // the first new one's tasks ended, at once (it had sent nothing), so a2 went out while a1 was
+    // still in flight on the first instance.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = |queue_timeout_ms: u64| {
+        format!(
+            "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
+             [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+             [[destination]]\nname = \"orders\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+             balancer = \"affinity:header:x-order\"\ntimeout_ms = 600000\n\
+             queue = {{ timeout_ms = {queue_timeout_ms} }}\n\
+             [[route]]\nname = \"all\"\nto = \"orders\"\n",
+            endpoint.addr
+        )
+    };
+    let host = host(dir.path(), &config(600_000)).await;
+    let apply = |text: String| {
+        let host = &host;
+        async move {
+            let (change, _) = within(host.replace_config(&text)).await.unwrap();
+            assert_eq!(change, switchyard::ConfigChange::Applied);
+        }
+    };
+    host.send(of_order_o1("orders", "a1")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(of_order_o1("orders", "a2")).await.unwrap();
+    crate::destination_core::queued(&host, "orders", 1).await;
+    apply(config(599_000)).await;
+    apply(config(1_000)).await;
+    // a2 must wait for a1, which the endpoint holds. That it is not sent gives no event to wait
+    // for, so its queue timeout of 1 s makes one: kept back, a2 is dead-lettered unsent when that
+    // passes; let go (the old code sent it within milliseconds of the second reload), it reaches
+    // the endpoint first. A machine stalled for a second could hide the fault, never fail the fix.
+    let dead = host.memory("dead").unwrap();
+    tokio::select! {
+        letter = within(dead.recv_async()) => {
+            let letter = letter.unwrap();
+            let why = letter.header("x-sy-dead-letter");
+            assert_eq!((&letter.payload[..], why), (&b"a2"[..], Some("queue-timeout")));
+        }
+        () = within(endpoint.arrivals(2)) => {
+            panic!("sent while a1 was in flight: {:?}", endpoint.arrived_bodies());
+        }
+    }
+    // A third rebuild, back to a long queue timeout, while a1 is still in flight: a3 waits behind
+    // it, and goes once it ends.
+    apply(config(600_000)).await;
+    host.send(of_order_o1("orders", "a3")).await.unwrap();
+    endpoint.release(1);
+    within(endpoint.arrivals(2)).await;
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["a1", "a3"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 1));
+}

@@ -164,13 +164,16 @@ impl DispatchContext {
     /// [`QueuedDestination::retire`]); those under way finish on `from`. With `keep_order` (a
     /// destination keeping streams), `to` sends nothing before every delivery of `from` has ended or
     /// come back: a stream's messages go out one at a time, in their order, across the reload.
+    /// That wait counts among `to`'s tasks: a reload that replaces `to` before they end holds its
+    /// own new instance until they have (`to`, held, sent nothing: its dispatcher and expirer end
+    /// at once).
     pub(crate) fn hand_over(
         &self,
         from: (&Arc<DeliveryQueue<Job>>, &Retire),
-        to: &Arc<DeliveryQueue<Job>>,
+        to: (&Arc<DeliveryQueue<Job>>, &Retire),
         keep_order: bool,
     ) {
-        let (queue, retire) = from;
+        let ((queue, retire), (to, to_retire)) = (from, to);
         if keep_order {
             to.hold();
         }
@@ -179,13 +182,11 @@ impl DispatchContext {
         if keep_order {
             let (tasks, to) = (retire.tasks.clone(), to.clone());
             tasks.close();
-            self.tracker.spawn_on(
-                async move {
-                    tasks.wait().await;
-                    to.release();
-                },
-                &self.runtime,
-            );
+            let release = async move {
+                tasks.wait().await;
+                to.release();
+            };
+            self.tracker.spawn_on(to_retire.tasks.track_future(release), &self.runtime);
         }
     }
 }
@@ -193,7 +194,8 @@ impl DispatchContext {
 /// What a reload needs of a network destination's dispatcher to retire it.
 pub(crate) struct Retire {
     cluster: Arc<dyn QueuedDestination>,
-    /// The dispatcher, its expirer and its deliveries.
+    /// The dispatcher, its expirer and its deliveries, and the wait for its predecessors' to end
+    /// before it sends (see [`DispatchContext::hand_over`]).
     tasks: TaskTracker,
 }
 

@@ -211,7 +211,7 @@ impl Topology {
                 let configs = [&old.built_from, &destinations[name].built_from];
                 let keep_order =
                     configs.iter().any(|config| matches!(config, Some(config) if keeps_streams(config)));
-                dispatch.hand_over((&old_queue.0, &old_queue.1), &new_queue.0, keep_order);
+                dispatch.hand_over((&old_queue.0, &old_queue.1), (&new_queue.0, &new_queue.1), keep_order);
             }
         }
         let routes: Vec<Route> =
