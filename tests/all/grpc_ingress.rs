@@ -8,12 +8,51 @@ use std::collections::HashMap;
 use switchyard::ingress::{IngressClient, PublishOutcome, PublishRequest, PublishResult, Refusal};
 use switchyard::{Config, GrpcIngress, Host, Message, RouteConfig};
 
-/// Serve `host`'s gRPC ingress on 127.0.0.1 (any free port) while the test's runtime lives; a client.
-async fn client(host: &Host) -> IngressClient<tonic::transport::Channel> {
+/// Serve `host`'s gRPC ingress on 127.0.0.1 (any free port) while the test's runtime lives; where.
+async fn serve(host: &Host) -> std::net::SocketAddr {
     let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = ingress.local_addr();
     tokio::spawn(ingress.serve(std::future::pending()));
+    addr
+}
+
+/// [`serve`] `host`'s gRPC ingress; a client.
+async fn client(host: &Host) -> IngressClient<tonic::transport::Channel> {
+    let addr = serve(host).await;
     IngressClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+/// The body frames of a raw HTTP/2 request.
+type Frames = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+/// A `Publish` call to the ingress at `addr` over a connection of its own whose body is `frames`, as
+/// no gRPC client sends it (cut short, never ending); its answer, with the connection's sender and
+/// task.
+async fn publish_raw(
+    addr: std::net::SocketAddr,
+    frames: Frames,
+) -> (
+    hyper::Response<hyper::body::Incoming>,
+    hyper::client::conn::http2::SendRequest<http_body_util::StreamBody<Frames>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/Publish"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let answer = within(sender.send_request(request)).await.expect("an answer");
+    (answer, sender, connection)
 }
 
 fn publish(topic: &str, payload: &str) -> PublishRequest {
@@ -107,25 +146,8 @@ async fn a_call_without_the_token_is_refused_on_its_headers_before_its_message_c
         "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\nheader_timeout_ms = 3600000\n"
     );
     let (host, _dir) = host(&text).await;
-    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let never =
-        futures_util::stream::pending::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>();
-    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/Publish"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(http_body_util::StreamBody::new(never))
-        .unwrap();
-    let answer = within(sender.send_request(request)).await.expect("an answer");
+    let addr = serve(&host).await;
+    let (answer, ..) = publish_raw(addr, Box::pin(futures_util::stream::pending())).await;
     let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
     assert_eq!(status, Some("16"), "UNAUTHENTICATED: {answer:?}");
     drain_and_account(&host).await;
@@ -170,9 +192,7 @@ async fn connections_that_send_nothing_or_part_of_the_preface_are_cut_and_a_clie
         "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_timeout_ms = 200\n"
     );
     let (host, _dir) = host(&text).await;
-    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = serve(&host).await;
     let silent: Vec<std::net::TcpStream> = (0..8)
         .map(|n| {
             let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -255,9 +275,7 @@ async fn streams_that_send_nothing_are_answered_and_their_idle_connections_close
         "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\nheader_timeout_ms = 200\n"
     );
     let (host, _dir) = host(&text).await;
-    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
+    let addr = serve(&host).await;
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
@@ -292,24 +310,13 @@ async fn a_call_whose_request_stalls_fails_and_its_idle_connection_is_closed() {
         "{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\nheader_timeout_ms = 200\n"
     );
     let (host, _dir) = host(&text).await;
-    let ingress = GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = ingress.local_addr();
-    tokio::spawn(ingress.serve(std::future::pending()));
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
-    let connection = tokio::spawn(connection);
+    let addr = serve(&host).await;
     // A gRPC frame announcing 10 bytes, 2 of them sent, and nothing more.
     let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 10, 1, 2]);
     let frames =
         futures_util::stream::iter([Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(frame))]);
-    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/Publish"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(http_body_util::StreamBody::new(frames.chain(futures_util::stream::pending())))
-        .unwrap();
-    let answer = within(sender.send_request(request)).await.expect("an answer");
+    let (answer, sender, connection) =
+        publish_raw(addr, Box::pin(frames.chain(futures_util::stream::pending()))).await;
     let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
     assert!(status.is_some_and(|status| status != "0"), "{answer:?}");
     // Its connection, no call open, is closed (the client still holds it).
