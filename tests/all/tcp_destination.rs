@@ -106,3 +106,39 @@ async fn a_reply_past_max_message_bytes_is_refused_and_the_message_counted_deliv
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pooled_connection_is_closed_at_its_idle_timeout_with_no_more_traffic() {
+    // The endpoint answers one request, then waits for the host to close the connection: with
+    // nothing more to send, the pool closes it once idle for `idle_timeout_ms`, not at some later
+    // acquisition that may never come.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let length = stream.read_u32().await.unwrap();
+        stream.read_exact(&mut vec![0; length as usize]).await.unwrap();
+        let mut reply = Vec::new();
+        let head = Head { id: 1, source: 0, priority: 0, topic: "jobs" };
+        write_message(&mut reply, &head, [], Payload::Bytes(b"done"));
+        stream.write_u32(reply.len() as u32).await.unwrap();
+        stream.write_all(&reply).await.unwrap();
+        let opened = tokio::time::Instant::now();
+        let end = stream.read(&mut [0; 1]).await;
+        let _ = closed_tx.send((end.map_err(|err| err.kind()), opened.elapsed()));
+    });
+    let config = format!(
+        "[[destination]]\nname = \"frames\"\ntransport = \"tcp\"\nendpoints = [\"{server}\"]\n\
+         pool = {{ idle_timeout_ms = 200 }}\n[[route]]\nname = \"all\"\nto = \"frames\"\n"
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let reply = within(host.request(Message::new("jobs", "job"))).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "done");
+    let (end, idle_for) = within(closed).await.unwrap();
+    assert_eq!(end, Ok(0), "the host closed the connection (end of stream), it did not reset it");
+    assert!(idle_for >= std::time::Duration::from_millis(150), "closed only once idle: {idle_for:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}

@@ -6,7 +6,10 @@
 //! [`Pooled`] guard holds the slot and the connection. Dropping it closes the
 //! connection, so one whose exchange errored or was cancelled half-way is never
 //! reused; only [`Pooled::release`], called after a complete good exchange,
-//! returns it to the idle list. [`Pool::close_idle`] closes the idle
+//! returns it to the idle list. An idle connection is closed once it has been
+//! idle for `idle_timeout` or lived for `max_lifetime`, by a task that wakes
+//! when the first one is due ([`Pool::reap`]), so a quiet pool does not keep
+//! its peer's sockets open. [`Pool::close_idle`] closes the idle
 //! connections and keeps those in use now from coming back (an endpoint that
 //! turned unhealthy). A transport keeps one pool per endpoint in [`Pools`].
 //! Acquisitions that waited for a slot are counted where [`Pools::count_waits`]
@@ -21,7 +24,7 @@ use std::future::Future;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -106,7 +109,7 @@ impl PoolError {
 pub struct PoolStats {
     /// Connections open: idle and in use.
     pub size: usize,
-    /// Idle connections kept (those aged out are closed at the next acquisition).
+    /// Idle connections kept.
     pub idle: usize,
     /// Connections handed out and not yet released or dropped.
     pub in_use: usize,
@@ -138,6 +141,9 @@ struct Idle<C> {
     /// Bumped by [`Pool::close_idle`]; a connection made (or last taken from
     /// the list) in an older generation is not taken back.
     generation: u64,
+    /// Whether a task is waiting to close the connections as they age out
+    /// ([`Pool::reap`]): set when one is spawned, cleared when it finds none left.
+    reaping: bool,
 }
 
 struct IdleConnection<C> {
@@ -159,7 +165,7 @@ impl<C> Pool<C> {
         Pool {
             config,
             slots: Arc::new(Semaphore::new(config.max_size)),
-            idle: Mutex::new(Idle { connections: VecDeque::new(), generation: 0 }),
+            idle: Mutex::new(Idle { connections: VecDeque::new(), generation: 0, reaping: false }),
             is_open,
             in_use: AtomicUsize::new(0),
             waits,
@@ -262,29 +268,67 @@ impl<C> Pool<C> {
     }
 
     fn is_fresh(&self, idle: &IdleConnection<C>, now: Instant) -> bool {
-        now.saturating_duration_since(idle.since) < self.config.idle_timeout
-            && now.saturating_duration_since(idle.created) < self.config.max_lifetime
+        self.due(idle).is_none_or(|due| now < due)
     }
 
-    /// Take `connection` back unless the list is full, it aged out, or the
-    /// pool was closed since it was made.
-    fn put_idle(&self, connection: C, created: Instant, generation: u64) {
-        let now = Instant::now();
-        let refused = {
-            let mut idle = self.lock_idle();
-            let young = now.saturating_duration_since(created) < self.config.max_lifetime;
-            if young && generation == idle.generation && idle.connections.len() < self.config.max_idle {
-                idle.connections.push_back(IdleConnection { connection, created, since: now });
-                None
-            } else {
-                Some(connection)
-            }
-        };
-        drop(refused);
+    /// When `idle` is to be closed: idle for `idle_timeout`, or `max_lifetime`
+    /// old; `None` when both are past what an instant can hold.
+    fn due(&self, idle: &IdleConnection<C>) -> Option<Instant> {
+        let idled = idle.since.checked_add(self.config.idle_timeout);
+        let aged = idle.created.checked_add(self.config.max_lifetime);
+        idled.into_iter().chain(aged).min()
+    }
+
+    /// Close the idle connections that are due, and tell when the next one
+    /// is; `None` (the reaper ends) once none is left.
+    fn reap_due(&self, now: Instant) -> Option<Instant> {
+        let mut idle = self.lock_idle();
+        let (due, kept): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut idle.connections).into_iter().partition(|idle| !self.is_fresh(idle, now));
+        idle.connections = kept;
+        let next = idle.connections.iter().filter_map(|idle| self.due(idle)).min();
+        idle.reaping = next.is_some();
+        drop(idle);
+        drop(due);
+        next
     }
 
     fn lock_idle(&self) -> MutexGuard<'_, Idle<C>> {
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<C: Send + 'static> Pool<C> {
+    /// Take `connection` back unless the list is full, it aged out, or the
+    /// pool was closed since it was made; start the reaper if none is waiting
+    /// (and the caller is in a runtime: otherwise what aged out is closed at
+    /// the next acquisition).
+    fn put_idle(self: &Arc<Self>, connection: C, created: Instant, generation: u64) {
+        let now = Instant::now();
+        let (refused, reap) = {
+            let mut idle = self.lock_idle();
+            let young = now.saturating_duration_since(created) < self.config.max_lifetime;
+            if young && generation == idle.generation && idle.connections.len() < self.config.max_idle {
+                idle.connections.push_back(IdleConnection { connection, created, since: now });
+                let reap = !idle.reaping && tokio::runtime::Handle::try_current().is_ok();
+                idle.reaping |= reap;
+                (None, reap)
+            } else {
+                (Some(connection), false)
+            }
+        };
+        drop(refused);
+        if reap {
+            tokio::spawn(Pool::reap(Arc::downgrade(self)));
+        }
+    }
+
+    /// Close each idle connection when it is due, until none is left or the
+    /// pool is gone (it holds the pool weakly: a dropped pool closes its own).
+    async fn reap(pool: Weak<Pool<C>>) {
+        while let Some(next) = pool.upgrade().and_then(|pool| pool.reap_due(Instant::now())) {
+            tokio::time::sleep_until(next).await;
+        }
     }
 }
 
@@ -306,7 +350,7 @@ pub struct Pooled<C> {
     _slot: OwnedSemaphorePermit,
 }
 
-impl<C> Pooled<C> {
+impl<C: Send + 'static> Pooled<C> {
     /// Return the connection to the pool for reuse; call only after a complete,
     /// good exchange that left it ready for the next one.
     pub fn release(mut self) {
@@ -538,6 +582,33 @@ mod tests {
         let fresh = take(&pool, &made).await;
         assert_eq!(*fresh, 2, "idle for 30 s: not reused");
         assert_eq!(pool.stats(), PoolStats { size: 1, idle: 0, in_use: 1, waits: 0 }, "and closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_when_due_though_nothing_is_acquired() {
+        let lifetime = PoolConfig { max_lifetime: Duration::from_secs(60), ..PoolConfig::default() };
+        let (pool, made) = pool(lifetime);
+        let (one, two) = (take(&pool, &made).await, take(&pool, &made).await);
+        one.release();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        two.release();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(pool.stats().idle, 2, "29 s: both still fresh");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(pool.stats(), PoolStats { size: 1, idle: 1, in_use: 0, waits: 0 }, "idle 30 s: closed");
+        let old = take(&pool, &made).await;
+        assert_eq!(*old, 2);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        old.release();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(pool.stats().idle, 0, "60 s old, idle only 11 s: closed at its lifetime");
+        let tasks = tokio::runtime::Handle::current().metrics();
+        assert_eq!(tasks.num_alive_tasks(), 0, "the reaper ended with nothing left to close");
+        take(&pool, &made).await.release();
+        assert_eq!(tasks.num_alive_tasks(), 1, "and a connection released again starts one");
+        drop(pool);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(tasks.num_alive_tasks(), 0, "a dropped pool's reaper ends");
     }
 
     #[tokio::test(start_paused = true)]
