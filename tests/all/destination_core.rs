@@ -864,6 +864,135 @@ to = "dead"
     assert_eq!(live.arrived(), 0);
 }
 
+/// A config with a route `other` to destination `ok` over `answering`, and a route `all` to
+/// destination `api` over `endpoint` (one connection to it, no retry, no deadline that passes in
+/// a test; an `affinity` balancer, so that a rebuilt `api` sends nothing until its predecessor's
+/// deliveries end), or to the dead letters when `endpoint` is `None`: a reload that removed `api`.
+fn one_connection_to(endpoint: Option<&TestEndpoint>, answering: &TestEndpoint) -> String {
+    let (api, all) = match endpoint {
+        Some(endpoint) => (
+            format!(
+                "[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+                 balancer = \"affinity:header:x-stream\"\ntimeout_ms = 600000\nretry = {{ attempts = 1 }}\n\
+                 pool = {{ max_size = 1, acquire_timeout_ms = 600000 }}\n\
+                 queue = {{ max_in_flight = 2, timeout_ms = 600000 }}\n",
+                endpoint.addr
+            ),
+            "api",
+        ),
+        None => (String::new(), "dead"),
+    };
+    format!(
+        r#"
+[host]
+dead_letter = "dead"
+workers = 1
+shutdown_grace_ms = 2000
+[[destination]]
+name = "dead"
+transport = "memory"
+[[destination]]
+name = "ok"
+transport = "http"
+endpoints = ["{}"]
+{api}
+[[route]]
+name = "other"
+match = {{ topic = "other" }}
+to = "ok"
+[[route]]
+name = "all"
+to = "{all}"
+"#,
+        answering.addr
+    )
+}
+
+/// A host of [`one_connection_to`] whose `api` has sent `held` to its endpoint, which holds it,
+/// and taken `waiting` (neither of a stream) from its queue, which waits for the endpoint's one
+/// connection: a delivery under way that no endpoint has seen yet. Then a reload rebuilds `api`
+/// over another endpoint: `waiting` stays under way on the old instance, and the new one sends
+/// nothing while it is. The old endpoint, the new one, the one of `ok`.
+async fn waiting_on_a_rebuilt_destination()
+-> (TestEndpoint, TestEndpoint, TestEndpoint, tempfile::TempDir, Host) {
+    let (old, new) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Answer).await);
+    let answering = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &one_connection_to(Some(&old), &answering)).await;
+    host.send(Message::new("orders", "held")).await.unwrap();
+    within(old.arrivals(1)).await;
+    host.send(Message::new("orders", "waiting")).await.unwrap();
+    within(async {
+        loop {
+            let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+            if api.endpoints[0].pool.is_some_and(|pool| pool.waits == 1) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    apply(&host, &one_connection_to(Some(&new), &answering)).await;
+    (old, new, answering, dir, host)
+}
+
+/// The dead-letter reason (`x-sy-dead-letter`) of each of the next `n` letters of `host`'s memory
+/// destination `dead`, by payload.
+async fn dead_letter_reasons(host: &Host, n: usize) -> HashMap<String, String> {
+    let dead = host.memory("dead").unwrap();
+    let mut reasons = HashMap::new();
+    for _ in 0..n {
+        let letter = next(&dead).await;
+        let reason = letter.header("x-sy-dead-letter").unwrap_or_default().to_owned();
+        reasons.insert(String::from_utf8_lossy(&letter.payload).into_owned(), reason);
+    }
+    reasons
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_rebuilt_destination_dead_letters_what_waited_on_its_old_instance_destination_removed() {
+    // `waiting` goes back to the new instance's queue once it stops waiting on the old one; a second
+    // reload removed the destination, so that queue is closed. That is no shutdown: the host goes on.
+    let (old, _new, answering, _dir, host) = waiting_on_a_rebuilt_destination().await;
+    apply(&host, &one_connection_to(None, &answering)).await;
+    // The old endpoint goes: `held` is cut, sent; `waiting` gets the connection's slot, is refused,
+    // and stops waiting for the retired instance's endpoint.
+    old.stop().await;
+    let reasons = dead_letter_reasons(&host, 2).await;
+    assert_eq!(reasons["waiting"], "destination-removed", "{reasons:?}");
+    assert_eq!(reasons["held"], "delivery-uncertain", "{reasons:?}");
+    assert_eq!(old.arrived(), 1, "`waiting` was never sent");
+    // The host serves its other routes, and the rest is quiet: nothing more is dead-lettered.
+    let reply = within(host.request(Message::new("other", "still served"))).await.unwrap();
+    assert_eq!(reply.map(|reply| reply.payload), Some("still served".into()));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 1, 2));
+    assert!(host.memory("dead").unwrap().is_empty());
+    assert_eq!(answering.arrived(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_after_a_rebuild_dead_letters_what_waited_on_the_old_instance_shutdown() {
+    // The same delivery when the host stops instead: the new instance's queue is closed by the
+    // shutdown, so `waiting` is dead-lettered `shutdown`.
+    let (old, new, _answering, _dir, host) = waiting_on_a_rebuilt_destination().await;
+    // Held back by the new instance until `held` and `waiting` end, or until its queue is closed.
+    host.send(Message::new("orders", "after")).await.unwrap();
+    queued(&host, "api", 1).await;
+    let mut stopping = Box::pin(host.shutdown());
+    assert!(futures_util::poll!(&mut stopping).is_pending());
+    // Sent once the shutdown closed the new instance's queue.
+    within(new.arrivals(1)).await;
+    old.stop().await;
+    let reasons = dead_letter_reasons(&host, 2).await;
+    assert_eq!(reasons["waiting"], "shutdown", "{reasons:?}");
+    assert_eq!(reasons["held"], "delivery-uncertain", "{reasons:?}");
+    within(stopping).await;
+    let stats = host.stats();
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered, stats.in_flight()), (3, 1, 2, 0));
+    assert_eq!(new.arrived_bodies(), ["after"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_is_probed_after_its_ejection_and_comes_back() {
     let (flaky, steady) = (TestEndpoint::start(Mode::Fail).await, TestEndpoint::start(Mode::Answer).await);

@@ -292,7 +292,7 @@ impl HostBuilder {
                 state_lock: Mutex::new(Some(state_lock)),
                 alerting: Mutex::new(None),
                 stopped: Mutex::new(None),
-                stopping: CancellationToken::new(),
+                stopping: pipeline.dispatch.stopping.clone(),
                 stop_ended: CancellationToken::new(),
             }),
         };

@@ -66,7 +66,9 @@ struct HostInner {
     stopped: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     /// Cancelled once the host is stopping (`run`'s shutdown came, or a shutdown began), and once
     /// that stop has ended: a stopping JetStream ingress waits for its end, which resolves every
-    /// receipt, rather than give up on them by a timer of its own.
+    /// receipt, rather than give up on them by a timer of its own. Shared with the dispatchers
+    /// (`DispatchContext::stopping`), which tell by it a queue the stop closed from one a reload
+    /// closed as it removed the destination.
     stopping: CancellationToken,
     stop_ended: CancellationToken,
 }

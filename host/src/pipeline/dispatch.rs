@@ -55,6 +55,9 @@ pub(crate) struct DispatchContext {
     pub(crate) tracker: TaskTracker,
     /// Deliveries in flight over all network destinations.
     in_flight: Arc<Semaphore>,
+    /// Cancelled once the host is stopping, before a shutdown closes the queues: a queue found
+    /// closed before then was closed by a reload that removed its destination.
+    pub(crate) stopping: CancellationToken,
     /// Cancelled when a shutdown's grace period is over: what is still in
     /// flight or queued is dead-lettered (`shutdown`) at once.
     pub(crate) past_grace: CancellationToken,
@@ -96,6 +99,7 @@ impl DispatchContext {
             runtime,
             tracker: TaskTracker::new(),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            stopping: CancellationToken::new(),
             past_grace: CancellationToken::new(),
             letters_cut: CancellationToken::new(),
             pipeline,
@@ -261,7 +265,8 @@ impl Dispatcher {
             let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
             let Job { delivery, route } = job;
             let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
-            let (timeout, past_grace) = (self.timeout, context.past_grace.clone());
+            let (timeout, past_grace, stopping) =
+                (self.timeout, context.past_grace.clone(), context.stopping.clone());
             let queue = self.queue.clone();
             let delivery = async move {
                 let result = if waited > timeout {
@@ -289,9 +294,14 @@ impl Dispatcher {
                         let priority = delivery.message.priority;
                         match queue.adopt(priority, Job { delivery, route }, enqueued) {
                             Ok(()) => return,
-                            // That one is closed too: the host is shutting down.
+                            // That one is closed too: the host is shutting down, or a later
+                            // reload removed the destination.
                             Err(PushError::Closed(job) | PushError::Full(job)) => {
-                                (job.delivery, job.route, Err(DeliveryError::Shutdown))
+                                let error = match stopping.is_cancelled() {
+                                    true => DeliveryError::Shutdown,
+                                    false => DeliveryError::Retired,
+                                };
+                                (job.delivery, job.route, Err(error))
                             }
                         }
                     }
