@@ -276,5 +276,29 @@ async fn the_dashboard_in_chromium_follows_a_swap_an_endpoint_going_down_and_the
     if std::env::var_os("SWITCHYARD_DOCS_SCREENSHOT").is_some() {
         std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png"), &screenshot).unwrap();
     }
+
+    // Logging out and straight back in leaves one polling loop, not the old one beside a new one:
+    // a loop asks for the history, waits for the answer, then a second, so of the requests it
+    // starts in 3 s of the page's clock at most 3 (fewer on a slow machine, never more). Counted
+    // once one starting after those 3 s was answered: the loop is alive.
+    client.find(Locator::Css("#logout")).await.unwrap().click().await.unwrap();
+    log_in(client, TOKEN).await;
+    shown(client, "#board:not([hidden])").await;
+    let clear = "performance.setResourceTimingBufferSize(100000); performance.clearResourceTimings(); \
+                 return performance.now()";
+    let start = client.execute(clear, vec![]).await.unwrap().as_f64().unwrap();
+    let asked = until(
+        client,
+        &format!(
+            "const asked = performance.getEntriesByType('resource') \
+               .filter((entry) => entry.name.includes('/v1/history')).map((entry) => entry.startTime); \
+             return asked.some((at) => at >= {start} + 3000) \
+               && asked.filter((at) => at >= {start} && at < {start} + 3000).length + 1"
+        ),
+    )
+    .await;
+    let asked = asked.as_u64().unwrap() - 1;
+    assert!(asked <= 3, "{asked} history requests started in 3 s after logging out and in");
+
     browser.quit().await;
 }

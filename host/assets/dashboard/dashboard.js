@@ -6,7 +6,7 @@
 const TOKEN_KEY = "switchyard.admin-token";
 const POLL_MS = 1000;
 const EVENTS_KEPT = 200;
-const state = { token: sessionStorage.getItem(TOKEN_KEY) || "", samples: [], routes: [], running: false, socket: null };
+const state = { token: sessionStorage.getItem(TOKEN_KEY) || "", samples: [], routes: [], running: false, session: 0, socket: null };
 const $ = (id) => document.getElementById(id);
 
 class Unauthorized extends Error {}
@@ -161,13 +161,19 @@ function renderPlot() {
   const last = samples[samples.length - 1];
   $("now").textContent = last ? "now: " + last.accepted_per_s.toFixed(1) + " msgs/s, mean " +
     (last.latency_mean_ms === null ? "–" : last.latency_mean_ms.toFixed(2) + " ms") +
-    ", p99 ≤ " + (last.latency_p99_ms === null ? "–" : last.latency_p99_ms.toFixed(2) + " ms") : "";
+    ", p99 " + (last.latency_p99_over_ms !== undefined ? "> " + last.latency_p99_over_ms.toFixed(2) + " ms"
+      : last.latency_p99_ms === null ? "–" : "≤ " + last.latency_p99_ms.toFixed(2) + " ms") : "";
+}
+
+function lastSampleAt() {
+  return state.samples.length ? state.samples[state.samples.length - 1].at_ms : 0;
 }
 
 async function refreshHistory() {
-  const since = state.samples.length ? state.samples[state.samples.length - 1].at_ms : 0;
-  const body = await json("/v1/history?since=" + since);
-  state.samples = state.samples.concat(body.samples).slice(-body.capacity);
+  const body = await json("/v1/history?since=" + lastSampleAt());
+  // Another refresh may have added some of these while this one waited.
+  const last = lastSampleAt();
+  state.samples = state.samples.concat(body.samples.filter((sample) => sample.at_ms > last)).slice(-body.capacity);
   renderPlot();
   renderRoutes();
 }
@@ -226,34 +232,38 @@ function failed(error) {
   status("⚠ " + error.message);
 }
 
-async function poll() {
-  if (!state.running) return;
+// Each login starts one polling loop of each kind; a loop of an earlier login (its next turn
+// still due when the user logged out and in again) ends at that turn.
+async function poll(session) {
+  if (session !== state.session) return;
   try {
     await Promise.all([refreshHistory(), refreshPlugins(), refreshDestinations()]);
     status("updated " + new Date().toLocaleTimeString());
   } catch (error) {
     failed(error);
   }
-  setTimeout(poll, POLL_MS);
+  setTimeout(() => poll(session), POLL_MS);
 }
 
-async function slowPoll() {
-  if (!state.running) return;
+async function slowPoll(session) {
+  if (session !== state.session) return;
   await Promise.all([refreshRoutes(), renderAlerts()]).catch(failed);
-  setTimeout(slowPoll, 5 * POLL_MS);
+  setTimeout(() => slowPoll(session), 5 * POLL_MS);
 }
 
 function showBoard() {
   $("login").hidden = true;
   for (const id of ["board", "reload", "logout"]) $(id).hidden = false;
   state.running = true;
-  poll();
-  slowPoll();
+  const session = ++state.session;
+  poll(session);
+  slowPoll(session);
   connectEvents();
 }
 
 function logout(message) {
   state.running = false;
+  state.session++;
   state.token = "";
   sessionStorage.removeItem(TOKEN_KEY);
   if (state.socket) state.socket.close();

@@ -20,7 +20,8 @@ pub(super) const CAPACITY: usize = 300;
 /// The traffic between two readings of the counters.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(super) struct Sample {
-    /// When the interval ended, milliseconds since the Unix epoch.
+    /// When the interval ended, milliseconds since the Unix epoch; each sample's later
+    /// than the one before, though the wall clock step back.
     pub(super) at_ms: u64,
     /// Messages admitted per second.
     pub(super) accepted_per_s: f64,
@@ -31,8 +32,13 @@ pub(super) struct Sample {
     /// Mean admission-to-settlement latency of the messages settled in the
     /// interval; `None` when none was.
     pub(super) latency_mean_ms: Option<f64>,
-    /// The upper bound of the latency bucket holding the 99th percentile.
+    /// The upper bound of the latency bucket holding the 99th percentile;
+    /// `None` when none settled, or when it is past the last bucket.
     pub(super) latency_p99_ms: Option<f64>,
+    /// When the 99th percentile is past the last bucket (it has no upper
+    /// bound): that bucket's bound, which it exceeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) latency_p99_over_ms: Option<f64>,
     /// Messages matched per second, by route.
     pub(super) routes: BTreeMap<String, f64>,
 }
@@ -80,7 +86,12 @@ pub(super) fn sample(before: &Reading, now: &Reading, at_ms: u64) -> Sample {
             *sum += now.saturating_sub(*before);
         }
     }
-    let (latency_mean_ms, latency_p99_ms) = latencies(&total.latency);
+    let (latency_mean_ms, p99) = latencies(&total.latency);
+    let (latency_p99_ms, latency_p99_over_ms) = match p99 {
+        Some(P99::AtMost(bound)) => (Some(bound), None),
+        Some(P99::Over(bound)) => (None, Some(bound)),
+        None => (None, None),
+    };
     Sample {
         at_ms,
         accepted_per_s: rate(before.accepted, now.accepted),
@@ -88,13 +99,23 @@ pub(super) fn sample(before: &Reading, now: &Reading, at_ms: u64) -> Sample {
         dead_lettered_per_s: rate(before.dead_lettered, now.dead_lettered),
         latency_mean_ms,
         latency_p99_ms,
+        latency_p99_over_ms,
         routes,
     }
 }
 
-/// The mean and the 99th percentile's bucket bound (the last finite bound
-/// for the overflow bucket) of the latencies in `histogram`, milliseconds.
-fn latencies(histogram: &HistogramTotals) -> (Option<f64>, Option<f64>) {
+/// Where a histogram's 99th percentile is, milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum P99 {
+    /// In the bucket up to this bound.
+    AtMost(f64),
+    /// Past the last bucket, whose bound this is.
+    Over(f64),
+}
+
+/// The mean and the 99th percentile's bucket of the latencies in `histogram`,
+/// milliseconds.
+fn latencies(histogram: &HistogramTotals) -> (Option<f64>, Option<P99>) {
     let count: u64 = histogram.buckets.iter().sum();
     if count == 0 {
         return (None, None);
@@ -105,8 +126,11 @@ fn latencies(histogram: &HistogramTotals) -> (Option<f64>, Option<f64>) {
         seen += in_bucket;
         seen >= wanted
     });
-    let bound = LATENCY_BOUNDS[bucket.unwrap_or(LATENCY_BOUNDS.len()).min(LATENCY_BOUNDS.len() - 1)];
-    (Some(histogram.sum_nanos as f64 / count as f64 / 1e6), Some(bound * 1e3))
+    let p99 = match bucket.and_then(|bucket| LATENCY_BOUNDS.get(bucket)) {
+        Some(bound) => P99::AtMost(bound * 1e3),
+        None => P99::Over(LATENCY_BOUNDS[LATENCY_BOUNDS.len() - 1] * 1e3),
+    };
+    (Some(histogram.sum_nanos as f64 / count as f64 / 1e6), Some(p99))
 }
 
 /// The last [`CAPACITY`] samples, oldest first.
@@ -114,9 +138,14 @@ fn latencies(histogram: &HistogramTotals) -> (Option<f64>, Option<f64>) {
 pub(super) struct History(Arc<Mutex<VecDeque<Sample>>>);
 
 impl History {
-    /// Keep `sample`, dropping the oldest when full.
-    pub(super) fn push(&self, sample: Sample) {
+    /// Keep `sample`, dropping the oldest when full. Its `at_ms` is made later
+    /// than the last one's if it is not (the wall clock stepped back): a client
+    /// asking for what came after the last sample it has must still get it.
+    pub(super) fn push(&self, mut sample: Sample) {
         let mut samples = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(last) = samples.back() {
+            sample.at_ms = sample.at_ms.max(last.at_ms + 1);
+        }
         if samples.len() == CAPACITY {
             samples.pop_front();
         }
@@ -190,7 +219,38 @@ mod tests {
         // Four new latencies: 100 µs, 200 µs, 200 µs, 5 s.
         assert_eq!(sample.latency_mean_ms, Some(5000.5 / 4.0));
         // The 99th percentile of four is the slowest: the 5 s one, in the bucket up to 10.48576 s.
-        assert_eq!(sample.latency_p99_ms, Some(LATENCY_BOUNDS[10] * 1e3));
+        assert_eq!(
+            (sample.latency_p99_ms, sample.latency_p99_over_ms),
+            (Some(LATENCY_BOUNDS[10] * 1e3), None)
+        );
+    }
+
+    #[test]
+    fn a_99th_percentile_past_the_last_bucket_is_told_as_over_its_bound() {
+        let start = Instant::now();
+        // Queue timeouts of 30 s: past the last bucket, up to 10.48576 s.
+        let timed_out = totals(2, 2, &[30_000_000, 30_000_000]);
+        let sample = sample(
+            &reading(start, 0, &[("a", totals(0, 0, &[]))]),
+            &reading(start + INTERVAL, 2, &[("a", timed_out)]),
+            1,
+        );
+        assert_eq!(sample.latency_mean_ms, Some(30_000.0));
+        assert_eq!((sample.latency_p99_ms, sample.latency_p99_over_ms), (None, Some(10_485.76)));
+        let json = serde_json::to_value(&sample).unwrap();
+        assert_eq!(
+            (&json["latency_p99_ms"], &json["latency_p99_over_ms"]),
+            (&serde_json::json!(null), &serde_json::json!(10485.76))
+        );
+    }
+
+    #[test]
+    fn a_sample_taken_after_the_wall_clock_stepped_back_still_comes_after_the_last() {
+        let history = History::default();
+        let quiet = |at_ms| sample(&reading(Instant::now(), 0, &[]), &reading(Instant::now(), 0, &[]), at_ms);
+        history.push(quiet(1_000));
+        history.push(quiet(500));
+        assert_eq!(history.since(1_000).iter().map(|s| s.at_ms).collect::<Vec<_>>(), [1_001]);
     }
 
     #[test]
