@@ -186,6 +186,32 @@ async fn the_echo_transport_plugin_answers_host_requests_with_what_the_echo_serv
     assert_eq!((stats.responded + stats.delivered, stats.dead_lettered), (20, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_plugin_s_reply_past_max_message_bytes_is_refused_and_the_message_counted_delivered() {
+    // The echo server took the message: only the plugin's reply (the 1000 bytes echoed, plus the
+    // header the plugin adds) is past what the host takes. Sending it again would deliver it twice.
+    let (server, echoed) = echo_server().await;
+    let config = format!(
+        "[host]\nmax_message_bytes = 1024\n\
+         [[destination]]\nname = \"echo\"\ntransport = \"plugin:echo\"\nendpoints = [\"{server}\"]\n\
+         [[route]]\nname = \"all\"\nto = \"echo\"\n"
+    );
+    let dir = plugin_dir(&[("echo", artifacts::ECHO_TRANSPORT)]);
+    let host = host(dir.path(), &config).await;
+    let answer = within(host.request(Message::new("greet", vec![b'x'; 1000]))).await;
+    let Err(RequestError::ReplyRefused { destination, problem }) = answer else {
+        panic!(
+            "delivered, its reply refused: {:?}",
+            answer.map(|reply| reply.map(|reply| reply.payload.len()))
+        )
+    };
+    assert_eq!(destination, "echo");
+    assert!(problem.contains("more than 1024 bytes"), "{problem}");
+    assert_eq!(echoed.load(Ordering::SeqCst), 1000, "delivered once: not sent again");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
 /// `component` with a custom section appended: the same plugin, another version.
 fn another_version(component: &[u8], tag: u8) -> Vec<u8> {
     let name = b"switchyard-test-version";

@@ -66,6 +66,7 @@ impl Loaded {
             timeout,
             pool: PoolConfig::default(),
             lanes,
+            max_reply_bytes: switchyard::config::HostSection::default().max_message_bytes,
         };
         PluginTransport::new(config, self.registry.clone(), self.engine.clone(), self.metrics.clone())
     }

@@ -88,6 +88,7 @@ impl TransportFactory for PluginTransportFactory {
             timeout: Duration::from_millis(destination.timeout_ms),
             pool: (&destination.pool).into(),
             lanes: options.lanes,
+            max_reply_bytes: context.max_message_bytes,
         };
         let (plugins, engine, metrics) =
             (context.plugins.clone(), context.engine.clone(), context.metrics.clone());

@@ -26,7 +26,9 @@ mod lane;
 
 pub use factory::{DEFAULT_LANES, PluginOptions, PluginTransportFactory};
 
-use super::{AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport};
+use super::{
+    AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport, reply_within,
+};
 use crate::config::HealthSettings;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -57,6 +59,9 @@ pub struct PluginTransportConfig {
     /// Lanes per endpoint and plugin version: how many plugin calls to one
     /// endpoint run at once.
     pub lanes: usize,
+    /// The largest reply taken (`host.max_message_bytes`): the endpoint took
+    /// a message whose reply is larger, and only its reply is refused.
+    pub max_reply_bytes: usize,
 }
 
 /// Delivers through the serving version of a `transport` plugin.
@@ -174,7 +179,7 @@ impl PluginTransport {
             }
         };
         connection.release();
-        Ok(reply)
+        reply_within(reply, self.config.max_reply_bytes)
     }
 
     /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
