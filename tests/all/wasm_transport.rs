@@ -59,10 +59,16 @@ impl Loaded {
 
     /// A transport over `endpoints` with `lanes` lanes and a per-attempt timeout.
     fn transport(&self, endpoints: &[SocketAddr], lanes: usize, timeout: Duration) -> PluginTransport {
+        let endpoints: Vec<String> = endpoints.iter().map(SocketAddr::to_string).collect();
+        self.transport_to(&endpoints, lanes, timeout)
+    }
+
+    /// [`Loaded::transport`] over `endpoints` as configured (`host:port`).
+    fn transport_to(&self, endpoints: &[String], lanes: usize, timeout: Duration) -> PluginTransport {
         let config = PluginTransportConfig {
             destination: "test".into(),
             plugin: self.name.clone(),
-            endpoints: endpoints.iter().map(SocketAddr::to_string).collect(),
+            endpoints: endpoints.to_vec(),
             timeout,
             pool: PoolConfig::default(),
             lanes,
@@ -150,6 +156,40 @@ pub async fn echo_transport() {
     assert_eq!(reply.header("x-kept"), Some("yes"));
     assert_eq!(reply.header("x-echoed-by"), Some(server.to_string().as_str()));
     assert_eq!(echoed.load(std::sync::atomic::Ordering::SeqCst), 11, "it went through the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_plugin_reaches_an_endpoint_named_by_host_name_and_looks_up_no_other_name() {
+    let (server, echoed) = echo_server().await;
+    let endpoint = format!("localhost:{}", server.port());
+    let plugin = Loaded::new("echo", artifacts::ECHO_TRANSPORT, &[]);
+    let transport = plugin.transport_to(std::slice::from_ref(&endpoint), 1, TIMEOUT);
+    let message = Message::new("greet", "hello, localhost");
+    let reply = within(transport.attempt(&endpoint, &message)).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "hello, localhost");
+    assert_eq!(reply.header("x-echoed-by"), Some(endpoint.as_str()), "the plugin opened the name");
+    assert_eq!(echoed.load(std::sync::atomic::Ordering::SeqCst), 16, "it went through the server");
+    let health = switchyard::config::HealthSettings::default();
+    assert_eq!(within(transport.probe(&endpoint, &health)).await, Ok(()), "probed by name too");
+
+    // The name resolves to what the host resolved it to, for the endpoint's port only; no other
+    // name is looked up.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_port = format!("localhost:{}", elsewhere.local_addr().unwrap().port());
+    let faulty = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    let transport = faulty.transport_to(std::slice::from_ref(&endpoint), 1, TIMEOUT);
+    for wandering in [other_port.as_str(), "ungranted.invalid:80"] {
+        let message = Message::new("jobs", "x").with_header("x-fault", format!("connect:{wandering}"));
+        let (outcome, error) = within(transport.attempt(&endpoint, &message)).await.unwrap_err();
+        assert_eq!(outcome, Outcome::Fatal(FatalReason::Rejected), "{error}");
+        let denied = format!("the plugin rejected the message: connect to {wandering}: ");
+        assert!(error.starts_with(&denied), "{error}");
+        assert!(error.to_lowercase().contains("denied"), "the sandbox denied it: {error}");
+    }
+    assert!(
+        tokio::time::timeout(Duration::ZERO, elsewhere.accept()).await.is_err(),
+        "nothing reached the port outside the endpoint"
+    );
 }
 
 /// One attempt that must fail within the deadline plus a margin; its error.

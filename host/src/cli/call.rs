@@ -4,11 +4,11 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::net::ToSocketAddrs;
 use std::path::Path;
 use switchyard::config::PluginConfig;
 use switchyard::plugin::{
-    MiddlewareAction, PluginEngine, PluginFormat, PluginInstance, PluginKind, load_file, plugin_name,
+    MiddlewareAction, NetGrant, PluginEngine, PluginFormat, PluginInstance, PluginKind, load_file,
+    plugin_name,
 };
 use switchyard_wire::{Head, Payload, decode, write_message};
 
@@ -49,8 +49,10 @@ pub fn call(
     let kind = plugin.kind;
     let mut instance = match (kind, address) {
         (PluginKind::Transport, Some(address)) => {
-            let grants = address.to_socket_addrs().with_context(|| format!("--address {address}"))?;
-            PluginInstance::with_connect_grants(&engine, plugin, grants.collect())?
+            let grant = NetGrant::resolved_now(&[address.to_owned()])
+                .map_err(|(_, err)| err)
+                .with_context(|| format!("--address {address}"))?;
+            PluginInstance::with_connect_grants(&engine, plugin, std::sync::Arc::new(grant))?
         }
         (PluginKind::Transport, None) => bail!("a transport plugin needs --address HOST:PORT to send to"),
         (_, Some(_)) => bail!("--address is for transport plugins; this is a {}", kind.as_str()),

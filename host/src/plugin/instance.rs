@@ -8,6 +8,7 @@ use super::bindings::{
 use super::compiled::{CompiledPlugin, KindPre, PluginCode, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{PluginError, PluginFault};
+use super::net_grant::NetGrant;
 use super::sandbox::StoreState;
 use super::ticker::CallMark;
 use crate::message::Verdict;
@@ -103,15 +104,16 @@ impl PluginInstance {
         PluginInstance::in_state(engine, plugin, state).map_err(PluginFault::from)
     }
 
-    /// Like [`new`](Self::new), but the instance may connect to `addresses`
-    /// only (TCP or UDP; never listen), whatever the plugin's own grants: a
-    /// transport plugin reaches its destination's endpoints and nothing else.
+    /// Like [`new`](Self::new), but the instance may connect to what `grant`
+    /// resolves to only (TCP or UDP; never listen), and look up its names,
+    /// whatever the plugin's own grants: a transport plugin reaches its
+    /// destination's endpoints and nothing else.
     pub fn with_connect_grants(
         engine: &PluginEngine,
         plugin: Arc<CompiledPlugin>,
-        addresses: Vec<std::net::SocketAddr>,
+        grant: Arc<NetGrant>,
     ) -> Result<PluginInstance, PluginFault> {
-        let state = StoreState::with_connect_grants(plugin.settings.clone(), addresses);
+        let state = StoreState::with_connect_grants(plugin.settings.clone(), grant);
         PluginInstance::in_state(engine, plugin, state).map_err(PluginFault::from)
     }
 

@@ -11,6 +11,7 @@ mod format;
 mod host_calls;
 mod instance;
 mod native;
+mod net_grant;
 mod output_limits;
 mod registry;
 mod sandbox;
@@ -23,6 +24,7 @@ pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
+pub use net_grant::NetGrant;
 pub(crate) use output_limits::{check_made_message, check_made_reply, check_native_outputs, check_output};
 pub use output_limits::{check_outputs, check_reply};
 pub use registry::{

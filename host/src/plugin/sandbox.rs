@@ -4,10 +4,10 @@
 use super::bindings::{HOST_INTERFACE, Level, TypesImports, add_types_imports};
 use super::error::LoadError;
 use super::host_calls::HostCalls;
+use super::net_grant::NetGrant;
 use crate::config::PluginConfig;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, ResourceTable, WasmStr};
@@ -34,7 +34,8 @@ pub struct PluginSettings {
     pub config: PluginConfig,
     /// The counters this version bumped, by name.
     counts: Mutex<BTreeMap<String, Count>>,
-    allowed_addrs: Vec<SocketAddr>,
+    /// `allow_net`, resolved when the plugin was loaded.
+    allow_net: Arc<NetGrant>,
     /// The lines this version may still log this second, over all its instances.
     pub(crate) log_budget: Mutex<super::host_calls::LogBudget>,
 }
@@ -42,15 +43,11 @@ pub struct PluginSettings {
 impl PluginSettings {
     /// Settings for `config`, resolving its network grants.
     pub fn new(config: PluginConfig) -> Result<PluginSettings, LoadError> {
-        let mut allowed_addrs = Vec::new();
-        for addr in &config.allow_net {
-            let resolved = addr.to_socket_addrs().map_err(|err| LoadError::Grant {
-                name: config.name.clone(),
-                reason: format!("allow_net = \"{addr}\": {err}"),
-            })?;
-            allowed_addrs.extend(resolved);
-        }
-        Ok(PluginSettings { config, counts: Mutex::default(), allowed_addrs, log_budget: Mutex::default() })
+        let allow_net = NetGrant::resolved_now(&config.allow_net).map_err(|(addr, err)| {
+            LoadError::Grant { name: config.name.clone(), reason: format!("allow_net = \"{addr}\": {err}") }
+        })?;
+        let allow_net = Arc::new(allow_net);
+        Ok(PluginSettings { config, counts: Mutex::default(), allow_net, log_budget: Mutex::default() })
     }
 
     /// What this version counted through `host.count`, by counter name
@@ -102,7 +99,7 @@ impl PluginSettings {
 
     /// A WASI context granting exactly what the config grants, nothing
     /// else, with `connect` as the addresses it may reach.
-    fn wasi(&self, connect: &[SocketAddr]) -> Result<WasiCtx, LoadError> {
+    fn wasi(&self, connect: &Arc<NetGrant>) -> Result<WasiCtx, LoadError> {
         let mut builder = WasiCtxBuilder::new();
         for name in &self.config.env {
             if let Ok(value) = std::env::var(name) {
@@ -121,19 +118,19 @@ impl PluginSettings {
             })?;
         }
         if !connect.is_empty() {
-            let allowed = connect.to_vec();
+            let allowed = connect.clone();
             builder.allow_tcp(true).allow_udp(true);
             builder.socket_addr_check(move |addr, usage| {
                 let ok = match usage {
                     // Reaching out: only to a granted address.
-                    SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => allowed.contains(&addr),
+                    SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => allowed.allows(addr),
                     // The bind a connect or send makes implicitly: any local port.
                     SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
                         addr.ip().is_unspecified() && addr.port() == 0
                     }
                     // A grant never lets a plugin listen, accept or receive from elsewhere.
                     SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
-                    SocketAddrUse::UdpReceive => allowed.contains(&addr),
+                    SocketAddrUse::UdpReceive => allowed.allows(addr),
                 };
                 Box::pin(async move { ok })
             });
@@ -147,6 +144,8 @@ pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) settings: Arc<PluginSettings>,
+    /// What the instance may reach, and the names it may look up.
+    pub(crate) net: Arc<NetGrant>,
     memory_cap: usize,
     /// Bytes all of the instance's linear memories hold together: the cap
     /// is on their sum, not on each (a component may have many).
@@ -170,7 +169,7 @@ pub struct StoreState {
 impl StoreState {
     /// Fresh state for an instance of the plugin with `settings`.
     pub(crate) fn new(settings: Arc<PluginSettings>) -> Result<StoreState, LoadError> {
-        let grants = settings.allowed_addrs.clone();
+        let grants = settings.allow_net.clone();
         StoreState::with_connect_grants(settings, grants)
     }
 
@@ -178,10 +177,11 @@ impl StoreState {
     /// in place of the plugin's `allow_net`.
     pub(crate) fn with_connect_grants(
         settings: Arc<PluginSettings>,
-        connect: Vec<SocketAddr>,
+        connect: Arc<NetGrant>,
     ) -> Result<StoreState, LoadError> {
         Ok(StoreState {
             wasi: settings.wasi(&connect)?,
+            net: connect,
             table: ResourceTable::new(),
             memory_cap: settings.memory_cap(),
             memory_in_use: 0,

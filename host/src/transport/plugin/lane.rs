@@ -10,11 +10,10 @@
 
 use crate::metrics::Metrics;
 use crate::plugin::{
-    CompiledPlugin, PluginEngine, PluginError, PluginFault, PluginInstance, TransportConnection,
+    CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginFault, PluginInstance, TransportConnection,
 };
 use crate::transport::{AttemptProgress, Step};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -88,14 +87,14 @@ struct LaneState {
 }
 
 impl Lane {
-    /// Start a lane running `plugin`, allowed to connect to `grants` only,
-    /// its calls counted in `metrics`.
+    /// Start a lane running `plugin`, allowed to connect to what `grants`
+    /// resolves to only, its calls counted in `metrics`.
     pub(super) fn start(
         name: String,
         engine: Arc<PluginEngine>,
         metrics: Arc<Metrics>,
         plugin: Arc<CompiledPlugin>,
-        grants: Vec<SocketAddr>,
+        grants: Arc<NetGrant>,
     ) -> std::io::Result<Lane> {
         let (requests, queue) = flume::unbounded();
         let state = Arc::new(LaneState::default());
@@ -173,7 +172,7 @@ struct Worker {
     engine: Arc<PluginEngine>,
     metrics: Arc<Metrics>,
     plugin: Arc<CompiledPlugin>,
-    grants: Vec<SocketAddr>,
+    grants: Arc<NetGrant>,
     /// `None` after a fault or a renewal, until a new instance starts.
     instance: Option<PluginInstance>,
     /// The connections the current instance holds, by id.

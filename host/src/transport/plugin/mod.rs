@@ -9,6 +9,12 @@
 //! lane = one thread + one instance (WASI network grant: the endpoints, connect only) ◄───┘
 //! ```
 //!
+//! The plugin is given each endpoint as configured (`host:port`). The host
+//! resolves it, before each connection is opened and each probe, within the
+//! attempt's deadline: the plugin may connect to the addresses it resolved
+//! to and look the name up (answered from that resolution), never other
+//! names or addresses (see [`NetGrant`]).
+//!
 //! A plugin call never runs on a runtime thread: it runs on a lane, and the
 //! attempt awaits its answer. Every call is bounded by the attempt's
 //! deadline (the destination's `timeout_ms`), in wasm (epoch interruption)
@@ -32,13 +38,12 @@ use super::{
 use crate::config::HealthSettings;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::plugin::{CompiledPlugin, PluginEngine, PluginError, PluginKind, PluginRegistry};
+use crate::plugin::{CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginKind, PluginRegistry};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use arc_swap::ArcSwapOption;
 use connection::PluginConnection;
 use lane::{Lane, LaneError};
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,8 +75,8 @@ pub struct PluginTransport {
     registry: Arc<PluginRegistry>,
     engine: Arc<PluginEngine>,
     metrics: Arc<Metrics>,
-    /// The endpoints, resolved: the plugin's whole network grant.
-    grants: Vec<SocketAddr>,
+    /// The endpoints, as last resolved: the plugin's whole network grant.
+    grants: Arc<NetGrant>,
     pools: Pools<PluginConnection>,
     /// The lanes of the version last seen serving.
     current: ArcSwapOption<Lanes>,
@@ -113,24 +118,15 @@ impl Lanes {
 impl PluginTransport {
     /// A transport for `config`, running the versions of `config.plugin`
     /// that `registry` serves, compiled by `engine`, their calls counted in
-    /// `metrics` as a pipeline's stages are (its pools' waits too, as its destination's). Lanes start on first use. An endpoint whose address does not resolve now is not granted
-    /// (the plugin's connections to it are denied), and a warning says so.
+    /// `metrics` as a pipeline's stages are (its pools' waits too, as its destination's). Lanes start on first use.
+    /// Nothing is resolved yet: each endpoint is, before each connection to it and each probe.
     pub fn new(
         config: PluginTransportConfig,
         registry: Arc<PluginRegistry>,
         engine: Arc<PluginEngine>,
         metrics: Arc<Metrics>,
     ) -> PluginTransport {
-        let mut grants = Vec::new();
-        for address in &config.endpoints {
-            match address.to_socket_addrs() {
-                Ok(resolved) => grants.extend(resolved),
-                Err(err) => tracing::warn!(
-                    destination = %config.destination, plugin = %config.plugin, endpoint = %address, %err,
-                    "the endpoint does not resolve: the transport plugin may not connect to it"
-                ),
-            }
-        }
+        let grants = Arc::new(NetGrant::new(config.endpoints.iter().cloned()));
         let pools = Pools::new(config.pool, PluginConnection::is_open)
             .count_waits(metrics.pool_waits(&config.destination));
         let (current, starting) = (ArcSwapOption::empty(), Mutex::default());
@@ -150,6 +146,7 @@ impl PluginTransport {
             let connection = pool
                 .acquire(|| async {
                     let lane = lanes.next(address).map_err(std::io::Error::other)?;
+                    self.grants.refresh(address, deadline).await.map_err(std::io::Error::other)?;
                     PluginConnection::open(lane, address, deadline).await
                 })
                 .await
@@ -185,7 +182,9 @@ impl PluginTransport {
     /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
     async fn check(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(health.timeout_ms);
-        match self.lanes()?.next(address)?.probe(address, deadline).await {
+        let lane = self.lanes()?.next(address)?;
+        self.grants.refresh(address, deadline).await?;
+        match lane.probe(address, deadline).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("the plugin's probe {error}")),
             Err(error) => Err(error.to_string()),
