@@ -32,8 +32,7 @@ use super::Cluster;
 use super::endpoint::lock;
 use super::turns::{StreamTurn, StreamTurns};
 use crate::balance::{
-    AffinityPolicy, ConsistencyReport, EndpointView, Migration, MigrationReason, P2cPeakEwma, Standing,
-    StreamTable,
+    AffinityPolicy, ConsistencyReport, EndpointView, MigrationReason, P2cPeakEwma, Standing, StreamTable,
 };
 use crate::destination::{
     DestinationEvent, EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary,
@@ -173,12 +172,12 @@ impl Cluster {
     pub(super) fn choose_stream(&self, affinity: &StreamAffinity, key: &str) -> StreamChoice {
         let now = Instant::now();
         let (views, admissions) = self.stream_views(now);
-        let (index, migrations) = {
+        let index = {
             let mut table = lock(&affinity.table);
             let index = table.pick(key, &views, affinity.since_origin(now));
-            (index, table.take_migrations())
+            self.tell_migrations(affinity, &mut table);
+            index
         };
-        self.tell_migrations(affinity, migrations);
         let Some(index) = index else {
             // Its endpoint is dead and none serves, and the endpoints on trial are being tried:
             // their verdicts (an attempt's end) may give it one.
@@ -211,13 +210,13 @@ impl Cluster {
     fn check_streams(&self) -> Option<ConsistencyReport> {
         let super::Picker::Affinity(affinity) = &self.balancer else { return None };
         let (views, _) = self.stream_views(Instant::now());
-        let (report, migrations) = {
+        let report = {
             let mut table = lock(&affinity.table);
             let report = table.verify(&views);
-            (report, table.take_migrations())
+            self.tell_migrations(affinity, &mut table);
+            report
         };
         affinity.counters.orphans_found.inc_by(report.orphans.len() as u64);
-        self.tell_migrations(affinity, migrations);
         if !report.is_consistent() {
             tracing::warn!(destination = %self.name, orphans = report.orphans.len(), duplicates = report.duplicates.len(), unlisted = report.unlisted.len(), repaired = report.repaired, "stream table was inconsistent");
         }
@@ -335,17 +334,18 @@ impl Cluster {
     fn keep_streams(&self, now: Instant) {
         let super::Picker::Affinity(affinity) = &self.balancer else { return };
         let (views, _) = self.stream_views(now);
-        let migrations = {
-            let mut table = lock(&affinity.table);
-            table.maintain(&views, affinity.since_origin(now));
-            table.take_migrations()
-        };
-        self.tell_migrations(affinity, migrations);
+        let mut table = lock(&affinity.table);
+        table.maintain(&views, affinity.since_origin(now));
+        self.tell_migrations(affinity, &mut table);
     }
 
-    /// Count each migration of `affinity`'s table and tell of it with a `stream-migrated` event.
-    fn tell_migrations(&self, affinity: &StreamAffinity, migrations: Vec<Migration>) {
-        for migration in migrations {
+    /// Count each migration `table` (`affinity`'s, its lock held) made since the last call and tell
+    /// of it with a `stream-migrated` event. Under the lock, so that moves are counted as the table
+    /// makes them and told in the order it made them: told after the lock was let go, the moves of a
+    /// caller that waited for a thread in between were told after later ones (a stream told as moved
+    /// from B to C, then from A to B, was on C) and counted late.
+    fn tell_migrations(&self, affinity: &StreamAffinity, table: &mut StreamTable) {
+        for migration in table.take_migrations() {
             let counters = &affinity.counters;
             let moved = match migration.reason {
                 MigrationReason::EndpointDown | MigrationReason::EndpointRemoved => {
@@ -363,5 +363,103 @@ impl Cluster {
                 reason: migration.reason.to_string(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cluster, Picker};
+    use super::StreamChoice;
+    use crate::destination::{DestinationEvent, HostServices};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// A transport the test never sends through.
+    struct NoAttempts;
+
+    impl crate::transport::Transport for NoAttempts {
+        fn attempt<'a>(
+            &'a self,
+            _address: &'a str,
+            _message: &'a crate::message::Message,
+        ) -> crate::transport::AttemptFuture<'a> {
+            unreachable!("the test makes no attempt")
+        }
+    }
+
+    /// Leaves the endpoint at `address` out, as a refused connection does.
+    fn refuse(cluster: &Cluster, address: &str) {
+        let endpoint = cluster.endpoints.iter().find(|endpoint| endpoint.address == address).unwrap();
+        endpoint.refusing_until.store(endpoint.stamp(Instant::now() + Duration::from_secs(600)), Relaxed);
+    }
+
+    #[test]
+    fn a_stream_s_moves_are_told_in_the_order_the_table_made_them() {
+        // The first move is held on its way to being told (as a thread kept waiting would hold
+        // it) while the stream moves on: the second must not be told before it.
+        let (entered, first_held) = mpsc::channel();
+        let (resume, resumed) = mpsc::channel::<()>();
+        let resumed = Mutex::new(resumed);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let events: crate::destination::EventSink = Arc::new({
+            let told = told.clone();
+            move |event| {
+                let DestinationEvent::StreamMigrated { from, to, .. } = event else { return };
+                if entered.send(to.clone()).is_ok() {
+                    resumed.lock().unwrap().recv().unwrap();
+                }
+                told.lock().unwrap().push((from, to));
+            }
+        });
+        let config = crate::config::Config::from_toml(
+            "test.toml",
+            "[[destination]]\nname = \"workers\"\ntransport = \"http\"\n\
+             endpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
+             balancer = \"affinity:header:x-stream\"\n",
+        )
+        .unwrap();
+        let destination = &config.destinations[0];
+        let services = HostServices {
+            events,
+            metrics: Arc::new(crate::metrics::Metrics::new(true)),
+            registry: Arc::default(),
+            engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
+        };
+        let cluster = Arc::new(Cluster::new(
+            destination,
+            &destination.endpoints,
+            Arc::new(NoAttempts),
+            &services,
+            None,
+        ));
+        let Picker::Affinity(affinity) = &cluster.balancer else { panic!("an affinity destination") };
+        let StreamChoice::Go(first, _) = cluster.choose_stream(affinity, "s") else { panic!("no endpoint") };
+        let first = cluster.endpoints[first].address.clone();
+
+        refuse(&cluster, &first);
+        let (kept, keeping_ended) = mpsc::channel();
+        let keep = |cluster: &Arc<Cluster>| {
+            let (cluster, kept) = (cluster.clone(), kept.clone());
+            std::thread::spawn(move || {
+                cluster.keep_streams(Instant::now());
+                kept.send(()).unwrap();
+            })
+        };
+        let moved_first = keep(&cluster);
+        let second = first_held.recv_timeout(Duration::from_secs(60)).expect("the stream moved");
+        drop(first_held);
+        refuse(&cluster, &second);
+        let moved_again = keep(&cluster);
+        // Told at once, the second move is told before the first (this wait lets it); told in
+        // order, it waits for the first, held until this wait ends.
+        let _kept_again = keeping_ended.recv_timeout(Duration::from_millis(500));
+        resume.send(()).unwrap();
+        moved_first.join().unwrap();
+        moved_again.join().unwrap();
+        let told = told.lock().unwrap().clone();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert_eq!((&told[0], &told[1].0), (&(first, second.clone()), &second), "told: {told:?}");
     }
 }
