@@ -338,3 +338,33 @@ async fn a_restarted_host_takes_up_its_firing_alerts_and_resolves_those_that_cle
     );
     second.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_rebuilds_a_destination_leaves_its_endpoint_down_alert_firing_and_acknowledged() {
+    // An endpoint on a closed port, found down after three failed checks a second apart.
+    let api = "[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"127.0.0.1:1\"]\n\
+               timeout_ms = 1000\nhealth = { interval_ms = 1000, timeout_ms = 500, fall = 3 }\n";
+    let rule = "[[alert]]\nname = \"down\"\nwhen = 'endpoint_down{destination=\"api\"} > 0'\n";
+    let text = config(&format!("{api}{rule}"));
+    let (host, _dir) = start(&text).await;
+    let mut events = host.subscribe();
+    assert_eq!(next_transition(&mut events, "down").await.0, AlertState::Firing);
+    host.acknowledge_alert("down").unwrap();
+
+    // Any change rebuilds the destination. Taken for up again, its endpoint read up at the next
+    // evaluation (resolved, acknowledgement cleared) until three checks found it down again (firing).
+    let changed = Config::from_toml("alerts.toml", &text.replace("timeout_ms = 1000", "timeout_ms = 2000"));
+    host.apply_config("alerts.toml", changed.unwrap()).await.unwrap();
+    // Ten evaluations (the clock is paused: this only moves it).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut transitions = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let HostEvent::Alert(transition) = event {
+            transitions.push(transition.state);
+        }
+    }
+    assert_eq!(transitions, [], "the endpoint stayed down across the reload");
+    let alerts: Vec<_> = host.alerts().into_iter().map(|alert| (alert.state, alert.acknowledged)).collect();
+    assert_eq!(alerts, [(AlertState::Firing, true)]);
+    host.shutdown().await;
+}

@@ -753,14 +753,68 @@ async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state(
         .await
         .unwrap();
     assert_eq!(breakers(&host), ["open", "closed"], "an unchanged destination keeps its breakers");
-    // The destination itself changes: it starts afresh.
-    let changed = text.replace("attempts = 2", "attempts = 3");
+    // The destination itself changes and gains an endpoint: it is built anew, and what it knew of
+    // the endpoints it keeps goes on; the new one starts afresh.
+    let added = TestEndpoint::start(Mode::Answer).await;
+    let changed = text
+        .replace("attempts = 2", "attempts = 3")
+        .replace(&format!("\"{}\"]", survivor.addr), &format!("\"{}\", \"{}\"]", survivor.addr, added.addr));
     within(host.apply_config("test.toml", switchyard::Config::from_toml("test.toml", &changed).unwrap()))
         .await
         .unwrap();
-    assert_eq!(breakers(&host), ["closed", "closed"]);
+    assert_eq!(breakers(&host), ["open", "closed", "closed"], "the dead endpoint stays ejected");
+    for n in 4..8 {
+        within(host.request(Message::new("orders", format!("m{n}")))).await.unwrap();
+    }
+    let doomed = doomed.addr.to_string();
+    let refused = [("destination", "api"), ("endpoint", doomed.as_str()), ("outcome", "retryable")];
+    let refused = sample(&host.metrics().encode(), "switchyard_endpoint_attempts_total", &refused);
+    assert_eq!(refused, Some(1.0), "refused once before the reload, left out after it");
     let stats = drain_and_account(&host).await;
-    assert_eq!(stats.delivered, 4);
+    assert_eq!(stats.delivered, 8);
+    assert_eq!(survivor.seen().len() + added.seen().len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_a_destination_keeps_an_endpoint_its_health_checks_took_down_out() {
+    // A silent endpoint takes TCP and never answers: each health check fails only at its 3 s
+    // deadline. (A closed port fails one at once, so the rebuilt destination's first check found
+    // it down again within a millisecond, and only a message quicker than that showed the defect.)
+    let (silent, steady) = (crate::support::Silent::start(), TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "balancer = \"round-robin\"\ntimeout_ms = 500\n\
+                 health = { interval_ms = 100, timeout_ms = 3000, rise = 1, fall = 1 }";
+    let text =
+        config(&[&steady], extra).replace("endpoints = [", &format!("endpoints = [\"{}\", ", silent.addr));
+    let host = host(dir.path(), &text).await;
+    let health = |host: &Host| {
+        let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+        api.endpoints.iter().map(|endpoint| endpoint.health).collect::<Vec<_>>()
+    };
+    within(async {
+        while health(&host) != ["down", "up"] {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Any change rebuilds the destination; the silent endpoint is still known down. (Taken for up,
+    // it got the first message, round-robin, which was dead-lettered unanswered.)
+    apply(&host, &text.replace("timeout_ms = 500", "timeout_ms = 600")).await;
+    for n in 0..4 {
+        let reply = within(host.request(Message::new("orders", format!("m{n}")))).await;
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    assert_eq!(steady.seen().len(), 4);
+    let silent = silent.addr.to_string();
+    let exposition = host.metrics().encode();
+    for outcome in ["ok", "retryable", "fatal", "shed"] {
+        let labels = [("destination", "api"), ("endpoint", silent.as_str()), ("outcome", outcome)];
+        let tried = sample(&exposition, "switchyard_endpoint_attempts_total", &labels).unwrap_or(0.0);
+        assert_eq!(tried, 0.0, "no attempt at the endpoint that is down ({outcome})");
+    }
+    assert_eq!(health(&host), ["down", "up"]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (4, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ mod retrying;
 mod streams;
 
 pub use cluster::Cluster;
-pub(crate) use cluster::{HandedStreams, QueuedDestination, StreamTurn};
+pub(crate) use cluster::{HandedOver, QueuedDestination, StreamTurn};
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
 pub use queue::{DeliveryQueue, PushError, Queued};

@@ -15,7 +15,7 @@ use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, HandedStreams, HostServices, PushError, Queued, QueuedDestination,
+    Cluster, DeliveryError, DeliveryQueue, HandedOver, HostServices, PushError, Queued, QueuedDestination,
     StreamTurn,
 };
 use crate::message::Message;
@@ -121,16 +121,16 @@ impl DispatchContext {
 
     /// The cluster of network destination `config` (checked against the
     /// registry) over its transport, its health checks running, going on from
-    /// the stream table `streams` of the instance it replaces, if given.
+    /// what the instance it replaces `handed` over, if given.
     pub(crate) fn cluster(
         &self,
         config: &DestinationConfig,
-        streams: Option<HandedStreams>,
+        handed: Option<HandedOver>,
     ) -> Arc<dyn QueuedDestination> {
         let factory = self.transports.get(&config.transport).expect("a checked destination's transport");
         let transport = factory.build(config, &self.transport_context);
         let endpoints = factory.endpoints(config);
-        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services, streams));
+        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services, handed));
         cluster.start_health_checks(&self.runtime);
         cluster.start_stream_keeping(&self.runtime);
         cluster
@@ -210,10 +210,10 @@ impl Retire {
         self.cluster.retire();
     }
 
-    /// The destination's stream table, for the instance a reload builds to replace it; `None`
-    /// when it keeps no streams.
-    pub(crate) fn hand_over_streams(&self) -> Option<HandedStreams> {
-        self.cluster.hand_over_streams()
+    /// What the destination knows of its endpoints and its stream table, for the instance a
+    /// reload builds to replace it.
+    pub(crate) fn hand_over(&self) -> HandedOver {
+        self.cluster.hand_over()
     }
 }
 

@@ -169,11 +169,17 @@ impl Topology {
                 destinations.insert(dest.name.clone(), target);
                 continue;
             }
-            // A rebuilt destination goes on from its predecessor's stream table, endpoints known
-            // by address: its streams stay where they are, and move as they would have there.
+            // A rebuilt destination goes on from its predecessor, endpoints known by address: an
+            // endpoint it keeps is as it was there (down, ejected, refusing, loaded), and its
+            // streams stay where they are, and move as they would have there.
             let cluster = (!dest.is_in_process()).then(|| {
-                let previous = kept.and_then(|kept| kept.queue.as_ref());
-                dispatch.cluster(dest, previous.and_then(|queue| queue.1.hand_over_streams()))
+                let previous = kept.and_then(|kept| Some((kept.built_from.as_ref()?, kept.queue.as_ref()?)));
+                let handed = previous.map(|(built_from, queue)| {
+                    let handed = queue.1.hand_over();
+                    let same_transport = built_from.transport == dest.transport;
+                    if same_transport { handed } else { handed.without_endpoints() }
+                });
+                dispatch.cluster(dest, handed)
             });
             let destination: Arc<dyn Destination> = match (&cluster, dest.transport.as_str()) {
                 (Some(cluster), _) => cluster.clone(),

@@ -81,6 +81,12 @@ impl Health {
         self.state
     }
 
+    /// Judge by `config`'s thresholds from now on (a reload changed them): the state, the streaks
+    /// counted so far and a slow-start ramp under way stay (`config.initial` is for a new one).
+    pub fn reconfigure(&mut self, config: HealthConfig) {
+        self.config = config;
+    }
+
     /// Records the result of one active check.
     pub fn record_check(&mut self, passed: bool, now: Instant) -> Option<HealthTransition> {
         match (self.state, passed) {
@@ -263,6 +269,21 @@ mod tests {
         assert!(health.weight_factor(t0) < 1.0);
         (0..3).for_each(|_| _ = health.record_check(false, t0));
         assert_eq!(health.weight_factor(t0), 1.0);
+    }
+
+    #[test]
+    fn a_reconfigured_health_keeps_its_state_and_streaks_under_the_new_thresholds() {
+        let (mut health, now) = (health(), Instant::now());
+        (0..3).for_each(|_| _ = health.record_check(false, now));
+        health.reconfigure(HealthConfig { rise: 5, ..HealthConfig::default() });
+        assert_eq!(health.state(), HealthState::Down, "still down");
+        for _ in 0..4 {
+            assert_eq!(health.record_check(true, now), None);
+        }
+        assert_eq!(health.record_check(true, now), Some(HealthTransition::WentUp), "after the new rise");
+        assert_eq!(health.record_check(false, now), None, "one of three");
+        health.reconfigure(HealthConfig { fall: 2, ..HealthConfig::default() });
+        assert_eq!(health.record_check(false, now), Some(HealthTransition::WentDown), "two of the new two");
     }
 
     #[test]

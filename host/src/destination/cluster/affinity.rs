@@ -144,7 +144,7 @@ impl Cluster {
         let eligibility = self.admissions(now);
         let views = (self.endpoints.iter().zip(&eligibility.admissions))
             .map(|(endpoint, &admission)| {
-                let breaker = endpoint.breaker.state(now);
+                let breaker = endpoint.state.breaker.state(now);
                 let half_open = matches!(breaker, BreakerState::HalfOpen { .. })
                     && endpoint.health_state() != Some(HealthState::Down)
                     && !self.refusing(endpoint, now);
@@ -158,8 +158,8 @@ impl Cluster {
                     id: endpoint.id,
                     weight: endpoint.weight(now),
                     configured_weight: endpoint.configured_weight,
-                    in_flight: endpoint.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-                    latency: lock(&endpoint.latency).estimate(now.into_std()),
+                    in_flight: endpoint.state.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    latency: lock(&endpoint.state.latency).estimate(now.into_std()),
                     eligible: admission.is_eligible() || half_open,
                     standing,
                 }
@@ -190,7 +190,7 @@ impl Cluster {
             // Another attempt finds out whether it takes traffic again.
             return StreamChoice::Busy;
         }
-        let breaker = &self.endpoints[index].breaker;
+        let breaker = &self.endpoints[index].state.breaker;
         let permit = match admissions[index] {
             Admission::Forced => Some(breaker.acquire_forced(now)),
             _ => breaker.try_acquire(now),

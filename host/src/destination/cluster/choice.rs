@@ -27,7 +27,7 @@ impl Cluster {
             .map(|endpoint| match self.refusing(endpoint, now) {
                 true => EndpointCondition::Refusing,
                 false => {
-                    let breaker = endpoint.breaker.state(now);
+                    let breaker = endpoint.state.breaker.state(now);
                     EndpointCondition::of(endpoint.health_state().unwrap_or(HealthState::Up), breaker)
                 }
             })
@@ -83,8 +83,8 @@ impl Cluster {
                 id: endpoint.id,
                 weight: endpoint.weight(now),
                 configured_weight: endpoint.configured_weight,
-                in_flight: endpoint.in_flight.load(Relaxed),
-                latency: lock(&endpoint.latency).estimate(now.into_std()),
+                in_flight: endpoint.state.in_flight.load(Relaxed),
+                latency: lock(&endpoint.state.latency).estimate(now.into_std()),
                 eligible: !tried && admission.is_eligible(),
                 // Only the stream table reads it, and it has views of its own.
                 standing: Standing::Serving,
@@ -101,7 +101,7 @@ impl Cluster {
                 // Another attempt finds out whether it takes traffic again.
                 continue;
             }
-            let breaker = &self.endpoints[index].breaker;
+            let breaker = &self.endpoints[index].state.breaker;
             let permit = match eligibility.admissions[index] {
                 Admission::Forced => Some(breaker.acquire_forced(now)),
                 _ => breaker.try_acquire(now),

@@ -236,7 +236,7 @@ impl Cluster {
             return None;
         }
         let ends = self.endpoints.iter().flat_map(|endpoint| {
-            let ejection = match endpoint.breaker.state(now) {
+            let ejection = match endpoint.state.breaker.state(now) {
                 BreakerState::Open { until, .. } => Some(until),
                 _ => None,
             };
@@ -254,10 +254,10 @@ impl Cluster {
         message: &Message,
         attempt: u32,
     ) -> (Outcome, Result<Option<Message>, String>) {
-        let in_flight = Counted::enter(&endpoint.in_flight);
+        let in_flight = Counted::enter(&endpoint.state.in_flight);
         let started = Instant::now();
         // Whether it was left out as this attempt began (this attempt's probe claim, say).
-        let refusing_before = endpoint.refusing_until.load(Relaxed);
+        let refusing_before = endpoint.state.refusing_until.load(Relaxed);
         let span =
             tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
         let progress = AttemptProgress::default();
@@ -283,7 +283,7 @@ impl Cluster {
             // pause a 429 asked for.
             Some(window) if !window.is_zero() => {
                 let until = endpoint.stamp(finished + window);
-                let refusing = &endpoint.refusing_until;
+                let refusing = &endpoint.state.refusing_until;
                 if refusing.compare_exchange(refusing_before, until, Relaxed, Relaxed).is_err() {
                     refusing.fetch_max(until, Relaxed);
                 }
@@ -291,11 +291,12 @@ impl Cluster {
             // It answered: it is in again, unless another attempt left it out meanwhile (an
             // answer to a request sent before a 429 does not end the pause the 429 asked for).
             Some(_) => {
-                let _changed = endpoint.refusing_until.compare_exchange(refusing_before, 0, Relaxed, Relaxed);
+                let _changed =
+                    endpoint.state.refusing_until.compare_exchange(refusing_before, 0, Relaxed, Relaxed);
             }
             None => {}
         }
-        lock(&endpoint.latency).observe(finished - started, finished.into_std());
+        lock(&endpoint.state.latency).observe(finished - started, finished.into_std());
         let kind = match &outcome {
             Outcome::Ok | Outcome::ReplyRefused => 0,
             Outcome::Retryable(_) => 1,
@@ -309,10 +310,9 @@ impl Cluster {
         if let Some(transition) = permit.report(&outcome, finished) {
             self.breaker_changed(endpoint, transition, problem);
         }
-        if let Some(health) = &endpoint.health {
-            let transition = lock(health).record_passive(&outcome);
-            self.health_changed(endpoint, transition, Some(problem));
-        }
+        let transition =
+            lock(&endpoint.state.health).as_mut().and_then(|health| health.record_passive(&outcome));
+        self.health_changed(endpoint, transition, Some(problem));
         self.changed.notify_waiters();
         (outcome, result)
     }

@@ -1,12 +1,14 @@
 //! One endpoint of a cluster and what the cluster knows of it: breaker,
 //! health, load, latency, when it last came back and until when it refuses.
+//! What it knows outlives the cluster: a reload that rebuilds the destination
+//! hands it to the new instance for each endpoint it keeps ([`EndpointState`]).
 
 use crate::balance::{PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, EndpointConfig};
 use crate::metrics::EndpointMetrics;
 use crate::resilience::{Breaker, BreakerConfig, Health, HealthConfig, HealthState, SlowStart};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -20,15 +22,28 @@ pub(super) struct Endpoint {
     pub(super) id: u64,
     /// Its configured weight, 1 to [`MAX_WEIGHT`](crate::config::MAX_WEIGHT).
     pub(super) configured_weight: u32,
+    pub(super) metrics: EndpointMetrics,
+    /// What is known of it, shared with the instances of the destination before and after a
+    /// reload that keep it.
+    pub(super) state: Arc<EndpointState>,
+}
+
+/// What a destination knows of one endpoint: facts about the endpoint, not about one instance
+/// of the destination. A reload that rebuilds the destination (any change of its settings)
+/// hands it, by address, to the new instance, which shares it with the one it replaces: the
+/// deliveries still under way there report into it, and neither instance's checks find an
+/// endpoint known down up again, nor an ejected one back. The new settings apply from then on
+/// ([`EndpointState::reconfigure`]). An endpoint the reload adds starts afresh.
+pub(super) struct EndpointState {
     pub(super) breaker: Breaker,
     /// Up or down by active checks and passive failures; `None` without
     /// active checks (the breaker alone keeps a failing endpoint out).
-    pub(super) health: Option<Mutex<Health>>,
+    pub(super) health: Mutex<Option<Health>>,
+    /// Attempts in flight to it, from every instance of the destination.
     pub(super) in_flight: AtomicU32,
     pub(super) latency: Mutex<PeakEwma>,
-    pub(super) metrics: EndpointMetrics,
-    /// When the endpoint was made, the origin of `recovered_at`.
-    pub(super) born: Instant,
+    /// When the state was made, the origin of `recovered_at`.
+    born: Instant,
     /// When its breaker last let it back in, in microseconds since `born`
     /// plus one (0: never); it slowly starts from there. Read on every pick,
     /// so an atomic rather than a lock.
@@ -39,55 +54,89 @@ pub(super) struct Endpoint {
     pub(super) refusing_until: AtomicU64,
 }
 
-impl Endpoint {
-    /// Endpoint `address` of destination `config`, with a fresh breaker,
-    /// health (with active checks) and latency estimate.
-    pub(super) fn new(
-        endpoint: &EndpointConfig,
-        breaker: BreakerConfig,
-        config: &DestinationConfig,
-        metrics: EndpointMetrics,
-    ) -> Endpoint {
-        let health = config.health.as_ref().map(|settings| {
-            Mutex::new(Health::new(HealthConfig {
-                rise: settings.rise,
-                fall: settings.fall,
-                ..HealthConfig::default()
-            }))
-        });
+impl EndpointState {
+    /// A fresh state: breaker closed, health (with active checks) up, the
+    /// default latency estimate.
+    fn new(breaker: BreakerConfig, health: Option<HealthConfig>) -> EndpointState {
         let latency = PeakEwma::new(
             crate::balance::DEFAULT_RTT,
             crate::balance::DEFAULT_DECAY,
             std::time::Instant::now(),
         );
-        Endpoint {
-            address: endpoint.address.clone(),
-            id: endpoint_id(&endpoint.address),
-            configured_weight: endpoint.weight,
+        EndpointState {
             breaker: Breaker::new(breaker),
-            health,
+            health: Mutex::new(health.map(Health::new)),
             in_flight: AtomicU32::new(0),
             latency: Mutex::new(latency),
-            metrics,
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
             refusing_until: AtomicU64::new(0),
         }
     }
 
+    /// Go on under a rebuilt destination's settings: the breaker keeps its state and counts by
+    /// `breaker` from now on; health keeps its state, streaks and slow start under `health`'s
+    /// thresholds, starts up when checks are new, and is forgotten without them (nothing would
+    /// bring it back up).
+    fn reconfigure(&self, breaker: BreakerConfig, health: Option<HealthConfig>) {
+        self.breaker.reconfigure(breaker);
+        let mut known = lock(&self.health);
+        *known = match (known.take(), health) {
+            (Some(mut kept), Some(config)) => {
+                kept.reconfigure(config);
+                Some(kept)
+            }
+            (None, config) => config.map(Health::new),
+            (Some(_), None) => None,
+        };
+    }
+}
+
+impl Endpoint {
+    /// Endpoint `address` of destination `config`, going on from `known`,
+    /// what the instance a reload replaced knew of it, if anything; else
+    /// with a fresh breaker, health (with active checks) and latency estimate.
+    pub(super) fn new(
+        endpoint: &EndpointConfig,
+        breaker: BreakerConfig,
+        config: &DestinationConfig,
+        metrics: EndpointMetrics,
+        known: Option<Arc<EndpointState>>,
+    ) -> Endpoint {
+        let health = config.health.as_ref().map(|settings| HealthConfig {
+            rise: settings.rise,
+            fall: settings.fall,
+            ..HealthConfig::default()
+        });
+        let state = match known {
+            Some(known) => {
+                known.reconfigure(breaker, health);
+                known
+            }
+            None => Arc::new(EndpointState::new(breaker, health)),
+        };
+        Endpoint {
+            address: endpoint.address.clone(),
+            id: endpoint_id(&endpoint.address),
+            configured_weight: endpoint.weight,
+            metrics,
+            state,
+        }
+    }
+
     /// `now` as stored in `recovered_at` and `refusing_until`.
     pub(super) fn stamp(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.born).as_micros() as u64 + 1
+        now.saturating_duration_since(self.state.born).as_micros() as u64 + 1
     }
 
     /// The instant a `stamp` stands for; `None` for 0 (never).
     pub(super) fn instant(&self, stamp: u64) -> Option<Instant> {
-        stamp.checked_sub(1).map(|micros| self.born + Duration::from_micros(micros))
+        stamp.checked_sub(1).map(|micros| self.state.born + Duration::from_micros(micros))
     }
 
     /// Until when it is left out, if it was left out at all: see `refusing_until`.
     pub(super) fn refusing_until(&self) -> Option<Instant> {
-        self.instant(self.refusing_until.load(Relaxed))
+        self.instant(self.state.refusing_until.load(Relaxed))
     }
 
     /// Whether an attempt picking it at `now` may go: it is not left out, or it was and that
@@ -96,19 +145,20 @@ impl Endpoint {
     /// Without the claim, every message waiting for it went at once when its window ended, each
     /// to be refused again.
     pub(super) fn claim(&self, now: Instant, deadline: Duration) -> bool {
-        let until = self.refusing_until.load(Relaxed);
+        let refusing_until = &self.state.refusing_until;
+        let until = refusing_until.load(Relaxed);
         match self.instant(until) {
             None => true,
             Some(end) if end > now => false,
             Some(_) => {
                 let probing = self.stamp(now + deadline);
-                self.refusing_until.compare_exchange(until, probing, Relaxed, Relaxed).is_ok()
+                refusing_until.compare_exchange(until, probing, Relaxed, Relaxed).is_ok()
             }
         }
     }
 
     pub(super) fn health_state(&self) -> Option<HealthState> {
-        self.health.as_ref().map(|health| lock(health).state())
+        lock(&self.state.health).as_ref().map(Health::state)
     }
 
     /// The weight the balancers that weigh shares or load see
@@ -116,8 +166,8 @@ impl Endpoint {
     /// [`FULL_WEIGHT`] times the configured weight, or less while slowly
     /// starting after its health or its breaker let it back in.
     pub(super) fn weight(&self, now: Instant) -> u32 {
-        let health = self.health.as_ref().map_or(1.0, |health| lock(health).weight_factor(now));
-        let breaker = match self.instant(self.recovered_at.load(Relaxed)) {
+        let health = lock(&self.state.health).as_ref().map_or(1.0, |health| health.weight_factor(now));
+        let breaker = match self.instant(self.state.recovered_at.load(Relaxed)) {
             None => 1.0,
             Some(since) => SlowStart::default().factor(now.saturating_duration_since(since)),
         };

@@ -24,8 +24,9 @@ use crate::resilience::{
 use crate::transport::Transport;
 use affinity::StreamAffinity;
 use choice::Picker;
-use endpoint::{Endpoint, lock};
+use endpoint::{Endpoint, EndpointState, lock};
 use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,8 +40,24 @@ mod delivery;
 mod endpoint;
 mod turns;
 
-pub(crate) use affinity::HandedStreams;
+use affinity::HandedStreams;
 pub(crate) use turns::StreamTurn;
+
+/// What an instance of a cluster hands the one a reload builds to replace it: what it knows of
+/// each endpoint, by address ([`EndpointState`]), the signal that it changed, and its stream table.
+pub(crate) struct HandedOver {
+    endpoints: HashMap<String, Arc<EndpointState>>,
+    changed: Arc<tokio::sync::Notify>,
+    streams: Option<HandedStreams>,
+}
+
+impl HandedOver {
+    /// The same without what was known of the endpoints: for an instance that reaches them over
+    /// another transport, whose checks and failures tell other things of them.
+    pub(crate) fn without_endpoints(self) -> HandedOver {
+        HandedOver { endpoints: HashMap::new(), ..self }
+    }
+}
 
 /// A destination of endpoints reached through a [`Transport`].
 pub struct Cluster {
@@ -60,8 +77,10 @@ pub struct Cluster {
     /// breaker's first ejection.
     refusal_window: Duration,
     /// Signalled when an attempt ends or an endpoint's health changes:
-    /// whether an endpoint can take traffic may have changed.
-    changed: tokio::sync::Notify,
+    /// whether an endpoint can take traffic may have changed. Shared with
+    /// the instances before and after a reload, as what they know of the
+    /// endpoints is: an attempt ending on one may let the other's messages go.
+    changed: Arc<tokio::sync::Notify>,
     retry: RetryPolicy,
     budget: RetryBudget,
     policy: EligibilityPolicy,
@@ -95,26 +114,31 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// A cluster for a validated network `[[destination]]`, reaching its
-    /// endpoints through `transport`, telling and counting through `host`;
-    /// an `affinity:header:KEY` one goes on from the stream table `streams`
-    /// handed over by the instance it replaces, if given.
+    /// endpoints through `transport`, telling and counting through `host`,
+    /// going on from what the instance it replaces `handed` over, if given:
+    /// what it knew of the endpoints kept (by address) and, for an
+    /// `affinity:header:KEY` one, its stream table.
     /// Active health checks start with [`Cluster::start_health_checks`].
     pub(crate) fn new(
         config: &DestinationConfig,
         endpoints: &[EndpointConfig],
         transport: Arc<dyn Transport>,
         host: &HostServices,
-        streams: Option<HandedStreams>,
+        handed: Option<HandedOver>,
     ) -> Cluster {
         let metrics = &host.metrics;
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = breaker_of(&config.breaker);
         let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
+        let (mut known, changed, streams) = match handed {
+            Some(HandedOver { endpoints, changed, streams }) => (endpoints, changed, streams),
+            None => Default::default(),
+        };
         let endpoints = endpoints
             .iter()
             .map(|endpoint| {
                 let metrics = metrics.endpoint(&config.name, &endpoint.address);
-                Endpoint::new(endpoint, breaker, config, metrics)
+                Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address))
             })
             .collect();
         Cluster {
@@ -139,7 +163,7 @@ impl Cluster {
             queue_timeout: Duration::from_millis(config.queue.timeout_ms),
             idempotent: config.idempotent,
             refusal_window: Duration::from_millis(config.breaker.open_ms),
-            changed: tokio::sync::Notify::new(),
+            changed,
             retry: RetryPolicy {
                 attempts: config.retry.attempts,
                 base: Duration::from_millis(config.retry.base_ms),
@@ -161,7 +185,8 @@ impl Cluster {
     }
 
     /// Probe every endpoint each `health.interval_ms` on `runtime` while
-    /// the cluster lives; nothing without `health` settings.
+    /// the cluster lives, until a reload retires it (the instance that
+    /// replaces it checks them then); nothing without `health` settings.
     pub fn start_health_checks(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         let Some(settings) = self.health_checks.clone() else { return };
         let cluster = Arc::downgrade(self);
@@ -171,6 +196,9 @@ impl Cluster {
             loop {
                 ticks.tick().await;
                 let Some(cluster) = cluster.upgrade() else { break };
+                if cluster.retired.is_cancelled() {
+                    break;
+                }
                 cluster.check_all(&settings).await;
             }
         });
@@ -186,8 +214,9 @@ impl Cluster {
         let results = futures_util::future::join_all(probes).await;
         let now = Instant::now();
         for (endpoint, result) in self.endpoints.iter().zip(results) {
-            let Some(health) = &endpoint.health else { continue };
-            let transition = lock(health).record_check(result.is_ok(), now);
+            let passed = result.is_ok();
+            let transition =
+                lock(&endpoint.state.health).as_mut().and_then(|health| health.record_check(passed, now));
             let problem = result.err().map(|err| format!("health check failed: {err}"));
             self.health_changed(endpoint, transition, problem.as_deref());
         }
@@ -223,7 +252,7 @@ impl Cluster {
             Transition::Recovered { .. } => {
                 endpoint.metrics.closed.inc();
                 let micros = endpoint.stamp(Instant::now());
-                endpoint.recovered_at.store(micros, Relaxed);
+                endpoint.state.recovered_at.store(micros, Relaxed);
                 self.tell(endpoint, None);
             }
             Transition::Reopened { ejections, .. } => {
@@ -271,9 +300,9 @@ pub(crate) trait QueuedDestination: Destination {
     /// stream is looked at again; `None` when the destination keeps no streams.
     fn turn_ended(&self) -> Option<&tokio::sync::Notify>;
 
-    /// Its stream table, for the instance a reload builds to replace it; `None` when the
-    /// destination keeps no streams.
-    fn hand_over_streams(&self) -> Option<HandedStreams>;
+    /// What it knows of its endpoints and its stream table, for the instance a reload builds to
+    /// replace it.
+    fn hand_over(&self) -> HandedOver;
 
     /// A reload replaced or removed the destination: a queued delivery that has reached no
     /// endpoint no longer waits for one, it ends [`Retired`](super::DeliveryError::Retired)
@@ -305,8 +334,14 @@ impl QueuedDestination for Cluster {
         Some(affinity.turn_ended())
     }
 
-    fn hand_over_streams(&self) -> Option<HandedStreams> {
-        Cluster::hand_over_streams(self)
+    fn hand_over(&self) -> HandedOver {
+        let endpoints =
+            self.endpoints.iter().map(|endpoint| (endpoint.address.clone(), endpoint.state.clone()));
+        HandedOver {
+            endpoints: endpoints.collect(),
+            changed: self.changed.clone(),
+            streams: self.hand_over_streams(),
+        }
     }
 
     fn retire(&self) {
@@ -344,7 +379,7 @@ impl Destination for Cluster {
             .iter()
             .map(|endpoint| super::EndpointStatus {
                 address: endpoint.address.clone(),
-                breaker: match endpoint.breaker.state(now) {
+                breaker: match endpoint.state.breaker.state(now) {
                     BreakerState::Closed => "closed",
                     BreakerState::Open { .. } => "open",
                     BreakerState::HalfOpen { .. } => "half-open",
@@ -356,10 +391,10 @@ impl Destination for Cluster {
                 },
                 weight: endpoint.weight(now),
                 configured_weight: endpoint.configured_weight,
-                in_flight: endpoint.in_flight.load(Relaxed),
+                in_flight: endpoint.state.in_flight.load(Relaxed),
                 refusing: self.refusing(endpoint, now),
                 pool: self.transport.pool_stats(&endpoint.address),
-                latency_ms: lock(&endpoint.latency).estimate(now.into_std()).as_secs_f64() * 1e3,
+                latency_ms: lock(&endpoint.state.latency).estimate(now.into_std()).as_secs_f64() * 1e3,
             })
             .collect()
     }

@@ -158,6 +158,19 @@ impl Breaker {
     pub fn ejections(&self) -> u32 {
         lock(&self.machine).ejections
     }
+
+    /// Count by `config` from now on (a reload changed the thresholds): the state, the ejection
+    /// under way and the failures counted so far stay; the next outcomes trip by `config`'s
+    /// triggers and the next ejections last `config`'s time. The failure-rate window keeps its
+    /// outcomes while its size stays, and starts empty at another size.
+    pub fn reconfigure(&self, config: BreakerConfig) {
+        let mut machine = lock(&self.machine);
+        let window = |config: &BreakerConfig| config.failure_rate.map(|rate| rate.window);
+        if window(&machine.config) != window(&config) {
+            machine.window = window(&config).map(OutcomeWindow::new);
+        }
+        machine.config = config;
+    }
 }
 
 impl Machine {

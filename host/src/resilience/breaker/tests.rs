@@ -241,3 +241,27 @@ fn outcomes_report_as_failure_success_or_nothing() {
     let reset = Outcome::Retryable(RetryReason::Reset);
     assert!(matches!(breaker.try_acquire(t1).unwrap().report(&reset, t1), Some(Transition::Tripped { .. })));
 }
+
+#[test]
+fn a_reconfigured_breaker_keeps_its_ejection_and_counts_by_its_new_thresholds() {
+    let (breaker, t0) = tripped();
+    breaker.reconfigure(BreakerConfig {
+        ejection: EjectionBackoff { base: 10 * SECOND, ..exact(1).ejection },
+        ..exact(2)
+    });
+    assert_eq!(
+        breaker.state(t0),
+        BreakerState::Open { since: t0, until: t0 + SECOND },
+        "the ejection under way stays"
+    );
+    let t1 = t0 + SECOND;
+    let until = t1 + 20 * SECOND;
+    assert_eq!(
+        fail(&breaker, t1),
+        Some(Transition::Reopened { until, ejections: 2 }),
+        "the new ejection time"
+    );
+    assert!(matches!(succeed(&breaker, until), Some(Transition::Recovered { .. })));
+    assert_eq!(fail(&breaker, until), None, "two failures in a row trip it now");
+    assert!(matches!(fail(&breaker, until), Some(Transition::Tripped { .. })));
+}
