@@ -325,3 +325,46 @@ fn plugin_call_and_check_take_native_libraries() {
     let (ok, out) = switchyard(&["check", "--load-native", artifacts::native::NATIVE_ABI_MISMATCH]);
     assert!(!ok && out.contains("built for native plugin ABI 999 (switchyard-plugin 9.9.9)"), "{out}");
 }
+
+/// `switchyard check` of `config` in `dir` (with `flags` before it), its temporary directory one of
+/// its own: its standard output, and whether it opened the `native-constructor` library there.
+fn check_config(dir: &Path, flags: &[&str], config: &str) -> (String, bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(crate::cli::BINARY)
+        .arg("check")
+        .args(flags)
+        .arg(config)
+        .current_dir(dir)
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run switchyard");
+    // Where the fixture's constructor writes (see `plugins/native-constructor`).
+    let marker = tmp.path().join(format!("switchyard-native-constructor-ran-{}", child.id()));
+    let output = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{out}{}", String::from_utf8_lossy(&output.stderr));
+    (out, marker.exists())
+}
+
+#[test]
+fn check_of_a_config_opens_its_native_plugins_only_with_load_native() {
+    let dir = native_plugin_dir(&[("c", artifacts::native::NATIVE_CONSTRUCTOR)]);
+    let config = "[host]\nplugin_dir = \".\"\nnative_plugins = true\n\
+                  [[route]]\nname = \"r\"\nstages = [\"transform:c\"]\nto = \"log\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let file = format!("./{}", native_file("c"));
+    // Trusting the plugin directory to run is not trusting it to be looked at: check opens nothing.
+    let (out, opened) = check_config(dir.path(), &[], "switchyard.toml");
+    assert!(!opened, "check opened the library: {out}");
+    let warning = format!(
+        "warning: route \"r\": stage \"transform:c\": {file} is a native library, not opened: opening one runs its code; pass --load-native to check it (a library you trust)"
+    );
+    assert!(out.lines().any(|line| line == warning), "{out}");
+    // Told to, it opens the library and checks it as `run` would load it.
+    let (out, opened) = check_config(dir.path(), &["--load-native"], "switchyard.toml");
+    assert!(opened, "check did not open the library: {out}");
+    let warning = format!("warning: route \"r\": stage \"transform:c\": {file} is a filter plugin");
+    assert!(out.lines().any(|line| line == warning), "{out}");
+}

@@ -5,10 +5,12 @@ use std::path::Path;
 use switchyard::Config;
 use switchyard::config::{HostSection, StageRef};
 use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
+use switchyard::reload::ConfiguredPlugin;
 use switchyard::transport::TransportRegistry;
 
-/// Check `file`: a plugin or a config. A native library is loaded only when `load_native`: loading
-/// one runs its code, and an operator vetting an untrusted file must not run it by checking it.
+/// Check `file`: a plugin or a config. A native library, the file or a config's plugin, is loaded
+/// only when `load_native`: loading one runs its code, and an operator vetting an untrusted file
+/// must not run it by checking it.
 pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
     if let Some(format) = PluginFormat::of(file) {
         if format == PluginFormat::Native && !load_native {
@@ -41,7 +43,7 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
                 config.plugins.len()
             );
             let warnings = listener_warnings(&config).into_iter().chain(memory_warnings(&config));
-            for warning in warnings.chain(stage_warnings(&config)?) {
+            for warning in warnings.chain(stage_warnings(&config, load_native)?) {
                 println!("warning: {warning}");
             }
         }
@@ -100,8 +102,9 @@ pub(super) fn memory_warnings(config: &Config) -> Vec<String> {
 
 /// What would keep the routes' named stages and the `plugin:NAME`
 /// destinations' transports from running with the plugin directory as it
-/// is now: a missing file, a plugin of another kind, one that does not load.
-fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
+/// is now: a missing file, a plugin of another kind, one that does not load (a native library
+/// is opened only when `load_native`; else it is said to be left unopened).
+fn stage_warnings(config: &Config, load_native: bool) -> anyhow::Result<Vec<String>> {
     let dir = &config.host.plugin_dir;
     let engine = engine(&config.host)?;
     let stages = config.routes.iter().flat_map(|route| {
@@ -123,10 +126,16 @@ fn stage_warnings(config: &Config) -> anyhow::Result<Vec<String>> {
         let file =
             |format: PluginFormat| dir.join(format!("{name}.{}", format.extension())).display().to_string();
         // As `run` would load it: its size limit, its sidecar, native libraries only when trusted.
-        match switchyard::reload::load_as_configured(&engine, name, config) {
-            Ok(None) => warnings.push(format!("{at}: no plugin file {}", file(PluginFormat::Wasm))),
-            Ok(Some(plugin)) if plugin.kind.as_str() == kind => {}
-            Ok(Some(plugin)) => {
+        match switchyard::reload::load_as_configured(&engine, name, config, load_native) {
+            Ok(ConfiguredPlugin::Absent) => {
+                warnings.push(format!("{at}: no plugin file {}", file(PluginFormat::Wasm)))
+            }
+            Ok(ConfiguredPlugin::NativeUnopened { file }) => warnings.push(format!(
+                "{at}: {} is a native library, not opened: opening one runs its code; pass --load-native to check it (a library you trust)",
+                file.display()
+            )),
+            Ok(ConfiguredPlugin::Loaded(plugin)) if plugin.kind.as_str() == kind => {}
+            Ok(ConfiguredPlugin::Loaded(plugin)) => {
                 let format = if plugin.is_native() { PluginFormat::Native } else { PluginFormat::Wasm };
                 warnings.push(format!("{at}: {} is a {} plugin", file(format), plugin.kind.as_str()))
             }

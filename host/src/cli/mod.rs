@@ -53,8 +53,9 @@ pub enum Command {
     Check {
         /// The file to check.
         file: PathBuf,
-        /// Load a native library to read its ABI version and kind. Loading runs the library's own
-        /// code (its initialisers): only for a library you trust. Without it one is refused.
+        /// Load a native library (the file, or a configuration's plugin) to read its ABI version and
+        /// kind. Loading runs the library's own code (its initialisers): only for a library you
+        /// trust. Without it the file is refused, and a configuration's native plugin left unopened.
         #[arg(long)]
         load_native: bool,
     },

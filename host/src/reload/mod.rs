@@ -14,7 +14,7 @@ mod watch;
 
 pub use events::{EventCounts, HostEvent};
 pub use reloader::ConfigChange;
-pub use source::load_as_configured;
+pub use source::{ConfiguredPlugin, load_as_configured};
 pub use watch::SETTLE;
 
 pub(crate) use events::Events;

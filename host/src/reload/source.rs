@@ -18,20 +18,38 @@ pub(crate) enum Source {
     Unsettled,
 }
 
+/// What [`load_as_configured`] made of one plugin name.
+pub enum ConfiguredPlugin {
+    /// It has no file.
+    Absent,
+    /// Its file is a native library, left unopened as asked: opening one runs its code.
+    NativeUnopened {
+        /// The library's path.
+        file: std::path::PathBuf,
+    },
+    /// It loaded.
+    Loaded(std::sync::Arc<crate::plugin::CompiledPlugin>),
+}
+
 /// Plugin `name` of `config`'s plugin directory loaded as a host with `config` loads it: within
-/// `host.max_plugin_bytes`, with its sidecar, a native library only with `host.native_plugins`;
-/// `None` when it has no file. What `switchyard check` tries, so that it and `run` agree.
+/// `host.max_plugin_bytes`, with its sidecar, a native library only with `host.native_plugins`, and
+/// then opened only when `open_native`. What `switchyard check` tries, so that it and `run` agree.
 pub fn load_as_configured(
     engine: &crate::plugin::PluginEngine,
     name: &str,
     config: &Config,
-) -> Result<Option<std::sync::Arc<crate::plugin::CompiledPlugin>>, LoadError> {
+    open_native: bool,
+) -> Result<ConfiguredPlugin, LoadError> {
     let dir = &config.host.plugin_dir;
     match read_source(dir, name, config)? {
-        Source::Present { format, bytes, config } => {
-            crate::plugin::load_bytes(engine, format, &bytes, config).map(Some)
+        Source::Present { format: PluginFormat::Native, .. } if !open_native => {
+            let file = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
+            Ok(ConfiguredPlugin::NativeUnopened { file })
         }
-        Source::Absent => Ok(None),
+        Source::Present { format, bytes, config } => {
+            crate::plugin::load_bytes(engine, format, &bytes, config).map(ConfiguredPlugin::Loaded)
+        }
+        Source::Absent => Ok(ConfiguredPlugin::Absent),
         Source::Unsettled => Err(LoadError::Read {
             name: name.to_owned(),
             path: dir.join(name).display().to_string(),
