@@ -297,6 +297,36 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
 }
 
 #[test]
+fn check_warns_about_balancer_plugins_that_cannot_run() {
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER), ("lb", artifacts::LEAST_LOADED_BALANCER)]);
+    let destination = |name: &str, balancer: &str| {
+        format!(
+            "[[destination]]\nname = \"{name}\"\ntransport = \"tcp\"\nendpoints = [\"127.0.0.1:1\"]\nbalancer = \"plugin:{balancer}\"\n"
+        )
+    };
+    let config = [
+        "[host]\nplugin_dir = \".\"\n".to_owned(),
+        destination("a", "lb"),
+        destination("b", "f"),
+        destination("c", "gone"),
+    ];
+    std::fs::write(dir.path().join("switchyard.toml"), config.concat()).unwrap();
+    let output =
+        Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir.path()).output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|line| line.starts_with("warning: ")).collect();
+    // `run` would pick with p2c in their stead: said here, before it runs.
+    assert_eq!(
+        warnings,
+        [
+            "warning: destination \"b\": balancer \"plugin:f\": ./f.wasm is a filter plugin",
+            "warning: destination \"c\": balancer \"plugin:gone\": no plugin file ./gone.wasm",
+        ]
+    );
+}
+
+#[test]
 fn plugin_call_runs_one_plugin_on_one_message() {
     let message = r#"{"topic":"orders.eu","headers":{"x-tenant":"acme"},"payload":"{\"card\":\"4111\"}"}"#;
     let (ok, out) = switchyard(&[

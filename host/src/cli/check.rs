@@ -43,7 +43,7 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
                 config.plugins.len()
             );
             let warnings = listener_warnings(&config).into_iter().chain(memory_warnings(&config));
-            for warning in warnings.chain(stage_warnings(&config, load_native)?) {
+            for warning in warnings.chain(plugin_warnings(&config, load_native)?) {
                 println!("warning: {warning}");
             }
         }
@@ -100,11 +100,11 @@ pub(super) fn memory_warnings(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// What would keep the routes' named stages and the `plugin:NAME`
-/// destinations' transports from running with the plugin directory as it
-/// is now: a missing file, a plugin of another kind, one that does not load (a native library
-/// is opened only when `load_native`; else it is said to be left unopened).
-fn stage_warnings(config: &Config, load_native: bool) -> anyhow::Result<Vec<String>> {
+/// What would keep the routes' named stages and the destinations' `plugin:NAME` transports and
+/// balancers (whose place p2c would take) from running with the plugin directory as it is now: a
+/// missing file, a plugin of another kind, one that does not load (a native library is opened
+/// only when `load_native`; else it is said to be left unopened).
+fn plugin_warnings(config: &Config, load_native: bool) -> anyhow::Result<Vec<String>> {
     let dir = &config.host.plugin_dir;
     let engine = engine(&config.host)?;
     let stages = config.routes.iter().flat_map(|route| {
@@ -116,13 +116,15 @@ fn stage_warnings(config: &Config, load_native: bool) -> anyhow::Result<Vec<Stri
             _ => None,
         })
     });
-    let transports = config.destinations.iter().filter_map(|destination| {
-        let name = destination.transport.strip_prefix("plugin:")?;
-        let at = format!("destination \"{}\": transport \"plugin:{name}\"", destination.name);
-        Some((at, "transport", name))
+    let destinations = config.destinations.iter().flat_map(|destination| {
+        let uses = [("transport", &destination.transport), ("balancer", &destination.balancer)];
+        uses.into_iter().filter_map(move |(kind, value)| {
+            let name = value.strip_prefix("plugin:")?;
+            Some((format!("destination \"{}\": {kind} \"{value}\"", destination.name), kind, name))
+        })
     });
     let mut warnings = Vec::new();
-    for (at, kind, name) in stages.chain(transports) {
+    for (at, kind, name) in stages.chain(destinations) {
         let file =
             |format: PluginFormat| dir.join(format!("{name}.{}", format.extension())).display().to_string();
         // As `run` would load it: its size limit, its sidecar, native libraries only when trusted.
