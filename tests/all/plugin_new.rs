@@ -98,3 +98,45 @@ fn plugin_new_refuses_a_kind_the_sdk_lacks_a_bad_name_and_an_existing_directory(
     let (ok, out) = switchyard(&["plugin", "new", "f", "--kind", "filter", "--lang", "rust", "--dir", dir]);
     assert!(!ok && out.contains("already exists"), "{out}");
 }
+
+/// `bytes` with every `from` replaced by `to` (of the same length), and how many there were.
+fn replace_all(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(from.len()).position(|window| window == from) {
+        bytes[at + offset..at + offset + to.len()].copy_from_slice(to);
+        count += 1;
+        at += offset + to.len();
+    }
+    count
+}
+
+#[test]
+fn plugin_new_from_a_binary_away_from_its_checkout_says_to_name_the_sdk() {
+    // A copy of this build's binary whose checkout is gone: the checkout path built into it (where it
+    // looks for the SDK by default) made one that does not exist, of the same length.
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let gone = format!("{}_", &checkout[..checkout.len() - 1]);
+    let mut bytes = std::fs::read(BINARY).unwrap();
+    assert!(replace_all(&mut bytes, checkout.as_bytes(), gone.as_bytes()) > 0, "no {checkout} in {BINARY}");
+    let parent = tempfile::tempdir().unwrap();
+    let moved = parent.path().join("switchyard");
+    std::fs::write(&moved, bytes).unwrap();
+    std::fs::set_permissions(&moved, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let new = |sdk: &[&str]| {
+        let dir = parent.path().join("f");
+        let args =
+            ["plugin", "new", "f", "--kind", "filter", "--lang", "rust", "--dir", dir.to_str().unwrap()];
+        Command::new(&moved).args(args).args(sdk).output().unwrap()
+    };
+    let output = new(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let sdk = format!("{gone}/../plugin-sdk");
+    assert!(stderr.contains(&format!("SDK directory {sdk} (")), "{stderr}");
+    assert!(stderr.contains("--sdk DIR"), "says how to name the SDK: {stderr}");
+    // As it says: named, the SDK serves.
+    let output = new(&["--sdk", concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk")]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -134,13 +134,21 @@ pub fn new(
     let Some(files) = files(kind, lang) else {
         bail!("the {} SDK offers filter and transform plugins, not {}", lang_name(lang), kind.as_str());
     };
+    // Unnamed, the SDK is looked for in the checkout this binary was built from, which a binary
+    // moved elsewhere may no longer have: then say how to name one.
+    let hint = match sdk {
+        Some(_) => "",
+        None => {
+            " (the checkout this binary was built from; name another with --sdk DIR, the plugin-sdk directory of a Switchyard checkout)"
+        }
+    };
     let sdk = sdk.unwrap_or_else(default_sdk);
-    let sdk = sdk.canonicalize().with_context(|| format!("SDK directory {}", sdk.display()))?;
+    let sdk = sdk.canonicalize().with_context(|| format!("SDK directory {}{hint}", sdk.display()))?;
     let wit = sdk.parent().context("the SDK directory has a parent")?.join("wit");
     let part = sdk_part(lang);
     if !sdk.join(part).exists() || !wit.is_dir() {
         bail!(
-            "SDK directory {}: not Switchyard's plugin-sdk (no {part} in it, or no wit beside it)",
+            "SDK directory {}{hint}: not Switchyard's plugin-sdk (no {part} in it, or no wit beside it)",
             sdk.display()
         );
     }
