@@ -46,3 +46,14 @@ fn an_endpoint_weight_set_in_code_is_checked_too() {
         "t.toml: destination \"api\".endpoints = \"10.0.0.8:8080\": weight = 0: must be 1 to 10000"
     );
 }
+
+#[test]
+fn an_in_process_destination_takes_what_it_uses_and_network_settings_left_at_their_defaults() {
+    // A memory destination's capacity and any destination's dead letter are its own; a network
+    // setting written at its default is as if unset (the bad cases are in tests/ui/config).
+    let text = "[[destination]]\nname = \"out\"\ntransport = \"memory\"\nqueue = { capacity = 8 }\n\
+                dead_letter = \"log\"\nbalancer = \"round-robin\"\nretry = { attempts = 3 }\n\
+                [[destination]]\nname = \"audit\"\ntransport = \"log\"\ntimeout_ms = 5000\n";
+    let config = Config::from_toml("t.toml", text).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(config.destinations[0].queue.capacity, 8);
+}

@@ -463,6 +463,10 @@ impl super::DestinationConfig {
                 "only network transports have endpoints".into(),
             ));
         }
+        if let Some((field, value, users)) = self.unused_in_place() {
+            let problem = format!("applies only to {users} destinations, not to a {} one", self.transport);
+            return Err((field, value, problem));
+        }
         for (at, endpoint) in self.endpoints.iter().enumerate() {
             let address = &endpoint.address;
             // Listed twice, it would have two breakers and health states, but one pool and one
@@ -493,6 +497,47 @@ impl super::DestinationConfig {
             affinity.validate()?;
         }
         self.validate_limits()
+    }
+
+    /// The first setting `self`, delivered in place, holds other than its default though it does
+    /// not use it (only network destinations do, or for `queue.capacity` memory ones too): (field,
+    /// value, the destinations that use it). Set to its default, a setting cannot be told from unset.
+    fn unused_in_place(&self) -> Option<(&'static str, String, &'static str)> {
+        if !self.is_in_process() {
+            return None;
+        }
+        let unless_default = |value: String, default: String| (value != default).then_some(value);
+        let section = |changed: toml::Table| (!changed.is_empty()).then(|| inline_table(&changed));
+        let queue = super::QueueSettings::default();
+        let network = [
+            ("balancer", unless_default(self.balancer.clone(), super::model::default_balancer())),
+            ("idempotent", self.idempotent.then(|| true.to_string())),
+            (
+                "timeout_ms",
+                unless_default(self.timeout_ms.to_string(), super::model::default_timeout_ms().to_string()),
+            ),
+            ("retry", section(changed(&self.retry, &Default::default()))),
+            ("breaker", section(changed(&self.breaker, &Default::default()))),
+            ("pool", section(changed(&self.pool, &Default::default()))),
+            (
+                "health",
+                self.health.as_ref().map(|health| inline_table(&changed(health, &Default::default()))),
+            ),
+            (
+                "queue.timeout_ms",
+                unless_default(self.queue.timeout_ms.to_string(), queue.timeout_ms.to_string()),
+            ),
+            (
+                "queue.max_in_flight",
+                unless_default(self.queue.max_in_flight.to_string(), queue.max_in_flight.to_string()),
+            ),
+        ];
+        let capacity = match self.transport.as_str() {
+            "log" => unless_default(self.queue.capacity.to_string(), queue.capacity.to_string()),
+            _ => None,
+        };
+        let network = network.into_iter().find_map(|(field, value)| Some((field, value?, "network")));
+        network.or_else(|| Some(("queue.capacity", capacity?, "network and memory")))
     }
 
     /// Check the queue and health settings.
@@ -591,6 +636,16 @@ pub(crate) fn names_a_secret(key: &str) -> bool {
         "private_key",
     ];
     words.iter().any(|word| key.contains(word))
+}
+
+/// The keys of `settings` (a section such as `retry`) whose values differ from `default`'s, with
+/// their values.
+fn changed<T: serde::Serialize>(settings: &T, default: &T) -> toml::Table {
+    let table = |settings| toml::Table::try_from(settings).unwrap_or_default();
+    let default = table(default);
+    let mut settings = table(settings);
+    settings.retain(|key, value| default.get(key) != Some(value));
+    settings
 }
 
 /// `table` on one line as written in TOML, e.g. `{ path = "/in", redirects_ok = true }`, its strings

@@ -411,11 +411,11 @@ pub struct DestinationConfig {
     pub pool: PoolSettings,
 }
 
-fn default_balancer() -> String {
+pub(super) fn default_balancer() -> String {
     "round-robin".into()
 }
 
-fn default_timeout_ms() -> u64 {
+pub(super) fn default_timeout_ms() -> u64 {
     5_000
 }
 

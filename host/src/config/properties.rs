@@ -41,23 +41,29 @@ fn any_destination() -> impl Strategy<Value = DestinationConfig> {
     (name(), transport, endpoints, balancer, "/[a-z/]{0,8}", sizes, times, health, breaker).prop_map(
         |(name, transport, endpoints, balancer, path, sizes, times, health, breaker)| {
             let mut destination = destination(name, transport);
-            if !destination.is_in_process() {
-                destination.endpoints = endpoints
-                    .into_iter()
-                    .map(|(host, port, weight)| EndpointConfig { address: format!("{host}:{port}"), weight })
-                    .collect();
-                destination.health = health.map(|(interval_ms, timeout_ms, rise, fall)| HealthSettings {
-                    path: path.clone(),
-                    interval_ms,
-                    timeout_ms,
-                    rise,
-                    fall,
-                });
+            // Delivered in place, a destination takes none of the network settings but a memory
+            // one's capacity.
+            if destination.is_in_process() {
+                if transport == "memory" {
+                    destination.queue.capacity = sizes.0;
+                }
+                return destination;
             }
-            destination.balancer = balancer;
+            destination.endpoints = endpoints
+                .into_iter()
+                .map(|(host, port, weight)| EndpointConfig { address: format!("{host}:{port}"), weight })
+                .collect();
+            destination.health = health.map(|(interval_ms, timeout_ms, rise, fall)| HealthSettings {
+                path: path.clone(),
+                interval_ms,
+                timeout_ms,
+                rise,
+                fall,
+            });
             if transport == "http" {
                 destination.options.insert("path".into(), path.into());
             }
+            destination.balancer = balancer;
             (destination.queue.capacity, destination.queue.max_in_flight, destination.pool.max_size) = sizes;
             (destination.queue.timeout_ms, destination.retry.base_ms, destination.timeout_ms) = times;
             destination.retry.max_ms = destination.retry.max_ms.max(destination.retry.base_ms);
