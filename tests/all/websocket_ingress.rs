@@ -208,6 +208,42 @@ async fn with_an_ingress_token_the_upgrade_needs_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_let_in_with_a_replaced_ingress_token_is_closed_before_its_next_frame_is_admitted() {
+    // The token was checked once, at the upgrade: a producer let in with a token since replaced
+    // (it leaked) kept having its frames accepted for as long as it kept the socket open.
+    let dir = plugin_dir(&[]);
+    let text = |token: &str| {
+        format!(
+            "[ingress.http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
+             [[destination]]\nname = \"out\"\ntransport = \"memory\"\n[[route]]\nname = \"all\"\nto = \"out\"\n"
+        )
+    };
+    let host = crate::support::host(dir.path(), &text("old")).await;
+    let addr = start_ingress(&host).await;
+    let mut old = connect(addr, Some("old")).await.unwrap();
+    send(&mut old, json!({ "topic": "t", "ref": "before" })).await;
+    assert!(answer(&mut old).await["id"].is_string(), "admitted while its token holds");
+    let replaced = Config::from_toml("test.toml", &text("new")).unwrap();
+    within(host.apply_config("test.toml", replaced)).await.unwrap();
+    send(&mut old, json!({ "topic": "t", "ref": "after" })).await;
+    let close = loop {
+        match within(old.next()).await.expect("a frame").unwrap() {
+            Frame::Close(Some(close)) => break close,
+            Frame::Text(text) => panic!("a frame served after its token was replaced: {text}"),
+            _ => continue,
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("ingress token was replaced"), "{close:?}");
+    let mut new = connect(addr, Some("new")).await.unwrap();
+    send(&mut new, json!({ "topic": "t", "ref": "new" })).await;
+    assert!(answer(&mut new).await["id"].is_string(), "a socket let in with the new token serves");
+    new.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2), "the frame after the replacement was not admitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_drops_mid_stream_and_reconnects_loses_no_acked_message() {
     let dir = plugin_dir(&[]);
     let text = "[host]\nworkers = 2\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\

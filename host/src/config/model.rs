@@ -239,6 +239,12 @@ impl HttpIngressConfig {
         }
     }
 
+    /// The token a request must carry, if any: an empty one is none, as the admin API's (every
+    /// client would present it).
+    pub(crate) fn required_token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|token| !token.is_empty())
+    }
+
     fn default_max_connections() -> usize {
         1024
     }

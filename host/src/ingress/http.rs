@@ -82,7 +82,11 @@ impl HttpIngress {
 
 /// The ingress token, presented, and no browser turned against the ingress (see [`browser_refusal`]):
 /// extracted first, so that a request refused is refused before its body is read.
-struct Authorized;
+struct Authorized {
+    /// The token the request was let in with, if one was required: a socket serves while it is
+    /// still the one required (see [`websocket`](super::websocket)).
+    token: Option<String>,
+}
 
 impl axum::extract::FromRequestParts<Host> for Authorized {
     type Rejection = Response;
@@ -91,15 +95,15 @@ impl axum::extract::FromRequestParts<Host> for Authorized {
         parts: &mut axum::http::request::Parts,
         host: &Host,
     ) -> Result<Self, Response> {
-        let token = host.config().ingress.http.as_ref().and_then(|http| http.token.clone());
-        // An empty token is none, as the admin API's: every client would present it.
-        let token = token.filter(|token| !token.is_empty());
+        let config = host.config();
+        let token =
+            config.ingress.http.as_ref().and_then(HttpIngressConfig::required_token).map(str::to_owned);
         if token.as_ref().is_some_and(|token| !crate::bearer::presented(&parts.headers, token)) {
             return Err(crate::bearer::unauthorized());
         }
         match browser_refusal(&parts.headers, token.is_some()) {
             Some(problem) => Err(error(StatusCode::FORBIDDEN, problem)),
-            None => Ok(Authorized),
+            None => Ok(Authorized { token }),
         }
     }
 }
@@ -133,13 +137,13 @@ fn browser_refusal(headers: &HeaderMap, token_required: bool) -> Option<String> 
 /// `GET /v1/ws`: a socket of messages (see [`websocket`](super::websocket)); [`Authorized`] refuses
 /// a cross-site WebSocket hijacking.
 async fn accept_socket(
-    _: Authorized,
+    Authorized { token }: Authorized,
     State(host): State<Host>,
     axum::Extension(sockets): axum::Extension<super::websocket::Sockets>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     let upgrade = crate::listener::socket::reading_at_most(upgrade, sockets.largest_frame);
-    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, sockets))
+    upgrade.on_upgrade(move |socket| super::websocket::serve_socket(host, socket, sockets, token))
 }
 
 async fn accept(

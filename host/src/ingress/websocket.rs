@@ -14,7 +14,10 @@
 //! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
 //! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
 //! once, beyond which reading waits too. With `[ingress.http] token`, the upgrade request must carry it
-//! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused.
+//! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused. A socket serves while the
+//! token it was let in with is the one required: once a reload replaces it (or sets or removes one),
+//! the next frame the client sends is not served, and the socket is closed (1008) once the answers
+//! still due are sent.
 //!
 //! A frame, or a message of several, larger than [`largest_json`](crate::message::largest_json) (of
 //! `max_message_bytes`; a smaller one past `max_message_bytes` is answered `413`) is refused on its
@@ -28,6 +31,7 @@
 //! are sent, then it closes.
 
 use super::bulk::{BulkMessage, ClientHeaders, message_of};
+use crate::config::HttpIngressConfig;
 use crate::host::{Host, RequestError, SendError};
 use crate::listener::socket::{Silence, Silent};
 use crate::message::Message;
@@ -54,6 +58,9 @@ const MAX_REF_BYTES: usize = 256;
 /// The most bytes of a parser's error an answer carries: it quotes what it refused (an unknown
 /// field's name, a string where a number goes), which may be as long as the frame.
 const MAX_PROBLEM_BYTES: usize = 512;
+
+/// The close code of a socket whose ingress token was replaced: policy violation.
+const TOKEN_REPLACED: u16 = 1008;
 
 /// What the sockets of one ingress share.
 #[derive(Clone)]
@@ -136,15 +143,15 @@ impl ClientFrame {
     }
 }
 
-/// Serve one upgraded socket until the client closes it, sends a frame past
-/// [`largest_json`](crate::message::largest_json), keeps silent too long (see [`Silence`]), or the
-/// ingress stops.
-pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets) {
+/// Serve one upgraded socket, let in with the ingress token `granted` (if one was required), until
+/// the client closes it, sends a frame past [`largest_json`](crate::message::largest_json) or after
+/// a reload replaced that token, keeps silent too long (see [`Silence`]), or the ingress stops.
+pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets, granted: Option<String>) {
     let (sink, stream) = socket.split();
     let (answers, queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);
     let (ping, (closing, close)) = (Arc::new(Notify::new()), oneshot::channel());
     let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close));
-    let why = read_frames(&host, stream, &answers, &ping, sockets).await;
+    let why = read_frames(&host, stream, &answers, &ping, sockets, granted.as_deref()).await;
     // In-flight `wait` answers still reach the writer; it ends when the last sender goes.
     let _ = closing.send(why);
     drop(answers);
@@ -179,13 +186,15 @@ async fn write_answers(
 
 /// Admit the messages of the client's frames, queueing their answers, until the client closes the
 /// socket, the ingress stops or the writer gives up on the client; or until the client sends a
-/// frame too large or keeps silent too long, which the returned frame tells it.
+/// frame too large, or any frame once the ingress token is no longer `granted`, or keeps silent
+/// too long, which the returned frame tells it.
 async fn read_frames(
     host: &Host,
     mut stream: SplitStream<WebSocket>,
     answers: &mpsc::Sender<Value>,
     ping: &Notify,
     sockets: Sockets,
+    granted: Option<&str>,
 ) -> Option<CloseFrame> {
     let Sockets { mut stopping, ping: interval, .. } = sockets;
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
@@ -206,6 +215,12 @@ async fn read_frames(
                 Silent::TooLong(why) => return Some(why),
             },
         };
+        // Let in with a token since replaced (it may have leaked): what the client sends now is
+        // not served.
+        if matches!(frame, Some(Ok(_))) && token_replaced(host, granted) {
+            let reason = "the ingress token was replaced: open the socket again with the new one";
+            return Some(CloseFrame { code: TOKEN_REPLACED, reason: reason.into() });
+        }
         let served = match frame {
             Some(Ok(Frame::Text(text))) => admit(host, text.as_str(), answers, &waiting).await,
             Some(Ok(Frame::Binary(_))) => {
@@ -224,6 +239,12 @@ async fn read_frames(
         // The client spoke; the host, done with what it said (admitting may have waited), waits anew.
         silence = Silence::begin(interval);
     }
+}
+
+/// Whether the token `[ingress.http]` requires now is not `granted`, the one a socket was let in with.
+fn token_replaced(host: &Host, granted: Option<&str>) -> bool {
+    let config = host.config();
+    config.ingress.http.as_ref().and_then(HttpIngressConfig::required_token) != granted
 }
 
 /// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
