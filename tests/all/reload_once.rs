@@ -424,6 +424,32 @@ async fn a_reload_changing_start_only_keys_is_refused_naming_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_reload_whose_config_is_refused_still_tries_the_refused_plugins_again() {
+    // The refused config returned the reload before the plugins were read: the plugin fixed in its
+    // place (not watched: only an explicit reload reads it) stayed refused.
+    let plugins = plugin_dir(&[]);
+    std::fs::write(plugins.path().join("t.wasm"), b"not a component").unwrap();
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let unwatched = file.text(&["a"]).replacen("[host]", "[host]\nwatch = false", 1);
+    replace_file(&file.path, unwatched.as_bytes());
+    let host = file.host().await;
+    assert!(host.plugins().is_empty(), "the corrupt file is refused");
+    std::fs::copy(artifacts::STAMP_TRANSFORM, plugins.path().join("t.wasm")).unwrap();
+    let restart = unwatched.replacen("[host]", "[host]\nworkers = 3", 1);
+    replace_file(&file.path, restart.as_bytes());
+    let refused = within(host.reload()).await.unwrap_err().to_string();
+    assert!(refused.contains("host.workers take effect only at start"), "{refused}");
+    assert_eq!(
+        host.plugins().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["t"],
+        "the fixed file serves"
+    );
+    host.send(Message::new("a", "{}")).await.unwrap();
+    assert!(next(&host.memory("out").unwrap()).await.header("x-stamp").is_some(), "stamped by it");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_config_is_followed_where_it_points_and_writes_beside_the_link_repeat_no_refusal() {
     // switchyard.toml -> (another directory)/switchyard.toml, edited where it points.
     let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);

@@ -361,17 +361,18 @@ impl Host {
 
     /// Re-read the config file (if the host was built from one) and every
     /// plugin of the plugin directory, applying what changed. An invalid
-    /// config is rejected whole; the running one stays. Says whether the
+    /// config is rejected whole; the running one stays, and the plugins are
+    /// read all the same (before its error is returned). Says whether the
     /// configuration changed (a file equal to the running one emits no event). Once a shutdown
     /// began, refused ([`ConfigError::ShuttingDown`]).
     pub async fn reload(&self) -> Result<ConfigChange, ConfigError> {
         let reloader = self.inner.reloader.clone();
         tokio::task::spawn_blocking(move || {
-            let change = reloader.reload_config(crate::reload::Retry::Refused)?;
-            // An applied config re-read the plugins already, but not those refused before: an
-            // explicit reload tries them again too.
+            let change = reloader.reload_config(crate::reload::Retry::Refused);
+            // An applied config re-read the plugins already, but not those refused before, and a
+            // refused one read none: an explicit reload tries them all again either way.
             reloader.sync_all(crate::reload::Retry::Refused);
-            Ok(change)
+            change
         })
         .await
         .expect("reloading does not panic")
