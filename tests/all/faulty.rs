@@ -202,6 +202,42 @@ async fn a_transform_output_with_too_many_headers_is_an_output_limit_fault() {
 }
 
 #[tokio::test]
+pub async fn faulty_errors() {
+    // A transform's error naming an input its batch does not have was ignored, and the message it
+    // made nothing of counted filtered; an input named twice failed as one of the errors said.
+    let dir = plugin_dir(&[("bad", artifacts::FAULTY_ERRORS)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\nconfig = {{ trigger = \"x-poison\" }}\n\
+         [[route]]\nname = \"risky\"\nstages = [\"transform:bad\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let mut poisoned = Vec::new();
+    for (poison, problem) in
+        [("one-based", "an error names input 1 of 1"), ("twice", "errors name input 0 twice")]
+    {
+        let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
+        poisoned.push((id, problem));
+    }
+    let clean = host.send(Message::new("risky.job", "clean")).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.filtered, stats.dead_lettered), (3, 1, 0, 2));
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, clean, "the plugin still serves clean messages");
+    let dead = host.memory("dead").unwrap();
+    let mut letters = [next(&dead).await, next(&dead).await];
+    letters.sort_by_key(|letter| letter.id);
+    for (letter, (id, problem)) in letters.into_iter().zip(poisoned) {
+        assert_eq!(
+            (letter.id, letter.header("x-sy-dead-letter")),
+            (id, Some("plugin-malformed")),
+            "{letter:?}"
+        );
+        let text = letter.header("x-sy-dead-letter-reason").unwrap();
+        let said = format!("returned a malformed answer: {problem}");
+        assert!(text.contains("plugin \"bad\"") && text.ends_with(&said), "{text}");
+    }
+}
+
+#[tokio::test]
 pub async fn faulty_memory_hog() {
     let limits = "{ memory_mb = 16 }";
     let (_dir, host) = host_with_filter(artifacts::FAULTY_MEMORY_HOG, limits, "fail-closed").await;

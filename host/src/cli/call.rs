@@ -76,7 +76,7 @@ pub fn call(
         },
         PluginKind::Transform => {
             let out = instance.transform(&batch)?;
-            switchyard::plugin::check_outputs(&out.messages, 1, max_message_bytes)
+            switchyard::plugin::check_transformed(&out.messages, &out.errors, 1, max_message_bytes)
                 .context("the host would dead-letter this answer (plugin-output-limit)")?;
             let errors: Vec<String> = out.errors.iter().map(|(_, error)| error.to_string()).collect();
             json!({ "messages": messages_json(&out.messages)?, "errors": errors })

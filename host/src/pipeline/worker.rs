@@ -8,6 +8,7 @@ use crate::message::{ID_HEADER, Message, MessageId, Verdict, unique_id};
 use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
+    Transformed, check_transformed,
 };
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -238,22 +239,19 @@ impl Worker {
             Ok(out) => out,
             Err(fault) => return Err((items, fault)),
         };
-        // Every output is checked before any is built: a fault hands the
-        // items back untouched, to be retried one by one.
-        let mut checked = Vec::with_capacity(items.len());
-        let mut counts = vec![0; items.len()];
-        for message in switchyard_wire::decode(&out.messages) {
-            match self.check_output(message, &mut counts) {
-                Ok(message) => checked.push(message),
-                Err(fault) => {
-                    self.faulted(plugin, &fault);
-                    return Err((items, fault));
-                }
+        // The whole answer is checked before any output is built: a fault
+        // hands the items back untouched, to be retried one by one.
+        let Transformed { messages, errors } = out;
+        let checked = match check_transformed(&messages, &errors, items.len(), self.max_message_bytes) {
+            Ok(checked) => checked,
+            Err(fault) => {
+                self.faulted(plugin, &fault);
+                return Err((items, fault));
             }
-        }
-        let mut errors: HashMap<u32, PluginError> = out.errors.into_iter().collect();
+        };
+        let mut errors: HashMap<u32, PluginError> = errors.into_iter().collect();
         // Most inputs make one output: it is kept in place, not in an allocation of its own.
-        let mut outputs: Vec<SmallVec<[Message; 1]>> = counts.iter().map(|_| SmallVec::new()).collect();
+        let mut outputs: Vec<SmallVec<[Message; 1]>> = items.iter().map(|_| SmallVec::new()).collect();
         let mut items = items;
         for message in &checked {
             let source = message.source as usize;
@@ -272,16 +270,6 @@ impl Worker {
             }
         }
         Ok(fates)
-    }
-
-    /// Check one output of a transform against the limits, counting it
-    /// against its input in `counts` (one slot per input).
-    fn check_output<'m>(
-        &self,
-        message: Result<switchyard_wire::MessageRef<'m>, switchyard_wire::WireError>,
-        counts: &mut [usize],
-    ) -> Result<switchyard_wire::MessageRef<'m>, PluginFault> {
-        crate::plugin::check_output(message, counts, self.max_message_bytes)
     }
 
     /// Check what a transform written in Rust made of one message against the limits a plugin's

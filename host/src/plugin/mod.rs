@@ -1,6 +1,7 @@
 //! Plugins: WebAssembly components compiled, sandboxed, versioned and called
 //! (and trusted native libraries, called the same way).
 
+mod answers;
 mod bindings;
 mod cache;
 mod compiled;
@@ -18,6 +19,7 @@ mod sandbox;
 mod ticker;
 mod transport;
 
+pub use answers::check_transformed;
 pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;
 pub use compiled::{CompiledPlugin, PluginKind};
@@ -25,7 +27,7 @@ pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use net_grant::NetGrant;
-pub(crate) use output_limits::{check_made_message, check_made_reply, check_native_outputs, check_output};
+pub(crate) use output_limits::{check_made_message, check_made_reply, check_native_outputs};
 pub use output_limits::{check_outputs, check_reply};
 pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,

@@ -2,7 +2,7 @@
 //! most so many messages made of one, so many headers on one, none larger than
 //! `host.max_message_bytes`, and each with a topic admission would take (a reply's topic aside).
 //! The pipeline checks every output against them before it builds any (a fault hands the inputs
-//! back untouched); `switchyard plugin call` checks the same, so that it says what the host would.
+//! back untouched), through [`answers`](super::answers), as `switchyard plugin call` does.
 
 use super::PluginFault;
 use crate::message::{ID_HEADER, Message};
@@ -17,7 +17,7 @@ const MAX_OUTPUT_HEADERS: usize = 1024;
 
 /// Check one output of a transform against the limits, counting it against its input in
 /// `counts` (one slot per input).
-pub(crate) fn check_output<'m>(
+fn check_output<'m>(
     message: Result<MessageRef<'m>, WireError>,
     counts: &mut [usize],
     max_message_bytes: usize,
@@ -123,13 +123,17 @@ fn check_headers_and_size<'m>(
     Ok(())
 }
 
-/// Check every output (`batch`) of a transform called on `inputs` messages.
-pub fn check_outputs(batch: &[u8], inputs: usize, max_message_bytes: usize) -> Result<(), PluginFault> {
-    let mut counts = vec![0; inputs];
+/// Check every output (`batch`) of a transform called on `inputs` messages; the outputs, in order.
+pub fn check_outputs(
+    batch: &[u8],
+    inputs: usize,
+    max_message_bytes: usize,
+) -> Result<Vec<MessageRef<'_>>, PluginFault> {
+    let (mut counts, mut checked) = (vec![0; inputs], Vec::with_capacity(inputs));
     for message in switchyard_wire::decode(batch) {
-        check_output(message, &mut counts, max_message_bytes)?;
+        checked.push(check_output(message, &mut counts, max_message_bytes)?);
     }
-    Ok(())
+    Ok(checked)
 }
 
 #[cfg(test)]
@@ -177,7 +181,7 @@ mod tests {
         let with_header = |name: &str, value: &str| {
             let mut batch = Vec::new();
             Message::new("orders.eu", "x").with_header(name, value).encode(&mut batch, 0, true);
-            check_outputs(&batch, 1, 1 << 20)
+            check_outputs(&batch, 1, 1 << 20).map(drop)
         };
         assert!(with_header("X-Tenant_2", "acme, ünïcode\tand tab").is_ok());
         for (name, value, problem) in [
