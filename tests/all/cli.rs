@@ -379,6 +379,35 @@ fn plugin_call_runs_one_plugin_on_one_message() {
 }
 
 #[test]
+fn plugin_call_fails_on_an_answer_the_host_would_dead_letter_naming_the_fault() {
+    // It checked less than the pipeline: a filter's last decision of any number was taken, and a
+    // middleware's forward of no message or of two, or its reply without a payload, was printed.
+    let call = |plugin: &str, poison: &str| {
+        let message = format!(r#"{{"topic":"t","headers":{{"x-poison":"{poison}"}},"payload":"p"}}"#);
+        switchyard(&["plugin", "call", plugin, "--config", "trigger=x-poison", "--message", &message])
+    };
+    for (plugin, poison, problem) in [
+        (artifacts::FAULTY_DECISIONS, "extra", "2 decisions for 1 messages"),
+        (artifacts::FAULTY_DECISIONS, "missing", "0 decisions for 1 messages"),
+        (artifacts::FAULTY_ERRORS, "one-based", "an error names input 1 of 1"),
+        (artifacts::FAULTY_MIDDLEWARE, "forward-none", "expected exactly one message"),
+        (artifacts::FAULTY_MIDDLEWARE, "forward-two", "expected exactly one message"),
+        (artifacts::FAULTY_MIDDLEWARE, "respond-heads", "a message without its payload"),
+    ] {
+        let (ok, out) = call(plugin, poison);
+        let fault = format!("returned a malformed answer: {problem}");
+        assert!(
+            !ok && out.contains("the host would dead-letter this message (plugin-malformed): plugin \""),
+            "{out}"
+        );
+        assert!(out.contains(&fault), "{poison}: {out}");
+    }
+    let (ok, out) =
+        switchyard(&["plugin", "call", artifacts::FAULTY_MIDDLEWARE, "--message", r#"{"topic":"t"}"#]);
+    assert!(ok && out.contains(r#""forward":[{"#), "{out}");
+}
+
+#[test]
 fn plugin_call_sends_through_a_transport_plugin_to_the_address_given_and_prints_the_reply() {
     let redis = RedisServer::start();
     let address = redis.addr.to_string();

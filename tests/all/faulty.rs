@@ -120,9 +120,11 @@ pub async fn faulty_decisions() {
 async fn a_filter_answer_short_of_decisions_or_with_a_bad_count_is_malformed_and_says_how() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_DECISIONS, "{}", "fail-closed").await;
     let dead = host.memory("dead").unwrap();
-    for (poison, problem) in
-        [("missing", "0 decisions for 1 messages"), ("bad-counter-name", "string is not UTF-8 at byte 6")]
-    {
+    for (poison, problem) in [
+        ("missing", "0 decisions for 1 messages"),
+        ("extra", "2 decisions for 1 messages"),
+        ("bad-counter-name", "string is not UTF-8 at byte 6"),
+    ] {
         let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
         let letter = next(&dead).await;
         assert_eq!(
@@ -134,7 +136,7 @@ async fn a_filter_answer_short_of_decisions_or_with_a_bad_count_is_malformed_and
         assert!(text.contains(&format!("returned a malformed answer: {problem}")), "{text}");
     }
     let stats = drain_and_account(&host).await;
-    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 0, 2));
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 0, 3));
 }
 
 #[tokio::test]
@@ -235,6 +237,37 @@ pub async fn faulty_errors() {
         let said = format!("returned a malformed answer: {problem}");
         assert!(text.contains("plugin \"bad\"") && text.ends_with(&said), "{text}");
     }
+}
+
+#[tokio::test]
+pub async fn faulty_middleware() {
+    // A forward must be one message, and a reply one whole message: the host does not guess which.
+    let dir = plugin_dir(&[("bad", artifacts::FAULTY_MIDDLEWARE)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\nconfig = {{ trigger = \"x-poison\" }}\n\
+         [[route]]\nname = \"risky\"\nstages = [\"middleware:bad\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let dead = host.memory("dead").unwrap();
+    for (poison, problem) in [
+        ("forward-none", "expected exactly one message"),
+        ("forward-two", "expected exactly one message"),
+        ("respond-heads", "a message without its payload"),
+    ] {
+        let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
+        let letter = next(&dead).await;
+        assert_eq!(
+            (letter.id, letter.header("x-sy-dead-letter")),
+            (id, Some("plugin-malformed")),
+            "{letter:?}"
+        );
+        let text = letter.header("x-sy-dead-letter-reason").unwrap();
+        assert!(text.ends_with(&format!("returned a malformed answer: {problem}")), "{text}");
+    }
+    let id = host.send(Message::new("risky.job", "clean")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, id, "the plugin still serves clean messages");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (4, 1, 3));
 }
 
 #[tokio::test]

@@ -1,14 +1,15 @@
 //! `switchyard plugin call FILE.wasm --message JSON [--address HOST:PORT]` (or a native library).
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
+use switchyard::DeadLetterReason;
 use switchyard::config::PluginConfig;
 use switchyard::plugin::{
-    MiddlewareAction, NetGrant, PluginEngine, PluginFormat, PluginInstance, PluginKind, load_file,
-    plugin_name,
+    CompiledPlugin, MiddlewareAction, NetGrant, PluginEngine, PluginFault, PluginFormat, PluginInstance,
+    PluginKind, check_decisions, check_transformed, load_file, plugin_name, read_forward, read_reply,
 };
 use switchyard_wire::{Head, Payload, decode, write_message};
 
@@ -66,30 +67,32 @@ pub fn call(
         _ => Payload::Bytes(message.payload.as_bytes()),
     };
     write_message(&mut batch, &head, headers.collect::<Vec<_>>(), payload);
-    // What the host would dead-letter (`plugin-output-limit`), at its default limits.
+    // The answer is checked as the pipeline checks it, at the host's default limits.
     let max_message_bytes = switchyard::config::HostSection::default().max_message_bytes;
+    let plugin = instance.plugin.clone();
+    let refused = |fault| refused(&plugin, fault);
     let answer = match kind {
-        PluginKind::Filter => match instance.filter(&batch)?.pop() {
-            Some(Ok(verdict)) => json!({ "verdict": format!("{verdict:?}").to_lowercase() }),
-            Some(Err(error)) => json!({ "error": error.to_string() }),
-            None => bail!("the filter returned no decision"),
-        },
+        PluginKind::Filter => {
+            let mut decisions = instance.filter(&batch)?;
+            check_decisions(&decisions, 1).map_err(refused)?;
+            match decisions.remove(0) {
+                Ok(verdict) => json!({ "verdict": format!("{verdict:?}").to_lowercase() }),
+                Err(error) => json!({ "error": error.to_string() }),
+            }
+        }
         PluginKind::Transform => {
             let out = instance.transform(&batch)?;
-            switchyard::plugin::check_transformed(&out.messages, &out.errors, 1, max_message_bytes)
-                .context("the host would dead-letter this answer (plugin-output-limit)")?;
+            check_transformed(&out.messages, &out.errors, 1, max_message_bytes).map_err(refused)?;
             let errors: Vec<String> = out.errors.iter().map(|(_, error)| error.to_string()).collect();
             json!({ "messages": messages_json(&out.messages)?, "errors": errors })
         }
         PluginKind::Middleware => match instance.on_request(&batch)? {
             Ok(MiddlewareAction::Forward(batch)) => {
-                switchyard::plugin::check_outputs(&batch, 1, max_message_bytes)
-                    .context("the host would dead-letter this forward (plugin-output-limit)")?;
+                read_forward(&batch, max_message_bytes).map_err(refused)?;
                 json!({ "forward": messages_json(&batch)? })
             }
             Ok(MiddlewareAction::Respond(batch)) => {
-                switchyard::plugin::check_reply(&batch, max_message_bytes)
-                    .context("the host would dead-letter this reply (plugin-output-limit)")?;
+                read_reply(&batch, max_message_bytes).map_err(refused)?;
                 json!({ "respond": messages_json(&batch)? })
             }
             Err(error) => json!({ "error": error.to_string() }),
@@ -99,6 +102,13 @@ pub fn call(
     };
     println!("{}", json!({ "kind": kind.as_str(), "answer": answer }));
     Ok(())
+}
+
+/// The error for an answer of `plugin` the host would not take: the dead letter it would make.
+fn refused(plugin: &CompiledPlugin, fault: PluginFault) -> anyhow::Error {
+    let version = plugin.short_version().to_owned();
+    let reason = DeadLetterReason::PluginFault { plugin: plugin.name.clone(), version, fault };
+    anyhow!("the host would dead-letter this message ({}): {reason}", reason.code())
 }
 
 /// Open a connection to `address`, send `batch` on it, close it: the reply,

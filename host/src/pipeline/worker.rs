@@ -8,7 +8,7 @@ use crate::message::{ID_HEADER, Message, MessageId, Verdict, unique_id};
 use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
-    Transformed, check_transformed,
+    Transformed, check_decisions, check_transformed, read_forward, read_reply,
 };
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -207,12 +207,7 @@ impl Worker {
     ) -> Result<Vec<Fate>, (Vec<Item>, PluginFault)> {
         let decisions = self.call_on_batch(plugin, &items, false, |instance, batch| {
             let decisions = instance.filter(batch)?;
-            match decisions.len() == items.len() {
-                true => Ok(decisions),
-                false => {
-                    Err(malformed(format!("{} decisions for {} messages", decisions.len(), items.len())))
-                }
-            }
+            check_decisions(&decisions, items.len()).map(|()| decisions)
         });
         let decisions = match decisions {
             Ok(decisions) => decisions,
@@ -338,14 +333,10 @@ impl Worker {
                     let action = instance.on_request(request)?;
                     fault_outside(action.map(|action| match action {
                         MiddlewareAction::Forward(batch) => {
-                            let forwarded = decode_one(&batch)?;
-                            crate::plugin::check_made_message(&forwarded, max_message_bytes)?;
-                            Ok((false, forwarded))
+                            Ok((false, read_forward(&batch, max_message_bytes)?))
                         }
                         MiddlewareAction::Respond(batch) => {
-                            let reply = decode_one(&batch)?;
-                            crate::plugin::check_made_reply(&reply, max_message_bytes)?;
-                            Ok((true, reply))
+                            Ok((true, read_reply(&batch, max_message_bytes)?))
                         }
                     }))
                 });
@@ -386,11 +377,7 @@ impl Worker {
             };
             let answer = self.with_instance(plugin, |instance| {
                 let answer = instance.on_reply(&buffers.0, &buffers.1)?;
-                fault_outside(answer.map(|batch| {
-                    let reply = decode_one(&batch)?;
-                    crate::plugin::check_made_reply(&reply, room)?;
-                    Ok(reply)
-                }))
+                fault_outside(answer.map(|batch| read_reply(&batch, room)))
             });
             reply = match answer {
                 Ok(Ok(message)) => message,
@@ -399,18 +386,6 @@ impl Worker {
             };
         }
         Ok(reply)
-    }
-}
-
-fn decode_one(batch: &[u8]) -> Result<Message, PluginFault> {
-    let mut messages = switchyard_wire::decode(batch);
-    match (messages.next(), messages.next()) {
-        (Some(Ok(message)), None) if message.payload.is_none() => {
-            Err(malformed("a message without its payload".into()))
-        }
-        (Some(Ok(message)), None) => Ok(Message::from_wire(&message)),
-        (Some(Err(err)), _) => Err(malformed(err.to_string())),
-        _ => Err(malformed("expected exactly one message".into())),
     }
 }
 
@@ -423,10 +398,6 @@ fn fault_outside<T>(
         Ok(Err(fault)) => Err(fault),
         Err(error) => Ok(Err(error)),
     }
-}
-
-fn malformed(problem: String) -> PluginFault {
-    PluginFault::Malformed(problem)
 }
 
 pub(crate) fn fault_reason(plugin: &CompiledPlugin, fault: PluginFault) -> DeadLetterReason {

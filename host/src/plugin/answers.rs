@@ -4,8 +4,17 @@
 //! sees the fault the host would dead-letter with.
 
 use super::error::{PluginError, PluginFault};
-use super::output_limits::check_outputs;
+use super::output_limits::{check_made_message, check_made_reply, check_outputs};
+use crate::message::Message;
 use switchyard_wire::MessageRef;
+
+/// Check a filter's `decisions` for a batch of `inputs` messages: one for each.
+pub fn check_decisions<D>(decisions: &[D], inputs: usize) -> Result<(), PluginFault> {
+    match decisions.len() == inputs {
+        true => Ok(()),
+        false => Err(PluginFault::Malformed(format!("{} decisions for {inputs} messages", decisions.len()))),
+    }
+}
 
 /// Check a transform's answer to a batch of `inputs` messages: each of its `errors` names an
 /// input of the batch, none twice, and its outputs (`messages`) are within the output limits;
@@ -28,6 +37,35 @@ pub fn check_transformed<'m>(
         }
     }
     check_outputs(messages, inputs, max_message_bytes)
+}
+
+/// Read the request a middleware forwards (`batch`): one whole message, within the limits on a
+/// message a plugin makes.
+pub fn read_forward(batch: &[u8], max_message_bytes: usize) -> Result<Message, PluginFault> {
+    let forwarded = read_one(batch)?;
+    check_made_message(&forwarded, max_message_bytes)?;
+    Ok(forwarded)
+}
+
+/// Read a reply a middleware made (`batch`), its own answer to a request or the reply it passes
+/// back: one whole message, within the limits on a reply, its size within `room`.
+pub fn read_reply(batch: &[u8], room: usize) -> Result<Message, PluginFault> {
+    let reply = read_one(batch)?;
+    check_made_reply(&reply, room)?;
+    Ok(reply)
+}
+
+/// The one message of `batch`, with its payload.
+fn read_one(batch: &[u8]) -> Result<Message, PluginFault> {
+    let mut messages = switchyard_wire::decode(batch);
+    match (messages.next(), messages.next()) {
+        (Some(Ok(message)), None) if message.payload.is_none() => {
+            Err(PluginFault::Malformed("a message without its payload".into()))
+        }
+        (Some(Ok(message)), None) => Ok(Message::from_wire(&message)),
+        (Some(Err(err)), _) => Err(PluginFault::Malformed(err.to_string())),
+        _ => Err(PluginFault::Malformed("expected exactly one message".into())),
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod sandbox;
 mod ticker;
 mod transport;
 
-pub use answers::check_transformed;
+pub use answers::{check_decisions, check_transformed, read_forward, read_reply};
 pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;
 pub use compiled::{CompiledPlugin, PluginKind};
@@ -27,8 +27,7 @@ pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use net_grant::NetGrant;
-pub(crate) use output_limits::{check_made_message, check_made_reply, check_native_outputs};
-pub use output_limits::{check_outputs, check_reply};
+pub(crate) use output_limits::check_native_outputs;
 pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };

@@ -66,16 +66,6 @@ pub(crate) fn check_made_reply(m: &Message, room: usize) -> Result<(), PluginFau
     check_headers_and_size(m.topic.len(), headers, m.payload.len(), room)
 }
 
-/// Check a middleware's own reply (`batch`) as the pipeline does: its headers as a made message's,
-/// its size within `max_message_bytes`, its topic not at all.
-pub fn check_reply(batch: &[u8], max_message_bytes: usize) -> Result<(), PluginFault> {
-    for message in switchyard_wire::decode(batch) {
-        let m = message.map_err(|err| PluginFault::Malformed(err.to_string()))?;
-        check_headers_and_size(m.topic.len(), m.headers(), m.payload_len, max_message_bytes)?;
-    }
-    Ok(())
-}
-
 /// Check one message a transform made: a topic and headers admission would take, not too many
 /// headers, not too large.
 fn check_made<'m>(
@@ -124,7 +114,7 @@ fn check_headers_and_size<'m>(
 }
 
 /// Check every output (`batch`) of a transform called on `inputs` messages; the outputs, in order.
-pub fn check_outputs(
+pub(crate) fn check_outputs(
     batch: &[u8],
     inputs: usize,
     max_message_bytes: usize,

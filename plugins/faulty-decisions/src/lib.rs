@@ -1,8 +1,8 @@
 //! A test plugin: a filter whose answer (the WIT `decisions`) is malformed
 //! for a message carrying the header named by config key `trigger`, in the
-//! way the header's value names: `missing` leaves out its decision,
-//! `bad-counter-name` adds a count whose name is not UTF-8, anything else
-//! gives it an unknown verdict byte. Other messages are kept. Built with
+//! way the header's value names: `missing` leaves out its decision, `extra`
+//! gives it two, `bad-counter-name` adds a count whose name is not UTF-8,
+//! anything else gives it an unknown verdict byte. Other messages are kept. Built with
 //! `wit-bindgen` directly: the SDK only writes well-formed answers.
 
 mod bindings {
@@ -29,6 +29,10 @@ impl filter::Guest for FaultyDecisions {
             match poison.as_deref() {
                 None => decisions.extend_from_slice(&[3, 1]),
                 Some("missing") => continue,
+                Some("extra") => {
+                    decisions.extend_from_slice(&[3, 1, 3, 1]);
+                    decided += 1;
+                }
                 Some("bad-counter-name") => {
                     decisions.extend_from_slice(&[3, 1]);
                     counts.extend_from_slice(&1u32.to_le_bytes());
