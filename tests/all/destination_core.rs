@@ -4,8 +4,8 @@
 //! and a delivery oracle under trouble.
 
 use crate::endpoint::{Mode, TestEndpoint};
-use crate::exposition::sample;
-use crate::support::{builder, drain_and_account, host, next, plugin_dir, post, within};
+use crate::exposition::{parse, sample};
+use crate::support::{builder, drain_and_account, eventually, host, next, plugin_dir, post, within};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
 
@@ -916,6 +916,74 @@ to = "dead"
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 3));
     assert_eq!(live.arrived(), 0);
+}
+
+/// The samples of `host`'s metrics whose label `label` is `value`, each named with its labels.
+fn series_with(host: &Host, label: &str, value: &str) -> Vec<String> {
+    let samples = parse(&host.metrics().encode()).into_iter();
+    let matching = samples.filter(|s| s.labels.get(label).is_some_and(|v| v == value));
+    matching.map(|s| format!("{}{:?}", s.name, s.labels)).collect()
+}
+
+/// Wait until `host`'s metrics have no sample whose label `label` is `value`.
+fn no_series_with(host: &Host, label: &str, value: &str) {
+    eventually(|| match series_with(host, label, value) {
+        left if left.is_empty() => Ok(()),
+        left => Err(left),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_a_reload_removes_loses_its_series_once_its_deliveries_end_and_its_destination_counts_on()
+{
+    // A config rotating endpoint addresses (pods) left the series of every address it ever listed
+    // in /metrics for good. Now they go once the old instance's last delivery ended, not before, so
+    // that delivery is counted; the destination, kept by name, counts on.
+    let (old, new) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&old], "timeout_ms = 600000")).await;
+    host.send(Message::new("orders", "held")).await.unwrap();
+    within(old.arrivals(1)).await;
+    apply(&host, &config(&[&new], "timeout_ms = 600000")).await;
+    within(host.request(Message::new("orders", "after"))).await.unwrap();
+    let old_address = old.addr.to_string();
+    let held = series_with(&host, "endpoint", &old_address);
+    assert!(!held.is_empty(), "gone while its instance still delivers");
+    old.release(1);
+    no_series_with(&host, "endpoint", &old_address);
+    let text = host.metrics().encode();
+    let api_ok = [("destination", "api"), ("result", "ok")];
+    assert_eq!(sample(&text, "switchyard_destination_deliveries_total", &api_ok), Some(2.0));
+    let new_address = new.addr.to_string();
+    let new_ok = [("endpoint", new_address.as_str()), ("outcome", "ok")];
+    assert_eq!(sample(&text, "switchyard_endpoint_attempts_total", &new_ok), Some(1.0));
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_and_a_destination_a_reload_removes_lose_their_series() {
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&endpoint], "")).await;
+    within(host.request(Message::new("orders", "once"))).await.unwrap();
+    assert!(!series_with(&host, "destination", "api").is_empty());
+    let without_api = r#"
+[host]
+dead_letter = "dead"
+workers = 1
+[[destination]]
+name = "dead"
+transport = "memory"
+[[route]]
+name = "rest"
+to = "dead"
+"#;
+    apply(&host, without_api).await;
+    no_series_with(&host, "destination", "api");
+    no_series_with(&host, "route", "all");
+    assert!(!series_with(&host, "route", "rest").is_empty(), "the route kept has its series");
+    assert!(!series_with(&host, "destination", "dead").is_empty(), "the destination kept has its series");
 }
 
 /// A config with a route `other` to destination `ok` over `answering`, and a route `all` to

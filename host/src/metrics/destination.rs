@@ -1,12 +1,16 @@
 //! Counters of the parts of a network destination that a change to it builds anew: the connection
 //! pools of its transport and its stream table. They count into series kept here, not in those
 //! parts, so that a rebuilt destination counts on from where the old one was: a count that fell back
-//! to 0 would read to Prometheus as a counter reset.
+//! to 0 would read to Prometheus as a counter reset. They go when the destination, or the
+//! endpoint, has left the configuration and its last instance has retired (see [`super::parts`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+/// Why a stream moved, as `switchyard_destination_stream_migrations_total` labels it.
+const MIGRATION_REASONS: [&str; 3] = ["endpoint-down", "rebalance", "consistency-check"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Endpoint {
@@ -55,12 +59,27 @@ impl DestinationCounters {
             self.stream_migrations.get_or_create_owned(&labels)
         };
         let orphans = Destination { destination: destination.into() };
+        let [moved_endpoint_down, moved_rebalance, moved_repair] = MIGRATION_REASONS.map(moved);
         StreamCounters {
-            moved_endpoint_down: moved("endpoint-down"),
-            moved_rebalance: moved("rebalance"),
-            moved_repair: moved("consistency-check"),
+            moved_endpoint_down,
+            moved_rebalance,
+            moved_repair,
             orphans_found: self.stream_orphans.get_or_create_owned(&orphans),
         }
+    }
+
+    /// Remove the stream series of `destination` (see [`super::parts`]).
+    pub(super) fn remove_destination(&self, destination: &str) {
+        for reason in MIGRATION_REASONS {
+            let labels = MigrationReason { destination: destination.into(), reason: reason.into() };
+            self.stream_migrations.remove(&labels);
+        }
+        self.stream_orphans.remove(&Destination { destination: destination.into() });
+    }
+
+    /// Remove the pool waits series of `endpoint` of `destination` (see [`super::parts`]).
+    pub(super) fn remove_endpoint(&self, destination: &str, endpoint: &str) {
+        self.pool_waits.remove(&Endpoint { destination: destination.into(), endpoint: endpoint.into() });
     }
 }
 

@@ -1,11 +1,13 @@
 //! Metrics: Prometheus families of one host (no process-global registry),
-//! with handles cached where the message path uses them.
+//! with handles cached where the message path uses them; the series of a
+//! part of the configuration go once it has left it (see [`parts`]).
 
 #[cfg(test)]
 mod cost;
 mod destination;
 mod gauges;
 mod jetstream;
+mod parts;
 mod plugins;
 mod read;
 mod sharded;
@@ -18,6 +20,8 @@ pub(crate) use destination::StreamCounters;
 use gauges::ScrapeGauges;
 pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
 pub(crate) use jetstream::{JetStreamMetrics, Pulled};
+pub(crate) use parts::HeldSeries;
+use parts::Part;
 pub(crate) use plugins::CallSeries;
 pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -29,8 +33,22 @@ pub(crate) use read::SpoolSource;
 pub use read::{READABLE, Readable};
 pub(crate) use sharded::{HistogramTotals, LATENCY_BOUNDS, LatencyHistogram, ShardedCounter};
 pub(crate) use spool::SpoolMetrics;
+use std::sync::Arc;
 use std::time::Instant;
 pub(crate) use totals::RouteTotals;
+
+/// How a message of a route was settled, as `switchyard_route_messages_total` labels it, in the
+/// order of [`Settled`].
+const SETTLED: [&str; 6] = ["delivered", "filtered", "responded", "dead_lettered", "handed_back", "lost"];
+
+/// The outcomes of an attempt, as the attempt counters label them.
+const ATTEMPT_OUTCOMES: [&str; 4] = ["ok", "retryable", "fatal", "shed"];
+
+/// The breaker states an endpoint's transitions enter.
+const BREAKER_STATES: [&str; 3] = ["open", "half-open", "closed"];
+
+/// The results of a delivery: ok, failed.
+const DELIVERY_RESULTS: [&str; 2] = ["ok", "failed"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {
@@ -145,6 +163,8 @@ pub struct Metrics {
     breaker_transitions: Family<EndpointTransition, Counter>,
     /// Pool waits and stream moves, which outlive the pools and stream tables a reload rebuilds.
     destination_counters: DestinationCounters,
+    /// The holders of the series of each route, destination, endpoint and transport (see [`parts`]).
+    part_holders: parts::Holders,
     events: Family<EventKind, Counter>,
     gauges: std::sync::Arc<ScrapeGauges>,
     /// Reads the spool's depth and oldest age, for alert rules; set once the host is built.
@@ -199,6 +219,7 @@ impl Metrics {
             attempts: Family::default(),
             breaker_transitions: Family::default(),
             destination_counters: DestinationCounters::default(),
+            part_holders: Default::default(),
             events: Family::default(),
             gauges: Default::default(),
             spool_source: Default::default(),
@@ -271,6 +292,8 @@ pub(crate) struct EndpointMetrics {
     pub(crate) opened: Counter,
     pub(crate) half_opened: Counter,
     pub(crate) closed: Counter,
+    /// Keeps the endpoint's series while its handles live.
+    _held: HeldSeries,
 }
 
 /// The handles of one destination's transport: attempts by outcome (ok, retryable, fatal, shed) and
@@ -279,6 +302,8 @@ pub(crate) struct EndpointMetrics {
 pub(crate) struct TransportMetrics {
     pub(crate) attempts: [Counter; 4],
     pub(crate) latency: LatencyHistogram,
+    /// Keeps the transport's series while its handles live.
+    _held: HeldSeries,
 }
 
 /// Handles for one route, cached in the topology so the message path does
@@ -289,6 +314,8 @@ pub(crate) struct RouteMetrics {
     pub(crate) route: std::sync::Arc<str>,
     /// `None` when metrics are off.
     handles: Option<RouteHandles>,
+    /// Keeps the route's series while its handles live.
+    _held: HeldSeries,
 }
 
 /// The counters of a route: matched, settled by how, and its latency.
@@ -313,6 +340,24 @@ pub(crate) enum Settled {
 }
 
 type SettledCounters = [ShardedCounter; 6];
+
+/// The delivery counters of one instance of a destination: ok, failed.
+#[derive(Debug)]
+pub(crate) struct DeliveryCounters {
+    /// `None` when metrics are off.
+    counters: Option<[ShardedCounter; 2]>,
+    /// Keeps the destination's series while its handles live.
+    _held: HeldSeries,
+}
+
+impl DeliveryCounters {
+    /// Count one delivery.
+    pub(crate) fn count(&self, ok: bool) {
+        if let Some(counters) = &self.counters {
+            counters[usize::from(!ok)].inc();
+        }
+    }
+}
 
 impl RouteMetrics {
     /// Count `messages` matched to the route (once per batch, not per message).
@@ -351,7 +396,9 @@ impl Metrics {
         self.accepted.clone()
     }
 
-    pub(crate) fn route(&self, route: &str) -> RouteMetrics {
+    /// The handles of `route`, holding its series.
+    pub(crate) fn route(self: &Arc<Self>, route: &str) -> RouteMetrics {
+        let held = self.hold(Part::Route(route.to_owned()));
         let outcome = |outcome: &str| {
             self.route_messages
                 .get_or_create_owned(&RouteOutcome { route: route.into(), outcome: outcome.into() })
@@ -359,11 +406,10 @@ impl Metrics {
         let name = RouteName { route: route.into() };
         let handles = self.enabled.then(|| RouteHandles {
             accepted: self.route_accepted.get_or_create_owned(&name),
-            settled: ["delivered", "filtered", "responded", "dead_lettered", "handed_back", "lost"]
-                .map(outcome),
+            settled: SETTLED.map(outcome),
             latency: self.route_latency.get_or_create_owned(&name),
         });
-        RouteMetrics { route: route.into(), handles }
+        RouteMetrics { route: route.into(), handles, _held: held }
     }
 
     pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
@@ -390,22 +436,24 @@ impl Metrics {
         self.dead_letters_redelivered.inc_by(letters as u64);
     }
 
-    /// The delivery counters of `destination` (ok, failed); `None` when
-    /// metrics are off.
-    pub(crate) fn deliveries(&self, destination: &str) -> Option<[ShardedCounter; 2]> {
-        self.enabled.then(|| {
-            ["ok", "failed"].map(|result| {
+    /// The delivery counters of an instance of `destination`, holding the destination's series.
+    pub(crate) fn deliveries(self: &Arc<Self>, destination: &str) -> DeliveryCounters {
+        let held = self.hold_destination(destination);
+        let counters = self.enabled.then(|| {
+            DELIVERY_RESULTS.map(|result| {
                 self.deliveries.get_or_create_owned(&DestinationResult {
                     destination: destination.into(),
                     result: result.into(),
                 })
             })
-        })
+        });
+        DeliveryCounters { counters, _held: held }
     }
 
-    /// The handles of `endpoint` of `destination`.
-    pub(crate) fn endpoint(&self, destination: &str, endpoint: &str) -> EndpointMetrics {
-        let attempts = ["ok", "retryable", "fatal", "shed"].map(|outcome| {
+    /// The handles of `endpoint` of `destination`, holding its series.
+    pub(crate) fn endpoint(self: &Arc<Self>, destination: &str, endpoint: &str) -> EndpointMetrics {
+        let held = self.hold(Part::Endpoint { destination: destination.into(), endpoint: endpoint.into() });
+        let attempts = ATTEMPT_OUTCOMES.map(|outcome| {
             self.attempts.get_or_create_owned(&EndpointOutcome {
                 destination: destination.into(),
                 endpoint: endpoint.into(),
@@ -419,17 +467,16 @@ impl Metrics {
                 to: to.into(),
             })
         };
-        EndpointMetrics {
-            attempts,
-            opened: transition("open"),
-            half_opened: transition("half-open"),
-            closed: transition("closed"),
-        }
+        let [opened, half_opened, closed] = BREAKER_STATES.map(transition);
+        EndpointMetrics { attempts, opened, half_opened, closed, _held: held }
     }
 
-    /// The handles of `destination`, reached through `transport` (its name as configured).
-    pub(crate) fn transport(&self, transport: &str, destination: &str) -> TransportMetrics {
-        let attempts = ["ok", "retryable", "fatal", "shed"].map(|outcome| {
+    /// The handles of `destination`, reached through `transport` (its name as configured), holding
+    /// their series.
+    pub(crate) fn transport(self: &Arc<Self>, transport: &str, destination: &str) -> TransportMetrics {
+        let held =
+            self.hold(Part::Transport { transport: transport.into(), destination: destination.into() });
+        let attempts = ATTEMPT_OUTCOMES.map(|outcome| {
             self.transport_attempts.get_or_create_owned(&TransportOutcome {
                 transport: transport.into(),
                 destination: destination.into(),
@@ -437,10 +484,12 @@ impl Metrics {
             })
         });
         let labels = TransportDestination { transport: transport.into(), destination: destination.into() };
-        TransportMetrics { attempts, latency: self.transport_latency.get_or_create_owned(&labels) }
+        let latency = self.transport_latency.get_or_create_owned(&labels);
+        TransportMetrics { attempts, latency, _held: held }
     }
 
-    /// The retry counter of `destination`.
+    /// The retry counter of `destination`, whose series its instance holds
+    /// ([`Metrics::hold_destination`]).
     pub(crate) fn retries(&self, destination: &str) -> Counter {
         self.retries.get_or_create_owned(&DestinationName { destination: destination.into() })
     }
@@ -450,7 +499,8 @@ impl Metrics {
         self.destination_counters.pool_waits(destination)
     }
 
-    /// The stream counters of `destination` (an `affinity:header:KEY` one).
+    /// The stream counters of `destination` (an `affinity:header:KEY` one), whose series its
+    /// instance holds ([`Metrics::hold_destination`]).
     pub(crate) fn streams(&self, destination: &str) -> StreamCounters {
         self.destination_counters.streams(destination)
     }

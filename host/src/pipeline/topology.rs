@@ -7,7 +7,7 @@ use crate::destination::{
     DeliveryError, DeliveryQueue, DeliveryResult, Destination, LogDestination, MemoryDestination, Retrying,
 };
 use crate::message::Message;
-use crate::metrics::{Metrics, RouteMetrics, ShardedCounter};
+use crate::metrics::{DeliveryCounters, Metrics, RouteMetrics};
 use crate::router::{Route, RouteKey, RouteTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,8 +64,8 @@ impl Drop for OwnedQueue {
 pub(crate) struct Sink {
     pub(crate) name: String,
     pub(crate) destination: Arc<dyn Destination>,
-    /// Deliveries (ok, failed); `None` when metrics are off.
-    counters: Option<[ShardedCounter; 2]>,
+    /// Deliveries (ok, failed), holding the destination's series while the sink lives.
+    counters: DeliveryCounters,
     /// When a message of this destination last went to its fallback: a first one after a quiet
     /// spell is told as an event.
     pub(crate) last_fallback: std::sync::Mutex<Option<std::time::Instant>>,
@@ -81,9 +81,7 @@ impl Sink {
 
     /// Count one delivery.
     pub(crate) fn count(&self, ok: bool) {
-        if let Some(counters) = &self.counters {
-            counters[usize::from(!ok)].inc();
-        }
+        self.counters.count(ok);
     }
 }
 
@@ -142,7 +140,7 @@ impl Topology {
         config: &Config,
         previous: Option<&Topology>,
         lasting: &LastingDestinations,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         dispatch: &DispatchContext,
     ) -> Topology {
         let sink = |name: &str, destination| {

@@ -114,8 +114,9 @@ pub struct PoolStats {
     /// Connections handed out and not yet released or dropped.
     pub in_use: usize,
     /// Acquisitions so far that found every slot taken and had to wait: for a pool counting
-    /// into a host's metrics ([`Pools::count_waits`]), since the host started, over every pool
-    /// its destination had to this endpoint.
+    /// into a host's metrics ([`Pools::count_waits`]), since the host started (or, for an endpoint
+    /// a reload removed and added back, since it came back), over every pool its destination had
+    /// to this endpoint.
     pub waits: u64,
 }
 

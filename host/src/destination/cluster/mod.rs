@@ -94,6 +94,8 @@ pub struct Cluster {
     endpoint_limit: u32,
     health_checks: Option<HealthSettings>,
     events: EventSink,
+    /// Keeps the destination's series (its retries, its stream moves) while the cluster lives.
+    _held: crate::metrics::HeldSeries,
     retries: Counter,
     /// Attempts and their durations, by transport.
     transport_metrics: crate::metrics::TransportMetrics,
@@ -127,6 +129,7 @@ impl Cluster {
         handed: Option<HandedOver>,
     ) -> Cluster {
         let metrics = &host.metrics;
+        let held = metrics.hold_destination(&config.name);
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = breaker_of(&config.breaker);
         let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
@@ -177,6 +180,7 @@ impl Cluster {
             endpoint_limit: u32::try_from(config.pool.max_size).unwrap_or(u32::MAX),
             health_checks: config.health.clone(),
             events: host.events.clone(),
+            _held: held,
             retries: metrics.retries(&config.name),
             transport_metrics: metrics.transport(&config.transport, &config.name),
             retired: tokio_util::sync::CancellationToken::new(),
