@@ -128,7 +128,8 @@ thread_local! {
 /// host's total does) and reach the host when the current call (one batch)
 /// returns. The host keeps at most 256 counter names per plugin version, the
 /// first it is given, and none longer than 128 bytes: a longer name is not
-/// counted at all.
+/// counted at all. Its metrics show the first 256 names of a plugin over all
+/// its versions.
 pub fn count(name: &str, delta: u64) {
     if name.len() > MAX_COUNTER_NAME {
         return;

@@ -1,8 +1,8 @@
 //! What a plugin author sees: counters in `/metrics` that outlive a swap,
 //! and compiles told on standard error, then served from the compile cache.
 
-use crate::exposition::sample;
-use crate::support::{MEMORY_OUT, event_where, eventually, host, plugin_dir, replace_file};
+use crate::exposition::{parse, sample};
+use crate::support::{MEMORY_OUT, event_where, eventually, host, next, plugin_dir, replace_file};
 use switchyard::{Host, HostEvent, Message};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -51,6 +51,43 @@ async fn counters_a_plugin_bumps_appear_in_metrics_and_add_up_across_a_swap() {
     }
     counter_reaches(&host, "kept", 3.0);
     counter_reaches(&host, "dropped", 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_has_at_most_256_counter_series_over_all_its_versions() {
+    // Each version had room for 256 names of its own: a plugin counting new names in each version
+    // added up to 256 series to /metrics with every swap. Here three versions count 200 new names
+    // each (faulty-flood counting each message's topic).
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"flood\"\nconfig = {{ copies = \"1\", count_topics = \"yes\" }}\n\
+         [[route]]\nname = \"all\"\nstages = [\"transform:flood\"]\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let (out, mut events) = (host.memory("out").unwrap(), host.subscribe());
+    let file = dir.path().join("flood.wasm");
+    for version in 0..3 {
+        if version > 0 {
+            replace_file(&file, &new_version(std::fs::read(&file).unwrap()));
+            let replaced = |event: &HostEvent| matches!(event, HostEvent::PluginReplaced { name, .. } if name == "flood");
+            event_where(&mut events, replaced).await;
+        }
+        for n in 0..200 {
+            host.send(Message::new(format!("v{version}.{n}"), "{}")).await.unwrap();
+        }
+        // A stage's counts reach the metrics before its output goes on.
+        for _ in 0..200 {
+            next(&out).await;
+        }
+    }
+    let text = host.metrics().encode();
+    let series = parse(&text)
+        .into_iter()
+        .filter(|s| s.name == "switchyard_plugin_counter_total" && s.labels["plugin"] == "flood")
+        .count();
+    assert_eq!(series, 256, "one series per name, for the first 256 names the plugin counted");
+    let first = sample(&text, "switchyard_plugin_counter_total", &[("plugin", "flood"), ("name", "v0.0")]);
+    assert_eq!(first, Some(1.0));
 }
 
 #[test]

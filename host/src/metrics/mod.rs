@@ -152,6 +152,8 @@ pub struct Metrics {
     plugin_latency: Family<PluginName, LatencyHistogram>,
     /// What plugins `count()`ed, by plugin name: every version adds to the same series.
     plugin_counters: Family<PluginCounter, Counter>,
+    /// How many series of `plugin_counters` each plugin has (at most [`crate::plugin::MAX_COUNTERS`]).
+    plugin_counter_names: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The last fault of each plugin; written only when a plugin faults.
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
@@ -210,6 +212,7 @@ impl Metrics {
             plugin_renewals: Family::default(),
             plugin_latency: Family::default(),
             plugin_counters: Family::default(),
+            plugin_counter_names: Default::default(),
             last_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),

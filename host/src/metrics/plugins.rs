@@ -2,7 +2,7 @@
 //! and the last fault with its message, for `/v1/plugins`.
 
 use super::{LatencyHistogram, Metrics, PluginCounter, PluginName, PluginProblem, ShardedCounter};
-use crate::plugin::{CompiledPlugin, PluginFault};
+use crate::plugin::{CompiledPlugin, MAX_COUNTERS, PluginFault};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -111,9 +111,22 @@ impl Metrics {
     /// The series of `switchyard_plugin_counter_total` that `plugin`'s counter
     /// `name` adds to, shared by every version of the plugin: a handle kept
     /// by the plugin's settings, so a call's counts reach it without a lookup.
+    /// A plugin has series for the first [`MAX_COUNTERS`] names it counted, over
+    /// all its versions (each version counts its own first names, and a swap
+    /// would otherwise add as many series again); a further name counts into
+    /// a counter no scrape shows.
     fn plugin_counter(&self, plugin: &str, name: &str) -> Counter {
         let labels = PluginCounter { plugin: plugin.into(), name: name.into() };
-        self.plugin_counters.get_or_create(&labels).clone()
+        let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(series) = self.plugin_counters.get(&labels) {
+            return series.clone();
+        }
+        let named = names.entry(plugin.to_owned()).or_default();
+        if *named == MAX_COUNTERS {
+            return Counter::default();
+        }
+        *named += 1;
+        self.plugin_counters.get_or_create_owned(&labels)
     }
 
     /// Count an error answer of `plugin`, of kind `problem`.

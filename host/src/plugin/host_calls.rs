@@ -11,8 +11,10 @@ const MAX_ERROR_KEPT: usize = 512;
 /// Bytes of one plugin log line, at most; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 
-/// Counters one plugin version may have; further names are not counted.
-const MAX_COUNTERS: usize = 256;
+/// Counters one plugin may have: each version keeps at most this many names, and the host's
+/// metrics the series of at most this many over all the plugin's versions; further names are not
+/// counted.
+pub(crate) const MAX_COUNTERS: usize = 256;
 
 /// Bytes of one counter name, at most; a longer name is not counted.
 const MAX_COUNTER_NAME: usize = 128;

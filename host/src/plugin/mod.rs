@@ -25,6 +25,7 @@ pub use cache::CacheOutcome;
 pub use compiled::{CompiledPlugin, PluginKind};
 pub use engine::{CompileObserver, CompileProgress, EPOCH_TICK, PluginEngine};
 pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault};
+pub(crate) use host_calls::MAX_COUNTERS;
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use net_grant::NetGrant;
 pub(crate) use output_limits::check_native_outputs;

@@ -2,11 +2,13 @@
 //! config key `trigger` (or every message, when unset) becomes `copies`
 //! copies of itself (config key, default 1 000 000), each with `pad` bytes
 //! (config key, default 0) added to its payload and `headers` headers
-//! (config key, default 0) added; others pass unchanged.
+//! (config key, default 0) added; others pass unchanged. With config key
+//! `count_topics` set (to anything), each message also counts 1 under a
+//! counter named by its topic: a plugin that counts ever new names.
 
 use std::sync::LazyLock;
 
-use switchyard_plugin::{Error, Message, Output, Transform, config, export_transform};
+use switchyard_plugin::{Error, Message, Output, Transform, config, count, export_transform};
 
 struct FaultyFlood;
 
@@ -15,6 +17,10 @@ static COPIES: LazyLock<usize> =
 
 impl Transform for FaultyFlood {
     fn transform(message: &Message<'_>, out: &mut Output) -> Result<(), Error> {
+        static COUNT_TOPICS: LazyLock<bool> = LazyLock::new(|| config("count_topics").is_some());
+        if *COUNT_TOPICS {
+            count(message.topic, 1);
+        }
         static TRIGGER: LazyLock<Option<String>> = LazyLock::new(|| config("trigger"));
         let flood = TRIGGER.as_deref().is_none_or(|name| message.header(name).is_some());
         static PAD: LazyLock<usize> =
