@@ -392,7 +392,10 @@ mod tests {
     /// Leaves the endpoint at `address` out, as a refused connection does.
     fn refuse(cluster: &Cluster, address: &str) {
         let endpoint = cluster.endpoints.iter().find(|endpoint| endpoint.address == address).unwrap();
-        endpoint.state.refusing_until.store(endpoint.stamp(Instant::now() + Duration::from_secs(600)), Relaxed);
+        endpoint
+            .state
+            .refusing_until
+            .store(endpoint.stamp(Instant::now() + Duration::from_secs(600)), Relaxed);
     }
 
     #[test]
