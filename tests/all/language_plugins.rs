@@ -12,7 +12,7 @@ use crate::native_plugins::varied_head;
 use crate::plugins::keeps_one_tenants_orders;
 use crate::reload::{host_with_transform_in, swaps_lose_nothing};
 use crate::support::{MEMORY_OUT, drain_and_account, host, next, plugin_dir};
-use switchyard::config::PluginConfig;
+use switchyard::config::{PluginConfig, PluginLimits};
 use switchyard::plugin::{PluginEngine, PluginInstance, load_file};
 use switchyard::{CompiledPlugin, Message, Verdict};
 use switchyard_plugin_artifacts::{self as artifacts, require};
@@ -26,10 +26,12 @@ const SWAPS: usize = 10;
 /// interpreter component can pass the default 100 ms on a busy machine.
 const GENEROUS_LIMITS: &str = "limits = { timeout_ms = 10000 }";
 
-/// `artifact` loaded as a plugin with config `keys`.
+/// `artifact` loaded as a plugin with config `keys`, with [`GENEROUS_LIMITS`]' deadline (its trial
+/// instantiates it).
 fn load(engine: &PluginEngine, artifact: &str, keys: &[(&str, &str)]) -> Arc<CompiledPlugin> {
     let config = keys.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-    let config = PluginConfig { name: "p".into(), config, ..PluginConfig::default() };
+    let limits = PluginLimits { timeout_ms: 10_000, ..PluginLimits::default() };
+    let config = PluginConfig { name: "p".into(), config, limits, ..PluginConfig::default() };
     load_file(engine, Path::new(artifact), Some(&config)).unwrap_or_else(|err| panic!("{err}"))
 }
 

@@ -121,9 +121,11 @@ async fn removing_the_destination_stops_its_processes() {
     let pids: HashSet<String> = request_all(&host, 10).await.into_iter().collect();
     assert_eq!(pids.len(), 2);
     let without = text.replace("to = \"workers\"", "to = \"dead\"");
+    // A memory destination of the same name, with none of the network settings it would refuse.
     let without = without.replace("transport = \"subprocess\"", "transport = \"memory\"").replace(
         &format!(
-            "options = {{ command = [\"python3\", {:?}], processes = 2 }}\n",
+            "options = {{ command = [\"python3\", {:?}], processes = 2 }}\n\
+             retry = {{ attempts = 3, base_ms = 1, max_ms = 5 }}\nbalancer = \"round-robin\"\n",
             worker().display().to_string()
         ),
         "",
