@@ -117,6 +117,38 @@ async fn a_reload_of_an_unchanged_config_is_no_event_and_the_host_stays_quiet() 
     drain_and_account(&host).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_edit_made_while_the_host_starts_is_applied_once_it_is_up() {
+    // Rewritten after the builder read it and before the watcher was there to see it, as a deploy
+    // does while the plugins compile: the host came up with the old routes and kept them until
+    // the file changed again.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let builder = Host::builder().config_file(&file.path).unwrap();
+    std::fs::write(&file.path, file.text(&["a", "b"])).unwrap();
+    let host = builder.state_dir(file._dir.path().join(".switchyard")).build().await.unwrap();
+    let routes: Vec<String> = host.config().routes.iter().map(|route| route.name.clone()).collect();
+    assert_eq!(routes, ["a", "b"], "the file as it is once the host is up");
+    assert_eq!(host.event_counts().configs_applied, 1);
+    host.send(Message::new("b", "{}")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.topic, "b", "the new route serves");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_edit_refused_while_the_host_starts_is_reported_and_the_file_read_serves() {
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let builder = Host::builder().config_file(&file.path).unwrap();
+    std::fs::write(&file.path, file.text(&["a"]).replace("to = \"out\"", "to = \"nowhere\"")).unwrap();
+    let host = builder.state_dir(file._dir.path().join(".switchyard")).build().await.unwrap();
+    assert_eq!(host.event_counts().configs_rejected, 1);
+    assert_eq!(host.event_counts().configs_applied, 0);
+    host.send(Message::new("a", "{}")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.topic, "a", "the route read at start serves");
+    drain_and_account(&host).await;
+}
+
 /// Counts the times `file` is opened, by anyone, while it lives.
 struct OpenCounter {
     _watcher: RecommendedWatcher,
