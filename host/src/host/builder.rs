@@ -10,7 +10,7 @@ use crate::pipeline::{
     run_reply_worker, run_worker,
 };
 use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
-use crate::reload::{ConfigChange, Events, HostEvent, Reloader, Retry};
+use crate::reload::{Events, HostEvent, Reloader};
 use crate::spool::DamageKind;
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
@@ -246,15 +246,8 @@ impl HostBuilder {
             false => None,
         };
         if watch {
-            // What changed while the plugins compiled, before the watcher was there to see it: the
-            // config file first (one applied reads every plugin again, under it; one refused is
-            // reported as a reload's is), then the plugins.
             let reloader = reloader.clone();
-            let caught_up = tokio::task::spawn_blocking(move || {
-                if !matches!(reloader.reload_config(Retry::Changed), Ok(ConfigChange::Applied)) {
-                    reloader.sync_all(Retry::Changed);
-                }
-            });
+            let caught_up = tokio::task::spawn_blocking(move || crate::reload::catch_up(&reloader));
             caught_up.await.expect("catching up with the files does not panic");
         }
         let workers = (0..workers)

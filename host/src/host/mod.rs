@@ -347,6 +347,12 @@ impl Host {
         self.inner.reloader.config.load_full()
     }
 
+    /// The host's control side, which the watcher drives: tests drive it as the watcher does.
+    #[cfg(test)]
+    pub(crate) fn reloader(&self) -> &Arc<Reloader> {
+        &self.inner.reloader
+    }
+
     /// Subscribe to [`HostEvent`]s (plugin loaded, replaced, rejected,
     /// removed; config applied or rejected). A subscriber that falls more
     /// than 1024 events behind misses the oldest.

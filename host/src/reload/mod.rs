@@ -19,4 +19,4 @@ pub use watch::SETTLE;
 
 pub(crate) use events::Events;
 pub(crate) use reloader::{Reloader, Retry};
-pub(crate) use watch::{WatchGuard, watch};
+pub(crate) use watch::{WatchGuard, catch_up, watch};

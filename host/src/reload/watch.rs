@@ -3,7 +3,7 @@
 //! file written without pause delays the rest by no more), then applied.
 
 use super::links::{LinkTargets, names_a_plugin};
-use super::reloader::{Reloader, Retry};
+use super::reloader::{ConfigChange, Reloader, Retry};
 use arc_swap::ArcSwap;
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -220,17 +220,27 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
     }
 }
 
+/// Apply what may have changed before the watcher was there to see it (while the plugins compiled
+/// at start): the config file, and every plugin.
+pub(crate) fn catch_up(reloader: &Reloader) {
+    apply(reloader, BTreeSet::from([Change::Config, Change::Directory]));
+}
+
+/// Apply `batch`, the config first: the plugins changed with it are read under it, with the kind
+/// its routes use each as and the grants it gives. A config applied reads every plugin again.
 fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
-    let everything = batch.contains(&Change::Directory) || batch.contains(&Change::DirectoryItself);
-    if everything {
-        reloader.sync_all(Retry::Changed);
+    // Refusals are reported as events by reload_config.
+    let config_applied = batch.contains(&Change::Config)
+        && matches!(reloader.reload_config(Retry::Changed), Ok(ConfigChange::Applied));
+    if config_applied {
+        return;
+    }
+    if batch.contains(&Change::Directory) || batch.contains(&Change::DirectoryItself) {
+        return reloader.sync_all(Retry::Changed);
     }
     for change in batch {
-        match change {
-            Change::Plugin(name) if !everything => reloader.sync_plugin(&name, Retry::Changed),
-            // Refusals are reported as events by reload_config.
-            Change::Config => drop(reloader.reload_config(Retry::Changed)),
-            Change::Plugin(_) | Change::Directory | Change::DirectoryItself => {}
+        if let Change::Plugin(name) = change {
+            reloader.sync_plugin(&name, Retry::Changed);
         }
     }
 }
@@ -279,6 +289,43 @@ mod tests {
         let plugin = dir.path().join("t.wasm");
         let created = notify::Event::new(EventKind::Create(CreateKind::File)).add_path(plugin);
         assert_eq!(changes_of(&created, &classify, &links), [Change::Plugin("t".into())]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_config_changed_with_a_plugin_in_one_batch_is_applied_before_the_plugin_is_read() {
+        // One deploy turns x.wasm from a transform into a filter and the route from transform:x to
+        // filter:x. The plugin was read first, under the old config: refused for its kind (a
+        // plugin-rejected event), then compiled again once the config applied.
+        use switchyard_plugin_artifacts as artifacts;
+        let (plugins, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::copy(artifacts::STAMP_TRANSFORM, plugins.path().join("x.wasm")).unwrap();
+        let config = |stage: &str| {
+            format!(
+                "[host]\nplugin_dir = {:?}\nwatch = false\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+                 [[route]]\nname = \"all\"\nstages = [\"{stage}\"]\nto = \"out\"\n",
+                plugins.path()
+            )
+        };
+        let path = state.path().join("switchyard.toml");
+        std::fs::write(&path, config("transform:x")).unwrap();
+        let host =
+            crate::Host::builder().config_file(&path).unwrap().state_dir(state.path().join(".switchyard"));
+        let host = host.build().await.unwrap();
+        let mut events = host.subscribe();
+        std::fs::copy(artifacts::HEADER_FILTER, plugins.path().join("x.wasm")).unwrap();
+        std::fs::write(&path, config("filter:x")).unwrap();
+        let (reloader, batch) =
+            (host.reloader().clone(), BTreeSet::from([Change::Plugin("x".into()), Change::Config]));
+        tokio::task::spawn_blocking(move || apply(&reloader, batch)).await.unwrap();
+        let seen: Vec<&str> =
+            std::iter::from_fn(|| events.try_recv().ok()).map(|event| event.name()).collect();
+        assert_eq!(seen, ["config-applied", "plugin-replaced"]);
+        host.send(crate::Message::new("a", "{}")).await.unwrap();
+        let out = host.memory("out").unwrap();
+        let kept = tokio::time::timeout(Duration::from_secs(60), out.recv_async()).await.unwrap().unwrap();
+        assert!(kept.header("x-stamp").is_none(), "kept by the filter, not stamped: {:?}", kept.headers);
+        host.shutdown().await;
+        assert_eq!(host.stats().dead_lettered, 0);
     }
 
     #[test]
