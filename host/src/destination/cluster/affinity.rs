@@ -32,14 +32,15 @@ use super::Cluster;
 use super::endpoint::lock;
 use super::turns::{StreamTurn, StreamTurns};
 use crate::balance::{
-    AffinityPolicy, ConsistencyReport, EndpointView, MigrationReason, P2cPeakEwma, Standing, StreamTable,
+    AffinityPolicy, ConsistencyReport, EndpointView, Migration, MigrationReason, P2cPeakEwma, Standing,
+    StreamTable,
 };
 use crate::destination::{
     DestinationEvent, EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary,
 };
 use crate::metrics::StreamCounters;
 use crate::resilience::{Admission, BreakerPermit, BreakerState, HealthState};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -50,6 +51,11 @@ const KEEP_EVERY: Duration = Duration::from_millis(100);
 /// The stream affinity of one cluster.
 pub(super) struct StreamAffinity {
     table: Mutex<StreamTable>,
+    /// The moves the table made, counted, in the order it made them, until they are told.
+    untold: Mutex<VecDeque<Migration>>,
+    /// Held while moves taken from `untold` are told, so that they are told in that order
+    /// without the table's lock held meanwhile (see [`Cluster::change_streams`]).
+    telling: Mutex<()>,
     /// The origin of the table's time.
     origin: Instant,
     /// How often the consistency check runs.
@@ -106,6 +112,8 @@ impl StreamAffinity {
         };
         StreamAffinity {
             table: Mutex::new(table),
+            untold: Mutex::default(),
+            telling: Mutex::default(),
             origin,
             verify_every,
             fallback: P2cPeakEwma::new(),
@@ -172,12 +180,8 @@ impl Cluster {
     pub(super) fn choose_stream(&self, affinity: &StreamAffinity, key: &str) -> StreamChoice {
         let now = Instant::now();
         let (views, admissions) = self.stream_views(now);
-        let index = {
-            let mut table = lock(&affinity.table);
-            let index = table.pick(key, &views, affinity.since_origin(now));
-            self.tell_migrations(affinity, &mut table);
-            index
-        };
+        let index =
+            self.change_streams(affinity, |table| table.pick(key, &views, affinity.since_origin(now)));
         let Some(index) = index else {
             // Its endpoint is dead and none serves, and the endpoints on trial are being tried:
             // their verdicts (an attempt's end) may give it one.
@@ -210,12 +214,7 @@ impl Cluster {
     fn check_streams(&self) -> Option<ConsistencyReport> {
         let super::Picker::Affinity(affinity) = &self.balancer else { return None };
         let (views, _) = self.stream_views(Instant::now());
-        let report = {
-            let mut table = lock(&affinity.table);
-            let report = table.verify(&views);
-            self.tell_migrations(affinity, &mut table);
-            report
-        };
+        let report = self.change_streams(affinity, |table| table.verify(&views));
         affinity.counters.orphans_found.inc_by(report.orphans.len() as u64);
         if !report.is_consistent() {
             tracing::warn!(destination = %self.name, orphans = report.orphans.len(), duplicates = report.duplicates.len(), unlisted = report.unlisted.len(), repaired = report.repaired, "stream table was inconsistent");
@@ -334,19 +333,35 @@ impl Cluster {
     fn keep_streams(&self, now: Instant) {
         let super::Picker::Affinity(affinity) = &self.balancer else { return };
         let (views, _) = self.stream_views(now);
-        let mut table = lock(&affinity.table);
-        table.maintain(&views, affinity.since_origin(now));
-        self.tell_migrations(affinity, &mut table);
+        self.change_streams(affinity, |table| table.maintain(&views, affinity.since_origin(now)));
     }
 
-    /// Count each migration `table` (`affinity`'s, its lock held) made since the last call and tell
-    /// of it with a `stream-migrated` event. Under the lock, so that moves are counted as the table
-    /// makes them and told in the order it made them: told after the lock was let go, the moves of a
-    /// caller that waited for a thread in between were told after later ones (a stream told as moved
-    /// from B to C, then from A to B, was on C) and counted late.
-    fn tell_migrations(&self, affinity: &StreamAffinity, table: &mut StreamTable) {
-        for migration in table.take_migrations() {
-            let counters = &affinity.counters;
+    /// Runs `change` on `affinity`'s table under its lock, counts the moves it made before letting
+    /// the lock go, and then tells each with a `stream-migrated` event, in the order the table made
+    /// them: a caller that waited for a thread in between does not tell its moves before those
+    /// the thread made first (a stream told as moved from B to C, then from A to B, was on C).
+    /// Told under the table's lock, each event (its JSON, its log line) kept every pick of the
+    /// destination waiting, and an event sink that blocked held them all.
+    fn change_streams<T>(&self, affinity: &StreamAffinity, change: impl FnOnce(&mut StreamTable) -> T) -> T {
+        let (changed, moved) = {
+            let mut table = lock(&affinity.table);
+            let changed = change(&mut table);
+            (changed, self.count_migrations(affinity, table.take_migrations()))
+        };
+        if moved {
+            self.tell_migrations(affinity);
+        }
+        changed
+    }
+
+    /// Count `migrations` and queue them to be told; whether there were any. Called under the lock
+    /// of `affinity`'s table, so that the queue keeps the order the table made them in.
+    fn count_migrations(&self, affinity: &StreamAffinity, migrations: Vec<Migration>) -> bool {
+        if migrations.is_empty() {
+            return false;
+        }
+        let counters = &affinity.counters;
+        for migration in &migrations {
             let moved = match migration.reason {
                 MigrationReason::EndpointDown | MigrationReason::EndpointRemoved => {
                     &counters.moved_endpoint_down
@@ -355,6 +370,17 @@ impl Cluster {
                 MigrationReason::Repair => &counters.moved_repair,
             };
             moved.inc();
+        }
+        lock(&affinity.untold).extend(migrations);
+        true
+    }
+
+    /// Tell each move queued so far with a `stream-migrated` event, in the order queued. One thread
+    /// tells at a time: what one took from the queue is told before another takes the rest.
+    fn tell_migrations(&self, affinity: &StreamAffinity) {
+        let _telling = lock(&affinity.telling);
+        let migrations = std::mem::take(&mut *lock(&affinity.untold));
+        for migration in migrations {
             (self.events)(DestinationEvent::StreamMigrated {
                 destination: self.name.clone(),
                 stream: migration.key.to_string(),
@@ -398,6 +424,25 @@ mod tests {
             .store(endpoint.stamp(Instant::now() + Duration::from_secs(600)), Relaxed);
     }
 
+    /// A destination of three endpoints keeping the streams of header `x-stream`, telling `events`.
+    fn cluster_of_three(events: crate::destination::EventSink) -> Arc<Cluster> {
+        let config = crate::config::Config::from_toml(
+            "test.toml",
+            "[[destination]]\nname = \"workers\"\ntransport = \"http\"\n\
+             endpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
+             balancer = \"affinity:header:x-stream\"\n",
+        )
+        .unwrap();
+        let destination = &config.destinations[0];
+        let services = HostServices {
+            events,
+            metrics: Arc::new(crate::metrics::Metrics::new(true)),
+            registry: Arc::default(),
+            engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
+        };
+        Arc::new(Cluster::new(destination, &destination.endpoints, Arc::new(NoAttempts), &services, None))
+    }
+
     #[test]
     fn a_stream_s_moves_are_told_in_the_order_the_table_made_them() {
         // The first move is held on its way to being told (as a thread kept waiting would hold
@@ -416,27 +461,7 @@ mod tests {
                 told.lock().unwrap().push((from, to));
             }
         });
-        let config = crate::config::Config::from_toml(
-            "test.toml",
-            "[[destination]]\nname = \"workers\"\ntransport = \"http\"\n\
-             endpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
-             balancer = \"affinity:header:x-stream\"\n",
-        )
-        .unwrap();
-        let destination = &config.destinations[0];
-        let services = HostServices {
-            events,
-            metrics: Arc::new(crate::metrics::Metrics::new(true)),
-            registry: Arc::default(),
-            engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
-        };
-        let cluster = Arc::new(Cluster::new(
-            destination,
-            &destination.endpoints,
-            Arc::new(NoAttempts),
-            &services,
-            None,
-        ));
+        let cluster = cluster_of_three(events);
         let Picker::Affinity(affinity) = &cluster.balancer else { panic!("an affinity destination") };
         let StreamChoice::Go(first, _) = cluster.choose_stream(affinity, "s") else { panic!("no endpoint") };
         let first = cluster.endpoints[first].address.clone();
@@ -464,5 +489,45 @@ mod tests {
         let told = told.lock().unwrap().clone();
         assert_eq!(told.len(), 2, "{told:?}");
         assert_eq!((&told[0], &told[1].0), (&(first, second.clone()), &second), "told: {told:?}");
+    }
+
+    #[test]
+    fn a_pick_does_not_wait_for_the_moves_being_told() {
+        // The event sink blocks on the first move (as a blocked log writer would): a pick of
+        // another stream meanwhile must go on.
+        let (entered, first_held) = mpsc::channel();
+        let (resume, resumed) = mpsc::channel::<()>();
+        let resumed = Mutex::new(resumed);
+        let events: crate::destination::EventSink = Arc::new(move |event| {
+            let DestinationEvent::StreamMigrated { .. } = event else { return };
+            if entered.send(()).is_ok() {
+                resumed.lock().unwrap().recv().unwrap();
+            }
+        });
+        let cluster = cluster_of_three(events);
+        let Picker::Affinity(affinity) = &cluster.balancer else { panic!("an affinity destination") };
+        let StreamChoice::Go(first, _) = cluster.choose_stream(affinity, "s") else { panic!("no endpoint") };
+        refuse(&cluster, &cluster.endpoints[first].address);
+        let telling = std::thread::spawn({
+            let cluster = cluster.clone();
+            move || cluster.keep_streams(Instant::now())
+        });
+        first_held.recv_timeout(Duration::from_secs(60)).expect("the stream moved");
+        drop(first_held);
+        let (picked, pick_ended) = mpsc::channel();
+        let picking = std::thread::spawn({
+            let cluster = cluster.clone();
+            move || {
+                let Picker::Affinity(affinity) = &cluster.balancer else { unreachable!() };
+                let went = matches!(cluster.choose_stream(affinity, "t"), StreamChoice::Go(..));
+                picked.send(went).unwrap();
+            }
+        });
+        // A safety net: the pick takes microseconds, unless it waits for the sink, held until then.
+        let pick = pick_ended.recv_timeout(Duration::from_secs(20));
+        resume.send(()).unwrap();
+        telling.join().unwrap();
+        picking.join().unwrap();
+        assert_eq!(pick, Ok(true), "the pick of another stream waited for the move being told");
     }
 }
