@@ -766,3 +766,90 @@ async fn two_quick_reloads_keep_a_stream_s_next_message_until_the_one_in_flight_
     assert_eq!(endpoint.arrived_bodies(), ["a1", "a3"]);
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 1));
 }
+
+/// Waits for the next `stream-migrated` event in `events` and adds it to `moves`.
+async fn next_move(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, moves: &mut Moves) {
+    loop {
+        match events.recv().await {
+            Ok(HostEvent::Destination(DestinationEvent::StreamMigrated {
+                stream, from, to, reason, ..
+            })) => {
+                moves.entry(stream).or_default().push((from, to, reason));
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_a_reload_rebuilt_tells_and_counts_each_move_once_while_its_old_instance_delivers() {
+    // A reload rebuilds the destination while a message is in flight on its old instance, which
+    // lives on until that delivery ends. The endpoint holding a third of the streams then goes
+    // down (by the new instance's health checks): the new instance moves them, each told and
+    // counted once. The old one, which shares what is known of the endpoints, moved them too in
+    // its own copy of the table, so that each was told and counted twice.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let (a, b, c) = (
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+    );
+    let dir = plugin_dir(&[]);
+    let config = |timeout_ms: u64| {
+        format!(
+            "[host]\nworkers = 1\n\
+             [[destination]]\nname = \"workers\"\ntransport = \"http\"\n\
+             endpoints = [\"{}\", \"{}\", \"{}\"]\nbalancer = \"affinity:header:x-stream\"\n\
+             timeout_ms = {timeout_ms}\nhealth = {{ interval_ms = 50, rise = 1, fall = 1 }}\n\
+             [[route]]\nname = \"all\"\nto = \"workers\"\n",
+            a.addr, b.addr, c.addr
+        )
+    };
+    let host = host(dir.path(), &config(5_000)).await;
+    let mut events = host.subscribe();
+    let message = |stream: &str| Message::new("jobs", stream.to_owned()).with_header("x-stream", stream);
+    for stream in 0..30 {
+        within(host.request(message(&format!("s{stream}")))).await.unwrap();
+    }
+    let (on_a, on_b) = (a.arrived_bodies(), b.arrived_bodies());
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "streams on a: {on_a:?}, on b: {on_b:?}");
+    b.set(Mode::Hold);
+    host.send(message(&on_b[0])).await.unwrap();
+    within(b.arrivals(on_b.len() + 1)).await;
+    let (change, _) = within(host.replace_config(&config(6_000))).await.unwrap();
+    assert_eq!(change, switchyard::ConfigChange::Applied);
+    let moved =
+        || counted(&host, "switchyard_destination_stream_migrations_total", &["destination=\"workers\""]);
+    let before = moved();
+
+    // Down by its health checks (the new instance's): every stream on it moves.
+    a.set(Mode::Fail);
+    let mut moves = Moves::new();
+    within(async {
+        while !on_a.iter().all(|stream| moves.contains_key(stream)) {
+            next_move(&mut events, &mut moves).await;
+        }
+    })
+    .await;
+    let told_twice = {
+        let mut told_again = std::pin::pin!(async {
+            while moves.values().all(|told| told.len() == 1) {
+                next_move(&mut events, &mut moves).await;
+            }
+        });
+        !crate::support::still_pending(&mut told_again).await
+    };
+    assert!(!told_twice, "a stream told as moved more than once: {moves:?}");
+    let from_a = a.addr.to_string();
+    for (stream, told) in &moves {
+        assert!(on_a.contains(stream) && told[0].0 == from_a, "{stream} moved: {told:?}");
+    }
+    assert_eq!(moved() - before, on_a.len() as u64, "moves counted, {} streams moved", on_a.len());
+
+    b.set(Mode::Answer);
+    b.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (31, 0));
+}

@@ -4,6 +4,11 @@
 //! timer that keeps it (migrations, idle streams, the consistency check) without traffic, and each
 //! stream's turn.
 //!
+//! An instance a reload retired neither keeps its table nor tells or counts its moves: the instance
+//! that replaced it goes on from a copy of the table and makes, tells and counts the same moves
+//! (its old copy only sends the retries of the deliveries still under way there; a destination the
+//! reload removed only finishes those).
+//!
 //! What a stream is guaranteed: its messages go to one endpoint while that endpoint is alive and the
 //! stream is not moved to even out the load; one of its messages is in flight at a time, in the order
 //! they reached the destination's queue (most urgent priority class first, oldest first within one),
@@ -308,7 +313,8 @@ impl Cluster {
     }
 
     /// Keep the stream table every 100 ms and check it every `verify_interval_ms` on
-    /// `runtime` while the cluster lives; nothing for other balancers.
+    /// `runtime` while the cluster lives, until a reload retires it (the instance that replaces it
+    /// keeps its copy of the table then); nothing for other balancers.
     pub fn start_stream_keeping(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         let super::Picker::Affinity(affinity) = &self.balancer else { return };
         let verify_every = affinity.verify_every;
@@ -320,6 +326,9 @@ impl Cluster {
             loop {
                 ticks.tick().await;
                 let Some(cluster) = cluster.upgrade() else { break };
+                if cluster.retired.is_cancelled() {
+                    break;
+                }
                 let now = Instant::now();
                 if now >= next_check {
                     next_check = now + verify_every;
@@ -354,10 +363,11 @@ impl Cluster {
         changed
     }
 
-    /// Count `migrations` and queue them to be told; whether there were any. Called under the lock
-    /// of `affinity`'s table, so that the queue keeps the order the table made them in.
+    /// Count `migrations` and queue them to be told, unless a reload retired this instance (the one
+    /// that replaced it counts and tells them); whether any was queued. Called under the lock of
+    /// `affinity`'s table, so that the queue keeps the order the table made them in.
     fn count_migrations(&self, affinity: &StreamAffinity, migrations: Vec<Migration>) -> bool {
-        if migrations.is_empty() {
+        if migrations.is_empty() || self.retired.is_cancelled() {
             return false;
         }
         let counters = &affinity.counters;
