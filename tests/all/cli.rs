@@ -250,6 +250,14 @@ fn switchyard_profile_perfmap_maps_plugin_code_for_perf_and_a_bad_value_is_refus
     );
 }
 
+/// The warnings `switchyard check switchyard.toml` prints in `dir`, which it must pass.
+fn check_warnings(dir: &std::path::Path) -> Vec<String> {
+    let output = Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir).output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    out.lines().filter(|line| line.starts_with("warning: ")).map(str::to_owned).collect()
+}
+
 #[test]
 fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER), ("echo", artifacts::ECHO_TRANSPORT)]);
@@ -263,11 +271,7 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
     std::fs::write(&config, route).unwrap();
     // A sidecar `run` refuses: `check` reads it as `run` does.
     std::fs::write(dir.path().join("echo.toml"), "limits = { memory_mb = 1024 }\n").unwrap();
-    let output =
-        Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir.path()).output().unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{out}");
-    let warnings: Vec<&str> = out.lines().filter(|line| line.starts_with("warning: ")).collect();
+    let warnings = check_warnings(dir.path());
     assert_eq!(
         warnings,
         [
@@ -311,11 +315,7 @@ fn check_warns_about_balancer_plugins_that_cannot_run() {
         destination("c", "gone"),
     ];
     std::fs::write(dir.path().join("switchyard.toml"), config.concat()).unwrap();
-    let output =
-        Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir.path()).output().unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{out}");
-    let warnings: Vec<&str> = out.lines().filter(|line| line.starts_with("warning: ")).collect();
+    let warnings = check_warnings(dir.path());
     // `run` would pick with p2c in their stead: said here, before it runs.
     assert_eq!(
         warnings,

@@ -850,6 +850,14 @@ fn live_and_refused(live: &TestEndpoint, queue: &str) -> (String, String) {
     (text, refused)
 }
 
+/// A config without destination `api`: one route, `route`, to the memory destination `dead`.
+fn without_api(route: &str) -> String {
+    format!(
+        "[host]\ndead_letter = \"dead\"\nworkers = 1\n[[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[route]]\nname = \"{route}\"\nto = \"dead\"\n"
+    )
+}
+
 /// Apply the config `text` to `host`.
 async fn apply(host: &Host, text: &str) {
     let config = switchyard::Config::from_toml("test.toml", text).unwrap();
@@ -892,18 +900,7 @@ async fn a_reload_that_rebuilds_a_destination_hands_what_waits_for_it_to_the_new
 async fn a_reload_that_removes_a_destination_dead_letters_what_waits_for_it_at_once() {
     let (live, _dir, host, _) = three_waiting_for_a_refusing_endpoint().await;
     let dead = host.memory("dead").unwrap();
-    let without_api = r#"
-[host]
-dead_letter = "dead"
-workers = 1
-[[destination]]
-name = "dead"
-transport = "memory"
-[[route]]
-name = "all"
-to = "dead"
-"#;
-    apply(&host, without_api).await;
+    apply(&host, &without_api("all")).await;
     // Well before any queue timeout: `next` gives up after a minute.
     let mut letters = Vec::new();
     for _ in 0..3 {
@@ -968,18 +965,7 @@ async fn a_route_and_a_destination_a_reload_removes_lose_their_series() {
     let host = host(dir.path(), &config(&[&endpoint], "")).await;
     within(host.request(Message::new("orders", "once"))).await.unwrap();
     assert!(!series_with(&host, "destination", "api").is_empty());
-    let without_api = r#"
-[host]
-dead_letter = "dead"
-workers = 1
-[[destination]]
-name = "dead"
-transport = "memory"
-[[route]]
-name = "rest"
-to = "dead"
-"#;
-    apply(&host, without_api).await;
+    apply(&host, &without_api("rest")).await;
     no_series_with(&host, "destination", "api");
     no_series_with(&host, "route", "all");
     assert!(!series_with(&host, "route", "rest").is_empty(), "the route kept has its series");

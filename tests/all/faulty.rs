@@ -116,23 +116,24 @@ pub async fn faulty_decisions() {
         .await;
 }
 
+/// Send a `risky.job` whose payload and `x-poison` header are `poison`, take its dead letter, which
+/// must be `plugin-malformed`, and return its reason.
+async fn malformed_reason(host: &Host, poison: &'static str) -> String {
+    let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!((letter.id, letter.header("x-sy-dead-letter")), (id, Some("plugin-malformed")), "{letter:?}");
+    letter.header("x-sy-dead-letter-reason").unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_filter_answer_short_of_decisions_or_with_a_bad_count_is_malformed_and_says_how() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_DECISIONS, "{}", "fail-closed").await;
-    let dead = host.memory("dead").unwrap();
     for (poison, problem) in [
         ("missing", "0 decisions for 1 messages"),
         ("extra", "2 decisions for 1 messages"),
         ("bad-counter-name", "string is not UTF-8 at byte 6"),
     ] {
-        let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
-        let letter = next(&dead).await;
-        assert_eq!(
-            (letter.id, letter.header("x-sy-dead-letter")),
-            (id, Some("plugin-malformed")),
-            "{letter:?}"
-        );
-        let text = letter.header("x-sy-dead-letter-reason").unwrap();
+        let text = malformed_reason(&host, poison).await;
         assert!(text.contains(&format!("returned a malformed answer: {problem}")), "{text}");
     }
     let stats = drain_and_account(&host).await;
@@ -248,20 +249,12 @@ pub async fn faulty_middleware() {
          [[route]]\nname = \"risky\"\nstages = [\"middleware:bad\"]\nto = \"out\"\n"
     );
     let host = host(dir.path(), &config).await;
-    let dead = host.memory("dead").unwrap();
     for (poison, problem) in [
         ("forward-none", "expected exactly one message"),
         ("forward-two", "expected exactly one message"),
         ("respond-heads", "a message without its payload"),
     ] {
-        let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
-        let letter = next(&dead).await;
-        assert_eq!(
-            (letter.id, letter.header("x-sy-dead-letter")),
-            (id, Some("plugin-malformed")),
-            "{letter:?}"
-        );
-        let text = letter.header("x-sy-dead-letter-reason").unwrap();
+        let text = malformed_reason(&host, poison).await;
         assert!(text.ends_with(&format!("returned a malformed answer: {problem}")), "{text}");
     }
     let id = host.send(Message::new("risky.job", "clean")).await.unwrap();
