@@ -1,6 +1,6 @@
 //! Metrics: Prometheus families of one host (no process-global registry),
 //! with handles cached where the message path uses them; the series of a
-//! part of the configuration go once it has left it (see [`parts`]).
+//! part of the configuration go once it has left it (see the `parts` module).
 
 #[cfg(test)]
 mod cost;
