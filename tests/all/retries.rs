@@ -193,18 +193,19 @@ async fn with_every_endpoint_down_past_the_queue_timeout_messages_are_dead_lette
     let timeout = Duration::from_millis(500);
     let host = host(dir.path(), &config(&[&a, &b], "queue = { timeout_ms = 500 }")).await;
     within(host.request(Message::new("orders", "before"))).await.unwrap();
-    let (down, sent) = outage(&host, &[&a, &b], 50, Duration::from_secs(2)).await;
+    let (down, sent) = outage(&host, &[&a, &b], 50, Duration::from_secs(4)).await;
     let letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
-    assert_eq!(letters.len(), 50, "all dead-lettered within the 2 s outage");
-    // Each waited its 500 ms timeout, and little more: the time it waited
-    // is in its reason.
+    assert_eq!(letters.len(), 50, "all dead-lettered within the 4 s outage");
+    // Each waited its 500 ms timeout, and not much more (the bound leaves a loaded machine
+    // time): the time it waited is in its reason.
     for letter in &letters {
         assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
         let reason = letter.header("x-sy-dead-letter-reason").unwrap();
         let waited: u64 = reason.split("waited ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-        assert!((500..500 + 400).contains(&waited), "waited {waited} ms on a 500 ms timeout");
+        assert!((500..500 + 1500).contains(&waited), "waited {waited} ms on a 500 ms timeout");
     }
-    assert!(sent - down < timeout, "sent within the timeout, so all waited in the outage");
+    let margin = Duration::from_secs(4) - timeout - Duration::from_millis(1500);
+    assert!(sent - down < margin, "sent {:?} into the outage: some may not have waited in it", sent - down);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 50));
     assert_eq!(a.seen().len() + b.seen().len(), 1, "none sent during the outage");
@@ -215,7 +216,7 @@ async fn the_queue_timeout_fires_while_the_dispatcher_waits_for_a_delivery_slot(
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
     let host =
-        host(dir.path(), &config(&[&endpoint], "queue = { max_in_flight = 1, timeout_ms = 300 }")).await;
+        host(dir.path(), &config(&[&endpoint], "queue = { max_in_flight = 1, timeout_ms = 1000 }")).await;
     host.send(Message::new("orders", "first")).await.unwrap();
     within(endpoint.arrivals(1)).await;
     let dead = host.memory("dead").unwrap();
@@ -230,7 +231,7 @@ async fn the_queue_timeout_fires_while_the_dispatcher_waits_for_a_delivery_slot(
         let letter = letter.expect("dead-lettered while the dispatcher is blocked").unwrap();
         let late = sent.elapsed();
         assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"));
-        assert!(late < Duration::from_millis(300 + 400), "dead-lettered {late:?} after it was sent");
+        assert!(late < Duration::from_millis(1000 + 1500), "dead-lettered {late:?} after it was sent");
     }
     endpoint.release(1);
     let stats = drain_and_account(&host).await;
@@ -259,7 +260,7 @@ async fn the_queue_timeout_fires_while_a_message_waits_for_a_delivery_slot_of_th
     let letter = within(host.memory("dead").unwrap().recv_async()).await.unwrap();
     assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
     assert!(
-        sent.elapsed() < Duration::from_millis(300 + 400),
+        sent.elapsed() < Duration::from_millis(300 + 1500),
         "dead-lettered {:?} after it was sent",
         sent.elapsed()
     );

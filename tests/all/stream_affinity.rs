@@ -317,14 +317,15 @@ async fn the_admin_api_shows_checks_and_counts_the_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_dead_lettered_unsent() {
     // The stream's first message is held by the endpoint; the two behind it
-    // wait for their turn, and their 300 ms queue timeout passes first.
+    // wait for their turn, and their 1 s queue timeout passes first. (The first must be taken
+    // within its own timeout: 1 s, not less, leaves a loaded machine the time.)
     let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Hold).await;
     let dir = plugin_dir(&[]);
     let config = format!(
         "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
          [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
          [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
-         balancer = \"affinity:header:x-stream\"\nqueue = {{ timeout_ms = 300 }}\n\
+         balancer = \"affinity:header:x-stream\"\nqueue = {{ timeout_ms = 1000 }}\n\
          [[route]]\nname = \"all\"\nto = \"workers\"\n",
         endpoint.addr
     );
@@ -615,12 +616,17 @@ async fn a_reload_that_adds_or_removes_endpoints_keeps_the_stream_table_and_tell
     }
     let mut moves = Moves::new();
     told(&mut events, &mut moves);
+    // The table's upkeep may still have moved one of them (at 1 a second, the load being uneven
+    // since the first endpoint joined) between its message 1 and the removal: told as a rebalance.
     for stream in &on_first {
         assert_ne!(server_of(stream, 2), 0, "{stream} stayed on the removed endpoint");
-        let from_first = (moves.get(stream).into_iter().flatten())
-            .any(|(from, _, reason)| *from == first && reason == "endpoint removed");
+        let from_first = (moves.get(stream).into_iter().flatten()).any(|(from, _, reason)| {
+            *from == first && (reason == "endpoint removed" || reason == "rebalance")
+        });
         assert!(from_first, "{stream}: moves {:?}", moves.get(stream));
     }
+    let removed = moves.values().flatten().filter(|(.., reason)| reason == "endpoint removed").count();
+    assert!(removed > 0, "no stream told as moved off the removed endpoint: {moves:?}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3 * STREAMS as u64, 0));
 }
@@ -805,7 +811,7 @@ async fn a_destination_a_reload_rebuilt_tells_and_counts_each_move_once_while_it
              [[destination]]\nname = \"workers\"\ntransport = \"http\"\n\
              endpoints = [\"{}\", \"{}\", \"{}\"]\nbalancer = \"affinity:header:x-stream\"\n\
              affinity = {{ balance_factor = 100.0 }}\n\
-             timeout_ms = {timeout_ms}\nhealth = {{ interval_ms = 50, rise = 1, fall = 1 }}\n\
+             timeout_ms = {timeout_ms}\nhealth = {{ interval_ms = 50, timeout_ms = 30000, rise = 1, fall = 1 }}\n\
              [[route]]\nname = \"all\"\nto = \"workers\"\n",
             a.addr, b.addr, c.addr
         )
