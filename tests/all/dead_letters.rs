@@ -672,3 +672,39 @@ async fn a_letter_a_dead_letter_destination_may_have_taken_is_not_sent_again_but
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_while_a_re_delivery_from_the_file_hangs_and_the_letter_stays_in_it() {
+    // The dead-letter destination refuses until the letter is in the file, then takes the
+    // re-delivery and never answers. Before, the shutdown stopped the clock of its grace period
+    // and then waited for the re-delivery pass, which only that clock could cut: forever.
+    let state = tempfile::tempdir().unwrap();
+    let hanging = Arc::new(AtomicBool::new(false));
+    let (entered, deliveries) = flume::unbounded();
+    let hangs = hanging.clone();
+    let dlq = move |message: Message| {
+        let (hangs, entered) = (hangs.clone(), entered.clone());
+        async move {
+            if !hangs.load(Ordering::SeqCst) {
+                return Err(DeliveryError::Retryable("down for the test".into()));
+            }
+            entered.send(message).unwrap();
+            std::future::pending().await
+        }
+    };
+    let mut config = Config::default();
+    (config.host.dead_letter, config.host.shutdown_grace_ms) = ("dlq".into(), 200);
+    let plugins = plugin_dir(&[]);
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("dlq", dlq).build().await.unwrap();
+    let sent = send_unroutable(&host, 1).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent);
+    hanging.store(true, Ordering::SeqCst);
+    assert_eq!(HashSet::from([next(&deliveries).await.id]), sent, "re-delivered, and hanging");
+
+    within(host.shutdown()).await;
+    let held = host.dead_letters(10).unwrap();
+    let ids: HashSet<MessageId> = held.letters.iter().map(|letter| letter.id.parse().unwrap()).collect();
+    assert_eq!(ids, sent, "the letter whose re-delivery was cut stays in the file");
+    assert_eq!(host.stats().dead_lettered, 1);
+}

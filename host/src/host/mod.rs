@@ -574,11 +574,13 @@ impl Host {
                 pipeline.dispatch.tracker.wait().await;
             }
         }
-        grace_timer.abort();
-        // Every dead letter is now with a destination or in the file.
+        // Every dead letter is now with a destination or in the file. A re-delivery pass stuck in a
+        // dead-letter destination is cut by the grace timer, so it runs until the pass ended: the
+        // letter cut stays in the file.
         if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
             redelivery.stop().await;
         }
+        grace_timer.abort();
         // Every message is settled: its spool record's remove is on disk, and the spool unlocked,
         // before we return.
         if let Some(spool) = &self.inner.spool {
