@@ -674,6 +674,60 @@ async fn a_letter_a_dead_letter_destination_may_have_taken_is_not_sent_again_but
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_letter_of_a_message_fanned_out_is_sent_while_the_file_cannot_be_rewritten() {
+    // The copies of a message fanned out to `a` and `b` share its x-sy-id, and their letters the
+    // dead-letter destination `dlq`. a's letter is re-delivered while the file cannot be rewritten
+    // (a directory where its temporary file goes, as a full disk would), so it stays in the file,
+    // not to be sent again; b's letter comes after. Before, the letters were known by destination
+    // and x-sy-id: b's was taken for a's, and removed from the file unsent.
+    let state = tempfile::tempdir().unwrap();
+    let (dlq, dlq_destination) = Switchable::new(false);
+    let a = |_: Message| async { Err(DeliveryError::Fatal("a refuses".into())) };
+    let (release, held) = flume::unbounded::<()>();
+    let b = move |_: Message| {
+        let held = held.clone();
+        async move {
+            let _ = held.recv_async().await;
+            Err(DeliveryError::Fatal("b refuses".into()))
+        }
+    };
+    let mut config = Config::default();
+    config.host.dead_letter = "dlq".into();
+    let fan_out = vec!["a".into(), "b".into()];
+    let both = RouteConfig { to: None, fan_out, ..RouteConfig::new("both", "orders", "a") };
+    let plugins = plugin_dir(&[]);
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("a", a).destination("b", b).destination("dlq", dlq_destination);
+    let host = host.route(both).build().await.unwrap();
+    let id = host.send(Message::new("orders", "x")).await.unwrap();
+    let count = |expected| {
+        eventually(|| match host.dead_letters(0).unwrap().count {
+            count if count == expected => Ok(()),
+            count => Err(count),
+        })
+    };
+    count(1);
+    let blocker = state.path().join(format!("{FILE_NAME}.tmp"));
+    std::fs::create_dir(&blocker).unwrap();
+    dlq.set_up(true);
+    let first = next(&dlq.taken).await;
+    assert_eq!(first.id, id);
+    let reason = |letter: &Message| letter.header(REASON_HEADER).unwrap().to_owned();
+    assert!(reason(&first).contains("a refuses"), "{first:?}");
+
+    release.send(()).unwrap();
+    count(2);
+    std::fs::remove_dir(&blocker).unwrap();
+    count(0);
+    let second = dlq.taken.try_recv().expect("b's letter was sent before it left the file");
+    assert_eq!(second.id, id);
+    assert!(reason(&second).contains("b refuses"), "{second:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 2);
+    assert!(dlq.taken.is_empty(), "each letter sent once: {:?}", dlq.taken.try_iter().count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_ends_while_a_re_delivery_from_the_file_hangs_and_the_letter_stays_in_it() {
     // The dead-letter destination refuses until the letter is in the file, then takes the
     // re-delivery and never answers. Before, the shutdown stopped the clock of its grace period

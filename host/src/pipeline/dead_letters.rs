@@ -9,9 +9,10 @@ use super::{Counters, Pipeline, Topology};
 use crate::dead_letter::{Batch, DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError};
 use crate::destination::DeliveryError;
 use crate::host::RequestError;
-use crate::message::{ID_HEADER, Message};
+use crate::message::Message;
 use crate::metrics::{RouteMetrics, Settled};
 use crate::resilience::RetryPolicy;
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -57,15 +58,20 @@ pub(crate) struct DeadLetters {
     unremoved: Mutex<HashSet<LetterKey>>,
 }
 
-/// What a letter in the file is known by: the dead-letter destination it is for and its message's
-/// unique id. The id alone is not enough: the copies of a message fanned out to several
-/// destinations share it, and a letter of one copy, taken or refused, was taken for the letter of
-/// another (which was then removed from the file unsent, or never sent in this run).
-type LetterKey = (String, String);
+/// What a letter in the file is known by: the SHA-256 of its record, as written. Its message's
+/// unique id is not enough, nor with the dead-letter destination beside it: the copies of a message
+/// fanned out share the id, and their letters may share the destination (`host.dead_letter`); a
+/// letter of one copy, taken or refused, was taken for the letter of another (which was then
+/// removed from the file unsent, or never sent in this run). The letters of the copies differ in
+/// their reason, which names the destination that failed. (Two letters alike in every byte, the
+/// millisecond they were written included, are one to it.)
+type LetterKey = [u8; 32];
 
-/// The key of a letter for dead-letter destination `destination` whose message's unique id is `id`.
-fn letter_key(destination: &str, id: &str) -> LetterKey {
-    (destination.to_owned(), id.to_owned())
+/// The key of `letter`.
+fn letter_key(letter: &DeadLetterRecord) -> LetterKey {
+    let mut digest = Sha256::new();
+    serde_json::to_writer(&mut digest, letter).expect("a record serializes");
+    digest.finalize().into()
 }
 
 impl DeadLetters {
@@ -78,18 +84,14 @@ impl DeadLetters {
         }
     }
 
-    /// Note that `letter`, for dead-letter destination `destination`, was
-    /// refused for good; `false` when it has no unique id to be known by (it
-    /// is then tried again, as one not taken).
-    fn refused_for_good(&self, destination: &str, letter: &Message) -> bool {
-        let Some(id) = letter.unique_id() else { return false };
+    /// Note that `letter` was refused for good.
+    fn refused_for_good(&self, letter: &DeadLetterRecord) {
         tracing::warn!(
             id = letter.id,
-            unique_id = id,
+            destination = letter.destination,
             "no dead-letter destination took this dead letter, and none will: each refused it for good, or took it without answering (not idempotent, it is not sent twice); it stays in the dead-letter file, not sent again in this run"
         );
-        lock(&self.refused).insert(letter_key(destination, id));
-        true
+        lock(&self.refused).insert(letter_key(letter));
     }
 
     /// The oldest `PASS` letters from byte `from` of the file, but those
@@ -100,8 +102,11 @@ impl DeadLetters {
     /// letters appended meanwhile, and they were sent again).
     fn to_redeliver(&self, from: u64, down: &[String]) -> Result<Batch, FileError> {
         let skipped = |record: &DeadLetterRecord| {
-            down.contains(&record.destination)
-                || key_of(record).is_some_and(|key| lock(&self.refused).contains(&key))
+            down.contains(&record.destination) || {
+                // Digested only if some letter is refused: most passes have none.
+                let refused = lock(&self.refused);
+                !refused.is_empty() && refused.contains(&letter_key(record))
+            }
         };
         self.file.read(from, PASS, skipped)
     }
@@ -195,12 +200,13 @@ impl Pipeline {
         first: &'t str,
         letter: Message,
     ) -> Result<Reached<'t>, FileError> {
+        let mut refused = false;
         if !self.dead_letters.file.holds_for(first) {
             let chain = topology.dead_letter_chain(first);
             match send_along(topology, &chain, &letter, RETRY, &self.dispatch.letters_cut).await {
                 Along::Taken(name) => return Ok(Reached::Destination(name)),
-                Along::Refused if self.dead_letters.refused_for_good(first, &letter) => {}
-                Along::Refused | Along::NotNow => tracing::warn!(
+                Along::Refused => refused = true,
+                Along::NotNow => tracing::warn!(
                     id = letter.id,
                     ?chain,
                     "no dead-letter destination takes letters; keeping them in the dead-letter file"
@@ -208,6 +214,9 @@ impl Pipeline {
             }
         }
         let (file, record) = (self.dead_letters.file.clone(), DeadLetterRecord::new(&letter, first));
+        if refused {
+            self.dead_letters.refused_for_good(&record);
+        }
         tokio::task::spawn_blocking(move || file.append(&record)).await.expect("appending does not panic")?;
         self.dead_letters.written.notify_one();
         Ok(Reached::File)
@@ -230,26 +239,30 @@ impl Pipeline {
                 }
             };
             let (mut delivered, mut redelivered) = (vec![false; batch.letters.len()], 0);
+            let mut taken_keys = Vec::new();
             for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
                 if down.contains(&record.destination) {
                     continue;
                 }
-                let letter =
-                    record.to_message().expect("the file reads only letters whose message it can make");
-                if key_of(record).is_some_and(|key| lock(&self.dead_letters.unremoved).contains(&key)) {
+                let key = letter_key(record);
+                if lock(&self.dead_letters.unremoved).contains(&key) {
                     *delivered = true;
+                    taken_keys.push(key);
                     continue;
                 }
                 sent += 1;
+                let letter =
+                    record.to_message().expect("the file reads only letters whose message it can make");
                 let chain = topology.dead_letter_chain(&record.destination);
                 match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.letters_cut).await {
-                    Along::Taken(_) => (*delivered, redelivered) = (true, redelivered + 1),
-                    Along::Refused if self.dead_letters.refused_for_good(&record.destination, &letter) => {}
-                    Along::Refused | Along::NotNow => down.push(record.destination.clone()),
+                    Along::Taken(_) => {
+                        (*delivered, redelivered) = (true, redelivered + 1);
+                        taken_keys.push(key);
+                    }
+                    Along::Refused => self.dead_letters.refused_for_good(record),
+                    Along::NotNow => down.push(record.destination.clone()),
                 }
             }
-            let taken = batch.letters.iter().zip(&delivered).filter(|(_, taken)| **taken);
-            let taken_keys: Vec<LetterKey> = taken.filter_map(|(record, _)| key_of(record)).collect();
             // Counted once taken, whether or not the file can be rewritten.
             self.metrics.dead_letters_redelivered(redelivered);
             let last = batch.letters.is_empty();
@@ -277,14 +290,6 @@ impl Pipeline {
             (true, _) => Pass::Done,
         }
     }
-}
-
-/// The key of a letter in the file, if it has a unique id (its header's name in any case, as a
-/// message's is found: a letter whose refusal was recorded under one spelling and looked up under
-/// the other was sent again, pass after pass).
-fn key_of(record: &DeadLetterRecord) -> Option<LetterKey> {
-    let id = record.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(ID_HEADER));
-    id.map(|(_, id)| letter_key(&record.destination, id))
 }
 
 /// One attempt per destination: re-delivery passes back off themselves.
