@@ -2,7 +2,7 @@
 //! reconfigured while messages flow, with every message accounted for.
 
 use crate::support::{
-    MEMORY_OUT, drain_and_account, event_where, host, next, plugin_dir, replace_file, within,
+    MEMORY_OUT, drain_and_account, event_where, eventually, host, next, plugin_dir, replace_file, within,
 };
 use switchyard::{Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
@@ -329,4 +329,42 @@ async fn a_config_reload_keeps_what_the_builder_set_in_code() {
     let through_code_route = next(&host.memory("out").unwrap()).await;
     assert!(through_code_route.header("x-stamp").is_some(), "{through_code_route:?}");
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_a_plugin_still_loading_and_drops_it() {
+    // Untriggered, faulty-sleep sleeps 10 s on every message, its load trial's sample too: a
+    // load as slow as a big plugin's compile, under a deadline that lets it end.
+    let plugins = plugin_dir(&[]);
+    let config = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\n", 1)
+        + "[[plugin]]\nname = \"sleepy\"\nlimits = { timeout_ms = 60000 }\n\
+           [[route]]\nname = \"all\"\nto = \"out\"\n";
+    let host = host(plugins.path(), &config).await;
+    let mut events = host.subscribe();
+    let file = plugins.path().join("sleepy.wasm");
+    std::fs::copy(artifacts::FAULTY_SLEEP, &file).unwrap();
+    let opens = crate::reload_once::OpenCounter::new(file);
+    let reload = tokio::spawn({
+        let host = host.clone();
+        async move { host.reload().await }
+    });
+    // The reload read the file: it is loading it.
+    let read = move || eventually(|| (opens.count() > 0).then_some(()).ok_or("unread"));
+    tokio::task::spawn_blocking(read).await.unwrap();
+    let ids =
+        [host.send(Message::new("a", "1")).await.unwrap(), host.send(Message::new("b", "2")).await.unwrap()];
+    let stats = drain_and_account(&host).await;
+    assert!(host.plugins().iter().all(|plugin| plugin.name != "sleepy"), "the stop waited for the load");
+    assert_eq!((stats.accepted, stats.delivered), (2, 2), "{stats:?}");
+    let out = host.memory("out").unwrap();
+    let mut delivered = [next(&out).await.id, next(&out).await.id];
+    delivered.sort();
+    assert_eq!(delivered, ids);
+    // The load ends after the stop: what it made is dropped, not swapped in.
+    within(reload).await.unwrap().unwrap();
+    assert!(host.plugins().iter().all(|plugin| plugin.name != "sleepy"), "loaded after the stop");
+    let loaded = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|event| matches!(event, HostEvent::PluginLoaded { .. }))
+        .collect::<Vec<_>>();
+    assert!(loaded.is_empty(), "{loaded:?}");
 }

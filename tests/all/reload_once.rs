@@ -150,13 +150,13 @@ async fn a_config_edit_refused_while_the_host_starts_is_reported_and_the_file_re
 }
 
 /// Counts the times `file` is opened, by anyone, while it lives.
-struct OpenCounter {
+pub struct OpenCounter {
     _watcher: RecommendedWatcher,
     opens: Arc<AtomicUsize>,
 }
 
 impl OpenCounter {
-    fn new(file: PathBuf) -> OpenCounter {
+    pub fn new(file: PathBuf) -> OpenCounter {
         let opens = Arc::new(AtomicUsize::new(0));
         let counted = opens.clone();
         let dir = file.parent().unwrap().to_owned();
@@ -171,7 +171,7 @@ impl OpenCounter {
         OpenCounter { _watcher: watcher, opens }
     }
 
-    fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.opens.load(Ordering::SeqCst)
     }
 }

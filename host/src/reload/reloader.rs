@@ -26,10 +26,14 @@ pub(crate) struct Reloader {
     /// The file the config was read from, if any, and the name errors use.
     config_file: (String, Option<PathBuf>),
     pub(crate) lasting: LastingDestinations,
-    /// Serializes changes: one plugin or config update at a time. True once the host stopped
+    /// Serializes changes: one plugin swap or config update at a time. True once the host stopped
     /// ([`close`](Reloader::close)): a config applied then would start health checks and
-    /// dispatchers that nothing stops any more.
+    /// dispatchers that nothing stops any more. Held only while a change is made, never while a
+    /// plugin compiles: a stop waited for the compile (minutes for a big plugin) to end.
     changing: Mutex<bool>,
+    /// Serializes plugin syncs: one plugin read, compiled and swapped in at a time, so that two
+    /// syncs of one plugin cannot swap in their versions out of order.
+    syncing: Mutex<()>,
     /// Serializes what changes the config from outside: a replacement (`PUT /v1/config`), applied
     /// and written to the file together, and a reload of the file, read and applied together. A
     /// reload that read the file before a replacement wrote it, and applied it after, ran the old
@@ -113,6 +117,7 @@ impl Reloader {
             config_file,
             lasting,
             changing: Mutex::new(false),
+            syncing: Mutex::new(()),
             config_changes: Mutex::new(()),
             refused: Mutex::default(),
             config_text: Mutex::default(),
@@ -140,7 +145,7 @@ impl Reloader {
             .into_iter()
             .map(|name| {
                 let this = self.clone();
-                tokio::task::spawn_blocking(move || this.prepare(&name, Retry::Refused))
+                tokio::task::spawn_blocking(move || this.prepare(&this.config.load(), &name, Retry::Refused))
             })
             .collect();
         let mut errors = Vec::new();
@@ -159,13 +164,21 @@ impl Reloader {
 
     /// Bring plugin `name` in line with its files: load, replace, remove, or
     /// reject (the previous version keeps serving); a file refused before is
-    /// read again only if `retry` says so. Blocks while compiling.
+    /// read again only if `retry` says so. Blocks while compiling; what it
+    /// made is dropped if the host stopped meanwhile, or a config was applied
+    /// (whose own sync of every plugin follows this one).
     pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
-        let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
-        if *closed {
+        let _syncing = self.syncing.lock().unwrap_or_else(|poison| poison.into_inner());
+        if self.is_closed() {
             return;
         }
-        match self.prepare(name, retry) {
+        let config = self.config.load_full();
+        let prepared = self.prepare(&config, name, retry);
+        let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+        if *closed || !Arc::ptr_eq(&config, &self.config.load()) {
+            return;
+        }
+        match prepared {
             // A new version serves: a refusal in between is over (else the same bad file, put back
             // later, would be taken for the one refused before, and neither reported nor shown).
             Prepared::Ready(plugin) => {
@@ -349,10 +362,15 @@ impl Reloader {
 
     /// [`ConfigError::ShuttingDown`] once the host stopped, for a change of `file`.
     fn refuse_if_closed(&self, file: &str) -> Result<(), ConfigError> {
-        match *self.changing.lock().unwrap_or_else(|poison| poison.into_inner()) {
+        match self.is_closed() {
             true => Err(ConfigError::ShuttingDown { file: file.to_owned() }),
             false => Ok(()),
         }
+    }
+
+    /// Whether the host stopped ([`close`](Reloader::close)).
+    fn is_closed(&self) -> bool {
+        *self.changing.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// `config` with the code's overrides, validated whole (its transports'
@@ -395,9 +413,9 @@ impl Reloader {
         Ok((change, Some(path.to_owned())))
     }
 
-    fn prepare(&self, name: &str, retry: Retry) -> Prepared {
-        let config = self.config.load();
-        let (format, bytes, settings) = match read_source(&config.host.plugin_dir, name, &config) {
+    /// Plugin `name` read and compiled as `config` says, ready to swap in, or why not.
+    fn prepare(&self, config: &Config, name: &str, retry: Retry) -> Prepared {
+        let (format, bytes, settings) = match read_source(&config.host.plugin_dir, name, config) {
             Ok(Source::Present { format, bytes, config }) => (format, bytes, config),
             Ok(Source::Absent) => return Prepared::Gone(name.to_owned()),
             Ok(Source::Unsettled) => return Prepared::Unsettled,
@@ -422,7 +440,7 @@ impl Reloader {
         }
         drop(refused);
         let loaded = load_bytes(&self.pipeline.engine, format, &bytes, settings)
-            .and_then(|plugin| same_kind_where_used(&config, current.as_deref(), plugin));
+            .and_then(|plugin| same_kind_where_used(config, current.as_deref(), plugin));
         match loaded {
             Ok(plugin) => Prepared::Ready(plugin),
             Err(error) => Prepared::Failed { name: name.to_owned(), error, file },
