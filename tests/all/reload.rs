@@ -368,3 +368,29 @@ async fn a_stop_does_not_wait_for_a_plugin_still_loading_and_drops_it() {
         .collect::<Vec<_>>();
     assert!(loaded.is_empty(), "{loaded:?}");
 }
+
+#[tokio::test]
+async fn a_removed_middleware_leaves_no_instance_behind_once_replies_pass_again() {
+    let annotate = artifacts::ANNOTATE_MIDDLEWARE;
+    let dir = plugin_dir(&[("gone", annotate), ("kept", annotate)]);
+    let echo = |message: Message| async move { Ok(Some(message)) };
+    // One pipeline worker: the one that made an instance is the one that takes the next request.
+    let config = switchyard::Config::from_toml("t", "[host]\nworkers = 1\nwatch = false\n").unwrap();
+    let host = crate::support::builder(dir.path())
+        .config("t", config)
+        .destination("echo", echo)
+        .route(RouteConfig::new("gone", "gone", "echo").stage("middleware:gone"))
+        .route(RouteConfig::new("kept", "kept", "echo").stage("middleware:kept"))
+        .build()
+        .await
+        .unwrap();
+    within(host.request(Message::new("gone", "1"))).await.unwrap().unwrap();
+    let gone = host.plugins().into_iter().find(|plugin| plugin.name == "gone").unwrap();
+    assert_eq!(gone.live_instances(), 2, "the pipeline worker's, for the request; the reply worker's");
+    std::fs::remove_file(dir.path().join("gone.wasm")).unwrap();
+    host.reload().await.unwrap();
+    // A request and its reply after the removal: the workers they pass let the removed version go.
+    within(host.request(Message::new("kept", "2"))).await.unwrap().unwrap();
+    assert_eq!(gone.live_instances(), 0, "an instance of the removed middleware is kept");
+    drain_and_account(&host).await;
+}

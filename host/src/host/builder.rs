@@ -182,11 +182,12 @@ impl HostBuilder {
         let (replies, reply_queue) = tokio::sync::mpsc::channel(config.host.queue_capacity.max(1));
         let max_message_bytes = config.host.max_message_bytes;
         let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes);
+        let registry = Arc::new(PluginRegistry::default());
+        let reply_registry = registry.clone();
         std::thread::Builder::new()
             .name("switchyard-replies".into())
-            .spawn(move || run_reply_worker(reply_worker, reply_queue))
+            .spawn(move || run_reply_worker(reply_worker, reply_registry, reply_queue))
             .map_err(|error| BuildError::Thread { error })?;
-        let registry = Arc::new(PluginRegistry::default());
         let events = Arc::new(Events::new(metrics.clone()));
         let endpoint_events: EventSink = {
             let events = events.clone();

@@ -480,9 +480,15 @@ impl Pipeline {
 
 /// The reply worker: passes replies back through the middlewares their
 /// requests went through, on plugin instances of its own, until the
-/// pipeline is gone.
-pub(crate) fn run_reply_worker(mut worker: Worker, mut replies: tokio::sync::mpsc::Receiver<ReplyBack>) {
+/// pipeline is gone. As a pipeline worker does with each batch, it drops its
+/// instances of versions `registry` no longer serves with each reply.
+pub(crate) fn run_reply_worker(
+    mut worker: Worker,
+    registry: Arc<PluginRegistry>,
+    mut replies: tokio::sync::mpsc::Receiver<ReplyBack>,
+) {
     while let Some(back) = replies.blocking_recv() {
+        worker.forget_stale(&registry.snapshot());
         let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
         let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
     }
