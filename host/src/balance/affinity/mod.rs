@@ -34,7 +34,8 @@
 //!   least loaded endpoint rather than their hash order's first with room.
 //! - A stream unseen for `idle_timeout` ends and leaves the table (at most 1/16 of the timeout late).
 //! - The table holds at most `max_streams_tracked` streams; a stream beyond them is not recorded and
-//!   goes to its hash order's first eligible endpoint without a bound (counted as `untracked`).
+//!   goes to its hash order's first endpoint that serves (while none does, the first eligible one),
+//!   without a bound (counted as `untracked`).
 //!
 //! [`StreamTable::verify`] checks the table against itself and the endpoints: streams on dead or
 //! removed endpoints while another serves (orphans), streams listed under two endpoints

@@ -170,13 +170,15 @@ impl StreamTable {
             stream.last_seen = now;
             return Some(index);
         }
+        // While none serves, a new stream goes to an endpoint being tried.
+        let eligible = |endpoint: &EndpointView| endpoint.eligible;
         if self.streams.len() >= self.policy.max_streams_tracked {
             self.stats.untracked += 1;
-            return first_by_hash(stable_hash(key), endpoints, |endpoint| endpoint.eligible);
+            return first_by_hash(stable_hash(key), endpoints, is_serving)
+                .or_else(|| first_by_hash(stable_hash(key), endpoints, eligible));
         }
-        // While none serves, a new stream goes to an endpoint being tried.
         let index = (self.place(stable_hash(key), endpoints, self.streams.len() + 1))
-            .or_else(|| first_by_hash(stable_hash(key), endpoints, |endpoint| endpoint.eligible))?;
+            .or_else(|| first_by_hash(stable_hash(key), endpoints, eligible))?;
         let key: Arc<str> = Arc::from(key);
         let stream =
             Stream { endpoint: endpoints[index].id, since: now, messages: 1, last_seen: now, slot: 0 };

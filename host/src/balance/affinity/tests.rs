@@ -289,6 +289,22 @@ fn a_full_table_sends_new_streams_by_hash_without_recording_them() {
 }
 
 #[test]
+fn a_full_table_sends_new_streams_only_to_endpoints_that_serve_while_one_does() {
+    let policy = AffinityPolicy { max_streams_tracked: 10, ..lasting() };
+    let mut endpoints = endpoints(3);
+    let (mut table, now) = filled(policy, &endpoints, 10);
+    endpoints[1].standing = Standing::OnTrial;
+    endpoints[2].standing = Standing::Probing;
+    let picks: Vec<Option<usize>> =
+        (0..100).map(|n| table.pick(&format!("late-{n}"), &endpoints, now)).collect();
+    assert!(picks.iter().all(|&pick| pick == Some(0)), "untracked streams went to {picks:?}");
+    // While none serves, one goes to an endpoint being tried, as a new stream does.
+    endpoints[0].eligible = false;
+    assert_eq!(table.pick("late-0", &endpoints, now), Some(1));
+    assert_eq!(table.stats().untracked, 101);
+}
+
+#[test]
 fn with_no_eligible_endpoint_streams_wait_and_then_move_to_the_first_back() {
     let mut endpoints = endpoints(2);
     let (mut table, now) = filled(lasting(), &endpoints, 10);
