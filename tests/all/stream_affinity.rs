@@ -510,6 +510,45 @@ async fn a_full_outage_moves_few_streams_and_the_first_endpoint_back_takes_them(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_panic_mode_streams_stay_on_the_endpoint_that_serves() {
+    // Two of three endpoints fail their health checks: too few are healthy, so the destination
+    // panics and admits them anyway. The table took them for endpoints on trial and moved streams
+    // of the one that serves onto them ("rebalance"), where each of their messages failed.
+    use crate::endpoint::{Mode, TestEndpoint};
+    const STREAMS: usize = 30;
+    let serving = TestEndpoint::start(Mode::Answer).await;
+    let down = [TestEndpoint::start(Mode::Fail).await, TestEndpoint::start(Mode::Fail).await];
+    let addresses = [serving.addr, down[0].addr, down[1].addr];
+    let health = "idempotent = true\nhealth = { interval_ms = 20, rise = 1, fall = 2 }";
+    let config = config(&addresses).replace("idempotent = true", health);
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    let health = || {
+        let destinations = host.destinations();
+        let workers = destinations.iter().find(|destination| destination.name == "workers").unwrap();
+        workers.endpoints.iter().map(|endpoint| endpoint.health).collect::<Vec<_>>()
+    };
+    crate::support::eventually(|| match health() {
+        health if health == ["up", "down", "down"] => Ok(()),
+        health => Err(format!("health {health:?}")),
+    });
+    for sequence in 0..3 {
+        for stream in 0..STREAMS {
+            let message = Message::new("jobs", format!("s{stream}:{sequence}"))
+                .with_header("x-stream", format!("s{stream}"));
+            within(host.send(message)).await.unwrap();
+        }
+    }
+    let stats = drain_and_account(&host).await;
+    let mut moves = Moves::new();
+    told(&mut events, &mut moves);
+    assert!(moves.is_empty(), "streams moved: {moves:?}");
+    assert_eq!((stats.delivered, stats.dead_lettered), ((3 * STREAMS) as u64, 0));
+    assert_eq!((down[0].arrived(), down[1].arrived()), (0, 0), "messages reached endpoints down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_streams_turn_holds_no_delivery_slot() {
     // Two delivery slots, one endpoint that answers when told. Stream a's first message is in
     // flight and its next two wait for their turn; stream b's message behind them must take the

@@ -41,11 +41,13 @@ pub enum Standing {
     #[default]
     Serving,
     /// One attempt may find out whether it takes traffic again: its breaker is half-open with the
-    /// probe not sent yet, or it is ejected (or down) and admitted only by the ejection cap or
-    /// panic mode.
+    /// probe not sent yet.
     OnTrial,
     /// That attempt is out: its breaker is half-open with the probe in flight.
     Probing,
+    /// It is ejected or down, and admitted only by the ejection cap or panic mode: it keeps its
+    /// streams, and takes another only while no endpoint serves (that stream's message trying it).
+    Forced,
 }
 
 impl EndpointView {

@@ -17,16 +17,18 @@
 //! later change of capacities or endpoints moves it only through the rules below.
 //!
 //! Streams are placed on and moved to endpoints that serve ([`Standing::Serving`]) only: an eligible
-//! endpoint that is only being tried (half-open, or admitted by panic mode) keeps the streams it has.
+//! endpoint that is only being tried (half-open, or admitted by panic mode or the ejection cap,
+//! [`Standing::Forced`]) keeps the streams it has.
 //!
 //! - An endpoint that dies (turns ineligible: health, breaker) or is removed: each of its streams is
 //!   placed again at once, as a new stream would be ([`MigrationReason::EndpointDown`]). While no
 //!   endpoint serves, they stay where they are; a message of such a stream probes an endpoint on trial
-//!   ([`Standing::OnTrial`]), the stream moving there, and once the probe is out the others wait for
-//!   its verdict. A full outage moves one stream per probe, not every stream.
+//!   ([`Standing::OnTrial`]) or forced, the stream moving there, and once the probe is out the
+//!   others wait for its verdict. A full outage moves one stream per probe, not every stream.
 //! - An endpoint on trial while others serve: the next message of a stream of theirs is its probe
 //!   (the stream moves there as a rebalance, within `migrate_per_s`); once it serves, the rules
-//!   below bring it its share.
+//!   below bring it its share. A forced endpoint takes no stream while others serve: no message
+//!   there would find out whether it is back.
 //! - An endpoint joins or returns, or the spread passes the bound (an endpoint above its capacity, or
 //!   one below `floor(average / balance_factor)` while another has more than that plus one): streams
 //!   move one at a time from the most loaded endpoint to the least loaded, at most `migrate_per_s` in
@@ -44,6 +46,7 @@
 //!
 //! [`Standing::Serving`]: super::Standing::Serving
 //! [`Standing::OnTrial`]: super::Standing::OnTrial
+//! [`Standing::Forced`]: super::Standing::Forced
 
 mod check;
 mod policy;

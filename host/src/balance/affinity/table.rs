@@ -142,7 +142,7 @@ impl StreamTable {
 
     /// The endpoint for a message of stream `key`: a position in `endpoints`, always an eligible one,
     /// or `None` when none is, or when the stream's endpoint is dead, none serves and none is free to
-    /// try ([`Standing::OnTrial`]). Called once per message; first does what time and the endpoints'
+    /// try ([`Standing::OnTrial`], [`Standing::Forced`]). Called once per message; first does what time and the endpoints'
     /// changes call for ([`maintain`](Self::maintain)).
     pub fn pick(&mut self, key: &str, endpoints: &[EndpointView], now: Duration) -> Option<usize> {
         self.maintain(endpoints, now);
@@ -156,9 +156,9 @@ impl StreamTable {
                 }
                 Some(index) => index,
                 // Its endpoint is dead and none serves (`maintain` moved it otherwise): it probes
-                // an endpoint on trial, if one is.
+                // an endpoint on trial or forced, if one is.
                 None => {
-                    let index = first_by_hash(stable_hash(key), endpoints, on_trial)?;
+                    let index = first_by_hash(stable_hash(key), endpoints, triable)?;
                     let key = self.streams.get_key_value(key).map(|(key, _)| key.clone())?;
                     self.unlist(&key, from, slot);
                     self.move_to(&key, from, endpoints[index].id, MigrationReason::EndpointDown);
@@ -486,6 +486,12 @@ fn is_serving(endpoint: &EndpointView) -> bool {
 /// Whether `endpoint` is eligible for one attempt that finds out whether it takes traffic again.
 fn on_trial(endpoint: &EndpointView) -> bool {
     endpoint.eligible && endpoint.standing == Standing::OnTrial
+}
+
+/// Whether a stream may try `endpoint` while no endpoint serves: it is on trial, or admitted by
+/// panic mode or the ejection cap.
+fn triable(endpoint: &EndpointView) -> bool {
+    endpoint.eligible && matches!(endpoint.standing, Standing::OnTrial | Standing::Forced)
 }
 
 /// Positions of the endpoints that take traffic.

@@ -432,6 +432,25 @@ fn an_endpoint_on_trial_beside_serving_ones_gets_one_stream_for_its_probe() {
 }
 
 #[test]
+fn endpoints_forced_by_panic_mode_beside_one_that_serves_take_no_stream_until_none_serves() {
+    let mut endpoints = endpoints(3);
+    endpoints[1].standing = Standing::Forced;
+    endpoints[2].standing = Standing::Forced;
+    let (mut table, now) = filled(lasting(), &endpoints, 30);
+    assert_eq!(table.load(endpoints[0].id), 30);
+    (0..30).for_each(|n| assert_eq!(table.pick(&key(n), &endpoints, now), Some(0), "{}", key(n)));
+    table.maintain(&endpoints, now + Duration::from_secs(10));
+    assert!(table.take_migrations().is_empty());
+    // The one that served dies: its streams wait, and a message of one tries a forced endpoint.
+    endpoints[0].eligible = false;
+    let tried = table.pick(&key(0), &endpoints, now + Duration::from_secs(10));
+    assert!(matches!(tried, Some(1 | 2)), "{tried:?}");
+    let migrations = table.take_migrations();
+    assert_eq!(migrations.len(), 1);
+    assert_eq!((migrations[0].from, migrations[0].reason), (endpoints[0].id, MigrationReason::EndpointDown));
+}
+
+#[test]
 fn a_stream_of_an_endpoint_on_trial_waits_for_its_probe_while_none_serves() {
     let mut endpoints = endpoints(2);
     let (mut table, now) = filled(lasting(), &endpoints, 10);
