@@ -549,6 +549,39 @@ async fn in_panic_mode_streams_stay_on_the_endpoint_that_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_message_under_way_does_not_end_for_idleness() {
+    // The table ended a stream idle_timeout after its last pick, its message still in flight: the
+    // retry of a message held longer than that found no stream and placed it anew, wherever
+    // placement said, with no stream-migrated event.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let config = config(&[endpoint.addr])
+        .replace("idle_timeout_ms = 600000", "idle_timeout_ms = 300")
+        .replace("idempotent = true", "idempotent = true\ntimeout_ms = 600000");
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let send = |stream: &str| host.send(Message::new("jobs", "0").with_header("x-stream", stream));
+    let recorded = || {
+        let (_, rows) = host.streams("workers", 100).expect("an affinity destination");
+        rows.into_iter().map(|row| row.stream).collect::<Vec<_>>()
+    };
+    within(send("busy")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    // Picked after busy's message, delivered at once: once it ended for idleness, so had busy.
+    endpoint.set(Mode::Answer);
+    within(send("quiet")).await.unwrap();
+    within(endpoint.arrivals(2)).await;
+    crate::support::eventually(|| match recorded() {
+        streams if streams.iter().any(|stream| stream == "quiet") => Err(streams),
+        _ => Ok(()),
+    });
+    assert_eq!(recorded(), ["busy"], "the stream of the message under way ended");
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_streams_turn_holds_no_delivery_slot() {
     // Two delivery slots, one endpoint that answers when told. Stream a's first message is in
     // flight and its next two wait for their turn; stream b's message behind them must take the

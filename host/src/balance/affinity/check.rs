@@ -118,7 +118,7 @@ impl StreamTable {
     #[cfg(test)]
     pub(super) fn inject(&mut self, key: &str, endpoint: u64, now: super::Duration) {
         let key: Arc<str> = Arc::from(key);
-        let stream = super::Stream { endpoint, since: now, messages: 0, last_seen: now, slot: 0 };
+        let stream = super::Stream { endpoint, since: now, messages: 0, last_seen: now, held: 0, slot: 0 };
         self.streams.insert(key.clone(), stream);
         self.list(key, endpoint);
     }

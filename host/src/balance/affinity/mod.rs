@@ -34,7 +34,8 @@
 //!   move one at a time from the most loaded endpoint to the least loaded, at most `migrate_per_s` in
 //!   any second, until neither holds ([`MigrationReason::Rebalance`]). Meanwhile new streams go to the
 //!   least loaded endpoint rather than their hash order's first with room.
-//! - A stream unseen for `idle_timeout` ends and leaves the table (at most 1/16 of the timeout late).
+//! - A stream unseen for `idle_timeout` ends and leaves the table (at most 1/16 of the timeout late),
+//!   unless a message of it is under way ([`StreamTable::hold`]): then it is seen when that ends.
 //! - The table holds at most `max_streams_tracked` streams; a stream beyond them is not recorded and
 //!   goes to its hash order's first endpoint that serves (while none does, the first eligible one),
 //!   without a bound (counted as `untracked`).

@@ -17,8 +17,10 @@ pub struct Stream {
     pub since: Duration,
     /// Messages picked for it, on any endpoint.
     pub messages: u64,
-    /// When its last message was picked for.
+    /// When its last message was picked for, or ended ([`StreamTable::release`]).
     pub last_seen: Duration,
+    /// Its messages under way ([`StreamTable::hold`]): while one is, it does not end.
+    pub held: u32,
     /// Its position in its endpoint's list of streams.
     pub(super) slot: usize,
 }
@@ -180,8 +182,14 @@ impl StreamTable {
         let index = (self.place(stable_hash(key), endpoints, self.streams.len() + 1))
             .or_else(|| first_by_hash(stable_hash(key), endpoints, eligible))?;
         let key: Arc<str> = Arc::from(key);
-        let stream =
-            Stream { endpoint: endpoints[index].id, since: now, messages: 1, last_seen: now, slot: 0 };
+        let stream = Stream {
+            endpoint: endpoints[index].id,
+            since: now,
+            messages: 1,
+            last_seen: now,
+            held: 0,
+            slot: 0,
+        };
         self.streams.insert(key.clone(), stream);
         self.list(key, endpoints[index].id);
         Some(index)
@@ -224,6 +232,32 @@ impl StreamTable {
             self.expire(now);
         }
         self.rebalance(endpoints, now);
+    }
+
+    /// A message of stream `key` is under way (its attempts and the waits between them): the stream
+    /// does not end until it is [`release`](Self::release)d. False, and nothing held, when the
+    /// stream is not recorded.
+    pub fn hold(&mut self, key: &str) -> bool {
+        let stream = self.streams.get_mut(key);
+        stream.map(|stream| stream.held += 1).is_some()
+    }
+
+    /// A message of stream `key` that [`hold`](Self::hold) held ended at `now`: the stream ends
+    /// `idle_timeout` from then, unless another comes or is under way.
+    pub fn release(&mut self, key: &str, now: Duration) {
+        if let Some(stream) = self.streams.get_mut(key).filter(|stream| stream.held > 0) {
+            stream.held -= 1;
+            stream.last_seen = stream.last_seen.max(now);
+        }
+    }
+
+    /// Releases every held stream at `now`: for a copy of the table that will not hear of the
+    /// ends of the messages under way (the copy a reload hands to a destination's new instance).
+    pub fn release_all(&mut self, now: Duration) {
+        for stream in self.streams.values_mut().filter(|stream| stream.held > 0) {
+            stream.held = 0;
+            stream.last_seen = stream.last_seen.max(now);
+        }
     }
 
     /// The migrations since the last call, oldest first. Drain them after every call that may move
@@ -362,18 +396,18 @@ impl StreamTable {
         self.migrations.push(Migration { key: key.clone(), from, to, reason });
     }
 
-    /// Ends every stream idle for `idle_timeout`. The next look is when the oldest survivor would
+    /// Ends every stream idle for `idle_timeout` with no message under way. The next look is when the oldest survivor would
     /// end, but no sooner than a sixteenth of the timeout from now (so a stream ends at most that late).
     fn expire(&mut self, now: Duration) {
         let timeout = self.policy.idle_timeout;
         let before = self.streams.len();
         let mut oldest = now;
         self.streams.retain(|_, stream| {
-            let alive = now.saturating_sub(stream.last_seen) < timeout;
-            if alive {
+            let idle = stream.held == 0 && now.saturating_sub(stream.last_seen) >= timeout;
+            if stream.held == 0 && !idle {
                 oldest = oldest.min(stream.last_seen);
             }
-            alive
+            !idle
         });
         self.next_expiry = (oldest + timeout).max(now + (timeout / 16).max(Duration::from_millis(1)));
         if self.streams.len() == before {

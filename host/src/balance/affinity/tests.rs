@@ -269,6 +269,26 @@ fn idle_streams_end_and_come_back_as_new_streams() {
 }
 
 #[test]
+fn a_stream_with_a_message_under_way_ends_only_idle_timeout_after_the_message_ended() {
+    let policy = AffinityPolicy { idle_timeout: Duration::from_secs(5), ..AffinityPolicy::default() };
+    let endpoints = endpoints(3);
+    let mut table = StreamTable::new(policy);
+    let at = table.pick("busy", &endpoints, Duration::ZERO);
+    assert!(table.hold("busy"));
+    assert!(!table.hold("unknown"));
+    table.maintain(&endpoints, Duration::from_secs(60));
+    // Its retry, a minute on: the same stream, on the same endpoint.
+    assert_eq!(table.pick("busy", &endpoints, Duration::from_secs(60)), at);
+    assert_eq!(table.stream("busy").unwrap().since, Duration::ZERO);
+    table.release("busy", Duration::from_secs(62));
+    table.maintain(&endpoints, Duration::from_secs(66));
+    assert!(table.stream("busy").is_some(), "ended 4 s after its message");
+    table.maintain(&endpoints, Duration::from_secs(68));
+    assert!(table.stream("busy").is_none());
+    assert_eq!(table.stats().expired, 1);
+}
+
+#[test]
 fn max_streams_caps_each_endpoint_below_the_balance_factor() {
     let policy = AffinityPolicy { max_streams: Some(120), ..lasting() };
     let endpoints = endpoints(10);

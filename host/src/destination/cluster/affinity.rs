@@ -89,6 +89,14 @@ pub(crate) struct HandedStreams {
     addresses: HashMap<u64, String>,
 }
 
+/// Keeps a stream in the table, whatever its idle time, while one of its messages is under way
+/// (its attempts and the waits between them); the stream counts as seen when this is dropped,
+/// however the delivery ended.
+pub(super) struct StreamHold<'a> {
+    affinity: &'a StreamAffinity,
+    key: &'a str,
+}
+
 /// Where an attempt for a stream goes.
 pub(super) enum StreamChoice {
     /// To this endpoint, through this permit.
@@ -133,6 +141,12 @@ impl StreamAffinity {
         now.saturating_duration_since(self.origin)
     }
 
+    /// Keeps stream `key` from ending for idleness until the hold is dropped; `None` when the
+    /// table does not record it.
+    pub(super) fn hold<'a>(&'a self, key: &'a str) -> Option<StreamHold<'a>> {
+        lock(&self.table).hold(key).then_some(StreamHold { affinity: self, key })
+    }
+
     /// The turn of stream `key`, unless a delivery of the stream holds it.
     pub(super) fn try_turn(&self, key: &str) -> Option<StreamTurn> {
         self.turns.try_take(key)
@@ -140,14 +154,24 @@ impl StreamAffinity {
 
     /// The table as it is now, for the instance a reload builds to replace this one, whose
     /// endpoints have `addresses` by id. This one keeps its own copy: the retries of its
-    /// deliveries still under way go where their streams are.
+    /// deliveries still under way go where their streams are (the copy counts their streams as
+    /// seen now: it is not told when those deliveries end).
     pub(super) fn hand_over(&self, addresses: HashMap<u64, String>) -> HandedStreams {
-        HandedStreams { table: lock(&self.table).clone(), origin: self.origin, addresses }
+        let mut table = lock(&self.table).clone();
+        table.release_all(self.since_origin(Instant::now()));
+        HandedStreams { table, origin: self.origin, addresses }
     }
 
     /// Signalled (to every waiter) when a stream's turn ends.
     pub(super) fn turn_ended(&self) -> &tokio::sync::Notify {
         self.turns.ended()
+    }
+}
+
+impl Drop for StreamHold<'_> {
+    fn drop(&mut self) {
+        let now = self.affinity.since_origin(Instant::now());
+        lock(&self.affinity.table).release(self.key, now);
     }
 }
 

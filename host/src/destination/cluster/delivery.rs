@@ -39,13 +39,19 @@ impl Cluster {
         // Retired by a reload: a queued message no endpoint saw yet waits for none here, it goes
         // to the destination's new instance (or, removed, is dead-lettered).
         let retired = |attempts: u32| enqueued.is_some() && attempts == 0 && self.retired.is_cancelled();
+        // Its stream does not end for idleness while this message is under way.
+        let mut stream_hold = None;
         loop {
             let chosen = match (&self.balancer, key) {
                 (Picker::Affinity(affinity), Some(key)) => {
                     let changed = self.changed.notified();
                     tokio::pin!(changed);
                     changed.as_mut().enable();
-                    match self.choose_stream(affinity, key) {
+                    let choice = self.choose_stream(affinity, key);
+                    if stream_hold.is_none() {
+                        stream_hold = affinity.hold(key);
+                    }
+                    match choice {
                         StreamChoice::Go(index, permit) => Some((index, permit)),
                         StreamChoice::Nowhere => None,
                         StreamChoice::Busy if retired(attempts) => return Err(DeliveryError::Retired),
