@@ -433,6 +433,72 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     assert_eq!(steady.seen().len() + flaky.seen().len(), sent_while_down as usize + 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_back_by_its_health_checks_is_told_up_only_once_its_breaker_closes() {
+    // Its health checks passing again used to tell `endpoint-up` while its breaker still ejected it
+    // (the operator saw it up while it got no traffic), and its health going down after its breaker
+    // had taken it out told `endpoint-down` a second time.
+    let (flaky, steady) =
+        (TestEndpoint::start(Mode::Alternate).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let extra = "balancer = \"round-robin\"\nidempotent = true\nretry = { attempts = 2, base_ms = 1, max_ms = 5 }\n\
+                 breaker = { consecutive_failures = 1, open_ms = 300 }\n\
+                 health = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
+    let host = host(dir.path(), &config(&[&flaky, &steady], extra)).await;
+    let mut events = host.subscribe();
+    let flaky_status =
+        || host.destinations().into_iter().find(|d| d.name == "api").unwrap().endpoints[0].clone();
+    let flaky_until = |health: &str, ejected: bool| {
+        tokio::task::block_in_place(|| {
+            eventually(|| match flaky_status() {
+                status if status.health == health && (status.breaker != "closed") == ejected => Ok(()),
+                status => Err(status),
+            })
+        })
+    };
+    // Its second message fails while its health checks pass: its breaker ejects it.
+    for n in 0.. {
+        assert!(n < 10, "round-robin gave it two messages");
+        within(host.request(Message::new("orders", format!("m{n}")))).await.unwrap();
+        if flaky_status().breaker != "closed" {
+            break;
+        }
+    }
+    // Its health checks fail, then pass again: health takes it down and brings it back while its
+    // breaker still ejects it (open, or half-open once the ejection is over: no message probed it).
+    flaky.set(Mode::Fail);
+    flaky_until("down", true);
+    flaky.set(Mode::Answer);
+    flaky_until("up", true);
+    // The next message it gets is the probe that closes its breaker.
+    let before = flaky.arrived();
+    while flaky.arrived() == before {
+        within(host.request(Message::new("orders", "probe?"))).await.unwrap();
+    }
+    assert_eq!(flaky_status().breaker, "closed");
+    let address = flaky.addr.to_string();
+    let mut told = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. })
+                if endpoint == address =>
+            {
+                told.push(format!("down: {reason}"))
+            }
+            HostEvent::Destination(DestinationEvent::EndpointUp { endpoint, .. }) if endpoint == address => {
+                told.push("up".to_owned())
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(told.len(), 2, "one down, one up: {told:?}");
+    assert!(told[0].starts_with("down: circuit breaker opened (1 failure in a row)"), "{told:?}");
+    assert_eq!(told[1], "up", "told up as the probe closed its breaker: {told:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 0);
+    assert!(steady.arrived() > 0);
+}
+
 /// Connections open in the pool of endpoint `index` of destination `api`.
 fn pool_size(host: &Host, index: usize) -> usize {
     let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();

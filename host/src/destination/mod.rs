@@ -232,7 +232,8 @@ pub struct EndpointStatus {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum DestinationEvent {
-    /// An endpoint stopped getting traffic.
+    /// An endpoint stopped getting traffic: its health checks found it down or its breaker ejected
+    /// it. Told once until it is up again, however many of the two took it out.
     EndpointDown {
         /// The destination.
         destination: String,
@@ -241,7 +242,8 @@ pub enum DestinationEvent {
         /// Why.
         reason: String,
     },
-    /// An endpoint that was down gets traffic again.
+    /// An endpoint that was down gets traffic again: its health checks (if any) find it up and its
+    /// breaker is closed, whichever of the two came back last ([`EndpointStatus::up`]).
     EndpointUp {
         /// The destination.
         destination: String,

@@ -6,7 +6,7 @@
 use crate::balance::{PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, EndpointConfig};
 use crate::metrics::EndpointMetrics;
-use crate::resilience::{Breaker, BreakerConfig, Health, HealthConfig, HealthState, SlowStart};
+use crate::resilience::{Breaker, BreakerConfig, BreakerState, Health, HealthConfig, HealthState, SlowStart};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +52,10 @@ pub(super) struct EndpointState {
     /// last attempt's connection was refused (for the refusal window), or
     /// its answer asked for a pause (`Retry-After`).
     pub(super) refusing_until: AtomicU64,
+    /// Whether its events last told it up (as it starts): up is its health (with active checks)
+    /// up and its breaker closed, and an event tells when that changes. A lock rather than an
+    /// atomic, for the event is told under it, in order with the state it read.
+    pub(super) told_up: Mutex<bool>,
 }
 
 impl EndpointState {
@@ -71,6 +75,7 @@ impl EndpointState {
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
             refusing_until: AtomicU64::new(0),
+            told_up: Mutex::new(true),
         }
     }
 
@@ -159,6 +164,13 @@ impl Endpoint {
 
     pub(super) fn health_state(&self) -> Option<HealthState> {
         lock(&self.state.health).as_ref().map(Health::state)
+    }
+
+    /// Whether it is up at `now`, as its events tell: not down by health checks, and its breaker
+    /// closed (not ejecting it, nor half-open waiting for the probe that brings it back).
+    pub(super) fn up(&self, now: Instant) -> bool {
+        self.health_state() != Some(HealthState::Down)
+            && self.state.breaker.state(now) == BreakerState::Closed
     }
 
     /// The weight the balancers that weigh shares or load see

@@ -266,12 +266,21 @@ impl Cluster {
         }
     }
 
-    /// Tell that `endpoint` went down (for a reason; its idle connections
-    /// are closed) or came back up.
+    /// Act on `endpoint`'s health or breaker going down (for a reason: its idle connections are
+    /// closed) or coming back up, and tell when that took the endpoint [`up`](Endpoint::up) or
+    /// down: health coming back while the breaker still ejects it (or the breaker closing while
+    /// health finds it down) tells nothing yet, nor does the second of two ways to go down. A
+    /// change the other half made meanwhile is left to that half's call, which follows.
     fn tell(&self, endpoint: &Endpoint, down: Option<String>) {
         if down.is_some() {
             self.transport.close_idle(&endpoint.address);
         }
+        let went_up = down.is_none();
+        let mut told_up = lock(&endpoint.state.told_up);
+        if *told_up == went_up || endpoint.up(Instant::now()) != went_up {
+            return;
+        }
+        *told_up = went_up;
         let (destination, endpoint) = (self.name.clone(), endpoint.address.clone());
         (self.events)(match down {
             Some(reason) => DestinationEvent::EndpointDown { destination, endpoint, reason },
