@@ -347,6 +347,27 @@ async fn an_answer_over_the_servers_max_payload_is_replaced_by_an_error_answer()
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_info_on_the_connection_sets_the_max_payload_answers_are_held_to() {
+    // Only the handshake's INFO was read: a server whose later INFO says 1024 got an answer of
+    // 1059 bytes, which it would refuse, closing the connection.
+    let fake = FakeNatsServer::start().await;
+    let dir = plugin_dir(&[]);
+    let host = sized_host(dir.path()).await;
+    let (mut connection, stop, serving) = serve_on_fake(&host, &fake, r#"{"max_payload":4096}"#).await;
+    connection.send(b"INFO {\"max_payload\":1024}\r\nMSG sized.b 2 _INBOX.large 4\r\n1000\r\n").await;
+    let published = connection.serve();
+    let large = next_published(&published).await;
+    assert_eq!(large.subject, "_INBOX.large");
+    assert!(large.payload.is_empty(), "over the latest max_payload: {} bytes", large.payload.len());
+    let error = large.header("x-sy-error").expect("the reason");
+    assert!(error.contains("max_payload of 1024"), "{error}");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
 /// The next message the ingress published on a [`FakeConnection`] it serves.
 async fn next_published(published: &flume::Receiver<Published>) -> Published {
     within(published.recv_async()).await.expect("the connection is open")

@@ -10,9 +10,10 @@
 //! payload; when the message was refused, dropped or dead-lettered, an empty payload with
 //! `x-sy-error` (the reason) and, for a dead letter, `x-sy-error-code`; when it was delivered but its
 //! reply refused, an empty payload with `x-sy-error` and `x-sy-delivered: true`. An answer whose
-//! headers and payload are over the server's `max_payload` (which it would refuse, closing the
-//! connection and dropping what it queued for this host) is refused too: an empty payload with
-//! `x-sy-error` naming the limit (and `x-sy-delivered: true` when the message was delivered).
+//! headers and payload are over the server's `max_payload`, as its latest `INFO` on the connection
+//! said it (the server would refuse it, closing the connection and dropping what it queued for this
+//! host), is refused too: an empty payload with `x-sy-error` naming the limit (and
+//! `x-sy-delivered: true` when the message was delivered).
 //!
 //! With a `queue_group`, the server gives each message to one member of the group: hosts in one
 //! group share the work. A graceful stop sends `UNSUB` and a `PING`, and admits everything that
@@ -162,7 +163,13 @@ impl SubjectIngress {
             ServerOp::Error(text) => {
                 tracing::warn!(url = %self.config.url, %text, "the NATS server reports an error")
             }
-            ServerOp::Pong | ServerOp::Info(_) | ServerOp::Ok => {}
+            // A server may say INFO again at any time; its latest `max_payload` holds.
+            ServerOp::Info(info) => {
+                if let Some(max_payload) = info.max_payload {
+                    self.writer.lock().await.max_payload = Some(max_payload);
+                }
+            }
+            ServerOp::Pong | ServerOp::Ok => {}
         }
         Ok(())
     }
@@ -260,7 +267,7 @@ enum Heard {
 #[derive(Debug)]
 struct Outbound {
     write: OwnedWriteHalf,
-    /// The server's `max_payload`, if it said.
+    /// The server's `max_payload`, if it said: as its latest `INFO` on this connection said it.
     max_payload: Option<usize>,
     /// How long one write may take: the ping interval, as a server that takes nothing for that
     /// long is as gone as one that answers no ping.
