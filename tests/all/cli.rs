@@ -585,6 +585,43 @@ fn run_serves_on_the_runtime_threads_io_threads_or_its_default_says_and_refuses_
 }
 
 #[test]
+fn run_reads_its_config_file_once() {
+    // `run --config` read the file twice, once to size its runtime and once to build the host: an
+    // edit in between ran a host on one config in a runtime sized by another.
+    use notify::Watcher;
+    use notify::event::{AccessKind, EventKind};
+    let dir = plugin_dir(&[]);
+    let (config, marker) = (dir.path().join("switchyard.toml"), dir.path().join("marker"));
+    let text = "[host]\nwatch = false\nplugin_dir = \".\"\n[[route]]\nname = \"all\"\nto = \"log\"\n";
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    let (opened, opens) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let event = event.expect("inotify works");
+        if let EventKind::Access(AccessKind::Open(_)) = event.kind {
+            let _ = opened.send(event.paths);
+        }
+    })
+    .unwrap();
+    watcher.watch(dir.path(), notify::RecursiveMode::NonRecursive).unwrap();
+    let mut host =
+        Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir.path());
+    host.address("HTTP ingress listening on");
+    host.stop();
+    // The directory's events come in order: once the marker's open is seen, so are the host's.
+    std::fs::File::open(&marker).unwrap();
+    let mut reads = 0;
+    loop {
+        let paths = opens.recv_timeout(PATIENCE).expect("the marker's open (safety net)");
+        if paths.contains(&marker) {
+            break;
+        }
+        reads += usize::from(paths.contains(&config));
+    }
+    assert_eq!(reads, 1, "times the config file was opened");
+}
+
+#[test]
 fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
     let args = ["run", "--plugins", ".", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];

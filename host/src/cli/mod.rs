@@ -209,12 +209,16 @@ impl Command {
     pub fn execute(self) -> anyhow::Result<()> {
         match self {
             Command::Run { config, plugins, listen, admin } => {
-                // The runtime is sized by the config, so the config is read before the host is built.
-                let io_threads = match &config {
-                    Some(path) => switchyard::Config::from_file(path)?.host.io_threads,
+                // The runtime is sized by the config, so the config is read before the host is
+                // built, once: the host is built from what was read.
+                let file =
+                    config.map(|path| switchyard::Config::from_file(&path).map(|config| (path, config)));
+                let file = file.transpose()?;
+                let io_threads = match &file {
+                    Some((_, config)) => config.host.io_threads,
                     None => switchyard::Config::builtin().host.io_threads,
                 };
-                runtime(io_threads)?.block_on(run::run(config, plugins, listen, admin))
+                runtime(io_threads)?.block_on(run::run(file, plugins, listen, admin))
             }
             Command::Check { file, load_native } => check::check(&file, load_native),
             Command::Plugin { command: PluginCommand::Call { file, message, config, address } } => {

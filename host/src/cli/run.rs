@@ -8,14 +8,18 @@ use switchyard::admin::AdminServer;
 use switchyard::{Config, ConfigChange, GrpcIngress, Host, HttpIngress, NatsIngress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// Run a host of the config `file` (its path, and the config read from it), or of the built-in
+/// default without one.
 pub async fn run(
-    config: Option<PathBuf>,
+    file: Option<(PathBuf, Config)>,
     plugins: Option<PathBuf>,
     listen: Option<SocketAddr>,
     admin: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let mut builder = match &config {
-        Some(path) => Host::builder().config_file(path)?,
+    let source =
+        file.as_ref().map_or("<built-in default>".to_owned(), |(path, _)| path.display().to_string());
+    let mut builder = match file {
+        Some((path, config)) => Host::builder().config_read_from(path, config),
         None => Host::builder().config("<built-in default>", Config::builtin()),
     };
     if let Some(dir) = plugins {
@@ -33,7 +37,6 @@ pub async fn run(
             return Ok(());
         }
     };
-    let source = config.map_or("<built-in default>".to_owned(), |path| path.display().to_string());
     eprintln!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
     for plugin in host.plugins() {
         say(format!(

@@ -132,11 +132,20 @@ impl HostBuilder {
     /// Read the configuration from `path`; [`Host::reload`] and the watcher
     /// re-read it from there. It is validated by [`build`](HostBuilder::build), and so may name
     /// destinations registered in code before or after this call.
-    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+    pub fn config_file(self, path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
         let path = path.into();
-        self.config = Config::parse_file(&path)?;
+        let config = Config::parse_file(&path)?;
+        Ok(self.config_read_from(path, config))
+    }
+
+    /// Use `config`, which the caller read from the file at `path` (with [`Config::from_file`]):
+    /// as [`config_file`](HostBuilder::config_file), without reading the file again.
+    /// [`Host::reload`] and the watcher re-read it from there.
+    pub fn config_read_from(mut self, path: impl Into<PathBuf>, config: Config) -> Self {
+        let path = path.into();
+        self.config = config;
         self.config_file = (path.display().to_string(), Some(path));
-        Ok(self)
+        self
     }
 
     /// Validate, compile every plugin of the plugin directory (in parallel,
