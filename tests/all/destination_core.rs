@@ -499,6 +499,48 @@ async fn an_endpoint_back_by_its_health_checks_is_told_up_only_once_its_breaker_
     assert!(steady.arrived() > 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_held_down_by_health_checks_a_reload_removes_is_told_up_and_down_again() {
+    // Without checks nothing brings its health back, so a reload that removes them forgets it: the
+    // endpoint takes traffic again, and is told up; its breaker ejecting it later is told down.
+    let (flaky, steady) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let unchecked = "balancer = \"round-robin\"\nidempotent = true\nretry = { attempts = 2, base_ms = 1, max_ms = 5 }\n\
+                     breaker = { consecutive_failures = 1, open_ms = 60000 }";
+    let checked =
+        format!("{unchecked}\nhealth = {{ path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }}");
+    let host = host(dir.path(), &config(&[&flaky, &steady], &checked)).await;
+    let mut events = host.subscribe();
+    flaky.set(Mode::Fail);
+    let HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. }) =
+        next_event(&mut events, "endpoint-down").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, flaky.addr.to_string());
+    assert!(reason.starts_with("health check failed"), "{reason}");
+    apply(&host, &config(&[&flaky, &steady], unchecked)).await;
+    let HostEvent::Destination(DestinationEvent::EndpointUp { endpoint, .. }) =
+        next_event(&mut events, "endpoint-up").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, flaky.addr.to_string());
+    // Its next message fails: its breaker ejects it.
+    for n in 0..2 {
+        within(host.request(Message::new("orders", format!("m{n}")))).await.unwrap();
+    }
+    let HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. }) =
+        next_event(&mut events, "endpoint-down").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, flaky.addr.to_string());
+    assert!(reason.starts_with("circuit breaker opened"), "{reason}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 0);
+}
+
 /// Connections open in the pool of endpoint `index` of destination `api`.
 fn pool_size(host: &Host, index: usize) -> usize {
     let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();

@@ -144,7 +144,7 @@ impl Cluster {
                 Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address))
             })
             .collect();
-        Cluster {
+        let cluster = Cluster {
             name: config.name.clone(),
             endpoints,
             hash_header: balancer.hash_header().map(str::to_owned),
@@ -185,7 +185,13 @@ impl Cluster {
             transport_metrics: metrics.transport(&config.transport, &config.name),
             retired: tokio_util::sync::CancellationToken::new(),
             waiting: std::sync::atomic::AtomicU32::new(0),
+        };
+        // An endpoint that health checks this reload removes held down is up again (nothing
+        // brings back a health it keeps no more, so it is forgotten): told here.
+        for endpoint in &cluster.endpoints {
+            cluster.tell(endpoint, None);
         }
+        cluster
     }
 
     /// Probe every endpoint each `health.interval_ms` on `runtime` while
