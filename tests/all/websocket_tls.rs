@@ -1,13 +1,14 @@
 //! The `websocket` transport over TLS (`tls = true`) against a real `wss://` server on 127.0.0.1 whose
-//! certificate a private CA made for the test signed: replies, a server restart with nothing lost, and
-//! a certificate the host does not trust: dead letters naming the TLS failure, and a failing probe.
+//! certificate a private CA made for the test signed: replies, a server restart with nothing lost, a
+//! certificate the host does not trust: dead letters naming the TLS failure, and a failing probe, and
+//! a CA file rotated in place, trusted from the next reload.
 
-use crate::support::{drain_and_account, event_where, host, next, plugin_dir};
+use crate::support::{drain_and_account, event_where, host, next, plugin_dir, within};
 use crate::websocket_transport::{Server, config, goes_away_and_comes_back, request_all};
 use std::path::PathBuf;
 use std::sync::Arc;
 use switchyard::destination::DestinationEvent;
-use switchyard::{Config, HostEvent, Message};
+use switchyard::{Config, ConfigChange, HostEvent, Message};
 use tempfile::TempDir;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -109,6 +110,30 @@ async fn an_untrusted_certificate_dead_letters_each_message_naming_the_tls_failu
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 5), "{stats:?}");
     assert_eq!(server.seen(), 0, "no frame crossed an untrusted connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_rotated_in_place_is_trusted_from_the_next_reload() {
+    let (served, trusted, server) = untrusted_server().await;
+    let dir = plugin_dir(&[]);
+    let options = format!(", frames = \"envelope\"{}", trusted.trusted());
+    let text = config(server.addr, &options) + "[destination.retry]\nattempts = 1\n";
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("jobs", "before the rotation")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    let last = letter.header("x-sy-last-error").unwrap();
+    assert!(last.contains("UnknownIssuer"), "the file's first CA does not trust the server: {last}");
+    let same_text = || Config::from_toml("test.toml", &text).unwrap();
+    let change = within(host.apply_config("test.toml", same_text())).await.unwrap();
+    assert_eq!(change, ConfigChange::Unchanged, "the same text and the same certificates");
+    // The same path now holds the server's CA: the config's text is the same, its trust is not.
+    std::fs::copy(served.ca_file(), trusted.ca_file()).unwrap();
+    let change = within(host.apply_config("test.toml", same_text())).await.unwrap();
+    assert_eq!(change, ConfigChange::Applied, "the CA file's certificates changed");
+    request_all(&host, 0, 20).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 1), "{stats:?}");
+    assert_eq!(server.seen(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

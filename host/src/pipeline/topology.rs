@@ -44,6 +44,9 @@ pub(crate) struct Target {
     /// What a network destination was built from: a new topology with the
     /// same settings keeps it (its queue, breakers, health and connections).
     built_from: Option<DestinationConfig>,
+    /// What its transport read from files its settings name (a CA file's certificates), as a
+    /// digest: a new topology with the same settings rebuilds it when the files say otherwise now.
+    files_digest: Option<String>,
 }
 
 /// A network destination's queue; closed when the last topology using it
@@ -92,6 +95,12 @@ fn keeps_streams(config: &DestinationConfig) -> bool {
         config.balancer.parse::<crate::balance::BalancerConfig>(),
         Ok(crate::balance::BalancerConfig::Affinity { .. })
     )
+}
+
+/// The digest of what network destination `dest`'s transport reads from files its settings name
+/// (see [`TransportFactory::files_digest`](crate::transport::TransportFactory::files_digest)).
+fn files_digest(dest: &DestinationConfig, dispatch: &DispatchContext) -> Option<String> {
+    dispatch.transports().get(&dest.transport)?.files_digest(dest)
 }
 
 /// `destination`, delivered to in place, its retryable failures retried
@@ -152,17 +161,22 @@ impl Topology {
             .iter()
             .map(|(name, destination)| {
                 let sink = sink(name, retrying(destination.clone()));
-                let target = Target { sink, queue: None, built_from: None };
+                let target = Target { sink, queue: None, built_from: None, files_digest: None };
                 (name.clone(), target)
             })
             .collect();
         for dest in &config.destinations {
             let kept = previous.and_then(|previous| previous.destinations.get(&dest.name));
-            if let Some(kept) = kept.filter(|kept| kept.built_from.as_ref() == Some(dest)) {
+            let files_digest = (!dest.is_in_process()).then(|| files_digest(dest, dispatch)).flatten();
+            let same = |kept: &&Arc<Target>| {
+                kept.built_from.as_ref() == Some(dest) && kept.files_digest == files_digest
+            };
+            if let Some(kept) = kept.filter(same) {
                 let target = Target {
                     sink: kept.sink.clone(),
                     queue: kept.queue.clone(),
                     built_from: Some(dest.clone()),
+                    files_digest,
                 };
                 destinations.insert(dest.name.clone(), target);
                 continue;
@@ -190,13 +204,14 @@ impl Topology {
                 let (queue, retire) = dispatch.start(sink.clone(), cluster, dest);
                 Arc::new(OwnedQueue(queue, retire))
             });
-            destinations.insert(dest.name.clone(), Target { sink, queue, built_from });
+            destinations.insert(dest.name.clone(), Target { sink, queue, built_from, files_digest });
         }
         if !destinations.contains_key("log") {
             let log = Target {
                 sink: sink("log", retrying(Arc::new(LogDestination::new("log")))),
                 queue: None,
                 built_from: None,
+                files_digest: None,
             };
             destinations.insert("log".into(), log);
         }
@@ -248,6 +263,18 @@ impl Topology {
         topology.direct = (0..topology.route_targets.len()).map(|key| topology.goes_direct(key)).collect();
         topology.direct_routes = topology.direct.contains(&true);
         topology
+    }
+
+    /// Whether a network destination of `config` that this topology runs with the same settings
+    /// reads other contents from the files they name now (a CA file rotated in place): applied,
+    /// `config` rebuilds it even when it equals the running one.
+    pub(crate) fn files_changed(&self, config: &Config, dispatch: &DispatchContext) -> bool {
+        config.destinations.iter().any(|dest| {
+            self.destinations.get(&dest.name).is_some_and(|running| {
+                running.built_from.as_ref() == Some(dest)
+                    && running.files_digest != files_digest(dest, dispatch)
+            })
+        })
     }
 
     /// Where a message of route `key` may go straight from admission: the route's one destination,

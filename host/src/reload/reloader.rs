@@ -320,8 +320,8 @@ impl Reloader {
 
     /// Validate `config` whole and make it current: routes, destinations and
     /// plugin settings. An invalid one, or one changing start-only keys,
-    /// changes nothing; one equal to the running one changes nothing either,
-    /// and emits no event.
+    /// changes nothing; one equal to the running one (its destinations' files
+    /// unchanged too) changes nothing either, and emits no event.
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let config = self.checked(file, config)?;
         {
@@ -330,7 +330,7 @@ impl Reloader {
                 return Err(ConfigError::ShuttingDown { file: file.to_owned() });
             }
             let running = self.config.load();
-            if same_config(&running, &config) {
+            if self.unchanged(&running, &config) {
                 return Ok(ConfigChange::Unchanged);
             }
             let keys = restart_only_changes(&running, &config);
@@ -383,11 +383,18 @@ impl Reloader {
         Ok(config)
     }
 
+    /// Whether `config` says what `running` does, and its destinations' files (a CA file) hold
+    /// what they did when the running ones were built: applied, it would change nothing.
+    fn unchanged(&self, running: &Config, config: &Config) -> bool {
+        let pipeline = &self.pipeline;
+        same_config(running, config) && !pipeline.topology.load().files_changed(config, &pipeline.dispatch)
+    }
+
     /// What [`Reloader::apply_config`] would do with `config`, changing nothing.
     pub(crate) fn check_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let config = self.checked(file, config)?;
         let running = self.config.load();
-        if same_config(&running, &config) {
+        if self.unchanged(&running, &config) {
             return Ok(ConfigChange::Unchanged);
         }
         let keys = restart_only_changes(&running, &config);
@@ -479,7 +486,8 @@ impl Reloader {
 pub enum ConfigChange {
     /// It differed from the running one and is now current (one `config-applied` event).
     Applied,
-    /// It equals the running one: nothing changed, no event.
+    /// It equals the running one, and the files its destinations read (a `ca_file`) hold what they
+    /// did: nothing changed, no event.
     Unchanged,
 }
 

@@ -21,6 +21,15 @@ pub trait TransportFactory: Send + Sync + 'static {
     /// The transport of `destination`, which passed [`check`](TransportFactory::check); called when a
     /// topology takes a new or changed destination (an unchanged one keeps its transport).
     fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport>;
+
+    /// A digest of what the transport of `destination` (which passed
+    /// [`check`](TransportFactory::check)) reads from files its settings name, such as a CA file's
+    /// certificates. Called whenever a configuration is applied: a destination whose settings are
+    /// unchanged is rebuilt when this differs from what it was built with. By default `None`:
+    /// nothing read.
+    fn files_digest(&self, _destination: &DestinationConfig) -> Option<String> {
+        None
+    }
 }
 
 /// What is wrong with a destination's settings for its transport.
@@ -48,6 +57,12 @@ pub trait TransportOptions: DeserializeOwned + 'static {
             }),
             false => Ok(listed.to_vec()),
         }
+    }
+
+    /// A digest of what these options read from files they name (a CA file's certificates); see
+    /// [`TransportFactory::files_digest`]. By default `None`: nothing read.
+    fn files_digest(&self) -> Option<String> {
+        None
     }
 }
 
@@ -107,6 +122,10 @@ where
     fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
         let options = Self::options(destination).expect("options are checked before a build");
         (self.build)(options, destination, context)
+    }
+
+    fn files_digest(&self, destination: &DestinationConfig) -> Option<String> {
+        Self::options(destination).ok()?.files_digest()
     }
 }
 

@@ -3,10 +3,13 @@
 //!
 //! The trust is settled when a destination's options are checked, so a CA file that cannot be read, or
 //! holds no certificate, is a configuration error naming the file, not a failure at the first message.
+//! It is settled again at each reload: a CA file rotated in place (its path the same) rebuilds the
+//! destination, which then trusts the file's new certificates ([`TlsClient::roots_digest`]).
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +19,8 @@ pub struct TlsClient {
     config: Arc<ClientConfig>,
     /// What the roots are, for errors: `the system's roots` or `the CAs of ca.pem`.
     trusts: String,
+    /// The SHA-256 of the roots' certificates (DER, in order), hex.
+    roots_digest: String,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -57,6 +62,7 @@ impl TlsClient {
     pub fn system_roots() -> Result<TlsClient, TlsError> {
         let found = rustls_native_certs::load_native_certs();
         let mut roots = RootCertStore::empty();
+        let roots_digest = digest(&found.certs);
         roots.add_parsable_certificates(found.certs);
         if roots.is_empty() {
             let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
@@ -66,7 +72,7 @@ impl TlsClient {
             };
             return Err(TlsError::NoSystemRoots { errors });
         }
-        Ok(TlsClient::trusting(roots, "the system's root certificates".into()))
+        Ok(TlsClient::trusting(roots, "the system's root certificates".into(), roots_digest))
     }
 
     /// Trusting only the CA certificates in the PEM file at `path`.
@@ -82,23 +88,23 @@ impl TlsClient {
             .map_err(unreadable)?
             .collect::<Result<_, _>>()
             .map_err(unreadable)?;
-        let found = certificates.len();
+        let (found, roots_digest) = (certificates.len(), digest(&certificates));
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(certificates);
         if roots.is_empty() {
             return Err(TlsError::NoCertificate { path: path.to_owned(), found });
         }
-        Ok(TlsClient::trusting(roots, format!("the CAs of {}", path.display())))
+        Ok(TlsClient::trusting(roots, format!("the CAs of {}", path.display()), roots_digest))
     }
 
-    fn trusting(roots: RootCertStore, trusts: String) -> TlsClient {
+    fn trusting(roots: RootCertStore, trusts: String, roots_digest: String) -> TlsClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports rustls' default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        TlsClient { config: Arc::new(config), trusts }
+        TlsClient { config: Arc::new(config), trusts, roots_digest }
     }
 
     /// The rustls configuration of a connection.
@@ -110,6 +116,22 @@ impl TlsClient {
     pub fn trusts(&self) -> &str {
         &self.trusts
     }
+
+    /// The SHA-256 (hex) of the certificates it trusts: two clients made from the same file differ
+    /// in it once the file's certificates changed.
+    pub fn roots_digest(&self) -> &str {
+        &self.roots_digest
+    }
+}
+
+/// The SHA-256 of `certificates` (DER, in order), hex.
+fn digest(certificates: &[CertificateDer<'_>]) -> String {
+    let mut hasher = Sha256::new();
+    for certificate in certificates {
+        hasher.update((certificate.len() as u64).to_be_bytes());
+        hasher.update(certificate);
+    }
+    hex::encode(hasher.finalize())
 }
 
 #[cfg(test)]

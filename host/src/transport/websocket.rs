@@ -5,7 +5,9 @@
 //! system's root certificates, or, with `ca_file = "ca.pem"`, against the CA certificates of that PEM
 //! file only (a private CA; a relative path is from the working directory). The certificate must name
 //! the endpoint's host (a DNS name, or an IP address as a SAN). A CA file that cannot be read or holds
-//! no certificate is a configuration error. A handshake that fails (a certificate not trusted, an
+//! no certificate is a configuration error. It is read again at each reload: other certificates there
+//! (a CA rotated in place, its path the same) rebuild the destination, whose connections then trust
+//! them. A handshake that fails (a certificate not trusted, an
 //! upgrade refused) counts as an attempt that nobody took ([`RetryReason::Handshake`]): it is retried,
 //! counts against the endpoint's breaker, and after the last attempt dead-letters the message
 //! (`delivery-failed`) with the TLS error as its last error; the health probe makes the same handshake.
@@ -122,7 +124,13 @@ pub enum Framing {
     Envelope,
 }
 
-impl TransportOptions for WebSocketOptions {}
+impl TransportOptions for WebSocketOptions {
+    /// The certificates of the roots trusted, read again at each reload: a CA file rotated in
+    /// place rebuilds the destination.
+    fn files_digest(&self) -> Option<String> {
+        self.tls.as_ref().map(|tls| tls.roots_digest().to_owned())
+    }
+}
 
 /// The `websocket` transport of `destination`; no connection opens before the first attempt.
 pub(super) fn build(
