@@ -4,7 +4,7 @@
 use crate::support::{
     MEMORY_OUT, drain_and_account, event_where, eventually, host, next, plugin_dir, replace_file, within,
 };
-use switchyard::{Host, HostEvent, Message, RouteConfig};
+use switchyard::{Config, ConfigChange, ConfigError, Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
 
 /// Whether an event is plugin `name`'s replacement.
@@ -392,5 +392,31 @@ async fn a_removed_middleware_leaves_no_instance_behind_once_replies_pass_again(
     // A request and its reply after the removal: the workers they pass let the removed version go.
     within(host.request(Message::new("kept", "2"))).await.unwrap().unwrap();
     assert_eq!(gone.live_instances(), 0, "an instance of the removed middleware is kept");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_destination_added_back_with_another_capacity_is_refused_naming_the_key() {
+    // Its channel outlives a reload that removes it (an embedder may hold its receiver): added back
+    // with another capacity, it was that channel again, of its first capacity, and "applied".
+    let dir = plugin_dir(&[]);
+    let route = "[[route]]\nname = \"all\"\nto = \"out\"\n";
+    let with_extra = |capacity: usize| {
+        let extra = format!(
+            "[[destination]]\nname = \"extra\"\ntransport = \"memory\"\nqueue = {{ capacity = {capacity} }}\n"
+        );
+        Config::from_toml("test.toml", &format!("{MEMORY_OUT}{extra}{route}")).unwrap()
+    };
+    let host = host(dir.path(), &format!("{MEMORY_OUT}{route}")).await;
+    let apply = |config: Config| host.apply_config("test.toml", config);
+    assert_eq!(within(apply(with_extra(2))).await.unwrap(), ConfigChange::Applied);
+    let without = Config::from_toml("test.toml", &format!("{MEMORY_OUT}{route}")).unwrap();
+    assert_eq!(within(apply(without)).await.unwrap(), ConfigChange::Applied, "removed");
+    let refused = within(apply(with_extra(6))).await.unwrap_err();
+    assert!(matches!(refused, ConfigError::NeedsRestart { .. }), "{refused}");
+    assert!(refused.to_string().contains("a memory destination's queue.capacity"), "{refused}");
+    assert!(host.config().destinations.iter().all(|dest| dest.name != "extra"), "nothing was applied");
+    assert_eq!(within(apply(with_extra(2))).await.unwrap(), ConfigChange::Applied, "added back as it was");
+    assert_eq!(host.memory("extra").unwrap().capacity(), Some(2));
     drain_and_account(&host).await;
 }

@@ -3,9 +3,16 @@
 //! that changes one is refused with the keys named, never silently ignored.
 
 use super::Config;
+use std::collections::BTreeMap;
 
-/// The start-only keys whose values differ between `running` and `new`.
-pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+/// The start-only keys whose values differ between `running` and `new`; `memory_channels` holds
+/// the capacity of each memory destination's channel the host made, those of destinations removed
+/// since included.
+pub(crate) fn restart_only_changes(
+    running: &Config,
+    new: &Config,
+    memory_channels: &BTreeMap<String, usize>,
+) -> Vec<&'static str> {
     let (a, b) = (&running.host, &new.host);
     // The listeners' settings but their tokens, which change live.
     let ingress = |config: &Config| {
@@ -25,14 +32,11 @@ pub(crate) fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'stat
     let has_token = |config: &Config| {
         config.admin.as_ref().and_then(|admin| admin.token.as_deref()).is_some_and(|token| !token.is_empty())
     };
-    // A memory destination's channel is made once and kept: its capacity is its first.
+    // A memory destination's channel is made once and kept, also by a reload that removes the
+    // destination (an embedder may hold its receiver): its capacity is its first.
     let memory_capacity_changed =
         new.destinations.iter().filter(|dest| dest.transport == "memory").any(|dest| {
-            running.destinations.iter().any(|old| {
-                old.name == dest.name
-                    && old.transport == "memory"
-                    && old.queue.capacity != dest.queue.capacity
-            })
+            memory_channels.get(&dest.name).is_some_and(|&capacity| capacity != dest.queue.capacity)
         });
     let changes = [
         ("host.plugin_dir", a.plugin_dir != b.plugin_dir),
@@ -75,14 +79,20 @@ mod tests {
         let running =
             parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"a\"\n");
         let new = parse("[host]\ndead_letter = \"log\"\n[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"b\"\n");
-        assert!(restart_only_changes(&running, &new).is_empty());
+        assert!(restart_only_changes(&running, &new, &BTreeMap::new()).is_empty());
     }
 
     #[test]
     fn emptying_the_admin_token_removes_it_and_needs_a_restart() {
         let admin = |token: &str| parse(&format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"{token}\"\n"));
-        assert_eq!(restart_only_changes(&admin("a"), &admin("")), ["admin.token (removed)"]);
-        assert!(restart_only_changes(&admin(""), &admin("a")).is_empty(), "adding one is live");
+        assert_eq!(
+            restart_only_changes(&admin("a"), &admin(""), &BTreeMap::new()),
+            ["admin.token (removed)"]
+        );
+        assert!(
+            restart_only_changes(&admin(""), &admin("a"), &BTreeMap::new()).is_empty(),
+            "adding one is live"
+        );
     }
 
     #[test]
@@ -92,9 +102,14 @@ mod tests {
                 "[[destination]]\nname = \"m\"\ntransport = \"memory\"\nqueue = {{ capacity = {capacity} }}\n"
             ))
         };
-        assert_eq!(restart_only_changes(&memory(2), &memory(6)), ["a memory destination's queue.capacity"]);
-        assert!(restart_only_changes(&memory(2), &memory(2)).is_empty());
-        assert!(restart_only_changes(&memory(2), &parse("")).is_empty(), "removing one is live");
+        let made = BTreeMap::from([("m".to_owned(), 2)]);
+        let key = ["a memory destination's queue.capacity"];
+        assert_eq!(restart_only_changes(&memory(2), &memory(6), &made), key);
+        assert!(restart_only_changes(&memory(2), &memory(2), &made).is_empty());
+        assert!(restart_only_changes(&memory(2), &parse(""), &made).is_empty(), "removing one is live");
+        assert_eq!(restart_only_changes(&parse(""), &memory(6), &made), key, "its channel outlived it");
+        assert!(restart_only_changes(&parse(""), &memory(2), &made).is_empty(), "added back as it was");
+        assert!(restart_only_changes(&parse(""), &memory(6), &BTreeMap::new()).is_empty(), "a new one");
     }
 
     #[test]
@@ -102,18 +117,21 @@ mod tests {
         let nats = |subjects: &str| {
             parse(&format!("[[ingress.nats]]\nurl = \"127.0.0.1:4222\"\nsubjects = [{subjects}]\n"))
         };
-        assert!(restart_only_changes(&nats("\"a.>\""), &nats("\"a.>\"")).is_empty());
-        assert_eq!(restart_only_changes(&nats("\"a.>\""), &nats("\"b.>\"")), ["ingress.nats"]);
+        assert!(restart_only_changes(&nats("\"a.>\""), &nats("\"a.>\""), &BTreeMap::new()).is_empty());
+        assert_eq!(
+            restart_only_changes(&nats("\"a.>\""), &nats("\"b.>\""), &BTreeMap::new()),
+            ["ingress.nats"]
+        );
     }
 
     #[test]
     fn the_grpc_ingress_s_limits_need_a_restart_and_its_token_does_not() {
         let grpc = |settings: &str| parse(&format!("[ingress.grpc]\nlisten = \"127.0.0.1:1\"\n{settings}"));
         let running = grpc("");
-        assert!(restart_only_changes(&running, &grpc("token = \"a\"\n")).is_empty());
+        assert!(restart_only_changes(&running, &grpc("token = \"a\"\n"), &BTreeMap::new()).is_empty());
         for limit in ["max_connections = 8\n", "header_timeout_ms = 500\n"] {
             assert_eq!(
-                restart_only_changes(&running, &grpc(limit)),
+                restart_only_changes(&running, &grpc(limit), &BTreeMap::new()),
                 ["ingress.grpc (but its token)"],
                 "{limit}"
             );
@@ -124,7 +142,7 @@ mod tests {
     fn a_changed_websocket_ping_interval_needs_a_restart() {
         for section in ["ingress.http", "admin"] {
             let config = |ping: &str| parse(&format!("[{section}]\nlisten = \"127.0.0.1:1\"\n{ping}"));
-            let changed = restart_only_changes(&config(""), &config("ping_ms = 500\n"));
+            let changed = restart_only_changes(&config(""), &config("ping_ms = 500\n"), &BTreeMap::new());
             assert_eq!(changed, [format!("{section} (but its token)")]);
         }
     }
@@ -135,7 +153,7 @@ mod tests {
         let new =
             parse("[host]\nworkers = 3\nio_threads = 1\nbatch_size = 8\n[admin]\nlisten = \"127.0.0.1:2\"\n");
         assert_eq!(
-            restart_only_changes(&running, &new),
+            restart_only_changes(&running, &new, &BTreeMap::new()),
             [
                 "host.workers",
                 "host.io_threads",

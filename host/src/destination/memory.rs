@@ -37,6 +37,11 @@ impl MemoryDestination {
         self.sender.send_async(message).await.map_err(|unsent| (dropped(), unsent.into_inner()))
     }
 
+    /// How many unread messages it holds at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.sender.capacity().expect("a memory destination's channel is bounded")
+    }
+
     /// Put `message` into the channel if it has room now and someone can read it; else it comes
     /// back (for [`MemoryDestination::send`] to wait for room, or to tell why not).
     pub(crate) fn try_send(&self, message: Message) -> Result<(), Message> {

@@ -9,7 +9,7 @@ use crate::destination::{
 use crate::message::Message;
 use crate::metrics::{DeliveryCounters, Metrics, RouteMetrics};
 use crate::router::{Route, RouteKey, RouteTable};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// What messages are routed by and delivered to. Each batch pins one.
@@ -127,11 +127,19 @@ impl LastingDestinations {
     }
 
     /// The memory destination `name`, created on first use holding at most
-    /// `capacity` unread messages (a reload keeps it, and its capacity).
+    /// `capacity` unread messages. Every reload keeps it, and its capacity: one that removes it
+    /// too, since an embedder may hold its receiver (see [`memory_capacities`](Self::memory_capacities)).
     fn memory(&self, name: &str, capacity: usize) -> MemoryDestination {
         let mut memory = self.memory.lock().unwrap_or_else(|poison| poison.into_inner());
         let created = || MemoryDestination::with_capacity(capacity);
         memory.entry(name.to_owned()).or_insert_with(created).0.clone()
+    }
+
+    /// The capacity of each memory destination's channel made so far, those of destinations a
+    /// reload removed included: one configured under that name again gets that channel again.
+    pub(crate) fn memory_capacities(&self) -> BTreeMap<String, usize> {
+        let memory = self.memory.lock().unwrap_or_else(|poison| poison.into_inner());
+        memory.iter().map(|(name, (destination, _))| (name.clone(), destination.capacity())).collect()
     }
 
     /// The receiver of memory destination `name`, if one was configured.

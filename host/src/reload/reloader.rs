@@ -333,7 +333,7 @@ impl Reloader {
             if self.unchanged(&running, &config) {
                 return Ok(ConfigChange::Unchanged);
             }
-            let keys = restart_only_changes(&running, &config);
+            let keys = restart_only_changes(&running, &config, &self.lasting.memory_capacities());
             if !keys.is_empty() {
                 return Err(ConfigError::NeedsRestart { file: file.to_owned(), keys });
             }
@@ -397,7 +397,7 @@ impl Reloader {
         if self.unchanged(&running, &config) {
             return Ok(ConfigChange::Unchanged);
         }
-        let keys = restart_only_changes(&running, &config);
+        let keys = restart_only_changes(&running, &config, &self.lasting.memory_capacities());
         match keys.is_empty() {
             true => Ok(ConfigChange::Applied),
             false => Err(ConfigError::NeedsRestart { file: file.to_owned(), keys }),
