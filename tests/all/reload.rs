@@ -2,7 +2,8 @@
 //! reconfigured while messages flow, with every message accounted for.
 
 use crate::support::{
-    MEMORY_OUT, drain_and_account, event_where, eventually, host, next, plugin_dir, replace_file, within,
+    MEMORY_OUT, builder, drain_and_account, event_where, eventually, host, next, plugin_dir, replace_file,
+    within,
 };
 use switchyard::{Config, ConfigChange, ConfigError, Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
@@ -418,5 +419,38 @@ async fn a_memory_destination_added_back_with_another_capacity_is_refused_naming
     assert!(host.config().destinations.iter().all(|dest| dest.name != "extra"), "nothing was applied");
     assert_eq!(within(apply(with_extra(2))).await.unwrap(), ConfigChange::Applied, "added back as it was");
     assert_eq!(host.memory("extra").unwrap().capacity(), Some(2));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_plugin_dir_that_the_builder_overrides_is_told_once_not_silently_dropped() {
+    // `switchyard run --plugins DIR` is the builder's `plugin_dir`: an edit of the file's
+    // `host.plugin_dir` changed nothing, and nothing said so.
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let config = |plugin_dir: &str| {
+        let route = "[[route]]\nname = \"all\"\nto = \"out\"\n";
+        let text = format!("{MEMORY_OUT}{route}");
+        text.replacen("[host]", &format!("[host]\nwatch = false\nplugin_dir = \"{plugin_dir}\""), 1)
+    };
+    std::fs::write(&config_path, config("first")).unwrap();
+    let host = builder(dir.path()).config_file(&config_path).unwrap().build().await.unwrap();
+    let mut events = host.subscribe();
+    std::fs::write(&config_path, config("second")).unwrap();
+    let change = within(host.reload()).await.unwrap();
+    assert_eq!(change, ConfigChange::Unchanged, "plugins still come from the builder's directory");
+    assert_eq!(host.config().host.plugin_dir, dir.path());
+    let told: Vec<serde_json::Value> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|event| event.name() == "config-overridden")
+        .map(|event| serde_json::to_value(event).unwrap())
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["key"], "host.plugin_dir");
+    assert_eq!(told[0]["value"], "second");
+    assert_eq!(told[0]["used"], dir.path().display().to_string());
+    // The same value again is not told again.
+    std::fs::write(&config_path, config("second") + "# a comment\n").unwrap();
+    within(host.reload()).await.unwrap();
+    assert!(std::iter::from_fn(|| events.try_recv().ok()).all(|event| event.name() != "config-overridden"));
     drain_and_account(&host).await;
 }

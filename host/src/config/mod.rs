@@ -25,6 +25,6 @@ pub use model::{
 };
 pub(crate) use nats::subject_problem;
 pub use nats::{JetStreamConsumer, NatsIngressConfig};
-pub(crate) use overrides::CodeOverrides;
+pub(crate) use overrides::{CodeOverrides, Overridden};
 pub(crate) use restart::restart_only_changes;
 pub use url_path::UrlPath;

@@ -1,6 +1,7 @@
 //! What embedding code sets over any configuration (a plugin directory, a
 //! state directory, routes added in code): applied to the configuration the host starts with
-//! and to every one it reloads, so a reload never drops them.
+//! and to every one it reloads, so a reload never drops them. What a configuration says of a key
+//! they set is not used: [`CodeOverrides::overridden`] names it, for a reload to tell.
 
 use super::{Config, RouteConfig};
 use std::path::PathBuf;
@@ -28,4 +29,29 @@ impl CodeOverrides {
         config.routes.extend(self.routes.iter().cloned());
         config
     }
+
+    /// The keys `config` (as written, before [`apply`](Self::apply)) sets to other values than
+    /// these settings do: what it says of them is not used.
+    pub(crate) fn overridden(&self, config: &Config) -> Vec<Overridden> {
+        let dirs = [
+            ("host.plugin_dir", &config.host.plugin_dir, &self.plugin_dir),
+            ("host.state_dir", &config.host.state_dir, &self.state_dir),
+        ];
+        let overridden = dirs.into_iter().filter_map(|(key, value, used)| {
+            let used = used.as_ref().filter(|used| *used != value)?;
+            Some(Overridden { key, value: value.display().to_string(), used: used.display().to_string() })
+        });
+        overridden.collect()
+    }
+}
+
+/// A key a configuration sets that a [`CodeOverrides`] setting replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Overridden {
+    /// The key, e.g. `host.plugin_dir`.
+    pub(crate) key: &'static str,
+    /// What the configuration says.
+    pub(crate) value: String,
+    /// What is used instead.
+    pub(crate) used: String,
 }

@@ -167,6 +167,8 @@ impl HostBuilder {
         if let Some((kind, name)) = registered_twice {
             return Err(BuildError::RegisteredTwice { kind, name });
         }
+        // What the config says of the keys code overrides: a reload tells an edit of one.
+        let overridden = overrides.overridden(&config);
         let config = overrides.apply(config);
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
@@ -242,8 +244,13 @@ impl HostBuilder {
         let intake_bytes = Arc::new(tokio::sync::Semaphore::new(intake_kib as usize));
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
-        let reloader =
-            Arc::new(Reloader::new(pipeline.clone(), (config, overrides), config_file, lasting, events));
+        let reloader = Arc::new(Reloader::new(
+            pipeline.clone(),
+            (config, overrides, overridden),
+            config_file,
+            lasting,
+            events,
+        ));
         let dir = reloader.plugin_dir();
         let load_errors = reloader
             .load_all()

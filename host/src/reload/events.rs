@@ -71,6 +71,19 @@ pub enum HostEvent {
         /// Why.
         reason: String,
     },
+    /// A configuration applied, or found unchanged, sets a key to a value that the host's builder
+    /// overrides (`switchyard run --plugins DIR`, [`HostBuilder::plugin_dir`](crate::HostBuilder::plugin_dir)):
+    /// that value is not used. Told once per value: when a file's edit brings it.
+    ConfigOverridden {
+        /// Where it came from.
+        file: String,
+        /// The key, e.g. `host.plugin_dir`.
+        key: String,
+        /// What the configuration says.
+        value: String,
+        /// What the host uses instead.
+        used: String,
+    },
     /// At start, the spool had a segment with corrupt bytes (bit rot, a bad sector) followed by
     /// intact records or by later segments: they were skipped, the records after them recovered,
     /// and the bytes moved aside to `SEGMENT.damaged`. One event per stretch of corrupt bytes. A
@@ -110,6 +123,7 @@ impl HostEvent {
             HostEvent::CacheEntryDiscarded { .. } => "cache-entry-discarded",
             HostEvent::ConfigApplied { .. } => "config-applied",
             HostEvent::ConfigRejected { .. } => "config-rejected",
+            HostEvent::ConfigOverridden { .. } => "config-overridden",
             HostEvent::SpoolDamaged { .. } => "spool-damaged",
             HostEvent::Alert(_) => "alert",
             HostEvent::Destination(event) => event.name(),
@@ -132,6 +146,8 @@ pub struct EventCounts {
     pub configs_applied: u64,
     /// [`HostEvent::ConfigRejected`].
     pub configs_rejected: u64,
+    /// [`HostEvent::ConfigOverridden`].
+    pub configs_overridden: u64,
     /// [`DestinationEvent::EndpointDown`].
     pub endpoints_down: u64,
     /// [`DestinationEvent::EndpointUp`].
@@ -153,7 +169,7 @@ pub struct EventCounts {
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 14],
+    counts: [AtomicU64; 15],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -195,6 +211,7 @@ impl Events {
             HostEvent::Destination(DestinationEvent::StreamMigrated { .. }) => 11,
             HostEvent::SpoolDamaged { .. } => 12,
             HostEvent::Alert(_) => 13,
+            HostEvent::ConfigOverridden { .. } => 14,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -214,7 +231,8 @@ impl Events {
                 | DestinationEvent::BalancerFallback { .. }
                 | DestinationEvent::Fallback { .. },
             )
-            | HostEvent::CacheEntryDiscarded { .. } => tracing::warn!(event = %json, "host event"),
+            | HostEvent::CacheEntryDiscarded { .. }
+            | HostEvent::ConfigOverridden { .. } => tracing::warn!(event = %json, "host event"),
             _ => tracing::info!(event = %json, "host event"),
         }
         // No subscriber is not an error.
@@ -267,6 +285,7 @@ impl Events {
             removed: count(3),
             configs_applied: count(4),
             configs_rejected: count(5),
+            configs_overridden: count(14),
             endpoints_down: count(6),
             endpoints_up: count(7),
             balancer_fallbacks: count(8),

@@ -4,7 +4,7 @@
 
 use super::events::{Events, HostEvent};
 use super::source::{Source, beyond_grants, read_source};
-use crate::config::{CodeOverrides, Config, ConfigError, PluginConfig, restart_only_changes};
+use crate::config::{CodeOverrides, Config, ConfigError, Overridden, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{
     CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, load_bytes, plugin_files, plugin_name,
@@ -23,6 +23,9 @@ pub(crate) struct Reloader {
     pub(crate) config: ArcSwap<Config>,
     /// Settings made in code, applied over every config.
     overrides: CodeOverrides,
+    /// What the config last applied (or found unchanged) says of the keys `overrides` set, where
+    /// it differs from them: an edit of one is told once ([`HostEvent::ConfigOverridden`]).
+    overridden: Mutex<Vec<Overridden>>,
     /// The file the config was read from, if any, and the name errors use.
     config_file: (String, Option<PathBuf>),
     pub(crate) lasting: LastingDestinations,
@@ -102,9 +105,11 @@ struct Refusal {
 }
 
 impl Reloader {
+    /// A reloader of the host running `config`, which had `overrides` applied over what `overridden`
+    /// says it set itself.
     pub(crate) fn new(
         pipeline: Arc<Pipeline>,
-        (config, overrides): (Config, CodeOverrides),
+        (config, overrides, overridden): (Config, CodeOverrides, Vec<Overridden>),
         config_file: (String, Option<PathBuf>),
         lasting: LastingDestinations,
         events: Arc<Events>,
@@ -114,6 +119,7 @@ impl Reloader {
             events,
             config: ArcSwap::from_pointee(config),
             overrides,
+            overridden: Mutex::new(overridden),
             config_file,
             lasting,
             changing: Mutex::new(false),
@@ -321,9 +327,18 @@ impl Reloader {
     /// Validate `config` whole and make it current: routes, destinations and
     /// plugin settings. An invalid one, or one changing start-only keys,
     /// changes nothing; one equal to the running one (its destinations' files
-    /// unchanged too) changes nothing either, and emits no event.
+    /// unchanged too) changes nothing either, and emits no `config-applied` event.
+    /// Either way, a value it gives a key that code overrides, not told before, is told
+    /// (`config-overridden`).
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
-        let config = self.checked(file, config)?;
+        let overridden = self.overrides.overridden(&config);
+        let change = self.make_current(file, self.checked(file, config)?)?;
+        self.tell_overridden(file, overridden);
+        Ok(change)
+    }
+
+    /// Make the checked `config` current, unless it changes nothing or needs a restart.
+    fn make_current(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         {
             let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             if *closed {
@@ -352,6 +367,17 @@ impl Reloader {
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
         self.sync_all(Retry::Changed);
         Ok(ConfigChange::Applied)
+    }
+
+    /// Tell each key of `overridden` (what the config of `file` just applied or found unchanged
+    /// sets, and the code overrides) whose value there is not the one told before.
+    fn tell_overridden(&self, file: &str, overridden: Vec<Overridden>) {
+        let mut told = self.overridden.lock().unwrap_or_else(|poison| poison.into_inner());
+        for Overridden { key, value, used } in overridden.iter().filter(|key| !told.contains(key)).cloned() {
+            let (file, key) = (file.to_owned(), key.to_owned());
+            self.events.emit(HostEvent::ConfigOverridden { file, key, value, used });
+        }
+        *told = overridden;
     }
 
     /// Make no change any more: the host is stopping. Once a change under way is made, every later
