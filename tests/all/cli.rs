@@ -648,6 +648,43 @@ fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
     }
 }
 
+#[test]
+fn the_admin_api_shows_the_listen_addresses_the_command_line_set_and_an_edit_of_the_file_s_is_told() {
+    // `--listen` and `--admin` override the file's: the host serves on theirs, and
+    // `GET /v1/config` showed the file's; an edit of the file's was refused as needing a restart.
+    let dir = plugin_dir(&[]);
+    let config = |port: u16| {
+        format!(
+            "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{}\"\n[[route]]\nname = \"all\"\nto = \"log\"\n",
+            port + 1
+        )
+    };
+    std::fs::write(dir.path().join("switchyard.toml"), config(9)).unwrap();
+    let args = ["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let mut host = Running::start(&args, dir.path());
+    let admin = host.address("admin API listening on http://");
+    let (status, body) = http(admin, "GET", "/v1/config", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["ingress"]["http"]["listen"], "127.0.0.1:0", "{body}");
+    assert_eq!(shown["admin"]["listen"], "127.0.0.1:0", "{body}");
+    // An edit of the file's addresses is not used, and said so (as for `--plugins`), not refused
+    // for a restart that would not use it either.
+    std::fs::write(dir.path().join("switchyard.toml"), config(11)).unwrap();
+    signal(&host, "-HUP");
+    let overridden = |key: &'static str| {
+        move |line: &str| line.contains(r#""event":"config-overridden""#) && line.contains(key)
+    };
+    let told = host.line_where(overridden(r#""key":"ingress.http.listen""#));
+    assert!(told.contains(r#""value":"127.0.0.1:11","used":"127.0.0.1:0""#), "{told}");
+    let told = host.line_where(overridden(r#""key":"admin.listen""#));
+    assert!(told.contains(r#""value":"127.0.0.1:12","used":"127.0.0.1:0""#), "{told}");
+    let reloaded = host.line_where(|line| line.starts_with("switchyard: reload"));
+    assert_eq!(reloaded, "switchyard: reloaded (config unchanged)");
+    host.stop();
+}
+
 /// The first line `switchyard --log-format FORMAT run` writes to its piped stderr.
 fn first_log_line(format: &str) -> String {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);

@@ -25,6 +25,12 @@ pub async fn run(
     if let Some(dir) = plugins {
         builder = builder.plugin_dir(dir);
     }
+    if let Some(listen) = listen {
+        builder = builder.http_listen(listen);
+    }
+    if let Some(listen) = admin {
+        builder = builder.admin_listen(listen);
+    }
     // Handlers first: a start may take minutes compiling plugins, and a SIGHUP then (a log rotation,
     // a service manager's reload) killed the host; it is applied once the host runs. A SIGINT or
     // SIGTERM then stops the start.
@@ -56,8 +62,7 @@ pub async fn run(
     for warning in super::check::memory_warnings(&host.config()) {
         eprintln!("switchyard: warning: {warning}");
     }
-    let http = listen.or(host.config().ingress.http.as_ref().map(|http| http.listen));
-    let ingress = match http {
+    let ingress = match host.config().ingress.http.as_ref().map(|http| http.listen) {
         Some(addr) => Some(HttpIngress::bind(host.clone(), addr).await?),
         None => None,
     };
@@ -90,7 +95,7 @@ pub async fn run(
         nats.push(ingress);
     }
     // The token comes from the config of the moment: a reload changes it live.
-    let admin = match admin.or(host.config().admin.as_ref().map(|admin| admin.listen)) {
+    let admin = match host.config().admin.as_ref().map(|admin| admin.listen) {
         Some(addr) => Some(AdminServer::bind(host.clone(), addr, None).await?),
         None => None,
     };

@@ -16,6 +16,7 @@ use crate::stage::{NativeFilter, NativeStages, NativeTransform};
 use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -78,6 +79,22 @@ impl HostBuilder {
     /// after config reloads).
     pub fn plugin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.overrides.plugin_dir = Some(dir.into());
+        self
+    }
+
+    /// Serve the HTTP ingress on `listen` instead of the configured `ingress.http.listen` (also
+    /// after config reloads; with no `[ingress.http]`, one with the default limits): the host's
+    /// config says so, and [`Host::run`] binds it. `switchyard run --listen` sets it.
+    pub fn http_listen(mut self, listen: SocketAddr) -> Self {
+        self.overrides.http_listen = Some(listen);
+        self
+    }
+
+    /// Serve the admin API on `listen` instead of the configured `admin.listen` (also after
+    /// config reloads; with no `[admin]`, one with no token and the default limits): the host's
+    /// config says so. `switchyard run --admin` sets it.
+    pub fn admin_listen(mut self, listen: SocketAddr) -> Self {
+        self.overrides.admin_listen = Some(listen);
         self
     }
 

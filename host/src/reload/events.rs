@@ -72,8 +72,9 @@ pub enum HostEvent {
         reason: String,
     },
     /// A configuration applied, or found unchanged, sets a key to a value that the host's builder
-    /// overrides (`switchyard run --plugins DIR`, [`HostBuilder::plugin_dir`](crate::HostBuilder::plugin_dir)):
-    /// that value is not used. Told once per value: when a file's edit brings it.
+    /// overrides (`switchyard run --plugins DIR`, `--listen ADDR`, `--admin ADDR`;
+    /// [`HostBuilder::plugin_dir`](crate::HostBuilder::plugin_dir) and the like): that value is
+    /// not used. Told once per value: when a file's edit brings it.
     ConfigOverridden {
         /// Where it came from.
         file: String,
