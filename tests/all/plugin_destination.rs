@@ -212,6 +212,25 @@ async fn a_transport_plugin_s_reply_past_max_message_bytes_is_refused_and_the_me
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_transport_plugin_sends_nothing_and_its_messages_wait_until_their_queue_timeout() {
+    let (server, echoed) = echo_server().await;
+    let queue = "queue = { timeout_ms = 300 }";
+    let (dir, host) = plugin_host(&[("echo", artifacts::ECHO_TRANSPORT)], &[server], queue, "").await;
+    within(host.request(Message::new("greet", "hello"))).await.unwrap().unwrap();
+    let mut events = host.subscribe();
+    std::fs::remove_file(dir.path().join("echo.wasm")).unwrap();
+    event_where(&mut events, |e| matches!(e, HostEvent::PluginRemoved { name, .. } if name == "echo")).await;
+    let id = host.send(Message::new("greet", "after")).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!((letter.id, letter.header("x-sy-dead-letter")), (id, Some("queue-timeout")), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.contains("transport plugin \"echo\" is not loaded"), "{reason}");
+    assert_eq!(echoed.load(Ordering::SeqCst), "hello".len(), "nothing more went out");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.responded + stats.delivered, stats.dead_lettered), (1, 1));
+}
+
 /// `component` with a custom section appended: the same plugin, another version.
 fn another_version(component: &[u8], tag: u8) -> Vec<u8> {
     let name = b"switchyard-test-version";

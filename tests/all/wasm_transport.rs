@@ -311,6 +311,36 @@ async fn a_new_version_serves_new_connections_and_the_old_one_drains_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_transport_plugin_sends_nothing_more_and_its_lanes_and_connections_end() {
+    let (server, echoed) = echo_server().await;
+    let plugin = Loaded::new("echo", artifacts::ECHO_TRANSPORT, &[]);
+    let removed = plugin.registry.snapshot()["echo"].clone();
+    let transport = plugin.transport(&[server], 2, TIMEOUT);
+    let message = Message::new("greet", "hello");
+    within(transport.attempt(&server.to_string(), &message)).await.unwrap();
+    let sent = echoed.load(std::sync::atomic::Ordering::SeqCst);
+    plugin.registry.replace(BTreeMap::new()); // its file deleted
+    let refused = within(transport.attempt(&server.to_string(), &message)).await.unwrap_err();
+    assert_eq!(
+        refused,
+        (Outcome::Retryable(RetryReason::Connect), "transport plugin \"echo\" is not loaded".to_owned()),
+        "not sent: it waits for a version to serve, as for an endpoint that refuses"
+    );
+    assert_eq!(echoed.load(std::sync::atomic::Ordering::SeqCst), sent, "nothing more went out");
+    // Its lanes held an instance each and its pool an open connection until the destination was
+    // rebuilt or another version served.
+    let stats = transport.pool_stats(&server.to_string()).unwrap();
+    assert_eq!(stats.size, 0, "the removed version's idle connection was closed");
+    eventually(|| match removed.live_instances() {
+        0 => Ok(()),
+        live => Err(live),
+    });
+    plugin.swap_in(artifacts::ECHO_TRANSPORT, &[]); // put back
+    let reply = within(transport.attempt(&server.to_string(), &message)).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "hello", "a version put back serves again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_whose_plugin_call_is_stuck_holds_up_no_other_endpoint() {
     let ((stuck, _), (good, _)) = (echo_server().await, echo_server().await);
     let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);

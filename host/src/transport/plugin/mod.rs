@@ -24,7 +24,8 @@
 //! is one that outgrew its memory, between calls, its connections closed
 //! first (see [`PluginInstance::outgrown`](crate::plugin::PluginInstance::outgrown)); a
 //! new version of the plugin serves new connections while attempts in
-//! flight finish on the old one, whose pooled connections are not reused.
+//! flight finish on the old one, whose pooled connections are not reused;
+//! so do a removed plugin's, and nothing more is sent until a version serves.
 
 mod connection;
 mod factory;
@@ -38,7 +39,9 @@ use super::{
 use crate::config::HealthSettings;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::plugin::{CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginKind, PluginRegistry};
+use crate::plugin::{
+    CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginKind, PluginRegistry, PluginSet,
+};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use arc_swap::ArcSwapOption;
 use connection::PluginConnection;
@@ -192,15 +195,22 @@ impl PluginTransport {
     }
 
     /// The lanes of the version serving now, started if it is new (the
-    /// previous version's are retired); or why none serves.
+    /// previous version's are retired); or why none serves (the previous
+    /// version's lanes are retired too: a removed plugin keeps no instance
+    /// or connection).
     fn lanes(&self) -> Result<Arc<Lanes>, String> {
-        let name = &self.config.plugin;
         let snapshot = self.registry.snapshot();
-        let plugin =
-            snapshot.get(name).ok_or_else(|| format!("transport plugin \"{name}\" is not loaded"))?;
-        if plugin.kind != PluginKind::Transport {
-            return Err(format!("plugin \"{name}\" is a {}, not a transport", plugin.kind.as_str()));
-        }
+        let plugin = match self.serving_version(&snapshot) {
+            Ok(plugin) => plugin,
+            Err(none) => {
+                // Unlocked: lanes a version loaded meanwhile started are retired at worst, and
+                // the next call starts them again.
+                if let Some(old) = self.current.swap(None) {
+                    self.retire(&old);
+                }
+                return Err(none);
+            }
+        };
         let serving = |current: &Option<Arc<Lanes>>| {
             current.as_ref().filter(|lanes| Arc::ptr_eq(&lanes.plugin, plugin)).cloned()
         };
@@ -215,11 +225,28 @@ impl PluginTransport {
         let lanes = Arc::new(self.start(plugin.clone())?);
         self.current.store(Some(lanes.clone()));
         if let Some(old) = current {
-            // The old version's idle connections close now; those in use close when their attempts end.
-            old.retire();
-            self.config.endpoints.iter().for_each(|address| self.pools.close_idle(address));
+            self.retire(&old);
         }
         Ok(lanes)
+    }
+
+    /// The version of the plugin serving in `snapshot`; why none when it is
+    /// not loaded (never was, or its file was removed) or not a transport.
+    fn serving_version<'s>(&self, snapshot: &'s PluginSet) -> Result<&'s Arc<CompiledPlugin>, String> {
+        let name = &self.config.plugin;
+        let plugin =
+            snapshot.get(name).ok_or_else(|| format!("transport plugin \"{name}\" is not loaded"))?;
+        if plugin.kind != PluginKind::Transport {
+            return Err(format!("plugin \"{name}\" is a {}, not a transport", plugin.kind.as_str()));
+        }
+        Ok(plugin)
+    }
+
+    /// Stop using `old`'s lanes: their idle connections close now, those in
+    /// use when their attempts end, and each lane with its last connection.
+    fn retire(&self, old: &Lanes) {
+        old.retire();
+        self.config.endpoints.iter().for_each(|address| self.pools.close_idle(address));
     }
 
     /// Start `plugin`'s lanes: [`PluginTransportConfig::lanes`] per endpoint.
