@@ -155,6 +155,33 @@ async fn a_plugin_asleep_in_its_load_trial_is_refused_at_its_deadline() {
     drain_and_account(&host).await;
 }
 
+#[tokio::test]
+async fn a_plugin_whose_trial_answer_is_malformed_is_refused_at_load_naming_the_fault() {
+    // Its trial's answer was dropped unread: each of these loaded and would have served.
+    let plugins = [
+        ("decisions", artifacts::FAULTY_DECISIONS, "missing", "0 decisions for 1 messages"),
+        ("errors", artifacts::FAULTY_ERRORS, "one-based", "an error names input 1 of 1"),
+        ("middleware", artifacts::FAULTY_MIDDLEWARE, "forward-two", "expected exactly one message"),
+        ("responder", artifacts::FAULTY_MIDDLEWARE, "respond-heads", "a message without its payload"),
+    ];
+    let dir = plugin_dir(&plugins.map(|(name, artifact, ..)| (name, artifact)));
+    let entries = plugins.map(|(name, _, fault, _)| {
+        format!("[[plugin]]\nname = \"{name}\"\nconfig = {{ fault = \"{fault}\" }}\n")
+    });
+    let config = switchyard::Config::from_toml("test.toml", &format!("{MEMORY_OUT}{}", entries.concat()));
+    let host = builder(dir.path()).config("test.toml", config.unwrap()).build();
+    let host = crate::support::within(host).await.unwrap();
+    let mut errors: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
+    errors.sort();
+    let mut expected = plugins.map(|(name, _, _, problem)| {
+        format!("plugin \"{name}\": failed its trial run: returned a malformed answer: {problem}")
+    });
+    expected.sort();
+    assert_eq!(errors, expected);
+    assert!(host.plugins().is_empty(), "none serves");
+    drain_and_account(&host).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_routes() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, "{ timeout_ms = 100 }", "fail-closed").await;

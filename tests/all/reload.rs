@@ -182,6 +182,29 @@ async fn bad_replacements_are_rejected_and_the_previous_version_keeps_serving() 
 }
 
 #[tokio::test]
+async fn a_replacement_whose_trial_answer_is_malformed_is_rejected_and_the_previous_version_keeps_serving() {
+    // Its trial's answer was dropped unread: it replaced the good version, and every message
+    // through it was then dead-lettered plugin-malformed.
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\nconfig = {{ fault = \"one-based\" }}\n");
+    let host = host_with_transform_in(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    let serving = host.plugins()[0].digest.clone();
+    replace_file(&dir.path().join("t.wasm"), &std::fs::read(artifacts::FAULTY_ERRORS).unwrap());
+    let swapped = |event: &HostEvent| rejected("t")(event) || replaced("t")(event);
+    let HostEvent::PluginRejected { reason, .. } = event_where(&mut events, swapped).await else {
+        panic!("the malformed version replaced the good one")
+    };
+    let problem = "failed its trial run: returned a malformed answer: an error names input 1 of 1";
+    assert!(reason.ends_with(problem), "{reason}");
+    assert_eq!(host.plugins()[0].digest, serving);
+    host.send(Message::new("still", "{}")).await.unwrap();
+    assert_eq!(version_seen(&next(&host.memory("out").unwrap()).await), "redact");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test]
 async fn half_written_file_is_never_loaded() {
     let (dir, host) = host_with_transform().await;
     let mut events = host.subscribe();

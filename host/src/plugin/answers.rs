@@ -1,7 +1,8 @@
 //! What the host takes of a plugin's answer: the checks an answer passes before the pipeline
 //! takes any of it, beyond reading it (its shape, and through [`output_limits`](super::output_limits)
 //! the limits on what it makes). `switchyard plugin call` makes the same checks, so that an author
-//! sees the fault the host would dead-letter with.
+//! sees the fault the host would dead-letter with, and so does a plugin's trial run at load, so that
+//! a file whose answers the pipeline would refuse never replaces a good one.
 
 use super::error::{PluginError, PluginFault};
 use super::output_limits::{check_made_message, check_made_reply, check_outputs};

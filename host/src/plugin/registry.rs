@@ -1,10 +1,11 @@
 //! The registry of plugin versions: an atomically swapped snapshot, so a
 //! message pins the versions it started with and a swap never blocks it.
 
+use super::answers::{check_decisions, check_transformed, read_forward, read_reply};
 use super::compiled::{CompiledPlugin, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{LoadError, PluginFault};
-use super::instance::{PluginInstance, StartFailure};
+use super::instance::{MiddlewareAction, PluginInstance, StartFailure};
 use super::sandbox::{PluginSettings, StoreState};
 use crate::config::PluginConfig;
 use crate::regular_file::{self, Links};
@@ -110,10 +111,10 @@ pub fn load_bytes(
 }
 
 /// Instantiate once before serving, ask a component its wire format version,
-/// and give a filter or transform one sample message: this runs start-up code,
+/// and give a filter, transform or middleware one sample message: this runs start-up code,
 /// type-checks every export against the world, and makes a first call, all
 /// under the plugin's limits. The plugin may answer with an error; it must not
-/// trap, time out, exceed its memory cap or exit.
+/// trap, time out, exceed its memory cap, exit or answer malformed.
 fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
     // A grant that cannot be honoured (a granted directory that does not exist) is refused as such.
     let state = StoreState::new(plugin.settings.clone())?;
@@ -145,20 +146,30 @@ fn trial_run(
     sample_call(&mut instance).map_err(failed)
 }
 
-/// Give a filter or transform one sample message (other kinds need a peer).
+/// Give a filter, transform or middleware one sample message (other kinds need a peer), and
+/// check its answer as the pipeline does, at the host's default limits: one the pipeline would
+/// refuse is a fault.
 fn sample_call(instance: &mut PluginInstance) -> Result<(), PluginFault> {
     let mut sample = Vec::new();
     let head = switchyard_wire::Head { id: 0, source: 0, priority: 0, topic: "switchyard.trial" };
+    let payload = match instance.plugin.kind {
+        PluginKind::Filter => switchyard_wire::Payload::Omitted(2),
+        _ => switchyard_wire::Payload::Bytes(b"{}"),
+    };
+    switchyard_wire::write_message(&mut sample, &head, [], payload);
+    let max_message_bytes = crate::config::HostSection::default().max_message_bytes;
     match instance.plugin.kind {
-        PluginKind::Filter => {
-            switchyard_wire::write_message(&mut sample, &head, [], switchyard_wire::Payload::Omitted(2));
-            instance.filter(&sample).map(drop)
-        }
+        PluginKind::Filter => check_decisions(&instance.filter(&sample)?, 1),
         PluginKind::Transform => {
-            switchyard_wire::write_message(&mut sample, &head, [], switchyard_wire::Payload::Bytes(b"{}"));
-            instance.transform(&sample).map(drop)
+            let out = instance.transform(&sample)?;
+            check_transformed(&out.messages, &out.errors, 1, max_message_bytes).map(drop)
         }
-        _ => Ok(()),
+        PluginKind::Middleware => match instance.on_request(&sample)? {
+            Ok(MiddlewareAction::Forward(batch)) => read_forward(&batch, max_message_bytes).map(drop),
+            Ok(MiddlewareAction::Respond(batch)) => read_reply(&batch, max_message_bytes).map(drop),
+            Err(_) => Ok(()),
+        },
+        PluginKind::Balancer | PluginKind::Transport => Ok(()),
     }
 }
 

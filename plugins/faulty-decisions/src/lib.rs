@@ -2,8 +2,9 @@
 //! for a message carrying the header named by config key `trigger`, in the
 //! way the header's value names: `missing` leaves out its decision, `extra`
 //! gives it two, `bad-counter-name` adds a count whose name is not UTF-8,
-//! anything else gives it an unknown verdict byte. Other messages are kept. Built with
-//! `wit-bindgen` directly: the SDK only writes well-formed answers.
+//! anything else gives it an unknown verdict byte. Other messages are kept. With config key
+//! `fault` set, every message (the load trial's sample too) is malformed in the way it names,
+//! whatever its headers. Built with `wit-bindgen` directly: the SDK only writes well-formed answers.
 
 mod bindings {
     wit_bindgen::generate!({ path: "../../wit", world: "filter-plugin" });
@@ -22,10 +23,12 @@ impl format::Guest for FaultyDecisions {
 
 impl filter::Guest for FaultyDecisions {
     fn filter(messages: Vec<u8>) -> Vec<u8> {
-        let trigger = host::config("trigger").unwrap_or_default();
+        let (trigger, fault) = (host::config("trigger").unwrap_or_default(), host::config("fault"));
         let (mut decided, mut decisions, mut counts) = (0u32, Vec::new(), Vec::new());
         for message in switchyard_wire::decode(&messages) {
-            let poison = message.ok().and_then(|message| message.header(&trigger).map(str::to_owned));
+            let poison = fault
+                .clone()
+                .or_else(|| message.ok().and_then(|message| message.header(&trigger).map(str::to_owned)));
             match poison.as_deref() {
                 None => decisions.extend_from_slice(&[3, 1]),
                 Some("missing") => continue,

@@ -4,8 +4,10 @@
 //! twice, anything else reports it by its position counted from 1 (as a
 //! hand-written plugin in a language that counts from 1 might), so the last
 //! message of a batch names an input that does not exist. Either way the
-//! message makes no output. Other messages pass unchanged. Built with
-//! `wit-bindgen` directly: the SDK only writes well-formed answers.
+//! message makes no output. Other messages pass unchanged. With config key
+//! `fault` set, every message (the load trial's sample too) is named wrongly
+//! in the way it names, whatever its headers. Built with `wit-bindgen`
+//! directly: the SDK only writes well-formed answers.
 
 mod bindings {
     wit_bindgen::generate!({ path: "../../wit", world: "transform-plugin" });
@@ -26,12 +28,12 @@ impl format::Guest for FaultyErrors {
 
 impl transform::Guest for FaultyErrors {
     fn transform(messages: Vec<u8>) -> transform::Transformed {
-        let trigger = host::config("trigger").unwrap_or_default();
+        let (trigger, fault) = (host::config("trigger").unwrap_or_default(), host::config("fault"));
         let (mut outputs, mut errors) = (Vec::new(), Vec::new());
         for (index, message) in (0u32..).zip(switchyard_wire::decode(&messages)) {
             let Ok(message) = message else { break };
             let rejected = || Error::Rejected("poison".into());
-            match message.header(&trigger) {
+            match fault.as_deref().or(message.header(&trigger)) {
                 Some("twice") => errors.extend([(index, rejected()), (index, rejected())]),
                 Some(_) => errors.push((index + 1, rejected())),
                 None => {

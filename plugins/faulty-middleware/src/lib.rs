@@ -3,8 +3,10 @@
 //! in the way the header's value names: `forward-none` forwards no message,
 //! `forward-two` forwards the request twice, anything else responds with the
 //! request's head, without its payload. Other requests are forwarded
-//! unchanged, and replies passed back unchanged. Built with `wit-bindgen`
-//! directly: the SDK only writes well-formed answers.
+//! unchanged, and replies passed back unchanged. With config key `fault`
+//! set, every request (the load trial's sample too) is answered in the way it
+//! names, whatever its headers. Built with `wit-bindgen` directly: the SDK
+//! only writes well-formed answers.
 
 mod bindings {
     wit_bindgen::generate!({ path: "../../wit", world: "middleware-plugin" });
@@ -26,11 +28,11 @@ impl format::Guest for FaultyMiddleware {
 
 impl Guest for FaultyMiddleware {
     fn on_request(request: Vec<u8>) -> Result<Action, Error> {
-        let trigger = host::config("trigger").unwrap_or_default();
+        let (trigger, fault) = (host::config("trigger").unwrap_or_default(), host::config("fault"));
         let Some(Ok(message)) = switchyard_wire::decode(&request).next() else {
             return Err(Error::Failed("no request".into()));
         };
-        Ok(match message.header(&trigger) {
+        Ok(match fault.as_deref().or(message.header(&trigger)) {
             None => Action::Forward(request),
             Some("forward-none") => Action::Forward(Vec::new()),
             Some("forward-two") => Action::Forward([&request[..], &request[..]].concat()),
