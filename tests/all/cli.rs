@@ -379,6 +379,35 @@ fn plugin_call_runs_one_plugin_on_one_message() {
 }
 
 #[test]
+fn plugin_call_with_a_reply_passes_it_back_through_a_middleware_and_checks_what_comes_back() {
+    // It called a middleware's on_request only: its on_reply could not be tried from the command line.
+    let request = r#"{"topic":"orders","payload":"order"}"#;
+    let reply = r#"{"topic":"orders","headers":{"x-from":"peer"},"payload":"done"}"#;
+    let call = |plugin: &str, config: &str| {
+        switchyard(&["plugin", "call", plugin, "--message", request, "--reply", reply, "--config", config])
+    };
+    let (ok, out) = call(artifacts::ANNOTATE_MIDDLEWARE, "reply_headers=0");
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let forwarded = &answer["answer"]["forward"][0];
+    assert_eq!(forwarded["headers"], serde_json::json!([["x-annotated-by", "annotate-middleware"]]));
+    let passed_back = &answer["answer"]["reply"][0];
+    assert_eq!(passed_back["payload"], "done", "{answer}");
+    assert_eq!(
+        passed_back["headers"],
+        serde_json::json!([["x-from", "peer"], ["x-reply-annotated", "true"]])
+    );
+    let (ok, out) = call(artifacts::ANNOTATE_MIDDLEWARE, "reply_headers=1100");
+    assert!(
+        !ok && out.contains("the host would fail the request with this reply (plugin-output-limit): ")
+            && out.contains("more than 1024 headers besides x-sy-id"),
+        "{out}"
+    );
+    let (ok, out) = call(artifacts::HEADER_FILTER, "require_header=x-tenant");
+    assert!(!ok && out.contains("--reply is for middleware plugins; this is a filter"), "{out}");
+}
+
+#[test]
 fn plugin_call_fails_on_an_answer_the_host_would_dead_letter_naming_the_fault() {
     // It checked less than the pipeline: a filter's last decision of any number was taken, and a
     // middleware's forward of no message or of two, or its reply without a payload, was printed.

@@ -1,4 +1,5 @@
-//! `switchyard plugin call FILE.wasm --message JSON [--address HOST:PORT]` (or a native library).
+//! `switchyard plugin call FILE.wasm --message JSON [--address HOST:PORT] [--reply JSON]` (or a native
+//! library).
 
 use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use switchyard::plugin::{
 };
 use switchyard_wire::{Head, Payload, decode, write_message};
 
-/// The `--message` argument.
+/// The `--message` (and `--reply`) argument.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MessageArg {
@@ -37,12 +38,15 @@ pub fn call(
     message: &str,
     config: Vec<(String, String)>,
     address: Option<&str>,
+    reply: Option<&str>,
 ) -> anyhow::Result<()> {
     if PluginFormat::of(file).is_none() {
         let native = PluginFormat::Native.extension();
         bail!("{}: expected a .wasm plugin or a native .{native} plugin", file.display());
     }
     let message: MessageArg = serde_json::from_str(message).context("--message is not a valid message")?;
+    let reply: Option<MessageArg> =
+        reply.map(serde_json::from_str).transpose().context("--reply is not a valid message")?;
     let engine = PluginEngine::new(None)?;
     let plugin_config =
         PluginConfig { name: plugin_name(file), config: config.into_iter().collect(), ..Default::default() };
@@ -59,18 +63,14 @@ pub fn call(
         (_, Some(_)) => bail!("--address is for transport plugins; this is a {}", kind.as_str()),
         (_, None) => PluginInstance::new(&engine, plugin)?,
     };
-    let mut batch = Vec::new();
-    let head = Head { id: 1, source: 0, priority: message.priority, topic: &message.topic };
-    let headers = message.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let payload = match kind {
-        PluginKind::Filter => Payload::Omitted(message.payload.len()),
-        _ => Payload::Bytes(message.payload.as_bytes()),
-    };
-    write_message(&mut batch, &head, headers.collect::<Vec<_>>(), payload);
+    if reply.is_some() && kind != PluginKind::Middleware {
+        bail!("--reply is for middleware plugins; this is a {}", kind.as_str());
+    }
+    let batch = message.batch(kind == PluginKind::Filter);
     // The answer is checked as the pipeline checks it, at the host's default limits.
     let max_message_bytes = switchyard::config::HostSection::default().max_message_bytes;
     let plugin = instance.plugin.clone();
-    let refused = |fault| refused(&plugin, fault);
+    let refused = |fault| refusal(&plugin, fault, "dead-letter this message");
     let answer = match kind {
         PluginKind::Filter => {
             let mut decisions = instance.filter(&batch)?;
@@ -89,7 +89,19 @@ pub fn call(
         PluginKind::Middleware => match instance.on_request(&batch)? {
             Ok(MiddlewareAction::Forward(batch)) => {
                 read_forward(&batch, max_message_bytes).map_err(refused)?;
-                json!({ "forward": messages_json(&batch)? })
+                let mut answer = json!({ "forward": messages_json(&batch)? });
+                if let Some(reply) = &reply {
+                    // Passed back as the pipeline passes back a reply within host.max_message_bytes.
+                    match instance.on_reply(&batch, &reply.batch(false))? {
+                        Ok(back) => {
+                            let failed = |fault| refusal(&plugin, fault, "fail the request with this reply");
+                            read_reply(&back, max_message_bytes).map_err(failed)?;
+                            answer["reply"] = Value::from(messages_json(&back)?);
+                        }
+                        Err(error) => answer["reply_error"] = Value::from(error.to_string()),
+                    }
+                }
+                answer
             }
             Ok(MiddlewareAction::Respond(batch)) => {
                 read_reply(&batch, max_message_bytes).map_err(refused)?;
@@ -104,11 +116,28 @@ pub fn call(
     Ok(())
 }
 
-/// The error for an answer of `plugin` the host would not take: the dead letter it would make.
-fn refused(plugin: &CompiledPlugin, fault: PluginFault) -> anyhow::Error {
+impl MessageArg {
+    /// The message as a one-message batch, with its payload or (`heads_only`, as a filter is
+    /// given it) only its length.
+    fn batch(&self, heads_only: bool) -> Vec<u8> {
+        let mut batch = Vec::new();
+        let head = Head { id: 1, source: 0, priority: self.priority, topic: &self.topic };
+        let headers = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let payload = match heads_only {
+            true => Payload::Omitted(self.payload.len()),
+            false => Payload::Bytes(self.payload.as_bytes()),
+        };
+        write_message(&mut batch, &head, headers.collect::<Vec<_>>(), payload);
+        batch
+    }
+}
+
+/// The error for an answer of `plugin` the host would not take: what it would do (`outcome`: make
+/// a dead letter, or fail the request a reply answers), with the reason's code and text.
+fn refusal(plugin: &CompiledPlugin, fault: PluginFault, outcome: &str) -> anyhow::Error {
     let version = plugin.short_version().to_owned();
     let reason = DeadLetterReason::PluginFault { plugin: plugin.name.clone(), version, fault };
-    anyhow!("the host would dead-letter this message ({}): {reason}", reason.code())
+    anyhow!("the host would {outcome} ({}): {reason}", reason.code())
 }
 
 /// Open a connection to `address`, send `batch` on it, close it: the reply,

@@ -148,6 +148,10 @@ pub enum PluginCommand {
         /// connection to and send the message on (the only address it may reach).
         #[arg(long)]
         address: Option<String>,
+        /// For a middleware plugin: the destination's reply to the request it
+        /// forwards, passed back through its `on_reply` (a message as `--message`).
+        #[arg(long)]
+        reply: Option<String>,
     },
     /// Write a ready plugin project: manifest, source, a test and a README.
     New {
@@ -221,8 +225,8 @@ impl Command {
                 runtime(io_threads)?.block_on(run::run(file, plugins, listen, admin))
             }
             Command::Check { file, load_native } => check::check(&file, load_native),
-            Command::Plugin { command: PluginCommand::Call { file, message, config, address } } => {
-                call::call(&file, &message, config, address.as_deref())
+            Command::Plugin { command: PluginCommand::Call { file, message, config, address, reply } } => {
+                call::call(&file, &message, config, address.as_deref(), reply.as_deref())
             }
             Command::Plugin { command: PluginCommand::New { name, kind, lang, dir, sdk } } => {
                 new::new(&name, kind, lang, dir, sdk)
