@@ -271,15 +271,21 @@ impl SegmentLog {
     /// failed write is cut off, its segment fsync'd, and the next goes to a new segment (to the
     /// same one when no new one can be started). Once the head segment is found
     /// deleted (see [`SegmentLog::check_head`]) every append is refused.
+    ///
+    /// `puts` took their numbers from [`next_seq`](Self::next_seq) before this call, so the
+    /// compaction a new head brings comes after `bytes`: its moved puts take the numbers after
+    /// theirs, and puts keep the order of their numbers along the log (which reading past damage
+    /// relies on, see [`record::scan`]).
     pub(crate) fn append(&mut self, bytes: &[u8], puts: &[(u64, u64, u64)], sync: bool) -> io::Result<()> {
         if let Some(problem) = &self.deleted {
             return Err(io::Error::new(io::ErrorKind::NotFound, problem.clone()));
         }
-        if self.head.2 >= SEGMENT_BYTES {
+        let full = self.head.2 >= SEGMENT_BYTES;
+        if full {
             // Removes are written without an fsync: a segment is sealed whole, so that only the
             // last one can have a torn tail after a crash (see `DamageKind::TornTail`).
             self.head.1.sync_data()?;
-            self.rotate()?;
+            self.start_head()?;
         }
         let (_, file, len) = &mut self.head;
         let written = file.write_all(bytes).and_then(|()| if sync { file.sync_data() } else { Ok(()) });
@@ -304,6 +310,10 @@ impl SegmentLog {
             self.live_bytes += bytes;
         }
         *self.per_segment.get_mut(&segment).expect("the head is tracked") += puts.len();
+        if full && let Err(error) = self.compact_oldest() {
+            // `bytes` is on disk: a segment that stays is no reason to refuse it.
+            tracing::warn!(%error, "the spool could not delete a settled segment; it stays on disk");
+        }
         Ok(())
     }
 
@@ -341,10 +351,16 @@ impl SegmentLog {
         (self.live.len(), self.live_bytes, oldest, self.disk_bytes)
     }
 
+    /// Start a new head segment and [compact](Self::compact_oldest) the oldest.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.start_head()?;
+        self.compact_oldest()
+    }
+
     /// Start a new head segment. The old one is deleted if no record was written to it: a full
     /// disk refuses write after write, each followed by a rotation, and the empty segments it left
     /// took the inodes a restart needs.
-    fn rotate(&mut self) -> io::Result<()> {
+    fn start_head(&mut self) -> io::Result<()> {
         let number = self.head.0 + 1;
         let (old, _, old_len) =
             std::mem::replace(&mut self.head, (number, create_segment(&self.dir, number)?, 0));
@@ -357,6 +373,12 @@ impl SegmentLog {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// [`compact`](Self::compact) the oldest segment if it is due, then delete the segments
+    /// settled. A failed compaction is logged: the segment stays until its messages are settled.
+    fn compact_oldest(&mut self) -> io::Result<()> {
         if let Err(error) = self.compact() {
             tracing::warn!(%error, "the spool could not compact its oldest segment: it stays on disk until the messages in it are settled");
         }
@@ -794,6 +816,70 @@ mod tests {
         drop(log);
         let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(payloads(&recovered), ["second"]);
+    }
+
+    /// Put `held` (never removed), then settled segments behind them up to the last rotation that
+    /// compacts nothing, and mark the head full: the next append starts a new head and compacts
+    /// the oldest segment, the one holding `held`, into it.
+    fn hold_until_the_next_append_compacts(log: &mut SegmentLog, held: &[&str]) {
+        put(log, held);
+        let due = |log: &SegmentLog| COMPACT_SLACK + 2 * log.live_bytes.div_ceil(SEGMENT_BYTES);
+        while (log.per_segment.len() as u64 - 1) < due(log) {
+            log.rotate().unwrap();
+            let settled = put(log, &["settled"]);
+            remove(log, &settled);
+        }
+        // As a head written up to SEGMENT_BYTES leaves it, without writing 16 MiB.
+        log.head.2 = SEGMENT_BYTES;
+    }
+
+    /// The sequence numbers of the puts (moved ones too) in segment `number` of `dir`, in order,
+    /// with their payloads.
+    fn puts_in(dir: &Path, number: u64) -> Vec<(u64, String)> {
+        let scan = record::scan(&fs::read(segment_path(dir, number)).unwrap(), None);
+        assert!(scan.damage.is_empty(), "{:?}", scan.damage);
+        let puts = scan.records.into_iter().filter_map(|(record, _)| match record {
+            Record::Put { seq, message, .. } => {
+                Some((seq, String::from_utf8(message.payload.to_vec()).unwrap()))
+            }
+            Record::Remove { .. } => None,
+        });
+        puts.collect()
+    }
+
+    #[test]
+    fn puts_moved_forward_by_an_append_follow_its_puts_in_sequence_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        hold_until_the_next_append_compacts(&mut log, &["kept", "also kept"]);
+        let full_head = log.head.0;
+        // Numbered before the append, as the writer numbers a batch's puts.
+        let acked = put(&mut log, &["acked"]);
+        assert_ne!(log.head.0, full_head, "the append started a new head");
+        let puts = puts_in(dir.path(), log.head.0);
+        let payloads: Vec<&str> = puts.iter().map(|(_, payload)| payload.as_str()).collect();
+        assert_eq!(payloads, ["acked", "kept", "also kept"], "the held messages were moved after the batch");
+        assert_eq!(puts[0].0, acked[0]);
+        assert!(puts.windows(2).all(|pair| pair[0].0 < pair[1].0), "put numbers only grow: {puts:?}");
+    }
+
+    #[test]
+    fn corruption_after_a_compaction_loses_only_the_damaged_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        hold_until_the_next_append_compacts(&mut log, &["kept", "damaged"]);
+        put(&mut log, &["acked"]);
+        put(&mut log, &["later"]);
+        let head = log.head.0;
+        drop(log);
+        let records = record::scan(&fs::read(segment_path(dir.path(), head)).unwrap(), None).records;
+        let damaged = records.iter().position(
+            |(record, _)| matches!(record, Record::Put { message, .. } if message.payload[..] == *b"damaged"),
+        );
+        flip(dir.path(), head, damaged.expect("moved into the head"), record::HEADER + 12);
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(payloads(&recovered), ["kept", "acked", "later"], "the intact acknowledged puts are read");
     }
 
     #[test]
