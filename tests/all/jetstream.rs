@@ -113,6 +113,17 @@ async fn pending(context: &jetstream::Context) -> (usize, u64, usize) {
     (info.num_ack_pending, info.num_pending, info.num_redelivered)
 }
 
+/// The `x-sy-id` of each message of `seqs` in the stream, by the time the stream stored it.
+async fn stored_ids(context: &jetstream::Context, seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, String)> {
+    let stream = context.get_stream(STREAM).await.unwrap();
+    let mut ids = Vec::new();
+    for seq in seqs {
+        let stored = stream.get_raw_message(seq).await.unwrap().time;
+        ids.push((seq, stream_message_id(STREAM, seq, stored.into())));
+    }
+    ids
+}
+
 /// Poll `probe` (async) until it gives `Ok`, failing after the usual patience.
 async fn until<T: std::fmt::Debug>(mut probe: impl AsyncFnMut() -> Result<(), T>) {
     let mut last = None;
@@ -203,8 +214,7 @@ async fn no_ack_is_sent_while_the_destination_is_down_nor_is_the_message_given_a
         seen => Err(seen),
     })
     .await;
-    let id = stream_message_id(STREAM, 1);
-    assert_eq!(sink.arrivals(), [(1, id)]);
+    assert_eq!(sink.arrivals(), stored_ids(&context, [1]).await);
     drop(stop);
     within(serving).await.unwrap();
     within(host.shutdown()).await;
@@ -404,9 +414,7 @@ async fn takes_each_once(context: &jetstream::Context, config: NatsIngressConfig
     within(other.shutdown()).await;
     let mut arrivals = sink.arrivals();
     arrivals.sort();
-    let each_once: Vec<(u64, String)> =
-        (1..=count).map(|seq| (seq, stream_message_id(STREAM, seq))).collect();
-    assert_eq!(arrivals, each_once);
+    assert_eq!(arrivals, stored_ids(context, 1..=count).await);
     assert_eq!((jetstream_count(&other, "acked"), other.stats().dead_lettered), (count as f64, 0));
 }
 
@@ -469,7 +477,7 @@ async fn a_message_the_host_cannot_admit_is_terminated_not_redelivered_forever()
         seen => Err(seen),
     })
     .await;
-    assert_eq!(sink.arrivals(), [(2, stream_message_id(STREAM, 2))]);
+    assert_eq!(sink.arrivals(), stored_ids(&context, [2]).await);
     assert_eq!((jetstream_count(&host, "terminated"), jetstream_count(&host, "acked")), (1.0, 1.0));
     drop(stop);
     within(serving).await.unwrap();
@@ -553,6 +561,7 @@ async fn a_stream_deleted_and_made_again_is_consumed_again() {
     let (stop, serving) = consume(&host, &server, 2000).await;
     publish(&context, 2, 16).await;
     arrived(&sink, 1..=2).await;
+    let mut ids = stored_ids(&context, 1..=2).await;
 
     // The stream goes, with its consumer, and comes back empty: its sequences start again at 1.
     assert!(context.delete_stream(STREAM).await.unwrap().success);
@@ -563,9 +572,16 @@ async fn a_stream_deleted_and_made_again_is_consumed_again() {
         seen => Err(seen),
     })
     .await;
-    let mut seqs: Vec<u64> = sink.arrivals().into_iter().map(|(seq, _)| seq).collect();
-    seqs.sort();
-    assert_eq!(seqs, [1, 1, 2, 2, 3], "two before, three in the stream made again");
+    let mut arrivals = sink.arrivals();
+    arrivals.sort();
+    ids.extend(stored_ids(&context, 1..=3).await);
+    ids.sort();
+    assert_eq!(
+        arrivals, ids,
+        "two before, three in the stream made again, each with the id it was stored with"
+    );
+    let distinct: std::collections::HashSet<&str> = arrivals.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(distinct.len(), 5, "a message of the stream made again has an id of its own: {arrivals:?}");
     drop(stop);
     within(serving).await.unwrap();
     within(host.shutdown()).await;
@@ -688,9 +704,10 @@ async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_k
     })
     .await;
     let arrivals = sink.arrivals();
+    let ids: HashMap<u64, String> = stored_ids(&context, 1..=MESSAGES as u64).await.into_iter().collect();
     let mut times: HashMap<u64, usize> = HashMap::new();
     for (seq, id) in &arrivals {
-        assert_eq!(*id, stream_message_id(STREAM, *seq), "a message keeps its id on every delivery");
+        assert_eq!(id, &ids[seq], "a message keeps its id on every delivery");
         *times.entry(*seq).or_default() += 1;
     }
     let missing: Vec<u64> = (1..=MESSAGES as u64).filter(|seq| !times.contains_key(seq)).collect();
@@ -747,7 +764,7 @@ async fn a_spooling_host_leaves_stream_messages_to_the_stream_and_killed_restart
     assert_eq!(report["depth"], 0, "{report}");
 
     // Restarted with its destination back: the server gives the unacknowledged messages again
-    // (after ack_wait), each with the id its stream sequence names, and the spool gives none.
+    // (after ack_wait), each with the id of its stream, sequence and time stored, and the spool gives none.
     let sink = Sink::start(std::net::TcpListener::bind(down).unwrap(), Duration::ZERO);
     let second = Running::start(&args, dir.path());
     let admin = second.address("admin API listening on http://");
@@ -762,8 +779,9 @@ async fn a_spooling_host_leaves_stream_messages_to_the_stream_and_killed_restart
     let lines = second.stop_and_collect();
     assert!(!lines.iter().any(|line| line.contains("panicked")), "{lines:?}");
     let arrivals = sink.arrivals();
+    let ids: HashMap<u64, String> = stored_ids(&context, 1..=MESSAGES as u64).await.into_iter().collect();
     for (seq, id) in &arrivals {
-        assert_eq!(*id, stream_message_id(STREAM, *seq), "a message keeps its id on every delivery");
+        assert_eq!(id, &ids[seq], "a message keeps its id on every delivery");
     }
     let seqs: std::collections::BTreeSet<u64> = arrivals.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(seqs, (1..=MESSAGES as u64).collect(), "every message delivered");

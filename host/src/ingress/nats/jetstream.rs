@@ -20,10 +20,12 @@
 //! A pull is read as it arrives, ahead of admission, so that each message it brought is reported
 //! in progress while those before it wait for room.
 //!
-//! Identity: a message's `x-sy-id` is derived from the stream and its sequence in it
-//! ([`stream_message_id`]), and `x-sy-stream-seq` carries the sequence, so a message delivered
-//! again (by this host or another) keeps its id and receivers can deduplicate. Headers set by the
-//! publisher are kept (except `x-sy-` ones); their order is not (NATS keeps headers in a map).
+//! Identity: a message's `x-sy-id` is derived from the stream, the message's sequence in it and the
+//! time the stream stored it ([`stream_message_id`]), and `x-sy-stream-seq` carries the sequence,
+//! so a message delivered again (by this host or another) keeps its id and receivers can
+//! deduplicate, while the messages of a stream deleted and made again, whose sequences start again
+//! at 1, have ids of their own. Headers set by the publisher are kept (except `x-sy-` ones); their
+//! order is not (NATS keeps headers in a map).
 //!
 //! What the host refuses for good — a message over `max_message_bytes`, or malformed (a topic the
 //! host does not take) — is terminated (`AckKind::Term`): the server never delivers it again, it
@@ -63,7 +65,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::Acke
 use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -295,9 +297,9 @@ impl StreamIngress {
     /// `None` for a message without its stream sequence, handed back at once.
     async fn hold(&self, pulled: jetstream::Message, room: OwnedSemaphorePermit) -> Option<HeldMessage> {
         let (stream, metrics) = (self.stream().to_owned(), self.host.metrics().jetstream.clone());
-        let info = pulled.info().map(|info| (info.stream_sequence, info.delivered));
+        let info = pulled.info().map(|info| (info.stream_sequence, info.delivered, info.published.into()));
         let (pulled, acker) = pulled.split();
-        let (seq, delivered) = match info {
+        let (seq, delivered, stored) = match info {
             Ok(info) => info,
             Err(err) => {
                 tracing::warn!(stream, %err, "JetStream ingress: a message without its stream sequence; handed back");
@@ -317,7 +319,7 @@ impl StreamIngress {
                 message.headers.extend(values);
             }
         }
-        message.headers.push((ID_HEADER.to_owned(), stream_message_id(&stream, seq)));
+        message.headers.push((ID_HEADER.to_owned(), stream_message_id(&stream, seq, stored)));
         message.headers.push((STREAM_SEQ_HEADER.to_owned(), seq.to_string()));
         let (admitted, admission) = oneshot::channel();
         let (abandon, every) = (self.abandon.clone(), self.progress_every());
@@ -474,12 +476,19 @@ impl HeldAcks {
     }
 }
 
-/// The `x-sy-id` of the message at `seq` in `stream`: a UUIDv8 made of a hash of the stream's name
-/// and the sequence (its low 62 bits), the same on every delivery and every host.
-pub fn stream_message_id(stream: &str, seq: u64) -> String {
+/// The `x-sy-id` of the message at `seq` in `stream`, stored by the stream at `stored` (the time
+/// the server took it from its publisher, as its deliveries and `nats stream get` tell): a UUIDv8
+/// made of a hash of the stream's name and `stored`, and the sequence (its low 62 bits). The same
+/// on every delivery and every host; a stream deleted and made again numbers its messages from 1
+/// again, but stores them at other times, so their ids are new.
+pub fn stream_message_id(stream: &str, seq: u64, stored: SystemTime) -> String {
     use sha2::Digest;
+    // Times before 1970 (no server stores at one) all count as 1970.
+    let stored = stored.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let stream_and_time =
+        sha2::Sha256::new().chain_update(stream.as_bytes()).chain_update(stored.to_be_bytes());
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&sha2::Sha256::digest(stream.as_bytes())[..8]);
+    bytes[..8].copy_from_slice(&stream_and_time.finalize()[..8]);
     bytes[8..].copy_from_slice(&seq.to_be_bytes());
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
@@ -489,11 +498,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stream_message_keeps_its_id_and_ids_differ_by_sequence_and_stream() {
-        let id = stream_message_id("ORDERS", 42);
-        assert_eq!(id, stream_message_id("ORDERS", 42));
-        assert_ne!(id, stream_message_id("ORDERS", 43));
-        assert_ne!(id, stream_message_id("EVENTS", 42));
+    fn a_stream_message_keeps_its_id_and_ids_differ_by_sequence_stream_and_time_stored() {
+        let stored = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_767_225_600_123_456_789);
+        let id = stream_message_id("ORDERS", 42, stored);
+        assert_eq!(id, stream_message_id("ORDERS", 42, stored));
+        assert_ne!(id, stream_message_id("ORDERS", 43, stored));
+        assert_ne!(id, stream_message_id("EVENTS", 42, stored));
+        let made_again = stored + Duration::from_nanos(1);
+        assert_ne!(
+            id,
+            stream_message_id("ORDERS", 42, made_again),
+            "the same sequence stored at another time"
+        );
         let uuid = uuid::Uuid::parse_str(&id).unwrap();
         assert_eq!(uuid.get_version_num(), 8);
         let low = u64::from_be_bytes(uuid.as_bytes()[8..].try_into().unwrap());
