@@ -934,3 +934,37 @@ async fn a_destination_a_reload_rebuilt_tells_and_counts_each_move_once_while_it
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (31, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_more_urgent_later_message_goes_after_its_older_ones_which_go_at_its_urgency() {
+    // One delivery slot; a1 is held by the endpoint while a2 (class 0), b1 (class 5) and a3
+    // (class 9) queue behind it. Stream a keeps its order, a3 behind a2, and a3's urgency takes a2
+    // out ahead of b1: the queue's most urgent class went first, so a3 overtook a2.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         balancer = \"affinity:header:x-stream\"\nqueue = {{ max_in_flight = 1 }}\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n",
+        endpoint.addr
+    );
+    let host = host(dir.path(), &config).await;
+    let message = |stream: &str, n: u32, priority: u8| {
+        let body = format!("{stream}{n}");
+        Message::new("jobs", body).with_header("x-stream", stream.to_owned()).with_priority(priority)
+    };
+    host.send(message("a", 1, 0)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    for (stream, n, priority) in [("a", 2, 0), ("b", 1, 5), ("a", 3, 9)] {
+        host.send(message(stream, n, priority)).await.unwrap();
+    }
+    crate::destination_core::queued(&host, "workers", 3).await;
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["a1", "a2", "a3", "b1"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (4, 0));
+}

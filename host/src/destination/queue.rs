@@ -5,7 +5,8 @@
 //! Pushing waits while the queue is full, which is how a slow destination
 //! pushes back on the pipeline and, through it, on senders. Two consumers
 //! take from it: the destination's dispatcher takes the most urgent of what
-//! it can send now ([`pop_first`](DeliveryQueue::pop_first)), and an expirer takes what waited past the queue's
+//! it can send now, a stream's items in the order they came whatever their class
+//! ([`pop_first`](DeliveryQueue::pop_first)), and an expirer takes what waited past the queue's
 //! timeout as soon as it passes ([`expired`](DeliveryQueue::expired)), not
 //! only when the dispatcher gets to it. Closing lets both drain what is left.
 //!
@@ -55,6 +56,29 @@ impl<T> State<T> {
         let at = line.partition_point(|queued| queued.enqueued <= entry.enqueued);
         line.insert(at, entry);
         self.len += 1;
+    }
+
+    /// Where the item to take instead of the one at `at` in class `class` waits: the oldest item
+    /// of its stream (by `stream_of`), which an earlier push of a less urgent class may be, or
+    /// that very item. More urgent classes and the item's own line before it hold none of its
+    /// stream older: a look refuses a stream's later items once it refused one.
+    fn oldest_of_its_stream(
+        &self,
+        class: u8,
+        at: usize,
+        stream_of: impl Fn(&T) -> Option<&str>,
+    ) -> (u8, usize) {
+        let chosen = &self.classes[&class][at];
+        let Some(stream) = stream_of(&chosen.item) else { return (class, at) };
+        let mut oldest = (chosen.enqueued, class, at);
+        for (&lower, line) in self.classes.range(..class) {
+            let before = oldest.0;
+            let mut older = line.iter().take_while(|entry| entry.enqueued < before);
+            if let Some(at) = older.position(|entry| stream_of(&entry.item) == Some(stream)) {
+                oldest = (line[at].enqueued, lower, at);
+            }
+        }
+        (oldest.1, oldest.2)
     }
 }
 
@@ -264,19 +288,23 @@ impl<T> DeliveryQueue<T> {
     /// Take the most urgent item, waiting while the queue is empty; `None`
     /// once it is closed and drained.
     pub async fn pop(&self) -> Option<Queued<T>> {
-        let popped = self.pop_first(|| |_: &T| Some(()), None).await;
+        let popped = self.pop_first(|| |_: &T| Some(()), |_| None, None).await;
         popped.map(|(queued, ())| queued)
     }
 
     /// Take the most urgent item that a look accepts, with what it made of it, waiting while there
     /// is none; `None` once the queue is closed and drained. Each time the queue is looked through,
     /// `look` makes what judges its items, most urgent first, under the queue's lock; it refuses
-    /// those that cannot go yet (a stream's later messages while one of it is in flight), which
-    /// keep their place, and expire, in line. `retake` is signalled (to every waiter) when a look
-    /// may accept an item one refused.
+    /// those that cannot go yet (a stream's messages while one of it is in flight), which keep
+    /// their place, and expire, in line, and once it refused an item of a stream it refuses the
+    /// stream's later ones. An accepted item of a stream (as `stream_of` names it) leaves in the
+    /// order its stream's items came: the stream's oldest item, which may wait in a less urgent
+    /// class, goes in its place. `retake` is signalled (to every waiter) when a look may accept an
+    /// item one refused.
     pub async fn pop_first<U, F: FnMut(&T) -> Option<U>>(
         &self,
         mut look: impl FnMut() -> F,
+        stream_of: impl Fn(&T) -> Option<&str>,
         retake: Option<&Notify>,
     ) -> Option<(Queued<T>, U)> {
         let never = Notify::new();
@@ -285,7 +313,7 @@ impl<T> DeliveryQueue<T> {
             let retaken = retake.unwrap_or(&never).notified();
             tokio::pin!(retaken);
             retaken.as_mut().enable();
-            match self.try_pop_first(look()) {
+            match self.try_pop_first(look(), &stream_of) {
                 Ok(popped) => return popped,
                 Err(()) => tokio::select! {
                     () = arrival => {}
@@ -295,10 +323,14 @@ impl<T> DeliveryQueue<T> {
         }
     }
 
-    /// The most urgent item `take` accepts now; `Ok(None)` once closed and drained, `Err(())`
-    /// while open and empty, or while `take` accepts none. It looks past the refused items, a
-    /// set lookup or two each for the dispatcher's `take`.
-    fn try_pop_first<U>(&self, mut take: impl FnMut(&T) -> Option<U>) -> Result<Option<(Queued<T>, U)>, ()> {
+    /// The most urgent item `take` accepts now, or its stream's oldest in its place; `Ok(None)`
+    /// once closed and drained, `Err(())` while open and empty, or while `take` accepts none. It
+    /// looks past the refused items, a set lookup or two each for the dispatcher's `take`.
+    fn try_pop_first<U>(
+        &self,
+        mut take: impl FnMut(&T) -> Option<U>,
+        stream_of: &impl Fn(&T) -> Option<&str>,
+    ) -> Result<Option<(Queued<T>, U)>, ()> {
         let mut state = self.lock();
         if state.held > 0 && !state.closed {
             return Err(());
@@ -311,6 +343,7 @@ impl<T> DeliveryQueue<T> {
             entries.find_map(|(at, entry)| take(&entry.item).map(|taken| (class, at, taken)))
         });
         let Some((class, at, taken)) = found else { return Err(()) };
+        let (class, at) = state.oldest_of_its_stream(class, at, stream_of);
         let line = state.classes.get_mut(&class).expect("the accepted item's line");
         let entry = line.remove(at).expect("the accepted item");
         if line.is_empty() {
@@ -425,6 +458,23 @@ mod tests {
             order.push(queued.item);
         }
         assert_eq!(order, ["d", "b", "e", "a", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_s_oldest_item_goes_in_place_of_a_more_urgent_later_one() {
+        let queue = DeliveryQueue::new(8);
+        for (priority, item) in [(0, "a1"), (0, "b1"), (5, "c1"), (9, "a2"), (9, "a3")] {
+            queue.try_push(priority, item).unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        queue.close();
+        let mut order = Vec::new();
+        // The stream is an item's first letter.
+        while let Some((queued, ())) = queue.pop_first(|| |_: &_| Some(()), |item| item.get(..1), None).await
+        {
+            order.push(queued.item);
+        }
+        assert_eq!(order, ["a1", "a2", "a3", "c1", "b1"], "stream a in its order, at a2's urgency");
     }
 
     #[tokio::test]

@@ -1,12 +1,13 @@
 //! Dispatchers: one runtime task per network destination takes its queued
 //! messages, most urgent first, whenever one of the destination's delivery
 //! slots and one of the host's are free and one of its endpoints can take
-//! traffic, and delivers each in a task of its own. A message whose stream
+//! traffic, and delivers each in a task of its own. While none can, the queue
+//! holds: no attempt is spent on refused connections. A message whose stream
 //! (`affinity:header:KEY`) has a delivery under way is passed over and waits
-//! in the queue for its turn, holding no slot. While none can, the queue
-//! holds: no attempt is spent on refused connections. A second task per
-//! destination dead-letters each message whose queue timeout passes, on time,
-//! whether or not the dispatcher is waiting. Workers only hand messages over,
+//! in the queue for its turn, holding no slot; a stream's messages go in the
+//! order they came, the urgency of a later one taking the oldest out first.
+//! A second task per destination dead-letters each message whose queue
+//! timeout passes, on time, whether or not the dispatcher is waiting. Workers only hand messages over,
 //! so a slow destination holds up its own queue, not the pipeline, until that
 //! queue is full.
 
@@ -246,9 +247,12 @@ impl Dispatcher {
                 () = self.cluster.serving() => {}
                 () = self.queue.closed() => {}
             }
-            // The most urgent message whose stream (if it keeps one) has no delivery under way,
-            // with the stream's turn: one waiting for its turn stays in the queue, holding no slot.
-            let popped = self.queue.pop_first(|| self.look(), self.cluster.turn_ended()).await;
+            // The most urgent message whose stream (if it keeps one) has no delivery under way, or
+            // the stream's oldest in its place, with the stream's turn: one waiting for its turn
+            // stays in the queue, holding no slot.
+            let popped =
+                self.queue.pop_first(|| self.look(), |job| self.stream(job), self.cluster.turn_ended());
+            let popped = popped.await;
             let Some((Queued { item: job, enqueued }, turn)) = popped else { break };
             // A slot of the host's, within the message's queue timeout.
             let host_slot = tokio::select! {
@@ -314,6 +318,11 @@ impl Dispatcher {
         }
     }
 
+    /// The stream `job`'s message belongs to, if its destination keeps streams.
+    fn stream<'j>(&self, job: &'j Job) -> Option<&'j str> {
+        self.cluster.stream(&job.delivery.message)
+    }
+
     /// What judges the queued messages in one look through the queue: one goes with its stream's
     /// turn (`None` for a message of no stream), unless a delivery of its stream holds the turn.
     /// A stream passed over once in the look is passed over to its end, even if its turn ends
@@ -321,7 +330,7 @@ impl Dispatcher {
     fn look(&self) -> impl FnMut(&Job) -> Option<Option<StreamTurn>> + '_ {
         let mut passed_over = HashSet::new();
         move |job: &Job| {
-            let Some(key) = self.cluster.stream(&job.delivery.message) else { return Some(None) };
+            let Some(key) = self.stream(job) else { return Some(None) };
             if passed_over.contains(key) {
                 return None;
             }

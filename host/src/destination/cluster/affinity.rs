@@ -11,8 +11,9 @@
 //!
 //! What a stream is guaranteed: its messages go to one endpoint while that endpoint is alive and the
 //! stream is not moved to even out the load; one of its messages is in flight at a time, in the order
-//! they reached the destination's queue (most urgent priority class first, oldest first within one),
-//! and a message's retries go to the same endpoint and hold the stream's turn. The queue's order is
+//! they reached the destination's queue whatever their priority class (a stream goes when its most
+//! urgent waiting message would, with its oldest first), and a message's retries go to the same
+//! endpoint and hold the stream's turn. The queue's order is
 //! the order messages were accepted in only with one pipeline worker (`[host] workers = 1`, or one
 //! message at a time per stream from the sender): several workers run batches side by side, and a
 //! later message of a stream may reach the queue first. A message that fails for

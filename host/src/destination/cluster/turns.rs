@@ -3,8 +3,10 @@
 //!
 //! The dispatcher takes a message from the queue only when its stream's turn is free
 //! ([`StreamTurns::try_take`]), skipping those whose stream has a delivery under way: they wait in
-//! the queue (where its timeout and priority order still apply), holding no delivery slot. A delivery
-//! holds its [`StreamTurn`] through its retries until it ends; dropping the turn frees the stream and
+//! the queue (where its timeout still applies), holding no delivery slot; when one of the stream's
+//! is taken, the stream's oldest goes in its place
+//! ([`pop_first`](crate::destination::DeliveryQueue::pop_first)). A delivery holds its
+//! [`StreamTurn`] through its retries until it ends; dropping the turn frees the stream and
 //! signals [`StreamTurns::ended`], so the dispatcher looks again at what it skipped.
 
 use std::collections::HashSet;
