@@ -792,31 +792,14 @@ async fn two_quick_reloads_keep_a_stream_s_next_message_until_the_one_in_flight_
     use crate::endpoint::{Mode, TestEndpoint};
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let config = |queue_timeout_ms: u64| {
-        format!(
-            "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
-             [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
-             [[destination]]\nname = \"orders\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
-             balancer = \"affinity:header:x-order\"\ntimeout_ms = 600000\n\
-             queue = {{ timeout_ms = {queue_timeout_ms} }}\n\
-             [[route]]\nname = \"all\"\nto = \"orders\"\n",
-            endpoint.addr
-        )
-    };
+    let config = |queue_timeout_ms: u64| orders_config(endpoint.addr, Some(queue_timeout_ms));
     let host = host(dir.path(), &config(600_000)).await;
-    let apply = |text: String| {
-        let host = &host;
-        async move {
-            let (change, _) = within(host.replace_config(&text)).await.unwrap();
-            assert_eq!(change, switchyard::ConfigChange::Applied);
-        }
-    };
     host.send(of_order_o1("orders", "a1")).await.unwrap();
     within(endpoint.arrivals(1)).await;
     host.send(of_order_o1("orders", "a2")).await.unwrap();
     crate::destination_core::queued(&host, "orders", 1).await;
-    apply(config(599_000)).await;
-    apply(config(1_000)).await;
+    apply(&host, &config(599_000)).await;
+    apply(&host, &config(1_000)).await;
     // a2 must wait for a1, which the endpoint holds. That it is not sent gives no event to wait
     // for, so its queue timeout of 1 s makes one: kept back, a2 is dead-lettered unsent when that
     // passes; let go (the old code sent it within milliseconds of the second reload), it reaches
@@ -834,7 +817,7 @@ async fn two_quick_reloads_keep_a_stream_s_next_message_until_the_one_in_flight_
     }
     // A third rebuild, back to a long queue timeout, while a1 is still in flight: a3 waits behind
     // it, and goes once it ends.
-    apply(config(600_000)).await;
+    apply(&host, &config(600_000)).await;
     host.send(of_order_o1("orders", "a3")).await.unwrap();
     endpoint.release(1);
     within(endpoint.arrivals(2)).await;
@@ -967,4 +950,96 @@ async fn a_stream_s_more_urgent_later_message_goes_after_its_older_ones_which_go
     let stats = drain_and_account(&host).await;
     assert_eq!(endpoint.arrived_bodies(), ["a1", "a2", "a3", "b1"]);
     assert_eq!((stats.delivered, stats.dead_lettered), (4, 0));
+}
+
+/// A config whose route goes to destination `orders` (streams by `x-order` on `endpoint`, attempts
+/// that wait ten minutes) with the queue timeout `queue_timeout_ms`; with `None`, it has no
+/// `orders` and the route goes to `log`.
+fn orders_config(endpoint: SocketAddr, queue_timeout_ms: Option<u64>) -> String {
+    let orders = match queue_timeout_ms {
+        Some(queue_timeout_ms) => format!(
+            "[[destination]]\nname = \"orders\"\ntransport = \"http\"\nendpoints = [\"{endpoint}\"]\n\
+             balancer = \"affinity:header:x-order\"\ntimeout_ms = 600000\n\
+             queue = {{ timeout_ms = {queue_timeout_ms} }}\n\
+             [[route]]\nname = \"all\"\nto = \"orders\"\n"
+        ),
+        None => "[[route]]\nname = \"all\"\nto = \"log\"\n".to_owned(),
+    };
+    format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\nshutdown_grace_ms = 500\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n{orders}"
+    )
+}
+
+/// A host whose affinity destination `orders` has a1 in flight, held by the endpoint, and a2 of
+/// the same stream queued behind it on the instance a reload rebuilt (with a queue timeout of
+/// `queue_timeout_ms`): the rebuilt instance's queue is held until a1 ends.
+async fn a2_waits_on_a_rebuilt_instance_for_a1(
+    queue_timeout_ms: u64,
+) -> (switchyard::Host, crate::endpoint::TestEndpoint, tempfile::TempDir) {
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &orders_config(endpoint.addr, Some(600_000))).await;
+    host.send(of_order_o1("orders", "a1")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(of_order_o1("orders", "a2")).await.unwrap();
+    crate::destination_core::queued(&host, "orders", 1).await;
+    apply(&host, &orders_config(endpoint.addr, Some(queue_timeout_ms))).await;
+    (host, endpoint, dir)
+}
+
+/// Apply config `text` to `host`, which must take it.
+async fn apply(host: &switchyard::Host, text: &str) {
+    let (change, _) = within(host.replace_config(text)).await.unwrap();
+    assert_eq!(change, switchyard::ConfigChange::Applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_just_rebuilt_destination_keeps_a_stream_s_next_message_until_the_one_in_flight_ends() {
+    // Removing the destination closed the rebuilt instance's queue, and closing lifted its hold:
+    // a2 went out to the endpoint at once, while a1 was still in flight there.
+    let (host, endpoint, _dir) = a2_waits_on_a_rebuilt_instance_for_a1(1_000).await;
+    apply(&host, &orders_config(endpoint.addr, None)).await;
+    // Kept back, a2 is dead-lettered unsent when its queue timeout of 1 s passes (the event to
+    // wait for); let go, it reaches the endpoint first. A machine stalled for a second could hide
+    // the fault, never fail the fix.
+    let dead = host.memory("dead").unwrap();
+    tokio::select! {
+        letter = within(dead.recv_async()) => {
+            let letter = letter.unwrap();
+            let why = letter.header("x-sy-dead-letter");
+            assert_eq!((&letter.payload[..], why), (&b"a2"[..], Some("queue-timeout")));
+        }
+        () = within(endpoint.arrivals(2)) => {
+            panic!("sent while a1 was in flight: {:?}", endpoint.arrived_bodies());
+        }
+    }
+    endpoint.set(crate::endpoint::Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["a1"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_keeps_a_stream_s_next_message_on_a_rebuilt_destination_until_the_one_in_flight_ends() {
+    // A shutdown closed the rebuilt instance's queue, and closing lifted its hold: a2 went out to
+    // the endpoint at once, while a1 was still in flight there. Kept back, it waits for a1, which
+    // the endpoint holds past the grace period: both are dead-lettered `shutdown`, a2 unsent.
+    let (host, endpoint, _dir) = a2_waits_on_a_rebuilt_instance_for_a1(599_000).await;
+    tokio::select! {
+        () = within(host.shutdown()) => {}
+        () = within(endpoint.arrivals(2)) => {
+            panic!("sent while a1 was in flight: {:?}", endpoint.arrived_bodies());
+        }
+    }
+    let stats = host.stats();
+    assert_eq!((stats.in_flight(), stats.delivered, stats.dead_lettered), (0, 0, 2), "{stats:?}");
+    assert_eq!(endpoint.arrived_bodies(), ["a1"]);
+    let dead = host.memory("dead").unwrap();
+    for _ in 0..2 {
+        let letter = within(dead.recv_async()).await.unwrap();
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
+    }
 }

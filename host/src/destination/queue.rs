@@ -44,7 +44,8 @@ struct State<T> {
     /// The queue this one was handed over to: pushes go there.
     successor: Option<Arc<DeliveryQueue<T>>>,
     /// Hand-overs whose older deliveries have not all ended: nothing is popped
-    /// (but entries still expire) while any is, unless the queue is closed.
+    /// (but entries still expire) while any is; once the queue is closed, what
+    /// belongs to no stream is, and drained, it ends its consumers.
     held: usize,
 }
 
@@ -272,7 +273,8 @@ impl<T> DeliveryQueue<T> {
         self.lock().successor.clone()
     }
 
-    /// Pop nothing until a matching [`release`](DeliveryQueue::release) (closing overrides it).
+    /// Pop nothing until a matching [`release`](DeliveryQueue::release); once the queue is closed,
+    /// only its items of a stream wait for that.
     pub fn hold(&self) {
         self.lock().held += 1;
     }
@@ -332,14 +334,18 @@ impl<T> DeliveryQueue<T> {
         stream_of: &impl Fn(&T) -> Option<&str>,
     ) -> Result<Option<(Queued<T>, U)>, ()> {
         let mut state = self.lock();
-        if state.held > 0 && !state.closed {
-            return Err(());
-        }
         if state.classes.is_empty() {
             return if state.closed { Ok(None) } else { Err(()) };
         }
+        // A held queue lets nothing out; closed, it drains what belongs to no stream, but a
+        // stream's items must not go beside what its predecessor still sends.
+        let held = state.held > 0;
+        if held && !state.closed {
+            return Err(());
+        }
         let found = state.classes.iter().rev().find_map(|(&class, line)| {
-            let mut entries = line.iter().enumerate();
+            let mut entries =
+                line.iter().enumerate().filter(|(_, entry)| !held || stream_of(&entry.item).is_none());
             entries.find_map(|(at, entry)| take(&entry.item).map(|taken| (class, at, taken)))
         });
         let Some((class, at, taken)) = found else { return Err(()) };
@@ -628,6 +634,37 @@ mod tests {
         assert_eq!(new.pop().await.unwrap().item, "second");
         new.close();
         assert_eq!(old.adopt(0, "shut", start), Err(PushError::Closed("shut")));
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_a_closed_queue_s_stream_items_in_until_released_and_a_drained_one_ends_at_once() {
+        let queue = Arc::new(DeliveryQueue::new(2));
+        queue.try_push(9, "stream a").unwrap();
+        queue.try_push(0, "no stream").unwrap();
+        queue.hold();
+        queue.close();
+        let popper = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                let mut popped = Vec::new();
+                loop {
+                    let next =
+                        queue.pop_first(|| |_: &_| Some(()), |item| item.strip_prefix("stream "), None);
+                    let Some((queued, ())) = next.await else { break };
+                    popped.push(queued.item);
+                }
+                popped
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!popper.is_finished(), "closed, and stream a held all the same");
+        assert_eq!(queue.len(), 1, "what belongs to no stream drained");
+        queue.release();
+        assert_eq!(popper.await.unwrap(), ["no stream", "stream a"]);
+        let drained = DeliveryQueue::<u8>::new(1);
+        drained.hold();
+        drained.close();
+        assert!(drained.pop().await.is_none(), "nothing left to hold");
     }
 
     #[tokio::test(start_paused = true)]
