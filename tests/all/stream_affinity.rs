@@ -1043,3 +1043,44 @@ async fn a_shutdown_keeps_a_stream_s_next_message_on_a_rebuilt_destination_until
         assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_not_handed_to_the_fallback() {
+    // m0 is held by the endpoint, which serves; m1 waits for its stream's turn and its 300 ms
+    // queue timeout passes. The fallback takes what no endpoint could take: m1 went there, beside
+    // m0 still in flight (and counted as a fallback, told as a destination-fallback event).
+    let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"spill\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         balancer = \"affinity:header:x-stream\"\nqueue = {{ timeout_ms = 300 }}\nfallback = \"spill\"\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n",
+        endpoint.addr
+    );
+    let host = host(dir.path(), &config).await;
+    let message = |n: u32| Message::new("jobs", format!("m{n}")).with_header("x-stream", "s1");
+    host.send(message(0)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(message(1)).await.unwrap();
+    let (dead, spill) = (host.memory("dead").unwrap(), host.memory("spill").unwrap());
+    tokio::select! {
+        letter = within(dead.recv_async()) => {
+            let letter = letter.unwrap();
+            let why = letter.header("x-sy-dead-letter");
+            assert_eq!((&letter.payload[..], why), (&b"m1"[..], Some("queue-timeout")));
+            let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+            assert!(reason.contains("its stream's turn"), "{reason}");
+        }
+        spilled = within(spill.recv_async()) => panic!("handed to the fallback: {spilled:?}"),
+    }
+    endpoint.set(crate::endpoint::Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["m0"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+    assert_eq!(counted(&host, "switchyard_destination_fallbacks_total", &[]), 0);
+    assert!(spill.is_empty());
+}

@@ -92,7 +92,10 @@ impl DeadLetterReason {
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
             DeadLetterReason::StagePanicked { .. }
             | DeadLetterReason::Delivery { error: DeliveryError::Panicked(_), .. } => "host-panic",
-            DeadLetterReason::Delivery { error: DeliveryError::QueueTimeout { .. }, .. } => "queue-timeout",
+            DeadLetterReason::Delivery {
+                error: DeliveryError::QueueTimeout { .. } | DeliveryError::TurnTimeout { .. },
+                ..
+            } => "queue-timeout",
             DeadLetterReason::Delivery { error: DeliveryError::Retired, .. } => "destination-removed",
             DeadLetterReason::Delivery {
                 error: DeliveryError::Shutdown | DeliveryError::ShutdownInFlight,

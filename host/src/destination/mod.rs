@@ -85,6 +85,14 @@ pub enum DeliveryError {
         /// one was made.
         last_error: Option<String>,
     },
+    /// The message waited past its queue timeout in the destination's queue for its stream's
+    /// turn (`affinity:header:KEY`): a message of its stream was in flight. Never sent, and not
+    /// handed to the destination's fallback, which would send it beside that one.
+    #[error("waited {waited_ms} ms in the queue for its stream's turn, past its timeout; not sent")]
+    TurnTimeout {
+        /// How long it waited, milliseconds.
+        waited_ms: u64,
+    },
     /// A config reload replaced or removed the destination while the message
     /// waited for one of its endpoints, none of which it had reached: a
     /// replaced destination's new instance takes it over; a removed one's is

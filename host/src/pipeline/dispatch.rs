@@ -261,7 +261,7 @@ impl Dispatcher {
                     Err(_) => break,
                 },
                 () = tokio::time::sleep_until(enqueued + self.timeout) => {
-                    self.time_out(job, enqueued);
+                    self.time_out(job, enqueued, false);
                     continue;
                 }
             };
@@ -346,18 +346,22 @@ impl Dispatcher {
     /// timeout, whatever the dispatcher is waiting for.
     async fn expire(self) {
         while let Some(Queued { item: job, enqueued }) = self.queue.expired(self.timeout).await {
-            self.time_out(job, enqueued);
+            let for_its_turn = self.stream(&job).is_some_and(|key| self.cluster.turn_taken(key));
+            self.time_out(job, enqueued, for_its_turn);
         }
     }
 
-    /// Dead-letter `job`, which entered the queue at `enqueued`: it waited past its queue timeout.
-    fn time_out(&self, job: Job, enqueued: Instant) {
+    /// Dead-letter `job`, which entered the queue at `enqueued`: it waited past its queue timeout,
+    /// `for_its_turn` while a message of its stream was in flight (then the destination's
+    /// fallback does not get it: it would send it beside that one), else for an endpoint or a slot.
+    fn time_out(&self, job: Job, enqueued: Instant, for_its_turn: bool) {
         let context = &self.context;
         let Some(pipeline) = context.pipeline.upgrade() else { return };
         let Job { delivery, route } = job;
-        let error = DeliveryError::QueueTimeout {
-            waited_ms: enqueued.elapsed().as_millis() as u64,
-            last_error: None,
+        let waited_ms = enqueued.elapsed().as_millis() as u64;
+        let error = match for_its_turn {
+            true => DeliveryError::TurnTimeout { waited_ms },
+            false => DeliveryError::QueueTimeout { waited_ms, last_error: None },
         };
         let sink = self.sink.clone();
         let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };

@@ -315,6 +315,10 @@ pub(crate) trait QueuedDestination: Destination {
     /// stays in the queue.
     fn try_turn(&self, key: &str) -> Option<StreamTurn>;
 
+    /// Whether a delivery of stream `key` holds its turn: a message of the stream still queued
+    /// waits for it.
+    fn turn_taken(&self, key: &str) -> bool;
+
     /// Signalled (to every waiter) when a stream's turn ends, so that a message skipped for its
     /// stream is looked at again; `None` when the destination keeps no streams.
     fn turn_ended(&self) -> Option<&tokio::sync::Notify>;
@@ -346,6 +350,11 @@ impl QueuedDestination for Cluster {
     fn try_turn(&self, key: &str) -> Option<StreamTurn> {
         let Picker::Affinity(affinity) = &self.balancer else { return None };
         affinity.try_turn(key)
+    }
+
+    fn turn_taken(&self, key: &str) -> bool {
+        let Picker::Affinity(affinity) = &self.balancer else { return false };
+        affinity.turn_taken(key)
     }
 
     fn turn_ended(&self) -> Option<&tokio::sync::Notify> {

@@ -38,6 +38,11 @@ impl StreamTurns {
         fresh.then(|| StreamTurn { turns: self.clone(), key: key.to_owned() })
     }
 
+    /// Whether a delivery of stream `key` holds its turn.
+    pub(crate) fn taken(&self, key: &str) -> bool {
+        lock(&self.busy).contains(key)
+    }
+
     /// Signalled (to every waiter) when a turn ends: a message skipped for its stream may go.
     pub(crate) fn ended(&self) -> &Notify {
         &self.ended
@@ -62,7 +67,9 @@ mod tests {
         assert!(turns.try_take("a").is_none(), "stream a is busy");
         let other = turns.try_take("b");
         assert!(other.is_some(), "other streams are not held up");
+        assert!(turns.taken("a") && !turns.taken("c"));
         drop(first);
+        assert!(!turns.taken("a"));
         assert!(turns.try_take("a").is_some(), "its turn ended");
     }
 
