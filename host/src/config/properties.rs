@@ -49,9 +49,12 @@ fn any_destination() -> impl Strategy<Value = DestinationConfig> {
                 }
                 return destination;
             }
+            // One address is one endpoint: a second draw of it (rare, but it happens) is left out.
+            let mut seen = std::collections::HashSet::new();
             destination.endpoints = endpoints
                 .into_iter()
                 .map(|(host, port, weight)| EndpointConfig { address: format!("{host}:{port}"), weight })
+                .filter(|endpoint| seen.insert(endpoint.address.clone()))
                 .collect();
             destination.health = health.map(|(interval_ms, timeout_ms, rise, fall)| HealthSettings {
                 path: path.clone(),
