@@ -314,6 +314,19 @@ async fn the_admin_api_shows_checks_and_counts_the_streams() {
     assert_eq!((stats.delivered, stats.dead_lettered), (90, 0));
 }
 
+/// A config of one pipeline worker, dead letters to memory destination `dead`, and one route of
+/// every message to `workers`: an http destination on `endpoint` whose streams are those of header
+/// `x-stream`, with `settings` (TOML lines of the destination) besides.
+fn one_endpoint_streams(endpoint: SocketAddr, settings: &str) -> String {
+    format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{endpoint}\"]\n\
+         balancer = \"affinity:header:x-stream\"\n{settings}\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_dead_lettered_unsent() {
     // The stream's first message is held by the endpoint; the two behind it
@@ -321,14 +334,7 @@ async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_dead_l
     // within its own timeout: 1 s, not less, leaves a loaded machine the time.)
     let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let config = format!(
-        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
-         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
-         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
-         balancer = \"affinity:header:x-stream\"\nqueue = {{ timeout_ms = 1000 }}\n\
-         [[route]]\nname = \"all\"\nto = \"workers\"\n",
-        endpoint.addr
-    );
+    let config = one_endpoint_streams(endpoint.addr, "queue = { timeout_ms = 1000 }");
     let host = host(dir.path(), &config).await;
     let message = |n: u32| Message::new("jobs", format!("m{n}")).with_header("x-stream", "s1");
     host.send(message(0)).await.unwrap();
@@ -590,14 +596,7 @@ async fn a_message_waiting_for_its_streams_turn_holds_no_delivery_slot() {
     use crate::endpoint::{Mode, TestEndpoint};
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let config = format!(
-        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
-         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
-         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
-         balancer = \"affinity:header:x-stream\"\nqueue = {{ max_in_flight = 2, timeout_ms = 5000 }}\n\
-         [[route]]\nname = \"all\"\nto = \"workers\"\n",
-        endpoint.addr
-    );
+    let config = one_endpoint_streams(endpoint.addr, "queue = { max_in_flight = 2, timeout_ms = 5000 }");
     let host = host(dir.path(), &config).await;
     let message = |stream: &str, n: u32| {
         Message::new("jobs", format!("{stream}{n}")).with_header("x-stream", stream.to_owned())
@@ -926,14 +925,7 @@ async fn a_stream_s_more_urgent_later_message_goes_after_its_older_ones_which_go
     use crate::endpoint::{Mode, TestEndpoint};
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let config = format!(
-        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
-         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
-         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
-         balancer = \"affinity:header:x-stream\"\nqueue = {{ max_in_flight = 1 }}\n\
-         [[route]]\nname = \"all\"\nto = \"workers\"\n",
-        endpoint.addr
-    );
+    let config = one_endpoint_streams(endpoint.addr, "queue = { max_in_flight = 1 }");
     let host = host(dir.path(), &config).await;
     let message = |stream: &str, n: u32, priority: u8| {
         let body = format!("{stream}{n}");
@@ -1046,20 +1038,14 @@ async fn a_shutdown_keeps_a_stream_s_next_message_on_a_rebuilt_destination_until
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_not_handed_to_the_fallback() {
-    // m0 is held by the endpoint, which serves; m1 waits for its stream's turn and its 300 ms
+    // m0 is held by the endpoint, which serves; m1 waits for its stream's turn and its 1 s
     // queue timeout passes. The fallback takes what no endpoint could take: m1 went there, beside
     // m0 still in flight (and counted as a fallback, told as a destination-fallback event).
     let endpoint = crate::endpoint::TestEndpoint::start(crate::endpoint::Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let config = format!(
-        "[host]\nworkers = 1\ndead_letter = \"dead\"\n\
-         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
-         [[destination]]\nname = \"spill\"\ntransport = \"memory\"\n\
-         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
-         balancer = \"affinity:header:x-stream\"\nqueue = {{ timeout_ms = 300 }}\nfallback = \"spill\"\n\
-         [[route]]\nname = \"all\"\nto = \"workers\"\n",
-        endpoint.addr
-    );
+    let spill = "[[destination]]\nname = \"spill\"\ntransport = \"memory\"\n";
+    let config =
+        one_endpoint_streams(endpoint.addr, "queue = { timeout_ms = 1000 }\nfallback = \"spill\"") + spill;
     let host = host(dir.path(), &config).await;
     let message = |n: u32| Message::new("jobs", format!("m{n}")).with_header("x-stream", "s1");
     host.send(message(0)).await.unwrap();
