@@ -267,7 +267,10 @@ impl SegmentLog {
     }
 
     /// Append `bytes` (whole records) to the head segment, fsync'd when `sync`. `puts` are the
-    /// puts among them (sequence number, record bytes, accepted at), tracked once written; a
+    /// puts among them (sequence number, record bytes, accepted at), tracked once written, and
+    /// `removes` the sequence numbers of the removes among them, forgotten once written (before
+    /// the compaction the append may bring: a message it moved after its remove would be read as
+    /// held again at the next open, and delivered twice); segments no longer needed go. A
     /// failed write is cut off, its segment fsync'd, and the next goes to a new segment (to the
     /// same one when no new one can be started). Once the head segment is found
     /// deleted (see [`SegmentLog::check_head`]) every append is refused.
@@ -276,7 +279,13 @@ impl SegmentLog {
     /// compaction a new head brings comes after `bytes`: its moved puts take the numbers after
     /// theirs, and puts keep the order of their numbers along the log (which reading past damage
     /// relies on, see [`record::scan`]).
-    pub(crate) fn append(&mut self, bytes: &[u8], puts: &[(u64, u64, u64)], sync: bool) -> io::Result<()> {
+    pub(crate) fn append(
+        &mut self,
+        bytes: &[u8],
+        puts: &[(u64, u64, u64)],
+        removes: &[u64],
+        sync: bool,
+    ) -> io::Result<()> {
         if let Some(problem) = &self.deleted {
             return Err(io::Error::new(io::ErrorKind::NotFound, problem.clone()));
         }
@@ -310,7 +319,14 @@ impl SegmentLog {
             self.live_bytes += bytes;
         }
         *self.per_segment.get_mut(&segment).expect("the head is tracked") += puts.len();
-        if full && let Err(error) = self.compact_oldest() {
+        for &seq in removes {
+            if let Some(entry) = self.live.remove(&seq) {
+                self.live_bytes -= entry.bytes;
+                *self.per_segment.get_mut(&entry.segment).expect("tracked") -= 1;
+            }
+        }
+        let settled = if full { self.compact_oldest() } else { self.reclaim() };
+        if let Err(error) = settled {
             // `bytes` is on disk: a segment that stays is no reason to refuse it.
             tracing::warn!(%error, "the spool could not delete a settled segment; it stays on disk");
         }
@@ -334,15 +350,6 @@ impl SegmentLog {
         );
         self.deleted = Some(problem.clone());
         Err(io::Error::new(io::ErrorKind::NotFound, problem))
-    }
-
-    /// Forget `seq` (its remove is written or about to be); deletes segments no longer needed.
-    pub(crate) fn forget(&mut self, seq: u64) -> io::Result<()> {
-        if let Some(entry) = self.live.remove(&seq) {
-            self.live_bytes -= entry.bytes;
-            *self.per_segment.get_mut(&entry.segment).expect("tracked") -= 1;
-        }
-        self.reclaim()
     }
 
     /// Live messages, their bytes, the oldest's admission time (unix ms) and the segment files' bytes.
@@ -533,15 +540,14 @@ mod tests {
             record::write_put(&mut bytes, seq, &record::put_body(&message, 7));
             puts.push((seq, (bytes.len() - start) as u64, 7));
         }
-        log.append(&bytes, &puts, true).unwrap();
+        log.append(&bytes, &puts, &[], true).unwrap();
         puts.iter().map(|(seq, ..)| *seq).collect()
     }
 
     fn remove(log: &mut SegmentLog, seqs: &[u64]) {
         let mut bytes = Vec::new();
         seqs.iter().for_each(|seq| record::write_remove(&mut bytes, *seq));
-        log.append(&bytes, &[], false).unwrap();
-        seqs.iter().for_each(|seq| log.forget(*seq).unwrap());
+        log.append(&bytes, &[], seqs, false).unwrap();
     }
 
     fn payloads(recovered: &[Recovered]) -> Vec<String> {
@@ -821,8 +827,9 @@ mod tests {
     /// Put `held` (never removed), then settled segments behind them up to the last rotation that
     /// compacts nothing, and mark the head full: the next append starts a new head and compacts
     /// the oldest segment, the one holding `held`, into it.
-    fn hold_until_the_next_append_compacts(log: &mut SegmentLog, held: &[&str]) {
-        put(log, held);
+    /// The held messages' sequence numbers.
+    fn hold_until_the_next_append_compacts(log: &mut SegmentLog, held: &[&str]) -> Vec<u64> {
+        let seqs = put(log, held);
         let due = |log: &SegmentLog| COMPACT_SLACK + 2 * log.live_bytes.div_ceil(SEGMENT_BYTES);
         while (log.per_segment.len() as u64 - 1) < due(log) {
             log.rotate().unwrap();
@@ -831,6 +838,7 @@ mod tests {
         }
         // As a head written up to SEGMENT_BYTES leaves it, without writing 16 MiB.
         log.head.2 = SEGMENT_BYTES;
+        seqs
     }
 
     /// The sequence numbers of the puts (moved ones too) in segment `number` of `dir`, in order,
@@ -864,6 +872,22 @@ mod tests {
     }
 
     #[test]
+    fn a_message_settled_in_the_batch_that_compacts_stays_settled() {
+        // Its remove and the compaction came with one append, the compaction after the batch: the
+        // message, not yet forgotten, was moved after its remove, and read as held at the next open.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let held = hold_until_the_next_append_compacts(&mut log, &["kept", "settled"]);
+        let full_head = log.head.0;
+        remove(&mut log, &held[1..]);
+        assert_ne!(log.head.0, full_head, "the append started a new head");
+        drop(log);
+        let (_, recovered, damage) = SegmentLog::open(dir.path()).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(payloads(&recovered), ["kept"], "the settled message came back");
+    }
+
+    #[test]
     fn corruption_after_a_compaction_loses_only_the_damaged_message() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
@@ -893,7 +917,7 @@ mod tests {
         log.fail_writes();
         let mut bytes = Vec::new();
         record::write_remove(&mut bytes, first[0]);
-        let error = log.append(&bytes, &[], true).expect_err("the write fails");
+        let error = log.append(&bytes, &[], &[], true).expect_err("the write fails");
         assert_eq!(error.raw_os_error(), Some(9), "EBADF, the write's own error: {error}");
         fs::remove_dir(&next).unwrap();
         drop(log);
@@ -911,7 +935,7 @@ mod tests {
             log.fail_writes();
             let mut bytes = Vec::new();
             record::write_remove(&mut bytes, first[0]);
-            log.append(&bytes, &[], true).expect_err("the write fails");
+            log.append(&bytes, &[], &[], true).expect_err("the write fails");
         }
         assert_eq!(
             segments(dir.path()).unwrap().len(),

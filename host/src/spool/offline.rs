@@ -90,11 +90,9 @@ pub fn drain(dir: &Path, out: &mut dyn Write) -> Result<Drained, SpoolError> {
         writeln!(out, "{line}").map_err(io)?;
     }
     out.flush().map_err(io)?;
+    let seqs: Vec<u64> = messages.iter().map(|entry| entry.seq).collect();
     let mut removes = Vec::new();
-    messages.iter().for_each(|entry| record::write_remove(&mut removes, entry.seq));
-    log.append(&removes, &[], true).map_err(io)?;
-    for entry in &messages {
-        log.forget(entry.seq).map_err(io)?;
-    }
+    seqs.iter().for_each(|seq| record::write_remove(&mut removes, *seq));
+    log.append(&removes, &[], &seqs, true).map_err(io)?;
     Ok(Drained { messages: messages.len() as u64, damage })
 }

@@ -100,7 +100,7 @@ pub(crate) fn run(
         }
         let sync = !puts.is_empty() || close.is_some();
         let started = Instant::now();
-        let written = log.append(&buf, &puts, sync);
+        let written = log.append(&buf, &puts, &removes, sync);
         match &written {
             // Only a batch that is on disk counts: `spool_writes_total` is messages fsync'd.
             Ok(()) if !puts.is_empty() => observe(puts.len(), started.elapsed()),
@@ -108,11 +108,6 @@ pub(crate) fn run(
             // Not on disk: those messages are still held (a graceful stop would leave them to be
             // delivered again), until the next batch writes their removes.
             Err(_) => owed = std::mem::take(&mut removes),
-        }
-        for seq in removes {
-            if let Err(error) = log.forget(seq) {
-                tracing::warn!(%error, "the spool could not delete a settled segment; it stays on disk");
-            }
         }
         // Before the answers: an admitted message is in the figures once its sender hears back.
         figures.publish(&log);
@@ -158,7 +153,7 @@ pub(crate) fn run(
 fn finish(log: &mut SegmentLog, owed: &[u64]) {
     let mut bytes = Vec::new();
     owed.iter().for_each(|seq| record::write_remove(&mut bytes, *seq));
-    if let Err(error) = log.append(&bytes, &[], true) {
+    if let Err(error) = log.append(&bytes, &[], owed, true) {
         tracing::warn!(%error, "the spool's last fsync failed: settled messages may be delivered again");
     }
 }
@@ -235,7 +230,7 @@ mod tests {
             );
             puts.push((seq, (bytes.len() - start) as u64, 7));
         }
-        log.append(&bytes, &puts, true).unwrap();
+        log.append(&bytes, &puts, &[], true).unwrap();
         log.fail_writes();
         let (requests, queue) = flume::unbounded();
         let writer = std::thread::spawn(move || run(log, queue, Arc::default(), Box::new(|_, _| {})));
