@@ -981,6 +981,44 @@ async fn a2_waits_on_a_rebuilt_instance_for_a1(
     (host, endpoint, dir)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_held_on_a_rebuilt_destination_past_its_queue_timeout_is_not_handed_to_the_fallback()
+ {
+    // The rebuilt instance knew none of the turns the old one's deliveries hold: a2, waiting in
+    // its held queue for a1 in flight on the old instance, expired as a message no endpoint could
+    // take and went to the fallback, beside a1.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let with_spill = |queue_timeout_ms: u64| {
+        let affinity = "balancer = \"affinity:header:x-order\"\n";
+        orders_config(endpoint.addr, Some(queue_timeout_ms))
+            .replace(affinity, &format!("{affinity}fallback = \"spill\"\n"))
+            + "[[destination]]\nname = \"spill\"\ntransport = \"memory\"\n"
+    };
+    let host = host(dir.path(), &with_spill(600_000)).await;
+    host.send(of_order_o1("orders", "a1")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(of_order_o1("orders", "a2")).await.unwrap();
+    crate::destination_core::queued(&host, "orders", 1).await;
+    apply(&host, &with_spill(1_000)).await;
+    let (dead, spill) = (host.memory("dead").unwrap(), host.memory("spill").unwrap());
+    tokio::select! {
+        letter = within(dead.recv_async()) => {
+            let letter = letter.unwrap();
+            let why = letter.header("x-sy-dead-letter");
+            assert_eq!((&letter.payload[..], why), (&b"a2"[..], Some("queue-timeout")));
+        }
+        spilled = within(spill.recv_async()) => panic!("handed to the fallback: {spilled:?}"),
+    }
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["a1"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+    assert!(spill.is_empty());
+}
+
 /// Apply config `text` to `host`, which must take it.
 async fn apply(host: &switchyard::Host, text: &str) {
     let (change, _) = within(host.replace_config(text)).await.unwrap();

@@ -279,6 +279,11 @@ impl<T> DeliveryQueue<T> {
         self.lock().held += 1;
     }
 
+    /// Whether a [`hold`](DeliveryQueue::hold) is on.
+    pub fn is_held(&self) -> bool {
+        self.lock().held > 0
+    }
+
     /// End one [`hold`](DeliveryQueue::hold).
     pub fn release(&self) {
         let mut state = self.lock();

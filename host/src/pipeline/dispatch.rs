@@ -346,7 +346,10 @@ impl Dispatcher {
     /// timeout, whatever the dispatcher is waiting for.
     async fn expire(self) {
         while let Some(Queued { item: job, enqueued }) = self.queue.expired(self.timeout).await {
-            let for_its_turn = self.stream(&job).is_some_and(|key| self.cluster.turn_taken(key));
+            // A held queue (its instance rebuilt while the one it replaced still delivers) waits
+            // for turns that instance holds, which this one's turns do not show.
+            let for_its_turn =
+                self.stream(&job).is_some_and(|key| self.cluster.turn_taken(key) || self.queue.is_held());
             self.time_out(job, enqueued, for_its_turn);
         }
     }
