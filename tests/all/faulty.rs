@@ -243,20 +243,12 @@ pub async fn faulty_errors() {
          [[route]]\nname = \"risky\"\nstages = [\"transform:bad\"]\nto = \"out\"\n"
     );
     let host = host(dir.path(), &config).await;
-    let dead = host.memory("dead").unwrap();
     // Each poison alone in its batch (its dead letter awaited before the next is sent): in one
     // batch with others, "input 1" would name another message that is there.
     for (poison, problem) in
         [("one-based", "an error names input 1 of 1"), ("twice", "errors name input 0 twice")]
     {
-        let id = host.send(Message::new("risky.job", poison).with_header("x-poison", poison)).await.unwrap();
-        let letter = next(&dead).await;
-        assert_eq!(
-            (letter.id, letter.header("x-sy-dead-letter")),
-            (id, Some("plugin-malformed")),
-            "{letter:?}"
-        );
-        let text = letter.header("x-sy-dead-letter-reason").unwrap();
+        let text = malformed_reason(&host, poison).await;
         let said = format!("returned a malformed answer: {problem}");
         assert!(text.contains("plugin \"bad\"") && text.ends_with(&said), "{text}");
     }
