@@ -111,6 +111,22 @@ async fn an_error_answer_is_dead_lettered_with_its_text_and_a_retryable_one_is_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_is_kept_as_one_line_of_bounded_length() {
+    // Its text went whole, newline and all, into the log, the dead letter and the caller's error.
+    let host = start(&config("", "")).await;
+    let answer = within(host.request(Message::new("jobs", "reject-long"))).await;
+    let Err(RequestError::DeadLettered(reason)) = answer else { panic!("dead-lettered: {answer:?}") };
+    let reason = reason.to_string();
+    assert!(reason.contains(r"rejected\nERROR forged xxx"), "{reason:.200}");
+    assert!(!reason.contains('\n'), "{reason:.200}");
+    assert!(reason.len() < 2048, "{} bytes", reason.len());
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert!(!letter.header("x-sy-last-error").unwrap().contains('\n'), "{letter:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_destination_stops_its_processes() {
     let dir = plugin_dir(&[]);
     let config_path = dir.path().join("switchyard.toml");

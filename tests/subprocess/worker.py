@@ -1,7 +1,8 @@
 """A worker for the subprocess transport's tests: reads one JSON line per message on stdin, answers
 on stdout with a JSON line carrying the same id.
 
-By payload: "reject" -> a final error; "busy" -> a retryable error; "silent" -> no answer;
+By payload: "reject" -> a final error; "busy" -> a retryable error; "reject-long" -> a final error of
+two lines, the second 100 000 bytes long; "silent" -> no answer;
 "stderr-long" / "stderr-bytes" -> first a line of 5000 bytes / one that is not UTF-8 on stderr;
 "not-utf8" -> an answer line that is not UTF-8; "grow:N" -> a reply of N control characters (each
 written as 6 bytes of JSON, \\u0001);
@@ -47,6 +48,8 @@ for line in sys.stdin:
         continue
     if payload == "reject":
         answer = {"id": message["id"], "error": "rejected by the worker"}
+    elif payload == "reject-long":
+        answer = {"id": message["id"], "error": "rejected\nERROR forged " + "x" * 100_000}
     elif payload == "busy":
         answer = {"id": message["id"], "error": "busy", "retryable": True}
     elif payload.startswith("grow:"):

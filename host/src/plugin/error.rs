@@ -243,13 +243,30 @@ impl PluginFault {
     }
 }
 
+/// A guest's error, its text kept as one line of bounded length.
 impl From<crate::plugin::bindings::WitError> for PluginError {
     fn from(error: crate::plugin::bindings::WitError) -> Self {
+        use crate::bounded_text::error_text;
         use crate::plugin::bindings::WitError;
         match error {
-            WitError::Rejected(reason) => PluginError::Rejected(reason),
-            WitError::Retryable(reason) => PluginError::Retryable(reason),
-            WitError::Failed(reason) => PluginError::Failed(reason),
+            WitError::Rejected(reason) => PluginError::Rejected(error_text(&reason)),
+            WitError::Retryable(reason) => PluginError::Retryable(error_text(&reason)),
+            WitError::Failed(reason) => PluginError::Failed(error_text(&reason)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::bindings::WitError;
+
+    #[test]
+    fn a_plugins_error_text_is_kept_as_one_line_of_bounded_length() {
+        let text = format!("bad\nWARN forged log line{}", "x".repeat(1 << 20));
+        let PluginError::Rejected(kept) = PluginError::from(WitError::Rejected(text)) else { unreachable!() };
+        assert!(kept.starts_with(r"bad\nWARN forged log line"), "{kept:.100}");
+        assert!(!kept.contains('\n'), "{kept:.100}");
+        assert!(kept.len() <= 1024 + "...".len(), "{} bytes", kept.len());
     }
 }

@@ -58,6 +58,7 @@ impl Answer {
             return Err((Outcome::ReplyRefused, problem));
         }
         if let Some(error) = self.error {
+            let error = crate::bounded_text::error_text(&error);
             return Err(match self.retryable {
                 true => (Outcome::Retryable(RetryReason::Plugin), error),
                 false => (Outcome::Fatal(FatalReason::Rejected), error),
@@ -224,5 +225,15 @@ mod tests {
         ] {
             assert_eq!(answered_id(text), id, "{}", String::from_utf8_lossy(text));
         }
+    }
+
+    #[test]
+    fn a_peers_error_text_is_kept_as_one_line_of_bounded_length() {
+        let error = format!("bad\nWARN forged log line{}", "x".repeat(1 << 20));
+        let answer: Answer = serde_json::from_value(serde_json::json!({"id": 1, "error": error})).unwrap();
+        let Err((_, kept)) = answer.into_result(&Message::new("jobs", "one")) else { unreachable!() };
+        assert!(kept.starts_with(r"bad\nWARN forged log line"), "{kept:.100}");
+        assert!(!kept.contains('\n'), "{kept:.100}");
+        assert!(kept.len() <= 1024 + "...".len(), "{} bytes", kept.len());
     }
 }

@@ -186,7 +186,10 @@ impl HttpTransport {
                 };
                 Ok(Some(reply))
             }
-            outcome => Err((outcome, format!("{}: {}", answered(), String::from_utf8_lossy(&body)))),
+            outcome => {
+                let text = crate::bounded_text::error_text(&String::from_utf8_lossy(&body));
+                Err((outcome, format!("{}: {text}", answered())))
+            }
         }
     }
 }

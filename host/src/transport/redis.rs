@@ -254,7 +254,7 @@ fn classify(err: RedisError) -> (Outcome, String) {
     } else {
         Outcome::Fatal(FatalReason::Rejected)
     };
-    (outcome, err.to_string())
+    (outcome, crate::bounded_text::error_text(&err.to_string()))
 }
 
 impl Transport for RedisTransport {

@@ -195,9 +195,10 @@ pub(super) fn decision(decision: Result<bool, Failure>) -> Result<Verdict, Plugi
 }
 
 fn plugin_error(failure: Failure) -> PluginError {
+    let reason = crate::bounded_text::error_text(&failure.message);
     match failure.kind {
-        ErrorKind::Rejected => PluginError::Rejected(failure.message),
-        ErrorKind::Retryable => PluginError::Retryable(failure.message),
-        ErrorKind::Failed => PluginError::Failed(failure.message),
+        ErrorKind::Rejected => PluginError::Rejected(reason),
+        ErrorKind::Retryable => PluginError::Retryable(reason),
+        ErrorKind::Failed => PluginError::Failed(reason),
     }
 }
