@@ -1,7 +1,8 @@
 //! The built-in `redis` transport against real `redis-server`s: lists and streams keyed by topic, the
 //! server's answer as the reply, an error answer dead-lettered with its text, a server killed mid-run
 //! and the only server restarting, with nothing lost; a server slow to answer, out of memory for a
-//! while, or that closed the connection, and a host that never answers the handshake.
+//! while, or that closed the connection, and a host that never answers the handshake; against a fake
+//! server, an answer larger than the host reads and one that never ends.
 
 use crate::support::{
     RedisServer, Silent, assert_never_sent, drain_and_account, host, next, plugin_dir, within,
@@ -10,6 +11,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use switchyard::{Message, RequestError};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 fn config(servers: &[&RedisServer], options: &str) -> String {
     let addresses: Vec<SocketAddr> = servers.iter().map(|server| server.addr).collect();
@@ -253,4 +257,119 @@ async fn a_connection_the_server_closed_is_not_sent_on_but_made_again() {
     assert_eq!(&second.expect("a reply").payload[..], b"2");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+}
+
+/// What a [`fake_server`] answers `RPUSH` with.
+#[derive(Clone, Copy)]
+enum PushAnswer {
+    /// A bulk string of this many bytes.
+    Bulk(usize),
+    /// A bulk string that says it is a terabyte long, written until the host closes the connection
+    /// (or 64 MiB of it are out, then waiting for the close).
+    Endless,
+}
+
+/// A server on 127.0.0.1 that speaks just enough RESP for the transport: `+OK` to each command of
+/// the handshake, `push` to each `RPUSH`. Its address, and a receiver told each time the host closed
+/// a connection an [`PushAnswer::Endless`] answer was written on.
+async fn fake_server(push: PushAnswer) -> (SocketAddr, UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            tokio::spawn(serve(BufReader::new(connection), push, closed.clone()));
+        }
+    });
+    (addr, closes)
+}
+
+/// Answer the commands on `connection` as [`fake_server`] says, until it fails or closes.
+async fn serve(
+    mut connection: BufReader<TcpStream>,
+    push: PushAnswer,
+    closed: UnboundedSender<()>,
+) -> std::io::Result<()> {
+    loop {
+        if !read_command(&mut connection).await?.eq_ignore_ascii_case(b"RPUSH") {
+            connection.write_all(b"+OK\r\n").await?;
+            continue;
+        }
+        match push {
+            PushAnswer::Bulk(size) => {
+                let bulk = format!("${size}\r\n{}\r\n", "x".repeat(size));
+                connection.write_all(bulk.as_bytes()).await?;
+            }
+            PushAnswer::Endless => {
+                connection.write_all(b"$1000000000000\r\n").await?;
+                let chunk = [b'x'; 64 << 10];
+                for _ in 0..1024 {
+                    if connection.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                // Closed, or to be seen closed: the end of what the host sends.
+                let _ = connection.read_to_end(&mut Vec::new()).await;
+                let _ = closed.send(());
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The name of the next command on `connection` (an array of bulk strings), its arguments skipped.
+async fn read_command(connection: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut name = Vec::new();
+    for n in 0..read_number(connection, '*').await? {
+        let mut argument = vec![0; read_number(connection, '$').await? + 2];
+        connection.read_exact(&mut argument).await?;
+        if n == 0 {
+            argument.truncate(argument.len() - 2);
+            name = argument;
+        }
+    }
+    Ok(name)
+}
+
+/// The number on the next line of `connection`, after `prefix`.
+async fn read_number(connection: &mut BufReader<TcpStream>, prefix: char) -> std::io::Result<usize> {
+    let mut line = String::new();
+    connection.read_line(&mut line).await?;
+    let number = line.strip_prefix(prefix).and_then(|number| number.trim_end().parse().ok());
+    number.ok_or_else(|| std::io::Error::other(format!("not RESP: {line:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_host_reads_is_refused_and_its_message_counted_delivered() {
+    // The 1025-byte answer was the reply of a host that takes messages of at most 1024 bytes.
+    let (addr, _closes) = fake_server(PushAnswer::Bulk(1025)).await;
+    let dir = plugin_dir(&[]);
+    let config =
+        config_at(&[addr], "key = \"jobs\"").replace("[host]\n", "[host]\nmax_message_bytes = 1024\n");
+    let host = host(dir.path(), &config).await;
+    let answer = within(host.request(Message::new("jobs", "one"))).await;
+    let Err(RequestError::ReplyRefused { destination, problem }) = answer else {
+        panic!("delivered, its reply refused: {answer:?}")
+    };
+    assert_eq!(destination, "jobs");
+    assert!(problem.ends_with(": a reply of 1029 bytes: more than 1024 bytes"), "{problem}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_end_is_not_read_past_the_deadline_of_the_attempt_waiting_for_it() {
+    // The connection, kept for the next attempts, went on reading the answer while the server wrote it.
+    let (addr, mut closes) = fake_server(PushAnswer::Endless).await;
+    let dir = plugin_dir(&[]);
+    let config = config_at(&[addr], "key = \"jobs\"")
+        .replace("idempotent = true", "idempotent = false\ntimeout_ms = 300");
+    let host = host(dir.path(), &config).await;
+    let answer = within(host.request(Message::new("jobs", "one"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-uncertain"), "{letter:?}");
+    within(closes.recv()).await.expect("the host closed the connection");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
 }

@@ -3,10 +3,14 @@
 //!
 //! A list gets the payload. A stream entry gets the fields `payload`, `topic` and each header (`x-sy-id`
 //! included, for consumers to deduplicate). The reply is the server's answer as text: the list's new
-//! length, or the entry's id. One multiplexed connection per endpoint, opened by the first attempt and
-//! again by the first attempt after the server closed it (a connection seen closed is never sent on);
-//! the health probe `PING`s on a fresh connection. The destination's `timeout_ms` is the only deadline:
-//! the redis crate's own connect and answer timeouts are off.
+//! length, or the entry's id; an answer past the host's `max_message_bytes` (with the topic) delivered
+//! the message all the same: its reply is refused ([`Outcome::ReplyRefused`]). One multiplexed
+//! connection per endpoint, opened by the first attempt and again by the first attempt after the
+//! server closed it (a connection seen closed is never sent on) or after an attempt's deadline cut it
+//! waiting for its answer (an answer so slow may be one without end: the connection is closed once
+//! no attempt waits on it any more); the health probe `PING`s on a fresh connection. The
+//! destination's `timeout_ms` is the only deadline: the redis crate's own connect and answer timeouts
+//! are off.
 //!
 //! An attempt that never got a connection sent nothing: a refused connection, a connect or handshake
 //! that failed or that the attempt's deadline cut (a host that takes TCP and never answers) is a
@@ -19,7 +23,7 @@
 
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
-    TransportOptions,
+    TransportOptions, reply_within,
 };
 use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
@@ -61,10 +65,11 @@ impl TransportOptions for RedisOptions {}
 pub(super) fn build(
     options: RedisOptions,
     destination: &DestinationConfig,
-    _context: &TransportContext,
+    context: &TransportContext,
 ) -> Arc<dyn Transport> {
     let servers = destination.endpoints.iter().map(|endpoint| (endpoint.address.clone(), Server::default()));
-    Arc::new(RedisTransport { options, servers: servers.collect() })
+    let max_reply_bytes = context.max_message_bytes;
+    Arc::new(RedisTransport { options, servers: servers.collect(), max_reply_bytes })
 }
 
 /// Redis servers taking messages; see the module docs.
@@ -72,6 +77,8 @@ pub(super) fn build(
 pub struct RedisTransport {
     options: RedisOptions,
     servers: HashMap<String, Server>,
+    /// Largest reply taken (its topic and the answer's text): `host.max_message_bytes`.
+    max_reply_bytes: usize,
 }
 
 /// One endpoint's connection: opened by its first attempt, and again by the first attempt after it
@@ -93,6 +100,39 @@ impl Server {
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Link>> {
         self.link.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Stop sharing `link`, which failed past repair or may be reading an answer without end: the
+    /// next attempt connects again, and `link` closes with its last copy.
+    fn forget(&self, link: &Link) {
+        let mut slot = self.slot();
+        if slot.as_ref().is_some_and(|shared| Arc::ptr_eq(&shared.socket, &link.socket)) {
+            *slot = None;
+        }
+    }
+}
+
+/// An attempt's command out on a link, its answer awaited: dropped before [`Sent::answered`] (the
+/// attempt cut at its deadline), the link is forgotten, so the answer, which may never end, is not
+/// read past the attempts that wait on it.
+struct Sent<'a> {
+    server: &'a Server,
+    link: &'a Link,
+    answered: bool,
+}
+
+impl Sent<'_> {
+    /// The answer came: the link stays shared.
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Sent<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.server.forget(self.link);
+        }
     }
 }
 
@@ -180,15 +220,6 @@ impl RedisTransport {
         Ok(link)
     }
 
-    /// Stop sharing `link`, which failed past repair: the next attempt connects again.
-    fn forget(&self, address: &str, link: &Link) {
-        let server = self.servers.get(address).expect("an endpoint of this destination");
-        let mut slot = server.slot();
-        if slot.as_ref().is_some_and(|shared| Arc::ptr_eq(&shared.socket, &link.socket)) {
-            *slot = None;
-        }
-    }
-
     async fn push(&self, address: &str, message: &Message) -> AttemptResult {
         let link = self.link(address).await?;
         let key = self.options.key.replace("{topic}", &message.topic);
@@ -210,10 +241,13 @@ impl RedisTransport {
             command.arg(&message.payload[..]);
         }
         AttemptProgress::mark_current(Step::MaySend);
+        let server = self.servers.get(address).expect("an endpoint of this destination");
+        let sent = Sent { server, link: &link, answered: false };
         let answer = command.query_async::<redis::Value>(&mut link.connection.clone()).await;
+        sent.answered();
         let answer = answer.map_err(|err| {
             if err.is_unrecoverable_error() {
-                self.forget(address, &link);
+                server.forget(&link);
             }
             classify(err)
         })?;
@@ -223,13 +257,14 @@ impl RedisTransport {
             redis::Value::SimpleString(text) => text,
             other => format!("{other:?}"),
         };
-        Ok(Some(Message {
+        let reply = Message {
             id: message.id,
             topic: message.topic.clone(),
             headers: Vec::new(),
             payload: text.into(),
             priority: message.priority,
-        }))
+        };
+        reply_within(Some(reply), self.max_reply_bytes)
     }
 }
 
@@ -288,7 +323,7 @@ mod tests {
         let address = crate::transport::silent_listener().await;
         let options = RedisOptions { command: RedisCommand::Rpush, key: "jobs".into(), max_len: None };
         let servers = [(address.clone(), Server::default())].into();
-        let transport = RedisTransport { options, servers };
+        let transport = RedisTransport { options, servers, max_reply_bytes: 1 << 20 };
         let progress = AttemptProgress::default();
         let message = Message::new("jobs", "one");
         let attempt = progress.scope(transport.attempt(&address, &message));
