@@ -19,7 +19,7 @@ fn every_bad_config_fails_with_its_expected_message() {
         let expected =
             std::fs::read_to_string(path.with_extension("err")).unwrap_or_else(|_| panic!("{name}: no .err"));
         let checked_transports =
-            |config: Config| TransportRegistry::builtin().check(name, &config).map(|()| config);
+            |config: Config| TransportRegistry::builtin().check(name, &config).map(|_| config);
         let error = Config::from_toml(name, &text).and_then(checked_transports).expect_err(name).to_string();
         assert_eq!(error.trim_end(), expected.trim_end(), "{name}");
         checked += 1;

@@ -189,7 +189,7 @@ impl HostBuilder {
         let config = overrides.apply(config);
         let native_names: Vec<&str> = destinations.keys().map(String::as_str).collect();
         config.validate(&config_file.0, &native_names)?;
-        transports.check(&config_file.0, &config)?;
+        let checked = transports.check(&config_file.0, &config)?;
         let mut engine = PluginEngine::new(config.host.compile_cache_dir().as_deref())?;
         if let Some(observer) = compile_observer {
             engine.observe_compiles(observer);
@@ -241,7 +241,7 @@ impl HostBuilder {
                 engine,
                 registry,
                 topology: ArcSwap::from_pointee(Topology::build(
-                    &config, None, &lasting, &metrics, &dispatch,
+                    &config, checked, None, &lasting, &metrics, &dispatch,
                 )),
                 natives,
                 counters: Counters::new(metrics.accepted_counter()),

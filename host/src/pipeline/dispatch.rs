@@ -22,7 +22,7 @@ use crate::destination::{
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
-use crate::transport::{DeliveryProgress, TransportContext, TransportRegistry};
+use crate::transport::{CheckedTransport, DeliveryProgress, TransportContext, TransportRegistry};
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -120,17 +120,17 @@ impl DispatchContext {
         &self.transports
     }
 
-    /// The cluster of network destination `config` (checked against the
-    /// registry) over its transport, its health checks running, going on from
+    /// The cluster of network destination `config` over the transport `checked` (what the
+    /// registry's check of `config` read) builds, its health checks running, going on from
     /// what the instance it replaces `handed` over, if given.
     pub(crate) fn cluster(
         &self,
         config: &DestinationConfig,
+        checked: CheckedTransport,
         handed: Option<HandedOver>,
     ) -> Arc<dyn QueuedDestination> {
-        let factory = self.transports.get(&config.transport).expect("a checked destination's transport");
-        let transport = factory.build(config, &self.transport_context);
-        let endpoints = factory.endpoints(config);
+        let endpoints = checked.endpoints().to_vec();
+        let transport = checked.build(&self.transport_context);
         let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services, handed));
         cluster.start_health_checks(&self.runtime);
         cluster.start_stream_keeping(&self.runtime);

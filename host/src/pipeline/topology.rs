@@ -9,6 +9,7 @@ use crate::destination::{
 use crate::message::Message;
 use crate::metrics::{DeliveryCounters, Metrics, RouteMetrics};
 use crate::router::{Route, RouteKey, RouteTable};
+use crate::transport::CheckedTransports;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -97,10 +98,11 @@ fn keeps_streams(config: &DestinationConfig) -> bool {
     )
 }
 
-/// The digest of what network destination `dest`'s transport reads from files its settings name
-/// (see [`TransportFactory::files_digest`](crate::transport::TransportFactory::files_digest)).
-fn files_digest(dest: &DestinationConfig, dispatch: &DispatchContext) -> Option<String> {
-    dispatch.transports().get(&dest.transport)?.files_digest(dest)
+/// The digest of what network destination `dest`'s settings read from files they name, as the
+/// check that gave `transports` read it (see
+/// [`CheckedTransport::files_digest`](crate::transport::CheckedTransport::files_digest)).
+fn files_digest(dest: &DestinationConfig, transports: &CheckedTransports) -> Option<String> {
+    transports.get(&dest.name)?.files_digest().map(str::to_owned)
 }
 
 /// `destination`, delivered to in place, its retryable failures retried
@@ -151,10 +153,12 @@ impl LastingDestinations {
 
 impl Topology {
     /// The topology of a validated `config`, keeping the network
-    /// destinations of `previous` whose settings are unchanged; the
-    /// dispatchers of new ones start on `dispatch`'s runtime.
+    /// destinations of `previous` whose settings are unchanged; new ones get the transports
+    /// `transports` (the registry's check of `config`) builds, their dispatchers started on
+    /// `dispatch`'s runtime.
     pub(crate) fn build(
         config: &Config,
+        mut transports: CheckedTransports,
         previous: Option<&Topology>,
         lasting: &LastingDestinations,
         metrics: &Arc<Metrics>,
@@ -175,7 +179,7 @@ impl Topology {
             .collect();
         for dest in &config.destinations {
             let kept = previous.and_then(|previous| previous.destinations.get(&dest.name));
-            let files_digest = (!dest.is_in_process()).then(|| files_digest(dest, dispatch)).flatten();
+            let files_digest = files_digest(dest, &transports);
             let same = |kept: &&Arc<Target>| {
                 kept.built_from.as_ref() == Some(dest) && kept.files_digest == files_digest
             };
@@ -199,7 +203,8 @@ impl Topology {
                     let same_transport = built_from.transport == dest.transport;
                     if same_transport { handed } else { handed.without_endpoints() }
                 });
-                dispatch.cluster(dest, handed)
+                let checked = transports.remove(&dest.name).expect("checked with every network destination");
+                dispatch.cluster(dest, checked, handed)
             });
             let destination: Arc<dyn Destination> = match (&cluster, dest.transport.as_str()) {
                 (Some(cluster), _) => cluster.clone(),
@@ -274,13 +279,14 @@ impl Topology {
     }
 
     /// Whether a network destination of `config` that this topology runs with the same settings
-    /// reads other contents from the files they name now (a CA file rotated in place): applied,
-    /// `config` rebuilds it even when it equals the running one.
-    pub(crate) fn files_changed(&self, config: &Config, dispatch: &DispatchContext) -> bool {
+    /// read other contents from the files they name when `transports` (the registry's check of
+    /// `config`) read them (a CA file rotated in place): applied, `config` rebuilds it even when it
+    /// equals the running one.
+    pub(crate) fn files_changed(&self, config: &Config, transports: &CheckedTransports) -> bool {
         config.destinations.iter().any(|dest| {
             self.destinations.get(&dest.name).is_some_and(|running| {
                 running.built_from.as_ref() == Some(dest)
-                    && running.files_digest != files_digest(dest, dispatch)
+                    && running.files_digest != files_digest(dest, transports)
             })
         })
     }

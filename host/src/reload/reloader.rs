@@ -10,6 +10,7 @@ use crate::plugin::{
     CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, load_bytes, plugin_files, plugin_name,
 };
 use crate::regular_file::Links;
+use crate::transport::CheckedTransports;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -332,20 +333,27 @@ impl Reloader {
     /// (`config-overridden`).
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let overridden = self.overrides.overridden(&config);
-        let change = self.make_current(file, self.checked(file, config)?)?;
+        let (config, transports) = self.checked(file, config)?;
+        let change = self.make_current(file, config, transports)?;
         self.tell_overridden(file, overridden);
         Ok(change)
     }
 
-    /// Make the checked `config` current, unless it changes nothing or needs a restart.
-    fn make_current(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
+    /// Make the checked `config` current, its new and changed destinations built from what its
+    /// check read (`transports`), unless it changes nothing or needs a restart.
+    fn make_current(
+        &self,
+        file: &str,
+        config: Config,
+        transports: CheckedTransports,
+    ) -> Result<ConfigChange, ConfigError> {
         {
             let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             if *closed {
                 return Err(ConfigError::ShuttingDown { file: file.to_owned() });
             }
             let running = self.config.load();
-            if self.unchanged(&running, &config) {
+            if self.unchanged(&running, &config, &transports) {
                 return Ok(ConfigChange::Unchanged);
             }
             let keys = restart_only_changes(&running, &config, &self.lasting.memory_capacities());
@@ -356,6 +364,7 @@ impl Reloader {
             let previous = pipeline.topology.load();
             let topology = Topology::build(
                 &config,
+                transports,
                 Some(&previous),
                 &self.lasting,
                 &pipeline.metrics,
@@ -400,27 +409,27 @@ impl Reloader {
     }
 
     /// `config` with the code's overrides, validated whole (its transports'
-    /// options too).
-    fn checked(&self, file: &str, config: Config) -> Result<Config, ConfigError> {
+    /// options too), and what the check of its network destinations read.
+    fn checked(&self, file: &str, config: Config) -> Result<(Config, CheckedTransports), ConfigError> {
         let config = self.overrides.apply(config);
         let native: Vec<&str> = self.lasting.native.keys().map(String::as_str).collect();
         config.validate(file, &native)?;
-        self.pipeline.dispatch.transports().check(file, &config)?;
-        Ok(config)
+        let transports = self.pipeline.dispatch.transports().check(file, &config)?;
+        Ok((config, transports))
     }
 
-    /// Whether `config` says what `running` does, and its destinations' files (a CA file) hold
-    /// what they did when the running ones were built: applied, it would change nothing.
-    fn unchanged(&self, running: &Config, config: &Config) -> bool {
-        let pipeline = &self.pipeline;
-        same_config(running, config) && !pipeline.topology.load().files_changed(config, &pipeline.dispatch)
+    /// Whether `config` says what `running` does, and its destinations' files (a CA file) held,
+    /// when its check read them (`transports`), what they did when the running ones were built:
+    /// applied, it would change nothing.
+    fn unchanged(&self, running: &Config, config: &Config, transports: &CheckedTransports) -> bool {
+        same_config(running, config) && !self.pipeline.topology.load().files_changed(config, transports)
     }
 
     /// What [`Reloader::apply_config`] would do with `config`, changing nothing.
     pub(crate) fn check_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
-        let config = self.checked(file, config)?;
+        let (config, transports) = self.checked(file, config)?;
         let running = self.config.load();
-        if self.unchanged(&running, &config) {
+        if self.unchanged(&running, &config, &transports) {
             return Ok(ConfigChange::Unchanged);
         }
         let keys = restart_only_changes(&running, &config, &self.lasting.memory_capacities());

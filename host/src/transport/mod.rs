@@ -4,12 +4,13 @@
 //! its connections. Everything around the attempt — balancing, breakers, retries, deadlines, queues,
 //! health state — is the destination core's ([`Cluster`](crate::destination::Cluster)), which knows no
 //! transport by name. A destination's `transport` string picks a [`TransportFactory`] from the
-//! [`TransportRegistry`], which checks the destination's `options = {..}` and builds its transport:
+//! [`TransportRegistry`], which checks the destination's `options = {..}` (reading the files they name
+//! once per configuration checked or applied) and builds its transport from what the check read:
 //!
 //! ```text
 //! [[destination]] transport = "http", options = { path = "/in" }
-//!   ─► TransportRegistry: "http" ─► TransportFactory::check(options), then build(destination)
-//!   ─► Arc<dyn Transport> ─► Cluster: attempt / probe / close_idle / pool_stats per endpoint
+//!   ─► TransportRegistry: "http" ─► TransportFactory::check(options) ─► CheckedTransport
+//!   ─► (config applied) CheckedTransport::build ─► Arc<dyn Transport> ─► Cluster: attempt / probe / close_idle / pool_stats per endpoint
 //! ```
 //!
 //! Adding a transport is one module (its options, its `Transport`) and one line in
@@ -39,7 +40,8 @@ pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub(crate) use progress::{AttemptProgress, DeliveryProgress, Step};
 pub use registry::{
-    SettingError, TransportContext, TransportFactory, TransportOptions, TransportRegistry, Typed, typed,
+    CheckedTransport, CheckedTransports, SettingError, TransportContext, TransportFactory, TransportOptions,
+    TransportRegistry, Typed, typed,
 };
 pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;

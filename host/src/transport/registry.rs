@@ -8,29 +8,67 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Builds the transport of a destination; one per registry entry.
+/// Checks a destination's settings and builds its transport from them; one per registry entry.
 pub trait TransportFactory: Send + Sync + 'static {
     /// Check `destination`'s `options` and endpoints (and, for a `scheme:NAME` entry, its `transport`
-    /// string). Called whenever a configuration is validated, before any build.
-    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError>;
+    /// string), reading the files they name once: what it gives builds the transport. Called once per
+    /// destination whenever a configuration is checked or applied; an applied one builds its new or
+    /// changed destinations from what this gave, never from a second reading of their settings.
+    fn check(&self, destination: &DestinationConfig) -> Result<CheckedTransport, SettingError>;
+}
 
-    /// The endpoints of `destination` (which passed [`check`](TransportFactory::check)): those it lists
-    /// for a network peer, or ones the transport names itself (a pool of processes, a file).
-    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig>;
+/// A destination's transport settings as [`TransportFactory::check`] read them: its endpoints, a
+/// digest of what its files held, and how to build its transport from them.
+pub struct CheckedTransport {
+    endpoints: Vec<EndpointConfig>,
+    files_digest: Option<String>,
+    build: BuildTransport,
+}
 
-    /// The transport of `destination`, which passed [`check`](TransportFactory::check); called when a
-    /// topology takes a new or changed destination (an unchanged one keeps its transport).
-    fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport>;
+/// What builds a [`CheckedTransport`]'s transport, once.
+type BuildTransport = Box<dyn FnOnce(&TransportContext) -> Arc<dyn Transport> + Send>;
 
-    /// A digest of what the transport of `destination` (which passed
-    /// [`check`](TransportFactory::check)) reads from files its settings name, such as a CA file's
-    /// certificates. Called whenever a configuration is applied: a destination whose settings are
-    /// unchanged is rebuilt when this differs from what it was built with. By default `None`:
-    /// nothing read.
-    fn files_digest(&self, _destination: &DestinationConfig) -> Option<String> {
-        None
+impl std::fmt::Debug for CheckedTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let CheckedTransport { endpoints, files_digest, build: _ } = self;
+        let debug = &mut f.debug_struct("CheckedTransport");
+        debug.field("endpoints", endpoints).field("files_digest", files_digest).finish_non_exhaustive()
     }
 }
+
+impl CheckedTransport {
+    /// Settings found good: the destination's `endpoints` (those it lists for a network peer, or ones
+    /// the transport names itself: a pool of processes, a file), the `files_digest` of what its
+    /// settings read from files they name (see [`files_digest`](CheckedTransport::files_digest)), and
+    /// `build`, which makes its transport when a configuration holding it is applied.
+    pub fn new(
+        endpoints: Vec<EndpointConfig>,
+        files_digest: Option<String>,
+        build: impl FnOnce(&TransportContext) -> Arc<dyn Transport> + Send + 'static,
+    ) -> CheckedTransport {
+        CheckedTransport { endpoints, files_digest, build: Box::new(build) }
+    }
+
+    /// The destination's endpoints.
+    pub fn endpoints(&self) -> &[EndpointConfig] {
+        &self.endpoints
+    }
+
+    /// A digest of what the settings read from files they name, such as a CA file's certificates; `None`
+    /// when they read none. A destination whose settings are unchanged is rebuilt when this differs
+    /// from what it was built with.
+    pub fn files_digest(&self) -> Option<&str> {
+        self.files_digest.as_deref()
+    }
+
+    /// The destination's transport, built from the settings checked.
+    pub fn build(self, context: &TransportContext) -> Arc<dyn Transport> {
+        (self.build)(context)
+    }
+}
+
+/// The [`CheckedTransport`] of each network destination of a configuration, by destination name.
+pub type CheckedTransports = BTreeMap<String, CheckedTransport>;
 
 /// What is wrong with a destination's settings for its transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +83,7 @@ pub struct SettingError {
 
 /// The options of a [`typed`] transport, deserialized from a destination's `options = {..}` (make the
 /// type `#[serde(deny_unknown_fields)]` so that a misspelt key is refused).
-pub trait TransportOptions: DeserializeOwned + 'static {
+pub trait TransportOptions: DeserializeOwned + Send + 'static {
     /// The endpoints of a destination with these options that lists `listed`, or what is wrong with
     /// them. By default, those listed, and at least one: a transport to network peers.
     fn endpoints(&self, listed: &[EndpointConfig]) -> Result<Vec<EndpointConfig>, SettingError> {
@@ -60,7 +98,7 @@ pub trait TransportOptions: DeserializeOwned + 'static {
     }
 
     /// A digest of what these options read from files they name (a CA file's certificates); see
-    /// [`TransportFactory::files_digest`]. By default `None`: nothing read.
+    /// [`CheckedTransport::files_digest`]. By default `None`: nothing read.
     fn files_digest(&self) -> Option<String> {
         None
     }
@@ -81,7 +119,8 @@ pub struct TransportContext {
 
 /// A [`TransportFactory`] whose options are the type `O` and whose transport `build` makes.
 pub struct Typed<O, F> {
-    build: F,
+    /// Shared with the [`CheckedTransport`]s it gives, which build with it.
+    build: Arc<F>,
     options: PhantomData<fn() -> O>,
 }
 
@@ -91,7 +130,7 @@ where
     O: TransportOptions,
     F: Fn(O, &DestinationConfig, &TransportContext) -> Arc<dyn Transport> + Send + Sync + 'static,
 {
-    Typed { build, options: PhantomData }
+    Typed { build: Arc::new(build), options: PhantomData }
 }
 
 impl<O: TransportOptions, F> Typed<O, F> {
@@ -110,22 +149,13 @@ where
     O: TransportOptions,
     F: Fn(O, &DestinationConfig, &TransportContext) -> Arc<dyn Transport> + Send + Sync + 'static,
 {
-    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError> {
-        Self::options(destination)?.endpoints(&destination.endpoints).map(drop)
-    }
-
-    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig> {
-        let options = Self::options(destination).expect("options are checked before endpoints are asked for");
-        options.endpoints(&destination.endpoints).expect("endpoints are checked before they are asked for")
-    }
-
-    fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
-        let options = Self::options(destination).expect("options are checked before a build");
-        (self.build)(options, destination, context)
-    }
-
-    fn files_digest(&self, destination: &DestinationConfig) -> Option<String> {
-        Self::options(destination).ok()?.files_digest()
+    fn check(&self, destination: &DestinationConfig) -> Result<CheckedTransport, SettingError> {
+        let options = Self::options(destination)?;
+        let endpoints = options.endpoints(&destination.endpoints)?;
+        let files_digest = options.files_digest();
+        let (build, destination) = (self.build.clone(), destination.clone());
+        let build = move |context: &TransportContext| build(options, &destination, context);
+        Ok(CheckedTransport::new(endpoints, files_digest, build))
     }
 }
 
@@ -180,8 +210,10 @@ impl TransportRegistry {
     }
 
     /// Check every network destination of `config` (`file` names it in errors): its transport is known
-    /// and its options fit it.
-    pub fn check(&self, file: &str, config: &Config) -> Result<(), ConfigError> {
+    /// and its options fit it. What each destination's check read, by destination name, builds its
+    /// transport when `config` is applied.
+    pub fn check(&self, file: &str, config: &Config) -> Result<CheckedTransports, ConfigError> {
+        let mut checked = CheckedTransports::new();
         for destination in config.destinations.iter().filter(|destination| !destination.is_in_process()) {
             let invalid = |field: &str, value: String, problem: String| ConfigError::Invalid {
                 file: file.to_owned(),
@@ -198,8 +230,54 @@ impl TransportRegistry {
                 let problem = format!("unknown transport (known: {})", known.join(", "));
                 return Err(invalid("transport", format!("\"{}\"", destination.transport), problem));
             };
-            factory.check(destination).map_err(|err| invalid(err.field, err.value, err.problem))?;
+            let transport =
+                factory.check(destination).map_err(|err| invalid(err.field, err.value, err.problem))?;
+            checked.insert(destination.name.clone(), transport);
         }
-        Ok(())
+        Ok(checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PEM file's text holding one self-signed CA certificate.
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.self_signed(&key).unwrap().pem()
+    }
+
+    /// What a transport built outside a host may use.
+    fn context() -> TransportContext {
+        TransportContext {
+            max_message_bytes: 1 << 20,
+            plugins: Arc::default(),
+            engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
+            metrics: Arc::new(crate::metrics::Metrics::new(false)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ca_file_emptied_after_the_check_builds_what_the_check_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem()).unwrap();
+        let text = format!(
+            "[[destination]]\nname = \"live\"\ntransport = \"websocket\"\nendpoints = [\"127.0.0.1:9\"]\n\
+             options = {{ tls = true, ca_file = \"{}\" }}\n",
+            ca_file.display()
+        );
+        let config = Config::from_toml("test.toml", &text).unwrap();
+        let read_at_check = crate::transport::TlsClient::ca_file(&ca_file).unwrap().roots_digest().to_owned();
+        let mut checked = TransportRegistry::builtin().check("test.toml", &config).unwrap();
+        // A new CA copied over the file in place, caught half-way: it is empty for now.
+        std::fs::write(&ca_file, "").unwrap();
+        // The build used to read the options again, and panicked on the file's contents of now.
+        let live = checked.remove("live").unwrap();
+        assert_eq!(live.files_digest(), Some(read_at_check.as_str()), "the certificates the check read");
+        let _transport = live.build(&context());
     }
 }

@@ -5,9 +5,10 @@
 //! system's root certificates, or, with `ca_file = "ca.pem"`, against the CA certificates of that PEM
 //! file only (a private CA; a relative path is from the working directory). The certificate must name
 //! the endpoint's host (a DNS name, or an IP address as a SAN). A CA file that cannot be read or holds
-//! no certificate is a configuration error. It is read again at each reload: other certificates there
-//! (a CA rotated in place, its path the same) rebuild the destination, whose connections then trust
-//! them. A handshake that fails (a certificate not trusted, an
+//! no certificate is a configuration error. It is read again at each reload, once: other certificates
+//! there (a CA rotated in place, its path the same) rebuild the destination, whose connections then
+//! trust them, as that reading found them (a file changing meanwhile is read at the next reload). A
+//! handshake that fails (a certificate not trusted, an
 //! upgrade refused) counts as an attempt that nobody took ([`RetryReason::Handshake`]): it is retried,
 //! counts against the endpoint's breaker, and after the last attempt dead-letters the message
 //! (`delivery-failed`) with the TLS error as its last error; the health probe makes the same handshake.

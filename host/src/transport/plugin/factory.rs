@@ -2,8 +2,8 @@
 //! config, and the [`PluginTransport`] a destination gets.
 
 use super::{PluginTransport, PluginTransportConfig};
-use crate::config::{DestinationConfig, EndpointConfig};
-use crate::transport::{SettingError, Transport, TransportContext, TransportFactory};
+use crate::config::DestinationConfig;
+use crate::transport::{CheckedTransport, SettingError, Transport, TransportContext, TransportFactory};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,28 +70,24 @@ impl PluginTransportFactory {
 }
 
 impl TransportFactory for PluginTransportFactory {
-    fn check(&self, destination: &DestinationConfig) -> Result<(), SettingError> {
-        PluginTransportFactory::settings(destination).map(drop)
-    }
-
-    fn endpoints(&self, destination: &DestinationConfig) -> Vec<EndpointConfig> {
-        destination.endpoints.clone()
-    }
-
-    fn build(&self, destination: &DestinationConfig, context: &TransportContext) -> Arc<dyn Transport> {
-        let (plugin, options) =
-            PluginTransportFactory::settings(destination).expect("checked before a build");
-        let config = PluginTransportConfig {
-            destination: destination.name.clone(),
-            plugin: plugin.to_owned(),
-            endpoints: destination.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
-            timeout: Duration::from_millis(destination.timeout_ms),
-            pool: (&destination.pool).into(),
-            lanes: options.lanes,
-            max_reply_bytes: context.max_message_bytes,
+    fn check(&self, destination: &DestinationConfig) -> Result<CheckedTransport, SettingError> {
+        let (plugin, options) = PluginTransportFactory::settings(destination)?;
+        let (plugin, destination) = (plugin.to_owned(), destination.clone());
+        let endpoints = destination.endpoints.clone();
+        let build = move |context: &TransportContext| -> Arc<dyn Transport> {
+            let config = PluginTransportConfig {
+                destination: destination.name.clone(),
+                plugin,
+                endpoints: destination.endpoints.iter().map(|endpoint| endpoint.address.clone()).collect(),
+                timeout: Duration::from_millis(destination.timeout_ms),
+                pool: (&destination.pool).into(),
+                lanes: options.lanes,
+                max_reply_bytes: context.max_message_bytes,
+            };
+            let (plugins, engine, metrics) =
+                (context.plugins.clone(), context.engine.clone(), context.metrics.clone());
+            Arc::new(PluginTransport::new(config, plugins, engine, metrics))
         };
-        let (plugins, engine, metrics) =
-            (context.plugins.clone(), context.engine.clone(), context.metrics.clone());
-        Arc::new(PluginTransport::new(config, plugins, engine, metrics))
+        Ok(CheckedTransport::new(endpoints, None, build))
     }
 }
