@@ -434,6 +434,28 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_told_down_is_told_up_when_a_reload_to_another_transport_starts_it_afresh() {
+    // A reload that changes a destination's transport starts its endpoints afresh, up, and sends
+    // them traffic; one told down before used to stay down for whoever follows the events.
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    let health = "health = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
+    let host = host(dir.path(), &config(&[&endpoint], health)).await;
+    let mut events = host.subscribe();
+    endpoint.set(Mode::Fail);
+    next_event(&mut events, "endpoint-down").await;
+    let tcp = config(&[&endpoint], "").replace("transport = \"http\"", "transport = \"tcp\"");
+    let change = host.apply_config("test.toml", switchyard::Config::from_toml("test.toml", &tcp).unwrap());
+    assert_eq!(within(change).await.unwrap(), switchyard::ConfigChange::Applied);
+    let HostEvent::Destination(DestinationEvent::EndpointUp { destination, endpoint: up }) =
+        next_event(&mut events, "endpoint-up").await
+    else {
+        unreachable!()
+    };
+    assert_eq!((destination.as_str(), up), ("api", endpoint.addr.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_back_by_its_health_checks_is_told_up_only_once_its_breaker_closes() {
     // Its health checks passing again used to tell `endpoint-up` while its breaker still ejected it
     // (the operator saw it up while it got no traffic), and its health going down after its breaker

@@ -26,7 +26,7 @@ use affinity::StreamAffinity;
 use choice::Picker;
 use endpoint::{Endpoint, EndpointState, lock};
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,15 +47,21 @@ pub(crate) use turns::StreamTurn;
 /// each endpoint, by address ([`EndpointState`]), the signal that it changed, and its stream table.
 pub(crate) struct HandedOver {
     endpoints: HashMap<String, Arc<EndpointState>>,
+    /// The addresses of the endpoints whose events last told them down, when what was known of
+    /// them is not handed over: the fresh state of one kept is up, and is told so.
+    told_down: HashSet<String>,
     changed: Arc<tokio::sync::Notify>,
     streams: Option<HandedStreams>,
 }
 
 impl HandedOver {
-    /// The same without what was known of the endpoints: for an instance that reaches them over
-    /// another transport, whose checks and failures tell other things of them.
+    /// The same without what was known of the endpoints but what their events last told: for an
+    /// instance that reaches them over another transport, whose checks and failures tell other
+    /// things of them.
     pub(crate) fn without_endpoints(self) -> HandedOver {
-        HandedOver { endpoints: HashMap::new(), ..self }
+        let told_down = self.endpoints.iter().filter(|(_, state)| !*lock(&state.told_up));
+        let told_down = told_down.map(|(address, _)| address.clone()).collect();
+        HandedOver { endpoints: HashMap::new(), told_down, ..self }
     }
 }
 
@@ -133,15 +139,22 @@ impl Cluster {
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = breaker_of(&config.breaker);
         let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
-        let (mut known, changed, streams) = match handed {
-            Some(HandedOver { endpoints, changed, streams }) => (endpoints, changed, streams),
+        let (mut known, told_down, changed, streams) = match handed {
+            Some(HandedOver { endpoints, told_down, changed, streams }) => {
+                (endpoints, told_down, changed, streams)
+            }
             None => Default::default(),
         };
         let endpoints = endpoints
             .iter()
             .map(|endpoint| {
                 let metrics = metrics.endpoint(&config.name, &endpoint.address);
-                Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address))
+                let endpoint =
+                    Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address));
+                if told_down.contains(&endpoint.address) {
+                    *lock(&endpoint.state.told_up) = false;
+                }
+                endpoint
             })
             .collect();
         let cluster = Cluster {
@@ -187,7 +200,8 @@ impl Cluster {
             waiting: std::sync::atomic::AtomicU32::new(0),
         };
         // An endpoint that health checks this reload removes held down is up again (nothing
-        // brings back a health it keeps no more, so it is forgotten): told here.
+        // brings back a health it keeps no more, so it is forgotten), as is one told down that
+        // starts afresh over another transport: told here.
         for endpoint in &cluster.endpoints {
             cluster.tell(endpoint, None);
         }
@@ -367,6 +381,7 @@ impl QueuedDestination for Cluster {
             self.endpoints.iter().map(|endpoint| (endpoint.address.clone(), endpoint.state.clone()));
         HandedOver {
             endpoints: endpoints.collect(),
+            told_down: HashSet::new(),
             changed: self.changed.clone(),
             streams: self.hand_over_streams(),
         }
