@@ -306,6 +306,73 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_and_a_plugin_a_reload_removes_leave_no_series_in_metrics() {
+    // The dead letters of a route a reload removed, and the series of a plugin whose file was
+    // deleted, stayed in /metrics for good: a host whose routes and plugins change kept exporting
+    // every one it ever had.
+    let dir = plugin_dir(&[("bad", artifacts::FAULTY_SPIN)]);
+    let kept = "[[route]]\nname = \"kept\"\nmatch = { topic = \"kept\" }\nto = \"out\"\n";
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\nlimits = {{ timeout_ms = 50 }}\n\
+         config = {{ trigger = \"x-poison\" }}\n\
+         [[route]]\nname = \"risky\"\nstages = [\"filter:bad\"]\nto = \"out\"\n{kept}"
+    );
+    let host = host(dir.path(), &config).await;
+    let addr = start_admin(&host).await;
+    host.send(Message::new("job", "poison").with_header("x-poison", "1")).await.unwrap();
+    next(&host.memory("dead").unwrap()).await;
+    let lettered = [("route", "risky"), ("reason", "plugin-timed-out")];
+    let metrics = within(async {
+        loop {
+            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+            if sample(&metrics, "switchyard_dead_letters_total", &lettered) == Some(1.0) {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let faulted = [("plugin", "bad"), ("problem", "timed_out")];
+    assert_eq!(sample(&metrics, "switchyard_plugin_problems_total", &faulted), Some(1.0));
+
+    let without = Config::from_toml("test.toml", &format!("{MEMORY_OUT}{kept}")).unwrap();
+    within(host.apply_config("test.toml", without)).await.unwrap();
+    let mut events = host.subscribe();
+    std::fs::remove_file(dir.path().join("bad.wasm")).unwrap();
+    within(async {
+        while !matches!(events.recv().await.unwrap(), switchyard::HostEvent::PluginRemoved { .. }) {}
+    })
+    .await;
+    // The route's series go with its last instance: wait for those the previous main removed too.
+    let settled = [("route", "risky"), ("outcome", "dead_lettered")];
+    let metrics = within(async {
+        loop {
+            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+            if sample(&metrics, "switchyard_route_messages_total", &settled).is_none() {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let of = |label: &str, value: &str| {
+        let samples = crate::exposition::parse(&metrics).into_iter();
+        let left = samples.filter(|s| s.labels.get(label).is_some_and(|v| v == value));
+        left.map(|s| format!("{}{:?}", s.name, s.labels)).collect::<Vec<_>>()
+    };
+    assert_eq!(of("route", "risky"), Vec::<String>::new(), "the removed route's series");
+    assert_eq!(of("plugin", "bad"), Vec::<String>::new(), "the removed plugin's series");
+    assert!(!of("route", "kept").is_empty(), "the route kept has its series");
+    // /v1/plugins still tells what the removed plugin did.
+    let removed = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
+    assert_eq!(
+        (removed["state"].as_str(), removed["faults"].as_u64()),
+        (Some("removed"), Some(1)),
+        "{removed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_admin_token_takes_effect_at_once_closes_streams_let_in_with_the_old_and_cannot_be_removed()
  {
     let dir = plugin_dir(&[]);

@@ -23,6 +23,7 @@ pub(crate) use jetstream::{JetStreamMetrics, Pulled};
 pub(crate) use parts::HeldSeries;
 use parts::Part;
 pub(crate) use plugins::CallSeries;
+use plugins::RemovedPlugin;
 pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -138,6 +139,10 @@ pub struct Metrics {
     dead_letters: Family<RouteReason, Counter>,
     /// The label sets of `dead_letters` counted so far, so alert rules can read them all.
     dead_letter_labels: std::sync::Mutex<std::collections::BTreeSet<RouteReason>>,
+    /// What the `dead_letters` series of routes a reload removed had counted, by reason: no scrape
+    /// shows them, but alert rules reading the sum over routes must not see it fall (a fall reads
+    /// as a counter reset).
+    retired_dead_letters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Letters in the dead-letter file now.
     dead_letters_spooled: Gauge,
     /// Letters re-delivered from the dead-letter file.
@@ -152,8 +157,11 @@ pub struct Metrics {
     plugin_latency: Family<PluginName, LatencyHistogram>,
     /// What plugins `count()`ed, by plugin name: every version adds to the same series.
     plugin_counters: Family<PluginCounter, Counter>,
-    /// How many series of `plugin_counters` each plugin has (at most [`crate::plugin::MAX_COUNTERS`]).
-    plugin_counter_names: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The names of each plugin's series of `plugin_counters` (at most [`crate::plugin::MAX_COUNTERS`]).
+    plugin_counter_names: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// The counts of each plugin whose file was removed, as they were then (its series gone), until
+    /// it loads again: `/v1/plugins` still tells what it did.
+    removed_plugins: std::sync::Mutex<std::collections::BTreeMap<String, RemovedPlugin>>,
     /// The last fault of each plugin; written only when a plugin faults.
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
@@ -203,6 +211,7 @@ impl Metrics {
             route_messages: Family::default(),
             dead_letters: Family::default(),
             dead_letter_labels: Default::default(),
+            retired_dead_letters: Default::default(),
             dead_letters_spooled: Gauge::default(),
             dead_letters_redelivered: Counter::default(),
             dead_letters_lost: Counter::default(),
@@ -213,6 +222,7 @@ impl Metrics {
             plugin_latency: Family::default(),
             plugin_counters: Family::default(),
             plugin_counter_names: Default::default(),
+            removed_plugins: Default::default(),
             last_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),
@@ -422,6 +432,22 @@ impl Metrics {
         if !seen.contains(&labels) {
             seen.insert(labels);
         }
+    }
+
+    /// Remove the `dead_letters` series of `route`, whose last instance has retired (see
+    /// [`parts`]), keeping what they counted for alert rules' sums.
+    fn remove_dead_letters(&self, route: &str) {
+        let mut seen = self.dead_letter_labels.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut retired = self.retired_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
+        seen.retain(|labels| {
+            if labels.route != route {
+                return true;
+            }
+            let count = self.dead_letters.get(labels).map_or(0, |count| count.get());
+            *retired.entry(labels.reason.clone()).or_default() += count;
+            self.dead_letters.remove(labels);
+            false
+        });
     }
 
     /// The gauge of letters in the dead-letter file, for the file to keep.

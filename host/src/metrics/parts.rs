@@ -91,6 +91,7 @@ impl Metrics {
                     self.route_messages
                         .remove(&RouteOutcome { route: route.clone(), outcome: outcome.into() });
                 }
+                self.remove_dead_letters(route);
             }
             Part::Destination(destination) => {
                 for result in DELIVERY_RESULTS {

@@ -66,6 +66,14 @@ impl LastFault {
     }
 }
 
+/// What a removed plugin had done when its file went: its calls and problems, and its instances
+/// renewed.
+#[derive(Debug)]
+pub(super) struct RemovedPlugin {
+    counts: PluginCounts,
+    renewals: u64,
+}
+
 /// The series a plugin's calls add to: its calls and their latency. A
 /// version keeps them once looked up, so a call reaches them without making
 /// a label or taking a family's lock.
@@ -122,11 +130,43 @@ impl Metrics {
             return series.clone();
         }
         let named = names.entry(plugin.to_owned()).or_default();
-        if *named == MAX_COUNTERS {
+        if named.len() == MAX_COUNTERS {
             return Counter::default();
         }
-        *named += 1;
+        named.push(name.to_owned());
         self.plugin_counters.get_or_create_owned(&labels)
+    }
+
+    /// Plugin `plugin`'s file is gone: remove its series, keeping its counts for
+    /// [`Metrics::plugin_counts`] until it loads again. A version still finishing a call may count
+    /// on; into the series it holds, no scrape shows them.
+    pub(crate) fn plugin_removed(&self, plugin: &str) {
+        let removed =
+            RemovedPlugin { counts: self.plugin_counts(plugin), renewals: self.plugin_renewals(plugin) };
+        let name = PluginName { plugin: plugin.into() };
+        self.plugin_calls.remove(&name);
+        self.plugin_latency.remove(&name);
+        self.plugin_renewals.remove(&name);
+        for problem in ERRORS.into_iter().chain(FAULTS).chain(FALLBACKS) {
+            self.plugin_problems.remove(&PluginProblem { plugin: plugin.into(), problem: problem.into() });
+        }
+        let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
+        for name in names.remove(plugin).unwrap_or_default() {
+            self.plugin_counters.remove(&PluginCounter { plugin: plugin.into(), name });
+        }
+        let mut removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
+        removed_plugins.insert(plugin.to_owned(), removed);
+    }
+
+    /// Plugin `plugin` serves (loaded or replaced): its counts are its series' again, from 0 if
+    /// it was removed before.
+    pub(crate) fn plugin_serving(&self, plugin: &str) {
+        self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner()).remove(plugin);
+    }
+
+    /// The counts of `plugin` as they were when its file was removed, if it has been.
+    fn removed_plugin<T>(&self, plugin: &str, read: impl FnOnce(&RemovedPlugin) -> T) -> Option<T> {
+        self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner()).get(plugin).map(read)
     }
 
     /// Count an error answer of `plugin`, of kind `problem`.
@@ -148,8 +188,12 @@ impl Metrics {
         self.plugin_renewals.get_or_create(&PluginName { plugin: plugin.into() }).inc();
     }
 
-    /// Instances of `plugin` renewed so far because they outgrew their memory.
+    /// Instances of `plugin` renewed so far because they outgrew their memory (until its file was
+    /// removed, for a removed plugin).
     pub fn plugin_renewals(&self, plugin: &str) -> u64 {
+        if let Some(renewals) = self.removed_plugin(plugin, |removed| removed.renewals) {
+            return renewals;
+        }
         self.plugin_renewals.get(&PluginName { plugin: plugin.into() }).map_or(0, |count| count.get())
     }
 
@@ -158,8 +202,11 @@ impl Metrics {
         self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).get(plugin).cloned()
     }
 
-    /// Calls and problems of `plugin` so far.
+    /// Calls and problems of `plugin` so far (until its file was removed, for a removed plugin).
     pub fn plugin_counts(&self, plugin: &str) -> PluginCounts {
+        if let Some(counts) = self.removed_plugin(plugin, |removed| removed.counts.clone()) {
+            return counts;
+        }
         let calls =
             self.plugin_calls.get(&PluginName { plugin: plugin.into() }).map_or(0, |calls| calls.get());
         let problems = ERRORS

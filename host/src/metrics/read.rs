@@ -85,7 +85,10 @@ impl Metrics {
                     let pairs = vec![("route", labels.route.clone()), ("reason", labels.reason.clone())];
                     (pairs, read(labels) as f64)
                 });
-                series.collect()
+                let retired = self.retired_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
+                let retired =
+                    retired.iter().map(|(reason, count)| (vec![("reason", reason.clone())], *count as f64));
+                series.chain(retired).collect()
             }
             "messages_accepted" => vec![(vec![], self.accepted.get() as f64)],
             "dead_letters_lost" => vec![(vec![], self.dead_letters_lost.get() as f64)],
@@ -147,6 +150,19 @@ mod tests {
         let unknown = [("route".to_owned(), "nowhere".to_owned())];
         assert_eq!(metrics.read("dead_letters", &unknown), Some(0.0));
         assert_eq!(metrics.read("no_such_metric", &[]), None);
+    }
+
+    #[test]
+    fn a_removed_route_s_dead_letters_leave_the_exposition_but_not_the_sum_alert_rules_read() {
+        let metrics = std::sync::Arc::new(Metrics::new(true));
+        let orders = metrics.route("orders");
+        metrics.dead_letter(Some("orders"), "rejected");
+        metrics.dead_letter(Some("audit"), "rejected");
+        drop(orders);
+        assert!(!metrics.encode().contains("route=\"orders\""), "{}", metrics.encode());
+        assert_eq!(metrics.read("dead_letters", &[]), Some(2.0));
+        assert_eq!(metrics.read("dead_letters", &[("reason".into(), "rejected".into())]), Some(2.0));
+        assert_eq!(metrics.read("dead_letters", &[("route".into(), "orders".into())]), Some(0.0));
     }
 
     #[test]

@@ -496,6 +496,7 @@ impl Reloader {
         }
         let mut old = None;
         self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
+        self.pipeline.metrics.plugin_serving(&plugin.name);
         let (name, kind, version) = (plugin.name.clone(), plugin.kind.as_str(), plugin.digest.clone());
         let compile_ms = plugin.compile_time.as_secs_f64() * 1e3;
         self.events.emit(match old {
@@ -510,6 +511,7 @@ impl Reloader {
         let mut old = None;
         self.pipeline.registry.update(|set| old = set.remove(name));
         if let Some(old) = old {
+            self.pipeline.metrics.plugin_removed(name);
             self.events.emit(HostEvent::PluginRemoved { name: name.to_owned(), version: old.digest.clone() });
         }
     }
