@@ -66,7 +66,10 @@ impl EncodeMetric for ShardedCounter {
 /// One thread's part of a latency histogram (its count is the buckets' sum).
 #[derive(Debug, Default)]
 struct HistogramShard {
-    sum_nanos: AtomicU64,
+    /// The sum of the latencies observed, seconds, as the bits of an `f64` (0 is 0.0): a sum of
+    /// `u64` nanoseconds wraps at 584 years of latency, which a busy route sums in weeks (10⁵
+    /// messages a second taking 100 ms each: 21 days).
+    sum_seconds: AtomicU64,
     /// Per bucket of [`LATENCY_BOUNDS`], then `+Inf`.
     buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
 }
@@ -82,7 +85,9 @@ impl LatencyHistogram {
         let seconds = latency.as_secs_f64();
         let bucket = LATENCY_BOUNDS.partition_point(|bound| *bound < seconds);
         shard.buckets[bucket].fetch_add(1, Relaxed);
-        shard.sum_nanos.fetch_add(latency.as_nanos().min(u64::MAX.into()) as u64, Relaxed);
+        // Another thread adds to this shard only when there are more threads than shards.
+        let add = |sum: u64| Some((f64::from_bits(sum) + seconds).to_bits());
+        let _ = shard.sum_seconds.fetch_update(Relaxed, Relaxed, add);
     }
 
     /// Observations in all.
@@ -95,7 +100,7 @@ impl LatencyHistogram {
     pub(crate) fn totals(&self) -> HistogramTotals {
         let mut totals = HistogramTotals::default();
         for shard in self.0.iter() {
-            totals.sum_nanos += shard.0.sum_nanos.load(Relaxed);
+            totals.sum_seconds += f64::from_bits(shard.0.sum_seconds.load(Relaxed));
             for (total, bucket) in totals.buckets.iter_mut().zip(&shard.0.buckets) {
                 *total += bucket.load(Relaxed);
             }
@@ -109,8 +114,8 @@ impl LatencyHistogram {
 pub(crate) struct HistogramTotals {
     /// Observations per bucket of [`LATENCY_BOUNDS`], then `+Inf`.
     pub(crate) buckets: [u64; LATENCY_BOUNDS.len() + 1],
-    /// The sum of all latencies observed, nanoseconds.
-    pub(crate) sum_nanos: u64,
+    /// The sum of all latencies observed, seconds.
+    pub(crate) sum_seconds: f64,
 }
 
 impl TypedMetric for LatencyHistogram {
@@ -119,17 +124,12 @@ impl TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut buckets: Vec<(f64, u64)> =
-            LATENCY_BOUNDS.iter().chain([&f64::INFINITY]).map(|bound| (*bound, 0)).collect();
-        let mut sum_nanos = 0;
-        for shard in self.0.iter() {
-            sum_nanos += shard.0.sum_nanos.load(Relaxed);
-            for (total, bucket) in buckets.iter_mut().zip(&shard.0.buckets) {
-                total.1 += bucket.load(Relaxed);
-            }
-        }
-        let count = buckets.iter().map(|(_, count)| count).sum();
-        encoder.encode_histogram::<NoLabelSet>(sum_nanos as f64 / 1e9, count, &buckets, None)
+        let totals = self.totals();
+        let bounds = LATENCY_BOUNDS.iter().chain([&f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> =
+            bounds.zip(totals.buckets).map(|(bound, count)| (*bound, count)).collect();
+        let count = totals.buckets.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(totals.sum_seconds, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -155,6 +155,30 @@ mod tests {
             }
         });
         assert_eq!((counter.get(), histogram.count()), (12_000, 12_000));
+    }
+
+    /// The `_sum` of `histogram`, as a scrape reads it.
+    fn scraped_sum(histogram: &LatencyHistogram) -> f64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("latency_seconds", "test", histogram.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = text.lines().find(|line| line.starts_with("latency_seconds_sum ")).unwrap();
+        line["latency_seconds_sum ".len()..].parse().unwrap()
+    }
+
+    #[test]
+    fn the_sum_holds_more_latency_than_u64_nanoseconds_do() {
+        // 2⁶⁴ ns are 584 years: 100 000 messages a second of a route, taking 100 ms each from
+        // admission to settlement, add 10⁴ s a second, and sum that much in 21 days.
+        let histogram = LatencyHistogram::default();
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        for _ in 0..9 {
+            histogram.observe(century);
+        }
+        let (sum, due) = (scraped_sum(&histogram), 9.0 * century.as_secs_f64());
+        assert!((sum / due - 1.0).abs() < 1e-9, "sum {sum} s, due {due} s");
+        assert!((histogram.totals().sum_seconds / due - 1.0).abs() < 1e-9);
     }
 
     #[test]
