@@ -283,6 +283,33 @@ mod tests {
         assert_eq!(balancer.pick(&[], Some("alice")), None);
     }
 
+    /// The share of the hash space each slot of `ring` owns: the arcs ending at its points.
+    fn arc_shares(ring: &Ring, slots: usize) -> Vec<f64> {
+        let mut shares = vec![0.0; slots];
+        let last = ring.points.last().expect("a point").0;
+        let mut previous = last;
+        for &(hash, slot) in &ring.points {
+            shares[slot as usize] += hash.wrapping_sub(previous) as f64 / 2f64.powi(64);
+            previous = hash;
+        }
+        shares
+    }
+
+    #[test]
+    fn a_weight_of_1_beside_5000_keeps_its_share_on_a_scaled_down_ring() {
+        // 160 × 5001 points wanted, more than the cap: both are scaled down, the light one to 52
+        // points (from 160) of its own, so its share varies more (about 1/√52) but stays its due.
+        let mut endpoints = endpoints(2);
+        (endpoints[0].configured_weight, endpoints[1].configured_weight) = (1, 5000);
+        let ring = Ring::build(&endpoints);
+        assert!(ring.points.len() as u64 <= MAX_POINTS + 2, "{} points", ring.points.len());
+        let light = ring.points.iter().filter(|&&(_, slot)| slot == 0).count() as f64;
+        let heavy = ring.points.len() as f64 - light;
+        assert!((heavy / light / 5000.0 - 1.0).abs() < 0.01, "points {light} : {heavy}");
+        let (share, due) = (arc_shares(&ring, 2)[0], 1.0 / 5001.0);
+        assert!((share - due).abs() < 0.3 * due, "share {share}, due {due}");
+    }
+
     #[test]
     fn huge_weights_are_scaled_down_to_the_ring_cap_keeping_proportions() {
         let mut endpoints = endpoints(2);
