@@ -3,14 +3,16 @@
 //! them again, across a restart too; fallbacks; labels any transport takes.
 
 use crate::exposition::sample;
-use crate::support::{builder, drain_and_account, eventually, http, next, plugin_dir, within};
+use crate::support::{PATIENCE, builder, drain_and_account, eventually, http, next, plugin_dir, within};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchyard::admin::AdminServer;
-use switchyard::dead_letter::{FILE_NAME, REASON_CODE_HEADER, REASON_HEADER};
+use switchyard::dead_letter::{
+    DeadLetterReason, DeadLetterRecord, FILE_NAME, REASON_CODE_HEADER, REASON_HEADER,
+};
 use switchyard::{Config, DeliveryError, Destination, Host, Message, MessageId, PluginError, RouteConfig};
 
 /// A dead-letter destination that refuses while `up` is false and hands
@@ -725,6 +727,94 @@ async fn each_letter_of_a_message_fanned_out_is_sent_while_the_file_cannot_be_re
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 2);
     assert!(dlq.taken.is_empty(), "each letter sent once: {:?}", dlq.taken.try_iter().count());
+}
+
+/// Leave two letters alike in every byte, the millisecond they were written included, in the
+/// dead-letter file of `state`, as a host may (the copies of a message fanned out to two
+/// destinations that share a fallback, refused by it alike in one millisecond); their message.
+fn leave_two_letters_alike(state: &Path) -> Message {
+    let mut message = Message::new("nowhere", "x");
+    message.id = 7;
+    let letter = DeadLetterReason::NoRoute { topic: "nowhere".into() }.label(message, None);
+    let line = serde_json::to_string(&DeadLetterRecord::new(&letter, "dlq")).unwrap();
+    std::fs::write(state.join(FILE_NAME), format!("{line}\n{line}\n")).unwrap();
+    letter
+}
+
+/// A dead-letter destination answering its `n`th call (from 0) with `refusal(n)`, if any, else
+/// handing the letter to the receiver.
+fn answering(
+    refusal: impl Fn(usize) -> Option<DeliveryError> + Send + Sync + 'static,
+) -> (flume::Receiver<Message>, impl Destination) {
+    let (taken, took) = flume::unbounded();
+    let (calls, refusal) = (Arc::new(AtomicUsize::new(0)), Arc::new(refusal));
+    let destination = move |message: Message| {
+        let (taken, calls, refusal) = (taken.clone(), calls.clone(), refusal.clone());
+        async move {
+            match refusal(calls.fetch_add(1, Ordering::SeqCst)) {
+                Some(error) => Err(error),
+                None => taken.send(message).map(|()| None).map_err(|_| DeliveryError::Fatal("gone".into())),
+            }
+        }
+    };
+    (took, destination)
+}
+
+/// Each attempt of one delivery to a destination registered in code (given the default attempts).
+fn one_delivery() -> std::ops::RangeInclusive<usize> {
+    1..=switchyard::config::RetrySettings::default().attempts as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_alike_in_every_byte_are_each_sent_while_the_file_cannot_be_rewritten() {
+    // The first of two letters alike is re-delivered while the file cannot be rewritten (a
+    // directory where its temporary file goes, as a full disk would), so it stays in the file, not
+    // to be sent again; the dead-letter destination refuses the second for now. Before, letters
+    // were known by their record's digest alone: the second was taken for the first, never sent,
+    // and removed from the file with it.
+    let state = tempfile::tempdir().unwrap();
+    let letter = leave_two_letters_alike(state.path());
+    let blocker = state.path().join(format!("{FILE_NAME}.tmp"));
+    std::fs::create_dir(&blocker).unwrap();
+    let (took, dlq) = answering(|call| {
+        one_delivery().contains(&call).then(|| DeliveryError::Retryable("down for the second letter".into()))
+    });
+    let host = host(state.path(), dlq).await;
+    assert_eq!(next(&took).await, letter);
+    let second = tokio::time::timeout(PATIENCE, took.recv_async()).await;
+    let second = second.ok().map(Result::unwrap);
+    assert_eq!(second, Some(letter), "the second letter is sent (safety net: PATIENCE)");
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    drain_and_account(&host).await;
+    assert!(took.is_empty(), "each letter sent once: {:?}", took.try_iter().count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_letters_alike_only_as_many_as_were_refused_for_good_are_passed_over() {
+    // The dead-letter destination refuses the first of two letters alike for good, as a 4xx would,
+    // and the second for now. Before, letters were known by their record's digest alone: the
+    // second was taken for the refused one and passed over for the rest of the run.
+    let state = tempfile::tempdir().unwrap();
+    let letter = leave_two_letters_alike(state.path());
+    let (took, dlq) = answering(|call| match call {
+        0 => Some(DeliveryError::Fatal("HTTP 400: refused for good".into())),
+        call if one_delivery().contains(&call) => Some(DeliveryError::Retryable("down for now".into())),
+        _ => None,
+    });
+    let host = host(state.path(), dlq).await;
+    let second = tokio::time::timeout(PATIENCE, took.recv_async()).await;
+    let second = second.ok().map(Result::unwrap);
+    assert_eq!(second, Some(letter), "the second letter is sent (safety net: PATIENCE)");
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        1 => Ok(()),
+        left => Err(left),
+    });
+    drain_and_account(&host).await;
+    assert!(took.is_empty(), "the refused letter is not sent again: {:?}", took.try_iter().count());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

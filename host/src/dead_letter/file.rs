@@ -151,7 +151,7 @@ impl DeadLetterFile {
         &self,
         from: u64,
         limit: usize,
-        skip: impl Fn(&DeadLetterRecord) -> bool,
+        skip: impl FnMut(&DeadLetterRecord) -> bool,
     ) -> Result<Batch, FileError> {
         let state = self.lock();
         let empty = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: from };
@@ -275,7 +275,7 @@ fn scan(
     file: File,
     range: Range<u64>,
     limit: usize,
-    skip: impl Fn(&DeadLetterRecord) -> bool,
+    mut skip: impl FnMut(&DeadLetterRecord) -> bool,
 ) -> io::Result<Batch> {
     let mut reader = BufReader::new(file.take(range.end - range.start));
     let mut batch =

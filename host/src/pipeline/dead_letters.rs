@@ -13,7 +13,7 @@ use crate::message::Message;
 use crate::metrics::{RouteMetrics, Settled};
 use crate::resilience::RetryPolicy;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -52,10 +52,10 @@ pub(crate) struct DeadLetters {
     /// out unanswered to one that is not idempotent, which never sends twice):
     /// they stay in the file, are not sent again in this run, and hold up no
     /// other letter.
-    refused: Mutex<HashSet<LetterKey>>,
+    refused: Mutex<Tally>,
     /// The letters re-delivered whose removal from the file failed (a full
     /// disk): not sent again, removed with the next pass.
-    unremoved: Mutex<HashSet<LetterKey>>,
+    unremoved: Mutex<Tally>,
 }
 
 /// What a letter in the file is known by: the SHA-256 of its record, as written. Its message's
@@ -63,9 +63,36 @@ pub(crate) struct DeadLetters {
 /// fanned out share the id, and their letters may share the destination (`host.dead_letter`); a
 /// letter of one copy, taken or refused, was taken for the letter of another (which was then
 /// removed from the file unsent, or never sent in this run). The letters of the copies differ in
-/// their reason, which names the destination that failed. (Two letters alike in every byte, the
-/// millisecond they were written included, are one to it.)
+/// their reason, which names the destination that failed. Letters alike in every byte, the
+/// millisecond they were written included, share a key: they are counted ([`Tally`]).
 type LetterKey = [u8; 32];
+
+/// Letters of the file, counted by key. Letters alike in every byte (the copies of a message fanned
+/// out to two destinations that share a fallback, refused by it alike in one millisecond) share a
+/// key, and any of them stands for any other: what tells them apart is how many there are. Known
+/// as one, the letter of one copy taken and left in the file had the other's removed unsent.
+#[derive(Default)]
+struct Tally(HashMap<LetterKey, usize>);
+
+impl Tally {
+    fn add(&mut self, key: LetterKey) {
+        *self.0.entry(key).or_default() += 1;
+    }
+
+    /// Count off one letter of `key`: whether there was one.
+    fn take(&mut self, key: &LetterKey) -> bool {
+        let Some(count) = self.0.get_mut(key) else { return false };
+        *count -= 1;
+        if *count == 0 {
+            self.0.remove(key);
+        }
+        true
+    }
+
+    fn count(&self, key: &LetterKey) -> usize {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+}
 
 /// The key of `letter`.
 fn letter_key(letter: &DeadLetterRecord) -> LetterKey {
@@ -91,7 +118,7 @@ impl DeadLetters {
             destination = letter.destination,
             "no dead-letter destination took this dead letter, and none will: each refused it for good, or took it without answering (not idempotent, it is not sent twice); it stays in the dead-letter file, not sent again in this run"
         );
-        lock(&self.refused).insert(letter_key(letter));
+        lock(&self.refused).add(letter_key(letter));
     }
 
     /// The oldest `PASS` letters from byte `from` of the file, but those
@@ -99,20 +126,29 @@ impl DeadLetters {
     /// Whether a letter is refused is asked as it is read, under the file's
     /// lock: a letter is noted refused before it is appended, so one read is
     /// one already noted (a copy of the set taken before the read missed the
-    /// letters appended meanwhile, and they were sent again).
-    fn to_redeliver(&self, from: u64, down: &[String]) -> Result<Batch, FileError> {
+    /// letters appended meanwhile, and they were sent again). `passed_over`
+    /// counts the refused letters the pass read so far: of letters alike, as
+    /// many are passed over as were refused.
+    fn to_redeliver(&self, from: u64, down: &[String], passed_over: &mut Tally) -> Result<Batch, FileError> {
         let skipped = |record: &DeadLetterRecord| {
             down.contains(&record.destination) || {
                 // Digested only if some letter is refused: most passes have none.
                 let refused = lock(&self.refused);
-                !refused.is_empty() && refused.contains(&letter_key(record))
+                !refused.0.is_empty() && {
+                    let key = letter_key(record);
+                    let passed = refused.count(&key) > passed_over.count(&key);
+                    if passed {
+                        passed_over.add(key);
+                    }
+                    passed
+                }
             }
         };
         self.file.read(from, PASS, skipped)
     }
 }
 
-fn lock(letters: &Mutex<HashSet<LetterKey>>) -> std::sync::MutexGuard<'_, HashSet<LetterKey>> {
+fn lock(letters: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     letters.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
@@ -228,10 +264,16 @@ impl Pipeline {
     async fn redeliver(&self) -> Pass {
         let topology = self.topology.load_full();
         let (mut from, mut down, mut sent) = (0, Vec::new(), 0);
+        let mut passed_over = Tally::default();
         loop {
             let (dead_letters, skipped) = (self.dead_letters.clone(), down.clone());
-            let read = tokio::task::spawn_blocking(move || dead_letters.to_redeliver(from, &skipped));
-            let batch = match read.await.expect("no panic") {
+            let read = tokio::task::spawn_blocking(move || {
+                let batch = dead_letters.to_redeliver(from, &skipped, &mut passed_over);
+                (batch, passed_over)
+            });
+            let (read, passed) = read.await.expect("no panic");
+            passed_over = passed;
+            let batch = match read {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the dead-letter file");
@@ -239,13 +281,15 @@ impl Pipeline {
                 }
             };
             let (mut delivered, mut redelivered) = (vec![false; batch.letters.len()], 0);
+            // The letters to remove: those taken now, and those taken before that are still in
+            // the file (counted off until their removal fails again).
             let mut taken_keys = Vec::new();
             for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
                 if down.contains(&record.destination) {
                     continue;
                 }
                 let key = letter_key(record);
-                if lock(&self.dead_letters.unremoved).contains(&key) {
+                if lock(&self.dead_letters.unremoved).take(&key) {
                     *delivered = true;
                     taken_keys.push(key);
                     continue;
@@ -269,14 +313,11 @@ impl Pipeline {
             let file = self.dead_letters.file.clone();
             let removed = tokio::task::spawn_blocking(move || file.remove(&batch, &delivered));
             match removed.await.expect("removing does not panic") {
-                Ok(end) => {
-                    let mut unremoved = lock(&self.dead_letters.unremoved);
-                    taken_keys.iter().for_each(|key| _ = unremoved.remove(key));
-                    from = end;
-                }
+                Ok(end) => from = end,
                 Err(error) => {
                     tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they stay in it, not sent again in this run");
-                    lock(&self.dead_letters.unremoved).extend(taken_keys);
+                    let mut unremoved = lock(&self.dead_letters.unremoved);
+                    taken_keys.into_iter().for_each(|key| unremoved.add(key));
                     return Pass::Down;
                 }
             }
