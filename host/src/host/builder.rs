@@ -209,12 +209,15 @@ impl HostBuilder {
         // Bounded like the intake: a slow reply middleware holds deliveries back.
         let (replies, reply_queue) = tokio::sync::mpsc::channel(config.host.queue_capacity.max(1));
         let max_message_bytes = config.host.max_message_bytes;
-        let reply_worker = Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes);
+        let new_reply_worker = {
+            let (engine, ids, metrics) = (engine.clone(), ids.clone(), metrics.clone());
+            move || Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes)
+        };
         let registry = Arc::new(PluginRegistry::default());
         let reply_registry = registry.clone();
         std::thread::Builder::new()
             .name("switchyard-replies".into())
-            .spawn(move || run_reply_worker(reply_worker, reply_registry, reply_queue))
+            .spawn(move || run_reply_worker(new_reply_worker, reply_registry, reply_queue))
             .map_err(|error| BuildError::Thread { error })?;
         let events = Arc::new(Events::new(metrics.clone()));
         let endpoint_events: EventSink = {

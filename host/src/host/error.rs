@@ -61,7 +61,8 @@ pub enum RequestError {
         /// Why the reply was refused (after the endpoint's address when its attempt refused it).
         problem: String,
     },
-    /// The pipeline worker handling it panicked (a host bug; see the logs).
+    /// The worker handling it panicked (a host bug; see the logs): a pipeline worker, or the
+    /// reply worker passing its reply back through the route's middleware.
     #[error("the pipeline worker handling the request failed")]
     WorkerFailed,
 }

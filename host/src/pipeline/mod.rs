@@ -479,18 +479,33 @@ impl Pipeline {
 }
 
 /// The reply worker: passes replies back through the middlewares their
-/// requests went through, on plugin instances of its own, until the
-/// pipeline is gone. As a pipeline worker does with each batch, it drops its
-/// instances of versions `registry` no longer serves with each reply.
+/// requests went through, on plugin instances of its own (from
+/// `new_worker`), until the pipeline is gone. As a pipeline worker does with
+/// each batch, it drops its instances of versions `registry` no longer serves
+/// with each reply.
 pub(crate) fn run_reply_worker(
-    mut worker: Worker,
+    new_worker: impl Fn() -> Worker,
     registry: Arc<PluginRegistry>,
     mut replies: tokio::sync::mpsc::Receiver<ReplyBack>,
 ) {
-    while let Some(back) = replies.blocking_recv() {
-        worker.forget_stale(&registry.snapshot());
-        let answer = worker.on_reply(&back.middlewares, &back.request, back.reply);
-        let _ = back.sender.send(answer.map(Some).map_err(RequestError::ReplyFailed));
+    let mut worker = new_worker();
+    while let Some(ReplyBack { sender, middlewares, request, reply }) = replies.blocking_recv() {
+        // Middlewares catch their own panics (a native one at its boundary); this is the net
+        // for the host's own code, as a pipeline worker's: the request is told, and the worker
+        // lives on, with fresh instances. Dead, it left every later reply refused.
+        let answer = crate::panic::catch(|| {
+            worker.forget_stale(&registry.snapshot());
+            worker.on_reply(&middlewares, &request, reply)
+        });
+        let answer = match answer {
+            Ok(answer) => answer.map(Some).map_err(RequestError::ReplyFailed),
+            Err(panic) => {
+                tracing::error!(%panic, id = request.id, "the reply worker panicked; its request gets no reply");
+                worker = new_worker();
+                Err(RequestError::WorkerFailed)
+            }
+        };
+        let _ = sender.send(answer);
     }
 }
 
