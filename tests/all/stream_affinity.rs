@@ -2,7 +2,7 @@
 //! stream reaches the endpoint its stream is on, in order, and a server stopped mid-run has its streams
 //! moved, each with a `stream-migrated` event, and nothing lost.
 
-use crate::support::{drain_and_account, host, plugin_dir, within};
+use crate::support::{drain_and_account, event_where, host, next, plugin_dir, within};
 use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -1107,4 +1107,110 @@ async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_not_ha
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
     assert_eq!(counted(&host, "switchyard_destination_fallbacks_total", &[]), 0);
     assert!(spill.is_empty());
+}
+
+/// A config of one pipeline worker with `[host]` lines `host_settings`, dead letters to memory
+/// destination `dead`, messages of topic `fill` to memory destination `spill`, which holds one
+/// unread message, and every other message to `workers`: an http destination on `endpoint` whose
+/// streams are those of header `x-stream`, whose fallback is `spill`, with `settings` besides.
+fn streams_spilling(endpoint: SocketAddr, host_settings: &str, settings: &str) -> String {
+    format!(
+        "[host]\nworkers = 1\ndead_letter = \"dead\"\n{host_settings}\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"spill\"\ntransport = \"memory\"\nqueue = {{ capacity = 1 }}\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"http\"\nendpoints = [\"{endpoint}\"]\n\
+         balancer = \"affinity:header:x-stream\"\nfallback = \"spill\"\n{settings}\n\
+         [[route]]\nname = \"fill\"\nmatch = {{ topic = \"fill\" }}\nto = \"spill\"\n\
+         [[route]]\nname = \"all\"\nto = \"workers\"\n"
+    )
+}
+
+/// Message `n` of stream `stream` (header `x-stream`), its body the two.
+fn of_stream(stream: &str, n: u32) -> Message {
+    Message::new("jobs", format!("{stream}{n}")).with_header("x-stream", stream.to_owned())
+}
+
+/// With a0 of stream a handed to the fallback `spill` of [`streams_spilling`], which is full
+/// (the fallback event told), and the endpoint taking messages again (`arrived` held so far):
+/// a1 of the stream must wait for its turn until a0 is in the fallback, and is dead-lettered
+/// unsent when its queue timeout passes. Then a0 reaches the fallback once it has room.
+async fn a1_waits_while_a0_is_handed_to_the_full_fallback(
+    host: &switchyard::Host,
+    endpoint: &crate::endpoint::TestEndpoint,
+    arrived: usize,
+) {
+    host.send(of_stream("a", 1)).await.unwrap();
+    // Let go, a1 reaches the endpoint; kept back, it is dead-lettered when its queue timeout
+    // passes (the event to wait for). A machine stalled past it could hide the fault, never fail
+    // the fix.
+    let dead = host.memory("dead").unwrap();
+    tokio::select! {
+        letter = within(dead.recv_async()) => {
+            let letter = letter.unwrap();
+            let why = letter.header("x-sy-dead-letter");
+            assert_eq!((&letter.payload[..], why), (&b"a1"[..], Some("queue-timeout")));
+            let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+            assert!(reason.contains("its stream's turn"), "{reason}");
+        }
+        () = within(endpoint.arrivals(arrived + 1)) => {
+            panic!("a1 sent while a0 was handed to the fallback: {:?}", endpoint.arrived_bodies());
+        }
+    }
+    let spill = host.memory("spill").unwrap();
+    for expected in ["fill", "a0"] {
+        assert_eq!(next(&spill).await.payload, expected.as_bytes());
+    }
+}
+
+/// Whether `event` tells that a message of `workers` went to its fallback.
+fn fallback_told(event: &HostEvent) -> bool {
+    matches!(event, HostEvent::Destination(DestinationEvent::Fallback { .. }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_timed_out_waiting_for_a_host_slot_keeps_its_turn_until_the_fallback_has_it() {
+    // The host's one delivery slot is held by b0. a0, taken with its stream's turn, waits for a
+    // slot until its queue timeout and goes to the fallback, which is full: the turn was dropped
+    // as the fallback was given a0, and a1 went to the endpoint once b0 freed the slot, while a0
+    // was not in the fallback yet.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = streams_spilling(endpoint.addr, "max_in_flight = 1", "queue = { timeout_ms = 1000 }");
+    let host = host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("fill", "fill")).await.unwrap();
+    host.send(of_stream("b", 0)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(of_stream("a", 0)).await.unwrap();
+    event_where(&mut events, fallback_told).await;
+    endpoint.release(1);
+    a1_waits_while_a0_is_handed_to_the_full_fallback(&host, &endpoint, 1).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["b0"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_no_endpoint_could_take_keeps_its_turn_until_the_fallback_has_it() {
+    // The endpoint refuses connections: a0, taken with its stream's turn, finds no endpoint within
+    // its queue timeout and goes to the fallback, which is full. The turn was dropped as the
+    // fallback was given a0, and a1 went to the endpoint, listening again, while a0 was not in the
+    // fallback yet.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    endpoint.stop().await;
+    let dir = plugin_dir(&[]);
+    // Left out 100 ms after each refusal; never ejected.
+    let settings = "queue = { timeout_ms = 1000 }\nbreaker = { consecutive_failures = 1000, open_ms = 100 }";
+    let host = host(dir.path(), &streams_spilling(endpoint.addr, "", settings)).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("fill", "fill")).await.unwrap();
+    host.send(of_stream("a", 0)).await.unwrap();
+    event_where(&mut events, fallback_told).await;
+    endpoint.revive().await;
+    a1_waits_while_a0_is_handed_to_the_full_fallback(&host, &endpoint, 0).await;
+    let stats = drain_and_account(&host).await;
+    assert!(endpoint.arrived_bodies().is_empty());
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 1));
 }

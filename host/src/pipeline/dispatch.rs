@@ -261,7 +261,7 @@ impl Dispatcher {
                     Err(_) => break,
                 },
                 () = tokio::time::sleep_until(enqueued + self.timeout) => {
-                    self.time_out(job, enqueued, false);
+                    self.time_out(job, enqueued, false, turn);
                     continue;
                 }
             };
@@ -290,7 +290,7 @@ impl Dispatcher {
                         () = past_grace.cancelled() => Err(cut_at_grace(&progress)),
                     }
                 };
-                drop((turn, slot, host_slot));
+                drop((slot, host_slot));
                 let (delivery, route, result) = match result {
                     // The destination was replaced by a reload before an endpoint saw it: back in
                     // line, by its enqueue time, on the new instance's queue.
@@ -312,6 +312,9 @@ impl Dispatcher {
                     result => (delivery, route, result),
                 };
                 pipeline.settle(&sink, delivery, &route, result).await;
+                // Its stream's next message goes once this one is settled: not while this one is
+                // handed to the fallback, which would send it beside the next.
+                drop(turn);
             };
             let delivery = self.tasks.track_future(delivery.instrument(span));
             context.tracker.spawn_on(delivery, &context.runtime);
@@ -350,14 +353,15 @@ impl Dispatcher {
             // for turns that instance holds, which this one's turns do not show.
             let for_its_turn =
                 self.stream(&job).is_some_and(|key| self.cluster.turn_taken(key) || self.queue.is_held());
-            self.time_out(job, enqueued, for_its_turn);
+            self.time_out(job, enqueued, for_its_turn, None);
         }
     }
 
     /// Dead-letter `job`, which entered the queue at `enqueued`: it waited past its queue timeout,
     /// `for_its_turn` while a message of its stream was in flight (then the destination's
     /// fallback does not get it: it would send it beside that one), else for an endpoint or a slot.
-    fn time_out(&self, job: Job, enqueued: Instant, for_its_turn: bool) {
+    /// Its stream's `turn`, if it took it, is held until it is settled.
+    fn time_out(&self, job: Job, enqueued: Instant, for_its_turn: bool, turn: Option<StreamTurn>) {
         let context = &self.context;
         let Some(pipeline) = context.pipeline.upgrade() else { return };
         let Job { delivery, route } = job;
@@ -367,7 +371,10 @@ impl Dispatcher {
             false => DeliveryError::QueueTimeout { waited_ms, last_error: None },
         };
         let sink = self.sink.clone();
-        let settle = async move { pipeline.settle(&sink, delivery, &route, Err(error)).await };
+        let settle = async move {
+            pipeline.settle(&sink, delivery, &route, Err(error)).await;
+            drop(turn);
+        };
         context.tracker.spawn_on(settle, &context.runtime);
     }
 }
