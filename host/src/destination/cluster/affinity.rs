@@ -228,24 +228,22 @@ impl Cluster {
                 false => StreamChoice::Nowhere,
             };
         };
-        if !self.endpoints[index].claim(now, self.timeout) {
-            // Another attempt finds out whether it takes traffic again.
-            return StreamChoice::Busy;
-        }
         let breaker = &self.endpoints[index].state.breaker;
         let permit = match admissions[index] {
             Admission::Forced => Some(breaker.acquire_forced(now)),
             _ => breaker.try_acquire(now),
         };
-        match permit {
-            Some(permit) => {
-                if permit.is_probe() {
-                    self.endpoints[index].metrics.half_opened.inc();
-                }
-                StreamChoice::Go(index, permit)
-            }
-            None => StreamChoice::Busy,
+        // Claimed only with the breaker's permit: a claim for an attempt that does not go would
+        // leave the endpoint out until that attempt's deadline, whatever its probe answers.
+        // Without the claim, the permit is dropped (a probe's slot freed).
+        let Some(permit) = permit.filter(|_| self.endpoints[index].claim(now, self.timeout)) else {
+            // Its probe, or another attempt, finds out whether it takes traffic again.
+            return StreamChoice::Busy;
+        };
+        if permit.is_probe() {
+            self.endpoints[index].metrics.half_opened.inc();
         }
+        StreamChoice::Go(index, permit)
     }
 
     /// Runs the consistency check now: what it found and repaired; `None` for other balancers.
@@ -484,6 +482,40 @@ mod tests {
             engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
         };
         Arc::new(Cluster::new(destination, &destination.endpoints, Arc::new(NoAttempts), &services, None))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pick_its_breaker_refuses_leaves_its_endpoint_as_it_found_it() {
+        // Stream s's endpoint is half-open, its probe in flight, and a window that left it out
+        // (a refused connection, a Retry-After) ended: the pick of s's next message claimed the
+        // endpoint's trial before its breaker refused it a permit, and the claim (the endpoint
+        // left out for an attempt's deadline) outlived the refusal, past the probe's answer.
+        use crate::resilience::BreakerState;
+        let cluster = cluster_of_three(Arc::new(|_| {}));
+        let Picker::Affinity(affinity) = &cluster.balancer else { panic!("an affinity destination") };
+        let StreamChoice::Go(index, permit) = cluster.choose_stream(affinity, "s") else {
+            panic!("no endpoint")
+        };
+        let _transition = permit.succeeded(Instant::now());
+        let endpoint = &cluster.endpoints[index];
+        let breaker = &endpoint.state.breaker;
+        while breaker.state(Instant::now()) == BreakerState::Closed {
+            let _transition = breaker.try_acquire(Instant::now()).unwrap().failed(Instant::now());
+        }
+        while !matches!(breaker.state(Instant::now()), BreakerState::HalfOpen { .. }) {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let probe = breaker.try_acquire(Instant::now()).expect("the probe");
+        assert!(probe.is_probe());
+        let ended = endpoint.stamp(Instant::now());
+        endpoint.state.refusing_until.store(ended, Relaxed);
+        assert!(matches!(cluster.choose_stream(affinity, "s"), StreamChoice::Busy), "its probe is out");
+        assert_eq!(
+            endpoint.state.refusing_until.load(Relaxed),
+            ended,
+            "left out for a pick that went nowhere"
+        );
+        drop(probe);
     }
 
     #[test]
