@@ -39,6 +39,7 @@ mod plugin_new;
 mod plugins;
 mod redis_transport;
 mod reload;
+mod reload_during_compile;
 mod reload_once;
 mod retries;
 mod routing;

@@ -172,19 +172,26 @@ impl Reloader {
     /// Bring plugin `name` in line with its files: load, replace, remove, or
     /// reject (the previous version keeps serving); a file refused before is
     /// read again only if `retry` says so. Blocks while compiling; what it
-    /// made is dropped if the host stopped meanwhile, or a config was applied
-    /// (whose own sync of every plugin follows this one).
+    /// made is dropped if the host stopped meanwhile, and made again under a
+    /// config applied meanwhile, as `retry` says still (that config's own sync
+    /// of every plugin, which follows this one, tries no file refused before).
     pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
         let _syncing = self.syncing.lock().unwrap_or_else(|poison| poison.into_inner());
         if self.is_closed() {
             return;
         }
-        let config = self.config.load_full();
-        let prepared = self.prepare(&config, name, retry);
-        let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
-        if *closed || !Arc::ptr_eq(&config, &self.config.load()) {
-            return;
-        }
+        let (prepared, _changing) = loop {
+            let config = self.config.load_full();
+            let prepared = self.prepare(&config, name, retry);
+            let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
+            if *closed {
+                return;
+            }
+            if Arc::ptr_eq(&config, &self.config.load()) {
+                break (prepared, closed);
+            }
+            // A config was applied while this compiled: prepare the plugin again under it.
+        };
         match prepared {
             // A new version serves: a refusal in between is over (else the same bad file, put back
             // later, would be taken for the one refused before, and neither reported nor shown).
@@ -482,6 +489,7 @@ impl Reloader {
         }
         drop(refused);
         let loaded = load_bytes(&self.pipeline.engine, format, &bytes, settings)
+            .inspect(|plugin| self.tell_discarded_entry(plugin))
             .and_then(|plugin| same_kind_where_used(config, current.as_deref(), plugin));
         match loaded {
             Ok(plugin) => Prepared::Ready(plugin),
@@ -489,11 +497,16 @@ impl Reloader {
         }
     }
 
-    fn swap_in(&self, plugin: Arc<CompiledPlugin>) {
+    /// Tell that the compile cache's entry for `plugin` failed its check and was deleted, whether or
+    /// not `plugin` comes to serve: a later compile of the same file finds no entry to tell of.
+    fn tell_discarded_entry(&self, plugin: &CompiledPlugin) {
         if let CacheOutcome::Discarded(reason) = &plugin.cache {
             let (name, reason) = (plugin.name.clone(), reason.clone());
             self.events.emit(HostEvent::CacheEntryDiscarded { name, reason });
         }
+    }
+
+    fn swap_in(&self, plugin: Arc<CompiledPlugin>) {
         let mut old = None;
         self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
         self.pipeline.metrics.plugin_serving(&plugin.name);

@@ -1,0 +1,146 @@
+//! A config applied while a plugin compiles: the sync under way loses nothing of what it was
+//! for — the compile-cache entry it found bad is told, and an explicit reload still tries a
+//! file refused before.
+
+use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, within};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use switchyard::plugin::{CompileObserver, CompileProgress};
+use switchyard::{Config, ConfigChange, ConfigError, Host, HostEvent};
+use switchyard_plugin_artifacts as artifacts;
+use tokio::sync::mpsc;
+
+/// Holds each compile that starts once armed until let go, and tells that it started: a test
+/// applies a config while a plugin compiles, whatever the timing.
+struct HeldCompiles {
+    armed: AtomicBool,
+    held: Mutex<bool>,
+    let_go: Condvar,
+    started: mpsc::UnboundedSender<()>,
+}
+
+impl HeldCompiles {
+    fn new() -> (Arc<HeldCompiles>, mpsc::UnboundedReceiver<()>) {
+        let (started, told) = mpsc::unbounded_channel();
+        let held = HeldCompiles {
+            armed: AtomicBool::new(false),
+            held: Mutex::new(true),
+            let_go: Condvar::new(),
+            started,
+        };
+        (Arc::new(held), told)
+    }
+
+    fn observer(self: &Arc<Self>) -> CompileObserver {
+        let this = self.clone();
+        Arc::new(move |progress| {
+            if matches!(progress, CompileProgress::Started { .. }) && this.armed.load(Ordering::SeqCst) {
+                let _ = this.started.send(());
+                let held = this.held.lock().unwrap();
+                // A safety net only: a failed test lets its compile go rather than hang.
+                let patience = crate::support::PATIENCE;
+                drop(this.let_go.wait_timeout_while(held, patience, |held| *held).unwrap());
+            }
+        })
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn let_go(&self) {
+        *self.held.lock().unwrap() = false;
+        self.let_go.notify_all();
+    }
+}
+
+/// `config` with one more route, `extra`: a change that leaves every plugin's settings as they were.
+fn with_extra_route(config: &str) -> Config {
+    let route = "[[route]]\nname = \"extra\"\nmatch = { topic = \"extra\" }\nto = \"out\"\n";
+    Config::from_toml("test.toml", &format!("{config}{route}")).unwrap()
+}
+
+/// Applies a config with an extra route to `host` while the plugin that `reload` reads compiles:
+/// waits for the compile to start, then for the config to be current, then lets the compile go.
+async fn apply_while_compiling(
+    host: &Host,
+    config: &str,
+    held: &HeldCompiles,
+    started: &mut mpsc::UnboundedReceiver<()>,
+    reload: tokio::task::JoinHandle<Result<ConfigChange, ConfigError>>,
+) {
+    let mut events = host.subscribe();
+    within(started.recv()).await.unwrap();
+    let apply = tokio::spawn({
+        let (host, config) = (host.clone(), with_extra_route(config));
+        async move { host.apply_config("test.toml", config).await }
+    });
+    event_where(&mut events, |event| matches!(event, HostEvent::ConfigApplied { .. })).await;
+    held.let_go();
+    within(reload).await.unwrap().unwrap();
+    assert_eq!(within(apply).await.unwrap().unwrap(), ConfigChange::Applied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cache_entry_found_by_a_compile_that_a_config_overtook_is_still_told() {
+    let plugins = crate::support::plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let cache = tempfile::tempdir().unwrap();
+    let config = MEMORY_OUT.replacen(
+        "[host]\n",
+        &format!("[host]\nwatch = false\ncache_dir = {:?}\n", cache.path()),
+        1,
+    );
+    let (held, mut started) = HeldCompiles::new();
+    let host = builder(plugins.path()).config("test.toml", Config::from_toml("test.toml", &config).unwrap());
+    let host = within(host.observe_compiles(held.observer()).build()).await.unwrap();
+    assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
+    // The entry the start stored is cut short; new settings for `t` (a sidecar) make the reload
+    // compile it again, through the cache, which finds the entry bad.
+    let mut entries = std::fs::read_dir(cache.path()).unwrap().map(|entry| entry.unwrap().path());
+    let entry = entries.find(|path| path.extension().is_some_and(|ext| ext == "cwasm")).unwrap();
+    std::fs::write(&entry, b"cut short").unwrap();
+    std::fs::write(plugins.path().join("t.toml"), "config = { mode = \"second\" }\n").unwrap();
+    held.arm();
+    let mut events = host.subscribe();
+    let reload = tokio::spawn({
+        let host = host.clone();
+        async move { host.reload().await }
+    });
+    apply_while_compiling(&host, &config, &held, &mut started, reload).await;
+    let told: Vec<HostEvent> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|event| matches!(event, HostEvent::CacheEntryDiscarded { .. }))
+        .collect();
+    assert_eq!(host.event_counts().cache_entries_discarded, 1, "the discarded entry was not told: {told:?}");
+    let [HostEvent::CacheEntryDiscarded { name, reason }] = &told[..] else { panic!("{told:?}") };
+    assert_eq!(name, "t");
+    assert!(reason.ends_with("shorter than its seal; discarded"), "{reason}");
+    let t = host.plugins().into_iter().find(|plugin| plugin.name == "t").unwrap();
+    assert_eq!(t.settings.config.config.get("mode").map(String::as_str), Some("second"));
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_reload_that_a_config_overtook_still_tries_a_file_refused_before() {
+    // `t` is refused at start: the directory it is granted does not exist. Made, an explicit
+    // reload tries `t` again, with a config applied while it compiles.
+    let plugins = crate::support::plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let data_root = tempfile::tempdir().unwrap();
+    let data = data_root.path().join("data");
+    let config = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\ncache_dir = \"\"\n", 1)
+        + &format!("[[plugin]]\nname = \"t\"\ndirs = {{ \"/data\" = {:?} }}\n", data.display().to_string());
+    let (held, mut started) = HeldCompiles::new();
+    let host = builder(plugins.path()).config("test.toml", Config::from_toml("test.toml", &config).unwrap());
+    let host = within(host.observe_compiles(held.observer()).build()).await.unwrap();
+    assert!(matches!(host.load_errors(), [switchyard::LoadError::Grant { .. }]), "{:?}", host.load_errors());
+    std::fs::create_dir(&data).unwrap();
+    held.arm();
+    let reload = tokio::spawn({
+        let host = host.clone();
+        async move { host.reload().await }
+    });
+    apply_while_compiling(&host, &config, &held, &mut started, reload).await;
+    let names: Vec<String> = host.plugins().iter().map(|plugin| plugin.name.clone()).collect();
+    assert_eq!(names, ["t"], "the explicit reload did not try the refused file again");
+    assert!(host.last_rejections().is_empty(), "{:?}", host.last_rejections());
+    drain_and_account(&host).await;
+}
