@@ -182,6 +182,35 @@ async fn a_plugin_whose_trial_answer_is_malformed_is_refused_at_load_naming_the_
     drain_and_account(&host).await;
 }
 
+/// The load errors of a host whose `host.max_message_bytes` is `max`, over `faulty-flood` making of
+/// every message (its trial's sample too) one copy, `pad` bytes longer.
+async fn flood_trial_errors(max: usize, pad: usize) -> Vec<String> {
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
+    let config = MEMORY_OUT.replacen("[host]\n", &format!("[host]\nmax_message_bytes = {max}\n"), 1)
+        + &format!("[[plugin]]\nname = \"flood\"\nconfig = {{ copies = \"1\", pad = \"{pad}\" }}\n");
+    let config = switchyard::Config::from_toml("test.toml", &config).unwrap();
+    let host = builder(dir.path()).config("test.toml", config).build();
+    let host = crate::support::within(host).await.unwrap();
+    let errors = host.load_errors().iter().map(ToString::to_string).collect();
+    drain_and_account(&host).await;
+    errors
+}
+
+#[tokio::test]
+async fn a_trial_answer_within_the_configured_max_message_bytes_obeyed() {
+    // Past the default 1 MiB, within the 2 MiB configured: the pipeline takes such an answer.
+    assert_eq!(flood_trial_errors(2 << 20, (1 << 20) + 1).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_trial_answer_past_the_configured_max_message_bytes_violated() {
+    // Topic "switchyard.trial", payload "{}" and the pad: within the default 1 MiB, not the 1 KiB.
+    let errors = flood_trial_errors(1024, 1024).await;
+    let [error] = &errors[..] else { panic!("{errors:?}") };
+    assert!(error.starts_with("plugin \"flood\": failed its trial run: "), "{error}");
+    assert!(error.ends_with("a message of 1042 bytes, over host.max_message_bytes (1024)"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_routes() {
     let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, "{ timeout_ms = 100 }", "fail-closed").await;

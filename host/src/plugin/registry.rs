@@ -76,7 +76,8 @@ impl PluginFormat {
 }
 
 /// Load one plugin file, named by its stem, with `config` (defaults when
-/// none). A native library named here is loaded: naming it is trusting it.
+/// none), its trial's answer checked at the host's default limits. A native
+/// library named here is loaded: naming it is trusting it.
 pub fn load_file(
     engine: &PluginEngine,
     path: &Path,
@@ -84,29 +85,31 @@ pub fn load_file(
 ) -> Result<Arc<CompiledPlugin>, LoadError> {
     let name = plugin_name(path);
     let read_error = |error| LoadError::Read { name: name.clone(), path: path.display().to_string(), error };
-    let max = crate::config::HostSection::default().max_plugin_bytes;
-    let bytes = regular_file::read(path, max, Links::Anywhere).map_err(read_error)?;
+    let defaults = crate::config::HostSection::default();
+    let bytes = regular_file::read(path, defaults.max_plugin_bytes, Links::Anywhere).map_err(read_error)?;
     let unsettled = || std::io::Error::other("it changed while it was read");
     let bytes = bytes.ok_or_else(unsettled).map_err(read_error)?;
     let config = config.cloned().unwrap_or_else(|| PluginConfig { name, ..PluginConfig::default() });
     let format = PluginFormat::of(path).unwrap_or(PluginFormat::Wasm);
-    load_bytes(engine, format, &bytes, config)
+    load_bytes(engine, format, &bytes, config, defaults.max_message_bytes)
 }
 
 /// Compile (or, native, load) `bytes` as the plugin `config.name`, then
-/// instantiate it once.
+/// instantiate it once and try it, its answer checked as a host whose
+/// `host.max_message_bytes` is `max_message_bytes` checks it.
 pub fn load_bytes(
     engine: &PluginEngine,
     format: PluginFormat,
     bytes: &[u8],
     config: PluginConfig,
+    max_message_bytes: usize,
 ) -> Result<Arc<CompiledPlugin>, LoadError> {
     let settings = Arc::new(PluginSettings::new(config)?);
     let plugin = Arc::new(match format {
         PluginFormat::Wasm => CompiledPlugin::compile(engine, bytes, settings)?,
         PluginFormat::Native => CompiledPlugin::load_native(bytes, settings)?,
     });
-    trial_instantiation(engine, &plugin)?;
+    trial_instantiation(engine, &plugin, max_message_bytes)?;
     Ok(plugin)
 }
 
@@ -114,11 +117,16 @@ pub fn load_bytes(
 /// and give a filter, transform or middleware one sample message: this runs start-up code,
 /// type-checks every export against the world, and makes a first call, all
 /// under the plugin's limits. The plugin may answer with an error; it must not
-/// trap, time out, exceed its memory cap, exit or answer malformed.
-fn trial_instantiation(engine: &PluginEngine, plugin: &Arc<CompiledPlugin>) -> Result<(), LoadError> {
+/// trap, time out, exceed its memory cap, exit or answer malformed (a message
+/// larger than `max_message_bytes` among them).
+fn trial_instantiation(
+    engine: &PluginEngine,
+    plugin: &Arc<CompiledPlugin>,
+    max_message_bytes: usize,
+) -> Result<(), LoadError> {
     // A grant that cannot be honoured (a granted directory that does not exist) is refused as such.
     let state = StoreState::new(plugin.settings.clone())?;
-    let trial = trial_run(engine, plugin, state);
+    let trial = trial_run(engine, plugin, state, max_message_bytes);
     // The trial is not traffic: it must not show in the plugin's counters.
     plugin.settings.forget_counts();
     trial
@@ -130,6 +138,7 @@ fn trial_run(
     engine: &PluginEngine,
     plugin: &Arc<CompiledPlugin>,
     state: StoreState,
+    max_message_bytes: usize,
 ) -> Result<(), LoadError> {
     let name = || plugin.name.clone();
     let mut instance =
@@ -143,13 +152,13 @@ fn trial_run(
     if let Some(found) = instance.wire_format().map_err(failed)? {
         super::format::check_version(&plugin.name, found)?;
     }
-    sample_call(&mut instance).map_err(failed)
+    sample_call(&mut instance, max_message_bytes).map_err(failed)
 }
 
 /// Give a filter, transform or middleware one sample message (other kinds need a peer), and
-/// check its answer as the pipeline does, at the host's default limits: one the pipeline would
-/// refuse is a fault.
-fn sample_call(instance: &mut PluginInstance) -> Result<(), PluginFault> {
+/// check its answer as the pipeline does, with messages of at most `max_message_bytes`: one the
+/// pipeline would refuse is a fault.
+fn sample_call(instance: &mut PluginInstance, max_message_bytes: usize) -> Result<(), PluginFault> {
     let mut sample = Vec::new();
     let head = switchyard_wire::Head { id: 0, source: 0, priority: 0, topic: "switchyard.trial" };
     let payload = match instance.plugin.kind {
@@ -157,7 +166,6 @@ fn sample_call(instance: &mut PluginInstance) -> Result<(), PluginFault> {
         _ => switchyard_wire::Payload::Bytes(b"{}"),
     };
     switchyard_wire::write_message(&mut sample, &head, [], payload);
-    let max_message_bytes = crate::config::HostSection::default().max_message_bytes;
     match instance.plugin.kind {
         PluginKind::Filter => check_decisions(&instance.filter(&sample)?, 1),
         PluginKind::Transform => {

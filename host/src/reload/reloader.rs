@@ -488,7 +488,8 @@ impl Reloader {
             return Prepared::Refused;
         }
         drop(refused);
-        let loaded = load_bytes(&self.pipeline.engine, format, &bytes, settings)
+        let max_message_bytes = config.host.max_message_bytes;
+        let loaded = load_bytes(&self.pipeline.engine, format, &bytes, settings, max_message_bytes)
             .inspect(|plugin| self.tell_discarded_entry(plugin))
             .and_then(|plugin| same_kind_where_used(config, current.as_deref(), plugin));
         match loaded {

@@ -32,8 +32,9 @@ pub enum ConfiguredPlugin {
 }
 
 /// Plugin `name` of `config`'s plugin directory loaded as a host with `config` loads it: within
-/// `host.max_plugin_bytes`, with its sidecar, a native library only with `host.native_plugins`, and
-/// then opened only when `open_native`. What `switchyard check` tries, so that it and `run` agree.
+/// `host.max_plugin_bytes`, with its sidecar, its trial's answer within `host.max_message_bytes`,
+/// a native library only with `host.native_plugins`, and then opened only when `open_native`.
+/// What `switchyard check` tries, so that it and `run` agree.
 pub fn load_as_configured(
     engine: &crate::plugin::PluginEngine,
     name: &str,
@@ -46,8 +47,10 @@ pub fn load_as_configured(
             let file = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
             Ok(ConfiguredPlugin::NativeUnopened { file })
         }
-        Source::Present { format, bytes, config } => {
-            crate::plugin::load_bytes(engine, format, &bytes, config).map(ConfiguredPlugin::Loaded)
+        Source::Present { format, bytes, config: settings } => {
+            let max_message_bytes = config.host.max_message_bytes;
+            let loaded = crate::plugin::load_bytes(engine, format, &bytes, settings, max_message_bytes);
+            loaded.map(ConfiguredPlugin::Loaded)
         }
         Source::Absent => Ok(ConfiguredPlugin::Absent),
         Source::Unsettled => Err(LoadError::Read {
