@@ -256,6 +256,31 @@ async fn a_transport_blocked_in_a_stream_read_is_cut_at_its_deadline_and_its_lan
     assert_eq!(reply.unwrap().unwrap().payload, "fine", "the lane serves again");
 }
 
+/// File descriptors the test process (and the host in it) has open.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_that_creates_sockets_without_end_is_refused_past_its_cap_and_keeps_few_open() {
+    let (server, _) = echo_server().await;
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    let transport = plugin.transport(&[server], 1, TIMEOUT);
+    let fine = Message::new("jobs", "fine");
+    within(transport.attempt(&server.to_string(), &fine)).await.unwrap();
+    let before = open_descriptors();
+    // Each socket is a descriptor of the host's: 2000 of them kept would take a good share of its
+    // limit, and a few such instances all of it (ingress accepts, spool and dead-letter writes fail).
+    let hoarding = Message::new("jobs", "x").with_header("x-fault", "sockets:2000");
+    let (outcome, error) = within(transport.attempt(&server.to_string(), &hoarding)).await.unwrap_err();
+    assert_eq!(outcome, Outcome::Fatal(FatalReason::Rejected), "{error}");
+    assert!(error.contains("new-socket-limit"), "refused at the instance's socket cap: {error}");
+    let kept = open_descriptors().saturating_sub(before);
+    assert!(kept < 1000, "the instance keeps {kept} more descriptors open");
+    let reply = within(transport.attempt(&server.to_string(), &fine)).await;
+    assert_eq!(reply.unwrap().unwrap().payload, "fine", "its connection still serves");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transport_that_leaks_is_renewed_between_calls_before_its_memory_cap_and_no_send_fails() {
     // 1 MiB kept for good per send under a 16 MiB cap: without renewal, a

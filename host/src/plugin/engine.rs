@@ -101,6 +101,7 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         super::deadline::bound_blocking_calls(&mut linker)?;
         super::net_grant::answer_lookups_from_grants(&mut linker)?;
+        super::socket_cap::cap_sockets(&mut linker)?;
         add_host_imports(&mut linker)?;
         let ticker = EpochTicker::start(engine.weak())?;
         Ok(PluginEngine { engine, linker, cache, observer: None, ticker })

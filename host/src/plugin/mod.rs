@@ -16,6 +16,7 @@ mod net_grant;
 mod output_limits;
 mod registry;
 mod sandbox;
+mod socket_cap;
 mod ticker;
 mod transport;
 

@@ -152,6 +152,8 @@ pub struct StoreState {
     memory_in_use: usize,
     /// Elements all of the instance's tables hold together.
     table_elements: usize,
+    /// Sockets the instance holds open (see [`super::socket_cap`]).
+    pub(super) open_sockets: usize,
     /// Set when the guest asked for memory past the cap during the current
     /// call, so that the trap that follows is reported as a memory-cap fault
     /// rather than a plain trap.
@@ -186,6 +188,7 @@ impl StoreState {
             memory_cap: settings.memory_cap(),
             memory_in_use: 0,
             table_elements: 0,
+            open_sockets: 0,
             host: HostCalls::new(settings.clone()),
             settings,
             hit_memory_cap: false,

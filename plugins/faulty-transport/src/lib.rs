@@ -10,7 +10,10 @@
 //!   server never sends (Rust's `std` never makes that call: its reads wait
 //!   in `wasi:io/poll`), then sends the message as below;
 //! - `leak:KIB`: keeps that many KiB for good (a slow leak), counts them as
-//!   `leaked_kib`, then sends the message as below.
+//!   `leaked_kib`, then sends the message as below;
+//! - `sockets:N`: creates that many TCP sockets through WASI and keeps them
+//!   for good, and rejects the message with the error of the first refused,
+//!   then sends the message as below.
 //!
 //! Any other message goes out as `echo-transport` sends it: the payload is
 //! written and as many bytes read back; the reply carries them.
@@ -58,6 +61,12 @@ impl Transport for FaultyTransport {
                 count("leaked_kib", kib);
             }
             Some("raw-read") => read_raw(&echo.address)?,
+            Some(fault) if fault.starts_with("sockets:") => {
+                let sockets: u32 = fault["sockets:".len()..]
+                    .parse()
+                    .map_err(|_| Error::rejected(format!("{fault}: not a number of sockets")))?;
+                keep_sockets(sockets)?;
+            }
             Some(fault) if fault.starts_with("connect:") => {
                 let elsewhere = &fault["connect:".len()..];
                 let stream = TcpStream::connect(elsewhere)
@@ -94,6 +103,18 @@ fn read_raw(address: &str) -> Result<(), Error> {
     // The streams go before the socket they belong to (they are declared after it).
     let (input, _output) = socket.finish_connect().map_err(failed)?;
     input.blocking_read(1).map_err(|err| Error::failed(format!("raw-read from {address}: {err}")))?;
+    Ok(())
+}
+
+/// Create `sockets` TCP sockets and keep them open for good; the error of
+/// the first one refused.
+fn keep_sockets(sockets: u32) -> Result<(), Error> {
+    use wasip2::sockets::{network::IpAddressFamily, tcp_create_socket::create_tcp_socket};
+    for n in 1..=sockets {
+        let socket = create_tcp_socket(IpAddressFamily::Ipv4)
+            .map_err(|err| Error::rejected(format!("socket {n}: {err}")))?;
+        std::mem::forget(socket);
+    }
     Ok(())
 }
 
