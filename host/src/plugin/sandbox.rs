@@ -147,11 +147,10 @@ pub struct StoreState {
     /// What the instance may reach, and the names it may look up.
     pub(crate) net: Arc<NetGrant>,
     memory_cap: usize,
-    /// Bytes all of the instance's linear memories hold together: the cap
-    /// is on their sum, not on each (a component may have many).
+    /// Bytes all of the instance's linear memories and tables hold together
+    /// (a table element counted as [`TABLE_ELEMENT_BYTES`]): the cap is on
+    /// their sum, not on each (a component may have many).
     memory_in_use: usize,
-    /// Elements all of the instance's tables hold together.
-    table_elements: usize,
     /// Sockets the instance holds open (see [`super::socket_cap`]).
     pub(super) open_sockets: usize,
     /// Set when the guest asked for memory past the cap during the current
@@ -184,10 +183,9 @@ impl StoreState {
         Ok(StoreState {
             wasi: settings.wasi(&connect)?,
             net: connect,
-            table: ResourceTable::new(),
+            table: resource_table(),
             memory_cap: settings.memory_cap(),
             memory_in_use: 0,
-            table_elements: 0,
             open_sockets: 0,
             host: HostCalls::new(settings.clone()),
             settings,
@@ -199,7 +197,7 @@ impl StoreState {
 }
 
 impl StoreState {
-    /// Bytes the instance's linear memories hold together, and their cap.
+    /// Bytes the instance's linear memories and tables hold together, and their cap.
     pub(crate) fn memory(&self) -> (usize, usize) {
         (self.memory_in_use, self.memory_cap)
     }
@@ -221,12 +219,25 @@ const MAX_MEMORIES: usize = 16;
 const MAX_TABLES: usize = 64;
 const MAX_CORE_INSTANCES: usize = 256;
 
-/// Table elements one plugin instance may hold over all its tables.
-const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Bytes a table element counts for against the memory cap: a pointer.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// Host resources (streams, pollables, sockets, files...) one plugin instance
+/// may hold at once. Each costs host memory outside the memory cap; a plugin
+/// that leaks them across calls is stopped here (a trap) rather than at the
+/// million wasmtime allows.
+const MAX_RESOURCES: usize = 4096;
+
+/// A resource table of at most [`MAX_RESOURCES`] entries.
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
 
 /// Every memory and table of the instance counts against one budget: a
-/// memory created or grown (from `current` to `desired` bytes) is refused
-/// when the sum of all would pass the cap.
+/// memory or table created or grown is refused when the sum of all would
+/// pass the cap.
 impl wasmtime::ResourceLimiter for StoreState {
     fn memory_growing(
         &mut self,
@@ -234,13 +245,7 @@ impl wasmtime::ResourceLimiter for StoreState {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = (self.memory_in_use - current.min(self.memory_in_use)).saturating_add(desired);
-        if total > self.memory_cap {
-            self.hit_memory_cap = true;
-            return Ok(false);
-        }
-        self.memory_in_use = total;
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
@@ -249,12 +254,8 @@ impl wasmtime::ResourceLimiter for StoreState {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = (self.table_elements - current.min(self.table_elements)).saturating_add(desired);
-        if total > MAX_TABLE_ELEMENTS {
-            return Ok(false);
-        }
-        self.table_elements = total;
-        Ok(true)
+        Ok(self
+            .grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 
     fn instances(&self) -> usize {
@@ -267,6 +268,21 @@ impl wasmtime::ResourceLimiter for StoreState {
 
     fn memories(&self) -> usize {
         MAX_MEMORIES
+    }
+}
+
+impl StoreState {
+    /// Whether one memory or table may grow from `current` to `desired`
+    /// bytes: counted in if all of them together stay within the cap;
+    /// refused, and the cap marked hit, if not.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = (self.memory_in_use - current.min(self.memory_in_use)).saturating_add(desired);
+        if total > self.memory_cap {
+            self.hit_memory_cap = true;
+            return false;
+        }
+        self.memory_in_use = total;
+        true
     }
 }
 
@@ -307,8 +323,13 @@ mod tests {
     /// pages each, under a cap of `memory_mb`; whether the cap was hit, or
     /// the error.
     fn instantiate_memories(memories: usize, pages: u32, memory_mb: u64) -> Result<(), (bool, String)> {
+        instantiate(&format!("(module {})", format!("(memory {pages})").repeat(memories)), memory_mb)
+    }
+
+    /// Instantiate the core module `wat` under a cap of `memory_mb`; whether
+    /// the cap was hit, or the error.
+    fn instantiate(wat: &str, memory_mb: u64) -> Result<(), (bool, String)> {
         let engine = crate::plugin::PluginEngine::new(None).unwrap();
-        let wat = format!("(module {})", format!("(memory {pages})").repeat(memories));
         let module = wasmtime::Module::new(&engine.engine, wat).unwrap();
         let mut config = PluginConfig::default();
         config.limits.memory_mb = memory_mb;
@@ -335,6 +356,28 @@ mod tests {
     #[test]
     fn the_reported_twenty_four_memories_of_sixty_mib_are_refused() {
         assert!(instantiate_memories(24, 960, 64).is_err());
+    }
+
+    #[test]
+    fn memory_cap_violated_by_a_table_of_a_million_elements() {
+        // 8 MB of table elements under a 1 MiB cap.
+        let (hit_cap, error) = instantiate("(module (table 1000000 funcref))", 1).unwrap_err();
+        assert!(hit_cap, "{error}");
+    }
+
+    #[test]
+    fn memory_cap_violated_by_the_sum_of_a_memory_and_a_table_each_under_it() {
+        // 640 KiB of memory and 512 KiB of table elements under a 1 MiB cap.
+        let (hit_cap, error) = instantiate("(module (memory 10) (table 65536 funcref))", 1).unwrap_err();
+        assert!(hit_cap, "{error}");
+        assert_eq!(instantiate("(module (memory 10) (table 16384 funcref))", 1), Ok(()));
+    }
+
+    #[test]
+    fn an_instance_holds_at_most_its_share_of_host_resources() {
+        let mut state = StoreState::new(Arc::new(PluginSettings::default())).unwrap();
+        let held = (0..=MAX_RESOURCES).take_while(|_| state.table().push(()).is_ok()).count();
+        assert_eq!(held, MAX_RESOURCES);
     }
 
     #[test]
