@@ -523,6 +523,42 @@ fn a_sighup_while_the_host_starts_is_applied_once_it_runs() {
     host.stop();
 }
 
+/// A host of `dir` with an empty compile cache, serving (its ingress listening), whose plugin
+/// `big` is then dropped in: a JavaScript component, whose compile takes seconds. Started with
+/// `watch`, it compiles `big` as the file appears, else at the next reload.
+fn a_host_about_to_compile_a_big_plugin(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    watch: bool,
+) -> Running {
+    let config = format!(
+        "[host]\nwatch = {watch}\nplugin_dir = \".\"\ncache_dir = {cache:?}\n[[route]]\nname = \"all\"\nto = \"log\"\n"
+    );
+    std::fs::write(dir.join("switchyard.toml"), config).unwrap();
+    let host = Running::start(&["run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"], dir);
+    host.line_where(|line| line.contains("HTTP ingress listening on"));
+    std::fs::copy(artifacts::JS_FILTER, dir.join("big.wasm")).unwrap();
+    host
+}
+
+#[test]
+fn a_stop_signal_during_a_reload_stops_at_once() {
+    // The signal loop ran each SIGHUP's reload itself: a SIGTERM during one compiling a big plugin
+    // began the stop only once the compile and the reload had ended.
+    let (dir, cache) = (plugin_dir(&[]), tempfile::tempdir().unwrap());
+    let mut host = a_host_about_to_compile_a_big_plugin(dir.path(), cache.path(), false);
+    signal(&host, "-HUP");
+    host.line_where(|line| line.starts_with("compiling big ("));
+    host.terminate();
+    let next = host.line_where(|line| {
+        ["compiled big", "switchyard: reload", "switchyard: stopping"]
+            .iter()
+            .any(|start| line.starts_with(start))
+    });
+    assert!(next.starts_with("switchyard: stopping"), "before the stop: {next}");
+    host.stopped();
+}
+
 #[test]
 fn a_second_stop_signal_ends_a_stop_that_waits_for_its_grace_period() {
     // A message waits in its queue (its endpoint refuses; queue timeout ten minutes) and the grace

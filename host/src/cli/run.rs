@@ -173,18 +173,24 @@ impl Signals {
     }
 
     /// Completes on SIGINT or SIGTERM, handing the stop signals back; reloads config and plugins on
-    /// every SIGHUP (one received while the host started included).
+    /// every SIGHUP (one received while the host started included), each on a task of its own: a
+    /// stop signal during a reload (a plugin compile may take minutes) waited for it.
     async fn until_stopped(mut self, host: Host) -> Stops {
         loop {
             tokio::select! {
                 () = self.stops.recv() => return self.stops,
-                _ = self.hangup.recv() => match host.reload().await {
-                    Ok(ConfigChange::Applied) => eprintln!("switchyard: reloaded"),
-                    Ok(ConfigChange::Unchanged) => eprintln!("switchyard: reloaded (config unchanged)"),
-                    Err(err) => eprintln!("switchyard: reload refused: {err}"),
-                },
+                _ = self.hangup.recv() => drop(tokio::spawn(reload(host.clone()))),
             }
         }
+    }
+}
+
+/// Reload `host`'s config and plugins, and say how it went.
+async fn reload(host: Host) {
+    match host.reload().await {
+        Ok(ConfigChange::Applied) => eprintln!("switchyard: reloaded"),
+        Ok(ConfigChange::Unchanged) => eprintln!("switchyard: reloaded (config unchanged)"),
+        Err(err) => eprintln!("switchyard: reload refused: {err}"),
     }
 }
 
