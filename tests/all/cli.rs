@@ -560,6 +560,19 @@ fn a_stop_signal_during_a_reload_stops_at_once() {
 }
 
 #[test]
+fn the_process_exits_once_its_host_stopped_without_waiting_for_a_compile_under_way() {
+    // The host's stop does not wait for a plugin compile under way, but the process did: the
+    // runtime's drop waited for its blocking threads, the compile's included.
+    let (dir, cache) = (plugin_dir(&[]), tempfile::tempdir().unwrap());
+    let host = a_host_about_to_compile_a_big_plugin(dir.path(), cache.path(), true);
+    host.line_where(|line| line.starts_with("compiling big ("));
+    let after = host.stop_and_collect();
+    assert!(after.iter().any(|line| line.starts_with("switchyard: stopped")), "{after:?}");
+    let compiled: Vec<_> = after.iter().filter(|line| line.starts_with("compiled big")).collect();
+    assert!(compiled.is_empty(), "the process waited for the compile: {compiled:?}");
+}
+
+#[test]
 fn a_second_stop_signal_ends_a_stop_that_waits_for_its_grace_period() {
     // A message waits in its queue (its endpoint refuses; queue timeout ten minutes) and the grace
     // period is ten minutes: the first SIGTERM's stop waits. A second SIGTERM did nothing.

@@ -222,7 +222,12 @@ impl Command {
                     Some((_, config)) => config.host.io_threads,
                     None => switchyard::Config::builtin().host.io_threads,
                 };
-                runtime(io_threads)?.block_on(run::run(file, plugins, listen, admin))
+                let runtime = runtime(io_threads)?;
+                let ran = runtime.block_on(run::run(file, plugins, listen, admin));
+                // The host has stopped: what still runs is a plugin compile it no longer waits for
+                // (minutes for a big plugin), which the runtime's drop would wait for.
+                runtime.shutdown_background();
+                ran
             }
             Command::Check { file, load_native } => check::check(&file, load_native),
             Command::Plugin { command: PluginCommand::Call { file, message, config, address, reply } } => {
