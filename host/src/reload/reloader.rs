@@ -39,9 +39,11 @@ pub(crate) struct Reloader {
     /// syncs of one plugin cannot swap in their versions out of order.
     syncing: Mutex<()>,
     /// Serializes what changes the config from outside: a replacement (`PUT /v1/config`), applied
-    /// and written to the file together, and a reload of the file, read and applied together. A
-    /// reload that read the file before a replacement wrote it, and applied it after, ran the old
-    /// config while the file and the replacement's answer said the new one.
+    /// and written to the file together, a reload of the file, read and applied together, and a
+    /// config given in code. A reload that read the file before a replacement wrote it, and applied
+    /// it after, ran the old config while the file and the replacement's answer said the new one;
+    /// two configs applied at once could be made current in one order and their overridden keys
+    /// told in the other, leaving `overridden` saying what the running config does not.
     config_changes: Mutex<()>,
     /// The plugins whose latest file was refused, and why: that file is not
     /// read into a plugin, nor reported, again until it changes.
@@ -302,9 +304,8 @@ impl Reloader {
             }
             *last = Some(text.clone());
         }
-        let result = text
-            .and_then(|text| self.parse_config(file, &text))
-            .and_then(|config| self.apply_config(file, config));
+        let result =
+            text.and_then(|text| self.parse_config(file, &text)).and_then(|config| self.apply(file, config));
         match &result {
             Err(ConfigError::Unsettled { .. }) => {
                 tracing::debug!(file, "config file still changing; waiting for it to settle")
@@ -337,8 +338,15 @@ impl Reloader {
     /// changes nothing; one equal to the running one (its destinations' files
     /// unchanged too) changes nothing either, and emits no `config-applied` event.
     /// Either way, a value it gives a key that code overrides, not told before, is told
-    /// (`config-overridden`).
+    /// (`config-overridden`). One change from outside at a time (`config_changes`), as a reload of
+    /// the file and a replacement are.
     pub(crate) fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
+        let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
+        self.apply(file, config)
+    }
+
+    /// [`apply_config`](Self::apply_config), its caller holding `config_changes`.
+    fn apply(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let overridden = self.overrides.overridden(&config);
         let (config, transports) = self.checked(file, config)?;
         let change = self.make_current(file, config, transports)?;
@@ -455,7 +463,7 @@ impl Reloader {
         // then holds what runs.
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let file = self.config_name();
-        let change = self.apply_config(&file, self.parse_config(&file, text)?)?;
+        let change = self.apply(&file, self.parse_config(&file, text)?)?;
         let Some(path) = self.config_path() else { return Ok((change, None)) };
         replace_file(path, text).map_err(|error| ConfigError::Write { file, error })?;
         *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(text.to_owned());
