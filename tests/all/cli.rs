@@ -763,6 +763,35 @@ fn the_admin_api_shows_the_listen_addresses_the_command_line_set_and_an_edit_of_
     host.stop();
 }
 
+#[test]
+fn a_config_read_from_the_admin_api_and_put_back_leaves_the_file_its_own_addresses_and_directory() {
+    // `GET /v1/config` shows what `--listen`, `--admin` and `--plugins` set; put back as it was
+    // read, it wrote them over the file's own settings, so a start without them used them.
+    let dir = plugin_dir(&[]);
+    let config = dir.path().join("switchyard.toml");
+    let own = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:9\"\n\
+               [[route]]\nname = \"all\"\nto = \"log\"\n";
+    std::fs::write(&config, own).unwrap();
+    let plugins = dir.path().to_str().unwrap();
+    let args = ["run", "--config", "switchyard.toml", "--plugins", plugins];
+    let args = [&args[..], &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]].concat();
+    let mut host = Running::start(&args, dir.path());
+    let admin = host.address("admin API listening on http://");
+    let (status, shown) = http(admin, "GET", "/v1/config?format=toml", &[], b"");
+    assert_eq!(status, 200, "{shown}");
+    let (status, body) = http(admin, "PUT", "/v1/config", &[], shown.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let written: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(written["ingress"]["http"]["listen"].as_str(), Some("127.0.0.1:9"), "{written}");
+    assert_eq!(written["host"]["plugin_dir"].as_str(), Some("."), "{written}");
+    assert!(!written.contains_key("admin"), "the file had no [admin]: {written}");
+    // What was written is what runs: read again, it changes nothing.
+    signal(&host, "-HUP");
+    let reloaded = host.line_where(|line| line.starts_with("switchyard: reload"));
+    assert_eq!(reloaded, "switchyard: reloaded (config unchanged)");
+    host.stop();
+}
+
 /// The first line `switchyard --log-format FORMAT run` writes to its piped stderr.
 fn first_log_line(format: &str) -> String {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);

@@ -2,11 +2,13 @@
 //! state directory, the listeners' addresses, routes added in code): applied to the configuration
 //! the host starts with and to every one it reloads, so a reload never drops them, and the host's
 //! config shows them. What a configuration says of a key they set is not used:
-//! [`CodeOverrides::overridden`] names it, for a reload to tell.
+//! [`CodeOverrides::overridden`] names it, for a reload to tell. A config sent to be written over
+//! the file keeps the file's own settings of those keys ([`CodeOverrides::keep_own_settings`]).
 
 use super::{AdminConfig, Config, HttpIngressConfig, RouteConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use toml::Table;
 
 /// Settings made in code (`switchyard run`'s options included), kept across config reloads.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +65,67 @@ impl CodeOverrides {
         });
         dirs.chain(listeners).collect()
     }
+
+    /// `text`, a config sent to be written over the file whose text is `own`, with each key these
+    /// settings set that `text` gives their value set back as the file has it: a config read from
+    /// the host (`GET /v1/config`, which shows what these settings set) and sent back leaves the
+    /// file its own addresses and directories. A listener's table the file has not, which `text`
+    /// gives as the host runs it (`running`: as these settings made it), is left out whole, the
+    /// address it cannot go without with it. `None` when there is nothing to set back.
+    pub(crate) fn keep_own_settings(&self, text: &str, own: &str, running: &Config) -> Option<String> {
+        let (mut given, own) = (toml::from_str::<Table>(text).ok()?, toml::from_str::<Table>(own).ok()?);
+        let settings = [
+            (
+                &["host", "plugin_dir"][..],
+                self.plugin_dir.as_ref().map(|dir| dir.display().to_string()),
+                None,
+            ),
+            (&["host", "state_dir"], self.state_dir.as_ref().map(|dir| dir.display().to_string()), None),
+            (
+                &["ingress", "http", "listen"],
+                self.http_listen.map(|listen| listen.to_string()),
+                Some(running.ingress.http.as_ref().and_then(|http| toml::Value::try_from(http).ok())),
+            ),
+            (
+                &["admin", "listen"],
+                self.admin_listen.map(|listen| listen.to_string()),
+                Some(running.admin.as_ref().and_then(|admin| toml::Value::try_from(admin).ok())),
+            ),
+        ];
+        let mut kept = false;
+        for (path, used, listener) in settings {
+            let Some(used) =
+                used.filter(|used| value_at(&given, path).and_then(toml::Value::as_str) == Some(used))
+            else {
+                continue;
+            };
+            let (key, table) = path.split_last().expect("a key's path is not empty");
+            kept |= match (value_at(&own, path), listener) {
+                (Some(value), _) if value.as_str() == Some(used.as_str()) => false,
+                (Some(value), _) => table_at(&mut given, table)
+                    .and_then(|at| at.insert(key.to_string(), value.clone()))
+                    .is_some(),
+                (None, None) => table_at(&mut given, table).and_then(|at| at.remove(*key)).is_some(),
+                (None, Some(running)) => {
+                    let (name, outer) = table.split_last().expect("a listener's table is named");
+                    let as_running = value_at(&given, table) == running.as_ref();
+                    as_running && table_at(&mut given, outer).and_then(|at| at.remove(*name)).is_some()
+                }
+            };
+        }
+        kept.then(|| toml::to_string(&given).ok()).flatten()
+    }
+}
+
+/// The value at `path` in `table`, if it has one.
+fn value_at<'a>(table: &'a Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (key, tables) = path.split_last()?;
+    tables.iter().try_fold(table, |table, name| table.get(*name)?.as_table())?.get(*key)
+}
+
+/// The table at `path` in `table` (`table` itself for an empty one), if it has one.
+fn table_at<'a>(table: &'a mut Table, path: &[&str]) -> Option<&'a mut Table> {
+    path.iter().try_fold(table, |table, name| table.get_mut(*name)?.as_table_mut())
 }
 
 /// A key a configuration sets that a [`CodeOverrides`] setting replaces.
@@ -74,4 +137,32 @@ pub(crate) struct Overridden {
     pub(crate) value: String,
     /// What is used instead.
     pub(crate) used: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_keys_sent_back_as_the_overrides_set_them_are_set_back_as_the_file_has_them() {
+        let overrides = CodeOverrides {
+            plugin_dir: Some("/srv/plugins".into()),
+            http_listen: Some("127.0.0.1:7000".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:7001".parse().unwrap()),
+            ..CodeOverrides::default()
+        };
+        let own = "[host]\nwatch = false\n[ingress.http]\nlisten = \"127.0.0.1:9\"\n";
+        let running = overrides.apply(Config::parse("own.toml", own).unwrap());
+        let read_back = |text: &str| overrides.keep_own_settings(text, own, &running);
+        // The file has no plugin_dir and no [admin]: sent back as the host shows them, they go.
+        let shown = toml::to_string(&running).unwrap();
+        let kept: Table = toml::from_str(&read_back(&shown).unwrap()).unwrap();
+        assert_eq!(kept["ingress"]["http"]["listen"].as_str(), Some("127.0.0.1:9"));
+        assert!(!kept["host"].as_table().unwrap().contains_key("plugin_dir"), "{kept}");
+        assert!(!kept.contains_key("admin"), "{kept}");
+        // An [admin] set apart from how it runs needs its address; values of the sender's own stay.
+        let sent = "[host]\nplugin_dir = \"p\"\n[ingress.http]\nlisten = \"127.0.0.1:8\"\n\
+                    [admin]\nlisten = \"127.0.0.1:7001\"\nmax_connections = 3\n";
+        assert_eq!(read_back(sent), None);
+    }
 }

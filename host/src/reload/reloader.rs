@@ -463,8 +463,15 @@ impl Reloader {
         // then holds what runs.
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let file = self.config_name();
+        let Some(path) = self.config_path() else {
+            return Ok((self.apply(&file, self.parse_config(&file, text)?)?, None));
+        };
+        // What code overrides keeps the file's own setting where the text gives the override's (as
+        // GET /v1/config shows it): applied and written as the file will be read again.
+        let own = Config::read_text(&file, path, Links::Anywhere).ok().flatten();
+        let kept = own.and_then(|own| self.overrides.keep_own_settings(text, &own, &self.config.load()));
+        let text = kept.as_deref().unwrap_or(text);
         let change = self.apply(&file, self.parse_config(&file, text)?)?;
-        let Some(path) = self.config_path() else { return Ok((change, None)) };
         replace_file(path, text).map_err(|error| ConfigError::Write { file, error })?;
         *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(text.to_owned());
         Ok((change, Some(path.to_owned())))
