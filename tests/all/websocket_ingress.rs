@@ -1,8 +1,8 @@
 //! WebSocket ingress, `GET /v1/ws`: frames in, acks (or replies) out, bad frames refused alone (a
 //! `ref` too large and too many headers without being kept), backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
 //! reconnects, a socket counted among the listener's connections until it closes, a frame larger
-//! than any message could need refused on its header, a silent socket pinged, then closed, and one
-//! that reads nothing cut.
+//! than any message could need refused on its header, a silent socket pinged, then closed, one
+//! that reads nothing cut, and one that reads no answers not read past its open `wait` messages.
 
 use crate::routing::gated_host;
 use crate::support::{
@@ -11,6 +11,7 @@ use crate::support::{
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard::{Config, Host, Message, RouteConfig};
 use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -517,4 +518,77 @@ async fn a_socket_whose_client_reads_nothing_is_cut_once_a_write_waits_the_heade
     while let Some(Ok(_)) = within(socket.next()).await {}
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (65, 65));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_answers_is_not_read_past_its_open_wait_messages() {
+    // A `wait` message's slot was given back once its answer was queued, not written: a client that
+    // read nothing (or just enough to keep its writes going) had up to 1024 answers queued for it,
+    // each with a reply of up to max_message_bytes, ~1 GiB a socket at 1 MiB.
+    let dir = plugin_dir(&[]);
+    // The stall limit is not what is tested: it cuts the socket only after the test is done.
+    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 600000\n";
+    let reply = bytes::Bytes::from(vec![b'r'; 256 << 10]);
+    let received = Arc::new((AtomicUsize::new(0), Notify::new()));
+    let host = builder(dir.path())
+        .config("t.toml", Config::from_toml("t.toml", text).unwrap())
+        .destination("out", {
+            let received = received.clone();
+            move |_: Message| {
+                received.0.fetch_add(1, Ordering::SeqCst);
+                received.1.notify_waiters();
+                let reply = reply.clone();
+                async move { Ok(Some(Message::new("reply", reply))) }
+            }
+        })
+        .route(RouteConfig::new("all", ">", "out"))
+        .build()
+        .await
+        .unwrap();
+    let received_more_than = |count: usize| {
+        let received = received.clone();
+        Box::pin(async move {
+            loop {
+                let notified = received.1.notified();
+                if received.0.load(Ordering::SeqCst) > count {
+                    return;
+                }
+                notified.await;
+            }
+        })
+    };
+    let addr = start_ingress(&host).await;
+    let connection = tokio::net::TcpSocket::new_v4().unwrap();
+    connection.set_recv_buffer_size(16 << 10).unwrap();
+    let connection = tokio_tungstenite::MaybeTlsStream::Plain(connection.connect(addr).await.unwrap());
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), connection).await.unwrap();
+    // 400 frames of a few dozen bytes: the connection's buffers hold them all, read or not.
+    let sent = 400;
+    for n in 0..sent {
+        send(&mut socket, json!({ "topic": "t", "ref": n, "wait": true })).await;
+    }
+    // 256 open, and as many more as answers fit in the kernel's buffers (4 MiB of send buffer at
+    // most by default: 16 answers), each written answer closing its message.
+    let bound = 256 + 64;
+    within(received_more_than(255)).await;
+    let mut past_bound = received_more_than(bound);
+    assert!(
+        still_pending(&mut past_bound).await,
+        "read past its open wait messages: {} of {sent} taken in while nothing was read",
+        received.0.load(Ordering::SeqCst)
+    );
+    // Once the client reads, the rest are taken in and every one is answered with its reply.
+    for _ in 0..sent {
+        let settled = answer(&mut socket).await;
+        assert_eq!(
+            settled["reply"]["payload"].as_str().map(str::len),
+            Some(256 << 10),
+            "{:.200}",
+            settled.to_string()
+        );
+    }
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (sent as u64, sent as u64));
 }

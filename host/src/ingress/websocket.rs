@@ -13,11 +13,12 @@
 //!
 //! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
 //! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
-//! once, beyond which reading waits too. With `[ingress.http] token`, the upgrade request must carry it
-//! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused. A socket serves while the
-//! token it was let in with is the one required: once a reload replaces it (or sets or removes one),
-//! the next frame the client sends is not served, and the socket is closed (1008) once the answers
-//! still due are sent.
+//! once, beyond which reading waits too. A `wait` message is open until its answer is written to the
+//! socket, so that a client reading its answers slowly, or not at all, is not read either. With
+//! `[ingress.http] token`, the upgrade request must carry it (`Authorization: Bearer …`), and a
+//! browser's foreign `Origin` is refused. A socket serves while the token it was let in with is the
+//! one required: once a reload replaces it (or sets or removes one), the next frame the client sends
+//! is not served, and the socket is closed (1008) once the answers still due are sent.
 //!
 //! A frame, or a message of several, larger than [`largest_json`](crate::message::largest_json) (of
 //! `max_message_bytes`; a smaller one past `max_message_bytes` is answered `413`) is refused on its
@@ -43,13 +44,28 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 /// `wait` messages one socket may have open at once; beyond it, the socket is not read.
 pub(super) const MAX_WAITING: usize = 256;
 
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
+
+/// An answer queued for the socket's writer, with the slot of the `wait` message it settles, given
+/// back once it is written: a `wait` answer may carry a reply of up to `max_message_bytes`, and at
+/// most [`MAX_WAITING`] of them, not [`QUEUED_ANSWERS`], wait for a slow client.
+struct Answer {
+    frame: Value,
+    waiting: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Value> for Answer {
+    /// The answer of a message that was not `wait`, or was refused: it holds no slot.
+    fn from(frame: Value) -> Answer {
+        Answer { frame, waiting: None }
+    }
+}
 
 /// The most bytes a frame's `ref` may take, as written: it is echoed in the answer (and
 /// [`QUEUED_ANSWERS`] may wait for a slow client), and kept while a `wait` message is open.
@@ -148,7 +164,7 @@ impl ClientFrame {
 /// a reload replaced that token, keeps silent too long (see [`Silence`]), or the ingress stops.
 pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets, granted: Option<String>) {
     let (sink, stream) = socket.split();
-    let (answers, queued) = mpsc::channel::<Value>(QUEUED_ANSWERS);
+    let (answers, queued) = mpsc::channel::<Answer>(QUEUED_ANSWERS);
     let (ping, (closing, close)) = (Arc::new(Notify::new()), oneshot::channel());
     let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close));
     let why = read_frames(&host, stream, &answers, &ping, sockets, granted.as_deref()).await;
@@ -158,25 +174,27 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets
     let _ = writer.await;
 }
 
-/// Send the answers `queued`, and a ping each time `ping` is notified, until every sender is gone;
-/// then close the socket, telling the client why when the reader says (`close`).
+/// Send the answers `queued`, each giving back its `wait` slot once written, and a ping each time
+/// `ping` is notified, until every sender is gone; then close the socket, telling the client why
+/// when the reader says (`close`).
 async fn write_answers(
     mut sink: SplitSink<WebSocket, Frame>,
-    mut queued: mpsc::Receiver<Value>,
+    mut queued: mpsc::Receiver<Answer>,
     ping: Arc<Notify>,
     close: oneshot::Receiver<Option<CloseFrame>>,
 ) {
     loop {
-        let frame = tokio::select! {
+        let (frame, waiting) = tokio::select! {
             answer = queued.recv() => match answer {
-                Some(answer) => Frame::Text(answer.to_string().into()),
+                Some(Answer { frame, waiting }) => (Frame::Text(frame.to_string().into()), waiting),
                 None => break,
             },
-            () = ping.notified() => Frame::Ping(Default::default()),
+            () = ping.notified() => (Frame::Ping(Default::default()), None),
         };
         if sink.send(frame).await.is_err() {
             return;
         }
+        drop(waiting);
     }
     if let Ok(Some(why)) = close.await {
         let _ = sink.send(Frame::Close(Some(why))).await;
@@ -191,7 +209,7 @@ async fn write_answers(
 async fn read_frames(
     host: &Host,
     mut stream: SplitStream<WebSocket>,
-    answers: &mpsc::Sender<Value>,
+    answers: &mpsc::Sender<Answer>,
     ping: &Notify,
     sockets: Sockets,
     granted: Option<&str>,
@@ -226,7 +244,7 @@ async fn read_frames(
             Some(Ok(Frame::Binary(_))) => {
                 let refused =
                     json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
-                answers.send(refused).await.is_ok()
+                answers.send(refused.into()).await.is_ok()
             }
             // A pong, a ping, the client's close (the stream ends next).
             Some(Ok(_)) => true,
@@ -248,18 +266,24 @@ fn token_replaced(host: &Host, granted: Option<&str>) -> bool {
 }
 
 /// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
-async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Value>, waiting: &Arc<Semaphore>) -> bool {
+async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Answer>, waiting: &Arc<Semaphore>) -> bool {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err((reference, problem)) => {
-            return answers.send(json!({ "ref": reference, "error": problem, "status": 400 })).await.is_ok();
+            return answers
+                .send(json!({ "ref": reference, "error": problem, "status": 400 }).into())
+                .await
+                .is_ok();
         }
     };
     let reference = frame.reference;
     let message = match message_of(frame.message) {
         Ok(message) => message,
         Err(problem) => {
-            return answers.send(json!({ "ref": reference, "error": problem, "status": 400 })).await.is_ok();
+            return answers
+                .send(json!({ "ref": reference, "error": problem, "status": 400 }).into())
+                .await
+                .is_ok();
         }
     };
     let id = message.unique_id().expect("message_of gives every message its id").to_owned();
@@ -268,7 +292,7 @@ async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Value>, waiting: 
             Ok(_) => json!({ "ref": reference, "id": id }),
             Err(err) => refused(reference, &err),
         };
-        return answers.send(answer).await.is_ok();
+        return answers.send(answer.into()).await.is_ok();
     }
     let Ok(slot) = waiting.clone().acquire_owned().await else { return false };
     let (host, answers) = (host.clone(), answers.clone());
@@ -284,8 +308,7 @@ async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Value>, waiting: 
             }
             Err(err) => json!({ "ref": reference, "id": id, "error": err.to_string() }),
         };
-        let _ = answers.send(settled).await;
-        drop(slot);
+        let _ = answers.send(Answer { frame: settled, waiting: Some(slot) }).await;
     });
     true
 }
