@@ -1214,3 +1214,30 @@ async fn a_stream_s_message_no_endpoint_could_take_keeps_its_turn_until_the_fall
     assert!(endpoint.arrived_bodies().is_empty());
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_stream_s_next_message_until_its_timed_out_one_is_in_the_fallback() {
+    // As a_stream_s_message_timed_out_waiting_for_a_host_slot_keeps_its_turn_until_the_fallback_has_it,
+    // with a reload that rebuilds the destination (its attempts' timeout changes) while a0 is
+    // handed to the full fallback. The rebuilt instance's queue was held only until the old
+    // instance's dispatcher, expirer and deliveries (b0) ended, not a0's hand-over, which holds a
+    // turn the rebuilt instance does not know: a1 went to the endpoint once b0 ended, while a0 was
+    // not in the fallback yet.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let config = |settings: &str| streams_spilling(endpoint.addr, "max_in_flight = 1", settings);
+    let host = host(dir.path(), &config("queue = { timeout_ms = 1000 }")).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("fill", "fill")).await.unwrap();
+    host.send(of_stream("b", 0)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(of_stream("a", 0)).await.unwrap();
+    event_where(&mut events, fallback_told).await;
+    apply(&host, &config("queue = { timeout_ms = 1000 }\ntimeout_ms = 600000")).await;
+    endpoint.release(1);
+    a1_waits_while_a0_is_handed_to_the_full_fallback(&host, &endpoint, 1).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["b0"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 1));
+}

@@ -168,7 +168,8 @@ impl DispatchContext {
     /// and `from`'s deliveries that reached no endpoint come back to it (see
     /// [`QueuedDestination::retire`]); those under way finish on `from`. With `keep_order` (a
     /// destination keeping streams), `to` sends nothing before every delivery of `from` has ended or
-    /// come back: a stream's messages go out one at a time, in their order, across the reload.
+    /// come back, and every message that timed out there is settled (handed to the fallback or
+    /// dead-lettered): a stream's messages go out one at a time, in their order, across the reload.
     /// That wait counts among `to`'s tasks: a reload that replaces `to` before they end holds its
     /// own new instance until they have (`to`, held, sent nothing: its dispatcher and expirer end
     /// at once).
@@ -199,7 +200,8 @@ impl DispatchContext {
 /// What a reload needs of a network destination's dispatcher to retire it.
 pub(crate) struct Retire {
     cluster: Arc<dyn QueuedDestination>,
-    /// The dispatcher, its expirer and its deliveries, and the wait for its predecessors' to end
+    /// The dispatcher, its expirer and its deliveries (the settling of those that timed out in
+    /// its queue included), and the wait for its predecessors' to end
     /// before it sends (see [`DispatchContext::hand_over`]).
     tasks: TaskTracker,
 }
@@ -229,7 +231,8 @@ struct Dispatcher {
     /// Longest wait in the queue.
     timeout: Duration,
     context: DispatchContext,
-    /// Its own tasks and deliveries, which a hand-over may wait for.
+    /// Its own tasks and deliveries (timed-out ones' settling included), which a hand-over may
+    /// wait for.
     tasks: TaskTracker,
 }
 
@@ -375,7 +378,9 @@ impl Dispatcher {
             pipeline.settle(&sink, delivery, &route, Err(error)).await;
             drop(turn);
         };
-        context.tracker.spawn_on(settle, &context.runtime);
+        // Among the destination's own tasks: a hand-over keeping order waits for it, as for a
+        // delivery, while it holds the turn.
+        context.tracker.spawn_on(self.tasks.track_future(settle), &context.runtime);
     }
 }
 
