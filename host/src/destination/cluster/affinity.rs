@@ -437,24 +437,11 @@ impl Cluster {
 mod tests {
     use super::super::{Cluster, Picker};
     use super::StreamChoice;
-    use crate::destination::{DestinationEvent, HostServices};
+    use crate::destination::DestinationEvent;
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::{Arc, Mutex, mpsc};
     use std::time::Duration;
     use tokio::time::Instant;
-
-    /// A transport the test never sends through.
-    struct NoAttempts;
-
-    impl crate::transport::Transport for NoAttempts {
-        fn attempt<'a>(
-            &'a self,
-            _address: &'a str,
-            _message: &'a crate::message::Message,
-        ) -> crate::transport::AttemptFuture<'a> {
-            unreachable!("the test makes no attempt")
-        }
-    }
 
     /// Leaves the endpoint at `address` out, as a refused connection does.
     fn refuse(cluster: &Cluster, address: &str) {
@@ -467,21 +454,9 @@ mod tests {
 
     /// A destination of three endpoints keeping the streams of header `x-stream`, telling `events`.
     fn cluster_of_three(events: crate::destination::EventSink) -> Arc<Cluster> {
-        let config = crate::config::Config::from_toml(
-            "test.toml",
-            "[[destination]]\nname = \"workers\"\ntransport = \"http\"\n\
-             endpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
-             balancer = \"affinity:header:x-stream\"\n",
-        )
-        .unwrap();
-        let destination = &config.destinations[0];
-        let services = HostServices {
-            events,
-            metrics: Arc::new(crate::metrics::Metrics::new(true)),
-            registry: Arc::default(),
-            engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
-        };
-        Arc::new(Cluster::new(destination, &destination.endpoints, Arc::new(NoAttempts), &services, None))
+        let settings = "endpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
+                        balancer = \"affinity:header:x-stream\"\n";
+        Arc::new(super::super::tests::cluster_of(settings, events))
     }
 
     #[tokio::test(start_paused = true)]

@@ -97,21 +97,24 @@ impl Cluster {
         while let Some(index) = self.balancer.pick(&views, key, message).await {
             tried[index] = true;
             views[index].eligible = false;
-            if !self.endpoints[index].claim(Instant::now(), self.timeout) {
-                // Another attempt finds out whether it takes traffic again.
-                continue;
-            }
             let breaker = &self.endpoints[index].state.breaker;
             let permit = match eligibility.admissions[index] {
                 Admission::Forced => Some(breaker.acquire_forced(now)),
                 _ => breaker.try_acquire(now),
             };
-            if let Some(permit) = permit {
-                if permit.is_probe() {
-                    self.endpoints[index].metrics.half_opened.inc();
-                }
-                return Some((index, permit));
+            // Claimed only with the breaker's permit, as a stream's pick is (see
+            // `Cluster::choose_stream`): a claim for an attempt that does not go would leave the
+            // endpoint out until that attempt's deadline. Without the claim, the permit is dropped
+            // (a probe's slot freed).
+            let claim = |_: &BreakerPermit| self.endpoints[index].claim(Instant::now(), self.timeout);
+            let Some(permit) = permit.filter(claim) else {
+                // Its probe, or another attempt, finds out whether it takes traffic again.
+                continue;
+            };
+            if permit.is_probe() {
+                self.endpoints[index].metrics.half_opened.inc();
             }
+            return Some((index, permit));
         }
         None
     }
@@ -140,5 +143,63 @@ impl Picker {
             Picker::Plugin(balancer) => balancer.pick(endpoints, key, message).await,
             Picker::Affinity(affinity) => affinity.fallback.pick(endpoints, None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::endpoint::EndpointState;
+    use super::super::tests::cluster_of;
+    use super::*;
+    use crate::resilience::{Breaker, BreakerState};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Picks the first eligible endpoint, whose breaker's permit another attempt takes meanwhile
+    /// (as one on another thread, a step ahead, would).
+    struct TakenMeanwhile {
+        state: Arc<EndpointState>,
+        /// The other attempt's permit, in flight.
+        taken: Mutex<Option<BreakerPermit>>,
+    }
+
+    impl Balancer for TakenMeanwhile {
+        fn pick(&self, endpoints: &[EndpointView], _key: Option<&str>) -> Option<usize> {
+            let index = endpoints.iter().position(|view| view.eligible)?;
+            let permit = self.state.breaker.try_acquire(Instant::now()).expect("admitted as it was picked");
+            *lock(&self.taken) = Some(permit);
+            Some(index)
+        }
+    }
+
+    /// Fails `breaker`'s attempts until it opens, then lets its ejection pass: half-open, its
+    /// probe free.
+    async fn half_open(breaker: &Breaker) {
+        while breaker.state(Instant::now()) == BreakerState::Closed {
+            let _transition = breaker.try_acquire(Instant::now()).unwrap().failed(Instant::now());
+        }
+        while !matches!(breaker.state(Instant::now()), BreakerState::HalfOpen { probing: false, .. }) {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pick_its_breaker_refuses_leaves_its_endpoint_as_it_found_it() {
+        // The endpoint is half-open, its probe free, and a window that left it out (a refused
+        // connection, a Retry-After) ended: admitted. While the balancer picked it, another attempt
+        // took its probe, not yet its claim. The pick claimed the endpoint's trial before its
+        // breaker refused it a permit: the endpoint was left out for an attempt's deadline by a
+        // pick that went nowhere (and the other attempt, finding it claimed, went nowhere too).
+        let mut cluster = cluster_of("endpoints = [\"127.0.0.1:1\"]\n", Arc::new(|_| {}));
+        let state = cluster.endpoints[0].state.clone();
+        half_open(&state.breaker).await;
+        let ended = cluster.endpoints[0].stamp(Instant::now());
+        state.refusing_until.store(ended, Relaxed);
+        let meanwhile = Arc::new(TakenMeanwhile { state: state.clone(), taken: Mutex::default() });
+        cluster.balancer = Picker::Native(meanwhile.clone());
+        let chosen = cluster.choose(&mut [false], &Message::new("jobs", "m"), None).await;
+        assert!(chosen.is_none(), "its probe is out");
+        assert!(lock(&meanwhile.taken).as_ref().is_some_and(BreakerPermit::is_probe));
+        assert_eq!(state.refusing_until.load(Relaxed), ended, "left out for a pick that went nowhere");
     }
 }

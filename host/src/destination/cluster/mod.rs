@@ -465,6 +465,34 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// A transport the tests never send through.
+    struct NoAttempts;
+
+    impl Transport for NoAttempts {
+        fn attempt<'a>(
+            &'a self,
+            _address: &'a str,
+            _message: &'a Message,
+        ) -> crate::transport::AttemptFuture<'a> {
+            unreachable!("the test makes no attempt")
+        }
+    }
+
+    /// The http destination `workers` with `[[destination]]` lines `settings` besides, telling
+    /// `events`, through a transport no attempt may use.
+    pub(super) fn cluster_of(settings: &str, events: EventSink) -> Cluster {
+        let text = format!("[[destination]]\nname = \"workers\"\ntransport = \"http\"\n{settings}");
+        let config = crate::config::Config::from_toml("test.toml", &text).unwrap();
+        let destination = &config.destinations[0];
+        let services = HostServices {
+            events,
+            metrics: Arc::new(crate::metrics::Metrics::new(true)),
+            registry: Arc::default(),
+            engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
+        };
+        Cluster::new(destination, &destination.endpoints, Arc::new(NoAttempts), &services, None)
+    }
+
     #[test]
     fn an_open_ms_past_a_minute_is_the_first_ejection_not_cut_to_a_minute() {
         let settings = BreakerSettings { open_ms: 120_000, ..BreakerSettings::default() };
