@@ -293,6 +293,9 @@ impl Dispatcher {
                         () = past_grace.cancelled() => Err(cut_at_grace(&progress)),
                     }
                 };
+                // A delivered message's stream goes on at once (its next message goes before another
+                // stream's less urgent one); one that failed keeps its turn until it is settled.
+                let turn = result.is_err().then_some(turn);
                 drop((slot, host_slot));
                 let (delivery, route, result) = match result {
                     // The destination was replaced by a reload before an endpoint saw it: back in
