@@ -236,6 +236,21 @@ async fn events_websocket_streams_endpoint_down_and_ready_follows_it() {
 }
 
 /// The first plugin of a `/v1/plugins` body.
+/// `GET /metrics` once what it shows is `ready`: what a dead letter counts, or a reload removed,
+/// changes just after the event the test waits for.
+async fn metrics_once(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+    within(async {
+        loop {
+            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+            if ready(&metrics) {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
 fn first_plugin(body: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(body).unwrap()["plugins"][0].clone()
 }
@@ -279,16 +294,8 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     // A dead letter counts once its destination took it, just after the
     // letter arrives: wait for the count.
     let lettered = [("route", "risky"), ("reason", "plugin-timed-out")];
-    let metrics = within(async {
-        loop {
-            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
-            if sample(&metrics, "switchyard_dead_letters_total", &lettered) == Some(1.0) {
-                return metrics;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let metrics =
+        metrics_once(addr, |m| sample(m, "switchyard_dead_letters_total", &lettered) == Some(1.0)).await;
     let problem = [("plugin", "bad"), ("problem", "timed_out")];
     assert_eq!(sample(&metrics, "switchyard_plugin_problems_total", &problem), Some(1.0));
     let settled = [("route", "risky"), ("outcome", "dead_lettered")];
@@ -322,16 +329,8 @@ async fn a_route_and_a_plugin_a_reload_removes_leave_no_series_in_metrics() {
     host.send(Message::new("job", "poison").with_header("x-poison", "1")).await.unwrap();
     next(&host.memory("dead").unwrap()).await;
     let lettered = [("route", "risky"), ("reason", "plugin-timed-out")];
-    let metrics = within(async {
-        loop {
-            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
-            if sample(&metrics, "switchyard_dead_letters_total", &lettered) == Some(1.0) {
-                return metrics;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let metrics =
+        metrics_once(addr, |m| sample(m, "switchyard_dead_letters_total", &lettered) == Some(1.0)).await;
     let faulted = [("plugin", "bad"), ("problem", "timed_out")];
     assert_eq!(sample(&metrics, "switchyard_plugin_problems_total", &faulted), Some(1.0));
 
@@ -345,16 +344,8 @@ async fn a_route_and_a_plugin_a_reload_removes_leave_no_series_in_metrics() {
     .await;
     // The route's series go with its last instance: wait for those the previous main removed too.
     let settled = [("route", "risky"), ("outcome", "dead_lettered")];
-    let metrics = within(async {
-        loop {
-            let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
-            if sample(&metrics, "switchyard_route_messages_total", &settled).is_none() {
-                return metrics;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let metrics =
+        metrics_once(addr, |m| sample(m, "switchyard_route_messages_total", &settled).is_none()).await;
     let of = |label: &str, value: &str| {
         let samples = crate::exposition::parse(&metrics).into_iter();
         let left = samples.filter(|s| s.labels.get(label).is_some_and(|v| v == value));

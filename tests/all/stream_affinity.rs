@@ -806,9 +806,7 @@ async fn two_quick_reloads_keep_a_stream_s_next_message_until_the_one_in_flight_
     let dead = host.memory("dead").unwrap();
     tokio::select! {
         letter = within(dead.recv_async()) => {
-            let letter = letter.unwrap();
-            let why = letter.header("x-sy-dead-letter");
-            assert_eq!((&letter.payload[..], why), (&b"a2"[..], Some("queue-timeout")));
+            waited_for_its_turn(&letter.unwrap(), "a2");
         }
         () = within(endpoint.arrivals(2)) => {
             panic!("sent while a1 was in flight: {:?}", endpoint.arrived_bodies());
@@ -1005,9 +1003,7 @@ async fn a_stream_s_message_held_on_a_rebuilt_destination_past_its_queue_timeout
     let (dead, spill) = (host.memory("dead").unwrap(), host.memory("spill").unwrap());
     tokio::select! {
         letter = within(dead.recv_async()) => {
-            let letter = letter.unwrap();
-            let why = letter.header("x-sy-dead-letter");
-            assert_eq!((&letter.payload[..], why), (&b"a2"[..], Some("queue-timeout")));
+            waited_for_its_turn(&letter.unwrap(), "a2");
         }
         spilled = within(spill.recv_async()) => panic!("handed to the fallback: {spilled:?}"),
     }
@@ -1037,9 +1033,7 @@ async fn removing_a_just_rebuilt_destination_keeps_a_stream_s_next_message_until
     let dead = host.memory("dead").unwrap();
     tokio::select! {
         letter = within(dead.recv_async()) => {
-            let letter = letter.unwrap();
-            let why = letter.header("x-sy-dead-letter");
-            assert_eq!((&letter.payload[..], why), (&b"a2"[..], Some("queue-timeout")));
+            waited_for_its_turn(&letter.unwrap(), "a2");
         }
         () = within(endpoint.arrivals(2)) => {
             panic!("sent while a1 was in flight: {:?}", endpoint.arrived_bodies());
@@ -1092,11 +1086,7 @@ async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_not_ha
     let (dead, spill) = (host.memory("dead").unwrap(), host.memory("spill").unwrap());
     tokio::select! {
         letter = within(dead.recv_async()) => {
-            let letter = letter.unwrap();
-            let why = letter.header("x-sy-dead-letter");
-            assert_eq!((&letter.payload[..], why), (&b"m1"[..], Some("queue-timeout")));
-            let reason = letter.header("x-sy-dead-letter-reason").unwrap();
-            assert!(reason.contains("its stream's turn"), "{reason}");
+            waited_for_its_turn(&letter.unwrap(), "m1");
         }
         spilled = within(spill.recv_async()) => panic!("handed to the fallback: {spilled:?}"),
     }
@@ -1146,11 +1136,7 @@ async fn a1_waits_while_a0_is_handed_to_the_full_fallback(
     let dead = host.memory("dead").unwrap();
     tokio::select! {
         letter = within(dead.recv_async()) => {
-            let letter = letter.unwrap();
-            let why = letter.header("x-sy-dead-letter");
-            assert_eq!((&letter.payload[..], why), (&b"a1"[..], Some("queue-timeout")));
-            let reason = letter.header("x-sy-dead-letter-reason").unwrap();
-            assert!(reason.contains("its stream's turn"), "{reason}");
+            waited_for_its_turn(&letter.unwrap(), "a1");
         }
         () = within(endpoint.arrivals(arrived + 1)) => {
             panic!("a1 sent while a0 was handed to the fallback: {:?}", endpoint.arrived_bodies());
@@ -1240,4 +1226,13 @@ async fn a_reload_keeps_a_stream_s_next_message_until_its_timed_out_one_is_in_th
     let stats = drain_and_account(&host).await;
     assert_eq!(endpoint.arrived_bodies(), ["b0"]);
     assert_eq!((stats.delivered, stats.dead_lettered), (3, 1));
+}
+
+/// `letter` is the dead letter of the message whose body is `body`, made when its queue timeout
+/// passed while it waited for its stream's turn.
+fn waited_for_its_turn(letter: &Message, body: &str) {
+    let why = letter.header("x-sy-dead-letter");
+    assert_eq!((&letter.payload[..], why), (body.as_bytes(), Some("queue-timeout")));
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.contains("its stream's turn"), "{reason}");
 }

@@ -504,11 +504,7 @@ async fn a_socket_whose_client_reads_nothing_is_cut_once_a_write_waits_the_heade
         .await
         .unwrap();
     let addr = start_ingress(&host).await;
-    let connection = tokio::net::TcpSocket::new_v4().unwrap();
-    connection.set_recv_buffer_size(16 << 10).unwrap();
-    let connection = tokio_tungstenite::MaybeTlsStream::Plain(connection.connect(addr).await.unwrap());
-    let (mut socket, _) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), connection).await.unwrap();
+    let mut socket = with_small_receive_buffer(addr).await;
     // 32 MiB of answers: more than the kernel's buffers hold (tcp_wmem's largest is 4 MiB by default).
     for n in 0..64 {
         send(&mut socket, json!({ "topic": "t", "ref": n, "wait": true })).await;
@@ -558,11 +554,7 @@ async fn a_client_that_reads_no_answers_is_not_read_past_its_open_wait_messages(
         })
     };
     let addr = start_ingress(&host).await;
-    let connection = tokio::net::TcpSocket::new_v4().unwrap();
-    connection.set_recv_buffer_size(16 << 10).unwrap();
-    let connection = tokio_tungstenite::MaybeTlsStream::Plain(connection.connect(addr).await.unwrap());
-    let (mut socket, _) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), connection).await.unwrap();
+    let mut socket = with_small_receive_buffer(addr).await;
     // 400 frames of a few dozen bytes: the connection's buffers hold them all, read or not.
     let sent = 400;
     for n in 0..sent {
@@ -591,4 +583,15 @@ async fn a_client_that_reads_no_answers_is_not_read_past_its_open_wait_messages(
     socket.close(None).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (sent as u64, sent as u64));
+}
+
+/// A WebSocket client of the ingress at `addr` whose connection's receive buffer is small (16 KiB),
+/// so that answers it does not read soon fill the host's side.
+async fn with_small_receive_buffer(addr: std::net::SocketAddr) -> Socket {
+    let connection = tokio::net::TcpSocket::new_v4().unwrap();
+    connection.set_recv_buffer_size(16 << 10).unwrap();
+    let connection = tokio_tungstenite::MaybeTlsStream::Plain(connection.connect(addr).await.unwrap());
+    let (socket, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), connection).await.unwrap();
+    socket
 }
