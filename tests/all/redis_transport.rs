@@ -360,10 +360,11 @@ async fn an_answer_larger_than_the_host_reads_is_refused_and_its_message_counted
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_end_is_not_read_past_the_deadline_of_the_attempt_waiting_for_it() {
     // The connection, kept for the next attempts, went on reading the answer while the server wrote it.
+    // The deadline also bounds the connect and handshake: long enough for a loaded machine's.
     let (addr, mut closes) = fake_server(PushAnswer::Endless).await;
     let dir = plugin_dir(&[]);
     let config = config_at(&[addr], "key = \"jobs\"")
-        .replace("idempotent = true", "idempotent = false\ntimeout_ms = 300");
+        .replace("idempotent = true", "idempotent = false\ntimeout_ms = 2000");
     let host = host(dir.path(), &config).await;
     let answer = within(host.request(Message::new("jobs", "one"))).await;
     assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");

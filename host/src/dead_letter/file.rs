@@ -167,7 +167,8 @@ impl DeadLetterFile {
     }
 
     /// Remove the letters of `batch` marked `delivered` (and its unreadable
-    /// lines), keeping every other letter, in order; where the batch ends now.
+    /// lines), keeping every other letter, in order; where the batch ends now. An error means
+    /// the file is as it was.
     pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<u64, FileError> {
         if batch.unreadable.is_empty() && !delivered.contains(&true) {
             return Ok(batch.end);
@@ -193,7 +194,13 @@ impl DeadLetterFile {
             }
         }
         self.gauge.set(state.held.values().sum::<usize>() as i64);
-        sync_dir(&self.path).map_err(|error| self.error(error))?;
+        // Renamed, the removed letters are gone from the file this process reads: an error here
+        // must not have them counted as kept (a twin of one alike in every byte would then be
+        // removed unsent). A crash before the directory reaches the disk may bring them back,
+        // to be sent again: at least once.
+        if let Err(error) = sync_dir(&self.path) {
+            tracing::warn!(error = %self.error(error), "the dead-letter file was rewritten but its directory not synced");
+        }
         Ok(batch.end - dropped)
     }
 
