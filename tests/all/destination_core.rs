@@ -456,6 +456,29 @@ async fn an_endpoint_told_down_is_told_up_when_a_reload_to_another_transport_sta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failing_on_the_instance_a_reload_to_another_transport_replaced_tells_nothing() {
+    // The new instance starts the endpoint afresh, up; a delivery under way finishes on the old one,
+    // over the old transport. Its failure tripping the old breaker used to tell `endpoint-down` of
+    // an endpoint the new instance sends traffic to (and a failure there told it down again).
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let extra = "timeout_ms = 600000\nretry = { attempts = 1 }\nbreaker = { consecutive_failures = 1 }";
+    let host = host(dir.path(), &config(&[&endpoint], extra)).await;
+    let mut events = host.subscribe();
+    let (_, reply) = host.send_request(Message::new("orders", "held")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    apply(&host, &config(&[&endpoint], extra).replace("transport = \"http\"", "transport = \"tcp\"")).await;
+    // Its connection closes unanswered: the attempt fails on the old instance, tripping its breaker,
+    // before the message is dead-lettered and its reply told.
+    endpoint.stop().await;
+    assert!(within(reply).await.unwrap().is_err());
+    let told: Vec<HostEvent> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|event| event.name().starts_with("endpoint-"))
+        .collect();
+    assert!(told.is_empty(), "{told:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_back_by_its_health_checks_is_told_up_only_once_its_breaker_closes() {
     // Its health checks passing again used to tell `endpoint-up` while its breaker still ejected it
     // (the operator saw it up while it got no traffic), and its health going down after its breaker

@@ -52,10 +52,20 @@ pub(super) struct EndpointState {
     /// last attempt's connection was refused (for the refusal window), or
     /// its answer asked for a pause (`Retry-After`).
     pub(super) refusing_until: AtomicU64,
-    /// Whether its events last told it up (as it starts): up is its health (with active checks)
-    /// up and its breaker closed, and an event tells when that changes. A lock rather than an
-    /// atomic, for the event is told under it, in order with the state it read.
-    pub(super) told_up: Mutex<bool>,
+    /// What its events last told of it. A lock, for the event is told under it, in order with
+    /// the state it read.
+    pub(super) told: Mutex<Told>,
+}
+
+/// What the events of an endpoint last told of it, and whether they still tell.
+pub(super) struct Told {
+    /// Whether they last told it up (as it starts): up is its health (with active checks) up and
+    /// its breaker closed, and an event tells when that changes.
+    pub(super) up: bool,
+    /// Whether the instance of a reload that reaches it over another transport tells of it now,
+    /// going on from what was last told here: this state tells nothing more (a check or a
+    /// delivery still under way on the instance it replaced would tell over it).
+    pub(super) superseded: bool,
 }
 
 impl EndpointState {
@@ -75,7 +85,7 @@ impl EndpointState {
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
             refusing_until: AtomicU64::new(0),
-            told_up: Mutex::new(true),
+            told: Mutex::new(Told { up: true, superseded: false }),
         }
     }
 

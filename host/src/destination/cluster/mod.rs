@@ -57,11 +57,16 @@ pub(crate) struct HandedOver {
 impl HandedOver {
     /// The same without what was known of the endpoints but what their events last told: for an
     /// instance that reaches them over another transport, whose checks and failures tell other
-    /// things of them.
+    /// things of them. The instance handing them over tells nothing more of them from now on
+    /// ([`Told::superseded`](endpoint::Told::superseded)): what its checks and deliveries still under way find is no longer
+    /// what the events tell.
     pub(crate) fn without_endpoints(self) -> HandedOver {
-        let told_down = self.endpoints.iter().filter(|(_, state)| !*lock(&state.told_up));
-        let told_down = told_down.map(|(address, _)| address.clone()).collect();
-        HandedOver { endpoints: HashMap::new(), told_down, ..self }
+        let told_down = self.endpoints.iter().filter_map(|(address, state)| {
+            let mut told = lock(&state.told);
+            told.superseded = true;
+            (!told.up).then(|| address.clone())
+        });
+        HandedOver { endpoints: HashMap::new(), told_down: told_down.collect(), ..self }
     }
 }
 
@@ -152,7 +157,7 @@ impl Cluster {
                 let endpoint =
                     Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address));
                 if told_down.contains(&endpoint.address) {
-                    *lock(&endpoint.state.told_up) = false;
+                    lock(&endpoint.state.told).up = false;
                 }
                 endpoint
             })
@@ -289,18 +294,19 @@ impl Cluster {
     /// Act on `endpoint`'s health or breaker going down (for a reason: its idle connections are
     /// closed) or coming back up, and tell when that took the endpoint [`up`](Endpoint::up) or
     /// down: health coming back while the breaker still ejects it (or the breaker closing while
-    /// health finds it down) tells nothing yet, nor does the second of two ways to go down. A
-    /// change the other half made meanwhile is left to that half's call, which follows.
+    /// health finds it down) tells nothing yet, nor does the second of two ways to go down, nor
+    /// anything once a reload to another transport took over telling of it. A change the other
+    /// half made meanwhile is left to that half's call, which follows.
     fn tell(&self, endpoint: &Endpoint, down: Option<String>) {
         if down.is_some() {
             self.transport.close_idle(&endpoint.address);
         }
         let went_up = down.is_none();
-        let mut told_up = lock(&endpoint.state.told_up);
-        if *told_up == went_up || endpoint.up(Instant::now()) != went_up {
+        let mut told = lock(&endpoint.state.told);
+        if told.superseded || told.up == went_up || endpoint.up(Instant::now()) != went_up {
             return;
         }
-        *told_up = went_up;
+        told.up = went_up;
         let (destination, endpoint) = (self.name.clone(), endpoint.address.clone());
         (self.events)(match down {
             Some(reason) => DestinationEvent::EndpointDown { destination, endpoint, reason },
