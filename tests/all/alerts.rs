@@ -368,3 +368,68 @@ async fn a_reload_that_rebuilds_a_destination_leaves_its_endpoint_down_alert_fir
     assert_eq!(alerts, [(AlertState::Firing, true)]);
     host.shutdown().await;
 }
+
+/// Make `path` a FIFO: a file that a write opens and then waits on until someone reads it, as a
+/// hung disk would hold the write.
+fn mkfifo(path: &std::path::Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status().expect("mkfifo (coreutils) runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// Lets the writes waiting on a FIFO go once dropped (a test that failed too): reads the FIFO
+/// to its end from a thread of its own.
+struct Unblocks(std::path::PathBuf);
+
+impl Drop for Unblocks {
+    fn drop(&mut self) {
+        let fifo = self.0.clone();
+        std::thread::spawn(move || std::fs::read(fifo));
+    }
+}
+
+/// Send a message no route takes with a receipt (so not through the spool), and wait on a
+/// blocking thread until the host has counted `count` dead letters.
+async fn dead_letter_unspooled(host: &Host, count: f64) {
+    host.send_with_receipt(Message::new("nowhere.at.all", "{}")).await.unwrap();
+    let host = host.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually(|| match host.metrics().read("dead_letters", &[]) {
+            Some(counted) if counted >= count => Ok(()),
+            other => Err(other),
+        })
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn alerting_goes_on_while_an_alert_message_waits_for_a_hung_spool() {
+    let rules = "[[alert]]\nname = \"first\"\nwhen = \"dead_letters > 0\"\n\n\
+                 [[alert]]\nname = \"second\"\nwhen = \"dead_letters > 1\"\n";
+    let text = config(rules).replacen("[host]\n", "[host]\ndurability = \"spool\"\n", 1);
+    let (host, dir) = start(&text).await;
+    let mut events = host.subscribe();
+    // The spool's next segment hangs when it is opened: once the first is full, the spool's next
+    // commit never ends, as on a hung disk.
+    let next_segment = dir.path().join("state/spool/0000000000000002.seg");
+    mkfifo(&next_segment);
+    let unblocks = Unblocks(next_segment);
+    // Sixteen puts leave the first segment far from full (removes are a few bytes), the
+    // seventeenth fills it: the commit after it hangs.
+    let payload = "x".repeat(1_000_000);
+    for _ in 0..17 {
+        host.send(Message::new("orders.filler", payload.clone())).await.unwrap();
+    }
+    assert!(host.spool().unwrap().disk_bytes >= 16 << 20, "the first segment is full");
+
+    dead_letter_unspooled(&host, 1.0).await;
+    assert_eq!(next_transition(&mut events, "first").await.0, AlertState::Firing);
+    // `first`'s message waits for the spool, and evaluation goes on without it.
+    dead_letter_unspooled(&host, 2.0).await;
+    assert_eq!(next_transition(&mut events, "second").await.0, AlertState::Firing);
+    let states: Vec<_> = host.alerts().into_iter().map(|alert| alert.state).collect();
+    assert_eq!(states, [AlertState::Firing, AlertState::Firing]);
+    assert!(host.memory("alerts").unwrap().is_empty(), "no alert message got past the spool");
+    drop(unblocks);
+    host.shutdown().await;
+}
