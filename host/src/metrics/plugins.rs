@@ -122,12 +122,16 @@ impl Metrics {
     /// A plugin has series for the first [`MAX_COUNTERS`] names it counted, over
     /// all its versions (each version counts its own first names, and a swap
     /// would otherwise add as many series again); a further name counts into
-    /// a counter no scrape shows.
+    /// a counter no scrape shows, as does any name of a removed plugin (a version finishing a call
+    /// after the removal).
     fn plugin_counter(&self, plugin: &str, name: &str) -> Counter {
         let labels = PluginCounter { plugin: plugin.into(), name: name.into() };
         let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
         if let Some(series) = self.plugin_counters.get(&labels) {
             return series.clone();
+        }
+        if self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner()).contains_key(plugin) {
+            return Counter::default();
         }
         let named = names.entry(plugin.to_owned()).or_default();
         if named.len() == MAX_COUNTERS {
@@ -139,10 +143,16 @@ impl Metrics {
 
     /// Plugin `plugin`'s file is gone: remove its series, keeping its counts for
     /// [`Metrics::plugin_counts`] until it loads again. A version still finishing a call may count
-    /// on; into the series it holds, no scrape shows them.
+    /// on; into the series it holds, or into none (see [`Metrics::unless_removed`]): no scrape
+    /// shows them.
     pub(crate) fn plugin_removed(&self, plugin: &str) {
+        let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
+        if removed_plugins.contains_key(plugin) {
+            return;
+        }
         let removed =
-            RemovedPlugin { counts: self.plugin_counts(plugin), renewals: self.plugin_renewals(plugin) };
+            RemovedPlugin { counts: self.serving_counts(plugin), renewals: self.serving_renewals(plugin) };
         let name = PluginName { plugin: plugin.into() };
         self.plugin_calls.remove(&name);
         self.plugin_latency.remove(&name);
@@ -150,11 +160,9 @@ impl Metrics {
         for problem in ERRORS.into_iter().chain(FAULTS).chain(FALLBACKS) {
             self.plugin_problems.remove(&PluginProblem { plugin: plugin.into(), problem: problem.into() });
         }
-        let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
         for name in names.remove(plugin).unwrap_or_default() {
             self.plugin_counters.remove(&PluginCounter { plugin: plugin.into(), name });
         }
-        let mut removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
         removed_plugins.insert(plugin.to_owned(), removed);
     }
 
@@ -169,11 +177,24 @@ impl Metrics {
         self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner()).get(plugin).map(read)
     }
 
+    /// Run `count`, which looks a series of `plugin` up (making it if need be), unless `plugin`'s
+    /// file was removed and it has not loaded again: a version still finishing a call then counts
+    /// into nothing, not into a series its removal took away. The lock, held across `count`, keeps
+    /// a removal from passing between the check and the count.
+    fn unless_removed(&self, plugin: &str, count: impl FnOnce()) {
+        let removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
+        if !removed_plugins.contains_key(plugin) {
+            count();
+        }
+    }
+
     /// Count an error answer of `plugin`, of kind `problem`.
     pub(crate) fn plugin_problem(&self, plugin: &str, problem: &str) {
-        self.plugin_problems
-            .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
-            .inc();
+        self.unless_removed(plugin, || {
+            self.plugin_problems
+                .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
+                .inc();
+        });
     }
 
     /// Count a fault of `plugin` and keep it as its last.
@@ -185,7 +206,9 @@ impl Metrics {
 
     /// Count an instance of `plugin` renewed because it outgrew its memory.
     pub(crate) fn plugin_renewed(&self, plugin: &str) {
-        self.plugin_renewals.get_or_create(&PluginName { plugin: plugin.into() }).inc();
+        self.unless_removed(plugin, || {
+            self.plugin_renewals.get_or_create(&PluginName { plugin: plugin.into() }).inc();
+        });
     }
 
     /// Instances of `plugin` renewed so far because they outgrew their memory (until its file was
@@ -194,6 +217,11 @@ impl Metrics {
         if let Some(renewals) = self.removed_plugin(plugin, |removed| removed.renewals) {
             return renewals;
         }
+        self.serving_renewals(plugin)
+    }
+
+    /// What the series of `plugin_renewals` of `plugin` hold.
+    fn serving_renewals(&self, plugin: &str) -> u64 {
         self.plugin_renewals.get(&PluginName { plugin: plugin.into() }).map_or(0, |count| count.get())
     }
 
@@ -207,6 +235,11 @@ impl Metrics {
         if let Some(counts) = self.removed_plugin(plugin, |removed| removed.counts.clone()) {
             return counts;
         }
+        self.serving_counts(plugin)
+    }
+
+    /// What the series of `plugin`'s calls and problems hold.
+    fn serving_counts(&self, plugin: &str) -> PluginCounts {
         let calls =
             self.plugin_calls.get(&PluginName { plugin: plugin.into() }).map_or(0, |calls| calls.get());
         let problems = ERRORS
@@ -219,5 +252,36 @@ impl Metrics {
             })
             .collect();
         PluginCounts { calls, problems }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_plugin_s_late_problems_renewals_and_counters_make_no_series() {
+        let metrics = Metrics::new(true);
+        metrics.plugin_problem("mw", "failed");
+        metrics.plugin_renewed("mw");
+        metrics.plugin_counter("mw", "seen").inc();
+        assert!(metrics.encode().contains("plugin=\"mw\""), "{}", metrics.encode());
+        metrics.plugin_removed("mw");
+        metrics.plugin_problem("mw", "failed");
+        metrics.plugin_renewed("mw");
+        metrics.plugin_counter("mw", "seen").inc();
+        metrics.plugin_counter("mw", "late").inc();
+        assert!(!metrics.encode().contains("plugin=\"mw\""), "{}", metrics.encode());
+        assert_eq!(metrics.plugin_counts("mw").problems["failed"], 1);
+        assert_eq!(metrics.plugin_renewals("mw"), 1);
+        metrics.plugin_serving("mw");
+        metrics.plugin_problem("mw", "failed");
+        metrics.plugin_counter("mw", "seen").inc();
+        assert_eq!(metrics.plugin_counts("mw").problems["failed"], 1);
+        assert!(
+            metrics.encode().contains("plugin_counter_total{plugin=\"mw\",name=\"seen\"} 1"),
+            "{}",
+            metrics.encode()
+        );
     }
 }
