@@ -144,3 +144,35 @@ async fn an_explicit_reload_that_a_config_overtook_still_tries_a_file_refused_be
     assert!(host.last_rejections().is_empty(), "{:?}", host.last_rejections());
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_config_is_written_before_the_plugins_compile_to_it() {
+    // The file was written only once every plugin had compiled to the config: a stop during a
+    // long compile left the config that ran unwritten, and a restart ran the old one.
+    let plugins = crate::support::plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let path = plugins.path().join("switchyard.toml");
+    let host_keys = format!("[host]\nplugin_dir = {:?}\nwatch = false\ncache_dir = \"\"\n", plugins.path());
+    let config = |mode: &str| {
+        MEMORY_OUT.replacen("[host]\n", &host_keys, 1)
+            + &format!("[[plugin]]\nname = \"t\"\nconfig = {{ mode = \"{mode}\" }}\n")
+    };
+    std::fs::write(&path, config("first")).unwrap();
+    let (held, mut started) = HeldCompiles::new();
+    let host = Host::builder().config_file(&path).unwrap().state_dir(plugins.path().join(".switchyard"));
+    let host = within(host.observe_compiles(held.observer()).build()).await.unwrap();
+    assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
+    held.arm();
+    let replace = tokio::spawn({
+        let (host, text) = (host.clone(), config("second"));
+        async move { host.replace_config(&text).await }
+    });
+    within(started.recv()).await.unwrap();
+    let written = std::fs::read_to_string(&path).unwrap();
+    held.let_go();
+    assert_eq!(written, config("second"), "the file was not written before `t` compiled");
+    let (change, _) = within(replace).await.unwrap().unwrap();
+    assert_eq!(change, ConfigChange::Applied);
+    let t = host.plugins().into_iter().find(|plugin| plugin.name == "t").unwrap();
+    assert_eq!(t.settings.config.config.get("mode").map(String::as_str), Some("second"));
+    drain_and_account(&host).await;
+}

@@ -347,15 +347,32 @@ impl Reloader {
 
     /// [`apply_config`](Self::apply_config), its caller holding `config_changes`.
     fn apply(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
+        self.apply_then(file, config, || ()).map(|(change, ())| change)
+    }
+
+    /// [`apply`](Self::apply), running `current` (and keeping what it returns) once `config` is
+    /// current or found unchanged, before the plugins are synced to it: what must hold as soon as
+    /// the config runs does not wait for their compiles.
+    fn apply_then<T>(
+        &self,
+        file: &str,
+        config: Config,
+        current: impl FnOnce() -> T,
+    ) -> Result<(ConfigChange, T), ConfigError> {
         let overridden = self.overrides.overridden(&config);
         let (config, transports) = self.checked(file, config)?;
         let change = self.make_current(file, config, transports)?;
+        let done = current();
+        if change == ConfigChange::Applied {
+            self.sync_all(Retry::Changed);
+        }
         self.tell_overridden(file, overridden);
-        Ok(change)
+        Ok((change, done))
     }
 
     /// Make the checked `config` current, its new and changed destinations built from what its
-    /// check read (`transports`), unless it changes nothing or needs a restart.
+    /// check read (`transports`), unless it changes nothing or needs a restart; its plugins are
+    /// the caller's to sync.
     fn make_current(
         &self,
         file: &str,
@@ -389,7 +406,6 @@ impl Reloader {
             self.config.store(Arc::new(config));
         }
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
-        self.sync_all(Retry::Changed);
         Ok(ConfigChange::Applied)
     }
 
@@ -454,10 +470,11 @@ impl Reloader {
         }
     }
 
-    /// Apply the config `text` as a reload of the file would, then write it
-    /// to the config file (atomically: a temporary file renamed over it), so
-    /// a restart keeps it; the file written, or `None` for a host started
-    /// without one. A refused config changes nothing, on disk or running.
+    /// Apply the config `text` as a reload of the file would, writing it to
+    /// the config file (atomically: a temporary file renamed over it) as soon
+    /// as it is current, before the plugins compile to it, so a restart,
+    /// even one stopping them, keeps it; the file written, or `None` for a host
+    /// started without one. A refused config changes nothing, on disk or running.
     pub(crate) fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
         // One replacement at a time, applied and written together: the file
         // then holds what runs.
@@ -471,8 +488,9 @@ impl Reloader {
         let own = Config::read_text(&file, path, Links::Anywhere).ok().flatten();
         let kept = own.and_then(|own| self.overrides.keep_own_settings(text, &own, &self.config.load()));
         let text = kept.as_deref().unwrap_or(text);
-        let change = self.apply(&file, self.parse_config(&file, text)?)?;
-        replace_file(path, text).map_err(|error| ConfigError::Write { file, error })?;
+        let (change, written) =
+            self.apply_then(&file, self.parse_config(&file, text)?, || replace_file(path, text))?;
+        written.map_err(|error| ConfigError::Write { file, error })?;
         *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(text.to_owned());
         Ok((change, Some(path.to_owned())))
     }
