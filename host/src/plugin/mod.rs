@@ -34,4 +34,5 @@ pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };
 pub use sandbox::PluginSettings;
+pub(crate) use socket_cap::MAX_SOCKETS;
 pub use transport::TransportConnection;

@@ -3,6 +3,7 @@
 
 use super::{PluginTransport, PluginTransportConfig};
 use crate::config::DestinationConfig;
+use crate::plugin::MAX_SOCKETS;
 use crate::transport::{CheckedTransport, SettingError, Transport, TransportContext, TransportFactory};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,10 @@ pub const DEFAULT_LANES: usize = 2;
 
 /// Most lanes a destination may ask for.
 const MAX_LANES: usize = 64;
+
+/// Connections to an endpoint one lane holds at most: its instance's sockets, but one kept for a
+/// health probe (probes take the endpoint's lanes in turn with its new connections).
+const LANE_CONNECTIONS: usize = MAX_SOCKETS - 1;
 
 /// `options = {..}` of a `plugin:NAME` destination.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -57,6 +62,19 @@ impl PluginTransportFactory {
             .map_err(|err| invalid(err.message().trim_end().to_owned()))?;
         if !(1..=MAX_LANES).contains(&options.lanes) {
             return Err(invalid(format!("lanes = {}: must be 1 to {MAX_LANES}", options.lanes)));
+        }
+        let most_connections = LANE_CONNECTIONS * options.lanes;
+        if destination.pool.max_size > most_connections {
+            return Err(SettingError {
+                field: "pool.max_size",
+                value: destination.pool.max_size.to_string(),
+                problem: format!(
+                    "more connections to an endpoint than {} lanes (options.lanes) hold, at most \
+                     {most_connections}: a lane holds at most {MAX_SOCKETS} sockets, one of them kept \
+                     for a health probe",
+                    options.lanes
+                ),
+            });
         }
         if destination.endpoints.is_empty() {
             return Err(SettingError {
