@@ -77,7 +77,7 @@ pub(super) struct RemovedPlugin {
 /// The series a plugin's calls add to: its calls and their latency. A
 /// version keeps them once looked up, so a call reaches them without making
 /// a label or taking a family's lock.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct CallSeries {
     calls: ShardedCounter,
     latency: LatencyHistogram,
@@ -104,16 +104,24 @@ impl Metrics {
 
     fn plugin_call(&self, plugin: &CompiledPlugin, took: Duration) {
         if self.enabled {
-            let series = plugin.call_series.get_or_init(|| {
-                let labels = PluginName { plugin: plugin.name.clone() };
-                CallSeries {
-                    calls: self.plugin_calls.get_or_create(&labels).clone(),
-                    latency: self.plugin_latency.get_or_create(&labels).clone(),
-                }
-            });
+            let series = plugin.call_series.get_or_init(|| self.call_series(&plugin.name));
             series.calls.inc();
             series.latency.observe(took);
         }
+    }
+
+    /// The series a version of `plugin` counts its calls into: the plugin's, or series no scrape
+    /// shows once its file was removed (a version finishing its first call after the removal).
+    fn call_series(&self, plugin: &str) -> CallSeries {
+        let mut series = CallSeries::default();
+        self.unless_removed(plugin, || {
+            let labels = PluginName { plugin: plugin.into() };
+            series = CallSeries {
+                calls: self.plugin_calls.get_or_create(&labels).clone(),
+                latency: self.plugin_latency.get_or_create(&labels).clone(),
+            };
+        });
+        series
     }
 
     /// The series of `switchyard_plugin_counter_total` that `plugin`'s counter
@@ -260,7 +268,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_removed_plugin_s_late_problems_renewals_and_counters_make_no_series() {
+    fn a_removed_plugin_s_late_calls_problems_renewals_and_counters_make_no_series() {
         let metrics = Metrics::new(true);
         metrics.plugin_problem("mw", "failed");
         metrics.plugin_renewed("mw");
@@ -271,13 +279,16 @@ mod tests {
         metrics.plugin_renewed("mw");
         metrics.plugin_counter("mw", "seen").inc();
         metrics.plugin_counter("mw", "late").inc();
+        metrics.call_series("mw").calls.inc();
         assert!(!metrics.encode().contains("plugin=\"mw\""), "{}", metrics.encode());
         assert_eq!(metrics.plugin_counts("mw").problems["failed"], 1);
         assert_eq!(metrics.plugin_renewals("mw"), 1);
         metrics.plugin_serving("mw");
         metrics.plugin_problem("mw", "failed");
         metrics.plugin_counter("mw", "seen").inc();
+        metrics.call_series("mw").calls.inc();
         assert_eq!(metrics.plugin_counts("mw").problems["failed"], 1);
+        assert!(metrics.encode().contains("plugin_calls_total{plugin=\"mw\"} 1"), "{}", metrics.encode());
         assert!(
             metrics.encode().contains("plugin_counter_total{plugin=\"mw\",name=\"seen\"} 1"),
             "{}",

@@ -542,8 +542,9 @@ impl Reloader {
 
     fn swap_in(&self, plugin: Arc<CompiledPlugin>) {
         let mut old = None;
-        self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
+        // Counted as serving before it serves: a call of it may count a name or a problem at once.
         self.pipeline.metrics.plugin_serving(&plugin.name);
+        self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
         let (name, kind, version) = (plugin.name.clone(), plugin.kind.as_str(), plugin.digest.clone());
         let compile_ms = plugin.compile_time.as_secs_f64() * 1e3;
         self.events.emit(match old {
