@@ -121,9 +121,13 @@ fn plugin_new_from_a_binary_away_from_its_checkout_says_to_name_the_sdk() {
     let mut bytes = std::fs::read(BINARY).unwrap();
     assert!(replace_all(&mut bytes, checkout.as_bytes(), gone.as_bytes()) > 0, "no {checkout} in {BINARY}");
     let parent = tempfile::tempdir().unwrap();
-    let moved = parent.path().join("switchyard");
-    std::fs::write(&moved, bytes).unwrap();
-    std::fs::set_permissions(&moved, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (written, moved) = (parent.path().join("switchyard.bytes"), parent.path().join("switchyard"));
+    std::fs::write(&written, bytes).unwrap();
+    // Made by a child process: a file this process opened for writing may still be open in a child
+    // another test forked meanwhile (until that child's exec), and running it then fails with
+    // "Text file busy".
+    let installed = Command::new("install").args(["-m", "755"]).arg(&written).arg(&moved).status().unwrap();
+    assert!(installed.success(), "install {} {}", written.display(), moved.display());
     let new = |sdk: &[&str]| {
         let dir = parent.path().join("f");
         let args =
