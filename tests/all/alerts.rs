@@ -55,10 +55,15 @@ async fn first_samples() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 }
 
-/// Send a message no route takes, and wait (on a blocking thread, so the paused clock stands
-/// still meanwhile) until the host has counted `count` dead letters.
+/// Send a message no route takes, and wait until the host has counted `count` dead letters.
 async fn dead_letter(host: &Host, count: f64) {
     host.send(Message::new("nowhere.at.all", "{}")).await.unwrap();
+    dead_letters_counted(host, count).await;
+}
+
+/// Wait (on a blocking thread, so the paused clock stands still meanwhile) until `host` has
+/// counted `count` dead letters.
+async fn dead_letters_counted(host: &Host, count: f64) {
     let host = host.clone();
     tokio::task::spawn_blocking(move || {
         eventually(|| match host.metrics().read("dead_letters", &[]) {
@@ -387,19 +392,11 @@ impl Drop for Unblocks {
     }
 }
 
-/// Send a message no route takes with a receipt (so not through the spool), and wait on a
-/// blocking thread until the host has counted `count` dead letters.
+/// Send a message no route takes with a receipt (so not through the spool), and wait until the
+/// host has counted `count` dead letters.
 async fn dead_letter_unspooled(host: &Host, count: f64) {
     host.send_with_receipt(Message::new("nowhere.at.all", "{}")).await.unwrap();
-    let host = host.clone();
-    tokio::task::spawn_blocking(move || {
-        eventually(|| match host.metrics().read("dead_letters", &[]) {
-            Some(counted) if counted >= count => Ok(()),
-            other => Err(other),
-        })
-    })
-    .await
-    .unwrap();
+    dead_letters_counted(host, count).await;
 }
 
 #[tokio::test(start_paused = true)]
