@@ -1,12 +1,13 @@
 //! A NATS server played by the test, for what a real `nats-server` does not do on request: a
-//! machine that dies without a word, a server that never says `INFO`, one that stops reading, or
-//! one with a small `max_payload`. It accepts the ingress's connections on 127.0.0.1 and does with
-//! each what the test says, speaking the text protocol.
+//! machine that dies without a word, a server that never says `INFO`, one that stops reading, one
+//! that resets a connection in the middle of a message, or one with a small `max_payload`. It
+//! accepts a client's connections on 127.0.0.1 and does with each what the test says, speaking the
+//! text protocol.
 
 use crate::support::within;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket};
 
 /// A listener on a free port of 127.0.0.1.
 pub struct FakeNatsServer {
@@ -43,6 +44,16 @@ impl FakeNatsServer {
         FakeNatsServer { listener: TcpListener::bind("127.0.0.1:0").await.unwrap() }
     }
 
+    /// A server whose connections take about `bytes` from the network at a time (`SO_RCVBUF`, set
+    /// on the listening socket so that the connections it accepts have it too): a client sending
+    /// more to one that does not read keeps the rest in its own buffers.
+    pub async fn start_with_receive_buffer(bytes: u32) -> FakeNatsServer {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        FakeNatsServer { listener: socket.listen(16).unwrap() }
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         self.listener.local_addr().unwrap().to_string()
@@ -62,14 +73,20 @@ impl FakeConnection {
     pub async fn handshake(&mut self, info: &str) {
         self.send(format!("INFO {info}\r\n").as_bytes()).await;
         loop {
-            let mut line = String::new();
-            within(self.read.read_line(&mut line)).await.unwrap();
+            let line = self.line().await;
             assert!(line.ends_with("\r\n"), "the client closed the connection in the handshake: {line:?}");
             if line == "PING\r\n" {
                 break;
             }
         }
         self.send(b"PONG\r\n").await;
+    }
+
+    /// The next line the client sends, `\r\n` included (what is left once it closed the connection).
+    pub async fn line(&mut self) -> String {
+        let mut line = String::new();
+        within(self.read.read_line(&mut line)).await.unwrap();
+        line
     }
 
     /// Send `bytes` to the client.

@@ -2,8 +2,9 @@
 //! headers, requests get a responder's answer, messages sent while the server is down wait and go
 //! once it is back, a request nobody answers is dead-lettered as such, one whose answer is too
 //! large is delivered with its reply refused, and a host that never answers the handshake was never
-//! sent anything.
+//! sent anything. A server played by the test resets a connection while a message is on its way.
 
+use crate::fake_nats_server::FakeNatsServer;
 use crate::nats_server::{NatsServer, fence};
 use crate::support::{builder, drain_and_account, next, plugin_dir, within};
 use futures_util::StreamExt;
@@ -192,4 +193,35 @@ async fn a_host_that_never_answers_the_handshake_was_never_sent_the_message() {
     let host = host_at(&silent.addr.to_string(), "", "subject = \"svc.{topic}\"", extra).await;
     let reason = crate::support::assert_never_sent(&host).await;
     assert!(reason.contains("not connected within the attempt's 300ms"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_connection_was_reset_before_it_went_out_is_not_counted_delivered() {
+    // More than the client's socket buffers hold (tcp_wmem's 4 MiB at most on Linux by default,
+    // and the server's receive buffer is small): part of it waits in the client's own buffer.
+    const BIG: usize = 16 << 20;
+    let fake = FakeNatsServer::start_with_receive_buffer(4096).await;
+    let settings = format!("max_message_bytes = {}", 2 * BIG);
+    // The attempt's deadline is only a safety net here: the reset, not a timeout, must end it.
+    let extra = "timeout_ms = 60000";
+    let host = host_at(&fake.address(), &settings, "subject = \"jobs.{topic}\"", extra).await;
+    host.send(Message::new("big", vec![b'x'; BIG])).await.unwrap();
+    let info = format!("{{\"max_payload\":{},\"headers\":true}}", 2 * BIG);
+    let mut first = fake.accept().await;
+    first.handshake(&info).await;
+    // The message is in the client's buffer and going out when the server resets the connection
+    // without reading it; the client connects again at once, to a server that reads everything.
+    let line = first.line().await;
+    assert!(line.starts_with("HPUB jobs.big "), "{line:?}");
+    drop(first);
+    let mut second = fake.accept().await;
+    second.handshake(&info).await;
+    let _published = second.serve();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1), "{stats:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-uncertain"), "not idempotent");
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains("connection made again while sending: may not have gone out"), "{error}");
+    assert_eq!(letter.payload.len(), BIG);
 }

@@ -8,7 +8,8 @@
 //! An attempt cannot see whether its caller waits for a reply, so the destination says it:
 //! - by default a message is **published**, then flushed (written to the server's connection); it is
 //!   delivered once flushed, and gives no reply. Core NATS has no acknowledgement: a subject nobody
-//!   subscribes to takes the message and drops it.
+//!   subscribes to takes the message and drops it, and a connection lost once the flush is done can
+//!   lose what the server had not yet read of it.
 //! - with `reply = true` each message is a NATS **request**: the first answer is its reply (its
 //!   headers and payload), delivered whether or not the sender waits for it. With no subscriber the
 //!   server answers "no responders", and the message is retried (nobody took it).
@@ -18,7 +19,9 @@
 //! attempt's deadline cut (a host that takes TCP and never answers the handshake); a publish whose
 //! flush, or a request whose answer, does not come within the destination's per-attempt deadline may
 //! have reached the server ([`RetryReason::Timeout`]: retried only when the destination is
-//! `idempotent`); no responders is [`RetryReason::NoResponders`]; a subject, header or payload NATS
+//! `idempotent`), and so may a publish during which the client connected again: `async-nats` drops
+//! what it had not yet written with the lost connection ([`RetryReason::Reset`], retried likewise);
+//! no responders is [`RetryReason::NoResponders`]; a subject, header or payload NATS
 //! refuses is [`FatalReason::Protocol`]. An answer larger than the host reads delivered the message
 //! all the same: its reply is refused ([`Outcome::ReplyRefused`]). The health probe checks that the
 //! endpoint's connection is up and flushes.
@@ -35,6 +38,7 @@ use crate::resilience::{FatalReason, Outcome, RetryReason};
 use async_nats::client::{PublishErrorKind, RequestErrorKind};
 use async_nats::connection::State;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
@@ -138,10 +142,19 @@ impl NatsTransport {
             headers_of(message).map_err(|problem| (Outcome::Fatal(FatalReason::Protocol), problem))?;
         let payload = message.payload.clone();
         if !self.options.reply {
+            // async-nats drops what it has not yet written when it loses a connection, and a flush
+            // waiting then completes on the next one, whose count goes up before: a connection made
+            // between the publish and the flush's end may have lost the message.
+            let statistics = client.statistics();
+            let connects = statistics.connects.load(Ordering::Relaxed);
             client.publish_with_headers(subject, headers, payload).await.map_err(publish_failure)?;
-            let flushed = client.flush().await;
             let lost = |err| (Outcome::Retryable(RetryReason::Reset), format!("flush: {err}"));
-            return flushed.map(|()| None).map_err(lost);
+            client.flush().await.map_err(lost)?;
+            if statistics.connects.load(Ordering::Relaxed) != connects {
+                let problem = "connection made again while sending: may not have gone out";
+                return Err((Outcome::Retryable(RetryReason::Reset), problem.into()));
+            }
+            return Ok(None);
         }
         let answer = client.request_with_headers(subject.clone(), headers, payload).await;
         let answer = answer.map_err(|err| match err.kind() {
