@@ -3,7 +3,7 @@
 //! conditions; each transition is a host event, and a message `switchyard.alert.NAME` that a
 //! route delivers to a memory destination.
 
-use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, plugin_dir};
+use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, mkfifo, plugin_dir};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use switchyard::admin::AdminServer;
@@ -372,13 +372,6 @@ async fn a_reload_that_rebuilds_a_destination_leaves_its_endpoint_down_alert_fir
     let alerts: Vec<_> = host.alerts().into_iter().map(|alert| (alert.state, alert.acknowledged)).collect();
     assert_eq!(alerts, [(AlertState::Firing, true)]);
     host.shutdown().await;
-}
-
-/// Make `path` a FIFO: a file that a write opens and then waits on until someone reads it, as a
-/// hung disk would hold the write.
-fn mkfifo(path: &std::path::Path) {
-    let made = std::process::Command::new("mkfifo").arg(path).status().expect("mkfifo (coreutils) runs");
-    assert!(made.success(), "mkfifo {}", path.display());
 }
 
 /// Lets the writes waiting on a FIFO go once dropped (a test that failed too): reads the FIFO

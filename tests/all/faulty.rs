@@ -1,7 +1,7 @@
 //! Misbehaving plugins: each is isolated with its specific error, its message
 //! is dead-lettered with that reason, and the host keeps serving.
 
-use crate::support::{MEMORY_OUT, builder, drain_and_account, host, next, plugin_dir};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, host, mkfifo, next, plugin_dir};
 use switchyard::{Host, LoadError, Message};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -109,6 +109,41 @@ pub async fn faulty_sleep() {
     let limits = "{ timeout_ms = 100 }";
     let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, limits, "fail-closed").await;
     assert_isolated(&host, "plugin-timed-out", "timed out after 100ms").await;
+}
+
+/// A plugin granted a directory opens its regular files, but a FIFO there (or anything but a
+/// regular file or a directory) is refused at once, `not-permitted`, and the host keeps serving.
+/// The open waited for a writer inside a WASI host call, where the call's deadline cannot reach:
+/// with none, it held its worker for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn fs_probe() {
+    let data = tempfile::tempdir().unwrap();
+    mkfifo(&data.path().join("fifo"));
+    std::fs::write(data.path().join("file"), "regular").unwrap();
+    let dir = plugin_dir(&[("bad", artifacts::FS_PROBE)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\ndirs = {{ \"/data\" = \"{}:ro\" }}\n\
+         [[route]]\nname = \"risky\"\nmatch = {{ topic = \"risky.*\" }}\nstages = [\"filter:bad\"]\nto = \"out\"\n\
+         [[route]]\nname = \"safe\"\nto = \"out\"\n",
+        data.path().display()
+    );
+    let host = host(dir.path(), &config).await;
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    let open = |path: &str| Message::new("risky.job", path.to_owned()).with_header("x-open", path);
+    let fifo = host.send(open("/data/fifo")).await.unwrap();
+    // A safety net shorter than PATIENCE: the previous code never answered at all.
+    let letter = tokio::time::timeout(std::time::Duration::from_secs(20), dead.recv_async()).await;
+    let letter = letter.expect("the open of a FIFO answered (timed out: it waits for a writer)").unwrap();
+    assert_eq!(letter.id, fifo);
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-rejected"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.ends_with("/data/fifo: Operation not permitted (os error 63)"), "{reason}");
+    let file = host.send(open("/data/file")).await.unwrap();
+    assert_eq!(next(&out).await.id, file, "a regular file of the grant opens");
+    let id = host.send(Message::new("safe", "still serving")).await.unwrap();
+    assert_eq!(next(&out).await.id, id);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 2, 1));
 }
 
 #[tokio::test]

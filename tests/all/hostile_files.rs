@@ -3,16 +3,9 @@
 //! refused with their reasons, at start and when they appear, and reloads
 //! keep working.
 
-use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, plugin_dir, within};
-use std::path::Path;
-use std::process::Command;
+use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, mkfifo, plugin_dir, within};
 use switchyard::{Config, HostEvent};
 use switchyard_plugin_artifacts as artifacts;
-
-fn mkfifo(path: &Path) {
-    let made = Command::new("mkfifo").arg(path).status().expect("mkfifo (coreutils) runs");
-    assert!(made.success(), "mkfifo {}", path.display());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_that_are_not_plugins_are_refused_with_reasons_and_reloads_keep_working() {

@@ -296,7 +296,7 @@ pub async fn net_probe() {
 pub use crate::balancer_plugin::faulty_balancer;
 pub use crate::faulty::{
     faulty_decisions, faulty_errors, faulty_flood, faulty_memory_hog, faulty_middleware, faulty_sleep,
-    faulty_spin, faulty_trap, faulty_wrong_world,
+    faulty_spin, faulty_trap, faulty_wrong_world, fs_probe,
 };
 pub use crate::language_plugins::{js_filter, js_transform, python_filter, python_transform};
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};

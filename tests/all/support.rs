@@ -83,6 +83,13 @@ pub async fn start_ingress(host: &Host) -> SocketAddr {
     addr
 }
 
+/// Make `path` a FIFO (a named pipe): opening it to read waits for a writer, opening it to write
+/// waits for a reader.
+pub fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status().expect("mkfifo (coreutils) runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 /// Await `future`, failing the test if it takes longer than [`PATIENCE`].
 pub async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, future).await.expect("timed out (safety net)")

@@ -102,6 +102,7 @@ impl PluginEngine {
         super::deadline::bound_blocking_calls(&mut linker)?;
         super::net_grant::answer_lookups_from_grants(&mut linker)?;
         super::socket_cap::cap_sockets(&mut linker)?;
+        super::dir_grant::open_only_files_and_dirs(&mut linker)?;
         add_host_imports(&mut linker)?;
         let ticker = EpochTicker::start(engine.weak())?;
         Ok(PluginEngine { engine, linker, cache, observer: None, ticker })

@@ -6,6 +6,7 @@ mod bindings;
 mod cache;
 mod compiled;
 mod deadline;
+mod dir_grant;
 mod engine;
 mod error;
 mod format;

@@ -1,0 +1,257 @@
+//! What a `dirs` grant lets a plugin open: the regular files and the
+//! directories under the granted directory, nothing else. wasmtime-wasi's
+//! `open-at` opens whatever the path names, blocking: a FIFO with no writer
+//! (or a device) held the calling thread, and the pipeline worker waiting on
+//! it, inside a host call that the call's deadline cannot reach — for good.
+//! `open-at` is replaced by one that opens without blocking (`O_NONBLOCK`),
+//! looks at what it opened (never at the path again, which could be swapped
+//! meanwhile), and refuses anything but a regular file or a directory.
+//!
+//! The path is resolved as wasmtime-wasi resolves it on Linux (its own
+//! resolver is not public): `openat2` with `RESOLVE_BENEATH`, which never
+//! leaves the granted directory, by `..`, an absolute path or a link. Where
+//! there is no `openat2` (Linux before 5.6: `unsupported`; a seccomp filter
+//! that denies it: `not-permitted`) every open is refused, where
+//! wasmtime-wasi would resolve the path step by step: nothing is opened
+//! blocking.
+
+use super::sandbox::StoreState;
+use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::fs::File;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::OpenMode;
+use wasmtime_wasi::filesystem::{Descriptor, Dir, File as FileDescriptor};
+use wasmtime_wasi::p2::bindings::filesystem::types::{DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
+
+/// The `wasi:filesystem/types` interface as the linker names it.
+const TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// The arguments of `open-at`: the directory, how to follow a link at the
+/// end of the path, the path, how to open and what for.
+type OpenAtArgs = (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags);
+
+/// Shadow `descriptor.open-at` with a version that opens only regular files
+/// and directories, and never waits to open one.
+pub(crate) fn open_only_files_and_dirs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(TYPES)?.func_wrap(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, StoreState>,
+         (dir, path_flags, path, open_flags, flags): OpenAtArgs| {
+            let table = store.data_mut().table();
+            let Descriptor::Dir(dir) = table.get(&dir)? else {
+                return Ok((Err(ErrorCode::NotDirectory),));
+            };
+            match open_at(dir, path_flags, &path, open_flags, flags) {
+                Ok(opened) => Ok((Ok(table.push(opened)?),)),
+                Err(code) => Ok((Err(code),)),
+            }
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Open `path` under `dir` as wasmtime-wasi's `open-at` does (the same
+/// flags, checks and descriptor), but without blocking, and only if it is a
+/// regular file or a directory: anything else is `not-permitted`, as an open
+/// the grant does not allow (a write under a read-only grant, a path out of
+/// the directory) is. Opened on the calling thread, which WASI's synchronous
+/// bindings block in every call already (wasmtime-wasi's own open waits
+/// there for a blocking-pool thread that opens).
+fn open_at(
+    dir: &Dir,
+    path_flags: PathFlags,
+    path: &str,
+    open_flags: OpenFlags,
+    flags: DescriptorFlags,
+) -> Result<Descriptor, ErrorCode> {
+    let (oflags, open_mode) = requested(path_flags, open_flags, flags)?;
+    if open_mode.contains(OpenMode::WRITE) && dir.perms.write_not_permitted() {
+        return Err(ErrorCode::NotPermitted);
+    }
+    let opened = File::from(open_beneath(&dir.dir, path, oflags | OFlags::NONBLOCK)?);
+    let kind = opened.metadata()?.file_type();
+    if !kind.is_file() && !kind.is_dir() {
+        return Err(ErrorCode::NotPermitted);
+    }
+    // Blocking again, as wasmtime-wasi's own descriptors are.
+    let status = rustix::fs::fcntl_getfl(&opened).map_err(error_code)?;
+    rustix::fs::fcntl_setfl(&opened, status - OFlags::NONBLOCK).map_err(error_code)?;
+    // The sandbox's WASI context never lets WASI block the calling thread
+    // (`WasiCtxBuilder::allow_blocking_current_thread`, off by default).
+    let blocking_current_thread = false;
+    Ok(if kind.is_dir() {
+        Descriptor::Dir(Dir::new(opened, dir.perms, open_mode, blocking_current_thread))
+    } else {
+        Descriptor::File(FileDescriptor::new(opened, dir.perms, open_mode, blocking_current_thread))
+    })
+}
+
+/// The open flags and the mode that wasmtime-wasi's `open-at` derives from
+/// its arguments, or the error it answers them with.
+fn requested(
+    path_flags: PathFlags,
+    open_flags: OpenFlags,
+    flags: DescriptorFlags,
+) -> Result<(OFlags, OpenMode), ErrorCode> {
+    let syncs = DescriptorFlags::FILE_INTEGRITY_SYNC
+        | DescriptorFlags::DATA_INTEGRITY_SYNC
+        | DescriptorFlags::REQUESTED_WRITE_SYNC;
+    if flags.intersects(syncs) {
+        return Err(ErrorCode::Unsupported);
+    }
+    let creates = OpenFlags::CREATE | OpenFlags::EXCLUSIVE | OpenFlags::TRUNCATE;
+    if open_flags.contains(OpenFlags::DIRECTORY) && open_flags.intersects(creates) {
+        return Err(ErrorCode::Invalid);
+    }
+    // No controlling terminal taken by opening one; closed on exec.
+    let mut oflags = OFlags::CLOEXEC | OFlags::NOCTTY;
+    if open_flags.contains(OpenFlags::CREATE) {
+        oflags |= OFlags::CREATE;
+        if open_flags.contains(OpenFlags::EXCLUSIVE) {
+            oflags |= OFlags::EXCL;
+        }
+    }
+    if open_flags.contains(OpenFlags::TRUNCATE) {
+        oflags |= OFlags::TRUNC;
+    }
+    if open_flags.contains(OpenFlags::DIRECTORY) {
+        oflags |= OFlags::DIRECTORY;
+    }
+    if !path_flags.contains(PathFlags::SYMLINK_FOLLOW) {
+        oflags |= OFlags::NOFOLLOW;
+    }
+    // Written if asked, or created or truncated; read if asked, or not written
+    // (the OS then opens it, and the grant's permissions refuse its use later).
+    let write = flags.contains(DescriptorFlags::WRITE)
+        || open_flags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
+    let read = flags.contains(DescriptorFlags::READ) || !flags.contains(DescriptorFlags::WRITE);
+    oflags |= match (read, write) {
+        (true, false) => OFlags::RDONLY,
+        (false, _) => OFlags::WRONLY,
+        (true, true) => OFlags::RDWR,
+    };
+    let mut open_mode = OpenMode::empty();
+    open_mode.set(OpenMode::READ, read);
+    open_mode.set(OpenMode::WRITE, write);
+    Ok((oflags, open_mode))
+}
+
+/// `openat2` of `path` beneath `dir`, never out of it (through `..`, an
+/// absolute path or a link) nor through a `/proc` magic link; retried a few
+/// times when a rename elsewhere on the host made it fail `EAGAIN`, as
+/// wasmtime-wasi does.
+fn open_beneath(dir: &File, path: &str, oflags: OFlags) -> Result<OwnedFd, ErrorCode> {
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    // A created file's permissions, as `std` makes them (`openat2` takes none otherwise).
+    let mode = if oflags.contains(OFlags::CREATE) { Mode::from_raw_mode(0o666) } else { Mode::empty() };
+    let open = || rustix::fs::openat2(dir, path, oflags, mode, resolve);
+    let mut opened = open();
+    for _ in 1..4 {
+        if !matches!(opened, Err(Errno::AGAIN)) {
+            break;
+        }
+        opened = open();
+    }
+    opened.map_err(|err| match err {
+        // A path out of the directory.
+        Errno::XDEV => ErrorCode::NotPermitted,
+        Errno::NOSYS => ErrorCode::Unsupported,
+        err => error_code(err),
+    })
+}
+
+/// The code wasmtime-wasi answers `err` with.
+fn error_code(err: Errno) -> ErrorCode {
+    std::io::Error::from(err).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_wasi::FsPerms;
+
+    /// A grant of `path` with `perms`.
+    fn grant(path: &std::path::Path, perms: FsPerms) -> Dir {
+        Dir::new(File::open(path).unwrap(), perms, OpenMode::READ | OpenMode::WRITE, false)
+    }
+
+    /// What opening `path` under `dir` (following a link at its end) gave:
+    /// a file or a directory, kept blocking, or the error.
+    fn opened(
+        dir: &Dir,
+        path: &str,
+        open_flags: OpenFlags,
+        flags: DescriptorFlags,
+    ) -> Result<&'static str, ErrorCode> {
+        let (kind, file) = match open_at(dir, PathFlags::SYMLINK_FOLLOW, path, open_flags, flags)? {
+            Descriptor::File(file) => ("file", file.file),
+            Descriptor::Dir(dir) => ("dir", dir.dir),
+        };
+        assert!(!rustix::fs::fcntl_getfl(&*file).unwrap().contains(OFlags::NONBLOCK), "{path}");
+        Ok(kind)
+    }
+
+    const READ: DescriptorFlags = DescriptorFlags::READ;
+    const WRITE: DescriptorFlags = DescriptorFlags::WRITE;
+
+    #[test]
+    fn regular_files_and_directories_open_and_a_fifo_or_a_device_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let granted = grant(dir.path(), FsPerms::ReadOnly);
+        assert_eq!(opened(&granted, "file", OpenFlags::empty(), READ), Ok("file"));
+        assert_eq!(opened(&granted, "sub", OpenFlags::DIRECTORY, READ), Ok("dir"));
+        assert_eq!(opened(&granted, "file", OpenFlags::DIRECTORY, READ), Err(ErrorCode::NotDirectory));
+        // No writer: opened blocking, it would wait for one for good.
+        assert_eq!(opened(&granted, "fifo", OpenFlags::empty(), READ), Err(ErrorCode::NotPermitted));
+        assert_eq!(
+            opened(&grant("/dev".as_ref(), FsPerms::ReadOnly), "null", OpenFlags::empty(), READ),
+            Err(ErrorCode::NotPermitted)
+        );
+    }
+
+    #[test]
+    fn paths_out_of_the_grant_and_writes_under_a_read_only_grant_are_refused() {
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(elsewhere.path().join("secret"), "x").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("secret"), dir.path().join("out")).unwrap();
+        let granted = grant(dir.path(), FsPerms::ReadOnly);
+        let secret = format!("../{}/secret", elsewhere.path().file_name().unwrap().to_str().unwrap());
+        for path in ["out", &secret, "/etc/passwd"] {
+            assert_eq!(
+                opened(&granted, path, OpenFlags::empty(), READ),
+                Err(ErrorCode::NotPermitted),
+                "{path}"
+            );
+        }
+        assert_eq!(opened(&granted, "new", OpenFlags::CREATE, WRITE), Err(ErrorCode::NotPermitted));
+        assert!(!dir.path().join("new").exists());
+    }
+
+    #[test]
+    fn a_read_write_grant_creates_and_opens_links_within_it_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let granted = grant(dir.path(), FsPerms::ReadWrite);
+        let exclusive = OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
+        assert_eq!(opened(&granted, "new", exclusive, WRITE), Ok("file"));
+        assert_eq!(opened(&granted, "new", exclusive, WRITE), Err(ErrorCode::Exist));
+        std::os::unix::fs::symlink("new", dir.path().join("link")).unwrap();
+        assert_eq!(opened(&granted, "link", OpenFlags::empty(), READ | WRITE), Ok("file"));
+        let unfollowed = open_at(&granted, PathFlags::empty(), "link", OpenFlags::empty(), READ).err();
+        assert_eq!(unfollowed, Some(ErrorCode::Loop));
+    }
+}
