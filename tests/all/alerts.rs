@@ -3,7 +3,7 @@
 //! conditions; each transition is a host event, and a message `switchyard.alert.NAME` that a
 //! route delivers to a memory destination.
 
-use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, mkfifo, plugin_dir};
+use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, mkfifo, plugin_dir, within};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use switchyard::admin::AdminServer;
@@ -422,4 +422,112 @@ async fn alerting_goes_on_while_an_alert_message_waits_for_a_hung_spool() {
     assert!(host.memory("alerts").unwrap().is_empty(), "no alert message got past the spool");
     drop(unblocks);
     host.shutdown().await;
+}
+
+/// A FIFO the host writes to: a thread of the test opens it too, so [`began`](Self::began) tells
+/// when the host's write did, but reads nothing until [`release`](Self::release), so a write of
+/// more than a pipe holds stalls there, as on a hung disk. Dropped (a test that failed), or after
+/// twice [`PATIENCE`] as a safety net, the thread reads the rest and the write goes on.
+struct StalledWrite {
+    began: tokio::sync::oneshot::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+    /// What was written, and whether [`release`](Self::release) let it go (not the safety net).
+    reader: std::thread::JoinHandle<(String, bool)>,
+}
+
+impl StalledWrite {
+    fn at(path: std::path::PathBuf) -> StalledWrite {
+        mkfifo(&path);
+        let (opened, began) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // Opening for reading waits for a writer.
+            let mut fifo = std::fs::File::open(&path).expect("the FIFO opens for reading");
+            let _ = opened.send(());
+            let released = released.recv_timeout(PATIENCE * 2).is_ok();
+            let mut written = String::new();
+            std::io::Read::read_to_string(&mut fifo, &mut written).expect("what was written reads");
+            (written, released)
+        });
+        StalledWrite { began, release, reader }
+    }
+
+    /// Wait until the host opened the FIFO to write.
+    async fn began(&mut self) {
+        within(&mut self.began).await.expect("the reader thread tells");
+    }
+
+    /// Let the write go on; what it wrote, once it closed the FIFO, and whether it was this that
+    /// let it go.
+    async fn release(self) -> (String, bool) {
+        let _ = self.release.send(());
+        let reader = self.reader;
+        tokio::task::spawn_blocking(move || reader.join().expect("the reader thread reads")).await.unwrap()
+    }
+}
+
+/// A slow or hung disk holds the writes of `alerts.json`, never the alerts: here the file written
+/// before it is renamed into place is a FIFO no one reads yet, and while the write of `dl`'s firing
+/// stalls there, `dl` is acknowledged and the alerts listed through the admin API and `second`
+/// fires; once the write goes on, shutdown ends with the newest state in the file. On the real
+/// clock: tokio's paused clock stands still while a blocking task runs (the stalled write, once
+/// off the runtime's threads), and the evaluations with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerting_and_acknowledgements_go_on_while_alerts_json_waits_for_a_hung_disk() {
+    // A summary more than a pipe holds (16 pages: 64 KiB, 1 MiB with 64 KiB pages), so that the
+    // write stalls however far it got.
+    let summary = "x".repeat(2 << 20);
+    let rules = format!(
+        "[[alert]]\nname = \"dl\"\nwhen = \"dead_letters > 0\"\nsummary = \"{summary}\"\n\n\
+         [[alert]]\nname = \"second\"\nwhen = \"dead_letters > 1\"\n"
+    );
+    // No route for the alert messages: they would be larger than `max_message_bytes` (1 MiB).
+    let (host, dir) = start(&config(&rules).replace("switchyard.alert.>", "audit.>")).await;
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), Some(TOKEN.into()));
+    let admin = admin.await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let mut events = host.subscribe();
+    let state = dir.path().join("state");
+    let mut stalled = StalledWrite::at(state.join("alerts.json.tmp"));
+
+    dead_letter(&host, 1.0).await;
+    let fired = tokio::time::timeout(PATIENCE, next_transition(&mut events, "dl")).await;
+    assert_eq!(fired.expect("dl's firing is told while its write stalls").0, AlertState::Firing);
+    stalled.began().await;
+    let (status, acked) = call(addr, "POST", "/v1/alerts/dl/ack", true).await;
+    assert_eq!((status, acked["acknowledged"].as_bool()), (200, Some(true)), "{acked}");
+    dead_letter(&host, 2.0).await;
+    assert_eq!(within(next_transition(&mut events, "second")).await.0, AlertState::Firing);
+    let (status, listed) = call(addr, "GET", "/v1/alerts", true).await;
+    let listed: Vec<_> = listed["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["state"].clone(), a["acknowledged"].clone()))
+        .collect();
+    assert_eq!(
+        (status, listed),
+        (200, vec![(json!("firing"), json!(true)), (json!("firing"), json!(false))])
+    );
+
+    let (written, released) = stalled.release().await;
+    assert!(released, "the write stalled until released, the alerts going on meanwhile");
+    let written: Value = serde_json::from_str(&written).unwrap();
+    assert_eq!((&written["seq"], &written["firing"][0]["acknowledged"]), (&json!(1), &json!(false)));
+    within(host.shutdown()).await;
+    let kept = state.join("alerts.json");
+    // A FIFO still (renamed into place by the stalled write) when the newest state was not written.
+    assert!(kept.metadata().unwrap().is_file(), "the newest state was written after the stalled one");
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(kept).unwrap()).unwrap();
+    let firing: Vec<_> = kept["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|alert| (alert["config"]["name"].clone(), alert["acknowledged"].clone()))
+        .collect();
+    assert_eq!(
+        (&kept["seq"], firing),
+        (&json!(2), vec![(json!("dl"), json!(true)), (json!("second"), json!(false))])
+    );
 }

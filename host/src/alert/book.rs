@@ -2,7 +2,7 @@
 
 use super::AlertStatus;
 use super::rule::{Rule, Transition};
-use super::saved::{Kept, SavedAlert, SavedAlerts};
+use super::saved::{Kept, SavedAlert, SavedAlerts, SavedAlertsWriter};
 use crate::config::AlertConfig;
 use std::path::Path;
 use std::sync::Mutex;
@@ -14,8 +14,8 @@ use tokio::time::Instant;
 pub struct AlertBook {
     /// The rules, and the number of the last transition.
     rules: Mutex<(Vec<Rule>, u64)>,
-    /// Where the firing alerts are kept, if anywhere.
-    saved: Option<SavedAlerts>,
+    /// Writes the firing alerts where they are kept, if anywhere.
+    saved: Option<SavedAlertsWriter>,
     /// Alerts kept by the last host on the same state, taken up by the first [`sync`](Self::sync).
     to_take_up: Mutex<Vec<SavedAlert>>,
     /// What a sync made of rules that left firing or pending (resolved, back to inactive): told,
@@ -45,13 +45,15 @@ pub enum AckError {
 impl AlertBook {
     /// A book keeping its firing alerts in `state_dir`, taking up those a host on the same
     /// state directory kept there (each firing on for `settling` at least, and resolved only
-    /// once its condition is then seen not to hold), and numbering transitions on from its.
+    /// once its condition is then seen not to hold), and numbering transitions on from its. Called
+    /// within a tokio runtime: a task of it writes them, until [`close`](Self::close).
     pub fn kept_in(state_dir: &Path, settling: Duration) -> AlertBook {
         let saved = SavedAlerts::in_dir(state_dir);
         let Kept { seq, firing } = saved.load();
         let rules = Mutex::new((Vec::new(), seq));
         let to_take_up = Mutex::new(firing);
-        AlertBook { rules, saved: Some(saved), to_take_up, left: Mutex::default(), settling }
+        let saved = Some(SavedAlertsWriter::start(saved));
+        AlertBook { rules, saved, to_take_up, left: Mutex::default(), settling }
     }
 
     /// Make `configs` the rules: a rule whose name and condition are unchanged keeps its state
@@ -145,15 +147,20 @@ impl AlertBook {
         Ok(status)
     }
 
+    /// Stop keeping the firing alerts: resolves once the last state is written (or failed to be,
+    /// said in a warning), before another host may take the state directory. Transitions and
+    /// acknowledgements after it are not kept.
+    pub async fn close(&self) {
+        if let Some(saved) = &self.saved {
+            saved.close().await;
+        }
+    }
+
     /// Keep the firing alerts among the rules and the last transition's number, if the book
-    /// keeps them anywhere; a failure is logged, and the alerts work on (a restart would then not
-    /// know what fired).
+    /// keeps them anywhere: taken now, under the book's lock, and written later, off it.
     fn save(&self, (rules, seq): &(Vec<Rule>, u64)) {
         let Some(saved) = &self.saved else { return };
-        let kept = Kept { seq: *seq, firing: rules.iter().filter_map(Rule::saved).collect() };
-        if let Err(err) = saved.save(&kept) {
-            tracing::warn!(%err, "firing alerts could not be kept in the state directory");
-        }
+        saved.hand_over(Kept { seq: *seq, firing: rules.iter().filter_map(Rule::saved).collect() });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Rule>, u64)> {
@@ -199,8 +206,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reload_resolves_a_firing_rule_it_removes_or_gives_another_condition_and_keeps_one_reworded() {
+    #[tokio::test]
+    async fn a_reload_resolves_a_firing_rule_it_removes_or_gives_another_condition_and_keeps_one_reworded() {
         let dir = tempfile::tempdir().unwrap();
         let book = AlertBook::kept_in(dir.path(), Duration::from_secs(5));
         let queued = config("queued", "destination_queued > 1");
@@ -233,8 +240,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_alert_taken_up_firing_fires_on_while_it_settles_and_transitions_number_on() {
+    #[tokio::test]
+    async fn an_alert_taken_up_firing_fires_on_while_it_settles_and_transitions_number_on() {
         let dir = tempfile::tempdir().unwrap();
         let down = config("down", "endpoint_down > 0");
         let first = AlertBook::kept_in(dir.path(), Duration::from_secs(5));
@@ -242,7 +249,7 @@ mod tests {
         let start = Instant::now();
         let fired = first.evaluate(start, SystemTime::now(), |_, _| Some(1.0));
         assert_eq!((fired[0].state, fired[0].seq), (AlertState::Firing, 1));
-        drop(first);
+        first.close().await;
 
         // The next host reads the endpoint up at first: not evidence until it has settled.
         let second = AlertBook::kept_in(dir.path(), Duration::from_secs(5));

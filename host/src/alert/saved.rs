@@ -4,9 +4,16 @@
 //! same state directory takes them up again, so an alert that fired before a restart neither
 //! fires a second time nor stays firing for ever in its receivers' view: it resolves once its
 //! condition is seen not to hold. Its transitions are numbered on from the last host's.
+//!
+//! The file is written off the alert book's lock and off the runtime's threads, by a
+//! [`SavedAlertsWriter`]: a slow or hung disk holds the writes, never the evaluations or the
+//! acknowledgements.
 
 use crate::config::AlertConfig;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// The file's name in the state directory.
 const FILE: &str = "alerts.json";
@@ -87,6 +94,58 @@ impl SavedAlerts {
             crate::owner_only::options().write(true).create(true).truncate(true).open(&temporary)?;
         std::io::Write::write_all(&mut file, text.as_bytes())?;
         std::fs::rename(&temporary, &self.path)
+    }
+}
+
+/// Writes the states of the firing alerts handed to it, off the caller's thread: one write at a
+/// time, on a blocking thread, each of the newest state handed over (those handed over while one
+/// was written are passed over), so an older state never overwrites a newer one.
+#[derive(Debug)]
+pub(super) struct SavedAlertsWriter {
+    /// The newest state handed over; `None` once closed.
+    newest: Mutex<Option<watch::Sender<Kept>>>,
+    /// The task writing them, until closed and the last is written.
+    writing: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SavedAlertsWriter {
+    /// A writer to `saved`, a task of the current tokio runtime.
+    pub(super) fn start(saved: SavedAlerts) -> SavedAlertsWriter {
+        let (newest, handed) = watch::channel(Kept::default());
+        let writing = tokio::spawn(write_each(Arc::new(saved), handed));
+        SavedAlertsWriter { newest: Mutex::new(Some(newest)), writing: Mutex::new(Some(writing)) }
+    }
+
+    /// Have `kept` written, in place of a state handed over that no write has taken yet; without
+    /// waiting. Once closed, nothing is written.
+    pub(super) fn hand_over(&self, kept: Kept) {
+        if let Some(newest) = &*self.newest.lock().unwrap_or_else(|poison| poison.into_inner()) {
+            newest.send_replace(kept);
+        }
+    }
+
+    /// Take no more states; resolves once the last handed over is written (or failed to be).
+    pub(super) async fn close(&self) {
+        self.newest.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        let writing = self.writing.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        if let Some(writing) = writing {
+            // An error: the task panicked (the runtime logs it); there is nothing to wait for.
+            let _ = writing.await;
+        }
+    }
+}
+
+/// Write the newest state `handed` holds each time it changes, until its sender is gone and the
+/// last is written; a failure is logged, and the alerts work on (a restart would then not know
+/// what fired).
+async fn write_each(saved: Arc<SavedAlerts>, mut handed: watch::Receiver<Kept>) {
+    while handed.changed().await.is_ok() {
+        let kept = handed.borrow_and_update().clone();
+        let saved = saved.clone();
+        let written = tokio::task::spawn_blocking(move || saved.save(&kept)).await;
+        if let Err(err) = written.unwrap_or_else(|joined| Err(std::io::Error::other(joined))) {
+            tracing::warn!(%err, "firing alerts could not be kept in the state directory");
+        }
     }
 }
 

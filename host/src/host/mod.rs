@@ -586,6 +586,8 @@ impl Host {
         if let Some(spool) = &self.inner.spool {
             spool.close().await;
         }
+        // The firing alerts' last state is written.
+        self.inner.alerts.close().await;
         // Nothing writes to the state directory any more: another host may have it.
         self.inner.state_lock.lock().unwrap_or_else(|poison| poison.into_inner()).take();
     }
