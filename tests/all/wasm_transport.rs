@@ -15,7 +15,7 @@ use switchyard::metrics::Metrics;
 use switchyard::plugin::{CompiledPlugin, PluginEngine, PluginRegistry, load_file};
 use switchyard::resilience::{FatalReason, Outcome, RetryReason};
 use switchyard::transport::plugin::{PluginTransport, PluginTransportConfig};
-use switchyard::transport::{PoolConfig, Transport};
+use switchyard::transport::{AttemptResult, PoolConfig, Transport};
 use switchyard_plugin_artifacts as artifacts;
 
 /// A transport plugin loaded into a registry of its own, its calls counted in `metrics`.
@@ -65,12 +65,23 @@ impl Loaded {
 
     /// [`Loaded::transport`] over `endpoints` as configured (`host:port`).
     fn transport_to(&self, endpoints: &[String], lanes: usize, timeout: Duration) -> PluginTransport {
+        self.transport_pooled(endpoints, lanes, timeout, PoolConfig::default())
+    }
+
+    /// [`Loaded::transport_to`] with each endpoint's connections pooled as `pool` says.
+    fn transport_pooled(
+        &self,
+        endpoints: &[String],
+        lanes: usize,
+        timeout: Duration,
+        pool: PoolConfig,
+    ) -> PluginTransport {
         let config = PluginTransportConfig {
             destination: "test".into(),
             plugin: self.name.clone(),
             endpoints: endpoints.to_vec(),
             timeout,
-            pool: PoolConfig::default(),
+            pool,
             lanes,
             max_reply_bytes: switchyard::config::HostSection::default().max_message_bytes,
         };
@@ -390,4 +401,78 @@ async fn an_endpoint_whose_plugin_call_is_stuck_holds_up_no_other_endpoint() {
     assert!(!stuck_call.is_finished(), "the other endpoint answered while the stuck call still waited");
     let (outcome, _) = within(stuck_call).await.unwrap().unwrap_err();
     assert_eq!(outcome, Outcome::Retryable(RetryReason::Timeout));
+}
+
+/// An echo server that echoes only while its gate (the sender returned) is open: what it reads
+/// meanwhile waits, and so does the plugin reading its echo, holding its connection.
+async fn gated_echo_server() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (gate, open) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut open = open.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 4096];
+                while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+                    let opened = open.wait_for(|open| *open).await.is_ok();
+                    if !opened || stream.write_all(&buffer[..read]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, gate)
+}
+
+/// `count` attempts to `address` at once, each begun (its idle connection taken, or a new one
+/// asked of a lane) while `gate` holds every echo, so that none gives its connection back for
+/// another to take; then the gate opened until all have ended, and their results.
+async fn all_at_once(
+    transport: &PluginTransport,
+    address: &str,
+    gate: &tokio::sync::watch::Sender<bool>,
+    count: usize,
+) -> Vec<AttemptResult> {
+    let message = Message::new("jobs", "at once");
+    let mut attempts: Vec<_> = (0..count).map(|_| transport.attempt(address, &message)).collect();
+    for attempt in &mut attempts {
+        assert!(futures_util::poll!(attempt).is_pending(), "it waits for its echo at least");
+    }
+    gate.send_replace(true);
+    let results = within(futures_util::future::join_all(attempts)).await;
+    gate.send_replace(false);
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_remade_after_a_lane_faulted_take_the_emptier_lane_and_none_meets_the_socket_cap() {
+    let (server, gate) = gated_echo_server().await;
+    let address = server.to_string();
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT, &[]);
+    // Two lanes and a pool within what they hold (127 connections each); a deadline only as a
+    // safety net, for attempts that wait their turn behind a hundred others on their lane.
+    let pool = PoolConfig { max_size: 254, max_idle: 254, ..PoolConfig::default() };
+    let transport = plugin.transport_pooled(std::slice::from_ref(&address), 2, Duration::from_secs(30), pool);
+    let none_refused = |results: Vec<AttemptResult>| {
+        let refused: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+        assert!(refused.is_empty(), "{} refused, the first: {:?}", refused.len(), refused.first());
+    };
+    none_refused(all_at_once(&transport, &address, &gate, 200).await); // 100 connections on each lane
+    assert_eq!(transport.pool_stats(&address).unwrap().idle, 200);
+
+    // One lane's instance hits its memory cap: it is replaced, and its 100 connections are gone.
+    let fault = Message::new("jobs", "x").with_header("x-fault", "leak:1048576");
+    let (outcome, error) = within(transport.attempt(&address, &fault)).await.unwrap_err();
+    assert_eq!(outcome, Outcome::Retryable(RetryReason::Reset), "{error}");
+    assert_eq!(plugin.metrics.last_fault("faulty").map(|fault| fault.kind), Some("memory_cap"));
+
+    // 200 at once again: 100 on the other lane's connections, 100 on new ones, 200 sockets in
+    // all. Had the new ones taken the lanes in turn, the other lane would have been asked for
+    // 150, past its instance's 128 sockets.
+    none_refused(all_at_once(&transport, &address, &gate, 200).await);
+    let stats = transport.pool_stats(&address).unwrap();
+    assert_eq!((stats.size, stats.idle), (200, 200));
 }

@@ -282,6 +282,16 @@ impl PluginInstance {
         }
     }
 
+    /// Sockets the instance holds open (those [capped](super::MAX_SOCKETS)): between
+    /// calls, exactly those its plugin keeps. None for a native library, whose sockets are the
+    /// host's own, neither counted nor capped.
+    pub(crate) fn open_sockets(&self) -> usize {
+        match &self.backend {
+            Backend::Wasm { guard, .. } => guard.store.data().open_sockets,
+            Backend::Native(_) => 0,
+        }
+    }
+
     /// The exports and call guard of a WebAssembly instance; `None` for a native library.
     pub(super) fn wasm(&mut self) -> Option<(&Exports, &mut CallGuard)> {
         match &mut self.backend {

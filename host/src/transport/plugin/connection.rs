@@ -1,7 +1,7 @@
 //! A transport plugin's connection as the host pools it: the lane that
 //! opened it and its key there. Dropping it closes it, on its lane.
 
-use super::lane::{Answer, Lane};
+use super::lane::{Answer, Lane, SocketClaim};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,14 +13,15 @@ pub(super) struct PluginConnection {
 }
 
 impl PluginConnection {
-    /// Ask `lane`'s plugin to connect to `address`. Any failure means
-    /// nothing was sent: the plugin's error or fault, as text.
+    /// Ask `lane`'s plugin to connect to `address`, on the socket `claim`ed.
+    /// Any failure means nothing was sent: the plugin's error or fault, as text.
     pub(super) async fn open(
         lane: Arc<Lane>,
+        claim: SocketClaim,
         address: &str,
         deadline: Instant,
     ) -> std::io::Result<PluginConnection> {
-        match lane.open(address, deadline).await {
+        match lane.open(claim, address, deadline).await {
             Ok(Ok(key)) => Ok(PluginConnection { lane, key }),
             Ok(Err(error)) => Err(std::io::Error::other(format!("open: the plugin {error}"))),
             Err(error) => Err(std::io::Error::other(format!("open: {error}"))),

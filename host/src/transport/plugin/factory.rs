@@ -16,7 +16,9 @@ pub const DEFAULT_LANES: usize = 2;
 const MAX_LANES: usize = 64;
 
 /// Connections to an endpoint one lane holds at most: its instance's sockets, but one kept for a
-/// health probe (probes take the endpoint's lanes in turn with its new connections).
+/// health probe. A new connection (or probe) takes the endpoint's lane holding the fewest sockets,
+/// so a pool within this many per lane finds one with room (of a plugin keeping one socket a
+/// connection).
 const LANE_CONNECTIONS: usize = MAX_SOCKETS - 1;
 
 /// `options = {..}` of a `plugin:NAME` destination.

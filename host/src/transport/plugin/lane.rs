@@ -2,7 +2,9 @@
 //! making that instance's calls in the order they come. Connections belong to
 //! the lane (and the instance) that opened them. Every call is counted as a
 //! pipeline stage's is (`switchyard_plugin_*`); an instance that faulted, or
-//! that outgrew its memory, is replaced.
+//! that outgrew its memory, is replaced. A lane counts the sockets its
+//! instance holds, and those it was chosen to open, so that a new connection
+//! can be given the lane with the most room.
 //!
 //! Calls run here, never on a tokio runtime thread: wasmtime-wasi's
 //! synchronous bindings enter a runtime with `block_on` inside WASI calls,
@@ -15,7 +17,7 @@ use crate::plugin::{
 use crate::transport::{AttemptProgress, Step};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// What one call through a lane gives: the plugin's own answer (which may
@@ -27,6 +29,7 @@ enum Request {
     Open {
         address: String,
         deadline: Instant,
+        claim: SocketClaim,
         reply: flume::Sender<Answer<(u64, u64)>>,
     },
     Send {
@@ -45,6 +48,7 @@ enum Request {
     Probe {
         address: String,
         deadline: Instant,
+        claim: SocketClaim,
         reply: flume::Sender<Answer<()>>,
     },
 }
@@ -84,6 +88,22 @@ struct LaneState {
     /// Set when a newer version of the plugin serves: this lane's
     /// connections are not reused.
     retired: AtomicBool,
+    /// The sockets the instance held after the lane's last call, plus one
+    /// for each [`SocketClaim`] not yet let go: never fewer than the lane
+    /// holds and has been asked to open.
+    sockets: AtomicUsize,
+}
+
+/// A socket a lane was chosen to open (for a connection or a probe): counted
+/// in [`Lane::sockets`] from that choice until the lane has made the call and
+/// counted what its instance holds after it (or the call is dropped), so that
+/// lanes chosen meanwhile see it.
+pub(super) struct SocketClaim(Arc<LaneState>);
+
+impl Drop for SocketClaim {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Lane {
@@ -106,6 +126,7 @@ impl Lane {
             instance: None,
             connections: HashMap::new(),
             next_id: 0,
+            counted_sockets: 0,
             state: state.clone(),
         };
         std::thread::Builder::new().name(name).spawn(move || worker.run(&queue))?;
@@ -127,10 +148,26 @@ impl Lane {
         self.state.retired.store(true, Relaxed);
     }
 
-    /// Open a connection to `address`: its id and generation.
-    pub(super) async fn open(&self, address: &str, deadline: Instant) -> Answer<(u64, u64)> {
+    /// The sockets the lane holds, and those claimed on it to be opened.
+    pub(super) fn sockets(&self) -> usize {
+        self.state.sockets.load(Relaxed)
+    }
+
+    /// Count one more socket on this lane until the call given the claim is made.
+    pub(super) fn claim_socket(&self) -> SocketClaim {
+        self.state.sockets.fetch_add(1, Relaxed);
+        SocketClaim(self.state.clone())
+    }
+
+    /// Open a connection to `address` on the socket `claim`ed: its id and generation.
+    pub(super) async fn open(
+        &self,
+        claim: SocketClaim,
+        address: &str,
+        deadline: Instant,
+    ) -> Answer<(u64, u64)> {
         let (reply, answer) = flume::bounded(1);
-        self.call(Request::Open { address: address.to_owned(), deadline, reply }, answer).await
+        self.call(Request::Open { address: address.to_owned(), deadline, claim, reply }, answer).await
     }
 
     /// Send `message` on connection `id` of `generation`, for the attempt
@@ -149,10 +186,10 @@ impl Lane {
         self.call(Request::Send { id, generation, message, deadline, progress, reply }, answer).await
     }
 
-    /// Run the plugin's probe of `address`.
-    pub(super) async fn probe(&self, address: &str, deadline: Instant) -> Answer<()> {
+    /// Run the plugin's probe of `address`, on the socket `claim`ed.
+    pub(super) async fn probe(&self, claim: SocketClaim, address: &str, deadline: Instant) -> Answer<()> {
         let (reply, answer) = flume::bounded(1);
-        self.call(Request::Probe { address: address.to_owned(), deadline, reply }, answer).await
+        self.call(Request::Probe { address: address.to_owned(), deadline, claim, reply }, answer).await
     }
 
     /// Close connection `id` of `generation`, without waiting.
@@ -178,6 +215,8 @@ struct Worker {
     /// The connections the current instance holds, by id.
     connections: HashMap<u64, TransportConnection>,
     next_id: u64,
+    /// The instance's sockets as last counted in [`LaneState::sockets`].
+    counted_sockets: usize,
     state: Arc<LaneState>,
 }
 
@@ -187,23 +226,36 @@ impl Worker {
         // A failure here is reported to the first call, which tries again.
         self.instance = self.instantiate().ok();
         while let Ok(request) = queue.recv() {
-            self.serve(request);
+            let claim = self.serve(request);
             self.renew_if_outgrown();
             if self.instance.is_none() {
                 // Replace a faulted or outgrown instance now, so the next call does not wait for it.
                 self.instance = self.instantiate().ok();
             }
+            self.count_sockets();
+            // Let go once what the call opened is counted: the lane is never counted short.
+            drop(claim);
         }
+    }
+
+    /// Count the sockets the instance holds now in [`LaneState::sockets`]
+    /// (the claims not yet let go stay counted).
+    fn count_sockets(&mut self) {
+        let sockets = self.instance.as_ref().map_or(0, PluginInstance::open_sockets);
+        // Added before the old count is taken away, so the count is never short meanwhile.
+        self.state.sockets.fetch_add(sockets, Relaxed);
+        self.state.sockets.fetch_sub(std::mem::replace(&mut self.counted_sockets, sockets), Relaxed);
     }
 
     fn instantiate(&self) -> Result<PluginInstance, PluginFault> {
         PluginInstance::with_connect_grants(&self.engine, self.plugin.clone(), self.grants.clone())
     }
 
-    fn serve(&mut self, request: Request) {
+    /// Make the call `request` asks for; the socket it claimed, if any, to be let go once counted.
+    fn serve(&mut self, request: Request) -> Option<SocketClaim> {
         // Each answer may go to nobody: its caller stopped waiting.
         match request {
-            Request::Open { address, deadline, reply } => {
+            Request::Open { address, deadline, claim, reply } => {
                 let opened =
                     self.call(deadline, |instance, timeout| instance.open_connection(&address, timeout));
                 let generation = self.state.generation.load(Relaxed);
@@ -218,18 +270,19 @@ impl Worker {
                 if let Err(flume::SendError(Ok(Ok(key)))) = reply.send(opened) {
                     self.serve(Request::Close { id: key.0, generation: key.1 });
                 }
+                Some(claim)
             }
             Request::Send { id, generation, message, deadline, progress, reply } => {
                 let cut =
                     Instant::now() >= deadline || progress.is_some_and(|progress| !progress.start_sending());
                 if cut {
                     let _ = reply.send(Err(LaneError::Overdue));
-                    return;
+                    return None;
                 }
                 let current = generation == self.state.generation.load(Relaxed);
                 let Some(connection) = self.connections.remove(&id).filter(|_| current) else {
                     let _ = reply.send(Err(LaneError::Lost));
-                    return;
+                    return None;
                 };
                 let sent =
                     self.call(deadline, |instance, timeout| instance.send_on(&connection, &message, timeout));
@@ -237,6 +290,7 @@ impl Worker {
                     self.connections.insert(id, connection);
                 }
                 let _ = reply.send(sent);
+                None
             }
             Request::Close { id, generation } => {
                 let current = generation == self.state.generation.load(Relaxed);
@@ -246,11 +300,13 @@ impl Worker {
                         self.discard();
                     }
                 }
+                None
             }
-            Request::Probe { address, deadline, reply } => {
+            Request::Probe { address, deadline, claim, reply } => {
                 let probed =
                     self.call(deadline, |instance, timeout| instance.probe_endpoint(&address, timeout));
                 let _ = reply.send(probed);
+                Some(claim)
             }
         }
     }
@@ -280,6 +336,8 @@ impl Worker {
         if answer.is_err() {
             self.discard();
         }
+        // Before the caller hears the answer: one told of a fault finds the lane's sockets gone.
+        self.count_sockets();
         answer.map_err(LaneError::Fault)
     }
 

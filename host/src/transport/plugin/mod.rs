@@ -20,6 +20,11 @@
 //! deadline (the destination's `timeout_ms`), in wasm (epoch interruption)
 //! and while the plugin waits in WASI (a socket read, a sleep), so a stuck
 //! plugin frees its lane at the deadline and the cluster retries elsewhere.
+//! A new connection (or probe) goes to the endpoint's lane whose instance
+//! holds the fewest sockets, ties in turn: a lane fills only once every other
+//! is as full, so connections remade after a fault go to the emptied lane and
+//! a pool within 127 connections a lane finds room.
+//!
 //! A faulted instance is replaced and the connections it held are gone; so
 //! is one that outgrew its memory, between calls, its connections closed
 //! first (see [`PluginInstance::outgrown`](crate::plugin::PluginInstance::outgrown)); a
@@ -45,9 +50,8 @@ use crate::plugin::{
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use arc_swap::ArcSwapOption;
 use connection::PluginConnection;
-use lane::{Lane, LaneError};
+use lane::{Lane, LaneError, SocketClaim};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,22 +98,36 @@ struct Lanes {
     by_endpoint: HashMap<String, EndpointLanes>,
 }
 
-/// The lanes of one endpoint, taken in turn.
+/// The lanes of one endpoint: a new connection or probe takes the one
+/// holding the fewest sockets, those tied for fewest in turn.
 struct EndpointLanes {
     lanes: Vec<Arc<Lane>>,
-    /// Round-robin position for the next new connection or probe.
-    next: AtomicUsize,
+    /// The lane the next tie goes to first (the one after the lane last
+    /// chosen). Locked while a lane is chosen and its socket claimed, so
+    /// that connections chosen at once each see the others' claims.
+    turn: Mutex<usize>,
 }
 
 impl Lanes {
-    /// A lane of `address` for a new connection or a probe; why none when
-    /// it is not one of the destination's endpoints.
-    fn next(&self, address: &str) -> Result<Arc<Lane>, String> {
+    /// A lane of `address` for a new connection or a probe, with a socket
+    /// claimed on it: the one holding the fewest sockets (claims counted),
+    /// so that a lane fills only once every other is as full; why none when
+    /// `address` is not one of the destination's endpoints.
+    fn next(&self, address: &str) -> Result<(Arc<Lane>, SocketClaim), String> {
         let endpoint = self.by_endpoint.get(address);
         let endpoint =
             endpoint.ok_or_else(|| format!("{address} is not one of the destination's endpoints"))?;
-        let turn = endpoint.next.fetch_add(1, Relaxed);
-        Ok(endpoint.lanes[turn % endpoint.lanes.len()].clone())
+        let mut turn = endpoint.turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = endpoint.lanes.len();
+        // The first of those tied for fewest, counting from the lane whose turn it is.
+        let chosen = (*turn..*turn + count)
+            .map(|index| index % count)
+            .min_by_key(|&index| endpoint.lanes[index].sockets())
+            .expect("an endpoint has a lane at least");
+        *turn = (chosen + 1) % count;
+        let lane = endpoint.lanes[chosen].clone();
+        let claim = lane.claim_socket();
+        Ok((lane, claim))
     }
 
     /// Keep every connection of this version from being reused: a newer one serves.
@@ -148,9 +166,9 @@ impl PluginTransport {
         let (connection, reply) = loop {
             let connection = pool
                 .acquire(|| async {
-                    let lane = lanes.next(address).map_err(std::io::Error::other)?;
+                    let (lane, claim) = lanes.next(address).map_err(std::io::Error::other)?;
                     self.grants.refresh(address, deadline).await.map_err(std::io::Error::other)?;
-                    PluginConnection::open(lane, address, deadline).await
+                    PluginConnection::open(lane, claim, address, deadline).await
                 })
                 .await
                 .map_err(|err| err.into_attempt_error(address))?;
@@ -185,9 +203,9 @@ impl PluginTransport {
     /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
     async fn check(&self, address: &str, health: &HealthSettings) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(health.timeout_ms);
-        let lane = self.lanes()?.next(address)?;
+        let (lane, claim) = self.lanes()?.next(address)?;
         self.grants.refresh(address, deadline).await?;
-        match lane.probe(address, deadline).await {
+        match lane.probe(claim, address, deadline).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("the plugin's probe {error}")),
             Err(error) => Err(error.to_string()),
@@ -263,7 +281,7 @@ impl PluginTransport {
                 .map_err(|err| {
                     format!("cannot start a thread for transport plugin \"{}\": {err}", plugin.name)
                 })?;
-            by_endpoint.insert(address.clone(), EndpointLanes { lanes, next: AtomicUsize::new(0) });
+            by_endpoint.insert(address.clone(), EndpointLanes { lanes, turn: Mutex::new(0) });
         }
         Ok(Lanes { plugin, by_endpoint })
     }
