@@ -1236,3 +1236,84 @@ fn waited_for_its_turn(letter: &Message, body: &str) {
     let reason = letter.header("x-sy-dead-letter-reason").unwrap();
     assert!(reason.contains("its stream's turn"), "{reason}");
 }
+
+/// A config as [`one_endpoint_streams`] on `endpoint`, with a queue timeout of 1 s, the endpoint
+/// left out 100 ms after each refusal (never ejected) and `settings` besides, whose fallback
+/// `spill` is an http destination on `spill`, its attempts waiting ten minutes.
+fn streams_spilling_over_the_network(endpoint: SocketAddr, spill: SocketAddr, settings: &str) -> String {
+    let settings = format!(
+        "queue = {{ timeout_ms = 1000 }}\nbreaker = {{ consecutive_failures = 1000, open_ms = 100 }}\n\
+         fallback = \"spill\"\n{settings}"
+    );
+    one_endpoint_streams(endpoint, &settings)
+        + &format!(
+            "[[destination]]\nname = \"spill\"\ntransport = \"http\"\nendpoints = [\"{spill}\"]\n\
+             timeout_ms = 600000\n"
+        )
+}
+
+/// A host as [`streams_spilling_over_the_network`] (no settings besides) whose endpoint refused
+/// connections while a0 of stream a waited for it: a0 went to the fallback, whose endpoint holds
+/// it. The destination's endpoint listens again (and holds what comes). Returns the host, the
+/// destination's endpoint and the fallback's.
+async fn a0_held_by_the_network_fallback()
+-> (switchyard::Host, crate::endpoint::TestEndpoint, crate::endpoint::TestEndpoint, tempfile::TempDir) {
+    use crate::endpoint::{Mode, TestEndpoint};
+    let (endpoint, spill) = (TestEndpoint::start(Mode::Hold).await, TestEndpoint::start(Mode::Hold).await);
+    endpoint.stop().await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &streams_spilling_over_the_network(endpoint.addr, spill.addr, "")).await;
+    host.send(of_stream("a", 0)).await.unwrap();
+    within(spill.arrivals(1)).await;
+    endpoint.revive().await;
+    (host, endpoint, spill, dir)
+}
+
+/// With a0 of stream a held by the fallback's endpoint `spill` (see
+/// [`a0_held_by_the_network_fallback`]): a1 of the stream must wait for its turn until the
+/// fallback has delivered a0, and is dead-lettered unsent when its queue timeout passes. Then the
+/// fallback's endpoint answers, and a0 is delivered there.
+async fn a1_waits_while_the_network_fallback_delivers_a0(
+    host: switchyard::Host,
+    endpoint: &crate::endpoint::TestEndpoint,
+    spill: &crate::endpoint::TestEndpoint,
+) {
+    host.send(of_stream("a", 1)).await.unwrap();
+    // Let go, a1 reaches the endpoint; kept back, it is dead-lettered when its queue timeout
+    // passes (the event to wait for). A machine stalled past it could hide the fault, never fail
+    // the fix.
+    let dead = host.memory("dead").unwrap();
+    tokio::select! {
+        letter = within(dead.recv_async()) => {
+            waited_for_its_turn(&letter.unwrap(), "a1");
+        }
+        () = within(endpoint.arrivals(1)) => {
+            panic!("a1 sent while the fallback delivered a0: {:?}", endpoint.arrived_bodies());
+        }
+    }
+    spill.set(crate::endpoint::Mode::Answer);
+    spill.release(1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((endpoint.arrived_bodies(), spill.arrived_bodies()), (vec![], vec!["a0".to_owned()]));
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_handed_to_a_network_fallback_keeps_its_turn_until_the_fallback_delivered_it() {
+    // a0 found no endpoint within its queue timeout and went to the fallback, a network
+    // destination: its turn ended once a0 was in the fallback's queue, and a1 went to the
+    // endpoint, listening again, while the fallback's endpoint still held a0.
+    let (host, endpoint, spill, _dir) = a0_held_by_the_network_fallback().await;
+    a1_waits_while_the_network_fallback_delivers_a0(host, &endpoint, &spill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_stream_s_next_message_until_the_network_fallback_delivered_its_timed_out_one() {
+    // As a_stream_s_message_handed_to_a_network_fallback_keeps_its_turn_until_the_fallback_delivered_it,
+    // with a reload that rebuilds the destination (its attempts' timeout changes) while the
+    // fallback's endpoint holds a0: the rebuilt instance waited for the old one's hand-off of a0,
+    // which ended once a0 was in the fallback's queue, and a1 went out beside a0.
+    let (host, endpoint, spill, _dir) = a0_held_by_the_network_fallback().await;
+    apply(&host, &streams_spilling_over_the_network(endpoint.addr, spill.addr, "timeout_ms = 600000")).await;
+    a1_waits_while_the_network_fallback_delivers_a0(host, &endpoint, &spill).await;
+}

@@ -42,7 +42,7 @@ impl Pipeline {
     pub(crate) fn try_deliver_direct(&self, direct: &DirectRoute, envelope: Envelope) -> Option<Envelope> {
         let (item, intake_bytes) = direct.item(envelope);
         let metrics = direct.topology.route_metrics(&direct.route().name);
-        let job = Job { delivery: item.into(), route: metrics.clone() };
+        let job = Job { delivery: item.into(), route: metrics.clone(), handed_over: None };
         match direct.queue().try_push(job.delivery.message.priority, job) {
             Ok(()) => {
                 metrics.accepted(1);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -46,6 +46,9 @@ pub(crate) struct Delivery {
 pub(crate) struct Job {
     pub(crate) delivery: Delivery,
     pub(crate) route: Arc<RouteMetrics>,
+    /// Dropped once the message is settled, when a destination handed it to this one as its
+    /// fallback: that hand-off waits for it (see [`Pipeline::fall_back`]).
+    pub(crate) handed_over: Option<DropGuard>,
 }
 
 /// What every dispatcher of a host shares.
@@ -168,7 +171,7 @@ impl DispatchContext {
     /// and `from`'s deliveries that reached no endpoint come back to it (see
     /// [`QueuedDestination::retire`]); those under way finish on `from`. With `keep_order` (a
     /// destination keeping streams), `to` sends nothing before every delivery of `from` has ended or
-    /// come back, and every message that timed out there is settled (handed to the fallback or
+    /// come back, and every message that timed out there is settled (by the fallback, or
     /// dead-lettered): a stream's messages go out one at a time, in their order, across the reload.
     /// That wait counts among `to`'s tasks: a reload that replaces `to` before they end holds its
     /// own new instance until they have (`to`, held, sent nothing: its dispatcher and expirer end
@@ -270,8 +273,9 @@ impl Dispatcher {
             };
             let Some(pipeline) = context.pipeline.upgrade() else { break };
             let (sink, cluster, waited) = (self.sink.clone(), self.cluster.clone(), enqueued.elapsed());
-            let Job { delivery, route } = job;
-            let span = tracing::debug_span!("deliver", destination = %sink.name, route = %route.route, id = delivery.message.id);
+            let id = job.delivery.message.id;
+            let span =
+                tracing::debug_span!("deliver", destination = %sink.name, route = %job.route.route, id);
             let (timeout, past_grace, stopping) =
                 (self.timeout, context.past_grace.clone(), context.stopping.clone());
             let queue = self.queue.clone();
@@ -283,7 +287,7 @@ impl Dispatcher {
                     // Not started: nothing of it may go out now.
                     Err(DeliveryError::Shutdown)
                 } else {
-                    let (message, progress) = (delivery.message.clone(), DeliveryProgress::default());
+                    let (message, progress) = (job.delivery.message.clone(), DeliveryProgress::default());
                     let delivered = progress
                         .scope(crate::panic::catch_future(|| cluster.deliver_queued(message, enqueued)));
                     // What finished first counts: a delivery done as the grace period ends is done.
@@ -297,12 +301,11 @@ impl Dispatcher {
                 // stream's less urgent one); one that failed keeps its turn until it is settled.
                 let turn = result.is_err().then_some(turn);
                 drop((slot, host_slot));
-                let (delivery, route, result) = match result {
+                let (job, result) = match result {
                     // The destination was replaced by a reload before an endpoint saw it: back in
                     // line, by its enqueue time, on the new instance's queue.
                     Err(DeliveryError::Retired) if queue.successor().is_some() => {
-                        let priority = delivery.message.priority;
-                        match queue.adopt(priority, Job { delivery, route }, enqueued) {
+                        match queue.adopt(job.delivery.message.priority, job, enqueued) {
                             Ok(()) => return,
                             // That one is closed too: the host is shutting down, or a later
                             // reload removed the destination.
@@ -311,13 +314,13 @@ impl Dispatcher {
                                     true => DeliveryError::Shutdown,
                                     false => DeliveryError::Retired,
                                 };
-                                (job.delivery, job.route, Err(error))
+                                (job, Err(error))
                             }
                         }
                     }
-                    result => (delivery, route, result),
+                    result => (job, result),
                 };
-                pipeline.settle(&sink, delivery, &route, result).await;
+                pipeline.settle_job(&sink, job, result).await;
                 // Its stream's next message goes once this one is settled: not while this one is
                 // handed to the fallback, which would send it beside the next.
                 drop(turn);
@@ -370,7 +373,6 @@ impl Dispatcher {
     fn time_out(&self, job: Job, enqueued: Instant, for_its_turn: bool, turn: Option<StreamTurn>) {
         let context = &self.context;
         let Some(pipeline) = context.pipeline.upgrade() else { return };
-        let Job { delivery, route } = job;
         let waited_ms = enqueued.elapsed().as_millis() as u64;
         let error = match for_its_turn {
             true => DeliveryError::TurnTimeout { waited_ms },
@@ -378,12 +380,22 @@ impl Dispatcher {
         };
         let sink = self.sink.clone();
         let settle = async move {
-            pipeline.settle(&sink, delivery, &route, Err(error)).await;
+            pipeline.settle_job(&sink, job, Err(error)).await;
             drop(turn);
         };
         // Among the destination's own tasks: a hand-over keeping order waits for it, as for a
         // delivery, while it holds the turn.
         context.tracker.spawn_on(self.tasks.track_future(settle), &context.runtime);
+    }
+}
+
+impl Pipeline {
+    /// Settle `job`, a delivery of `sink`'s, as `result` says (see [`Pipeline::settle`]); a
+    /// destination that handed it over as its fallback is told once it is.
+    async fn settle_job(&self, sink: &Sink, job: Job, result: crate::destination::DeliveryResult) {
+        let Job { delivery, route, handed_over } = job;
+        self.settle(sink, delivery, &route, result).await;
+        drop(handed_over);
     }
 }
 

@@ -1,19 +1,46 @@
 //! Fallbacks: a network destination that could not send a message within its queue timeout hands it
 //! to its `fallback` destination instead of dead-lettering it. Each such message is counted
 //! (`switchyard_destination_fallbacks_total`); the first after a quiet spell is told as an event.
+//! The hand-off ends once the fallback settled the message: a network fallback's delivery of it
+//! included, not only its place in that destination's queue.
 
 use super::Pipeline;
-use super::topology::Sink;
+use super::dispatch::Delivery;
+use super::topology::{Sink, Target};
 use crate::destination::DestinationEvent;
+use crate::metrics::RouteMetrics;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// A fallback this long after the last one starts a new spell, told as an event.
 const QUIET: Duration = Duration::from_secs(10);
 
 impl Pipeline {
+    /// Hand `delivery`, which `sink` did not send within its queue timeout (it waited
+    /// `waited_ms`), to `sink`'s fallback `fallback`; returns once the fallback settled it
+    /// (delivered or dead-lettered). Whoever waits for this hand-off waits for that: the
+    /// message's stream's turn, which its caller holds until then, so that the stream's next
+    /// message does not go out beside it, and an instance of `sink` a reload built, which sends
+    /// nothing before this one's hand-offs have ended.
+    pub(super) async fn fall_back(
+        &self,
+        sink: &Sink,
+        fallback: &Target,
+        delivery: Delivery,
+        route: &Arc<RouteMetrics>,
+        waited_ms: u64,
+    ) {
+        self.tell_fallback(sink, &fallback.sink.name, waited_ms);
+        sink.count(false);
+        let settled = CancellationToken::new();
+        self.deliver_to(fallback, delivery, route, Some(settled.clone().drop_guard())).await;
+        settled.cancelled().await;
+    }
+
     /// Count a message of `sink` going to `fallback` after waiting `waited_ms`, and tell it when it
     /// starts a spell.
-    pub(super) fn tell_fallback(&self, sink: &Sink, fallback: &str, waited_ms: u64) {
+    fn tell_fallback(&self, sink: &Sink, fallback: &str, waited_ms: u64) {
         self.metrics.fallback(&sink.name);
         let now = Instant::now();
         let mut last = sink.last_fallback.lock().unwrap_or_else(|poison| poison.into_inner());

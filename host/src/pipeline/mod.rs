@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 use tokio::runtime::Handle;
+use tokio_util::sync::DropGuard;
 use topology::{Sink, Target};
 
 /// State shared by all workers of a host.
@@ -279,7 +280,7 @@ impl Pipeline {
         now: Instant,
     ) -> Option<Item> {
         if let Some(queue) = &target.queue {
-            let job = Job { delivery: item.into(), route: route.clone() };
+            let job = Job { delivery: item.into(), route: route.clone(), handed_over: None };
             return match queue.0.try_push(job.delivery.message.priority, job) {
                 Ok(()) => None,
                 Err(PushError::Full(job) | PushError::Closed(job)) => Some(job.delivery.into()),
@@ -327,16 +328,23 @@ impl Pipeline {
             };
             let middlewares = std::mem::take(&mut middlewares);
             let delivery = Delivery { message, reply: reply.take(), middlewares, accepted: accepted.clone() };
-            self.deliver_to(target, delivery, metrics).await;
+            self.deliver_to(target, delivery, metrics, None).await;
         }
     }
 
     /// Send `delivery` to `target`: into its queue (waiting while it is full) for a network
-    /// destination, in place for another.
-    async fn deliver_to(&self, target: &Target, delivery: Delivery, metrics: &Arc<RouteMetrics>) {
+    /// destination, in place for another. `handed_over`, given by a destination that hands the
+    /// message to `target` as its fallback, is dropped once the message is settled.
+    async fn deliver_to(
+        &self,
+        target: &Target,
+        delivery: Delivery,
+        metrics: &Arc<RouteMetrics>,
+        handed_over: Option<DropGuard>,
+    ) {
         let delivery = match &target.queue {
             Some(queue) => {
-                let job = Job { delivery, route: metrics.clone() };
+                let job = Job { delivery, route: metrics.clone(), handed_over };
                 match queue.0.push(job.delivery.message.priority, job, &self.dispatch.past_grace).await {
                     Ok(()) => return,
                     // Still full when a shutdown's grace period ended.
@@ -399,11 +407,9 @@ impl Pipeline {
         result: DeliveryResult,
     ) {
         if let Err(DeliveryError::QueueTimeout { waited_ms, .. }) = &result {
-            let topology = self.topology.load();
-            if let Some(fallback) = topology.fallback_of(&sink.name) {
-                self.tell_fallback(sink, &fallback.sink.name, *waited_ms);
-                sink.count(false);
-                return self.deliver_to(fallback, delivery, route).await;
+            let fallback = self.topology.load().fallback_of(&sink.name).cloned();
+            if let Some(fallback) = fallback {
+                return self.fall_back(sink, &fallback, delivery, route, *waited_ms).await;
             }
         }
         let Delivery { message, reply, middlewares, accepted } = delivery;

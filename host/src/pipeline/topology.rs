@@ -317,11 +317,8 @@ impl Topology {
     }
 
     /// The fallback of destination `name`, if it has one.
-    pub(crate) fn fallback_of(&self, name: &str) -> Option<&Target> {
-        self.fallback_of
-            .get(name)
-            .and_then(|fallback| self.destinations.get(fallback))
-            .map(|target| &**target)
+    pub(crate) fn fallback_of(&self, name: &str) -> Option<&Arc<Target>> {
+        self.fallback_of.get(name).and_then(|fallback| self.destinations.get(fallback))
     }
 
     /// The destinations of route `key`, in its order.

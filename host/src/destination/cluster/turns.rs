@@ -6,8 +6,8 @@
 //! the queue (where its timeout still applies), holding no delivery slot; when one of the stream's
 //! is taken, the stream's oldest goes in its place
 //! ([`pop_first`](crate::destination::DeliveryQueue::pop_first)). A delivery holds its
-//! [`StreamTurn`] through its retries until it is settled (handed to the destination's fallback or
-//! dead-lettered included); dropping the turn frees the stream and
+//! [`StreamTurn`] through its retries until it is settled (by the destination's fallback, a network
+//! one's delivery of it included, or dead-lettered); dropping the turn frees the stream and
 //! signals [`StreamTurns::ended`], so the dispatcher looks again at what it skipped.
 
 use std::collections::HashSet;
