@@ -1103,6 +1103,8 @@ async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_not_ha
 /// destination `dead`, messages of topic `fill` to memory destination `spill`, which holds one
 /// unread message, and every other message to `workers`: an http destination on `endpoint` whose
 /// streams are those of header `x-stream`, whose fallback is `spill`, with `settings` besides.
+/// (A hand-off to the full `spill` waits for room as long as one of `workers`' attempts may
+/// take: `timeout_ms`.)
 fn streams_spilling(endpoint: SocketAddr, host_settings: &str, settings: &str) -> String {
     format!(
         "[host]\nworkers = 1\ndead_letter = \"dead\"\n{host_settings}\n\
@@ -1162,7 +1164,8 @@ async fn a_stream_s_message_timed_out_waiting_for_a_host_slot_keeps_its_turn_unt
     use crate::endpoint::{Mode, TestEndpoint};
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
-    let config = streams_spilling(endpoint.addr, "max_in_flight = 1", "queue = { timeout_ms = 1000 }");
+    let settings = "queue = { timeout_ms = 1000 }\ntimeout_ms = 600000";
+    let config = streams_spilling(endpoint.addr, "max_in_flight = 1", settings);
     let host = host(dir.path(), &config).await;
     let mut events = host.subscribe();
     host.send(Message::new("fill", "fill")).await.unwrap();
@@ -1188,7 +1191,8 @@ async fn a_stream_s_message_no_endpoint_could_take_keeps_its_turn_until_the_fall
     endpoint.stop().await;
     let dir = plugin_dir(&[]);
     // Left out 100 ms after each refusal; never ejected.
-    let settings = "queue = { timeout_ms = 1000 }\nbreaker = { consecutive_failures = 1000, open_ms = 100 }";
+    let settings = "queue = { timeout_ms = 1000 }\ntimeout_ms = 600000\n\
+                    breaker = { consecutive_failures = 1000, open_ms = 100 }";
     let host = host(dir.path(), &streams_spilling(endpoint.addr, "", settings)).await;
     let mut events = host.subscribe();
     host.send(Message::new("fill", "fill")).await.unwrap();
@@ -1213,7 +1217,7 @@ async fn a_reload_keeps_a_stream_s_next_message_until_its_timed_out_one_is_in_th
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
     let config = |settings: &str| streams_spilling(endpoint.addr, "max_in_flight = 1", settings);
-    let host = host(dir.path(), &config("queue = { timeout_ms = 1000 }")).await;
+    let host = host(dir.path(), &config("queue = { timeout_ms = 1000 }\ntimeout_ms = 300000")).await;
     let mut events = host.subscribe();
     host.send(Message::new("fill", "fill")).await.unwrap();
     host.send(of_stream("b", 0)).await.unwrap();
@@ -1316,4 +1320,47 @@ async fn a_reload_keeps_a_stream_s_next_message_until_the_network_fallback_deliv
     let (host, endpoint, spill, _dir) = a0_held_by_the_network_fallback().await;
     apply(&host, &streams_spilling_over_the_network(endpoint.addr, spill.addr, "timeout_ms = 600000")).await;
     a1_waits_while_the_network_fallback_delivers_a0(host, &endpoint, &spill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_fallback_holds_a_rebuilt_destination_only_until_the_hand_off_s_attempt_timeout() {
+    // The endpoint refuses connections: a0 finds no endpoint within its queue timeout and is
+    // handed to the fallback, full and never read. A reload rebuilds the destination meanwhile,
+    // whose new instance sends nothing before its predecessor's hand-offs end: a0's waited for
+    // room until the host stopped, and b0 (another stream) waited on the new instance as long.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    endpoint.stop().await;
+    let dir = plugin_dir(&[]);
+    // Attempts (a hand-off to the fallback is one) wait 1 s; the rebuilt instance's wait ten
+    // minutes, and its messages as long in its queue.
+    let config = |timeout_ms: u64| {
+        let settings = format!(
+            "queue = {{ timeout_ms = {timeout_ms} }}\ntimeout_ms = {timeout_ms}\n\
+             breaker = {{ consecutive_failures = 1000, open_ms = 100 }}"
+        );
+        streams_spilling(endpoint.addr, "", &settings)
+    };
+    let host = host(dir.path(), &config(1_000)).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("fill", "fill")).await.unwrap();
+    host.send(of_stream("a", 0)).await.unwrap();
+    event_where(&mut events, fallback_told).await;
+    apply(&host, &config(600_000)).await;
+    endpoint.revive().await;
+    host.send(of_stream("b", 0)).await.unwrap();
+    let dead = host.memory("dead").unwrap();
+    let letter = tokio::time::timeout(crate::support::PATIENCE, dead.recv_async())
+        .await
+        .expect("a0 still waits for room in the fallback, and the rebuilt destination for it")
+        .unwrap();
+    let why = letter.header("x-sy-dead-letter");
+    assert_eq!((&letter.payload[..], why), (&b"a0"[..], Some("queue-timeout")), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.contains("\"spill\"") && reason.contains("no room"), "{reason}");
+    within(endpoint.arrivals(1)).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["b0"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 1));
+    assert_eq!(next(&host.memory("spill").unwrap()).await.payload, "fill".as_bytes());
 }

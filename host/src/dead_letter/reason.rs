@@ -93,7 +93,10 @@ impl DeadLetterReason {
             DeadLetterReason::StagePanicked { .. }
             | DeadLetterReason::Delivery { error: DeliveryError::Panicked(_), .. } => "host-panic",
             DeadLetterReason::Delivery {
-                error: DeliveryError::QueueTimeout { .. } | DeliveryError::TurnTimeout { .. },
+                error:
+                    DeliveryError::QueueTimeout { .. }
+                    | DeliveryError::TurnTimeout { .. }
+                    | DeliveryError::NoRoom { .. },
                 ..
             } => "queue-timeout",
             DeadLetterReason::Delivery { error: DeliveryError::Retired, .. } => "destination-removed",

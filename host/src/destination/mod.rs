@@ -93,6 +93,14 @@ pub enum DeliveryError {
         /// How long it waited, milliseconds.
         waited_ms: u64,
     },
+    /// A memory destination, handed the message as a fallback, had no room for it (full, not
+    /// read) within the deadline of an attempt of the destination that handed it over
+    /// (`timeout_ms`): never taken.
+    #[error("no room for it within {waited_ms} ms (full); not taken")]
+    NoRoom {
+        /// How long it waited for room, milliseconds.
+        waited_ms: u64,
+    },
     /// A config reload replaced or removed the destination while the message
     /// waited for one of its endpoints, none of which it had reached: a
     /// replaced destination's new instance takes it over; a removed one's is

@@ -29,12 +29,12 @@ use crate::router::{Route, RouteKey};
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
 use dispatch::{Delivery, Job};
+use fallback::{HandOff, no_room_within};
 use item::{Accepted, Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 use tokio::runtime::Handle;
-use tokio_util::sync::DropGuard;
 use topology::{Sink, Target};
 
 /// State shared by all workers of a host.
@@ -334,16 +334,19 @@ impl Pipeline {
 
     /// Send `delivery` to `target`: into its queue (waiting while it is full) for a network
     /// destination, in place for another. `handed_over`, given by a destination that hands the
-    /// message to `target` as its fallback, is dropped once the message is settled.
+    /// message to `target` as its fallback, bounds its wait for room in a memory destination and
+    /// is dropped once the message is settled.
     async fn deliver_to(
         &self,
         target: &Target,
         delivery: Delivery,
         metrics: &Arc<RouteMetrics>,
-        handed_over: Option<DropGuard>,
+        handed_over: Option<HandOff>,
     ) {
+        let room_wait = handed_over.as_ref().and_then(|handed| handed.room_wait);
         let delivery = match &target.queue {
             Some(queue) => {
+                let handed_over = handed_over.map(|handed| handed.settled);
                 let job = Job { delivery, route: metrics.clone(), handed_over };
                 match queue.0.push(job.delivery.message.priority, job, &self.dispatch.past_grace).await {
                     Ok(()) => return,
@@ -368,11 +371,13 @@ impl Pipeline {
             Some(memory) => {
                 let sent = match memory.try_send(message) {
                     Ok(()) => Ok(()),
-                    // Full: wait for room, with a copy to dead-letter if the grace period ends first.
+                    // Full: wait for room, with a copy to dead-letter if the grace period ends
+                    // first, or the wait a fallback's hand-off allows.
                     Err(message) => tokio::select! {
                         biased;
                         sent = memory.send(message.clone()) => sent.map_err(|(error, _)| (error, message)),
                         () = past_grace.cancelled() => Err((DeliveryError::Shutdown, message)),
+                        waited_ms = no_room_within(room_wait) => Err((DeliveryError::NoRoom { waited_ms }, message)),
                     },
                 };
                 match sent {

@@ -12,6 +12,7 @@ use crate::router::{Route, RouteKey, RouteTable};
 use crate::transport::CheckedTransports;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// What messages are routed by and delivered to. Each batch pins one.
 pub(crate) struct Topology {
@@ -73,6 +74,9 @@ pub(crate) struct Sink {
     /// When a message of this destination last went to its fallback: a first one after a quiet
     /// spell is told as an event.
     pub(crate) last_fallback: std::sync::Mutex<Option<std::time::Instant>>,
+    /// A network destination's deadline of one attempt (`timeout_ms`): handing a message to its
+    /// fallback is one (see [`Pipeline::fall_back`](super::Pipeline::fall_back)).
+    pub(crate) attempt_timeout: Option<Duration>,
 }
 
 impl Sink {
@@ -164,15 +168,15 @@ impl Topology {
         metrics: &Arc<Metrics>,
         dispatch: &DispatchContext,
     ) -> Topology {
-        let sink = |name: &str, destination| {
-            let counters = metrics.deliveries(name);
-            Arc::new(Sink { name: name.to_owned(), destination, counters, last_fallback: Default::default() })
+        let sink = |name: &str, destination, attempt_timeout| {
+            let (counters, last_fallback) = (metrics.deliveries(name), Default::default());
+            Arc::new(Sink { name: name.to_owned(), destination, counters, last_fallback, attempt_timeout })
         };
         let mut destinations: HashMap<String, Target> = lasting
             .native
             .iter()
             .map(|(name, destination)| {
-                let sink = sink(name, retrying(destination.clone()));
+                let sink = sink(name, retrying(destination.clone()), None);
                 let target = Target { sink, queue: None, built_from: None, files_digest: None };
                 (name.clone(), target)
             })
@@ -211,7 +215,8 @@ impl Topology {
                 (None, "memory") => Arc::new(lasting.memory(&dest.name, dest.queue.capacity)),
                 (None, _) => retrying(Arc::new(LogDestination::new(&dest.name))),
             };
-            let sink = sink(&dest.name, destination);
+            let attempt_timeout = cluster.is_some().then(|| Duration::from_millis(dest.timeout_ms));
+            let sink = sink(&dest.name, destination, attempt_timeout);
             let built_from = cluster.is_some().then(|| dest.clone());
             let queue = cluster.map(|cluster| {
                 let (queue, retire) = dispatch.start(sink.clone(), cluster, dest);
@@ -221,7 +226,7 @@ impl Topology {
         }
         if !destinations.contains_key("log") {
             let log = Target {
-                sink: sink("log", retrying(Arc::new(LogDestination::new("log")))),
+                sink: sink("log", retrying(Arc::new(LogDestination::new("log"))), None),
                 queue: None,
                 built_from: None,
                 files_digest: None,
