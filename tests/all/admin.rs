@@ -719,3 +719,56 @@ async fn concurrent_config_replacements_and_reloads_leave_the_file_holding_what_
         assert_eq!(on_disk.routes[0].priority, running, "round {round}: the file holds what runs");
     }
 }
+
+/// The names of the routes of a config's TOML `text`, in order.
+fn route_names(text: &str) -> Vec<String> {
+    let table: toml::Table = toml::from_str(text).unwrap_or_else(|err| panic!("{err}: {text}"));
+    let routes = table.get("route").and_then(toml::Value::as_array).cloned().unwrap_or_default();
+    routes.iter().map(|route| route["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_read_and_put_back_by_an_embedder_keeps_its_routes_added_in_code_once_and_out_of_the_file() {
+    // GET /v1/config shows the routes an embedder adds in code; sent back as read, they were
+    // added to the code's again: refused (422), two routes sharing a name.
+    let dir = plugin_dir(&[]);
+    let config_path = dir.path().join("switchyard.toml");
+    let own = format!("{MEMORY_OUT}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a.*\" }}\nto = \"out\"\n");
+    std::fs::write(&config_path, &own).unwrap();
+    let in_code = switchyard::RouteConfig::new("in-code", "c.*", "out");
+    let from_file = crate::support::builder(dir.path()).config_file(&config_path).unwrap();
+    let from_file = from_file.route(in_code.clone()).build().await.unwrap();
+    let elsewhere = plugin_dir(&[]);
+    let without_file = Config::from_toml("<builder>", &own).unwrap();
+    let without_file = crate::support::builder(elsewhere.path()).config("<builder>", without_file);
+    let without_file = without_file.route(in_code).build().await.unwrap();
+
+    for (host, written) in [(&from_file, Some(&config_path)), (&without_file, None)] {
+        let addr = start_admin(host).await;
+        let (status, shown) = call(addr, "GET", "/v1/config?format=toml", "").await;
+        assert_eq!(status, 200, "{shown}");
+        assert_eq!(route_names(&shown), ["a", "in-code"], "GET shows the routes that run");
+        for (method, path) in [("POST", "/v1/config/validate"), ("PUT", "/v1/config")] {
+            let (status, body) = call(addr, method, path, &shown).await;
+            assert_eq!(status, 200, "{method} {path}: {body}");
+            assert!(body.contains(r#""change":"unchanged""#), "{method} {path}: {body}");
+        }
+        // Sent back with an edit, the edit applies and the code's route stays once, last.
+        let mut edited: toml::Table = toml::from_str(&shown).unwrap();
+        let route = toml::toml! { name = "b"  to = "out"  match = { topic = "b.*" } };
+        edited["route"].as_array_mut().unwrap().insert(1, toml::Value::Table(route));
+        let (status, body) = call(addr, "PUT", "/v1/config", &toml::to_string(&edited).unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        let names: Vec<_> = host.config().routes.iter().map(|route| route.name.clone()).collect();
+        assert_eq!(names, ["a", "b", "in-code"]);
+        if let Some(path) = written {
+            let file = std::fs::read_to_string(path).unwrap();
+            assert_eq!(route_names(&file), ["a", "b"], "the file holds its own routes only: {file}");
+            assert_eq!(within(host.reload()).await.unwrap(), switchyard::ConfigChange::Unchanged);
+        }
+        // A route named as the code's that is not the code's is no copy of it: still refused.
+        let other = shown.replace("c.*", "d.*");
+        let (status, body) = call(addr, "PUT", "/v1/config", &other).await;
+        assert!(status == 422 && body.contains("two routes share this name"), "{status} {body}");
+    }
+}

@@ -555,7 +555,7 @@ impl Default for HealthSettings {
 }
 
 /// `match = {..}` of a route.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Topic pattern: segments split by `.`, `*` matches one segment, a final
@@ -567,7 +567,7 @@ pub struct RouteMatch {
 }
 
 /// `[[route]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Route name, used in errors, dead letters and metrics.

@@ -2,8 +2,9 @@
 //! state directory, the listeners' addresses, routes added in code): applied to the configuration
 //! the host starts with and to every one it reloads, so a reload never drops them, and the host's
 //! config shows them. What a configuration says of a key they set is not used:
-//! [`CodeOverrides::overridden`] names it, for a reload to tell. A config sent to be written over
-//! the file keeps the file's own settings of those keys ([`CodeOverrides::keep_own_settings`]).
+//! [`CodeOverrides::overridden`] names it, for a reload to tell. A config sent to replace the
+//! running one keeps the file's own settings of those keys and leaves out the routes added in code
+//! ([`CodeOverrides::keep_own_settings`]).
 
 use super::{AdminConfig, Config, HttpIngressConfig, RouteConfig};
 use std::net::SocketAddr;
@@ -66,14 +67,47 @@ impl CodeOverrides {
         dirs.chain(listeners).collect()
     }
 
-    /// `text`, a config sent to be written over the file whose text is `own`, with each key these
-    /// settings set that `text` gives their value set back as the file has it: a config read from
-    /// the host (`GET /v1/config`, which shows what these settings set) and sent back leaves the
-    /// file its own addresses and directories. A listener's table the file has not, which `text`
-    /// gives as the host runs it (`running`: as these settings made it), is left out whole, the
-    /// address it cannot go without with it. `None` when there is nothing to set back.
-    pub(crate) fn keep_own_settings(&self, text: &str, own: &str, running: &Config) -> Option<String> {
-        let (mut given, own) = (toml::from_str::<Table>(text).ok()?, toml::from_str::<Table>(own).ok()?);
+    /// `text`, a config sent to replace the running one (and to be written over the file whose
+    /// text is `own`, if it has one), as it is to be applied: a config read from the host
+    /// (`GET /v1/config`, which shows what these settings set) and sent back leaves the file its own
+    /// addresses and directories, and the routes added in code once. A route it gives as one
+    /// added in code is, is left out: the code adds it again. Each key these settings set that
+    /// `text` gives their value is set back as the file has it; a listener's table the file has
+    /// not, which `text` gives as the host runs it (`running`: as these settings made it), is left
+    /// out whole, the address it cannot go without with it. `None` when there is nothing to change.
+    pub(crate) fn keep_own_settings(
+        &self,
+        text: &str,
+        own: Option<&str>,
+        running: &Config,
+    ) -> Option<String> {
+        let mut given = toml::from_str::<Table>(text).ok()?;
+        let mut kept = self.leave_out_code_routes(&mut given);
+        if let Some(own) = own.and_then(|own| toml::from_str::<Table>(own).ok()) {
+            kept |= self.keep_own_keys(&mut given, &own, running);
+        }
+        kept.then(|| toml::to_string(&given).ok()).flatten()
+    }
+
+    /// Leave out of `given` the routes that are routes added in code (a route with the name of one
+    /// but other settings stays, to be refused as sharing its name); whether there were any.
+    fn leave_out_code_routes(&self, given: &mut Table) -> bool {
+        let Some(routes) = given.get_mut("route").and_then(toml::Value::as_array_mut) else { return false };
+        let count = routes.len();
+        routes.retain(|route| {
+            let route = route.clone().try_into::<RouteConfig>();
+            !route.is_ok_and(|route| self.routes.contains(&route))
+        });
+        let left_out = routes.len() < count;
+        if routes.is_empty() {
+            given.remove("route");
+        }
+        left_out
+    }
+
+    /// Set back in `given` the keys these settings set that it gives their value as `own` (the
+    /// file's text) has them; whether there were any (see [`keep_own_settings`](Self::keep_own_settings)).
+    fn keep_own_keys(&self, given: &mut Table, own: &Table, running: &Config) -> bool {
         let settings = [
             (
                 &["host", "plugin_dir"][..],
@@ -95,25 +129,25 @@ impl CodeOverrides {
         let mut kept = false;
         for (path, used, listener) in settings {
             let Some(used) =
-                used.filter(|used| value_at(&given, path).and_then(toml::Value::as_str) == Some(used))
+                used.filter(|used| value_at(given, path).and_then(toml::Value::as_str) == Some(used))
             else {
                 continue;
             };
             let (key, table) = path.split_last().expect("a key's path is not empty");
-            kept |= match (value_at(&own, path), listener) {
+            kept |= match (value_at(own, path), listener) {
                 (Some(value), _) if value.as_str() == Some(used.as_str()) => false,
-                (Some(value), _) => table_at(&mut given, table)
-                    .and_then(|at| at.insert(key.to_string(), value.clone()))
-                    .is_some(),
-                (None, None) => table_at(&mut given, table).and_then(|at| at.remove(*key)).is_some(),
+                (Some(value), _) => {
+                    table_at(given, table).and_then(|at| at.insert(key.to_string(), value.clone())).is_some()
+                }
+                (None, None) => table_at(given, table).and_then(|at| at.remove(*key)).is_some(),
                 (None, Some(running)) => {
                     let (name, outer) = table.split_last().expect("a listener's table is named");
-                    let as_running = value_at(&given, table) == running.as_ref();
-                    as_running && table_at(&mut given, outer).and_then(|at| at.remove(*name)).is_some()
+                    let as_running = value_at(given, table) == running.as_ref();
+                    as_running && table_at(given, outer).and_then(|at| at.remove(*name)).is_some()
                 }
             };
         }
-        kept.then(|| toml::to_string(&given).ok()).flatten()
+        kept
     }
 }
 
@@ -153,7 +187,7 @@ mod tests {
         };
         let own = "[host]\nwatch = false\n[ingress.http]\nlisten = \"127.0.0.1:9\"\n";
         let running = overrides.apply(Config::parse("own.toml", own).unwrap());
-        let read_back = |text: &str| overrides.keep_own_settings(text, own, &running);
+        let read_back = |text: &str| overrides.keep_own_settings(text, Some(own), &running);
         // The file has no plugin_dir and no [admin]: sent back as the host shows them, they go.
         let shown = toml::to_string(&running).unwrap();
         let kept: Table = toml::from_str(&read_back(&shown).unwrap()).unwrap();

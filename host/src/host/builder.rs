@@ -106,7 +106,8 @@ impl HostBuilder {
     }
 
     /// Append a route (after those of the configuration, also after config
-    /// reloads).
+    /// reloads). The host's config shows it; a config sent to replace it
+    /// ([`Host::replace_config`]) that gives it as it is leaves it out, and the code adds it again.
     pub fn route(mut self, route: RouteConfig) -> Self {
         self.overrides.routes.push(route);
         self

@@ -401,6 +401,7 @@ impl Host {
         let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
         tokio::task::spawn_blocking(move || {
             let file = reloader.config_name();
+            let text = reloader.as_sent_back(&text).unwrap_or(text);
             reloader.check_config(&file, reloader.parse_config(&file, &text)?)
         })
         .await
@@ -410,7 +411,10 @@ impl Host {
     /// Apply the config `text` (TOML) as a reload of the config file would,
     /// then write it to that file so a restart keeps it; the path written, or
     /// `None` when the host runs without a config file. A refused config
-    /// changes nothing; once a shutdown began, every one is refused.
+    /// changes nothing; once a shutdown began, every one is refused. A key set
+    /// in code that `text` gives as code set it keeps the file's own value, and a
+    /// route added in code that `text` gives as it is is left out (the code adds
+    /// it): [`Host::config`] sent back leaves the code's settings where they were.
     pub async fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
         let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
         tokio::task::spawn_blocking(move || reloader.replace_config(&text))

@@ -480,19 +480,28 @@ impl Reloader {
         // then holds what runs.
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let file = self.config_name();
+        let kept = self.as_sent_back(text);
+        let text = kept.as_deref().unwrap_or(text);
         let Some(path) = self.config_path() else {
             return Ok((self.apply(&file, self.parse_config(&file, text)?)?, None));
         };
-        // What code overrides keeps the file's own setting where the text gives the override's (as
-        // GET /v1/config shows it): applied and written as the file will be read again.
-        let own = Config::read_text(&file, path, Links::Anywhere).ok().flatten();
-        let kept = own.and_then(|own| self.overrides.keep_own_settings(text, &own, &self.config.load()));
-        let text = kept.as_deref().unwrap_or(text);
         let (change, written) =
             self.apply_then(&file, self.parse_config(&file, text)?, || replace_file(path, text))?;
         written.map_err(|error| ConfigError::Write { file, error })?;
         *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(text.to_owned());
         Ok((change, Some(path.to_owned())))
+    }
+
+    /// The config `text`, sent to replace the running one, as it is applied (and written) where
+    /// it differs: what code overrides keeps the file's own setting where the text gives the
+    /// override's, and a route added in code that the text gives as it is is left out (as
+    /// `GET /v1/config` shows them), so a config read from the host and sent back changes neither.
+    pub(crate) fn as_sent_back(&self, text: &str) -> Option<String> {
+        let file = self.config_name();
+        let own = self
+            .config_path()
+            .and_then(|path| Config::read_text(&file, path, Links::Anywhere).ok().flatten());
+        self.overrides.keep_own_settings(text, own.as_deref(), &self.config.load())
     }
 
     /// Plugin `name` read and compiled as `config` says, ready to swap in, or why not.
