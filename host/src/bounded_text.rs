@@ -5,8 +5,9 @@
 /// message with it, or answer a caller with it), in bytes.
 pub(crate) const MAX_ERROR_TEXT: usize = 1024;
 
-/// A plugin's or a peer's error `text` as the host keeps it: [`one_line`] of at most
-/// [`MAX_ERROR_TEXT`] bytes, so it can neither forge log lines nor fill the log.
+/// A plugin's (an embedder's stage's too) or a peer's error `text` as the host keeps it:
+/// [`one_line`] of at most [`MAX_ERROR_TEXT`] bytes, so it can neither forge log lines nor fill
+/// the log.
 pub(crate) fn error_text(text: &str) -> String {
     one_line(text, MAX_ERROR_TEXT)
 }

@@ -3,7 +3,9 @@
 //! them again, across a restart too; fallbacks; labels any transport takes.
 
 use crate::exposition::sample;
-use crate::support::{PATIENCE, builder, drain_and_account, eventually, http, next, plugin_dir, within};
+use crate::support::{
+    PATIENCE, builder, drain_and_account, eventually, http, next, plugin_dir, start_ingress, within,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +15,9 @@ use switchyard::admin::AdminServer;
 use switchyard::dead_letter::{
     DeadLetterReason, DeadLetterRecord, FILE_NAME, REASON_CODE_HEADER, REASON_HEADER,
 };
-use switchyard::{Config, DeliveryError, Destination, Host, Message, MessageId, PluginError, RouteConfig};
+use switchyard::{
+    Config, DeliveryError, Destination, Host, Message, MessageId, PluginError, RequestError, RouteConfig,
+};
 
 /// A dead-letter destination that refuses while `up` is false and hands
 /// what it takes to `taken`.
@@ -392,6 +396,38 @@ async fn control_characters_in_a_reason_do_not_make_an_http_dead_letter_destinat
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 1);
     assert_eq!(host.dead_letters(0).unwrap().count, 0, "the destination took it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedders_stage_error_reaches_callers_as_one_line_of_bounded_length_as_a_plugins_does() {
+    // The error text of a native stage, built by the embedder, reached callers (and the log) whole,
+    // where a plugin's is kept as one line of at most 1 KiB.
+    let (plugins, state) = (plugin_dir(&[]), tempfile::tempdir().unwrap());
+    let text = format!("bad\nWARN forged log line{}", "x".repeat(1 << 20));
+    let failing = move |_: &Message| Err(PluginError::Failed(text.clone()));
+    let host = Host::builder().plugin_dir(plugins.path()).state_dir(state.path()).filter("failing", failing);
+    let host = host.destination("out", |_: Message| async { Ok(None) });
+    let host =
+        host.route(RouteConfig::new("all", "orders", "out").stage("filter:failing")).build().await.unwrap();
+    let ingress = start_ingress(&host).await;
+
+    let post = move || http(ingress, "POST", "/v1/messages/orders?wait=true", &[], b"{}");
+    let (status, body) = tokio::task::spawn_blocking(post).await.unwrap();
+    assert_eq!(status, 422, "{body:.200}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains(r#"plugin "failing" (native) failed: bad\nWARN forged log line"#), "{error:.200}");
+    assert!(error.len() < 1200 && error.ends_with("..."), "bounded: {} bytes", error.len());
+    let answer = host.request(Message::new("orders", "{}")).await;
+    let Err(RequestError::DeadLettered(DeadLetterReason::PluginError {
+        error: PluginError::Failed(kept),
+        ..
+    })) = answer
+    else {
+        panic!("{answer:?}")
+    };
+    assert!(kept.starts_with(r"bad\nWARN forged log line") && kept.len() <= 1024 + 3, "{} bytes", kept.len());
+    assert_eq!(drain_and_account(&host).await.dead_lettered, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -630,6 +630,12 @@ fn panic_reason(kind: &str, name: &str, panic: String) -> DeadLetterReason {
     DeadLetterReason::StagePanicked { stage: format!("{kind}:{name}"), panic }
 }
 
+/// Why a message an embedder's stage `name` answered `error` for is dead-lettered: its text kept
+/// as a plugin's is.
 fn native_reason(name: &str, error: PluginError) -> DeadLetterReason {
-    DeadLetterReason::PluginError { plugin: name.to_owned(), version: "native".into(), error }
+    DeadLetterReason::PluginError {
+        plugin: name.to_owned(),
+        version: "native".into(),
+        error: error.bounded(),
+    }
 }

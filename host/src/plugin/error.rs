@@ -226,6 +226,18 @@ impl PluginError {
             PluginError::Failed(_) => "failed",
         }
     }
+
+    /// This answer with its text as the host keeps a plugin's or an embedder's stage's (to log it,
+    /// dead-letter a message with it, or answer a caller with it): one line of bounded length
+    /// ([`error_text`](crate::bounded_text::error_text)).
+    pub(crate) fn bounded(self) -> PluginError {
+        use crate::bounded_text::error_text;
+        match self {
+            PluginError::Rejected(text) => PluginError::Rejected(error_text(&text)),
+            PluginError::Retryable(text) => PluginError::Retryable(error_text(&text)),
+            PluginError::Failed(text) => PluginError::Failed(error_text(&text)),
+        }
+    }
 }
 
 impl PluginFault {
@@ -246,13 +258,13 @@ impl PluginFault {
 /// A guest's error, its text kept as one line of bounded length.
 impl From<crate::plugin::bindings::WitError> for PluginError {
     fn from(error: crate::plugin::bindings::WitError) -> Self {
-        use crate::bounded_text::error_text;
         use crate::plugin::bindings::WitError;
-        match error {
-            WitError::Rejected(reason) => PluginError::Rejected(error_text(&reason)),
-            WitError::Retryable(reason) => PluginError::Retryable(error_text(&reason)),
-            WitError::Failed(reason) => PluginError::Failed(error_text(&reason)),
-        }
+        let error = match error {
+            WitError::Rejected(reason) => PluginError::Rejected(reason),
+            WitError::Retryable(reason) => PluginError::Retryable(reason),
+            WitError::Failed(reason) => PluginError::Failed(reason),
+        };
+        error.bounded()
     }
 }
 

@@ -195,10 +195,11 @@ pub(super) fn decision(decision: Result<bool, Failure>) -> Result<Verdict, Plugi
 }
 
 fn plugin_error(failure: Failure) -> PluginError {
-    let reason = crate::bounded_text::error_text(&failure.message);
-    match failure.kind {
+    let reason = failure.message;
+    let error = match failure.kind {
         ErrorKind::Rejected => PluginError::Rejected(reason),
         ErrorKind::Retryable => PluginError::Retryable(reason),
         ErrorKind::Failed => PluginError::Failed(reason),
-    }
+    };
+    error.bounded()
 }
