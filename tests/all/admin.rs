@@ -256,7 +256,8 @@ fn first_plugin(body: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_is_removed() {
+async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_is_removed_and_none_once_back()
+{
     let dir = plugin_dir(&[("bad", artifacts::FAULTY_SPIN)]);
     let config = format!(
         "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\nlimits = {{ timeout_ms = 50 }}\n\
@@ -310,6 +311,20 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     let removed = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
     assert_eq!((removed["state"].as_str(), removed["version"].as_str()), (Some("removed"), Some(&*version)));
     assert_eq!((removed["deadline_hits"].as_u64(), &removed["last_fault"]), (Some(1), fault), "{removed}");
+
+    // Back, it counts from 0: no fault of its own yet, and none of the plugin that was removed
+    // (its last fault stayed, beside counts of 0).
+    crate::support::replace_file(
+        &dir.path().join("bad.wasm"),
+        &std::fs::read(artifacts::FAULTY_SPIN).unwrap(),
+    );
+    within(async {
+        while !matches!(events.recv().await.unwrap(), switchyard::HostEvent::PluginLoaded { .. }) {}
+    })
+    .await;
+    let back = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
+    assert_eq!((back["state"].as_str(), back["faults"].as_u64()), (Some("serving"), Some(0)), "{back}");
+    assert_eq!(back["last_fault"], serde_json::Value::Null, "{back}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

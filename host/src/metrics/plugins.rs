@@ -174,10 +174,13 @@ impl Metrics {
         removed_plugins.insert(plugin.to_owned(), removed);
     }
 
-    /// Plugin `plugin` serves (loaded or replaced): its counts are its series' again, from 0 if
-    /// it was removed before.
+    /// Plugin `plugin` serves (loaded or replaced): its counts are its series' again, from 0 and
+    /// with no last fault if it was removed before.
     pub(crate) fn plugin_serving(&self, plugin: &str) {
-        self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner()).remove(plugin);
+        let mut removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
+        if removed_plugins.remove(plugin).is_some() {
+            self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).remove(plugin);
+        }
     }
 
     /// The counts of `plugin` as they were when its file was removed, if it has been.
@@ -198,18 +201,26 @@ impl Metrics {
 
     /// Count an error answer of `plugin`, of kind `problem`.
     pub(crate) fn plugin_problem(&self, plugin: &str, problem: &str) {
-        self.unless_removed(plugin, || {
-            self.plugin_problems
-                .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
-                .inc();
-        });
+        self.unless_removed(plugin, || self.count_problem(plugin, problem));
     }
 
-    /// Count a fault of `plugin` and keep it as its last.
+    /// Add one to `plugin`'s series of `problem`, making it if need be.
+    fn count_problem(&self, plugin: &str, problem: &str) {
+        self.plugin_problems
+            .get_or_create(&PluginProblem { plugin: plugin.into(), problem: problem.into() })
+            .inc();
+    }
+
+    /// Count a fault of `plugin` and keep it as its last, unless its file was removed (see
+    /// [`Metrics::unless_removed`]): a removed plugin keeps the last fault it had while serving.
     pub(crate) fn plugin_fault(&self, plugin: &str, fault: LastFault) {
-        self.plugin_problem(plugin, fault.kind);
-        let mut faults = self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner());
-        faults.insert(plugin.to_owned(), fault);
+        self.unless_removed(plugin, || {
+            self.count_problem(plugin, fault.kind);
+            self.last_faults
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .insert(plugin.to_owned(), fault);
+        });
     }
 
     /// Count an instance of `plugin` renewed because it outgrew its memory.
@@ -293,6 +304,28 @@ mod tests {
             metrics.encode().contains("plugin_counter_total{plugin=\"mw\",name=\"seen\"} 1"),
             "{}",
             metrics.encode()
+        );
+    }
+
+    #[test]
+    fn a_removed_plugin_keeps_its_last_fault_while_serving_until_it_serves_again() {
+        let metrics = Metrics::new(true);
+        let fault =
+            |message: &str| LastFault { kind: "trapped", message: message.into(), version: "v1".into() };
+        metrics.plugin_fault("mw", fault("while serving"));
+        metrics.plugin_removed("mw");
+        // A version finishing a call after the removal: counted nowhere, not its last fault either.
+        metrics.plugin_fault("mw", fault("after the removal"));
+        assert_eq!(metrics.last_fault("mw"), Some(fault("while serving")));
+        assert_eq!(metrics.plugin_counts("mw").faults(), 1);
+        metrics.plugin_serving("mw");
+        assert_eq!((metrics.last_fault("mw"), metrics.plugin_counts("mw").faults()), (None, 0));
+        // Replaced while serving, it keeps both.
+        metrics.plugin_fault("mw", fault("once back"));
+        metrics.plugin_serving("mw");
+        assert_eq!(
+            (metrics.last_fault("mw"), metrics.plugin_counts("mw").faults()),
+            (Some(fault("once back")), 1)
         );
     }
 }
