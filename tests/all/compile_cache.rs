@@ -6,7 +6,7 @@
 use crate::support::{MEMORY_OUT, builder, drain_and_account, next, plugin_dir};
 use std::path::{Path, PathBuf};
 use switchyard::plugin::CacheOutcome;
-use switchyard::{Config, Host, Message};
+use switchyard::{Config, ConfigChange, Host, HostEvent, Message};
 use switchyard_plugin_artifacts as artifacts;
 
 fn config(cache: &Path) -> Config {
@@ -76,6 +76,39 @@ async fn a_swapped_or_patched_cache_entry_is_discarded_and_the_plugin_compiled_a
     let third = host(plugins.path(), cache.path()).await;
     assert_eq!(outcomes(&third), [CacheOutcome::Hit, CacheOutcome::Hit], "the fresh entries are sound");
     drain_and_account(&third).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cache_entry_is_told_though_the_plugin_then_fails_its_trial() {
+    // The event was told only for a compile whose plugin passed its trial: a plugin refused after
+    // it, whose next compile finds a sound entry, never told that its entry had been bad.
+    let plugins = plugin_dir(&[("b", artifacts::REDACT_TRANSFORM)]);
+    let cache = tempfile::tempdir().unwrap();
+    let text =
+        MEMORY_OUT.replacen("[host]", &format!("[host]\nwatch = false\ncache_dir = {:?}", cache.path()), 1);
+    let config = |plugin: &str| Config::from_toml("test.toml", &format!("{text}{plugin}")).unwrap();
+    let host = builder(plugins.path()).config("test.toml", config("")).build().await.unwrap();
+    assert_eq!(outcomes(&host), [CacheOutcome::Miss]);
+    let digest = host.plugins()[0].digest.clone();
+    std::fs::write(entry(cache.path(), &digest), b"cut short").unwrap();
+
+    // New settings compile `b` again, through the bad entry; its trial then fails: it is granted
+    // a directory that does not exist.
+    let missing = cache.path().join("missing").display().to_string();
+    let granted = format!("[[plugin]]\nname = \"b\"\ndirs = {{ \"/data\" = {missing:?} }}\n");
+    let mut events = host.subscribe();
+    assert_eq!(host.apply_config("test.toml", config(&granted)).await.unwrap(), ConfigChange::Applied);
+    let told: Vec<HostEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let rejected =
+        told.iter().any(|event| matches!(event, HostEvent::PluginRejected { name, .. } if name == "b"));
+    assert!(rejected, "the trial refused it: {told:?}");
+    let discarded: Vec<_> =
+        told.iter().filter(|event| matches!(event, HostEvent::CacheEntryDiscarded { .. })).collect();
+    let [HostEvent::CacheEntryDiscarded { name, reason }] = &discarded[..] else { panic!("{told:?}") };
+    assert!(name == "b" && reason.ends_with("shorter than its seal; discarded"), "{name}: {reason}");
+    assert_eq!(host.event_counts().cache_entries_discarded, 1);
+    assert_eq!(outcomes(&host), [CacheOutcome::Miss], "the version before keeps serving");
+    drain_and_account(&host).await;
 }
 
 #[test]

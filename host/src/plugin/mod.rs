@@ -34,6 +34,7 @@ pub(crate) use output_limits::check_native_outputs;
 pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };
+pub(crate) use registry::{compile_bytes, trial_instantiation};
 pub use sandbox::PluginSettings;
 pub(crate) use socket_cap::MAX_SOCKETS;
 pub use transport::TransportConnection;

@@ -104,13 +104,24 @@ pub fn load_bytes(
     config: PluginConfig,
     max_message_bytes: usize,
 ) -> Result<Arc<CompiledPlugin>, LoadError> {
-    let settings = Arc::new(PluginSettings::new(config)?);
-    let plugin = Arc::new(match format {
-        PluginFormat::Wasm => CompiledPlugin::compile(engine, bytes, settings)?,
-        PluginFormat::Native => CompiledPlugin::load_native(bytes, settings)?,
-    });
+    let plugin = compile_bytes(engine, format, bytes, config)?;
     trial_instantiation(engine, &plugin, max_message_bytes)?;
     Ok(plugin)
+}
+
+/// The first half of [`load_bytes`]: `bytes` compiled (or, native, loaded) as the plugin
+/// `config.name`, not tried yet; what the compile cache had for it is known from here.
+pub(crate) fn compile_bytes(
+    engine: &PluginEngine,
+    format: PluginFormat,
+    bytes: &[u8],
+    config: PluginConfig,
+) -> Result<Arc<CompiledPlugin>, LoadError> {
+    let settings = Arc::new(PluginSettings::new(config)?);
+    Ok(Arc::new(match format {
+        PluginFormat::Wasm => CompiledPlugin::compile(engine, bytes, settings)?,
+        PluginFormat::Native => CompiledPlugin::load_native(bytes, settings)?,
+    }))
 }
 
 /// Instantiate once before serving, ask a component its wire format version,
@@ -119,7 +130,7 @@ pub fn load_bytes(
 /// under the plugin's limits. The plugin may answer with an error; it must not
 /// trap, time out, exceed its memory cap, exit or answer malformed (a message
 /// larger than `max_message_bytes` among them).
-fn trial_instantiation(
+pub(crate) fn trial_instantiation(
     engine: &PluginEngine,
     plugin: &Arc<CompiledPlugin>,
     max_message_bytes: usize,

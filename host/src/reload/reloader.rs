@@ -7,7 +7,8 @@ use super::source::{Source, beyond_grants, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, Overridden, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{
-    CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, load_bytes, plugin_files, plugin_name,
+    CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, compile_bytes, plugin_files,
+    plugin_name, trial_instantiation,
 };
 use crate::regular_file::Links;
 use crate::transport::CheckedTransports;
@@ -530,9 +531,13 @@ impl Reloader {
             return Prepared::Refused;
         }
         drop(refused);
-        let max_message_bytes = config.host.max_message_bytes;
-        let loaded = load_bytes(&self.pipeline.engine, format, &bytes, settings, max_message_bytes)
+        // Compiled, then tried: a bad cache entry the compile found is told even if the trial fails.
+        let engine = &self.pipeline.engine;
+        let loaded = compile_bytes(engine, format, &bytes, settings)
             .inspect(|plugin| self.tell_discarded_entry(plugin))
+            .and_then(|plugin| {
+                trial_instantiation(engine, &plugin, config.host.max_message_bytes).map(|()| plugin)
+            })
             .and_then(|plugin| same_kind_where_used(config, current.as_deref(), plugin));
         match loaded {
             Ok(plugin) => Prepared::Ready(plugin),
@@ -541,7 +546,8 @@ impl Reloader {
     }
 
     /// Tell that the compile cache's entry for `plugin` failed its check and was deleted, whether or
-    /// not `plugin` comes to serve: a later compile of the same file finds no entry to tell of.
+    /// not `plugin` passes its trial and comes to serve: a later compile of the same file finds no
+    /// entry to tell of.
     fn tell_discarded_entry(&self, plugin: &CompiledPlugin) {
         if let CacheOutcome::Discarded(reason) = &plugin.cache {
             let (name, reason) = (plugin.name.clone(), reason.clone());
