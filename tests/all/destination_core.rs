@@ -433,10 +433,17 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
     assert_eq!(steady.seen().len() + flaky.seen().len(), sent_while_down as usize + 2);
 }
 
+/// The events `events` has received by now, of those named `names`.
+fn received(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, names: &[&str]) -> Vec<HostEvent> {
+    std::iter::from_fn(|| events.try_recv().ok()).filter(|event| names.contains(&event.name())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_told_down_is_told_up_when_a_reload_to_another_transport_starts_it_afresh() {
+async fn an_endpoint_told_down_is_told_up_after_config_applied_by_a_reload_to_another_transport() {
     // A reload that changes a destination's transport starts its endpoints afresh, up, and sends
-    // them traffic; one told down before used to stay down for whoever follows the events.
+    // them traffic; one told down before used to stay down for whoever follows the events. Then
+    // the new instance told it up as the reload built it, before the reload told `config-applied`:
+    // of a config not applied yet.
     let endpoint = TestEndpoint::start(Mode::Answer).await;
     let dir = plugin_dir(&[]);
     let health = "health = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
@@ -444,15 +451,17 @@ async fn an_endpoint_told_down_is_told_up_when_a_reload_to_another_transport_sta
     let mut events = host.subscribe();
     endpoint.set(Mode::Fail);
     next_event(&mut events, "endpoint-down").await;
-    let tcp = config(&[&endpoint], "").replace("transport = \"http\"", "transport = \"tcp\"");
-    let change = host.apply_config("test.toml", switchyard::Config::from_toml("test.toml", &tcp).unwrap());
-    assert_eq!(within(change).await.unwrap(), switchyard::ConfigChange::Applied);
-    let HostEvent::Destination(DestinationEvent::EndpointUp { destination, endpoint: up }) =
-        next_event(&mut events, "endpoint-up").await
+    apply(&host, &config(&[&endpoint], "").replace("transport = \"http\"", "transport = \"tcp\"")).await;
+    // Both are told by the time the change returns.
+    let told = received(&mut events, &["config-applied", "endpoint-up"]);
+    let [
+        HostEvent::ConfigApplied { .. },
+        HostEvent::Destination(DestinationEvent::EndpointUp { destination, endpoint: up }),
+    ] = &told[..]
     else {
-        unreachable!()
+        panic!("{told:?}")
     };
-    assert_eq!((destination.as_str(), up), ("api", endpoint.addr.to_string()));
+    assert_eq!((destination.as_str(), up.as_str()), ("api", endpoint.addr.to_string().as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

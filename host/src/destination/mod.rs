@@ -6,6 +6,7 @@
 //! retries, deadlines), fed from a bounded [`DeliveryQueue`] in priority order.
 
 mod cluster;
+mod held_events;
 mod log;
 mod memory;
 mod plugin_balancer;
@@ -15,6 +16,7 @@ mod streams;
 
 pub use cluster::Cluster;
 pub(crate) use cluster::{HandedOver, QueuedDestination, StreamTurn};
+pub(crate) use held_events::HeldEvents;
 pub use log::LogDestination;
 pub use memory::MemoryDestination;
 pub use queue::{DeliveryQueue, PushError, Queued};

@@ -241,12 +241,12 @@ impl HostBuilder {
                 Arc::new(transports),
                 max_message_bytes,
             );
+            let topology = Topology::build(&config, checked, None, &lasting, &metrics, &dispatch);
+            topology.release_events();
             Pipeline {
                 engine,
                 registry,
-                topology: ArcSwap::from_pointee(Topology::build(
-                    &config, checked, None, &lasting, &metrics, &dispatch,
-                )),
+                topology: ArcSwap::from_pointee(topology),
                 natives,
                 counters: Counters::new(metrics.accepted_counter()),
                 metrics: metrics.clone(),

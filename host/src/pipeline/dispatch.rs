@@ -16,8 +16,8 @@ use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, HandedOver, HostServices, PushError, Queued, QueuedDestination,
-    StreamTurn,
+    Cluster, DeliveryError, DeliveryQueue, EventSink, HandedOver, HostServices, PushError, Queued,
+    QueuedDestination, StreamTurn,
 };
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
@@ -125,16 +125,18 @@ impl DispatchContext {
 
     /// The cluster of network destination `config` over the transport `checked` (what the
     /// registry's check of `config` read) builds, its health checks running, going on from
-    /// what the instance it replaces `handed` over, if given.
+    /// what the instance it replaces `handed` over, if given, telling its events to `events`.
     pub(crate) fn cluster(
         &self,
         config: &DestinationConfig,
         checked: CheckedTransport,
         handed: Option<HandedOver>,
+        events: EventSink,
     ) -> Arc<dyn QueuedDestination> {
         let endpoints = checked.endpoints().to_vec();
         let transport = checked.build(&self.transport_context);
-        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &self.services, handed));
+        let services = HostServices { events, ..self.services.clone() };
+        let cluster = Arc::new(Cluster::new(config, &endpoints, transport, &services, handed));
         cluster.start_health_checks(&self.runtime);
         cluster.start_stream_keeping(&self.runtime);
         cluster

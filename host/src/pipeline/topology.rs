@@ -4,7 +4,8 @@
 use super::dispatch::{DispatchContext, Job, Retire};
 use crate::config::{Config, DestinationConfig};
 use crate::destination::{
-    DeliveryError, DeliveryQueue, DeliveryResult, Destination, LogDestination, MemoryDestination, Retrying,
+    DeliveryError, DeliveryQueue, DeliveryResult, Destination, HeldEvents, LogDestination, MemoryDestination,
+    Retrying,
 };
 use crate::message::Message;
 use crate::metrics::{DeliveryCounters, Metrics, RouteMetrics};
@@ -34,6 +35,8 @@ pub(crate) struct Topology {
     direct: Vec<bool>,
     /// Whether any route has one.
     direct_routes: bool,
+    /// What the destinations it built tell, held until the config it runs is told applied.
+    events: Arc<HeldEvents>,
 }
 
 /// A destination as routes see it: delivered to in place (in-process
@@ -159,7 +162,7 @@ impl Topology {
     /// The topology of a validated `config`, keeping the network
     /// destinations of `previous` whose settings are unchanged; new ones get the transports
     /// `transports` (the registry's check of `config`) builds, their dispatchers started on
-    /// `dispatch`'s runtime.
+    /// `dispatch`'s runtime, and what they tell is held until [`release_events`](Self::release_events).
     pub(crate) fn build(
         config: &Config,
         mut transports: CheckedTransports,
@@ -168,6 +171,7 @@ impl Topology {
         metrics: &Arc<Metrics>,
         dispatch: &DispatchContext,
     ) -> Topology {
+        let events = HeldEvents::new(dispatch.events().clone());
         let sink = |name: &str, destination, attempt_timeout| {
             let (counters, last_fallback) = (metrics.deliveries(name), Default::default());
             Arc::new(Sink { name: name.to_owned(), destination, counters, last_fallback, attempt_timeout })
@@ -208,7 +212,7 @@ impl Topology {
                     if same_transport { handed } else { handed.without_endpoints() }
                 });
                 let checked = transports.remove(&dest.name).expect("checked with every network destination");
-                dispatch.cluster(dest, checked, handed)
+                dispatch.cluster(dest, checked, handed, events.sink())
             });
             let destination: Arc<dyn Destination> = match (&cluster, dest.transport.as_str()) {
                 (Some(cluster), _) => cluster.clone(),
@@ -277,10 +281,18 @@ impl Topology {
             route_metrics: route_metrics.collect(),
             direct: Vec::new(),
             direct_routes: false,
+            events,
         };
         topology.direct = (0..topology.route_targets.len()).map(|key| topology.goes_direct(key)).collect();
         topology.direct_routes = topology.direct.contains(&true);
         topology
+    }
+
+    /// Tell what the destinations this topology built told so far, and from now on what they tell
+    /// at once: once the config it runs was told applied (`config-applied`), or as the host starts
+    /// with it.
+    pub(crate) fn release_events(&self) {
+        self.events.release();
     }
 
     /// Whether a network destination of `config` that this topology runs with the same settings

@@ -373,14 +373,14 @@ impl Reloader {
 
     /// Make the checked `config` current, its new and changed destinations built from what its
     /// check read (`transports`), unless it changes nothing or needs a restart; its plugins are
-    /// the caller's to sync.
+    /// the caller's to sync. What those destinations tell follows `config-applied`.
     fn make_current(
         &self,
         file: &str,
         config: Config,
         transports: CheckedTransports,
     ) -> Result<ConfigChange, ConfigError> {
-        {
+        let topology = {
             let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             if *closed {
                 return Err(ConfigError::ShuttingDown { file: file.to_owned() });
@@ -395,18 +395,20 @@ impl Reloader {
             }
             let pipeline = &self.pipeline;
             let previous = pipeline.topology.load();
-            let topology = Topology::build(
+            let topology = Arc::new(Topology::build(
                 &config,
                 transports,
                 Some(&previous),
                 &self.lasting,
                 &pipeline.metrics,
                 &pipeline.dispatch,
-            );
-            self.pipeline.topology.store(Arc::new(topology));
+            ));
+            self.pipeline.topology.store(topology.clone());
             self.config.store(Arc::new(config));
-        }
+            topology
+        };
         self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
+        topology.release_events();
         Ok(ConfigChange::Applied)
     }
 

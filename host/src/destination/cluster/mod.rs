@@ -206,7 +206,8 @@ impl Cluster {
         };
         // An endpoint that health checks this reload removes held down is up again (nothing
         // brings back a health it keeps no more, so it is forgotten), as is one told down that
-        // starts afresh over another transport: told here.
+        // starts afresh over another transport: told here (after `config-applied`, as everything
+        // an instance a reload builds tells).
         for endpoint in &cluster.endpoints {
             cluster.tell(endpoint, None);
         }
