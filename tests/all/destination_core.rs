@@ -8,6 +8,7 @@ use crate::exposition::{parse, sample};
 use crate::support::{builder, drain_and_account, eventually, host, next, plugin_dir, post, within};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
+use tokio::sync::broadcast::Receiver;
 
 /// A config with one `http` destination `api` over `endpoints`, dead letters
 /// to memory destination `dead`, and `extra` lines inside the destination.
@@ -65,7 +66,7 @@ async fn one_held_and_one_queued(queue: &str) -> (TestEndpoint, tempfile::TempDi
 }
 
 /// The next event of `events` named `name`.
-async fn next_event(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, name: &str) -> HostEvent {
+async fn next_event(events: &mut Receiver<HostEvent>, name: &str) -> HostEvent {
     within(async {
         loop {
             let event = events.recv().await.expect("the host is up");
@@ -434,7 +435,7 @@ async fn health_checks_take_an_endpoint_out_and_bring_it_back_with_events() {
 }
 
 /// The events `events` has received by now, of those named `names`.
-fn received(events: &mut tokio::sync::broadcast::Receiver<HostEvent>, names: &[&str]) -> Vec<HostEvent> {
+fn received(events: &mut Receiver<HostEvent>, names: &[&str]) -> Vec<HostEvent> {
     std::iter::from_fn(|| events.try_recv().ok()).filter(|event| names.contains(&event.name())).collect()
 }
 
@@ -462,6 +463,56 @@ async fn an_endpoint_told_down_is_told_up_after_config_applied_by_a_reload_to_an
         panic!("{told:?}")
     };
     assert_eq!((destination.as_str(), up.as_str()), ("api", endpoint.addr.to_string().as_str()));
+}
+
+/// A host whose destination `api` has two endpoints checked for health, the first of them told
+/// down, and its events from before it was told down on.
+async fn one_of_two_told_down() -> ([TestEndpoint; 2], tempfile::TempDir, Host, Receiver<HostEvent>) {
+    let (down, up) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    let dir = plugin_dir(&[]);
+    let health = "health = { path = \"/health\", interval_ms = 10, rise = 2, fall = 2 }";
+    let host = host(dir.path(), &config(&[&down, &up], health)).await;
+    let mut events = host.subscribe();
+    down.set(Mode::Fail);
+    next_event(&mut events, "endpoint-down").await;
+    ([down, up], dir, host, events)
+}
+
+/// Assert that the endpoint events `events` received by now, and `config-applied`, are
+/// `config-applied` then `endpoint-removed` of `removed`, of `api`.
+fn told_applied_then_removed(events: &mut Receiver<HostEvent>, removed: &TestEndpoint) {
+    let told = received(events, &["config-applied", "endpoint-down", "endpoint-up", "endpoint-removed"]);
+    let told: Vec<serde_json::Value> =
+        told.iter().map(|event| serde_json::to_value(event).unwrap()).collect();
+    let applied = serde_json::json!({"event": "config-applied", "file": "test.toml"});
+    let endpoint = removed.addr.to_string();
+    let removed =
+        serde_json::json!({"event": "endpoint-removed", "destination": "api", "endpoint": endpoint});
+    assert_eq!(told, [applied, removed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_told_down_that_a_reload_removes_is_told_removed_once() {
+    // Its `endpoint-down` used to be the last word on it: whoever follows the events kept it down
+    // for good. Over the same transport, the new instance leaves what was known of it behind; over
+    // another, it leaves what was last told.
+    for transport in ["http", "tcp"] {
+        let ([down, up], _dir, host, mut events) = one_of_two_told_down().await;
+        let to = format!("transport = \"{transport}\"");
+        apply(&host, &config(&[&up], "").replace("transport = \"http\"", &to)).await;
+        told_applied_then_removed(&mut events, &down);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_told_down_of_a_destination_a_reload_removes_are_told_removed() {
+    // Only the endpoint told down is told removed: one told up needs no closing word.
+    let ([down, _up], _dir, host, mut events) = one_of_two_told_down().await;
+    let without_api = "[host]\ndead_letter = \"dead\"\nworkers = 1\n\
+                       [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+                       [[route]]\nname = \"all\"\nto = \"dead\"\n";
+    apply(&host, without_api).await;
+    told_applied_then_removed(&mut events, &down);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

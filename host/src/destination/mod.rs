@@ -268,6 +268,14 @@ pub enum DestinationEvent {
         /// The endpoint's address.
         endpoint: String,
     },
+    /// An endpoint told down that a reload removed, from its destination or with it: it is down
+    /// no more, and nothing more is told of it. One removed while up is told nothing.
+    EndpointRemoved {
+        /// The destination.
+        destination: String,
+        /// The endpoint's address.
+        endpoint: String,
+    },
     /// Messages of the destination go to its fallback: none of its endpoints could take them in time.
     /// Told once per spell (again after 10 s without a fallback); each message is counted.
     #[serde(rename = "destination-fallback")]
@@ -309,6 +317,7 @@ impl DestinationEvent {
         match self {
             DestinationEvent::EndpointDown { .. } => "endpoint-down",
             DestinationEvent::EndpointUp { .. } => "endpoint-up",
+            DestinationEvent::EndpointRemoved { .. } => "endpoint-removed",
             DestinationEvent::BalancerFallback { .. } => "balancer-fallback",
             DestinationEvent::Fallback { .. } => "destination-fallback",
             DestinationEvent::StreamMigrated { .. } => "stream-migrated",
@@ -356,6 +365,7 @@ mod tests {
                 reason: text.clone(),
             },
             DestinationEvent::EndpointUp { destination: destination.clone(), endpoint: text.clone() },
+            DestinationEvent::EndpointRemoved { destination: destination.clone(), endpoint: text.clone() },
             DestinationEvent::Fallback {
                 destination: destination.clone(),
                 fallback: text.clone(),

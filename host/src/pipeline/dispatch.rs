@@ -16,8 +16,8 @@ use super::item::ReplySender;
 use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
-    Cluster, DeliveryError, DeliveryQueue, EventSink, HandedOver, HostServices, PushError, Queued,
-    QueuedDestination, StreamTurn,
+    Cluster, DeliveryError, DeliveryQueue, DestinationEvent, EventSink, HandedOver, HostServices, PushError,
+    Queued, QueuedDestination, StreamTurn,
 };
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
@@ -222,6 +222,11 @@ impl Retire {
     /// reload builds to replace it.
     pub(crate) fn hand_over(&self) -> HandedOver {
         self.cluster.hand_over()
+    }
+
+    /// A reload removed the destination: see [`QueuedDestination::remove_endpoints`].
+    pub(crate) fn remove_endpoints(&self, events: &dyn Fn(DestinationEvent)) {
+        self.cluster.remove_endpoints(events);
     }
 }
 

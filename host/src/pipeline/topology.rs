@@ -242,10 +242,11 @@ impl Topology {
         // A network destination rebuilt with other settings takes over its predecessor's
         // messages: those waiting, and those that reached no endpoint yet. Those under way finish
         // on the old instance. One removed (or now delivered in place) drains when the last
-        // topology using it goes (see [`OwnedQueue`]).
+        // topology using it goes (see [`OwnedQueue`]); its endpoints told down are told removed now.
         for (name, old) in previous.map(|previous| &previous.destinations).into_iter().flatten() {
             let Some(old_queue) = &old.queue else { continue };
             let Some(new_queue) = destinations.get(name).and_then(|target| target.queue.as_ref()) else {
+                old_queue.1.remove_endpoints(&|event| events.tell(event));
                 continue;
             };
             if !Arc::ptr_eq(old_queue, new_queue) {

@@ -1,5 +1,5 @@
 //! Events of a running host: plugins loaded, replaced, rejected or removed,
-//! configurations applied or refused, endpoints down or up, alerts changing
+//! configurations applied or refused, endpoints down, up or removed, alerts changing
 //! state. Logged, counted and broadcast.
 
 use crate::destination::DestinationEvent;
@@ -101,8 +101,8 @@ pub enum HostEvent {
     },
     /// An alert rule changed state (pending, firing, resolved, or back to inactive).
     Alert(crate::alert::Transition),
-    /// An endpoint went down or came back, or a balancer plugin could not
-    /// pick (told at most once a second per destination).
+    /// An endpoint went down, came back or was removed while down, or a
+    /// balancer plugin could not pick (told at most once a second per destination).
     #[serde(untagged)]
     Destination(DestinationEvent),
 }
@@ -153,6 +153,8 @@ pub struct EventCounts {
     pub endpoints_down: u64,
     /// [`DestinationEvent::EndpointUp`].
     pub endpoints_up: u64,
+    /// [`DestinationEvent::EndpointRemoved`].
+    pub endpoints_removed: u64,
     /// [`DestinationEvent::BalancerFallback`].
     pub balancer_fallbacks: u64,
     /// [`DestinationEvent::Fallback`].
@@ -170,7 +172,7 @@ pub struct EventCounts {
 /// The event feed of one host.
 pub(crate) struct Events {
     sender: broadcast::Sender<HostEvent>,
-    counts: [AtomicU64; 15],
+    counts: [AtomicU64; 16],
     metrics: Arc<Metrics>,
     /// What became of plugins that no longer serve their latest file.
     notes: Mutex<PluginNotes>,
@@ -213,6 +215,7 @@ impl Events {
             HostEvent::SpoolDamaged { .. } => 12,
             HostEvent::Alert(_) => 13,
             HostEvent::ConfigOverridden { .. } => 14,
+            HostEvent::Destination(DestinationEvent::EndpointRemoved { .. }) => 15,
         };
         self.counts[slot].fetch_add(1, Relaxed);
         self.metrics.event(event.name());
@@ -289,6 +292,7 @@ impl Events {
             configs_overridden: count(14),
             endpoints_down: count(6),
             endpoints_up: count(7),
+            endpoints_removed: count(15),
             balancer_fallbacks: count(8),
             destination_fallbacks: count(10),
             cache_entries_discarded: count(9),

@@ -63,8 +63,9 @@ pub(super) struct Told {
     /// its breaker closed, and an event tells when that changes.
     pub(super) up: bool,
     /// Whether the instance of a reload that reaches it over another transport tells of it now,
-    /// going on from what was last told here: this state tells nothing more (a check or a
-    /// delivery still under way on the instance it replaced would tell over it).
+    /// going on from what was last told here, or a reload removed it: this state tells nothing
+    /// more (a check or a delivery still under way on the instance it replaced would tell over it,
+    /// or of an endpoint no longer there).
     pub(super) superseded: bool,
 }
 
@@ -87,6 +88,14 @@ impl EndpointState {
             refusing_until: AtomicU64::new(0),
             told: Mutex::new(Told { up: true, superseded: false }),
         }
+    }
+
+    /// Tell nothing more of it from this state ([`Told::superseded`]); whether its events last
+    /// told it down.
+    pub(super) fn supersede(&self) -> bool {
+        let mut told = lock(&self.told);
+        told.superseded = true;
+        !told.up
     }
 
     /// Go on under a rebuilt destination's settings: the breaker keeps its state and counts by

@@ -61,12 +61,9 @@ impl HandedOver {
     /// ([`Told::superseded`](endpoint::Told::superseded)): what its checks and deliveries still under way find is no longer
     /// what the events tell.
     pub(crate) fn without_endpoints(self) -> HandedOver {
-        let told_down = self.endpoints.iter().filter_map(|(address, state)| {
-            let mut told = lock(&state.told);
-            told.superseded = true;
-            (!told.up).then(|| address.clone())
-        });
-        HandedOver { endpoints: HashMap::new(), told_down: told_down.collect(), ..self }
+        let told_down = self.endpoints.iter().filter(|(_, state)| state.supersede());
+        let told_down = told_down.map(|(address, _)| address.clone()).collect();
+        HandedOver { endpoints: HashMap::new(), told_down, ..self }
     }
 }
 
@@ -144,7 +141,7 @@ impl Cluster {
         let balancer: BalancerConfig = config.balancer.parse().expect("validated balancer");
         let breaker = breaker_of(&config.breaker);
         let addresses = endpoints.iter().map(|endpoint| endpoint.address.clone()).collect();
-        let (mut known, told_down, changed, streams) = match handed {
+        let (mut known, mut told_down, changed, streams) = match handed {
             Some(HandedOver { endpoints, told_down, changed, streams }) => {
                 (endpoints, told_down, changed, streams)
             }
@@ -156,7 +153,7 @@ impl Cluster {
                 let metrics = metrics.endpoint(&config.name, &endpoint.address);
                 let endpoint =
                     Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address));
-                if told_down.contains(&endpoint.address) {
+                if told_down.remove(&endpoint.address) {
                     lock(&endpoint.state.told).up = false;
                 }
                 endpoint
@@ -211,7 +208,19 @@ impl Cluster {
         for endpoint in &cluster.endpoints {
             cluster.tell(endpoint, None);
         }
+        // What is left of what was handed over is of the endpoints the reload removed: nothing more
+        // is told of them, but that one told down is no more.
+        let removed = known.into_iter().filter(|(_, state)| state.supersede()).map(|(address, _)| address);
+        cluster.tell_removed(removed.chain(told_down), &*cluster.events);
         cluster
+    }
+
+    /// Tell `events` that the endpoints at `removed`, last told down, are no more: a reload removed
+    /// them.
+    fn tell_removed(&self, removed: impl IntoIterator<Item = String>, events: &dyn Fn(DestinationEvent)) {
+        for endpoint in removed {
+            events(DestinationEvent::EndpointRemoved { destination: self.name.clone(), endpoint });
+        }
     }
 
     /// Probe every endpoint each `health.interval_ms` on `runtime` while
@@ -348,6 +357,10 @@ pub(crate) trait QueuedDestination: Destination {
     /// replace it.
     fn hand_over(&self) -> HandedOver;
 
+    /// A reload removed the destination (or delivers it in place now): nothing more is told of its
+    /// endpoints, and each last told down is told removed, to `events`.
+    fn remove_endpoints(&self, events: &dyn Fn(DestinationEvent));
+
     /// A reload replaced or removed the destination: a queued delivery that has reached no
     /// endpoint no longer waits for one, it ends [`Retired`](super::DeliveryError::Retired)
     /// (now, if it is waiting). Deliveries an endpoint took part in finish here.
@@ -392,6 +405,11 @@ impl QueuedDestination for Cluster {
             changed: self.changed.clone(),
             streams: self.hand_over_streams(),
         }
+    }
+
+    fn remove_endpoints(&self, events: &dyn Fn(DestinationEvent)) {
+        let told_down = self.endpoints.iter().filter(|endpoint| endpoint.state.supersede());
+        self.tell_removed(told_down.map(|endpoint| endpoint.address.clone()), events);
     }
 
     fn retire(&self) {
