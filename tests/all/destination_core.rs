@@ -519,7 +519,9 @@ async fn the_endpoints_told_down_of_a_destination_a_reload_removes_are_told_remo
 async fn a_delivery_failing_on_the_instance_a_reload_to_another_transport_replaced_tells_nothing() {
     // The new instance starts the endpoint afresh, up; a delivery under way finishes on the old one,
     // over the old transport. Its failure tripping the old breaker used to tell `endpoint-down` of
-    // an endpoint the new instance sends traffic to (and a failure there told it down again).
+    // an endpoint the new instance sends traffic to (and a failure there told it down again), and
+    // then to count the old breaker's opening in the endpoint's series, which count the new
+    // instance's breaker: closed, as the admin API shows.
     let endpoint = TestEndpoint::start(Mode::Hold).await;
     let dir = plugin_dir(&[]);
     let extra = "timeout_ms = 600000\nretry = { attempts = 1 }\nbreaker = { consecutive_failures = 1 }";
@@ -536,6 +538,17 @@ async fn a_delivery_failing_on_the_instance_a_reload_to_another_transport_replac
         .filter(|event| event.name().starts_with("endpoint-"))
         .collect();
     assert!(told.is_empty(), "{told:?}");
+    let address = endpoint.addr.to_string();
+    let text = host.metrics().encode();
+    let failed = [("destination", "api"), ("endpoint", address.as_str()), ("outcome", "retryable")];
+    assert_eq!(sample(&text, "switchyard_endpoint_attempts_total", &failed), Some(1.0), "the attempt counts");
+    for to in ["open", "half-open", "closed"] {
+        let transitions = [("destination", "api"), ("endpoint", address.as_str()), ("to", to)];
+        let counted = sample(&text, "switchyard_endpoint_breaker_transitions_total", &transitions);
+        assert_eq!(counted, Some(0.0), "to {to}");
+    }
+    let api = host.destinations().into_iter().find(|d| d.name == "api").unwrap();
+    assert_eq!(api.endpoints[0].breaker, "closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

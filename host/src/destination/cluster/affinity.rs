@@ -241,7 +241,7 @@ impl Cluster {
             return StreamChoice::Busy;
         };
         if permit.is_probe() {
-            self.endpoints[index].metrics.half_opened.inc();
+            self.endpoints[index].count_breaker(|metrics| &metrics.half_opened);
         }
         StreamChoice::Go(index, permit)
     }

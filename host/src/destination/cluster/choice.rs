@@ -112,7 +112,7 @@ impl Cluster {
                 continue;
             };
             if permit.is_probe() {
-                self.endpoints[index].metrics.half_opened.inc();
+                self.endpoints[index].count_breaker(|metrics| &metrics.half_opened);
             }
             return Some((index, permit));
         }

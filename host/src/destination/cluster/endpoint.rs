@@ -7,6 +7,7 @@ use crate::balance::{PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, EndpointConfig};
 use crate::metrics::EndpointMetrics;
 use crate::resilience::{Breaker, BreakerConfig, BreakerState, Health, HealthConfig, HealthState, SlowStart};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -178,6 +179,16 @@ impl Endpoint {
                 let probing = self.stamp(now + deadline);
                 refusing_until.compare_exchange(until, probing, Relaxed, Relaxed).is_ok()
             }
+        }
+    }
+
+    /// Count a transition of its breaker in the counter `to` picks of its metrics, unless its state
+    /// is [superseded](Told::superseded): the endpoint's series count the breaker of the instance
+    /// that tells of it, not one a reload left behind (reaching it over another transport now, or
+    /// removing it).
+    pub(super) fn count_breaker(&self, to: impl FnOnce(&EndpointMetrics) -> &Counter) {
+        if !lock(&self.state.told).superseded {
+            to(&self.metrics).inc();
         }
     }
 

@@ -284,18 +284,18 @@ impl Cluster {
     fn breaker_changed(&self, endpoint: &Endpoint, transition: Transition, problem: &str) {
         match transition {
             Transition::Tripped { reason, .. } => {
-                endpoint.metrics.opened.inc();
+                endpoint.count_breaker(|metrics| &metrics.opened);
                 let reason = format!("circuit breaker opened ({reason}); last: {problem}");
                 self.tell(endpoint, Some(reason));
             }
             Transition::Recovered { .. } => {
-                endpoint.metrics.closed.inc();
+                endpoint.count_breaker(|metrics| &metrics.closed);
                 let micros = endpoint.stamp(Instant::now());
                 endpoint.state.recovered_at.store(micros, Relaxed);
                 self.tell(endpoint, None);
             }
             Transition::Reopened { ejections, .. } => {
-                endpoint.metrics.opened.inc();
+                endpoint.count_breaker(|metrics| &metrics.opened);
                 tracing::warn!(destination = %self.name, endpoint = %endpoint.address, ejections, "probe failed; ejected again");
             }
         }
