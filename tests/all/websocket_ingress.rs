@@ -489,26 +489,22 @@ async fn a_silent_socket_is_pinged_then_closed_and_one_that_answers_stays() {
 async fn a_socket_whose_client_reads_nothing_is_cut_once_a_write_waits_the_header_timeout() {
     // A write to a client that took nothing waited for good: the socket, its slot and the
     // ingress's stop with it. Here its answers (half a megabyte each) fill the connection's
-    // buffers, the writer waits, and the only slot is held until the write is given up.
+    // buffers, the writer waits, and the only slot is held until the write is given up. The answer
+    // budget (4 × max_message_bytes, here 128 MiB) is not what is tested.
     let dir = plugin_dir(&[]);
-    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\nheader_timeout_ms = 300\n";
-    let reply = bytes::Bytes::from(vec![b'r'; 512 << 10]);
-    let host = builder(dir.path())
-        .config("t.toml", Config::from_toml("t.toml", text).unwrap())
-        .destination("out", move |_: Message| {
-            let reply = reply.clone();
-            async move { Ok(Some(Message::new("reply", reply))) }
-        })
-        .route(RouteConfig::new("all", ">", "out"))
-        .build()
-        .await
-        .unwrap();
+    let text = "[host]\nmax_message_bytes = 33554432\n\
+                [ingress.http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\nheader_timeout_ms = 300\n";
+    let gate = Arc::new(Semaphore::new(0));
+    let (host, _) = host_replying(dir.path(), text, 512 << 10, Some(gate.clone())).await;
     let addr = start_ingress(&host).await;
     let mut socket = with_small_receive_buffer(addr).await;
-    // 32 MiB of answers: more than the kernel's buffers hold (tcp_wmem's largest is 4 MiB by default).
+    // 32 MiB of answers: more than the kernel's buffers hold (tcp_wmem's largest is 4 MiB by default),
+    // let through once every frame is read (else the writer may give up before the last are).
     for n in 0..64 {
         send(&mut socket, json!({ "topic": "t", "ref": n, "wait": true })).await;
     }
+    accepted_reaches(&host, 64).await;
+    gate.add_permits(65); // and the POST's
     let posted = tokio::task::spawn_blocking(move || crate::support::post(addr, "/v1/messages/t", &[], b"x"));
     assert_eq!(within(posted).await.unwrap().0, 202, "served once the socket was cut");
     while let Some(Ok(_)) = within(socket.next()).await {}
@@ -522,37 +518,11 @@ async fn a_client_that_reads_no_answers_is_not_read_past_its_open_wait_messages(
     // read nothing (or just enough to keep its writes going) had up to 1024 answers queued for it,
     // each with a reply of up to max_message_bytes, ~1 GiB a socket at 1 MiB.
     let dir = plugin_dir(&[]);
-    // The stall limit is not what is tested: it cuts the socket only after the test is done.
-    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 600000\n";
-    let reply = bytes::Bytes::from(vec![b'r'; 256 << 10]);
-    let received = Arc::new((AtomicUsize::new(0), Notify::new()));
-    let host = builder(dir.path())
-        .config("t.toml", Config::from_toml("t.toml", text).unwrap())
-        .destination("out", {
-            let received = received.clone();
-            move |_: Message| {
-                received.0.fetch_add(1, Ordering::SeqCst);
-                received.1.notify_waiters();
-                let reply = reply.clone();
-                async move { Ok(Some(Message::new("reply", reply))) }
-            }
-        })
-        .route(RouteConfig::new("all", ">", "out"))
-        .build()
-        .await
-        .unwrap();
-    let received_more_than = |count: usize| {
-        let received = received.clone();
-        Box::pin(async move {
-            loop {
-                let notified = received.1.notified();
-                if received.0.load(Ordering::SeqCst) > count {
-                    return;
-                }
-                notified.await;
-            }
-        })
-    };
+    // The stall limit is not what is tested: it cuts the socket only after the test is done; nor is
+    // the answer budget (4 × max_message_bytes, here 128 MiB).
+    let text = "[host]\nmax_message_bytes = 33554432\n\
+                [ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 600000\n";
+    let (host, received) = host_replying(dir.path(), text, 256 << 10, None).await;
     let addr = start_ingress(&host).await;
     let mut socket = with_small_receive_buffer(addr).await;
     // 400 frames of a few dozen bytes: the connection's buffers hold them all, read or not.
@@ -563,15 +533,13 @@ async fn a_client_that_reads_no_answers_is_not_read_past_its_open_wait_messages(
     // 256 open, and as many more as answers fit in the kernel's buffers (the send buffer's
     // largest, tcp_wmem's third figure: 4 MiB by default, 16 answers), each written answer
     // closing its message.
-    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
-    let send_buffer: usize = wmem.split_whitespace().nth(2).unwrap().parse().unwrap();
-    let bound = 256 + send_buffer / (256 << 10) + 48;
-    within(received_more_than(255)).await;
-    let mut past_bound = received_more_than(bound);
+    let bound = 256 + largest_send_buffer() / (256 << 10) + 48;
+    within(received.more_than(255)).await;
+    let mut past_bound = Box::pin(received.more_than(bound));
     assert!(
         still_pending(&mut past_bound).await,
         "read past its open wait messages: {} of {sent} taken in while nothing was read",
-        received.0.load(Ordering::SeqCst)
+        received.count()
     );
     // Once the client reads, the rest are taken in and every one is answered with its reply.
     for _ in 0..sent {
@@ -597,4 +565,113 @@ async fn with_small_receive_buffer(addr: std::net::SocketAddr) -> Socket {
     let (socket, _) =
         tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), connection).await.unwrap();
     socket
+}
+
+/// Wait until `host` has accepted `count` messages.
+async fn accepted_reaches(host: &Host, count: u64) {
+    within(async {
+        while host.stats().accepted < count {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// The largest send buffer the kernel gives a connection (tcp_wmem's third figure: 4 MiB by
+/// default): what the host may write to a client that reads nothing before its writes wait.
+fn largest_send_buffer() -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
+    wmem.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// The messages a destination was sent, counted as they come.
+#[derive(Clone, Default)]
+struct Received(Arc<(AtomicUsize, Notify)>);
+
+impl Received {
+    fn count(&self) -> usize {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Completes once more than `count` came.
+    fn more_than(&self, count: usize) -> impl Future<Output = ()> + use<> {
+        let received = self.clone();
+        async move {
+            loop {
+                let came = received.0.1.notified();
+                if received.count() > count {
+                    return;
+                }
+                came.await;
+            }
+        }
+    }
+}
+
+/// A host configured by `text` whose destination `out` answers every message with a reply of
+/// `bytes` bytes, once `gate` (if any) gives it a permit, and what it was sent.
+async fn host_replying(
+    dir: &std::path::Path,
+    text: &str,
+    bytes: usize,
+    gate: Option<Arc<Semaphore>>,
+) -> (Host, Received) {
+    let (reply, received) = (bytes::Bytes::from(vec![b'r'; bytes]), Received::default());
+    let host = builder(dir)
+        .config("t.toml", Config::from_toml("t.toml", text).unwrap())
+        .destination("out", {
+            let received = received.clone();
+            move |_: Message| {
+                received.0.0.fetch_add(1, Ordering::SeqCst);
+                received.0.1.notify_waiters();
+                let (reply, gate) = (reply.clone(), gate.clone());
+                async move {
+                    if let Some(gate) = gate {
+                        gate.acquire().await.unwrap().forget();
+                    }
+                    Ok(Some(Message::new("reply", reply)))
+                }
+            }
+        })
+        .route(RouteConfig::new("all", ">", "out"))
+        .build()
+        .await
+        .unwrap();
+    (host, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_answers_is_not_read_past_its_answer_budget() {
+    // Each of the 256 `wait` messages a socket may have open held its answer until it was written:
+    // with replies of max_message_bytes, a client that read nothing had 256 MiB held for it.
+    let dir = plugin_dir(&[]);
+    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 600000\n";
+    let (host, received) = host_replying(dir.path(), text, 256 << 10, None).await;
+    let addr = start_ingress(&host).await;
+    let mut socket = with_small_receive_buffer(addr).await;
+    // One frame at a time, each once the one before reached the destination, until one is not taken
+    // in: as many as answers fit in the budget (4 × max_message_bytes, 4 MiB: 16) and the kernel's
+    // send buffer (16 more by default), and those read while the answers before were on their way
+    // (a few; 64 for a loaded machine). Without the budget, 255 (the open `wait` messages' bound).
+    let bound = ((4 << 20) + largest_send_buffer()) / (256 << 10) + 64;
+    let mut sent = 0;
+    while sent < 255 {
+        send(&mut socket, json!({ "topic": "t", "ref": sent, "wait": true })).await;
+        sent += 1;
+        if still_pending(&mut Box::pin(received.more_than(sent - 1))).await {
+            break;
+        }
+    }
+    assert!(sent <= bound, "read on past 4 MiB of answers nobody took: {sent} frames taken in");
+    // Once the client reads, the rest is read, and every one answered with its reply.
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..sent {
+        let settled = answer(&mut socket).await;
+        assert_eq!(settled["reply"]["payload"].as_str().map(str::len), Some(256 << 10));
+        answered.insert(settled["ref"].as_u64().unwrap());
+    }
+    assert_eq!(answered, (0..sent as u64).collect());
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (sent as u64, sent as u64));
 }

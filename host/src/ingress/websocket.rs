@@ -14,7 +14,9 @@
 //! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
 //! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
 //! once, beyond which reading waits too. A `wait` message is open until its answer is written to the
-//! socket, so that a client reading its answers slowly, or not at all, is not read either. With
+//! socket, so that a client reading its answers slowly, or not at all, is not read either; and once
+//! the answers waiting to be written come to [`answer_budget`] bytes, reading waits too (the `wait`
+//! messages already open still settle, their answers waiting their turn). With
 //! `[ingress.http] token`, the upgrade request must carry it (`Authorization: Bearer …`), and a
 //! browser's foreign `Origin` is refused. A socket serves while the token it was let in with is the
 //! one required: once a reload replaces it (or sets or removes one), the next frame the client sends
@@ -52,18 +54,58 @@ pub(super) const MAX_WAITING: usize = 256;
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
 
-/// An answer queued for the socket's writer, with the slot of the `wait` message it settles, given
-/// back once it is written: a `wait` answer may carry a reply of up to `max_message_bytes`, and at
-/// most [`MAX_WAITING`] of them, not [`QUEUED_ANSWERS`], wait for a slow client.
+/// The bytes of answers a socket may have waiting for its client (queued for its writer, or being
+/// written), for `max_message_bytes`: four of them. A `wait` answer may carry a reply of up to
+/// `max_message_bytes`, and 256 of those, at 1 MiB, were 256 MiB held for a client that read none.
+pub(super) fn answer_budget(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(4)
+}
+
+/// An answer queued for the socket's writer, as written, with what it holds until it is written:
+/// its bytes of the socket's answer budget, and the slot of the `wait` message it settles (if any).
 struct Answer {
-    frame: Value,
+    text: String,
+    room: OwnedSemaphorePermit,
     waiting: Option<OwnedSemaphorePermit>,
 }
 
-impl From<Value> for Answer {
-    /// The answer of a message that was not `wait`, or was refused: it holds no slot.
-    fn from(frame: Value) -> Answer {
-        Answer { frame, waiting: None }
+/// Where a socket's answers wait for its writer: at most [`QUEUED_ANSWERS`] of them, and at most
+/// the socket's [`answer_budget`] of bytes.
+#[derive(Clone)]
+struct AnswerQueue {
+    answers: mpsc::Sender<Answer>,
+    /// The budget's bytes not taken by the answers queued: each takes its length (all of the
+    /// budget, when larger) until it is written.
+    room: Arc<Semaphore>,
+    /// The budget, in bytes.
+    budget: u32,
+}
+
+impl AnswerQueue {
+    /// A queue to the writer's end `answers`, within `budget` bytes.
+    fn new(answers: mpsc::Sender<Answer>, budget: usize) -> AnswerQueue {
+        let budget = u32::try_from(budget).unwrap_or(u32::MAX);
+        AnswerQueue { answers, room: Arc::new(Semaphore::new(budget as usize)), budget }
+    }
+
+    /// Queue `frame`, which gives back the slot `waiting` (if it is a `wait` message's) once it is
+    /// written, once there is room for it; `false` once the writer is gone.
+    async fn queue(&self, frame: Value, waiting: Option<OwnedSemaphorePermit>) -> bool {
+        let text = frame.to_string();
+        let bytes = u32::try_from(text.len()).map_or(self.budget, |bytes| bytes.min(self.budget));
+        let room = self.room.clone().acquire_many_owned(bytes).await.expect("the budget is never closed");
+        self.answers.send(Answer { text, room, waiting }).await.is_ok()
+    }
+
+    /// Completes once the answers queued leave room in the budget and none waits for it: at once
+    /// while the client takes its answers.
+    async fn within_budget(&self) {
+        let _room = self.room.acquire().await.expect("the budget is never closed");
+    }
+
+    /// Completes once the writer is gone.
+    async fn closed(&self) {
+        self.answers.closed().await;
     }
 }
 
@@ -87,6 +129,8 @@ pub(super) struct Sockets {
     pub(super) largest_frame: usize,
     /// `ping_ms`: see [`Silence`].
     pub(super) ping: Duration,
+    /// See [`answer_budget`].
+    pub(super) answer_budget: usize,
 }
 
 /// One frame the client sends: a bulk message and the fields `ref` and `wait`.
@@ -165,6 +209,7 @@ impl ClientFrame {
 pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets, granted: Option<String>) {
     let (sink, stream) = socket.split();
     let (answers, queued) = mpsc::channel::<Answer>(QUEUED_ANSWERS);
+    let answers = AnswerQueue::new(answers, sockets.answer_budget);
     let (ping, (closing, close)) = (Arc::new(Notify::new()), oneshot::channel());
     let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close));
     let why = read_frames(&host, stream, &answers, &ping, sockets, granted.as_deref()).await;
@@ -174,7 +219,7 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets
     let _ = writer.await;
 }
 
-/// Send the answers `queued`, each giving back its `wait` slot once written, and a ping each time
+/// Send the answers `queued`, each giving back what it holds once written, and a ping each time
 /// `ping` is notified, until every sender is gone; then close the socket, telling the client why
 /// when the reader says (`close`).
 async fn write_answers(
@@ -184,9 +229,9 @@ async fn write_answers(
     close: oneshot::Receiver<Option<CloseFrame>>,
 ) {
     loop {
-        let (frame, waiting) = tokio::select! {
+        let (frame, held) = tokio::select! {
             answer = queued.recv() => match answer {
-                Some(Answer { frame, waiting }) => (Frame::Text(frame.to_string().into()), waiting),
+                Some(Answer { text, room, waiting }) => (Frame::Text(text.into()), Some((room, waiting))),
                 None => break,
             },
             () = ping.notified() => (Frame::Ping(Default::default()), None),
@@ -194,7 +239,7 @@ async fn write_answers(
         if sink.send(frame).await.is_err() {
             return;
         }
-        drop(waiting);
+        drop(held);
     }
     if let Ok(Some(why)) = close.await {
         let _ = sink.send(Frame::Close(Some(why))).await;
@@ -202,14 +247,15 @@ async fn write_answers(
     let _ = sink.close().await;
 }
 
-/// Admit the messages of the client's frames, queueing their answers, until the client closes the
-/// socket, the ingress stops or the writer gives up on the client; or until the client sends a
-/// frame too large, or any frame once the ingress token is no longer `granted`, or keeps silent
-/// too long, which the returned frame tells it.
+/// Admit the messages of the client's frames, queueing their answers (the next frame is read once
+/// they are within their budget), until the client closes the socket, the ingress stops or the
+/// writer gives up on the client; or until the client sends a frame too large, or any frame once
+/// the ingress token is no longer `granted`, or keeps silent too long, which the returned frame
+/// tells it.
 async fn read_frames(
     host: &Host,
     mut stream: SplitStream<WebSocket>,
-    answers: &mpsc::Sender<Answer>,
+    answers: &AnswerQueue,
     ping: &Notify,
     sockets: Sockets,
     granted: Option<&str>,
@@ -244,7 +290,7 @@ async fn read_frames(
             Some(Ok(Frame::Binary(_))) => {
                 let refused =
                     json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
-                answers.send(refused.into()).await.is_ok()
+                answers.queue(refused, None).await
             }
             // A pong, a ping, the client's close (the stream ends next).
             Some(Ok(_)) => true,
@@ -254,6 +300,8 @@ async fn read_frames(
         if !served {
             return None;
         }
+        // A client that does not take its answers is not read either.
+        answers.within_budget().await;
         // The client spoke; the host, done with what it said (admitting may have waited), waits anew.
         silence = Silence::begin(interval);
     }
@@ -266,24 +314,18 @@ fn token_replaced(host: &Host, granted: Option<&str>) -> bool {
 }
 
 /// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
-async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Answer>, waiting: &Arc<Semaphore>) -> bool {
+async fn admit(host: &Host, text: &str, answers: &AnswerQueue, waiting: &Arc<Semaphore>) -> bool {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err((reference, problem)) => {
-            return answers
-                .send(json!({ "ref": reference, "error": problem, "status": 400 }).into())
-                .await
-                .is_ok();
+            return answers.queue(json!({ "ref": reference, "error": problem, "status": 400 }), None).await;
         }
     };
     let reference = frame.reference;
     let message = match message_of(frame.message) {
         Ok(message) => message,
         Err(problem) => {
-            return answers
-                .send(json!({ "ref": reference, "error": problem, "status": 400 }).into())
-                .await
-                .is_ok();
+            return answers.queue(json!({ "ref": reference, "error": problem, "status": 400 }), None).await;
         }
     };
     let id = message.unique_id().expect("message_of gives every message its id").to_owned();
@@ -292,7 +334,7 @@ async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Answer>, waiting:
             Ok(_) => json!({ "ref": reference, "id": id }),
             Err(err) => refused(reference, &err),
         };
-        return answers.send(answer.into()).await.is_ok();
+        return answers.queue(answer, None).await;
     }
     let Ok(slot) = waiting.clone().acquire_owned().await else { return false };
     let (host, answers) = (host.clone(), answers.clone());
@@ -308,7 +350,7 @@ async fn admit(host: &Host, text: &str, answers: &mpsc::Sender<Answer>, waiting:
             }
             Err(err) => json!({ "ref": reference, "id": id, "error": err.to_string() }),
         };
-        let _ = answers.send(Answer { frame: settled, waiting: Some(slot) }).await;
+        answers.queue(settled, Some(slot)).await;
     });
     true
 }
