@@ -2,7 +2,8 @@
 //! `ref` too large and too many headers without being kept), backpressure by not reading, the ingress token guarding the upgrade, a client that drops and
 //! reconnects, a socket counted among the listener's connections until it closes, a frame larger
 //! than any message could need refused on its header, a silent socket pinged, then closed, one
-//! that reads nothing cut, and one that reads no answers not read past its open `wait` messages.
+//! that reads nothing cut, and one that reads no answers not read past its open `wait` messages,
+//! nor past its answer budget, nor waited for by a stopping ingress.
 
 use crate::routing::gated_host;
 use crate::support::{
@@ -343,6 +344,43 @@ async fn a_stopping_ingress_waits_for_its_sockets_last_answers() {
     assert_eq!(next(&delivered).await.payload, "held");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_ingress_does_not_wait_on_a_client_that_reads_no_answers() {
+    // A reader waiting for a `wait` slot did not see the stop, and the stop waited for every answer
+    // still due to be written: a client that filled its slots and read nothing (or a byte at a time)
+    // held the ingress's stop for as long as its writes were not cut (here, ten minutes).
+    let dir = plugin_dir(&[]);
+    let text = "[ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 600000\n";
+    let gate = Arc::new(Semaphore::new(0));
+    let (host, _) = host_replying(dir.path(), text, 256 << 10, Some(gate.clone())).await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(ingress.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut socket = with_small_receive_buffer(addr).await;
+    for n in 0..300 {
+        send(&mut socket, json!({ "topic": "t", "ref": n, "wait": true })).await;
+    }
+    // Its 256 slots taken (the destination holds their answers back), the socket is not read on.
+    accepted_reaches(&host, 256).await;
+    stop.send(()).unwrap();
+    // 64 MiB of answers come due, far more than the kernel's buffers hold, and none is read.
+    gate.add_permits(300);
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), serving).await;
+    assert!(stopped.is_ok(), "the stop waited on a client that reads nothing");
+    loop {
+        match within(socket.next()).await {
+            None | Some(Err(_) | Ok(Frame::Close(_))) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    // Unanswered, every message accepted is delivered all the same.
+    let stats = drain_and_account(&host).await;
+    assert!(stats.accepted >= 256 && stats.delivered == stats.accepted, "{stats:?}");
 }
 
 /// A frame as a client puts it on the wire (masked, with a key of zeros, which leaves the payload as

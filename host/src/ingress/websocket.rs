@@ -30,8 +30,11 @@
 //! 256 `wait` messages open) is no silence.
 //!
 //! A socket is one of the listener's connections until it closes (the connection it was upgraded
-//! from holds its slot), and the ingress's stop waits for it: reading stops, the answers still due
-//! are sent, then it closes.
+//! from holds its slot), and the ingress's stop waits for it: reading stops (a reader waiting for a
+//! `wait` slot or for room for answers too), the answers still due are sent, then it closes. But a
+//! client that is behind is not waited for: a socket whose answers waiting to be written fill the
+//! budget when the ingress stops, or after, is closed at once, those answers unsent (their messages
+//! settle all the same).
 
 use super::bulk::{BulkMessage, ClientHeaders, message_of};
 use crate::config::HttpIngressConfig;
@@ -47,6 +50,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 /// `wait` messages one socket may have open at once; beyond it, the socket is not read.
 pub(super) const MAX_WAITING: usize = 256;
@@ -70,7 +74,8 @@ struct Answer {
 }
 
 /// Where a socket's answers wait for its writer: at most [`QUEUED_ANSWERS`] of them, and at most
-/// the socket's [`answer_budget`] of bytes.
+/// the socket's [`answer_budget`] of bytes; and the slots of the `wait` messages whose answers are
+/// to come. What waits on the client here sees the ingress stop.
 #[derive(Clone)]
 struct AnswerQueue {
     answers: mpsc::Sender<Answer>,
@@ -79,28 +84,74 @@ struct AnswerQueue {
     room: Arc<Semaphore>,
     /// The budget, in bytes.
     budget: u32,
+    /// [`MAX_WAITING`] slots, each held by a `wait` message until its answer is written.
+    waiting: Arc<Semaphore>,
+    /// Turns true when the ingress stops.
+    stopping: watch::Receiver<bool>,
+    /// Cancelled once the client is behind when the ingress stops (answers wait for room): the
+    /// writer then gives up on it.
+    behind: CancellationToken,
 }
 
 impl AnswerQueue {
-    /// A queue to the writer's end `answers`, within `budget` bytes.
-    fn new(answers: mpsc::Sender<Answer>, budget: usize) -> AnswerQueue {
+    /// A queue to the writer's end `answers`, within `budget` bytes, until `stopping`; `behind` is
+    /// the writer's.
+    fn new(
+        answers: mpsc::Sender<Answer>,
+        budget: usize,
+        stopping: watch::Receiver<bool>,
+        behind: CancellationToken,
+    ) -> AnswerQueue {
         let budget = u32::try_from(budget).unwrap_or(u32::MAX);
-        AnswerQueue { answers, room: Arc::new(Semaphore::new(budget as usize)), budget }
+        let (room, waiting) =
+            (Arc::new(Semaphore::new(budget as usize)), Arc::new(Semaphore::new(MAX_WAITING)));
+        AnswerQueue { answers, room, budget, waiting, stopping, behind }
+    }
+
+    /// A slot for a `wait` message, once one is free; `None` if the ingress stops first (the
+    /// answers holding the slots may be on their way, not waiting on the client: not behind).
+    async fn wait_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            biased;
+            slot = self.waiting.clone().acquire_owned() => Some(slot.expect("the slots are never closed")),
+            _ = stopping.wait_for(|stop| *stop) => None,
+        }
     }
 
     /// Queue `frame`, which gives back the slot `waiting` (if it is a `wait` message's) once it is
-    /// written, once there is room for it; `false` once the writer is gone.
+    /// written, once there is room for it; `false` once the writer is gone, or when the ingress
+    /// stops (or stopped) while it waits for room.
     async fn queue(&self, frame: Value, waiting: Option<OwnedSemaphorePermit>) -> bool {
         let text = frame.to_string();
         let bytes = u32::try_from(text.len()).map_or(self.budget, |bytes| bytes.min(self.budget));
-        let room = self.room.clone().acquire_many_owned(bytes).await.expect("the budget is never closed");
-        self.answers.send(Answer { text, room, waiting }).await.is_ok()
+        let queued = async {
+            let room = self.room.clone().acquire_many_owned(bytes).await.expect("the budget is never closed");
+            self.answers.send(Answer { text, room, waiting }).await.is_ok()
+        };
+        self.unless_behind(queued).await.unwrap_or(false)
     }
 
-    /// Completes once the answers queued leave room in the budget and none waits for it: at once
-    /// while the client takes its answers.
-    async fn within_budget(&self) {
-        let _room = self.room.acquire().await.expect("the budget is never closed");
+    /// Completes once the answers queued leave room in the budget and none waits for it (at once
+    /// while the client takes its answers): `true`; or `false` when the ingress stops (or stopped)
+    /// while it waits.
+    async fn within_budget(&self) -> bool {
+        let room = async { drop(self.room.acquire().await) };
+        self.unless_behind(room).await.is_some()
+    }
+
+    /// What `waited` gives, unless the ingress stops, or stopped, while it waits on the client:
+    /// then the client is behind, and its socket is closed at once.
+    async fn unless_behind<T>(&self, waited: impl Future<Output = T>) -> Option<T> {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            biased;
+            done = waited => Some(done),
+            _ = stopping.wait_for(|stop| *stop) => {
+                self.behind.cancel();
+                None
+            }
+        }
     }
 
     /// Completes once the writer is gone.
@@ -209,9 +260,10 @@ impl ClientFrame {
 pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets, granted: Option<String>) {
     let (sink, stream) = socket.split();
     let (answers, queued) = mpsc::channel::<Answer>(QUEUED_ANSWERS);
-    let answers = AnswerQueue::new(answers, sockets.answer_budget);
+    let behind = CancellationToken::new();
+    let answers = AnswerQueue::new(answers, sockets.answer_budget, sockets.stopping.clone(), behind.clone());
     let (ping, (closing, close)) = (Arc::new(Notify::new()), oneshot::channel());
-    let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close));
+    let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close, behind));
     let why = read_frames(&host, stream, &answers, &ping, sockets, granted.as_deref()).await;
     // In-flight `wait` answers still reach the writer; it ends when the last sender goes.
     let _ = closing.send(why);
@@ -221,22 +273,29 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets
 
 /// Send the answers `queued`, each giving back what it holds once written, and a ping each time
 /// `ping` is notified, until every sender is gone; then close the socket, telling the client why
-/// when the reader says (`close`).
+/// when the reader says (`close`). Once the client is `behind`, drop the socket at once.
 async fn write_answers(
     mut sink: SplitSink<WebSocket, Frame>,
     mut queued: mpsc::Receiver<Answer>,
     ping: Arc<Notify>,
     close: oneshot::Receiver<Option<CloseFrame>>,
+    behind: CancellationToken,
 ) {
     loop {
         let (frame, held) = tokio::select! {
+            biased;
+            () = behind.cancelled() => return,
             answer = queued.recv() => match answer {
                 Some(Answer { text, room, waiting }) => (Frame::Text(text.into()), Some((room, waiting))),
                 None => break,
             },
             () = ping.notified() => (Frame::Ping(Default::default()), None),
         };
-        if sink.send(frame).await.is_err() {
+        let sent = tokio::select! {
+            sent = sink.send(frame) => sent,
+            () = behind.cancelled() => return,
+        };
+        if sent.is_err() {
             return;
         }
         drop(held);
@@ -261,7 +320,6 @@ async fn read_frames(
     granted: Option<&str>,
 ) -> Option<CloseFrame> {
     let Sockets { mut stopping, ping: interval, .. } = sockets;
-    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let mut silence = Silence::begin(interval);
     loop {
         let frame = tokio::select! {
@@ -286,7 +344,7 @@ async fn read_frames(
             return Some(CloseFrame { code: TOKEN_REPLACED, reason: reason.into() });
         }
         let served = match frame {
-            Some(Ok(Frame::Text(text))) => admit(host, text.as_str(), answers, &waiting).await,
+            Some(Ok(Frame::Text(text))) => admit(host, text.as_str(), answers).await,
             Some(Ok(Frame::Binary(_))) => {
                 let refused =
                     json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
@@ -301,7 +359,9 @@ async fn read_frames(
             return None;
         }
         // A client that does not take its answers is not read either.
-        answers.within_budget().await;
+        if !answers.within_budget().await {
+            return None;
+        }
         // The client spoke; the host, done with what it said (admitting may have waited), waits anew.
         silence = Silence::begin(interval);
     }
@@ -313,8 +373,9 @@ fn token_replaced(host: &Host, granted: Option<&str>) -> bool {
     config.ingress.http.as_ref().and_then(HttpIngressConfig::required_token) != granted
 }
 
-/// Admit the message of one frame and queue its answer(s); `false` once the writer is gone.
-async fn admit(host: &Host, text: &str, answers: &AnswerQueue, waiting: &Arc<Semaphore>) -> bool {
+/// Admit the message of one frame and queue its answer(s); `false` once the writer is gone, or
+/// when the ingress stops while this waits on the client.
+async fn admit(host: &Host, text: &str, answers: &AnswerQueue) -> bool {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err((reference, problem)) => {
@@ -336,7 +397,7 @@ async fn admit(host: &Host, text: &str, answers: &AnswerQueue, waiting: &Arc<Sem
         };
         return answers.queue(answer, None).await;
     }
-    let Ok(slot) = waiting.clone().acquire_owned().await else { return false };
+    let Some(slot) = answers.wait_slot().await else { return false };
     let (host, answers) = (host.clone(), answers.clone());
     tokio::spawn(async move {
         let settled = match host.request(message).await {
