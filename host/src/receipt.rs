@@ -5,7 +5,8 @@
 //! `Accepted`, shared with every message made from it (fan-out copies, split outputs, retries), and
 //! the last of them to be dropped — each having been delivered, filtered, answered or dead-lettered
 //! to somewhere that took the letter — tells the [`Receipt`]. When a message cannot reach an
-//! outcome (its dead letter was lost, a worker panicked) the hold is kept, and the receipt says
+//! outcome (its dead letter was lost, a worker panicked, a share of it was dropped before its
+//! outcome, as a runtime shut down drops its tasks) the hold is kept, and the receipt says
 //! [`Settlement::Unsettled`]. A message the host gives up on because it stops (still queued,
 //! retried or under way at the end of the shutdown grace) is not dead-lettered, as one without a
 //! receipt is: its source keeps it, so the host hands it back ([`Settlement::HandedBack`]) for the

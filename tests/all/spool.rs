@@ -1,10 +1,13 @@
 //! The durable spool through the embedded host: a message is on disk when `send` returns and
-//! leaves the spool once settled; a host started on a spool delivers what it held (its `x-sy-id`
-//! unchanged); a torn tail is cut off quietly and what precedes it delivered; corrupt bytes
-//! mid-segment, or at the end of a segment before the last, are reported and skipped, and what
-//! follows them delivered; a full spool is backpressure, never loss.
+//! leaves the spool once settled, whatever its outcome, and only then (one dropped with the tasks
+//! of a runtime shut down before its host stays for the next start); a host started on a spool
+//! delivers what it held (its `x-sy-id` unchanged); a torn tail is cut off quietly and what
+//! precedes it delivered; corrupt bytes mid-segment, or at the end of a segment before the last,
+//! are reported and skipped, and what follows them delivered; a full spool is backpressure, never
+//! loss.
 
 use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use switchyard::config::Durability;
 use switchyard::{Config, Host, MemoryDestination, Message, NativeFilter, RouteConfig, SendError, Verdict};
@@ -510,6 +513,199 @@ async fn a_host_dropped_without_a_shutdown_leaves_its_unsettled_messages_for_the
     assert_eq!(host.spool().unwrap().recovered, 3);
     assert_eq!(ids_of(&delivered, 3).await, ["mine-0", "mine-1", "mine-2"]);
     drain_and_account(&host).await;
+}
+
+/// An HTTP endpoint that answers every request `200` with its body, while the test's runtime lives.
+async fn answering() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(|body: String| async move { body });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_leaves_the_spool_whatever_its_outcome() {
+    // A message's record goes only where its outcome is recorded (one dropped before, as a
+    // runtime shut down drops its tasks, stays for the next start): every kind of outcome, by
+    // every way to it, must record it, or its record stays and its share of the spool is never
+    // given back.
+    let state = tempfile::tempdir().unwrap();
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = format!(
+        "[host]\ndurability = \"spool\"\nwatch = false\ndead_letter = \"dead\"\n\
+         [[destination]]\nname = \"dead\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
+         [[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{api}\"]\n\
+         [[destination]]\nname = \"down\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n\
+         queue = {{ timeout_ms = 100 }}\nfallback = \"out\"\n\
+         [[destination]]\nname = \"gone\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n\
+         queue = {{ timeout_ms = 100 }}\n\
+         [[route]]\nname = \"direct\"\nmatch = {{ topic = \"direct\" }}\nto = \"api\"\n\
+         [[route]]\nname = \"queued\"\nmatch = {{ topic = \"queued\" }}\nstages = [\"filter:pass\"]\nto = \"api\"\n\
+         [[route]]\nname = \"fan\"\nmatch = {{ topic = \"fan\" }}\nfan_out = [\"out\", \"api\"]\n\
+         [[route]]\nname = \"split\"\nmatch = {{ topic = \"split\" }}\nstages = [\"transform:split\"]\nto = \"out\"\n\
+         [[route]]\nname = \"filtered\"\nmatch = {{ topic = \"filtered\" }}\nstages = [\"filter:drop\"]\nto = \"out\"\n\
+         [[route]]\nname = \"fallback\"\nmatch = {{ topic = \"fallback\" }}\nto = \"down\"\n\
+         [[route]]\nname = \"failed\"\nmatch = {{ topic = \"failed\" }}\nto = \"gone\"\n",
+        api = answering().await,
+    );
+    let plugins = plugin_dir(&[("annotate", switchyard_plugin_artifacts::ANNOTATE_MIDDLEWARE)]);
+    let host = Host::builder()
+        .config("test.toml", Config::from_toml("test.toml", &text).unwrap())
+        .plugin_dir(plugins.path())
+        .state_dir(state.path())
+        .filter("pass", |_: &Message| Ok(Verdict::Keep))
+        .filter("drop", |_: &Message| Ok(Verdict::Drop))
+        // Two outputs of each message, none of one whose payload is "none".
+        .transform("split", |message: &Message| match &message.payload[..] {
+            b"none" => Ok(vec![]),
+            _ => Ok(vec![message.clone(), message.clone()]),
+        })
+        .destination("echo", |message: Message| async move { Ok(Some(message)) })
+        .route(RouteConfig::new("in-place", "in-place", "echo"))
+        .route(RouteConfig::new("answered", "answered", "echo").stage("middleware:annotate"))
+        .build()
+        .await
+        .unwrap();
+    for (topic, payload) in [
+        ("direct", "x"),
+        ("queued", "x"),
+        ("in-place", "x"),
+        ("fan", "x"),
+        ("split", "x"),
+        ("split", "none"),
+        ("filtered", "x"),
+        ("fallback", "x"),
+        ("failed", "x"),
+        ("nowhere", "x"),
+    ] {
+        within(host.send(Message::new(topic, payload))).await.unwrap();
+    }
+    let reply = within(host.request(Message::new("queued", "asked"))).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "asked");
+    let short = Message::new("answered", "asked").with_header("x-short-circuit", "1");
+    let reply = within(host.request(short)).await.unwrap().unwrap();
+    assert_eq!(reply.header("x-replied-by"), Some("annotate-middleware"));
+
+    eventually(|| match (host.stats(), host.spool().unwrap()) {
+        (stats, spool) if stats.in_flight() == 0 && spool.depth == 0 => Ok(()),
+        seen => Err(Box::new(seen)),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created), (12, 2), "{stats:?}");
+    let outcomes = (stats.delivered, stats.filtered, stats.responded, stats.dead_lettered);
+    assert_eq!(outcomes, (9, 2, 1, 2), "{stats:?}");
+    drop(host);
+
+    let (again, _) = host_again(state.path()).await;
+    assert_eq!(again.spool().unwrap().recovered, 0, "every record was removed");
+    drain_and_account(&again).await;
+}
+
+/// A listener that takes every connection and never answers: each first chunk a peer sends on one
+/// comes out of the receiver. It reads each connection until the peer closes it.
+fn unanswering() -> (std::net::SocketAddr, flume::Receiver<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heard, hearing) = flume::unbounded();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let (mut connection, heard) = (connection.unwrap(), heard.clone());
+            std::thread::spawn(move || {
+                let mut chunk = vec![0; 4096];
+                if let Ok(read @ 1..) = connection.read(&mut chunk) {
+                    chunk.truncate(read);
+                    let _ = heard.send(chunk);
+                    while matches!(connection.read(&mut [0; 4096]), Ok(1..)) {}
+                }
+            });
+        }
+    });
+    (addr, hearing)
+}
+
+#[test]
+fn a_runtime_dropped_before_its_host_leaves_a_delivery_under_way_for_the_next_start() {
+    // An embedder's runtime shut down before its host (or a host in a static) drops the host's
+    // tasks first: the delivery task dropped its message as if it had been delivered, its record
+    // was removed before the host closed its spool, and the next start recovered nothing.
+    let state = tempfile::tempdir().unwrap();
+    let (peer, heard) = unanswering();
+    let text = format!(
+        "[host]\ndurability = \"spool\"\nwatch = false\n[[destination]]\nname = \"api\"\n\
+         transport = \"http\"\nendpoints = [\"{peer}\"]\ntimeout_ms = 600000\n\
+         queue = {{ timeout_ms = 600000 }}\n[[route]]\nname = \"all\"\nmatch = {{ topic = \"t.*\" }}\n\
+         to = \"api\"\n"
+    );
+    let plugins = plugin_dir(&[]);
+    // A runtime of one thread drops its tasks without polling them again. Of several threads, one
+    // may yet poll the delivery after another dropped its connection's task: it fails, may have
+    // been sent, and is dead-lettered `delivery-uncertain`, an outcome, not the one looked for here.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let host = runtime.block_on(async {
+        let config = Config::from_toml("test.toml", &text).unwrap();
+        let builder = Host::builder().config("test.toml", config).plugin_dir(plugins.path());
+        let host = builder.state_dir(state.path()).build().await.unwrap();
+        host.send(message(0)).await.unwrap();
+        // The peer has the request and never answers: the delivery is under way.
+        let request = within(heard.recv_async()).await.unwrap();
+        assert!(request.starts_with(b"POST "), "{}", String::from_utf8_lossy(&request));
+        host
+    });
+    drop(runtime);
+    drop(host);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (again, delivered) = host_again(state.path()).await;
+        assert_eq!(again.spool().unwrap().recovered, 1, "the delivery under way is delivered again");
+        assert_eq!(ids_of(&delivered, 1).await, ["mine-0"]);
+        drain_and_account(&again).await;
+    });
+}
+
+#[test]
+fn a_runtime_dropped_before_its_host_leaves_the_recovered_messages_not_yet_sent_on_for_the_next_start() {
+    // The task that sends the recovered messages on holds the records of those it has not sent
+    // yet: dropped with the runtime, it removed them, and the next start recovered only the few
+    // the pipeline held.
+    let state = tempfile::tempdir().unwrap();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (open, stuck_gate) = gate();
+    let (stuck, stuck_out) = first.block_on(async {
+        let (stuck, stuck_out) = host(state.path(), Some(stuck_gate), |_| {}).await;
+        for n in 0..20 {
+            stuck.send(message(n)).await.unwrap();
+        }
+        (stuck, stuck_out)
+    });
+    let state = crash_copy(state.path());
+    // One worker held by a gate that stays shut, and a queue of one: most of the recovered
+    // messages wait in the recovery's task, whatever it did before the runtime goes.
+    let (shut, held) = gate();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (recovering, _recovering_out) = runtime.block_on(host(state.path(), Some(held), |config| {
+        config.host.workers = 1;
+        config.host.queue_capacity = 1;
+    }));
+    assert_eq!(recovering.spool().unwrap().recovered, 20);
+    drop(runtime);
+    drop(recovering);
+    drop(shut);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (again, delivered) = host_again(state.path()).await;
+        assert_eq!(again.spool().unwrap().recovered, 20, "none was settled");
+        assert_eq!(ids_of(&delivered, 20).await.len(), 20);
+        drain_and_account(&again).await;
+    });
+    drop(open);
+    first.block_on(async {
+        assert_eq!(ids_of(&stuck_out, 20).await.len(), 20);
+        drain_and_account(&stuck).await;
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

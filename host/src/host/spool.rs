@@ -63,8 +63,8 @@ pub(super) fn redeliver(
             let bytes = tokio::select! {
                 biased;
                 () = stopping.cancelled() => {
-                    hold.keep();
-                    let left = 1 + messages.map(|(_, hold)| hold.keep()).count();
+                    // Dropped unsettled, their holds leave their records.
+                    let left = 1 + messages.len();
                     tracing::info!(messages = left, "stopping: the spool keeps the messages not yet delivered again");
                     return;
                 }
@@ -75,12 +75,8 @@ pub(super) fn redeliver(
             // Not raced with the stop: the workers take from the queue until its last sender is
             // gone, so this one is admitted by the grace period's end at the latest, and an
             // envelope given up on here would be lost with its record.
-            if let Err(flume::SendError(envelope)) =
-                sender.send_async(Envelope::new(message, None, bytes, Some(hold))).await
-            {
-                // The workers are gone: the records stay for the next start.
-                envelope.accepted.keep_unsettled();
-                messages.for_each(|(_, hold)| hold.keep());
+            if sender.send_async(Envelope::recovered(message, bytes, hold)).await.is_err() {
+                // The workers are gone: dropped unsettled, the records stay for the next start.
                 return;
             }
             Counters::bump(&pipeline.counters.accepted, 1);

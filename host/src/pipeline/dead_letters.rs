@@ -205,6 +205,7 @@ impl Pipeline {
                 if let Some(metrics) = route {
                     metrics.settled(Settled::DeadLettered, accepted.at, Instant::now());
                 }
+                accepted.settle();
                 let to = match reached {
                     Reached::Destination(name) => name,
                     Reached::File => "the dead-letter file",
@@ -212,8 +213,7 @@ impl Pipeline {
                 tracing::warn!(id, topic, route = route_name, code, %reason, to, "dead-lettered");
             }
             Err(error) => {
-                // With the spool, not lost after all: the next start delivers it again.
-                accepted.keep_unsettled();
+                // Left unsettled: with the spool, not lost after all, the next start delivers it again.
                 Counters::bump(&self.counters.dead_letter_failures, 1);
                 self.metrics.dead_letter_lost();
                 if let Some(metrics) = route {

@@ -15,9 +15,11 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::hos
 
 /// When a message was accepted, its place in the spool (with `durability = "spool"`) and the
 /// receipt its ingress waits on (see [`crate::receipt`]): every message made from it shares the
-/// holds, so the record goes, and the receipt is told, once the last of them is settled. One
-/// dropped by a thread that panics keeps the holds unsettled, whichever share it is: a copy lost
-/// to a panic must not count as settled when the other copies are.
+/// holds, so the record goes, and the receipt is told, once the last of them is dropped, each
+/// [`settle`](Accepted::settle)d where it reached its outcome. One dropped unsettled keeps the
+/// holds unsettled, whichever share it is: a copy lost to a panic, to a dead letter no one took,
+/// or to a runtime shut down under the task that held it (tokio drops such tasks' futures) must
+/// not count as settled when the other copies are.
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub(crate) at: Instant,
@@ -28,18 +30,19 @@ pub(crate) struct Accepted {
     pub(crate) batch_position: usize,
     pub(crate) spooled: Option<Arc<SpoolHold>>,
     pub(crate) receipt: Option<Arc<ReceiptHold>>,
+    /// Whether this share still owes an outcome: from when the pipeline takes the message (or the
+    /// spool gives it back at start) until [`settle`](Accepted::settle). Not before: an admission
+    /// given up on, or refused, drops its message unaccepted, and its record goes; one accepted
+    /// into the intake queue leaves it only for a worker, or with the host, whose spool closes
+    /// first.
+    owes_outcome: bool,
 }
 
 impl Accepted {
-    /// The message could not reach an outcome: keep its spool record for the next start, and tell
-    /// its receipt it is unsettled.
-    pub(crate) fn keep_unsettled(&self) {
-        if let Some(hold) = &self.spooled {
-            hold.keep();
-        }
-        if let Some(hold) = &self.receipt {
-            hold.keep();
-        }
+    /// This share reached its outcome (delivered, filtered, answered, dead-lettered to somewhere
+    /// that took the letter, handed back): it no longer keeps the holds unsettled.
+    pub(crate) fn settle(mut self) {
+        self.owes_outcome = false;
     }
 
     /// Whether its source keeps it until it is settled and takes it back (a JetStream stream,
@@ -58,8 +61,15 @@ impl Accepted {
 
 impl Drop for Accepted {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.keep_unsettled();
+        let unsettled = self.owes_outcome || std::thread::panicking();
+        if let Some(hold) = &self.spooled {
+            match unsettled {
+                true => hold.keep(),
+                false => hold.settle(),
+            }
+        }
+        if let Some(hold) = self.receipt.as_ref().filter(|_| unsettled) {
+            hold.keep();
         }
     }
 }
@@ -82,9 +92,22 @@ impl Envelope {
         intake_bytes: OwnedSemaphorePermit,
         spooled: Option<SpoolHold>,
     ) -> Envelope {
+        let spooled = spooled.map(Arc::new);
         let accepted =
-            Accepted { at: Instant::now(), batch_position: 0, spooled: spooled.map(Arc::new), receipt: None };
+            Accepted { at: Instant::now(), batch_position: 0, spooled, receipt: None, owes_outcome: false };
         Envelope { message, reply, accepted, intake_bytes }
+    }
+
+    /// `message`, which the spool held at start (`hold`), accepted again now: it owes an outcome
+    /// already, an earlier run having accepted it.
+    pub(crate) fn recovered(
+        message: Message,
+        intake_bytes: OwnedSemaphorePermit,
+        hold: SpoolHold,
+    ) -> Envelope {
+        let mut envelope = Envelope::new(message, None, intake_bytes, Some(hold));
+        envelope.accepted.owes_outcome = true;
+        envelope
     }
 
     /// The same envelope, telling `receipt` once the message is settled.
@@ -157,6 +180,7 @@ impl Envelope {
         taken: &mut Option<OwnedSemaphorePermit>,
     ) -> Item {
         self.accepted.batch_position = batch_position;
+        self.accepted.owes_outcome = true;
         match taken {
             // Every envelope's share is of the one host's budget, as `merge` requires.
             Some(shares) => shares.merge(self.intake_bytes),
@@ -166,9 +190,11 @@ impl Envelope {
     }
 
     /// `item` back as it was accepted, holding `intake_bytes` again: for the intake queue after
-    /// all, when its destination had no room.
+    /// all, when its destination had no room. Its admission may yet be given up on.
     pub(crate) fn again(item: Item, intake_bytes: OwnedSemaphorePermit) -> Envelope {
-        Envelope { message: item.message, reply: item.reply, accepted: item.accepted, intake_bytes }
+        let Item { message, reply, mut accepted, .. } = item;
+        accepted.owes_outcome = false;
+        Envelope { message, reply, accepted, intake_bytes }
     }
 }
 
@@ -197,11 +223,23 @@ mod tests {
         assert_eq!(topics, ["a", "b"]);
     }
 
+    /// A message accepted and taken by the pipeline, and the receipt its holds tell.
+    fn taken_with_receipt() -> (Accepted, crate::receipt::Receipt) {
+        let (hold, receipt) = crate::receipt::ReceiptHold::new();
+        let receipt_hold = Some(Arc::new(hold));
+        let accepted = Accepted {
+            at: Instant::now(),
+            batch_position: 0,
+            spooled: None,
+            receipt: receipt_hold,
+            owes_outcome: true,
+        };
+        (accepted, receipt)
+    }
+
     #[tokio::test]
     async fn a_copy_lost_to_a_panic_leaves_its_message_unsettled_when_the_other_copy_settles() {
-        let (hold, receipt) = crate::receipt::ReceiptHold::new();
-        let hold = Some(Arc::new(hold));
-        let accepted = Accepted { at: Instant::now(), batch_position: 0, spooled: None, receipt: hold };
+        let (accepted, receipt) = taken_with_receipt();
         // A fan-out: one copy dropped by a worker that panics, the other delivered.
         let lost = accepted.clone();
         let panicked = crate::panic::catch(move || {
@@ -209,7 +247,23 @@ mod tests {
             panic!("a worker's own code panics");
         });
         assert!(panicked.is_err());
-        drop(accepted);
+        accepted.settle();
+        assert_eq!(receipt.settled().await, crate::receipt::Settlement::Unsettled);
+    }
+
+    #[tokio::test]
+    async fn a_message_is_settled_once_every_copy_is_and_not_when_one_is_dropped_before_its_outcome() {
+        let (accepted, receipt) = taken_with_receipt();
+        let copy = accepted.clone();
+        copy.settle();
+        accepted.settle();
+        assert_eq!(receipt.settled().await, crate::receipt::Settlement::Settled);
+
+        // One copy delivered, the other dropped with the task that held it (a runtime shut down).
+        let (accepted, receipt) = taken_with_receipt();
+        let copy = accepted.clone();
+        accepted.settle();
+        drop(copy);
         assert_eq!(receipt.settled().await, crate::receipt::Settlement::Unsettled);
     }
 }

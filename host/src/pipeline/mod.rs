@@ -221,6 +221,7 @@ impl Pipeline {
     fn dropped(&self, item: Item, route: &Route, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.filtered, 1);
         metrics.settled(Settled::Filtered, item.accepted.at, Instant::now());
+        item.accepted.settle();
         if let Some(reply) = item.reply {
             let _ = reply.send(Err(RequestError::Filtered { route: route.name.clone() }));
         }
@@ -229,6 +230,7 @@ impl Pipeline {
     fn responded(&self, item: Item, reply: Message, metrics: &RouteMetrics) {
         Counters::bump(&self.counters.responded, 1);
         metrics.settled(Settled::Responded, item.accepted.at, Instant::now());
+        item.accepted.settle();
         if let Some(sender) = item.reply {
             let _ = sender.send(Ok(Some(reply)));
         }
@@ -290,7 +292,7 @@ impl Pipeline {
         let Item { message, reply, middlewares, accepted } = item;
         match memory.try_send(message) {
             Ok(()) => {
-                self.taken_by_memory(&target.sink, route, &accepted, reply, now);
+                self.taken_by_memory(&target.sink, route, accepted, reply, now);
                 None
             }
             Err(message) => Some(Item { message, reply, middlewares, accepted }),
@@ -302,7 +304,7 @@ impl Pipeline {
         &self,
         sink: &Sink,
         route: &RouteMetrics,
-        accepted: &Accepted,
+        accepted: Accepted,
         reply: Option<ReplySender>,
         now: Instant,
     ) {
@@ -321,13 +323,15 @@ impl Pipeline {
         let copies = targets.len();
         Counters::bump(&self.counters.created, copies.saturating_sub(1) as u64);
         let mut message = Some(message);
-        for (index, target) in targets.iter().enumerate() {
+        // Each copy a share of the holds, the last one the item's own: none is dropped unsettled.
+        let shares = std::iter::repeat_n(accepted, copies);
+        for ((index, target), accepted) in targets.iter().enumerate().zip(shares) {
             let message = match index + 1 == copies {
                 true => message.take().expect("the last copy"),
                 false => message.as_ref().expect("not the last copy").clone(),
             };
             let middlewares = std::mem::take(&mut middlewares);
-            let delivery = Delivery { message, reply: reply.take(), middlewares, accepted: accepted.clone() };
+            let delivery = Delivery { message, reply: reply.take(), middlewares, accepted };
             self.deliver_to(target, delivery, metrics, None).await;
         }
     }
@@ -382,7 +386,7 @@ impl Pipeline {
                 };
                 match sent {
                     Ok(()) => {
-                        return self.taken_by_memory(&target.sink, metrics, &accepted, reply, Instant::now());
+                        return self.taken_by_memory(&target.sink, metrics, accepted, reply, Instant::now());
                     }
                     Err((error, message)) => (message, Err(error)),
                 }
@@ -430,7 +434,7 @@ impl Pipeline {
                 sink.count(false);
                 // Sent, not requested: no caller waits for an answer.
                 debug_assert!(reply.is_none(), "a message its source keeps has no reply");
-                return self.hand_back(sink, route, &message, &accepted);
+                return self.hand_back(sink, route, &message, accepted);
             }
             Err(error) => {
                 sink.count(false);
@@ -439,7 +443,7 @@ impl Pipeline {
                 return self.dead_letter(&self.topology.load(), item, reason, Some(route.as_ref())).await;
             }
         };
-        self.count_delivered(sink, route, &accepted, Instant::now());
+        self.count_delivered(sink, route, accepted, Instant::now());
         let Some(sender) = reply else { return };
         match response {
             Ok(Some(reply)) if !middlewares.is_empty() => {
@@ -473,19 +477,21 @@ impl Pipeline {
     /// Hand `message`, which the host stopped before it delivered to `sink`, back to the source
     /// that keeps it (see [`crate::receipt`]): not dead-lettered, it is delivered again from there,
     /// by another host.
-    fn hand_back(&self, sink: &Sink, route: &RouteMetrics, message: &Message, accepted: &Accepted) {
+    fn hand_back(&self, sink: &Sink, route: &RouteMetrics, message: &Message, accepted: Accepted) {
         accepted.hand_back();
         Counters::bump(&self.counters.handed_back, 1);
         route.settled(Settled::HandedBack, accepted.at, Instant::now());
+        accepted.settle();
         let (id, topic, destination) = (message.id, &message.topic, &sink.name);
         tracing::debug!(id, topic, %destination, "not delivered before the stop: handed back to its source");
     }
 
-    /// Count a delivery to `sink` of a message `route` accepted.
-    fn count_delivered(&self, sink: &Sink, route: &RouteMetrics, accepted: &Accepted, now: Instant) {
+    /// Count a delivery to `sink` of a message `route` accepted: it is settled.
+    fn count_delivered(&self, sink: &Sink, route: &RouteMetrics, accepted: Accepted, now: Instant) {
         Counters::bump(&self.counters.delivered, 1);
         sink.count(true);
         route.settled(Settled::Delivered, accepted.at, now);
+        accepted.settle();
     }
 }
 

@@ -288,18 +288,15 @@ impl Worker {
             return fates.push(Fate::Dropped(item));
         }
         let Item { message: _, mut reply, middlewares, accepted } = item;
-        let outputs = produced.enumerate().map(|(n, mut message)| {
+        // Each output a share of the holds, the last one the item's own: none is dropped unsettled.
+        let shares = std::iter::repeat_n(accepted, produced.len());
+        let outputs = produced.zip(shares).enumerate().map(|(n, (mut message, accepted))| {
             if n > 0 {
                 message.id = self.next_id();
                 message.carry_host_headers(&[]);
                 message.set_header(ID_HEADER, unique_id());
             }
-            Fate::Keep(Item {
-                message,
-                reply: reply.take(),
-                middlewares: middlewares.clone(),
-                accepted: accepted.clone(),
-            })
+            Fate::Keep(Item { message, reply: reply.take(), middlewares: middlewares.clone(), accepted })
         });
         fates.extend(outputs);
     }
