@@ -527,6 +527,72 @@ async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_after_the_dead_letter_file_was_removed_waits_in_a_new_one_and_is_delivered() {
+    // The operator removes the file (its letters exported, say) while the dead-letter destination
+    // is down. Before, the host went on appending to the removed file it held open: the next
+    // letter counted as dead-lettered but was never re-delivered, and was gone at exit.
+    let state = tempfile::tempdir().unwrap();
+    let (dlq, destination) = Switchable::new(false);
+    let host = host(state.path(), destination).await;
+    let removed = send_unroutable(&host, 1).await;
+    assert_eq!(spooled_once_settled(&host, 0), removed);
+    a_letter_after_the_file_is_removed_reaches_the_destination(host, state.path(), dlq, removed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_after_the_dead_letter_file_was_removed_is_not_padded_to_its_old_length() {
+    // The file was rewritten (an unreadable line set aside) while the dead-letter destination is
+    // down, so the host does not hold it open, and then removed. Before, the file made anew was
+    // extended to the old one's length: the next letter came after as many zero bytes, unreadable,
+    // yet counted as dead-lettered.
+    let state = tempfile::tempdir().unwrap();
+    let mut message = Message::new("nowhere", "left by a previous run");
+    message.id = 7;
+    let letter = DeadLetterReason::NoRoute { topic: "nowhere".into() }.label(message, None);
+    let line = serde_json::to_string(&DeadLetterRecord::new(&letter, "dlq")).unwrap();
+    std::fs::write(state.path().join(FILE_NAME), format!("{line}\nnot json\n")).unwrap();
+    let (dlq, destination) = Switchable::new(false);
+    let host = host(state.path(), destination).await;
+    let damaged = state.path().join(format!("{FILE_NAME}.damaged"));
+    eventually(|| match std::fs::read_to_string(state.path().join(FILE_NAME)).unwrap() {
+        left if left == format!("{line}\n") && damaged.exists() => Ok(()),
+        left => Err(left),
+    });
+    let removed = HashSet::from([letter.id]);
+    a_letter_after_the_file_is_removed_reaches_the_destination(host, state.path(), dlq, removed).await;
+}
+
+/// Remove the dead-letter file of `host` (over `state`), holding the letters `removed`, while its
+/// dead-letter destination `dlq` is down: a letter sent then waits in the file, alone, and reaches
+/// `dlq` once it is up.
+async fn a_letter_after_the_file_is_removed_reaches_the_destination(
+    host: Host,
+    state: &Path,
+    dlq: Switchable,
+    removed: HashSet<MessageId>,
+) {
+    let before = host.stats().dead_lettered;
+    std::fs::remove_file(state.join(FILE_NAME)).unwrap();
+    let sent = send_unroutable(&host, 1).await;
+    assert_eq!(spooled_once_settled(&host, before), sent, "the letter is in the file, alone");
+    dlq.set_up(true);
+    // A re-delivery pass may have read a removed letter before its file was removed, to send it
+    // once the destination is up: that one comes first, if at all.
+    let mut taken = next(&dlq.taken).await.id;
+    while removed.contains(&taken) {
+        taken = next(&dlq.taken).await.id;
+    }
+    assert_eq!(HashSet::from([taken]), sent);
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, before + 1);
+    assert!(dlq.taken.is_empty(), "sent again: {:?}", dlq.taken.try_iter().count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_destination_nobody_reads_hands_each_message_back_whole_to_be_dead_lettered() {
     // The memory destination is given the message itself, not a copy, and hands it back when it
     // cannot deliver it: what is dead-lettered must be the message as it was routed.

@@ -4,7 +4,11 @@
 //! the file are removed by writing what is left to a temporary file and
 //! renaming it over the old one, so a crash at any point leaves either file
 //! whole (re-delivery is at-least-once: a crash between a re-delivery and
-//! the rename sends those letters again).
+//! the rename sends those letters again). A file removed, replaced or cut short
+//! while the host runs (by hand, its letters exported; the state directory
+//! removed) is noticed before and after each append and at each read, and
+//! the letters of the file then at its path are counted afresh: a letter is
+//! never counted as written to a file no longer there.
 //!
 //! Every method does blocking file I/O: call them off the async runtime's
 //! threads (`spawn_blocking`).
@@ -16,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -54,8 +59,36 @@ struct State {
     len: u64,
     /// Letters held, by the dead-letter destination they are meant for.
     held: BTreeMap<String, usize>,
+    /// The file `len` and `held` count, if there is one; the one `append` writes to.
+    file: Option<FileId>,
+    /// How many times a file was found in its place and counted afresh: a [`Position`] of an
+    /// earlier one is not in this one.
+    generation: u64,
     /// The file opened for appending, once written to.
     append: Option<File>,
+}
+
+/// What tells a file from another put at its path: its device and inode.
+type FileId = (u64, u64);
+
+fn file_id(metadata: &std::fs::Metadata) -> FileId {
+    (metadata.dev(), metadata.ino())
+}
+
+/// Where a read of the file starts: at its head, or where a batch ended. Past the head it is a
+/// place in one file: read after that file was removed or replaced, it finds nothing (read again
+/// from the head).
+#[derive(Clone, Copy, Debug)]
+pub struct Position {
+    /// The [`State::generation`] it is a place in, unless it is the head of whatever file.
+    generation: Option<u64>,
+    /// The byte it is at.
+    at: u64,
+}
+
+impl Position {
+    /// The first letter of the file.
+    pub const HEAD: Position = Position { generation: None, at: 0 };
 }
 
 /// The first letters of the file, read for re-delivery.
@@ -63,12 +96,14 @@ struct State {
 pub struct Batch {
     /// The letters, in the order they were written.
     pub letters: Vec<DeadLetterRecord>,
+    /// How many letters the file held as they were read.
+    pub held: usize,
     /// Where each of `letters` is in the file.
     spans: Vec<Range<u64>>,
     /// Where the lines among them that could not be read are (skipped with a warning).
     unreadable: Vec<Range<u64>>,
     /// Where the batch ends in the file.
-    end: u64,
+    end: Position,
 }
 
 impl DeadLetterFile {
@@ -80,25 +115,13 @@ impl DeadLetterFile {
     pub fn open(dir: &Path, gauge: Gauge) -> Result<DeadLetterFile, FileError> {
         let path = dir.join(FILE_NAME);
         let error = |error| FileError { path: path.clone(), error };
-        let mut state = State::default();
-        match File::open(&path) {
-            Ok(existing) => {
-                let size = existing.metadata().map_err(error)?.len();
-                let batch = scan(&path, existing, 0..u64::MAX, usize::MAX, |_| false).map_err(error)?;
-                if batch.end < size {
-                    tracing::warn!(file = %path.display(), bytes = size - batch.end, "dead-letter file ends in a torn line (a crash while writing); cut off");
-                    let existing = OpenOptions::new().write(true).open(&path);
-                    existing.and_then(|existing| existing.set_len(batch.end)).map_err(error)?;
-                }
-                state.len = batch.end;
-                for letter in batch.letters {
-                    *state.held.entry(letter.destination).or_default() += 1;
-                }
-            }
-            Err(not_found) if not_found.kind() == io::ErrorKind::NotFound => {}
-            Err(other) => return Err(error(other)),
+        let (state, size) = count(&path).map_err(error)?;
+        if state.len < size {
+            tracing::warn!(file = %path.display(), bytes = size - state.len, "dead-letter file ends in a torn line (a crash while writing); cut off");
+            let existing = OpenOptions::new().write(true).open(&path);
+            existing.and_then(|existing| existing.set_len(state.len)).map_err(error)?;
         }
-        gauge.set(state.held.values().sum::<usize>() as i64);
+        gauge.set(state.letters() as i64);
         Ok(DeadLetterFile { path, gauge, state: Mutex::new(state) })
     }
 
@@ -109,7 +132,7 @@ impl DeadLetterFile {
 
     /// How many letters it holds.
     pub fn letters(&self) -> usize {
-        self.lock().held.values().sum()
+        self.lock().letters()
     }
 
     /// Whether it holds letters meant for dead-letter destination `destination`.
@@ -127,37 +150,62 @@ impl DeadLetterFile {
         let mut line = serde_json::to_vec(letter).expect("a record serializes");
         line.push(b'\n');
         let mut state = self.lock();
-        if state.append.is_none() {
-            let file = self.open_for_append(state.len).map_err(|error| self.error(error))?;
-            state.append = Some(file);
-        }
-        let len = state.len;
-        let file = state.append.as_mut().expect("opened above");
-        if let Err(error) = file.write_all(&line).and_then(|()| file.sync_data()) {
-            let _ = file.set_len(len);
-            state.append = None;
-            return Err(self.error(error));
-        }
+        self.append_line(&mut state, &line).map_err(|error| self.error(error))?;
         state.len += line.len() as u64;
         *state.held.entry(letter.destination.clone()).or_default() += 1;
         self.gauge.inc();
         Ok(())
     }
 
-    /// The first `limit` letters from byte `from` on (0: the oldest), oldest
-    /// first, passing over those `skip` picks: they stay in the file, before
-    /// and among the letters read.
+    /// Write `line` after the letters of the file and fsync it. A write to a file removed
+    /// meanwhile succeeds too, and goes nowhere: unless the file written is the one at its path
+    /// once the line is on disk, the line is written once more, to the file there now (made anew
+    /// if there is none).
+    fn append_line(&self, state: &mut State, line: &[u8]) -> io::Result<()> {
+        self.recount_if_replaced(state)?;
+        for _ in 0..2 {
+            if state.append.is_none() {
+                state.append = Some(self.open_for_append(state)?);
+            }
+            let len = state.len;
+            let file = state.append.as_mut().expect("opened above");
+            if let Err(error) = file.write_all(line).and_then(|()| file.sync_data()) {
+                let _ = file.set_len(len);
+                state.append = None;
+                return Err(error);
+            }
+            if !self.recount_if_replaced(state)? {
+                return Ok(());
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "removed or replaced while a letter was written to it, twice",
+        ))
+    }
+
+    /// The first `limit` letters from `from` on ([`Position::HEAD`]: the
+    /// oldest), oldest first, passing over those `skip` picks: they stay in
+    /// the file, before and among the letters read.
     pub fn read(
         &self,
-        from: u64,
+        from: Position,
         limit: usize,
         skip: impl FnMut(&DeadLetterRecord) -> bool,
     ) -> Result<Batch, FileError> {
-        let state = self.lock();
-        let empty = Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: from };
+        let mut state = self.lock();
+        self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
+        let held = state.letters();
+        let empty = Batch { letters: Vec::new(), held, spans: Vec::new(), unreadable: Vec::new(), end: from };
+        if from.generation.is_some_and(|generation| generation != state.generation) {
+            return Ok(empty);
+        }
+        let at = from.at;
         let scanned = |mut file: File| {
-            file.seek(SeekFrom::Start(from))?;
-            scan(&self.path, file, from..state.len.max(from), limit, skip)
+            file.seek(SeekFrom::Start(at))?;
+            let mut batch = scan(&self.path, file, at..state.len.max(at), limit, skip)?;
+            (batch.held, batch.end.generation) = (held, Some(state.generation));
+            Ok(batch)
         };
         match File::open(&self.path) {
             Ok(file) => scanned(file).map_err(|error| self.error(error)),
@@ -168,22 +216,27 @@ impl DeadLetterFile {
 
     /// Remove the letters of `batch` marked `delivered` (and its unreadable
     /// lines), keeping every other letter, in order; where the batch ends now. An error means
-    /// the file is as it was.
-    pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<u64, FileError> {
+    /// the file is as it was. A batch of a file removed or replaced since it was read is not
+    /// in the file there now: nothing is removed.
+    pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<Position, FileError> {
         if batch.unreadable.is_empty() && !delivered.contains(&true) {
             return Ok(batch.end);
         }
         let mut state = self.lock();
+        self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
+        if batch.end.generation != Some(state.generation) {
+            return Ok(batch.end);
+        }
         // Kept, not dropped: a line that cannot be read may be mended by hand.
         self.set_aside(&batch.unreadable).map_err(|error| self.error(error))?;
         let tmp = self.path.with_extension("jsonl.tmp");
-        let (len, dropped) = self
+        let (len, file, dropped) = self
             .write_kept(&tmp, &state, batch, delivered)
             .map_err(|error| FileError { path: tmp.clone(), error })?;
         std::fs::rename(&tmp, &self.path).map_err(|error| self.error(error))?;
         // The file is the new one from here, whatever its directory's fsync says.
         state.append = None;
-        state.len = len;
+        (state.len, state.file) = (len, Some(file));
         let removed = batch.letters.iter().zip(delivered).filter(|(_, delivered)| **delivered);
         for (letter, _) in removed {
             if let Some(held) = state.held.get_mut(&letter.destination) {
@@ -193,7 +246,7 @@ impl DeadLetterFile {
                 }
             }
         }
-        self.gauge.set(state.held.values().sum::<usize>() as i64);
+        self.gauge.set(state.letters() as i64);
         // Renamed, the removed letters are gone from the file this process reads: an error here
         // must not have them counted as kept (a twin of one alike in every byte would then be
         // removed unsent). A crash before the directory reaches the disk may bring them back,
@@ -201,19 +254,19 @@ impl DeadLetterFile {
         if let Err(error) = sync_dir(&self.path) {
             tracing::warn!(error = %self.error(error), "the dead-letter file was rewritten but its directory not synced");
         }
-        Ok(batch.end - dropped)
+        Ok(Position { at: batch.end.at - dropped, ..batch.end })
     }
 
     /// Write the file without the letters of `batch` marked `delivered` and
     /// its unreadable lines to `tmp`, byte for byte, and fsync it; returns its
-    /// length and the bytes left out.
+    /// length, what it is and the bytes left out.
     fn write_kept(
         &self,
         tmp: &Path,
         state: &State,
         batch: &Batch,
         delivered: &[bool],
-    ) -> io::Result<(u64, u64)> {
+    ) -> io::Result<(u64, FileId, u64)> {
         let delivered = batch.spans.iter().zip(delivered).filter(|(_, delivered)| **delivered);
         let mut dropped: Vec<_> = delivered.map(|(span, _)| span).chain(&batch.unreadable).collect();
         dropped.sort_by_key(|span| span.start);
@@ -229,7 +282,8 @@ impl DeadLetterFile {
         }
         let out = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         out.sync_all()?;
-        Ok((out.metadata()?.len(), left_out))
+        let metadata = out.metadata()?;
+        Ok((metadata.len(), file_id(&metadata), left_out))
     }
 
     /// Append the lines at `spans` of the file, byte for byte, to the damaged file beside it
@@ -249,20 +303,56 @@ impl DeadLetterFile {
         sync_dir(&damaged)
     }
 
-    /// The file, opened to append after its first `len` bytes: the letters
-    /// written whole. What a failed write left after them (part of a line
-    /// that could not be cut off then) is cut off now, or the file is not
-    /// appended to: a line written after it would be unreadable with it.
-    fn open_for_append(&self, len: u64) -> io::Result<File> {
+    /// The file, opened to append after the letters `state` counts. What a
+    /// failed write left after them (part of a line that could not be cut off
+    /// then) is cut off now, or the file is not appended to: a line written
+    /// after it would be unreadable with it. A file made now, or found in
+    /// place of the one `state` counted, is counted afresh.
+    fn open_for_append(&self, state: &mut State) -> io::Result<File> {
         let dir = self.path.parent().expect("the file is in a directory");
         owner_only::create_dir_all(dir)?;
         let file = owner_only::options().create(true).append(true).open(&self.path)?;
-        if file.metadata()?.len() != len {
-            file.set_len(len)?;
+        self.recount_if_replaced(state)?;
+        let metadata = file.metadata()?;
+        if state.file != Some(file_id(&metadata)) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "replaced while it was opened"));
+        }
+        if metadata.len() > state.len {
+            file.set_len(state.len)?;
         }
         // The file's directory entry must survive a crash too.
         sync_dir(&self.path)?;
         Ok(file)
+    }
+
+    /// Count the file afresh if the one at its path is not the one `state`
+    /// counted (removed, replaced or cut short while the host ran, as the
+    /// spool's segments may be: see `SegmentLog::check_head`); whether it
+    /// did. Held open, a removed file still takes letters, which nothing then
+    /// keeps; one made anew must not be taken for it (nor extended to its length).
+    fn recount_if_replaced(&self, state: &mut State) -> io::Result<bool> {
+        let on_disk = match std::fs::metadata(&self.path) {
+            Ok(metadata) => Some((file_id(&metadata), metadata.len())),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        let same = match (on_disk, state.file) {
+            (Some((on_disk, len)), Some(counted)) => on_disk == counted && len >= state.len,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Ok(false);
+        }
+        let (gone, generation) = (state.letters(), state.generation + 1);
+        // A torn last line (a file still being copied in place?) is left: one is cut off only
+        // before a letter is appended after it.
+        *state = State { generation, ..count(&self.path)?.0 };
+        if gone + state.letters() > 0 {
+            tracing::warn!(file = %self.path.display(), gone, found = state.letters(), "the dead-letter file was removed, replaced or cut short while the host ran: the letters it held are no longer kept here (they stay counted as dead-lettered); the file now there is counted afresh and its letters re-delivered");
+        }
+        self.gauge.set(state.letters() as i64);
+        Ok(true)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -272,6 +362,31 @@ impl DeadLetterFile {
     fn error(&self, error: io::Error) -> FileError {
         FileError { path: self.path.clone(), error }
     }
+}
+
+impl State {
+    fn letters(&self) -> usize {
+        self.held.values().sum()
+    }
+}
+
+/// The letters of the file at `path`, none if there is none (an unreadable
+/// line is skipped with a warning), and its size: more than their length if
+/// it ends in a torn line.
+fn count(path: &Path) -> io::Result<(State, u64)> {
+    let existing = match File::open(path) {
+        Ok(existing) => existing,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((State::default(), 0)),
+        Err(error) => return Err(error),
+    };
+    let metadata = existing.metadata()?;
+    let batch = scan(path, existing, 0..u64::MAX, usize::MAX, |_| false)?;
+    let mut held = BTreeMap::<_, usize>::new();
+    for letter in batch.letters {
+        *held.entry(letter.destination).or_default() += 1;
+    }
+    let file = Some(file_id(&metadata));
+    Ok((State { len: batch.end.at, held, file, generation: 0, append: None }, metadata.len()))
 }
 
 /// Read up to `limit` letters from bytes `range` of `file` (at `path`, read
@@ -285,8 +400,8 @@ fn scan(
     mut skip: impl FnMut(&DeadLetterRecord) -> bool,
 ) -> io::Result<Batch> {
     let mut reader = BufReader::new(file.take(range.end - range.start));
-    let mut batch =
-        Batch { letters: Vec::new(), spans: Vec::new(), unreadable: Vec::new(), end: range.start };
+    let end = Position { generation: None, at: range.start };
+    let mut batch = Batch { letters: Vec::new(), held: 0, spans: Vec::new(), unreadable: Vec::new(), end };
     let mut line = Vec::new();
     while batch.letters.len() < limit {
         line.clear();
@@ -294,8 +409,8 @@ fn scan(
         if read == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        let span = batch.end..batch.end + read as u64;
-        batch.end = span.end;
+        let span = batch.end.at..batch.end.at + read as u64;
+        batch.end.at = span.end;
         // A line is read whole: one whose message cannot be made again (its payload's base64, its
         // id damaged) is as unreadable as one that is not JSON.
         let read = serde_json::from_slice::<DeadLetterRecord>(&line).map_err(|error| error.to_string());
@@ -354,11 +469,11 @@ mod tests {
         let written = [letter(1, "dead"), letter(2, "dead"), letter(3, "other")];
         written.iter().for_each(|letter| file.append(letter).unwrap());
         let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
-        assert_eq!(again.read(0, 10, |_| false).unwrap().letters, written);
+        assert_eq!(again.read(Position::HEAD, 10, |_| false).unwrap().letters, written);
         assert_eq!((again.letters(), again.holds_for("dead"), again.holds_for("log")), (3, true, false));
         let down = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
         assert!(again.holds_any_but(&down(&["dead"])) && !again.holds_any_but(&down(&["dead", "other"])));
-        assert_eq!(ids(&again.read(0, 2, |_| false).unwrap()), ["1", "2"]);
+        assert_eq!(ids(&again.read(Position::HEAD, 2, |_| false).unwrap()), ["1", "2"]);
     }
 
     #[test]
@@ -371,7 +486,7 @@ mod tests {
         let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         assert_eq!(again.letters(), 1);
         again.append(&letter(3, "dead")).unwrap();
-        assert_eq!(ids(&again.read(0, 10, |_| false).unwrap()), ["1", "3"]);
+        assert_eq!(ids(&again.read(Position::HEAD, 10, |_| false).unwrap()), ["1", "3"]);
         let text = std::fs::read_to_string(again.path()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
     }
@@ -390,7 +505,7 @@ mod tests {
         drop(file);
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(2, "dead")).unwrap();
-        let batch = file.read(0, 10, |_| false).unwrap();
+        let batch = file.read(Position::HEAD, 10, |_| false).unwrap();
         assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 2));
         file.remove(&batch, &[false, false]).unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
@@ -406,16 +521,86 @@ mod tests {
         (1..=6).for_each(|n| file.append(&letter(n, "dead")).unwrap());
         let before = std::fs::read_to_string(file.path()).unwrap();
         let held_back = |letter: &DeadLetterRecord| ["1", "2", "4"].contains(&letter.id.as_str());
-        let batch = file.read(0, 2, held_back).unwrap();
+        let batch = file.read(Position::HEAD, 2, held_back).unwrap();
         assert_eq!(ids(&batch), ["3", "5"]);
         let next = file.remove(&batch, &[true, true]).unwrap();
-        assert_eq!(ids(&file.read(0, 10, |_| false).unwrap()), ["1", "2", "4", "6"]);
+        assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["1", "2", "4", "6"]);
         assert_eq!(ids(&file.read(next, 10, |_| false).unwrap()), ["6"], "read on where the batch ended");
         let lines: Vec<_> = before.lines().collect();
         let kept = [lines[0], lines[1], lines[3], lines[5]].map(|line| format!("{line}\n")).concat();
         assert_eq!(std::fs::read_to_string(file.path()).unwrap(), kept, "kept byte for byte");
         assert_eq!(file.letters(), 4);
-        assert!(file.read(0, 10, |_| true).unwrap().letters.is_empty());
+        assert!(file.read(Position::HEAD, 10, |_| true).unwrap().letters.is_empty());
+    }
+
+    #[test]
+    fn a_letter_appended_after_the_file_was_removed_goes_to_a_new_file() {
+        // The file was held open: the letter went to the removed file, counted as written, and
+        // the letters removed went on being counted.
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        file.append(&letter(1, "gone")).unwrap();
+        std::fs::remove_file(file.path()).unwrap();
+        file.append(&letter(2, "dead")).unwrap();
+        assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["2"]);
+        assert_eq!((file.letters(), file.holds_for("gone")), (1, false));
+        let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        assert_eq!(ids(&again.read(Position::HEAD, 10, |_| false).unwrap()), ["2"], "on disk");
+    }
+
+    #[test]
+    fn a_file_removed_after_a_rewrite_is_written_anew_not_padded_to_its_old_length() {
+        // Reopened after the rewrite, the new file was extended to the old one's length: the
+        // next letter followed as many zero bytes, one unreadable line.
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        (1..=2).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+        file.remove(&file.read(Position::HEAD, 10, |_| false).unwrap(), &[true, false]).unwrap();
+        std::fs::remove_file(file.path()).unwrap();
+        file.append(&letter(3, "dead")).unwrap();
+        let batch = file.read(Position::HEAD, 10, |_| false).unwrap();
+        assert_eq!((ids(&batch), batch.unreadable.len(), file.letters()), (vec!["3"], 0, 1));
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(!text.contains('\0') && text.lines().count() == 1, "{text:?}");
+    }
+
+    #[test]
+    fn a_file_put_in_place_of_the_one_written_is_counted_and_appended_to_whole() {
+        // The file in its place, longer than the one it replaced, was cut to that one's length
+        // (and, while the old one was held open, not written to at all).
+        let other = tempfile::tempdir().unwrap();
+        let replacement = DeadLetterFile::open(other.path(), Gauge::default()).unwrap();
+        (5..=7).for_each(|n| replacement.append(&letter(n, "other")).unwrap());
+        for rewritten in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+            (1..=2).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+            if rewritten {
+                // Not held open from here.
+                file.remove(&file.read(Position::HEAD, 10, |_| false).unwrap(), &[true, false]).unwrap();
+            }
+            let copy = dir.path().join("copy");
+            std::fs::copy(replacement.path(), &copy).unwrap();
+            std::fs::rename(&copy, file.path()).unwrap();
+            file.append(&letter(3, "dead")).unwrap();
+            assert_eq!(
+                ids(&file.read(Position::HEAD, 10, |_| false).unwrap()),
+                ["5", "6", "7", "3"],
+                "{rewritten}"
+            );
+            assert_eq!((file.letters(), file.holds_for("other")), (4, true));
+        }
+    }
+
+    #[test]
+    fn letters_of_a_file_removed_under_it_are_no_longer_counted_once_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let gauge = Gauge::default();
+        let file = DeadLetterFile::open(dir.path(), gauge.clone()).unwrap();
+        (1..=2).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+        std::fs::remove_file(file.path()).unwrap();
+        assert!(file.read(Position::HEAD, 10, |_| false).unwrap().letters.is_empty());
+        assert_eq!((file.letters(), file.holds_for("dead"), gauge.get()), (0, false, 0));
     }
 
     #[test]
@@ -423,16 +608,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         (1..=3).for_each(|n| file.append(&letter(n, if n == 1 { "a" } else { "b" })).unwrap());
-        let batch = file.read(0, 2, |_| false).unwrap();
+        let batch = file.read(Position::HEAD, 2, |_| false).unwrap();
         file.append(&letter(4, "b")).unwrap();
         file.remove(&batch, &[true, false]).unwrap();
-        assert_eq!(ids(&file.read(0, 10, |_| false).unwrap()), ["2", "3", "4"]);
+        assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["2", "3", "4"]);
         assert_eq!((file.letters(), file.holds_for("a")), (3, false));
         file.append(&letter(5, "a")).unwrap();
-        let all = file.read(0, 10, |_| false).unwrap();
+        let all = file.read(Position::HEAD, 10, |_| false).unwrap();
         file.remove(&all, &[true, true, true, false]).unwrap();
-        assert_eq!(ids(&file.read(0, 10, |_| false).unwrap()), ["5"]);
-        let last = file.read(0, 10, |_| false).unwrap();
+        assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["5"]);
+        let last = file.read(Position::HEAD, 10, |_| false).unwrap();
         file.remove(&last, &[true]).unwrap();
         assert_eq!((file.letters(), std::fs::metadata(file.path()).unwrap().len()), (0, 0));
         assert_eq!(DeadLetterFile::open(dir.path(), Gauge::default()).unwrap().letters(), 0);

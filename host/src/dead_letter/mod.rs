@@ -6,7 +6,7 @@ mod file;
 mod reason;
 mod record;
 
-pub use file::{Batch, DAMAGED_FILE_NAME, DeadLetterFile, FILE_NAME, FileError};
+pub use file::{Batch, DAMAGED_FILE_NAME, DeadLetterFile, FILE_NAME, FileError, Position};
 pub use reason::{
     ATTEMPTS_HEADER, DeadLetterReason, LAST_ERROR_HEADER, MAX_HEADER_VALUE, REASON_CODE_HEADER,
     REASON_HEADER, ROUTE_HEADER, header_value,

@@ -11,7 +11,7 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
-use crate::dead_letter::{FileError, SpooledLetters};
+use crate::dead_letter::{Batch, FileError, Position, SpooledLetters};
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
@@ -238,11 +238,8 @@ impl Host {
     /// the file (blocking I/O: from async code, call it in `spawn_blocking`).
     pub fn dead_letters(&self, limit: usize) -> Result<SpooledLetters, FileError> {
         let file = &self.inner.reloader.pipeline.dead_letters.file;
-        Ok(SpooledLetters {
-            file: file.path().to_owned(),
-            count: file.letters(),
-            letters: file.read(0, limit, |_| false)?.letters,
-        })
+        let Batch { letters, held, .. } = file.read(Position::HEAD, limit, |_| false)?;
+        Ok(SpooledLetters { file: file.path().to_owned(), count: held, letters })
     }
 
     /// The plugin versions currently serving, in name order.

@@ -6,7 +6,7 @@
 
 use super::item::Item;
 use super::{Counters, Pipeline, Topology};
-use crate::dead_letter::{Batch, DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError};
+use crate::dead_letter::{Batch, DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError, Position};
 use crate::destination::DeliveryError;
 use crate::host::RequestError;
 use crate::message::Message;
@@ -129,7 +129,12 @@ impl DeadLetters {
     /// letters appended meanwhile, and they were sent again). `passed_over`
     /// counts the refused letters the pass read so far: of letters alike, as
     /// many are passed over as were refused.
-    fn to_redeliver(&self, from: u64, down: &[String], passed_over: &mut Tally) -> Result<Batch, FileError> {
+    fn to_redeliver(
+        &self,
+        from: Position,
+        down: &[String],
+        passed_over: &mut Tally,
+    ) -> Result<Batch, FileError> {
         let skipped = |record: &DeadLetterRecord| {
             down.contains(&record.destination) || {
                 // Digested only if some letter is refused: most passes have none.
@@ -263,7 +268,7 @@ impl Pipeline {
     /// passed over for the rest of the pass: they hold up no other.
     async fn redeliver(&self) -> Pass {
         let topology = self.topology.load_full();
-        let (mut from, mut down, mut sent) = (0, Vec::new(), 0);
+        let (mut from, mut down, mut sent) = (Position::HEAD, Vec::new(), 0);
         let mut passed_over = Tally::default();
         loop {
             let (dead_letters, skipped) = (self.dead_letters.clone(), down.clone());
