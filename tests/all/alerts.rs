@@ -531,3 +531,27 @@ async fn alerting_and_acknowledgements_go_on_while_alerts_json_waits_for_a_hung_
         (&json!(2), vec![(json!("dl"), json!(true)), (json!("second"), json!(false))])
     );
 }
+
+/// A shutdown does not wait for good on a write of `alerts.json` that a hung disk holds: past its
+/// grace period it stops without it (the write here a FIFO no one reads until the host stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_without_the_alerts_json_write_a_hung_disk_holds_past_its_grace_period() {
+    // More than a pipe holds, so that the write stalls however far it got.
+    let summary = "x".repeat(2 << 20);
+    let rules = format!("[[alert]]\nname = \"dl\"\nwhen = \"dead_letters > 0\"\nsummary = \"{summary}\"\n");
+    let config = config(&rules).replace("switchyard.alert.>", "audit.>").replacen(
+        "[host]\n",
+        "[host]\nshutdown_grace_ms = 200\n",
+        1,
+    );
+    let (host, dir) = start(&config).await;
+    let mut events = host.subscribe();
+    let stalled_at = dir.path().join("state").join("alerts.json.tmp");
+    let mut stalled = StalledWrite::at(stalled_at);
+    dead_letter(&host, 1.0).await;
+    assert_eq!(within(next_transition(&mut events, "dl")).await.0, AlertState::Firing);
+    stalled.began().await;
+    within(host.shutdown()).await;
+    let (_, released) = stalled.release().await;
+    assert!(released, "the write was still stalled when the host had stopped");
+}

@@ -587,8 +587,16 @@ impl Host {
         if let Some(spool) = &self.inner.spool {
             spool.close().await;
         }
-        // The firing alerts' last state is written.
-        self.inner.alerts.close().await;
+        // The firing alerts' last state is written, unless a stalled disk holds that write past a
+        // grace period of its own: the host then stops without it, and keeps the state directory
+        // locked while it lives, since the write may still land there.
+        if tokio::time::timeout(grace, self.inner.alerts.close()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "the firing alerts' last state was not written within the shutdown grace period: stopping without it"
+            );
+            return;
+        }
         // Nothing writes to the state directory any more: another host may have it.
         self.inner.state_lock.lock().unwrap_or_else(|poison| poison.into_inner()).take();
     }
