@@ -106,6 +106,23 @@ impl Drop for SocketClaim {
     }
 }
 
+/// The sockets a lane whose thread is gone counts: more than any lane holds
+/// (so the choice of a lane passes it over while another lives), with room
+/// for the claims still made on it.
+const GONE: usize = usize::MAX / 2;
+
+/// Held by a lane's thread: when the thread ends (a panic; or every handle
+/// gone, when no one chooses the lane any more), the lane counts [`GONE`]
+/// sockets, so that new connections and probes go to a lane that can serve
+/// them rather than all to one whose count stopped where it was.
+struct CountedFullOnceGone(Arc<LaneState>);
+
+impl Drop for CountedFullOnceGone {
+    fn drop(&mut self) {
+        self.0.sockets.store(GONE, Relaxed);
+    }
+}
+
 impl Lane {
     /// Start a lane running `plugin`, allowed to connect to what `grants`
     /// resolves to only, its calls counted in `metrics`.
@@ -129,7 +146,11 @@ impl Lane {
             counted_sockets: 0,
             state: state.clone(),
         };
-        std::thread::Builder::new().name(name).spawn(move || worker.run(&queue))?;
+        let gone = CountedFullOnceGone(state.clone());
+        std::thread::Builder::new().name(name).spawn(move || {
+            let _gone = gone;
+            worker.run(&queue);
+        })?;
         Ok(Lane { requests, state })
     }
 
@@ -362,5 +383,27 @@ impl Worker {
         self.instance = None;
         self.connections.clear();
         self.state.generation.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_whose_thread_panicked_counts_more_sockets_than_any_lane_holds_with_its_claims_after() {
+        let state = Arc::new(LaneState::default());
+        let gone = CountedFullOnceGone(state.clone());
+        let panicked = std::thread::spawn(move || {
+            let _gone = gone;
+            panic!("a lane's thread panics");
+        });
+        assert!(panicked.join().is_err());
+        assert_eq!(state.sockets.load(Relaxed), GONE);
+        let lane = Lane { requests: flume::unbounded().0, state };
+        let claim = lane.claim_socket();
+        assert!(lane.sockets() > crate::plugin::MAX_SOCKETS * 1024);
+        drop(claim);
+        assert_eq!(lane.sockets(), GONE);
     }
 }
