@@ -704,6 +704,15 @@ async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
     let host = host(dir.path(), &config(&[&doomed, &survivor], extra)).await;
     let mut events = host.subscribe();
     doomed.kill();
+    // The abort ends the endpoint's server once the runtime drops its task: until then it may still
+    // take a connection and reset it under a request (sent, so not retried).
+    let addr = doomed.addr;
+    within(async move {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     for n in 0..20 {
         let reply = within(host.request(Message::new("orders", format!("m{n}")))).await;
         assert!(reply.is_ok(), "{reply:?}");
