@@ -186,3 +186,33 @@ async fn a_batch_past_its_limits_is_refused_without_the_rest_being_read() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1), "nothing of a refused body was accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_for_room_part_way_accepts_none_after_the_first_refused() {
+    // A batch whose messages were each tried against the intake's byte budget alone took a small
+    // message after a large one refused for room: an answer of [503, 202], so a client that sends
+    // the refused one again has it accepted after the one behind it.
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let text = "[host]\nqueue_capacity = 1000\nqueue_bytes = 1048576\nworkers = 1\nbatch_size = 1";
+    let (host, delivered) = gated_host(dir.path(), text, &entered, &gate).await;
+    host.try_send(switchyard::Message::new("t", "first")).await.unwrap();
+    within(entered.notified()).await;
+    host.try_send(switchyard::Message::new("t", vec![b'x'; 600 << 10])).await.unwrap();
+    let batch =
+        vec![switchyard::Message::new("t", vec![b'y'; 500 << 10]), switchyard::Message::new("t", "small")];
+    let results = host.try_send_batch(batch).await;
+    assert!(
+        matches!(
+            results[..],
+            [Err(switchyard::SendError::Backpressure), Err(switchyard::SendError::Backpressure)]
+        ),
+        "the small one behind the refused one is refused too: {results:?}"
+    );
+    gate.add_permits(2);
+    let payloads: Vec<_> =
+        [next(&delivered).await, next(&delivered).await].into_iter().map(|m| m.payload.len()).collect();
+    assert_eq!(payloads, [5, 600 << 10]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}

@@ -145,20 +145,24 @@ impl Host {
 
     /// Accept what of `messages` the queue has room for now, admitted as one batch (one take from the
     /// intake byte budget for all of them while it has room, one spool commit, one count): a result
-    /// per message, in order. Each is checked like [`try_send`](Host::try_send); once the queue is
-    /// full, the rest are refused with [`SendError::Backpressure`].
+    /// per message, in order. Each is checked like [`try_send`](Host::try_send); once one is
+    /// refused for room (the intake's bytes or the queue full), every later one is refused with
+    /// [`SendError::Backpressure`] too, so that what is accepted never overtakes what was refused.
     pub async fn try_send_batch(&self, messages: Vec<Message>) -> Vec<Result<MessageId, SendError>> {
         let admitted: Vec<_> = messages.into_iter().map(|message| self.admit(message)).collect();
         let kib = admitted.iter().flatten().fold(0u32, |total, (_, kib)| total.saturating_add(*kib));
-        // The whole batch's share of the budget at once; when it does not fit, message by message.
+        // The whole batch's share of the budget at once; when it does not fit, message by message
+        // until one finds no room.
         let mut batch_bytes = self.try_intake_bytes(kib).ok();
+        let mut room = true;
         let with_bytes: Vec<_> = admitted
             .into_iter()
             .map(|admitted| {
                 let (message, kib) = admitted?;
                 let bytes = match batch_bytes.as_mut().and_then(|bytes| bytes.split(kib as usize)) {
                     Some(bytes) => bytes,
-                    None => self.try_intake_bytes(kib)?,
+                    None if room => self.try_intake_bytes(kib).inspect_err(|_| room = false)?,
+                    None => return Err(SendError::Backpressure),
                 };
                 Ok((message, bytes))
             })
@@ -172,23 +176,34 @@ impl Host {
         }))
         .await;
         let sender = self.sender();
-        let mut accepted = 0;
-        let results = with_bytes
+        // Once one is refused for room (in the intake, the spool or the queue), the rest are too.
+        let mut full = false;
+        let enqueue = |admitted: Result<(Message, OwnedSemaphorePermit), SendError>,
+                       spooled: Result<_, SendError>| {
+            let (message, bytes) = admitted?;
+            let spooled = spooled?;
+            let sender = sender.as_ref().map_err(Clone::clone)?;
+            let id = message.id;
+            sender.try_send(Envelope::new(message, None, bytes, spooled)).map_err(|err| match err {
+                flume::TrySendError::Full(_) => SendError::Backpressure,
+                flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
+            })?;
+            Ok(id)
+        };
+        let results: Vec<_> = with_bytes
             .into_iter()
             .zip(spooled)
             .map(|(admitted, spooled)| {
-                let (message, bytes) = admitted?;
-                let spooled = spooled?;
-                let sender = sender.as_ref().map_err(Clone::clone)?;
-                let id = message.id;
-                sender.try_send(Envelope::new(message, None, bytes, spooled)).map_err(|err| match err {
-                    flume::TrySendError::Full(_) => SendError::Backpressure,
-                    flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
-                })?;
-                accepted += 1;
-                Ok(id)
+                let admitted = admitted.and_then(|admitted| match full {
+                    true => Err(SendError::Backpressure),
+                    false => Ok(admitted),
+                });
+                let result = enqueue(admitted, spooled);
+                full |= matches!(result, Err(SendError::Backpressure));
+                result
             })
             .collect();
+        let accepted = results.iter().filter(|result| result.is_ok()).count() as u64;
         Counters::bump(&self.inner.reloader.pipeline.counters.accepted, accepted);
         results
     }
