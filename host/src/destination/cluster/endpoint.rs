@@ -5,6 +5,7 @@
 
 use crate::balance::{PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, EndpointConfig};
+use crate::destination::EventSink;
 use crate::metrics::EndpointMetrics;
 use crate::resilience::{Breaker, BreakerConfig, BreakerState, Health, HealthConfig, HealthState, SlowStart};
 use prometheus_client::metrics::counter::Counter;
@@ -53,8 +54,8 @@ pub(super) struct EndpointState {
     /// last attempt's connection was refused (for the refusal window), or
     /// its answer asked for a pause (`Retry-After`).
     pub(super) refusing_until: AtomicU64,
-    /// What its events last told of it. A lock, for the event is told under it, in order with
-    /// the state it read.
+    /// What its events last told of it, and where they go. A lock, for the event is told under
+    /// it, in order with the state it read.
     pub(super) told: Mutex<Told>,
 }
 
@@ -68,12 +69,17 @@ pub(super) struct Told {
     /// more (a check or a delivery still under way on the instance it replaced would tell over it,
     /// or of an endpoint no longer there).
     pub(super) superseded: bool,
+    /// Where they go: the sink of the newest instance of the destination sharing this state. The
+    /// instance a reload replaced tells through it too, so that what either finds is told in the
+    /// order it was found, held with what the new one tells until the reload is told applied (a
+    /// change told at once by the old instance would come before one the new one told earlier).
+    pub(super) events: EventSink,
 }
 
 impl EndpointState {
     /// A fresh state: breaker closed, health (with active checks) up, the
-    /// default latency estimate.
-    fn new(breaker: BreakerConfig, health: Option<HealthConfig>) -> EndpointState {
+    /// default latency estimate; its events told to `events`.
+    fn new(breaker: BreakerConfig, health: Option<HealthConfig>, events: EventSink) -> EndpointState {
         let latency = PeakEwma::new(
             crate::balance::DEFAULT_RTT,
             crate::balance::DEFAULT_DECAY,
@@ -87,7 +93,7 @@ impl EndpointState {
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
             refusing_until: AtomicU64::new(0),
-            told: Mutex::new(Told { up: true, superseded: false }),
+            told: Mutex::new(Told { up: true, superseded: false, events }),
         }
     }
 
@@ -102,8 +108,9 @@ impl EndpointState {
     /// Go on under a rebuilt destination's settings: the breaker keeps its state and counts by
     /// `breaker` from now on; health keeps its state, streaks and slow start under `health`'s
     /// thresholds, starts up when checks are new, and is forgotten without them (nothing would
-    /// bring it back up).
-    fn reconfigure(&self, breaker: BreakerConfig, health: Option<HealthConfig>) {
+    /// bring it back up); its events are told to `events` (the rebuilt destination's).
+    fn reconfigure(&self, breaker: BreakerConfig, health: Option<HealthConfig>, events: EventSink) {
+        lock(&self.told).events = events;
         self.breaker.reconfigure(breaker);
         let mut known = lock(&self.health);
         *known = match (known.take(), health) {
@@ -121,12 +128,14 @@ impl Endpoint {
     /// Endpoint `address` of destination `config`, going on from `known`,
     /// what the instance a reload replaced knew of it, if anything; else
     /// with a fresh breaker, health (with active checks) and latency estimate.
+    /// Its events are told to `events` from now on, whichever instance finds them.
     pub(super) fn new(
         endpoint: &EndpointConfig,
         breaker: BreakerConfig,
         config: &DestinationConfig,
         metrics: EndpointMetrics,
         known: Option<Arc<EndpointState>>,
+        events: &EventSink,
     ) -> Endpoint {
         let health = config.health.as_ref().map(|settings| HealthConfig {
             rise: settings.rise,
@@ -135,10 +144,10 @@ impl Endpoint {
         });
         let state = match known {
             Some(known) => {
-                known.reconfigure(breaker, health);
+                known.reconfigure(breaker, health, events.clone());
                 known
             }
-            None => Arc::new(EndpointState::new(breaker, health)),
+            None => Arc::new(EndpointState::new(breaker, health, events.clone())),
         };
         Endpoint {
             address: endpoint.address.clone(),

@@ -151,8 +151,8 @@ impl Cluster {
             .iter()
             .map(|endpoint| {
                 let metrics = metrics.endpoint(&config.name, &endpoint.address);
-                let endpoint =
-                    Endpoint::new(endpoint, breaker, config, metrics, known.remove(&endpoint.address));
+                let known = known.remove(&endpoint.address);
+                let endpoint = Endpoint::new(endpoint, breaker, config, metrics, known, &host.events);
                 if told_down.remove(&endpoint.address) {
                     lock(&endpoint.state.told).up = false;
                 }
@@ -306,7 +306,8 @@ impl Cluster {
     /// down: health coming back while the breaker still ejects it (or the breaker closing while
     /// health finds it down) tells nothing yet, nor does the second of two ways to go down, nor
     /// anything once a reload to another transport took over telling of it. A change the other
-    /// half made meanwhile is left to that half's call, which follows.
+    /// half made meanwhile is left to that half's call, which follows. Told where the newest
+    /// instance sharing the endpoint's state tells ([`Told::events`](endpoint::Told::events)).
     fn tell(&self, endpoint: &Endpoint, down: Option<String>) {
         if down.is_some() {
             self.transport.close_idle(&endpoint.address);
@@ -318,7 +319,7 @@ impl Cluster {
         }
         told.up = went_up;
         let (destination, endpoint) = (self.name.clone(), endpoint.address.clone());
-        (self.events)(match down {
+        (told.events)(match down {
             Some(reason) => DestinationEvent::EndpointDown { destination, endpoint, reason },
             None => DestinationEvent::EndpointUp { destination, endpoint },
         });
@@ -488,6 +489,7 @@ fn breaker_of(settings: &BreakerSettings) -> BreakerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::{Outcome, RetryReason};
     use rand::SeedableRng;
 
     /// A transport the tests never send through.
@@ -503,9 +505,40 @@ mod tests {
         }
     }
 
+    /// A transport whose endpoints fail every attempt (no answer in time) and every health check.
+    struct Failing;
+
+    impl Transport for Failing {
+        fn attempt<'a>(
+            &'a self,
+            _address: &'a str,
+            _message: &'a Message,
+        ) -> crate::transport::AttemptFuture<'a> {
+            Box::pin(async { Err((Outcome::Retryable(RetryReason::Timeout), "no answer".to_owned())) })
+        }
+
+        fn probe<'a>(
+            &'a self,
+            _address: &'a str,
+            _health: &'a HealthSettings,
+        ) -> crate::transport::ProbeFuture<'a> {
+            Box::pin(async { Err("refused".to_owned()) })
+        }
+    }
+
     /// The http destination `workers` with `[[destination]]` lines `settings` besides, telling
     /// `events`, through a transport no attempt may use.
     pub(super) fn cluster_of(settings: &str, events: EventSink) -> Cluster {
+        cluster_over(settings, Arc::new(NoAttempts), events, None)
+    }
+
+    /// The same through `transport`, going on from what `handed` over, if given.
+    fn cluster_over(
+        settings: &str,
+        transport: Arc<dyn Transport>,
+        events: EventSink,
+        handed: Option<HandedOver>,
+    ) -> Cluster {
         let text = format!("[[destination]]\nname = \"workers\"\ntransport = \"http\"\n{settings}");
         let config = crate::config::Config::from_toml("test.toml", &text).unwrap();
         let destination = &config.destinations[0];
@@ -515,7 +548,39 @@ mod tests {
             registry: Arc::default(),
             engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
         };
-        Cluster::new(destination, &destination.endpoints, Arc::new(NoAttempts), &services, None)
+        Cluster::new(destination, &destination.endpoints, transport, &services, handed)
+    }
+
+    /// An endpoint down by health checks, which a reload over the same transport drops: the new
+    /// instance tells it up, held until the reload is told applied; meanwhile a delivery of the
+    /// instance it replaced trips its breaker. Whoever follows the events ends where the endpoint
+    /// is, down, hearing each change once.
+    #[tokio::test]
+    async fn an_endpoint_the_replaced_instance_takes_down_while_a_reload_holds_events_ends_told_down() {
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let told = told.clone();
+            Arc::new(move |event: DestinationEvent| told.lock().unwrap().push(event.name()))
+        };
+        let endpoints = concat!(
+            "endpoints = [\"127.0.0.1:1\"]\n",
+            "breaker = { consecutive_failures = 1 }\nretry = { attempts = 1 }\n",
+        );
+        let health = HealthSettings { fall: 1, ..HealthSettings::default() };
+        let checked = format!("{endpoints}health = {{ fall = 1 }}\n");
+        let old = cluster_over(&checked, Arc::new(Failing), sink.clone(), None);
+        old.check_all(&health).await;
+        assert_eq!(*told.lock().unwrap(), ["endpoint-down"]);
+
+        let held = crate::destination::HeldEvents::new(sink);
+        let new = cluster_over(endpoints, Arc::new(Failing), held.sink(), Some(old.hand_over()));
+        let delivered = old.deliver(Message::new("t", "")).await;
+        assert!(delivered.is_err(), "{delivered:?}");
+        held.release();
+
+        let endpoint = &new.endpoints[0];
+        assert!(!endpoint.up(Instant::now()), "the breaker ejects it");
+        assert_eq!(*told.lock().unwrap(), ["endpoint-down", "endpoint-up", "endpoint-down"]);
     }
 
     #[test]
