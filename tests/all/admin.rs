@@ -201,7 +201,7 @@ async fn events_websocket_streams_endpoint_down_and_ready_follows_it() {
     let mut request = format!("ws://{addr}/v1/events").into_client_request().unwrap();
     request.headers_mut().insert("authorization", AUTH.1.parse().unwrap());
     let (mut socket, _) = within(tokio_tungstenite::connect_async(request)).await.unwrap();
-    endpoint.kill();
+    endpoint.stop().await;
     let event = within(async {
         loop {
             let frame = socket.next().await.unwrap().unwrap();

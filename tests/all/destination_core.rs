@@ -6,6 +6,7 @@
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::exposition::{parse, sample};
 use crate::support::{builder, drain_and_account, eventually, host, next, plugin_dir, post, within};
+use futures_util::future::{BoxFuture, FutureExt};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
 use tokio::sync::broadcast::Receiver;
@@ -674,7 +675,7 @@ async fn a_tcp_health_check_takes_out_an_endpoint_that_stops_listening() {
     let config = config(&[&doomed, &survivor], extra).replace("transport = \"http\"", "transport = \"tcp\"");
     let host = host(dir.path(), &config).await;
     let mut events = host.subscribe();
-    doomed.kill();
+    doomed.stop().await;
     let HostEvent::Destination(DestinationEvent::EndpointDown { endpoint, reason, .. }) =
         next_event(&mut events, "endpoint-down").await
     else {
@@ -703,16 +704,7 @@ async fn a_dead_endpoint_is_ejected_with_an_event_and_traffic_fails_over() {
     let extra = "retry = { attempts = 3, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 60000 }";
     let host = host(dir.path(), &config(&[&doomed, &survivor], extra)).await;
     let mut events = host.subscribe();
-    doomed.kill();
-    // The abort ends the endpoint's server once the runtime drops its task: until then it may still
-    // take a connection and reset it under a request (sent, so not retried).
-    let addr = doomed.addr;
-    within(async move {
-        while tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    doomed.stop().await;
     for n in 0..20 {
         let reply = within(host.request(Message::new("orders", format!("m{n}")))).await;
         assert!(reply.is_ok(), "{reply:?}");
@@ -774,27 +766,29 @@ async fn delivery_oracle(endpoints: Vec<TestEndpoint>, transport: &str) {
         host(dir.path(), &config.replace("transport = \"http\"", &format!("transport = \"{transport}\"")))
             .await;
     // Trouble changes between waves of 100 concurrent requests, each wave
-    // settled before the next.
-    let waves: [&dyn Fn(); 7] = [
-        &|| {},
-        &|| endpoints[0].set(Mode::Fail),
-        &|| endpoints[1].set(Mode::Reset),
-        &|| endpoints[3].set(Mode::Slow),
-        &|| {
-            endpoints[2].kill();
+    // settled before the next; a wave's trouble runs (as a future does) once awaited.
+    let waves: [BoxFuture<()>; 7] = [
+        async {}.boxed(),
+        async { endpoints[0].set(Mode::Fail) }.boxed(),
+        async { endpoints[1].set(Mode::Reset) }.boxed(),
+        async { endpoints[3].set(Mode::Slow) }.boxed(),
+        async {
+            endpoints[2].stop().await;
             endpoints[0].set(Mode::Answer);
-        },
-        &|| {
+        }
+        .boxed(),
+        async {
             endpoints[1].set(Mode::Answer);
             endpoints[3].set(Mode::Answer);
-        },
-        &|| {},
+        }
+        .boxed(),
+        async {}.boxed(),
     ];
     let total = 100 * waves.len() as u64;
     // What each caller was told, by message body.
     let (mut delivered, mut dead_lettered) = (HashSet::new(), HashSet::new());
-    for (wave, trouble) in waves.iter().enumerate() {
-        trouble();
+    for (wave, trouble) in waves.into_iter().enumerate() {
+        trouble.await;
         let requests: Vec<_> = (0..100)
             .map(|n| {
                 let host = host.clone();
@@ -968,7 +962,7 @@ async fn a_message_whose_balancer_plugin_pick_outlasts_its_queue_timeout_is_dead
 async fn a_config_reload_keeps_unchanged_destinations_with_their_endpoint_state() {
     let (doomed, survivor) =
         (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
-    doomed.kill();
+    doomed.stop().await;
     let dir = plugin_dir(&[]);
     let extra = "retry = { attempts = 2, base_ms = 1, max_ms = 5 }\nbreaker = { consecutive_failures = 1, open_ms = 60000 }";
     let text = config(&[&doomed, &survivor], extra);

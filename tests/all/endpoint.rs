@@ -125,7 +125,8 @@ impl TestEndpoint {
     }
 
     /// Stop listening and close every open connection, as a crash would;
-    /// returns once all are closed.
+    /// returns once the listener is gone (a connect is refused) and every
+    /// connection is closed.
     pub async fn stop(&self) {
         let stop = self.server.lock().unwrap().stop.take();
         if let Some(stop) = stop {
@@ -178,11 +179,6 @@ impl TestEndpoint {
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
-
-    /// Stop listening and drop every open connection.
-    pub fn kill(&self) {
-        self.server.lock().unwrap().task.abort();
-    }
 }
 
 /// Accept connections on `listener` and serve each with `connection`, until
@@ -208,8 +204,9 @@ fn serve_on(listener: tokio::net::TcpListener, state: Arc<State>, connection: Co
 }
 
 impl Drop for TestEndpoint {
+    /// Stops it without waiting: the runtime drops the listener and the connections soon after.
     fn drop(&mut self) {
-        self.kill();
+        self.server.get_mut().unwrap().task.abort();
     }
 }
 
@@ -299,4 +296,19 @@ impl State {
         self.seen.lock().unwrap().push(Seen { body, answered: matches!(answer, Answer::Ok), slow: false });
         answer
     }
+}
+
+/// Nothing else runs on this test's runtime: what the blocking calls see is what the endpoint left
+/// when [`TestEndpoint::stop`] returned, not what the runtime got round to since.
+#[tokio::test]
+async fn a_stopped_endpoint_has_closed_its_connections_and_refuses_new_ones_once_stop_returns() {
+    use std::io::Read;
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let mut open = std::net::TcpStream::connect(endpoint.addr).unwrap();
+    open.set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+    endpoint.stop().await;
+    let connect = std::net::TcpStream::connect(endpoint.addr);
+    assert_eq!(connect.map_err(|err| err.kind()).err(), Some(std::io::ErrorKind::ConnectionRefused));
+    let read = open.read(&mut [0]).map_err(|err| err.kind());
+    assert!(matches!(read, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)), "{read:?}");
 }

@@ -69,7 +69,7 @@ async fn three_attempts_reach_endpoints_three_times_and_the_dead_letter_says_thr
         TestEndpoint::start(Mode::Fail).await,
         TestEndpoint::start(Mode::Answer).await,
     );
-    gone.kill();
+    gone.stop().await;
     let dir = plugin_dir(&[]);
     let extra = "idempotent = true\nretry = { attempts = 3, base_ms = 1, max_ms = 5 }\n\
                  breaker = { consecutive_failures = 100, open_ms = 60000 }";
@@ -121,8 +121,8 @@ async fn panic_mode_skips_endpoints_that_refuse_connections() {
         TestEndpoint::start(Mode::Answer).await,
         TestEndpoint::start(Mode::Answer).await,
     );
-    down_1.kill();
-    down_2.kill();
+    down_1.stop().await;
+    down_2.stop().await;
     let dir = plugin_dir(&[]);
     // Two of three down by health checks: too few healthy, so panic mode
     // admits all three.
