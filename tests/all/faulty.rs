@@ -347,7 +347,9 @@ pub async fn faulty_middleware() {
 
 #[tokio::test]
 pub async fn faulty_memory_hog() {
-    let limits = "{ memory_mb = 16 }";
+    // Its deadline a safety net: on a loaded machine, filling 16 MiB can take longer than the
+    // default 100 ms, and the call would be cut for its time, not its memory.
+    let limits = "{ memory_mb = 16, timeout_ms = 10000 }";
     let (_dir, host) = host_with_filter(artifacts::FAULTY_MEMORY_HOG, limits, "fail-closed").await;
     assert_isolated(&host, "plugin-memory-cap", "hit its memory cap of 16 MiB").await;
 }
