@@ -111,6 +111,38 @@ pub async fn faulty_sleep() {
     assert_isolated(&host, "plugin-timed-out", "timed out after 100ms").await;
 }
 
+/// A host whose route `risky` (topic `risky.*`) goes through fs-probe granted `data` as `/data`
+/// (`access`: `ro` or `rw`), and route `safe` with no stages.
+async fn host_with_fs_probe(data: &std::path::Path, access: &str) -> (tempfile::TempDir, Host) {
+    let dir = plugin_dir(&[("bad", artifacts::FS_PROBE)]);
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\ndirs = {{ \"/data\" = \"{}:{access}\" }}\n\
+         [[route]]\nname = \"risky\"\nmatch = {{ topic = \"risky.*\" }}\nstages = [\"filter:bad\"]\nto = \"out\"\n\
+         [[route]]\nname = \"safe\"\nto = \"out\"\n",
+        data.display()
+    );
+    let host = host(dir.path(), &config).await;
+    (dir, host)
+}
+
+/// A message of route `risky` asking fs-probe to open `path`, as `header` (`x-open`: for reading,
+/// `x-open-write`: for writing) says.
+fn fs_probe_open(header: &str, path: &str) -> Message {
+    Message::new("risky.job", path.to_owned()).with_header(header, path)
+}
+
+/// Send `message` and await its dead letter, which must be `plugin-rejected`: its reason. A safety
+/// net shorter than PATIENCE: an open that waits never answers at all.
+async fn fs_probe_rejection(host: &Host, message: Message) -> String {
+    let id = host.send(message).await.unwrap();
+    let dead = host.memory("dead").unwrap();
+    let letter = tokio::time::timeout(std::time::Duration::from_secs(20), dead.recv_async()).await;
+    let letter = letter.expect("the open answered (timed out: it waits)").unwrap();
+    assert_eq!(letter.id, id);
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-rejected"), "{letter:?}");
+    letter.header("x-sy-dead-letter-reason").unwrap().to_owned()
+}
+
 /// A plugin granted a directory opens its regular files, but a FIFO there (or anything but a
 /// regular file or a directory) is refused at once, `not-permitted`, and the host keeps serving.
 /// The open waited for a writer inside a WASI host call, where the call's deadline cannot reach:
@@ -120,30 +152,42 @@ pub async fn fs_probe() {
     let data = tempfile::tempdir().unwrap();
     mkfifo(&data.path().join("fifo"));
     std::fs::write(data.path().join("file"), "regular").unwrap();
-    let dir = plugin_dir(&[("bad", artifacts::FS_PROBE)]);
-    let config = format!(
-        "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\ndirs = {{ \"/data\" = \"{}:ro\" }}\n\
-         [[route]]\nname = \"risky\"\nmatch = {{ topic = \"risky.*\" }}\nstages = [\"filter:bad\"]\nto = \"out\"\n\
-         [[route]]\nname = \"safe\"\nto = \"out\"\n",
-        data.path().display()
-    );
-    let host = host(dir.path(), &config).await;
-    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
-    let open = |path: &str| Message::new("risky.job", path.to_owned()).with_header("x-open", path);
-    let fifo = host.send(open("/data/fifo")).await.unwrap();
-    // A safety net shorter than PATIENCE: the previous code never answered at all.
-    let letter = tokio::time::timeout(std::time::Duration::from_secs(20), dead.recv_async()).await;
-    let letter = letter.expect("the open of a FIFO answered (timed out: it waits for a writer)").unwrap();
-    assert_eq!(letter.id, fifo);
-    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-rejected"), "{letter:?}");
-    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    let (_dir, host) = host_with_fs_probe(data.path(), "ro").await;
+    let reason = fs_probe_rejection(&host, fs_probe_open("x-open", "/data/fifo")).await;
     assert!(reason.ends_with("/data/fifo: Operation not permitted (os error 63)"), "{reason}");
-    let file = host.send(open("/data/file")).await.unwrap();
-    assert_eq!(next(&out).await.id, file, "a regular file of the grant opens");
+    let file = host.send(fs_probe_open("x-open", "/data/file")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, file, "a regular file of the grant opens");
     let id = host.send(Message::new("safe", "still serving")).await.unwrap();
-    assert_eq!(next(&out).await.id, id);
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, id);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 2, 1));
+}
+
+/// What the grant refuses it never opens: opening a FIFO, a socket or a device can act (a tape
+/// rewinds, a FIFO's reader sees a writer come and go) or fail with the kernel's own error (a
+/// socket: "no such device or address"). A FIFO with a reader waiting, opened for writing, and a
+/// socket are both refused `not-permitted`, and the reader never saw a writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_socket_in_a_granted_directory_is_refused_unopened() {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use std::os::unix::fs::OpenOptionsExt;
+    let data = tempfile::tempdir().unwrap();
+    mkfifo(&data.path().join("fifo"));
+    let mut reader = std::fs::OpenOptions::new();
+    let reader = reader.read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    let reader = reader.open(data.path().join("fifo")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(data.path().join("socket")).unwrap();
+    let (_dir, host) = host_with_fs_probe(data.path(), "rw").await;
+    let reason = fs_probe_rejection(&host, fs_probe_open("x-open-write", "/data/fifo")).await;
+    assert!(reason.ends_with("/data/fifo: Operation not permitted (os error 63)"), "{reason}");
+    // A FIFO's reader is told of a hang-up once a writer opened it and left.
+    let mut waiting = [PollFd::new(&reader, PollFlags::IN)];
+    poll(&mut waiting, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap();
+    assert!(!waiting[0].revents().contains(PollFlags::HUP), "the FIFO was opened for writing, then refused");
+    let reason = fs_probe_rejection(&host, fs_probe_open("x-open", "/data/socket")).await;
+    assert!(reason.ends_with("/data/socket: Operation not permitted (os error 63)"), "{reason}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 0, 2));
 }
 
 #[tokio::test]

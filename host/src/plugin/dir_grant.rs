@@ -2,23 +2,29 @@
 //! directories under the granted directory, nothing else. wasmtime-wasi's
 //! `open-at` opens whatever the path names, blocking: a FIFO with no writer
 //! (or a device) held the calling thread, and the pipeline worker waiting on
-//! it, inside a host call that the call's deadline cannot reach — for good.
-//! `open-at` is replaced by one that opens without blocking (`O_NONBLOCK`),
-//! looks at what it opened (never at the path again, which could be swapped
-//! meanwhile), and refuses anything but a regular file or a directory.
+//! it, inside a host call that the call's deadline cannot reach — for good;
+//! and opening a device can act on it (a tape rewinds), a socket fails with
+//! the kernel's "no such device or address". `open-at` is replaced by one
+//! that looks before it opens: it takes an `O_PATH` descriptor of what the
+//! path names (which opens nothing), looks at that, refuses anything but a
+//! regular file or a directory, and opens a kept one through that descriptor
+//! (its `/proc/self/fd` link: the very file looked at, never the path again,
+//! which could be swapped meanwhile), without blocking.
 //!
 //! The path is resolved as wasmtime-wasi resolves it on Linux (its own
 //! resolver is not public): `openat2` with `RESOLVE_BENEATH`, which never
 //! leaves the granted directory, by `..`, an absolute path or a link. Where
 //! there is no `openat2` (Linux before 5.6: `unsupported`; a seccomp filter
 //! that denies it: `not-permitted`) every open is refused, where
-//! wasmtime-wasi would resolve the path step by step: nothing is opened
-//! blocking.
+//! wasmtime-wasi would resolve the path step by step; where there is no
+//! procfs at `/proc`, every open of a file that exists is refused
+//! `unsupported`: nothing is opened blocking or unlooked at.
 
 use super::sandbox::StoreState;
 use rustix::fd::OwnedFd;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
+use rustix::path::DecInt;
 use std::fs::File;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
@@ -34,7 +40,7 @@ const TYPES: &str = "wasi:filesystem/types@0.2.12";
 type OpenAtArgs = (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags);
 
 /// Shadow `descriptor.open-at` with a version that opens only regular files
-/// and directories, and never waits to open one.
+/// and directories, never anything else, and never waits to open one.
 pub(crate) fn open_only_files_and_dirs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     linker.instance(TYPES)?.func_wrap(
@@ -59,9 +65,10 @@ pub(crate) fn open_only_files_and_dirs(linker: &mut Linker<StoreState>) -> wasmt
 /// flags, checks and descriptor), but without blocking, and only if it is a
 /// regular file or a directory: anything else is `not-permitted`, as an open
 /// the grant does not allow (a write under a read-only grant, a path out of
-/// the directory) is. Opened on the calling thread, which WASI's synchronous
-/// bindings block in every call already (wasmtime-wasi's own open waits
-/// there for a blocking-pool thread that opens).
+/// the directory) is, and is never opened. Opened on the calling thread,
+/// which WASI's synchronous bindings block in every call already
+/// (wasmtime-wasi's own open waits there for a blocking-pool thread that
+/// opens).
 fn open_at(
     dir: &Dir,
     path_flags: PathFlags,
@@ -73,22 +80,73 @@ fn open_at(
     if open_mode.contains(OpenMode::WRITE) && dir.perms.write_not_permitted() {
         return Err(ErrorCode::NotPermitted);
     }
-    let opened = File::from(open_beneath(&dir.dir, path, oflags | OFlags::NONBLOCK)?);
-    let kind = opened.metadata()?.file_type();
-    if !kind.is_file() && !kind.is_dir() {
-        return Err(ErrorCode::NotPermitted);
-    }
+    let (opened, kind) = open_file_or_dir(&dir.dir, path, oflags)?;
+    let opened = File::from(opened);
     // Blocking again, as wasmtime-wasi's own descriptors are.
     let status = rustix::fs::fcntl_getfl(&opened).map_err(error_code)?;
     rustix::fs::fcntl_setfl(&opened, status - OFlags::NONBLOCK).map_err(error_code)?;
     // The sandbox's WASI context never lets WASI block the calling thread
     // (`WasiCtxBuilder::allow_blocking_current_thread`, off by default).
     let blocking_current_thread = false;
-    Ok(if kind.is_dir() {
+    Ok(if kind == FileType::Directory {
         Descriptor::Dir(Dir::new(opened, dir.perms, open_mode, blocking_current_thread))
     } else {
         Descriptor::File(FileDescriptor::new(opened, dir.perms, open_mode, blocking_current_thread))
     })
+}
+
+/// How many times a missing file asked to be created is looked for again
+/// when one of its name appeared before it could be created.
+const CREATE_ATTEMPTS: usize = 4;
+
+/// `path` under `dir` opened as `oflags` ask, without blocking, and its type:
+/// a regular file or a directory, never opened if it is anything else. What
+/// the path names is looked at first through an `O_PATH` descriptor (which
+/// opens nothing: no device's driver is called, no FIFO waits), then opened
+/// through that descriptor, not the path. A missing file asked to be created
+/// is created exclusively (so never is one that appeared meanwhile opened
+/// unlooked at; it is looked at instead): a link to a missing file is not
+/// followed to create it (`exist`).
+fn open_file_or_dir(dir: &File, path: &str, oflags: OFlags) -> Result<(OwnedFd, FileType), ErrorCode> {
+    let create_new = oflags | OFlags::EXCL | OFlags::NONBLOCK;
+    if oflags.contains(OFlags::EXCL) {
+        // Created, or refused: what is there is never opened.
+        return Ok((open_beneath(dir, path, create_new)?, FileType::RegularFile));
+    }
+    // The only flags `openat2` takes with `O_PATH`.
+    let look = (oflags & (OFlags::DIRECTORY | OFlags::NOFOLLOW)) | OFlags::PATH | OFlags::CLOEXEC;
+    for _ in 0..CREATE_ATTEMPTS {
+        let found = match open_beneath(dir, path, look) {
+            Err(ErrorCode::NoEntry) if oflags.contains(OFlags::CREATE) => {
+                match open_beneath(dir, path, create_new) {
+                    // One appeared meanwhile (or a link to a missing file is there): look again.
+                    Err(ErrorCode::Exist) => continue,
+                    created => return Ok((created?, FileType::RegularFile)),
+                }
+            }
+            found => found?,
+        };
+        let kind = FileType::from_raw_mode(rustix::fs::fstat(&found).map_err(error_code)?.st_mode);
+        return match kind {
+            // A link not followed: what opening it answers.
+            FileType::Symlink => Err(ErrorCode::Loop),
+            // What creating over a directory answers.
+            FileType::Directory if oflags.contains(OFlags::CREATE) => Err(ErrorCode::IsDirectory),
+            FileType::RegularFile | FileType::Directory => Ok((reopen(&found, oflags)?, kind)),
+            _ => Err(ErrorCode::NotPermitted),
+        };
+    }
+    Err(ErrorCode::Exist)
+}
+
+/// The file `found` (an `O_PATH` descriptor) holds, opened as `oflags` ask,
+/// without blocking: through its link in `/proc/self/fd`, which opens that
+/// very file, whatever the path now names. Unsupported without procfs.
+fn reopen(found: &OwnedFd, oflags: OFlags) -> Result<OwnedFd, ErrorCode> {
+    let fds = rustix_linux_procfs::proc_self_fd().map_err(|_| ErrorCode::Unsupported)?;
+    // Nothing left to create, and the link followed is the file's own.
+    let oflags = (oflags - (OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW)) | OFlags::NONBLOCK;
+    rustix::fs::openat(fds, DecInt::from_fd(found), oflags, Mode::empty()).map_err(error_code)
 }
 
 /// The open flags and the mode that wasmtime-wasi's `open-at` derives from
@@ -196,6 +254,12 @@ mod tests {
         Ok(kind)
     }
 
+    /// A FIFO at `path`.
+    fn mkfifo(path: &std::path::Path) {
+        let fifo = rustix::fs::FileType::Fifo;
+        rustix::fs::mknodat(rustix::fs::CWD, path, fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+    }
+
     const READ: DescriptorFlags = DescriptorFlags::READ;
     const WRITE: DescriptorFlags = DescriptorFlags::WRITE;
 
@@ -204,14 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("file"), "x").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            dir.path().join("fifo"),
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        mkfifo(&dir.path().join("fifo"));
         let granted = grant(dir.path(), FsPerms::ReadOnly);
         assert_eq!(opened(&granted, "file", OpenFlags::empty(), READ), Ok("file"));
         assert_eq!(opened(&granted, "sub", OpenFlags::DIRECTORY, READ), Ok("dir"));
@@ -222,6 +279,31 @@ mod tests {
             opened(&grant("/dev".as_ref(), FsPerms::ReadOnly), "null", OpenFlags::empty(), READ),
             Err(ErrorCode::NotPermitted)
         );
+    }
+
+    #[test]
+    fn a_fifo_or_a_socket_is_refused_unopened_however_it_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join("fifo"));
+        // Told of a hang-up once a writer opened the FIFO and left.
+        let reader =
+            rustix::fs::open(dir.path().join("fifo"), OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty());
+        let reader = reader.unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("socket")).unwrap();
+        let granted = grant(dir.path(), FsPerms::ReadWrite);
+        let refused = |path, open_flags, flags| {
+            let refused = opened(&granted, path, open_flags, flags);
+            assert_eq!(refused, Err(ErrorCode::NotPermitted), "{path} {open_flags:?} {flags:?}");
+        };
+        refused("fifo", OpenFlags::empty(), WRITE);
+        refused("fifo", OpenFlags::CREATE, WRITE);
+        refused("fifo", OpenFlags::TRUNCATE, READ | WRITE);
+        let mut waiting = [rustix::event::PollFd::new(&reader, rustix::event::PollFlags::IN)];
+        rustix::event::poll(&mut waiting, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap();
+        assert!(!waiting[0].revents().contains(rustix::event::PollFlags::HUP), "the FIFO was opened");
+        // Opened, a socket fails "no such device or address" (`io`).
+        refused("socket", OpenFlags::empty(), READ);
+        refused("socket", OpenFlags::CREATE, WRITE);
     }
 
     #[test]
@@ -245,13 +327,24 @@ mod tests {
     #[test]
     fn a_read_write_grant_creates_and_opens_links_within_it_as_asked() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
         let granted = grant(dir.path(), FsPerms::ReadWrite);
         let exclusive = OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
         assert_eq!(opened(&granted, "new", exclusive, WRITE), Ok("file"));
         assert_eq!(opened(&granted, "new", exclusive, WRITE), Err(ErrorCode::Exist));
+        // Created if missing, else opened (and truncated as asked).
+        assert_eq!(opened(&granted, "other", OpenFlags::CREATE, WRITE), Ok("file"));
+        std::fs::write(dir.path().join("other"), "x").unwrap();
+        assert_eq!(opened(&granted, "other", OpenFlags::CREATE | OpenFlags::TRUNCATE, WRITE), Ok("file"));
+        assert_eq!(std::fs::read(dir.path().join("other")).unwrap(), b"");
+        assert_eq!(opened(&granted, "sub", OpenFlags::CREATE, READ), Err(ErrorCode::IsDirectory));
         std::os::unix::fs::symlink("new", dir.path().join("link")).unwrap();
         assert_eq!(opened(&granted, "link", OpenFlags::empty(), READ | WRITE), Ok("file"));
         let unfollowed = open_at(&granted, PathFlags::empty(), "link", OpenFlags::empty(), READ).err();
         assert_eq!(unfollowed, Some(ErrorCode::Loop));
+        // Created only where nothing is: not through a link to a missing file.
+        std::os::unix::fs::symlink("missing", dir.path().join("dangling")).unwrap();
+        assert_eq!(opened(&granted, "dangling", OpenFlags::CREATE, WRITE), Err(ErrorCode::Exist));
+        assert!(!dir.path().join("missing").exists());
     }
 }
