@@ -2,6 +2,7 @@
 //! at the call and become that one message's outcome (`host-panic`), so no
 //! worker thread or delivery task dies of them.
 
+use crate::bounded_text::error_text;
 use futures_util::FutureExt;
 use std::any::Any;
 use std::future::Future;
@@ -23,13 +24,12 @@ pub(crate) async fn catch_future<F: Future>(make: impl FnOnce() -> F) -> Result<
     AssertUnwindSafe(future).catch_unwind().await.map_err(|payload| panic_text(&*payload))
 }
 
-/// The text a panic was raised with.
+/// The text a panic was raised with, kept as a plugin's error text is
+/// ([`error_text`]): it reaches the log, dead letters and callers.
 pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> String {
-    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
-        (Some(text), _) => (*text).to_owned(),
-        (_, Some(text)) => text.clone(),
-        _ => "a panic without a message".to_owned(),
-    }
+    let text =
+        payload.downcast_ref::<&str>().copied().or(payload.downcast_ref::<String>().map(String::as_str));
+    text.map_or_else(|| "a panic without a message".to_owned(), error_text)
 }
 
 #[cfg(test)]

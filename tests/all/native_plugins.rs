@@ -261,6 +261,38 @@ to = "out"
     crate::faulty::assert_isolated(&host, "plugin-trapped", reason).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_plugins_huge_panic_reaches_callers_and_its_last_fault_as_one_line_of_bounded_length() {
+    // A component's panic reaches the host as a trap and the bounded line the plugin logged; a
+    // native library's panic text came whole, newlines and all, into the caller's error, the
+    // dead-letter log line and `/v1/plugins`' last fault.
+    let dir = native_plugin_dir(&[("bad", artifacts::native::FAULTY_TRAP)]);
+    let config = format!(
+        r#"{}
+[[plugin]]
+name = "bad"
+config = {{ trigger = "x-poison", panic_bytes = "{}" }}
+[[route]]
+name = "risky"
+stages = ["filter:bad"]
+to = "out"
+"#,
+        memory_out_native(),
+        10 << 20
+    );
+    let host = host(dir.path(), &config).await;
+    let poison = Message::new("risky", "{}").with_header("x-poison", "1");
+    let Err(switchyard::RequestError::DeadLettered(reason)) = host.request(poison).await else {
+        panic!("the panic dead-letters the message")
+    };
+    let fault = host.metrics().last_fault("bad").expect("the panic is the plugin's last fault");
+    for text in [reason.to_string(), fault.message] {
+        assert!(text.contains("faulty-trap traps on message"), "{text:.200}");
+        assert!(!text.contains('\n') && text.len() <= 1100, "{} bytes: {text:.200}", text.len());
+    }
+    drain_and_account(&host).await;
+}
+
 #[tokio::test]
 pub async fn native_constructor() {
     // Off by default: the library is reported, never opened (its

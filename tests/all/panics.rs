@@ -83,3 +83,38 @@ async fn a_destination_that_panics_dead_letters_the_message_and_takes_the_next()
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_panic_of_a_native_stage_or_destination_reaches_callers_as_one_line_of_bounded_length() {
+    // An embedder's stage or destination panicking with a 10 MiB text of many lines: the caller's
+    // error (and the dead-letter log line) carried it whole, where a plugin's text is kept as one
+    // line of at most 1 KiB.
+    let huge = || "line\n".repeat(2 << 20);
+    let dir = plugin_dir(&[]);
+    let (dead, _letters) = MemoryDestination::new();
+    let host = builder(dir.path())
+        .config("t.toml", one_worker())
+        .destination("dead", dead)
+        .destination("fragile", move |_: Message| async move { panic!("fragile gave way: {}", huge()) })
+        .filter("touchy", move |m: &Message| match m.topic.as_str() {
+            "boom" => panic!("touchy exploded: {}", huge()),
+            _ => Ok(Verdict::Keep),
+        })
+        .route(RouteConfig::new("all", ">", "fragile").stage("filter:touchy"))
+        .build()
+        .await
+        .unwrap();
+    for (topic, said) in [("boom", "touchy exploded: line\\nline"), ("fine", "fragile gave way: line\\nline")]
+    {
+        let Err(switchyard::RequestError::DeadLettered(reason)) =
+            host.request(Message::new(topic, "{}")).await
+        else {
+            panic!("the panic dead-letters the message")
+        };
+        let text = reason.to_string();
+        assert!(text.contains(said), "{text:.200}");
+        assert!(!text.contains('\n') && text.len() <= 1100, "{} bytes: {text:.200}", text.len());
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 2);
+}

@@ -17,6 +17,7 @@ use super::error::{NativeRefusal, PluginError, PluginFault};
 use super::host_calls::HostCalls;
 use super::instance::{MiddlewareAction, Transformed};
 use super::sandbox::PluginSettings;
+use crate::bounded_text::error_text;
 use crate::message::Verdict;
 use std::sync::{Arc, Mutex};
 use switchyard_wire::WireError;
@@ -116,11 +117,13 @@ impl NativeLibrary {
         self.kind
     }
 
-    /// Call the export (`second` for a middleware's `on_reply`) with `inputs`.
+    /// Call the export (`second` for a middleware's `on_reply`) with `inputs`. A panic's text
+    /// is kept as a plugin's error text is ([`error_text`]), as a component's trap keeps the
+    /// line it logged.
     fn call(&self, second: bool, inputs: &[&[u8]]) -> Result<Vec<u8>, PluginFault> {
         let export = if second { self.second } else { Some(self.first) };
         let export = export.ok_or_else(|| PluginFault::Unusable("the library lacks the export".into()))?;
-        export.call(inputs).map_err(|panic| PluginFault::Trapped(format!("panicked: {panic}")))
+        export.call(inputs).map_err(|panic| PluginFault::Trapped(format!("panicked: {}", error_text(&panic))))
     }
 
     /// Run a filter over a heads-only batch: one decision per message.
