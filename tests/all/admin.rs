@@ -256,8 +256,7 @@ fn first_plugin(body: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_is_removed_and_none_once_back()
-{
+async fn plugins_show_a_timed_out_plugin_s_faults_serving_removed_and_back_never_going_down() {
     let dir = plugin_dir(&[("bad", artifacts::FAULTY_SPIN)]);
     let config = format!(
         "{MEMORY_OUT}[[plugin]]\nname = \"bad\"\nlimits = {{ timeout_ms = 50 }}\n\
@@ -293,14 +292,16 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     assert_eq!(fault["version"].as_str(), Some(&version[..12]));
 
     // A dead letter counts once its destination took it, just after the
-    // letter arrives: wait for the count.
+    // letter arrives, and its route's outcome just after that: wait for both counts.
     let lettered = [("route", "risky"), ("reason", "plugin-timed-out")];
-    let metrics =
-        metrics_once(addr, |m| sample(m, "switchyard_dead_letters_total", &lettered) == Some(1.0)).await;
+    let settled = [("route", "risky"), ("outcome", "dead_lettered")];
+    let metrics = metrics_once(addr, |m| {
+        sample(m, "switchyard_dead_letters_total", &lettered) == Some(1.0)
+            && sample(m, "switchyard_route_messages_total", &settled) == Some(1.0)
+    })
+    .await;
     let problem = [("plugin", "bad"), ("problem", "timed_out")];
     assert_eq!(sample(&metrics, "switchyard_plugin_problems_total", &problem), Some(1.0));
-    let settled = [("route", "risky"), ("outcome", "dead_lettered")];
-    assert_eq!(sample(&metrics, "switchyard_route_messages_total", &settled), Some(1.0));
 
     let mut events = host.subscribe();
     std::fs::remove_file(dir.path().join("bad.wasm")).unwrap();
@@ -312,8 +313,8 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
     assert_eq!((removed["state"].as_str(), removed["version"].as_str()), (Some("removed"), Some(&*version)));
     assert_eq!((removed["deadline_hits"].as_u64(), &removed["last_fault"]), (Some(1), fault), "{removed}");
 
-    // Back, it counts from 0: no fault of its own yet, and none of the plugin that was removed
-    // (its last fault stayed, beside counts of 0).
+    // Back, it counts on from what it had: a counter that fell (to 0, as it did) reads as a reset
+    // to a scrape and to an alert rule's `rate(..)`, and `plugin_faults > 0` stopped holding.
     crate::support::replace_file(
         &dir.path().join("bad.wasm"),
         &std::fs::read(artifacts::FAULTY_SPIN).unwrap(),
@@ -322,9 +323,27 @@ async fn plugins_show_a_timed_out_plugin_serving_with_its_fault_until_its_file_i
         while !matches!(events.recv().await.unwrap(), switchyard::HostEvent::PluginLoaded { .. }) {}
     })
     .await;
-    let back = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
-    assert_eq!((back["state"].as_str(), back["faults"].as_u64()), (Some("serving"), Some(0)), "{back}");
-    assert_eq!(back["last_fault"], serde_json::Value::Null, "{back}");
+    let bad = [("plugin".to_owned(), "bad".to_owned())];
+    for faults in [1, 2] {
+        if faults == 2 {
+            host.send(Message::new("job", "poison").with_header("x-poison", "1")).await.unwrap();
+            next(&host.memory("dead").unwrap()).await;
+        }
+        let back = first_plugin(&get(addr, "/v1/plugins", &[AUTH]).await.1);
+        assert_eq!(
+            (back["state"].as_str(), back["faults"].as_u64()),
+            (Some("serving"), Some(faults)),
+            "{back}"
+        );
+        assert_eq!(&back["last_fault"]["kind"], &fault["kind"], "{back}");
+        let (_, metrics) = get(addr, "/metrics", &[AUTH]).await;
+        assert_eq!(sample(&metrics, "switchyard_plugin_problems_total", &problem), Some(faults as f64));
+        assert_eq!(
+            host.metrics().read("plugin_faults", &bad),
+            Some(faults as f64),
+            "an alert rule's reading"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,10 +160,10 @@ pub struct Metrics {
     /// The names of each plugin's series of `plugin_counters` (at most [`crate::plugin::MAX_COUNTERS`]).
     plugin_counter_names: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// The counts of each plugin whose file was removed, as they were then (its series gone), until
-    /// it loads again: `/v1/plugins` still tells what it did.
+    /// it loads again and its series hold them again: `/v1/plugins` still tells what it did.
     removed_plugins: std::sync::Mutex<std::collections::BTreeMap<String, RemovedPlugin>>,
-    /// The last fault of each plugin while serving (a removed plugin's until it loads again);
-    /// written only when a plugin faults.
+    /// The last fault of each plugin while serving (a removed plugin's too); written only when a
+    /// plugin faults.
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
     deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,

@@ -1,7 +1,9 @@
 //! What the metrics know of each plugin: calls, errors and faults by kind,
 //! and the last fault with its message, for `/v1/plugins`.
 
-use super::{LatencyHistogram, Metrics, PluginCounter, PluginName, PluginProblem, ShardedCounter};
+use super::{
+    HistogramTotals, LatencyHistogram, Metrics, PluginCounter, PluginName, PluginProblem, ShardedCounter,
+};
 use crate::plugin::{CompiledPlugin, MAX_COUNTERS, PluginFault};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
@@ -66,12 +68,15 @@ impl LastFault {
     }
 }
 
-/// What a removed plugin had done when its file went: its calls and problems, and its instances
-/// renewed.
+/// What a removed plugin had done when its file went: its calls and problems, its instances
+/// renewed, its calls' latency and what it counted; its series hold them again once it serves.
 #[derive(Debug)]
 pub(super) struct RemovedPlugin {
     counts: PluginCounts,
     renewals: u64,
+    latency: HistogramTotals,
+    /// Its `switchyard_plugin_counter_total` series, by name.
+    counters: Vec<(String, u64)>,
 }
 
 /// The series a plugin's calls add to: its calls and their latency. A
@@ -149,19 +154,23 @@ impl Metrics {
         self.plugin_counters.get_or_create_owned(&labels)
     }
 
-    /// Plugin `plugin`'s file is gone: remove its series, keeping its counts for
-    /// [`Metrics::plugin_counts`] until it loads again. A version still finishing a call may count
-    /// on; into the series it holds, or into none (see [`Metrics::unless_removed`]): no scrape
-    /// shows them.
+    /// Plugin `plugin`'s file is gone: remove its series, keeping what they held for
+    /// [`Metrics::plugin_counts`] and for when it serves again. A version still finishing a call
+    /// may count on; into the series it holds, or into none (see [`Metrics::unless_removed`]): no
+    /// scrape shows them.
     pub(crate) fn plugin_removed(&self, plugin: &str) {
         let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
         if removed_plugins.contains_key(plugin) {
             return;
         }
-        let removed =
-            RemovedPlugin { counts: self.serving_counts(plugin), renewals: self.serving_renewals(plugin) };
         let name = PluginName { plugin: plugin.into() };
+        let mut removed = RemovedPlugin {
+            counts: self.serving_counts(plugin),
+            renewals: self.serving_renewals(plugin),
+            latency: self.plugin_latency.get(&name).map(|latency| latency.totals()).unwrap_or_default(),
+            counters: Vec::new(),
+        };
         self.plugin_calls.remove(&name);
         self.plugin_latency.remove(&name);
         self.plugin_renewals.remove(&name);
@@ -169,17 +178,39 @@ impl Metrics {
             self.plugin_problems.remove(&PluginProblem { plugin: plugin.into(), problem: problem.into() });
         }
         for name in names.remove(plugin).unwrap_or_default() {
-            self.plugin_counters.remove(&PluginCounter { plugin: plugin.into(), name });
+            let labels = PluginCounter { plugin: plugin.into(), name };
+            let count = self.plugin_counters.get(&labels).map_or(0, |count| count.get());
+            self.plugin_counters.remove(&labels);
+            removed.counters.push((labels.name, count));
         }
         removed_plugins.insert(plugin.to_owned(), removed);
     }
 
-    /// Plugin `plugin` serves (loaded or replaced): its counts are its series' again, from 0 and
-    /// with no last fault if it was removed before.
+    /// Plugin `plugin` serves (loaded or replaced). If its file was removed before, its series
+    /// come back holding what they held then, and it keeps its last fault: a counter never goes
+    /// down (a scrape, and an alert rule's `rate(..)`, would take the fall for a reset).
     pub(crate) fn plugin_serving(&self, plugin: &str) {
+        let mut names = self.plugin_counter_names.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut removed_plugins = self.removed_plugins.lock().unwrap_or_else(|poison| poison.into_inner());
-        if removed_plugins.remove(plugin).is_some() {
-            self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).remove(plugin);
+        let Some(removed) = removed_plugins.remove(plugin) else { return };
+        let name = PluginName { plugin: plugin.into() };
+        if removed.counts.calls > 0 {
+            self.plugin_calls.get_or_create(&name).add(removed.counts.calls);
+            self.plugin_latency.get_or_create(&name).add(&removed.latency);
+        }
+        for (problem, count) in removed.counts.problems.into_iter().filter(|(_, count)| *count > 0) {
+            let labels = PluginProblem { plugin: plugin.into(), problem: problem.into() };
+            self.plugin_problems.get_or_create(&labels).inc_by(count);
+        }
+        if removed.renewals > 0 {
+            self.plugin_renewals.get_or_create(&name).inc_by(removed.renewals);
+        }
+        let named = names.entry(plugin.to_owned()).or_default();
+        for (name, count) in removed.counters {
+            self.plugin_counters
+                .get_or_create(&PluginCounter { plugin: plugin.into(), name: name.clone() })
+                .inc_by(count);
+            named.push(name);
         }
     }
 
@@ -294,21 +325,45 @@ mod tests {
         assert!(!metrics.encode().contains("plugin=\"mw\""), "{}", metrics.encode());
         assert_eq!(metrics.plugin_counts("mw").problems["failed"], 1);
         assert_eq!(metrics.plugin_renewals("mw"), 1);
+        // Back, its series go on from what they held when its file went: the late counts are not
+        // in them.
         metrics.plugin_serving("mw");
         metrics.plugin_problem("mw", "failed");
         metrics.plugin_counter("mw", "seen").inc();
         metrics.call_series("mw").calls.inc();
-        assert_eq!(metrics.plugin_counts("mw").problems["failed"], 1);
-        assert!(metrics.encode().contains("plugin_calls_total{plugin=\"mw\"} 1"), "{}", metrics.encode());
-        assert!(
-            metrics.encode().contains("plugin_counter_total{plugin=\"mw\",name=\"seen\"} 1"),
-            "{}",
-            metrics.encode()
-        );
+        assert_eq!(metrics.plugin_counts("mw").problems["failed"], 2);
+        assert_eq!(metrics.plugin_renewals("mw"), 1);
+        let encoded = metrics.encode();
+        for series in [
+            "plugin_calls_total{plugin=\"mw\"} 1",
+            "plugin_problems_total{plugin=\"mw\",problem=\"failed\"} 2",
+            "plugin_instances_renewed_total{plugin=\"mw\"} 1",
+            "plugin_counter_total{plugin=\"mw\",name=\"seen\"} 2",
+        ] {
+            assert!(encoded.contains(series), "{series} in {encoded}");
+        }
+        assert!(!encoded.contains("name=\"late\""), "{encoded}");
     }
 
     #[test]
-    fn a_removed_plugin_keeps_its_last_fault_while_serving_until_it_serves_again() {
+    fn a_plugin_s_calls_and_their_latency_go_on_from_what_they_held_when_its_file_was_removed() {
+        let metrics = Metrics::new(true);
+        let series = metrics.call_series("mw");
+        series.calls.inc();
+        series.latency.observe(Duration::from_millis(3));
+        metrics.plugin_removed("mw");
+        metrics.plugin_serving("mw");
+        let series = metrics.call_series("mw");
+        series.calls.inc();
+        series.latency.observe(Duration::from_millis(5));
+        assert_eq!(metrics.plugin_counts("mw").calls, 2);
+        let latency = series.latency.totals();
+        assert_eq!(latency.buckets.iter().sum::<u64>(), 2);
+        assert!((latency.sum_seconds - 0.008).abs() < 1e-9, "{latency:?}");
+    }
+
+    #[test]
+    fn a_removed_plugin_keeps_its_last_fault_while_serving_and_its_faults_when_it_serves_again() {
         let metrics = Metrics::new(true);
         let fault =
             |message: &str| LastFault { kind: "trapped", message: message.into(), version: "v1".into() };
@@ -319,13 +374,17 @@ mod tests {
         assert_eq!(metrics.last_fault("mw"), Some(fault("while serving")));
         assert_eq!(metrics.plugin_counts("mw").faults(), 1);
         metrics.plugin_serving("mw");
-        assert_eq!((metrics.last_fault("mw"), metrics.plugin_counts("mw").faults()), (None, 0));
+        assert_eq!(
+            (metrics.last_fault("mw"), metrics.plugin_counts("mw").faults()),
+            (Some(fault("while serving")), 1)
+        );
+        assert_eq!(metrics.read("plugin_faults", &[("plugin".into(), "mw".into())]), Some(1.0));
         // Replaced while serving, it keeps both.
         metrics.plugin_fault("mw", fault("once back"));
         metrics.plugin_serving("mw");
         assert_eq!(
             (metrics.last_fault("mw"), metrics.plugin_counts("mw").faults()),
-            (Some(fault("once back")), 1)
+            (Some(fault("once back")), 2)
         );
     }
 }

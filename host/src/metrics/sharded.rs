@@ -90,6 +90,17 @@ impl LatencyHistogram {
         let _ = shard.sum_seconds.fetch_update(Relaxed, Relaxed, add);
     }
 
+    /// Add what `totals` counted, as if observed here: a histogram that comes back holds what it
+    /// held when it went.
+    pub(crate) fn add(&self, totals: &HistogramTotals) {
+        let shard = &self.0[shard()].0;
+        for (bucket, count) in shard.buckets.iter().zip(totals.buckets) {
+            bucket.fetch_add(count, Relaxed);
+        }
+        let add = |sum: u64| Some((f64::from_bits(sum) + totals.sum_seconds).to_bits());
+        let _ = shard.sum_seconds.fetch_update(Relaxed, Relaxed, add);
+    }
+
     /// Observations in all.
     #[cfg(test)]
     fn count(&self) -> u64 {
