@@ -38,6 +38,7 @@ mod bounded_text;
 mod panic;
 mod regular_file;
 mod owner_only;
+mod state_lock;
 pub mod metrics;
 pub mod config;
 pub mod router;

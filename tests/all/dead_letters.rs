@@ -527,6 +527,50 @@ async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_after_the_state_directory_was_removed_is_kept_only_in_one_made_anew_and_locked_for_the_host()
+ {
+    // The dead-letter file made the whole state directory anew to keep a letter, without the
+    // host.lock that keeps it one host's: a second host started on it then, and shared the file
+    // (each re-delivering the other's letters); one that had made and locked it meanwhile got the
+    // first host's letters in its own file.
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let (_dlq, destination) = Switchable::new(false);
+    let host = host(&state, destination).await;
+    std::fs::remove_dir_all(&state).unwrap();
+    let kept = send_unroutable(&host, 1).await;
+    assert_eq!(spooled_once_settled(&host, 0), kept, "the letter is kept in the directory made anew");
+    let second = |destination| {
+        let (plugins, mut config) = (plugin_dir(&[]), Config::default());
+        config.host.dead_letter = "dlq".into();
+        let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(&state);
+        host.destination("dlq", destination).build()
+    };
+    let refused = second(Switchable::new(false).1).await.map(drop).unwrap_err().to_string();
+    assert!(refused.contains("in use by another host"), "{refused}");
+
+    // Removed again, and taken by another host, whose file holds a letter of its own: that file
+    // is not the first host's to read, and its next letter is not the other host's to keep, nor
+    // counted as dead-lettered.
+    std::fs::remove_dir_all(&state).unwrap();
+    let other = second(Switchable::new(false).1).await.unwrap();
+    let others = send_unroutable(&other, 1).await;
+    assert_eq!(spooled_once_settled(&other, 0), others);
+    let read = host.dead_letters(10).map(|held| held.count);
+    assert!(
+        read.as_ref().is_err_and(|error| error.to_string().contains("in use by another host")),
+        "{read:?}"
+    );
+    let lost = host.request(Message::new("nowhere", "{}")).await;
+    assert!(matches!(lost, Err(RequestError::Lost(_))), "{lost:?}");
+    assert_eq!(spooled_once_settled(&other, 0), others, "the other host's file holds its letter alone");
+    within(host.shutdown()).await;
+    let stats = host.stats();
+    assert_eq!((stats.dead_lettered, stats.dead_letter_failures), (1, 1), "{stats:?}");
+    drain_and_account(&other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_after_the_dead_letter_file_was_removed_waits_in_a_new_one_and_is_delivered() {
     // The operator removes the file (its letters exported, say) while the dead-letter destination
     // is down. Before, the host went on appending to the removed file it held open: the next

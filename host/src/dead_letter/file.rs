@@ -15,6 +15,7 @@
 
 use super::record::DeadLetterRecord;
 use crate::owner_only;
+use crate::state_lock::StateLock;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,7 +23,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The file's name inside the state directory.
 pub const FILE_NAME: &str = "dead-letters.jsonl";
@@ -47,6 +48,9 @@ pub struct FileError {
 #[derive(Debug)]
 pub struct DeadLetterFile {
     path: PathBuf,
+    /// The state directory's lock, when a host holds the directory: the file is made only in the
+    /// directory the host holds.
+    state_lock: Option<Arc<StateLock>>,
     /// Shows the letters held; set under the lock, so it never lags behind.
     gauge: Gauge,
     /// Held for every read and write, so the file is only ever seen whole.
@@ -122,7 +126,14 @@ impl DeadLetterFile {
             existing.and_then(|existing| existing.set_len(state.len)).map_err(error)?;
         }
         gauge.set(state.letters() as i64);
-        Ok(DeadLetterFile { path, gauge, state: Mutex::new(state) })
+        Ok(DeadLetterFile { path, state_lock: None, gauge, state: Mutex::new(state) })
+    }
+
+    /// This file of a host holding its directory with `state_lock`: made anew (its directory
+    /// removed while the host ran), it is made only in a directory that lock holds again, or not
+    /// at all, so no other host can start on the directory it is in.
+    pub(crate) fn locked_by(self, state_lock: Arc<StateLock>) -> DeadLetterFile {
+        DeadLetterFile { state_lock: Some(state_lock), ..self }
     }
 
     /// Where the file is.
@@ -307,10 +318,13 @@ impl DeadLetterFile {
     /// failed write left after them (part of a line that could not be cut off
     /// then) is cut off now, or the file is not appended to: a line written
     /// after it would be unreadable with it. A file made now, or found in
-    /// place of the one `state` counted, is counted afresh.
+    /// place of the one `state` counted, is counted afresh. A host's file is
+    /// opened only once the host holds its directory ([`StateLock::hold`]).
     fn open_for_append(&self, state: &mut State) -> io::Result<File> {
-        let dir = self.path.parent().expect("the file is in a directory");
-        owner_only::create_dir_all(dir)?;
+        match &self.state_lock {
+            Some(state_lock) => state_lock.hold()?,
+            None => owner_only::create_dir_all(self.path.parent().expect("the file is in a directory"))?,
+        }
         let file = owner_only::options().create(true).append(true).open(&self.path)?;
         self.recount_if_replaced(state)?;
         let metadata = file.metadata()?;
@@ -330,6 +344,9 @@ impl DeadLetterFile {
     /// spool's segments may be: see `SegmentLog::check_head`); whether it
     /// did. Held open, a removed file still takes letters, which nothing then
     /// keeps; one made anew must not be taken for it (nor extended to its length).
+    /// A host's file found in its place is counted only in a directory the host
+    /// holds ([`StateLock::hold`]): one that another host made and locked since
+    /// the directory was removed holds that host's letters, not this one's.
     fn recount_if_replaced(&self, state: &mut State) -> io::Result<bool> {
         let on_disk = match std::fs::metadata(&self.path) {
             Ok(metadata) => Some((file_id(&metadata), metadata.len())),
@@ -343,6 +360,9 @@ impl DeadLetterFile {
         };
         if same {
             return Ok(false);
+        }
+        if let (Some(_), Some(state_lock)) = (on_disk, &self.state_lock) {
+            state_lock.hold()?;
         }
         let (gone, generation) = (state.letters(), state.generation + 1);
         // A torn last line (a file still being copied in place?) is left: one is cut off only

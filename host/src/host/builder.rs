@@ -13,6 +13,7 @@ use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
 use crate::reload::{Events, HostEvent, Reloader};
 use crate::spool::DamageKind;
 use crate::stage::{NativeFilter, NativeStages, NativeTransform};
+use crate::state_lock::StateLock;
 use crate::transport::{TransportFactory, TransportRegistry};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
@@ -197,13 +198,16 @@ impl HostBuilder {
         }
         let engine = Arc::new(engine);
         let metrics = Arc::new(Metrics::new(config.host.metrics));
-        let state_lock = super::state_lock::StateLock::acquire(&state_dir(&config.host))?;
+        let dir = state_dir(&config.host);
+        let state_lock = StateLock::acquire(&dir)
+            .map_err(|problem| BuildError::StateDir { dir: dir.display().to_string(), problem })?;
+        let state_lock = Arc::new(state_lock);
         let dead_letter_file =
-            DeadLetterFile::open(&state_dir(&config.host), metrics.dead_letters_spooled())?;
+            DeadLetterFile::open(&dir, metrics.dead_letters_spooled())?.locked_by(state_lock.clone());
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
-        let spool = super::spool::open(&config.host, &state_dir(&config.host), &metrics)?;
+        let spool = super::spool::open(&config.host, &dir, &metrics)?;
         let settling = crate::alert::settling_time(&config.destinations);
-        let alerts = crate::alert::AlertBook::kept_in(&state_dir(&config.host), settling);
+        let alerts = crate::alert::AlertBook::kept_in(&dir, settling);
         let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
@@ -326,7 +330,7 @@ impl HostBuilder {
                 redelivery: tokio::sync::Mutex::new(Some(redelivery)),
                 spool,
                 alerts,
-                state_lock: Mutex::new(Some(state_lock)),
+                state_lock,
                 alerting: Mutex::new(None),
                 stopped: Mutex::new(None),
                 stopping: pipeline.dispatch.stopping.clone(),

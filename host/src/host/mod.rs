@@ -4,7 +4,6 @@ mod alerting;
 mod builder;
 mod error;
 mod spool;
-mod state_lock;
 
 pub use alerting::ALERT_TOPIC_PREFIX;
 pub use builder::HostBuilder;
@@ -58,8 +57,8 @@ struct HostInner {
     spool: Option<crate::spool::Spool>,
     /// The `[[alert]]` rules and where each stands.
     alerts: crate::alert::AlertBook,
-    /// The state directory, this host's until shutdown ends.
-    state_lock: Mutex<Option<state_lock::StateLock>>,
+    /// The state directory, this host's until shutdown ends (the dead-letter file holds it too).
+    state_lock: Arc<crate::state_lock::StateLock>,
     /// Evaluates the alert rules; aborted when shutdown begins.
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
     /// Turns true once the shutdown, begun by the first call, has ended; `None` before that call.
@@ -613,7 +612,7 @@ impl Host {
             return;
         }
         // Nothing writes to the state directory any more: another host may have it.
-        self.inner.state_lock.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        self.inner.state_lock.release();
     }
 
     /// Check `message` and give it its ids; with the KiB of `host.queue_bytes`
