@@ -167,6 +167,14 @@ impl Message {
         self.carry_host_headers(&kept);
     }
 
+    /// The message without any of the host's own headers: a reply as the host takes it from
+    /// whatever answered (an endpoint, a worker, a plugin), which has no business setting the
+    /// host's id or dead-letter headers.
+    pub(crate) fn without_host_headers(mut self) -> Message {
+        self.headers.retain(|(name, _)| !is_host_header(name));
+        self
+    }
+
     /// The host's own headers but the id, in order.
     fn host_headers_but_id(&self) -> impl Iterator<Item = &(String, String)> {
         self.headers.iter().filter(|(name, _)| is_host_header(name) && !name.eq_ignore_ascii_case(ID_HEADER))

@@ -9,8 +9,8 @@ use switchyard::Message;
 use switchyard_wire::{Head, Payload, decode, write_message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A framed server answering each message with its payload upper-cased;
-/// returns its address and how many connections it accepted.
+/// A framed server answering each message with its payload upper-cased (and host headers it has
+/// no business setting); returns its address and how many connections it accepted.
 async fn upper_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -30,7 +30,7 @@ async fn upper_server() -> (SocketAddr, Arc<AtomicUsize>) {
                     write_message(
                         &mut reply,
                         &head,
-                        [("x-served-by", "tcp-server")],
+                        [("x-served-by", "tcp-server"), ("X-Sy-Id", "forged"), ("x-sy-dead-letter", "no")],
                         Payload::Bytes(loud.as_bytes()),
                     );
                     stream.write_u32(reply.len() as u32).await.unwrap();
@@ -56,6 +56,11 @@ async fn framed_requests_reuse_one_connection_and_fail_over_past_a_dead_endpoint
         let reply = within(host.request(Message::new("jobs", format!("job {n}")))).await.unwrap().unwrap();
         assert_eq!(reply.payload, format!("JOB {n}"));
         assert_eq!(reply.header("x-served-by"), Some("tcp-server"));
+        assert!(
+            reply.headers.iter().all(|(name, _)| !name.to_ascii_lowercase().starts_with("x-sy-")),
+            "an endpoint does not forge the host's headers: {:?}",
+            reply.headers
+        );
     }
     assert_eq!(connections.load(Ordering::SeqCst), 1, "sequential requests share one pooled connection");
     let stats = drain_and_account(&host).await;

@@ -232,7 +232,7 @@ impl Pipeline {
         metrics.settled(Settled::Responded, item.accepted.at, Instant::now());
         item.accepted.settle();
         if let Some(sender) = item.reply {
-            let _ = sender.send(Ok(Some(reply)));
+            let _ = sender.send(Ok(Some(reply.without_host_headers())));
         }
     }
 
@@ -423,7 +423,7 @@ impl Pipeline {
         }
         let Delivery { message, reply, middlewares, accepted } = delivery;
         let response = match result {
-            Ok(response) => Ok(response),
+            Ok(response) => Ok(response.map(Message::without_host_headers)),
             // Delivered: only its reply is lost.
             Err(DeliveryError::ReplyRefused(problem)) => {
                 let (id, destination) = (message.id, &sink.name);

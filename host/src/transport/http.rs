@@ -15,7 +15,7 @@
 use super::pool::{PoolConfig, PoolStats, Pools};
 use super::{AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext};
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
-use crate::message::{Message, TOPIC_HEADER, is_host_header};
+use crate::message::{Message, TOPIC_HEADER};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -142,8 +142,8 @@ impl HttpTransport {
         let headers: Vec<(String, String)> = response
             .headers()
             .iter()
-            // The host's own headers are the host's to set: an endpoint does not forge them.
-            .filter(|(name, _)| name.as_str().starts_with("x-") && !is_host_header(name.as_str()))
+            // The host's own headers among them are dropped where the host takes the reply.
+            .filter(|(name, _)| name.as_str().starts_with("x-"))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
         // The status decides, whatever becomes of the body. One that delivers says the endpoint took

@@ -33,7 +33,7 @@ use super::{
     TransportOptions,
 };
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings, subject_problem};
-use crate::message::{Message, TOPIC_HEADER, is_host_header};
+use crate::message::{Message, TOPIC_HEADER};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use async_nats::client::{PublishErrorKind, RequestErrorKind};
 use async_nats::connection::State;
@@ -175,12 +175,10 @@ impl NatsTransport {
             let problem = format!("a reply of more than {} bytes", self.max_reply_bytes);
             return Err((Outcome::ReplyRefused, problem));
         }
-        let headers = answer.headers.iter().flat_map(|headers| headers.iter());
-        // The host's own headers are the host's to set: a responder does not forge them.
-        let headers =
-            headers.filter(|(name, _)| !is_host_header(name.as_ref())).flat_map(|(name, values)| {
-                values.iter().map(move |value| (name.to_string(), value.as_str().to_owned()))
-            });
+        // The host's own headers among them are dropped where the host takes the reply.
+        let headers = answer.headers.iter().flat_map(|headers| headers.iter()).flat_map(|(name, values)| {
+            values.iter().map(move |value| (name.to_string(), value.as_str().to_owned()))
+        });
         Ok(Some(Message {
             id: message.id,
             topic: message.topic.clone(),
