@@ -588,6 +588,26 @@ async fn a_stream_with_a_message_under_way_does_not_end_for_idleness() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_counts_once_among_its_messages_however_many_attempts_it_took() {
+    // The endpoint answers every other message 503: a1 is retried. The stream table counted a
+    // stream's messages at each pick of an endpoint, one per attempt: it read 3.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Alternate).await;
+    let dir = plugin_dir(&[]);
+    let settings = "idempotent = true\nretry = { attempts = 3, base_ms = 1, max_ms = 5 }";
+    let host = host(dir.path(), &one_endpoint_streams(endpoint.addr, settings)).await;
+    for n in 0..2 {
+        within(host.request(of_stream("a", n))).await.unwrap();
+    }
+    assert_eq!(endpoint.arrived_bodies(), ["a0", "a1", "a1"]);
+    let (_, rows) = host.streams("workers", 100).expect("an affinity destination");
+    let counted: Vec<(&str, u64)> = rows.iter().map(|row| (row.stream.as_str(), row.messages)).collect();
+    assert_eq!(counted, [("a", 2)]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_streams_turn_holds_no_delivery_slot() {
     // Two delivery slots, one endpoint that answers when told. Stream a's first message is in
     // flight and its next two wait for their turn; stream b's message behind them must take the

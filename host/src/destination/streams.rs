@@ -33,7 +33,7 @@ pub struct StreamStatus {
     pub endpoint: String,
     /// How long it has been on that endpoint, milliseconds.
     pub on_endpoint_ms: u64,
-    /// Messages picked for it.
+    /// Its messages so far, each counted once however many attempts it took.
     pub messages: u64,
     /// How long since its last message, milliseconds.
     pub idle_ms: u64,

@@ -15,7 +15,8 @@ pub struct Stream {
     pub endpoint: u64,
     /// When it came to that endpoint.
     pub since: Duration,
-    /// Messages picked for it, on any endpoint.
+    /// Its messages so far, on any endpoint: each counted once, as it is [`held`](StreamTable::hold),
+    /// however many picks its attempts took.
     pub messages: u64,
     /// When its last message was picked for, or ended ([`StreamTable::release`]).
     pub last_seen: Duration,
@@ -144,8 +145,9 @@ impl StreamTable {
 
     /// The endpoint for a message of stream `key`: a position in `endpoints`, always an eligible one,
     /// or `None` when none is, or when the stream's endpoint is dead, none serves and none is free to
-    /// try ([`Standing::OnTrial`], [`Standing::Forced`]). Called once per message; first does what time and the endpoints'
-    /// changes call for ([`maintain`](Self::maintain)).
+    /// try ([`Standing::OnTrial`], [`Standing::Forced`]). Called before each attempt of a message (a
+    /// message is counted by [`hold`](Self::hold)); first does what time and the endpoints' changes
+    /// call for ([`maintain`](Self::maintain)).
     pub fn pick(&mut self, key: &str, endpoints: &[EndpointView], now: Duration) -> Option<usize> {
         self.maintain(endpoints, now);
         if let Some(stream) = self.streams.get(key) {
@@ -168,7 +170,6 @@ impl StreamTable {
                 }
             };
             let stream = self.streams.get_mut(key)?;
-            stream.messages += 1;
             stream.last_seen = now;
             return Some(index);
         }
@@ -185,7 +186,7 @@ impl StreamTable {
         let stream = Stream {
             endpoint: endpoints[index].id,
             since: now,
-            messages: 1,
+            messages: 0,
             last_seen: now,
             held: 0,
             slot: 0,
@@ -234,12 +235,15 @@ impl StreamTable {
         self.rebalance(endpoints, now);
     }
 
-    /// A message of stream `key` is under way (its attempts and the waits between them): the stream
-    /// does not end until it is [`release`](Self::release)d. False, and nothing held, when the
-    /// stream is not recorded.
+    /// A message of stream `key` is under way (its attempts and the waits between them): counted
+    /// among the stream's messages, and the stream does not end until it is
+    /// [`release`](Self::release)d. False, and nothing counted or held, when the stream is not
+    /// recorded. Called once per message.
     pub fn hold(&mut self, key: &str) -> bool {
-        let stream = self.streams.get_mut(key);
-        stream.map(|stream| stream.held += 1).is_some()
+        let Some(stream) = self.streams.get_mut(key) else { return false };
+        stream.held += 1;
+        stream.messages += 1;
+        true
     }
 
     /// A message of stream `key` that [`hold`](Self::hold) held ended at `now`: the stream ends

@@ -142,8 +142,9 @@ impl StreamAffinity {
         now.saturating_duration_since(self.origin)
     }
 
-    /// Keeps stream `key` from ending for idleness until the hold is dropped; `None` when the
-    /// table does not record it.
+    /// Counts a message of stream `key` (once: see [`StreamTable::hold`]) and keeps the stream from
+    /// ending for idleness until the hold is dropped; `None`, nothing counted, when the table does
+    /// not record it.
     pub(super) fn hold<'a>(&'a self, key: &'a str) -> Option<StreamHold<'a>> {
         lock(&self.table).hold(key).then_some(StreamHold { affinity: self, key })
     }

@@ -39,7 +39,8 @@ impl Cluster {
         // Retired by a reload: a queued message no endpoint saw yet waits for none here, it goes
         // to the destination's new instance (or, removed, is dead-lettered).
         let retired = |attempts: u32| enqueued.is_some() && attempts == 0 && self.retired.is_cancelled();
-        // Its stream does not end for idleness while this message is under way.
+        // Its stream does not end for idleness while this message is under way, and counts it once
+        // among its messages, however many passes below pick an endpoint for it.
         let mut stream_hold = None;
         loop {
             let chosen = match (&self.balancer, key) {
