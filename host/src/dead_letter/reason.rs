@@ -105,7 +105,8 @@ impl DeadLetterReason {
                 ..
             } => "shutdown",
             DeadLetterReason::Delivery {
-                error: DeliveryError::Attempts { maybe_delivered: true, .. },
+                error:
+                    DeliveryError::Attempts { maybe_delivered: true, .. } | DeliveryError::NotAnswered { .. },
                 ..
             } => "delivery-uncertain",
             DeadLetterReason::Delivery { .. } => "delivery-failed",

@@ -95,12 +95,20 @@ pub enum DeliveryError {
         /// How long it waited, milliseconds.
         waited_ms: u64,
     },
-    /// A memory destination, handed the message as a fallback, had no room for it (full, not
-    /// read) within the deadline of an attempt of the destination that handed it over
-    /// (`timeout_ms`): never taken.
+    /// A destination handed the message as a fallback had no room for it (a memory destination
+    /// not read, a network one's queue full) within the deadline of an attempt of the destination
+    /// that handed it over (`timeout_ms`): never taken.
     #[error("no room for it within {waited_ms} ms (full); not taken")]
     NoRoom {
         /// How long it waited for room, milliseconds.
+        waited_ms: u64,
+    },
+    /// A destination delivered to in place (`log`, one registered in code), handed the message as
+    /// a fallback, did not answer within the deadline of an attempt of the destination that handed
+    /// it over (`timeout_ms`): it may have taken it.
+    #[error("not answered within {waited_ms} ms; it may have been delivered")]
+    NotAnswered {
+        /// How long it waited for the answer, milliseconds.
         waited_ms: u64,
     },
     /// A config reload replaced or removed the destination while the message

@@ -2,9 +2,11 @@
 //! to its `fallback` destination instead of dead-lettering it. Each such message is counted
 //! (`switchyard_destination_fallbacks_total`); the first after a quiet spell is told as an event.
 //! The hand-off ends once the fallback settled the message: a network fallback's delivery of it
-//! included, not only its place in that destination's queue. A memory fallback that is full keeps
-//! the message waiting for room at most one attempt's deadline of the destination that hands it
-//! over: then it is dead-lettered, and no longer holds up what waits for the hand-off.
+//! included, not only its place in that destination's queue. A fallback keeps the message waiting
+//! at most one attempt's deadline of the destination that hands it over — for room, when it is full
+//! (its queue, or a memory destination), or for its answer, when it is delivered to in place (`log`,
+//! one registered in code) — then it is dead-lettered, and no longer holds up what waits for the
+//! hand-off.
 
 use super::Pipeline;
 use super::dispatch::Delivery;
@@ -22,17 +24,17 @@ const QUIET: Duration = Duration::from_secs(10);
 pub(super) struct HandOff {
     /// Dropped once the fallback settled the message: the hand-off waits for that.
     pub(super) settled: DropGuard,
-    /// How long a full memory fallback may keep the message waiting for room (`None`: as long as
-    /// it takes).
-    pub(super) room_wait: Option<Duration>,
+    /// How long the fallback may keep the message waiting for room or for its in-place answer
+    /// (`None`: as long as it takes).
+    pub(super) wait: Option<Duration>,
 }
 
-/// Resolves, with its milliseconds, once `room_wait` has passed; never without one.
-pub(super) async fn no_room_within(room_wait: Option<Duration>) -> u64 {
-    match room_wait {
-        Some(room_wait) => {
-            tokio::time::sleep(room_wait).await;
-            room_wait.as_millis() as u64
+/// Resolves, with its milliseconds, once a hand-off's `wait` has passed; never without one.
+pub(super) async fn hand_off_ends(wait: Option<Duration>) -> u64 {
+    match wait {
+        Some(wait) => {
+            tokio::time::sleep(wait).await;
+            wait.as_millis() as u64
         }
         None => std::future::pending().await,
     }
@@ -41,8 +43,9 @@ pub(super) async fn no_room_within(room_wait: Option<Duration>) -> u64 {
 impl Pipeline {
     /// Hand `delivery`, which `sink` did not send within its queue timeout (it waited
     /// `waited_ms`), to `sink`'s fallback `fallback`; returns once the fallback settled it
-    /// (delivered or dead-lettered: by a memory fallback that had no room for it within `sink`'s
-    /// attempt deadline, `queue-timeout`). Whoever waits for this hand-off waits for that: the
+    /// (delivered or dead-lettered: by a fallback that had no room for it within `sink`'s attempt
+    /// deadline, `queue-timeout`; by one delivered to in place that did not answer within it,
+    /// `delivery-uncertain`). Whoever waits for this hand-off waits for that: the
     /// message's stream's turn, which its caller holds until then, so that the stream's next
     /// message does not go out beside it, and an instance of `sink` a reload built, which sends
     /// nothing before this one's hand-offs have ended.
@@ -57,7 +60,7 @@ impl Pipeline {
         self.tell_fallback(sink, &fallback.sink.name, waited_ms);
         sink.count(false);
         let settled = CancellationToken::new();
-        let handed_over = HandOff { settled: settled.clone().drop_guard(), room_wait: sink.attempt_timeout };
+        let handed_over = HandOff { settled: settled.clone().drop_guard(), wait: sink.attempt_timeout };
         self.deliver_to(fallback, delivery, route, Some(handed_over)).await;
         settled.cancelled().await;
     }

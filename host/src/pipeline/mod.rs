@@ -29,7 +29,7 @@ use crate::router::{Route, RouteKey};
 use crate::stage::{NativeStages, Stage};
 use arc_swap::ArcSwap;
 use dispatch::{Delivery, Job};
-use fallback::{HandOff, no_room_within};
+use fallback::{HandOff, hand_off_ends};
 use item::{Accepted, Fate, Item};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -338,8 +338,9 @@ impl Pipeline {
 
     /// Send `delivery` to `target`: into its queue (waiting while it is full) for a network
     /// destination, in place for another. `handed_over`, given by a destination that hands the
-    /// message to `target` as its fallback, bounds its wait for room in a memory destination and
-    /// is dropped once the message is settled.
+    /// message to `target` as its fallback, bounds its wait for room (in a full queue or memory
+    /// destination) and for an in-place destination's answer, and is dropped once the message is
+    /// settled.
     async fn deliver_to(
         &self,
         target: &Target,
@@ -347,17 +348,30 @@ impl Pipeline {
         metrics: &Arc<RouteMetrics>,
         handed_over: Option<HandOff>,
     ) {
-        let room_wait = handed_over.as_ref().and_then(|handed| handed.room_wait);
+        let wait = handed_over.as_ref().and_then(|handed| handed.wait);
         let delivery = match &target.queue {
             Some(queue) => {
                 let handed_over = handed_over.map(|handed| handed.settled);
                 let job = Job { delivery, route: metrics.clone(), handed_over };
-                match queue.0.push(job.delivery.message.priority, job, &self.dispatch.past_grace).await {
+                // Room is waited for until a shutdown's grace period ends, or the wait a fallback's
+                // hand-off allows.
+                let stop = self.dispatch.past_grace.child_token();
+                let pushed = queue.0.push(job.delivery.message.priority, job, &stop);
+                tokio::pin!(pushed);
+                let (pushed, no_room) = tokio::select! {
+                    biased;
+                    pushed = &mut pushed => (pushed, None),
+                    waited_ms = hand_off_ends(wait) => {
+                        stop.cancel();
+                        (pushed.await, Some(DeliveryError::NoRoom { waited_ms }))
+                    }
+                };
+                match pushed {
                     Ok(()) => return,
-                    // Still full when a shutdown's grace period ended.
+                    // Still full when a shutdown's grace period, or the hand-off's wait, ended.
                     Err(PushError::Full(job)) => {
-                        let shutdown = Err(DeliveryError::Shutdown);
-                        return Box::pin(self.settle(&target.sink, job.delivery, metrics, shutdown)).await;
+                        let full = Err(no_room.unwrap_or(DeliveryError::Shutdown));
+                        return Box::pin(self.settle(&target.sink, job.delivery, metrics, full)).await;
                     }
                     // Closed: only once the host drains, after the workers stop.
                     Err(PushError::Closed(job)) => job.delivery,
@@ -367,7 +381,8 @@ impl Pipeline {
         };
         let Delivery { message, reply, middlewares, accepted } = delivery;
         // In place, a delivery waits at most until a shutdown's grace period ends (a reader that
-        // stopped reading, a destination that hangs), then is dead-lettered `shutdown`.
+        // stopped reading, a destination that hangs), then is dead-lettered `shutdown`; handed
+        // over as a fallback, at most the wait its hand-off allows.
         let past_grace = &self.dispatch.past_grace;
         // A memory destination is handed the message itself and hands it back whole if it cannot
         // take it: no copy is kept for the dead-letter path, unless it is full. It never answers.
@@ -381,7 +396,7 @@ impl Pipeline {
                         biased;
                         sent = memory.send(message.clone()) => sent.map_err(|(error, _)| (error, message)),
                         () = past_grace.cancelled() => Err((DeliveryError::Shutdown, message)),
-                        waited_ms = no_room_within(room_wait) => Err((DeliveryError::NoRoom { waited_ms }, message)),
+                        waited_ms = hand_off_ends(wait) => Err((DeliveryError::NoRoom { waited_ms }, message)),
                     },
                 };
                 match sent {
@@ -396,6 +411,7 @@ impl Pipeline {
                     biased;
                     result = target.sink.deliver(message.clone()) => result,
                     () = past_grace.cancelled() => Err(DeliveryError::ShutdownInFlight),
+                    waited_ms = hand_off_ends(wait) => Err(DeliveryError::NotAnswered { waited_ms }),
                 };
                 (message, result)
             }
