@@ -60,7 +60,7 @@ impl HttpIngress {
             stopping,
             largest_frame: crate::message::largest_json(config.host.max_message_bytes),
             ping: std::time::Duration::from_millis(http.ping_ms),
-            answer_budget: super::websocket::answer_budget(config.host.max_message_bytes),
+            max_message_bytes: config.host.max_message_bytes,
         };
         let app = Router::new()
             .route(

@@ -12,11 +12,12 @@
 //! in place of the code when it was delivered but its reply refused).
 //!
 //! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
-//! is full, before the next is read; at most [`MAX_WAITING`] `wait` messages per socket are open at
-//! once, beyond which reading waits too. A `wait` message is open until its answer is written to the
-//! socket, so that a client reading its answers slowly, or not at all, is not read either; and once
-//! the answers waiting to be written come to [`answer_budget`] bytes, reading waits too (the `wait`
-//! messages already open still settle, their answers waiting their turn). With
+//! is full, before the next is read; and once the answers a socket has waiting for its client come to
+//! its [`answer_budget`] of bytes, reading waits too. A `wait` message takes its share of the budget
+//! when it is admitted, the most its reply may hold (`max_message_bytes`: so at most four are open
+//! at once), and keeps it until its answer is written to the socket (its answer's own length, once
+//! settled): the answers the open `wait` messages may bring never come to more than the budget, and
+//! a client reading its answers slowly, or not at all, is not read either. With
 //! `[ingress.http] token`, the upgrade request must carry it (`Authorization: Bearer …`), and a
 //! browser's foreign `Origin` is refused. A socket serves while the token it was let in with is the
 //! one required: once a reload replaces it (or sets or removes one), the next frame the client sends
@@ -27,14 +28,15 @@
 //! header, unread: the socket is read no further and, once the answers still due are sent, closed
 //! (1009). So is a socket that keeps silent for two `ping_ms` while the host waits for its next frame
 //! (1001); it is pinged after one, and its pong ends the silence. Waiting on the host (a full queue,
-//! 256 `wait` messages open) is no silence.
+//! the budget taken by the `wait` messages open) is no silence.
 //!
 //! A socket is one of the listener's connections until it closes (the connection it was upgraded
-//! from holds its slot), and the ingress's stop waits for it: reading stops (a reader waiting for a
-//! `wait` slot or for room for answers too), the answers still due are sent, then it closes. But a
-//! client that is behind is not waited for: a socket whose answers waiting to be written fill the
-//! budget when the ingress stops, or after, is closed at once, those answers unsent (their messages
-//! settle all the same).
+//! from holds its slot), and the ingress's stop waits for it: reading stops (a reader waiting for
+//! room in the budget too), the answers still due are sent, then it closes. But a client that is
+//! behind is not waited for: once the ingress stops, a socket whose answer waits on its client (the
+//! connection's buffers hold what it was sent and it takes no more, or an answer waits for room in
+//! the budget) is closed at once, those answers unsent (their messages settle all the same); so a
+//! client that reads nothing, or a byte at a time, does not hold the stop.
 
 use super::bulk::{BulkMessage, ClientHeaders, message_of};
 use crate::config::HttpIngressConfig;
@@ -52,92 +54,111 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-/// `wait` messages one socket may have open at once; beyond it, the socket is not read.
-pub(super) const MAX_WAITING: usize = 256;
-
 /// Answers queued for the socket's writer; beyond it, reading waits.
 const QUEUED_ANSWERS: usize = 1024;
 
-/// The bytes of answers a socket may have waiting for its client (queued for its writer, or being
-/// written), for `max_message_bytes`: four of them. A `wait` answer may carry a reply of up to
-/// `max_message_bytes`, and 256 of those, at 1 MiB, were 256 MiB held for a client that read none.
-pub(super) fn answer_budget(max_message_bytes: usize) -> usize {
+/// The bytes of answers a socket may have waiting for its client (to come, queued for its writer,
+/// or being written), for `max_message_bytes`: four of them. A `wait` answer may carry a reply of up
+/// to `max_message_bytes`, and 256 of those, at 1 MiB, were 256 MiB held for a client that read none.
+fn answer_budget(max_message_bytes: usize) -> usize {
     max_message_bytes.saturating_mul(4)
 }
 
-/// An answer queued for the socket's writer, as written, with what it holds until it is written:
-/// its bytes of the socket's answer budget, and the slot of the `wait` message it settles (if any).
+/// An answer queued for the socket's writer, as written, with its bytes of the socket's answer
+/// budget, held until it is written.
 struct Answer {
     text: String,
     room: OwnedSemaphorePermit,
-    waiting: Option<OwnedSemaphorePermit>,
 }
 
 /// Where a socket's answers wait for its writer: at most [`QUEUED_ANSWERS`] of them, and at most
-/// the socket's [`answer_budget`] of bytes; and the slots of the `wait` messages whose answers are
-/// to come. What waits on the client here sees the ingress stop.
+/// the socket's [`answer_budget`] of bytes, the answers of the `wait` messages still open included.
+/// What waits on the client here sees the ingress stop.
 #[derive(Clone)]
 struct AnswerQueue {
     answers: mpsc::Sender<Answer>,
-    /// The budget's bytes not taken by the answers queued: each takes its length (all of the
-    /// budget, when larger) until it is written.
+    /// The budget's bytes not taken: a `wait` message takes the most its answer may need (see
+    /// `reservation`) from its admission, and its answer its own length in its place once settled;
+    /// each answer queued takes its length (all of the budget, when larger) until it is written.
     room: Arc<Semaphore>,
     /// The budget, in bytes.
     budget: u32,
-    /// [`MAX_WAITING`] slots, each held by a `wait` message until its answer is written.
-    waiting: Arc<Semaphore>,
+    /// What an open `wait` message takes of the budget: `max_message_bytes`, the most its reply
+    /// may hold (all of the budget, when larger).
+    reservation: u32,
     /// Turns true when the ingress stops.
     stopping: watch::Receiver<bool>,
-    /// Cancelled once the client is behind when the ingress stops (answers wait for room): the
+    /// Cancelled once the client is behind when the ingress stops (an answer waits for room): the
     /// writer then gives up on it.
     behind: CancellationToken,
 }
 
 impl AnswerQueue {
-    /// A queue to the writer's end `answers`, within `budget` bytes, until `stopping`; `behind` is
-    /// the writer's.
+    /// A queue to the writer's end `answers`, within the budget of `max_message_bytes`, until
+    /// `stopping`; `behind` is the writer's.
     fn new(
         answers: mpsc::Sender<Answer>,
-        budget: usize,
+        max_message_bytes: usize,
         stopping: watch::Receiver<bool>,
         behind: CancellationToken,
     ) -> AnswerQueue {
-        let budget = u32::try_from(budget).unwrap_or(u32::MAX);
-        let (room, waiting) =
-            (Arc::new(Semaphore::new(budget as usize)), Arc::new(Semaphore::new(MAX_WAITING)));
-        AnswerQueue { answers, room, budget, waiting, stopping, behind }
+        let budget = u32::try_from(answer_budget(max_message_bytes)).unwrap_or(u32::MAX);
+        let reservation = u32::try_from(max_message_bytes).map_or(budget, |bytes| bytes.min(budget));
+        let room = Arc::new(Semaphore::new(budget as usize));
+        AnswerQueue { answers, room, budget, reservation, stopping, behind }
     }
 
-    /// A slot for a `wait` message, once one is free; `None` if the ingress stops first (the
-    /// answers holding the slots may be on their way, not waiting on the client: not behind).
-    async fn wait_slot(&self) -> Option<OwnedSemaphorePermit> {
+    /// The room of a `wait` message's answer, once the budget has it; `None` if the ingress stops
+    /// first (the room may be held by answers on their way, not waiting on the client: not behind).
+    async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
         let mut stopping = self.stopping.clone();
         tokio::select! {
             biased;
-            slot = self.waiting.clone().acquire_owned() => Some(slot.expect("the slots are never closed")),
+            room = self.room.clone().acquire_many_owned(self.reservation) => {
+                Some(room.expect("the budget is never closed"))
+            }
             _ = stopping.wait_for(|stop| *stop) => None,
         }
     }
 
-    /// Queue `frame`, which gives back the slot `waiting` (if it is a `wait` message's) once it is
-    /// written, once there is room for it; `false` once the writer is gone, or when the ingress
-    /// stops (or stopped) while it waits for room.
-    async fn queue(&self, frame: Value, waiting: Option<OwnedSemaphorePermit>) -> bool {
+    /// Queue `frame`, in the room `reserved` for it (a `wait` message's answer), once there is room
+    /// for it: what it needs past what was reserved is waited for, what it does not is given back;
+    /// `false` once the writer is gone, or when the ingress stops (or stopped) while it waits for
+    /// room.
+    async fn queue(&self, frame: Value, reserved: Option<OwnedSemaphorePermit>) -> bool {
         let text = frame.to_string();
-        let bytes = u32::try_from(text.len()).map_or(self.budget, |bytes| bytes.min(self.budget));
+        let bytes = text.len().min(self.budget as usize);
         let queued = async {
-            let room = self.room.clone().acquire_many_owned(bytes).await.expect("the budget is never closed");
-            self.answers.send(Answer { text, room, waiting }).await.is_ok()
+            let room = match reserved {
+                Some(mut room) if room.num_permits() >= bytes => {
+                    drop(room.split(room.num_permits() - bytes));
+                    room
+                }
+                reserved => {
+                    let held = reserved.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+                    let more = self.room.clone().acquire_many_owned((bytes - held) as u32);
+                    let mut room = more.await.expect("the budget is never closed");
+                    if let Some(reserved) = reserved {
+                        room.merge(reserved);
+                    }
+                    room
+                }
+            };
+            self.answers.send(Answer { text, room }).await.is_ok()
         };
         self.unless_behind(queued).await.unwrap_or(false)
     }
 
-    /// Completes once the answers queued leave room in the budget and none waits for it (at once
-    /// while the client takes its answers): `true`; or `false` when the ingress stops (or stopped)
-    /// while it waits.
+    /// Completes once the budget has room and none waits for it (at once while the client takes
+    /// its answers and fewer `wait` messages are open than the budget holds): `true`; or `false`
+    /// when the ingress stops (or stopped) while it waits.
     async fn within_budget(&self) -> bool {
-        let room = async { drop(self.room.acquire().await) };
-        self.unless_behind(room).await.is_some()
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            biased;
+            _ = self.room.acquire() => true,
+            _ = stopping.wait_for(|stop| *stop) => false,
+        }
     }
 
     /// What `waited` gives, unless the ingress stops, or stopped, while it waits on the client:
@@ -180,8 +201,8 @@ pub(super) struct Sockets {
     pub(super) largest_frame: usize,
     /// `ping_ms`: see [`Silence`].
     pub(super) ping: Duration,
-    /// See [`answer_budget`].
-    pub(super) answer_budget: usize,
+    /// `max_message_bytes`: the most a `wait` message's reply may hold (see [`answer_budget`]).
+    pub(super) max_message_bytes: usize,
 }
 
 /// One frame the client sends: a bulk message and the fields `ref` and `wait`.
@@ -261,9 +282,10 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets
     let (sink, stream) = socket.split();
     let (answers, queued) = mpsc::channel::<Answer>(QUEUED_ANSWERS);
     let behind = CancellationToken::new();
-    let answers = AnswerQueue::new(answers, sockets.answer_budget, sockets.stopping.clone(), behind.clone());
+    let stopping = sockets.stopping.clone();
+    let answers = AnswerQueue::new(answers, sockets.max_message_bytes, stopping.clone(), behind.clone());
     let (ping, (closing, close)) = (Arc::new(Notify::new()), oneshot::channel());
-    let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close, behind));
+    let writer = tokio::spawn(write_answers(sink, queued, ping.clone(), close, behind, stopping));
     let why = read_frames(&host, stream, &answers, &ping, sockets, granted.as_deref()).await;
     // In-flight `wait` answers still reach the writer; it ends when the last sender goes.
     let _ = closing.send(why);
@@ -271,39 +293,54 @@ pub(super) async fn serve_socket(host: Host, socket: WebSocket, sockets: Sockets
     let _ = writer.await;
 }
 
-/// Send the answers `queued`, each giving back what it holds once written, and a ping each time
-/// `ping` is notified, until every sender is gone; then close the socket, telling the client why
-/// when the reader says (`close`). Once the client is `behind`, drop the socket at once.
+/// Send the answers `queued`, each giving back its room once written, and a ping each time `ping`
+/// is notified, until every sender is gone; then close the socket, telling the client why when the
+/// reader says (`close`). Once the client is behind, drop the socket at once: `behind` is
+/// cancelled, or a write waits on the client when the ingress is `stopping` (or stops while it
+/// waits): a client that has not taken what it was sent is not waited for.
 async fn write_answers(
     mut sink: SplitSink<WebSocket, Frame>,
     mut queued: mpsc::Receiver<Answer>,
     ping: Arc<Notify>,
     close: oneshot::Receiver<Option<CloseFrame>>,
     behind: CancellationToken,
+    mut stopping: watch::Receiver<bool>,
 ) {
     loop {
-        let (frame, held) = tokio::select! {
+        let (frame, room) = tokio::select! {
             biased;
             () = behind.cancelled() => return,
             answer = queued.recv() => match answer {
-                Some(Answer { text, room, waiting }) => (Frame::Text(text.into()), Some((room, waiting))),
+                Some(Answer { text, room }) => (Frame::Text(text.into()), Some(room)),
                 None => break,
             },
             () = ping.notified() => (Frame::Ping(Default::default()), None),
         };
-        let sent = tokio::select! {
-            sent = sink.send(frame) => sent,
-            () = behind.cancelled() => return,
-        };
-        if sent.is_err() {
+        if !sent_in_time(sink.send(frame), &behind, &mut stopping).await {
             return;
         }
-        drop(held);
+        drop(room);
     }
-    if let Ok(Some(why)) = close.await {
-        let _ = sink.send(Frame::Close(Some(why))).await;
+    if let Ok(Some(why)) = close.await
+        && !sent_in_time(sink.send(Frame::Close(Some(why))), &behind, &mut stopping).await
+    {
+        return;
     }
-    let _ = sink.close().await;
+    sent_in_time(sink.close(), &behind, &mut stopping).await;
+}
+
+/// Whether `sending` went through before the client was found behind (see [`write_answers`]).
+async fn sent_in_time(
+    sending: impl Future<Output = Result<(), axum::Error>>,
+    behind: &CancellationToken,
+    stopping: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        biased;
+        sent = sending => sent.is_ok(),
+        () = behind.cancelled() => false,
+        _ = stopping.wait_for(|stop| *stop) => false,
+    }
 }
 
 /// Admit the messages of the client's frames, queueing their answers (the next frame is read once
@@ -397,7 +434,7 @@ async fn admit(host: &Host, text: &str, answers: &AnswerQueue) -> bool {
         };
         return answers.queue(answer, None).await;
     }
-    let Some(slot) = answers.wait_slot().await else { return false };
+    let Some(room) = answers.reserve().await else { return false };
     let (host, answers) = (host.clone(), answers.clone());
     tokio::spawn(async move {
         let settled = match host.request(message).await {
@@ -411,7 +448,7 @@ async fn admit(host: &Host, text: &str, answers: &AnswerQueue) -> bool {
             }
             Err(err) => json!({ "ref": reference, "id": id, "error": err.to_string() }),
         };
-        answers.queue(settled, Some(slot)).await;
+        answers.queue(settled, Some(room)).await;
     });
     true
 }
