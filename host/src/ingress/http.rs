@@ -50,7 +50,15 @@ impl HttpIngress {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serve until `shutdown` completes; in-flight requests finish first.
+    /// Serve until `shutdown` completes; in-flight requests finish first, and open WebSockets once
+    /// their answers still due are sent (a client that does not take them is not waited for: see
+    /// the README's WebSocket ingress). The stop has no deadline of its own: a request waiting
+    /// with `?wait=true` waits for its message to settle, and a client that reads its answer a
+    /// little at a time is cut only once it takes nothing for `header_timeout_ms`. [`Host::run`]
+    /// bounds it by the shutdown's grace period; an embedder serving the ingress itself does the
+    /// same by awaiting what this returns with [`Host::shutdown_after`] once `shutdown` completed,
+    /// e.g. `host.shutdown_after(serving).await` (the host then shuts down within
+    /// `host.shutdown_grace_ms`, settling what the requests wait for).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let config = self.host.config();
         let http = config.ingress.http.clone().unwrap_or_else(|| HttpIngressConfig::new(self.local_addr()));
