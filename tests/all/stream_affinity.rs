@@ -1226,6 +1226,67 @@ async fn a_stream_s_message_no_endpoint_could_take_keeps_its_turn_until_the_fall
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_timed_out_waiting_for_a_queue_slot_keeps_its_turn_until_the_fallback_has_it() {
+    // The destination's one delivery slot (queue.max_in_flight) is held by b0, so the dispatcher
+    // takes nothing: a0 times out in the queue, without its stream's turn, and goes to the
+    // fallback, which is full. The turn was free meanwhile, and a1 went to the endpoint once b0
+    // freed the slot, while a0 was not in the fallback yet.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let settings = "queue = { timeout_ms = 1000, max_in_flight = 1 }\ntimeout_ms = 600000";
+    let host = host(dir.path(), &streams_spilling(endpoint.addr, "", settings)).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("fill", "fill")).await.unwrap();
+    host.send(of_stream("b", 0)).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    host.send(of_stream("a", 0)).await.unwrap();
+    event_where(&mut events, fallback_told).await;
+    endpoint.release(1);
+    a1_waits_while_a0_is_handed_to_the_full_fallback(&host, &endpoint, 1).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!(endpoint.arrived_bodies(), ["b0"]);
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 1));
+}
+
+/// Whether `host`'s destination `workers` (of [`streams_spilling`]) can take traffic now.
+fn workers_serving(host: &switchyard::Host) -> bool {
+    let workers = host.destinations().into_iter().find(|destination| destination.name == "workers");
+    workers.is_some_and(|workers| workers.serving())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_s_message_timed_out_while_no_endpoint_served_keeps_its_turn_until_the_fallback_has_it() {
+    // The endpoint refused `fill` (of no stream), which found no endpoint within its queue timeout
+    // and filled the fallback; the endpoint is left out for 4 s after the refusal, so the
+    // dispatcher, its one slot free again, takes nothing: a0 times out in the queue, without its
+    // stream's turn, and goes to the full fallback. The turn was free meanwhile, and a1 went to
+    // the endpoint, listening again once the 4 s were over, while a0 was not in the fallback yet.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    endpoint.stop().await;
+    let dir = plugin_dir(&[]);
+    // Left out 4 s after each refusal; never ejected.
+    let settings = "queue = { timeout_ms = 1000, max_in_flight = 1 }\ntimeout_ms = 600000\n\
+                    breaker = { consecutive_failures = 1000, open_ms = 4000 }";
+    let host = host(dir.path(), &streams_spilling(endpoint.addr, "", settings)).await;
+    let mut events = host.subscribe();
+    host.send(Message::new("jobs", "fill")).await.unwrap();
+    event_where(&mut events, fallback_told).await;
+    // a0's queue timeout passes about 2 s into the 4. A machine stalled past them lets the
+    // dispatcher take a0 with its turn: that could hide the fault, never fail the fix.
+    host.send(of_stream("a", 0)).await.unwrap();
+    let fallbacks = || counted(&host, "switchyard_destination_fallbacks_total", &[]);
+    crate::support::eventually(|| if fallbacks() == 2 { Ok(()) } else { Err(fallbacks()) });
+    endpoint.revive().await;
+    crate::support::eventually(|| if workers_serving(&host) { Ok(()) } else { Err("left out") });
+    a1_waits_while_a0_is_handed_to_the_full_fallback(&host, &endpoint, 0).await;
+    let stats = drain_and_account(&host).await;
+    assert!(endpoint.arrived_bodies().is_empty());
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_a_stream_s_next_message_until_its_timed_out_one_is_in_the_fallback() {
     // As a_stream_s_message_timed_out_waiting_for_a_host_slot_keeps_its_turn_until_the_fallback_has_it,
     // with a reload that rebuilds the destination (its attempts' timeout changes) while a0 is

@@ -362,14 +362,17 @@ impl Dispatcher {
     }
 
     /// Dead-letter each queued message once it has waited past the queue
-    /// timeout, whatever the dispatcher is waiting for.
+    /// timeout, whatever the dispatcher is waiting for (a slot, an endpoint). A stream's message
+    /// whose turn is free takes it, as the dispatcher would have: its stream's next message waits
+    /// until it is settled (by the fallback, say).
     async fn expire(self) {
         while let Some(Queued { item: job, enqueued }) = self.queue.expired(self.timeout).await {
+            let stream = self.stream(&job);
             // A held queue (its instance rebuilt while the one it replaced still delivers) waits
             // for turns that instance holds, which this one's turns do not show.
-            let for_its_turn =
-                self.stream(&job).is_some_and(|key| self.cluster.turn_taken(key) || self.queue.is_held());
-            self.time_out(job, enqueued, for_its_turn, None);
+            let turn = stream.filter(|_| !self.queue.is_held()).and_then(|key| self.cluster.try_turn(key));
+            let for_its_turn = stream.is_some() && turn.is_none();
+            self.time_out(job, enqueued, for_its_turn, turn);
         }
     }
 

@@ -154,11 +154,6 @@ impl StreamAffinity {
         self.turns.try_take(key)
     }
 
-    /// Whether a delivery of stream `key` holds its turn.
-    pub(super) fn turn_taken(&self, key: &str) -> bool {
-        self.turns.taken(key)
-    }
-
     /// The table as it is now, for the instance a reload builds to replace this one, whose
     /// endpoints have `addresses` by id. This one keeps its own copy: the retries of its
     /// deliveries still under way go where their streams are (the copy counts their streams as

@@ -341,14 +341,11 @@ pub(crate) trait QueuedDestination: Destination {
     /// no streams (its balancer is not `affinity:header:KEY`, or the message lacks the header).
     fn stream<'m>(&self, message: &'m Message) -> Option<&'m str>;
 
-    /// The turn of stream `key`, taken as the dispatcher pops a message of it from the queue: its
-    /// delivery holds it until done. `None` while a delivery of the stream holds it: the message
-    /// stays in the queue.
+    /// The turn of stream `key`, taken as the dispatcher pops a message of it from the queue (or
+    /// the expirer, one that timed out there): its delivery (or settling) holds it until done.
+    /// `None` while a delivery of the stream holds it: the message stays in the queue (or, timed
+    /// out, is dead-lettered for want of its turn).
     fn try_turn(&self, key: &str) -> Option<StreamTurn>;
-
-    /// Whether a delivery of stream `key` holds its turn: a message of the stream still queued
-    /// waits for it.
-    fn turn_taken(&self, key: &str) -> bool;
 
     /// Signalled (to every waiter) when a stream's turn ends, so that a message skipped for its
     /// stream is looked at again; `None` when the destination keeps no streams.
@@ -385,11 +382,6 @@ impl QueuedDestination for Cluster {
     fn try_turn(&self, key: &str) -> Option<StreamTurn> {
         let Picker::Affinity(affinity) = &self.balancer else { return None };
         affinity.try_turn(key)
-    }
-
-    fn turn_taken(&self, key: &str) -> bool {
-        let Picker::Affinity(affinity) = &self.balancer else { return false };
-        affinity.turn_taken(key)
     }
 
     fn turn_ended(&self) -> Option<&tokio::sync::Notify> {
