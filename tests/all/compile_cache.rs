@@ -3,8 +3,9 @@
 //! another plugin's, or patched, is discarded with an event and the plugin
 //! compiled afresh.
 
-use crate::support::{MEMORY_OUT, builder, drain_and_account, next, plugin_dir};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, plugin_dir};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 use switchyard::plugin::CacheOutcome;
 use switchyard::{Config, ConfigChange, Host, HostEvent, Message};
 use switchyard_plugin_artifacts as artifacts;
@@ -109,6 +110,77 @@ async fn a_bad_cache_entry_is_told_though_the_plugin_then_fails_its_trial() {
     assert_eq!(host.event_counts().cache_entries_discarded, 1);
     assert_eq!(outcomes(&host), [CacheOutcome::Miss], "the version before keeps serving");
     drain_and_account(&host).await;
+}
+
+/// The compile cache's entries, by name.
+fn entries(cache: &Path) -> std::collections::BTreeSet<String> {
+    let names =
+        std::fs::read_dir(cache).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap());
+    names.filter(|name| name.ends_with(".cwasm")).collect()
+}
+
+fn set_mtime(path: &Path, mtime: SystemTime) {
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(mtime).unwrap();
+}
+
+/// `artifact`'s bytes with a custom section named `note`: the same plugin under another digest.
+fn noted(artifact: &str, note: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(artifact).unwrap();
+    let body = [&[note.len() as u8][..], note.as_bytes()].concat();
+    bytes.extend([0, body.len() as u8]);
+    bytes.extend(body);
+    bytes
+}
+
+/// How many entries the compile cache keeps (README, "Hot reload").
+const KEPT_ENTRIES: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_keeps_the_most_recently_used_entries_of_its_engine_and_none_of_refused_files() {
+    let plugins = plugin_dir(&[("a", artifacts::HEADER_FILTER), ("b", artifacts::REDACT_TRANSFORM)]);
+    let cache = tempfile::tempdir().unwrap();
+    let other_engine = format!("{}-0123456789abcdef.cwasm", "0".repeat(64));
+    std::fs::write(cache.path().join(&other_engine), b"code another wasmtime compiled").unwrap();
+    let first = host(plugins.path(), cache.path()).await;
+    let digests: Vec<String> = first.plugins().iter().map(|plugin| plugin.digest.clone()).collect();
+    drain_and_account(&first).await;
+    let (a, b) = (entry(cache.path(), &digests[0]), entry(cache.path(), &digests[1]));
+    let name = |path: &Path| path.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_eq!(entries(cache.path()), [name(&a), name(&b)].into(), "another engine's entry went");
+
+    // a and b last used long ago, then 63 more entries, each used later than the one before.
+    let engine = name(&a)[digests[0].len()..].to_owned();
+    let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    set_mtime(&a, long_ago);
+    set_mtime(&b, long_ago);
+    let filler = |n: usize| format!("{n:064x}{engine}");
+    for n in 0..KEPT_ENTRIES - 1 {
+        let path = cache.path().join(filler(n));
+        std::fs::write(&path, b"never loaded").unwrap();
+        set_mtime(&path, long_ago + Duration::from_secs(1 + n as u64));
+    }
+    // Starting uses a and b: they become the most recently used. A new plugin is stored: the two
+    // least recently used go.
+    let second = host(plugins.path(), cache.path()).await;
+    assert_eq!(outcomes(&second), [CacheOutcome::Hit, CacheOutcome::Hit]);
+    let mut events = second.subscribe();
+    std::fs::write(plugins.path().join("t.wasm"), noted(artifacts::HEADER_FILTER, "t")).unwrap();
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginLoaded { name, .. } if name == "t"))
+        .await;
+    let t = second.plugins().iter().find(|plugin| plugin.name == "t").unwrap().digest.clone();
+    let mut kept: std::collections::BTreeSet<String> = (2..KEPT_ENTRIES - 1).map(filler).collect();
+    kept.extend([name(&a), name(&b), format!("{t}{engine}")]);
+    assert_eq!(entries(cache.path()), kept, "the {KEPT_ENTRIES} most recently used");
+
+    // A file refused after its compile (a component of no kind) leaves no entry.
+    std::fs::write(plugins.path().join("x.wasm"), "(component)").unwrap();
+    let refused = |event: &HostEvent| matches!(event, HostEvent::PluginRejected { name, .. } if name == "x");
+    let HostEvent::PluginRejected { reason, .. } = event_where(&mut events, refused).await else {
+        unreachable!()
+    };
+    assert!(reason.contains("must export exactly one Switchyard plugin interface"), "{reason}");
+    assert_eq!(entries(cache.path()), kept, "nothing stored for x");
+    drain_and_account(&second).await;
 }
 
 #[test]

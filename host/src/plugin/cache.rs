@@ -4,6 +4,8 @@
 //! with an HMAC-SHA256 over both and the code, under a key only this cache
 //! directory's owner can read (`key`, mode 0600): a truncated, corrupted,
 //! swapped or patched entry fails its check and is discarded, never loaded.
+//! The cache is bounded: storing an entry removes those of other engine
+//! settings and all but the [`KEPT_ENTRIES`] most recently used.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -11,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -18,6 +21,10 @@ type Seal = Hmac<Sha256>;
 
 /// Bytes of the seal at the start of an entry.
 const SEAL_BYTES: usize = 32;
+
+/// Entries kept: storing one more removes the least recently used (stored
+/// or loaded longest ago, by modification time).
+const KEPT_ENTRIES: usize = 64;
 
 /// A compile cache directory, opened for one engine.
 pub(crate) struct CompileCache {
@@ -85,7 +92,12 @@ impl CompileCache {
             return discard("its seal does not match (tampered, swapped or corrupted)".into());
         }
         match deserialize(engine, code) {
-            Ok(component) => Ok(Some(component)),
+            Ok(component) => {
+                // Used now: the last to be evicted. An entry that cannot be touched is evicted sooner.
+                let touched = std::fs::File::options().write(true).open(&path);
+                let _ = touched.and_then(|entry| entry.set_modified(SystemTime::now()));
+                Ok(Some(component))
+            }
             Err(err) => discard(format!("sealed but unusable: {err:#}")),
         }
     }
@@ -99,7 +111,36 @@ impl CompileCache {
         aside.write_all(&seal)?;
         aside.write_all(&code)?;
         aside.persist(self.entry(digest)).map_err(|err| err.error)?;
-        Ok(())
+        self.evict()
+    }
+
+    /// Remove the entries of other engine settings (another version of
+    /// Switchyard or wasmtime) and all but the [`KEPT_ENTRIES`] most recently
+    /// used of this engine's. An entry another host removed first is no error.
+    fn evict(&self) -> std::io::Result<()> {
+        let ours = format!("-{}.cwasm", self.engine);
+        let mut used = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(&ours) {
+                let modified = entry.metadata().and_then(|metadata| metadata.modified());
+                used.push((modified.unwrap_or(SystemTime::UNIX_EPOCH), entry.path()));
+            } else if name.ends_with(".cwasm") {
+                remove(&entry.path())?;
+            }
+        }
+        used.sort_unstable_by(|a, b| b.cmp(a));
+        used.iter().skip(KEPT_ENTRIES).try_for_each(|(_, path)| remove(path))
+    }
+}
+
+/// Remove `path`, unless it is gone already.
+fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
     }
 }
 

@@ -154,6 +154,7 @@ impl CompiledPlugin {
                 KindPre::Transport(TransportPluginPre::new(linked).map_err(wrong_world)?)
             }
         };
+        engine.keep(&digest, &component, &cache);
         let instances = Default::default();
         let compile_time = started.elapsed();
         let code = PluginCode::Wasm(pre);

@@ -115,7 +115,8 @@ impl PluginEngine {
     }
 
     /// The component of `bytes` (whose digest is `digest`), plugin `plugin`:
-    /// from the cache when it holds a sound entry, else compiled (and cached).
+    /// from the cache when it holds a sound entry, else compiled, to be
+    /// [kept](Self::keep) in the cache once it proved to be a plugin.
     pub(crate) fn component(
         &self,
         plugin: &str,
@@ -130,11 +131,19 @@ impl PluginEngine {
             Ok(None) => CacheOutcome::Miss,
             Err(why) => CacheOutcome::Discarded(why),
         };
-        let component = self.compile(plugin, bytes)?;
-        if let Err(err) = cache.store(digest, &component) {
-            tracing::warn!(%err, "cannot store compiled code in the compile cache");
+        Ok((self.compile(plugin, bytes)?, outcome))
+    }
+
+    /// Store `component` (of digest `digest`, got with `outcome`) in the compile cache when
+    /// [`component`](Self::component) compiled it: called once it proved to be a plugin, so
+    /// that a file refused after its compile leaves no entry.
+    pub(crate) fn keep(&self, digest: &str, component: &Component, outcome: &CacheOutcome) {
+        let (Some(cache), CacheOutcome::Miss | CacheOutcome::Discarded(_)) = (&self.cache, outcome) else {
+            return;
+        };
+        if let Err(err) = cache.store(digest, component) {
+            tracing::warn!(%err, "cannot store compiled code in the compile cache, or evict old entries");
         }
-        Ok((component, outcome))
     }
 
     /// Compile `bytes`, telling the observer.
