@@ -5,7 +5,9 @@
 
 use crate::endpoint::{Mode, TestEndpoint};
 use crate::exposition::{parse, sample};
-use crate::support::{builder, drain_and_account, eventually, host, next, plugin_dir, post, within};
+use crate::support::{
+    builder, drain_and_account, event_where, eventually, host, next, plugin_dir, post, within,
+};
 use futures_util::future::{BoxFuture, FutureExt};
 use std::collections::{HashMap, HashSet};
 use switchyard::{DestinationEvent, Host, HostEvent, Message};
@@ -891,6 +893,34 @@ async fn a_failing_or_missing_balancer_plugin_falls_back_to_p2c_with_an_event() 
     assert_eq!(reason, "plugin \"absent\" is not loaded");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "p2c delivered both");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_balancer_plugin_lets_go_of_its_thread_and_instance() {
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[("lb", switchyard_plugin_artifacts::LEAST_LOADED_BALANCER)]);
+    let host = host(dir.path(), &config(&[&endpoint], "balancer = \"plugin:lb\"")).await;
+    host.send(Message::new("orders", "picked by lb")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    assert_eq!(host.event_counts().balancer_fallbacks, 0, "lb picked");
+    // The balancer's thread and its instance each hold the plugin: once both are gone, nothing does.
+    let lb =
+        std::sync::Arc::downgrade(&host.plugins().into_iter().find(|plugin| plugin.name == "lb").unwrap());
+    let mut events = host.subscribe();
+    std::fs::remove_file(dir.path().join("lb.wasm")).unwrap();
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginRemoved { name, .. } if name == "lb"))
+        .await;
+    host.send(Message::new("orders", "picked by p2c")).await.unwrap();
+    let HostEvent::Destination(DestinationEvent::BalancerFallback { reason, .. }) =
+        next_event(&mut events, "balancer-fallback").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(reason, "plugin \"lb\" is not loaded");
+    within(endpoint.arrivals(2)).await;
+    eventually(|| if lb.strong_count() == 0 { Ok(()) } else { Err(lb.strong_count()) });
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, 2);
 }
 
 #[tokio::test(flavor = "current_thread")]

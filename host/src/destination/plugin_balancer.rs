@@ -26,9 +26,10 @@ pub(crate) struct HotPluginBalancer {
     /// Where the plugin's faults and unusable answers are counted.
     metrics: Arc<Metrics>,
     addresses: Vec<String>,
-    /// The balancer of the version last seen serving.
+    /// The balancer of the version last seen serving; none once no version serves, so that a
+    /// removed or refused plugin keeps no thread nor instance.
     current: ArcSwapOption<PluginBalancer>,
-    /// The version that could not be made a balancer, not to be tried again.
+    /// The version serving that could not be made a balancer, not to be tried again.
     refused: Mutex<Option<Arc<CompiledPlugin>>>,
     /// Held while a version's balancer starts, so that it starts once.
     starting: tokio::sync::Mutex<()>,
@@ -97,6 +98,9 @@ impl HotPluginBalancer {
     async fn serving(&self) -> Option<Arc<PluginBalancer>> {
         let plugins = self.registry.snapshot();
         let Some(plugin) = plugins.get(&self.teller.plugin) else {
+            // Unlocked: a balancer a start under way stores meanwhile lives until the next pick.
+            self.current.store(None);
+            *lock(&self.refused) = None;
             self.teller.tell(format!("plugin \"{}\" is not loaded", self.teller.plugin));
             return None;
         };
@@ -123,9 +127,11 @@ impl HotPluginBalancer {
             Ok(balancer) => {
                 let balancer = Arc::new(balancer);
                 self.current.store(Some(balancer.clone()));
+                *lock(&self.refused) = None;
                 Some(balancer)
             }
             Err(error) => {
+                self.current.store(None);
                 *lock(&self.refused) = Some(plugin.clone());
                 self.teller.tell(error.to_string());
                 None
