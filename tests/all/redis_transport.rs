@@ -2,7 +2,8 @@
 //! server's answer as the reply, an error answer dead-lettered with its text, a server killed mid-run
 //! and the only server restarting, with nothing lost; a server slow to answer, out of memory for a
 //! while, or that closed the connection, and a host that never answers the handshake; against a fake
-//! server, an answer larger than the host reads and one that never ends.
+//! server, an answer larger than the host reads, one past the bytes it reads at all, an error
+//! answer that never ends and an answer that stops halfway.
 
 use crate::support::{
     RedisServer, Silent, assert_never_sent, drain_and_account, host, next, plugin_dir, within,
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use switchyard::{Message, RequestError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 fn config(servers: &[&RedisServer], options: &str) -> String {
     let addresses: Vec<SocketAddr> = servers.iter().map(|server| server.addr).collect();
@@ -264,32 +265,35 @@ async fn a_connection_the_server_closed_is_not_sent_on_but_made_again() {
 enum PushAnswer {
     /// A bulk string of this many bytes.
     Bulk(usize),
-    /// A bulk string that says it is a terabyte long, written until the host closes the connection
-    /// (or 64 MiB of it are out, then waiting for the close).
-    Endless,
+    /// The start of a bulk string that says it is a terabyte long, and nothing more.
+    Stalled,
+    /// An error answer without end: `-ERR ` and bytes written until the host closes the connection
+    /// (or 64 MiB of them are out, then waiting for the close).
+    EndlessError,
 }
 
 /// A server on 127.0.0.1 that speaks just enough RESP for the transport: `+OK` to each command of
 /// the handshake, `push` to each `RPUSH`. Its address, and a receiver told each time the host closed
-/// a connection an [`PushAnswer::Endless`] answer was written on.
+/// a connection.
 async fn fake_server(push: PushAnswer) -> (SocketAddr, UnboundedReceiver<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((connection, _)) = listener.accept().await {
-            tokio::spawn(serve(BufReader::new(connection), push, closed.clone()));
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let _ = serve(BufReader::new(connection), push).await;
+                let _ = closed.send(());
+            });
         }
     });
     (addr, closes)
 }
 
-/// Answer the commands on `connection` as [`fake_server`] says, until it fails or closes.
-async fn serve(
-    mut connection: BufReader<TcpStream>,
-    push: PushAnswer,
-    closed: UnboundedSender<()>,
-) -> std::io::Result<()> {
+/// Answer the commands on `connection` as [`fake_server`] says, until the host closes it (or it
+/// fails).
+async fn serve(mut connection: BufReader<TcpStream>, push: PushAnswer) -> std::io::Result<()> {
     loop {
         if !read_command(&mut connection).await?.eq_ignore_ascii_case(b"RPUSH") {
             connection.write_all(b"+OK\r\n").await?;
@@ -300,19 +304,21 @@ async fn serve(
                 let bulk = format!("${size}\r\n{}\r\n", "x".repeat(size));
                 connection.write_all(bulk.as_bytes()).await?;
             }
-            PushAnswer::Endless => {
-                connection.write_all(b"$1000000000000\r\n").await?;
+            PushAnswer::Stalled => connection.write_all(b"$1000000000000\r\nxxxx").await?,
+            PushAnswer::EndlessError => {
+                connection.write_all(b"-ERR ").await?;
                 let chunk = [b'x'; 64 << 10];
                 for _ in 0..1024 {
                     if connection.write_all(&chunk).await.is_err() {
                         break;
                     }
                 }
-                // Closed, or to be seen closed: the end of what the host sends.
-                let _ = connection.read_to_end(&mut Vec::new()).await;
-                let _ = closed.send(());
-                return Ok(());
             }
+        }
+        if !matches!(push, PushAnswer::Bulk(_)) {
+            // Closed, or to be seen closed: the end of what the host sends.
+            connection.read_to_end(&mut Vec::new()).await?;
+            return Ok(());
         }
     }
 }
@@ -359,9 +365,9 @@ async fn an_answer_larger_than_the_host_reads_is_refused_and_its_message_counted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_end_is_not_read_past_the_deadline_of_the_attempt_waiting_for_it() {
-    // The connection, kept for the next attempts, went on reading the answer while the server wrote it.
+    // The connection, kept for the next attempts, went on waiting for the answer's end.
     // The deadline also bounds the connect and handshake: long enough for a loaded machine's.
-    let (addr, mut closes) = fake_server(PushAnswer::Endless).await;
+    let (addr, mut closes) = fake_server(PushAnswer::Stalled).await;
     let dir = plugin_dir(&[]);
     let config = config_at(&[addr], "key = \"jobs\"")
         .replace("idempotent = true", "idempotent = false\ntimeout_ms = 2000");
@@ -370,6 +376,47 @@ async fn an_answer_without_end_is_not_read_past_the_deadline_of_the_attempt_wait
     assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
     let letter = next(&host.memory("dead").unwrap()).await;
     assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-uncertain"), "{letter:?}");
+    within(closes.recv()).await.expect("the host closed the connection");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_the_bytes_the_host_reads_is_refused_unread_and_its_message_counted_delivered() {
+    // The host read the whole 8 MiB answer before it refused the reply, and kept the connection.
+    let (addr, mut closes) = fake_server(PushAnswer::Bulk(8 << 20)).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config_at(&[addr], "key = \"jobs\"")).await;
+    let answer = within(host.request(Message::new("jobs", "one"))).await;
+    let Err(RequestError::ReplyRefused { problem, .. }) = answer else {
+        panic!("delivered, its reply refused: {answer:?}")
+    };
+    // The host's 1 MiB messages, and 1 KiB for the answer's framing.
+    assert!(problem.ends_with(": an answer of more than 1049600 bytes: not read"), "{problem}");
+    within(closes.recv()).await.expect("the host closed the connection");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_without_end_is_dead_lettered_with_its_start_once_past_the_bytes_the_host_reads() {
+    // The host read the error answer as long as the server wrote it (64 MiB), waited for its end
+    // until the deadline, and retried on new connections.
+    let (addr, mut closes) = fake_server(PushAnswer::EndlessError).await;
+    let dir = plugin_dir(&[]);
+    let config = config_at(&[addr], "key = \"jobs\"")
+        .replace("idempotent = true", "idempotent = true\ntimeout_ms = 20000");
+    let host = host(dir.path(), &config).await;
+    let answer = within(host.request(Message::new("jobs", "one"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"), "{letter:?}");
+    assert_eq!(letter.header("x-sy-attempts"), Some("1"), "an error answer is final");
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(
+        error.contains(": an error answer of more than 1049600 bytes: not read; it begins \"ERR xxxx"),
+        "{error}"
+    );
     within(closes.recv()).await.expect("the host closed the connection");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));

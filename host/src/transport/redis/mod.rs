@@ -4,7 +4,10 @@
 //! A list gets the payload. A stream entry gets the fields `payload`, `topic` and each header (`x-sy-id`
 //! included, for consumers to deduplicate). The reply is the server's answer as text: the list's new
 //! length, or the entry's id; an answer past the host's `max_message_bytes` (with the topic) delivered
-//! the message all the same: its reply is refused ([`Outcome::ReplyRefused`]). One multiplexed
+//! the message all the same: its reply is refused ([`Outcome::ReplyRefused`]). No answer is read past
+//! that and 1 KiB for its framing ([`limit`]): the connection is closed, and the answer delivered the
+//! message, its reply refused, as a shorter one; an error answer that long dead-letters it with the
+//! error's start ([`FatalReason::Rejected`]). One multiplexed
 //! connection per endpoint, opened by the first attempt and again by the first attempt after the
 //! server closed it (a connection seen closed is never sent on) or after an attempt's deadline cut it
 //! waiting for its answer (an answer so slow may be one without end: the connection is closed once
@@ -14,12 +17,14 @@
 //!
 //! An attempt that never got a connection sent nothing: a refused connection, a connect or handshake
 //! that failed or that the attempt's deadline cut (a host that takes TCP and never answers) is a
-//! connect failure ([`RetryReason::Connect`]; a handshake the server answered with an error,
-//! [`RetryReason::Handshake`]). A connection lost with the command out is uncertain; `LOADING`, `BUSY`
+//! connect failure ([`RetryReason::Connect`]; a handshake the server answered with an error or an
+//! answer too long, [`RetryReason::Handshake`]). A connection lost with the command out is uncertain; `LOADING`, `BUSY`
 //! (a script runs), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `OOM` (`maxmemory` reached
 //! with no eviction), `MISCONF` (writes stopped: the server cannot persist) and `NOREPLICAS` (too few
 //! replicas for a write) answers are retried (the server did not take it); any other error answer
 //! dead-letters the message with it.
+
+mod limit;
 
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
@@ -28,6 +33,7 @@ use super::{
 use crate::config::{DestinationConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
+use limit::{AnswerTooLong, LimitedStream};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use std::collections::HashMap;
@@ -166,14 +172,15 @@ impl Drop for Socket {
 
 impl Link {
     /// A new connection to `address`, through the redis crate's handshake, with no deadline of its
-    /// own: the attempt's (or the health check's) bounds it.
-    async fn open(address: &str) -> Result<Link, RedisError> {
+    /// own: the attempt's (or the health check's) bounds it. Its answers may each be as long as a
+    /// reply of `max_reply_bytes` needs.
+    async fn open(address: &str, max_reply_bytes: usize) -> Result<Link, RedisError> {
         let client = redis::Client::open(format!("redis://{address}/"))?;
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         let stream = stream.into_std()?;
         let peek = stream.try_clone()?;
-        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let stream = LimitedStream::new(tokio::net::TcpStream::from_std(stream)?, max_reply_bytes);
         let config = AsyncConnectionConfig::new().set_connection_timeout(None).set_response_timeout(None);
         let settings = client.get_connection_info().redis_settings();
         let (connection, driver) = MultiplexedConnection::new_with_config(settings, stream, config).await?;
@@ -210,10 +217,12 @@ impl RedisTransport {
         }
         // One seen closed goes now, not once a new one is made: the server may be down a while.
         *server.slot() = None;
-        let link = Link::open(address).await.map_err(|err| {
+        let link = Link::open(address, self.max_reply_bytes).await.map_err(|err| {
             // Refused, reset, cut off: no connection. An answer that is not Redis's handshake (an
-            // error, bytes that do not parse): a server that will not take messages as it is.
-            let reason = if err.is_io_error() { RetryReason::Connect } else { RetryReason::Handshake };
+            // error, bytes that do not parse, one too long): a server that will not take messages
+            // as it is.
+            let handshake = !err.is_io_error() || AnswerTooLong::reported_by(&err).is_some();
+            let reason = if handshake { RetryReason::Handshake } else { RetryReason::Connect };
             (Outcome::Retryable(reason), format!("connect: {err}"))
         })?;
         *server.slot() = Some(link.clone());
@@ -270,6 +279,9 @@ impl RedisTransport {
 
 /// How an attempt whose command met `err` failed.
 fn classify(err: RedisError) -> (Outcome, String) {
+    if let Some(too_long) = AnswerTooLong::reported_by(&err) {
+        return too_long.outcome();
+    }
     let declined = matches!(
         err.kind(),
         ErrorKind::Server(
@@ -300,7 +312,8 @@ impl Transport for RedisTransport {
     /// `PING` on a fresh connection answers `PONG`.
     fn probe<'a>(&'a self, address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let link = Link::open(address).await.map_err(|err| format!("connect: {err}"))?;
+            let link =
+                Link::open(address, self.max_reply_bytes).await.map_err(|err| format!("connect: {err}"))?;
             let pong: String = redis::cmd("PING")
                 .query_async(&mut link.connection.clone())
                 .await
