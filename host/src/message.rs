@@ -86,7 +86,21 @@ pub enum Verdict {
 }
 
 /// One message flowing through Switchyard.
+///
+/// It may gain fields (a deadline, say): outside this crate it is made with [`Message::new`], not
+/// with a struct expression, which would break when one comes.
+///
+/// ```compile_fail,E0639
+/// let message = switchyard::Message {
+///     id: 0,
+///     topic: "orders.eu".into(),
+///     headers: Vec::new(),
+///     payload: "{}".into(),
+///     priority: 0,
+/// };
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// Assigned by the host when the message is accepted (0 before).
     pub id: MessageId,

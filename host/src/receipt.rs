@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 /// What became of an accepted message, as far as its [`Receipt`] can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Settlement {
     /// It and everything made from it reached an outcome: delivered, filtered, responded, or
     /// dead-lettered (the letter taken by a dead-letter destination or the dead-letter file).

@@ -358,6 +358,8 @@ fn plugin_call_runs_one_plugin_on_one_message() {
     assert!(!ok && out.contains("trapped"), "{out}");
     let (ok, out) = switchyard(&["plugin", "call", "switchyard.toml", "--message", message]);
     assert!(!ok && out.contains("switchyard.toml: expected a .wasm plugin or a native .so plugin"), "{out}");
+    let (ok, out) = switchyard(&["plugin", "call", artifacts::LEAST_LOADED_BALANCER, "--message", message]);
+    assert!(!ok && out.contains("balancer plugins cannot be called on a message"), "{out}");
     // What the host would dead-letter is not printed as an answer: the output limits apply.
     let flood =
         ["--config", "trigger=boom", "--message", r#"{"topic":"t","headers":{"boom":"1"},"priority":7}"#];

@@ -27,6 +27,7 @@ pub(super) struct Rule {
 
 /// A rule that changed state, as events and messages tell it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Transition {
     /// The rule's name (its id).
     pub rule: String,

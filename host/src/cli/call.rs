@@ -110,7 +110,8 @@ pub fn call(
             Err(error) => json!({ "error": error.to_string() }),
         },
         PluginKind::Transport => send(&mut instance, address.unwrap_or_default(), &batch)?,
-        PluginKind::Balancer => bail!("balancer plugins cannot be called on a message"),
+        // A balancer, and any kind added after this tool: nothing to call on one message.
+        other => bail!("{} plugins cannot be called on a message", other.as_str()),
     };
     println!("{}", json!({ "kind": kind.as_str(), "answer": answer }));
     Ok(())

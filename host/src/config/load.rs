@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// A configuration that cannot be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read: {error}")]

@@ -17,6 +17,7 @@ pub const LAST_ERROR_HEADER: &str = "x-sy-last-error";
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeadLetterReason {
     /// No route matched the message.
     #[error("no route matches topic \"{topic}\"")]

@@ -36,6 +36,7 @@ pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = DeliveryResult> + Send
 /// Why a destination could not take a message, or ([`ReplyRefused`](DeliveryError::ReplyRefused))
 /// took it and answered with a reply the host refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeliveryError {
     /// A transient failure; a retry may succeed.
     #[error("delivery failed, retryable: {0}")]
@@ -188,6 +189,7 @@ pub trait Destination: Send + Sync + 'static {
 
 /// What the admin API shows of one destination.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct DestinationStatus {
     /// The destination's name.
     pub name: String,
@@ -229,6 +231,7 @@ impl EndpointStatus {
 
 /// What the admin API shows of one endpoint.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct EndpointStatus {
     /// The endpoint's address.
     pub address: String,
@@ -257,6 +260,7 @@ pub struct EndpointStatus {
 /// of its own, with the same JSON form.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum DestinationEvent {
     /// An endpoint stopped getting traffic: its health checks found it down or its breaker ejected
     /// it. Told once until it is up again, however many of the two took it out.

@@ -4,6 +4,7 @@ use crate::balance::AffinityStats;
 
 /// The summary of a destination's stream table, in `GET /v1/destinations`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct StreamsSummary {
     /// Streams recorded now.
     pub active: usize,

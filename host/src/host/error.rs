@@ -5,6 +5,7 @@ use crate::dead_letter::DeadLetterReason;
 
 /// A message that was not accepted. Nothing was enqueued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// Payload and headers together are larger than `host.max_message_bytes`.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
@@ -30,6 +31,7 @@ pub enum SendError {
 
 /// A request that got no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// It was never accepted.
     #[error(transparent)]
@@ -69,6 +71,7 @@ pub enum RequestError {
 
 /// A host that could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The configuration is invalid.
     #[error(transparent)]

@@ -23,6 +23,7 @@ pub(crate) struct Counters {
 /// dead letters were lost (`dead_letter_failures`),
 /// `accepted + created == delivered + filtered + responded + dead_lettered + handed_back`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Messages admitted by `send`, `request` or an ingress.
     pub accepted: u64,

@@ -17,6 +17,7 @@ use wasmtime::component::{Component, InstancePre};
 /// The kinds of plugin, one per WIT world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum PluginKind {
     /// Exports `switchyard:plugin/filter`.
     Filter,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// A plugin file that cannot be loaded. The previous version (if any) keeps serving.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
     #[error("plugin \"{name}\": cannot read {path}: {error}")]
@@ -135,6 +136,7 @@ fn built_for(found: u32) -> String {
 
 /// Why a native library (`.so`, `.dylib`, `.dll`) is not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NativeRefusal {
     /// Native plugins are off: the file was never opened.
     #[error(
@@ -191,6 +193,7 @@ pub enum PluginError {
 
 /// A plugin that misbehaved; its instance is discarded, never reused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PluginFault {
     /// The guest trapped (panic, unreachable, out-of-bounds access...).
     #[error("trapped: {0}")]

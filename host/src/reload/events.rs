@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 /// Something that changed in a running host.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum HostEvent {
     /// A plugin that was not serving now serves.
     PluginLoaded {
@@ -134,6 +135,7 @@ impl HostEvent {
 
 /// How many events of each kind a host has had.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct EventCounts {
     /// [`HostEvent::PluginLoaded`].
     pub loaded: u64,

@@ -38,6 +38,7 @@ pub(crate) struct Recovered {
 /// Bytes of a segment that could not be read as records, found at open: moved aside to
 /// `NAME.seg.damaged` and taken out of the segment, which keeps every record that verifies.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Damage {
     /// The segment.
     pub segment: PathBuf,

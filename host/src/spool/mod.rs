@@ -53,6 +53,7 @@ pub const DIR_NAME: &str = "spool";
 
 /// The spool could not take a message.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpoolError {
     /// `host.spool_max_bytes` is taken by messages not yet settled.
     #[error("the spool is full ({max_bytes} bytes held by messages not yet settled)")]
@@ -84,6 +85,7 @@ pub enum SpoolError {
 
 /// What the spool holds now: `GET /v1/spool` and [`Host::spool`](crate::Host::spool).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct SpoolStatus {
     /// The spool directory.
     pub dir: PathBuf,
