@@ -845,3 +845,41 @@ async fn the_spool_and_the_state_directory_the_host_creates_are_its_owners_alone
     }
     drain_and_account(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_into_a_file_fsyncs_the_file_before_it_removes_the_messages_from_the_spool() {
+    // It flushed standard output and then fsync'd the removes: a crash between them left the
+    // drained messages in neither place, the file's pages unwritten and the spool's records gone.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    let (drained, trace) = (state.path().join("drained.ndjson"), state.path().join("trace"));
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["spool", "drain", "--state-dir"])
+        .arg(state.path())
+        .stdout(std::fs::File::create(&drained).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&drained).unwrap().lines().count(), 3);
+    // `fsync(1</…/drained.ndjson>)`, `fdatasync(3</…/spool/….seg>)`: the calls in order, with paths.
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    let file_synced = calls.iter().position(|call| call.contains(&format!("{}>", drained.display())));
+    let removes_synced = calls.iter().rposition(|call| call.contains(".seg>"));
+    assert!(
+        matches!((file_synced, removes_synced), (Some(file), Some(removes)) if file < removes),
+        "the file is fsync'd before the removes: {calls:#?}"
+    );
+    assert_eq!(switchyard::spool::inspect(&state.path().join("spool")).unwrap().depth, 0);
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
+    drain_and_account(&stuck).await;
+}

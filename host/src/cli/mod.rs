@@ -124,7 +124,8 @@ pub enum SpoolCommand {
     /// Write every message the spool holds to standard output, one JSON object a line (oldest
     /// first, with its x-sy-id, topic, headers and payload), then remove them from the spool: for
     /// retiring a machine, or keeping what a host could not deliver. Refused while a host holds
-    /// the spool; nothing is removed if writing fails.
+    /// the spool; nothing is removed if writing fails. Standard output is fsync'd before the
+    /// messages are removed when it is a regular file (a pipe or a terminal cannot be).
     Drain {
         /// The host's state directory (`host.state_dir`), which holds `spool/`.
         #[arg(long)]

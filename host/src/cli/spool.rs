@@ -1,7 +1,9 @@
 //! `switchyard spool inspect|drain --state-dir DIR`: the spool of a host that is not running.
 
 use anyhow::Context;
-use std::io::Write;
+use std::fs::File;
+use std::io::{StdoutLock, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use switchyard::DamageKind;
 
@@ -34,7 +36,10 @@ pub fn inspect(state_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Write every message the spool of `state_dir` holds to standard output as NDJSON, oldest first,
-/// then remove them from the spool; a summary goes to standard error.
+/// then remove them from the spool; a summary goes to standard error. When standard output is a
+/// regular file, it is fsync'd before the records are removed, so a crash leaves the messages in
+/// one place or the other; a pipe or a terminal cannot be fsync'd: what reads it has them once
+/// they are written.
 pub fn drain(state_dir: &Path) -> anyhow::Result<()> {
     let dir = state_dir.join(switchyard::spool::DIR_NAME);
     anyhow::ensure!(
@@ -42,11 +47,39 @@ pub fn drain(state_dir: &Path) -> anyhow::Result<()> {
         "{}: no spool here (is --state-dir the host's host.state_dir?)",
         dir.display()
     );
-    let mut out = std::io::stdout().lock();
+    let mut out = DrainOutput::stdout().context("looking at standard output")?;
     let drained = switchyard::spool::drain(&dir, &mut out).context("draining the spool")?;
     for damage in &drained.damage {
         eprintln!("switchyard: {damage}; moved aside to {}.damaged", damage.segment.display());
     }
     eprintln!("switchyard: drained {} messages from {}", drained.messages, dir.display());
     Ok(())
+}
+
+/// Standard output for `drain`, whose flush (after the last message, before the records are
+/// removed) also fsyncs it when it is a regular file.
+struct DrainOutput {
+    out: StdoutLock<'static>,
+    /// Standard output's file, when it is a regular one (a duplicate of its descriptor).
+    file: Option<File>,
+}
+
+impl DrainOutput {
+    fn stdout() -> std::io::Result<DrainOutput> {
+        let out = std::io::stdout().lock();
+        let file = File::from(out.as_fd().try_clone_to_owned()?);
+        let regular = file.metadata()?.file_type().is_file();
+        Ok(DrainOutput { out, file: regular.then_some(file) })
+    }
+}
+
+impl Write for DrainOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.out.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.file.as_ref().map_or(Ok(()), File::sync_all)
+    }
 }

@@ -72,7 +72,9 @@ pub struct Drained {
 /// Take the spool in `dir` (refused while a host holds it), write each message it holds to `out`
 /// as one JSON object a line, oldest first — `{"id": x-sy-id, "accepted_ms", "topic", "priority",
 /// "headers": [[name, value], …], "payload"}` (`"payload_base64"` instead when it is not UTF-8) —
-/// and, once all are written and flushed, remove them. If writing fails, nothing is removed.
+/// and, once all are written and `out` flushed, remove them. If writing fails, nothing is removed.
+/// The records are gone once this returns: for the messages to survive a crash, `out`'s flush must
+/// make them durable (`switchyard spool drain` fsyncs a regular file there).
 pub fn drain(dir: &Path, out: &mut dyn Write) -> Result<Drained, SpoolError> {
     let io = |error| SpoolError::Io { dir: dir.to_owned(), error };
     let (mut log, messages, damage) = SegmentLog::open(dir).map_err(io)?;
