@@ -883,3 +883,63 @@ async fn a_drain_into_a_file_fsyncs_the_file_before_it_removes_the_messages_from
     assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
     drain_and_account(&stuck).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_put_is_answered_after_the_stop_closed_the_spool_is_told_what_the_next_start_does() {
+    // Its record fsync'd, then refused as the host stopped (503 through the HTTP ingress), the
+    // message was delivered all the same by the next start: a duplicate, since its sender, told
+    // it was refused, sends it again. The spool closed, its record can no longer be taken back:
+    // it is on disk, so the send is told it was accepted, and the next start delivers it once.
+    let state = tempfile::tempdir().unwrap();
+    let (host, _) = host_again(state.path()).await;
+    // Polled once: its put is queued for the writer, and the stop's close after it.
+    let mut send = Box::pin(host.send(message(0)));
+    assert!(futures_util::poll!(&mut send).is_pending());
+    within(host.shutdown()).await;
+    let told = within(send).await;
+    let (again, delivered) = host_again(state.path()).await;
+    let recovered = again.spool().unwrap().recovered;
+    assert!(told.is_ok() && recovered == 1, "told {told:?}, and the next start delivers {recovered}");
+    assert_eq!(ids_of(&delivered, 1).await, ["mine-0"]);
+    let stats = drain_and_account(&again).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_stop_refuses_after_its_put_leaves_the_spool_before_the_refusal_is_told() {
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (host, delivered) = host(state.path(), Some(gate), |config| {
+        (config.host.workers, config.host.queue_capacity, config.host.batch_size) = (1, 1, 1);
+    })
+    .await;
+    // The worker holds the first in the gate, the queue the second: the third waits for room.
+    for n in 0..2 {
+        host.send(message(n)).await.unwrap();
+    }
+    let waiting = tokio::spawn({
+        let host = host.clone();
+        async move { host.send(message(2)).await }
+    });
+    eventually(|| match host.spool().unwrap().depth {
+        3 => Ok(()),
+        depth => Err(depth),
+    });
+    // The stop waits for the worker the gate holds: the spool stays open meanwhile.
+    let stopping = tokio::spawn({
+        let host = host.clone();
+        async move { host.shutdown().await }
+    });
+    let told = within(waiting).await.unwrap();
+    assert!(matches!(told, Err(SendError::ShuttingDown)), "{told:?}");
+    assert_eq!(host.spool().unwrap().depth, 2, "its record is gone once the refusal is told");
+    // What a crash right after the refusal leaves.
+    let crashed = crash_copy(state.path());
+    drop(open);
+    within(stopping).await.unwrap();
+    assert_eq!(ids_of(&delivered, 2).await, ["mine-0", "mine-1"]);
+    let (again, delivered) = host_again(crashed.path()).await;
+    assert_eq!(ids_of(&delivered, 2).await, ["mine-0", "mine-1"], "the refused one is not delivered");
+    let stats = drain_and_account(&again).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}

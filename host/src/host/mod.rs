@@ -126,8 +126,7 @@ impl Host {
                 Envelope::new(message, None, bytes, spooled)
             }
         };
-        self.enqueue(envelope).await?;
-        self.count_accepted();
+        self.queue(envelope).await?;
         Ok(id)
     }
 
@@ -138,7 +137,7 @@ impl Host {
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.enqueue_now(Envelope::new(message, None, bytes, spooled))?;
+        self.queue_now(Envelope::new(message, None, bytes, spooled)).await?;
         Ok(id)
     }
 
@@ -176,34 +175,51 @@ impl Host {
         .await;
         let sender = self.sender();
         // Once one is refused for room (in the intake, the spool or the queue), the rest are too.
-        let mut full = false;
-        let enqueue = |admitted: Result<(Message, OwnedSemaphorePermit), SendError>,
-                       spooled: Result<_, SendError>| {
+        let (mut full, mut refused) = (false, Vec::new());
+        let mut queue = |at: usize,
+                         admitted: Result<(Message, OwnedSemaphorePermit), SendError>,
+                         spooled: Result<_, SendError>,
+                         full: bool| {
             let (message, bytes) = admitted?;
-            let spooled = spooled?;
-            let sender = sender.as_ref().map_err(Clone::clone)?;
-            let id = message.id;
-            sender.try_send(Envelope::new(message, None, bytes, spooled)).map_err(|err| match err {
-                flume::TrySendError::Full(_) => SendError::Backpressure,
-                flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
-            })?;
+            let envelope = Envelope::new(message, None, bytes, spooled?);
+            let (id, spooled) = (envelope.message.id, envelope.accepted.spooled.clone());
+            let queued = match full {
+                true => Err(SendError::Backpressure),
+                false => sender.as_ref().map_err(Clone::clone).and_then(|sender| {
+                    sender.try_send(envelope).map_err(|err| match err {
+                        flume::TrySendError::Full(_) => SendError::Backpressure,
+                        flume::TrySendError::Disconnected(_) => SendError::ShuttingDown,
+                    })
+                }),
+            };
+            if let Err(refusal) = queued {
+                refused.push((at, id, spooled, refusal.clone()));
+                return Err(refusal);
+            }
             Ok(id)
         };
-        let results: Vec<_> = with_bytes
+        let mut results: Vec<_> = with_bytes
             .into_iter()
             .zip(spooled)
-            .map(|(admitted, spooled)| {
-                let admitted = admitted.and_then(|admitted| match full {
-                    true => Err(SendError::Backpressure),
-                    false => Ok(admitted),
-                });
-                let result = enqueue(admitted, spooled);
+            .enumerate()
+            .map(|(at, (admitted, spooled))| {
+                let result = queue(at, admitted, spooled, full);
                 full |= matches!(result, Err(SendError::Backpressure));
                 result
             })
             .collect();
         let accepted = results.iter().filter(|result| result.is_ok()).count() as u64;
         Counters::bump(&self.inner.reloader.pipeline.counters.accepted, accepted);
+        // The records of those refused go before the refusals are told, together (one fsync).
+        let answers = futures_util::future::join_all(refused.into_iter().map(
+            |(at, id, spooled, refusal)| async move {
+                (at, self.answer_refusal(spooled, refusal).await.map(|()| id))
+            },
+        ))
+        .await;
+        for (at, answer) in answers {
+            results[at] = answer;
+        }
         results
     }
 
@@ -221,8 +237,7 @@ impl Host {
         let id = message.id;
         let bytes = self.intake_bytes(kib).await;
         let spooled = self.spool_put(&message, true).await?;
-        self.enqueue(Envelope::new(message, Some(reply), bytes, spooled)).await?;
-        self.count_accepted();
+        self.queue(Envelope::new(message, Some(reply), bytes, spooled)).await?;
         Ok((id, pending))
     }
 
@@ -233,7 +248,7 @@ impl Host {
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.enqueue_now(Envelope::new(message, Some(reply), bytes, spooled))?;
+        self.queue_now(Envelope::new(message, Some(reply), bytes, spooled)).await?;
         Ok((id, pending))
     }
 

@@ -37,6 +37,51 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Queue `envelope`, waiting while the queue is full, and count it accepted; refused, its spool
+    /// record goes first (see [`answer_refusal`](Self::answer_refusal)).
+    pub(super) async fn queue(&self, envelope: Envelope) -> Result<(), SendError> {
+        let spooled = envelope.accepted.spooled.clone();
+        match self.enqueue(envelope).await {
+            Ok(()) => {
+                self.count_accepted();
+                Ok(())
+            }
+            Err(refusal) => self.answer_refusal(spooled, refusal).await,
+        }
+    }
+
+    /// Queue `envelope` only if the queue has room now (counted accepted then); refused, its spool
+    /// record goes first (see [`answer_refusal`](Self::answer_refusal)).
+    pub(super) async fn queue_now(&self, envelope: Envelope) -> Result<(), SendError> {
+        let spooled = envelope.accepted.spooled.clone();
+        match self.enqueue_now(envelope) {
+            Ok(()) => Ok(()),
+            Err(refusal) => self.answer_refusal(spooled, refusal).await,
+        }
+    }
+
+    /// The answer to an admission whose message, put in the spool (`spooled`), the queue refused
+    /// (`refusal`; its envelope dropped): the record is withdrawn, its remove fsync'd, before the
+    /// refusal is told, so the next start does not deliver a message its sender will send again.
+    /// When the spool closed first (a stop that ended while the admission waited between its put
+    /// and the queue), the record cannot be taken back and the next start delivers the message:
+    /// the answer is then that it was accepted (on disk, as `durability = "spool"` promises),
+    /// counted as accepted by that start.
+    pub(super) async fn answer_refusal(
+        &self,
+        spooled: Option<Arc<SpoolHold>>,
+        refusal: SendError,
+    ) -> Result<(), SendError> {
+        // The refused envelope held the other share, and is gone.
+        let Some(hold) = spooled.and_then(Arc::into_inner) else { return Err(refusal) };
+        match hold.withdraw().await {
+            true => Err(refusal),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Send the messages recovered from `spool` into the intake (oldest first, waiting for room in
 /// `intake`, the intake's budget and its whole size in KiB, each counted as accepted again), from a
 /// task of their own so the host serves meanwhile. A message larger than the whole budget (the

@@ -9,7 +9,8 @@
 //! queues the remove if all were. One dropped unsettled (with the runtime its task ran on, by a
 //! thread that panics, its dead letter lost) leaves the record for the next start, as a crash does.
 //! An admission given up on while its put is written (a timeout, a client that hung up) has its
-//! record removed again.
+//! record removed again; one refused after its put (the host stopping, the queue full) has its
+//! record's remove fsync'd before the refusal is answered (see `SpoolHold::withdraw`).
 //!
 //! The store is an append-only segment log of CRC-checked records (see `record` and `log`), chosen
 //! over redb and fjall by measurement on this machine (2 cores, shared; 300 group-committed batches
@@ -46,6 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 use writer::{Figures, Request};
 
 /// The spool's directory inside the state directory.
@@ -112,6 +114,9 @@ pub(crate) struct Spool {
     max_bytes: u64,
     figures: Arc<Figures>,
     recovered: AtomicU64,
+    /// Cancelled once the writer thread has ended: a request it never read (sent after the close)
+    /// waits in the channel for as long as a sender lives, and is answered by nothing.
+    writer_ended: CancellationToken,
     /// The writer thread: joined when the spool is dropped.
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -134,11 +139,15 @@ impl Spool {
         let (log, recovered, damage) = SegmentLog::open(dir).map_err(io)?;
         let (requests, queue) = flume::unbounded();
         let figures = Arc::new(Figures::default());
-        let writer_figures = figures.clone();
+        let (writer_figures, writer_ended) = (figures.clone(), CancellationToken::new());
+        let ended = writer_ended.clone().drop_guard();
         // Runs until asked to close (or the spool and every hold are gone); then fsyncs and ends.
         let writer = std::thread::Builder::new()
             .name("switchyard-spool".into())
-            .spawn(move || writer::run(log, queue, writer_figures, Box::new(observe)))
+            .spawn(move || {
+                let _ended = ended;
+                writer::run(log, queue, writer_figures, Box::new(observe))
+            })
             .map_err(io)?;
         let budget = Arc::new(Semaphore::new(kib_of(max_bytes)));
         let spool = Spool {
@@ -148,6 +157,7 @@ impl Spool {
             max_bytes,
             figures,
             recovered: AtomicU64::new(recovered.len() as u64),
+            writer_ended,
             writer: Some(writer),
         };
         let messages = recovered
@@ -219,7 +229,8 @@ impl Spool {
 
     fn hold(&self, seq: u64, permit: Option<OwnedSemaphorePermit>) -> SpoolHold {
         let (settled, kept) = (AtomicBool::new(false), AtomicBool::new(false));
-        SpoolHold { seq, requests: self.requests.clone(), permit, settled, kept }
+        let writer_ended = self.writer_ended.clone();
+        SpoolHold { seq, requests: self.requests.clone(), writer_ended, permit, settled, kept }
     }
 }
 
@@ -267,6 +278,8 @@ impl Drop for Answer<'_> {
 pub(crate) struct SpoolHold {
     seq: u64,
     requests: flume::Sender<Request>,
+    /// The spool's [`writer_ended`](Spool::writer_ended), for [`withdraw`](SpoolHold::withdraw).
+    writer_ended: CancellationToken,
     /// The record's share of `spool_max_bytes`, given back once it is removed.
     permit: Option<OwnedSemaphorePermit>,
     settled: AtomicBool,
@@ -278,6 +291,27 @@ impl SpoolHold {
     /// goes once the hold is dropped, if no share of it was kept.
     pub(crate) fn settle(&self) {
         self.settled.store(true, Relaxed);
+    }
+
+    /// The message was refused after its put (its admission found the host stopping, or the queue
+    /// full): write its record's remove and fsync it (a failing disk keeps it owed, written by the
+    /// next batch that succeeds). `false` when the spool closed first (a stop that ended while the
+    /// admission waited): the record stays, and the next start delivers the message.
+    pub(crate) async fn withdraw(mut self) -> bool {
+        let (done, written) = oneshot::channel();
+        let withdrawn = self.requests.send(Request::Withdraw(self.seq, done)).is_ok()
+            && tokio::select! {
+                biased;
+                written = written => written.is_ok(),
+                // Sent after the close, it was never read.
+                () = self.writer_ended.cancelled() => false,
+            };
+        if withdrawn {
+            drop(self.permit.take());
+        }
+        // Its remove is written, or it stays: either way the drop has nothing to send.
+        self.kept.store(true, Relaxed);
+        withdrawn
     }
 
     /// A share of the message could not reach an outcome (its dead letter was lost, its task was

@@ -21,6 +21,10 @@ pub(crate) enum Request {
     /// The message of this sequence number reached its outcome: write its remove (fsync'd with the
     /// next put or the close: a remove lost to a crash only delivers that message again).
     Remove(u64),
+    /// The message of this sequence number was refused after its put was answered (the host
+    /// stopping, its queue full): write its remove and fsync it, then answer, so that the refusal
+    /// is told once the record is gone. A batch that fails to write keeps it owed, as any remove.
+    Withdraw(u64, oneshot::Sender<()>),
     /// Fsync what is written, close the log (unlocking the directory) and stop; answer once done.
     /// Removes queued after it are not written: those messages are delivered again at the next start.
     Close(flume::Sender<()>),
@@ -76,6 +80,7 @@ pub(crate) fn run(
         };
         buf.clear();
         let (mut puts, mut answers, mut removes, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
+        let mut withdrawn = Vec::new();
         for seq in owed.drain(..) {
             record::write_remove(&mut buf, seq);
             removes.push(seq);
@@ -92,13 +97,18 @@ pub(crate) fn run(
                     record::write_remove(&mut buf, seq);
                     removes.push(seq);
                 }
+                Request::Withdraw(seq, done) => {
+                    record::write_remove(&mut buf, seq);
+                    removes.push(seq);
+                    withdrawn.push(done);
+                }
                 Request::Close(done) => {
                     close = Some(done);
                     break;
                 }
             }
         }
-        let sync = !puts.is_empty() || close.is_some();
+        let sync = !puts.is_empty() || !withdrawn.is_empty() || close.is_some();
         let started = Instant::now();
         let written = log.append(&buf, &puts, &removes, sync);
         match &written {
@@ -111,6 +121,10 @@ pub(crate) fn run(
         }
         // Before the answers: an admitted message is in the figures once its sender hears back.
         figures.publish(&log);
+        for done in withdrawn {
+            // No one hears it: the admission was given up on, and its record is gone all the same.
+            let _ = done.send(());
+        }
         match written {
             Ok(()) => {
                 if failing.take().is_some() {
