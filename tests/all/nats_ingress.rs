@@ -4,6 +4,7 @@
 //! stream with none lost and none twice while one of them stops mid-stream.
 
 use crate::cli::Running;
+use crate::exposition::sample;
 use crate::fake_nats_server::{FakeConnection, FakeNatsServer, Published};
 use crate::nats_server::{NatsServer, fence};
 use crate::routing::gated_host;
@@ -371,4 +372,49 @@ async fn a_later_info_on_the_connection_sets_the_max_payload_answers_are_held_to
 /// The next message the ingress published on a [`FakeConnection`] it serves.
 async fn next_published(published: &flume::Receiver<Published>) -> Published {
     within(published.recv_async()).await.expect("the connection is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_read_together_share_a_spool_fsync_and_each_is_on_disk_once_accepted() {
+    // Each message waited for its own fsync before the next was read: a subscription that
+    // delivered faster than one message per fsync fell behind until the server cut it off as a
+    // slow consumer, dropping what it held for the host.
+    const COUNT: usize = 64;
+    let fake = FakeNatsServer::start().await;
+    let state = tempfile::tempdir().unwrap();
+    // The gate holds every message in the pipeline, so none leaves the spool while the test looks.
+    let (open, gate) = crate::spool::gate();
+    let (host, delivered) = crate::spool::host(state.path(), Some(gate), |_| {}).await;
+    let config = NatsIngressConfig {
+        url: fake.address(),
+        subjects: vec!["t.>".into()],
+        ..NatsIngressConfig::default()
+    };
+    let connecting = tokio::spawn(NatsIngress::connect(host.clone(), config));
+    let mut connection = fake.accept().await;
+    connection.handshake("{}").await;
+    let (stop, serving) = serving(within(connecting).await.unwrap().unwrap());
+    // In one write: the ingress reads them together.
+    let frames = (0..COUNT).map(|n| format!("MSG t.x 1 {}\r\n{n}\r\n", n.to_string().len()));
+    connection.send(frames.collect::<String>().as_bytes()).await;
+    let _published = connection.serve();
+    eventually(|| match host.stats().accepted {
+        accepted if accepted == COUNT as u64 => Ok(()),
+        accepted => Err(accepted),
+    });
+    assert_eq!(host.spool().unwrap().depth, COUNT as u64, "every message accepted is on disk");
+    let metrics = host.metrics().encode();
+    assert_eq!(sample(&metrics, "switchyard_spool_writes_total", &[]), Some(COUNT as f64));
+    let commits = sample(&metrics, "switchyard_spool_commit_seconds_count", &[]).unwrap();
+    assert!(commits <= 8.0, "{commits} spool commits (one fsync each) for {COUNT} messages read together");
+    drop(open);
+    let mut payloads = BTreeSet::new();
+    for _ in 0..COUNT {
+        payloads.insert(String::from_utf8(next(&delivered).await.payload.to_vec()).unwrap());
+    }
+    assert_eq!(payloads, (0..COUNT).map(|n| n.to_string()).collect());
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (COUNT as u64, COUNT as u64));
 }

@@ -14,7 +14,7 @@ use switchyard::{Config, Host, MemoryDestination, Message, NativeFilter, RouteCo
 
 /// A filter that keeps each message once the test lets one through (all of them once the sender
 /// is dropped): messages wait in the pipeline, held in the spool, as long as the test wants.
-fn gate() -> (flume::Sender<()>, impl NativeFilter) {
+pub(crate) fn gate() -> (flume::Sender<()>, impl NativeFilter) {
     let (open, gate) = flume::unbounded::<()>();
     (open, move |_: &Message| {
         let _ = gate.recv();
@@ -23,7 +23,7 @@ fn gate() -> (flume::Sender<()>, impl NativeFilter) {
 }
 
 /// A spooling host on `state` routing `t.*` through `gate` (if any) to memory destination `out`.
-async fn host(
+pub(crate) async fn host(
     state: &Path,
     gate: Option<impl NativeFilter>,
     tune: impl FnOnce(&mut Config),

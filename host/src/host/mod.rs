@@ -233,11 +233,9 @@ impl Host {
     /// Admit a request, waiting while the queue is full; await the returned reply.
     pub async fn send_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
         let (reply, pending) = oneshot::channel();
-        let (message, kib) = self.admit(message)?;
-        let id = message.id;
-        let bytes = self.intake_bytes(kib).await;
-        let spooled = self.spool_put(&message, true).await?;
-        self.queue(Envelope::new(message, Some(reply), bytes, spooled)).await?;
+        let envelope = self.admitted_envelope(message, Some(reply)).await?;
+        let id = envelope.message.id;
+        self.queue(envelope).await?;
         Ok((id, pending))
     }
 
