@@ -298,6 +298,36 @@ async fn a_file_refused_for_its_kind_serves_once_the_config_uses_the_plugin_as_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_refused_a_granted_directory_not_made_yet_serves_once_it_is_made_and_the_config_changes() {
+    // Before, the refusal stood until the file changed or an explicit reload: the config change
+    // skipped the file as refused before, and route `a` dead-lettered every message
+    // stage-unavailable. A name of `allow_net` that did not resolve at start stood the same way.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let config = ConfigFile::new(plugins.path(), &["a"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data = elsewhere.path().join("data").display().to_string();
+    let granted = |topics: &[&str]| {
+        config.text(topics) + &format!("[[plugin]]\nname = \"t\"\ndirs = {{ \"/data\" = {data:?} }}\n")
+    };
+    replace_file(&config.path, granted(&["a"]).as_bytes());
+    let host = config.host().await;
+    let [switchyard::LoadError::Grant { name, .. }] = host.load_errors() else {
+        panic!("one grant refused: {:?}", host.load_errors());
+    };
+    assert_eq!(name, "t");
+    let mut events = host.subscribe();
+    std::fs::create_dir(&data).unwrap();
+    replace_file(&config.path, granted(&["a", "b"]).as_bytes());
+    event_where(&mut events, |event| matches!(event, HostEvent::PluginLoaded { name, .. } if name == "t"))
+        .await;
+    host.send(Message::new("a", "{}")).await.unwrap();
+    assert!(next(&host.memory("out").unwrap()).await.header("x-stamp").is_some(), "stamped by t");
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(host.event_counts().rejected, 1, "refused once, at start");
+    assert_eq!(drain_and_account(&host).await.dead_lettered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_directory_removed_and_made_again_is_followed_and_the_host_is_quiet_afterwards() {
     let root = tempfile::tempdir().unwrap();
     let plugins = root.path().join("plugins");

@@ -87,7 +87,8 @@ fn same_kind_where_used(
 pub(crate) enum Retry {
     /// Those changed since they were last read: a file refused before and
     /// unchanged is not compiled and tried again (a config change, a file
-    /// event).
+    /// event), unless its refusal may have passed without a change of it
+    /// (a grant the host could not give, a kind the config did not use it as).
     Changed,
     /// Those refused before too, whose refusal may have passed (an explicit
     /// reload); the same refusal is not reported twice.
@@ -103,9 +104,12 @@ struct Refusal {
     /// Its digest and settings, when it could be read.
     file: Option<FileRead>,
     reason: String,
-    /// Refused for being of another kind than where the config uses the plugin: a reason the
-    /// config gives, so a changed config (which re-reads every plugin) tries the file again.
-    for_its_kind: bool,
+    /// Refused for a reason outside the file, one that may pass while the file stays as it is:
+    /// its kind against where the config uses the plugin (a changed config, which re-reads every
+    /// plugin, may use it as that kind), or a grant the host could not give then (a name of
+    /// `allow_net` that did not resolve, a granted directory not made yet). Every sync tries the
+    /// file again; the same refusal is still reported once.
+    may_pass: bool,
 }
 
 impl Reloader {
@@ -245,8 +249,8 @@ impl Reloader {
     /// when it could be read) was refused for `error`, unless this same file
     /// was refused for the same reason already.
     fn refuse(&self, name: String, error: &LoadError, file: Option<FileRead>) {
-        let for_its_kind = matches!(error, LoadError::KindChanged { .. });
-        let refusal = Refusal { file, reason: error.to_string(), for_its_kind };
+        let may_pass = matches!(error, LoadError::KindChanged { .. } | LoadError::Grant { .. });
+        let refusal = Refusal { file, reason: error.to_string(), may_pass };
         let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
         if refused.get(&name) != Some(&refusal) {
             let reason = refusal.reason.clone();
@@ -528,7 +532,7 @@ impl Reloader {
         }
         let file = Some(Box::new((digest, settings.clone())));
         let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
-        let same_refusal = |refusal: &Refusal| refusal.file == file && !refusal.for_its_kind;
+        let same_refusal = |refusal: &Refusal| refusal.file == file && !refusal.may_pass;
         if retry == Retry::Changed && refused.get(name).is_some_and(same_refusal) {
             return Prepared::Refused;
         }
