@@ -199,6 +199,27 @@ async fn a_plugin_moved_in_once_is_read_once_and_the_host_is_quiet_afterwards() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_file_whose_permissions_change_is_read_again_once_and_the_host_stays_quiet() {
+    // A file the host could not read, made readable (chmod, chown), changes only its metadata: that
+    // went unseen, and the file stayed refused until its content changed or an explicit reload.
+    // The tests run as root, who reads any file: the change is seen as the host reading it again.
+    use std::os::unix::fs::PermissionsExt;
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let host = crate::support::host(plugins.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    let file = plugins.path().join("t.wasm");
+    let opens = OpenCounter::new(file.clone());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    crate::support::eventually(|| match opens.count() {
+        0 => Err("not read again"),
+        _ => Ok(()),
+    });
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(opens.count(), 1, "the host's own read made it read the file again");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_plugin_is_rejected_once_and_the_host_is_quiet_afterwards() {
     let plugins = plugin_dir(&[]);
     let host = crate::support::host(plugins.path(), MEMORY_OUT).await;

@@ -164,22 +164,26 @@ fn changes_of(
     if event.need_rescan() {
         return vec![Change::Directory, Change::Config];
     }
-    if !changes_content(&event.kind) {
+    if !can_change_what_is_read(&event.kind) {
         return Vec::new();
     }
     let linked = |path| links.plugins_at(path).map(|name| Change::Plugin(name.clone()));
     event.paths.iter().flat_map(|path| classify(path).into_iter().chain(linked(path))).collect()
 }
 
-/// Whether an event can mean new content: a file created, written, renamed
-/// or removed. Opening, reading and closing a file (the host's own reads
-/// among them) and changes of its metadata cannot, and are ignored.
-fn changes_content(kind: &EventKind) -> bool {
+/// Whether an event can mean new content, or content readable now: a file created, written,
+/// renamed or removed, or its permissions or owner changed (a file the host could not read, made
+/// readable). Opening, reading and closing a file cannot, and are ignored: the host's own reads
+/// would have it read again without end. Those reads change no attribute that is told (an access
+/// time a read sets is told as the access, not as a change of metadata).
+fn can_change_what_is_read(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::Create(_)
             | EventKind::Remove(_)
-            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            | EventKind::Modify(
+                ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Metadata(_) | ModifyKind::Any
+            )
     )
 }
 
