@@ -13,8 +13,8 @@ pub(crate) enum Source {
     Present { format: PluginFormat, bytes: Vec<u8>, config: PluginConfig },
     /// There is no such file (any more).
     Absent,
-    /// The file changed while it was read (a copy in progress): wait for the
-    /// next change event.
+    /// The file or its sidecar changed while it was read (a copy in
+    /// progress): wait for the next change event.
     Unsettled,
 }
 
@@ -91,13 +91,19 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Source::Absent),
         Err(err) => return Err(read_error(err)),
     };
-    Ok(Source::Present { format, bytes, config: plugin_config(dir, name, config)? })
+    let Some(config) = plugin_config(dir, name, config)? else { return Ok(Source::Unsettled) };
+    Ok(Source::Present { format, bytes, config })
 }
 
 /// The settings of plugin `name`: its sidecar if present, else its
-/// `[[plugin]]` entry, else the defaults. A sidecar may narrow what the entry
-/// grants, never widen it (unless `host.sidecar_grants`).
-pub(crate) fn plugin_config(dir: &Path, name: &str, config: &Config) -> Result<PluginConfig, LoadError> {
+/// `[[plugin]]` entry, else the defaults; `None` while the sidecar changes as
+/// it is read. A sidecar may narrow what the entry grants, never widen it
+/// (unless `host.sidecar_grants`).
+pub(crate) fn plugin_config(
+    dir: &Path,
+    name: &str,
+    config: &Config,
+) -> Result<Option<PluginConfig>, LoadError> {
     let sidecar = dir.join(format!("{name}.toml"));
     let file = sidecar.display().to_string();
     let entry = || entry_of(config, name);
@@ -111,11 +117,13 @@ pub(crate) fn plugin_config(dir: &Path, name: &str, config: &Config) -> Result<P
                 Some((key, granted)) if !config.host.sidecar_grants => Err(settings_error(format!(
                     "{file}: {key} widens what the main config grants ({granted}); a sidecar may only narrow it (or set host.sidecar_grants = true)"
                 ))),
-                _ => Ok(settings),
+                _ => Ok(Some(settings)),
             }
         }
-        Ok(None) => Err(settings_error(ConfigError::Unsettled { file }.to_string())),
-        Err(ConfigError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(entry()),
+        Ok(None) => Ok(None),
+        Err(ConfigError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Some(entry()))
+        }
         Err(err) => Err(settings_error(err.to_string())),
     }
 }
@@ -205,4 +213,47 @@ fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginC
     check.plugins.push(config.clone());
     check.validate(file, &[])?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_sidecar_caught_while_it_is_written_is_waited_for_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.wasm"), b"read as it is: not compiled here").unwrap();
+        let sidecar = dir.path().join("t.toml");
+        std::fs::write(&sidecar, "#").unwrap();
+        let written = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // A tool writing the sidecar a byte at a time: a comment that grows, TOML throughout.
+            scope.spawn(|| {
+                let mut file = std::fs::OpenOptions::new().append(true).open(&sidecar).unwrap();
+                while !written.load(Ordering::Relaxed) {
+                    file.write_all(b"x").unwrap();
+                    if file.metadata().unwrap().len() > 64 << 10 {
+                        file.set_len(1).unwrap();
+                    }
+                }
+            });
+            // Read until a read overlaps a write; the deadline is a safety net only.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let caught = loop {
+                match read_source(dir.path(), "t", &Config::default()) {
+                    Ok(Source::Present { .. }) if Instant::now() < deadline => continue,
+                    caught => break caught,
+                }
+            };
+            written.store(true, Ordering::Relaxed);
+            match caught {
+                Ok(Source::Unsettled) => {}
+                Ok(_) => panic!("no read overlapped a write (safety net)"),
+                Err(error) => panic!("refused: {error}"),
+            }
+        });
+    }
 }
