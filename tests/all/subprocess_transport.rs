@@ -1,7 +1,8 @@
 //! The `subprocess` transport against a real child process (`tests/subprocess/worker.py`): replies
 //! matched by id across a pool of processes, a process that dies restarted with nothing lost, one
-//! that stops reading its input killed and restarted but one slow to start left to start, error
-//! answers classified, and processes stopped when their destination goes.
+//! that stops reading its input (or closes its output) killed, with what it started, and restarted
+//! but one slow to start left to start, error answers classified, and processes stopped when their
+//! destination goes.
 
 use crate::support::{builder, drain_and_account, eventually, next, plugin_dir, within};
 use std::collections::HashSet;
@@ -42,6 +43,19 @@ async fn request_all(host: &Host, count: usize) -> Vec<String> {
         reply.header("x-pid").expect("the worker's pid").to_owned()
     });
     within(futures_util::future::join_all(requests)).await
+}
+
+/// Wait until the process `pid` (`what`) no longer runs: gone, or a zombie (one whose parent was
+/// killed waits for init to reap it).
+fn until_ended(pid: &str, what: &str) {
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    eventually(|| match std::fs::read_to_string(&stat) {
+        // Its state follows its command's name, in parentheses.
+        Ok(stat) if stat.rsplit_once(')').is_some_and(|(_, state)| !state.trim_start().starts_with('Z')) => {
+            Err(format!("{what} {pid} still runs"))
+        }
+        _ => Ok(()),
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,11 +163,7 @@ async fn removing_the_destination_stops_its_processes() {
     std::fs::write(&config_path, without).unwrap();
     within(host.reload()).await.unwrap();
     for pid in &pids {
-        let proc = PathBuf::from(format!("/proc/{pid}"));
-        eventually(|| match proc.exists() {
-            true => Err(format!("process {pid} still runs")),
-            false => Ok(()),
-        });
+        until_ended(pid, "process");
     }
     drain_and_account(&host).await;
 }
@@ -250,14 +260,18 @@ async fn a_reply_past_max_message_bytes_is_refused_and_the_process_keeps_serving
     assert_eq!((stats.delivered, stats.dead_lettered), (5, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_that_stops_reading_its_input_is_killed_and_started_again() {
-    // Each process answers its first message, then lives on reading nothing. A line larger than a
-    // pipe holds waited part-written for ever, holding the process's input: every later message
-    // waited behind it until its deadline and was dead-lettered "no answer", its writer left
-    // waiting too, and the process was never replaced.
+/// The config of workers (started by `command`, the worker's path after it) that each answer
+/// their first message, then live on reading nothing.
+fn wedging(command: &str) -> String {
     // (The deadline leaves a loaded machine's Python time to start and answer the first.)
-    let host = start(&config(", env = { WEDGE_AFTER = \"1\" }", "timeout_ms = 2000")).await;
+    let text = config(", env = { WEDGE_AFTER = \"1\" }", "timeout_ms = 2000");
+    text.replace("command = [\"python3\", ", &format!("command = [{command}, "))
+}
+
+/// Wedge the worker that answers first, with a line larger than a pipe holds: it is killed and
+/// another answers; the worker's own process (`x-pid`) is gone.
+async fn a_wedged_worker_is_killed_and_replaced(config: &str) {
+    let host = start(config).await;
     let wedged = request_all(&host, 1).await;
     let big = "x".repeat(256 * 1024);
     let answer = within(host.request(Message::new("jobs", big))).await;
@@ -268,13 +282,54 @@ async fn a_process_that_stops_reading_its_input_is_killed_and_started_again() {
     // Nothing of the next one was written to the wedged process: it goes to the next process.
     let replaced = request_all(&host, 1).await;
     assert_ne!(replaced, wedged, "the wedged process still serves");
-    let proc = PathBuf::from(format!("/proc/{}", wedged[0]));
-    eventually(|| match proc.exists() {
-        true => Err(format!("the wedged process {} still runs", wedged[0])),
-        false => Ok(()),
-    });
+    until_ended(&wedged[0], "the wedged process");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 1), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_stops_reading_its_input_is_killed_and_started_again() {
+    // A line larger than a pipe holds waited part-written for ever, holding the process's input:
+    // every later message waited behind it until its deadline and was dead-lettered "no answer",
+    // its writer left waiting too, and the process was never replaced.
+    a_wedged_worker_is_killed_and_replaced(&wedging("\"python3\"")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_worker_started_by_a_wrapper_is_killed_with_it() {
+    // The worker runs under a shell that waits for it (as `uv run` or `npm start` do): only the
+    // shell was killed, and the wedged worker lived on beside its replacement.
+    a_wedged_worker_is_killed_and_replaced(&wedging(r#""sh", "-c", 'python3 "$0"; exit $?'"#)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_closes_its_output_is_killed_and_started_again() {
+    // Its output ended while it ran on: it was waited for without end, never killed, its
+    // endpoint never restarted, and every message sent to it waited for an answer until its
+    // deadline.
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let closing = r#""sh", "-c", 'echo $$ >> "$0"; exec >&-; exec sleep 100000'"#;
+    let text = config("", "timeout_ms = 2000").replace(
+        &format!("[\"python3\", {:?}]", worker().display().to_string()),
+        &format!("[{closing}, {:?}]", pids.display().to_string()),
+    );
+    let host = start(&text).await;
+    let started = || std::fs::read_to_string(&pids).unwrap_or_default().lines().map(str::to_owned).collect();
+    let answer = within(host.request(Message::new("jobs", "first"))).await;
+    assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+    let first: Vec<String> = started();
+    until_ended(&first[0], "the process whose output closed");
+    // Its endpoint is started again (once its backoff is over).
+    within(async {
+        while started().len() < 2 {
+            let answer = host.request(Message::new("jobs", "next")).await;
+            assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{answer:?}");
+        }
+    })
+    .await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, 0, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,12 @@
 //! When the destination goes (a reload without it, a shutdown), each process's standard input is
 //! closed so it can finish and exit; one still running 5 s later is killed. A process that exits
 //! has exited, even when a process it started still holds its output open: what it answered is
-//! read, and the rest of what it held fails.
+//! read, and the rest of what it held fails. One that closes its output answers nothing more: it
+//! is given a second to exit, then killed, and started again at the next attempt.
+//!
+//! Each process runs in a process group of its own, and is killed with its group: a command that
+//! is a wrapper (`sh -c`, `uv run`, `npm start`) runs the worker as a process it started, which is
+//! killed with it. (So the terminal's Ctrl-C does not reach the processes: the host ends them.)
 //!
 //! A process that stops reading its input (alive, but wedged) is killed, and so started again: each
 //! line must go into its input whole within the destination's `timeout_ms` from when its turn
@@ -60,6 +65,9 @@ const ANSWER_HEAD: usize = 1024;
 
 /// How long a process may take to exit once its standard input is closed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a process whose output ended may take to exit before it is killed.
+const OUTPUT_END_GRACE: Duration = Duration::from_secs(1);
 
 /// How long the answers a process wrote before it exited are read, when its output stays open
 /// after it (a process it started holds it): they are in the pipe already.
@@ -180,17 +188,17 @@ impl SubprocessTransport {
     fn spawn(&self, address: &str) -> std::io::Result<Running> {
         let options = &self.options;
         let mut command = Command::new(&options.command[0]);
-        command.args(&options.command[1..]).envs(&options.env).kill_on_drop(true);
+        command.args(&options.command[1..]).envs(&options.env).process_group(0);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(cwd) = &options.cwd {
             command.current_dir(cwd);
         }
-        let mut child = command.spawn()?;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let mut child = ProcessGroup(command.spawn()?);
+        let (stdout, stderr) = (child.0.stdout.take(), child.0.stderr.take());
         let (closing, wedged) = (CancellationToken::new(), CancellationToken::new());
         let (pending, answered) = (Arc::new(Pending::default()), Arc::new(AtomicBool::new(false)));
         let running = Running {
-            stdin: Arc::new(Mutex::new(child.stdin.take())),
+            stdin: Arc::new(Mutex::new(child.0.stdin.take())),
             closing: closing.clone(),
             wedged: wedged.clone(),
             pending: pending.clone(),
@@ -199,7 +207,7 @@ impl SubprocessTransport {
         };
         let (destination, process) = (self.destination.clone(), address.to_owned());
         let max_reply_bytes = self.max_reply_bytes;
-        tracing::info!(%destination, %process, pid = child.id(), "process started");
+        tracing::info!(%destination, %process, pid = child.0.id(), "process started");
         if let Some(stderr) = stderr {
             let mut lines = FramedRead::new(stderr, LineCodec::new(MAX_LOG_LINE, MAX_LOG_LINE));
             let (destination, process) = (destination.clone(), process.clone());
@@ -222,16 +230,20 @@ impl SubprocessTransport {
                 }
             });
             let status = tokio::select! {
-                () = &mut reading => wait_for_exit(child, None).await,
-                () = closing.cancelled() => wait_for_exit(child, Some(EXIT_GRACE)).await,
+                // Its output ended: it answers nothing more, running or not.
+                () = &mut reading => {
+                    pending.stop_taking();
+                    wait_for_exit(child, OUTPUT_END_GRACE).await
+                }
+                () = closing.cancelled() => wait_for_exit(child, EXIT_GRACE).await,
                 () = wedged.cancelled() => {
                     let why = "a line not taken into its input in time: killed as wedged";
                     tracing::warn!(%destination, %process, "{why}");
-                    wait_for_exit(child, Some(Duration::ZERO)).await
+                    wait_for_exit(child, Duration::ZERO).await
                 }
                 // Exited with its output still open (a process it started holds it): the answers
                 // it wrote are in the pipe and read, then none is waited for.
-                exited = child.wait() => {
+                exited = child.0.wait() => {
                     pending.stop_taking();
                     let _ = tokio::time::timeout(DRAIN_GRACE, reading).await;
                     status_text(exited)
@@ -359,22 +371,39 @@ fn answer_of(line: &Line, max_reply_bytes: usize) -> Result<Answer, String> {
     }
 }
 
-/// Wait for `child` to exit, once its output ended (`grace` is `None`) or it was asked to (the
-/// destination went and closed its input: [`EXIT_GRACE`]; it was wedged: none); asked, it is
+/// Wait for `child` to exit, once its output ended ([`OUTPUT_END_GRACE`]) or it was asked to (the
+/// destination went and closed its input: [`EXIT_GRACE`]; it was wedged: none); its group is
 /// killed if it still runs `grace` later.
-async fn wait_for_exit(mut child: Child, grace: Option<Duration>) -> String {
-    let waited = match grace {
-        Some(grace) => tokio::time::timeout(grace, child.wait()).await,
-        None => Ok(child.wait().await),
-    };
-    let waited = match waited {
+async fn wait_for_exit(mut child: ProcessGroup, grace: Duration) -> String {
+    let waited = match tokio::time::timeout(grace, child.0.wait()).await {
         Ok(waited) => waited,
         Err(_) => {
-            let _ = child.start_kill();
-            child.wait().await
+            child.kill();
+            child.0.wait().await
         }
     };
     status_text(waited)
+}
+
+/// A process started in a process group of its own (see the module docs), whose group is killed
+/// when it is dropped before it was waited for: a shutdown that drops its task kills it.
+struct ProcessGroup(Child);
+
+impl ProcessGroup {
+    /// Kill every process of the group, unless the process that leads it was waited for (its id,
+    /// the group's, may then be another's).
+    fn kill(&mut self) {
+        let leader = self.0.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+        if let Some(leader) = leader {
+            let _ = rustix::process::kill_process_group(leader, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn status_text(waited: std::io::Result<std::process::ExitStatus>) -> String {
