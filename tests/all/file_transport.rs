@@ -179,3 +179,39 @@ async fn a_file_moved_or_removed_by_someone_else_is_opened_again_at_its_path() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
 }
+
+/// How many of this process's open file descriptors name something under `dir`.
+fn open_under(dir: &Path) -> usize {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap();
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_per_topic_keeps_a_bounded_number_open_however_many_topics_come() {
+    // Each topic's file was kept open for good: enough topics took every descriptor the process
+    // may have, and then nothing could open a file or a socket (ingress, destinations, the spool).
+    let out = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(out.path(), ", fsync = 1000")).await;
+    let topics: Vec<String> = (0..1000).map(|n| format!("t{n}")).collect();
+    for round in ["first", "second"] {
+        // The second round finds most files closed, and appends to them opened again.
+        let requests = topics.iter().map(|topic| host.request(Message::new(topic.as_str(), round)));
+        for answer in within(futures_util::future::join_all(requests)).await {
+            answer.unwrap();
+        }
+        let open = open_under(out.path());
+        assert!(open <= 64, "{open} files open after the {round} round");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2000, 0));
+    for topic in &topics {
+        let payloads: Vec<_> = lines(&out.path().join(format!("{topic}.jsonl")))
+            .iter()
+            .map(|line| line["payload"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(payloads, ["first", "second"], "{topic}");
+    }
+}

@@ -11,7 +11,9 @@
 //! endpoint, named by the path template; its health probe checks that the template's directory
 //! exists. With a file per topic, an error of one topic's file (a directory in its place, a file
 //! not writable) is that message's, not the endpoint's: the message is dead-lettered at once, and
-//! the other topics' files go on being written.
+//! the other topics' files go on being written. At most [`MAX_OPEN_FILES`] files are kept open: past
+//! that, the one least recently used is closed (synced first, unless `fsync = "never"`) and opened
+//! again, for appending, at its next line.
 
 use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
@@ -110,12 +112,35 @@ pub(super) fn build(
 #[derive(Debug)]
 pub struct FileTransport(Arc<Files>);
 
-/// The open files of one destination, by path.
+/// Files one destination keeps open at most. A file per topic kept open for good held a descriptor
+/// for every topic ever written, until the process had none left for anything.
+const MAX_OPEN_FILES: usize = 64;
+
+/// The files of one destination.
 #[derive(Debug)]
 struct Files {
     options: FileOptions,
     destination: String,
-    open: Mutex<HashMap<PathBuf, Arc<Mutex<OpenFile>>>>,
+    open: Mutex<Slots>,
+}
+
+/// A slot for each path written lately, with when it was last used: at most [`MAX_OPEN_FILES`], but
+/// for slots in use when another was made.
+#[derive(Debug, Default)]
+struct Slots {
+    by_path: HashMap<PathBuf, (u64, Arc<Mutex<Slot>>)>,
+    uses: u64,
+}
+
+/// The file of one path, opened under the slot's own lock (the table's is not held meanwhile).
+#[derive(Debug)]
+enum Slot {
+    /// Not opened yet, or its last open failed.
+    Unopened,
+    /// Open for appending.
+    Open(OpenFile),
+    /// Closed to keep the open files few: the table holds a new slot for the path, or will.
+    Closed,
 }
 
 /// Why a line could not be appended: whether any of it stays in the file decides whether another
@@ -149,9 +174,22 @@ struct OpenFile {
 impl Files {
     /// Append `line` to `path`, rotating first if it would pass `max_bytes`, and sync as the policy says.
     fn append(&self, path: &Path, line: &[u8]) -> Result<(), AppendError> {
+        loop {
+            let slot = self.slot(path);
+            let mut slot = lock(&slot);
+            if matches!(*slot, Slot::Unopened) {
+                *slot = Slot::Open(OpenFile::append(path).map_err(AppendError::NotWritten)?);
+            }
+            // Closed after this attempt found its slot: the path's new slot is opened again.
+            if let Slot::Open(file) = &mut *slot {
+                return self.append_to(path, file, line);
+            }
+        }
+    }
+
+    /// Append `line` to `file`, open at `path`; see [`Files::append`].
+    fn append_to(&self, path: &Path, file: &mut OpenFile, line: &[u8]) -> Result<(), AppendError> {
         let not_written = AppendError::NotWritten;
-        let file = self.file(path).map_err(not_written)?;
-        let mut file = lock(&file);
         if !file.is_at(path) {
             // Renamed or removed by someone else (logrotate, an operator): lines written to the file
             // kept open would go where nobody reads them, or nowhere. The path is opened afresh.
@@ -165,7 +203,7 @@ impl Files {
             self.options.max_bytes.filter(|max| file.len > 0 && file.len + line.len() as u64 > *max)
         {
             tracing::debug!(path = %path.display(), max_bytes, "rotating");
-            *file = rotate(path, &mut file).map_err(not_written)?;
+            *file = rotate(path, file).map_err(not_written)?;
         }
         if let Err(err) = file.file.write_all(line) {
             // Cut a partly written line back off, so no retry leaves half a line before the whole one.
@@ -185,23 +223,27 @@ impl Files {
         Ok(())
     }
 
-    /// The open file at `path`, opened (created, for appending) now if it is not.
-    fn file(&self, path: &Path) -> std::io::Result<Arc<Mutex<OpenFile>>> {
-        let mut open = lock(&self.open);
-        if let Some(file) = open.get(path) {
-            return Ok(file.clone());
+    /// The slot of `path`, made now if it has none; the files that closes to keep the open ones few
+    /// are synced (as the policy promises) and closed after the table's lock is let go.
+    fn slot(&self, path: &Path) -> Arc<Mutex<Slot>> {
+        let (slot, closed) = lock(&self.open).slot(path);
+        for mut file in closed {
+            if file.unsynced
+                && self.options.fsync != Fsync::Policy(FsyncPolicy::Never)
+                && let Err(err) = file.sync()
+            {
+                tracing::warn!(destination = %self.destination, %err, "fsync before closing failed");
+            }
         }
-        let file = Arc::new(Mutex::new(OpenFile::append(path)?));
-        open.insert(path.to_owned(), file.clone());
-        Ok(file)
+        slot
     }
 
     /// Sync every file with unsynced lines.
     fn sync_all(&self) {
-        let files: Vec<_> = lock(&self.open).values().cloned().collect();
-        for file in files {
-            let mut file = lock(&file);
-            if file.unsynced
+        let slots: Vec<_> = lock(&self.open).by_path.values().map(|(_, slot)| slot.clone()).collect();
+        for slot in slots {
+            if let Slot::Open(file) = &mut *lock(&slot)
+                && file.unsynced
                 && let Err(err) = file.sync()
             {
                 tracing::warn!(destination = %self.destination, %err, "fsync failed");
@@ -228,6 +270,47 @@ impl Files {
         named
             .map(|part| part.replace("{topic}", topic))
             .any(|path| Path::new(&path).symlink_metadata().is_ok())
+    }
+}
+
+impl Slots {
+    /// The slot of `path`, made now if it has none, and the files taken out of the slots closed to
+    /// make room for it: the least recently used first, skipping those in use.
+    fn slot(&mut self, path: &Path) -> (Arc<Mutex<Slot>>, Vec<OpenFile>) {
+        self.uses += 1;
+        if let Some((used, slot)) = self.by_path.get_mut(path) {
+            *used = self.uses;
+            return (slot.clone(), Vec::new());
+        }
+        let mut closed = Vec::new();
+        while self.by_path.len() >= MAX_OPEN_FILES
+            && let Some(taken) = self.close_least_recently_used()
+        {
+            closed.extend(match taken {
+                Slot::Open(file) => Some(file),
+                Slot::Unopened | Slot::Closed => None,
+            });
+        }
+        let slot = Arc::new(Mutex::new(Slot::Unopened));
+        self.by_path.insert(path.to_owned(), (self.uses, slot.clone()));
+        (slot, closed)
+    }
+
+    /// Remove the least recently used slot not in use, leaving it [`Slot::Closed`] for an attempt that
+    /// found it before, and give what it held; `None` when every slot is in use.
+    fn close_least_recently_used(&mut self) -> Option<Slot> {
+        let mut by_use: Vec<_> = self.by_path.iter().collect();
+        by_use.sort_unstable_by_key(|(_, (used, _))| *used);
+        let (path, taken) = by_use.into_iter().find_map(|(path, (_, slot))| {
+            let mut slot = match slot.try_lock() {
+                Ok(slot) => slot,
+                Err(std::sync::TryLockError::Poisoned(poison)) => poison.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            };
+            Some((path.clone(), std::mem::replace(&mut *slot, Slot::Closed)))
+        })?;
+        self.by_path.remove(&path);
+        Some(taken)
     }
 }
 
