@@ -75,7 +75,8 @@ fn refused(problem: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, problem)
 }
 
-fn kind(file_type: std::fs::FileType) -> &'static str {
+/// What a file of `file_type` is, in words: "a directory", "a FIFO", ….
+pub(crate) fn kind(file_type: std::fs::FileType) -> &'static str {
     match file_type {
         t if t.is_dir() => "a directory",
         t if t.is_fifo() => "a FIFO",

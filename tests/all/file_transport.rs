@@ -2,7 +2,7 @@
 //! splits only between lines, and a missing directory or a topic that would escape it handled without
 //! losing a message.
 
-use crate::support::{drain_and_account, host, next, plugin_dir, within};
+use crate::support::{drain_and_account, host, mkfifo, next, plugin_dir, within};
 use std::collections::HashSet;
 use std::path::Path;
 use switchyard::{Host, Message, RequestError};
@@ -136,6 +136,28 @@ async fn a_topics_file_that_cannot_be_opened_dead_letters_its_message_and_holds_
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 1));
     assert_eq!(lines(&out.path().join("jobs.jsonl")).len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_place_of_a_topics_file_is_refused_at_once_and_holds_back_no_other_topic() {
+    // Opening a FIFO to write waits for a reader: the open waited for good, holding the lock of
+    // every topic's files, so each other topic's attempt was cut by timeout_ms and dead-lettered
+    // delivery-uncertain, though nothing of it was written.
+    let out = tempfile::tempdir().unwrap();
+    let stuck = out.path().join("stuck.jsonl");
+    mkfifo(&stuck);
+    let dir = plugin_dir(&[]);
+    let host =
+        host(dir.path(), &config(out.path(), "").replace("[[route]]", "timeout_ms = 200\n[[route]]")).await;
+    host.send(Message::new("stuck", "x")).await.unwrap();
+    within(host.request(Message::new("jobs", "y"))).await.unwrap();
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"));
+    let error = letter.header("x-sy-last-error").unwrap();
+    assert!(error.contains(&format!("{}: not a regular file but a FIFO", stuck.display())), "{error}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 1));
+    assert_eq!(lines(&out.path().join("jobs.jsonl")).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,11 @@
 //! line, by the path no longer naming it, and the path opened afresh. The destination has one
 //! endpoint, named by the path template; its health probe checks that the template's directory
 //! exists. With a file per topic, an error of one topic's file (a directory in its place, a file
-//! not writable) is that message's, not the endpoint's: the message is dead-lettered at once, and
-//! the other topics' files go on being written. At most [`MAX_OPEN_FILES`] files are kept open: past
-//! that, the one least recently used is closed (synced first, unless `fsync = "never"`) and opened
-//! again, for appending, at its next line.
+//! not writable, not a regular file) is that message's, not the endpoint's: the message is
+//! dead-lettered at once, and the other topics' files go on being written; what is not a regular
+//! file is refused without waiting on it (a FIFO with no reader). At most [`MAX_OPEN_FILES`] files
+//! are kept open: past that, the one least recently used is closed (synced first, unless
+//! `fsync = "never"`) and opened again, for appending, at its next line.
 
 use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
@@ -156,6 +157,12 @@ enum AppendError {
     #[error("the line was written, but syncing it failed: {0}")]
     NotSynced(std::io::Error),
 }
+
+/// What is at a path a line was to go to, when it is not a regular file: refused, as writing to it
+/// could wait for good (a FIFO) or go to a device.
+#[derive(Debug, thiserror::Error)]
+#[error("not a regular file but {0}")]
+struct NotARegularFile(&'static str);
 
 /// One file being appended to.
 #[derive(Debug)]
@@ -347,25 +354,44 @@ impl AppendError {
             }
             // So is a file of this topic's alone that cannot be opened: waiting would hold back
             // every topic's messages, with the endpoint left out, for a file the others do not use.
-            kind if is_about_a_name(kind) && topics_own() => (Outcome::Fatal(FatalReason::Rejected), problem),
+            _ if is_about_a_name(error) && topics_own() => (Outcome::Fatal(FatalReason::Rejected), problem),
             // Nothing of the line stays in the file: as safe to retry as a refused connection.
             _ => (Outcome::Retryable(RetryReason::Connect), problem),
         }
     }
 }
 
-/// Whether an error of `kind` is about the name a file is opened at (what it names is a directory, or
-/// not writable, or a path through something missing), not about the file system (full, failing).
-fn is_about_a_name(kind: std::io::ErrorKind) -> bool {
+/// Whether `error` is about the name a file is opened at (what it names is a directory or no regular
+/// file, or not writable, or a path through something missing), not about the file system (full,
+/// failing).
+fn is_about_a_name(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::{IsADirectory, NotADirectory, NotFound, PermissionDenied};
-    matches!(kind, IsADirectory | NotADirectory | PermissionDenied | NotFound)
+    matches!(error.kind(), IsADirectory | NotADirectory | PermissionDenied | NotFound)
+        || error.get_ref().is_some_and(|inner| inner.is::<NotARegularFile>())
 }
 
 impl OpenFile {
+    /// The regular file at `path`, created if there is none, opened for appending.
     fn append(path: &Path) -> std::io::Result<OpenFile> {
-        use std::os::unix::fs::MetadataExt;
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let not_regular = |meta: std::fs::Metadata| {
+            std::io::Error::other(NotARegularFile(crate::regular_file::kind(meta.file_type())))
+        };
+        // Without blocking: opening a FIFO with no reader fails at once (`ENXIO`) rather than waiting
+        // for one, holding the path's slot and a thread for good. On a regular file it changes nothing.
+        let opened =
+            std::fs::OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(path);
+        let file = match opened {
+            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => match std::fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => return Err(not_regular(meta)),
+                _ => return Err(err),
+            },
+            opened => opened?,
+        };
         let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(not_regular(meta));
+        }
         let identity = (meta.dev(), meta.ino());
         Ok(OpenFile { file, identity, len: meta.len(), unsynced: false, synced_at: Instant::now() })
     }
@@ -489,8 +515,11 @@ mod tests {
     #[test]
     fn a_file_that_cannot_be_opened_is_its_topics_problem_only_when_the_topic_names_it() {
         let path = Path::new("archive/orders.jsonl");
-        for errno in [libc::EISDIR, libc::ENOTDIR, libc::EACCES, libc::ENOENT] {
-            let error = AppendError::NotWritten(std::io::Error::from_raw_os_error(errno));
+        let not_regular = || std::io::Error::other(NotARegularFile("a FIFO"));
+        let errors =
+            [libc::EISDIR, libc::ENOTDIR, libc::EACCES, libc::ENOENT].map(std::io::Error::from_raw_os_error);
+        for error in errors.into_iter().chain([not_regular()]) {
+            let error = AppendError::NotWritten(error);
             let (outcome, problem) = error.verdict(path, 100, || None, || true);
             assert_eq!(outcome, Outcome::Fatal(FatalReason::Rejected), "{problem}");
             assert!(problem.starts_with("archive/orders.jsonl: "), "{problem}");
