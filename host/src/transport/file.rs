@@ -185,7 +185,8 @@ impl Files {
             let slot = self.slot(path);
             let mut slot = lock(&slot);
             if matches!(*slot, Slot::Unopened) {
-                *slot = Slot::Open(OpenFile::append(path).map_err(AppendError::NotWritten)?);
+                *slot =
+                    Slot::Open(OpenFile::append(path, self.syncs_names()).map_err(AppendError::NotWritten)?);
             }
             // Closed after this attempt found its slot: the path's new slot is opened again.
             if let Slot::Open(file) = &mut *slot {
@@ -204,13 +205,13 @@ impl Files {
             if file.unsynced {
                 let _ = file.sync();
             }
-            *file = OpenFile::append(path).map_err(not_written)?;
+            *file = OpenFile::append(path, self.syncs_names()).map_err(not_written)?;
         }
         if let Some(max_bytes) =
             self.options.max_bytes.filter(|max| file.len > 0 && file.len + line.len() as u64 > *max)
         {
             tracing::debug!(path = %path.display(), max_bytes, "rotating");
-            *file = rotate(path, file).map_err(not_written)?;
+            *file = rotate(path, file, self.syncs_names()).map_err(not_written)?;
         }
         if let Err(err) = file.file.write_all(line) {
             // Cut a partly written line back off, so no retry leaves half a line before the whole one.
@@ -243,6 +244,12 @@ impl Files {
             }
         }
         slot
+    }
+
+    /// Whether a file made or renamed has its directory synced too: with `fsync = "every"`, so that
+    /// a line counted delivered is found under its name after a crash.
+    fn syncs_names(&self) -> bool {
+        self.options.fsync == Fsync::Policy(FsyncPolicy::Every)
     }
 
     /// Sync every file with unsynced lines.
@@ -371,16 +378,22 @@ fn is_about_a_name(error: &std::io::Error) -> bool {
 }
 
 impl OpenFile {
-    /// The regular file at `path`, created if there is none, opened for appending.
-    fn append(path: &Path) -> std::io::Result<OpenFile> {
+    /// The regular file at `path`, created if there is none (its directory then synced, if
+    /// `sync_dir`), opened for appending.
+    fn append(path: &Path, sync_dir: bool) -> std::io::Result<OpenFile> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let not_regular = |meta: std::fs::Metadata| {
             std::io::Error::other(NotARegularFile(crate::regular_file::kind(meta.file_type())))
         };
         // Without blocking: opening a FIFO with no reader fails at once (`ENXIO`) rather than waiting
         // for one, holding the path's slot and a thread for good. On a regular file it changes nothing.
-        let opened =
-            std::fs::OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(path);
+        let open = |create| {
+            std::fs::OpenOptions::new().create(create).append(true).custom_flags(libc::O_NONBLOCK).open(path)
+        };
+        let (opened, created) = match open(false) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => (open(true), true),
+            opened => (opened, false),
+        };
         let file = match opened {
             Err(err) if err.raw_os_error() == Some(libc::ENXIO) => match std::fs::metadata(path) {
                 Ok(meta) if !meta.is_file() => return Err(not_regular(meta)),
@@ -391,6 +404,9 @@ impl OpenFile {
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(not_regular(meta));
+        }
+        if created && sync_dir {
+            sync_directory_of(path)?;
         }
         let identity = (meta.dev(), meta.ino());
         Ok(OpenFile { file, identity, len: meta.len(), unsynced: false, synced_at: Instant::now() })
@@ -410,13 +426,20 @@ impl OpenFile {
 }
 
 /// Sync and close `file` at `path`, rename it to `PATH.N` (the first N from 1 that is free), and open
-/// a new, empty one in its place.
-fn rotate(path: &Path, file: &mut OpenFile) -> std::io::Result<OpenFile> {
+/// a new, empty one in its place; with `sync_dir`, the directory is synced after both.
+fn rotate(path: &Path, file: &mut OpenFile, sync_dir: bool) -> std::io::Result<OpenFile> {
     file.sync()?;
     let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
     let free = (1..).map(numbered).find(|candidate| !candidate.exists()).expect("some number is free");
     std::fs::rename(path, free)?;
-    OpenFile::append(path)
+    // The new file's creation syncs the directory, with the rename in it.
+    OpenFile::append(path, sync_dir)
+}
+
+/// Sync the directory `path` is in: the names made or renamed in it are then on disk.
+fn sync_directory_of(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
 }
 
 /// Sync `files` every `interval` while they are in use.
