@@ -6,6 +6,7 @@
 use crate::support::{drain_and_account, host, plugin_dir, within};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use switchyard::{Host, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -215,27 +216,36 @@ async fn a_handshake_cut_at_the_attempt_deadline_sent_nothing_and_is_never_calle
     crate::support::assert_never_sent(&host).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_past_max_message_bytes_is_refused_and_the_message_counted_delivered() {
-    // The server answers each envelope by id with a payload four times what the host takes: it took
-    // the message, so only its reply is refused.
+/// A server on 127.0.0.1 answering each envelope of its first connection with `answer` of it: its
+/// address, and how many envelopes it read.
+async fn answering(answer: fn(&serde_json::Value) -> serde_json::Value) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let counted = read.clone();
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
         while let Some(Ok(frame)) = socket.next().await {
             let Ok(text) = frame.to_text() else { continue };
             let Ok(envelope) = serde_json::from_str::<serde_json::Value>(text) else { continue };
-            let reply = serde_json::json!({ "id": envelope["id"], "payload": "x".repeat(4096) });
-            if socket.send(Frame::text(reply.to_string())).await.is_err() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if socket.send(Frame::text(answer(&envelope).to_string())).await.is_err() {
                 return;
             }
         }
     });
+    (addr, read)
+}
+
+/// Requests one message of a host whose `ws` destination sends envelopes to `addr`, with
+/// `host_settings` added to its `[host]` and `settings` to the destination: its reply refused, why;
+/// and the messages delivered and dead-lettered.
+async fn refused_reply(addr: SocketAddr, host_settings: &str, settings: &str) -> (String, (u64, u64)) {
     let dir = plugin_dir(&[]);
-    let text =
-        config(addr, ", frames = \"envelope\"").replacen("[host]\n", "[host]\nmax_message_bytes = 1024\n", 1);
+    let text = config(addr, ", frames = \"envelope\"")
+        .replacen("[host]\n", &format!("[host]\n{host_settings}"), 1)
+        .replacen("idempotent = true\n", &format!("idempotent = true\n{settings}"), 1);
     let host = host(dir.path(), &text).await;
     let answer = within(host.request(Message::new("jobs", "job"))).await;
     let Err(switchyard::RequestError::ReplyRefused { destination, problem }) = answer else {
@@ -245,7 +255,36 @@ async fn an_answer_past_max_message_bytes_is_refused_and_the_message_counted_del
         )
     };
     assert_eq!(destination, "ws");
-    assert!(problem.contains("more than 1024 bytes"), "{problem}");
     let stats = drain_and_account(&host).await;
-    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+    (problem, (stats.delivered, stats.dead_lettered))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_max_message_bytes_is_refused_and_the_message_counted_delivered() {
+    // The server answers each envelope by id with a payload four times what the host takes: it took
+    // the message, so only its reply is refused.
+    let (addr, _) =
+        answering(|envelope| serde_json::json!({ "id": envelope["id"], "payload": "x".repeat(4096) })).await;
+    let (problem, counts) = refused_reply(addr, "max_message_bytes = 1024\n", "").await;
+    assert!(problem.contains("more than 1024 bytes"), "{problem}");
+    assert_eq!(counts, (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_names_its_id_but_cannot_be_read_is_refused_and_the_message_sent_once() {
+    // Each answer names its envelope's id, a field the wrong shape: the peer took the message. Dropped
+    // as no answer, it left the attempt to wait out timeout_ms, sent again as idempotent, and
+    // dead-lettered after the last attempt.
+    let wrong_fields: [fn(&serde_json::Value) -> serde_json::Value; 2] = [
+        |envelope| serde_json::json!({ "id": envelope["id"], "payload": { "ok": true } }),
+        |envelope| serde_json::json!({ "id": envelope["id"], "headers": { "k": "v" } }),
+    ];
+    for wrong_field in wrong_fields {
+        let (addr, read) = answering(wrong_field).await;
+        let settings = "timeout_ms = 500\nretry = { attempts = 3 }\n";
+        let (problem, counts) = refused_reply(addr, "", settings).await;
+        assert!(problem.contains("a malformed answer"), "{problem}");
+        assert_eq!(counts, (1, 0), "delivered, not dead-lettered");
+        assert_eq!(read.load(Ordering::SeqCst), 1, "sent once");
+    }
 }

@@ -84,10 +84,28 @@ impl Answer {
     }
 }
 
+/// The answer `text` holds; when it cannot be read (for `problem`, when given, or as JSON), the
+/// refused reply to the message it names ([`Answer::malformed`]); `Err` with why when it names none.
+pub(super) fn read_answer(text: &[u8], problem: Option<String>) -> Result<Answer, String> {
+    let problem = match problem {
+        Some(problem) => problem,
+        None => match serde_json::from_slice(text) {
+            Ok(answer) => return Ok(answer),
+            Err(err) => format!("a malformed answer: {err}"),
+        },
+    };
+    match answered_id(text) {
+        Some(id) => Ok(Answer::malformed(id, problem)),
+        None => {
+            Err(format!("{problem}: {}", crate::bounded_text::one_line(&String::from_utf8_lossy(text), 200)))
+        }
+    }
+}
+
 /// The id an answer that cannot be read (not JSON, not UTF-8, a field of the wrong type, or only
 /// the start of a line too long) says it answers: its object's `id`, when met before the text stops
 /// making sense.
-pub(super) fn answered_id(text: &[u8]) -> Option<u64> {
+fn answered_id(text: &[u8]) -> Option<u64> {
     let text = String::from_utf8_lossy(text);
     let mut id = None;
     // Reading stops with an error at the first thing wrong, or past the id: either way, the id is

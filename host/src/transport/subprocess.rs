@@ -34,7 +34,7 @@
 //! `idempotent`; one cut with the line part-written may have delivered it. The messages the killed
 //! process held fail as those of one that exits.
 
-use super::answers::{Answer, Pending, answered_id};
+use super::answers::{Answer, Pending, read_answer};
 use super::lines::{Line, LineCodec, Written, write_line};
 use super::restart::{Peer, Restarting};
 use super::{
@@ -353,22 +353,10 @@ async fn read_answers(
 /// The answer `line` gives: the one it holds, or when it cannot be read, a refused reply to the
 /// message it names (a line cut: a reply past `max_reply_bytes`); `Err` when it names none.
 fn answer_of(line: &Line, max_reply_bytes: usize) -> Result<Answer, String> {
-    let problem = match line.is_cut() {
-        true => {
-            format!("a reply of more than {max_reply_bytes} bytes (an answer line of {} bytes)", line.length)
-        }
-        false => match serde_json::from_slice(&line.bytes) {
-            Ok(answer) => return Ok(answer),
-            Err(err) => format!("a malformed answer: {err}"),
-        },
-    };
-    match answered_id(&line.bytes) {
-        Some(id) => Ok(Answer::malformed(id, problem)),
-        None => Err(format!(
-            "{problem}: {}",
-            crate::bounded_text::one_line(&String::from_utf8_lossy(&line.bytes), 200)
-        )),
-    }
+    let cut = line.is_cut().then(|| {
+        format!("a reply of more than {max_reply_bytes} bytes (an answer line of {} bytes)", line.length)
+    });
+    read_answer(&line.bytes, cut)
 }
 
 /// Wait for `child` to exit, once its output ended ([`OUTPUT_END_GRACE`]) or it was asked to (the

@@ -22,8 +22,9 @@
 //! no reply). `frames = "envelope"` sends a text frame holding `{"id": N, "topic": …, "headers":
 //! [[k, v], …], "priority": …, "payload": "…"}` (`payload_base64` for bytes), `id` unique per attempt;
 //! the peer answers each, in any order, with a text frame in the [`answers`](super::answers) format.
-//! An answer whose reply is past the host's `max_message_bytes` (its topic, headers and payload)
-//! delivered the message all the same: its reply is refused ([`Outcome::ReplyRefused`]). A frame
+//! An answer whose reply is past the host's `max_message_bytes` (its topic, headers and payload), or
+//! one that cannot be read but names its id (a field of the wrong type or shape), delivered the
+//! message all the same: its reply is refused ([`Outcome::ReplyRefused`]). A frame
 //! longer than the JSON of any message within that ([`largest_json`]) is refused on its header,
 //! unread, and closes the connection.
 //!
@@ -35,7 +36,7 @@
 //! going, with or without pings), it ends with the close handshake: the peer's Close answered, or one
 //! sent, and the TCP connection closed once the peer ends it, or [`CLOSE_WAIT`] later.
 
-use super::answers::{Answer, Pending};
+use super::answers::{Answer, Pending, read_answer};
 use super::restart::{NotRunning, Peer, Restarting};
 use super::tls::TlsClient;
 use super::{
@@ -328,7 +329,7 @@ async fn read_frames(
         };
         last_sign = Instant::now();
         match frame {
-            Some(Ok(Frame::Text(text))) => match serde_json::from_str::<Answer>(&text) {
+            Some(Ok(Frame::Text(text))) => match read_answer(text.as_bytes(), None) {
                 Ok(answer) => drop(pending.answer(answer)),
                 Err(err) => tracing::debug!("a frame that is no answer: {err}"),
             },
