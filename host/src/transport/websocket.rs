@@ -162,7 +162,7 @@ struct Link {
     sink: Writer,
     /// Envelopes sent and not answered yet; closed once the connection closed.
     pending: Arc<Pending>,
-    /// Cancelled to close the connection (the destination went).
+    /// Cancelled to close the connection (the destination went), and once it closes: its pings stop.
     closing: CancellationToken,
 }
 
@@ -224,6 +224,8 @@ impl WebSocketTransport {
             let mut stream = stream;
             let why = read_frames(&mut stream, &pending, &closing, ping).await;
             pending.close();
+            // The pings stop, one stuck in sending (a peer that reads nothing) letting go of the sink.
+            closing.cancel();
             tracing::warn!(endpoint = %address, "websocket closed: {why}");
             close(&sink, stream).await;
         });
@@ -341,19 +343,23 @@ async fn read_frames(
     }
 }
 
-/// Ping on `sink` every `every` while the connection is open.
+/// Ping on `sink` every `every` until the connection is closing: a ping waiting for the sink or
+/// stuck in sending (a peer that reads nothing) is given up then, so that closing gets the sink.
 async fn send_pings(sink: Writer, pending: Arc<Pending>, closing: CancellationToken, every: Duration) {
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = closing.cancelled() => return,
+    let pings = async {
+        loop {
+            ticks.tick().await;
+            let mut sink = sink.lock().await;
+            let Some(sink) = sink.as_mut().filter(|_| !pending.is_closed()) else { return };
+            if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                return;
+            }
         }
-        let mut sink = sink.lock().await;
-        let Some(sink) = sink.as_mut().filter(|_| !pending.is_closed()) else { return };
-        if sink.send(Frame::Ping(Default::default())).await.is_err() {
-            return;
-        }
+    };
+    tokio::select! {
+        () = pings => {}
+        () = closing.cancelled() => {}
     }
 }
 
@@ -450,6 +456,42 @@ mod tests {
         let mut rest = [0; 16];
         let read = tokio::time::timeout(PATIENCE, socket.get_mut().read(&mut rest)).await;
         assert_eq!(read.expect("the connection closed in time").unwrap(), 0, "then the connection closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_a_peer_that_reads_nothing_is_closed_though_a_ping_is_stuck_sending() {
+        let (listener, address) = listener().await;
+        let mut transport = transport(&address);
+        transport.options.ping_ms = 200;
+        let message = Message::new("jobs", vec![b'x'; 1 << 20]);
+        let (first, mut socket) = tokio::join!(transport.attempt(&address, &message), accepted(&listener));
+        assert_eq!(first, Ok(None));
+        // The peer reads nothing and sends a text frame every 20 ms (a sign of life), until its
+        // connection is closed.
+        let peer = tokio::spawn(async move {
+            while socket.get_mut().write_all(&[0x81, 1, b'x']).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        // Attempts fill the buffers until one is stuck sending, given up as a deadline does; a ping
+        // takes the sink next, and is stuck sending too.
+        let link = transport.links[&address].running().expect("the connection");
+        let stuck = async {
+            loop {
+                let attempt = transport.attempt(&address, &message);
+                match tokio::time::timeout(Duration::from_millis(200), attempt).await {
+                    Ok(sent) => assert_eq!(sent, Ok(None)),
+                    Err(_) => break,
+                }
+            }
+            while link.sink.try_lock().is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, stuck).await.expect("a ping stuck sending");
+        // The destination goes: the connection closes, at most CLOSE_WAIT later (the ping lets go).
+        drop((link, transport));
+        tokio::time::timeout(PATIENCE, peer).await.expect("the connection closed in time").unwrap();
     }
 
     #[tokio::test]
