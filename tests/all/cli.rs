@@ -81,6 +81,11 @@ impl Running {
         line.rsplit("http://").next().unwrap().parse().unwrap_or_else(|err| panic!("{err}: {line}"))
     }
 
+    /// The host's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Send SIGTERM and wait for the host to stop; its last status line.
     pub(crate) fn stop(&mut self) -> String {
         self.terminate();

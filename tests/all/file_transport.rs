@@ -2,8 +2,10 @@
 //! splits only between lines, and a missing directory or a topic that would escape it handled without
 //! losing a message.
 
-use crate::support::{drain_and_account, host, mkfifo, next, plugin_dir, within};
+use crate::cli::Running;
+use crate::support::{drain_and_account, eventually, host, mkfifo, next, plugin_dir, post, within};
 use std::collections::HashSet;
+use std::io::BufRead;
 use std::path::Path;
 use switchyard::{Host, Message, RequestError};
 
@@ -236,4 +238,51 @@ async fn a_file_per_topic_keeps_a_bounded_number_open_however_many_topics_come()
             .collect();
         assert_eq!(payloads, ["first", "second"], "{topic}");
     }
+}
+
+#[test]
+fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
+    // With `fsync = N` a new file's lines were fdatasync'd on the beat but its directory never
+    // was: after a crash, lines synced long before could be in a file no directory names.
+    let dir = plugin_dir(&[]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+                  [[destination]]\nname = \"files\"\ntransport = \"file\"\n\
+                  options = { path = \"out/{topic}.jsonl\", fsync = 20 }\n[[route]]\nname = \"all\"\nto = \"files\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    // `fsync(5</…/out>)`, `fdatasync(7</…/out/t.jsonl>)`: every thread's syncs, with the paths.
+    let trace = dir.path().join("trace");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .args(["-p", &host.pid().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    let attached = std::io::BufReader::new(strace.stderr.take().unwrap()).lines().next();
+    assert!(attached.as_ref().is_some_and(|line| line.as_ref().is_ok_and(|line| line.contains("attached"))));
+    let (file, directory) = (format!("{}>", out.join("t.jsonl").display()), format!("{}>", out.display()));
+    let data_syncs = |count: usize| {
+        eventually(|| {
+            let calls = std::fs::read_to_string(&trace).unwrap();
+            match calls.lines().filter(|call| call.contains("fdatasync(") && call.contains(&file)).count() {
+                seen if seen >= count => Ok(calls),
+                _ => Err(calls),
+            }
+        })
+    };
+    // The second line's sync comes after the first's has ended, the directory's included.
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"first").0, 204);
+    data_syncs(1);
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"second").0, 204);
+    let calls = data_syncs(2);
+    let calls: Vec<&str> = calls.lines().collect();
+    let data = calls.iter().position(|call| call.contains(&file)).unwrap();
+    let name = calls.iter().position(|call| call.contains("fsync(") && call.contains(&directory));
+    assert!(name.is_some_and(|name| name > data), "the directory is synced with the file: {calls:#?}");
+    host.stop();
+    strace.wait().unwrap();
 }

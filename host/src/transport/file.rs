@@ -164,6 +164,17 @@ enum AppendError {
 #[error("not a regular file but {0}")]
 struct NotARegularFile(&'static str);
 
+/// When the directory entry of a file made or renamed is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameSync {
+    /// Before the file is used.
+    Now,
+    /// With the file's next sync.
+    WithTheFile,
+    /// Never.
+    Never,
+}
+
 /// One file being appended to.
 #[derive(Debug)]
 struct OpenFile {
@@ -174,6 +185,9 @@ struct OpenFile {
     len: u64,
     /// Whether lines were written since the last sync.
     unsynced: bool,
+    /// The directory whose entry for the file (made, or renamed to) is not synced yet: with an
+    /// interval, it is synced with the file's next sync.
+    unsynced_name: Option<PathBuf>,
     /// When it was last synced.
     synced_at: Instant,
 }
@@ -246,10 +260,15 @@ impl Files {
         slot
     }
 
-    /// Whether a file made or renamed has its directory synced too: with `fsync = "every"`, so that
-    /// a line counted delivered is found under its name after a crash.
-    fn syncs_names(&self) -> bool {
-        self.options.fsync == Fsync::Policy(FsyncPolicy::Every)
+    /// When a file made or renamed has its directory synced, so that a line synced is found under
+    /// its name after a crash: at once with `fsync = "every"`, with the file's next sync on an
+    /// interval.
+    fn syncs_names(&self) -> NameSync {
+        match self.options.fsync {
+            Fsync::Policy(FsyncPolicy::Every) => NameSync::Now,
+            Fsync::IntervalMs(_) => NameSync::WithTheFile,
+            Fsync::Policy(FsyncPolicy::Never) => NameSync::Never,
+        }
     }
 
     /// Sync every file with unsynced lines.
@@ -257,7 +276,7 @@ impl Files {
         let slots: Vec<_> = lock(&self.open).by_path.values().map(|(_, slot)| slot.clone()).collect();
         for slot in slots {
             if let Slot::Open(file) = &mut *lock(&slot)
-                && file.unsynced
+                && (file.unsynced || file.unsynced_name.is_some())
                 && let Err(err) = file.sync()
             {
                 tracing::warn!(destination = %self.destination, %err, "fsync failed");
@@ -378,9 +397,9 @@ fn is_about_a_name(error: &std::io::Error) -> bool {
 }
 
 impl OpenFile {
-    /// The regular file at `path`, created if there is none (its directory then synced, if
-    /// `sync_dir`), opened for appending.
-    fn append(path: &Path, sync_dir: bool) -> std::io::Result<OpenFile> {
+    /// The regular file at `path`, created if there is none (its directory then synced as `names`
+    /// says), opened for appending.
+    fn append(path: &Path, names: NameSync) -> std::io::Result<OpenFile> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let not_regular = |meta: std::fs::Metadata| {
             std::io::Error::other(NotARegularFile(crate::regular_file::kind(meta.file_type())))
@@ -405,11 +424,17 @@ impl OpenFile {
         if !meta.is_file() {
             return Err(not_regular(meta));
         }
-        if created && sync_dir {
-            sync_directory_of(path)?;
+        let mut unsynced_name = None;
+        if created {
+            match names {
+                NameSync::Now => sync_directory(directory_of(path))?,
+                NameSync::WithTheFile => unsynced_name = Some(directory_of(path).to_owned()),
+                NameSync::Never => {}
+            }
         }
         let identity = (meta.dev(), meta.ino());
-        Ok(OpenFile { file, identity, len: meta.len(), unsynced: false, synced_at: Instant::now() })
+        let len = meta.len();
+        Ok(OpenFile { file, identity, len, unsynced: false, unsynced_name, synced_at: Instant::now() })
     }
 
     /// Whether `path` still names this file (one stat a line).
@@ -420,26 +445,33 @@ impl OpenFile {
 
     fn sync(&mut self) -> std::io::Result<()> {
         self.file.sync_data()?;
-        (self.unsynced, self.synced_at) = (false, Instant::now());
+        if let Some(directory) = &self.unsynced_name {
+            sync_directory(directory)?;
+        }
+        (self.unsynced, self.unsynced_name, self.synced_at) = (false, None, Instant::now());
         Ok(())
     }
 }
 
 /// Sync and close `file` at `path`, rename it to `PATH.N` (the first N from 1 that is free), and open
-/// a new, empty one in its place; with `sync_dir`, the directory is synced after both.
-fn rotate(path: &Path, file: &mut OpenFile, sync_dir: bool) -> std::io::Result<OpenFile> {
+/// a new, empty one in its place; the directory is synced after both as `names` says.
+fn rotate(path: &Path, file: &mut OpenFile, names: NameSync) -> std::io::Result<OpenFile> {
     file.sync()?;
     let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
     let free = (1..).map(numbered).find(|candidate| !candidate.exists()).expect("some number is free");
     std::fs::rename(path, free)?;
     // The new file's creation syncs the directory, with the rename in it.
-    OpenFile::append(path, sync_dir)
+    OpenFile::append(path, names)
 }
 
-/// Sync the directory `path` is in: the names made or renamed in it are then on disk.
-fn sync_directory_of(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
+/// The directory `path` is in.
+fn directory_of(path: &Path) -> &Path {
+    path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Sync `directory`: the names made or renamed in it are then on disk.
+fn sync_directory(directory: &Path) -> std::io::Result<()> {
+    File::open(directory)?.sync_all()
 }
 
 /// Sync `files` every `interval` while they are in use.
@@ -498,7 +530,7 @@ impl Transport for FileTransport {
     /// The directory the path template names exists.
     fn probe<'a>(&'a self, _address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
         let template = PathBuf::from(&self.0.options.path);
-        let dir = template.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = directory_of(&template);
         let found = match dir.to_string_lossy().contains("{topic}") {
             true => Ok(()),
             false => match std::fs::metadata(dir) {
