@@ -204,6 +204,71 @@ async fn a_native_library_cut_short_is_refused_and_the_serving_one_serves_on() {
     drain_and_account(&host).await;
 }
 
+/// How many times native plugin `name` was opened in this process: each opening maps a private
+/// copy in a directory of its own, and none is ever unmapped (see `plugin/native`).
+#[cfg(target_os = "linux")]
+fn times_opened(name: &str) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let file = native_file(name);
+    let copies: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.find('/').map(|at| &line[at..]))
+        .filter_map(|path| path.trim_end_matches(" (deleted)").rsplit_once('/'))
+        .filter(|(_, mapped)| *mapped == file)
+        .map(|(copy_dir, _)| copy_dir)
+        .collect();
+    copies.len()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_native_library_is_opened_once_however_often_the_host_reloads() {
+    // Refused once opened (its ABI), by its trial (it panics on every message), and for its kind
+    // (a filter where a route uses the serving transform). A library is never closed, and every
+    // explicit reload opened each of them again: three more mapped copies a reload.
+    let dir = native_plugin_dir(&[
+        ("refused-abi", artifacts::native::NATIVE_ABI_MISMATCH),
+        ("refused-trial", artifacts::native::FAULTY_TRAP),
+        ("refused-kind", artifacts::native::STAMP_TRANSFORM),
+    ]);
+    let route = "[[route]]\nname = \"all\"\nstages = [\"transform:refused-kind\"]\nto = \"out\"\n";
+    let host = native_host(dir.path(), &format!("{}{route}", memory_out_native())).await;
+    let mut events = host.subscribe();
+    let filter = std::fs::read(artifacts::native::HEADER_FILTER).unwrap();
+    replace_file(&dir.path().join(native_file("refused-kind")), &filter);
+    let kind =
+        |event: &HostEvent| matches!(event, HostEvent::PluginRejected { name, .. } if name == "refused-kind");
+    event_where(&mut events, kind).await;
+    let names = ["refused-abi", "refused-trial", "refused-kind"];
+    assert_eq!(names.map(times_opened), [1, 1, 2], "the serving transform and the refused filter");
+    let (rejections, rejected) = (host.last_rejections(), host.event_counts().rejected);
+    assert_eq!(rejections.len(), 3, "{rejections:?}");
+    for _ in 0..5 {
+        host.reload().await.unwrap();
+    }
+    assert_eq!(names.map(times_opened), [1, 1, 2], "a reload opened an unchanged library again");
+    assert_eq!(host.last_rejections(), rejections, "each is refused for the same reason still");
+    assert_eq!(host.event_counts().rejected, rejected, "and not reported again");
+    assert_eq!(host.plugins().len(), 1);
+    assert_eq!(host.plugins()[0].kind, switchyard::PluginKind::Transform, "the transform serves on");
+    drain_and_account(&host).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_native_library_is_opened_once_however_often_the_host_reloads() {
+    let dir = native_plugin_dir(&[("accepted-once", artifacts::native::HEADER_FILTER)]);
+    let host = native_host(dir.path(), &memory_out_native()).await;
+    let serving = host.plugins()[0].clone();
+    assert_eq!(times_opened("accepted-once"), 1);
+    for _ in 0..5 {
+        host.reload().await.unwrap();
+    }
+    assert_eq!(times_opened("accepted-once"), 1, "a reload opened the serving library again");
+    assert!(Arc::ptr_eq(&host.plugins()[0], &serving), "the same version serves on");
+    drain_and_account(&host).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webassembly_plugin_removed_beside_a_library_left_unopened_is_gone_too() {
     // native_plugins off: t.so is refused unopened, and once t.wasm is removed t serves no more.

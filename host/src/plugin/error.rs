@@ -172,6 +172,20 @@ pub enum NativeRefusal {
     Kind(String),
 }
 
+impl NativeRefusal {
+    /// Whether the library was refused once opened, for what its bytes say: it stays mapped (a
+    /// library is never closed), and the same bytes opened again would be refused alike.
+    pub(crate) fn once_opened(&self) -> bool {
+        matches!(
+            self,
+            NativeRefusal::NotAPlugin
+                | NativeRefusal::AbiMismatch { .. }
+                | NativeRefusal::AbortsOnPanic
+                | NativeRefusal::Kind(_)
+        )
+    }
+}
+
 /// The WebAssembly engine could not be set up.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot start the WebAssembly engine: {0}")]

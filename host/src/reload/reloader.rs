@@ -91,7 +91,8 @@ pub(crate) enum Retry {
     /// (a grant the host could not give, a kind the config did not use it as).
     Changed,
     /// Those refused before too, whose refusal may have passed (an explicit
-    /// reload); the same refusal is not reported twice.
+    /// reload); the same refusal is not reported twice. A native library refused once opened, for
+    /// what its bytes say, is not: it would be refused alike (see [`Opened`]).
     Refused,
 }
 
@@ -99,7 +100,6 @@ pub(crate) enum Retry {
 type FileRead = Box<(String, PluginConfig)>;
 
 /// A plugin file refused, as it was.
-#[derive(PartialEq)]
 struct Refusal {
     /// Its digest and settings, when it could be read.
     file: Option<FileRead>,
@@ -110,6 +110,39 @@ struct Refusal {
     /// `allow_net` that did not resolve, a granted directory not made yet). Every sync tries the
     /// file again; the same refusal is still reported once.
     may_pass: bool,
+    /// The native library the file opened, which a retry of the same file starts from.
+    opened: Opened,
+}
+
+impl Refusal {
+    /// Whether `other` refuses the same file for the same reason: it is not reported again.
+    fn tells_as(&self, other: &Refusal) -> bool {
+        (&self.file, &self.reason, self.may_pass) == (&other.file, &other.reason, other.may_pass)
+    }
+}
+
+/// What a refused file left open. A native library is never closed: each opening maps one more
+/// copy of it for the life of the process, so a file that stays as it is is opened once.
+enum Opened {
+    /// Nothing: a component, or a library refused before it was opened (or that could not be).
+    Nothing,
+    /// A library refused once opened, for what its bytes say (its ABI, its symbols): the same
+    /// file is refused again as it was, unopened, even by an explicit reload.
+    Refused,
+    /// A library loaded, then refused (by its trial, for its kind where the config uses it, a
+    /// grant): the same file is tried again from it, not opened again.
+    Loaded(Arc<CompiledPlugin>),
+}
+
+impl Opened {
+    /// What `error`, refusing a file, says it left open; `loaded` is the plugin it made, if any.
+    fn by(error: &LoadError, loaded: Option<Arc<CompiledPlugin>>) -> Opened {
+        match (error, loaded) {
+            (_, Some(plugin)) if plugin.is_native() => Opened::Loaded(plugin),
+            (LoadError::NativeRefused { refusal, .. }, _) if refusal.once_opened() => Opened::Refused,
+            _ => Opened::Nothing,
+        }
+    }
 }
 
 impl Reloader {
@@ -166,8 +199,8 @@ impl Reloader {
         for compile in compiles {
             match compile.await.expect("compiling a plugin does not panic") {
                 Prepared::Ready(plugin) => self.swap_in(plugin),
-                Prepared::Failed { name, error, file } => {
-                    self.refuse(name, &error, file);
+                Prepared::Failed { name, error, file, opened } => {
+                    self.refuse(name, &error, file, opened);
                     errors.push(error);
                 }
                 Prepared::Gone(_) | Prepared::Serving | Prepared::Refused | Prepared::Unsettled => {}
@@ -210,7 +243,7 @@ impl Reloader {
                 self.forget_refusal(&name);
                 self.remove(&name);
             }
-            Prepared::Failed { name, error, file } => {
+            Prepared::Failed { name, error, file, opened } => {
                 // A library refused unopened stands where no WebAssembly file is: the serving
                 // version's file is gone, and so is it.
                 let gone =
@@ -218,7 +251,7 @@ impl Reloader {
                 if gone || self.serves_beyond_grants(&name) {
                     self.remove(&name);
                 }
-                self.refuse(name, &error, file);
+                self.refuse(name, &error, file, opened);
             }
             // The file is the serving version's again: a refusal in between is over.
             Prepared::Serving => self.forget_refusal(name),
@@ -247,14 +280,16 @@ impl Reloader {
 
     /// Report that plugin `name`'s file (`file`: its digest and settings,
     /// when it could be read) was refused for `error`, unless this same file
-    /// was refused for the same reason already.
-    fn refuse(&self, name: String, error: &LoadError, file: Option<FileRead>) {
+    /// was refused for the same reason already; keep what it left `opened`.
+    fn refuse(&self, name: String, error: &LoadError, file: Option<FileRead>, opened: Opened) {
         let may_pass = matches!(error, LoadError::KindChanged { .. } | LoadError::Grant { .. });
-        let refusal = Refusal { file, reason: error.to_string(), may_pass };
+        let refusal = Refusal { file, reason: error.to_string(), may_pass, opened };
         let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
-        if refused.get(&name) != Some(&refusal) {
+        // Kept even when told before: what it left open is what a retry starts from.
+        let told = refused.insert(name.clone(), refusal);
+        let refusal = &refused[&name];
+        if told.is_none_or(|told| !told.tells_as(refusal)) {
             let reason = refusal.reason.clone();
-            refused.insert(name.clone(), refusal);
             self.events.emit(HostEvent::PluginRejected { name, reason });
         }
     }
@@ -519,7 +554,7 @@ impl Reloader {
             Ok(Source::Unsettled) => return Prepared::Unsettled,
             Err(error) => {
                 let file = unread_library(&error);
-                return Prepared::Failed { name: name.to_owned(), error, file };
+                return Prepared::Failed { name: name.to_owned(), error, file, opened: Opened::Nothing };
             }
         };
         let digest = hex::encode(Sha256::digest(&bytes));
@@ -532,22 +567,33 @@ impl Reloader {
         }
         let file = Some(Box::new((digest, settings.clone())));
         let refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
-        let same_refusal = |refusal: &Refusal| refusal.file == file && !refusal.may_pass;
-        if retry == Retry::Changed && refused.get(name).is_some_and(same_refusal) {
-            return Prepared::Refused;
-        }
+        let loaded = match refused.get(name).filter(|refusal| refusal.file == file) {
+            Some(Refusal { opened: Opened::Refused, .. }) => return Prepared::Refused,
+            Some(Refusal { may_pass: false, .. }) if retry == Retry::Changed => return Prepared::Refused,
+            Some(Refusal { opened: Opened::Loaded(plugin), .. }) => Some(plugin.clone()),
+            _ => None,
+        };
         drop(refused);
+        let failed = |error, loaded| {
+            let opened = Opened::by(&error, loaded);
+            Prepared::Failed { name: name.to_owned(), error, file: file.clone(), opened }
+        };
         // Compiled, then tried: a bad cache entry the compile found is told even if the trial fails.
         let engine = &self.pipeline.engine;
-        let loaded = compile_bytes(engine, format, &bytes, settings)
-            .inspect(|plugin| self.tell_discarded_entry(plugin))
-            .and_then(|plugin| {
-                trial_instantiation(engine, &plugin, config.host.max_message_bytes).map(|()| plugin)
-            })
-            .and_then(|plugin| same_kind_where_used(config, current.as_deref(), plugin));
-        match loaded {
+        let compiled = match loaded {
+            Some(plugin) => Ok(plugin),
+            None => compile_bytes(engine, format, &bytes, settings)
+                .inspect(|plugin| self.tell_discarded_entry(plugin)),
+        };
+        let plugin = match compiled {
+            Ok(plugin) => plugin,
+            Err(error) => return failed(error, None),
+        };
+        let tried = trial_instantiation(engine, &plugin, config.host.max_message_bytes)
+            .and_then(|()| same_kind_where_used(config, current.as_deref(), plugin.clone()));
+        match tried {
             Ok(plugin) => Prepared::Ready(plugin),
-            Err(error) => Prepared::Failed { name: name.to_owned(), error, file },
+            Err(error) => failed(error, Some(plugin)),
         }
     }
 
@@ -614,6 +660,7 @@ enum Prepared {
         name: String,
         error: LoadError,
         file: Option<FileRead>,
+        opened: Opened,
     },
     /// The file is the serving version's.
     Serving,
