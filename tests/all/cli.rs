@@ -1,7 +1,7 @@
 //! The `switchyard` binary driven as a child process on free 127.0.0.1 ports.
 
 use crate::exposition::sample;
-use crate::support::{PATIENCE, RedisServer, eventually, plugin_dir};
+use crate::support::{PATIENCE, RedisServer, eventually, plugin_dir, until_ended};
 use crate::support::{http, http_raw, post};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -601,6 +601,51 @@ fn a_second_stop_signal_ends_a_stop_that_waits_for_its_grace_period() {
     host.terminate();
     host.line_where(|line| line.starts_with("switchyard: a second stop signal"));
     assert_eq!(host.child.wait().unwrap().code(), Some(130));
+}
+
+#[test]
+fn a_second_stop_signal_kills_the_subprocess_workers_with_the_host() {
+    // A worker (a process its shell started, in the group the host made) holds a message it never
+    // answers, and the grace period is ten minutes: the first SIGINT's stop waits. The second
+    // SIGINT's exit left the worker's process group running, the terminal's Ctrl-C never
+    // reaching it.
+    let dir = plugin_dir(&[]);
+    let pid_file = dir.path().join("worker.pid");
+    let worker = r#""sh", "-c", 'sleep 100000 & echo $! > "$0"; wait'"#;
+    let config = format!(
+        "[host]\nwatch = false\nplugin_dir = \".\"\nshutdown_grace_ms = 600000\n\
+         [ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+         [[destination]]\nname = \"workers\"\ntransport = \"subprocess\"\ntimeout_ms = 600000\n\
+         options = {{ command = [{worker}, {:?}] }}\n[[route]]\nname = \"all\"\nto = \"workers\"\n",
+        pid_file.display().to_string()
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let (status, _) = post(ingress, "/v1/messages/t", &[], b"{}");
+    assert_eq!(status, 202);
+    let worker = eventually(|| match std::fs::read_to_string(&pid_file) {
+        Ok(pid) if pid.ends_with('\n') => Ok(pid.trim_end().to_owned()),
+        read => Err(read),
+    });
+    let _orphan = KillOnFailure(worker.clone());
+    signal(&host, "-INT");
+    host.line_where(|line| line.starts_with("switchyard: stopping"));
+    signal(&host, "-INT");
+    host.line_where(|line| line.starts_with("switchyard: a second stop signal"));
+    assert_eq!(host.child.wait().unwrap().code(), Some(130));
+    until_ended(&worker, "the worker");
+}
+
+/// Kills the process of this id if the test fails: one found still running must not outlive it.
+struct KillOnFailure(String);
+
+impl Drop for KillOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0]).status();
+        }
+    }
 }
 
 /// Threads of process `pid` named `name` (`/proc/PID/task/*/comm`).

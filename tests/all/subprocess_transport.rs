@@ -4,7 +4,7 @@
 //! but one slow to start left to start, error answers classified, and processes stopped when their
 //! destination goes.
 
-use crate::support::{builder, drain_and_account, eventually, next, plugin_dir, within};
+use crate::support::{builder, drain_and_account, next, plugin_dir, until_ended, within};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use switchyard::{Config, Host, Message, RequestError};
@@ -43,19 +43,6 @@ async fn request_all(host: &Host, count: usize) -> Vec<String> {
         reply.header("x-pid").expect("the worker's pid").to_owned()
     });
     within(futures_util::future::join_all(requests)).await
-}
-
-/// Wait until the process `pid` (`what`) no longer runs: gone, or a zombie (one whose parent was
-/// killed waits for init to reap it).
-fn until_ended(pid: &str, what: &str) {
-    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
-    eventually(|| match std::fs::read_to_string(&stat) {
-        // Its state follows its command's name, in parentheses.
-        Ok(stat) if stat.rsplit_once(')').is_some_and(|(_, state)| !state.trim_start().starts_with('Z')) => {
-            Err(format!("{what} {pid} still runs"))
-        }
-        _ => Ok(()),
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

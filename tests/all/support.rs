@@ -116,6 +116,19 @@ pub fn eventually<T, S: std::fmt::Debug>(mut probe: impl FnMut() -> Result<T, S>
     }
 }
 
+/// Wait until the process `pid` (`what`) no longer runs: gone, or a zombie (one whose parent was
+/// killed waits for init to reap it).
+pub fn until_ended(pid: &str, what: &str) {
+    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    eventually(|| match std::fs::read_to_string(&stat) {
+        // Its state follows its command's name, in parentheses.
+        Ok(stat) if stat.rsplit_once(')').is_some_and(|(_, state)| !state.trim_start().starts_with('Z')) => {
+            Err(format!("{what} {pid} still runs"))
+        }
+        _ => Ok(()),
+    });
+}
+
 /// The next message of a memory destination.
 pub async fn next(receiver: &flume::Receiver<Message>) -> Message {
     within(receiver.recv_async()).await.expect("the destination is open")

@@ -135,7 +135,7 @@ pub async fn run(
     });
     let stops = signals.until_stopped(host.clone()).await;
     eprintln!("switchyard: stopping (a second SIGINT or SIGTERM stops at once)");
-    tokio::spawn(stops.stop_now());
+    tokio::spawn(stops.stop_now(host.clone()));
     let _ = stop.send(true);
     if let Some(servers) = host.shutdown_after(servers).await {
         servers?;
@@ -203,15 +203,17 @@ impl Stops {
         }
     }
 
-    /// Once a stop is under way: a second SIGINT or SIGTERM ends the process at once (exit status
-    /// 130), as one who asks twice means; the stop's grace period may be long (up to a day), and a
-    /// second Ctrl-C did nothing. What was under way is given up, as in a crash: with
-    /// `durability = "spool"` the next start delivers it.
-    async fn stop_now(mut self) {
+    /// Once a stop of `host` is under way: a second SIGINT or SIGTERM ends the process at once
+    /// (exit status 130), as one who asks twice means; the stop's grace period may be long (up to
+    /// a day), and a second Ctrl-C did nothing. What was under way is given up, as in a crash:
+    /// with `durability = "spool"` the next start delivers it. The host's subprocess workers are
+    /// killed first: in process groups of their own, they ran on after it.
+    async fn stop_now(mut self, host: Host) {
         self.recv().await;
         eprintln!(
             "switchyard: a second stop signal: exiting now, giving up what is under way (a spool keeps it for the next start)"
         );
+        host.kill_subprocesses();
         std::process::exit(130);
     }
 }

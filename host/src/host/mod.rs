@@ -510,6 +510,15 @@ impl Host {
         tokio::time::timeout(ANSWERS_AFTER_SHUTDOWN, listeners).await.ok()
     }
 
+    /// SIGKILL, at once, the processes this host's `subprocess` destinations started and that still
+    /// run (each with the process group it leads: what a wrapper started goes with it), and each
+    /// they start from now on; for a process about to exit without a shutdown, as a second Ctrl-C
+    /// asks: `std::process::exit` runs no destructor, and the terminal's Ctrl-C reaches the
+    /// host's process group only, so they would run on without their host.
+    pub fn kill_subprocesses(&self) {
+        self.inner.reloader.pipeline.dispatch.process_groups().kill_all();
+    }
+
     fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.config().host.shutdown_grace_ms)
     }

@@ -22,7 +22,9 @@ use crate::destination::{
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
 use crate::plugin::CompiledPlugin;
-use crate::transport::{CheckedTransport, DeliveryProgress, TransportContext, TransportRegistry};
+use crate::transport::{
+    CheckedTransport, DeliveryProgress, ProcessGroups, TransportContext, TransportRegistry,
+};
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -98,6 +100,7 @@ impl DispatchContext {
             plugins: services.registry.clone(),
             engine: services.engine.clone(),
             metrics: services.metrics.clone(),
+            process_groups: Arc::default(),
         };
         DispatchContext {
             runtime,
@@ -121,6 +124,11 @@ impl DispatchContext {
     /// The transports destinations may name.
     pub(crate) fn transports(&self) -> &TransportRegistry {
         &self.transports
+    }
+
+    /// The process groups the transports started and that still run.
+    pub(crate) fn process_groups(&self) -> &ProcessGroups {
+        &self.transport_context.process_groups
     }
 
     /// The cluster of network destination `config` over the transport `checked` (what the

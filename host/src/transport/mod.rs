@@ -24,6 +24,7 @@ mod lines;
 mod nats;
 pub mod plugin;
 mod pool;
+mod process_group;
 mod progress;
 mod redis;
 mod registry;
@@ -38,6 +39,7 @@ pub use file::{FileOptions, FileTransport, Fsync, FsyncPolicy};
 pub use http::{HttpOptions, HttpTransport};
 pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
+pub use process_group::ProcessGroups;
 pub(crate) use progress::{AttemptProgress, DeliveryProgress, Step};
 pub use registry::{
     CheckedTransport, CheckedTransports, SettingError, TransportContext, TransportFactory, TransportOptions,

@@ -115,6 +115,9 @@ pub struct TransportContext {
     pub engine: Arc<crate::plugin::PluginEngine>,
     /// Where a transport plugin's calls, counts, faults and renewed instances are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The process groups the host's `subprocess` destinations started, killed at once by
+    /// [`Host::kill_subprocesses`](crate::Host::kill_subprocesses).
+    pub process_groups: Arc<super::ProcessGroups>,
 }
 
 /// A [`TransportFactory`] whose options are the type `O` and whose transport `build` makes.
@@ -257,6 +260,7 @@ mod tests {
             plugins: Arc::default(),
             engine: Arc::new(crate::plugin::PluginEngine::new(None).unwrap()),
             metrics: Arc::new(crate::metrics::Metrics::new(false)),
+            process_groups: Arc::default(),
         }
     }
 

@@ -22,7 +22,8 @@
 //!
 //! Each process runs in a process group of its own, and is killed with its group: a command that
 //! is a wrapper (`sh -c`, `uv run`, `npm start`) runs the worker as a process it started, which is
-//! killed with it. (So the terminal's Ctrl-C does not reach the processes: the host ends them.)
+//! killed with it. (So the terminal's Ctrl-C does not reach the processes: the host ends them, at
+//! once when it must exit without stopping: see [`process_group`](super::process_group).)
 //!
 //! A process that stops reading its input (alive, but wedged) is killed, and so started again: each
 //! line must go into its input whole within the destination's `timeout_ms` from when its turn
@@ -36,6 +37,7 @@
 
 use super::answers::{Answer, Pending, read_answer};
 use super::lines::{Line, LineCodec, Written, write_line};
+use super::process_group::{ProcessGroup, ProcessGroups};
 use super::restart::{Peer, Restarting};
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, SettingError, Step, Transport,
@@ -51,7 +53,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{ChildStdin, Command};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -131,6 +133,7 @@ pub(super) fn build(
         options: Arc::new(options),
         destination: destination.name.clone(),
         slots,
+        groups: context.process_groups.clone(),
         max_reply_bytes: context.max_message_bytes,
         line_timeout: Duration::from_millis(destination.timeout_ms),
     })
@@ -143,6 +146,8 @@ pub struct SubprocessTransport {
     destination: String,
     /// One process per endpoint, by its address.
     slots: HashMap<String, Restarting<Running>>,
+    /// Where the host registers the process groups it started.
+    groups: Arc<ProcessGroups>,
     /// The largest reply payload taken (`host.max_message_bytes`).
     max_reply_bytes: usize,
     /// How long a line may take to go into a process's input (the destination's `timeout_ms`, an
@@ -188,17 +193,17 @@ impl SubprocessTransport {
     fn spawn(&self, address: &str) -> std::io::Result<Running> {
         let options = &self.options;
         let mut command = Command::new(&options.command[0]);
-        command.args(&options.command[1..]).envs(&options.env).process_group(0);
+        command.args(&options.command[1..]).envs(&options.env);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(cwd) = &options.cwd {
             command.current_dir(cwd);
         }
-        let mut child = ProcessGroup(command.spawn()?);
-        let (stdout, stderr) = (child.0.stdout.take(), child.0.stderr.take());
+        let mut group = self.groups.spawn(&mut command)?;
+        let (stdout, stderr) = (group.child.stdout.take(), group.child.stderr.take());
         let (closing, wedged) = (CancellationToken::new(), CancellationToken::new());
         let (pending, answered) = (Arc::new(Pending::default()), Arc::new(AtomicBool::new(false)));
         let running = Running {
-            stdin: Arc::new(Mutex::new(child.0.stdin.take())),
+            stdin: Arc::new(Mutex::new(group.child.stdin.take())),
             closing: closing.clone(),
             wedged: wedged.clone(),
             pending: pending.clone(),
@@ -207,7 +212,7 @@ impl SubprocessTransport {
         };
         let (destination, process) = (self.destination.clone(), address.to_owned());
         let max_reply_bytes = self.max_reply_bytes;
-        tracing::info!(%destination, %process, pid = child.0.id(), "process started");
+        tracing::info!(%destination, %process, pid = group.child.id(), "process started");
         if let Some(stderr) = stderr {
             let mut lines = FramedRead::new(stderr, LineCodec::new(MAX_LOG_LINE, MAX_LOG_LINE));
             let (destination, process) = (destination.clone(), process.clone());
@@ -233,17 +238,17 @@ impl SubprocessTransport {
                 // Its output ended: it answers nothing more, running or not.
                 () = &mut reading => {
                     pending.stop_taking();
-                    wait_for_exit(child, OUTPUT_END_GRACE).await
+                    wait_for_exit(group, OUTPUT_END_GRACE).await
                 }
-                () = closing.cancelled() => wait_for_exit(child, EXIT_GRACE).await,
+                () = closing.cancelled() => wait_for_exit(group, EXIT_GRACE).await,
                 () = wedged.cancelled() => {
                     let why = "a line not taken into its input in time: killed as wedged";
                     tracing::warn!(%destination, %process, "{why}");
-                    wait_for_exit(child, Duration::ZERO).await
+                    wait_for_exit(group, Duration::ZERO).await
                 }
                 // Exited with its output still open (a process it started holds it): the answers
                 // it wrote are in the pipe and read, then none is waited for.
-                exited = child.0.wait() => {
+                exited = group.wait() => {
                     pending.stop_taking();
                     let _ = tokio::time::timeout(DRAIN_GRACE, reading).await;
                     status_text(exited)
@@ -359,39 +364,18 @@ fn answer_of(line: &Line, max_reply_bytes: usize) -> Result<Answer, String> {
     read_answer(&line.bytes, cut)
 }
 
-/// Wait for `child` to exit, once its output ended ([`OUTPUT_END_GRACE`]) or it was asked to (the
-/// destination went and closed its input: [`EXIT_GRACE`]; it was wedged: none); its group is
-/// killed if it still runs `grace` later.
-async fn wait_for_exit(mut child: ProcessGroup, grace: Duration) -> String {
-    let waited = match tokio::time::timeout(grace, child.0.wait()).await {
+/// Wait for the process leading `group` to exit, once its output ended ([`OUTPUT_END_GRACE`]) or
+/// it was asked to (the destination went and closed its input: [`EXIT_GRACE`]; it was wedged:
+/// none); its group is killed if it still runs `grace` later.
+async fn wait_for_exit(mut group: ProcessGroup, grace: Duration) -> String {
+    let waited = match tokio::time::timeout(grace, group.wait()).await {
         Ok(waited) => waited,
         Err(_) => {
-            child.kill();
-            child.0.wait().await
+            group.kill();
+            group.wait().await
         }
     };
     status_text(waited)
-}
-
-/// A process started in a process group of its own (see the module docs), whose group is killed
-/// when it is dropped before it was waited for: a shutdown that drops its task kills it.
-struct ProcessGroup(Child);
-
-impl ProcessGroup {
-    /// Kill every process of the group, unless the process that leads it was waited for (its id,
-    /// the group's, may then be another's).
-    fn kill(&mut self) {
-        let leader = self.0.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
-        if let Some(leader) = leader {
-            let _ = rustix::process::kill_process_group(leader, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn status_text(waited: std::io::Result<std::process::ExitStatus>) -> String {
