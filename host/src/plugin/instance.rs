@@ -140,7 +140,7 @@ impl PluginInstance {
         let state = state.map_err(|err| StartFailure::Fault(PluginFault::Unusable(err.to_string())))?;
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
-        store.epoch_deadline_trap();
+        super::ticker::end_calls_on_time(&mut store, |state| state.call_ends_at);
         let timeout = plugin.settings.timeout();
         let mut guard = CallGuard { store, timeout, outgrown_at: usize::MAX, mark: engine.call_mark() };
         // In two steps, as the generated `instantiate` takes them: start the component (which
@@ -335,6 +335,7 @@ impl CallGuard {
         state.hit_memory_cap = false;
         state.waited_past_deadline = false;
         state.call_deadline = Some(tokio::time::Instant::now() + timeout);
+        state.call_ends_at = Some(std::time::Instant::now() + timeout);
         let store = &mut self.store;
         self.mark.during(|| call(store)).map_err(|err| self.classify(err, timeout))
     }

@@ -160,6 +160,8 @@ pub struct StoreState {
     /// When the current call must end, for waits inside WASI (which epoch
     /// interruption cannot stop).
     pub(crate) call_deadline: Option<tokio::time::Instant>,
+    /// When the current call must end by the real clock, which the epoch ticker keeps.
+    pub(crate) call_ends_at: Option<std::time::Instant>,
     /// Set when a wait inside WASI ran into the current call's deadline, so
     /// the trap that ends the call is reported as a timeout.
     pub(crate) waited_past_deadline: bool,
@@ -191,6 +193,7 @@ impl StoreState {
             settings,
             hit_memory_cap: false,
             call_deadline: None,
+            call_ends_at: None,
             waited_past_deadline: false,
         })
     }

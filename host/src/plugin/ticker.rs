@@ -8,7 +8,7 @@
 //! sides store, then load, in one sequentially consistent order, so at least
 //! one sees the other: a call never runs on a ticker that sleeps through it.
 
-use super::engine::EPOCH_TICK;
+use super::engine::{EPOCH_TICK, PluginEngine};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::Thread;
@@ -160,6 +160,24 @@ impl TickClock {
     }
 }
 
+/// Have `store`'s calls end when the epoch reaches their deadline and `ends_at` (when the call must
+/// end by the clock) has passed, and wait on for the ticks left when it has not. The ticker makes
+/// the ticks it was late for at once, those that fell due before a call began too, and counting
+/// them against the call cut it short by the ticker's delay (a 20 ms deadline ended a call after
+/// 1 ms when the ticker ran 40 ms late).
+pub(crate) fn end_calls_on_time<T: 'static>(
+    store: &mut wasmtime::Store<T>,
+    ends_at: fn(&T) -> Option<Instant>,
+) {
+    store.epoch_deadline_callback(move |store| {
+        let left = ends_at(store.data()).and_then(|at| at.checked_duration_since(Instant::now()));
+        Ok(match left.filter(|left| !left.is_zero()) {
+            Some(left) => wasmtime::UpdateDeadline::Continue(PluginEngine::deadline_ticks(left)),
+            None => wasmtime::UpdateDeadline::Interrupt,
+        })
+    });
+}
+
 impl CallMark {
     /// Run `call` (plugin code) marked as under way, waking the ticker first
     /// if it rests.
@@ -244,6 +262,40 @@ mod tests {
         assert_eq!(clock.next_due(), started + EPOCH_TICK * 5);
         assert_eq!(clock.due(started + EPOCH_TICK * 9 / 2), 0, "none twice");
         assert_eq!(clock.due(started + EPOCH_TICK * 5), 1);
+    }
+
+    #[test]
+    fn ticks_a_late_ticker_makes_up_do_not_end_a_call_before_its_time() {
+        // The ticker, late, makes at once the ticks that fell due before the call began: they took
+        // the epoch past the call's deadline as soon as it ran.
+        let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
+        let module = r#"(module (import "" "began" (func $began))
+                          (func (export "spin") (call $began) (loop (br 0))))"#;
+        let module = Module::new(&engine, module).unwrap();
+        let timeout = EPOCH_TICK * 20;
+        let mut store = Store::new(&engine, None);
+        end_calls_on_time(&mut store, |ends_at: &Option<Instant>| *ends_at);
+        let (began, running) = std::sync::mpsc::channel();
+        let mut linker = Linker::new(&engine);
+        linker.func_wrap("", "began", move || began.send(()).unwrap()).unwrap();
+        let spin = linker.instantiate(&mut store, &module).unwrap();
+        let spin = spin.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
+        let started = Instant::now();
+        *store.data_mut() = Some(started + timeout);
+        store.set_epoch_deadline(PluginEngine::deadline_ticks(timeout));
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send((spin.call(&mut store, ()).unwrap_err(), started.elapsed())));
+        running.recv_timeout(Duration::from_secs(60)).expect("the call began (safety net)");
+        (0..2 * PluginEngine::deadline_ticks(timeout)).for_each(|_| engine.increment_epoch());
+        // Then on time, as the ticker goes on, until the call ends.
+        let (error, took) = loop {
+            match ended.recv_timeout(EPOCH_TICK) {
+                Ok(ended) => break ended,
+                Err(_) => engine.increment_epoch(),
+            }
+        };
+        assert_eq!(error.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+        assert!(took >= timeout, "ended after {took:?}, before its {timeout:?}");
     }
 
     #[test]
