@@ -361,10 +361,19 @@ async fn send_along<'t>(
             continue;
         };
         for attempt in 1..=policy.attempts {
-            let delivered = tokio::select! {
-                biased;
-                delivered = target.sink.deliver(letter.clone()) => delivered,
-                () = cut.cancelled() => return Along::NotNow,
+            let delivered = match target.sink.destination.as_memory() {
+                // Cut while it waits for room, a memory destination tells whether it took the
+                // letter: one it did not stays in the file, one it did does not.
+                Some(memory) => match memory.send(letter.clone(), cut_off(cut)).await {
+                    Ok(()) => Ok(None),
+                    Err((DeliveryError::Shutdown, _)) => return Along::NotNow,
+                    Err((error, _)) => Err(error),
+                },
+                None => tokio::select! {
+                    biased;
+                    delivered = target.sink.deliver(letter.clone()) => delivered,
+                    () = cut.cancelled() => return Along::NotNow,
+                },
             };
             let error = match delivered {
                 // A dead letter's reply is nobody's: one refused was taken all the same.
@@ -392,6 +401,12 @@ async fn send_along<'t>(
         true => Along::Refused,
         false => Along::NotNow,
     }
+}
+
+/// Resolves once `cut` is cancelled, as the shutdown it comes with.
+async fn cut_off(cut: &CancellationToken) -> DeliveryError {
+    cut.cancelled().await;
+    DeliveryError::Shutdown
 }
 
 /// The background task re-delivering from the dead-letter file; stops when

@@ -388,18 +388,16 @@ impl Pipeline {
         // take it: no copy is kept for the dead-letter path, unless it is full. It never answers.
         let (message, result) = match target.sink.destination.as_memory() {
             Some(memory) => {
-                let sent = match memory.try_send(message) {
-                    Ok(()) => Ok(()),
-                    // Full: wait for room, with a copy to dead-letter if the grace period ends
-                    // first, or the wait a fallback's hand-off allows.
-                    Err(message) => tokio::select! {
+                // Full, it waits for room until the grace period ends, or the wait a fallback's
+                // hand-off allows.
+                let deadline = async {
+                    tokio::select! {
                         biased;
-                        sent = memory.send(message.clone()) => sent.map_err(|(error, _)| (error, message)),
-                        () = past_grace.cancelled() => Err((DeliveryError::Shutdown, message)),
-                        waited_ms = hand_off_ends(wait) => Err((DeliveryError::NoRoom { waited_ms }, message)),
-                    },
+                        () = past_grace.cancelled() => DeliveryError::Shutdown,
+                        waited_ms = hand_off_ends(wait) => DeliveryError::NoRoom { waited_ms },
+                    }
                 };
-                match sent {
+                match memory.send(message, deadline).await {
                     Ok(()) => {
                         return self.taken_by_memory(&target.sink, metrics, accepted, reply, Instant::now());
                     }
