@@ -270,6 +270,26 @@ async fn an_accepted_native_library_is_opened_once_however_often_the_host_reload
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_library_written_in_place_in_two_steps_is_opened_once_its_writer_closes_it() {
+    // Caught between its writer's two steps, the first half was read (and refused as cut short):
+    // a library still being written is not read at all now, so none partly written is opened.
+    let dir = native_plugin_dir(&[("t", artifacts::native::STAMP_TRANSFORM)]);
+    let host = crate::reload::host_with_transform_in(dir.path(), &memory_out_native()).await;
+    let file = native_file("t");
+    crate::reload_once::plugin_written_in_two_steps(
+        &host,
+        dir.path(),
+        &file,
+        artifacts::native::REDACT_TRANSFORM,
+    )
+    .await;
+    host.send(Message::new("any", "{}")).await.unwrap();
+    let out = host.memory("out").unwrap();
+    assert_eq!(crate::reload::version_seen(&next(&out).await), "redact", "the new library serves");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webassembly_plugin_removed_beside_a_library_left_unopened_is_gone_too() {
     // native_plugins off: t.so is refused unopened, and once t.wasm is removed t serves no more.
     let dir = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);

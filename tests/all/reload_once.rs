@@ -7,6 +7,7 @@ use crate::reload::replaced;
 use crate::support::{MEMORY_OUT, drain_and_account, event_where, next, plugin_dir, replace_file, within};
 use notify::event::AccessKind;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,6 +96,81 @@ async fn one_config_edit_is_applied_once_and_the_host_is_quiet_afterwards() {
     assert_eq!(host.event_counts().configs_applied, 1);
     host.send(Message::new("b", "{}")).await.unwrap();
     assert_eq!(next(&host.memory("out").unwrap()).await.topic, "b", "the new route serves");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_written_in_two_steps_is_read_once_its_writer_closes_it() {
+    // A writer that writes, pauses and writes more, holding the file open: once the file had been
+    // quiet for 50 ms its first part was read, and as it ended after a complete route it was
+    // applied: routes b and c served nothing until the rest came.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a", "b"]);
+    let host = file.host().await;
+    let mut events = host.subscribe();
+    let full = file.text(&["a", "b", "c"]);
+    let cut = full.find("[[route]]\nname = \"b\"").unwrap();
+    let mut writer = std::fs::File::create(&file.path).unwrap();
+    writer.write_all(&full.as_bytes()[..cut]).unwrap();
+    caught_up(&mut events, plugins.path()).await;
+    assert_eq!(route_names(&host), ["a", "b"], "the first part, route a alone, was applied");
+    writer.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(writer);
+    event_where(&mut events, config_applied).await;
+    assert_eq!(events_over_quiet_period(&mut events).await, Vec::<String>::new());
+    assert_eq!(host.event_counts().configs_applied, 1);
+    assert_eq!(route_names(&host), ["a", "b", "c"]);
+    host.send(Message::new("c", "{}")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.topic, "c", "the new route serves");
+    drain_and_account(&host).await;
+}
+
+/// The names of the routes `host` runs.
+fn route_names(host: &Host) -> Vec<String> {
+    host.config().routes.iter().map(|route| route.name.clone()).collect()
+}
+
+/// Move a plugin `caught-up` into `dir` and wait until it is loaded, then remove it and wait until
+/// it is removed: the watcher has then handled every file event made before, and applied what they
+/// changed (the batch that loaded it, which may hold earlier changes, ended before the removal's).
+pub async fn caught_up(events: &mut broadcast::Receiver<HostEvent>, dir: &Path) {
+    let staging = tempfile::tempdir_in(dir.parent().unwrap()).unwrap();
+    std::fs::copy(artifacts::HEADER_FILTER, staging.path().join("caught-up.wasm")).unwrap();
+    std::fs::rename(staging.path().join("caught-up.wasm"), dir.join("caught-up.wasm")).unwrap();
+    event_where(events, |event| matches!(event, HostEvent::PluginLoaded { name, .. } if name == "caught-up"))
+        .await;
+    std::fs::remove_file(dir.join("caught-up.wasm")).unwrap();
+    event_where(
+        events,
+        |event| matches!(event, HostEvent::PluginRemoved { name, .. } if name == "caught-up"),
+    )
+    .await;
+}
+
+/// Write plugin file `file` of `host`'s plugin directory `dir` in place with the bytes of
+/// `artifact` in two steps, holding it open between them, and check that it is read once, when
+/// its writer closes it: its first half is neither refused nor loaded meanwhile.
+pub async fn plugin_written_in_two_steps(host: &Host, dir: &Path, file: &str, artifact: &str) {
+    let mut events = host.subscribe();
+    let serving = host.plugins().iter().find(|plugin| plugin.name == "t").unwrap().digest.clone();
+    let whole = std::fs::read(artifact).unwrap();
+    let mut writer = std::fs::File::create(dir.join(file)).unwrap();
+    writer.write_all(&whole[..whole.len() / 2]).unwrap();
+    caught_up(&mut events, dir).await;
+    assert_eq!(host.event_counts().rejected, 0, "the first half was read: {:?}", host.last_rejections());
+    assert_eq!(host.plugins().iter().find(|plugin| plugin.name == "t").unwrap().digest, serving);
+    writer.write_all(&whole[whole.len() / 2..]).unwrap();
+    drop(writer);
+    replaced_with(&mut events, "t", artifact).await;
+    assert_eq!((host.event_counts().rejected, host.event_counts().replaced), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_written_in_place_in_two_steps_is_read_once_its_writer_closes_it() {
+    // Caught between its writer's two steps, the first half was compiled and refused.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let host = crate::support::host(plugins.path(), MEMORY_OUT).await;
+    plugin_written_in_two_steps(&host, plugins.path(), "t.wasm", artifacts::REDACT_TRANSFORM).await;
     drain_and_account(&host).await;
 }
 

@@ -73,7 +73,7 @@ pub(super) fn names_a_plugin(path: &Path) -> bool {
 
 /// `path` with its directory resolved (links on the way followed) and its own name kept: where
 /// an event of a watched directory names it. `None` when the directory is not there.
-fn place(path: &Path) -> Option<PathBuf> {
+pub(super) fn place(path: &Path) -> Option<PathBuf> {
     let dir = match path.parent()? {
         dir if dir.as_os_str().is_empty() => Path::new("."),
         dir => dir,

@@ -8,6 +8,7 @@
 
 mod events;
 mod links;
+mod open_writes;
 mod reloader;
 mod source;
 mod watch;

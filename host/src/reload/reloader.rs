@@ -3,6 +3,7 @@
 //! compiling runs on blocking threads and the result is swapped in atomically.
 
 use super::events::{Events, HostEvent};
+use super::open_writes::OpenWrites;
 use super::source::{Source, beyond_grants, read_source};
 use crate::config::{CodeOverrides, Config, ConfigError, Overridden, PluginConfig, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
@@ -52,6 +53,9 @@ pub(crate) struct Reloader {
     /// The text of the config file as last read (applied or refused) or written: a file event
     /// that leaves it so reads nothing into a config and reports nothing again.
     config_text: Mutex<Option<String>>,
+    /// The files their writers hold open, as the watcher tells (none without one): such a file,
+    /// config or plugin, is not read into anything until it is closed.
+    pub(super) writes: Arc<OpenWrites>,
 }
 
 /// `plugin`, unless it is of another kind than `serving` (the version it
@@ -168,6 +172,7 @@ impl Reloader {
             config_changes: Mutex::new(()),
             refused: Mutex::default(),
             config_text: Mutex::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -326,7 +331,8 @@ impl Reloader {
     /// it. Refused whole, with a `config-rejected` event: an invalid file, one
     /// that changes start-only keys, and one with no routes replacing one
     /// with some unless it says `route = []`. A file caught while it is being
-    /// written is refused without an event: its next write brings it back.
+    /// written, or that its writer holds open still, is refused without an
+    /// event: its next write, or its close, brings it back.
     /// With [`Retry::Changed`] (a file event), a file whose text is the one
     /// last read or written is left alone: events beside a linked config file,
     /// or a log written next to it, neither apply nor refuse it again.
@@ -335,8 +341,10 @@ impl Reloader {
         self.refuse_if_closed(file)?;
         let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
-        let text = Config::read_text(file, path, Links::Anywhere)
-            .and_then(|text| text.ok_or_else(|| ConfigError::Unsettled { file: file.clone() }));
+        let text = Config::read_text(file, path, Links::Anywhere).and_then(|text| {
+            let written_out = text.filter(|_| !self.writes.holds(path));
+            written_out.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })
+        });
         if let Ok(text) = &text {
             let mut last = self.config_text.lock().unwrap_or_else(|poison| poison.into_inner());
             if retry == Retry::Changed && last.as_ref() == Some(text) {
@@ -548,7 +556,8 @@ impl Reloader {
 
     /// Plugin `name` read and compiled as `config` says, ready to swap in, or why not.
     fn prepare(&self, config: &Config, name: &str, retry: Retry) -> Prepared {
-        let (format, bytes, settings) = match read_source(&config.host.plugin_dir, name, config) {
+        let (format, bytes, settings) = match read_source(&config.host.plugin_dir, name, config, &self.writes)
+        {
             Ok(Source::Present { format, bytes, config }) => (format, bytes, config),
             Ok(Source::Absent) => return Prepared::Gone(name.to_owned()),
             Ok(Source::Unsettled) => return Prepared::Unsettled,

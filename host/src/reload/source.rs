@@ -2,6 +2,7 @@
 //! `NAME.so` on Linux), and the optional sidecar `NAME.toml` holding its
 //! settings (which win over the main config's).
 
+use super::open_writes::OpenWrites;
 use crate::config::{Config, ConfigError, PluginConfig};
 use crate::plugin::{LoadError, NativeRefusal, PluginFormat};
 use crate::regular_file::{self, Links};
@@ -14,7 +15,8 @@ pub(crate) enum Source {
     /// There is no such file (any more).
     Absent,
     /// The file or its sidecar changed while it was read (a copy in
-    /// progress): wait for the next change event.
+    /// progress), or its writer holds it open still: wait for the next
+    /// change event (its close).
     Unsettled,
 }
 
@@ -42,7 +44,8 @@ pub fn load_as_configured(
     open_native: bool,
 ) -> Result<ConfiguredPlugin, LoadError> {
     let dir = &config.host.plugin_dir;
-    match read_source(dir, name, config)? {
+    // Nothing is watched here: no file is known to be held open.
+    match read_source(dir, name, config, &OpenWrites::default())? {
         Source::Present { format: PluginFormat::Native, .. } if !open_native => {
             let file = dir.join(format!("{name}.{}", PluginFormat::Native.extension()));
             Ok(ConfiguredPlugin::NativeUnopened { file })
@@ -61,10 +64,16 @@ pub fn load_as_configured(
     }
 }
 
-/// Read plugin `name` from `dir`, with its effective settings under `config`.
+/// Read plugin `name` from `dir`, with its effective settings under `config`;
+/// [`Source::Unsettled`] while its file or sidecar is in `writes`' hold.
 /// A native library is neither read nor opened unless `host.native_plugins`
 /// is set: it is refused.
-pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Source, LoadError> {
+pub(crate) fn read_source(
+    dir: &Path,
+    name: &str,
+    config: &Config,
+    writes: &OpenWrites,
+) -> Result<Source, LoadError> {
     let file = |format: PluginFormat| dir.join(format!("{name}.{}", format.extension()));
     let exists = |format| file(format).symlink_metadata().is_ok();
     let format = match (exists(PluginFormat::Wasm), exists(PluginFormat::Native)) {
@@ -92,6 +101,10 @@ pub(crate) fn read_source(dir: &Path, name: &str, config: &Config) -> Result<Sou
         Err(err) => return Err(read_error(err)),
     };
     let Some(config) = plugin_config(dir, name, config)? else { return Ok(Source::Unsettled) };
+    // Asked once read: a write told meanwhile is known then.
+    if writes.holds(&path) || writes.holds(&sidecar_of(dir, name)) {
+        return Ok(Source::Unsettled);
+    }
     Ok(Source::Present { format, bytes, config })
 }
 
@@ -104,7 +117,7 @@ pub(crate) fn plugin_config(
     name: &str,
     config: &Config,
 ) -> Result<Option<PluginConfig>, LoadError> {
-    let sidecar = dir.join(format!("{name}.toml"));
+    let sidecar = sidecar_of(dir, name);
     let file = sidecar.display().to_string();
     let entry = || entry_of(config, name);
     let settings_error = |reason: String| LoadError::Settings { name: name.to_owned(), reason };
@@ -126,6 +139,11 @@ pub(crate) fn plugin_config(
         }
         Err(err) => Err(settings_error(err.to_string())),
     }
+}
+
+/// Plugin `name`'s sidecar in `dir`.
+fn sidecar_of(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}.toml"))
 }
 
 /// The first grant of `sidecar` beyond `entry`'s, as (key and value, what
@@ -243,7 +261,7 @@ mod tests {
             // Read until a read overlaps a write; the deadline is a safety net only.
             let deadline = Instant::now() + Duration::from_secs(60);
             let caught = loop {
-                match read_source(dir.path(), "t", &Config::default()) {
+                match read_source(dir.path(), "t", &Config::default(), &OpenWrites::default()) {
                     Ok(Source::Present { .. }) if Instant::now() < deadline => continue,
                     caught => break caught,
                 }

@@ -1,11 +1,13 @@
 //! Watching the plugin directory and the config file: file-system events are
 //! gathered until things are quiet for a moment (or for a second at most, so a
-//! file written without pause delays the rest by no more), then applied.
+//! file written without pause delays the rest by no more), then applied. A file
+//! its writer still holds open is read once it is closed ([`OpenWrites`]).
 
 use super::links::{LinkTargets, names_a_plugin};
+use super::open_writes::OpenWrites;
 use super::reloader::{ConfigChange, Reloader, Retry};
 use arc_swap::ArcSwap;
-use notify::event::{EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -50,13 +52,17 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     let dir = reloader.plugin_dir();
     let config_path = reloader.config_path().map(Path::to_path_buf);
     let (changes, mut incoming) = mpsc::unbounded_channel();
-    let classify = classifier(dir.clone(), config_path.clone());
+    let classify = Arc::new(classifier(dir.clone(), config_path.clone()));
     let links = Arc::new(ArcSwap::from_pointee(LinkTargets::default()));
-    let links_seen = links.clone();
+    let (classify_seen, links_seen, writes) = (classify.clone(), links.clone(), reloader.writes.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => changes_of(&event, &classify, &links_seen.load()).into_iter().for_each(|change| {
-            let _ = changes.send(change);
-        }),
+        Ok(event) => {
+            // Noted before its changes are sent: a read they lead to knows of it.
+            writes.note(&event);
+            changes_of(&event, &*classify_seen, &links_seen.load()).into_iter().for_each(|change| {
+                let _ = changes.send(change);
+            })
+        }
         Err(err) => tracing::error!(%err, "watching the plugin directory failed"),
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -78,7 +84,8 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     follow_links(&watcher, &links, &dir, &watched_already);
     let rearm = Arc::downgrade(&watcher);
     tokio::spawn(async move {
-        while let Some(first) = incoming.recv().await {
+        let changes_at = |path: &Path| changes_at(path, &*classify, &links.load());
+        while let Some(first) = next_changes(&mut incoming, &reloader.writes, changes_at).await {
             let batch = gather(first, &mut incoming).await;
             if let Some(watcher) = rearm.upgrade() {
                 if batch.contains(&Change::DirectoryItself) {
@@ -97,10 +104,33 @@ pub(crate) fn watch(reloader: Arc<Reloader>) -> notify::Result<WatchGuard> {
     Ok(WatchGuard { _watcher: watcher })
 }
 
+/// The changes the next file event tells, or, should none come before, those of the files whose
+/// writers held them open past the longest wait for them ([`OpenWrites::wait_out`]): they are read
+/// as they are. `None` once the watcher is gone.
+async fn next_changes(
+    incoming: &mut mpsc::UnboundedReceiver<Change>,
+    writes: &OpenWrites,
+    changes_at: impl Fn(&Path) -> Vec<Change>,
+) -> Option<BTreeSet<Change>> {
+    loop {
+        let waited_out = match writes.next_wait_end() {
+            None => return incoming.recv().await.map(|change| BTreeSet::from([change])),
+            Some(end) => match tokio::time::timeout_at(end, incoming.recv()).await {
+                Ok(change) => return change.map(|change| BTreeSet::from([change])),
+                Err(_) => writes.wait_out(end),
+            },
+        };
+        let changes: BTreeSet<Change> = waited_out.iter().flat_map(|path| changes_at(path)).collect();
+        if !changes.is_empty() {
+            return Some(changes);
+        }
+    }
+}
+
 /// `first` and the changes that follow it until `incoming` is quiet for [`SETTLE`], or for
 /// [`GATHER_AT_MOST`] since `first` came.
-async fn gather(first: Change, incoming: &mut mpsc::UnboundedReceiver<Change>) -> BTreeSet<Change> {
-    let mut batch = BTreeSet::from([first]);
+async fn gather(first: BTreeSet<Change>, incoming: &mut mpsc::UnboundedReceiver<Change>) -> BTreeSet<Change> {
+    let mut batch = first;
     let applied_by = tokio::time::Instant::now() + GATHER_AT_MOST;
     loop {
         let quiet_by = (tokio::time::Instant::now() + SETTLE).min(applied_by);
@@ -158,7 +188,7 @@ fn follow_links(
 /// applied.
 fn changes_of(
     event: &notify::Event,
-    classify: impl Fn(&PathBuf) -> Option<Change>,
+    classify: impl Fn(&Path) -> Option<Change>,
     links: &LinkTargets,
 ) -> Vec<Change> {
     if event.need_rescan() {
@@ -167,27 +197,35 @@ fn changes_of(
     if !can_change_what_is_read(&event.kind) {
         return Vec::new();
     }
-    let linked = |path| links.plugins_at(path).map(|name| Change::Plugin(name.clone()));
-    event.paths.iter().flat_map(|path| classify(path).into_iter().chain(linked(path))).collect()
+    event.paths.iter().flat_map(|path| changes_at(path, &classify, links)).collect()
+}
+
+/// What a change of the file at `path` changes: its own, and that of the plugins whose links lead
+/// there.
+fn changes_at(path: &Path, classify: impl Fn(&Path) -> Option<Change>, links: &LinkTargets) -> Vec<Change> {
+    let linked = links.plugins_at(path).map(|name| Change::Plugin(name.clone()));
+    classify(path).into_iter().chain(linked).collect()
 }
 
 /// Whether an event can mean new content, or content readable now: a file created, written,
 /// renamed or removed, or its permissions or owner changed (a file the host could not read, made
-/// readable). Opening, reading and closing a file cannot, and are ignored: the host's own reads
-/// would have it read again without end. Those reads change no attribute that is told (an access
-/// time a read sets is told as the access, not as a change of metadata).
+/// readable), or a file closed by its writer (one it held open is read then: [`OpenWrites`]).
+/// Opening a file, reading it and closing it unwritten cannot, and are ignored: the host's own
+/// reads would have it read again without end. Those reads change no attribute that is told (an access time a
+/// read sets is told as the access, not as a change of metadata).
 fn can_change_what_is_read(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::Create(_)
             | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Modify(
                 ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Metadata(_) | ModifyKind::Any
             )
     )
 }
 
-fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -> Option<Change> {
+fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&Path) -> Option<Change> {
     // Compared by their directories, resolved once: the plugin directory may come and go.
     let canonical = |path: Option<PathBuf>| path.and_then(|path| path.canonicalize().ok());
     let config = config_path
@@ -200,7 +238,7 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&PathBuf) -
     let config_is_link =
         config_path.as_ref().is_some_and(|path| path.symlink_metadata().is_ok_and(|meta| meta.is_symlink()));
     let dir_at = (canonical(parent_of(&dir)), dir.file_name().map(ToOwned::to_owned));
-    move |path: &PathBuf| {
+    move |path: &Path| {
         let at = (canonical(parent_of(path)), path.file_name().map(ToOwned::to_owned));
         // Resolved at each event: a plugin directory that is a symbolic link may be swapped.
         let in_dir = at.0.is_some() && at.0 == dir.canonicalize().ok();
@@ -252,7 +290,8 @@ fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, Flag};
+    use crate::reload::open_writes::HELD_OPEN_AT_MOST;
+    use notify::event::{CreateKind, DataChange, Flag};
 
     #[tokio::test(start_paused = true)]
     async fn changes_that_never_pause_are_applied_a_second_after_the_first() {
@@ -267,7 +306,7 @@ mod tests {
             }
         });
         let began = tokio::time::Instant::now();
-        let batch = gather(Change::Plugin("t".into()), &mut incoming).await;
+        let batch = gather(BTreeSet::from([Change::Plugin("t".into())]), &mut incoming).await;
         assert_eq!(began.elapsed(), GATHER_AT_MOST);
         assert_eq!(batch, BTreeSet::from([Change::Plugin("busy".into()), Change::Plugin("t".into())]));
         noise.abort();
@@ -278,9 +317,60 @@ mod tests {
         let (changes, mut incoming) = mpsc::unbounded_channel();
         changes.send(Change::Config).unwrap();
         let began = tokio::time::Instant::now();
-        let batch = gather(Change::Plugin("t".into()), &mut incoming).await;
+        let batch = gather(BTreeSet::from([Change::Plugin("t".into())]), &mut incoming).await;
         assert_eq!(began.elapsed(), SETTLE);
         assert_eq!(batch, BTreeSet::from([Change::Plugin("t".into()), Change::Config]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_config_its_writer_holds_open_is_applied_as_it_is_once_unwritten_for_the_longest_wait() {
+        use std::io::Write;
+        let (plugins, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let config = |routes: &[&str]| {
+            let mut text = format!(
+                "[host]\nplugin_dir = {:?}\nwatch = false\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n",
+                plugins.path()
+            );
+            for route in routes {
+                text += &format!(
+                    "[[route]]\nname = \"{route}\"\nmatch = {{ topic = \"{route}\" }}\nto = \"out\"\n"
+                );
+            }
+            text
+        };
+        let path = state.path().join("switchyard.toml");
+        std::fs::write(&path, config(&["a"])).unwrap();
+        let host =
+            crate::Host::builder().config_file(&path).unwrap().state_dir(state.path().join(".switchyard"));
+        let host = host.build().await.unwrap();
+        let mut events = host.subscribe();
+        let reloader = host.reloader().clone();
+        let apply_now = |batch| {
+            let reloader = reloader.clone();
+            tokio::task::spawn_blocking(move || apply(&reloader, batch))
+        };
+        // Written in place, then held open: its writer neither writes more nor closes it.
+        let mut writer = std::fs::File::create(&path).unwrap();
+        writer.write_all(config(&["a", "b"]).as_bytes()).unwrap();
+        let written =
+            notify::Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any))).add_path(path.clone());
+        let noted = tokio::time::Instant::now();
+        reloader.writes.note(&written);
+        let (classify, links) =
+            (classifier(plugins.path().to_path_buf(), Some(path.clone())), LinkTargets::default());
+        let (_changes, mut incoming) = mpsc::unbounded_channel();
+        let batch = BTreeSet::from_iter(changes_of(&written, &classify, &links));
+        apply_now(batch).await.unwrap();
+        assert_eq!(host.event_counts().configs_applied, 0, "read while its writer holds it open");
+        let batch =
+            next_changes(&mut incoming, &reloader.writes, |path| changes_at(path, &classify, &links)).await;
+        assert_eq!(noted.elapsed(), HELD_OPEN_AT_MOST);
+        assert_eq!(batch, Some(BTreeSet::from([Change::Config])));
+        apply_now(batch.unwrap()).await.unwrap();
+        assert_eq!(events.try_recv().map(|event| event.name()), Ok("config-applied"));
+        assert_eq!(host.config().routes.len(), 2, "read as it is");
+        drop(writer);
+        host.shutdown().await;
     }
 
     #[test]
