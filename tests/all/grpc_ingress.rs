@@ -356,3 +356,83 @@ async fn a_stop_answers_a_stream_waiting_for_its_next_message_at_once() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
 }
+
+/// A stream of messages on topic `t.x` whose payload is their number, but for the `refused` ones,
+/// sent at once (the ingress reads them together) to `host`'s gRPC ingress; its answer, a result
+/// for each.
+async fn stream_together(
+    host: &Host,
+    count: usize,
+    refused: &[(usize, PublishRequest)],
+) -> Vec<PublishResult> {
+    let requests = (0..count).map(|n| match refused.iter().find(|(at, _)| *at == n) {
+        Some((_, request)) => request.clone(),
+        None => publish("t.x", &n.to_string()),
+    });
+    let requests: Vec<_> = requests.collect();
+    let reply = client(host).await.publish_stream(futures_util::stream::iter(requests)).await;
+    let reply = reply.unwrap().into_inner();
+    assert_eq!(reply.results.len(), count, "{reply:?}");
+    let accepted =
+        reply.results.iter().filter(|result| matches!(result.outcome, Some(PublishOutcome::Id(_))));
+    assert_eq!(reply.accepted, accepted.count() as u64, "{reply:?}");
+    reply.results
+}
+
+/// The (payload, id) of each message `results` says was accepted (a message's payload is its
+/// number, its place in the stream).
+fn accepted(results: &[PublishResult]) -> Vec<(String, String)> {
+    let ids = results.iter().enumerate().filter_map(|(n, result)| match &result.outcome {
+        Some(PublishOutcome::Id(id)) => Some((n.to_string(), id.clone())),
+        _ => None,
+    });
+    ids.collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_stream_read_together_share_a_spool_fsync_and_each_is_answered_once_on_disk() {
+    // Each message was admitted, waiting for its own fsync, before the next was read: a client
+    // streaming messages got about one per fsync.
+    const COUNT: usize = 64;
+    let state = tempfile::tempdir().unwrap();
+    // The gate holds every message in the pipeline, so none leaves the spool while the test looks.
+    let (open, gate) = crate::spool::gate();
+    let (host, delivered) = crate::spool::host(state.path(), Some(gate), |_| {}).await;
+    let results = stream_together(&host, COUNT, &[]).await;
+    let accepted = accepted(&results);
+    assert_eq!(accepted.len(), COUNT, "{results:?}");
+    crate::spool::assert_written_together(&host, COUNT);
+    drop(open);
+    crate::spool::assert_delivered_as_answered(&delivered, &accepted).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (COUNT as u64, COUNT as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_refused_among_messages_read_together_are_answered_alone_and_the_others_accepted() {
+    const COUNT: usize = 64;
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = crate::spool::gate();
+    let (host, delivered) =
+        crate::spool::host(state.path(), Some(gate), |config| config.host.max_message_bytes = 4096).await;
+    let mut spoofed = publish("t.x", "40");
+    spoofed.headers.insert("x-sy-id".into(), "mine".into());
+    let refused = [
+        (10, publish("bad..topic", "10")),
+        (20, publish("t.x", &"x".repeat(5000))),
+        (30, PublishRequest { priority: 300, ..publish("t.x", "30") }),
+        (40, spoofed),
+    ];
+    let results = stream_together(&host, COUNT, &refused).await;
+    let statuses: Vec<_> = [10, 20, 30, 40].map(|n| refusal(&results[n]).status).into();
+    assert_eq!(statuses, [400, 413, 400, 400], "{results:?}");
+    assert!(refusal(&results[30]).error.contains("priority 300"), "{:?}", results[30]);
+    assert!(refusal(&results[40]).error.contains("x-sy-"), "{:?}", results[40]);
+    let accepted = accepted(&results);
+    assert_eq!(accepted.len(), COUNT - refused.len(), "the others are accepted: {results:?}");
+    crate::spool::assert_written_together(&host, accepted.len());
+    drop(open);
+    crate::spool::assert_delivered_as_answered(&delivered, &accepted).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (accepted.len() as u64, accepted.len() as u64));
+}

@@ -4,7 +4,6 @@
 //! stream with none lost and none twice while one of them stops mid-stream.
 
 use crate::cli::Running;
-use crate::exposition::sample;
 use crate::fake_nats_server::{FakeConnection, FakeNatsServer, Published};
 use crate::nats_server::{NatsServer, fence};
 use crate::routing::gated_host;
@@ -402,11 +401,7 @@ async fn messages_read_together_share_a_spool_fsync_and_each_is_on_disk_once_acc
         accepted if accepted == COUNT as u64 => Ok(()),
         accepted => Err(accepted),
     });
-    assert_eq!(host.spool().unwrap().depth, COUNT as u64, "every message accepted is on disk");
-    let metrics = host.metrics().encode();
-    assert_eq!(sample(&metrics, "switchyard_spool_writes_total", &[]), Some(COUNT as f64));
-    let commits = sample(&metrics, "switchyard_spool_commit_seconds_count", &[]).unwrap();
-    assert!(commits <= 8.0, "{commits} spool commits (one fsync each) for {COUNT} messages read together");
+    crate::spool::assert_written_together(&host, COUNT);
     drop(open);
     let mut payloads = BTreeSet::new();
     for _ in 0..COUNT {

@@ -6,6 +6,7 @@
 //! are reported and skipped, and what follows them delivered; a full spool is backpressure, never
 //! loss.
 
+use crate::exposition::sample;
 use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,37 @@ pub(crate) async fn host(
     }
     let host = builder.destination("out", out).route(route).build().await.unwrap();
     (host, delivered)
+}
+
+/// Assert that the `count` messages a spooling `host` accepted (and holds: none settled), read
+/// together by an ingress, are each on disk and took far fewer spool commits (one fsync each) than
+/// messages.
+pub(crate) fn assert_written_together(host: &Host, count: usize) {
+    assert_eq!(host.spool().unwrap().depth, count as u64, "every message accepted is on disk");
+    let metrics = host.metrics().encode();
+    assert_eq!(sample(&metrics, "switchyard_spool_writes_total", &[]), Some(count as f64));
+    let commits = sample(&metrics, "switchyard_spool_commit_seconds_count", &[]).unwrap();
+    assert!(commits <= 8.0, "{commits} spool commits (one fsync each) for {count} messages read together");
+}
+
+/// Assert that `delivered` brings the messages `answered` lists, each answered accepted with its
+/// `x-sy-id` and carrying its payload (the pairs' order is the answers': any order of delivery).
+pub(crate) async fn assert_delivered_as_answered(
+    delivered: &flume::Receiver<Message>,
+    answered: &[(String, String)],
+) {
+    let mut came = Vec::new();
+    for _ in answered {
+        let message = next(delivered).await;
+        came.push((
+            String::from_utf8(message.payload.to_vec()).unwrap(),
+            message.unique_id().unwrap().to_owned(),
+        ));
+    }
+    came.sort();
+    let mut answered = answered.to_vec();
+    answered.sort();
+    assert_eq!(came, answered, "each message delivered with the id it was answered with");
 }
 
 /// A copy of `state`'s spool as it is on disk now (as a crash would leave it) in a new state

@@ -709,3 +709,83 @@ async fn a_client_that_reads_no_answers_is_not_read_past_its_answer_budget() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (sent as u64, sent as u64));
 }
+
+/// Frames of messages on topic `t.x` whose payload is their number (also their `ref`), but for the
+/// `refused` ones, sent in one write (the ingress reads them together); the answers, in order.
+async fn send_together(socket: &mut Socket, count: usize, refused: &[(usize, Value)]) -> Vec<Value> {
+    for n in 0..count {
+        let frame = match refused.iter().find(|(at, _)| *at == n) {
+            Some((_, frame)) => frame.clone(),
+            None => json!({ "topic": "t.x", "payload": n.to_string(), "ref": n }),
+        };
+        socket.feed(Frame::text(frame.to_string())).await.unwrap();
+    }
+    socket.flush().await.unwrap();
+    let mut answers = Vec::new();
+    for n in 0..count {
+        let answer = answer(socket).await;
+        assert_eq!(answer["ref"], n, "answers come in order: {answer}");
+        answers.push(answer);
+    }
+    answers
+}
+
+/// The (payload, id) of each message `answers` says was accepted.
+fn accepted(answers: &[Value]) -> Vec<(String, String)> {
+    let ids = answers
+        .iter()
+        .filter_map(|answer| Some((answer["ref"].to_string(), answer["id"].as_str()?.to_owned())));
+    ids.collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_read_together_share_a_spool_fsync_and_each_is_answered_once_on_disk() {
+    // Each frame was admitted, waiting for its own fsync, before the next was read: a producer
+    // sending frames back to back got about one message per fsync.
+    const COUNT: usize = 64;
+    let state = tempfile::tempdir().unwrap();
+    // The gate holds every message in the pipeline, so none leaves the spool while the test looks.
+    let (open, gate) = crate::spool::gate();
+    let (host, delivered) = crate::spool::host(state.path(), Some(gate), |_| {}).await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    let answers = send_together(&mut socket, COUNT, &[]).await;
+    let accepted = accepted(&answers);
+    assert_eq!(accepted.len(), COUNT, "{answers:?}");
+    crate::spool::assert_written_together(&host, COUNT);
+    drop(open);
+    crate::spool::assert_delivered_as_answered(&delivered, &accepted).await;
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (COUNT as u64, COUNT as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_refused_among_frames_read_together_are_answered_alone_and_the_others_accepted() {
+    const COUNT: usize = 64;
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = crate::spool::gate();
+    let (host, delivered) =
+        crate::spool::host(state.path(), Some(gate), |config| config.host.max_message_bytes = 4096).await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    let refused = [
+        (10, json!({ "topic": "bad..topic", "ref": 10 })),
+        (20, json!({ "topic": "t.x", "payload": "x".repeat(5000), "ref": 20 })),
+        (30, json!({ "topic": "t.x", "paylod": "30", "ref": 30 })),
+        (40, json!({ "topic": "t.x", "headers": { "x-sy-id": "mine" }, "ref": 40 })),
+    ];
+    let answers = send_together(&mut socket, COUNT, &refused).await;
+    let statuses: Vec<_> = [10, 20, 30, 40].map(|n| answers[n]["status"].as_u64()).into();
+    assert_eq!(statuses, [Some(400), Some(413), Some(400), Some(400)], "{answers:?}");
+    assert!(answers[30]["error"].as_str().unwrap().contains("unknown field `paylod`"), "{}", answers[30]);
+    assert!(answers[40]["error"].as_str().unwrap().contains("x-sy-"), "{}", answers[40]);
+    let accepted = accepted(&answers);
+    assert_eq!(accepted.len(), COUNT - refused.len(), "the others are accepted: {answers:?}");
+    crate::spool::assert_written_together(&host, accepted.len());
+    drop(open);
+    crate::spool::assert_delivered_as_answered(&delivered, &accepted).await;
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (accepted.len() as u64, accepted.len() as u64));
+}

@@ -6,8 +6,8 @@ use crate::message::Message;
 use crate::message::MessageId;
 use crate::pipeline::{Counters, Envelope, Pipeline, ReplySender};
 use crate::spool::{Spool, SpoolError, SpoolHold};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{Stream, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::Semaphore;
@@ -16,30 +16,25 @@ use tokio_util::sync::CancellationToken;
 impl Host {
     /// Accept `messages` (each with the sender of its reply, for a request) as [`send`](Host::send)
     /// and [`send_request`](Host::send_request) accept one, waiting while the queue (or the spool)
-    /// is full: a result per message, in order. Their spool records are written together (one
-    /// fsync for all, where one send after another waits for one each), and each is queued, and
-    /// counted accepted, once it is on disk and those before it are queued.
-    pub(crate) async fn send_batch(
+    /// is full: a result per message, in order, each once its message is queued (or refused). Their
+    /// spool records are written together (one fsync for all, where one send after another waits
+    /// for one each), and each is queued, and counted accepted, once it is on disk and those
+    /// before it are queued.
+    pub(crate) fn send_batch(
         &self,
         messages: Vec<(Message, Option<ReplySender>)>,
-    ) -> Vec<Result<MessageId, SendError>> {
-        // Every admission runs up to its put at once, so the writer gathers their records into one
-        // commit. One waiting for room (in the intake, in the spool) holds up none before it: room
-        // is granted in the order it was asked for, and those before it are queued meanwhile.
-        let mut admitted: FuturesOrdered<_> =
+    ) -> impl Stream<Item = Result<MessageId, SendError>> + '_ {
+        // Every admission runs up to its put at once (at the first poll), so the writer gathers
+        // their records into one commit. One waiting for room (in the intake, in the spool) holds
+        // up none before it: room is granted in the order it was asked for, and those before it are
+        // queued meanwhile.
+        let admitted: FuturesOrdered<_> =
             messages.into_iter().map(|(message, reply)| self.admitted_envelope(message, reply)).collect();
-        let mut results = Vec::with_capacity(admitted.len());
-        while let Some(envelope) = admitted.next().await {
-            let queued = match envelope {
-                Ok(envelope) => {
-                    let id = envelope.message.id;
-                    self.queue(envelope).await.map(|()| id)
-                }
-                Err(refused) => Err(refused),
-            };
-            results.push(queued);
-        }
-        results
+        admitted.then(move |envelope| async move {
+            let envelope = envelope?;
+            let id = envelope.message.id;
+            self.queue(envelope).await.map(|()| id)
+        })
     }
 
     /// `message` checked, given its ids and its room in the intake (waited for) and, with a spool,

@@ -4,6 +4,7 @@ mod bulk;
 mod grpc;
 mod http;
 mod nats;
+mod together;
 mod websocket;
 
 pub use grpc::{

@@ -11,8 +11,10 @@
 //! (`"reply": null` for none) or `{"ref": …, "id": …, "error": "…", "code": "…"}` (`"delivered": true`
 //! in place of the code when it was delivered but its reply refused).
 //!
-//! Backpressure is by not reading: a frame is admitted with [`Host::send`], which waits while the queue
-//! is full, before the next is read; and once the answers a socket has waiting for its client come to
+//! Backpressure is by not reading: a frame is admitted as [`Host::send`] admits, waiting while the
+//! queue is full, before the next is read, with the frames after it already read (none waited for,
+//! up to a `wait` one: see [`together`](super::together)), so that with `durability = "spool"` their
+//! records share one fsync; and once the answers a socket has waiting for its client come to
 //! its [`answer_budget`] of bytes, reading waits too. A `wait` message takes its share of the budget
 //! when it is admitted, the most its reply may hold (`max_message_bytes`: so at most four are open
 //! at once), and keeps it until its answer is written to the socket (its answer's own length, once
@@ -39,13 +41,14 @@
 //! client that reads nothing, or a byte at a time, does not hold the stop.
 
 use super::bulk::{BulkMessage, ClientHeaders, message_of};
+use super::together::{BatchRoom, admit_together};
 use crate::config::HttpIngressConfig;
 use crate::host::{Host, RequestError, SendError};
 use crate::listener::socket::{Silence, Silent};
 use crate::message::Message;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -205,6 +208,9 @@ pub(super) struct Sockets {
     pub(super) max_message_bytes: usize,
 }
 
+/// What the client's stream gives next: a frame, a failure, or `None` once it ended.
+type Read = Option<Result<Frame, axum::Error>>;
+
 /// One frame the client sends: a bulk message and the fields `ref` and `wait`.
 struct ClientFrame {
     message: BulkMessage,
@@ -358,6 +364,8 @@ async fn read_frames(
 ) -> Option<CloseFrame> {
     let Sockets { mut stopping, ping: interval, .. } = sockets;
     let mut silence = Silence::begin(interval);
+    // What was read after the frames last read together, to take next.
+    let mut read_ahead = None;
     loop {
         let frame = tokio::select! {
             // The stop first; what the client sent is read before its silence is judged.
@@ -365,7 +373,7 @@ async fn read_frames(
             _ = stopping.wait_for(|stop| *stop) => return None,
             // The writer gave up on the client (it took nothing of an answer in time).
             () = answers.closed() => return None,
-            frame = stream.next() => frame,
+            frame = next_frame(&mut read_ahead, &mut stream) => frame,
             silent = silence.lasted() => match silent {
                 Silent::Ping => {
                     ping.notify_one();
@@ -381,7 +389,11 @@ async fn read_frames(
             return Some(CloseFrame { code: TOKEN_REPLACED, reason: reason.into() });
         }
         let served = match frame {
-            Some(Ok(Frame::Text(text))) => admit(host, text.as_str(), answers).await,
+            Some(Ok(Frame::Text(text))) => {
+                let read;
+                (read, read_ahead) = read_together(text.as_str(), &mut stream);
+                admit(host, read, answers).await
+            }
             Some(Ok(Frame::Binary(_))) => {
                 let refused =
                     json!({ "ref": null, "error": "send messages as text frames of JSON", "status": 400 });
@@ -404,36 +416,92 @@ async fn read_frames(
     }
 }
 
+/// The frame `read_ahead` holds, if any, else the next the client sends.
+async fn next_frame(read_ahead: &mut Option<Read>, stream: &mut SplitStream<WebSocket>) -> Read {
+    match read_ahead.take() {
+        Some(read) => read,
+        None => stream.next().await,
+    }
+}
+
+/// What the client asks with the text frame `first` and those after it already read (none waited
+/// for; up to a `wait` one, which waits for its own room in the budget, and within a
+/// [`BatchRoom`]), each a message or the answer refusing it; with the first frame read that is
+/// not one of them, for the reading loop to take next.
+fn read_together(
+    first: &str,
+    stream: &mut SplitStream<WebSocket>,
+) -> (Vec<Result<Asked, Value>>, Option<Read>) {
+    let mut room = BatchRoom::default();
+    room.take(first.len());
+    let mut read = vec![Asked::of(first)];
+    while !matches!(read.last(), Some(Ok(Asked { wait: true, .. }))) {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(Frame::Text(text)))) if room.take(text.len()) => read.push(Asked::of(text.as_str())),
+            Some(next) => return (read, Some(next)),
+            None => break,
+        }
+    }
+    (read, None)
+}
+
+/// The message a text frame asks to admit, with what its answer echoes.
+struct Asked {
+    reference: Value,
+    id: String,
+    message: Message,
+    wait: bool,
+}
+
+impl Asked {
+    /// The message of the frame `text`, or the answer refusing the frame (`400`).
+    fn of(text: &str) -> Result<Asked, Value> {
+        let frame = ClientFrame::parse(text)
+            .map_err(|(reference, problem)| json!({ "ref": reference, "error": problem, "status": 400 }))?;
+        let reference = frame.reference;
+        let message = match message_of(frame.message) {
+            Ok(message) => message,
+            Err(problem) => return Err(json!({ "ref": reference, "error": problem, "status": 400 })),
+        };
+        let id = message.unique_id().expect("message_of gives every message its id").to_owned();
+        Ok(Asked { reference, id, message, wait: frame.wait })
+    }
+}
+
 /// Whether the token `[ingress.http]` requires now is not `granted`, the one a socket was let in with.
 fn token_replaced(host: &Host, granted: Option<&str>) -> bool {
     let config = host.config();
     config.ingress.http.as_ref().and_then(HttpIngressConfig::required_token) != granted
 }
 
-/// Admit the message of one frame and queue its answer(s); `false` once the writer is gone, or
-/// when the ingress stops while this waits on the client.
-async fn admit(host: &Host, text: &str, answers: &AnswerQueue) -> bool {
-    let frame = match ClientFrame::parse(text) {
-        Ok(frame) => frame,
-        Err((reference, problem)) => {
-            return answers.queue(json!({ "ref": reference, "error": problem, "status": 400 }), None).await;
+/// Admit the messages of frames read together (see [`read_together`]) and queue their answers, in
+/// order: those of all but a `wait` one last together (see [`admit_together`]), then that one;
+/// `false` once the writer is gone, or when the ingress stops while this waits on the client.
+async fn admit(host: &Host, mut read: Vec<Result<Asked, Value>>, answers: &AnswerQueue) -> bool {
+    let waited = read.pop_if(|asked| matches!(asked, Ok(Asked { wait: true, .. })));
+    let read = read
+        .into_iter()
+        .map(|asked| asked.map(|Asked { reference, id, message, .. }| (message, (reference, id))));
+    let admitted = admit_together(host, read.collect(), |(reference, id), admitted| match admitted {
+        Ok(_) => json!({ "ref": reference, "id": id }),
+        Err(err) => refused(reference, &err),
+    });
+    let mut admitted = std::pin::pin!(admitted);
+    while let Some(answer) = admitted.next().await {
+        if !answers.queue(answer, None).await {
+            return false;
         }
-    };
-    let reference = frame.reference;
-    let message = match message_of(frame.message) {
-        Ok(message) => message,
-        Err(problem) => {
-            return answers.queue(json!({ "ref": reference, "error": problem, "status": 400 }), None).await;
-        }
-    };
-    let id = message.unique_id().expect("message_of gives every message its id").to_owned();
-    if !frame.wait {
-        let answer = match host.send(message).await {
-            Ok(_) => json!({ "ref": reference, "id": id }),
-            Err(err) => refused(reference, &err),
-        };
-        return answers.queue(answer, None).await;
     }
+    match waited {
+        Some(Ok(asked)) => admit_waited(host, asked, answers).await,
+        _ => true,
+    }
+}
+
+/// Admit the message of a `wait` frame once the budget has room for its answer, and queue that
+/// answer once it is settled; `false` when the ingress stops while this waits on the client.
+async fn admit_waited(host: &Host, asked: Asked, answers: &AnswerQueue) -> bool {
+    let Asked { reference, id, message, .. } = asked;
     let Some(room) = answers.reserve().await else { return false };
     let (host, answers) = (host.clone(), answers.clone());
     tokio::spawn(async move {

@@ -4,7 +4,9 @@
 //! `Publish` admits one message as `POST /v1/messages/{topic}` does (waiting for no room: a full queue
 //! is `RESOURCE_EXHAUSTED`); with `wait`, it answers once the message is settled, with the reply.
 //! `PublishStream` admits each message of a client stream in order, each waiting for room in the queue
-//! (so the stream is read no faster than the host takes messages), and answers with one result per
+//! (so the stream is read no faster than the host takes messages), with the messages after it already
+//! read (none waited for: see [`together`](super::together)), so that with `durability = "spool"`
+//! their records share one fsync; it answers with one result per
 //! message, at most 10 000 of them (the bulk ingress's `MAX_BATCH`): reading stops at the message past
 //! them, at one the stream breaks off with (too large, malformed, a pause of `header_timeout_ms`) and
 //! at a stop, and a last refusal says so; the call itself never fails once a message was admitted.
@@ -20,10 +22,11 @@ mod connections;
 mod generated;
 
 use super::bulk::MAX_BATCH;
+use super::together::{BatchRoom, admit_together};
 use crate::host::{BuildError, Host, RequestError, SendError};
 use crate::message::Message;
 use PublishOutcome as Outcome;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 pub use generated::ingress_client::IngressClient;
 use generated::ingress_server::{Ingress, IngressServer};
 pub use generated::publish_result::Outcome as PublishOutcome;
@@ -159,8 +162,14 @@ impl Ingress for Service {
     ) -> Result<Response<PublishStreamReply>, Status> {
         let mut stream = request.into_inner();
         let (mut accepted, mut results) = (0, Vec::new());
+        // What was read after the messages last read together, to take next.
+        let mut read_ahead = None;
         let stopped = loop {
-            let publish = match self.next_of(&mut stream).await {
+            let next = match read_ahead.take() {
+                Some(next) => next,
+                None => self.next_of(&mut stream).await,
+            };
+            let publish = match next {
                 Ok(Some(_)) if results.len() == MAX_BATCH => {
                     break Some((format!("more than {MAX_BATCH} messages in one stream"), 413));
                 }
@@ -168,20 +177,22 @@ impl Ingress for Service {
                 Ok(None) => break None,
                 Err(why) => break Some(why),
             };
-            let outcome = match message_of(publish) {
-                Ok(message) => {
-                    let id = message.unique_id().expect("message_of gives every message its id").to_owned();
-                    match self.host.send(message).await {
-                        Ok(_) => {
-                            accepted += 1;
-                            Outcome::Id(id)
-                        }
-                        Err(err) => refused(&err),
-                    }
+            let read;
+            (read, read_ahead) = self.read_together(publish, &mut stream, MAX_BATCH - results.len());
+            let read = read.into_iter().map(|publish| {
+                let message = message_of(publish).map_err(|problem| refusal(&problem, 400))?;
+                let id = message.unique_id().expect("message_of gives every message its id").to_owned();
+                Ok((message, id))
+            });
+            let outcomes = admit_together(&self.host, read.collect(), |id, admitted| match admitted {
+                Ok(_) => {
+                    accepted += 1;
+                    Outcome::Id(id)
                 }
-                Err(problem) => refusal(&problem, 400),
-            };
-            results.push(PublishResult { outcome: Some(outcome) });
+                Err(err) => refused(&err),
+            });
+            let outcomes = outcomes.map(|outcome| PublishResult { outcome: Some(outcome) });
+            results.extend(outcomes.collect::<Vec<_>>().await);
         };
         // What was admitted is answered, never a failed call: a client would send it all again.
         if let Some((why, status)) = stopped {
@@ -192,14 +203,38 @@ impl Ingress for Service {
     }
 }
 
+/// What a stream gives next: see [`Service::next_of`].
+type Next = Result<Option<PublishRequest>, (String, u32)>;
+
 impl Service {
+    /// `first` and the messages of `stream` after it already read (none waited for), at most `left`
+    /// in all and within a [`BatchRoom`]; with what was read next when it is not one of them, for
+    /// the reading loop to take next.
+    fn read_together(
+        &self,
+        first: PublishRequest,
+        stream: &mut Streaming<PublishRequest>,
+        left: usize,
+    ) -> (Vec<PublishRequest>, Option<Next>) {
+        let mut room = BatchRoom::default();
+        room.take(prost::Message::encoded_len(&first));
+        let mut read = vec![first];
+        while read.len() < left {
+            match self.next_of(stream).now_or_never() {
+                Some(Ok(Some(publish))) if room.take(prost::Message::encoded_len(&publish)) => {
+                    read.push(publish)
+                }
+                Some(next) => return (read, Some(next)),
+                None => break,
+            }
+        }
+        (read, None)
+    }
+
     /// The next message of `stream`, `None` at its end; or why reading it stops there, with the
     /// HTTP status of the refusal: the ingress is stopping (503), or the stream broke off with a
     /// message too large (413) or malformed, or a pause too long (400).
-    async fn next_of(
-        &self,
-        stream: &mut Streaming<PublishRequest>,
-    ) -> Result<Option<PublishRequest>, (String, u32)> {
+    async fn next_of(&self, stream: &mut Streaming<PublishRequest>) -> Next {
         let next = tokio::select! {
             biased;
             () = self.stopping.cancelled() => return Err(("the ingress is stopping".to_owned(), 503)),

@@ -229,7 +229,9 @@ impl SubjectIngress {
             messages.push((message, reply));
             requests.push(request);
         }
-        for (admitted, request) in self.host.send_batch(messages).await.into_iter().zip(requests) {
+        for (admitted, request) in
+            self.host.send_batch(messages).collect::<Vec<_>>().await.into_iter().zip(requests)
+        {
             match request {
                 Some((reply_to, id, pending)) => self.answer(reply_to, id, admitted.map(|_| pending)),
                 None => {
