@@ -998,3 +998,76 @@ async fn a_shutdown_ends_while_a_re_delivery_from_the_file_hangs_and_the_letter_
     assert_eq!(ids, sent, "the letter whose re-delivery was cut stays in the file");
     assert_eq!(host.stats().dead_lettered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_dead_letter_destination_nobody_reads_keeps_a_letter_waiting_at_most_an_attempt_s_deadline()
+{
+    // Its channel full, a letter waited for room until a shutdown: its message (one a network
+    // destination's queue timed out, one no route takes) stayed in flight, and never reached the
+    // dead-letter file, while the dispatcher and the worker took more.
+    let (state, plugins) = (tempfile::tempdir().unwrap(), plugin_dir(&[]));
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = format!(
+        "[host]\ndead_letter = \"dlq\"\nshutdown_grace_ms = 1000\n\
+         [[destination]]\nname = \"dlq\"\ntransport = \"memory\"\nqueue = {{ capacity = 1 }}\n\
+         [[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n\
+         queue = {{ timeout_ms = 100 }}\n\
+         [[route]]\nname = \"orders\"\nmatch = {{ topic = \"orders\" }}\nto = \"api\"\n"
+    );
+    let config = Config::from_toml("test.toml", &text).unwrap();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.build().await.unwrap();
+    let mut sent = send_unroutable(&host, 5).await;
+    for n in 0..5 {
+        sent.insert(host.send(Message::new("orders", format!("order {n}"))).await.unwrap());
+    }
+    // One letter fills the channel; each other waits for room 5 s at most, then goes to the file.
+    let held = spooled_once_settled(&host, 1);
+    assert_eq!(held.len(), 9, "all but the one the channel holds");
+    assert!(held.is_subset(&sent));
+    assert_eq!(host.stats().dead_lettered, 10);
+    // Not refused for good: read, the channel takes the file's letters too.
+    let dlq = host.memory("dlq").unwrap();
+    let mut taken = HashSet::new();
+    for _ in 0..10 {
+        taken.insert(next(&dlq).await.id);
+    }
+    assert_eq!(taken, sent);
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 10, "counted once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_destination_registered_in_code_that_never_answers_keeps_a_letter_at_most_an_attempt_s_deadline()
+ {
+    // A letter waited for its answer until a shutdown, its message in flight. Unanswered, it may
+    // have been taken: it is kept in the file, and not sent there again in this run.
+    let (entered, deliveries) = flume::unbounded();
+    let dlq = move |message: Message| {
+        let entered = entered.clone();
+        async move {
+            entered.send(message.id).unwrap();
+            std::future::pending().await
+        }
+    };
+    let state = tempfile::tempdir().unwrap();
+    let host = host(state.path(), dlq).await;
+    let sent = send_unroutable(&host, 3).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent);
+    assert_eq!(host.stats().dead_lettered, 3);
+    let mut tried = HashSet::new();
+    for _ in 0..3 {
+        tried.insert(within(deliveries.recv_async()).await.unwrap());
+    }
+    assert_eq!(tried, sent);
+    // Over a quiet second, none is sent again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(deliveries.is_empty(), "sent again: {:?}", deliveries.try_iter().collect::<Vec<_>>());
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 3);
+    assert_eq!(host.dead_letters(10).unwrap().count, 3, "kept in the file");
+}

@@ -17,12 +17,12 @@ pub use alert::{AlertConfig, Comparison, Condition, MAX_ALERT_SECONDS, Reading, 
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub use load::{ConfigError, MAX_THREADS, inline_table};
 pub(crate) use load::{names_a_secret, parse_message};
-pub(crate) use model::plugin_name_problem;
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, Durability, FailurePolicy, GrpcIngressConfig,
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
     QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
+pub(crate) use model::{default_timeout_ms, plugin_name_problem};
 pub(crate) use nats::subject_problem;
 pub use nats::{JetStreamConsumer, NatsIngressConfig};
 pub(crate) use overrides::{CodeOverrides, Overridden};

@@ -421,7 +421,9 @@ pub(super) fn default_balancer() -> String {
     "round-robin".into()
 }
 
-pub(super) fn default_timeout_ms() -> u64 {
+/// A destination's `timeout_ms` unless set: also how long a dead-letter destination delivered to in
+/// place may keep a letter's attempt waiting.
+pub(crate) const fn default_timeout_ms() -> u64 {
     5_000
 }
 

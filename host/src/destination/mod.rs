@@ -98,7 +98,8 @@ pub enum DeliveryError {
     },
     /// A destination handed the message as a fallback had no room for it (a memory destination
     /// not read, a network one's queue full) within the deadline of an attempt of the destination
-    /// that handed it over (`timeout_ms`): never taken.
+    /// that handed it over (`timeout_ms`), or a memory dead-letter destination none for a dead
+    /// letter within the default `timeout_ms`: never taken.
     #[error("no room for it within {waited_ms} ms (full); not taken")]
     NoRoom {
         /// How long it waited for room, milliseconds.
@@ -106,7 +107,8 @@ pub enum DeliveryError {
     },
     /// A destination delivered to in place (`log`, one registered in code), handed the message as
     /// a fallback, did not answer within the deadline of an attempt of the destination that handed
-    /// it over (`timeout_ms`): it may have taken it.
+    /// it over (`timeout_ms`), or handed a dead letter, within the default `timeout_ms`: it may
+    /// have taken it.
     #[error("not answered within {waited_ms} ms; it may have been delivered")]
     NotAnswered {
         /// How long it waited for the answer, milliseconds.

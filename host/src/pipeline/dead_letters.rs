@@ -4,6 +4,7 @@
 //! a background task re-delivers it once one does. A letter counts as
 //! dead-lettered only once a destination or the file has it.
 
+use super::fallback::hand_off_ends;
 use super::item::Item;
 use super::{Counters, Pipeline, Topology};
 use crate::dead_letter::{Batch, DeadLetterFile, DeadLetterReason, DeadLetterRecord, FileError, Position};
@@ -42,6 +43,11 @@ const REDELIVERY_BACKOFF: RetryPolicy = RetryPolicy {
 /// Letters read from the file per re-delivery pass.
 const PASS: usize = 256;
 
+/// How long a dead-letter destination delivered to in place (`memory`, `log`, one registered in
+/// code) may keep an attempt waiting, for room or for its answer: a network destination's attempt
+/// deadline by default (`timeout_ms`). A network one's own deadlines bound its attempts.
+const IN_PLACE_WAIT: Duration = Duration::from_millis(crate::config::default_timeout_ms());
+
 /// The dead-letter file and the signal that it was written to.
 pub(crate) struct DeadLetters {
     pub(crate) file: Arc<DeadLetterFile>,
@@ -49,7 +55,8 @@ pub(crate) struct DeadLetters {
     written: Notify,
     /// The letters in the file that every dead-letter destination of theirs
     /// refused for good (a 4xx, a plugin's `rejected`, or an attempt that went
-    /// out unanswered to one that is not idempotent, which never sends twice):
+    /// out unanswered to one that is not idempotent, or to one delivered to in
+    /// place within [`IN_PLACE_WAIT`], which never sends twice):
     /// they stay in the file, are not sent again in this run, and hold up no
     /// other letter.
     refused: Mutex<Tally>,
@@ -344,8 +351,12 @@ const ONCE: RetryPolicy = RetryPolicy { attempts: 1, ..RETRY };
 /// Deliver `letter` to the first of `chain` that takes it, trying each
 /// `policy.attempts` times with backoff unless it refuses the letter for
 /// good (a 4xx, a plugin's `rejected`: trying again would get the same).
-/// A delivery still waiting when `cut` comes, after a shutdown's grace period
-/// (a reader that stopped reading, a destination that hangs), is given up.
+/// One delivered to in place keeps an attempt waiting at most [`IN_PLACE_WAIT`]
+/// (a reader that stopped reading, a destination that hangs), and is not tried
+/// again for the letter: one with no room for it did not take it, the next
+/// goes on; one that did not answer may have, and never gets it twice. A
+/// delivery still waiting when `cut` comes, after a shutdown's grace period,
+/// is given up.
 async fn send_along<'t>(
     topology: &'t Topology,
     chain: &[&'t str],
@@ -360,11 +371,13 @@ async fn send_along<'t>(
             all_refused = false;
             continue;
         };
+        let wait = target.queue.is_none().then_some(IN_PLACE_WAIT);
         for attempt in 1..=policy.attempts {
             let delivered = match target.sink.destination.as_memory() {
                 // Cut while it waits for room, a memory destination tells whether it took the
-                // letter: one it did not stays in the file, one it did does not.
-                Some(memory) => match memory.send(letter.clone(), cut_off(cut)).await {
+                // letter: one it did not stays in the file, one it did does not. It waits only
+                // for room.
+                Some(memory) => match memory.send(letter.clone(), cut_off_or_no_room(cut, wait)).await {
                     Ok(()) => Ok(None),
                     Err((DeliveryError::Shutdown, _)) => return Along::NotNow,
                     Err((error, _)) => Err(error),
@@ -373,6 +386,7 @@ async fn send_along<'t>(
                     biased;
                     delivered = target.sink.deliver(letter.clone()) => delivered,
                     () = cut.cancelled() => return Along::NotNow,
+                    waited_ms = hand_off_ends(wait) => Err(DeliveryError::NotAnswered { waited_ms }),
                 },
             };
             let error = match delivered {
@@ -385,14 +399,21 @@ async fn send_along<'t>(
                 Err(error) => error,
             };
             tracing::debug!(destination = name, attempt, %error, "dead-letter destination failed");
-            if matches!(error, DeliveryError::Fatal(_) | DeliveryError::Attempts { fatal: true, .. }) {
-                break;
-            }
-            if attempt == policy.attempts {
-                all_refused = false;
-            } else {
-                let delay = policy.backoff(attempt, &mut rand::rng());
-                tokio::time::sleep(delay).await;
+            match error {
+                // Refused for good, or it may have taken the letter (not sent twice): the next one.
+                DeliveryError::Fatal(_)
+                | DeliveryError::Attempts { fatal: true, .. }
+                | DeliveryError::NotAnswered { .. } => break,
+                // Not taken, but room may come: the next one, else the file, re-delivered from.
+                DeliveryError::NoRoom { .. } => {
+                    all_refused = false;
+                    break;
+                }
+                _ if attempt == policy.attempts => all_refused = false,
+                _ => {
+                    let delay = policy.backoff(attempt, &mut rand::rng());
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
         target.sink.count(false);
@@ -403,10 +424,14 @@ async fn send_along<'t>(
     }
 }
 
-/// Resolves once `cut` is cancelled, as the shutdown it comes with.
-async fn cut_off(cut: &CancellationToken) -> DeliveryError {
-    cut.cancelled().await;
-    DeliveryError::Shutdown
+/// Resolves once `cut` is cancelled, as the shutdown it comes with, or once a hand-off's `wait`
+/// passed, as no room.
+async fn cut_off_or_no_room(cut: &CancellationToken, wait: Option<Duration>) -> DeliveryError {
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => DeliveryError::Shutdown,
+        waited_ms = hand_off_ends(wait) => DeliveryError::NoRoom { waited_ms },
+    }
 }
 
 /// The background task re-delivering from the dead-letter file; stops when

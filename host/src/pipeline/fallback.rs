@@ -29,7 +29,8 @@ pub(super) struct HandOff {
     pub(super) wait: Option<Duration>,
 }
 
-/// Resolves, with its milliseconds, once a hand-off's `wait` has passed; never without one.
+/// Resolves, with its milliseconds, once a hand-off's `wait` has passed (a fallback's, or a dead
+/// letter's to a dead-letter destination delivered to in place); never without one.
 pub(super) async fn hand_off_ends(wait: Option<Duration>) -> u64 {
     match wait {
         Some(wait) => {
