@@ -534,6 +534,93 @@ to = "out"
     assert_eq!((stats.accepted, stats.created, stats.delivered, stats.dead_lettered), (2, 0, 1, 1));
 }
 
+/// A host whose route `risky` runs `faulty-flood` (plugin config `settings`, flooding messages
+/// carrying `x-poison`) `stages` times in a row, with `[host]` settings `host_settings` added.
+async fn host_with_floods(stages: usize, host_settings: &str, settings: &str) -> (tempfile::TempDir, Host) {
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
+    let stages = vec!["\"transform:flood\""; stages].join(", ");
+    let config = MEMORY_OUT.replacen("[host]\n", &format!("[host]\n{host_settings}"), 1)
+        + &format!(
+            "[[plugin]]\nname = \"flood\"\nconfig = {{ trigger = \"x-poison\", {settings} }}\n\
+             [[route]]\nname = \"risky\"\nstages = [{stages}]\nto = \"out\"\n"
+        );
+    let host = host(dir.path(), &config).await;
+    (dir, host)
+}
+
+#[tokio::test]
+async fn messages_made_of_one_message_at_one_stage_obeyed() {
+    // 32 of one, then 32 of each: 1024 of one accepted message, as many as one transform call
+    // may make of one input.
+    let (_dir, host) = host_with_floods(2, "", "copies = \"32\"").await;
+    host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
+    let out = host.memory("out").unwrap();
+    for _ in 0..1024 {
+        assert_eq!(next(&out).await.payload, "1");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created, stats.delivered, stats.dead_lettered), (1, 1023, 1024, 0));
+    assert!(out.is_empty() && host.memory("dead").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn messages_made_of_one_message_at_one_stage_violated() {
+    // Each call may make 1024 messages of one input, so two transforms in a row made 1024 × 1024
+    // of one accepted message (three, 10^9), all held by the worker before any was queued. Now a
+    // stage makes at most 1024 of one accepted message over all its pieces: the first piece's
+    // 1024 go on, and each piece that would make more is dead-lettered whole, none of its outputs
+    // kept, as a message a call makes too many of is.
+    let (_dir, host) = host_with_floods(2, "", "copies = \"1024\"").await;
+    host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    for _ in 0..1024 {
+        next(&out).await;
+    }
+    // Both stages ran before anything was delivered: this is all they made.
+    assert_eq!(host.stats().created, 1023 + 1023, "messages made of one: {:?}", host.stats());
+    for _ in 0..1023 {
+        let letter = next(&dead).await;
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
+        let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+        let limit =
+            "went past its output limit: more than 1024 messages made of one accepted message at one stage";
+        assert!(reason.starts_with("plugin \"flood\"") && reason.ends_with(limit), "{reason}");
+        assert_eq!(letter.payload, "1", "a piece is dead-lettered as it came to the stage");
+    }
+    // Quiet, and still serving.
+    let id = host.send(Message::new("risky.job", "clean")).await.unwrap();
+    assert_eq!(next(&out).await.id, id);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created, stats.delivered, stats.dead_lettered), (2, 2046, 1025, 1023));
+    assert!(out.is_empty() && dead.is_empty());
+}
+
+#[tokio::test]
+async fn bytes_made_of_one_message_at_one_stage_violated() {
+    // A stage may make of one accepted message host.queue_bytes / host.batch_size bytes (here
+    // 131072 / 64 = 2048): so a batch's outputs hold about what the intake queue may, where
+    // 64 inputs of 64 KiB, each in a call of its own answering up to its memory cap, made GiBs.
+    let settings = "max_message_bytes = 1024\nqueue_bytes = 131072\nbatch_size = 64\n";
+    // Each copy about 710 bytes (topic, payload and pad, headers): two are within 2048, three past it.
+    let (_dir, host) = host_with_floods(1, settings, "copies = \"3\", pad = \"650\"").await;
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
+    let landed = crate::support::within(async {
+        tokio::select! {
+            letter = dead.recv_async() => Ok(letter.unwrap()),
+            delivered = out.recv_async() => Err(delivered.unwrap()),
+        }
+    })
+    .await;
+    let letter = landed.expect("dead-lettered, not delivered");
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("plugin-output-limit"), "{letter:?}");
+    let reason = letter.header("x-sy-dead-letter-reason").unwrap();
+    assert!(reason.ends_with("more than 2048 bytes made of one accepted message at one stage"), "{reason}");
+    assert_eq!(letter.payload, "1", "the accepted message, as it came to the stage");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.created, stats.delivered, stats.dead_lettered), (1, 0, 0, 1));
+}
+
 /// A filter component in WAT, for faults no toolchain builds on purpose: it answers every call
 /// with a fixed decision (keep one message, at byte 24), after running `on_call`, which is given
 /// the batch's address; `extra` is added to its core module (start code, memories, tables). Both

@@ -6,8 +6,8 @@ use crate::dead_letter::DeadLetterFile;
 use crate::destination::{Destination, EventSink, HostServices};
 use crate::metrics::Metrics;
 use crate::pipeline::{
-    Counters, DeadLetters, DispatchContext, LastingDestinations, Pipeline, Redelivery, Topology, Worker,
-    run_reply_worker, run_worker,
+    Counters, DeadLetters, DispatchContext, LastingDestinations, Pipeline, Redelivery, StageBudget, Topology,
+    Worker, run_reply_worker, run_worker,
 };
 use crate::plugin::{CompileObserver, PluginEngine, PluginRegistry};
 use crate::reload::{Events, HostEvent, Reloader};
@@ -214,9 +214,13 @@ impl HostBuilder {
         // Bounded like the intake: a slow reply middleware holds deliveries back.
         let (replies, reply_queue) = tokio::sync::mpsc::channel(config.host.queue_capacity.max(1));
         let max_message_bytes = config.host.max_message_bytes;
+        let stage_budget = StageBudget::new(&config.host);
         let new_reply_worker = {
-            let (engine, ids, metrics) = (engine.clone(), ids.clone(), metrics.clone());
-            move || Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes)
+            let (engine, ids, metrics, budget) =
+                (engine.clone(), ids.clone(), metrics.clone(), stage_budget.clone());
+            move || {
+                Worker::new(engine.clone(), ids.clone(), metrics.clone(), max_message_bytes, budget.clone())
+            }
         };
         let registry = Arc::new(PluginRegistry::default());
         let reply_registry = registry.clone();
@@ -257,6 +261,7 @@ impl HostBuilder {
                 ids,
                 batch_size: config.host.batch_size,
                 max_message_bytes,
+                stage_budget,
                 dispatch,
                 replies,
                 dead_letters,

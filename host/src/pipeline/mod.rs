@@ -6,6 +6,7 @@ mod direct;
 mod dispatch;
 mod fallback;
 mod item;
+mod stage_budget;
 mod stats;
 mod topology;
 mod worker;
@@ -14,6 +15,7 @@ pub(crate) use dead_letters::{DeadLetters, Redelivery};
 pub(crate) use direct::DirectRoute;
 pub(crate) use dispatch::{DispatchContext, LETTERS_AFTER_GRACE};
 pub(crate) use item::{Envelope, ReplySender};
+pub(crate) use stage_budget::StageBudget;
 pub(crate) use stats::Counters;
 pub use stats::Stats;
 pub(crate) use topology::{LastingDestinations, Topology};
@@ -49,6 +51,8 @@ pub(crate) struct Pipeline {
     pub(crate) batch_size: usize,
     /// The largest message a transform may make.
     pub(crate) max_message_bytes: usize,
+    /// What each stage may make of one accepted message, for each worker to start from.
+    pub(crate) stage_budget: StageBudget,
     /// Starts and tracks the dispatchers of network destinations.
     pub(crate) dispatch: DispatchContext,
     /// Replies that pass back through middleware, for the reply worker.
@@ -93,7 +97,7 @@ pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelop
     let new_worker = || {
         let (engine, ids, metrics) =
             (pipeline.engine.clone(), pipeline.ids.clone(), pipeline.metrics.clone());
-        Worker::new(engine, ids, metrics, pipeline.max_message_bytes)
+        Worker::new(engine, ids, metrics, pipeline.max_message_bytes, pipeline.stage_budget.clone())
     };
     let mut worker = new_worker();
     while let Ok(first) = queue.recv() {
@@ -196,6 +200,7 @@ impl Pipeline {
         }
         for stage in self.natives.resolve(&route.stages, plugins) {
             let inputs = items.len();
+            worker.start_stage();
             let fates = run_stage_with_retries(worker, route, &stage, items);
             Counters::bump(&self.counters.created, fates.len().saturating_sub(inputs) as u64);
             items = Vec::with_capacity(fates.len());
@@ -611,7 +616,7 @@ fn run_stage(worker: &mut Worker, route: &Route, stage: &Stage, items: Vec<Item>
             let mut fates = Vec::with_capacity(items.len());
             for item in items {
                 match crate::panic::catch(|| transform.transform(&item.message)) {
-                    Ok(Ok(mut outputs)) => match worker.check_native_outputs(&outputs) {
+                    Ok(Ok(mut outputs)) => match worker.check_native_outputs(&item, &outputs) {
                         Ok(()) => {
                             if let Some(first) = outputs.first_mut() {
                                 first.stand_in_for(&item.message);

@@ -2,6 +2,7 @@
 //! them. Each worker owns its instances, so no lock sits on the call path.
 
 use super::item::{Fate, Item};
+use super::stage_budget::StageBudget;
 use crate::config::FailurePolicy;
 use crate::dead_letter::DeadLetterReason;
 use crate::message::{ID_HEADER, Message, MessageId, Verdict, unique_id};
@@ -60,6 +61,8 @@ pub(crate) struct Worker {
     metrics: Arc<Metrics>,
     /// The largest message a transform or middleware may make (`host.max_message_bytes`).
     max_message_bytes: usize,
+    /// What the current stage may yet make of each accepted message of the batch.
+    budget: StageBudget,
 }
 
 impl Worker {
@@ -68,9 +71,15 @@ impl Worker {
         ids: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
         max_message_bytes: usize,
+        budget: StageBudget,
     ) -> Worker {
         let (instances, buffer) = (HashMap::new(), Vec::new());
-        Worker { engine, ids, instances, buffer, checked: None, metrics, max_message_bytes }
+        Worker { engine, ids, instances, buffer, checked: None, metrics, max_message_bytes, budget }
+    }
+
+    /// A stage of a route starts on the batch's messages: it made nothing of them yet.
+    pub(crate) fn start_stage(&mut self) {
+        self.budget.start_stage();
     }
 
     /// Drop instances of versions no longer serving, once per plugin-set
@@ -245,6 +254,16 @@ impl Worker {
             }
         };
         let mut errors: HashMap<u32, PluginError> = errors.into_iter().collect();
+        // What a failed input made is not kept, nor charged.
+        let made = checked.iter().filter(|message| !errors.contains_key(&message.source)).map(|message| {
+            let headers: usize = message.headers().map(|(name, value)| name.len() + value.len()).sum();
+            let size = message.topic.len() + message.payload_len + headers;
+            (items[message.source as usize].accepted.batch_position, size)
+        });
+        if let Err(fault) = self.budget.charge(made) {
+            self.faulted(plugin, &fault);
+            return Err((items, fault));
+        }
         // Most inputs make one output: it is kept in place, not in an allocation of its own.
         let mut outputs: Vec<SmallVec<[Message; 1]>> = items.iter().map(|_| SmallVec::new()).collect();
         let mut items = items;
@@ -267,10 +286,16 @@ impl Worker {
         Ok(fates)
     }
 
-    /// Check what a transform written in Rust made of one message against the limits a plugin's
-    /// outputs are held to.
-    pub(crate) fn check_native_outputs(&self, outputs: &[Message]) -> Result<(), PluginFault> {
-        crate::plugin::check_native_outputs(outputs, self.max_message_bytes)
+    /// Check what a transform written in Rust made of `item` against the limits a plugin's
+    /// outputs are held to, and charge it to the stage's budget.
+    pub(crate) fn check_native_outputs(
+        &mut self,
+        item: &Item,
+        outputs: &[Message],
+    ) -> Result<(), PluginFault> {
+        crate::plugin::check_native_outputs(outputs, self.max_message_bytes)?;
+        let position = item.accepted.batch_position;
+        self.budget.charge(outputs.iter().map(|output| (position, output.size())))
     }
 
     /// Turn a transform's outputs for `item` into fates, appended to `fates`:
@@ -337,6 +362,18 @@ impl Worker {
                         }
                     }))
                 });
+            // What it made of the request, a forward or its own reply, is charged to the stage.
+            let position = item.accepted.batch_position;
+            let action = match action {
+                Ok(Ok((responded, made))) => match self.budget.charge([(position, made.size())]) {
+                    Ok(()) => Ok(Ok((responded, made))),
+                    Err(fault) => {
+                        self.faulted(plugin, &fault);
+                        Err(fault)
+                    }
+                },
+                action => action,
+            };
             match action {
                 Ok(Ok((false, mut forwarded))) => {
                     forwarded.stand_in_for(&item.message);
