@@ -4,7 +4,9 @@
 //! keys is refused while the running one keeps serving.
 
 use crate::reload::replaced;
-use crate::support::{MEMORY_OUT, drain_and_account, event_where, next, plugin_dir, replace_file, within};
+use crate::support::{
+    MEMORY_OUT, drain_and_account, event_where, next, plugin_dir, replace_file, still_pending, within,
+};
 use notify::event::AccessKind;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::io::Write;
@@ -122,6 +124,26 @@ async fn a_config_written_in_two_steps_is_read_once_its_writer_closes_it() {
     assert_eq!(route_names(&host), ["a", "b", "c"]);
     host.send(Message::new("c", "{}")).await.unwrap();
     assert_eq!(next(&host.memory("out").unwrap()).await.topic, "c", "the new route serves");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_reload_while_the_config_s_writer_holds_it_open_waits_for_the_close() {
+    // It was refused "changed while it was read", which an explicit reload that came right after
+    // a writer closed the file, before the watcher heard of the close, was told too.
+    let plugins = plugin_dir(&[("t", artifacts::STAMP_TRANSFORM)]);
+    let file = ConfigFile::new(plugins.path(), &["a"]);
+    let host = file.host().await;
+    let mut events = host.subscribe();
+    let mut writer = std::fs::File::create(&file.path).unwrap();
+    writer.write_all(file.text(&["a", "b"]).as_bytes()).unwrap();
+    caught_up(&mut events, plugins.path()).await;
+    let mut reload = Box::pin(host.reload());
+    assert!(still_pending(&mut reload).await, "the reload waits for the writer");
+    drop(writer);
+    let change = within(reload).await;
+    assert!(change.is_ok(), "{change:?}");
+    assert_eq!(route_names(&host), ["a", "b"]);
     drain_and_account(&host).await;
 }
 

@@ -12,7 +12,7 @@ use super::links::place;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,6 +26,8 @@ pub(crate) struct OpenWrites {
     /// Each file written and not closed since, by its place (its directory resolved, its own name
     /// kept, as file events name it).
     files: Mutex<BTreeMap<PathBuf, Written>>,
+    /// Told when a file leaves `files` or is waited out.
+    released: Condvar,
 }
 
 /// A file written and not closed since.
@@ -51,6 +53,7 @@ impl OpenWrites {
                 | EventKind::Remove(_)
                 | EventKind::Modify(ModifyKind::Name(_)) => {
                     files.remove(&place);
+                    self.released.notify_all();
                 }
                 _ => {}
             }
@@ -75,6 +78,19 @@ impl OpenWrites {
         }
     }
 
+    /// Wait, at most [`HELD_OPEN_AT_MOST`], until `path` is not held: an explicit reload right
+    /// after a writer closed the file may come before the close's event did, and a writer still
+    /// at it is given the time the watcher gives it.
+    pub(crate) fn wait_for_writer(&self, path: &Path) {
+        let Some(at) = path.canonicalize().ok().or_else(|| place(path)) else { return };
+        let files = self.files.lock().unwrap_or_else(|poison| poison.into_inner());
+        let held = |files: &mut BTreeMap<PathBuf, Written>| {
+            files.get(&at).is_some_and(|written| !written.waited_out)
+        };
+        let waited = self.released.wait_timeout_while(files, HELD_OPEN_AT_MOST, held);
+        drop(waited.unwrap_or_else(|poison| poison.into_inner()));
+    }
+
     /// When the first file held open now is to be read as it is, if any is.
     pub(crate) fn next_wait_end(&self) -> Option<Instant> {
         let files = self.files.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -89,11 +105,16 @@ impl OpenWrites {
         let due = files
             .iter_mut()
             .filter(|(_, written)| !written.waited_out && written.last + HELD_OPEN_AT_MOST <= now);
-        due.map(|(place, written)| {
-            written.waited_out = true;
-            place.clone()
-        })
-        .collect()
+        let due: Vec<PathBuf> = due
+            .map(|(place, written)| {
+                written.waited_out = true;
+                place.clone()
+            })
+            .collect();
+        if !due.is_empty() {
+            self.released.notify_all();
+        }
+        due
     }
 }
 

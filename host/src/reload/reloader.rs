@@ -332,7 +332,9 @@ impl Reloader {
     /// that changes start-only keys, and one with no routes replacing one
     /// with some unless it says `route = []`. A file caught while it is being
     /// written, or that its writer holds open still, is refused without an
-    /// event: its next write, or its close, brings it back.
+    /// event: its next write, or its close, brings it back. An explicit reload
+    /// ([`Retry::Refused`]) first waits for a writer that holds it open, as the
+    /// watcher would.
     /// With [`Retry::Changed`] (a file event), a file whose text is the one
     /// last read or written is left alone: events beside a linked config file,
     /// or a log written next to it, neither apply nor refuse it again.
@@ -340,6 +342,9 @@ impl Reloader {
         let file = &self.config_file.0;
         self.refuse_if_closed(file)?;
         let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
+        if retry == Retry::Refused {
+            self.writes.wait_for_writer(path);
+        }
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let text = Config::read_text(file, path, Links::Anywhere).and_then(|text| {
             let written_out = text.filter(|_| !self.writes.holds(path));
