@@ -67,6 +67,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -292,8 +293,9 @@ impl StreamIngress {
     }
 
     /// Hold `pulled`, and `room` with it, until it is answered: reported in progress every
-    /// [`progress_every`](Self::progress_every) from now on — while it waits for admission too —,
-    /// then answered as its admission (and, once admitted, its [`Receipt`](crate::Receipt)) tells.
+    /// [`progress_every`](Self::progress_every) from now on — while it waits for admission too,
+    /// on one beat ([`progress_ticks`]) —, then answered as its admission (and, once admitted,
+    /// its [`Receipt`](crate::Receipt)) tells.
     /// `None` for a message without its stream sequence, handed back at once.
     async fn hold(&self, pulled: jetstream::Message, room: OwnedSemaphorePermit) -> Option<HeldMessage> {
         let (stream, metrics) = (self.stream().to_owned(), self.host.metrics().jetstream.clone());
@@ -322,14 +324,14 @@ impl StreamIngress {
         message.headers.push((ID_HEADER.to_owned(), stream_message_id(&stream, seq, stored)));
         message.headers.push((STREAM_SEQ_HEADER.to_owned(), seq.to_string()));
         let (admitted, admission) = oneshot::channel();
-        let (abandon, every) = (self.abandon.clone(), self.progress_every());
+        let (abandon, mut ticks) = (self.abandon.clone(), progress_ticks(self.progress_every()));
         let acks = HeldAcks { acker, stream, seq: Some(seq) };
         self.acks.spawn(async move {
-            let result = match acks.in_progress(every, admission).await {
+            let result = match acks.in_progress(&mut ticks, admission).await {
                 Ok(Admission::Admitted(receipt)) => {
                     let settled = tokio::select! {
                         biased;
-                        settled = acks.in_progress(every, receipt.settled()) => settled,
+                        settled = acks.in_progress(&mut ticks, receipt.settled()) => settled,
                         () = abandon.cancelled() => Settlement::Unsettled,
                     };
                     match settled {
@@ -444,22 +446,16 @@ struct HeldAcks {
 }
 
 impl HeldAcks {
-    /// Await `waited`, reporting the message in progress every `every` meanwhile: the server must
-    /// not deliver it again while this host holds it, here or to another host.
-    async fn in_progress<T>(&self, every: Duration, waited: impl Future<Output = T>) -> T {
+    /// Await `waited`, reporting the message in progress at each of `ticks` meanwhile: the server
+    /// must not deliver it again while this host holds it, here or to another host.
+    async fn in_progress<T>(&self, ticks: &mut Interval, waited: impl Future<Output = T>) -> T {
         let (stream, seq) = (&self.stream, self.seq);
-        tokio::pin!(waited);
-        loop {
-            tokio::select! {
-                biased;
-                done = &mut waited => return done,
-                () = tokio::time::sleep(every) => {
-                    if let Err(err) = self.acker.ack_with(AckKind::Progress).await {
-                        tracing::debug!(stream, ?seq, %err, "JetStream ingress: a progress acknowledgement could not be sent");
-                    }
-                }
+        at_each_tick(ticks, waited, || async {
+            if let Err(err) = self.acker.ack_with(AckKind::Progress).await {
+                tracing::debug!(stream, ?seq, %err, "JetStream ingress: a progress acknowledgement could not be sent");
             }
-        }
+        })
+        .await
     }
 
     /// Answer the message with `kind`: `result` once sent, `Unacked` if it could not be (the
@@ -472,6 +468,32 @@ impl HeldAcks {
                 tracing::warn!(stream, ?seq, ?kind, %err, "JetStream ingress: answering a message failed; it will be delivered again");
                 Pulled::Unacked
             }
+        }
+    }
+}
+
+/// When a message pulled now is reported in progress: every `every` from now on, whatever it
+/// waits for meanwhile (admission, then its receipt). The server counts `ack_wait_ms` from its
+/// delivery or the last report, so a beat begun afresh for each wait could leave almost two
+/// `every`s without a report. A report sent late is followed by the next `every` after it.
+fn progress_ticks(every: Duration) -> Interval {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// Await `waited`, awaiting `report()` at each of `ticks` meanwhile.
+async fn at_each_tick<T, R: Future<Output = ()>>(
+    ticks: &mut Interval,
+    waited: impl Future<Output = T>,
+    mut report: impl FnMut() -> R,
+) -> T {
+    tokio::pin!(waited);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut waited => return done,
+            _ = ticks.tick() => report().await,
         }
     }
 }
@@ -496,6 +518,21 @@ pub fn stream_message_id(stream: &str, seq: u64, stored: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_admitted_just_before_its_report_is_due_is_still_reported_on_time() {
+        let every = Duration::from_secs(15);
+        let (pulled, mut ticks) = (tokio::time::Instant::now(), progress_ticks(every));
+        let mut reported = Vec::new();
+        let mut report = || {
+            reported.push(pulled.elapsed());
+            std::future::ready(())
+        };
+        let admitted_at = every - Duration::from_millis(1);
+        at_each_tick(&mut ticks, tokio::time::sleep(admitted_at), &mut report).await;
+        at_each_tick(&mut ticks, tokio::time::sleep(every * 2), &mut report).await;
+        assert_eq!(reported, [every, every * 2], "reported every {every:?} from its pull on");
+    }
 
     #[test]
     fn a_stream_message_keeps_its_id_and_ids_differ_by_sequence_stream_and_time_stored() {
