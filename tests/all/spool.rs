@@ -917,6 +917,53 @@ async fn a_drain_into_a_file_fsyncs_the_file_before_it_removes_the_messages_from
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_spool_fsyncs_its_last_segment_before_it_starts_the_next() {
+    // Removes are written without an fsync, the segment written to sealed (fsync'd) only before
+    // the next starts, so that only the last segment can have a torn tail. A start did not seal the
+    // last segment of the run before: after a machine crash the removes it read could be gone
+    // from a segment others followed, their messages delivered again (or a torn record reported
+    // as corruption). `switchyard spool drain` opens the spool as a host's start does.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..3 {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    let last = segments(state.path()).pop().unwrap();
+    let number: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let next = format!("{:016}.seg", number + 1);
+    let trace = state.path().join("trace");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["spool", "drain", "--state-dir"])
+        .arg(state.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // `fdatasync(5</…/spool/0000000000000001.seg>)`, then `openat(…, "…/0000000000000002.seg", …)`:
+    // the calls on the spool's files in order, with paths.
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let spool = state.path().join("spool");
+    let calls: Vec<&str> = calls.lines().filter(|call| call.contains(&*spool.to_string_lossy())).collect();
+    let sealed = calls
+        .iter()
+        .position(|call| call.contains("sync(") && call.contains(&format!("{}>", last.display())));
+    let started = calls.iter().position(|call| call.contains(&next));
+    assert!(
+        matches!((sealed, started), (Some(sealed), Some(started)) if sealed < started),
+        "{} is fsync'd before {next} is created: {calls:#?}",
+        last.display()
+    );
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 3).await.len(), 3);
+    drain_and_account(&stuck).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_put_is_answered_after_the_stop_closed_the_spool_is_told_what_the_next_start_does() {
     // Its record fsync'd, then refused as the host stopped (503 through the HTTP ingress), the
     // message was delivered all the same by the next start: a duplicate, since its sender, told

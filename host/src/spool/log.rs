@@ -215,6 +215,12 @@ impl SegmentLog {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, problem));
         }
         let Contents { messages, segments, live, mut disk_bytes, next_seq } = Contents::read(dir)?;
+        // The last run's removes, written without an fsync (see `append`), are read as settled:
+        // its last segment is sealed before the next is started, as a full one is, so that
+        // only the last segment can have a torn tail and no message settled is delivered again.
+        if let Some((_, last, _)) = segments.last() {
+            File::open(last)?.sync_data()?;
+        }
         let mut damage = Vec::new();
         let mut per_segment = BTreeMap::new();
         for (number, path, damaged) in segments {
