@@ -882,6 +882,8 @@ async fn the_spool_and_the_state_directory_the_host_creates_are_its_owners_alone
 async fn a_drain_into_a_file_fsyncs_the_file_before_it_removes_the_messages_from_the_spool() {
     // It flushed standard output and then fsync'd the removes: a crash between them left the
     // drained messages in neither place, the file's pages unwritten and the spool's records gone.
+    // Then it fsync'd the file but not its directory: the file `> FILE` made could be missing
+    // after a crash.
     let state = tempfile::tempdir().unwrap();
     let (open, gate) = gate();
     let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
@@ -901,14 +903,20 @@ async fn a_drain_into_a_file_fsyncs_the_file_before_it_removes_the_messages_from
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(std::fs::read_to_string(&drained).unwrap().lines().count(), 3);
-    // `fsync(1</…/drained.ndjson>)`, `fdatasync(3</…/spool/….seg>)`: the calls in order, with paths.
+    // `fsync(3</…/drained.ndjson>)`, `fsync(4</…>)` (its directory, the state directory here),
+    // `fdatasync(5</…/spool/….seg>)`: the calls in order, with paths.
     let calls = std::fs::read_to_string(&trace).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
-    let file_synced = calls.iter().position(|call| call.contains(&format!("{}>", drained.display())));
+    let synced = |path: &Path| calls.iter().position(|call| call.contains(&format!("<{}>", path.display())));
+    let (file_synced, directory_synced) = (synced(&drained), synced(state.path()));
     let removes_synced = calls.iter().rposition(|call| call.contains(".seg>"));
     assert!(
         matches!((file_synced, removes_synced), (Some(file), Some(removes)) if file < removes),
         "the file is fsync'd before the removes: {calls:#?}"
+    );
+    assert!(
+        matches!((directory_synced, removes_synced), (Some(directory), Some(removes)) if directory < removes),
+        "the file's name (its directory) is fsync'd before the removes: {calls:#?}"
     );
     assert_eq!(switchyard::spool::inspect(&state.path().join("spool")).unwrap().depth, 0);
     drop(open);

@@ -37,9 +37,9 @@ pub fn inspect(state_dir: &Path) -> anyhow::Result<()> {
 
 /// Write every message the spool of `state_dir` holds to standard output as NDJSON, oldest first,
 /// then remove them from the spool; a summary goes to standard error. When standard output is a
-/// regular file, it is fsync'd before the records are removed, so a crash leaves the messages in
-/// one place or the other; a pipe or a terminal cannot be fsync'd: what reads it has them once
-/// they are written.
+/// regular file, it is fsync'd, and its directory with it (`> FILE` may have just made it), before
+/// the records are removed, so a crash leaves the messages in one place or the other; a pipe or a
+/// terminal cannot be fsync'd: what reads it has them once they are written.
 pub fn drain(state_dir: &Path) -> anyhow::Result<()> {
     let dir = state_dir.join(switchyard::spool::DIR_NAME);
     anyhow::ensure!(
@@ -57,19 +57,28 @@ pub fn drain(state_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Standard output for `drain`, whose flush (after the last message, before the records are
-/// removed) also fsyncs it when it is a regular file.
+/// removed) also fsyncs it, and the directory naming it, when it is a regular file.
 struct DrainOutput {
     out: StdoutLock<'static>,
-    /// Standard output's file, when it is a regular one (a duplicate of its descriptor).
-    file: Option<File>,
+    /// Standard output's file, when it is a regular one (a duplicate of its descriptor), and its
+    /// directory.
+    file: Option<(File, File)>,
 }
 
 impl DrainOutput {
-    fn stdout() -> std::io::Result<DrainOutput> {
+    fn stdout() -> anyhow::Result<DrainOutput> {
         let out = std::io::stdout().lock();
         let file = File::from(out.as_fd().try_clone_to_owned()?);
-        let regular = file.metadata()?.file_type().is_file();
-        Ok(DrainOutput { out, file: regular.then_some(file) })
+        if !file.metadata()?.file_type().is_file() {
+            return Ok(DrainOutput { out, file: None });
+        }
+        // Where the file is now, as the kernel tells it: opened before the messages are taken,
+        // so a directory that cannot be synced refuses the drain before anything is removed.
+        let path = std::fs::read_link("/proc/self/fd/1").context("finding the file's name")?;
+        let directory = path.parent().unwrap_or(Path::new("/"));
+        let directory = File::open(directory)
+            .with_context(|| format!("opening its directory {}", directory.display()))?;
+        Ok(DrainOutput { out, file: Some((file, directory)) })
     }
 }
 
@@ -80,6 +89,9 @@ impl Write for DrainOutput {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.file.as_ref().map_or(Ok(()), File::sync_all)
+        match &self.file {
+            Some((file, directory)) => file.sync_all().and_then(|()| directory.sync_all()),
+            None => Ok(()),
+        }
     }
 }

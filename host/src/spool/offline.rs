@@ -74,7 +74,7 @@ pub struct Drained {
 /// "headers": [[name, value], …], "payload"}` (`"payload_base64"` instead when it is not UTF-8) —
 /// and, once all are written and `out` flushed, remove them. If writing fails, nothing is removed.
 /// The records are gone once this returns: for the messages to survive a crash, `out`'s flush must
-/// make them durable (`switchyard spool drain` fsyncs a regular file there).
+/// make them durable (`switchyard spool drain` fsyncs a regular file there, and its directory).
 pub fn drain(dir: &Path, out: &mut dyn Write) -> Result<Drained, SpoolError> {
     let io = |error| SpoolError::Io { dir: dir.to_owned(), error };
     let (mut log, messages, damage) = SegmentLog::open(dir).map_err(io)?;
