@@ -140,7 +140,8 @@ pub(crate) struct Contents {
 
 impl Contents {
     /// Read every record of every segment of `dir` (none if it does not exist) that verifies,
-    /// skipping the bytes that do not.
+    /// skipping the bytes that do not. A segment gone by the time it is read is skipped: a running
+    /// host deleted it after the listing, every message put in it settled or moved forward.
     pub(crate) fn read(dir: &Path) -> io::Result<Contents> {
         let mut contents = Contents::default();
         let found = match dir.exists() {
@@ -151,7 +152,10 @@ impl Contents {
         // Only the segment being written at the crash can have a torn tail.
         let head = found.last().map(|(number, _)| *number);
         for (number, path) in found {
-            let bytes = fs::read(&path)?;
+            let bytes = match fs::read(&path) {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                read => read?,
+            };
             let scan = record::scan(&bytes, last_put);
             last_put = scan.last_put;
             contents.disk_bytes += bytes.len() as u64;
@@ -795,6 +799,25 @@ mod tests {
         drop(log);
         let (_, recovered, _) = SegmentLog::open(dir.path()).unwrap();
         assert!(recovered.is_empty());
+    }
+
+    #[test]
+    fn a_segment_deleted_between_the_listing_and_its_reading_is_read_as_reclaimed() {
+        // `switchyard spool inspect` reads the spool of a running host, which deletes settled
+        // segments meanwhile: one it listed can be gone when it reads it. A dangling name stands
+        // for that one here: listed, nothing there to read.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, ..) = SegmentLog::open(dir.path()).unwrap();
+        let (settled, settled_in) = (put(&mut log, &["settled"]), log.head.0);
+        log.rotate().unwrap();
+        put(&mut log, &["held"]);
+        remove(&mut log, &settled);
+        let reclaimed = segment_path(dir.path(), settled_in);
+        assert!(!reclaimed.exists(), "settled, its segment is deleted");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &reclaimed).unwrap();
+        let contents = Contents::read(dir.path()).unwrap();
+        assert_eq!(contents.segment_count(), 1);
+        assert_eq!(payloads(&contents.messages.into_values().collect::<Vec<_>>()), ["held"]);
     }
 
     #[test]
