@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchyard::admin::AdminServer;
 use switchyard::dead_letter::{
-    DeadLetterReason, DeadLetterRecord, FILE_NAME, REASON_CODE_HEADER, REASON_HEADER,
+    DeadLetterReason, DeadLetterRecord, FILE_NAME, LISTED_BYTES, REASON_CODE_HEADER, REASON_HEADER,
 };
 use switchyard::{
     Config, DeliveryError, Destination, Host, Message, MessageId, PluginError, RequestError, RouteConfig,
@@ -454,6 +454,61 @@ async fn the_admin_api_shows_the_dead_letter_file_to_token_holders() {
     assert_eq!(letters.len(), 2);
     assert_eq!(letters[0]["code"], "no-route");
     assert_eq!(view["file"], state.path().join(FILE_NAME).display().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_large_letters_a_few_mib_at_a_time_and_pages_on_to_every_one() {
+    // One answer held every letter asked for (up to 1000 of 1 MiB each) three times over, and
+    // there was no reading on past them.
+    let state = tempfile::tempdir().unwrap();
+    let (dlq, destination) = Switchable::new(false);
+    let host = host(state.path(), destination).await;
+    let payload = vec![b'x'; (1 << 20) - 4096];
+    let mut sent = HashSet::new();
+    for _ in 0..20 {
+        sent.insert(host.send(Message::new("nowhere", payload.clone())).await.unwrap());
+    }
+    eventually(|| match (host.stats().in_flight(), host.dead_letters(0).unwrap().count) {
+        (0, 20) => Ok(()),
+        seen => Err(seen),
+    });
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let get = |path: String| within(tokio::task::spawn_blocking(move || http(addr, "GET", &path, &[], b"")));
+
+    let (mut listed, mut after, mut answers) = (Vec::new(), String::new(), 0);
+    loop {
+        let (status, body) = get(format!("/v1/dead-letters?limit=1000{after}")).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.len() <= LISTED_BYTES + 1024, "answer {answers}: {} bytes", body.len());
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(view["count"], 20);
+        let letters = view["letters"].as_array().unwrap();
+        assert!(!letters.is_empty(), "each answer has a letter at least");
+        listed.extend(
+            letters.iter().map(|letter| letter["id"].as_str().unwrap().parse::<MessageId>().unwrap()),
+        );
+        answers += 1;
+        match view["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert!(answers >= 5, "cut short: {answers} answers");
+    assert_eq!(listed.len(), 20, "each letter once");
+    assert_eq!(listed.into_iter().collect::<HashSet<_>>(), sent, "paging on reaches every letter");
+
+    // Re-delivered, the letters left the file: a place in it from before is refused, not read.
+    dlq.set_up(true);
+    assert_eq!(dlq.ids(20).await, sent);
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    let (status, body) = get(format!("/v1/dead-letters{}", after.replacen('&', "?", 1))).await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("look again without `after`"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

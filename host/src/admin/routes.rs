@@ -3,6 +3,7 @@
 use super::auth::{TokenSource, require_token};
 use super::browser::same_host_only;
 use super::history::History;
+use crate::dead_letter::Position;
 use crate::host::Host;
 use crate::listener::socket::{Silence, Silent};
 use axum::Router;
@@ -149,11 +150,13 @@ async fn verify_streams(State(host): State<Host>, Path(name): Path<String>) -> R
     }
 }
 
-/// `?limit=N` of `GET /v1/dead-letters`.
+/// `?limit=N&after=NEXT` of `GET /v1/dead-letters`.
 #[derive(serde::Deserialize)]
 struct DeadLetterQuery {
     #[serde(default = "default_dead_letter_limit")]
     limit: usize,
+    /// The `next` of an earlier answer: read on from there.
+    after: Option<Position>,
 }
 
 fn default_dead_letter_limit() -> usize {
@@ -161,12 +164,19 @@ fn default_dead_letter_limit() -> usize {
 }
 
 /// What the dead-letter file holds: its path, how many letters, and the
-/// oldest `limit` (at most 1000) of them.
+/// oldest `limit` (at most 1000) of them from `after` on, as many as fit in
+/// [`LISTED_BYTES`](crate::dead_letter::LISTED_BYTES), with where the next begin.
 async fn dead_letters(State(host): State<Host>, Query(query): Query<DeadLetterQuery>) -> Response {
-    let limit = query.limit.min(1000);
-    let read = tokio::task::spawn_blocking(move || host.dead_letters(limit));
+    let (from, limit) = (query.after.unwrap_or(Position::HEAD), query.limit.min(1000));
+    let read = tokio::task::spawn_blocking(move || host.dead_letters_after(from, limit));
     match read.await.expect("reading the dead-letter file does not panic") {
-        Ok(letters) => Json(json!(letters)).into_response(),
+        Ok(Some(letters)) => Json(letters).into_response(),
+        Ok(None) => {
+            let error = format!(
+                "the dead-letter file changed since `next` {from} was given (re-delivered letters were removed, or the file replaced): look again without `after`"
+            );
+            (StatusCode::CONFLICT, Json(json!({ "error": error }))).into_response()
+        }
         Err(err) => {
             (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": err.to_string() }))).into_response()
         }

@@ -13,6 +13,7 @@
 //! Every method does blocking file I/O: call them off the async runtime's
 //! threads (`spawn_blocking`).
 
+use super::position::Position;
 use super::record::DeadLetterRecord;
 use crate::owner_only;
 use crate::state_lock::StateLock;
@@ -65,8 +66,9 @@ struct State {
     held: BTreeMap<String, usize>,
     /// The file `len` and `held` count, if there is one; the one `append` writes to.
     file: Option<FileId>,
-    /// How many times a file was found in its place and counted afresh: a [`Position`] of an
-    /// earlier one is not in this one.
+    /// How many times the letters moved: a file was found in its place and counted afresh, or
+    /// letters were removed by rewriting it. A [`Position`] taken before is not a place in the
+    /// file now.
     generation: u64,
     /// The file opened for appending, once written to.
     append: Option<File>,
@@ -79,20 +81,15 @@ fn file_id(metadata: &std::fs::Metadata) -> FileId {
     (metadata.dev(), metadata.ino())
 }
 
-/// Where a read of the file starts: at its head, or where a batch ended. Past the head it is a
-/// place in one file: read after that file was removed or replaced, it finds nothing (read again
-/// from the head).
-#[derive(Clone, Copy, Debug)]
-pub struct Position {
-    /// The [`State::generation`] it is a place in, unless it is the head of whatever file.
-    generation: Option<u64>,
-    /// The byte it is at.
-    at: u64,
-}
-
-impl Position {
-    /// The first letter of the file.
-    pub const HEAD: Position = Position { generation: None, at: 0 };
+/// Letters read for a look at the file ([`DeadLetterFile::list`]).
+#[derive(Debug)]
+pub struct Listing {
+    /// The letters, in the order they were written.
+    pub letters: Vec<DeadLetterRecord>,
+    /// How many letters the file held as they were read.
+    pub held: usize,
+    /// Where the letters after these begin, if the file goes on past them.
+    pub next: Option<Position>,
 }
 
 /// The first letters of the file, read for re-delivery.
@@ -225,10 +222,40 @@ impl DeadLetterFile {
         }
     }
 
+    /// Up to `limit` letters from `from` on, oldest first, as many as fit in `budget` bytes of the
+    /// file's lines (one at least, however long), for a look at the file; `None` when `from` is
+    /// no longer a place in it (see [`Position`]). Only the lines are copied under the lock: the
+    /// letters are read from them (and checked) after it, so a look at large letters holds up no
+    /// letter being written for longer than a copy of `budget` bytes takes.
+    pub fn list(&self, from: Position, limit: usize, budget: usize) -> Result<Option<Listing>, FileError> {
+        let (lines, held, next) = {
+            let mut state = self.lock();
+            self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
+            if from.generation.is_some_and(|generation| generation != state.generation) {
+                return Ok(None);
+            }
+            let lines = match File::open(&self.path) {
+                Ok(file) => copy_lines(file, from.at..state.len.max(from.at), limit, budget),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(error) => Err(error),
+            };
+            let lines = lines.map_err(|error| self.error(error))?;
+            let end = lines.last().map_or(from.at, |(at, line)| at + line.len() as u64);
+            let next = (end < state.len).then_some(Position { generation: Some(state.generation), at: end });
+            (lines, state.letters(), next)
+        };
+        let letters = (lines.into_iter())
+            .filter_map(|(at, line)| {
+                letter_on(&line).map_err(|error| unreadable(&self.path, at, &error)).ok()
+            })
+            .collect();
+        Ok(Some(Listing { letters, held, next }))
+    }
+
     /// Remove the letters of `batch` marked `delivered` (and its unreadable
     /// lines), keeping every other letter, in order; where the batch ends now. An error means
-    /// the file is as it was. A batch of a file removed or replaced since it was read is not
-    /// in the file there now: nothing is removed.
+    /// the file is as it was. A batch of a file removed, replaced or rewritten since it was read
+    /// is not where it was: nothing is removed.
     pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<Position, FileError> {
         if batch.unreadable.is_empty() && !delivered.contains(&true) {
             return Ok(batch.end);
@@ -247,7 +274,7 @@ impl DeadLetterFile {
         std::fs::rename(&tmp, &self.path).map_err(|error| self.error(error))?;
         // The file is the new one from here, whatever its directory's fsync says.
         state.append = None;
-        (state.len, state.file) = (len, Some(file));
+        (state.len, state.file, state.generation) = (len, Some(file), state.generation + 1);
         let removed = batch.letters.iter().zip(delivered).filter(|(_, delivered)| **delivered);
         for (letter, _) in removed {
             if let Some(held) = state.held.get_mut(&letter.destination) {
@@ -265,7 +292,7 @@ impl DeadLetterFile {
         if let Err(error) = sync_dir(&self.path) {
             tracing::warn!(error = %self.error(error), "the dead-letter file was rewritten but its directory not synced");
         }
-        Ok(Position { at: batch.end.at - dropped, ..batch.end })
+        Ok(Position { generation: Some(state.generation), at: batch.end.at - dropped })
     }
 
     /// Write the file without the letters of `batch` marked `delivered` and
@@ -431,22 +458,55 @@ fn scan(
         }
         let span = batch.end.at..batch.end.at + read as u64;
         batch.end.at = span.end;
-        // A line is read whole: one whose message cannot be made again (its payload's base64, its
-        // id damaged) is as unreadable as one that is not JSON.
-        let read = serde_json::from_slice::<DeadLetterRecord>(&line).map_err(|error| error.to_string());
-        match read.and_then(|letter| letter.to_message().map(|_| letter).map_err(|error| error.to_string())) {
+        match letter_on(&line) {
             Ok(letter) if skip(&letter) => {}
             Ok(letter) => {
                 batch.letters.push(letter);
                 batch.spans.push(span);
             }
             Err(error) => {
-                tracing::warn!(file = %path.display(), offset = span.start, %error, "unreadable dead-letter line skipped; set aside in the damaged file with the next removal");
+                unreadable(path, span.start, &error);
                 batch.unreadable.push(span);
             }
         }
     }
     Ok(batch)
+}
+
+/// The whole lines of bytes `range` of `file`, each with where it starts: up to `limit` of them, as
+/// many as fit in `budget` bytes (the first whatever its length).
+fn copy_lines(
+    mut file: File,
+    range: Range<u64>,
+    limit: usize,
+    budget: usize,
+) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    file.seek(SeekFrom::Start(range.start))?;
+    let mut reader = BufReader::new(file.take(range.end - range.start));
+    let (mut lines, mut at, mut copied) = (Vec::new(), range.start, 0);
+    while lines.len() < limit {
+        let mut line = Vec::new();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') || (!lines.is_empty() && copied + read > budget) {
+            break;
+        }
+        lines.push((at, line));
+        (at, copied) = (at + read as u64, copied + read);
+    }
+    Ok(lines)
+}
+
+/// The letter on `line` (one line of the file, read whole): one whose message cannot be made again
+/// (its payload's base64, its id damaged) is as unreadable as one that is not JSON.
+fn letter_on(line: &[u8]) -> Result<DeadLetterRecord, String> {
+    let letter = serde_json::from_slice::<DeadLetterRecord>(line).map_err(|error| error.to_string())?;
+    letter.to_message().map_err(|error| error.to_string())?;
+    Ok(letter)
+}
+
+/// Warn of the line at `offset` of the file at `path` that `error` keeps from being read.
+fn unreadable(path: &Path, offset: u64, error: &str) {
+    tracing::warn!(file = %path.display(), offset, %error, "unreadable dead-letter line skipped; set aside in the damaged file with the next removal");
 }
 
 /// Fsync the directory holding `path`, so a created or renamed entry lasts.
@@ -494,6 +554,38 @@ mod tests {
         let down = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
         assert!(again.holds_any_but(&down(&["dead"])) && !again.holds_any_but(&down(&["dead", "other"])));
         assert_eq!(ids(&again.read(Position::HEAD, 2, |_| false).unwrap()), ["1", "2"]);
+    }
+
+    #[test]
+    fn a_listing_stops_at_its_budget_and_reads_on_from_next_until_letters_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        (1..=5).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+        let line = std::fs::read_to_string(file.path()).unwrap().lines().next().unwrap().len() + 1;
+        let listed = |from: Position, budget| file.list(from, 10, budget).unwrap().expect("in place");
+        let ids =
+            |listing: &Listing| listing.letters.iter().map(|letter| letter.id.clone()).collect::<Vec<_>>();
+        let first = listed(Position::HEAD, 2 * line + 1);
+        assert_eq!((ids(&first), first.held), (vec!["1".to_owned(), "2".to_owned()], 5));
+        let next: Position = first.next.unwrap().to_string().parse().unwrap();
+        assert_eq!(next, first.next.unwrap(), "written as text and read back");
+        let second = listed(next, 2 * line);
+        assert_eq!(ids(&second), ["3", "4"]);
+        let last = listed(second.next.unwrap(), 2 * line);
+        assert_eq!((ids(&last), last.next), (vec!["5".to_owned()], None));
+        assert_eq!(ids(&listed(Position::HEAD, 1)), ["1"], "one letter however long");
+        assert_eq!(ids(&file.list(Position::HEAD, 3, usize::MAX).unwrap().unwrap()), ["1", "2", "3"]);
+
+        file.append(&letter(6, "dead")).unwrap();
+        assert_eq!(ids(&listed(second.next.unwrap(), usize::MAX)), ["5", "6"], "appending moves no letter");
+        let head = file.read(Position::HEAD, 1, |_| false).unwrap();
+        let after_removal = file.remove(&head, &[true]).unwrap();
+        assert!(
+            file.list(second.next.unwrap(), 10, usize::MAX).unwrap().is_none(),
+            "a place before the rewrite"
+        );
+        assert_eq!(ids(&listed(after_removal, usize::MAX)), ["2", "3", "4", "5", "6"]);
+        assert!("3".parse::<Position>().is_err() && "x-1".parse::<Position>().is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
-use crate::dead_letter::{Batch, FileError, Position, SpooledLetters};
+use crate::dead_letter::{FileError, LISTED_BYTES, Listing, Position, SpooledLetters};
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
@@ -261,12 +261,28 @@ impl Host {
     }
 
     /// What the dead-letter file holds: letters no dead-letter destination
-    /// took, waiting to be re-delivered; the `limit` oldest of them. Reads
-    /// the file (blocking I/O: from async code, call it in `spawn_blocking`).
+    /// took, waiting to be re-delivered; the `limit` oldest of them, or fewer
+    /// where they would pass [`LISTED_BYTES`](crate::dead_letter::LISTED_BYTES),
+    /// and where the next begin. Reads the file (blocking I/O: from async code,
+    /// call it in `spawn_blocking`).
     pub fn dead_letters(&self, limit: usize) -> Result<SpooledLetters, FileError> {
+        let listed = self.dead_letters_after(Position::HEAD, limit)?;
+        Ok(listed.expect("the head is a place in every file"))
+    }
+
+    /// [`dead_letters`](Self::dead_letters) from `from` on (the `next` of an
+    /// earlier answer); `None` when the letters moved since that answer (those
+    /// re-delivered removed, or the file replaced): look again from the head.
+    pub fn dead_letters_after(
+        &self,
+        from: Position,
+        limit: usize,
+    ) -> Result<Option<SpooledLetters>, FileError> {
         let file = &self.inner.reloader.pipeline.dead_letters.file;
-        let Batch { letters, held, .. } = file.read(Position::HEAD, limit, |_| false)?;
-        Ok(SpooledLetters { file: file.path().to_owned(), count: held, letters })
+        let Some(Listing { letters, held, next }) = file.list(from, limit, LISTED_BYTES)? else {
+            return Ok(None);
+        };
+        Ok(Some(SpooledLetters { file: file.path().to_owned(), count: held, letters, next }))
     }
 
     /// The plugin versions currently serving, in name order.
