@@ -314,6 +314,39 @@ async fn the_admin_api_shows_checks_and_counts_the_streams() {
     assert_eq!((stats.delivered, stats.dead_lettered), (90, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_the_streams_seen_last_most_recent_first_whatever_the_limit() {
+    const MANY: usize = 300;
+    let taken = Taken::default();
+    let (_servers, addresses) = servers(1, &taken, std::time::Duration::ZERO).await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&addresses)).await;
+    let server = switchyard::admin::AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None);
+    let server = server.await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
+    for stream in 0..MANY {
+        let message = Message::new("jobs", "0").with_header("x-stream", format!("s{stream}"));
+        within(host.request(message)).await.unwrap();
+    }
+    let listed = |limit: usize| async move {
+        let (status, table) =
+            admin(addr, "GET", &format!("/v1/destinations/workers/streams?limit={limit}")).await;
+        assert_eq!(status, 200, "{table}");
+        let rows = table["streams"].as_array().unwrap().clone();
+        let field = |name: &str| rows.iter().map(|row| row[name].to_string()).collect::<Vec<_>>();
+        (field("stream"), field("idle_ms").iter().map(|idle| idle.parse().unwrap()).collect::<Vec<u64>>())
+    };
+
+    // Nothing is sent from here: each look sees the same table.
+    let (everyone, idle) = listed(100_000).await;
+    assert_eq!(everyone.iter().collect::<std::collections::HashSet<_>>().len(), MANY, "{everyone:?}");
+    assert!(idle.windows(2).all(|pair| pair[0] <= pair[1]), "the most recently active first: {idle:?}");
+    for limit in [0, 1, 10, MANY - 1, MANY, MANY + 1] {
+        assert_eq!(listed(limit).await.0, everyone[..limit.min(MANY)], "limit {limit}");
+    }
+}
+
 /// A config of one pipeline worker, dead letters to memory destination `dead`, and one route of
 /// every message to `workers`: an http destination on `endpoint` whose streams are those of header
 /// `x-stream`, with `settings` (TOML lines of the destination) besides.

@@ -134,7 +134,10 @@ async fn streams(
     Path(name): Path<String>,
     Query(query): Query<StreamsQuery>,
 ) -> Response {
-    match host.streams(&name, query.limit.min(100_000)) {
+    let (limit, destination) = (query.limit.min(100_000), name.clone());
+    // A pass over the whole table (up to `max_streams_tracked`): not on a runtime thread.
+    let read = tokio::task::spawn_blocking(move || host.streams(&destination, limit));
+    match read.await.expect("reading the stream table does not panic") {
         Some((summary, streams)) => {
             Json(json!({ "destination": name, "summary": summary, "streams": streams })).into_response()
         }

@@ -53,7 +53,7 @@ mod sim;
 
 pub use affinity::{
     AffinityPolicy, AffinityStats, ConsistencyReport, DEFAULT_BALANCE_FACTOR, Migration, MigrationReason,
-    Misplaced, OverCapacity, Stream, StreamTable,
+    Misplaced, OverCapacity, RecentStream, Stream, StreamTable,
 };
 pub use config::{BalancerConfig, ParseBalancerError};
 pub use hash::endpoint_id;

@@ -340,7 +340,9 @@ impl Host {
     }
 
     /// The stream table of destination `name`: its summary and at most `limit` streams, the most
-    /// recently active first; `None` when no destination of that name keeps streams.
+    /// recently active first; `None` when no destination of that name keeps streams. Passes over
+    /// the whole table (up to `max_streams_tracked` streams): from async code, call it in
+    /// `spawn_blocking`.
     pub fn streams(&self, name: &str, limit: usize) -> Option<(StreamsSummary, Vec<StreamStatus>)> {
         let topology = self.inner.reloader.pipeline.topology.load();
         let destination = &topology.destinations.get(name)?.sink.destination;

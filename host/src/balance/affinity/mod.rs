@@ -51,6 +51,7 @@
 
 mod check;
 mod policy;
+mod recent;
 mod table;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ mod tests;
 
 pub use check::{ConsistencyReport, Misplaced, OverCapacity};
 pub use policy::{AffinityPolicy, DEFAULT_BALANCE_FACTOR};
+pub use recent::RecentStream;
 pub use table::{AffinityStats, Migration, MigrationReason, Stream, StreamTable};
 
 use std::time::Duration;

@@ -557,3 +557,23 @@ fn report_ns_per_pick_with_ten_thousand_streams() {
     println!("  the same, the table behind a Mutex  {behind_a_lock:>8.1}");
     println!("  a new stream's first message        {first:>8.1}  (10 000 new streams, 10 000 -> 20 000)");
 }
+
+#[test]
+fn the_streams_seen_last_are_chosen_most_recent_first_then_by_key_at_any_limit() {
+    // 1 000 streams placed 100 to a millisecond (ties broken by key), then every seventh seen again,
+    // a few at a time, later.
+    let endpoints = endpoints(3);
+    let (mut table, start) = filled(lasting(), &endpoints, 1000);
+    for n in (0..1000).step_by(7) {
+        assert!(table.pick(&key(n), &endpoints, start + MS * (1 + n as u32 / 30)).is_some());
+    }
+    let mut everyone: Vec<(Duration, String)> =
+        table.streams().map(|(key, stream)| (stream.last_seen, key.to_owned())).collect();
+    everyone.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for limit in [0, 1, 2, 99, 143, 500, 999, 1000, 1001, 100_000] {
+        let chosen: Vec<(Duration, String)> = (table.most_recent(limit).into_sorted_vec().into_iter())
+            .map(|recent| (recent.stream.last_seen, recent.key.to_string()))
+            .collect();
+        assert_eq!(chosen, everyone[..limit.min(1000)], "limit {limit}");
+    }
+}

@@ -39,8 +39,8 @@ use super::Cluster;
 use super::endpoint::lock;
 use super::turns::{StreamTurn, StreamTurns};
 use crate::balance::{
-    AffinityPolicy, ConsistencyReport, EndpointView, Migration, MigrationReason, P2cPeakEwma, Standing,
-    StreamTable,
+    AffinityPolicy, ConsistencyReport, EndpointView, Migration, MigrationReason, P2cPeakEwma, RecentStream,
+    Standing, StreamTable,
 };
 use crate::destination::{
     DestinationEvent, EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary,
@@ -298,17 +298,17 @@ impl Cluster {
         })
     }
 
-    /// At most `limit` streams, the most recently active first; `None` for other balancers.
+    /// At most `limit` streams, the most recently active first; `None` for other balancers. The
+    /// table's lock, which every pick and release of the destination takes, is held only to choose
+    /// them (one pass, no sorting of the table): they are sorted and written out after it.
     pub(super) fn stream_rows(&self, limit: usize) -> Option<Vec<StreamStatus>> {
         let super::Picker::Affinity(affinity) = &self.balancer else { return None };
         let now = affinity.since_origin(Instant::now());
-        let table = lock(&affinity.table);
-        let mut streams: Vec<(&str, &crate::balance::Stream)> = table.streams().collect();
-        streams.sort_unstable_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(b.0)));
+        let chosen = lock(&affinity.table).most_recent(limit);
         let millis = |since: Duration| now.saturating_sub(since).as_millis() as u64;
-        let rows = (streams.into_iter().take(limit))
-            .map(|(key, stream)| StreamStatus {
-                stream: key.to_owned(),
+        let rows = (chosen.into_sorted_vec().into_iter())
+            .map(|RecentStream { key, stream }| StreamStatus {
+                stream: key.to_string(),
                 endpoint: self.address_of(stream.endpoint),
                 on_endpoint_ms: millis(stream.since),
                 messages: stream.messages,
