@@ -5,12 +5,14 @@
 //! to the config file, so a restart keeps it. A refused config answers 422
 //! with the same message a bad file gets, and changes nothing.
 
+use crate::config::{names_a_secret, secret_pairs, url_password, without_secrets};
 use crate::host::Host;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 
 /// What replaces a secret in `GET /v1/config`.
 pub const REDACTED: &str = "[redacted]";
@@ -106,12 +108,9 @@ pub(super) fn refused(err: crate::config::ConfigError) -> Response {
 pub(super) fn redact(value: &mut Value) {
     each_secret(value, Within::Config, &mut |secret| match secret {
         Secret::Whole(text) | Secret::HeaderMatch(text) => *text = REDACTED.into(),
-        Secret::InUrl(url) => {
-            if let Some(hidden) = without_url_password(url) {
-                *url = hidden;
-            }
-            if let Some(hidden) = without_secret_pairs(url) {
-                *url = hidden;
+        Secret::InUrl(text) => {
+            if let Cow::Owned(hidden) = without_secrets(text, REDACTED) {
+                *text = hidden;
             }
         }
     });
@@ -179,8 +178,8 @@ fn each_secret(value: &mut Value, within: Within, found: &mut impl FnMut(Secret<
             for (key, value) in map.iter_mut() {
                 let secret = match within {
                     Within::Config | Within::Match => key == "token",
-                    Within::MatchHeaders => crate::config::names_a_secret(key) && *value != "*",
-                    Within::Settings => crate::config::names_a_secret(key),
+                    Within::MatchHeaders => names_a_secret(key) && *value != "*",
+                    Within::Settings => names_a_secret(key),
                 };
                 match value {
                     Value::String(text) if secret && within == Within::MatchHeaders => {
@@ -203,53 +202,6 @@ fn each_secret(value: &mut Value, within: Within, found: &mut impl FnMut(Secret<
         Value::String(text) => found(Secret::InUrl(text)),
         _ => {}
     }
-}
-
-/// `scheme://user:REDACTED@rest` for a URL carrying a password, else `None`.
-fn without_url_password(text: &str) -> Option<String> {
-    let (scheme, rest) = text.split_once("://")?;
-    let (userinfo, host) = rest.rsplit_once('@')?;
-    let (user, _password) = userinfo.split_once(':')?;
-    Some(format!("{scheme}://{user}:{REDACTED}@{host}"))
-}
-
-/// The password of a URL with credentials (`scheme://user:password@rest`), if it has one. The
-/// userinfo ends at the last `@`: a password may hold `@` and `/` (unescaped, as people write them).
-fn url_password(text: &str) -> Option<&str> {
-    let (_scheme, rest) = text.split_once("://")?;
-    let (userinfo, _host) = rest.rsplit_once('@')?;
-    userinfo.split_once(':').map(|(_user, password)| password)
-}
-
-/// The `name=value` pairs of `text` whose name names a secret (`--password=…`, `?access_token=…`),
-/// each value up to the next `&`, `;`, space or the end.
-fn secret_pairs(text: &str) -> impl Iterator<Item = (std::ops::Range<usize>, &str)> {
-    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    text.match_indices('=').filter_map(move |(at, _)| {
-        let name_start = text[..at].rfind(|c: char| !name_char(c)).map_or(0, |before| before + 1);
-        if !crate::config::names_a_secret(&text[name_start..at]) {
-            return None;
-        }
-        let start = at + 1;
-        let end = text[start..].find(['&', ';', ' ']).map_or(text.len(), |len| start + len);
-        Some((start..end, &text[start..end]))
-    })
-}
-
-/// `text` with the value of each secret `name=value` pair (see [`secret_pairs`]) redacted, if any.
-fn without_secret_pairs(text: &str) -> Option<String> {
-    let values: Vec<_> = secret_pairs(text).map(|(range, _)| range).collect();
-    if values.is_empty() {
-        return None;
-    }
-    let (mut hidden, mut from) = (String::with_capacity(text.len()), 0);
-    for range in values {
-        hidden.push_str(&text[from..range.start]);
-        hidden.push_str(REDACTED);
-        from = range.end;
-    }
-    hidden.push_str(&text[from..]);
-    Some(hidden)
 }
 
 #[cfg(test)]

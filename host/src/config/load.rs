@@ -1,6 +1,7 @@
 //! Reading, defaulting and validating a configuration.
 
 use super::model::{AdminConfig, Config, HttpIngressConfig, RouteConfig, StageRef};
+use super::secret::{inline_table, shown};
 use crate::regular_file::{self, Links};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -460,7 +461,7 @@ impl super::DestinationConfig {
         if !networked && !self.endpoints.is_empty() {
             return Err((
                 "endpoints",
-                format!("{:?}", self.endpoints.iter().map(|e| &e.address).collect::<Vec<_>>()),
+                format!("{:?}", self.endpoints.iter().map(|e| shown(&e.address)).collect::<Vec<_>>()),
                 "only network transports have endpoints".into(),
             ));
         }
@@ -470,19 +471,20 @@ impl super::DestinationConfig {
         }
         for (at, endpoint) in self.endpoints.iter().enumerate() {
             let address = &endpoint.address;
+            let shown_address = || shown(address).into_owned();
             // Listed twice, it would have two breakers and health states, but one pool and one
             // series of each metric, which both would write.
             if self.endpoints[..at].iter().any(|earlier| earlier.address == *address) {
                 let problem = "listed twice: one address is one endpoint \
                                (for more of the traffic, give it a larger weight)";
-                return Err(("endpoints", address.clone(), problem.into()));
+                return Err(("endpoints", shown_address(), problem.into()));
             }
             if !super::endpoint::is_host_and_port(address) {
-                return Err(("endpoints", address.clone(), super::endpoint::HOST_AND_PORT.into()));
+                return Err(("endpoints", shown_address(), super::endpoint::HOST_AND_PORT.into()));
             }
             if !(1..=super::MAX_WEIGHT).contains(&endpoint.weight) {
                 let problem = format!("weight = {}: must be 1 to {}", endpoint.weight, super::MAX_WEIGHT);
-                return Err(("endpoints", address.clone(), problem));
+                return Err(("endpoints", shown_address(), problem));
             }
         }
         let balancer = match self.balancer.parse::<crate::balance::BalancerConfig>() {
@@ -577,7 +579,7 @@ impl super::DestinationConfig {
             at_least_one("health.rise", health.rise.into())?;
             at_least_one("health.fall", health.fall.into())?;
             if let Err(problem) = super::UrlPath::new(&health.path) {
-                return Err(("health.path", health.path.clone(), problem));
+                return Err(("health.path", shown(&health.path).into_owned(), problem));
             }
         }
         self.validate_durations()
@@ -620,25 +622,6 @@ pub(crate) fn parse_message(text: &str, err: &toml::de::Error) -> String {
     format!("line {line}, column {column}: {message}")
 }
 
-/// Whether a settings key names a secret (`password`, `secret`, `token`, `api_key`,
-/// `authorization`, …, any case, `-` or `_`): its value is not shown in an error or by
-/// `GET /v1/config`.
-pub(crate) fn names_a_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase().replace('-', "_");
-    let words = [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "api_key",
-        "apikey",
-        "credential",
-        "authorization",
-        "private_key",
-    ];
-    words.iter().any(|word| key.contains(word))
-}
-
 /// The keys of `settings` (a section such as `retry`) whose values differ from `default`'s, with
 /// their values.
 fn changed<T: serde::Serialize>(settings: &T, default: &T) -> toml::Table {
@@ -647,25 +630,6 @@ fn changed<T: serde::Serialize>(settings: &T, default: &T) -> toml::Table {
     let mut settings = table(settings);
     settings.retain(|key, value| default.get(key) != Some(value));
     settings
-}
-
-/// `table` on one line as written in TOML, e.g. `{ path = "/in", redirects_ok = true }`, its strings
-/// escaped so that no control character reaches a terminal or a log line, and the value of a key
-/// that names a secret (a subprocess's `env = { DB_PASSWORD = … }`) not shown: an error quoting
-/// it reaches the log, the event stream and the admin API's answers.
-pub fn inline_table(table: &toml::Table) -> String {
-    let value = |key: &str, value: &toml::Value| match value {
-        toml::Value::String(_) if names_a_secret(key) => "(not shown)".to_owned(),
-        toml::Value::String(text) => format!("{text:?}"),
-        toml::Value::Table(table) => inline_table(table),
-        other => other.to_string(),
-    };
-    let pairs: Vec<String> =
-        table.iter().map(|(key, item)| format!("{key} = {}", value(key, item))).collect();
-    match pairs.is_empty() {
-        true => "{}".to_owned(),
-        false => format!("{{ {} }}", pairs.join(", ")),
-    }
 }
 
 /// `path` as the file system resolves it: absolute, each symbolic link and `..` of the part that

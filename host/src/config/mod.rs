@@ -10,13 +10,14 @@ mod overrides;
 #[cfg(test)]
 mod properties;
 mod restart;
+mod secret;
 mod url_path;
 
 pub use affinity::AffinitySettings;
 pub use alert::{AlertConfig, Comparison, Condition, MAX_ALERT_SECONDS, Reading, Selector, Severity};
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
-pub use load::{ConfigError, MAX_THREADS, inline_table};
-pub(crate) use load::{names_a_secret, parse_message};
+pub(crate) use load::parse_message;
+pub use load::{ConfigError, MAX_THREADS};
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, Durability, FailurePolicy, GrpcIngressConfig,
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,
@@ -27,4 +28,6 @@ pub(crate) use nats::subject_problem;
 pub use nats::{JetStreamConsumer, NatsIngressConfig};
 pub(crate) use overrides::{CodeOverrides, Overridden};
 pub(crate) use restart::restart_only_changes;
+pub use secret::inline_table;
+pub(crate) use secret::{inline_value, names_a_secret, secret_pairs, shown, url_password, without_secrets};
 pub use url_path::UrlPath;

@@ -96,7 +96,7 @@ impl NatsIngressConfig {
     pub(crate) fn problem(&self) -> Option<(&'static str, String, String)> {
         if !super::endpoint::is_host_and_port(&self.url) {
             let problem = format!("must be a NATS server: {}", super::endpoint::HOST_AND_PORT);
-            return Some(("url", format!("{:?}", self.url), problem));
+            return Some(("url", format!("{:?}", super::shown(&self.url)), problem));
         }
         if let Some(ms) = self.ping_interval_ms.filter(|ms| !PING_INTERVAL_MS.contains(ms)) {
             let problem = format!("must be from {} to {}", PING_INTERVAL_MS.start(), PING_INTERVAL_MS.end());

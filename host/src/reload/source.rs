@@ -218,11 +218,8 @@ fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginC
         let culprit = sidecar.iter().find_map(|(key, value)| {
             let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
             let alone: Result<PluginConfig, _> = with_sidecar(entry.clone(), alone).try_into();
-            // A table shown as `inline_table` shows it: a secret-named key's value not shown.
-            let shown = match value {
-                toml::Value::Table(table) => crate::config::inline_table(table),
-                value => value.to_string(),
-            };
+            // Shown as `inline_table` shows it: no secret shown.
+            let shown = crate::config::inline_value(key, value);
             alone.err().map(|err: toml::de::Error| format!("{key} = {shown}: {}", err.message()))
         });
         parse_error(culprit.unwrap_or_else(|| err.message().to_owned()))

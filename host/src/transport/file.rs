@@ -76,7 +76,8 @@ impl TransportOptions for FileOptions {
     fn endpoints(&self, listed: &[EndpointConfig]) -> Result<Vec<EndpointConfig>, SettingError> {
         if let Some(listed) = listed.first() {
             let problem = "the file transport has no endpoints: it writes to options.path".into();
-            return Err(SettingError { field: "endpoints", value: format!("{:?}", listed.address), problem });
+            let value = format!("{:?}", crate::config::shown(&listed.address));
+            return Err(SettingError { field: "endpoints", value, problem });
         }
         if self.path.trim().is_empty() {
             let problem = "options.path must name a file (no file has an empty name)".into();

@@ -231,7 +231,8 @@ impl TransportRegistry {
                 });
                 let known: Vec<String> = known.chain(["log".into(), "memory".into()]).collect();
                 let problem = format!("unknown transport (known: {})", known.join(", "));
-                return Err(invalid("transport", format!("\"{}\"", destination.transport), problem));
+                let transport = format!("{:?}", crate::config::shown(&destination.transport));
+                return Err(invalid("transport", transport, problem));
             };
             let transport =
                 factory.check(destination).map_err(|err| invalid(err.field, err.value, err.problem))?;

@@ -108,10 +108,11 @@ impl super::TransportOptions for SubprocessOptions {
         };
         if let Some(listed) = listed.first() {
             let problem = "the subprocess transport has no endpoints: its processes are (options.processes)";
-            return invalid("endpoints", format!("{:?}", listed.address), problem);
+            return invalid("endpoints", format!("{:?}", crate::config::shown(&listed.address)), problem);
         }
         let Some(program) = self.command.first().filter(|program| !program.is_empty()) else {
-            return invalid("options", format!("command = {:?}", self.command), "names no program");
+            let command = crate::config::inline_value("command", &self.command.clone().into());
+            return invalid("options", format!("command = {command}"), "names no program");
         };
         if !(1..=64).contains(&self.processes) {
             return invalid("options", format!("processes = {}", self.processes), "must be 1 to 64");

@@ -50,7 +50,7 @@ impl PluginTransportFactory {
         if let Some(problem) = crate::config::plugin_name_problem(name) {
             return Err(SettingError {
                 field: "transport",
-                value: format!("\"{}\"", destination.transport),
+                value: format!("{:?}", crate::config::shown(&destination.transport)),
                 problem: format!("{problem} (\"plugin:NAME\" names NAME.wasm in the plugin directory)"),
             });
         }
