@@ -5,13 +5,14 @@
 //! reply coming back through `Host::request`, and hot swaps under load.
 
 use crate::support::{
-    RedisServer, drain_and_account, echo_server, event_where, eventually, host, next, plugin_dir,
+    RedisServer, drain_and_account, echo_server, event_where, eventually, host, http, next, plugin_dir,
     replace_file, within,
 };
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use switchyard::admin::AdminServer;
 use switchyard::{DestinationEvent, Host, HostEvent, Message, RequestError};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -229,6 +230,48 @@ async fn a_deleted_transport_plugin_sends_nothing_and_its_messages_wait_until_th
     assert_eq!(echoed.load(Ordering::SeqCst), "hello".len(), "nothing more went out");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.responded + stats.delivered, stats.dead_lettered), (1, 1));
+}
+
+/// `GET /ready` of `admin`: its status and the problems it names.
+async fn ready(admin: SocketAddr) -> (u16, Vec<String>) {
+    let (status, body) =
+        within(tokio::task::spawn_blocking(move || http(admin, "GET", "/ready", &[], b""))).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|err| panic!("{err}: {body}"));
+    let problems = body["problems"].as_array().map(Vec::as_slice).unwrap_or_default();
+    (status, problems.iter().map(|problem| problem.as_str().unwrap().to_owned()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_is_not_ready_while_a_destination_s_transport_or_balancer_plugin_is_missing_or_of_another_kind()
+ {
+    let (server, _echoed) = echo_server().await;
+    // "pick" is a transform, not the balancer the destination names; "echo" is not there yet.
+    let dir = plugin_dir(&[("pick", artifacts::STAMP_TRANSFORM)]);
+    let config = format!(
+        "[[destination]]\nname = \"q\"\ntransport = \"plugin:echo\"\nbalancer = \"plugin:pick\"\n\
+         endpoints = [\"{server}\"]\n[[route]]\nname = \"all\"\nto = \"q\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let admin = AdminServer::bind(host.clone(), "127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let addr = admin.local_addr();
+    tokio::spawn(admin.serve(std::future::pending()));
+    let mut events = host.subscribe();
+    let transport_missing = "destination q: transport plugin \"echo\" is not loaded";
+    let not_a_balancer =
+        "destination q: balancer plugin \"pick\": is a transform, not a balancer (p2c picks meanwhile)";
+    // Before any message: the previous host said ready until a delivery failed.
+    assert_eq!(ready(addr).await, (503, vec![transport_missing.to_owned(), not_a_balancer.to_owned()]));
+
+    replace_file(&dir.path().join("echo.wasm"), &std::fs::read(artifacts::ECHO_TRANSPORT).unwrap());
+    event_where(&mut events, |e| matches!(e, HostEvent::PluginLoaded { name, .. } if name == "echo")).await;
+    assert_eq!(ready(addr).await, (503, vec![not_a_balancer.to_owned()]));
+
+    replace_file(&dir.path().join("pick.wasm"), &std::fs::read(artifacts::LEAST_LOADED_BALANCER).unwrap());
+    event_where(&mut events, |e| matches!(e, HostEvent::PluginReplaced { name, .. } if name == "pick")).await;
+    assert_eq!(ready(addr).await, (200, vec![]));
+    let reply = within(host.request(Message::new("greet", "hello"))).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "hello");
+    drain_and_account(&host).await;
 }
 
 /// `component` with a custom section appended: the same plugin, another version.

@@ -138,6 +138,16 @@ pub enum PluginBalancerError {
     },
 }
 
+impl PluginBalancerError {
+    /// [`NotABalancer`](PluginBalancerError::NotABalancer) unless `plugin` is a balancer.
+    pub(crate) fn unless_balancer(plugin: &CompiledPlugin) -> Result<(), PluginBalancerError> {
+        match plugin.kind {
+            PluginKind::Balancer => Ok(()),
+            kind => Err(PluginBalancerError::NotABalancer { name: plugin.name.clone(), kind: kind.as_str() }),
+        }
+    }
+}
+
 /// One pick, on its way to the plugin thread.
 struct Request {
     /// The message head; `None` for the blank head [`Balancer::pick`] shows, having no message.
@@ -189,10 +199,8 @@ impl PluginBalancer {
         addresses: Vec<String>,
         on_fallback: OnFallback,
     ) -> Result<(PluginBalancer, Started), PluginBalancerError> {
+        PluginBalancerError::unless_balancer(&plugin)?;
         let name = plugin.name.clone();
-        if plugin.kind != PluginKind::Balancer {
-            return Err(PluginBalancerError::NotABalancer { name, kind: plugin.kind.as_str() });
-        }
         let addresses = addresses.into_iter().map(|address| (endpoint_id(&address), address)).collect();
         let (requests, queue) = flume::bounded(PICK_QUEUE);
         let (ready, started) = flume::bounded(1);

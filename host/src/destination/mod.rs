@@ -172,6 +172,13 @@ pub trait Destination: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// What keeps it from delivering as configured now, whatever its endpoints' state (a transport
+    /// or balancer plugin not loaded, or not of its kind), for `GET /ready`; called on demand. None
+    /// by default.
+    fn unavailable(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The summary of its stream table (`affinity:header:KEY` destinations only), for the admin API
     /// and the metrics; called on demand.
     fn streams(&self) -> Option<StreamsSummary> {

@@ -7,7 +7,9 @@
 //! runs on a thread of its own and answers through a channel.
 
 use super::{DestinationEvent, EventSink, HostServices};
-use crate::balance::{Balancer, EndpointView, FallbackReason, P2cPeakEwma, PluginBalancer};
+use crate::balance::{
+    Balancer, EndpointView, FallbackReason, P2cPeakEwma, PluginBalancer, PluginBalancerError,
+};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::plugin::{CompiledPlugin, PluginEngine, PluginRegistry};
@@ -101,7 +103,7 @@ impl HotPluginBalancer {
             // Unlocked: a balancer a start under way stores meanwhile lives until the next pick.
             self.current.store(None);
             *lock(&self.refused) = None;
-            self.teller.tell(format!("plugin \"{}\" is not loaded", self.teller.plugin));
+            self.teller.tell(self.not_loaded());
             return None;
         };
         if let Some(current) = self.current_for(plugin) {
@@ -111,8 +113,8 @@ impl HotPluginBalancer {
         if let Some(current) = self.current_for(plugin) {
             return Some(current); // another pick started it meanwhile
         }
-        if lock(&self.refused).as_ref().is_some_and(|refused| Arc::ptr_eq(refused, plugin)) {
-            self.teller.tell(format!("plugin \"{}\" cannot balance", self.teller.plugin));
+        if self.refused(plugin) {
+            self.teller.tell(self.cannot_balance());
             return None;
         }
         let (teller, metrics) = (self.teller.clone(), self.metrics.clone());
@@ -137,6 +139,30 @@ impl HotPluginBalancer {
                 None
             }
         }
+    }
+
+    /// Why no version of the plugin picks now, if none can (p2c picks meanwhile): it is not loaded,
+    /// not a balancer, or the version serving could not start. Called on demand, for `GET /ready`.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        let plugins = self.registry.snapshot();
+        let Some(plugin) = plugins.get(&self.teller.plugin) else { return Some(self.not_loaded()) };
+        if let Err(error) = PluginBalancerError::unless_balancer(plugin) {
+            return Some(error.to_string());
+        }
+        self.refused(plugin).then(|| self.cannot_balance())
+    }
+
+    fn not_loaded(&self) -> String {
+        format!("plugin \"{}\" is not loaded", self.teller.plugin)
+    }
+
+    fn cannot_balance(&self) -> String {
+        format!("plugin \"{}\" cannot balance", self.teller.plugin)
+    }
+
+    /// Whether `plugin` is the version that could not be made a balancer.
+    fn refused(&self, plugin: &Arc<CompiledPlugin>) -> bool {
+        lock(&self.refused).as_ref().is_some_and(|refused| Arc::ptr_eq(refused, plugin))
     }
 
     /// The balancer last started, if it runs `plugin`.

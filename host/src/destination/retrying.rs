@@ -50,6 +50,10 @@ impl Destination for Retrying {
     fn endpoints(&self) -> Vec<EndpointStatus> {
         self.destination.endpoints()
     }
+
+    fn unavailable(&self) -> Vec<String> {
+        self.destination.unavailable()
+    }
 }
 
 #[cfg(test)]

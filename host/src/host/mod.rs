@@ -357,16 +357,24 @@ impl Host {
     }
 
     /// Why the host is not ready to serve, if it is not: route stages that
-    /// cannot run (and why), and destinations with no endpoint serving.
+    /// cannot run (and why), destinations whose transport or balancer plugin
+    /// is not loaded or not of its kind, and destinations with no endpoint serving.
     pub fn unready(&self) -> Vec<String> {
         let stages = self
             .unavailable_stages_with_problems()
             .into_iter()
             .map(|(stage, problem)| format!("stage {stage} is unavailable: {problem}"));
+        let topology = self.inner.reloader.pipeline.topology.load();
+        let mut targets: Vec<_> = topology.destinations.iter().collect();
+        targets.sort_by_key(|(name, _)| *name);
+        let plugins = targets.into_iter().flat_map(|(name, target)| {
+            let problems = target.sink.destination.unavailable().into_iter();
+            problems.map(move |problem| format!("destination {name}: {problem}"))
+        });
         let destinations = self.destinations().into_iter().filter(|destination| !destination.serving());
         let destinations = destinations
             .map(|destination| format!("destination {} has no endpoint serving", destination.name));
-        stages.chain(destinations).collect()
+        stages.chain(plugins).chain(destinations).collect()
     }
 
     /// The host's metrics (Prometheus families).

@@ -103,6 +103,12 @@ pub trait Transport: Send + Sync + 'static {
     fn pool_stats(&self, _address: &str) -> Option<PoolStats> {
         None
     }
+
+    /// Why no attempt can reach any endpoint now, whatever their state (a transport plugin not
+    /// loaded), for `GET /ready`; called on demand. `None`, the default, when attempts can be made.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A listener on 127.0.0.1 that accepts every connection and never answers on it (a host that

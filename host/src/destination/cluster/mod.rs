@@ -434,6 +434,15 @@ impl Destination for Cluster {
         self.waiting.load(Relaxed) as usize
     }
 
+    fn unavailable(&self) -> Vec<String> {
+        let balancer = match &self.balancer {
+            Picker::Plugin(balancer) => balancer.unavailable(),
+            Picker::Native(_) | Picker::Affinity(_) => None,
+        };
+        let balancer = balancer.map(|problem| format!("balancer {problem} (p2c picks meanwhile)"));
+        self.transport.unavailable().into_iter().chain(balancer).collect()
+    }
+
     fn endpoints(&self) -> Vec<super::EndpointStatus> {
         let now = Instant::now();
         self.endpoints

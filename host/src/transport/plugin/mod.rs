@@ -333,6 +333,11 @@ impl Transport for PluginTransport {
     fn pool_stats(&self, address: &str) -> Option<PoolStats> {
         self.pools.stats(address)
     }
+
+    /// Why no version of the plugin serves: it is not loaded, or not a transport.
+    fn unavailable(&self) -> Option<String> {
+        self.serving_version(&self.registry.snapshot()).err()
+    }
 }
 
 impl std::fmt::Debug for PluginTransport {
