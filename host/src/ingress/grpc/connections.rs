@@ -9,6 +9,7 @@
 //! connections at once, and the others once their calls are answered.
 
 use super::Server;
+use super::paused_body::PausedBody;
 use crate::listener::{Held, ListenerLimits, accept};
 use http_body_util::BodyExt;
 use hyper::server::conn::http2;
@@ -21,7 +22,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::RequestBodyTimeout;
 
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -45,7 +45,7 @@ pub(super) async fn serve(
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout)
         .max_concurrent_streams(200);
-    let server = TowerToHyperService::new(RequestBodyTimeout::new(server, limits.header_timeout));
+    let server = TowerToHyperService::new(server);
     loop {
         let (stream, slot) = tokio::select! {
             () = stopping.cancelled() => break,
@@ -82,15 +82,16 @@ async fn preface(mut stream: Held, timeout: Duration) -> Option<Held> {
 async fn serve_connection(
     stream: Held,
     http2: &http2::Builder<TokioExecutor>,
-    server: TowerToHyperService<RequestBodyTimeout<Server>>,
+    server: TowerToHyperService<Server>,
     idle: Duration,
     stopping: &CancellationToken,
 ) {
     let calls = Calls::default();
     let service = {
         let calls = calls.clone();
-        hyper::service::service_fn(move |request| {
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let open = calls.open();
+            let request = request.map(|body| PausedBody::new(body, idle));
             let answered = hyper::service::Service::call(&server, request);
             async move {
                 // The call is open until its answer is sent, or the client resets it: hyper drops the

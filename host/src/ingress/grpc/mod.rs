@@ -20,6 +20,7 @@
 mod connections;
 #[rustfmt::skip]
 mod generated;
+mod paused_body;
 
 use super::bulk::MAX_BATCH;
 use super::together::{BatchRoom, admit_together};
@@ -31,6 +32,7 @@ pub use generated::ingress_client::IngressClient;
 use generated::ingress_server::{Ingress, IngressServer};
 pub use generated::publish_result::Outcome as PublishOutcome;
 pub use generated::{PublishReply, PublishRequest, PublishResult, PublishStreamReply, Refusal, Reply};
+use paused_body::Paused;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
-use tower_http::timeout::TimeoutError;
 
 /// The longest refusal text a stream's answer quotes: with [`MAX_BATCH`] results and the refusal past
 /// them, an answer stays under 3 MB, within the 4 MiB a gRPC client decodes by default (an answer it
@@ -241,7 +242,7 @@ impl Service {
             next = stream.next() => next,
         };
         next.transpose().map_err(|broke| {
-            let paused = std::error::Error::source(&broke).is_some_and(|source| source.is::<TimeoutError>());
+            let paused = std::error::Error::source(&broke).is_some_and(|source| source.is::<Paused>());
             match broke.code() {
                 _ if paused => {
                     (format!("no message for {} ms (header_timeout_ms)", self.pause.as_millis()), 400)
