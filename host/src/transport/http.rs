@@ -112,29 +112,41 @@ impl HttpTransport {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let request = request
+        let mut request = request
             .body(Full::new(message.payload.clone()))
             .map_err(|err| (Outcome::Fatal(FatalReason::Protocol), format!("invalid request: {err}")))?;
         let pool = self.pools.get(address);
-        let mut connection = loop {
+        // Reused connections found closed before the request went out: past as many as the pool
+        // holds, they are no longer idle ones a keep-alive peer timed out, and the attempt fails.
+        let mut closed_while_idle = 0;
+        let (connection, response) = loop {
             let mut connection =
                 pool.acquire(|| connect(address)).await.map_err(|err| err.into_attempt_error(address))?;
-            match connection.sender.ready().await {
-                Ok(()) => break connection,
-                // Closed while idle, before anything was sent: drop it, take the next.
-                Err(_) if connection.is_reused() => continue,
-                // Nothing was sent: as safe to retry as a refused connection.
-                Err(err) => return Err((Outcome::Retryable(RetryReason::Connect), err.to_string())),
+            let unsent = match connection.sender.ready().await {
+                Ok(()) => match connection.sender.try_send_request(request).await {
+                    Ok(response) => break (connection, response),
+                    Err(mut err) => match err.take_message() {
+                        // Given back unwritten: the connection closed before the request went out.
+                        Some(unwritten) => {
+                            request = unwritten;
+                            err.into_error()
+                        }
+                        None => {
+                            let err = err.into_error().to_string();
+                            return Err((Outcome::Retryable(RetryReason::Reset), err));
+                        }
+                    },
+                },
+                Err(err) => err,
+            };
+            // Nothing was sent. On a reused connection, the peer closed it while it sat idle (a
+            // keep-alive timeout), its close seen only now: drop it, take the next.
+            if connection.is_reused() && closed_while_idle < pool.config().max_size {
+                closed_while_idle += 1;
+                continue;
             }
-        };
-        let response = match connection.sender.try_send_request(request).await {
-            Ok(response) => response,
-            // Given back unwritten (the connection closed first): nothing
-            // was sent, so any retry is safe.
-            Err(err) if err.message().is_some() => {
-                return Err((Outcome::Retryable(RetryReason::Connect), err.into_error().to_string()));
-            }
-            Err(err) => return Err((Outcome::Retryable(RetryReason::Reset), err.into_error().to_string())),
+            // As safe to retry as a refused connection.
+            return Err((Outcome::Retryable(RetryReason::Connect), unsent.to_string()));
         };
         let status = response.status();
         let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
@@ -281,7 +293,105 @@ async fn get(address: &str, path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::task::{Context, Poll};
     use std::time::SystemTime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+    /// The stream of a connection whose peer closed it while it sat idle, the close not read yet:
+    /// nothing to read until `closed`, then its end (its reader is not woken: the close reaches
+    /// the driver only when something else wakes it). It takes whatever is written.
+    struct ClosedUnread {
+        closed: Arc<AtomicBool>,
+    }
+
+    impl tokio::io::AsyncRead for ClosedUnread {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            match self.closed.load(SeqCst) {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending,
+            }
+        }
+    }
+
+    impl tokio::io::AsyncWrite for ClosedUnread {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A server at the returned address answering every request `204`, on as many connections as
+    /// it is given; it counts the requests.
+    async fn answering_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    let mut chunk = [0; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                        read.extend_from_slice(&chunk[..n]);
+                        // Each test request has a body of one byte after its head.
+                        let head_end = |read: &[u8]| read.windows(4).position(|window| window == b"\r\n\r\n");
+                        while let Some(end) = head_end(&read).filter(|end| read.len() >= end + 5) {
+                            read.drain(..end + 5);
+                            counted.fetch_add(1, SeqCst);
+                            stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (address, requests)
+    }
+
+    /// A pooled connection whose peer's close arrives after the pool found it open, but before its
+    /// driver wrote the request (a keep-alive peer closing an idle connection just then): hyper hands
+    /// the request back unsent, and it goes out on another connection. Before, the attempt failed as
+    /// a refused connection, which leaves a healthy endpoint out for its refusal window.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_a_reused_connection_hands_back_unsent_goes_out_on_another() {
+        let (address, requests) = answering_server().await;
+        let transport = HttpTransport::new("/", false, PoolConfig::default());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (mut sender, driver) =
+            http1::handshake(TokioIo::new(ClosedUnread { closed: closed.clone() })).await.unwrap();
+        tokio::spawn(driver);
+        // The driver has run and waits, idle, for a request or its stream.
+        sender.ready().await.unwrap();
+        // The socket the pool asks about is open, with nothing to read.
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpStream::connect(peer.local_addr().unwrap()).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let _accepted = peer.accept().unwrap();
+        let pool = transport.pools.get(&address);
+        pool.acquire(|| async { Ok(Connection { sender, socket }) }).await.unwrap().release();
+        closed.store(true, SeqCst);
+
+        let message = Message::new("orders", "x");
+        let delivered = transport.post(&address, &message).await;
+        assert!(matches!(delivered, Ok(None)), "{delivered:?}");
+        assert_eq!(requests.load(SeqCst), 1, "sent once, on a new connection");
+        let stats = transport.pool_stats(&address).unwrap();
+        assert_eq!((stats.idle, stats.in_use), (1, 0), "the closed connection is gone, the new one kept");
+    }
 
     fn headers(retry_after: &str) -> hyper::HeaderMap {
         let mut headers = hyper::HeaderMap::new();
