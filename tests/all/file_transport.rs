@@ -171,11 +171,12 @@ async fn a_missing_directory_holds_messages_until_it_exists_then_delivers_them_w
         .replace("[[route]]", "breaker = { open_ms = 20 }\nqueue = { timeout_ms = 60000 }\n[[route]]");
     let host = host(dir.path(), &config).await;
     send_all(&host, &["jobs"], 50).await;
-    let retries = || {
+    let failed = || {
         let text = host.metrics().encode();
-        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "files")])
+        let labels = [("destination", "files"), ("outcome", "retryable")];
+        crate::exposition::sample(&text, "switchyard_transport_attempts_total", &labels)
     };
-    crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no failed attempt yet"));
+    crate::support::eventually(|| failed().filter(|failed| *failed > 0.0).ok_or("no failed attempt yet"));
     std::fs::create_dir(&missing).unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (50, 0));

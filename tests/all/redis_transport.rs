@@ -131,11 +131,12 @@ async fn messages_sent_while_the_only_server_restarts_wait_and_reach_it_once_it_
     for n in 100..200 {
         host.send(Message::new("jobs", format!("job {n}"))).await.unwrap();
     }
-    let retries = || {
+    let failed = || {
         let text = host.metrics().encode();
-        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "jobs")])
+        let labels = [("destination", "jobs"), ("outcome", "retryable")];
+        crate::exposition::sample(&text, "switchyard_transport_attempts_total", &labels)
     };
-    crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no failed attempt yet"));
+    crate::support::eventually(|| failed().filter(|failed| *failed > 0.0).ok_or("no failed attempt yet"));
     server.restart();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (200, 0), "{stats:?}");

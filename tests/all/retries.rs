@@ -146,6 +146,50 @@ async fn panic_mode_skips_endpoints_that_refuse_connections() {
     assert_eq!((stats.delivered, stats.dead_lettered), (30, 0));
 }
 
+/// `switchyard_destination_retries_total` of `api`.
+fn retries(host: &Host) -> f64 {
+    sample(&host.metrics().encode(), "switchyard_destination_retries_total", &[("destination", "api")])
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_not_counted_as_a_retry() {
+    // Round-robin tries the stopped endpoint first: its connection refused, the message goes to the
+    // other at its one attempt. The previous main counted a retry.
+    let (gone, up) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);
+    gone.stop().await;
+    let dir = plugin_dir(&[]);
+    let extra = "balancer = \"round-robin\"\nretry = { attempts = 1 }";
+    let host = host(dir.path(), &config(&[&gone, &up], extra)).await;
+    within(host.request(Message::new("orders", "m"))).await.unwrap();
+    assert_eq!((attempts(&host, &gone, "retryable"), up.seen().len()), (1.0, 1), "refused, then delivered");
+    assert_eq!(retries(&host), 0.0);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_connection_is_refused_counts_once() {
+    // Round-robin: the failing endpoint answers 503, the retry goes to the stopped one, is refused
+    // there, and goes on to the third. One retry; the previous main counted two.
+    let (failing, up, gone) = (
+        TestEndpoint::start(Mode::Fail).await,
+        TestEndpoint::start(Mode::Answer).await,
+        TestEndpoint::start(Mode::Answer).await,
+    );
+    gone.stop().await;
+    let dir = plugin_dir(&[]);
+    let extra =
+        "balancer = \"round-robin\"\nidempotent = true\nretry = { attempts = 2, base_ms = 1, max_ms = 5 }";
+    let host = host(dir.path(), &config(&[&failing, &up, &gone], extra)).await;
+    within(host.request(Message::new("orders", "m"))).await.unwrap();
+    let tried = [&failing, &gone].map(|endpoint| attempts(&host, endpoint, "retryable"));
+    assert_eq!((tried, up.seen().len()), ([1.0, 1.0], 1), "failed, refused, then delivered");
+    assert_eq!(retries(&host), 1.0);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
+}
+
 /// Send `n` messages while every endpoint of `endpoints` is down for
 /// `outage`, then bring them back on the same ports.
 async fn outage(host: &Host, endpoints: &[&TestEndpoint], n: usize, outage: Duration) -> (Instant, Instant) {
@@ -459,7 +503,7 @@ async fn when_a_refusal_window_ends_one_message_finds_out_whether_the_endpoint_i
     let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let dir = plugin_dir(&[]);
     let extra = "breaker = { open_ms = 100 }\nqueue = { timeout_ms = 2000 }";
-    let host = host(dir.path(), &config_at(&[refusing], extra)).await;
+    let host = host(dir.path(), &config_at(std::slice::from_ref(&refusing), extra)).await;
     for n in 0..20 {
         host.send(Message::new("orders", format!("m{n}"))).await.unwrap();
     }
@@ -478,7 +522,8 @@ async fn when_a_refusal_window_ends_one_message_finds_out_whether_the_endpoint_i
         assert_eq!(letter.header("x-sy-dead-letter"), Some("queue-timeout"), "{letter:?}");
     }
     let text = host.metrics().encode();
-    let tries = sample(&text, "switchyard_destination_retries_total", &[("destination", "api")]).unwrap();
+    let labels = [("destination", "api"), ("endpoint", refusing.as_str()), ("outcome", "retryable")];
+    let tries = sample(&text, "switchyard_endpoint_attempts_total", &labels).unwrap();
     assert!(tries <= 20.0 + 2000.0 / 100.0 + 2.0, "{tries} tries to connect in 2 s");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 20));

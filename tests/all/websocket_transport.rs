@@ -159,11 +159,12 @@ pub(crate) async fn goes_away_and_comes_back(tls: Option<TlsAcceptor>, options: 
         let host = host.clone();
         tokio::spawn(async move { request_all(&host, 50, 100).await })
     };
-    let retries = || {
+    let refused = || {
         let text = host.metrics().encode();
-        crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "ws")])
+        let labels = [("destination", "ws"), ("outcome", "retryable")];
+        crate::exposition::sample(&text, "switchyard_transport_attempts_total", &labels)
     };
-    crate::support::eventually(|| retries().filter(|retries| *retries > 0.0).ok_or("no refused attempt yet"));
+    crate::support::eventually(|| refused().filter(|refused| *refused > 0.0).ok_or("no refused attempt yet"));
     let server = Server::start(addr, true, frames.clone(), tls).await;
     within(waiting).await.unwrap();
     let stats = drain_and_account(&host).await;
@@ -192,7 +193,6 @@ async fn a_connection_silent_for_two_ping_intervals_is_closed_and_its_envelope_a
     let text = host.metrics().encode();
     let retries =
         crate::exposition::sample(&text, "switchyard_destination_retries_total", &[("destination", "ws")]);
-    // Counted too: attempts refused while the connection waits out its reconnect backoff.
     assert!(
         retries.is_some_and(|retries| retries >= 1.0),
         "sent again once the silent connection was closed"

@@ -117,11 +117,8 @@ impl Cluster {
                 return Err(DeliveryError::ReplyRefused(error));
             }
             if matches!(outcome, Outcome::Shed | Outcome::Retryable(RetryReason::Connect)) {
-                // The endpoint never saw it: not an attempt. Another
-                // endpoint is tried, or this one once it can take it.
-                if outcome != Outcome::Shed {
-                    self.retries.inc();
-                }
+                // The endpoint never saw it: not an attempt, nor a retry.
+                // Another endpoint is tried, or this one once it can take it.
                 last_error = Some(error);
                 // Past the deadline, or in place with a full pool: as good
                 // as no endpoint.
