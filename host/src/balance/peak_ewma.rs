@@ -52,6 +52,15 @@ impl PeakEwma {
         self.updated_at = self.updated_at.max(now);
     }
 
+    /// Starts again, as of `now`, from at least `default_rtt`: called when the endpoint comes back
+    /// after it took no traffic for a while (down by health checks). Its estimate decayed toward
+    /// zero meanwhile, which would make it cheaper than every peer and win it a burst of picks; a
+    /// higher estimate, still measured, stays.
+    pub fn restart(&mut self, default_rtt: Duration, now: Instant) {
+        self.estimate_ns = nanos(self.estimate(now)).max(nanos(default_rtt));
+        self.updated_at = self.updated_at.max(now);
+    }
+
     /// The estimate as of `now`: the last value decayed toward zero for the time since it was set.
     /// Called on every pick, for each endpoint the balancer looks at.
     pub fn estimate(&self, now: Instant) -> Duration {
@@ -128,6 +137,33 @@ mod tests {
         let later = ms(ewma.estimate(start + Duration::from_secs(10)));
         assert!((later - 30.0 * (-1.0f64).exp()).abs() < 0.001, "{later} ms");
         assert!(ewma.estimate(start + Duration::from_secs(300)) < Duration::from_micros(1));
+    }
+
+    #[test]
+    fn a_restart_after_a_long_silence_starts_again_from_the_default_rtt() {
+        // A minute without samples took a 30 ms estimate down to 74 µs: back at 30 ms, decaying
+        // from the restart on.
+        let start = Instant::now();
+        let minute = start + Duration::from_secs(60);
+        let mut ewma = PeakEwma::new(DEFAULT_RTT, DEFAULT_DECAY, start);
+        assert!(ewma.estimate(minute) < Duration::from_micros(75));
+        ewma.restart(DEFAULT_RTT, minute);
+        assert_eq!(ewma.estimate(minute), DEFAULT_RTT);
+        let later = ms(ewma.estimate(minute + DEFAULT_DECAY));
+        assert!((later - 30.0 * (-1.0f64).exp()).abs() < 0.001, "{later} ms");
+    }
+
+    #[test]
+    fn a_restart_keeps_an_estimate_above_the_default_rtt() {
+        // A 500 ms peak a second old is still 452 ms: the restart keeps it.
+        let start = Instant::now();
+        let second = start + Duration::from_secs(1);
+        let mut ewma = PeakEwma::new(DEFAULT_RTT, DEFAULT_DECAY, start);
+        ewma.observe(500 * MS, start);
+        let held = ewma.estimate(second);
+        ewma.restart(DEFAULT_RTT, second);
+        assert_eq!(ewma.estimate(second), held);
+        assert!(ms(held) > 450.0, "{held:?}");
     }
 
     #[test]

@@ -261,7 +261,8 @@ impl Cluster {
         }
     }
 
-    /// Act on a change of `endpoint`'s health: tell, and on going down say why.
+    /// Act on a change of `endpoint`'s health: tell, on going down say why, and on coming back
+    /// up start its latency estimate again ([`PeakEwma::restart`](crate::balance::PeakEwma::restart)).
     fn health_changed(
         &self,
         endpoint: &Endpoint,
@@ -275,7 +276,12 @@ impl Cluster {
             Some(HealthTransition::WentDown) => {
                 self.tell(endpoint, Some(problem.unwrap_or("failed").to_owned()))
             }
-            Some(HealthTransition::WentUp) => self.tell(endpoint, None),
+            Some(HealthTransition::WentUp) => {
+                // Down, it took no traffic: its latency estimate decayed toward zero meanwhile.
+                let now = Instant::now().into_std();
+                lock(&endpoint.state.latency).restart(crate::balance::DEFAULT_RTT, now);
+                self.tell(endpoint, None)
+            }
             None => {}
         }
     }
@@ -527,6 +533,29 @@ mod tests {
         }
     }
 
+    /// A transport whose endpoints pass their health checks while `passing` says so; it makes no
+    /// attempt.
+    struct Checked(Arc<AtomicBool>);
+
+    impl Transport for Checked {
+        fn attempt<'a>(
+            &'a self,
+            _address: &'a str,
+            _message: &'a Message,
+        ) -> crate::transport::AttemptFuture<'a> {
+            unreachable!("the test makes no attempt")
+        }
+
+        fn probe<'a>(
+            &'a self,
+            _address: &'a str,
+            _health: &'a HealthSettings,
+        ) -> crate::transport::ProbeFuture<'a> {
+            let passed = self.0.load(Relaxed);
+            Box::pin(async move { if passed { Ok(()) } else { Err("refused".to_owned()) } })
+        }
+    }
+
     /// The http destination `workers` with `[[destination]]` lines `settings` besides, telling
     /// `events`, through a transport no attempt may use.
     pub(super) fn cluster_of(settings: &str, events: EventSink) -> Cluster {
@@ -582,6 +611,30 @@ mod tests {
         let endpoint = &new.endpoints[0];
         assert!(!endpoint.up(Instant::now()), "the breaker ejects it");
         assert_eq!(*told.lock().unwrap(), ["endpoint-down", "endpoint-up", "endpoint-down"]);
+    }
+
+    /// An endpoint down by health checks for a minute took no traffic, so its latency estimate
+    /// decayed to almost nothing (30 ms to 74 µs): back up, it starts at the default estimate, as a
+    /// new endpoint does, so that p2c gives it no more than its slow-start share. The previous main
+    /// kept the decayed estimate, 400 times cheaper than a peer's at 30 ms: 40 times at the 10 %
+    /// weight slow start begins with.
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_back_up_after_a_minute_down_is_estimated_at_the_default_latency() {
+        let passing = Arc::new(AtomicBool::new(false));
+        let settings = "endpoints = [\"127.0.0.1:1\"]\nhealth = { rise = 1, fall = 1 }\n";
+        let cluster = cluster_over(settings, Arc::new(Checked(passing.clone())), Arc::new(|_| {}), None);
+        let health = HealthSettings { rise: 1, fall: 1, ..HealthSettings::default() };
+        let endpoint = &cluster.endpoints[0];
+        cluster.check_all(&health).await;
+        assert_eq!(endpoint.health_state(), Some(HealthState::Down));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let decayed = lock(&endpoint.state.latency).estimate(Instant::now().into_std());
+        assert!(decayed < Duration::from_micros(100), "{decayed:?}");
+        passing.store(true, Relaxed);
+        cluster.check_all(&health).await;
+        assert_eq!(endpoint.health_state(), Some(HealthState::Up));
+        let estimate = lock(&endpoint.state.latency).estimate(Instant::now().into_std());
+        assert_eq!(estimate, crate::balance::DEFAULT_RTT);
     }
 
     #[test]
