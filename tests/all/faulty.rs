@@ -67,28 +67,30 @@ pub async fn faulty_trap() {
     assert_isolated(&host, "plugin-trapped", ": faulty-trap traps on message ").await;
 }
 
+/// A batch, as a filter is called with, of one message of topic `risky.job` with header `name: value`.
+fn batch_of_one(name: &str, value: &str) -> Vec<u8> {
+    use switchyard_wire::{Head, Payload, write_message};
+    let mut batch = Vec::new();
+    let head = Head { id: 1, source: 0, priority: 0, topic: "risky.job" };
+    write_message(&mut batch, &head, [(name, value)], Payload::Omitted(0));
+    batch
+}
+
 /// A call that survived a refused memory grow (the plugin asked with `try_reserve` and went on)
 /// leaves no mark on its instance: a later trap of the same instance is a trap, not a memory-cap
 /// fault.
 #[test]
 fn a_trap_after_a_refused_grow_the_plugin_survived_is_a_trap_not_a_memory_cap_fault() {
     use switchyard::plugin::{PluginEngine, PluginInstance, load_file};
-    use switchyard_wire::{Head, Payload, write_message};
     let engine = PluginEngine::new(None).unwrap();
     let config = [("trigger".to_owned(), "x-poison".to_owned())].into();
     let config = switchyard::config::PluginConfig { name: "bad".into(), config, ..Default::default() };
     let plugin = load_file(&engine, std::path::Path::new(artifacts::FAULTY_TRAP), Some(&config)).unwrap();
     let mut instance = PluginInstance::new(&engine, plugin.clone()).unwrap();
-    let with_header = |name| {
-        let mut batch = Vec::new();
-        let head = Head { id: 1, source: 0, priority: 0, topic: "risky.job" };
-        write_message(&mut batch, &head, [(name, "1")], Payload::Omitted(0));
-        batch
-    };
-    let kept = instance.filter(&with_header("x-reserve")).unwrap();
+    let kept = instance.filter(&batch_of_one("x-reserve", "1")).unwrap();
     assert_eq!(kept, [Ok(switchyard::Verdict::Keep)]);
     assert_eq!(plugin.settings.counters().get("refused_reserves"), Some(&1), "the grow was refused");
-    match instance.filter(&with_header("x-poison")) {
+    match instance.filter(&batch_of_one("x-poison", "1")) {
         Err(switchyard::PluginFault::Trapped(trap)) => assert!(trap.contains("faulty-trap traps"), "{trap}"),
         other => panic!("expected a trap: {other:?}"),
     }
@@ -188,6 +190,63 @@ async fn a_fifo_or_a_socket_in_a_granted_directory_is_refused_unopened() {
     assert!(reason.ends_with("/data/socket: Operation not permitted (os error 63)"), "{reason}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 0, 2));
+}
+
+/// A plugin's filesystem call is cut at its deadline, however long the host takes to answer it (an
+/// fsync on a slow device, any call on a hung network or FUSE mount): it runs on a thread of WASI's
+/// blocking pool, which nothing interrupts. Here that pool's one thread is held by a job of the
+/// test's, so each call waits behind it as behind a call that never returns; each is a timeout at
+/// the deadline. A sync waited for good. Once the pool is free, the same calls answer.
+#[test]
+fn a_filesystem_call_that_does_not_return_is_cut_at_the_plugins_deadline() {
+    use std::time::Duration;
+    use switchyard::plugin::{PluginEngine, PluginInstance, load_file};
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), "regular").unwrap();
+    let engine = PluginEngine::new(None).unwrap();
+    let dirs = [("/data".to_owned(), format!("{}:rw", data.path().display()))].into();
+    // 500 ms, not less: the calls that answer must do so within it on a loaded machine.
+    let limits = switchyard::config::PluginLimits { timeout_ms: 500, ..Default::default() };
+    let config =
+        switchyard::config::PluginConfig { name: "probe".into(), dirs, limits, ..Default::default() };
+    let plugin = load_file(&engine, std::path::Path::new(artifacts::FS_PROBE), Some(&config)).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Held until `release` is dropped: after the timeouts, or when an assertion fails.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    runtime.spawn_blocking(move || held.recv());
+    let probes =
+        [("x-sync", "/data/file"), ("x-list", "/data"), ("x-stat", "/data/file"), ("x-open", "/data/file")];
+    for (header, path) in probes {
+        let mut instance = PluginInstance::new(&engine, plugin.clone()).unwrap();
+        let (answer, answered) = std::sync::mpsc::channel();
+        let in_runtime = runtime.handle().clone();
+        std::thread::spawn(move || {
+            let _entered = in_runtime.enter();
+            answer.send(instance.filter(&batch_of_one(header, path)))
+        });
+        // A safety net: without the deadline, the call answers only once the pool's thread is freed.
+        let answer = answered.recv_timeout(Duration::from_secs(20));
+        assert!(
+            matches!(answer, Ok(Err(switchyard::PluginFault::TimedOut(limit))) if limit == Duration::from_millis(500)),
+            "{header} {path}: {answer:?}"
+        );
+    }
+    drop(release);
+    let _entered = runtime.enter();
+    for (header, path) in probes {
+        let mut instance = PluginInstance::new(&engine, plugin.clone()).unwrap();
+        let kept = instance.filter(&batch_of_one(header, path));
+        assert_eq!(kept, Ok(vec![Ok(switchyard::Verdict::Keep)]), "{header} {path}");
+    }
+    let mut instance = PluginInstance::new(&engine, plugin).unwrap();
+    let missing = instance.filter(&batch_of_one("x-stat", "/data/missing")).unwrap();
+    let rejected = "/data/missing: No such file or directory (os error 44)".to_owned();
+    assert_eq!(missing, [Err(switchyard::PluginError::Rejected(rejected))]);
 }
 
 #[tokio::test]

@@ -1,14 +1,24 @@
 //! The call deadline holds while a plugin waits inside WASI. Epoch
 //! interruption stops wasm code only; a plugin asleep, waiting on a socket
 //! or blocked reading or writing a stream waits in the host, in
-//! `wasi:io/poll` or `wasi:io/streams`. Every import of those two that can
-//! wait is replaced by one that waits at most until the call's deadline,
-//! then ends the call with a trap that is reported as a timeout, like a spin.
+//! `wasi:io/poll` or `wasi:io/streams`, and one that reads, writes, syncs or
+//! lists a granted directory's files waits in `wasi:filesystem/types` for a
+//! thread of WASI's blocking pool that does the work (an fsync of much data,
+//! any call on a hung network or FUSE mount, takes seconds or for good).
+//! Every import of those that can wait is replaced by one that waits at most
+//! until the call's deadline, then ends the call with a trap that is reported
+//! as a timeout, like a spin. Nothing interrupts a blocking thread: its work
+//! goes on past the deadline, on data of its own, and its result is dropped;
+//! the instance that asked for it is thrown away, as after any timeout.
 
 use super::sandbox::StoreState;
+use std::future::Future;
+use std::pin::Pin;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource, ResourceType};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamResult};
+use wasmtime::component::{ComponentNamedList, Lift, Linker, LinkerInstance, Lower, Resource, ResourceType};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView, WasiFilesystemView as _};
+use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor as _};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, FsResult, StreamResult};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 use wasmtime_wasi_io::bindings::wasi::io::streams::{
     Host as _, HostInputStream, HostOutputStream, StreamError,
@@ -20,15 +30,21 @@ const POLL: &str = "wasi:io/poll@0.2.12";
 /// The `wasi:io/streams` interface as the linker names it.
 const STREAMS: &str = "wasi:io/streams@0.2.12";
 
-/// Shadow every `wasi:io` import that waits with a deadline-bound version:
+/// The `wasi:filesystem/types` interface as the linker names it.
+pub(super) const FILESYSTEM: &str = "wasi:filesystem/types@0.2.12";
+
+/// Shadow every WASI import that waits with a deadline-bound version:
 /// `poll` and `pollable.block`; the blocking reads, skips, writes, flushes
-/// and splices of streams; and the drop of a stream, which waits for the
+/// and splices of streams; the drop of a stream, which waits for the
 /// stream's background work (a TCP output stream, for its last write to go
-/// out, however long the peer takes to read it).
+/// out, however long the peer takes to read it); and every call of a file or
+/// directory descriptor that wasmtime-wasi hands to its blocking pool
+/// (`open-at` is [`dir_grant`](super::dir_grant)'s, bound there).
 pub(crate) fn bound_blocking_calls(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     bound_polls(linker)?;
     bound_streams(linker)?;
+    bound_filesystem(linker)?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -134,9 +150,118 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     })
 }
 
+/// The work of one filesystem call, started on the instance's filesystem.
+type FilesystemWork<'a, T> = Pin<Box<dyn Future<Output = FsResult<T>> + Send + 'a>>;
+
+/// Shadow the descriptor calls that wait for the blocking pool (all but the
+/// cheap ones that make streams, and `open-at`): wasmtime-wasi's own versions
+/// wait for it without bound.
+fn bound_filesystem(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    let mut fs = linker.instance(FILESYSTEM)?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.read", |mut fs, (fd, len, offset)| {
+        Box::pin(async move { fs.read(fd, len, offset).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.write", |mut fs, (fd, bytes, offset)| {
+        Box::pin(async move { fs.write(fd, bytes, offset).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.sync", |mut fs, (fd,)| {
+        Box::pin(async move { fs.sync(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.sync-data", |mut fs, (fd,)| {
+        Box::pin(async move { fs.sync_data(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.read-directory", |mut fs, (fd,)| {
+        Box::pin(async move { fs.read_directory(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.advise", |mut fs, (fd, offset, len, advice)| {
+        Box::pin(async move { fs.advise(fd, offset, len, advice).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.set-size", |mut fs, (fd, size)| {
+        Box::pin(async move { fs.set_size(fd, size).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.set-times", |mut fs, (fd, atime, mtime)| {
+        Box::pin(async move { fs.set_times(fd, atime, mtime).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.get-flags", |mut fs, (fd,)| {
+        Box::pin(async move { fs.get_flags(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.get-type", |mut fs, (fd,)| {
+        Box::pin(async move { fs.get_type(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.stat", |mut fs, (fd,)| {
+        Box::pin(async move { fs.stat(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.metadata-hash", |mut fs, (fd,)| {
+        Box::pin(async move { fs.metadata_hash(fd).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.stat-at", |mut fs, (fd, follow, path)| {
+        Box::pin(async move { fs.stat_at(fd, follow, path).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.metadata-hash-at", |mut fs, (fd, follow, path)| {
+        Box::pin(async move { fs.metadata_hash_at(fd, follow, path).await })
+    })?;
+    bound_filesystem_call(
+        &mut fs,
+        "[method]descriptor.set-times-at",
+        |mut fs, (fd, follow, path, atime, mtime)| {
+            Box::pin(async move { fs.set_times_at(fd, follow, path, atime, mtime).await })
+        },
+    )?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.readlink-at", |mut fs, (fd, path)| {
+        Box::pin(async move { fs.readlink_at(fd, path).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.create-directory-at", |mut fs, (fd, path)| {
+        Box::pin(async move { fs.create_directory_at(fd, path).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.remove-directory-at", |mut fs, (fd, path)| {
+        Box::pin(async move { fs.remove_directory_at(fd, path).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.unlink-file-at", |mut fs, (fd, path)| {
+        Box::pin(async move { fs.unlink_file_at(fd, path).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.symlink-at", |mut fs, (fd, target, path)| {
+        Box::pin(async move { fs.symlink_at(fd, target, path).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.rename-at", |mut fs, (fd, from, to_fd, to)| {
+        Box::pin(async move { fs.rename_at(fd, from, to_fd, to).await })
+    })?;
+    bound_filesystem_call(&mut fs, "[method]descriptor.link-at", |mut fs, (fd, follow, from, to_fd, to)| {
+        Box::pin(async move { fs.link_at(fd, follow, from, to_fd, to).await })
+    })?;
+    // Its only failure is a trap (a descriptor that is not the guest's).
+    fs.func_wrap(
+        "[method]descriptor.is-same-object",
+        |mut store: StoreContextMut<'_, StoreState>, (a, b): (Resource<Descriptor>, Resource<Descriptor>)| {
+            let state = store.data_mut();
+            let deadline = state.call_deadline;
+            let same = until(deadline, state.filesystem().is_same_object(a, b));
+            state.settle_wait(same).map(|same| (same,))
+        },
+    )
+}
+
+/// Shadow the filesystem call `name` with one that waits for the work
+/// `start` starts at most until the call's deadline.
+fn bound_filesystem_call<Params, T>(
+    fs: &mut LinkerInstance<'_, StoreState>,
+    name: &str,
+    start: for<'a> fn(WasiFilesystemCtxView<'a>, Params) -> FilesystemWork<'a, T>,
+) -> wasmtime::Result<()>
+where
+    Params: ComponentNamedList + Lift + 'static,
+    (Result<T, ErrorCode>,): ComponentNamedList + Lower + 'static,
+{
+    fs.func_wrap(name, move |mut store: StoreContextMut<'_, StoreState>, params: Params| {
+        let state = store.data_mut();
+        let deadline = state.call_deadline;
+        let done = until(deadline, start(state.filesystem(), params));
+        state.settle_filesystem(done).map(|done| (done,))
+    })
+}
+
 /// Run `wait` on the runtime WASI uses, until `deadline` at the latest
 /// (`None`: the deadline passed first).
-fn until<F: std::future::Future>(deadline: Option<tokio::time::Instant>, wait: F) -> Option<F::Output> {
+pub(super) fn until<F: Future>(deadline: Option<tokio::time::Instant>, wait: F) -> Option<F::Output> {
     wasmtime_wasi::runtime::in_tokio(async move {
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, wait).await.ok(),
@@ -148,7 +273,7 @@ fn until<F: std::future::Future>(deadline: Option<tokio::time::Instant>, wait: F
 impl StoreState {
     /// What a wait that ended as `ended` returns to the guest: its result, or
     /// a trap when the deadline passed (marked, so it counts as a timeout).
-    fn settle_wait<T>(&mut self, ended: Option<wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    pub(super) fn settle_wait<T>(&mut self, ended: Option<wasmtime::Result<T>>) -> wasmtime::Result<T> {
         match ended {
             Some(result) => result,
             None => {
@@ -168,6 +293,16 @@ impl StoreState {
         match self.settle_wait(ended.map(Ok))? {
             Ok(value) => Ok(Ok(value)),
             Err(err) => self.table().convert_stream_error(err).map(Err),
+        }
+    }
+
+    /// What a filesystem call that ended as `ended` returns to the guest: as
+    /// [`settle_wait`](Self::settle_wait), its error in the form the guest
+    /// receives (an error code, or a trap the call asked for).
+    fn settle_filesystem<T>(&mut self, ended: Option<FsResult<T>>) -> wasmtime::Result<Result<T, ErrorCode>> {
+        match self.settle_wait(ended.map(Ok))? {
+            Ok(value) => Ok(Ok(value)),
+            Err(err) => err.downcast().map(Err),
         }
     }
 }

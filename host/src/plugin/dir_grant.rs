@@ -9,7 +9,11 @@
 //! path names (which opens nothing), looks at that, refuses anything but a
 //! regular file or a directory, and opens a kept one through that descriptor
 //! (its `/proc/self/fd` link: the very file looked at, never the path again,
-//! which could be swapped meanwhile), without blocking.
+//! which could be swapped meanwhile), without blocking. Resolving a path,
+//! looking at a file and opening it can still wait on a slow or hung mount
+//! (NFS, FUSE): that is done on a thread of WASI's blocking pool, which the
+//! call waits for at most until its deadline, as for every other
+//! filesystem call (see [`deadline`](super::deadline)).
 //!
 //! The path is resolved as wasmtime-wasi resolves it on Linux (its own
 //! resolver is not public): `openat2` with `RESOLVE_BENEATH`, which never
@@ -20,6 +24,7 @@
 //! procfs at `/proc`, every open of a file that exists is refused
 //! `unsupported`: nothing is opened blocking or unlooked at.
 
+use super::deadline::{FILESYSTEM, until};
 use super::sandbox::StoreState;
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
@@ -31,28 +36,31 @@ use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::OpenMode;
 use wasmtime_wasi::filesystem::{Descriptor, Dir, File as FileDescriptor};
 use wasmtime_wasi::p2::bindings::filesystem::types::{DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
-
-/// The `wasi:filesystem/types` interface as the linker names it.
-const TYPES: &str = "wasi:filesystem/types@0.2.12";
+use wasmtime_wasi::runtime::spawn_blocking;
 
 /// The arguments of `open-at`: the directory, how to follow a link at the
 /// end of the path, the path, how to open and what for.
 type OpenAtArgs = (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags);
 
 /// Shadow `descriptor.open-at` with a version that opens only regular files
-/// and directories, never anything else, and never waits to open one.
+/// and directories, never anything else, never waits to open one, and waits
+/// for the mount at most until the call's deadline.
 pub(crate) fn open_only_files_and_dirs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    linker.instance(TYPES)?.func_wrap(
+    linker.instance(FILESYSTEM)?.func_wrap(
         "[method]descriptor.open-at",
         |mut store: StoreContextMut<'_, StoreState>,
          (dir, path_flags, path, open_flags, flags): OpenAtArgs| {
-            let table = store.data_mut().table();
-            let Descriptor::Dir(dir) = table.get(&dir)? else {
+            let state = store.data_mut();
+            let Descriptor::Dir(dir) = state.table().get(&dir)? else {
                 return Ok((Err(ErrorCode::NotDirectory),));
             };
-            match open_at(dir, path_flags, &path, open_flags, flags) {
-                Ok(opened) => Ok((Ok(table.push(opened)?),)),
+            // The thread's own: it may outlive the call, which then ends at the deadline.
+            let dir = dir.clone();
+            let opening = spawn_blocking(move || open_at(&dir, path_flags, &path, open_flags, flags));
+            let opened = until(state.call_deadline, opening);
+            match state.settle_wait(opened.map(Ok))? {
+                Ok(opened) => Ok((Ok(state.table().push(opened)?),)),
                 Err(code) => Ok((Err(code),)),
             }
         },
@@ -65,10 +73,9 @@ pub(crate) fn open_only_files_and_dirs(linker: &mut Linker<StoreState>) -> wasmt
 /// flags, checks and descriptor), but without blocking, and only if it is a
 /// regular file or a directory: anything else is `not-permitted`, as an open
 /// the grant does not allow (a write under a read-only grant, a path out of
-/// the directory) is, and is never opened. Opened on the calling thread,
-/// which WASI's synchronous bindings block in every call already
-/// (wasmtime-wasi's own open waits there for a blocking-pool thread that
-/// opens).
+/// the directory) is, and is never opened. Blocking only while the mount
+/// answers: run on a thread of the blocking pool, as wasmtime-wasi's own
+/// open is.
 fn open_at(
     dir: &Dir,
     path_flags: PathFlags,
