@@ -1161,6 +1161,63 @@ async fn a_reload_that_rebuilds_a_destination_hands_what_waits_for_it_to_the_new
     assert_eq!(bodies, ["new 0", "new 1", "old 0", "old 1", "old 2"]);
 }
 
+/// A host whose `api`, with `limits`, has sent `m1` to an endpoint that holds it; then a reload
+/// rebuilds `api` (its `timeout_ms` changes) while `m1` is under way on the old instance, and `m2`
+/// is sent to the new one.
+async fn one_held_across_a_rebuild(limits: &str) -> (TestEndpoint, tempfile::TempDir, Host) {
+    let endpoint = TestEndpoint::start(Mode::Hold).await;
+    let dir = plugin_dir(&[]);
+    let text = config(&[&endpoint], &format!("timeout_ms = 600000\n{limits}"));
+    let host = host(dir.path(), &text).await;
+    host.send(Message::new("orders", "m1")).await.unwrap();
+    within(endpoint.arrivals(1)).await;
+    apply(&host, &text.replace("timeout_ms = 600000", "timeout_ms = 599999")).await;
+    host.send(Message::new("orders", "m2")).await.unwrap();
+    (endpoint, dir, host)
+}
+
+/// Let `endpoint` answer `m1` (and from then on every message): `m2` follows it, each delivered
+/// once, never two at the endpoint at once.
+async fn release_one_at_a_time(endpoint: &TestEndpoint, host: &Host) {
+    endpoint.set(Mode::Answer);
+    endpoint.release(1);
+    within(endpoint.arrivals(2)).await;
+    let stats = drain_and_account(host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0));
+    assert_eq!(endpoint.arrived_bodies(), ["m1", "m2"]);
+    assert_eq!(endpoint.most_at_once(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_a_destination_keeps_its_deliveries_within_max_in_flight() {
+    // The endpoint has room (64 connections): only the destination's one delivery slot, which
+    // `m1` holds on the old instance, keeps `m2` back. Each instance had slots of its own.
+    let (endpoint, _dir, host) = one_held_across_a_rebuild("queue = { max_in_flight = 1 }").await;
+    let mut second = Box::pin(endpoint.arrivals(2));
+    assert!(crate::support::still_pending(&mut second).await, "m2 went beside m1");
+    drop(second);
+    queued(&host, "api", 1).await;
+    release_one_at_a_time(&endpoint, &host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_a_destination_keeps_an_endpoint_within_its_connection_limit() {
+    // The destination has a slot free for `m2`; its endpoint's one connection is `m1`'s, on the old
+    // instance's pool. The new instance's pool had room for a second connection.
+    let limits = "pool = { max_size = 1, acquire_timeout_ms = 600000 }\nqueue = { max_in_flight = 2 }";
+    let (endpoint, _dir, host) = one_held_across_a_rebuild(limits).await;
+    let address = endpoint.addr.to_string();
+    let labels = [("destination", "api"), ("endpoint", address.as_str())];
+    let waits = || sample(&host.metrics().encode(), "switchyard_endpoint_pool_waits_total", &labels);
+    // `m2` waits for the endpoint's connection, or (the defect) arrives beside `m1`.
+    eventually(|| match (waits(), endpoint.arrived()) {
+        (Some(1.0..), _) | (_, 2..) => Ok(()),
+        seen => Err(seen),
+    });
+    assert_eq!(endpoint.arrived(), 1, "m2 went beside m1");
+    release_one_at_a_time(&endpoint, &host).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_a_destination_dead_letters_what_waits_for_it_at_once() {
     let (live, _dir, host, _) = three_waiting_for_a_refusing_endpoint().await;
@@ -1240,7 +1297,8 @@ async fn a_route_and_a_destination_a_reload_removes_lose_their_series() {
 /// A config with a route `other` to destination `ok` over `answering`, and a route `all` to
 /// destination `api` over `endpoint` (one connection to it, no retry, no deadline that passes in
 /// a test; an `affinity` balancer, so that a rebuilt `api` sends nothing until its predecessor's
-/// deliveries end), or to the dead letters when `endpoint` is `None`: a reload that removed `api`.
+/// deliveries end; three delivery slots, over its instances together), or to the dead letters when
+/// `endpoint` is `None`: a reload that removed `api`.
 fn one_connection_to(endpoint: Option<&TestEndpoint>, answering: &TestEndpoint) -> String {
     let (api, all) = match endpoint {
         Some(endpoint) => (
@@ -1248,7 +1306,7 @@ fn one_connection_to(endpoint: Option<&TestEndpoint>, answering: &TestEndpoint) 
                 "[[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
                  balancer = \"affinity:header:x-stream\"\ntimeout_ms = 600000\nretry = {{ attempts = 1 }}\n\
                  pool = {{ max_size = 1, acquire_timeout_ms = 600000 }}\n\
-                 queue = {{ max_in_flight = 2, timeout_ms = 600000 }}\n",
+                 queue = {{ max_in_flight = 3, timeout_ms = 600000 }}\n",
                 endpoint.addr
             ),
             "api",

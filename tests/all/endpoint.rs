@@ -59,6 +59,9 @@ struct State {
     arrived_bodies: Mutex<Vec<String>>,
     arrivals: AtomicUsize,
     arrived: Notify,
+    /// Message requests taken and not yet answered, and the most there were at once.
+    open: AtomicUsize,
+    most_open: AtomicUsize,
 }
 
 /// Serves one accepted connection.
@@ -119,6 +122,8 @@ impl TestEndpoint {
             arrived_bodies: Mutex::default(),
             arrivals: AtomicUsize::new(0),
             arrived: Notify::new(),
+            open: AtomicUsize::new(0),
+            most_open: AtomicUsize::new(0),
         });
         let server = Mutex::new(serve_on(listener, state.clone(), connection.clone()));
         TestEndpoint { addr, state, connection, server }
@@ -173,6 +178,11 @@ impl TestEndpoint {
     /// included).
     pub fn arrived_bodies(&self) -> Vec<String> {
         self.state.arrived_bodies.lock().unwrap().clone()
+    }
+
+    /// The most message requests it had taken and not yet answered at once (held ones included).
+    pub fn most_at_once(&self) -> usize {
+        self.state.most_open.load(SeqCst)
     }
 
     /// The message requests seen so far, in the order they were answered.
@@ -269,6 +279,7 @@ impl State {
     /// Take a message in the current mode: count it, hold or slow it
     /// down as the mode says, record it, and say how to answer.
     async fn take(&self, body: String) -> Answer {
+        let _open = Open::enter(self);
         let mode = self.mode.load(SeqCst);
         let arrival = {
             let mut arrived = self.arrived_bodies.lock().unwrap();
@@ -295,6 +306,23 @@ impl State {
         };
         self.seen.lock().unwrap().push(Seen { body, answered: matches!(answer, Answer::Ok), slow: false });
         answer
+    }
+}
+
+/// One message request taken and not yet answered: counted among the open ones until dropped.
+struct Open<'a>(&'a State);
+
+impl<'a> Open<'a> {
+    fn enter(state: &'a State) -> Open<'a> {
+        let open = state.open.fetch_add(1, SeqCst) + 1;
+        state.most_open.fetch_max(open, SeqCst);
+        Open(state)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, SeqCst);
     }
 }
 

@@ -12,6 +12,7 @@ mod memory;
 mod plugin_balancer;
 mod queue;
 mod retrying;
+mod slots;
 mod streams;
 
 pub use cluster::Cluster;
@@ -21,6 +22,7 @@ pub use log::LogDestination;
 pub use memory::MemoryDestination;
 pub use queue::{DeliveryQueue, PushError, Queued};
 pub(crate) use retrying::Retrying;
+pub(crate) use slots::{Slot, Slots};
 pub use streams::{EndpointStreams, StreamCheck, StreamFinding, StreamStatus, StreamsSummary};
 
 use crate::message::Message;

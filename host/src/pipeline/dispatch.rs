@@ -6,6 +6,8 @@
 //! (`affinity:header:KEY`) has a delivery under way is passed over and waits
 //! in the queue for its turn, holding no slot; a stream's messages go in the
 //! order they came, the urgency of a later one taking the oldest out first.
+//! The instances a reload builds of a destination share its delivery slots:
+//! deliveries under way on the old one hold theirs until they end.
 //! A second task per destination dead-letters each message whose queue
 //! timeout passes, on time, whether or not the dispatcher is waiting. Workers only hand messages over,
 //! so a slow destination holds up its own queue, not the pipeline, until that
@@ -17,7 +19,7 @@ use super::topology::Sink;
 use crate::config::DestinationConfig;
 use crate::destination::{
     Cluster, DeliveryError, DeliveryQueue, DestinationEvent, EventSink, HandedOver, HostServices, PushError,
-    Queued, QueuedDestination, StreamTurn,
+    Queued, QueuedDestination, Slot, Slots, StreamTurn,
 };
 use crate::message::Message;
 use crate::metrics::RouteMetrics;
@@ -153,20 +155,30 @@ impl DispatchContext {
     /// Start the dispatcher of destination `sink` (whose cluster is
     /// `cluster`) configured by `config`, and the expirer of its queue;
     /// returns the queue and what retires them. Both end once the queue is
-    /// closed (or handed over) and drained.
+    /// closed (or handed over) and drained. Its delivery slots are `slots`, those of the instance
+    /// it replaces (see [`Retire::slots`]), resized to `config`'s `max_in_flight`, or new ones.
     pub(crate) fn start(
         &self,
         sink: Arc<Sink>,
         cluster: Arc<dyn QueuedDestination>,
         config: &DestinationConfig,
+        slots: Option<Arc<Slots>>,
     ) -> (Arc<DeliveryQueue<Job>>, Retire) {
+        let limit = config.queue.max_in_flight;
+        let slots = match slots {
+            Some(slots) => {
+                slots.resize(limit);
+                slots
+            }
+            None => Slots::new(limit),
+        };
         let queue = Arc::new(DeliveryQueue::new(config.queue.capacity));
-        let retire = Retire { cluster: cluster.clone(), tasks: TaskTracker::new() };
+        let retire = Retire { cluster: cluster.clone(), tasks: TaskTracker::new(), slots: slots.clone() };
         let dispatcher = Dispatcher {
             sink,
             cluster,
             queue: queue.clone(),
-            slots: Arc::new(Semaphore::new(config.queue.max_in_flight)),
+            slots,
             timeout: Duration::from_millis(config.queue.timeout_ms),
             context: self.clone(),
             tasks: retire.tasks.clone(),
@@ -217,6 +229,8 @@ pub(crate) struct Retire {
     /// its queue included), and the wait for its predecessors' to end
     /// before it sends (see [`DispatchContext::hand_over`]).
     tasks: TaskTracker,
+    /// The destination's delivery slots.
+    slots: Arc<Slots>,
 }
 
 impl Retire {
@@ -232,6 +246,12 @@ impl Retire {
         self.cluster.hand_over()
     }
 
+    /// The destination's delivery slots, for the instance a reload builds to replace it: its
+    /// deliveries under way here keep theirs, so that the two together keep to `max_in_flight`.
+    pub(crate) fn slots(&self) -> Arc<Slots> {
+        self.slots.clone()
+    }
+
     /// A reload removed the destination: see [`QueuedDestination::remove_endpoints`].
     pub(crate) fn remove_endpoints(&self, events: &dyn Fn(DestinationEvent)) {
         self.cluster.remove_endpoints(events);
@@ -244,8 +264,9 @@ struct Dispatcher {
     sink: Arc<Sink>,
     cluster: Arc<dyn QueuedDestination>,
     queue: Arc<DeliveryQueue<Job>>,
-    /// The destination's delivery slots.
-    slots: Arc<Semaphore>,
+    /// The destination's delivery slots, shared with the instances a reload builds to replace
+    /// it and the one it replaced.
+    slots: Arc<Slots>,
     /// Longest wait in the queue.
     timeout: Duration,
     context: DispatchContext,
@@ -260,7 +281,7 @@ impl Dispatcher {
         loop {
             // An idle dispatcher holds one slot of its own, never one of the
             // host's: those go only to messages ready to be sent.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else { break };
+            let Some(slot) = self.slot().await else { break };
             // Take nothing while no endpoint can take traffic (the expirer
             // dead-letters what waits too long), unless the queue is closed
             // and draining.
@@ -342,6 +363,22 @@ impl Dispatcher {
             };
             let delivery = self.tasks.track_future(delivery.instrument(span));
             context.tracker.spawn_on(delivery, &context.runtime);
+        }
+    }
+
+    /// One of the destination's delivery slots, once one is free; `None` once its queue is handed
+    /// over to the instance a reload built, which takes the slots from then on.
+    async fn slot(&self) -> Option<Slot> {
+        let handed_over = async {
+            self.queue.closed().await;
+            if self.queue.successor().is_none() {
+                // Closed by a shutdown, or a reload that removed the destination: what is left drains.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            slot = self.slots.acquire() => Some(slot),
+            () = handed_over => None,
         }
     }
 

@@ -223,7 +223,8 @@ impl Topology {
             let sink = sink(&dest.name, destination, attempt_timeout);
             let built_from = cluster.is_some().then(|| dest.clone());
             let queue = cluster.map(|cluster| {
-                let (queue, retire) = dispatch.start(sink.clone(), cluster, dest);
+                let slots = kept.and_then(|kept| kept.queue.as_ref()).map(|queue| queue.1.slots());
+                let (queue, retire) = dispatch.start(sink.clone(), cluster, dest, slots);
                 Arc::new(OwnedQueue(queue, retire))
             });
             destinations.insert(dest.name.clone(), Target { sink, queue, built_from, files_digest });

@@ -61,7 +61,8 @@ impl Cluster {
     /// Pick an endpoint not tried yet (one tried before when no untried one
     /// is admitted) that is admitted now (see [`Cluster::admissions`]) and
     /// has room under its limit; when every one admitted is at its limit,
-    /// one of them (the attempt then waits for a free connection). `None`
+    /// one of them (the attempt then waits for room there, as for a free
+    /// connection: see `Cluster::enter`). `None`
     /// when no endpoint is admitted.
     pub(super) async fn choose(
         &self,

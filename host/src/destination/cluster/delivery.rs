@@ -5,10 +5,10 @@ use super::Cluster;
 use super::affinity::StreamChoice;
 use super::choice::Picker;
 use super::endpoint::{Counted, Endpoint, lock};
-use crate::destination::DeliveryError;
+use crate::destination::{DeliveryError, Slot};
 use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
-use crate::transport::{AttemptProgress, DeliveryProgress, Step};
+use crate::transport::{AttemptProgress, DeliveryProgress, PoolError, Step};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -161,6 +161,29 @@ impl Cluster {
         tokio::time::timeout_at(deadline, ready).await.is_ok()
     }
 
+    /// A place among `endpoint`'s attempts in flight, within its limit over every instance of the
+    /// destination (its pool's size: the instances a reload builds have pools of their own). While
+    /// it has none free, the attempt waits as for a free pooled connection: nothing sent, counted
+    /// among the endpoint's pool waits, shed after the pool's `acquire_timeout_ms`.
+    async fn enter<'e>(&self, endpoint: &'e Endpoint) -> Result<(Slot, Counted<'e>), (Outcome, String)> {
+        let slots = &endpoint.state.slots;
+        let slot = match slots.try_acquire() {
+            Some(slot) => slot,
+            None => {
+                AttemptProgress::mark_current(Step::Waiting);
+                self.pool_waits.endpoint(&endpoint.address).inc();
+                let waited = self.room_timeout;
+                let slot = tokio::time::timeout(waited, slots.acquire()).await.map_err(|_| {
+                    let max_size = self.endpoint_limit as usize;
+                    PoolError::Timeout { waited, max_size }.into_attempt_error(&endpoint.address)
+                })?;
+                AttemptProgress::mark_current(Step::MaySend);
+                slot
+            }
+        };
+        Ok((slot, Counted::enter(&endpoint.state.in_flight)))
+    }
+
     /// How an attempt cut at its deadline with `progress` ended: one that
     /// never sent is no attempt (it waited for a connection: shed; it could
     /// not connect in time: a connect failure); one that sent got no answer,
@@ -258,7 +281,6 @@ impl Cluster {
         message: &Message,
         attempt: u32,
     ) -> (Outcome, Result<Option<Message>, String>) {
-        let in_flight = Counted::enter(&endpoint.state.in_flight);
         let started = Instant::now();
         // Whether it was left out as this attempt began (this attempt's probe claim, say).
         let refusing_before = endpoint.state.refusing_until.load(Relaxed);
@@ -266,13 +288,15 @@ impl Cluster {
             tracing::debug_span!("attempt", destination = %self.name, endpoint = %endpoint.address, attempt);
         let progress = AttemptProgress::default();
         DeliveryProgress::note_current(&progress);
-        let answer = progress.scope(self.transport.attempt(&endpoint.address, message));
+        let answer = progress.scope(async {
+            let _in_flight = self.enter(endpoint).await?;
+            self.transport.attempt(&endpoint.address, message).await
+        });
         let (outcome, result) = match tokio::time::timeout(self.timeout, answer).instrument(span).await {
             Ok(Ok(reply)) => (Outcome::Ok, Ok(reply)),
             Ok(Err((outcome, error))) => (outcome, Err(error)),
             Err(_) => self.cut_at_deadline(&progress),
         };
-        drop(in_flight);
         let finished = Instant::now();
         let refusing = match outcome {
             Outcome::Retryable(RetryReason::Connect) => Some(self.refusal_window),

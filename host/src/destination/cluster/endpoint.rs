@@ -5,7 +5,7 @@
 
 use crate::balance::{PeakEwma, endpoint_id};
 use crate::config::{DestinationConfig, EndpointConfig};
-use crate::destination::EventSink;
+use crate::destination::{EventSink, Slots};
 use crate::metrics::EndpointMetrics;
 use crate::resilience::{Breaker, BreakerConfig, BreakerState, Health, HealthConfig, HealthState, SlowStart};
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +43,9 @@ pub(super) struct EndpointState {
     pub(super) health: Mutex<Option<Health>>,
     /// Attempts in flight to it, from every instance of the destination.
     pub(super) in_flight: AtomicU32,
+    /// What those attempts hold, at most its pool's size (the newest instance's) over all the
+    /// instances together: each has a pool of its own.
+    pub(super) slots: Arc<Slots>,
     pub(super) latency: Mutex<PeakEwma>,
     /// When the state was made, the origin of `recovered_at`.
     born: Instant,
@@ -78,8 +81,13 @@ pub(super) struct Told {
 
 impl EndpointState {
     /// A fresh state: breaker closed, health (with active checks) up, the
-    /// default latency estimate; its events told to `events`.
-    fn new(breaker: BreakerConfig, health: Option<HealthConfig>, events: EventSink) -> EndpointState {
+    /// default latency estimate, `limit` attempts in flight at most; its events told to `events`.
+    fn new(
+        breaker: BreakerConfig,
+        health: Option<HealthConfig>,
+        limit: usize,
+        events: EventSink,
+    ) -> EndpointState {
         let latency = PeakEwma::new(
             crate::balance::DEFAULT_RTT,
             crate::balance::DEFAULT_DECAY,
@@ -89,6 +97,7 @@ impl EndpointState {
             breaker: Breaker::new(breaker),
             health: Mutex::new(health.map(Health::new)),
             in_flight: AtomicU32::new(0),
+            slots: Slots::new(limit),
             latency: Mutex::new(latency),
             born: Instant::now(),
             recovered_at: AtomicU64::new(0),
@@ -108,9 +117,17 @@ impl EndpointState {
     /// Go on under a rebuilt destination's settings: the breaker keeps its state and counts by
     /// `breaker` from now on; health keeps its state, streaks and slow start under `health`'s
     /// thresholds, starts up when checks are new, and is forgotten without them (nothing would
-    /// bring it back up); its events are told to `events` (the rebuilt destination's).
-    fn reconfigure(&self, breaker: BreakerConfig, health: Option<HealthConfig>, events: EventSink) {
+    /// bring it back up); at most `limit` attempts are in flight to it, those under way counted;
+    /// its events are told to `events` (the rebuilt destination's).
+    fn reconfigure(
+        &self,
+        breaker: BreakerConfig,
+        health: Option<HealthConfig>,
+        limit: usize,
+        events: EventSink,
+    ) {
         lock(&self.told).events = events;
+        self.slots.resize(limit);
         self.breaker.reconfigure(breaker);
         let mut known = lock(&self.health);
         *known = match (known.take(), health) {
@@ -142,12 +159,13 @@ impl Endpoint {
             fall: settings.fall,
             ..HealthConfig::default()
         });
+        let limit = config.pool.max_size;
         let state = match known {
             Some(known) => {
-                known.reconfigure(breaker, health, events.clone());
+                known.reconfigure(breaker, health, limit, events.clone());
                 known
             }
-            None => Arc::new(EndpointState::new(breaker, health, events.clone())),
+            None => Arc::new(EndpointState::new(breaker, health, limit, events.clone())),
         };
         Endpoint {
             address: endpoint.address.clone(),

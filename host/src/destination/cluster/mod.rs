@@ -100,6 +100,10 @@ pub struct Cluster {
     /// Most attempts in flight to one endpoint: its pool's size. An endpoint
     /// at it is passed over while another has room.
     endpoint_limit: u32,
+    /// Longest wait of an attempt for its endpoint to have room: the pool's `acquire_timeout_ms`.
+    room_timeout: Duration,
+    /// Where those waits count: among the endpoints' pool waits.
+    pool_waits: crate::metrics::PoolWaits,
     health_checks: Option<HealthSettings>,
     events: EventSink,
     /// Keeps the destination's series (its retries, its stream moves) while the cluster lives.
@@ -193,6 +197,8 @@ impl Cluster {
             panicking: AtomicBool::new(false),
             panic_told: std::sync::Mutex::new(None),
             endpoint_limit: u32::try_from(config.pool.max_size).unwrap_or(u32::MAX),
+            room_timeout: Duration::from_millis(config.pool.acquire_timeout_ms),
+            pool_waits: metrics.pool_waits(&config.name),
             health_checks: config.health.clone(),
             events: host.events.clone(),
             _held: held,
