@@ -10,8 +10,11 @@ use std::io;
 
 use switchyard_plugin::{Error, Filter, Message, Verdict, export_filter};
 
-/// Each header, and what it asks of the path it names.
-const PROBES: [(&str, fn(&str) -> io::Result<()>); 5] = [
+/// What a header asks of the path it names.
+type Probe = fn(&str) -> io::Result<()>;
+
+/// Each header, and its probe.
+const PROBES: [(&str, Probe); 5] = [
     ("x-open", |path| File::open(path).map(drop)),
     ("x-open-write", |path| OpenOptions::new().write(true).open(path).map(drop)),
     ("x-sync", |path| OpenOptions::new().write(true).open(path)?.sync_all()),
