@@ -91,7 +91,7 @@ pub(crate) fn shown(text: &str) -> Cow<'_, str> {
 /// `table` on one line as written in TOML, e.g. `{ path = "/in", redirects_ok = true }`, its strings
 /// escaped so that no control character reaches a terminal or a log line, and no secret shown: not
 /// the value of a key that names one (a subprocess's `env = { DB_PASSWORD = … }`), nor what any other
-/// string carries of one (see [`shown`]), an array's included.
+/// string carries of one (a URL's password, a `--password=…` pair), an array's included.
 pub fn inline_table(table: &toml::Table) -> String {
     let pairs: Vec<String> =
         table.iter().map(|(key, item)| format!("{key} = {}", inline_value(key, item))).collect();

@@ -262,7 +262,7 @@ impl Host {
 
     /// What the dead-letter file holds: letters no dead-letter destination
     /// took, waiting to be re-delivered; the `limit` oldest of them, or fewer
-    /// where they would pass [`LISTED_BYTES`](crate::dead_letter::LISTED_BYTES),
+    /// where they would pass [`LISTED_BYTES`],
     /// and where the next begin. Reads the file (blocking I/O: from async code,
     /// call it in `spawn_blocking`).
     pub fn dead_letters(&self, limit: usize) -> Result<SpooledLetters, FileError> {
