@@ -5,7 +5,6 @@
 use crate::cli::Running;
 use crate::support::{drain_and_account, eventually, host, mkfifo, next, plugin_dir, post, within};
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::path::Path;
 use switchyard::{Host, Message, RequestError};
 
@@ -256,16 +255,19 @@ fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
     let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
     let ingress = host.address("HTTP ingress listening on http://");
     // `fsync(5</…/out>)`, `fdatasync(7</…/out/t.jsonl>)`: every thread's syncs, with the paths.
-    let trace = dir.path().join("trace");
+    // Its own notes (a thread attached) go to a file: into a pipe nobody reads, a write would end it.
+    let (trace, notes) = (dir.path().join("trace"), dir.path().join("strace-notes"));
     let mut strace = std::process::Command::new("strace")
         .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&trace)
         .args(["-p", &host.pid().to_string()])
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&notes).unwrap())
         .spawn()
         .expect("strace (apt-get install strace)");
-    let attached = std::io::BufReader::new(strace.stderr.take().unwrap()).lines().next();
-    assert!(attached.as_ref().is_some_and(|line| line.as_ref().is_ok_and(|line| line.contains("attached"))));
+    eventually(|| match std::fs::read_to_string(&notes).unwrap() {
+        notes if notes.contains("attached") => Ok(()),
+        notes => Err(notes),
+    });
     let (file, directory) = (format!("{}>", out.join("t.jsonl").display()), format!("{}>", out.display()));
     let data_syncs = |count: usize| {
         eventually(|| {
