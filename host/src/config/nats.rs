@@ -2,6 +2,7 @@
 //! NATS takes.
 
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One `[[ingress.nats]]` entry: a connection to a NATS server subscribing to `subjects`, or, with
 /// a `stream`, pulling from a JetStream stream through a durable consumer.
@@ -163,12 +164,13 @@ impl NatsIngressConfig {
 
     /// A subject of this entry and one of `earlier`'s that overlap, when a message on a subject
     /// both match would reach this host through each: two subscriptions (not to a stream) at the
-    /// same server, unless both join the same queue group (the server gives a message to one
-    /// member of a group, whichever of its subscriptions matched).
+    /// same server (however each `url` writes it: see [`server`]), unless both join the same queue
+    /// group (the server gives a message to one member of a group, whichever of its subscriptions
+    /// matched).
     pub(crate) fn shared_subject<'c>(&'c self, earlier: &'c NatsIngressConfig) -> Option<(&'c str, &'c str)> {
         let one_group = self.queue_group.is_some() && self.queue_group == earlier.queue_group;
         let subscribed = self.stream.is_none() && earlier.stream.is_none();
-        if !subscribed || self.url != earlier.url || one_group {
+        if !subscribed || server(&self.url) != server(&earlier.url) || one_group {
             return None;
         }
         let pairs =
@@ -194,6 +196,30 @@ impl NatsIngressConfig {
             "overlap: a message on a subject both match would be admitted twice, with two ids".into();
         Some(("subjects", format!("{a:?} and {b:?}"), problem))
     }
+}
+
+/// The server a `host:port` url reaches, written one way however the url writes it, as far as its
+/// text tells without a DNS lookup: a name lower-cased and without a trailing dot, an IP address
+/// in its shortest form, the port as a number, and `localhost`, `127.0.0.1` and `[::1]` (or
+/// `[::ffff:127.0.0.1]`) as the one loopback server, `localhost`. A url that is no `host:port`
+/// stays as written.
+fn server(url: &str) -> String {
+    let Some((host, port)) =
+        url.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+    else {
+        return url.to_owned();
+    };
+    let ip = match host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
+        Some(ipv6) => ipv6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+    };
+    let host = match ip.map(|ip| ip.to_canonical()) {
+        Some(ip) if ip == Ipv4Addr::LOCALHOST || ip == Ipv6Addr::LOCALHOST => "localhost".to_owned(),
+        Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(ip) => ip.to_string(),
+        None => host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
+    };
+    format!("{host}:{port}")
 }
 
 /// Whether some subject matches both `a` and `b` (valid subjects, wildcards allowed).
@@ -274,6 +300,39 @@ mod tests {
         );
         let stream = NatsIngressConfig { stream: Some("ORDERS".into()), ..at(server, "orders.eu", None) };
         assert_eq!(stream.shared_subject(&orders), None, "a stream's consumer is no subscription");
+    }
+
+    #[test]
+    fn one_server_is_one_server_however_its_url_is_written() {
+        let at = |url: &str| NatsIngressConfig {
+            url: url.into(),
+            subjects: vec!["orders.>".into()],
+            ..NatsIngressConfig::default()
+        };
+        let shared = Some(("orders.>", "orders.>"));
+        let same = [
+            ("127.0.0.1:4222", "localhost:4222"),
+            ("localhost:4222", "[::1]:4222"),
+            ("127.0.0.1:4222", "[0:0:0:0:0:0:0:1]:4222"),
+            ("127.0.0.1:4222", "[::ffff:127.0.0.1]:4222"),
+            ("LocalHost:4222", "localhost.:4222"),
+            ("127.0.0.1:4222", "127.0.0.1:04222"),
+            ("nats.example.com:4222", "NATS.Example.COM.:4222"),
+            ("[2001:db8::7]:4222", "[2001:DB8:0:0:0:0:0:7]:4222"),
+        ];
+        for (a, b) in same {
+            assert_eq!(at(b).shared_subject(&at(a)), shared, "{a} and {b}");
+        }
+        // No name is looked up: a name and an address (other than loopback's) may be one server or two.
+        let different = [
+            ("127.0.0.1:4222", "localhost:4223"),
+            ("127.0.0.1:4222", "127.0.0.2:4222"),
+            ("nats.example.com:4222", "10.0.0.7:4222"),
+            ("nats.example.com:4222", "nats.example.org:4222"),
+        ];
+        for (a, b) in different {
+            assert_eq!(at(b).shared_subject(&at(a)), None, "{a} and {b}");
+        }
     }
 
     #[test]
