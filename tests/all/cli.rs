@@ -332,6 +332,35 @@ fn check_warns_about_balancer_plugins_that_cannot_run() {
 }
 
 #[test]
+fn check_warns_about_alert_rules_selecting_a_route_destination_or_endpoint_the_config_lacks() {
+    let dir = plugin_dir(&[]);
+    let alert = |name: &str, when: &str| format!("[[alert]]\nname = \"{name}\"\nwhen = '{when}'\n");
+    let config = [
+        "[host]\nplugin_dir = \".\"\n".to_owned(),
+        "[[destination]]\nname = \"api\"\ntransport = \"tcp\"\nendpoints = [\"127.0.0.1:1\"]\n".to_owned(),
+        "[[route]]\nname = \"orders\"\nmatch = { topic = \"orders.>\" }\nto = \"api\"\n".to_owned(),
+        // Known, or the series of messages no route took: nothing to say.
+        alert("known", r#"endpoint_down{destination="api", endpoint="127.0.0.1:1"} > 0"#),
+        alert("no-route", r#"rate(dead_letters{route="", reason="no-route"}[60s]) > 0"#),
+        alert("built-in", r#"destination_queued{destination="log"} > 0"#),
+        alert("route", r#"rate(dead_letters{route="ordres"}[60s]) > 0"#),
+        alert("destination", r#"destination_queued{destination="api2"} > 100"#),
+        alert("endpoint", r#"endpoint_down{destination="api", endpoint="127.0.0.1:2"} > 0"#),
+    ];
+    std::fs::write(dir.path().join("switchyard.toml"), config.concat()).unwrap();
+    let warnings = check_warnings(dir.path());
+    // A reload may add them: said, not refused.
+    assert_eq!(
+        warnings,
+        [
+            "warning: alert \"route\": route \"ordres\" is no route of this config (routes: orders): the rule reads nothing of it until a reload adds it",
+            "warning: alert \"destination\": destination \"api2\" is no destination of this config (destinations: log, api): the rule reads nothing of it until a reload adds it",
+            "warning: alert \"endpoint\": endpoint \"127.0.0.1:2\" is no endpoint of this config (endpoints: 127.0.0.1:1): the rule reads nothing of it until a reload adds it",
+        ]
+    );
+}
+
+#[test]
 fn plugin_call_runs_one_plugin_on_one_message() {
     let message = r#"{"topic":"orders.eu","headers":{"x-tenant":"acme"},"payload":"{\"card\":\"4111\"}"}"#;
     let (ok, out) = switchyard(&[

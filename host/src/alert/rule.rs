@@ -113,9 +113,7 @@ impl Rule {
 
     /// The selector the rule reads.
     pub(super) fn selector(&self) -> &Selector {
-        match &self.condition.reading {
-            Reading::Value(selector) | Reading::Rate { selector, .. } => selector,
-        }
+        self.condition.reading.selector()
     }
 
     /// Step the machine with `read`, the selected value at `now`; the transition, if any.

@@ -42,7 +42,10 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
                 config.destinations.len(),
                 config.plugins.len()
             );
-            let warnings = listener_warnings(&config).into_iter().chain(memory_warnings(&config));
+            let warnings = listener_warnings(&config)
+                .into_iter()
+                .chain(memory_warnings(&config))
+                .chain(alert_warnings(&config));
             for warning in warnings.chain(plugin_warnings(&config, load_native)?) {
                 println!("warning: {warning}");
             }
@@ -98,6 +101,41 @@ pub(super) fn memory_warnings(config: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Alert rules selecting a route, destination or endpoint the config does not have: until a reload
+/// adds it, a rule reads nothing of it (a counter 0, a gauge no value), which is likely a misspelling.
+fn alert_warnings(config: &Config) -> Vec<String> {
+    let routes: Vec<&str> = config.routes.iter().map(|route| route.name.as_str()).collect();
+    let destinations: Vec<&str> =
+        std::iter::once("log").chain(config.destinations.iter().map(|dest| dest.name.as_str())).collect();
+    let endpoints: Vec<&str> = config
+        .destinations
+        .iter()
+        .flat_map(|destination| destination.endpoints.iter().map(|endpoint| endpoint.address.as_str()))
+        .collect();
+    let mut warnings = Vec::new();
+    for alert in &config.alerts {
+        let Ok(condition) = alert.condition() else { continue };
+        for (label, value) in &condition.reading.selector().labels {
+            let known = match label.as_str() {
+                // The series of the messages no route took.
+                "route" if value.is_empty() => continue,
+                "route" => &routes,
+                "destination" => &destinations,
+                "endpoint" => &endpoints,
+                _ => continue,
+            };
+            if !known.contains(&value.as_str()) {
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                warnings.push(format!(
+                    "alert \"{}\": {label} \"{value}\" is no {label} of this config ({label}s: {known}): the rule reads nothing of it until a reload adds it",
+                    alert.name,
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// What would keep the routes' named stages and the destinations' `plugin:NAME` transports and

@@ -3,7 +3,7 @@
 //! ```text
 //! when      = reading OP number            OP: >  >=  <  <=  ==  !=
 //! reading   = selector | rate(selector[WINDOW])     WINDOW: 30s, 5m, 1h
-//! selector  = metric | metric{label="value", ...}
+//! selector  = metric | metric{label="value", ...}     "value": any text, \" and \\ for " and \
 //! ```
 
 use crate::metrics::{READABLE, Readable};
@@ -117,7 +117,10 @@ impl Condition {
         let at = text.find(['>', '<', '=', '!']).ok_or("expected METRIC OP NUMBER, e.g. dead_letters > 0")?;
         // Skip operators inside a selector's braces (`{route="a"}` holds an `=`).
         let at = match text[..at].contains('{') {
-            true => text.rfind('}').and_then(|end| text[end..].find(['>', '<', '=', '!']).map(|i| end + i)),
+            true => {
+                let end = text.rfind('}').ok_or_else(|| format!("{text}: {{ without its closing }}"))?;
+                text[end..].find(['>', '<', '=', '!']).map(|i| end + i)
+            }
             false => Some(at),
         }
         .ok_or("expected METRIC OP NUMBER, e.g. dead_letters > 0")?;
@@ -145,6 +148,13 @@ impl Condition {
 }
 
 impl Reading {
+    /// The selector it reads.
+    pub fn selector(&self) -> &Selector {
+        match self {
+            Reading::Value(selector) | Reading::Rate { selector, .. } => selector,
+        }
+    }
+
     fn parse(text: &str) -> Result<Reading, String> {
         let Some(inner) = text.strip_prefix("rate(") else {
             return Ok(Reading::Value(Selector::parse(text)?));
@@ -165,9 +175,7 @@ impl Reading {
 impl Selector {
     fn parse(text: &str) -> Result<Selector, String> {
         let (name, labels) = match text.split_once('{') {
-            Some((name, labels)) => {
-                (name.trim(), Some(labels.strip_suffix('}').ok_or("{ without its closing }")?))
-            }
+            Some((name, labels)) => (name.trim(), Some(labels)),
             None => (text, None),
         };
         let known = || READABLE.iter().map(|readable| readable.name).collect::<Vec<_>>().join(", ");
@@ -175,12 +183,9 @@ impl Selector {
             .iter()
             .find(|readable| readable.name == name)
             .ok_or_else(|| format!("unknown metric {name:?} (known: {})", known()))?;
-        let mut pairs = Vec::new();
-        for pair in labels.iter().flat_map(|labels| labels.split(',')).filter(|pair| !pair.trim().is_empty())
-        {
-            let (label, value) =
-                pair.split_once('=').ok_or_else(|| format!("expected label=\"value\", not {pair:?}"))?;
-            let label = label.trim();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let labels = labels.map(label_values).transpose().map_err(|problem| format!("{text}: {problem}"))?;
+        for (label, value) in labels.unwrap_or_default() {
             if !metric.labels.contains(&label) {
                 let labels = metric.labels.join(", ");
                 return Err(format!("{} has no label {label:?} (labels: {labels})", metric.name));
@@ -188,15 +193,66 @@ impl Selector {
             if pairs.iter().any(|(selected, _)| selected == label) {
                 return Err(format!("label {label:?} is selected twice: a series has one value of it"));
             }
-            let value = value.trim();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|value| value.strip_suffix('"'))
-                .ok_or_else(|| format!("the value of {label} must be quoted, not {value}"))?;
-            pairs.push((label.to_owned(), value.to_owned()));
+            pairs.push((label.to_owned(), value));
         }
         Ok(Selector { metric: metric.name, labels: pairs })
     }
+}
+
+/// The `label="value"` pairs of a selector, read from `text`, what follows its `{`, to the `}`
+/// that closes it and ends the selector. A value is any text in double quotes, `\"` and `\\`
+/// writing `"` and `\`; pairs are separated by commas (one may follow the last).
+fn label_values(text: &str) -> Result<Vec<(&str, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut rest = text.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return match after.trim() {
+                "" => Ok(pairs),
+                after => Err(format!("text after its closing }}: {after}")),
+            };
+        }
+        if rest.is_empty() {
+            return Err("{ without its closing }".into());
+        }
+        let pair = rest;
+        let name_end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        let (label, after) = rest.split_at(name_end.unwrap_or(rest.len()));
+        let after = after.trim_start().strip_prefix('=').filter(|_| !label.is_empty());
+        let after = after.ok_or_else(|| format!("expected label=\"value\" or }}, not {rest}"))?.trim_start();
+        let Some(quoted) = after.strip_prefix('"') else {
+            let value = after.split([',', '}']).next().unwrap_or_default().trim();
+            return Err(format!("the value of {label} must be quoted, not {value}"));
+        };
+        let (value, after) =
+            quoted_value(quoted).map_err(|problem| format!("the value of {label} {problem}"))?;
+        pairs.push((label, value));
+        let written = &pair[..pair.len() - after.len()];
+        rest = after.trim_start();
+        match rest.strip_prefix(',') {
+            Some(after) => rest = after.trim_start(),
+            None if rest.is_empty() || rest.starts_with('}') => {}
+            None => return Err(format!("expected , or }} after {written}, not {rest}")),
+        }
+    }
+}
+
+/// A quoted value, read from `text`, what follows its opening `"`, and the text after its closing one.
+fn quoted_value(text: &str) -> Result<(String, &str), String> {
+    let mut value = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Ok((value, &text[at + 1..])),
+            '\\' => match chars.next() {
+                Some((_, escaped @ ('"' | '\\'))) => value.push(escaped),
+                Some((_, other)) => return Err(format!("holds \\{other}: a \\ escapes only \" or \\")),
+                None => break,
+            },
+            c => value.push(c),
+        }
+    }
+    Err("has no closing \"".into())
 }
 
 fn readable(name: &str) -> &'static Readable {
@@ -304,6 +360,66 @@ mod tests {
             let problem = Condition::parse(when).unwrap_err();
             assert!(problem.contains(expected), "{when}: {problem}");
         }
+    }
+
+    #[test]
+    fn malformed_selectors_are_refused_with_the_selector_and_what_is_wrong() {
+        let cases = [
+            (
+                r#"dead_letters{route="a"}{reason="b"} > 0"#,
+                r#"dead_letters{route="a"}{reason="b"}: text after its closing }: {reason="b"}"#,
+            ),
+            (
+                r#"dead_letters{route="a"} junk > 0"#,
+                r#"dead_letters{route="a"} junk: text after its closing }: junk"#,
+            ),
+            (
+                r#"rate(dead_letters{route="a"}junk[60s]) > 0"#,
+                r#"dead_letters{route="a"}junk: text after its closing }: junk"#,
+            ),
+            (
+                r#"dead_letters{route="a" reason="b"} > 0"#,
+                r#"dead_letters{route="a" reason="b"}: expected , or } after route="a", not reason="b"}"#,
+            ),
+            (
+                r#"dead_letters{route="a"",} > 0"#,
+                r#"dead_letters{route="a"",}: expected , or } after route="a", not ",}"#,
+            ),
+            (
+                r#"dead_letters{route="a",,reason="b"} > 0"#,
+                r#"dead_letters{route="a",,reason="b"}: expected label="value" or }, not ,reason="b"}"#,
+            ),
+            (r#"dead_letters{="a"} > 0"#, r#"dead_letters{="a"}: expected label="value" or }, not ="a"}"#),
+            (
+                r#"dead_letters{route="a} > 0"#,
+                r#"dead_letters{route="a}: the value of route has no closing ""#,
+            ),
+            (
+                r#"dead_letters{route="a\"} > 0"#,
+                r#"dead_letters{route="a\"}: the value of route has no closing ""#,
+            ),
+            (
+                r#"dead_letters{route="a\b"} > 0"#,
+                r#"dead_letters{route="a\b"}: the value of route holds \b: a \ escapes only " or \"#,
+            ),
+            (r#"dead_letters{route="a" > 0"#, r#"dead_letters{route="a" > 0: { without its closing }"#),
+            (r#"dead_letters{route="a", > 0"#, r#"dead_letters{route="a", > 0: { without its closing }"#),
+        ];
+        for (when, expected) in cases {
+            assert_eq!(Condition::parse(when), Err(expected.to_owned()), "{when}");
+        }
+    }
+
+    #[test]
+    fn a_label_value_holds_any_text_quoted() {
+        let condition = Condition::parse(r#"dead_letters{route="a,b}{c", reason="say \"hi\" \\",} > 0"#);
+        let selector = Selector {
+            metric: "dead_letters",
+            labels: labels(&[("route", "a,b}{c"), ("reason", r#"say "hi" \"#)]),
+        };
+        assert_eq!(condition.map(|condition| condition.reading), Ok(Reading::Value(selector)));
+        let all = Condition::parse("dead_letters{ } > 0").map(|condition| condition.reading);
+        assert_eq!(all, Ok(Reading::Value(Selector { metric: "dead_letters", labels: vec![] })));
     }
 
     #[test]
