@@ -342,14 +342,21 @@ impl Reloader {
         let file = &self.config_file.0;
         self.refuse_if_closed(file)?;
         let Some(path) = self.config_path() else { return Ok(ConfigChange::Unchanged) };
-        if retry == Retry::Refused {
-            self.writes.wait_for_writer(path);
-        }
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
-        let text = Config::read_text(file, path, Links::Anywhere).and_then(|text| {
-            let written_out = text.filter(|_| !self.writes.holds(path));
-            written_out.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })
-        });
+        let read = || {
+            Config::read_text(file, path, Links::Anywhere).and_then(|text| {
+                let written_out = text.filter(|_| !self.writes.holds(path));
+                written_out.ok_or_else(|| ConfigError::Unsettled { file: file.clone() })
+            })
+        };
+        let text = match read() {
+            // Read while a writer held it, or before its close was told: read again once it is.
+            Err(ConfigError::Unsettled { .. }) if retry == Retry::Refused => {
+                self.writes.wait_for_writer(path);
+                read()
+            }
+            text => text,
+        };
         if let Ok(text) = &text {
             let mut last = self.config_text.lock().unwrap_or_else(|poison| poison.into_inner());
             if retry == Retry::Changed && last.as_ref() == Some(text) {
