@@ -116,3 +116,60 @@ test("an async filter fails each message, saying why", () => {
   const failed = { kind: ErrorKind.FAILED, reason: `TypeError: the filter returned a Promise, not a Verdict: ${ASYNC}` };
   assert.deepStrictEqual(new Uint8Array(filter.filter(encode([input], true))), encodeDecisions([failed]));
 });
+
+const OUTPUTS = "a transform writes its outputs with out.forward(message) or out.emit(message)...finish() and returns nothing";
+const UNFINISHED = "out.emit(message) was not finished: an output is written only by its finish()";
+
+/** What the transform `handler` answers for `messages`: its outputs as [id, source, header x-y] and its errors. */
+function transformed(handler, messages) {
+  const { transform } = transformPlugin(handler);
+  const { messages: outputs, errors } = transform.transform(encode(messages));
+  return [decode(outputs).map((message) => [message.id, message.source, message.header("x-y")]), errors];
+}
+
+const three = [0n, 1n, 2n].map((id) => new Message({ id, topic: "orders" }));
+
+test("a transform that returns a value fails its message, with what it wrote discarded, instead of dropping it", () => {
+  const slips = [
+    [(message) => message, "Message"],
+    [function* (message, out) { out.forward(message); }, "Generator"],
+    [(message, out) => { out.forward(message); return true; }, "boolean"],
+    [() => null, "null"],
+  ];
+  for (const [handler, returned] of slips) {
+    const failed = { tag: "failed", val: `TypeError: the transform returned ${returned}: ${OUTPUTS}` };
+    assert.deepStrictEqual(transformed(handler, [three[1]]), [[], [[0, failed]]]);
+  }
+});
+
+test("an emit left unfinished fails its message alone, with what it wrote discarded, instead of dropping it", () => {
+  const failed = { tag: "failed", val: `TypeError: ${UNFINISHED}` };
+  const stampedAll = (message, out) => out.emit(message).withHeader("x-y", "z");
+  assert.deepStrictEqual(transformed(stampedAll, three), [[], [[0, failed], [1, failed], [2, failed]]]);
+  const stampedButOne = (message, out) => {
+    out.forward(message);
+    const stamped = out.emit(message).withHeader("x-y", "z");
+    if (message.id !== 1n) stamped.finish();
+  };
+  const outputs = [[0n, 0, undefined], [0n, 0, "z"], [2n, 2, undefined], [2n, 2, "z"]];
+  assert.deepStrictEqual(transformed(stampedButOne, three), [outputs, [[1, failed]]]);
+});
+
+test("an emit given a value it refuses is given up, so a handler that catches the error may go on", () => {
+  const refusals = [
+    (emit) => emit.withHeader("x-y", 5),
+    (emit) => emit.withTopic(7),
+    (emit) => emit.withPayload(5),
+    (emit) => emit.withPriority(300),
+  ];
+  for (const refuse of refusals) {
+    const handler = (message, out) => {
+      try {
+        refuse(out.emit(message)).finish();
+      } catch {
+        out.emit(message).withHeader("x-y", "instead").finish();
+      }
+    };
+    assert.deepStrictEqual(transformed(handler, [three[1]]), [[[1n, 0, "instead"]], []]);
+  }
+});

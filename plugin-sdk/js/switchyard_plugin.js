@@ -165,6 +165,13 @@ function witError(error) {
  */
 const SYNCHRONOUS = "plugin handlers must be synchronous: the export answers the host without awaiting what they return";
 
+/**
+ * Why a transform that returned a value fails its message: nothing reads what it returns, so a message it
+ * meant to pass on (`(message) => message`) would vanish without an error, as would what a generator
+ * function was to do.
+ */
+const OUTPUTS = "a transform writes its outputs with out.forward(message) or out.emit(message)...finish() and returns nothing";
+
 /** Whether a handler's result is a Promise (or any thenable). */
 function isPromise(result) {
   return typeof result?.then === "function";
@@ -191,6 +198,15 @@ export class Output {
   constructor(writer = new BatchWriter()) {
     this.writer = writer;
     this.source = 0;
+    /** How many `emit`s are neither finished nor given a value they refused. */
+    this.unfinished = 0;
+  }
+
+  /** Throw if an `emit` was left unfinished: nothing is written without `finish()`, so its output would vanish. */
+  checkFinished() {
+    if (this.unfinished > 0) {
+      throw new TypeError("out.emit(message) was not finished: an output is written only by its finish()");
+    }
   }
 
   /** Pass `message` on unchanged. */
@@ -204,17 +220,38 @@ export class Output {
   }
 }
 
-/** An output message being built, see `Output.emit`. Nothing is written until `finish()`. */
+/**
+ * An output message being built, see `Output.emit`. Nothing is written until `finish()`; one left unfinished
+ * fails the message it came from.
+ */
 export class Emit {
   constructor(out, message) {
     this.out = out;
     this.message = new Message({ ...message, payload: message.payload ?? new Uint8Array(), payloadLen: undefined });
+    this.pending = true;
+    out.unfinished += 1;
+  }
+
+  /** This output is no longer awaited: it is being finished, or was given up. */
+  settle() {
+    if (this.pending) {
+      this.pending = false;
+      this.out.unfinished -= 1;
+    }
+  }
+
+  /** `error`, with this output given up: a handler that catches a value refused may go on without it. */
+  refused(error) {
+    this.settle();
+    return error;
   }
 
   /** Replace the topic (a string). */
   withTopic(topic) {
     if (typeof topic !== "string") {
-      throw new TypeError(`withTopic(${String(topic)}): the topic must be a string (got ${typeName(topic)})`);
+      throw this.refused(
+        new TypeError(`withTopic(${String(topic)}): the topic must be a string (got ${typeName(topic)})`),
+      );
     }
     this.message.topic = topic;
     return this;
@@ -224,7 +261,9 @@ export class Emit {
   withPayload(payload) {
     if (isA(payload, "ArrayBuffer")) payload = new Uint8Array(payload);
     else if (typeof payload !== "string" && !isA(payload, "Uint8Array")) {
-      throw new TypeError(`withPayload: the payload must be a Uint8Array, an ArrayBuffer or a string (got ${typeName(payload)})`);
+      throw this.refused(
+        new TypeError(`withPayload: the payload must be a Uint8Array, an ArrayBuffer or a string (got ${typeName(payload)})`),
+      );
     }
     // A string is encoded as it is written to the answer, in place.
     this.message.payload = payload;
@@ -233,7 +272,11 @@ export class Emit {
 
   /** Replace the priority class: an integer in 0..=255, higher is more urgent. */
   withPriority(priority) {
-    checkPriority(priority, `withPriority(${String(priority)})`);
+    try {
+      checkPriority(priority, `withPriority(${String(priority)})`);
+    } catch (error) {
+      throw this.refused(error);
+    }
     this.message.priority = priority;
     return this;
   }
@@ -244,9 +287,11 @@ export class Emit {
    */
   withHeader(name, value) {
     if (typeof name !== "string" || typeof value !== "string") {
-      throw new TypeError(
-        `withHeader(${String(name)}, ${String(value)}): a header's name and value must be strings ` +
-          `(got ${typeName(name)}, ${typeName(value)})`,
+      throw this.refused(
+        new TypeError(
+          `withHeader(${String(name)}, ${String(value)}): a header's name and value must be strings ` +
+            `(got ${typeName(name)}, ${typeName(value)})`,
+        ),
       );
     }
     const lowered = asciiLower(name);
@@ -264,8 +309,9 @@ export class Emit {
     return this;
   }
 
-  /** Write the message to the output batch. */
+  /** Write the message to the output batch (it is finished also when it cannot be written and this throws). */
   finish() {
+    this.settle();
     this.message.source = this.out.source;
     this.out.writer.message(this.message);
   }
@@ -312,7 +358,8 @@ export function filterPlugin(decide) {
  * per message (payload included), in batch order. Write zero outputs to drop
  * it, `out.forward(message)` to pass it on, `out.emit(message)...finish()` to
  * pass on a changed copy, as many as you like to split it. An exception
- * discards that message's outputs and reports the error for it alone. Use as
+ * discards that message's outputs and reports the error for it alone, and so
+ * does returning a value or leaving an `emit` unfinished. Use as
  * `export const { transform, format } = transformPlugin(transform);`.
  */
 export function transformPlugin(handler) {
@@ -329,9 +376,13 @@ export function transformPlugin(handler) {
     }
     batch.forEach((message, index) => {
       out.source = index;
+      out.unfinished = 0;
       const mark = out.writer.length;
       try {
-        if (isPromise(handler(message, out))) throw new TypeError(`the transform returned a Promise: ${SYNCHRONOUS}`);
+        const result = handler(message, out);
+        if (isPromise(result)) throw new TypeError(`the transform returned a Promise: ${SYNCHRONOUS}`);
+        out.checkFinished();
+        if (result !== undefined) throw new TypeError(`the transform returned ${typeName(result)}: ${OUTPUTS}`);
       } catch (error) {
         out.writer.truncate(mark);
         errors.push([index, witError(error)]);

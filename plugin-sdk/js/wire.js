@@ -67,11 +67,14 @@ export function checkPriority(priority, call = `priority ${String(priority)}`) {
   }
 }
 
-/** The type of `value`, for an error: `number`, `undefined`, `null`, or an object's class (`ArrayBuffer`). */
+/**
+ * The type of `value`, for an error: `number`, `undefined`, `null`, or an object's class (`ArrayBuffer`), or
+ * its tag where the class has no name (`Generator`).
+ */
 export function typeName(value) {
   if (value === null) return "null";
   if (typeof value !== "object") return typeof value;
-  return value.constructor?.name ?? "object";
+  return value.constructor?.name || value[Symbol.toStringTag] || "object";
 }
 
 /**

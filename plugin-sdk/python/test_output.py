@@ -124,6 +124,74 @@ class Returning(unittest.TestCase):
         self.assertEqual(answer, encode_decisions([(FAILED, reason)]))
 
 
+OUTPUTS = "a transform writes its outputs with out.forward(message) or out.emit(message)...finish() and returns None"
+UNFINISHED = "out.emit(message) was not finished: an output is written only by its finish()"
+
+
+def transformed(handler, messages):
+    """What the transform `handler` answers for `messages`: its outputs as
+    `(id, source, header x-y)` and its errors."""
+    transform_plugin(handler)
+    answer = Transform().transform(encode(messages))  # noqa: F821 - defined by transform_plugin
+    return [(message.id, message.source, message.header("x-y")) for message in decode(answer.messages)], answer.errors
+
+
+class Slipping(unittest.TestCase):
+    """A handler's slip that would drop its message without a word fails that message instead."""
+
+    def test_a_transform_that_returns_a_value_fails_its_message_with_what_it_wrote_discarded(self):
+        def generator(message, out):
+            out.forward(message)
+            yield
+
+        def forwarded_and_returned(message, out):
+            out.forward(message)
+            return True
+
+        for handler, returned in ((lambda message, out: message, "Message"), (generator, "generator"),
+                                  (forwarded_and_returned, "bool")):
+            with self.subTest(returned=returned):
+                failed = ("Failed", f"TypeError: the transform returned {returned}: {OUTPUTS}")
+                self.assertEqual(transformed(handler, THREE[1:2]), ([], [(0, failed)]))
+
+    def test_an_emit_left_unfinished_fails_its_message_alone_with_what_it_wrote_discarded(self):
+        failed = ("Failed", f"TypeError: {UNFINISHED}")
+
+        def stamped_all(message, out):
+            out.emit(message).with_header("x-y", "z")
+
+        self.assertEqual(transformed(stamped_all, THREE), ([], [(0, failed), (1, failed), (2, failed)]))
+        # A lambda returns the `Emit` too: that it was not finished is the slip to name.
+        stamped_all = lambda message, out: out.emit(message).with_header("x-y", "z")  # noqa: E731
+        self.assertEqual(transformed(stamped_all, THREE[1:2]), ([], [(0, failed)]))
+
+        def stamped_but_one(message, out):
+            out.forward(message)
+            stamped = out.emit(message).with_header("x-y", "z")
+            if message.id != 1:
+                stamped.finish()
+
+        outputs = [(0, 0, None), (0, 0, "z"), (2, 2, None), (2, 2, "z")]
+        self.assertEqual(transformed(stamped_but_one, THREE), (outputs, [(1, failed)]))
+
+    def test_an_emit_given_a_value_it_refuses_is_given_up_so_a_handler_that_catches_the_error_may_go_on(self):
+        refusals = {
+            "with_header": lambda emit: emit.with_header("x-y", 5),
+            "with_topic": lambda emit: emit.with_topic(b"t"),
+            "with_payload": lambda emit: emit.with_payload(5),
+            "with_priority": lambda emit: emit.with_priority(300),
+        }
+        for name, refuse in refusals.items():
+            with self.subTest(name=name):
+
+                def handler(message, out):
+                    try:
+                        refuse(out.emit(message)).finish()
+                    except (TypeError, ValueError):
+                        out.emit(message).with_header("x-y", "instead").finish()
+
+                self.assertEqual(transformed(handler, THREE[1:2]), ([(1, 0, "instead")], []))
+
 
 #: Three messages, ids 0, 1, 2: the handlers below go wrong on the second.
 THREE = [Message("orders", id=id) for id in range(3)]

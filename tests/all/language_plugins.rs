@@ -209,8 +209,8 @@ fn the_js_codec_passes_the_golden_vectors() {
     assert!(out.contains(&format!("# pass {}", vector_count("") + vector_count("decisions") + 2)), "{out}");
 }
 
-/// The SDKs' own tests (counts, output checks, all-or-nothing writes, log levels, the JS build's
-/// staging): every one runs, none fails.
+/// The SDKs' own tests (counts, output checks, all-or-nothing writes, what a transform returns or leaves
+/// unfinished, log levels, the JS build's staging): every one runs, none fails.
 #[test]
 fn the_python_sdk_passes_its_unit_tests() {
     let out = run_checked(
@@ -218,11 +218,11 @@ fn the_python_sdk_passes_its_unit_tests() {
         &["-m", "unittest", "discover", "-s", "plugin-sdk/python", "-p", "test_*.py"],
         "install Python 3 (apt-get install python3)",
     );
-    assert!(out.contains("Ran 19 tests") && out.contains("\nOK"), "{out}");
+    assert!(out.contains("Ran 22 tests") && out.contains("\nOK"), "{out}");
 }
 
 #[test]
 fn the_js_sdk_passes_its_unit_tests() {
     let out = run_checked("node", &["--test", "plugin-sdk/js/"], "install Node.js (apt-get install nodejs)");
-    assert!(out.contains("# pass 32") && out.contains("# fail 0"), "{out}");
+    assert!(out.contains("# pass 35") && out.contains("# fail 0"), "{out}");
 }

@@ -67,6 +67,17 @@ def _refuse_coroutine(result, returned):
         )
 
 
+def _refuse_value(result):
+    """Raise if a transform returned anything but `None`: nothing reads it, so
+    a message it meant to pass on (`lambda message, out: message`) would
+    vanish without an error, as would what a generator was to do."""
+    if result is not None:
+        raise TypeError(
+            f"the transform returned {type(result).__name__}: a transform writes its outputs with "
+            "out.forward(message) or out.emit(message)...finish() and returns None"
+        )
+
+
 def _wit_error(error):
     """The WIT `error` for an exception a handler raised."""
     from wit_world.imports import types
@@ -119,7 +130,8 @@ def transform_plugin(transform):
     outputs to drop the message, `out.forward(message)` to pass it on
     unchanged, `out.emit(message)...finish()` to pass on a changed copy, as
     many as you like to split it. An exception discards the outputs already
-    written for this message and reports the error for it alone.
+    written for this message and reports the error for it alone, and so does
+    returning a value or leaving an `emit` unfinished.
     """
 
     class Transform:
@@ -135,7 +147,10 @@ def transform_plugin(transform):
             for index, message in enumerate(batch):
                 mark = out._start(index)
                 try:
-                    _refuse_coroutine(transform(message, out), "the transform returned a coroutine")
+                    result = transform(message, out)
+                    _refuse_coroutine(result, "the transform returned a coroutine")
+                    out._check_finished()
+                    _refuse_value(result)
                 except Exception as error:  # noqa: BLE001 - every error is reported, none kills the plugin
                     out._truncate(mark)
                     errors.append((index, _wit_error(error)))
