@@ -15,8 +15,13 @@ pub use crate::bindings::types::Endpoint;
 ///
 /// Export it with [`export_balancer!`](crate::export_balancer).
 pub trait Balancer {
-    /// Pick an endpoint for `message` by its [`Endpoint::index`]; `None`
-    /// means no endpoint is acceptable.
+    /// Pick an endpoint for `message` by its [`Endpoint::index`].
+    ///
+    /// The host uses the pick only if that endpoint is
+    /// [`healthy`](Endpoint::healthy), and `None` only while no endpoint is:
+    /// any other answer (`None` while one is healthy, an index out of range
+    /// or of an unhealthy endpoint) is invalid, and the host picks as the
+    /// `p2c-ewma` balancer does instead, counting an `invalid` fallback.
     ///
     /// Called once per dispatch attempt (a retry calls it again) of every
     /// message sent to a destination using this balancer. The message

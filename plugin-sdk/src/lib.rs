@@ -29,14 +29,16 @@
 //!
 //! # A complete filter plugin
 //!
-//! `Cargo.toml`: a `cdylib` depending on this crate only.
+//! `Cargo.toml`: a `cdylib` depending on this crate only, by path (`cargo add
+//! --path SWITCHYARD/plugin-sdk`, `SWITCHYARD` being a Switchyard checkout):
+//! the crate is in no registry, since it reads the WIT in the checkout's `wit/`.
 //!
 //! ```toml
 //! [lib]
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! switchyard-plugin = "0.1"
+//! switchyard-plugin = { path = "SWITCHYARD/plugin-sdk" }
 //! ```
 //!
 //! `src/lib.rs`: keep messages whose `x-tenant` header equals the config key

@@ -29,8 +29,11 @@ pub trait Middleware {
     /// Rewrite `reply` (`Ok(None)` passes it on unchanged).
     ///
     /// Called once per reply to a request this middleware forwarded, after
-    /// delivery; not called for replies it produced with [`Action::Respond`].
-    /// `request` is the request as delivered (after any rewrite).
+    /// delivery, when the caller waits for the reply (a request, or an HTTP
+    /// send with `?wait=true`); not called for replies it produced with
+    /// [`Action::Respond`], nor for a reply nobody waits for (to a message
+    /// sent, not requested, as an HTTP send answered `202`), which is
+    /// dropped. `request` is the request as delivered (after any rewrite).
     fn on_reply(request: &Message<'_>, reply: &Message<'_>) -> Result<Option<OwnedMessage>, Error>;
 }
 
