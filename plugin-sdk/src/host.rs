@@ -126,7 +126,8 @@ thread_local! {
 ///
 /// Increments are summed inside the plugin (a sum stops at `u64::MAX`, as the
 /// host's total does) and reach the host when the current call (one batch)
-/// returns. The host keeps at most 256 counter names per plugin version, the
+/// returns; they count once the host took the call's answer (one it refuses as
+/// a fault counts nothing: its messages run again). The host keeps at most 256 counter names per plugin version, the
 /// first it is given, and none longer than 128 bytes: a longer name is not
 /// counted at all. Its metrics show the first 256 names of a plugin over all
 /// its versions.

@@ -2,7 +2,11 @@
 //! and compiles told on standard error, then served from the compile cache.
 
 use crate::exposition::{parse, sample};
-use crate::support::{MEMORY_OUT, event_where, eventually, host, next, plugin_dir, replace_file};
+use crate::support::{
+    MEMORY_OUT, builder, drain_and_account, event_where, eventually, host, next, plugin_dir, replace_file,
+    within,
+};
+use std::sync::Arc;
 use switchyard::{Host, HostEvent, Message};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -88,6 +92,55 @@ async fn a_plugin_has_at_most_256_counter_series_over_all_its_versions() {
     assert_eq!(series, 256, "one series per name, for the first 256 names the plugin counted");
     let first = sample(&text, "switchyard_plugin_counter_total", &[("plugin", "flood"), ("name", "v0.0")]);
     assert_eq!(first, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_again_one_by_one_after_a_fault_counts_each_message_once() {
+    // A transform's counts were counted as its call ran: when the answer was then refused (here one
+    // message made 1025 of itself, an output-limit fault) and the batch's messages ran again one
+    // by one, the others counted twice, and the refused one twice too.
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
+    let config = MEMORY_OUT.replacen("[host]\n", "[host]\nworkers = 1\nbatch_size = 64\n", 1)
+        + "[[plugin]]\nname = \"flood\"\n\
+           config = { trigger = \"x-poison\", copies = \"1025\", count_topics = \"yes\" }\n\
+           [[route]]\nname = \"gate\"\nmatch = { topic = \"gate\" }\nstages = [\"filter:gate\"]\nto = \"out\"\n\
+           [[route]]\nname = \"all\"\nstages = [\"transform:flood\"]\nto = \"out\"\n";
+    let (entered, (open, gate)) = (Arc::new(tokio::sync::Notify::new()), flume::unbounded::<()>());
+    let said = entered.clone();
+    let host = builder(dir.path())
+        .config("t", switchyard::Config::from_toml("t", &config).unwrap())
+        .filter("gate", move |_: &Message| {
+            said.notify_one();
+            let _ = gate.recv();
+            Ok(switchyard::Verdict::Keep)
+        })
+        .build()
+        .await
+        .unwrap();
+    // The only worker waits in the gate while the others queue up behind it: then it takes them
+    // all in one batch, whose call faults.
+    host.send(Message::new("gate", "hold")).await.unwrap();
+    within(entered.notified()).await;
+    let topics = ["t0", "t1", "t2", "t3", "t4"];
+    for topic in topics {
+        host.send(Message::new(topic, "{}")).await.unwrap();
+    }
+    let poison = host.send(Message::new("poison", "{}").with_header("x-poison", "1")).await.unwrap();
+    drop(open);
+    let letter = next(&host.memory("dead").unwrap()).await;
+    assert_eq!((letter.id, letter.header("x-sy-dead-letter")), (poison, Some("plugin-output-limit")));
+    let out = host.memory("out").unwrap();
+    for _ in 0..=topics.len() {
+        next(&out).await;
+    }
+    let text = host.metrics().encode();
+    let counter =
+        |name| sample(&text, "switchyard_plugin_counter_total", &[("plugin", "flood"), ("name", name)]);
+    let counted: Vec<_> = topics.iter().map(|topic| counter(topic)).collect();
+    assert_eq!(counted, [Some(1.0); 5], "each message counted once\n{text}");
+    assert_eq!(counter("poison"), None, "a refused answer counts nothing");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (7, 6, 1));
 }
 
 #[test]

@@ -89,6 +89,7 @@ fn a_trap_after_a_refused_grow_the_plugin_survived_is_a_trap_not_a_memory_cap_fa
     let mut instance = PluginInstance::new(&engine, plugin.clone()).unwrap();
     let kept = instance.filter(&batch_of_one("x-reserve", "1")).unwrap();
     assert_eq!(kept, [Ok(switchyard::Verdict::Keep)]);
+    instance.commit_counts();
     assert_eq!(plugin.settings.counters().get("refused_reserves"), Some(&1), "the grow was refused");
     match instance.filter(&batch_of_one("x-poison", "1")) {
         Err(switchyard::PluginFault::Trapped(trap)) => assert!(trap.contains("faulty-trap traps"), "{trap}"),

@@ -53,7 +53,11 @@ fn the_header_filter_decides_alike_native_and_as_a_component_on_ten_thousand_mes
     for first in (0..10_000).step_by(64) {
         let mut batch = Vec::new();
         (first..(first + 64).min(10_000)).for_each(|n| varied_head(&mut batch, n));
-        let [wasm, native] = instances.each_mut().map(|instance| instance.filter(&batch).unwrap());
+        let [wasm, native] = instances.each_mut().map(|instance| {
+            let decisions = instance.filter(&batch).unwrap();
+            instance.commit_counts();
+            decisions
+        });
         for (offset, (wasm, native)) in wasm.iter().zip(&native).enumerate() {
             assert_eq!(wasm, native, "message {}", first + offset as u64);
         }
@@ -65,6 +69,7 @@ fn the_header_filter_decides_alike_native_and_as_a_component_on_ten_thousand_mes
     assert!(kept > 1000 && dropped > 1000, "both decisions occur: {kept} kept, {dropped} dropped");
     let counters = |plugin: &CompiledPlugin| plugin.settings.counters();
     assert_eq!(counters(&component), counters(&native), "the counters reach the host alike");
+    assert_eq!(counters(&native).get("kept"), Some(&(kept as u64)));
     // A misconfiguration fails every message alike.
     let keys = [("require_value", "acme")];
     let [wasm, native] = [artifacts::HEADER_FILTER, artifacts::native::HEADER_FILTER]
@@ -74,6 +79,30 @@ fn the_header_filter_decides_alike_native_and_as_a_component_on_ten_thousand_mes
     let [wasm, native] = [wasm, native].map(|mut instance| instance.filter(&batch).unwrap());
     assert_eq!(wasm, native);
     assert!(wasm[0].as_ref().is_err_and(|error| error.to_string().contains("needs `require_header`")));
+}
+
+#[test]
+fn a_filters_counts_count_once_its_answer_is_taken_native_and_as_a_component() {
+    // A call's counts counted as it ran, so a batch whose answer was refused and ran again
+    // counted twice. Now they are held until the answer is taken, and dropped if it never is.
+    let engine = PluginEngine::new(None).unwrap();
+    let mut batch = Vec::new();
+    (0..10).for_each(|n| varied_head(&mut batch, n));
+    for artifact in [artifacts::HEADER_FILTER, artifacts::native::HEADER_FILTER] {
+        let plugin = load(&engine, artifact, &[]);
+        let mut instance = PluginInstance::new(&engine, plugin.clone()).unwrap();
+        instance.filter(&batch).unwrap();
+        assert!(plugin.settings.counters().is_empty(), "{artifact}: counted before its answer was taken");
+        instance.filter(&batch).unwrap();
+        assert!(instance.commit_counts());
+        let counted = plugin.settings.counters();
+        assert_eq!(
+            counted,
+            [("kept".to_owned(), 10)].into(),
+            "{artifact}: the refused call's counts are dropped"
+        );
+        assert!(!instance.commit_counts(), "{artifact}: a commit counts a call once");
+    }
 }
 
 #[test]

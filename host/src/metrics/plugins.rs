@@ -101,10 +101,16 @@ impl Metrics {
         result: &Result<R, PluginFault>,
     ) {
         self.plugin_call(plugin, took);
-        plugin.settings.report_counts(|name| self.plugin_counter(&plugin.name, name));
+        self.plugin_counted(plugin);
         if let Err(fault) = result {
             self.plugin_fault(&plugin.name, LastFault::of(fault, plugin.short_version()));
         }
+    }
+
+    /// Add what `plugin` counted since it was last told here to its counter series: after each
+    /// call, and once the answer of a call whose counts were held was taken.
+    pub(crate) fn plugin_counted(&self, plugin: &CompiledPlugin) {
+        plugin.settings.report_counts(|name| self.plugin_counter(&plugin.name, name));
     }
 
     fn plugin_call(&self, plugin: &CompiledPlugin, took: Duration) {

@@ -176,7 +176,8 @@ impl Worker {
         result
     }
 
-    /// Call `call` on this version's instance; a fault discards the instance.
+    /// Call `call` on this version's instance; a fault discards the instance. An answer is then
+    /// either [taken](Worker::taken) or refused as [faulted](Worker::faulted).
     fn with_instance<R>(
         &mut self,
         plugin: &Arc<CompiledPlugin>,
@@ -185,24 +186,30 @@ impl Worker {
         let started = std::time::Instant::now();
         let result = self.instance(plugin).and_then(call);
         self.metrics.plugin_called(plugin, started.elapsed(), &result);
-        match &result {
-            Err(_) => self.discard(plugin),
-            Ok(_) => self.renew_if_outgrown(plugin),
+        if result.is_err() {
+            self.discard(plugin);
         }
         result
     }
 
-    /// Discard the instance if it has [outgrown](PluginInstance::outgrown) its memory, so that
-    /// the next call starts from a fresh one rather than fail at the cap.
-    fn renew_if_outgrown(&mut self, plugin: &CompiledPlugin) {
-        if self.instances.get(&plugin.name).is_some_and(PluginInstance::outgrown) {
+    /// The last call's answer passed its checks: what the call counted counts now (and reaches
+    /// the metrics before its outputs go on), and an instance that has
+    /// [outgrown](PluginInstance::outgrown) its memory is discarded, so that the next call starts
+    /// from a fresh one rather than fail at the cap.
+    fn taken(&mut self, plugin: &CompiledPlugin) {
+        let Some(instance) = self.instances.get_mut(&plugin.name) else { return };
+        if instance.commit_counts() {
+            self.metrics.plugin_counted(plugin);
+        }
+        if instance.outgrown() {
             self.metrics.plugin_renewed(&plugin.name);
             self.discard(plugin);
         }
     }
 
     /// Count `fault`, found in an answer after the call, keep it as the
-    /// plugin's last, and discard the instance.
+    /// plugin's last, and discard the instance (and with it what the call
+    /// counted: the answer's messages run again).
     fn faulted(&mut self, plugin: &CompiledPlugin, fault: &PluginFault) {
         self.metrics.plugin_fault(&plugin.name, LastFault::of(fault, plugin.short_version()));
         self.discard(plugin);
@@ -222,6 +229,7 @@ impl Worker {
             Ok(decisions) => decisions,
             Err(fault) => return Err((items, fault)),
         };
+        self.taken(plugin);
         Ok(items
             .into_iter()
             .zip(decisions)
@@ -264,6 +272,7 @@ impl Worker {
             self.faulted(plugin, &fault);
             return Err((items, fault));
         }
+        self.taken(plugin);
         // Most inputs make one output: it is kept in place, not in an allocation of its own.
         let mut outputs: Vec<SmallVec<[Message; 1]>> = items.iter().map(|_| SmallVec::new()).collect();
         let mut items = items;
@@ -374,6 +383,9 @@ impl Worker {
                 },
                 action => action,
             };
+            if action.is_ok() {
+                self.taken(plugin);
+            }
             match action {
                 Ok(Ok((false, mut forwarded))) => {
                     forwarded.stand_in_for(&item.message);
@@ -413,6 +425,9 @@ impl Worker {
                 let answer = instance.on_reply(&buffers.0, &buffers.1)?;
                 fault_outside(answer.map(|batch| read_reply(&batch, room)))
             });
+            if answer.is_ok() {
+                self.taken(plugin);
+            }
             reply = match answer {
                 Ok(Ok(message)) => message,
                 Ok(Err(error)) => return Err(self.error_reason(plugin, error)),

@@ -3,6 +3,7 @@
 
 use super::bindings::Level;
 use super::sandbox::PluginSettings;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Characters of a logged error kept to explain a trap.
@@ -90,10 +91,54 @@ impl HostCalls {
         now.map_or(0, |elapsed| elapsed.as_millis() as u64)
     }
 
-    /// Add `delta` to the plugin's counter `name`, within the bounds, and
-    /// keep it for the metrics ([`PluginSettings::report_counts`]).
+    /// Add `delta` to the plugin's counter `name` at once, within the bounds, and keep it for the
+    /// metrics ([`PluginSettings::report_counts`]): a count a native library makes outside any
+    /// call (on a thread of its own). A call's counts wait for its answer ([`CallCounts`]).
     pub(crate) fn count(&self, name: &str, delta: u64) {
-        self.settings.count(name, delta, |names| names < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME);
+        count_in(&self.settings, name, delta);
+    }
+}
+
+/// Add `delta` to counter `name` of `settings`, within the bounds.
+fn count_in(settings: &PluginSettings, name: &str, delta: u64) {
+    settings.count(name, delta, |names| names < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME);
+}
+
+/// What one plugin call counted, held until its caller took the answer: an answer found faulty
+/// after the call (too many outputs, a malformed batch) is refused, and its batch's messages run
+/// again one by one, so what the refused call counted must not count.
+///
+/// A counter committed keeps its entry, zeroed, so that counting it on the next call makes no
+/// `String`; an instance holds at most [`MAX_COUNTERS`] names.
+#[derive(Debug, Default)]
+pub(crate) struct CallCounts(BTreeMap<String, u64>);
+
+impl CallCounts {
+    /// Hold `delta` more of counter `name`, saturating; a name the host would not count (too
+    /// long, or new past [`MAX_COUNTERS`] names) is not held.
+    pub(crate) fn add(&mut self, name: &str, delta: u64) {
+        if let Some(total) = self.0.get_mut(name) {
+            *total = total.saturating_add(delta);
+        } else if self.0.len() < MAX_COUNTERS && name.len() <= MAX_COUNTER_NAME {
+            self.0.insert(name.to_owned(), delta);
+        }
+    }
+
+    /// Count what is held in the counters of `settings` and hold nothing more; whether anything
+    /// was counted.
+    pub(crate) fn commit(&mut self, settings: &PluginSettings) -> bool {
+        let mut counted = false;
+        for (name, total) in self.0.iter_mut().filter(|(_, total)| **total > 0) {
+            count_in(settings, name, std::mem::take(total));
+            counted = true;
+        }
+        counted
+    }
+
+    /// Drop what is held: the answer of the call that counted it was never taken. Its names go
+    /// too, so that the names kept are those the plugin's counters were given.
+    pub(crate) fn forget(&mut self) {
+        self.0.retain(|_, total| *total == 0);
     }
 }
 
@@ -194,6 +239,28 @@ mod tests {
         settings.report_counts(series);
         assert_eq!((kept.get(), *lookups.lock().unwrap()), (8, 2), "forgotten names are looked up again");
         assert_eq!(settings.counters()["kept"], 1, "the totals were forgotten too");
+    }
+
+    #[test]
+    fn a_calls_counts_count_once_committed_and_never_once_forgotten() {
+        let settings = PluginSettings::new(PluginConfig::default()).unwrap();
+        let mut held = CallCounts::default();
+        held.add("refused", 2);
+        held.forget();
+        held.add("taken", 1);
+        held.add("taken", u64::MAX);
+        held.add(&"x".repeat(MAX_COUNTER_NAME + 1), 1);
+        assert!(settings.counters().is_empty(), "nothing counts before the commit");
+        assert!(held.commit(&settings));
+        assert_eq!(settings.counters(), [("taken".to_owned(), u64::MAX)].into());
+        assert!(!held.commit(&settings), "a commit counts what was held once");
+        assert_eq!(
+            held.0.keys().collect::<Vec<_>>(),
+            ["taken"],
+            "a committed name is kept, a forgotten one not"
+        );
+        (0..MAX_COUNTERS * 2).for_each(|n| held.add(&format!("c{n}"), 1));
+        assert_eq!(held.0.len(), MAX_COUNTERS);
     }
 
     #[test]

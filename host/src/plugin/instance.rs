@@ -8,6 +8,7 @@ use super::bindings::{
 use super::compiled::{CompiledPlugin, KindPre, PluginCode, PluginKind};
 use super::engine::PluginEngine;
 use super::error::{PluginError, PluginFault};
+use super::host_calls::CallCounts;
 use super::net_grant::NetGrant;
 use super::sandbox::StoreState;
 use super::ticker::CallMark;
@@ -18,8 +19,15 @@ use wasmtime::{Store, Trap};
 
 /// How calls reach the plugin's code.
 enum Backend {
-    Wasm { exports: Exports, guard: CallGuard },
-    Native(super::native::NativeLibrary),
+    Wasm {
+        exports: Exports,
+        guard: CallGuard,
+    },
+    /// A native library, and what its current call counted (a component's store holds that).
+    Native {
+        library: super::native::NativeLibrary,
+        counts: CallCounts,
+    },
 }
 
 pub(super) enum Exports {
@@ -125,7 +133,9 @@ impl PluginInstance {
     ) -> Result<PluginInstance, StartFailure> {
         let backend = match &plugin.code {
             PluginCode::Wasm(pre) => Self::instantiate(engine, &plugin, pre, state)?,
-            PluginCode::Native(library) => Backend::Native(*library),
+            PluginCode::Native(library) => {
+                Backend::Native { library: *library, counts: CallCounts::default() }
+            }
         };
         plugin.instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(PluginInstance { plugin, backend })
@@ -185,72 +195,78 @@ impl PluginInstance {
         version.map(Some)
     }
 
-    /// Run a filter over a heads-only batch: one decision per message.
+    /// Run a filter over a heads-only batch: one decision per message. What it counted is held
+    /// until [`commit_counts`](Self::commit_counts).
     pub fn filter(&mut self, batch: &Vec<u8>) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
         let (exports, guard) = match &mut self.backend {
-            Backend::Native(library) if library.kind() == PluginKind::Filter => return library.filter(batch),
+            Backend::Native { library, counts } if library.kind() == PluginKind::Filter => {
+                return library.filter(batch, counts);
+            }
             Backend::Wasm { exports: Exports::Filter(filter), guard } => (filter, guard),
             _ => return Err(self.not_a(PluginKind::Filter)),
         };
         let filter = exports.switchyard_plugin_filter();
-        let answer = guard.call(|store| filter.call_filter(store, batch))?;
-        let host = &guard.store.data().host;
+        let answer = guard.call_held(|store| filter.call_filter(store, batch))?;
+        let counts = guard.store.data_mut().call_counts.get_mut();
         let decisions =
-            switchyard_wire::decisions::read_decisions(&answer, |name, delta| host.count(name, delta))
+            switchyard_wire::decisions::read_decisions(&answer, |name, delta| counts.add(name, delta))
                 .map_err(super::native::malformed)?;
         Ok(decisions.into_iter().map(super::native::decision).collect())
     }
 
-    /// Run a transform over a batch of full messages.
+    /// Run a transform over a batch of full messages. What it counted is held until
+    /// [`commit_counts`](Self::commit_counts).
     pub fn transform(&mut self, batch: &Vec<u8>) -> Result<Transformed, PluginFault> {
         let (exports, guard) = match &mut self.backend {
-            Backend::Native(library) if library.kind() == PluginKind::Transform => {
-                return library.transform(batch);
+            Backend::Native { library, counts } if library.kind() == PluginKind::Transform => {
+                return library.transform(batch, counts);
             }
             Backend::Wasm { exports: Exports::Transform(transform), guard } => (transform, guard),
             _ => return Err(self.not_a(PluginKind::Transform)),
         };
         let transform = exports.switchyard_plugin_transform();
-        let out = guard.call(|store| transform.call_transform(store, batch))?;
+        let out = guard.call_held(|store| transform.call_transform(store, batch))?;
         let errors = out.errors.into_iter().map(|(index, error)| (index, error.into())).collect();
         Ok(Transformed { messages: out.messages, errors })
     }
 
-    /// Run a middleware on a request (a one-message batch).
+    /// Run a middleware on a request (a one-message batch). What it counted is held until
+    /// [`commit_counts`](Self::commit_counts).
     pub fn on_request(
         &mut self,
         request: &Vec<u8>,
     ) -> Result<Result<MiddlewareAction, PluginError>, PluginFault> {
         let (exports, guard) = match &mut self.backend {
-            Backend::Native(library) if library.kind() == PluginKind::Middleware => {
-                return library.on_request(request);
+            Backend::Native { library, counts } if library.kind() == PluginKind::Middleware => {
+                return library.on_request(request, counts);
             }
             Backend::Wasm { exports: Exports::Middleware(middleware), guard } => (middleware, guard),
             _ => return Err(self.not_a(PluginKind::Middleware)),
         };
         let middleware = exports.switchyard_plugin_middleware();
-        let action = guard.call(|store| middleware.call_on_request(store, request))?;
+        let action = guard.call_held(|store| middleware.call_on_request(store, request))?;
         Ok(action.map_err(PluginError::from).map(|action| match action {
             Action::Forward(batch) => MiddlewareAction::Forward(batch),
             Action::Respond(batch) => MiddlewareAction::Respond(batch),
         }))
     }
 
-    /// Run a middleware on a reply; returns the reply to pass on.
+    /// Run a middleware on a reply; returns the reply to pass on. What it counted is held until
+    /// [`commit_counts`](Self::commit_counts).
     pub fn on_reply(
         &mut self,
         request: &Vec<u8>,
         reply: &Vec<u8>,
     ) -> Result<Result<Vec<u8>, PluginError>, PluginFault> {
         let (exports, guard) = match &mut self.backend {
-            Backend::Native(library) if library.kind() == PluginKind::Middleware => {
-                return library.on_reply(request, reply);
+            Backend::Native { library, counts } if library.kind() == PluginKind::Middleware => {
+                return library.on_reply(request, reply, counts);
             }
             Backend::Wasm { exports: Exports::Middleware(middleware), guard } => (middleware, guard),
             _ => return Err(self.not_a(PluginKind::Middleware)),
         };
         let middleware = exports.switchyard_plugin_middleware();
-        let reply = guard.call(|store| middleware.call_on_reply(store, request, reply))?;
+        let reply = guard.call_held(|store| middleware.call_on_reply(store, request, reply))?;
         Ok(reply.map_err(PluginError::from))
     }
 
@@ -259,14 +275,27 @@ impl PluginInstance {
     /// unhealthy endpoint is the caller's to refuse.
     pub fn pick(&mut self, head: &Vec<u8>, endpoints: &[EndpointRecord]) -> Result<Option<u32>, PluginFault> {
         let (exports, guard) = match &mut self.backend {
-            Backend::Native(library) if library.kind() == PluginKind::Balancer => {
-                return library.pick(head, endpoints);
+            Backend::Native { library, counts } if library.kind() == PluginKind::Balancer => {
+                let picked = library.pick(head, endpoints, counts)?;
+                counts.commit(&self.plugin.settings);
+                return Ok(picked);
             }
             Backend::Wasm { exports: Exports::Balancer(balancer), guard } => (balancer, guard),
             _ => return Err(self.not_a(PluginKind::Balancer)),
         };
         let balancer = exports.switchyard_plugin_balancer();
         guard.call(|store| balancer.call_pick(store, head, endpoints))
+    }
+
+    /// Count what the last call of a filter, transform or middleware counted, once its caller
+    /// took the answer; whether there was anything. Until then it is held, and the next call, or
+    /// the instance's end, drops it: a caller that refuses an answer runs its batch's messages
+    /// again, and they must count once.
+    pub fn commit_counts(&mut self) -> bool {
+        match &mut self.backend {
+            Backend::Wasm { guard, .. } => guard.commit_counts(),
+            Backend::Native { counts, .. } => counts.commit(&self.plugin.settings),
+        }
     }
 
     /// Whether the instance's memory has filled three quarters of the room its cap left it when
@@ -278,7 +307,7 @@ impl PluginInstance {
     pub fn outgrown(&self) -> bool {
         match &self.backend {
             Backend::Wasm { guard, .. } => guard.store.data().memory().0 > guard.outgrown_at,
-            Backend::Native(_) => false,
+            Backend::Native { .. } => false,
         }
     }
 
@@ -288,7 +317,7 @@ impl PluginInstance {
     pub(crate) fn open_sockets(&self) -> usize {
         match &self.backend {
             Backend::Wasm { guard, .. } => guard.store.data().open_sockets,
-            Backend::Native(_) => 0,
+            Backend::Native { .. } => 0,
         }
     }
 
@@ -296,7 +325,7 @@ impl PluginInstance {
     pub(super) fn wasm(&mut self) -> Option<(&Exports, &mut CallGuard)> {
         match &mut self.backend {
             Backend::Wasm { exports, guard } => Some((exports, guard)),
-            Backend::Native(_) => None,
+            Backend::Native { .. } => None,
         }
     }
 
@@ -312,6 +341,7 @@ impl CallGuard {
         self.call(|store| pre.instantiate(store)).map_err(StartFailure::Fault)
     }
 
+    /// Run `call` under the plugin's deadline; what it counted counts if it returns.
     fn call<R>(
         &mut self,
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
@@ -321,14 +351,41 @@ impl CallGuard {
 
     /// Run `call` under a deadline of `timeout` from now rather than the
     /// plugin's own (a transport call is bounded by its destination's
-    /// per-attempt deadline).
+    /// per-attempt deadline); what it counted counts if it returns.
     pub(super) fn call_within<R>(
+        &mut self,
+        timeout: std::time::Duration,
+        call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
+        let answer = self.held_within(timeout, call)?;
+        self.commit_counts();
+        Ok(answer)
+    }
+
+    /// Run `call` under the plugin's deadline, holding what it counted for
+    /// [`commit_counts`](Self::commit_counts): its answer has yet to be checked.
+    fn call_held<R>(
+        &mut self,
+        call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
+        self.held_within(self.timeout, call)
+    }
+
+    /// Count what the last call held; whether there was anything.
+    fn commit_counts(&mut self) -> bool {
+        let state = self.store.data_mut();
+        state.call_counts.get_mut().commit(&state.settings)
+    }
+
+    fn held_within<R>(
         &mut self,
         timeout: std::time::Duration,
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
         self.store.set_epoch_deadline(PluginEngine::deadline_ticks(timeout));
         let state = self.store.data_mut();
+        // What an earlier call held was never taken.
+        state.call_counts.get_mut().forget();
         state.host.last_error_logged = None;
         // What an earlier call ran into says nothing of this one: a plugin may survive a refused
         // grow (it asked with `try_reserve`), and its next trap must not be taken for the cap's.

@@ -3,10 +3,11 @@
 
 use super::bindings::{HOST_INTERFACE, Level, TypesImports, add_types_imports};
 use super::error::LoadError;
-use super::host_calls::HostCalls;
+use super::host_calls::{CallCounts, HostCalls};
 use super::net_grant::NetGrant;
 use crate::config::PluginConfig;
 use prometheus_client::metrics::counter::Counter;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use wasmtime::StoreContextMut;
@@ -167,6 +168,9 @@ pub struct StoreState {
     pub(crate) waited_past_deadline: bool,
     /// The `host` interface: log, config, clock, counters.
     pub(crate) host: HostCalls,
+    /// What the current call counted, held until its answer is taken. In a cell: `host.count`
+    /// holds a count while it reads the counter's name in the guest's memory.
+    pub(crate) call_counts: RefCell<CallCounts>,
 }
 
 impl StoreState {
@@ -190,6 +194,7 @@ impl StoreState {
             memory_in_use: 0,
             open_sockets: 0,
             host: HostCalls::new(settings.clone()),
+            call_counts: RefCell::default(),
             settings,
             hit_memory_cap: false,
             call_deadline: None,
@@ -312,7 +317,7 @@ pub(crate) fn add_host_imports(linker: &mut Linker<StoreState>) -> wasmtime::Res
     })?;
     host.func_wrap("count", |store: StoreContextMut<'_, StoreState>, (name, delta): (WasmStr, u64)| {
         let name = name.to_str(&store)?;
-        store.data().host.count(&name, delta);
+        store.data().call_counts.borrow_mut().add(&name, delta);
         Ok(())
     })?;
     add_types_imports(linker)

@@ -8,7 +8,8 @@
 //! pointer read from it valid for the rest of the process.
 
 use super::super::bindings::Level;
-use super::super::host_calls::HostCalls;
+use super::super::host_calls::{CallCounts, HostCalls};
+use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_void};
 use std::path::Path;
 use std::sync::Mutex;
@@ -25,6 +26,13 @@ pub(super) struct Export(CallFn);
 /// What the library's host functions answer: the plugin's [`HostCalls`],
 /// shared by every thread that calls into the library.
 pub(super) struct HostContext(pub(super) Mutex<HostCalls>);
+
+thread_local! {
+    /// What the export running on this thread counted, held for its caller ([`Export::call`]):
+    /// the host context is the library's, shared by all its callers, while a call's counts are
+    /// its own until its answer is taken.
+    static CALL_COUNTS: RefCell<Option<CallCounts>> = const { RefCell::new(None) };
+}
 
 impl Library {
     /// Open the library at `path` (running its initialisers: trusted code
@@ -100,15 +108,17 @@ impl Library {
 
 impl Export {
     /// Call the export with `inputs`: its answer, or the text of the panic
-    /// it caught.
-    pub(super) fn call(&self, given: &[&[u8]]) -> Result<Vec<u8>, String> {
+    /// it caught. What it counts meanwhile is added to `counts`.
+    pub(super) fn call(&self, given: &[&[u8]], counts: &mut CallCounts) -> Result<Vec<u8>, String> {
         let inputs: [Input; 2] = [0, 1].map(|at| Input::of(given.get(at).copied().unwrap_or_default()));
         let count = given.len().min(inputs.len());
         let mut answer = Vec::new();
         let sink = Sink { target: (&raw mut answer).cast(), write: append };
+        CALL_COUNTS.set(Some(std::mem::take(counts)));
         // SAFETY: the inputs borrow live slices and the sink a live `Vec` for
         // the call, as `CallFn` requires; the plugin catches its panics.
         let status = unsafe { (self.0)(inputs.as_ptr(), count, &sink) };
+        *counts = CALL_COUNTS.take().unwrap_or_default();
         match status {
             abi::ANSWERED => Ok(answer),
             _ => Err(String::from_utf8_lossy(&answer).into_owned()),
@@ -174,5 +184,10 @@ unsafe extern "C" fn host_now_millis(_: *const c_void) -> u64 {
 unsafe extern "C" fn host_count(host: *const c_void, ptr: *const u8, len: usize, delta: u64) {
     // SAFETY: the library passes back the context it was given, and a name.
     let (host, name) = unsafe { (context(host), text(ptr, len)) };
-    calls(host).count(&name, delta);
+    // Held for the call running on this thread; counted at once when none is (a thread of the
+    // library's own).
+    let held = CALL_COUNTS.with_borrow_mut(|held| held.as_mut().map(|held| held.add(&name, delta)));
+    if held.is_none() {
+        calls(host).count(&name, delta);
+    }
 }

@@ -14,7 +14,7 @@ mod ffi;
 use super::bindings::EndpointRecord;
 use super::compiled::PluginKind;
 use super::error::{NativeRefusal, PluginError, PluginFault};
-use super::host_calls::HostCalls;
+use super::host_calls::{CallCounts, HostCalls};
 use super::instance::{MiddlewareAction, Transformed};
 use super::sandbox::PluginSettings;
 use crate::bounded_text::error_text;
@@ -117,25 +117,36 @@ impl NativeLibrary {
         self.kind
     }
 
-    /// Call the export (`second` for a middleware's `on_reply`) with `inputs`. A panic's text
+    /// Call the export (`second` for a middleware's `on_reply`) with `inputs`, holding what it
+    /// counts in `counts` (in place of what an earlier call held, never taken). A panic's text
     /// is kept as a plugin's error text is ([`error_text`]), as a component's trap keeps the
     /// line it logged.
-    fn call(&self, second: bool, inputs: &[&[u8]]) -> Result<Vec<u8>, PluginFault> {
+    fn call(&self, second: bool, inputs: &[&[u8]], counts: &mut CallCounts) -> Result<Vec<u8>, PluginFault> {
         let export = if second { self.second } else { Some(self.first) };
         let export = export.ok_or_else(|| PluginFault::Unusable("the library lacks the export".into()))?;
-        export.call(inputs).map_err(|panic| PluginFault::Trapped(format!("panicked: {}", error_text(&panic))))
+        counts.forget();
+        let answer = export.call(inputs, counts);
+        answer.map_err(|panic| PluginFault::Trapped(format!("panicked: {}", error_text(&panic))))
     }
 
     /// Run a filter over a heads-only batch: one decision per message.
-    pub(crate) fn filter(&self, batch: &[u8]) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
-        let answer = self.call(false, &[batch])?;
+    pub(crate) fn filter(
+        &self,
+        batch: &[u8],
+        counts: &mut CallCounts,
+    ) -> Result<Vec<Result<Verdict, PluginError>>, PluginFault> {
+        let answer = self.call(false, &[batch], counts)?;
         let decisions = abi::read_decisions(&answer).map_err(malformed)?;
         Ok(decisions.into_iter().map(decision).collect())
     }
 
     /// Run a transform over a batch of full messages.
-    pub(crate) fn transform(&self, batch: &[u8]) -> Result<Transformed, PluginFault> {
-        let mut messages = self.call(false, &[batch])?;
+    pub(crate) fn transform(
+        &self,
+        batch: &[u8],
+        counts: &mut CallCounts,
+    ) -> Result<Transformed, PluginFault> {
+        let mut messages = self.call(false, &[batch], counts)?;
         let errors = abi::read_transform_errors(&mut messages).map_err(malformed)?;
         let errors = errors.into_iter().map(|(index, failure)| (index, plugin_error(failure))).collect();
         Ok(Transformed { messages, errors })
@@ -145,8 +156,9 @@ impl NativeLibrary {
     pub(crate) fn on_request(
         &self,
         request: &[u8],
+        counts: &mut CallCounts,
     ) -> Result<Result<MiddlewareAction, PluginError>, PluginFault> {
-        let answer = self.call(false, &[request])?;
+        let answer = self.call(false, &[request], counts)?;
         let action = abi::read_action(&answer).map_err(malformed)?;
         Ok(action.map_err(plugin_error).map(|(kind, batch)| match kind {
             ActionKind::Forward => MiddlewareAction::Forward(batch),
@@ -159,13 +171,19 @@ impl NativeLibrary {
         &self,
         request: &[u8],
         reply: &[u8],
+        counts: &mut CallCounts,
     ) -> Result<Result<Vec<u8>, PluginError>, PluginFault> {
-        let answer = self.call(true, &[request, reply])?;
+        let answer = self.call(true, &[request, reply], counts)?;
         Ok(abi::read_reply(&answer).map_err(malformed)?.map_err(plugin_error))
     }
 
     /// Ask a balancer to pick one of `endpoints` for `head`.
-    pub(crate) fn pick(&self, head: &[u8], endpoints: &[EndpointRecord]) -> Result<Option<u32>, PluginFault> {
+    pub(crate) fn pick(
+        &self,
+        head: &[u8],
+        endpoints: &[EndpointRecord],
+        counts: &mut CallCounts,
+    ) -> Result<Option<u32>, PluginFault> {
         let mut encoded = Vec::new();
         for endpoint in endpoints {
             let view = EndpointView {
@@ -178,7 +196,7 @@ impl NativeLibrary {
             };
             abi::write_endpoint(&mut encoded, &view);
         }
-        let answer = self.call(false, &[head, &encoded])?;
+        let answer = self.call(false, &[head, &encoded], counts)?;
         abi::read_pick(&answer).map_err(malformed)
     }
 }
