@@ -473,6 +473,30 @@ fn plugin_call_fails_on_an_answer_the_host_would_dead_letter_naming_the_fault() 
 }
 
 #[test]
+fn plugin_call_fails_on_a_transport_reply_the_host_would_refuse_as_the_host_does() {
+    // It printed every message of a reply (the host took the first), failed on bytes past the
+    // first with a decoding error (the host ignored them), and printed a reply past the size the
+    // host takes.
+    let call = |shape: &str| {
+        let message = format!(r#"{{"topic":"jobs","headers":{{"x-reply":"{shape}"}},"payload":"x"}}"#);
+        let args = ["plugin", "call", artifacts::FAULTY_TRANSPORT_REPLY, "--address", "127.0.0.1:9"];
+        switchyard(&[&args[..], &["--message", &message]].concat())
+    };
+    let refused = "the host would refuse this reply, its message delivered: ";
+    for shape in ["two", "trailing"] {
+        let (ok, out) = call(shape);
+        let problem = "the plugin's reply is malformed: expected exactly one message";
+        assert!(!ok && out.contains(&format!("{refused}{problem}")), "{shape}: {out}");
+    }
+    let (ok, out) = call("big");
+    assert!(!ok && out.contains(refused) && out.contains(" bytes: more than 1048576 bytes"), "{out}");
+    let (ok, out) = call("once");
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["answer"]["reply"][0]["payload"], "x", "{answer}");
+}
+
+#[test]
 fn plugin_call_sends_through_a_transport_plugin_to_the_address_given_and_prints_the_reply() {
     let redis = RedisServer::start();
     let address = redis.addr.to_string();

@@ -301,7 +301,7 @@ pub use crate::faulty::{
 pub use crate::language_plugins::{js_filter, js_transform, python_filter, python_transform};
 pub use crate::native_plugins::{native_abi_mismatch, native_constructor};
 pub use crate::reload::stamp_transform;
-pub use crate::wasm_transport::{echo_transport, faulty_transport, redis_transport};
+pub use crate::wasm_transport::{echo_transport, faulty_transport, faulty_transport_reply, redis_transport};
 pub use crate::wire_format::{faulty_format_v0, faulty_format_v2};
 
 /// Replies waiting for room in the reply middleware's queue when a shutdown's grace period ends are

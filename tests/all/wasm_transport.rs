@@ -249,6 +249,32 @@ pub async fn faulty_transport() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub async fn faulty_transport_reply() {
+    // A reply of two messages, or of one and bytes that are none, was taken for its first message
+    // and the rest dropped unread, though the WIT says a reply is a one-message batch (and
+    // `switchyard plugin call` printed both, or failed on the bytes).
+    let plugin = Loaded::new("faulty", artifacts::FAULTY_TRANSPORT_REPLY, &[]);
+    // The plugin reaches no endpoint: the address is only where it would send.
+    let endpoint = "127.0.0.1:9".to_owned();
+    let transport = plugin.transport_to(std::slice::from_ref(&endpoint), 1, TIMEOUT);
+    let reply = within(transport.attempt(&endpoint, &Message::new("jobs", "fine"))).await;
+    assert_eq!(reply.unwrap().unwrap().payload, "fine");
+    for shape in ["two", "trailing"] {
+        let message = Message::new("jobs", "x").with_header("x-reply", shape);
+        let (outcome, error) = within(transport.attempt(&endpoint, &message)).await.unwrap_err();
+        let expected = "the plugin's reply is malformed: expected exactly one message";
+        assert_eq!((outcome, error.as_str()), (Outcome::ReplyRefused, expected), "{shape}");
+    }
+    let big = Message::new("jobs", "x").with_header("x-reply", "big");
+    let (outcome, error) = within(transport.attempt(&endpoint, &big)).await.unwrap_err();
+    assert_eq!(outcome, Outcome::ReplyRefused);
+    assert!(
+        error.starts_with("a reply of ") && error.ends_with(" bytes: more than 1048576 bytes"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transport_blocked_in_a_stream_read_is_cut_at_its_deadline_and_its_lane_serves_again() {
     // The echo server answers only what it is sent: a read before any write waits for good.
     let (server, _) = echo_server().await;

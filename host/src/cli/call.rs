@@ -12,6 +12,7 @@ use switchyard::plugin::{
     CompiledPlugin, MiddlewareAction, NetGrant, PluginEngine, PluginFault, PluginFormat, PluginInstance,
     PluginKind, check_decisions, check_transformed, load_file, plugin_name, read_forward, read_reply,
 };
+use switchyard::transport::plugin::read_transport_reply;
 use switchyard_wire::{Head, Payload, decode, write_message};
 
 /// The `--message` (and `--reply`) argument.
@@ -141,21 +142,28 @@ fn refusal(plugin: &CompiledPlugin, fault: PluginFault, outcome: &str) -> anyhow
     anyhow!("the host would {outcome} ({}): {reason}", reason.code())
 }
 
-/// Open a connection to `address`, send `batch` on it, close it: the reply,
-/// or the plugin's error (each call within the plugin's own deadline).
+/// Open a connection to `address`, send `batch` on it, close it: the reply, read as the host reads
+/// it at the host's default limits, or the plugin's error (each call within the plugin's own
+/// deadline).
 fn send(instance: &mut PluginInstance, address: &str, batch: &Vec<u8>) -> anyhow::Result<Value> {
     let timeout = instance.plugin.settings.timeout();
     let connection = match instance.open_connection(address, timeout)? {
         Ok(connection) => connection,
         Err(error) => return Ok(json!({ "error": format!("open {address}: {error}") })),
     };
+    let max_reply_bytes = switchyard::config::HostSection::default().max_message_bytes;
     let answer = match instance.send_on(&connection, batch, timeout)? {
-        Ok(Some(reply)) => json!({ "reply": messages_json(&reply)? }),
-        Ok(None) => json!({ "reply": null }),
-        Err(error) => json!({ "error": error.to_string() }),
+        Ok(Some(reply)) => match read_transport_reply(&reply, max_reply_bytes) {
+            Ok(_) => messages_json(&reply).map(|reply| json!({ "reply": reply })),
+            Err((_, problem)) => {
+                Err(anyhow!("the host would refuse this reply, its message delivered: {problem}"))
+            }
+        },
+        Ok(None) => Ok(json!({ "reply": null })),
+        Err(error) => Ok(json!({ "error": error.to_string() })),
     };
     instance.close_connection(connection)?;
-    Ok(answer)
+    answer
 }
 
 /// The messages of `batch` as JSON, with their priority; a payload that is not UTF-8 as

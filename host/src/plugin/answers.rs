@@ -43,7 +43,7 @@ pub fn check_transformed<'m>(
 /// Read the request a middleware forwards (`batch`): one whole message, within the limits on a
 /// message a plugin makes.
 pub fn read_forward(batch: &[u8], max_message_bytes: usize) -> Result<Message, PluginFault> {
-    let forwarded = read_one(batch)?;
+    let forwarded = read_one(batch).map_err(PluginFault::Malformed)?;
     check_made_message(&forwarded, max_message_bytes)?;
     Ok(forwarded)
 }
@@ -51,21 +51,20 @@ pub fn read_forward(batch: &[u8], max_message_bytes: usize) -> Result<Message, P
 /// Read a reply a middleware made (`batch`), its own answer to a request or the reply it passes
 /// back: one whole message, within the limits on a reply, its size within `room`.
 pub fn read_reply(batch: &[u8], room: usize) -> Result<Message, PluginFault> {
-    let reply = read_one(batch)?;
+    let reply = read_one(batch).map_err(PluginFault::Malformed)?;
     check_made_reply(&reply, room)?;
     Ok(reply)
 }
 
-/// The one message of `batch`, with its payload.
-fn read_one(batch: &[u8]) -> Result<Message, PluginFault> {
+/// The one message of `batch`, with its payload (a middleware's answer, a transport's reply: a
+/// one-message batch, as the WIT says); else what is wrong with it.
+pub(crate) fn read_one(batch: &[u8]) -> Result<Message, String> {
     let mut messages = switchyard_wire::decode(batch);
     match (messages.next(), messages.next()) {
-        (Some(Ok(message)), None) if message.payload.is_none() => {
-            Err(PluginFault::Malformed("a message without its payload".into()))
-        }
+        (Some(Ok(message)), None) if message.payload.is_none() => Err("a message without its payload".into()),
         (Some(Ok(message)), None) => Ok(Message::from_wire(&message)),
-        (Some(Err(err)), _) => Err(PluginFault::Malformed(err.to_string())),
-        _ => Err(PluginFault::Malformed("expected exactly one message".into())),
+        (Some(Err(err)), _) => Err(err.to_string()),
+        _ => Err("expected exactly one message".into()),
     }
 }
 

@@ -21,6 +21,7 @@ mod socket_cap;
 mod ticker;
 mod transport;
 
+pub(crate) use answers::read_one;
 pub use answers::{check_decisions, check_transformed, read_forward, read_reply};
 pub use bindings::EndpointRecord;
 pub use cache::CacheOutcome;

@@ -69,12 +69,18 @@ pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Sen
 /// `host.max_message_bytes` counts them): then the endpoint took the message, and only its reply is
 /// refused.
 fn reply_within(reply: Option<Message>, max_reply_bytes: usize) -> AttemptResult {
-    match reply {
-        Some(reply) if reply.size() > max_reply_bytes => {
-            let problem = format!("a reply of {} bytes: more than {max_reply_bytes} bytes", reply.size());
-            Err((Outcome::ReplyRefused, problem))
-        }
-        reply => Ok(reply),
+    reply.iter().try_for_each(|reply| check_reply_size(reply, max_reply_bytes))?;
+    Ok(reply)
+}
+
+/// Refuse `reply` if it is past `max_reply_bytes`, as [`reply_within`] does.
+fn check_reply_size(reply: &Message, max_reply_bytes: usize) -> Result<(), (Outcome, String)> {
+    match reply.size() {
+        size if size > max_reply_bytes => Err((
+            Outcome::ReplyRefused,
+            format!("a reply of {size} bytes: more than {max_reply_bytes} bytes"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -39,13 +39,13 @@ mod lane;
 pub use factory::{DEFAULT_LANES, PluginOptions, PluginTransportFactory};
 
 use super::{
-    AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport, reply_within,
+    AttemptFuture, AttemptResult, PoolConfig, PoolStats, Pools, ProbeFuture, Transport, check_reply_size,
 };
 use crate::config::HealthSettings;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::plugin::{
-    CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginKind, PluginRegistry, PluginSet,
+    CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginKind, PluginRegistry, PluginSet, read_one,
 };
 use crate::resilience::{FatalReason, Outcome, RetryReason};
 use arc_swap::ArcSwapOption;
@@ -181,23 +181,11 @@ impl PluginTransport {
             }
         };
         drop(lanes);
-        let reply = match reply {
-            None => None,
-            Some(batch) => {
-                let mut messages = switchyard_wire::decode(&batch);
-                let decoded = messages.next().and_then(Result::ok).filter(|reply| reply.payload.is_some());
-                let decoded = decoded.map(|reply| Message::from_wire(&reply));
-                // The endpoint took the message: sending it again could do it twice.
-                Some(decoded.ok_or_else(|| {
-                    (
-                        Outcome::ReplyRefused,
-                        "the plugin's reply is not a wire message with its payload".to_owned(),
-                    )
-                })?)
-            }
-        };
+        // A refused reply leaves the connection out of the pool: the exchange was not a good one.
+        let reply =
+            reply.map(|batch| read_transport_reply(&batch, self.config.max_reply_bytes)).transpose()?;
         connection.release();
-        reply_within(reply, self.config.max_reply_bytes)
+        Ok(reply)
     }
 
     /// The plugin's own probe of `address`, on a lane, within `health.timeout_ms`.
@@ -285,6 +273,18 @@ impl PluginTransport {
         }
         Ok(Lanes { plugin, by_endpoint })
     }
+}
+
+/// Read a transport plugin's reply (`batch`) as the host takes it: exactly one whole message (the
+/// WIT's one-message batch) of at most `max_reply_bytes`, as every transport's reply; else the
+/// attempt's error. The endpoint took the message either way: only the reply is refused, and the
+/// message is not sent again (it could be done twice). `switchyard plugin call` reads a reply with
+/// it too.
+pub fn read_transport_reply(batch: &[u8], max_reply_bytes: usize) -> Result<Message, (Outcome, String)> {
+    let malformed = |problem| (Outcome::ReplyRefused, format!("the plugin's reply is malformed: {problem}"));
+    let reply = read_one(batch).map_err(malformed)?;
+    check_reply_size(&reply, max_reply_bytes)?;
+    Ok(reply)
 }
 
 /// How an attempt fails on the plugin's own error: `retryable` is retried,
