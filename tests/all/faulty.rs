@@ -1,7 +1,9 @@
 //! Misbehaving plugins: each is isolated with its specific error, its message
 //! is dead-lettered with that reason, and the host keeps serving.
 
-use crate::support::{MEMORY_OUT, builder, drain_and_account, host, mkfifo, next, plugin_dir};
+use crate::support::{
+    MEMORY_OUT, builder, drain_and_account, host, mkfifo, next, open_descriptors, plugin_dir,
+};
 use switchyard::{Host, LoadError, Message};
 use switchyard_plugin_artifacts as artifacts;
 
@@ -164,6 +166,26 @@ pub async fn fs_probe() {
     assert_eq!(next(&host.memory("out").unwrap()).await.id, id);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 2, 1));
+}
+
+/// Each file a plugin opens under its grant is a descriptor of the host's: one instance keeping
+/// 1000 open took most of a 1024 soft limit (ingress accepts, spool and dead-letter writes then
+/// fail). An instance holds at most 128 open; the next open is refused and the host keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_keeps_opening_files_is_refused_past_its_cap_and_keeps_few_open() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), "regular").unwrap();
+    let (_dir, host) = host_with_fs_probe(data.path(), "ro").await;
+    let before = open_descriptors();
+    let hoarding = fs_probe_open("x-open", "/data/file").with_header("x-hold", "1000");
+    let reason = fs_probe_rejection(&host, hoarding).await;
+    assert!(reason.ends_with("/data/file: I/O error (os error 29) (128 held)"), "{reason}");
+    let kept = open_descriptors().saturating_sub(before);
+    assert!(kept < 1000, "the instance keeps {kept} more descriptors open");
+    let id = host.send(Message::new("safe", "still serving")).await.unwrap();
+    assert_eq!(next(&host.memory("out").unwrap()).await.id, id);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (2, 1, 1));
 }
 
 /// What the grant refuses it never opens: opening a FIFO, a socket or a device can act (a tape

@@ -3,7 +3,7 @@
 //! faulty transport cut at its deadline and denied addresses outside its
 //! endpoints. These drive `PluginTransport` itself, as a destination does.
 
-use crate::support::{RedisServer, echo_server, eventually, within};
+use crate::support::{RedisServer, echo_server, eventually, open_descriptors, within};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -291,11 +291,6 @@ async fn a_transport_blocked_in_a_stream_read_is_cut_at_its_deadline_and_its_lan
     let fine = Message::new("jobs", "fine");
     let reply = within(transport.attempt(&server.to_string(), &fine)).await;
     assert_eq!(reply.unwrap().unwrap().payload, "fine", "the lane serves again");
-}
-
-/// File descriptors the test process (and the host in it) has open.
-fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

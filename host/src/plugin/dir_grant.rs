@@ -23,6 +23,16 @@
 //! wasmtime-wasi would resolve the path step by step; where there is no
 //! procfs at `/proc`, every open of a file that exists is refused
 //! `unsupported`: nothing is opened blocking or unlooked at.
+//!
+//! Every file or directory opened is a file descriptor of the host's: an
+//! instance holds at most [`MAX_OPEN_FILES`] open at once, as it holds at most
+//! [`super::socket_cap::MAX_SOCKETS`] sockets, so that a plugin keeping what it
+//! opens cannot take the host's descriptors (its ingress accepts, spool and
+//! dead-letter writes failing). One more open is answered as the host's own
+//! full descriptor table would answer it (`EMFILE`: `io`). An opened file is
+//! held until its last holder is dropped: its descriptor, or a stream read
+//! from or written to it, which outlives the descriptor (wasmtime-wasi does not
+//! tie them), so that is what is counted.
 
 use super::deadline::{FILESYSTEM, until};
 use super::sandbox::StoreState;
@@ -31,6 +41,7 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::path::DecInt;
 use std::fs::File;
+use std::sync::Arc;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::OpenMode;
@@ -42,31 +53,55 @@ use wasmtime_wasi::runtime::spawn_blocking;
 /// end of the path, the path, how to open and what for.
 type OpenAtArgs = (Resource<Descriptor>, PathFlags, String, OpenFlags, DescriptorFlags);
 
+/// Files and directories one plugin instance may hold open at once through
+/// its `dirs` grants, each a file descriptor of the host's: as many as sockets.
+pub const MAX_OPEN_FILES: usize = 128;
+
 /// Shadow `descriptor.open-at` with a version that opens only regular files
-/// and directories, never anything else, never waits to open one, and waits
-/// for the mount at most until the call's deadline.
+/// and directories, never anything else, never waits to open one, waits
+/// for the mount at most until the call's deadline, and keeps the instance
+/// within [`MAX_OPEN_FILES`].
 pub(crate) fn open_only_files_and_dirs(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     linker.instance(FILESYSTEM)?.func_wrap(
         "[method]descriptor.open-at",
-        |mut store: StoreContextMut<'_, StoreState>,
-         (dir, path_flags, path, open_flags, flags): OpenAtArgs| {
-            let state = store.data_mut();
-            let Descriptor::Dir(dir) = state.table().get(&dir)? else {
-                return Ok((Err(ErrorCode::NotDirectory),));
-            };
-            // The thread's own: it may outlive the call, which then ends at the deadline.
-            let dir = dir.clone();
-            let opening = spawn_blocking(move || open_at(&dir, path_flags, &path, open_flags, flags));
-            let opened = until(state.call_deadline, opening);
-            match state.settle_wait(opened.map(Ok))? {
-                Ok(opened) => Ok((Ok(state.table().push(opened)?),)),
-                Err(code) => Ok((Err(code),)),
-            }
+        |mut store: StoreContextMut<'_, StoreState>, args: OpenAtArgs| {
+            Ok((store.data_mut().open_file(args)?,))
         },
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+impl StoreState {
+    /// What `open-at` answers the guest: the file or directory opened,
+    /// counted, its error, or what a full descriptor table answers (and
+    /// nothing opened) when the instance holds [`MAX_OPEN_FILES`] already.
+    fn open_file(
+        &mut self,
+        (dir, path_flags, path, open_flags, flags): OpenAtArgs,
+    ) -> wasmtime::Result<Result<Resource<Descriptor>, ErrorCode>> {
+        self.open_files.retain(|file| file.strong_count() > 0);
+        if self.open_files.len() >= MAX_OPEN_FILES {
+            return Ok(Err(error_code(Errno::MFILE)));
+        }
+        let Descriptor::Dir(dir) = self.table().get(&dir)? else {
+            return Ok(Err(ErrorCode::NotDirectory));
+        };
+        // The thread's own: it may outlive the call, which then ends at the deadline.
+        let dir = dir.clone();
+        let opening = spawn_blocking(move || open_at(&dir, path_flags, &path, open_flags, flags));
+        let opened = match self.settle_wait(until(self.call_deadline, opening).map(Ok))? {
+            Ok(opened) => opened,
+            Err(code) => return Ok(Err(code)),
+        };
+        let file = match &opened {
+            Descriptor::File(file) => &file.file,
+            Descriptor::Dir(dir) => &dir.dir,
+        };
+        self.open_files.push(Arc::downgrade(file));
+        Ok(Ok(self.table().push(opened)?))
+    }
 }
 
 /// Open `path` under `dir` as wasmtime-wasi's `open-at` does (the same
@@ -269,6 +304,33 @@ mod tests {
 
     const READ: DescriptorFlags = DescriptorFlags::READ;
     const WRITE: DescriptorFlags = DescriptorFlags::WRITE;
+
+    #[test]
+    fn an_instance_holds_at_most_its_cap_of_open_files_also_through_what_outlives_their_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let settings = Arc::new(crate::plugin::sandbox::PluginSettings::default());
+        let mut state = StoreState::new(settings).unwrap();
+        let granted = state.table().push(Descriptor::Dir(grant(dir.path(), FsPerms::ReadOnly))).unwrap();
+        let open = |state: &mut StoreState| {
+            let granted = Resource::new_borrow(granted.rep());
+            state.open_file((granted, PathFlags::empty(), "file".into(), OpenFlags::empty(), READ)).unwrap()
+        };
+        let opened: Vec<_> = (0..MAX_OPEN_FILES).map(|_| open(&mut state).unwrap()).collect();
+        let full = Err(error_code(Errno::MFILE));
+        assert_eq!(open(&mut state).map(|_| ()), full, "one more than the cap");
+        // A stream read from a file holds it as this does, past its descriptor's drop.
+        let held: Vec<_> = opened
+            .into_iter()
+            .map(|opened| match state.table().delete(opened).unwrap() {
+                Descriptor::File(file) => file.file,
+                Descriptor::Dir(_) => unreachable!("a file was opened"),
+            })
+            .collect();
+        assert_eq!(open(&mut state).map(|_| ()), full, "still held open");
+        drop(held);
+        assert!(open(&mut state).is_ok(), "closed, counted out");
+    }
 
     #[test]
     fn regular_files_and_directories_open_and_a_fifo_or_a_device_is_refused_at_once() {

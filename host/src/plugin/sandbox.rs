@@ -154,6 +154,9 @@ pub struct StoreState {
     memory_in_use: usize,
     /// Sockets the instance holds open (see [`super::socket_cap`]).
     pub(super) open_sockets: usize,
+    /// The files and directories the instance opened (see
+    /// [`super::dir_grant`]): open while anything holds them.
+    pub(super) open_files: Vec<std::sync::Weak<std::fs::File>>,
     /// Set when the guest asked for memory past the cap during the current
     /// call, so that the trap that follows is reported as a memory-cap fault
     /// rather than a plain trap.
@@ -193,6 +196,7 @@ impl StoreState {
             memory_cap: settings.memory_cap(),
             memory_in_use: 0,
             open_sockets: 0,
+            open_files: Vec::new(),
             host: HostCalls::new(settings.clone()),
             call_counts: RefCell::default(),
             settings,

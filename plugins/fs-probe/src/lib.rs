@@ -3,10 +3,13 @@
 //! writing, never created; `x-sync`: for writing, then synced to its device;
 //! `x-list`: a directory, whose entries are then read; `x-stat`: looked at,
 //! unopened), and rejected with the error (`PATH: ERROR`) when it does not.
-//! One with none of these headers is kept.
+//! One with none of these headers is kept. With `x-open` and `x-hold: N`, the
+//! file is opened N times and every one is kept open, across calls; the first
+//! open that fails rejects the message (`PATH: ERROR (K held)`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::sync::Mutex;
 
 use switchyard_plugin::{Error, Filter, Message, Verdict, export_filter};
 
@@ -22,10 +25,16 @@ const PROBES: [(&str, Probe); 5] = [
     ("x-stat", |path| std::fs::metadata(path).map(drop)),
 ];
 
+/// The files opened for `x-hold`, kept open for good.
+static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
 struct FsProbe;
 
 impl Filter for FsProbe {
     fn filter(message: &Message<'_>) -> Result<Verdict, Error> {
+        if let (Some(path), Some(times)) = (message.header("x-open"), message.header("x-hold")) {
+            return hold(path, times.parse().unwrap_or(0));
+        }
         let asked = PROBES.iter().find_map(|(header, probe)| Some((message.header(header)?, probe)));
         let Some((path, probe)) = asked else {
             return Ok(Verdict::Keep);
@@ -35,6 +44,18 @@ impl Filter for FsProbe {
             Err(err) => Err(Error::rejected(format!("{path}: {err}"))),
         }
     }
+}
+
+/// Open `path` for reading `times` times and keep every one open.
+fn hold(path: &str, times: usize) -> Result<Verdict, Error> {
+    let mut held = HELD.lock().unwrap_or_else(|poison| poison.into_inner());
+    for _ in 0..times {
+        match File::open(path) {
+            Ok(file) => held.push(file),
+            Err(err) => return Err(Error::rejected(format!("{path}: {err} ({} held)", held.len()))),
+        }
+    }
+    Ok(Verdict::Keep)
 }
 
 export_filter!(FsProbe);
