@@ -250,24 +250,38 @@ fn resource_table() -> ResourceTable {
 /// Every memory and table of the instance counts against one budget: a
 /// memory or table created or grown is refused when the sum of all would
 /// pass the cap.
+///
+/// A grow past the memory's or table's own declared maximum is refused here,
+/// before it is counted: wasmtime asks the limiter first and checks that
+/// maximum only after, so an approved grow it then refused stayed counted (a
+/// guest retrying one added phantom bytes each time, until its instance was
+/// renewed for nothing and its faults were told as memory-cap faults).
+/// `memory_grow_failed` and `table_grow_failed` cannot undo an approval
+/// instead: wasmtime also calls `table_grow_failed` for a grow it never asked
+/// about (a 64-bit table's size overflowing), which would undo one that
+/// succeeded. What may still fail after approval is the OS mapping memory,
+/// counted until the instance is renewed: never more than the cap allows.
 impl wasmtime::ResourceLimiter for StoreState {
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.grow(current, desired))
+        Ok(within_own_maximum(desired, max) && self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self
-            .grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
+        Ok(within_own_maximum(desired, max)
+            && self.grow(
+                current.saturating_mul(TABLE_ELEMENT_BYTES),
+                desired.saturating_mul(TABLE_ELEMENT_BYTES),
+            ))
     }
 
     fn instances(&self) -> usize {
@@ -281,6 +295,11 @@ impl wasmtime::ResourceLimiter for StoreState {
     fn memories(&self) -> usize {
         MAX_MEMORIES
     }
+}
+
+/// Whether a memory or table of `desired` size is within its own `maximum`.
+fn within_own_maximum(desired: usize, maximum: Option<usize>) -> bool {
+    maximum.is_none_or(|maximum| desired <= maximum)
 }
 
 impl StoreState {
@@ -338,9 +357,12 @@ mod tests {
         instantiate(&format!("(module {})", format!("(memory {pages})").repeat(memories)), memory_mb)
     }
 
-    /// Instantiate the core module `wat` under a cap of `memory_mb`; whether
-    /// the cap was hit, or the error.
-    fn instantiate(wat: &str, memory_mb: u64) -> Result<(), (bool, String)> {
+    /// The core module `wat` instantiated under a cap of `memory_mb`, and its
+    /// store; whether the cap was hit, or the error.
+    fn instantiated(
+        wat: &str,
+        memory_mb: u64,
+    ) -> (wasmtime::Store<StoreState>, Result<wasmtime::Instance, (bool, String)>) {
         let engine = crate::plugin::PluginEngine::new(None).unwrap();
         let module = wasmtime::Module::new(&engine.engine, wat).unwrap();
         let mut config = PluginConfig::default();
@@ -348,8 +370,16 @@ mod tests {
         let state = StoreState::new(Arc::new(PluginSettings::new(config).unwrap())).unwrap();
         let mut store = wasmtime::Store::new(&engine.engine, state);
         store.limiter(|state| state);
+        store.set_epoch_deadline(u64::MAX);
         let instance = wasmtime::Linker::new(&engine.engine).instantiate(&mut store, &module);
-        instance.map(drop).map_err(|err| (store.data().hit_memory_cap, format!("{err:#}")))
+        let instance = instance.map_err(|err| (store.data().hit_memory_cap, format!("{err:#}")));
+        (store, instance)
+    }
+
+    /// Instantiate the core module `wat` under a cap of `memory_mb`; whether
+    /// the cap was hit, or the error.
+    fn instantiate(wat: &str, memory_mb: u64) -> Result<(), (bool, String)> {
+        instantiated(wat, memory_mb).1.map(drop)
     }
 
     #[test]
@@ -383,6 +413,23 @@ mod tests {
         let (hit_cap, error) = instantiate("(module (memory 10) (table 65536 funcref))", 1).unwrap_err();
         assert!(hit_cap, "{error}");
         assert_eq!(instantiate("(module (memory 10) (table 16384 funcref))", 1), Ok(()));
+    }
+
+    #[test]
+    fn grows_refused_by_a_memorys_or_tables_own_maximum_are_not_counted_against_the_cap() {
+        // Each try asked for 640 KiB of memory and 80 bytes of table: counted, though refused, the
+        // second passed the 1 MiB cap and every later fault was a memory-cap fault.
+        let wat = r#"(module (memory 1 2) (table 1 2 funcref)
+            (func (export "grow") (result i32 i32)
+                (memory.grow (i32.const 10)) (table.grow (ref.null func) (i32.const 10))))"#;
+        let (mut store, instance) = instantiated(wat, 1);
+        let grow = instance.unwrap().get_typed_func::<(), (i32, i32)>(&mut store, "grow").unwrap();
+        for _ in 0..100 {
+            assert_eq!(grow.call(&mut store, ()).unwrap(), (-1, -1), "refused by the maxima");
+        }
+        let (in_use, cap) = store.data().memory();
+        assert_eq!((in_use, cap), ((64 << 10) + TABLE_ELEMENT_BYTES, 1 << 20), "what they hold, no more");
+        assert!(!store.data().hit_memory_cap, "the cap was never reached");
     }
 
     #[test]
