@@ -43,12 +43,15 @@ impl HostCalls {
 
     /// Write one log line attributed to the plugin, within its rate.
     pub(crate) fn log(&mut self, level: Level, message: &str) {
-        let plugin = self.settings.config.name.as_str();
-        // A plugin's line is one line, of bounded length: it cannot forge others.
-        let message = crate::bounded_text::one_line(message, MAX_LOG_LINE);
-        if level == Level::Error {
-            self.last_error_logged = Some(crate::bounded_text::one_line(&message, MAX_ERROR_KEPT));
+        if let Some(error) = self.log_line(level).and_then(|line| line.write(message)) {
+            self.last_error_logged = Some(error);
         }
+    }
+
+    /// Take one line at `level` from the plugin's rate, before its text is read: `None` when the
+    /// line is dropped and its text is not needed (an error's is, to explain a trap).
+    pub(crate) fn log_line(&self, level: Level) -> Option<LogLine<'_>> {
+        let plugin = self.settings.config.name.as_str();
         // One budget for every instance of the plugin (each worker's, each one renewed after a trap).
         let mut budget = self.settings.log_budget.lock().unwrap_or_else(|poison| poison.into_inner());
         if let Some(dropped) = budget.roll(std::time::Instant::now()) {
@@ -58,8 +61,8 @@ impl HostCalls {
                 "log lines over the rate of {LOG_LINES_PER_SECOND} a second were dropped"
             );
         }
-        match budget.spend() {
-            Spent::Logged => drop(budget),
+        let logged = match budget.spend() {
+            Spent::Logged => true,
             // Said as the dropping starts: a plugin that then stops logging never has its count
             // told (that waits for its next line after the second).
             Spent::FirstDropped => {
@@ -67,17 +70,11 @@ impl HostCalls {
                     plugin,
                     "log lines over the rate of {LOG_LINES_PER_SECOND} a second are dropped until the second is over"
                 );
-                return;
+                false
             }
-            Spent::Dropped => return,
-        }
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
-        }
+            Spent::Dropped => false,
+        };
+        (logged || level == Level::Error).then_some(LogLine { plugin, level, logged })
     }
 
     /// The plugin's config value for `key`.
@@ -139,6 +136,34 @@ impl CallCounts {
     /// too, so that the names kept are those the plugin's counters were given.
     pub(crate) fn forget(&mut self) {
         self.0.retain(|_, total| *total == 0);
+    }
+}
+
+/// One line a plugin logs, taken from its rate ([`HostCalls::log_line`]) before its text is read:
+/// a line over the rate is dropped unread, unless it is an error, whose text is still kept.
+pub(crate) struct LogLine<'a> {
+    plugin: &'a str,
+    level: Level,
+    /// Whether the line is within the rate.
+    logged: bool,
+}
+
+impl LogLine<'_> {
+    /// Log `message` if the line is within the rate (one line of bounded length: the plugin cannot
+    /// forge others); an error's text as kept to explain a trap.
+    pub(crate) fn write(self, message: &str) -> Option<String> {
+        let plugin = self.plugin;
+        let message = crate::bounded_text::one_line(message, MAX_LOG_LINE);
+        if self.logged {
+            match self.level {
+                Level::Trace => tracing::trace!(plugin, "{message}"),
+                Level::Debug => tracing::debug!(plugin, "{message}"),
+                Level::Info => tracing::info!(plugin, "{message}"),
+                Level::Warn => tracing::warn!(plugin, "{message}"),
+                Level::Error => tracing::error!(plugin, "{message}"),
+            }
+        }
+        (self.level == Level::Error).then(|| crate::bounded_text::one_line(&message, MAX_ERROR_KEPT))
     }
 }
 
@@ -272,6 +297,19 @@ mod tests {
         renewed.log(Level::Info, "one too many");
         let budget = settings.log_budget.lock().unwrap();
         assert_eq!((budget.lines, budget.dropped), (LOG_LINES_PER_SECOND, 1));
+    }
+
+    #[test]
+    fn a_line_over_the_rate_is_dropped_before_its_text_is_read_unless_it_is_an_error() {
+        // Its text was copied whole (up to the memory cap) and escaped before the rate was looked at.
+        let settings = Arc::new(PluginSettings::new(PluginConfig::default()).unwrap());
+        let calls = HostCalls::new(settings.clone());
+        assert!((0..LOG_LINES_PER_SECOND).all(|_| calls.log_line(Level::Info).is_some()));
+        assert!(calls.log_line(Level::Info).is_none(), "dropped, its text never read");
+        let error = calls.log_line(Level::Error).expect("an error's text is still kept");
+        assert_eq!(error.write("panicked\nat"), Some("panicked\\nat".to_owned()), "kept, not logged");
+        let budget = settings.log_budget.lock().unwrap();
+        assert_eq!((budget.lines, budget.dropped), (LOG_LINES_PER_SECOND, 2));
     }
 
     #[test]

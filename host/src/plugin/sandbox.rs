@@ -322,13 +322,17 @@ impl TypesImports for StoreState {}
 /// Register the `host` interface every plugin world imports. By hand, not
 /// through the generated `add_to_linker`, so that `count`, called at the end
 /// of every plugin call that counted, reads the counter's name in the guest's
-/// memory instead of copying it into a `String` first.
+/// memory instead of copying it into a `String` first, and `log` reads its
+/// text there only if the plugin's log rate takes the line.
 pub(crate) fn add_host_imports(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap(
         "log",
-        |mut store: StoreContextMut<'_, StoreState>, (level, message): (Level, String)| {
-            store.data_mut().host.log(level, &message);
+        |mut store: StoreContextMut<'_, StoreState>, (level, message): (Level, WasmStr)| {
+            let Some(line) = store.data().host.log_line(level) else { return Ok(()) };
+            if let Some(error) = line.write(&message.to_str(&store)?) {
+                store.data_mut().host.last_error_logged = Some(error);
+            }
             Ok(())
         },
     )?;
