@@ -296,7 +296,7 @@ impl Host {
     }
 
     /// The version each plugin whose file was removed last served (until
-    /// a file of that name loads again).
+    /// a file of that name loads again; of the last 64 removed).
     pub fn removed_plugins(&self) -> std::collections::BTreeMap<String, String> {
         self.inner.reloader.events.removals()
     }

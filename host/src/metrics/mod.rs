@@ -22,8 +22,8 @@ pub(crate) use gauges::{DestinationGauges, EndpointGauges, GaugeSource};
 pub(crate) use jetstream::{JetStreamMetrics, Pulled};
 pub(crate) use parts::HeldSeries;
 use parts::Part;
-pub(crate) use plugins::CallSeries;
 use plugins::RemovedPlugin;
+pub(crate) use plugins::{CallSeries, MAX_REMOVED_PLUGINS};
 pub use plugins::{LastFault, PluginCounts};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -160,7 +160,8 @@ pub struct Metrics {
     /// The names of each plugin's series of `plugin_counters` (at most [`crate::plugin::MAX_COUNTERS`]).
     plugin_counter_names: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// The counts of each plugin whose file was removed, as they were then (its series gone), until
-    /// it loads again and its series hold them again: `/v1/plugins` still tells what it did.
+    /// it loads again and its series hold them again: `/v1/plugins` still tells what it did. Of
+    /// the last [`MAX_REMOVED_PLUGINS`] removed.
     removed_plugins: std::sync::Mutex<std::collections::BTreeMap<String, RemovedPlugin>>,
     /// The last fault of each plugin while serving (a removed plugin's too); written only when a
     /// plugin faults.

@@ -68,10 +68,17 @@ impl LastFault {
     }
 }
 
+/// Removed plugins whose counts the metrics remember; a further removal forgets the one removed
+/// longest ago, its last fault too (a deployment that puts versions in file names removes a new
+/// name each time).
+pub(crate) const MAX_REMOVED_PLUGINS: usize = 64;
+
 /// What a removed plugin had done when its file went: its calls and problems, its instances
 /// renewed, its calls' latency and what it counted; its series hold them again once it serves.
 #[derive(Debug)]
 pub(super) struct RemovedPlugin {
+    /// Its place among the removals remembered: the later removed, the higher.
+    removal: u64,
     counts: PluginCounts,
     renewals: u64,
     latency: HistogramTotals,
@@ -161,7 +168,8 @@ impl Metrics {
     }
 
     /// Plugin `plugin`'s file is gone: remove its series, keeping what they held for
-    /// [`Metrics::plugin_counts`] and for when it serves again. A version still finishing a call
+    /// [`Metrics::plugin_counts`] and for when it serves again, forgetting those of the plugin
+    /// removed longest ago beyond [`MAX_REMOVED_PLUGINS`]. A version still finishing a call
     /// may count on; into the series it holds, or into none (see [`Metrics::unless_removed`]): no
     /// scrape shows them.
     pub(crate) fn plugin_removed(&self, plugin: &str) {
@@ -172,6 +180,7 @@ impl Metrics {
         }
         let name = PluginName { plugin: plugin.into() };
         let mut removed = RemovedPlugin {
+            removal: removed_plugins.values().map(|removed| removed.removal + 1).max().unwrap_or(0),
             counts: self.serving_counts(plugin),
             renewals: self.serving_renewals(plugin),
             latency: self.plugin_latency.get(&name).map(|latency| latency.totals()).unwrap_or_default(),
@@ -188,6 +197,12 @@ impl Metrics {
             let count = self.plugin_counters.get(&labels).map_or(0, |count| count.get());
             self.plugin_counters.remove(&labels);
             removed.counters.push((labels.name, count));
+        }
+        if removed_plugins.len() == MAX_REMOVED_PLUGINS {
+            let oldest = removed_plugins.iter().min_by_key(|(_, removed)| removed.removal);
+            let oldest = oldest.map(|(name, _)| name.clone()).unwrap_or_default();
+            removed_plugins.remove(&oldest);
+            self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&oldest);
         }
         removed_plugins.insert(plugin.to_owned(), removed);
     }
@@ -349,6 +364,31 @@ mod tests {
             assert!(encoded.contains(series), "{series} in {encoded}");
         }
         assert!(!encoded.contains("name=\"late\""), "{encoded}");
+    }
+
+    #[test]
+    fn only_the_most_recently_removed_plugins_are_remembered() {
+        // A deployment putting versions in file names removes a new name at each: each was kept
+        // for good, with up to 256 counters.
+        let metrics = Metrics::new(true);
+        let fault = LastFault { kind: "trapped", message: "trap".into(), version: "v1".into() };
+        let removed = |n: usize| format!("mw-{n}");
+        for n in 0..=MAX_REMOVED_PLUGINS {
+            metrics.plugin_counter(&removed(n), "seen").inc();
+            metrics.plugin_fault(&removed(n), fault.clone());
+            metrics.plugin_removed(&removed(n));
+        }
+        let remembered = metrics.removed_plugins.lock().unwrap().len();
+        assert_eq!(remembered, MAX_REMOVED_PLUGINS, "the one removed longest ago is forgotten");
+        assert_eq!(metrics.last_faults.lock().unwrap().len(), MAX_REMOVED_PLUGINS);
+        assert_eq!((metrics.plugin_counts(&removed(0)).faults(), metrics.last_fault(&removed(0))), (0, None));
+        assert_eq!(metrics.plugin_counts(&removed(1)).faults(), 1, "the next oldest is remembered");
+        let latest = removed(MAX_REMOVED_PLUGINS);
+        assert_eq!((metrics.plugin_counts(&latest).faults(), metrics.last_fault(&latest)), (1, Some(fault)));
+        // The latest is still remembered when it comes back: its series go on from what they held.
+        metrics.plugin_serving(&latest);
+        let series = format!("plugin_counter_total{{plugin=\"{latest}\",name=\"seen\"}} 1");
+        assert!(metrics.encode().contains(&series), "{series} in {}", metrics.encode());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! state. Logged, counted and broadcast.
 
 use crate::destination::DestinationEvent;
-use crate::metrics::Metrics;
-use std::collections::BTreeMap;
+use crate::metrics::{MAX_REMOVED_PLUGINS, Metrics};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -182,11 +182,13 @@ pub(crate) struct Events {
 
 /// The last rejection reason per plugin (cleared when it loads again or its
 /// file goes), and the version each removed plugin served (cleared when it
-/// loads again).
+/// loads again; of the last [`MAX_REMOVED_PLUGINS`] removed only, as the
+/// metrics remember their counts).
 #[derive(Default)]
 struct PluginNotes {
     rejections: BTreeMap<String, String>,
-    removals: BTreeMap<String, String>,
+    /// Name and version, the plugin removed longest ago first.
+    removals: VecDeque<(String, String)>,
 }
 
 impl Events {
@@ -253,11 +255,15 @@ impl Events {
             }
             HostEvent::PluginLoaded { name, .. } | HostEvent::PluginReplaced { name, .. } => {
                 notes.rejections.remove(name);
-                notes.removals.remove(name);
+                notes.removals.retain(|(removed, _)| removed != name);
             }
             HostEvent::PluginRemoved { name, version } => {
                 notes.rejections.remove(name);
-                notes.removals.insert(name.clone(), version.clone());
+                notes.removals.retain(|(removed, _)| removed != name);
+                if notes.removals.len() == MAX_REMOVED_PLUGINS {
+                    notes.removals.pop_front();
+                }
+                notes.removals.push_back((name.clone(), version.clone()));
             }
             _ => {}
         }
@@ -273,9 +279,10 @@ impl Events {
         self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).rejections.clone()
     }
 
-    /// The version each removed plugin served, until it loads again.
+    /// The version each removed plugin served, until it loads again (of the last
+    /// [`MAX_REMOVED_PLUGINS`] removed).
     pub(crate) fn removals(&self) -> BTreeMap<String, String> {
-        self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).removals.clone()
+        self.notes.lock().unwrap_or_else(|poison| poison.into_inner()).removals.iter().cloned().collect()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
@@ -302,5 +309,22 @@ impl Events {
             spool_damaged: count(12),
             alerts: count(13),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_most_recently_removed_plugins_are_listed_removed() {
+        let events = Events::new(Arc::new(Metrics::new(true)));
+        for n in 0..=MAX_REMOVED_PLUGINS {
+            events.emit(HostEvent::PluginRemoved { name: format!("mw-{n}"), version: "v1".into() });
+        }
+        let removals = events.removals();
+        assert_eq!(removals.len(), MAX_REMOVED_PLUGINS);
+        assert!(!removals.contains_key("mw-0"), "the one removed longest ago is forgotten");
+        assert!(removals.contains_key(&format!("mw-{MAX_REMOVED_PLUGINS}")));
     }
 }
