@@ -166,6 +166,10 @@ pub struct Metrics {
     /// The last fault of each plugin while serving (a removed plugin's too); written only when a
     /// plugin faults.
     last_faults: std::sync::Mutex<std::collections::BTreeMap<String, LastFault>>,
+    /// The faults of the removed plugins forgotten (beyond [`MAX_REMOVED_PLUGINS`]): no scrape
+    /// shows them, but alert rules reading `plugin_faults` over all plugins must not see it fall
+    /// (a fall reads as a counter reset).
+    forgotten_plugin_faults: std::sync::atomic::AtomicU64,
     deliveries: Family<DestinationResult, ShardedCounter>,
     retries: Family<DestinationName, Counter>,
     fallbacks: Family<DestinationName, Counter>,
@@ -226,6 +230,7 @@ impl Metrics {
             plugin_counter_names: Default::default(),
             removed_plugins: Default::default(),
             last_faults: Default::default(),
+            forgotten_plugin_faults: Default::default(),
             deliveries: Family::default(),
             retries: Family::default(),
             fallbacks: Family::default(),

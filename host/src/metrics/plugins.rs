@@ -7,6 +7,7 @@ use super::{
 use crate::plugin::{CompiledPlugin, MAX_COUNTERS, PluginFault};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 /// The kinds of error answer a plugin gives (it handled the call).
@@ -201,7 +202,9 @@ impl Metrics {
         if removed_plugins.len() == MAX_REMOVED_PLUGINS {
             let oldest = removed_plugins.iter().min_by_key(|(_, removed)| removed.removal);
             let oldest = oldest.map(|(name, _)| name.clone()).unwrap_or_default();
-            removed_plugins.remove(&oldest);
+            if let Some(forgotten) = removed_plugins.remove(&oldest) {
+                self.forgotten_plugin_faults.fetch_add(forgotten.counts.faults(), Relaxed);
+            }
             self.last_faults.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&oldest);
         }
         removed_plugins.insert(plugin.to_owned(), removed);
@@ -383,6 +386,12 @@ mod tests {
         assert_eq!(metrics.last_faults.lock().unwrap().len(), MAX_REMOVED_PLUGINS);
         assert_eq!((metrics.plugin_counts(&removed(0)).faults(), metrics.last_fault(&removed(0))), (0, None));
         assert_eq!(metrics.plugin_counts(&removed(1)).faults(), 1, "the next oldest is remembered");
+        // Summed over all plugins, as an alert rule reads it, the faults do not fall: a fall reads as
+        // a reset, and `rate(..)` as every fault counted again.
+        let all_faults = metrics.read("plugin_faults", &[]);
+        assert_eq!(all_faults, Some(MAX_REMOVED_PLUGINS as f64 + 1.0), "the forgotten one's fault counts on");
+        let forgotten = [("plugin".to_owned(), removed(0))];
+        assert_eq!(metrics.read("plugin_faults", &forgotten), Some(0.0), "but under no plugin's name");
         let latest = removed(MAX_REMOVED_PLUGINS);
         assert_eq!((metrics.plugin_counts(&latest).faults(), metrics.last_fault(&latest)), (1, Some(fault)));
         // The latest is still remembered when it comes back: its series go on from what they held.

@@ -104,7 +104,8 @@ impl Metrics {
                     let faults = self.plugin_counts(&plugin).faults() as f64;
                     (vec![("plugin", plugin)], faults)
                 });
-                series.collect()
+                let forgotten = self.forgotten_plugin_faults.load(std::sync::atomic::Ordering::Relaxed);
+                series.chain([(vec![], forgotten as f64)]).collect()
             }
             "destination_queued" => destinations()
                 .into_iter()
