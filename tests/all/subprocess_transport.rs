@@ -78,7 +78,23 @@ async fn a_process_that_dies_holding_a_message_is_restarted_and_the_message_retr
 async fn a_process_that_exits_while_a_process_it_started_holds_its_output_is_restarted() {
     // The process's end was seen only when its output closed: one whose child kept the pipe open
     // was never taken for exited, nor restarted, and what it held waited for answers for ever.
-    each_delivered_across_restarts(", env = { EXIT_AFTER = \"3\", LEAVE_CHILD = \"1\" }", 3, 6).await;
+    let children = tempfile::NamedTempFile::new().unwrap();
+    let env = format!(
+        "EXIT_AFTER = \"3\", LEAVE_CHILD = \"1\", CHILD_SECONDS = \"600\", CHILD_PIDS = {:?}",
+        children.path()
+    );
+    each_delivered_across_restarts(&format!(", env = {{ {env} }}"), 3, 6).await;
+    // What each process that exited started went with it: its group is killed whole. The previous
+    // main killed a group only while its leader ran, so these lived on past the host, under init.
+    let pids = std::fs::read_to_string(children.path()).unwrap();
+    let pairs: Vec<(&str, &str)> = pids.lines().filter_map(|line| line.split_once(' ')).collect();
+    let exited = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
+    let orphans: Vec<&str> =
+        pairs.iter().filter(|(leader, _)| exited(leader)).map(|(_, child)| *child).collect();
+    assert!(orphans.len() >= 2, "two processes exited, each leaving its child: {pids}");
+    for child in orphans {
+        until_ended(child, "the child of a process that exited");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

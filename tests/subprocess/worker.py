@@ -9,7 +9,8 @@ written as 6 bytes of JSON, \\u0001);
 anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
 With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
 without answering it. With LEAVE_CHILD=1, it first starts a process of its own (`sleep 60`) that
-keeps its standard input and output open after it exits. With SLOW_MS=N, it takes N ms over each message before it answers. With
+keeps its standard input and output open after it exits (`sleep N` with CHILD_SECONDS=N; with
+CHILD_PIDS=FILE, it appends "PID CHILD_PID" to FILE). With SLOW_MS=N, it takes N ms over each message before it answers. With
 START_MS=N, it waits N ms before it reads anything (an interpreter slow to start). With WEDGE_AFTER=N,
 it reads nothing more once it answered its Nth message, and lives on (a process wedged). A line that
 is not JSON ends it (a traceback, status 1).
@@ -25,7 +26,10 @@ slow_ms = int(os.environ.get("SLOW_MS", "0"))
 wedge_after = int(os.environ.get("WEDGE_AFTER", "0"))
 seen = 0
 if os.environ.get("LEAVE_CHILD"):
-    subprocess.Popen(["sleep", "60"])
+    child = subprocess.Popen(["sleep", os.environ.get("CHILD_SECONDS", "60")])
+    if os.environ.get("CHILD_PIDS"):
+        with open(os.environ["CHILD_PIDS"], "a") as pids:
+            print(os.getpid(), child.pid, file=pids)
 time.sleep(int(os.environ.get("START_MS", "0")) / 1000)
 for line in sys.stdin:
     message = json.loads(line)

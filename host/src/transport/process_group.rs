@@ -68,12 +68,15 @@ pub(crate) struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Wait for the process to exit, and leave the register once it has: its id, the group's, may
-    /// then be another's.
+    /// Wait for the process to exit, then kill what is left of its group (what it started goes
+    /// with it, as when the host kills the group), and leave the register: its id, the group's,
+    /// may then be another's (not while any process of its group lives: Linux gives no process
+    /// the id of a group that has one).
     pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let leader = self.child.id();
         let waited = self.child.wait().await;
         if let (Some(leader), None) = (leader, self.child.id()) {
+            kill_group(leader);
             self.groups.forget(leader);
         }
         waited
