@@ -120,12 +120,13 @@ async fn dead_letters_wait_in_the_file_while_their_destination_is_down_and_follo
         let left = host.dead_letters(0).unwrap().count;
         let spooled = metric(&host, "switchyard_dead_letters_spooled");
         let redelivered = metric(&host, "switchyard_dead_letters_redelivered_total");
-        match (left, spooled, redelivered) {
-            (0, 0.0, 20.0) => Ok(()),
+        // Cut out of the file once the pass that re-delivered them is over.
+        let bytes = std::fs::metadata(state.path().join(FILE_NAME)).unwrap().len();
+        match (left, spooled, redelivered, bytes) {
+            (0, 0.0, 20.0, 0) => Ok(()),
             seen => Err(seen),
         }
     });
-    assert_eq!(std::fs::metadata(state.path().join(FILE_NAME)).unwrap().len(), 0, "the file drained");
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 20, "counted once, not again when re-delivered");
     assert!(dlq.taken.is_empty(), "each letter re-delivered once: {:?}", dlq.taken.try_iter().count());
@@ -285,8 +286,8 @@ async fn a_failing_dead_letter_destination_falls_back_to_the_hosts_then_to_the_f
 async fn letters_re_delivered_while_the_file_cannot_be_rewritten_are_not_sent_again() {
     // The rewrite that takes re-delivered letters out of the file fails
     // (a directory where its temporary file goes, as a full disk would):
-    // they stay in the file, but are not sent again; once it can be
-    // rewritten, they leave it.
+    // they stay in the file, but wait no more and are not sent again; once it
+    // can be rewritten, they leave it.
     let state = tempfile::tempdir().unwrap();
     let (dlq, destination) = Switchable::new(false);
     let host = host(state.path(), destination).await;
@@ -297,14 +298,21 @@ async fn letters_re_delivered_while_the_file_cannot_be_rewritten_are_not_sent_ag
 
     dlq.set_up(true);
     assert_eq!(dlq.ids(5).await, sent);
+    eventually(|| match host.dead_letters(0).unwrap().count {
+        0 => Ok(()),
+        waiting => Err(waiting),
+    });
     // Over a quiet second of passes that cannot rewrite the file, none is sent again.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    assert_eq!(host.dead_letters(0).unwrap().count, 5, "still in the file");
+    let lines = || std::fs::read_to_string(state.path().join(FILE_NAME)).unwrap().lines().count();
+    let listed = host.dead_letters(10).unwrap();
+    assert_eq!((lines(), listed.count), (5, 0), "still in the file, not waiting");
+    assert!(listed.letters.is_empty() && listed.next.is_none(), "listed: {listed:?}");
     assert_eq!(metric(&host, "switchyard_dead_letters_redelivered_total"), 5.0, "counted once taken");
     assert!(dlq.taken.is_empty(), "sent again: {:?}", dlq.taken.try_iter().count());
 
     std::fs::remove_dir(&blocker).unwrap();
-    eventually(|| match host.dead_letters(0).unwrap().count {
+    eventually(|| match lines() {
         0 => Ok(()),
         left => Err(left),
     });
@@ -881,8 +889,9 @@ async fn each_letter_of_a_message_fanned_out_is_sent_while_the_file_cannot_be_re
     // The copies of a message fanned out to `a` and `b` share its x-sy-id, and their letters the
     // dead-letter destination `dlq`. a's letter is re-delivered while the file cannot be rewritten
     // (a directory where its temporary file goes, as a full disk would), so it stays in the file,
-    // not to be sent again; b's letter comes after. Before, the letters were known by destination
-    // and x-sy-id: b's was taken for a's, and removed from the file unsent.
+    // not to be sent again; b's letter comes after, while `dlq` is down again. Before, the letters
+    // were known by destination and x-sy-id: b's was taken for a's, and removed from the file
+    // unsent.
     let state = tempfile::tempdir().unwrap();
     let (dlq, dlq_destination) = Switchable::new(false);
     let a = |_: Message| async { Err(DeliveryError::Fatal("a refuses".into())) };
@@ -917,14 +926,23 @@ async fn each_letter_of_a_message_fanned_out_is_sent_while_the_file_cannot_be_re
     assert_eq!(first.id, id);
     let reason = |letter: &Message| letter.header(REASON_HEADER).unwrap().to_owned();
     assert!(reason(&first).contains("a refuses"), "{first:?}");
-
-    release.send(()).unwrap();
-    count(2);
-    std::fs::remove_dir(&blocker).unwrap();
     count(0);
-    let second = dlq.taken.try_recv().expect("b's letter was sent before it left the file");
+
+    dlq.set_up(false);
+    release.send(()).unwrap();
+    count(1);
+    let lines = || std::fs::read_to_string(state.path().join(FILE_NAME)).unwrap().lines().count();
+    assert_eq!(lines(), 2, "a's letter is still in the file, b's behind it");
+    dlq.set_up(true);
+    let second = next(&dlq.taken).await;
     assert_eq!(second.id, id);
     assert!(reason(&second).contains("b refuses"), "{second:?}");
+    count(0);
+    std::fs::remove_dir(&blocker).unwrap();
+    eventually(|| match lines() {
+        0 => Ok(()),
+        left => Err(left),
+    });
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 2);
     assert!(dlq.taken.is_empty(), "each letter sent once: {:?}", dlq.taken.try_iter().count());
@@ -986,7 +1004,7 @@ async fn letters_alike_in_every_byte_are_each_sent_while_the_file_cannot_be_rewr
     let second = second.ok().map(Result::unwrap);
     assert_eq!(second, Some(letter), "the second letter is sent (safety net: PATIENCE)");
     std::fs::remove_dir(&blocker).unwrap();
-    eventually(|| match host.dead_letters(0).unwrap().count {
+    eventually(|| match std::fs::metadata(state.path().join(FILE_NAME)).unwrap().len() {
         0 => Ok(()),
         left => Err(left),
     });
@@ -1125,4 +1143,52 @@ async fn a_dead_letter_destination_registered_in_code_that_never_answers_keeps_a
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.dead_lettered, 3);
     assert_eq!(host.dead_letters(10).unwrap().count, 3, "kept in the file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_delivering_ten_reads_of_letters_rewrites_the_file_a_few_times_not_once_a_read() {
+    // 2560 letters a host left, alike in length: ten reads of a re-delivery pass (256 letters
+    // each). Before, the letters of each read were cut out by rewriting the whole file (to a
+    // temporary file, renamed over it): ten rewrites, each as long as what was left, so draining
+    // N letters wrote O(N²) bytes. Cut out once they are half the file, they take four (after the
+    // 5th, 8th, 9th and 10th reads), each writing no more than it cuts out.
+    let state = tempfile::tempdir().unwrap();
+    let lines: String = (1000..3560)
+        .map(|n| {
+            let mut message = Message::new("nowhere", format!("letter {n}"));
+            message.id = n;
+            let letter = DeadLetterReason::NoRoute { topic: "nowhere".into() }.label(message, None);
+            serde_json::to_string(&DeadLetterRecord::new(&letter, "dlq")).unwrap() + "\n"
+        })
+        .collect();
+    std::fs::write(state.path().join(FILE_NAME), lines).unwrap();
+    let (events, seen) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(events).unwrap();
+    notify::Watcher::watch(&mut watcher, state.path(), notify::RecursiveMode::NonRecursive).unwrap();
+
+    let (dlq, destination) = Switchable::new(true);
+    let host = host(state.path(), destination).await;
+    assert_eq!(dlq.ids(2560).await.len(), 2560);
+    eventually(|| match std::fs::metadata(state.path().join(FILE_NAME)).unwrap().len() {
+        0 => Ok(()),
+        left => Err(left),
+    });
+    // Events of one directory come in order: once this one is seen, every rewrite's is.
+    std::fs::write(state.path().join("seen-all"), "").unwrap();
+    let named = |event: &notify::Event, name: &str| event.paths.iter().any(|path| path.ends_with(name));
+    let mut rewrites = 0;
+    loop {
+        let event = seen.recv_timeout(PATIENCE).expect("the watcher's events (safety net)").unwrap();
+        if !matches!(event.kind, notify::EventKind::Create(_)) {
+            continue;
+        }
+        if named(&event, "seen-all") {
+            break;
+        }
+        rewrites += usize::from(named(&event, &format!("{FILE_NAME}.tmp")));
+    }
+    assert!((1..=4).contains(&rewrites), "{rewrites} rewrites of the file");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 0);
+    assert!(dlq.taken.is_empty(), "each letter re-delivered once: {:?}", dlq.taken.try_iter().count());
 }

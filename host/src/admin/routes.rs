@@ -176,7 +176,7 @@ async fn dead_letters(State(host): State<Host>, Query(query): Query<DeadLetterQu
         Ok(Some(letters)) => Json(letters).into_response(),
         Ok(None) => {
             let error = format!(
-                "the dead-letter file changed since `next` {from} was given (re-delivered letters were removed, or the file replaced): look again without `after`"
+                "the dead-letter file changed since `next` {from} was given (rewritten to cut out re-delivered letters, or replaced): look again without `after`"
             );
             (StatusCode::CONFLICT, Json(json!({ "error": error }))).into_response()
         }

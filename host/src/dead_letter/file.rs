@@ -1,17 +1,21 @@
 //! The dead-letter file: `dead-letters.jsonl` in the host's state directory,
 //! one [`DeadLetterRecord`] as JSON a line. A letter is appended and fsync'd
-//! before it counts as dead-lettered; letters re-delivered from the head of
-//! the file are removed by writing what is left to a temporary file and
-//! renaming it over the old one, so a crash at any point leaves either file
-//! whole (re-delivery is at-least-once: a crash between a re-delivery and
-//! the rename sends those letters again). A file removed, replaced or cut short
+//! before it counts as dead-lettered; letters re-delivered are removed at
+//! once from what the file is read and counted as holding, and cut out of it
+//! by writing what is left to a temporary file and renaming it over the old
+//! one once they make up half of it, or when [`compact`](DeadLetterFile::compact)ed
+//! (at the end of a re-delivery pass): draining the file writes it about once
+//! again, not once per read. A crash at any point leaves either file whole
+//! (re-delivery is at-least-once: a crash before the rename sends the letters
+//! removed since the last one again). A file removed, replaced or cut short
 //! while the host runs (by hand, its letters exported; the state directory
 //! removed) is noticed before and after each append and at each read, and
 //! the letters of the file then at its path are counted afresh: a letter is
 //! never counted as written to a file no longer there.
 //!
-//! Every method does blocking file I/O: call them off the async runtime's
-//! threads (`spawn_blocking`).
+//! Reading, writing and removing do blocking file I/O: call them off the async runtime's
+//! threads (`spawn_blocking`). What the file holds for whom ([`letters`](DeadLetterFile::letters),
+//! [`holds_for`](DeadLetterFile::holds_for)) is told without waiting for its file I/O.
 
 use super::position::Position;
 use super::record::DeadLetterRecord;
@@ -52,22 +56,35 @@ pub struct DeadLetterFile {
     /// The state directory's lock, when a host holds the directory: the file is made only in the
     /// directory the host holds.
     state_lock: Option<Arc<StateLock>>,
-    /// Shows the letters held; set under the lock, so it never lags behind.
+    /// Shows the letters held; set under `held`'s lock, so it never lags behind.
     gauge: Gauge,
+    /// The letters held, by the dead-letter destination they are meant for. Changed only under
+    /// `state`'s lock (taken first), and read without it: `state` is held for file I/O (an
+    /// append's fsync, a rewrite of the whole file), and what the file holds for whom is asked on
+    /// the async runtime's threads.
+    held: Mutex<Held>,
     /// Held for every read and write, so the file is only ever seen whole.
     state: Mutex<State>,
 }
+
+/// Letters held, by the dead-letter destination they are meant for.
+type Held = BTreeMap<String, usize>;
 
 #[derive(Debug, Default)]
 struct State {
     /// Bytes of whole records in the file.
     len: u64,
-    /// Letters held, by the dead-letter destination they are meant for.
-    held: BTreeMap<String, usize>,
-    /// The file `len` and `held` count, if there is one; the one `append` writes to.
+    /// The lines removed but still in the file (letters re-delivered, unreadable lines), by
+    /// where they start: where they end. Read past; cut out with the next rewrite.
+    removed: BTreeMap<u64, u64>,
+    /// The bytes of `removed`.
+    removed_len: u64,
+    /// The unreadable lines among `removed`: set aside with the next rewrite.
+    unreadable: Vec<Range<u64>>,
+    /// The file `len` and [`DeadLetterFile::held`] count, if there is one; the one `append` writes to.
     file: Option<FileId>,
     /// How many times the letters moved: a file was found in its place and counted afresh, or
-    /// letters were removed by rewriting it. A [`Position`] taken before is not a place in the
+    /// rewritten to cut out the lines removed. A [`Position`] taken before is not a place in the
     /// file now.
     generation: u64,
     /// The file opened for appending, once written to.
@@ -116,14 +133,15 @@ impl DeadLetterFile {
     pub fn open(dir: &Path, gauge: Gauge) -> Result<DeadLetterFile, FileError> {
         let path = dir.join(FILE_NAME);
         let error = |error| FileError { path: path.clone(), error };
-        let (state, size) = count(&path).map_err(error)?;
+        let (state, held, size) = count(&path).map_err(error)?;
         if state.len < size {
             tracing::warn!(file = %path.display(), bytes = size - state.len, "dead-letter file ends in a torn line (a crash while writing); cut off");
             let existing = OpenOptions::new().write(true).open(&path);
             existing.and_then(|existing| existing.set_len(state.len)).map_err(error)?;
         }
-        gauge.set(state.letters() as i64);
-        Ok(DeadLetterFile { path, state_lock: None, gauge, state: Mutex::new(state) })
+        gauge.set(letters(&held) as i64);
+        let (held, state) = (Mutex::new(held), Mutex::new(state));
+        Ok(DeadLetterFile { path, state_lock: None, gauge, held, state })
     }
 
     /// This file of a host holding its directory with `state_lock`: made anew (its directory
@@ -138,19 +156,19 @@ impl DeadLetterFile {
         &self.path
     }
 
-    /// How many letters it holds.
+    /// How many letters it holds (not those removed, still in it until the next rewrite).
     pub fn letters(&self) -> usize {
-        self.lock().letters()
+        letters(&self.held())
     }
 
     /// Whether it holds letters meant for dead-letter destination `destination`.
     pub fn holds_for(&self, destination: &str) -> bool {
-        self.lock().held.contains_key(destination)
+        self.held().contains_key(destination)
     }
 
     /// Whether it holds letters meant for a dead-letter destination not in `destinations`.
     pub fn holds_any_but(&self, destinations: &[String]) -> bool {
-        self.lock().held.keys().any(|destination| !destinations.contains(destination))
+        self.held().keys().any(|destination| !destinations.contains(destination))
     }
 
     /// Append `letter` and fsync it; on an error the file is as before.
@@ -160,7 +178,7 @@ impl DeadLetterFile {
         let mut state = self.lock();
         self.append_line(&mut state, &line).map_err(|error| self.error(error))?;
         state.len += line.len() as u64;
-        *state.held.entry(letter.destination.clone()).or_default() += 1;
+        *self.held().entry(letter.destination.clone()).or_default() += 1;
         self.gauge.inc();
         Ok(())
     }
@@ -203,7 +221,7 @@ impl DeadLetterFile {
     ) -> Result<Batch, FileError> {
         let mut state = self.lock();
         self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
-        let held = state.letters();
+        let held = self.letters();
         let empty = Batch { letters: Vec::new(), held, spans: Vec::new(), unreadable: Vec::new(), end: from };
         if from.generation.is_some_and(|generation| generation != state.generation) {
             return Ok(empty);
@@ -211,7 +229,7 @@ impl DeadLetterFile {
         let at = from.at;
         let scanned = |mut file: File| {
             file.seek(SeekFrom::Start(at))?;
-            let mut batch = scan(&self.path, file, at..state.len.max(at), limit, skip)?;
+            let mut batch = scan(&self.path, file, at..state.len.max(at), &state.removed, limit, skip)?;
             (batch.held, batch.end.generation) = (held, Some(state.generation));
             Ok(batch)
         };
@@ -223,7 +241,8 @@ impl DeadLetterFile {
     }
 
     /// Up to `limit` letters from `from` on, oldest first, as many as fit in `budget` bytes of the
-    /// file's lines (one at least, however long), for a look at the file; `None` when `from` is
+    /// file's lines (one at least, however long), for a look at the file: those removed, still in
+    /// it until the next rewrite, are passed over. `None` when `from` is
     /// no longer a place in it (see [`Position`]). Only the lines are copied under the lock: the
     /// letters are read from them (and checked) after it, so a look at large letters holds up no
     /// letter being written for longer than a copy of `budget` bytes takes.
@@ -234,15 +253,18 @@ impl DeadLetterFile {
             if from.generation.is_some_and(|generation| generation != state.generation) {
                 return Ok(None);
             }
+            let range = from.at..state.len.max(from.at);
             let lines = match File::open(&self.path) {
-                Ok(file) => copy_lines(file, from.at..state.len.max(from.at), limit, budget),
+                Ok(file) => copy_lines(file, range, &state.removed, limit, budget),
                 Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
                 Err(error) => Err(error),
             };
             let lines = lines.map_err(|error| self.error(error))?;
             let end = lines.last().map_or(from.at, |(at, line)| at + line.len() as u64);
-            let next = (end < state.len).then_some(Position { generation: Some(state.generation), at: end });
-            (lines, state.letters(), next)
+            let removed_after: u64 = state.removed.range(end..).map(|(start, end)| end - start).sum();
+            let next = (end + removed_after < state.len)
+                .then_some(Position { generation: Some(state.generation), at: end });
+            (lines, self.letters(), next)
         };
         let letters = (lines.into_iter())
             .filter_map(|(at, line)| {
@@ -253,9 +275,11 @@ impl DeadLetterFile {
     }
 
     /// Remove the letters of `batch` marked `delivered` (and its unreadable
-    /// lines), keeping every other letter, in order; where the batch ends now. An error means
-    /// the file is as it was. A batch of a file removed, replaced or rewritten since it was read
-    /// is not where it was: nothing is removed.
+    /// lines), keeping every other letter, in order; where the batch ends now. They are no longer
+    /// read nor counted at once, and cut out of the file once the lines removed make up half of
+    /// it (or when it is [`compact`](DeadLetterFile::compact)ed): an error means that rewrite
+    /// failed, and they are cut out with the next. A batch of a file removed, replaced or
+    /// rewritten since it was read is not where it was: nothing is removed.
     pub fn remove(&self, batch: &Batch, delivered: &[bool]) -> Result<Position, FileError> {
         if batch.unreadable.is_empty() && !delivered.contains(&true) {
             return Ok(batch.end);
@@ -265,26 +289,62 @@ impl DeadLetterFile {
         if batch.end.generation != Some(state.generation) {
             return Ok(batch.end);
         }
-        // Kept, not dropped: a line that cannot be read may be mended by hand.
-        self.set_aside(&batch.unreadable).map_err(|error| self.error(error))?;
-        let tmp = self.path.with_extension("jsonl.tmp");
-        let (len, file, dropped) = self
-            .write_kept(&tmp, &state, batch, delivered)
-            .map_err(|error| FileError { path: tmp.clone(), error })?;
-        std::fs::rename(&tmp, &self.path).map_err(|error| self.error(error))?;
-        // The file is the new one from here, whatever its directory's fsync says.
-        state.append = None;
-        (state.len, state.file, state.generation) = (len, Some(file), state.generation + 1);
-        let removed = batch.letters.iter().zip(delivered).filter(|(_, delivered)| **delivered);
-        for (letter, _) in removed {
-            if let Some(held) = state.held.get_mut(&letter.destination) {
-                *held -= 1;
-                if *held == 0 {
-                    state.held.remove(&letter.destination);
+        let mut held = self.held();
+        let removed =
+            batch.letters.iter().zip(&batch.spans).zip(delivered).filter(|(_, delivered)| **delivered);
+        for ((letter, span), _) in removed {
+            if state.removed.insert(span.start, span.end).is_none() {
+                state.removed_len += span.end - span.start;
+                if let Some(letters) = held.get_mut(&letter.destination) {
+                    *letters -= 1;
+                    if *letters == 0 {
+                        held.remove(&letter.destination);
+                    }
                 }
             }
         }
-        self.gauge.set(state.letters() as i64);
+        self.gauge.set(letters(&held) as i64);
+        drop(held);
+        for span in &batch.unreadable {
+            if state.removed.insert(span.start, span.end).is_none() {
+                state.removed_len += span.end - span.start;
+                state.unreadable.push(span.clone());
+            }
+        }
+        if state.removed_len * 2 < state.len {
+            return Ok(batch.end);
+        }
+        let cut_before: u64 = state.removed.range(..batch.end.at).map(|(start, end)| end - start).sum();
+        self.rewrite(&mut state)?;
+        Ok(Position { generation: Some(state.generation), at: batch.end.at - cut_before })
+    }
+
+    /// Cut the lines removed out of the file now, if any: a re-delivery pass is over. An error
+    /// means the file is as it was; they are cut out with the next rewrite.
+    pub fn compact(&self) -> Result<(), FileError> {
+        let mut state = self.lock();
+        self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
+        match state.removed.is_empty() {
+            true => Ok(()),
+            false => self.rewrite(&mut state),
+        }
+    }
+
+    /// Rewrite the file without the lines `state` counts as removed, setting the unreadable ones
+    /// aside first; on an error the file is as it was.
+    fn rewrite(&self, state: &mut State) -> Result<(), FileError> {
+        // Kept, not dropped: a line that cannot be read may be mended by hand.
+        self.set_aside(&state.unreadable).map_err(|error| self.error(error))?;
+        state.unreadable.clear();
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let (len, file) =
+            self.write_kept(&tmp, state).map_err(|error| FileError { path: tmp.clone(), error })?;
+        std::fs::rename(&tmp, &self.path).map_err(|error| self.error(error))?;
+        // The file is the new one from here, whatever its directory's fsync says.
+        state.append = None;
+        (state.len, state.file, state.removed_len) = (len, Some(file), 0);
+        state.removed.clear();
+        state.generation += 1;
         // Renamed, the removed letters are gone from the file this process reads: an error here
         // must not have them counted as kept (a twin of one alike in every byte would then be
         // removed unsent). A crash before the directory reaches the disk may bring them back,
@@ -292,36 +352,25 @@ impl DeadLetterFile {
         if let Err(error) = sync_dir(&self.path) {
             tracing::warn!(error = %self.error(error), "the dead-letter file was rewritten but its directory not synced");
         }
-        Ok(Position { generation: Some(state.generation), at: batch.end.at - dropped })
+        Ok(())
     }
 
-    /// Write the file without the letters of `batch` marked `delivered` and
-    /// its unreadable lines to `tmp`, byte for byte, and fsync it; returns its
-    /// length, what it is and the bytes left out.
-    fn write_kept(
-        &self,
-        tmp: &Path,
-        state: &State,
-        batch: &Batch,
-        delivered: &[bool],
-    ) -> io::Result<(u64, FileId, u64)> {
-        let delivered = batch.spans.iter().zip(delivered).filter(|(_, delivered)| **delivered);
-        let mut dropped: Vec<_> = delivered.map(|(span, _)| span).chain(&batch.unreadable).collect();
-        dropped.sort_by_key(|span| span.start);
+    /// Write the file without the lines `state` counts as removed to `tmp`, byte for byte, and
+    /// fsync it; returns its length and what it is.
+    fn write_kept(&self, tmp: &Path, state: &State) -> io::Result<(u64, FileId)> {
         let mut out =
             BufWriter::new(owner_only::options().write(true).create(true).truncate(true).open(tmp)?);
         let mut old = File::open(&self.path)?;
-        let left_out = dropped.iter().map(|span| span.end - span.start).sum();
         let mut at = 0;
-        for span in dropped.into_iter().chain([&(state.len..state.len)]) {
+        for (&start, &end) in state.removed.iter().chain([(&state.len, &state.len)]) {
             old.seek(SeekFrom::Start(at))?;
-            io::copy(&mut (&mut old).take(span.start - at), &mut out)?;
-            at = span.end;
+            io::copy(&mut (&mut old).take(start - at), &mut out)?;
+            at = end;
         }
         let out = out.into_inner().map_err(io::IntoInnerError::into_error)?;
         out.sync_all()?;
         let metadata = out.metadata()?;
-        Ok((metadata.len(), file_id(&metadata), left_out))
+        Ok((metadata.len(), file_id(&metadata)))
     }
 
     /// Append the lines at `spans` of the file, byte for byte, to the damaged file beside it
@@ -391,14 +440,18 @@ impl DeadLetterFile {
         if let (Some(_), Some(state_lock)) = (on_disk, &self.state_lock) {
             state_lock.hold()?;
         }
-        let (gone, generation) = (state.letters(), state.generation + 1);
+        let generation = state.generation + 1;
         // A torn last line (a file still being copied in place?) is left: one is cut off only
         // before a letter is appended after it.
-        *state = State { generation, ..count(&self.path)?.0 };
-        if gone + state.letters() > 0 {
-            tracing::warn!(file = %self.path.display(), gone, found = state.letters(), "the dead-letter file was removed, replaced or cut short while the host ran: the letters it held are no longer kept here (they stay counted as dead-lettered); the file now there is counted afresh and its letters re-delivered");
+        let (counted, found, _) = count(&self.path)?;
+        *state = State { generation, ..counted };
+        let mut held = self.held();
+        let gone = letters(&held);
+        *held = found;
+        if gone + letters(&held) > 0 {
+            tracing::warn!(file = %self.path.display(), gone, found = letters(&held), "the dead-letter file was removed, replaced or cut short while the host ran: the letters it held are no longer kept here (they stay counted as dead-lettered); the file now there is counted afresh and its letters re-delivered");
         }
-        self.gauge.set(state.letters() as i64);
+        self.gauge.set(letters(&held) as i64);
         Ok(true)
     }
 
@@ -406,43 +459,50 @@ impl DeadLetterFile {
         self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// The letters held, by destination. Taken after `state`'s lock when both are.
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
     fn error(&self, error: io::Error) -> FileError {
         FileError { path: self.path.clone(), error }
     }
 }
 
-impl State {
-    fn letters(&self) -> usize {
-        self.held.values().sum()
-    }
+/// How many letters `held` counts.
+fn letters(held: &Held) -> usize {
+    held.values().sum()
 }
 
-/// The letters of the file at `path`, none if there is none (an unreadable
+/// The file at `path`, its letters (none if there is none; an unreadable
 /// line is skipped with a warning), and its size: more than their length if
 /// it ends in a torn line.
-fn count(path: &Path) -> io::Result<(State, u64)> {
+fn count(path: &Path) -> io::Result<(State, Held, u64)> {
     let existing = match File::open(path) {
         Ok(existing) => existing,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((State::default(), 0)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok((State::default(), Held::new(), 0));
+        }
         Err(error) => return Err(error),
     };
     let metadata = existing.metadata()?;
-    let batch = scan(path, existing, 0..u64::MAX, usize::MAX, |_| false)?;
-    let mut held = BTreeMap::<_, usize>::new();
+    let batch = scan(path, existing, 0..u64::MAX, &BTreeMap::new(), usize::MAX, |_| false)?;
+    let mut held = Held::new();
     for letter in batch.letters {
         *held.entry(letter.destination).or_default() += 1;
     }
-    let file = Some(file_id(&metadata));
-    Ok((State { len: batch.end.at, held, file, generation: 0, append: None }, metadata.len()))
+    let state = State { len: batch.end.at, file: Some(file_id(&metadata)), ..State::default() };
+    Ok((state, held, metadata.len()))
 }
 
 /// Read up to `limit` letters from bytes `range` of `file` (at `path`, read
-/// from `range.start` on), passing over those `skip` picks; the batch ends
-/// after the last whole line read.
+/// from `range.start` on), passing over the lines `removed` (by where they start) and the letters
+/// `skip` picks; the batch ends after the last whole line read.
 fn scan(
     path: &Path,
     file: File,
     range: Range<u64>,
+    removed: &BTreeMap<u64, u64>,
     limit: usize,
     mut skip: impl FnMut(&DeadLetterRecord) -> bool,
 ) -> io::Result<Batch> {
@@ -458,6 +518,9 @@ fn scan(
         }
         let span = batch.end.at..batch.end.at + read as u64;
         batch.end.at = span.end;
+        if removed.contains_key(&span.start) {
+            continue;
+        }
         match letter_on(&line) {
             Ok(letter) if skip(&letter) => {}
             Ok(letter) => {
@@ -473,11 +536,13 @@ fn scan(
     Ok(batch)
 }
 
-/// The whole lines of bytes `range` of `file`, each with where it starts: up to `limit` of them, as
-/// many as fit in `budget` bytes (the first whatever its length).
+/// The whole lines of bytes `range` of `file`, each with where it starts, but those `removed` (by
+/// where they start): up to `limit` of them, as many as fit in `budget` bytes (the first whatever
+/// its length).
 fn copy_lines(
     mut file: File,
     range: Range<u64>,
+    removed: &BTreeMap<u64, u64>,
     limit: usize,
     budget: usize,
 ) -> io::Result<Vec<(u64, Vec<u8>)>> {
@@ -485,6 +550,11 @@ fn copy_lines(
     let mut reader = BufReader::new(file.take(range.end - range.start));
     let (mut lines, mut at, mut copied) = (Vec::new(), range.start, 0);
     while lines.len() < limit {
+        if let Some(end) = removed.get(&at) {
+            io::copy(&mut (&mut reader).take(end - at), &mut io::sink())?;
+            at = *end;
+            continue;
+        }
         let mut line = Vec::new();
         let read = reader.read_until(b'\n', &mut line)?;
         if read == 0 || line.last() != Some(&b'\n') || (!lines.is_empty() && copied + read > budget) {
@@ -541,6 +611,25 @@ mod tests {
     }
 
     #[test]
+    fn what_the_file_holds_for_whom_is_told_without_waiting_for_its_file_io() {
+        // Appends (with their fsync) and rewrites hold the file's lock while they do file I/O.
+        // These are asked on the async runtime's threads: before, each waited for that lock,
+        // a whole rewrite of the file long, and held up the runtime's thread meanwhile.
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(DeadLetterFile::open(dir.path(), Gauge::default()).unwrap());
+        file.append(&letter(1, "dead")).unwrap();
+        let doing_file_io = file.lock();
+        let (told, answer) = std::sync::mpsc::channel();
+        let asked = file.clone();
+        std::thread::spawn(move || {
+            let _ = told.send((asked.holds_for("dead"), asked.holds_any_but(&[]), asked.letters()));
+        });
+        let answer = answer.recv_timeout(std::time::Duration::from_secs(60));
+        drop(doing_file_io);
+        assert_eq!(answer, Ok((true, true, 1)), "told while the file's lock was held (safety net: 60 s)");
+    }
+
+    #[test]
     fn letters_written_are_read_back_by_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
@@ -579,13 +668,50 @@ mod tests {
         file.append(&letter(6, "dead")).unwrap();
         assert_eq!(ids(&listed(second.next.unwrap(), usize::MAX)), ["5", "6"], "appending moves no letter");
         let head = file.read(Position::HEAD, 1, |_| false).unwrap();
-        let after_removal = file.remove(&head, &[true]).unwrap();
+        file.remove(&head, &[true]).unwrap();
+        file.compact().unwrap();
         assert!(
             file.list(second.next.unwrap(), 10, usize::MAX).unwrap().is_none(),
             "a place before the rewrite"
         );
-        assert_eq!(ids(&listed(after_removal, usize::MAX)), ["2", "3", "4", "5", "6"]);
+        assert_eq!(ids(&listed(Position::HEAD, usize::MAX)), ["2", "3", "4", "5", "6"]);
         assert!("3".parse::<Position>().is_err() && "x-1".parse::<Position>().is_err());
+    }
+
+    #[test]
+    fn a_listing_passes_over_letters_removed_and_its_next_stays_good_until_they_are_cut_out() {
+        // Letters re-delivered stay in the file until a rewrite cuts them out: a look at the file
+        // must not show them as waiting, nor spend its budget on them.
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        (1..=7).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+        let line = std::fs::read_to_string(file.path()).unwrap().lines().next().unwrap().len() + 1;
+        let listed = |from, limit, budget| file.list(from, limit, budget).unwrap().expect("in place");
+        let ids =
+            |listing: &Listing| listing.letters.iter().map(|letter| letter.id.clone()).collect::<Vec<_>>();
+        let before = listed(Position::HEAD, 10, 2 * line).next.unwrap();
+
+        let all = file.read(Position::HEAD, 10, |_| false).unwrap();
+        file.remove(&all, &[true, false, true, false, false, false, true]).unwrap();
+        assert_eq!(std::fs::read_to_string(file.path()).unwrap().lines().count(), 7, "three of seven: kept");
+        let first = listed(Position::HEAD, 10, 2 * line);
+        assert_eq!((ids(&first), first.held), (vec!["2".to_owned(), "4".to_owned()], 4));
+        let on = listed(before, 10, usize::MAX);
+        assert_eq!((ids(&on), on.next), (vec!["4".to_owned(), "5".to_owned(), "6".to_owned()], None));
+        let three = listed(Position::HEAD, 3, usize::MAX);
+        assert_eq!(ids(&three), ["2", "4", "5"]);
+        assert_eq!(ids(&listed(three.next.unwrap(), 10, usize::MAX)), ["6"]);
+
+        let head = file.read(Position::HEAD, 1, |_| false).unwrap();
+        file.remove(&head, &[true]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(file.path()).unwrap().lines().count(),
+            3,
+            "four of seven: cut out"
+        );
+        assert!(file.list(before, 10, usize::MAX).unwrap().is_none(), "a place before the rewrite");
+        assert!(file.list(three.next.unwrap(), 10, usize::MAX).unwrap().is_none());
+        assert_eq!(ids(&listed(Position::HEAD, 10, usize::MAX)), ["4", "5", "6"]);
     }
 
     #[test]
@@ -604,7 +730,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_line_is_skipped_and_set_aside_with_the_next_removal() {
+    fn an_unreadable_line_is_skipped_and_set_aside_with_the_next_rewrite() {
         let dir = tempfile::tempdir().unwrap();
         let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         file.append(&letter(1, "dead")).unwrap();
@@ -620,6 +746,9 @@ mod tests {
         let batch = file.read(Position::HEAD, 10, |_| false).unwrap();
         assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 2));
         file.remove(&batch, &[false, false]).unwrap();
+        let batch = file.read(Position::HEAD, 10, |_| false).unwrap();
+        assert_eq!((ids(&batch), batch.unreadable.len()), (vec!["1", "2"], 0), "read past once removed");
+        file.compact().unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(!text.contains("not json") && text.lines().count() == 2, "{text}");
         let set_aside = std::fs::read_to_string(dir.path().join(DAMAGED_FILE_NAME)).unwrap();
@@ -638,11 +767,41 @@ mod tests {
         let next = file.remove(&batch, &[true, true]).unwrap();
         assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["1", "2", "4", "6"]);
         assert_eq!(ids(&file.read(next, 10, |_| false).unwrap()), ["6"], "read on where the batch ended");
+        assert_eq!((file.letters(), std::fs::read_to_string(file.path()).unwrap()), (4, before.clone()));
+        file.compact().unwrap();
         let lines: Vec<_> = before.lines().collect();
         let kept = [lines[0], lines[1], lines[3], lines[5]].map(|line| format!("{line}\n")).concat();
         assert_eq!(std::fs::read_to_string(file.path()).unwrap(), kept, "kept byte for byte");
+        assert!(file.read(next, 10, |_| false).unwrap().letters.is_empty(), "not a place in the file now");
         assert_eq!(file.letters(), 4);
         assert!(file.read(Position::HEAD, 10, |_| true).unwrap().letters.is_empty());
+    }
+
+    #[test]
+    fn letters_removed_are_cut_out_of_the_file_once_they_make_up_half_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        (1..=5).for_each(|n| file.append(&letter(n, "dead")).unwrap());
+        let lines = |file: &DeadLetterFile| std::fs::read_to_string(file.path()).unwrap().lines().count();
+        let first = file.read(Position::HEAD, 2, |_| false).unwrap();
+        let next = file.remove(&first, &[true, true]).unwrap();
+        assert_eq!((file.letters(), lines(&file)), (3, 5), "two of five: still in the file");
+        let second = file.read(next, 1, |_| false).unwrap();
+        assert_eq!(ids(&second), ["3"]);
+        let next = file.remove(&second, &[true]).unwrap();
+        assert_eq!((file.letters(), lines(&file)), (2, 2), "three of five: cut out");
+        assert_eq!(
+            ids(&file.read(next, 10, |_| false).unwrap()),
+            ["4", "5"],
+            "read on where the batch ended"
+        );
+        assert_eq!(
+            ids(&DeadLetterFile::open(dir.path(), Gauge::default())
+                .unwrap()
+                .read(Position::HEAD, 10, |_| false)
+                .unwrap()),
+            ["4", "5"]
+        );
     }
 
     #[test]

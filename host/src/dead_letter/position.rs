@@ -2,7 +2,7 @@
 
 /// Where a read of the file starts: at its head, or where a batch ended. Past the head it is a
 /// place in the file as it was when read: read after that file was removed, replaced or rewritten
-/// (letters removed from it), it finds nothing (read again from the head). Written as text
+/// (the letters removed cut out of it), it finds nothing (read again from the head). Written as text
 /// (`Display`, `FromStr`), it is the cursor of `GET /v1/dead-letters?after=`, good while the
 /// host runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

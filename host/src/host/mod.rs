@@ -271,8 +271,9 @@ impl Host {
     }
 
     /// [`dead_letters`](Self::dead_letters) from `from` on (the `next` of an
-    /// earlier answer); `None` when the letters moved since that answer (those
-    /// re-delivered removed, or the file replaced): look again from the head.
+    /// earlier answer); `None` when the letters moved since that answer (the
+    /// file rewritten to cut out those re-delivered, or replaced): look again
+    /// from the head.
     pub fn dead_letters_after(
         &self,
         from: Position,

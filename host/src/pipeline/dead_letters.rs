@@ -60,9 +60,6 @@ pub(crate) struct DeadLetters {
     /// they stay in the file, are not sent again in this run, and hold up no
     /// other letter.
     refused: Mutex<Tally>,
-    /// The letters re-delivered whose removal from the file failed (a full
-    /// disk): not sent again, removed with the next pass.
-    unremoved: Mutex<Tally>,
 }
 
 /// What a letter in the file is known by: the SHA-256 of its record, as written. Its message's
@@ -86,16 +83,6 @@ impl Tally {
         *self.0.entry(key).or_default() += 1;
     }
 
-    /// Count off one letter of `key`: whether there was one.
-    fn take(&mut self, key: &LetterKey) -> bool {
-        let Some(count) = self.0.get_mut(key) else { return false };
-        *count -= 1;
-        if *count == 0 {
-            self.0.remove(key);
-        }
-        true
-    }
-
     fn count(&self, key: &LetterKey) -> usize {
         self.0.get(key).copied().unwrap_or(0)
     }
@@ -110,12 +97,7 @@ fn letter_key(letter: &DeadLetterRecord) -> LetterKey {
 
 impl DeadLetters {
     pub(crate) fn new(file: DeadLetterFile) -> DeadLetters {
-        DeadLetters {
-            file: Arc::new(file),
-            written: Notify::new(),
-            refused: Mutex::default(),
-            unremoved: Mutex::default(),
-        }
+        DeadLetters { file: Arc::new(file), written: Notify::new(), refused: Mutex::default() }
     }
 
     /// Note that `letter` was refused for good.
@@ -179,7 +161,8 @@ enum Along<'t> {
 enum Pass {
     /// It re-delivered what it read (or there was nothing to): the next pass may go at once.
     Done,
-    /// Some letter found its dead-letter destinations down: back off.
+    /// Some letter found its dead-letter destinations down, or the letters re-delivered could not
+    /// be cut out of the file: back off.
     Down,
     /// It sent nothing: every letter is refused for good. Wait for new ones.
     OnlyRefused,
@@ -293,17 +276,8 @@ impl Pipeline {
                 }
             };
             let (mut delivered, mut redelivered) = (vec![false; batch.letters.len()], 0);
-            // The letters to remove: those taken now, and those taken before that are still in
-            // the file (counted off until their removal fails again).
-            let mut taken_keys = Vec::new();
             for (record, delivered) in batch.letters.iter().zip(&mut delivered) {
                 if down.contains(&record.destination) {
-                    continue;
-                }
-                let key = letter_key(record);
-                if lock(&self.dead_letters.unremoved).take(&key) {
-                    *delivered = true;
-                    taken_keys.push(key);
                     continue;
                 }
                 sent += 1;
@@ -311,10 +285,7 @@ impl Pipeline {
                     record.to_message().expect("the file reads only letters whose message it can make");
                 let chain = topology.dead_letter_chain(&record.destination);
                 match send_along(&topology, &chain, &letter, ONCE, &self.dispatch.letters_cut).await {
-                    Along::Taken(_) => {
-                        (*delivered, redelivered) = (true, redelivered + 1);
-                        taken_keys.push(key);
-                    }
+                    Along::Taken(_) => (*delivered, redelivered) = (true, redelivered + 1),
                     Along::Refused => self.dead_letters.refused_for_good(record),
                     Along::NotNow => down.push(record.destination.clone()),
                 }
@@ -326,16 +297,15 @@ impl Pipeline {
             let removed = tokio::task::spawn_blocking(move || file.remove(&batch, &delivered));
             match removed.await.expect("removing does not panic") {
                 Ok(end) => from = end,
-                Err(error) => {
-                    tracing::error!(%error, "cannot remove re-delivered letters from the dead-letter file; they stay in it, not sent again in this run");
-                    let mut unremoved = lock(&self.dead_letters.unremoved);
-                    taken_keys.into_iter().for_each(|key| unremoved.add(key));
-                    return Pass::Down;
-                }
+                Err(error) => return cannot_rewrite(&error),
             }
             if last || !self.dead_letters.file.holds_any_but(&down) {
                 break;
             }
+        }
+        let file = self.dead_letters.file.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || file.compact()).await.expect("no panic") {
+            return cannot_rewrite(&error);
         }
         match (down.is_empty(), sent) {
             (false, _) => Pass::Down,
@@ -343,6 +313,13 @@ impl Pipeline {
             (true, _) => Pass::Done,
         }
     }
+}
+
+/// A pass whose letters re-delivered cannot be cut out of the file (a full disk): they stay in
+/// it, removed (neither read nor sent again), to be cut out by the next pass, after a backoff.
+fn cannot_rewrite(error: &FileError) -> Pass {
+    tracing::error!(%error, "cannot cut re-delivered letters out of the dead-letter file; they stay in it, not sent again in this run");
+    Pass::Down
 }
 
 /// One attempt per destination: re-delivery passes back off themselves.
@@ -462,8 +439,9 @@ async fn redeliver_until(pipeline: Weak<Pipeline>, stop: CancellationToken) {
     let Some(dead_letters) = pipeline.upgrade().map(|pipeline| pipeline.dead_letters.clone()) else { return };
     let (mut failed_passes, mut pass) = (0, Pass::Done);
     loop {
-        // Nothing to send until a new letter comes.
-        if pass == Pass::OnlyRefused || dead_letters.file.letters() == 0 {
+        // Nothing to send until a new letter comes (after a pass that went down, one may have
+        // letters to cut out of the file).
+        if pass != Pass::Down && (pass == Pass::OnlyRefused || dead_letters.file.letters() == 0) {
             failed_passes = 0;
             tokio::select! {
                 () = dead_letters.written.notified() => {}
