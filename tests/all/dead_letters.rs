@@ -1192,3 +1192,42 @@ async fn re_delivering_ten_reads_of_letters_rewrites_the_file_a_few_times_not_on
     assert_eq!(stats.dead_lettered, 0);
     assert!(dlq.taken.is_empty(), "each letter re-delivered once: {:?}", dlq.taken.try_iter().count());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_refused_for_good_in_the_file_does_not_send_later_letters_for_its_destination_there() {
+    // A letter the dead-letter destination refused for good waits in the file, never to be sent
+    // again in this run. Before, it counted as a letter waiting for that destination, as if it
+    // were down: every later letter for it went straight into the file behind it (one fsync and
+    // one rewrite each, and one attempt a re-delivery pass instead of a delivery's attempts).
+    let (entered, deliveries) = flume::unbounded();
+    let (release, released) = flume::unbounded::<()>();
+    let dlq = move |message: Message| {
+        let (entered, released) = (entered.clone(), released.clone());
+        async move {
+            if &message.payload[..] == b"poison" {
+                return Err(DeliveryError::Fatal("HTTP 400: refused for good".into()));
+            }
+            entered.send(message).unwrap();
+            released.recv_async().await.map(|()| None).map_err(|_| DeliveryError::Fatal("gone".into()))
+        }
+    };
+    let state = tempfile::tempdir().unwrap();
+    let host = host(state.path(), dlq).await;
+    host.send(Message::new("nowhere", "poison")).await.unwrap();
+    eventually(|| match host.dead_letters(10).unwrap() {
+        held if held.count == 1 && host.stats().in_flight() == 0 => Ok(()),
+        held => Err((held.count, host.stats())),
+    });
+
+    let fine = host.send(Message::new("nowhere", "fine")).await.unwrap();
+    // Held by the destination until released: where the letter is now stays so.
+    assert_eq!(next(&deliveries).await.id, fine);
+    let held = host.dead_letters(10).unwrap();
+    let payloads: Vec<_> = held.letters.iter().map(|letter| letter.to_message().unwrap().payload).collect();
+    assert_eq!(payloads, ["poison"], "the later letter went to its destination, not into the file");
+    release.send(()).unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 2);
+    assert_eq!(metric(&host, "switchyard_dead_letters_redelivered_total"), 0.0);
+    assert_eq!(host.dead_letters(10).unwrap().count, 1, "the refused one stays");
+}

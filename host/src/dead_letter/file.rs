@@ -15,7 +15,7 @@
 //!
 //! Reading, writing and removing do blocking file I/O: call them off the async runtime's
 //! threads (`spawn_blocking`). What the file holds for whom ([`letters`](DeadLetterFile::letters),
-//! [`holds_for`](DeadLetterFile::holds_for)) is told without waiting for its file I/O.
+//! [`held_for`](DeadLetterFile::held_for)) is told without waiting for its file I/O.
 
 use super::position::Position;
 use super::record::DeadLetterRecord;
@@ -161,9 +161,9 @@ impl DeadLetterFile {
         letters(&self.held())
     }
 
-    /// Whether it holds letters meant for dead-letter destination `destination`.
-    pub fn holds_for(&self, destination: &str) -> bool {
-        self.held().contains_key(destination)
+    /// How many letters it holds meant for dead-letter destination `destination`.
+    pub fn held_for(&self, destination: &str) -> usize {
+        self.held().get(destination).copied().unwrap_or(0)
     }
 
     /// Whether it holds letters meant for a dead-letter destination not in `destinations`.
@@ -622,11 +622,11 @@ mod tests {
         let (told, answer) = std::sync::mpsc::channel();
         let asked = file.clone();
         std::thread::spawn(move || {
-            let _ = told.send((asked.holds_for("dead"), asked.holds_any_but(&[]), asked.letters()));
+            let _ = told.send((asked.held_for("dead"), asked.holds_any_but(&[]), asked.letters()));
         });
         let answer = answer.recv_timeout(std::time::Duration::from_secs(60));
         drop(doing_file_io);
-        assert_eq!(answer, Ok((true, true, 1)), "told while the file's lock was held (safety net: 60 s)");
+        assert_eq!(answer, Ok((1, true, 1)), "told while the file's lock was held (safety net: 60 s)");
     }
 
     #[test]
@@ -639,7 +639,7 @@ mod tests {
         written.iter().for_each(|letter| file.append(letter).unwrap());
         let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
         assert_eq!(again.read(Position::HEAD, 10, |_| false).unwrap().letters, written);
-        assert_eq!((again.letters(), again.holds_for("dead"), again.holds_for("log")), (3, true, false));
+        assert_eq!((again.letters(), again.held_for("dead"), again.held_for("log")), (3, 2, 0));
         let down = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
         assert!(again.holds_any_but(&down(&["dead"])) && !again.holds_any_but(&down(&["dead", "other"])));
         assert_eq!(ids(&again.read(Position::HEAD, 2, |_| false).unwrap()), ["1", "2"]);
@@ -814,7 +814,7 @@ mod tests {
         std::fs::remove_file(file.path()).unwrap();
         file.append(&letter(2, "dead")).unwrap();
         assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["2"]);
-        assert_eq!((file.letters(), file.holds_for("gone")), (1, false));
+        assert_eq!((file.letters(), file.held_for("gone")), (1, 0));
         let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
         assert_eq!(ids(&again.read(Position::HEAD, 10, |_| false).unwrap()), ["2"], "on disk");
     }
@@ -859,7 +859,7 @@ mod tests {
                 ["5", "6", "7", "3"],
                 "{rewritten}"
             );
-            assert_eq!((file.letters(), file.holds_for("other")), (4, true));
+            assert_eq!((file.letters(), file.held_for("other")), (4, 3));
         }
     }
 
@@ -871,7 +871,7 @@ mod tests {
         (1..=2).for_each(|n| file.append(&letter(n, "dead")).unwrap());
         std::fs::remove_file(file.path()).unwrap();
         assert!(file.read(Position::HEAD, 10, |_| false).unwrap().letters.is_empty());
-        assert_eq!((file.letters(), file.holds_for("dead"), gauge.get()), (0, false, 0));
+        assert_eq!((file.letters(), file.held_for("dead"), gauge.get()), (0, 0, 0));
     }
 
     #[test]
@@ -883,7 +883,7 @@ mod tests {
         file.append(&letter(4, "b")).unwrap();
         file.remove(&batch, &[true, false]).unwrap();
         assert_eq!(ids(&file.read(Position::HEAD, 10, |_| false).unwrap()), ["2", "3", "4"]);
-        assert_eq!((file.letters(), file.holds_for("a")), (3, false));
+        assert_eq!((file.letters(), file.held_for("a")), (3, 0));
         file.append(&letter(5, "a")).unwrap();
         let all = file.read(Position::HEAD, 10, |_| false).unwrap();
         file.remove(&all, &[true, true, true, false]).unwrap();

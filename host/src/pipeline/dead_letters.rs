@@ -59,7 +59,16 @@ pub(crate) struct DeadLetters {
     /// place within [`IN_PLACE_WAIT`], which never sends twice):
     /// they stay in the file, are not sent again in this run, and hold up no
     /// other letter.
-    refused: Mutex<Tally>,
+    refused: Mutex<Refused>,
+}
+
+/// The letters refused for good, known by key, and how many by the dead-letter destination they
+/// were meant for: the file's letters for a destination that wait to be sent are those it holds
+/// but these.
+#[derive(Default)]
+struct Refused {
+    letters: Tally,
+    by_destination: HashMap<String, usize>,
 }
 
 /// What a letter in the file is known by: the SHA-256 of its record, as written. Its message's
@@ -107,7 +116,19 @@ impl DeadLetters {
             destination = letter.destination,
             "no dead-letter destination took this dead letter, and none will: each refused it for good, or took it without answering (not idempotent, it is not sent twice); it stays in the dead-letter file, not sent again in this run"
         );
-        lock(&self.refused).add(letter_key(letter));
+        let mut refused = lock(&self.refused);
+        refused.letters.add(letter_key(letter));
+        *refused.by_destination.entry(letter.destination.clone()).or_default() += 1;
+    }
+
+    /// Whether the file holds letters waiting to be sent to dead-letter destination
+    /// `destination`: its path is down. A letter refused for good is not sent again in this run:
+    /// it tells nothing of the path. Counted for the run, the refused letters of a file taken
+    /// away may count against letters of the one put in place: one of those is then passed by,
+    /// not held up.
+    fn waiting_for(&self, destination: &str) -> bool {
+        let refused = lock(&self.refused).by_destination.get(destination).copied().unwrap_or(0);
+        self.file.held_for(destination) > refused
     }
 
     /// The oldest `PASS` letters from byte `from` of the file, but those
@@ -128,9 +149,9 @@ impl DeadLetters {
             down.contains(&record.destination) || {
                 // Digested only if some letter is refused: most passes have none.
                 let refused = lock(&self.refused);
-                !refused.0.is_empty() && {
+                !refused.letters.0.is_empty() && {
                     let key = letter_key(record);
-                    let passed = refused.count(&key) > passed_over.count(&key);
+                    let passed = refused.letters.count(&key) > passed_over.count(&key);
                     if passed {
                         passed_over.add(key);
                     }
@@ -142,8 +163,8 @@ impl DeadLetters {
     }
 }
 
-fn lock(letters: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    letters.lock().unwrap_or_else(|poison| poison.into_inner())
+fn lock(refused: &Mutex<Refused>) -> std::sync::MutexGuard<'_, Refused> {
+    refused.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// How handing a letter along its dead-letter chain went.
@@ -223,8 +244,8 @@ impl Pipeline {
     }
 
     /// Hand `letter` to the dead-letter destinations starting at `first`,
-    /// else write it to the file. While the file holds letters for `first`,
-    /// its path is down: the letter goes straight to the file behind them.
+    /// else write it to the file. While the file holds letters waiting for
+    /// `first`, its path is down: the letter goes straight to the file behind them.
     async fn post_letter<'t>(
         &self,
         topology: &'t Topology,
@@ -232,7 +253,7 @@ impl Pipeline {
         letter: Message,
     ) -> Result<Reached<'t>, FileError> {
         let mut refused = false;
-        if !self.dead_letters.file.holds_for(first) {
+        if !self.dead_letters.waiting_for(first) {
             let chain = topology.dead_letter_chain(first);
             match send_along(topology, &chain, &letter, RETRY, &self.dispatch.letters_cut).await {
                 Along::Taken(name) => return Ok(Reached::Destination(name)),
