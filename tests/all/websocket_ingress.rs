@@ -710,6 +710,40 @@ async fn a_client_that_reads_no_answers_is_not_read_past_its_answer_budget() {
     assert_eq!((stats.accepted, stats.delivered), (sent as u64, sent as u64));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_answers_longer_than_their_reservation_are_written_while_four_are_open() {
+    // An open `wait` message held max_message_bytes of the budget (4 × max_message_bytes) for its
+    // answer, but the answer carries its reply as JSON with the ref and id around it: longer. It
+    // waited for the rest, and with four open each waited for room the others held: the socket
+    // wrote none and read no more, for good.
+    let dir = plugin_dir(&[]);
+    let max = 64 << 10;
+    let text = format!("[host]\nmax_message_bytes = {max}\n");
+    let gate = Arc::new(Semaphore::new(0));
+    // Replies of max_message_bytes: topic `reply` and the payload.
+    let (host, _) = host_replying(dir.path(), &text, max - "reply".len(), Some(gate.clone())).await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    for n in 0..4 {
+        send(&mut socket, json!({ "topic": "t", "ref": n, "wait": true })).await;
+    }
+    // All four open, the budget all reserved, before any settles.
+    accepted_reaches(&host, 4).await;
+    gate.add_permits(5);
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let settled = answer(&mut socket).await;
+        assert_eq!(settled["reply"]["payload"].as_str().map(str::len), Some(max - "reply".len()));
+        answered.insert(settled["ref"].as_u64().unwrap());
+    }
+    assert_eq!(answered, (0..4).collect());
+    send(&mut socket, json!({ "topic": "t", "ref": "after" })).await;
+    assert!(answer(&mut socket).await["id"].is_string(), "the socket serves on");
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (5, 5));
+}
+
 /// Frames of messages on topic `t.x` whose payload is their number (also their `ref`), but for the
 /// `refused` ones, sent in one write (the ingress reads them together); the answers, in order.
 async fn send_together(socket: &mut Socket, count: usize, refused: &[(usize, Value)]) -> Vec<Value> {

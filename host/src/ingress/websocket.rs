@@ -17,9 +17,11 @@
 //! records share one fsync; and once the answers a socket has waiting for its client come to
 //! its [`answer_budget`] of bytes, reading waits too. A `wait` message takes its share of the budget
 //! when it is admitted, the most its reply may hold (`max_message_bytes`: so at most four are open
-//! at once), and keeps it until its answer is written to the socket (its answer's own length, once
-//! settled): the answers the open `wait` messages may bring never come to more than the budget, and
-//! a client reading its answers slowly, or not at all, is not read either. With
+//! at once), and keeps it until its answer is written to the socket (its answer's own length once
+//! settled, when shorter; a longer answer, its reply as JSON with its `ref` and id, is queued in
+//! that share all the same, waiting for no more): the answers waiting for a client come to at most
+//! the budget, or four `wait` answers whole when theirs are longer, and a client reading its
+//! answers slowly, or not at all, is not read either. With
 //! `[ingress.http] token`, the upgrade request must carry it (`Authorization: Bearer …`), and a
 //! browser's foreign `Origin` is refused. A socket serves while the token it was let in with is the
 //! one required: once a reload replaces it (or sets or removes one), the next frame the client sends
@@ -63,12 +65,14 @@ const QUEUED_ANSWERS: usize = 1024;
 /// The bytes of answers a socket may have waiting for its client (to come, queued for its writer,
 /// or being written), for `max_message_bytes`: four of them. A `wait` answer may carry a reply of up
 /// to `max_message_bytes`, and 256 of those, at 1 MiB, were 256 MiB held for a client that read none.
+/// A `wait` answer counts as `max_message_bytes` at most, however long its reply's JSON (up to six
+/// bytes a byte, escaped): when theirs are longer, the answers waiting come to four `wait` answers.
 fn answer_budget(max_message_bytes: usize) -> usize {
     max_message_bytes.saturating_mul(4)
 }
 
 /// An answer queued for the socket's writer, as written, with its bytes of the socket's answer
-/// budget, held until it is written.
+/// budget (a `wait` answer's, no more than its message reserved), held until it is written.
 struct Answer {
     text: String,
     room: OwnedSemaphorePermit,
@@ -80,14 +84,16 @@ struct Answer {
 #[derive(Clone)]
 struct AnswerQueue {
     answers: mpsc::Sender<Answer>,
-    /// The budget's bytes not taken: a `wait` message takes the most its answer may need (see
-    /// `reservation`) from its admission, and its answer its own length in its place once settled;
-    /// each answer queued takes its length (all of the budget, when larger) until it is written.
+    /// The budget's bytes not taken: a `wait` message takes `reservation` from its admission, and
+    /// its answer keeps its own length of that once settled (all of it when longer: see `queue`);
+    /// each other answer queued takes its length (all of the budget, when larger) until it is
+    /// written.
     room: Arc<Semaphore>,
     /// The budget, in bytes.
     budget: u32,
     /// What an open `wait` message takes of the budget: `max_message_bytes`, the most its reply
-    /// may hold (all of the budget, when larger).
+    /// may hold (all of the budget, when larger); its answer, the reply written as JSON with the
+    /// frame's `ref` and the message's id, may be longer.
     reservation: u32,
     /// Turns true when the ingress stops.
     stopping: watch::Receiver<bool>,
@@ -124,27 +130,23 @@ impl AnswerQueue {
         }
     }
 
-    /// Queue `frame`, in the room `reserved` for it (a `wait` message's answer), once there is room
-    /// for it: what it needs past what was reserved is waited for, what it does not is given back;
-    /// `false` once the writer is gone, or when the ingress stops (or stopped) while it waits for
-    /// room.
+    /// Queue `frame` once there is room for it; a `wait` message's answer in the room `reserved`
+    /// for it, at once: what it does not need is given back, and what it is longer (its reply's
+    /// JSON, its `ref` and id around it) is not waited for, as the other open `wait` messages may
+    /// hold the rest of the budget, each waiting for its own answer's turn. `false` once the writer
+    /// is gone, or when the ingress stops (or stopped) while it waits.
     async fn queue(&self, frame: Value, reserved: Option<OwnedSemaphorePermit>) -> bool {
         let text = frame.to_string();
         let bytes = text.len().min(self.budget as usize);
         let queued = async {
             let room = match reserved {
-                Some(mut room) if room.num_permits() >= bytes => {
-                    drop(room.split(room.num_permits() - bytes));
+                Some(mut room) => {
+                    drop(room.split(room.num_permits().saturating_sub(bytes)));
                     room
                 }
-                reserved => {
-                    let held = reserved.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-                    let more = self.room.clone().acquire_many_owned((bytes - held) as u32);
-                    let mut room = more.await.expect("the budget is never closed");
-                    if let Some(reserved) = reserved {
-                        room.merge(reserved);
-                    }
-                    room
+                None => {
+                    let room = self.room.clone().acquire_many_owned(bytes as u32);
+                    room.await.expect("the budget is never closed")
                 }
             };
             self.answers.send(Answer { text, room }).await.is_ok()
