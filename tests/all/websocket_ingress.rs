@@ -744,6 +744,47 @@ async fn wait_answers_longer_than_their_reservation_are_written_while_four_are_o
     assert_eq!((stats.accepted, stats.delivered), (5, 5));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_frame_is_admitted_before_the_frames_sent_after_it() {
+    // A `wait` frame's message was admitted by a task of its own, while the socket was read on:
+    // the frames sent after it were admitted first.
+    const COUNT: usize = 8;
+    let dir = plugin_dir(&[]);
+    // Each message delivered, with its id: the host numbers the messages as it admits them.
+    let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let host = builder(dir.path())
+        .destination("out", {
+            let delivered = delivered.clone();
+            move |message: Message| {
+                delivered.lock().unwrap().push((message.id, message.payload));
+                async { Ok(None) }
+            }
+        })
+        .route(RouteConfig::new("all", ">", "out"))
+        .build()
+        .await
+        .unwrap();
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    // In one write: the socket reads the frames after the `wait` one at once.
+    for n in 0..COUNT {
+        let frame = json!({ "topic": "t", "payload": n.to_string(), "ref": n, "wait": n == 0 });
+        socket.feed(Frame::text(frame.to_string())).await.unwrap();
+    }
+    socket.flush().await.unwrap();
+    for _ in 0..COUNT {
+        assert!(answer(&mut socket).await["id"].is_string());
+    }
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.delivered, COUNT as u64);
+    let mut delivered = delivered.lock().unwrap().clone();
+    delivered.sort();
+    let admitted: Vec<_> = delivered.iter().map(|(_, payload)| payload.clone()).collect();
+    let sent: Vec<_> = (0..COUNT).map(|n| bytes::Bytes::from(n.to_string())).collect();
+    assert_eq!(admitted, sent, "admitted in the order they were sent");
+}
+
 /// Frames of messages on topic `t.x` whose payload is their number (also their `ref`), but for the
 /// `refused` ones, sent in one write (the ingress reads them together); the answers, in order.
 async fn send_together(socket: &mut Socket, count: usize, refused: &[(usize, Value)]) -> Vec<Value> {

@@ -12,20 +12,21 @@
 //! in place of the code when it was delivered but its reply refused).
 //!
 //! Backpressure is by not reading: a frame is admitted as [`Host::send`] admits, waiting while the
-//! queue is full, before the next is read, with the frames after it already read (none waited for,
-//! up to a `wait` one: see [`together`](super::together)), so that with `durability = "spool"` their
-//! records share one fsync; and once the answers a socket has waiting for its client come to
-//! its [`answer_budget`] of bytes, reading waits too. A `wait` message takes its share of the budget
-//! when it is admitted, the most its reply may hold (`max_message_bytes`: so at most four are open
-//! at once), and keeps it until its answer is written to the socket (its answer's own length once
-//! settled, when shorter; a longer answer, its reply as JSON with its `ref` and id, is queued in
-//! that share all the same, waiting for no more): the answers waiting for a client come to at most
-//! the budget, or four `wait` answers whole when theirs are longer, and a client reading its
-//! answers slowly, or not at all, is not read either. With
-//! `[ingress.http] token`, the upgrade request must carry it (`Authorization: Bearer …`), and a
-//! browser's foreign `Origin` is refused. A socket serves while the token it was let in with is the
-//! one required: once a reload replaces it (or sets or removes one), the next frame the client sends
-//! is not served, and the socket is closed (1008) once the answers still due are sent.
+//! queue is full, before the next is read (a `wait` one too: only its settling is waited for
+//! apart), with the frames after it already read (none waited for, up to a `wait` one: see
+//! [`together`](super::together)), so that with `durability = "spool"` their records share one
+//! fsync; and once the answers a socket has waiting for its client come to its [`answer_budget`] of
+//! bytes, reading waits too. A `wait` message takes its share of the budget when it is admitted,
+//! the most its reply may hold (`max_message_bytes`: so at most four are open at once), and keeps
+//! it until its answer is written to the socket (its answer's own length once settled, when
+//! shorter; a longer answer, its reply as JSON with its `ref` and id, is queued in that share all
+//! the same, waiting for no more): the answers waiting for a client come to at most the budget, or
+//! four `wait` answers whole when theirs are longer, and a client reading its answers slowly, or
+//! not at all, is not read either. With `[ingress.http] token`, the upgrade request must carry it
+//! (`Authorization: Bearer …`), and a browser's foreign `Origin` is refused. A socket serves while
+//! the token it was let in with is the one required: once a reload replaces it (or sets or removes
+//! one), the next frame the client sends is not served, and the socket is closed (1008) once the
+//! answers still due are sent.
 //!
 //! A frame, or a message of several, larger than [`largest_json`](crate::message::largest_json) (of
 //! `max_message_bytes`; a smaller one past `max_message_bytes` is answered `413`) is refused on its
@@ -45,7 +46,7 @@
 use super::bulk::{BulkMessage, ClientHeaders, message_of};
 use super::together::{BatchRoom, admit_together};
 use crate::config::HttpIngressConfig;
-use crate::host::{Host, RequestError, SendError};
+use crate::host::{Host, RequestError, SendError, await_reply};
 use crate::listener::socket::{Silence, Silent};
 use crate::message::Message;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
@@ -500,16 +501,20 @@ async fn admit(host: &Host, mut read: Vec<Result<Asked, Value>>, answers: &Answe
     }
 }
 
-/// Admit the message of a `wait` frame once the budget has room for its answer, and queue that
-/// answer once it is settled; `false` when the ingress stops while this waits on the client.
+/// Admit the message of a `wait` frame once the budget has room for its answer, before the next
+/// frame is admitted, and queue that answer once it is settled (waited for in the background);
+/// `false` when the ingress stops while this waits on the client, or the writer is gone.
 async fn admit_waited(host: &Host, asked: Asked, answers: &AnswerQueue) -> bool {
     let Asked { reference, id, message, .. } = asked;
     let Some(room) = answers.reserve().await else { return false };
-    let (host, answers) = (host.clone(), answers.clone());
+    let pending = match host.send_request(message).await {
+        Ok((_, pending)) => pending,
+        Err(err) => return answers.queue(refused(reference, &err), Some(room)).await,
+    };
+    let answers = answers.clone();
     tokio::spawn(async move {
-        let settled = match host.request(message).await {
+        let settled = match await_reply(pending).await {
             Ok(reply) => json!({ "ref": reference, "id": id, "reply": reply.as_ref().map(reply_json) }),
-            Err(RequestError::NotAccepted(err)) => refused(reference, &err),
             Err(RequestError::DeadLettered(reason) | RequestError::ReplyFailed(reason)) => {
                 json!({ "ref": reference, "id": id, "error": reason.to_string(), "code": reason.code() })
             }
