@@ -1,6 +1,6 @@
 //! The NATS ingress against a real `nats-server`: published messages are admitted with their
 //! headers, a request gets the host's reply (or its failure), a full queue holds the subscription
-//! back without losing anything, and two `switchyard run` processes in one queue group split a
+//! back without losing anything (the host reading at most a batch's bytes ahead), and two `switchyard run` processes in one queue group split a
 //! stream with none lost and none twice while one of them stops mid-stream.
 
 use crate::cli::Running;
@@ -156,6 +156,51 @@ async fn a_full_queue_holds_the_subscription_back_and_loses_nothing() {
     within(serving).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (2000, 2000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_read_ahead_of_a_full_queue_hold_at_most_a_batchs_bytes() {
+    // The messages read together were bounded by count alone (256): while the queue was full, the
+    // host held what the socket's buffers had, megabytes of large messages read and not admitted.
+    const COUNT: usize = 192;
+    const PAYLOAD: usize = 128 << 10;
+    // A batch is at most 1 MiB of messages (or one message); one message more is read ahead of it,
+    // and the reader's buffer holds up to about two more, in part.
+    const HELD_AT_MOST: u64 = (1 << 20) + 4 * FRAME as u64;
+    const FRAME: usize = "MSG load.big 1 131072\r\n".len() + PAYLOAD + 2;
+    let server = NatsServer::start();
+    let dir = plugin_dir(&[]);
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let config = "[host]\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1";
+    let (host, delivered) = gated_host(dir.path(), config, &entered, &gate).await;
+    let (stop, serving) = serve(&host, &server, &["load.big"]).await;
+    let ingress = server.only_connection();
+    let handshake = ingress.read();
+    let client = server.client().await;
+    for n in 0..COUNT {
+        let mut payload = format!("{n:08}").into_bytes();
+        payload.resize(PAYLOAD, b'.');
+        client.publish("load.big", payload.into()).await.unwrap();
+    }
+    fence(&client).await;
+    // One message at a time through the destination: after each, what the host has read and not
+    // admitted (what its socket gave, less the messages accepted) is within the bound. What it
+    // admitted are in the queue (one) and the destination (one), which the host bounds apart.
+    let mut held_most = 0;
+    for n in 0..COUNT {
+        // Read first, accepted after: a message admitted in between is counted as not held.
+        let read = ingress.read() - handshake;
+        let held = read.saturating_sub(host.stats().accepted * FRAME as u64);
+        held_most = held_most.max(held);
+        gate.add_permits(1);
+        let message = next(&delivered).await;
+        assert_eq!(&message.payload[..8], format!("{n:08}").as_bytes(), "in order, none lost");
+    }
+    assert!(held_most <= HELD_AT_MOST, "{held_most} bytes read and not admitted, at most {HELD_AT_MOST}");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (COUNT as u64, COUNT as u64));
 }
 
 /// A `switchyard run` in a directory of its own, in queue group `switchyard` on `server`, writing

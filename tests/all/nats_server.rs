@@ -69,6 +69,14 @@ impl NatsServer {
         });
     }
 
+    /// The connection of the one client the server has now (before a test connects its own), as
+    /// the kernel sees it from that client's side.
+    pub fn only_connection(&self) -> ClientSocket {
+        let sockets = sockets(&format!("dport = :{}", self.port));
+        let [(local, _)] = sockets[..] else { panic!("not one client connected: {sockets:?}") };
+        ClientSocket { local, server: self.port }
+    }
+
     /// A client of the server that tries to reconnect at once when it loses it.
     pub async fn client(&self) -> async_nats::Client {
         let options = async_nats::ConnectOptions::new()
@@ -82,6 +90,46 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A client's TCP connection to a [`NatsServer`], by its ports on 127.0.0.1.
+pub struct ClientSocket {
+    local: u16,
+    server: u16,
+}
+
+impl ClientSocket {
+    /// The bytes the client has read from the connection so far: what reached its socket, less what
+    /// waits there unread (the kernel's figures, from `ss`).
+    pub fn read(&self) -> u64 {
+        match sockets(&format!("sport = :{} and dport = :{}", self.local, self.server))[..] {
+            [(_, read)] => read,
+            ref sockets => panic!("not one connection: {sockets:?}"),
+        }
+    }
+}
+
+/// The established TCP connections that `filter` (an `ss` filter) selects: each one's local port and
+/// the bytes its owner has read from it.
+fn sockets(filter: &str) -> Vec<(u16, u64)> {
+    let output = Command::new("ss").args(["-tinH", "state", "established", filter]).output();
+    let output = output.expect("ss (iproute2) is needed to look at a connection's kernel figures");
+    assert!(output.status.success(), "ss {filter}: {output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    // Each socket is a line of `Recv-Q Send-Q local peer`, then an indented line of its `key:value`s.
+    let mut sockets = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let (unread, local) = (columns[0].parse::<u64>().unwrap(), columns[2]);
+        let port = local.rsplit_once(':').unwrap().1.parse().unwrap();
+        let details = lines.next().unwrap_or_default();
+        let received = details.split_whitespace().find_map(|item| item.strip_prefix("bytes_received:"));
+        // A socket that received nothing shows no `bytes_received`.
+        let received = received.map_or(0, |bytes| bytes.parse::<u64>().unwrap());
+        sockets.push((port, received - unread));
+    }
+    sockets
 }
 
 /// The `nats-server` executable, or a failure saying how to install it.

@@ -1,5 +1,6 @@
 //! Messages read together on one connection or stream (the WebSocket ingress's frames, a gRPC
-//! `PublishStream`'s messages): those already read when one is, none waited for, are admitted
+//! `PublishStream`'s messages, a core NATS subscription's messages): those already read when one
+//! is, none waited for, are admitted
 //! with it as one batch ([`admit_together`]), so that with `durability = "spool"` their records
 //! share one fsync, where one message after another waited for one each. A lone message is
 //! admitted at once, as before.

@@ -43,6 +43,14 @@ pub(super) struct Delivered {
     pub payload: Bytes,
 }
 
+impl Delivered {
+    /// Its headers and payload, in bytes.
+    pub(super) fn bytes(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        headers + self.payload.len()
+    }
+}
+
 /// What the server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ServerOp {

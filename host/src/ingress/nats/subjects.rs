@@ -4,9 +4,10 @@
 //! (except `x-sy-` ones: a publisher cannot set the host's own) and a new unique id (`x-sy-id`),
 //! admitted like an HTTP request's, through the same bounded queue: while the queue is full the
 //! ingress waits for room and reads nothing more, so the server holds what follows (see below).
-//! The messages already read when one is admitted (up to [`MAX_BATCH`]) are admitted with it, in
-//! order: with `durability = "spool"` their records share one fsync, each accepted once it is on
-//! disk, so the subscription is read faster than one message per fsync.
+//! The messages already read when one is admitted (within a [`BatchRoom`]: up to 256 of them and
+//! 1 MiB, as the WebSocket and gRPC ingresses read ahead) are admitted with it, in order: with
+//! `durability = "spool"` their records share one fsync, each accepted once it is on disk, so the
+//! subscription is read faster than one message per fsync.
 //!
 //! A message with a reply subject is a request: the host's answer is published to it, carrying
 //! `x-sy-id`, and the reply's headers and payload; when the destination gives no reply, an empty
@@ -41,6 +42,7 @@
 use super::protocol::{self, Delivered, OverMaxPayload, Reader, ServerOp};
 use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, PendingReply, RequestError, SendError, await_reply};
+use crate::ingress::together::BatchRoom;
 use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -52,9 +54,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Messages read already that are admitted together, at most.
-const MAX_BATCH: usize = 256;
 
 /// The longest pause between two attempts to connect again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -73,7 +72,7 @@ pub(super) struct SubjectIngress {
     host: Host,
     config: NatsIngressConfig,
     reader: Reader,
-    /// What the reader gave after the last message of a batch (see [`MAX_BATCH`]), for the reading
+    /// What the reader gave after the last message of a batch (see [`BatchRoom`]), for the reading
     /// loop to hear next.
     read_ahead: Option<Option<io::Result<ServerOp>>>,
     /// The connection's writing half: `PONG`s and `PING`s from the reading loop, and answers from
@@ -193,13 +192,18 @@ impl SubjectIngress {
         Ok(())
     }
 
-    /// Admit `first` with the messages after it that are read already (up to [`MAX_BATCH`]; the
-    /// first other operation read is kept for the reading loop), waiting for room.
+    /// Admit `first` with the messages after it that are read already (within a [`BatchRoom`]; the
+    /// first other operation read, or message past the room, is kept for the reading loop),
+    /// waiting for room.
     async fn admit_read(&mut self, first: Delivered) {
+        let mut room = BatchRoom::default();
+        room.take(first.bytes());
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        loop {
             match self.reader.next().now_or_never() {
-                Some(Some(Ok(ServerOp::Message(delivered)))) => batch.push(delivered),
+                Some(Some(Ok(ServerOp::Message(delivered)))) if room.take(delivered.bytes()) => {
+                    batch.push(delivered)
+                }
                 Some(next) => {
                     self.read_ahead = Some(next);
                     break;
