@@ -227,6 +227,35 @@ fn refusal(result: &PublishResult) -> &Refusal {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_more_headers_than_the_host_takes_is_refused_for_their_count_before_any_is_built() {
+    // Every header of a request was decoded into its map, and checked one by one, before admission
+    // counted them: tiny headers by the hundred thousand within max_message_bytes made the host
+    // build far more than it read, and a bad one among them (here the host's own x-sy-id) was the
+    // error, where the other ingresses refuse such a message for its count.
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let mut crowded = publish("orders.eu", "crowded");
+    crowded.headers = (0..2000).map(|n| (format!("x-{n}"), "v".to_owned())).collect();
+    crowded.headers.insert("x-sy-id".into(), "mine".into());
+    let refused = client.publish(crowded.clone()).await.expect_err("too many headers");
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::InvalidArgument, "2001 headers; at most 1024"),
+        "as the bulk and WebSocket ingresses refuse it: {refused:?}"
+    );
+    // A stream breaks off at it, as at any message that does not decode.
+    let requests = [publish("orders.eu", "before"), crowded, publish("orders.eu", "after")];
+    let reply = client.publish_stream(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.results.len()), (1, 2), "{reply:?}");
+    let refused = refusal(&reply.results[1]);
+    let why = "not admitted, nor anything after it: 2001 headers; at most 1024";
+    assert_eq!((refused.status, refused.error.as_str()), (400, why));
+    client.publish(publish("orders.eu", "after")).await.expect("the connection serves on");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_breaks_off_is_answered_with_what_it_admitted_and_a_refusal_where_it_broke() {
     // A message over the decode limit (max_message_bytes + 64 KiB) failed the whole call with
     // OUT_OF_RANGE while the three before it were admitted: a client that sent them again sent

@@ -5,7 +5,8 @@
 pub struct PublishRequest {
     #[prost(string, tag = "1")]
     pub topic: ::prost::alloc::string::String,
-    /// `x-sy-` headers are the host's: a message carrying one is refused.
+    /// `x-sy-` headers are the host's: a message carrying one is refused, as is one with more than 1024
+    /// (INVALID_ARGUMENT; in a stream, where reading stops).
     #[prost(map = "string, string", tag = "2")]
     pub headers: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -46,8 +47,8 @@ pub struct PublishStreamReply {
     #[prost(uint64, tag = "1")]
     pub accepted: u64,
     /// One per message of the stream, in order. Where reading stopped, a last refusal: the message past
-    /// 10 000 (413), one too large (413) or malformed (400), a pause of header_timeout_ms (400), a stop
-    /// (503); nothing from there on was admitted.
+    /// 10 000 (413), one too large (413), malformed or with more than 1024 headers (400), a pause of
+    /// header_timeout_ms (400), a stop (503); nothing from there on was admitted.
     #[prost(message, repeated, tag = "2")]
     pub results: ::prost::alloc::vec::Vec<PublishResult>,
 }
@@ -180,7 +181,7 @@ pub mod ingress_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::ingress::grpc::codec::IngressCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/switchyard.v1.Ingress/Publish",
             );
@@ -208,7 +209,7 @@ pub mod ingress_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::ingress::grpc::codec::IngressCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/switchyard.v1.Ingress/PublishStream",
             );
@@ -353,7 +354,7 @@ pub mod ingress_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PublishSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::ingress::grpc::codec::IngressCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -400,7 +401,7 @@ pub mod ingress_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PublishStreamSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::ingress::grpc::codec::IngressCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

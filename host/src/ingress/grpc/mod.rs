@@ -10,6 +10,8 @@
 //! message, at most 10 000 of them (the bulk ingress's `MAX_BATCH`): reading stops at the message past
 //! them, at one the stream breaks off with (too large, malformed, a pause of `header_timeout_ms`) and
 //! at a stop, and a last refusal says so; the call itself never fails once a message was admitted.
+//! A message with more headers than the host takes is refused for their count as it is decoded,
+//! none of them built ([`codec`]): a stream breaks off at it too.
 //! Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
 //! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
 //! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
@@ -17,6 +19,7 @@
 //! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata, checked on the call's
 //! headers before any of its body is read ([`TokenCheck`]).
 
+mod codec;
 mod connections;
 #[rustfmt::skip]
 mod generated;
