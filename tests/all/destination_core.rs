@@ -306,6 +306,74 @@ async fn a_send_dropped_while_waiting_for_room_in_a_destination_queue_is_not_cou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_waiting_for_room_in_a_destination_rebuilt_then_removed_goes_where_its_route_now_leads() {
+    // A send waiting for room in its route's destination kept the topology it found the route in.
+    // A reload that rebuilt the destination handed its queue over to the new instance's, and one
+    // that removed it closed that one: the send found the queue full (closed), and room in it at
+    // once, round and round without yielding its thread. The send runs on a thread and a runtime
+    // of its own, so that such a spin fails the test rather than taking a thread of the host's.
+    let queue = "queue = { max_in_flight = 1, capacity = 1 }";
+    let (endpoint, _dir, host) = one_held_and_one_queued(queue).await;
+    let graced = |text: String| text.replacen("[host]", "[host]\nshutdown_grace_ms = 200", 1);
+    let ((tell_waiting, waiting), (tell_sent, sent)) =
+        (tokio::sync::oneshot::channel(), tokio::sync::oneshot::channel());
+    let sender = host.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut send = Box::pin(sender.send(Message::new("orders", "waiting")));
+            let _ = tell_waiting.send(futures_util::poll!(&mut send).is_pending());
+            let _ = tell_sent.send(send.await);
+        });
+    });
+    assert!(within(waiting).await.unwrap(), "the queue is full: the send waits");
+    // `in flight` stays under way on the old instance, holding the one delivery slot: `queued`
+    // fills the new instance's queue.
+    apply(&host, &graced(config(&[&endpoint], &format!("timeout_ms = 599999\n{queue}")))).await;
+    queued(&host, "api", 1).await;
+    apply(&host, &graced(without_api("all"))).await;
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(10), sent).await;
+    assert!(matches!(sent, Ok(Ok(Ok(_)))), "the send did not end: {sent:?}");
+    let arrived = next(&host.memory("dead").unwrap()).await;
+    assert_eq!(arrived.payload, "waiting");
+    assert_eq!(arrived.header("x-sy-dead-letter"), None, "delivered, not dead-lettered: {arrived:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered, stats.dead_lettered), (3, 1, 2), "{stats:?}");
+    assert_eq!(endpoint.arrived(), 1, "only `in flight` was ever sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_waiting_for_room_in_a_removed_destination_and_no_longer_polled_does_not_hold_up_shutdown() {
+    // A send waiting for room in its route's destination kept the topology it found the route in,
+    // and that topology the destination's queue: a reload that removed the destination left the
+    // queue open and its dispatcher running, and a shutdown, which closes the queues of the
+    // topology it runs, waited for that dispatcher for as long as the send was kept unpolled.
+    let live = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[]);
+    let (_, refused) =
+        live_and_refused(&live, "queue = { max_in_flight = 1, capacity = 1, timeout_ms = 600000 }");
+    let host = host(dir.path(), &refused).await;
+    // `old 0` waits for the endpoint in the one delivery slot, `old 1` fills the queue.
+    for n in 0..2 {
+        host.send(Message::new("orders", format!("old {n}"))).await.unwrap();
+    }
+    queued(&host, "api", 1).await;
+    let mut waiting = Box::pin(host.send(Message::new("orders", "waiting")));
+    assert!(futures_util::poll!(&mut waiting).is_pending(), "the queue is full: the send waits");
+    apply(&host, &without_api("all")).await;
+    // Well before any queue timeout: `next` gives up after a minute.
+    let reasons = dead_letter_reasons(&host, 2).await;
+    let expected = [("old 0", "destination-removed"), ("old 1", "destination-removed")];
+    assert_eq!(reasons, expected.map(|(body, reason)| (body.to_owned(), reason.to_owned())).into());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), host.shutdown()).await;
+    assert!(ended.is_ok(), "the shutdown waited for a send nobody polls");
+    assert_eq!(within(waiting).await, Err(switchyard::SendError::ShuttingDown), "refused, not accepted");
+    let stats = host.stats();
+    assert_eq!((stats.accepted, stats.dead_lettered, stats.in_flight()), (2, 2, 0), "{stats:?}");
+    assert_eq!(live.arrived(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_dead_letters_what_an_in_place_destination_holds_past_its_grace_period() {
     // A memory destination nobody reads (full at two) and a destination in
     // code that never answers hold the only worker; the shutdown still ends

@@ -707,16 +707,16 @@ impl Host {
     /// destination instead, waiting while that is full. A wait holds nothing the workers or a
     /// shutdown wait for, so a send no longer polled holds neither up: it is told when room is
     /// made and tries again under the sender's lock, refused once a shutdown took the sender.
+    /// Each try looks for the route in the topology of the time: one a reload changed meanwhile
+    /// (to stages, or another destination) goes where it leads now.
     async fn enqueue(&self, mut envelope: Envelope) -> Result<(), SendError> {
         let pipeline = &self.inner.reloader.pipeline;
-        if let Some(direct) = pipeline.direct_route(&envelope) {
-            loop {
-                match self.deliver_direct_if_room(&direct, envelope)? {
-                    None => return Ok(()),
-                    Some(back) => envelope = back,
-                }
-                direct.room().await;
+        while let Some(direct) = pipeline.direct_route(&envelope) {
+            match self.deliver_direct_if_room(&direct, envelope)? {
+                None => return Ok(()),
+                Some(back) => envelope = back,
             }
+            direct.room().await;
         }
         let mut woken = false;
         loop {

@@ -38,7 +38,10 @@ impl Pipeline {
     /// Push `envelope` on `direct` into its destination's queue, as a worker would, if that has
     /// room now, counting it on the route once it is in; else it comes back. Its caller checks that
     /// the host still accepts, under the lock a shutdown takes before it closes the queues: a
-    /// closed queue, which that leaves to a race no caller runs, sends it back as a full one does.
+    /// closed queue sends it back as a full one does, and then has room at once (see
+    /// [`DirectRoute::room`]), so that the caller looks for the route again. (A reload removed the
+    /// destination since `direct` was found, after another rebuilt it: `direct`'s queue was handed
+    /// over to one that is closed now.)
     pub(crate) fn try_deliver_direct(&self, direct: &DirectRoute, envelope: Envelope) -> Option<Envelope> {
         let (item, intake_bytes) = direct.item(envelope);
         let metrics = direct.topology.route_metrics(&direct.route().name);
@@ -61,15 +64,19 @@ impl DirectRoute {
     }
 
     /// The queue of the route's destination.
-    fn queue(&self) -> &DeliveryQueue<Job> {
+    fn queue(&self) -> &Arc<DeliveryQueue<Job>> {
         let target = self.topology.direct_target(self.key).expect("a direct route");
         &target.queue.as_ref().expect("a direct target has a queue").0
     }
 
     /// Resolves once the route's destination took a message from its queue, or closed it: a
-    /// [`try_deliver_direct`](Pipeline::try_deliver_direct) that found it full may try again.
-    pub(crate) async fn room(&self) {
-        self.queue().room().await;
+    /// [`try_deliver_direct`](Pipeline::try_deliver_direct) that found it full may look for the
+    /// route again, and try again. The wait holds the queue, not the topology: a reload that
+    /// removes the destination meanwhile closes its queue (which ends the wait) when the topology
+    /// it replaced goes, and a shutdown does not wait for a destination only this wait knew.
+    pub(crate) fn room(self) -> impl Future<Output = ()> + Send + use<> {
+        let queue = self.queue().clone();
+        async move { queue.room().await }
     }
 
     /// The message of `envelope` as its route sends it on (with the route's priority), and its
