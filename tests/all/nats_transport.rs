@@ -1,14 +1,18 @@
 //! The `nats` transport against a real `nats-server`: publishes reach a subscriber with their
 //! headers, requests get a responder's answer, messages sent while the server is down wait and go
 //! once it is back, a request nobody answers is dead-lettered as such, one whose answer is too
-//! large is delivered with its reply refused, and a host that never answers the handshake was never
-//! sent anything. A server played by the test resets a connection while a message is on its way.
+//! large is delivered with its reply refused, a request whose attempt was cut is forgotten (its
+//! late answer dropped) and a transport dropped stops taking answers, and a host that never answers
+//! the handshake was never sent anything. A server played by the test resets a connection while a
+//! message is on its way.
 
 use crate::fake_nats_server::FakeNatsServer;
 use crate::nats_server::{NatsServer, fence};
 use crate::support::{builder, drain_and_account, next, plugin_dir, within};
 use futures_util::StreamExt;
 use std::collections::HashSet;
+use std::time::Duration;
+use switchyard::transport::{NatsOptions, NatsTransport, Transport};
 use switchyard::{Config, Host, Message, RequestError};
 
 /// A host delivering everything to a `nats` destination on `server` with `options`.
@@ -182,6 +186,77 @@ async fn a_request_nobody_answers_is_retried_then_dead_lettered_as_no_responders
     assert!(error.contains("no responders on subject svc.nobody"), "{error}");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_attempts_were_cut_are_forgotten_and_their_late_answers_dropped() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut requests = client.subscribe("svc.>").await.unwrap();
+    fence(&client).await;
+    let transport = NatsTransport::new(NatsOptions { subject: "svc.{topic}".into(), reply: true });
+    let address = server.address();
+    // A responder that takes each request and does not answer: its attempt is cut (dropped, as
+    // the attempt's deadline does) once the request has reached it.
+    let mut unanswered = Vec::new();
+    for n in 0..50 {
+        let message = Message::new("held", n.to_string());
+        let mut attempt = transport.attempt(&address, &message);
+        let request = tokio::select! {
+            result = &mut attempt => panic!("nobody answered: {result:?}"),
+            request = within(requests.next()) => request.expect("subscribed"),
+        };
+        assert_eq!(transport.requests_awaiting_reply(&address), 1, "request {n} waits");
+        drop(attempt);
+        assert_eq!(transport.requests_awaiting_reply(&address), 0, "request {n} was cut: forgotten");
+        unanswered.push(request.reply.expect("a reply subject"));
+    }
+    // Their answers come late, then a request is answered: it gets its own answer, not theirs.
+    for reply in unanswered {
+        client.publish(reply, "late".into()).await.unwrap();
+    }
+    let message = Message::new("answered", "now");
+    let mut attempt = transport.attempt(&address, &message);
+    let request = tokio::select! {
+        result = &mut attempt => panic!("not answered yet: {result:?}"),
+        request = within(requests.next()) => request.expect("subscribed"),
+    };
+    client.publish(request.reply.expect("a reply subject"), "on time".into()).await.unwrap();
+    let reply = within(attempt).await.unwrap().expect("a reply");
+    assert_eq!(reply.payload, "on time");
+    assert_eq!(transport.requests_awaiting_reply(&address), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_dropped_stops_taking_answers_at_its_reply_subjects() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let mut requests = client.subscribe("svc.>").await.unwrap();
+    fence(&client).await;
+    let transport = NatsTransport::new(NatsOptions { subject: "svc.{topic}".into(), reply: true });
+    let address = server.address();
+    let message = Message::new("answered", "now");
+    let mut attempt = transport.attempt(&address, &message);
+    let request = tokio::select! {
+        result = &mut attempt => panic!("not answered yet: {result:?}"),
+        request = within(requests.next()) => request.expect("subscribed"),
+    };
+    let reply_to = request.reply.expect("a reply subject");
+    client.publish(reply_to.clone(), "on time".into()).await.unwrap();
+    assert_eq!(within(attempt).await.unwrap().expect("a reply").payload, "on time");
+    // The subscription its replies came to held the connection open; gone with the transport, the
+    // server has no one to take an answer there.
+    drop(transport);
+    within(async {
+        loop {
+            let asked = async_nats::Request::new().timeout(Some(Duration::from_millis(100)));
+            match client.send_request(reply_to.clone(), asked).await {
+                Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => break,
+                _ => continue,
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

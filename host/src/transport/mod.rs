@@ -22,6 +22,7 @@ mod file;
 mod http;
 mod lines;
 mod nats;
+mod pending;
 pub mod plugin;
 mod pool;
 mod process_group;

@@ -12,7 +12,10 @@
 //!   lose what the server had not yet read of it.
 //! - with `reply = true` each message is a NATS **request**: the first answer is its reply (its
 //!   headers and payload), delivered whether or not the sender waits for it. With no subscriber the
-//!   server answers "no responders", and the message is retried (nobody took it).
+//!   server answers "no responders", and the message is retried (nobody took it). The replies to a
+//!   client's requests all come to one subscription of its own, `_INBOX.<client's>.*`, each on the
+//!   subject the request named, `_INBOX.<client's>.<id>`; a request is forgotten once its attempt
+//!   ends, answered or not, and an answer that comes later is dropped.
 //!
 //! How an attempt fails: a connection that is not up sends nothing ([`RetryReason::Connect`]: not
 //! counted as an attempt; the message waits for the server), and neither does a connect that the
@@ -27,6 +30,7 @@
 //! endpoint's connection is up and flushes.
 
 use super::SettingError;
+use super::pending::Pending;
 use super::pool::PoolStats;
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
@@ -35,12 +39,14 @@ use super::{
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings, subject_problem};
 use crate::message::{Message, TOPIC_HEADER};
 use crate::resilience::{FatalReason, Outcome, RetryReason};
-use async_nats::client::{PublishErrorKind, RequestErrorKind};
+use async_nats::client::PublishErrorKind;
 use async_nats::connection::State;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// `options = {..}` of a `nats` destination.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -87,7 +93,7 @@ pub struct NatsTransport {
     options: NatsOptions,
     /// The client of each endpoint, connected at its first attempt; a failed connect is tried
     /// again at the next one. Once connected, `async-nats` reconnects it for as long as it lives.
-    clients: Mutex<HashMap<String, Arc<OnceCell<async_nats::Client>>>>,
+    clients: Mutex<HashMap<String, Arc<OnceCell<Connection>>>>,
     /// Largest reply payload taken; a larger one is refused (the message was delivered).
     max_reply_bytes: usize,
 }
@@ -111,21 +117,31 @@ impl NatsTransport {
         self
     }
 
-    /// The client of `address`, connected now if it is not yet.
-    async fn client(&self, address: &str) -> Result<async_nats::Client, String> {
+    /// Requests sent to `address` that wait for their replies now: one whose attempt ended,
+    /// answered or cut by its deadline, is no longer among them.
+    pub fn requests_awaiting_reply(&self, address: &str) -> usize {
+        let clients = self.clients.lock().unwrap_or_else(|poison| poison.into_inner());
+        let connection = clients.get(address).and_then(|cell| cell.get());
+        connection
+            .and_then(|connection| connection.replies.as_ref())
+            .map_or(0, |replies| replies.pending.count())
+    }
+
+    /// The connection of `address`, connected now if it is not yet.
+    async fn connection(&self, address: &str) -> Result<Connection, String> {
         let cell = {
             let mut clients = self.clients.lock().unwrap_or_else(|poison| poison.into_inner());
             clients.entry(address.to_owned()).or_default().clone()
         };
-        let client = cell.get_or_try_init(|| connect(address)).await;
-        client.cloned().map_err(|err| format!("connect: {err}"))
+        let connection = cell.get_or_try_init(|| connect(address, self.options.reply)).await;
+        connection.cloned()
     }
 
-    /// The client of `address` if it is connected now; else why nothing can be sent.
-    async fn connected(&self, address: &str) -> Result<async_nats::Client, String> {
-        let client = self.client(address).await?;
-        match client.connection_state() {
-            State::Connected => Ok(client),
+    /// The connection of `address` if it is up now; else why nothing can be sent.
+    async fn connected(&self, address: &str) -> Result<Connection, String> {
+        let connection = self.connection(address).await?;
+        match connection.client.connection_state() {
+            State::Connected => Ok(connection),
             state => Err(format!("not connected to the NATS server ({state})")),
         }
     }
@@ -135,13 +151,13 @@ impl NatsTransport {
         // Until the client is connected nothing can have been sent: a deadline that cuts the connect
         // (async-nats's own gives up after 5 s) is a connect failure.
         AttemptProgress::mark_current(Step::Connecting);
-        let client = self.connected(address).await.map_err(refused)?;
+        let Connection { client, replies } = self.connected(address).await.map_err(refused)?;
         AttemptProgress::mark_current(Step::MaySend);
         let subject = self.options.subject.replace("{topic}", &message.topic);
         let headers =
             headers_of(message).map_err(|problem| (Outcome::Fatal(FatalReason::Protocol), problem))?;
         let payload = message.payload.clone();
-        if !self.options.reply {
+        let Some(replies) = replies else {
             // async-nats drops what it has not yet written when it loses a connection, and a flush
             // waiting then completes on the next one, whose count goes up before: a connection made
             // between the publish and the flush's end may have lost the message.
@@ -155,21 +171,22 @@ impl NatsTransport {
                 return Err((Outcome::Retryable(RetryReason::Reset), problem.into()));
             }
             return Ok(None);
+        };
+        // Waiting before the request goes out: its answer may come at once.
+        let mut waiting = replies
+            .pending
+            .wait()
+            .ok_or_else(|| refused("the client's replies are no longer read".into()))?;
+        let reply_to = format!("{}.{}", replies.inbox, waiting.id);
+        let request = client.publish_with_reply_and_headers(subject.clone(), reply_to, headers, payload);
+        request.await.map_err(publish_failure)?;
+        // The request may have gone out before the client stopped.
+        let closed = || (Outcome::Retryable(RetryReason::Reset), "request: the client closed".to_owned());
+        let answer = waiting.answer().await.ok_or_else(closed)?;
+        if answer.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            let problem = format!("no responders on subject {subject}");
+            return Err((Outcome::Retryable(RetryReason::NoResponders), problem));
         }
-        let answer = client.request_with_headers(subject.clone(), headers, payload).await;
-        let answer = answer.map_err(|err| match err.kind() {
-            RequestErrorKind::NoResponders => {
-                (Outcome::Retryable(RetryReason::NoResponders), format!("no responders on subject {subject}"))
-            }
-            RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                (Outcome::Fatal(FatalReason::Protocol), format!("request: {err}"))
-            }
-            RequestErrorKind::TimedOut => {
-                (Outcome::Retryable(RetryReason::Timeout), format!("request: {err}"))
-            }
-            // The request may have gone out before the connection failed.
-            RequestErrorKind::Other => (Outcome::Retryable(RetryReason::Reset), format!("request: {err}")),
-        })?;
         if answer.payload.len() > self.max_reply_bytes {
             // A responder answered: it took the message.
             let problem = format!("a reply of more than {} bytes", self.max_reply_bytes);
@@ -198,31 +215,77 @@ impl Transport for NatsTransport {
     /// Everything to a NATS server shares that one connection, so its state is what an attempt sees.
     fn probe<'a>(&'a self, address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let client = self.connected(address).await?;
-            client.flush().await.map_err(|err| format!("flush: {err}"))
+            let connection = self.connected(address).await?;
+            connection.client.flush().await.map_err(|err| format!("flush: {err}"))
         })
     }
 
     /// One connection per endpoint, in use by every attempt: `size` 1 while it is up, else 0.
     fn pool_stats(&self, address: &str) -> Option<PoolStats> {
         let clients = self.clients.lock().unwrap_or_else(|poison| poison.into_inner());
-        let client = clients.get(address)?.get()?;
-        let size = usize::from(client.connection_state() == State::Connected);
+        let connection = clients.get(address)?.get()?;
+        let size = usize::from(connection.client.connection_state() == State::Connected);
         Some(PoolStats { size, idle: 0, in_use: size, waits: 0 })
     }
 }
 
-/// A client of the NATS server at `address` (`host:port`) that never gives up reconnecting and
-/// leaves request deadlines to the destination.
-async fn connect(address: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+/// One endpoint's client, with the replies to its requests when it makes them.
+#[derive(Clone)]
+struct Connection {
+    client: async_nats::Client,
+    /// With `reply = true`: where the client's replies come to.
+    replies: Option<Arc<Replies>>,
+}
+
+/// The replies to one client's requests (see the module docs).
+struct Replies {
+    /// The subject a request's reply subject is made of: `<inbox>.<id>`, its id in `pending`.
+    inbox: String,
+    /// The requests waiting for their replies, by id: each attempt forgets its own as it ends.
+    pending: Arc<Pending<async_nats::Message>>,
+    /// Stops the task reading the replies once the transport is gone: its subscription holds the
+    /// client's connection open.
+    _reading: DropGuard,
+}
+
+/// The connection to the NATS server at `address` (`host:port`): a client that never gives up
+/// reconnecting, and with `replies`, the subscription its replies come to.
+async fn connect(address: &str, replies: bool) -> Result<Connection, String> {
+    let client = async_nats::ConnectOptions::new()
         .name("switchyard")
-        .request_timeout(None)
         .max_reconnects(None)
         // The endpoints are the servers the operator listed: a cluster's others are not ours to add.
         .ignore_discovered_servers()
         .connect(address)
         .await
+        .map_err(|err| format!("connect: {err}"))?;
+    if !replies {
+        return Ok(Connection { client, replies: None });
+    }
+    let inbox = client.new_inbox();
+    let subscriber =
+        client.subscribe(format!("{inbox}.*")).await.map_err(|err| format!("subscribe: {err}"))?;
+    let (pending, stop) = (Arc::new(Pending::default()), CancellationToken::new());
+    tokio::spawn(read_replies(subscriber, format!("{inbox}."), pending.clone(), stop.clone()));
+    let replies = Replies { inbox, pending, _reading: stop.drop_guard() };
+    Ok(Connection { client, replies: Some(Arc::new(replies)) })
+}
+
+/// Hand each reply of `subscriber` to the request waiting for it in `pending` (by the id its
+/// subject ends with, after `prefix`) until `stop`; one nobody waits for is dropped.
+async fn read_replies(
+    mut subscriber: async_nats::Subscriber,
+    prefix: String,
+    pending: Arc<Pending<async_nats::Message>>,
+    stop: CancellationToken,
+) {
+    while let Some(Some(reply)) = stop.run_until_cancelled(subscriber.next()).await {
+        if let Some(id) = reply.subject.strip_prefix(&prefix).and_then(|id| id.parse().ok()) {
+            pending.answer(id, reply);
+        }
+    }
+    // The client closed for good (or the transport is gone): those waiting learn it.
+    pending.close();
 }
 
 /// `message`'s headers as NATS headers, with `x-sy-topic` (replacing one the message carried); what

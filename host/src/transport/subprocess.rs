@@ -35,8 +35,9 @@
 //! `idempotent`; one cut with the line part-written may have delivered it. The messages the killed
 //! process held fail as those of one that exits.
 
-use super::answers::{Answer, Pending, read_answer};
+use super::answers::{Answer, read_answer};
 use super::lines::{Line, LineCodec, Written, write_line};
+use super::pending::Pending;
 use super::process_group::{ProcessGroup, ProcessGroups};
 use super::restart::{Peer, Restarting};
 use super::{
@@ -167,7 +168,7 @@ struct Running {
     /// Cancelled when a line did not go into its input in time: the process is killed.
     wedged: CancellationToken,
     /// Messages sent and not answered yet; closed once the process exited.
-    pending: Arc<Pending>,
+    pending: Arc<Pending<Answer>>,
     /// When it started, for its start grace.
     started: Instant,
     /// Set at its first line of output: it reads its input, its start grace is over.
@@ -335,7 +336,7 @@ impl Running {
 /// `answered` is set at the first line (the process reads its input).
 async fn read_answers(
     stdout: tokio::process::ChildStdout,
-    pending: &Pending,
+    pending: &Pending<Answer>,
     answered: &AtomicBool,
     destination: &str,
     process: &str,
@@ -348,7 +349,7 @@ async fn read_answers(
         let answer = line
             .map_err(|err| format!("reading it: {err}"))
             .and_then(|line| answer_of(&line, max_reply_bytes));
-        match answer.map(|answer| pending.answer(answer)) {
+        match answer.map(|answer| pending.answer(answer.id, answer)) {
             Ok(true) => {}
             Ok(false) => tracing::debug!(%destination, %process, "an answer nobody waits for"),
             Err(err) => tracing::warn!(%destination, %process, "not an answer line: {err}"),

@@ -36,7 +36,8 @@
 //! going, with or without pings), it ends with the close handshake: the peer's Close answered, or one
 //! sent, and the TCP connection closed once the peer ends it, or [`CLOSE_WAIT`] later.
 
-use super::answers::{Answer, Pending, read_answer};
+use super::answers::{Answer, read_answer};
+use super::pending::Pending;
 use super::restart::{NotRunning, Peer, Restarting};
 use super::tls::TlsClient;
 use super::{
@@ -161,7 +162,7 @@ struct Link {
     /// Shared with the task sending pings, taken by the task reading once the connection closes.
     sink: Writer,
     /// Envelopes sent and not answered yet; closed once the connection closed.
-    pending: Arc<Pending>,
+    pending: Arc<Pending<Answer>>,
     /// Cancelled to close the connection (the destination went), and once it closes: its pings stop.
     closing: CancellationToken,
 }
@@ -317,7 +318,7 @@ fn envelope(id: u64, message: &Message) -> String {
 /// life for two ping intervals; why it stopped.
 async fn read_frames(
     stream: &mut SplitStream<Socket>,
-    pending: &Pending,
+    pending: &Pending<Answer>,
     closing: &CancellationToken,
     ping: Option<Duration>,
 ) -> String {
@@ -332,7 +333,7 @@ async fn read_frames(
         last_sign = Instant::now();
         match frame {
             Some(Ok(Frame::Text(text))) => match read_answer(text.as_bytes(), None) {
-                Ok(answer) => drop(pending.answer(answer)),
+                Ok(answer) => drop(pending.answer(answer.id, answer)),
                 Err(err) => tracing::debug!("a frame that is no answer: {err}"),
             },
             Some(Ok(Frame::Close(close))) => return format!("closed by the peer: {close:?}"),
@@ -345,7 +346,12 @@ async fn read_frames(
 
 /// Ping on `sink` every `every` until the connection is closing: a ping waiting for the sink or
 /// stuck in sending (a peer that reads nothing) is given up then, so that closing gets the sink.
-async fn send_pings(sink: Writer, pending: Arc<Pending>, closing: CancellationToken, every: Duration) {
+async fn send_pings(
+    sink: Writer,
+    pending: Arc<Pending<Answer>>,
+    closing: CancellationToken,
+    every: Duration,
+) {
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     let pings = async {
         loop {
