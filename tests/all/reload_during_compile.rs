@@ -1,8 +1,9 @@
-//! A config applied while a plugin compiles: the sync under way loses nothing of what it was
-//! for — the compile-cache entry it found bad is told, and an explicit reload still tries a
-//! file refused before.
+//! Configs and plugin compiles that overlap. A config applied while a plugin compiles: the sync
+//! under way loses nothing of what it was for — the compile-cache entry it found bad is told, and
+//! an explicit reload still tries a file refused before. A config whose plugins compile: it runs,
+//! and is written, only once they serve.
 
-use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, within};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, within};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use switchyard::plugin::{CompileObserver, CompileProgress};
@@ -10,8 +11,9 @@ use switchyard::{Config, ConfigChange, ConfigError, Host, HostEvent};
 use switchyard_plugin_artifacts as artifacts;
 use tokio::sync::mpsc;
 
-/// Holds each compile that starts once armed until let go, and tells that it started: a test
-/// applies a config while a plugin compiles, whatever the timing.
+/// Holds the first compile that starts once armed until let go, and tells that it started: a test
+/// applies a config while a plugin compiles, whatever the timing. Compiles after it (those of the
+/// config applied meanwhile) run.
 struct HeldCompiles {
     armed: AtomicBool,
     held: Mutex<bool>,
@@ -34,7 +36,8 @@ impl HeldCompiles {
     fn observer(self: &Arc<Self>) -> CompileObserver {
         let this = self.clone();
         Arc::new(move |progress| {
-            if matches!(progress, CompileProgress::Started { .. }) && this.armed.load(Ordering::SeqCst) {
+            if matches!(progress, CompileProgress::Started { .. }) && this.armed.swap(false, Ordering::SeqCst)
+            {
                 let _ = this.started.send(());
                 let held = this.held.lock().unwrap();
                 // A safety net only: a failed test lets its compile go rather than hang.
@@ -146,15 +149,21 @@ async fn an_explicit_reload_that_a_config_overtook_still_tries_a_file_refused_be
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_config_is_written_before_the_plugins_compile_to_it() {
-    // The file was written only once every plugin had compiled to the config: a stop during a
-    // long compile left the config that ran unwritten, and a restart ran the old one.
+async fn a_replaced_config_is_written_once_it_runs_with_its_plugins() {
+    // The file holds what runs. The replacement's plugins compile before it runs: meanwhile the
+    // old config runs and the file holds it (a stop then refuses the replacement, and a restart
+    // runs what ran); once it runs, the file holds it before the answer says so.
     let plugins = crate::support::plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
     let path = plugins.path().join("switchyard.toml");
     let host_keys = format!("[host]\nplugin_dir = {:?}\nwatch = false\ncache_dir = \"\"\n", plugins.path());
     let config = |mode: &str| {
         MEMORY_OUT.replacen("[host]\n", &host_keys, 1)
             + &format!("[[plugin]]\nname = \"t\"\nconfig = {{ mode = \"{mode}\" }}\n")
+    };
+    let running_mode = |host: &Host| {
+        let config = host.config();
+        let t = config.plugins.iter().find(|plugin| plugin.name == "t").unwrap();
+        t.config.get("mode").cloned()
     };
     std::fs::write(&path, config("first")).unwrap();
     let (held, mut started) = HeldCompiles::new();
@@ -167,12 +176,77 @@ async fn a_replaced_config_is_written_before_the_plugins_compile_to_it() {
         async move { host.replace_config(&text).await }
     });
     within(started.recv()).await.unwrap();
-    let written = std::fs::read_to_string(&path).unwrap();
+    let (written, running) = (std::fs::read_to_string(&path).unwrap(), running_mode(&host));
     held.let_go();
-    assert_eq!(written, config("second"), "the file was not written before `t` compiled");
+    assert_eq!((written, running.as_deref()), (config("first"), Some("first")), "while `t` compiles");
     let (change, _) = within(replace).await.unwrap().unwrap();
     assert_eq!(change, ConfigChange::Applied);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), config("second"));
+    assert_eq!(running_mode(&host).as_deref(), Some("second"));
     let t = host.plugins().into_iter().find(|plugin| plugin.name == "t").unwrap();
     assert_eq!(t.settings.config.config.get("mode").map(String::as_str), Some("second"));
     drain_and_account(&host).await;
+}
+
+/// Where a message on topic `a` that filter `x` drops, sent while `x` compiles as part of a deploy
+/// of `x.wasm` with a config whose route `a` first runs it (and delivers to `filtered` instead of
+/// `out`), went: `out`, `filtered` or `dead`. `on_error` is route `a`'s failure policy in the
+/// new config. After the deploy, the filter drops such a message and keeps one it requires.
+async fn where_a_message_sent_while_deploying_a_filter_went(on_error: &str) -> &'static str {
+    let plugins = crate::support::plugin_dir(&[]);
+    let destinations = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\ncache_dir = \"\"\n", 1)
+        + "[[destination]]\nname = \"filtered\"\ntransport = \"memory\"\n";
+    let before =
+        format!("{destinations}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a\" }}\nto = \"out\"\n");
+    let after = format!(
+        "{destinations}[[plugin]]\nname = \"x\"\nconfig = {{ require_header = \"keep\" }}\n\
+         [[route]]\nname = \"a\"\nmatch = {{ topic = \"a\" }}\nstages = [\"filter:x\"]\nto = \"filtered\"\n\
+         on_error = \"{on_error}\"\n"
+    );
+    let (held, mut started) = HeldCompiles::new();
+    let host = builder(plugins.path()).config("test.toml", Config::from_toml("test.toml", &before).unwrap());
+    let host = within(host.observe_compiles(held.observer()).build()).await.unwrap();
+    let (out, filtered, dead) =
+        (host.memory("out").unwrap(), host.memory("filtered").unwrap(), host.memory("dead").unwrap());
+    // One deploy: the plugin file, then the config that uses it.
+    std::fs::copy(artifacts::HEADER_FILTER, plugins.path().join("x.wasm")).unwrap();
+    held.arm();
+    let deploy = tokio::spawn({
+        let (host, config) = (host.clone(), Config::from_toml("test.toml", &after).unwrap());
+        async move { host.apply_config("test.toml", config).await }
+    });
+    within(started.recv()).await.unwrap();
+    host.send(switchyard::Message::new("a", "sent while x compiles")).await.unwrap();
+    let went = within(async {
+        tokio::select! {
+            _ = out.recv_async() => "out",
+            _ = filtered.recv_async() => "filtered",
+            _ = dead.recv_async() => "dead",
+        }
+    })
+    .await;
+    held.let_go();
+    assert_eq!(within(deploy).await.unwrap().unwrap(), ConfigChange::Applied);
+    host.send(switchyard::Message::new("a", "dropped")).await.unwrap();
+    host.send(switchyard::Message::new("a", "kept").with_header("keep", "yes")).await.unwrap();
+    assert_eq!(next(&filtered).await.payload, b"kept".as_slice(), "the deployed filter runs");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.filtered, 1, "{stats:?}");
+    went
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_deployed_with_its_plugin_dead_letters_nothing_while_the_plugin_compiles() {
+    // The config was made current before its plugins compiled: a message sent meanwhile met route
+    // `a` with no `x` loaded, and was dead-lettered `stage-unavailable`.
+    let went = where_a_message_sent_while_deploying_a_filter_went("fail-closed").await;
+    assert_eq!(went, "out", "the old route did not take the message sent while x compiled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_route_deployed_with_its_filter_never_runs_without_it() {
+    // Under fail-open, the new route skipped the filter it could not find: the message it would
+    // have dropped was delivered.
+    let went = where_a_message_sent_while_deploying_a_filter_went("fail-open").await;
+    assert_eq!(went, "out", "the new route ran without its filter while x compiled");
 }

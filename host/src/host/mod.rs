@@ -311,8 +311,9 @@ impl Host {
     /// Each route stage that cannot run now, with why.
     fn unavailable_stages_with_problems(&self) -> Vec<(String, String)> {
         let pipeline = &self.inner.reloader.pipeline;
-        let plugins = pipeline.registry.snapshot();
+        // The config first, as a batch pins its routes before its plugins.
         let config = self.config();
+        let plugins = pipeline.registry.snapshot();
         let stages = config.routes.iter().flat_map(|route| pipeline.natives.resolve(&route.stages, &plugins));
         stages
             .filter_map(|stage| match stage {
@@ -435,8 +436,9 @@ impl Host {
         .expect("reloading does not panic")
     }
 
-    /// Validate `config` and make it current (routes, destinations, plugin
-    /// settings), then re-read the plugin directory. An invalid config, or
+    /// Validate `config`, re-read the plugin directory under it, and make it
+    /// current (routes, destinations, plugin settings) with the plugins it
+    /// brings serving first: its routes never run without them. An invalid config, or
     /// one that changes keys read only at start, changes nothing; so does one given once a
     /// shutdown began ([`ConfigError::ShuttingDown`]).
     pub async fn apply_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {

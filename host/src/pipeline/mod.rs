@@ -117,10 +117,12 @@ pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelop
 
 impl Pipeline {
     fn process(self: &Arc<Self>, worker: &mut Worker, runtime: &Handle, batch: Vec<Envelope>) {
-        // Pin one plugin set and one topology for the whole batch.
+        // Pin one topology and one plugin set for the whole batch, the topology first: a reload
+        // makes the plugins its routes use serve before it stores them, so new routes come with
+        // their plugins.
+        let topology = self.topology.load_full();
         let plugins = self.registry.snapshot();
         worker.forget_stale(&plugins);
-        let topology = self.topology.load_full();
         let routes = &topology.routes;
         let mut settlements = Settlements::default();
         let mut by_route: Vec<Vec<Item>> = routes.routes().iter().map(|_| Vec::new()).collect();

@@ -9,6 +9,8 @@
 mod events;
 mod links;
 mod open_writes;
+mod prepared;
+mod refusal;
 mod reloader;
 mod source;
 mod watch;

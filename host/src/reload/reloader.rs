@@ -4,8 +4,10 @@
 
 use super::events::{Events, HostEvent};
 use super::open_writes::OpenWrites;
+use super::prepared::{Prepared, PreparedPlugins};
+use super::refusal::{FileRead, Opened, Refusal, unread_library};
 use super::source::{Source, beyond_grants, read_source};
-use crate::config::{CodeOverrides, Config, ConfigError, Overridden, PluginConfig, restart_only_changes};
+use crate::config::{CodeOverrides, Config, ConfigError, Overridden, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{
     CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, compile_bytes, plugin_files,
@@ -100,55 +102,6 @@ pub(crate) enum Retry {
     Refused,
 }
 
-/// A plugin file's digest and the settings it was read with.
-type FileRead = Box<(String, PluginConfig)>;
-
-/// A plugin file refused, as it was.
-struct Refusal {
-    /// Its digest and settings, when it could be read.
-    file: Option<FileRead>,
-    reason: String,
-    /// Refused for a reason outside the file, one that may pass while the file stays as it is:
-    /// its kind against where the config uses the plugin (a changed config, which re-reads every
-    /// plugin, may use it as that kind), or a grant the host could not give then (a name of
-    /// `allow_net` that did not resolve, a granted directory not made yet). Every sync tries the
-    /// file again; the same refusal is still reported once.
-    may_pass: bool,
-    /// The native library the file opened, which a retry of the same file starts from.
-    opened: Opened,
-}
-
-impl Refusal {
-    /// Whether `other` refuses the same file for the same reason: it is not reported again.
-    fn tells_as(&self, other: &Refusal) -> bool {
-        (&self.file, &self.reason, self.may_pass) == (&other.file, &other.reason, other.may_pass)
-    }
-}
-
-/// What a refused file left open. A native library is never closed: each opening maps one more
-/// copy of it for the life of the process, so a file that stays as it is is opened once.
-enum Opened {
-    /// Nothing: a component, or a library refused before it was opened (or that could not be).
-    Nothing,
-    /// A library refused once opened, for what its bytes say (its ABI, its symbols): the same
-    /// file is refused again as it was, unopened, even by an explicit reload.
-    Refused,
-    /// A library loaded, then refused (by its trial, for its kind where the config uses it, a
-    /// grant): the same file is tried again from it, not opened again.
-    Loaded(Arc<CompiledPlugin>),
-}
-
-impl Opened {
-    /// What `error`, refusing a file, says it left open; `loaded` is the plugin it made, if any.
-    fn by(error: &LoadError, loaded: Option<Arc<CompiledPlugin>>) -> Opened {
-        match (error, loaded) {
-            (_, Some(plugin)) if plugin.is_native() => Opened::Loaded(plugin),
-            (LoadError::NativeRefused { refusal, .. }, _) if refusal.once_opened() => Opened::Refused,
-            _ => Opened::Nothing,
-        }
-    }
-}
-
 impl Reloader {
     /// A reloader of the host running `config`, which had `overrides` applied over what `overridden`
     /// says it set itself.
@@ -203,7 +156,7 @@ impl Reloader {
         let mut errors = Vec::new();
         for compile in compiles {
             match compile.await.expect("compiling a plugin does not panic") {
-                Prepared::Ready(plugin) => self.swap_in(plugin),
+                Prepared::Ready(plugin) => self.events.emit(self.serve(plugin)),
                 Prepared::Failed { name, error, file, opened } => {
                     self.refuse(name, &error, file, opened);
                     errors.push(error);
@@ -218,8 +171,8 @@ impl Reloader {
     /// reject (the previous version keeps serving); a file refused before is
     /// read again only if `retry` says so. Blocks while compiling; what it
     /// made is dropped if the host stopped meanwhile, and made again under a
-    /// config applied meanwhile, as `retry` says still (that config's own sync
-    /// of every plugin, which follows this one, tries no file refused before).
+    /// config applied meanwhile, as `retry` says still (that config's own
+    /// reading of every plugin, before it applied, tried no file refused before).
     pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
         let _syncing = self.syncing.lock().unwrap_or_else(|poison| poison.into_inner());
         if self.is_closed() {
@@ -237,13 +190,14 @@ impl Reloader {
             }
             // A config was applied while this compiled: prepare the plugin again under it.
         };
+        self.settle(name, prepared);
+    }
+
+    /// Make plugin `name` what `prepared` (under the current config) says: serve its new version,
+    /// stop serving it, or report its refusal. Called holding `changing`.
+    fn settle(&self, name: &str, prepared: Prepared) {
         match prepared {
-            // A new version serves: a refusal in between is over (else the same bad file, put back
-            // later, would be taken for the one refused before, and neither reported nor shown).
-            Prepared::Ready(plugin) => {
-                self.forget_refusal(name);
-                self.swap_in(plugin);
-            }
+            Prepared::Ready(plugin) => self.events.emit(self.serve(plugin)),
             Prepared::Gone(name) => {
                 self.forget_refusal(&name);
                 self.remove(&name);
@@ -310,6 +264,14 @@ impl Reloader {
     /// Re-read every plugin of the directory, and drop those whose file is
     /// gone; `retry` says whether files refused before are read again.
     pub(crate) fn sync_all(&self, retry: Retry) {
+        for name in self.plugin_names() {
+            self.sync_plugin(&name, retry);
+        }
+    }
+
+    /// The plugins a sync of every plugin reads: those serving, those refused, and those of the
+    /// plugin directory's files.
+    fn plugin_names(&self) -> BTreeSet<String> {
         let mut names: BTreeSet<String> = self.pipeline.registry.snapshot().keys().cloned().collect();
         names.extend(self.refused.lock().unwrap_or_else(|poison| poison.into_inner()).keys().cloned());
         let dir = self.plugin_dir();
@@ -322,9 +284,7 @@ impl Reloader {
                 tracing::warn!(dir = %dir.display(), "the plugin directory is gone: no plugin serves from it")
             }
         }
-        for name in names {
-            self.sync_plugin(&name, retry);
-        }
+        names
     }
 
     /// Re-read the config file the host was built from (if any) and apply
@@ -411,8 +371,10 @@ impl Reloader {
     }
 
     /// [`apply`](Self::apply), running `current` (and keeping what it returns) once `config` is
-    /// current or found unchanged, before the plugins are synced to it: what must hold as soon as
-    /// the config runs does not wait for their compiles.
+    /// current or found unchanged. The plugins are read under `config` before it is current, and
+    /// those it brings (new files, new settings) serve before its routes run: no message meets a
+    /// route whose plugin is still compiling. One refused does not hold it back: it applies, and
+    /// the routes using that plugin follow their failure policy (`stage-unavailable`).
     fn apply_then<T>(
         &self,
         file: &str,
@@ -421,36 +383,62 @@ impl Reloader {
     ) -> Result<(ConfigChange, T), ConfigError> {
         let overridden = self.overrides.overridden(&config);
         let (config, transports) = self.checked(file, config)?;
-        let change = self.make_current(file, config, transports)?;
+        self.refuse_if_closed(file)?;
+        let change = self.change_by(file, &config, &transports)?;
+        let stale = match change {
+            ConfigChange::Applied => {
+                let plugins = self.prepare_all(&config);
+                self.make_current(file, config, transports, plugins)?
+            }
+            ConfigChange::Unchanged => Vec::new(),
+        };
         let done = current();
-        if change == ConfigChange::Applied {
-            self.sync_all(Retry::Changed);
+        for name in stale {
+            self.sync_plugin(&name, Retry::Changed);
         }
         self.tell_overridden(file, overridden);
         Ok((change, done))
     }
 
-    /// Make the checked `config` current, its new and changed destinations built from what its
-    /// check read (`transports`), unless it changes nothing or needs a restart; its plugins are
-    /// the caller's to sync. What those destinations tell follows `config-applied`.
+    /// Every plugin read and compiled under `config` (not current yet) as a sync after it would,
+    /// off all locks: compiles may take minutes, and a stop does not wait for them.
+    fn prepare_all(&self, config: &Config) -> PreparedPlugins {
+        let serving = self.pipeline.registry.snapshot();
+        let names = self.plugin_names().into_iter();
+        let outcomes = names.map(|name| (self.prepare(config, &name, Retry::Changed), name));
+        let outcomes = outcomes.map(|(prepared, name)| (name, prepared)).collect();
+        PreparedPlugins { serving, outcomes }
+    }
+
+    /// Make the checked `config`, which changes the running one (its caller holds
+    /// `config_changes`, so that is still the one [`change_by`](Self::change_by) compared), current
+    /// with `plugins` prepared under it: the new versions serve first, its routes and destinations
+    /// (the new and changed ones built from what its check read, `transports`) after, so that a
+    /// batch that loads them finds those versions; then the rest of `plugins` is settled. The
+    /// plugins another sync changed meanwhile are left out: they are the caller's to sync again.
+    /// What those destinations tell follows `config-applied`, and so does what the plugins tell.
     fn make_current(
         &self,
         file: &str,
         config: Config,
         transports: CheckedTransports,
-    ) -> Result<ConfigChange, ConfigError> {
-        let topology = {
+        plugins: PreparedPlugins,
+    ) -> Result<Vec<String>, ConfigError> {
+        let (topology, stale) = {
             let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             if *closed {
                 return Err(ConfigError::ShuttingDown { file: file.to_owned() });
             }
-            let running = self.config.load();
-            if self.unchanged(&running, &config, &transports) {
-                return Ok(ConfigChange::Unchanged);
-            }
-            let keys = restart_only_changes(&running, &config, &self.lasting.memory_capacities());
-            if !keys.is_empty() {
-                return Err(ConfigError::NeedsRestart { file: file.to_owned(), keys });
+            // The new versions first, the routes and destinations last: a batch pins its topology
+            // before its plugins (`Pipeline::process`), so one that finds the new routes finds
+            // their plugins, and so do the destinations built here.
+            let (fresh, stale) = plugins.against(&self.pipeline.registry.snapshot());
+            let (mut served, mut settled) = (Vec::new(), Vec::new());
+            for (name, prepared) in fresh {
+                match prepared {
+                    Prepared::Ready(plugin) => served.push(self.serve(plugin)),
+                    prepared => settled.push((name, prepared)),
+                }
             }
             let pipeline = &self.pipeline;
             let previous = pipeline.topology.load();
@@ -464,11 +452,13 @@ impl Reloader {
             ));
             self.pipeline.topology.store(topology.clone());
             self.config.store(Arc::new(config));
-            topology
+            self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
+            served.into_iter().for_each(|event| self.events.emit(event));
+            settled.into_iter().for_each(|(name, prepared)| self.settle(&name, prepared));
+            (topology, stale)
         };
-        self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
         topology.release_events();
-        Ok(ConfigChange::Applied)
+        Ok(stale)
     }
 
     /// Tell each key of `overridden` (what the config of `file` just applied or found unchanged
@@ -521,11 +511,22 @@ impl Reloader {
     /// What [`Reloader::apply_config`] would do with `config`, changing nothing.
     pub(crate) fn check_config(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
         let (config, transports) = self.checked(file, config)?;
+        self.change_by(file, &config, &transports)
+    }
+
+    /// What making the checked `config` current (`transports`: what its check read) would do to
+    /// the running one: change it, or nothing; refused if it needs a restart.
+    fn change_by(
+        &self,
+        file: &str,
+        config: &Config,
+        transports: &CheckedTransports,
+    ) -> Result<ConfigChange, ConfigError> {
         let running = self.config.load();
-        if self.unchanged(&running, &config, &transports) {
+        if self.unchanged(&running, config, transports) {
             return Ok(ConfigChange::Unchanged);
         }
-        let keys = restart_only_changes(&running, &config, &self.lasting.memory_capacities());
+        let keys = restart_only_changes(&running, config, &self.lasting.memory_capacities());
         match keys.is_empty() {
             true => Ok(ConfigChange::Applied),
             false => Err(ConfigError::NeedsRestart { file: file.to_owned(), keys }),
@@ -534,9 +535,10 @@ impl Reloader {
 
     /// Apply the config `text` as a reload of the file would, writing it to
     /// the config file (atomically: a temporary file renamed over it) as soon
-    /// as it is current, before the plugins compile to it, so a restart,
-    /// even one stopping them, keeps it; the file written, or `None` for a host
-    /// started without one. A refused config changes nothing, on disk or running.
+    /// as it is current, so a restart keeps it; its plugins compile before it
+    /// is, so a stop during those compiles leaves it neither running nor
+    /// written. The file written, or `None` for a host started without one. A
+    /// refused config changes nothing, on disk or running.
     pub(crate) fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
         // One replacement at a time, applied and written together: the file
         // then holds what runs.
@@ -628,19 +630,23 @@ impl Reloader {
         }
     }
 
-    fn swap_in(&self, plugin: Arc<CompiledPlugin>) {
+    /// Make `plugin` serve; the event that tells it (`plugin-loaded` or `plugin-replaced`), for the
+    /// caller to emit. A refusal of its name in between is over (else the same bad file, put back
+    /// later, would be taken for the one refused before, and neither reported nor shown).
+    fn serve(&self, plugin: Arc<CompiledPlugin>) -> HostEvent {
+        self.forget_refusal(&plugin.name);
         let mut old = None;
         // Counted as serving before it serves: a call of it may count a name or a problem at once.
         self.pipeline.metrics.plugin_serving(&plugin.name);
         self.pipeline.registry.update(|set| old = set.insert(plugin.name.clone(), plugin.clone()));
         let (name, kind, version) = (plugin.name.clone(), plugin.kind.as_str(), plugin.digest.clone());
         let compile_ms = plugin.compile_time.as_secs_f64() * 1e3;
-        self.events.emit(match old {
+        match old {
             None => HostEvent::PluginLoaded { name, kind, version, compile_ms },
             Some(old) => {
                 HostEvent::PluginReplaced { name, kind, old_version: old.digest.clone(), version, compile_ms }
             }
-        });
+        }
     }
 
     fn remove(&self, name: &str) {
@@ -670,36 +676,6 @@ fn same_config(a: &Config, b: &Config) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// A plugin made ready off the message path, or why not.
-enum Prepared {
-    Ready(Arc<CompiledPlugin>),
-    Gone(String),
-    /// Refused; `file` is its digest and settings, when it could be read.
-    Failed {
-        name: String,
-        error: LoadError,
-        file: Option<FileRead>,
-        opened: Opened,
-    },
-    /// The file is the serving version's.
-    Serving,
-    /// The file is one refused before, unchanged.
-    Refused,
-    Unsettled,
-}
-
-/// A native library refused unopened (`host.native_plugins` off) is not read either: it is known by
-/// its size and modification time, so that another library put in its place is reported again.
-fn unread_library(error: &LoadError) -> Option<FileRead> {
-    let LoadError::NativeRefused { refusal: NativeRefusal::Disabled { file }, .. } = error else {
-        return None;
-    };
-    let metadata = std::fs::metadata(file).ok()?;
-    let modified = metadata.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
-    let identity = format!("unread: {} bytes, modified {modified} ns", metadata.len());
-    Some(Box::new((identity, PluginConfig::default())))
 }
 
 /// Replace the file at `path` with `text` at once (a temporary file beside it, synced, renamed over

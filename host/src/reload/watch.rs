@@ -269,7 +269,8 @@ pub(crate) fn catch_up(reloader: &Reloader) {
 }
 
 /// Apply `batch`, the config first: the plugins changed with it are read under it, with the kind
-/// its routes use each as and the grants it gives. A config applied reads every plugin again.
+/// its routes use each as and the grants it gives. A config applied reads every plugin again, before
+/// its routes run.
 fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
     // Refusals are reported as events by reload_config.
     let config_applied = batch.contains(&Change::Config)
