@@ -318,6 +318,24 @@ async fn a_plugin_file_whose_permissions_change_is_read_again_once_and_the_host_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_atomically_beside_the_plugins_reads_none_of_them_again() {
+    // A temporary file renamed over a note, as an agent writes its status: the temporary name is
+    // gone when its events are seen, and a name gone had every plugin read and hashed again.
+    let plugins = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let host = crate::support::host(plugins.path(), MEMORY_OUT).await;
+    let mut events = host.subscribe();
+    let opens = OpenCounter::new(plugins.path().join("t.wasm"));
+    let (temporary, note) = (plugins.path().join("notes.json.tmp"), plugins.path().join("notes.json"));
+    for write in 0..10 {
+        std::fs::write(&temporary, format!("{{\"write\": {write}}}")).unwrap();
+        std::fs::rename(&temporary, &note).unwrap();
+    }
+    caught_up(&mut events, plugins.path()).await;
+    assert_eq!(opens.count(), 0, "the host read every plugin again for a note written beside them");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_plugin_is_rejected_once_and_the_host_is_quiet_afterwards() {
     let plugins = plugin_dir(&[]);
     let host = crate::support::host(plugins.path(), MEMORY_OUT).await;

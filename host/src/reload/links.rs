@@ -5,6 +5,8 @@
 //! subdirectory (a mounted ConfigMap's, behind `..data`), rewritten or
 //! replaced, made no event at all. So the directories links lead into are
 //! watched too, and a change at a place a link leads to is its plugin's.
+//! Which entries of the directory were links or directories is kept too: one
+//! of them gone may have changed anything, a file gone nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,18 +20,25 @@ pub(super) struct LinkTargets {
     /// Each place a link leads to (a link on the way, or the file at the end), named by its
     /// directory resolved and its own name unresolved, with the plugins whose links pass there.
     plugins_at: BTreeMap<PathBuf, BTreeSet<String>>,
+    /// The entries of the directory that were symbolic links or directories, by place: once gone,
+    /// only these tell that something a plugin was read through may have gone with them.
+    links_and_directories: BTreeSet<PathBuf>,
 }
 
 impl LinkTargets {
     /// Follow the links among the plugin files and sidecars of `dir`, hop by hop, as far as they
     /// stay inside `dir` (one that leads out is refused when read, so what it leads to is not
-    /// followed).
+    /// followed), and note every entry that is a link or a directory.
     pub(super) fn of(dir: &Path) -> LinkTargets {
         let mut targets = LinkTargets::default();
         let (Ok(root), Ok(entries)) = (dir.canonicalize(), std::fs::read_dir(dir)) else { return targets };
         for entry in entries.flatten() {
             let path = entry.path();
-            if names_a_plugin(&path) && entry.file_type().is_ok_and(|kind| kind.is_symlink()) {
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_symlink() || kind.is_dir() {
+                targets.links_and_directories.insert(root.join(entry.file_name()));
+            }
+            if names_a_plugin(&path) && kind.is_symlink() {
                 targets.follow(&root, path);
             }
         }
@@ -57,6 +66,11 @@ impl LinkTargets {
             false => place(path).and_then(|place| self.plugins_at.get(&place)),
         };
         plugins.into_iter().flatten()
+    }
+
+    /// Whether `path`, a place an event names, was a link or a directory of the plugin directory.
+    pub(super) fn was_link_or_directory(&self, path: &Path) -> bool {
+        place(path).is_some_and(|place| self.links_and_directories.contains(&place))
     }
 
     /// The directories the links lead into (resolved), but for those in `watched`.
@@ -111,6 +125,11 @@ mod tests {
         assert_eq!(at("loop.wasm"), ["loop"]);
         assert!(at("..v1/other.wasm").is_empty());
         assert!(targets.plugins_at(&elsewhere.path().join("x.wasm")).next().is_none());
+        for (entry, was) in [("..v1", true), ("..data", true), ("not-a-plugin", true), ("t.wasm", true)] {
+            assert_eq!(targets.was_link_or_directory(&dir.path().join(entry)), was, "{entry}");
+        }
+        assert!(!targets.was_link_or_directory(&dir.path().join("a.wasm")), "a file");
+        assert!(!targets.was_link_or_directory(&dir.path().join("..v1/t.wasm")), "not in the directory");
         assert_eq!(targets.directories(&[]), BTreeSet::from([root.clone(), root.join("..v1")]));
         assert_eq!(targets.directories(std::slice::from_ref(&root)), BTreeSet::from([root.join("..v1")]));
     }

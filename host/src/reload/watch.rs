@@ -188,7 +188,7 @@ fn follow_links(
 /// applied.
 fn changes_of(
     event: &notify::Event,
-    classify: impl Fn(&Path) -> Option<Change>,
+    classify: impl Fn(&Path, &LinkTargets) -> Option<Change>,
     links: &LinkTargets,
 ) -> Vec<Change> {
     if event.need_rescan() {
@@ -202,9 +202,13 @@ fn changes_of(
 
 /// What a change of the file at `path` changes: its own, and that of the plugins whose links lead
 /// there.
-fn changes_at(path: &Path, classify: impl Fn(&Path) -> Option<Change>, links: &LinkTargets) -> Vec<Change> {
+fn changes_at(
+    path: &Path,
+    classify: impl Fn(&Path, &LinkTargets) -> Option<Change>,
+    links: &LinkTargets,
+) -> Vec<Change> {
     let linked = links.plugins_at(path).map(|name| Change::Plugin(name.clone()));
-    classify(path).into_iter().chain(linked).collect()
+    classify(path, links).into_iter().chain(linked).collect()
 }
 
 /// Whether an event can mean new content, or content readable now: a file created, written,
@@ -225,7 +229,9 @@ fn can_change_what_is_read(kind: &EventKind) -> bool {
     )
 }
 
-fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&Path) -> Option<Change> {
+/// What a change at `path` is; `links` says which entries of the plugin directory were links or
+/// directories when it was last looked at.
+fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&Path, &LinkTargets) -> Option<Change> {
     // Compared by their directories, resolved once: the plugin directory may come and go.
     let canonical = |path: Option<PathBuf>| path.and_then(|path| path.canonicalize().ok());
     let config = config_path
@@ -238,7 +244,7 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&Path) -> O
     let config_is_link =
         config_path.as_ref().is_some_and(|path| path.symlink_metadata().is_ok_and(|meta| meta.is_symlink()));
     let dir_at = (canonical(parent_of(&dir)), dir.file_name().map(ToOwned::to_owned));
-    move |path: &Path| {
+    move |path: &Path, links: &LinkTargets| {
         let at = (canonical(parent_of(path)), path.file_name().map(ToOwned::to_owned));
         // Resolved at each event: a plugin directory that is a symbolic link may be swapped.
         let in_dir = at.0.is_some() && at.0 == dir.canonicalize().ok();
@@ -253,10 +259,17 @@ fn classifier(dir: PathBuf, config_path: Option<PathBuf>) -> impl Fn(&Path) -> O
             _ if at == dir_at => Some(Change::DirectoryItself),
             _ if in_dir && names_a_plugin(path) => Some(Change::Plugin(crate::plugin::plugin_name(path))),
             Some(config) if config_is_link && config.0 == at.0 => Some(Change::Config),
-            // A file that is no plugin, no sidecar and no link (a log, a note) changes nothing: it
-            // had every plugin read again, a file appended to without pause every 50 ms.
-            _ if in_dir && path.symlink_metadata().is_ok_and(|meta| meta.is_file()) => None,
-            _ if in_dir => Some(Change::Directory),
+            _ if in_dir => match path.symlink_metadata() {
+                // A file that is no plugin, no sidecar and no link (a log, a note) changes nothing:
+                // it had every plugin read again, a file appended to without pause every 50 ms.
+                Ok(meta) if meta.is_file() => None,
+                Ok(_) => Some(Change::Directory),
+                // Gone already: a link or a directory removed or renamed away may have taken what a
+                // plugin was read through. Any other name was a file, or came and went unseen (a
+                // temporary file renamed over a note, an editor's swap file): it had every plugin
+                // read and hashed again at each atomic write beside them.
+                Err(_) => links.was_link_or_directory(path).then_some(Change::Directory),
+            },
             _ => None,
         }
     }
@@ -429,12 +442,28 @@ mod tests {
         let classify = classifier(dir.path().to_path_buf(), None);
         let log = dir.path().join("noise.log");
         std::fs::write(&log, "a line\n").unwrap();
-        assert_eq!(classify(&log), None);
-        // A link swapped in, as a mounted ConfigMap is updated, and a file gone: anything may have
-        // changed.
+        assert_eq!(classify(&log, &LinkTargets::default()), None);
+        // A link swapped in, as a mounted ConfigMap is updated: anything may have changed.
         let link = dir.path().join("..data");
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
-        assert_eq!(classify(&link), Some(Change::Directory));
-        assert_eq!(classify(&dir.path().join("gone.tmp")), Some(Change::Directory));
+        assert_eq!(classify(&link, &LinkTargets::default()), Some(Change::Directory));
+    }
+
+    #[test]
+    fn a_name_gone_changes_everything_only_if_it_was_a_link_or_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let classify = classifier(dir.path().to_path_buf(), None);
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+        std::fs::create_dir(dir.path().join("..v1")).unwrap();
+        let links = LinkTargets::of(dir.path());
+        std::fs::remove_file(dir.path().join("..data")).unwrap();
+        std::fs::remove_dir(dir.path().join("..v1")).unwrap();
+        // Removed or renamed away: what a plugin was read through may have gone with them.
+        assert_eq!(classify(&dir.path().join("..data"), &links), Some(Change::Directory));
+        assert_eq!(classify(&dir.path().join("..v1"), &links), Some(Change::Directory));
+        // A temporary file renamed over a note, an editor's swap file: gone when their events are
+        // seen, they were files.
+        assert_eq!(classify(&dir.path().join("notes.json.tmp"), &links), None);
+        assert_eq!(classify(&dir.path().join("4913"), &links), None);
     }
 }
