@@ -1,14 +1,16 @@
 //! The `websocket` transport over TLS (`tls = true`) against a real `wss://` server on 127.0.0.1 whose
 //! certificate a private CA made for the test signed: replies, a server restart with nothing lost, a
 //! certificate the host does not trust: dead letters naming the TLS failure, and a failing probe, and
-//! a CA file rotated in place, trusted from the next reload.
+//! a CA file rotated in place, trusted from the next reload, and a config refused for a CA file not
+//! there yet, applied once it is and the config is written again.
 
+use crate::reload_once::caught_up;
 use crate::support::{drain_and_account, event_where, host, next, plugin_dir, within};
 use crate::websocket_transport::{Server, config, goes_away_and_comes_back, request_all};
 use std::path::PathBuf;
 use std::sync::Arc;
 use switchyard::destination::DestinationEvent;
-use switchyard::{Config, ConfigChange, HostEvent, Message};
+use switchyard::{Config, ConfigChange, Host, HostEvent, Message};
 use tempfile::TempDir;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -134,6 +136,48 @@ async fn a_ca_file_rotated_in_place_is_trusted_from_the_next_reload() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (20, 1), "{stats:?}");
     assert_eq!(server.seen(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_refused_for_a_ca_file_not_there_yet_applies_once_it_is_and_the_config_is_written_again() {
+    // The config's text was taken as read and refused: the same text, written again once the CA
+    // file was there, was left alone until an explicit reload or an edit of the text.
+    let pki = Pki::new("test CA");
+    let server =
+        Server::start("127.0.0.1:0".parse().unwrap(), true, Arc::default(), Some(pki.acceptor.clone())).await;
+    let (plugins, state) = (plugin_dir(&[]), tempfile::tempdir().unwrap());
+    let config_path = state.path().join("switchyard.toml");
+    let text = |options: &str| {
+        let plugin_dir = format!("[host]\nplugin_dir = {:?}", plugins.path());
+        config(server.addr, &format!(", frames = \"envelope\"{options}")).replacen("[host]", &plugin_dir, 1)
+    };
+    std::fs::write(&config_path, text("")).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(state.path().join(".switchyard")).build().await.unwrap();
+    let mut events = host.subscribe();
+    let later = pki.dir.path().join("ca.pem.later");
+    std::fs::rename(pki.ca_file(), &later).unwrap();
+    std::fs::write(&config_path, text(&pki.trusted())).unwrap();
+    let rejected = |event: &HostEvent| matches!(event, HostEvent::ConfigRejected { .. });
+    let HostEvent::ConfigRejected { reason, .. } = event_where(&mut events, rejected).await else {
+        unreachable!()
+    };
+    assert!(reason.contains(&pki.ca_file().display().to_string()), "{reason}");
+    std::fs::write(&config_path, text(&pki.trusted())).unwrap();
+    caught_up(&mut events, plugins.path()).await;
+    assert_eq!(host.event_counts().configs_rejected, 1, "the same refusal was told again");
+    std::fs::rename(&later, pki.ca_file()).unwrap();
+    std::fs::write(&config_path, text(&pki.trusted())).unwrap();
+    caught_up(&mut events, plugins.path()).await;
+    assert_eq!(
+        host.event_counts().configs_applied,
+        1,
+        "the same text, its CA file there now, was left alone"
+    );
+    request_all(&host, 0, 20).await;
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 0), "{stats:?}");
+    assert_eq!(server.seen(), 20, "sent over TLS trusting the CA file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,9 +52,10 @@ pub(crate) struct Reloader {
     /// The plugins whose latest file was refused, and why: that file is not
     /// read into a plugin, nor reported, again until it changes.
     refused: Mutex<BTreeMap<String, Refusal>>,
-    /// The text of the config file as last read (applied or refused) or written: a file event
-    /// that leaves it so reads nothing into a config and reports nothing again.
-    config_text: Mutex<Option<String>>,
+    /// The text of the config file as last read (applied or refused) or written, and why it was
+    /// refused, if it was: a file event that leaves it so reads nothing into a config and reports
+    /// nothing again, unless it was refused.
+    config_text: Mutex<Option<ConfigText>>,
     /// The files their writers hold open, as the watcher tells (none without one): such a file,
     /// config or plugin, is not read into anything until it is closed.
     pub(super) writes: Arc<OpenWrites>,
@@ -86,6 +87,15 @@ fn same_kind_where_used(
         (None, None) => return Ok(plugin),
     };
     Err(LoadError::KindChanged { name: name.clone(), new: plugin.kind.as_str(), serving: kind, user })
+}
+
+/// The config file's text as last read or written.
+struct ConfigText {
+    text: String,
+    /// Why it was refused, if it was. A refusal may lie outside the text and pass while the text
+    /// stays as it is (a CA file a destination reads, not there yet): a file event tries the same
+    /// text again, and the same refusal is not reported again.
+    refusal: Option<String>,
 }
 
 /// Which plugin files a sync reads into plugins.
@@ -295,9 +305,10 @@ impl Reloader {
     /// event: its next write, or its close, brings it back. An explicit reload
     /// ([`Retry::Refused`]) first waits for a writer that holds it open, as the
     /// watcher would.
-    /// With [`Retry::Changed`] (a file event), a file whose text is the one
-    /// last read or written is left alone: events beside a linked config file,
-    /// or a log written next to it, neither apply nor refuse it again.
+    /// With [`Retry::Changed`] (a file event), a file whose text is the one last read or written
+    /// is left alone: events beside a linked config file, or a log written next to it, do not
+    /// apply it again. One refused is tried again, as what refused it may lie outside its text (a
+    /// CA file a destination reads, there now), but the same refusal is not reported again.
     pub(crate) fn reload_config(&self, retry: Retry) -> Result<ConfigChange, ConfigError> {
         let file = &self.config_file.0;
         self.refuse_if_closed(file)?;
@@ -317,23 +328,35 @@ impl Reloader {
             }
             text => text,
         };
+        let mut told = None;
         if let Ok(text) = &text {
-            let mut last = self.config_text.lock().unwrap_or_else(|poison| poison.into_inner());
-            if retry == Retry::Changed && last.as_ref() == Some(text) {
-                return Ok(ConfigChange::Unchanged);
+            let last = self.config_text.lock().unwrap_or_else(|poison| poison.into_inner());
+            match last.as_ref().filter(|last| retry == Retry::Changed && last.text == *text) {
+                Some(ConfigText { refusal: None, .. }) => return Ok(ConfigChange::Unchanged),
+                Some(ConfigText { refusal, .. }) => told = refusal.clone(),
+                None => {}
             }
-            *last = Some(text.clone());
         }
-        let result =
-            text.and_then(|text| self.parse_config(file, &text)).and_then(|config| self.apply(file, config));
+        let (result, read) = match text {
+            Ok(text) => {
+                (self.parse_config(file, &text).and_then(|config| self.apply(file, config)), Some(text))
+            }
+            Err(error) => (Err(error), None),
+        };
+        let refusal = result.as_ref().err().map(ToString::to_string);
+        if let Some(text) = read {
+            let last = ConfigText { text, refusal: refusal.clone() };
+            *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(last);
+        }
         match &result {
             Err(ConfigError::Unsettled { .. }) => {
                 tracing::debug!(file, "config file still changing; waiting for it to settle")
             }
-            Err(error) => {
-                self.events.emit(HostEvent::ConfigRejected { file: file.clone(), reason: error.to_string() })
+            Err(_) if refusal != told => {
+                let reason = refusal.unwrap_or_default();
+                self.events.emit(HostEvent::ConfigRejected { file: file.clone(), reason })
             }
-            Ok(_) => {}
+            Err(_) | Ok(_) => {}
         }
         result
     }
@@ -552,7 +575,8 @@ impl Reloader {
         let (change, written) =
             self.apply_then(&file, self.parse_config(&file, text)?, || replace_file(path, text))?;
         written.map_err(|error| ConfigError::Write { file, error })?;
-        *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(text.to_owned());
+        let written = ConfigText { text: text.to_owned(), refusal: None };
+        *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(written);
         Ok((change, Some(path.to_owned())))
     }
 
