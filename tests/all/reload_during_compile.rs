@@ -1,7 +1,7 @@
 //! Configs and plugin compiles that overlap. A config applied while a plugin compiles: the sync
 //! under way loses nothing of what it was for — the compile-cache entry it found bad is told, and
 //! an explicit reload still tries a file refused before. A config whose plugins compile: it runs,
-//! and is written, only once they serve.
+//! and is written, only once they serve. And the start's compiles: at most one a core at once.
 
 use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, within};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,4 +249,70 @@ async fn a_fail_open_route_deployed_with_its_filter_never_runs_without_it() {
     // have dropped was delivered.
     let went = where_a_message_sent_while_deploying_a_filter_went("fail-open").await;
     assert_eq!(went, "out", "the new route ran without its filter while x compiled");
+}
+
+/// Counts the compiles under way and the most at once. A compile, once started, waits until as
+/// many have started as there are plugins, or for two seconds: a host compiling one a core at once
+/// never starts them all, and the wait only bounds how long the test watches for it.
+#[derive(Default)]
+struct CountedCompiles {
+    /// Under way, the most at once, started.
+    counts: Mutex<(usize, usize, usize)>,
+    started: Condvar,
+}
+
+impl CountedCompiles {
+    fn observer(self: &Arc<Self>, plugins: usize) -> CompileObserver {
+        let this = self.clone();
+        Arc::new(move |progress| {
+            let mut counts = this.counts.lock().unwrap();
+            match progress {
+                CompileProgress::Started { .. } => {
+                    let (under_way, most, started) = &mut *counts;
+                    *under_way += 1;
+                    *most = (*most).max(*under_way);
+                    *started += 1;
+                    this.started.notify_all();
+                    let watched = std::time::Duration::from_secs(2);
+                    drop(
+                        this.started
+                            .wait_timeout_while(counts, watched, |counts| counts.2 < plugins)
+                            .unwrap(),
+                    );
+                }
+                CompileProgress::Finished { .. } => counts.0 -= 1,
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_starting_compiles_its_plugins_one_a_core_at_once() {
+    // Each compile takes memory of its own (hundreds of MiB for a large component): a start with
+    // many plugins compiled every one at once, one thread each.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let components = [
+        artifacts::HEADER_FILTER,
+        artifacts::REDACT_TRANSFORM,
+        artifacts::STAMP_TRANSFORM,
+        artifacts::ANNOTATE_MIDDLEWARE,
+        artifacts::LEAST_LOADED_BALANCER,
+        artifacts::REDIS_TRANSPORT,
+    ];
+    assert!(cores < components.len(), "one plugin more than the {cores} cores");
+    let names: Vec<String> = (0..=cores).map(|n| format!("p{n}")).collect();
+    let files: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(components).collect();
+    let plugins = crate::support::plugin_dir(&files);
+    let counted = Arc::new(CountedCompiles::default());
+    // No compile cache: each is compiled.
+    let config = MEMORY_OUT.replacen("[host]\n", "[host]\ncache_dir = \"\"\n", 1);
+    let config = Config::from_toml("test.toml", &config).unwrap();
+    let host =
+        builder(plugins.path()).config("test.toml", config).observe_compiles(counted.observer(files.len()));
+    let host = within(host.build()).await.unwrap();
+    assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
+    let (under_way, most, started) = *counted.counts.lock().unwrap();
+    assert_eq!((under_way, started), (0, files.len()), "every plugin compiled");
+    assert!(most <= cores, "{most} compiles at once on {cores} cores");
+    drain_and_account(&host).await;
 }

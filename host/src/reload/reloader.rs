@@ -16,6 +16,7 @@ use crate::plugin::{
 use crate::regular_file::Links;
 use crate::transport::CheckedTransports;
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -156,16 +157,17 @@ impl Reloader {
     pub(crate) async fn load_all(self: &Arc<Self>) -> Result<Vec<LoadError>, std::io::Error> {
         let dir = self.plugin_dir();
         let names: BTreeSet<String> = plugin_files(&dir)?.iter().map(|path| plugin_name(path)).collect();
-        let compiles: Vec<_> = names
-            .into_iter()
-            .map(|name| {
-                let this = self.clone();
-                tokio::task::spawn_blocking(move || this.prepare(&this.config.load(), &name, Retry::Refused))
-            })
-            .collect();
+        // One compile a core at once: each takes memory of its own while it runs (hundreds of MiB
+        // for a large component), and more would not finish sooner.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let compiles = futures_util::stream::iter(names).map(|name| {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.prepare(&this.config.load(), &name, Retry::Refused))
+        });
+        let mut compiles = compiles.buffered(cores);
         let mut errors = Vec::new();
-        for compile in compiles {
-            match compile.await.expect("compiling a plugin does not panic") {
+        while let Some(compile) = compiles.next().await {
+            match compile.expect("compiling a plugin does not panic") {
                 Prepared::Ready(plugin) => self.events.emit(self.serve(plugin)),
                 Prepared::Failed { name, error, file, opened } => {
                     self.refuse(name, &error, file, opened);
