@@ -683,8 +683,9 @@ async fn bytes_made_of_one_message_at_one_stage_violated() {
     // 131072 / 64 = 2048): so a batch's outputs hold about what the intake queue may, where
     // 64 inputs of 64 KiB, each in a call of its own answering up to its memory cap, made GiBs.
     let settings = "max_message_bytes = 1024\nqueue_bytes = 131072\nbatch_size = 64\n";
-    // Each copy about 710 bytes (topic, payload and pad, headers): two are within 2048, three past it.
-    let (_dir, host) = host_with_floods(1, settings, "copies = \"3\", pad = \"650\"").await;
+    // Each copy 719 bytes (topic, payload and pad, headers but `x-sy-id`): two are within 2048,
+    // three past it.
+    let (_dir, host) = host_with_floods(1, settings, "copies = \"3\", pad = \"700\"").await;
     let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
     host.send(Message::new("risky.job", "1").with_header("x-poison", "1")).await.unwrap();
     let landed = crate::support::within(async {

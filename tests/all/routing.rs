@@ -453,6 +453,45 @@ async fn a_message_of_the_most_headers_passes_a_transform_that_sends_it_on_uncha
     assert_eq!((stats.delivered, stats.dead_lettered), (1, 0));
 }
 
+#[tokio::test]
+async fn a_message_admitted_at_the_size_limit_passes_stages_that_send_it_on_unchanged() {
+    // Admission checks a message's size, then adds the host's 43-byte id header; a stage's
+    // budget (here host.max_message_bytes, queue_bytes / batch_size being less) charged that
+    // header too, so a message within 43 bytes of the limit was an output-limit fault at any
+    // transform or middleware that kept its headers, and dead-lettered.
+    let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD), ("pass", artifacts::FAULTY_MIDDLEWARE)]);
+    let config = OUTS.replacen("[host]\n", "[host]\nmax_message_bytes = 2048\nqueue_bytes = 2048\n", 1)
+        + "[[plugin]]\nname = \"flood\"\nconfig = { trigger = \"x-never\" }\n";
+    let host = builder(dir.path())
+        .config("t", switchyard::Config::from_toml("t", &config).unwrap())
+        .transform("same", |m: &Message| Ok(vec![m.clone()]))
+        .route(RouteConfig::new("native", "native", "a").stage("transform:same"))
+        .route(RouteConfig::new("wasm", "wasm", "a").stage("transform:flood"))
+        .route(RouteConfig::new("middleware", "middleware", "a").stage("middleware:pass"))
+        .build()
+        .await
+        .unwrap();
+    let (out, dead) = (host.memory("a").unwrap(), host.memory("dead").unwrap());
+    for topic in ["native", "wasm", "middleware"] {
+        // Topic and payload: 2048 bytes.
+        let id = host.send(Message::new(topic, "x".repeat(2048 - topic.len()))).await.unwrap();
+        let landed = within(async {
+            tokio::select! {
+                delivered = out.recv_async() => Ok(delivered.unwrap()),
+                letter = dead.recv_async() => Err(letter.unwrap()),
+            }
+        })
+        .await;
+        let delivered = landed.unwrap_or_else(|letter| {
+            panic!("{topic}: dead-lettered: {:?}", letter.header("x-sy-dead-letter-reason"))
+        });
+        assert_eq!(delivered.id, id, "{topic}");
+        assert!(delivered.unique_id().is_some(), "{topic}: with the host's id");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_destination_that_fills_in_the_middle_of_a_batch_gets_the_rest_in_order_once_read() {
     let dir = plugin_dir(&[]);

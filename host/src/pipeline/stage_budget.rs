@@ -4,8 +4,11 @@
 //! and inputs in calls of their own, each answered up to the plugin's memory cap, added up to GiBs
 //! in one batch. So at each stage the messages made of one accepted message (a transform's
 //! outputs, a middleware's forward or reply) are at most [`MAX_MESSAGES`] and hold at most
-//! `host.queue_bytes / host.batch_size` bytes (`host.max_message_bytes` if that is more): a stage
-//! holds about `host.queue_bytes` of a batch's outputs, as the intake queue holds of its inputs.
+//! `host.queue_bytes / host.batch_size` bytes (`host.max_message_bytes` if that is more), each
+//! counted as `host.max_message_bytes` counts it ([`made_size`](crate::plugin::made_size): all but
+//! the id header admission adds after its check, so a message admitted at the limit and sent on
+//! unchanged is within it): a stage holds about `host.queue_bytes` of a batch's outputs, as the
+//! intake queue holds of its inputs.
 //! A call whose outputs would take an accepted message past that is an output-limit fault.
 
 use crate::config::HostSection;
@@ -45,8 +48,9 @@ impl StageBudget {
     }
 
     /// Charge the outputs of one call, each given as the batch position of its accepted message
-    /// and its size: all of them, or none if they take an accepted message past the budget (the
-    /// call's inputs are then run again one by one, or dead-lettered, and make nothing).
+    /// and its [`made_size`](crate::plugin::made_size): all of them, or none if they take an
+    /// accepted message past the budget (the call's inputs are then run again one by one, or
+    /// dead-lettered, and make nothing).
     pub(crate) fn charge(
         &mut self,
         outputs: impl IntoIterator<Item = (usize, usize)>,

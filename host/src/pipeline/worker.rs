@@ -9,7 +9,7 @@ use crate::message::{ID_HEADER, Message, MessageId, Verdict, unique_id};
 use crate::metrics::{LastFault, Metrics};
 use crate::plugin::{
     CompiledPlugin, MiddlewareAction, PluginEngine, PluginError, PluginFault, PluginInstance, PluginSet,
-    Transformed, check_decisions, check_transformed, read_forward, read_reply,
+    Transformed, check_decisions, check_transformed, made_message_size, made_size, read_forward, read_reply,
 };
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -264,8 +264,7 @@ impl Worker {
         let mut errors: HashMap<u32, PluginError> = errors.into_iter().collect();
         // What a failed input made is not kept, nor charged.
         let made = checked.iter().filter(|message| !errors.contains_key(&message.source)).map(|message| {
-            let headers: usize = message.headers().map(|(name, value)| name.len() + value.len()).sum();
-            let size = message.topic.len() + message.payload_len + headers;
+            let size = made_size(message.topic.len(), message.headers(), message.payload_len);
             (items[message.source as usize].accepted.batch_position, size)
         });
         if let Err(fault) = self.budget.charge(made) {
@@ -304,7 +303,7 @@ impl Worker {
     ) -> Result<(), PluginFault> {
         crate::plugin::check_native_outputs(outputs, self.max_message_bytes)?;
         let position = item.accepted.batch_position;
-        self.budget.charge(outputs.iter().map(|output| (position, output.size())))
+        self.budget.charge(outputs.iter().map(|output| (position, made_message_size(output))))
     }
 
     /// Turn a transform's outputs for `item` into fates, appended to `fates`:
@@ -374,13 +373,16 @@ impl Worker {
             // What it made of the request, a forward or its own reply, is charged to the stage.
             let position = item.accepted.batch_position;
             let action = match action {
-                Ok(Ok((responded, made))) => match self.budget.charge([(position, made.size())]) {
-                    Ok(()) => Ok(Ok((responded, made))),
-                    Err(fault) => {
-                        self.faulted(plugin, &fault);
-                        Err(fault)
+                Ok(Ok((responded, made))) => {
+                    let size = made_message_size(&made);
+                    match self.budget.charge([(position, size)]) {
+                        Ok(()) => Ok(Ok((responded, made))),
+                        Err(fault) => {
+                            self.faulted(plugin, &fault);
+                            Err(fault)
+                        }
                     }
-                },
+                }
                 action => action,
             };
             if action.is_ok() {

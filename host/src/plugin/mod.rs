@@ -31,7 +31,7 @@ pub use error::{EngineError, LoadError, NativeRefusal, PluginError, PluginFault}
 pub(crate) use host_calls::MAX_COUNTERS;
 pub use instance::{MiddlewareAction, PluginInstance, Transformed};
 pub use net_grant::NetGrant;
-pub(crate) use output_limits::check_native_outputs;
+pub(crate) use output_limits::{check_native_outputs, made_message_size, made_size};
 pub use registry::{
     PluginFormat, PluginRegistry, PluginSet, load_bytes, load_file, plugin_files, plugin_name,
 };

@@ -88,17 +88,15 @@ fn check_headers_and_size<'m>(
     payload_len: usize,
     max_message_bytes: usize,
 ) -> Result<(), PluginFault> {
-    // One pass: each header valid, and how many and their bytes but the host's own id header,
-    // which admission adds after it counted both: a message admitted with the most headers it
-    // takes, sent on unchanged, is within the limits.
+    // One pass: each header valid, and how many and their bytes but the host's own id header.
     let (mut count, mut header_bytes) = (0, 0);
     for (name, value) in headers {
         if let Some(problem) = crate::host::header_problem(name, value) {
             return Err(PluginFault::Malformed(format!("an output's {problem}")));
         }
-        if !name.eq_ignore_ascii_case(ID_HEADER) {
+        if let Some(bytes) = counted_header_bytes(name, value) {
             count += 1;
-            header_bytes += name.len() + value.len();
+            header_bytes += bytes;
         }
     }
     if count > MAX_OUTPUT_HEADERS {
@@ -111,6 +109,31 @@ fn check_headers_and_size<'m>(
         return Err(PluginFault::OutputLimit(problem));
     }
     Ok(())
+}
+
+/// What header `name: value` adds to the size of a message a plugin made; `None` for the host's
+/// own id header, which admission adds after it counted a message's headers and size: a message
+/// admitted with the most headers and bytes it takes, sent on unchanged, is within the limits.
+fn counted_header_bytes(name: &str, value: &str) -> Option<usize> {
+    (!name.eq_ignore_ascii_case(ID_HEADER)).then_some(name.len() + value.len())
+}
+
+/// The size of a message a plugin made as its limits count it: its topic's length (`topic_len`),
+/// payload and headers, all but the host's id header (as admission counts it before adding that).
+pub(crate) fn made_size<'m>(
+    topic_len: usize,
+    headers: impl Iterator<Item = (&'m str, &'m str)>,
+    payload_len: usize,
+) -> usize {
+    let headers: usize = headers.filter_map(|(name, value)| counted_header_bytes(name, value)).sum();
+    topic_len + payload_len + headers
+}
+
+/// [`made_size`] of a message a plugin made (a native transform's output, a middleware's forward
+/// or reply).
+pub(crate) fn made_message_size(m: &Message) -> usize {
+    let headers = m.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()));
+    made_size(m.topic.len(), headers, m.payload.len())
 }
 
 /// Check every output (`batch`) of a transform called on `inputs` messages; the outputs, in order.
