@@ -47,6 +47,9 @@ struct State<T> {
     /// (but entries still expire) while any is; once the queue is closed, what
     /// belongs to no stream is, and drained, it ends its consumers.
     held: usize,
+    /// Items pushed so far, into this queue and those handed over to it: the next one's
+    /// [`seq`](Queued::seq).
+    pushes: u64,
 }
 
 impl<T> State<T> {
@@ -54,7 +57,7 @@ impl<T> State<T> {
     /// first, which the expirer relies on.
     fn insert(&mut self, priority: u8, entry: Entry<T>) {
         let line = self.classes.entry(priority).or_default();
-        let at = line.partition_point(|queued| queued.enqueued <= entry.enqueued);
+        let at = line.partition_point(|queued| queued.arrival() <= entry.arrival());
         line.insert(at, entry);
         self.len += 1;
     }
@@ -71,12 +74,12 @@ impl<T> State<T> {
     ) -> (u8, usize) {
         let chosen = &self.classes[&class][at];
         let Some(stream) = stream_of(&chosen.item) else { return (class, at) };
-        let mut oldest = (chosen.enqueued, class, at);
+        let mut oldest = (chosen.arrival(), class, at);
         for (&lower, line) in self.classes.range(..class) {
             let before = oldest.0;
-            let mut older = line.iter().take_while(|entry| entry.enqueued < before);
+            let mut older = line.iter().take_while(|entry| entry.arrival() < before);
             if let Some(at) = older.position(|entry| stream_of(&entry.item) == Some(stream)) {
-                oldest = (line[at].enqueued, lower, at);
+                oldest = (line[at].arrival(), lower, at);
             }
         }
         (oldest.1, oldest.2)
@@ -96,7 +99,17 @@ enum Pushed<T> {
 #[derive(Debug)]
 struct Entry<T> {
     enqueued: Instant,
+    /// See [`Queued::seq`].
+    seq: u64,
     item: T,
+}
+
+impl<T> Entry<T> {
+    /// Where it came in the order items reached the queue: by enqueue time, and among items of
+    /// one enqueue time (a paused or coarse clock gives several the same) by push.
+    fn arrival(&self) -> (Instant, u64) {
+        (self.enqueued, self.seq)
+    }
 }
 
 /// An item taken from the queue, with when it was pushed.
@@ -106,6 +119,9 @@ pub struct Queued<T> {
     pub item: T,
     /// When it entered the queue.
     pub enqueued: Instant,
+    /// Its number in the order items were pushed, into the queue and those it took over: it
+    /// orders items of one `enqueued` instant, as [`adopt`](DeliveryQueue::adopt) keeps it.
+    pub seq: u64,
 }
 
 /// Why an item could not be pushed; the item comes back.
@@ -127,6 +143,7 @@ impl<T> DeliveryQueue<T> {
                 closed: false,
                 successor: None,
                 held: 0,
+                pushes: 0,
             }),
             capacity: capacity.max(1),
             pushed: Notify::new(),
@@ -158,7 +175,8 @@ impl<T> DeliveryQueue<T> {
         if state.len >= self.capacity {
             return Pushed::Full(item);
         }
-        let entry = Entry { enqueued: Instant::now(), item };
+        let entry = Entry { enqueued: Instant::now(), seq: state.pushes, item };
+        state.pushes += 1;
         state.classes.entry(priority).or_default().push_back(entry);
         state.len += 1;
         drop(state);
@@ -225,20 +243,21 @@ impl<T> DeliveryQueue<T> {
         }
     }
 
-    /// Put `item` of class `priority`, taken from this queue (or one it took over) when it had
-    /// waited since `enqueued`, back in line by that time, room or not (it was admitted
+    /// Put `queued` of class `priority`, taken from this queue (or one it took over), back in
+    /// line where it came (by its `enqueued` time and `seq`), room or not (it was admitted
     /// once): its delivery on a replaced destination reached no endpoint. Into the queue this
     /// one was handed over to, if it was; `Closed` if it is closed.
-    pub fn adopt(&self, priority: u8, item: T, enqueued: Instant) -> Result<(), PushError<T>> {
+    pub fn adopt(&self, priority: u8, queued: Queued<T>) -> Result<(), PushError<T>> {
         let mut state = self.lock();
         if let Some(successor) = state.successor.clone() {
             drop(state);
-            return successor.adopt(priority, item, enqueued);
+            return successor.adopt(priority, queued);
         }
+        let Queued { item, enqueued, seq } = queued;
         if state.closed {
             return Err(PushError::Closed(item));
         }
-        state.insert(priority, Entry { enqueued, item });
+        state.insert(priority, Entry { enqueued, seq, item });
         drop(state);
         self.pushed.notify_one();
         self.changed.notify_waiters();
@@ -247,7 +266,8 @@ impl<T> DeliveryQueue<T> {
 
     /// Hand this queue over to `to` (a new instance of its destination, not closed): what waits
     /// moves there, each in its class by when it was pushed (its deadline stays), room or not;
-    /// later pushes go there; this queue is closed and, empty, ends its consumers.
+    /// later pushes go there, numbered after this queue's; this queue is closed and, empty, ends
+    /// its consumers.
     pub fn hand_over(&self, to: &Arc<DeliveryQueue<T>>) {
         let mut state = self.lock();
         let classes = std::mem::take(&mut state.classes);
@@ -256,6 +276,7 @@ impl<T> DeliveryQueue<T> {
         state.successor = Some(to.clone());
         // Both locks, predecessor first: no push into `to` through this queue overtakes what moves.
         let mut next = to.lock();
+        next.pushes = next.pushes.max(state.pushes);
         for (priority, line) in classes {
             line.into_iter().for_each(|entry| next.insert(priority, entry));
         }
@@ -424,7 +445,7 @@ impl<T> DeliveryQueue<T> {
         if closed {
             self.changed.notify_waiters();
         }
-        Queued { item: entry.item, enqueued: entry.enqueued }
+        Queued { item: entry.item, enqueued: entry.enqueued, seq: entry.seq }
     }
 
     /// Refuse further pushes; what is queued can still be popped.
@@ -473,19 +494,43 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_s_oldest_item_goes_in_place_of_a_more_urgent_later_one() {
-        let queue = DeliveryQueue::new(8);
-        for (priority, item) in [(0, "a1"), (0, "b1"), (5, "c1"), (9, "a2"), (9, "a3")] {
-            queue.try_push(priority, item).unwrap();
-            tokio::time::advance(Duration::from_millis(1)).await;
+        // Also when they are pushed at one instant (a paused or coarse clock): the stream's oldest
+        // was looked for only among items pushed strictly earlier, so a2 went before a1.
+        for apart in [Duration::from_millis(1), Duration::ZERO] {
+            let queue = DeliveryQueue::new(8);
+            for (priority, item) in [(0, "a1"), (0, "b1"), (5, "c1"), (9, "a2"), (9, "a3")] {
+                queue.try_push(priority, item).unwrap();
+                tokio::time::advance(apart).await;
+            }
+            queue.close();
+            let mut order = Vec::new();
+            // The stream is an item's first letter.
+            let pop = || queue.pop_first(|| |_: &_| Some(()), |item| item.get(..1), None);
+            while let Some((queued, ())) = pop().await {
+                order.push(queued.item);
+            }
+            let expected = ["a1", "a2", "a3", "c1", "b1"];
+            assert_eq!(order, expected, "{apart:?} apart: stream a in its order, at a2's urgency");
         }
-        queue.close();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_item_put_back_goes_before_those_pushed_after_it_at_the_same_instant() {
+        // a1 is under way when the queue is handed over; a2, pushed after it at the same enqueue
+        // time, waits. a1 put back went in line after a2 (ties went last), so a2 left first.
+        let (old, new) = (DeliveryQueue::new(4), Arc::new(DeliveryQueue::new(4)));
+        old.try_push(0, "a1").unwrap();
+        let under_way = old.pop().await.unwrap();
+        old.try_push(0, "a2").unwrap();
+        old.hand_over(&new);
+        new.try_push(0, "a3").unwrap();
+        old.adopt(0, under_way).unwrap();
+        new.close();
         let mut order = Vec::new();
-        // The stream is an item's first letter.
-        while let Some((queued, ())) = queue.pop_first(|| |_: &_| Some(()), |item| item.get(..1), None).await
-        {
+        while let Some(queued) = new.pop().await {
             order.push(queued.item);
         }
-        assert_eq!(order, ["a1", "a2", "a3", "c1", "b1"], "stream a in its order, at a2's urgency");
+        assert_eq!(order, ["a1", "a2", "a3"]);
     }
 
     #[tokio::test]
@@ -626,7 +671,7 @@ mod tests {
         old.try_push(0, "second").unwrap();
         new.hold();
         old.hand_over(&new);
-        old.adopt(0, "first", start).unwrap();
+        old.adopt(0, Queued { item: "first", enqueued: start, seq: 0 }).unwrap();
         assert_eq!(new.len(), 2, "room or not");
         let popper = tokio::spawn({
             let new = new.clone();
@@ -638,7 +683,8 @@ mod tests {
         assert_eq!(popper.await.unwrap(), "first");
         assert_eq!(new.pop().await.unwrap().item, "second");
         new.close();
-        assert_eq!(old.adopt(0, "shut", start), Err(PushError::Closed("shut")));
+        let shut = Queued { item: "shut", enqueued: start, seq: 0 };
+        assert_eq!(old.adopt(0, shut), Err(PushError::Closed("shut")));
     }
 
     #[tokio::test]

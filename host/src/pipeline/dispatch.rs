@@ -295,7 +295,7 @@ impl Dispatcher {
             let popped =
                 self.queue.pop_first(|| self.look(), |job| self.stream(job), self.cluster.turn_ended());
             let popped = popped.await;
-            let Some((Queued { item: job, enqueued }, turn)) = popped else { break };
+            let Some((Queued { item: job, enqueued, seq }, turn)) = popped else { break };
             // A slot of the host's, within the message's queue timeout.
             let host_slot = tokio::select! {
                 slot = context.in_flight.clone().acquire_owned() => match slot {
@@ -341,7 +341,8 @@ impl Dispatcher {
                     // The destination was replaced by a reload before an endpoint saw it: back in
                     // line, by its enqueue time, on the new instance's queue.
                     Err(DeliveryError::Retired) if queue.successor().is_some() => {
-                        match queue.adopt(job.delivery.message.priority, job, enqueued) {
+                        let priority = job.delivery.message.priority;
+                        match queue.adopt(priority, Queued { item: job, enqueued, seq }) {
                             Ok(()) => return,
                             // That one is closed too: the host is shutting down, or a later
                             // reload removed the destination.
@@ -411,7 +412,7 @@ impl Dispatcher {
     /// whose turn is free takes it, as the dispatcher would have: its stream's next message waits
     /// until it is settled (by the fallback, say).
     async fn expire(self) {
-        while let Some(Queued { item: job, enqueued }) = self.queue.expired(self.timeout).await {
+        while let Some(Queued { item: job, enqueued, .. }) = self.queue.expired(self.timeout).await {
             let stream = self.stream(&job);
             // A held queue (its instance rebuilt while the one it replaced still delivers) waits
             // for turns that instance holds, which this one's turns do not show.
