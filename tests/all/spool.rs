@@ -10,6 +10,7 @@ use crate::exposition::sample;
 use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::task::Poll;
 use switchyard::config::Durability;
 use switchyard::{Config, Host, MemoryDestination, Message, NativeFilter, RouteConfig, SendError, Verdict};
 
@@ -43,6 +44,16 @@ pub(crate) async fn host(
     }
     let host = builder.destination("out", out).route(route).build().await.unwrap();
     (host, delivered)
+}
+
+/// A waker that tells the test when it is woken: for a future polled by hand, step by step.
+#[derive(Default)]
+struct Woken(tokio::sync::Notify);
+
+impl std::task::Wake for Woken {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.notify_one();
+    }
 }
 
 /// Assert that the `count` messages a spooling `host` accepted (and holds: none settled), read
@@ -1028,5 +1039,54 @@ async fn a_message_a_stop_refuses_after_its_put_leaves_the_spool_before_the_refu
     let (again, delivered) = host_again(crashed.path()).await;
     assert_eq!(ids_of(&delivered, 2).await, ["mine-0", "mine-1"], "the refused one is not delivered");
     let stats = drain_and_account(&again).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_for_room_and_no_longer_polled_holds_no_shutdown_up() {
+    // A batch refused for room takes its spool records back (a write and an fsync) before it
+    // answers; it did so holding a clone of the intake's sender, so one no longer polled there
+    // kept the workers, and the shutdown waiting for them, waiting for good.
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (host, delivered) = host(state.path(), Some(gate), |config| {
+        (config.host.queue_capacity, config.host.workers, config.host.batch_size) = (1, 1, 1);
+    })
+    .await;
+    // The worker holds the first at the gate; the second, in once the worker took the first,
+    // fills the intake.
+    host.send(Message::new("t.1", "1")).await.unwrap();
+    host.send(Message::new("t.2", "2")).await.unwrap();
+    // A batch polled by hand waits for its record's write, then, refused, for its withdrawal's:
+    // pending again once woken by the write, it waits in the withdrawal. On a busy machine the
+    // writer may finish either before the batch looks: it is answered at once, and tried again.
+    let mut batch = None;
+    for _ in 0..100 {
+        let woken = std::sync::Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut context = std::task::Context::from_waker(&waker);
+        let mut refused = Box::pin(host.try_send_batch(vec![Message::new("t.3", "3")]));
+        let answer = match refused.as_mut().poll(&mut context) {
+            Poll::Pending => {
+                within(woken.0.notified()).await;
+                match refused.as_mut().poll(&mut context) {
+                    Poll::Pending => {
+                        batch = Some(refused);
+                        break;
+                    }
+                    Poll::Ready(answer) => answer,
+                }
+            }
+            Poll::Ready(answer) => answer,
+        };
+        assert_eq!(answer, [Err(SendError::Backpressure)]);
+    }
+    let batch = batch.expect("a batch caught taking its record back");
+    drop(open);
+    within(host.shutdown()).await;
+    assert_eq!((next(&delivered).await.payload, next(&delivered).await.payload), ("1".into(), "2".into()));
+    assert_eq!(within(batch).await, [Err(SendError::Backpressure)]);
+    let stats = host.stats();
+    crate::support::assert_accounted(&stats);
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
 }

@@ -210,6 +210,9 @@ impl Host {
             .collect();
         let accepted = results.iter().filter(|result| result.is_ok()).count() as u64;
         Counters::bump(&self.inner.reloader.pipeline.counters.accepted, accepted);
+        // Nothing more is queued: a wait below holds no sender, or one no longer polled would keep
+        // the workers, and a shutdown, waiting (see `HostInner::sender`).
+        drop(sender);
         // The records of those refused go before the refusals are told, together (one fsync).
         let answers = futures_util::future::join_all(refused.into_iter().map(
             |(at, id, spooled, refusal)| async move {
