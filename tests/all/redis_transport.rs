@@ -1,5 +1,6 @@
 //! The built-in `redis` transport against real `redis-server`s: lists and streams keyed by topic, the
-//! server's answer as the reply, an error answer dead-lettered with its text, a server killed mid-run
+//! server's answer as the reply, an error answer dead-lettered with its text, a header named like a
+//! stream entry's own field dead-lettered unwritten, a server killed mid-run
 //! and the only server restarting, with nothing lost; a server slow to answer, out of memory for a
 //! while, or that closed the connection, and a host that never answers the handshake; against a fake
 //! server, an answer larger than the host reads, one past the bytes it reads at all, an error
@@ -74,6 +75,29 @@ async fn a_stream_entry_holds_the_payload_topic_and_headers() {
     assert_eq!(fields[0], entry_id);
     assert_eq!(&fields[1..7], ["payload", "{}", "topic", "orders", "x-tenant", "a"]);
     assert_eq!(fields[7], "x-sy-id", "the id consumers deduplicate on: {fields:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_named_like_a_field_of_the_stream_entry_dead_letters_its_message_unwritten() {
+    let server = RedisServer::start();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(&[&server], "command = \"xadd\", key = \"events\"")).await;
+    for field in ["payload", "topic"] {
+        let message = Message::new("orders", "real").with_header(field, "forged");
+        let answer = within(host.request(message)).await;
+        assert!(matches!(answer, Err(RequestError::DeadLettered(_))), "{field}: {answer:?}");
+        let letter = next(&host.memory("dead").unwrap()).await;
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"), "{letter:?}");
+        assert_eq!(letter.header("x-sy-attempts"), Some("1"), "nothing to retry: {letter:?}");
+        let error = letter.header("x-sy-last-error").unwrap();
+        assert!(error.contains(&format!("header \"{field}\"")), "names the header: {error}");
+    }
+    drain_and_account(&host).await;
+    assert_eq!(
+        server.command(&["XLEN", "events"]),
+        "0",
+        "no entry whose payload or topic a reader may take wrong"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,15 @@
 //! (`XADD`) on one of the destination's Redis servers, the key templated from the message's topic.
 //!
 //! A list gets the payload. A stream entry gets the fields `payload`, `topic` and each header (`x-sy-id`
-//! included, for consumers to deduplicate). The reply is the server's answer as text: the list's new
-//! length, or the entry's id; an answer past the host's `max_message_bytes` (with the topic) delivered
-//! the message all the same: its reply is refused ([`Outcome::ReplyRefused`]). No answer is read past
-//! that and 1 KiB for its framing ([`limit`]): the connection is closed, and the answer delivered the
-//! message, its reply refused, as a shorter one; an error answer that long dead-letters it with the
-//! error's start ([`FatalReason::Rejected`]). One multiplexed
-//! connection per endpoint, opened by the first attempt and again by the first attempt after the
+//! included, for consumers to deduplicate); a message with a header named `payload` or `topic` is not
+//! written but dead-lettered naming it ([`FatalReason::Protocol`]): the entry would hold that field
+//! twice, and a reader taking it as a map would take the header's value for the message's. The reply is
+//! the server's answer as text: the list's new length, or the entry's id; an answer past the host's
+//! `max_message_bytes` (with the topic) delivered the message all the same: its reply is refused
+//! ([`Outcome::ReplyRefused`]). No answer is read past that and 1 KiB for its framing ([`limit`]): the
+//! connection is closed, and the answer delivered the message, its reply refused, as a shorter one; an
+//! error answer that long dead-letters it with the error's start ([`FatalReason::Rejected`]). One
+//! multiplexed connection per endpoint, opened by the first attempt and again by the first attempt after the
 //! server closed it (a connection seen closed is never sent on) or after an attempt's deadline cut it
 //! waiting for its answer (an answer so slow may be one without end: the connection is closed once
 //! no attempt waits on it any more); the health probe `PING`s on a fresh connection. The
@@ -230,6 +232,10 @@ impl RedisTransport {
     }
 
     async fn push(&self, address: &str, message: &Message) -> AttemptResult {
+        if self.options.command == RedisCommand::Xadd {
+            entry_fields_unrepeated(message)
+                .map_err(|problem| (Outcome::Fatal(FatalReason::Protocol), problem))?;
+        }
         let link = self.link(address).await?;
         let key = self.options.key.replace("{topic}", &message.topic);
         let mut command = match self.options.command {
@@ -274,6 +280,19 @@ impl RedisTransport {
             priority: message.priority,
         };
         reply_within(Some(reply), self.max_reply_bytes)
+    }
+}
+
+/// A stream entry's fields written before the message's headers.
+const ENTRY_FIELDS: [&str; 2] = ["payload", "topic"];
+
+/// `message`'s first header named like one of the stream entry's own fields, refused: it would
+/// repeat that field, and a reader taking the entry as a map (redis-py, go-redis) would take the
+/// header's value for the message's payload or topic.
+fn entry_fields_unrepeated(message: &Message) -> Result<(), String> {
+    match message.headers.iter().find(|(name, _)| ENTRY_FIELDS.contains(&name.as_str())) {
+        Some((name, _)) => Err(format!("header \"{name}\" would repeat the stream entry's own field")),
+        None => Ok(()),
     }
 }
 
