@@ -1,14 +1,15 @@
 //! Alerts: `[[alert]]` rules evaluated by the host every second on tokio's clock, paused here so
 //! the `for` windows pass in virtual time. Dead letters (messages no route takes) drive the
 //! conditions; each transition is a host event, and a message `switchyard.alert.NAME` that a
-//! route delivers to a memory destination.
+//! route delivers to a memory destination (or to one refusing it: its letter sets off no rule).
 
+use crate::exposition::sample;
 use crate::support::{MEMORY_OUT, PATIENCE, eventually, http, mkfifo, plugin_dir, within};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use switchyard::admin::AdminServer;
 use switchyard::alert::AlertState;
-use switchyard::{Config, Host, HostEvent, Message};
+use switchyard::{Config, DeliveryError, Host, HostEvent, Message};
 use tokio::sync::broadcast::Receiver;
 use tokio::time::{Duration, Instant};
 
@@ -184,6 +185,52 @@ async fn a_condition_that_clears_before_its_window_never_fires() {
     states.sort();
     let states: Vec<String> = states.into_iter().map(|(_, state)| state).collect();
     assert_eq!(states, ["pending", "inactive"], "no firing message");
+}
+
+/// The next letter of the `dead` memory destination, waited for on a blocking thread.
+async fn next_dead_letter(host: &Host) -> Message {
+    let dead = host.memory("dead").unwrap();
+    let letter = tokio::task::spawn_blocking(move || dead.recv_timeout(PATIENCE)).await.unwrap();
+    letter.expect("a dead letter (safety net)")
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_alert_on_dead_letters_whose_own_messages_are_dead_lettered_resolves_and_stays_resolved() {
+    // Its own messages' letters raised the dead letters it watches: each `resolved` (or `firing`)
+    // message became a dead letter that fired it again, a window later, for ever.
+    let rule = "[[alert]]\nname = \"dead-letters\"\nwhen = \"rate(dead_letters[10s]) > 0\"\n";
+    let mut config = Config::from_toml("alerts.toml", &config(rule)).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(config.routes[0].name, "alerts");
+    config.routes[0].to = Some("pager".into());
+    let dir = plugin_dir(&[]);
+    let pager = |_: Message| async { Err(DeliveryError::Fatal("the pager refuses".into())) };
+    let host = Host::builder().config("alerts.toml", config).plugin_dir(dir.path());
+    let host = host.state_dir(dir.path().join("state")).destination("pager", pager).build().await.unwrap();
+    let mut events = host.subscribe();
+    first_samples().await;
+    dead_letter(&host, 1.0).await;
+    assert_eq!(next_dead_letter(&host).await.topic, "nowhere.at.all");
+
+    assert_eq!(next_transition(&mut events, "dead-letters").await.0, AlertState::Firing);
+    let letter = next_dead_letter(&host).await;
+    assert_eq!(letter.header("x-sy-alert-state"), Some("firing"), "{letter:?}");
+    assert_eq!(letter.header("x-sy-dead-letter"), Some("delivery-failed"), "{letter:?}");
+    assert_eq!(next_transition(&mut events, "dead-letters").await.0, AlertState::Resolved);
+    let letter = next_dead_letter(&host).await;
+    assert_eq!(letter.header("x-sy-alert-state"), Some("resolved"), "{letter:?}");
+    // Six windows more of evaluations: the alert messages' letters fire nothing.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    while let Ok(event) = events.try_recv() {
+        assert!(!matches!(event, HostEvent::Alert(_)), "fired again by its own letters: {event:?}");
+    }
+    assert_eq!(host.alerts()[0].state, AlertState::Resolved);
+    // They are dead letters all the same, counted as such everywhere but where rules read.
+    assert_eq!(host.metrics().read("dead_letters", &[]), Some(1.0));
+    let exposition = host.metrics().encode();
+    let alerts = [("route", "alerts"), ("reason", "delivery-failed")];
+    assert_eq!(sample(&exposition, "switchyard_dead_letters_total", &alerts), Some(2.0), "{exposition}");
+    host.shutdown().await;
+    assert_eq!(host.stats().dead_lettered, 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -91,7 +91,7 @@ async fn admit_alert_messages(host: Weak<HostInner>, mut admission: mpsc::Receiv
     while let Some((transition, message)) = admission.recv().await {
         let Some(inner) = host.upgrade() else { return };
         let host = Host { inner };
-        if let Err(error) = host.try_send(message).await {
+        if let Err(error) = host.try_accept(message, true).await {
             host.refuse_alert(&transition, &error);
         }
     }

@@ -133,11 +133,18 @@ impl Host {
     /// Accept `message` only if the queue (and the spool) has room now; with `durability =
     /// "spool"`, once it is on disk.
     pub async fn try_send(&self, message: Message) -> Result<MessageId, SendError> {
+        self.try_accept(message, false).await
+    }
+
+    /// [`try_send`](Host::try_send); `message` is an alert transition's when `alert_message`: its
+    /// dead letters are not counted where alert rules read `dead_letters`.
+    async fn try_accept(&self, message: Message, alert_message: bool) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let bytes = self.try_intake_bytes(kib)?;
         let spooled = self.spool_put(&message, false).await?;
-        self.queue_now(Envelope::new(message, None, bytes, spooled)).await?;
+        let envelope = Envelope::new(message, None, bytes, spooled);
+        self.queue_now(if alert_message { envelope.of_alert() } else { envelope }).await?;
         Ok(id)
     }
 

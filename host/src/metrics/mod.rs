@@ -137,8 +137,9 @@ pub struct Metrics {
     route_accepted: Family<RouteName, ShardedCounter>,
     route_messages: Family<RouteOutcome, ShardedCounter>,
     dead_letters: Family<RouteReason, Counter>,
-    /// The label sets of `dead_letters` counted so far, so alert rules can read them all.
-    dead_letter_labels: std::sync::Mutex<std::collections::BTreeSet<RouteReason>>,
+    /// What alert rules read of `dead_letters`, by label set: every letter counted there but those
+    /// of alert messages (see [`dead_letter`](Self::dead_letter)); 0 for a label set only they had.
+    read_dead_letters: std::sync::Mutex<std::collections::BTreeMap<RouteReason, u64>>,
     /// What the `dead_letters` series of routes a reload removed had counted, by reason: no scrape
     /// shows them, but alert rules reading the sum over routes must not see it fall (a fall reads
     /// as a counter reset).
@@ -216,7 +217,7 @@ impl Metrics {
             route_accepted: Family::default(),
             route_messages: Family::default(),
             dead_letters: Family::default(),
-            dead_letter_labels: Default::default(),
+            read_dead_letters: Default::default(),
             retired_dead_letters: Default::default(),
             dead_letters_spooled: Gauge::default(),
             dead_letters_redelivered: Counter::default(),
@@ -432,26 +433,26 @@ impl Metrics {
         RouteMetrics { route: route.into(), handles, _held: held }
     }
 
-    pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str) {
+    /// Count a dead letter of `route` for `reason`. The letter of an alert transition's message
+    /// (`alert_message`) counts in the exposition, not in what alert rules read: a rule on dead
+    /// letters whose messages are dead-lettered would otherwise be set off again by each of them.
+    pub(crate) fn dead_letter(&self, route: Option<&str>, reason: &str, alert_message: bool) {
         let labels = RouteReason { route: route.unwrap_or("").into(), reason: reason.into() };
         self.dead_letters.get_or_create(&labels).inc();
-        let mut seen = self.dead_letter_labels.lock().unwrap_or_else(|poison| poison.into_inner());
-        if !seen.contains(&labels) {
-            seen.insert(labels);
-        }
+        let mut read = self.read_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
+        *read.entry(labels).or_default() += u64::from(!alert_message);
     }
 
     /// Remove the `dead_letters` series of `route`, whose last instance has retired (see
     /// [`parts`]), keeping what they counted for alert rules' sums.
     fn remove_dead_letters(&self, route: &str) {
-        let mut seen = self.dead_letter_labels.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut read = self.read_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut retired = self.retired_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
-        seen.retain(|labels| {
+        read.retain(|labels, count| {
             if labels.route != route {
                 return true;
             }
-            let count = self.dead_letters.get(labels).map_or(0, |count| count.get());
-            *retired.entry(labels.reason.clone()).or_default() += count;
+            *retired.entry(labels.reason.clone()).or_default() += *count;
             self.dead_letters.remove(labels);
             false
         });

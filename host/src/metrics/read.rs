@@ -2,7 +2,7 @@
 //! watch. Each readable metric is named as in `/metrics` without the `switchyard_` prefix and the
 //! `_total` suffix, and selected by equality on its labels.
 
-use super::{Metrics, RouteReason};
+use super::Metrics;
 
 /// A metric alert rules may watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +78,10 @@ impl Metrics {
         let spool = || self.spool_source.get().and_then(|source| source());
         match metric {
             "dead_letters" => {
-                let seen = self.dead_letter_labels.lock().unwrap_or_else(|poison| poison.into_inner());
-                let read =
-                    |labels: &RouteReason| self.dead_letters.get(labels).map_or(0, |count| count.get());
-                let series = seen.iter().map(|labels| {
+                let read = self.read_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
+                let series = read.iter().map(|(labels, count)| {
                     let pairs = vec![("route", labels.route.clone()), ("reason", labels.reason.clone())];
-                    (pairs, read(labels) as f64)
+                    (pairs, *count as f64)
                 });
                 let retired = self.retired_dead_letters.lock().unwrap_or_else(|poison| poison.into_inner());
                 let retired =
@@ -142,9 +140,9 @@ mod tests {
     fn counters_read_zero_before_their_first_count_and_sum_the_selected_series() {
         let metrics = Metrics::new(true);
         assert_eq!(metrics.read("dead_letters", &[]), Some(0.0));
-        metrics.dead_letter(Some("orders"), "no-route");
-        metrics.dead_letter(Some("orders"), "rejected");
-        metrics.dead_letter(Some("audit"), "rejected");
+        metrics.dead_letter(Some("orders"), "no-route", false);
+        metrics.dead_letter(Some("orders"), "rejected", false);
+        metrics.dead_letter(Some("audit"), "rejected", false);
         assert_eq!(metrics.read("dead_letters", &[]), Some(3.0));
         let orders = [("route".to_owned(), "orders".to_owned())];
         assert_eq!(metrics.read("dead_letters", &orders), Some(2.0));
@@ -154,11 +152,33 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_message_s_dead_letters_count_in_the_exposition_but_not_where_alert_rules_read() {
+        let metrics = std::sync::Arc::new(Metrics::new(true));
+        let alerts = metrics.route("alerts");
+        metrics.dead_letter(Some("alerts"), "delivery-failed", true);
+        metrics.dead_letter(Some("alerts"), "delivery-failed", false);
+        metrics.dead_letter(Some("alerts"), "no-route", true);
+        let exposition = metrics.encode();
+        let failed = "switchyard_dead_letters_total{route=\"alerts\",reason=\"delivery-failed\"} 2";
+        assert!(exposition.contains(failed), "{exposition}");
+        assert_eq!(metrics.read("dead_letters", &[]), Some(1.0));
+        let no_route = [("reason".into(), "no-route".into())];
+        assert_eq!(metrics.read("dead_letters", &no_route), Some(0.0));
+        drop(alerts);
+        assert!(!metrics.encode().contains("route=\"alerts\""), "{}", metrics.encode());
+        assert_eq!(
+            metrics.read("dead_letters", &[]),
+            Some(1.0),
+            "a removed route's letters as they were read"
+        );
+    }
+
+    #[test]
     fn a_removed_route_s_dead_letters_leave_the_exposition_but_not_the_sum_alert_rules_read() {
         let metrics = std::sync::Arc::new(Metrics::new(true));
         let orders = metrics.route("orders");
-        metrics.dead_letter(Some("orders"), "rejected");
-        metrics.dead_letter(Some("audit"), "rejected");
+        metrics.dead_letter(Some("orders"), "rejected", false);
+        metrics.dead_letter(Some("audit"), "rejected", false);
         drop(orders);
         assert!(!metrics.encode().contains("route=\"orders\""), "{}", metrics.encode());
         assert_eq!(metrics.read("dead_letters", &[]), Some(2.0));

@@ -217,7 +217,7 @@ impl Pipeline {
         match reached {
             Ok(reached) => {
                 Counters::bump(&self.counters.dead_lettered, 1);
-                self.metrics.dead_letter(route_name, code);
+                self.metrics.dead_letter(route_name, code, accepted.alert_message);
                 if let Some(metrics) = route {
                     metrics.settled(Settled::DeadLettered, accepted.at, Instant::now());
                 }

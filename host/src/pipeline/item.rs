@@ -30,6 +30,10 @@ pub(crate) struct Accepted {
     pub(crate) batch_position: usize,
     pub(crate) spooled: Option<Arc<SpoolHold>>,
     pub(crate) receipt: Option<Arc<ReceiptHold>>,
+    /// Whether it is an alert transition's message (every message made from it is too): its dead
+    /// letters are not counted in the `dead_letters` alert rules read, so that a rule on dead
+    /// letters is not set off again by its own messages' letters.
+    pub(crate) alert_message: bool,
     /// Whether this share still owes an outcome: from when the pipeline takes the message (or the
     /// spool gives it back at start) until [`settle`](Accepted::settle). Not before: an admission
     /// given up on, or refused, drops its message unaccepted, and its record goes; one accepted
@@ -93,8 +97,14 @@ impl Envelope {
         spooled: Option<SpoolHold>,
     ) -> Envelope {
         let spooled = spooled.map(Arc::new);
-        let accepted =
-            Accepted { at: Instant::now(), batch_position: 0, spooled, receipt: None, owes_outcome: false };
+        let accepted = Accepted {
+            at: Instant::now(),
+            batch_position: 0,
+            spooled,
+            receipt: None,
+            alert_message: false,
+            owes_outcome: false,
+        };
         Envelope { message, reply, accepted, intake_bytes }
     }
 
@@ -108,6 +118,12 @@ impl Envelope {
         let mut envelope = Envelope::new(message, None, intake_bytes, Some(hold));
         envelope.accepted.owes_outcome = true;
         envelope
+    }
+
+    /// The same envelope, an alert transition's message (see [`Accepted::alert_message`]).
+    pub(crate) fn of_alert(mut self) -> Envelope {
+        self.accepted.alert_message = true;
+        self
     }
 
     /// The same envelope, telling `receipt` once the message is settled.
@@ -232,6 +248,7 @@ mod tests {
             batch_position: 0,
             spooled: None,
             receipt: receipt_hold,
+            alert_message: false,
             owes_outcome: true,
         };
         (accepted, receipt)
