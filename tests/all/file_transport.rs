@@ -241,6 +241,26 @@ async fn a_file_per_topic_keeps_a_bounded_number_open_however_many_topics_come()
     }
 }
 
+/// `strace` traced `calls` (as `-e trace=` names them) of every thread of the process `pid`, into
+/// `dir/trace`: each call with the paths of its descriptors (`-y`) and its thread's name (`-Y`), as
+/// `PID<NAME> call(…)`; returned once it attached.
+fn traced(pid: u32, calls: &str, dir: &Path) -> (std::process::Child, std::path::PathBuf) {
+    // Its own notes (a thread attached) go to a file: into a pipe nobody reads, a write would end it.
+    let (trace, notes) = (dir.join("trace"), dir.join("strace-notes"));
+    let strace = std::process::Command::new("strace")
+        .args(["-f", "-y", "-Y", "-e", &format!("trace={calls}"), "-o"])
+        .arg(&trace)
+        .args(["-p", &pid.to_string()])
+        .stderr(std::fs::File::create(&notes).unwrap())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    eventually(|| match std::fs::read_to_string(&notes).unwrap() {
+        notes if notes.contains("attached") => Ok(()),
+        notes => Err(notes),
+    });
+    (strace, trace)
+}
+
 #[test]
 fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
     // With `fsync = N` a new file's lines were fdatasync'd on the beat but its directory never
@@ -255,19 +275,7 @@ fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
     let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
     let ingress = host.address("HTTP ingress listening on http://");
     // `fsync(5</…/out>)`, `fdatasync(7</…/out/t.jsonl>)`: every thread's syncs, with the paths.
-    // Its own notes (a thread attached) go to a file: into a pipe nobody reads, a write would end it.
-    let (trace, notes) = (dir.path().join("trace"), dir.path().join("strace-notes"));
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&trace)
-        .args(["-p", &host.pid().to_string()])
-        .stderr(std::fs::File::create(&notes).unwrap())
-        .spawn()
-        .expect("strace (apt-get install strace)");
-    eventually(|| match std::fs::read_to_string(&notes).unwrap() {
-        notes if notes.contains("attached") => Ok(()),
-        notes => Err(notes),
-    });
+    let (mut strace, trace) = traced(host.pid(), "fsync,fdatasync", dir.path());
     let (file, directory) = (format!("{}>", out.join("t.jsonl").display()), format!("{}>", out.display()));
     let data_syncs = |count: usize| {
         eventually(|| {
@@ -289,4 +297,48 @@ fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
     assert!(name.is_some_and(|name| name > data), "the directory is synced with the file: {calls:#?}");
     host.stop();
     strace.wait().unwrap();
+}
+
+#[test]
+fn the_health_check_and_a_failed_lines_look_at_names_stat_on_blocking_threads_never_the_runtimes() {
+    // Both ran `stat` on a runtime thread: on a hung mount (hard NFS, FUSE) it never returned, and
+    // `health.timeout_ms` could not cut it. That thread, one a core, was gone for good, with the
+    // destination's health checks; two such destinations and ingress, admin and every delivery
+    // stood still.
+    let dir = plugin_dir(&[]);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("blocked.jsonl")).unwrap();
+    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+                  [[destination]]\nname = \"files\"\ntransport = \"file\"\n\
+                  options = { path = \"out/{topic}.jsonl\" }\nhealth = { interval_ms = 20 }\n\
+                  [[route]]\nname = \"all\"\nto = \"files\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let (mut strace, trace) = traced(host.pid(), "%%stat", dir.path());
+    // The health check stats the template's directory; a line whose file could not be opened (a
+    // directory in its place), what its topic names, to tell whose error it is.
+    let (checked, failed) = (r#""out","#, r#""out/blocked.jsonl","#);
+    let stats_of = |names: &[&str]| {
+        eventually(|| {
+            let calls = std::fs::read_to_string(&trace).unwrap();
+            match names.iter().all(|name| calls.contains(name)) {
+                true => Ok(calls),
+                false => Err(calls),
+            }
+        })
+    };
+    stats_of(&[checked]);
+    let (status, answer) = post(ingress, "/v1/messages/blocked?wait=true", &[], b"x");
+    assert!(status == 422 && answer.contains("Is a directory"), "{status} {answer}");
+    let calls = stats_of(&[checked, failed]);
+    host.stop();
+    strace.wait().unwrap();
+    // The kernel keeps a thread's name to 15 bytes: `switchyard-blocking` is `switchyard-bloc`.
+    let on_the_runtime: Vec<&str> = calls
+        .lines()
+        .filter(|call| call.contains(checked) || call.contains(failed))
+        .filter(|call| !call.contains("<switchyard-bloc> "))
+        .collect();
+    assert!(on_the_runtime.is_empty(), "stats made on no blocking thread: {on_the_runtime:#?}");
 }

@@ -9,12 +9,14 @@
 //! split by it. A file someone else moved or removed (logrotate, an operator) is noticed at the next
 //! line, by the path no longer naming it, and the path opened afresh. The destination has one
 //! endpoint, named by the path template; its health probe checks that the template's directory
-//! exists. With a file per topic, an error of one topic's file (a directory in its place, a file
-//! not writable, not a regular file) is that message's, not the endpoint's: the message is
-//! dead-lettered at once, and the other topics' files go on being written; what is not a regular
-//! file is refused without waiting on it (a FIFO with no reader). At most [`MAX_OPEN_FILES`] files
-//! are kept open: past that, the one least recently used is closed (synced first, unless
-//! `fsync = "never"`) and opened again, for appending, at its next line.
+//! exists. Every look at the file system is made on a blocking thread, never one of the runtime's:
+//! a hung mount (hard NFS, FUSE) holds that thread only, and the attempt's `timeout_ms` (the
+//! check's `health.timeout_ms`) still cuts the wait. With a file per topic, an error of one topic's
+//! file (a directory in its place, a file not writable, not a regular file) is that message's, not
+//! the endpoint's: the message is dead-lettered at once, and the other topics' files go on being
+//! written; what is not a regular file is refused without waiting on it (a FIFO with no reader). At
+//! most [`MAX_OPEN_FILES`] files are kept open: past that, the one least recently used is closed
+//! (synced first, unless `fsync = "never"`) and opened again, for appending, at its next line.
 
 use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
@@ -102,7 +104,12 @@ pub(super) fn build(
     destination: &DestinationConfig,
     _context: &TransportContext,
 ) -> Arc<dyn Transport> {
-    let files = Arc::new(Files { options, destination: destination.name.clone(), open: Mutex::default() });
+    let files = Arc::new(Files {
+        options,
+        destination: destination.name.clone(),
+        open: Mutex::default(),
+        checking: Arc::new(tokio::sync::Semaphore::new(1)),
+    });
     if let (Fsync::IntervalMs(ms), Ok(runtime)) = (files.options.fsync, tokio::runtime::Handle::try_current())
     {
         runtime.spawn(sync_every(Arc::downgrade(&files), Duration::from_millis(ms)));
@@ -124,6 +131,9 @@ struct Files {
     options: FileOptions,
     destination: String,
     open: Mutex<Slots>,
+    /// The health check under way, at most one: a check a hung mount holds keeps its blocking
+    /// thread, and the next ones fail at once rather than each holding another.
+    checking: Arc<tokio::sync::Semaphore>,
 }
 
 /// A slot for each path written lately, with when it was last used: at most [`MAX_OPEN_FILES`], but
@@ -507,15 +517,16 @@ impl FileTransport {
         let mut line = message.json_line(&self.0.destination).into_bytes();
         line.push(b'\n');
         let line_bytes = line.len() as u64;
-        let files = self.0.clone();
-        let written =
-            tokio::task::spawn_blocking(move || files.append(&path, &line).map_err(|err| (err, path)));
+        let (files, topic) = (self.0.clone(), message.topic.clone());
+        // The verdict on a failed line looks at the file system too: on the same blocking thread.
+        let written = tokio::task::spawn_blocking(move || {
+            files.append(&path, &line).map_err(|error| {
+                let topics_own = || files.names_existing(&topic);
+                error.verdict(&path, line_bytes, file_size_limit, topics_own)
+            })
+        });
         match written.await {
-            Ok(Ok(())) => Ok(None),
-            Ok(Err((error, path))) => {
-                let topics_own = || self.0.names_existing(&message.topic);
-                Err(error.verdict(&path, line_bytes, file_size_limit, topics_own))
-            }
+            Ok(written) => written.map(|()| None),
             Err(err) => {
                 Err((Outcome::Retryable(RetryReason::Connect), format!("the write did not finish: {err}")))
             }
@@ -528,19 +539,29 @@ impl Transport for FileTransport {
         Box::pin(self.write(message))
     }
 
-    /// The directory the path template names exists.
+    /// The directory the path template names exists: looked at on a blocking thread, so that
+    /// `health.timeout_ms` cuts a look a hung mount holds; while one is held, the check fails at once.
     fn probe<'a>(&'a self, _address: &'a str, _health: &'a HealthSettings) -> ProbeFuture<'a> {
         let template = PathBuf::from(&self.0.options.path);
-        let dir = directory_of(&template);
-        let found = match dir.to_string_lossy().contains("{topic}") {
-            true => Ok(()),
-            false => match std::fs::metadata(dir) {
-                Ok(meta) if meta.is_dir() => Ok(()),
-                Ok(_) => Err(format!("{}: not a directory", dir.display())),
-                Err(err) => Err(format!("{}: {err}", dir.display())),
-            },
+        let dir = directory_of(&template).to_owned();
+        if dir.to_string_lossy().contains("{topic}") {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let Ok(checking) = self.0.checking.clone().try_acquire_owned() else {
+            let held = format!("{}: the last check has not ended (a hung mount?)", dir.display());
+            return Box::pin(std::future::ready(Err(held)));
         };
-        Box::pin(std::future::ready(found))
+        Box::pin(async move {
+            let found = tokio::task::spawn_blocking(move || {
+                let _checking = checking;
+                match std::fs::metadata(&dir) {
+                    Ok(meta) if meta.is_dir() => Ok(()),
+                    Ok(_) => Err(format!("{}: not a directory", dir.display())),
+                    Err(err) => Err(format!("{}: {err}", dir.display())),
+                }
+            });
+            found.await.unwrap_or_else(|err| Err(format!("the check did not finish: {err}")))
+        })
     }
 }
 
@@ -596,6 +617,7 @@ mod tests {
             },
             destination: "files".into(),
             open: Mutex::default(),
+            checking: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         std::fs::create_dir_all(out.path().join("blocked.jsonl")).unwrap();
         std::fs::create_dir_all(out.path().join("eu/orders")).unwrap();
