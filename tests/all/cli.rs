@@ -50,7 +50,7 @@ impl Running {
     }
 
     /// Start `command` (switchyard, or a shell that execs it), reading its output.
-    fn spawn(mut command: Command) -> Running {
+    pub(crate) fn spawn(mut command: Command) -> Running {
         let mut child =
             command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start switchyard");
         let (send, lines) = mpsc::channel();

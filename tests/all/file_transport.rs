@@ -28,6 +28,11 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The payload of every line of `path`.
+fn payloads(path: &Path) -> Vec<String> {
+    lines(path).iter().map(|line| line["payload"].as_str().unwrap().to_owned()).collect()
+}
+
 async fn send_all(host: &Host, topics: &[&str], count: usize) {
     let sends = (0..count).map(|n| host.send(Message::new(topics[n % topics.len()], format!("message {n}"))));
     for sent in futures_util::future::join_all(sends).await {
@@ -202,6 +207,71 @@ async fn a_file_moved_or_removed_by_someone_else_is_opened_again_at_its_path() {
     assert_eq!(payloads(&path), ["after the removal"]);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_truncated_in_place_is_rotated_by_what_it_holds_not_by_what_it_held() {
+    // logrotate's `copytruncate` (or `: > FILE`) empties the file in place, the same file: the
+    // transport went on counting the bytes it had written before, and rotated the file, nearly
+    // empty, at the next line.
+    let out = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(out.path(), ", max_bytes = 1000, fsync = \"never\"")).await;
+    let path = out.path().join("logs.jsonl");
+    let write = |n: usize| within(host.request(Message::new("logs", format!("{n:0>300}"))));
+    write(1).await.unwrap();
+    // Two lines fit in 1000 bytes, four do not.
+    let line = std::fs::metadata(&path).unwrap().len();
+    assert!((251..=500).contains(&line), "a line of {line} bytes");
+    write(2).await.unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    write(3).await.unwrap();
+    write(4).await.unwrap();
+    assert!(!out.path().join("logs.jsonl.1").exists(), "the emptied file was rotated");
+    assert_eq!(payloads(&path), [format!("{:0>300}", 3), format!("{:0>300}", 4)]);
+    drain_and_account(&host).await;
+}
+
+#[test]
+fn a_line_cut_short_after_the_file_was_emptied_in_place_is_cut_back_to_the_files_new_end() {
+    // logrotate's `copytruncate` (or `: > FILE`) empties the file in place, the same file: the
+    // transport went on counting the bytes it had written before, and cut a line written in part
+    // (the file size limit here, a full disk alike) back to that old length: part of the line
+    // stayed (or, with the old length past the new end, the file was padded with zeros up to it).
+    let dir = plugin_dir(&[]);
+    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+                  [[destination]]\nname = \"files\"\ntransport = \"file\"\noptions = { path = \"out.jsonl\" }\n\
+                  queue = { timeout_ms = 500 }\nbreaker = { open_ms = 20 }\n\
+                  [[route]]\nname = \"all\"\nto = \"files\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    // `ulimit -f 2`: files of at most 1 KiB.
+    let mut command = std::process::Command::new("sh");
+    command.args([
+        "-c",
+        "ulimit -f 2 && exec \"$@\"",
+        "sh",
+        crate::cli::BINARY,
+        "run",
+        "--config",
+        "switchyard.toml",
+    ]);
+    command.current_dir(dir.path());
+    let mut host = Running::spawn(command);
+    let ingress = host.address("HTTP ingress listening on http://");
+    let path = dir.path().join("out.jsonl");
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"before").0, 204);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    // Two lines of ~700 bytes: the first fits, the second is written up to the limit only.
+    let (kept, cut) = ("k".repeat(500), "c".repeat(500));
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], kept.as_bytes()).0, 204);
+    let (status, answer) = post(ingress, "/v1/messages/t?wait=true", &[], cut.as_bytes());
+    let waited = answer.contains(r#""code":"queue-timeout""#) && answer.contains("File too large");
+    assert!(status == 422 && waited, "{answer}");
+    assert_eq!(payloads(&path), std::slice::from_ref(&kept));
+    // What fits still goes after it.
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"after").0, 204);
+    host.stop();
+    assert_eq!(payloads(&path), [kept, "after".to_owned()]);
 }
 
 /// How many of this process's open file descriptors name a file under `dir` (not `dir` itself,

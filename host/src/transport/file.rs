@@ -3,7 +3,11 @@
 //!
 //! A line is written whole or not at all: one write per line under the file's lock, and a write that
 //! fails part-way is cut back off the file before the attempt fails (so a retry cannot leave half a
-//! line behind). A line written whole whose sync then fails stays: the attempt may have delivered
+//! line behind), to the length the file had just before it (someone else may have emptied it in
+//! place since, as logrotate's `copytruncate` does). Lines are kept whole from one destination's
+//! writes only: another writing to the file at the same time (a destination with the same path,
+//! or the one a reload rebuilt, finishing its attempts) may lose a line it appended while this one
+//! cut back. A line written whole whose sync then fails stays: the attempt may have delivered
 //! it, and is retried only where a duplicate is welcome (`idempotent`). A rotation renames the full
 //! file to `PATH.N` (the first free N from 1) and starts an empty one, so no line is ever lost or
 //! split by it. A file someone else moved or removed (logrotate, an operator) is noticed at the next
@@ -192,7 +196,8 @@ struct OpenFile {
     file: File,
     /// Its device and inode: whether its path still names it.
     identity: (u64, u64),
-    /// Its length: where the next line starts.
+    /// Its length when last looked at, as it was opened and before each line: where the next line
+    /// starts (someone else may have emptied the file, or appended to it, meanwhile).
     len: u64,
     /// Whether lines were written since the last sync.
     unsynced: bool,
@@ -223,14 +228,20 @@ impl Files {
     /// Append `line` to `file`, open at `path`; see [`Files::append`].
     fn append_to(&self, path: &Path, file: &mut OpenFile, line: &[u8]) -> Result<(), AppendError> {
         let not_written = AppendError::NotWritten;
-        if !file.is_at(path) {
-            // Renamed or removed by someone else (logrotate, an operator): lines written to the file
-            // kept open would go where nobody reads them, or nowhere. The path is opened afresh.
-            tracing::info!(path = %path.display(), "the file was moved or removed: opening the path again");
-            if file.unsynced {
-                let _ = file.sync();
+        match file.length_at(path) {
+            // Emptied in place by someone else (logrotate's `copytruncate`), or appended to: the
+            // line goes at the file's end as it is now, not where this one's last line ended.
+            Some(len) => file.len = len,
+            None => {
+                // Renamed or removed by someone else (logrotate, an operator): lines written to the
+                // file kept open would go where nobody reads them, or nowhere. The path is opened
+                // afresh.
+                tracing::info!(path = %path.display(), "the file was moved or removed: opening the path again");
+                if file.unsynced {
+                    let _ = file.sync();
+                }
+                *file = OpenFile::append(path, self.syncs_names()).map_err(not_written)?;
             }
-            *file = OpenFile::append(path, self.syncs_names()).map_err(not_written)?;
         }
         if let Some(max_bytes) =
             self.options.max_bytes.filter(|max| file.len > 0 && file.len + line.len() as u64 > *max)
@@ -239,11 +250,14 @@ impl Files {
             *file = rotate(path, file, self.syncs_names()).map_err(not_written)?;
         }
         if let Err(err) = file.file.write_all(line) {
-            // Cut a partly written line back off, so no retry leaves half a line before the whole one.
-            let _ = file.file.set_len(file.len);
+            // Cut a partly written line back off, so no retry leaves half a line before the whole
+            // one: to the length the file had just before, and only if the write lengthened it (one
+            // that wrote nothing leaves the file as it is).
+            if file.file.metadata().is_ok_and(|meta| meta.len() > file.len) {
+                let _ = file.file.set_len(file.len);
+            }
             return Err(AppendError::NotWritten(err));
         }
-        file.len += line.len() as u64;
         file.unsynced = true;
         let due = match self.options.fsync {
             Fsync::Policy(FsyncPolicy::Every) => true,
@@ -448,10 +462,12 @@ impl OpenFile {
         Ok(OpenFile { file, identity, len, unsynced: false, unsynced_name, synced_at: Instant::now() })
     }
 
-    /// Whether `path` still names this file (one stat a line).
-    fn is_at(&self, path: &Path) -> bool {
+    /// Its length, when `path` still names this file (one stat a line); `None` when the path names
+    /// another file, or none.
+    fn length_at(&self, path: &Path) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity)
+        let meta = std::fs::metadata(path).ok()?;
+        ((meta.dev(), meta.ino()) == self.identity).then_some(meta.len())
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
