@@ -556,7 +556,7 @@ plugin_dir = \".\"\n",
 }
 
 /// Send `signal` (`-HUP`, `-TERM`) to `host`.
-fn signal(host: &Running, signal: &str) {
+pub(crate) fn signal(host: &Running, signal: &str) {
     let pid = host.child.id().to_string();
     assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
 }

@@ -370,6 +370,49 @@ fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
 }
 
 #[test]
+fn on_an_interval_the_lines_written_before_a_reload_removes_the_destination_are_synced() {
+    // With `fsync = N` the lines written since the last beat were never synced by the host once a
+    // reload rebuilt or removed the destination: the beat stopped with it, and its files were
+    // closed as they were, though "within N ms" was promised.
+    let dir = plugin_dir(&[]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let head = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n";
+    // A beat of an hour: none comes in the test.
+    let files = "[[destination]]\nname = \"files\"\ntransport = \"file\"\n\
+                 options = { path = \"out/{topic}.jsonl\", fsync = 3600000 }\n\
+                 [[route]]\nname = \"all\"\nto = \"files\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), format!("{head}{files}")).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    let (mut strace, trace) = traced(host.pid(), "fsync,fdatasync", dir.path());
+    assert_eq!(post(ingress, "/v1/messages/t?wait=true", &[], b"line").0, 204);
+    let without = "[[route]]\nname = \"all\"\nto = \"log\"\n";
+    std::fs::write(dir.path().join("switchyard.toml"), format!("{head}{without}")).unwrap();
+    crate::cli::signal(&host, "-HUP");
+    assert_eq!(host.line_where(|line| line.starts_with("switchyard: reload")), "switchyard: reloaded");
+    // The file's lines, and its name (a new file's) with them, on a blocking thread.
+    let (file, directory) = (format!("{}>", out.join("t.jsonl").display()), format!("{}>", out.display()));
+    let syncs = eventually(|| {
+        let calls = std::fs::read_to_string(&trace).unwrap();
+        let of = |call: &str, what: &str| -> Vec<String> {
+            calls
+                .lines()
+                .filter(|line| line.contains(call) && line.contains(what))
+                .map(str::to_owned)
+                .collect()
+        };
+        match (of("fdatasync(", &file), of("fsync(", &directory)) {
+            (data, name) if !data.is_empty() && !name.is_empty() => Ok([data, name].concat()),
+            _ => Err(calls),
+        }
+    });
+    host.stop();
+    strace.wait().unwrap();
+    assert!(syncs.iter().all(|call| call.contains("<switchyard-bloc> ")), "{syncs:#?}");
+}
+
+#[test]
 fn the_health_check_and_a_failed_lines_look_at_names_stat_on_blocking_threads_never_the_runtimes() {
     // Both ran `stat` on a runtime thread: on a hung mount (hard NFS, FUSE) it never returned, and
     // `health.timeout_ms` could not cut it. That thread, one a core, was gone for good, with the

@@ -299,14 +299,7 @@ impl Files {
     /// Sync every file with unsynced lines.
     fn sync_all(&self) {
         let slots: Vec<_> = lock(&self.open).by_path.values().map(|(_, slot)| slot.clone()).collect();
-        for slot in slots {
-            if let Slot::Open(file) = &mut *lock(&slot)
-                && (file.unsynced || file.unsynced_name.is_some())
-                && let Err(err) = file.sync()
-            {
-                tracing::warn!(destination = %self.destination, %err, "fsync failed");
-            }
-        }
+        sync_slots(&slots, &self.destination);
     }
 
     /// The path `message` goes to, or why it cannot go anywhere.
@@ -328,6 +321,37 @@ impl Files {
         named
             .map(|part| part.replace("{topic}", topic))
             .any(|path| Path::new(&path).symlink_metadata().is_ok())
+    }
+}
+
+impl Drop for Files {
+    /// With an fsync interval, sync the lines written since the last beat as the files go (a
+    /// reload rebuilt or removed the destination, and the beat stops with them), on a blocking
+    /// thread when on a runtime.
+    fn drop(&mut self) {
+        if !matches!(self.options.fsync, Fsync::IntervalMs(_)) {
+            return;
+        }
+        let slots: Vec<_> =
+            std::mem::take(&mut lock(&self.open).by_path).into_values().map(|(_, slot)| slot).collect();
+        let destination = std::mem::take(&mut self.destination);
+        let sync = move || sync_slots(&slots, &destination);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(sync)),
+            Err(_) => sync(),
+        }
+    }
+}
+
+/// Sync each file of `slots` with unsynced lines (or name), telling a failure as `destination`'s.
+fn sync_slots(slots: &[Arc<Mutex<Slot>>], destination: &str) {
+    for slot in slots {
+        if let Slot::Open(file) = &mut *lock(slot)
+            && (file.unsynced || file.unsynced_name.is_some())
+            && let Err(err) = file.sync()
+        {
+            tracing::warn!(%destination, %err, "fsync failed");
+        }
     }
 }
 
@@ -501,7 +525,8 @@ fn sync_directory(directory: &Path) -> std::io::Result<()> {
     File::open(directory)?.sync_all()
 }
 
-/// Sync `files` every `interval` while they are in use.
+/// Sync `files` every `interval` while they are in use; what the last beat left is synced as they
+/// go (their `drop`).
 async fn sync_every(files: Weak<Files>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
