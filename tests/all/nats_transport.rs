@@ -188,6 +188,18 @@ async fn a_request_nobody_answers_is_retried_then_dead_lettered_as_no_responders
     assert_eq!((stats.delivered, stats.dead_lettered), (0, 1));
 }
 
+/// The request `attempt` made, once it reached the subscriber `requests`; the attempt, unanswered,
+/// still waits for its reply.
+async fn reached(
+    attempt: &mut switchyard::transport::AttemptFuture<'_>,
+    requests: &mut async_nats::Subscriber,
+) -> async_nats::Message {
+    tokio::select! {
+        result = attempt => panic!("answered before it was answered: {result:?}"),
+        request = within(requests.next()) => request.expect("subscribed"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_whose_attempts_were_cut_are_forgotten_and_their_late_answers_dropped() {
     let server = NatsServer::start();
@@ -202,10 +214,7 @@ async fn requests_whose_attempts_were_cut_are_forgotten_and_their_late_answers_d
     for n in 0..50 {
         let message = Message::new("held", n.to_string());
         let mut attempt = transport.attempt(&address, &message);
-        let request = tokio::select! {
-            result = &mut attempt => panic!("nobody answered: {result:?}"),
-            request = within(requests.next()) => request.expect("subscribed"),
-        };
+        let request = reached(&mut attempt, &mut requests).await;
         assert_eq!(transport.requests_awaiting_reply(&address), 1, "request {n} waits");
         drop(attempt);
         assert_eq!(transport.requests_awaiting_reply(&address), 0, "request {n} was cut: forgotten");
@@ -217,10 +226,7 @@ async fn requests_whose_attempts_were_cut_are_forgotten_and_their_late_answers_d
     }
     let message = Message::new("answered", "now");
     let mut attempt = transport.attempt(&address, &message);
-    let request = tokio::select! {
-        result = &mut attempt => panic!("not answered yet: {result:?}"),
-        request = within(requests.next()) => request.expect("subscribed"),
-    };
+    let request = reached(&mut attempt, &mut requests).await;
     client.publish(request.reply.expect("a reply subject"), "on time".into()).await.unwrap();
     let reply = within(attempt).await.unwrap().expect("a reply");
     assert_eq!(reply.payload, "on time");
@@ -237,10 +243,7 @@ async fn a_transport_dropped_stops_taking_answers_at_its_reply_subjects() {
     let address = server.address();
     let message = Message::new("answered", "now");
     let mut attempt = transport.attempt(&address, &message);
-    let request = tokio::select! {
-        result = &mut attempt => panic!("not answered yet: {result:?}"),
-        request = within(requests.next()) => request.expect("subscribed"),
-    };
+    let request = reached(&mut attempt, &mut requests).await;
     let reply_to = request.reply.expect("a reply subject");
     client.publish(reply_to.clone(), "on time".into()).await.unwrap();
     assert_eq!(within(attempt).await.unwrap().expect("a reply").payload, "on time");
