@@ -2,7 +2,7 @@
 //! is dead-lettered with that reason, and the host keeps serving.
 
 use crate::support::{
-    MEMORY_OUT, builder, drain_and_account, host, mkfifo, next, open_descriptors, plugin_dir,
+    MEMORY_OUT, PATIENCE, builder, drain_and_account, host, mkfifo, next, open_descriptors, plugin_dir,
 };
 use switchyard::{Host, LoadError, Message};
 use switchyard_plugin_artifacts as artifacts;
@@ -10,15 +10,17 @@ use switchyard_plugin_artifacts as artifacts;
 /// A host with route `risky` (topic `risky.*`) through `filter:bad`, with the
 /// given plugin limits, and route `safe` with no stages. The faulty plugins
 /// misbehave only on messages carrying the header `x-poison` (so they pass
-/// their trial run at load, as a poison-message bug would).
+/// their trial run at load, as a poison-message bug would); `faulty-sleep`
+/// sleeps [`asleep_past_patience`] on them.
 async fn host_with_filter(artifact: &str, limits: &str, on_error: &str) -> (tempfile::TempDir, Host) {
     let dir = plugin_dir(&[("bad", artifact)]);
+    let sleep_ms = asleep_past_patience();
     let config = format!(
         r#"{MEMORY_OUT}
 [[plugin]]
 name = "bad"
 limits = {limits}
-config = {{ trigger = "x-poison" }}
+config = {{ trigger = "x-poison", sleep_ms = "{sleep_ms}" }}
 [[route]]
 name = "risky"
 match = {{ topic = "risky.*" }}
@@ -32,6 +34,13 @@ to = "out"
     );
     let host = host(dir.path(), &config).await;
     (dir, host)
+}
+
+/// The `sleep_ms` of `faulty-sleep` in these tests: ten times [`PATIENCE`]. Its call ends in time
+/// only if the deadline cuts it inside WASI: were the sleep left to end, epoch interruption would
+/// stop the plugin as it ran on, as late as that.
+fn asleep_past_patience() -> u128 {
+    (PATIENCE * 10).as_millis()
 }
 
 /// Send two poison messages, a clean one on the same route and one on
@@ -110,7 +119,7 @@ pub async fn faulty_spin() {
 
 #[tokio::test]
 pub async fn faulty_sleep() {
-    // Asleep inside WASI for 10 s: cut at the 100 ms deadline like a spin.
+    // Asleep inside WASI past PATIENCE: cut at the 100 ms deadline like a spin.
     let limits = "{ timeout_ms = 100 }";
     let (_dir, host) = host_with_filter(artifacts::FAULTY_SLEEP, limits, "fail-closed").await;
     assert_isolated(&host, "plugin-timed-out", "timed out after 100ms").await;
@@ -305,9 +314,13 @@ async fn a_filter_answer_short_of_decisions_or_with_a_bad_count_is_malformed_and
 
 #[tokio::test]
 async fn a_plugin_asleep_in_its_load_trial_is_refused_at_its_deadline() {
-    // Untriggered, it sleeps on every message, the trial's sample too.
+    // Untriggered, it sleeps on every message, the trial's sample too: past PATIENCE, uncut.
     let dir = plugin_dir(&[("sleepy", artifacts::FAULTY_SLEEP)]);
-    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"sleepy\"\nlimits = {{ timeout_ms = 100 }}\n");
+    let config = format!(
+        "{MEMORY_OUT}[[plugin]]\nname = \"sleepy\"\nlimits = {{ timeout_ms = 100 }}\n\
+         config = {{ sleep_ms = \"{}\" }}\n",
+        asleep_past_patience()
+    );
     let config = switchyard::Config::from_toml("test.toml", &config).unwrap();
     let host = crate::support::within(builder(dir.path()).config("test.toml", config).build());
     let host = host.await.unwrap();
