@@ -26,6 +26,7 @@ mod workdir;
 
 pub use process::Usage;
 pub use report::{Reconciliation, Report, Sample};
+pub use workdir::ENDPOINT_IN_FLIGHT;
 
 use anyhow::bail;
 use load::Load;

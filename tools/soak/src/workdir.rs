@@ -11,6 +11,10 @@ pub const PLUGIN: &str = "xform";
 /// The route whose priority each reload toggles.
 pub const ROUTE: &str = "soak";
 
+/// The most deliveries in flight to one endpoint at once (its `pool.max_size`): what a kill of it
+/// cuts, at most.
+pub const ENDPOINT_IN_FLIGHT: u64 = 64;
+
 /// The temporary directory and what is live in it.
 pub struct Workdir {
     dir: tempfile::TempDir,
@@ -107,6 +111,8 @@ transport = "http"
 endpoints = [{endpoints}]
 options = {{ path = "/ingest" }}
 queue = {{ timeout_ms = 30000 }}
+pool = {{ max_size = {ENDPOINT_IN_FLIGHT} }}
+health = {{ path = "/health", interval_ms = 100, rise = 2, fall = 2 }}   # a kill is seen as endpoint-down
 
 [[destination]]
 name = "dead-letters"
