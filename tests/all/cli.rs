@@ -219,6 +219,20 @@ fn check_names_the_kind_or_the_specific_problem() {
 }
 
 #[test]
+fn bench_instructions_names_the_cases_it_ran_the_stamp_ones_only_with_the_stamp_plugin() {
+    // scripts/instructions reads callgrind's Nth dump as the Nth case named here.
+    let (filter, transform) = (artifacts::HEADER_FILTER, artifacts::REDACT_TRANSFORM);
+    let args = ["bench", "--filter", filter, "--transform", transform, "--instructions", "1"];
+    let without_stamp =
+        "filter_call, filter_batch_64, transform_call, routed_message, routed_native, http_message";
+    let (ok, out) = switchyard(&args);
+    assert!(ok && out.lines().last() == Some(&format!("{without_stamp} x 1")), "{out}");
+    let (ok, out) = switchyard(&[&args[..], &["--stamp", artifacts::STAMP_TRANSFORM]].concat());
+    let with_stamp = format!("{without_stamp}, routed_stamp, routed_one_at_a_time x 1");
+    assert!(ok && out.lines().last() == Some(&with_stamp), "{out}");
+}
+
+#[test]
 fn switchyard_profile_perfmap_maps_plugin_code_for_perf_and_a_bad_value_is_refused() {
     let child = Command::new(BINARY)
         .args(["check", artifacts::HEADER_FILTER])

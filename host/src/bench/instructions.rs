@@ -45,8 +45,12 @@ pub const CASES: [&str; 8] = [
 const WARM_UP: usize = 200;
 
 /// Run every case in [`CASES`] order, `iterations` times each (one call, or
-/// one message routed), between [`instructions_begin`] and [`instructions_end`].
-pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(), BenchError> {
+/// one message routed), between [`instructions_begin`] and [`instructions_end`];
+/// the cases that ran, in that order.
+pub fn count_instructions(
+    plugins: &BenchPlugins,
+    iterations: usize,
+) -> Result<&'static [&'static str], BenchError> {
     if iterations == 0 {
         return Err(BenchError::Check("the instruction count needs at least one iteration".into()));
     }
@@ -70,11 +74,12 @@ pub fn count_instructions(plugins: &BenchPlugins, iterations: usize) -> Result<(
     let native = (Stages::Native, Sending::AllAtOnce);
     runtime.block_on(routed_case(&dir.without_plugins(), native, CASES[4], iterations))?;
     runtime.block_on(http_case(&dir, CASES[5], iterations))?;
-    if plugins.stamp.is_some() {
-        runtime.block_on(routed_case(&dir.0, (Stages::Stamp, Sending::AllAtOnce), CASES[6], iterations))?;
-        runtime.block_on(routed_case(&dir.0, (Stages::Stamp, Sending::OneAtATime), CASES[7], iterations))?;
+    if plugins.stamp.is_none() {
+        return Ok(&CASES[..6]);
     }
-    Ok(())
+    runtime.block_on(routed_case(&dir.0, (Stages::Stamp, Sending::AllAtOnce), CASES[6], iterations))?;
+    runtime.block_on(routed_case(&dir.0, (Stages::Stamp, Sending::OneAtATime), CASES[7], iterations))?;
+    Ok(&CASES)
 }
 
 /// Route `iterations` messages (with the payload of `stages`) through a host

@@ -2,7 +2,7 @@
 //! --native-transform T.so]`: the standard benchmark; with `--instructions N`,
 //! the instruction-count guard's cases instead.
 
-use switchyard::bench::{BenchPlugins, BenchSettings, CASES, count_instructions, run_with};
+use switchyard::bench::{BenchPlugins, BenchSettings, count_instructions, run_with};
 
 /// Run the benchmark on this (plain) thread and print its report, as a table
 /// or as JSON.
@@ -18,11 +18,7 @@ pub fn bench(plugins: BenchPlugins, settings: BenchSettings, json: bool) -> anyh
 /// Run the instruction-count guard's cases `iterations` times each, for
 /// callgrind to count between the markers, and say which ran.
 pub fn instructions(plugins: BenchPlugins, iterations: usize) -> anyhow::Result<()> {
-    let cases = match plugins.stamp {
-        Some(_) => &CASES[..],
-        None => &CASES[..CASES.len() - 1],
-    };
-    count_instructions(&plugins, iterations)?;
-    println!("{} x {iterations}", cases.join(", "));
+    let ran = count_instructions(&plugins, iterations)?;
+    println!("{} x {iterations}", ran.join(", "));
     Ok(())
 }
