@@ -1,8 +1,9 @@
 //! The `websocket` transport over TLS (`tls = true`) against a real `wss://` server on 127.0.0.1 whose
 //! certificate a private CA made for the test signed: replies, a server restart with nothing lost, a
 //! certificate the host does not trust: dead letters naming the TLS failure, and a failing probe, and
-//! a CA file rotated in place, trusted from the next reload, and a config refused for a CA file not
-//! there yet, applied once it is and the config is written again.
+//! a CA file rotated in place, trusted from the next reload, a config refused for a CA file not
+//! there yet, applied once it is and the config is written again; payloads, each out at its first
+//! attempt.
 
 use crate::reload_once::caught_up;
 use crate::support::{drain_and_account, event_where, host, next, plugin_dir, within};
@@ -68,6 +69,33 @@ async fn wss_envelopes_through_a_private_ca_are_answered_by_id() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (200, 0));
     assert_eq!(server.seen(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_payloads_each_go_out_at_their_first_attempt() {
+    // Before it writes a payload the host has what the server sent read (its Close among it), here
+    // through TLS: no payload waits for it past its attempt's deadline.
+    let pki = Pki::new("test CA");
+    let server =
+        Server::start("127.0.0.1:0".parse().unwrap(), false, Arc::default(), Some(pki.acceptor.clone()))
+            .await;
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config(server.addr, &pki.trusted())).await;
+    for n in 0..20 {
+        host.send(Message::new("orders", format!("order {n}"))).await.unwrap();
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (20, 0));
+    let text = host.metrics().encode();
+    for outcome in ["retryable", "fatal", "shed"] {
+        let labels = [("destination", "ws"), ("outcome", outcome)];
+        let failed = crate::exposition::sample(&text, "switchyard_transport_attempts_total", &labels);
+        assert_eq!(failed.unwrap_or(0.0), 0.0, "no attempt {outcome}, none cut waiting to write");
+    }
+    crate::support::eventually(|| match server.seen() {
+        20 => Ok(()),
+        seen => Err(seen),
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,9 +125,29 @@ async fn connect(address: &str) -> std::io::Result<TcpStream> {
 /// into a closed connection, where it could not be told from one the peer
 /// took before it closed.
 pub(super) fn is_open(stream: &impl std::os::fd::AsFd) -> bool {
+    unread(stream) == Unread::Nothing
+}
+
+/// What a connection's socket holds that was not read yet, as the kernel tells now (one
+/// non-blocking peek).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unread {
+    /// Nothing: the connection is open, and whatever the peer sent was read.
+    Nothing,
+    /// Bytes the peer sent (its end of the connection may follow them).
+    Bytes,
+    /// The peer's end of the connection (its FIN), or a reset: nothing more comes.
+    Closed,
+}
+
+/// What `stream`'s socket holds unread; see [`Unread`].
+pub(super) fn unread(stream: &impl std::os::fd::AsFd) -> Unread {
     let mut byte = [std::mem::MaybeUninit::uninit()];
-    let peeked = socket2::SockRef::from(stream).peek(&mut byte);
-    matches!(peeked, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
+    match socket2::SockRef::from(stream).peek(&mut byte) {
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Unread::Nothing,
+        Ok(0) | Err(_) => Unread::Closed,
+        Ok(_) => Unread::Bytes,
+    }
 }
 
 impl Transport for TcpTransport {

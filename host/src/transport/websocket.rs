@@ -19,8 +19,15 @@
 //!
 //! `frames = "payload"` (the default) sends the payload alone — a text frame when it is UTF-8, a binary
 //! frame otherwise — and a message counts as delivered once its frame is written and flushed (there is
-//! no reply). `frames = "envelope"` sends a text frame holding `{"id": N, "topic": …, "headers":
-//! [[k, v], …], "priority": …, "payload": "…"}` (`payload_base64` for bytes), `id` unique per attempt;
+//! no reply). So no frame goes out on a connection its peer closed, as far as this host can know:
+//! before writing one, an attempt looks at the connection's socket itself (the task reading it may
+//! not have run since the close came) and, for a payload, first lets that task read what the socket
+//! holds (a pong, or the peer's Close). A close seen so, or a frame tungstenite refuses to send as
+//! the connection closes, sent nothing: the attempt fails as a refused connection does, and the
+//! message goes on the next connection.
+//!
+//! `frames = "envelope"` sends a text frame holding `{"id": N, "topic": …, "headers": [[k, v], …],
+//! "priority": …, "payload": "…"}` (`payload_base64` for bytes), `id` unique per attempt;
 //! the peer answers each, in any order, with a text frame in the [`answers`](super::answers) format.
 //! An answer whose reply is past the host's `max_message_bytes` (its topic, headers and payload), or
 //! one that cannot be read but names its id (a field of the wrong type or shape), delivered the
@@ -39,6 +46,7 @@
 use super::answers::{Answer, read_answer};
 use super::pending::Pending;
 use super::restart::{NotRunning, Peer, Restarting};
+use super::tcp::{Unread, unread};
 use super::tls::TlsClient;
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
@@ -50,10 +58,12 @@ use crate::resilience::{Outcome, RetryReason};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -64,7 +74,16 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The sending half of a connection, shared by its attempts and its pings; taken (`None`) once the
 /// connection closes, so that dropping it with the reading half closes the TCP connection.
-type Writer = Arc<tokio::sync::Mutex<Option<SplitSink<Socket, Frame>>>>;
+type Writer = Arc<tokio::sync::Mutex<Option<Outgoing>>>;
+
+/// The sending half of a connection, and a second handle on its TCP socket (under TLS, if any): what
+/// the peer sent and nobody read yet — its Close, its end of the connection — is seen there before
+/// a frame goes out.
+#[derive(Debug)]
+struct Outgoing {
+    frames: SplitSink<Socket, Frame>,
+    socket: std::net::TcpStream,
+}
 
 /// Longest wait for the peer's part of the close handshake: a peer gone silent holds no connection
 /// longer.
@@ -165,11 +184,42 @@ struct Link {
     pending: Arc<Pending<Answer>>,
     /// Cancelled to close the connection (the destination went), and once it closes: its pings stop.
     closing: CancellationToken,
+    /// Notified each time the task reading the connection has read all its socket held and waits
+    /// for more.
+    caught_up: Arc<Notify>,
 }
 
 impl Peer for Link {
     fn ended(&self) -> bool {
         self.pending.is_closed()
+    }
+}
+
+impl Link {
+    /// Whether a frame may go out on the connection of `socket` now: the peer has not closed it,
+    /// neither as the task reading it saw nor in the socket itself (that task may not have run
+    /// since the close came). A payload counts as delivered once written, so what the socket holds
+    /// unread (a pong, or the peer's Close) is read first: this waits for the reading task to catch
+    /// up. An envelope's answer decides its delivery, and bytes unread are answers: they hold
+    /// nothing back.
+    async fn open_for(&self, socket: &std::net::TcpStream, frames: Framing) -> bool {
+        loop {
+            let caught_up = self.caught_up.notified();
+            tokio::pin!(caught_up);
+            caught_up.as_mut().enable();
+            if self.ended() {
+                return false;
+            }
+            match (unread(socket), frames) {
+                (Unread::Nothing, _) | (Unread::Bytes, Framing::Envelope) => return true,
+                (Unread::Closed, _) => return false,
+                (Unread::Bytes, Framing::Payload) => {}
+            }
+            tokio::select! {
+                () = caught_up => {}
+                () = self.closing.cancelled() => return false,
+            }
+        }
     }
 }
 
@@ -212,18 +262,22 @@ impl WebSocketTransport {
 
     async fn connect(&self, address: &str) -> Result<Link, Unconnected> {
         let socket = self.open(address).await?;
-        let (sink, stream) = socket.split();
+        let tcp = socket.get_ref().get_ref().as_fd().try_clone_to_owned();
+        let tcp = tcp.map_err(|err| Unconnected::Refused(format!("{address}: {err}")))?;
+        let (frames, stream) = socket.split();
         let link = Link {
-            sink: Arc::new(tokio::sync::Mutex::new(Some(sink))),
+            sink: Arc::new(tokio::sync::Mutex::new(Some(Outgoing { frames, socket: tcp.into() }))),
             pending: Arc::new(Pending::default()),
             closing: CancellationToken::new(),
+            caught_up: Arc::default(),
         };
         let ping = (self.options.ping_ms > 0).then(|| Duration::from_millis(self.options.ping_ms));
         let (sink, pending, closing) = (link.sink.clone(), link.pending.clone(), link.closing.clone());
+        let caught_up = link.caught_up.clone();
         let address = address.to_owned();
         tokio::spawn(async move {
             let mut stream = stream;
-            let why = read_frames(&mut stream, &pending, &closing, ping).await;
+            let why = read_frames(&mut stream, &pending, &closing, &caught_up, ping).await;
             pending.close();
             // The pings stop, one stuck in sending (a peer that reads nothing) letting go of the sink.
             closing.cancel();
@@ -257,16 +311,20 @@ impl WebSocketTransport {
             },
             Some(waiting) => Frame::text(envelope(waiting.id, message)),
         };
-        // Waiting for the sink (an attempt or a ping sending) sends nothing either.
+        // Waiting for the sink (an attempt or a ping sending), or for the reading task to read what
+        // the peer sent, sends nothing either.
         let sent = {
             let mut sink = link.sink.lock().await;
-            let Some(sink) = sink.as_mut() else { return Err(refused("the connection closed".into())) };
+            let Some(outgoing) = sink.as_mut() else { return Err(refused("the connection closed".into())) };
+            if !link.open_for(&outgoing.socket, self.options.frames).await {
+                return Err(refused("the peer closed the connection".into()));
+            }
             AttemptProgress::mark_current(Step::MaySend);
-            sink.send(frame).await
+            outgoing.frames.send(frame).await
         };
         if let Err(err) = sent {
             link.pending.close();
-            return Err((Outcome::Retryable(RetryReason::Reset), format!("sending the frame: {err}")));
+            return Err((Outcome::Retryable(send_failure(&err)), format!("sending the frame: {err}")));
         }
         let Some(waiting) = waiting.as_mut() else { return Ok(None) };
         let answer: Option<Answer> = waiting.answer().await;
@@ -301,6 +359,17 @@ fn tls_error(err: &tokio_tungstenite::tungstenite::Error) -> Option<&rustls::Err
     }
 }
 
+/// How sending a frame failed: refused before any of it was written (tungstenite saw the connection
+/// closing or closed), it is as safe to retry as a refused connection; otherwise part of it may have
+/// gone out.
+fn send_failure(err: &tokio_tungstenite::tungstenite::Error) -> RetryReason {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+    match err {
+        Error::AlreadyClosed | Error::Protocol(ProtocolError::SendAfterClosing) => RetryReason::Connect,
+        _ => RetryReason::Reset,
+    }
+}
+
 /// The envelope of `message`, sent with `id`.
 fn envelope(id: u64, message: &Message) -> String {
     let mut envelope = serde_json::json!({
@@ -315,18 +384,27 @@ fn envelope(id: u64, message: &Message) -> String {
 }
 
 /// Route the answers `stream` brings until it ends, the connection is closed, or it shows no sign of
-/// life for two ping intervals; why it stopped.
+/// life for two ping intervals; why it stopped. Notifies `caught_up` each time it has read all the
+/// socket held.
 async fn read_frames(
     stream: &mut SplitStream<Socket>,
     pending: &Pending<Answer>,
     closing: &CancellationToken,
+    caught_up: &Notify,
     ping: Option<Duration>,
 ) -> String {
     let mut last_sign = Instant::now();
     loop {
         let silence = ping.map(|ping| last_sign + ping * 2);
+        let next = std::future::poll_fn(|cx| {
+            let next = stream.poll_next_unpin(cx);
+            if next.is_pending() {
+                caught_up.notify_waiters();
+            }
+            next
+        });
         let frame = tokio::select! {
-            frame = stream.next() => frame,
+            frame = next => frame,
             () = closing.cancelled() => return "its destination went".into(),
             () = sleep_until(silence) => return "no pong or frame for two ping intervals".into(),
         };
@@ -357,8 +435,8 @@ async fn send_pings(
         loop {
             ticks.tick().await;
             let mut sink = sink.lock().await;
-            let Some(sink) = sink.as_mut().filter(|_| !pending.is_closed()) else { return };
-            if sink.send(Frame::Ping(Default::default())).await.is_err() {
+            let Some(outgoing) = sink.as_mut().filter(|_| !pending.is_closed()) else { return };
+            if outgoing.frames.send(Frame::Ping(Default::default())).await.is_err() {
                 return;
             }
         }
@@ -373,10 +451,10 @@ async fn send_pings(
 /// sent one, flush the reply tungstenite queued as it read it), read until the peer ends the
 /// connection, then drop both halves, which closes it on this side too. Waits at most
 /// [`CLOSE_WAIT`].
-async fn close(sink: &tokio::sync::Mutex<Option<SplitSink<Socket, Frame>>>, mut stream: SplitStream<Socket>) {
+async fn close(sink: &tokio::sync::Mutex<Option<Outgoing>>, mut stream: SplitStream<Socket>) {
     let handshake = async {
-        let Some(mut sink) = sink.lock().await.take() else { return };
-        let _ = sink.close().await;
+        let Some(mut outgoing) = sink.lock().await.take() else { return };
+        let _ = outgoing.frames.close().await;
         while let Some(Ok(_)) = stream.next().await {}
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
@@ -462,6 +540,89 @@ mod tests {
         let mut rest = [0; 16];
         let read = tokio::time::timeout(PATIENCE, socket.get_mut().read(&mut rest)).await;
         assert_eq!(read.expect("the connection closed in time").unwrap(), 0, "then the connection closed");
+    }
+
+    /// Wait, blocking the thread, until the host's end of the connection of `peer` has the peer's
+    /// FIN (it is in CLOSE_WAIT, as `/proc/net/tcp` tells): a test on one thread runs no task
+    /// meanwhile, so the host's reading task has not read it.
+    fn until_the_host_socket_holds_the_close(peer: &TcpStream) {
+        let (host, peer) = (peer.peer_addr().unwrap().port(), peer.local_addr().unwrap().port());
+        let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+        let start = std::time::Instant::now();
+        loop {
+            let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+            let close_wait =
+                table.lines().skip(1).map(|line| line.split_whitespace().collect::<Vec<_>>()).any(|fields| {
+                    port(fields[1]) == Some(host) && port(fields[2]) == Some(peer) && fields[3] == "08"
+                });
+            if close_wait {
+                return;
+            }
+            assert!(start.elapsed() < PATIENCE, "the peer's FIN reached the host's socket in time");
+            std::thread::yield_now();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payload_is_never_written_into_a_connection_the_peer_closed() {
+        let (listener, address) = listener().await;
+        let transport = transport(&address);
+        let (one, two) = (Message::new("jobs", "one"), Message::new("jobs", "two"));
+        let (attempt, mut socket) = tokio::join!(transport.attempt(&address, &one), accepted(&listener));
+        assert_eq!(attempt, Ok(None));
+        assert_eq!(next_frame(&mut socket).await, Some(Frame::text("one")));
+        // The peer closes: its Close, then its end of the connection, in the host's socket before
+        // the host's reading task could read them.
+        socket.close(None).await.unwrap();
+        socket.get_mut().shutdown().await.unwrap();
+        until_the_host_socket_holds_the_close(socket.get_ref());
+        let (outcome, problem) = match transport.attempt(&address, &two).await {
+            Ok(reply) => panic!("counted delivered into the closed connection: {reply:?}"),
+            Err(failed) => failed,
+        };
+        assert_eq!(outcome, Outcome::Retryable(RetryReason::Connect), "nothing sent: {problem}");
+        assert!(
+            matches!(next_frame(&mut socket).await, Some(Frame::Close(_))),
+            "the closed connection got the host's Close, no frame"
+        );
+        assert_eq!(next_frame(&mut socket).await, None);
+        // Once the host connects again, the message goes out on the new connection.
+        let again = async {
+            loop {
+                match transport.attempt(&address, &two).await {
+                    Ok(reply) => return reply,
+                    Err((Outcome::Retryable(RetryReason::Connect), _)) => {}
+                    Err(failed) => panic!("{failed:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let (sent, mut socket) = tokio::join!(tokio::time::timeout(PATIENCE, again), accepted(&listener));
+        assert_eq!(sent.expect("sent again in time"), None);
+        assert_eq!(next_frame(&mut socket).await, Some(Frame::text("two")));
+    }
+
+    #[tokio::test]
+    async fn a_frame_refused_by_a_closing_or_closed_connection_was_not_sent() {
+        let (listener, address) = listener().await;
+        let connect = tokio_tungstenite::connect_async(format!("ws://{address}/"));
+        let (connected, mut peer) = tokio::join!(connect, accepted(&listener));
+        let (mut socket, _) = connected.unwrap();
+        peer.close(None).await.unwrap();
+        assert!(matches!(socket.next().await, Some(Ok(Frame::Close(_)))), "the peer's Close read");
+        let closing = socket.send(Frame::text("late")).await.unwrap_err();
+        assert_eq!(send_failure(&closing), RetryReason::Connect, "{closing}");
+        // The close handshake ends: the host's Close, then the peer's end of the connection.
+        let peer_ends = async move {
+            let frame = next_frame(&mut peer).await;
+            drop(peer);
+            frame
+        };
+        let (end, frame) = tokio::join!(socket.next(), peer_ends);
+        assert!(matches!(frame, Some(Frame::Close(_))), "no frame before the Close: {frame:?}");
+        assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+        let closed = socket.send(Frame::text("later")).await.unwrap_err();
+        assert_eq!(send_failure(&closed), RetryReason::Connect, "{closed}");
     }
 
     #[tokio::test]
