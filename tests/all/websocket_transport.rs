@@ -201,6 +201,41 @@ async fn a_connection_silent_for_two_ping_intervals_is_closed_and_its_envelope_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_answers_pings_but_no_envelope_is_replaced_and_the_envelope_answered_on_a_new_one()
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Frame>>> = Arc::default();
+    let answered = seen.clone();
+    let (stuck_tx, stuck_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        // The first connection's handler is stuck: it reads every frame (so its pings are
+        // answered) and answers no envelope, until the host closes it.
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut stuck = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let _ = stuck_tx.send(tokio::spawn(async move { while let Some(Ok(_)) = stuck.next().await {} }));
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let answered = answered.clone();
+            connections.spawn(async move { serve(stream, true, &answered).await });
+        }
+    });
+    let dir = plugin_dir(&[]);
+    let text = config(addr, ", frames = \"envelope\", ping_ms = 100").replacen(
+        "idempotent = true\n",
+        "idempotent = true\ntimeout_ms = 1000\nretry = { attempts = 5 }\n",
+        1,
+    );
+    let host = host(dir.path(), &text).await;
+    let reply = within(host.request(Message::new("jobs", "job"))).await.unwrap();
+    assert_eq!(&reply.expect("an answer").payload[..], b"JOB");
+    assert!(!seen.lock().unwrap().is_empty(), "answered on a new connection");
+    let stuck = within(stuck_rx).await.unwrap();
+    within(stuck).await.unwrap();
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_cut_at_the_attempt_deadline_sent_nothing_and_is_never_called_uncertain() {
     // The server takes every connection and never answers its upgrade: each attempt is cut at its
     // 300 ms in the WebSocket handshake, before its frame could leave. Not idempotent, the message

@@ -39,12 +39,16 @@
 //! ([`restart`](super::restart)), once it closed; attempts meanwhile fail as refused connections do.
 //! Every `ping_ms` the transport pings; a connection that shows no sign of life (no frame, no pong)
 //! for two intervals is closed. A connection that closes fails the envelopes it held (retried as the
-//! destination's `idempotent` allows). Whoever closes it (the peer, the silence, the destination
-//! going, with or without pings), it ends with the close handshake: the peer's Close answered, or one
-//! sent, and the TCP connection closed once the peer ends it, or [`CLOSE_WAIT`] later.
+//! destination's `idempotent` allows). One whose peer answers pings but no envelope is replaced: an
+//! envelope whose attempt `timeout_ms` cuts as it waits for its answer, while the connection brought
+//! no answer at all since the envelope went out, retires it (see [`Awaited`]): the next attempt
+//! opens a new one, and the retired one closes once no envelope it holds waits any more. Whoever
+//! closes it (the peer, the silence, the destination going, a retirement, with or without pings), it
+//! ends with the close handshake: the peer's Close answered, or one sent, and the TCP connection
+//! closed once the peer ends it, or [`CLOSE_WAIT`] later.
 
 use super::answers::{Answer, read_answer};
-use super::pending::Pending;
+use super::pending::{Pending, Waiting};
 use super::restart::{NotRunning, Peer, Restarting};
 use super::tcp::{Unread, unread};
 use super::tls::TlsClient;
@@ -61,6 +65,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -182,11 +187,20 @@ struct Link {
     sink: Writer,
     /// Envelopes sent and not answered yet; closed once the connection closed.
     pending: Arc<Pending<Answer>>,
-    /// Cancelled to close the connection (the destination went), and once it closes: its pings stop.
+    /// Cancelled to close the connection (the destination went, or it was retired and nobody waits
+    /// on it any more), and once it closes: its pings stop.
     closing: CancellationToken,
-    /// Notified each time the task reading the connection has read all its socket held and waits
-    /// for more.
-    caught_up: Arc<Notify>,
+    /// What the task reading the connection tells the attempts sending on it.
+    reading: Arc<Reading>,
+}
+
+/// What the task reading a connection tells the attempts sending on it.
+#[derive(Debug, Default)]
+struct Reading {
+    /// Notified each time it has read all the socket held and waits for more.
+    caught_up: Notify,
+    /// How many answers it read, whoever waited for them.
+    answers: AtomicU64,
 }
 
 impl Peer for Link {
@@ -204,7 +218,7 @@ impl Link {
     /// nothing back.
     async fn open_for(&self, socket: &std::net::TcpStream, frames: Framing) -> bool {
         loop {
-            let caught_up = self.caught_up.notified();
+            let caught_up = self.reading.caught_up.notified();
             tokio::pin!(caught_up);
             caught_up.as_mut().enable();
             if self.ended() {
@@ -269,15 +283,15 @@ impl WebSocketTransport {
             sink: Arc::new(tokio::sync::Mutex::new(Some(Outgoing { frames, socket: tcp.into() }))),
             pending: Arc::new(Pending::default()),
             closing: CancellationToken::new(),
-            caught_up: Arc::default(),
+            reading: Arc::default(),
         };
         let ping = (self.options.ping_ms > 0).then(|| Duration::from_millis(self.options.ping_ms));
         let (sink, pending, closing) = (link.sink.clone(), link.pending.clone(), link.closing.clone());
-        let caught_up = link.caught_up.clone();
+        let reading = link.reading.clone();
         let address = address.to_owned();
         tokio::spawn(async move {
             let mut stream = stream;
-            let why = read_frames(&mut stream, &pending, &closing, &caught_up, ping).await;
+            let why = read_frames(&mut stream, &pending, &closing, &reading, ping).await;
             pending.close();
             // The pings stop, one stuck in sending (a peer that reads nothing) letting go of the sink.
             closing.cancel();
@@ -298,18 +312,18 @@ impl WebSocketTransport {
             }
             err => refused(err.to_string()),
         })?;
-        let mut waiting = match self.options.frames {
+        let awaited = match self.options.frames {
             Framing::Payload => None,
             Framing::Envelope => {
-                Some(link.pending.wait().ok_or_else(|| refused("the connection closed".into()))?)
+                Some(Awaited::new(&link).ok_or_else(|| refused("the connection closed".into()))?)
             }
         };
-        let frame = match &waiting {
+        let frame = match &awaited {
             None => match std::str::from_utf8(&message.payload) {
                 Ok(text) => Frame::text(text),
                 Err(_) => Frame::binary(message.payload.clone()),
             },
-            Some(waiting) => Frame::text(envelope(waiting.id, message)),
+            Some(awaited) => Frame::text(envelope(awaited.id(), message)),
         };
         // Waiting for the sink (an attempt or a ping sending), or for the reading task to read what
         // the peer sent, sends nothing either.
@@ -326,11 +340,62 @@ impl WebSocketTransport {
             link.pending.close();
             return Err((Outcome::Retryable(send_failure(&err)), format!("sending the frame: {err}")));
         }
-        let Some(waiting) = waiting.as_mut() else { return Ok(None) };
-        let answer: Option<Answer> = waiting.answer().await;
+        let Some(awaited) = awaited else { return Ok(None) };
+        let answer: Option<Answer> = awaited.answer().await;
         let closed =
             || (Outcome::Retryable(RetryReason::Reset), "the connection closed before an answer".to_owned());
         reply_within(answer.ok_or_else(closed)?.into_result(message)?, self.max_reply_bytes)
+    }
+}
+
+/// An envelope of a link, from the id it goes out with to the end of its wait for its answer. Its
+/// attempt cut at its deadline as it waited, the link having read no answer at all since the
+/// envelope went out, the link is taken for stuck — its peer's handler answers nothing, though the
+/// connection may still answer pings — and retired: it takes no new envelope (the next attempt
+/// connects again), and, as any link that stopped taking envelopes, closes once none it holds waits.
+/// Answers come in any order, so one slow envelope while others are answered retires nothing.
+struct Awaited<'a> {
+    link: &'a Link,
+    /// Taken as it is dropped, before the link's envelopes are counted.
+    waiting: Option<Waiting<'a, Answer>>,
+    /// The answers the link had read before the envelope went out.
+    answers_before: u64,
+    /// Whether the envelope went out and its answer is awaited.
+    awaiting: bool,
+}
+
+impl<'a> Awaited<'a> {
+    /// A new envelope of `link`; `None` once it takes no more.
+    fn new(link: &'a Link) -> Option<Awaited<'a>> {
+        let answers_before = link.reading.answers.load(SeqCst);
+        let waiting = Some(link.pending.wait()?);
+        Some(Awaited { link, waiting, answers_before, awaiting: false })
+    }
+
+    /// The id the envelope goes out with.
+    fn id(&self) -> u64 {
+        self.waiting.as_ref().expect("taken only as it is dropped").id
+    }
+
+    /// The answer to the envelope, once it went out; `None` when the connection closed first.
+    async fn answer(mut self) -> Option<Answer> {
+        self.awaiting = true;
+        let answer = self.waiting.as_mut().expect("taken only as it is dropped").answer().await;
+        self.awaiting = false;
+        answer
+    }
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        drop(self.waiting.take());
+        let Link { pending, reading, closing, .. } = self.link;
+        if self.awaiting && reading.answers.load(SeqCst) == self.answers_before {
+            pending.stop_taking();
+        }
+        if pending.is_closed() && pending.count() == 0 {
+            closing.cancel();
+        }
     }
 }
 
@@ -384,13 +449,12 @@ fn envelope(id: u64, message: &Message) -> String {
 }
 
 /// Route the answers `stream` brings until it ends, the connection is closed, or it shows no sign of
-/// life for two ping intervals; why it stopped. Notifies `caught_up` each time it has read all the
-/// socket held.
+/// life for two ping intervals; why it stopped. Tells the attempts what it read (see [`Reading`]).
 async fn read_frames(
     stream: &mut SplitStream<Socket>,
     pending: &Pending<Answer>,
     closing: &CancellationToken,
-    caught_up: &Notify,
+    reading: &Reading,
     ping: Option<Duration>,
 ) -> String {
     let mut last_sign = Instant::now();
@@ -399,19 +463,24 @@ async fn read_frames(
         let next = std::future::poll_fn(|cx| {
             let next = stream.poll_next_unpin(cx);
             if next.is_pending() {
-                caught_up.notify_waiters();
+                reading.caught_up.notify_waiters();
             }
             next
         });
         let frame = tokio::select! {
             frame = next => frame,
-            () = closing.cancelled() => return "its destination went".into(),
+            () = closing.cancelled() => {
+                return "closed by the host (its destination went, or it answered nothing in time)".into();
+            }
             () = sleep_until(silence) => return "no pong or frame for two ping intervals".into(),
         };
         last_sign = Instant::now();
         match frame {
             Some(Ok(Frame::Text(text))) => match read_answer(text.as_bytes(), None) {
-                Ok(answer) => drop(pending.answer(answer.id, answer)),
+                Ok(answer) => {
+                    reading.answers.fetch_add(1, SeqCst);
+                    pending.answer(answer.id, answer);
+                }
                 Err(err) => tracing::debug!("a frame that is no answer: {err}"),
             },
             Some(Ok(Frame::Close(close))) => return format!("closed by the peer: {close:?}"),
@@ -623,6 +692,47 @@ mod tests {
         assert!(!matches!(end, Some(Ok(_))), "{end:?}");
         let closed = socket.send(Frame::text("later")).await.unwrap_err();
         assert_eq!(send_failure(&closed), RetryReason::Connect, "{closed}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_retired_as_stuck_still_brings_the_answers_awaited_then_closes() {
+        let (listener, address) = listener().await;
+        let mut transport = transport(&address);
+        transport.options.frames = Framing::Envelope;
+        let (stuck, waits) = (Message::new("jobs", "stuck"), Message::new("jobs", "waits"));
+        let mut waiting = transport.attempt(&address, &waits);
+        // Both envelopes go out; the peer answers neither until the first one's attempt is cut, as
+        // its deadline would.
+        let (cut, cut_off) = tokio::sync::oneshot::channel();
+        let cut_attempt = async {
+            tokio::select! {
+                answer = transport.attempt(&address, &stuck) => panic!("no answer came: {answer:?}"),
+                _ = cut_off => {}
+            }
+        };
+        let peer = async {
+            let mut socket = accepted(&listener).await;
+            let mut envelopes = Vec::new();
+            for _ in 0..2 {
+                let frame = next_frame(&mut socket).await.expect("an envelope");
+                envelopes.push(serde_json::from_str::<serde_json::Value>(frame.to_text().unwrap()).unwrap());
+            }
+            cut.send(()).unwrap();
+            (socket, envelopes)
+        };
+        let ((), (mut socket, envelopes)) = tokio::select! {
+            both = async { tokio::join!(cut_attempt, peer) } => both,
+            answer = &mut waiting => panic!("no answer came: {answer:?}"),
+        };
+        let awaited = envelopes.iter().find(|envelope| envelope["payload"] == "waits").unwrap();
+        let answer = serde_json::json!({ "id": awaited["id"], "payload": "answered" });
+        socket.send(Frame::text(answer.to_string())).await.unwrap();
+        let answer = tokio::time::timeout(PATIENCE, waiting).await.expect("answered in time");
+        assert_eq!(answer.unwrap().expect("a reply").payload, "answered");
+        assert!(
+            matches!(next_frame(&mut socket).await, Some(Frame::Close(_))),
+            "closed once no envelope waits on it"
+        );
     }
 
     #[tokio::test]
