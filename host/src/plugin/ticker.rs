@@ -210,16 +210,19 @@ mod tests {
         }
     }
 
-    /// Run a spinning call under `mark` with a deadline `ticks` away; how
+    /// Run a spinning call under `mark` with a deadline `ticks` away, ended
+    /// on time as the host ends its calls ([`end_calls_on_time`]: ticks a late
+    /// ticker makes up at once, due before the call began, do not cut it); how
     /// long it took to be cut.
     fn spin(engine: &Engine, mark: CallMark, ticks: u64) -> Duration {
         let module = Module::new(engine, r#"(module (func (export "spin") (loop (br 0))))"#).unwrap();
-        let mut store = Store::new(engine, ());
-        store.epoch_deadline_trap();
+        let mut store = Store::new(engine, None);
+        end_calls_on_time(&mut store, |ends_at: &Option<Instant>| *ends_at);
         let spin = Linker::new(engine).instantiate(&mut store, &module).unwrap();
         let spin = spin.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
-        store.set_epoch_deadline(ticks);
         let started = Instant::now();
+        *store.data_mut() = Some(started + EPOCH_TICK * ticks as u32);
+        store.set_epoch_deadline(ticks);
         let (done, ended) = std::sync::mpsc::channel();
         std::thread::spawn(move || done.send(mark.during(|| spin.call(&mut store, ())).unwrap_err()));
         let Ok(error) = ended.recv_timeout(Duration::from_secs(60)) else {
