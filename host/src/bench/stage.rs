@@ -109,7 +109,8 @@ fn filter_calls(
 }
 
 /// One filter call over `batch` as the pipeline makes it: the heads encoded
-/// into `buffer`, the call, every decision read (each must keep).
+/// into `buffer`, the call, every decision read (each must keep), and what the
+/// call counted committed, as a worker does once it took the answer.
 pub(super) fn filter_call(
     instance: &mut PluginInstance,
     batch: &[Message],
@@ -121,7 +122,10 @@ pub(super) fn filter_call(
     }
     let decisions = instance.filter(buffer)?;
     match decisions.iter().filter(|d| matches!(d, Ok(Verdict::Keep))).count() == batch.len() {
-        true => Ok(()),
+        true => {
+            instance.commit_counts();
+            Ok(())
+        }
         false => Err(BenchError::Check(format!("{FILTER} did not keep every message: {decisions:?}"))),
     }
 }
@@ -217,7 +221,8 @@ fn transform_calls(
 
 /// One transform call over `batch` as the pipeline makes it: the messages
 /// encoded into `buffer`, the call, every output decoded into a [`Message`]
-/// (the first one checked by `check`, unless `checked` already). Outputs are
+/// (the first one checked by `check`, unless `checked` already), and what the
+/// call counted committed, as a worker does once it took the answer. Outputs are
 /// copied whole (`Message::from_wire`): the pipeline instead moves what did not
 /// change out of its inputs, which this loop keeps for the next call, so the
 /// figure is an upper bound of the pipeline's decode.
@@ -247,7 +252,10 @@ pub(super) fn transform_call(
         outputs += 1;
     }
     match outputs == batch.len() {
-        true => Ok(()),
+        true => {
+            instance.commit_counts();
+            Ok(())
+        }
         false => {
             Err(BenchError::Check(format!("the transform made {outputs} outputs of {} inputs", batch.len())))
         }
