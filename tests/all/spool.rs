@@ -222,11 +222,13 @@ async fn a_stop_during_recovery_leaves_the_messages_not_yet_redelivered_in_the_s
         stuck.send(message(n)).await.unwrap();
     }
     let state = crash_copy(state.path());
-    // One worker and queues of one, to a destination nobody reads: a few messages fill them, and
-    // the next waits until the grace period ends.
+    // One worker taking one message at a time and queues of one, to a destination nobody reads: a
+    // few messages fill them, and the next waits until the grace period ends. (A worker's batch
+    // takes what the queue holds and what a sender waiting on it puts in meanwhile: with batches of
+    // up to 64, a loaded machine let 18 in before the stop.)
     let config = Config::from_toml(
         "test.toml",
-        "[host]\ndurability = \"spool\"\nwatch = false\nqueue_capacity = 1\nworkers = 1\n\
+        "[host]\ndurability = \"spool\"\nwatch = false\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1\n\
          shutdown_grace_ms = 0\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
          queue = { capacity = 1 }\n[[route]]\nname = \"all\"\nmatch = { topic = \"t.*\" }\nto = \"out\"\n",
     )
