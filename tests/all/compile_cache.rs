@@ -211,3 +211,19 @@ fn a_compile_cache_inside_the_plugin_directory_is_refused_however_its_path_gets_
     beside.host.plugin_dir = plugins.path().to_owned();
     assert!(beside.validate("test.toml", &[]).is_ok(), "a cache beside it is fine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_makes_its_own_directory_private_and_leaves_an_operators_as_it_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let plugins = plugin_dir(&[("a", artifacts::HEADER_FILTER)]);
+    let operators = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(operators.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let made = operators.path().join("made/cache");
+    for cache in [operators.path(), made.as_path()] {
+        drain_and_account(&host(plugins.path(), cache).await).await;
+        assert_eq!(mode(&cache.join("key")), 0o600, "the key is the owner's alone");
+    }
+    assert_eq!(mode(operators.path()), 0o755, "the operator's directory keeps its mode");
+    assert_eq!((mode(&made), mode(made.parent().unwrap())), (0o700, 0o700), "what the host made is private");
+}

@@ -11,7 +11,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use wasmtime::Engine;
@@ -49,10 +48,11 @@ pub enum CacheOutcome {
 }
 
 impl CompileCache {
-    /// Open (creating if needed, mode 0700) the cache in `dir` for `engine`.
+    /// Open the cache in `dir` for `engine`, creating `dir` (and any missing parent) 0700 if
+    /// needed; a directory already there keeps the mode its owner gave it (a `cache_dir` of `.` or
+    /// `$HOME` is not made private behind the operator's back: the key file is 0600 either way).
     pub(crate) fn open(dir: &Path, engine: &Engine) -> std::io::Result<CompileCache> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        crate::owner_only::create_dir_all(dir)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine = format!("{:016x}", hasher.finish());
