@@ -429,6 +429,31 @@ fn plugin_call_runs_one_plugin_on_one_message() {
 }
 
 #[test]
+fn plugin_call_compiles_through_the_compile_cache_and_tells_of_the_compile() {
+    let cache = tempfile::tempdir().unwrap();
+    let call = || {
+        let message = r#"{"topic":"t","headers":{"x-tenant":"acme"}}"#;
+        let args = ["plugin", "call", artifacts::HEADER_FILTER, "--message", message];
+        let config = ["--config", "require_header=x-tenant", "--config", "require_value=acme"];
+        let output = Command::new(BINARY)
+            .args(args)
+            .args(config)
+            .env("XDG_CACHE_HOME", cache.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success() && stdout.contains(r#""verdict":"keep""#), "{stdout}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let told = call();
+    assert!(told.contains("compiling ") && told.contains("compiled "), "{told}");
+    let entries = std::fs::read_dir(cache.path().join("switchyard")).unwrap().map(|entry| entry.unwrap());
+    assert_eq!(entries.filter(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm")).count(), 1);
+    let again = call();
+    assert!(!again.contains("compiling"), "the second call finds it compiled: {again}");
+}
+
+#[test]
 fn plugin_call_with_a_reply_passes_it_back_through_a_middleware_and_checks_what_comes_back() {
     // It called a middleware's on_request only: its on_reply could not be tried from the command line.
     let request = r#"{"topic":"orders","payload":"order"}"#;

@@ -9,8 +9,8 @@ use std::path::Path;
 use switchyard::DeadLetterReason;
 use switchyard::config::PluginConfig;
 use switchyard::plugin::{
-    CompiledPlugin, MiddlewareAction, NetGrant, PluginEngine, PluginFault, PluginFormat, PluginInstance,
-    PluginKind, check_decisions, check_transformed, load_file, plugin_name, read_forward, read_reply,
+    CompiledPlugin, MiddlewareAction, NetGrant, PluginFault, PluginFormat, PluginInstance, PluginKind,
+    check_decisions, check_transformed, load_file, plugin_name, read_forward, read_reply,
 };
 use switchyard::transport::plugin::read_transport_reply;
 use switchyard_wire::{Head, Payload, decode, write_message};
@@ -48,7 +48,9 @@ pub fn call(
     let message: MessageArg = serde_json::from_str(message).context("--message is not a valid message")?;
     let reply: Option<MessageArg> =
         reply.map(serde_json::from_str).transpose().context("--reply is not a valid message")?;
-    let engine = PluginEngine::new(None)?;
+    // The compile cache `run` uses: a big plugin (a Python one is ~18 MB) compiles once, not at
+    // every call, and a compile is told as it starts.
+    let engine = super::check::engine(&switchyard::config::HostSection::default())?;
     let plugin_config =
         PluginConfig { name: plugin_name(file), config: config.into_iter().collect(), ..Default::default() };
     let plugin = load_file(&engine, file, Some(&plugin_config))?;

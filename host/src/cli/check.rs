@@ -60,7 +60,7 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
 }
 
 /// The engine `run` would compile with (same compile cache), telling of every compile.
-fn engine(host: &HostSection) -> anyhow::Result<PluginEngine> {
+pub(super) fn engine(host: &HostSection) -> anyhow::Result<PluginEngine> {
     let mut engine = PluginEngine::new(host.compile_cache_dir().as_deref())?;
     engine.observe_compiles(super::progress::compile_notices(0));
     Ok(engine)
