@@ -379,6 +379,11 @@ impl Config {
                     return Err(invalid(key(field), &value, format!("must be at most {ceiling}")));
                 }
             }
+            for (guest, value) in &plugin.dirs {
+                if let Some(problem) = super::DirGrant::parse(value).problem() {
+                    return Err(invalid(key(&format!("dirs.\"{guest}\"")), value, problem.into()));
+                }
+            }
         }
         let mut alerts = BTreeSet::new();
         for alert in &self.alerts {

@@ -3,6 +3,7 @@
 mod affinity;
 mod alert;
 mod endpoint;
+mod grant;
 mod load;
 mod model;
 mod nats;
@@ -16,6 +17,7 @@ mod url_path;
 pub use affinity::AffinitySettings;
 pub use alert::{AlertConfig, Comparison, Condition, MAX_ALERT_SECONDS, Reading, Selector, Severity};
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
+pub(crate) use grant::DirGrant;
 pub(crate) use load::parse_message;
 pub use load::{ConfigError, MAX_THREADS};
 pub use model::{

@@ -5,7 +5,7 @@ use super::bindings::{HOST_INTERFACE, Level, TypesImports, add_types_imports};
 use super::error::LoadError;
 use super::host_calls::{CallCounts, HostCalls};
 use super::net_grant::NetGrant;
-use crate::config::PluginConfig;
+use crate::config::{DirGrant, PluginConfig};
 use prometheus_client::metrics::counter::Counter;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -107,15 +107,12 @@ impl PluginSettings {
                 builder.env(name, value);
             }
         }
-        for (guest, host) in &self.config.dirs {
-            let (host, writable) = match host.strip_suffix(":ro") {
-                Some(path) => (path, false),
-                None => (host.strip_suffix(":rw").unwrap_or(host), true),
-            };
+        for (guest, value) in &self.config.dirs {
+            let DirGrant { path, writable } = DirGrant::parse(value);
             let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            builder.preopened_dir(host, guest, perms).map_err(|err| LoadError::Grant {
+            builder.preopened_dir(path, guest, perms).map_err(|err| LoadError::Grant {
                 name: self.config.name.clone(),
-                reason: format!("dirs.\"{guest}\" = \"{host}\": {err}"),
+                reason: format!("dirs.\"{guest}\" = \"{path}\": {err}"),
             })?;
         }
         if !connect.is_empty() {

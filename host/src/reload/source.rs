@@ -3,7 +3,7 @@
 //! settings (which win over the main config's).
 
 use super::open_writes::OpenWrites;
-use crate::config::{Config, ConfigError, PluginConfig};
+use crate::config::{Config, ConfigError, DirGrant, PluginConfig};
 use crate::plugin::{LoadError, NativeRefusal, PluginFormat};
 use crate::regular_file::{self, Links};
 use std::path::Path;
@@ -146,8 +146,6 @@ fn sidecar_of(dir: &Path, name: &str) -> std::path::PathBuf {
     dir.join(format!("{name}.toml"))
 }
 
-/// The first grant of `sidecar` beyond `entry`'s, as (key and value, what
-/// `entry` grants), if any.
 /// Plugin `name`'s `[[plugin]]` entry in `config`, else the defaults.
 fn entry_of(config: &Config, name: &str) -> PluginConfig {
     let entry = config.plugins.iter().find(|plugin| plugin.name == name).cloned();
@@ -164,6 +162,8 @@ pub(crate) fn beyond_grants(settings: &PluginConfig, config: &Config) -> Option<
     }
 }
 
+/// The first grant of `sidecar` beyond `entry`'s, as (key and value, what
+/// `entry` grants), if any.
 fn widening(sidecar: &PluginConfig, entry: &PluginConfig) -> Option<(String, String)> {
     let (limits, granted) = (&sidecar.limits, &entry.limits);
     if limits.memory_mb > granted.memory_mb {
@@ -179,10 +179,10 @@ fn widening(sidecar: &PluginConfig, entry: &PluginConfig) -> Option<(String, Str
         return Some((format!("env \"{variable}\""), format!("{:?}", entry.env)));
     }
     // A directory the entry grants may be narrowed to read-only, nothing more.
-    for (guest, host) in &sidecar.dirs {
-        let same = entry.dirs.get(guest).is_some_and(|given| given == host || format!("{given}:ro") == *host);
-        if !same {
-            return Some((format!("dirs.\"{guest}\" = \"{host}\""), format!("{:?}", entry.dirs)));
+    for (guest, value) in &sidecar.dirs {
+        let within = |given: &String| DirGrant::parse(value).within(&DirGrant::parse(given));
+        if !entry.dirs.get(guest).is_some_and(within) {
+            return Some((format!("dirs.\"{guest}\" = \"{value}\""), format!("{:?}", entry.dirs)));
         }
     }
     None
@@ -270,5 +270,45 @@ mod tests {
                 Err(error) => panic!("refused: {error}"),
             }
         });
+    }
+
+    /// The settings of plugin `t` whose entry grants `entry` as `/g` and whose sidecar grants
+    /// `sidecar`, or why they are refused.
+    fn dir_granted_by_a_sidecar(entry: &str, sidecar: &str) -> Result<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.toml"), format!("dirs = {{ \"/g\" = {sidecar:?} }}\n")).unwrap();
+        let mut config = Config::default();
+        let dirs = [("/g".to_owned(), entry.to_owned())].into();
+        config.plugins.push(PluginConfig { name: "t".into(), dirs, ..PluginConfig::default() });
+        match plugin_config(dir.path(), "t", &config) {
+            Ok(settings) => Ok(settings.unwrap().dirs["/g"].clone()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_sidecar_may_make_a_granted_directory_read_only_but_grant_no_other() {
+        assert_eq!(dir_granted_by_a_sidecar("/srv/d", "/srv/d:ro"), Ok("/srv/d:ro".into()));
+        assert_eq!(dir_granted_by_a_sidecar("/srv/d:rw", "/srv/d:ro"), Ok("/srv/d:ro".into()));
+        assert_eq!(dir_granted_by_a_sidecar("/srv/d:ro", "/srv/d:ro"), Ok("/srv/d:ro".into()));
+        assert_eq!(dir_granted_by_a_sidecar("/srv/d:rw", "/srv/d"), Ok("/srv/d".into()));
+        // Read as the sandbox reads it, `/srv/d:ro:ro` is directory `/srv/d:ro`, which no one granted.
+        for (entry, sidecar) in
+            [("/srv/d:ro", "/srv/d:ro:ro"), ("/srv/d:ro", "/srv/d:rw"), ("/srv/d", "/srv/e")]
+        {
+            let refused = dir_granted_by_a_sidecar(entry, sidecar);
+            assert!(refused.is_err(), "{entry} narrowed to {sidecar}: {refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_directory_held_by_serving_settings_is_beyond_an_entry_that_grants_it_only_by_its_text() {
+        let held = |value: &str| {
+            let dirs = [("/g".to_owned(), value.to_owned())].into();
+            PluginConfig { name: "t".into(), dirs, ..PluginConfig::default() }
+        };
+        assert!(widening(&held("/srv/d:ro:ro"), &held("/srv/d:ro")).is_some(), "directory /srv/d:ro");
+        assert!(widening(&held("/srv/d:rw"), &held("/srv/d:ro")).is_some(), "writable");
+        assert_eq!(widening(&held("/srv/d:ro"), &held("/srv/d:rw")), None, "read-only");
     }
 }
