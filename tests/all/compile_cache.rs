@@ -95,7 +95,8 @@ async fn a_bad_cache_entry_is_told_though_the_plugin_then_fails_its_trial() {
 
     // New settings compile `b` again, through the bad entry; its trial then fails: it is granted
     // a directory that does not exist.
-    let missing = cache.path().join("missing").display().to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let missing = elsewhere.path().join("missing").display().to_string();
     let granted = format!("[[plugin]]\nname = \"b\"\ndirs = {{ \"/data\" = {missing:?} }}\n");
     let mut events = host.subscribe();
     assert_eq!(host.apply_config("test.toml", config(&granted)).await.unwrap(), ConfigChange::Applied);

@@ -92,7 +92,10 @@ async fn a_sidecar_may_narrow_what_the_main_config_grants_but_never_widen_it() {
     let mut events = host.subscribe();
     let sidecar = dir.path().join("t.toml");
     let widenings = [
-        ("dirs = { \"/host\" = \"/\" }\n", "dirs.\"/host\" = \"/\" widens what the main config grants ({})"),
+        (
+            "dirs = { \"/host\" = \"/etc\" }\n",
+            "dirs.\"/host\" = \"/etc\" widens what the main config grants ({})",
+        ),
         ("env = [\"HOME\"]\n", "env \"HOME\" widens what the main config grants ([])"),
         (
             "allow_net = [\"127.0.0.1:22\"]\n",
@@ -130,7 +133,8 @@ async fn a_granted_directory_that_does_not_exist_is_refused_as_such_not_as_a_wro
     // The plugin is this host's own build: its refusal names the grant, and says nothing of a
     // rebuild with another SDK.
     let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
-    let missing = dir.path().join("no-such-dir");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let missing = elsewhere.path().join("no-such-dir");
     let config = format!(
         "{MEMORY_OUT}[[plugin]]\nname = \"t\"\ndirs = {{ \"/data\" = {:?} }}\n",
         missing.display().to_string()
@@ -144,4 +148,23 @@ async fn a_granted_directory_that_does_not_exist_is_refused_as_such_not_as_a_wro
     assert!(reason.starts_with(&format!("dirs.\"/data\" = \"{}\": ", missing.display())), "{reason}");
     assert!(host.plugins().is_empty());
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_directory_is_granted_over_the_plugin_directory_code_or_the_command_line_sets() {
+    // Written for `plugins.d`, the config grants the directory the host is then told to load
+    // plugins from (`switchyard run --plugins`): there a plugin could write the plugins it runs.
+    let dir = plugin_dir(&[("t", artifacts::REDACT_TRANSFORM)]);
+    let granted = dir.path().display().to_string();
+    let config = format!("{MEMORY_OUT}[[plugin]]\nname = \"t\"\ndirs = {{ \"/data\" = \"{granted}:rw\" }}\n");
+    let config = Config::from_toml("test.toml", &config).unwrap();
+    let built = within(builder(dir.path()).config("test.toml", config).build()).await;
+    let refused = built.expect_err("refused");
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "test.toml: plugin \"t\".dirs.\"/data\" = \"{granted}:rw\": overlaps host.plugin_dir (\"{granted}\"), \
+             the plugins the host runs: no plugin may reach it"
+        )
+    );
 }

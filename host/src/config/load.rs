@@ -380,8 +380,10 @@ impl Config {
                 }
             }
             for (guest, value) in &plugin.dirs {
-                if let Some(problem) = super::DirGrant::parse(value).problem() {
-                    return Err(invalid(key(&format!("dirs.\"{guest}\"")), value, problem.into()));
+                let grant = super::DirGrant::parse(value);
+                let problem = grant.problem().map(str::to_owned).or_else(|| host.own_dir_reached(grant.path));
+                if let Some(problem) = problem {
+                    return Err(invalid(key(&format!("dirs.\"{guest}\"")), value, problem));
                 }
             }
         }
@@ -635,6 +637,25 @@ fn changed<T: serde::Serialize>(settings: &T, default: &T) -> toml::Table {
     let mut settings = table(settings);
     settings.retain(|key, value| default.get(key) != Some(value));
     settings
+}
+
+impl super::HostSection {
+    /// What a plugin granted directory `path` could reach of the host's own directories, as a
+    /// problem: one inside it, or one it is inside of.
+    fn own_dir_reached(&self, path: &str) -> Option<String> {
+        let path = resolved(Path::new(path));
+        let cache_dir = (self.cache_dir.as_os_str() != "").then_some(&self.cache_dir);
+        let own = [
+            ("host.plugin_dir", Some(&self.plugin_dir), "the plugins the host runs"),
+            ("host.cache_dir", cache_dir, "the native code the host runs and its key"),
+            ("host.state_dir", Some(&self.state_dir), "the host's own state (dead letters, spool)"),
+        ];
+        own.into_iter().find_map(|(key, dir, what)| {
+            let (dir, resolved_dir) = (dir?, resolved(dir?));
+            let overlaps = path.starts_with(&resolved_dir) || resolved_dir.starts_with(&path);
+            overlaps.then(|| format!("overlaps {key} ({dir:?}), {what}: no plugin may reach it"))
+        })
+    }
 }
 
 /// `path` as the file system resolves it: absolute, each symbolic link and `..` of the part that

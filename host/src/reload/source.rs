@@ -3,7 +3,7 @@
 //! settings (which win over the main config's).
 
 use super::open_writes::OpenWrites;
-use crate::config::{Config, ConfigError, DirGrant, PluginConfig};
+use crate::config::{Config, ConfigError, DirGrant, HostSection, PluginConfig};
 use crate::plugin::{LoadError, NativeRefusal, PluginFormat};
 use crate::regular_file::{self, Links};
 use std::path::Path;
@@ -124,8 +124,8 @@ pub(crate) fn plugin_config(
     match Config::read_text(&file, &sidecar, Links::WithinDirectory) {
         Ok(Some(text)) => {
             let entry = entry();
-            let settings =
-                parse_sidecar(&file, &entry, &text).map_err(|error| settings_error(error.to_string()))?;
+            let settings = parse_sidecar(&file, &entry, &text, &config.host)
+                .map_err(|error| settings_error(error.to_string()))?;
             match widening(&settings, &entry) {
                 Some((key, granted)) if !config.host.sidecar_grants => Err(settings_error(format!(
                     "{file}: {key} widens what the main config grants ({granted}); a sidecar may only narrow it (or set host.sidecar_grants = true)"
@@ -203,8 +203,14 @@ fn with_sidecar(mut entry: toml::Table, sidecar: toml::Table) -> toml::Table {
 }
 
 /// A sidecar holds keys of a `[[plugin]]` entry except `name`; each one it
-/// sets (each of `limits`' own) wins over `entry`'s, the others are `entry`'s.
-fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginConfig, ConfigError> {
+/// sets (each of `limits`' own) wins over `entry`'s, the others are `entry`'s. Its grants are
+/// checked against the directories of `host`, which none may reach.
+fn parse_sidecar(
+    file: &str,
+    entry: &PluginConfig,
+    text: &str,
+    host: &HostSection,
+) -> Result<PluginConfig, ConfigError> {
     let parse_error = |message: String| ConfigError::Parse { file: file.to_owned(), message };
     let sidecar: toml::Table =
         toml::from_str(text).map_err(|err| parse_error(crate::config::parse_message(text, &err)))?;
@@ -225,6 +231,9 @@ fn parse_sidecar(file: &str, entry: &PluginConfig, text: &str) -> Result<PluginC
         parse_error(culprit.unwrap_or_else(|| err.message().to_owned()))
     })?;
     let mut check = Config::default();
+    check.host.plugin_dir.clone_from(&host.plugin_dir);
+    check.host.cache_dir.clone_from(&host.cache_dir);
+    check.host.state_dir.clone_from(&host.state_dir);
     check.plugins.push(config.clone());
     check.validate(file, &[])?;
     Ok(config)
@@ -310,5 +319,18 @@ mod tests {
         assert!(widening(&held("/srv/d:ro:ro"), &held("/srv/d:ro")).is_some(), "directory /srv/d:ro");
         assert!(widening(&held("/srv/d:rw"), &held("/srv/d:ro")).is_some(), "writable");
         assert_eq!(widening(&held("/srv/d:ro"), &held("/srv/d:rw")), None, "read-only");
+    }
+
+    #[test]
+    fn a_sidecar_let_grant_directories_is_checked_against_this_hosts_own() {
+        // With `host.sidecar_grants`, a sidecar may grant any directory but those the config may not.
+        let dir = tempfile::tempdir().unwrap();
+        let granted = format!("{}:rw", dir.path().display());
+        std::fs::write(dir.path().join("t.toml"), format!("dirs = {{ \"/g\" = {granted:?} }}\n")).unwrap();
+        let mut config = Config::default();
+        (config.host.sidecar_grants, config.host.plugin_dir) = (true, dir.path().to_owned());
+        let refused = plugin_config(dir.path(), "t", &config).map(|settings| settings.unwrap().dirs);
+        let refused = refused.expect_err("the plugin directory is granted").to_string();
+        assert!(refused.contains("overlaps host.plugin_dir"), "{refused}");
     }
 }
