@@ -22,6 +22,9 @@ impl<'a> DirGrant<'a> {
 
     /// What is wrong with the grant as written, if anything.
     pub(crate) fn problem(&self) -> Option<&'static str> {
+        if self.path.is_empty() {
+            return Some("must name a host directory");
+        }
         let suffixed = self.path.ends_with(":ro") || self.path.ends_with(":rw");
         suffixed.then_some("at most one suffix, :ro or :rw (a directory named so cannot be granted)")
     }

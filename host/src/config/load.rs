@@ -379,11 +379,25 @@ impl Config {
                     return Err(invalid(key(field), &value, format!("must be at most {ceiling}")));
                 }
             }
+            // Refused here, not when the plugin loads: a grant not given then is tried at every event.
+            if let Some(address) =
+                plugin.allow_net.iter().find(|address| !super::endpoint::is_host_and_port(address))
+            {
+                return Err(invalid(key("allow_net"), address, super::endpoint::HOST_AND_PORT.into()));
+            }
+            if let Some(name) = plugin.env.iter().find(|name| name.is_empty() || name.contains(['=', '\0'])) {
+                let problem = "must name an environment variable: not empty, no `=` or NUL".into();
+                return Err(invalid(key("env"), name, problem));
+            }
             for (guest, value) in &plugin.dirs {
+                let field = key(&format!("dirs.\"{guest}\""));
+                if guest.is_empty() {
+                    return Err(invalid(field, value, "the guest path must not be empty".into()));
+                }
                 let grant = super::DirGrant::parse(value);
                 let problem = grant.problem().map(str::to_owned).or_else(|| host.own_dir_reached(grant.path));
                 if let Some(problem) = problem {
-                    return Err(invalid(key(&format!("dirs.\"{guest}\"")), value, problem));
+                    return Err(invalid(field, value, problem));
                 }
             }
         }
