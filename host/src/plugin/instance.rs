@@ -399,17 +399,18 @@ impl CallGuard {
 
     fn classify(&self, err: wasmtime::Error, timeout: std::time::Duration) -> PluginFault {
         let state = self.store.data();
+        // The deadline first: a plugin that survived a refused grow and then ran past its deadline
+        // timed out.
+        if state.waited_past_deadline || matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return PluginFault::TimedOut(timeout);
+        }
         if state.hit_memory_cap {
             return PluginFault::MemoryCap(state.settings.config.limits.memory_mb);
-        }
-        if state.waited_past_deadline {
-            return PluginFault::TimedOut(timeout);
         }
         if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return PluginFault::Exited(exit.0);
         }
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginFault::TimedOut(timeout),
             Some(trap) => PluginFault::Trapped(match &state.host.last_error_logged {
                 Some(logged) => format!("{trap}; it logged: {logged}"),
                 None => trap.to_string(),
@@ -422,5 +423,34 @@ impl CallGuard {
 impl std::fmt::Debug for PluginInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginInstance").field("plugin", &self.plugin).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fault of a call that ended with `err` after the guest asked past its memory cap and
+    /// went on (a refused grow it survived); `waited_past_deadline` if a wait inside WASI ran into
+    /// the deadline.
+    fn fault_after_a_refused_grow(err: wasmtime::Error, waited_past_deadline: bool) -> PluginFault {
+        let engine = PluginEngine::new(None).unwrap();
+        let mut state = StoreState::new(Arc::default()).unwrap();
+        (state.hit_memory_cap, state.waited_past_deadline) = (true, waited_past_deadline);
+        let timeout = std::time::Duration::from_millis(100);
+        let store = Store::new(&engine.engine, state);
+        let guard = CallGuard { store, timeout, outgrown_at: usize::MAX, mark: engine.call_mark() };
+        guard.classify(err, timeout)
+    }
+
+    #[test]
+    fn a_call_cut_at_its_deadline_after_a_refused_grow_it_survived_timed_out() {
+        let interrupted = fault_after_a_refused_grow(wasmtime::Error::new(Trap::Interrupt), false);
+        assert!(matches!(interrupted, PluginFault::TimedOut(_)), "{interrupted:?}");
+        let waited =
+            fault_after_a_refused_grow(wasmtime::Error::msg("the deadline passed while it waited"), true);
+        assert!(matches!(waited, PluginFault::TimedOut(_)), "{waited:?}");
+        let trapped = fault_after_a_refused_grow(wasmtime::Error::new(Trap::UnreachableCodeReached), false);
+        assert!(matches!(trapped, PluginFault::MemoryCap(_)), "a trap after it is the cap's: {trapped:?}");
     }
 }
