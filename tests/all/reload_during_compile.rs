@@ -1,7 +1,8 @@
 //! Configs and plugin compiles that overlap. A config applied while a plugin compiles: the sync
 //! under way loses nothing of what it was for — the compile-cache entry it found bad is told, and
 //! an explicit reload still tries a file refused before. A config whose plugins compile: it runs,
-//! and is written, only once they serve. And the start's compiles: at most one a core at once.
+//! and is written, only once they serve, and a plugin whose kind it switches never meets a route of
+//! the other kind. And the start's compiles: at most one a core at once.
 
 use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, within};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,15 +37,21 @@ impl HeldCompiles {
     fn observer(self: &Arc<Self>) -> CompileObserver {
         let this = self.clone();
         Arc::new(move |progress| {
-            if matches!(progress, CompileProgress::Started { .. }) && this.armed.swap(false, Ordering::SeqCst)
-            {
-                let _ = this.started.send(());
-                let held = this.held.lock().unwrap();
-                // A safety net only: a failed test lets its compile go rather than hang.
-                let patience = crate::support::PATIENCE;
-                drop(this.let_go.wait_timeout_while(held, patience, |held| *held).unwrap());
+            if matches!(progress, CompileProgress::Started { .. }) {
+                this.hold_if_armed();
             }
         })
+    }
+
+    /// If armed, disarm, tell that the held step started, and wait until let go.
+    fn hold_if_armed(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let _ = self.started.send(());
+            let held = self.held.lock().unwrap();
+            // A safety net only: a failed test lets its step go rather than hang.
+            let patience = crate::support::PATIENCE;
+            drop(self.let_go.wait_timeout_while(held, patience, |held| *held).unwrap());
+        }
     }
 
     fn arm(&self) {
@@ -315,4 +322,73 @@ async fn a_host_starting_compiles_its_plugins_one_a_core_at_once() {
     assert_eq!((under_way, started), (0, files.len()), "every plugin compiled");
     assert!(most <= cores, "{most} compiles at once on {cores} cores");
     drain_and_account(&host).await;
+}
+
+/// A destination registered in code whose builds a test can hold: every topology a config makes
+/// asks it [`may_answer_retryable`](switchyard::Destination::may_answer_retryable), after the
+/// plugins that config brings serve and before its routes are current. Once armed, the next ask
+/// tells that it came and waits until let go.
+struct HeldTopologyBuild {
+    held: Arc<HeldCompiles>,
+}
+
+impl switchyard::Destination for HeldTopologyBuild {
+    fn deliver(&self, _message: switchyard::Message) -> switchyard::destination::DeliveryFuture<'_> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn may_answer_retryable(&self) -> bool {
+        self.held.hold_if_armed();
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_switch_deployed_with_its_config_never_meets_the_old_route_with_the_new_kind() {
+    // Transform `x` becomes filter `x`, with a config whose route `a` runs `filter:x` instead of
+    // `transform:x`. The new `x` served before the new routes were current: a message routed by the
+    // old route in between met `transform:x` as a filter, and was dead-lettered `stage-unavailable`.
+    let plugins = crate::support::plugin_dir(&[("x", artifacts::STAMP_TRANSFORM)]);
+    let destinations = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\ncache_dir = \"\"\n", 1)
+        + "[[destination]]\nname = \"filtered\"\ntransport = \"memory\"\n";
+    let before = format!(
+        "{destinations}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a\" }}\nstages = [\"transform:x\"]\nto = \"out\"\n"
+    );
+    let after = format!(
+        "{destinations}[[plugin]]\nname = \"x\"\nconfig = {{ require_header = \"keep\" }}\n\
+         [[route]]\nname = \"a\"\nmatch = {{ topic = \"a\" }}\nstages = [\"filter:x\"]\nto = \"filtered\"\n"
+    );
+    let (held, mut building) = HeldCompiles::new();
+    let host = builder(plugins.path())
+        .config("test.toml", Config::from_toml("test.toml", &before).unwrap())
+        .destination("held", HeldTopologyBuild { held: held.clone() });
+    let host = within(host.build()).await.unwrap();
+    assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
+    let (out, dead) = (host.memory("out").unwrap(), host.memory("dead").unwrap());
+    // One deploy: the plugin file, then the config that uses it as its new kind.
+    std::fs::copy(artifacts::HEADER_FILTER, plugins.path().join("x.wasm")).unwrap();
+    held.arm();
+    let deploy = tokio::spawn({
+        let (host, config) = (host.clone(), Config::from_toml("test.toml", &after).unwrap());
+        async move { host.apply_config("test.toml", config).await }
+    });
+    within(building.recv()).await.unwrap();
+    host.send(switchyard::Message::new("a", "sent while the new routes are built")).await.unwrap();
+    let went = within(async {
+        tokio::select! {
+            message = out.recv_async() => Ok(message.unwrap()),
+            letter = dead.recv_async() => Err(letter.unwrap()),
+        }
+    })
+    .await;
+    held.let_go();
+    assert_eq!(within(deploy).await.unwrap().unwrap(), ConfigChange::Applied);
+    let sent = went.unwrap_or_else(|letter| panic!("dead-lettered: {:?}", letter.headers));
+    assert_eq!(sent.header("x-stamp"), Some("stamp-transform"), "the old route ran its transform");
+    host.send(switchyard::Message::new("a", "dropped")).await.unwrap();
+    host.send(switchyard::Message::new("a", "kept").with_header("keep", "yes")).await.unwrap();
+    let filtered = host.memory("filtered").unwrap();
+    assert_eq!(next(&filtered).await.payload, b"kept".as_slice(), "the deployed filter runs");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.filtered, stats.dead_lettered), (1, 0), "{stats:?}");
 }

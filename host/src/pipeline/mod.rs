@@ -117,11 +117,7 @@ pub(crate) fn run_worker(pipeline: Arc<Pipeline>, queue: flume::Receiver<Envelop
 
 impl Pipeline {
     fn process(self: &Arc<Self>, worker: &mut Worker, runtime: &Handle, batch: Vec<Envelope>) {
-        // Pin one topology and one plugin set for the whole batch, the topology first: a reload
-        // makes the plugins its routes use serve before it stores them, so new routes come with
-        // their plugins.
-        let topology = self.topology.load_full();
-        let plugins = self.registry.snapshot();
+        let (topology, plugins) = self.pin();
         worker.forget_stale(&plugins);
         let routes = &topology.routes;
         let mut settlements = Settlements::default();
@@ -157,6 +153,18 @@ impl Pipeline {
         // What destinations take at once needs no runtime: a batch they take whole never enters one.
         let Some(not_handed) = self.hand_over_now(&topology, &mut deliveries) else { return };
         runtime.block_on(self.settle_deliveries(&topology, not_handed, deliveries));
+    }
+
+    /// One topology and the plugin set its routes run with, for a whole batch. The topology first:
+    /// a config makes the plugins its routes use serve before it stores them, so new routes come
+    /// with their plugins; and it keeps, before they serve, those the old routes ran with, so a
+    /// batch of the old routes runs them with those (one that loads the new plugins finds them
+    /// kept): a plugin of another kind now (`transform:x` to `filter:x`) meets no route of its
+    /// old kind.
+    fn pin(&self) -> (Arc<Topology>, Arc<PluginSet>) {
+        let topology = self.topology.load_full();
+        let plugins = topology.plugins_for_routes(self.registry.snapshot());
+        (topology, plugins)
     }
 
     /// Dead-letter `letters`, each on a task of its own (tracked: a shutdown waits for them): a

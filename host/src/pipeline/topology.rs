@@ -9,10 +9,11 @@ use crate::destination::{
 };
 use crate::message::Message;
 use crate::metrics::{DeliveryCounters, Metrics, RouteMetrics};
+use crate::plugin::PluginSet;
 use crate::router::{Route, RouteKey, RouteTable};
 use crate::transport::CheckedTransports;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// What messages are routed by and delivered to. Each batch pins one.
@@ -37,6 +38,11 @@ pub(crate) struct Topology {
     direct_routes: bool,
     /// What the destinations it built tell, held until the config it runs is told applied.
     events: Arc<HeldEvents>,
+    /// The plugins that served as a config came to replace it, kept before that config's plugins
+    /// serve: a batch that pinned it runs its routes with them, not with what the new config
+    /// brings (its `transform:x` met the filter `x` of the new routes, and had nothing to run).
+    /// Unset while it is current.
+    replaced_with: OnceLock<Arc<PluginSet>>,
 }
 
 /// A destination as routes see it: delivered to in place (in-process
@@ -284,10 +290,24 @@ impl Topology {
             direct: Vec::new(),
             direct_routes: false,
             events,
+            replaced_with: OnceLock::new(),
         };
         topology.direct = (0..topology.route_targets.len()).map(|key| topology.goes_direct(key)).collect();
         topology.direct_routes = topology.direct.contains(&true);
         topology
+    }
+
+    /// A config comes to replace this topology: its routes run with `serving` (the plugins serving
+    /// now, before that config's own serve) from now on. Once per topology, as it is replaced once.
+    pub(crate) fn keep_plugins(&self, serving: Arc<PluginSet>) {
+        let kept = self.replaced_with.set(serving);
+        debug_assert!(kept.is_ok(), "a topology is replaced once");
+    }
+
+    /// The plugins a batch that pinned this topology, then loaded `serving`, runs its routes with:
+    /// `serving`, or those kept as a config came to replace it.
+    pub(crate) fn plugins_for_routes(&self, serving: Arc<PluginSet>) -> Arc<PluginSet> {
+        self.replaced_with.get().cloned().unwrap_or(serving)
     }
 
     /// Tell what the destinations this topology built told so far, and from now on what they tell

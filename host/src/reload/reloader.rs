@@ -455,9 +455,12 @@ impl Reloader {
                 return Err(ConfigError::ShuttingDown { file: file.to_owned() });
             }
             // The new versions first, the routes and destinations last: a batch pins its topology
-            // before its plugins (`Pipeline::process`), so one that finds the new routes finds
-            // their plugins, and so do the destinations built here.
-            let (fresh, stale) = plugins.against(&self.pipeline.registry.snapshot());
+            // before its plugins (`Pipeline::pin`), so one that finds the new routes finds their
+            // plugins, and so do the destinations built here. One that finds the old routes runs
+            // them with the plugins serving before the first new version, kept here.
+            let serving = self.pipeline.registry.snapshot();
+            self.pipeline.topology.load().keep_plugins(serving.clone());
+            let (fresh, stale) = plugins.against(&serving);
             let (mut served, mut settled) = (Vec::new(), Vec::new());
             for (name, prepared) in fresh {
                 match prepared {
