@@ -2,7 +2,7 @@
 //! under way loses nothing of what it was for — the compile-cache entry it found bad is told, and
 //! an explicit reload still tries a file refused before. A config whose plugins compile: it runs,
 //! and is written, only once they serve, and a plugin whose kind it switches never meets a route of
-//! the other kind. And the start's compiles: at most one a core at once.
+//! the other kind. And the compiles of a start or a deploy: one a core at once.
 
 use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, within};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,18 +258,24 @@ async fn a_fail_open_route_deployed_with_its_filter_never_runs_without_it() {
     assert_eq!(went, "out", "the new route ran without its filter while x compiled");
 }
 
-/// Counts the compiles under way and the most at once. A compile, once started, waits until as
-/// many have started as there are plugins, or for two seconds: a host compiling one a core at once
-/// never starts them all, and the wait only bounds how long the test watches for it.
-#[derive(Default)]
+/// Counts the compiles under way and the most at once. A compile, once started, waits until
+/// `enough` have started, or for `watched`: a host compiling one a core at once never starts more
+/// than the cores, and one compiling one at a time never a second while the first waits.
 struct CountedCompiles {
     /// Under way, the most at once, started.
     counts: Mutex<(usize, usize, usize)>,
     started: Condvar,
+    enough: usize,
+    watched: std::time::Duration,
 }
 
 impl CountedCompiles {
-    fn observer(self: &Arc<Self>, plugins: usize) -> CompileObserver {
+    fn new(enough: usize, watched: std::time::Duration) -> Arc<CountedCompiles> {
+        let (counts, started) = (Mutex::default(), Condvar::new());
+        Arc::new(CountedCompiles { counts, started, enough, watched })
+    }
+
+    fn observer(self: &Arc<Self>) -> CompileObserver {
         let this = self.clone();
         Arc::new(move |progress| {
             let mut counts = this.counts.lock().unwrap();
@@ -280,12 +286,8 @@ impl CountedCompiles {
                     *most = (*most).max(*under_way);
                     *started += 1;
                     this.started.notify_all();
-                    let watched = std::time::Duration::from_secs(2);
-                    drop(
-                        this.started
-                            .wait_timeout_while(counts, watched, |counts| counts.2 < plugins)
-                            .unwrap(),
-                    );
+                    let too_few = |counts: &mut (usize, usize, usize)| counts.2 < this.enough;
+                    drop(this.started.wait_timeout_while(counts, this.watched, too_few).unwrap());
                 }
                 CompileProgress::Finished { .. } => counts.0 -= 1,
             }
@@ -293,11 +295,8 @@ impl CountedCompiles {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_starting_compiles_its_plugins_one_a_core_at_once() {
-    // Each compile takes memory of its own (hundreds of MiB for a large component): a start with
-    // many plugins compiled every one at once, one thread each.
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+/// Plugin files of `n` plugins `p0`, `p1`... (at most 6), each of another component.
+fn many_plugins(n: usize) -> Vec<(String, &'static str)> {
     let components = [
         artifacts::HEADER_FILTER,
         artifacts::REDACT_TRANSFORM,
@@ -306,21 +305,58 @@ async fn a_host_starting_compiles_its_plugins_one_a_core_at_once() {
         artifacts::LEAST_LOADED_BALANCER,
         artifacts::REDIS_TRANSPORT,
     ];
-    assert!(cores < components.len(), "one plugin more than the {cores} cores");
-    let names: Vec<String> = (0..=cores).map(|n| format!("p{n}")).collect();
-    let files: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(components).collect();
+    assert!(n <= components.len(), "{n} plugins of {} components", components.len());
+    (0..n).map(|n| format!("p{n}")).zip(components).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_starting_compiles_its_plugins_one_a_core_at_once() {
+    // Each compile takes memory of its own (hundreds of MiB for a large component): a start with
+    // many plugins compiled every one at once, one thread each.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let files = many_plugins(cores + 1);
+    let files: Vec<(&str, &str)> = files.iter().map(|(name, file)| (name.as_str(), *file)).collect();
     let plugins = crate::support::plugin_dir(&files);
-    let counted = Arc::new(CountedCompiles::default());
+    // Each compile waits for all to start, two seconds at most: only how long the test watches.
+    let counted = CountedCompiles::new(files.len(), std::time::Duration::from_secs(2));
     // No compile cache: each is compiled.
     let config = MEMORY_OUT.replacen("[host]\n", "[host]\ncache_dir = \"\"\n", 1);
     let config = Config::from_toml("test.toml", &config).unwrap();
-    let host =
-        builder(plugins.path()).config("test.toml", config).observe_compiles(counted.observer(files.len()));
+    let host = builder(plugins.path()).config("test.toml", config).observe_compiles(counted.observer());
     let host = within(host.build()).await.unwrap();
     assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
     let (under_way, most, started) = *counted.counts.lock().unwrap();
     assert_eq!((under_way, started), (0, files.len()), "every plugin compiled");
     assert!(most <= cores, "{most} compiles at once on {cores} cores");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_compiles_its_plugins_one_a_core_at_once() {
+    // A config deployed with its plugins compiled them one after another, and ran only once the
+    // last was done: held back for the sum of their compile times.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let files = many_plugins(cores + 1);
+    let plugins = crate::support::plugin_dir(&[]);
+    // Each compile waits for as many as there are cores to start: one at a time, the first waited
+    // for the whole watch. Half the safety net, so that this shows, not the deploy's time-out.
+    let counted = CountedCompiles::new(cores, crate::support::PATIENCE / 2);
+    let config = MEMORY_OUT.replacen("[host]\n", "[host]\nwatch = false\ncache_dir = \"\"\n", 1);
+    let host = builder(plugins.path())
+        .config("test.toml", Config::from_toml("test.toml", &config).unwrap())
+        .observe_compiles(counted.observer());
+    let host = within(host.build()).await.unwrap();
+    for (name, file) in &files {
+        std::fs::copy(file, plugins.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    let change = within(host.apply_config("test.toml", with_extra_route(&config))).await.unwrap();
+    assert_eq!(change, ConfigChange::Applied);
+    let (under_way, most, started) = *counted.counts.lock().unwrap();
+    assert_eq!((under_way, started), (0, files.len()), "every plugin compiled");
+    assert_eq!(most, cores, "compiles at once on {cores} cores");
+    let names: Vec<String> = host.plugins().iter().map(|plugin| plugin.name.clone()).collect();
+    assert_eq!(names, files.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(), "every plugin serves");
+    assert!(host.last_rejections().is_empty(), "{:?}", host.last_rejections());
     drain_and_account(&host).await;
 }
 

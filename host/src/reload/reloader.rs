@@ -90,6 +90,12 @@ fn same_kind_where_used(
     Err(LoadError::KindChanged { name: name.clone(), new: plugin.kind.as_str(), serving: kind, user })
 }
 
+/// How many plugins compile at once, a start's or a config's: one a core. Each takes memory of
+/// its own while it runs (hundreds of MiB for a large component), and more would not finish sooner.
+fn compiles_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// The config file's text as last read or written.
 struct ConfigText {
     text: String,
@@ -157,14 +163,11 @@ impl Reloader {
     pub(crate) async fn load_all(self: &Arc<Self>) -> Result<Vec<LoadError>, std::io::Error> {
         let dir = self.plugin_dir();
         let names: BTreeSet<String> = plugin_files(&dir)?.iter().map(|path| plugin_name(path)).collect();
-        // One compile a core at once: each takes memory of its own while it runs (hundreds of MiB
-        // for a large component), and more would not finish sooner.
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let compiles = futures_util::stream::iter(names).map(|name| {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.prepare(&this.config.load(), &name, Retry::Refused))
         });
-        let mut compiles = compiles.buffered(cores);
+        let mut compiles = compiles.buffered(compiles_at_once());
         let mut errors = Vec::new();
         while let Some(compile) = compiles.next().await {
             match compile.expect("compiling a plugin does not panic") {
@@ -426,12 +429,25 @@ impl Reloader {
     }
 
     /// Every plugin read and compiled under `config` (not current yet) as a sync after it would,
-    /// off all locks: compiles may take minutes, and a stop does not wait for them.
+    /// off all locks: compiles may take minutes, and a stop does not wait for them. As many at
+    /// once as a start compiles ([`compiles_at_once`]): the config waits for the longest compile
+    /// of each round, not for the sum of them all.
     fn prepare_all(&self, config: &Config) -> PreparedPlugins {
         let serving = self.pipeline.registry.snapshot();
-        let names = self.plugin_names().into_iter();
-        let outcomes = names.map(|name| (self.prepare(config, &name, Retry::Changed), name));
-        let outcomes = outcomes.map(|(prepared, name)| (name, prepared)).collect();
+        let names = Mutex::new(self.plugin_names().into_iter());
+        let outcomes = Mutex::new(BTreeMap::new());
+        let next_name = || names.lock().unwrap_or_else(|poison| poison.into_inner()).next();
+        std::thread::scope(|compilers| {
+            for _ in 0..compiles_at_once() {
+                compilers.spawn(|| {
+                    while let Some(name) = next_name() {
+                        let prepared = self.prepare(config, &name, Retry::Changed);
+                        outcomes.lock().unwrap_or_else(|poison| poison.into_inner()).insert(name, prepared);
+                    }
+                });
+            }
+        });
+        let outcomes = outcomes.into_inner().unwrap_or_else(|poison| poison.into_inner());
         PreparedPlugins { serving, outcomes }
     }
 
