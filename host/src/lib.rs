@@ -72,6 +72,6 @@ pub use message::{Message, MessageId, Verdict};
 pub use pipeline::Stats;
 pub use plugin::{CompiledPlugin, LoadError, PluginError, PluginFault, PluginKind};
 pub use receipt::{Receipt, Settlement};
-pub use reload::{ConfigChange, EventCounts, HostEvent};
+pub use reload::{ConfigChange, EventCounts, HostEvent, Replacement};
 pub use spool::{Damage, DamageKind, SpoolError, SpoolStatus};
 pub use stage::{NativeFilter, NativeTransform};

@@ -702,6 +702,37 @@ async fn a_put_config_says_which_plugins_it_left_with_refused_settings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_config_names_every_plugin_it_refused_even_for_the_reason_refused_before() {
+    // The answer named only the plugins whose refusal reason changed: `broken`, compiled again
+    // under its new settings and refused as it was at start, and `x`, tried again as the
+    // transform route `a` uses and still a filter, were refused by this config but not named.
+    let dir = plugin_dir(&[("x", artifacts::STAMP_TRANSFORM)]);
+    std::fs::write(dir.path().join("broken.wasm"), b"not a component").unwrap();
+    let (config_path, base) = config_file_in(dir.path());
+    let route =
+        "[[route]]\nname = \"a\"\nmatch = { topic = \"a\" }\nstages = [\"transform:x\"]\nto = \"out\"\n";
+    std::fs::write(&config_path, format!("{base}{route}")).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    let [switchyard::LoadError::Invalid { .. }] = host.load_errors() else {
+        panic!("{:?}", host.load_errors())
+    };
+    std::fs::copy(artifacts::HEADER_FILTER, dir.path().join("x.wasm")).unwrap();
+    within(host.reload()).await.unwrap();
+    let refused_before = host.last_rejections();
+    assert_eq!(refused_before.keys().collect::<Vec<_>>(), ["broken", "x"], "{refused_before:?}");
+    let addr = start_admin(&host).await;
+    let settings = "[[plugin]]\nname = \"broken\"\nconfig = { mode = \"new\" }\n";
+    let (status, body) = call(addr, "PUT", "/v1/config", &format!("{base}{settings}{route}")).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let refused: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(answer["plugins_refused"].clone()).unwrap();
+    assert_eq!(refused, refused_before, "{body}");
+    assert_eq!(host.plugins()[0].kind, switchyard::PluginKind::Transform, "the transform still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_config_applied_but_not_written_says_so_and_is_no_refusal() {
     let dir = plugin_dir(&[]);
     let conf = dir.path().join("conf");

@@ -186,7 +186,7 @@ async fn a_replaced_config_is_written_once_it_runs_with_its_plugins() {
     let (written, running) = (std::fs::read_to_string(&path).unwrap(), running_mode(&host));
     held.let_go();
     assert_eq!((written, running.as_deref()), (config("first"), Some("first")), "while `t` compiles");
-    let (change, _) = within(replace).await.unwrap().unwrap();
+    let change = within(replace).await.unwrap().unwrap().change;
     assert_eq!(change, ConfigChange::Applied);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), config("second"));
     assert_eq!(running_mode(&host).as_deref(), Some("second"));

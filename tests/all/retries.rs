@@ -417,7 +417,7 @@ async fn pool_waits_count_on_when_a_settings_change_rebuilds_the_destination() {
     let before = waits(&host);
 
     let retry = format!("{pool}\nretry = {{ attempts = 4 }}");
-    let (change, _) = within(host.replace_config(&config(&[&endpoint], &retry))).await.unwrap();
+    let change = within(host.replace_config(&config(&[&endpoint], &retry))).await.unwrap().change;
     assert_eq!(change, switchyard::ConfigChange::Applied);
     assert!(waits(&host) >= before, "{} waits after the change, {before} before", waits(&host));
     drain_and_account(&host).await;

@@ -425,7 +425,7 @@ async fn stream_migrations_count_on_when_a_settings_change_rebuilds_the_destinat
 
     let retry = "retry = { attempts = 5, base_ms = 1, max_ms = 5 }";
     let changed = config.replace(retry, "retry = { attempts = 6, base_ms = 1, max_ms = 5 }");
-    let (change, _) = within(host.replace_config(&changed)).await.unwrap();
+    let change = within(host.replace_config(&changed)).await.unwrap().change;
     assert_eq!(change, switchyard::ConfigChange::Applied);
     assert!(moved() >= before, "{} moves counted after the change, {before} before", moved());
     let orphans = "switchyard_destination_stream_orphans_found_total{destination=\"workers\"}";
@@ -700,7 +700,7 @@ async fn a_reload_that_adds_or_removes_endpoints_keeps_the_stream_table_and_tell
         within(request(stream, 0)).await.unwrap();
     }
     let reloaded = tokio::time::Instant::now();
-    let (change, _) = within(host.replace_config(&slow_moves(&addresses))).await.unwrap();
+    let change = within(host.replace_config(&slow_moves(&addresses))).await.unwrap().change;
     assert_eq!(change, switchyard::ConfigChange::Applied);
     for stream in 0..STREAMS {
         within(request(stream, 1)).await.unwrap();
@@ -733,7 +733,7 @@ async fn a_reload_that_adds_or_removes_endpoints_keeps_the_stream_table_and_tell
     let on_first: Vec<String> =
         (0..STREAMS).map(|stream| format!("s{stream}")).filter(|stream| server_of(stream, 1) == 0).collect();
     assert!(!on_first.is_empty(), "no stream on the first endpoint");
-    let (change, _) = within(host.replace_config(&slow_moves(&addresses[1..]))).await.unwrap();
+    let change = within(host.replace_config(&slow_moves(&addresses[1..]))).await.unwrap().change;
     assert_eq!(change, switchyard::ConfigChange::Applied);
     for stream in 0..STREAMS {
         within(request(stream, 2)).await.unwrap();
@@ -932,7 +932,7 @@ async fn a_destination_a_reload_rebuilt_tells_and_counts_each_move_once_while_it
     b.set(Mode::Hold);
     host.send(message(&on_b[0])).await.unwrap();
     within(b.arrivals(on_b.len() + 1)).await;
-    let (change, _) = within(host.replace_config(&config(6_000))).await.unwrap();
+    let change = within(host.replace_config(&config(6_000))).await.unwrap().change;
     assert_eq!(change, switchyard::ConfigChange::Applied);
     let moved =
         || counted(&host, "switchyard_destination_stream_migrations_total", &["destination=\"workers\""]);
@@ -1070,7 +1070,7 @@ async fn a_stream_s_message_held_on_a_rebuilt_destination_past_its_queue_timeout
 
 /// Apply config `text` to `host`, which must take it.
 async fn apply(host: &switchyard::Host, text: &str) {
-    let (change, _) = within(host.replace_config(text)).await.unwrap();
+    let change = within(host.replace_config(text)).await.unwrap().change;
     assert_eq!(change, switchyard::ConfigChange::Applied);
 }
 

@@ -7,6 +7,7 @@
 
 use crate::config::{names_a_secret, secret_pairs, url_password, without_secrets};
 use crate::host::Host;
+use crate::reload::Replacement;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -58,13 +59,10 @@ pub(super) async fn replace(State(host): State<Host>, body: Bytes) -> Response {
     if let Some(secret) = redacted_secret(text) {
         return still_redacted(&secret);
     }
-    let refused_before = host.last_rejections();
     match host.replace_config(text).await {
-        Ok((change, written)) => {
+        Ok(Replacement { change, written, plugins_refused: refused }) => {
             let file = written.map(|path| path.display().to_string());
-            // Applied, the config may still leave a plugin's new settings refused: said here too.
-            let mut refused = host.last_rejections();
-            refused.retain(|name, reason| refused_before.get(name) != Some(reason));
+            // Applied, the config may still have refused a plugin's new file or settings: said here too.
             let body =
                 json!({ "applied": true, "change": change, "written": file, "plugins_refused": refused });
             Json(body).into_response()

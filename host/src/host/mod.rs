@@ -17,9 +17,8 @@ use crate::metrics::{DestinationGauges, EndpointGauges};
 use crate::pipeline::{Counters, DirectRoute, Envelope, Redelivery, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::receipt::ReceiptHold;
-use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, WatchGuard};
+use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, Replacement, WatchGuard};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -472,13 +471,13 @@ impl Host {
     }
 
     /// Apply the config `text` (TOML) as a reload of the config file would,
-    /// then write it to that file so a restart keeps it; the path written, or
-    /// `None` when the host runs without a config file. A refused config
+    /// then write it to that file so a restart keeps it: what changed, the path written (`None`
+    /// when the host runs without a config file), and the plugins it refused. A refused config
     /// changes nothing; once a shutdown began, every one is refused. A key set
     /// in code that `text` gives as code set it keeps the file's own value, and a
     /// route added in code that `text` gives as it is is left out (the code adds
     /// it): [`Host::config`] sent back leaves the code's settings where they were.
-    pub async fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
+    pub async fn replace_config(&self, text: &str) -> Result<Replacement, ConfigError> {
         let (reloader, text) = (self.inner.reloader.clone(), text.to_owned());
         tokio::task::spawn_blocking(move || reloader.replace_config(&text))
             .await

@@ -16,7 +16,7 @@ mod source;
 mod watch;
 
 pub use events::{EventCounts, HostEvent};
-pub use reloader::ConfigChange;
+pub use reloader::{ConfigChange, Replacement};
 pub use source::{ConfiguredPlugin, load_as_configured};
 pub use watch::SETTLE;
 

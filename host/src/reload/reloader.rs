@@ -187,30 +187,33 @@ impl Reloader {
     /// read again only if `retry` says so. Blocks while compiling; what it
     /// made is dropped if the host stopped meanwhile, and made again under a
     /// config applied meanwhile, as `retry` says still (that config's own
-    /// reading of every plugin, before it applied, tried no file refused before).
-    pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) {
+    /// reading of every plugin, before it applied, tried no file refused before). Why it refused
+    /// the file it read, if it did.
+    pub(crate) fn sync_plugin(&self, name: &str, retry: Retry) -> Option<String> {
         let _syncing = self.syncing.lock().unwrap_or_else(|poison| poison.into_inner());
         if self.is_closed() {
-            return;
+            return None;
         }
         let (prepared, _changing) = loop {
             let config = self.config.load_full();
             let prepared = self.prepare(&config, name, retry);
             let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             if *closed {
-                return;
+                return None;
             }
             if Arc::ptr_eq(&config, &self.config.load()) {
                 break (prepared, closed);
             }
             // A config was applied while this compiled: prepare the plugin again under it.
         };
-        self.settle(name, prepared);
+        self.settle(name, prepared)
     }
 
     /// Make plugin `name` what `prepared` (under the current config) says: serve its new version,
-    /// stop serving it, or report its refusal. Called holding `changing`.
-    fn settle(&self, name: &str, prepared: Prepared) {
+    /// stop serving it, or report its refusal. Called holding `changing`. Why the file was
+    /// refused, if `prepared` refuses it: told even when reported before, for the same file or
+    /// the same reason.
+    fn settle(&self, name: &str, prepared: Prepared) -> Option<String> {
         match prepared {
             Prepared::Ready(plugin) => self.events.emit(self.serve(plugin)),
             Prepared::Gone(name) => {
@@ -225,7 +228,9 @@ impl Reloader {
                 if gone || self.serves_beyond_grants(&name) {
                     self.remove(&name);
                 }
+                let reason = error.to_string();
                 self.refuse(name, &error, file, opened);
+                return Some(reason);
             }
             // The file is the serving version's again: a refusal in between is over.
             Prepared::Serving => self.forget_refusal(name),
@@ -234,6 +239,7 @@ impl Reloader {
                 tracing::debug!(plugin = name, "file still changing; waiting for it to settle")
             }
         }
+        None
     }
 
     /// Whether plugin `name` serves with a grant or limit the config no longer gives it: its new
@@ -395,37 +401,40 @@ impl Reloader {
 
     /// [`apply_config`](Self::apply_config), its caller holding `config_changes`.
     fn apply(&self, file: &str, config: Config) -> Result<ConfigChange, ConfigError> {
-        self.apply_then(file, config, || ()).map(|(change, ())| change)
+        self.apply_then(file, config, || ()).map(|(change, _, ())| change)
     }
 
     /// [`apply`](Self::apply), running `current` (and keeping what it returns) once `config` is
     /// current or found unchanged. The plugins are read under `config` before it is current, and
     /// those it brings (new files, new settings) serve before its routes run: no message meets a
     /// route whose plugin is still compiling. One refused does not hold it back: it applies, and
-    /// the routes using that plugin follow their failure policy (`stage-unavailable`).
+    /// the routes using that plugin follow their failure policy (`stage-unavailable`). Besides the
+    /// change, each plugin whose file it read and refused, with why.
     fn apply_then<T>(
         &self,
         file: &str,
         config: Config,
         current: impl FnOnce() -> T,
-    ) -> Result<(ConfigChange, T), ConfigError> {
+    ) -> Result<(ConfigChange, BTreeMap<String, String>, T), ConfigError> {
         let overridden = self.overrides.overridden(&config);
         let (config, transports) = self.checked(file, config)?;
         self.refuse_if_closed(file)?;
         let change = self.change_by(file, &config, &transports)?;
-        let stale = match change {
+        let (stale, mut refused) = match change {
             ConfigChange::Applied => {
                 let plugins = self.prepare_all(&config);
                 self.make_current(file, config, transports, plugins)?
             }
-            ConfigChange::Unchanged => Vec::new(),
+            ConfigChange::Unchanged => Default::default(),
         };
         let done = current();
         for name in stale {
-            self.sync_plugin(&name, Retry::Changed);
+            if let Some(reason) = self.sync_plugin(&name, Retry::Changed) {
+                refused.insert(name, reason);
+            }
         }
         self.tell_overridden(file, overridden);
-        Ok((change, done))
+        Ok((change, refused, done))
     }
 
     /// Every plugin read and compiled under `config` (not current yet) as a sync after it would,
@@ -458,14 +467,15 @@ impl Reloader {
     /// batch that loads them finds those versions; then the rest of `plugins` is settled. The
     /// plugins another sync changed meanwhile are left out: they are the caller's to sync again.
     /// What those destinations tell follows `config-applied`, and so does what the plugins tell.
+    /// Those left out, and each plugin of `plugins` refused, with why.
     fn make_current(
         &self,
         file: &str,
         config: Config,
         transports: CheckedTransports,
         plugins: PreparedPlugins,
-    ) -> Result<Vec<String>, ConfigError> {
-        let (topology, stale) = {
+    ) -> Result<(Vec<String>, BTreeMap<String, String>), ConfigError> {
+        let (topology, stale, refused) = {
             let closed = self.changing.lock().unwrap_or_else(|poison| poison.into_inner());
             if *closed {
                 return Err(ConfigError::ShuttingDown { file: file.to_owned() });
@@ -498,11 +508,14 @@ impl Reloader {
             self.config.store(Arc::new(config));
             self.events.emit(HostEvent::ConfigApplied { file: file.to_owned() });
             served.into_iter().for_each(|event| self.events.emit(event));
-            settled.into_iter().for_each(|(name, prepared)| self.settle(&name, prepared));
-            (topology, stale)
+            let refused = settled
+                .into_iter()
+                .filter_map(|(name, prepared)| Some((name.clone(), self.settle(&name, prepared)?)))
+                .collect();
+            (topology, stale, refused)
         };
         topology.release_events();
-        Ok(stale)
+        Ok((stale, refused))
     }
 
     /// Tell each key of `overridden` (what the config of `file` just applied or found unchanged
@@ -581,9 +594,8 @@ impl Reloader {
     /// the config file (atomically: a temporary file renamed over it) as soon
     /// as it is current, so a restart keeps it; its plugins compile before it
     /// is, so a stop during those compiles leaves it neither running nor
-    /// written. The file written, or `None` for a host started without one. A
-    /// refused config changes nothing, on disk or running.
-    pub(crate) fn replace_config(&self, text: &str) -> Result<(ConfigChange, Option<PathBuf>), ConfigError> {
+    /// written. A refused config changes nothing, on disk or running.
+    pub(crate) fn replace_config(&self, text: &str) -> Result<Replacement, ConfigError> {
         // One replacement at a time, applied and written together: the file
         // then holds what runs.
         let _changes = self.config_changes.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -591,14 +603,16 @@ impl Reloader {
         let kept = self.as_sent_back(text);
         let text = kept.as_deref().unwrap_or(text);
         let Some(path) = self.config_path() else {
-            return Ok((self.apply(&file, self.parse_config(&file, text)?)?, None));
+            let (change, plugins_refused, ()) =
+                self.apply_then(&file, self.parse_config(&file, text)?, || ())?;
+            return Ok(Replacement { change, written: None, plugins_refused });
         };
-        let (change, written) =
+        let (change, plugins_refused, written) =
             self.apply_then(&file, self.parse_config(&file, text)?, || replace_file(path, text))?;
         written.map_err(|error| ConfigError::Write { file, error })?;
         let written = ConfigText { text: text.to_owned(), refusal: None };
         *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(written);
-        Ok((change, Some(path.to_owned())))
+        Ok(Replacement { change, written: Some(path.to_owned()), plugins_refused })
     }
 
     /// The config `text`, sent to replace the running one, as it is applied (and written) where
@@ -713,6 +727,21 @@ pub enum ConfigChange {
     /// It equals the running one, and the files its destinations read (a `ca_file`) hold what they
     /// did: nothing changed, no event.
     Unchanged,
+}
+
+/// What replacing the configuration did ([`Host::replace_config`](crate::Host::replace_config)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replacement {
+    /// Whether it changed the running configuration.
+    pub change: ConfigChange,
+    /// The config file written, or `None` for a host started without one.
+    pub written: Option<PathBuf>,
+    /// Each plugin whose file (or settings) the configuration read and refused, with why: those
+    /// refused for the reason they were refused before too (a broken file compiled again under new
+    /// settings, a plugin tried again as the kind a route uses it as), not one refused before and
+    /// not read again.
+    pub plugins_refused: BTreeMap<String, String>,
 }
 
 /// Whether two configurations say the same (compared as data).
