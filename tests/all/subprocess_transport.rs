@@ -1,7 +1,7 @@
 //! The `subprocess` transport against a real child process (`tests/subprocess/worker.py`): replies
 //! matched by id across a pool of processes, a process that dies restarted with nothing lost, one
-//! that stops reading its input (or closes its output) killed, with what it started, and restarted
-//! but one slow to start left to start, error answers classified, and processes stopped when their
+//! that stops reading its input (or closes its output, or reads it but answers nothing) killed,
+//! with what it started, and restarted but one slow to start left to start, error answers classified, and processes stopped when their
 //! destination goes.
 
 use crate::support::{builder, drain_and_account, next, plugin_dir, until_ended, within};
@@ -354,4 +354,38 @@ async fn a_process_slow_to_start_is_not_taken_for_wedged() {
     assert_eq!(request_all(&host, 1).await, Vec::from_iter(pids), "the same process answers");
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (3, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_reads_its_input_but_answers_nothing_is_killed_and_started_again() {
+    // It reads every line (so it is never taken for wedged) and answers none after its first:
+    // every attempt went to it and was cut at its deadline, and the message was dead-lettered.
+    let options = ", env = { MUTE_AFTER = \"1\" }";
+    let extra = "timeout_ms = 1000\nidempotent = true\nbreaker = { consecutive_failures = 1000 }";
+    let host = start(&config(options, extra).replace("attempts = 3", "attempts = 5")).await;
+    let stuck = request_all(&host, 1).await;
+    let reply = within(host.request(Message::new("jobs", "job"))).await.unwrap().expect("a reply");
+    assert_eq!(&reply.payload[..], b"JOB");
+    assert_ne!(
+        reply.header("x-pid"),
+        Some(stuck[0].as_str()),
+        "answered by the process that answers nothing"
+    );
+    until_ended(&stuck[0], "the process that answers nothing");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_slow_to_start_is_not_taken_for_stuck() {
+    // It reads nothing for 2 s after it starts, past four attempt deadlines, while the lines
+    // written to it wait whole in the pipe: though it answers nothing in time, it is given until
+    // its start grace is over (or it answers), not killed and started again, slow again, for ever.
+    let options = ", env = { START_MS = \"2000\" }";
+    let extra = "timeout_ms = 500\nidempotent = true\nbreaker = { consecutive_failures = 1000 }";
+    let host = start(&config(options, extra).replace("attempts = 3", "attempts = 100")).await;
+    let first = request_all(&host, 1).await;
+    assert_eq!(request_all(&host, 1).await, first, "the same process answers");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "{stats:?}");
 }

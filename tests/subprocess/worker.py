@@ -12,8 +12,9 @@ without answering it. With LEAVE_CHILD=1, it first starts a process of its own (
 keeps its standard input and output open after it exits (`sleep N` with CHILD_SECONDS=N; with
 CHILD_PIDS=FILE, it appends "PID CHILD_PID" to FILE). With SLOW_MS=N, it takes N ms over each message before it answers. With
 START_MS=N, it waits N ms before it reads anything (an interpreter slow to start). With WEDGE_AFTER=N,
-it reads nothing more once it answered its Nth message, and lives on (a process wedged). A line that
-is not JSON ends it (a traceback, status 1).
+it reads nothing more once it answered its Nth message, and lives on (a process wedged). With
+MUTE_AFTER=N, it reads every message after its Nth and answers none (a handler stuck, its input still
+read). A line that is not JSON ends it (a traceback, status 1).
 """
 import json
 import os
@@ -24,6 +25,7 @@ import time
 exit_after = int(os.environ.get("EXIT_AFTER", "0"))
 slow_ms = int(os.environ.get("SLOW_MS", "0"))
 wedge_after = int(os.environ.get("WEDGE_AFTER", "0"))
+mute_after = int(os.environ.get("MUTE_AFTER", "0"))
 seen = 0
 if os.environ.get("LEAVE_CHILD"):
     child = subprocess.Popen(["sleep", os.environ.get("CHILD_SECONDS", "60")])
@@ -44,7 +46,7 @@ for line in sys.stdin:
     elif payload == "stderr-bytes":
         sys.stderr.buffer.write(b"\xff\n")
         sys.stderr.buffer.flush()
-    if payload == "silent":
+    if payload == "silent" or (mute_after and seen > mute_after):
         continue
     if payload == "not-utf8":
         sys.stdout.buffer.write(b'{"id": %d, "payload": "\xff"}\n' % message["id"])

@@ -34,6 +34,15 @@
 //! first byte, is no attempt and goes again ([`write_line`]), even for a destination that is not
 //! `idempotent`; one cut with the line part-written may have delivered it. The messages the killed
 //! process held fail as those of one that exits.
+//!
+//! A process that reads its input but answers nothing (its handler stuck) is killed too, and so
+//! started again: a message whose attempt `timeout_ms` cuts as it waits for its answer, the process
+//! having answered nothing at all since the attempt began, retires it (see
+//! [`Awaited`](super::pending::Awaited)): it takes no new message, the next attempt starts another
+//! process, and it is killed, with its group, once no message it holds waits any more (those
+//! still get their answers if they come). Answers come in any order, so one slow message while
+//! others are answered retires nothing; nor does one of a process that has not answered anything
+//! yet, within its start grace.
 
 use super::answers::{Answer, read_answer};
 use super::lines::{Line, LineCodec, Written, write_line};
@@ -77,8 +86,9 @@ const OUTPUT_END_GRACE: Duration = Duration::from_secs(1);
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Until it first answers, how long from its start a process has to take each line written to
-/// it, when that is longer than the destination's `timeout_ms`: an interpreter slow to start
-/// (loading what it imports before its first read) is not taken for a process wedged.
+/// it, when that is longer than the destination's `timeout_ms`, and may leave a message it took
+/// unanswered past its attempt's deadline: an interpreter slow to start (loading what it imports
+/// before its first read) is not taken for a process wedged, nor stuck.
 const START_GRACE: Duration = Duration::from_secs(10);
 
 /// `options = {..}` of a `subprocess` destination.
@@ -165,8 +175,9 @@ struct Running {
     stdin: Arc<Mutex<Option<ChildStdin>>>,
     /// Cancelled when the destination goes: the process is asked to exit (its input closed).
     closing: CancellationToken,
-    /// Cancelled when a line did not go into its input in time: the process is killed.
-    wedged: CancellationToken,
+    /// Cancelled to kill the process: a line did not go into its input in time (wedged), or it was
+    /// retired as stuck and no message waits on it any more.
+    killing: CancellationToken,
     /// Messages sent and not answered yet; closed once the process exited.
     pending: Arc<Pending<Answer>>,
     /// When it started, for its start grace.
@@ -202,12 +213,12 @@ impl SubprocessTransport {
         }
         let mut group = self.groups.spawn(&mut command)?;
         let (stdout, stderr) = (group.child.stdout.take(), group.child.stderr.take());
-        let (closing, wedged) = (CancellationToken::new(), CancellationToken::new());
+        let (closing, killing) = (CancellationToken::new(), CancellationToken::new());
         let (pending, answered) = (Arc::new(Pending::default()), Arc::new(AtomicBool::new(false)));
         let running = Running {
             stdin: Arc::new(Mutex::new(group.child.stdin.take())),
             closing: closing.clone(),
-            wedged: wedged.clone(),
+            killing: killing.clone(),
             pending: pending.clone(),
             started: Instant::now(),
             answered: answered.clone(),
@@ -243,8 +254,9 @@ impl SubprocessTransport {
                     wait_for_exit(group, OUTPUT_END_GRACE).await
                 }
                 () = closing.cancelled() => wait_for_exit(group, EXIT_GRACE).await,
-                () = wedged.cancelled() => {
-                    let why = "a line not taken into its input in time: killed as wedged";
+                () = killing.cancelled() => {
+                    let why = "killed as wedged (a line not taken into its input in time) or stuck \
+                        (nothing answered in time)";
                     tracing::warn!(%destination, %process, "{why}");
                     wait_for_exit(group, Duration::ZERO).await
                 }
@@ -268,8 +280,10 @@ impl SubprocessTransport {
         // Nothing is sent before the first byte of its line goes (see `write_line`).
         AttemptProgress::mark_current(Step::Waiting);
         let running = self.process(address).await.map_err(refused)?;
-        let mut waiting = running.pending.wait().ok_or_else(|| refused("the process exited".into()))?;
-        let sent = Message { id: waiting.id, ..message.clone() };
+        let young_until = Some(running.started + START_GRACE);
+        let awaited = running.pending.await_answer(&running.killing, young_until);
+        let awaited = awaited.ok_or_else(|| refused("the process exited".into()))?;
+        let sent = Message { id: awaited.id(), ..message.clone() };
         let mut line = sent.json_line(&self.destination).into_bytes();
         line.push(b'\n');
         // Its turn: the line before it written whole.
@@ -279,7 +293,7 @@ impl SubprocessTransport {
         let writing = running.clone().write(stdin, line, self.line_timeout, AttemptProgress::current());
         tokio::spawn(writing).await.expect("writing a line does not panic")?;
         let reset = |problem: String| (Outcome::Retryable(RetryReason::Reset), problem);
-        let answer = waiting.answer().await;
+        let answer = awaited.answer().await;
         let reply = answer.ok_or_else(|| reset("the process exited before it answered".into()))?;
         // It answered: it took the message, whatever becomes of its reply.
         reply_within(reply.into_result(message)?, self.max_reply_bytes)
@@ -317,7 +331,7 @@ impl Running {
             Err(_) => {
                 stdin.take();
                 self.pending.stop_taking();
-                self.wedged.cancel();
+                self.killing.cancel();
                 format!(
                     "the process took {written} of the {} bytes of its line in {:?}: killed as wedged",
                     line.len(),
@@ -367,8 +381,8 @@ fn answer_of(line: &Line, max_reply_bytes: usize) -> Result<Answer, String> {
 }
 
 /// Wait for the process leading `group` to exit, once its output ended ([`OUTPUT_END_GRACE`]) or
-/// it was asked to (the destination went and closed its input: [`EXIT_GRACE`]; it was wedged:
-/// none); its group is killed if it still runs `grace` later.
+/// it was asked to (the destination went and closed its input: [`EXIT_GRACE`]; it was wedged or
+/// stuck: none); its group is killed if it still runs `grace` later.
 async fn wait_for_exit(mut group: ProcessGroup, grace: Duration) -> String {
     let waited = match tokio::time::timeout(grace, group.wait()).await {
         Ok(waited) => waited,

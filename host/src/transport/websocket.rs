@@ -41,14 +41,15 @@
 //! for two intervals is closed. A connection that closes fails the envelopes it held (retried as the
 //! destination's `idempotent` allows). One whose peer answers pings but no envelope is replaced: an
 //! envelope whose attempt `timeout_ms` cuts as it waits for its answer, while the connection brought
-//! no answer at all since the envelope went out, retires it (see [`Awaited`]): the next attempt
+//! no answer at all since the envelope went out, retires it (see
+//! [`Awaited`](super::pending::Awaited)): the next attempt
 //! opens a new one, and the retired one closes once no envelope it holds waits any more. Whoever
 //! closes it (the peer, the silence, the destination going, a retirement, with or without pings), it
 //! ends with the close handshake: the peer's Close answered, or one sent, and the TCP connection
 //! closed once the peer ends it, or [`CLOSE_WAIT`] later.
 
 use super::answers::{Answer, read_answer};
-use super::pending::{Pending, Waiting};
+use super::pending::Pending;
 use super::restart::{NotRunning, Peer, Restarting};
 use super::tcp::{Unread, unread};
 use super::tls::TlsClient;
@@ -65,7 +66,6 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -199,8 +199,6 @@ struct Link {
 struct Reading {
     /// Notified each time it has read all the socket held and waits for more.
     caught_up: Notify,
-    /// How many answers it read, whoever waited for them.
-    answers: AtomicU64,
 }
 
 impl Peer for Link {
@@ -315,7 +313,8 @@ impl WebSocketTransport {
         let awaited = match self.options.frames {
             Framing::Payload => None,
             Framing::Envelope => {
-                Some(Awaited::new(&link).ok_or_else(|| refused("the connection closed".into()))?)
+                let awaited = link.pending.await_answer(&link.closing, None);
+                Some(awaited.ok_or_else(|| refused("the connection closed".into()))?)
             }
         };
         let frame = match &awaited {
@@ -345,57 +344,6 @@ impl WebSocketTransport {
         let closed =
             || (Outcome::Retryable(RetryReason::Reset), "the connection closed before an answer".to_owned());
         reply_within(answer.ok_or_else(closed)?.into_result(message)?, self.max_reply_bytes)
-    }
-}
-
-/// An envelope of a link, from the id it goes out with to the end of its wait for its answer. Its
-/// attempt cut at its deadline as it waited, the link having read no answer at all since the
-/// envelope went out, the link is taken for stuck — its peer's handler answers nothing, though the
-/// connection may still answer pings — and retired: it takes no new envelope (the next attempt
-/// connects again), and, as any link that stopped taking envelopes, closes once none it holds waits.
-/// Answers come in any order, so one slow envelope while others are answered retires nothing.
-struct Awaited<'a> {
-    link: &'a Link,
-    /// Taken as it is dropped, before the link's envelopes are counted.
-    waiting: Option<Waiting<'a, Answer>>,
-    /// The answers the link had read before the envelope went out.
-    answers_before: u64,
-    /// Whether the envelope went out and its answer is awaited.
-    awaiting: bool,
-}
-
-impl<'a> Awaited<'a> {
-    /// A new envelope of `link`; `None` once it takes no more.
-    fn new(link: &'a Link) -> Option<Awaited<'a>> {
-        let answers_before = link.reading.answers.load(SeqCst);
-        let waiting = Some(link.pending.wait()?);
-        Some(Awaited { link, waiting, answers_before, awaiting: false })
-    }
-
-    /// The id the envelope goes out with.
-    fn id(&self) -> u64 {
-        self.waiting.as_ref().expect("taken only as it is dropped").id
-    }
-
-    /// The answer to the envelope, once it went out; `None` when the connection closed first.
-    async fn answer(mut self) -> Option<Answer> {
-        self.awaiting = true;
-        let answer = self.waiting.as_mut().expect("taken only as it is dropped").answer().await;
-        self.awaiting = false;
-        answer
-    }
-}
-
-impl Drop for Awaited<'_> {
-    fn drop(&mut self) {
-        drop(self.waiting.take());
-        let Link { pending, reading, closing, .. } = self.link;
-        if self.awaiting && reading.answers.load(SeqCst) == self.answers_before {
-            pending.stop_taking();
-        }
-        if pending.is_closed() && pending.count() == 0 {
-            closing.cancel();
-        }
     }
 }
 
@@ -449,7 +397,7 @@ fn envelope(id: u64, message: &Message) -> String {
 }
 
 /// Route the answers `stream` brings until it ends, the connection is closed, or it shows no sign of
-/// life for two ping intervals; why it stopped. Tells the attempts what it read (see [`Reading`]).
+/// life for two ping intervals; why it stopped. Tells the attempts when it caught up (see [`Reading`]).
 async fn read_frames(
     stream: &mut SplitStream<Socket>,
     pending: &Pending<Answer>,
@@ -477,10 +425,7 @@ async fn read_frames(
         last_sign = Instant::now();
         match frame {
             Some(Ok(Frame::Text(text))) => match read_answer(text.as_bytes(), None) {
-                Ok(answer) => {
-                    reading.answers.fetch_add(1, SeqCst);
-                    pending.answer(answer.id, answer);
-                }
+                Ok(answer) => drop(pending.answer(answer.id, answer)),
                 Err(err) => tracing::debug!("a frame that is no answer: {err}"),
             },
             Some(Ok(Frame::Close(close))) => return format!("closed by the peer: {close:?}"),
