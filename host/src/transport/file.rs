@@ -15,15 +15,19 @@
 //! endpoint, named by the path template; its health probe checks that the template's directory
 //! exists. Every look at the file system is made on a blocking thread, never one of the runtime's:
 //! a hung mount (hard NFS, FUSE) holds that thread only, and the attempt's `timeout_ms` (the
-//! check's `health.timeout_ms`) still cuts the wait. With a file per topic, an error of one topic's
+//! check's `health.timeout_ms`) still cuts the wait. At most [`MAX_WRITING`] lines are being
+//! written at once, each on its thread: an attempt behind them waits for its turn without a
+//! thread, so a hung mount holds a few of the blocking pool's threads, not one for each attempt
+//! (an attempt cut there wrote nothing, and is no attempt: the message goes again, as one that
+//! waited for a free connection does). With a file per topic, an error of one topic's
 //! file (a directory in its place, a file not writable, not a regular file) is that message's, not
 //! the endpoint's: the message is dead-lettered at once, and the other topics' files go on being
 //! written; what is not a regular file is refused without waiting on it (a FIFO with no reader). At
 //! most [`MAX_OPEN_FILES`] files are kept open: past that, the one least recently used is closed
 //! (synced first, unless `fsync = "never"`) and opened again, for appending, at its next line.
 
-use super::SettingError;
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
+use super::{AttemptProgress, SettingError, Step};
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
@@ -113,6 +117,7 @@ pub(super) fn build(
         destination: destination.name.clone(),
         open: Mutex::default(),
         checking: Arc::new(tokio::sync::Semaphore::new(1)),
+        writing: Arc::new(tokio::sync::Semaphore::new(MAX_WRITING)),
     });
     if let (Fsync::IntervalMs(ms), Ok(runtime)) = (files.options.fsync, tokio::runtime::Handle::try_current())
     {
@@ -129,6 +134,12 @@ pub struct FileTransport(Arc<Files>);
 /// for every topic ever written, until the process had none left for anything.
 const MAX_OPEN_FILES: usize = 64;
 
+/// Lines one destination writes at once, each on a thread of the runtime's blocking pool: a few,
+/// so that the files of several topics are written (and synced) side by side. Each attempt took
+/// a thread of its own, to wait behind a write a hung mount held, until the pool (512 threads)
+/// had none left for anything else.
+const MAX_WRITING: usize = 4;
+
 /// The files of one destination.
 #[derive(Debug)]
 struct Files {
@@ -138,6 +149,9 @@ struct Files {
     /// The health check under way, at most one: a check a hung mount holds keeps its blocking
     /// thread, and the next ones fail at once rather than each holding another.
     checking: Arc<tokio::sync::Semaphore>,
+    /// The lines being written, at most [`MAX_WRITING`]: a permit is taken before a line's thread,
+    /// and let go as the thread is done with it.
+    writing: Arc<tokio::sync::Semaphore>,
 }
 
 /// A slot for each path written lately, with when it was last used: at most [`MAX_OPEN_FILES`], but
@@ -559,8 +573,13 @@ impl FileTransport {
         line.push(b'\n');
         let line_bytes = line.len() as u64;
         let (files, topic) = (self.0.clone(), message.topic.clone());
+        // Nothing is written before its turn comes.
+        AttemptProgress::mark_current(Step::Waiting);
+        let turn = files.writing.clone().acquire_owned().await.expect("the semaphore is never closed");
+        AttemptProgress::mark_current(Step::MaySend);
         // The verdict on a failed line looks at the file system too: on the same blocking thread.
         let written = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             files.append(&path, &line).map_err(|error| {
                 let topics_own = || files.names_existing(&topic);
                 error.verdict(&path, line_bytes, file_size_limit, topics_own)
@@ -609,6 +628,7 @@ impl Transport for FileTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
     #[test]
     fn a_sync_that_fails_after_the_line_was_written_may_have_delivered_it() {
@@ -648,6 +668,59 @@ mod tests {
     }
 
     #[test]
+    fn attempts_behind_a_hung_write_wait_for_a_turn_without_a_blocking_thread_each() {
+        // A write a hung mount never ends holds the file's slot (here the test holds it). Every
+        // attempt behind it took a blocking thread of its own to wait on the slot, cut at its
+        // deadline or not: under load, the runtime's whole blocking pool.
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("hung.jsonl");
+        let files = Arc::new(Files {
+            options: FileOptions {
+                path: path.display().to_string(),
+                fsync: Fsync::Policy(FsyncPolicy::Never),
+                max_bytes: None,
+            },
+            destination: "files".into(),
+            open: Mutex::default(),
+            checking: Arc::new(tokio::sync::Semaphore::new(1)),
+            writing: Arc::new(tokio::sync::Semaphore::new(MAX_WRITING)),
+        });
+        let transport = FileTransport(files.clone());
+        let threads = Arc::new(AtomicUsize::new(0));
+        let started = threads.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .on_thread_start(move || {
+                started.fetch_add(1, SeqCst);
+            })
+            .build()
+            .unwrap();
+        let slot = files.slot(&path);
+        let hung = lock(&slot);
+        let message = Message::new("jobs", "line");
+        let attempts = 4 * MAX_WRITING;
+        runtime.block_on(async {
+            for _ in 0..attempts {
+                // Polled as far as it goes, then cut, as its deadline would.
+                let attempt = transport.attempt(&files.options.path, &message);
+                assert!(futures_util::FutureExt::now_or_never(attempt).is_none(), "waits behind the write");
+            }
+            // One cut as it waits for its turn sent nothing: it is no attempt.
+            let progress = AttemptProgress::default();
+            let attempt = progress.scope(transport.attempt(&files.options.path, &message));
+            assert!(futures_util::FutureExt::now_or_never(attempt).is_none(), "waits for its turn");
+            assert_eq!(progress.abandon(), Step::Waiting);
+        });
+        drop(hung);
+        // Once the runtime is gone, every blocking thread it started has ended.
+        drop(runtime);
+        let threads = threads.load(SeqCst);
+        assert_eq!(threads, MAX_WRITING, "blocking threads the waiting attempts took");
+        // Those that only waited for a turn wrote nothing, then or later.
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, MAX_WRITING, "only the attempts whose turn came wrote their lines");
+    }
+
+    #[test]
     fn only_what_the_topic_names_makes_an_error_the_topics() {
         let out = tempfile::tempdir().unwrap();
         let files = |template: &str| Files {
@@ -659,6 +732,7 @@ mod tests {
             destination: "files".into(),
             open: Mutex::default(),
             checking: Arc::new(tokio::sync::Semaphore::new(1)),
+            writing: Arc::new(tokio::sync::Semaphore::new(MAX_WRITING)),
         };
         std::fs::create_dir_all(out.path().join("blocked.jsonl")).unwrap();
         std::fs::create_dir_all(out.path().join("eu/orders")).unwrap();
