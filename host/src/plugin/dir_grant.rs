@@ -13,7 +13,13 @@
 //! looking at a file and opening it can still wait on a slow or hung mount
 //! (NFS, FUSE): that is done on a thread of WASI's blocking pool, which the
 //! call waits for at most until its deadline, as for every other
-//! filesystem call (see [`deadline`](super::deadline)).
+//! filesystem call (see [`deadline`](super::deadline)). The granted
+//! directory itself is opened so too, as each instance is made (the first
+//! call on a worker, after a fault, a renewal, a new version; the load trial)
+//! and before any call deadline is set: waited for at most the plugin's
+//! deadline (`limits.timeout_ms`), past which the instance is not made (a
+//! timeout) and the trial fails
+//! ([`LoadError::GrantTimedOut`](super::LoadError::GrantTimedOut)).
 //!
 //! The path is resolved as wasmtime-wasi resolves it on Linux (its own
 //! resolver is not public): `openat2` with `RESOLVE_BENEATH`, which never
@@ -44,10 +50,10 @@ use std::fs::File;
 use std::sync::Arc;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
-use wasmtime_wasi::OpenMode;
-use wasmtime_wasi::filesystem::{Descriptor, Dir, File as FileDescriptor};
+use wasmtime_wasi::filesystem::{Descriptor, Dir, File as FileDescriptor, FsPerms};
 use wasmtime_wasi::p2::bindings::filesystem::types::{DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
 use wasmtime_wasi::runtime::spawn_blocking;
+use wasmtime_wasi::{OpenMode, WasiCtxBuilder};
 
 /// The arguments of `open-at`: the directory, how to follow a link at the
 /// end of the path, the path, how to open and what for.
@@ -102,6 +108,30 @@ impl StoreState {
         self.open_files.push(Arc::downgrade(file));
         Ok(Ok(self.table().push(opened)?))
     }
+}
+
+/// `builder` with the host directory `path` granted to the guest as `guest`
+/// with `perms`, or why it cannot be; `None` when it did not open by
+/// `deadline`. wasmtime-wasi opens it blocking, on the thread that asks: here
+/// a thread of the blocking pool, waited for at most until `deadline` (an
+/// open not started by then never starts). A thread left waiting on a mount
+/// that does not answer is the open's own, and its builder with it: it ends
+/// once the mount answers, what it opened dropped.
+pub(super) fn preopen(
+    mut builder: WasiCtxBuilder,
+    path: &str,
+    guest: &str,
+    perms: FsPerms,
+    deadline: tokio::time::Instant,
+) -> Option<wasmtime::Result<WasiCtxBuilder>> {
+    let (path, guest) = (path.to_owned(), guest.to_owned());
+    let opening = spawn_blocking(move || {
+        #[cfg(test)]
+        tests::wait_while_hung(path.as_ref());
+        builder.preopened_dir(&path, &guest, perms)?;
+        Ok(builder)
+    });
+    until(Some(deadline), opening)
 }
 
 /// Open `path` under `dir` as wasmtime-wasi's `open-at` does (the same
@@ -273,7 +303,26 @@ fn error_code(err: Errno) -> ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmtime_wasi::FsPerms;
+
+    /// The directories whose open waits, as on a hung mount, until their test lets them go (drops
+    /// the sender of their channel).
+    static HUNG: std::sync::Mutex<Vec<(std::path::PathBuf, flume::Receiver<()>)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    /// The test seam of a granted directory's open: wait while `path` is hung.
+    pub(super) fn wait_while_hung(path: &std::path::Path) {
+        let hung = HUNG.lock().unwrap().iter().find(|(hung, _)| hung == path).map(|(_, held)| held.clone());
+        if let Some(held) = hung {
+            let _released = held.recv();
+        }
+    }
+
+    /// Hang `path` until the sender returned is dropped.
+    fn hang(path: &std::path::Path) -> flume::Sender<()> {
+        let (release, held) = flume::bounded(0);
+        HUNG.lock().unwrap().push((path.to_owned(), held));
+        release
+    }
 
     /// A grant of `path` with `perms`.
     fn grant(path: &std::path::Path, perms: FsPerms) -> Dir {
@@ -415,5 +464,33 @@ mod tests {
         std::os::unix::fs::symlink("missing", dir.path().join("dangling")).unwrap();
         assert_eq!(opened(&granted, "dangling", OpenFlags::CREATE, WRITE), Err(ErrorCode::Exist));
         assert!(!dir.path().join("missing").exists());
+    }
+
+    #[test]
+    fn a_granted_directory_that_does_not_open_fails_an_instance_and_the_trial_at_the_plugins_deadline() {
+        use crate::plugin::{PluginEngine, PluginFault, PluginFormat, PluginInstance};
+        let data = tempfile::tempdir().unwrap();
+        let engine = PluginEngine::new(None).unwrap();
+        let dirs = [("/data".to_owned(), data.path().display().to_string())].into();
+        let limits = crate::config::PluginLimits { timeout_ms: 100, ..Default::default() };
+        let config = crate::config::PluginConfig { name: "probe".into(), dirs, limits, ..Default::default() };
+        let bytes = std::fs::read(switchyard_plugin_artifacts::FS_PROBE).unwrap();
+        // Compiled, not tried: no code of the plugin runs here, only the open of its directory.
+        let plugin = crate::plugin::compile_bytes(&engine, PluginFormat::Wasm, &bytes, config).unwrap();
+        // Held until the end of the test, or until an assertion fails.
+        let _release = hang(data.path());
+        let (answer, answered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let fault = PluginInstance::new(&engine, plugin.clone()).err();
+            let refused = crate::plugin::trial_instantiation(&engine, &plugin, 1 << 20).err();
+            answer.send((fault, refused.map(|refused| refused.to_string())))
+        });
+        // A safety net: without the deadline, neither answers while the directory does not open.
+        let answer = answered.recv_timeout(std::time::Duration::from_secs(20));
+        let (fault, refused) = answer.expect("an instance made or tried within 20 s");
+        assert_eq!(fault, Some(PluginFault::TimedOut(std::time::Duration::from_millis(100))));
+        let grant = format!("dirs.\"/data\" = \"{}\"", data.path().display());
+        let refused = refused.unwrap_or_default();
+        assert!(refused.starts_with(&format!("plugin \"probe\": {grant}: not opened within")), "{refused}");
     }
 }

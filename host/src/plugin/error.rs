@@ -124,6 +124,20 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+    /// A granted directory did not open within the plugin's deadline: the mount it is on does not
+    /// answer (a hung network or FUSE mount). An instance being made fails as a timeout.
+    #[error(
+        "plugin \"{name}\": {grant}: not opened within the plugin's deadline of {timeout:?} \
+         (limits.timeout_ms): the filesystem it is on did not answer"
+    )]
+    GrantTimedOut {
+        /// Plugin name.
+        name: String,
+        /// The grant, as `dirs."/guest" = "host path"`.
+        grant: String,
+        /// The plugin's deadline.
+        timeout: Duration,
+    },
 }
 
 /// What a plugin was built for, in words.

@@ -7,7 +7,7 @@ use super::bindings::{
 };
 use super::compiled::{CompiledPlugin, KindPre, PluginCode, PluginKind};
 use super::engine::PluginEngine;
-use super::error::{PluginError, PluginFault};
+use super::error::{LoadError, PluginError, PluginFault};
 use super::host_calls::CallCounts;
 use super::net_grant::NetGrant;
 use super::sandbox::StoreState;
@@ -129,7 +129,7 @@ impl PluginInstance {
     pub(super) fn in_state(
         engine: &PluginEngine,
         plugin: Arc<CompiledPlugin>,
-        state: Result<StoreState, super::error::LoadError>,
+        state: Result<StoreState, LoadError>,
     ) -> Result<PluginInstance, StartFailure> {
         let backend = match &plugin.code {
             PluginCode::Wasm(pre) => Self::instantiate(engine, &plugin, pre, state)?,
@@ -145,9 +145,14 @@ impl PluginInstance {
         engine: &PluginEngine,
         plugin: &CompiledPlugin,
         pre: &KindPre,
-        state: Result<StoreState, super::error::LoadError>,
+        state: Result<StoreState, LoadError>,
     ) -> Result<Backend, StartFailure> {
-        let state = state.map_err(|err| StartFailure::Fault(PluginFault::Unusable(err.to_string())))?;
+        let state = state.map_err(|err| {
+            StartFailure::Fault(match err {
+                LoadError::GrantTimedOut { timeout, .. } => PluginFault::TimedOut(timeout),
+                err => PluginFault::Unusable(err.to_string()),
+            })
+        })?;
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
         super::ticker::end_calls_on_time(&mut store, |state| state.call_ends_at);

@@ -2,6 +2,7 @@
 //! and the `host` interface (log, config, clock, counters; see [`HostCalls`]).
 
 use super::bindings::{HOST_INTERFACE, Level, TypesImports, add_types_imports};
+use super::dir_grant::preopen;
 use super::error::LoadError;
 use super::host_calls::{CallCounts, HostCalls};
 use super::net_grant::NetGrant;
@@ -99,7 +100,10 @@ impl PluginSettings {
     }
 
     /// A WASI context granting exactly what the config grants, nothing
-    /// else, with `connect` as the addresses it may reach.
+    /// else, with `connect` as the addresses it may reach. Its granted
+    /// directories open one after the other within the plugin's deadline, or
+    /// it is not made: a mount that does not answer leaves one thread waiting
+    /// on it (see [`preopen`]), at most one per context asked for.
     fn wasi(&self, connect: &Arc<NetGrant>) -> Result<WasiCtx, LoadError> {
         let mut builder = WasiCtxBuilder::new();
         for name in &self.config.env {
@@ -107,13 +111,22 @@ impl PluginSettings {
                 builder.env(name, value);
             }
         }
+        let deadline = tokio::time::Instant::now() + self.timeout();
         for (guest, value) in &self.config.dirs {
             let DirGrant { path, writable } = DirGrant::parse(value);
             let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            builder.preopened_dir(path, guest, perms).map_err(|err| LoadError::Grant {
-                name: self.config.name.clone(),
-                reason: format!("dirs.\"{guest}\" = \"{path}\": {err}"),
-            })?;
+            let grant = || format!("dirs.\"{guest}\" = \"{path}\"");
+            builder = match preopen(builder, path, guest, perms, deadline) {
+                Some(Ok(builder)) => builder,
+                Some(Err(err)) => {
+                    let reason = format!("{}: {err}", grant());
+                    return Err(LoadError::Grant { name: self.config.name.clone(), reason });
+                }
+                None => {
+                    let (name, grant, timeout) = (self.config.name.clone(), grant(), self.timeout());
+                    return Err(LoadError::GrantTimedOut { name, grant, timeout });
+                }
+            };
         }
         if !connect.is_empty() {
             let allowed = connect.clone();

@@ -16,8 +16,9 @@ pub(super) struct Refusal {
     /// Refused for a reason outside the file, one that may pass while the file stays as it is:
     /// its kind against where the config uses the plugin (a changed config, which re-reads every
     /// plugin, may use it as that kind), or a grant the host could not give then (a name of
-    /// `allow_net` that did not resolve, a granted directory not made yet). Every sync tries the
-    /// file again; the same refusal is still reported once.
+    /// `allow_net` that did not resolve, a granted directory not made yet, or one whose mount did
+    /// not answer in time). Every sync tries the file again; the same refusal is still reported
+    /// once.
     pub(super) may_pass: bool,
     /// The native library the file opened, which a retry of the same file starts from.
     pub(super) opened: Opened,

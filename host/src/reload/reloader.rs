@@ -262,7 +262,10 @@ impl Reloader {
     /// when it could be read) was refused for `error`, unless this same file
     /// was refused for the same reason already; keep what it left `opened`.
     fn refuse(&self, name: String, error: &LoadError, file: Option<FileRead>, opened: Opened) {
-        let may_pass = matches!(error, LoadError::KindChanged { .. } | LoadError::Grant { .. });
+        let may_pass = matches!(
+            error,
+            LoadError::KindChanged { .. } | LoadError::Grant { .. } | LoadError::GrantTimedOut { .. }
+        );
         let refusal = Refusal { file, reason: error.to_string(), may_pass, opened };
         let mut refused = self.refused.lock().unwrap_or_else(|poison| poison.into_inner());
         // Kept even when told before: what it left open is what a retry starts from.
