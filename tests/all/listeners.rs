@@ -55,12 +55,76 @@ async fn trickling_clients_are_cut_at_the_header_timeout_and_a_whole_request_is_
             0..70 => assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{n}: {answer}"),
             // HTTP/2 is not served: refused, or cut.
             70..80 => assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 "), "{n}: {answer}"),
-            _ => assert!(answer.starts_with("HTTP/1.1 400"), "{n}: {answer}"),
+            _ => assert!(answer.starts_with("HTTP/1.1 408"), "{n}: {answer}"),
         }
     }
     assert_eq!(whole.await.unwrap().0, 202, "a whole request is served");
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 1, "nothing of the trickling requests was accepted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_trickled_within_each_pause_is_cut_at_its_allowance_and_one_sent_at_a_kib_a_second_served() {
+    // A byte every 200 ms never paused the 300 ms allowed: 250 of them took 50 s and were taken
+    // (202), so 1024 such clients held the ingress as long as they liked. The clock is paused:
+    // the deadlines pass only once every task waits, never while the host is slow on a loaded
+    // machine.
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 300\n\
+         [[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let addr = crate::support::start_ingress(&host).await;
+    let every = std::time::Duration::from_millis(200);
+    for path in ["/v1/messages/t", "/v1/messages"] {
+        let (answer, took) =
+            within(send_slowly(addr, path, &[b'x'; 250].map(|byte| vec![byte]), every)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        // The header deadline, and a millisecond for the byte sent.
+        assert!(took < std::time::Duration::from_millis(400), "{path}: cut after {took:?}");
+    }
+    // 2 KiB in eight pieces 200 ms apart: never a pause, and never slower than a KiB a second
+    // after the header deadline.
+    let pieces = [b'x'; 8].map(|byte| vec![byte; 256]);
+    let (answer, _) = within(send_slowly(addr, "/v1/messages/t", &pieces, every)).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    tokio::time::resume();
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 1, "nothing of the cut requests was accepted");
+}
+
+/// The status line `addr` answers a POST to `path` whose body is `pieces`, sent `every` so long
+/// apart (the first with the headers), and how long after the headers it came.
+async fn send_slowly(
+    addr: SocketAddr,
+    path: &str,
+    pieces: &[Vec<u8>],
+    every: std::time::Duration,
+) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let length = pieces.iter().map(Vec::len).sum::<usize>();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let sent = tokio::time::Instant::now();
+    let pieces = pieces.to_vec();
+    let sending = tokio::spawn(async move {
+        for piece in pieces {
+            // Once cut, the host reads no more: a write may fail.
+            if writer.write_all(&piece).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut status = String::new();
+    tokio::io::BufReader::new(reader).read_line(&mut status).await.unwrap();
+    let took = sent.elapsed();
+    sending.abort();
+    (status, took)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,14 +2,15 @@
 //! at most so many connections open at once (the rest wait in the kernel's
 //! backlog, never costing a descriptor), a deadline for a new connection's
 //! first bytes and for each request's headers, and one on every pause inside
-//! a request's body, so a client that sends nothing or trickles bytes is cut
-//! off instead of held forever; so is one that takes nothing of what it is
-//! sent for as long. Shutdown stops accepting and lets requests
+//! a request's body and on the whole of it ([`slow_body`]), so a client that
+//! sends nothing or trickles bytes is cut off instead of held forever; so is
+//! one that takes nothing of what it is sent for as long. Shutdown stops accepting and lets requests
 //! in progress finish. A connection upgraded to a WebSocket keeps its slot,
 //! and holds the shutdown, until the socket closes ([`held`]).
 
 mod held;
 pub(crate) use held::Held;
+pub(crate) mod slow_body;
 pub(crate) mod socket;
 
 use axum::Router;
@@ -23,7 +24,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::RequestBodyTimeout;
 
 /// What a listener allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,8 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     /// Time a client has to send a request's headers, from the moment the
     /// connection is taken or the previous response was sent; the longest
-    /// pause it may make inside a request's body; and the longest a write to
+    /// pause it may make inside a request's body, and the start of the time
+    /// the whole body has ([`slow_body::allowance`]); and the longest a write to
     /// it may wait on it taking nothing (an answer, a socket's frame).
     pub header_timeout: Duration,
 }
@@ -58,6 +59,7 @@ pub(crate) async fn serve(
     let (connections, stopping) = (TaskTracker::new(), CancellationToken::new());
     let mut http1 = http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let app = TowerToHyperService::new(app);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -65,7 +67,12 @@ pub(crate) async fn serve(
             accepted = accept(&listener, &slots) => accepted,
         };
         let (stream, slot) = accepted;
-        let service = TowerToHyperService::new(RequestBodyTimeout::new(app.clone(), limits.header_timeout));
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (request, cut) = slow_body::timed(request, limits.header_timeout);
+            let answered = hyper::service::Service::call(&app, request);
+            async move { answered.await.map(|answer| cut.answer(answer)) }
+        });
         // The slot goes with the connection: to the socket an upgrade hands it to, if one does.
         let held = Held::new(stream, limits.header_timeout, slot, connections.token());
         let served = http1.serve_connection(TokioIo::new(held), service).with_upgrades();
