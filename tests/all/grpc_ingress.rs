@@ -5,7 +5,9 @@
 use crate::support::{builder, drain_and_account, eventually, next, plugin_dir, within};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use switchyard::ingress::{IngressClient, PublishOutcome, PublishRequest, PublishResult, Refusal};
+use switchyard::ingress::{
+    IngressClient, PublishOutcome, PublishRequest, PublishResult, PublishStreamReply, Refusal,
+};
 use switchyard::{Config, GrpcIngress, Host, Message, RouteConfig};
 
 /// Serve `host`'s gRPC ingress on 127.0.0.1 (any free port) while the test's runtime lives; where.
@@ -30,11 +32,12 @@ type Frames = std::pin::Pin<
     >,
 >;
 
-/// A `Publish` call to the ingress at `addr` over a connection of its own whose body is `frames`, as
-/// no gRPC client sends it (cut short, never ending); its answer, with the connection's sender and
-/// task.
-async fn publish_raw(
+/// A call of `method` (`Publish`, `PublishStream`) to the ingress at `addr` over a connection of its
+/// own whose body is `frames`, as no gRPC client sends it (cut short, never ending, trickled); its
+/// answer, with the connection's sender and task.
+async fn call_raw(
     addr: std::net::SocketAddr,
+    method: &str,
     frames: Frames,
 ) -> (
     hyper::Response<hyper::body::Incoming>,
@@ -46,7 +49,7 @@ async fn publish_raw(
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
     let connection = tokio::spawn(connection);
-    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/Publish"))
+    let request = hyper::Request::post(format!("http://{addr}/switchyard.v1.Ingress/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(http_body_util::StreamBody::new(frames))
@@ -147,7 +150,7 @@ async fn a_call_without_the_token_is_refused_on_its_headers_before_its_message_c
     );
     let (host, _dir) = host(&text).await;
     let addr = serve(&host).await;
-    let (answer, ..) = publish_raw(addr, Box::pin(futures_util::stream::pending())).await;
+    let (answer, ..) = call_raw(addr, "Publish", Box::pin(futures_util::stream::pending())).await;
     let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
     assert_eq!(status, Some("16"), "UNAUTHENTICATED: {answer:?}");
     drain_and_account(&host).await;
@@ -345,7 +348,7 @@ async fn a_call_whose_request_stalls_fails_and_its_idle_connection_is_closed() {
     let frames =
         futures_util::stream::iter([Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(frame))]);
     let (answer, sender, connection) =
-        publish_raw(addr, Box::pin(frames.chain(futures_util::stream::pending()))).await;
+        call_raw(addr, "Publish", Box::pin(frames.chain(futures_util::stream::pending()))).await;
     let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
     assert!(status.is_some_and(|status| status != "0"), "{answer:?}");
     // Its connection, no call open, is closed (the client still holds it).
@@ -355,6 +358,56 @@ async fn a_call_whose_request_stalls_fails_and_its_idle_connection_is_closed() {
     drop(sender);
     tokio::time::resume();
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_trickled_within_each_pause_is_refused_at_its_allowance() {
+    // A byte every 100 ms never paused the 2 s allowed: a Publish took as long as its client liked
+    // (each of 200 calls a connection), and so did each message of a stream; its 75 bytes took 7.5 s
+    // and were admitted. Now a message has 2 s and a second a KiB from its first byte. On the real
+    // clock (a paused one moved on while a byte was on its way through the client's tasks), with a
+    // pause twenty times as long as the client's, so that only a slow message is cut.
+    let text = format!("{CONFIG}[ingress.grpc]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 2000\n");
+    let (host, _dir) = host(&text).await;
+    let addr = serve(&host).await;
+    let trickled = || trickled(&publish("orders.eu", &"x".repeat(60)), std::time::Duration::from_millis(100));
+    let (answer, ..) = call_raw(addr, "Publish", trickled()).await;
+    let status = answer.headers().get("grpc-status").and_then(|status| status.to_str().ok());
+    assert_eq!(status, Some("4"), "DEADLINE_EXCEEDED: {answer:?}");
+    // A stream: its first message whole, its second trickled.
+    let whole = hyper::body::Frame::data(grpc_frame(&publish("orders.eu", "whole")));
+    let whole = futures_util::stream::iter([Ok(whole)]);
+    let (answer, ..) = call_raw(addr, "PublishStream", Box::pin(whole.chain(trickled()))).await;
+    let body = within(http_body_util::BodyExt::collect(answer.into_body())).await.unwrap().to_bytes();
+    let reply: PublishStreamReply = prost::Message::decode(&body[5..]).unwrap();
+    assert_eq!((reply.accepted, reply.results.len()), (1, 2), "{reply:?}");
+    let slow = refusal(&reply.results[1]);
+    assert_eq!(slow.status, 408, "{slow:?}");
+    assert!(slow.error.contains("not sent within 2000 ms"), "{slow:?}");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 1, "nothing of the trickled messages was accepted");
+}
+
+/// `request` as a gRPC message on the wire: its length prefix, then its encoding.
+fn grpc_frame(request: &PublishRequest) -> bytes::Bytes {
+    let encoded = prost::Message::encode_to_vec(request);
+    let mut frame = vec![0];
+    frame.extend(u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    frame.extend(encoded);
+    frame.into()
+}
+
+/// `request` as a gRPC message sent a byte `every` so long, the first at once, then nothing more, the
+/// body never ending.
+fn trickled(request: &PublishRequest, every: std::time::Duration) -> Frames {
+    let bytes = futures_util::stream::iter(grpc_frame(request)).enumerate();
+    let trickle = bytes.then(move |(n, byte)| async move {
+        if n > 0 {
+            tokio::time::sleep(every).await;
+        }
+        Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![byte])))
+    });
+    Box::pin(trickle.chain(futures_util::stream::pending()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@
 //! read (none waited for: see [`together`](super::together)), so that with `durability = "spool"`
 //! their records share one fsync; it answers with one result per
 //! message, at most 10 000 of them (the bulk ingress's `MAX_BATCH`): reading stops at the message past
-//! them, at one the stream breaks off with (too large, malformed, a pause of `header_timeout_ms`) and
+//! them, at one the stream breaks off with (too large, malformed, a pause of `header_timeout_ms`, sent
+//! slower than its allowance: see [`paused_body`]) and
 //! at a stop, and a last refusal says so; the call itself never fails once a message was admitted.
 //! A message with more headers than the host takes is refused for their count as it is decoded,
 //! none of them built ([`codec`]): a stream breaks off at it too.
@@ -237,7 +238,8 @@ impl Service {
 
     /// The next message of `stream`, `None` at its end; or why reading it stops there, with the
     /// HTTP status of the refusal: the ingress is stopping (503), or the stream broke off with a
-    /// message too large (413) or malformed, or a pause too long (400).
+    /// message too large (413) or malformed, or a pause too long (400), or a message sent too
+    /// slowly (408).
     async fn next_of(&self, stream: &mut Streaming<PublishRequest>) -> Next {
         let next = tokio::select! {
             biased;
@@ -251,6 +253,7 @@ impl Service {
                     (format!("no message for {} ms (header_timeout_ms)", self.pause.as_millis()), 400)
                 }
                 tonic::Code::OutOfRange => (broke.message().to_owned(), 413),
+                tonic::Code::DeadlineExceeded => (broke.message().to_owned(), 408),
                 _ => (broke.message().to_owned(), 400),
             }
         })
