@@ -94,6 +94,52 @@ async fn a_body_trickled_within_each_pause_is_cut_at_its_allowance_and_one_sent_
     assert_eq!(stats.accepted, 1, "nothing of the cut requests was accepted");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_listener_refuses_new_connections_while_a_request_in_progress_finishes() {
+    // The listener kept its socket until every connection closed: a client that connected during
+    // the stop waited in the backlog, unanswered, for the whole grace period, then was reset.
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "{MEMORY_OUT}[ingress.http]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 3600000\n\
+         [[route]]\nname = \"all\"\nto = \"out\"\n"
+    );
+    let host = host(dir.path(), &config).await;
+    let ingress = switchyard::HttpIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(ingress.serve(async move {
+        let _ = stopped.await;
+    }));
+    // A request in progress: its body read (hyper asks for it: 100 Continue), not all of it sent.
+    let mut busy = TcpStream::connect(addr).unwrap();
+    let head =
+        b"POST /v1/messages/t HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n";
+    busy.write_all(head).unwrap();
+    let mut reader = std::io::BufReader::new(busy.try_clone().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+    busy.write_all(b"{}").unwrap();
+    stop.send(()).unwrap();
+    let refused = tokio::task::spawn_blocking(move || {
+        crate::support::eventually(|| match TcpStream::connect(addr) {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(other.map(|_| "connected")),
+        })
+    });
+    within(refused).await.unwrap();
+    assert!(!serving.is_finished(), "the request in progress holds the stop");
+    busy.write_all(b"  ").unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut answer = String::new();
+        reader.read_to_string(&mut answer).map(|_| answer)
+    });
+    let answer = within(answer).await.unwrap().unwrap();
+    assert!(answer.contains("HTTP/1.1 202"), "the request in progress is served: {answer}");
+    within(serving).await.unwrap();
+    drain_and_account(&host).await;
+}
+
 /// The status line `addr` answers a POST to `path` whose body is `pieces`, sent `every` so long
 /// apart (the first with the headers), and how long after the headers it came.
 async fn send_slowly(

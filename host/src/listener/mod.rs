@@ -4,8 +4,9 @@
 //! first bytes and for each request's headers, and one on every pause inside
 //! a request's body and on the whole of it ([`slow_body`]), so a client that
 //! sends nothing or trickles bytes is cut off instead of held forever; so is
-//! one that takes nothing of what it is sent for as long. Shutdown stops accepting and lets requests
-//! in progress finish. A connection upgraded to a WebSocket keeps its slot,
+//! one that takes nothing of what it is sent for as long. Shutdown stops
+//! accepting (a new client is refused, not left in the backlog) and lets
+//! requests in progress finish. A connection upgraded to a WebSocket keeps its slot,
 //! and holds the shutdown, until the socket closes ([`held`]).
 
 mod held;
@@ -90,6 +91,8 @@ pub(crate) async fn serve(
             }
         });
     }
+    // Clients that come now are refused, not left in the backlog for the whole stop.
+    drop(listener);
     stopping.cancel();
     connections.close();
     connections.wait().await;
