@@ -15,6 +15,41 @@ pub type MessageId = u64;
 /// any `x-sy-` header) from a client.
 pub const ID_HEADER: &str = "x-sy-id";
 
+/// Header carrying the sequence number, in its stream, of a message a JetStream ingress pulled.
+pub const STREAM_SEQ_HEADER: &str = "x-sy-stream-seq";
+
+/// The host's headers an ingress or admission gives a message as it takes it in: its id and, pulled
+/// from a JetStream stream, its sequence number there. One of each is the host's, whoever set its
+/// value, not one of the headers the sender gave, which the header limit counts ([`SendersHeaders`]).
+const INTAKE_HEADERS: [&str; 2] = [ID_HEADER, STREAM_SEQ_HEADER];
+
+/// Counts the headers a message's sender gave, as the header limit does: all but one of each of
+/// [`INTAKE_HEADERS`]. A message taken in with as many headers as the limit allows keeps within it
+/// once the host gave it its own, and when a stage sends it on unchanged.
+#[derive(Debug, Default)]
+pub(crate) struct SendersHeaders {
+    seen: usize,
+    /// Which of [`INTAKE_HEADERS`] were seen.
+    intake: [bool; INTAKE_HEADERS.len()],
+}
+
+impl SendersHeaders {
+    /// Count header `name`.
+    pub(crate) fn add(&mut self, name: &str) {
+        self.seen += 1;
+        if is_host_header(name)
+            && let Some(at) = INTAKE_HEADERS.iter().position(|intake| name.eq_ignore_ascii_case(intake))
+        {
+            self.intake[at] = true;
+        }
+    }
+
+    /// The headers counted that the sender gave.
+    pub(crate) fn count(&self) -> usize {
+        self.seen - self.intake.iter().filter(|seen| **seen).count()
+    }
+}
+
 /// Header in which the http and nats transports give a message's topic (replacing one the message
 /// carried).
 pub const TOPIC_HEADER: &str = "x-sy-topic";
@@ -141,6 +176,13 @@ impl Message {
     pub(crate) fn size(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
         self.topic.len() + self.payload.len() + headers
+    }
+
+    /// How many of its headers the sender gave ([`SendersHeaders`]): what the header limit counts.
+    pub(crate) fn senders_header_count(&self) -> usize {
+        let mut senders = SendersHeaders::default();
+        self.headers.iter().for_each(|(name, _)| senders.add(name));
+        senders.count()
     }
 
     /// The globally unique id ([`ID_HEADER`]), once the message was accepted.
@@ -462,5 +504,15 @@ mod tests {
         let unchanged = first_output(&input(), &mut input());
         assert_eq!(unchanged, input(), "an output that kept them as they were is left alone");
         assert!(is_host_header("X-Sy-Anything") && !is_host_header("x-sy") && !is_host_header("é-sy-x"));
+    }
+
+    #[test]
+    fn the_sender_gave_every_header_but_one_of_each_the_host_gives_on_intake() {
+        let sent = Message::new("t", "").with_header("x-a", "1").with_header("X-SY-ID", "mine");
+        assert_eq!(sent.senders_header_count(), 1, "the id is the host's, whoever set its value");
+        let pulled = sent.clone().with_header(STREAM_SEQ_HEADER, "7").with_header("x-sy-route", "r");
+        assert_eq!(pulled.senders_header_count(), 2, "and a stream's sequence, not other x-sy- headers");
+        let twice = pulled.with_header(ID_HEADER, "again").with_header(STREAM_SEQ_HEADER, "8");
+        assert_eq!(twice.senders_header_count(), 4, "a second id or sequence is the sender's");
     }
 }

@@ -188,6 +188,33 @@ async fn a_batch_past_its_limits_is_refused_without_the_rest_being_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_most_headers_a_client_may_give_is_admitted_with_the_hosts_id() {
+    // The ingress gives each message its id before admission, which counted it among the
+    // client's headers: a message of 1024 was refused as "1025 headers; at most 1024".
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    let line = |count: usize| {
+        let headers: Vec<String> = (0..count).map(|n| format!(r#""x-{n}":"v""#)).collect();
+        format!(r#"{{"topic":"a","headers":{{{}}}}}"#, headers.join(","))
+    };
+    let (status, answer) =
+        bulk(addr, "application/x-ndjson", format!("{}\n{}\n", line(1024), line(1025))).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{answer}");
+    let refused = &answer["results"][1];
+    assert_eq!(
+        (refused["status"].as_u64(), refused["error"].as_str()),
+        (Some(400), Some("malformed message: 1025 headers; at most 1024")),
+        "{answer}"
+    );
+    let delivered = next(&host.memory("out").unwrap()).await;
+    assert_eq!(delivered.headers.len(), 1025, "the client's 1024 and the host's id");
+    assert_eq!(delivered.unique_id(), answer["results"][0]["id"].as_str());
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_for_room_part_way_accepts_none_after_the_first_refused() {
     // A batch whose messages were each tried against the intake's byte budget alone took a small
     // message after a large one refused for room: an answer of [503, 202], so a client that sends

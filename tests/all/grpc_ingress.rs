@@ -230,6 +230,27 @@ fn refusal(result: &PublishResult) -> &Refusal {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_most_headers_a_client_may_give_is_admitted_with_the_hosts_id() {
+    // The ingress gives each message its id before admission, which counted it among the
+    // client's headers: a message of 1024 was refused as "1025 headers; at most 1024".
+    let (host, _dir) = host(CONFIG).await;
+    let mut client = client(&host).await;
+    let headers = |count: usize| (0..count).map(|n| (format!("x-{n}"), "v".to_owned())).collect();
+    let full = PublishRequest { headers: headers(1024), ..publish("orders.eu", "full") };
+    let id = client.publish(full).await.expect("1024 headers are within the limit").into_inner().id;
+    let delivered = next(&host.memory("out").unwrap()).await;
+    assert_eq!((delivered.headers.len(), delivered.unique_id()), (1025, Some(id.as_str())));
+    let over = PublishRequest { headers: headers(1025), ..publish("orders.eu", "over") };
+    let refused = client.publish(over).await.expect_err("too many headers");
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::InvalidArgument, "1025 headers; at most 1024")
+    );
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_with_more_headers_than_the_host_takes_is_refused_for_their_count_before_any_is_built() {
     // Every header of a request was decoded into its map, and checked one by one, before admission
     // counted them: tiny headers by the hundred thousand within max_message_bytes made the host

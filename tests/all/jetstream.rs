@@ -486,6 +486,45 @@ async fn a_message_the_host_cannot_admit_is_terminated_not_redelivered_forever()
     within(host.shutdown()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_most_headers_a_publisher_may_give_is_admitted_with_the_hosts_own() {
+    // The ingress gives each message its id and stream sequence before admission, which counted
+    // them among the publisher's headers: a message of 1024 was refused (and terminated) as "1026
+    // headers; at most 1024".
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    let dir = plugin_dir(&[]);
+    let state = dir.path().join("state");
+    let config = format!(
+        "{}[[route]]\nname = \"all\"\nto = \"out\"\n",
+        crate::support::MEMORY_OUT.replacen(
+            "[host]\n",
+            &format!("[host]\nwatch = false\nstate_dir = {state:?}\n"),
+            1
+        )
+    );
+    let host = host(dir.path(), &config).await;
+    let (stop, serving) = consume(&host, &server, 300).await;
+    for count in [1024, 1025] {
+        let mut headers = async_nats::HeaderMap::new();
+        (0..count).for_each(|n| headers.insert(format!("x-{n}").as_str(), "v"));
+        context.publish_with_headers("orders.eu", headers, "p".into()).await.unwrap().await.unwrap();
+    }
+    let delivered = next(&host.memory("out").unwrap()).await;
+    assert_eq!(delivered.header(STREAM_SEQ_HEADER), Some("1"));
+    assert_eq!(delivered.headers.len(), 1026, "the publisher's 1024, the host's id and stream sequence");
+    // The one past the limit is done with for good.
+    until(async || match pending(&context).await {
+        (0, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+    drop(stop);
+    within(serving).await.unwrap();
+    assert_eq!((jetstream_count(&host, "acked"), jetstream_count(&host, "terminated")), (1.0, 1.0));
+    within(host.shutdown()).await;
+}
+
 /// Wait until `sink` has had a message of each of `seqs`.
 async fn arrived(sink: &Sink, seqs: impl IntoIterator<Item = u64>) {
     let wanted: std::collections::BTreeSet<u64> = seqs.into_iter().collect();

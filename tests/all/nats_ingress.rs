@@ -105,6 +105,32 @@ async fn a_request_gets_the_hosts_reply_or_the_reason_it_has_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_most_headers_a_publisher_may_give_is_admitted_with_the_hosts_id() {
+    // The ingress gives each message its id before admission, which counted it among the
+    // publisher's headers: a message of 1024 was refused as "1025 headers; at most 1024".
+    let server = NatsServer::start();
+    let dir = plugin_dir(&[]);
+    let host = echo_host(dir.path()).await;
+    let (stop, serving) = serve(&host, &server, &["echo.>"]).await;
+    let client = server.client().await;
+    let headers = |count: usize| {
+        let mut headers = async_nats::HeaderMap::new();
+        (0..count).for_each(|n| headers.insert(format!("x-{n}").as_str(), "v"));
+        headers
+    };
+    let answer = within(client.request_with_headers("echo.full", headers(1024), "hi".into())).await.unwrap();
+    let error = answer.headers.as_ref().and_then(|headers| headers.get("x-sy-error").cloned());
+    assert_eq!((answer.payload.as_ref(), error), (&b"HI"[..], None), "1024 headers are within the limit");
+    let refused = within(client.request_with_headers("echo.over", headers(1025), "hi".into())).await.unwrap();
+    let error = refused.headers.expect("headers").get("x-sy-error").map(|error| error.as_str().to_owned());
+    assert!(error.as_deref().is_some_and(|error| error.ends_with("1025 headers; at most 1024")), "{error:?}");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingress_subscribes_again_after_the_server_restarts() {
     let mut server = NatsServer::start();
     let dir = plugin_dir(&[]);

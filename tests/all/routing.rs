@@ -434,6 +434,24 @@ async fn headers_count_toward_the_size_limit_and_their_number_is_capped() {
 }
 
 #[tokio::test]
+async fn the_header_limit_counts_the_senders_headers_not_the_hosts_id() {
+    // A message sent with its own `x-sy-id` and 1024 headers besides was refused as "1025
+    // headers": the limit counted the id, which is the host's header whoever set its value.
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("{OUTS}[[route]]\nname = \"all\"\nto = \"a\"\n")).await;
+    let headers = |count: usize| (0..count).map(|n| (format!("h{n}"), String::new())).collect::<Vec<_>>();
+    let mut crowded = Message::new("t", "").with_header("x-sy-id", "mine");
+    crowded.headers.extend(headers(1024));
+    host.send(crowded).await.unwrap();
+    let delivered = next(&host.memory("a").unwrap()).await;
+    assert_eq!((delivered.headers.len(), delivered.unique_id()), (1025, Some("mine")));
+    let mut over = Message::new("t", "").with_header("x-sy-id", "mine");
+    over.headers.extend(headers(1025));
+    assert_eq!(host.send(over).await, Err(SendError::Malformed("1025 headers; at most 1024".into())));
+    assert_eq!(drain_and_account(&host).await.accepted, 1);
+}
+
+#[tokio::test]
 async fn a_message_of_the_most_headers_passes_a_transform_that_sends_it_on_unchanged() {
     // Admission took 1024 headers and added the host's id; the check of what a transform makes
     // counted the id too, so a transform sending such a message on was refused (output limit).

@@ -92,6 +92,32 @@ async fn frames_are_acked_with_their_ids_and_a_wait_frame_gets_its_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_of_the_most_headers_a_client_may_give_is_admitted_with_the_hosts_id() {
+    // The ingress gives each message its id before admission, which counted it among the
+    // client's headers: a frame of 1024 was refused as "1025 headers; at most 1024".
+    let (host, _dir) = replying_host().await;
+    let addr = start_ingress(&host).await;
+    let mut socket = connect(addr, None).await.unwrap();
+    let headers = |count: usize| -> serde_json::Map<String, Value> {
+        (0..count).map(|n| (format!("x-{n}"), json!("v"))).collect()
+    };
+    send(&mut socket, json!({ "topic": "t", "headers": headers(1024), "ref": "full" })).await;
+    let accepted = answer(&mut socket).await;
+    assert_eq!(accepted["ref"], "full", "{accepted}");
+    assert!(accepted["id"].is_string(), "{accepted}");
+    send(&mut socket, json!({ "topic": "t", "headers": headers(1025), "ref": "over" })).await;
+    let refused = answer(&mut socket).await;
+    assert_eq!(
+        (refused["ref"].as_str(), refused["status"].as_u64(), refused["error"].as_str()),
+        (Some("over"), Some(400), Some("1025 headers; at most 1024")),
+        "{refused}"
+    );
+    socket.close(None).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_is_refused_for_a_large_ref_or_too_many_headers_and_its_answer_stays_small() {
     let (host, _dir) = replying_host().await;
     let addr = start_ingress(&host).await;

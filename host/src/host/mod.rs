@@ -824,12 +824,13 @@ pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, Reque
     pending.await.unwrap_or(Err(RequestError::WorkerFailed))
 }
 
-/// Headers one message may carry, at most.
+/// Headers the sender of a message may give it, at most: besides those the host gives it as it
+/// takes it in, its id and stream sequence ([`SendersHeaders`](crate::message::SendersHeaders)).
 pub(crate) const MAX_HEADERS: usize = 1024;
 
-/// What is wrong with a message of `count` headers, if anything: more than [`MAX_HEADERS`].
-/// Checked at admission, and by the ingresses that count a client's headers as they read them
-/// (and build none past the limit).
+/// What is wrong with a message whose sender gave it `count` headers, if anything: more than
+/// [`MAX_HEADERS`]. Checked at admission, and by the ingresses that count a client's headers as
+/// they read them (and build none past the limit).
 pub(crate) fn header_count_problem(count: usize) -> Option<String> {
     (count > MAX_HEADERS).then(|| format!("{count} headers; at most {MAX_HEADERS}"))
 }
@@ -905,14 +906,15 @@ pub(crate) fn topic_problem(topic: &str) -> Option<String> {
     None
 }
 
-/// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers, each a
-/// valid one ([`header_problem`]), and payload and headers together within `limit` bytes.
+/// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers the sender gave
+/// (an ingress gives it its id before admission), each a valid one ([`header_problem`]), and
+/// payload and headers together within `limit` bytes.
 /// Returns that size.
 pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
     if let Some(problem) = topic_problem(&message.topic) {
         return Err(SendError::Malformed(problem));
     }
-    if let Some(problem) = header_count_problem(message.headers.len()) {
+    if let Some(problem) = header_count_problem(message.senders_header_count()) {
         return Err(SendError::Malformed(problem));
     }
     if let Some(problem) = message.headers.iter().find_map(|(name, value)| header_problem(name, value)) {

@@ -5,14 +5,15 @@
 //! back untouched), through [`answers`](super::answers), as `switchyard plugin call` does.
 
 use super::PluginFault;
-use crate::message::{ID_HEADER, Message};
+use crate::message::{ID_HEADER, Message, STREAM_SEQ_HEADER, SendersHeaders};
 use switchyard_wire::{MessageRef, WireError};
 
 /// Messages a transform may make of one message, at most.
 const MAX_OUTPUTS_PER_MESSAGE: usize = 1024;
 
-/// Headers one message a transform makes may carry, at most, besides the host's id header (as
-/// admission counts them: it adds that one after).
+/// Headers one message a transform makes may carry, at most, besides the host's own it gives a
+/// message as it takes it in (as admission counts them: a message admitted with the most headers
+/// it takes, sent on unchanged, is within the limit).
 const MAX_OUTPUT_HEADERS: usize = 1024;
 
 /// Check one output of a transform against the limits, counting it against its input in
@@ -88,19 +89,20 @@ fn check_headers_and_size<'m>(
     payload_len: usize,
     max_message_bytes: usize,
 ) -> Result<(), PluginFault> {
-    // One pass: each header valid, and how many and their bytes but the host's own id header.
-    let (mut count, mut header_bytes) = (0, 0);
+    // One pass: each header valid, how many as admission counts them, and their bytes but the
+    // host's own id header.
+    let (mut count, mut header_bytes) = (SendersHeaders::default(), 0);
     for (name, value) in headers {
         if let Some(problem) = crate::host::header_problem(name, value) {
             return Err(PluginFault::Malformed(format!("an output's {problem}")));
         }
-        if let Some(bytes) = counted_header_bytes(name, value) {
-            count += 1;
-            header_bytes += bytes;
-        }
+        count.add(name);
+        header_bytes += counted_header_bytes(name, value).unwrap_or(0);
     }
-    if count > MAX_OUTPUT_HEADERS {
-        let problem = format!("a message with more than {MAX_OUTPUT_HEADERS} headers besides {ID_HEADER}");
+    if count.count() > MAX_OUTPUT_HEADERS {
+        let problem = format!(
+            "a message with more than {MAX_OUTPUT_HEADERS} headers besides {ID_HEADER} and {STREAM_SEQ_HEADER}"
+        );
         return Err(PluginFault::OutputLimit(problem));
     }
     let size = topic_len + payload_len + header_bytes;

@@ -58,7 +58,7 @@
 use super::durable::join;
 use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host, SendError};
-use crate::message::{ID_HEADER, Message, is_host_header};
+use crate::message::{ID_HEADER, Message, STREAM_SEQ_HEADER, is_host_header};
 use crate::metrics::Pulled;
 use crate::receipt::{Receipt, Settlement};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::Acker};
@@ -70,9 +70,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// The header carrying a message's sequence number in its stream.
-pub const STREAM_SEQ_HEADER: &str = "x-sy-stream-seq";
 
 /// Messages asked for by one pull, at most.
 const MAX_BATCH: usize = 256;

@@ -11,7 +11,8 @@ use crate::config::NatsIngressConfig;
 use crate::host::{BuildError, Host};
 use std::future::Future;
 
-pub use jetstream::{STREAM_SEQ_HEADER, stream_message_id};
+pub use crate::message::STREAM_SEQ_HEADER;
+pub use jetstream::stream_message_id;
 
 /// A NATS ingress connected to its server, ready to serve.
 #[derive(Debug)]
