@@ -28,6 +28,7 @@
 
 mod limit;
 
+use super::tcp::{Unread, unread};
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
     TransportOptions, reply_within,
@@ -192,14 +193,7 @@ impl Link {
     /// Whether neither the driver nor the socket saw the connection close. Bytes waiting to be read
     /// are answers to commands in flight: the connection is open.
     fn is_open(&self) -> bool {
-        if self.socket.driver.is_finished() {
-            return false;
-        }
-        let mut byte = [std::mem::MaybeUninit::uninit()];
-        match socket2::SockRef::from(&self.socket.peek).peek(&mut byte) {
-            Ok(read) => read > 0,
-            Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
-        }
+        !self.socket.driver.is_finished() && unread(&self.socket.peek) != Unread::Closed
     }
 }
 
