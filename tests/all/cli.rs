@@ -219,6 +219,20 @@ fn check_names_the_kind_or_the_specific_problem() {
 }
 
 #[test]
+fn check_refuses_two_file_destinations_writing_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("files.toml");
+    let file = |name: &str, path: &str| {
+        format!("[[destination]]\nname = \"{name}\"\ntransport = \"file\"\noptions = {{ path = {path:?} }}\n")
+    };
+    std::fs::write(&config, file("a", "out.jsonl") + &file("b", "./out.jsonl")).unwrap();
+    let (ok, out) = switchyard(&["check", config.to_str().unwrap()]);
+    let expected = "files.toml: destination \"b\".options = { path = \"./out.jsonl\" }: \
+                    destination \"a\" uses the same file (path = \"out.jsonl\")";
+    assert!(!ok && out.contains(expected), "{out}");
+}
+
+#[test]
 fn bench_instructions_names_the_cases_it_ran_the_stamp_ones_only_with_the_stamp_plugin() {
     // scripts/instructions reads callgrind's Nth dump as the Nth case named here.
     let (filter, transform) = (artifacts::HEADER_FILTER, artifacts::REDACT_TRANSFORM);

@@ -674,7 +674,7 @@ impl super::HostSection {
 
 /// `path` as the file system resolves it: absolute, each symbolic link and `..` of the part that
 /// exists resolved, and `..` applied to the rest, so that neither hides where it leads.
-fn resolved(path: &Path) -> std::path::PathBuf {
+pub(crate) fn resolved(path: &Path) -> std::path::PathBuf {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let mut resolved = std::path::PathBuf::new();
     for component in absolute.components() {

@@ -18,8 +18,8 @@ pub use affinity::AffinitySettings;
 pub use alert::{AlertConfig, Comparison, Condition, MAX_ALERT_SECONDS, Reading, Selector, Severity};
 pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub(crate) use grant::DirGrant;
-pub(crate) use load::parse_message;
 pub use load::{ConfigError, MAX_THREADS};
+pub(crate) use load::{parse_message, resolved};
 pub use model::{
     AdminConfig, BreakerSettings, Config, DestinationConfig, Durability, FailurePolicy, GrpcIngressConfig,
     HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig, PluginLimits, PoolSettings,

@@ -5,8 +5,8 @@
 //! fails part-way is cut back off the file before the attempt fails (so a retry cannot leave half a
 //! line behind), to the length the file had just before it (someone else may have emptied it in
 //! place since, as logrotate's `copytruncate` does). Lines are kept whole from one destination's
-//! writes only: another writing to the file at the same time (a destination with the same path,
-//! or the one a reload rebuilt, finishing its attempts) may lose a line it appended while this one
+//! writes only: no two destinations of a configuration may have the same path (or template), but
+//! the one a reload rebuilt, finishing its attempts, may lose a line it appended while this one
 //! cut back. A line written whole whose sync then fails stays: the attempt may have delivered
 //! it, and is retried only where a duplicate is welcome (`idempotent`). A rotation renames the full
 //! file to `PATH.N` (the first free N from 1) and starts an empty one, so no line is ever lost or
@@ -102,6 +102,17 @@ impl TransportOptions for FileOptions {
             return Err(SettingError { field: "options", value: "max_bytes = 0".into(), problem });
         }
         Ok(vec![EndpointConfig { address: self.path.clone(), weight: 1 }])
+    }
+
+    /// The file (or the files of the template) it writes: the same string, or the same path written
+    /// another way, is another destination's to write only if none writes it already.
+    fn sole_use(&self) -> Option<super::SoleUse> {
+        Some(super::SoleUse {
+            key: crate::config::resolved(Path::new(&self.path)).display().to_string(),
+            kind: "file",
+            written: format!("path = {:?}", self.path),
+            why: "their lines would interleave in it, and each rotates, cuts back and syncs it as its only writer",
+        })
     }
 }
 

@@ -43,8 +43,8 @@ pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use process_group::ProcessGroups;
 pub(crate) use progress::{AttemptProgress, DeliveryProgress, Step};
 pub use registry::{
-    CheckedTransport, CheckedTransports, SettingError, TransportContext, TransportFactory, TransportOptions,
-    TransportRegistry, Typed, typed,
+    CheckedTransport, CheckedTransports, SettingError, SoleUse, TransportContext, TransportFactory,
+    TransportOptions, TransportRegistry, Typed, typed,
 };
 pub use subprocess::{SubprocessOptions, SubprocessTransport};
 pub use tcp::TcpTransport;

@@ -18,11 +18,28 @@ pub trait TransportFactory: Send + Sync + 'static {
 }
 
 /// A destination's transport settings as [`TransportFactory::check`] read them: its endpoints, a
-/// digest of what its files held, and how to build its transport from them.
+/// digest of what its files held, what it must be the only destination to use, and how to build its
+/// transport from them.
 pub struct CheckedTransport {
     endpoints: Vec<EndpointConfig>,
     files_digest: Option<String>,
+    sole_use: Option<SoleUse>,
     build: BuildTransport,
+}
+
+/// Something only one destination of a configuration may use, such as the file a `file` destination
+/// writes: a second destination using it is refused ([`TransportRegistry::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoleUse {
+    /// What is used, as compared: two destinations giving the same key use the same thing (for a
+    /// file, its path made absolute, `.`, `..` and symbolic links resolved).
+    pub key: String,
+    /// What kind of thing it is, for the error: `file`.
+    pub kind: &'static str,
+    /// How the destination's settings name it, for the error: `path = "out.jsonl"`.
+    pub written: String,
+    /// Why two destinations cannot share it.
+    pub why: &'static str,
 }
 
 /// What builds a [`CheckedTransport`]'s transport, once.
@@ -30,9 +47,10 @@ type BuildTransport = Box<dyn FnOnce(&TransportContext) -> Arc<dyn Transport> + 
 
 impl std::fmt::Debug for CheckedTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let CheckedTransport { endpoints, files_digest, build: _ } = self;
+        let CheckedTransport { endpoints, files_digest, sole_use, build: _ } = self;
         let debug = &mut f.debug_struct("CheckedTransport");
-        debug.field("endpoints", endpoints).field("files_digest", files_digest).finish_non_exhaustive()
+        debug.field("endpoints", endpoints).field("files_digest", files_digest);
+        debug.field("sole_use", sole_use).finish_non_exhaustive()
     }
 }
 
@@ -46,7 +64,13 @@ impl CheckedTransport {
         files_digest: Option<String>,
         build: impl FnOnce(&TransportContext) -> Arc<dyn Transport> + Send + 'static,
     ) -> CheckedTransport {
-        CheckedTransport { endpoints, files_digest, build: Box::new(build) }
+        CheckedTransport { endpoints, files_digest, sole_use: None, build: Box::new(build) }
+    }
+
+    /// The same, with what the destination must be the only one to use, if anything (see
+    /// [`SoleUse`]).
+    pub fn with_sole_use(self, sole_use: Option<SoleUse>) -> CheckedTransport {
+        CheckedTransport { sole_use, ..self }
     }
 
     /// The destination's endpoints.
@@ -102,6 +126,12 @@ pub trait TransportOptions: DeserializeOwned + Send + 'static {
     fn files_digest(&self) -> Option<String> {
         None
     }
+
+    /// What a destination with these options must be the only one to use (see [`SoleUse`]). By
+    /// default `None`: nothing.
+    fn sole_use(&self) -> Option<SoleUse> {
+        None
+    }
 }
 
 /// What a transport may use of its host.
@@ -155,10 +185,10 @@ where
     fn check(&self, destination: &DestinationConfig) -> Result<CheckedTransport, SettingError> {
         let options = Self::options(destination)?;
         let endpoints = options.endpoints(&destination.endpoints)?;
-        let files_digest = options.files_digest();
+        let (files_digest, sole_use) = (options.files_digest(), options.sole_use());
         let (build, destination) = (self.build.clone(), destination.clone());
         let build = move |context: &TransportContext| build(options, &destination, context);
-        Ok(CheckedTransport::new(endpoints, files_digest, build))
+        Ok(CheckedTransport::new(endpoints, files_digest, build).with_sole_use(sole_use))
     }
 }
 
@@ -212,11 +242,14 @@ impl TransportRegistry {
         self.factories.get(transport).or_else(by_scheme)
     }
 
-    /// Check every network destination of `config` (`file` names it in errors): its transport is known
-    /// and its options fit it. What each destination's check read, by destination name, builds its
-    /// transport when `config` is applied.
+    /// Check every network destination of `config` (`file` names it in errors): its transport is known,
+    /// its options fit it, and it is the only one to use what it must use alone ([`SoleUse`]). What
+    /// each destination's check read, by destination name, builds its transport when `config` is
+    /// applied.
     pub fn check(&self, file: &str, config: &Config) -> Result<CheckedTransports, ConfigError> {
         let mut checked = CheckedTransports::new();
+        // What the destinations checked so far use alone, by key: which destination, and how.
+        let mut used: BTreeMap<String, (&str, SoleUse)> = BTreeMap::new();
         for destination in config.destinations.iter().filter(|destination| !destination.is_in_process()) {
             let invalid = |field: &str, value: String, problem: String| ConfigError::Invalid {
                 file: file.to_owned(),
@@ -236,6 +269,17 @@ impl TransportRegistry {
             };
             let transport =
                 factory.check(destination).map_err(|err| invalid(err.field, err.value, err.problem))?;
+            if let Some(mine) = transport.sole_use.clone() {
+                if let Some((other, SoleUse { kind, written, why, .. })) = used.get(&mine.key) {
+                    let problem = format!("destination \"{other}\" uses the same {kind} ({written}): {why}");
+                    return Err(invalid(
+                        "options",
+                        crate::config::inline_table(&destination.options),
+                        problem,
+                    ));
+                }
+                used.insert(mine.key.clone(), (&destination.name, mine));
+            }
             checked.insert(destination.name.clone(), transport);
         }
         Ok(checked)
