@@ -389,3 +389,26 @@ async fn a_process_slow_to_start_is_not_taken_for_stuck() {
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.delivered, stats.dead_lettered), (2, 0), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_while_its_process_is_busy_says_so_not_that_no_connection_was_free() {
+    // One process that reads nothing for its first 8 s: a line larger than a pipe holds is cut
+    // part-written, its writer holding the process's input; the next message's attempts wait for
+    // their turn at it, sending nothing, until its queue timeout. Their error said "no connection
+    // free", though a subprocess destination has no connections.
+    let options = ", processes = 1, env = { START_MS = \"8000\" }";
+    let host = start(&config(options, "timeout_ms = 300\nqueue = { timeout_ms = 1000 }")).await;
+    let big = "x".repeat(256 * 1024);
+    let Err(RequestError::DeadLettered(cut)) = within(host.request(Message::new("jobs", big))).await else {
+        panic!("the large line was answered");
+    };
+    assert_eq!(cut.code(), "delivery-uncertain", "part of it was written: {cut}");
+    let Err(RequestError::DeadLettered(waited)) = within(host.request(Message::new("jobs", "small"))).await
+    else {
+        panic!("the small line was answered");
+    };
+    let reason = waited.to_string();
+    assert_eq!(waited.code(), "queue-timeout", "{reason}");
+    assert!(reason.contains("its process took none of it within the attempt's 300ms"), "{reason}");
+    drain_and_account(&host).await;
+}

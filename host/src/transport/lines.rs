@@ -5,7 +5,7 @@
 //! counted as they go ([`write_line`]): whether any of a line went is what tells an attempt cut at
 //! its deadline that sent nothing from one that may have delivered.
 
-use super::progress::{AttemptProgress, Step};
+use super::progress::{AttemptProgress, Step, Wait};
 use bytes::{Buf, BytesMut};
 use std::pin::Pin;
 use std::task::Poll;
@@ -133,7 +133,7 @@ pub(super) async fn write_line(
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
                     if let Some(progress) = progress.filter(|_| *written == 0) {
-                        progress.mark(Step::Waiting);
+                        progress.mark(Step::Waiting(Wait::Process));
                     }
                     return Poll::Pending;
                 }
@@ -190,7 +190,11 @@ mod tests {
         let (progress, mut written) = (AttemptProgress::default(), 0);
         let line = b"0123456789\n";
         assert!(write_line(&mut input, line, &mut written, Some(&progress)).now_or_never().is_none());
-        assert_eq!((written, progress.abandon()), (0, Step::Waiting), "cut before its first byte");
+        assert_eq!(
+            (written, progress.abandon()),
+            (0, Step::Waiting(Wait::Process)),
+            "cut before its first byte"
+        );
         process.read_exact(&mut [0; 8]).await.unwrap();
         let later = write_line(&mut input, line, &mut written, Some(&progress)).await.unwrap();
         assert_eq!((later, written), (Written::Abandoned, 0), "never written once abandoned");

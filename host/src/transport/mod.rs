@@ -41,7 +41,7 @@ pub use http::{HttpOptions, HttpTransport};
 pub use nats::{NatsOptions, NatsTransport};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, Pooled, Pools};
 pub use process_group::ProcessGroups;
-pub(crate) use progress::{AttemptProgress, DeliveryProgress, Step};
+pub(crate) use progress::{AttemptProgress, DeliveryProgress, Step, Wait};
 pub use registry::{
     CheckedTransport, CheckedTransports, SettingError, SoleUse, TransportContext, TransportFactory,
     TransportOptions, TransportRegistry, Typed, typed,

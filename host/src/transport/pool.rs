@@ -15,7 +15,7 @@
 //! Acquisitions that waited for a slot are counted where [`Pools::count_waits`]
 //! says: in the host's metrics, which outlive the pools of a rebuilt destination.
 
-use super::progress::{AttemptProgress, Step};
+use super::progress::{AttemptProgress, Step, Wait};
 use crate::metrics::PoolWaits;
 use crate::resilience::{Outcome, RetryReason};
 use prometheus_client::metrics::counter::Counter;
@@ -189,7 +189,7 @@ impl<C> Pool<C> {
     {
         // The attempt's deadline may cut the waits below: nothing is sent in them.
         let mark = AttemptProgress::mark_current;
-        mark(Step::Waiting);
+        mark(Step::Waiting(Wait::Connection));
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -565,7 +565,7 @@ mod tests {
         assert_eq!(step_at_deadline(connecting).await, (true, Step::Connecting));
         let held = take(&pool, &made).await;
         let waiting = pool.acquire(connect(&made));
-        assert_eq!(step_at_deadline(waiting).await, (true, Step::Waiting));
+        assert_eq!(step_at_deadline(waiting).await, (true, Step::Waiting(Wait::Connection)));
         held.release();
         let reused = async { drop(pool.acquire(connect(&made)).await.expect("idle")) };
         assert_eq!(step_at_deadline(reused).await, (false, Step::MaySend), "handed out: it may send");

@@ -34,12 +34,11 @@ tokio::task_local! {
 
 /// Where an attempt is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub(crate) enum Step {
     /// Its message may be on its way: what an attempt is unless its transport says otherwise.
     MaySend,
-    /// Waiting for a free connection, or for a transport plugin's lane: nothing sent.
-    Waiting,
+    /// Waiting for what it needs before it can send: nothing sent.
+    Waiting(Wait),
     /// Making a connection (connect, TLS or protocol handshake): nothing sent.
     Connecting,
     /// Cut at its deadline before its message could leave: it never will.
@@ -49,14 +48,56 @@ pub(crate) enum Step {
     Answered,
 }
 
+/// What an attempt waits for before it can send: whoever makes it wait says which, so that an
+/// attempt cut there is told by what it waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Room among its endpoint's attempts in flight (`pool.max_size`, whatever the transport).
+    Room,
+    /// A free pooled connection.
+    Connection,
+    /// The connection another attempt is opening (a `websocket` handshake).
+    Handshake,
+    /// Its process: started, its turn at the process's input, room in the pipe (`subprocess`).
+    Process,
+    /// A transport plugin's lane, to take the call.
+    Lane,
+}
+
+impl Wait {
+    const ALL: [Wait; 5] = [Wait::Room, Wait::Connection, Wait::Handshake, Wait::Process, Wait::Lane];
+
+    /// What did not come for an attempt that waited for this, as its error says it.
+    pub(crate) fn not_come(self) -> &'static str {
+        match self {
+            Wait::Room => "no room among the endpoint's attempts in flight",
+            Wait::Connection => "no connection free",
+            Wait::Handshake => "the connection another attempt was opening not open",
+            Wait::Process => "its process took none of it",
+            Wait::Lane => "the plugin's lane took no call",
+        }
+    }
+}
+
 impl Step {
-    fn from_u8(value: u8) -> Step {
-        match value {
+    /// The step's code in an [`AttemptProgress`]'s atomic: one for each [`Wait`] past the others.
+    fn code(self) -> u8 {
+        match self {
+            Step::MaySend => 0,
+            Step::Connecting => 1,
+            Step::Abandoned => 2,
+            Step::Answered => 3,
+            Step::Waiting(wait) => 4 + wait as u8,
+        }
+    }
+
+    fn from_code(code: u8) -> Step {
+        match code {
             0 => Step::MaySend,
-            1 => Step::Waiting,
-            2 => Step::Connecting,
-            3 => Step::Abandoned,
-            _ => Step::Answered,
+            1 => Step::Connecting,
+            2 => Step::Abandoned,
+            3 => Step::Answered,
+            wait => Step::Waiting(Wait::ALL[usize::from(wait - 4)]),
         }
     }
 }
@@ -108,7 +149,7 @@ impl AttemptProgress {
     /// The attempt is now at `step`, unless it was abandoned.
     pub(crate) fn mark(&self, step: Step) {
         let _abandoned = self.0.step.fetch_update(SeqCst, SeqCst, |now| {
-            (Step::from_u8(now) != Step::Abandoned).then_some(step as u8)
+            (Step::from_code(now) != Step::Abandoned).then_some(step.code())
         });
     }
 
@@ -118,24 +159,24 @@ impl AttemptProgress {
         self.0
             .step
             .fetch_update(SeqCst, SeqCst, |now| {
-                (Step::from_u8(now) != Step::Abandoned).then_some(Step::MaySend as u8)
+                (Step::from_code(now) != Step::Abandoned).then_some(Step::MaySend.code())
             })
             .is_ok()
     }
 
     /// The step the attempt is at (or ended at).
     fn step(&self) -> Step {
-        Step::from_u8(self.0.step.load(SeqCst))
+        Step::from_code(self.0.step.load(SeqCst))
     }
 
     /// At the deadline: the step the attempt was at. One before sending is
     /// abandoned for good, so that nothing sends its message afterwards.
     pub(crate) fn abandon(&self) -> Step {
-        let before = self.0.step.fetch_update(SeqCst, SeqCst, |now| match Step::from_u8(now) {
+        let before = self.0.step.fetch_update(SeqCst, SeqCst, |now| match Step::from_code(now) {
             Step::MaySend | Step::Answered => None,
-            _ => Some(Step::Abandoned as u8),
+            _ => Some(Step::Abandoned.code()),
         });
-        Step::from_u8(before.unwrap_or_else(|now| now))
+        Step::from_code(before.unwrap_or_else(|now| now))
     }
 }
 
@@ -182,12 +223,13 @@ mod tests {
 
     #[test]
     fn the_deadline_abandons_a_step_before_sending_and_then_nothing_sends() {
-        for step in [Step::Waiting, Step::Connecting] {
+        let waits = Wait::ALL.map(Step::Waiting);
+        for step in waits.into_iter().chain([Step::Connecting]) {
             let progress = AttemptProgress::default();
             progress.mark(step);
             assert_eq!(progress.abandon(), step);
             assert!(!progress.start_sending(), "abandoned at {step:?}: never sent afterwards");
-            progress.mark(Step::Waiting);
+            progress.mark(Step::Waiting(Wait::Connection));
             assert_eq!(progress.abandon(), Step::Abandoned, "stays abandoned");
         }
     }
@@ -195,7 +237,7 @@ mod tests {
     #[test]
     fn an_attempt_claimed_for_sending_is_not_abandoned() {
         let progress = AttemptProgress::default();
-        progress.mark(Step::Waiting);
+        progress.mark(Step::Waiting(Wait::Lane));
         assert!(progress.start_sending());
         assert_eq!(progress.abandon(), Step::MaySend, "it went out: the deadline finds it sending");
     }
@@ -222,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn a_scope_makes_the_progress_current_to_its_task_only() {
         assert!(AttemptProgress::current().is_none());
-        AttemptProgress::mark_current(Step::Waiting);
+        AttemptProgress::mark_current(Step::Waiting(Wait::Room));
         let progress = AttemptProgress::default();
         progress
             .scope(async {

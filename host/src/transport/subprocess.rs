@@ -51,7 +51,7 @@ use super::process_group::{ProcessGroup, ProcessGroups};
 use super::restart::{Peer, Restarting};
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, SettingError, Step, Transport,
-    TransportContext, reply_within,
+    TransportContext, Wait, reply_within,
 };
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::{Message, largest_json};
@@ -278,7 +278,7 @@ impl SubprocessTransport {
     async fn exchange(&self, address: &str, message: &Message) -> AttemptResult {
         let refused = |err| (Outcome::Retryable(RetryReason::Connect), err);
         // Nothing is sent before the first byte of its line goes (see `write_line`).
-        AttemptProgress::mark_current(Step::Waiting);
+        AttemptProgress::mark_current(Step::Waiting(Wait::Process));
         let running = self.process(address).await.map_err(refused)?;
         let young_until = Some(running.started + START_GRACE);
         let awaited = running.pending.await_answer(&running.killing, young_until);

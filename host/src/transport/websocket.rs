@@ -55,7 +55,7 @@ use super::tcp::{Unread, unread};
 use super::tls::TlsClient;
 use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, Step, Transport, TransportContext,
-    TransportOptions, reply_within,
+    TransportOptions, Wait, reply_within,
 };
 use crate::config::{DestinationConfig, HealthSettings, UrlPath};
 use crate::message::{Message, largest_json};
@@ -243,7 +243,7 @@ impl WebSocketTransport {
         let Some(restarting) = self.links.get(address) else {
             return Err(NotRunning::Failed(Unconnected::Refused(format!("no endpoint {address}"))));
         };
-        AttemptProgress::mark_current(Step::Waiting);
+        AttemptProgress::mark_current(Step::Waiting(Wait::Handshake));
         let connect = || {
             AttemptProgress::mark_current(Step::Connecting);
             self.connect(address)

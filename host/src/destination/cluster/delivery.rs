@@ -8,7 +8,7 @@ use super::endpoint::{Counted, Endpoint, lock};
 use crate::destination::{DeliveryError, Slot};
 use crate::message::Message;
 use crate::resilience::{BreakerPermit, BreakerState, Outcome, RetryReason};
-use crate::transport::{AttemptProgress, DeliveryProgress, PoolError, Step};
+use crate::transport::{AttemptProgress, DeliveryProgress, Step, Wait};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -163,19 +163,19 @@ impl Cluster {
 
     /// A place among `endpoint`'s attempts in flight, within its limit over every instance of the
     /// destination (its pool's size: the instances a reload builds have pools of their own). While
-    /// it has none free, the attempt waits as for a free pooled connection: nothing sent, counted
-    /// among the endpoint's pool waits, shed after the pool's `acquire_timeout_ms`.
+    /// it has none free, the attempt waits ([`Wait::Room`]) as for a free pooled connection: nothing
+    /// sent, counted among the endpoint's pool waits, shed after the pool's `acquire_timeout_ms`.
     async fn enter<'e>(&self, endpoint: &'e Endpoint) -> Result<(Slot, Counted<'e>), (Outcome, String)> {
         let slots = &endpoint.state.slots;
         let slot = match slots.try_acquire() {
             Some(slot) => slot,
             None => {
-                AttemptProgress::mark_current(Step::Waiting);
+                AttemptProgress::mark_current(Step::Waiting(Wait::Room));
                 self.pool_waits.endpoint(&endpoint.address).inc();
                 let waited = self.room_timeout;
                 let slot = tokio::time::timeout(waited, slots.acquire()).await.map_err(|_| {
-                    let max_size = self.endpoint_limit as usize;
-                    PoolError::Timeout { waited, max_size }.into_attempt_error(&endpoint.address)
+                    let (room, most) = (Wait::Room.not_come(), self.endpoint_limit);
+                    (Outcome::Shed, format!("{room} within {waited:?} (pool.max_size: {most} at once)"))
                 })?;
                 AttemptProgress::mark_current(Step::MaySend);
                 slot
@@ -195,8 +195,8 @@ impl Cluster {
             return (outcome, Err(format!("{problem}: the rest of its answer not read within {timeout:?}")));
         }
         match progress.abandon() {
-            Step::Waiting => {
-                (Outcome::Shed, Err(format!("no connection free within the attempt's {timeout:?}")))
+            Step::Waiting(wait) => {
+                (Outcome::Shed, Err(format!("{} within the attempt's {timeout:?}", wait.not_come())))
             }
             Step::Connecting => (
                 Outcome::Retryable(RetryReason::Connect),

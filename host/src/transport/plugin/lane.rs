@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{
     CompiledPlugin, NetGrant, PluginEngine, PluginError, PluginFault, PluginInstance, TransportConnection,
 };
-use crate::transport::{AttemptProgress, Step};
+use crate::transport::{AttemptProgress, Step, Wait};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -203,7 +203,7 @@ impl Lane {
     ) -> Answer<Option<Vec<u8>>> {
         let (reply, answer) = flume::bounded(1);
         let progress = AttemptProgress::current();
-        progress.iter().for_each(|progress| progress.mark(Step::Waiting));
+        progress.iter().for_each(|progress| progress.mark(Step::Waiting(Wait::Lane)));
         self.call(Request::Send { id, generation, message, deadline, progress, reply }, answer).await
     }
 
