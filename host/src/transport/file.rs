@@ -27,7 +27,7 @@
 //! (synced first, unless `fsync = "never"`) and opened again, for appending, at its next line.
 
 use super::{AttemptFuture, AttemptResult, ProbeFuture, Transport, TransportContext, TransportOptions};
-use super::{AttemptProgress, SettingError, Step};
+use super::{AttemptProgress, SettingError, Step, Wait};
 use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::Message;
 use crate::resilience::{FatalReason, Outcome, RetryReason};
@@ -585,7 +585,7 @@ impl FileTransport {
         let line_bytes = line.len() as u64;
         let (files, topic) = (self.0.clone(), message.topic.clone());
         // Nothing is written before its turn comes.
-        AttemptProgress::mark_current(Step::Waiting);
+        AttemptProgress::mark_current(Step::Waiting(Wait::Write));
         let turn = files.writing.clone().acquire_owned().await.expect("the semaphore is never closed");
         AttemptProgress::mark_current(Step::MaySend);
         // The verdict on a failed line looks at the file system too: on the same blocking thread.
@@ -719,7 +719,7 @@ mod tests {
             let progress = AttemptProgress::default();
             let attempt = progress.scope(transport.attempt(&files.options.path, &message));
             assert!(futures_util::FutureExt::now_or_never(attempt).is_none(), "waits for its turn");
-            assert_eq!(progress.abandon(), Step::Waiting);
+            assert_eq!(progress.abandon(), Step::Waiting(Wait::Write));
         });
         drop(hung);
         // Once the runtime is gone, every blocking thread it started has ended.

@@ -62,10 +62,13 @@ pub(crate) enum Wait {
     Process,
     /// A transport plugin's lane, to take the call.
     Lane,
+    /// Its turn among the writes a `file` destination makes at once.
+    Write,
 }
 
 impl Wait {
-    const ALL: [Wait; 5] = [Wait::Room, Wait::Connection, Wait::Handshake, Wait::Process, Wait::Lane];
+    const ALL: [Wait; 6] =
+        [Wait::Room, Wait::Connection, Wait::Handshake, Wait::Process, Wait::Lane, Wait::Write];
 
     /// What did not come for an attempt that waited for this, as its error says it.
     pub(crate) fn not_come(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Wait {
             Wait::Handshake => "the connection another attempt was opening not open",
             Wait::Process => "its process took none of it",
             Wait::Lane => "the plugin's lane took no call",
+            Wait::Write => "no turn to write came (the destination's file system did not answer)",
         }
     }
 }
