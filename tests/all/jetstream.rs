@@ -9,7 +9,8 @@
 //! stops as `switchyard run` does hands what it did not deliver back to the stream, neither
 //! dead-lettered nor acknowledged (another host takes each once) — also when it holds every
 //! message `max_ack_pending` allows, so its ingress stops at once —, and a message the host cannot
-//! admit is terminated, not redelivered forever. And with the spool: a host killed
+//! admit is terminated, not redelivered forever, and a stop that comes while a pull is open, the
+//! pull then failing, still ends the ingress gracefully. And with the spool: a host killed
 //! while its destination is down loses nothing of what it pulled, restarted on the same state.
 
 use crate::cli::Running;
@@ -589,6 +590,38 @@ async fn a_consumer_deleted_while_the_host_pulls_nothing_is_made_again_once_it_p
     drop(stop);
     within(serving).await.unwrap();
     within(host.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_failing_after_the_stop_came_still_ends_the_ingress_gracefully() {
+    let server = NatsServer::start_jetstream();
+    let client = server.client().await;
+    let context = create_stream(&client).await;
+    let dir = plugin_dir(&[]);
+    // Its destination is down: the one message it pulls is still held when it stops.
+    let host = embedded(dir.path(), free_addr(), "shutdown_grace_ms = 100").await;
+    // Its stop is an async block (as `consume` makes it), which must not be awaited once complete.
+    let (stop, serving) = consume(&host, &server, 2000).await;
+    publish(&context, 1, 16).await;
+    until(async || match pending(&context).await {
+        (1, 0, 0) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+
+    // The stop comes while a pull is open (its request just reached the server, which ends it
+    // only at its expiry, a second on), then the consumer is deleted, which ends it in an error.
+    let mut pulls = client.subscribe(format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.switchyard")).await.unwrap();
+    client.flush().await.unwrap();
+    within(pulls.next()).await.expect("a pull");
+    drop(stop);
+    let stream = context.get_stream(STREAM).await.unwrap();
+    assert!(stream.delete_consumer("switchyard").await.unwrap().success);
+    within(serving).await.expect("the ingress ends without panicking");
+    within(host.shutdown()).await;
+    // Its graceful stop ran: it gave up on the held message (the host not stopping within its
+    // grace), left unacknowledged.
+    assert_eq!(jetstream_count(&host, "unacked"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -239,7 +239,9 @@ impl StreamIngress {
 
     /// One pull of as many messages as `room` holds, each held (reported in progress) as it comes
     /// and admitted in order; once `shutdown` completes, the pull is finished (it ends within
-    /// [`PULL_EXPIRES`]) and `Stopped` returned, once all it brought are admitted.
+    /// [`PULL_EXPIRES`]) and `Stopped` returned, once all it brought are admitted — also when the
+    /// pull then ends in an error, as `shutdown` (any future, one that must not be polled once
+    /// complete among them) is awaited only until it completes.
     ///
     /// The pull is read ahead of admission: while one message waits for room in the host's queue,
     /// those behind it are already in this host (the server sent them), and each must be reported
@@ -268,14 +270,20 @@ impl StreamIngress {
                     },
                 };
                 match next {
-                    Some(message) => {
+                    Some(Ok(message)) => {
                         let one =
                             room.split(1).expect("a pull asks for no more messages than it has room for");
                         pulled += 1;
-                        if let Some(message) = self.hold(message?, one).await {
+                        if let Some(message) = self.hold(message, one).await {
                             held.send(message).expect("admission lasts as long as the pull");
                         }
                     }
+                    // `shutdown` completed: the stop goes on, without awaiting it again.
+                    Some(Err(err)) if stopping => {
+                        tracing::warn!(stream = self.stream(), %err, "JetStream ingress: the pull under way at the stop failed; stopping");
+                        return Ok(Pull::Stopped);
+                    }
+                    Some(Err(err)) => return Err(err),
                     None if stopping => return Ok(Pull::Stopped),
                     None => return Ok(Pull::Done { pulled }),
                 }
