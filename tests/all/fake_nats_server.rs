@@ -1,8 +1,8 @@
 //! A NATS server played by the test, for what a real `nats-server` does not do on request: a
 //! machine that dies without a word, a server that never says `INFO`, one that stops reading, one
-//! that resets a connection in the middle of a message, or one with a small `max_payload`. It
-//! accepts a client's connections on 127.0.0.1 and does with each what the test says, speaking the
-//! text protocol.
+//! that resets a connection (in the middle of a message, or while the client holds one it read),
+//! or one with a small `max_payload`. It accepts a client's connections on 127.0.0.1 and does with
+//! each what the test says, speaking the text protocol.
 
 use crate::support::within;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -92,6 +92,13 @@ impl FakeConnection {
     /// Send `bytes` to the client.
     pub async fn send(&mut self, bytes: &[u8]) {
         within(self.write.write_all(bytes)).await.unwrap();
+    }
+
+    /// Reset the connection, as a server that went away does (an RST, not a FIN): what the client
+    /// writes to it from now on fails.
+    pub fn reset(self) {
+        let stream = self.read.into_inner().reunite(self.write).unwrap();
+        stream.set_zero_linger().unwrap();
     }
 
     /// From now on, a live server: answer each `PING` with a `PONG`, and pass on each message the

@@ -6,7 +6,7 @@
 use crate::cli::Running;
 use crate::fake_nats_server::{FakeConnection, FakeNatsServer, Published};
 use crate::nats_server::{NatsServer, fence};
-use crate::routing::gated_host;
+use crate::routing::{gated, gated_host};
 use crate::support::{MEMORY_OUT, builder, drain_and_account, eventually, host, next, plugin_dir, within};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -437,6 +437,151 @@ async fn a_later_info_on_the_connection_sets_the_max_payload_answers_are_held_to
     within(serving).await.unwrap();
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
+}
+
+/// `MSG` frames of the messages `numbers` on `orders.eu`, each with its number as its payload.
+fn orders(numbers: std::ops::RangeInclusive<usize>) -> String {
+    numbers.map(|n| format!("MSG orders.eu 1 {}\r\n{n}\r\n", n.to_string().len())).collect()
+}
+
+/// A host with one worker and a queue of one message, which answers `asks.>` once `answer` is
+/// notified, and delivers `orders.>` through `gate` to the returned receiver; its NATS ingress on
+/// `fake`, its first connection (the handshake done), and the ingress serving until the sender is
+/// dropped or sent on. The ingress pings a silent server seldom: the tests break its connections.
+async fn one_at_a_time_host(
+    fake: &FakeNatsServer,
+) -> (
+    Host,
+    FakeConnection,
+    (oneshot::Sender<()>, JoinHandle<()>),
+    Arc<Notify>,
+    Arc<Semaphore>,
+    flume::Receiver<Message>,
+) {
+    let dir = plugin_dir(&[]);
+    let (answer, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let (slow, delivered) = gated(&Arc::new(Notify::new()), &gate);
+    let answering = {
+        let answer = answer.clone();
+        move |_: Message| {
+            let answer = answer.clone();
+            async move {
+                answer.notified().await;
+                Ok(None)
+            }
+        }
+    };
+    let config = "[host]\nqueue_capacity = 1\nworkers = 1\nbatch_size = 1";
+    let host = builder(dir.path())
+        .config("t", Config::from_toml("t", config).unwrap())
+        .destination("slow", slow)
+        .destination("answering", answering)
+        .route(RouteConfig::new("orders", "orders.>", "slow"))
+        .route(RouteConfig::new("asks", "asks.>", "answering"))
+        .build()
+        .await
+        .unwrap();
+    let config = NatsIngressConfig {
+        url: fake.address(),
+        subjects: vec!["orders.>".into(), "asks.>".into()],
+        ping_interval_ms: Some(60_000),
+        ..NatsIngressConfig::default()
+    };
+    let connecting = tokio::spawn(NatsIngress::connect(host.clone(), config));
+    let mut connection = fake.accept().await;
+    connection.handshake("{}").await;
+    let serving = serving(within(connecting).await.unwrap().unwrap());
+    (host, connection, serving, answer, gate, delivered)
+}
+
+/// Once `host` accepted `count` messages more than `before` (polled without blocking a thread of
+/// the runtime, which the host may need).
+async fn accepted_since(host: &Host, before: u64, count: u64) {
+    within(async {
+        while host.stats().accepted < before + count {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Make the ingress of a [`one_at_a_time_host`] hold a message read ahead on `connection`: send
+/// the messages `first..=first + 256` at once, of which it reads 256 as a batch and the next ahead
+/// of them, and wait until it waits for room for the batch (its first one is accepted only once
+/// the batch and the message after it were read).
+async fn hold_a_message_read_ahead(host: &Host, connection: &mut FakeConnection, first: usize) {
+    let before = host.stats().accepted;
+    connection.send(orders(first..=first + 256).as_bytes()).await;
+    accepted_since(host, before, 1).await;
+}
+
+/// The payloads `delivered` gives up to the one `last`, as numbers.
+async fn numbers_up_to(delivered: &flume::Receiver<Message>, last: &str) -> Vec<usize> {
+    let mut numbers = Vec::new();
+    loop {
+        let message = next(delivered).await;
+        if message.payload == last {
+            return numbers;
+        }
+        numbers.push(std::str::from_utf8(&message.payload).unwrap().parse().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_read_ahead_is_admitted_when_a_stop_cannot_unsubscribe() {
+    // The stop ended where its UNSUB could not be written, dropping the message read ahead of the
+    // last batch with the connection.
+    let fake = FakeNatsServer::start().await;
+    let (host, mut connection, (stop, serving), _answer, gate, delivered) = one_at_a_time_host(&fake).await;
+    hold_a_message_read_ahead(&host, &mut connection, 1).await;
+    connection.reset();
+    stop.send(()).unwrap();
+    gate.add_permits(257);
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    let numbers: Vec<usize> =
+        delivered.drain().map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap()).collect();
+    let lost: Vec<_> = (1..=257).filter(|n| !numbers.contains(n)).collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert_eq!(numbers, (1..=257).collect::<Vec<_>>(), "in order");
+    assert_eq!((stats.accepted, stats.delivered), (257, 257));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_read_ahead_is_admitted_when_the_connection_is_lost() {
+    // The connection was made again as soon as the ingress heard it lost, dropping the message read
+    // ahead of the last batch whenever the reading loop, with both ready, heard of the loss first:
+    // as likely as not (`tokio::select!` picks at random), so the test loses a connection in that
+    // state round after round.
+    const ROUNDS: usize = 10;
+    let fake = FakeNatsServer::start().await;
+    let (host, mut connection, (stop, serving), answer, gate, delivered) = one_at_a_time_host(&fake).await;
+    for round in 0..ROUNDS {
+        // A request, which the worker holds until its answer is let go: its answer, the only
+        // thing the ingress writes, fails on the reset connection.
+        let before = host.stats().accepted;
+        connection.send(b"MSG asks.x 2 _INBOX.x 1\r\nx\r\n").await;
+        accepted_since(&host, before, 1).await;
+        let numbers = round * 257 + 1..=round * 257 + 257;
+        hold_a_message_read_ahead(&host, &mut connection, *numbers.start()).await;
+        connection.reset();
+        answer.notify_one();
+        // The batch, the message read ahead of it, and a last one on the next connection.
+        gate.add_permits(258);
+        connection = fake.accept().await;
+        connection.handshake("{}").await;
+        connection.send(b"MSG orders.eu 1 4\r\nnext\r\n").await;
+        let delivered = numbers_up_to(&delivered, "next").await;
+        let lost: Vec<_> = numbers.clone().filter(|n| !delivered.contains(n)).collect();
+        assert!(lost.is_empty(), "round {round}: lost {lost:?}");
+        assert_eq!(delivered, numbers.collect::<Vec<_>>(), "in order");
+    }
+    let _published = connection.serve();
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    let stats = drain_and_account(&host).await;
+    let messages = (ROUNDS * 259) as u64;
+    assert_eq!((stats.accepted, stats.delivered), (messages, messages));
 }
 
 /// The next message the ingress published on a [`FakeConnection`] it serves.

@@ -284,7 +284,7 @@ pub(crate) async fn gated_host(
 
 /// A destination that says when a message `entered` it, then waits for a
 /// permit of `gate` before it delivers to the returned receiver.
-fn gated(
+pub(crate) fn gated(
     entered: &Arc<Notify>,
     gate: &Arc<Semaphore>,
 ) -> (impl switchyard::Destination, flume::Receiver<Message>) {

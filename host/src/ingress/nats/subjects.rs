@@ -28,7 +28,9 @@
 //! on its way to (or buffered for) a host that dies is lost, and so is one the server drops because
 //! this host read too slowly (the server cuts a client that stays behind its limits, 64 MiB pending
 //! or a write blocked 10 s by default, as a slow consumer). A lost connection is made again with
-//! backoff, and the subscriptions with it. Durable intake is JetStream's, not this ingress's.
+//! backoff, and the subscriptions with it; a message read ahead of a batch when the connection is
+//! lost (or a stop cannot send its `UNSUB`) is admitted first, as the host read it. Durable intake
+//! is JetStream's, not this ingress's.
 //! Plain connections only: a server that requires TLS or authentication is refused at start.
 //!
 //! A connection is lost when it closes or fails, and also when it dies without a word (the server's
@@ -120,6 +122,7 @@ impl SubjectIngress {
             };
             if let Some(err) = lost {
                 tracing::warn!(url = %self.config.url, %err, "NATS ingress connection lost; connecting again");
+                self.admit_read_ahead().await;
                 if !self.reconnect(&mut shutdown).await {
                     break false;
                 }
@@ -128,6 +131,7 @@ impl SubjectIngress {
         if connected && let Err(err) = self.unsubscribe().await {
             tracing::warn!(url = %self.config.url, %err, "NATS ingress: unsubscribing failed");
         }
+        self.admit_read_ahead().await;
         self.answers.close();
         self.answers.wait().await;
         let _ = self.writer.lock().await.write.shutdown().await;
@@ -214,6 +218,15 @@ impl SubjectIngress {
         self.admit(batch).await;
     }
 
+    /// Admit the message read ahead, if one is, as its connection is left (lost, or at a stop that
+    /// could not fence it): the host read it, so it goes in, not with the connection. (What else
+    /// is read ahead, an operation or the connection's end, goes with it.)
+    async fn admit_read_ahead(&mut self) {
+        if let Some(Some(Ok(ServerOp::Message(delivered)))) = self.read_ahead.take() {
+            self.admit(vec![delivered]).await;
+        }
+    }
+
     /// Admit `batch`, waiting for room; for each request, answer once its reply is known.
     async fn admit(&self, batch: Vec<Delivered>) {
         let (mut messages, mut requests) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
@@ -281,7 +294,7 @@ impl SubjectIngress {
             };
             match connected {
                 Ok((reader, outbound)) => {
-                    (self.reader, self.read_ahead) = (reader, None);
+                    self.reader = reader;
                     self.broken = outbound.broken.clone();
                     self.unanswered_pings = 0;
                     *self.writer.lock().await = outbound;
