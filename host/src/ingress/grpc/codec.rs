@@ -4,10 +4,16 @@
 //! count (`INVALID_ARGUMENT`, as admission words it), none of them built. Decoded into their map,
 //! tiny headers by the hundred thousand within `max_message_bytes` made the host hold far more than
 //! it read; the bulk and WebSocket ingresses count a message's headers past the limit likewise.
+//!
+//! In a stream read through [`counting_headers`], such a request is refused alone: tonic reads
+//! nothing more of a stream after a decode error (it stays in the middle of the message), so there
+//! the decoder gives an empty request in its place and the refusal beside it.
 
 use super::{PublishReply, PublishRequest, PublishStreamReply};
 use bytes::Buf;
 use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
+use std::cell::Cell;
+use std::future::Future;
 use std::marker::PhantomData;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
@@ -53,7 +59,25 @@ impl Decoded for PublishReply {}
 
 impl Decoded for PublishStreamReply {}
 
-/// Decodes `U`, refusing one with more headers than the host takes before any is decoded.
+tokio::task_local! {
+    /// The refusal of the request a stream's read decoded in place of one with more headers than
+    /// the host takes: see [`counting_headers`].
+    static OVER_COUNT: Cell<Option<String>>;
+}
+
+/// Await `read`, a read of a stream's next request, refusing one with more headers than the host
+/// takes alone: what it reads in its place is an empty request, given with the refusal (the
+/// headers' count), where elsewhere (a unary call) it is a decode error.
+pub(super) async fn counting_headers<T>(read: impl Future<Output = T>) -> (T, Option<String>) {
+    let read = async {
+        let read = read.await;
+        (read, OVER_COUNT.with(Cell::take))
+    };
+    OVER_COUNT.scope(Cell::new(None), read).await
+}
+
+/// Decodes `U`, refusing one with more headers than the host takes before any is decoded (in a
+/// stream read through [`counting_headers`]: an empty one in its place, the refusal beside it).
 pub(super) struct HeaderCountingDecoder<U>(PhantomData<U>);
 
 impl<U: Decoded> Decoder for HeaderCountingDecoder<U> {
@@ -65,6 +89,9 @@ impl<U: Decoded> Decoder for HeaderCountingDecoder<U> {
         let message = buf.copy_to_bytes(buf.remaining());
         let count = U::HEADERS_TAG.map(|tag| entries(&message, tag));
         if let Some(problem) = count.and_then(crate::host::header_count_problem) {
+            if OVER_COUNT.try_with(|refused| refused.set(Some(problem.clone()))).is_ok() {
+                return Ok(Some(U::default()));
+            }
             return Err(Status::invalid_argument(problem));
         }
         // A message that does not decode is INTERNAL, as tonic-prost's decoder has it.

@@ -6,7 +6,7 @@ pub struct PublishRequest {
     #[prost(string, tag = "1")]
     pub topic: ::prost::alloc::string::String,
     /// `x-sy-` headers are the host's: a message carrying one is refused, as is one with more than 1024
-    /// (INVALID_ARGUMENT; in a stream, where reading stops).
+    /// (INVALID_ARGUMENT; in a stream, that message alone, 400).
     #[prost(map = "string, string", tag = "2")]
     pub headers: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -47,8 +47,8 @@ pub struct PublishStreamReply {
     #[prost(uint64, tag = "1")]
     pub accepted: u64,
     /// One per message of the stream, in order. Where reading stopped, a last refusal: the message past
-    /// 10 000 (413), one too large (413), malformed or with more than 1024 headers (400), a pause of
-    /// header_timeout_ms (400), a stop (503); nothing from there on was admitted.
+    /// 10 000 (413), one too large (413), malformed (400), a pause of header_timeout_ms (400), a stop
+    /// (503); nothing from there on was admitted.
     #[prost(message, repeated, tag = "2")]
     pub results: ::prost::alloc::vec::Vec<PublishResult>,
 }

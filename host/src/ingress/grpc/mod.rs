@@ -12,7 +12,8 @@
 //! slower than its allowance: see [`paused_body`]) and
 //! at a stop, and a last refusal says so; the call itself never fails once a message was admitted.
 //! A message with more headers than the host takes is refused for their count as it is decoded,
-//! none of them built ([`codec`]): a stream breaks off at it too.
+//! none of them built ([`codec`]); in a stream, it alone is refused (400), as a message with a bad
+//! header is, and reading goes on.
 //! Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
 //! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
 //! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
@@ -185,7 +186,7 @@ impl Ingress for Service {
             let read;
             (read, read_ahead) = self.read_together(publish, &mut stream, MAX_BATCH - results.len());
             let read = read.into_iter().map(|publish| {
-                let message = message_of(publish).map_err(|problem| refusal(&problem, 400))?;
+                let message = publish.and_then(message_of).map_err(|problem| refusal(&problem, 400))?;
                 let id = message.unique_id().expect("message_of gives every message its id").to_owned();
                 Ok((message, id))
             });
@@ -208,8 +209,12 @@ impl Ingress for Service {
     }
 }
 
+/// A message of a stream as read: its request, or why it is refused as it is read (more headers
+/// than the host takes, see [`codec`]).
+type Read = Result<PublishRequest, String>;
+
 /// What a stream gives next: see [`Service::next_of`].
-type Next = Result<Option<PublishRequest>, (String, u32)>;
+type Next = Result<Option<Read>, (String, u32)>;
 
 impl Service {
     /// `first` and the messages of `stream` after it already read (none waited for), at most `left`
@@ -217,18 +222,18 @@ impl Service {
     /// the reading loop to take next.
     fn read_together(
         &self,
-        first: PublishRequest,
+        first: Read,
         stream: &mut Streaming<PublishRequest>,
         left: usize,
-    ) -> (Vec<PublishRequest>, Option<Next>) {
+    ) -> (Vec<Read>, Option<Next>) {
+        // A refused message holds nothing.
+        let bytes = |publish: &Read| publish.as_ref().map_or(0, prost::Message::encoded_len);
         let mut room = BatchRoom::default();
-        room.take(prost::Message::encoded_len(&first));
+        room.take(bytes(&first));
         let mut read = vec![first];
         while read.len() < left {
             match self.next_of(stream).now_or_never() {
-                Some(Ok(Some(publish))) if room.take(prost::Message::encoded_len(&publish)) => {
-                    read.push(publish)
-                }
+                Some(Ok(Some(publish))) if room.take(bytes(&publish)) => read.push(publish),
                 Some(next) => return (read, Some(next)),
                 None => break,
             }
@@ -236,16 +241,17 @@ impl Service {
         (read, None)
     }
 
-    /// The next message of `stream`, `None` at its end; or why reading it stops there, with the
-    /// HTTP status of the refusal: the ingress is stopping (503), or the stream broke off with a
-    /// message too large (413) or malformed, or a pause too long (400), or a message sent too
-    /// slowly (408).
+    /// The next message of `stream` (or its refusal as read), `None` at its end; or why reading it
+    /// stops there, with the HTTP status of the refusal: the ingress is stopping (503), or the
+    /// stream broke off with a message too large (413) or malformed, or a pause too long (400), or
+    /// a message sent too slowly (408).
     async fn next_of(&self, stream: &mut Streaming<PublishRequest>) -> Next {
-        let next = tokio::select! {
+        let (next, over_count) = tokio::select! {
             biased;
             () = self.stopping.cancelled() => return Err(("the ingress is stopping".to_owned(), 503)),
-            next = stream.next() => next,
+            next = codec::counting_headers(stream.next()) => next,
         };
+        let next = next.map(|next| next.map(|publish| over_count.map_or(Ok(publish), Err)));
         next.transpose().map_err(|broke| {
             let paused = std::error::Error::source(&broke).is_some_and(|source| source.is::<Paused>());
             match broke.code() {
