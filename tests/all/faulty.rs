@@ -407,11 +407,14 @@ async fn plugins_asleep_on_both_workers_are_cut_and_the_workers_serve_other_rout
 }
 
 /// The dead-letter reason of a poison message through `faulty-flood` with
-/// plugin config `settings`, which must make it an output-limit fault.
+/// plugin config `settings`, which must make it an output-limit fault. Its deadline is 5 s, not
+/// the default 100 ms: padding a message to 2 MiB took longer than that on a loaded machine, and
+/// the message was dead-lettered plugin-timed-out.
 async fn output_limit_reason(settings: &str) -> String {
     let dir = plugin_dir(&[("flood", artifacts::FAULTY_FLOOD)]);
     let config = format!(
-        "{MEMORY_OUT}[[plugin]]\nname = \"flood\"\nconfig = {{ trigger = \"x-poison\", {settings} }}\n\
+        "{MEMORY_OUT}[[plugin]]\nname = \"flood\"\nlimits = {{ timeout_ms = 5000 }}\n\
+         config = {{ trigger = \"x-poison\", {settings} }}\n\
          [[route]]\nname = \"risky\"\nstages = [\"transform:flood\"]\nto = \"out\"\n"
     );
     let host = host(dir.path(), &config).await;
