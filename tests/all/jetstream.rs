@@ -114,6 +114,15 @@ async fn pending(context: &jetstream::Context) -> (usize, u64, usize) {
     (info.num_ack_pending, info.num_pending, info.num_redelivered)
 }
 
+/// Wait until the consumer has no message pending or waiting for its acknowledgement.
+async fn until_all_acked(context: &jetstream::Context) {
+    until(async || match pending(context).await {
+        (0, 0, _) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+}
+
 /// The `x-sy-id` of each message of `seqs` in the stream, by the time the stream stored it.
 async fn stored_ids(context: &jetstream::Context, seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, String)> {
     let stream = context.get_stream(STREAM).await.unwrap();
@@ -272,11 +281,7 @@ async fn messages_pulled_while_the_queue_is_full_are_kept_from_redelivery_and_ea
     }
     seqs.sort();
     assert_eq!(seqs, (1..=COUNT as u64).collect::<Vec<_>>());
-    until(async || match pending(&context).await {
-        (0, 0, _) => Ok(()),
-        seen => Err(seen),
-    })
-    .await;
+    until_all_acked(&context).await;
     drop(stop);
     within(serving).await.unwrap();
     within(host.shutdown()).await;
@@ -313,11 +318,7 @@ async fn a_stopped_host_acknowledges_nothing_it_did_not_finish_and_another_host_
     let other_dir = plugin_dir(&[]);
     let other = embedded(other_dir.path(), sink.addr, "").await;
     let (stop, serving) = consume(&other, &server, 2000).await;
-    until(async || match pending(&context).await {
-        (0, 0, _) => Ok(()),
-        seen => Err(seen),
-    })
-    .await;
+    until_all_acked(&context).await;
     let mut seqs: Vec<u64> = sink.arrivals().into_iter().map(|(seq, _)| seq).collect();
     seqs.sort();
     seqs.dedup();
@@ -515,11 +516,7 @@ async fn a_message_of_the_most_headers_a_publisher_may_give_is_admitted_with_the
     assert_eq!(delivered.header(STREAM_SEQ_HEADER), Some("1"));
     assert_eq!(delivered.headers.len(), 1026, "the publisher's 1024, the host's id and stream sequence");
     // The one past the limit is done with for good.
-    until(async || match pending(&context).await {
-        (0, 0, _) => Ok(()),
-        seen => Err(seen),
-    })
-    .await;
+    until_all_acked(&context).await;
     drop(stop);
     within(serving).await.unwrap();
     assert_eq!((jetstream_count(&host, "acked"), jetstream_count(&host, "terminated")), (1.0, 1.0));
@@ -555,11 +552,7 @@ async fn a_deleted_consumer_is_made_again_and_what_is_published_after_is_deliver
     assert!(stream.delete_consumer("switchyard").await.unwrap().success);
     publish(&context, 3, 16).await;
     arrived(&sink, 4..=6).await;
-    until(async || match pending(&context).await {
-        (0, 0, _) => Ok(()),
-        seen => Err(seen),
-    })
-    .await;
+    until_all_acked(&context).await;
     drop(stop);
     within(serving).await.unwrap();
     within(host.shutdown()).await;
@@ -772,11 +765,7 @@ async fn three_hosts_on_one_durable_consumer_deliver_every_message_when_one_is_k
     let (unacked_after_kill, _, _) = pending(&context).await;
     assert!(at_kill < MESSAGES * 2 / 3, "the kill came mid-stream ({at_kill} of {MESSAGES} delivered)");
 
-    until(async || match pending(&context).await {
-        (0, 0, _) => Ok(()),
-        seen => Err(seen),
-    })
-    .await;
+    until_all_acked(&context).await;
     let arrivals = sink.arrivals();
     let ids: HashMap<u64, String> = stored_ids(&context, 1..=MESSAGES as u64).await.into_iter().collect();
     let mut times: HashMap<u64, usize> = HashMap::new();
