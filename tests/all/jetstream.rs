@@ -8,10 +8,11 @@
 //! stopped host acknowledges nothing it did not finish (another host takes it over), a host that
 //! stops as `switchyard run` does hands what it did not deliver back to the stream, neither
 //! dead-lettered nor acknowledged (another host takes each once) — also when it holds every
-//! message `max_ack_pending` allows, so its ingress stops at once —, and a message the host cannot
-//! admit is terminated, not redelivered forever, and a stop that comes while a pull is open, the
-//! pull then failing, still ends the ingress gracefully. And with the spool: a host killed
-//! while its destination is down loses nothing of what it pulled, restarted on the same state.
+//! message `max_ack_pending` allows, so its ingress stops at once, and `switchyard run` itself so
+//! stopped —, and a message the host cannot admit is terminated, not redelivered forever, and a stop
+//! that comes while a pull is open, the pull then failing, still ends the ingress gracefully. And
+//! with the spool: a host killed while its destination is down loses nothing of what it pulled,
+//! restarted on the same state.
 
 use crate::cli::Running;
 use crate::crash_recovery::spool_command;
@@ -84,7 +85,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// The stream `ORDERS` on `orders.>`, created on `server`; a JetStream context of `client`.
-async fn create_stream(client: &async_nats::Client) -> jetstream::Context {
+pub(crate) async fn create_stream(client: &async_nats::Client) -> jetstream::Context {
     let context = jetstream::new(client.clone());
     let config = jetstream::stream::Config {
         name: STREAM.into(),
@@ -96,7 +97,7 @@ async fn create_stream(client: &async_nats::Client) -> jetstream::Context {
 }
 
 /// Publish `count` messages of `bytes` bytes to the stream, in order, all stored once this returns.
-async fn publish(context: &jetstream::Context, count: usize, bytes: usize) {
+pub(crate) async fn publish(context: &jetstream::Context, count: usize, bytes: usize) {
     let mut acks = Vec::with_capacity(count);
     for _ in 0..count {
         acks.push(context.publish("orders.eu", vec![b'x'; bytes].into()).await.unwrap());
@@ -107,7 +108,7 @@ async fn publish(context: &jetstream::Context, count: usize, bytes: usize) {
 }
 
 /// The consumer's acknowledgement figures: (unacknowledged, not yet delivered, redelivered).
-async fn pending(context: &jetstream::Context) -> (usize, u64, usize) {
+pub(crate) async fn pending(context: &jetstream::Context) -> (usize, u64, usize) {
     let stream = context.get_stream(STREAM).await.unwrap();
     let mut consumer: PullConsumer = stream.get_consumer("switchyard").await.unwrap();
     let info = consumer.info().await.unwrap();
@@ -135,7 +136,7 @@ async fn stored_ids(context: &jetstream::Context, seqs: impl IntoIterator<Item =
 }
 
 /// Poll `probe` (async) until it gives `Ok`, failing after the usual patience.
-async fn until<T: std::fmt::Debug>(mut probe: impl AsyncFnMut() -> Result<(), T>) {
+pub(crate) async fn until<T: std::fmt::Debug>(mut probe: impl AsyncFnMut() -> Result<(), T>) {
     let mut last = None;
     for _ in 0..6000 {
         match probe().await {
@@ -457,6 +458,50 @@ async fn a_stopping_host_with_every_ack_pending_permit_held_hands_each_held_mess
     assert_eq!(counts, [0.0, 3.0, 0.0], "(acked, nak'ed, left unacknowledged): each held one nak'ed");
 
     // Another host (same consumer settings) takes all seven, each once, without waiting ack_wait.
+    let config =
+        NatsIngressConfig { max_ack_pending: Some(MAX_ACK_PENDING), ..consumer_config(&server, ACK_WAIT_MS) };
+    takes_each_once(&context, config, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_run_stopped_holding_every_ack_pending_message_hands_each_back_to_the_stream() {
+    // `switchyard run` stopped its ingresses and gave them the grace period before its host began
+    // stopping: the ingress, waiting for that with a timer of its own, raced the host's, and when
+    // it won (most stops on one runtime thread) it left every held message unacknowledged (back
+    // only after ack_wait) while the host's stats said they were handed back.
+    const ACK_WAIT_MS: u64 = 30_000;
+    const MAX_ACK_PENDING: u32 = 3;
+    let server = NatsServer::start_jetstream();
+    let context = create_stream(&server.client().await).await;
+    publish(&context, 7, 16).await;
+    let dir = plugin_dir(&[]);
+    let config = format!(
+        "[host]\nplugin_dir = \".\"\nstate_dir = \"state\"\nwatch = false\nio_threads = 1\n\
+         shutdown_grace_ms = 200\n{}max_ack_pending = {MAX_ACK_PENDING}\n\
+         [[destination]]\nname = \"sink\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         queue = {{ timeout_ms = 600000 }}\n[[route]]\nname = \"all\"\nto = \"sink\"\n",
+        ingress_config(&server, ACK_WAIT_MS),
+        free_addr(),
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    host.line_where(|line| line.contains("consuming JetStream stream ORDERS"));
+    // Three pulled and held (its destination is down), four waiting in the stream: the ingress
+    // waits for room, and leaves its loop the moment the stop comes.
+    until(async || match pending(&context).await {
+        (3, 4, 0) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+
+    let lines = tokio::task::spawn_blocking(move || host.stop_and_collect());
+    let lines = within(lines).await.unwrap();
+    let given_up = lines.iter().filter(|line| line.contains("stay unacknowledged"));
+    assert_eq!(given_up.collect::<Vec<_>>(), Vec::<&String>::new(), "the ingress gave up on what it held");
+    let stopped = lines.iter().find(|line| line.starts_with("switchyard: stopped")).expect("a stop line");
+    assert!(stopped.contains("\"handed_back\":3"), "{stopped}");
+
+    // Handed back: another host takes all seven, each once, without waiting for ack_wait.
     let config =
         NatsIngressConfig { max_ack_pending: Some(MAX_ACK_PENDING), ..consumer_config(&server, ACK_WAIT_MS) };
     takes_each_once(&context, config, 7).await;

@@ -4,12 +4,18 @@
 //! delivers what it held (its `x-sy-id` unchanged); a torn tail is cut off quietly and what
 //! precedes it delivered; corrupt bytes mid-segment, or at the end of a segment before the last,
 //! are reported and skipped, and what follows them delivered; a full spool is backpressure, never
-//! loss.
+//! loss. And through `switchyard run`: a stop while an ingress drains stops the recovery at once,
+//! leaving what it had not admitted in the spool.
 
+use crate::cli::Running;
 use crate::exposition::sample;
+use crate::jetstream::{create_stream, pending, publish, until};
+use crate::nats_server::NatsServer;
 use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use switchyard::config::Durability;
 use switchyard::{Config, Host, MemoryDestination, Message, NativeFilter, RouteConfig, SendError, Verdict};
@@ -250,6 +256,139 @@ async fn a_stop_during_recovery_leaves_the_messages_not_yet_redelivered_in_the_s
     assert_eq!(stats.delivered, left.depth);
     drop(open);
     assert_eq!(ids_of(&stuck_out, 50).await.len(), 50);
+    drain_and_account(&stuck).await;
+}
+
+/// An HTTP endpoint, on a runtime of its own, that holds every request until the test lets them
+/// through, counting those that arrived.
+struct HeldSink {
+    addr: std::net::SocketAddr,
+    arrivals: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+    /// Taken on drop: shut down in the background, as the test's own runtime may be the one dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl HeldSink {
+    fn start() -> HeldSink {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (arrivals, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
+        let app = axum::Router::new().fallback({
+            let (arrivals, gate) = (arrivals.clone(), gate.clone());
+            move || {
+                let (arrivals, gate) = (arrivals.clone(), gate.clone());
+                async move {
+                    arrivals.fetch_add(1, Ordering::Relaxed);
+                    drop(gate.acquire().await);
+                    "taken"
+                }
+            }
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        HeldSink { addr, arrivals, gate, runtime: Some(runtime) }
+    }
+
+    fn arrivals(&self) -> usize {
+        self.arrivals.load(Ordering::Relaxed)
+    }
+
+    /// Answer every request held, and every one to come.
+    fn let_through(&self) {
+        self.gate.add_permits(1);
+    }
+}
+
+impl Drop for HeldSink {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_run_stopped_while_an_ingress_drains_leaves_the_recovered_messages_not_yet_admitted_in_the_spool()
+ {
+    // `switchyard run` began its host's stop only once its ingresses had drained (or the grace
+    // period ended): meanwhile the recovery went on admitting what the spool held, and what of it
+    // was still queued at the grace's end was dead-lettered (`shutdown`) out of the spool.
+    const HELD: u64 = 50;
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), |_| {}).await;
+    for n in 0..HELD as usize {
+        stuck.send(message(n)).await.unwrap();
+    }
+    let state = crash_copy(state.path());
+    // A JetStream ingress holding a message keeps draining once the stop comes, until the message
+    // is settled: it goes to a sink that holds it.
+    let server = NatsServer::start_jetstream();
+    let stream = create_stream(&server.client().await).await;
+    publish(&stream, 1, 16).await;
+    // The recovered messages go to a sink that holds them too: one worker and queues of one fill
+    // at once.
+    let (recovered, aside) = (HeldSink::start(), HeldSink::start());
+    let config = format!(
+        "[host]\nplugin_dir = \".\"\nstate_dir = {:?}\nwatch = false\ndurability = \"spool\"\n\
+         workers = 1\nqueue_capacity = 1\nshutdown_grace_ms = 10000\n\
+         [[ingress.nats]]\nurl = \"{}\"\nstream = \"ORDERS\"\nack_wait_ms = 30000\n\
+         [[destination]]\nname = \"recovered\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         timeout_ms = 600000\nqueue = {{ capacity = 1, timeout_ms = 600000, max_in_flight = 1 }}\n\
+         [[destination]]\nname = \"aside\"\ntransport = \"http\"\nendpoints = [\"{}\"]\n\
+         timeout_ms = 600000\nqueue = {{ timeout_ms = 600000 }}\n\
+         [[route]]\nname = \"recovered\"\nmatch = {{ topic = \"t.*\" }}\nto = \"recovered\"\n\
+         [[route]]\nname = \"aside\"\nmatch = {{ topic = \"orders.*\" }}\nto = \"aside\"\n",
+        state.path(),
+        server.address(),
+        recovered.addr,
+        aside.addr,
+    );
+    let dir = plugin_dir(&[]);
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    host.line_where(|line| line.contains("consuming JetStream stream ORDERS"));
+    // The stream's message pulled (waiting for room in the queue), a recovered one at its sink.
+    until(async || match (pending(&stream).await, recovered.arrivals()) {
+        ((1, 0, _), 1) => Ok(()),
+        seen => Err(seen),
+    })
+    .await;
+
+    // The stop (said once begun): the recovery stops at once, though the ingress drains and what
+    // was admitted goes on meanwhile.
+    host.terminate();
+    host.line_where(|line| line.starts_with("switchyard: stopping"));
+    recovered.let_through();
+    let line = host.line_where(|line| {
+        line.contains("the spool keeps the messages not yet delivered again")
+            || line.starts_with("switchyard: stopped")
+    });
+    assert!(line.contains("the spool keeps"), "the recovery went on through the stop: {line}");
+    let not_admitted: u64 = line.rsplit("messages=").next().unwrap().parse().unwrap();
+    aside.let_through();
+    let stopped = host.stopped();
+    let stats: serde_json::Value = serde_json::from_str(stopped.split_once("; ").unwrap().1).unwrap();
+    let outcomes = (stats["dead_lettered"].as_u64(), stats["handed_back"].as_u64());
+    assert_eq!(outcomes, (Some(0), Some(0)), "{stopped}");
+    assert_eq!(stats["delivered"], stats["accepted"], "{stopped}");
+    assert_eq!(
+        stats["accepted"].as_u64(),
+        Some(HELD - not_admitted + 1),
+        "and the stream's message: {stopped}"
+    );
+    assert_eq!(pending(&stream).await.0, 0, "the stream's message acknowledged");
+
+    // What was not admitted again when the stop began stays for the next start.
+    let left = switchyard::spool::inspect(&state.path().join("spool")).unwrap();
+    assert_eq!(left.depth, not_admitted, "{left:?} {stopped}");
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, HELD as usize).await.len() as u64, HELD);
     drain_and_account(&stuck).await;
 }
 

@@ -134,10 +134,13 @@ pub async fn run(
         }
     });
     let stops = signals.until_stopped(host.clone()).await;
+    // The host stops at once, as the ingresses drain: its spool's start-up redelivery admits no
+    // more, and a JetStream ingress waits for the host's stop to end, not a timer of its own.
+    let stopped = host.shutdown_after(servers);
+    let _ = stop.send(true);
     eprintln!("switchyard: stopping (a second SIGINT or SIGTERM stops at once)");
     tokio::spawn(stops.stop_now(host.clone()));
-    let _ = stop.send(true);
-    if let Some(servers) = host.shutdown_after(servers).await {
+    if let Some(servers) = stopped.await {
         servers?;
     }
     let stats = host.stats();

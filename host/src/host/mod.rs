@@ -62,7 +62,8 @@ struct HostInner {
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
     /// Turns true once the shutdown, begun by the first call, has ended; `None` before that call.
     stopped: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
-    /// Cancelled once the host is stopping (`run`'s shutdown came, or a shutdown began), and once
+    /// Cancelled once the host is stopping (`shutdown_after` was called — by `run` once its
+    /// shutdown came, by `switchyard run` on a stop signal — or a shutdown began), and once
     /// that stop has ended: a stopping JetStream ingress waits for its end, which resolves every
     /// receipt, rather than give up on them by a timer of its own. Shared with the dispatchers
     /// (`DispatchContext::stopping`), which tell by it a queue the stop closed from one a reload
@@ -512,8 +513,6 @@ impl Host {
             serving.push(tokio::spawn(grpc.serve(stop.clone().cancelled_owned())));
         }
         shutdown.await;
-        self.inner.stopping.cancel();
-        stop.cancel();
         let ingress_stopped = async {
             for ingress in serving {
                 if ingress.await.is_err() {
@@ -521,7 +520,9 @@ impl Host {
                 }
             }
         };
-        self.shutdown_after(ingress_stopped).await;
+        let stopped = self.shutdown_after(ingress_stopped);
+        stop.cancel();
+        stopped.await;
         Ok(())
     }
 
@@ -531,21 +532,29 @@ impl Host {
     /// stop past it. The host's own grace period is what is left of it. What `listeners` gave, if
     /// they finished in time.
     ///
+    /// The host is stopping, and the grace period running, from the call on, before the returned
+    /// future is first polled: a JetStream ingress among `listeners` waits for the end of the
+    /// host's stop rather than give up at a timer of its own, and the spool's start-up redelivery
+    /// admits no more (what it did not admit stays in the spool for the next start).
+    ///
     /// A request still waiting at the grace period's end has its answer once the shutdown settled
     /// its message: the listeners get a second more to send it.
-    pub async fn shutdown_after<T>(&self, listeners: impl Future<Output = T>) -> Option<T> {
-        let (grace, stopping) = (self.shutdown_grace(), Instant::now());
-        tokio::pin!(listeners);
-        if let Ok(stopped) = tokio::time::timeout(grace, &mut listeners).await {
-            self.shutdown_within(grace.saturating_sub(stopping.elapsed())).await;
-            return Some(stopped);
+    pub fn shutdown_after<T>(&self, listeners: impl Future<Output = T>) -> impl Future<Output = Option<T>> {
+        let (host, grace, stopping) = (self.clone(), self.shutdown_grace(), Instant::now());
+        self.inner.stopping.cancel();
+        async move {
+            tokio::pin!(listeners);
+            if let Ok(stopped) = tokio::time::timeout(grace, &mut listeners).await {
+                host.shutdown_within(grace.saturating_sub(stopping.elapsed())).await;
+                return Some(stopped);
+            }
+            tracing::warn!(
+                ?grace,
+                "requests still in flight at the end of the shutdown grace period: shutting down without them"
+            );
+            host.shutdown_within(Duration::ZERO).await;
+            tokio::time::timeout(ANSWERS_AFTER_SHUTDOWN, listeners).await.ok()
         }
-        tracing::warn!(
-            ?grace,
-            "requests still in flight at the end of the shutdown grace period: shutting down without them"
-        );
-        self.shutdown_within(Duration::ZERO).await;
-        tokio::time::timeout(ANSWERS_AFTER_SHUTDOWN, listeners).await.ok()
     }
 
     /// SIGKILL, at once, the processes this host's `subprocess` destinations started and that still
@@ -593,7 +602,8 @@ impl Host {
         let _ = stopped.wait_for(|stopped| *stopped).await;
     }
 
-    /// Resolves once the host is stopping: [`run`](Self::run)'s shutdown came, or a shutdown began.
+    /// Resolves once the host is stopping: [`shutdown_after`](Self::shutdown_after) was called
+    /// ([`run`](Self::run)'s shutdown came), or a shutdown began.
     pub(crate) async fn stopping(&self) {
         self.inner.stopping.cancelled().await;
     }
