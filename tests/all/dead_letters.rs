@@ -2,11 +2,13 @@
 //! file (counted only once there), re-delivered when a destination takes
 //! them again, across a restart too; fallbacks; labels any transport takes.
 
+use crate::cli::Running;
 use crate::exposition::sample;
 use crate::support::{
     PATIENCE, builder, drain_and_account, eventually, http, next, plugin_dir, start_ingress, within,
 };
 use std::collections::HashSet;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -1230,4 +1232,36 @@ async fn a_letter_refused_for_good_in_the_file_does_not_send_later_letters_for_i
     assert_eq!(stats.dead_lettered, 2);
     assert_eq!(metric(&host, "switchyard_dead_letters_redelivered_total"), 0.0);
     assert_eq!(host.dead_letters(10).unwrap().count, 1, "the refused one stays");
+}
+
+#[test]
+fn a_host_started_on_a_large_dead_letter_file_counts_it_without_holding_its_letters() {
+    // The count at start kept every letter of the file, to count them by destination: a file
+    // grown for days while its dead-letter destination was down needed about its size in memory.
+    const LETTERS: usize = 70_000;
+    let dir = plugin_dir(&[]);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(state.join(FILE_NAME)).unwrap());
+    for n in 1..=LETTERS {
+        let mut message = Message::new("orders.eu", vec![b'x'; 1024]);
+        message.id = n as MessageId;
+        let line = serde_json::to_string(&DeadLetterRecord::new(&message, "log")).unwrap();
+        writeln!(file, "{line}").unwrap();
+    }
+    let size = file.into_inner().unwrap().metadata().unwrap().len();
+    let config = "[host]\nplugin_dir = \".\"\nstate_dir = \"state\"\nwatch = false\n";
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+
+    let host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    // Said once the host is built, the file counted.
+    host.line_where(|line| line.starts_with("switchyard: config"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
+    let peak = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).expect("a peak resident size");
+    let peak_bytes = peak.trim().strip_suffix(" kB").unwrap().trim().parse::<u64>().unwrap() * 1024;
+    drop(host.kill());
+    assert!(
+        peak_bytes < size,
+        "the host's peak resident memory ({peak_bytes} bytes) reached the size of the file it counted ({size} bytes)"
+    );
 }

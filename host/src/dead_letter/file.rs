@@ -474,9 +474,10 @@ fn letters(held: &Held) -> usize {
     held.values().sum()
 }
 
-/// The file at `path`, its letters (none if there is none; an unreadable
-/// line is skipped with a warning), and its size: more than their length if
-/// it ends in a torn line.
+/// The file at `path`, how many letters it holds for each destination (none if there is none; an
+/// unreadable line is skipped with a warning), and its size: more than their length if it ends in
+/// a torn line. Read a line at a time: it holds no letter past its line, whatever the file's size
+/// (one grown for days while its dead-letter destination was down).
 fn count(path: &Path) -> io::Result<(State, Held, u64)> {
     let existing = match File::open(path) {
         Ok(existing) => existing,
@@ -486,12 +487,15 @@ fn count(path: &Path) -> io::Result<(State, Held, u64)> {
         Err(error) => return Err(error),
     };
     let metadata = existing.metadata()?;
-    let batch = scan(path, existing, 0..u64::MAX, &BTreeMap::new(), usize::MAX, |_| false)?;
+    let none_removed = BTreeMap::new();
+    let mut lines = LetterLines::new(path, existing, 0..u64::MAX, &none_removed);
     let mut held = Held::new();
-    for letter in batch.letters {
-        *held.entry(letter.destination).or_default() += 1;
+    for line in &mut lines {
+        if let (Some(letter), _) = line? {
+            *held.entry(letter.destination).or_default() += 1;
+        }
     }
-    let state = State { len: batch.end.at, file: Some(file_id(&metadata)), ..State::default() };
+    let state = State { len: lines.at, file: Some(file_id(&metadata)), ..State::default() };
     Ok((state, held, metadata.len()))
 }
 
@@ -506,34 +510,65 @@ fn scan(
     limit: usize,
     mut skip: impl FnMut(&DeadLetterRecord) -> bool,
 ) -> io::Result<Batch> {
-    let mut reader = BufReader::new(file.take(range.end - range.start));
     let end = Position { generation: None, at: range.start };
     let mut batch = Batch { letters: Vec::new(), held: 0, spans: Vec::new(), unreadable: Vec::new(), end };
-    let mut line = Vec::new();
+    let mut lines = LetterLines::new(path, file, range, removed);
     while batch.letters.len() < limit {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line)?;
-        if read == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let span = batch.end.at..batch.end.at + read as u64;
-        batch.end.at = span.end;
-        if removed.contains_key(&span.start) {
-            continue;
-        }
-        match letter_on(&line) {
-            Ok(letter) if skip(&letter) => {}
-            Ok(letter) => {
+        let Some(line) = lines.next() else { break };
+        match line? {
+            (Some(letter), _) if skip(&letter) => {}
+            (Some(letter), span) => {
                 batch.letters.push(letter);
                 batch.spans.push(span);
             }
-            Err(error) => {
-                unreadable(path, span.start, &error);
-                batch.unreadable.push(span);
-            }
+            (None, span) => batch.unreadable.push(span),
         }
     }
+    batch.end.at = lines.at;
     Ok(batch)
+}
+
+/// The whole lines of bytes `range` of a file but those `removed` (by where they start), one at a
+/// time: each with its letter (`None` for a line that cannot be read, warned of) and where it is.
+struct LetterLines<'a> {
+    path: &'a Path,
+    reader: BufReader<io::Take<File>>,
+    removed: &'a BTreeMap<u64, u64>,
+    /// Where the next line starts: after the last whole line read.
+    at: u64,
+    line: Vec<u8>,
+}
+
+impl<'a> LetterLines<'a> {
+    /// The lines of `file` (at `path`, read from `range.start` on).
+    fn new(path: &'a Path, file: File, range: Range<u64>, removed: &'a BTreeMap<u64, u64>) -> Self {
+        let reader = BufReader::new(file.take(range.end - range.start));
+        LetterLines { path, reader, removed, at: range.start, line: Vec::new() }
+    }
+}
+
+impl Iterator for LetterLines<'_> {
+    type Item = io::Result<(Option<DeadLetterRecord>, Range<u64>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.line.clear();
+            let read = match self.reader.read_until(b'\n', &mut self.line) {
+                Ok(read) => read,
+                Err(error) => return Some(Err(error)),
+            };
+            if read == 0 || self.line.last() != Some(&b'\n') {
+                return None;
+            }
+            let span = self.at..self.at + read as u64;
+            self.at = span.end;
+            if self.removed.contains_key(&span.start) {
+                continue;
+            }
+            let letter = letter_on(&self.line).inspect_err(|error| unreadable(self.path, span.start, error));
+            return Some(Ok((letter.ok(), span)));
+        }
+    }
 }
 
 /// The whole lines of bytes `range` of `file`, each with where it starts, but those `removed` (by
@@ -753,6 +788,33 @@ mod tests {
         assert!(!text.contains("not json") && text.lines().count() == 2, "{text}");
         let set_aside = std::fs::read_to_string(dir.path().join(DAMAGED_FILE_NAME)).unwrap();
         assert_eq!(set_aside, format!("not json\n{damaged}"), "kept byte for byte, not dropped");
+    }
+
+    #[test]
+    fn a_file_is_counted_by_destination_past_unreadable_lines_and_up_to_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |letter: &DeadLetterRecord| format!("{}\n", serde_json::to_string(letter).unwrap());
+        // Not JSON, a payload that is not base64, an id that is not a message id: none counted.
+        let unreadable = |field: &str, value: &str| {
+            let mut record = serde_json::to_value(letter(9, "dead")).unwrap();
+            record[field] = value.into();
+            format!("{record}\n")
+        };
+        let lines = [
+            line(&letter(1, "dead")),
+            "not json\n".to_owned(),
+            unreadable("payload", "*"),
+            unreadable("id", "x"),
+            line(&letter(2, "other")),
+            line(&letter(3, "dead")),
+            r#"{"id":"4","destination":"other"#.to_owned(),
+        ];
+        std::fs::write(dir.path().join(FILE_NAME), lines.concat()).unwrap();
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        let counted = (file.letters(), file.held_for("dead"), file.held_for("other"));
+        assert_eq!(counted, (3, 2, 1), "(letters, for dead, for other)");
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert_eq!(text, lines[..6].concat(), "the torn last line cut off, the rest left as it was");
     }
 
     #[test]
