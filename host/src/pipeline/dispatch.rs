@@ -362,7 +362,9 @@ impl Dispatcher {
                 // handed to the fallback, which would send it beside the next.
                 drop(turn);
             };
-            let delivery = self.tasks.track_future(delivery.instrument(span));
+            // Boxed: a delivery's future is several KiB, and a task moves its future whole as it
+            // is spawned and as it ends (tokio boxes only those over 16 KiB), five copies a message.
+            let delivery = self.tasks.track_future(Box::pin(delivery.instrument(span)));
             context.tracker.spawn_on(delivery, &context.runtime);
         }
     }
