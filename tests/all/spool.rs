@@ -612,6 +612,51 @@ async fn a_full_spool_is_backpressure_and_every_message_it_took_is_delivered() {
     assert_eq!(host.spool().unwrap().depth, 0);
 }
 
+#[tokio::test]
+async fn a_send_waiting_for_room_in_a_spool_full_of_recovered_messages_holds_up_none_of_them() {
+    // A send took its room in the intake, then waited for room in the spool. In a spool full of
+    // recovered messages, sends waiting there held all of the intake, which the recovery needed to
+    // send those messages on, whose delivery alone makes room in the spool: nothing moved, for good.
+    let spool_limits = |config: &mut Config| {
+        config.host.max_message_bytes = 2048;
+        config.host.spool_max_bytes = 8 * 1024;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let (open, gate) = gate();
+    let (stuck, stuck_out) = host(state.path(), Some(gate), spool_limits).await;
+    let mut held = 0;
+    while stuck.try_send(message(held)).await.is_ok() {
+        held += 1;
+    }
+    assert_eq!(held, 8, "each small record holds 1 KiB of the 8 KiB spool");
+    let state = crash_copy(state.path());
+    let (host, delivered) = host_again_with(state.path(), |config| {
+        spool_limits(config);
+        config.host.queue_bytes = 4 * 1024;
+    })
+    .await;
+    assert_eq!(host.spool().unwrap().recovered, 8);
+    // More sends than the intake has room for (4 KiB, 1 KiB each), each polled once before this
+    // task first yields (a current-thread runtime), so before the recovery's task runs: each
+    // takes what room it can find, then waits, as the spool is full.
+    let mut sends: Vec<_> = (100..116).map(|n| Box::pin(host.send(message(n)))).collect();
+    for send in &mut sends {
+        assert!(futures_util::poll!(send).is_pending(), "the spool is full");
+    }
+    let (sent, ids) =
+        within(async { tokio::join!(futures_util::future::join_all(sends), ids_of(&delivered, 24)) }).await;
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    let mut expected: Vec<_> = (0..8).chain(100..116).map(|n| format!("mine-{n}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every recovered message and every send delivered");
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (24, 24));
+    assert_eq!(host.spool().unwrap().depth, 0);
+    drop(open);
+    assert_eq!(ids_of(&stuck_out, 8).await.len(), 8);
+    drain_and_account(&stuck).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_host_on_the_state_directory_of_a_spooling_one_is_refused_until_it_stopped() {
     let state = tempfile::tempdir().unwrap();

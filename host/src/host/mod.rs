@@ -118,13 +118,15 @@ impl Host {
     ) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
+        // Room in the spool first (see `Spool::room`): none with a receipt.
+        let room = match receipt {
+            Some(_) => None,
+            None => self.spool_room(&message, true).await?,
+        };
         let bytes = self.intake_bytes(kib).await;
         let envelope = match receipt {
             Some(receipt) => Envelope::new(message, None, bytes, None).with_receipt(receipt),
-            None => {
-                let spooled = self.spool_put(&message, true).await?;
-                Envelope::new(message, None, bytes, spooled)
-            }
+            None => Envelope::new(message, None, bytes, self.spool_put(room).await?),
         };
         self.queue(envelope).await?;
         Ok(id)
@@ -141,8 +143,9 @@ impl Host {
     async fn try_accept(&self, message: Message, alert_message: bool) -> Result<MessageId, SendError> {
         let (message, kib) = self.admit(message)?;
         let id = message.id;
+        let room = self.spool_room(&message, false).await?;
         let bytes = self.try_intake_bytes(kib)?;
-        let spooled = self.spool_put(&message, false).await?;
+        let spooled = self.spool_put(room).await?;
         let envelope = Envelope::new(message, None, bytes, spooled);
         self.queue_now(if alert_message { envelope.of_alert() } else { envelope }).await?;
         Ok(id)
@@ -172,10 +175,11 @@ impl Host {
                 Ok((message, bytes))
             })
             .collect();
-        // All of them into the spool at once: the writer commits them together.
+        // All of them into the spool at once: the writer commits them together. Room there follows
+        // room in the intake here, as neither is waited for (see `Spool::room`).
         let spooled = futures_util::future::join_all(with_bytes.iter().map(|admitted| async move {
             match admitted {
-                Ok((message, _)) => self.spool_put(message, false).await,
+                Ok((message, _)) => self.spool_put(self.spool_room(message, false).await?).await,
                 Err(_) => Ok(None),
             }
         }))
@@ -254,8 +258,9 @@ impl Host {
         let (reply, pending) = oneshot::channel();
         let (message, kib) = self.admit(message)?;
         let id = message.id;
+        let room = self.spool_room(&message, false).await?;
         let bytes = self.try_intake_bytes(kib)?;
-        let spooled = self.spool_put(&message, false).await?;
+        let spooled = self.spool_put(room).await?;
         self.queue_now(Envelope::new(message, Some(reply), bytes, spooled)).await?;
         Ok((id, pending))
     }

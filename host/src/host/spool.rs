@@ -5,7 +5,7 @@ use super::{Host, SendError};
 use crate::message::Message;
 use crate::message::MessageId;
 use crate::pipeline::{Counters, Envelope, Pipeline, ReplySender};
-use crate::spool::{Spool, SpoolError, SpoolHold};
+use crate::spool::{Spool, SpoolError, SpoolHold, SpoolRoom};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use std::sync::Arc;
@@ -37,41 +37,52 @@ impl Host {
         })
     }
 
-    /// `message` checked, given its ids and its room in the intake (waited for) and, with a spool,
-    /// put in it (waiting for room there): ready to queue.
+    /// `message` checked and given its ids, its room in the spool (with one) then in the intake
+    /// (see [`Spool::room`]), each waited for, and put in the spool: ready to queue.
     pub(super) async fn admitted_envelope(
         &self,
         message: Message,
         reply: Option<ReplySender>,
     ) -> Result<Envelope, SendError> {
         let (message, kib) = self.admit(message)?;
+        let room = self.spool_room(&message, true).await?;
         let bytes = self.intake_bytes(kib).await;
-        let spooled = self.spool_put(&message, true).await?;
+        let spooled = self.spool_put(room).await?;
         Ok(Envelope::new(message, reply, bytes, spooled))
     }
 
-    /// Put `message` in the spool (written and fsync'd, with whatever else is being admitted)
-    /// when the host has one; `wait` for room in `host.spool_max_bytes`, else refuse as
-    /// backpressure. `None` in memory durability.
-    pub(super) async fn spool_put(
+    /// Room for `message`'s record in the spool when the host has one, taken before its room in
+    /// the intake (see [`Spool::room`]); `wait` for it, else refuse as backpressure. `None` in
+    /// memory durability.
+    pub(super) async fn spool_room(
         &self,
         message: &Message,
         wait: bool,
-    ) -> Result<Option<SpoolHold>, SendError> {
+    ) -> Result<Option<SpoolRoom>, SendError> {
         let Some(spool) = &self.inner.spool else { return Ok(None) };
-        match spool.put(message, wait).await {
-            Ok(hold) => Ok(Some(hold)),
-            Err(SpoolError::Full { .. }) => Err(SendError::Backpressure),
-            Err(SpoolError::TooLarge { bytes, max_bytes }) => Err(SendError::TooLarge {
-                size: bytes,
-                limit: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            }),
-            Err(SpoolError::Closed) => Err(SendError::ShuttingDown),
-            // Told to clients: the error, not the state directory it happened in (logged).
-            Err(SpoolError::Io { dir, error }) => {
-                tracing::error!(dir = %dir.display(), %error, "the spool could not record a message");
-                Err(SendError::Unrecorded(error.to_string()))
-            }
+        spool.room(message, wait).await.map(Some).map_err(refusal)
+    }
+
+    /// Put the message `room` was taken for in the spool (written and fsync'd, with whatever else
+    /// is being admitted). `None` in memory durability.
+    pub(super) async fn spool_put(&self, room: Option<SpoolRoom>) -> Result<Option<SpoolHold>, SendError> {
+        let (Some(spool), Some(room)) = (&self.inner.spool, room) else { return Ok(None) };
+        spool.put(room).await.map(Some).map_err(refusal)
+    }
+}
+
+/// What a client is told of a message the spool could not take.
+fn refusal(error: SpoolError) -> SendError {
+    match error {
+        SpoolError::Full { .. } => SendError::Backpressure,
+        SpoolError::TooLarge { bytes, max_bytes } => {
+            SendError::TooLarge { size: bytes, limit: usize::try_from(max_bytes).unwrap_or(usize::MAX) }
+        }
+        SpoolError::Closed => SendError::ShuttingDown,
+        // Told to clients: the error, not the state directory it happened in (logged).
+        SpoolError::Io { dir, error } => {
+            tracing::error!(dir = %dir.display(), %error, "the spool could not record a message");
+            SendError::Unrecorded(error.to_string())
         }
     }
 }

@@ -2,15 +2,17 @@
 //! is acknowledged, and stays there until its outcome (delivered, filtered, responded,
 //! dead-lettered) is recorded; a host started on the same state directory delivers what it holds.
 //!
-//! Data path: admission encodes the message and queues a put for the writer thread, which writes
-//! every put queued meanwhile with one write and one fsync (group commit) and answers each with its
-//! sequence number; the admission then holds a `SpoolHold` that travels with the message and every
-//! message made from it, each settled where it reaches its outcome; the last of them to be dropped
-//! queues the remove if all were. One dropped unsettled (with the runtime its task ran on, by a
-//! thread that panics, its dead letter lost) leaves the record for the next start, as a crash does.
-//! An admission given up on while its put is written (a timeout, a client that hung up) has its
-//! record removed again; one refused after its put (the host stopping, the queue full) has its
-//! record's remove fsync'd before the refusal is answered (see `SpoolHold::withdraw`).
+//! Data path: admission encodes the message and takes room for its record in `spool_max_bytes`
+//! (before its room in the intake: see `Spool::room`), then queues a put for the writer thread,
+//! which writes every put queued meanwhile with one write and one fsync (group commit) and answers
+//! each with its sequence number; the admission then holds a `SpoolHold` that travels with the
+//! message and every message made from it, each settled where it reaches its outcome; the last of
+//! them to be dropped queues the remove if all were. One dropped unsettled (with the runtime its
+//! task ran on, by a thread that panics, its dead letter lost) leaves the record for the next
+//! start, as a crash does. An admission given up on while its put is written (a timeout, a client
+//! that hung up) has its record removed again; one refused after its put (the host stopping, the
+//! queue full) has its record's remove fsync'd before the refusal is answered (see
+//! `SpoolHold::withdraw`).
 //!
 //! The store is an append-only segment log of CRC-checked records (see `record` and `log`), chosen
 //! over redb and fjall by measurement on this machine (2 cores, shared; 300 group-committed batches
@@ -173,11 +175,14 @@ impl Spool {
         Ok((spool, Recovery { messages, damage }))
     }
 
-    /// Write `message` and fsync it (with whatever else is queued); waits for room in
-    /// `spool_max_bytes` when `wait`, else refuses with [`SpoolError::Full`].
-    pub(crate) async fn put(&self, message: &Message, wait: bool) -> Result<SpoolHold, SpoolError> {
-        let accepted_ms = writer::now_ms();
-        let body = record::put_body(message, accepted_ms);
+    /// Room in `spool_max_bytes` for `message`'s record, to [`put`](Spool::put) it in; waits for it
+    /// when `wait`, else refuses with [`SpoolError::Full`]. An admission takes it before its room in
+    /// the intake: the recovery at start takes room in the intake for messages that hold theirs
+    /// here, and only their delivery makes room here, so a send that held room in the intake while
+    /// it waited here could hold them up, and with the spool full of them, for good.
+    pub(crate) async fn room(&self, message: &Message, wait: bool) -> Result<SpoolRoom, SpoolError> {
+        // Stamped with the time it is accepted by `put`.
+        let body = record::put_body(message, 0);
         let kib = record_kib(body.len());
         if kib as usize > kib_of(self.max_bytes) {
             // Larger than the whole spool (a long topic, many headers): waiting would never end.
@@ -194,6 +199,14 @@ impl Spool {
                 .try_acquire_many_owned(kib)
                 .map_err(|_| SpoolError::Full { max_bytes: self.max_bytes })?,
         };
+        Ok(SpoolRoom { body, permit })
+    }
+
+    /// Write the record `room` was taken for and fsync it (with whatever else is queued).
+    pub(crate) async fn put(&self, room: SpoolRoom) -> Result<SpoolHold, SpoolError> {
+        let SpoolRoom { mut body, permit } = room;
+        let accepted_ms = writer::now_ms();
+        record::stamp_accepted(&mut body, accepted_ms);
         let (done, written) = oneshot::channel();
         self.requests.send(Request::Put { body, accepted_ms, done }).map_err(|_| SpoolError::Closed)?;
         let mut answer = Answer { spool: self, permit: Some(permit), written };
@@ -246,6 +259,15 @@ impl Drop for Spool {
             let _ = writer.join();
         }
     }
+}
+
+/// Room in `spool_max_bytes` for one message's record ([`Spool::room`]), with the record: given
+/// back when dropped unused.
+pub(crate) struct SpoolRoom {
+    /// The record's body ([`record::put_body`]), stamped when it is put.
+    body: Vec<u8>,
+    /// The record's share of `spool_max_bytes`, for its hold.
+    permit: OwnedSemaphorePermit,
 }
 
 /// The answer to a put, awaited. Dropped before it was heard (the admission was given up on: a
@@ -373,7 +395,7 @@ mod tests {
         let message = Message::new("orders", "small payload").with_header("x-big", "h".repeat(8 * 1024));
         let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
         let all = spool.budget.available_permits();
-        let hold = spool.put(&message, false).await.unwrap();
+        let hold = spool.put(spool.room(&message, false).await.unwrap()).await.unwrap();
         let taken = all - spool.budget.available_permits();
         assert!(taken > 8, "the headers count, not only the payload: {taken} KiB");
         // Left unsettled, as a crash leaves it.
@@ -386,13 +408,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_room_dropped_unused_gives_back_its_share_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let all = spool.budget.available_permits();
+        let room = spool.room(&Message::new("orders", "given up"), false).await.unwrap();
+        assert_eq!(spool.budget.available_permits(), all - 1);
+        drop(room);
+        assert_eq!(spool.budget.available_permits(), all);
+        spool.close().await;
+        assert_eq!(spool.status().depth, 0);
+    }
+
+    #[tokio::test]
     async fn an_answer_dropped_unheard_removes_its_record_and_gives_back_its_share() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
         let all = spool.budget.available_permits();
         // A record on disk whose answer arrived after its admission was given up on: the answer
         // is all that knows its sequence number.
-        let hold = spool.put(&Message::new("orders", "given up"), false).await.unwrap();
+        let room = spool.room(&Message::new("orders", "given up"), false).await.unwrap();
+        let hold = spool.put(room).await.unwrap();
         let (seq, permit) = (hold.seq, spool.budget.clone().try_acquire_many_owned(1).unwrap());
         std::mem::forget(hold);
         let (done, written) = oneshot::channel();
@@ -411,8 +447,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
         let all = spool.budget.available_permits();
-        let settled = spool.put(&Message::new("orders", "settled"), false).await.unwrap();
-        let dropped = spool.put(&Message::new("orders", "dropped"), false).await.unwrap();
+        let settled = spool.room(&Message::new("orders", "settled"), false).await.unwrap();
+        let settled = spool.put(settled).await.unwrap();
+        let dropped = spool.room(&Message::new("orders", "dropped"), false).await.unwrap();
+        let dropped = spool.put(dropped).await.unwrap();
         settled.settle();
         drop(settled);
         // With no word, as a task dropped with its runtime drops what it holds.

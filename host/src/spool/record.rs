@@ -69,6 +69,11 @@ pub(crate) fn put_body(message: &Message, accepted_ms: u64) -> Vec<u8> {
     body
 }
 
+/// Set the time a put's `body` (from [`put_body`]) says its message was accepted.
+pub(crate) fn stamp_accepted(body: &mut [u8], accepted_ms: u64) {
+    body[..8].copy_from_slice(&accepted_ms.to_le_bytes());
+}
+
 fn write(out: &mut Vec<u8>, kind: u8, seq: u64, body: &[u8]) {
     let len = u32::try_from(9 + body.len()).expect("a spooled message is within max_message_bytes");
     let mut crc = crc32fast::Hasher::new();
