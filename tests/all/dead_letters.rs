@@ -567,6 +567,57 @@ retry = {{ attempts = 2, base_ms = 1, max_ms = 5 }}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_an_http_dead_letter_destination_answers_5xx_wait_in_the_file_and_reach_it_once_it_takes_them()
+ {
+    // A dead-letter destination that is not idempotent (the default) and answers 502 did not take
+    // the letter: it neither refused it for good nor took it unanswered. Before, the answer ended
+    // the delivery as a 4xx does, the letter was noted refused for good, and it sat in the file,
+    // never sent again in this run, the destination back or not.
+    let up = Arc::new(AtomicBool::new(false));
+    let (failed, (sender, received)) = (Arc::new(AtomicUsize::new(0)), flume::unbounded());
+    let (is_up, failures) = (up.clone(), failed.clone());
+    let app = axum::Router::new().fallback(move |body: String| {
+        let (is_up, failures, sender) = (is_up.clone(), failures.clone(), sender.clone());
+        async move {
+            if !is_up.load(Ordering::SeqCst) {
+                failures.fetch_add(1, Ordering::SeqCst);
+                return axum::http::StatusCode::BAD_GATEWAY;
+            }
+            let _ = sender.send(body);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let toml = format!(
+        "[host]\ndead_letter = \"dlq\"\n[[destination]]\nname = \"dlq\"\ntransport = \"http\"\nendpoints = [\"{addr}\"]\n"
+    );
+    let (state, plugins) = (tempfile::tempdir().unwrap(), plugin_dir(&[]));
+    let config = Config::from_toml("test.toml", &toml).unwrap();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.build().await.unwrap();
+    let sent = send_unroutable(&host, 3).await;
+    assert_eq!(spooled_once_settled(&host, 0), sent, "answered 502: the file has every letter");
+    assert!(failed.load(Ordering::SeqCst) >= 1, "the destination answered 502");
+
+    up.store(true, Ordering::SeqCst);
+    let arrived = eventually(|| {
+        let (held, arrived) = (host.dead_letters(0).unwrap().count, received.len());
+        match (held, arrived) {
+            (0, 3) => Ok(received.drain().collect::<Vec<_>>()),
+            seen => Err(seen),
+        }
+    });
+    let mut arrived: Vec<_> = arrived.iter().map(String::as_str).collect();
+    arrived.sort();
+    assert_eq!(arrived, ["letter 0", "letter 1", "letter 2"], "each letter once, by its payload");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 3);
+    assert!(received.is_empty(), "no letter sent twice: {:?}", received.drain().collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn letters_neither_a_destination_nor_the_file_takes_are_counted_lost_not_dead_lettered() {
     let parent = tempfile::tempdir().unwrap();
     let state = parent.path().join("state");

@@ -61,8 +61,15 @@ pub enum DeliveryError {
         attempts: u32,
         /// The last failure's error, after its endpoint's address.
         last_error: String,
-        /// Whether the last error was final rather than worth a retry.
+        /// Whether the last error was final rather than worth a retry: the
+        /// endpoint refused the message (`refused`), or it answered a failure
+        /// worth a retry that is not safe to make (a 5xx, a 408, no answer: the
+        /// destination is not `idempotent`, and the endpoint may have taken it).
         fatal: bool,
+        /// Whether the endpoint refused the message for good (a 4xx, a
+        /// plugin's `rejected`, a message its protocol cannot carry): sent
+        /// again, it would be refused again.
+        refused: bool,
         /// Whether an attempt went out and got no answer (a timeout, a
         /// reset), so an endpoint may have taken the message (a destination
         /// that is not `idempotent` does not send it again).

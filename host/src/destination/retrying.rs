@@ -33,6 +33,7 @@ impl Retrying {
                     attempts,
                     last_error,
                     fatal: false,
+                    refused: false,
                     maybe_delivered: false,
                 });
             }
@@ -94,6 +95,7 @@ mod tests {
             attempts: 3,
             last_error: "busy (3)".into(),
             fatal: false,
+            refused: false,
             maybe_delivered: false,
         };
         assert_eq!(answer, Err(expected));

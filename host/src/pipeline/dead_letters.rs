@@ -348,7 +348,10 @@ const ONCE: RetryPolicy = RetryPolicy { attempts: 1, ..RETRY };
 
 /// Deliver `letter` to the first of `chain` that takes it, trying each
 /// `policy.attempts` times with backoff unless it refuses the letter for
-/// good (a 4xx, a plugin's `rejected`: trying again would get the same).
+/// good (a 4xx, a plugin's `rejected`: trying again would get the same). One
+/// that is not idempotent and answers a failure worth a retry (a 5xx, a 408)
+/// did not take it, and does not retry it: the next is tried, else the letter
+/// waits in the file, re-delivered from there.
 /// One delivered to in place keeps an attempt waiting at most [`IN_PLACE_WAIT`]
 /// (a reader that stopped reading, a destination that hangs), and is not tried
 /// again for the letter: one with no room for it did not take it, the next
@@ -400,10 +403,13 @@ async fn send_along<'t>(
             match error {
                 // Refused for good, or it may have taken the letter (not sent twice): the next one.
                 DeliveryError::Fatal(_)
-                | DeliveryError::Attempts { fatal: true, .. }
+                | DeliveryError::Attempts { refused: true, .. }
+                | DeliveryError::Attempts { fatal: true, maybe_delivered: true, .. }
                 | DeliveryError::NotAnswered { .. } => break,
-                // Not taken, but room may come: the next one, else the file, re-delivered from.
-                DeliveryError::NoRoom { .. } => {
+                // Not taken, but room may come; or not taken, with an answer worth a retry that
+                // one not idempotent does not make (a 5xx, a 408): the next one, else the file,
+                // re-delivered from.
+                DeliveryError::NoRoom { .. } | DeliveryError::Attempts { fatal: true, .. } => {
                     all_refused = false;
                     break;
                 }

@@ -138,7 +138,14 @@ impl Cluster {
             maybe_delivered |= matches!(&outcome, Outcome::Retryable(reason) if reason.is_unanswered());
             if !(outcome.is_retryable() && safe) || attempts >= self.retry.attempts {
                 let fatal = !(outcome.is_retryable() && safe);
-                return Err(DeliveryError::Attempts { attempts, last_error: error, fatal, maybe_delivered });
+                let refused = matches!(outcome, Outcome::Fatal(_));
+                return Err(DeliveryError::Attempts {
+                    attempts,
+                    last_error: error,
+                    fatal,
+                    refused,
+                    maybe_delivered,
+                });
             }
             last_error = Some(error);
             // A message's first retry always goes; past the retry budget,
@@ -233,7 +240,7 @@ impl Cluster {
             }
             None => format!("{last}no endpoint can take it now"),
         };
-        DeliveryError::Attempts { attempts, last_error, fatal: false, maybe_delivered }
+        DeliveryError::Attempts { attempts, last_error, fatal: false, refused: false, maybe_delivered }
     }
 
     /// Resolves once some endpoint can take traffic (see [`Cluster::admissions`]).
