@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use switchyard::admin::AdminServer;
 use switchyard::dead_letter::{
-    DeadLetterReason, DeadLetterRecord, FILE_NAME, LISTED_BYTES, REASON_CODE_HEADER, REASON_HEADER,
+    DAMAGED_FILE_NAME, DeadLetterReason, DeadLetterRecord, FILE_NAME, LISTED_BYTES, REASON_CODE_HEADER,
+    REASON_HEADER,
 };
 use switchyard::{
     Config, DeliveryError, Destination, Host, Message, MessageId, PluginError, RequestError, RouteConfig,
@@ -1283,6 +1284,72 @@ async fn a_letter_refused_for_good_in_the_file_does_not_send_later_letters_for_i
     assert_eq!(stats.dead_lettered, 2);
     assert_eq!(metric(&host, "switchyard_dead_letters_redelivered_total"), 0.0);
     assert_eq!(host.dead_letters(10).unwrap().count, 1, "the refused one stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_reads_no_further_than_its_batch_when_only_refused_letters_are_for_destinations_not_down() {
+    // The file holds a letter for `dlb` that every destination of its chain (`dlb`, then `dla`)
+    // refuses for good, then more letters for the down `dla` than a pass reads, then a line that
+    // cannot be read: once read, it is set aside beside the file, which shows how far passes read. Once a pass finds `dla`
+    // down, no letter waits for another destination: it stops. Before, the refused letter counted
+    // as one waiting for `dlb`, and each pass read on to the end of the file, under the lock every
+    // letter written waits for.
+    let state = tempfile::tempdir().unwrap();
+    let line = |payload: &str, destination: &str| {
+        let letter = DeadLetterReason::NoRoute { topic: "nowhere".into() }
+            .label(Message::new("nowhere", payload.to_owned()), None);
+        serde_json::to_string(&DeadLetterRecord::new(&letter, destination)).unwrap() + "\n"
+    };
+    let mut file = line("poison", "dlb");
+    (0..300).for_each(|n| file += &line(&format!("{n}"), "dla"));
+    file += "not a letter\n";
+    std::fs::write(state.path().join(FILE_NAME), file).unwrap();
+    let damaged = state.path().join(DAMAGED_FILE_NAME);
+
+    let (up, tries, (taken, took)) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), flume::unbounded());
+    let (is_up, tried) = (up.clone(), tries.clone());
+    let dla = move |message: Message| {
+        let (is_up, tried, taken) = (is_up.clone(), tried.clone(), taken.clone());
+        async move {
+            tried.fetch_add(1, Ordering::SeqCst);
+            match (&message.payload[..], is_up.load(Ordering::SeqCst)) {
+                (b"poison", _) => Err(DeliveryError::Fatal("HTTP 400: refused for good".into())),
+                (_, true) => {
+                    taken.send(message).map(|()| None).map_err(|_| DeliveryError::Fatal("gone".into()))
+                }
+                (_, false) => Err(DeliveryError::Retryable("down for the test".into())),
+            }
+        }
+    };
+    let dlb = |_: Message| async { Err(DeliveryError::Fatal("HTTP 400: refused for good".into())) };
+    let plugins = plugin_dir(&[]);
+    let mut config = Config::default();
+    config.host.dead_letter = "dla".into();
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("dla", dla).destination("dlb", dlb).build().await.unwrap();
+
+    // The first pass tries `dla` once for the refused letter; each pass tries it once (with its
+    // retries) for the first letter for it: a try past these begins the third pass, the first two
+    // over.
+    let per_pass = one_delivery().count();
+    eventually(|| match tries.load(Ordering::SeqCst) {
+        tried if tried > 1 + 2 * per_pass => Ok(()),
+        tried => Err(tried),
+    });
+    assert!(!damaged.exists(), "a pass read past its batch, to the unreadable line at the end of the file");
+    assert_eq!(host.dead_letters(0).unwrap().count, 301);
+
+    // Back, `dla` takes its letters, and the pass reads on to the end of the file.
+    up.store(true, Ordering::SeqCst);
+    for _ in 0..300 {
+        next(&took).await;
+    }
+    eventually(|| match (host.dead_letters(0).unwrap().count, damaged.exists()) {
+        (1, true) => Ok(()),
+        seen => Err(seen),
+    });
+    drain_and_account(&host).await;
 }
 
 #[test]

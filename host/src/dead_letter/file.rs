@@ -166,9 +166,9 @@ impl DeadLetterFile {
         self.held().get(destination).copied().unwrap_or(0)
     }
 
-    /// Whether it holds letters meant for a dead-letter destination not in `destinations`.
-    pub fn holds_any_but(&self, destinations: &[String]) -> bool {
-        self.held().keys().any(|destination| !destinations.contains(destination))
+    /// The dead-letter destinations it holds letters for, by name.
+    pub fn destinations(&self) -> Vec<String> {
+        self.held().keys().cloned().collect()
     }
 
     /// Append `letter` and fsync it; on an error the file is as before.
@@ -657,11 +657,15 @@ mod tests {
         let (told, answer) = std::sync::mpsc::channel();
         let asked = file.clone();
         std::thread::spawn(move || {
-            let _ = told.send((asked.held_for("dead"), asked.holds_any_but(&[]), asked.letters()));
+            let _ = told.send((asked.held_for("dead"), asked.destinations(), asked.letters()));
         });
         let answer = answer.recv_timeout(std::time::Duration::from_secs(60));
         drop(doing_file_io);
-        assert_eq!(answer, Ok((1, true, 1)), "told while the file's lock was held (safety net: 60 s)");
+        assert_eq!(
+            answer,
+            Ok((1, vec!["dead".into()], 1)),
+            "told while the file's lock was held (safety net: 60 s)"
+        );
     }
 
     #[test]
@@ -675,8 +679,7 @@ mod tests {
         let again = DeadLetterFile::open(&state, Gauge::default()).unwrap();
         assert_eq!(again.read(Position::HEAD, 10, |_| false).unwrap().letters, written);
         assert_eq!((again.letters(), again.held_for("dead"), again.held_for("log")), (3, 2, 0));
-        let down = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
-        assert!(again.holds_any_but(&down(&["dead"])) && !again.holds_any_but(&down(&["dead", "other"])));
+        assert_eq!(again.destinations(), ["dead", "other"]);
         assert_eq!(ids(&again.read(Position::HEAD, 2, |_| false).unwrap()), ["1", "2"]);
     }
 

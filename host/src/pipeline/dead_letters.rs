@@ -131,6 +131,14 @@ impl DeadLetters {
         self.file.held_for(destination) > refused
     }
 
+    /// Whether the file holds letters waiting to be sent to a dead-letter destination not in
+    /// `down` ([`waiting_for`](DeadLetters::waiting_for)). The letters refused for good are not:
+    /// a pass that reads on for them only reads to the end of the file, skipping them.
+    fn waits_for_any_but(&self, down: &[String]) -> bool {
+        let destinations = self.file.destinations();
+        destinations.iter().any(|destination| !down.contains(destination) && self.waiting_for(destination))
+    }
+
     /// The oldest `PASS` letters from byte `from` of the file, but those
     /// refused for good and those for a dead-letter destination in `down`.
     /// Whether a letter is refused is asked as it is read, under the file's
@@ -320,7 +328,7 @@ impl Pipeline {
                 Ok(end) => from = end,
                 Err(error) => return cannot_rewrite(&error),
             }
-            if last || !self.dead_letters.file.holds_any_but(&down) {
+            if last || !self.dead_letters.waits_for_any_but(&down) {
                 break;
             }
         }
