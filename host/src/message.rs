@@ -23,30 +23,40 @@ pub const STREAM_SEQ_HEADER: &str = "x-sy-stream-seq";
 /// value, not one of the headers the sender gave, which the header limit counts ([`SendersHeaders`]).
 const INTAKE_HEADERS: [&str; 2] = [ID_HEADER, STREAM_SEQ_HEADER];
 
-/// Counts the headers a message's sender gave, as the header limit does: all but one of each of
-/// [`INTAKE_HEADERS`]. A message taken in with as many headers as the limit allows keeps within it
-/// once the host gave it its own, and when a stage sends it on unchanged.
+/// Counts the headers a message's sender gave, and their bytes (names and values), as the header
+/// limit and `host.max_message_bytes` do: all but one of each of [`INTAKE_HEADERS`]. A message taken
+/// in with as many headers and bytes as the limits allow keeps within them once the host gave it its
+/// own, and when a stage sends it on unchanged.
 #[derive(Debug, Default)]
 pub(crate) struct SendersHeaders {
-    seen: usize,
-    /// Which of [`INTAKE_HEADERS`] were seen.
+    count: usize,
+    bytes: usize,
+    /// Which of [`INTAKE_HEADERS`] were seen (the first of each is the host's).
     intake: [bool; INTAKE_HEADERS.len()],
 }
 
 impl SendersHeaders {
-    /// Count header `name`.
-    pub(crate) fn add(&mut self, name: &str) {
-        self.seen += 1;
+    /// Count header `name: value`.
+    pub(crate) fn add(&mut self, name: &str, value: &str) {
         if is_host_header(name)
             && let Some(at) = INTAKE_HEADERS.iter().position(|intake| name.eq_ignore_ascii_case(intake))
+            && !self.intake[at]
         {
             self.intake[at] = true;
+            return;
         }
+        self.count += 1;
+        self.bytes += name.len() + value.len();
     }
 
     /// The headers counted that the sender gave.
     pub(crate) fn count(&self) -> usize {
-        self.seen - self.intake.iter().filter(|seen| **seen).count()
+        self.count
+    }
+
+    /// The bytes of the headers counted that the sender gave, names and values.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -172,17 +182,22 @@ impl Message {
         Message { id: 0, topic: topic.into(), headers: Vec::new(), payload: payload.into(), priority: 0 }
     }
 
-    /// Its size as `host.max_message_bytes` counts it: its topic, payload and headers.
+    /// Its size as `host.max_message_bytes` counts it: its topic, payload and the headers its
+    /// sender gave ([`SendersHeaders`]: not the host's id, nor a stream's sequence number, which an
+    /// ingress gives it before admission).
     pub(crate) fn size(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
-        self.topic.len() + self.payload.len() + headers
+        self.topic.len() + self.payload.len() + self.senders_headers().bytes()
     }
 
     /// How many of its headers the sender gave ([`SendersHeaders`]): what the header limit counts.
     pub(crate) fn senders_header_count(&self) -> usize {
+        self.senders_headers().count()
+    }
+
+    fn senders_headers(&self) -> SendersHeaders {
         let mut senders = SendersHeaders::default();
-        self.headers.iter().for_each(|(name, _)| senders.add(name));
-        senders.count()
+        self.headers.iter().for_each(|(name, value)| senders.add(name, value));
+        senders
     }
 
     /// The globally unique id ([`ID_HEADER`]), once the message was accepted.
@@ -512,7 +527,10 @@ mod tests {
         assert_eq!(sent.senders_header_count(), 1, "the id is the host's, whoever set its value");
         let pulled = sent.clone().with_header(STREAM_SEQ_HEADER, "7").with_header("x-sy-route", "r");
         assert_eq!(pulled.senders_header_count(), 2, "and a stream's sequence, not other x-sy- headers");
-        let twice = pulled.with_header(ID_HEADER, "again").with_header(STREAM_SEQ_HEADER, "8");
+        let twice = pulled.clone().with_header(ID_HEADER, "again").with_header(STREAM_SEQ_HEADER, "8");
         assert_eq!(twice.senders_header_count(), 4, "a second id or sequence is the sender's");
+        // The size counts the same headers: "t", "x-a" "1", and in `pulled` "x-sy-route" "r".
+        assert_eq!((sent.size(), pulled.size()), (5, 16));
+        assert_eq!(twice.size(), 16 + "x-sy-id".len() + "again".len() + "x-sy-stream-seq".len() + 1);
     }
 }

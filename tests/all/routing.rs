@@ -451,6 +451,40 @@ async fn the_header_limit_counts_the_senders_headers_not_the_hosts_id() {
     assert_eq!(drain_and_account(&host).await.accepted, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_max_message_bytes_is_admitted_with_the_hosts_id_and_one_byte_more_is_refused() {
+    // The HTTP ingress gives a message its id before admission, whose size counted the id's 43
+    // bytes: a client's message of max_message_bytes was refused 413.
+    let dir = plugin_dir(&[]);
+    let text = format!("{OUTS}[[route]]\nname = \"all\"\nto = \"a\"\n").replacen(
+        "[host]\n",
+        "[host]\nmax_message_bytes = 100\n",
+        1,
+    );
+    let host = host(dir.path(), &text).await;
+    let addr = crate::support::start_ingress(&host).await;
+    // 100 bytes: the topic "t", the client's header `x-tenant: acme` (12) and 87 of payload.
+    let post = |payload: usize| {
+        let body = vec![b'p'; payload];
+        let headers = [("x-tenant", "acme")];
+        tokio::task::spawn_blocking(move || crate::support::post(addr, "/v1/messages/t", &headers, &body))
+    };
+    let (status, body) = post(87).await.unwrap();
+    assert_eq!(status, 202, "a message of max_message_bytes is accepted: {body}");
+    let (status, body) = post(88).await.unwrap();
+    assert_eq!(status, 413, "one byte more is refused: {body}");
+    // Through `Host::send`, with the embedder's own id.
+    let message = |payload: usize| {
+        Message::new("t", vec![b'p'; payload]).with_header("x-tenant", "acme").with_header("x-sy-id", "mine")
+    };
+    within(host.send(message(87))).await.expect("a message of max_message_bytes is accepted");
+    assert_eq!(within(host.send(message(88))).await, Err(SendError::TooLarge { size: 101, limit: 100 }));
+    let out = host.memory("a").unwrap();
+    assert_eq!([next(&out).await.payload.len(), next(&out).await.payload.len()], [87, 87]);
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
 #[tokio::test]
 async fn a_message_of_the_most_headers_passes_a_transform_that_sends_it_on_unchanged() {
     // Admission took 1024 headers and added the host's id; the check of what a transform makes

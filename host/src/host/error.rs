@@ -7,10 +7,11 @@ use crate::dead_letter::DeadLetterReason;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
-    /// Payload and headers together are larger than `host.max_message_bytes`.
+    /// Topic, payload and headers together are larger than `host.max_message_bytes`.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
-        /// Payload and header bytes (names and values).
+        /// Topic, payload and header bytes (names and values), the host's own id and stream
+        /// sequence number aside.
         size: usize,
         /// The limit.
         limit: usize,

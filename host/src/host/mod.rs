@@ -923,7 +923,7 @@ pub(crate) fn topic_problem(topic: &str) -> Option<String> {
 
 /// A message can be admitted: a valid topic, at most [`MAX_HEADERS`] headers the sender gave
 /// (an ingress gives it its id before admission), each a valid one ([`header_problem`]), and
-/// payload and headers together within `limit` bytes.
+/// topic, payload and the sender's headers together ([`Message::size`]) within `limit` bytes.
 /// Returns that size.
 pub(crate) fn check_message(message: &Message, limit: usize) -> Result<usize, SendError> {
     if let Some(problem) = topic_problem(&message.topic) {

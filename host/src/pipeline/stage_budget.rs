@@ -6,9 +6,9 @@
 //! outputs, a middleware's forward or reply) are at most [`MAX_MESSAGES`] and hold at most
 //! `host.queue_bytes / host.batch_size` bytes (`host.max_message_bytes` if that is more), each
 //! counted as `host.max_message_bytes` counts it ([`made_size`](crate::plugin::made_size): all but
-//! the id header admission adds after its check, so a message admitted at the limit and sent on
-//! unchanged is within it): a stage holds about `host.queue_bytes` of a batch's outputs, as the
-//! intake queue holds of its inputs.
+//! the host's id and stream sequence headers, as admission counts them, so a message admitted at the
+//! limit and sent on unchanged is within it): a stage holds about `host.queue_bytes` of a batch's
+//! outputs, as the intake queue holds of its inputs.
 //! A call whose outputs would take an accepted message past that is an output-limit fault.
 
 use crate::config::HostSection;

@@ -89,23 +89,21 @@ fn check_headers_and_size<'m>(
     payload_len: usize,
     max_message_bytes: usize,
 ) -> Result<(), PluginFault> {
-    // One pass: each header valid, how many as admission counts them, and their bytes but the
-    // host's own id header.
-    let (mut count, mut header_bytes) = (SendersHeaders::default(), 0);
+    // One pass: each header valid, how many and their bytes as admission counts them.
+    let mut senders = SendersHeaders::default();
     for (name, value) in headers {
         if let Some(problem) = crate::host::header_problem(name, value) {
             return Err(PluginFault::Malformed(format!("an output's {problem}")));
         }
-        count.add(name);
-        header_bytes += counted_header_bytes(name, value).unwrap_or(0);
+        senders.add(name, value);
     }
-    if count.count() > MAX_OUTPUT_HEADERS {
+    if senders.count() > MAX_OUTPUT_HEADERS {
         let problem = format!(
             "a message with more than {MAX_OUTPUT_HEADERS} headers besides {ID_HEADER} and {STREAM_SEQ_HEADER}"
         );
         return Err(PluginFault::OutputLimit(problem));
     }
-    let size = topic_len + payload_len + header_bytes;
+    let size = topic_len + payload_len + senders.bytes();
     if size > max_message_bytes {
         let problem = format!("a message of {size} bytes, over host.max_message_bytes ({max_message_bytes})");
         return Err(PluginFault::OutputLimit(problem));
@@ -113,29 +111,23 @@ fn check_headers_and_size<'m>(
     Ok(())
 }
 
-/// What header `name: value` adds to the size of a message a plugin made; `None` for the host's
-/// own id header, which admission adds after it counted a message's headers and size: a message
-/// admitted with the most headers and bytes it takes, sent on unchanged, is within the limits.
-fn counted_header_bytes(name: &str, value: &str) -> Option<usize> {
-    (!name.eq_ignore_ascii_case(ID_HEADER)).then_some(name.len() + value.len())
-}
-
-/// The size of a message a plugin made as its limits count it: its topic's length (`topic_len`),
-/// payload and headers, all but the host's id header (as admission counts it before adding that).
+/// The size of a message a plugin made as its limits count it, as admission counts it
+/// ([`Message::size`]): its topic's length (`topic_len`), payload and headers, all but the host's
+/// own it gives a message as it takes it in.
 pub(crate) fn made_size<'m>(
     topic_len: usize,
     headers: impl Iterator<Item = (&'m str, &'m str)>,
     payload_len: usize,
 ) -> usize {
-    let headers: usize = headers.filter_map(|(name, value)| counted_header_bytes(name, value)).sum();
-    topic_len + payload_len + headers
+    let mut senders = SendersHeaders::default();
+    headers.for_each(|(name, value)| senders.add(name, value));
+    topic_len + payload_len + senders.bytes()
 }
 
 /// [`made_size`] of a message a plugin made (a native transform's output, a middleware's forward
 /// or reply).
 pub(crate) fn made_message_size(m: &Message) -> usize {
-    let headers = m.headers.iter().map(|(name, value)| (name.as_str(), value.as_str()));
-    made_size(m.topic.len(), headers, m.payload.len())
+    m.size()
 }
 
 /// Check every output (`batch`) of a transform called on `inputs` messages; the outputs, in order.
