@@ -1212,7 +1212,9 @@ fn a_write_past_the_file_size_limit_fails_that_attempt_and_the_host_lives_on() {
     // part written is cut back off, the message is dead-lettered at once (it can never fit) and the
     // next small message still fits.
     let dir = plugin_dir(&[]);
-    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+    // Not the plugin directory: a file destination may not write in it.
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    let config = "[host]\nwatch = false\nplugin_dir = \"plugins\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
                   [[destination]]\nname = \"files\"\ntransport = \"file\"\noptions = { path = \"out.jsonl\" }\n\
                   queue = { timeout_ms = 500 }\n[[route]]\nname = \"all\"\nto = \"files\"\n";
     std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();

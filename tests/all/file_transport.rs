@@ -62,6 +62,31 @@ async fn every_message_is_one_whole_json_line_in_its_topics_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_destination_in_the_hosts_state_directory_is_refused_at_build_and_at_reload() {
+    // Nothing kept a file destination out of the host's own directories: it wrote over the
+    // dead letters, the spool, the lock.
+    let (dir, out, state) = (plugin_dir(&[]), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = state.path();
+    let config =
+        |files: &Path| config(files, "").replacen("[host]\n", &format!("[host]\nstate_dir = {state:?}\n"), 1);
+    let refusal = format!(
+        "test.toml: destination \"files\".options = {{ path = {:?} }}: what it writes may lie in \
+         host.state_dir ({state:?}), the host's own state (dead letters, spool): no destination may write there",
+        format!("{}/{{topic}}.jsonl", state.display())
+    );
+    let inside = switchyard::Config::from_toml("test.toml", &config(state)).unwrap();
+    let built = Host::builder().plugin_dir(dir.path()).config("test.toml", inside).build().await;
+    assert_eq!(built.map(drop).unwrap_err().to_string(), refusal);
+    let host = host(dir.path(), &config(out.path())).await;
+    let reloaded = within(host.replace_config(&config(state))).await;
+    assert_eq!(reloaded.map(drop).unwrap_err().to_string(), refusal);
+    // The running config serves on.
+    within(host.send(Message::new("t", "kept"))).await.unwrap();
+    drain_and_account(&host).await;
+    assert_eq!(payloads(&out.path().join("t.jsonl")), ["kept"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_by_size_splits_only_between_lines_and_loses_none() {
     let out = tempfile::tempdir().unwrap();
     let dir = plugin_dir(&[]);
@@ -239,7 +264,9 @@ fn a_line_cut_short_after_the_file_was_emptied_in_place_is_cut_back_to_the_files
     // (the file size limit here, a full disk alike) back to that old length: part of the line
     // stayed (or, with the old length past the new end, the file was padded with zeros up to it).
     let dir = plugin_dir(&[]);
-    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+    // Not the plugin directory: a file destination may not write in it.
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    let config = "[host]\nwatch = false\nplugin_dir = \"plugins\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
                   [[destination]]\nname = \"files\"\ntransport = \"file\"\noptions = { path = \"out.jsonl\" }\n\
                   queue = { timeout_ms = 500 }\nbreaker = { open_ms = 20 }\n\
                   [[route]]\nname = \"all\"\nto = \"files\"\n";
@@ -336,9 +363,11 @@ fn on_an_interval_a_new_file_s_name_is_synced_with_its_lines() {
     // With `fsync = N` a new file's lines were fdatasync'd on the beat but its directory never
     // was: after a crash, lines synced long before could be in a file no directory names.
     let dir = plugin_dir(&[]);
+    // Not the plugin directory: a file destination may not write in it.
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+    let config = "[host]\nwatch = false\nplugin_dir = \"plugins\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
                   [[destination]]\nname = \"files\"\ntransport = \"file\"\n\
                   options = { path = \"out/{topic}.jsonl\", fsync = 20 }\n[[route]]\nname = \"all\"\nto = \"files\"\n";
     std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
@@ -375,9 +404,11 @@ fn on_an_interval_the_lines_written_before_a_reload_removes_the_destination_are_
     // reload rebuilt or removed the destination: the beat stopped with it, and its files were
     // closed as they were, though "within N ms" was promised.
     let dir = plugin_dir(&[]);
+    // Not the plugin directory: a file destination may not write in it.
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let head = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n";
+    let head = "[host]\nwatch = false\nplugin_dir = \"plugins\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n";
     // A beat of an hour: none comes in the test.
     let files = "[[destination]]\nname = \"files\"\ntransport = \"file\"\n\
                  options = { path = \"out/{topic}.jsonl\", fsync = 3600000 }\n\
@@ -419,9 +450,11 @@ fn the_health_check_and_a_failed_lines_look_at_names_stat_on_blocking_threads_ne
     // destination's health checks; two such destinations and ingress, admin and every delivery
     // stood still.
     let dir = plugin_dir(&[]);
+    // Not the plugin directory: a file destination may not write in it.
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir_all(out.join("blocked.jsonl")).unwrap();
-    let config = "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+    let config = "[host]\nwatch = false\nplugin_dir = \"plugins\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
                   [[destination]]\nname = \"files\"\ntransport = \"file\"\n\
                   options = { path = \"out/{topic}.jsonl\" }\nhealth = { interval_ms = 20 }\n\
                   [[route]]\nname = \"all\"\nto = \"files\"\n";

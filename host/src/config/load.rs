@@ -395,7 +395,10 @@ impl Config {
                     return Err(invalid(field, value, "the guest path must not be empty".into()));
                 }
                 let grant = super::DirGrant::parse(value);
-                let problem = grant.problem().map(str::to_owned).or_else(|| host.own_dir_reached(grant.path));
+                let reached = || host.own_dir_reached(Path::new(grant.path));
+                let problem = grant.problem().map(str::to_owned).or_else(|| {
+                    reached().map(|reached| format!("overlaps {reached}: no plugin may reach it"))
+                });
                 if let Some(problem) = problem {
                     return Err(invalid(field, value, problem));
                 }
@@ -654,10 +657,11 @@ fn changed<T: serde::Serialize>(settings: &T, default: &T) -> toml::Table {
 }
 
 impl super::HostSection {
-    /// What a plugin granted directory `path` could reach of the host's own directories, as a
-    /// problem: one inside it, or one it is inside of.
-    fn own_dir_reached(&self, path: &str) -> Option<String> {
-        let path = resolved(Path::new(path));
+    /// Which of the host's own directories `path` (a directory granted to a plugin, a file a
+    /// destination writes) could reach, if any: one inside it, or one it is inside of. Said as
+    /// `host.state_dir ("DIR"), WHAT IT HOLDS`.
+    pub(crate) fn own_dir_reached(&self, path: &Path) -> Option<String> {
+        let path = resolved(path);
         let cache_dir = (self.cache_dir.as_os_str() != "").then_some(&self.cache_dir);
         let own = [
             ("host.plugin_dir", Some(&self.plugin_dir), "the plugins the host runs"),
@@ -667,7 +671,7 @@ impl super::HostSection {
         own.into_iter().find_map(|(key, dir, what)| {
             let (dir, resolved_dir) = (dir?, resolved(dir?));
             let overlaps = path.starts_with(&resolved_dir) || resolved_dir.starts_with(&path);
-            overlaps.then(|| format!("overlaps {key} ({dir:?}), {what}: no plugin may reach it"))
+            overlaps.then(|| format!("{key} ({dir:?}), {what}"))
         })
     }
 }

@@ -114,6 +114,21 @@ impl TransportOptions for FileOptions {
             why: "their lines would interleave in it, and each rotates, cuts back and syncs it as its only writer",
         })
     }
+
+    /// The file it writes; with `{topic}` in the name of a directory on its path, the directory
+    /// that one is in, where a topic may name any directory.
+    fn written_path(&self) -> Option<PathBuf> {
+        let mut components = Path::new(&self.path).components().peekable();
+        let mut fixed = PathBuf::from(".");
+        while let Some(component) = components.next() {
+            let directory = components.peek().is_some();
+            if directory && component.as_os_str().to_string_lossy().contains("{topic}") {
+                break;
+            }
+            fixed.push(component);
+        }
+        Some(fixed)
+    }
 }
 
 /// The `file` transport of `destination`; with an fsync interval, a task syncs on that beat while

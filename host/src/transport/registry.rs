@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError, DestinationConfig, EndpointConfig};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Checks a destination's settings and builds its transport from them; one per registry entry.
@@ -24,6 +25,8 @@ pub struct CheckedTransport {
     endpoints: Vec<EndpointConfig>,
     files_digest: Option<String>,
     sole_use: Option<SoleUse>,
+    /// Where it writes in the file system, if it does (see [`TransportOptions::written_path`]).
+    written_path: Option<PathBuf>,
     build: BuildTransport,
 }
 
@@ -47,10 +50,10 @@ type BuildTransport = Box<dyn FnOnce(&TransportContext) -> Arc<dyn Transport> + 
 
 impl std::fmt::Debug for CheckedTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let CheckedTransport { endpoints, files_digest, sole_use, build: _ } = self;
+        let CheckedTransport { endpoints, files_digest, sole_use, written_path, build: _ } = self;
         let debug = &mut f.debug_struct("CheckedTransport");
         debug.field("endpoints", endpoints).field("files_digest", files_digest);
-        debug.field("sole_use", sole_use).finish_non_exhaustive()
+        debug.field("sole_use", sole_use).field("written_path", written_path).finish_non_exhaustive()
     }
 }
 
@@ -64,13 +67,20 @@ impl CheckedTransport {
         files_digest: Option<String>,
         build: impl FnOnce(&TransportContext) -> Arc<dyn Transport> + Send + 'static,
     ) -> CheckedTransport {
-        CheckedTransport { endpoints, files_digest, sole_use: None, build: Box::new(build) }
+        let build = Box::new(build);
+        CheckedTransport { endpoints, files_digest, sole_use: None, written_path: None, build }
     }
 
     /// The same, with what the destination must be the only one to use, if anything (see
     /// [`SoleUse`]).
     pub fn with_sole_use(self, sole_use: Option<SoleUse>) -> CheckedTransport {
         CheckedTransport { sole_use, ..self }
+    }
+
+    /// The same, with where the destination writes in the file system, if it does (see
+    /// [`TransportOptions::written_path`]).
+    pub fn with_written_path(self, written_path: Option<PathBuf>) -> CheckedTransport {
+        CheckedTransport { written_path, ..self }
     }
 
     /// The destination's endpoints.
@@ -132,6 +142,14 @@ pub trait TransportOptions: DeserializeOwned + Send + 'static {
     fn sole_use(&self) -> Option<SoleUse> {
         None
     }
+
+    /// Where a destination with these options writes in the file system: the path it writes, or
+    /// the directory in which the names of those it writes vary. None of the host's own directories
+    /// (plugins, compile cache, state) may lie there, nor it in one of them
+    /// ([`TransportRegistry::check`]). By default `None`: it writes nowhere.
+    fn written_path(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// What a transport may use of its host.
@@ -185,10 +203,12 @@ where
     fn check(&self, destination: &DestinationConfig) -> Result<CheckedTransport, SettingError> {
         let options = Self::options(destination)?;
         let endpoints = options.endpoints(&destination.endpoints)?;
-        let (files_digest, sole_use) = (options.files_digest(), options.sole_use());
+        let (files_digest, sole_use, written_path) =
+            (options.files_digest(), options.sole_use(), options.written_path());
         let (build, destination) = (self.build.clone(), destination.clone());
         let build = move |context: &TransportContext| build(options, &destination, context);
-        Ok(CheckedTransport::new(endpoints, files_digest, build).with_sole_use(sole_use))
+        let checked = CheckedTransport::new(endpoints, files_digest, build).with_sole_use(sole_use);
+        Ok(checked.with_written_path(written_path))
     }
 }
 
@@ -243,7 +263,9 @@ impl TransportRegistry {
     }
 
     /// Check every network destination of `config` (`file` names it in errors): its transport is known,
-    /// its options fit it, and it is the only one to use what it must use alone ([`SoleUse`]). What
+    /// its options fit it, it writes in none of the host's own directories
+    /// ([`TransportOptions::written_path`]), and it is the only one to use what it must use alone
+    /// ([`SoleUse`]). What
     /// each destination's check read, by destination name, builds its transport when `config` is
     /// applied.
     pub fn check(&self, file: &str, config: &Config) -> Result<CheckedTransports, ConfigError> {
@@ -269,6 +291,12 @@ impl TransportRegistry {
             };
             let transport =
                 factory.check(destination).map_err(|err| invalid(err.field, err.value, err.problem))?;
+            if let Some(reached) =
+                transport.written_path.as_deref().and_then(|p| config.host.own_dir_reached(p))
+            {
+                let problem = format!("what it writes may lie in {reached}: no destination may write there");
+                return Err(invalid("options", crate::config::inline_table(&destination.options), problem));
+            }
             if let Some(mine) = transport.sole_use.clone() {
                 if let Some((other, SoleUse { kind, written, why, .. })) = used.get(&mine.key) {
                     let problem = format!("destination \"{other}\" uses the same {kind} ({written}): {why}");
