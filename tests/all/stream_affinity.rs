@@ -588,6 +588,67 @@ async fn in_panic_mode_streams_stay_on_the_endpoint_that_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_failed_once_beside_one_that_serves_is_probed_and_serves_again() {
+    // Two streams on two endpoints: an endpoint on trial got a stream for its probe only when its
+    // load was below floor(2 / 2 / 1.25) = 0, never; it stayed half-open for ever.
+    use crate::endpoint::{Mode, TestEndpoint};
+    let endpoints = [TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await];
+    let addresses = [endpoints[0].addr, endpoints[1].addr];
+    let config = config(&addresses).replace(
+        "breaker = { consecutive_failures = 2, open_ms = 600000 }",
+        "breaker = { consecutive_failures = 1, open_ms = 300 }",
+    );
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &config).await;
+    let send = |stream: usize, sequence: usize| {
+        let message = Message::new("jobs", format!("s{stream}:{sequence}"))
+            .with_header("x-stream", format!("s{stream}"));
+        host.send(message)
+    };
+    let breakers = || {
+        let destinations = host.destinations();
+        let workers = destinations.iter().find(|destination| destination.name == "workers").unwrap();
+        workers.endpoints.iter().map(|endpoint| endpoint.breaker).collect::<Vec<_>>()
+    };
+    let reached = |body: &str| {
+        endpoints.iter().position(|endpoint| endpoint.arrived_bodies().iter().any(|b| b == body))
+    };
+    for stream in 0..2 {
+        within(send(stream, 0)).await.unwrap();
+    }
+    let first = crate::support::eventually(|| reached("s0:0").ok_or("s0:0 not arrived"));
+    crate::support::eventually(|| reached("s1:0").ok_or("s1:0 not arrived"));
+
+    // s0's endpoint fails its next message once: its breaker opens, the message goes to the other.
+    endpoints[first].set(Mode::Fail);
+    within(send(0, 1)).await.unwrap();
+    crate::support::eventually(|| match breakers()[first] {
+        "open" => Ok(()),
+        breaker => Err(format!("breaker {breaker}")),
+    });
+    endpoints[first].set(Mode::Answer);
+    crate::support::eventually(|| match endpoints[1 - first].seen().iter().any(|seen| seen.body == "s0:1") {
+        true => Ok(()),
+        false => Err("s0:1 not delivered by the other endpoint"),
+    });
+    crate::support::eventually(|| match breakers()[first] {
+        "half-open" => Ok(()),
+        breaker => Err(format!("breaker {breaker}")),
+    });
+
+    // The next message of either stream is its probe: answered, the breaker closes.
+    for stream in 0..2 {
+        within(send(stream, 2)).await.unwrap();
+    }
+    crate::support::eventually(|| match breakers()[first] {
+        "closed" => Ok(()),
+        breaker => Err(format!("breaker {breaker}, breakers {:?}", breakers())),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.delivered, stats.dead_lettered), (5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_with_a_message_under_way_does_not_end_for_idleness() {
     // The table ended a stream idle_timeout after its last pick, its message still in flight: the
     // retry of a message held longer than that found no stream and placed it anew, wherever

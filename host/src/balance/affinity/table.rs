@@ -199,10 +199,11 @@ impl StreamTable {
     /// Moves stream `key`, on an endpoint that serves, to an endpoint on trial whose share of the
     /// streams (it counted as serving) is below the floor, if one is, within `migrate_per_s`: its
     /// message now is that endpoint's one attempt, and the endpoint is probing once it goes out.
-    /// The endpoint's position.
+    /// The endpoint's position. The floor is at least 1: with few streams it rounds down to 0, and
+    /// an endpoint on trial holding no stream would never be tried again while others serve.
     fn probe_while_serving(&mut self, key: &str, endpoints: &[EndpointView], now: Duration) -> Option<usize> {
         let candidates = serving(endpoints).count() + 1;
-        let floor = self.policy.floor(self.streams.len(), candidates);
+        let floor = self.policy.floor(self.streams.len(), candidates).max(1);
         let below = |endpoint: &EndpointView| on_trial(endpoint) && self.load(endpoint.id) < floor;
         let index = first_by_hash(stable_hash(key), endpoints, below)?;
         if self.recent_moves.len() >= self.policy.migrate_per_s.max(1) as usize {

@@ -458,6 +458,27 @@ fn an_endpoint_on_trial_beside_serving_ones_gets_one_stream_for_its_probe() {
 }
 
 #[test]
+fn an_endpoint_on_trial_beside_serving_ones_gets_its_probe_however_few_the_streams() {
+    // 4 streams on 4 endpoints: the floor, floor(4 / 4 / 1.25), is 0, and no load is below it.
+    let mut endpoints = endpoints(4);
+    let (mut table, now) = filled(lasting(), &endpoints, 4);
+    endpoints[0].eligible = false;
+    table.maintain(&endpoints, now);
+    table.take_migrations();
+    assert_eq!(table.load(endpoints[0].id), 0);
+    endpoints[0] = EndpointView { eligible: true, standing: Standing::OnTrial, ..endpoints[0] };
+    let later = now + Duration::from_secs(1);
+    for _ in 0..3 {
+        (0..4).for_each(|n| assert!(table.pick(&key(n), &endpoints, later).is_some()));
+    }
+    let migrations = table.take_migrations();
+    assert_eq!(migrations.len(), 1, "{migrations:?}");
+    assert_eq!((migrations[0].to, migrations[0].reason), (endpoints[0].id, MigrationReason::Rebalance));
+    assert_eq!(table.load(endpoints[0].id), 1);
+    assert!(table.verify(&endpoints).is_consistent());
+}
+
+#[test]
 fn endpoints_forced_by_panic_mode_beside_one_that_serves_take_no_stream_until_none_serves() {
     let mut endpoints = endpoints(3);
     endpoints[1].standing = Standing::Forced;
