@@ -57,8 +57,9 @@ impl ConsistencyReport {
 impl StreamTable {
     /// Checks the table against itself and `endpoints`, repairs what it can and reports it: extra
     /// listings are removed, lost ones restored, and streams of dead or removed endpoints moved at once
-    /// (their [`Migration`](super::Migration)s say [`MigrationReason::Repair`]).
-    pub fn verify(&mut self, endpoints: &[EndpointView]) -> ConsistencyReport {
+    /// (their [`Migration`](super::Migration)s say [`MigrationReason::Repair`]), each on its new
+    /// endpoint since `now`.
+    pub fn verify(&mut self, endpoints: &[EndpointView], now: super::Duration) -> ConsistencyReport {
         let mut report = ConsistencyReport { streams: self.streams.len(), ..ConsistencyReport::default() };
         let mut listed: HashSet<Arc<str>> = HashSet::with_capacity(self.streams.len());
         for (&id, keys) in &mut self.members {
@@ -98,7 +99,7 @@ impl StreamTable {
         orphans.sort();
         for (key, endpoint) in orphans {
             report.orphans.push(Misplaced { stream: key.to_string(), endpoint });
-            if self.relocate(&key, endpoints, MigrationReason::Repair) {
+            if self.relocate(&key, endpoints, MigrationReason::Repair, now) {
                 report.repaired += 1;
             }
         }

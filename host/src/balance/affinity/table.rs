@@ -165,7 +165,7 @@ impl StreamTable {
                     let index = first_by_hash(stable_hash(key), endpoints, triable)?;
                     let key = self.streams.get_key_value(key).map(|(key, _)| key.clone())?;
                     self.unlist(&key, from, slot);
-                    self.move_to(&key, from, endpoints[index].id, MigrationReason::EndpointDown);
+                    self.move_to(&key, from, endpoints[index].id, MigrationReason::EndpointDown, now);
                     index
                 }
             };
@@ -212,7 +212,7 @@ impl StreamTable {
         let (key, stream) = self.streams.get_key_value(key)?;
         let (key, from, slot) = (key.clone(), stream.endpoint, stream.slot);
         self.unlist(&key, from, slot);
-        self.move_to(&key, from, endpoints[index].id, MigrationReason::Rebalance);
+        self.move_to(&key, from, endpoints[index].id, MigrationReason::Rebalance, now);
         self.recent_moves.push_back(now);
         Some(index)
     }
@@ -228,7 +228,7 @@ impl StreamTable {
             .fold(0u64, |print, endpoint| print.wrapping_add(mix64(endpoint.id ^ GOLDEN_GAMMA)));
         if print != self.eligible_print || self.stranded {
             self.eligible_print = print;
-            self.evacuate(endpoints);
+            self.evacuate(endpoints, now);
         }
         if now >= self.next_expiry {
             self.expire(now);
@@ -342,7 +342,7 @@ impl StreamTable {
     /// Sends every stream of an endpoint not eligible among `endpoints` to endpoints that serve, at
     /// once; while none serves, they stay (stranded) and each probes an endpoint on trial at its next
     /// message ([`pick`](Self::pick)): moved between dead endpoints, a stream gets nowhere.
-    fn evacuate(&mut self, endpoints: &[EndpointView]) {
+    fn evacuate(&mut self, endpoints: &[EndpointView], now: Duration) {
         self.stranded = false;
         let gone: Vec<(u64, MigrationReason)> = self
             .members
@@ -361,7 +361,7 @@ impl StreamTable {
         for (id, reason) in gone {
             let keys = self.members.get(&id).cloned().unwrap_or_default();
             for key in keys {
-                if !self.relocate(&key, endpoints, reason) {
+                if !self.relocate(&key, endpoints, reason, now) {
                     self.stranded = true;
                     return;
                 }
@@ -369,12 +369,13 @@ impl StreamTable {
         }
     }
 
-    /// Moves stream `key` to where a new stream would go; false when no endpoint serves.
+    /// Moves stream `key` to where a new stream would go, at `now`; false when no endpoint serves.
     pub(super) fn relocate(
         &mut self,
         key: &Arc<str>,
         endpoints: &[EndpointView],
         reason: MigrationReason,
+        now: Duration,
     ) -> bool {
         let Some(stream) = self.streams.get(key) else { return true };
         let (from, slot) = (stream.endpoint, stream.slot);
@@ -383,13 +384,16 @@ impl StreamTable {
             self.list(key.clone(), from);
             return false;
         };
-        self.move_to(key, from, endpoints[index].id, reason);
+        self.move_to(key, from, endpoints[index].id, reason, now);
         true
     }
 
-    /// Records that `key`, already off its old endpoint's list, is now on `to`.
-    fn move_to(&mut self, key: &Arc<str>, from: u64, to: u64, reason: MigrationReason) {
+    /// Records that `key`, already off its old endpoint's list, is now on `to`, since `now`.
+    fn move_to(&mut self, key: &Arc<str>, from: u64, to: u64, reason: MigrationReason, now: Duration) {
         self.list(key.clone(), to);
+        if let Some(stream) = self.streams.get_mut(key) {
+            stream.since = now;
+        }
         let counter = match reason {
             MigrationReason::EndpointDown | MigrationReason::EndpointRemoved => {
                 &mut self.stats.moved_endpoint_down
@@ -460,7 +464,7 @@ impl StreamTable {
             let key = self.members[&from].last().cloned().expect("the most loaded endpoint has streams");
             let slot = self.streams.get(&key).map_or(most - 1, |stream| stream.slot);
             self.unlist(&key, from, slot);
-            self.move_to(&key, from, to, MigrationReason::Rebalance);
+            self.move_to(&key, from, to, MigrationReason::Rebalance, now);
             self.credit -= 1.0;
             self.recent_moves.push_back(now);
         }

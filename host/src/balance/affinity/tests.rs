@@ -63,7 +63,7 @@ fn ten_thousand_streams_on_ten_endpoints_leave_none_above_its_bound() {
         let index = table.pick(&key(n), &endpoints, now).unwrap();
         assert_eq!(endpoints[index].id, was);
     }
-    assert!(table.verify(&endpoints).is_consistent());
+    assert!(table.verify(&endpoints, now).is_consistent());
 }
 
 #[test]
@@ -183,7 +183,7 @@ fn the_check_finds_and_repairs_injected_orphans_and_duplicates() {
     let endpoints = endpoints(5);
     let (mut table, now) = filled(lasting(), &endpoints, 1000);
     assert_eq!(
-        table.verify(&endpoints),
+        table.verify(&endpoints, now),
         ConsistencyReport { streams: 1000, capacity: 250, ..ConsistencyReport::default() }
     );
     let removed = endpoint_id("10.0.0.99:9000");
@@ -196,7 +196,7 @@ fn the_check_finds_and_repairs_injected_orphans_and_duplicates() {
     let elsewhere = |id: u64| endpoints.iter().map(|e| e.id).find(|&other| other != id).unwrap();
     table.inject_listing(&first, elsewhere(on_first));
     table.inject_listing(&second, on_second);
-    let report = table.verify(&endpoints);
+    let report = table.verify(&endpoints, now);
     let orphans: Vec<_> = report.orphans.iter().map(|o| (o.stream.as_str(), o.endpoint)).collect();
     assert_eq!(orphans, [("orphan-a", removed), ("orphan-b", removed), ("orphan-c", removed)]);
     let mut duplicates: Vec<_> = report.duplicates.iter().map(|d| (d.stream.clone(), d.endpoint)).collect();
@@ -211,18 +211,18 @@ fn the_check_finds_and_repairs_injected_orphans_and_duplicates() {
     assert!(migrations.iter().all(|m| m.from == removed && m.reason == MigrationReason::Repair));
     assert_eq!(loads(&table, &endpoints).iter().sum::<usize>(), 1003);
     assert_eq!((table.stream(&first).unwrap().endpoint, table.load(removed)), (on_first, 0));
-    assert!(table.verify(&endpoints).is_consistent());
+    assert!(table.verify(&endpoints, now).is_consistent());
     assert_eq!((table.stats().orphans_found, table.stats().duplicates_found), (3, 2));
 }
 
 #[test]
 fn the_check_moves_streams_of_a_dead_endpoint_nobody_told_the_table_about() {
     let mut endpoints = endpoints(5);
-    let (mut table, _) = filled(lasting(), &endpoints, 1000);
+    let (mut table, now) = filled(lasting(), &endpoints, 1000);
     let dead = endpoints[2].id;
     let had = table.load(dead);
     endpoints[2].eligible = false;
-    let report = table.verify(&endpoints);
+    let report = table.verify(&endpoints, now);
     assert_eq!(report.orphans.len(), had);
     assert!(report.orphans.iter().all(|orphan| orphan.endpoint == dead));
     assert_eq!((table.load(dead), report.repaired), (0, had));
@@ -241,7 +241,7 @@ fn the_check_reports_endpoints_over_capacity_once_streams_ended() {
     let report = {
         table.maintain(&endpoints, now + Duration::from_secs(11));
         table.take_migrations();
-        table.verify(&endpoints)
+        table.verify(&endpoints, now + Duration::from_secs(11))
     };
     assert_eq!(table.len(), alive.len());
     assert!(report.is_consistent());
@@ -270,7 +270,7 @@ fn idle_streams_end_and_come_back_as_new_streams() {
     message(&mut table, "quiet", Duration::from_secs(7));
     let back = table.stream("quiet").unwrap();
     assert_eq!((back.since, back.messages), (Duration::from_secs(7), 1));
-    assert!(table.verify(&endpoints).is_consistent());
+    assert!(table.verify(&endpoints, Duration::from_secs(7)).is_consistent());
 }
 
 #[test]
@@ -292,6 +292,27 @@ fn a_stream_with_a_message_under_way_ends_only_idle_timeout_after_the_message_en
     table.maintain(&endpoints, Duration::from_secs(68));
     assert!(table.stream("busy").is_none());
     assert_eq!(table.stats().expired, 1);
+}
+
+#[test]
+fn a_stream_that_moved_has_been_on_its_endpoint_since_it_moved() {
+    let mut endpoints = endpoints(3);
+    let mut table = StreamTable::new(lasting());
+    let at = table.pick("s", &endpoints, Duration::ZERO).unwrap();
+    assert_eq!(table.stream("s").unwrap().since, Duration::ZERO);
+    // Its endpoint dies: moved at once.
+    endpoints[at].eligible = false;
+    table.maintain(&endpoints, Duration::from_secs(10));
+    let moved = table.stream("s").unwrap();
+    assert_ne!(moved.endpoint, endpoints[at].id);
+    assert_eq!(moved.since, Duration::from_secs(10));
+    // Found by the consistency check on an endpoint that died unseen: moved as a repair.
+    let on = moved.endpoint;
+    endpoints.iter_mut().for_each(|endpoint| endpoint.eligible = endpoint.id != on);
+    table.verify(&endpoints, Duration::from_secs(20));
+    let repaired = table.stream("s").unwrap();
+    assert_ne!(repaired.endpoint, on);
+    assert_eq!(repaired.since, Duration::from_secs(20));
 }
 
 #[test]
@@ -391,7 +412,7 @@ fn a_full_outage_moves_one_stream_per_probe_instead_of_every_stream() {
     assert!(moved <= 300, "{moved} moves in 300 probes");
     assert!(table.take_migrations().is_empty());
     assert_eq!(table.len(), 1000);
-    let report = table.verify(&endpoints);
+    let report = table.verify(&endpoints, start + Duration::from_secs(31));
     assert!(report.is_consistent() && report.repaired == 0, "{report:?}");
 }
 
@@ -475,7 +496,7 @@ fn an_endpoint_on_trial_beside_serving_ones_gets_its_probe_however_few_the_strea
     assert_eq!(migrations.len(), 1, "{migrations:?}");
     assert_eq!((migrations[0].to, migrations[0].reason), (endpoints[0].id, MigrationReason::Rebalance));
     assert_eq!(table.load(endpoints[0].id), 1);
-    assert!(table.verify(&endpoints).is_consistent());
+    assert!(table.verify(&endpoints, later).is_consistent());
 }
 
 #[test]

@@ -245,8 +245,9 @@ impl Cluster {
     /// Runs the consistency check now: what it found and repaired; `None` for other balancers.
     fn check_streams(&self) -> Option<ConsistencyReport> {
         let super::Picker::Affinity(affinity) = &self.balancer else { return None };
-        let (views, _) = self.stream_views(Instant::now());
-        let report = self.change_streams(affinity, |table| table.verify(&views));
+        let now = Instant::now();
+        let (views, _) = self.stream_views(now);
+        let report = self.change_streams(affinity, |table| table.verify(&views, affinity.since_origin(now)));
         affinity.counters.orphans_found.inc_by(report.orphans.len() as u64);
         if !report.is_consistent() {
             tracing::warn!(destination = %self.name, orphans = report.orphans.len(), duplicates = report.duplicates.len(), unlisted = report.unlisted.len(), repaired = report.repaired, "stream table was inconsistent");
