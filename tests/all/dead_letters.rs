@@ -5,7 +5,7 @@
 use crate::cli::Running;
 use crate::exposition::sample;
 use crate::support::{
-    PATIENCE, builder, drain_and_account, eventually, http, next, plugin_dir, start_ingress, within,
+    HungFile, PATIENCE, builder, drain_and_account, eventually, http, next, plugin_dir, start_ingress, within,
 };
 use std::collections::HashSet;
 use std::io::Write;
@@ -1124,6 +1124,37 @@ async fn a_shutdown_ends_while_a_re_delivery_from_the_file_hangs_and_the_letter_
     let ids: HashSet<MessageId> = held.letters.iter().map(|letter| letter.id.parse().unwrap()).collect();
     assert_eq!(ids, sent, "the letter whose re-delivery was cut stays in the file");
     assert_eq!(host.stats().dead_lettered, 1);
+}
+
+/// A shutdown does not wait for good on a dead letter that a hung disk holds on its way into the
+/// dead-letter file: a second past its grace period it stops without it, and keeps the state
+/// directory locked, since the letter may still land there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_without_a_dead_letter_a_hung_disk_holds_and_keeps_the_state_locked() {
+    let state = tempfile::tempdir().unwrap();
+    let (_dlq, destination) = Switchable::new(false);
+    let mut config = Config::default();
+    (config.host.dead_letter, config.host.shutdown_grace_ms) = ("dlq".into(), 200);
+    let plugins = plugin_dir(&[]);
+    let host = Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+    let host = host.destination("dlq", destination).build().await.unwrap();
+    // The dead-letter file, made for the first letter, hangs as the host opens it.
+    let hung = HungFile::at(state.path().join(FILE_NAME));
+    send_unroutable(&host, 1).await;
+
+    within(host.shutdown()).await;
+    let stats = host.stats();
+    assert_eq!(
+        (stats.dead_lettered, stats.dead_letter_failures),
+        (0, 0),
+        "the letter is still on its way: {stats:?}"
+    );
+    // On a spawned task: a second host that took the directory would hang on the file too.
+    let second = Host::builder().plugin_dir(plugins.path()).state_dir(state.path()).build();
+    let second = within(tokio::spawn(async move { second.await.map(drop) })).await.unwrap();
+    let refused = second.expect_err("the state directory is still the first host's").to_string();
+    assert!(refused.contains("in use by another host"), "{refused}");
+    drop(hung);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ use crate::cli::Running;
 use crate::exposition::sample;
 use crate::jetstream::{create_stream, pending, publish, until};
 use crate::nats_server::NatsServer;
-use crate::support::{drain_and_account, eventually, next, plugin_dir, post, start_ingress, within};
+use crate::support::{
+    HungFile, drain_and_account, eventually, next, plugin_dir, post, start_ingress, within,
+};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1006,6 +1008,37 @@ async fn a_state_directory_deleted_under_a_spooling_host_refuses_messages_rather
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (1, 1));
     assert!(delivered.is_empty());
+}
+
+/// A shutdown does not wait for good on the spool's last removes (and its last fsync) that a hung
+/// disk holds: a second past its grace period it stops without them, and keeps the state directory
+/// locked, since they may still land there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_without_the_spools_last_removes_when_a_hung_disk_holds_them() {
+    let state = tempfile::tempdir().unwrap();
+    let (host, delivered) = host_again_with(state.path(), |config| config.host.shutdown_grace_ms = 200).await;
+    // The spool's next segment hangs as it is opened: once the first is full, the spool's next
+    // write (the removes of the messages delivered) never ends.
+    let hung = HungFile::at(state.path().join("spool/0000000000000002.seg"));
+    // Sixteen puts leave the first segment short of full (removes are a few bytes), the
+    // seventeenth fills it.
+    let payload = "x".repeat(1_000_000);
+    for _ in 0..17 {
+        host.send(Message::new("t.filler", payload.clone())).await.unwrap();
+    }
+    for _ in 0..17 {
+        next(&delivered).await;
+    }
+    assert!(host.spool().unwrap().disk_bytes >= 16 << 20, "the first segment is full");
+
+    within(host.shutdown()).await;
+    assert_eq!(host.stats().delivered, 17);
+    assert!(host.spool().unwrap().depth > 0, "the last removes are not on disk");
+    let plugins = plugin_dir(&[]);
+    let second = Host::builder().plugin_dir(plugins.path()).state_dir(state.path()).build().await;
+    let refused = second.map(drop).expect_err("the state directory is still the first host's").to_string();
+    assert!(refused.contains("in use by another host"), "{refused}");
+    drop(hung);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

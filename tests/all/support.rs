@@ -90,6 +90,32 @@ pub fn mkfifo(path: &Path) {
     assert!(made.success(), "mkfifo {}", path.display());
 }
 
+/// A file on a hung disk: a FIFO at its path that no one else opens, so the host's `open` of it,
+/// to read or to write, waits for ever. Dropped (a test that failed too), it lets those opens go
+/// (it opens both ends for a moment, without waiting) and is removed, so none waits after: no
+/// thread the host left blocked on it outlives the test.
+pub struct HungFile(std::path::PathBuf);
+
+impl HungFile {
+    /// Make `path` (which must not exist) a FIFO no one opens.
+    pub fn at(path: std::path::PathBuf) -> HungFile {
+        mkfifo(&path);
+        HungFile(path)
+    }
+}
+
+impl Drop for HungFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // An open waiting for the other end goes on once that end was opened, however briefly;
+        // what it reads then ends, and what it writes is refused (`EPIPE`), once this one closes.
+        let both_ends =
+            std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+        drop(both_ends);
+    }
+}
+
 /// File descriptors the test process (and the host in it) has open.
 pub fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 /// send the answers of the requests that waited for them.
 const ANSWERS_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 
+/// How long a stop waits, at least, for each write to the state directory it ends with (past
+/// its grace period too) before it gives up on one a hung disk holds.
+const HUNG_DISK_WAIT: Duration = Duration::from_secs(1);
+
 /// A running Switchyard host. Cloning is cheap; all clones share one host.
 #[derive(Clone)]
 pub struct Host {
@@ -644,45 +648,75 @@ impl Host {
             tokio::time::sleep(crate::pipeline::LETTERS_AFTER_GRACE).await;
             letters_cut.cancel();
         });
-        let workers =
-            std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));
-        let joined =
-            tokio::task::spawn_blocking(move || workers.into_iter().map(|w| w.join()).collect::<Vec<_>>());
-        for result in joined.await.expect("joining workers does not panic") {
-            if result.is_err() {
-                tracing::error!("a pipeline worker panicked");
+        // A hung disk holds a write to the state directory for good (a dead letter's append to the
+        // file, a re-delivery pass rewriting it, the spool's last removes and fsync, alerts.json):
+        // the stop waits for each at most what is left of its grace period (once the grace timer
+        // cut what else it waits for), a second at least, then goes on without it. Blocking file
+        // I/O cannot be cancelled, only left to go on on its thread: the state directory then
+        // stays locked while the process lives.
+        let stopping = Instant::now();
+        let left = || grace.saturating_sub(stopping.elapsed()).max(HUNG_DISK_WAIT);
+        let mut given_up = false;
+        let mut give_up = |what: &str| {
+            tracing::warn!(
+                ?grace,
+                "the stop gave up on {what}: not done within the shutdown grace period, or a second past it (a hung disk?)"
+            );
+            given_up = true;
+        };
+        let settled = async {
+            let workers =
+                std::mem::take(&mut *self.inner.workers.lock().unwrap_or_else(|poison| poison.into_inner()));
+            let joined = tokio::task::spawn_blocking(move || {
+                workers.into_iter().map(|w| w.join()).collect::<Vec<_>>()
+            });
+            for result in joined.await.expect("joining workers does not panic") {
+                if result.is_err() {
+                    tracing::error!("a pipeline worker panicked");
+                }
             }
-        }
-        // Every accepted message is now delivered, queued or dead-lettered: drain the queues.
-        pipeline.topology.load().close_queues();
-        pipeline.dispatch.tracker.close();
-        let past_grace = &pipeline.dispatch.past_grace;
-        tokio::select! {
-            () = pipeline.dispatch.tracker.wait() => {}
-            () = past_grace.cancelled() => {
-                tracing::warn!(?grace, "deliveries outlasted the shutdown grace period: dead-lettering the rest");
-                pipeline.dispatch.tracker.wait().await;
+            // Every accepted message is now delivered, queued or dead-lettered: drain the queues.
+            pipeline.topology.load().close_queues();
+            pipeline.dispatch.tracker.close();
+            let past_grace = &pipeline.dispatch.past_grace;
+            tokio::select! {
+                () = pipeline.dispatch.tracker.wait() => {}
+                () = past_grace.cancelled() => {
+                    tracing::warn!(?grace, "deliveries outlasted the shutdown grace period: dead-lettering the rest");
+                    pipeline.dispatch.tracker.wait().await;
+                }
             }
+        };
+        // The dead letters a stop makes try their dead-letter destinations until the letters' cut,
+        // then go to the dead-letter file.
+        let letters_cut = &pipeline.dispatch.letters_cut;
+        if !unless_hung(settled, letters_cut, left).await {
+            give_up("the dead letters still being appended to the dead-letter file");
         }
         // Every dead letter is now with a destination or in the file. A re-delivery pass stuck in a
         // dead-letter destination is cut by the grace timer, so it runs until the pass ended: the
         // letter cut stays in the file.
-        if let Some(redelivery) = self.inner.redelivery.lock().await.take() {
-            redelivery.stop().await;
+        let redelivery = self.inner.redelivery.lock().await.take();
+        if let Some(redelivery) = redelivery
+            && !unless_hung(redelivery.stop(), letters_cut, left).await
+        {
+            give_up("the re-delivery pass over the dead-letter file");
         }
         grace_timer.abort();
         // Every message is settled: its spool record's remove is on disk, and the spool unlocked,
         // before we return.
-        if let Some(spool) = &self.inner.spool {
-            spool.close().await;
+        if let Some(spool) = &self.inner.spool
+            && tokio::time::timeout(left(), spool.close()).await.is_err()
+        {
+            give_up("the spool's last removes and fsync (settled messages may be delivered again)");
         }
-        // The firing alerts' last state is written, unless a stalled disk holds that write past a
-        // grace period of its own: the host then stops without it, and keeps the state directory
-        // locked while it lives, since the write may still land there.
-        if tokio::time::timeout(grace, self.inner.alerts.close()).await.is_err() {
+        // The firing alerts' last state is written.
+        if tokio::time::timeout(left(), self.inner.alerts.close()).await.is_err() {
+            give_up("the firing alerts' last state (alerts.json)");
+        }
+        if given_up {
             tracing::warn!(
-                ?grace,
-                "the firing alerts' last state was not written within the shutdown grace period: stopping without it"
+                "the state directory stays locked while this process lives: a write given up on may still land there"
             );
             return;
         }
@@ -816,6 +850,22 @@ impl Host {
             Err(flume::TrySendError::Disconnected(_)) => Err(SendError::ShuttingDown),
         }
     }
+}
+
+/// Await `work` until `cut` (the grace timer's cut of what it waits for but the disk), then at
+/// most `left()` more: whether it ended. Given up on, it is dropped, not joined: what it left on a
+/// blocking thread goes on there.
+async fn unless_hung(
+    work: impl Future<Output = ()>,
+    cut: &CancellationToken,
+    left: impl Fn() -> Duration,
+) -> bool {
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => return true,
+        () = cut.cancelled() => {}
+    }
+    tokio::time::timeout(left(), work).await.is_ok()
 }
 
 /// What `/metrics` shows of `destination` at a scrape.
