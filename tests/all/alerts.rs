@@ -604,3 +604,23 @@ async fn a_shutdown_stops_without_the_alerts_json_write_a_hung_disk_holds_past_i
     let (_, released) = stalled.release().await;
     assert!(released, "the write was still stalled when the host had stopped");
 }
+
+/// A state directory removed while the host runs is made again by the next write of alerts.json
+/// only with its lock, held by the host: before, it was made again without it, and a second host
+/// could then take it (each rewriting the other's files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_json_written_after_the_state_directory_was_removed_keeps_it_locked_for_the_host() {
+    let (host, dir) = start(&config("[[alert]]\nname = \"dl\"\nwhen = \"dead_letters > 0\"\n")).await;
+    let mut events = host.subscribe();
+    let state = dir.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    // Its letter goes to the `dead` memory destination: nothing but alerts.json writes there.
+    dead_letter(&host, 1.0).await;
+    assert_eq!(within(next_transition(&mut events, "dl")).await.0, AlertState::Firing);
+    let kept = state.join("alerts.json");
+    tokio::task::spawn_blocking(move || eventually(|| kept.metadata().map(drop))).await.unwrap();
+    let second = Host::builder().plugin_dir(dir.path()).state_dir(&state).build().await;
+    let refused = second.map(drop).expect_err("the state directory made again is the first host's");
+    assert!(refused.to_string().contains("in use by another host"), "{refused}");
+    within(host.shutdown()).await;
+}

@@ -4,8 +4,9 @@ use super::AlertStatus;
 use super::rule::{Rule, Transition};
 use super::saved::{Kept, SavedAlert, SavedAlerts, SavedAlertsWriter};
 use crate::config::AlertConfig;
+use crate::state_lock::StateLock;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -48,7 +49,21 @@ impl AlertBook {
     /// once its condition is then seen not to hold), and numbering transitions on from its. Called
     /// within a tokio runtime: a task of it writes them, until [`close`](Self::close).
     pub fn kept_in(state_dir: &Path, settling: Duration) -> AlertBook {
-        let saved = SavedAlerts::in_dir(state_dir);
+        AlertBook::keeping(SavedAlerts::in_dir(state_dir), settling)
+    }
+
+    /// [`kept_in`](Self::kept_in) `state_dir`, which the host holds with `state_lock`: the firing
+    /// alerts are written only while it holds it, so a directory removed while the host runs is
+    /// made again with its lock (or not written to), never left for another host to take.
+    pub(crate) fn kept_in_locked(
+        state_dir: &Path,
+        state_lock: Arc<StateLock>,
+        settling: Duration,
+    ) -> AlertBook {
+        AlertBook::keeping(SavedAlerts::in_dir(state_dir).locked_by(state_lock), settling)
+    }
+
+    fn keeping(saved: SavedAlerts, settling: Duration) -> AlertBook {
         let Kept { seq, firing } = saved.load();
         let rules = Mutex::new((Vec::new(), seq));
         let to_take_up = Mutex::new(firing);

@@ -10,6 +10,7 @@
 //! acknowledgements.
 
 use crate::config::AlertConfig;
+use crate::state_lock::StateLock;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -52,12 +53,22 @@ enum Written {
 #[derive(Debug)]
 pub(super) struct SavedAlerts {
     path: PathBuf,
+    /// The state directory's lock, when a host holds the directory: the file is written only in
+    /// the directory it holds.
+    state_lock: Option<Arc<StateLock>>,
 }
 
 impl SavedAlerts {
     /// The alerts kept in `state_dir`.
     pub(super) fn in_dir(state_dir: &Path) -> SavedAlerts {
-        SavedAlerts { path: state_dir.join(FILE) }
+        SavedAlerts { path: state_dir.join(FILE), state_lock: None }
+    }
+
+    /// These alerts, of a host holding their directory with `state_lock`: written only while it
+    /// holds it ([`StateLock::hold`]), so a directory removed while the host ran is made again
+    /// with its lock, or not at all, and no other host can start on it.
+    pub(super) fn locked_by(self, state_lock: Arc<StateLock>) -> SavedAlerts {
+        SavedAlerts { state_lock: Some(state_lock), ..self }
     }
 
     /// What was kept: nothing when there is no file yet, and nothing (said in a warning) when it
@@ -85,8 +96,10 @@ impl SavedAlerts {
     /// so a host killed meanwhile leaves the old list or the new one (not fsync'd: after a machine
     /// crash the file may be unreadable, and the next host starts without it).
     pub(super) fn save(&self, kept: &Kept) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            crate::owner_only::create_dir_all(dir)?;
+        match (&self.state_lock, self.path.parent()) {
+            (Some(state_lock), _) => state_lock.hold()?,
+            (None, Some(dir)) => crate::owner_only::create_dir_all(dir)?,
+            (None, None) => {}
         }
         let text = serde_json::to_string_pretty(kept).map_err(std::io::Error::other)?;
         let temporary = self.path.with_extension("json.tmp");

@@ -207,7 +207,7 @@ impl HostBuilder {
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
         let spool = super::spool::open(&config.host, &dir, &metrics)?;
         let settling = crate::alert::settling_time(&config.destinations);
-        let alerts = crate::alert::AlertBook::kept_in(&dir, settling);
+        let alerts = crate::alert::AlertBook::kept_in_locked(&dir, state_lock.clone(), settling);
         let lasting = LastingDestinations::new(destinations);
         let runtime = tokio::runtime::Handle::current();
         let ids = Arc::new(AtomicU64::new(1));
