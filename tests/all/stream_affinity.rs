@@ -389,6 +389,11 @@ async fn a_message_waiting_for_its_streams_turn_past_its_queue_timeout_is_dead_l
 
 /// The sum of the series of `metric` (its full name in `/metrics`) whose labels include every one
 /// of `labels` (`name="value"`), as `host` counts them now.
+/// Message `sequence` of stream `s{stream}` on topic `jobs`, its payload `s{stream}:{sequence}`.
+fn stream_message(stream: usize, sequence: usize) -> Message {
+    Message::new("jobs", format!("s{stream}:{sequence}")).with_header("x-stream", format!("s{stream}"))
+}
+
 fn counted(host: &switchyard::Host, metric: &str, labels: &[&str]) -> u64 {
     let text = host.metrics().encode();
     let series = text.lines().filter(|line| line.starts_with(&format!("{metric}{{")));
@@ -453,11 +458,7 @@ async fn a_full_outage_moves_few_streams_and_the_first_endpoint_back_takes_them(
         .replace("idempotent = true", "idempotent = true\nqueue = { timeout_ms = 600000 }");
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &config).await;
-    let send = |stream: usize, sequence: usize| {
-        let message = Message::new("jobs", format!("s{stream}:{sequence}"))
-            .with_header("x-stream", format!("s{stream}"));
-        host.send(message)
-    };
+    let send = |stream: usize, sequence: usize| host.send(stream_message(stream, sequence));
     for stream in 0..STREAMS {
         within(send(stream, 0)).await.unwrap();
     }
@@ -574,9 +575,7 @@ async fn in_panic_mode_streams_stay_on_the_endpoint_that_serves() {
     });
     for sequence in 0..3 {
         for stream in 0..STREAMS {
-            let message = Message::new("jobs", format!("s{stream}:{sequence}"))
-                .with_header("x-stream", format!("s{stream}"));
-            within(host.send(message)).await.unwrap();
+            within(host.send(stream_message(stream, sequence))).await.unwrap();
         }
     }
     let stats = drain_and_account(&host).await;
@@ -600,11 +599,7 @@ async fn an_endpoint_that_failed_once_beside_one_that_serves_is_probed_and_serve
     );
     let dir = plugin_dir(&[]);
     let host = host(dir.path(), &config).await;
-    let send = |stream: usize, sequence: usize| {
-        let message = Message::new("jobs", format!("s{stream}:{sequence}"))
-            .with_header("x-stream", format!("s{stream}"));
-        host.send(message)
-    };
+    let send = |stream: usize, sequence: usize| host.send(stream_message(stream, sequence));
     let breakers = || {
         let destinations = host.destinations();
         let workers = destinations.iter().find(|destination| destination.name == "workers").unwrap();
