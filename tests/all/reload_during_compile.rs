@@ -1,10 +1,12 @@
 //! Configs and plugin compiles that overlap. A config applied while a plugin compiles: the sync
 //! under way loses nothing of what it was for — the compile-cache entry it found bad is told, and
-//! an explicit reload still tries a file refused before. A config whose plugins compile: it runs,
-//! and is written, only once they serve, and a plugin whose kind it switches never meets a route of
-//! the other kind. And the compiles of a start or a deploy: one a core at once.
+//! an explicit reload still tries a file refused before. A config whose plugins compile, or are
+//! still being written: it runs, and is written, only once they serve, and a plugin whose kind it
+//! switches never meets a route of the other kind. And the compiles of a start or a deploy: one a
+//! core at once.
 
-use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, within};
+use crate::support::{MEMORY_OUT, builder, drain_and_account, event_where, next, still_pending, within};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use switchyard::plugin::{CompileObserver, CompileProgress};
@@ -256,6 +258,98 @@ async fn a_fail_open_route_deployed_with_its_filter_never_runs_without_it() {
     // have dropped was delivered.
     let went = where_a_message_sent_while_deploying_a_filter_went("fail-open").await;
     assert_eq!(went, "out", "the new route ran without its filter while x compiled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_route_deployed_while_its_filter_is_written_never_runs_without_it() {
+    // `x.wasm` still held open by its writer (a copy under way) was left for its close, and the
+    // config naming it applied at once: route `a` ran without `x`, and under fail-open delivered
+    // what `x` drops.
+    let plugins = crate::support::plugin_dir(&[]);
+    let destinations =
+        MEMORY_OUT.to_owned() + "[[destination]]\nname = \"filtered\"\ntransport = \"memory\"\n";
+    let before =
+        format!("{destinations}[[route]]\nname = \"a\"\nmatch = {{ topic = \"a\" }}\nto = \"out\"\n");
+    let after = format!(
+        "{destinations}[[plugin]]\nname = \"x\"\nconfig = {{ require_header = \"keep\" }}\n\
+         [[route]]\nname = \"a\"\nmatch = {{ topic = \"a\" }}\nstages = [\"filter:x\"]\nto = \"filtered\"\n\
+         on_error = \"fail-open\"\n"
+    );
+    let host = builder(plugins.path()).config("test.toml", Config::from_toml("test.toml", &before).unwrap());
+    let host = within(host.build()).await.unwrap();
+    let (out, filtered, dead) =
+        (host.memory("out").unwrap(), host.memory("filtered").unwrap(), host.memory("dead").unwrap());
+    let mut events = host.subscribe();
+    let whole = std::fs::read(artifacts::HEADER_FILTER).unwrap();
+    let (head, rest) = whole.split_at(whole.len() / 2);
+    let (more, rest) = rest.split_at(rest.len() / 2);
+    let mut writer = std::fs::File::create(plugins.path().join("x.wasm")).unwrap();
+    writer.write_all(head).unwrap();
+    // The watcher knows that the file is held open; the writer goes on.
+    crate::reload_once::caught_up(&mut events, plugins.path()).await;
+    writer.write_all(more).unwrap();
+    let mut deploy = tokio::spawn({
+        let (host, config) = (host.clone(), Config::from_toml("test.toml", &after).unwrap());
+        async move { host.apply_config("test.toml", config).await }
+    });
+    let waited = still_pending(&mut deploy).await;
+    host.send(switchyard::Message::new("a", "sent while x is written")).await.unwrap();
+    let went = within(async {
+        tokio::select! {
+            _ = out.recv_async() => "out",
+            _ = filtered.recv_async() => "filtered",
+            _ = dead.recv_async() => "dead",
+        }
+    })
+    .await;
+    assert_eq!(went, "out", "route a ran without its filter x while x.wasm was written");
+    assert!(waited, "the config did not wait for x.wasm's writer");
+    writer.write_all(rest).unwrap();
+    drop(writer);
+    assert_eq!(within(deploy).await.unwrap().unwrap(), ConfigChange::Applied);
+    host.send(switchyard::Message::new("a", "dropped")).await.unwrap();
+    host.send(switchyard::Message::new("a", "kept").with_header("keep", "yes")).await.unwrap();
+    assert_eq!(next(&filtered).await.payload, b"kept".as_slice(), "the deployed filter runs");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.filtered, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_whose_plugin_is_still_written_after_the_wait_for_its_writer_is_refused_naming_it() {
+    // A writer that goes on writing `x.wasm` past the wait for it (a slow copy): the config that
+    // runs `x` is refused, and the running one keeps serving.
+    let plugins = crate::support::plugin_dir(&[]);
+    let before = MEMORY_OUT.to_owned() + "[[route]]\nname = \"a\"\nmatch = { topic = \"a\" }\nto = \"out\"\n";
+    let after = MEMORY_OUT.to_owned()
+        + "[[route]]\nname = \"a\"\nmatch = { topic = \"a\" }\nstages = [\"filter:x\"]\nto = \"out\"\n\
+           on_error = \"fail-open\"\n";
+    let host = builder(plugins.path()).config("test.toml", Config::from_toml("test.toml", &before).unwrap());
+    let host = within(host.build()).await.unwrap();
+    let mut events = host.subscribe();
+    let whole = std::fs::read(artifacts::HEADER_FILTER).unwrap();
+    let mut writer = std::fs::File::create(plugins.path().join("x.wasm")).unwrap();
+    writer.write_all(&whole[..whole.len() / 2]).unwrap();
+    crate::reload_once::caught_up(&mut events, plugins.path()).await;
+    // A byte every 100 ms: never quiet for as long as a writer is waited for.
+    let done = Arc::new(AtomicBool::new(false));
+    let copy = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            for byte in whole[whole.len() / 2..].iter().take_while(|_| !done.load(Ordering::SeqCst)) {
+                writer.write_all(&[*byte]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    });
+    let refused =
+        within(host.apply_config("test.toml", Config::from_toml("test.toml", &after).unwrap())).await;
+    done.store(true, Ordering::SeqCst);
+    copy.join().unwrap();
+    let Err(ConfigError::PluginUnsettled { plugin, .. }) = &refused else { panic!("{refused:?}") };
+    assert_eq!(plugin, "x");
+    let routes = host.config();
+    assert!(routes.routes[0].stages.is_empty(), "the running config changed: {:?}", routes.routes);
+    drain_and_account(&host).await;
 }
 
 /// Counts the compiles under way and the most at once. A compile, once started, waits until

@@ -78,6 +78,18 @@ pub enum ConfigError {
         /// The file.
         file: String,
     },
+    /// A plugin the config runs (a route's stage, a destination's `plugin:NAME`) is still being
+    /// written (its file or sidecar held open by its writer, or changing as it was read) after
+    /// the wait for its writer: applied, its routes would run without it. The running config stays.
+    #[error(
+        "{file}: not applied: plugin \"{plugin}\", which it runs, is still being written; the running config stays: apply it again once the plugin's file is complete"
+    )]
+    PluginUnsettled {
+        /// The file.
+        file: String,
+        /// The plugin.
+        plugin: String,
+    },
 }
 
 impl Config {

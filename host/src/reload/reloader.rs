@@ -6,8 +6,8 @@ use super::events::{Events, HostEvent};
 use super::open_writes::OpenWrites;
 use super::prepared::{Prepared, PreparedPlugins};
 use super::refusal::{FileRead, Opened, Refusal, unread_library};
-use super::source::{Source, beyond_grants, read_source};
-use crate::config::{CodeOverrides, Config, ConfigError, Overridden, restart_only_changes};
+use super::source::{Source, beyond_grants, files_of, read_source};
+use crate::config::{CodeOverrides, Config, ConfigError, Overridden, StageRef, restart_only_changes};
 use crate::pipeline::{LastingDestinations, Pipeline, Topology};
 use crate::plugin::{
     CacheOutcome, CompiledPlugin, LoadError, NativeRefusal, PluginKind, compile_bytes, plugin_files,
@@ -88,6 +88,21 @@ fn same_kind_where_used(
         (None, None) => return Ok(plugin),
     };
     Err(LoadError::KindChanged { name: name.clone(), new: plugin.kind.as_str(), serving: kind, user })
+}
+
+/// Whether `config` runs plugin `name`: a route's stage names it (or runs every plugin), or a
+/// destination's `plugin:NAME` transport or balancer does.
+fn runs_plugin(config: &Config, name: &str) -> bool {
+    let as_stage = |stage: &StageRef| match stage {
+        StageRef::Named { name: named, .. } => named == name,
+        StageRef::AllPlugins => true,
+    };
+    let as_plugin = format!("plugin:{name}");
+    config.routes.iter().any(|route| route.stages.iter().any(as_stage))
+        || config
+            .destinations
+            .iter()
+            .any(|destination| destination.transport == as_plugin || destination.balancer == as_plugin)
 }
 
 /// How many plugins compile at once, a start's or a config's: one a core. Each takes memory of
@@ -411,8 +426,10 @@ impl Reloader {
     /// current or found unchanged. The plugins are read under `config` before it is current, and
     /// those it brings (new files, new settings) serve before its routes run: no message meets a
     /// route whose plugin is still compiling. One refused does not hold it back: it applies, and
-    /// the routes using that plugin follow their failure policy (`stage-unavailable`). Besides the
-    /// change, each plugin whose file it read and refused, with why.
+    /// the routes using that plugin follow their failure policy (`stage-unavailable`). One it runs
+    /// whose file is still being written is waited for ([`prepare_all`](Self::prepare_all)), and
+    /// refuses it if it still is. Besides the change, each plugin whose file it read and refused,
+    /// with why.
     fn apply_then<T>(
         &self,
         file: &str,
@@ -425,7 +442,7 @@ impl Reloader {
         let change = self.change_by(file, &config, &transports)?;
         let (stale, mut refused) = match change {
             ConfigChange::Applied => {
-                let plugins = self.prepare_all(&config);
+                let plugins = self.prepare_all(file, &config)?;
                 self.make_current(file, config, transports, plugins)?
             }
             ConfigChange::Unchanged => Default::default(),
@@ -443,8 +460,12 @@ impl Reloader {
     /// Every plugin read and compiled under `config` (not current yet) as a sync after it would,
     /// off all locks: compiles may take minutes, and a stop does not wait for them. As many at
     /// once as a start compiles ([`compiles_at_once`]): the config waits for the longest compile
-    /// of each round, not for the sum of them all.
-    fn prepare_all(&self, config: &Config) -> PreparedPlugins {
+    /// of each round, not for the sum of them all. A plugin `config` runs whose file or sidecar
+    /// its writer still holds (a copy under way) is waited for, as long as an explicit reload
+    /// waits for the config file's writer, and read again: `config` made current without it
+    /// would run its routes without it (under `fail-open`, a filter skipped). Still being written
+    /// then, it refuses `config` (of `file`): the running one stays.
+    fn prepare_all(&self, file: &str, config: &Config) -> Result<PreparedPlugins, ConfigError> {
         let serving = self.pipeline.registry.snapshot();
         let names = Mutex::new(self.plugin_names().into_iter());
         let outcomes = Mutex::new(BTreeMap::new());
@@ -459,8 +480,18 @@ impl Reloader {
                 });
             }
         });
-        let outcomes = outcomes.into_inner().unwrap_or_else(|poison| poison.into_inner());
-        PreparedPlugins { serving, outcomes }
+        let mut outcomes = outcomes.into_inner().unwrap_or_else(|poison| poison.into_inner());
+        let unsettled = |(name, prepared): &(&String, &mut Prepared)| {
+            matches!(prepared, Prepared::Unsettled) && runs_plugin(config, name)
+        };
+        for (name, prepared) in outcomes.iter_mut().filter(unsettled) {
+            files_of(&config.host.plugin_dir, name).iter().for_each(|path| self.writes.wait_for_writer(path));
+            *prepared = self.prepare(config, name, Retry::Changed);
+            if matches!(prepared, Prepared::Unsettled) {
+                return Err(ConfigError::PluginUnsettled { file: file.to_owned(), plugin: name.clone() });
+            }
+        }
+        Ok(PreparedPlugins { serving, outcomes })
     }
 
     /// Make the checked `config`, which changes the running one (its caller holds

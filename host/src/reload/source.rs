@@ -141,6 +141,13 @@ pub(crate) fn plugin_config(
     }
 }
 
+/// The files plugin `name` of `dir` is read from: its WebAssembly file, its native library and
+/// its sidecar.
+pub(crate) fn files_of(dir: &Path, name: &str) -> [std::path::PathBuf; 3] {
+    let file = |format: PluginFormat| dir.join(format!("{name}.{}", format.extension()));
+    [file(PluginFormat::Wasm), file(PluginFormat::Native), sidecar_of(dir, name)]
+}
+
 /// Plugin `name`'s sidecar in `dir`.
 fn sidecar_of(dir: &Path, name: &str) -> std::path::PathBuf {
     dir.join(format!("{name}.toml"))
