@@ -733,6 +733,29 @@ async fn a_put_config_names_every_plugin_it_refused_even_for_the_reason_refused_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_which_plugin_files_it_refused() {
+    // POST /v1/reload answered `{"reloaded":true}` alone, whatever plugin files it refused.
+    let dir = plugin_dir(&[("x", artifacts::HEADER_FILTER)]);
+    let (config_path, base) = config_file_in(dir.path());
+    std::fs::write(&config_path, format!("{base}[[route]]\nname = \"a\"\nto = \"out\"\n")).unwrap();
+    let host = Host::builder().config_file(&config_path).unwrap();
+    let host = host.state_dir(dir.path().join(".switchyard")).build().await.unwrap();
+    assert_eq!(host.plugins().len(), 1);
+    let addr = start_admin(&host).await;
+    std::fs::write(dir.path().join("x.wasm"), b"not a component").unwrap();
+    let (status, body) = call(addr, "POST", "/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reloaded"], true, "{body}");
+    let reason = answer["plugins_refused"]["x"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(reason, host.last_rejections()["x"], "{body}");
+    std::fs::copy(artifacts::HEADER_FILTER, dir.path().join("x.wasm")).unwrap();
+    let (status, body) = call(addr, "POST", "/v1/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""plugins_refused":{}"#), "x loads again: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_config_applied_but_not_written_says_so_and_is_no_refusal() {
     let dir = plugin_dir(&[]);
     let conf = dir.path().join("conf");

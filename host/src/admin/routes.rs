@@ -203,8 +203,11 @@ async fn spool(State(host): State<Host>) -> Json<Value> {
 }
 
 async fn reload(State(host): State<Host>) -> Response {
-    match host.reload().await {
-        Ok(config) => Json(json!({ "reloaded": true, "config": config })).into_response(),
+    match host.reload_telling_refusals().await {
+        // Reloaded, it may still have refused plugin files: said here too, as `PUT /v1/config` does.
+        Ok((config, refused)) => {
+            Json(json!({ "reloaded": true, "config": config, "plugins_refused": refused })).into_response()
+        }
         Err(err) => super::config::refused(err),
     }
 }

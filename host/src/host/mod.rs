@@ -443,13 +443,21 @@ impl Host {
     /// configuration changed (a file equal to the running one emits no event). Once a shutdown
     /// began, refused ([`ConfigError::ShuttingDown`]).
     pub async fn reload(&self) -> Result<ConfigChange, ConfigError> {
+        self.reload_telling_refusals().await.map(|(change, _)| change)
+    }
+
+    /// [`Host::reload`], and, when the config was not refused, each plugin whose file the reload
+    /// read and refused, with why (as `POST /v1/reload` answers).
+    pub(crate) async fn reload_telling_refusals(
+        &self,
+    ) -> Result<(ConfigChange, std::collections::BTreeMap<String, String>), ConfigError> {
         let reloader = self.inner.reloader.clone();
         tokio::task::spawn_blocking(move || {
             let change = reloader.reload_config(crate::reload::Retry::Refused);
             // An applied config re-read the plugins already, but not those refused before, and a
             // refused one read none: an explicit reload tries them all again either way.
-            reloader.sync_all(crate::reload::Retry::Refused);
-            change
+            let refused = reloader.sync_all(crate::reload::Retry::Refused);
+            change.map(|change| (change, refused))
         })
         .await
         .expect("reloading does not panic")

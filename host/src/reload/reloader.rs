@@ -301,11 +301,11 @@ impl Reloader {
     }
 
     /// Re-read every plugin of the directory, and drop those whose file is
-    /// gone; `retry` says whether files refused before are read again.
-    pub(crate) fn sync_all(&self, retry: Retry) {
-        for name in self.plugin_names() {
-            self.sync_plugin(&name, retry);
-        }
+    /// gone; `retry` says whether files refused before are read again. Each plugin whose file it
+    /// read and refused, with why (as [`sync_plugin`](Self::sync_plugin) tells).
+    pub(crate) fn sync_all(&self, retry: Retry) -> BTreeMap<String, String> {
+        let names = self.plugin_names().into_iter();
+        names.filter_map(|name| self.sync_plugin(&name, retry).map(|reason| (name, reason))).collect()
     }
 
     /// The plugins a sync of every plugin reads: those serving, those refused, and those of the

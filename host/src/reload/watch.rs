@@ -292,7 +292,9 @@ fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
         return;
     }
     if batch.contains(&Change::Directory) || batch.contains(&Change::DirectoryItself) {
-        return reloader.sync_all(Retry::Changed);
+        // Refusals are reported as events by each sync.
+        reloader.sync_all(Retry::Changed);
+        return;
     }
     for change in batch {
         if let Change::Plugin(name) = change {
