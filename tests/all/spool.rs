@@ -746,6 +746,47 @@ async fn a_host_dropped_without_a_shutdown_leaves_its_unsettled_messages_for_the
     drain_and_account(&host).await;
 }
 
+#[tokio::test]
+async fn a_host_dropped_leaves_its_state_directory_to_the_next_host_at_once() {
+    // The dropped host's re-delivery task held the dead-letter file, and with it the state
+    // directory's lock, until the runtime next polled it: on a runtime of one thread, a host built
+    // at once on the same directory was refused `in use by another host`.
+    let state = tempfile::tempdir().unwrap();
+    let (dropped, dropped_out) = host_again(state.path()).await;
+    dropped.send(message(0)).await.unwrap();
+    assert_eq!(ids_of(&dropped_out, 1).await, ["mine-0"]);
+    drop(dropped);
+    let (again, _) = host_again(state.path()).await;
+    drain_and_account(&again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_dropped_while_a_worker_is_busy_leaves_its_state_directory_to_the_next_host_at_once() {
+    // A worker busy with a message as its host was dropped held the dead-letter file, and with
+    // it the state directory's lock, until it was done: the next host was refused `in use by
+    // another host` however long that took.
+    let state = tempfile::tempdir().unwrap();
+    let (entered, busy) = flume::unbounded();
+    let (open, gate) = flume::unbounded::<()>();
+    let held = move |_: &Message| {
+        let _ = entered.send(());
+        let _ = gate.recv();
+        Ok(Verdict::Keep)
+    };
+    let (dropped, dropped_out) = host(state.path(), Some(held), |_| {}).await;
+    dropped.send(message(0)).await.unwrap();
+    within(busy.recv_async()).await.unwrap();
+    drop(dropped);
+
+    let (again, delivered) = host_again(state.path()).await;
+    assert_eq!(again.spool().unwrap().recovered, 1, "unsettled when its host was dropped");
+    assert_eq!(ids_of(&delivered, 1).await, ["mine-0"]);
+    drain_and_account(&again).await;
+    // The dropped host's worker goes on with the message, too late for its spool.
+    drop(open);
+    assert_eq!(ids_of(&dropped_out, 1).await, ["mine-0"]);
+}
+
 /// An HTTP endpoint that answers every request `200` with its body, while the test's runtime lives.
 async fn answering() -> std::net::SocketAddr {
     let app = axum::Router::new().fallback(|body: String| async move { body });

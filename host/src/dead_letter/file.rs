@@ -89,6 +89,8 @@ struct State {
     generation: u64,
     /// The file opened for appending, once written to.
     append: Option<File>,
+    /// Set once [`DeadLetterFile::close`]d: nothing reads or writes the file after.
+    closed: bool,
 }
 
 /// What tells a file from another put at its path: its device and inode.
@@ -151,6 +153,20 @@ impl DeadLetterFile {
         DeadLetterFile { state_lock: Some(state_lock), ..self }
     }
 
+    /// Let the file go, and with it the state directory its host holds ([`locked_by`]), for the
+    /// next host: its host was dropped, or failed to start. Waits for a read or write under way;
+    /// from then on none is made (what the host's workers and tasks, which may run on a while, ask
+    /// of it is refused), so the directory is free as this returns.
+    ///
+    /// [`locked_by`]: DeadLetterFile::locked_by
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        (state.closed, state.append) = (true, None);
+        if let Some(state_lock) = &self.state_lock {
+            state_lock.release();
+        }
+    }
+
     /// Where the file is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -175,7 +191,7 @@ impl DeadLetterFile {
     pub fn append(&self, letter: &DeadLetterRecord) -> Result<(), FileError> {
         let mut line = serde_json::to_vec(letter).expect("a record serializes");
         line.push(b'\n');
-        let mut state = self.lock();
+        let mut state = self.open_state()?;
         self.append_line(&mut state, &line).map_err(|error| self.error(error))?;
         state.len += line.len() as u64;
         *self.held().entry(letter.destination.clone()).or_default() += 1;
@@ -219,7 +235,7 @@ impl DeadLetterFile {
         limit: usize,
         skip: impl FnMut(&DeadLetterRecord) -> bool,
     ) -> Result<Batch, FileError> {
-        let mut state = self.lock();
+        let mut state = self.open_state()?;
         self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
         let held = self.letters();
         let empty = Batch { letters: Vec::new(), held, spans: Vec::new(), unreadable: Vec::new(), end: from };
@@ -248,7 +264,7 @@ impl DeadLetterFile {
     /// letter being written for longer than a copy of `budget` bytes takes.
     pub fn list(&self, from: Position, limit: usize, budget: usize) -> Result<Option<Listing>, FileError> {
         let (lines, held, next) = {
-            let mut state = self.lock();
+            let mut state = self.open_state()?;
             self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
             if from.generation.is_some_and(|generation| generation != state.generation) {
                 return Ok(None);
@@ -284,7 +300,7 @@ impl DeadLetterFile {
         if batch.unreadable.is_empty() && !delivered.contains(&true) {
             return Ok(batch.end);
         }
-        let mut state = self.lock();
+        let mut state = self.open_state()?;
         self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
         if batch.end.generation != Some(state.generation) {
             return Ok(batch.end);
@@ -322,7 +338,7 @@ impl DeadLetterFile {
     /// Cut the lines removed out of the file now, if any: a re-delivery pass is over. An error
     /// means the file is as it was; they are cut out with the next rewrite.
     pub fn compact(&self) -> Result<(), FileError> {
-        let mut state = self.lock();
+        let mut state = self.open_state()?;
         self.recount_if_replaced(&mut state).map_err(|error| self.error(error))?;
         match state.removed.is_empty() {
             true => Ok(()),
@@ -457,6 +473,18 @@ impl DeadLetterFile {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// `state`, locked for a read or write, unless the file was [`close`](Self::close)d.
+    fn open_state(&self) -> Result<MutexGuard<'_, State>, FileError> {
+        let state = self.lock();
+        match state.closed {
+            true => {
+                Err(self
+                    .error(io::Error::other("the host has stopped: its state directory is no longer its")))
+            }
+            false => Ok(state),
+        }
     }
 
     /// The letters held, by destination. Taken after `state`'s lock when both are.
@@ -666,6 +694,24 @@ mod tests {
             Ok((1, vec!["dead".into()], 1)),
             "told while the file's lock was held (safety net: 60 s)"
         );
+    }
+
+    #[test]
+    fn a_closed_file_lets_its_state_directory_go_and_is_neither_read_nor_written_after() {
+        // Its host dropped, the workers and tasks that still hold it may run on: the directory is
+        // the next host's at once, and nothing of theirs may be written there under that host.
+        let dir = tempfile::tempdir().unwrap();
+        let state_lock = Arc::new(StateLock::acquire(dir.path()).unwrap());
+        let file = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap().locked_by(state_lock);
+        file.append(&letter(1, "dead")).unwrap();
+        file.close();
+        let next = StateLock::acquire(dir.path()).expect("free once the file is closed, though still held");
+        let refused = file.append(&letter(2, "dead")).unwrap_err().to_string();
+        assert!(refused.contains("the host has stopped"), "{refused}");
+        assert!(file.read(Position::HEAD, 10, |_| false).is_err());
+        drop(next);
+        let again = DeadLetterFile::open(dir.path(), Gauge::default()).unwrap();
+        assert_eq!(again.letters(), 1, "the letter written before it was closed, and it alone");
     }
 
     #[test]

@@ -205,6 +205,8 @@ impl HostBuilder {
         let dead_letter_file =
             DeadLetterFile::open(&dir, metrics.dead_letters_spooled())?.locked_by(state_lock.clone());
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
+        // Dropped after the spool (declared below) if the start fails, else with the host.
+        let dead_letter_file = super::DeadLetterFileGuard(dead_letters.file.clone());
         let spool = super::spool::open(&config.host, &dir, &metrics)?;
         let settling = crate::alert::settling_time(&config.destinations);
         let alerts = crate::alert::AlertBook::kept_in_locked(&dir, state_lock.clone(), settling);
@@ -336,6 +338,7 @@ impl HostBuilder {
                 spool,
                 alerts,
                 state_lock,
+                _dead_letter_file: dead_letter_file,
                 alerting: Mutex::new(None),
                 stopped: Mutex::new(None),
                 stopping: pipeline.dispatch.stopping.clone(),

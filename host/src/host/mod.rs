@@ -10,7 +10,7 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 use crate::config::{Config, ConfigError};
-use crate::dead_letter::{FileError, LISTED_BYTES, Listing, Position, SpooledLetters};
+use crate::dead_letter::{DeadLetterFile, FileError, LISTED_BYTES, Listing, Position, SpooledLetters};
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
@@ -60,8 +60,11 @@ struct HostInner {
     spool: Option<crate::spool::Spool>,
     /// The `[[alert]]` rules and where each stands.
     alerts: crate::alert::AlertBook,
-    /// The state directory, this host's until shutdown ends (the dead-letter file holds it too).
+    /// The state directory, this host's until shutdown ends or it is dropped (the dead-letter file
+    /// holds it too).
     state_lock: Arc<crate::state_lock::StateLock>,
+    /// Lets the state directory go as the host is dropped, after its spool (see [`Drop`] below).
+    _dead_letter_file: DeadLetterFileGuard,
     /// Evaluates the alert rules; aborted when shutdown begins.
     alerting: Mutex<Option<tokio::task::AbortHandle>>,
     /// Turns true once the shutdown, begun by the first call, has ended; `None` before that call.
@@ -78,9 +81,23 @@ struct HostInner {
 
 impl Drop for HostInner {
     /// Dropped without a shutdown: the spool closes first, as a crash would leave it, so the
-    /// messages dropped unsettled with the queues and tasks after it stay for the next start.
+    /// messages dropped unsettled with the queues and tasks after it stay for the next start; then
+    /// the dead-letter file (`_dead_letter_file`), so the state directory is free for the
+    /// next host as the drop returns, though workers and tasks of this one may run on a while.
     fn drop(&mut self) {
         self.spool.take();
+    }
+}
+
+/// Closes a host's dead-letter file as it is dropped ([`DeadLetterFile::close`]): the state
+/// directory is free for the next host at once, however long the workers and tasks holding the
+/// file outlive their host (a worker busy with a message, a task the runtime has yet to poll).
+/// Held by the host, and by its builder until the host is built: a failed start lets it go too.
+struct DeadLetterFileGuard(Arc<DeadLetterFile>);
+
+impl Drop for DeadLetterFileGuard {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
