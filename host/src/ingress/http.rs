@@ -258,7 +258,7 @@ pub(super) fn error(status: StatusCode, message: String) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::check_message;
+    use crate::host::admission::check_message;
     use proptest::prelude::*;
 
     /// A segment that is neither empty nor a wildcard, of any other characters.
