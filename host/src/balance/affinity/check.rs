@@ -119,8 +119,10 @@ impl StreamTable {
     #[cfg(test)]
     pub(super) fn inject(&mut self, key: &str, endpoint: u64, now: super::Duration) {
         let key: Arc<str> = Arc::from(key);
-        let stream = super::Stream { endpoint, since: now, messages: 0, last_seen: now, held: 0, slot: 0 };
+        let stream =
+            super::Stream { endpoint, since: now, messages: 0, last_seen: now, held: 0, slot: 0, filed: now };
         self.streams.insert(key.clone(), stream);
+        self.by_sight.insert((now, key.clone()));
         self.list(key, endpoint);
     }
 

@@ -1,6 +1,6 @@
 //! The assignment table: which endpoint each active stream is on, and the rules that place and move it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -24,6 +24,10 @@ pub struct Stream {
     pub held: u32,
     /// Its position in its endpoint's list of streams.
     pub(super) slot: usize,
+    /// The time it is filed under in the table's index of streams by when they were seen: at most
+    /// `last_seen`, and filed again under `last_seen` by a pick or release once that is a sixteenth
+    /// of `idle_timeout` later, or by an expiry pass that finds it seen since or held.
+    pub(super) filed: Duration,
 }
 
 /// Why a stream changed endpoint.
@@ -100,6 +104,9 @@ pub struct StreamTable {
     /// Each endpoint's streams by key, in the order they came; `Stream::slot` is a key's position.
     /// Ordered by id so that every walk over it is the same in every run.
     pub(super) members: BTreeMap<u64, Vec<Arc<str>>>,
+    /// Every stream once, under its `Stream::filed`: the streams that may have been idle for
+    /// `idle_timeout` come first, so that an expiry pass looks at those and no others.
+    pub(super) by_sight: BTreeSet<(Duration, Arc<str>)>,
     /// A fingerprint of the eligible endpoints' ids at the last look: a change sends the streams
     /// of the endpoints that left elsewhere.
     eligible_print: u64,
@@ -113,6 +120,9 @@ pub struct StreamTable {
     next_expiry: Duration,
     migrations: Vec<Migration>,
     pub(super) stats: AffinityStats,
+    /// Streams the expiry passes looked at: for tests of what a pass costs.
+    #[cfg(test)]
+    pub(super) expiry_looks: usize,
 }
 
 impl StreamTable {
@@ -122,6 +132,7 @@ impl StreamTable {
             policy,
             streams: HashMap::new(),
             members: BTreeMap::new(),
+            by_sight: BTreeSet::new(),
             eligible_print: 0,
             stranded: false,
             recent_moves: VecDeque::new(),
@@ -130,6 +141,8 @@ impl StreamTable {
             next_expiry: Duration::ZERO,
             migrations: Vec::new(),
             stats: AffinityStats::default(),
+            #[cfg(test)]
+            expiry_looks: 0,
         }
     }
 
@@ -169,8 +182,7 @@ impl StreamTable {
                     index
                 }
             };
-            let stream = self.streams.get_mut(key)?;
-            stream.last_seen = now;
+            self.seen(key, now);
             return Some(index);
         }
         // While none serves, a new stream goes to an endpoint being tried.
@@ -190,8 +202,10 @@ impl StreamTable {
             last_seen: now,
             held: 0,
             slot: 0,
+            filed: now,
         };
         self.streams.insert(key.clone(), stream);
+        self.by_sight.insert((now, key.clone()));
         self.list(key, endpoints[index].id);
         Some(index)
     }
@@ -252,8 +266,33 @@ impl StreamTable {
     pub fn release(&mut self, key: &str, now: Duration) {
         if let Some(stream) = self.streams.get_mut(key).filter(|stream| stream.held > 0) {
             stream.held -= 1;
-            stream.last_seen = stream.last_seen.max(now);
+            self.seen(key, now);
         }
+    }
+
+    /// Stream `key` was seen at `now` (kept as its `last_seen` unless that is later: a caller may
+    /// have read the clock a little before another). Filed again under it in `by_sight` when filed
+    /// a sixteenth of `idle_timeout` or more before: a stream in use is filed again at most that
+    /// often, and is not among those an expiry pass looks at.
+    fn seen(&mut self, key: &str, now: Duration) {
+        let every = self.expiry_step();
+        let Some(stream) = self.streams.get_mut(key) else { return };
+        stream.last_seen = stream.last_seen.max(now);
+        if stream.last_seen.saturating_sub(stream.filed) < every {
+            return;
+        }
+        let (was, filed) = (stream.filed, stream.last_seen);
+        stream.filed = filed;
+        let Some((key, _)) = self.streams.get_key_value(key) else { return };
+        let key = key.clone();
+        self.by_sight.remove(&(was, key.clone()));
+        self.by_sight.insert((filed, key));
+    }
+
+    /// How late a stream may end, and so how often an expiry pass runs at most: a sixteenth of
+    /// `idle_timeout`, at least 1 ms.
+    fn expiry_step(&self) -> Duration {
+        (self.policy.idle_timeout / 16).max(Duration::from_millis(1))
     }
 
     /// Releases every held stream at `now`: for a copy of the table that will not hear of the
@@ -405,33 +444,36 @@ impl StreamTable {
         self.migrations.push(Migration { key: key.clone(), from, to, reason });
     }
 
-    /// Ends every stream idle for `idle_timeout` with no message under way. The next look is when the oldest survivor would
-    /// end, but no sooner than a sixteenth of the timeout from now (so a stream ends at most that late).
+    /// Ends every stream idle for `idle_timeout` with no message under way. The next look is when the
+    /// first stream filed in `by_sight` would end unless seen since, but no sooner than a sixteenth
+    /// of the timeout from now (so a stream ends at most that late). Looks only at the streams
+    /// filed under a time `idle_timeout` or more ago, each at most once: those that end, and those
+    /// held or seen since they were filed, filed again under when they were seen last.
     fn expire(&mut self, now: Duration) {
         let timeout = self.policy.idle_timeout;
-        let before = self.streams.len();
-        let mut oldest = now;
-        self.streams.retain(|_, stream| {
-            let idle = stream.held == 0 && now.saturating_sub(stream.last_seen) >= timeout;
-            if stream.held == 0 && !idle {
-                oldest = oldest.min(stream.last_seen);
+        let mut kept = Vec::new();
+        while let Some((filed, _)) = self.by_sight.first()
+            && now.saturating_sub(*filed) >= timeout
+        {
+            let (_, key) = self.by_sight.pop_first().expect("a first entry");
+            #[cfg(test)]
+            {
+                self.expiry_looks += 1;
             }
-            !idle
-        });
-        self.next_expiry = (oldest + timeout).max(now + (timeout / 16).max(Duration::from_millis(1)));
-        if self.streams.len() == before {
-            return;
-        }
-        self.stats.expired += (before - self.streams.len()) as u64;
-        let streams = &mut self.streams;
-        for (&id, keys) in &mut self.members {
-            keys.retain(|key| streams.contains_key(key));
-            for (slot, key) in keys.iter().enumerate() {
-                if let Some(stream) = streams.get_mut(key).filter(|stream| stream.endpoint == id) {
-                    stream.slot = slot;
-                }
+            let Some(stream) = self.streams.get_mut(&key) else { continue };
+            if stream.held == 0 && now.saturating_sub(stream.last_seen) >= timeout {
+                let (endpoint, slot) = (stream.endpoint, stream.slot);
+                self.streams.remove(&key);
+                self.unlist(&key, endpoint, slot);
+                self.stats.expired += 1;
+            } else {
+                stream.filed = stream.last_seen;
+                kept.push((stream.filed, key));
             }
         }
+        self.by_sight.extend(kept);
+        let oldest = self.by_sight.first().map_or(now, |(filed, _)| *filed);
+        self.next_expiry = (oldest + timeout).max(now + self.expiry_step());
     }
 
     /// Moves streams from the most to the least loaded endpoint while the load is uneven, as many

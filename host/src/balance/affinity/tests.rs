@@ -2,6 +2,7 @@
 //! hand. No sockets, no clock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::*;
 use crate::balance::sim::endpoints;
@@ -618,4 +619,81 @@ fn the_streams_seen_last_are_chosen_most_recent_first_then_by_key_at_any_limit()
             .collect();
         assert_eq!(chosen, everyone[..limit.min(1000)], "limit {limit}");
     }
+}
+
+/// Asserts that every stream is listed once, under its endpoint at its slot, and nothing else is;
+/// and filed once by when it was seen, under a time no later than its last sight.
+fn assert_lists_consistent(table: &StreamTable) {
+    assert_eq!(table.by_sight.len(), table.len());
+    for (key, stream) in table.streams() {
+        assert!(table.by_sight.contains(&(stream.filed, Arc::from(key))), "{key} filed under another time");
+        assert!(stream.filed <= stream.last_seen, "{key} filed after its last sight");
+    }
+    let mut listed = 0;
+    for (&id, keys) in &table.members {
+        for (slot, key) in keys.iter().enumerate() {
+            let stream = table.stream(key).unwrap_or_else(|| panic!("{key} listed under {id:x} but ended"));
+            assert_eq!((stream.endpoint, stream.slot), (id, slot), "{key}");
+            listed += 1;
+        }
+    }
+    assert_eq!(listed, table.len());
+}
+
+/// 10 000 streams placed at 0 on four endpoints, all but `idle` of them (and `held`, held) seen
+/// again at 30 s; `held` held since 0. Idle timeout 60 s.
+fn mostly_busy(idle: &[usize], held: &[usize]) -> (StreamTable, Vec<EndpointView>) {
+    let policy = AffinityPolicy { idle_timeout: Duration::from_secs(60), ..AffinityPolicy::default() };
+    let endpoints = endpoints(4);
+    let mut table = StreamTable::new(policy);
+    for n in 0..10_000 {
+        assert!(table.pick(&key(n), &endpoints, Duration::ZERO).is_some());
+    }
+    for &n in held {
+        assert!(table.hold(&key(n)));
+    }
+    for n in (0..10_000).filter(|n| !idle.contains(n) && !held.contains(n)) {
+        assert!(table.pick(&key(n), &endpoints, Duration::from_secs(30)).is_some());
+    }
+    (table, endpoints)
+}
+
+#[test]
+fn an_expiry_pass_looks_only_at_the_streams_due_to_end() {
+    let idle: Vec<usize> = (0..10_000).step_by(1000).collect();
+    let (mut table, endpoints) = mostly_busy(&idle, &[5]);
+    let looked = table.expiry_looks;
+    table.maintain(&endpoints, Duration::from_secs(61));
+    assert_eq!(table.len(), 10_000 - idle.len());
+    // The idle ones and the one held since they were placed: not the 9 989 seen since.
+    let looks = table.expiry_looks - looked;
+    assert!(looks <= idle.len() + 1, "an expiry pass that ended {} streams looked at {looks}", idle.len());
+}
+
+#[test]
+fn an_expiry_pass_ends_exactly_the_idle_streams_and_leaves_the_lists_consistent() {
+    let idle: Vec<usize> = (0..10_000).filter(|n| n % 7 == 3).collect();
+    let held: Vec<usize> = (0..10_000).filter(|n| n % 501 == 4 && n % 7 != 3).collect();
+    let (mut table, endpoints) = mostly_busy(&idle, &held);
+    table.maintain(&endpoints, Duration::from_secs(59));
+    assert_eq!(table.len(), 10_000, "none idle for a minute yet");
+    table.maintain(&endpoints, Duration::from_secs(61));
+    for n in 0..10_000 {
+        assert_eq!(table.stream(&key(n)).is_none(), idle.contains(&n), "{}", key(n));
+    }
+    assert_eq!(table.stats().expired, idle.len() as u64);
+    assert_lists_consistent(&table);
+    let report = table.verify(&endpoints, Duration::from_secs(61));
+    assert!(report.is_consistent() && report.repaired == 0, "{report:?}");
+    // The held ones end a minute after their message ended; the others a minute after 30 s.
+    held.iter().for_each(|&n| table.release(&key(n), Duration::from_secs(70)));
+    table.maintain(&endpoints, Duration::from_secs(94));
+    assert_eq!(table.len(), held.len());
+    assert!(held.iter().all(|&n| table.stream(&key(n)).is_some()));
+    assert_lists_consistent(&table);
+    table.maintain(&endpoints, Duration::from_secs(134));
+    assert!(table.is_empty());
+    assert_eq!(table.stats().expired, 10_000);
+    assert!(table.members.is_empty() || table.members.values().all(Vec::is_empty));
+    assert!(table.verify(&endpoints, Duration::from_secs(134)).is_consistent());
 }
