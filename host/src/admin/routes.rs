@@ -147,7 +147,10 @@ async fn streams(
 
 /// Runs the consistency check of a destination's stream table: what it found and repaired.
 async fn verify_streams(State(host): State<Host>, Path(name): Path<String>) -> Response {
-    match host.verify_streams(&name) {
+    // A pass over the whole table (up to `max_streams_tracked`): not on a runtime thread.
+    let destination = name.clone();
+    let check = tokio::task::spawn_blocking(move || host.verify_streams(&destination));
+    match check.await.expect("the consistency check does not panic") {
         Some(report) => Json(json!(report)).into_response(),
         None => no_streams(&name),
     }

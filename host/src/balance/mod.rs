@@ -52,8 +52,8 @@ mod config;
 mod sim;
 
 pub use affinity::{
-    AffinityPolicy, AffinityStats, ConsistencyReport, DEFAULT_BALANCE_FACTOR, Migration, MigrationReason,
-    Misplaced, OverCapacity, RecentStream, Stream, StreamTable,
+    AffinityPolicy, AffinityStats, ConsistencyCheck, ConsistencyReport, DEFAULT_BALANCE_FACTOR, Migration,
+    MigrationReason, Misplaced, OverCapacity, RecentStream, Stream, StreamTable,
 };
 pub use config::{BalancerConfig, ParseBalancerError};
 pub use hash::endpoint_id;

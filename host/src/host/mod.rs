@@ -384,7 +384,9 @@ impl Host {
     }
 
     /// Runs the consistency check of destination `name`'s stream table now; `None` when no
-    /// destination of that name keeps streams.
+    /// destination of that name keeps streams. Passes over the whole table (up to
+    /// `max_streams_tracked` streams), letting it go for picks between chunks: from async code,
+    /// call it in `spawn_blocking`.
     pub fn verify_streams(&self, name: &str) -> Option<StreamCheck> {
         let topology = self.inner.reloader.pipeline.topology.load();
         topology.destinations.get(name)?.sink.destination.verify_streams()

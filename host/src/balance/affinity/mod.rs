@@ -43,7 +43,8 @@
 //! [`StreamTable::verify`] checks the table against itself and the endpoints: streams on dead or
 //! removed endpoints while another serves (orphans), streams listed under two endpoints
 //! (duplicates), streams the per-endpoint index lost, and endpoints over capacity. It repairs what
-//! it finds and says so in a [`ConsistencyReport`].
+//! it finds and says so in a [`ConsistencyReport`]; [`StreamTable::verify_some`] does the same a chunk
+//! at a time, so that the caller can let the table go between chunks.
 //!
 //! [`Standing::Serving`]: super::Standing::Serving
 //! [`Standing::OnTrial`]: super::Standing::OnTrial
@@ -57,7 +58,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use check::{ConsistencyReport, Misplaced, OverCapacity};
+pub use check::{ConsistencyCheck, ConsistencyReport, Misplaced, OverCapacity};
 pub use policy::{AffinityPolicy, DEFAULT_BALANCE_FACTOR};
 pub use recent::RecentStream;
 pub use table::{AffinityStats, Migration, MigrationReason, Stream, StreamTable};

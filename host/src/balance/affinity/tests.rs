@@ -697,3 +697,98 @@ fn an_expiry_pass_ends_exactly_the_idle_streams_and_leaves_the_lists_consistent(
     assert!(table.members.is_empty() || table.members.values().all(Vec::is_empty));
     assert!(table.verify(&endpoints, Duration::from_secs(134)).is_consistent());
 }
+
+/// Runs `check` to its end on `table`, at most `limit` at a time, doing `between` after each chunk
+/// but the last: the report, and how many chunks it took.
+fn check_in_chunks(
+    table: &mut StreamTable,
+    endpoints: &[EndpointView],
+    now: Duration,
+    limit: usize,
+    mut between: impl FnMut(&mut StreamTable, usize),
+) -> (ConsistencyReport, usize) {
+    let mut check = ConsistencyCheck::default();
+    for chunk in 1.. {
+        if let Some(report) = table.verify_some(&mut check, endpoints, now, limit) {
+            return (report, chunk);
+        }
+        between(table, chunk);
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_check_in_chunks_finds_and_repairs_what_a_whole_check_does() {
+    let endpoints = endpoints(5);
+    let (mut table, now) = filled(lasting(), &endpoints, 1000);
+    // The last stream listed under the first endpoint loses its listing.
+    let lost = table.members.get_mut(&endpoints[0].id).unwrap().pop().unwrap();
+    // Two listings of the second endpoint swap places, their slots left as they were: mended
+    // without a word, as the whole check always did.
+    table.members.get_mut(&endpoints[1].id).unwrap().swap(3, 7);
+    let removed = endpoint_id("10.0.0.99:9000");
+    for n in ["orphan-a", "orphan-b", "orphan-c"] {
+        table.inject(n, removed, now);
+    }
+    let (first, second) = (key(1), key(2));
+    let (on_first, on_second) =
+        (table.stream(&first).unwrap().endpoint, table.stream(&second).unwrap().endpoint);
+    let elsewhere = endpoints.iter().map(|e| e.id).find(|&other| other != on_first).unwrap();
+    table.inject_listing(&first, elsewhere);
+    table.inject_listing(&second, on_second);
+
+    let (whole, _) = check_in_chunks(&mut table.clone(), &endpoints, now, usize::MAX, |_, _| ());
+    let (chunked, chunks) = check_in_chunks(&mut table, &endpoints, now, 7, |table, _| {
+        assert!(table.take_migrations().len() <= 7, "more than a chunk's streams moved");
+    });
+    assert_eq!(chunked, whole);
+    assert!(chunks > (1000 + 1000) / 7, "{chunks} chunks of 7 for 1 003 listings and streams");
+    let named =
+        |found: &[Misplaced]| found.iter().map(|f| (f.stream.clone(), f.endpoint)).collect::<Vec<_>>();
+    let orphans: Vec<_> = ["orphan-a", "orphan-b", "orphan-c"].map(|n| (n.to_owned(), removed)).into();
+    assert_eq!(named(&chunked.orphans), orphans);
+    let mut duplicates = named(&chunked.duplicates);
+    duplicates.sort();
+    let mut expected = vec![(first, elsewhere), (second, on_second)];
+    expected.sort();
+    assert_eq!(duplicates, expected);
+    assert_eq!(named(&chunked.unlisted), [(lost.to_string(), endpoints[0].id)]);
+    assert_eq!((chunked.streams, chunked.repaired), (1003, 6));
+    assert_lists_consistent(&table);
+    let again = table.verify(&endpoints, now);
+    assert!(again.is_consistent() && again.repaired == 0, "{again:?}");
+}
+
+#[test]
+fn a_check_in_chunks_with_traffic_between_them_finds_nothing_wrong_in_a_sound_table() {
+    // Between chunks: new streams, known ones seen again, messages held and ended, idle streams
+    // ending, an endpoint removed and its streams moved, rebalancing.
+    let policy = AffinityPolicy { idle_timeout: Duration::from_secs(10), ..AffinityPolicy::default() };
+    let all = endpoints(5);
+    let (mut table, start) = filled(policy, &all, 3000);
+    let fewer: Vec<EndpointView> = all.iter().copied().filter(|e| e.id != all[2].id).collect();
+    let mut now = start;
+    let mut endpoints = all.clone();
+    let (report, chunks) = check_in_chunks(&mut table, &all, start, 50, |table, chunk| {
+        now += Duration::from_millis(250);
+        if chunk == 40 {
+            endpoints = fewer.clone();
+        }
+        for n in 0..20 {
+            assert!(table.pick(&format!("new-{chunk}-{n}"), &endpoints, now).is_some());
+        }
+        for n in (chunk * 13 % 3000..3000).step_by(97) {
+            if table.pick(&key(n), &endpoints, now).is_some() && table.hold(&key(n)) {
+                table.release(&key(n), now + Duration::from_millis(100));
+            }
+        }
+        table.maintain(&endpoints, now);
+        table.take_migrations();
+    });
+    assert!(chunks > 60, "the check took {chunks} chunks");
+    assert!(table.stats().expired > 0 && table.stats().moved_endpoint_down > 0, "{:?}", table.stats());
+    assert!(report.is_consistent() && report.repaired == 0, "{report:?}");
+    assert_lists_consistent(&table);
+    let again = table.verify(&endpoints, now);
+    assert!(again.is_consistent() && again.repaired == 0, "{again:?}");
+}
