@@ -352,6 +352,70 @@ async fn a_config_whose_plugin_is_still_written_after_the_wait_for_its_writer_is
     drain_and_account(&host).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_refused_while_its_plugin_is_written_is_applied_once_the_plugin_is_closed() {
+    // The config file, changed to run `filter:x` while `x.wasm` was still copied past the wait for
+    // its writer, was refused; the copy's close then read `x` alone, and the old config ran for
+    // good although the new one was on disk, until the file was touched again.
+    let plugins = crate::support::plugin_dir(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().join("switchyard.toml");
+    let host_keys = format!("[host]\nplugin_dir = {:?}\n", plugins.path());
+    let route = "[[route]]\nname = \"a\"\nmatch = { topic = \"a\" }\nto = \"out\"\n";
+    let before = MEMORY_OUT.replacen("[host]\n", &host_keys, 1) + route;
+    let after = MEMORY_OUT.replacen("[host]\n", &host_keys, 1)
+        + "[[plugin]]\nname = \"x\"\nconfig = { require_header = \"keep\" }\n"
+        + &route.replace("to =", "stages = [\"filter:x\"]\nto =");
+    std::fs::write(&path, &before).unwrap();
+    let host = Host::builder().config_file(&path).unwrap().state_dir(state.path().join(".switchyard"));
+    let host = within(host.build()).await.unwrap();
+    let mut events = host.subscribe();
+    let whole = std::fs::read(artifacts::HEADER_FILTER).unwrap();
+    let mut writer = std::fs::File::create(plugins.path().join("x.wasm")).unwrap();
+    writer.write_all(&whole[..whole.len() / 2]).unwrap();
+    crate::reload_once::caught_up(&mut events, plugins.path()).await;
+    // A byte every 100 ms until told to stop: never quiet for as long as a writer is waited for.
+    let done = Arc::new(AtomicBool::new(false));
+    let copy = std::thread::spawn({
+        let (done, rest) = (done.clone(), whole[whole.len() / 2..].to_vec());
+        move || {
+            let mut written = 0;
+            while written < rest.len() && !done.load(Ordering::SeqCst) {
+                writer.write_all(&rest[written..=written]).unwrap();
+                written += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            (writer, rest[written..].to_vec())
+        }
+    });
+    crate::support::replace_file(&path, after.as_bytes());
+    let refused = event_where(&mut events, |event| matches!(event, HostEvent::ConfigRejected { .. })).await;
+    let HostEvent::ConfigRejected { reason, .. } = &refused else { unreachable!() };
+    assert!(reason.contains("plugin \"x\", which it runs, is still being written"), "{reason}");
+    assert!(host.config().routes[0].stages.is_empty(), "refused, yet applied");
+    done.store(true, Ordering::SeqCst);
+    let (mut writer, rest) = copy.join().unwrap();
+    writer.write_all(&rest).unwrap();
+    drop(writer);
+    // Nothing touches the config file again: the close of `x.wasm` alone brings it in.
+    let applied = within(async {
+        while host.config().routes[0].stages.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    applied.await;
+    host.send(switchyard::Message::new("a", "dropped")).await.unwrap();
+    host.send(switchyard::Message::new("a", "kept").with_header("keep", "yes")).await.unwrap();
+    let out = host.memory("out").unwrap();
+    assert_eq!(next(&out).await.payload, b"kept".as_slice(), "the new route runs x");
+    // Quiet afterwards: a further watcher batch applies nothing again.
+    crate::reload_once::caught_up(&mut events, plugins.path()).await;
+    assert_eq!(host.event_counts().configs_applied, 1);
+    assert_eq!(host.event_counts().configs_rejected, 1);
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.filtered, 1, "{stats:?}");
+}
+
 /// Counts the compiles under way and the most at once. A compile, once started, waits until
 /// `enough` have started, or for `watched`: a host compiling one a core at once never starts more
 /// than the cores, and one compiling one at a time never a second while the first waits.

@@ -118,6 +118,10 @@ struct ConfigText {
     /// stays as it is (a CA file a destination reads, not there yet): a file event tries the same
     /// text again, and the same refusal is not reported again.
     refusal: Option<String>,
+    /// The plugin it runs that was still being written when it was refused
+    /// ([`ConfigError::PluginUnsettled`]), if that refused it: the watcher tries the same text
+    /// again once that plugin's files are closed ([`Reloader::config_waits_for`]).
+    waits_for: Option<String>,
 }
 
 /// Which plugin files a sync reads into plugins.
@@ -374,7 +378,11 @@ impl Reloader {
         };
         let refusal = result.as_ref().err().map(ToString::to_string);
         if let Some(text) = read {
-            let last = ConfigText { text, refusal: refusal.clone() };
+            let waits_for = match &result {
+                Err(ConfigError::PluginUnsettled { plugin, .. }) => Some(plugin.clone()),
+                _ => None,
+            };
+            let last = ConfigText { text, refusal: refusal.clone(), waits_for };
             *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(last);
         }
         match &result {
@@ -388,6 +396,19 @@ impl Reloader {
             Err(_) | Ok(_) => {}
         }
         result
+    }
+
+    /// The plugin the config file, as last read, was refused for as it was still being written
+    /// ([`ConfigError::PluginUnsettled`]), if it was and that plugin's files are no longer held
+    /// open by a writer: the watcher reads the file again with that plugin's change that tells
+    /// so. Nothing else reads it again (the plugin's close reads that plugin alone): the old config
+    /// ran on although the new one was on disk.
+    pub(crate) fn config_waits_for(&self) -> Option<String> {
+        let last = self.config_text.lock().unwrap_or_else(|poison| poison.into_inner());
+        let name = last.as_ref()?.waits_for.clone()?;
+        drop(last);
+        let held = files_of(&self.plugin_dir(), &name).iter().any(|path| self.writes.holds(path));
+        (!held).then_some(name)
     }
 
     /// The config `text` of `file`; refused when it has no route while some
@@ -644,7 +665,7 @@ impl Reloader {
         let (change, plugins_refused, written) =
             self.apply_then(&file, self.parse_config(&file, text)?, || replace_file(path, text))?;
         written.map_err(|error| ConfigError::Write { file, error })?;
-        let written = ConfigText { text: text.to_owned(), refusal: None };
+        let written = ConfigText { text: text.to_owned(), refusal: None, waits_for: None };
         *self.config_text.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(written);
         Ok(Replacement { change, written: Some(path.to_owned()), plugins_refused })
     }

@@ -283,11 +283,18 @@ pub(crate) fn catch_up(reloader: &Reloader) {
 
 /// Apply `batch`, the config first: the plugins changed with it are read under it, with the kind
 /// its routes use each as and the grants it gives. A config applied reads every plugin again, before
-/// its routes run.
+/// its routes run. A config file refused as a plugin it runs was still being written is read
+/// again with the change that tells that plugin's writer is done with it.
 fn apply(reloader: &Reloader, batch: BTreeSet<Change>) {
+    let plugin_done = |name: String| {
+        let everything = batch.contains(&Change::Directory) || batch.contains(&Change::DirectoryItself);
+        everything || batch.contains(&Change::Plugin(name))
+    };
+    let config_changed =
+        batch.contains(&Change::Config) || reloader.config_waits_for().is_some_and(plugin_done);
     // Refusals are reported as events by reload_config.
-    let config_applied = batch.contains(&Change::Config)
-        && matches!(reloader.reload_config(Retry::Changed), Ok(ConfigChange::Applied));
+    let config_applied =
+        config_changed && matches!(reloader.reload_config(Retry::Changed), Ok(ConfigChange::Applied));
     if config_applied {
         return;
     }
