@@ -6,17 +6,19 @@
 //! atomically. Batches already running keep the versions they pinned; a bad
 //! file is rejected with its reason and the previous version keeps serving.
 
+mod config_change;
 mod events;
 mod links;
 mod open_writes;
+mod plugin_sync;
 mod prepared;
 mod refusal;
 mod reloader;
 mod source;
 mod watch;
 
+pub use config_change::{ConfigChange, Replacement};
 pub use events::{EventCounts, HostEvent};
-pub use reloader::{ConfigChange, Replacement};
 pub use source::{ConfiguredPlugin, load_as_configured};
 pub use watch::SETTLE;
 

@@ -3,9 +3,10 @@
 //! file written without pause delays the rest by no more), then applied. A file
 //! its writer still holds open is read once it is closed ([`OpenWrites`]).
 
+use super::config_change::ConfigChange;
 use super::links::{LinkTargets, names_a_plugin};
 use super::open_writes::OpenWrites;
-use super::reloader::{ConfigChange, Reloader, Retry};
+use super::reloader::{Reloader, Retry};
 use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
