@@ -5,8 +5,10 @@ use crate::support::{
     MEMORY_OUT, builder, drain_and_account, event_where, eventually, host, next, plugin_dir, replace_file,
     within,
 };
+use std::sync::Arc;
 use switchyard::{Config, ConfigChange, ConfigError, Host, HostEvent, Message, RouteConfig};
 use switchyard_plugin_artifacts as artifacts;
+use tokio::sync::{Notify, Semaphore};
 
 /// Whether an event is plugin `name`'s replacement.
 pub fn replaced(name: &str) -> impl Fn(&HostEvent) -> bool + '_ {
@@ -414,6 +416,52 @@ async fn a_removed_middleware_leaves_no_instance_behind_once_replies_pass_again(
     std::fs::remove_file(dir.path().join("gone.wasm")).unwrap();
     host.reload().await.unwrap();
     // A request and its reply after the removal: the workers they pass let the removed version go.
+    within(host.request(Message::new("kept", "2"))).await.unwrap().unwrap();
+    assert_eq!(gone.live_instances(), 0, "an instance of the removed middleware is kept");
+    drain_and_account(&host).await;
+}
+
+#[tokio::test]
+async fn a_reply_pinned_to_a_removed_middleware_leaves_no_instance_behind() {
+    // The reply worker let go of the versions no longer serving before it passed a reply back, then
+    // made an instance of the removed version the reply was pinned to: it stayed until the plugins
+    // changed again, as the set it had checked against was still the one serving.
+    let annotate = artifacts::ANNOTATE_MIDDLEWARE;
+    let dir = plugin_dir(&[("gone", annotate), ("kept", annotate)]);
+    let (arrived, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let held = {
+        let (arrived, gate) = (arrived.clone(), gate.clone());
+        move |message: Message| {
+            let (arrived, gate) = (arrived.clone(), gate.clone());
+            async move {
+                arrived.notify_one();
+                gate.acquire().await.unwrap().forget();
+                Ok(Some(message))
+            }
+        }
+    };
+    let echo = |message: Message| async move { Ok(Some(message)) };
+    let config = switchyard::Config::from_toml("t", "[host]\nworkers = 1\nwatch = false\n").unwrap();
+    let host = crate::support::builder(dir.path())
+        .config("t", config)
+        .destination("held", held)
+        .destination("echo", echo)
+        .route(RouteConfig::new("gone", "gone", "held").stage("middleware:gone"))
+        .route(RouteConfig::new("kept", "kept", "echo").stage("middleware:kept"))
+        .build()
+        .await
+        .unwrap();
+    let gone = host.plugins().into_iter().find(|plugin| plugin.name == "gone").unwrap();
+    let request = tokio::spawn({
+        let host = host.clone();
+        async move { host.request(Message::new("gone", "1")).await }
+    });
+    within(arrived.notified()).await;
+    std::fs::remove_file(dir.path().join("gone.wasm")).unwrap();
+    host.reload().await.unwrap();
+    gate.add_permits(1);
+    within(request).await.unwrap().unwrap().unwrap();
+    // A request and its reply through the reply worker (route `kept` runs a middleware) after it.
     within(host.request(Message::new("kept", "2"))).await.unwrap().unwrap();
     assert_eq!(gone.live_instances(), 0, "an instance of the removed middleware is kept");
     drain_and_account(&host).await;

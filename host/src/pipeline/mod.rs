@@ -528,7 +528,8 @@ impl Pipeline {
 /// requests went through, on plugin instances of its own (from
 /// `new_worker`), until the pipeline is gone. As a pipeline worker does with
 /// each batch, it drops its instances of versions `registry` no longer serves
-/// with each reply.
+/// with each reply: before it, and after it too, since a reply pinned to a
+/// version removed meanwhile makes an instance of that version.
 pub(crate) fn run_reply_worker(
     new_worker: impl Fn() -> Worker,
     registry: Arc<PluginRegistry>,
@@ -541,7 +542,9 @@ pub(crate) fn run_reply_worker(
         // lives on, with fresh instances. Dead, it left every later reply refused.
         let answer = crate::panic::catch(|| {
             worker.forget_stale(&registry.snapshot());
-            worker.on_reply(&middlewares, &request, reply)
+            let answer = worker.on_reply(&middlewares, &request, reply);
+            worker.forget_stale(&registry.snapshot());
+            answer
         });
         let answer = match answer {
             Ok(answer) => answer.map(Some).map_err(RequestError::ReplyFailed),

@@ -56,7 +56,9 @@ pub(crate) struct Worker {
     ids: Arc<AtomicU64>,
     instances: HashMap<String, PluginInstance>,
     buffer: Vec<u8>,
-    /// The plugin set the instances were last checked against.
+    /// The plugin set the instances were last checked against, while each is of a version it
+    /// serves: an instance made of another (a reply pinned to a version removed since) clears it,
+    /// so that the next check lets that instance go.
     checked: Option<Arc<PluginSet>>,
     metrics: Arc<Metrics>,
     /// The largest message a transform or middleware may make (`host.max_message_bytes`).
@@ -149,6 +151,10 @@ impl Worker {
         if !current {
             let instance = PluginInstance::new(&self.engine, plugin.clone())?;
             self.instances.insert(plugin.name.clone(), instance);
+            let served = |set: &Arc<PluginSet>| set.get(&plugin.name).is_some_and(|p| Arc::ptr_eq(p, plugin));
+            if !self.checked.as_ref().is_some_and(served) {
+                self.checked = None;
+            }
         }
         Ok(self.instances.get_mut(&plugin.name).expect("inserted above"))
     }
