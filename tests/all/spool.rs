@@ -1051,18 +1051,12 @@ async fn a_state_directory_deleted_under_a_spooling_host_refuses_messages_rather
     assert!(delivered.is_empty());
 }
 
-/// A shutdown does not wait for good on the spool's last removes (and its last fsync) that a hung
-/// disk holds: a second past its grace period it stops without them, and keeps the state directory
-/// locked, since they may still land there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_stops_without_the_spools_last_removes_when_a_hung_disk_holds_them() {
-    let state = tempfile::tempdir().unwrap();
-    let (host, delivered) = host_again_with(state.path(), |config| config.host.shutdown_grace_ms = 200).await;
-    // The spool's next segment hangs as it is opened: once the first is full, the spool's next
-    // write (the removes of the messages delivered) never ends.
-    let hung = HungFile::at(state.path().join("spool/0000000000000002.seg"));
-    // Sixteen puts leave the first segment short of full (removes are a few bytes), the
-    // seventeenth fills it.
+/// A spooling host on `state` (grace period 200 ms) whose spool's next write never ends: its
+/// next segment is a [`HungFile`], and 17 messages of 1 MB, delivered, filled the first (sixteen
+/// leave it short of full, removes being a few bytes), so the write of their removes opens it.
+async fn host_whose_spool_hangs_on_its_next_write(state: &Path) -> (Host, HungFile) {
+    let (host, delivered) = host_again_with(state, |config| config.host.shutdown_grace_ms = 200).await;
+    let hung = HungFile::at(state.join("spool/0000000000000002.seg"));
     let payload = "x".repeat(1_000_000);
     for _ in 0..17 {
         host.send(Message::new("t.filler", payload.clone())).await.unwrap();
@@ -1071,6 +1065,16 @@ async fn a_shutdown_stops_without_the_spools_last_removes_when_a_hung_disk_holds
         next(&delivered).await;
     }
     assert!(host.spool().unwrap().disk_bytes >= 16 << 20, "the first segment is full");
+    (host, hung)
+}
+
+/// A shutdown does not wait for good on the spool's last removes (and its last fsync) that a hung
+/// disk holds: a second past its grace period it stops without them, and keeps the state directory
+/// locked, since they may still land there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_without_the_spools_last_removes_when_a_hung_disk_holds_them() {
+    let state = tempfile::tempdir().unwrap();
+    let (host, hung) = host_whose_spool_hangs_on_its_next_write(state.path()).await;
 
     within(host.shutdown()).await;
     assert_eq!(host.stats().delivered, 17);
@@ -1080,6 +1084,40 @@ async fn a_shutdown_stops_without_the_spools_last_removes_when_a_hung_disk_holds
     let refused = second.map(drop).expect_err("the state directory is still the first host's").to_string();
     assert!(refused.contains("in use by another host"), "{refused}");
     drop(hung);
+}
+
+/// A host dropped after a stop that gave up on its spool's last write, while the disk still holds
+/// that write, is dropped at once: it leaves the spool's writer to its write, not joined, and the
+/// state directory locked for the writer, which may still write there.
+// On one thread: the stop's task, which holds a clone of the host, has ended when `shutdown`
+// returns, so the drop below is the host's last (on more, that task's could be, on a runtime's
+// thread).
+#[tokio::test(flavor = "current_thread")]
+async fn a_host_dropped_while_a_hung_disk_holds_its_spools_last_write_drops_and_keeps_the_state_locked() {
+    let state = tempfile::tempdir().unwrap();
+    let (host, hung) = host_whose_spool_hangs_on_its_next_write(state.path()).await;
+    within(host.shutdown()).await;
+
+    // On a thread of its own: a drop that waits for the writer blocks the thread it runs on.
+    let (dropped, drop_ended) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(host);
+        let _ = dropped.send(());
+    });
+    within(drop_ended).await.expect("the host is dropped");
+    let plugins = plugin_dir(&[]);
+    let second = Host::builder().plugin_dir(plugins.path()).state_dir(state.path()).build().await;
+    let refused =
+        second.map(drop).expect_err("the spool's writer still holds the state directory").to_string();
+    assert!(refused.contains("in use by another host"), "{refused}");
+    // The disk back, the writer's write ends (refused), and so does the writer: the directory is
+    // free.
+    drop(hung);
+    until(async || {
+        let another = Host::builder().plugin_dir(plugins.path()).state_dir(state.path()).build().await;
+        another.map(drop).map_err(|error| error.to_string())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

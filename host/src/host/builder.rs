@@ -207,7 +207,7 @@ impl HostBuilder {
         let dead_letters = Arc::new(DeadLetters::new(dead_letter_file));
         // Dropped after the spool (declared below) if the start fails, else with the host.
         let dead_letter_file = super::DeadLetterFileGuard(dead_letters.file.clone());
-        let spool = super::spool::open(&config.host, &dir, &metrics)?;
+        let spool = super::spool::open(&config.host, &dir, &metrics, &state_lock)?;
         let settling = crate::alert::settling_time(&config.destinations);
         let alerts = crate::alert::AlertBook::kept_in_locked(&dir, state_lock.clone(), settling);
         let lasting = LastingDestinations::new(destinations);

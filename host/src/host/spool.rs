@@ -179,11 +179,13 @@ pub(super) fn redeliver(
     });
 }
 
-/// Open the spool of `state_dir` when `host.durability` asks for one.
+/// Open the spool of `state_dir`, which the host holds with `state_lock`, when `host.durability`
+/// asks for one.
 pub(super) fn open(
     host: &crate::config::HostSection,
     state_dir: &std::path::Path,
     metrics: &crate::metrics::Metrics,
+    state_lock: &std::sync::Arc<crate::state_lock::StateLock>,
 ) -> Result<Option<(Spool, crate::spool::Recovery)>, SpoolError> {
     let (dir, spool_metrics) = (state_dir.join(crate::spool::DIR_NAME), metrics.spool.clone());
     if host.durability != crate::config::Durability::Spool {
@@ -191,7 +193,7 @@ pub(super) fn open(
         return Ok(None);
     }
     let observe = move |messages, took| spool_metrics.committed(messages, took);
-    let (spool, recovery) = Spool::open(&dir, host.spool_max_bytes, observe)?;
+    let (spool, recovery) = Spool::open(&dir, host.spool_max_bytes, observe, Some(state_lock.clone()))?;
     metrics.spool.recovered(recovery.messages.len());
     Ok(Some((spool, recovery)))
 }

@@ -223,7 +223,7 @@ impl Host {
         // Every message is settled: its spool record's remove is on disk, and the spool unlocked,
         // before we return.
         if let Some(spool) = &self.inner.spool
-            && tokio::time::timeout(left(), spool.close()).await.is_err()
+            && !spool.close_within(left()).await
         {
             give_up("the spool's last removes and fsync (settled messages may be delivered again)");
         }

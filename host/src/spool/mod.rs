@@ -43,6 +43,7 @@ pub use log::{Damage, DamageKind};
 pub use offline::{Drained, SpoolReport, drain, inspect};
 
 use crate::message::Message;
+use crate::state_lock::StateLock;
 use log::SegmentLog;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +55,10 @@ use writer::{Figures, Request};
 
 /// The spool's directory inside the state directory.
 pub const DIR_NAME: &str = "spool";
+
+/// How long a spool's drop waits for its writer to close the log, unless a close was given up on
+/// already ([`Spool::close_within`]): a hung disk holds the writer in a write for good.
+const CLOSE_ON_DROP_WAIT: Duration = Duration::from_secs(10);
 
 /// The spool could not take a message.
 #[derive(Debug, thiserror::Error)]
@@ -119,8 +124,12 @@ pub(crate) struct Spool {
     /// Cancelled once the writer thread has ended: a request it never read (sent after the close)
     /// waits in the channel for as long as a sender lives, and is answered by nothing.
     writer_ended: CancellationToken,
-    /// The writer thread: joined when the spool is dropped.
+    /// The writer thread: joined when the spool is dropped, unless it does not close in time (see
+    /// `Drop for Spool`).
     writer: Option<std::thread::JoinHandle<()>>,
+    /// A close was given up on ([`close_within`](Spool::close_within)): the drop does not wait for
+    /// the writer again.
+    close_given_up: AtomicBool,
 }
 
 /// What opening a spool found: messages to deliver again (oldest first), each held, and damage.
@@ -131,11 +140,14 @@ pub(crate) struct Recovery {
 
 impl Spool {
     /// Open the spool in `dir` (created if missing), recover what it holds and start its writer;
-    /// `observe` sees each committed batch (its puts and how long write and fsync took).
+    /// `observe` sees each committed batch (its puts and how long write and fsync took). The writer
+    /// holds `state_lock` (the lock of the state directory `dir` is in) until it ends: a hung disk
+    /// may hold it in a write past the spool's drop, and the write may still land.
     pub(crate) fn open(
         dir: &Path,
         max_bytes: u64,
         observe: impl Fn(usize, Duration) + Send + 'static,
+        state_lock: Option<Arc<StateLock>>,
     ) -> Result<(Spool, Recovery), SpoolError> {
         let io = |error| SpoolError::Io { dir: dir.to_owned(), error };
         let (log, recovered, damage) = SegmentLog::open(dir).map_err(io)?;
@@ -147,7 +159,7 @@ impl Spool {
         let writer = std::thread::Builder::new()
             .name("switchyard-spool".into())
             .spawn(move || {
-                let _ended = ended;
+                let (_ended, _state_lock) = (ended, state_lock);
                 writer::run(log, queue, writer_figures, Box::new(observe))
             })
             .map_err(io)?;
@@ -161,6 +173,7 @@ impl Spool {
             recovered: AtomicU64::new(recovered.len() as u64),
             writer_ended,
             writer: Some(writer),
+            close_given_up: AtomicBool::new(false),
         };
         let messages = recovered
             .into_iter()
@@ -226,6 +239,17 @@ impl Spool {
         }
     }
 
+    /// [`close`](Spool::close), waiting at most `wait`: whether it closed. Given up on (a hung disk
+    /// holds the writer in a write), the close goes on without a waiter, and the spool's drop does
+    /// not wait for it either.
+    pub(crate) async fn close_within(&self, wait: Duration) -> bool {
+        let closed = tokio::time::timeout(wait, self.close()).await.is_ok();
+        if !closed {
+            self.close_given_up.store(true, Relaxed);
+        }
+        closed
+    }
+
     /// What the spool holds now.
     pub(crate) fn status(&self) -> SpoolStatus {
         let oldest = self.figures.oldest_ms.load(Relaxed);
@@ -251,13 +275,28 @@ impl Drop for Spool {
     /// A spool dropped before [`close`](Spool::close) (its host failed to start, or was dropped
     /// without a shutdown) closes as a crash would: what was queued before is written, a remove
     /// queued after it (messages dropped unsettled with the host) is not, so the next start
-    /// delivers those messages again. Returns once the log is closed and its directory unlocked.
+    /// delivers those messages again. Returns once the log is closed and its directory unlocked,
+    /// unless the writer does not close within `CLOSE_ON_DROP_WAIT`, or at once when a close was
+    /// given up on already: a hung disk holds it in a write, which cannot be cancelled. The writer
+    /// is then left to end by itself, not joined, holding its log and the state directory's lock
+    /// until it does.
     fn drop(&mut self) {
-        let (done, _closed) = flume::bounded(1);
+        let (done, closed) = flume::bounded(1);
         let _ = self.requests.send(Request::Close(done));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        let Some(writer) = self.writer.take() else { return };
+        let wait = match self.close_given_up.load(Relaxed) {
+            true => Duration::ZERO,
+            false => CLOSE_ON_DROP_WAIT,
+        };
+        // Answered, or refused (the writer ended, or ends, without reading it): either way it ends.
+        if let Err(flume::RecvTimeoutError::Timeout) = closed.recv_timeout(wait) {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "the spool's writer has not closed (a hung disk?): left to end by itself, holding the state directory until it does"
+            );
+            return;
         }
+        let _ = writer.join();
     }
 }
 
@@ -382,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
-        let Err(error) = Spool::open(&file.join(DIR_NAME), 1 << 20, |_, _| {}) else {
+        let Err(error) = Spool::open(&file.join(DIR_NAME), 1 << 20, |_, _| {}, None) else {
             panic!("a spool under a file cannot be created")
         };
         let report = format!("{:#}", anyhow::Error::from(error));
@@ -393,7 +432,7 @@ mod tests {
     async fn a_recovered_message_takes_the_share_of_the_budget_its_put_took() {
         let dir = tempfile::tempdir().unwrap();
         let message = Message::new("orders", "small payload").with_header("x-big", "h".repeat(8 * 1024));
-        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         let all = spool.budget.available_permits();
         let hold = spool.put(spool.room(&message, false).await.unwrap()).await.unwrap();
         let taken = all - spool.budget.available_permits();
@@ -402,7 +441,7 @@ mod tests {
         std::mem::forget(hold);
         spool.close().await;
         drop(spool);
-        let (spool, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (spool, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         assert_eq!(recovery.messages.len(), 1);
         assert_eq!(all - spool.budget.available_permits(), taken, "recovered with the same share");
     }
@@ -410,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn a_room_dropped_unused_gives_back_its_share_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         let all = spool.budget.available_permits();
         let room = spool.room(&Message::new("orders", "given up"), false).await.unwrap();
         assert_eq!(spool.budget.available_permits(), all - 1);
@@ -423,7 +462,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_dropped_unheard_removes_its_record_and_gives_back_its_share() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         let all = spool.budget.available_permits();
         // A record on disk whose answer arrived after its admission was given up on: the answer
         // is all that knows its sequence number.
@@ -438,14 +477,14 @@ mod tests {
         spool.close().await;
         assert_eq!(spool.status().depth, 0);
         drop(spool);
-        let (_, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (_, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         assert!(recovery.messages.is_empty());
     }
 
     #[tokio::test]
     async fn a_hold_dropped_unsettled_leaves_its_record_and_its_share_and_a_settled_one_removes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         let all = spool.budget.available_permits();
         let settled = spool.room(&Message::new("orders", "settled"), false).await.unwrap();
         let settled = spool.put(settled).await.unwrap();
@@ -459,7 +498,7 @@ mod tests {
         spool.close().await;
         assert_eq!(spool.status().depth, 1);
         drop(spool);
-        let (_, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (_, recovery) = Spool::open(dir.path(), 1 << 20, |_, _| {}, None).unwrap();
         assert_eq!(recovery.messages.len(), 1);
         assert_eq!(recovery.messages[0].0.payload, "dropped");
     }
