@@ -1,7 +1,7 @@
 //! The `switchyard` binary driven as a child process on free 127.0.0.1 ports.
 
 use crate::exposition::sample;
-use crate::support::{PATIENCE, RedisServer, eventually, plugin_dir, until_ended};
+use crate::support::{HungFile, PATIENCE, RedisServer, eventually, plugin_dir, until_ended};
 use crate::support::{http, http_raw, post};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
@@ -1246,4 +1246,35 @@ fn a_write_past_the_file_size_limit_fails_that_attempt_and_the_host_lives_on() {
         })
         .collect();
     assert_eq!(payloads, ["first", "second"], "{written}");
+}
+
+/// `switchyard run` stopped while a hung disk holds a dead letter on its way into the dead-letter
+/// file stops without it, says so, and exits: the append it gave up on goes on on its thread, and
+/// the process does not wait for it.
+#[test]
+fn run_stopped_while_a_hung_disk_holds_a_dead_letter_exits_and_says_what_it_gave_up_on() {
+    let dir = plugin_dir(&[]);
+    // Nothing listens there: the dead letter goes to the file.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[host]\nwatch = false\nplugin_dir = \".\"\nstate_dir = \"state\"\nshutdown_grace_ms = 200\n\
+         dead_letter = \"dlq\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+         [[destination]]\nname = \"dlq\"\ntransport = \"http\"\nendpoints = [\"{refusing}\"]\n"
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    let ingress = host.address("HTTP ingress listening on http://");
+    // Made once the host counted the file at its start: the letter's append opens it, and waits.
+    let hung = HungFile::at(dir.path().join("state").join(switchyard::dead_letter::FILE_NAME));
+    let (status, body) = post(ingress, "/v1/messages/nowhere", &[], b"a letter");
+    assert_eq!(status, 202, "{body}");
+
+    host.terminate();
+    let gave_up = host.line_where(|line| line.contains("the stop gave up on"));
+    assert!(gave_up.contains("the dead letters still being appended to the dead-letter file"), "{gave_up}");
+    let stopped = host.line_where(|line| line.starts_with("switchyard: stopped"));
+    assert!(stopped.contains(r#""dead_lettered":0"#), "the letter never reached the file: {stopped}");
+    let exited = eventually(|| host.child.try_wait().unwrap().ok_or("still running"));
+    assert!(exited.success(), "{exited}");
+    drop(hung);
 }

@@ -226,7 +226,9 @@ impl Command {
                 let runtime = runtime(io_threads)?;
                 let ran = runtime.block_on(run::run(file, plugins, listen, admin));
                 // The host has stopped: what still runs is a plugin compile it no longer waits for
-                // (minutes for a big plugin), which the runtime's drop would wait for.
+                // (minutes for a big plugin), or a write to the state directory its stop gave up
+                // on (a dead letter's append a hung disk holds, for good), which the runtime's drop
+                // would wait for.
                 runtime.shutdown_background();
                 ran
             }
