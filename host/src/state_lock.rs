@@ -6,24 +6,59 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The lock file of a state directory: held (an exclusive `flock`) by the host using it.
 const LOCK_FILE: &str = "host.lock";
 
-/// A state directory locked for one host; unlocked when let go or dropped (or the process ends).
+/// A state directory locked for one host; unlocked when let go (once no [`StatePin`] is left) or
+/// dropped (or the process ends).
 #[derive(Debug)]
 pub(crate) struct StateLock {
     dir: PathBuf,
-    /// The lock file held, with its device and inode; `None` once let go.
-    held: Mutex<Option<(File, (u64, u64))>>,
+    held: Mutex<Held>,
+}
+
+/// Where a [`StateLock`] stands.
+#[derive(Debug)]
+struct Held {
+    /// The lock file held, with its device and inode; `None` once unlocked.
+    file: Option<(File, (u64, u64))>,
+    /// Whether the host let the directory go: nothing of it may write there any more.
+    let_go: bool,
+    /// Threads that may still write in the directory whatever the host does ([`StatePin`]).
+    pins: usize,
+}
+
+impl Held {
+    /// Unlock the file once the host let it go and no pin is left.
+    fn unlock_if_free(&mut self) {
+        if self.let_go && self.pins == 0 {
+            self.file = None;
+        }
+    }
+}
+
+/// Held by a thread that may go on writing in the state directory after its host let it go (the
+/// spool's writer, which a hung disk can hold in a write that may still land): the directory stays
+/// locked, for no other host to take, until every pin is dropped.
+#[derive(Debug)]
+pub(crate) struct StatePin(Arc<StateLock>);
+
+impl Drop for StatePin {
+    fn drop(&mut self) {
+        let mut held = self.0.held();
+        held.pins -= 1;
+        held.unlock_if_free();
+    }
 }
 
 impl StateLock {
     /// Lock `dir` (creating it `0700`, its lock file `0600`) for this host, or say why not: another
     /// host (in this process or another) holds it, or it cannot be created.
     pub(crate) fn acquire(dir: &Path) -> Result<StateLock, String> {
-        Ok(StateLock { dir: dir.to_owned(), held: Mutex::new(Some(lock(dir)?)) })
+        let held = Held { file: Some(lock(dir)?), let_go: false, pins: 0 };
+        Ok(StateLock { dir: dir.to_owned(), held: Mutex::new(held) })
     }
 
     /// Make sure the lock file at its path is the one this host holds, before the host writes in
@@ -32,7 +67,7 @@ impl StateLock {
     /// or once the host let the directory go.
     pub(crate) fn hold(&self) -> io::Result<()> {
         let mut held = self.held();
-        let Some((_, id)) = &*held else {
+        let (Some((_, id)), false) = (&held.file, held.let_go) else {
             return Err(io::Error::other("the host has stopped: its state directory is no longer its"));
         };
         match std::fs::metadata(self.dir.join(LOCK_FILE)) {
@@ -47,16 +82,24 @@ impl StateLock {
             ))
         })?;
         tracing::warn!(dir = %self.dir.display(), "the state directory lost its {LOCK_FILE} while the host ran (was it removed?): made again and locked");
-        *held = Some(again);
+        held.file = Some(again);
         Ok(())
     }
 
-    /// Let the directory go: another host may have it.
+    /// Let the directory go: another host may have it, once no [`StatePin`] is left.
     pub(crate) fn release(&self) {
-        self.held().take();
+        let mut held = self.held();
+        held.let_go = true;
+        held.unlock_if_free();
     }
 
-    fn held(&self) -> MutexGuard<'_, Option<(File, (u64, u64))>> {
+    /// Keep the directory locked while the pin lives, whether or not the host lets it go.
+    pub(crate) fn pin(self: &Arc<Self>) -> StatePin {
+        self.held().pins += 1;
+        StatePin(self.clone())
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
@@ -104,6 +147,22 @@ mod tests {
         let second = StateLock::acquire(&state).expect("free again once the first lets go");
         drop(second);
         StateLock::acquire(&state).expect("free again once the second is dropped");
+    }
+
+    #[test]
+    fn a_pinned_state_directory_let_go_stays_locked_until_its_last_pin_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let lock = Arc::new(StateLock::acquire(&state).unwrap());
+        let (first, second) = (lock.pin(), lock.pin());
+        lock.release();
+        assert!(lock.hold().is_err(), "let go: nothing of this host writes there any more");
+        let refused = StateLock::acquire(&state).unwrap_err();
+        assert!(refused.contains("in use by another host"), "{refused}");
+        drop(first);
+        StateLock::acquire(&state).expect_err("one pin is left");
+        drop(second);
+        StateLock::acquire(&state).expect("free once the last pin is dropped");
     }
 
     #[test]

@@ -1089,10 +1089,10 @@ fn admin_api_of_the_binary_guards_every_endpoint_and_counts_the_messages_that_fl
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
     }
     let reload = || http(admin, "POST", "/v1/reload", &[AUTH], b"");
-    assert_eq!(reload(), (200, r#"{"config":"unchanged","reloaded":true}"#.into()));
+    assert_eq!(reload(), (200, r#"{"config":"unchanged","plugins_refused":{},"reloaded":true}"#.into()));
     let more = "[[route]]\nname = \"more\"\nmatch = { topic = \"more\" }\nto = \"log\"\n";
     std::fs::write(dir.path().join("switchyard.toml"), format!("{GUARDED_CONFIG}{more}")).unwrap();
-    assert_eq!(reload(), (200, r#"{"config":"applied","reloaded":true}"#.into()));
+    assert_eq!(reload(), (200, r#"{"config":"applied","plugins_refused":{},"reloaded":true}"#.into()));
     let applied = loop {
         let frame = events.read().expect("an event (safety net: PATIENCE)");
         let event: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();

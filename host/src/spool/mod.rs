@@ -141,8 +141,8 @@ pub(crate) struct Recovery {
 impl Spool {
     /// Open the spool in `dir` (created if missing), recover what it holds and start its writer;
     /// `observe` sees each committed batch (its puts and how long write and fsync took). The writer
-    /// holds `state_lock` (the lock of the state directory `dir` is in) until it ends: a hung disk
-    /// may hold it in a write past the spool's drop, and the write may still land.
+    /// pins `state_lock` (the lock of the state directory `dir` is in) until it closes or ends: a
+    /// hung disk may hold it in a write past the spool's drop, and the write may still land.
     pub(crate) fn open(
         dir: &Path,
         max_bytes: u64,
@@ -155,12 +155,13 @@ impl Spool {
         let figures = Arc::new(Figures::default());
         let (writer_figures, writer_ended) = (figures.clone(), CancellationToken::new());
         let ended = writer_ended.clone().drop_guard();
+        let pin = state_lock.as_ref().map(StateLock::pin);
         // Runs until asked to close (or the spool and every hold are gone); then fsyncs and ends.
         let writer = std::thread::Builder::new()
             .name("switchyard-spool".into())
             .spawn(move || {
-                let (_ended, _state_lock) = (ended, state_lock);
-                writer::run(log, queue, writer_figures, Box::new(observe))
+                let _ended = ended;
+                writer::run(log, queue, writer_figures, Box::new(observe), pin)
             })
             .map_err(io)?;
         let budget = Arc::new(Semaphore::new(kib_of(max_bytes)));

@@ -4,6 +4,7 @@
 
 use super::log::SegmentLog;
 use super::record;
+use crate::state_lock::StatePin;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -53,12 +54,14 @@ impl Figures {
 /// Observes each batch the writer commits: its puts and how long the write and fsync took.
 pub(crate) type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
-/// Serve `requests` until one asks to close or every sender is gone, then fsync and return.
+/// Serve `requests` until one asks to close or every sender is gone, then fsync and return;
+/// `pin` keeps the state directory locked until then (a close lets it go before it is answered).
 pub(crate) fn run(
     mut log: SegmentLog,
     requests: flume::Receiver<Request>,
     figures: Arc<Figures>,
     observe: CommitObserver,
+    pin: Option<StatePin>,
 ) {
     figures.publish(&log);
     let mut buf = Vec::new();
@@ -155,7 +158,7 @@ pub(crate) fn run(
             if !owed.is_empty() {
                 finish(&mut log, &owed);
             }
-            drop(log);
+            drop((log, pin));
             let _ = done.send(());
             return;
         }
@@ -202,7 +205,7 @@ mod tests {
             observer.fetch_add(puts, Relaxed);
         });
         let (requests, queue) = flume::unbounded();
-        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), observe));
+        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), observe, None));
         put(&requests).expect_err("the write fails");
         put(&requests).expect("the next goes to a new segment");
         drop(requests);
@@ -217,7 +220,7 @@ mod tests {
         let (requests, queue) = flume::unbounded();
         let figures = Arc::new(Figures::default());
         let shown = figures.clone();
-        let writer = std::thread::spawn(move || run(log, queue, shown, Box::new(|_, _| {})));
+        let writer = std::thread::spawn(move || run(log, queue, shown, Box::new(|_, _| {}), None));
         let (done, written) = oneshot::channel();
         drop(written);
         let body = record::put_body(&crate::message::Message::new("t", "given up"), 7);
@@ -247,7 +250,7 @@ mod tests {
         log.append(&bytes, &puts, &[], true).unwrap();
         log.fail_writes();
         let (requests, queue) = flume::unbounded();
-        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), Box::new(|_, _| {})));
+        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), Box::new(|_, _| {}), None));
         requests.send(Request::Remove(puts[0].0)).unwrap();
         drop(requests);
         writer.join().unwrap();
