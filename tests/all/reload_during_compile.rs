@@ -197,6 +197,19 @@ async fn a_replaced_config_is_written_once_it_runs_with_its_plugins() {
     drain_and_account(&host).await;
 }
 
+/// Which of the memory destinations `out`, `filtered` and `dead` the next message reaches first.
+async fn arrival(
+    out: &flume::Receiver<switchyard::Message>,
+    filtered: &flume::Receiver<switchyard::Message>,
+    dead: &flume::Receiver<switchyard::Message>,
+) -> &'static str {
+    tokio::select! {
+        _ = out.recv_async() => "out",
+        _ = filtered.recv_async() => "filtered",
+        _ = dead.recv_async() => "dead",
+    }
+}
+
 /// Where a message on topic `a` that filter `x` drops, sent while `x` compiles as part of a deploy
 /// of `x.wasm` with a config whose route `a` first runs it (and delivers to `filtered` instead of
 /// `out`), went: `out`, `filtered` or `dead`. `on_error` is route `a`'s failure policy in the
@@ -226,14 +239,7 @@ async fn where_a_message_sent_while_deploying_a_filter_went(on_error: &str) -> &
     });
     within(started.recv()).await.unwrap();
     host.send(switchyard::Message::new("a", "sent while x compiles")).await.unwrap();
-    let went = within(async {
-        tokio::select! {
-            _ = out.recv_async() => "out",
-            _ = filtered.recv_async() => "filtered",
-            _ = dead.recv_async() => "dead",
-        }
-    })
-    .await;
+    let went = within(arrival(&out, &filtered, &dead)).await;
     held.let_go();
     assert_eq!(within(deploy).await.unwrap().unwrap(), ConfigChange::Applied);
     host.send(switchyard::Message::new("a", "dropped")).await.unwrap();
@@ -294,14 +300,7 @@ async fn a_fail_open_route_deployed_while_its_filter_is_written_never_runs_witho
     });
     let waited = still_pending(&mut deploy).await;
     host.send(switchyard::Message::new("a", "sent while x is written")).await.unwrap();
-    let went = within(async {
-        tokio::select! {
-            _ = out.recv_async() => "out",
-            _ = filtered.recv_async() => "filtered",
-            _ = dead.recv_async() => "dead",
-        }
-    })
-    .await;
+    let went = within(arrival(&out, &filtered, &dead)).await;
     assert_eq!(went, "out", "route a ran without its filter x while x.wasm was written");
     assert!(waited, "the config did not wait for x.wasm's writer");
     writer.write_all(rest).unwrap();
