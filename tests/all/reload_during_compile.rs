@@ -325,25 +325,12 @@ async fn a_config_whose_plugin_is_still_written_after_the_wait_for_its_writer_is
     let host = builder(plugins.path()).config("test.toml", Config::from_toml("test.toml", &before).unwrap());
     let host = within(host.build()).await.unwrap();
     let mut events = host.subscribe();
-    let whole = std::fs::read(artifacts::HEADER_FILTER).unwrap();
-    let mut writer = std::fs::File::create(plugins.path().join("x.wasm")).unwrap();
-    writer.write_all(&whole[..whole.len() / 2]).unwrap();
+    let copy = SlowCopy::half_written(plugins.path());
     crate::reload_once::caught_up(&mut events, plugins.path()).await;
-    // A byte every 100 ms: never quiet for as long as a writer is waited for.
-    let done = Arc::new(AtomicBool::new(false));
-    let copy = std::thread::spawn({
-        let done = done.clone();
-        move || {
-            for byte in whole[whole.len() / 2..].iter().take_while(|_| !done.load(Ordering::SeqCst)) {
-                writer.write_all(&[*byte]).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    });
+    let copy = copy.trickle();
     let refused =
         within(host.apply_config("test.toml", Config::from_toml("test.toml", &after).unwrap())).await;
-    done.store(true, Ordering::SeqCst);
-    copy.join().unwrap();
+    drop(copy.stop());
     let Err(ConfigError::PluginUnsettled { plugin, .. }) = &refused else { panic!("{refused:?}") };
     assert_eq!(plugin, "x");
     let routes = host.config();
@@ -369,31 +356,15 @@ async fn a_config_file_refused_while_its_plugin_is_written_is_applied_once_the_p
     let host = Host::builder().config_file(&path).unwrap().state_dir(state.path().join(".switchyard"));
     let host = within(host.build()).await.unwrap();
     let mut events = host.subscribe();
-    let whole = std::fs::read(artifacts::HEADER_FILTER).unwrap();
-    let mut writer = std::fs::File::create(plugins.path().join("x.wasm")).unwrap();
-    writer.write_all(&whole[..whole.len() / 2]).unwrap();
+    let copy = SlowCopy::half_written(plugins.path());
     crate::reload_once::caught_up(&mut events, plugins.path()).await;
-    // A byte every 100 ms until told to stop: never quiet for as long as a writer is waited for.
-    let done = Arc::new(AtomicBool::new(false));
-    let copy = std::thread::spawn({
-        let (done, rest) = (done.clone(), whole[whole.len() / 2..].to_vec());
-        move || {
-            let mut written = 0;
-            while written < rest.len() && !done.load(Ordering::SeqCst) {
-                writer.write_all(&rest[written..=written]).unwrap();
-                written += 1;
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            (writer, rest[written..].to_vec())
-        }
-    });
+    let copy = copy.trickle();
     crate::support::replace_file(&path, after.as_bytes());
     let refused = event_where(&mut events, |event| matches!(event, HostEvent::ConfigRejected { .. })).await;
     let HostEvent::ConfigRejected { reason, .. } = &refused else { unreachable!() };
     assert!(reason.contains("plugin \"x\", which it runs, is still being written"), "{reason}");
     assert!(host.config().routes[0].stages.is_empty(), "refused, yet applied");
-    done.store(true, Ordering::SeqCst);
-    let (mut writer, rest) = copy.join().unwrap();
+    let SlowCopy { mut writer, rest } = copy.stop();
     writer.write_all(&rest).unwrap();
     drop(writer);
     // Nothing touches the config file again: the close of `x.wasm` alone brings it in.
@@ -413,6 +384,56 @@ async fn a_config_file_refused_while_its_plugin_is_written_is_applied_once_the_p
     assert_eq!(host.event_counts().configs_rejected, 1);
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.filtered, 1, "{stats:?}");
+}
+
+/// `x.wasm` being copied into a plugin directory slowly: its writer holds it open, with what is
+/// left of the header filter to write.
+struct SlowCopy {
+    writer: std::fs::File,
+    rest: Vec<u8>,
+}
+
+/// A [`SlowCopy`] writing a byte every 100 ms, never quiet for as long as a writer is waited for.
+struct Trickling {
+    done: Arc<AtomicBool>,
+    copy: std::thread::JoinHandle<SlowCopy>,
+}
+
+impl SlowCopy {
+    /// `x.wasm` made in `plugins` with the first half of the header filter, and held open.
+    fn half_written(plugins: &std::path::Path) -> SlowCopy {
+        let whole = std::fs::read(artifacts::HEADER_FILTER).unwrap();
+        let mut writer = std::fs::File::create(plugins.join("x.wasm")).unwrap();
+        writer.write_all(&whole[..whole.len() / 2]).unwrap();
+        SlowCopy { writer, rest: whole[whole.len() / 2..].to_vec() }
+    }
+
+    /// Go on writing, a byte every 100 ms, until stopped or done.
+    fn trickle(mut self) -> Trickling {
+        let done = Arc::new(AtomicBool::new(false));
+        let copy = std::thread::spawn({
+            let done = done.clone();
+            move || {
+                let mut written = 0;
+                while written < self.rest.len() && !done.load(Ordering::SeqCst) {
+                    self.writer.write_all(&self.rest[written..=written]).unwrap();
+                    written += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                self.rest.drain(..written);
+                self
+            }
+        });
+        Trickling { done, copy }
+    }
+}
+
+impl Trickling {
+    /// Stop writing: the copy, its file still open, with what it has not written.
+    fn stop(self) -> SlowCopy {
+        self.done.store(true, Ordering::SeqCst);
+        self.copy.join().unwrap()
+    }
 }
 
 /// Counts the compiles under way and the most at once. A compile, once started, waits until
