@@ -20,6 +20,7 @@ use crate::resilience::{FatalReason, Outcome, RetryReason};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,10 +71,13 @@ pub(super) fn build(
     Arc::new(HttpTransport { pools, ..transport }.max_reply_bytes(context.max_message_bytes))
 }
 
+/// [`TOPIC_HEADER`], its name made once.
+const TOPIC: HeaderName = HeaderName::from_static(TOPIC_HEADER);
+
 /// POSTs to `http://ADDRESS{path}`.
 pub struct HttpTransport {
     pools: Pools<Connection>,
-    path: String,
+    path: UrlPath,
     /// Whether a 3xx answer counts as delivered.
     redirects_ok: bool,
     /// Largest reply body read; a larger one is refused unread.
@@ -90,10 +94,10 @@ impl HttpTransport {
     /// A transport posting to `path` on every endpoint, keeping a pool of
     /// connections with `pool` settings per endpoint; a 3xx answer counts as
     /// delivered only when `redirects_ok`.
-    pub fn new(path: &str, redirects_ok: bool, pool: PoolConfig) -> HttpTransport {
+    pub fn new(path: &UrlPath, redirects_ok: bool, pool: PoolConfig) -> HttpTransport {
         let pools = Pools::new(pool, Connection::is_open);
         let max_reply_bytes = crate::config::HostSection::default().max_message_bytes;
-        HttpTransport { pools, path: path.to_owned(), redirects_ok, max_reply_bytes }
+        HttpTransport { pools, path: path.clone(), redirects_ok, max_reply_bytes }
     }
 
     /// Read reply bodies of at most `bytes` (default: the default
@@ -103,17 +107,30 @@ impl HttpTransport {
         self
     }
 
+    /// The POST of `message` to `address`: its path parsed once (at construction), the header names
+    /// the host adds known ones, the map sized once.
+    fn request(
+        &self,
+        address: &str,
+        message: &Message,
+    ) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+        let mut request = hyper::Request::new(Full::new(message.payload.clone()));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = self.path.uri();
+        let headers = request.headers_mut();
+        headers.reserve(2 + message.headers.len());
+        headers.insert(hyper::header::HOST, HeaderValue::from_str(address)?);
+        headers.insert(TOPIC, HeaderValue::from_str(&message.topic)?);
+        for (name, value) in message.headers.iter().filter(|(name, _)| !is_own_header(name)) {
+            headers.append(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_str(value)?);
+        }
+        Ok(request)
+    }
+
     /// One POST; on failure, how to classify it and what went wrong.
     async fn post(&self, address: &str, message: &Message) -> AttemptResult {
-        let mut request = hyper::Request::post(&self.path)
-            .header(hyper::header::HOST, address)
-            .header(TOPIC_HEADER, &message.topic);
-        let headers = message.headers.iter().filter(|(name, _)| !is_own_header(name));
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let mut request = request
-            .body(Full::new(message.payload.clone()))
+        let mut request = self
+            .request(address, message)
             .map_err(|err| (Outcome::Fatal(FatalReason::Protocol), format!("invalid request: {err}")))?;
         let pool = self.pools.get(address);
         // Reused connections found closed before the request went out: past as many as the pool
@@ -369,7 +386,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_a_reused_connection_hands_back_unsent_goes_out_on_another() {
         let (address, requests) = answering_server().await;
-        let transport = HttpTransport::new("/", false, PoolConfig::default());
+        let transport = HttpTransport::new(&UrlPath::default(), false, PoolConfig::default());
         let closed = Arc::new(AtomicBool::new(false));
         let (mut sender, driver) =
             http1::handshake(TokioIo::new(ClosedUnread { closed: closed.clone() })).await.unwrap();
