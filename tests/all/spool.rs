@@ -980,6 +980,82 @@ fn a_runtime_dropped_before_its_host_leaves_the_recovered_messages_not_yet_sent_
     });
 }
 
+#[test]
+fn what_is_in_flight_as_the_hosts_runtime_ends_is_answered_host_gone_and_left_for_the_next_start() {
+    // An embedder's runtime shut down under its host: a request whose delivery task went with it
+    // was answered `WorkerFailed` (no worker failed), and one waiting in its destination's queue
+    // (its dispatcher gone), in a worker waiting for room there, or in the intake behind it, was
+    // never answered; a send waiting for room in the intake, or one made after, never returned.
+    let state = tempfile::tempdir().unwrap();
+    let (peer, heard) = unanswering();
+    let text = format!(
+        "[host]\ndurability = \"spool\"\nwatch = false\nworkers = 1\nqueue_capacity = 1\n\
+         [[destination]]\nname = \"api\"\ntransport = \"http\"\nendpoints = [\"{peer}\"]\n\
+         timeout_ms = 600000\nqueue = {{ max_in_flight = 1, capacity = 1, timeout_ms = 600000 }}\n\
+         [[route]]\nname = \"all\"\nmatch = {{ topic = \"t.*\" }}\nto = \"api\"\n"
+    );
+    let plugins = plugin_dir(&[]);
+    // Of one thread, the runtime drops its tasks without polling them again (see
+    // `a_runtime_dropped_before_its_host_leaves_a_delivery_under_way_for_the_next_start`).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (host, pending) = runtime.block_on(async {
+        let config = Config::from_toml("test.toml", &text).unwrap();
+        let builder = Host::builder().config("test.toml", config).plugin_dir(plugins.path());
+        let host = builder.state_dir(state.path()).build().await.unwrap();
+        // 0 is under way: the peer has it and never answers.
+        let (_, under_way) = host.send_request(message(0)).await.unwrap();
+        within(heard.recv_async()).await.unwrap();
+        // 1 waits in the destination's queue for the one delivery slot.
+        let (_, queued) = host.send_request(message(1)).await.unwrap();
+        eventually(|| match host.destinations()[0].queued {
+            Some(1) => Ok(()),
+            queued => Err(queued),
+        });
+        // The worker takes 2 and waits for room in the full queue; 3, admitted once the worker
+        // took 2 (the intake holds one), waits in the intake behind it.
+        let (_, in_worker) = host.send_request(message(2)).await.unwrap();
+        let (_, in_intake) = host.send_request(message(3)).await.unwrap();
+        (host, [under_way, queued, in_worker, in_intake])
+    });
+    // A send from another thread waits for room in the full intake as the runtime ends.
+    let ((tell_waiting, waiting), (tell_sent, sent)) = (flume::bounded(1), flume::bounded(1));
+    let sender = host.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut send = Box::pin(sender.send(message(4)));
+            let _ = tell_waiting.send(futures_util::poll!(&mut send).is_pending());
+            let _ = tell_sent.send(send.await);
+        });
+    });
+    assert!(waiting.recv().unwrap(), "the intake is full: the send waits");
+    drop(runtime);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Each bounded by a safety net of its own: one that never ends shows with the others.
+        let patience = std::time::Duration::from_secs(10);
+        let mut answers = Vec::new();
+        for reply in pending {
+            answers.push(format!("{:?}", tokio::time::timeout(patience, reply).await));
+        }
+        answers.push(format!("{:?}", tokio::time::timeout(patience, sent.recv_async()).await));
+        let after = tokio::time::timeout(patience, host.send(message(5))).await;
+        answers.push(format!("{after:?}"));
+        let host_gone = "Ok(Ok(Err(HostGone)))";
+        let (waited_refused, refused) = ("Ok(Ok(Err(ShuttingDown)))", "Ok(Err(ShuttingDown))");
+        assert_eq!(answers, [host_gone, host_gone, host_gone, host_gone, waited_refused, refused]);
+    });
+    drop(host);
+
+    runtime.block_on(async {
+        let (again, delivered) = host_again(state.path()).await;
+        assert_eq!(again.spool().unwrap().recovered, 4, "every request accepted is delivered again");
+        assert_eq!(ids_of(&delivered, 4).await, ["mine-0", "mine-1", "mine-2", "mine-3"]);
+        drain_and_account(&again).await;
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spooled_message_larger_than_the_new_intake_is_delivered_and_the_stop_is_not_held() {
     // Spooled under larger limits, it waited for more of the intake's budget than there was: it and

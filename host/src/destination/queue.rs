@@ -457,6 +457,18 @@ impl<T> DeliveryQueue<T> {
         self.changed.notify_waiters();
     }
 
+    /// [`close`](Self::close) the queue and take what waits in it: for a queue whose consumers
+    /// are gone for good (its runtime shut down), whose items nothing else would ever take.
+    pub fn close_and_empty(&self) -> Vec<T> {
+        let taken = {
+            let mut state = self.lock();
+            state.len = 0;
+            std::mem::take(&mut state.classes)
+        };
+        self.close();
+        taken.into_values().flatten().map(|entry| entry.item).collect()
+    }
+
     /// Items waiting now.
     pub fn len(&self) -> usize {
         self.lock().len

@@ -329,7 +329,7 @@ impl HostBuilder {
         let host = Host {
             inner: Arc::new(HostInner {
                 reloader,
-                sender: RwLock::new(Some(sender)),
+                sender: Arc::new(RwLock::new(Some(sender))),
                 workers: Mutex::new(workers),
                 watcher: Mutex::new(watcher),
                 load_errors,
@@ -362,6 +362,7 @@ impl HostBuilder {
             Some((status.depth, status.oldest_age_ms))
         }));
         super::alerting::start(&host);
+        super::stop::watch_runtime(&runtime, &host.inner.sender, &pipeline);
         Ok(host)
     }
 }

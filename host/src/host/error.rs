@@ -68,6 +68,11 @@ pub enum RequestError {
     /// reply worker passing its reply back through the route's middleware.
     #[error("the pipeline worker handling the request failed")]
     WorkerFailed,
+    /// The host went away with the request in flight: its tokio runtime shut down (or the host
+    /// was dropped) before anything answered it, and nothing will. With `durability = "spool"`
+    /// the message stays in the spool, and the next start delivers it.
+    #[error("the host's runtime shut down, or the host was dropped, before the request was answered")]
+    HostGone,
 }
 
 /// A host that could not be built.

@@ -18,7 +18,7 @@ use crate::dead_letter::{DeadLetterFile, FileError, LISTED_BYTES, Listing, Posit
 use crate::destination::{DestinationStatus, StreamCheck, StreamStatus, StreamsSummary};
 use crate::message::{ID_HEADER, Message, MessageId, unique_id};
 use crate::metrics::{DestinationGauges, EndpointGauges};
-use crate::pipeline::{Counters, DirectRoute, Envelope, Redelivery, Stats};
+use crate::pipeline::{Counters, DirectRoute, Envelope, Redelivery, ReplySender, Stats};
 use crate::plugin::{CompiledPlugin, LoadError};
 use crate::receipt::ReceiptHold;
 use crate::reload::{ConfigChange, EventCounts, HostEvent, Reloader, Replacement, WatchGuard};
@@ -40,8 +40,9 @@ struct HostInner {
     /// `None` once shutdown began: the workers stop when the last clone of the
     /// sender is gone and the queue is empty, so nothing accepted is dropped. Only a task that
     /// queues holds a clone while it waits (the spool's re-delivery at start): a send that waits
-    /// for room holds none, so that one no longer polled cannot keep the workers waiting.
-    sender: RwLock<Option<flume::Sender<Envelope>>>,
+    /// for room holds none, so that one no longer polled cannot keep the workers waiting. Taken
+    /// too as the host's runtime ends (see [`stop::watch_runtime`]), which holds it weakly.
+    sender: Arc<RwLock<Option<flume::Sender<Envelope>>>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Watches the plugin directory and config file while set.
     watcher: Mutex<Option<WatchGuard>>,
@@ -263,7 +264,7 @@ impl Host {
 
     /// Admit a request, waiting while the queue is full; await the returned reply.
     pub async fn send_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
-        let (reply, pending) = oneshot::channel();
+        let (reply, pending) = ReplySender::new();
         let envelope = self.admitted_envelope(message, Some(reply)).await?;
         let id = envelope.message.id;
         self.queue(envelope).await?;
@@ -272,7 +273,7 @@ impl Host {
 
     /// Admit a request only if the queue (and the spool) has room now; await the returned reply.
     pub async fn try_request(&self, message: Message) -> Result<(MessageId, PendingReply), SendError> {
-        let (reply, pending) = oneshot::channel();
+        let (reply, pending) = ReplySender::new();
         let (message, kib) = self.admit(message)?;
         let id = message.id;
         let room = self.spool_room(&message, false).await?;
@@ -536,7 +537,8 @@ fn gauges_of(destination: DestinationStatus) -> DestinationGauges {
 
 /// Wait for the answer to an admitted request.
 pub async fn await_reply(pending: PendingReply) -> Result<Option<Message>, RequestError> {
-    pending.await.unwrap_or(Err(RequestError::WorkerFailed))
+    // Its sender answers as it is dropped (see `ReplySender`): closed unanswered, it was forgotten.
+    pending.await.unwrap_or(Err(RequestError::HostGone))
 }
 
 impl std::fmt::Debug for Host {

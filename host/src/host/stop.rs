@@ -242,6 +242,51 @@ impl Host {
     }
 }
 
+/// Tell the host as `runtime` ends: a task that never ends holds a [`RuntimeEndGuard`], which the
+/// runtime drops with its other tasks as it shuts down (dropped, or `shutdown_timeout`), before it
+/// stops its timers and I/O. The guard holds the host's intake `sender` and its `pipeline` weakly:
+/// it keeps neither alive.
+pub(super) fn watch_runtime(
+    runtime: &tokio::runtime::Handle,
+    sender: &Arc<RwLock<Option<flume::Sender<Envelope>>>>,
+    pipeline: &Arc<crate::pipeline::Pipeline>,
+) {
+    let guard = RuntimeEndGuard { sender: Arc::downgrade(sender), pipeline: Arc::downgrade(pipeline) };
+    runtime.spawn(async move {
+        let _guard = guard;
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Ends what waits on the host's runtime as it is dropped with the runtime (see [`watch_runtime`]):
+/// its tasks are gone (the dispatchers, the deliveries, the spool's re-delivery), and with them
+/// whatever would have settled a message, or made room for one. What is in flight then is dropped
+/// rather than waited on for good: each message keeps its spool record (with `durability =
+/// "spool"`, the next start delivers it), and a request's caller is told
+/// [`RequestError::HostGone`]. Quick: it takes locks that are only held briefly, and waits on
+/// nothing.
+struct RuntimeEndGuard {
+    sender: std::sync::Weak<RwLock<Option<flume::Sender<Envelope>>>>,
+    pipeline: std::sync::Weak<crate::pipeline::Pipeline>,
+}
+
+impl Drop for RuntimeEndGuard {
+    fn drop(&mut self) {
+        // Sends are refused first, as a shutdown refuses them: a queue emptied below meets no
+        // more pushes from a send, and the workers end once they have emptied the intake.
+        if let Some(sender) = self.sender.upgrade() {
+            sender.write().unwrap_or_else(|poison| poison.into_inner()).take();
+        }
+        let Some(pipeline) = self.pipeline.upgrade() else { return };
+        // The sends waiting for room in the intake try again, and are refused.
+        pipeline.intake_taken.notify_waiters();
+        // The workers give up what they wait on, and a dispatcher dropped from here on empties
+        // its queue; those dropped already are emptied here.
+        pipeline.dispatch.runtime_gone.cancel();
+        pipeline.topology.load().empty_queues();
+    }
+}
+
 /// Await `work` until `cut` (the grace timer's cut of what it waits for but the disk), then at
 /// most `left()` more: whether it ended. Given up on, it is dropped, not joined: what it left on a
 /// blocking thread goes on there.

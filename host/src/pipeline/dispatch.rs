@@ -72,6 +72,11 @@ pub(crate) struct DispatchContext {
     /// Cancelled [`LETTERS_AFTER_GRACE`] after `past_grace`: the dead letters a shutdown makes
     /// try their dead-letter destinations until then, and go to the dead-letter file after.
     pub(crate) letters_cut: CancellationToken,
+    /// Cancelled once the runtime shut down (its tasks dropped: the dispatchers, the deliveries),
+    /// by a task of its own dropped with the others (see `host::stop::watch_runtime`): nothing
+    /// on it answers or settles a message any more. A worker waiting on it gives up, and a
+    /// dispatcher dropped with it empties its queue.
+    pub(crate) runtime_gone: CancellationToken,
     pipeline: Weak<Pipeline>,
     /// What network destinations use of their host.
     services: HostServices,
@@ -111,6 +116,7 @@ impl DispatchContext {
             stopping: CancellationToken::new(),
             past_grace: CancellationToken::new(),
             letters_cut: CancellationToken::new(),
+            runtime_gone: CancellationToken::new(),
             pipeline,
             services,
             transports,
@@ -184,7 +190,14 @@ impl DispatchContext {
             tasks: retire.tasks.clone(),
         };
         self.tracker.spawn_on(retire.tasks.track_future(dispatcher.clone().expire()), &self.runtime);
-        self.tracker.spawn_on(retire.tasks.track_future(dispatcher.run()), &self.runtime);
+        // Outside the task's body, so that it is dropped with the task even if never polled (a
+        // runtime shut down before it ran, or as a reload started it).
+        let guard = DispatcherGuard { queue: queue.clone(), runtime_gone: self.runtime_gone.clone() };
+        let run = async move {
+            let _guard = guard;
+            dispatcher.run().await;
+        };
+        self.tracker.spawn_on(retire.tasks.track_future(run), &self.runtime);
         (queue, retire)
     }
 
@@ -255,6 +268,24 @@ impl Retire {
     /// A reload removed the destination: see [`QueuedDestination::remove_endpoints`].
     pub(crate) fn remove_endpoints(&self, events: &dyn Fn(DestinationEvent)) {
         self.cluster.remove_endpoints(events);
+    }
+}
+
+/// Empties a dispatcher's queue as the dispatcher is dropped with its runtime: nothing would ever
+/// take what waits there, nor what a worker pushes there later (the queue is closed). A
+/// dispatcher dropped before the runtime's end was told (as tasks are dropped, in no set order)
+/// leaves that to the end's own emptying of the queues (see `host::stop::watch_runtime`); one
+/// that ended (its queue closed and drained, or handed over) leaves nothing to empty.
+struct DispatcherGuard {
+    queue: Arc<DeliveryQueue<Job>>,
+    runtime_gone: CancellationToken,
+}
+
+impl Drop for DispatcherGuard {
+    fn drop(&mut self) {
+        if self.runtime_gone.is_cancelled() {
+            drop(self.queue.close_and_empty());
+        }
     }
 }
 

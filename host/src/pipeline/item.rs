@@ -10,8 +10,39 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-/// The answer a `request` caller waits for.
-pub(crate) type ReplySender = oneshot::Sender<Result<Option<Message>, crate::host::RequestError>>;
+/// What a `request` caller is answered.
+type Answer = Result<Option<Message>, crate::host::RequestError>;
+
+/// Where the answer a `request` caller waits for goes. Dropped unanswered, it answers
+/// [`HostGone`](crate::host::RequestError::HostGone): whatever held it went away with the host
+/// (a task of its runtime, dropped as the runtime shut down; a queue dropped with the host), and
+/// nothing will answer it; or, dropped by a thread that panics (a pipeline worker, a task),
+/// [`WorkerFailed`](crate::host::RequestError::WorkerFailed).
+pub(crate) struct ReplySender(Option<oneshot::Sender<Answer>>);
+
+impl ReplySender {
+    /// A reply's sender, and the receiver its caller waits on.
+    pub(crate) fn new() -> (ReplySender, oneshot::Receiver<Answer>) {
+        let (sender, pending) = oneshot::channel();
+        (ReplySender(Some(sender)), pending)
+    }
+
+    /// Answer the caller; the answer comes back if the caller no longer waits.
+    pub(crate) fn send(mut self, answer: Answer) -> Result<(), Answer> {
+        self.0.take().expect("answered once, as it is consumed").send(answer)
+    }
+}
+
+impl Drop for ReplySender {
+    fn drop(&mut self) {
+        let Some(sender) = self.0.take() else { return };
+        let unanswered = match std::thread::panicking() {
+            true => crate::host::RequestError::WorkerFailed,
+            false => crate::host::RequestError::HostGone,
+        };
+        let _ = sender.send(Err(unanswered));
+    }
+}
 
 /// When a message was accepted, its place in the spool (with `durability = "spool"`) and the
 /// receipt its ingress waits on (see [`crate::receipt`]): every message made from it shares the

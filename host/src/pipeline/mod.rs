@@ -152,7 +152,23 @@ impl Pipeline {
         let mut deliveries = deliveries.into_iter();
         // What destinations take at once needs no runtime: a batch they take whole never enters one.
         let Some(not_handed) = self.hand_over_now(&topology, &mut deliveries) else { return };
-        runtime.block_on(self.settle_deliveries(&topology, not_handed, deliveries));
+        self.until_runtime_gone(runtime, self.settle_deliveries(&topology, not_handed, deliveries));
+    }
+
+    /// Run `work` on `runtime` from a worker thread until it ends, or the runtime does
+    /// ([`DispatchContext::runtime_gone`]): its output, or `None` once the runtime shut down.
+    /// Then `work` is dropped, with the messages it held: nothing of the runtime would settle
+    /// them, nor make room for them, any more. Each keeps its spool record (with `durability =
+    /// "spool"`), and a request's caller is told [`RequestError::HostGone`].
+    fn until_runtime_gone<T>(&self, runtime: &Handle, work: impl Future<Output = T>) -> Option<T> {
+        let gone = &self.dispatch.runtime_gone;
+        runtime.block_on(async {
+            tokio::select! {
+                biased;
+                () = gone.cancelled() => None,
+                done = work => Some(done),
+            }
+        })
     }
 
     /// One topology and the plugin set its routes run with, for a whole batch. The topology first:
@@ -180,7 +196,11 @@ impl Pipeline {
             let permit = match self.letters_in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
-                    runtime.block_on(self.letters_in_flight.clone().acquire_owned()).expect("never closed")
+                    let permit =
+                        self.until_runtime_gone(runtime, self.letters_in_flight.clone().acquire_owned());
+                    // Gone: the letters are dropped, as the runtime dropped those on their way.
+                    let Some(permit) = permit else { return };
+                    permit.expect("never closed")
                 }
             };
             let (pipeline, topology) = (self.clone(), topology.clone());

@@ -404,6 +404,15 @@ impl Topology {
             .for_each(|queue| queue.0.close());
     }
 
+    /// Close the queues of the network destinations and drop what waits in them, for a runtime
+    /// that shut down: their dispatchers are gone with it (see [`DispatchContext::runtime_gone`]).
+    /// Each message dropped keeps its spool record, and a request's caller is told
+    /// [`HostGone`](crate::host::RequestError::HostGone).
+    pub(crate) fn empty_queues(&self) {
+        let queues = self.destinations.values().filter_map(|target| target.queue.as_ref());
+        queues.for_each(|queue| drop(queue.0.close_and_empty()));
+    }
+
     /// The metric handles of route `name`.
     pub(crate) fn route_metrics(&self, name: &str) -> &Arc<RouteMetrics> {
         &self.route_metrics[name]

@@ -238,7 +238,7 @@ impl SubjectIngress {
             message.headers.push((ID_HEADER.to_owned(), id.clone()));
             let (reply, request) = match delivered.reply {
                 Some(reply_to) => {
-                    let (reply, pending) = tokio::sync::oneshot::channel();
+                    let (reply, pending) = crate::pipeline::ReplySender::new();
                     (Some(reply), Some((reply_to, id, pending)))
                 }
                 None => (None, None),
