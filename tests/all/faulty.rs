@@ -810,3 +810,46 @@ async fn a_plugin_that_exits_in_a_call_is_a_fault_told_as_an_exit() {
     assert_eq!(host.metrics().last_fault("bad").unwrap().kind, "exited");
     drain_and_account(&host).await;
 }
+
+/// One worker, filter `artifact` (faulty-sleep or faulty-spin) that runs on each of ten messages
+/// until its 10 s deadline, a grace period of 200 ms: the stop cuts the call under way at the
+/// grace's end, and neither runs the rest through the filter nor gives up on them (a stop gives
+/// up two seconds past its grace): each is dead-lettered `shutdown`, none is left in flight.
+async fn assert_a_stop_past_its_grace_dead_letters_what_the_stage_holds(artifact: &str) {
+    let dir = plugin_dir(&[("slow", artifact)]);
+    let config = format!(
+        "{}[[plugin]]\nname = \"slow\"\nlimits = {{ timeout_ms = 10000 }}\n\
+         config = {{ trigger = \"x-poison\", sleep_ms = \"{}\" }}\n\
+         [[route]]\nname = \"slow\"\nstages = [\"filter:slow\"]\nto = \"out\"\n",
+        MEMORY_OUT.replacen("[host]\n", "[host]\nworkers = 1\nshutdown_grace_ms = 200\n", 1),
+        asleep_past_patience()
+    );
+    let host = host(dir.path(), &config).await;
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        let message = Message::new("slow.job", format!("{n}")).with_header("x-poison", "1");
+        sent.push(host.send(message).await.unwrap());
+    }
+    sent.sort();
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.dead_lettered, stats.in_flight()), (10, 10, 0), "{stats:?}");
+    let mut letters: Vec<Message> = host.memory("dead").unwrap().drain().collect();
+    letters.sort_by_key(|letter| letter.id);
+    assert_eq!(letters.iter().map(|letter| letter.id).collect::<Vec<_>>(), sent);
+    for letter in &letters {
+        assert_eq!(letter.header("x-sy-dead-letter"), Some("shutdown"), "{letter:?}");
+        assert_eq!(letter.header("x-sy-route"), Some("slow"), "{letter:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_dead_letters_what_a_stage_asleep_past_the_grace_period_holds() {
+    // Asleep inside WASI: the wait is cut.
+    assert_a_stop_past_its_grace_dead_letters_what_the_stage_holds(artifacts::FAULTY_SLEEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_dead_letters_what_a_stage_spinning_past_the_grace_period_holds() {
+    // Spinning in plugin code: the epoch deadline callback sees the cut.
+    assert_a_stop_past_its_grace_dead_letters_what_the_stage_holds(artifacts::FAULTY_SPIN).await;
+}

@@ -61,6 +61,10 @@ pub enum DeadLetterReason {
         /// The panic's message.
         panic: String,
     },
+    /// The host's stop passed its grace period before the message's route had run its stages
+    /// (a stage too slow, or a backlog behind one): the rest are not run.
+    #[error("the host shut down before its route's stages were done with it (past host.shutdown_grace_ms)")]
+    Shutdown,
     /// The destination refused or failed.
     #[error("destination \"{destination}\": {error}")]
     Delivery {
@@ -91,6 +95,7 @@ impl DeadLetterReason {
                 PluginFault::Exited(_) => "plugin-exited",
             },
             DeadLetterReason::StageUnavailable { .. } => "stage-unavailable",
+            DeadLetterReason::Shutdown => "shutdown",
             DeadLetterReason::StagePanicked { .. }
             | DeadLetterReason::Delivery { error: DeliveryError::Panicked(_), .. } => "host-panic",
             DeadLetterReason::Delivery {

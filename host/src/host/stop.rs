@@ -156,11 +156,18 @@ impl Host {
         // The grace period runs from here: a delivery waiting for room in a full destination queue
         // holds its worker (or its hand-over) up, and it is the grace's end that lets it go.
         let pipeline = &self.inner.reloader.pipeline;
-        let (past_grace, letters_cut) =
-            (pipeline.dispatch.past_grace.clone(), pipeline.dispatch.letters_cut.clone());
+        let (past_grace, letters_cut, engine) = (
+            pipeline.dispatch.past_grace.clone(),
+            pipeline.dispatch.letters_cut.clone(),
+            pipeline.engine.clone(),
+        );
         let grace_timer = tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             past_grace.cancel();
+            // The plugin calls under way end now, as at their deadline, and none starts: the workers
+            // shut down what they hold, and what waits in the intake, rather than run it through
+            // their stages past the grace period.
+            engine.cut_calls();
             // The dead letters it makes get a moment more to reach a dead-letter destination.
             tokio::time::sleep(crate::pipeline::LETTERS_AFTER_GRACE).await;
             letters_cut.cancel();

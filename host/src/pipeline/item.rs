@@ -206,6 +206,13 @@ impl Fate {
         }
     }
 
+    /// The fate of `item` that a stage did not run on, or ran on until it was cut, because the
+    /// host's stop is past its grace period: dead-lettered `shutdown` (or handed back to a source
+    /// that keeps it).
+    pub(crate) fn shut_down(item: Item) -> Fate {
+        Fate::DeadLetter(item, Box::new(DeadLetterReason::Shutdown))
+    }
+
     /// The fate of `item` whose stage failed for good with `reason` under `policy`.
     pub(crate) fn given_up(item: Item, policy: FailurePolicy, reason: DeadLetterReason) -> Fate {
         let rejected =

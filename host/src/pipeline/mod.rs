@@ -230,8 +230,15 @@ impl Pipeline {
         }
         for stage in self.natives.resolve(&route.stages, plugins) {
             let inputs = items.len();
-            worker.start_stage();
-            let fates = run_stage_with_retries(worker, route, &stage, items);
+            // Past the stop's grace period no stage runs: what is left of the batch, queued behind
+            // a slow stage or come out of one, is shut down rather than run on past the stop.
+            let fates = match self.dispatch.past_grace.is_cancelled() {
+                false => {
+                    worker.start_stage();
+                    run_stage_with_retries(worker, route, &stage, items)
+                }
+                true => items.into_iter().map(Fate::shut_down).collect(),
+            };
             Counters::bump(&self.counters.created, fates.len().saturating_sub(inputs) as u64);
             items = Vec::with_capacity(fates.len());
             for fate in fates {
@@ -243,6 +250,12 @@ impl Pipeline {
                     }
                     Fate::Dropped(item) => self.dropped(item, route, metrics),
                     Fate::Responded(item, reply) => self.responded(item, *reply, metrics),
+                    Fate::DeadLetter(item, reason)
+                        if *reason == DeadLetterReason::Shutdown && item.accepted.source_keeps() =>
+                    {
+                        debug_assert!(item.reply.is_none(), "a message its source keeps has no reply");
+                        self.hand_back("its route's stages", metrics, &item.message, item.accepted);
+                    }
                     Fate::DeadLetter(item, reason) => {
                         settlements.dead_letters.push((item, *reason, Some(metrics.clone())))
                     }
@@ -483,7 +496,7 @@ impl Pipeline {
                 sink.count(false);
                 // Sent, not requested: no caller waits for an answer.
                 debug_assert!(reply.is_none(), "a message its source keeps has no reply");
-                return self.hand_back(sink, route, &message, accepted);
+                return self.hand_back(&sink.name, route, &message, accepted);
             }
             Err(error) => {
                 sink.count(false);
@@ -523,16 +536,16 @@ impl Pipeline {
         }
     }
 
-    /// Hand `message`, which the host stopped before it delivered to `sink`, back to the source
-    /// that keeps it (see [`crate::receipt`]): not dead-lettered, it is delivered again from there,
-    /// by another host.
-    fn hand_back(&self, sink: &Sink, route: &RouteMetrics, message: &Message, accepted: Accepted) {
+    /// Hand `message`, which the host stopped before `before` (the destination it was delivered
+    /// to, or its route's stages) was done with it, back to the source that keeps it (see
+    /// [`crate::receipt`]): not dead-lettered, it is delivered again from there, by another host.
+    fn hand_back(&self, before: &str, route: &RouteMetrics, message: &Message, accepted: Accepted) {
         accepted.hand_back();
         Counters::bump(&self.counters.handed_back, 1);
         route.settled(Settled::HandedBack, accepted.at, Instant::now());
         accepted.settle();
-        let (id, topic, destination) = (message.id, &message.topic, &sink.name);
-        tracing::debug!(id, topic, %destination, "not delivered before the stop: handed back to its source");
+        let (id, topic) = (message.id, &message.topic);
+        tracing::debug!(id, topic, before, "not settled before the stop: handed back to its source");
     }
 
     /// Count a delivery to `sink` of a message `route` accepted: it is settled.

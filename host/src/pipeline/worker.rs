@@ -125,6 +125,10 @@ impl Worker {
         fates
     }
 
+    /// Call `call` on `items`; if it faults on several, call it on each alone. Once the host's stop
+    /// is past its grace period (the engine [cut](PluginEngine::cut_calls) its calls), no call is
+    /// made, and the items of one that faulted (cut, as likely as not) are not called again one
+    /// by one, each until its deadline: they are [shut down](Fate::shut_down).
     fn isolating(
         &mut self,
         plugin: &Arc<CompiledPlugin>,
@@ -132,8 +136,12 @@ impl Worker {
         items: Vec<Item>,
         call: BatchCall,
     ) -> Vec<Fate> {
+        if self.engine.calls_cut() {
+            return items.into_iter().map(Fate::shut_down).collect();
+        }
         match call(self, plugin, policy, items) {
             Ok(fates) => fates,
+            Err((items, _)) if self.engine.calls_cut() => items.into_iter().map(Fate::shut_down).collect(),
             Err((items, _)) if items.len() > 1 => {
                 items.into_iter().flat_map(|item| self.isolating(plugin, policy, vec![item], call)).collect()
             }

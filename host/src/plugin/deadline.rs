@@ -10,10 +10,13 @@
 //! as a timeout, like a spin. Nothing interrupts a blocking thread: its work
 //! goes on past the deadline, on data of its own, and its result is dropped;
 //! the instance that asked for it is thrown away, as after any timeout.
+//! A wait ends as early once the engine [cuts](super::PluginEngine::cut_calls)
+//! its calls (the host's stop past its grace period).
 
 use super::sandbox::StoreState;
 use std::future::Future;
 use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentNamedList, Lift, Linker, LinkerInstance, Lower, Resource, ResourceType};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView, WasiFilesystemView as _};
@@ -56,8 +59,8 @@ fn bound_polls(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "poll",
         |mut store: StoreContextMut<'_, StoreState>, (pollables,): (Vec<Resource<DynPollable>>,)| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let ready = until(deadline, state.table().poll(pollables));
+            let end = state.wait_end();
+            let ready = until(end, state.table().poll(pollables));
             state.settle_wait(ready).map(|ready| (ready,))
         },
     )?;
@@ -65,8 +68,8 @@ fn bound_polls(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "[method]pollable.block",
         |mut store: StoreContextMut<'_, StoreState>, (pollable,): (Resource<DynPollable>,)| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let ready = until(deadline, state.table().block(pollable));
+            let end = state.wait_end();
+            let ready = until(end, state.table().block(pollable));
             state.settle_wait(ready)
         },
     )
@@ -84,8 +87,8 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "[method]input-stream.blocking-read",
         |mut store: StoreContextMut<'_, StoreState>, (stream, len): StreamAndLength<DynInputStream>| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let read = until(deadline, state.table().blocking_read(stream, len));
+            let end = state.wait_end();
+            let read = until(end, state.table().blocking_read(stream, len));
             state.settle_stream(read).map(|read| (read,))
         },
     )?;
@@ -93,8 +96,8 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "[method]input-stream.blocking-skip",
         |mut store: StoreContextMut<'_, StoreState>, (stream, len): StreamAndLength<DynInputStream>| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let skipped = until(deadline, state.table().blocking_skip(stream, len));
+            let end = state.wait_end();
+            let skipped = until(end, state.table().blocking_skip(stream, len));
             state.settle_stream(skipped).map(|skipped| (skipped,))
         },
     )?;
@@ -103,8 +106,8 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, StoreState>,
          (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let written = until(deadline, state.table().blocking_write_and_flush(stream, bytes));
+            let end = state.wait_end();
+            let written = until(end, state.table().blocking_write_and_flush(stream, bytes));
             state.settle_stream(written).map(|written| (written,))
         },
     )?;
@@ -112,8 +115,8 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "[method]output-stream.blocking-write-zeroes-and-flush",
         |mut store: StoreContextMut<'_, StoreState>, (stream, len): StreamAndLength<DynOutputStream>| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let written = until(deadline, state.table().blocking_write_zeroes_and_flush(stream, len));
+            let end = state.wait_end();
+            let written = until(end, state.table().blocking_write_zeroes_and_flush(stream, len));
             state.settle_stream(written).map(|written| (written,))
         },
     )?;
@@ -121,8 +124,8 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "[method]output-stream.blocking-flush",
         |mut store: StoreContextMut<'_, StoreState>, (stream,): (Resource<DynOutputStream>,)| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let flushed = until(deadline, state.table().blocking_flush(stream));
+            let end = state.wait_end();
+            let flushed = until(end, state.table().blocking_flush(stream));
             state.settle_stream(flushed).map(|flushed| (flushed,))
         },
     )?;
@@ -131,21 +134,21 @@ fn bound_streams(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, StoreState>,
          (to, from, len): (Resource<DynOutputStream>, Resource<DynInputStream>, u64)| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let spliced = until(deadline, state.table().blocking_splice(to, from, len));
+            let end = state.wait_end();
+            let spliced = until(end, state.table().blocking_splice(to, from, len));
             state.settle_stream(spliced).map(|spliced| (spliced,))
         },
     )?;
     streams.resource("input-stream", ResourceType::host::<DynInputStream>(), |mut store, stream| {
         let state = store.data_mut();
-        let deadline = state.call_deadline;
-        let dropped = until(deadline, HostInputStream::drop(state.table(), Resource::new_own(stream)));
+        let end = state.wait_end();
+        let dropped = until(end, HostInputStream::drop(state.table(), Resource::new_own(stream)));
         state.settle_wait(dropped)
     })?;
     streams.resource("output-stream", ResourceType::host::<DynOutputStream>(), |mut store, stream| {
         let state = store.data_mut();
-        let deadline = state.call_deadline;
-        let dropped = until(deadline, HostOutputStream::drop(state.table(), Resource::new_own(stream)));
+        let end = state.wait_end();
+        let dropped = until(end, HostOutputStream::drop(state.table(), Resource::new_own(stream)));
         state.settle_wait(dropped)
     })
 }
@@ -233,8 +236,8 @@ fn bound_filesystem(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "[method]descriptor.is-same-object",
         |mut store: StoreContextMut<'_, StoreState>, (a, b): (Resource<Descriptor>, Resource<Descriptor>)| {
             let state = store.data_mut();
-            let deadline = state.call_deadline;
-            let same = until(deadline, state.filesystem().is_same_object(a, b));
+            let end = state.wait_end();
+            let same = until(end, state.filesystem().is_same_object(a, b));
             state.settle_wait(same).map(|same| (same,))
         },
     )
@@ -253,24 +256,51 @@ where
 {
     fs.func_wrap(name, move |mut store: StoreContextMut<'_, StoreState>, params: Params| {
         let state = store.data_mut();
-        let deadline = state.call_deadline;
-        let done = until(deadline, start(state.filesystem(), params));
+        let end = state.wait_end();
+        let done = until(end, start(state.filesystem(), params));
         state.settle_filesystem(done).map(|done| (done,))
     })
 }
 
-/// Run `wait` on the runtime WASI uses, until `deadline` at the latest
-/// (`None`: the deadline passed first).
-pub(super) fn until<F: Future>(deadline: Option<tokio::time::Instant>, wait: F) -> Option<F::Output> {
+/// When a wait inside WASI ends at the latest: at `deadline`, or once `cut` is cancelled (the
+/// engine [cut](super::PluginEngine::cut_calls) its calls), whichever comes first; never, for
+/// what is not given.
+pub(super) struct WaitEnd {
+    pub(super) deadline: Option<tokio::time::Instant>,
+    pub(super) cut: Option<CancellationToken>,
+}
+
+/// Run `wait` on the runtime WASI uses, until `end` at the latest (`None`: it came first).
+pub(super) fn until<F: Future>(end: WaitEnd, wait: F) -> Option<F::Output> {
     wasmtime_wasi::runtime::in_tokio(async move {
-        match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, wait).await.ok(),
-            None => Some(wait.await),
+        let deadline = async {
+            match end.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cut = async {
+            match &end.cut {
+                Some(cut) => cut.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            output = wait => Some(output),
+            () = deadline => None,
+            () = cut => None,
         }
     })
 }
 
 impl StoreState {
+    /// When a wait inside WASI during the current call ends at the latest: the call's deadline,
+    /// or the engine's cut of its calls.
+    pub(super) fn wait_end(&self) -> WaitEnd {
+        WaitEnd { deadline: self.call_deadline, cut: Some(self.calls_cut.clone()) }
+    }
+
     /// What a wait that ended as `ended` returns to the guest: its result, or
     /// a trap when the deadline passed (marked, so it counts as a timeout).
     pub(super) fn settle_wait<T>(&mut self, ended: Option<wasmtime::Result<T>>) -> wasmtime::Result<T> {

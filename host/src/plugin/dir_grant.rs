@@ -40,7 +40,7 @@
 //! from or written to it, which outlives the descriptor (wasmtime-wasi does not
 //! tie them), so that is what is counted.
 
-use super::deadline::{FILESYSTEM, until};
+use super::deadline::{FILESYSTEM, WaitEnd, until};
 use super::sandbox::StoreState;
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
@@ -97,7 +97,7 @@ impl StoreState {
         // The thread's own: it may outlive the call, which then ends at the deadline.
         let dir = dir.clone();
         let opening = spawn_blocking(move || open_at(&dir, path_flags, &path, open_flags, flags));
-        let opened = match self.settle_wait(until(self.call_deadline, opening).map(Ok))? {
+        let opened = match self.settle_wait(until(self.wait_end(), opening).map(Ok))? {
             Ok(opened) => opened,
             Err(code) => return Ok(Err(code)),
         };
@@ -131,7 +131,7 @@ pub(super) fn preopen(
         builder.preopened_dir(&path, &guest, perms)?;
         Ok(builder)
     });
-    until(Some(deadline), opening)
+    until(WaitEnd { deadline: Some(deadline), cut: None }, opening)
 }
 
 /// Open `path` under `dir` as wasmtime-wasi's `open-at` does (the same

@@ -8,6 +8,7 @@ use super::ticker::{CallMark, EpochTicker};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
@@ -71,6 +72,9 @@ pub struct PluginEngine {
     observer: Option<CompileObserver>,
     /// Advances the epoch while plugin code runs; stops when dropped.
     ticker: EpochTicker,
+    /// Cancelled once the host's stop is past its grace period ([`cut_calls`](Self::cut_calls)):
+    /// every instance's store holds a clone, and a call under way ends at once, as at its deadline.
+    pub(super) calls_cut: CancellationToken,
 }
 
 impl PluginEngine {
@@ -105,7 +109,8 @@ impl PluginEngine {
         super::dir_grant::open_only_files_and_dirs(&mut linker)?;
         add_host_imports(&mut linker)?;
         let ticker = EpochTicker::start(engine.weak())?;
-        Ok(PluginEngine { engine, linker, cache, observer: None, ticker })
+        let calls_cut = CancellationToken::new();
+        Ok(PluginEngine { engine, linker, cache, observer: None, ticker, calls_cut })
     }
 
     /// Tell `observer` of every compile from now on. Compiles use all cores
@@ -161,6 +166,19 @@ impl PluginEngine {
     /// ticks through them.
     pub(crate) fn call_mark(&self) -> CallMark {
         self.ticker.mark()
+    }
+
+    /// End every call of this engine's instances, those under way (within
+    /// [`CUT_CHECK_TICKS`](super::ticker::CUT_CHECK_TICKS) ticks if in plugin code, at once if
+    /// waiting inside WASI) and those to come, as at their deadline: called once the host's stop is
+    /// past its grace period, when what a call holds is dead-lettered `shutdown` rather than waited for.
+    pub(crate) fn cut_calls(&self) {
+        self.calls_cut.cancel();
+    }
+
+    /// Whether [`cut_calls`](Self::cut_calls) was called: a call now would end at once.
+    pub(crate) fn calls_cut(&self) -> bool {
+        self.calls_cut.is_cancelled()
     }
 
     /// Epoch ticks that cover `timeout`, plus one for the partial tick in progress.

@@ -11,7 +11,7 @@ use super::error::{LoadError, PluginError, PluginFault};
 use super::host_calls::CallCounts;
 use super::net_grant::NetGrant;
 use super::sandbox::StoreState;
-use super::ticker::CallMark;
+use super::ticker::{CUT_CHECK_TICKS, CallMark};
 use crate::message::Verdict;
 use std::sync::Arc;
 use wasmtime::component::{Instance, InstancePre};
@@ -147,15 +147,18 @@ impl PluginInstance {
         pre: &KindPre,
         state: Result<StoreState, LoadError>,
     ) -> Result<Backend, StartFailure> {
-        let state = state.map_err(|err| {
+        let mut state = state.map_err(|err| {
             StartFailure::Fault(match err {
                 LoadError::GrantTimedOut { timeout, .. } => PluginFault::TimedOut(timeout),
                 err => PluginFault::Unusable(err.to_string()),
             })
         })?;
+        state.calls_cut = engine.calls_cut.clone();
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| state);
-        super::ticker::end_calls_on_time(&mut store, |state| state.call_ends_at);
+        // A call the engine cut has no time left.
+        let ends_at = |state: &StoreState| state.call_ends_at.filter(|_| !state.calls_cut.is_cancelled());
+        super::ticker::end_calls_on_time(&mut store, ends_at);
         let timeout = plugin.settings.timeout();
         let mut guard = CallGuard { store, timeout, outgrown_at: usize::MAX, mark: engine.call_mark() };
         // In two steps, as the generated `instantiate` takes them: start the component (which
@@ -387,7 +390,7 @@ impl CallGuard {
         timeout: std::time::Duration,
         call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        self.store.set_epoch_deadline(PluginEngine::deadline_ticks(timeout));
+        self.store.set_epoch_deadline(PluginEngine::deadline_ticks(timeout).min(CUT_CHECK_TICKS));
         let state = self.store.data_mut();
         // What an earlier call held was never taken.
         state.call_counts.get_mut().forget();

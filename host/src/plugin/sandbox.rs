@@ -176,6 +176,9 @@ pub struct StoreState {
     pub(crate) call_deadline: Option<tokio::time::Instant>,
     /// When the current call must end by the real clock, which the epoch ticker keeps.
     pub(crate) call_ends_at: Option<std::time::Instant>,
+    /// The engine's [cut](super::PluginEngine::cut_calls) of every call: once cancelled, the
+    /// current call ends as at its deadline.
+    pub(crate) calls_cut: tokio_util::sync::CancellationToken,
     /// Set when a wait inside WASI ran into the current call's deadline, so
     /// the trap that ends the call is reported as a timeout.
     pub(crate) waited_past_deadline: bool,
@@ -213,6 +216,7 @@ impl StoreState {
             hit_memory_cap: false,
             call_deadline: None,
             call_ends_at: None,
+            calls_cut: tokio_util::sync::CancellationToken::new(),
             waited_past_deadline: false,
         })
     }

@@ -18,6 +18,10 @@ use wasmtime::EngineWeak;
 /// How long the ticker goes on after the last call it saw under way.
 pub(crate) const REST_AFTER: Duration = Duration::from_secs(1);
 
+/// Ticks a call runs at most between two looks at when it must end (see [`end_calls_on_time`]):
+/// a call the engine [cut](PluginEngine::cut_calls) ends within as long.
+pub(crate) const CUT_CHECK_TICKS: u64 = 10;
+
 /// The ticker thread of one engine; stops when dropped.
 pub(crate) struct EpochTicker {
     shared: Arc<Shared>,
@@ -164,7 +168,8 @@ impl TickClock {
 /// end by the clock) has passed, and wait on for the ticks left when it has not. The ticker makes
 /// the ticks it was late for at once, those that fell due before a call began too, and counting
 /// them against the call cut it short by the ticker's delay (a 20 ms deadline ended a call after
-/// 1 ms when the ticker ran 40 ms late).
+/// 1 ms when the ticker ran 40 ms late). It looks again at least every [`CUT_CHECK_TICKS`] ticks:
+/// a call whose `ends_at` became `None` (cut) ends within as long.
 pub(crate) fn end_calls_on_time<T: 'static>(
     store: &mut wasmtime::Store<T>,
     ends_at: fn(&T) -> Option<Instant>,
@@ -172,7 +177,9 @@ pub(crate) fn end_calls_on_time<T: 'static>(
     store.epoch_deadline_callback(move |store| {
         let left = ends_at(store.data()).and_then(|at| at.checked_duration_since(Instant::now()));
         Ok(match left.filter(|left| !left.is_zero()) {
-            Some(left) => wasmtime::UpdateDeadline::Continue(PluginEngine::deadline_ticks(left)),
+            Some(left) => {
+                wasmtime::UpdateDeadline::Continue(PluginEngine::deadline_ticks(left).min(CUT_CHECK_TICKS))
+            }
             None => wasmtime::UpdateDeadline::Interrupt,
         })
     });
