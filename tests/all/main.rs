@@ -6,6 +6,7 @@ mod alerts;
 mod authoring;
 mod bulk_ingress;
 mod balancer_plugin;
+mod body_budget;
 mod chromium;
 mod cli;
 mod compile_cache;

@@ -173,6 +173,14 @@ pub struct IngressSection {
     pub grpc: Option<GrpcIngressConfig>,
 }
 
+impl IngressSection {
+    /// The largest body of a bulk `POST /v1/messages`: `[ingress.http]`'s `max_batch_bytes`, or its
+    /// default when there is none (an embedder may serve the HTTP ingress anyway).
+    pub(crate) fn max_batch_bytes(&self) -> usize {
+        self.http.as_ref().map_or(HttpIngressConfig::default_max_batch_bytes(), |http| http.max_batch_bytes)
+    }
+}
+
 /// `[ingress.grpc]`: the gRPC ingress (`switchyard.v1.Ingress`, over HTTP/2).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -274,6 +274,10 @@ impl HostBuilder {
         let redelivery = Redelivery::start(&pipeline, &runtime);
         let intake_kib = super::intake_kib(config.host.queue_bytes);
         let intake_bytes = Arc::new(tokio::sync::Semaphore::new(intake_kib as usize));
+        let bodies = super::body_budget::BodyBudget::new(
+            super::body_budget::body_budget(&config),
+            metrics.ingress_body_bytes(),
+        );
         let (sender, queue) = flume::bounded(config.host.queue_capacity);
         let (workers, watch) = (worker_count(config.host.workers), config.host.watch);
         let reloader = Arc::new(Reloader::new(
@@ -334,6 +338,7 @@ impl HostBuilder {
                 watcher: Mutex::new(watcher),
                 load_errors,
                 intake_bytes,
+                bodies,
                 redelivery: tokio::sync::Mutex::new(Some(redelivery)),
                 spool,
                 alerts,

@@ -2,6 +2,7 @@
 
 pub(crate) mod admission;
 mod alerting;
+mod body_budget;
 mod builder;
 mod error;
 mod spool;
@@ -12,6 +13,7 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 pub(crate) use admission::{MAX_HEADERS, header_count_problem, header_problem, intake_kib, topic_problem};
+pub(crate) use body_budget::BodyHold;
 
 use crate::config::{Config, ConfigError};
 use crate::dead_letter::{DeadLetterFile, FileError, LISTED_BYTES, Listing, Position, SpooledLetters};
@@ -50,6 +52,9 @@ struct HostInner {
     /// `host.queue_bytes` in KiB: accepted messages hold their size of it
     /// until a worker takes them, so the intake is bounded in bytes too.
     intake_bytes: Arc<Semaphore>,
+    /// What the ingress may hold of request bodies before their messages are admitted, over all
+    /// clients: what `intake_bytes` does not count yet.
+    bodies: body_budget::BodyBudget,
     /// Re-delivers from the dead-letter file; stopped by shutdown, or
     /// when the last clone of the host is dropped.
     redelivery: tokio::sync::Mutex<Option<Redelivery>>,

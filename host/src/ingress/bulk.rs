@@ -94,6 +94,8 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
         true => parse_ndjson(&body),
         false => parse_array(&body),
     };
+    // Its messages hold copies of what they need of it.
+    drop(body);
     let bulk = match parsed {
         Ok(bulk) if bulk.is_empty() => {
             return super::http::error(StatusCode::BAD_REQUEST, "no messages".into());

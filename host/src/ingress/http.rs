@@ -8,15 +8,16 @@
 //! `x-` response headers), `204` when the destination gives no reply, `422`
 //! when the message was dropped or dead-lettered, `502 {"delivered": true, …}` when it was
 //! delivered but the endpoint's reply refused (too large, malformed, cut off); `413` when too large, `400`
-//! when malformed, `503` + `Retry-After` when the host is at capacity.
+//! when malformed, `503` + `Retry-After` when the host is at capacity (its queue, or its budget for bodies
+//! not yet admitted: such a body is refused unread).
 
 use crate::config::HttpIngressConfig;
-use crate::host::{BuildError, Host, RequestError, SendError, await_reply};
+use crate::host::{BodyHold, BuildError, Host, RequestError, SendError, await_reply};
 use crate::listener::ListenerLimits;
 use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -117,8 +118,44 @@ impl axum::extract::FromRequestParts<Host> for Authorized {
     }
 }
 
-async fn accept_bulk(_: Authorized, State(host): State<Host>, headers: HeaderMap, body: Bytes) -> Response {
-    super::bulk::accept_batch(&host, &headers, body).await
+async fn accept_bulk(
+    _: Authorized,
+    State(host): State<Host>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let limit = host.config().ingress.max_batch_bytes();
+    match held_body(&host, request, limit).await {
+        // Held until every message of it is admitted or refused.
+        Ok((body, _hold)) => super::bulk::accept_batch(&host, &headers, body).await,
+        Err(refused) => refused,
+    }
+}
+
+/// The body of `request`, read once the host's budget for bodies not yet admitted holds what it
+/// may be: its length (`content-length`), at most `limit` (the route's, which a longer one is
+/// refused at, `413`); `limit` when its length is not told (chunked). Refused unread (`503` +
+/// `Retry-After`) when the budget has no room for it now: past that, bodies read at once by any
+/// number of clients would be bounded only by the number of connections. The [`BodyHold`] is to be
+/// kept until the body's message(s) are admitted or refused.
+async fn held_body(host: &Host, request: Request, limit: usize) -> Result<(Bytes, BodyHold), Response> {
+    let length = hyper::body::Body::size_hint(request.body()).upper();
+    let share = length.map_or(limit, |length| usize::try_from(length).unwrap_or(usize::MAX).min(limit));
+    let hold = match host.try_hold_body(share) {
+        Ok(hold) => hold,
+        Err(problem) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, problem);
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            // The body is left unread: the connection cannot carry another request.
+            response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(response);
+        }
+    };
+    // The route's own extractor: its limit, and its answers to a body too long or cut off.
+    match Bytes::from_request(request, &()).await {
+        Ok(body) => Ok((body, hold)),
+        Err(rejection) => Err(rejection.into_response()),
+    }
 }
 
 /// Why a request a browser sent (it carries an `Origin`; programs send none) is refused, if it is.
@@ -161,8 +198,12 @@ async fn accept(
     Path(topic): Path<String>,
     Query(options): Query<Options>,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
+    let (body, hold) = match held_body(&host, request, host.config().host.max_message_bytes).await {
+        Ok(held) => held,
+        Err(refused) => return refused,
+    };
     let message = match message_from_request(topic, &headers, body) {
         Ok(message) => message,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
@@ -178,6 +219,8 @@ async fn accept(
         Ok((_, pending)) => pending,
         Err(err) => return refused(err),
     };
+    // Admitted: `host.queue_bytes` counts the message now, however long its reply takes.
+    drop(hold);
     match await_reply(pending).await {
         Ok(Some(reply)) => reply_response(reply, &id),
         Ok(None) => (StatusCode::NO_CONTENT, [(ID_HEADER, id)]).into_response(),

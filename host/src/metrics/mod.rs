@@ -188,6 +188,8 @@ pub struct Metrics {
     spool_source: std::sync::OnceLock<SpoolSource>,
     /// Alert messages the host's queue refused.
     alert_messages_refused: Counter,
+    /// Bytes of request bodies the ingress holds before their messages are admitted or refused.
+    ingress_body_bytes: Gauge,
     /// The durable spool's writes, commit times and recoveries.
     pub(crate) spool: SpoolMetrics,
     /// What JetStream ingress did with the messages it pulled.
@@ -245,6 +247,7 @@ impl Metrics {
             gauges: Default::default(),
             spool_source: Default::default(),
             alert_messages_refused: Counter::default(),
+            ingress_body_bytes: Gauge::default(),
             spool: SpoolMetrics::default(),
             jetstream: JetStreamMetrics::default(),
             registry: Registry::default(),
@@ -297,6 +300,9 @@ impl Metrics {
         registry.register("host_events", help, metrics.events.clone());
         let help = "Alert transitions whose message the host's queue refused (full, or shutting down)";
         registry.register("alert_messages_refused", help, metrics.alert_messages_refused.clone());
+        let help = "Bytes of request bodies the ingress holds (read or being read) before their messages are \
+                    admitted or refused; at most host.queue_bytes (or ingress.http.max_batch_bytes if more)";
+        registry.register("ingress_body_bytes", help, metrics.ingress_body_bytes.clone());
         metrics.spool.register(&mut registry);
         metrics.jetstream.register(&mut registry);
         Metrics { registry, ..metrics }
@@ -456,6 +462,11 @@ impl Metrics {
             self.dead_letters.remove(labels);
             false
         });
+    }
+
+    /// The gauge of bytes of request bodies held before admission, for the host's body budget to keep.
+    pub(crate) fn ingress_body_bytes(&self) -> Gauge {
+        self.ingress_body_bytes.clone()
     }
 
     /// The gauge of letters in the dead-letter file, for the file to keep.
