@@ -1,7 +1,7 @@
 //! The listeners hold against clients that trickle: a connection that does
 //! not send its request headers in time is cut, at most so many are open at
 //! once (a WebSocket among them), and a client that sends a whole request is
-//! still served.
+//! still served. A host whose `run` is dropped stops listening.
 
 use crate::support::{
     MEMORY_OUT, PATIENCE, drain_and_account, host, plugin_dir, post, still_pending, within,
@@ -138,6 +138,38 @@ async fn a_stopping_listener_refuses_new_connections_while_a_request_in_progress
     assert!(answer.contains("HTTP/1.1 202"), "the request in progress is served: {answer}");
     within(serving).await.unwrap();
     drain_and_account(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_run_is_dropped_stops_listening() {
+    // `Host::run` dropped at its shutdown's await (a `select!`, an aborted task) never told its
+    // ingress to stop: the port stayed bound, answering 503 once the host had shut down, for good.
+    let dir = plugin_dir(&[]);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config =
+        format!("{MEMORY_OUT}[ingress.http]\nlisten = \"{addr}\"\n[[route]]\nname = \"all\"\nto = \"out\"\n");
+    let host = host(dir.path(), &config).await;
+    let running = tokio::spawn({
+        let host = host.clone();
+        async move { host.run(std::future::pending()).await }
+    });
+    let served = tokio::task::spawn_blocking(move || {
+        crate::support::eventually(|| {
+            crate::support::try_post(addr, "/v1/messages/t", b"{}").ok_or("not yet")
+        })
+    });
+    assert_eq!(within(served).await.unwrap().0, 202);
+    running.abort();
+    assert!(within(running).await.unwrap_err().is_cancelled());
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 1);
+    let refused = tokio::task::spawn_blocking(move || {
+        crate::support::eventually(|| match TcpStream::connect(addr) {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(other.map(|_| "connected")),
+        })
+    });
+    within(refused).await.unwrap();
 }
 
 /// The status line `addr` answers a POST to `path` whose body is `pieces`, sent `every` so long

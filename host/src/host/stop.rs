@@ -15,6 +15,10 @@ impl Host {
     /// ingress stops first (a NATS subscription admitting what its server had sent), then the host
     /// (a JetStream ingress waits for the host's stop to end to acknowledge, or hand back, what it
     /// pulled).
+    ///
+    /// Dropped before it returns (a `select!`, an aborted task), it stops the ingress as a
+    /// shutdown would, without waiting for it: the host itself runs on until
+    /// [`shutdown`](Self::shutdown).
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BuildError> {
         let config = self.config();
         let http = match &config.ingress.http {
@@ -30,6 +34,9 @@ impl Host {
             nats.push(crate::ingress::NatsIngress::connect(self.clone(), entry.clone()).await?);
         }
         let stop = CancellationToken::new();
+        // The ingress serves on tasks of its own: were `run` dropped without telling them to stop,
+        // its listeners and subscriptions would run on for good.
+        let _stop_if_dropped = stop.clone().drop_guard();
         let serving = nats.into_iter().map(|nats| tokio::spawn(nats.serve(stop.clone().cancelled_owned())));
         let mut serving: Vec<_> = serving.collect();
         if let Some(http) = http {
