@@ -24,6 +24,7 @@ mod faulty;
 mod grpc_ingress;
 mod hostile_files;
 mod http_destination;
+mod http_ingress;
 mod listeners;
 mod ingress_properties;
 mod jetstream;
