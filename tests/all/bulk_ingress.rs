@@ -1,7 +1,7 @@
 //! Bulk HTTP ingress, `POST /v1/messages`: NDJSON or a JSON array admitted as one batch, a result per
 //! message, bad messages refused alone, a bad body refused whole, a full queue taking what fits, a
-//! body cut off by a client that goes away admitting nothing, and a body past the batch's limits
-//! refused without the rest being read.
+//! body cut off by a client that goes away admitting nothing, a body past the batch's limits
+//! refused without the rest being read, and one in a content coding refused as unsupported.
 
 use crate::routing::gated_host;
 use crate::support::{drain_and_account, host, next, plugin_dir, post, start_ingress, within};
@@ -13,10 +13,19 @@ const CONFIG: &str = "[host]\nworkers = 2\n[[destination]]\nname = \"out\"\ntran
                       queue = { capacity = 100000 }\n[[route]]\nname = \"all\"\nto = \"out\"\n";
 
 async fn bulk(addr: std::net::SocketAddr, content_type: &str, body: String) -> (u16, serde_json::Value) {
-    let headers = [("content-type", content_type.to_owned())];
+    bulk_with(addr, &[("content-type", content_type)], body).await
+}
+
+/// [`bulk`], with `headers`.
+async fn bulk_with(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, serde_json::Value) {
+    let headers: Vec<_> = headers.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
     let (status, answer) = tokio::task::spawn_blocking(move || {
         let headers: Vec<(&str, &str)> =
-            headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
         post(addr, "/v1/messages", &headers, body.as_bytes())
     })
     .await
@@ -242,4 +251,27 @@ async fn a_batch_refused_for_room_part_way_accepts_none_after_the_first_refused(
     assert_eq!(payloads, [5, 600 << 10]);
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_a_content_coding_is_refused_as_unsupported_and_an_identity_one_read() {
+    // A gzip body was parsed as it came and refused as "not a JSON array of messages", which
+    // sent its client looking for a fault in its JSON.
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    let array = r#"[{"topic":"a"}]"#;
+    for coding in ["gzip", "br", "identity, gzip"] {
+        let headers = [("content-type", "application/json"), ("content-encoding", coding)];
+        let (status, answer) = bulk_with(addr, &headers, array.to_owned()).await;
+        let problem = format!("content-encoding {coding:?} is not supported: send the body unencoded");
+        assert_eq!((status, answer["error"].as_str()), (415, Some(problem.as_str())), "{answer}");
+    }
+    for coding in ["identity", "Identity"] {
+        let headers = [("content-type", "application/json"), ("content-encoding", coding)];
+        let (status, answer) = bulk_with(addr, &headers, array.to_owned()).await;
+        assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{coding}: {answer}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (2, 2), "nothing of a refused body was accepted");
 }

@@ -50,3 +50,29 @@ async fn a_post_of_the_most_headers_a_client_may_give_is_taken_and_one_of_more_r
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posts_content_encoding_is_kept_as_its_content_type_is() {
+    // Only `x-` headers and `content-type` were kept: a gzip body sent with `content-encoding:
+    // gzip` became a message of compressed bytes labelled JSON, which nothing could read.
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), &format!("{MEMORY_OUT}{ROUTE}")).await;
+    let addr = start_ingress(&host).await;
+    let headers =
+        [("content-type", "application/json"), ("content-encoding", "gzip"), ("accept-encoding", "gzip")];
+    let headers = headers.map(|(name, value)| (name.to_owned(), value.to_owned())).to_vec();
+    // The start of a gzip stream: the body is the client's, taken as it is.
+    let (status, answer) = post_message(addr, headers, b"\x1f\x8b\x08\x00").await;
+    assert_eq!(status, 202, "{answer}");
+    let message = next(&host.memory("out").unwrap()).await;
+    let kept: Vec<(&str, &str)> = message
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with("x-sy-"))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    assert_eq!(kept, [("content-type", "application/json"), ("content-encoding", "gzip")]);
+    assert_eq!(&message.payload[..], b"\x1f\x8b\x08\x00");
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 1);
+}

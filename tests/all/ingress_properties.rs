@@ -30,6 +30,7 @@ fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
         "[xX]-[sS][yY]-[a-zA-Z-]{1,8}",
         "[xX]-[a-zA-Z0-9-]{1,8}",
         Just("Content-Type".to_owned()),
+        Just("Content-Encoding".to_owned()),
         "[a-z][a-z0-9-]{0,8}",
     ];
     let value = prop_oneof![4 => "[!-~]([ -~]{0,10}[!-~])?", 1 => "[!-~]{0,3}[\u{80}-\u{10ffff}][!-~]{0,3}"];
@@ -71,7 +72,9 @@ async fn any_topic_and_headers_are_accepted_or_refused_and_no_client_sy_header_p
                 .iter()
                 .map(|(name, value)| (lower(name), value.clone()))
                 .filter(|(name, _)| {
-                    (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type"
+                    (name.starts_with("x-") && !name.starts_with("x-sy-"))
+                        || name == "content-type"
+                        || name == "content-encoding"
                 })
                 .collect();
             let visible = kept.iter().all(|(_, value)| value.is_ascii());

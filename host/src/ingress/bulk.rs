@@ -9,11 +9,13 @@
 //! into more than its limits allow. Each message is then checked and admitted like a single POST's
 //! (`x-sy-` headers are the host's: refused), and the answer lists a result per message, in order:
 //! `{"id": "<x-sy-id>"}` or `{"error": "…", "status": 400|413|503}`. The status is `200` when any was
-//! accepted, `503` + `Retry-After` when none was for lack of room, `400`/`413` otherwise.
+//! accepted, `503` + `Retry-After` when none was for lack of room, `400`/`413` otherwise. The body is
+//! read as sent: one in a content coding (`content-encoding: gzip`…) is refused whole, `415`.
 
 use crate::host::{Host, SendError};
 use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use axum::body::Bytes;
+use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -87,6 +89,12 @@ enum BodyProblem {
 
 /// Accept the messages of a bulk request (see the module docs).
 pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) -> Response {
+    if let Some(problem) = coding_problem(headers) {
+        let mut refused = super::http::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem);
+        // RFC 9110 (15.5.16): the codings that would have been taken.
+        refused.headers_mut().insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        return refused;
+    }
     // Media types are case-insensitive (RFC 9110).
     let ndjson = headers.get("content-type").and_then(|kind| kind.as_bytes().get(..NDJSON.len()));
     let ndjson = ndjson.is_some_and(|media_type| media_type.eq_ignore_ascii_case(NDJSON.as_bytes()));
@@ -125,6 +133,20 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
         }
     }
     answer(results)
+}
+
+/// Why a body sent with `headers` cannot be read, if it cannot: it is in a content coding other
+/// than `identity`. The body is parsed as sent, and a compressed one was refused as JSON that does
+/// not parse, which sent its client looking for a fault in its JSON.
+fn coding_problem(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(CONTENT_ENCODING).iter().find_map(|codings| {
+        let mut each = codings.as_bytes().split(|byte| *byte == b',').map(<[u8]>::trim_ascii);
+        let identity = each.all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case(b"identity"));
+        (!identity).then(|| {
+            let codings = crate::bounded_text::one_line(&String::from_utf8_lossy(codings.as_bytes()), 64);
+            format!("content-encoding \"{codings}\" is not supported: send the body unencoded")
+        })
+    })
 }
 
 /// The messages of an NDJSON body, blank lines skipped, read up to the line of the message past

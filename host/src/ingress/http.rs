@@ -2,14 +2,15 @@
 //! (see [`bulk`](super::bulk)).
 //!
 //! Request headers whose names start with `x-` become message headers, as do
-//! `content-type`, except `x-sy-` ones (the host's own: a client cannot set
-//! them); the body is the payload. Answers: `202 {"id":…}` with the message's
-//! unique id (its `x-sy-id`) when accepted; with `?wait=true`, `200` and the reply's payload (its headers as
-//! `x-` response headers), `204` when the destination gives no reply, `422`
-//! when the message was dropped or dead-lettered, `502 {"delivered": true, …}` when it was
-//! delivered but the endpoint's reply refused (too large, malformed, cut off); `413` when too large, `400`
-//! when malformed, `503` + `Retry-After` when the host is at capacity (its queue, or its budget for bodies
-//! not yet admitted: such a body is refused unread).
+//! `content-type` and `content-encoding` (what the body is, and how it is encoded: it is taken as
+//! sent), except `x-sy-` ones (the host's own: a client cannot set them); the body is the payload.
+//! Answers: `202 {"id":…}` with the message's unique id (its `x-sy-id`) when accepted; with
+//! `?wait=true`, `200` and the reply's payload (its headers as `x-` response headers), `204` when the
+//! destination gives no reply, `422` when the message was dropped or dead-lettered,
+//! `502 {"delivered": true, …}` when it was delivered but the endpoint's reply refused (too large,
+//! malformed, cut off); `413` when too large, `400` when malformed, `503` + `Retry-After` when the
+//! host is at capacity (its queue, or its budget for bodies not yet admitted: such a body is refused
+//! unread).
 
 use crate::config::HttpIngressConfig;
 use crate::host::{BodyHold, BuildError, Host, RequestError, SendError, await_reply};
@@ -241,13 +242,15 @@ async fn accept(
 }
 
 /// The message a request posts: the body on `topic`, the client's `x-`
-/// headers except `x-sy-` ones, `content-type`, and a new unique id. Refused
+/// headers except `x-sy-` ones, `content-type`, `content-encoding`, and a new unique id. Refused
 /// (why, for a 400) when a kept header's value is not visible ASCII.
 fn message_from_request(topic: String, headers: &HeaderMap, body: Bytes) -> Result<Message, String> {
     let mut message = Message::new(topic, body);
     for (name, value) in headers {
         let name = name.as_str();
-        if (name.starts_with("x-") && !is_host_header(name)) || name == "content-type" {
+        // The body is taken as sent: the coding it was sent in stays with it, as its type does.
+        let about_the_body = name == "content-type" || name == "content-encoding";
+        if (name.starts_with("x-") && !is_host_header(name)) || about_the_body {
             let Ok(value) = value.to_str() else {
                 return Err(format!("header {name} is not visible ASCII"));
             };
@@ -336,6 +339,7 @@ mod tests {
             "[xX]-[sS][yY]-[a-zA-Z-]{0,8}",
             "[xX]-[a-zA-Z-]{0,8}",
             Just("content-type".to_owned()),
+            Just("content-encoding".to_owned()),
             "[!#$%&'*+.^_`|~0-9a-zA-Z-]{1,12}",
         ];
         name.prop_map(|name| HeaderName::try_from(name).expect("a token is a header name"))
@@ -353,10 +357,13 @@ mod tests {
             .prop_map(|pairs| pairs.into_iter().collect::<HeaderMap>())
     }
 
-    /// The headers a request keeps: its `x-` ones but `x-sy-`, and `content-type`.
+    /// The headers a request keeps: its `x-` ones but `x-sy-`, `content-type` and `content-encoding`.
     fn kept(headers: &HeaderMap) -> Vec<(&str, &HeaderValue)> {
-        let kept =
-            |name: &str| (name.starts_with("x-") && !name.starts_with("x-sy-")) || name == "content-type";
+        let kept = |name: &str| {
+            (name.starts_with("x-") && !name.starts_with("x-sy-"))
+                || name == "content-type"
+                || name == "content-encoding"
+        };
         headers.iter().map(|(name, value)| (name.as_str(), value)).filter(|(name, _)| kept(name)).collect()
     }
 
