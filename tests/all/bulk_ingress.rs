@@ -1,7 +1,8 @@
 //! Bulk HTTP ingress, `POST /v1/messages`: NDJSON or a JSON array admitted as one batch, a result per
 //! message, bad messages refused alone, a bad body refused whole, a full queue taking what fits, a
 //! body cut off by a client that goes away admitting nothing, a body past the batch's limits
-//! refused without the rest being read, and one in a content coding refused as unsupported.
+//! refused without the rest being read, one in a content coding refused as unsupported, and NDJSON
+//! read under each of its media types.
 
 use crate::routing::gated_host;
 use crate::support::{drain_and_account, host, next, plugin_dir, post, start_ingress, within};
@@ -11,6 +12,10 @@ use tokio::sync::{Notify, Semaphore};
 
 const CONFIG: &str = "[host]\nworkers = 2\n[[destination]]\nname = \"out\"\ntransport = \"memory\"\n\
                       queue = { capacity = 100000 }\n[[route]]\nname = \"all\"\nto = \"out\"\n";
+
+/// How a body that is not a JSON array is told that one message a line is NDJSON.
+const NDJSON_HINT: &str = " (one message a line is NDJSON: content-type application/x-ndjson, \
+                           application/ndjson or application/jsonl)";
 
 async fn bulk(addr: std::net::SocketAddr, content_type: &str, body: String) -> (u16, serde_json::Value) {
     bulk_with(addr, &[("content-type", content_type)], body).await
@@ -274,4 +279,34 @@ async fn a_body_in_a_content_coding_is_refused_as_unsupported_and_an_identity_on
     }
     let stats = drain_and_account(&host).await;
     assert_eq!((stats.accepted, stats.delivered), (2, 2), "nothing of a refused body was accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_is_read_under_each_of_its_media_types_and_an_array_refused_names_them() {
+    // Only `application/x-ndjson` was read as lines: a body sent as `application/ndjson` or
+    // `application/jsonl` was refused as "not a JSON array of messages", saying nothing of NDJSON.
+    let dir = plugin_dir(&[]);
+    let host = host(dir.path(), CONFIG).await;
+    let addr = start_ingress(&host).await;
+    let lines = "{\"topic\":\"a\"}\n{\"topic\":\"b\"}\n";
+    let media_types = [
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "Application/JSONL ; charset=utf-8",
+    ];
+    for media_type in media_types {
+        let (status, answer) = bulk(addr, media_type, lines.to_owned()).await;
+        assert_eq!((status, answer["accepted"].as_u64()), (200, Some(2)), "{media_type}: {answer}");
+    }
+    for media_type in ["application/json", "application/x-ndjsonl"] {
+        let (status, answer) = bulk(addr, media_type, lines.to_owned()).await;
+        let problem = answer["error"].as_str().unwrap();
+        assert_eq!(status, 400, "{media_type}: {answer}");
+        assert!(problem.starts_with("not a JSON array of messages: "), "{problem}");
+        assert!(problem.ends_with(NDJSON_HINT), "{problem}");
+    }
+    let stats = drain_and_account(&host).await;
+    assert_eq!((stats.accepted, stats.delivered), (10, 10));
 }

@@ -1,7 +1,8 @@
 //! Bulk HTTP ingress: `POST /v1/messages` carries many messages, admitted as one batch.
 //!
-//! The body is NDJSON (`content-type: application/x-ndjson`, one message per line) or a JSON array
-//! (any other type) of `{"topic": …, "headers": {…}, "payload": "…"}` objects; `payload_base64`
+//! The body is NDJSON (one message per line: `content-type` `application/x-ndjson`,
+//! `application/ndjson`, or JSON Lines' `application/jsonl` or `application/x-jsonlines`) or a JSON
+//! array (any other type) of `{"topic": …, "headers": {…}, "payload": "…"}` objects; `payload_base64`
 //! carries bytes that are not UTF-8, `priority` 0–255 is optional. The whole body is read and parsed
 //! before anything is admitted: a body that does not parse is a `400` naming the line or position,
 //! and nothing of it is accepted. Parsing stops at the message past [`MAX_BATCH`] (`413`), and a
@@ -15,7 +16,7 @@
 use crate::host::{Host, SendError};
 use crate::message::{ID_HEADER, Message, is_host_header, unique_id};
 use axum::body::Bytes;
-use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING};
+use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -26,8 +27,10 @@ use std::collections::BTreeMap;
 /// The most messages one request may carry.
 pub(super) const MAX_BATCH: usize = 10_000;
 
-/// The media type of a body of one message a line.
-const NDJSON: &str = "application/x-ndjson";
+/// The media types of a body of one message a line, NDJSON or JSON Lines (the same format), in
+/// lower case.
+const NDJSON: [&str; 4] =
+    ["application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"];
 
 /// One message of a bulk request (and, with its own fields, of a WebSocket frame).
 #[derive(Deserialize)]
@@ -95,10 +98,7 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
         refused.headers_mut().insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         return refused;
     }
-    // Media types are case-insensitive (RFC 9110).
-    let ndjson = headers.get("content-type").and_then(|kind| kind.as_bytes().get(..NDJSON.len()));
-    let ndjson = ndjson.is_some_and(|media_type| media_type.eq_ignore_ascii_case(NDJSON.as_bytes()));
-    let parsed = match ndjson {
+    let parsed = match is_ndjson(headers) {
         true => parse_ndjson(&body),
         false => parse_array(&body),
     };
@@ -133,6 +133,14 @@ pub(super) async fn accept_batch(host: &Host, headers: &HeaderMap, body: Bytes) 
         }
     }
     answer(results)
+}
+
+/// Whether a body sent with `headers` is NDJSON: its media type, parameters aside, is one of
+/// [`NDJSON`] (in any case: media types are case-insensitive, RFC 9110).
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    let Some(kind) = headers.get(CONTENT_TYPE) else { return false };
+    let media_type = kind.as_bytes().split(|byte| *byte == b';').next().unwrap_or_default().trim_ascii();
+    NDJSON.iter().any(|ndjson| media_type.eq_ignore_ascii_case(ndjson.as_bytes()))
 }
 
 /// Why a body sent with `headers` cannot be read, if it cannot: it is in a content coding other
@@ -173,7 +181,11 @@ fn parse_array(body: &[u8]) -> Result<Vec<BulkMessage>, BodyProblem> {
     match parsed.and_then(|bulk| reader.end().map(|()| bulk)) {
         Ok(bulk) => Ok(bulk),
         Err(_) if too_many => Err(BodyProblem::TooMany),
-        Err(err) => Err(BodyProblem::Malformed(format!("not a JSON array of messages: {err}"))),
+        // A body of lines sent under another type (`application/json`) is told what to send it as.
+        Err(err) => Err(BodyProblem::Malformed(format!(
+            "not a JSON array of messages: {err} (one message a line is NDJSON: content-type \
+             application/x-ndjson, application/ndjson or application/jsonl)"
+        ))),
     }
 }
 
