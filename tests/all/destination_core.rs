@@ -991,6 +991,49 @@ async fn a_removed_balancer_plugin_lets_go_of_its_thread_and_instance() {
     assert_eq!(stats.delivered, 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_plugin_that_could_not_start_is_tried_again_and_picks_once_it_can() {
+    // Its granted directory gone, its instance cannot be made: p2c picks and the host is not
+    // ready. Once the directory is back, a later pick (at most one a second) starts it again.
+    let endpoint = TestEndpoint::start(Mode::Answer).await;
+    let dir = plugin_dir(&[("lb", switchyard_plugin_artifacts::LEAST_LOADED_BALANCER)]);
+    let data = tempfile::tempdir().unwrap();
+    let granted = data.path().join("d");
+    std::fs::create_dir(&granted).unwrap();
+    let plugin = format!("[[plugin]]\nname = \"lb\"\ndirs = {{ \"/d\" = \"{}:ro\" }}\n", granted.display());
+    let config = format!("{}{plugin}", config(&[&endpoint], "balancer = \"plugin:lb\""));
+    let host = host(dir.path(), &config).await;
+    let mut events = host.subscribe();
+    std::fs::remove_dir(&granted).unwrap();
+    host.send(Message::new("orders", "placed by p2c")).await.unwrap();
+    let HostEvent::Destination(DestinationEvent::BalancerFallback { reason, .. }) =
+        next_event(&mut events, "balancer-fallback").await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("cannot instantiate"), "{reason}");
+    within(endpoint.arrivals(1)).await;
+    assert_eq!(
+        host.unready(),
+        ["destination api: balancer plugin \"lb\" cannot balance (p2c picks meanwhile)"]
+    );
+    std::fs::create_dir(&granted).unwrap();
+    // Each request's pick may be the one that tries again; the pause only paces the polling.
+    within(async {
+        while !host.unready().is_empty() {
+            host.request(Message::new("orders", "placed by either")).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let calls = host.metrics().plugin_counts("lb").calls;
+    host.request(Message::new("orders", "placed by lb")).await.unwrap();
+    assert_eq!(host.metrics().plugin_counts("lb").calls, calls + 1, "lb picked");
+    assert!(host.unready().is_empty(), "{:?}", host.unready());
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.dead_lettered, 0);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_spinning_balancer_plugin_stalls_only_its_own_deliveries_on_a_current_thread_runtime() {
     let (stuck, api) = (TestEndpoint::start(Mode::Answer).await, TestEndpoint::start(Mode::Answer).await);

@@ -3,6 +3,10 @@
 //! none serves (not loaded yet, removed, not a balancer, cannot start), or
 //! when the plugin's pick is unusable, p2c picks and the destination says so
 //! with a [`DestinationEvent::BalancerFallback`], at most once a second.
+//! A version that could not start for a reason that may pass (its first
+//! instance failed: a granted directory missing a while; no thread) is
+//! started again at a later pick, at most once a second; one that is not a
+//! balancer never is.
 //! Picks are awaited, never waited for on the runtime thread: the plugin
 //! runs on a thread of its own and answers through a channel.
 
@@ -21,6 +25,9 @@ use std::time::{Duration, Instant};
 /// Fewest time between two fallback events of one destination.
 const TELL_EVERY: Duration = Duration::from_secs(1);
 
+/// Fewest time between two starts of a version that could not start.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
 /// Picks with the serving version of a balancer plugin.
 pub(crate) struct HotPluginBalancer {
     registry: Arc<PluginRegistry>,
@@ -31,12 +38,44 @@ pub(crate) struct HotPluginBalancer {
     /// The balancer of the version last seen serving; none once no version serves, so that a
     /// removed or refused plugin keeps no thread nor instance.
     current: ArcSwapOption<PluginBalancer>,
-    /// The version serving that could not be made a balancer, not to be tried again.
-    refused: Mutex<Option<Arc<CompiledPlugin>>>,
+    /// The version serving that could not be made a balancer, and whether it may be tried again.
+    refused: Mutex<Option<Refusal>>,
     /// Held while a version's balancer starts, so that it starts once.
     starting: tokio::sync::Mutex<()>,
     fallback: P2cPeakEwma,
     teller: Arc<Teller>,
+}
+
+/// A version that could not be made a balancer.
+struct Refusal {
+    plugin: Arc<CompiledPlugin>,
+    /// From when a pick may start it again; `None`: never, it is not a balancer. Its other
+    /// failures may pass (a granted directory back, a thread free), as they do for the pipeline's
+    /// and the transports' instances, which are made again at their next call.
+    retry_at: Option<Instant>,
+}
+
+impl Refusal {
+    /// `plugin`, which failed to start with `error` at `now`.
+    fn new(plugin: Arc<CompiledPlugin>, error: &PluginBalancerError, now: Instant) -> Refusal {
+        let retry_at = match error {
+            PluginBalancerError::NotABalancer { .. } => None,
+            PluginBalancerError::Instantiate { .. } | PluginBalancerError::Thread { .. } => {
+                Some(now + RETRY_EVERY)
+            }
+        };
+        Refusal { plugin, retry_at }
+    }
+
+    /// Whether `plugin` is the version refused.
+    fn of(&self, plugin: &Arc<CompiledPlugin>) -> bool {
+        Arc::ptr_eq(&self.plugin, plugin)
+    }
+
+    /// Whether `plugin` is the version refused and must not be started at `now`.
+    fn holds(&self, plugin: &Arc<CompiledPlugin>, now: Instant) -> bool {
+        self.of(plugin) && self.retry_at.is_none_or(|retry_at| now < retry_at)
+    }
 }
 
 /// Tells of fallbacks, at most once every [`TELL_EVERY`].
@@ -113,7 +152,7 @@ impl HotPluginBalancer {
         if let Some(current) = self.current_for(plugin) {
             return Some(current); // another pick started it meanwhile
         }
-        if self.refused(plugin) {
+        if lock(&self.refused).as_ref().is_some_and(|refusal| refusal.holds(plugin, Instant::now())) {
             self.teller.tell(self.cannot_balance());
             return None;
         }
@@ -134,7 +173,7 @@ impl HotPluginBalancer {
             }
             Err(error) => {
                 self.current.store(None);
-                *lock(&self.refused) = Some(plugin.clone());
+                *lock(&self.refused) = Some(Refusal::new(plugin.clone(), &error, Instant::now()));
                 self.teller.tell(error.to_string());
                 None
             }
@@ -142,7 +181,8 @@ impl HotPluginBalancer {
     }
 
     /// Why no version of the plugin picks now, if none can (p2c picks meanwhile): it is not loaded,
-    /// not a balancer, or the version serving could not start. Called on demand, for `GET /ready`.
+    /// not a balancer, or the version serving could not start (when last tried: a later pick may
+    /// start it). Called on demand, for `GET /ready`.
     pub(crate) fn unavailable(&self) -> Option<String> {
         let plugins = self.registry.snapshot();
         let Some(plugin) = plugins.get(&self.teller.plugin) else { return Some(self.not_loaded()) };
@@ -160,9 +200,9 @@ impl HotPluginBalancer {
         format!("plugin \"{}\" cannot balance", self.teller.plugin)
     }
 
-    /// Whether `plugin` is the version that could not be made a balancer.
+    /// Whether `plugin` is the version that could not be made a balancer, when last tried.
     fn refused(&self, plugin: &Arc<CompiledPlugin>) -> bool {
-        lock(&self.refused).as_ref().is_some_and(|refused| Arc::ptr_eq(refused, plugin))
+        lock(&self.refused).as_ref().is_some_and(|refusal| refusal.of(plugin))
     }
 
     /// The balancer last started, if it runs `plugin`.
@@ -200,10 +240,33 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{DestinationEvent, Teller};
+    use super::{DestinationEvent, PluginBalancerError, RETRY_EVERY, Refusal, Teller};
+    use crate::plugin::{PluginEngine, PluginFault, PluginFormat, compile_bytes};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_version_that_failed_to_start_may_be_started_again_a_second_later_one_of_another_kind_never() {
+        let engine = PluginEngine::new(None).unwrap();
+        let bytes = std::fs::read(switchyard_plugin_artifacts::LEAST_LOADED_BALANCER).unwrap();
+        let config = crate::config::PluginConfig { name: "lb".into(), ..Default::default() };
+        let compile = || compile_bytes(&engine, PluginFormat::Wasm, &bytes, config.clone()).unwrap();
+        let (plugin, next_version) = (compile(), compile());
+        let failed = PluginBalancerError::Instantiate {
+            name: "lb".into(),
+            fault: PluginFault::Unusable("no such directory".into()),
+        };
+        let not_a_balancer = PluginBalancerError::NotABalancer { name: "lb".into(), kind: "filter" };
+        let at = Instant::now();
+        let refusal = Refusal::new(plugin.clone(), &failed, at);
+        assert!(refusal.holds(&plugin, at + RETRY_EVERY - Duration::from_millis(1)), "not within the second");
+        assert!(!refusal.holds(&plugin, at + RETRY_EVERY), "tried again once the second is over");
+        assert!(!refusal.holds(&next_version, at), "another version is another start");
+        let refusal = Refusal::new(plugin.clone(), &not_a_balancer, at);
+        assert!(refusal.holds(&plugin, at + Duration::from_secs(3600)), "never tried again");
+        assert!(!refusal.holds(&next_version, at));
+    }
 
     #[test]
     fn a_teller_whose_clock_reading_is_older_than_the_last_telling_stays_quiet() {
