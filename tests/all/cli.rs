@@ -885,6 +885,40 @@ fn admin_api_of_the_binary_takes_its_token_from_the_environment() {
 }
 
 #[test]
+fn a_subprocess_worker_inherits_the_hosts_environment_but_the_admin_token_unless_given_it() {
+    // The token guards the admin API; a worker process needs it no more than the plugins do. Its
+    // destination's `env` may still give it one, as it gives any variable.
+    let dir = plugin_dir(&[]);
+    let worker = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/subprocess/worker.py");
+    let destination = |name: &str, env: &str| {
+        format!(
+            "[[destination]]\nname = \"{name}\"\ntransport = \"subprocess\"\n\
+             options = {{ command = [\"python3\", {:?}]{env} }}\n\
+             [[route]]\nname = \"{name}\"\nmatch = {{ topic = \"{name}\" }}\nto = \"{name}\"\n",
+            worker.display().to_string()
+        )
+    };
+    let config = format!(
+        "[host]\nwatch = false\nplugin_dir = \".\"\n[ingress.http]\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        destination("plain", ""),
+        destination("given", ", env = { SWITCHYARD_ADMIN_TOKEN = \"given\" }")
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), config).unwrap();
+    let env = [("SWITCHYARD_ADMIN_TOKEN", "secret"), ("SWITCHYARD_TEST_INHERITED", "kept")];
+    let mut host = Running::start_with_env(&["run", "--config", "switchyard.toml"], dir.path(), &env);
+    let ingress = host.address("HTTP ingress listening on http://");
+    let ask = |topic: &str, variable: &str| {
+        let path = format!("/v1/messages/{topic}?wait=true");
+        post(ingress, &path, &[], format!("env:{variable}").as_bytes())
+    };
+    assert_eq!(ask("plain", "SWITCHYARD_TEST_INHERITED"), (200, "kept".to_owned()));
+    assert_eq!(ask("plain", "SWITCHYARD_ADMIN_TOKEN"), (200, "(unset)".to_owned()));
+    assert_eq!(ask("given", "SWITCHYARD_ADMIN_TOKEN"), (200, "given".to_owned()));
+    host.stop();
+}
+
+#[test]
 fn the_admin_api_shows_the_listen_addresses_the_command_line_set_and_an_edit_of_the_file_s_is_told() {
     // `--listen` and `--admin` override the file's: the host serves on theirs, and
     // `GET /v1/config` showed the file's; an edit of the file's was refused as needing a restart.

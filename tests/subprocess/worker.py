@@ -5,7 +5,8 @@ By payload: "reject" -> a final error; "busy" -> a retryable error; "reject-long
 two lines, the second 100 000 bytes long; "silent" -> no answer;
 "stderr-long" / "stderr-bytes" -> first a line of 5000 bytes / one that is not UTF-8 on stderr;
 "not-utf8" -> an answer line that is not UTF-8; "grow:N" -> a reply of N control characters (each
-written as 6 bytes of JSON, \\u0001);
+written as 6 bytes of JSON, \\u0001); "env:NAME" -> a reply whose payload is the value of its
+environment variable NAME, or "(unset)";
 anything else -> a reply whose payload is the upper-cased payload, with header x-pid.
 With EXIT_AFTER=N in the environment, the process exits (status 3) on reading its Nth message,
 without answering it. With LEAVE_CHILD=1, it first starts a process of its own (`sleep 60`) that
@@ -58,6 +59,8 @@ for line in sys.stdin:
         answer = {"id": message["id"], "error": "rejected\nERROR forged " + "x" * 100_000}
     elif payload == "busy":
         answer = {"id": message["id"], "error": "busy", "retryable": True}
+    elif payload.startswith("env:"):
+        answer = {"id": message["id"], "payload": os.environ.get(payload[4:], "(unset)")}
     elif payload.startswith("grow:"):
         answer = {"id": message["id"], "payload": "\x01" * int(payload[5:])}
     else:

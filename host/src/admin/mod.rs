@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 /// Environment variable holding the admin token when the config has none.
-pub const TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+pub const TOKEN_ENV: &str = crate::config::ADMIN_TOKEN_ENV;
 
 /// The token [`TOKEN_ENV`] holds, if any; refused as `admin.token` would be when no client could
 /// present it (not visible ASCII, or not Unicode at all), rather than read as no token or one that

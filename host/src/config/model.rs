@@ -270,6 +270,10 @@ fn default_ping_ms() -> u64 {
     30_000
 }
 
+/// Environment variable holding the admin token when the config has none. Only the admin API reads
+/// it: no `subprocess` worker inherits it unless its `env` sets it.
+pub const ADMIN_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+
 /// `[admin]`: the admin API listener.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -11,6 +11,9 @@
 //! payload) is refused, as the other transports refuse one: its answer line is read only as far as
 //! the JSON of a reply within the limit can take ([`largest_json`]).
 //!
+//! A process inherits the host's environment, `options.env` set on top of it, but for the admin
+//! token ([`ADMIN_TOKEN_ENV`]), which it gets only when `options.env` names it.
+//!
 //! A process that exits fails the messages it held (retried as the destination's `idempotent` allows:
 //! it may have acted on them) and is started again at the next attempt sent to it, after a backoff
 //! ([`restart`](super::restart)); its endpoint is left out meanwhile, like one refusing connections.
@@ -53,7 +56,7 @@ use super::{
     AttemptFuture, AttemptProgress, AttemptResult, ProbeFuture, SettingError, Step, Transport,
     TransportContext, Wait, reply_within,
 };
-use crate::config::{DestinationConfig, EndpointConfig, HealthSettings};
+use crate::config::{ADMIN_TOKEN_ENV, DestinationConfig, EndpointConfig, HealthSettings};
 use crate::message::{Message, largest_json};
 use crate::resilience::{Outcome, RetryReason};
 use futures_util::StreamExt;
@@ -97,7 +100,9 @@ const START_GRACE: Duration = Duration::from_secs(10);
 pub struct SubprocessOptions {
     /// The program and its arguments, e.g. `["python3", "worker.py"]`.
     pub command: Vec<String>,
-    /// Environment variables set for it (on top of the host's).
+    /// Environment variables set for it, on top of the host's environment, which it inherits but
+    /// for the admin token ([`ADMIN_TOKEN_ENV`](crate::config::ADMIN_TOKEN_ENV)): a worker gets
+    /// that only when named here.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Its working directory (the host's when unset).
@@ -206,7 +211,8 @@ impl SubprocessTransport {
     fn spawn(&self, address: &str) -> std::io::Result<Running> {
         let options = &self.options;
         let mut command = Command::new(&options.command[0]);
-        command.args(&options.command[1..]).envs(&options.env);
+        // The admin token guards the admin API: a worker needs it no more than a plugin does.
+        command.args(&options.command[1..]).env_remove(ADMIN_TOKEN_ENV).envs(&options.env);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(cwd) = &options.cwd {
             command.current_dir(cwd);
