@@ -168,3 +168,34 @@ async fn no_directory_is_granted_over_the_plugin_directory_code_or_the_command_l
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_file_whose_name_is_not_utf8_is_refused_as_such() {
+    // A plugin is named by its file's stem, which must be text: at the start and when one appears,
+    // such a file is refused saying so (its name shown lossily), and nothing else happens.
+    use std::os::unix::ffi::OsStrExt;
+    let dir = plugin_dir(&[]);
+    let file = |bytes: &[u8]| dir.path().join(std::ffi::OsStr::from_bytes(bytes));
+    std::fs::copy(artifacts::HEADER_FILTER, file(b"caf\xe9.wasm")).unwrap();
+    let config = Config::from_toml("test.toml", MEMORY_OUT).unwrap();
+    let host = within(builder(dir.path()).config("test.toml", config).build()).await.unwrap();
+    let refusal = |name: &str, bytes: &[u8]| {
+        let path = file(bytes).display().to_string();
+        format!(
+            "plugin \"{name}\": the name of {path} is not UTF-8: rename the file (a plugin is named by its stem)"
+        )
+    };
+    let reasons: Vec<String> = host.load_errors().iter().map(ToString::to_string).collect();
+    assert_eq!(reasons, [refusal("caf\u{fffd}", b"caf\xe9.wasm")]);
+    let mut events = host.subscribe();
+    std::fs::copy(artifacts::HEADER_FILTER, file(b"na\xefve.wasm")).unwrap();
+    let event = within(events.recv()).await.unwrap();
+    let HostEvent::PluginRejected { name, reason } = event else { panic!("{event:?}") };
+    assert_eq!((name.as_str(), reason), ("na\u{fffd}ve", refusal("na\u{fffd}ve", b"na\xefve.wasm")));
+    // Quiet otherwise: the next event is that of a plugin added after.
+    std::fs::copy(artifacts::HEADER_FILTER, dir.path().join("good.wasm")).unwrap();
+    let event = within(events.recv()).await.unwrap();
+    assert!(matches!(&event, HostEvent::PluginLoaded { name, .. } if name == "good"), "{event:?}");
+    assert_eq!(host.plugins().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["good"]);
+    drain_and_account(&host).await;
+}

@@ -16,6 +16,16 @@ pub enum LoadError {
         /// Why.
         error: std::io::Error,
     },
+    /// The file's name is not UTF-8: a plugin is named by its file's stem, which must be text.
+    #[error(
+        "plugin \"{name}\": the name of {path} is not UTF-8: rename the file (a plugin is named by its stem)"
+    )]
+    NameNotUtf8 {
+        /// Plugin name: the file's stem, each of its bytes that are not UTF-8 shown as U+FFFD.
+        name: String,
+        /// File path, shown so too.
+        path: String,
+    },
     /// The bytes are not a valid WebAssembly component.
     #[error("plugin \"{name}\": not a valid WebAssembly component: {reason}")]
     Invalid {

@@ -192,7 +192,8 @@ fn sample_call(instance: &mut PluginInstance, max_message_bytes: usize) -> Resul
     }
 }
 
-/// The plugin name of a file: its stem.
+/// The plugin name of a file: its stem, each of its bytes that are not UTF-8 shown as U+FFFD.
+/// A host refuses such a file as it reads it ([`LoadError::NameNotUtf8`]).
 pub fn plugin_name(path: &Path) -> String {
     path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
 }

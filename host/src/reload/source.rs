@@ -6,7 +6,7 @@ use super::open_writes::OpenWrites;
 use crate::config::{Config, ConfigError, DirGrant, HostSection, PluginConfig};
 use crate::plugin::{LoadError, NativeRefusal, PluginFormat};
 use crate::regular_file::{self, Links};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What the plugin directory says about one plugin name.
 pub(crate) enum Source {
@@ -97,7 +97,14 @@ pub(crate) fn read_source(
     let bytes = match regular_file::read(&path, config.host.max_plugin_bytes, Links::WithinDirectory) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(Source::Unsettled),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Source::Absent),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return match not_utf8_file(dir, name) {
+                Some(path) => {
+                    Err(LoadError::NameNotUtf8 { name: name.to_owned(), path: path.display().to_string() })
+                }
+                None => Ok(Source::Absent),
+            };
+        }
         Err(err) => return Err(read_error(err)),
     };
     let Some(config) = plugin_config(dir, name, config)? else { return Ok(Source::Unsettled) };
@@ -146,6 +153,20 @@ pub(crate) fn plugin_config(
 pub(crate) fn files_of(dir: &Path, name: &str) -> [std::path::PathBuf; 3] {
     let file = |format: PluginFormat| dir.join(format!("{name}.{}", format.extension()));
     [file(PluginFormat::Wasm), file(PluginFormat::Native), sidecar_of(dir, name)]
+}
+
+/// The plugin file of `dir` whose stem is not UTF-8 and reads `name` with its bytes that are not
+/// shown as U+FFFD, if any: the file that a plugin so named comes from, and that no path made of
+/// the name opens.
+fn not_utf8_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    if !name.contains(char::REPLACEMENT_CHARACTER) {
+        return None;
+    }
+    let not_utf8 = |stem: &std::ffi::OsStr| stem.to_str().is_none() && stem.to_string_lossy() == name;
+    let entries = std::fs::read_dir(dir).ok()?.flatten();
+    entries
+        .map(|entry| entry.path())
+        .find(|path| PluginFormat::of(path).is_some() && path.file_stem().is_some_and(not_utf8))
 }
 
 /// Plugin `name`'s sidecar in `dir`.
