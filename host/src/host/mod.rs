@@ -198,15 +198,15 @@ impl Host {
                 Ok((message, bytes))
             })
             .collect();
-        // All of them into the spool at once: the writer commits them together. Room there follows
+        // All of them into the spool together: the writer commits them together. Room there follows
         // room in the intake here, as neither is waited for (see `Spool::room`).
-        let spooled = futures_util::future::join_all(with_bytes.iter().map(|admitted| async move {
+        let spooled = self.put_together(with_bytes.iter().map(|admitted| async move {
             match admitted {
                 Ok((message, _)) => self.spool_put(self.spool_room(message, false).await?).await,
                 Err(_) => Ok(None),
             }
-        }))
-        .await;
+        }));
+        let spooled = futures_util::future::join_all(spooled.await).await;
         let sender = self.sender();
         // Once one is refused for room (in the intake, the spool or the queue), the rest are too.
         let (mut full, mut refused) = (false, Vec::new());

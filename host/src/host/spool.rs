@@ -6,10 +6,12 @@ use crate::message::Message;
 use crate::message::MessageId;
 use crate::pipeline::{Counters, Envelope, Pipeline, ReplySender};
 use crate::spool::{Spool, SpoolError, SpoolHold, SpoolRoom};
+use futures_util::future::maybe_done;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -24,17 +26,41 @@ impl Host {
         &self,
         messages: Vec<(Message, Option<ReplySender>)>,
     ) -> impl Stream<Item = Result<MessageId, SendError>> + '_ {
-        // Every admission runs up to its put at once (at the first poll), so the writer gathers
-        // their records into one commit. One waiting for room (in the intake, in the spool) holds
-        // up none before it: room is granted in the order it was asked for, and those before it are
-        // queued meanwhile.
-        let admitted: FuturesOrdered<_> =
-            messages.into_iter().map(|(message, reply)| self.admitted_envelope(message, reply)).collect();
+        // One waiting for room (in the intake, in the spool) holds up none before it: room is
+        // granted in the order it was asked for, and those before it are queued meanwhile.
+        let admissions = messages.into_iter().map(|(message, reply)| self.admitted_envelope(message, reply));
+        let admitted = futures_util::stream::once(self.put_together(admissions));
+        let admitted = admitted.flat_map(|admitted| admitted.into_iter().collect::<FuturesOrdered<_>>());
         admitted.then(move |envelope| async move {
             let envelope = envelope?;
             let id = envelope.message.id;
             self.queue(envelope).await.map(|()| id)
         })
+    }
+
+    /// `admissions`, each polled once, all in one go (not constrained by the task's budget) while
+    /// the spool's writer waits (see [`Spool::gather`]): every admission that has room runs up to
+    /// its put, so their records make one commit, however long this task then waits to run again.
+    /// Each future returned ends with its admission's output.
+    pub(super) async fn put_together<Admission: Future>(
+        &self,
+        admissions: impl IntoIterator<Item = Admission>,
+    ) -> Vec<impl Future<Output = Admission::Output>> {
+        let mut admissions: Vec<_> =
+            admissions.into_iter().map(|admission| Box::pin(maybe_done(admission))).collect();
+        let first_polls = std::future::poll_fn(|cx| {
+            let _together = self.inner.spool.as_ref().map(Spool::gather);
+            for admission in &mut admissions {
+                let _ = admission.as_mut().poll(cx);
+            }
+            Poll::Ready(())
+        });
+        tokio::task::unconstrained(first_polls).await;
+        let outputs = admissions.into_iter().map(|mut admission| async move {
+            admission.as_mut().await;
+            admission.as_mut().take_output().expect("an admission's output is taken once")
+        });
+        outputs.collect()
     }
 
     /// `message` checked and given its ids, its room in the spool (with one) then in the intake
@@ -212,5 +238,49 @@ fn warn_of_a_spool_left(dir: &std::path::Path) {
         ),
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read the spool an earlier run left"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Durability;
+    use crate::{Config, Host, MemoryDestination, Message, RouteConfig};
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    /// The spool's commits so far (`switchyard_spool_commit_seconds_count`).
+    fn commits(host: &Host) -> u64 {
+        let metrics = host.metrics().encode();
+        let count =
+            metrics.lines().find_map(|line| line.strip_prefix("switchyard_spool_commit_seconds_count "));
+        count.expect("the spool's commits are counted").parse::<f64>().unwrap() as u64
+    }
+
+    /// A batch's records make one commit even when its task is not polled again before the writer
+    /// has committed what it was given by then, as a busy runtime may leave it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_s_records_make_one_commit_whenever_its_task_runs_again() {
+        const COUNT: usize = 64;
+        let (plugins, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut config = Config::default();
+        config.host.durability = Durability::Spool;
+        config.host.watch = false;
+        let (out, _delivered) = MemoryDestination::new();
+        let host =
+            Host::builder().config("test.toml", config).plugin_dir(plugins.path()).state_dir(state.path());
+        let host =
+            host.destination("out", out).route(RouteConfig::new("all", "t.*", "out")).build().await.unwrap();
+        let messages = (0..COUNT).map(|n| (Message::new("t.x", n.to_string()), None)).collect();
+        let mut batch = std::pin::pin!(host.send_batch(messages));
+        assert!(futures_util::poll!(batch.next()).is_pending(), "no message is on disk before a commit");
+        // The writer commits what it has; only then is the batch polled again.
+        let patience = tokio::time::Instant::now() + Duration::from_secs(60);
+        while commits(&host) == 0 {
+            assert!(tokio::time::Instant::now() < patience, "no commit (safety net)");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let admitted: Vec<_> = tokio::time::timeout(Duration::from_secs(60), batch.collect()).await.unwrap();
+        assert!(admitted.iter().all(Result::is_ok), "{admitted:?}");
+        assert_eq!(commits(&host), 1, "one commit (one fsync) for the {COUNT} records of a batch");
     }
 }

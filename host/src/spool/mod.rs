@@ -4,10 +4,11 @@
 //!
 //! Data path: admission encodes the message and takes room for its record in `spool_max_bytes`
 //! (before its room in the intake: see `Spool::room`), then queues a put for the writer thread,
-//! which writes every put queued meanwhile with one write and one fsync (group commit) and answers
-//! each with its sequence number; the admission then holds a `SpoolHold` that travels with the
-//! message and every message made from it, each settled where it reaches its outcome; the last of
-//! them to be dropped queues the remove if all were. One dropped unsettled (with the runtime its
+//! which writes every put queued meanwhile with one write and one fsync (group commit; a batch of
+//! admissions queues its puts while the writer waits, so they make one: see `Spool::gather`) and
+//! answers each with its sequence number; the admission then holds a `SpoolHold` that travels with
+//! the message and every message made from it, each settled where it reaches its outcome; the last
+//! of them to be dropped queues the remove if all were. One dropped unsettled (with the runtime its
 //! task ran on, by a thread that panics, its dead letter lost) leaves the record for the next
 //! start, as a crash does. An admission given up on while its put is written (a timeout, a client
 //! that hung up) has its record removed again; one refused after its put (the host stopping, the
@@ -46,8 +47,8 @@ use crate::message::Message;
 use crate::state_lock::StateLock;
 use log::SegmentLog;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,9 @@ pub struct SpoolStatus {
 pub(crate) struct Spool {
     dir: PathBuf,
     requests: flume::Sender<Request>,
+    /// Held (read) while a batch of admissions queues its puts, which the writer waits for before
+    /// it takes the requests of its next commit (see [`gather`](Spool::gather)).
+    gathering: Arc<RwLock<()>>,
     /// KiB of `spool_max_bytes`: a held message keeps its record's share until it is settled.
     budget: Arc<Semaphore>,
     max_bytes: u64,
@@ -152,6 +156,8 @@ impl Spool {
         let io = |error| SpoolError::Io { dir: dir.to_owned(), error };
         let (log, recovered, damage) = SegmentLog::open(dir).map_err(io)?;
         let (requests, queue) = flume::unbounded();
+        let gathering = Arc::new(RwLock::new(()));
+        let writer_gathering = gathering.clone();
         let figures = Arc::new(Figures::default());
         let (writer_figures, writer_ended) = (figures.clone(), CancellationToken::new());
         let ended = writer_ended.clone().drop_guard();
@@ -161,13 +167,14 @@ impl Spool {
             .name("switchyard-spool".into())
             .spawn(move || {
                 let _ended = ended;
-                writer::run(log, queue, writer_figures, Box::new(observe), pin)
+                writer::run(log, queue, writer_gathering, writer_figures, Box::new(observe), pin)
             })
             .map_err(io)?;
         let budget = Arc::new(Semaphore::new(kib_of(max_bytes)));
         let spool = Spool {
             dir: dir.to_owned(),
             requests,
+            gathering,
             budget,
             max_bytes,
             figures,
@@ -229,6 +236,13 @@ impl Spool {
             Ok(Err(error)) => Err(SpoolError::Io { dir: self.dir.clone(), error }),
             Err(_) => Err(SpoolError::Closed),
         }
+    }
+
+    /// Held while a batch of admissions queues its puts (none waits while it is held): the writer
+    /// takes the requests of its next commit once no batch holds it (and holds it only while it
+    /// takes them), so a batch's puts all make the same commit, whatever runs between them.
+    pub(crate) fn gather(&self) -> RwLockReadGuard<'_, ()> {
+        self.gathering.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Write and fsync every remove queued so far, then close the log and unlock the directory;

@@ -6,8 +6,8 @@ use super::log::SegmentLog;
 use super::record;
 use crate::state_lock::StatePin;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -56,9 +56,12 @@ pub(crate) type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
 /// Serve `requests` until one asks to close or every sender is gone, then fsync and return;
 /// `pin` keeps the state directory locked until then (a close lets it go before it is answered).
+/// `gathering` is held (read) while a batch of admissions queues its puts: a batch's requests are
+/// taken once none is (see [`Spool::gather`](super::Spool::gather)).
 pub(crate) fn run(
     mut log: SegmentLog,
     requests: flume::Receiver<Request>,
+    gathering: Arc<RwLock<()>>,
     figures: Arc<Figures>,
     observe: CommitObserver,
     pin: Option<StatePin>,
@@ -88,7 +91,7 @@ pub(crate) fn run(
             record::write_remove(&mut buf, seq);
             removes.push(seq);
         }
-        for request in first.into_iter().chain(requests.try_iter()).take(MAX_BATCH) {
+        for request in take_requests(first, &requests, &gathering) {
             match request {
                 Request::Put { body, accepted_ms, done } => {
                     let (seq, start) = (log.next_seq(), buf.len());
@@ -166,6 +169,26 @@ pub(crate) fn run(
     finish(&mut log, &owed);
 }
 
+/// The requests of the next batch: `first` and those queued by now, at most [`MAX_BATCH`], up to a
+/// close (those after it are left: they are not served). Taken while no batch of admissions is
+/// queueing its puts (`gathering`), so that a batch's puts are all in, or none.
+fn take_requests(
+    first: Option<Request>,
+    requests: &flume::Receiver<Request>,
+    gathering: &RwLock<()>,
+) -> Vec<Request> {
+    let _no_batch_queueing = gathering.write().unwrap_or_else(PoisonError::into_inner);
+    let mut gathered = Vec::new();
+    for request in first.into_iter().chain(requests.try_iter()).take(MAX_BATCH) {
+        let close = matches!(request, Request::Close(_));
+        gathered.push(request);
+        if close {
+            break;
+        }
+    }
+    gathered
+}
+
 /// Write the removes still `owed` and fsync what is written: the writer's last write.
 fn finish(log: &mut SegmentLog, owed: &[u64]) {
     let mut bytes = Vec::new();
@@ -205,7 +228,8 @@ mod tests {
             observer.fetch_add(puts, Relaxed);
         });
         let (requests, queue) = flume::unbounded();
-        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), observe, None));
+        let writer =
+            std::thread::spawn(move || run(log, queue, Arc::default(), Arc::default(), observe, None));
         put(&requests).expect_err("the write fails");
         put(&requests).expect("the next goes to a new segment");
         drop(requests);
@@ -220,7 +244,8 @@ mod tests {
         let (requests, queue) = flume::unbounded();
         let figures = Arc::new(Figures::default());
         let shown = figures.clone();
-        let writer = std::thread::spawn(move || run(log, queue, shown, Box::new(|_, _| {}), None));
+        let writer =
+            std::thread::spawn(move || run(log, queue, Arc::default(), shown, Box::new(|_, _| {}), None));
         let (done, written) = oneshot::channel();
         drop(written);
         let body = record::put_body(&crate::message::Message::new("t", "given up"), 7);
@@ -250,7 +275,9 @@ mod tests {
         log.append(&bytes, &puts, &[], true).unwrap();
         log.fail_writes();
         let (requests, queue) = flume::unbounded();
-        let writer = std::thread::spawn(move || run(log, queue, Arc::default(), Box::new(|_, _| {}), None));
+        let writer = std::thread::spawn(move || {
+            run(log, queue, Arc::default(), Arc::default(), Box::new(|_, _| {}), None)
+        });
         requests.send(Request::Remove(puts[0].0)).unwrap();
         drop(requests);
         writer.join().unwrap();
