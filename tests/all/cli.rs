@@ -574,6 +574,65 @@ fn plugin_call_sends_through_a_transport_plugin_to_the_address_given_and_prints_
 }
 
 #[test]
+fn plugin_call_loads_the_plugin_as_the_host_does_its_sidecar_read_and_a_transport_given_the_destinations_deadline()
+ {
+    // It read only the --config keys, not the sidecar the host reads beside the file, and cut a
+    // transport's open and send at the plugin's limits.timeout_ms (100 ms), where the host gives
+    // them the destination's timeout_ms (5 s): an endpoint the host delivered to failed here.
+    let dir = plugin_dir(&[("stamp", artifacts::STAMP_TRANSFORM)]);
+    std::fs::write(dir.path().join("stamp.toml"), "config = { stamp = \"v2\" }\n").unwrap();
+    let plugin = dir.path().join("stamp.wasm");
+    let stamp = |config: &[&str]| {
+        let args = ["plugin", "call", plugin.to_str().unwrap(), "--message", r#"{"topic":"t"}"#];
+        let (ok, out) = switchyard(&[&args[..], config].concat());
+        assert!(ok, "{out}");
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        answer["answer"]["messages"][0]["headers"][0].clone()
+    };
+    assert_eq!(stamp(&[]), serde_json::json!(["x-stamp", "v2"]), "the sidecar's config");
+    assert_eq!(stamp(&["--config", "stamp=v3"]), serde_json::json!(["x-stamp", "v3"]), "--config wins");
+    let endpoint = slow_echo_server(std::time::Duration::from_millis(300), 2);
+    let send = |timeout: &[&str]| {
+        let message = r#"{"topic":"t","payload":"ping"}"#;
+        let args =
+            ["plugin", "call", artifacts::ECHO_TRANSPORT, "--address", &endpoint, "--message", message];
+        switchyard(&[&args[..], timeout].concat())
+    };
+    let (ok, out) = send(&[]);
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["answer"]["reply"][0]["payload"], "ping", "{answer}");
+    let (ok, out) = send(&["--timeout-ms", "50"]);
+    assert!(!ok && out.contains("timed out after"), "{out}");
+    let args = ["plugin", "call", plugin.to_str().unwrap(), "--message", r#"{"topic":"t"}"#];
+    let (ok, out) = switchyard(&[&args[..], &["--timeout-ms", "50"]].concat());
+    assert!(!ok && out.contains("--timeout-ms is for transport plugins; this is a transform"), "{out}");
+}
+
+/// An echo server on 127.0.0.1 (its address) that answers each of its first `connections`
+/// connections `delay` after a message's bytes came: an endpoint slower than a plugin's own
+/// deadline, within a destination's. (The delay is the endpoint's behaviour, not a wait of the
+/// test.)
+fn slow_echo_server(delay: std::time::Duration, connections: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let mut stream = stream.unwrap();
+            let mut bytes = [0; 4096];
+            while let Ok(read @ 1..) = stream.read(&mut bytes) {
+                std::thread::sleep(delay);
+                if stream.write_all(&bytes[..read]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    address
+}
+
+#[test]
 fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
     let dir = plugin_dir(&[]);
     let config = dir.path().join("switchyard.toml");

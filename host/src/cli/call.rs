@@ -1,13 +1,14 @@
-//! `switchyard plugin call FILE.wasm --message JSON [--address HOST:PORT] [--reply JSON]` (or a native
-//! library).
+//! `switchyard plugin call FILE.wasm --message JSON [--address HOST:PORT [--timeout-ms MS]] [--reply
+//! JSON]` (or a native library).
 
 use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 use switchyard::DeadLetterReason;
-use switchyard::config::PluginConfig;
+use switchyard::config::{PluginConfig, default_timeout_ms};
 use switchyard::plugin::{
     CompiledPlugin, MiddlewareAction, NetGrant, PluginFault, PluginFormat, PluginInstance, PluginKind,
     check_decisions, check_transformed, load_file, plugin_name, read_forward, read_reply,
@@ -39,6 +40,7 @@ pub fn call(
     message: &str,
     config: Vec<(String, String)>,
     address: Option<&str>,
+    timeout_ms: Option<u64>,
     reply: Option<&str>,
 ) -> anyhow::Result<()> {
     if PluginFormat::of(file).is_none() {
@@ -51,10 +53,11 @@ pub fn call(
     // The compile cache `run` uses: a big plugin (a Python one is ~18 MB) compiles once, not at
     // every call, and a compile is told as it starts.
     let engine = super::check::engine(&switchyard::config::HostSection::default())?;
-    let plugin_config =
-        PluginConfig { name: plugin_name(file), config: config.into_iter().collect(), ..Default::default() };
-    let plugin = load_file(&engine, file, Some(&plugin_config))?;
+    let plugin = load_file(&engine, file, Some(&settings(file, config)?))?;
     let kind = plugin.kind;
+    if timeout_ms.is_some() && kind != PluginKind::Transport {
+        bail!("--timeout-ms is for transport plugins; this is a {}", kind.as_str());
+    }
     let mut instance = match (kind, address) {
         (PluginKind::Transport, Some(address)) => {
             let grant = NetGrant::resolved_now(&[address.to_owned()])
@@ -112,12 +115,32 @@ pub fn call(
             }
             Err(error) => json!({ "error": error.to_string() }),
         },
-        PluginKind::Transport => send(&mut instance, address.unwrap_or_default(), &batch)?,
+        PluginKind::Transport => {
+            // As a destination's attempt: its `timeout_ms`, unless set the default one's.
+            let timeout = Duration::from_millis(timeout_ms.unwrap_or(default_timeout_ms()));
+            send(&mut instance, address.unwrap_or_default(), &batch, timeout)?
+        }
         // A balancer, and any kind added after this tool: nothing to call on one message.
         other => bail!("{} plugins cannot be called on a message", other.as_str()),
     };
     println!("{}", json!({ "kind": kind.as_str(), "answer": answer }));
     Ok(())
+}
+
+/// The settings `file` is called with, read as the host reads them: its sidecar (`NAME.toml` beside
+/// it), with the keys of `config` (`--config`) set over its `config`'s. No main config is known
+/// here, so no `[[plugin]]` entry the sidecar could widen: its limits and grants are taken as they
+/// are, as a host with `host.sidecar_grants` takes them.
+fn settings(file: &Path, config: Vec<(String, String)>) -> anyhow::Result<PluginConfig> {
+    let mut host = switchyard::Config::default();
+    host.host.plugin_dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => ".".into(),
+    };
+    host.host.sidecar_grants = true;
+    let mut settings = switchyard::reload::configured_settings(&plugin_name(file), &host)?;
+    settings.config.extend(config);
+    Ok(settings)
 }
 
 impl MessageArg {
@@ -145,16 +168,26 @@ fn refusal(plugin: &CompiledPlugin, fault: PluginFault, outcome: &str) -> anyhow
 }
 
 /// Open a connection to `address`, send `batch` on it, close it: the reply, read as the host reads
-/// it at the host's default limits, or the plugin's error (each call within the plugin's own
-/// deadline).
-fn send(instance: &mut PluginInstance, address: &str, batch: &Vec<u8>) -> anyhow::Result<Value> {
-    let timeout = instance.plugin.settings.timeout();
+/// it at the host's default limits, or the plugin's error. The open and the send are given
+/// `timeout` between them, as the host gives a destination's attempt its `timeout_ms`.
+fn send(
+    instance: &mut PluginInstance,
+    address: &str,
+    batch: &Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
     let connection = match instance.open_connection(address, timeout)? {
         Ok(connection) => connection,
         Err(error) => return Ok(json!({ "error": format!("open {address}: {error}") })),
     };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        instance.close_connection(connection)?;
+        bail!("timed out after {timeout:?}: the open took it all, nothing was sent");
+    }
     let max_reply_bytes = switchyard::config::HostSection::default().max_message_bytes;
-    let answer = match instance.send_on(&connection, batch, timeout)? {
+    let answer = match instance.send_on(&connection, batch, left)? {
         Ok(Some(reply)) => match read_transport_reply(&reply, max_reply_bytes) {
             Ok(_) => messages_json(&reply).map(|reply| json!({ "reply": reply })),
             Err((_, problem)) => {

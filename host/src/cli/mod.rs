@@ -149,6 +149,10 @@ pub enum PluginCommand {
         /// connection to and send the message on (the only address it may reach).
         #[arg(long)]
         address: Option<String>,
+        /// For a transport plugin: how long the open and the send may take together, in
+        /// milliseconds, as a destination's `timeout_ms` (default 5000, a destination's default).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+        timeout_ms: Option<u64>,
         /// For a middleware plugin: the destination's reply to the request it
         /// forwards, passed back through its `on_reply` (a message as `--message`).
         #[arg(long)]
@@ -233,9 +237,9 @@ impl Command {
                 ran
             }
             Command::Check { file, load_native } => check::check(&file, load_native),
-            Command::Plugin { command: PluginCommand::Call { file, message, config, address, reply } } => {
-                call::call(&file, &message, config, address.as_deref(), reply.as_deref())
-            }
+            Command::Plugin {
+                command: PluginCommand::Call { file, message, config, address, timeout_ms, reply },
+            } => call::call(&file, &message, config, address.as_deref(), timeout_ms, reply.as_deref()),
             Command::Plugin { command: PluginCommand::New { name, kind, lang, dir, sdk } } => {
                 new::new(&name, kind, lang, dir, sdk)
             }

@@ -20,12 +20,13 @@ pub use endpoint::{EndpointConfig, MAX_WEIGHT};
 pub(crate) use grant::DirGrant;
 pub use load::{ConfigError, MAX_THREADS};
 pub(crate) use load::{parse_message, resolved};
+pub use model::default_timeout_ms;
+pub(crate) use model::plugin_name_problem;
 pub use model::{
     ADMIN_TOKEN_ENV, AdminConfig, BreakerSettings, Config, DestinationConfig, Durability, FailurePolicy,
     GrpcIngressConfig, HealthSettings, HostSection, HttpIngressConfig, IngressSection, PluginConfig,
     PluginLimits, PoolSettings, QueueSettings, RetrySettings, RouteConfig, RouteMatch, StageKind, StageRef,
 };
-pub(crate) use model::{default_timeout_ms, plugin_name_problem};
 pub(crate) use nats::subject_problem;
 pub use nats::{JetStreamConsumer, NatsIngressConfig};
 pub(crate) use overrides::{CodeOverrides, Overridden};

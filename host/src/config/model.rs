@@ -435,7 +435,7 @@ pub(super) fn default_balancer() -> String {
 
 /// A destination's `timeout_ms` unless set: also how long a dead-letter destination delivered to in
 /// place may keep a letter's attempt waiting.
-pub(crate) const fn default_timeout_ms() -> u64 {
+pub const fn default_timeout_ms() -> u64 {
     5_000
 }
 

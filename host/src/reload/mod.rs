@@ -19,7 +19,7 @@ mod watch;
 
 pub use config_change::{ConfigChange, Replacement};
 pub use events::{EventCounts, HostEvent};
-pub use source::{ConfiguredPlugin, load_as_configured};
+pub use source::{ConfiguredPlugin, configured_settings, load_as_configured};
 pub use watch::SETTLE;
 
 pub(crate) use events::Events;

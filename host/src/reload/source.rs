@@ -64,6 +64,19 @@ pub fn load_as_configured(
     }
 }
 
+/// The settings plugin `name` of `config`'s plugin directory is loaded with, read as a host with
+/// `config` reads them: its sidecar `NAME.toml` over its `[[plugin]]` entry (else the defaults),
+/// one that widens what the entry grants refused unless `host.sidecar_grants`. What
+/// `switchyard plugin call` calls a plugin with.
+pub fn configured_settings(name: &str, config: &Config) -> Result<PluginConfig, LoadError> {
+    let dir = &config.host.plugin_dir;
+    plugin_config(dir, name, config)?.ok_or_else(|| LoadError::Read {
+        name: name.to_owned(),
+        path: sidecar_of(dir, name).display().to_string(),
+        error: std::io::Error::other("it changed while it was read"),
+    })
+}
+
 /// Read plugin `name` from `dir`, with its effective settings under `config`;
 /// [`Source::Unsettled`] while its file or sidecar is in `writes`' hold.
 /// A native library is neither read nor opened unless `host.native_plugins`
