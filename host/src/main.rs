@@ -24,10 +24,11 @@ fn main() -> std::process::ExitCode {
         cli::LogFormat::Text => logs.init(),
         cli::LogFormat::Json => logs.json().init(),
     }
+    cli::status::set_format(args.log_format);
     match args.command.execute() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            cli::status::error(format!("error: {err:#}"));
             std::process::ExitCode::FAILURE
         }
     }

@@ -1080,9 +1080,81 @@ fn text_logs_into_a_pipe_carry_no_colour_codes() {
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
     let first = first_log_line("json");
-    let line: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|err| panic!("{err}: {first}"));
+    let line = json_log_line(first.trim_end());
     assert_eq!(line["level"], "INFO", "{first}");
     assert!(line["fields"]["event"].as_str().unwrap().contains("plugin-loaded"), "{first}");
+    // Only that first line was looked at: `run`'s status lines (config, listening on, reloaded,
+    // reload refused, stopped), the compile notices and the error a command ends with came as
+    // plain text among the objects, and a log shipper reading JSON failed on them.
+    let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER)]);
+    let write = |to: &str| {
+        let text =
+            format!("[host]\nwatch = false\nplugin_dir = \".\"\n[[route]]\nname = \"all\"\nto = \"{to}\"\n");
+        std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
+    };
+    write("log");
+    let mut command = Command::new(BINARY);
+    let args = ["--log-format", "json", "run", "--config", "switchyard.toml", "--listen", "127.0.0.1:0"];
+    // Status lines are log events now, which a RUST_LOG of the test's could filter out.
+    command.args(args).current_dir(dir.path()).env_remove("RUST_LOG");
+    let mut host = Running::spawn(command);
+    let mut messages = Vec::new();
+    let mut until = |host: &Running, what: &str| loop {
+        let (stream, line) = host.lines.recv_timeout(PATIENCE).expect("switchyard went quiet (safety net)");
+        if stream == Stream::Stderr {
+            let message = json_log_line(&line)["fields"]["message"].as_str().unwrap_or_default().to_owned();
+            messages.push(message.clone());
+            if message.starts_with(what) {
+                return message;
+            }
+        }
+    };
+    until(&host, "switchyard: HTTP ingress listening on http://127.0.0.1:");
+    write("nowhere");
+    signal(&host, "-HUP");
+    let refused = until(&host, "switchyard: reload refused: ");
+    assert!(refused.contains("route \"all\".to = \"nowhere\""), "{refused}");
+    write("log");
+    signal(&host, "-HUP");
+    assert_eq!(until(&host, "switchyard: reloaded"), "switchyard: reloaded (config unchanged)");
+    signal(&host, "-TERM");
+    until(&host, "switchyard: stopped; {");
+    assert!(host.child.wait().unwrap().success());
+    for (_, line) in host.lines.iter().filter(|(stream, _)| *stream == Stream::Stderr) {
+        json_log_line(&line);
+    }
+    let config = "switchyard: config switchyard.toml, plugins from ";
+    assert!(messages.iter().any(|message| message.starts_with(config)), "{messages:?}");
+    // A compile told as it goes, and the error a command ends with, are objects too.
+    let cache = tempfile::tempdir().unwrap();
+    let call = |file: &str| {
+        let args = ["--log-format", "json", "plugin", "call", file, "--message", r#"{"topic":"t"}"#];
+        let mut command = Command::new(BINARY);
+        command.args(args).env("XDG_CACHE_HOME", cache.path()).env_remove("RUST_LOG");
+        command.output().unwrap()
+    };
+    let called = call(artifacts::STAMP_TRANSFORM);
+    assert!(called.status.success());
+    let told: Vec<serde_json::Value> =
+        String::from_utf8(called.stderr).unwrap().lines().map(json_log_line).collect();
+    let told: Vec<&str> =
+        told.iter().map(|line| line["fields"]["message"].as_str().unwrap_or_default()).collect();
+    assert!(told.iter().any(|message| message.starts_with("compiling stamp_transform (")), "{told:?}");
+    assert!(told.iter().any(|message| message.starts_with("compiled stamp_transform in ")), "{told:?}");
+    let failed = call("switchyard.toml");
+    assert!(!failed.status.success());
+    let error = json_log_line(String::from_utf8(failed.stderr).unwrap().trim_end());
+    assert_eq!(error["level"], "ERROR", "{error}");
+    let message = error["fields"]["message"].as_str().unwrap();
+    assert!(message.starts_with("error: switchyard.toml: expected a .wasm plugin"), "{error}");
+}
+
+/// `line` of standard error under `--log-format json`: one JSON object, with a level.
+fn json_log_line(line: &str) -> serde_json::Value {
+    let object: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|err| panic!("not one JSON object ({err}): {line}"));
+    assert!(object["level"].is_string(), "no level: {line}");
+    object
 }
 
 const GUARDED_CONFIG: &str = r#"

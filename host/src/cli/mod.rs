@@ -7,6 +7,7 @@ mod new;
 mod progress;
 mod run;
 mod spool;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;

@@ -13,10 +13,10 @@ pub const LONG_COMPILE_BYTES: usize = 1_000_000;
 pub fn compile_notices(min_bytes: usize) -> CompileObserver {
     Arc::new(move |progress| match progress {
         CompileProgress::Started { plugin, bytes } if bytes >= min_bytes => {
-            eprintln!("compiling {plugin} ({})…", size(bytes));
+            super::status::info(format!("compiling {plugin} ({})…", size(bytes)));
         }
         CompileProgress::Finished { plugin, bytes, took, compiled: true } if bytes >= min_bytes => {
-            eprintln!("compiled {plugin} in {:.2} s", took.as_secs_f64());
+            super::status::info(format!("compiled {plugin} in {:.2} s", took.as_secs_f64()));
         }
         _ => {}
     })

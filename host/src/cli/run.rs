@@ -1,6 +1,7 @@
-//! `switchyard run`. Status lines go to standard error, like logs; standard
-//! output carries only what the `log` destination delivers.
+//! `switchyard run`. Status lines go to standard error, like logs (as log events under
+//! `--log-format json`); standard output carries only what the `log` destination delivers.
 
+use super::status;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,42 +40,45 @@ pub async fn run(
     let host = tokio::select! {
         built = builder.observe_compiles(notices).build() => built?,
         () = signals.stops.recv() => {
-            eprintln!("switchyard: stopped before it started");
+            status::info("switchyard: stopped before it started");
             return Ok(());
         }
     };
-    eprintln!("switchyard: config {source}, plugins from {}", host.config().host.plugin_dir.display());
+    status::info(format!(
+        "switchyard: config {source}, plugins from {}",
+        host.config().host.plugin_dir.display()
+    ));
     for plugin in host.plugins() {
-        say(format!(
+        status::info(escaped(format!(
             "switchyard: plugin {} loaded: {} {} in {:.1} ms",
             plugin.name,
             plugin.kind.as_str(),
             plugin.short_version(),
             plugin.compile_time.as_secs_f64() * 1e3
-        ));
+        )));
     }
     for error in host.load_errors() {
-        say(format!("switchyard: {error}"));
+        status::warn(escaped(format!("switchyard: {error}")));
     }
     for problem in host.unready() {
-        say(format!("switchyard: warning: {problem}"));
+        status::warn(escaped(format!("switchyard: warning: {problem}")));
     }
     for warning in super::check::memory_warnings(&host.config()) {
-        eprintln!("switchyard: warning: {warning}");
+        status::warn(format!("switchyard: warning: {warning}"));
     }
     let ingress = match host.config().ingress.http.as_ref().map(|http| http.listen) {
         Some(addr) => Some(HttpIngress::bind(host.clone(), addr).await?),
         None => None,
     };
     if let Some(ingress) = &ingress {
-        eprintln!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr());
+        status::info(format!("switchyard: HTTP ingress listening on http://{}", ingress.local_addr()));
     }
     let grpc = match host.config().ingress.grpc.as_ref().map(|grpc| grpc.listen) {
         Some(addr) => Some(GrpcIngress::bind(host.clone(), addr).await?),
         None => None,
     };
     if let Some(grpc) = &grpc {
-        eprintln!("switchyard: gRPC ingress listening on {}", grpc.local_addr());
+        status::info(format!("switchyard: gRPC ingress listening on {}", grpc.local_addr()));
     }
     let mut nats = Vec::new();
     for entry in &host.config().ingress.nats {
@@ -82,15 +86,15 @@ pub async fn run(
         let group =
             entry.queue_group.as_ref().map(|group| format!(" in queue group {group}")).unwrap_or_default();
         match entry.jetstream() {
-            Some(consumer) => eprintln!(
+            Some(consumer) => status::info(format!(
                 "switchyard: NATS ingress consuming JetStream stream {} as durable {} at {}",
                 consumer.stream, consumer.durable, entry.url
-            ),
-            None => eprintln!(
+            )),
+            None => status::info(format!(
                 "switchyard: NATS ingress subscribed to {} at {}{group}",
                 entry.subjects.join(", "),
                 entry.url
-            ),
+            )),
         }
         nats.push(ingress);
     }
@@ -100,7 +104,7 @@ pub async fn run(
         None => None,
     };
     if let Some(admin) = &admin {
-        eprintln!("switchyard: admin API listening on http://{}", admin.local_addr());
+        status::info(format!("switchyard: admin API listening on http://{}", admin.local_addr()));
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -138,13 +142,13 @@ pub async fn run(
     // more, and a JetStream ingress waits for the host's stop to end, not a timer of its own.
     let stopped = host.shutdown_after(servers);
     let _ = stop.send(true);
-    eprintln!("switchyard: stopping (a second SIGINT or SIGTERM stops at once)");
+    status::info("switchyard: stopping (a second SIGINT or SIGTERM stops at once)");
     tokio::spawn(stops.stop_now(host.clone()));
     if let Some(servers) = stopped.await {
         servers?;
     }
     let stats = host.stats();
-    eprintln!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?);
+    status::info(format!("switchyard: stopped; {}", serde_json::to_string(&stats).context("stats")?));
     Ok(())
 }
 
@@ -191,9 +195,9 @@ impl Signals {
 /// Reload `host`'s config and plugins, and say how it went.
 async fn reload(host: Host) {
     match host.reload().await {
-        Ok(ConfigChange::Applied) => eprintln!("switchyard: reloaded"),
-        Ok(ConfigChange::Unchanged) => eprintln!("switchyard: reloaded (config unchanged)"),
-        Err(err) => eprintln!("switchyard: reload refused: {err}"),
+        Ok(ConfigChange::Applied) => status::info("switchyard: reloaded"),
+        Ok(ConfigChange::Unchanged) => status::info("switchyard: reloaded (config unchanged)"),
+        Err(err) => status::warn(format!("switchyard: reload refused: {err}")),
     }
 }
 
@@ -213,24 +217,22 @@ impl Stops {
     /// killed first: in process groups of their own, they ran on after it.
     async fn stop_now(mut self, host: Host) {
         self.recv().await;
-        eprintln!(
-            "switchyard: a second stop signal: exiting now, giving up what is under way (a spool keeps it for the next start)"
+        status::warn(
+            "switchyard: a second stop signal: exiting now, giving up what is under way (a spool keeps it for the next start)",
         );
         host.kill_subprocesses();
         std::process::exit(130);
     }
 }
 
-/// Print `line` to standard error with its control characters escaped: a line names files of the
-/// plugin directory, and one named "x\nswitchyard: …" or holding a terminal's escape sequences
-/// must not forge lines of ours or drive the operator's terminal.
-fn say(line: String) {
-    let escaped: String = line
-        .chars()
+/// `line` with its control characters escaped: a line names files of the plugin directory, and one
+/// named "x\nswitchyard: …" or holding a terminal's escape sequences must not forge lines of ours
+/// or drive the operator's terminal.
+fn escaped(line: String) -> String {
+    line.chars()
         .flat_map(|c| match c.is_control() {
             true => c.escape_default().collect::<Vec<_>>(),
             false => vec![c],
         })
-        .collect();
-    eprintln!("{escaped}");
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! `switchyard spool inspect|drain --state-dir DIR`: the spool of a host that is not running.
 
+use super::status;
 use anyhow::Context;
 use std::fs::File;
 use std::io::{StdoutLock, Write};
@@ -25,7 +26,7 @@ pub fn inspect(state_dir: &Path) -> anyhow::Result<()> {
                  and moves the bytes aside"
             }
         };
-        eprintln!("switchyard: {damage}; {after}");
+        status::warn(format!("switchyard: {damage}; {after}"));
     }
     let written = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&report)?);
     match written {
@@ -50,9 +51,9 @@ pub fn drain(state_dir: &Path) -> anyhow::Result<()> {
     let mut out = DrainOutput::stdout().context("looking at standard output")?;
     let drained = switchyard::spool::drain(&dir, &mut out).context("draining the spool")?;
     for damage in &drained.damage {
-        eprintln!("switchyard: {damage}; moved aside to {}.damaged", damage.segment.display());
+        status::warn(format!("switchyard: {damage}; moved aside to {}.damaged", damage.segment.display()));
     }
-    eprintln!("switchyard: drained {} messages from {}", drained.messages, dir.display());
+    status::info(format!("switchyard: drained {} messages from {}", drained.messages, dir.display()));
     Ok(())
 }
 
