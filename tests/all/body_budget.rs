@@ -1,9 +1,10 @@
 //! Request bodies the ingress holds before their messages are admitted stay within one budget for
 //! the whole host (`host.queue_bytes`, or `ingress.http.max_batch_bytes` if more), whatever the
 //! number of clients: a body past it is refused unread (`503` + `Retry-After`), and one that comes
-//! once an admission gave room back is read.
+//! once an admission gave room back is read. A gRPC call takes its charge of the same budget while
+//! open: one past it is refused unread (`RESOURCE_EXHAUSTED`).
 
-use crate::support::{MEMORY_OUT, PATIENCE, drain_and_account, host, plugin_dir, within};
+use crate::support::{MEMORY_OUT, PATIENCE, drain_and_account, eventually, host, plugin_dir, within};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
@@ -113,4 +114,81 @@ async fn bodies_held_before_admission_stay_within_one_budget_whatever_the_number
     assert_eq!(body_bytes_held(&host), "switchyard_ingress_body_bytes 0");
     let stats = drain_and_account(&host).await;
     assert_eq!(stats.accepted, 5, "the four held and the fifth, once there was room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_charged_to_the_same_budget_and_a_call_past_it_is_refused_resource_exhausted() {
+    // gRPC calls were not counted: each could make the host buffer a message of up to
+    // max_message_bytes + 64 KiB (and what the HTTP/2 window let its client send ahead), 200 calls
+    // a connection, whatever the budget.
+    use switchyard::ingress::{IngressClient, PublishRequest};
+    // Each call takes its decoding limit (max_message_bytes + 64 KiB) and the HTTP/2 stream window
+    // (1 MiB) of the budget: two fit in 3 MiB, a third does not.
+    const CHARGE: usize = (64 << 10) + (64 << 10) + (1 << 20);
+    let dir = plugin_dir(&[]);
+    let config =
+        MEMORY_OUT.replacen("[host]\n", "[host]\nqueue_bytes = 3145728\nmax_message_bytes = 65536\n", 1)
+            + "[ingress.http]\nlisten = \"127.0.0.1:0\"\nmax_batch_bytes = 65536\n\
+           [ingress.grpc]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 3600000\n\
+           [[route]]\nname = \"all\"\nto = \"out\"\n";
+    let host = host(dir.path(), &config).await;
+    let ingress = switchyard::GrpcIngress::bind(host.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = ingress.local_addr();
+    tokio::spawn(ingress.serve(std::future::pending()));
+    let client = IngressClient::connect(format!("http://{addr}")).await.unwrap();
+    let publish = |payload: &str| PublishRequest {
+        topic: "t".into(),
+        payload: payload.into(),
+        ..PublishRequest::default()
+    };
+    // Two streams that send a message each and stay open until their sender goes.
+    let mut streams = Vec::new();
+    for n in 0..2 {
+        let (more, requests) = tokio::sync::mpsc::channel::<PublishRequest>(1);
+        let first = futures_util::stream::iter([publish(&format!("stream {n}"))]);
+        let rest = futures_util::stream::unfold(requests, |mut requests| async move {
+            requests.recv().await.map(|request| (request, requests))
+        });
+        let mut client = client.clone();
+        let call = tokio::spawn(async move {
+            use futures_util::StreamExt;
+            client.publish_stream(first.chain(rest)).await
+        });
+        streams.push((more, call));
+    }
+    eventually(|| match host.stats().accepted {
+        2 => Ok(()),
+        accepted => Err(accepted),
+    });
+    let held = || {
+        let line = body_bytes_held(&host);
+        line.rsplit(' ').next().unwrap().parse::<usize>().unwrap()
+    };
+    assert_eq!(held(), 2 * CHARGE, "each open call holds its charge");
+    assert!(held() <= 3 << 20, "within the budget");
+    // A third call finds no room: refused before its message is read.
+    let refused =
+        client.clone().publish(publish("third")).await.expect_err("a call past the budget was taken");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("request bodies not yet admitted"), "{refused:?}");
+    assert_eq!(held(), 2 * CHARGE);
+    // A stream that ends, answered, gives its charge back: a later call is taken.
+    let (more, call) = streams.remove(0);
+    drop(more);
+    let reply = within(call).await.unwrap().expect("an answer").into_inner();
+    assert_eq!(reply.accepted, 1, "{reply:?}");
+    eventually(|| match held() {
+        CHARGE => Ok(()),
+        held => Err(held),
+    });
+    client.clone().publish(publish("later")).await.expect("a call within the budget");
+    let (more, call) = streams.remove(0);
+    drop(more);
+    within(call).await.unwrap().expect("an answer");
+    eventually(|| match held() {
+        0 => Ok(()),
+        held => Err(held),
+    });
+    let stats = drain_and_account(&host).await;
+    assert_eq!(stats.accepted, 3, "the two streams' messages and the later call's");
 }

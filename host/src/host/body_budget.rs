@@ -8,7 +8,13 @@
 //! refused (admitted, they are counted in `host.queue_bytes`). A body that finds no room is not
 //! waited for: it is refused unread, with the backpressure of a full queue (`503` + `Retry-After`).
 //! A wait would leave the body unread while its client's allowance for sending it ran on.
+//!
+//! A gRPC call takes [`grpc_call_bytes`] before any of it is read, whatever it sends (a stream
+//! may send many messages, one at a time), and gives it back once its answer is sent; one that
+//! finds no room is refused unread, `RESOURCE_EXHAUSTED`. So the budget also bounds how many gRPC
+//! calls the host serves at once.
 
+use crate::config::Config;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -69,7 +75,27 @@ impl Drop for BodyHold {
 }
 
 /// The bytes of the budget for `config`: `host.queue_bytes`, or the largest body a route takes
-/// (`ingress.http.max_batch_bytes`) if that is more, so that every body a route takes can fit.
-pub(crate) fn body_budget(config: &crate::config::Config) -> usize {
-    config.host.queue_bytes.max(config.host.max_message_bytes).max(config.ingress.max_batch_bytes())
+/// (`ingress.http.max_batch_bytes`), or with `[ingress.grpc]` one gRPC call's
+/// [`grpc_call_bytes`], if that is more, so that every body a route takes can fit.
+pub(crate) fn body_budget(config: &Config) -> usize {
+    let grpc = config.ingress.grpc.as_ref().map_or(0, |_| grpc_call_bytes(config));
+    config.host.queue_bytes.max(config.host.max_message_bytes).max(config.ingress.max_batch_bytes()).max(grpc)
+}
+
+/// What the gRPC ingress's HTTP/2 lets a client send of a call ahead of its reading (the stream's
+/// initial window), held by HTTP/2 until the call reads it.
+pub(crate) const GRPC_STREAM_WINDOW: u32 = 1 << 20;
+
+/// The largest message the gRPC ingress decodes: `max_message_bytes`, and 64 KiB for the rest of a
+/// request (topic, headers, framing), so that a message too large is refused as such (`413`) rather
+/// than failing to decode.
+pub(crate) fn grpc_decoding_limit(config: &Config) -> usize {
+    config.host.max_message_bytes.saturating_add(64 << 10)
+}
+
+/// What one gRPC call takes of the budget while it is open: as much as it can make the host hold
+/// before its messages are admitted, the message being decoded ([`grpc_decoding_limit`], buffered
+/// whole before it is decoded) and what its client may send ahead of that ([`GRPC_STREAM_WINDOW`]).
+pub(crate) fn grpc_call_bytes(config: &Config) -> usize {
+    grpc_decoding_limit(config).saturating_add(GRPC_STREAM_WINDOW as usize)
 }

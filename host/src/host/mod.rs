@@ -13,7 +13,7 @@ pub use builder::HostBuilder;
 pub use error::{BuildError, RequestError, SendError};
 
 pub(crate) use admission::{MAX_HEADERS, header_count_problem, header_problem, intake_kib, topic_problem};
-pub(crate) use body_budget::BodyHold;
+pub(crate) use body_budget::{BodyHold, GRPC_STREAM_WINDOW, grpc_call_bytes, grpc_decoding_limit};
 
 use crate::config::{Config, ConfigError};
 use crate::dead_letter::{DeadLetterFile, FileError, LISTED_BYTES, Listing, Position, SpooledLetters};

@@ -6,12 +6,15 @@
 //! leaves a ping unanswered for that long is cut, as is one that takes nothing of what it is sent for
 //! that long ([`Held`]). Without them, idle connections, ones that sent part of the preface, and
 //! streams that never sent their next message held their slots for good. A stop closes idle
-//! connections at once, and the others once their calls are answered.
+//! connections at once, and the others once their calls are answered. Each call is charged to the
+//! host's budget for request bodies not yet admitted before any of it is read ([`Charge`]).
 
 use super::Server;
 use super::paused_body::PausedBody;
+use crate::host::{BodyHold, GRPC_STREAM_WINDOW, Host};
 use crate::listener::{Held, ListenerLimits, accept};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -26,11 +29,34 @@ use tokio_util::task::TaskTracker;
 /// What an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serve `server`'s calls on the connections `listener` accepts within `limits` until `stopping`
-/// is cancelled; then accept no more, and return once every connection closed.
+/// What each call takes of its host's budget for request bodies not yet admitted, from before
+/// any of it is read until its answer is sent (or the client resets it). Without it, each call
+/// could make the host hold a message being decoded and what the HTTP/2 window lets its client send
+/// ahead, 200 calls a connection, whatever the number of connections. A call that finds no room is
+/// refused unread, `RESOURCE_EXHAUSTED`: so at most the budget over `bytes` calls are served at once,
+/// over all connections.
+pub(super) struct Charge {
+    pub(super) host: Host,
+    /// Bytes a call takes: [`crate::host::grpc_call_bytes`].
+    pub(super) bytes: usize,
+}
+
+impl Charge {
+    /// A call's share of the budget, if there is room for it now; else its refusal.
+    fn hold(&self) -> Result<BodyHold, tonic::Status> {
+        self.host.try_hold_body(self.bytes).map_err(|problem| {
+            // A call is charged the largest message it may send and what HTTP/2 lets it send ahead.
+            tonic::Status::resource_exhausted(format!("{problem} (a gRPC call's charge)"))
+        })
+    }
+}
+
+/// Serve `server`'s calls on the connections `listener` accepts within `limits`, each [`Charge`]d,
+/// until `stopping` is cancelled; then accept no more, and return once every connection closed.
 pub(super) async fn serve(
     listener: TcpListener,
     server: Server,
+    charge: Charge,
     limits: ListenerLimits,
     stopping: CancellationToken,
 ) {
@@ -44,14 +70,17 @@ pub(super) async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout)
-        .max_concurrent_streams(200);
+        .max_concurrent_streams(200)
+        .initial_stream_window_size(GRPC_STREAM_WINDOW);
     let server = TowerToHyperService::new(server);
+    let charge = Arc::new(charge);
     loop {
         let (stream, slot) = tokio::select! {
             () = stopping.cancelled() => break,
             accepted = accept(&listener, &slots) => accepted,
         };
-        let (http2, server, stopping) = (http2.clone(), server.clone(), stopping.clone());
+        let (http2, server, charge, stopping) =
+            (http2.clone(), server.clone(), charge.clone(), stopping.clone());
         let held = Held::new(stream, limits.header_timeout, slot, connections.token());
         connections.spawn(async move {
             let held = tokio::select! {
@@ -59,7 +88,7 @@ pub(super) async fn serve(
                 () = stopping.cancelled() => None,
             };
             if let Some(held) = held {
-                serve_connection(held, &http2, server, limits.header_timeout, &stopping).await;
+                serve_connection(held, &http2, server, charge, limits.header_timeout, &stopping).await;
             }
         });
     }
@@ -83,6 +112,7 @@ async fn serve_connection(
     stream: Held,
     http2: &http2::Builder<TokioExecutor>,
     server: TowerToHyperService<Server>,
+    charge: Arc<Charge>,
     idle: Duration,
     stopping: &CancellationToken,
 ) {
@@ -91,15 +121,21 @@ async fn serve_connection(
         let calls = calls.clone();
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let open = calls.open();
-            let request = request.map(|body| PausedBody::new(body, idle));
-            let answered = hyper::service::Service::call(&server, request);
+            // Charged before any of its body is read; refused, it is never read.
+            let called = charge.hold().map(|hold| {
+                let request = request.map(|body| PausedBody::new(body, idle));
+                (hyper::service::Service::call(&server, request), hold)
+            });
             async move {
-                // The call is open until its answer is sent, or the client resets it: hyper drops the
-                // answer's body then.
-                let answer = answered.await?;
+                let (answer, hold) = match called {
+                    Ok((answered, hold)) => (answered.await?.map(Either::Left), Some(hold)),
+                    Err(refused) => (refused.into_http::<Empty<Bytes>>().map(Either::Right), None),
+                };
+                // The call is open, and holds its charge, until its answer is sent, or the client
+                // resets it: hyper drops the answer's body then.
                 Ok::<_, std::convert::Infallible>(answer.map(|body| {
                     body.map_frame(move |frame| {
-                        let _open = &open;
+                        let _open = (&open, &hold);
                         frame
                     })
                 }))

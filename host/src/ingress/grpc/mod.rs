@@ -15,9 +15,11 @@
 //! none of them built ([`codec`]); in a stream, it alone is refused (400), as a message with a bad
 //! header is, and reading goes on.
 //! Refusals map to gRPC codes: malformed `INVALID_ARGUMENT`, too large `OUT_OF_RANGE`, no room
-//! `RESOURCE_EXHAUSTED`, shutting down `UNAVAILABLE`; a waited-for message dead-lettered or dropped is
-//! `ABORTED` with the reason (its dead-letter code in the `x-sy-dead-letter` metadata), and so is one
-//! delivered whose reply was refused (with `x-sy-delivered: true` metadata: not to be sent again). With
+//! `RESOURCE_EXHAUSTED` (in the queue, or for the call, unread, in the host's budget for request
+//! bodies not yet admitted: see [`Charge`]), shutting down `UNAVAILABLE`; a waited-for message
+//! dead-lettered or dropped is `ABORTED` with the reason (its dead-letter code in the
+//! `x-sy-dead-letter` metadata), and so is one delivered whose reply was refused (with
+//! `x-sy-delivered: true` metadata: not to be sent again). With
 //! `[ingress.grpc] token`, every call needs `authorization: Bearer …` metadata, checked on the call's
 //! headers before any of its body is read ([`TokenCheck`]).
 
@@ -29,9 +31,10 @@ mod paused_body;
 
 use super::bulk::MAX_BATCH;
 use super::together::{BatchRoom, admit_together};
-use crate::host::{BuildError, Host, RequestError, SendError};
+use crate::host::{BuildError, Host, RequestError, SendError, grpc_call_bytes, grpc_decoding_limit};
 use crate::message::Message;
 use PublishOutcome as Outcome;
+use connections::Charge;
 use futures_util::{FutureExt, StreamExt};
 pub use generated::ingress_client::IngressClient;
 use generated::ingress_server::{Ingress, IngressServer};
@@ -80,14 +83,15 @@ impl GrpcIngress {
         let stopping = CancellationToken::new();
         let service =
             Service { host: self.host.clone(), stopping: stopping.clone(), pause: limits.header_timeout };
-        let server = IngressServer::new(service)
-            .max_decoding_message_size(self.host.config().host.max_message_bytes.saturating_add(64 << 10));
+        let server =
+            IngressServer::new(service).max_decoding_message_size(grpc_decoding_limit(&self.host.config()));
         let server = InterceptedService::new(server, TokenCheck { host: self.host.clone() });
+        let charge = Charge { bytes: grpc_call_bytes(&self.host.config()), host: self.host };
         let stop = async {
             shutdown.await;
             stopping.cancel();
         };
-        tokio::join!(stop, connections::serve(self.listener, server, limits, stopping.clone()));
+        tokio::join!(stop, connections::serve(self.listener, server, charge, limits, stopping.clone()));
     }
 }
 
