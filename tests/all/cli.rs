@@ -334,6 +334,38 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
 }
 
 #[test]
+fn check_tries_a_configs_plugins_without_their_grants_and_warns_of_a_granted_directory_that_is_missing() {
+    // Checking a config is vetting it: its plugins' start-up code and trial run, but with nothing
+    // the config grants (no directory, environment or network), and no compile cache.
+    let dir = plugin_dir(&[("probe", artifacts::FS_PROBE), ("lost", artifacts::FS_PROBE)]);
+    let granted = tempfile::tempdir().unwrap();
+    let missing = granted.path().join("missing");
+    let plugin = |name: &str, out: &std::path::Path| {
+        format!(
+            "[[plugin]]\nname = \"{name}\"\nconfig = {{ create = \"/out/made\" }}\n\
+             dirs = {{ \"/out\" = \"{}:rw\" }}\nenv = [\"HOME\"]\n",
+            out.display()
+        )
+    };
+    let config = [
+        "[host]\nplugin_dir = \".\"\ncache_dir = \"\"\n".to_owned(),
+        plugin("probe", granted.path()),
+        plugin("lost", &missing),
+        "[[route]]\nname = \"r\"\nstages = [\"filter:probe\", \"filter:lost\"]\nto = \"log\"\n".to_owned(),
+    ];
+    std::fs::write(dir.path().join("switchyard.toml"), config.concat()).unwrap();
+    let warnings = check_warnings(dir.path());
+    assert!(!granted.path().join("made").exists(), "the trial wrote in the directory granted");
+    assert_eq!(
+        warnings,
+        [format!(
+            "warning: route \"r\": stage \"filter:lost\": plugin \"lost\": dirs.\"/out\" = \"{}\": No such file or directory (os error 2)",
+            missing.display()
+        )]
+    );
+}
+
+#[test]
 fn check_warns_about_balancer_plugins_that_cannot_run() {
     let dir = plugin_dir(&[("f", artifacts::HEADER_FILTER), ("lb", artifacts::LEAST_LOADED_BALANCER)]);
     let destination = |name: &str, balancer: &str| {

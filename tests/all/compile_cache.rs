@@ -228,3 +228,64 @@ async fn the_compile_cache_makes_its_own_directory_private_and_leaves_an_operato
     assert_eq!(mode(operators.path()), 0o755, "the operator's directory keeps its mode");
     assert_eq!((mode(&made), mode(made.parent().unwrap())), (0o700, 0o700), "what the host made is private");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_loads_no_code_from_a_configs_compile_cache() {
+    // A config to vet comes with a compile cache of its own: a key and, sealed under it as the entry
+    // of f.wasm's digest, another plugin's code. Native code is whatever such a bundle holds: the
+    // check of a config loads none of it.
+    use hmac::{Hmac, Mac};
+    let bundle = tempfile::tempdir().unwrap();
+    let (plugins, cache) = (bundle.path().join("plugins"), bundle.path().join("cache"));
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(artifacts::HEADER_FILTER, plugins.join("f.wasm")).unwrap();
+    std::fs::copy(artifacts::REDACT_TRANSFORM, plugins.join("t.wasm")).unwrap();
+    let cached = |plugins: &Path| {
+        let config = Config::from_toml(
+            "test.toml",
+            &MEMORY_OUT.replacen("[host]", &format!("[host]\ncache_dir = {cache:?}"), 1),
+        );
+        builder(plugins).config("test.toml", config.unwrap()).build()
+    };
+    let host = cached(&plugins).await.unwrap();
+    let digest =
+        |name: &str| host.plugins().iter().find(|plugin| plugin.name == name).unwrap().digest.clone();
+    let (f, t) = (entry(&cache, &digest("f")), entry(&cache, &digest("t")));
+    let engine = t.file_name().unwrap().to_str().unwrap()[digest("t").len() + 1..]
+        .trim_end_matches(".cwasm")
+        .to_owned();
+    let mut seal = Hmac::<sha2::Sha256>::new_from_slice(&std::fs::read(cache.join("key")).unwrap()).unwrap();
+    let code = std::fs::read(&t).unwrap().split_off(32);
+    seal.update(digest("f").as_bytes());
+    seal.update(engine.as_bytes());
+    seal.update(&code);
+    let forged = [&seal.finalize().into_bytes()[..], &code].concat();
+    std::fs::write(&f, &forged).unwrap();
+    drain_and_account(&host).await;
+    std::fs::remove_file(plugins.join("t.wasm")).unwrap();
+    std::fs::remove_file(&t).unwrap();
+    // The forged entry is sound to the cache: a host started on it runs t's code as f.
+    let host = cached(&plugins).await.unwrap();
+    let [plugin] = &host.plugins()[..] else { panic!("{:?}", host.plugins()) };
+    assert_eq!((plugin.cache.clone(), plugin.kind.as_str()), (CacheOutcome::Hit, "transform"));
+    drain_and_account(&host).await;
+
+    let toml = "[host]\nplugin_dir = \"plugins\"\ncache_dir = \"cache\"\n\
+                [[route]]\nname = \"r\"\nstages = [\"filter:f\"]\nto = \"log\"\n";
+    std::fs::write(bundle.path().join("switchyard.toml"), toml).unwrap();
+    let before = entries(&cache);
+    let output = tokio::process::Command::new(crate::cli::BINARY)
+        .args(["check", "switchyard.toml"])
+        .current_dir(bundle.path())
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        !out.contains("warning:"),
+        "f is checked as the filter its file holds, not as the cached code: {out}"
+    );
+    assert_eq!(entries(&cache), before);
+    assert_eq!(std::fs::read(&f).unwrap(), forged, "the entry is left as it was, unread");
+}

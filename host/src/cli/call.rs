@@ -52,7 +52,8 @@ pub fn call(
         reply.map(serde_json::from_str).transpose().context("--reply is not a valid message")?;
     // The compile cache `run` uses: a big plugin (a Python one is ~18 MB) compiles once, not at
     // every call, and a compile is told as it starts.
-    let engine = super::check::engine(&switchyard::config::HostSection::default())?;
+    let cache_dir = switchyard::config::HostSection::default().compile_cache_dir();
+    let engine = super::check::engine(cache_dir.as_deref())?;
     let plugin = load_file(&engine, file, Some(&settings(file, config)?))?;
     let kind = plugin.kind;
     if timeout_ms.is_some() && kind != PluginKind::Transport {

@@ -10,7 +10,9 @@ use switchyard::transport::TransportRegistry;
 
 /// Check `file`: a plugin or a config. A native library, the file or a config's plugin, is loaded
 /// only when `load_native`: loading one runs its code, and an operator vetting an untrusted file
-/// must not run it by checking it.
+/// must not run it by checking it. For the same reason a config's plugins are never loaded from its
+/// `cache_dir` (native code; the user's own compile cache serves instead), and are tried with their
+/// grants withheld.
 pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
     if let Some(format) = PluginFormat::of(file) {
         if format == PluginFormat::Native && !load_native {
@@ -21,7 +23,7 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
                 file.display()
             );
         }
-        let engine = engine(&HostSection::default())?;
+        let engine = engine(HostSection::default().compile_cache_dir().as_deref())?;
         let plugin = load_file(&engine, file, None)?;
         let native = if format == PluginFormat::Native { "native " } else { "" };
         println!(
@@ -59,9 +61,10 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The engine `run` would compile with (same compile cache), telling of every compile.
-pub(super) fn engine(host: &HostSection) -> anyhow::Result<PluginEngine> {
-    let mut engine = PluginEngine::new(host.compile_cache_dir().as_deref())?;
+/// An engine that compiles with the compile cache in `cache_dir` (none when `None`), telling of
+/// every compile.
+pub(super) fn engine(cache_dir: Option<&Path>) -> anyhow::Result<PluginEngine> {
+    let mut engine = PluginEngine::new(cache_dir)?;
     engine.observe_compiles(super::progress::compile_notices(0));
     Ok(engine)
 }
@@ -141,10 +144,12 @@ fn alert_warnings(config: &Config) -> Vec<String> {
 /// What would keep the routes' named stages and the destinations' `plugin:NAME` transports and
 /// balancers (whose place p2c would take) from running with the plugin directory as it is now: a
 /// missing file, a plugin of another kind, one that does not load (a native library is opened
-/// only when `load_native`; else it is said to be left unopened).
+/// only when `load_native`; else it is said to be left unopened). Compiled with the user's own
+/// compile cache, as `check FILE.wasm` is, never the config's `cache_dir`: that is whoever wrote the
+/// config's, and what a cache holds is native code that would run.
 fn plugin_warnings(config: &Config, load_native: bool) -> anyhow::Result<Vec<String>> {
     let dir = &config.host.plugin_dir;
-    let engine = engine(&config.host)?;
+    let engine = engine(HostSection::default().compile_cache_dir().as_deref())?;
     let stages = config.routes.iter().flat_map(|route| {
         route.stages.iter().filter_map(move |stage| match stage {
             StageRef::Named { kind, name } => {

@@ -111,23 +111,7 @@ impl PluginSettings {
                 builder.env(name, value);
             }
         }
-        let deadline = tokio::time::Instant::now() + self.timeout();
-        for (guest, value) in &self.config.dirs {
-            let DirGrant { path, writable } = DirGrant::parse(value);
-            let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            let grant = || format!("dirs.\"{guest}\" = \"{path}\"");
-            builder = match preopen(builder, path, guest, perms, deadline) {
-                Some(Ok(builder)) => builder,
-                Some(Err(err)) => {
-                    let reason = format!("{}: {err}", grant());
-                    return Err(LoadError::Grant { name: self.config.name.clone(), reason });
-                }
-                None => {
-                    let (name, grant, timeout) = (self.config.name.clone(), grant(), self.timeout());
-                    return Err(LoadError::GrantTimedOut { name, grant, timeout });
-                }
-            };
-        }
+        let mut builder = self.with_dirs(builder)?;
         if !connect.is_empty() {
             let allowed = connect.clone();
             builder.allow_tcp(true).allow_udp(true);
@@ -147,6 +131,35 @@ impl PluginSettings {
             });
         }
         Ok(builder.build())
+    }
+
+    /// `builder` with the directories the config grants opened in it, one after the other within
+    /// the plugin's deadline, or why not.
+    fn with_dirs(&self, mut builder: WasiCtxBuilder) -> Result<WasiCtxBuilder, LoadError> {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        for (guest, value) in &self.config.dirs {
+            let DirGrant { path, writable } = DirGrant::parse(value);
+            let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            let grant = || format!("dirs.\"{guest}\" = \"{path}\"");
+            builder = match preopen(builder, path, guest, perms, deadline) {
+                Some(Ok(builder)) => builder,
+                Some(Err(err)) => {
+                    let reason = format!("{}: {err}", grant());
+                    return Err(LoadError::Grant { name: self.config.name.clone(), reason });
+                }
+                None => {
+                    let (name, grant, timeout) = (self.config.name.clone(), grant(), self.timeout());
+                    return Err(LoadError::GrantTimedOut { name, grant, timeout });
+                }
+            };
+        }
+        Ok(builder)
+    }
+
+    /// Whether the directories the config grants open as they would for an instance (the same
+    /// errors, the same deadline), given to none: what a check asks of them.
+    pub(crate) fn check_dirs(&self) -> Result<(), LoadError> {
+        self.with_dirs(WasiCtxBuilder::new()).map(drop)
     }
 }
 

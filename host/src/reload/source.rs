@@ -35,8 +35,9 @@ pub enum ConfiguredPlugin {
 
 /// Plugin `name` of `config`'s plugin directory loaded as a host with `config` loads it: within
 /// `host.max_plugin_bytes`, with its sidecar, its trial's answer within `host.max_message_bytes`,
-/// a native library only with `host.native_plugins`, and then opened only when `open_native`.
-/// What `switchyard check` tries, so that it and `run` agree.
+/// a native library only with `host.native_plugins`, and then opened only when `open_native`;
+/// but its start-up code and trial run with its grants withheld (see [`withheld_grants`]).
+/// What `switchyard check` tries, so that it and `run` agree without the check letting a plugin act.
 pub fn load_as_configured(
     engine: &crate::plugin::PluginEngine,
     name: &str,
@@ -51,6 +52,7 @@ pub fn load_as_configured(
             Ok(ConfiguredPlugin::NativeUnopened { file })
         }
         Source::Present { format, bytes, config: settings } => {
+            let settings = withheld_grants(settings)?;
             let max_message_bytes = config.host.max_message_bytes;
             let loaded = crate::plugin::load_bytes(engine, format, &bytes, settings, max_message_bytes);
             loaded.map(ConfiguredPlugin::Loaded)
@@ -75,6 +77,15 @@ pub fn configured_settings(name: &str, config: &Config) -> Result<PluginConfig, 
         path: sidecar_of(dir, name).display().to_string(),
         error: std::io::Error::other("it changed while it was read"),
     })
+}
+
+/// `settings` with no environment, directory or network granted, once the directories they grant
+/// proved to open as they would for `run` (their addresses were checked as the config was read): a
+/// checked config's plugins must not read its secrets, write its directories or reach its peers.
+fn withheld_grants(settings: PluginConfig) -> Result<PluginConfig, LoadError> {
+    let dirs = PluginConfig { allow_net: Vec::new(), env: Vec::new(), ..settings.clone() };
+    crate::plugin::PluginSettings::new(dirs)?.check_dirs()?;
+    Ok(PluginConfig { allow_net: Vec::new(), env: Vec::new(), dirs: Default::default(), ..settings })
 }
 
 /// Read plugin `name` from `dir`, with its effective settings under `config`;

@@ -5,13 +5,16 @@
 //! unopened), and rejected with the error (`PATH: ERROR`) when it does not.
 //! One with none of these headers is kept. With `x-open` and `x-hold: N`, the
 //! file is opened N times and every one is kept open, across calls; the first
-//! open that fails rejects the message (`PATH: ERROR (K held)`).
+//! open that fails rejects the message (`PATH: ERROR (K held)`). With the
+//! setting `create = PATH`, every call first tries to create the file PATH:
+//! what a plugin granted a writable directory can do from its first call, its
+//! load trial's included.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::sync::Mutex;
 
-use switchyard_plugin::{Error, Filter, Message, Verdict, export_filter};
+use switchyard_plugin::{Error, Filter, Message, Verdict, config, export_filter};
 
 /// What a header asks of the path it names.
 type Probe = fn(&str) -> io::Result<()>;
@@ -32,6 +35,9 @@ struct FsProbe;
 
 impl Filter for FsProbe {
     fn filter(message: &Message<'_>) -> Result<Verdict, Error> {
+        if let Some(path) = config("create") {
+            let _ = File::create(path);
+        }
         if let (Some(path), Some(times)) = (message.header("x-open"), message.header("x-hold")) {
             return hold(path, times.parse().unwrap_or(0));
         }
