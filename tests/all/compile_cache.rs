@@ -289,3 +289,56 @@ async fn check_loads_no_code_from_a_configs_compile_cache() {
     assert_eq!(entries(&cache), before);
     assert_eq!(std::fs::read(&f).unwrap(), forged, "the entry is left as it was, unread");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_cache_other_users_could_write_or_whose_key_they_could_read_is_not_used() {
+    // Whoever can put a key and sealed entries in the cache makes the host run their native code:
+    // the directory and its key must be this user's alone (as OpenSSH's StrictModes asks of ~/.ssh).
+    use std::os::unix::fs::PermissionsExt;
+    let plugins = plugin_dir(&[("a", artifacts::HEADER_FILTER)]);
+    let chmod =
+        |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    let outcome = async |cache: &Path| {
+        let text = MEMORY_OUT.replacen("[host]", &format!("[host]\ncache_dir = {cache:?}"), 1);
+        let config = Config::from_toml("test.toml", &text).unwrap();
+        let host = builder(plugins.path()).config("test.toml", config).build().await.unwrap();
+        let [outcome] = &outcomes(&host)[..] else { panic!("{:?}", outcomes(&host)) };
+        let outcome = outcome.clone();
+        drain_and_account(&host).await;
+        outcome
+    };
+
+    // Writable by all, as a shared /tmp/switchyard may be: another user's key and entries were adopted.
+    let shared = tempfile::tempdir().unwrap();
+    chmod(shared.path(), 0o1777).unwrap();
+    let why = format!(
+        "{}: mode 1777 lets other users write in it: one could put a key and native code there for this host to run",
+        shared.path().display()
+    );
+    assert_eq!(outcome(shared.path()).await, CacheOutcome::Refused(why));
+    assert_eq!(std::fs::read_dir(shared.path()).unwrap().count(), 0, "no key made, nothing stored");
+
+    // A sound cache, whose key other users may then read: they could seal code for it.
+    let cache = tempfile::tempdir().unwrap();
+    assert_eq!(outcome(cache.path()).await, CacheOutcome::Miss);
+    let key = cache.path().join("key");
+    chmod(&key, 0o640).unwrap();
+    let why = format!(
+        "{}: mode 0640 lets other users read or write it: one could seal native code for this host to run",
+        key.display()
+    );
+    assert_eq!(outcome(cache.path()).await, CacheOutcome::Refused(why));
+    chmod(&key, 0o600).unwrap();
+    assert_eq!(
+        outcome(cache.path()).await,
+        CacheOutcome::Hit,
+        "the entry is left for when it is private again"
+    );
+
+    // Owned by another user (where this one may give it away).
+    if std::os::unix::fs::chown(cache.path(), Some(65534), None).is_ok() {
+        let CacheOutcome::Refused(why) = outcome(cache.path()).await else { panic!("used") };
+        let owned = format!("{}: owned by uid 65534, not by this user (uid ", cache.path().display());
+        assert!(why.starts_with(&owned), "{why}");
+    }
+}

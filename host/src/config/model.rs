@@ -68,7 +68,9 @@ pub struct HostSection {
     /// Directory of the on-disk compile cache (native code, so never inside
     /// `plugin_dir`); relative paths are under the working directory; an
     /// empty string turns the cache off. Default: `switchyard` in the
-    /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`).
+    /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`). Used
+    /// only if it and its key are this user's alone (see
+    /// [`CacheOutcome::Refused`](crate::plugin::CacheOutcome::Refused)).
     pub cache_dir: PathBuf,
     /// Directory of the host's own state: `dead-letters.jsonl`, the dead
     /// letters no dead-letter destination took, `spool/` with

@@ -4,13 +4,17 @@
 //! with an HMAC-SHA256 over both and the code, under a key only this cache
 //! directory's owner can read (`key`, mode 0600): a truncated, corrupted,
 //! swapped or patched entry fails its check and is discarded, never loaded.
+//! So the directory and its key must be this user's alone, as OpenSSH's
+//! `StrictModes` asks of `~/.ssh`: a cache another user could write in (or
+//! whose key they could read) is not used.
 //! The cache is bounded: storing an entry removes those of other engine
 //! settings and all but the [`KEPT_ENTRIES`] most recently used.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use wasmtime::Engine;
@@ -45,14 +49,36 @@ pub enum CacheOutcome {
     Discarded(String),
     /// No cache is configured.
     Off,
+    /// The configured cache is not used, and why: its directory or its key is not this user's
+    /// alone, so another user could make the host run their native code. Compiled afresh, nothing
+    /// stored.
+    Refused(String),
+}
+
+/// Why [`CompileCache::open`] opened no cache.
+pub(crate) enum OpenError {
+    /// The directory or its key is not this user's alone (why): the cache is not to be used.
+    NotPrivate(String),
+    /// The directory or its key could not be made or read.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for OpenError {
+    fn from(err: std::io::Error) -> OpenError {
+        OpenError::Io(err)
+    }
 }
 
 impl CompileCache {
     /// Open the cache in `dir` for `engine`, creating `dir` (and any missing parent) 0700 if
     /// needed; a directory already there keeps the mode its owner gave it (a `cache_dir` of `.` or
     /// `$HOME` is not made private behind the operator's back: the key file is 0600 either way).
-    pub(crate) fn open(dir: &Path, engine: &Engine) -> std::io::Result<CompileCache> {
+    /// Refused unless `dir` is owned by this user (the effective uid) and not writable by group or
+    /// others, and so is its key, readable by none of them either.
+    pub(crate) fn open(dir: &Path, engine: &Engine) -> Result<CompileCache, OpenError> {
         crate::owner_only::create_dir_all(dir)?;
+        let others = ("write in it", "put a key and native code there for this host to run");
+        not_private(dir, &std::fs::metadata(dir)?, 0o022, others)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine = format!("{:016x}", hasher.finish());
@@ -154,10 +180,31 @@ fn deserialize(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
     unsafe { Component::deserialize(engine, code) }
 }
 
+/// Refused unless `path`, of `metadata`, is owned by this user and has none of the `loose` mode
+/// bits, which would let other users do what `may` says: then whoever could, could `harm`.
+fn not_private(
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    loose: u32,
+    (may, harm): (&str, &str),
+) -> Result<(), OpenError> {
+    let (owner, user) = (metadata.uid(), rustix::process::geteuid().as_raw());
+    let mode = metadata.mode() & 0o7777;
+    let problem = if owner != user {
+        format!("owned by uid {owner}, not by this user (uid {user}): its owner could {harm}")
+    } else if mode & loose != 0 {
+        format!("mode {mode:04o} lets other users {may}: one could {harm}")
+    } else {
+        return Ok(());
+    };
+    Err(OpenError::NotPrivate(format!("{}: {problem}", path.display())))
+}
+
 /// The key in `dir`, made (random, mode 0600) on first use: written aside
 /// and linked in only if no other host made one first, so every host
-/// sharing the cache reads the same whole key.
-fn key_in(dir: &Path) -> std::io::Result<[u8; 32]> {
+/// sharing the cache reads the same whole key. One already there must be
+/// this user's alone.
+fn key_in(dir: &Path) -> Result<[u8; 32], OpenError> {
     let path = dir.join("key");
     let mut aside = tempfile::NamedTempFile::new_in(dir)?;
     let key: [u8; 32] = rand::random();
@@ -166,12 +213,15 @@ fn key_in(dir: &Path) -> std::io::Result<[u8; 32]> {
     match aside.persist_noclobber(&path) {
         Ok(_) => Ok(key),
         Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::read(&path)?.try_into().map_err(|_| {
-                let problem =
-                    format!("{}: not a 32-byte key (delete it to start the cache afresh)", path.display());
-                std::io::Error::new(std::io::ErrorKind::InvalidData, problem)
-            })
+            let file = std::fs::File::open(&path)?;
+            let others = ("read or write it", "seal native code for this host to run");
+            not_private(&path, &file.metadata()?, 0o077, others)?;
+            let mut key = Vec::new();
+            file.take(33).read_to_end(&mut key)?;
+            let problem =
+                || format!("{}: not a 32-byte key (delete it to start the cache afresh)", path.display());
+            key.try_into().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, problem()).into())
         }
-        Err(err) => Err(err.error),
+        Err(err) => Err(err.error.into()),
     }
 }

@@ -1,7 +1,7 @@
 //! The wasmtime engine of one host: compiler settings, the linker every plugin
 //! is checked against, and the epoch ticker that enforces call deadlines.
 
-use super::cache::{CacheOutcome, CompileCache};
+use super::cache::{CacheOutcome, CompileCache, OpenError};
 use super::error::EngineError;
 use super::sandbox::{StoreState, add_host_imports};
 use super::ticker::{CallMark, EpochTicker};
@@ -68,6 +68,8 @@ pub struct PluginEngine {
     pub(crate) linker: Linker<StoreState>,
     /// Where compiled code is kept between runs, if anywhere.
     cache: Option<CompileCache>,
+    /// Why the configured cache is not used, if it is not: it is not this user's alone.
+    cache_refused: Option<String>,
     /// Told before and after each compile.
     observer: Option<CompileObserver>,
     /// Advances the epoch while plugin code runs; stops when dropped.
@@ -94,13 +96,23 @@ impl PluginEngine {
         config.concurrency_support(false);
         config.profiler(profiling_strategy()?);
         let engine = Engine::new(&config)?;
-        let cache = match cache_dir {
-            Some(dir) => Some(
-                CompileCache::open(dir, &engine)
-                    .map_err(|err| wasmtime::Error::msg(format!("compile cache {}: {err}", dir.display())))?,
-            ),
-            None => None,
-        };
+        let (mut cache, mut cache_refused) = (None, None);
+        if let Some(dir) = cache_dir {
+            match CompileCache::open(dir, &engine) {
+                Ok(opened) => cache = Some(opened),
+                Err(OpenError::NotPrivate(why)) => {
+                    tracing::warn!(
+                        "compile cache {} not used, plugins are compiled afresh: {why} (make it this user's \
+                         alone: chmod go-w on the directory, chmod 600 on its key; or set host.cache_dir elsewhere)",
+                        dir.display()
+                    );
+                    cache_refused = Some(why);
+                }
+                Err(OpenError::Io(err)) => {
+                    return Err(wasmtime::Error::msg(format!("compile cache {}: {err}", dir.display())));
+                }
+            }
+        }
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         super::deadline::bound_blocking_calls(&mut linker)?;
@@ -110,7 +122,7 @@ impl PluginEngine {
         add_host_imports(&mut linker)?;
         let ticker = EpochTicker::start(engine.weak())?;
         let calls_cut = CancellationToken::new();
-        Ok(PluginEngine { engine, linker, cache, observer: None, ticker, calls_cut })
+        Ok(PluginEngine { engine, linker, cache, cache_refused, observer: None, ticker, calls_cut })
     }
 
     /// Tell `observer` of every compile from now on. Compiles use all cores
@@ -129,7 +141,8 @@ impl PluginEngine {
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(cache) = &self.cache else {
-            return Ok((self.compile(plugin, bytes)?, CacheOutcome::Off));
+            let outcome = self.cache_refused.clone().map_or(CacheOutcome::Off, CacheOutcome::Refused);
+            return Ok((self.compile(plugin, bytes)?, outcome));
         };
         let outcome = match cache.load(&self.engine, digest) {
             Ok(Some(component)) => return Ok((component, CacheOutcome::Hit)),
