@@ -496,6 +496,41 @@ mod tests {
         assert!(recovery.messages.is_empty());
     }
 
+    /// Let go by the writer once it has answered a close, as it ends: holds it there until a
+    /// close is queued after that answer (the spool's drop's), or finds the writer's channel shut.
+    struct EndingWriter(Arc<std::sync::OnceLock<flume::Sender<Request>>>);
+
+    impl Drop for EndingWriter {
+        fn drop(&mut self) {
+            let Some(requests) = self.0.get() else { return };
+            // A safety net only: the drop sends its close at once.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !requests.is_disconnected() && requests.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spool_dropped_after_its_close_returns_at_once_while_its_writer_is_still_ending() {
+        let dir = tempfile::tempdir().unwrap();
+        let requests = Arc::new(std::sync::OnceLock::new());
+        // Held by the writer's observer, which `writer::run` lets go of as it returns, after the
+        // close is answered: the gap a shutdown's close leaves before the drop's, made certain.
+        let ending = EndingWriter(requests.clone());
+        let observe = move |_: usize, _: Duration| {
+            std::hint::black_box(&ending);
+        };
+        let (spool, _) = Spool::open(dir.path(), 1 << 20, observe, None).unwrap();
+        requests.set(spool.requests.clone()).unwrap();
+        spool.close().await;
+        let started = std::time::Instant::now();
+        // Its close is sent while the writer, its close answered, has yet to end.
+        drop(spool);
+        let took = started.elapsed();
+        assert!(took < CLOSE_ON_DROP_WAIT / 2, "the drop waited {took:?} for a close no one reads");
+    }
+
     #[tokio::test]
     async fn a_hold_dropped_unsettled_leaves_its_record_and_its_share_and_a_settled_one_removes_them() {
         let dir = tempfile::tempdir().unwrap();

@@ -55,7 +55,8 @@ impl Figures {
 pub(crate) type CommitObserver = Box<dyn Fn(usize, Duration) + Send>;
 
 /// Serve `requests` until one asks to close or every sender is gone, then fsync and return;
-/// `pin` keeps the state directory locked until then (a close lets it go before it is answered).
+/// `pin` keeps the state directory locked until then (a close lets it go, and shuts `requests`,
+/// before it is answered).
 /// `gathering` is held (read) while a batch of admissions queues its puts: a batch's requests are
 /// taken once none is (see [`Spool::gather`](super::Spool::gather)).
 pub(crate) fn run(
@@ -161,7 +162,9 @@ pub(crate) fn run(
             if !owed.is_empty() {
                 finish(&mut log, &owed);
             }
-            drop((log, pin));
+            // The channel shut before the answer: a close sent once it is heard (the spool's
+            // drop, after a shutdown's close) is refused at once, not left unread and unanswered.
+            drop((log, pin, requests));
             let _ = done.send(());
             return;
         }
