@@ -283,6 +283,10 @@ fn switchyard_profile_perfmap_maps_plugin_code_for_perf_and_a_bad_value_is_refus
     );
 }
 
+/// What `check` says of a config with no ingress, and with no admin API.
+const NO_INGRESS: &str = "warning: no [ingress.http], [ingress.grpc] or [[ingress.nats]]: nothing can send to this host, and adding one takes a restart";
+const NO_ADMIN: &str = "warning: no [admin]: nothing can read this host's health, metrics or plugins, nor reload it over HTTP, and adding it takes a restart";
+
 /// The warnings `switchyard check switchyard.toml` prints in `dir`, which it must pass.
 fn check_warnings(dir: &std::path::Path) -> Vec<String> {
     let output = Command::new(BINARY).args(["check", "switchyard.toml"]).current_dir(dir).output().unwrap();
@@ -308,6 +312,7 @@ fn check_and_run_warn_about_route_stages_and_plugin_transports_that_cannot_run()
     assert_eq!(
         warnings,
         [
+            NO_INGRESS,
             "warning: admin.listen = 0.0.0.0:7071: not loopback and no [admin] token: `run` refuses to start unless SWITCHYARD_ADMIN_TOKEN is set",
             "warning: destination \"m\": transport \"memory\" has no reader under `switchyard run`: once it holds its queue.capacity (8) messages, deliveries to it wait, and with them the pipeline workers",
             "warning: route \"r\": stage \"transform:f\": ./f.wasm is a filter plugin",
@@ -348,7 +353,9 @@ fn check_tries_a_configs_plugins_without_their_grants_and_warns_of_a_granted_dir
         )
     };
     let config = [
-        "[host]\nplugin_dir = \".\"\ncache_dir = \"\"\n".to_owned(),
+        "[host]\nplugin_dir = \".\"\ncache_dir = \"\"\n[ingress.http]\nlisten = \"127.0.0.1:7070\"\n\
+         [admin]\nlisten = \"127.0.0.1:7071\"\n"
+            .to_owned(),
         plugin("probe", granted.path()),
         plugin("lost", &missing),
         "[[route]]\nname = \"r\"\nstages = [\"filter:probe\", \"filter:lost\"]\nto = \"log\"\n".to_owned(),
@@ -363,6 +370,28 @@ fn check_tries_a_configs_plugins_without_their_grants_and_warns_of_a_granted_dir
             missing.display()
         )]
     );
+}
+
+#[test]
+fn check_and_run_warn_of_a_config_with_no_ingress_or_admin_api() {
+    let dir = plugin_dir(&[]);
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, "[host]\nplugin_dir = \".\"\n").unwrap();
+    assert_eq!(check_warnings(dir.path()), [NO_INGRESS, NO_ADMIN]);
+    let mut host = Running::start(&["run", "--config", "switchyard.toml"], dir.path());
+    for warning in [NO_INGRESS, NO_ADMIN] {
+        let line = host.line_where(|line| line.starts_with("switchyard: warning: no ["));
+        assert_eq!(line, format!("switchyard: {warning}"));
+    }
+    host.stop();
+    // A NATS subscription is an ingress too.
+    let nats = "[[ingress.nats]]\nurl = \"127.0.0.1:4222\"\nsubjects = [\"orders\"]\n";
+    std::fs::write(
+        &config,
+        format!("[host]\nplugin_dir = \".\"\n{nats}[admin]\nlisten = \"127.0.0.1:7071\"\n"),
+    )
+    .unwrap();
+    assert_eq!(check_warnings(dir.path()), Vec::<String>::new());
 }
 
 #[test]
@@ -385,6 +414,8 @@ fn check_warns_about_balancer_plugins_that_cannot_run() {
     assert_eq!(
         warnings,
         [
+            NO_INGRESS,
+            NO_ADMIN,
             "warning: destination \"b\": balancer \"plugin:f\": ./f.wasm is a filter plugin",
             "warning: destination \"c\": balancer \"plugin:gone\": no plugin file ./gone.wasm",
         ]
@@ -413,6 +444,8 @@ fn check_warns_about_alert_rules_selecting_a_route_destination_or_endpoint_the_c
     assert_eq!(
         warnings,
         [
+            NO_INGRESS,
+            NO_ADMIN,
             "warning: alert \"route\": route \"ordres\" is no route of this config (routes: orders): the rule reads nothing of it until a reload adds it",
             "warning: alert \"destination\": destination \"api2\" is no destination of this config (destinations: log, api): the rule reads nothing of it until a reload adds it",
             "warning: alert \"endpoint\": endpoint \"127.0.0.1:2\" is no endpoint of this config (endpoints: 127.0.0.1:1): the rule reads nothing of it until a reload adds it",

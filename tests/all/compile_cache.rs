@@ -271,6 +271,7 @@ async fn check_loads_no_code_from_a_configs_compile_cache() {
     drain_and_account(&host).await;
 
     let toml = "[host]\nplugin_dir = \"plugins\"\ncache_dir = \"cache\"\n\
+                [ingress.http]\nlisten = \"127.0.0.1:7070\"\n[admin]\nlisten = \"127.0.0.1:7071\"\n\
                 [[route]]\nname = \"r\"\nstages = [\"filter:f\"]\nto = \"log\"\n";
     std::fs::write(bundle.path().join("switchyard.toml"), toml).unwrap();
     let before = entries(&cache);

@@ -3,7 +3,7 @@
 use anyhow::bail;
 use std::path::Path;
 use switchyard::Config;
-use switchyard::config::{HostSection, StageRef};
+use switchyard::config::{HostSection, IngressSection, StageRef};
 use switchyard::plugin::{PluginEngine, PluginFormat, load_file};
 use switchyard::reload::ConfiguredPlugin;
 use switchyard::transport::TransportRegistry;
@@ -69,9 +69,10 @@ pub(super) fn engine(cache_dir: Option<&Path>) -> anyhow::Result<PluginEngine> {
     Ok(engine)
 }
 
-/// Listeners reachable from other machines without a token to guard them.
+/// Listeners a `run` of `config` lacks, and those reachable from other machines without a token to
+/// guard them.
 fn listener_warnings(config: &Config) -> Vec<String> {
-    let mut warnings = Vec::new();
+    let mut warnings = missing_listener_warnings(config);
     if let Some(http) = config.ingress.http.as_ref().filter(|http| !http.listen.ip().is_loopback()) {
         warnings.push(format!(
             "ingress.http.listen = {}: any machine that reaches it can send messages",
@@ -88,6 +89,27 @@ fn listener_warnings(config: &Config) -> Vec<String> {
             admin.listen,
             switchyard::admin::TOKEN_ENV
         ));
+    }
+    warnings
+}
+
+/// Listeners a `run` of `config` lacks, which only a restart adds: with no ingress nothing can send
+/// to the host, with no admin API nothing can watch it.
+pub(super) fn missing_listener_warnings(config: &Config) -> Vec<String> {
+    // Every ingress named: one added to the config is a compile error here until it is weighed.
+    let IngressSection { http, nats, grpc } = &config.ingress;
+    let mut warnings = Vec::new();
+    if http.is_none() && grpc.is_none() && nats.is_empty() {
+        warnings.push(
+            "no [ingress.http], [ingress.grpc] or [[ingress.nats]]: nothing can send to this host, and adding one takes a restart"
+                .to_owned(),
+        );
+    }
+    if config.admin.is_none() {
+        warnings.push(
+            "no [admin]: nothing can read this host's health, metrics or plugins, nor reload it over HTTP, and adding it takes a restart"
+                .to_owned(),
+        );
     }
     warnings
 }
