@@ -219,6 +219,24 @@ fn check_names_the_kind_or_the_specific_problem() {
 }
 
 #[test]
+fn check_reads_a_config_of_any_name_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        "[[destination]]\nname = \"d\"\ntransport = \"memory\"\n[[route]]\nname = \"r\"\nto = \"d\"\n";
+    for name in ["switchyard.conf", "switchyard"] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, config).unwrap();
+        let (ok, out) = switchyard(&["check", file.to_str().unwrap()]);
+        assert!(ok && out.starts_with("ok: 1 routes, 1 destinations, 0 plugin settings\n"), "{name}: {out}");
+    }
+    // A file that is no plugin is read as a config, and its errors say where.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "[[route]]\nname = \"r\"\nto = \"nowhere\"\n").unwrap();
+    let (ok, out) = switchyard(&["check", file.to_str().unwrap()]);
+    assert!(!ok && out.contains("notes.txt: route \"r\".to = \"nowhere\": unknown destination"), "{out}");
+}
+
+#[test]
 fn check_refuses_two_file_destinations_writing_one_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("files.toml");

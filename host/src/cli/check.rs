@@ -34,29 +34,19 @@ pub fn check(file: &Path, load_native: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    match file.extension().and_then(|ext| ext.to_str()) {
-        Some("toml") => {
-            let config = Config::from_file(file)?;
-            TransportRegistry::builtin().check(&file.display().to_string(), &config)?;
-            println!(
-                "ok: {} routes, {} destinations, {} plugin settings",
-                config.routes.len(),
-                config.destinations.len(),
-                config.plugins.len()
-            );
-            let warnings = listener_warnings(&config)
-                .into_iter()
-                .chain(memory_warnings(&config))
-                .chain(alert_warnings(&config));
-            for warning in warnings.chain(plugin_warnings(&config, load_native)?) {
-                println!("warning: {warning}");
-            }
-        }
-        _ => bail!(
-            "{}: expected a .wasm plugin, a native .{} plugin or a .toml configuration",
-            file.display(),
-            PluginFormat::Native.extension()
-        ),
+    // Any other file is a config, whatever its name, as `run --config` reads it.
+    let config = Config::from_file(file)?;
+    TransportRegistry::builtin().check(&file.display().to_string(), &config)?;
+    println!(
+        "ok: {} routes, {} destinations, {} plugin settings",
+        config.routes.len(),
+        config.destinations.len(),
+        config.plugins.len()
+    );
+    let warnings =
+        listener_warnings(&config).into_iter().chain(memory_warnings(&config)).chain(alert_warnings(&config));
+    for warning in warnings.chain(plugin_warnings(&config, load_native)?) {
+        println!("warning: {warning}");
     }
     Ok(())
 }

@@ -50,7 +50,8 @@ pub enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
-    /// Validate a plugin (.wasm, or a native library) or a configuration (.toml) without running it.
+    /// Validate a plugin (.wasm, or a native library) or a configuration (any other file, as `run
+    /// --config` reads it) without running it.
     Check {
         /// The file to check.
         file: PathBuf,
