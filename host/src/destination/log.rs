@@ -28,8 +28,9 @@ impl LogDestination {
     /// when the last clone is dropped.
     pub fn new(name: impl Into<String>) -> LogDestination {
         let (lines, queue) = flume::bounded(QUEUED_LINES);
-        let spawned =
-            std::thread::Builder::new().name("switchyard-log".into()).spawn(move || write_lines(queue));
+        let spawned = std::thread::Builder::new()
+            .name("switchyard-log".into())
+            .spawn(move || write_lines(queue, || std::io::stdout().lock()));
         if let Err(err) = spawned {
             // Deliveries then fail (retryable) with the reason; nothing is lost.
             tracing::error!(%err, "cannot start the log destination's writer thread");
@@ -54,20 +55,75 @@ impl Destination for LogDestination {
     }
 }
 
-/// Write what `queue` brings, as many lines as are waiting per flush.
-fn write_lines(queue: flume::Receiver<Line>) {
-    let stdout = std::io::stdout();
+/// Write what `queue` brings to the writer `lock` gives (standard output, locked), as many lines
+/// as are waiting per hold of the lock. Each line is flushed as it is written (standard output,
+/// line-buffered, has then nothing left to flush), so that its waiter is told whether it was: a
+/// write that fails fails its line and those after it, never one written before it, which a retry
+/// would write twice.
+fn write_lines<W: Write>(queue: flume::Receiver<Line>, mut lock: impl FnMut() -> W) {
     while let Ok(first) = queue.recv() {
         let batch: Vec<Line> = std::iter::once(first).chain(queue.try_iter().take(QUEUED_LINES)).collect();
-        let mut out = stdout.lock();
-        let written = batch
-            .iter()
-            .try_for_each(|(line, _)| writeln!(out, "{line}"))
-            .and_then(|()| out.flush())
-            .map_err(|err| format!("writing to standard output: {err}"));
-        drop(out);
-        for (_, waiting) in batch {
-            let _ = waiting.send(written.clone());
+        let mut out = lock();
+        let mut failed: Option<String> = None;
+        for (line, waiting) in batch {
+            let written = match &failed {
+                Some(error) => Err(error.clone()),
+                None => writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .map_err(|err| format!("writing to standard output: {err}")),
+            };
+            if let Err(error) = &written {
+                failed = Some(error.clone());
+            }
+            let _ = waiting.send(written);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer that takes `lines` whole lines, then fails every write.
+    #[derive(Clone)]
+    struct FailingAfter {
+        written: Arc<Mutex<Vec<u8>>>,
+        lines: usize,
+    }
+
+    impl Write for FailingAfter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut written = self.written.lock().unwrap();
+            if written.iter().filter(|&&byte| byte == b'\n').count() == self.lines {
+                return Err(std::io::Error::other("disk full"));
+            }
+            written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_failing_at_one_line_of_a_batch_fails_that_line_and_those_after_it_only() {
+        let (lines, queue) = flume::bounded(QUEUED_LINES);
+        let waiting: Vec<_> = (0..5)
+            .map(|n| {
+                let (written, done) = oneshot::channel();
+                lines.send((format!("line {n}"), written)).unwrap();
+                done
+            })
+            .collect();
+        // All five wait when the writer starts: one batch.
+        drop(lines);
+        let out = FailingAfter { written: Arc::default(), lines: 2 };
+        write_lines(queue, || out.clone());
+        let outcomes: Vec<_> = waiting.into_iter().map(|mut done| done.try_recv().unwrap()).collect();
+        let failed = Err("writing to standard output: disk full".to_owned());
+        assert_eq!(outcomes, [Ok(()), Ok(()), failed.clone(), failed.clone(), failed]);
+        assert_eq!(*out.written.lock().unwrap(), b"line 0\nline 1\n");
     }
 }
