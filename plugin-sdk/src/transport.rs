@@ -45,15 +45,44 @@ use crate::{Error, Message, OwnedMessage};
 ///         if payload.contains(&b'\n') {
 ///             return Err(Error::rejected("a line-protocol payload cannot hold a newline"));
 ///         }
-///         let (mut line, io) = (Vec::new(), |err: std::io::Error| Error::retryable(err.to_string()));
-///         lines.get_mut().write_all(&[payload, b"\n"].concat()).map_err(io)?;
-///         lines.read_until(b'\n', &mut line).map_err(io)?;
+///         // A write that fails leaves the line without its newline: the endpoint took nothing.
+///         let sent = lines.get_mut().write_all(&[payload, b"\n"].concat());
+///         sent.map_err(|err| Error::retryable(format!("sending: {err}")))?;
+///         // Sent: from here on the endpoint may have taken it, and no answer is no success.
+///         let mut line = Vec::new();
+///         let read = lines.read_until(b'\n', &mut line);
+///         read.map_err(|err| Error::failed(format!("sent, no answer: {err}")))?;
+///         if line.pop() != Some(b'\n') {
+///             return Err(Error::failed("sent, no answer: the connection closed"));
+///         }
 ///         Ok(Some(OwnedMessage::reply_to(message).with_payload(line)))
 ///     }
 /// }
 ///
 /// export_transport!(Lines);
-/// # fn main() {}
+/// # fn main() {
+/// #     use switchyard_plugin::testing::TestMessage;
+/// #     // A peer that closes its first connection once it has read the line, and answers its second.
+/// #     let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// #     let address = peer.local_addr().unwrap().to_string();
+/// #     let peer = std::thread::spawn(move || {
+/// #         for answer in [None, Some("TWO\n")] {
+/// #             let mut taken = BufReader::new(peer.accept().unwrap().0);
+/// #             taken.read_line(&mut String::new()).unwrap();
+/// #             if let Some(answer) = answer {
+/// #                 taken.get_mut().write_all(answer.as_bytes()).unwrap();
+/// #             }
+/// #         }
+/// #     });
+/// #     // Taken, maybe acted on: no answer is no success, nor a failure to retry anywhere.
+/// #     let one = TestMessage::full(&OwnedMessage::new("orders").with_payload("one"));
+/// #     let reply = Lines::send(&mut Lines::open(&address).unwrap(), &one.message());
+/// #     assert!(matches!(reply, Err(Error::Failed(_))), "{reply:?}");
+/// #     let two = TestMessage::full(&OwnedMessage::new("orders").with_payload("two"));
+/// #     let reply = Lines::send(&mut Lines::open(&address).unwrap(), &two.message());
+/// #     assert_eq!(reply.unwrap().unwrap().payload(), b"TWO");
+/// #     peer.join().unwrap();
+/// # }
 /// ```
 pub trait Transport {
     /// One open connection to one endpoint (for example a
