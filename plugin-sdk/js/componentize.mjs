@@ -3,7 +3,8 @@
 //
 //     node plugin-sdk/js/componentize.mjs --wit wit --world transform-plugin app.js -o plugin.wasm
 //
-// The plugin is APP.js and the modules beside it (`*.test.js` aside); they
+// The plugin is APP.js and the modules in its directory tree (tests and
+// node_modules aside, see `stage.mjs`); they
 // import the SDK as "switchyard-plugin". They and the SDK are staged in a
 // temporary directory (`stage.mjs`: the SDK in a directory of its own, the
 // imports rewritten to the relative path componentize-js resolves), then

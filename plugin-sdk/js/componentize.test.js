@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { register } from "node:module";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { pathToFileURL } from "node:url";
 
@@ -55,4 +55,53 @@ test("a plugin's modules named like the SDK's are its own, and only imports of t
   const [output] = decode(messages);
   assert.equal(output.topic, "switchyard-plugin");
   assert.equal(output.header("x-stamp"), "the plugin's wire.js, its switchyard_plugin.js-");
+});
+
+// A plugin split into directories, with a `.mjs` main module, beside its dependencies and tests.
+const tree = {
+  "main.mjs": `
+    import { transformPlugin } from "switchyard-plugin";
+    import { stamp } from "./lib/stamp.js";
+    export const { transform, format } = transformPlugin((message, out) => {
+      out.emit(message).withHeader("x-stamp", stamp()).finish();
+    });
+  `,
+  "lib/stamp.js": `
+    import { config } from "switchyard-plugin";
+    import { suffix } from "./deep/suffix.mjs";
+    export const stamp = () => "lib" + suffix + (config("k") ?? "-");
+  `,
+  "lib/deep/suffix.mjs": `export const suffix = ", deep";\n`,
+  "lib/stamp.test.js": `throw new Error("a test module is not staged");\n`,
+  "tests/main.test.mjs": `throw new Error("a test module is not staged");\n`,
+  "node_modules/dependency/index.js": `throw new Error("a dependency is not staged");\n`,
+};
+
+test("a plugin's modules in directories under its main one, .mjs ones too, are staged, its dependencies and tests not", async (t) => {
+  const root = await mkdtemp(join(tmpdir(), "switchyard-stage-test-"));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const [app, stage] = [join(root, "app"), join(root, "stage")];
+  await mkdir(stage);
+  for (const [file, source] of Object.entries(tree)) {
+    await mkdir(dirname(join(app, file)), { recursive: true });
+    await writeFile(join(app, file), source);
+  }
+
+  const sourcePath = await stagePlugin(join(app, "main.mjs"), stage);
+  assert.equal(sourcePath, join(stage, "main.mjs"));
+  const files = ["lib", "lib/deep", "lib/deep/suffix.mjs", "lib/stamp.js", "main.mjs", "switchyard-plugin"];
+  const sdk = ["switchyard-plugin/switchyard_plugin.js", "switchyard-plugin/wire.js"];
+  assert.deepStrictEqual((await readdir(stage, { recursive: true })).sort(), [...files, ...sdk].sort());
+
+  const staged = await import(pathToFileURL(sourcePath).href);
+  const { messages, errors } = staged.transform.transform(encode([new Message({ id: 1n, topic: "in" })]));
+  assert.deepStrictEqual(errors, []);
+  assert.equal(decode(messages)[0].header("x-stamp"), "lib, deep-");
+
+  // A directory of the plugin's where the SDK is staged would mix the two: refused.
+  await mkdir(join(app, "switchyard-plugin"));
+  await writeFile(join(app, "switchyard-plugin", "own.js"), "export const own = 1;\n");
+  const again = join(root, "again");
+  await mkdir(again);
+  await assert.rejects(stagePlugin(join(app, "main.mjs"), again), /switchyard-plugin\/ is where the SDK is staged/);
 });
