@@ -64,7 +64,7 @@ pub async fn run(
         status::warn(escaped(format!("switchyard: warning: {problem}")));
     }
     for warning in super::check::missing_listener_warnings(&host.config()) {
-        eprintln!("switchyard: warning: {warning}");
+        status::warn(format!("switchyard: warning: {warning}"));
     }
     for warning in super::check::memory_warnings(&host.config()) {
         status::warn(format!("switchyard: warning: {warning}"));

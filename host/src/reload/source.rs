@@ -36,7 +36,7 @@ pub enum ConfiguredPlugin {
 /// Plugin `name` of `config`'s plugin directory loaded as a host with `config` loads it: within
 /// `host.max_plugin_bytes`, with its sidecar, its trial's answer within `host.max_message_bytes`,
 /// a native library only with `host.native_plugins`, and then opened only when `open_native`;
-/// but its start-up code and trial run with its grants withheld (see [`withheld_grants`]).
+/// but its start-up code and trial run with its grants withheld (no environment, directory or network).
 /// What `switchyard check` tries, so that it and `run` agree without the check letting a plugin act.
 pub fn load_as_configured(
     engine: &crate::plugin::PluginEngine,
