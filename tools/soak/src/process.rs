@@ -126,8 +126,8 @@ fn unbound() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// Copies each line of `output` to `log`, counts its level, and passes on
-/// the status lines.
+/// Copies each line of `output` (one JSON object a line) to `log`, counts its level, and passes
+/// on the status lines.
 fn read_lines(
     output: impl AsyncRead + Unpin + Send + 'static,
     log: Arc<Mutex<std::fs::File>>,
@@ -138,12 +138,14 @@ fn read_lines(
         let mut lines = BufReader::new(output).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let _ = writeln!(log.lock().unwrap(), "{line}");
-            if line.starts_with("switchyard:") {
-                let _ = status_lines.send(line);
-            } else if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(level) = entry.get("level").and_then(|level| level.as_str())
-            {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if let Some(level) = entry["level"].as_str() {
                 *levels.lock().unwrap().entry(level.to_owned()).or_default() += 1;
+            }
+            // Under `--log-format json` a status line is an event whose message is the line.
+            if let Some(status) = entry["fields"]["message"].as_str().filter(|m| m.starts_with("switchyard:"))
+            {
+                let _ = status_lines.send(status.to_owned());
             }
         }
     });
